@@ -1,0 +1,1 @@
+extern "C" int deftx_native_abi_version() { return 1; }

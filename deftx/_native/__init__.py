@@ -1,0 +1,1 @@
+"""Location of the native CPU backend's shared library (built by CMake at install time)."""

@@ -1,0 +1,92 @@
+"""Triton kernels of deftx, one op per module (installed as ``deftx.kernels``).
+
+Each kernel module holds its ``@triton.jit`` kernels, their launcher, the
+specialisations it is compiled for (``SPECIALIZATIONS``) and its bytes-moved model.
+This package adds two things every tool needs:
+
+* :class:`KernelSpec` and :func:`specializations` — the registry the static
+  compile test and ``deftx profile --static`` enumerate.
+* :func:`kernel_module` — the module to launch for a device: the ordinary
+  (compiled) module for CUDA tensors, or a copy whose kernels run under the Triton
+  interpreter for CPU tensors, so every kernel can run anywhere.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+KERNEL_MODULES: tuple[str, ...] = ("topk", "scatter", "rsvd", "masked_step")
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """One compiled specialisation of a ``@triton.jit`` kernel.
+
+    Attributes:
+        name: unique, human-readable name (``"topk_histogram_fp32"``).
+        kernel: the ``triton.jit`` function.
+        signature: argument name -> Triton type string (``"*fp32"``, ``"i32"``,
+            ``"constexpr"``), in argument order, as ``triton.compiler.ASTSource`` wants.
+        constexprs: values of the constexpr arguments.
+        num_warps, num_stages: launch options it is compiled with.
+        promises: design promises checked in the SASS, from
+            ``{"no_float_atomics", "block_local_histogram", "vectorized_loads",
+            "tensor_cores"}``.
+    """
+
+    name: str
+    kernel: Any
+    signature: dict[str, str]
+    constexprs: dict[str, Any] = field(default_factory=dict)
+    num_warps: int = 4
+    num_stages: int = 3
+    promises: frozenset[str] = frozenset()
+
+
+def _module(name: str) -> ModuleType:
+    if name not in KERNEL_MODULES:
+        raise KeyError(f"unknown kernel module {name!r}; known: {', '.join(KERNEL_MODULES)}")
+    return importlib.import_module(f"{__name__}.{name}")
+
+
+def specializations() -> list[KernelSpec]:
+    """Every declared specialisation of every kernel module, in module order."""
+    specs: list[KernelSpec] = []
+    for name in KERNEL_MODULES:
+        specs.extend(getattr(_module(name), "SPECIALIZATIONS", ()))
+    return specs
+
+
+_INTERPRETED: dict[str, ModuleType] = {}
+
+
+def kernel_module(name: str, *, interpret: bool) -> ModuleType:
+    """The kernel module ``name`` whose launchers run on GPU, or under the interpreter.
+
+    Triton decides at decoration time whether a kernel is compiled or interpreted,
+    so the interpreted variant is a second copy of the module loaded with the
+    interpreter switched on. Use ``interpret=True`` for CPU tensors.
+    """
+    module = _module(name)
+    if not interpret:
+        return module
+    if name not in _INTERPRETED:
+        import triton.knobs as knobs
+
+        if knobs.runtime.interpret:
+            _INTERPRETED[name] = module
+        else:
+            qualified = f"{__name__}._interpreted_{name}"
+            spec = importlib.util.spec_from_file_location(qualified, module.__file__)
+            copy = importlib.util.module_from_spec(spec)
+            with knobs.runtime.scope():
+                knobs.runtime.interpret = True
+                sys.modules[qualified] = copy
+                spec.loader.exec_module(copy)
+            _INTERPRETED[name] = copy
+    return _INTERPRETED[name]
