@@ -92,7 +92,7 @@ setup(
     version="0.1.0",
     description="Denoised sparse fine-tuning (DeFT-X) and LT-SFT with Triton kernels",
     python_requires=">=3.10",
-    packages=find_packages(include=["deftx", "deftx.*"]) + ["deftx.kernels"],
+    packages=[*find_packages(include=["deftx", "deftx.*"]), "deftx.kernels"],
     package_dir={"deftx.kernels": "kernels"},
     ext_modules=[CMakeExtension(NATIVE_LIB)],
     cmdclass={"build_ext": CMakeBuild},

@@ -1,0 +1,160 @@
+"""One dispatch layer for every op: pick the triton / native / torch backend per call.
+
+``backend`` (argument of every public op) or the environment variable
+``DEFTX_BACKEND`` selects: ``"auto"`` (default), ``"triton"``, ``"native"`` or
+``"torch"``.
+
+* ``"auto"``: Triton for CUDA tensors, the native C++ library for CPU tensors when it
+  was built and implements the op, otherwise the torch reference.
+* ``"triton"`` on CPU tensors runs the kernel under the Triton interpreter (slow; for
+  checking kernels anywhere) and says so once.
+* An explicitly requested backend that cannot run raises :class:`BackendUnavailableError`.
+
+Each backend is a module with the same functions (see ``/deftx/ops/reference``):
+``deftx.ops.reference.<op>``, ``deftx.ops.native.<op>``, ``deftx.kernels.<op>``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import warnings
+from types import ModuleType
+
+import torch
+
+BACKENDS: tuple[str, ...] = ("triton", "native", "torch")
+OPS: tuple[str, ...] = ("topk", "scatter", "rsvd", "masked_step")
+NATIVE_OPS: frozenset[str] = frozenset({"topk", "scatter"})
+ENV_VAR = "DEFTX_BACKEND"
+
+
+class BackendUnavailableError(RuntimeError):
+    """An explicitly requested backend cannot run this op on this device."""
+
+
+def requested_backend(backend: str | None) -> str:
+    """The backend asked for: the argument, else ``$DEFTX_BACKEND``, else ``"auto"``."""
+    value = backend if backend is not None else os.environ.get(ENV_VAR, "auto")
+    value = value.strip().lower()
+    if value not in ("auto", *BACKENDS):
+        source = "backend argument" if backend is not None else f"${ENV_VAR}"
+        raise ValueError(f"{source} is {value!r}; expected one of auto, {', '.join(BACKENDS)}")
+    return value
+
+
+@functools.cache
+def triton_unavailable_reason() -> str | None:
+    """Why Triton cannot be used at all (not installed / broken), or None."""
+    try:
+        importlib.import_module("triton")
+    except Exception as err:  # an import of a broken install raises anything
+        return f"triton cannot be imported ({err.__class__.__name__}: {err})"
+    return None
+
+
+def native_unavailable_reason(op: str) -> str | None:
+    """Why the native C++ backend cannot run ``op`` on CPU tensors, or None."""
+    if op not in NATIVE_OPS:
+        return f"the native library does not implement {op!r} (torch is as fast on CPU)"
+    try:
+        native = importlib.import_module("deftx.ops.native")
+    except ImportError as err:
+        return f"deftx.ops.native cannot be imported ({err})"
+    return native.unavailable_reason()
+
+
+def unavailable_reason(op: str, backend: str, device_type: str) -> str | None:
+    """Why ``backend`` cannot run ``op`` on ``device_type`` tensors, or None if it can."""
+    if op not in OPS:
+        raise KeyError(f"unknown op {op!r}; known: {', '.join(OPS)}")
+    if backend == "torch":
+        return None
+    if backend == "triton":
+        if device_type not in ("cuda", "cpu"):
+            return f"Triton kernels run on CUDA tensors (or CPU via the interpreter), not {device_type}"
+        return triton_unavailable_reason()
+    if backend == "native":
+        if device_type != "cpu":
+            return f"the native backend runs on CPU tensors, not {device_type}"
+        return native_unavailable_reason(op)
+    raise ValueError(f"unknown backend {backend!r}")
+
+
+def auto_backend(op: str, device_type: str) -> tuple[str, str]:
+    """The backend ``"auto"`` picks for ``op`` on ``device_type``, and why."""
+    if device_type == "cuda":
+        reason = unavailable_reason(op, "triton", "cuda")
+        if reason is None:
+            return "triton", "CUDA tensors run the Triton kernel"
+        return "torch", f"Triton unavailable: {reason}"
+    if device_type == "cpu":
+        reason = unavailable_reason(op, "native", "cpu")
+        if reason is None:
+            return "native", "native C++ library (OpenMP) is built"
+        return "torch", reason
+    return "torch", f"no accelerated backend for {device_type} tensors"
+
+
+@functools.cache
+def _warn_interpreter_once(op: str) -> None:
+    warnings.warn(
+        f"deftx: running the Triton kernel of {op!r} on CPU tensors under the Triton "
+        "interpreter (correct but slow; meant for checking kernels without a GPU)",
+        stacklevel=4,
+    )
+
+
+def resolve(op: str, device: torch.device, backend: str | None = None) -> str:
+    """The backend that runs ``op`` on ``device`` for the requested ``backend``."""
+    wanted = requested_backend(backend)
+    if wanted == "auto":
+        return auto_backend(op, device.type)[0]
+    reason = unavailable_reason(op, wanted, device.type)
+    if reason is not None:
+        raise BackendUnavailableError(f"{op}: backend {wanted!r} cannot run on {device}: {reason}")
+    if wanted == "triton" and device.type == "cpu":
+        _warn_interpreter_once(op)
+    return wanted
+
+
+def implementation(op: str, backend: str, device: torch.device) -> ModuleType:
+    """The module holding ``backend``'s functions for ``op``."""
+    if backend == "torch":
+        return importlib.import_module(f"deftx.ops.reference.{op}")
+    if backend == "native":
+        return importlib.import_module(f"deftx.ops.native.{op}")
+    from deftx.kernels import kernel_module
+
+    return kernel_module(op, interpret=device.type != "cuda")
+
+
+def backend_for(op: str, device: torch.device, backend: str | None = None) -> ModuleType:
+    """Resolve and load in one step: the module whose functions run ``op`` on ``device``."""
+    return implementation(op, resolve(op, device, backend), device)
+
+
+def common_device(tensors: list[torch.Tensor], what: str) -> torch.device:
+    """The one device all ``tensors`` live on; raises if they are spread over several."""
+    devices = {t.device for t in tensors}
+    if len(devices) > 1:
+        names = ", ".join(sorted(str(d) for d in devices))
+        raise ValueError(f"{what}: all tensors must be on one device, got {names}")
+    return devices.pop() if devices else torch.device("cpu")
+
+
+def backend_report() -> list[dict[str, str]]:
+    """For ``deftx doctor``: which backend ``auto`` uses for each op and device, and why."""
+    rows = []
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for op in OPS:
+        for device_type in devices:
+            chosen, why = auto_backend(op, device_type)
+            rows.append({"op": op, "device": device_type, "backend": chosen, "why": why})
+        if not torch.cuda.is_available():
+            chosen, why = auto_backend(op, "cuda")
+            rows.append(
+                {"op": op, "device": "cuda (none here)", "backend": chosen, "why": why}
+            )
+    return rows

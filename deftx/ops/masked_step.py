@@ -1,0 +1,84 @@
+"""Public op: the masked AdamW step of sparse retraining (state only for the K entries)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from deftx.ops.dispatch import backend_for, common_device
+from deftx.ops.validation import as_tensor_list, check_float_dtype, check_index_tensor
+
+
+def _check_state(name: str, tensors: Sequence[torch.Tensor], indices: list[torch.Tensor]) -> None:
+    if len(tensors) != len(indices):
+        raise ValueError(f"masked_adamw_step_: {len(tensors)} {name} for {len(indices)} index tensors")
+    for t, (state, idx) in enumerate(zip(tensors, indices, strict=True)):
+        if state.dtype != torch.float32 or state.shape != idx.shape or not state.is_contiguous():
+            raise ValueError(
+                f"masked_adamw_step_: {name}[{t}] must be a contiguous float32 tensor of shape "
+                f"{tuple(idx.shape)}, got {state.dtype} {tuple(state.shape)}"
+            )
+
+
+def masked_adamw_step_(
+    params: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor],
+    indices: Sequence[torch.Tensor],
+    masters: Sequence[torch.Tensor],
+    exp_avgs: Sequence[torch.Tensor],
+    exp_avg_sqs: Sequence[torch.Tensor],
+    bases: Sequence[torch.Tensor] | None = None,
+    *,
+    step: int,
+    lr: float,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    l1: float = 0.0,
+    backend: str | None = None,
+) -> None:
+    """One AdamW step on the selected entries ``indices[t]`` of each parameter only.
+
+    Per entry (fp32): ``g = grad[i] (+ l1 * sign(master - base))``; Adam moments;
+    decoupled weight decay on the fp32 ``master``; ``param[i] = cast(master)``. Entries
+    outside ``indices`` are never read or written, and the optimizer state is O(K).
+
+    Args:
+        params, grads: T contiguous tensors (same shape and dtype pairwise).
+        indices: T int64 (K_t,) sorted unique flat indices.
+        masters, exp_avgs, exp_avg_sqs: T fp32 (K_t,) tensors, updated in place.
+        bases: T fp32 (K_t,) θ0 values for the L1 pull (required when ``l1 != 0``).
+        step: the step number, >= 1 (bias correction).
+    """
+    items = as_tensor_list(params, "masked_adamw_step_")
+    grad_items = as_tensor_list(grads, "masked_adamw_step_ grads")
+    idx_items = as_tensor_list(indices, "masked_adamw_step_ indices")
+    if not len(items) == len(grad_items) == len(idx_items):
+        raise ValueError("masked_adamw_step_: params, grads and indices differ in length")
+    for t, (p, g, idx) in enumerate(zip(items, grad_items, idx_items, strict=True)):
+        check_float_dtype(p, f"masked_adamw_step_: param {t}")
+        if g.shape != p.shape or g.dtype != p.dtype:
+            raise ValueError(
+                f"masked_adamw_step_: grad {t} is {g.dtype} {tuple(g.shape)}, param is {p.dtype} {tuple(p.shape)}"
+            )
+        if not p.is_contiguous():
+            raise ValueError(f"masked_adamw_step_: param {t} is not contiguous")
+        check_index_tensor(idx, p.numel(), f"masked_adamw_step_: param {t}")
+    for name, state in (("masters", masters), ("exp_avgs", exp_avgs), ("exp_avg_sqs", exp_avg_sqs)):
+        _check_state(name, state, idx_items)
+    if l1 != 0.0:
+        if bases is None:
+            raise ValueError("masked_adamw_step_: l1 != 0 needs bases (θ0 at the indices)")
+        _check_state("bases", bases, idx_items)
+    if isinstance(step, bool) or not isinstance(step, int) or step < 1:
+        raise ValueError(f"masked_adamw_step_: step must be an int >= 1, got {step!r}")
+    if not items:
+        return
+    device = common_device(items, "masked_adamw_step_")
+    backend_for("masked_step", device, backend).masked_adamw_step_(
+        items, [g.contiguous() for g in grad_items], idx_items, masters, exp_avgs, exp_avg_sqs,
+        bases if l1 != 0.0 else None,
+        step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, l1=l1,
+    )

@@ -1,0 +1,49 @@
+"""Torch reference of sparse scatter-add (compose) and its exact restore (revert)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+def scatter_add_(
+    dense: Sequence[torch.Tensor],
+    indices: Sequence[Sequence[torch.Tensor]],
+    values: Sequence[Sequence[torch.Tensor]],
+    scales: Sequence[float],
+    save: bool,
+) -> list[list[torch.Tensor]] | None:
+    """Add diffs in order: ``w[i] = cast(f32(w[i]) + f32(scale) * f32(v))``, two roundings.
+
+    Args:
+        dense: T contiguous float tensors, modified in place.
+        indices: D x T int64 sorted unique flat indices.
+        values: D x T float values, same lengths as ``indices``.
+        scales: D floats.
+        save: gather the original values at every diff's indices first and return them.
+    """
+    saved = None
+    if save:
+        saved = [[w.view(-1)[idx].clone() for w, idx in zip(dense, row, strict=True)] for row in indices]
+    for row_idx, row_val, scale in zip(indices, values, scales, strict=True):
+        factor = torch.tensor(scale, dtype=torch.float32)
+        for w, idx, val in zip(dense, row_idx, row_val, strict=True):
+            if idx.numel() == 0:
+                continue
+            flat = w.view(-1)
+            step = val.float() * factor.to(val.device)
+            flat[idx] = (flat[idx].float() + step).to(w.dtype)
+    return saved
+
+
+def scatter_restore_(
+    dense: Sequence[torch.Tensor],
+    indices: Sequence[Sequence[torch.Tensor]],
+    saved: Sequence[Sequence[torch.Tensor]],
+) -> None:
+    """Write ``saved[d][t]`` back at ``indices[d][t]`` (undoes :func:`scatter_add_` exactly)."""
+    for row_idx, row_saved in zip(indices, saved, strict=True):
+        for w, idx, old in zip(dense, row_idx, row_saved, strict=True):
+            if idx.numel():
+                w.view(-1)[idx] = old

@@ -1,0 +1,101 @@
+"""Public ops: sparse scatter-add of several diffs onto dense tensors, and its exact undo."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from deftx.ops.dispatch import backend_for, common_device
+from deftx.ops.validation import as_tensor_list, check_float_dtype, check_index_tensor
+
+
+def _check_dense(dense: list[torch.Tensor], what: str) -> torch.device:
+    for t, w in enumerate(dense):
+        check_float_dtype(w, f"{what}: dense tensor {t}")
+        if not w.is_contiguous():
+            raise ValueError(f"{what}: dense tensor {t} is not contiguous (it is updated in place)")
+    return common_device(dense, what)
+
+
+def _check_rows(
+    dense: list[torch.Tensor],
+    indices: Sequence[Sequence[torch.Tensor]],
+    payload: Sequence[Sequence[torch.Tensor]],
+    payload_name: str,
+    what: str,
+) -> None:
+    if len(indices) != len(payload):
+        raise ValueError(f"{what}: {len(indices)} index rows but {len(payload)} {payload_name} rows")
+    for d, (row_idx, row_val) in enumerate(zip(indices, payload, strict=True)):
+        if len(row_idx) != len(dense) or len(row_val) != len(dense):
+            raise ValueError(
+                f"{what}: diff {d} has {len(row_idx)} index and {len(row_val)} {payload_name} "
+                f"tensors for {len(dense)} dense tensors"
+            )
+        for t, (w, idx, val) in enumerate(zip(dense, row_idx, row_val, strict=True)):
+            where = f"{what}: diff {d}, tensor {t}"
+            check_index_tensor(idx, w.numel(), where)
+            check_float_dtype(val, f"{where} {payload_name}")
+            if val.dim() != 1 or val.numel() != idx.numel():
+                raise ValueError(
+                    f"{where}: {payload_name} shape {tuple(val.shape)} does not match "
+                    f"{idx.numel()} indices"
+                )
+            if idx.device != w.device or val.device != w.device:
+                raise ValueError(f"{where}: indices/{payload_name} must be on {w.device}")
+
+
+def scatter_add_(
+    dense: Sequence[torch.Tensor],
+    indices: Sequence[Sequence[torch.Tensor]],
+    values: Sequence[Sequence[torch.Tensor]],
+    scales: Sequence[float] | None = None,
+    *,
+    save: bool = False,
+    backend: str | None = None,
+) -> list[list[torch.Tensor]] | None:
+    """Add D sparse diffs onto T dense tensors in place, in one pass.
+
+    For each diff ``d`` in order and each entry ``i = indices[d][t][j]``:
+    ``dense[t].flat[i] = cast(f32(dense[t].flat[i]) + f32(scales[d]) * f32(values[d][t][j]))``
+    (two roundings, no fused multiply-add), so applying diffs together equals applying
+    them one after another, bit for bit, on every backend. Deterministic: no float atomics.
+
+    Args:
+        dense: T contiguous fp32/bf16/fp16 tensors (updated in place).
+        indices: D rows of T int64 1-D tensors, sorted ascending, unique, in range.
+        values: D rows of T 1-D float tensors matching ``indices``.
+        scales: D floats (default all 1.0).
+        save: also return the original values at every diff's indices (dense dtype),
+            gathered before anything is added; pass them to :func:`scatter_restore_`.
+    """
+    items = as_tensor_list(dense, "scatter_add_")
+    device = _check_dense(items, "scatter_add_")
+    scales = [1.0] * len(indices) if scales is None else [float(s) for s in scales]
+    if len(scales) != len(indices):
+        raise ValueError(f"scatter_add_: {len(scales)} scales for {len(indices)} diffs")
+    _check_rows(items, indices, values, "values", "scatter_add_")
+    if not items or not indices:
+        return [[] for _ in indices] if save else None
+    ops = backend_for("scatter", device, backend)
+    return ops.scatter_add_(items, indices, values, scales, save)
+
+
+def scatter_restore_(
+    dense: Sequence[torch.Tensor],
+    indices: Sequence[Sequence[torch.Tensor]],
+    saved: Sequence[Sequence[torch.Tensor]],
+    *,
+    backend: str | None = None,
+) -> None:
+    """Write the values saved by :func:`scatter_add_` back: the exact inverse, bit for bit."""
+    items = as_tensor_list(dense, "scatter_restore_")
+    device = _check_dense(items, "scatter_restore_")
+    _check_rows(items, indices, saved, "saved", "scatter_restore_")
+    for row_saved in saved:
+        for t, (w, old) in enumerate(zip(items, row_saved, strict=True)):
+            if old.dtype != w.dtype:
+                raise TypeError(f"scatter_restore_: saved tensor {t} is {old.dtype}, dense is {w.dtype}")
+    if items and indices:
+        backend_for("scatter", device, backend).scatter_restore_(items, indices, saved)

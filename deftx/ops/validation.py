@@ -1,0 +1,65 @@
+"""Input checks shared by the public ops: clear messages that name the offending tensor."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+FLOAT_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def as_tensor_list(tensors: Sequence[torch.Tensor], what: str) -> list[torch.Tensor]:
+    """``tensors`` as a list; rejects a bare tensor and non-tensor items."""
+    if isinstance(tensors, torch.Tensor):
+        raise TypeError(f"{what}: expected a list of tensors, got a single tensor (wrap it in [...])")
+    items = list(tensors)
+    for i, t in enumerate(items):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{what}: item {i} is {type(t).__name__}, not a torch.Tensor")
+    return items
+
+
+def check_float_dtype(t: torch.Tensor, what: str) -> None:
+    """Raise TypeError unless ``t`` is fp32, bf16 or fp16."""
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{what} has dtype {t.dtype}; expected float32, bfloat16 or float16")
+
+
+def check_no_nan(tensors: Sequence[torch.Tensor], what: str) -> None:
+    """Raise ValueError naming the first tensor that holds a NaN (one host sync in all)."""
+    if not tensors:
+        return
+    flags = torch.stack([torch.isnan(t).any() for t in tensors]).cpu()
+    if bool(flags.any()):
+        first = int(flags.nonzero()[0])
+        bad = tensors[first]
+        count = int(torch.isnan(bad).sum())
+        raise ValueError(
+            f"{what}: tensor {first} (shape {tuple(bad.shape)}) contains {count} NaN value(s); "
+            "magnitudes of NaN have no order"
+        )
+
+
+def check_count(k: object, total: int, what: str) -> int:
+    """``k`` as an int in [0, total]; rejects bools, floats and out-of-range values."""
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"{what}: k must be an int, got {type(k).__name__}")
+    if k < 0 or k > total:
+        raise ValueError(f"{what}: k = {k} is out of range [0, {total}] (total entries)")
+    return k
+
+
+def check_index_tensor(idx: torch.Tensor, numel: int, what: str) -> None:
+    """Raise unless ``idx`` is a 1-D int64 tensor of sorted unique indices in [0, numel)."""
+    if idx.dtype != torch.int64:
+        raise TypeError(f"{what}: indices have dtype {idx.dtype}; expected int64")
+    if idx.dim() != 1:
+        raise ValueError(f"{what}: indices must be 1-D, got shape {tuple(idx.shape)}")
+    if idx.numel() == 0:
+        return
+    low, high = int(idx.min()), int(idx.max())
+    if low < 0 or high >= numel:
+        raise IndexError(f"{what}: index range [{low}, {high}] is outside [0, {numel})")
+    if idx.numel() > 1 and not bool((idx[1:] > idx[:-1]).all()):
+        raise ValueError(f"{what}: indices must be sorted ascending and unique")
