@@ -98,6 +98,15 @@ def auto_backend(op: str, device_type: str) -> tuple[str, str]:
 
 
 @functools.cache
+def _warn_native_missing_once(reason: str) -> None:
+    warnings.warn(
+        f"deftx: the native CPU backend is unavailable ({reason}); using the PyTorch backend "
+        "(run `deftx doctor` for details)",
+        stacklevel=4,
+    )
+
+
+@functools.cache
 def _warn_interpreter_once(op: str) -> None:
     warnings.warn(
         f"deftx: running the Triton kernel of {op!r} on CPU tensors under the Triton "
@@ -110,7 +119,10 @@ def resolve(op: str, device: torch.device, backend: str | None = None) -> str:
     """The backend that runs ``op`` on ``device`` for the requested ``backend``."""
     wanted = requested_backend(backend)
     if wanted == "auto":
-        return auto_backend(op, device.type)[0]
+        chosen, why = auto_backend(op, device.type)
+        if device.type == "cpu" and chosen == "torch" and op in NATIVE_OPS:
+            _warn_native_missing_once(why)
+        return chosen
     reason = unavailable_reason(op, wanted, device.type)
     if reason is not None:
         raise BackendUnavailableError(f"{op}: backend {wanted!r} cannot run on {device}: {reason}")

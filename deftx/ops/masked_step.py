@@ -6,7 +6,8 @@ from collections.abc import Sequence
 
 import torch
 
-from deftx.ops.dispatch import backend_for, common_device
+from deftx.ops import library
+from deftx.ops.dispatch import common_device, requested_backend
 from deftx.ops.validation import as_tensor_list, check_float_dtype, check_index_tensor
 
 
@@ -76,9 +77,10 @@ def masked_adamw_step_(
         raise ValueError(f"masked_adamw_step_: step must be an int >= 1, got {step!r}")
     if not items:
         return
-    device = common_device(items, "masked_adamw_step_")
-    backend_for("masked_step", device, backend).masked_adamw_step_(
-        items, [g.contiguous() for g in grad_items], idx_items, masters, exp_avgs, exp_avg_sqs,
-        bases if l1 != 0.0 else None,
-        step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, l1=l1,
+    common_device(items, "masked_adamw_step_")
+    library.masked_adamw_step(
+        items, [g.contiguous() for g in grad_items], idx_items, list(masters), list(exp_avgs), list(exp_avg_sqs),
+        list(bases) if l1 != 0.0 and bases is not None else [],
+        step, float(lr), float(beta1), float(beta2), float(eps), float(weight_decay), float(l1),
+        requested_backend(backend),
     )

@@ -6,16 +6,17 @@ from collections.abc import Sequence
 
 import torch
 
-from deftx.ops.dispatch import backend_for, common_device
+from deftx.ops import library
+from deftx.ops.dispatch import common_device, requested_backend
 from deftx.ops.validation import as_tensor_list, check_float_dtype, check_index_tensor
 
 
-def _check_dense(dense: list[torch.Tensor], what: str) -> torch.device:
+def _check_dense(dense: list[torch.Tensor], what: str) -> None:
     for t, w in enumerate(dense):
         check_float_dtype(w, f"{what}: dense tensor {t}")
         if not w.is_contiguous():
             raise ValueError(f"{what}: dense tensor {t} is not contiguous (it is updated in place)")
-    return common_device(dense, what)
+    common_device(dense, what)
 
 
 def _check_rows(
@@ -71,15 +72,21 @@ def scatter_add_(
             gathered before anything is added; pass them to :func:`scatter_restore_`.
     """
     items = as_tensor_list(dense, "scatter_add_")
-    device = _check_dense(items, "scatter_add_")
+    _check_dense(items, "scatter_add_")
     scales = [1.0] * len(indices) if scales is None else [float(s) for s in scales]
     if len(scales) != len(indices):
         raise ValueError(f"scatter_add_: {len(scales)} scales for {len(indices)} diffs")
     _check_rows(items, indices, values, "values", "scatter_add_")
     if not items or not indices:
         return [[] for _ in indices] if save else None
-    ops = backend_for("scatter", device, backend)
-    return ops.scatter_add_(items, indices, values, scales, save)
+    saved = [[idx.new_empty(idx.shape, dtype=w.dtype) for w, idx in zip(items, row, strict=True)] for row in indices]
+    if not save:
+        saved = []
+    library.scatter_add(
+        items, [t for row in indices for t in row], [t for row in values for t in row], scales,
+        [t for row in saved for t in row], requested_backend(backend),
+    )
+    return saved if save else None
 
 
 def scatter_restore_(
@@ -91,11 +98,13 @@ def scatter_restore_(
 ) -> None:
     """Write the values saved by :func:`scatter_add_` back: the exact inverse, bit for bit."""
     items = as_tensor_list(dense, "scatter_restore_")
-    device = _check_dense(items, "scatter_restore_")
+    _check_dense(items, "scatter_restore_")
     _check_rows(items, indices, saved, "saved", "scatter_restore_")
     for row_saved in saved:
         for t, (w, old) in enumerate(zip(items, row_saved, strict=True)):
             if old.dtype != w.dtype:
                 raise TypeError(f"scatter_restore_: saved tensor {t} is {old.dtype}, dense is {w.dtype}")
     if items and indices:
-        backend_for("scatter", device, backend).scatter_restore_(items, indices, saved)
+        library.scatter_restore(
+            items, [t for row in indices for t in row], [t for row in saved for t in row], requested_backend(backend)
+        )

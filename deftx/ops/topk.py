@@ -7,7 +7,8 @@ from typing import Literal
 
 import torch
 
-from deftx.ops.dispatch import backend_for, common_device
+from deftx.ops import library
+from deftx.ops.dispatch import common_device, requested_backend
 from deftx.ops.validation import as_tensor_list, check_count, check_float_dtype, check_no_nan
 
 
@@ -47,11 +48,11 @@ def topk_mask(
         raise ValueError(f"topk_mask: output must be 'mask' or 'indices', got {output!r}")
     for i, t in enumerate(items):
         check_float_dtype(t, f"topk_mask: tensor {i}")
-    device = common_device(items, "topk_mask")
+    common_device(items, "topk_mask")
     check_count(k, sum(t.numel() for t in items), "topk_mask")
     check_no_nan(items, "topk_mask")
     contiguous = [t.detach().contiguous() for t in items]
-    indices = backend_for("topk", device, backend).topk_indices(contiguous, k)
+    indices = library.topk_indices(contiguous, k, requested_backend(backend))
     if output == "indices":
         return indices
     return [indices_to_mask(idx, t.shape) for idx, t in zip(indices, items, strict=True)]

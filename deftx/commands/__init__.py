@@ -1,0 +1,1 @@
+"""Subcommands of the ``deftx`` CLI, discovered by :mod:`deftx.cli`."""

@@ -1,0 +1,52 @@
+"""Environment and backend report (``deftx doctor`` / ``python -m deftx.info``)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+
+import torch
+
+import deftx
+from deftx.ops.dispatch import ENV_VAR, backend_report, triton_unavailable_reason
+
+
+def environment_lines() -> list[str]:
+    """Versions and devices, one ``key: value`` line each."""
+    lines = [
+        f"deftx: {deftx.__version__}",
+        f"python: {platform.python_version()} ({sys.executable})",
+        f"torch: {torch.__version__} (CUDA available: {torch.cuda.is_available()})",
+        f"CPU threads: {torch.get_num_threads()}",
+    ]
+    if torch.cuda.is_available():
+        lines.append(f"GPU: {torch.cuda.get_device_name(0)}")
+    reason = triton_unavailable_reason()
+    if reason is None:
+        import triton
+
+        lines.append(f"triton: {triton.__version__}")
+    else:
+        lines.append(f"triton: unavailable: {reason}")
+    return lines
+
+
+def report() -> str:
+    """The full doctor report: environment, then which backend each op uses and why."""
+    rows = backend_report()
+    width_op = max(len(r["op"]) for r in [*rows, {"op": "op"}])
+    width_dev = max(len(r["device"]) for r in [*rows, {"device": "device"}])
+    width_be = max(len(r["backend"]) for r in [*rows, {"backend": "backend"}])
+    table = [f"{'op':<{width_op}}  {'device':<{width_dev}}  {'backend':<{width_be}}  why"]
+    table += [
+        f"{r['op']:<{width_op}}  {r['device']:<{width_dev}}  {r['backend']:<{width_be}}  {r['why']}" for r in rows
+    ]
+    override = f"backend override: ${ENV_VAR} is not set (auto)"
+    if os.environ.get(ENV_VAR):
+        override = f"backend override: ${ENV_VAR}={os.environ[ENV_VAR]} (explicit: unavailable backends raise)"
+    return "\n".join([*environment_lines(), override, "", *table])
+
+
+if __name__ == "__main__":
+    print(report())

@@ -1,0 +1,110 @@
+"""The ops registered with ``torch.library`` (namespace ``deftx``), with fake implementations.
+
+Registering them makes the ops opaque, shape-aware nodes under ``torch.compile`` and
+``torch.export``: the compiler never traces into a backend, and the fake (meta)
+implementations give output shapes without running anything. The public functions in
+:mod:`deftx.ops` validate their inputs and then call these.
+
+Nested per-diff lists are flattened row-major (diff-major) to ``Tensor[]``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from deftx.ops.dispatch import backend_for, common_device
+
+
+def _rows(flat: list[torch.Tensor], width: int) -> list[list[torch.Tensor]]:
+    return [flat[i : i + width] for i in range(0, len(flat), width)] if width else []
+
+
+@torch.library.custom_op("deftx::topk_indices", mutates_args=())
+def topk_indices(tensors: list[torch.Tensor], k: int, backend: str) -> list[torch.Tensor]:
+    """Sorted flat int64 indices of the global top-k |x| (validated inputs)."""
+    device = common_device(tensors, "topk_indices")
+    return backend_for("topk", device, backend).topk_indices(tensors, k)
+
+
+@topk_indices.register_fake
+def _topk_indices_fake(tensors: list[torch.Tensor], k: int, backend: str) -> list[torch.Tensor]:
+    ctx = torch.library.get_ctx()
+    return [t.new_empty(ctx.new_dynamic_size(), dtype=torch.int64) for t in tensors]
+
+
+@torch.library.custom_op("deftx::scatter_add_", mutates_args=("dense", "saved_out"))
+def scatter_add(
+    dense: list[torch.Tensor],
+    indices: list[torch.Tensor],
+    values: list[torch.Tensor],
+    scales: list[float],
+    saved_out: list[torch.Tensor],
+    backend: str,
+) -> None:
+    """Scatter-add of D diffs (flattened D*T lists).
+
+    ``saved_out`` is empty (nothing saved) or D*T preallocated tensors that receive the
+    original values at the indices (outputs are written into arguments so that the op
+    has no aliased return values, which functionalization under torch.compile requires).
+    """
+    device = common_device(dense, "scatter_add_")
+    width = len(dense)
+    saved = backend_for("scatter", device, backend).scatter_add_(
+        dense, _rows(indices, width), _rows(values, width), scales, bool(saved_out)
+    )
+    if saved_out:
+        for out, original in zip(saved_out, [t for row in saved for t in row], strict=True):
+            out.copy_(original)
+
+
+@scatter_add.register_fake
+def _scatter_add_fake(dense, indices, values, scales, saved_out, backend) -> None:
+    return None
+
+
+@torch.library.custom_op("deftx::scatter_restore_", mutates_args=("dense",))
+def scatter_restore(
+    dense: list[torch.Tensor], indices: list[torch.Tensor], saved: list[torch.Tensor], backend: str
+) -> None:
+    """Write saved values back (flattened D*T lists)."""
+    device = common_device(dense, "scatter_restore_")
+    width = len(dense)
+    backend_for("scatter", device, backend).scatter_restore_(dense, _rows(indices, width), _rows(saved, width))
+
+
+@scatter_restore.register_fake
+def _scatter_restore_fake(dense, indices, saved, backend) -> None:
+    return None
+
+
+@torch.library.custom_op(
+    "deftx::masked_adamw_step_", mutates_args=("params", "masters", "exp_avgs", "exp_avg_sqs")
+)
+def masked_adamw_step(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    indices: list[torch.Tensor],
+    masters: list[torch.Tensor],
+    exp_avgs: list[torch.Tensor],
+    exp_avg_sqs: list[torch.Tensor],
+    bases: list[torch.Tensor],
+    step: int,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    l1: float,
+    backend: str,
+) -> None:
+    """Masked AdamW step (``bases`` empty when unused)."""
+    device = common_device(params, "masked_adamw_step_")
+    backend_for("masked_step", device, backend).masked_adamw_step_(
+        params, grads, indices, masters, exp_avgs, exp_avg_sqs, bases or None,
+        step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, l1=l1,
+    )
+
+
+@masked_adamw_step.register_fake
+def _masked_adamw_step_fake(params, grads, indices, masters, exp_avgs, exp_avg_sqs, bases, *rest) -> None:
+    return None

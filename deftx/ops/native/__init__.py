@@ -1,0 +1,190 @@
+"""Native CPU backend of deftx: ctypes bindings of the C++17 / OpenMP library built from csrc/.
+
+The library is ``deftx/_native/deftx_native*.so`` (built by ``pip install`` or ``make native``);
+``deftx/_native/BUILD_STATUS.txt`` records why it is missing when the build failed. Every
+exported function takes raw pointers and sizes and returns a status code, which
+:func:`check_status` turns into a Python exception. The op modules (:mod:`.topk`,
+:mod:`.scatter`) hold the backend functions of the op contract.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+ABI_VERSION = 1
+NATIVE_DIR = Path(__file__).resolve().parents[2] / "_native"
+
+# Element type codes of the C ABI (csrc/common.h, enum DType).
+DTYPE_CODES: dict[torch.dtype, int] = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+
+# Status codes of the C ABI (csrc/common.h, enum Status).
+_STATUS_OK = 0
+_STATUS_INVALID_ARGUMENT = 1
+_STATUS_OUT_OF_MEMORY = 2
+_STATUS_BAD_INDICES = 3
+
+_c_ptr = ctypes.c_void_p
+_c_i32p = ctypes.POINTER(ctypes.c_int32)
+_c_i64 = ctypes.c_int64
+_c_i64p = ctypes.POINTER(ctypes.c_int64)
+_c_f32p = ctypes.POINTER(ctypes.c_float)
+
+# Exported function -> (restype, argtypes); pointer arrays are passed as void**.
+_SIGNATURES: dict[str, tuple[type, list[type]]] = {
+    "deftx_native_abi_version": (ctypes.c_int32, []),
+    "deftx_topk_workspace_size": (_c_i64, [_c_i64, _c_i64p]),
+    "deftx_topk_select": (
+        ctypes.c_int32,
+        [_c_i64, ctypes.POINTER(_c_ptr), _c_i32p, _c_i64p, _c_i64, _c_i64p, _c_i64, _c_i64p],
+    ),
+    "deftx_topk_write": (
+        ctypes.c_int32,
+        [_c_i64, ctypes.POINTER(_c_ptr), _c_i32p, _c_i64p, _c_i64p, _c_i64, ctypes.POINTER(_c_ptr)],
+    ),
+    "deftx_scatter_add": (
+        ctypes.c_int32,
+        [
+            _c_i64,
+            ctypes.POINTER(_c_ptr),
+            _c_i32p,
+            _c_i64p,
+            _c_i64,
+            ctypes.POINTER(_c_ptr),
+            _c_i64p,
+            ctypes.POINTER(_c_ptr),
+            _c_i32p,
+            _c_f32p,
+            ctypes.POINTER(_c_ptr),
+        ],
+    ),
+    "deftx_scatter_restore": (
+        ctypes.c_int32,
+        [
+            _c_i64,
+            ctypes.POINTER(_c_ptr),
+            _c_i32p,
+            _c_i64p,
+            _c_i64,
+            ctypes.POINTER(_c_ptr),
+            _c_i64p,
+            ctypes.POINTER(_c_ptr),
+        ],
+    ),
+}
+
+
+class NativeUnavailableError(RuntimeError):
+    """The native library is not built, cannot be loaded, or has another ABI version."""
+
+
+def library_path() -> Path | None:
+    """Path of the built shared library in ``deftx/_native``, or None if there is none."""
+    candidates = sorted(NATIVE_DIR.glob("deftx_native*.so"))
+    return candidates[0] if candidates else None
+
+
+def _missing_library_reason() -> str:
+    status_file = NATIVE_DIR / "BUILD_STATUS.txt"
+    status = status_file.read_text().strip() if status_file.is_file() else ""
+    if status and status != "ok":
+        return f"native library not built ({status})"
+    return f"native library not found in {NATIVE_DIR} (run `make native`)"
+
+
+def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
+    for name, (restype, argtypes) in _SIGNATURES.items():
+        function = getattr(lib, name)
+        function.restype = restype
+        function.argtypes = argtypes
+    return lib
+
+
+@functools.lru_cache(maxsize=1)
+def _load() -> tuple[ctypes.CDLL | None, str | None]:
+    path = library_path()
+    if path is None:
+        return None, _missing_library_reason()
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as err:
+        return None, f"cannot load native library {path.name}: {err}"
+    missing = [name for name in _SIGNATURES if not hasattr(lib, name)]
+    if missing:
+        return None, f"native library {path.name} lacks {', '.join(missing)} (rebuild: make native)"
+    version = _bind(lib).deftx_native_abi_version()
+    if version != ABI_VERSION:
+        return None, (
+            f"native library {path.name} has ABI version {version}, deftx expects {ABI_VERSION} (rebuild: make native)"
+        )
+    return lib, None
+
+
+def unavailable_reason() -> str | None:
+    """Why the native backend cannot be used, or None when it can."""
+    return _load()[1]
+
+
+def library() -> ctypes.CDLL:
+    """The loaded native library with its function signatures set.
+
+    Raises:
+        NativeUnavailableError: the library is missing, unloadable or of another ABI version.
+    """
+    lib, reason = _load()
+    if lib is None:
+        raise NativeUnavailableError(reason)
+    return lib
+
+
+def check_status(status: int, function: str) -> None:
+    """Raise the Python exception matching a non-zero status code of ``function``."""
+    if status == _STATUS_OK:
+        return
+    if status == _STATUS_INVALID_ARGUMENT:
+        raise ValueError(f"{function}: invalid argument (count, dtype, pointer or k)")
+    if status == _STATUS_OUT_OF_MEMORY:
+        raise MemoryError(f"{function}: out of memory for its work buffers")
+    if status == _STATUS_BAD_INDICES:
+        raise ValueError(f"{function}: an index list is not sorted or has an entry out of range")
+    raise RuntimeError(f"{function}: unknown status code {status}")
+
+
+def dtype_code(tensor: torch.Tensor, what: str) -> int:
+    """The C ABI code of ``tensor``'s dtype; TypeError for dtypes other than fp32/bf16/fp16."""
+    code = DTYPE_CODES.get(tensor.dtype)
+    if code is None:
+        raise TypeError(f"{what}: dtype {tensor.dtype} is not supported (fp32, bf16 or fp16)")
+    return code
+
+
+def check_cpu_contiguous(tensor: torch.Tensor, what: str) -> None:
+    """ValueError unless ``tensor`` is a contiguous CPU tensor (the library reads raw memory)."""
+    if tensor.device.type != "cpu":
+        raise ValueError(f"{what}: the native backend needs CPU tensors, got {tensor.device}")
+    if not tensor.is_contiguous():
+        raise ValueError(f"{what}: tensor must be contiguous")
+
+
+def pointer_array(tensors: Sequence[torch.Tensor]) -> ctypes.Array:
+    """``void*[len(tensors)]`` of the tensors' data pointers."""
+    return (_c_ptr * len(tensors))(*(tensor.data_ptr() for tensor in tensors))
+
+
+def int32_array(values: Sequence[int]) -> ctypes.Array:
+    """``int32_t[len(values)]``."""
+    return (ctypes.c_int32 * len(values))(*values)
+
+
+def int64_array(values: Sequence[int]) -> ctypes.Array:
+    """``int64_t[len(values)]``."""
+    return (ctypes.c_int64 * len(values))(*values)
+
+
+def float32_array(values: Sequence[float]) -> ctypes.Array:
+    """``float[len(values)]``: each Python float rounded to fp32 (nearest even)."""
+    return (ctypes.c_float * len(values))(*values)

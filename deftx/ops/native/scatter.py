@@ -1,0 +1,154 @@
+"""Native CPU backend of ``scatter``: sparse add of diffs into dense tensors (csrc/scatter.cpp)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from . import (
+    check_cpu_contiguous,
+    check_status,
+    dtype_code,
+    float32_array,
+    int32_array,
+    int64_array,
+    library,
+    pointer_array,
+)
+
+
+def _check_dense(dense: Sequence[torch.Tensor], function: str) -> list[int]:
+    """Validate the dense tensors; return their dtype codes."""
+    codes = []
+    for t, tensor in enumerate(dense):
+        check_cpu_contiguous(tensor, f"{function}: dense[{t}]")
+        codes.append(dtype_code(tensor, f"{function}: dense[{t}]"))
+    return codes
+
+
+def _flat_lists(
+    dense: Sequence[torch.Tensor],
+    indices: Sequence[Sequence[torch.Tensor]],
+    payload: Sequence[Sequence[torch.Tensor]],
+    function: str,
+    payload_name: str,
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Validate the (diff, tensor) lists; return indices and payload flattened as d * n + t."""
+    if len(payload) != len(indices):
+        raise ValueError(f"{function}: {len(indices)} index lists but {len(payload)} {payload_name} lists")
+    flat_indices: list[torch.Tensor] = []
+    flat_payload: list[torch.Tensor] = []
+    for d, (diff_indices, diff_payload) in enumerate(zip(indices, payload, strict=True)):
+        if len(diff_indices) != len(dense) or len(diff_payload) != len(dense):
+            raise ValueError(
+                f"{function}: diff {d} has {len(diff_indices)} index and {len(diff_payload)} "
+                f"{payload_name} tensors, expected {len(dense)} (one per dense tensor)"
+            )
+        for t, (index, item) in enumerate(zip(diff_indices, diff_payload, strict=True)):
+            where = f"{function}: diff {d}, tensor {t}"
+            check_cpu_contiguous(index, f"{where}: indices")
+            check_cpu_contiguous(item, f"{where}: {payload_name}")
+            if index.dtype != torch.int64 or index.dim() != 1:
+                raise ValueError(f"{where}: indices must be int64 1-D, got {index.dtype} {index.dim()}-D")
+            if item.dim() != 1 or item.numel() != index.numel():
+                raise ValueError(
+                    f"{where}: {payload_name} must be 1-D with {index.numel()} entries, got shape {tuple(item.shape)}"
+                )
+            flat_indices.append(index)
+            flat_payload.append(item)
+    return flat_indices, flat_payload
+
+
+def scatter_add_(
+    dense: Sequence[torch.Tensor],
+    indices: Sequence[Sequence[torch.Tensor]],
+    values: Sequence[Sequence[torch.Tensor]],
+    scales: Sequence[float],
+    save: bool,
+) -> list[list[torch.Tensor]] | None:
+    """Add scaled sparse diffs to dense tensors in place, diff after diff.
+
+    For d = 0, 1, ... and every entry j, with ``i = indices[d][t][j]``:
+    ``dense[t].view(-1)[i] = cast(f32(dense[t][i]) + (f32(scales[d]) * f32(values[d][t][j])))``
+    with two separately rounded fp32 operations and a round-to-nearest-even cast.
+
+    Args:
+        dense: contiguous CPU tensors (fp32 / bf16 / fp16), any shape; modified in place.
+        indices: ``indices[d][t]`` int64 (K_dt,), sorted, unique, in ``[0, dense[t].numel())``.
+        values: ``values[d][t]`` (K_dt,) fp32 / bf16 / fp16.
+        scales: one multiplier per diff (rounded to fp32).
+        save: also return the original entries the diffs overwrite.
+
+    Returns:
+        ``saved[d][t]`` (K_dt,) of dense[t]'s dtype, the entries at ``indices[d][t]`` before
+        this call, when ``save`` is true; otherwise None.
+    """
+    function = "scatter_add_"
+    dense_codes = _check_dense(dense, function)
+    flat_indices, flat_values = _flat_lists(dense, indices, values, function, "values")
+    if len(scales) != len(indices):
+        raise ValueError(f"{function}: {len(indices)} diffs but {len(scales)} scales")
+    value_codes = [
+        dtype_code(value, f"{function}: values[{position // len(dense)}][{position % len(dense)}]")
+        for position, value in enumerate(flat_values)
+    ]
+    saved = (
+        [
+            [torch.empty(index.numel(), dtype=tensor.dtype) for index, tensor in zip(diff, dense, strict=True)]
+            for diff in indices
+        ]
+        if save
+        else None
+    )
+    status = library().deftx_scatter_add(
+        len(dense),
+        pointer_array(dense),
+        int32_array(dense_codes),
+        int64_array([tensor.numel() for tensor in dense]),
+        len(indices),
+        pointer_array(flat_indices),
+        int64_array([index.numel() for index in flat_indices]),
+        pointer_array(flat_values),
+        int32_array(value_codes),
+        float32_array(scales),
+        pointer_array([item for diff in saved for item in diff]) if saved is not None else None,
+    )
+    check_status(status, "deftx_scatter_add")
+    return saved
+
+
+def scatter_restore_(
+    dense: Sequence[torch.Tensor],
+    indices: Sequence[Sequence[torch.Tensor]],
+    saved: Sequence[Sequence[torch.Tensor]],
+) -> None:
+    """Write ``saved[d][t]`` back at ``indices[d][t]`` of ``dense[t]``, undoing :func:`scatter_add_`.
+
+    Args:
+        dense: the tensors :func:`scatter_add_` modified; restored in place.
+        indices: the same ``indices[d][t]`` as given to :func:`scatter_add_`.
+        saved: the lists :func:`scatter_add_` returned with ``save=True`` (dense dtypes).
+    """
+    function = "scatter_restore_"
+    dense_codes = _check_dense(dense, function)
+    flat_indices, flat_saved = _flat_lists(dense, indices, saved, function, "saved")
+    n_tensors = len(dense)
+    for position, item in enumerate(flat_saved):
+        expected = dense[position % n_tensors].dtype
+        if item.dtype != expected:
+            raise ValueError(
+                f"{function}: saved[{position // n_tensors}][{position % n_tensors}] has dtype "
+                f"{item.dtype}, expected the dense dtype {expected}"
+            )
+    status = library().deftx_scatter_restore(
+        n_tensors,
+        pointer_array(dense),
+        int32_array(dense_codes),
+        int64_array([tensor.numel() for tensor in dense]),
+        len(indices),
+        pointer_array(flat_indices),
+        int64_array([index.numel() for index in flat_indices]),
+        pointer_array(flat_saved),
+    )
+    check_status(status, "deftx_scatter_restore")

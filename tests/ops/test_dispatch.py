@@ -1,0 +1,45 @@
+"""Backend selection: auto, explicit, environment variable, and clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from deftx.ops import BackendUnavailableError, backend_report, topk_mask
+from deftx.ops.dispatch import auto_backend, requested_backend, resolve
+
+
+def test_requested_backend_from_argument_and_environment(monkeypatch):
+    monkeypatch.delenv("DEFTX_BACKEND", raising=False)
+    assert requested_backend(None) == "auto"
+    monkeypatch.setenv("DEFTX_BACKEND", "Torch")
+    assert requested_backend(None) == "torch"
+    assert requested_backend("native") == "native"
+    monkeypatch.setenv("DEFTX_BACKEND", "cuda")
+    with pytest.raises(ValueError, match=r"\$DEFTX_BACKEND is 'cuda'"):
+        requested_backend(None)
+
+
+def test_native_on_cuda_and_for_unimplemented_ops_raise():
+    with pytest.raises(BackendUnavailableError, match="native backend runs on CPU"):
+        resolve("topk", torch.device("cuda"), "native")
+    with pytest.raises(BackendUnavailableError, match="does not implement 'rsvd'"):
+        resolve("rsvd", torch.device("cpu"), "native")
+
+
+def test_auto_prefers_triton_on_cuda_and_never_the_interpreter_on_cpu():
+    assert auto_backend("topk", "cuda")[0] == "triton"
+    assert auto_backend("rsvd", "cpu")[0] == "torch"
+    assert auto_backend("topk", "cpu")[0] in ("native", "torch")
+
+
+def test_environment_variable_reaches_the_ops(monkeypatch):
+    monkeypatch.setenv("DEFTX_BACKEND", "bogus")
+    with pytest.raises(ValueError, match="DEFTX_BACKEND"):
+        topk_mask([torch.ones(2)], 1)
+
+
+def test_backend_report_covers_every_op():
+    rows = backend_report()
+    assert {r["op"] for r in rows} == {"topk", "scatter", "rsvd", "masked_step"}
+    assert all(r["backend"] in ("triton", "native", "torch") and r["why"] for r in rows)
