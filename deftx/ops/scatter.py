@@ -79,9 +79,11 @@ def scatter_add_(
     _check_rows(items, indices, values, "values", "scatter_add_")
     if not items or not indices:
         return [[] for _ in indices] if save else None
-    saved = [[idx.new_empty(idx.shape, dtype=w.dtype) for w, idx in zip(items, row, strict=True)] for row in indices]
-    if not save:
-        saved = []
+    saved = (
+        [[idx.new_empty(idx.shape, dtype=w.dtype) for w, idx in zip(items, row, strict=True)] for row in indices]
+        if save
+        else []
+    )
     library.scatter_add(
         items, [t for row in indices for t in row], [t for row in values for t in row], scales,
         [t for row in saved for t in row], requested_backend(backend),

@@ -1,0 +1,252 @@
+"""SparseDiff: file format, validation, apply/revert bit-exactness on transformers models, compose."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from transformers import BertConfig, BertForSequenceClassification, BertModel
+
+from deftx.ops import topk_mask
+from deftx.sft import ParamInfo, SparseDiff, SparseDiffFormatError, apply_diffs, compose
+from tests.helpers import assert_bitwise_equal
+
+
+def tiny_config(**overrides) -> BertConfig:
+    values = dict(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                  intermediate_size=24, max_position_embeddings=20, num_labels=3)
+    values.update(overrides)
+    return BertConfig(**values)
+
+
+def snapshot(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def assert_model_equals(model, state, what="model"):
+    for name, p in model.named_parameters():
+        assert_bitwise_equal(p.detach(), state[name], what=f"{what}: {name}")
+
+
+def random_sft(model, k, seed=0, scale=1e-2, head=False) -> SparseDiff:
+    """A SparseDiff on ``model``: top-k of a random perturbation of the body."""
+    gen = torch.Generator().manual_seed(seed)
+    base = snapshot(model)
+    body = [n for n in base if not n.startswith("classifier")]
+    tuned = {n: (t.float() + scale * torch.randn(t.shape, generator=gen)).to(t.dtype) for n, t in base.items()}
+    masks = topk_mask([tuned[n].float() - base[n].float() for n in body], k)
+    return SparseDiff.from_states(
+        base, tuned, dict(zip(body, masks, strict=True)),
+        dense_names=[n for n in base if n.startswith("classifier")] if head else (),
+        base_model="tiny-bert", method="lt-sft", k=k, settings={"lr": 1e-4},
+    )
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    m = BertForSequenceClassification(tiny_config())
+    m.config.deftx_base_model = "tiny-bert"
+    return m
+
+
+def test_save_load_round_trip(tmp_path, model):
+    diff = random_sft(model, 300, head=True)
+    path = tmp_path / "sft.safetensors"
+    diff.save(path)
+    loaded = SparseDiff.load(path)
+    assert loaded.names == diff.names and loaded.k == 300 and loaded.method == "lt-sft"
+    assert loaded.settings == {"lr": 1e-4} and loaded.base_model == "tiny-bert"
+    for name in diff.indices:
+        assert_bitwise_equal(loaded.indices[name], diff.indices[name], what=name)
+        assert_bitwise_equal(loaded.values[name], diff.values[name], what=name)
+        assert loaded.params[name] == diff.params[name]
+    for name in diff.dense:
+        assert_bitwise_equal(loaded.dense[name], diff.dense[name], what=name)
+
+
+def test_file_is_safetensors_with_int32_indices_and_metadata(tmp_path, model):
+    from safetensors import safe_open
+
+    path = tmp_path / "sft.safetensors"
+    random_sft(model, 50).save(path)
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+        index_keys = [k for k in f.keys() if k.startswith("indices/")]  # noqa: SIM118
+        assert all(f.get_tensor(k).dtype == torch.int32 for k in index_keys)
+    assert meta["format"] == "deftx.sparse_diff" and meta["format_version"] == "1"
+    params = json.loads(meta["params"])
+    assert params["bert.embeddings.word_embeddings.weight"] == {"shape": [64, 16], "dtype": "float32"}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_apply_then_revert_is_bit_exact(model, dtype):
+    model = model.to(dtype)
+    original = snapshot(model)
+    diff = random_sft(model, 400, head=True)
+    handle = diff.apply(model)
+    changed = sum(int((p.detach() != original[n]).sum()) for n, p in model.named_parameters())
+    assert changed > 300  # the sparse entries (some may round to no change in bf16) plus the head
+    handle.revert()
+    assert_model_equals(model, original, f"{dtype} after revert")
+
+
+def test_apply_reproduces_the_tuned_values(model):
+    base = snapshot(model)
+    diff = random_sft(model, 200)
+    diff.apply(model)
+    assert set(diff.indices) == {n for n in base if not n.startswith("classifier")}
+    for name, p in model.named_parameters():
+        want = base[name].reshape(-1).clone()
+        if name in diff.indices:
+            want[diff.indices[name]] += diff.values[name]
+        assert_bitwise_equal(p.detach().reshape(-1), want, what=name)
+
+
+def test_two_diffs_in_one_launch_and_lifo_revert(model):
+    original = snapshot(model)
+    lang, task = random_sft(model, 300, seed=1), random_sft(model, 300, seed=2, head=True)
+    one_by_one = BertForSequenceClassification(tiny_config())
+    one_by_one.load_state_dict(model.state_dict())
+    one_by_one.config.deftx_base_model = "tiny-bert"
+    handle = apply_diffs(model, [lang, task], [0.5, 1.0])
+    h1 = lang.apply(one_by_one, 0.5)
+    task.apply(one_by_one)
+    assert_model_equals(model, snapshot(one_by_one), "fused vs sequential")
+    with pytest.raises(RuntimeError, match="reverse order"):
+        h1.revert()
+    task.revert(one_by_one)
+    lang.revert(one_by_one)
+    handle.revert()
+    assert_model_equals(model, original)
+    assert_model_equals(one_by_one, original)
+    with pytest.raises(RuntimeError, match="already reverted"):
+        handle.revert()
+
+
+def test_names_resolve_across_model_classes(model):
+    diff = random_sft(model, 100)  # names like "bert.encoder..."
+    bare = BertModel(tiny_config())
+    original = snapshot(bare)
+    handle = diff.apply(bare, check_base=False)
+    name = "encoder.layer.0.attention.self.query.weight"
+    assert not torch.equal(bare.get_parameter(name), original[name]) or diff.indices[f"bert.{name}"].numel() == 0
+    handle.revert()
+    assert_model_equals(bare, original)
+
+
+def test_compose_hand_computed():
+    info = {"w": ParamInfo((2, 3), torch.float32)}
+    a = SparseDiff({"w": torch.tensor([0, 4])}, {"w": torch.tensor([1.0, 2.0])}, info, method="lt-sft")
+    b = SparseDiff({"w": torch.tensor([4, 5])}, {"w": torch.tensor([10.0, 20.0])}, info, method="deft-x")
+    c = compose(a, b, scales=[1.0, 0.5])
+    assert c.indices["w"].tolist() == [0, 4, 5]
+    assert c.values["w"].tolist() == [1.0, 7.0, 10.0]
+    assert c.method == "composed" and c.settings["scales"] == [1.0, 0.5]
+    assert c.delta("w").tolist() == [[1.0, 0.0, 0.0], [0.0, 7.0, 10.0]]
+
+
+def test_compose_rejects_conflicts():
+    a = SparseDiff({"w": torch.tensor([0])}, {"w": torch.ones(1)}, {"w": ParamInfo((3,), torch.float32)})
+    b = SparseDiff({"w": torch.tensor([0])}, {"w": torch.ones(1)}, {"w": ParamInfo((4,), torch.float32)})
+    with pytest.raises(ValueError, match="'w'"):
+        compose(a, b)
+    c = SparseDiff({}, {}, {}, base_model="x")
+    d = SparseDiff({}, {}, {}, base_model="y")
+    with pytest.raises(ValueError, match="different base models"):
+        compose(c, d)
+
+
+# ---- bad input: clear errors, model untouched -------------------------------------------------
+
+
+def rewrite(path, mutate):
+    """Load the raw tensors/metadata of a SparseDiff file, mutate them, write them back."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    mutate(tensors, meta)
+    save_file(tensors, str(path), metadata=meta)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "match"),
+    [
+        (lambda t, m: t.pop("indices/bert.pooler.dense.weight"), "lacks its indices"),
+        (lambda t, m: m.update(format="something"), "not a SparseDiff"),
+        (lambda t, m: m.update(format_version="9"), "version"),
+        (lambda t, m: m.update(params="{not json"), "not valid JSON"),
+        (lambda t, m: m.pop("params"), "'params' is missing"),
+        (lambda t, m: t.update({"indices/bert.pooler.dense.weight": torch.tensor([3, 3], dtype=torch.int32),
+                                "values/bert.pooler.dense.weight": torch.ones(2)}), "sorted ascending and unique"),
+        (lambda t, m: t.update({"indices/bert.pooler.dense.weight": torch.tensor([10**6], dtype=torch.int32),
+                                "values/bert.pooler.dense.weight": torch.ones(1)}), "outside"),
+        (lambda t, m: t.update({"values/bert.pooler.dense.weight": torch.ones(1, dtype=torch.float64)}), "float64"),
+        (lambda t, m: t.update({"junk": torch.ones(1)}), "unexpected tensor"),
+    ],
+)
+def test_load_rejects_bad_files(tmp_path, model, mutate, match):
+    path = tmp_path / "sft.safetensors"
+    random_sft(model, 100).save(path)
+    rewrite(path, mutate)
+    with pytest.raises(SparseDiffFormatError, match=match):
+        SparseDiff.load(path)
+
+
+def test_load_rejects_truncated_and_garbage_files(tmp_path, model):
+    path = tmp_path / "sft.safetensors"
+    random_sft(model, 100).save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(SparseDiffFormatError, match="corrupt or truncated"):
+        SparseDiff.load(path)
+    path.write_bytes(b"\x00" * 64)
+    with pytest.raises(SparseDiffFormatError, match="corrupt or truncated"):
+        SparseDiff.load(path)
+    with pytest.raises(FileNotFoundError):
+        SparseDiff.load(tmp_path / "missing.safetensors")
+
+
+def test_pickle_is_never_written(tmp_path, model):
+    path = tmp_path / "sft.safetensors"
+    random_sft(model, 10).save(path)
+    assert b"\x80\x04" not in path.read_bytes()[:16]  # safetensors: 8-byte header length, then JSON
+    assert path.read_bytes()[8:9] == b"{"
+
+
+@pytest.mark.parametrize(
+    ("make_bad", "error", "match"),
+    [
+        (lambda d: SparseDiff({"nope.weight": torch.tensor([0])}, {"nope.weight": torch.ones(1)},
+                              {"nope.weight": ParamInfo((3,), torch.float32)}), KeyError, "not in the model"),
+        (lambda d: SparseDiff({"bert.pooler.dense.weight": torch.tensor([0])}, {"bert.pooler.dense.weight": torch.ones(1)},
+                              {"bert.pooler.dense.weight": ParamInfo((4, 4), torch.float32)}), ValueError, "shape"),
+        (lambda d: SparseDiff({"bert.pooler.dense.weight": torch.tensor([0])}, {"bert.pooler.dense.weight": torch.ones(1)},
+                              {"bert.pooler.dense.weight": ParamInfo((16, 16), torch.bfloat16)}), TypeError, "made for"),
+        (lambda d: SparseDiff(d.indices, d.values, d.params, base_model="another-model"), ValueError, "base model"),
+        (lambda d: SparseDiff({}, {}, {}, dense={"classifier.weight": torch.ones(5, 16)}), ValueError, "dense"),
+    ],
+)
+def test_apply_rejects_incompatible_diffs_without_touching_the_model(model, make_bad, error, match):
+    good = random_sft(model, 100)
+    original = snapshot(model)
+    with pytest.raises(error, match=match):
+        apply_diffs(model, [good, make_bad(good)])  # the good diff comes first: still nothing written
+    assert_model_equals(model, original)
+
+
+@pytest.mark.parametrize(
+    ("indices", "values", "error", "match"),
+    [
+        (torch.tensor([1, 1]), torch.ones(2), ValueError, "unique"),
+        (torch.tensor([0, 3]), torch.ones(2), IndexError, "outside"),
+        (torch.tensor([0, 1]), torch.ones(3), ValueError, "3 values for 2 indices"),
+    ],
+)
+def test_constructor_validates(indices, values, error, match):
+    with pytest.raises(error, match=match):
+        SparseDiff({"w": indices}, {"w": values}, {"w": ParamInfo((3,), torch.float32)})
