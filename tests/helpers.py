@@ -64,6 +64,5 @@ def assert_bitwise_equal(actual: torch.Tensor, expected: torch.Tensor, *, what: 
     if bool(bad.any()):
         first = int(bad.flatten().nonzero()[0])
         raise AssertionError(
-            f"{what}: {int(bad.sum())} of {bad.numel()} entries differ bitwise; "
-            f"first at flat index {first}"
+            f"{what}: {int(bad.sum())} of {bad.numel()} entries differ bitwise; first at flat index {first}"
         )

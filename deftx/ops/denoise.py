@@ -62,9 +62,7 @@ def _check_inputs(matrix: torch.Tensor, base: torch.Tensor | None, rank, energy)
     if base is not None:
         check_float_dtype(base, "lowrank_denoise: base")
         if base.shape != matrix.shape:
-            raise ValueError(
-                f"lowrank_denoise: base shape {tuple(base.shape)} != matrix shape {tuple(matrix.shape)}"
-            )
+            raise ValueError(f"lowrank_denoise: base shape {tuple(base.shape)} != matrix shape {tuple(matrix.shape)}")
         if base.device != matrix.device:
             raise ValueError(f"lowrank_denoise: base on {base.device}, matrix on {matrix.device}")
     if (rank is None) == (energy is None):
@@ -161,8 +159,15 @@ def lowrank_denoise(
         The (m, n) fp32 reconstruction U diag(S) Vh, or ``(recon, U, S, Vh)``.
     """
     u, s, vh = lowrank_factors(
-        matrix, rank, energy=energy, base=base, method=method,
-        oversample=oversample, n_iter=n_iter, seed=seed, backend=backend,
+        matrix,
+        rank,
+        energy=energy,
+        base=base,
+        method=method,
+        oversample=oversample,
+        n_iter=n_iter,
+        seed=seed,
+        backend=backend,
     )
     recon = (u * s) @ vh
     return (recon, u, s, vh) if return_factors else recon
@@ -186,8 +191,15 @@ def denoised_magnitudes(
     is the only (m, n) buffer written.
     """
     u, s, vh = lowrank_factors(
-        matrix, rank, energy=energy, base=base, method=method,
-        oversample=oversample, n_iter=n_iter, seed=seed, backend=backend,
+        matrix,
+        rank,
+        energy=energy,
+        base=base,
+        method=method,
+        oversample=oversample,
+        n_iter=n_iter,
+        seed=seed,
+        backend=backend,
     )
     if s.numel() == 0:
         return torch.zeros(matrix.shape, dtype=torch.float32, device=matrix.device)

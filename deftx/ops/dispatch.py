@@ -166,7 +166,5 @@ def backend_report() -> list[dict[str, str]]:
             rows.append({"op": op, "device": device_type, "backend": chosen, "why": why})
         if not torch.cuda.is_available():
             chosen, why = auto_backend(op, "cuda")
-            rows.append(
-                {"op": op, "device": "cuda (none here)", "backend": chosen, "why": why}
-            )
+            rows.append({"op": op, "device": "cuda (none here)", "backend": chosen, "why": why})
     return rows

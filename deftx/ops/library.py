@@ -77,9 +77,7 @@ def _scatter_restore_fake(dense, indices, saved, backend) -> None:
     return None
 
 
-@torch.library.custom_op(
-    "deftx::masked_adamw_step_", mutates_args=("params", "masters", "exp_avgs", "exp_avg_sqs")
-)
+@torch.library.custom_op("deftx::masked_adamw_step_", mutates_args=("params", "masters", "exp_avgs", "exp_avg_sqs"))
 def masked_adamw_step(
     params: list[torch.Tensor],
     grads: list[torch.Tensor],
@@ -100,8 +98,20 @@ def masked_adamw_step(
     """Masked AdamW step (``bases`` empty when unused)."""
     device = common_device(params, "masked_adamw_step_")
     backend_for("masked_step", device, backend).masked_adamw_step_(
-        params, grads, indices, masters, exp_avgs, exp_avg_sqs, bases or None,
-        step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, l1=l1,
+        params,
+        grads,
+        indices,
+        masters,
+        exp_avgs,
+        exp_avg_sqs,
+        bases or None,
+        step=step,
+        lr=lr,
+        beta1=beta1,
+        beta2=beta2,
+        eps=eps,
+        weight_decay=weight_decay,
+        l1=l1,
     )
 
 

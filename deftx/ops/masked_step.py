@@ -79,8 +79,19 @@ def masked_adamw_step_(
         return
     common_device(items, "masked_adamw_step_")
     library.masked_adamw_step(
-        items, [g.contiguous() for g in grad_items], idx_items, list(masters), list(exp_avgs), list(exp_avg_sqs),
+        items,
+        [g.contiguous() for g in grad_items],
+        idx_items,
+        list(masters),
+        list(exp_avgs),
+        list(exp_avg_sqs),
         list(bases) if l1 != 0.0 and bases is not None else [],
-        step, float(lr), float(beta1), float(beta2), float(eps), float(weight_decay), float(l1),
+        step,
+        float(lr),
+        float(beta1),
+        float(beta2),
+        float(eps),
+        float(weight_decay),
+        float(l1),
         requested_backend(backend),
     )

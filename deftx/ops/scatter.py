@@ -40,8 +40,7 @@ def _check_rows(
             check_float_dtype(val, f"{where} {payload_name}")
             if val.dim() != 1 or val.numel() != idx.numel():
                 raise ValueError(
-                    f"{where}: {payload_name} shape {tuple(val.shape)} does not match "
-                    f"{idx.numel()} indices"
+                    f"{where}: {payload_name} shape {tuple(val.shape)} does not match {idx.numel()} indices"
                 )
             if idx.device != w.device or val.device != w.device:
                 raise ValueError(f"{where}: indices/{payload_name} must be on {w.device}")
@@ -85,8 +84,12 @@ def scatter_add_(
         else []
     )
     library.scatter_add(
-        items, [t for row in indices for t in row], [t for row in values for t in row], scales,
-        [t for row in saved for t in row], requested_backend(backend),
+        items,
+        [t for row in indices for t in row],
+        [t for row in values for t in row],
+        scales,
+        [t for row in saved for t in row],
+        requested_backend(backend),
     )
     return saved if save else None
 

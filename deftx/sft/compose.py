@@ -42,9 +42,14 @@ def compose(*diffs: SparseDiff, scales: Sequence[float] | None = None) -> Sparse
         summed.index_add_(0, inverse, torch.cat([val for _, val in parts]))
         indices[name], values[name] = union, summed
     return SparseDiff(
-        indices, values, params, dense,
+        indices,
+        values,
+        params,
+        dense,
         base_model=bases.pop() if bases else None,
         method="composed",
-        settings={"components": [{"method": d.method, "k": d.k, "settings": d.settings} for d in diffs],
-                  "scales": scales},
+        settings={
+            "components": [{"method": d.method, "k": d.k, "settings": d.settings} for d in diffs],
+            "scales": scales,
+        },
     )

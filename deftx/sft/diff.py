@@ -203,7 +203,10 @@ class SparseDiff:
             raise SparseDiffFormatError(f"{source}: metadata field 'k' is {metadata.get('k')!r}")
         try:
             return cls(
-                indices, values, params, dense,
+                indices,
+                values,
+                params,
+                dense,
                 base_model=metadata.get("base_model") or None,
                 method=metadata.get("method", "sparse"),
                 k=int(metadata["k"]),

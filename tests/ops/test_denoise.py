@@ -67,7 +67,7 @@ def test_energy_policy_picks_the_rank_holding_the_fraction(method):
     s = torch.tensor([10.0, 5.0, 2.0] + [0.1] * 27)
     delta = (u[:, :30] * s) @ v.T
     # energies 100, 25, 4, 27 * 0.01; total 129.27: 0.9 needs the first 3 (129/129.27 = 0.998; 125 = 0.967)
-    recon, _, sv, _ = lowrank_denoise(delta, energy=0.9, method=method, return_factors=True)
+    _recon, _, sv, _ = lowrank_denoise(delta, energy=0.9, method=method, return_factors=True)
     assert sv.numel() == 2
     recon3, _, sv3, _ = lowrank_denoise(delta, energy=0.99, method=method, return_factors=True)
     assert sv3.numel() == 3
@@ -76,7 +76,7 @@ def test_energy_policy_picks_the_rank_holding_the_fraction(method):
 
 def test_zero_difference_gives_zero_rank():
     w = torch.randn(6, 4)
-    recon, u, s, vh = lowrank_denoise(w, energy=0.9, base=w.clone(), return_factors=True)
+    recon, _u, s, _vh = lowrank_denoise(w, energy=0.9, base=w.clone(), return_factors=True)
     assert s.numel() == 0 and torch.equal(recon, torch.zeros(6, 4))
 
 

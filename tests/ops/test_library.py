@@ -40,4 +40,7 @@ def test_topk_under_torch_compile():
         return topk_mask([a, b], 3, backend="torch")
 
     a, b = torch.tensor([1.0, -4.0, 2.0]), torch.tensor([3.0, 0.5])
-    assert [m.tolist() for m in torch.compile(select, backend="aot_eager")(a, b)] == [[False, True, True], [True, False]]
+    assert [m.tolist() for m in torch.compile(select, backend="aot_eager")(a, b)] == [
+        [False, True, True],
+        [True, False],
+    ]

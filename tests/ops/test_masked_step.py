@@ -32,8 +32,21 @@ def test_equals_adamw_restricted_to_the_entries(backend):
         for s, g, i in zip(subset, grads, indices, strict=True):
             s.grad = g.reshape(-1)[i].clone()
         opt.step()
-        masked_adamw_step_(params, grads, indices, masters, m, v, step=step, lr=1e-2, beta1=0.9, beta2=0.99,
-                           eps=1e-8, weight_decay=0.1, backend=backend)
+        masked_adamw_step_(
+            params,
+            grads,
+            indices,
+            masters,
+            m,
+            v,
+            step=step,
+            lr=1e-2,
+            beta1=0.9,
+            beta2=0.99,
+            eps=1e-8,
+            weight_decay=0.1,
+            backend=backend,
+        )
     for t, (p, i, s) in enumerate(zip(params, indices, subset, strict=True)):
         assert_close(p.reshape(-1)[i], s.detach(), rtol=1e-5, atol=1e-7, what=f"param {t}")
         untouched = torch.ones(p.numel(), dtype=torch.bool)
@@ -44,7 +57,7 @@ def test_equals_adamw_restricted_to_the_entries(backend):
 @pytest.mark.parametrize("backend", cpu_backends("masked_step"))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_l1_pull_and_fp32_masters(backend, dtype):
-    params, indices, gen = make_problem(dtype, seed=1)
+    params, indices, _gen = make_problem(dtype, seed=1)
     bases = [p.reshape(-1)[i].float().clone() for p, i in zip(params, indices, strict=True)]
     masters = [b.clone() + 0.01 for b in bases]
     m = [torch.zeros(i.numel()) for i in indices]
@@ -69,9 +82,14 @@ def test_l1_pull_and_fp32_masters(backend, dtype):
 )
 def test_bad_input(change, error, match):
     args = {
-        "params": [torch.zeros(5)], "grads": [torch.zeros(5)], "indices": [torch.tensor([0, 2, 4])],
-        "masters": [torch.zeros(3)], "exp_avgs": [torch.zeros(3)], "exp_avg_sqs": [torch.zeros(3)],
-        "step": 1, "lr": 0.1,
+        "params": [torch.zeros(5)],
+        "grads": [torch.zeros(5)],
+        "indices": [torch.tensor([0, 2, 4])],
+        "masters": [torch.zeros(3)],
+        "exp_avgs": [torch.zeros(3)],
+        "exp_avg_sqs": [torch.zeros(3)],
+        "step": 1,
+        "lr": 0.1,
     }
     args.update(change)
     with pytest.raises(error, match=match):

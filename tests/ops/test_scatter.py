@@ -76,8 +76,12 @@ def test_together_equals_one_after_another(backend):
 
 def test_hand_computed():
     w = torch.tensor([1.0, 2.0, 3.0, 4.0])
-    scatter_add_([w], [[torch.tensor([0, 3])], [torch.tensor([3])]], [[torch.tensor([0.5, 1.0])], [torch.tensor([2.0])]],
-                 [1.0, 0.5])
+    scatter_add_(
+        [w],
+        [[torch.tensor([0, 3])], [torch.tensor([3])]],
+        [[torch.tensor([0.5, 1.0])], [torch.tensor([2.0])]],
+        [1.0, 0.5],
+    )
     assert w.tolist() == [1.5, 2.0, 3.0, 6.0]
 
 

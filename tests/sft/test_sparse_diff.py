@@ -15,8 +15,15 @@ from tests.helpers import assert_bitwise_equal
 
 
 def tiny_config(**overrides) -> BertConfig:
-    values = dict(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                  intermediate_size=24, max_position_embeddings=20, num_labels=3)
+    values = dict(
+        vocab_size=64,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=24,
+        max_position_embeddings=20,
+        num_labels=3,
+    )
     values.update(overrides)
     return BertConfig(**values)
 
@@ -38,9 +45,14 @@ def random_sft(model, k, seed=0, scale=1e-2, head=False) -> SparseDiff:
     tuned = {n: (t.float() + scale * torch.randn(t.shape, generator=gen)).to(t.dtype) for n, t in base.items()}
     masks = topk_mask([tuned[n].float() - base[n].float() for n in body], k)
     return SparseDiff.from_states(
-        base, tuned, dict(zip(body, masks, strict=True)),
+        base,
+        tuned,
+        dict(zip(body, masks, strict=True)),
         dense_names=[n for n in base if n.startswith("classifier")] if head else (),
-        base_model="tiny-bert", method="lt-sft", k=k, settings={"lr": 1e-4},
+        base_model="tiny-bert",
+        method="lt-sft",
+        k=k,
+        settings={"lr": 1e-4},
     )
 
 
@@ -181,10 +193,24 @@ def rewrite(path, mutate):
         (lambda t, m: m.update(format_version="9"), "version"),
         (lambda t, m: m.update(params="{not json"), "not valid JSON"),
         (lambda t, m: m.pop("params"), "'params' is missing"),
-        (lambda t, m: t.update({"indices/bert.pooler.dense.weight": torch.tensor([3, 3], dtype=torch.int32),
-                                "values/bert.pooler.dense.weight": torch.ones(2)}), "sorted ascending and unique"),
-        (lambda t, m: t.update({"indices/bert.pooler.dense.weight": torch.tensor([10**6], dtype=torch.int32),
-                                "values/bert.pooler.dense.weight": torch.ones(1)}), "outside"),
+        (
+            lambda t, m: t.update(
+                {
+                    "indices/bert.pooler.dense.weight": torch.tensor([3, 3], dtype=torch.int32),
+                    "values/bert.pooler.dense.weight": torch.ones(2),
+                }
+            ),
+            "sorted ascending and unique",
+        ),
+        (
+            lambda t, m: t.update(
+                {
+                    "indices/bert.pooler.dense.weight": torch.tensor([10**6], dtype=torch.int32),
+                    "values/bert.pooler.dense.weight": torch.ones(1),
+                }
+            ),
+            "outside",
+        ),
         (lambda t, m: t.update({"values/bert.pooler.dense.weight": torch.ones(1, dtype=torch.float64)}), "float64"),
         (lambda t, m: t.update({"junk": torch.ones(1)}), "unexpected tensor"),
     ],
@@ -221,12 +247,33 @@ def test_pickle_is_never_written(tmp_path, model):
 @pytest.mark.parametrize(
     ("make_bad", "error", "match"),
     [
-        (lambda d: SparseDiff({"nope.weight": torch.tensor([0])}, {"nope.weight": torch.ones(1)},
-                              {"nope.weight": ParamInfo((3,), torch.float32)}), KeyError, "not in the model"),
-        (lambda d: SparseDiff({"bert.pooler.dense.weight": torch.tensor([0])}, {"bert.pooler.dense.weight": torch.ones(1)},
-                              {"bert.pooler.dense.weight": ParamInfo((4, 4), torch.float32)}), ValueError, "shape"),
-        (lambda d: SparseDiff({"bert.pooler.dense.weight": torch.tensor([0])}, {"bert.pooler.dense.weight": torch.ones(1)},
-                              {"bert.pooler.dense.weight": ParamInfo((16, 16), torch.bfloat16)}), TypeError, "made for"),
+        (
+            lambda d: SparseDiff(
+                {"nope.weight": torch.tensor([0])},
+                {"nope.weight": torch.ones(1)},
+                {"nope.weight": ParamInfo((3,), torch.float32)},
+            ),
+            KeyError,
+            "not in the model",
+        ),
+        (
+            lambda d: SparseDiff(
+                {"bert.pooler.dense.weight": torch.tensor([0])},
+                {"bert.pooler.dense.weight": torch.ones(1)},
+                {"bert.pooler.dense.weight": ParamInfo((4, 4), torch.float32)},
+            ),
+            ValueError,
+            "shape",
+        ),
+        (
+            lambda d: SparseDiff(
+                {"bert.pooler.dense.weight": torch.tensor([0])},
+                {"bert.pooler.dense.weight": torch.ones(1)},
+                {"bert.pooler.dense.weight": ParamInfo((16, 16), torch.bfloat16)},
+            ),
+            TypeError,
+            "made for",
+        ),
         (lambda d: SparseDiff(d.indices, d.values, d.params, base_model="another-model"), ValueError, "base model"),
         (lambda d: SparseDiff({}, {}, {}, dense={"classifier.weight": torch.ones(5, 16)}), ValueError, "dense"),
     ],

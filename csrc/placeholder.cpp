@@ -1,1 +1,0 @@
-extern "C" int deftx_native_abi_version() { return 1; }
