@@ -13,6 +13,7 @@ This package adds two things every tool needs:
 
 from __future__ import annotations
 
+import contextvars
 import importlib
 import importlib.util
 import sys
@@ -63,6 +64,66 @@ def specializations() -> list[KernelSpec]:
 
 
 _INTERPRETED: dict[str, ModuleType] = {}
+_INSIDE_INTERPRETED_RUN: contextvars.ContextVar[bool] = contextvars.ContextVar("deftx_interpreted_run", default=False)
+
+
+def _interpreted_jit_call(original_call):
+    """``JITFunction.__call__`` that, inside an interpreted launch, runs the callee interpreted too.
+
+    Triton's own ``@jit`` helpers (``tl.sum``, ``tl.cumsum``, ``tl.cdiv``...) were
+    decorated when triton was imported, as compiled ``JITFunction`` objects; an
+    interpreted kernel that calls them would otherwise fail with "Cannot call @triton.jit'd
+    outside of the scope of a kernel". Outside interpreted launches the original error
+    is kept.
+    """
+    from triton.runtime.interpreter import InterpretedFunction
+
+    cache: dict[int, InterpretedFunction] = {}
+
+    def call(self, *args, **kwargs):
+        if not _INSIDE_INTERPRETED_RUN.get():
+            return original_call(self, *args, **kwargs)
+        fn = cache.setdefault(id(self.fn), InterpretedFunction(self.fn))
+        return fn(*args, **kwargs)
+
+    return call
+
+
+def _mark_interpreted_runs(module: ModuleType) -> None:
+    """Flag every launch of the module's interpreted kernels (see :func:`_interpreted_jit_call`)."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    for value in vars(module).values():
+        if isinstance(value, InterpretedFunction):
+            run = value.run
+
+            def flagged_run(*args, _run=run, **kwargs):
+                token = _INSIDE_INTERPRETED_RUN.set(True)
+                try:
+                    return _run(*args, **kwargs)
+                finally:
+                    _INSIDE_INTERPRETED_RUN.reset(token)
+
+            value.run = flagged_run
+
+
+def _load_interpreted_copy(name: str, module: ModuleType) -> ModuleType:
+    import triton.knobs as knobs
+    from triton.runtime.jit import JITFunction
+
+    if not getattr(JITFunction.__call__, "_deftx_patched", False):
+        patched = _interpreted_jit_call(JITFunction.__call__)
+        patched._deftx_patched = True
+        JITFunction.__call__ = patched
+    qualified = f"{__name__}._interpreted_{name}"
+    spec = importlib.util.spec_from_file_location(qualified, module.__file__)
+    copy = importlib.util.module_from_spec(spec)
+    with knobs.runtime.scope():
+        knobs.runtime.interpret = True
+        sys.modules[qualified] = copy
+        spec.loader.exec_module(copy)
+    _mark_interpreted_runs(copy)
+    return copy
 
 
 def kernel_module(name: str, *, interpret: bool) -> ModuleType:
@@ -70,7 +131,9 @@ def kernel_module(name: str, *, interpret: bool) -> ModuleType:
 
     Triton decides at decoration time whether a kernel is compiled or interpreted,
     so the interpreted variant is a second copy of the module loaded with the
-    interpreter switched on. Use ``interpret=True`` for CPU tensors.
+    interpreter switched on (unless ``TRITON_INTERPRET=1`` was set before triton was
+    imported, in which case the module itself is interpreted). Use ``interpret=True``
+    for CPU tensors.
     """
     module = _module(name)
     if not interpret:
@@ -78,15 +141,5 @@ def kernel_module(name: str, *, interpret: bool) -> ModuleType:
     if name not in _INTERPRETED:
         import triton.knobs as knobs
 
-        if knobs.runtime.interpret:
-            _INTERPRETED[name] = module
-        else:
-            qualified = f"{__name__}._interpreted_{name}"
-            spec = importlib.util.spec_from_file_location(qualified, module.__file__)
-            copy = importlib.util.module_from_spec(spec)
-            with knobs.runtime.scope():
-                knobs.runtime.interpret = True
-                sys.modules[qualified] = copy
-                spec.loader.exec_module(copy)
-            _INTERPRETED[name] = copy
+        _INTERPRETED[name] = module if knobs.runtime.interpret else _load_interpreted_copy(name, module)
     return _INTERPRETED[name]
