@@ -20,16 +20,22 @@ def _rows(flat: list[torch.Tensor], width: int) -> list[list[torch.Tensor]]:
 
 
 @torch.library.custom_op("deftx::topk_indices", mutates_args=())
-def topk_indices(tensors: list[torch.Tensor], k: int, backend: str) -> list[torch.Tensor]:
-    """Sorted flat int64 indices of the global top-k |x| (validated inputs)."""
+def topk_indices(tensors: list[torch.Tensor], k: int, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Global top-k |x| of validated inputs, as (all indices concatenated (k,), counts per tensor (T,)).
+
+    One flat buffer instead of T outputs: backends may return views of one buffer, and a
+    custom op's outputs must not alias each other.
+    """
     device = common_device(tensors, "topk_indices")
-    return backend_for("topk", device, backend).topk_indices(tensors, k)
+    per_tensor = backend_for("topk", device, backend).topk_indices(tensors, k)
+    counts = torch.tensor([idx.numel() for idx in per_tensor], dtype=torch.int64)
+    return torch.cat(per_tensor) if per_tensor else torch.empty(0, dtype=torch.int64, device=device), counts
 
 
 @topk_indices.register_fake
-def _topk_indices_fake(tensors: list[torch.Tensor], k: int, backend: str) -> list[torch.Tensor]:
-    ctx = torch.library.get_ctx()
-    return [t.new_empty(ctx.new_dynamic_size(), dtype=torch.int64) for t in tensors]
+def _topk_indices_fake(tensors: list[torch.Tensor], k: int, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    first = tensors[0] if tensors else torch.empty(0)
+    return first.new_empty(k, dtype=torch.int64), torch.empty(len(tensors), dtype=torch.int64, device="cpu")
 
 
 @torch.library.custom_op("deftx::scatter_add_", mutates_args=("dense", "saved_out"))

@@ -52,7 +52,8 @@ def topk_mask(
     check_count(k, sum(t.numel() for t in items), "topk_mask")
     check_no_nan(items, "topk_mask")
     contiguous = [t.detach().contiguous() for t in items]
-    indices = library.topk_indices(contiguous, k, requested_backend(backend))
+    flat, counts = library.topk_indices(contiguous, k, requested_backend(backend))
+    indices = list(flat.split(counts.tolist()))
     if output == "indices":
         return indices
     return [indices_to_mask(idx, t.shape) for idx, t in zip(indices, items, strict=True)]

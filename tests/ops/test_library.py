@@ -26,13 +26,12 @@ def test_scatter_under_torch_compile_matches_eager():
     assert torch.equal(compiled(x.clone()), update(x.clone()))
 
 
-def test_topk_fake_implementation_traces_dynamic_sizes():
+def test_topk_fake_implementation_gives_output_shapes():
     from torch._subclasses.fake_tensor import FakeTensorMode
-    from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
-    with FakeTensorMode(shape_env=ShapeEnv()):
-        out = torch.ops.deftx.topk_indices([torch.empty(5), torch.empty(3)], 2, "torch")
-    assert len(out) == 2 and all(o.dtype == torch.int64 for o in out)
+    with FakeTensorMode():
+        flat, counts = torch.ops.deftx.topk_indices([torch.empty(5), torch.empty(3)], 2, "torch")
+    assert flat.shape == (2,) and flat.dtype == torch.int64 and counts.shape == (2,)
 
 
 def test_topk_under_torch_compile():
