@@ -1,0 +1,199 @@
+"""Native scatter_add_ / scatter_restore_ against an fp32 torch loop, bit for bit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from deftx.ops import native
+from tests.helpers import assert_bitwise_equal
+
+if native.unavailable_reason() is not None:
+    pytest.skip(native.unavailable_reason(), allow_module_level=True)
+
+from deftx.ops.native.scatter import scatter_add_, scatter_restore_
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+SHAPE_SETS = {
+    "small": [(5,), (33, 17), (0,)],
+    "multi_block": [(70_001,), (3, 1), (65_539,)],
+    "many_small": [(9,)] * 30,
+}
+SCALES = (0.7, -1.3, 1e-3)
+
+
+def reference_scatter_add(dense, indices, values, scales) -> list[torch.Tensor]:
+    """Diff after diff: w = cast(f32(w) + (f32(scale) * f32(v))), each op rounded in fp32."""
+    out = [w.clone() for w in dense]
+    for d, scale in enumerate(scales):
+        scale32 = torch.tensor(scale, dtype=torch.float32)
+        for t, w in enumerate(out):
+            flat = w.view(-1)
+            index = indices[d][t]
+            product = scale32 * values[d][t].float()
+            flat[index] = (flat[index].float() + product).to(w.dtype)
+    return out
+
+
+def random_indices(numel: int, density: float, generator: torch.Generator) -> torch.Tensor:
+    """Sorted unique flat indices, each position kept with probability ``density``."""
+    keep = torch.rand(numel, generator=generator) < density
+    return torch.from_numpy(np.flatnonzero(keep.numpy()))
+
+
+def make_case(shapes, dense_dtype, value_dtype, n_diffs: int, density: float, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    dense = [torch.randn(shape, generator=generator).to(dense_dtype) for shape in shapes]
+    indices = [[random_indices(w.numel(), density, generator) for w in dense] for _ in range(n_diffs)]
+    values = [[torch.randn(len(index), generator=generator).to(value_dtype) for index in diff] for diff in indices]
+    return dense, indices, values, list(SCALES[:n_diffs])
+
+
+def assert_all_bitwise_equal(actual, expected, what: str) -> None:
+    assert len(actual) == len(expected)
+    for t, (a, e) in enumerate(zip(actual, expected, strict=True)):
+        assert_bitwise_equal(a, e, what=f"{what}[{t}]")
+
+
+@pytest.mark.parametrize("density", [0.0, 0.1, 1.0])
+@pytest.mark.parametrize("n_diffs", [1, 3])
+@pytest.mark.parametrize("value_dtype", DTYPES.values(), ids=[f"v{n}" for n in DTYPES])
+@pytest.mark.parametrize("dense_dtype", DTYPES.values(), ids=[f"w{n}" for n in DTYPES])
+@pytest.mark.parametrize("shapes", SHAPE_SETS.values(), ids=SHAPE_SETS.keys())
+def test_add_save_restore_match_reference(shapes, dense_dtype, value_dtype, n_diffs, density):
+    dense, indices, values, scales = make_case(shapes, dense_dtype, value_dtype, n_diffs, density)
+    original = [w.clone() for w in dense]
+    expected = reference_scatter_add(dense, indices, values, scales)
+
+    saved = scatter_add_(dense, indices, values, scales, True)
+    assert_all_bitwise_equal(dense, expected, "dense after add")
+    assert saved is not None and len(saved) == n_diffs
+    for d in range(n_diffs):
+        gathered = [w.view(-1)[index] for w, index in zip(original, indices[d], strict=True)]
+        assert_all_bitwise_equal(saved[d], gathered, f"saved[{d}]")
+
+    scatter_restore_(dense, indices, saved)
+    assert_all_bitwise_equal(dense, original, "dense after restore")
+
+
+@pytest.mark.parametrize("dense_dtype", DTYPES.values(), ids=DTYPES.keys())
+def test_diffs_together_equal_diffs_one_by_one(dense_dtype):
+    dense, indices, values, scales = make_case(SHAPE_SETS["multi_block"], dense_dtype, torch.float32, 3, 0.3, seed=1)
+    together = [w.clone() for w in dense]
+    assert scatter_add_(together, indices, values, scales, False) is None
+    for d, scale in enumerate(scales):
+        scatter_add_(dense, [indices[d]], [values[d]], [scale], False)
+    assert_all_bitwise_equal(together, dense, "dense")
+
+
+def all_finite_16bit(dtype: torch.dtype) -> torch.Tensor:
+    """Every non-NaN bit pattern of a 16-bit float dtype."""
+    patterns = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16).view(dtype)
+    return patterns[~patterns.float().isnan()]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_every_16bit_pattern_round_trips(dtype):
+    # w + 0 * 0 widens every pattern to fp32 and narrows it back (-0.0 + 0.0 gives +0.0).
+    dense = all_finite_16bit(dtype)
+    index = torch.arange(dense.numel())
+    zeros = torch.zeros(dense.numel())
+    expected = reference_scatter_add([dense], [[index]], [[zeros]], [1.0])
+    scatter_add_([dense], [[index]], [[zeros]], [1.0], False)
+    assert_bitwise_equal(dense, expected[0], what="round trip")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_every_16bit_value_widens_exactly(dtype):
+    values = all_finite_16bit(dtype)
+    dense = torch.zeros(values.numel())
+    index = torch.arange(values.numel())
+    scatter_add_([dense], [[index]], [[values]], [1.0], False)
+    assert_bitwise_equal(dense, values.float() + 0.0, what="widened")
+
+
+def rounding_boundary_floats(n: int, exponents: range, generator: torch.Generator) -> torch.Tensor:
+    """fp32 values whose low bits are exactly "1 then zeros" (ties) or random (near ties)."""
+    sign = torch.randint(0, 2, (n,), generator=generator, dtype=torch.int64) << 31
+    exponent = torch.randint(exponents.start, exponents.stop, (n,), generator=generator) << 23
+    mantissa = torch.randint(0, 2**23, (n,), generator=generator, dtype=torch.int64)
+    tie_bit = torch.randint(0, 24, (n,), generator=generator, dtype=torch.int64)
+    ties = (mantissa & ~((1 << (tie_bit + 1)) - 1)) | (1 << tie_bit)
+    mantissa = torch.where(torch.arange(n) % 2 == 0, ties & (2**23 - 1), mantissa)
+    bits = sign | exponent | mantissa
+    return bits.to(torch.int64).where(bits < 2**31, bits - 2**32).to(torch.int32).view(torch.float32)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "exponents"),
+    [(torch.float16, range(95, 146)), (torch.bfloat16, range(0, 255))],
+    ids=["fp16", "bf16"],
+)
+def test_narrowing_rounds_to_nearest_even(dtype, exponents):
+    # Covers ties, subnormal results, overflow to inf and fp32 subnormals.
+    generator = torch.Generator().manual_seed(2)
+    values = rounding_boundary_floats(200_000, exponents, generator)
+    dense = torch.zeros(values.numel(), dtype=dtype)
+    index = torch.arange(values.numel())
+    expected = reference_scatter_add([dense], [[index]], [[values]], [1.0])
+    scatter_add_([dense], [[index]], [[values]], [1.0], False)
+    assert_bitwise_equal(dense, expected[0], what=f"{dtype} cast")
+
+
+def test_infinite_dense_entries_stay_infinite():
+    dense = torch.tensor([float("inf"), float("-inf"), 65504.0], dtype=torch.float16)
+    index = torch.tensor([0, 1, 2])
+    values = torch.tensor([-1e30, 1e30, 16.0])
+    scatter_add_([dense], [[index]], [[values]], [1.0], False)
+    assert dense.tolist() == [float("inf"), float("-inf"), float("inf")]
+
+
+@pytest.mark.parametrize("index", [torch.tensor([0, 5]), torch.tensor([-1, 2])], ids=["past_end", "negative"])
+def test_out_of_range_index_is_rejected_before_writing(index):
+    dense = torch.zeros(5)
+    with pytest.raises(ValueError, match="out of range"):
+        scatter_add_([dense], [[index]], [[torch.ones(2)]], [1.0], True)
+    assert torch.equal(dense, torch.zeros(5))
+
+
+def test_unsorted_indices_across_blocks_are_reported():
+    dense = torch.zeros(150_000)
+    index = torch.tensor([100_000, 5])
+    with pytest.raises(ValueError, match="not sorted"):
+        scatter_add_([dense], [[index]], [[torch.ones(2)]], [1.0], False)
+
+
+def test_mismatched_list_lengths_are_rejected():
+    dense = [torch.zeros(4), torch.zeros(3)]
+    with pytest.raises(ValueError, match="one per dense tensor"):
+        scatter_add_(dense, [[torch.tensor([1])]], [[torch.ones(1)]], [1.0], False)
+    with pytest.raises(ValueError, match="entries"):
+        scatter_add_(dense[:1], [[torch.tensor([1])]], [[torch.ones(2)]], [1.0], False)
+    with pytest.raises(ValueError, match="scales"):
+        scatter_add_(dense[:1], [[torch.tensor([1])]], [[torch.ones(1)]], [1.0, 2.0], False)
+
+
+def test_unsupported_dtypes_are_rejected():
+    with pytest.raises(TypeError, match="float64"):
+        scatter_add_([torch.zeros(3)], [[torch.tensor([1])]], [[torch.ones(1).double()]], [1.0], False)
+    with pytest.raises(ValueError, match="int64"):
+        scatter_add_([torch.zeros(3)], [[torch.tensor([1], dtype=torch.int32)]], [[torch.ones(1)]], [1.0], False)
+
+
+def test_overlapping_dense_tensors_are_rejected():
+    storage = torch.zeros(10)
+    with pytest.raises(ValueError, match="overlap"):
+        scatter_add_(
+            [storage[:6], storage[4:]],
+            [[torch.tensor([1]), torch.tensor([0])]],
+            [[torch.ones(1), torch.ones(1)]],
+            [1.0],
+            False,
+        )
+
+
+def test_restore_rejects_saved_of_another_dtype():
+    dense = [torch.zeros(3, dtype=torch.bfloat16)]
+    with pytest.raises(ValueError, match="dense dtype"):
+        scatter_restore_(dense, [[torch.tensor([1])]], [[torch.ones(1)]])

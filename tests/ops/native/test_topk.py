@@ -1,0 +1,199 @@
+"""Native topk_indices against a stable sort of (-|x|, tensor position, flat index)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from deftx.ops import native
+
+if native.unavailable_reason() is not None:
+    pytest.skip(native.unavailable_reason(), allow_module_level=True)
+
+from deftx.ops.native.topk import topk_indices
+
+SHAPE_SETS = {
+    "single": [(1000,)],
+    "ragged": [(33, 17), (0,), (1,), (4097,), (5, 7, 3)],
+    "empty": [(0,), (0, 4)],
+    "multi_segment": [(65_537,), (3,), (66_001,)],
+    "many_small": [(7,)] * 40,
+}
+DTYPE_SETS = {
+    "fp32": [torch.float32],
+    "bf16": [torch.bfloat16],
+    "fp16": [torch.float16],
+    "mixed": [torch.float32, torch.bfloat16, torch.float16],
+}
+K_CHOICES = ("zero", "one", "mid", "total")
+
+
+def reference_topk(tensors: list[torch.Tensor], k: int) -> list[torch.Tensor]:
+    """Stable sort of -|x| over the concatenation, so ties keep (tensor, flat index) order."""
+    if not tensors:
+        return []
+    scores = torch.cat([t.float().abs().flatten() for t in tensors])
+    chosen = torch.sort(-scores, stable=True).indices[:k]
+    result, offset = [], 0
+    for t in tensors:
+        inside = (chosen >= offset) & (chosen < offset + t.numel())
+        result.append(torch.sort(chosen[inside] - offset).values)
+        offset += t.numel()
+    return result
+
+
+def special_values(n: int, generator: torch.Generator) -> torch.Tensor:
+    """Infinities, signed zeros, subnormals of every dtype, extremes and ordinary values."""
+    pool = torch.tensor(
+        [
+            float("inf"),
+            float("-inf"),
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            65504.0,
+            -3.0e38,
+            2.0**-24,
+            -(2.0**-24),
+            2.0**-133,
+            1e-40,
+            -1e-45,
+            9.2e-41,
+            6.0e-8,
+            0.5,
+        ]
+    )
+    return pool[torch.randint(len(pool), (n,), generator=generator)]
+
+
+def make_tensor(shape, dtype, kind: str, generator: torch.Generator) -> torch.Tensor:
+    n = 1
+    for size in shape:
+        n *= size
+    if kind == "normal":
+        x = torch.randn(n, generator=generator)
+    elif kind == "ties":
+        x = torch.randint(-4, 5, (n,), generator=generator).float()
+    elif kind == "constant":
+        x = torch.full((n,), -2.5)
+    else:
+        x = special_values(n, generator)
+    return x.to(dtype).reshape(shape)
+
+
+def make_inputs(shapes, dtypes, kind: str, seed: int = 0) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return [make_tensor(shape, dtypes[i % len(dtypes)], kind, generator) for i, shape in enumerate(shapes)]
+
+
+def choose_k(choice: str, total: int) -> int:
+    return {"zero": 0, "one": min(1, total), "mid": total // 3, "total": total}[choice]
+
+
+def assert_same_selection(actual: list[torch.Tensor], expected: list[torch.Tensor]) -> None:
+    assert len(actual) == len(expected)
+    for t, (a, e) in enumerate(zip(actual, expected, strict=True)):
+        assert a.dtype == torch.int64 and a.dim() == 1, f"tensor {t}: {a.dtype} {a.dim()}-D"
+        assert torch.equal(a, e), (
+            f"tensor {t}: {a.numel()} selected vs {e.numel()} expected; "
+            f"first differences {sorted(set(a.tolist()) ^ set(e.tolist()))[:8]}"
+        )
+
+
+@pytest.mark.parametrize("k_choice", K_CHOICES)
+@pytest.mark.parametrize("kind", ["normal", "ties", "constant", "special"])
+@pytest.mark.parametrize("dtypes", DTYPE_SETS.values(), ids=DTYPE_SETS.keys())
+@pytest.mark.parametrize("shapes", SHAPE_SETS.values(), ids=SHAPE_SETS.keys())
+def test_matches_stable_sort_reference(shapes, dtypes, kind, k_choice):
+    tensors = make_inputs(shapes, dtypes, kind)
+    k = choose_k(k_choice, sum(t.numel() for t in tensors))
+    actual = topk_indices(tensors, k)
+    assert sum(a.numel() for a in actual) == k
+    assert_same_selection(actual, reference_topk(tensors, k))
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5, 64, 1000, 4095, 4096, 4097])
+def test_every_rank_of_tied_values_across_segments(k):
+    # Values 0..7 repeated: every threshold has ties spread over several 2^16 segments.
+    tensors = [
+        (torch.arange(140_000) % 8).float().reshape(280, 500),
+        (torch.arange(9_000) % 8).to(torch.bfloat16),
+    ]
+    assert_same_selection(topk_indices(tensors, k), reference_topk(tensors, k))
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_result_does_not_depend_on_thread_count(threads):
+    # torch and the library share one OpenMP runtime, so this sets the library's team size.
+    tensors = [(torch.arange(140_000) % 8).float(), (torch.arange(9_000) % 5).half()]
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        actual = topk_indices(tensors, 40_001)
+    finally:
+        torch.set_num_threads(before)
+    assert_same_selection(actual, reference_topk(tensors, 40_001))
+
+
+def test_hand_computed_ties_and_signed_zero():
+    tensors = [
+        torch.tensor([1.0, -3.0, 2.0, -0.0]),
+        torch.tensor([[3.0, 0.5], [0.0, -7.0]], dtype=torch.bfloat16),
+        torch.tensor([-3.0, 0.0], dtype=torch.float16),
+    ]
+    expected_by_k = {
+        1: [[], [3], []],
+        2: [[1], [3], []],  # |-3.0| of tensor 0 wins the tie against tensors 1 and 2
+        4: [[1], [0, 3], [0]],
+        5: [[1, 2], [0, 3], [0]],
+        7: [[0, 1, 2], [0, 1, 3], [0]],
+        8: [[0, 1, 2, 3], [0, 1, 3], [0]],  # -0.0 ties with +0.0: earliest first
+        9: [[0, 1, 2, 3], [0, 1, 2, 3], [0]],
+        10: [[0, 1, 2, 3], [0, 1, 2, 3], [0, 1]],
+    }
+    for k, expected in expected_by_k.items():
+        actual = topk_indices(tensors, k)
+        assert [a.tolist() for a in actual] == expected, f"k = {k}"
+
+
+def test_mixed_dtypes_compare_by_exact_value():
+    # 1 + 2^-10 is exact in fp32 and fp16 but rounds to 1.0 in bf16.
+    value = 1.0 + 2.0**-10
+    tensors = [
+        torch.tensor([1.0]),
+        torch.tensor([value], dtype=torch.bfloat16),
+        torch.tensor([value], dtype=torch.float16),
+        torch.tensor([value], dtype=torch.float32),
+    ]
+    assert [a.tolist() for a in topk_indices(tensors, 1)] == [[], [], [0], []]
+    assert [a.tolist() for a in topk_indices(tensors, 2)] == [[], [], [0], [0]]
+    assert [a.tolist() for a in topk_indices(tensors, 3)] == [[0], [], [0], [0]]
+
+
+def test_fp16_subnormal_equals_fp32_value():
+    tiny = 2.0**-24  # smallest fp16 subnormal, a normal fp32
+    tensors = [torch.tensor([0.0, tiny], dtype=torch.float16), torch.tensor([tiny, tiny / 2])]
+    assert [a.tolist() for a in topk_indices(tensors, 1)] == [[1], []]
+    assert [a.tolist() for a in topk_indices(tensors, 2)] == [[1], [0]]
+    assert [a.tolist() for a in topk_indices(tensors, 3)] == [[1], [0, 1]]
+
+
+def test_no_tensors():
+    assert topk_indices([], 0) == []
+
+
+@pytest.mark.parametrize("k", [-1, 8])
+def test_k_out_of_range_is_rejected(k):
+    with pytest.raises(ValueError, match="k"):
+        topk_indices([torch.ones(3), torch.ones(4)], k)
+
+
+def test_unsupported_dtype_is_rejected():
+    with pytest.raises(TypeError, match="float64"):
+        topk_indices([torch.ones(3), torch.ones(4, dtype=torch.float64)], 2)
+
+
+def test_non_contiguous_tensor_is_rejected():
+    with pytest.raises(ValueError, match="contiguous"):
+        topk_indices([torch.ones(4, 6).t()], 2)
