@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Literal
 
@@ -34,6 +35,8 @@ def topk_mask(
         output: ``"mask"``: one bool tensor per input, same shape; ``"indices"``: one
             int64 1-D tensor per input, sorted ascending flat indices.
         backend: ``"auto" | "triton" | "native" | "torch"`` (default ``$DEFTX_BACKEND`` or auto).
+            DTensor inputs (sharded parameters) go to :mod:`deftx.distributed` instead:
+            histograms are all-reduced, nothing is gathered, and the masks are DTensors.
 
     Raises:
         ValueError: empty list, NaN values (names the tensor), k out of range, bad options.
@@ -46,6 +49,11 @@ def topk_mask(
         raise ValueError(f"topk_mask: score must be 'abs', got {score!r}")
     if output not in ("mask", "indices"):
         raise ValueError(f"topk_mask: output must be 'mask' or 'indices', got {output!r}")
+    dtensor = sys.modules.get("torch.distributed.tensor")
+    if dtensor is not None and any(isinstance(t, dtensor.DTensor) for t in items):
+        from deftx.distributed.topk import topk_mask_dtensor
+
+        return topk_mask_dtensor(items, k, output=output)
     for i, t in enumerate(items):
         check_float_dtype(t, f"topk_mask: tensor {i}")
     common_device(items, "topk_mask")

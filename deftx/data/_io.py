@@ -1,0 +1,70 @@
+"""Shared file helpers for the data readers: existence checks, split checks, delimited reading."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+
+def require_dir(path: Path, what: str) -> Path:
+    """Return ``path`` if it is a directory, else raise FileNotFoundError naming ``what``."""
+    if not path.is_dir():
+        raise FileNotFoundError(f"{what} not found: {path} is not a directory")
+    return path
+
+
+def check_split(split: str, allowed: Sequence[str], *, refused: Sequence[str] = ()) -> str:
+    """Validate one split name; ``refused`` splits get a message saying why they are refused."""
+    if split in refused:
+        raise ValueError(
+            f"split {split!r} is refused here: text of a test split must never be trained on "
+            f"(allowed: {', '.join(allowed)})"
+        )
+    if split not in allowed:
+        raise ValueError(f"unknown split {split!r}; expected one of {', '.join(allowed)}")
+    return split
+
+
+def normalize_splits(splits: str | Iterable[str]) -> tuple[str, ...]:
+    """Accept one split name or an iterable of them; reject an empty selection."""
+    result = (splits,) if isinstance(splits, str) else tuple(splits)
+    if not result:
+        raise ValueError("no split requested")
+    return result
+
+
+def read_delimited(path: Path, *, delimiter: str, quoting: int = csv.QUOTE_MINIMAL) -> Iterator[tuple[int, list[str]]]:
+    """Yield ``(line_number, fields)`` for every record of a UTF-8 delimited file.
+
+    ``line_number`` is the 1-based line on which the record starts (records may span lines
+    when a quoted field holds a newline). The header is yielded too, as line 1.
+    """
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle, delimiter=delimiter, quoting=quoting, strict=True)
+        start = 1
+        for fields in reader:
+            yield start, fields
+            start = reader.line_num + 1
+
+
+def read_header(path: Path, records: Iterator[tuple[int, list[str]]]) -> list[str]:
+    """Consume and return the header record; an empty file is an error naming the file."""
+    try:
+        return next(records)[1]
+    except StopIteration:
+        raise ValueError(f"{path}: empty file, expected a header line") from None
+
+
+def check_field_count(path: Path, line: int, fields: list[str], expected: int) -> None:
+    """Raise ValueError naming file and line when a record does not have ``expected`` fields."""
+    if len(fields) != expected:
+        raise ValueError(f"{path}:{line}: expected {expected} fields, found {len(fields)}")
+
+
+def label_index(path: Path, line: int, value: str, labels: Sequence[str]) -> int:
+    """Index of ``value`` in ``labels``; a bad value raises ValueError naming file and line."""
+    try:
+        return labels.index(value)
+    except ValueError:
+        raise ValueError(f"{path}:{line}: label {value!r} is not one of {', '.join(labels)}") from None

@@ -1,0 +1,113 @@
+"""The labelled data sets through ``datasets.load_dataset``, for users with a network.
+
+Same examples as the local readers (``deftx.data.nusax.load_sentiment``,
+``deftx.data.americasnli.load_nli``), fetched from the Hugging Face Hub. Offline (no network,
+or ``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE`` set) every loader raises ``HubUnavailableError``
+pointing at the local readers.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from deftx.data import americasnli, nusax
+from deftx.data.americasnli import NLIExample
+from deftx.data.nusax import SentimentExample
+
+NUSAX_REPO = "indonlp/NusaX-senti"
+AMERICASNLI_REPO = "americas_nli"
+HUB_SPLITS = {"train": "train", "valid": "validation", "dev": "validation", "test": "test"}
+OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+
+
+class HubUnavailableError(RuntimeError):
+    """The Hub could not be reached (offline); the message names the local reader to use."""
+
+
+def _offline_variable() -> str | None:
+    for name in OFFLINE_VARIABLES:
+        if os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}:
+            return name
+    return None
+
+
+def _unavailable(repo: str, config: str, local_reader: str, reason: str) -> HubUnavailableError:
+    return HubUnavailableError(
+        f"cannot load {repo!r} (config {config!r}) from the Hugging Face Hub: {reason}. "
+        f"Without a network, read the local copy with {local_reader}(data_dir, ...) "
+        "(see deftx.data.default_data_dir)"
+    )
+
+
+def _load_dataset(repo: str, config: str, split: str) -> Iterable[Mapping[str, Any]]:
+    import datasets
+
+    return datasets.load_dataset(repo, config, split=split)
+
+
+def _fetch(
+    repo: str, config: str, split: str, local_reader: str
+) -> tuple[Iterable[Mapping[str, Any]], Callable[[Any], str]]:
+    """Rows of one Hub split and a function turning a raw label into its name."""
+    offline = _offline_variable()
+    if offline is not None:
+        raise _unavailable(repo, config, local_reader, f"${offline} is set")
+    try:
+        rows = _load_dataset(repo, config, split)
+    except (ConnectionError, OSError) as err:
+        raise _unavailable(repo, config, local_reader, f"{type(err).__name__}: {err}") from err
+    features = getattr(rows, "features", None) or {}
+    names = getattr(features.get("label"), "names", None)
+    return rows, (lambda raw: names[raw]) if names else str
+
+
+def _hub_split(split: str) -> str:
+    if split not in HUB_SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {', '.join(HUB_SPLITS)}")
+    return HUB_SPLITS[split]
+
+
+def _label(raw: Any, to_name: Callable[[Any], str], labels: tuple[str, ...], where: str) -> int:
+    name = to_name(raw)
+    if name not in labels:
+        raise ValueError(f"{where}: label {raw!r} is not one of {', '.join(labels)}")
+    return labels.index(name)
+
+
+def load_sentiment_hub(language: str, split: str, *, repo: str = NUSAX_REPO) -> list[SentimentExample]:
+    """NusaX sentiment examples of ``language`` (a folder name such as ``"acehnese"``).
+
+    ``split`` is ``train``, ``valid`` or ``test`` (``valid`` is the Hub's ``validation``).
+    """
+    if language not in nusax.LANGUAGE_CODES:
+        raise ValueError(f"unknown NusaX language {language!r}; known: {', '.join(nusax.LANGUAGE_CODES)}")
+    config = nusax.LANGUAGE_CODES[language]
+    rows, to_name = _fetch(repo, config, _hub_split(split), "deftx.data.nusax.load_sentiment")
+    return [
+        SentimentExample(
+            str(row["text"]).strip(),
+            _label(row["label"], to_name, nusax.LABELS, f"{repo}/{config} row {i}"),
+            str(row.get("id", i)),
+        )
+        for i, row in enumerate(rows)
+    ]
+
+
+def load_nli_hub(language: str, split: str, *, repo: str = AMERICASNLI_REPO) -> list[NLIExample]:
+    """AmericasNLI examples of ``language`` (a code such as ``"aym"``); ``split`` dev or test."""
+    americasnli.check_language(language)
+    if split not in americasnli.SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {', '.join(americasnli.SPLITS)}")
+    rows, to_name = _fetch(repo, language, _hub_split(split), "deftx.data.americasnli.load_nli")
+    return [
+        NLIExample(
+            str(row["premise"]).strip(),
+            str(row["hypothesis"]).strip(),
+            _label(row["label"], to_name, americasnli.LABELS, f"{repo}/{language} row {i}"),
+            str(row.get("id", i)),
+            language,
+        )
+        for i, row in enumerate(rows)
+    ]

@@ -1,0 +1,125 @@
+"""Collectives with communication accounting: every call is counted, with its payload bytes.
+
+The sharded ops of :mod:`deftx.distributed` talk to other ranks only through the
+functions here, so a :class:`CommLedger` opened with :func:`count_communication` sees
+every collective they issue::
+
+    with count_communication() as ledger:
+        masks = topk_mask_dtensor(scores, k)
+    print(ledger.report())
+
+Bytes are *payload bytes per rank*: the size of the buffer this rank hands to the
+collective (``all_reduce``: the reduced tensor; ``gather``: what this rank sends;
+``all_gather``: this rank's input). What a network moves to realise it depends on the
+algorithm; :func:`ring_all_reduce_wire_bytes` gives the usual ring model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+_LEDGERS: list[CommLedger] = []
+
+
+@dataclass
+class CollectiveCount:
+    """Calls and payload bytes of one (collective, purpose) pair."""
+
+    op: str
+    what: str
+    calls: int = 0
+    bytes: int = 0
+
+
+class CommLedger:
+    """Counts collectives by (op, what): calls and payload bytes per rank."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str], CollectiveCount] = {}
+
+    def add(self, op: str, what: str, nbytes: int) -> None:
+        """Record one call of ``op`` for ``what`` moving ``nbytes`` of payload."""
+        entry = self.counts.setdefault((op, what), CollectiveCount(op, what))
+        entry.calls += 1
+        entry.bytes += int(nbytes)
+
+    @property
+    def calls(self) -> int:
+        """Total number of collective calls."""
+        return sum(c.calls for c in self.counts.values())
+
+    @property
+    def bytes(self) -> int:
+        """Total payload bytes over all calls."""
+        return sum(c.bytes for c in self.counts.values())
+
+    def report(self) -> str:
+        """One line per (op, what), then the total."""
+        lines = [f"{c.op:<14} {c.what:<32} calls {c.calls:>4}  bytes {c.bytes:>12,}" for c in self.counts.values()]
+        lines.append(f"{'total':<47} calls {self.calls:>4}  bytes {self.bytes:>12,}")
+        return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def count_communication() -> Iterator[CommLedger]:
+    """Count every collective issued by :mod:`deftx.distributed` inside the block (nestable)."""
+    ledger = CommLedger()
+    _LEDGERS.append(ledger)
+    try:
+        yield ledger
+    finally:
+        _LEDGERS.remove(ledger)
+
+
+def _record(op: str, what: str, nbytes: int) -> None:
+    for ledger in _LEDGERS:
+        ledger.add(op, what, nbytes)
+
+
+def payload_bytes(tensor: torch.Tensor) -> int:
+    """Bytes of a dense tensor's elements."""
+    return tensor.numel() * tensor.element_size()
+
+
+def all_reduce_sum(tensor: torch.Tensor, group: dist.ProcessGroup | None, what: str) -> torch.Tensor:
+    """In-place sum of ``tensor`` over ``group`` (every rank gets the same bits); returns it."""
+    _record("all_reduce", what, payload_bytes(tensor))
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group)
+    return tensor
+
+
+def gather_to(tensor: torch.Tensor, dst: int, group: dist.ProcessGroup | None, what: str) -> list[torch.Tensor] | None:
+    """Gather equal-shaped ``tensor`` from every rank of ``group`` onto group rank ``dst``.
+
+    Returns the list (group rank order) on ``dst``, None elsewhere.
+    """
+    _record("gather", what, payload_bytes(tensor))
+    rank = dist.get_rank(group)
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size(group))] if rank == dst else None
+    dist.gather(tensor, parts, group_dst=dst, group=group)
+    return parts
+
+
+def all_gather_equal(tensor: torch.Tensor, group: dist.ProcessGroup | None, what: str) -> list[torch.Tensor]:
+    """All-gather equal-shaped ``tensor`` from every rank of ``group`` (group rank order)."""
+    _record("all_gather", what, payload_bytes(tensor))
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(parts, tensor, group=group)
+    return parts
+
+
+def per_rank_values(value: int, group: dist.ProcessGroup | None, what: str, device: torch.device) -> torch.Tensor:
+    """int64 (world,) holding every rank's ``value`` (one all-reduce of a one-hot slot vector)."""
+    slots = torch.zeros(dist.get_world_size(group), dtype=torch.int64, device=device)
+    slots[dist.get_rank(group)] = int(value)
+    return all_reduce_sum(slots, group, what)
+
+
+def ring_all_reduce_wire_bytes(payload: int, world: int) -> float:
+    """Bytes each rank sends in a ring all-reduce of ``payload`` bytes: ``2 (W-1)/W * payload``."""
+    return 2.0 * (world - 1) / world * payload if world > 1 else 0.0

@@ -1,0 +1,410 @@
+"""SparseDiffs on sharded parameters: apply / revert per shard, and one ordinary file from a sharded run.
+
+Apply
+    A SparseDiff holds global flat row-major indices. A ``Shard(0)`` parameter's local
+    block covers one contiguous global flat range ``[lo, hi)`` (its rows), so each rank
+    takes the slice of every diff's sorted indices inside its range (two binary searches,
+    no communication), shifts it to local indices and calls :func:`deftx.ops.scatter_add_`
+    on its local tensors with ``save=True``: the same arithmetic, entry for entry, as the
+    single-process apply, and revert writes the saved values back (bit-exact).
+    Replicated DTensors and plain tensors (DDP) are applied in full on every rank. Dense
+    tensors shipped with a diff replace the local rows.
+
+Load
+    :func:`load_diff_for_shards` reads from a SparseDiff file only the entries that fall in
+    this rank's shards (a binary search on the stored sorted indices, then one slice read
+    per parameter), so a rank reads O(k / ranks) of the file, not all of it.
+
+Save
+    :func:`gather_sparse_diff` builds, on one rank, the ordinary SparseDiff of ``tuned −
+    base`` at the selected entries: each rank contributes the (global index, value) pairs of
+    its shards, gathered as two padded buffers (int64 and fp32); nothing dense is gathered
+    except the diff's dense tensors (e.g. a task head).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.fsdp import FSDPModule
+from torch.distributed.tensor import DTensor, Replicate
+
+from deftx.distributed import comm
+from deftx.distributed.topk import local_shard, mesh_of
+from deftx.ops import scatter_add_, scatter_restore_
+from deftx.sft import ParamInfo, SparseDiff
+from deftx.sft.apply import base_model_id, resolve_parameter
+from deftx.sft.format import (
+    DENSE_PREFIX,
+    DTYPE_NAMES,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    INDEX_PREFIX,
+    VALUE_PREFIX,
+    SparseDiffFormatError,
+    parse_json_field,
+)
+
+
+def local_tensor(param: torch.Tensor) -> torch.Tensor:
+    """The tensor this rank stores for ``param`` (its shard for a DTensor), sharing storage."""
+    with torch.no_grad():
+        return param.to_local().detach() if isinstance(param, DTensor) else param.detach()
+
+
+def flat_range(param: torch.Tensor) -> tuple[int, int]:
+    """Global flat range ``[lo, hi)`` of the entries this rank stores (all of a plain tensor).
+
+    Raises:
+        ValueError: a DTensor not placed Shard(0) / Replicate on a 1-D mesh.
+    """
+    if isinstance(param, DTensor):
+        mesh_of([param], "deftx.distributed")
+        shard = local_shard(param)
+        return shard.start, shard.start + shard.flat.numel()
+    return 0, param.numel()
+
+
+def is_sharded(param: torch.Tensor) -> bool:
+    """True for a DTensor whose entries are split over ranks (Shard(0))."""
+    return isinstance(param, DTensor) and not isinstance(param.placements[0], Replicate)
+
+
+def slice_range(indices: torch.Tensor, values: torch.Tensor, lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Entries of sorted global ``indices`` in ``[lo, hi)``, shifted to local indices, with their values."""
+    bounds = torch.searchsorted(indices, torch.tensor([lo, hi], dtype=indices.dtype, device=indices.device))
+    begin, end = int(bounds[0]), int(bounds[1])
+    return indices[begin:end] - lo, values[begin:end]
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def reshard_fsdp(model: nn.Module) -> None:
+    """Put every FSDP2 unit of ``model`` back in its sharded state.
+
+    After a forward without backward (e.g. evaluation), FSDP2 keeps the root unit's
+    parameters unsharded: ``named_parameters`` then yields plain full tensors that are
+    discarded at the next reshard, so edits must go to the sharded DTensors instead.
+    """
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
+def _local_rows(full: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """The rows of a full tensor that this rank stores for ``param``."""
+    if not is_sharded(param):
+        return full
+    lo, hi = flat_range(param)
+    return full.reshape(-1)[lo:hi].view(local_tensor(param).shape)
+
+
+class ShardedAppliedDiffs:
+    """Handle of diffs applied to sharded parameters; :meth:`revert` restores every local bit."""
+
+    def __init__(
+        self,
+        targets: list[torch.Tensor],
+        indices: list[list[torch.Tensor]],
+        saved: list[list[torch.Tensor]],
+        dense_saved: list[tuple[torch.Tensor, torch.Tensor]],
+    ) -> None:
+        self._targets = targets
+        self._indices = indices
+        self._saved = saved
+        self._dense_saved = dense_saved
+        self.reverted = False
+
+    def revert(self) -> None:
+        """Write back the values the diffs overwrote on this rank (bit-exact)."""
+        if self.reverted:
+            raise RuntimeError("these diffs were already reverted")
+        with torch.no_grad():
+            if self._targets:
+                scatter_restore_(self._targets, self._indices, self._saved)
+            for target, original in self._dense_saved:
+                target.copy_(original)
+        self.reverted = True
+
+
+def _resolve(
+    model: nn.Module, params: dict[str, torch.Tensor], diffs: Sequence[SparseDiff], strict_dtype: bool, check_base: bool
+) -> dict[str, str]:
+    """Diff name -> model name for every entry, after checking names, shapes, dtypes and base model."""
+    resolved: dict[str, str] = {}
+    model_id = base_model_id(model)
+    for diff in diffs:
+        if check_base and diff.base_model and model_id and diff.base_model != model_id:
+            raise ValueError(
+                f"SparseDiff was made for base model {diff.base_model!r}, the model is {model_id!r} "
+                "(pass check_base=False to apply anyway)"
+            )
+        for name, info in diff.params.items():
+            target = params[resolved.setdefault(name, resolve_parameter(model, params, name))]
+            if tuple(target.shape) != info.shape:
+                raise ValueError(f"SparseDiff[{name!r}]: shape {info.shape} != model shape {tuple(target.shape)}")
+            if strict_dtype and target.dtype != info.dtype:
+                raise TypeError(f"SparseDiff[{name!r}]: made for {info.dtype}, model parameter is {target.dtype}")
+        for name, tensor in diff.dense.items():
+            target = params[resolved.setdefault(name, resolve_parameter(model, params, name))]
+            if tuple(target.shape) != tuple(tensor.shape):
+                raise ValueError(f"SparseDiff dense[{name!r}]: shape {tuple(tensor.shape)} != {tuple(target.shape)}")
+    return resolved
+
+
+def apply_diffs_sharded(
+    model: nn.Module,
+    diffs: Sequence[SparseDiff],
+    scales: Sequence[float] | None = None,
+    *,
+    strict_dtype: bool = True,
+    check_base: bool = True,
+    backend: str | None = None,
+) -> ShardedAppliedDiffs:
+    """Add ``diffs`` (times ``scales``) onto this rank's part of ``model``'s parameters, in one launch.
+
+    ``model``: an FSDP2 module (DTensor parameters; its units are resharded first), a
+    DDP-wrapped or a plain module. No communication; every rank calls it with the same
+    diffs. Validated before anything is written. Returns a handle whose ``revert()``
+    restores the exact original bits.
+    """
+    diffs = list(diffs)
+    scales = [1.0] * len(diffs) if scales is None else [float(s) for s in scales]
+    if len(scales) != len(diffs):
+        raise ValueError(f"apply_diffs_sharded: {len(scales)} scales for {len(diffs)} diffs")
+    model = _unwrap(model)
+    reshard_fsdp(model)
+    params = dict(model.named_parameters())
+    resolved = _resolve(model, params, diffs, strict_dtype, check_base)
+    names = sorted({resolved[n] for d in diffs for n in d.indices})
+    targets = [local_tensor(params[n]) for n in names]
+    for name, target in zip(names, targets, strict=True):
+        if not target.is_contiguous():
+            raise ValueError(f"apply_diffs_sharded: the local shard of {name!r} is not contiguous")
+    ranges = [flat_range(params[n]) for n in names]
+    position = {n: i for i, n in enumerate(names)}
+    indices, values = [], []
+    for diff in diffs:
+        row_idx = [torch.empty(0, dtype=torch.int64, device=t.device) for t in targets]
+        row_val = [torch.empty(0, dtype=torch.float32, device=t.device) for t in targets]
+        for name, idx in diff.indices.items():
+            slot = position[resolved[name]]
+            local_idx, local_val = slice_range(idx, diff.values[name], *ranges[slot])
+            row_idx[slot] = local_idx.to(targets[slot].device)
+            row_val[slot] = local_val.to(targets[slot].device)
+        indices.append(row_idx)
+        values.append(row_val)
+    dense_saved = []
+    with torch.no_grad():
+        saved = scatter_add_(targets, indices, values, scales, save=True, backend=backend) if targets else []
+        for diff in diffs:
+            for name, tensor in diff.dense.items():
+                param = params[resolved[name]]
+                target = local_tensor(param)
+                dense_saved.append((target, target.clone()))
+                target.copy_(_local_rows(tensor, param).to(target.device, target.dtype))
+    return ShardedAppliedDiffs(targets, indices, saved or [], dense_saved)
+
+
+def _first_at_least(stored, length: int, value: int) -> int:
+    """Position of the first stored index >= ``value`` (binary search with one-element slice reads)."""
+    low, high = 0, length
+    while low < high:
+        middle = (low + high) // 2
+        if int(stored[middle : middle + 1][0]) < value:
+            low = middle + 1
+        else:
+            high = middle
+    return low
+
+
+def _file_params(metadata: dict[str, str], source: str) -> dict[str, ParamInfo]:
+    if metadata.get("format") != FORMAT_NAME:
+        raise SparseDiffFormatError(
+            f"{source}: not a SparseDiff file (metadata 'format' is {metadata.get('format')!r})"
+        )
+    version = metadata.get("format_version", "")
+    if not version.isdigit() or int(version) > FORMAT_VERSION:
+        raise SparseDiffFormatError(f"{source}: format version {version!r} is not supported")
+    raw = parse_json_field(metadata, "params", source)
+    try:
+        return {n: ParamInfo(tuple(int(x) for x in e["shape"]), DTYPE_NAMES[e["dtype"]]) for n, e in raw.items()}
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise SparseDiffFormatError(f"{source}: bad 'params' metadata ({err})") from err
+
+
+def load_diff_for_shards(path: str | Path, model: nn.Module) -> SparseDiff:
+    """The entries of the SparseDiff file at ``path`` that fall in this rank's shards of ``model``.
+
+    The result is an ordinary SparseDiff (global flat indices, the file's shapes and
+    metadata) holding only this rank's entries, ready for :func:`apply_diffs_sharded`.
+    Dense tensors (small task heads) are read whole. Reads O(entries in the shard) of the
+    file plus ``log2(nnz)`` single-index reads per parameter.
+    """
+    from safetensors import safe_open
+
+    model = _unwrap(model)
+    reshard_fsdp(model)
+    params = dict(model.named_parameters())
+    source = str(path)
+    with safe_open(source, framework="pt") as handle:
+        metadata = dict(handle.metadata() or {})
+        infos = _file_params(metadata, source)
+        keys = set(handle.keys())
+        indices, values, dense = {}, {}, {}
+        for key in sorted(keys):
+            prefix, _, name = key.partition("/")
+            if prefix + "/" == DENSE_PREFIX:
+                dense[name] = handle.get_tensor(key)
+            elif prefix + "/" == INDEX_PREFIX:
+                if VALUE_PREFIX + name not in keys or name not in infos:
+                    raise SparseDiffFormatError(f"{source}: parameter {name!r} lacks its values or its shape record")
+                lo, hi = flat_range(params[resolve_parameter(model, params, name)])
+                stored = handle.get_slice(key)
+                length = stored.get_shape()[0]
+                begin, end = _first_at_least(stored, length, lo), _first_at_least(stored, length, hi)
+                indices[name] = stored[begin:end].to(torch.int64)
+                values[name] = handle.get_slice(VALUE_PREFIX + name)[begin:end]
+    settings = parse_json_field(metadata, "settings", source) if "settings" in metadata else {}
+    return SparseDiff(
+        indices,
+        values,
+        {n: infos[n] for n in indices},
+        dense,
+        base_model=metadata.get("base_model") or None,
+        method=metadata.get("method", "sparse"),
+        k=int(metadata.get("k", "0") or 0),
+        settings=settings if isinstance(settings, dict) else {},
+    )
+
+
+def local_selection(selection: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """Global flat indices (int64, sorted) of the selected entries this rank stores.
+
+    ``selection``: a bool mask shaped like ``param`` (a DTensor placed like it, or a plain
+    tensor for a plain ``param``), or int64 global flat indices of this rank's entries (the
+    ``output="indices"`` form of the sharded top-k).
+    """
+    lo, hi = flat_range(param)
+    if selection.dtype == torch.bool:
+        return local_tensor(selection).reshape(-1).nonzero().flatten() + lo
+    idx = local_tensor(selection).to(torch.int64)
+    if idx.numel() and (int(idx.min()) < lo or int(idx.max()) >= hi):
+        raise IndexError(f"selected index outside this rank's range [{lo}, {hi})")
+    return idx
+
+
+def _gather_rows(local: torch.Tensor, dst: int, group: dist.ProcessGroup, what: str) -> torch.Tensor | None:
+    """The full tensor from row blocks (rank order) on ``dst``; None elsewhere."""
+    rows = comm.per_rank_values(local.shape[0], group, f"{what} rows", local.device)
+    padded = local.new_zeros((int(rows.max()), *local.shape[1:]))
+    padded[: local.shape[0]] = local
+    parts = comm.gather_to(padded, dst, group, what)
+    if parts is None:
+        return None
+    return torch.cat([part[: int(n)] for part, n in zip(parts, rows.tolist(), strict=True)])
+
+
+def _gather_entries(
+    pieces: list[tuple[torch.Tensor, torch.Tensor]], dst: int, group: dist.ProcessGroup, device: torch.device
+) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+    """Per tensor, the ranks' (sorted global indices, values) concatenated in rank order, on ``dst``."""
+    counts = torch.tensor([idx.numel() for idx, _ in pieces], dtype=torch.int64, device=device)
+    sizes = comm.per_rank_values(int(counts.sum()), group, "diff entry counts", device)
+    width = int(sizes.max())
+    index_buffer = torch.zeros(len(pieces) + width, dtype=torch.int64, device=device)
+    value_buffer = torch.zeros(width, dtype=torch.float32, device=device)
+    index_buffer[: len(pieces)] = counts
+    if pieces:
+        index_buffer[len(pieces) : len(pieces) + int(counts.sum())] = torch.cat([idx for idx, _ in pieces])
+        value_buffer[: int(counts.sum())] = torch.cat([val for _, val in pieces])
+    all_indices = comm.gather_to(index_buffer, dst, group, "diff indices")
+    all_values = comm.gather_to(value_buffer, dst, group, "diff values")
+    if all_indices is None or all_values is None:
+        return None
+    merged: list[tuple[list[torch.Tensor], list[torch.Tensor]]] = [([], []) for _ in pieces]
+    for idx_buf, val_buf in zip(all_indices, all_values, strict=True):
+        offset = 0
+        for t, count in enumerate(idx_buf[: len(pieces)].tolist()):
+            merged[t][0].append(idx_buf[len(pieces) + offset : len(pieces) + offset + count])
+            merged[t][1].append(val_buf[offset : offset + count])
+            offset += count
+    return [(torch.cat(i).cpu(), torch.cat(v).cpu()) for i, v in merged]
+
+
+def gather_sparse_diff(
+    base: Mapping[str, torch.Tensor],
+    tuned: Mapping[str, torch.Tensor],
+    selection: Mapping[str, torch.Tensor],
+    dense: Mapping[str, torch.Tensor] | None = None,
+    *,
+    dst: int = 0,
+    group: dist.ProcessGroup | None = None,
+    base_model: str | None = None,
+    method: str = "sparse",
+    k: int | None = None,
+    settings: Mapping[str, Any] | None = None,
+) -> SparseDiff | None:
+    """The ordinary SparseDiff of ``tuned − base`` at ``selection``, built on group rank ``dst``.
+
+    Collective over ``group`` (default: the world). Tensors may be Shard(0) DTensors (only
+    the sparse (index, value) pieces travel), replicated DTensors or plain tensors (taken
+    from ``dst`` itself). Values are ``f32(tuned) − f32(base)`` as in
+    :meth:`SparseDiff.from_states`, so the file equals the single-process one.
+
+    Returns:
+        The SparseDiff on ``dst``, None on every other rank.
+    """
+    group = group or dist.group.WORLD
+    names = list(selection)
+    missing = [n for n in names if n not in base or n not in tuned]
+    if missing:
+        raise KeyError(f"gather_sparse_diff: {missing[0]!r} missing from base or tuned")
+    sharded = [n for n in names if is_sharded(tuned[n])]
+    device = local_tensor(tuned[names[0]]).device if names else torch.device("cpu")
+    pieces = []
+    for name in sharded:
+        lo, _ = flat_range(tuned[name])
+        idx = local_selection(selection[name], tuned[name])
+        local_idx = idx - lo
+        delta = (
+            local_tensor(tuned[name]).reshape(-1)[local_idx].float()
+            - local_tensor(base[name]).reshape(-1)[local_idx].float()
+        )
+        pieces.append((idx, delta))
+    gathered = _gather_entries(pieces, dst, group, device) if sharded else []
+    dense_full = {}
+    for name, tensor in (dense or {}).items():
+        full = (
+            _gather_rows(local_tensor(tensor), dst, group, "diff dense") if is_sharded(tensor) else local_tensor(tensor)
+        )
+        dense_full[name] = full
+    if dist.get_rank(group) != dst:
+        return None
+    indices = {name: idx for name, (idx, _) in zip(sharded, gathered, strict=True)}
+    values = {name: val for name, (_, val) in zip(sharded, gathered, strict=True)}
+    for name in names:
+        if name not in indices:
+            idx = local_selection(selection[name], tuned[name])
+            indices[name] = idx.cpu()
+            values[name] = (
+                local_tensor(tuned[name]).reshape(-1)[idx].float() - local_tensor(base[name]).reshape(-1)[idx].float()
+            ).cpu()
+    params = {n: ParamInfo(tuple(tuned[n].shape), tuned[n].dtype) for n in names}
+    return SparseDiff(indices, values, params, dense_full, base_model=base_model, method=method, k=k, settings=settings)
+
+
+def save_sharded_diff(path: str | Path, *args: Any, dst: int = 0, **kwargs: Any) -> SparseDiff | None:
+    """:func:`gather_sparse_diff`, written to ``path`` by rank ``dst``; every rank waits for the file."""
+    diff = gather_sparse_diff(*args, dst=dst, **kwargs)
+    if diff is not None:
+        diff.save(path)
+    dist.barrier(group=kwargs.get("group"))
+    return diff

@@ -1,0 +1,315 @@
+"""Global magnitude top-k over sharded tensors: one exact threshold from all-reduced histograms.
+
+Inputs are DTensors on one 1-D device mesh, each ``Shard(0)`` (FSDP2's layout, rows split
+in ``torch.chunk`` blocks, uneven or empty at the end) or ``Replicate()``. Nothing is
+gathered: every rank reads only its local shard.
+
+Keys
+    As in the single-process op (:mod:`deftx.kernels.topk`): an entry's key is the fp32 bit
+    pattern of ``|x|`` with the sign cleared, read as a non-negative int32 (monotone in
+    ``|x|``; ``-0.0 == +0.0``; ``+inf`` largest; fp16/bf16 values are exact fp32 values).
+
+Radix select (8-bit digits, most significant first)
+    Pass ``p`` histograms the digit ``(key >> SHIFT_p) & 255`` (``SHIFT = 24, 16, 8, 0``) of
+    the local keys whose higher digits equal the threshold prefix found so far. The 256
+    counts are summed over ranks with one ``all_reduce`` (2 KiB of int64), and every rank
+    derives the same next digit and the same count still to take. bf16 keys have 16 zero low
+    bits and fp16 keys 13, so lists of those dtypes stop after 2 and 3 passes. The first
+    pass also carries the local NaN count, so a NaN anywhere makes every rank raise.
+
+Ties (the single-process rule, exactly)
+    Among entries equal to the threshold key, those lowest in (tensor position, global flat
+    index) order are taken. Each rank knows its per-tensor tie counts from its last local
+    histogram; one ``all_reduce`` of those counts (8 bytes per tensor) gives every tensor's
+    total and hence the one tensor ``t*`` where the take stops part-way. For a ``Shard(0)``
+    tensor the global flat order is rank-major (rank r holds one contiguous row block), so
+    one more ``all_reduce`` of every rank's tie count in ``t*`` (8 bytes per rank) gives each
+    rank the exclusive prefix it needs. When the last histogram already shows that every
+    entry of the threshold bin is taken, both tie collectives are skipped.
+
+Communication per call: ``passes × 2 KiB + 8 + 8 × tensors + 8 × ranks`` bytes at most (the
+8 is the NaN count), in at most ``passes + 2`` all-reduces, independent of the number of
+entries. Replicated tensors are counted once (by mesh coordinate 0) and every rank
+computes their mask in full.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.distributed as dist
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.tensor import DTensor, Replicate, Shard
+from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+from deftx.distributed import comm
+from deftx.ops.validation import check_count, check_float_dtype
+
+RADIX_BITS = 8
+RADIX = 1 << RADIX_BITS
+PASS_SHIFTS: tuple[int, ...] = (24, 16, 8, 0)
+ZERO_LOW_KEY_BITS: dict[torch.dtype, int] = {torch.float32: 0, torch.float16: 13, torch.bfloat16: 16}
+"""Low key bits that are zero for every value of a dtype (fp16: 10-bit mantissa, bf16: 7-bit)."""
+INF_KEY = 0x7F800000
+CHUNK_ELEMENTS = 1 << 22
+"""Local entries processed at once (bounds the temporary key buffer to 16 MiB)."""
+
+
+@dataclass(frozen=True)
+class LocalShard:
+    """What one rank holds of one input tensor.
+
+    Attributes:
+        flat: the local entries, contiguous, 1-D (any float dtype).
+        start: global flat index of ``flat[0]``.
+        counted: whether this rank's entries enter the global counts (False for the
+            copies of a replicated tensor on mesh coordinates other than 0).
+        sharded: True for ``Shard(0)`` (entries split over ranks), False for ``Replicate``.
+    """
+
+    flat: torch.Tensor
+    start: int
+    counted: bool
+    sharded: bool
+
+
+def _is_row_shard(placement: object) -> bool:
+    return type(placement) is Shard and placement.dim == 0
+
+
+def mesh_of(tensors: Sequence[DTensor], what: str) -> DeviceMesh:
+    """The one 1-D device mesh all ``tensors`` live on; placements must be Shard(0) or Replicate.
+
+    Raises:
+        TypeError: a plain tensor among DTensors.
+        ValueError: different meshes, a multi-dimensional mesh, or another placement.
+    """
+    mesh = None
+    for i, t in enumerate(tensors):
+        if not isinstance(t, DTensor):
+            raise TypeError(f"{what}: tensor {i} is a plain {type(t).__name__} among DTensors; pass all or none")
+        if mesh is None:
+            mesh = t.device_mesh
+        elif t.device_mesh != mesh:
+            raise ValueError(f"{what}: tensor {i} is on another device mesh than tensor 0")
+        if t.device_mesh.ndim != 1:
+            raise ValueError(f"{what}: tensor {i} is on a {t.device_mesh.ndim}-D mesh; only 1-D meshes are supported")
+        placement = t.placements[0]
+        if not (_is_row_shard(placement) or isinstance(placement, Replicate)):
+            raise ValueError(f"{what}: tensor {i} has placement {placement}; expected Shard(0) or Replicate()")
+    if mesh is None:
+        raise ValueError(f"{what}: the list of tensors is empty")
+    return mesh
+
+
+def local_shard(t: DTensor) -> LocalShard:
+    """The local part of a Shard(0) / Replicate DTensor on a 1-D mesh, with its global offset."""
+    with torch.no_grad():
+        local = t.to_local().detach()
+    flat = local.contiguous().view(-1)
+    if isinstance(t.placements[0], Replicate):
+        return LocalShard(flat, 0, t.device_mesh.get_local_rank() == 0, False)
+    _, offset = compute_local_shape_and_global_offset(t.shape, t.device_mesh, t.placements)
+    row_numel = 1
+    for size in t.shape[1:]:
+        row_numel *= size
+    return LocalShard(flat, int(offset[0]) * row_numel, True, True)
+
+
+def magnitude_keys(values: torch.Tensor) -> torch.Tensor:
+    """int32 keys of ``|values|``: the fp32 bit pattern with the sign bit cleared (monotone).
+
+    Always a new tensor (``abs`` allocates), so callers may modify it in place.
+    """
+    return values.float().abs().view(torch.int32)
+
+
+def _chunks(flat: torch.Tensor) -> Iterator[torch.Tensor]:
+    for begin in range(0, flat.numel(), CHUNK_ELEMENTS):
+        yield flat[begin : begin + CHUNK_ELEMENTS]
+
+
+def passes_needed(dtypes: Sequence[torch.dtype]) -> int:
+    """Radix passes that resolve every key bit that can be non-zero for these dtypes."""
+    low = min(ZERO_LOW_KEY_BITS[d] for d in dtypes)
+    return sum(1 for shift in PASS_SHIFTS if shift + RADIX_BITS > low)
+
+
+def _local_histograms(
+    shards: Sequence[LocalShard], shift: int, prefix: int, count_nan: bool
+) -> tuple[torch.Tensor, int]:
+    """(T, 256) int64 per-tensor digit counts of the local keys in the current band, and the
+    local NaN count (counted shards only; when ``count_nan``, else 0).
+
+    The band test and the digit are one subtraction: ``(key >> shift) − (prefix >> shift)`` lies
+    in [0, 256) exactly for keys whose higher digits equal the prefix; the rest are clamped
+    into two overflow bins that are dropped (no compaction of the band's keys).
+    """
+    device = shards[0].flat.device
+    hist = torch.zeros(len(shards), RADIX, dtype=torch.int64, device=device)
+    nan = torch.zeros((), dtype=torch.int64, device=device)
+    for i, shard in enumerate(shards):
+        for chunk in _chunks(shard.flat):
+            keys = magnitude_keys(chunk)
+            if count_nan and shard.counted:
+                nan += (keys > INF_KEY).sum()
+            keys >>= shift
+            keys -= prefix >> shift
+            keys.clamp_(-1, RADIX)
+            keys += 1
+            hist[i] += torch.bincount(keys, minlength=RADIX + 2)[1 : RADIX + 1]
+    return hist, int(nan)
+
+
+def _local_nan_count(shards: Sequence[LocalShard]) -> int:
+    return sum(int((magnitude_keys(c) > INF_KEY).sum()) for s in shards if s.counted for c in _chunks(s.flat))
+
+
+def _raise_on_nan(nan_count: int) -> None:
+    if nan_count:
+        raise ValueError(
+            f"topk_mask: the sharded tensors contain {nan_count} NaN value(s); magnitudes of NaN have no order"
+        )
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """The selection rule every rank derived: keys with ``key >> shift`` above ``level`` are taken,
+    and ``ties`` of those equal to it (all of them when ``ties`` is None)."""
+
+    shift: int
+    level: int
+    ties: int | None
+    tie_counts: torch.Tensor
+    """(T,) int64 local count of keys at the threshold level per tensor."""
+
+
+def radix_threshold(shards: Sequence[LocalShard], k: int, passes: int, group: dist.ProcessGroup) -> Threshold:
+    """Radix-select the k-th largest key over all ranks (1 <= k <= total entries)."""
+    counted = torch.tensor([s.counted for s in shards], device=shards[0].flat.device)
+    remaining, prefix = k, 0
+    for p in range(passes):
+        shift = PASS_SHIFTS[p]
+        local, nan_count = _local_histograms(shards, shift, prefix, count_nan=p == 0)
+        total = local[counted].sum(0)
+        if p == 0:
+            total = torch.cat([total, total.new_tensor([nan_count])])
+            comm.all_reduce_sum(total, group, "topk histogram")
+            _raise_on_nan(int(total[-1]))
+            total = total[:-1]
+        else:
+            comm.all_reduce_sum(total, group, "topk histogram")
+        at_or_above = total.flip(0).cumsum(0).flip(0).cpu()
+        digit = int((at_or_above >= remaining).nonzero().max())
+        remaining -= int(at_or_above[digit]) - int(total[digit])
+        prefix |= digit << shift
+        if int(total[digit]) == remaining:
+            return Threshold(shift, prefix >> shift, None, local[:, digit])
+    return Threshold(shift, prefix >> shift, remaining, local[:, digit])
+
+
+def tie_quotas(shards: Sequence[LocalShard], threshold: Threshold, group: dist.ProcessGroup) -> list[int | None]:
+    """How many of its local threshold-level keys each tensor takes on this rank (None: all)."""
+    if threshold.ties is None:
+        return [None] * len(shards)
+    counted = torch.tensor([s.counted for s in shards], device=threshold.tie_counts.device)
+    totals = comm.all_reduce_sum(threshold.tie_counts * counted, group, "topk tie counts").cpu().tolist()
+    quotas: list[int | None] = []
+    before = 0
+    for i, shard in enumerate(shards):
+        wanted = threshold.ties - before
+        if wanted >= totals[i]:
+            quotas.append(None)
+        elif wanted <= 0:
+            quotas.append(0)
+        elif not shard.sharded:
+            quotas.append(wanted)
+        else:
+            local_count = int(threshold.tie_counts[i])
+            per_rank = comm.per_rank_values(local_count, group, "topk tie prefix", threshold.tie_counts.device)
+            earlier = int(per_rank[: dist.get_rank(group)].sum())
+            quotas.append(max(0, min(local_count, wanted - earlier)))
+        before += totals[i]
+    return quotas
+
+
+def _local_mask(shard: LocalShard, threshold: Threshold, quota: int | None) -> torch.Tensor:
+    """Bool (local numel,) selection of one local shard."""
+    mask = torch.empty(shard.flat.numel(), dtype=torch.bool, device=shard.flat.device)
+    taken = 0
+    for begin in range(0, shard.flat.numel(), CHUNK_ELEMENTS):
+        level = magnitude_keys(shard.flat[begin : begin + CHUNK_ELEMENTS]) >> threshold.shift
+        out = mask[begin : begin + CHUNK_ELEMENTS]
+        if quota is None:
+            torch.ge(level, threshold.level, out=out)
+            continue
+        torch.gt(level, threshold.level, out=out)
+        if quota > taken:
+            ties = (level == threshold.level).nonzero().flatten()[: quota - taken]
+            out[ties] = True
+            taken += ties.numel()
+    return mask
+
+
+def sharded_topk_local(tensors: Sequence[DTensor], k: int) -> list[torch.Tensor]:
+    """Bool local masks (flat, one per tensor) of the global top-k over sharded ``tensors``.
+
+    The union over ranks of the local masks (placed at each shard's global offset) equals
+    :func:`deftx.ops.topk_mask` on the full tensors, entry for entry.
+    """
+    mesh = mesh_of(tensors, "topk_mask")
+    for i, t in enumerate(tensors):
+        check_float_dtype(t, f"topk_mask: tensor {i}")
+    check_count(k, sum(t.numel() for t in tensors), "topk_mask")
+    group = mesh.get_group()
+    shards = [local_shard(t) for t in tensors]
+    total = sum(t.numel() for t in tensors)
+    if k in (0, total):
+        nan = comm.all_reduce_sum(
+            torch.tensor([_local_nan_count(shards)], device=shards[0].flat.device), group, "topk NaN check"
+        )
+        _raise_on_nan(int(nan[0]))
+        return [torch.full((s.flat.numel(),), k > 0, dtype=torch.bool, device=s.flat.device) for s in shards]
+    threshold = radix_threshold(shards, k, passes_needed([t.dtype for t in tensors]), group)
+    quotas = tie_quotas(shards, threshold, group)
+    return [_local_mask(s, threshold, q) for s, q in zip(shards, quotas, strict=True)]
+
+
+def topk_mask_dtensor(
+    tensors: Sequence[DTensor], k: int, output: Literal["mask", "indices"] = "mask"
+) -> list[torch.Tensor]:
+    """``deftx.ops.topk_mask`` for DTensors: the k largest ``|x|`` over all sharded tensors.
+
+    Args:
+        tensors: fp32 / bf16 / fp16 DTensors on one 1-D device mesh, each placed
+            ``Shard(0)`` or ``Replicate()``. Collective: every rank of the mesh must call it
+            with the same tensors (its own shards) and the same ``k``.
+        k: entries to select, ``0 <= k <= total global numel``.
+        output: ``"mask"``: bool DTensors with the inputs' shapes and placements;
+            ``"indices"``: per tensor, a plain int64 1-D tensor of the *global* flat indices
+            selected in this rank's shard (sorted; for a replicated tensor, all of them).
+
+    Raises:
+        TypeError: plain tensors mixed in, non-floating dtypes, a non-int k.
+        ValueError: another placement or mesh, k out of range, NaN on any rank (raised on
+            every rank).
+    """
+    if output not in ("mask", "indices"):
+        raise ValueError(f"topk_mask: output must be 'mask' or 'indices', got {output!r}")
+    masks = sharded_topk_local(tensors, k)
+    if output == "indices":
+        return [mask.nonzero().flatten() + local_shard(t).start for mask, t in zip(masks, tensors, strict=True)]
+    return [
+        DTensor.from_local(
+            mask.view(t.to_local().shape),
+            t.device_mesh,
+            t.placements,
+            run_check=False,
+            shape=t.shape,
+            stride=t.stride(),
+        )
+        for mask, t in zip(masks, tensors, strict=True)
+    ]

@@ -1,0 +1,49 @@
+"""Communication accounting: the ledger counts calls and payload bytes per (collective, purpose)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from deftx.distributed import comm
+
+
+def test_ledger_sums_calls_and_bytes_per_purpose():
+    ledger = comm.CommLedger()
+    ledger.add("all_reduce", "histogram", 2048)
+    ledger.add("all_reduce", "histogram", 2048)
+    ledger.add("gather", "diff values", 40)
+    assert ledger.calls == 3 and ledger.bytes == 4136
+    assert ledger.counts["all_reduce", "histogram"].calls == 2
+    assert ledger.counts["all_reduce", "histogram"].bytes == 4096
+    lines = ledger.report().splitlines()
+    assert len(lines) == 3 and "4,136" in lines[-1] and "histogram" in lines[0]
+
+
+def test_nested_ledgers_both_count_and_close():
+    with comm.count_communication() as outer:
+        comm._record("all_reduce", "x", 8)
+        with comm.count_communication() as inner:
+            comm._record("all_reduce", "y", 16)
+        comm._record("gather", "z", 4)
+    comm._record("gather", "after", 1)
+    assert (outer.calls, outer.bytes) == (3, 28)
+    assert (inner.calls, inner.bytes) == (1, 16)
+
+
+@pytest.mark.parametrize(
+    ("tensor", "expected"),
+    [
+        (torch.zeros(257, dtype=torch.int64), 2056),
+        (torch.zeros(3, 5), 60),
+        (torch.zeros(0), 0),
+        (torch.zeros(7, dtype=torch.bfloat16), 14),
+    ],
+)
+def test_payload_bytes(tensor, expected):
+    assert comm.payload_bytes(tensor) == expected
+
+
+@pytest.mark.parametrize(("payload", "world", "expected"), [(1000, 1, 0.0), (1000, 2, 1000.0), (1024, 8, 1792.0)])
+def test_ring_all_reduce_wire_bytes(payload, world, expected):
+    assert comm.ring_all_reduce_wire_bytes(payload, world) == expected

@@ -1,0 +1,105 @@
+"""Compose / revert on sharded parameters and saving one ordinary SparseDiff, on 2 and 3 gloo ranks.
+
+Parameters of mixed dtypes (fp32, bf16, fp16) are split 17 rows over 2 ranks, 10 over 3,
+2 rows over 3 (an empty shard); two diffs with entries on shard boundaries, at the first
+and last flat index, one tensor missing from a diff, a dense head, scales (1, −0.5).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from deftx.ops import topk_mask
+from deftx.sft import SparseDiff, apply_diffs
+from tests.distributed.scenarios import PARAM_SHAPES, SCALES, Params, base_params, diffs
+from tests.distributed.world import assemble_rows
+from tests.helpers import assert_bitwise_equal
+
+SPARSE = [n for n in PARAM_SHAPES if n != "head.weight"]
+
+
+def _single_process_applied() -> dict[str, torch.Tensor]:
+    model = Params(base_params())
+    apply_diffs(model, diffs(), list(SCALES), check_base=False)
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def test_apply_equals_single_process_bit_for_bit(world):
+    _, results = world
+    expected = _single_process_applied()
+    for name in PARAM_SHAPES:
+        got = assemble_rows([r["compose"]["applied"][name] for r in results])
+        assert_bitwise_equal(got, expected[name], what=name)
+    assert all(r["compose"]["apply_calls"] == 0 for r in results), "apply must not communicate"
+
+
+def test_revert_restores_every_shard_bit_for_bit(world):
+    _, results = world
+    for rank, r in enumerate(results):
+        for name in PARAM_SHAPES:
+            assert_bitwise_equal(
+                r["compose"]["reverted"][name], r["compose"]["before"][name], what=f"rank {rank} {name}"
+            )
+            if r["compose"]["before"][name].numel():
+                assert not torch.equal(r["compose"]["applied"][name], r["compose"]["before"][name]), "nothing applied"
+
+
+def _expected_diff() -> SparseDiff:
+    base = base_params()
+    tuned = _single_process_applied()
+    masks = topk_mask([(tuned[n].float() - base[n].float()).abs() for n in SPARSE], 60, backend="torch")
+    return SparseDiff.from_states(
+        base, tuned, dict(zip(SPARSE, masks, strict=True)), ["head.weight"], base_model="toy", method="lt-sft", k=60
+    )
+
+
+def test_saved_file_equals_single_process_sparse_diff(world):
+    world_size, results = world
+    assert [r["compose"]["saved_here"] for r in results] == [True] + [False] * (world_size - 1)
+    loaded = SparseDiff.load(results[0]["compose"]["path"])
+    expected = _expected_diff()
+    assert loaded.names == expected.names and loaded.params == expected.params
+    assert (loaded.method, loaded.k, loaded.base_model, loaded.settings) == ("lt-sft", 60, "toy", {"world": world_size})
+    for name in SPARSE:
+        assert_bitwise_equal(loaded.indices[name], expected.indices[name], what=f"indices {name}")
+        assert_bitwise_equal(loaded.values[name], expected.values[name], what=f"values {name}")
+    assert_bitwise_equal(loaded.dense["head.weight"], expected.dense["head.weight"], what="dense head")
+
+
+def test_gather_from_index_form_on_another_rank(world):
+    _, results = world
+    assert all(r["compose"]["indices_diff"] is None for r in results[:-1])
+    got = results[-1]["compose"]["indices_diff"]
+    expected = _expected_diff()
+    for name in SPARSE:
+        assert_bitwise_equal(got.indices[name], expected.indices[name], what=f"indices {name}")
+        assert_bitwise_equal(got.values[name], expected.values[name], what=f"values {name}")
+    assert got.dense == {}
+
+
+def test_save_moves_only_sparse_pieces(world):
+    world_size, results = world
+    for r in results:
+        counts = r["compose"]["save_counts"]
+        per_rank_max = 60  # at most k entries live on one rank
+        assert counts["gather", "diff indices"].bytes <= 8 * (len(SPARSE) + per_rank_max)
+        assert counts["gather", "diff values"].bytes <= 4 * per_rank_max
+        head_rows = -(-PARAM_SHAPES["head.weight"][0][0] // world_size)
+        assert counts["gather", "diff dense"].bytes == head_rows * 5 * 4
+
+
+def test_each_rank_reads_only_its_entries_of_a_file(world):
+    """load_diff_for_shards: the ranks' parts partition the file; applying them == applying the whole file."""
+    _, results = world
+    whole = SparseDiff.load(results[0]["compose"]["path"])
+    for name in SPARSE:
+        parts = [r["compose"]["part_indices"][name] for r in results]
+        assert_bitwise_equal(torch.cat(parts), whole.indices[name], what=f"partition of {name}")
+    model = Params(base_params())
+    apply_diffs(model, [whole], [0.5], check_base=False)
+    for name, param in model.named_parameters():
+        got = assemble_rows([r["compose"]["part_applied"][name] for r in results])
+        assert_bitwise_equal(got, param.detach(), what=name)
+    for r in results:
+        for name in PARAM_SHAPES:
+            assert_bitwise_equal(r["compose"]["part_reverted"][name], r["compose"]["before"][name], what=name)

@@ -1,0 +1,101 @@
+"""Sharded global top-k on 2 and 3 gloo ranks == single-process ``deftx.ops.topk_mask``, entry for entry.
+
+Cases (see ``scenarios.py``): ragged and empty shards (17 rows over 2 ranks, 10 over 3,
+2 rows over 3), ties across shard boundaries, mixed dtypes with ±0 and ±inf, a replicated
+tensor between sharded ones, bf16-only and fp16-only lists, all-zero tensors, and k at
+0 / 1 / total − 1 / total. The full masks are rebuilt from the ranks' local blocks.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from deftx.distributed.topk import RADIX, passes_needed
+from deftx.ops import topk_mask
+from tests.distributed.scenarios import TopkCase, topk_cases
+from tests.distributed.world import assemble_rows
+
+
+def _full_masks(case: TopkCase, per_rank: list[list[torch.Tensor]]) -> list[torch.Tensor]:
+    out = []
+    for i, replicated in enumerate(case.replicated):
+        parts = [rank_masks[i] for rank_masks in per_rank]
+        if replicated:
+            for part in parts[1:]:
+                assert torch.equal(part, parts[0]), f"replicated tensor {i}: ranks disagree"
+            out.append(parts[0])
+        else:
+            out.append(assemble_rows(parts))
+    return out
+
+
+@pytest.mark.parametrize("case", topk_cases(), ids=lambda c: c.name)
+def test_masks_equal_single_process(world, case):
+    _, results = world
+    for k in case.ks:
+        got = _full_masks(case, [r["topk"]["masks"][case.name, k] for r in results])
+        expected = topk_mask(list(case.tensors), k, backend="torch")
+        for i, (g, e) in enumerate(zip(got, expected, strict=True)):
+            assert g.dtype == torch.bool and g.shape == e.shape
+            mismatch = int((g != e).sum())
+            assert mismatch == 0, f"{case.name} k={k} tensor {i}: {mismatch} entries differ from single-process"
+        assert sum(int(g.sum()) for g in got) == k
+
+
+@pytest.mark.parametrize("case", topk_cases(), ids=lambda c: c.name)
+def test_indices_are_global_flat_and_sorted(world, case):
+    _, results = world
+    for k in case.indices_ks:
+        expected = topk_mask(list(case.tensors), k, output="indices", backend="torch")
+        for i, replicated in enumerate(case.replicated):
+            parts = [r["topk"]["indices"][case.name, k][i] for r in results]
+            got = parts[0] if replicated else torch.cat(parts)
+            assert got.dtype == torch.int64 and torch.equal(got, expected[i]), f"{case.name} k={k} tensor {i}"
+
+
+def test_communication_is_a_few_kib_independent_of_size(world):
+    world_size, results = world
+    traffic = results[0]["topk"]["traffic"]
+    for case in topk_cases():
+        passes = passes_needed([t.dtype for t in case.tensors])
+        bound = passes * RADIX * 8 + 8 + 8 * len(case.tensors) + 8 * world_size
+        for k in case.ks:
+            calls, nbytes = traffic[case.name, k]
+            assert nbytes <= bound, f"{case.name} k={k}: {nbytes} bytes > {bound}"
+            assert calls <= passes + 2
+            assert all(r["topk"]["traffic"][case.name, k] == (calls, nbytes) for r in results)
+    # all ties: 4 histogram passes (the first carries the NaN count), tie totals, tie prefix
+    assert traffic["all_zero", 5] == (6, (RADIX + 1) * 8 + 3 * RADIX * 8 + 2 * 8 + world_size * 8)
+    assert traffic["all_zero", 0] == (1, 8), "k = 0 costs only the NaN check"
+    assert traffic["bf16_only", 40][0] <= 2 + 2, "bf16 keys resolve in two histogram passes"
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "words"),
+    [
+        ("nan_on_one_rank", "ValueError", "NaN"),
+        ("nan_k0", "ValueError", "NaN"),
+        ("plain_mixed", "TypeError", "plain"),
+        ("shard_dim1", "ValueError", "Shard(0)"),
+        ("k_too_large", "ValueError", "out of range"),
+        ("int_dtype", "TypeError", "dtype"),
+        ("bad_output", "ValueError", "output"),
+    ],
+)
+def test_bad_input_raises_on_every_rank(world, call, error, words):
+    _, results = world
+    for rank, r in enumerate(results):
+        kind, message = r["topk"]["errors"][call]
+        assert kind == error and words in message, f"rank {rank}: {kind}: {message}"
+
+
+def test_deftx_ops_topk_mask_dispatches_dtensors(world):
+    _, results = world
+    via_ops = results[0]["topk"]["via_ops"]
+    if isinstance(via_ops, str):
+        pytest.skip(f"deftx.ops.topk_mask does not dispatch DTensors yet ({via_ops[:100]})")
+    case = topk_cases()[1]
+    expected = topk_mask(list(case.tensors), 47, backend="torch")
+    for g, e in zip(_full_masks(case, [r["topk"]["via_ops"] for r in results]), expected, strict=True):
+        assert torch.equal(g, e)

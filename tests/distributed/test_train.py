@@ -1,0 +1,189 @@
+"""Two-phase sparse fine-tuning of a tiny BERT on 2 gloo ranks, with DDP and with FSDP2.
+
+Checks, per strategy and method: the sharded selection equals the single-process
+selection on the same θ1 (LT-SFT: exactly; DeFT-X: the sharded scores are within the
+rSVD tolerance of the single-process scores, the selection is exactly the top-k of those
+scores and overlaps the single-process one almost entirely); phase 3 moves only the
+selected entries; the saved SparseDiff equals ``SparseDiff.from_states`` on the gathered
+states.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification
+
+from deftx.distributed.train import (
+    SFTSettings,
+    full_selection,
+    full_state,
+    run_sparse_finetuning,
+    snapshot,
+    unwrap,
+)
+from deftx.distributed.train import selection_scores as sharded_scores
+from deftx.ops import topk_mask
+from deftx.sft import SparseDiff
+from deftx.train.config import DenoiseConfig
+from deftx.train.denoise import selection_scores
+from deftx.train.params import parameter_groups
+from deftx.train.select import select_top_k
+from tests.distributed.world import run_world
+from tests.helpers import assert_bitwise_equal
+
+RUNS = [("ddp", "lt-sft"), ("fsdp", "lt-sft"), ("ddp", "deft-x"), ("fsdp", "deft-x")]
+K = 300
+DENOISE = DenoiseConfig(rank=2, oversample=4)
+
+
+def tiny_bert() -> BertForSequenceClassification:
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=64,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=24,
+        max_position_embeddings=16,
+        num_labels=3,
+    )
+    return BertForSequenceClassification(config)
+
+
+def batch_for(rank: int, world: int):
+    def batch(step: int) -> dict[str, torch.Tensor]:
+        gen = torch.Generator().manual_seed(1000 + step)
+        ids = torch.randint(1, 64, (4 * world, 8), generator=gen)
+        return {"input_ids": ids[rank::world], "labels": (ids[:, 0] % 3)[rank::world]}
+
+    return batch
+
+
+def train_worker(rank: int, world: int) -> dict:
+    from torch.distributed.tensor import init_device_mesh
+
+    mesh = init_device_mesh("cpu", (world,))
+    out = {}
+    for strategy, method in RUNS:
+        settings = SFTSettings(
+            k=K,
+            full_steps=3,
+            sparse_steps=3,
+            full_lr=1e-2,
+            sparse_lr=1e-2,
+            denoise=DENOISE if method == "deft-x" else None,
+        )
+        model, result = run_sparse_finetuning(
+            tiny_bert(), strategy, settings, batch_for(rank, world), mesh, base_model="tiny-bert"
+        )
+        with torch.no_grad():  # an evaluation forward leaves FSDP2's root unit unsharded
+            model(**batch_for(rank, world)(0))
+        resharded = snapshot(model, list(result.theta0))
+        params = dict(unwrap(model).named_parameters())
+        out[strategy, method] = {
+            "selection": full_selection(result, mesh.get_group()),
+            "theta0": full_state(result.theta0),
+            "theta1": full_state(result.theta1),
+            "final": full_state({n: p.detach() for n, p in params.items() if n in result.theta0}),
+            "diff": result.diff,
+            "losses": result.losses,
+            "select_bytes": result.communication["select"].bytes,
+            "placements": {n: getattr(p, "placements", None) for n, p in params.items()},
+            "snapshot_placements": {n: getattr(v, "placements", None) for n, v in resharded.items()},
+        }
+        if method == "deft-x":
+            eligible = list(result.selection)
+            scores = sharded_scores(
+                {n: result.theta1[n] for n in eligible},
+                {n: result.theta0[n] for n in eligible},
+                parameter_groups(unwrap(model)),
+                DENOISE,
+                mesh,
+            )
+            out[strategy, method]["scores"] = full_state(scores)
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    return run_world(train_worker, 2, tmp_path_factory.mktemp("train"), timeout_s=120)
+
+
+def _single_process_selection(run: dict, denoise) -> dict[str, torch.Tensor]:
+    groups = parameter_groups(tiny_bert())
+    names = list(run["selection"])
+    scores, _ = selection_scores(
+        {n: run["theta1"][n] for n in names}, {n: run["theta0"][n] for n in names}, groups, denoise, progress=False
+    )
+    return select_top_k(scores, K), scores
+
+
+@pytest.mark.parametrize(("strategy", "method"), RUNS)
+def test_selection_matches_single_process(trained, strategy, method):
+    run = trained[0][strategy, method]
+    for other in trained[1:]:
+        for name, idx in other[strategy, method]["selection"].items():
+            assert torch.equal(idx, run["selection"][name]), "ranks disagree on the selection"
+    expected, _ = _single_process_selection(run, DENOISE if method == "deft-x" else None)
+    got = run["selection"]
+    assert sum(int(i.numel()) for i in got.values()) == K
+    if method == "lt-sft":
+        for name in expected:
+            assert torch.equal(got[name], expected[name]), f"{strategy} {name}: selection differs"
+        return
+    shared = sum(int(torch.isin(got[n], expected[n]).sum()) for n in expected)
+    assert shared >= 0.97 * K, f"DeFT-X selection shares only {shared} of {K} entries with single-process"
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_fsdp_shards_and_ddp_replicates(trained, strategy):
+    for key in ("placements", "snapshot_placements"):
+        placements = trained[0][strategy, "lt-sft"][key]
+        if strategy == "fsdp":
+            assert all(p is not None and p[0].is_shard(0) for p in placements.values()), key
+        else:
+            assert all(p is None for p in placements.values()), key
+
+
+@pytest.mark.parametrize(("strategy", "method"), RUNS)
+def test_phase3_moves_only_selected_entries(trained, strategy, method):
+    run = trained[0][strategy, method]
+    for name, idx in run["selection"].items():
+        moved = (run["final"][name] != run["theta0"][name]).reshape(-1).nonzero().flatten()
+        assert bool(torch.isin(moved, idx).all()), f"{name}: an unselected entry moved"
+    assert all(torch.isfinite(torch.tensor(v)).all() for v in run["losses"].values())
+    assert len(run["losses"]["full"]) == 3 and len(run["losses"]["sparse"]) == 3
+
+
+@pytest.mark.parametrize(("strategy", "method"), RUNS)
+def test_saved_diff_is_the_ordinary_sparse_diff(trained, strategy, method):
+    run = trained[0][strategy, method]
+    assert all(r[strategy, method]["diff"] is None for r in trained[1:])
+    diff = run["diff"]
+    head = [n for n in run["theta0"] if n not in run["selection"]]
+    expected = SparseDiff.from_states(
+        run["theta0"], run["final"], run["selection"], head, base_model="tiny-bert", method=method, k=K
+    )
+    assert diff.names == expected.names and diff.params == expected.params and diff.method == method
+    for name in expected.indices:
+        assert_bitwise_equal(diff.indices[name], expected.indices[name], what=name)
+        assert_bitwise_equal(diff.values[name], expected.values[name], what=name)
+    for name in head:
+        assert_bitwise_equal(diff.dense[name], expected.dense[name], what=name)
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_deft_x_selection_is_exact_top_k_of_scores_close_to_single_process(trained, strategy):
+    """The only DeFT-X difference from one process is rSVD rounding, never the selection step."""
+    run = trained[0][strategy, "deft-x"]
+    names = list(run["selection"])
+    sharded = run["scores"]
+    exact = topk_mask([sharded[n] for n in names], K, output="indices")
+    for name, idx in zip(names, exact, strict=True):
+        assert torch.equal(idx, run["selection"][name]), f"{name}: not the top-k of the sharded scores"
+    _, single = _single_process_selection(run, DENOISE)
+    for name in names:
+        delta = torch.linalg.vector_norm(run["theta1"][name].float() - run["theta0"][name].float())
+        error = torch.linalg.vector_norm(sharded[name] - single[name])
+        assert float(error) <= 1e-4 * max(float(delta), 1e-30), f"{name}: scores differ by {float(error):.3e}"

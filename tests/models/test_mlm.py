@@ -1,0 +1,312 @@
+"""deftx.models.mlm on tiny random BERTs: frozen decoder, sparse logits, loss, collator, warm-up."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn.functional import cross_entropy, gelu, layer_norm
+from transformers import BertForSequenceClassification
+
+from deftx.models.mlm import (
+    HEAD_KEYS,
+    IGNORE_INDEX,
+    MLMCollator,
+    build_mlm_model,
+    chunk_token_ids,
+    load_head,
+    save_head,
+    warm_up_mlm_head,
+)
+from tests.helpers import assert_bitwise_equal, assert_close, tolerance
+from tests.models.conftest import tiny_bert, tiny_tokenizer
+
+EMBEDDING_ROWS = 24  # more rows than the tokenizer's 19 ids, like e5 (250037 vs 250002)
+
+
+def reference_logits(model, input_ids, attention_mask) -> torch.Tensor:
+    """(B, L, V) logits at every position, from the head's tensors with plain torch ops."""
+    hidden = model.body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state.float()
+    head = model.head
+    x = gelu(hidden @ head.dense.weight.float().T + head.dense.bias.float())
+    x = layer_norm(x, (x.shape[-1],), head.layer_norm.weight.float(), head.layer_norm.bias.float(), head.layer_norm.eps)
+    return x @ head.decoder_weight.float().T + head.bias.float()
+
+
+def make_batch(seed: int = 0, batch: int = 3, length: int = 7, vocab: int = 19):
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(4, vocab - 1, (batch, length), generator=generator)
+    attention = torch.ones_like(ids)
+    attention[1, 5:] = 0  # a ragged row
+    ids[1, 5:] = 1
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    labels[0, [1, 4]] = ids[0, [1, 4]]
+    labels[2, [0, 3, 6]] = ids[2, [0, 3, 6]]  # row 1 has no label at all
+    return ids, attention, labels
+
+
+@pytest.fixture
+def model():
+    return build_mlm_model(tiny_bert(EMBEDDING_ROWS), seed=3)
+
+
+def test_decoder_is_a_frozen_copy_outside_every_parameter_list(model):
+    theta0 = model.body.get_input_embeddings().weight.detach().clone()
+    params = dict(model.named_parameters())
+    assert not any("decoder" in name for name in params)
+    assert all(p is not model.head.decoder_weight for p in model.parameters())
+    assert "head.decoder_weight" not in model.state_dict()
+    assert model.head.decoder_weight.data_ptr() != model.body.get_input_embeddings().weight.data_ptr()
+    assert_bitwise_equal(model.head.decoder_weight, theta0, what="decoder at build")
+    assert {n for n, _ in model.head.named_parameters()} == set(HEAD_KEYS)
+
+    ids, attention, labels = make_batch()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model(input_ids=ids, attention_mask=attention, labels=labels).loss.backward()
+    optimizer.step()
+
+    assert_bitwise_equal(model.head.decoder_weight, theta0, what="decoder after a step")
+    embeddings = model.body.get_input_embeddings().weight
+    assert not torch.equal(embeddings, theta0), "the body's embeddings should have trained"
+    for name in ("head.dense.weight", "head.bias", "body.encoder.layer.0.attention.self.query.weight"):
+        assert not torch.equal(params[name], before[name]), f"{name} did not change"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_logits_only_at_labelled_positions_and_loss_matches_full_cross_entropy(dtype):
+    model = build_mlm_model(tiny_bert(EMBEDDING_ROWS, dtype=dtype), seed=1)
+    with torch.no_grad():
+        model.head.bias.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
+    ids, attention, labels = make_batch(seed=2)
+    out = model(input_ids=ids, attention_mask=attention, labels=labels)
+    selected = labels != IGNORE_INDEX
+    assert out.logits.shape == (int(selected.sum()), EMBEDDING_ROWS)
+
+    full = reference_logits(model, ids, attention)
+    expected_loss = cross_entropy(full.reshape(-1, EMBEDDING_ROWS), labels.reshape(-1), ignore_index=IGNORE_INDEX)
+    hidden = model.body.config.hidden_size
+    rtol = tolerance(dtype, hidden) if dtype == torch.float32 else 2e-2
+    assert_close(out.logits.float(), full[selected], rtol=rtol, atol=rtol, what="logits at labelled positions")
+    assert_close(out.loss.float(), expected_loss, rtol=rtol, atol=rtol, what="loss")
+
+
+def test_without_labels_logits_cover_every_position(model):
+    ids, attention, _ = make_batch()
+    out = model(input_ids=ids, attention_mask=attention)
+    assert out.loss is None
+    assert_close(out.logits, reference_logits(model, ids, attention), rtol=1e-5, atol=1e-5, what="all logits")
+
+
+def test_no_labelled_position_gives_zero_differentiable_loss(model):
+    ids, attention, labels = make_batch()
+    labels.fill_(IGNORE_INDEX)
+    out = model(input_ids=ids, attention_mask=attention, labels=labels)
+    assert out.logits.shape == (0, EMBEDDING_ROWS)
+    assert float(out.loss.detach()) == 0.0
+    out.loss.backward()
+    assert float(model.head.bias.grad.abs().sum()) == 0.0
+
+
+def test_bad_labels(model):
+    ids, attention, labels = make_batch()
+    labels[0, 0] = EMBEDDING_ROWS
+    with pytest.raises(ValueError, match=r"-100 or in \[0, 24\); found 24"):
+        model(input_ids=ids, attention_mask=attention, labels=labels)
+    with pytest.raises(ValueError, match="labels shape"):
+        model(input_ids=ids, attention_mask=attention, labels=labels[:, :3])
+    with pytest.raises(TypeError, match="int64 or int32"):
+        model(input_ids=ids, attention_mask=attention, labels=labels.float())
+
+
+def test_head_state_round_trip(model, tmp_path):
+    with torch.no_grad():
+        for p in model.head.parameters():
+            p.add_(0.1)
+    state = model.head_state_dict()
+    assert set(state) == set(HEAD_KEYS)
+    ids, attention, _ = make_batch()
+    expected = model(input_ids=ids, attention_mask=attention).logits
+
+    other = build_mlm_model(model.body, head_state=state)
+    assert_bitwise_equal(other(input_ids=ids, attention_mask=attention).logits, expected, what="from state")
+
+    save_head(model, tmp_path / "head.safetensors", {"note": "x"})
+    fresh = build_mlm_model(model.body, seed=9)
+    assert load_head(fresh, tmp_path / "head.safetensors") == {"note": "x"}
+    assert_bitwise_equal(fresh(input_ids=ids, attention_mask=attention).logits, expected, what="from file")
+    from_path = build_mlm_model(model.body, head_state=tmp_path / "head.safetensors")
+    assert_bitwise_equal(from_path.head.bias, model.head.bias, what="bias from path")
+
+    with pytest.raises(ValueError, match="exactly the keys"):
+        model.load_head_state_dict({k: v for k, v in state.items() if k != "bias"})
+    with pytest.raises(ValueError, match="bias: shape"):
+        model.load_head_state_dict({**state, "bias": torch.zeros(3)})
+
+
+def test_fresh_heads_are_seeded(model):
+    a = build_mlm_model(model.body, seed=5).head_state_dict()
+    b = build_mlm_model(model.body, seed=5).head_state_dict()
+    c = build_mlm_model(model.body, seed=6).head_state_dict()
+    assert_bitwise_equal(a["dense.weight"], b["dense.weight"], what="same seed")
+    assert not torch.equal(a["dense.weight"], c["dense.weight"])
+
+
+def test_build_from_folder_and_from_a_task_model(tmp_path):
+    body = tiny_bert(EMBEDDING_ROWS)
+    body.save_pretrained(tmp_path / "body")
+    from_dir = build_mlm_model(tmp_path / "body")
+    assert not any(n.startswith("pooler") for n, _ in from_dir.body.named_parameters())
+    assert_bitwise_equal(from_dir.head.decoder_weight, body.get_input_embeddings().weight, what="decoder")
+
+    task = BertForSequenceClassification(body.config)
+    shared = build_mlm_model(task)
+    assert shared.body is task.bert
+
+
+def test_collator_never_samples_beyond_the_real_vocabulary():
+    tokenizer = tiny_tokenizer()
+    real = 12  # ids 12..18 exist in the tokenizer but are treated as not real here
+    collator = MLMCollator(tokenizer, mlm_probability=1.0, real_vocab_size=real, seed=0)
+    generator = torch.Generator().manual_seed(1)
+    seen = set()
+    for _ in range(20):
+        lengths = torch.randint(1, 30, (8,), generator=generator).tolist()
+        rows = [torch.randint(4, 18, (n,), generator=generator) for n in lengths]
+        batch = collator(rows)
+        ids, _ = collator.pad(rows)
+        replaced = (batch["input_ids"] != ids) & (batch["input_ids"] != tokenizer.mask_token_id)
+        seen |= set(batch["input_ids"][replaced].tolist())
+    assert seen, "no random replacement drawn"
+    assert max(seen) < real
+    assert not seen & set(tokenizer.all_special_ids)
+    assert seen == set(range(4, real)), "every real non-special id should be drawable"
+
+
+def test_collator_masks_only_real_tokens_in_80_10_10_proportions():
+    tokenizer = tiny_tokenizer()
+    collator = MLMCollator(tokenizer, mlm_probability=1.0, seed=0)
+    generator = torch.Generator().manual_seed(0)
+    rows = [[0, *torch.randint(4, 18, (int(n),), generator=generator).tolist(), 2] for n in range(1, 129)]
+    ids, attention = collator.pad(rows)
+    batch = collator(rows)
+    special = torch.isin(ids, torch.tensor(tokenizer.all_special_ids)) | (attention == 0)
+    assert torch.equal(batch["labels"][special], torch.full_like(ids[special], IGNORE_INDEX))
+    assert torch.equal(batch["input_ids"][special], ids[special])
+    assert torch.equal(batch["labels"][~special], ids[~special])  # probability 1: all real tokens
+    assert torch.equal(batch["attention_mask"], attention)
+    n = int((~special).sum())
+    masked = float((batch["input_ids"][~special] == tokenizer.mask_token_id).sum()) / n
+    kept = float((batch["input_ids"][~special] == ids[~special]).sum()) / n
+    # kept = 10% kept + 10% random that drew the same id (1 in 14 candidates)
+    assert abs(masked - 0.8) < 0.03, masked
+    assert abs(kept - (0.1 + 0.1 / 14)) < 0.03, kept
+
+
+def test_collator_selection_rate():
+    tokenizer = tiny_tokenizer()
+    collator = MLMCollator(tokenizer, mlm_probability=0.15, seed=4)
+    rows = [[0, *([5] * 100), 2] for _ in range(64)]
+    rate = float((collator(rows)["labels"] != IGNORE_INDEX).float().sum()) / (64 * 100)
+    assert abs(rate - 0.15) < 0.015, rate
+
+
+def test_collator_is_deterministic_for_a_seed():
+    tokenizer = tiny_tokenizer()
+    rows = [{"input_ids": [0, 4, 5, 6, 7, 2]}, {"input_ids": [0, 8, 9, 2]}]
+    a, b, c = (MLMCollator(tokenizer, 0.5, seed=s) for s in (7, 7, 8))
+    first_a, second_a = a(rows), a(rows)
+    first_b, second_b = b(rows), b(rows)
+    for key in first_a:
+        assert torch.equal(first_a[key], first_b[key]) and torch.equal(second_a[key], second_b[key])
+    outputs_c = [c(rows) for _ in range(4)]
+    assert any(not torch.equal(o["labels"], first_a["labels"]) for o in outputs_c)
+
+
+def test_collator_bad_arguments():
+    tokenizer = tiny_tokenizer()
+    with pytest.raises(ValueError, match=r"real_vocab_size must be in \[1, 19\]"):
+        MLMCollator(tokenizer, real_vocab_size=20)
+    with pytest.raises(ValueError, match="mlm_probability"):
+        MLMCollator(tokenizer, mlm_probability=0.0)
+    with pytest.raises(ValueError, match="no non-special id"):
+        MLMCollator(tokenizer, real_vocab_size=4)
+    collator = MLMCollator(tokenizer)
+    with pytest.raises(ValueError, match="empty batch"):
+        collator([])
+    with pytest.raises(ValueError, match="1-D"):
+        collator([[[4, 5]]])
+    with pytest.raises(ValueError, match="non-negative"):
+        collator([[4, -1]])
+
+
+def test_chunk_token_ids_splits_without_truncating():
+    tokenizer = tiny_tokenizer()
+    text = " ".join(["the cat sat on a mat"] * 3)  # 18 tokens
+    chunks = chunk_token_ids(tokenizer, [text, "", "dog"], seq_len=7)
+    full = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert [len(c) for c in chunks] == [7, 7, 7, 5, 3]  # 18 tokens = 5 + 5 + 5 + 3
+    assert all(c[0] == tokenizer.cls_token_id and c[-1] == tokenizer.sep_token_id for c in chunks)
+    assert [t for c in chunks[:4] for t in c[1:-1]] == full
+    with pytest.raises(ValueError, match="seq_len must be >= 3"):
+        chunk_token_ids(tokenizer, [text], seq_len=2)
+
+
+def _warm_up_texts() -> list[str]:
+    generator = torch.Generator().manual_seed(0)
+    patterns = ["the cat sat on a mat", "a dog ran on the log", "the big red dog ran fast", "a small cat sat slow"]
+    return [patterns[int(i)] for i in torch.randint(0, len(patterns), (40,), generator=generator)]
+
+
+def test_warm_up_trains_only_the_head_and_caches_it(tmp_path):
+    tokenizer = tiny_tokenizer()
+    body = tiny_bert(EMBEDDING_ROWS, seed=2)
+    body.train()
+    body_before = {k: v.clone() for k, v in body.state_dict().items()}
+    model = build_mlm_model(body, seed=0)
+    head_before = model.head_state_dict()
+    settings = dict(steps=60, batch_size=8, lr=2e-2, seq_len=16, seed=0, cache_path=tmp_path)
+
+    metrics = warm_up_mlm_head(model, tokenizer, _warm_up_texts(), **settings)
+
+    for key, value in body.state_dict().items():
+        assert_bitwise_equal(value, body_before[key], what=f"body {key}")
+    assert body.training, "the body's training mode must be restored"
+    trained = model.head_state_dict()
+    assert all(not torch.equal(trained[k], head_before[k]) for k in ("dense.weight", "bias", "layer_norm.weight"))
+    assert len(metrics["loss"]) == len(metrics["accuracy"]) == len(metrics["masked_tokens"]) == 60
+    assert metrics["final_loss"] < metrics["initial_loss"] - 0.4, (metrics["initial_loss"], metrics["final_loss"])
+    assert metrics["final_accuracy"] > metrics["initial_accuracy"] + 0.15
+    assert not metrics["cache_hit"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"mlm-head-{metrics['key'][:24]}.safetensors"]
+
+    again = build_mlm_model(body, seed=0)
+    cached = warm_up_mlm_head(again, tokenizer, _warm_up_texts(), **settings)
+    assert cached["cache_hit"] and cached["key"] == metrics["key"]
+    assert cached["final_loss"] == metrics["final_loss"]
+    for key, value in again.head_state_dict().items():
+        assert_bitwise_equal(value, trained[key], what=f"cached head {key}")
+
+
+def test_warm_up_cache_key_covers_settings_texts_and_body(tmp_path):
+    tokenizer = tiny_tokenizer()
+    body = tiny_bert(EMBEDDING_ROWS, seed=2)
+    settings = dict(steps=2, batch_size=4, lr=1e-2, seq_len=16, seed=0, cache_path=tmp_path)
+
+    def run(texts=None, **changes):
+        model = build_mlm_model(body, seed=0)
+        return warm_up_mlm_head(model, tokenizer, texts or _warm_up_texts(), **{**settings, **changes})["key"]
+
+    keys = [run(), run(lr=1e-3), run(seed=1), run(seq_len=8), run(texts=["the cat sat"] * 5)]
+    with torch.no_grad():
+        body.encoder.layer[0].output.dense.weight[0, 0] += 1.0  # a one-entry "sparse diff" on the body
+    keys.append(run())
+    assert len(set(keys)) == len(keys)
+    assert len(list(tmp_path.iterdir())) == len(keys)
+
+
+def test_warm_up_bad_arguments(model):
+    tokenizer = tiny_tokenizer()
+    with pytest.raises(ValueError, match="steps >= 1"):
+        warm_up_mlm_head(model, tokenizer, ["the cat"], steps=0)
+    with pytest.raises(ValueError, match="no text"):
+        warm_up_mlm_head(model, tokenizer, ["", "  "], steps=1)
