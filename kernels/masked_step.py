@@ -1,0 +1,391 @@
+"""Masked AdamW step of sparse retraining: the optimizer touches only the K selected entries.
+
+For each parameter tensor t with selected flat indices ``indices[t]`` (K_t of them), the
+fp32 master values, Adam moments (and the L1 anchors θ0) live in (K_t,) tensors. One
+kernel launch per parameter dtype covers all tensors: an int64 address table holds each
+tensor's pointers, and a block table maps every program to (tensor, block of BLOCK
+entries). A program streams its block of indices and state (contiguous, 128-bit loads
+on the full blocks), gathers the gradient at the indices, applies the contract's fp32
+AdamW formula and scatters the rounded master values into the parameter. Nothing outside
+the indices is read or written, and no dense optimizer state exists.
+
+Per entry j with i = indices[t][j] (all fp32, IEEE division and square root)::
+
+    g = f32(grad[i]) (+ l1 * sign(master - base))
+    m = beta1 m + (1 - beta1) g ;  v = beta2 v + (1 - beta2) g g
+    master = master (1 - lr wd)
+    master = master - lr (m / (1 - beta1^step)) / (sqrt(v / (1 - beta2^step)) + eps)
+    param[i] = cast(master)            (round to nearest even)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import triton
+import triton.language as tl
+from triton import knobs
+
+from . import KernelSpec
+
+PARAM_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16)
+BLOCK = 1024
+NUM_WARPS = 4
+_TABLE_CACHE_SIZE = 16
+
+# The interpreter's fp32 -> bf16 cast truncates; round to nearest even by hand there.
+_INTERPRET = tl.constexpr(bool(knobs.runtime.interpret))
+
+_TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+_SIGNATURE_DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+@triton.jit
+def _table_pointer(row, column, DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
+    """Address ``row[column]`` of the int64 table as a ``DTYPE`` pointer (16-byte aligned if ALIGNED)."""
+    pointer = tl.load(row + column).to(tl.pointer_type(DTYPE))
+    if ALIGNED:
+        pointer = tl.multiple_of(pointer, 16)
+    return pointer
+
+
+@triton.jit
+def _to_param_dtype(x, P_DTYPE: tl.constexpr):
+    """fp32 ``x`` rounded to nearest even in P_DTYPE."""
+    if P_DTYPE.is_fp32():
+        rounded = x
+    elif _INTERPRET and P_DTYPE.is_bf16():
+        bits = x.to(tl.uint32, bitcast=True)
+        upper = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+        rounded = upper.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    else:
+        rounded = x.to(P_DTYPE)
+    return rounded
+
+
+@triton.jit
+def _update_entries(
+    param,
+    grad,
+    index,
+    master,
+    exp_avg,
+    exp_avg_sq,
+    base,
+    offsets,
+    mask,
+    beta1,
+    one_minus_beta1,
+    beta2,
+    one_minus_beta2,
+    decay,
+    lr,
+    bias1,
+    bias2,
+    eps,
+    l1,
+    P_DTYPE: tl.constexpr,
+    HAS_L1: tl.constexpr,
+):
+    """AdamW on the entries ``offsets`` of one tensor's K space; ``mask`` None on full blocks.
+
+    Masked-off lanes compute on undefined values and store nothing.
+    """
+    idx = tl.load(index + offsets, mask=mask)
+    g = tl.load(grad + idx, mask=mask).to(tl.float32)
+    w = tl.load(master + offsets, mask=mask)
+    m = tl.load(exp_avg + offsets, mask=mask)
+    v = tl.load(exp_avg_sq + offsets, mask=mask)
+    if HAS_L1:
+        diff = w - tl.load(base + offsets, mask=mask)
+        sign = tl.where(diff > 0.0, 1.0, tl.where(diff < 0.0, -1.0, 0.0))
+        g = g + l1 * sign
+
+    m = beta1 * m + one_minus_beta1 * g
+    v = beta2 * v + one_minus_beta2 * g * g
+    w = w * decay
+    step_size = lr * tl.div_rn(m, bias1)
+    w = w - tl.div_rn(step_size, tl.sqrt_rn(tl.div_rn(v, bias2)) + eps)
+
+    tl.store(master + offsets, w, mask=mask)
+    tl.store(exp_avg + offsets, m, mask=mask)
+    tl.store(exp_avg_sq + offsets, v, mask=mask)
+    tl.store(param + idx, _to_param_dtype(w, P_DTYPE), mask=mask)
+
+
+@triton.jit
+def _masked_adamw_kernel(
+    tensor_table,
+    block_table,
+    beta1,
+    one_minus_beta1,
+    beta2,
+    one_minus_beta2,
+    decay,
+    lr,
+    bias1,
+    bias2,
+    eps,
+    l1,
+    P_DTYPE: tl.constexpr,
+    HAS_L1: tl.constexpr,
+    ALIGNED: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """One block of BLOCK entries of one tensor per program.
+
+    tensor_table: (T, 8) int64 rows (param, grad, indices, master, exp_avg, exp_avg_sq,
+    base, K_t) — param / grad P_DTYPE, indices int64, state fp32 (K_t,).
+    block_table: (P, 2) int32 rows (tensor, block). Scalars fp32: decay = 1 − lr·wd,
+    bias1 = 1 − beta1^step, bias2 = 1 − beta2^step. Grid: (P,).
+    """
+    pid = tl.program_id(0)
+    tensor = tl.load(block_table + 2 * pid)
+    block = tl.load(block_table + 2 * pid + 1)
+    row = tensor_table + tensor.to(tl.int64) * 8
+    param = _table_pointer(row, 0, P_DTYPE, False)
+    grad = _table_pointer(row, 1, P_DTYPE, False)
+    index = _table_pointer(row, 2, tl.int64, ALIGNED)
+    master = _table_pointer(row, 3, tl.float32, ALIGNED)
+    exp_avg = _table_pointer(row, 4, tl.float32, ALIGNED)
+    exp_avg_sq = _table_pointer(row, 5, tl.float32, ALIGNED)
+    base = _table_pointer(row, 6, tl.float32, ALIGNED)
+    count = tl.load(row + 7)
+
+    start = block.to(tl.int64) * BLOCK
+    offsets = start + tl.arange(0, BLOCK)
+    if start + BLOCK <= count:
+        _update_entries(
+            param, grad, index, master, exp_avg, exp_avg_sq, base, offsets, None,
+            beta1, one_minus_beta1, beta2, one_minus_beta2, decay, lr, bias1, bias2, eps, l1,
+            P_DTYPE, HAS_L1,
+        )
+    else:
+        _update_entries(
+            param, grad, index, master, exp_avg, exp_avg_sq, base, offsets, offsets < count,
+            beta1, one_minus_beta1, beta2, one_minus_beta2, decay, lr, bias1, bias2, eps, l1,
+            P_DTYPE, HAS_L1,
+        )
+
+
+# --------------------------------------------------------------------------- launcher
+
+_TABLES: dict[tuple, tuple[torch.Tensor, torch.Tensor, bool]] = {}
+
+
+def _tables(
+    rows: list[tuple[torch.Tensor, ...]], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """(tensor table, block table, aligned) for rows of (param, grad, idx, master, m, v, base|None).
+
+    Tables hold addresses only, so a cached pair is valid whenever the addresses and sizes
+    match: the cache key is exactly the table's content.
+    """
+    entries = [
+        (
+            param.data_ptr(),
+            grad.data_ptr(),
+            idx.data_ptr(),
+            master.data_ptr(),
+            exp_avg.data_ptr(),
+            exp_avg_sq.data_ptr(),
+            base.data_ptr() if base is not None else 0,
+            idx.numel(),
+        )
+        for param, grad, idx, master, exp_avg, exp_avg_sq, base in rows
+    ]
+    key = (device, tuple(entries))
+    cached = _TABLES.get(key)
+    if cached is not None:
+        return cached
+    aligned = all(address % 16 == 0 for entry in entries for address in entry[2:7])
+    tensor_table = torch.tensor(entries, dtype=torch.int64)
+    blocks_per_tensor = torch.tensor([triton.cdiv(entry[7], BLOCK) for entry in entries])
+    tensor_of_block = torch.repeat_interleave(torch.arange(len(entries)), blocks_per_tensor)
+    first_block = torch.cumsum(blocks_per_tensor, 0) - blocks_per_tensor
+    block_in_tensor = torch.arange(tensor_of_block.numel()) - first_block[tensor_of_block]
+    block_table = torch.stack([tensor_of_block, block_in_tensor], dim=1).to(torch.int32)
+    result = (tensor_table.to(device), block_table.contiguous().to(device), aligned)
+    if len(_TABLES) >= _TABLE_CACHE_SIZE:
+        _TABLES.pop(next(iter(_TABLES)))
+    _TABLES[key] = result
+    return result
+
+
+def masked_adamw_step_(
+    params: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor],
+    indices: Sequence[torch.Tensor],
+    masters: Sequence[torch.Tensor],
+    exp_avgs: Sequence[torch.Tensor],
+    exp_avg_sqs: Sequence[torch.Tensor],
+    bases: Sequence[torch.Tensor] | None,
+    *,
+    step: int,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    l1: float,
+) -> None:
+    """AdamW on the selected entries of each parameter, in place (the contract's formula).
+
+    Args:
+        params: T contiguous fp32 / bf16 / fp16 tensors, written only at ``indices[t]``.
+        grads: T tensors of the same shapes and dtypes, read only at ``indices[t]``.
+        indices: T int64 (K_t,) sorted unique flat indices.
+        masters, exp_avgs, exp_avg_sqs: T fp32 (K_t,) contiguous tensors, updated in place.
+        bases: T fp32 (K_t,) θ0 values, used when ``l1 != 0`` (None or empty otherwise).
+        step: step number >= 1 (already incremented), for the bias corrections.
+
+    One launch per parameter dtype present, covering every tensor of that dtype.
+    """
+    count = len(params)
+    assert step >= 1, step
+    assert len(grads) == len(indices) == len(masters) == len(exp_avgs) == len(exp_avg_sqs) == count
+    has_l1 = l1 != 0.0
+    assert not has_l1 or (bases is not None and len(bases) == count), "l1 != 0 needs bases"
+    by_dtype: dict[torch.dtype, list[tuple[torch.Tensor, ...]]] = {}
+    for t in range(count):
+        param, grad, idx = params[t], grads[t], indices[t]
+        assert param.dtype in PARAM_DTYPES and grad.dtype == param.dtype and param.is_contiguous()
+        assert grad.is_contiguous() and idx.dtype == torch.int64
+        if idx.numel() == 0:
+            continue
+        base = bases[t] if has_l1 else None
+        by_dtype.setdefault(param.dtype, []).append(
+            (param, grad, idx, masters[t], exp_avgs[t], exp_avg_sqs[t], base)
+        )
+
+    scalars = (
+        beta1,
+        1.0 - beta1,
+        beta2,
+        1.0 - beta2,
+        1.0 - lr * weight_decay,
+        lr,
+        1.0 - beta1**step,
+        1.0 - beta2**step,
+        eps,
+        l1,
+    )
+    for dtype, rows in by_dtype.items():
+        device = rows[0][0].device
+        tensor_table, block_table, aligned = _tables(rows, device)
+        _masked_adamw_kernel[(block_table.shape[0],)](
+            tensor_table,
+            block_table,
+            *scalars,
+            _TL_DTYPES[dtype],
+            has_l1,
+            aligned,
+            BLOCK,
+            num_warps=NUM_WARPS,
+        )
+
+
+# --------------------------------------------------------------------------- specialisations
+
+
+def _specs() -> list[KernelSpec]:
+    specs = []
+    for dtype in PARAM_DTYPES:
+        for has_l1 in (False, True):
+            for aligned in (True, False):
+                promises = {"no_float_atomics"} | ({"vectorized_loads"} if aligned else set())
+                specs.append(
+                    KernelSpec(
+                        name=(
+                            f"masked_adamw_{_SIGNATURE_DTYPES[dtype]}"
+                            f"_{'l1' if has_l1 else 'nol1'}_{'aligned' if aligned else 'unaligned'}"
+                        ),
+                        kernel=_masked_adamw_kernel,
+                        signature={
+                            "tensor_table": "*i64",
+                            "block_table": "*i32",
+                            "beta1": "fp32",
+                            "one_minus_beta1": "fp32",
+                            "beta2": "fp32",
+                            "one_minus_beta2": "fp32",
+                            "decay": "fp32",
+                            "lr": "fp32",
+                            "bias1": "fp32",
+                            "bias2": "fp32",
+                            "eps": "fp32",
+                            "l1": "fp32",
+                            "P_DTYPE": "constexpr",
+                            "HAS_L1": "constexpr",
+                            "ALIGNED": "constexpr",
+                            "BLOCK": "constexpr",
+                        },
+                        constexprs={
+                            "P_DTYPE": _TL_DTYPES[dtype],
+                            "HAS_L1": has_l1,
+                            "ALIGNED": aligned,
+                            "BLOCK": BLOCK,
+                        },
+                        num_warps=NUM_WARPS,
+                        num_stages=1,
+                        promises=frozenset(promises),
+                    )
+                )
+    return specs
+
+
+SPECIALIZATIONS: list[KernelSpec] = _specs()
+
+
+# --------------------------------------------------------------------------- cost models
+
+SECTOR_BYTES = 32
+FLOPS_PER_ENTRY = 16
+"""fp32 operations of the AdamW update per entry (moments 7, decay 1, step 8); the L1 pull adds 3."""
+
+
+def touched_sector_bytes(k: int, numel: int, element_bytes: int) -> float:
+    """Expected bytes of 32-byte sectors touched by k uniformly random entries of ``numel``::
+
+        (numel * element_bytes / 32) * 32 * (1 - (1 - k / numel) ** (32 / element_bytes))
+    """
+    if numel == 0 or k == 0:
+        return 0.0
+    per_sector = SECTOR_BYTES / element_bytes
+    sectors = numel * element_bytes / SECTOR_BYTES
+    return sectors * SECTOR_BYTES * (1.0 - (1.0 - k / numel) ** per_sector)
+
+
+def bytes_moved(k: int, numel: int, *, param_bytes: int, has_l1: bool = False) -> float:
+    """HBM bytes of :func:`masked_adamw_step_` for K selected entries of ``numel``.
+
+    Streams in K space: indices (8 B), master / exp_avg / exp_avg_sq read and written
+    (24 B), θ0 with L1 (4 B). Gathered gradient reads and scattered parameter writes move
+    whole 32-byte sectors: each touches ``touched_sector_bytes(k, numel, param_bytes)``::
+
+        k * (8 + 24 + 4 * has_l1) + 2 * touched_sector_bytes(k, numel, param_bytes)
+    """
+    streams = k * (8 + 24 + (4 if has_l1 else 0))
+    return streams + 2 * touched_sector_bytes(k, numel, param_bytes)
+
+
+def baseline_bytes_moved(numel: int, *, param_bytes: int, state_bytes: int | None = None) -> int:
+    """HBM bytes of a dense AdamW step (``torch.optim.AdamW``, fused or foreach) on ``numel``.
+
+    Reads param, grad, exp_avg, exp_avg_sq; writes param, exp_avg, exp_avg_sq. The moments
+    have the parameter's dtype in torch unless ``state_bytes`` says otherwise::
+
+        numel * (3 * param_bytes + 4 * state_bytes)
+    """
+    state = param_bytes if state_bytes is None else state_bytes
+    return numel * (3 * param_bytes + 4 * state)
+
+
+def flops(k: int, *, has_l1: bool = False) -> int:
+    """fp32 operations of :func:`masked_adamw_step_`: ``k * (16 + 3 * has_l1)``."""
+    return k * (FLOPS_PER_ENTRY + (3 if has_l1 else 0))
+
+
+def baseline_flops(numel: int) -> int:
+    """Operations of a dense AdamW step: ``16 * numel``."""
+    return FLOPS_PER_ENTRY * numel
