@@ -6,13 +6,18 @@ import warnings
 
 import pytest
 
-from deftx.ops.dispatch import unavailable_reason
+from deftx.ops.dispatch import NATIVE_OPS, unavailable_reason
 
 
 def cpu_backends(op: str) -> list:
-    """pytest params: torch, native and triton (interpreter), skipped with the reason if unavailable."""
+    """pytest params: torch, native (where it implements ``op``) and triton (interpreter).
+
+    A backend that implements the op but cannot run here is skipped with the reason.
+    """
     params = []
     for backend in ("torch", "native", "triton"):
+        if backend == "native" and op not in NATIVE_OPS:
+            continue
         reason = unavailable_reason(op, backend, "cpu")
         marks = [pytest.mark.skip(reason=reason)] if reason else []
         params.append(pytest.param(backend, marks=marks, id=backend))
