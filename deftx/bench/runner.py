@@ -1,0 +1,328 @@
+"""The benchmark suite: every op, on one shape set, deftx vs its baselines, measured in one run.
+
+For each op and K: build the shared inputs once, time every implementation (deftx's
+public op per backend, then the torch baselines), compute achieved GB/s and GFLOP/s
+from the op's cost model, the % of the roof measured in the same run (memory-bound
+ops against the copy bandwidth, rsvd against the fp32 matmul rate), and the peak extra
+memory of ``bind`` + one call (:mod:`deftx.bench.memory`). The result is one JSON
+document (schema ``deftx-bench/1``) that :mod:`deftx.bench.report` prints and plots.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+import platform
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import deftx
+from deftx.bench.cases import CaseSpec, auto_choice, backend_of, display_name, implementations, op_module
+from deftx.bench.memory import MemoryResult
+from deftx.bench.probe import MemoryProber, measure_in_process
+from deftx.bench.roofline import Roofline, measure_roofline
+from deftx.bench.shapes import ShapeSet
+from deftx.bench.timing import TimingSettings, time_thunk
+
+SCHEMA = "deftx-bench/1"
+DEFAULT_K_FRACTIONS: tuple[float, ...] = (0.001, 0.01, 0.1)
+STEP_K_FRACTION = 0.05
+"""K at which the masked step is always measured (the issue's headline density)."""
+
+
+@dataclass(frozen=True)
+class SuiteConfig:
+    """What ``deftx bench`` runs.
+
+    Attributes:
+        shapes: the (already scaled) shape set.
+        ops: subset of ``topk, rsvd, scatter, step``.
+        device: ``"cpu"`` or ``"cuda"``.
+        dtype: dtype of the synthetic weights / scores.
+        k_fractions: K values (share of all entries); ``step`` also runs at 5%.
+        rank, oversample, n_iter: randomized SVD settings (deftx and ``svd_lowrank``).
+        backends: restrict deftx's backends (None: every one that can run here).
+        timing: repetitions per measurement (default: warm-up, then >= 3 calls and
+            >= 0.5 s, a single timed call for calls over 10 s).
+        memory: measure peak extra memory.
+        seed: synthetic data seed.
+    """
+
+    shapes: ShapeSet
+    ops: tuple[str, ...] = ("topk", "rsvd", "scatter", "step")
+    device: str = "cpu"
+    dtype: str = "fp32"
+    k_fractions: tuple[float, ...] = DEFAULT_K_FRACTIONS
+    rank: int = 32
+    oversample: int = 8
+    n_iter: int = 2
+    backends: tuple[str, ...] | None = None
+    timing: TimingSettings = field(default_factory=lambda: TimingSettings(long_call_s=10.0))
+    memory: bool = True
+    seed: int = 0
+
+    def k_values(self, op: str) -> list[float | None]:
+        """The K fractions ``op`` runs at (rsvd: none; step: also 5%)."""
+        if op == "rsvd":
+            return [None]
+        ks = set(self.k_fractions) | ({STEP_K_FRACTION} if op == "step" else set())
+        return sorted(ks)
+
+    def specs(self) -> list[CaseSpec]:
+        """One case per (op, K), in op order."""
+        return [
+            CaseSpec(
+                op=op,
+                shapes=self.shapes,
+                device=self.device,
+                dtype=self.dtype,
+                k_fraction=k,
+                seed=self.seed,
+                rank=self.rank,
+                oversample=self.oversample,
+                n_iter=self.n_iter,
+            )
+            for op in self.ops
+            for k in self.k_values(op)
+        ]
+
+
+def describe_machine(device: torch.device) -> dict[str, Any]:
+    """Host, CPU, memory, versions, and the GPU when the run is on CUDA."""
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "deftx": deftx.__version__,
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "memory_bytes": _total_memory(),
+        "load_average_at_start": list(os.getloadavg()),
+    }
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info["gpu"] = props.name
+        info["gpu_memory_bytes"] = props.total_memory
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _total_memory() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _finite_or_none(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def _measure_impl(spec: CaseSpec, impl: str, inputs: Any, timing: TimingSettings, roof: Roofline) -> dict[str, Any]:
+    """Time one implementation on built inputs; the row of the result (memory added later)."""
+    module = op_module(spec.op)
+    device = spec.torch_device
+    thunk = module.bind(impl, inputs)
+    measured, first = time_thunk(thunk, device, timing)
+    quality = module.quality(impl, inputs, first) if first is not None else {}
+    del first, thunk
+    cost = module.traffic(impl, inputs)
+    seconds = measured.median_s
+    gbps = cost.bytes / seconds / 1e9
+    gflops = cost.flops / seconds / 1e9
+    achieved, roof_value = (gflops, roof.matmul_gflops) if module.ROOFLINE == "compute" else (gbps, roof.copy_gbps)
+    return {
+        "op": spec.op,
+        "impl": impl,
+        "name": display_name(spec.op, impl),
+        "role": "deftx" if backend_of(impl) is not None else "baseline",
+        "backend": backend_of(impl),
+        "k_fraction": spec.k_fraction,
+        "selected": module.selected(inputs),
+        "time_s": seconds,
+        "time_min_s": measured.min_s,
+        "samples_s": list(measured.samples),
+        "bytes": cost.bytes,
+        "flops": cost.flops,
+        "cost_model": cost.model,
+        "gbps": _finite_or_none(gbps),
+        "gflops": _finite_or_none(gflops),
+        "roofline": module.ROOFLINE,
+        "roofline_pct": _finite_or_none(100.0 * achieved / roof_value),
+        **quality,
+    }
+
+
+def _error_row(spec: CaseSpec, impl: str, err: Exception) -> dict[str, Any]:
+    return {
+        "op": spec.op,
+        "impl": impl,
+        "name": display_name(spec.op, impl),
+        "role": "deftx" if backend_of(impl) is not None else "baseline",
+        "backend": backend_of(impl),
+        "k_fraction": spec.k_fraction,
+        "error": f"{type(err).__name__}: {err}",
+    }
+
+
+def _set_memory(row: dict[str, Any], measure: Callable[[], MemoryResult]) -> None:
+    try:
+        result = measure()
+    except Exception as err:  # a failed probe is recorded, the run goes on
+        row["memory_error"] = f"{type(err).__name__}: {err}"
+        return
+    row["peak_extra_bytes"] = result.peak_extra_bytes
+    row["memory_method"] = result.method
+
+
+def run_case(
+    spec: CaseSpec,
+    impls: Iterable[str],
+    timing: TimingSettings,
+    roof: Roofline,
+    prober: MemoryProber | None,
+    tick: Callable[[str], None] = lambda _: None,
+) -> list[dict[str, Any]]:
+    """Time every implementation on one set of inputs, then measure their memory.
+
+    On CPU the inputs are freed before the probes, whose worker builds its own copy,
+    so the two processes never hold them at once.
+    """
+    module = op_module(spec.op)
+    inputs = module.make_inputs(spec)
+    rows = []
+    for impl in impls:
+        tick(f"{spec.op} {display_name(spec.op, impl)}")
+        try:
+            row = _measure_impl(spec, impl, inputs, timing, roof)
+        except Exception as err:  # e.g. a baseline torch does not support here: recorded
+            rows.append(_error_row(spec, impl, err))
+            continue
+        if prober is not None and spec.torch_device.type != "cpu":
+            _set_memory(row, lambda impl=impl, inputs=inputs: measure_in_process(spec, impl, inputs))
+        rows.append(row)
+    del inputs
+    gc.collect()
+    if prober is not None and spec.torch_device.type == "cpu":
+        for row in rows:
+            if "error" not in row:
+                tick(f"{spec.op} {row['name']} (memory)")
+                _set_memory(row, lambda impl=row["impl"]: prober.measure(spec, impl))
+    return rows
+
+
+def comparisons(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every deftx row against every baseline row of the same (op, K): the speedup table."""
+    out = []
+    for d in rows:
+        if d["role"] != "deftx" or "error" in d:
+            continue
+        for b in rows:
+            if b["role"] != "baseline" or "error" in b or (b["op"], b["k_fraction"]) != (d["op"], d["k_fraction"]):
+                continue
+            entry = {
+                "op": d["op"],
+                "k_fraction": d["k_fraction"],
+                "deftx": d["name"],
+                "auto": d.get("auto", False),
+                "baseline": b["name"],
+                "deftx_time_s": d["time_s"],
+                "baseline_time_s": b["time_s"],
+                "speedup": b["time_s"] / d["time_s"],
+                "gbps": d["gbps"],
+                "roofline_pct": d["roofline_pct"],
+                "roofline": d["roofline"],
+                "deftx_peak_extra_bytes": d.get("peak_extra_bytes"),
+                "baseline_peak_extra_bytes": b.get("peak_extra_bytes"),
+            }
+            if "relative_error" in d:
+                entry["deftx_relative_error"] = d["relative_error"]
+                entry["baseline_relative_error"] = b.get("relative_error")
+            out.append(entry)
+    return out
+
+
+def run_suite(config: SuiteConfig, *, progress: bool = True, command: str | None = None) -> dict[str, Any]:
+    """Run the suite; returns the JSON document (see the module docstring)."""
+    from tqdm.auto import tqdm
+
+    device = torch.device(config.device)
+    machine = describe_machine(device)
+    specs = config.specs()
+    plans = [(spec, implementations(spec.op, device, config.backends)) for spec in specs]
+    total = sum(len(impls) * (2 if config.memory else 1) for _, impls in plans) + 1
+    rows: list[dict[str, Any]] = []
+    with tqdm(total=total, desc="deftx bench", disable=not progress, file=sys.stderr) as bar:
+
+        def tick(label: str) -> None:
+            bar.set_postfix_str(label)
+            bar.update(1)
+
+        bar.set_postfix_str("roofline")
+        roof = measure_roofline(device)
+        bar.update(1)
+        prober = MemoryProber() if config.memory else None
+        try:
+            for spec, impls in plans:
+                case_rows = run_case(spec, impls, config.timing, roof, prober, tick)
+                auto = auto_choice(op_module(spec.op).DISPATCH_OP, device)
+                for row in case_rows:
+                    row["auto"] = row.get("backend") == auto
+                rows.extend(case_rows)
+        finally:
+            if prober is not None:
+                prober.close()
+    return {
+        "schema": SCHEMA,
+        "command": command,
+        "machine": {**machine, "load_average_at_end": list(os.getloadavg())},
+        "device": config.device,
+        "config": {
+            "ops": list(config.ops),
+            "dtype": config.dtype,
+            "k_fractions": list(config.k_fractions),
+            "step_k_fraction": STEP_K_FRACTION,
+            "rank": config.rank,
+            "oversample": config.oversample,
+            "n_iter": config.n_iter,
+            "backends": list(config.backends) if config.backends else None,
+            "timing": asdict(config.timing),
+            "memory": config.memory,
+            "seed": config.seed,
+        },
+        "shape_set": {
+            "name": config.shapes.name,
+            "parameters": config.shapes.numel,
+            "tensors": len(config.shapes.flat()),
+            "note": config.shapes.note or "full set",
+        },
+        "roofline": roof.to_json(),
+        "results": rows,
+        "comparisons": comparisons(rows),
+    }

@@ -1,0 +1,36 @@
+"""``deftx pipeline CONFIG``: language SFTs, task SFTs, baseline and zero-shot tables from one file."""
+
+from __future__ import annotations
+
+import argparse
+
+from deftx.commands._common import add_config_arguments, command_line, guarded, load_pipeline_config
+
+
+def run(args: argparse.Namespace) -> int:
+    from deftx.eval.pipeline import run_pipeline
+
+    config = load_pipeline_config(args)
+    log = (lambda _: None) if args.quiet else print
+    table = run_pipeline(config, log=log, command=command_line())
+    print(table)
+    print(f"results: {config.results_dir or config.output_dir}/results.md (CSVs and plot beside it)")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "pipeline",
+        help="train language + task SFTs (LT-SFT, DeFT-X) and a full fine-tuning baseline, evaluate zero-shot",
+        description=(
+            "Run every step of a pipeline config: MLM head warm-up, language SFTs (masked LM on each "
+            "language's NusaX MT train+valid text), task SFTs on the source language(s) on top of the "
+            "source language SFT, the full fine-tuning baseline, and zero-shot NusaX (and optionally "
+            "AmericasNLI) evaluation. Every step checkpoints; running the same command again resumes. "
+            "Prints the macro-F1 table and writes results.md/.csv/.png under output_dir."
+        ),
+    )
+    add_config_arguments(parser)
+    parser.add_argument("--seeds", type=int, nargs="+", help="override the config's seeds")
+    parser.add_argument("--quiet", action="store_true", help="print only the final table")
+    parser.set_defaults(func=guarded("pipeline", run))

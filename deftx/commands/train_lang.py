@@ -1,0 +1,49 @@
+"""``deftx train-lang CONFIG --language L``: one language SFT (every method of the config)."""
+
+from __future__ import annotations
+
+import argparse
+
+from deftx.commands._common import add_config_arguments, guarded, load_pipeline_config
+
+
+def run(args: argparse.Namespace) -> int:
+    from deftx.data import americasnlp, nusax
+    from deftx.eval.pipeline import Workspace, ensure_head, language_sfts
+
+    ws = Workspace.open(load_pipeline_config(args))
+    if args.americasnlp:
+        texts, folder = americasnlp.load_text(ws.data_dir, args.language), "anli/lang"
+    else:
+        texts, folder = nusax.load_mt_text(ws.data_dir, args.language), "lang"
+    diffs = language_sfts(ws, args.language, texts, args.seed, ensure_head(ws), folder=folder)
+    for method in diffs:
+        path = ws.seed_dir(args.seed) / folder / args.language / method / "sft.safetensors"
+        print(f"{method}: {path} ({diffs[method].nnz} entries)")
+    for row in ws.selections:
+        print(f"  {row['method']}: {row['group']}: {row['selected']} of K={row['k']} ({100 * row['share_of_k']:.1f}%)")
+    for row in ws.overlaps:
+        print(f"  overlap {row['pair']} {row['group']}: jaccard {row['jaccard']:.3f}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train-lang",
+        help="train a language SFT (masked LM; LT-SFT and DeFT-X branches from one phase 1)",
+        description=(
+            "Train (or resume) the language SFT of one language with the config's language_sft, "
+            "mlm_head, training and methods sections: masked LM on the language's NusaX MT "
+            "train+valid text (or AmericasNLP 2021 text with --americasnlp). Output: "
+            "<output_dir>/seed-<s>/lang/<language>/<method>/sft.safetensors."
+        ),
+    )
+    add_config_arguments(parser)
+    parser.add_argument(
+        "--language",
+        required=True,
+        help="NusaX language folder name (e.g. madurese) or, with --americasnlp, an AmericasNLI code (e.g. aym)",
+    )
+    parser.add_argument("--americasnlp", action="store_true", help="train on AmericasNLP 2021 text")
+    parser.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    parser.set_defaults(func=guarded("train-lang", run))

@@ -1,0 +1,42 @@
+"""``deftx train-task CONFIG --source L``: NusaX task SFTs on top of the source language SFT."""
+
+from __future__ import annotations
+
+import argparse
+
+from deftx.commands._common import add_config_arguments, guarded, load_pipeline_config
+
+
+def run(args: argparse.Namespace) -> int:
+    from deftx.data import nusax
+    from deftx.eval.pipeline import Workspace, ensure_head, language_sfts, nusax_train_examples, task_sfts
+
+    ws = Workspace.open(load_pipeline_config(args))
+    source_sfts = None
+    if ws.config.task_on_source_sft:
+        texts = nusax.load_mt_text(ws.data_dir, args.source)
+        source_sfts = language_sfts(ws, args.source, texts, args.seed, ensure_head(ws))
+    examples = nusax_train_examples(ws, args.source)
+    diffs = task_sfts(ws, args.source, examples, args.seed, len(nusax.LABELS), source_sfts)
+    base = ws.seed_dir(args.seed) / "task" / args.source
+    for method, diff in diffs.items():
+        folder = base / (method if source_sfts is not None else "shared") / method
+        print(f"{method}: {folder / 'sft.safetensors'} ({diff.nnz} entries + head {sorted(diff.dense)})")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train-task",
+        help="train NusaX sentiment task SFTs on a source language (classifier head shipped in the SFT)",
+        description=(
+            "Train (or resume) the task SFTs of one source language with the config's task_sft and "
+            "methods sections, on the source's NusaX sentiment train split. With task_on_source_sft "
+            "(default) each method's task SFT is trained on top of that method's source language SFT, "
+            "which is trained first if missing."
+        ),
+    )
+    add_config_arguments(parser)
+    parser.add_argument("--source", required=True, help="source language folder name (e.g. indonesian, english)")
+    parser.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    parser.set_defaults(func=guarded("train-task", run))

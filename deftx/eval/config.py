@@ -1,0 +1,299 @@
+"""The pipeline config file (YAML or JSON): what ``deftx pipeline`` trains and evaluates.
+
+Every key is optional except ``targets`` (an empty list skips NusaX, e.g. for an
+AmericasNLI-only run); unknown keys are errors (a typo must not be silently ignored).
+Example (``configs/default.yaml`` is the README's small run)::
+
+    name: default
+    model: e5-small            # or a save_pretrained folder
+    data_dir: null             # default: deftx.data.default_data_dir()
+    output_dir: runs/default   # SFTs, checkpoints, logs (large)
+    results_dir: null          # tables, CSVs, plot (default: output_dir)
+    seeds: [0]
+    sources: [indonesian]
+    targets: [madurese, minangkabau]
+    methods: {lt-sft: null, deft-x: {energy: 0.9}}
+    baseline: true             # full fine-tuning on the source, no SFT
+    task_on_source_sft: true   # task SFT trained with the source language SFT applied
+    language_scale: 1.0        # scale of the target language SFT at composition
+    pooling: mean              # classifier pooling: mean (e5's own) or cls (AutoModelFor...)
+    training: {batch_size: 16, max_length: 128, save_steps: 100, logging_steps: 10}
+    mlm_head: {steps: 500, batch_size: 16, learning_rate: 1.0e-3}
+    language_sft:
+      k: 0.028
+      eligible: [embeddings, attention, ffn]
+      full: {steps: 200, learning_rate: 5.0e-5, l1: 0.1}
+      sparse: {steps: 200, learning_rate: 5.0e-5, l1: 0.1}
+    task_sft:
+      k: 0.051
+      full: {epochs: 3, learning_rate: 2.0e-5}
+      sparse: {epochs: 3, learning_rate: 2.0e-5}
+    full_finetune: {epochs: 3, learning_rate: 2.0e-5}
+    americasnli: null          # or {train_languages: [...], test_languages: [...], ...}
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from deftx.train.config import (
+    DEFAULT_ELIGIBLE,
+    LANGUAGE_K_FRACTION,
+    TASK_K_FRACTION,
+    DenoiseConfig,
+    PhaseConfig,
+    SparseFineTuningConfig,
+    check_k,
+)
+from deftx.train.language import HeadWarmUp
+from deftx.train.trainer_args import TrainingSettings
+
+
+class ConfigError(ValueError):
+    """A pipeline config value is missing, unknown or out of range (the message names it)."""
+
+
+@dataclass
+class SFTSection:
+    """K, eligible groups and the two phases of one kind of SFT."""
+
+    k: float
+    full: PhaseConfig
+    sparse: PhaseConfig
+    eligible: tuple[str, ...] = DEFAULT_ELIGIBLE
+
+
+@dataclass
+class AmericasNLISection:
+    """Leave-languages-out AmericasNLI: train the task on some languages' dev sets.
+
+    Attributes:
+        train_languages: languages whose *dev* split trains the task SFT (pooled).
+        test_languages: held-out languages, evaluated zero-shot on their *test* split,
+            each with its own language SFT from AmericasNLP 2021 text.
+        max_train_examples: cap on the pooled training pairs (None = all).
+    """
+
+    train_languages: tuple[str, ...]
+    test_languages: tuple[str, ...]
+    max_train_examples: int | None = None
+
+
+@dataclass
+class PipelineConfig:
+    """A parsed, validated pipeline config (see the module docstring for the file format)."""
+
+    targets: tuple[str, ...]
+    name: str = "pipeline"
+    model: str = "e5-small"
+    data_dir: str | None = None
+    output_dir: str = "runs/pipeline"
+    results_dir: str | None = None
+    seeds: tuple[int, ...] = (0,)
+    sources: tuple[str, ...] = ("indonesian",)
+    methods: dict[str, DenoiseConfig | None] = field(
+        default_factory=lambda: {"lt-sft": None, "deft-x": DenoiseConfig()}
+    )
+    baseline: bool = True
+    task_on_source_sft: bool = True
+    language_scale: float = 1.0
+    pooling: str = "mean"
+    eval_batch_size: int = 64
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+    mlm_head: HeadWarmUp = field(default_factory=HeadWarmUp)
+    language_sft: SFTSection = field(default_factory=lambda: SFTSection(
+        k=LANGUAGE_K_FRACTION, eligible=("embeddings", "attention", "ffn"),
+        full=PhaseConfig(steps=200, learning_rate=5e-5, l1=0.1),
+        sparse=PhaseConfig(steps=200, learning_rate=5e-5, l1=0.1),
+    ))
+    task_sft: SFTSection = field(default_factory=lambda: SFTSection(
+        k=TASK_K_FRACTION, full=PhaseConfig(epochs=5, learning_rate=2e-5),
+        sparse=PhaseConfig(epochs=5, learning_rate=2e-5),
+    ))
+    full_finetune: PhaseConfig = field(default_factory=lambda: PhaseConfig(epochs=5, learning_rate=2e-5))
+    americasnli: AmericasNLISection | None = None
+
+    def language_config(self) -> SparseFineTuningConfig:
+        """The language-SFT settings for the tuner (every method a branch)."""
+        section = self.language_sft
+        return SparseFineTuningConfig(
+            k=section.k, full=section.full, sparse=section.sparse, eligible=section.eligible,
+            selections=dict(self.methods), train_head=False, ship_head=False,
+        )
+
+    def task_config(self, methods: dict[str, DenoiseConfig | None] | None = None) -> SparseFineTuningConfig:
+        """The task-SFT settings for the tuner (the given methods as branches)."""
+        section = self.task_sft
+        return SparseFineTuningConfig(
+            k=section.k, full=section.full, sparse=section.sparse, eligible=section.eligible,
+            selections=dict(methods if methods is not None else self.methods),
+            train_head=True, ship_head=True,
+        )
+
+
+def _fail(where: str, message: str) -> ConfigError:
+    return ConfigError(f"config {where}: {message}")
+
+
+def _mapping(raw: Any, where: str) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise _fail(where, f"expected a mapping, got {type(raw).__name__}")
+    return raw
+
+
+def _build(cls, raw: Any, where: str, converters: dict[str, Any] | None = None):
+    """Instantiate dataclass ``cls`` from a mapping, naming unknown keys and bad values."""
+    values = dict(_mapping(raw, where))
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise _fail(where, f"unknown keys {unknown}; known: {sorted(known)}")
+    for key, convert in (converters or {}).items():
+        if key in values:
+            values[key] = convert(values[key], f"{where}.{key}")
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as err:
+        raise _fail(where, str(err)) from err
+
+
+def _phase(raw: Any, where: str, default: PhaseConfig) -> PhaseConfig:
+    """A phase; keys left out keep ``default``'s values (length only if neither is given)."""
+    values = dict(_mapping(raw, where))
+    merged: dict[str, Any] = {"learning_rate": default.learning_rate, "l1": default.l1}
+    if "steps" not in values and "epochs" not in values:
+        merged.update(steps=default.steps, epochs=default.epochs)
+    merged.update(values)
+    return _build(PhaseConfig, merged, where)
+
+
+def _strings(raw: Any, where: str) -> tuple[str, ...]:
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, (list, tuple)) or not all(isinstance(x, str) and x for x in raw):
+        raise _fail(where, f"expected a list of names, got {raw!r}")
+    return tuple(raw)
+
+
+def _methods(raw: Any, where: str) -> dict[str, DenoiseConfig | None]:
+    methods = _mapping(raw, where)
+    if not methods:
+        raise _fail(where, "at least one method is needed")
+    return {
+        str(name): None if spec is None else _build(DenoiseConfig, spec, f"{where}.{name}",
+                                                    {"groups": _strings})
+        for name, spec in methods.items()
+    }
+
+
+def _sft_section(raw: Any, where: str, default: SFTSection) -> SFTSection:
+    values = _mapping(raw, where)
+    unknown = sorted(set(values) - {"k", "eligible", "full", "sparse"})
+    if unknown:
+        raise _fail(where, f"unknown keys {unknown}; known: ['eligible', 'full', 'k', 'sparse']")
+    section = SFTSection(
+        k=values.get("k", default.k),
+        full=_phase(values.get("full"), f"{where}.full", default.full),
+        sparse=_phase(values.get("sparse"), f"{where}.sparse", default.sparse),
+        eligible=_strings(values["eligible"], f"{where}.eligible") if "eligible" in values else default.eligible,
+    )
+    try:
+        check_k(section.k)
+    except (TypeError, ValueError) as err:
+        raise _fail(f"{where}.k", str(err)) from err
+    return section
+
+
+def _seeds(raw: Any, where: str) -> tuple[int, ...]:
+    if isinstance(raw, int):
+        raw = [raw]
+    if not isinstance(raw, (list, tuple)) or not raw or not all(
+        isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in raw
+    ):
+        raise _fail(where, f"expected a non-empty list of integers >= 0, got {raw!r}")
+    return tuple(raw)
+
+
+def parse_config(raw: Any, source: str = "<config>") -> PipelineConfig:
+    """Validate a loaded YAML/JSON mapping into a :class:`PipelineConfig`.
+
+    Raises:
+        ConfigError: naming the offending key and value.
+    """
+    values = dict(_mapping(raw, source))
+    defaults = PipelineConfig(targets=("placeholder",))
+    known = {f.name for f in fields(PipelineConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise _fail(source, f"unknown keys {unknown}; known: {sorted(known)}")
+    if "targets" not in values:
+        raise _fail(source, "'targets' (the NusaX languages to transfer to; [] for none) is required")
+    if not values["targets"] and values.get("americasnli") is None:
+        raise _fail("targets", "empty, and no americasnli section: nothing to evaluate")
+    parsed: dict[str, Any] = {
+        "targets": _strings(values.pop("targets"), "targets"),
+        "sources": _strings(values.pop("sources", list(defaults.sources)), "sources"),
+        "seeds": _seeds(values.pop("seeds", [0]), "seeds"),
+        "methods": _methods(values.pop("methods", {"lt-sft": None, "deft-x": {}}), "methods"),
+        "training": _build(TrainingSettings, values.pop("training", {}), "training"),
+        "mlm_head": _build(HeadWarmUp, values.pop("mlm_head", {}), "mlm_head"),
+        "language_sft": _sft_section(values.pop("language_sft", {}), "language_sft", defaults.language_sft),
+        "task_sft": _sft_section(values.pop("task_sft", {}), "task_sft", defaults.task_sft),
+    }
+    if "full_finetune" in values:
+        parsed["full_finetune"] = _phase(values.pop("full_finetune"), "full_finetune", defaults.full_finetune)
+    anli = values.pop("americasnli", None)
+    if anli is not None:
+        parsed["americasnli"] = _build(AmericasNLISection, anli, "americasnli", {
+            "train_languages": _strings, "test_languages": _strings,
+        })
+    for key in ("name", "model", "output_dir"):
+        if key in values and not (isinstance(values[key], str) and values[key]):
+            raise _fail(key, f"expected a non-empty string, got {values[key]!r}")
+    for key in ("data_dir", "results_dir"):
+        if key in values and values[key] is not None and not isinstance(values[key], str):
+            raise _fail(key, f"expected a path or null, got {values[key]!r}")
+    for key in ("baseline", "task_on_source_sft"):
+        if key in values and not isinstance(values[key], bool):
+            raise _fail(key, f"expected true or false, got {values[key]!r}")
+    if "language_scale" in values and (isinstance(values["language_scale"], bool)
+                                       or not isinstance(values["language_scale"], (int, float))):
+        raise _fail("language_scale", f"expected a number, got {values['language_scale']!r}")
+    if "eval_batch_size" in values and (not isinstance(values["eval_batch_size"], int)
+                                        or values["eval_batch_size"] < 1):
+        raise _fail("eval_batch_size", f"expected an integer >= 1, got {values['eval_batch_size']!r}")
+    if "pooling" in values and values["pooling"] not in ("mean", "cls"):
+        raise _fail("pooling", f"expected 'mean' or 'cls', got {values['pooling']!r}")
+    parsed.update(values)
+    reserved = {"full-ft"} & set(parsed["methods"])
+    if reserved:
+        raise _fail("methods", "'full-ft' is the baseline's name; pick another method name")
+    return PipelineConfig(**parsed)
+
+
+def load_config(path: str | Path) -> PipelineConfig:
+    """Read and validate a pipeline config file (``.yaml``/``.yml`` or ``.json``).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ConfigError: it does not parse or holds a bad value.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pipeline config {path} does not exist")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() == ".json":
+            raw = json.loads(text)
+        else:
+            import yaml
+
+            raw = yaml.safe_load(text)
+    except Exception as err:
+        raise ConfigError(f"config {path}: cannot parse: {err}") from err
+    return parse_config(raw, str(path))

@@ -1,0 +1,47 @@
+"""Batched inference of a sequence classifier over tokenised examples."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from tqdm.auto import tqdm
+from transformers import DataCollatorWithPadding
+
+
+@torch.no_grad()
+def predict_labels(
+    model: torch.nn.Module,
+    tokenizer,
+    examples: Sequence[dict],
+    *,
+    batch_size: int = 64,
+    progress: bool = False,
+    description: str = "predict",
+) -> torch.Tensor:
+    """Arg-max class of each example, (N,) int64 on the CPU.
+
+    Args:
+        model: a sequence classifier returning ``logits`` (B, C); run in eval mode.
+        tokenizer: for padding.
+        examples: tokenised rows (``input_ids``, ``attention_mask``; ``labels`` ignored).
+        batch_size: examples per forward pass (sorted by length to limit padding).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    collator = DataCollatorWithPadding(tokenizer)
+    device = next(model.parameters()).device
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
+    predictions = torch.empty(len(examples), dtype=torch.int64)
+    was_training = model.training
+    model.eval()
+    try:
+        starts = range(0, len(order), batch_size)
+        for start in tqdm(starts, desc=description, disable=not progress, leave=False):
+            rows = order[start : start + batch_size]
+            batch = collator([{k: v for k, v in examples[i].items() if k != "labels"} for i in rows])
+            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
+            predictions[rows] = logits.argmax(-1).cpu()
+    finally:
+        model.train(was_training)
+    return predictions

@@ -1,0 +1,83 @@
+"""Zero-shot evaluation of composed models: θ = θ0 + φ_task + s·φ_language(target).
+
+The base classifier is loaded once; for every (method, target) the SFTs are applied with
+one fused scatter (:func:`deftx.sft.apply_diffs`), the test split is predicted, and the
+model is reverted bit-exactly before the next composition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from deftx.data import americasnli, nusax
+from deftx.eval.metrics import accuracy, macro_f1
+from deftx.eval.predict import predict_labels
+from deftx.sft import SparseDiff, apply_diffs
+from deftx.train.task import classification_examples
+
+
+@dataclass
+class EvalRow:
+    """One evaluated (benchmark, method, source, target, seed) cell."""
+
+    benchmark: str
+    protocol: str
+    method: str
+    source: str
+    target: str
+    seed: int
+    macro_f1: float
+    accuracy: float
+    examples: int
+    language_sft: bool
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def nusax_test_examples(data_dir: Path, language: str, tokenizer, max_length: int) -> list[dict] | None:
+    """Tokenised NusaX sentiment test split of ``language``; None when the split is absent."""
+    if not nusax.has_split(data_dir, language, "test"):
+        return None
+    rows = nusax.load_sentiment(data_dir, language, "test")
+    return classification_examples(tokenizer, [r.text for r in rows], [r.label for r in rows], max_length)
+
+
+def nli_examples(data_dir: Path, language: str, split: str, tokenizer, max_length: int) -> list[dict]:
+    """Tokenised AmericasNLI premise/hypothesis pairs of one language and split."""
+    rows = americasnli.load_nli(data_dir, language, split)
+    return classification_examples(
+        tokenizer, [r.premise for r in rows], [r.label for r in rows], max_length,
+        pairs=[r.hypothesis for r in rows],
+    )
+
+
+def score_composed(
+    model: torch.nn.Module,
+    tokenizer,
+    examples: Sequence[dict],
+    diffs: Sequence[SparseDiff],
+    scales: Sequence[float],
+    num_labels: int,
+    *,
+    batch_size: int = 64,
+) -> tuple[float, float]:
+    """(macro-F1, accuracy) of ``model`` with ``diffs`` applied, reverted afterwards.
+
+    The revert restores the exact original bits, so the same base model serves every
+    composition in turn.
+    """
+    if not examples:
+        raise ValueError("no examples to evaluate")
+    handle = apply_diffs(model, list(diffs), list(scales)) if diffs else None
+    try:
+        predictions = predict_labels(model, tokenizer, examples, batch_size=batch_size)
+    finally:
+        if handle is not None:
+            handle.revert()
+    labels = torch.tensor([int(e["labels"]) for e in examples], dtype=torch.int64)
+    return macro_f1(predictions, labels, num_labels), accuracy(predictions, labels, num_labels)

@@ -1,0 +1,31 @@
+"""deftx.train: sparse fine-tuning (LT-SFT, DeFT-X) inside a ``transformers.Trainer``.
+
+One module per pipeline step: :mod:`~deftx.train.finetune` (phase 1, full fine-tuning
+with an optional L1 pull), :mod:`~deftx.train.denoise` (DeFT-X scores),
+:mod:`~deftx.train.select` (global top-K), :mod:`~deftx.train.retrain` (sparse
+retraining with O(K) optimizer state), strung together by
+:class:`~deftx.train.sparse_finetuner.SparseFineTuner`. :mod:`~deftx.train.language`
+and :mod:`~deftx.train.task` build language SFTs (masked LM) and task SFTs (sequence
+classification) on NusaX-style data.
+"""
+
+from deftx.train.config import (
+    DenoiseConfig,
+    PhaseConfig,
+    SparseFineTuningConfig,
+    language_sft_config,
+    task_sft_config,
+)
+from deftx.train.retrain import MaskedAdamW
+from deftx.train.sparse_finetuner import SparseFineTuner, SparseFineTuningResult
+
+__all__ = [
+    "DenoiseConfig",
+    "MaskedAdamW",
+    "PhaseConfig",
+    "SparseFineTuner",
+    "SparseFineTuningConfig",
+    "SparseFineTuningResult",
+    "language_sft_config",
+    "task_sft_config",
+]

@@ -1,0 +1,133 @@
+"""Phase 1 of a sparse fine-tuning: full fine-tuning θ0 -> θ1, with an optional L1 pull.
+
+The phase runs inside the user's own :class:`transformers.Trainer` (its optimizer, data
+collator, callbacks and checkpointing); this module only adds what the method needs on
+top of it:
+
+* :func:`phase_arguments` sets the phase's length, learning rate and checkpoint folder on
+  the trainer's ``TrainingArguments`` for the duration of the phase;
+* :class:`L1Pull` adds the gradient of ``l1 * Σ|θ − θ0| / N`` to every eligible
+  parameter (see :mod:`deftx.train.config` for the normalisation), from a
+  post-accumulate-grad hook so it is in the gradient before clipping, like the
+  reference's extra ``backward`` of the penalty;
+* :func:`run_full_finetuning` strings them together.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+
+import torch
+from torch import nn
+
+from deftx.train.config import PhaseConfig
+
+_PHASE_ARGUMENTS = ("max_steps", "num_train_epochs", "learning_rate", "output_dir")
+
+
+def l1_gradient_scale(l1: float, model: nn.Module) -> float:
+    """Per-entry gradient magnitude of the L1 penalty: ``l1 / N`` (N = all parameters)."""
+    total = sum(p.numel() for p in model.parameters())
+    return l1 / total if total else 0.0
+
+
+@contextlib.contextmanager
+def phase_arguments(trainer, phase: PhaseConfig, output_dir: str) -> Iterator[None]:
+    """Temporarily give ``trainer.args`` the phase's length, learning rate and folder.
+
+    The previous values are restored on exit, so the user's ``TrainingArguments`` keep
+    every other setting (batch size, scheduler, warm-up, logging, save strategy, ...).
+    """
+    args = trainer.args
+    saved = {name: getattr(args, name) for name in _PHASE_ARGUMENTS}
+    try:
+        if phase.steps is not None:
+            args.max_steps = int(phase.steps)
+        else:
+            args.max_steps = -1
+            args.num_train_epochs = float(phase.epochs)
+        args.learning_rate = float(phase.learning_rate)
+        args.output_dir = str(output_dir)
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(args, name, value)
+
+
+class L1Pull:
+    """Adds ``scale * sign(θ − θ0)`` to the gradient of each named parameter.
+
+    Used as a context manager around ``trainer.train()``. The hook runs once per
+    backward (each micro-batch), so the term is divided by the gradient-accumulation
+    steps to be counted once per optimizer step. ``sign(0) = 0``, the subgradient
+    ``torch.abs`` uses.
+
+    Args:
+        model: the model being trained.
+        theta0: name -> θ0 values (same shape, dtype and device as the parameter).
+        scale: per-entry gradient magnitude, e.g. :func:`l1_gradient_scale`.
+        accumulation_steps: the trainer's ``gradient_accumulation_steps``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        theta0: Mapping[str, torch.Tensor],
+        scale: float,
+        accumulation_steps: int = 1,
+    ) -> None:
+        self._params = {name: p for name, p in model.named_parameters() if name in theta0}
+        missing = set(theta0) - set(self._params)
+        if missing:
+            raise KeyError(f"L1Pull: the model has no parameters {sorted(missing)[:3]}")
+        self._theta0 = theta0
+        self._scale = scale / max(int(accumulation_steps), 1)
+        self._handles: list = []
+
+    def _hook(self, name: str):
+        base = self._theta0[name]
+        scale = self._scale
+
+        def add_pull(param: torch.Tensor) -> None:
+            if param.grad is not None:
+                param.grad.add_(torch.sign(param.detach() - base), alpha=scale)
+
+        return add_pull
+
+    def __enter__(self) -> L1Pull:
+        if self._scale != 0.0:
+            for name, param in self._params.items():
+                if param.requires_grad:
+                    self._handles.append(param.register_post_accumulate_grad_hook(self._hook(name)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
+def run_full_finetuning(
+    trainer,
+    phase: PhaseConfig,
+    theta0: Mapping[str, torch.Tensor],
+    output_dir: str,
+    resume_from_checkpoint: str | None = None,
+):
+    """Phase 1: ``trainer.train()`` for ``phase``'s length with the L1 pull toward θ0.
+
+    Args:
+        trainer: a ``transformers.Trainer`` (any subclass) whose model is at θ0.
+        phase: length, learning rate and L1 coefficient.
+        theta0: name -> θ0 of the eligible parameters (the L1 anchors).
+        output_dir: the phase's checkpoint folder.
+        resume_from_checkpoint: a checkpoint folder of this phase to continue from.
+
+    Returns:
+        The ``TrainOutput`` of ``trainer.train``.
+    """
+    scale = l1_gradient_scale(phase.l1, trainer.model)
+    accumulation = trainer.args.gradient_accumulation_steps
+    with phase_arguments(trainer, phase, output_dir), L1Pull(trainer.model, theta0, scale, accumulation):
+        return trainer.train(resume_from_checkpoint=resume_from_checkpoint)

@@ -1,0 +1,173 @@
+"""Parameter bookkeeping shared by the training steps: groups, eligibility, θ snapshots.
+
+A transformer is split into named groups so that eligibility, denoising and the
+per-group reports all speak the same language:
+
+* ``word_embeddings`` — the token embedding matrix (96.0M of e5-small's 117.5M).
+* ``embeddings`` — the other embedding tables (positions, token types).
+* ``attention`` — query / key / value / attention-output weights and biases.
+* ``ffn`` — intermediate and output dense weights and biases.
+* ``layer_norm`` — every LayerNorm weight and bias.
+* ``head`` — everything outside the transformer body (classifier, MLM head) and the
+  pooler: trained densely and, for task SFTs, shipped as dense tensors.
+* ``other`` — anything in the body that matches none of the above.
+
+Parameter names are the model's own ``named_parameters()`` names.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+
+import torch
+from torch import nn
+
+PARAMETER_GROUPS: tuple[str, ...] = (
+    "word_embeddings",
+    "embeddings",
+    "attention",
+    "ffn",
+    "layer_norm",
+    "head",
+    "other",
+)
+
+_LAYER_NORM = re.compile(r"(layernorm|layer_norm|(^|\.)ln(_\w+)?\.|(^|\.)norm\d*\.|_norm\.)", re.I)
+_ATTENTION = re.compile(r"(^|\.)(attention|attn|self_attn)\.", re.I)
+_FFN = re.compile(r"(^|\.)(intermediate|output|mlp|ffn|feed_forward)\.", re.I)
+_POOLER = re.compile(r"(^|\.)pooler\.")
+
+
+def body_prefix(model: nn.Module) -> str:
+    """Dotted path of the transformer body inside ``model`` ("" when model is the body).
+
+    The body is the module a ``transformers`` wrapper exposes as ``base_model`` (e.g.
+    ``bert`` inside ``BertForSequenceClassification``). Modules that are not
+    ``PreTrainedModel`` wrappers are searched for the first sub-module that is its own
+    ``base_model``.
+
+    Raises:
+        ValueError: no transformer body was found.
+    """
+    prefix = getattr(model, "base_model_prefix", None)
+    if prefix and isinstance(getattr(model, prefix, None), nn.Module):
+        return prefix
+    for name, module in model.named_modules():
+        if getattr(module, "base_model", None) is module:
+            return name
+    raise ValueError(
+        f"{type(model).__name__} holds no transformers base model (a module whose "
+        "`base_model` is itself); pass the eligible parameter names explicitly"
+    )
+
+
+def canonical_names(model: nn.Module) -> dict[str, str]:
+    """Model name -> the name an SFT stores it under.
+
+    Body parameters are stored as ``<body's base_model_prefix>.<name inside the body>``
+    (``bert.encoder.layer.0...``), the names of the standard ``BertFor*`` wrappers,
+    whatever module holds the body during training (e.g. deftx's frozen-decoder MLM
+    model keeps it as ``body``). Head parameters keep their names. So a language SFT
+    trained on an MLM model applies to a sequence classifier (and, through
+    :func:`deftx.sft.apply_diffs`' prefix handling, to a bare body).
+    """
+    prefix = body_prefix(model)
+    body = model.get_submodule(prefix) if prefix else model
+    canonical = getattr(body, "base_model_prefix", "") or prefix
+    names = {}
+    for name, _ in model.named_parameters():
+        if prefix and name.startswith(prefix + "."):
+            names[name] = f"{canonical}.{name[len(prefix) + 1:]}"
+        elif not prefix and canonical:
+            names[name] = f"{canonical}.{name}"
+        else:
+            names[name] = name
+    return names
+
+
+def parameter_group(name: str, prefix: str) -> str:
+    """The group (one of :data:`PARAMETER_GROUPS`) of parameter ``name``.
+
+    Args:
+        name: a ``named_parameters()`` name of the model.
+        prefix: the body prefix from :func:`body_prefix` ("" if the model is the body).
+    """
+    if prefix and not name.startswith(prefix + "."):
+        return "head"
+    if _POOLER.search(name):
+        return "head"
+    if _LAYER_NORM.search(name):
+        return "layer_norm"
+    if "word_embeddings" in name or "embed_tokens" in name:
+        return "word_embeddings"
+    if "embeddings" in name or "embed_positions" in name:
+        return "embeddings"
+    if _ATTENTION.search(name):
+        return "attention"
+    if _FFN.search(name):
+        return "ffn"
+    return "other"
+
+
+def parameter_groups(model: nn.Module) -> dict[str, str]:
+    """Name -> group for every parameter of ``model``."""
+    prefix = body_prefix(model)
+    return {name: parameter_group(name, prefix) for name, _ in model.named_parameters()}
+
+
+def eligible_parameter_names(model: nn.Module, groups: Iterable[str]) -> list[str]:
+    """Names of the parameters whose group is in ``groups`` (model order).
+
+    Raises:
+        ValueError: an unknown group, the head listed as eligible, or nothing eligible.
+    """
+    wanted = set(groups)
+    unknown = wanted - set(PARAMETER_GROUPS)
+    if unknown:
+        raise ValueError(f"unknown parameter groups {sorted(unknown)}; known: {PARAMETER_GROUPS}")
+    if "head" in wanted:
+        raise ValueError("the head is trained densely and cannot be an eligible (sparse) group")
+    names = [name for name, group in parameter_groups(model).items() if group in wanted]
+    if not names:
+        raise ValueError(f"no parameter of {type(model).__name__} is in the groups {sorted(wanted)}")
+    return names
+
+
+def named_parameter_map(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Name -> parameter (each parameter once, as ``named_parameters`` yields it)."""
+    return dict(model.named_parameters())
+
+
+def snapshot(model: nn.Module, names: Iterable[str]) -> dict[str, torch.Tensor]:
+    """Detached contiguous copies of the named parameters (same dtype and device)."""
+    params = named_parameter_map(model)
+    return {name: params[name].detach().clone().contiguous() for name in names}
+
+
+@torch.no_grad()
+def load_values_(model: nn.Module, values: Mapping[str, torch.Tensor]) -> None:
+    """Copy ``values`` into the model's parameters in place (bit-exact for equal dtypes).
+
+    Raises:
+        KeyError: a name the model does not have.
+        ValueError: a shape mismatch.
+    """
+    params = named_parameter_map(model)
+    for name, value in values.items():
+        if name not in params:
+            raise KeyError(f"the model has no parameter {name!r}")
+        if params[name].shape != value.shape:
+            raise ValueError(
+                f"{name}: stored shape {tuple(value.shape)} != model shape {tuple(params[name].shape)}"
+            )
+        params[name].copy_(value)
+
+
+def count_by_group(counts: Mapping[str, int], groups: Mapping[str, str]) -> dict[str, int]:
+    """Sum per-parameter counts into per-group counts (groups with zero omitted)."""
+    totals: dict[str, int] = {}
+    for name, count in counts.items():
+        group = groups[name]
+        totals[group] = totals.get(group, 0) + int(count)
+    return {group: totals[group] for group in PARAMETER_GROUPS if totals.get(group)}

@@ -1,0 +1,287 @@
+"""Phase 3 of a sparse fine-tuning: reset to θ0 and train only the K selected entries.
+
+The backward pass stays dense (autograd computes the full gradient of each parameter
+that has selected entries), but nothing else is:
+
+* :class:`MaskedAdamW` keeps fp32 master values and Adam moments for the selected
+  entries only (O(K) state), and updates them with :func:`deftx.ops.masked_adamw_step_`,
+  which never reads or writes an entry outside the selection — so weight decay or the
+  L1 pull cannot move a frozen entry, and untouched entries stay bit-identical to θ0.
+  Dense parameters (the task head) are the special case "every entry selected".
+* :class:`SelectedGradients` zeroes the non-selected gradient entries right after each
+  backward, so gradient clipping and the logged gradient norm see the gradient of the
+  sparse model, as in the reference (which multiplied gradients by a dense mask).
+
+The L1 pull of this phase is applied inside the step (after clipping; its per-entry
+magnitude ``l1 / N`` is orders of magnitude below any clipping threshold).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from deftx.ops import masked_adamw_step_
+from deftx.train.config import PhaseConfig
+from deftx.train.finetune import l1_gradient_scale, phase_arguments
+
+_STATE_KEYS = ("indices", "master", "exp_avg", "exp_avg_sq", "base")
+
+
+def full_indices(param: torch.Tensor) -> torch.Tensor:
+    """Every flat index of ``param`` (a dense parameter as a full selection)."""
+    return torch.arange(param.numel(), dtype=torch.int64, device=param.device)
+
+
+class MaskedAdamW(torch.optim.Optimizer):
+    """AdamW on selected entries only, with O(K) fp32 state.
+
+    Args:
+        params: parameter groups; each group dict holds ``"params"`` and ``"indices"`` (one
+            int64 sorted unique flat-index tensor per parameter; use :func:`full_indices`
+            for a dense parameter), and optionally ``"weight_decay"``.
+        lr, betas, eps, weight_decay: AdamW settings (PyTorch's defaults and meaning).
+        l1: per-entry L1 gradient magnitude toward the values the entries had when the
+            optimizer was built (θ0 in phase 3); 0 disables it.
+        backend: the ``deftx.ops`` backend for the step (None: ``$DEFTX_BACKEND`` / auto).
+
+    The state (``indices``, ``master``, ``exp_avg``, ``exp_avg_sq``, ``base``, ``step``) is
+    created eagerly from the parameters' current values. ``state_dict`` /
+    ``load_state_dict`` round-trip it without dtype casts (PyTorch's default loader casts
+    floating state to the parameter dtype, which would truncate fp32 masters of bf16
+    parameters), so a resumed run continues bit for bit.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[dict[str, Any]],
+        *,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        l1: float = 0.0,
+        backend: str | None = None,
+    ) -> None:
+        if not lr >= 0 or not eps >= 0 or not weight_decay >= 0 or not l1 >= 0:
+            raise ValueError(f"MaskedAdamW: lr, eps, weight_decay, l1 must be >= 0 (lr={lr}, eps={eps})")
+        if not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"MaskedAdamW: betas must be in [0, 1), got {betas}")
+        groups = [dict(group) for group in params]
+        for group in groups:
+            group["params"] = list(group["params"])
+            group["indices"] = list(group.get("indices", ()))
+            if len(group["indices"]) != len(group["params"]):
+                raise ValueError("MaskedAdamW: every group needs one index tensor per parameter")
+        defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay, "l1": l1}
+        self._backend = backend
+        super().__init__(groups, defaults)
+        for group in self.param_groups:
+            for param, idx in zip(group["params"], group.pop("indices"), strict=True):
+                self._init_state(param, idx)
+
+    @torch.no_grad()
+    def _init_state(self, param: torch.Tensor, indices: torch.Tensor) -> None:
+        if indices.dtype != torch.int64 or indices.dim() != 1:
+            raise ValueError(f"MaskedAdamW: indices must be 1-D int64, got {indices.dtype} {tuple(indices.shape)}")
+        if not param.is_contiguous():
+            raise ValueError("MaskedAdamW: parameters must be contiguous")
+        indices = indices.to(param.device)
+        master = param.detach().reshape(-1)[indices].float()
+        self.state[param] = {
+            "step": 0,
+            "indices": indices,
+            "master": master,
+            "exp_avg": torch.zeros_like(master),
+            "exp_avg_sq": torch.zeros_like(master),
+            "base": master.clone(),
+        }
+
+    def selected_entries(self) -> int:
+        """Total number of entries the optimizer updates."""
+        return sum(int(s["indices"].numel()) for s in self.state.values())
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One AdamW step on the selected entries of every parameter that has a gradient."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            live = [p for p in group["params"] if p.grad is not None]
+            if not live:
+                continue
+            states = [self.state[p] for p in live]
+            step = states[0]["step"] + 1
+            for state in states:
+                state["step"] = step
+            beta1, beta2 = group["betas"]
+            masked_adamw_step_(
+                live, [p.grad for p in live], [s["indices"] for s in states],
+                [s["master"] for s in states], [s["exp_avg"] for s in states],
+                [s["exp_avg_sq"] for s in states],
+                [s["base"] for s in states] if group["l1"] else None,
+                step=step, lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
+                weight_decay=group["weight_decay"], l1=group["l1"], backend=self._backend,
+            )
+        return loss
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict` exactly (no dtype casts); indices must match."""
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups) or any(
+            len(a["params"]) != len(b["params"]) for a, b in zip(saved_groups, self.param_groups, strict=True)
+        ):
+            raise ValueError("MaskedAdamW.load_state_dict: parameter groups do not match")
+        saved_state = state_dict["state"]
+        for saved_group, group in zip(saved_groups, self.param_groups, strict=True):
+            for key, value in saved_group.items():
+                if key != "params":
+                    group[key] = value
+            for param_id, param in zip(saved_group["params"], group["params"], strict=True):
+                self._load_param_state(param, saved_state[param_id])
+
+    @torch.no_grad()
+    def _load_param_state(self, param: torch.Tensor, saved: Mapping[str, Any]) -> None:
+        state = self.state[param]
+        if not torch.equal(saved["indices"].to(state["indices"].device), state["indices"]):
+            raise ValueError(
+                "MaskedAdamW.load_state_dict: the saved selection differs from this optimizer's "
+                "(resuming with a different mask?)"
+            )
+        for key in _STATE_KEYS:
+            state[key] = saved[key].to(device=param.device, dtype=state[key].dtype).clone()
+        state["step"] = int(saved["step"])
+
+
+class SelectedGradients:
+    """Context manager: keep only the selected entries of each parameter's gradient.
+
+    A post-accumulate-grad hook gathers the K_t selected gradient values, zeroes the
+    gradient and writes them back (no dense mask is stored).
+
+    Args:
+        model: the model.
+        indices: name -> int64 sorted flat indices of the selected entries.
+    """
+
+    def __init__(self, model: nn.Module, indices: Mapping[str, torch.Tensor]) -> None:
+        params = dict(model.named_parameters())
+        missing = set(indices) - set(params)
+        if missing:
+            raise KeyError(f"SelectedGradients: the model has no parameters {sorted(missing)[:3]}")
+        self._targets = [(params[name], idx) for name, idx in indices.items()]
+        self._handles: list = []
+
+    @staticmethod
+    def _hook(indices: torch.Tensor):
+        def keep_selected(param: torch.Tensor) -> None:
+            if param.grad is None:
+                return
+            flat = param.grad.view(-1)
+            kept = flat[indices]
+            flat.zero_()
+            flat[indices] = kept
+
+        return keep_selected
+
+    def __enter__(self) -> SelectedGradients:
+        for param, idx in self._targets:
+            if param.requires_grad:
+                self._handles.append(param.register_post_accumulate_grad_hook(self._hook(idx.to(param.device))))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
+def build_masked_optimizer(
+    trainer,
+    indices: Mapping[str, torch.Tensor],
+    dense_names: Sequence[str],
+    *,
+    l1_scale: float = 0.0,
+    backend: str | None = None,
+) -> MaskedAdamW:
+    """A :class:`MaskedAdamW` configured like the trainer's own AdamW would be.
+
+    Betas, epsilon and weight decay come from ``trainer.args``; parameters the trainer
+    would not decay (biases, LayerNorms: ``trainer.get_decay_parameter_names``) get
+    no weight decay. Sparse parameters with no selected entry are left out.
+
+    Args:
+        trainer: the ``transformers.Trainer``.
+        indices: name -> selected flat indices of each sparse parameter.
+        dense_names: parameters trained on every entry (the head).
+        l1_scale: per-entry L1 gradient magnitude (``l1 / N``).
+    """
+    params = dict(trainer.model.named_parameters())
+    decay = set(trainer.get_decay_parameter_names(trainer.model))
+    buckets: dict[bool, dict[str, list]] = {True: {"params": [], "indices": []},
+                                            False: {"params": [], "indices": []}}
+    dense = set(dense_names)
+    # Model order, so the optimizer's state_dict layout (and a resume) never depends on
+    # the order of the caller's mapping.
+    for name, param in params.items():
+        if name in dense:
+            selected = full_indices(param)
+        elif name in indices and indices[name].numel():
+            selected = indices[name]
+        else:
+            continue
+        buckets[name in decay]["params"].append(param)
+        buckets[name in decay]["indices"].append(selected)
+    args = trainer.args
+    groups = [
+        {**bucket, "weight_decay": args.weight_decay if decays else 0.0}
+        for decays, bucket in buckets.items() if bucket["params"]
+    ]
+    return MaskedAdamW(
+        groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+        eps=args.adam_epsilon, weight_decay=args.weight_decay, l1=l1_scale, backend=backend,
+    )
+
+
+def run_sparse_retraining(
+    trainer,
+    phase: PhaseConfig,
+    indices: Mapping[str, torch.Tensor],
+    dense_names: Sequence[str],
+    output_dir: str,
+    resume_from_checkpoint: str | None = None,
+    backend: str | None = None,
+):
+    """Phase 3: train only the selected entries (and the dense head) from the current θ0.
+
+    The model must already be at θ0. Sparse parameters without selected entries are
+    frozen for the phase (their ``requires_grad`` is restored afterwards).
+
+    Returns:
+        The ``TrainOutput`` of ``trainer.train``.
+    """
+    model = trainer.model
+    params = dict(model.named_parameters())
+    idle = [name for name, idx in indices.items() if idx.numel() == 0 and params[name].requires_grad]
+    for name in idle:
+        params[name].requires_grad_(False)
+    try:
+        with phase_arguments(trainer, phase, output_dir):
+            trainer.optimizer = build_masked_optimizer(
+                trainer, indices, dense_names,
+                l1_scale=l1_gradient_scale(phase.l1, model), backend=backend,
+            )
+            trainer.lr_scheduler = None
+            live = {name: idx for name, idx in indices.items() if idx.numel()}
+            with SelectedGradients(model, live):
+                return trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    finally:
+        for name in idle:
+            params[name].requires_grad_(True)
+        trainer.optimizer = None
+        trainer.lr_scheduler = None

@@ -1,0 +1,1 @@
+"""Tests of deftx.bench and the deftx bench command."""

@@ -1,0 +1,52 @@
+"""Peak extra memory: the RSS high-water mark sees torch allocations; the probe worker answers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from deftx.bench.cases import CaseSpec
+from deftx.bench.memory import peak_extra_cpu
+from deftx.bench.probe import MemoryProber
+from deftx.bench.shapes import ShapeSet, TensorShape
+
+MIB = 1 << 20
+
+
+def test_cpu_peak_counts_a_touched_allocation_once_freed() -> None:
+    def allocate_and_free() -> int:
+        buffer = torch.ones(64 * MIB // 4)  # 64 MiB, every page touched
+        return int(buffer[-1])
+
+    result = peak_extra_cpu(allocate_and_free)
+    assert 60 * MIB <= result.peak_extra_bytes <= 80 * MIB, result
+    assert "RSS" in result.method
+
+
+def test_cpu_peak_of_a_call_that_allocates_nothing_is_small() -> None:
+    result = peak_extra_cpu(lambda: 1 + 1)
+    assert 0 <= result.peak_extra_bytes < 8 * MIB
+
+
+def _tiny_spec(op: str = "topk", k: float | None = 0.1) -> CaseSpec:
+    return CaseSpec(op, ShapeSet("tiny", (TensorShape("w", (512, 256)),)), k_fraction=k)
+
+
+def test_probe_worker_sees_the_concatenation_buffer_of_the_baseline() -> None:
+    # 512x256 fp32 scores: torch.cat + abs_ make a 512 KiB copy.
+    spec = _tiny_spec()
+    with MemoryProber() as prober:
+        cat = prober.measure(spec, "cat_topk")
+        ours = prober.measure(spec, "deftx:torch")
+    assert cat.peak_extra_bytes >= 512 * 1024 * 0.9
+    assert ours.peak_extra_bytes >= 0
+    assert "subprocess" in cat.method
+
+
+def test_probe_worker_reports_failures_and_rejects_cuda_specs() -> None:
+    with MemoryProber() as prober:
+        with pytest.raises(RuntimeError, match="unknown implementation"):
+            prober.measure(_tiny_spec(), "no_such_impl")
+        assert prober.measure(_tiny_spec(), "cat_kthvalue").peak_extra_bytes >= 0  # still alive
+        with pytest.raises(ValueError, match="CPU cases"):
+            prober.measure(CaseSpec("topk", _tiny_spec().shapes, device="cuda", k_fraction=0.1), "cat_topk")

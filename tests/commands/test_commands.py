@@ -1,0 +1,125 @@
+"""The training / evaluation subcommands: help, clear errors, and one tiny end-to-end run."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+import yaml
+
+from deftx.cli import main
+from deftx.sft import SparseDiff
+
+COMMANDS = ("train-lang", "train-task", "compose", "evaluate", "pipeline")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert f"usage: deftx {command}" in capsys.readouterr().out
+
+
+def test_missing_config_is_a_clear_error(tmp_path, capsys):
+    assert main(["pipeline", str(tmp_path / "absent.yaml")]) == 2
+    assert "deftx pipeline: error:" in capsys.readouterr().err
+
+
+def test_bad_config_value_is_a_clear_error(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("targets: [madurese]\nlanguage_sft: {k: 2.5}\n")
+    assert main(["train-lang", str(path), "--language", "madurese"]) == 2
+    assert "language_sft.k" in capsys.readouterr().err
+
+
+def test_evaluate_rejects_bad_language_sft_spec(tmp_path, capsys):
+    task = tmp_path / "task.safetensors"
+    task.write_bytes(b"")
+    assert main(["evaluate", "--task-sft", str(task), "--lang-sft", "madurese"]) == 2
+    assert "LANGUAGE=PATH" in capsys.readouterr().err
+
+
+def tiny_config(tmp_path, model_dir) -> dict:
+    return {
+        "name": "tiny", "model": str(model_dir), "output_dir": str(tmp_path / "run"),
+        "results_dir": str(tmp_path / "results"),
+        "seeds": [0], "sources": ["indonesian"], "targets": ["madurese", "buginese"],
+        "methods": {"lt-sft": None, "deft-x": {"rank": 1, "method": "exact"}},
+        "training": {"batch_size": 8, "max_length": 32, "save_steps": 50, "logging_steps": 1,
+                     "progress": False},
+        "mlm_head": {"steps": 2, "batch_size": 8, "seq_len": 32},
+        "language_sft": {"k": 0.01, "full": {"steps": 2}, "sparse": {"steps": 2}},
+        "task_sft": {"k": 0.05, "full": {"steps": 2}, "sparse": {"steps": 2}},
+        "full_finetune": {"steps": 2},
+        "eval_batch_size": 128,
+        "americasnli": {"train_languages": ["aym"], "test_languages": ["bzd"], "max_train_examples": 48},
+    }
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory, tiny_model_dir):
+    tmp = tmp_path_factory.mktemp("pipeline")
+    path = tmp / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_config(tmp, tiny_model_dir)))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DEFTX_CACHE", str(tmp / "cache"))
+        code = main(["pipeline", str(path), "--quiet"])
+    return tmp, path, code
+
+
+def test_pipeline_end_to_end_on_a_tiny_model(pipeline_run, capsys):
+    tmp, _, code = pipeline_run
+    assert code == 0
+    results = tmp / "results"
+    with (results / "results.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    cells = {(r["method"], r["target"]) for r in rows}
+    for method in ("full-ft", "lt-sft", "deft-x", "lt-sft (no lang SFT)"):
+        assert {(method, "madurese"), (method, "indonesian")} <= cells
+    assert not any(r["target"] == "buginese" for r in rows)
+    anli = {(r["method"], r["target"], r["protocol"]) for r in rows if r["benchmark"] == "americasnli"}
+    assert {("full-ft", "bzd", "leave-languages-out"), ("deft-x", "bzd", "leave-languages-out")} <= anli
+    text = (results / "results.md").read_text()
+    assert "buginese: no NusaX test split" in text and "| **avg** |" in text
+    assert (results / "results.png").is_file() and (results / "overlap.csv").is_file()
+    assert list((results / "logs").rglob("log.jsonl"))
+    lang = SparseDiff.load(tmp / "run" / "seed-0" / "lang" / "madurese" / "deft-x" / "sft.safetensors")
+    assert all(name.startswith("bert.") for name in lang.indices) and not lang.dense
+    task = SparseDiff.load(tmp / "run" / "seed-0" / "task" / "indonesian" / "deft-x" / "deft-x" / "sft.safetensors")
+    assert set(task.dense) == {"classifier.weight", "classifier.bias"}
+    assert not list((tmp / "run").rglob("checkpoint-*")), "finished phases keep no Trainer checkpoints"
+
+
+def test_train_lang_reuses_the_finished_run(pipeline_run, capsys):
+    tmp, path, _ = pipeline_run
+    before = {p: p.stat().st_mtime_ns for p in (tmp / "run").rglob("*.safetensors")}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DEFTX_CACHE", str(tmp / "cache"))
+        assert main(["train-lang", str(path), "--language", "madurese"]) == 0
+    printed = capsys.readouterr().out
+    assert "deft-x:" in printed and "lt-sft:" in printed and " all: jaccard " in printed
+    after = {p: p.stat().st_mtime_ns for p in (tmp / "run").rglob("*.safetensors")}
+    assert before == after, "a finished language SFT must be reused, not retrained"
+
+
+def test_compose_and_evaluate_commands(pipeline_run, tiny_model_dir, capsys):
+    tmp, _, _ = pipeline_run
+    task = tmp / "run" / "seed-0" / "task" / "indonesian" / "lt-sft" / "lt-sft" / "sft.safetensors"
+    lang = tmp / "run" / "seed-0" / "lang" / "madurese" / "lt-sft" / "sft.safetensors"
+    out = tmp / "composed"
+    assert main(["compose", "--model", str(tiny_model_dir), "--sft", str(task), "--sft", str(lang),
+                 "--output", str(out)]) == 0
+    assert "revert restores the base bit-exactly: True" in capsys.readouterr().out
+    from deftx.train.task import BertMeanPoolClassifier
+
+    composed = BertMeanPoolClassifier.from_pretrained(out)
+    head = SparseDiff.load(task).dense["classifier.weight"]
+    assert torch.equal(composed.classifier.weight.detach(), head)
+    assert main(["evaluate", "--model", str(tiny_model_dir), "--task-sft", str(task),
+                 "--lang-sft", f"madurese={lang}", "--languages", "madurese", "buginese",
+                 "--output", str(tmp / "eval")]) == 0
+    printed = capsys.readouterr().out
+    assert "buginese: no test split" in printed and "madurese: macro-F1" in printed
+    assert (tmp / "eval" / "evaluate.csv").is_file()

@@ -1,0 +1,98 @@
+"""Config validation, K resolution and the paper defaults."""
+
+from __future__ import annotations
+
+import pytest
+
+from deftx.train.config import (
+    DEFAULT_ENERGY,
+    DenoiseConfig,
+    PhaseConfig,
+    SparseFineTuningConfig,
+    language_sft_config,
+    resolve_k,
+    task_sft_config,
+    to_plain,
+)
+
+
+@pytest.mark.parametrize("k, eligible, expected", [
+    (10, 100, 10), (0.1, 100, 10), (0.028, 21_000_000, 588_000), (100, 100, 100), (0.5, 3, 2),
+])
+def test_resolve_k(k, eligible, expected):
+    assert resolve_k(k, eligible) == expected
+
+
+@pytest.mark.parametrize("k, match", [
+    (0, "integer >= 1"), (1.5, "integer >= 1"), (-0.2, "fraction"), (101, "exceeds"), (0.001, "selects nothing"),
+])
+def test_resolve_k_rejects(k, match):
+    with pytest.raises(ValueError, match=match):
+        resolve_k(k, 100)
+
+
+def test_resolve_k_rejects_non_numbers():
+    with pytest.raises(TypeError):
+        resolve_k("10", 100)
+    with pytest.raises(TypeError):
+        resolve_k(True, 100)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({}, "exactly one of steps / epochs"),
+    ({"steps": 3, "epochs": 1}, "exactly one"),
+    ({"steps": 0}, "steps must be"),
+    ({"steps": 2.5}, "steps must be"),
+    ({"epochs": 0}, "epochs must be"),
+    ({"steps": 1, "learning_rate": 0}, "learning_rate"),
+    ({"steps": 1, "l1": -1}, "l1"),
+])
+def test_phase_config_rejects(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        PhaseConfig(**kwargs)
+
+
+def test_denoise_defaults_to_energy_and_accepts_uniform_rank():
+    assert DenoiseConfig().energy == DEFAULT_ENERGY == 0.9
+    uniform = DenoiseConfig(rank=8)
+    assert uniform.rank == 8 and uniform.energy is None
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"rank": 4, "energy": 0.5}, "exactly one"),
+    ({"energy": 1.5}, "energy"),
+    ({"rank": -1}, "rank"),
+    ({"method": "lanczos"}, "method"),
+    ({"groups": ("attention", "pooler")}, "unknown groups"),
+    ({"residual_keep": 2.0}, "residual_keep"),
+])
+def test_denoise_config_rejects(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        DenoiseConfig(**kwargs)
+
+
+def test_sparse_config_rejects_head_and_bad_branch_names():
+    phase = PhaseConfig(steps=1)
+    with pytest.raises(ValueError, match="head"):
+        SparseFineTuningConfig(k=5, full=phase, sparse=phase, eligible=("attention", "head"))
+    with pytest.raises(ValueError, match="selection name"):
+        SparseFineTuningConfig(k=5, full=phase, sparse=phase, selections={"a/b": None})
+    with pytest.raises(ValueError, match="empty"):
+        SparseFineTuningConfig(k=5, full=phase, sparse=phase, selections={})
+
+
+def test_paper_defaults():
+    lang = language_sft_config()
+    assert lang.k == 0.028 and lang.full.l1 == lang.sparse.l1 == 0.1
+    assert lang.full.learning_rate == 5e-5 and not lang.ship_head
+    task = task_sft_config()
+    assert task.k == 0.051 and task.full.epochs == task.sparse.epochs == 5
+    assert task.full.learning_rate == 2e-5 and task.full.l1 == 0.0 and task.ship_head
+    assert set(task.selections) == {"lt-sft", "deft-x"} and task.selections["lt-sft"] is None
+
+
+def test_to_plain_is_json_ready():
+    plain = to_plain(task_sft_config())
+    assert plain["full"] == {"steps": None, "epochs": 5, "learning_rate": 2e-5, "l1": 0.0}
+    assert plain["selections"]["deft-x"]["energy"] == 0.9
+    assert isinstance(plain["eligible"], list)

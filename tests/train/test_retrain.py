@@ -1,0 +1,165 @@
+"""MaskedAdamW against torch.optim.AdamW and an fp64 reference; gradient masking; resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from deftx.train.retrain import MaskedAdamW, SelectedGradients, build_masked_optimizer, full_indices
+from tests.helpers import assert_bitwise_equal, assert_close, tolerance
+
+
+def gradients(shape, steps, seed=0, dtype=torch.float32):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=generator).to(dtype) for _ in range(steps)]
+
+
+def run_masked(param, indices, grads, **hyper):
+    optimizer = MaskedAdamW([{"params": [param], "indices": [indices]}], **hyper)
+    for grad in grads:
+        param.grad = grad.clone()
+        optimizer.step()
+    return optimizer
+
+
+def reference_adamw(values, grads, base, *, lr, betas, eps, weight_decay, l1):
+    """The contract's per-entry formula in float64 numpy."""
+    master = values.astype(np.float64)
+    m = np.zeros_like(master)
+    v = np.zeros_like(master)
+    for step, g in enumerate(grads, start=1):
+        g = g.astype(np.float64) + l1 * np.sign(master - base)
+        m = betas[0] * m + (1 - betas[0]) * g
+        v = betas[1] * v + (1 - betas[1]) * g * g
+        master = master * (1 - lr * weight_decay)
+        master = master - lr * (m / (1 - betas[0] ** step)) / (np.sqrt(v / (1 - betas[1] ** step)) + eps)
+    return master
+
+
+@pytest.mark.parametrize("shape", [(7, 5), (33,), (1, 1)])
+def test_full_selection_matches_torch_adamw(shape):
+    hyper = dict(lr=1e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.05)
+    grads = gradients(shape, 6)
+    torch.manual_seed(0)
+    init = torch.randn(shape)
+    ours = init.clone().requires_grad_(True)
+    run_masked(ours, full_indices(ours), grads, **hyper)
+    theirs = init.clone().requires_grad_(True)
+    optimizer = torch.optim.AdamW([theirs], **hyper)
+    for grad in grads:
+        theirs.grad = grad.clone()
+        optimizer.step()
+    assert_close(ours.detach(), theirs.detach(), rtol=tolerance(torch.float32, 16), atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("l1", [0.0, 0.5])
+def test_partial_selection_touches_only_selected_entries(dtype, l1):
+    shape = (9, 6)
+    hyper = dict(lr=5e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1, l1=l1)
+    generator = torch.Generator().manual_seed(4)
+    init = torch.randn(shape, generator=generator).to(dtype)
+    indices = torch.randperm(54, generator=generator)[:13].sort().values
+    grads = gradients(shape, 5, seed=2, dtype=dtype)
+    param = init.clone().requires_grad_(True)
+    optimizer = run_masked(param, indices, grads, **hyper)
+    outside = torch.ones(54, dtype=torch.bool)
+    outside[indices] = False
+    assert_bitwise_equal(param.detach().flatten()[outside], init.flatten()[outside], what="unselected entries")
+    base = init.flatten()[indices].double().numpy()
+    expected = reference_adamw(base, [g.flatten()[indices].float().numpy() for g in grads], base,
+                               lr=0.05, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1, l1=l1)
+    state = optimizer.state[param]
+    assert state["master"].dtype == torch.float32 and state["exp_avg"].numel() == 13
+    assert_close(state["master"], torch.from_numpy(expected), rtol=1e-5, atol=1e-6, what="masters")
+    assert_bitwise_equal(param.detach().flatten()[indices], state["master"].to(dtype), what="param = cast(master)")
+
+
+def test_state_is_order_k():
+    param = torch.zeros(1000, requires_grad=True)
+    optimizer = MaskedAdamW([{"params": [param], "indices": [torch.tensor([3, 500, 999])]}])
+    assert optimizer.selected_entries() == 3
+    assert all(t.numel() == 3 for k, t in optimizer.state[param].items() if k != "step")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_state_dict_round_trip_resumes_bit_exactly(dtype):
+    shape = (8, 5)
+    indices = torch.tensor([0, 3, 17, 22, 39])
+    grads = gradients(shape, 6, seed=9, dtype=dtype)
+    init = torch.randn(shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+    hyper = dict(lr=1e-2, weight_decay=0.01, l1=0.1)
+
+    straight = init.clone().requires_grad_(True)
+    run_masked(straight, indices, grads, **hyper)
+
+    first = init.clone().requires_grad_(True)
+    saved = run_masked(first, indices, grads[:3], **hyper).state_dict()
+    saved = torch.utils._pytree.tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, saved)
+    resumed = first.detach().clone().requires_grad_(True)
+    optimizer = MaskedAdamW([{"params": [resumed], "indices": [indices]}], **hyper)
+    optimizer.load_state_dict(saved)
+    assert optimizer.state[resumed]["master"].dtype == torch.float32
+    assert optimizer.state[resumed]["indices"].dtype == torch.int64
+    for grad in grads[3:]:
+        resumed.grad = grad.clone()
+        optimizer.step()
+    assert_bitwise_equal(resumed.detach(), straight.detach(), what="resumed vs straight")
+
+
+def test_load_state_dict_rejects_other_selection():
+    param = torch.zeros(10, requires_grad=True)
+    saved = MaskedAdamW([{"params": [param], "indices": [torch.tensor([1, 2])]}]).state_dict()
+    other = MaskedAdamW([{"params": [param], "indices": [torch.tensor([1, 3])]}])
+    with pytest.raises(ValueError, match="different mask"):
+        other.load_state_dict(saved)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"lr": -1.0}, "must be >= 0"),
+    ({"betas": (0.9, 1.0)}, "betas"),
+])
+def test_rejects_bad_hyperparameters(kwargs, match):
+    param = torch.zeros(3, requires_grad=True)
+    with pytest.raises(ValueError, match=match):
+        MaskedAdamW([{"params": [param], "indices": [torch.tensor([0])]}], **kwargs)
+
+
+def test_rejects_missing_or_bad_indices():
+    param = torch.zeros(3, requires_grad=True)
+    with pytest.raises(ValueError, match="one index tensor per parameter"):
+        MaskedAdamW([{"params": [param]}])
+    with pytest.raises(ValueError, match="int64"):
+        MaskedAdamW([{"params": [param], "indices": [torch.tensor([0], dtype=torch.int32)]}])
+
+
+def test_selected_gradients_zero_the_rest():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(6, 4)
+    x = torch.randn(3, 6)
+    model(x).sum().backward()
+    plain = model.weight.grad.clone()
+    model.zero_grad()
+    indices = torch.tensor([1, 7, 23])
+    with SelectedGradients(model, {"weight": indices}):
+        model(x).sum().backward()
+    expected = torch.zeros(24)
+    expected[indices] = plain.flatten()[indices]
+    assert_bitwise_equal(model.weight.grad.flatten(), expected)
+    assert model.bias.grad is not None and bool((model.bias.grad != 0).all())
+
+
+def test_build_masked_optimizer_groups(make_trainer):
+    trainer = make_trainer()
+    names = dict(trainer.model.named_parameters())
+    query = "bert.encoder.layer.0.attention.self.query.weight"
+    query_bias = "bert.encoder.layer.0.attention.self.query.bias"
+    indices = {query: torch.tensor([0, 5]), query_bias: torch.tensor([1]),
+               "bert.encoder.layer.0.output.dense.weight": torch.empty(0, dtype=torch.int64)}
+    optimizer = build_masked_optimizer(trainer, indices, ["classifier.weight", "classifier.bias"])
+    decays = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+    assert decays[id(names[query])] == trainer.args.weight_decay > 0
+    assert decays[id(names[query_bias])] == 0.0 and decays[id(names["classifier.bias"])] == 0.0
+    assert id(names["bert.encoder.layer.0.output.dense.weight"]) not in decays
+    assert optimizer.selected_entries() == 3 + names["classifier.weight"].numel() + 3

@@ -1,0 +1,176 @@
+"""The phase logic end to end on a tiny random BERT inside a real transformers.Trainer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from deftx.sft import SparseDiff
+from deftx.train.config import DenoiseConfig, PhaseConfig, SparseFineTuningConfig
+from deftx.train.params import parameter_groups
+from deftx.train.sparse_finetuner import SparseFineTuner
+from tests.helpers import assert_bitwise_equal, assert_close
+from tests.train.conftest import tiny_model
+
+ELIGIBLE = ("word_embeddings", "embeddings", "attention", "ffn")
+
+
+def config(k=0.1, steps=5, **overrides) -> SparseFineTuningConfig:
+    settings = dict(
+        k=k,
+        full=PhaseConfig(steps=steps, learning_rate=1e-2, l1=0.1),
+        sparse=PhaseConfig(steps=steps, learning_rate=1e-2, l1=0.1),
+        eligible=ELIGIBLE,
+        selections={"lt-sft": None, "deft-x": DenoiseConfig(rank=1, method="exact")},
+        train_head=True,
+        ship_head=True,
+    )
+    settings.update(overrides)
+    return SparseFineTuningConfig(**settings)
+
+
+class CaptureAtTrainEnd(TrainerCallback):
+    """Keeps a copy of every parameter at the end of each trainer.train() call."""
+
+    def __init__(self):
+        self.states: list[dict[str, torch.Tensor]] = []
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self.states.append({n: p.detach().clone() for n, p in model.named_parameters()})
+
+
+class Interrupt(TrainerCallback):
+    """Raises at a given step of the phase whose folder contains ``marker``."""
+
+    def __init__(self, marker: str, step: int):
+        self.marker, self.step = marker, step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.marker in args.output_dir and state.global_step == self.step:
+            raise KeyboardInterrupt(f"simulated kill in {self.marker} at step {self.step}")
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """One fit of both branches, with the trained weights of every phase captured."""
+    from tests.train.conftest import tiny_trainer
+
+    tmp = tmp_path_factory.mktemp("fit")
+    capture = CaptureAtTrainEnd()
+    trainer = tiny_trainer(tmp, callbacks=[capture])
+    theta0 = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    flags = {n: p.requires_grad for n, p in trainer.model.named_parameters()}
+    tuner = SparseFineTuner(trainer, config(), tmp / "work", progress=False)
+    result = tuner.fit()
+    return tuner, result, theta0, flags, capture.states
+
+
+def test_mask_has_exactly_k_entries(fitted):
+    tuner, result, _, _, _ = fitted
+    assert tuner.k == round(0.1 * tuner.num_eligible)
+    for diff in result.diffs.values():
+        assert diff.nnz == diff.k == tuner.k
+        assert set(diff.indices) == set(tuner.eligible)
+
+
+def test_untouched_entries_stay_bit_identical_to_theta0(fitted):
+    tuner, result, theta0, _, states = fitted
+    full, *sparse = states
+    assert len(sparse) == 2
+    groups = parameter_groups(tuner.trainer.model)
+    for branch, trained in zip(result.diffs, sparse, strict=True):
+        diff = result.diffs[branch]
+        moved = 0
+        for name, value in trained.items():
+            if groups[name] == "head":
+                continue
+            if name not in diff.indices:
+                assert_bitwise_equal(value, theta0[name], what=f"{branch}: frozen {name}")
+                continue
+            outside = torch.ones(value.numel(), dtype=torch.bool)
+            outside[diff.indices[name]] = False
+            assert_bitwise_equal(value.flatten()[outside], theta0[name].flatten()[outside],
+                                 what=f"{branch}: unselected entries of {name}")
+            moved += int((value.flatten() != theta0[name].flatten()).sum())
+        assert 0 < moved <= tuner.k
+    layer_norm = "bert.encoder.layer.0.output.LayerNorm.weight"
+    assert_bitwise_equal(full[layer_norm], theta0[layer_norm], what="LayerNorm frozen in phase 1")
+
+
+def test_sft_reproduces_the_trained_model(fitted):
+    _, result, theta0, _, states = fitted
+    trained = states[2]
+    model = tiny_model()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            param.copy_(theta0[name])
+    result.diffs["deft-x"].apply(model)
+    for name, param in model.named_parameters():
+        assert_close(param.detach(), trained[name], rtol=1e-6, atol=1e-7, what=name)
+    assert set(result.diffs["deft-x"].dense) == {"bert.pooler.dense.weight", "bert.pooler.dense.bias",
+                                                 "classifier.weight", "classifier.bias"}
+
+
+def test_denoising_changes_the_mask(fitted):
+    _, result, _, _, _ = fitted
+    lt, dx = result.diffs["lt-sft"].indices, result.diffs["deft-x"].indices
+    assert any(not torch.equal(lt[n], dx[n]) for n in lt)
+    overall = result.overlap["lt-sft vs deft-x"][-1]
+    assert overall["group"] == "all" and 0.0 < overall["jaccard"] < 1.0
+    records = result.selections["deft-x"]["denoised"]
+    assert records and all(r["rank"] == 1 for r in records)
+    assert result.selections["lt-sft"]["denoised"] == []
+
+
+def test_model_left_at_theta0_with_flags_restored(fitted):
+    tuner, _, theta0, flags, _ = fitted
+    for name, param in tuner.trainer.model.named_parameters():
+        assert_bitwise_equal(param.detach(), theta0[name], what=name)
+        assert param.requires_grad == flags[name]
+
+
+def test_branches_share_phase_one_and_log_losses(fitted):
+    tuner, result, _, _, _ = fitted
+    assert (tuner.work_dir / "theta1.safetensors").is_file()
+    phases = {line.split('"phase": "')[1].split('"')[0]
+              for line in (tuner.work_dir / "log.jsonl").read_text().splitlines()}
+    assert phases == {"full", "sparse:lt-sft", "sparse:deft-x"}
+    assert set(result.seconds) == {"full", "sparse:lt-sft", "sparse:deft-x"}
+
+
+def _fit(tmp_path, work, callbacks=()):
+    from tests.train.conftest import tiny_trainer
+
+    trainer = tiny_trainer(tmp_path, callbacks=list(callbacks))
+    return SparseFineTuner(trainer, config(selections={"deft-x": DenoiseConfig(rank=1, method="exact")}),
+                           work, progress=False).fit()
+
+
+@pytest.mark.parametrize("marker", ["phase1", "phase3"])
+def test_killed_run_resumes_in_its_phase_bit_exactly(tmp_path, marker):
+    reference = _fit(tmp_path / "a", tmp_path / "a" / "work").diffs["deft-x"]
+    work = tmp_path / "b" / "work"
+    with pytest.raises(KeyboardInterrupt):
+        _fit(tmp_path / "b", work, [Interrupt(marker, 3)])
+    assert (work / "theta1.safetensors").is_file() == (marker == "phase3")
+    resumed = _fit(tmp_path / "b", work).diffs["deft-x"]
+    for name in reference.indices:
+        assert torch.equal(resumed.indices[name], reference.indices[name]), name
+        assert_bitwise_equal(resumed.values[name], reference.values[name], what=name)
+    assert SparseDiff.load(work / "deft-x" / "sft.safetensors").nnz == reference.nnz
+
+
+def test_resume_refuses_another_base_model(tmp_path):
+    from tests.train.conftest import tiny_trainer
+
+    work = tmp_path / "work"
+    _fit(tmp_path, work)
+    trainer = tiny_trainer(tmp_path, tiny_model(seed=5))
+    with pytest.raises(ValueError, match="not the base this run started from"):
+        SparseFineTuner(trainer, config(), work, progress=False).fit()
+
+
+def test_k_larger_than_eligible_is_refused(make_trainer):
+    with pytest.raises(ValueError, match="exceeds"):
+        SparseFineTuner(make_trainer(), config(k=10**7), "unused", progress=False)
