@@ -100,6 +100,7 @@ setup(
         "torch==2.13.0",
         "triton",
         "transformers",
+        "accelerate>=1.1.0",
         "numpy",
         "datasets",
         "safetensors",
