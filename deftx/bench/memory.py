@@ -1,16 +1,18 @@
 """Peak extra memory of one call: the process RSS high-water mark on CPU, torch's allocator on CUDA.
 
-CPU: ``tracemalloc`` does not see torch's allocations, so the measure is the kernel's
-resident-set high-water mark ``VmHWM``. Writing ``5`` to ``/proc/self/clear_refs`` resets
-it to the current RSS (Linux >= 4.0), so::
+CPU: ``tracemalloc`` does not see torch's allocations, so the measure is the resident
+set. Writing ``5`` to ``/proc/self/clear_refs`` resets the high-water mark ``VmHWM`` to
+the current RSS (Linux >= 4.0). RSS also counts file-backed pages (the libraries' code),
+which the kernel may evict during the call under memory pressure and so hide growth;
+a thread therefore also samples the anonymous RSS (``RssAnon``) every millisecond::
 
-    extra = VmHWM after the call - VmRSS before it
+    extra = max(VmHWM after the call - VmRSS before it,  max sampled RssAnon - RssAnon before)
 
 Done in a worker subprocess (:mod:`deftx.bench.probe`) started with
 ``MALLOC_MMAP_THRESHOLD_=131072`` so glibc returns every freed block above 128 KiB to
 the system (a fixed threshold also turns off glibc's adaptive one): memory freed by an
 earlier case is not silently reused by the next one. Where ``clear_refs`` cannot be
-written, a thread samples ``VmRSS`` every millisecond instead (short peaks may be missed).
+written only the sampled figure is available (short peaks may be missed).
 
 CUDA: ``torch.cuda.reset_peak_memory_stats`` then ``max_memory_allocated() - memory_allocated()``
 around the call (tensors only; the caching allocator's reserve is not counted).
@@ -26,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-CPU_METHOD = "RSS high-water mark (VmHWM reset via /proc/self/clear_refs) in a worker subprocess"
-CPU_SAMPLED_METHOD = "RSS sampled every 1 ms in a worker subprocess (clear_refs unavailable)"
+CPU_METHOD = "RSS growth: max(VmHWM reset via /proc/self/clear_refs, RssAnon sampled every 1 ms) in a worker subprocess"
+CPU_SAMPLED_METHOD = "RssAnon sampled every 1 ms in a worker subprocess (clear_refs unavailable)"
 CUDA_METHOD = "torch.cuda.max_memory_allocated() after reset_peak_memory_stats()"
 SAMPLE_INTERVAL_S = 0.001
 STATUS = Path("/proc/self/status")
@@ -42,7 +44,7 @@ class MemoryResult:
 
 
 def status_bytes(field: str) -> int:
-    """A ``/proc/self/status`` memory field (``VmRSS``, ``VmHWM``) in bytes."""
+    """A ``/proc/self/status`` memory field (``VmRSS``, ``VmHWM``, ``RssAnon``) in bytes."""
     for line in STATUS.read_text().splitlines():
         if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
@@ -58,35 +60,39 @@ def reset_peak_rss() -> bool:
     return status_bytes("VmHWM") <= status_bytes("VmRSS") + (1 << 20)
 
 
-class _RssSampler(threading.Thread):
+class _AnonSampler(threading.Thread):
+    """Tracks the largest ``RssAnon`` seen until stopped."""
+
     def __init__(self) -> None:
         super().__init__(daemon=True)
-        self.peak = status_bytes("VmRSS")
+        self.peak = status_bytes("RssAnon")
         self.done = threading.Event()
 
     def run(self) -> None:
         while not self.done.wait(SAMPLE_INTERVAL_S):
-            self.peak = max(self.peak, status_bytes("VmRSS"))
+            self.peak = max(self.peak, status_bytes("RssAnon"))
+
+    def stop(self) -> int:
+        self.done.set()
+        self.join()
+        return max(self.peak, status_bytes("RssAnon"))
 
 
 def peak_extra_cpu(call: Callable[[], object]) -> MemoryResult:
     """Peak RSS growth while ``call()`` runs (its result is dropped afterwards)."""
     gc.collect()
-    if reset_peak_rss():
-        before = status_bytes("VmRSS")
-        result = call()
-        peak = status_bytes("VmHWM")
-        del result
-        return MemoryResult(max(0, peak - before), CPU_METHOD)
-    sampler = _RssSampler()
-    before = sampler.peak
+    has_hwm = reset_peak_rss()
+    rss_before = status_bytes("VmRSS")
+    sampler = _AnonSampler()
+    anon_before = sampler.peak
     sampler.start()
     result = call()
-    sampler.done.set()
-    sampler.join()
-    peak = max(sampler.peak, status_bytes("VmRSS"))
+    anon_peak = sampler.stop()
+    extra = anon_peak - anon_before
+    if has_hwm:
+        extra = max(extra, status_bytes("VmHWM") - rss_before)
     del result
-    return MemoryResult(max(0, peak - before), CPU_SAMPLED_METHOD)
+    return MemoryResult(max(0, extra), CPU_METHOD if has_hwm else CPU_SAMPLED_METHOD)
 
 
 def peak_extra_cuda(call: Callable[[], object], device: torch.device) -> MemoryResult:

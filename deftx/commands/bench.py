@@ -244,7 +244,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--repeats",
         type=int,
         default=None,
-        help="timed calls per measurement (default: >= 3 and >= 0.5 s, one call when over 10 s; scaling: 1-5 and 2 s)",
+        help="timed calls per measurement (default: >= 3 and >= 0.5 s; scaling: 3; a call over 10 s: once)",
     )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

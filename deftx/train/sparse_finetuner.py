@@ -79,6 +79,16 @@ class PhaseLogger(TrainerCallback):
             append_log(self.path, {"phase": self.phase, "step": state.global_step, **logs})
 
 
+class NoFinalCheckpoint(TrainerCallback):
+    """Skips the Trainer's checkpoint at a phase's last step (a model + optimizer-sized
+    write): the phase's result is persisted by the tuner's own file right after."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.max_steps and state.global_step >= state.max_steps:
+            control.should_save = False
+        return control
+
+
 @dataclass
 class SparseFineTuningResult:
     """What :meth:`SparseFineTuner.fit` produced.
@@ -176,12 +186,14 @@ class SparseFineTuner:
             param.requires_grad_(flags[name])
 
     def _run_phase(self, phase: str, run) -> None:
-        logger = PhaseLogger(self._path("log.jsonl"), phase)
-        self.trainer.add_callback(logger)
+        callbacks = [PhaseLogger(self._path("log.jsonl"), phase), NoFinalCheckpoint()]
+        for callback in callbacks:
+            self.trainer.add_callback(callback)
         try:
             run()
         finally:
-            self.trainer.remove_callback(logger)
+            for callback in callbacks:
+                self.trainer.remove_callback(callback)
 
     def _drop_checkpoints(self, folder: Path) -> None:
         """A finished phase is persisted by its own file: its Trainer checkpoints can go."""

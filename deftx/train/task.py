@@ -29,7 +29,7 @@ from deftx.train.checkpoint import last_checkpoint, load_tensors, save_tensors
 from deftx.train.config import PhaseConfig, SparseFineTuningConfig
 from deftx.train.finetune import phase_arguments
 from deftx.train.params import load_values_
-from deftx.train.sparse_finetuner import PhaseLogger, SparseFineTuner, SparseFineTuningResult
+from deftx.train.sparse_finetuner import NoFinalCheckpoint, PhaseLogger, SparseFineTuner, SparseFineTuningResult
 from deftx.train.trainer_args import TrainingSettings, training_arguments
 
 
@@ -184,8 +184,8 @@ def train_full_finetune(
         return model
     trainer = _trainer(model, tokenizer, list(examples), settings, work_dir / "trainer")
     folder = work_dir / "phase1"
-    logger = PhaseLogger(work_dir / "log.jsonl", "full")
-    trainer.add_callback(logger)
+    trainer.add_callback(PhaseLogger(work_dir / "log.jsonl", "full"))
+    trainer.add_callback(NoFinalCheckpoint())
     with phase_arguments(trainer, phase, str(folder)):
         trainer.train(resume_from_checkpoint=last_checkpoint(folder))
     save_tensors(final, dict(model.named_parameters()))

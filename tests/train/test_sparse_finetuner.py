@@ -174,3 +174,17 @@ def test_resume_refuses_another_base_model(tmp_path):
 def test_k_larger_than_eligible_is_refused(make_trainer):
     with pytest.raises(ValueError, match="exceeds"):
         SparseFineTuner(make_trainer(), config(k=10**7), "unused", progress=False)
+
+
+@pytest.mark.parametrize("skip", [True, False])
+def test_no_final_checkpoint(make_trainer, tmp_path, skip):
+    from deftx.train.finetune import phase_arguments
+    from deftx.train.sparse_finetuner import NoFinalCheckpoint
+
+    trainer = make_trainer(save_steps=100)
+    if skip:
+        trainer.add_callback(NoFinalCheckpoint())
+    with phase_arguments(trainer, PhaseConfig(steps=2, learning_rate=1e-3), str(tmp_path / "phase")):
+        trainer.train()
+    written = sorted(p.name for p in (tmp_path / "phase").glob("checkpoint-*"))
+    assert written == ([] if skip else ["checkpoint-2"])
