@@ -1,11 +1,13 @@
-"""Peak-memory probes of benchmark cases, on CPU in a worker subprocess (see :mod:`deftx.bench.memory`).
+"""Peak-memory probes of benchmark cases, on CPU in a fresh worker subprocess (see :mod:`deftx.bench.memory`).
 
-The worker (``python -m deftx.bench.probe``) reads one JSON request per line on stdin
-(``{"spec": CaseSpec JSON, "impl": name, "threads": n}``), builds the case's inputs
-(kept for the next request with the same spec), runs the implementation once on a tiny
-warm-up case (loads libraries, starts thread pools), then measures ``bind`` + one call,
-and answers one line ``DEFTX-PROBE {"peak_extra_bytes": ..., "method": ...}`` (or
-``{"error": ...}``). Other lines on its stdout are ignored.
+Each measurement starts a new worker (``python -m deftx.bench.probe``): a long-lived
+process would serve later allocations from heap memory freed by earlier cases, which
+glibc keeps in its free lists whatever the mmap threshold, and under-report them. The
+worker reads one JSON request on stdin (``{"spec": CaseSpec JSON, "impl": name,
+"threads": n}``), runs the implementation once on a tiny warm-up case (loads libraries,
+starts thread pools), builds the case's inputs, measures ``bind`` + one call, and answers
+one line ``DEFTX-PROBE {"peak_extra_bytes": ..., "method": ...}`` (or ``{"error": ...}``).
+Other lines on its stdout are ignored.
 """
 
 from __future__ import annotations
@@ -46,79 +48,34 @@ def measure_in_process(spec: CaseSpec, impl: str, inputs: Any) -> MemoryResult:
     return peak_extra_cpu(call)
 
 
-class _Worker:
-    """The worker's state: the inputs of the last spec, and which (op, impl) are warm."""
-
-    def __init__(self) -> None:
-        self.key: str | None = None
-        self.inputs: Any = None
-        self.warm: set[tuple[str, str, str]] = set()
-
-    def handle(self, request: dict) -> dict:
-        spec = CaseSpec.from_json(request["spec"])
-        impl = request["impl"]
-        torch.set_num_threads(int(request.get("threads", torch.get_num_threads())))
-        module = op_module(spec.op)
-        warm_key = (spec.op, impl, spec.dtype)
-        if warm_key not in self.warm:
-            tiny = warmup_spec(spec)
-            module.bind(impl, module.make_inputs(tiny))()
-            self.warm.add(warm_key)
-        key = json.dumps(request["spec"], sort_keys=True)
-        if key != self.key:
-            self.key, self.inputs = None, None
-            self.inputs = module.make_inputs(spec)
-            self.key = key
-        result = measure_in_process(spec, impl, self.inputs)
-        return {"peak_extra_bytes": result.peak_extra_bytes, "method": result.method}
+def handle_request(request: dict) -> dict:
+    """Warm up, build the inputs, measure: the worker's answer to one request."""
+    spec = CaseSpec.from_json(request["spec"])
+    impl = request["impl"]
+    torch.set_num_threads(int(request.get("threads", torch.get_num_threads())))
+    module = op_module(spec.op)
+    module.bind(impl, module.make_inputs(warmup_spec(spec)))()
+    result = measure_in_process(spec, impl, module.make_inputs(spec))
+    return {"peak_extra_bytes": result.peak_extra_bytes, "method": result.method}
 
 
 def worker_main() -> int:
-    """Serve probe requests until stdin closes."""
-    worker = _Worker()
-    for line in sys.stdin:
-        if not line.strip():
-            continue
-        try:
-            reply = worker.handle(json.loads(line))
-        except Exception as err:  # reported to the parent, which records it per case
-            reply = {"error": f"{type(err).__name__}: {err}"}
-        sys.stdout.write(REPLY_PREFIX + json.dumps(reply) + "\n")
-        sys.stdout.flush()
+    """Answer the one request on stdin."""
+    try:
+        reply = handle_request(json.loads(sys.stdin.readline()))
+    except Exception as err:  # reported to the parent, which records it per case
+        reply = {"error": f"{type(err).__name__}: {err}"}
+    sys.stdout.write(REPLY_PREFIX + json.dumps(reply) + "\n")
+    sys.stdout.flush()
     return 0
 
 
 class MemoryProber:
-    """Measures peak extra memory of CPU cases in a worker subprocess that builds its own inputs.
+    """Measures peak extra memory of CPU cases, each in a fresh worker subprocess.
 
-    Use as a context manager; the worker starts on the first request. (CUDA cases are
-    measured in process, on the inputs already built: :func:`measure_in_process`.)
+    (CUDA cases are measured in process, on the inputs already built:
+    :func:`measure_in_process`.)
     """
-
-    def __init__(self) -> None:
-        self._process: subprocess.Popen | None = None
-
-    def __enter__(self) -> MemoryProber:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self._process is not None:
-            self._process.stdin.close()
-            self._process.wait(timeout=60)
-            self._process = None
-
-    def _start(self) -> subprocess.Popen:
-        env = {**os.environ, **WORKER_ENV}
-        return subprocess.Popen(
-            [sys.executable, "-m", "deftx.bench.probe"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
 
     def measure(self, spec: CaseSpec, impl: str) -> MemoryResult:
         """Peak extra bytes of ``impl`` on the CPU case ``spec``.
@@ -129,19 +86,22 @@ class MemoryProber:
         """
         if spec.torch_device.type != "cpu":
             raise ValueError(f"the probe worker measures CPU cases; {spec.device} cases are measured in process")
-        if self._process is None:
-            self._process = self._start()
         request = {"spec": spec.to_json(), "impl": impl, "threads": torch.get_num_threads()}
-        self._process.stdin.write(json.dumps(request) + "\n")
-        self._process.stdin.flush()
-        for line in self._process.stdout:
+        done = subprocess.run(
+            [sys.executable, "-m", "deftx.bench.probe"],
+            input=json.dumps(request) + "\n",
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **WORKER_ENV},
+            check=False,
+        )
+        for line in done.stdout.splitlines():
             if line.startswith(REPLY_PREFIX):
                 reply = json.loads(line[len(REPLY_PREFIX) :])
                 if "error" in reply:
                     raise RuntimeError(f"memory probe of {spec.op}/{impl}: {reply['error']}")
                 return MemoryResult(int(reply["peak_extra_bytes"]), reply["method"])
-        self._process = None
-        raise RuntimeError(f"memory probe worker exited while measuring {spec.op}/{impl}")
+        raise RuntimeError(f"memory probe worker exited with status {done.returncode} while measuring {spec.op}/{impl}")
 
 
 if __name__ == "__main__":

@@ -288,16 +288,12 @@ def run_suite(config: SuiteConfig, *, progress: bool = True, command: str | None
         roof = measure_roofline(device)
         bar.update(1)
         prober = MemoryProber() if config.memory else None
-        try:
-            for spec, impls in plans:
-                case_rows = run_case(spec, impls, config.timing, roof, prober, tick)
-                auto = auto_choice(op_module(spec.op).DISPATCH_OP, device)
-                for row in case_rows:
-                    row["auto"] = row.get("backend") == auto
-                rows.extend(case_rows)
-        finally:
-            if prober is not None:
-                prober.close()
+        for spec, impls in plans:
+            case_rows = run_case(spec, impls, config.timing, roof, prober, tick)
+            auto = auto_choice(op_module(spec.op).DISPATCH_OP, device)
+            for row in case_rows:
+                row["auto"] = row.get("backend") == auto
+            rows.extend(case_rows)
     return {
         "schema": SCHEMA,
         "command": command,

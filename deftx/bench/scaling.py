@@ -176,13 +176,9 @@ def run_scaling(config: ScalingConfig, *, progress: bool = True, command: str | 
     _warm_up(config)
     size_rows, k_rows = [], []
     prober = MemoryProber() if config.memory else None
-    try:
-        for kind, op, shapes, k in tqdm(tasks, desc="deftx bench --scaling", disable=not progress, file=sys.stderr):
-            row = measure_point(config, op, shapes, k, prober)
-            (size_rows if kind == "size" else k_rows).append(row)
-    finally:
-        if prober is not None:
-            prober.close()
+    for kind, op, shapes, k in tqdm(tasks, desc="deftx bench --scaling", disable=not progress, file=sys.stderr):
+        row = measure_point(config, op, shapes, k, prober)
+        (size_rows if kind == "size" else k_rows).append(row)
     return {
         "schema": SCHEMA,
         "kind": "scaling",
