@@ -119,6 +119,84 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
+PREDICTED_COLUMNS = (
+    "op",
+    "shapes",
+    "K",
+    "impl",
+    "measured time",
+    "predicted time",
+    "measured/predicted",
+    "bound",
+    "measured speedup",
+    "predicted speedup",
+)
+
+
+def _predicted_seconds(seconds: float | None) -> str:
+    """:func:`format_seconds`, and ``ns`` below a microsecond (roofline times of small sets)."""
+    if seconds is not None and 0 < seconds < 1e-6:
+        return f"{seconds * 1e9:.0f} ns"
+    return format_seconds(seconds)
+
+
+def _times(x: float | None) -> str:
+    """``1.29x``; ``3,162x`` from 100 on."""
+    if x is None:
+        return "-"
+    return f"{x:,.0f}x" if x >= 100 else f"{x:.2f}x"
+
+
+def predicted_lines(doc: dict[str, Any]) -> list[str]:
+    """The header of the predicted-vs-measured table: target, device, how to read it.
+
+    ``doc`` carries a ``"predicted"`` section (:func:`deftx.bench.predicted.predict_suite`).
+    """
+    section = doc["predicted"]
+    target = section["target"]
+    if target is None:
+        return [f"predicted vs measured: no target ({section['choice']})"]
+    return [
+        f"predicted for {target['gpu']} ({target['arch']}: {target['hbm_bytes_per_s'] / 1e12:.2f} TB/s HBM, "
+        f"fp32 {target['peak_flops']['fp32'] / 1e12:g} TFLOP/s), measured on {section['measured_on']}",
+        f"target: {section['choice']}",
+        f"{section['method']}; measured/predicted: how many times the roofline lower bound; "
+        "speedups: of the deftx reference (the auto backend) over each baseline",
+    ]
+
+
+def predicted_table(doc: dict[str, Any]) -> list[list[str]]:
+    """One row per measured implementation of the ``"predicted"`` section (columns
+    :data:`PREDICTED_COLUMNS`); ``-`` where an implementation has no model."""
+    shapes = doc["shape_set"]["name"]
+    rows = []
+    for r in doc["predicted"]["rows"]:
+        rows.append(
+            [
+                r["op"],
+                shapes,
+                format_k(r["k_fraction"]),
+                r["name"],
+                format_seconds(r["measured_time_s"]),
+                _predicted_seconds(r["predicted_time_s"]),
+                _times(r["measured_over_predicted"]),
+                r.get("bound") or "-",
+                _times(r["measured_speedup"]),
+                _times(r["predicted_speedup"]),
+            ]
+        )
+    return rows
+
+
+def predicted_markdown(doc: dict[str, Any]) -> str:
+    """The ``## Predicted vs measured`` section of the markdown report."""
+    lines = ["## Predicted vs measured", "", *(f"- {line}" for line in predicted_lines(doc))]
+    rows = predicted_table(doc)
+    if rows:
+        lines += ["", markdown_table(PREDICTED_COLUMNS, rows)]
+    return "\n".join(lines)
+
+
 def write_json(doc: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=2) + "\n")

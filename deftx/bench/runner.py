@@ -28,7 +28,7 @@ from deftx.bench.memory import MemoryResult
 from deftx.bench.probe import MemoryProber, measure_in_process
 from deftx.bench.roofline import Roofline, measure_roofline
 from deftx.bench.shapes import ShapeSet
-from deftx.bench.timing import TimingSettings, time_thunk
+from deftx.bench.timing import Timing, TimingSettings, time_interleaved, time_thunk
 
 SCHEMA = "deftx-bench/1"
 DEFAULT_K_FRACTIONS: tuple[float, ...] = (0.001, 0.01, 0.1)
@@ -144,14 +144,12 @@ def _finite_or_none(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def _measure_impl(spec: CaseSpec, impl: str, inputs: Any, timing: TimingSettings, roof: Roofline) -> dict[str, Any]:
-    """Time one implementation on built inputs; the row of the result (memory added later)."""
+def _result_row(
+    spec: CaseSpec, impl: str, inputs: Any, measured: Timing, first: object, roof: Roofline
+) -> dict[str, Any]:
+    """The result row of one timed implementation (memory added later)."""
     module = op_module(spec.op)
-    device = spec.torch_device
-    thunk = module.bind(impl, inputs)
-    measured, first = time_thunk(thunk, device, timing)
     quality = module.quality(impl, inputs, first) if first is not None else {}
-    del first, thunk
     cost = module.traffic(impl, inputs)
     seconds = measured.median_s
     gbps = cost.bytes / seconds / 1e9
@@ -209,24 +207,43 @@ def run_case(
     prober: MemoryProber | None,
     tick: Callable[[str], None] = lambda _: None,
 ) -> list[dict[str, Any]]:
-    """Time every implementation on one set of inputs, then measure their memory.
+    """Time every implementation on one set of inputs (interleaved), then measure their memory.
 
     On CPU the inputs are freed before the probes, whose worker builds its own copy,
     so the two processes never hold them at once.
     """
     module = op_module(spec.op)
     inputs = module.make_inputs(spec)
+    thunks: dict[str, Callable[[], object]] = {}
+    failed: dict[str, dict[str, Any]] = {}
+    for impl in impls:
+        try:
+            thunks[impl] = module.bind(impl, inputs)
+        except Exception as err:  # e.g. an optimizer variant torch lacks here: recorded
+            failed[impl] = _error_row(spec, impl, err)
+    tick(f"{spec.op} K={spec.k_fraction} timing {len(thunks)} implementations")
+    try:
+        measured = time_interleaved(thunks, spec.torch_device, timing)
+    except Exception:  # an implementation failed when called: time each alone to find which
+        measured = {}
+        for impl, thunk in thunks.items():
+            try:
+                measured[impl] = time_thunk(thunk, spec.torch_device, timing)
+            except Exception as err:
+                failed[impl] = _error_row(spec, impl, err)
+    thunks.clear()
     rows = []
     for impl in impls:
-        tick(f"{spec.op} {display_name(spec.op, impl)}")
-        try:
-            row = _measure_impl(spec, impl, inputs, timing, roof)
-        except Exception as err:  # e.g. a baseline torch does not support here: recorded
-            rows.append(_error_row(spec, impl, err))
+        if impl in failed:
+            rows.append(failed[impl])
             continue
+        timed, first = measured[impl]
+        row = _result_row(spec, impl, inputs, timed, first, roof)
+        del first
         if prober is not None and spec.torch_device.type != "cpu":
             _set_memory(row, lambda impl=impl, inputs=inputs: measure_in_process(spec, impl, inputs))
         rows.append(row)
+    measured.clear()
     del inputs
     gc.collect()
     if prober is not None and spec.torch_device.type == "cpu":
@@ -276,7 +293,7 @@ def run_suite(config: SuiteConfig, *, progress: bool = True, command: str | None
     machine = describe_machine(device)
     specs = config.specs()
     plans = [(spec, implementations(spec.op, device, config.backends)) for spec in specs]
-    total = sum(len(impls) * (2 if config.memory else 1) for _, impls in plans) + 1
+    total = sum(1 + (len(impls) if config.memory else 0) for _, impls in plans) + 1
     rows: list[dict[str, Any]] = []
     with tqdm(total=total, desc="deftx bench", disable=not progress, file=sys.stderr) as bar:
 

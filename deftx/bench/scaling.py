@@ -33,7 +33,7 @@ from deftx.bench.probe import MemoryProber, measure_in_process, warmup_spec
 from deftx.bench.roofline import measure_roofline
 from deftx.bench.runner import SCHEMA, describe_machine
 from deftx.bench.shapes import BUILTIN_SHAPE_SETS, ShapeSet, load_shape_set
-from deftx.bench.timing import TimingSettings, time_thunk
+from deftx.bench.timing import TimingSettings, time_interleaved
 
 SCALING_SETS: tuple[str, ...] = tuple(BUILTIN_SHAPE_SETS)
 PRIMARY_BASELINE: dict[str, str] = {"topk": "cat_topk", "rsvd": "svd_lowrank", "scatter": "index_add", "step": "adamw"}
@@ -45,8 +45,9 @@ K_SWEEP_OPS: tuple[str, ...] = ("topk", "scatter", "step")
 class ScalingConfig:
     """What ``deftx bench --scaling`` runs (see the module docstring).
 
-    Timing: median of 3 calls per chunk (one call when it takes over 10 s), after one
-    warm-up call of every implementation on a tiny case at the start of the study.
+    Timing: median of 3 calls per chunk (one call when it takes over 10 s), deftx and
+    the baseline interleaved, after one warm-up call of every implementation on a tiny
+    case at the start of the study.
     """
 
     sets: tuple[str, ...] = SCALING_SETS
@@ -89,18 +90,23 @@ def _timing(config: ScalingConfig, op: str) -> TimingSettings:
     return config.timing
 
 
-def _time_streamed(specs: list[CaseSpec], impl: str, timing: TimingSettings) -> tuple[float, float]:
-    """Sum over chunks of the median time, and of the modelled bytes."""
-    seconds, nbytes = 0.0, 0.0
+def _time_streamed(specs: list[CaseSpec], impls: list[str], timing: TimingSettings) -> dict[str, tuple[float, float]]:
+    """Per implementation, the sum over chunks of the median time and of the modelled bytes.
+
+    The implementations are timed interleaved on each chunk's inputs.
+    """
+    totals = {impl: (0.0, 0.0) for impl in impls}
     for spec in specs:
         module = op_module(spec.op)
         inputs = module.make_inputs(spec)
-        measured, _ = time_thunk(module.bind(impl, inputs), spec.torch_device, timing)
-        seconds += measured.median_s
-        nbytes += module.traffic(impl, inputs).bytes
-        del inputs
+        thunks = {impl: module.bind(impl, inputs) for impl in impls}
+        measured = time_interleaved(thunks, spec.torch_device, timing)
+        for impl, (timed, _) in measured.items():
+            seconds, nbytes = totals[impl]
+            totals[impl] = (seconds + timed.median_s, nbytes + module.traffic(impl, inputs).bytes)
+        del inputs, thunks, measured
         gc.collect()
-    return seconds, nbytes
+    return totals
 
 
 def _peak(spec: CaseSpec, impl: str, prober: MemoryProber | None) -> int | None:
@@ -121,7 +127,10 @@ def measure_point(
     device = torch.device(config.device)
     impl = deftx_impl(auto_choice(op_module(op).DISPATCH_OP, device))
     timing = _timing(config, op)
-    seconds, nbytes = _time_streamed(specs, impl, timing)
+    baseline = PRIMARY_BASELINE[op]
+    fits = len(chunks) == 1 and (config.baseline_max_numel is None or shapes.numel <= config.baseline_max_numel)
+    totals = _time_streamed(specs, [impl, baseline] if fits else [impl], timing)
+    seconds, nbytes = totals[impl]
     largest = max(specs, key=lambda s: s.shapes.numel)
     row: dict[str, Any] = {
         "op": op,
@@ -134,13 +143,11 @@ def measure_point(
         "deftx_time_s": seconds,
         "deftx_gbps": nbytes / seconds / 1e9,
         "deftx_peak_extra_bytes": _peak(largest, impl, prober),
-        "baseline": display_name(op, PRIMARY_BASELINE[op]),
+        "baseline": display_name(op, baseline),
     }
-    fits = len(chunks) == 1 and (config.baseline_max_numel is None or shapes.numel <= config.baseline_max_numel)
     if fits:
-        base_seconds, _ = _time_streamed(specs, PRIMARY_BASELINE[op], timing)
-        row["baseline_time_s"] = base_seconds
-        row["baseline_peak_extra_bytes"] = _peak(largest, PRIMARY_BASELINE[op], prober)
+        row["baseline_time_s"] = totals[baseline][0]
+        row["baseline_peak_extra_bytes"] = _peak(largest, baseline, prober)
     else:
         row["baseline_skipped"] = (
             f"not run above {config.baseline_max_numel:,} parameters or when streamed"

@@ -1,8 +1,12 @@
-"""Wall-clock timing of a benchmark thunk on CPU (``perf_counter``) or CUDA (events).
+"""Wall-clock timing of benchmark thunks on CPU (``perf_counter``) or CUDA (events).
 
 On CUDA every call is bracketed by CUDA events recorded on the current stream and the
 device is synchronised before reading them, so the time is the GPU time of the call
 (including launch overhead), not the asynchronous host time.
+
+Implementations compared with each other are timed *interleaved*
+(:func:`time_interleaved`: one call of each in turn, round after round), so a slow phase
+of a shared machine hits all of them alike and their ratios stay meaningful.
 """
 
 from __future__ import annotations
@@ -100,3 +104,41 @@ def time_thunk(
     ):
         samples.append(time_call(thunk, device))
     return Timing(statistics.median(samples), min(samples), tuple(samples)), first
+
+
+def time_interleaved(
+    thunks: dict[str, Callable[[], object]], device: torch.device, settings: TimingSettings | None = None
+) -> dict[str, tuple[Timing, object]]:
+    """Time several thunks round-robin; per name, the timing and its first warm-up result.
+
+    Each thunk is warmed up ``settings.warmup`` times (in turn), then timed one call per
+    round until every thunk has ``min_repeats`` samples and ``min_time_s`` seconds, or
+    ``max_repeats`` samples. A thunk whose first timed call exceeds ``long_call_s`` is
+    not called again.
+    """
+    settings = settings or TimingSettings()
+    first: dict[str, object] = dict.fromkeys(thunks)
+    for i in range(settings.warmup):
+        for name, thunk in thunks.items():
+            result = thunk()
+            synchronize(device)
+            if i == 0:
+                first[name] = result
+            del result
+    samples: dict[str, list[float]] = {name: [] for name in thunks}
+
+    def wants_more(name: str) -> bool:
+        taken = samples[name]
+        if not taken:
+            return True
+        if taken[0] > settings.long_call_s or len(taken) >= settings.max_repeats:
+            return False
+        return len(taken) < settings.min_repeats or sum(taken) < settings.min_time_s
+
+    while pending := [name for name in thunks if wants_more(name)]:
+        for name in pending:
+            samples[name].append(time_call(thunks[name], device))
+    return {
+        name: (Timing(statistics.median(taken), min(taken), tuple(taken)), first[name])
+        for name, taken in samples.items()
+    }

@@ -7,9 +7,19 @@ Examples::
     deftx bench --device cuda --model-shapes llama-7b --scale 0.25 --out results/
     deftx bench --model-shapes my_model.json      # custom shapes (format: deftx.bench.shapes)
     deftx bench --scaling                         # time / memory vs model size and vs K
+    deftx bench --predict-target sm_90 --scale 0.01 --repeats 1 --no-memory   # side-by-side on CPU
 
 Writes ``<out>/<device>_<shapes>.json`` / ``.png`` / ``.md`` (``<device>_scaling.*`` with
 ``--scaling``) and prints the table.
+
+Predicted vs measured (:mod:`deftx.bench.predicted`): on CUDA, and on any device with
+``--predict-target sm_80|sm_90``, a second table puts each implementation's measured time
+next to the time ``deftx profile --static``'s roofline model predicts on the target
+(``max(bytes / datasheet bandwidth, FLOPs / datasheet peak)``), their ratio, and deftx's
+measured and predicted speedup over each baseline. The target comes from the GPU's name
+(H100 -> sm_90, A100 -> sm_80) unless given; another GPU gets a note and no rows. It is
+written under ``"predicted"`` in the JSON and as a section of the markdown; the first
+table is unchanged.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from deftx.bench.shapes import ShapeSet
     from deftx.bench.timing import TimingSettings
 
 DEFAULT_CPU_SCALE = 0.1
@@ -76,14 +87,52 @@ def _timing(args: argparse.Namespace, default: TimingSettings) -> TimingSettings
 
 
 def _write_outputs(
-    stem: Path, doc: dict, header: Sequence[str], rows: list[list[str]], plot: Callable[[dict, Path], None]
+    stem: Path,
+    doc: dict,
+    header: Sequence[str],
+    rows: list[list[str]],
+    plot: Callable[[dict, Path], None],
+    extra_markdown: str = "",
 ) -> None:
-    """``<stem>.json``, ``<stem>.md`` (the table) and ``<stem>.png``."""
+    """``<stem>.json``, ``<stem>.md`` (the table, then ``extra_markdown``) and ``<stem>.png``."""
     from deftx.bench.report import markdown_table, write_json
 
     write_json(doc, stem.parent / f"{stem.name}.json")
-    (stem.parent / f"{stem.name}.md").write_text(markdown_table(header, rows) + "\n")
+    sections = [markdown_table(header, rows), *([extra_markdown] if extra_markdown else [])]
+    (stem.parent / f"{stem.name}.md").write_text("\n\n".join(sections) + "\n")
     plot(doc, stem.parent / f"{stem.name}.png")
+
+
+def _check_predict_target(args: argparse.Namespace) -> None:
+    """Fail before any measurement on an unknown ``--predict-target`` or one given with ``--scaling``."""
+    from deftx.profile.targets import get_target
+
+    if args.predict_target is None:
+        return
+    if args.scaling:
+        raise SystemExit("deftx bench: --predict-target applies to the suite, not to --scaling")
+    try:
+        get_target(args.predict_target)
+    except ValueError as err:
+        raise SystemExit(f"deftx bench: --predict-target: {err}") from err
+
+
+def add_prediction(doc: dict, args: argparse.Namespace, device: str, shapes: ShapeSet) -> str:
+    """On CUDA or with ``--predict-target``: add ``doc["predicted"]``, print the side-by-side
+    table, and return its markdown section ("" otherwise)."""
+    from deftx.bench.predicted import choose_target, predict_suite
+    from deftx.bench.report import PREDICTED_COLUMNS, format_table, predicted_lines, predicted_markdown, predicted_table
+
+    if args.predict_target is None and not device.startswith("cuda"):
+        return ""
+    target, choice = choose_target(doc, args.predict_target)
+    doc["predicted"] = predict_suite(doc, target, shapes, choice)
+    print()
+    print("\n".join(predicted_lines(doc)))
+    rows = predicted_table(doc)
+    if rows:
+        print(format_table(PREDICTED_COLUMNS, rows))
+    return predicted_markdown(doc)
 
 
 def run_suite_command(args: argparse.Namespace, device: str, command: str) -> int:
@@ -115,8 +164,9 @@ def run_suite_command(args: argparse.Namespace, device: str, command: str) -> in
     rows = table_rows(doc)
     print("\n".join(summary_lines(doc)))
     print(format_table(TABLE_COLUMNS, rows))
+    predicted = add_prediction(doc, args, device, shapes)
     stem = Path(args.out) / f"{device.split(':')[0]}_{shapes.name}"
-    _write_outputs(stem, doc, TABLE_COLUMNS, rows, plot_suite)
+    _write_outputs(stem, doc, TABLE_COLUMNS, rows, plot_suite, predicted)
     print(f"wrote {stem}.json, {stem}.png, {stem}.md")
     return 0
 
@@ -175,6 +225,8 @@ def canonical_command(args: argparse.Namespace, device: str) -> str:
         words += ["--repeats", str(args.repeats)]
     if args.no_memory:
         words.append("--no-memory")
+    if args.predict_target is not None:
+        words += ["--predict-target", args.predict_target]
     if args.scaling:
         words.append("--scaling")
         if args.scaling_sets:
@@ -186,6 +238,7 @@ def canonical_command(args: argparse.Namespace, device: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     device = _device(args.device)
+    _check_predict_target(args)
     command = canonical_command(args, device)
     if args.scaling:
         return run_scaling_command(args, device, command)
@@ -199,7 +252,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Time deftx's ops (topk, rsvd, scatter, step) under each backend against their torch baselines on "
             "synthetic weights with real models' parameter shapes; report speedup, achieved GB/s, % of the roof "
-            "measured in the same run, and peak extra memory. Writes <out>/<device>_<shapes>.json/.png/.md."
+            "measured in the same run, and peak extra memory. Writes <out>/<device>_<shapes>.json/.png/.md. "
+            "On CUDA (or with --predict-target) a second table puts each measured time next to the roofline "
+            "time deftx profile --static predicts on a datasheet GPU target (JSON key 'predicted', a section "
+            "of the .md)."
+        ),
+        epilog=(
+            "predicted vs measured: predicted = max(bytes / datasheet HBM bandwidth, FLOPs / datasheet peak) "
+            "from deftx.profile.roofline, a lower bound; measured/predicted says how far from it a run is. "
+            "The target is taken from the CUDA device name (H100 -> sm_90, A100 -> sm_80; other GPUs: a note, "
+            "no rows) or given with --predict-target, which also works on CPU for inspection (then labelled "
+            "'predicted for <target>, measured on cpu')."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -247,6 +310,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="timed calls per measurement (default: >= 3 and >= 0.5 s; scaling: 3; a call over 10 s: once)",
     )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
+    parser.add_argument(
+        "--predict-target",
+        default=None,
+        help="datasheet target of the predicted-vs-measured table: sm_90 (H100 SXM) or sm_80 (A100 80GB SXM) "
+        "(unset: taken from the CUDA device name; none on CPU)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--seed", type=int, default=0, help="synthetic data seed")
     parser.add_argument("--out", default="bench-results", help="output directory")

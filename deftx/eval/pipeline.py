@@ -239,8 +239,12 @@ def evaluate_baseline(ws: Workspace, model, examples_by_language, *, bench, prot
     return rows
 
 
-def run_nusax_seed(ws: Workspace, seed: int, head_file: Path) -> list[EvalRow]:
-    """Everything NusaX for one seed: language SFTs, per source baseline + task SFTs, evaluation."""
+def run_nusax_seed(ws: Workspace, seed: int, head_file: Path) -> Iterator[list[EvalRow]]:
+    """Everything NusaX for one seed: language SFTs, per source baseline + task SFTs, evaluation.
+
+    Yields the rows of each source as soon as they are evaluated, so a long run writes its
+    tables source by source.
+    """
     cfg = ws.config
     num_labels = len(nusax.LABELS)
     eval_languages = nusax_eval_languages(ws)
@@ -249,8 +253,8 @@ def run_nusax_seed(ws: Workspace, seed: int, head_file: Path) -> list[EvalRow]:
             for language in needs_lang}
     tests = {language: nusax_test_examples(ws.data_dir, language, ws.tokenizer, cfg.training.max_length)
              for language in eval_languages}
-    rows: list[EvalRow] = []
     for source in cfg.sources:
+        rows: list[EvalRow] = []
         examples = nusax_train_examples(ws, source)
         if cfg.baseline:
             ws.log(f"[seed {seed}] full fine-tuning baseline on {source}")
@@ -268,7 +272,7 @@ def run_nusax_seed(ws: Workspace, seed: int, head_file: Path) -> list[EvalRow]:
         with ws.timer("evaluation"):
             rows += evaluate_methods(ws, model, tests, bench=NUSAX, protocol=NUSAX_PROTOCOL, source=source,
                                      seed=seed, num_labels=num_labels, task=task, lang=lang)
-    return rows
+        yield rows
 
 
 def run_anli_seed(ws: Workspace, seed: int, head_file: Path) -> list[EvalRow]:
@@ -375,10 +379,12 @@ def run_pipeline(config: PipelineConfig, *, log: Callable[[str], None] = print,
     rows: list[EvalRow] = []
     for seed in config.seeds:
         if config.targets:
-            rows += run_nusax_seed(ws, seed, head_file)
+            for source_rows in run_nusax_seed(ws, seed, head_file):
+                rows += source_rows
+                write_outputs(ws, rows, time.perf_counter() - start, command)
         if config.americasnli is not None:
             rows += run_anli_seed(ws, seed, head_file)
-        write_outputs(ws, rows, time.perf_counter() - start, command)
+            write_outputs(ws, rows, time.perf_counter() - start, command)
     table = write_outputs(ws, rows, time.perf_counter() - start, command)
     with ledger.open("a") as handle:
         handle.write(json.dumps({"command": command, "seconds": time.perf_counter() - start,

@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from deftx.bench.timing import TimingSettings, time_thunk
+from deftx.bench.timing import TimingSettings, time_interleaved, time_thunk
 
 CPU = torch.device("cpu")
 
@@ -57,3 +57,22 @@ def test_a_long_call_is_timed_once() -> None:
 def test_bad_settings_raise(kwargs) -> None:
     with pytest.raises(ValueError, match="bad timing settings"):
         TimingSettings(**kwargs)
+
+
+def test_interleaved_timing_alternates_calls_and_drops_long_ones() -> None:
+    order: list[str] = []
+
+    def make(name: str, seconds: float):
+        def thunk() -> str:
+            order.append(name)
+            time.sleep(seconds)
+            return name
+
+        return thunk
+
+    settings = TimingSettings(warmup=1, min_repeats=3, max_repeats=3, min_time_s=0.0, long_call_s=0.05)
+    result = time_interleaved({"fast": make("fast", 0.0), "slow": make("slow", 0.06)}, CPU, settings)
+    assert order == ["fast", "slow", "fast", "slow", "fast", "fast"]  # warm-up, round 1, then only fast
+    assert [len(result[n][0].samples) for n in ("fast", "slow")] == [3, 1]
+    assert result["fast"][1] == "fast" and result["slow"][1] == "slow"
+    assert result["slow"][0].median_s >= 0.06
