@@ -26,7 +26,7 @@ import torch
 
 BACKENDS: tuple[str, ...] = ("triton", "native", "torch")
 OPS: tuple[str, ...] = ("topk", "scatter", "rsvd", "masked_step")
-NATIVE_OPS: frozenset[str] = frozenset({"topk", "scatter"})
+NATIVE_OPS: frozenset[str] = frozenset({"topk", "scatter", "masked_step"})
 ENV_VAR = "DEFTX_BACKEND"
 
 

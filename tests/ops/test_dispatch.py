@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deftx.ops import BackendUnavailableError, backend_report, topk_mask
-from deftx.ops.dispatch import auto_backend, requested_backend, resolve
+from deftx.ops import BackendUnavailableError, backend_report, masked_adamw_step_, topk_mask
+from deftx.ops.dispatch import NATIVE_OPS, auto_backend, requested_backend, resolve, unavailable_reason
 
 
 def test_requested_backend_from_argument_and_environment(monkeypatch):
@@ -31,6 +31,31 @@ def test_auto_prefers_triton_on_cuda_and_never_the_interpreter_on_cpu():
     assert auto_backend("topk", "cuda")[0] == "triton"
     assert auto_backend("rsvd", "cpu")[0] == "torch"
     assert auto_backend("topk", "cpu")[0] in ("native", "torch")
+
+
+@pytest.mark.parametrize("op", ["topk", "scatter", "masked_step"])
+def test_auto_on_cpu_uses_the_native_library_where_it_implements_the_op(op):
+    assert op in NATIVE_OPS
+    built = unavailable_reason(op, "native", "cpu") is None
+    assert auto_backend(op, "cpu")[0] == ("native" if built else "torch")
+
+
+def test_auto_runs_the_native_masked_step_on_cpu(monkeypatch):
+    reason = unavailable_reason("masked_step", "native", "cpu")
+    if reason is not None:
+        pytest.skip(reason)
+    import deftx.ops.native.masked_step as native_masked_step
+
+    calls = []
+    real = native_masked_step.masked_adamw_step_
+    monkeypatch.setattr(native_masked_step, "masked_adamw_step_", lambda *a, **k: calls.append(a) or real(*a, **k))
+    monkeypatch.delenv("DEFTX_BACKEND", raising=False)
+    params, masters = [torch.zeros(3)], [torch.zeros(1)]
+    masked_adamw_step_(
+        params, [torch.ones(3)], [torch.tensor([1])], masters, [torch.zeros(1)], [torch.zeros(1)], step=1, lr=0.1
+    )
+    assert len(calls) == 1
+    assert params[0][1] == masters[0][0] < 0
 
 
 def test_environment_variable_reaches_the_ops(monkeypatch):

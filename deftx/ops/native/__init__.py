@@ -4,7 +4,7 @@ The library is ``deftx/_native/deftx_native*.so`` (built by ``pip install`` or `
 ``deftx/_native/BUILD_STATUS.txt`` records why it is missing when the build failed. Every
 exported function takes raw pointers and sizes and returns a status code, which
 :func:`check_status` turns into a Python exception. The op modules (:mod:`.topk`,
-:mod:`.scatter`) hold the backend functions of the op contract.
+:mod:`.scatter`, :mod:`.masked_step`) hold the backend functions of the op contract.
 """
 
 from __future__ import annotations
@@ -73,6 +73,23 @@ _SIGNATURES: dict[str, tuple[type, list[type]]] = {
             ctypes.POINTER(_c_ptr),
             _c_i64p,
             ctypes.POINTER(_c_ptr),
+        ],
+    ),
+    "deftx_masked_adamw_step": (
+        ctypes.c_int32,
+        [
+            _c_i64,
+            ctypes.POINTER(_c_ptr),
+            ctypes.POINTER(_c_ptr),
+            _c_i32p,
+            _c_i64p,
+            ctypes.POINTER(_c_ptr),
+            _c_i64p,
+            ctypes.POINTER(_c_ptr),
+            ctypes.POINTER(_c_ptr),
+            ctypes.POINTER(_c_ptr),
+            ctypes.POINTER(_c_ptr),
+            _c_f32p,
         ],
     ),
 }

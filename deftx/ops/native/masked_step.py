@@ -1,0 +1,144 @@
+"""Native CPU backend of ``masked_step``: AdamW on the selected entries only (csrc/masked_step.cpp)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from . import (
+    check_cpu_contiguous,
+    check_status,
+    dtype_code,
+    float32_array,
+    int32_array,
+    int64_array,
+    library,
+    pointer_array,
+)
+
+
+def _check_state(name: str, states: Sequence[torch.Tensor], indices: Sequence[torch.Tensor]) -> None:
+    """ValueError unless ``states[t]`` is a contiguous fp32 CPU tensor of ``indices[t].numel()`` entries."""
+    if len(states) != len(indices):
+        raise ValueError(f"masked_adamw_step_: {len(states)} {name} for {len(indices)} index tensors")
+    for t, (state, index) in enumerate(zip(states, indices, strict=True)):
+        check_cpu_contiguous(state, f"masked_adamw_step_: {name}[{t}]")
+        if state.dtype != torch.float32 or state.numel() != index.numel():
+            raise ValueError(
+                f"masked_adamw_step_: {name}[{t}] must be float32 with {index.numel()} entries, "
+                f"got {state.dtype} with {state.numel()}"
+            )
+
+
+def _param_dtype_codes(
+    params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], indices: Sequence[torch.Tensor]
+) -> list[int]:
+    """Validate params, grads and indices (what the library reads through raw pointers); dtype codes."""
+    if not len(params) == len(grads) == len(indices):
+        raise ValueError("masked_adamw_step_: params, grads and indices differ in length")
+    codes = []
+    for t, (param, grad, index) in enumerate(zip(params, grads, indices, strict=True)):
+        check_cpu_contiguous(param, f"masked_adamw_step_: params[{t}]")
+        check_cpu_contiguous(grad, f"masked_adamw_step_: grads[{t}]")
+        check_cpu_contiguous(index, f"masked_adamw_step_: indices[{t}]")
+        if grad.dtype != param.dtype or grad.numel() != param.numel():
+            raise ValueError(f"masked_adamw_step_: grads[{t}] differs from params[{t}] in dtype or size")
+        if index.dtype != torch.int64 or index.dim() != 1:
+            raise ValueError(f"masked_adamw_step_: indices[{t}] must be int64 1-D")
+        codes.append(dtype_code(param, f"masked_adamw_step_: params[{t}]"))
+    return codes
+
+
+def adamw_scalars(
+    *, step: int, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float, l1: float
+) -> list[float]:
+    """The library's fp32 scalars, derived in float64 as the torch reference derives them::
+
+    beta1, 1 - beta1, beta2, 1 - beta2, 1 - lr * weight_decay, lr,
+    1 - beta1 ** step, 1 - beta2 ** step, eps, l1
+    """
+    return [
+        beta1,
+        1.0 - beta1,
+        beta2,
+        1.0 - beta2,
+        1.0 - lr * weight_decay,
+        lr,
+        1.0 - beta1**step,
+        1.0 - beta2**step,
+        eps,
+        l1,
+    ]
+
+
+def masked_adamw_step_(
+    params: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor],
+    indices: Sequence[torch.Tensor],
+    masters: Sequence[torch.Tensor],
+    exp_avgs: Sequence[torch.Tensor],
+    exp_avg_sqs: Sequence[torch.Tensor],
+    bases: Sequence[torch.Tensor] | None,
+    *,
+    step: int,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    l1: float,
+) -> None:
+    """AdamW on the selected entries of each parameter, in place.
+
+    Per entry j with ``i = indices[t][j]``, every operation one rounded fp32 operation
+    (division and square root correctly rounded, no fused multiply-add), in the torch
+    reference's order: bit-identical to that formula. torch's own CPU ``sqrt`` can be 1 ulp
+    off on vectorised lengths, so masters may differ from the torch backend's by that much::
+
+        g = f32(grad[i]) (+ l1 * sign(master - base) when l1 != 0)
+        m = beta1 m + (1 - beta1) g ;  v = beta2 v + ((1 - beta2) g) g
+        master = master (1 - lr wd) - (lr (m / (1 - beta1^step))) / (sqrt(v / (1 - beta2^step)) + eps)
+        param[i] = cast(master)            (round to nearest even)
+
+    Args:
+        params: T contiguous CPU tensors, fp32 / bf16 / fp16, written only at ``indices[t]``.
+        grads: T contiguous tensors of the params' dtypes and sizes, read only at ``indices[t]``.
+        indices: T int64 (K_t,) sorted unique flat indices in ``[0, params[t].numel())``.
+        masters, exp_avgs, exp_avg_sqs: T contiguous fp32 (K_t,) tensors, updated in place.
+        bases: T contiguous fp32 (K_t,) θ0 values, required when ``l1 != 0`` (ignored otherwise).
+        step: step number >= 1 (already incremented), for the bias corrections.
+
+    Params must not share memory with each other (threads write them concurrently).
+
+    Raises:
+        TypeError: a param dtype other than fp32 / bf16 / fp16.
+        ValueError: a tensor the library would read wrongly (device, layout, dtype, size), or
+            an index list that is not sorted, unique and in range (then nothing is written).
+    """
+    codes = _param_dtype_codes(params, grads, indices)
+    for name, states in (("masters", masters), ("exp_avgs", exp_avgs), ("exp_avg_sqs", exp_avg_sqs)):
+        _check_state(name, states, indices)
+    has_l1 = l1 != 0.0
+    if has_l1:
+        if bases is None:
+            raise ValueError("masked_adamw_step_: l1 != 0 needs bases (θ0 at the indices)")
+        _check_state("bases", bases, indices)
+    if step < 1:
+        raise ValueError(f"masked_adamw_step_: step must be >= 1, got {step}")
+    scalars = adamw_scalars(step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, l1=l1)
+    status = library().deftx_masked_adamw_step(
+        len(params),
+        pointer_array(params),
+        pointer_array(grads),
+        int32_array(codes),
+        int64_array([param.numel() for param in params]),
+        pointer_array(indices),
+        int64_array([index.numel() for index in indices]),
+        pointer_array(masters),
+        pointer_array(exp_avgs),
+        pointer_array(exp_avg_sqs),
+        pointer_array(bases) if has_l1 and bases is not None else None,
+        float32_array(scalars),
+    )
+    check_status(status, "deftx_masked_adamw_step")
