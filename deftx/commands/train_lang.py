@@ -8,14 +8,14 @@ from deftx.commands._common import add_config_arguments, guarded, load_pipeline_
 
 
 def run(args: argparse.Namespace) -> int:
-    from deftx.data import americasnlp, nusax
-    from deftx.eval.pipeline import Workspace, ensure_head, language_sfts
+    from deftx.data import americasnlp
+    from deftx.eval.pipeline import Workspace, ensure_head, language_sfts, language_texts
 
     ws = Workspace.open(load_pipeline_config(args))
     if args.americasnlp:
         texts, folder = americasnlp.load_text(ws.data_dir, args.language), "anli/lang"
     else:
-        texts, folder = nusax.load_mt_text(ws.data_dir, args.language), "lang"
+        texts, folder = language_texts(ws, args.language), "lang"
     diffs = language_sfts(ws, args.language, texts, args.seed, ensure_head(ws), folder=folder)
     for method in diffs:
         path = ws.seed_dir(args.seed) / folder / args.language / method / "sft.safetensors"
@@ -34,7 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Train (or resume) the language SFT of one language with the config's language_sft, "
             "mlm_head, training and methods sections: masked LM on the language's NusaX MT "
-            "train+valid text (or AmericasNLP 2021 text with --americasnlp). Output: "
+            "text of the config's language_text_splits (default train+valid; or AmericasNLP 2021 "
+            "text with --americasnlp). Output: "
             "<output_dir>/seed-<s>/lang/<language>/<method>/sft.safetensors."
         ),
     )

@@ -9,13 +9,19 @@ from deftx.commands._common import add_config_arguments, guarded, load_pipeline_
 
 def run(args: argparse.Namespace) -> int:
     from deftx.data import nusax
-    from deftx.eval.pipeline import Workspace, ensure_head, language_sfts, nusax_train_examples, task_sfts
+    from deftx.eval.pipeline import (
+        Workspace,
+        ensure_head,
+        language_sfts,
+        language_texts,
+        nusax_train_examples,
+        task_sfts,
+    )
 
     ws = Workspace.open(load_pipeline_config(args))
     source_sfts = None
     if ws.config.task_on_source_sft:
-        texts = nusax.load_mt_text(ws.data_dir, args.source)
-        source_sfts = language_sfts(ws, args.source, texts, args.seed, ensure_head(ws))
+        source_sfts = language_sfts(ws, args.source, language_texts(ws, args.source), args.seed, ensure_head(ws))
     examples = nusax_train_examples(ws, args.source)
     diffs = task_sfts(ws, args.source, examples, args.seed, len(nusax.LABELS), source_sfts)
     base = ws.seed_dir(args.seed) / "task" / args.source

@@ -15,13 +15,19 @@ Example (``configs/default.yaml`` is the README's small run)::
     methods: {lt-sft: null, deft-x: {energy: 0.9}}
     baseline: true             # full fine-tuning on the source, no SFT
     task_on_source_sft: true   # task SFT trained with the source language SFT applied
-    language_scale: 1.0        # scale of the target language SFT at composition
+    language_scale: 1.0        # scale of the target language SFT at composition; a list
+                               # ([0.5, 1.0]) scores every scale (no retraining)
+    eval_split: test           # NusaX split scored: test, or valid (to choose a recipe)
+    language_text_splits: [train, valid]   # NusaX MT text of language SFTs and the MLM head
     pooling: mean              # classifier pooling: mean (e5's own) or cls (AutoModelFor...)
     training: {batch_size: 16, max_length: 128, save_steps: 100, logging_steps: 10}
-    mlm_head: {steps: 500, batch_size: 16, learning_rate: 1.0e-3}
+    mlm_head: {steps: 500, batch_size: 16, learning_rate: 1.0e-3,
+               texts: [nusax],           # + americasnlp: AmericasNLP 2021 text too
+               eval_every: 100, eval_sequences: 0}   # > 0: held-out accuracy curve
     language_sft:
       k: 0.028
       eligible: [embeddings, attention, ffn]
+      max_length: null         # MLM token window (default: training.max_length)
       full: {steps: 200, learning_rate: 5.0e-5, l1: 0.1}
       sparse: {steps: 200, learning_rate: 5.0e-5, l1: 0.1}
     task_sft:
@@ -30,15 +36,20 @@ Example (``configs/default.yaml`` is the README's small run)::
       sparse: {epochs: 3, learning_rate: 2.0e-5}
     full_finetune: {epochs: 3, learning_rate: 2.0e-5}
     americasnli: null          # or {train_languages: [...], test_languages: [...], ...}
+
+With ``eval_split: valid`` (recipe selection) the valid sentences' text must not be trained
+on: ``language_text_splits`` may then not contain ``valid``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from deftx.data.nusax import MT_SPLITS
 from deftx.train.config import (
     DEFAULT_ELIGIBLE,
     LANGUAGE_K_FRACTION,
@@ -51,6 +62,9 @@ from deftx.train.config import (
 from deftx.train.language import HeadWarmUp
 from deftx.train.trainer_args import TrainingSettings
 
+EVAL_SPLITS = ("test", "valid")
+HEAD_CORPORA = ("nusax", "americasnlp")
+
 
 class ConfigError(ValueError):
     """A pipeline config value is missing, unknown or out of range (the message names it)."""
@@ -58,12 +72,17 @@ class ConfigError(ValueError):
 
 @dataclass
 class SFTSection:
-    """K, eligible groups and the two phases of one kind of SFT."""
+    """K, eligible groups and the two phases of one kind of SFT.
+
+    ``max_length`` (language SFTs only) is the MLM token window; None uses
+    ``training.max_length``.
+    """
 
     k: float
     full: PhaseConfig
     sparse: PhaseConfig
     eligible: tuple[str, ...] = DEFAULT_ELIGIBLE
+    max_length: int | None = None
 
 
 @dataclass
@@ -99,7 +118,9 @@ class PipelineConfig:
     )
     baseline: bool = True
     task_on_source_sft: bool = True
-    language_scale: float = 1.0
+    language_scale: float | tuple[float, ...] = 1.0
+    eval_split: str = "test"
+    language_text_splits: tuple[str, ...] = MT_SPLITS
     pooling: str = "mean"
     eval_batch_size: int = 64
     training: TrainingSettings = field(default_factory=TrainingSettings)
@@ -115,6 +136,11 @@ class PipelineConfig:
     ))
     full_finetune: PhaseConfig = field(default_factory=lambda: PhaseConfig(epochs=5, learning_rate=2e-5))
     americasnli: AmericasNLISection | None = None
+
+    def language_scales(self) -> tuple[float, ...]:
+        """The composition scales of the language SFT (one, or the swept list)."""
+        scale = self.language_scale
+        return tuple(float(s) for s in scale) if isinstance(scale, (list, tuple)) else (float(scale),)
 
     def language_config(self) -> SparseFineTuningConfig:
         """The language-SFT settings for the tuner (every method a branch)."""
@@ -191,22 +217,56 @@ def _methods(raw: Any, where: str) -> dict[str, DenoiseConfig | None]:
     }
 
 
-def _sft_section(raw: Any, where: str, default: SFTSection) -> SFTSection:
+def _sft_section(raw: Any, where: str, default: SFTSection, *, has_max_length: bool = False) -> SFTSection:
     values = _mapping(raw, where)
-    unknown = sorted(set(values) - {"k", "eligible", "full", "sparse"})
+    known = {"k", "eligible", "full", "sparse"} | ({"max_length"} if has_max_length else set())
+    unknown = sorted(set(values) - known)
     if unknown:
-        raise _fail(where, f"unknown keys {unknown}; known: ['eligible', 'full', 'k', 'sparse']")
+        raise _fail(where, f"unknown keys {unknown}; known: {sorted(known)}")
+    max_length = values.get("max_length", default.max_length)
+    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 3):
+        raise _fail(f"{where}.max_length", f"expected null or an integer >= 3, got {max_length!r}")
     section = SFTSection(
         k=values.get("k", default.k),
         full=_phase(values.get("full"), f"{where}.full", default.full),
         sparse=_phase(values.get("sparse"), f"{where}.sparse", default.sparse),
         eligible=_strings(values["eligible"], f"{where}.eligible") if "eligible" in values else default.eligible,
+        max_length=max_length,
     )
     try:
         check_k(section.k)
     except (TypeError, ValueError) as err:
         raise _fail(f"{where}.k", str(err)) from err
     return section
+
+
+def _language_scale(raw: Any, where: str) -> float | tuple[float, ...]:
+    """One finite number, or a non-empty list of distinct ones (a sweep)."""
+    def number(value: Any) -> bool:
+        return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+    if number(raw):
+        return float(raw)
+    if isinstance(raw, (list, tuple)) and raw and all(number(v) for v in raw):
+        if len(set(raw)) != len(raw):
+            raise _fail(where, f"the scales must be distinct, got {list(raw)!r}")
+        return tuple(float(v) for v in raw)
+    raise _fail(where, f"expected a number or a non-empty list of numbers, got {raw!r}")
+
+
+def _split_names(raw: Any, where: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
+    names = _strings(raw, where)
+    unknown = sorted(set(names) - set(allowed))
+    if not names or unknown or len(set(names)) != len(names):
+        raise _fail(where, f"expected at least one of {list(allowed)}, each at most once, got {list(names)!r}")
+    return names
+
+
+def _head(raw: Any, where: str) -> HeadWarmUp:
+    values = dict(_mapping(raw, where))
+    if "texts" in values:
+        values["texts"] = _split_names(values["texts"], f"{where}.texts", HEAD_CORPORA)
+    return _build(HeadWarmUp, values, where)
 
 
 def _seeds(raw: Any, where: str) -> tuple[int, ...]:
@@ -241,8 +301,9 @@ def parse_config(raw: Any, source: str = "<config>") -> PipelineConfig:
         "seeds": _seeds(values.pop("seeds", [0]), "seeds"),
         "methods": _methods(values.pop("methods", {"lt-sft": None, "deft-x": {}}), "methods"),
         "training": _build(TrainingSettings, values.pop("training", {}), "training"),
-        "mlm_head": _build(HeadWarmUp, values.pop("mlm_head", {}), "mlm_head"),
-        "language_sft": _sft_section(values.pop("language_sft", {}), "language_sft", defaults.language_sft),
+        "mlm_head": _head(values.pop("mlm_head", {}), "mlm_head"),
+        "language_sft": _sft_section(values.pop("language_sft", {}), "language_sft", defaults.language_sft,
+                                     has_max_length=True),
         "task_sft": _sft_section(values.pop("task_sft", {}), "task_sft", defaults.task_sft),
     }
     if "full_finetune" in values:
@@ -261,9 +322,16 @@ def parse_config(raw: Any, source: str = "<config>") -> PipelineConfig:
     for key in ("baseline", "task_on_source_sft"):
         if key in values and not isinstance(values[key], bool):
             raise _fail(key, f"expected true or false, got {values[key]!r}")
-    if "language_scale" in values and (isinstance(values["language_scale"], bool)
-                                       or not isinstance(values["language_scale"], (int, float))):
-        raise _fail("language_scale", f"expected a number, got {values['language_scale']!r}")
+    if "language_scale" in values:
+        values["language_scale"] = _language_scale(values["language_scale"], "language_scale")
+    if "eval_split" in values and values["eval_split"] not in EVAL_SPLITS:
+        raise _fail("eval_split", f"expected one of {list(EVAL_SPLITS)}, got {values['eval_split']!r}")
+    if "language_text_splits" in values:
+        values["language_text_splits"] = _split_names(values["language_text_splits"], "language_text_splits",
+                                                      MT_SPLITS)
+    if values.get("eval_split") == "valid" and "valid" in values.get("language_text_splits", MT_SPLITS):
+        raise _fail("language_text_splits", "eval_split is valid, so the valid sentences' text may not be "
+                    "trained on: use language_text_splits: [train]")
     if "eval_batch_size" in values and (not isinstance(values["eval_batch_size"], int)
                                         or values["eval_batch_size"] < 1):
         raise _fail("eval_batch_size", f"expected an integer >= 1, got {values['eval_batch_size']!r}")
@@ -276,6 +344,27 @@ def parse_config(raw: Any, source: str = "<config>") -> PipelineConfig:
     return PipelineConfig(**parsed)
 
 
+def read_config_file(path: str | Path) -> Any:
+    """The raw mapping of a ``.yaml``/``.yml`` or ``.json`` file (not validated).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ConfigError: it does not parse.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() == ".json":
+            return json.loads(text)
+        import yaml
+
+        return yaml.safe_load(text)
+    except Exception as err:
+        raise ConfigError(f"config {path}: cannot parse: {err}") from err
+
+
 def load_config(path: str | Path) -> PipelineConfig:
     """Read and validate a pipeline config file (``.yaml``/``.yml`` or ``.json``).
 
@@ -283,17 +372,4 @@ def load_config(path: str | Path) -> PipelineConfig:
         FileNotFoundError: the file does not exist.
         ConfigError: it does not parse or holds a bad value.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"pipeline config {path} does not exist")
-    text = path.read_text()
-    try:
-        if path.suffix.lower() == ".json":
-            raw = json.loads(text)
-        else:
-            import yaml
-
-            raw = yaml.safe_load(text)
-    except Exception as err:
-        raise ConfigError(f"config {path}: cannot parse: {err}") from err
-    return parse_config(raw, str(path))
+    return parse_config(read_config_file(path), str(path))

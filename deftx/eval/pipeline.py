@@ -8,14 +8,21 @@ Layout under ``output_dir`` (every step resumable; a finished step is reused)::
     seed-<s>/full/<source>/                full fine-tuning baseline
     seed-<s>/anli/...                      the AmericasNLI leave-languages-out runs
 
+A :class:`StepStore` (``Workspace.step_store``, used by ``deftx ablate``) lets runs share
+finished steps: before an SFT run or the baseline, the store may fill its folder with the
+files of an equal step (equal *identity*: every setting and input that changes the result)
+finished by another run, and takes this run's finished steps afterwards.
+
 and, under ``results_dir`` (default: ``output_dir``): results.csv, summary.csv, results.md,
-results.png, overlap.csv, selection.csv, timings.json, config.json.
+results.png, overlap.csv, selection.csv, timings.json, config.json, mlm_head.json.
 
 Protocol names in the tables:
 
 * ``nusax zero-shot`` — task trained on the source language's NusaX train split, tested on
-  each target's test split with the target's language SFT (trained on the target's NusaX
-  MT train+valid text only). Rows ``<method> (no lang SFT)`` drop the language SFT.
+  each target's ``eval_split`` split (test; valid when choosing a recipe) with the target's
+  language SFT (trained on the target's NusaX MT ``language_text_splits`` text only, by
+  default train+valid, never test) composed at each ``language_scale``. Rows
+  ``<method> (no lang SFT)`` drop the language SFT.
 * ``americasnli leave-languages-out`` — no English/Spanish NLI training set exists offline,
   so the task is trained on the pooled *dev* sets of some AmericasNLI languages and tested
   on the *test* sets of the held-out ones, each with its language SFT from AmericasNLP 2021
@@ -25,22 +32,23 @@ Protocol names in the tables:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import shutil
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from deftx.data import americasnli, americasnlp, default_data_dir, nusax
 from deftx.eval.config import PipelineConfig
 from deftx.eval.report import bar_plot, markdown_tables, summarize, write_csv
-from deftx.eval.zero_shot import EvalRow, nli_examples, nusax_test_examples, score_composed
+from deftx.eval.zero_shot import EvalRow, nli_examples, nusax_split_examples, score_composed
 from deftx.sft import SparseDiff
-from deftx.train.config import to_plain
+from deftx.train.config import DenoiseConfig, SparseFineTuningConfig, to_plain
 from deftx.train.language import train_language_sft, warm_up_head
 from deftx.train.sparse_finetuner import SparseFineTuningResult
 from deftx.train.task import build_classifier, classification_examples, train_full_finetune, train_task_sft
@@ -52,6 +60,52 @@ ANLI = "americasnli"
 ANLI_PROTOCOL = "leave-languages-out"
 BASELINE = "full-ft"
 NO_LANGUAGE_SFT = " (no lang SFT)"
+PHASE1_FILES = ("theta0.safetensors", "theta1.safetensors")
+BRANCH_FILES = ("mask.safetensors", "selection.json", "sft.safetensors")
+BASELINE_FILES = ("final.safetensors",)
+RUN_ONLY_SETTINGS = ("save_steps", "logging_steps", "progress")  # change no result
+
+
+class StepStore(Protocol):
+    """Shares finished steps between runs (see the module docstring)."""
+
+    def attach(self, work_dir: Path, identity: Mapping[str, Any], files: Sequence[str]) -> bool:
+        """Put the stored ``files`` (paths relative to ``work_dir``) of an equal step into
+        ``work_dir``, unless already there; True when they are all there afterwards."""
+
+    def publish(self, work_dir: Path, identity: Mapping[str, Any], files: Sequence[str]) -> None:
+        """Keep ``work_dir``'s finished ``files`` of this step for later runs (no-op if kept)."""
+
+
+def content_digest(value: Any) -> str:
+    """SHA-256 of a JSON-ready value (canonical: sorted keys, no spaces)."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def sft_digest(diff: SparseDiff) -> str:
+    """SHA-256 over the names, indices, values and dense tensors of a sparse diff."""
+    digest = hashlib.sha256()
+    for kind, tensors in (("indices", diff.indices), ("values", diff.values), ("dense", diff.dense)):
+        for name in sorted(tensors):
+            tensor = tensors[name].detach().cpu().contiguous()
+            digest.update(f"{kind}|{name}|{tuple(tensor.shape)}|{tensor.dtype};".encode())
+            if tensor.numel():
+                digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def sparse_run_steps(phase1: Mapping[str, Any], config: SparseFineTuningConfig) -> list[tuple[dict, list[str]]]:
+    """The shareable steps of a :class:`~deftx.train.sparse_finetuner.SparseFineTuner` run.
+
+    Phase 1 (θ0, θ1) is identified by ``phase1`` (everything phase 1 depends on); each
+    branch (mask, selection report, SFT) by that plus K, the sparse phase and its selection.
+    """
+    steps = [(dict(phase1), list(PHASE1_FILES))]
+    for branch, denoise in config.selections.items():
+        identity = {**phase1, "step": f"{phase1['step']} / sparse branch", "k": config.k,
+                    "sparse": to_plain(config.sparse), "selection": to_plain(denoise)}
+        steps.append((identity, [f"{branch}/{name}" for name in BRANCH_FILES]))
+    return steps
 
 
 def resolve_model(name: str) -> Path:
@@ -83,16 +137,19 @@ class Workspace:
     notes: list[str] = field(default_factory=list)
     head_metrics: dict[str, Any] = field(default_factory=dict)
     earlier_seconds: float = 0.0
+    step_store: StepStore | None = None
 
     @classmethod
-    def open(cls, config: PipelineConfig, log: Callable[[str], None] = print) -> Workspace:
+    def open(cls, config: PipelineConfig, log: Callable[[str], None] = print, tokenizer: Any = None) -> Workspace:
+        """Resolve the model and data, make the folders; ``tokenizer``: the model's, if already loaded."""
         from transformers import AutoTokenizer
 
         model_dir = resolve_model(config.model)
         data_dir = Path(config.data_dir).expanduser() if config.data_dir else default_data_dir()
         if not data_dir.is_dir():
             raise FileNotFoundError(f"data_dir {data_dir} does not exist")
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        if tokenizer is None:
+            tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         output_dir = Path(config.output_dir)
         results_dir = Path(config.results_dir) if config.results_dir else output_dir
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -101,6 +158,38 @@ class Workspace:
 
     def settings(self, seed: int) -> TrainingSettings:
         return TrainingSettings(**{**to_plain(self.config.training), "seed": seed})
+
+    def language_settings(self, seed: int) -> TrainingSettings:
+        """Training settings of language SFTs: ``language_sft.max_length`` as the MLM window."""
+        settings = self.settings(seed)
+        window = self.config.language_sft.max_length
+        return settings if window is None else replace(settings, max_length=window)
+
+    def identity(self, step: str, seed: int, settings: TrainingSettings, **inputs: Any) -> dict[str, Any]:
+        """What a step's result depends on: base model, seed, result-changing settings, ``inputs``."""
+        training = {k: v for k, v in to_plain(settings).items() if k not in RUN_ONLY_SETTINGS}
+        return {"step": step, "model": str(self.model_dir.resolve()), "seed": seed, "training": training,
+                **{k: to_plain(v) for k, v in inputs.items()}}
+
+    @contextlib.contextmanager
+    def sharing(self, work_dir: Path, steps: Sequence[tuple[Mapping[str, Any], Sequence[str]]]) -> Iterator[None]:
+        """Attach the stored ``steps`` to ``work_dir``, run the block, publish the finished ones.
+
+        The first step gates the others: they (the branches) presuppose it (phase 1) and are
+        only attached when it is there.
+        """
+        if self.step_store is None:
+            yield
+            return
+        for index, (identity, files) in enumerate(steps):
+            if not self.step_store.attach(work_dir, identity, files) and index == 0:
+                break
+        try:
+            yield
+        finally:
+            for identity, files in steps:
+                if all((work_dir / name).is_file() for name in files):
+                    self.step_store.publish(work_dir, identity, files)
 
     def seed_dir(self, seed: int) -> Path:
         return self.output_dir / f"seed-{seed}"
@@ -125,12 +214,53 @@ class Workspace:
                 self.overlaps.append({"kind": kind, "language": language, "seed": seed, "pair": pair, **row})
 
 
-def head_texts(ws: Workspace) -> list[str]:
-    """All unlabelled NusaX text: every language column of MT train+valid (never test)."""
-    texts: list[str] = []
-    for language in nusax.sentiment_languages(ws.data_dir):
-        texts.extend(nusax.load_mt_text(ws.data_dir, language))
-    return texts
+def language_texts(ws: Workspace, language: str) -> list[str]:
+    """The NusaX MT text a language SFT of ``language`` trains on (``language_text_splits``)."""
+    return nusax.load_mt_text(ws.data_dir, language, ws.config.language_text_splits)
+
+
+def head_texts(ws: Workspace) -> dict[str, list[str]]:
+    """The MLM head's warm-up text per corpus of ``mlm_head.texts`` (never a test split).
+
+    ``nusax``: every language column of the MT ``language_text_splits`` (so a recipe chosen
+    on valid never saw valid text); ``americasnlp``: the indigenous side of every AmericasNLP
+    2021 language's train and dev files.
+    """
+    corpora: dict[str, list[str]] = {}
+    for corpus in ws.config.mlm_head.texts:
+        if corpus == "nusax":
+            corpora[corpus] = [text for language in nusax.sentiment_languages(ws.data_dir)
+                               for text in language_texts(ws, language)]
+        elif corpus == "americasnlp":
+            corpora[corpus] = [text for code in americasnlp.FOLDERS
+                               for text in americasnlp.load_text(ws.data_dir, code)]
+        else:
+            raise ValueError(f"mlm_head.texts: unknown corpus {corpus!r}")
+    return corpora
+
+
+PER_STEP_METRICS = ("loss", "accuracy", "masked_tokens")
+
+
+def head_report_line(metrics: Mapping[str, Any]) -> str:
+    """One line on the warm-up: cost, training and held-out masked-token accuracy."""
+    def first_last(values: list[float]) -> str:
+        return f"{values[0]:.3f} -> {values[-1]:.3f}" if values else "n/a"
+
+    curve = metrics.get("heldout_curve") or []
+    heldout = ", ".join(
+        f"{name} {first_last([point['groups'][name]['accuracy'] for point in curve])}"
+        for name in (curve[0]["groups"] if curve else {})
+    )
+    corpora = "+".join(metrics.get("corpora", [])) or "?"
+    return (
+        f"MLM head warm-up ({'cache hit' if metrics.get('cache_hit') else 'trained'}): {metrics.get('steps')} steps "
+        f"on {corpora} text, {metrics.get('seconds', float('nan')):.0f} s when trained "
+        f"({metrics.get('heldout_seconds') or 0:.0f} s of it held-out scoring); masked-token accuracy "
+        f"on training batches {metrics.get('initial_accuracy', float('nan')):.3f} -> "
+        f"{metrics.get('final_accuracy', float('nan')):.3f}; held out: {heldout or 'none (mlm_head.eval_sequences 0)'}."
+        " Curves: mlm_head.json."
+    )
 
 
 def ensure_head(ws: Workspace) -> Path:
@@ -138,14 +268,25 @@ def ensure_head(ws: Workspace) -> Path:
     from deftx.models.e5 import default_cache_root
 
     with ws.timer("mlm head"):
+        texts = head_texts(ws)
         head_file, metrics = warm_up_head(
-            ws.model_dir, ws.tokenizer, head_texts(ws), ws.config.mlm_head, default_cache_root() / "mlm-heads",
+            ws.model_dir, ws.tokenizer, texts, ws.config.mlm_head, default_cache_root() / "mlm-heads",
         )
-    ws.head_metrics = {k: metrics.get(k) for k in (
-        "steps", "initial_loss", "final_loss", "initial_accuracy", "final_accuracy", "seconds", "cache_hit")}
-    ws.log(f"MLM head: {head_file.name} masked-token accuracy {metrics.get('initial_accuracy', float('nan')):.3f}"
-           f" -> {metrics.get('final_accuracy', float('nan')):.3f} (cache hit: {metrics.get('cache_hit')})")
+    ws.head_metrics = {
+        "file": head_file.name, "corpora": list(texts), "sentences": {name: len(t) for name, t in texts.items()},
+        "settings": to_plain(ws.config.mlm_head),
+        **{k: v for k, v in metrics.items() if k not in PER_STEP_METRICS and k != "cache_file"},
+    }
+    ws.log(head_report_line(ws.head_metrics))
     return head_file
+
+
+def language_steps(ws: Workspace, texts: Sequence[str], seed: int, head_file: Path) -> list[tuple[dict, list[str]]]:
+    """The shareable steps of one language-SFT run (phase 1 depends on the text and the head)."""
+    section = ws.config.language_sft
+    phase1 = ws.identity("language sft phase 1", seed, ws.language_settings(seed), head=head_file.name,
+                         texts=content_digest(list(texts)), full=section.full, eligible=section.eligible)
+    return sparse_run_steps(phase1, ws.config.language_config())
 
 
 def language_sfts(ws: Workspace, language: str, texts: list[str], seed: int, head_file: Path,
@@ -153,10 +294,11 @@ def language_sfts(ws: Workspace, language: str, texts: list[str], seed: int, hea
     """Train (or reuse) the language SFT of ``language`` for every method."""
     work = ws.seed_dir(seed) / folder / language
     ws.log(f"[seed {seed}] language SFT {language}: {len(texts)} sentences -> {work}")
-    with ws.timer(f"language sft {language}"):
+    steps = language_steps(ws, texts, seed, head_file)
+    with ws.timer(f"language sft {language}"), ws.sharing(work, steps):
         result = train_language_sft(
             ws.model_dir, ws.tokenizer, texts, ws.config.language_config(), work,
-            head_file=head_file, settings=ws.settings(seed), base_model=str(ws.model_dir),
+            head_file=head_file, settings=ws.language_settings(seed), base_model=str(ws.model_dir),
         )
     ws.record("language", language, seed, result)
     return result.diffs
@@ -168,6 +310,16 @@ def nusax_train_examples(ws: Workspace, language: str) -> list[dict]:
                                    ws.config.training.max_length)
 
 
+def task_steps(ws: Workspace, examples: list[dict], seed: int, num_labels: int, config: SparseFineTuningConfig,
+               source_sft: SparseDiff | None) -> list[tuple[dict, list[str]]]:
+    """The shareable steps of one task-SFT run (phase 1 depends on the source SFT underneath)."""
+    section = ws.config.task_sft
+    phase1 = ws.identity("task sft phase 1", seed, ws.settings(seed), examples=content_digest(examples),
+                         num_labels=num_labels, pooling=ws.config.pooling, full=section.full,
+                         eligible=section.eligible, source_sft=None if source_sft is None else sft_digest(source_sft))
+    return sparse_run_steps(phase1, config)
+
+
 def task_sfts(ws: Workspace, name: str, examples: list[dict], seed: int, num_labels: int,
               source_sfts: dict[str, SparseDiff] | None, folder: str = "task") -> dict[str, SparseDiff]:
     """Task SFTs per method: on top of each method's source SFT, or one shared run."""
@@ -175,21 +327,22 @@ def task_sfts(ws: Workspace, name: str, examples: list[dict], seed: int, num_lab
     settings = ws.settings(seed)
     base = ws.seed_dir(seed) / folder / name
     diffs: dict[str, SparseDiff] = {}
+    runs: list[tuple[str, dict[str, DenoiseConfig | None], SparseDiff | None]]
     if source_sfts is None:
         ws.log(f"[seed {seed}] task SFT {name}: shared phase 1, branches {list(cfg.methods)}")
-        with ws.timer(f"task sft {name}"):
+        runs = [("shared", dict(cfg.methods), None)]
+    else:
+        runs = [(method, {method: denoise}, source_sfts[method]) for method, denoise in cfg.methods.items()]
+    for run_name, methods, source_sft in runs:
+        if source_sft is not None:
+            ws.log(f"[seed {seed}] task SFT {name} / {run_name} (on the source's {run_name} language SFT)")
+        config = cfg.task_config(methods)
+        steps = task_steps(ws, examples, seed, num_labels, config, source_sft)
+        label = f"task sft {name}" if source_sft is None else f"task sft {name} {run_name}"
+        with ws.timer(label), ws.sharing(base / run_name, steps):
             result = train_task_sft(
-                ws.model_dir, ws.tokenizer, examples, cfg.task_config(), base / "shared",
-                num_labels=num_labels, settings=settings, base_model=str(ws.model_dir), pooling=cfg.pooling,
-            )
-        ws.record("task", name, seed, result)
-        return result.diffs
-    for method, denoise in cfg.methods.items():
-        ws.log(f"[seed {seed}] task SFT {name} / {method} (on the source's {method} language SFT)")
-        with ws.timer(f"task sft {name} {method}"):
-            result = train_task_sft(
-                ws.model_dir, ws.tokenizer, examples, cfg.task_config({method: denoise}), base / method,
-                num_labels=num_labels, settings=settings, source_sft=source_sfts[method],
+                ws.model_dir, ws.tokenizer, examples, config, base / run_name,
+                num_labels=num_labels, settings=settings, source_sft=source_sft,
                 base_model=str(ws.model_dir), pooling=cfg.pooling,
             )
         ws.record("task", name, seed, result)
@@ -197,44 +350,60 @@ def task_sfts(ws: Workspace, name: str, examples: list[dict], seed: int, num_lab
     return diffs
 
 
+def full_finetune(ws: Workspace, examples: list[dict], seed: int, num_labels: int, work_dir: Path):
+    """The full fine-tuning baseline (shared through ``ws.step_store`` when there is one)."""
+    identity = ws.identity("full fine-tuning", seed, ws.settings(seed), examples=content_digest(examples),
+                           num_labels=num_labels, pooling=ws.config.pooling, phase=ws.config.full_finetune)
+    with ws.sharing(work_dir, [(identity, list(BASELINE_FILES))]):
+        return train_full_finetune(
+            ws.model_dir, ws.tokenizer, examples, ws.config.full_finetune, work_dir,
+            num_labels=num_labels, settings=ws.settings(seed), pooling=ws.config.pooling,
+        )
+
+
 def nusax_eval_languages(ws: Workspace) -> list[str]:
-    """Targets (and sources) whose test split exists; the others are reported as skipped."""
+    """Targets (and sources) whose ``eval_split`` exists; the others are reported as skipped."""
+    split = ws.config.eval_split
     languages = []
     for language in dict.fromkeys([*ws.config.targets, *ws.config.sources]):
-        if nusax.has_split(ws.data_dir, language, "test"):
+        if nusax.has_split(ws.data_dir, language, split):
             languages.append(language)
         else:
-            ws.notes.append(f"{language}: no NusaX test split in {ws.data_dir} — not evaluated")
-            ws.log(f"skipping {language}: no test split")
+            ws.notes.append(f"{language}: no NusaX {split} split in {ws.data_dir} — not evaluated")
+            ws.log(f"skipping {language}: no {split} split")
     return languages
 
 
 def evaluate_methods(ws: Workspace, model, examples_by_language: dict[str, list[dict]], *, bench: str,
                      protocol: str, source: str, seed: int, num_labels: int,
-                     task: dict[str, SparseDiff], lang: dict[str, dict[str, SparseDiff]]) -> list[EvalRow]:
-    """Rows for every method × language: task SFT + the language's SFT, and without it."""
+                     task: dict[str, SparseDiff], lang: dict[str, dict[str, SparseDiff]],
+                     split: str = "test") -> list[EvalRow]:
+    """Rows for every method × language: task SFT + the language's SFT at every
+    ``language_scale`` (no retraining: each is one more composition), and without it."""
     rows = []
-    scale = ws.config.language_scale
     for method, task_diff in task.items():
         for language, examples in examples_by_language.items():
-            variants = [(method + NO_LANGUAGE_SFT, [task_diff], [1.0], False)]
+            compositions = [(method + NO_LANGUAGE_SFT, [task_diff], [1.0], None)]
             if language in lang:
-                variants.insert(0, (method, [task_diff, lang[language][method]], [1.0, scale], True))
-            for name, diffs, scales, with_lang in variants:
+                compositions[:0] = [(method, [task_diff, lang[language][method]], [1.0, scale], scale)
+                                    for scale in ws.config.language_scales()]
+            for name, diffs, scales, language_scale in compositions:
                 f1, acc = score_composed(model, ws.tokenizer, examples, diffs, scales, num_labels,
                                          batch_size=ws.config.eval_batch_size)
-                rows.append(EvalRow(bench, protocol, name, source, language, seed, f1, acc, len(examples), with_lang))
-                ws.log(f"  {bench} {source}->{language} {name}: macro-F1 {100 * f1:.1f} acc {100 * acc:.1f}")
+                rows.append(EvalRow(bench, protocol, name, source, language, seed, f1, acc, len(examples),
+                                    language_scale is not None, split, language_scale))
+                at = "" if language_scale is None else f" (scale {language_scale:g})"
+                ws.log(f"  {bench} {source}->{language} {name}{at}: macro-F1 {100 * f1:.1f} acc {100 * acc:.1f}")
     return rows
 
 
 def evaluate_baseline(ws: Workspace, model, examples_by_language, *, bench, protocol, source, seed,
-                      num_labels) -> list[EvalRow]:
+                      num_labels, split: str = "test") -> list[EvalRow]:
     rows = []
     for language, examples in examples_by_language.items():
         f1, acc = score_composed(model, ws.tokenizer, examples, [], [], num_labels,
                                  batch_size=ws.config.eval_batch_size)
-        rows.append(EvalRow(bench, protocol, BASELINE, source, language, seed, f1, acc, len(examples), False))
+        rows.append(EvalRow(bench, protocol, BASELINE, source, language, seed, f1, acc, len(examples), False, split))
         ws.log(f"  {bench} {source}->{language} {BASELINE}: macro-F1 {100 * f1:.1f} acc {100 * acc:.1f}")
     return rows
 
@@ -249,9 +418,10 @@ def run_nusax_seed(ws: Workspace, seed: int, head_file: Path) -> Iterator[list[E
     num_labels = len(nusax.LABELS)
     eval_languages = nusax_eval_languages(ws)
     needs_lang = [lang for lang in dict.fromkeys([*eval_languages, *cfg.sources])]
-    lang = {language: language_sfts(ws, language, nusax.load_mt_text(ws.data_dir, language), seed, head_file)
+    lang = {language: language_sfts(ws, language, language_texts(ws, language), seed, head_file)
             for language in needs_lang}
-    tests = {language: nusax_test_examples(ws.data_dir, language, ws.tokenizer, cfg.training.max_length)
+    tests = {language: nusax_split_examples(ws.data_dir, language, cfg.eval_split, ws.tokenizer,
+                                            cfg.training.max_length)
              for language in eval_languages}
     for source in cfg.sources:
         rows: list[EvalRow] = []
@@ -259,19 +429,16 @@ def run_nusax_seed(ws: Workspace, seed: int, head_file: Path) -> Iterator[list[E
         if cfg.baseline:
             ws.log(f"[seed {seed}] full fine-tuning baseline on {source}")
             with ws.timer(f"full ft {source}"):
-                baseline = train_full_finetune(
-                    ws.model_dir, ws.tokenizer, examples, cfg.full_finetune, ws.seed_dir(seed) / "full" / source,
-                    num_labels=num_labels, settings=ws.settings(seed), pooling=cfg.pooling,
-                )
+                baseline = full_finetune(ws, examples, seed, num_labels, ws.seed_dir(seed) / "full" / source)
             with ws.timer("evaluation"):
                 rows += evaluate_baseline(ws, baseline, tests, bench=NUSAX, protocol=NUSAX_PROTOCOL,
-                                          source=source, seed=seed, num_labels=num_labels)
+                                          source=source, seed=seed, num_labels=num_labels, split=cfg.eval_split)
             del baseline
         task = task_sfts(ws, source, examples, seed, num_labels, lang[source] if cfg.task_on_source_sft else None)
         model = build_classifier(ws.model_dir, num_labels, seed, ws.config.pooling)
         with ws.timer("evaluation"):
             rows += evaluate_methods(ws, model, tests, bench=NUSAX, protocol=NUSAX_PROTOCOL, source=source,
-                                     seed=seed, num_labels=num_labels, task=task, lang=lang)
+                                     seed=seed, num_labels=num_labels, task=task, lang=lang, split=cfg.eval_split)
         yield rows
 
 
@@ -298,9 +465,7 @@ def run_anli_seed(ws: Workspace, seed: int, head_file: Path) -> list[EvalRow]:
     rows: list[EvalRow] = []
     if ws.config.baseline:
         with ws.timer("full ft anli"):
-            baseline = train_full_finetune(
-                ws.model_dir, ws.tokenizer, train, ws.config.full_finetune, ws.seed_dir(seed) / "anli" / "full",
-                num_labels=num_labels, settings=ws.settings(seed), pooling=ws.config.pooling)
+            baseline = full_finetune(ws, train, seed, num_labels, ws.seed_dir(seed) / "anli" / "full")
         rows += evaluate_baseline(ws, baseline, tests, bench=ANLI, protocol=ANLI_PROTOCOL, source=source,
                                   seed=seed, num_labels=num_labels)
         del baseline
@@ -333,6 +498,8 @@ def write_outputs(ws: Workspace, rows: list[EvalRow], wall_seconds: float, comma
         write_csv(ws.selections, out / "selection.csv")
     timings = {"wall_seconds": wall_seconds, "earlier_invocations_seconds": ws.earlier_seconds, **ws.timings}
     (out / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
+    if ws.head_metrics:
+        (out / "mlm_head.json").write_text(json.dumps(ws.head_metrics, indent=2) + "\n")
     if ws.results_dir.resolve() != ws.output_dir.resolve():
         copy_run_logs(ws.output_dir, ws.results_dir / "logs")
     main = [r for r in summary if not r["method"].endswith(NO_LANGUAGE_SFT)]
@@ -347,7 +514,10 @@ def write_outputs(ws: Workspace, rows: list[EvalRow], wall_seconds: float, comma
         f"Wall time: {wall_seconds / 60:.1f} min{total}. Model: {ws.config.model} ({ws.model_dir}); "
         "multilingual-e5-small here is 4-bit (Q4_0 word embeddings and Linear weights).",
         f"Seeds: {list(ws.config.seeds)}. Methods: {BASELINE} (full fine-tuning on the source, no SFT), "
-        + ", ".join(ws.config.methods) + " (task SFT + target language SFT).",
+        + ", ".join(ws.config.methods) + " (task SFT + target language SFT"
+        + f", scaled by {', '.join(f'{s:g}' for s in ws.config.language_scales())}).",
+        f"NusaX evaluated on the **{ws.config.eval_split}** split; language SFT text: NusaX MT "
+        + "+".join(ws.config.language_text_splits) + ".",
         "",
         tables,
         markdown_tables(main, "accuracy"),
@@ -357,7 +527,7 @@ def write_outputs(ws: Workspace, rows: list[EvalRow], wall_seconds: float, comma
         if any(r["method"].endswith(NO_LANGUAGE_SFT) for r in summary) else "(none)\n",
     ]
     if ws.head_metrics:
-        text += [f"MLM head warm-up: {json.dumps(ws.head_metrics)}", ""]
+        text += [head_report_line(ws.head_metrics), ""]
     if ws.notes:
         text += ["Notes:", "", *[f"- {note}" for note in ws.notes], ""]
     text += ["Files: results.csv (per seed), summary.csv, overlap.csv (mask overlap per group), "

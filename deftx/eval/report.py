@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 AVERAGE = "avg"
+GROUP_FIELDS = ("benchmark", "protocol", "split", "source", "method", "language_scale")
 
 
 def write_csv(rows: Sequence[Mapping[str, Any]], path: str | Path) -> None:
@@ -34,23 +35,30 @@ def mean_sd(values: Sequence[float]) -> tuple[float, float]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
-def summarize(rows: Sequence[Mapping[str, Any]], exclude_from_average: Sequence[str] = ()) -> list[dict[str, Any]]:
-    """Aggregate rows over seeds: one row per (benchmark, protocol, source, method, target).
+def summarize(
+    rows: Sequence[Mapping[str, Any]],
+    exclude_from_average: Sequence[str] = (),
+    group_by: Sequence[str] = GROUP_FIELDS,
+) -> list[dict[str, Any]]:
+    """Aggregate rows over seeds: one row per (``group_by`` fields, target).
 
-    Adds, per (benchmark, protocol, source, method), an ``avg`` target: per seed the mean
-    over targets (those in ``exclude_from_average``, e.g. the source itself, left out),
-    then mean ± sd over seeds — the seed spread of the average, not of the languages.
+    A field missing from a row counts as None. Adds, per ``group_by`` key, an ``avg``
+    target: per seed the mean over targets (those in ``exclude_from_average`` and the
+    row's own ``source`` left out), then mean ± sd over seeds — the seed spread of the
+    average, not of the languages.
     """
     cells: dict[tuple, dict[int, dict[str, float]]] = {}
     for row in rows:
-        key = (row["benchmark"], row["protocol"], row["source"], row["method"], row["target"])
-        cells.setdefault(key, {})[int(row["seed"])] = {"macro_f1": row["macro_f1"], "accuracy": row["accuracy"]}
+        key = (*(row.get(name) for name in group_by), row["target"])
+        metrics = {"macro_f1": float(row["macro_f1"]), "accuracy": float(row["accuracy"])}
+        cells.setdefault(key, {})[int(row["seed"])] = metrics
+    source_at = list(group_by).index("source") if "source" in group_by else None
     averages: dict[tuple, dict[int, list[dict[str, float]]]] = {}
-    for (bench, protocol, source, method, target), by_seed in cells.items():
-        if target in exclude_from_average or target == source:
+    for (*group, target), by_seed in cells.items():
+        if target in exclude_from_average or (source_at is not None and target == group[source_at]):
             continue
         for seed, metrics in by_seed.items():
-            averages.setdefault((bench, protocol, source, method, AVERAGE), {}).setdefault(seed, []).append(metrics)
+            averages.setdefault((*group, AVERAGE), {}).setdefault(seed, []).append(metrics)
     summary = []
     for key, by_seed in list(cells.items()) + [
         (key, {seed: _mean_metrics(ms) for seed, ms in seeds.items()}) for key, seeds in averages.items()
@@ -58,7 +66,7 @@ def summarize(rows: Sequence[Mapping[str, Any]], exclude_from_average: Sequence[
         f1_mean, f1_sd = mean_sd([m["macro_f1"] for m in by_seed.values()])
         acc_mean, acc_sd = mean_sd([m["accuracy"] for m in by_seed.values()])
         summary.append({
-            "benchmark": key[0], "protocol": key[1], "source": key[2], "method": key[3], "target": key[4],
+            **dict(zip(group_by, key[:-1], strict=True)), "target": key[-1],
             "seeds": len(by_seed), "macro_f1_mean": f1_mean, "macro_f1_sd": f1_sd,
             "accuracy_mean": acc_mean, "accuracy_sd": acc_sd,
         })
@@ -76,67 +84,112 @@ def _cell(row: Mapping[str, Any] | None, metric: str) -> str:
     return f"{mean:.1f} ± {sd:.1f}" if row["seeds"] > 1 else f"{mean:.1f}"
 
 
-def markdown_tables(summary: Sequence[Mapping[str, Any]], metric: str = "macro_f1") -> str:
-    """One markdown table per (benchmark, protocol, source): targets × methods, ×100.
+def column_labels(rows: Sequence[Mapping[str, Any]]) -> dict[tuple[Any, Any], str]:
+    """(method, language_scale) -> column name: the method, plus `` ×<scale>`` when the
+    rows hold that method at more than one scale (a composition-scale sweep)."""
+    scales: dict[Any, list[Any]] = {}
+    for row in rows:
+        seen = scales.setdefault(row["method"], [])
+        if row.get("language_scale") not in seen:
+            seen.append(row.get("language_scale"))
+    labels = {}
+    for method, values in scales.items():
+        for scale in values:
+            swept = len(values) > 1 and scale not in (None, "")
+            labels[(method, scale)] = f"{method} ×{float(scale):g}" if swept else method
+    return labels
 
-    Cells are ``mean ± sd`` over seeds (just the mean with one seed); the ``avg`` row is
-    the mean over targets (the source language excluded).
-    """
-    blocks = []
+
+def _panels(summary: Sequence[Mapping[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
+    """Rows per (benchmark, protocol, split, source), each with its ``column`` label."""
     groups: dict[tuple, list[Mapping[str, Any]]] = {}
     for row in summary:
-        groups.setdefault((row["benchmark"], row["protocol"], row["source"]), []).append(row)
-    for (bench, protocol, source), rows in groups.items():
-        methods = list(dict.fromkeys(r["method"] for r in rows))
+        groups.setdefault((row["benchmark"], row["protocol"], row.get("split"), row["source"]), []).append(row)
+    panels = {}
+    for key, rows in groups.items():
+        labels = column_labels(rows)
+        panels[key] = [{**row, "column": labels[(row["method"], row.get("language_scale"))]} for row in rows]
+    return panels
+
+
+def markdown_tables(summary: Sequence[Mapping[str, Any]], metric: str = "macro_f1") -> str:
+    """One markdown table per (benchmark, protocol, split, source): targets × methods, ×100.
+
+    Cells are ``mean ± sd`` over seeds (just the mean with one seed); the ``avg`` row is
+    the mean over targets (the source language excluded). A method composed at several
+    language-SFT scales gets one column per scale.
+    """
+    blocks = []
+    for (bench, protocol, split, source), rows in _panels(summary).items():
+        columns = list(dict.fromkeys(r["column"] for r in rows))
         targets = list(dict.fromkeys(r["target"] for r in rows if r["target"] != AVERAGE))
         if any(r["target"] == AVERAGE for r in rows):
             targets.append(AVERAGE)
-        lookup = {(r["method"], r["target"]): r for r in rows}
+        lookup = {(r["column"], r["target"]): r for r in rows}
         seeds = max(r["seeds"] for r in rows)
+        split_note = f" — {split} split" if split else ""
         lines = [
-            f"### {bench} — {protocol} — source: {source} — {metric.replace('_', '-')} ×100 "
+            f"### {bench} — {protocol} — source: {source}{split_note} — {metric.replace('_', '-')} ×100 "
             f"({seeds} seed{'s' if seeds != 1 else ''})",
             "",
-            "| target | " + " | ".join(methods) + " |",
-            "|---|" + "---|" * len(methods),
+            "| target | " + " | ".join(columns) + " |",
+            "|---|" + "---|" * len(columns),
         ]
         for target in targets:
             label = f"**{target}**" if target == AVERAGE else target
-            lines.append(f"| {label} | " + " | ".join(_cell(lookup.get((m, target)), metric) for m in methods) + " |")
+            lines.append(f"| {label} | " + " | ".join(_cell(lookup.get((c, target)), metric) for c in columns) + " |")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n"
 
 
-def bar_plot(summary: Sequence[Mapping[str, Any]], path: str | Path, metric: str = "macro_f1") -> None:
-    """Grouped bars (targets × methods, error bars = seed sd), one panel per source. PNG, Agg."""
+def grouped_bar_plot(
+    panels: Mapping[str, Sequence[Mapping[str, Any]]],
+    path: str | Path,
+    *,
+    x_key: str,
+    series_key: str,
+    metric: str = "macro_f1",
+) -> None:
+    """Grouped bars, one panel per entry of ``panels`` (title -> summary rows), PNG via Agg.
+
+    In a panel, the x positions are the distinct ``row[x_key]`` values, one bar series per
+    distinct ``row[series_key]``; heights ``100 * row[metric + "_mean"]``, error bars the sd.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels: dict[str, list[Mapping[str, Any]]] = {}
-    for row in summary:
-        panels.setdefault(f"{row['benchmark']} / {row['protocol']} / {row['source']}", []).append(row)
+    if not panels:
+        raise ValueError("nothing to plot")
     figure, axes = plt.subplots(len(panels), 1, figsize=(10, 3.6 * len(panels)), squeeze=False)
     for axis, (title, rows) in zip(axes[:, 0], panels.items(), strict=True):
-        methods = list(dict.fromkeys(r["method"] for r in rows))
-        targets = list(dict.fromkeys(r["target"] for r in rows))
-        lookup = {(r["method"], r["target"]): r for r in rows}
-        width = 0.8 / max(len(methods), 1)
-        for i, method in enumerate(methods):
+        series = list(dict.fromkeys(r[series_key] for r in rows))
+        xs_names = list(dict.fromkeys(r[x_key] for r in rows))
+        lookup = {(r[series_key], r[x_key]): r for r in rows}
+        width = 0.8 / max(len(series), 1)
+        for i, name in enumerate(series):
             xs, heights, errors = [], [], []
-            for j, target in enumerate(targets):
-                row = lookup.get((method, target))
+            for j, x_name in enumerate(xs_names):
+                row = lookup.get((name, x_name))
                 if row is not None:
-                    xs.append(j + (i - (len(methods) - 1) / 2) * width)
+                    xs.append(j + (i - (len(series) - 1) / 2) * width)
                     heights.append(100 * row[f"{metric}_mean"])
                     errors.append(100 * row[f"{metric}_sd"])
-            axis.bar(xs, heights, width, yerr=errors, label=method, capsize=2)
-        axis.set_xticks(range(len(targets)), targets)
+            axis.bar(xs, heights, width, yerr=errors, label=name, capsize=2)
+        axis.set_xticks(range(len(xs_names)), xs_names, rotation=20 if len(xs_names) > 6 else 0)
         axis.set_ylabel(f"{metric.replace('_', '-')} ×100")
         axis.set_title(title)
-        axis.legend(fontsize="small", ncols=len(methods))
+        axis.legend(fontsize="small", ncols=min(len(series), 6))
     figure.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def bar_plot(summary: Sequence[Mapping[str, Any]], path: str | Path, metric: str = "macro_f1") -> None:
+    """Grouped bars (targets × methods, error bars = seed sd), one panel per source. PNG, Agg."""
+    panels = {
+        " / ".join(str(part) for part in key if part): rows for key, rows in _panels(summary).items()
+    }
+    grouped_bar_plot(panels, path, x_key="target", series_key="column", metric=metric)

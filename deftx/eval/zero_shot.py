@@ -22,7 +22,12 @@ from deftx.train.task import classification_examples
 
 @dataclass
 class EvalRow:
-    """One evaluated (benchmark, method, source, target, seed) cell."""
+    """One evaluated (benchmark, method, source, target, seed) cell.
+
+    ``split`` names the evaluated split (``test``, or ``valid`` when choosing a recipe);
+    ``language_scale`` is the scale the target's language SFT was composed with (None for
+    rows without a language SFT).
+    """
 
     benchmark: str
     protocol: str
@@ -34,17 +39,24 @@ class EvalRow:
     accuracy: float
     examples: int
     language_sft: bool
+    split: str = "test"
+    language_scale: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
+def nusax_split_examples(data_dir: Path, language: str, split: str, tokenizer, max_length: int) -> list[dict] | None:
+    """Tokenised NusaX sentiment ``split`` of ``language``; None when the split is absent."""
+    if not nusax.has_split(data_dir, language, split):
+        return None
+    rows = nusax.load_sentiment(data_dir, language, split)
+    return classification_examples(tokenizer, [r.text for r in rows], [r.label for r in rows], max_length)
+
+
 def nusax_test_examples(data_dir: Path, language: str, tokenizer, max_length: int) -> list[dict] | None:
     """Tokenised NusaX sentiment test split of ``language``; None when the split is absent."""
-    if not nusax.has_split(data_dir, language, "test"):
-        return None
-    rows = nusax.load_sentiment(data_dir, language, "test")
-    return classification_examples(tokenizer, [r.text for r in rows], [r.label for r in rows], max_length)
+    return nusax_split_examples(data_dir, language, "test", tokenizer, max_length)
 
 
 def nli_examples(data_dir: Path, language: str, split: str, tokenizer, max_length: int) -> list[dict]:

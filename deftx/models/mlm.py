@@ -32,6 +32,8 @@ LOGGER = logging.getLogger(__name__)
 IGNORE_INDEX = -100
 HEAD_KEYS = ("dense.weight", "dense.bias", "layer_norm.weight", "layer_norm.bias", "bias")
 CACHE_FORMAT = 1
+HELDOUT_SEED_OFFSET = 104_729  # held-out choice and masks: own generators, training untouched
+EVAL_CHUNK = 512  # held-out positions per (N, V) logits block
 
 
 class MLMHead(nn.Module):
@@ -334,10 +336,69 @@ def _window_mean(values: list[float], fraction: float = 0.1) -> float:
     return sum(tail) / len(tail)
 
 
+def text_groups(texts: Sequence[str] | Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+    """``texts`` as named groups: a mapping as given, a plain sequence as the one group ``"text"``."""
+    if isinstance(texts, str):
+        raise TypeError("texts must be a sequence of strings (or a mapping of them), not one string")
+    if isinstance(texts, Mapping):
+        if not texts:
+            raise ValueError("texts: the mapping holds no group")
+        return {str(name): list(group) for name, group in texts.items()}
+    return {"text": list(texts)}
+
+
+def split_heldout(group_sizes: Mapping[str, int], eval_sequences: int, seed: int) -> tuple[list[int], list[list[int]]]:
+    """Pick ``eval_sequences`` held-out sequences per group (seeded), the rest train.
+
+    Args:
+        group_sizes: group name -> sequences; the groups are consecutive in one flat list.
+        eval_sequences: held-out sequences per group (0: none).
+        seed: seed of the choice (its own generator: the training order is untouched).
+
+    Returns:
+        (sorted flat indices of the training sequences, sorted flat held-out indices per group).
+
+    Raises:
+        ValueError: a group with no more than ``eval_sequences`` sequences (nothing left to train on).
+    """
+    if eval_sequences < 0:
+        raise ValueError(f"eval_sequences must be >= 0, got {eval_sequences}")
+    generator = torch.Generator().manual_seed(seed + HELDOUT_SEED_OFFSET)
+    heldout: list[list[int]] = []
+    start = 0
+    for name, size in group_sizes.items():
+        if eval_sequences and size <= eval_sequences:
+            raise ValueError(
+                f"text group {name!r} has {size} token windows: holding out eval_sequences={eval_sequences} "
+                "would leave nothing of it to train on"
+            )
+        chosen = torch.randperm(size, generator=generator)[:eval_sequences].tolist() if eval_sequences else []
+        heldout.append(sorted(start + i for i in chosen))
+        start += size
+    held = {i for group in heldout for i in group}
+    return [i for i in range(start) if i not in held], heldout
+
+
+def windowed_curve(losses: Sequence[float], accuracies: Sequence[float], every: int) -> list[dict[str, float]]:
+    """Per-step training loss / masked-token accuracy averaged over windows of ``every`` steps.
+
+    Returns one point per window, ``{"step": last step of the window, "loss", "accuracy"}``
+    (nan-free means; nan when no step of the window had a masked token).
+    """
+    if every < 1:
+        raise ValueError(f"every must be >= 1, got {every}")
+    points = []
+    for begin in range(0, len(losses), every):
+        end = min(begin + every, len(losses))
+        points.append({"step": end, "loss": _window_mean(list(losses[begin:end]), 1.0),
+                       "accuracy": _window_mean(list(accuracies[begin:end]), 1.0)})
+    return points
+
+
 def warm_up_mlm_head(
     model: FrozenDecoderMLM,
     tokenizer,
-    texts: Sequence[str],
+    texts: Sequence[str] | Mapping[str, Sequence[str]],
     *,
     steps: int,
     batch_size: int = 16,
@@ -348,6 +409,8 @@ def warm_up_mlm_head(
     mlm_probability: float = 0.15,
     real_vocab_size: int | None = None,
     log_every: int = 50,
+    eval_every: int = 100,
+    eval_sequences: int = 0,
 ) -> dict[str, Any]:
     """Train only the MLM head (transform + decoder bias) on a frozen body, and cache it.
 
@@ -355,22 +418,41 @@ def warm_up_mlm_head(
     head. Batches are drawn from ``chunk_token_ids(texts)`` in seeded shuffled epochs and
     masked by an ``MLMCollator`` with the same seed.
 
+    ``texts`` is a list of sentences or a mapping of named groups of them (e.g. one per
+    corpus). With ``eval_sequences > 0``, that many token windows of *each* group are held
+    out (never trained on), masked once with a fixed seed, and the head's masked-token loss
+    and accuracy on them are measured before the first step, every ``eval_every`` steps and
+    after the last: the held-out curve, per group. The body is frozen, so its hidden states
+    of the held-out batch are computed once and each evaluation costs one head pass.
+
     If ``cache_path`` (a folder) is given, the head is stored there as
     ``mlm-head-<key>.safetensors`` where the key hashes the body and decoder tensors, the
-    initial head, the texts and their token ids and every setting; a later call with the same
-    key loads that head instead of training.
+    initial head, the texts and their token ids and every setting that changes the head or
+    its held-out curve (the held-out settings and group sizes only when ``eval_sequences >
+    0``, so a run without held-out text keeps its key); a later call with the same key loads
+    that head and its recorded metrics instead of training.
 
     Returns:
-        metrics: ``loss`` / ``accuracy`` / ``masked_tokens`` per step (masked-token accuracy
-        is the share of labelled positions whose argmax is the label), ``initial_*`` and
-        ``final_*`` (means over the first / last 10% of steps), ``seconds``, ``steps``,
-        ``cache_hit``, ``cache_file`` and ``key``.
+        metrics: ``loss`` / ``accuracy`` / ``masked_tokens`` per training step (masked-token
+        accuracy is the share of labelled positions whose argmax is the label),
+        ``train_curve`` (those averaged per ``eval_every`` steps, see :func:`windowed_curve`),
+        ``heldout_curve`` (``[{"step", "seconds", "groups": {name: {"loss", "accuracy",
+        "masked_tokens"}}}]``, empty without held-out text), ``initial_*`` and ``final_*``
+        (means over the first / last 10% of steps), ``seconds`` (all of the warm-up),
+        ``heldout_seconds`` (its evaluations), ``steps``, ``groups`` (name -> training /
+        held-out sequence counts), ``cache_hit``, ``cache_file`` and ``key``.
     """
     if steps < 1 or batch_size < 1 or lr <= 0:
         raise ValueError(f"need steps >= 1, batch_size >= 1 and lr > 0 (got {steps}, {batch_size}, {lr})")
-    sequences = chunk_token_ids(tokenizer, texts, seq_len)
+    if eval_every < 1:
+        raise ValueError(f"eval_every must be >= 1, got {eval_every}")
+    groups = text_groups(texts)
+    flat_texts = [text for group in groups.values() for text in group]
+    chunked = {name: chunk_token_ids(tokenizer, group, seq_len) for name, group in groups.items()}
+    sequences = [ids for group in chunked.values() for ids in group]
     if not sequences:
         raise ValueError("no text to warm the head up on (all texts empty)")
+    train_ids, heldout_ids = split_heldout({name: len(g) for name, g in chunked.items()}, eval_sequences, seed)
     settings = {
         "steps": steps,
         "batch_size": batch_size,
@@ -380,31 +462,84 @@ def warm_up_mlm_head(
         "mlm_probability": mlm_probability,
         "real_vocab_size": real_vocab_size if real_vocab_size is not None else len(tokenizer),
     }
-    texts_sha = hashlib.sha256("\x00".join(texts).encode()).hexdigest()
+    if eval_sequences:
+        settings.update(eval_sequences=eval_sequences, eval_every=eval_every,
+                        groups=[[name, len(group)] for name, group in chunked.items()])
+    texts_sha = hashlib.sha256("\x00".join(flat_texts).encode()).hexdigest()
     key = _warm_up_key(model, sequences, texts_sha, settings)
     cache_file = Path(cache_path) / f"mlm-head-{key[:24]}.safetensors" if cache_path is not None else None
     if cache_file is not None and cache_file.is_file():
         stored = load_head(model, cache_file)
         LOGGER.info("MLM head loaded from cache %s", cache_file)
-        return {**stored.get("metrics", {}), "cache_hit": True, "cache_file": str(cache_file), "key": key}
+        metrics = dict(stored.get("metrics", {}))
+        if "train_curve" not in metrics and "loss" in metrics:  # a head cached before curves were kept
+            metrics["train_curve"] = windowed_curve(metrics["loss"], metrics["accuracy"], eval_every)
+        metrics.setdefault("heldout_curve", [])
+        return {**metrics, "cache_hit": True, "cache_file": str(cache_file), "key": key}
 
-    metrics = _train_head(model, tokenizer, sequences, settings, log_every)
+    heldout = {name: [sequences[i] for i in ids] for name, ids in zip(chunked, heldout_ids, strict=True) if ids}
+    metrics = _train_head(model, tokenizer, [sequences[i] for i in train_ids], heldout, settings,
+                          log_every, eval_every)
+    metrics["train_curve"] = windowed_curve(metrics["loss"], metrics["accuracy"], eval_every)
+    metrics["groups"] = {name: {"train_sequences": len(group) - len(ids), "heldout_sequences": len(ids)}
+                         for (name, group), ids in zip(chunked.items(), heldout_ids, strict=True)}
     metrics.update(cache_hit=False, cache_file=str(cache_file) if cache_file else None, key=key)
     if cache_file is not None:
         record = {
             "key": key,
             "settings": settings,
             "texts_sha256": texts_sha,
-            "n_texts": len(texts),
+            "n_texts": len(flat_texts),
             "n_sequences": len(sequences),
-            "metrics": metrics,
+            "metrics": {k: v for k, v in metrics.items() if k not in ("cache_hit", "cache_file", "key")},
         }
         save_head(model, cache_file, record)
     return metrics
 
 
+def _heldout_features(
+    model: FrozenDecoderMLM, collator: MLMCollator, sequences: list[list[int]], batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask ``sequences`` once; (N, H) frozen-body hidden states and (N,) labels at the masked positions."""
+    device = model.head.bias.device
+    hidden_parts, label_parts = [], []
+    for start in range(0, len(sequences), batch_size):
+        batch = {k: v.to(device) for k, v in collator(sequences[start : start + batch_size]).items()}
+        with torch.no_grad():
+            hidden = model.body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        selected = batch["labels"] != IGNORE_INDEX
+        hidden_parts.append(hidden[selected])
+        label_parts.append(batch["labels"][selected])
+    return torch.cat(hidden_parts), torch.cat(label_parts)
+
+
+@torch.no_grad()
+def masked_token_scores(head: MLMHead, hidden: torch.Tensor, labels: torch.Tensor,
+                        chunk: int = EVAL_CHUNK) -> dict[str, float]:
+    """Mean cross-entropy and accuracy of ``head`` on (N, H) hidden states with (N,) labels.
+
+    The (N, V) logits are formed ``chunk`` rows at a time. N == 0 gives nan loss and accuracy.
+    """
+    count = int(labels.numel())
+    if count == 0:
+        return {"loss": float("nan"), "accuracy": float("nan"), "masked_tokens": 0}
+    loss_sum, correct = 0.0, 0
+    for start in range(0, count, chunk):
+        logits = head(hidden[start : start + chunk]).float()
+        targets = labels[start : start + chunk].long()
+        loss_sum += float(cross_entropy(logits, targets, reduction="sum"))
+        correct += int((logits.argmax(-1) == targets).sum())
+    return {"loss": loss_sum / count, "accuracy": correct / count, "masked_tokens": count}
+
+
 def _train_head(
-    model: FrozenDecoderMLM, tokenizer, sequences: list[list[int]], settings: dict, log_every: int
+    model: FrozenDecoderMLM,
+    tokenizer,
+    sequences: list[list[int]],
+    heldout: Mapping[str, list[list[int]]],
+    settings: dict,
+    log_every: int,
+    eval_every: int,
 ) -> dict[str, Any]:
     """The warm-up loop of ``warm_up_mlm_head`` (no caching); returns its metrics."""
     collator = MLMCollator(tokenizer, settings["mlm_probability"], settings["real_vocab_size"], seed=settings["seed"])
@@ -414,10 +549,27 @@ def _train_head(
     body_was_training, head_was_training = model.body.training, model.head.training
     model.body.eval()
     model.head.train()
-    losses, accuracies, counts = [], [], []
+    losses, accuracies, counts, curve = [], [], [], []
     order: list[int] = []
     start = time.perf_counter()
+    heldout_seconds = 0.0
     try:
+        eval_collator = MLMCollator(tokenizer, settings["mlm_probability"], settings["real_vocab_size"],
+                                    seed=settings["seed"] + HELDOUT_SEED_OFFSET)
+        features = {name: _heldout_features(model, eval_collator, group, settings["batch_size"])
+                    for name, group in heldout.items()}
+
+        def evaluate(step: int) -> None:
+            nonlocal heldout_seconds
+            began = time.perf_counter()
+            scores = {name: masked_token_scores(model.head, *pair) for name, pair in features.items()}
+            heldout_seconds += time.perf_counter() - began
+            curve.append({"step": step, "seconds": time.perf_counter() - start, "groups": scores})
+            LOGGER.info("MLM head step %d held-out masked-token accuracy %s", step,
+                        {name: round(s["accuracy"], 4) for name, s in scores.items()})
+
+        if features:
+            evaluate(0)
         for step in range(1, settings["steps"] + 1):
             if len(order) < settings["batch_size"]:
                 order += torch.randperm(len(sequences), generator=order_generator).tolist()
@@ -444,6 +596,8 @@ def _train_head(
                     _window_mean(losses),
                     _window_mean(accuracies),
                 )
+            if features and (step % eval_every == 0 or step == settings["steps"]):
+                evaluate(step)
     finally:
         model.body.train(body_was_training)
         model.head.train(head_was_training)
@@ -458,5 +612,7 @@ def _train_head(
         "initial_accuracy": _window_mean(accuracies[:first], 1.0),
         "final_loss": _window_mean(losses, head_fraction),
         "final_accuracy": _window_mean(accuracies, head_fraction),
+        "heldout_curve": curve,
         "seconds": time.perf_counter() - start,
+        "heldout_seconds": heldout_seconds,
     }

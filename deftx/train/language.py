@@ -14,7 +14,7 @@ mid-phase checkpoint sees other (equally distributed) masks than an uninterrupte
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,12 @@ class HeadWarmUp:
     Attributes:
         steps, batch_size, learning_rate: the warm-up loop.
         seq_len: token window of the warm-up text.
-        seed: head init, batch order and masking.
+        seed: head init, batch order, masking and the held-out choice.
+        texts: which corpora the caller draws the warm-up text from (names the caller
+            resolves, e.g. the pipeline's ``nusax`` and ``americasnlp``); one text group each.
+        eval_every: steps between points of the masked-token accuracy curves.
+        eval_sequences: token windows of each text group held out of training and scored
+            every ``eval_every`` steps (0: no held-out curve, only the training curve).
     """
 
     steps: int = 500
@@ -42,6 +47,22 @@ class HeadWarmUp:
     learning_rate: float = 1e-3
     seq_len: int = 128
     seed: int = 0
+    texts: tuple[str, ...] = ("nusax",)
+    eval_every: int = 100
+    eval_sequences: int = 0
+
+    def __post_init__(self) -> None:
+        self.texts = (self.texts,) if isinstance(self.texts, str) else tuple(self.texts)
+        if not self.texts or len(set(self.texts)) != len(self.texts):
+            raise ValueError(f"HeadWarmUp: texts must be distinct corpus names, at least one; got {self.texts!r}")
+        for name in ("steps", "batch_size", "seq_len", "eval_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"HeadWarmUp: {name} must be an integer >= 1, got {value!r}")
+        if isinstance(self.eval_sequences, bool) or not isinstance(self.eval_sequences, int) or self.eval_sequences < 0:
+            raise ValueError(f"HeadWarmUp: eval_sequences must be an integer >= 0, got {self.eval_sequences!r}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"HeadWarmUp: learning_rate must be > 0, got {self.learning_rate!r}")
 
 
 class ReseedCollator(TrainerCallback):
@@ -58,21 +79,26 @@ class ReseedCollator(TrainerCallback):
 def warm_up_head(
     model_dir: str | Path,
     tokenizer,
-    texts: Sequence[str],
+    texts: Sequence[str] | Mapping[str, Sequence[str]],
     settings: HeadWarmUp,
     cache_dir: str | Path,
     real_vocab_size: int | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Warm the MLM head up on ``texts`` (or load it from ``cache_dir``).
 
+    Args:
+        texts: sentences, or corpus name -> sentences (held-out curves are kept per corpus).
+
     Returns:
-        (path of the cached head file, warm-up metrics incl. masked-token accuracy).
+        (path of the cached head file, warm-up metrics incl. the masked-token accuracy
+        curves, see :func:`~deftx.models.mlm.warm_up_mlm_head`).
     """
     model = build_mlm_model(model_dir, seed=settings.seed)
     metrics = warm_up_mlm_head(
-        model, tokenizer, list(texts), steps=settings.steps, batch_size=settings.batch_size,
-        lr=settings.learning_rate, seq_len=settings.seq_len, seed=settings.seed,
-        cache_path=cache_dir, real_vocab_size=real_vocab_size,
+        model, tokenizer, texts if isinstance(texts, Mapping) else list(texts), steps=settings.steps,
+        batch_size=settings.batch_size, lr=settings.learning_rate, seq_len=settings.seq_len, seed=settings.seed,
+        cache_path=cache_dir, real_vocab_size=real_vocab_size, eval_every=settings.eval_every,
+        eval_sequences=settings.eval_sequences,
     )
     return Path(metrics["cache_file"]), metrics
 

@@ -11,13 +11,17 @@ from deftx.eval.config import ConfigError, load_config, parse_config
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("name", ["default.yaml", "nusax-e5-small.yaml"])
+@pytest.mark.parametrize("name", ["default.yaml", "nusax-e5-small.yaml", "nusax-e5-small-1seed.yaml"])
 def test_shipped_configs_parse(name):
     config = load_config(REPO / "configs" / name)
     assert config.targets and set(config.methods) == {"lt-sft", "deft-x"}
     assert config.methods["lt-sft"] is None and config.methods["deft-x"].energy == 0.9
     assert config.language_config().selections == config.methods
     assert config.task_config().ship_head and not config.language_config().ship_head
+    # the keys added for recipe selection leave the shipped runs as they were
+    assert config.eval_split == "test" and config.language_text_splits == ("train", "valid")
+    assert config.language_scales() == (1.0,) and config.language_sft.max_length is None
+    assert config.mlm_head.texts == ("nusax",) and config.mlm_head.eval_sequences == 0
 
 
 def test_real_run_covers_the_papers_languages():
@@ -66,3 +70,52 @@ def test_missing_and_unparsable_files(tmp_path):
     bad.write_text("targets: [unclosed\n")
     with pytest.raises(ConfigError, match="cannot parse"):
         load_config(bad)
+
+
+def test_eval_split_valid_needs_train_only_language_text():
+    config = parse_config({"targets": ["madurese"], "eval_split": "valid", "language_text_splits": ["train"]})
+    assert config.eval_split == "valid" and config.language_text_splits == ("train",)
+    assert parse_config({"targets": ["x"], "language_text_splits": "train"}).language_text_splits == ("train",)
+    with pytest.raises(ConfigError, match=r"language_text_splits.*valid sentences' text"):
+        parse_config({"targets": ["madurese"], "eval_split": "valid"})
+    with pytest.raises(ConfigError, match="language_text_splits"):
+        parse_config({"targets": ["x"], "eval_split": "valid", "language_text_splits": ["train", "valid"]})
+
+
+@pytest.mark.parametrize("raw, match", [
+    ({"eval_split": "dev"}, "eval_split"),
+    ({"eval_split": ["valid"]}, "eval_split"),
+    ({"language_text_splits": ["test"]}, "language_text_splits"),
+    ({"language_text_splits": ["train", "train"]}, "language_text_splits"),
+    ({"language_text_splits": []}, "language_text_splits"),
+    ({"language_scale": []}, "language_scale"),
+    ({"language_scale": [1.0, 1]}, "distinct"),
+    ({"language_scale": "1"}, "language_scale"),
+    ({"language_scale": [0.5, True]}, "language_scale"),
+    ({"language_scale": float("nan")}, "language_scale"),
+    ({"language_sft": {"max_length": 2}}, "language_sft.max_length"),
+    ({"task_sft": {"max_length": 64}}, "unknown keys \\['max_length'\\]"),
+    ({"mlm_head": {"texts": ["wiki"]}}, "mlm_head.texts"),
+    ({"mlm_head": {"texts": []}}, "mlm_head.texts"),
+    ({"mlm_head": {"eval_sequences": -1}}, "eval_sequences"),
+    ({"mlm_head": {"eval_every": 0}}, "eval_every"),
+])
+def test_recipe_keys_reject_bad_values(raw, match):
+    with pytest.raises(ConfigError, match=match):
+        parse_config({"targets": ["x"], **raw})
+
+
+def test_language_scale_one_number_or_a_sweep():
+    single = parse_config({"targets": ["x"], "language_scale": 2})
+    assert single.language_scale == 2.0 and single.language_scales() == (2.0,)
+    swept = parse_config({"targets": ["x"], "language_scale": [0.5, 1, 1.5]})
+    assert swept.language_scale == (0.5, 1.0, 1.5) and swept.language_scales() == (0.5, 1.0, 1.5)
+
+
+def test_language_window_and_head_corpora():
+    config = parse_config({"targets": ["x"], "language_sft": {"max_length": 64, "full": {"steps": 5}},
+                           "mlm_head": {"texts": ["nusax", "americasnlp"], "eval_sequences": 32, "eval_every": 50}})
+    assert config.language_sft.max_length == 64 and config.language_sft.full.steps == 5
+    assert config.language_sft.full.l1 == 0.1, "the phase default is kept"
+    assert config.mlm_head.texts == ("nusax", "americasnlp")
+    assert (config.mlm_head.eval_sequences, config.mlm_head.eval_every) == (32, 50)

@@ -7,7 +7,16 @@ import math
 
 import pytest
 
-from deftx.eval.report import AVERAGE, bar_plot, markdown_tables, mean_sd, summarize, write_csv
+from deftx.eval.report import (
+    AVERAGE,
+    bar_plot,
+    column_labels,
+    grouped_bar_plot,
+    markdown_tables,
+    mean_sd,
+    summarize,
+    write_csv,
+)
 
 
 def row(method, target, seed, f1, acc, source="indonesian"):
@@ -65,3 +74,63 @@ def test_bar_plot_writes_png(tmp_path):
     path = tmp_path / "plot.png"
     bar_plot(summarize(ROWS), path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def scaled(method, target, seed, f1, scale, split="valid"):
+    return {**row(method, target, seed, f1, f1), "split": split, "language_scale": scale}
+
+
+SWEEP = [
+    scaled("lt-sft", "madurese", 0, 0.50, 0.5), scaled("lt-sft", "madurese", 1, 0.60, 0.5),
+    scaled("lt-sft", "madurese", 0, 0.40, 1.0), scaled("lt-sft", "madurese", 1, 0.44, 1.0),
+    scaled("full-ft", "madurese", 0, 0.70, None), scaled("full-ft", "madurese", 1, 0.72, None),
+    scaled("lt-sft (no lang SFT)", "madurese", 0, 0.30, None),
+    scaled("lt-sft (no lang SFT)", "madurese", 1, 0.34, None),
+]
+
+
+def test_summarize_keeps_each_scale_and_split_apart():
+    summary = {(r["method"], r["language_scale"], r["target"]): r for r in summarize(SWEEP)}
+    assert summary[("lt-sft", 0.5, "madurese")]["macro_f1_mean"] == pytest.approx(0.55)
+    assert summary[("lt-sft", 1.0, "madurese")]["macro_f1_mean"] == pytest.approx(0.42)
+    assert summary[("lt-sft", 1.0, AVERAGE)]["macro_f1_mean"] == pytest.approx(0.42)
+    assert {r["split"] for r in summary.values()} == {"valid"}
+    test_rows = summarize([{**r, "split": "test"} for r in SWEEP[:2]] + SWEEP[:2])
+    assert sorted(r["split"] for r in test_rows if r["target"] == "madurese") == ["test", "valid"]
+
+
+def test_summarize_by_extra_fields():
+    rows = [{**r, "variant": v} for v in ("a", "b") for r in SWEEP[:2]]
+    rows[2]["macro_f1"] = rows[3]["macro_f1"] = 0.9
+    summary = summarize(rows, group_by=("variant", "source", "method", "language_scale"))
+    means = {(r["variant"], r["target"]): r["macro_f1_mean"] for r in summary}
+    assert means == pytest.approx({("a", "madurese"): 0.55, ("a", AVERAGE): 0.55,
+                                   ("b", "madurese"): 0.9, ("b", AVERAGE): 0.9})
+    assert set(summary[0]) >= {"variant", "source", "method", "language_scale", "target"}
+
+
+def test_scale_sweep_gets_one_column_per_scale_and_the_table_names_the_split():
+    text = markdown_tables(summarize(SWEEP), "macro_f1")
+    lines = text.strip().splitlines()
+    assert lines[0].startswith("### nusax — zero-shot — source: indonesian — valid split — macro-f1")
+    assert lines[2] == "| target | lt-sft ×0.5 | lt-sft ×1 | full-ft | lt-sft (no lang SFT) |"
+    assert "| madurese | 55.0 ± 7.1 | 42.0 ± 2.8 | 71.0 ± 1.4 | 32.0 ± 2.8 |" in lines
+    single = markdown_tables(summarize([r for r in SWEEP if r["language_scale"] != 0.5]), "macro_f1")
+    assert "| target | lt-sft | full-ft | lt-sft (no lang SFT) |" in single
+
+
+def test_column_labels():
+    assert column_labels(SWEEP) == {
+        ("lt-sft", 0.5): "lt-sft ×0.5", ("lt-sft", 1.0): "lt-sft ×1",
+        ("full-ft", None): "full-ft", ("lt-sft (no lang SFT)", None): "lt-sft (no lang SFT)",
+    }
+    assert column_labels([scaled("x", "t", 0, 0.1, 1.0)]) == {("x", 1.0): "x"}
+
+
+def test_grouped_bar_plot(tmp_path):
+    path = tmp_path / "bars.png"
+    rows = [{"variant": v, "column": c, "macro_f1_mean": 0.5, "macro_f1_sd": 0.1} for v in "ab" for c in "xy"]
+    grouped_bar_plot({"panel": rows}, path, x_key="variant", series_key="column")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="nothing to plot"):
+        grouped_bar_plot({}, path, x_key="variant", series_key="column")

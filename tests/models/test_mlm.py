@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch.nn.functional import cross_entropy, gelu, layer_norm
@@ -9,13 +11,17 @@ from transformers import BertForSequenceClassification
 
 from deftx.models.mlm import (
     HEAD_KEYS,
+    HELDOUT_SEED_OFFSET,
     IGNORE_INDEX,
     MLMCollator,
     build_mlm_model,
     chunk_token_ids,
     load_head,
+    masked_token_scores,
     save_head,
+    split_heldout,
     warm_up_mlm_head,
+    windowed_curve,
 )
 from tests.helpers import assert_bitwise_equal, assert_close, tolerance
 from tests.models.conftest import tiny_bert, tiny_tokenizer
@@ -310,3 +316,157 @@ def test_warm_up_bad_arguments(model):
         warm_up_mlm_head(model, tokenizer, ["the cat"], steps=0)
     with pytest.raises(ValueError, match="no text"):
         warm_up_mlm_head(model, tokenizer, ["", "  "], steps=1)
+
+
+def test_split_heldout_is_seeded_disjoint_and_per_group():
+    train, held = split_heldout({"a": 7, "b": 4}, 2, seed=0)
+    assert [len(group) for group in held] == [2, 2]
+    assert all(0 <= i < 7 for i in held[0]) and all(7 <= i < 11 for i in held[1])
+    assert sorted(train + held[0] + held[1]) == list(range(11)) and train == sorted(train)
+    assert split_heldout({"a": 7, "b": 4}, 2, seed=0) == (train, held)
+    assert any(split_heldout({"a": 7, "b": 4}, 2, seed=s)[1] != held for s in range(1, 6))
+    assert split_heldout({"a": 7, "b": 4}, 0, seed=0) == (list(range(11)), [[], []])
+    with pytest.raises(ValueError, match="'b' has 2 token windows"):
+        split_heldout({"a": 7, "b": 2}, 2, seed=0)
+    with pytest.raises(ValueError, match=">= 0"):
+        split_heldout({"a": 7}, -1, seed=0)
+
+
+def test_windowed_curve_means_each_window_and_skips_nan():
+    losses = [float(i) for i in range(1, 11)]
+    accuracies = [0.1 * i for i in range(10)]
+    accuracies[8] = float("nan")  # a step without masked tokens
+    curve = windowed_curve(losses, accuracies, 4)
+    assert [point["step"] for point in curve] == [4, 8, 10]
+    assert [point["loss"] for point in curve] == pytest.approx([2.5, 6.5, 9.5])
+    assert [point["accuracy"] for point in curve] == pytest.approx([0.15, 0.55, 0.9])
+    assert windowed_curve([], [], 3) == []
+    with pytest.raises(ValueError, match="every"):
+        windowed_curve(losses, accuracies, 0)
+
+
+@pytest.mark.parametrize("count", [0, 1, 7, 20])
+def test_masked_token_scores_match_full_cross_entropy(model, count):
+    generator = torch.Generator().manual_seed(count)
+    hidden = torch.randn(count, model.head.dense.in_features, generator=generator)
+    labels = torch.randint(0, EMBEDDING_ROWS, (count,), generator=generator)
+    scores = masked_token_scores(model.head, hidden, labels, chunk=3)
+    assert scores["masked_tokens"] == count
+    if count == 0:
+        assert math.isnan(scores["loss"]) and math.isnan(scores["accuracy"])
+        return
+    head = model.head
+    x = gelu(hidden @ head.dense.weight.T + head.dense.bias)
+    x = layer_norm(x, (x.shape[-1],), head.layer_norm.weight, head.layer_norm.bias, head.layer_norm.eps)
+    reference = (x @ head.decoder_weight.T + head.bias).detach()
+    tol = tolerance(torch.float32, hidden.shape[-1] + EMBEDDING_ROWS)  # a dot product, then a log-sum-exp
+    assert_close(torch.tensor(scores["loss"]), cross_entropy(reference, labels), rtol=tol, atol=tol, what="loss")
+    assert scores["accuracy"] == pytest.approx(float((reference.argmax(-1) == labels).double().mean()))
+
+
+def _reference_heldout(model, tokenizer, groups, eval_sequences, seq_len, batch_size, probability, seed):
+    """(loss, accuracy, masked tokens) per group, from reference_logits on the held-out windows."""
+    chunked = {name: chunk_token_ids(tokenizer, texts, seq_len) for name, texts in groups.items()}
+    flat = [ids for windows in chunked.values() for ids in windows]
+    _, held = split_heldout({name: len(w) for name, w in chunked.items()}, eval_sequences, seed)
+    collator = MLMCollator(tokenizer, probability, len(tokenizer), seed=seed + HELDOUT_SEED_OFFSET)
+    scores = {}
+    for name, indices in zip(chunked, held, strict=True):
+        logits, labels = [], []
+        for start in range(0, len(indices), batch_size):
+            batch = collator([flat[i] for i in indices[start : start + batch_size]])
+            with torch.no_grad():
+                full = reference_logits(model, batch["input_ids"], batch["attention_mask"])
+            selected = batch["labels"] != IGNORE_INDEX
+            logits.append(full[selected])
+            labels.append(batch["labels"][selected])
+        logits, labels = torch.cat(logits), torch.cat(labels)
+        scores[name] = (float(cross_entropy(logits, labels)), float((logits.argmax(-1) == labels).double().mean()),
+                        int(labels.numel()))
+    return scores
+
+
+def test_warm_up_heldout_curve_scores_untrained_windows(tmp_path):
+    tokenizer = tiny_tokenizer()
+    body = tiny_bert(EMBEDDING_ROWS, seed=2)
+    texts = _warm_up_texts()
+    groups = {"first": texts[:20], "second": texts[20:]}
+    settings = dict(steps=30, batch_size=8, lr=2e-2, seq_len=16, seed=0, mlm_probability=0.5,
+                    eval_every=10, eval_sequences=4, cache_path=tmp_path)
+    initial = build_mlm_model(body, seed=0)
+    model = build_mlm_model(body, seed=0)
+    metrics = warm_up_mlm_head(model, tokenizer, groups, **settings)
+
+    curve = metrics["heldout_curve"]
+    assert [point["step"] for point in curve] == [0, 10, 20, 30]
+    assert metrics["groups"] == {name: {"train_sequences": 16, "heldout_sequences": 4} for name in groups}
+    assert [point["step"] for point in metrics["train_curve"]] == [10, 20, 30]
+    assert metrics["heldout_seconds"] <= metrics["seconds"]
+    tol = tolerance(torch.float32, 32 + EMBEDDING_ROWS)
+    for point, reference_model in ((curve[0], initial), (curve[-1], model)):
+        expected = _reference_heldout(reference_model, tokenizer, groups, 4, 16, 8, 0.5, 0)
+        for name, (loss, accuracy, count) in expected.items():
+            got = point["groups"][name]
+            assert count > 0 and got["masked_tokens"] == count
+            assert_close(torch.tensor(got["loss"]), torch.tensor(loss), rtol=tol, atol=tol, what=f"{name} loss")
+            assert got["accuracy"] == pytest.approx(accuracy)
+    assert all(curve[-1]["groups"][n]["loss"] < curve[0]["groups"][n]["loss"] for n in groups)
+
+    cached = warm_up_mlm_head(build_mlm_model(body, seed=0), tokenizer, groups, **settings)
+    assert cached["cache_hit"] and cached["heldout_curve"] == curve and cached["key"] == metrics["key"]
+
+
+def test_warm_up_key_covers_heldout_settings_but_not_groups_without_them(tmp_path):
+    tokenizer = tiny_tokenizer()
+    body = tiny_bert(EMBEDDING_ROWS, seed=2)
+    texts = _warm_up_texts()
+    settings = dict(steps=2, batch_size=4, lr=1e-2, seq_len=16, seed=0, cache_path=tmp_path)
+
+    def run(source, **changes):
+        return warm_up_mlm_head(build_mlm_model(body, seed=0), tokenizer, source, **{**settings, **changes})
+
+    plain = run(texts)
+    grouped = run({"a": texts[:25], "b": texts[25:]})
+    assert grouped["key"] == plain["key"] and grouped["cache_hit"], "groups alone do not change the head"
+    assert plain["heldout_curve"] == [] and len(plain["train_curve"]) == 1
+    stored = load_head(build_mlm_model(body, seed=0), plain["cache_file"])
+    assert set(stored["settings"]) == {"steps", "batch_size", "lr", "seq_len", "seed", "mlm_probability",
+                                       "real_vocab_size"}, "without held-out text the key is the one kept before"
+    keys = {plain["key"], run({"a": texts[:25], "b": texts[25:]}, eval_sequences=2)["key"],
+            run({"a": texts[:25], "b": texts[25:]}, eval_sequences=3)["key"],
+            run({"a": texts[:25], "b": texts[25:]}, eval_sequences=2, eval_every=1)["key"],
+            run({"a": texts[:20], "b": texts[20:]}, eval_sequences=2)["key"]}
+    assert len(keys) == 5
+    with pytest.raises(ValueError, match="eval_every"):
+        run(texts, eval_every=0)
+    with pytest.raises(TypeError, match="not one string"):
+        run("the cat sat")
+
+
+def test_heldout_windows_are_never_trained_on(monkeypatch):
+    from tests.models.conftest import WORDS
+
+    generator = torch.Generator().manual_seed(5)
+    sentences = list(dict.fromkeys(" ".join(WORDS[int(i)] for i in torch.randint(0, len(WORDS), (5,),
+                                                                                    generator=generator))
+                                   for _ in range(40)))
+    tokenizer = tiny_tokenizer()
+    calls: list[list[tuple[int, ...]]] = []
+    collate = MLMCollator.__call__
+
+    def spy(self, examples):
+        calls.append([tuple(e) for e in examples])
+        return collate(self, examples)
+
+    monkeypatch.setattr(MLMCollator, "__call__", spy)
+    model = build_mlm_model(tiny_bert(EMBEDDING_ROWS, seed=2), seed=0)
+    warm_up_mlm_head(model, tokenizer, {"all": sentences}, steps=30, batch_size=8, seq_len=16, eval_sequences=6)
+
+    windows = [tuple(w) for w in chunk_token_ids(tokenizer, sentences, 16)]
+    _, (held,) = split_heldout({"all": len(windows)}, 6, seed=0)
+    heldout = {windows[i] for i in held}
+    scored = [call for call in calls if set(call) <= heldout]
+    trained = [call for call in calls if call not in scored]
+    assert sorted(w for call in scored for w in call) == sorted(heldout), "each held-out window scored once"
+    assert len(trained) == 30 and not any(set(call) & heldout for call in trained)
+    assert {w for call in trained for w in call} == set(windows) - heldout

@@ -1,0 +1,64 @@
+"""``deftx ablate CONFIG``: variants of a pipeline config × seeds on NusaX valid splits, one CSV."""
+
+from __future__ import annotations
+
+import argparse
+
+from deftx.commands._common import command_line, guarded
+
+DESCRIPTION = """\
+Run an ablation: every variant of a base pipeline config, for every seed, trained and scored
+zero-shot on the NusaX *valid* splits (the test splits are never scored here: they are for the
+final run of the chosen recipe, with `deftx pipeline`). The config file holds
+
+  base: a pipeline config (path or inline mapping; see configs/default.yaml)
+  variants: {name: {overrides}}   dotted (language_sft.full.l1: 0) or nested keys,
+                                  validated like a pipeline config (unknown keys are errors)
+  seeds: [0, 1, 2]                (default)
+  output_dir: runs/...            runs and the shared steps (large)
+  results_dir: results/...        ablation.csv, summary.csv, results.md, results.png
+
+Phase 1 of every language and task SFT (and their branches, and the full fine-tuning
+baseline) is keyed by a hash of what it depends on and hard-linked into every variant that
+needs an equal one, so variants that change only K, the selection, the sparse phase, the
+composition scale (language_scale: [0.5, 1.0] scores both, no retraining) or the task recipe
+reuse the language SFTs' phase 1. Each (variant, seed, source, target, method, scale) row is
+appended to ablation.csv once; running the same command again resumes and adds only what is
+missing. One progress line per variant x seed. Example: configs/ablation-nusax-e5-small.yaml.
+"""
+
+
+def run(args: argparse.Namespace) -> int:
+    from deftx.eval.ablation import load_ablation, plan_lines, run_ablation
+
+    ablation = load_ablation(args.config, output_dir=args.output_dir, results_dir=args.results_dir,
+                             seeds=args.seeds, data_dir=args.data_dir)
+    for line in plan_lines(ablation):
+        print(line)
+    if args.dry_run:
+        return 0
+    log = (lambda _: None) if args.quiet else print
+    table = run_ablation(ablation, log=log, progress=print, command=command_line(), only=args.variants)
+    print(table)
+    print(f"results: {ablation.results_dir}/results.md (ablation.csv, summary.csv, results.png beside it)")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "ablate",
+        help="variants of a pipeline config x seeds on NusaX valid splits (shared phase 1), one CSV + summary",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("config", help="ablation config (YAML or JSON), e.g. configs/ablation-nusax-e5-small.yaml")
+    parser.add_argument("--output-dir", help="override the ablation's output_dir")
+    parser.add_argument("--results-dir", help="override the ablation's results_dir")
+    parser.add_argument("--data-dir", help="override the data root of every variant")
+    parser.add_argument("--seeds", type=int, nargs="+", help="override the ablation's seeds")
+    parser.add_argument("--variants", nargs="+", metavar="NAME",
+                        help="run only these variants (the summary still covers every variant's rows)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="validate the config and print the plan (variants, which share phase 1), run nothing")
+    parser.add_argument("--quiet", action="store_true", help="print only the progress lines and the final table")
+    parser.set_defaults(func=guarded("ablate", run))
