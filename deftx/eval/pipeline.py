@@ -485,6 +485,20 @@ def copy_run_logs(output_dir: Path, destination: Path) -> None:
             shutil.copyfile(path, target)
 
 
+def data_lines(config: PipelineConfig) -> list[str]:
+    """What each benchmark of ``config`` was trained and evaluated on, one line each."""
+    lines = []
+    if config.targets:
+        lines.append(f"NusaX evaluated on the **{config.eval_split}** split; language SFT text: NusaX MT "
+                     + "+".join(config.language_text_splits) + ".")
+    if config.americasnli is not None:
+        lines.append("AmericasNLI: task trained on the pooled **dev** sets of "
+                     + ", ".join(config.americasnli.train_languages) + "; evaluated on the **test** sets of "
+                     + ", ".join(config.americasnli.test_languages)
+                     + "; language SFT text: AmericasNLP 2021 train+dev of each test language.")
+    return lines
+
+
 def write_outputs(ws: Workspace, rows: list[EvalRow], wall_seconds: float, command: str | None) -> str:
     """results.csv, summary.csv, overlap.csv, selection.csv, timings.json, results.md, results.png."""
     out = ws.results_dir
@@ -516,8 +530,7 @@ def write_outputs(ws: Workspace, rows: list[EvalRow], wall_seconds: float, comma
         f"Seeds: {list(ws.config.seeds)}. Methods: {BASELINE} (full fine-tuning on the source, no SFT), "
         + ", ".join(ws.config.methods) + " (task SFT + target language SFT"
         + f", scaled by {', '.join(f'{s:g}' for s in ws.config.language_scales())}).",
-        f"NusaX evaluated on the **{ws.config.eval_split}** split; language SFT text: NusaX MT "
-        + "+".join(ws.config.language_text_splits) + ".",
+        *data_lines(ws.config),
         "",
         tables,
         markdown_tables(main, "accuracy"),
