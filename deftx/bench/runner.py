@@ -144,6 +144,18 @@ def _finite_or_none(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def _row_identity(spec: CaseSpec, impl: str) -> dict[str, Any]:
+    """The fields naming a result row: op, implementation, its role and backend, K."""
+    return {
+        "op": spec.op,
+        "impl": impl,
+        "name": display_name(spec.op, impl),
+        "role": "deftx" if backend_of(impl) is not None else "baseline",
+        "backend": backend_of(impl),
+        "k_fraction": spec.k_fraction,
+    }
+
+
 def _result_row(
     spec: CaseSpec, impl: str, inputs: Any, measured: Timing, first: object, roof: Roofline
 ) -> dict[str, Any]:
@@ -156,12 +168,7 @@ def _result_row(
     gflops = cost.flops / seconds / 1e9
     achieved, roof_value = (gflops, roof.matmul_gflops) if module.ROOFLINE == "compute" else (gbps, roof.copy_gbps)
     return {
-        "op": spec.op,
-        "impl": impl,
-        "name": display_name(spec.op, impl),
-        "role": "deftx" if backend_of(impl) is not None else "baseline",
-        "backend": backend_of(impl),
-        "k_fraction": spec.k_fraction,
+        **_row_identity(spec, impl),
         "selected": module.selected(inputs),
         "time_s": seconds,
         "time_min_s": measured.min_s,
@@ -178,15 +185,7 @@ def _result_row(
 
 
 def _error_row(spec: CaseSpec, impl: str, err: Exception) -> dict[str, Any]:
-    return {
-        "op": spec.op,
-        "impl": impl,
-        "name": display_name(spec.op, impl),
-        "role": "deftx" if backend_of(impl) is not None else "baseline",
-        "backend": backend_of(impl),
-        "k_fraction": spec.k_fraction,
-        "error": f"{type(err).__name__}: {err}",
-    }
+    return {**_row_identity(spec, impl), "error": f"{type(err).__name__}: {err}"}
 
 
 def _set_memory(row: dict[str, Any], measure: Callable[[], MemoryResult]) -> None:
