@@ -4,6 +4,7 @@ An ablation config (YAML or JSON)::
 
     name: language-SFT recipe
     base: configs/nusax-e5-small-1seed.yaml   # a pipeline config: a path or an inline mapping
+    base_overrides: {task_sft.sparse.learning_rate: 1.0e-4}   # optional: a stage's winner
     seeds: [0, 1, 2]
     output_dir: runs/ablation                  # runs and the shared steps (large)
     results_dir: results/ablation              # ablation.csv, summary.csv, results.md, results.png
@@ -12,7 +13,9 @@ An ablation config (YAML or JSON)::
       l1-0: {language_sft.full.l1: 0, language_sft.sparse.l1: 0}    # dotted keys ...
       lr-2e-5: {language_sft: {full: {learning_rate: 2.0e-5}}}      # ... or nested ones
 
-Each variant is the base with its overrides merged in (mappings merge key by key; setting
+Each variant is the base (with ``base_overrides``, merged by the same rules: how a second
+ablation stage starts from the first stage's winner over one shared base file) with its
+overrides merged in (mappings merge key by key; setting
 ``steps`` in a phase drops the base's ``epochs`` and the reverse; ``methods`` is replaced
 whole) and is validated like any pipeline config, so a misspelt key is an error naming the
 variant. Every variant is evaluated on the NusaX **valid** splits (``eval_split: valid`` is
@@ -50,7 +53,7 @@ from deftx.eval.config import ConfigError, PipelineConfig, parse_config, read_co
 from deftx.eval.report import AVERAGE, column_labels, grouped_bar_plot, mean_sd, summarize, write_csv
 from deftx.train.config import to_plain
 
-ABLATION_KEYS = ("name", "base", "variants", "seeds", "output_dir", "results_dir")
+ABLATION_KEYS = ("name", "base", "base_overrides", "variants", "seeds", "output_dir", "results_dir")
 SET_BY_THE_ABLATION = ("seeds", "output_dir", "results_dir")
 REPLACED_WHOLE = ("methods",)
 EXCLUSIVE_KEYS = (("steps", "epochs"), ("epochs", "steps"))
@@ -220,7 +223,9 @@ def parse_ablation(raw: Any, source: str = "<ablation>", relative_to: Path | Non
     for key in ("output_dir", "results_dir", "name"):
         if key in raw and raw[key] is not None and not (isinstance(raw[key], str) and raw[key]):
             raise ConfigError(f"{source}: {key} must be a non-empty string, got {raw[key]!r}")
-    base = _base_mapping(raw["base"], source, relative_to)
+    base = _merge(_base_mapping(raw["base"], source, relative_to),
+                  nest_overrides(raw.get("base_overrides"), f"{source}: base_overrides"),
+                  f"{source}: base_overrides", top=True)
     output_dir = Path(raw["output_dir"])
     results_dir = Path(raw.get("results_dir") or output_dir)
     configs, overrides, hashes = {}, {}, {}
@@ -493,7 +498,11 @@ def run_ablation(ablation: AblationConfig, *, log: Callable[[str], None] = print
                      f"shared steps reused {sum(run.store.attached.values()) - reused}, kept "
                      f"{sum(run.store.published.values()) - kept}; valid macro-F1 mean over targets: {averages}")
             write_summary(run, time.perf_counter() - start, command, plot=False)
-    return write_summary(run, time.perf_counter() - start, command)
+    table = write_summary(run, time.perf_counter() - start, command)
+    with (ablation.results_dir / INVOCATIONS).open("a") as handle:
+        handle.write(json.dumps({"command": command, "seconds": time.perf_counter() - start,
+                                 "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n")
+    return table
 
 
 def summary_rows(rows: Sequence[Mapping[str, Any]], sources: Sequence[str]) -> list[dict[str, Any]]:
@@ -542,6 +551,17 @@ def cost_lines(records: Sequence[Mapping[str, Any]], variants: Sequence[str]) ->
     return lines
 
 
+INVOCATIONS = "invocations.jsonl"
+
+
+def invocation_lines(ledger: Path, command: str | None, wall_seconds: float) -> list[str]:
+    """Markdown lines: each finished invocation in ``ledger`` (command, wall time, end), then this one."""
+    records = [json.loads(line) for line in ledger.read_text().splitlines() if line] if ledger.is_file() else []
+    lines = [f"- `{r['command'] or '(not recorded)'}`: {r['seconds'] / 60:.1f} min, finished {r['finished']}"
+             for r in records]
+    return [*lines, f"- `{command or '(not recorded)'}`: {wall_seconds / 60:.1f} min so far (this invocation)"]
+
+
 def write_summary(run: AblationRun, wall_seconds: float, command: str | None, *, plot: bool = True) -> str:
     """summary.csv, results.md, results.png (with ``plot``) and timings.jsonl from every row of ``ablation.csv``."""
     ablation = run.ablation
@@ -569,15 +589,15 @@ def write_summary(run: AblationRun, wall_seconds: float, command: str | None, *,
         grouped_bar_plot(panels, out / "results.png", x_key="variant", series_key="column")
     tables = variant_tables(summary, variants, "macro_f1")
     any_config = next(iter(ablation.variants.values()))
-    text = [f"# {ablation.name}: ablation on the NusaX valid splits", ""]
-    if command:
-        text += ["Command:", "", f"    {command}", ""]
+    text = [f"# {ablation.name}: ablation on the NusaX valid splits", "",
+            "Commands (earlier finished invocations, then this one; an interrupted invocation leaves "
+            "no line here, its finished variants' costs are below):", "",
+            *invocation_lines(out / INVOCATIONS, command, wall_seconds), ""]
     text += [
         f"Scored on the **valid** splits only (the test splits are for the final run of the chosen recipe); "
         f"language SFT and MLM head text: NusaX MT {'+'.join(any_config.language_text_splits)}. "
         f"Seeds: {list(ablation.seeds)}. Targets: {', '.join(any_config.targets)}; the mean over targets "
         "leaves the source out. Model: multilingual-e5-small is 4-bit (Q4_0 word embeddings and Linear weights).",
-        f"Wall time of this invocation: {wall_seconds / 60:.1f} min.",
         "",
         "Variants (overrides of the base config):",
         "",
@@ -587,9 +607,10 @@ def write_summary(run: AblationRun, wall_seconds: float, command: str | None, *,
         variant_tables(summary, variants, "accuracy"),
     ]
     if run.head_metrics:
-        from deftx.eval.pipeline import head_report_line
+        from deftx.eval.pipeline import head_curve_table, head_report_line
 
-        text += [head_report_line(metrics) for metrics in run.head_metrics.values()] + [""]
+        for metrics in run.head_metrics.values():
+            text += [head_report_line(metrics), "", head_curve_table(metrics)]
         (out / "mlm_head.json").write_text(json.dumps(list(run.head_metrics.values()), indent=2) + "\n")
     if ledger.is_file():
         records = [json.loads(line) for line in ledger.read_text().splitlines() if line]
@@ -597,6 +618,7 @@ def write_summary(run: AblationRun, wall_seconds: float, command: str | None, *,
                  "nothing here; the first run of a seed pays for the shared ones):", "",
                  *cost_lines(records, variants), ""]
     text += ["Files: ablation.csv (one row per variant, seed, source, target, method, scale), summary.csv "
-             "(mean ± sd over seeds, per target and `avg`), results.png, timings.jsonl, mlm_head.json.", ""]
+             "(mean ± sd over seeds, per target and `avg`), results.png, timings.jsonl, invocations.jsonl, "
+             "mlm_head.json.", ""]
     (out / "results.md").write_text("\n".join(text))
     return tables

@@ -263,6 +263,26 @@ def head_report_line(metrics: Mapping[str, Any]) -> str:
     )
 
 
+def head_curve_table(metrics: Mapping[str, Any]) -> str:
+    """The warm-up's masked-token accuracy curve as a markdown table (one row per held-out point).
+
+    Columns: step, minutes since the start, training accuracy over the window ending at that
+    step (blank at step 0), held-out accuracy per corpus. Empty without a held-out curve.
+    """
+    curve = metrics.get("heldout_curve") or []
+    if not curve:
+        return ""
+    train = {point["step"]: point["accuracy"] for point in metrics.get("train_curve") or []}
+    groups = list(curve[0]["groups"])
+    lines = ["| step | min | training accuracy | " + " | ".join(f"held out {g}" for g in groups) + " |",
+             "|---:|---:|---:|" + "---:|" * len(groups)]
+    for point in curve:
+        trained = f"{train[point['step']]:.3f}" if point["step"] in train else ""
+        held = " | ".join(f"{point['groups'][g]['accuracy']:.3f}" for g in groups)
+        lines.append(f"| {point['step']} | {point['seconds'] / 60:.1f} | {trained} | {held} |")
+    return "\n".join(lines) + "\n"
+
+
 def ensure_head(ws: Workspace) -> Path:
     """Warm up (or load from the cache) the MLM head used by every language SFT."""
     from deftx.models.e5 import default_cache_root
@@ -270,7 +290,7 @@ def ensure_head(ws: Workspace) -> Path:
     with ws.timer("mlm head"):
         texts = head_texts(ws)
         head_file, metrics = warm_up_head(
-            ws.model_dir, ws.tokenizer, texts, ws.config.mlm_head, default_cache_root() / "mlm-heads",
+            ws.model_dir, ws.tokenizer, texts, ws.config.mlm_head, default_cache_root() / "mlm-heads", log=ws.log,
         )
     ws.head_metrics = {
         "file": head_file.name, "corpora": list(texts), "sentences": {name: len(t) for name, t in texts.items()},

@@ -20,7 +20,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -411,6 +411,7 @@ def warm_up_mlm_head(
     log_every: int = 50,
     eval_every: int = 100,
     eval_sequences: int = 0,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Train only the MLM head (transform + decoder bias) on a frozen body, and cache it.
 
@@ -424,6 +425,10 @@ def warm_up_mlm_head(
     and accuracy on them are measured before the first step, every ``eval_every`` steps and
     after the last: the held-out curve, per group. The body is frozen, so its hidden states
     of the held-out batch are computed once and each evaluation costs one head pass.
+
+    ``log`` (default: this module's logger at INFO) gets one progress line every
+    ``eval_every`` steps: step, elapsed time, estimated time left, training and held-out
+    masked-token accuracy.
 
     If ``cache_path`` (a folder) is given, the head is stored there as
     ``mlm-head-<key>.safetensors`` where the key hashes the body and decoder tensors, the
@@ -479,7 +484,7 @@ def warm_up_mlm_head(
 
     heldout = {name: [sequences[i] for i in ids] for name, ids in zip(chunked, heldout_ids, strict=True) if ids}
     metrics = _train_head(model, tokenizer, [sequences[i] for i in train_ids], heldout, settings,
-                          log_every, eval_every)
+                          log_every, eval_every, log or LOGGER.info)
     metrics["train_curve"] = windowed_curve(metrics["loss"], metrics["accuracy"], eval_every)
     metrics["groups"] = {name: {"train_sequences": len(group) - len(ids), "heldout_sequences": len(ids)}
                          for (name, group), ids in zip(chunked.items(), heldout_ids, strict=True)}
@@ -532,6 +537,17 @@ def masked_token_scores(head: MLMHead, hidden: torch.Tensor, labels: torch.Tenso
     return {"loss": loss_sum / count, "accuracy": correct / count, "masked_tokens": count}
 
 
+def head_progress_line(step: int, steps: int, elapsed: float, recent_accuracies: Sequence[float],
+                       heldout: Mapping[str, Mapping[str, float]]) -> str:
+    """``MLM head step 250/3000 (2.9 min, ~32 min left): masked-token accuracy 0.061, held out nusax 0.058``."""
+    left = elapsed / step * (steps - step)
+    finite = [a for a in recent_accuracies if not math.isnan(a)]
+    parts = [f"masked-token accuracy {sum(finite) / len(finite) if finite else float('nan'):.3f}"]
+    if heldout:
+        parts.append("held out " + ", ".join(f"{name} {s['accuracy']:.3f}" for name, s in heldout.items()))
+    return f"MLM head step {step}/{steps} ({elapsed / 60:.1f} min, ~{left / 60:.0f} min left): " + ", ".join(parts)
+
+
 def _train_head(
     model: FrozenDecoderMLM,
     tokenizer,
@@ -540,6 +556,7 @@ def _train_head(
     settings: dict,
     log_every: int,
     eval_every: int,
+    log: Callable[[str], None],
 ) -> dict[str, Any]:
     """The warm-up loop of ``warm_up_mlm_head`` (no caching); returns its metrics."""
     collator = MLMCollator(tokenizer, settings["mlm_probability"], settings["real_vocab_size"], seed=settings["seed"])
@@ -565,8 +582,6 @@ def _train_head(
             scores = {name: masked_token_scores(model.head, *pair) for name, pair in features.items()}
             heldout_seconds += time.perf_counter() - began
             curve.append({"step": step, "seconds": time.perf_counter() - start, "groups": scores})
-            LOGGER.info("MLM head step %d held-out masked-token accuracy %s", step,
-                        {name: round(s["accuracy"], 4) for name, s in scores.items()})
 
         if features:
             evaluate(0)
@@ -589,7 +604,7 @@ def _train_head(
             accuracies.append(float((logits.argmax(-1) == targets).float().mean()) if n else float("nan"))
             counts.append(n)
             if step % max(1, log_every) == 0 or step == settings["steps"]:
-                LOGGER.info(
+                LOGGER.debug(
                     "MLM head step %d/%d loss %.4f masked-token accuracy %.4f",
                     step,
                     settings["steps"],
@@ -598,6 +613,9 @@ def _train_head(
                 )
             if features and (step % eval_every == 0 or step == settings["steps"]):
                 evaluate(step)
+            if step % eval_every == 0 or step == settings["steps"]:
+                log(head_progress_line(step, settings["steps"], time.perf_counter() - start, accuracies[-eval_every:],
+                                       curve[-1]["groups"] if features else {}))
     finally:
         model.body.train(body_was_training)
         model.head.train(head_was_training)

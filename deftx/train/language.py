@@ -14,7 +14,7 @@ mid-phase checkpoint sees other (equally distributed) masks than an uninterrupte
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,11 +83,13 @@ def warm_up_head(
     settings: HeadWarmUp,
     cache_dir: str | Path,
     real_vocab_size: int | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Warm the MLM head up on ``texts`` (or load it from ``cache_dir``).
 
     Args:
         texts: sentences, or corpus name -> sentences (held-out curves are kept per corpus).
+        log: gets a progress line every ``settings.eval_every`` steps (default: the logger).
 
     Returns:
         (path of the cached head file, warm-up metrics incl. the masked-token accuracy
@@ -98,7 +100,7 @@ def warm_up_head(
         model, tokenizer, texts if isinstance(texts, Mapping) else list(texts), steps=settings.steps,
         batch_size=settings.batch_size, lr=settings.learning_rate, seq_len=settings.seq_len, seed=settings.seed,
         cache_path=cache_dir, real_vocab_size=real_vocab_size, eval_every=settings.eval_every,
-        eval_sequences=settings.eval_sequences,
+        eval_sequences=settings.eval_sequences, log=log,
     )
     return Path(metrics["cache_file"]), metrics
 

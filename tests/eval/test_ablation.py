@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import gc
+import json
 import os
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import yaml
 import deftx.train.sparse_finetuner as sparse_finetuner
 from deftx.eval.ablation import (
     LinkedStepStore,
+    invocation_lines,
     language_phase1_signature,
     load_ablation,
     merge_overrides,
@@ -64,6 +66,23 @@ def ablation_raw(tmp_path, base, variants, **extra) -> dict:
 
 
 BASE = {"targets": ["madurese"], "methods": {"lt-sft": None}}
+
+
+def test_base_overrides_act_like_the_same_override_in_every_variant(tmp_path):
+    staged = parse_ablation(ablation_raw(tmp_path, BASE, {"a": {}, "b": {"language_sft.k": 0.01}},
+                                         base_overrides={"task_sft.sparse.learning_rate": 1e-4}))
+    spelled = parse_ablation(ablation_raw(tmp_path, BASE, {
+        "a": {"task_sft.sparse.learning_rate": 1e-4},
+        "b": {"task_sft": {"sparse": {"learning_rate": 1e-4}}, "language_sft.k": 0.01}}))
+    assert staged.hashes == spelled.hashes
+    assert staged.variants["b"].task_sft.sparse.learning_rate == 1e-4
+    assert staged.variants["b"].task_sft.sparse.epochs == spelled.variants["b"].task_sft.sparse.epochs
+    plain = parse_ablation(ablation_raw(tmp_path, BASE, {"a": {}}))
+    assert plain.hashes["a"] != staged.hashes["a"]
+    with pytest.raises(ConfigError, match=r"task_sft: unknown keys \['nope'\]"):
+        parse_ablation(ablation_raw(tmp_path, BASE, {"a": {}}, base_overrides={"task_sft.nope": 1}))
+    with pytest.raises(ConfigError, match="base_overrides"):
+        parse_ablation(ablation_raw(tmp_path, BASE, {"a": {}}, base_overrides=[1]))
 
 
 def test_variants_are_forced_onto_valid_with_train_text(tmp_path):
@@ -122,20 +141,26 @@ def test_base_path_is_found_beside_the_ablation_file(tmp_path):
     assert ablation.variants["a"].targets == ("madurese",)
 
 
-def test_shipped_ablation_config_parses():
-    ablation = load_ablation(REPO / "configs" / "ablation-nusax-e5-small.yaml")
-    assert ablation.seeds == (0, 1, 2) and len(ablation.variants) >= 10
-    reference = ablation.variants["reference"]
+def test_shipped_ablation_configs_parse_and_stage_2_starts_from_stage_1s_winner():
+    stage1 = load_ablation(REPO / "configs" / "ablation-nusax-e5-small.yaml")
+    stage2 = load_ablation(REPO / "configs" / "ablation-nusax-e5-small-language.yaml")
+    assert stage1.seeds == stage2.seeds == (0, 1, 2) and stage1.output_dir == stage2.output_dir
+    assert stage1.results_dir != stage2.results_dir
+    reference = stage1.variants["reference"]
     assert reference.eval_split == "valid" and reference.language_text_splits == ("train",)
     assert reference.language_sft.full.l1 == 0.1 and len(reference.language_scales()) > 1
     assert reference.mlm_head.texts == ("nusax", "americasnlp") and reference.mlm_head.eval_sequences > 0
-    variants = ablation.variants
+    assert stage1.variants["task-off-source-sft"].task_on_source_sft is False
+    winner = stage2.variants["reference"]
+    assert winner.task_sft == stage1.variants["task-sparse-lr-1e-4"].task_sft
+    assert winner.full_finetune == stage1.variants["full-ft-lr-1e-4"].full_finetune
+    variants = stage2.variants
     assert variants["l1-0"].language_sft.full.l1 == variants["l1-0"].language_sft.sparse.l1 == 0.0
     assert variants["word-embeddings-in"].language_sft.eligible[0] == "word_embeddings"
     assert variants["seq-64"].language_sft.max_length == 64
-    assert variants["task-off-source-sft"].task_on_source_sft is False
+    assert variants["head-nusax-1000"].mlm_head.texts == ("nusax",)
     signature = {name: language_phase1_signature(config) for name, config in variants.items()}
-    assert signature["k-1pct"] == signature["reference"] == signature["task-off-source-sft"]
+    assert signature["k-1pct"] == signature["reference"] == language_phase1_signature(reference)
     for name in ("l1-0", "lr-2e-5", "lr-1e-4", "steps-50", "steps-200", "word-embeddings-in", "seq-64"):
         assert signature[name] != signature["reference"], name
 
@@ -350,6 +375,23 @@ def test_summary_files(tiny_ablation):
     assert "| reference |" in text and "| k-half |" in text and "MLM head warm-up" in text
     assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "timings.jsonl").is_file() and (out / "mlm_head.json").is_file()
+    ledger = [json.loads(line) for line in (out / "invocations.jsonl").read_text().splitlines()]
+    assert ledger and all(record["seconds"] > 0 for record in ledger)
+    assert text.count(" min, finished ") == len(ledger) - 1 and "(this invocation)" in text
+
+
+def test_invocation_lines_list_finished_runs_then_this_one(tmp_path):
+    ledger = tmp_path / "invocations.jsonl"
+    assert invocation_lines(ledger, "deftx ablate a.yaml", 30.0) == [
+        "- `deftx ablate a.yaml`: 0.5 min so far (this invocation)"]
+    ledger.write_text(json.dumps({"command": "deftx ablate a.yaml --seeds 0", "seconds": 750.0,
+                                  "finished": "2026-11-25T11:49:00Z"}) + "\n"
+                      + json.dumps({"command": None, "seconds": 6.0, "finished": "2026-11-25T12:00:00Z"}) + "\n")
+    assert invocation_lines(ledger, None, 90.0) == [
+        "- `deftx ablate a.yaml --seeds 0`: 12.5 min, finished 2026-11-25T11:49:00Z",
+        "- `(not recorded)`: 0.1 min, finished 2026-11-25T12:00:00Z",
+        "- `(not recorded)`: 1.5 min so far (this invocation)",
+    ]
 
 
 def test_changed_variant_rows_are_refused(tiny_ablation, tmp_path):

@@ -16,6 +16,7 @@ from deftx.models.mlm import (
     MLMCollator,
     build_mlm_model,
     chunk_token_ids,
+    head_progress_line,
     load_head,
     masked_token_scores,
     save_head,
@@ -395,10 +396,14 @@ def test_warm_up_heldout_curve_scores_untrained_windows(tmp_path):
                     eval_every=10, eval_sequences=4, cache_path=tmp_path)
     initial = build_mlm_model(body, seed=0)
     model = build_mlm_model(body, seed=0)
-    metrics = warm_up_mlm_head(model, tokenizer, groups, **settings)
+    lines: list[str] = []
+    metrics = warm_up_mlm_head(model, tokenizer, groups, **settings, log=lines.append)
 
     curve = metrics["heldout_curve"]
     assert [point["step"] for point in curve] == [0, 10, 20, 30]
+    assert [line.split(" (")[0] for line in lines] == [f"MLM head step {s}/30" for s in (10, 20, 30)]
+    assert lines[-1].endswith(f"held out first {curve[-1]['groups']['first']['accuracy']:.3f}, "
+                              f"second {curve[-1]['groups']['second']['accuracy']:.3f}")
     assert metrics["groups"] == {name: {"train_sequences": 16, "heldout_sequences": 4} for name in groups}
     assert [point["step"] for point in metrics["train_curve"]] == [10, 20, 30]
     assert metrics["heldout_seconds"] <= metrics["seconds"]
@@ -414,6 +419,14 @@ def test_warm_up_heldout_curve_scores_untrained_windows(tmp_path):
 
     cached = warm_up_mlm_head(build_mlm_model(body, seed=0), tokenizer, groups, **settings)
     assert cached["cache_hit"] and cached["heldout_curve"] == curve and cached["key"] == metrics["key"]
+
+
+def test_head_progress_line_hand_computed():
+    line = head_progress_line(250, 3000, 180.0, [0.05, float("nan"), 0.07], {"nusax": {"accuracy": 0.0584}})
+    assert line == ("MLM head step 250/3000 (3.0 min, ~33 min left): masked-token accuracy 0.060, "
+                    "held out nusax 0.058")
+    assert head_progress_line(10, 10, 6.0, [0.5], {}) == (
+        "MLM head step 10/10 (0.1 min, ~0 min left): masked-token accuracy 0.500")
 
 
 def test_warm_up_key_covers_heldout_settings_but_not_groups_without_them(tmp_path):
