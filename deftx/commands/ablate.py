@@ -12,6 +12,8 @@ zero-shot on the NusaX *valid* splits (the test splits are never scored here: th
 final run of the chosen recipe, with `deftx pipeline`). The config file holds
 
   base: a pipeline config (path or inline mapping; see configs/default.yaml)
+  base_overrides: {overrides}     optional, applied to the base before every variant
+                                  (a second stage that starts from the first's winner)
   variants: {name: {overrides}}   dotted (language_sft.full.l1: 0) or nested keys,
                                   validated like a pipeline config (unknown keys are errors)
   seeds: [0, 1, 2]                (default)
@@ -24,7 +26,9 @@ needs an equal one, so variants that change only K, the selection, the sparse ph
 composition scale (language_scale: [0.5, 1.0] scores both, no retraining) or the task recipe
 reuse the language SFTs' phase 1. Each (variant, seed, source, target, method, scale) row is
 appended to ablation.csv once; running the same command again resumes and adds only what is
-missing. One progress line per variant x seed. Example: configs/ablation-nusax-e5-small.yaml.
+missing; invocations.jsonl and results.md keep every finished invocation's command and wall
+time. One progress line per variant x seed. Example: configs/ablation-nusax-e5-small.yaml
+(stage 1) and configs/ablation-nusax-e5-small-language.yaml (stage 2).
 """
 
 
