@@ -1,0 +1,10 @@
+#!/bin/bash
+set -x
+cd "$(dirname "$0")/../.."   # the repository root
+S1=configs/ablation-nusax-e5-small.yaml
+S2=configs/ablation-nusax-e5-small-language.yaml
+/usr/bin/time -v deftx ablate $S1 --seeds 0
+/usr/bin/time -v deftx ablate $S2 --seeds 0 --variants reference k-1pct k-6pct l1-0
+/usr/bin/time -v deftx ablate $S1 --seeds 1 --variants reference task-sparse-lr-1e-4 task-sparse-lr-3e-4 full-ft-lr-1e-4
+/usr/bin/time -v deftx ablate $S2 --seeds 1 --variants reference k-1pct k-6pct
+/usr/bin/time -v deftx ablate $S2 --seeds 0 --variants head-nusax-1000
