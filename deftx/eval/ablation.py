@@ -499,9 +499,9 @@ def run_ablation(ablation: AblationConfig, *, log: Callable[[str], None] = print
                      f"{sum(run.store.published.values()) - kept}; valid macro-F1 mean over targets: {averages}")
             write_summary(run, time.perf_counter() - start, command, plot=False)
     table = write_summary(run, time.perf_counter() - start, command)
-    with (ablation.results_dir / INVOCATIONS).open("a") as handle:
-        handle.write(json.dumps({"command": command, "seconds": time.perf_counter() - start,
-                                 "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n")
+    from deftx.eval.pipeline import append_invocation
+
+    append_invocation(ablation.results_dir / INVOCATIONS, command, time.perf_counter() - start)
     return table
 
 

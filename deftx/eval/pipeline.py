@@ -569,6 +569,13 @@ def write_outputs(ws: Workspace, rows: list[EvalRow], wall_seconds: float, comma
     return tables
 
 
+def append_invocation(ledger: Path, command: str | None, seconds: float) -> None:
+    """Append one finished invocation (command, wall seconds, UTC end time) to a JSON-lines ledger."""
+    with ledger.open("a") as handle:
+        handle.write(json.dumps({"command": command, "seconds": seconds,
+                                 "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n")
+
+
 def run_pipeline(config: PipelineConfig, *, log: Callable[[str], None] = print,
                  command: str | None = None) -> str:
     """Run (or resume) every step of ``config``; returns the main markdown table."""
@@ -589,7 +596,5 @@ def run_pipeline(config: PipelineConfig, *, log: Callable[[str], None] = print,
             rows += run_anli_seed(ws, seed, head_file)
             write_outputs(ws, rows, time.perf_counter() - start, command)
     table = write_outputs(ws, rows, time.perf_counter() - start, command)
-    with ledger.open("a") as handle:
-        handle.write(json.dumps({"command": command, "seconds": time.perf_counter() - start,
-                                 "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n")
+    append_invocation(ledger, command, time.perf_counter() - start)
     return table

@@ -541,8 +541,7 @@ def head_progress_line(step: int, steps: int, elapsed: float, recent_accuracies:
                        heldout: Mapping[str, Mapping[str, float]]) -> str:
     """``MLM head step 250/3000 (2.9 min, ~32 min left): masked-token accuracy 0.061, held out nusax 0.058``."""
     left = elapsed / step * (steps - step)
-    finite = [a for a in recent_accuracies if not math.isnan(a)]
-    parts = [f"masked-token accuracy {sum(finite) / len(finite) if finite else float('nan'):.3f}"]
+    parts = [f"masked-token accuracy {_window_mean(list(recent_accuracies), 1.0):.3f}"]
     if heldout:
         parts.append("held out " + ", ".join(f"{name} {s['accuracy']:.3f}" for name, s in heldout.items()))
     return f"MLM head step {step}/{steps} ({elapsed / 60:.1f} min, ~{left / 60:.0f} min left): " + ", ".join(parts)
