@@ -552,6 +552,7 @@ def cost_lines(records: Sequence[Mapping[str, Any]], variants: Sequence[str]) ->
 
 
 INVOCATIONS = "invocations.jsonl"
+HEAD_METRICS = "mlm_head.json"
 
 
 def invocation_lines(ledger: Path, command: str | None, wall_seconds: float) -> list[str]:
@@ -560,6 +561,18 @@ def invocation_lines(ledger: Path, command: str | None, wall_seconds: float) -> 
     lines = [f"- `{r['command'] or '(not recorded)'}`: {r['seconds'] / 60:.1f} min, finished {r['finished']}"
              for r in records]
     return [*lines, f"- `{command or '(not recorded)'}`: {wall_seconds / 60:.1f} min so far (this invocation)"]
+
+
+def recorded_head_metrics(run: AblationRun) -> list[dict[str, Any]]:
+    """Every MLM head the ablation used: those in mlm_head.json, updated by this invocation's, keyed by head.
+
+    An invocation whose rows are all done loads no head; its results.md keeps the earlier heads' reports.
+    """
+    path = run.ablation.results_dir / HEAD_METRICS
+    recorded = json.loads(path.read_text()) if path.is_file() else []
+    by_head = {metrics["key"]: metrics for metrics in recorded}
+    by_head.update((metrics["key"], metrics) for metrics in run.head_metrics.values())
+    return list(by_head.values())
 
 
 def write_summary(run: AblationRun, wall_seconds: float, command: str | None, *, plot: bool = True) -> str:
@@ -606,12 +619,13 @@ def write_summary(run: AblationRun, wall_seconds: float, command: str | None, *,
         tables,
         variant_tables(summary, variants, "accuracy"),
     ]
-    if run.head_metrics:
+    head_metrics = recorded_head_metrics(run)
+    if head_metrics:
         from deftx.eval.pipeline import head_curve_table, head_report_line
 
-        for metrics in run.head_metrics.values():
+        for metrics in head_metrics:
             text += [head_report_line(metrics), "", head_curve_table(metrics)]
-        (out / "mlm_head.json").write_text(json.dumps(list(run.head_metrics.values()), indent=2) + "\n")
+        (out / HEAD_METRICS).write_text(json.dumps(head_metrics, indent=2) + "\n")
     if ledger.is_file():
         records = [json.loads(line) for line in ledger.read_text().splitlines() if line]
         text += ["Wall time of the runs, training and evaluation (a step reused from another run costs "

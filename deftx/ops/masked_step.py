@@ -8,18 +8,7 @@ import torch
 
 from deftx.ops import library
 from deftx.ops.dispatch import common_device, requested_backend
-from deftx.ops.validation import as_tensor_list, check_float_dtype, check_index_tensor
-
-
-def _check_state(name: str, tensors: Sequence[torch.Tensor], indices: list[torch.Tensor]) -> None:
-    if len(tensors) != len(indices):
-        raise ValueError(f"masked_adamw_step_: {len(tensors)} {name} for {len(indices)} index tensors")
-    for t, (state, idx) in enumerate(zip(tensors, indices, strict=True)):
-        if state.dtype != torch.float32 or state.shape != idx.shape or not state.is_contiguous():
-            raise ValueError(
-                f"masked_adamw_step_: {name}[{t}] must be a contiguous float32 tensor of shape "
-                f"{tuple(idx.shape)}, got {state.dtype} {tuple(state.shape)}"
-            )
+from deftx.ops.validation import as_tensor_list, check_float_dtype, check_index_tensor, check_state_tensors
 
 
 def masked_adamw_step_(
@@ -68,11 +57,11 @@ def masked_adamw_step_(
             raise ValueError(f"masked_adamw_step_: param {t} is not contiguous")
         check_index_tensor(idx, p.numel(), f"masked_adamw_step_: param {t}")
     for name, state in (("masters", masters), ("exp_avgs", exp_avgs), ("exp_avg_sqs", exp_avg_sqs)):
-        _check_state(name, state, idx_items)
+        check_state_tensors(state, idx_items, f"masked_adamw_step_: {name}")
     if l1 != 0.0:
         if bases is None:
             raise ValueError("masked_adamw_step_: l1 != 0 needs bases (θ0 at the indices)")
-        _check_state("bases", bases, idx_items)
+        check_state_tensors(bases, idx_items, "masked_adamw_step_: bases")
     if isinstance(step, bool) or not isinstance(step, int) or step < 1:
         raise ValueError(f"masked_adamw_step_: step must be an int >= 1, got {step!r}")
     if not items:

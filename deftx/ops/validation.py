@@ -63,3 +63,18 @@ def check_index_tensor(idx: torch.Tensor, numel: int, what: str) -> None:
         raise IndexError(f"{what}: index range [{low}, {high}] is outside [0, {numel})")
     if idx.numel() > 1 and not bool((idx[1:] > idx[:-1]).all()):
         raise ValueError(f"{what}: indices must be sorted ascending and unique")
+
+
+def check_state_tensors(states: Sequence[torch.Tensor], indices: Sequence[torch.Tensor], what: str) -> None:
+    """ValueError unless ``states[t]`` is a contiguous fp32 tensor of ``indices[t]``'s shape, for every t.
+
+    ``what`` names the list in messages, e.g. ``"masked_adamw_step_: masters"``.
+    """
+    if len(states) != len(indices):
+        raise ValueError(f"{what}: {len(states)} tensors for {len(indices)} index tensors")
+    for t, (state, index) in enumerate(zip(states, indices, strict=True)):
+        if state.dtype != torch.float32 or state.shape != index.shape or not state.is_contiguous():
+            raise ValueError(
+                f"{what}[{t}] must be a contiguous float32 tensor of shape {tuple(index.shape)}, "
+                f"got {'' if state.is_contiguous() else 'non-contiguous '}{state.dtype} {tuple(state.shape)}"
+            )

@@ -7,6 +7,7 @@ import gc
 import json
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -21,6 +22,7 @@ from deftx.eval.ablation import (
     nest_overrides,
     parse_ablation,
     read_rows,
+    recorded_head_metrics,
     run_ablation,
 )
 from deftx.eval.config import ConfigError
@@ -392,6 +394,19 @@ def test_invocation_lines_list_finished_runs_then_this_one(tmp_path):
         "- `(not recorded)`: 0.1 min, finished 2026-11-25T12:00:00Z",
         "- `(not recorded)`: 1.5 min so far (this invocation)",
     ]
+
+
+def test_head_reports_outlive_an_invocation_that_loads_no_head(tmp_path):
+    recorded = [{"key": "a", "steps": 3000, "cache_hit": False}, {"key": "b", "steps": 1000, "cache_hit": False}]
+    (tmp_path / "mlm_head.json").write_text(json.dumps(recorded))
+    nothing_loaded = SimpleNamespace(ablation=SimpleNamespace(results_dir=tmp_path), head_metrics={})
+    assert recorded_head_metrics(nothing_loaded) == recorded
+    b_again = {"key": "b", "steps": 1000, "cache_hit": True}
+    c_new = {"key": "c", "steps": 10, "cache_hit": False}
+    loaded = SimpleNamespace(ablation=SimpleNamespace(results_dir=tmp_path), head_metrics={"x": b_again, "y": c_new})
+    assert recorded_head_metrics(loaded) == [recorded[0], b_again, c_new]
+    assert recorded_head_metrics(SimpleNamespace(ablation=SimpleNamespace(results_dir=tmp_path / "new"),
+                                                 head_metrics={"y": c_new})) == [c_new]
 
 
 def test_changed_variant_rows_are_refused(tiny_ablation, tmp_path):

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import torch
 
+from deftx.ops.validation import check_state_tensors
+
 from . import (
     check_cpu_contiguous,
     check_status,
@@ -18,17 +20,11 @@ from . import (
 )
 
 
-def _check_state(name: str, states: Sequence[torch.Tensor], indices: Sequence[torch.Tensor]) -> None:
-    """ValueError unless ``states[t]`` is a contiguous fp32 CPU tensor of ``indices[t].numel()`` entries."""
-    if len(states) != len(indices):
-        raise ValueError(f"masked_adamw_step_: {len(states)} {name} for {len(indices)} index tensors")
-    for t, (state, index) in enumerate(zip(states, indices, strict=True)):
+def _check_states(name: str, states: Sequence[torch.Tensor], indices: Sequence[torch.Tensor]) -> None:
+    """ValueError unless ``states[t]`` is a contiguous fp32 CPU tensor of ``indices[t]``'s shape."""
+    check_state_tensors(states, indices, f"masked_adamw_step_: {name}")
+    for t, state in enumerate(states):
         check_cpu_contiguous(state, f"masked_adamw_step_: {name}[{t}]")
-        if state.dtype != torch.float32 or state.numel() != index.numel():
-            raise ValueError(
-                f"masked_adamw_step_: {name}[{t}] must be float32 with {index.numel()} entries, "
-                f"got {state.dtype} with {state.numel()}"
-            )
 
 
 def _param_dtype_codes(
@@ -118,12 +114,12 @@ def masked_adamw_step_(
     """
     codes = _param_dtype_codes(params, grads, indices)
     for name, states in (("masters", masters), ("exp_avgs", exp_avgs), ("exp_avg_sqs", exp_avg_sqs)):
-        _check_state(name, states, indices)
+        _check_states(name, states, indices)
     has_l1 = l1 != 0.0
     if has_l1:
         if bases is None:
             raise ValueError("masked_adamw_step_: l1 != 0 needs bases (θ0 at the indices)")
-        _check_state("bases", bases, indices)
+        _check_states("bases", bases, indices)
     if step < 1:
         raise ValueError(f"masked_adamw_step_: step must be >= 1, got {step}")
     scalars = adamw_scalars(step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, l1=l1)

@@ -318,8 +318,8 @@ def test_bad_index_lists_raise_before_anything_is_written(bad):
 @pytest.mark.parametrize(
     ("change", "match"),
     [
-        ({"masters": [torch.zeros(3, dtype=torch.float64)]}, "masters\\[0\\] must be float32"),
-        ({"exp_avgs": [torch.zeros(2)]}, "exp_avgs\\[0\\] must be float32 with 3"),
+        ({"masters": [torch.zeros(3, dtype=torch.float64)]}, "masters\\[0\\] must be a contiguous float32"),
+        ({"exp_avgs": [torch.zeros(2)]}, "exp_avgs\\[0\\] must be a contiguous float32 tensor of shape \\(3,\\)"),
         ({"grads": [torch.zeros(5, dtype=torch.float16)]}, "grads\\[0\\] differs"),
         ({"indices": [torch.tensor([0, 2, 4], dtype=torch.int32)]}, "int64"),
         ({"l1": 0.1}, "needs bases"),
