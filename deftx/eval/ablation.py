@@ -54,7 +54,7 @@ from deftx.eval.report import AVERAGE, column_labels, grouped_bar_plot, mean_sd,
 from deftx.train.config import to_plain
 
 ABLATION_KEYS = ("name", "base", "base_overrides", "variants", "seeds", "output_dir", "results_dir")
-SET_BY_THE_ABLATION = ("seeds", "output_dir", "results_dir")
+SET_BY_THE_ABLATION = ("seeds", "output_dir", "results_dir", "step_store")
 REPLACED_WHOLE = ("methods",)
 EXCLUSIVE_KEYS = (("steps", "epochs"), ("epochs", "steps"))
 ROW_FIELDS = ("variant", "variant_hash", "seed", "benchmark", "protocol", "split", "source", "target", "method",
@@ -142,7 +142,7 @@ def variant_hash(config: PipelineConfig) -> str:
     from deftx.eval.pipeline import RUN_ONLY_SETTINGS, content_digest
 
     plain = to_plain(config)
-    for key in ("name", "output_dir", "results_dir", "seeds"):
+    for key in ("name", "output_dir", "results_dir", "step_store", "seeds"):
         plain.pop(key)
     for key in RUN_ONLY_SETTINGS:
         plain["training"].pop(key)
@@ -171,7 +171,7 @@ def _resolve_variant(name: str, base: Mapping[str, Any], overrides: Any, output_
     nested = nest_overrides(overrides, label)
     taken = sorted(set(nested) & set(SET_BY_THE_ABLATION))
     if taken:
-        raise ConfigError(f"{label}: {taken} are set by the ablation (its seeds, output_dir, results_dir), "
+        raise ConfigError(f"{label}: {taken} are set by the ablation (its seeds, output_dir, results_dir, step store), "
                           "not per variant")
     merged = _merge(base, nested, label, top=True)
     if merged.get("americasnli") is not None:
@@ -226,6 +226,9 @@ def parse_ablation(raw: Any, source: str = "<ablation>", relative_to: Path | Non
     base = _merge(_base_mapping(raw["base"], source, relative_to),
                   nest_overrides(raw.get("base_overrides"), f"{source}: base_overrides"),
                   f"{source}: base_overrides", top=True)
+    if base.get("step_store") is not None:
+        raise ConfigError(f"{source}: the ablation keeps its steps in <output_dir>/shared; "
+                          "drop step_store from the base")
     output_dir = Path(raw["output_dir"])
     results_dir = Path(raw.get("results_dir") or output_dir)
     configs, overrides, hashes = {}, {}, {}
@@ -536,6 +539,32 @@ def variant_tables(summary: Sequence[Mapping[str, Any]], variants: Sequence[str]
     return "\n\n".join(blocks) + "\n"
 
 
+def seed_tables(rows: Sequence[Mapping[str, Any]], sources: Sequence[str], variants: Sequence[str],
+                metric: str) -> str:
+    """Per source: one line per variant × method (× scale), one column per seed: the mean over targets."""
+    per_seed = [r for r in summarize(rows, exclude_from_average=sources, group_by=(*SUMMARY_GROUP, "seed"))
+                if r["target"] == AVERAGE]
+    blocks = []
+    for source in dict.fromkeys(row["source"] for row in per_seed):
+        rows_here = [r for r in per_seed if r["source"] == source]
+        labels = column_labels(rows_here)
+        columns = list(dict.fromkeys(labels.values()))
+        seeds = sorted({r["seed"] for r in rows_here})
+        value = {(r["variant"], labels[(r["method"], r.get("language_scale"))], r["seed"]):
+                 100 * r[f"{metric}_mean"] for r in rows_here}
+        lines = [f"### source: {source} — {metric.replace('_', '-')} ×100 per seed, mean over targets", "",
+                 "| variant | method | " + " | ".join(f"seed {seed}" for seed in seeds) + " |",
+                 "|---|---|" + "---:|" * len(seeds)]
+        for variant in variants:
+            for column in columns:
+                cells = [value.get((variant, column, seed)) for seed in seeds]
+                if any(cell is not None for cell in cells):
+                    lines.append(f"| {variant} | {column} | "
+                                 + " | ".join("—" if c is None else f"{c:.1f}" for c in cells) + " |")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) + "\n"
+
+
 def cost_lines(records: Sequence[Mapping[str, Any]], variants: Sequence[str]) -> list[str]:
     """Minutes per seed of each variant (mean ± sd over seeds; a resumed run's invocations add up)."""
     minutes: dict[str, dict[int, float]] = {}
@@ -618,6 +647,7 @@ def write_summary(run: AblationRun, wall_seconds: float, command: str | None, *,
         "",
         tables,
         variant_tables(summary, variants, "accuracy"),
+        seed_tables(rows, sources, variants, "macro_f1"),
     ]
     head_metrics = recorded_head_metrics(run)
     if head_metrics:

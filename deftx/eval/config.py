@@ -9,6 +9,8 @@ Example (``configs/default.yaml`` is the README's small run)::
     data_dir: null             # default: deftx.data.default_data_dir()
     output_dir: runs/default   # SFTs, checkpoints, logs (large)
     results_dir: null          # tables, CSVs, plot (default: output_dir)
+    step_store: null           # a folder of finished steps to link instead of retraining, e.g. an
+                               # ablation's <output_dir>/shared; this run adds its own steps to it
     seeds: [0]
     sources: [indonesian]
     targets: [madurese, minangkabau]
@@ -111,6 +113,7 @@ class PipelineConfig:
     data_dir: str | None = None
     output_dir: str = "runs/pipeline"
     results_dir: str | None = None
+    step_store: str | None = None
     seeds: tuple[int, ...] = (0,)
     sources: tuple[str, ...] = ("indonesian",)
     methods: dict[str, DenoiseConfig | None] = field(
@@ -316,7 +319,7 @@ def parse_config(raw: Any, source: str = "<config>") -> PipelineConfig:
     for key in ("name", "model", "output_dir"):
         if key in values and not (isinstance(values[key], str) and values[key]):
             raise _fail(key, f"expected a non-empty string, got {values[key]!r}")
-    for key in ("data_dir", "results_dir"):
+    for key in ("data_dir", "results_dir", "step_store"):
         if key in values and values[key] is not None and not isinstance(values[key], str):
             raise _fail(key, f"expected a path or null, got {values[key]!r}")
     for key in ("baseline", "task_on_source_sft"):

@@ -8,7 +8,8 @@ Layout under ``output_dir`` (every step resumable; a finished step is reused)::
     seed-<s>/full/<source>/                full fine-tuning baseline
     seed-<s>/anli/...                      the AmericasNLI leave-languages-out runs
 
-A :class:`StepStore` (``Workspace.step_store``, used by ``deftx ablate``) lets runs share
+A :class:`StepStore` (``Workspace.step_store``: ``deftx ablate``'s, or the config's ``step_store``
+folder, e.g. an ablation's, so a final run links the ablation's equal steps) lets runs share
 finished steps: before an SFT run or the baseline, the store may fill its folder with the
 files of an equal step (equal *identity*: every setting and input that changes the result)
 finished by another run, and takes this run's finished steps afterwards.
@@ -576,11 +577,25 @@ def append_invocation(ledger: Path, command: str | None, seconds: float) -> None
                                  "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n")
 
 
+def reused_steps_note(attached: Mapping[str, int], store: str) -> str:
+    """The results.md note on the finished steps this invocation linked from ``store`` (by step name)."""
+    if not attached:
+        return f"step store {store}: no step reused; this run's finished steps were added to it"
+    counts = ", ".join(f"{name} ×{count}" for name, count in sorted(attached.items()))
+    return (f"step store {store}: {sum(attached.values())} finished steps linked instead of trained ({counts}); "
+            "their wall time is the run that trained them, not this one")
+
+
 def run_pipeline(config: PipelineConfig, *, log: Callable[[str], None] = print,
                  command: str | None = None) -> str:
     """Run (or resume) every step of ``config``; returns the main markdown table."""
     start = time.perf_counter()
     ws = Workspace.open(config, log)
+    store = None
+    if config.step_store:
+        from deftx.eval.ablation import LinkedStepStore
+
+        ws.step_store = store = LinkedStepStore(Path(config.step_store))
     ledger = ws.results_dir / "invocations.jsonl"
     if ledger.is_file():
         ws.earlier_seconds = sum(json.loads(line)["seconds"] for line in ledger.read_text().splitlines() if line)
@@ -595,6 +610,8 @@ def run_pipeline(config: PipelineConfig, *, log: Callable[[str], None] = print,
         if config.americasnli is not None:
             rows += run_anli_seed(ws, seed, head_file)
             write_outputs(ws, rows, time.perf_counter() - start, command)
+    if store is not None:
+        ws.notes.append(reused_steps_note(store.attached, config.step_store))
     table = write_outputs(ws, rows, time.perf_counter() - start, command)
     append_invocation(ledger, command, time.perf_counter() - start)
     return table

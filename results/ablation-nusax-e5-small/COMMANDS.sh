@@ -8,3 +8,6 @@ S2=configs/ablation-nusax-e5-small-language.yaml
 /usr/bin/time -v deftx ablate $S1 --seeds 1 --variants reference task-sparse-lr-1e-4 task-sparse-lr-3e-4 full-ft-lr-1e-4
 /usr/bin/time -v deftx ablate $S2 --seeds 1 --variants reference k-1pct k-6pct
 /usr/bin/time -v deftx ablate $S2 --seeds 0 --variants head-nusax-1000
+# session 4
+/usr/bin/time -v deftx ablate $S1 --seeds 2 --variants reference task-sparse-lr-1e-4 full-ft-lr-1e-4 task-sparse-lr-3e-4 full-ft-lr-3e-4
+deftx ablate $S2 --seeds 2 --variants reference

@@ -24,6 +24,7 @@ from deftx.eval.ablation import (
     read_rows,
     recorded_head_metrics,
     run_ablation,
+    seed_tables,
 )
 from deftx.eval.config import ConfigError
 from deftx.eval.pipeline import BASELINE, NO_LANGUAGE_SFT, Workspace, language_steps, task_steps
@@ -108,6 +109,7 @@ def test_variants_are_forced_onto_valid_with_train_text(tmp_path):
     ({"language_text_splits": ["train", "valid"]}, "variant 'bad'.*valid sentences' text"),
     ({"seeds": [1]}, "variant 'bad'.*set by the ablation"),
     ({"output_dir": "x"}, "variant 'bad'.*set by the ablation"),
+    ({"step_store": "x"}, "variant 'bad'.*set by the ablation"),
     ({"americasnli": {"train_languages": ["aym"], "test_languages": ["bzd"]}}, "variant 'bad'.*NusaX valid"),
 ])
 def test_bad_variants_name_themselves_and_the_key(tmp_path, variant, match):
@@ -123,6 +125,7 @@ def test_bad_variants_name_themselves_and_the_key(tmp_path, variant, match):
     ({"base": BASE, "variants": {"a": {}}, "output_dir": "x", "language_sft": {}}, "unknown keys"),
     ({"base": BASE, "variants": {"a/b": {}}, "output_dir": "x"}, "plain folder name"),
     ({"base": 3, "variants": {"a": {}}, "output_dir": "x"}, "'base' must be"),
+    ({"base": {**BASE, "step_store": "s"}, "variants": {"a": {}}, "output_dir": "x"}, "drop step_store"),
 ])
 def test_bad_ablation_configs(raw, match):
     with pytest.raises(ConfigError, match=match):
@@ -165,6 +168,21 @@ def test_shipped_ablation_configs_parse_and_stage_2_starts_from_stage_1s_winner(
     assert signature["k-1pct"] == signature["reference"] == language_phase1_signature(reference)
     for name in ("l1-0", "lr-2e-5", "lr-1e-4", "steps-50", "steps-200", "word-embeddings-in", "seq-64"):
         assert signature[name] != signature["reference"], name
+
+
+def test_final_config_is_stage_1s_winner_on_test_and_links_the_ablations_steps():
+    from deftx.eval.config import load_config
+
+    stage1 = load_ablation(REPO / "configs" / "ablation-nusax-e5-small.yaml")
+    final = load_config(REPO / "configs" / "nusax-e5-small-final.yaml")
+    assert final.eval_split == "test" and final.seeds == (0, 1, 2) and len(final.targets) == 7
+    assert Path(final.step_store) == stage1.output_dir / "shared"
+    task_winner, bar = stage1.variants["task-sparse-lr-1e-4"], stage1.variants["full-ft-lr-1e-4"]
+    for key in ("training", "mlm_head", "language_sft", "language_text_splits", "task_on_source_sft", "pooling"):
+        assert getattr(final, key) == getattr(task_winner, key), f"{key}: the ablation's steps would not be reused"
+    assert final.task_sft == task_winner.task_sft and final.full_finetune == bar.full_finetune
+    assert final.language_scale in task_winner.language_scales()
+    assert set(final.methods) == {"lt-sft", "deft-x"} and final.methods["lt-sft"] is None
 
 
 def test_linked_store_hard_links_both_ways(tmp_path):
@@ -375,11 +393,32 @@ def test_summary_files(tiny_ablation):
     assert "**valid** splits only" in text
     assert "| variant | full-ft | lt-sft ×0.5 | lt-sft ×1 | lt-sft (no lang SFT) |" in text
     assert "| reference |" in text and "| k-half |" in text and "MLM head warm-up" in text
+    assert "×100 per seed, mean over targets" in text and "| k-half | lt-sft ×0.5 |" in text
     assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "timings.jsonl").is_file() and (out / "mlm_head.json").is_file()
     ledger = [json.loads(line) for line in (out / "invocations.jsonl").read_text().splitlines()]
     assert ledger and all(record["seconds"] > 0 for record in ledger)
     assert text.count(" min, finished ") == len(ledger) - 1 and "(this invocation)" in text
+
+
+def test_seed_table_holds_each_seeds_mean_over_targets_without_the_source():
+    def row(variant, seed, method, target, f1):
+        return {"variant": variant, "seed": seed, "source": "indonesian", "method": method,
+                "language_scale": None if method == "full-ft" else 1.0, "target": target,
+                "macro_f1": f1, "accuracy": 0.0}
+
+    rows = [row("a", 0, "lt-sft", "madurese", 0.5), row("a", 0, "lt-sft", "minangkabau", 0.7),
+            row("a", 1, "lt-sft", "madurese", 0.6), row("a", 1, "lt-sft", "minangkabau", 0.8),
+            row("a", 0, "lt-sft", "indonesian", 0.9), row("a", 1, "full-ft", "madurese", 0.25),
+            row("b", 0, "lt-sft", "madurese", 0.125)]
+    table = seed_tables(rows, ["indonesian"], ["a", "b"], "macro_f1").splitlines()
+    assert table[2:] == [
+        "| variant | method | seed 0 | seed 1 |",
+        "|---|---|---:|---:|",
+        "| a | lt-sft | 60.0 | 70.0 |",
+        "| a | full-ft | — | 25.0 |",
+        "| b | lt-sft | 12.5 | — |",
+    ]
 
 
 def test_invocation_lines_list_finished_runs_then_this_one(tmp_path):

@@ -56,6 +56,7 @@ def test_json_config(tmp_path):
     ({"targets": ["x"], "task_sft": {"full": {"steps": 2, "epochs": 1}}}, "exactly one"),
     ({"targets": "x", "baseline": "yes"}, "true or false"),
     ({"targets": ["x"], "americasnli": {"train_languages": ["aym"]}}, "americasnli"),
+    ({"targets": ["x"], "step_store": 3}, "step_store: expected a path or null"),
     ([1, 2], "expected a mapping"),
 ])
 def test_bad_values_name_the_key(raw, match):

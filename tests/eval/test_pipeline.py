@@ -1,6 +1,11 @@
 from __future__ import annotations
 
-from deftx.eval.pipeline import head_curve_table, head_report_line
+import csv
+import os
+from pathlib import Path
+
+from deftx.eval.config import PipelineConfig, parse_config
+from deftx.eval.pipeline import head_curve_table, head_report_line, run_pipeline
 
 METRICS = {
     "steps": 20, "seconds": 90.0, "heldout_seconds": 6.0, "cache_hit": False, "corpora": ["nusax", "americasnlp"],
@@ -34,3 +39,43 @@ def test_head_report_line_names_cost_and_first_last_accuracy():
                            "(6 s of it held-out scoring)")
     assert "training batches 0.013 -> 0.250" in line
     assert "held out: nusax 0.010 -> 0.200, americasnlp 0.000 -> 0.062" in line
+
+
+def tiny_pipeline(tmp_path: Path, model_dir: Path, run: str, methods: dict) -> PipelineConfig:
+    return parse_config({
+        "name": run, "model": str(model_dir), "output_dir": str(tmp_path / run), "step_store": str(tmp_path / "store"),
+        "seeds": [0], "sources": ["indonesian"], "targets": ["madurese"], "methods": methods,
+        "training": {"batch_size": 8, "max_length": 32, "save_steps": 50, "logging_steps": 1, "progress": False},
+        "mlm_head": {"steps": 2, "batch_size": 8, "seq_len": 32},
+        "language_sft": {"k": 0.01, "full": {"steps": 2}, "sparse": {"steps": 2}},
+        "task_sft": {"k": 0.05, "full": {"steps": 2}, "sparse": {"steps": 2}},
+        "full_finetune": {"steps": 2}, "eval_batch_size": 128,
+    })
+
+
+def test_a_run_links_the_equal_finished_steps_of_a_step_store(tmp_path, tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("DEFTX_CACHE", str(tmp_path / "cache"))
+    first = tiny_pipeline(tmp_path, tiny_model_dir, "first", {"lt-sft": None})
+    run_pipeline(first, log=lambda _: None)
+    deft_x = {"rank": 1, "method": "exact"}
+    second = tiny_pipeline(tmp_path, tiny_model_dir, "second", {"lt-sft": None, "deft-x": deft_x})
+    run_pipeline(second, log=lambda _: None)
+
+    def same_file(relative: str) -> bool:
+        return os.stat(tmp_path / "first" / relative).st_ino == os.stat(tmp_path / "second" / relative).st_ino
+
+    for language in ("madurese", "indonesian"):
+        assert same_file(f"seed-0/lang/{language}/theta1.safetensors"), f"{language}: phase 1 is linked"
+        assert same_file(f"seed-0/lang/{language}/lt-sft/sft.safetensors"), f"{language}: the lt-sft branch too"
+    assert same_file("seed-0/task/indonesian/lt-sft/lt-sft/sft.safetensors"), "the task SFT on an equal source SFT"
+    assert same_file("seed-0/full/indonesian/final.safetensors"), "the baseline"
+    assert (tmp_path / "second" / "seed-0/lang/madurese/deft-x/sft.safetensors").is_file(), "deft-x branch trained"
+
+    def rows(run: str) -> set[tuple[str, str, str]]:
+        with (tmp_path / run / "results.csv").open() as handle:
+            return {(r["method"], r["target"], r["macro_f1"]) for r in csv.DictReader(handle)
+                    if not r["method"].startswith("deft-x")}
+
+    assert rows("first") == rows("second"), "linked steps give the rows they gave where they were trained"
+    text = (tmp_path / "second" / "results.md").read_text()
+    assert f"step store {tmp_path / 'store'}: 7 finished steps linked" in text
