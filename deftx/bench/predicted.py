@@ -29,8 +29,8 @@ Which baselines have a model: ``torch.cat+topk`` (the profile's cat + topk + sor
 have none: their rows carry no prediction.
 
 The target is chosen by :func:`choose_target`: explicitly (``deftx bench --predict-target
-sm_90``), else from the CUDA device name recorded in the document (H100 -> sm_90 H100 SXM,
-A100 -> sm_80 A100 80GB SXM); any other GPU, and a CPU run, get no target and a note.
+sm_90``, ``h200``), else from the CUDA device name recorded in the document (H200 -> H200 SXM,
+H100 -> H100 SXM, A100 -> A100 80GB SXM); any other GPU, and a CPU run, get no target and a note.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from deftx.bench.shapes import load_shape_set
 from deftx.profile.roofline import PREDICTORS, Cost, spread_entries
 from deftx.profile.shapes import DTYPES, OpSettings, Parameter
 from deftx.profile.shapes import ShapeSet as ProfileShapeSet
-from deftx.profile.targets import A100_80GB_SXM, H100_SXM, TARGETS, Target, get_target
+from deftx.profile.targets import A100_80GB_SXM, H100_SXM, H200_SXM, PRODUCTS, TARGETS, Target, get_target
 
 PROFILE_OPS: dict[str, str] = {"topk": "topk", "rsvd": "rsvd", "scatter": "scatter", "step": "masked_step"}
 """bench op -> the :mod:`deftx.profile.roofline` op it is modelled by."""
@@ -57,7 +57,7 @@ PROFILE_BASELINES: dict[str, tuple[str, ...]] = {
 }
 """bench baselines modelled by the profile prediction's single baseline (scatter: see module doc)."""
 
-GPU_TARGETS: tuple[tuple[str, Target], ...] = (("H100", H100_SXM), ("A100", A100_80GB_SXM))
+GPU_TARGETS: tuple[tuple[str, Target], ...] = (("H200", H200_SXM), ("H100", H100_SXM), ("A100", A100_80GB_SXM))
 """Substring of a CUDA device name -> its datasheet target."""
 
 VARIANT_MARKERS: tuple[str, ...] = ("PCIE", "NVL", "40GB")
@@ -70,15 +70,19 @@ ModelledCost = tuple[Cost, str]
 
 
 def known_targets() -> str:
-    """``sm_80 (NVIDIA A100 80GB SXM), sm_90 (NVIDIA H100 SXM)``."""
-    return ", ".join(f"{arch} ({t.gpu})" for arch, t in TARGETS.items())
+    """``sm_80 (NVIDIA A100 80GB SXM), sm_90 (NVIDIA H100 SXM), h200 (NVIDIA H200 SXM)``."""
+    def shown(name: str, target: Target) -> str:
+        return next((arch for arch, compiled in TARGETS.items() if compiled is target), name)
+
+    return ", ".join(f"{shown(name, t)} ({t.gpu})" for name, t in PRODUCTS.items())
 
 
 def detect_target(gpu_name: str | None) -> Target | None:
     """The target of a CUDA device name (``torch.cuda.get_device_properties(...).name``).
 
     ``"NVIDIA H100 80GB HBM3"`` -> H100 SXM (sm_90), ``"NVIDIA A100-SXM4-80GB"`` -> A100
-    80GB SXM (sm_80); None for any other name (H200, L40S, a CPU's None, ...).
+    80GB SXM (sm_80), ``"NVIDIA H200"`` -> H200 SXM (sm_90); None for any other name (L40S, a
+    CPU's None, ...).
     """
     name = (gpu_name or "").upper()
     return next((target for part, target in GPU_TARGETS if part in name), None)

@@ -13,11 +13,11 @@ Writes ``<out>/<device>_<shapes>.json`` / ``.png`` / ``.md`` (``<device>_scaling
 ``--scaling``) and prints the table.
 
 Predicted vs measured (:mod:`deftx.bench.predicted`): on CUDA, and on any device with
-``--predict-target sm_80|sm_90``, a second table puts each implementation's measured time
+``--predict-target sm_80|sm_90|h200``, a second table puts each implementation's measured time
 next to the time ``deftx profile --static``'s roofline model predicts on the target
 (``max(bytes / datasheet bandwidth, FLOPs / datasheet peak)``), their ratio, and deftx's
 measured and predicted speedup over each baseline. The target comes from the GPU's name
-(H100 -> sm_90, A100 -> sm_80) unless given; another GPU gets a note and no rows. It is
+(H200, H100 -> sm_90, A100 -> sm_80) unless given; another GPU gets a note and no rows. It is
 written under ``"predicted"`` in the JSON and as a section of the markdown; the first
 table is unchanged.
 """
@@ -260,7 +260,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=(
             "predicted vs measured: predicted = max(bytes / datasheet HBM bandwidth, FLOPs / datasheet peak) "
             "from deftx.profile.roofline, a lower bound; measured/predicted says how far from it a run is. "
-            "The target is taken from the CUDA device name (H100 -> sm_90, A100 -> sm_80; other GPUs: a note, "
+            "The target is taken from the CUDA device name (H200 and H100 -> sm_90, A100 -> sm_80; other GPUs: a note, "
             "no rows) or given with --predict-target, which also works on CPU for inspection (then labelled "
             "'predicted for <target>, measured on cpu')."
         ),
@@ -313,7 +313,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--predict-target",
         default=None,
-        help="datasheet target of the predicted-vs-measured table: sm_90 (H100 SXM) or sm_80 (A100 80GB SXM) "
+        help="datasheet target of the predicted-vs-measured table: sm_90 (H100 SXM), h200 (H200 SXM, 4.8 TB/s) "
+        "or sm_80 (A100 80GB SXM) "
         "(unset: taken from the CUDA device name; none on CPU)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -9,6 +9,9 @@ Sources (the values below are copied from them, not measured):
 * NVIDIA H100 Tensor Core GPU datasheet (H100 SXM column): FP32 67 TFLOPS, TF32 Tensor
   Core 494.7 TFLOPS, BF16 / FP16 Tensor Core 989.4 TFLOPS (dense, half the datasheet's
   with-sparsity figures 989 / 1,979), GPU memory bandwidth 3.35 TB/s; 132 SMs.
+* NVIDIA H200 Tensor Core GPU datasheet (H200 SXM column): GPU memory bandwidth 4.8 TB/s; FP32,
+  TF32 and BF16 / FP16 Tensor Core peaks as the H100 SXM's (the same GH100 SMs, 132 of them);
+  only the memory (141 GB HBM3e) differs.
 * CUDA C++ Programming Guide, "Compute Capabilities" table (8.0 and 9.0): 64K 32-bit
   registers per SM, at most 255 per thread, 2048 resident threads (64 warps) and 32
   resident blocks per SM; shared memory per SM 164 KB (8.0) / 228 KB (9.0), per block at
@@ -17,12 +20,14 @@ Sources (the values below are copied from them, not measured):
   and split evenly over the SM's 4 sub-partitions; shared memory in units of 128 bytes.
 
 ``sm_90`` is H100 SXM and ``sm_80`` A100 80GB SXM: the two targets of the static compile
-test and of ``deftx profile --static``.
+test and of ``deftx profile --static``. H200 SXM compiles as ``sm_90`` (the same SM); it is a
+target of its own only for roofline predictions (``deftx bench --predict-target h200``), where
+its bandwidth matters.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 KIB = 1024
 
@@ -95,13 +100,23 @@ H100_SXM = Target(
     reserved_shared_in_cubin=True,
 )
 
+H200_SXM = replace(H100_SXM, gpu="NVIDIA H200 SXM", hbm_bytes_per_s=4.8e12)
+
 TARGETS: dict[str, Target] = {t.arch: t for t in (A100_80GB_SXM, H100_SXM)}
+"""Compile targets, one per architecture."""
+
+PRODUCTS: dict[str, Target] = {"a100": A100_80GB_SXM, "h100": H100_SXM, "h200": H200_SXM}
+"""Roofline targets by product name (H200 shares H100's ``sm_90`` compile target)."""
 
 
-def get_target(arch: str) -> Target:
-    """The target for ``"sm_80"`` / ``"sm_90"`` (also accepts ``"80"``, ``"90"``, ``"sm90"``)."""
-    key = str(arch).strip().lower().replace("sm_", "").replace("sm", "")
+def get_target(name: str) -> Target:
+    """The target for ``"sm_80"`` / ``"sm_90"`` (also ``"80"``, ``"90"``, ``"sm90"``) or a product
+    name of :data:`PRODUCTS` (``"h200"``, case-insensitive); an architecture gives its compile target."""
+    key = str(name).strip().lower()
+    if key in PRODUCTS:
+        return PRODUCTS[key]
+    capability = key.replace("sm_", "").replace("sm", "")
     for target in TARGETS.values():
-        if key == str(target.capability):
+        if capability == str(target.capability):
             return target
-    raise ValueError(f"unknown target {arch!r}; known: {', '.join(TARGETS)}")
+    raise ValueError(f"unknown target {name!r}; known: {', '.join([*TARGETS, *PRODUCTS])}")

@@ -167,10 +167,14 @@ def test_cuda_runs_get_the_prediction_without_the_flag(capsys) -> None:
     assert markdown.startswith("## Predicted vs measured") and "| topk | tiny | 1% | torch.cat+topk |" in markdown
     assert "measured on cuda (NVIDIA H100 80GB HBM3)" in capsys.readouterr().out
 
-    unknown = _gpu_doc("cuda:0", "NVIDIA H200")
+    unknown = _gpu_doc("cuda:0", "NVIDIA L40S")
     markdown = add_prediction(unknown, no_flag, "cuda:0", shapes)
     assert unknown["predicted"]["target"] is None and unknown["predicted"]["rows"] == []
-    assert "no roofline target for GPU 'NVIDIA H200'" in markdown and "|" not in markdown
+    assert "no roofline target for GPU 'NVIDIA L40S'" in markdown and "|" not in markdown
+
+    h200 = _gpu_doc("cuda", "NVIDIA H200")
+    add_prediction(h200, no_flag, "cuda", shapes)
+    assert h200["predicted"]["target"]["gpu"] == "NVIDIA H200 SXM" and len(h200["predicted"]["rows"]) == 2
 
     explicit = _gpu_doc("cuda", "NVIDIA H200")
     add_prediction(explicit, argparse.Namespace(predict_target="sm_80"), "cuda", shapes)

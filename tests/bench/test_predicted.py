@@ -18,7 +18,7 @@ from deftx.bench.predicted import (
 )
 from deftx.bench.report import PREDICTED_COLUMNS, predicted_lines, predicted_markdown, predicted_table
 from deftx.bench.shapes import BUILTIN_SHAPE_SETS, ShapeSet, TensorShape
-from deftx.profile.targets import A100_80GB_SXM, H100_SXM
+from deftx.profile.targets import A100_80GB_SXM, H100_SXM, H200_SXM
 
 K = 0.25
 RANK, OVERSAMPLE, N_ITER = 4, 2, 1
@@ -178,7 +178,7 @@ def test_ratios_are_positive_finite_and_unmodelled_baselines_have_none() -> None
         ("NVIDIA H100 PCIe", "sm_90"),
         ("NVIDIA A100-SXM4-80GB", "sm_80"),
         ("NVIDIA A100-PCIE-40GB", "sm_80"),
-        ("NVIDIA H200", None),
+        ("NVIDIA H200", "sm_90"),
         ("NVIDIA L40S", None),
         ("", None),
         (None, None),
@@ -197,20 +197,22 @@ def test_choose_target_explicit_detected_and_none() -> None:
     target, choice = choose_target(_doc(device="cuda:1", gpu="NVIDIA H100 PCIe"))
     assert target is H100_SXM and "bandwidth differs" in choice
     target, choice = choose_target(_doc(device="cuda", gpu="NVIDIA H200"))
-    assert target is None and "no roofline target for GPU 'NVIDIA H200'" in choice and "sm_90" in choice
+    assert target is H200_SXM and "detected" in choice and "H200 SXM" in choice
+    target, choice = choose_target(_doc(device="cuda", gpu="NVIDIA L40S"))
+    assert target is None and "no roofline target for GPU 'NVIDIA L40S'" in choice and "h200" in choice
     target, choice = choose_target(_doc())
     assert target is None and "measured on cpu" in choice
 
 
-@pytest.mark.parametrize("name", ["sm_70", "h100", ""])
+@pytest.mark.parametrize("name", ["sm_70", "l40s", ""])
 def test_unknown_target_names_raise(name) -> None:
     with pytest.raises(ValueError, match="unknown target"):
         choose_target(_doc(), name)
 
 
 def test_no_target_gives_an_empty_section_that_says_why() -> None:
-    _, choice = choose_target(_doc(device="cuda", gpu="NVIDIA H200"))
-    doc = {**_doc(device="cuda", gpu="NVIDIA H200")}
+    _, choice = choose_target(_doc(device="cuda", gpu="NVIDIA L40S"))
+    doc = {**_doc(device="cuda", gpu="NVIDIA L40S")}
     doc["predicted"] = predict_suite(doc, None, SHAPES, choice)
     assert doc["predicted"]["rows"] == [] and doc["predicted"]["target"] is None
     assert predicted_table(doc) == []

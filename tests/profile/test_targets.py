@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from deftx.profile.targets import A100_80GB_SXM, H100_SXM, TARGETS, get_target
+from deftx.profile.targets import A100_80GB_SXM, H100_SXM, H200_SXM, TARGETS, get_target
 
 
 def test_datasheet_bandwidth_and_peaks():
@@ -30,7 +30,14 @@ def test_get_target_accepts_spellings(name, arch):
     assert get_target(name) is TARGETS[arch]
 
 
-@pytest.mark.parametrize("name", ["sm_70", "h100", ""])
+def test_h200_is_h100s_sm_with_its_own_bandwidth():
+    assert H200_SXM.hbm_bytes_per_s == 4.8e12 and H200_SXM.arch == "sm_90"
+    assert H200_SXM.peak_flops == H100_SXM.peak_flops and H200_SXM.sm_count == H100_SXM.sm_count
+    assert get_target("H200") is H200_SXM and get_target("h100") is H100_SXM and get_target("a100") is A100_80GB_SXM
+    assert TARGETS["sm_90"] is H100_SXM, "sm_90 compiles and profiles as the H100"
+
+
+@pytest.mark.parametrize("name", ["sm_70", "h300", ""])
 def test_unknown_target_raises(name):
     with pytest.raises(ValueError, match="unknown target"):
         get_target(name)
