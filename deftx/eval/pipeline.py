@@ -580,10 +580,10 @@ def append_invocation(ledger: Path, command: str | None, seconds: float) -> None
 def reused_steps_note(attached: Mapping[str, int], store: str) -> str:
     """The results.md note on the finished steps this invocation linked from ``store`` (by step name)."""
     if not attached:
-        return f"step store {store}: no step reused; this run's finished steps were added to it"
+        return f"step store {store}: this invocation linked no step from it (and added its finished steps)"
     counts = ", ".join(f"{name} ×{count}" for name, count in sorted(attached.items()))
-    return (f"step store {store}: {sum(attached.values())} finished steps linked instead of trained ({counts}); "
-            "their wall time is the run that trained them, not this one")
+    return (f"step store {store}: this invocation linked {sum(attached.values())} finished steps instead of "
+            f"training them ({counts}); their wall time is the run's that trained them, not this one's")
 
 
 def run_pipeline(config: PipelineConfig, *, log: Callable[[str], None] = print,

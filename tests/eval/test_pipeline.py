@@ -78,4 +78,4 @@ def test_a_run_links_the_equal_finished_steps_of_a_step_store(tmp_path, tiny_mod
 
     assert rows("first") == rows("second"), "linked steps give the rows they gave where they were trained"
     text = (tmp_path / "second" / "results.md").read_text()
-    assert f"step store {tmp_path / 'store'}: 7 finished steps linked" in text
+    assert f"step store {tmp_path / 'store'}: this invocation linked 7 finished steps" in text
