@@ -50,7 +50,16 @@ from pathlib import Path
 from typing import Any
 
 from deftx.eval.config import ConfigError, PipelineConfig, parse_config, read_config_file
-from deftx.eval.report import AVERAGE, column_labels, grouped_bar_plot, mean_sd, summarize, write_csv
+from deftx.eval.report import (
+    AVERAGE,
+    append_invocation,
+    column_labels,
+    grouped_bar_plot,
+    mean_sd,
+    read_ledger,
+    summarize,
+    write_csv,
+)
 from deftx.train.config import to_plain
 
 ABLATION_KEYS = ("name", "base", "base_overrides", "variants", "seeds", "output_dir", "results_dir")
@@ -502,8 +511,6 @@ def run_ablation(ablation: AblationConfig, *, log: Callable[[str], None] = print
                      f"{sum(run.store.published.values()) - kept}; valid macro-F1 mean over targets: {averages}")
             write_summary(run, time.perf_counter() - start, command, plot=False)
     table = write_summary(run, time.perf_counter() - start, command)
-    from deftx.eval.pipeline import append_invocation
-
     append_invocation(ablation.results_dir / INVOCATIONS, command, time.perf_counter() - start)
     return table
 
@@ -586,7 +593,7 @@ HEAD_METRICS = "mlm_head.json"
 
 def invocation_lines(ledger: Path, command: str | None, wall_seconds: float) -> list[str]:
     """Markdown lines: each finished invocation in ``ledger`` (command, wall time, end), then this one."""
-    records = [json.loads(line) for line in ledger.read_text().splitlines() if line] if ledger.is_file() else []
+    records = read_ledger(ledger)
     lines = [f"- `{r['command'] or '(not recorded)'}`: {r['seconds'] / 60:.1f} min, finished {r['finished']}"
              for r in records]
     return [*lines, f"- `{command or '(not recorded)'}`: {wall_seconds / 60:.1f} min so far (this invocation)"]
@@ -656,8 +663,8 @@ def write_summary(run: AblationRun, wall_seconds: float, command: str | None, *,
         for metrics in head_metrics:
             text += [head_report_line(metrics), "", head_curve_table(metrics)]
         (out / HEAD_METRICS).write_text(json.dumps(head_metrics, indent=2) + "\n")
-    if ledger.is_file():
-        records = [json.loads(line) for line in ledger.read_text().splitlines() if line]
+    records = read_ledger(ledger)
+    if records:
         text += ["Wall time of the runs, training and evaluation (a step reused from another run costs "
                  "nothing here; the first run of a seed pays for the shared ones):", "",
                  *cost_lines(records, variants), ""]

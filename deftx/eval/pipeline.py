@@ -46,7 +46,7 @@ import torch
 
 from deftx.data import americasnli, americasnlp, default_data_dir, nusax
 from deftx.eval.config import PipelineConfig
-from deftx.eval.report import bar_plot, markdown_tables, summarize, write_csv
+from deftx.eval.report import append_invocation, bar_plot, markdown_tables, read_ledger, summarize, write_csv
 from deftx.eval.zero_shot import EvalRow, nli_examples, nusax_split_examples, score_composed
 from deftx.sft import SparseDiff
 from deftx.train.config import DenoiseConfig, SparseFineTuningConfig, to_plain
@@ -570,13 +570,6 @@ def write_outputs(ws: Workspace, rows: list[EvalRow], wall_seconds: float, comma
     return tables
 
 
-def append_invocation(ledger: Path, command: str | None, seconds: float) -> None:
-    """Append one finished invocation (command, wall seconds, UTC end time) to a JSON-lines ledger."""
-    with ledger.open("a") as handle:
-        handle.write(json.dumps({"command": command, "seconds": seconds,
-                                 "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n")
-
-
 def reused_steps_note(attached: Mapping[str, int], store: str) -> str:
     """The results.md note on the finished steps this invocation linked from ``store`` (by step name)."""
     if not attached:
@@ -597,8 +590,7 @@ def run_pipeline(config: PipelineConfig, *, log: Callable[[str], None] = print,
 
         ws.step_store = store = LinkedStepStore(Path(config.step_store))
     ledger = ws.results_dir / "invocations.jsonl"
-    if ledger.is_file():
-        ws.earlier_seconds = sum(json.loads(line)["seconds"] for line in ledger.read_text().splitlines() if line)
+    ws.earlier_seconds = sum(record["seconds"] for record in read_ledger(ledger))
     (ws.results_dir / "config.json").write_text(json.dumps(to_plain(config), indent=2) + "\n")
     head_file = ensure_head(ws)
     rows: list[EvalRow] = []

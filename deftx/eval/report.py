@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,18 @@ def write_csv(rows: Sequence[Mapping[str, Any]], path: str | Path) -> None:
         writer = csv.DictWriter(handle, fieldnames=header)
         writer.writeheader()
         writer.writerows(rows)
+
+
+def append_invocation(ledger: Path, command: str | None, seconds: float) -> None:
+    """Append one finished invocation (command, wall seconds, UTC end time) to a JSON-lines ledger."""
+    with ledger.open("a") as handle:
+        handle.write(json.dumps({"command": command, "seconds": seconds,
+                                 "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n")
+
+
+def read_ledger(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines ledger, one per non-empty line; none if the file does not exist."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
 
 
 def mean_sd(values: Sequence[float]) -> tuple[float, float]:
