@@ -36,9 +36,9 @@ from torch.distributed.tensor import DTensor, Replicate
 
 from deftx.distributed import comm
 from deftx.distributed.topk import local_shard, mesh_of
-from deftx.ops import scatter_add_, scatter_restore_
+from deftx.ops import scatter_add_
 from deftx.sft import ParamInfo, SparseDiff
-from deftx.sft.apply import base_model_id, resolve_parameter
+from deftx.sft.apply import check_compatible, entries_per_target, resolve_parameter, restore_saved
 from deftx.sft.format import (
     DENSE_PREFIX,
     DTYPE_NAMES,
@@ -126,37 +126,8 @@ class ShardedAppliedDiffs:
         """Write back the values the diffs overwrote on this rank (bit-exact)."""
         if self.reverted:
             raise RuntimeError("these diffs were already reverted")
-        with torch.no_grad():
-            if self._targets:
-                scatter_restore_(self._targets, self._indices, self._saved)
-            for target, original in self._dense_saved:
-                target.copy_(original)
+        restore_saved(self._targets, self._indices, self._saved, self._dense_saved)
         self.reverted = True
-
-
-def _resolve(
-    model: nn.Module, params: dict[str, torch.Tensor], diffs: Sequence[SparseDiff], strict_dtype: bool, check_base: bool
-) -> dict[str, str]:
-    """Diff name -> model name for every entry, after checking names, shapes, dtypes and base model."""
-    resolved: dict[str, str] = {}
-    model_id = base_model_id(model)
-    for diff in diffs:
-        if check_base and diff.base_model and model_id and diff.base_model != model_id:
-            raise ValueError(
-                f"SparseDiff was made for base model {diff.base_model!r}, the model is {model_id!r} "
-                "(pass check_base=False to apply anyway)"
-            )
-        for name, info in diff.params.items():
-            target = params[resolved.setdefault(name, resolve_parameter(model, params, name))]
-            if tuple(target.shape) != info.shape:
-                raise ValueError(f"SparseDiff[{name!r}]: shape {info.shape} != model shape {tuple(target.shape)}")
-            if strict_dtype and target.dtype != info.dtype:
-                raise TypeError(f"SparseDiff[{name!r}]: made for {info.dtype}, model parameter is {target.dtype}")
-        for name, tensor in diff.dense.items():
-            target = params[resolved.setdefault(name, resolve_parameter(model, params, name))]
-            if tuple(target.shape) != tuple(tensor.shape):
-                raise ValueError(f"SparseDiff dense[{name!r}]: shape {tuple(tensor.shape)} != {tuple(target.shape)}")
-    return resolved
 
 
 def apply_diffs_sharded(
@@ -182,25 +153,16 @@ def apply_diffs_sharded(
     model = _unwrap(model)
     reshard_fsdp(model)
     params = dict(model.named_parameters())
-    resolved = _resolve(model, params, diffs, strict_dtype, check_base)
+    resolved = check_compatible(model, params, diffs, strict_dtype, check_base)
     names = sorted({resolved[n] for d in diffs for n in d.indices})
     targets = [local_tensor(params[n]) for n in names]
     for name, target in zip(names, targets, strict=True):
         if not target.is_contiguous():
             raise ValueError(f"apply_diffs_sharded: the local shard of {name!r} is not contiguous")
     ranges = [flat_range(params[n]) for n in names]
-    position = {n: i for i, n in enumerate(names)}
-    indices, values = [], []
-    for diff in diffs:
-        row_idx = [torch.empty(0, dtype=torch.int64, device=t.device) for t in targets]
-        row_val = [torch.empty(0, dtype=torch.float32, device=t.device) for t in targets]
-        for name, idx in diff.indices.items():
-            slot = position[resolved[name]]
-            local_idx, local_val = slice_range(idx, diff.values[name], *ranges[slot])
-            row_idx[slot] = local_idx.to(targets[slot].device)
-            row_val[slot] = local_val.to(targets[slot].device)
-        indices.append(row_idx)
-        values.append(row_val)
+    indices, values = entries_per_target(
+        diffs, resolved, names, targets, lambda slot, idx, val: slice_range(idx, val, *ranges[slot])
+    )
     dense_saved = []
     with torch.no_grad():
         saved = scatter_add_(targets, indices, values, scales, save=True, backend=backend) if targets else []

@@ -8,7 +8,7 @@ model form a stack: revert the latest first.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -76,16 +76,41 @@ class AppliedDiffs:
         stack = _APPLIED.get(model, [])
         if not stack or stack[-1] is not self:
             raise RuntimeError("revert the diffs applied after these first (reverts go in reverse order)")
-        with torch.no_grad():
-            scatter_restore_(self._targets, self._indices, self._saved)
-            for target, original in self._dense_saved:
-                target.copy_(original)
+        restore_saved(self._targets, self._indices, self._saved, self._dense_saved)
         stack.pop()
         self.reverted = True
 
 
-def _check_compatible(model, params, diffs, strict_dtype, check_base) -> dict[str, str]:
-    """Validate every diff against the model before anything is written; name -> model name."""
+def restore_saved(
+    targets: list[torch.Tensor],
+    indices: list[list[torch.Tensor]],
+    saved: list[list[torch.Tensor]],
+    dense_saved: list[tuple[torch.Tensor, torch.Tensor]],
+) -> None:
+    """Write back what an apply overwrote: the gathered sparse values, then the dense tensors' copies."""
+    with torch.no_grad():
+        if targets:
+            scatter_restore_(targets, indices, saved)
+        for target, original in dense_saved:
+            target.copy_(original)
+
+
+def check_compatible(
+    model: torch.nn.Module,
+    params: Mapping[str, torch.Tensor],
+    diffs: Sequence[SparseDiff],
+    strict_dtype: bool,
+    check_base: bool,
+) -> dict[str, str]:
+    """Validate every diff against the model before anything is written; diff name -> model name.
+
+    ``params``: the model's named parameters (global shapes for DTensors).
+
+    Raises:
+        KeyError: a diff entry names no parameter of the model.
+        ValueError: a shape differs, or the diff was made for another base model.
+        TypeError: a dtype differs and ``strict_dtype`` is set.
+    """
     resolved: dict[str, str] = {}
     model_id = base_model_id(model)
     for diff in diffs:
@@ -112,6 +137,37 @@ def _check_compatible(model, params, diffs, strict_dtype, check_base) -> dict[st
     return resolved
 
 
+Localize = Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def entries_per_target(
+    diffs: Sequence[SparseDiff],
+    resolved: Mapping[str, str],
+    names: Sequence[str],
+    targets: Sequence[torch.Tensor],
+    localize: Localize | None = None,
+) -> tuple[list[list[torch.Tensor]], list[list[torch.Tensor]]]:
+    """The scatter operands: per diff, per target tensor, its (int64 indices, fp32 values).
+
+    ``names[t]`` is the model parameter behind ``targets[t]``; a diff without entries for a
+    target gets empty tensors. ``localize(t, indices, values)`` maps a diff's global entries
+    to those ``targets[t]`` holds (a rank's shard); by default they are taken whole.
+    """
+    position = {n: i for i, n in enumerate(names)}
+    indices, values = [], []
+    for diff in diffs:
+        row_idx = [torch.empty(0, dtype=torch.int64, device=t.device) for t in targets]
+        row_val = [torch.empty(0, dtype=torch.float32, device=t.device) for t in targets]
+        for name, idx in diff.indices.items():
+            slot = position[resolved[name]]
+            idx, val = (idx, diff.values[name]) if localize is None else localize(slot, idx, diff.values[name])
+            row_idx[slot] = idx.to(targets[slot].device)
+            row_val[slot] = val.to(targets[slot].device)
+        indices.append(row_idx)
+        values.append(row_val)
+    return indices, values
+
+
 def apply_diffs(
     model: torch.nn.Module,
     diffs: Sequence[SparseDiff],
@@ -132,20 +188,10 @@ def apply_diffs(
     if len(scales) != len(diffs):
         raise ValueError(f"apply_diffs: {len(scales)} scales for {len(diffs)} diffs")
     params = dict(model.named_parameters())
-    resolved = _check_compatible(model, params, diffs, strict_dtype, check_base)
+    resolved = check_compatible(model, params, diffs, strict_dtype, check_base)
     sparse_names = sorted({resolved[n] for d in diffs for n in d.indices})
     targets = [params[n].detach() for n in sparse_names]
-    position = {n: i for i, n in enumerate(sparse_names)}
-    indices, values = [], []
-    for diff in diffs:
-        row_idx = [torch.empty(0, dtype=torch.int64, device=t.device) for t in targets]
-        row_val = [torch.empty(0, dtype=torch.float32, device=t.device) for t in targets]
-        for name, idx in diff.indices.items():
-            slot = position[resolved[name]]
-            row_idx[slot] = idx.to(targets[slot].device)
-            row_val[slot] = diff.values[name].to(targets[slot].device)
-        indices.append(row_idx)
-        values.append(row_val)
+    indices, values = entries_per_target(diffs, resolved, sparse_names, targets)
     dense_saved = []
     with torch.no_grad():
         saved = scatter_add_(targets, indices, values, scales, save=True, backend=backend) or []
