@@ -510,9 +510,8 @@ def run_ablation(ablation: AblationConfig, *, log: Callable[[str], None] = print
                      f"shared steps reused {sum(run.store.attached.values()) - reused}, kept "
                      f"{sum(run.store.published.values()) - kept}; valid macro-F1 mean over targets: {averages}")
             write_summary(run, time.perf_counter() - start, command, plot=False)
-    table = write_summary(run, time.perf_counter() - start, command)
     append_invocation(ablation.results_dir / INVOCATIONS, command, time.perf_counter() - start)
-    return table
+    return write_summary(run, time.perf_counter() - start, command, finished=True)
 
 
 def summary_rows(rows: Sequence[Mapping[str, Any]], sources: Sequence[str]) -> list[dict[str, Any]]:
@@ -591,11 +590,16 @@ INVOCATIONS = "invocations.jsonl"
 HEAD_METRICS = "mlm_head.json"
 
 
-def invocation_lines(ledger: Path, command: str | None, wall_seconds: float) -> list[str]:
-    """Markdown lines: each finished invocation in ``ledger`` (command, wall time, end), then this one."""
+def invocation_lines(ledger: Path, command: str | None, wall_seconds: float, *, finished: bool = False) -> list[str]:
+    """Markdown lines: each finished invocation in ``ledger`` (command, wall time, end), then this one.
+
+    ``finished``: this invocation is already the ledger's last line, so it is not added again.
+    """
     records = read_ledger(ledger)
     lines = [f"- `{r['command'] or '(not recorded)'}`: {r['seconds'] / 60:.1f} min, finished {r['finished']}"
              for r in records]
+    if finished:
+        return lines
     return [*lines, f"- `{command or '(not recorded)'}`: {wall_seconds / 60:.1f} min so far (this invocation)"]
 
 
@@ -611,8 +615,13 @@ def recorded_head_metrics(run: AblationRun) -> list[dict[str, Any]]:
     return list(by_head.values())
 
 
-def write_summary(run: AblationRun, wall_seconds: float, command: str | None, *, plot: bool = True) -> str:
-    """summary.csv, results.md, results.png (with ``plot``) and timings.jsonl from every row of ``ablation.csv``."""
+def write_summary(
+    run: AblationRun, wall_seconds: float, command: str | None, *, plot: bool = True, finished: bool = False
+) -> str:
+    """summary.csv, results.md, results.png (with ``plot``) and timings.jsonl from every row of ``ablation.csv``.
+
+    ``finished``: the invocation has ended and is in the invocation ledger (results.md lists it once).
+    """
     ablation = run.ablation
     out = ablation.results_dir
     rows = [row for row in read_rows(out / "ablation.csv") if row["variant"] in ablation.variants]
@@ -639,9 +648,9 @@ def write_summary(run: AblationRun, wall_seconds: float, command: str | None, *,
     tables = variant_tables(summary, variants, "macro_f1")
     any_config = next(iter(ablation.variants.values()))
     text = [f"# {ablation.name}: ablation on the NusaX valid splits", "",
-            "Commands (earlier finished invocations, then this one; an interrupted invocation leaves "
-            "no line here, its finished variants' costs are below):", "",
-            *invocation_lines(out / INVOCATIONS, command, wall_seconds), ""]
+            "Commands (finished invocations, then the one under way, if any; an interrupted invocation "
+            "leaves no line here, its finished variants' costs are below):", "",
+            *invocation_lines(out / INVOCATIONS, command, wall_seconds, finished=finished), ""]
     text += [
         f"Scored on the **valid** splits only (the test splits are for the final run of the chosen recipe); "
         f"language SFT and MLM head text: NusaX MT {'+'.join(any_config.language_text_splits)}. "

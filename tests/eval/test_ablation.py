@@ -398,7 +398,7 @@ def test_summary_files(tiny_ablation):
     assert (out / "timings.jsonl").is_file() and (out / "mlm_head.json").is_file()
     ledger = [json.loads(line) for line in (out / "invocations.jsonl").read_text().splitlines()]
     assert ledger and all(record["seconds"] > 0 for record in ledger)
-    assert text.count(" min, finished ") == len(ledger) - 1 and "(this invocation)" in text
+    assert text.count(" min, finished ") == len(ledger) and "(this invocation)" not in text
 
 
 def test_seed_table_holds_each_seeds_mean_over_targets_without_the_source():
@@ -432,6 +432,10 @@ def test_invocation_lines_list_finished_runs_then_this_one(tmp_path):
         "- `deftx ablate a.yaml --seeds 0`: 12.5 min, finished 2026-11-25T11:49:00Z",
         "- `(not recorded)`: 0.1 min, finished 2026-11-25T12:00:00Z",
         "- `(not recorded)`: 1.5 min so far (this invocation)",
+    ]
+    assert invocation_lines(ledger, None, 90.0, finished=True) == [
+        "- `deftx ablate a.yaml --seeds 0`: 12.5 min, finished 2026-11-25T11:49:00Z",
+        "- `(not recorded)`: 0.1 min, finished 2026-11-25T12:00:00Z",
     ]
 
 
