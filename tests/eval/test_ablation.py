@@ -73,12 +73,12 @@ BASE = {"targets": ["madurese"], "methods": {"lt-sft": None}}
 
 def test_base_overrides_act_like_the_same_override_in_every_variant(tmp_path):
     staged = parse_ablation(ablation_raw(tmp_path, BASE, {"a": {}, "b": {"language_sft.k": 0.01}},
-                                         base_overrides={"task_sft.sparse.learning_rate": 1e-4}))
+                                         base_overrides={"task_sft.sparse.learning_rate": 3e-4}))
     spelled = parse_ablation(ablation_raw(tmp_path, BASE, {
-        "a": {"task_sft.sparse.learning_rate": 1e-4},
-        "b": {"task_sft": {"sparse": {"learning_rate": 1e-4}}, "language_sft.k": 0.01}}))
+        "a": {"task_sft.sparse.learning_rate": 3e-4},
+        "b": {"task_sft": {"sparse": {"learning_rate": 3e-4}}, "language_sft.k": 0.01}}))
     assert staged.hashes == spelled.hashes
-    assert staged.variants["b"].task_sft.sparse.learning_rate == 1e-4
+    assert staged.variants["b"].task_sft.sparse.learning_rate == 3e-4
     assert staged.variants["b"].task_sft.sparse.epochs == spelled.variants["b"].task_sft.sparse.epochs
     plain = parse_ablation(ablation_raw(tmp_path, BASE, {"a": {}}))
     assert plain.hashes["a"] != staged.hashes["a"]

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from deftx.eval.config import ConfigError, load_config, parse_config
+from deftx.train.config import to_plain
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -18,10 +19,31 @@ def test_shipped_configs_parse(name):
     assert config.methods["lt-sft"] is None and config.methods["deft-x"].energy == 0.9
     assert config.language_config().selections == config.methods
     assert config.task_config().ship_head and not config.language_config().ship_head
-    # the keys added for recipe selection leave the shipped runs as they were
-    assert config.eval_split == "test" and config.language_text_splits == ("train", "valid")
-    assert config.language_scales() == (1.0,) and config.language_sft.max_length is None
-    assert config.mlm_head.texts == ("nusax",) and config.mlm_head.eval_sequences == 0
+    assert config.eval_split == "test" and config.language_sft.max_length is None
+
+
+def test_prototype_config_keeps_its_recorded_settings():
+    config = load_config(REPO / "configs" / "nusax-e5-small-1seed.yaml")
+    assert config.language_scales() == (1.0,) and config.language_text_splits == ("train", "valid")
+    assert config.mlm_head.texts == ("nusax",) and config.task_sft.sparse.learning_rate == 3e-5
+
+
+def test_omitted_keys_default_to_the_chosen_recipe():
+    config = parse_config({"targets": ["madurese"]})
+    assert config.task_sft.full.learning_rate == 3e-5 and config.task_sft.sparse.learning_rate == 1e-4
+    assert config.task_sft.full.epochs == config.task_sft.sparse.epochs == 3
+    assert config.full_finetune.learning_rate == 1e-4 and config.full_finetune.epochs == 3
+    assert config.language_scales() == (1.25,)
+    assert config.language_sft.full.steps == config.language_sft.sparse.steps == 100
+    assert config.language_sft.full.l1 == config.language_sft.sparse.l1 == 0.1
+
+
+def test_real_run_trains_the_final_tables_recipe():
+    real = to_plain(load_config(REPO / "configs" / "nusax-e5-small.yaml"))
+    final = to_plain(load_config(REPO / "configs" / "nusax-e5-small-final.yaml"))
+    recipe = ("methods", "language_scale", "language_text_splits", "mlm_head", "language_sft", "task_sft",
+              "full_finetune", "task_on_source_sft", "baseline", "model")
+    assert {key: real[key] for key in recipe} == {key: final[key] for key in recipe}
 
 
 def test_real_run_covers_the_papers_languages():
@@ -33,7 +55,7 @@ def test_real_run_covers_the_papers_languages():
 def test_phase_override_keeps_unset_keys():
     config = parse_config({"targets": ["madurese"], "language_sft": {"full": {"steps": 3}}})
     assert config.language_sft.full.steps == 3 and config.language_sft.full.l1 == 0.1
-    assert config.language_sft.sparse.steps == 200
+    assert config.language_sft.sparse.steps == 100
     switched = parse_config({"targets": ["madurese"], "task_sft": {"full": {"steps": 4}}})
     assert switched.task_sft.full.steps == 4 and switched.task_sft.full.epochs is None
 
