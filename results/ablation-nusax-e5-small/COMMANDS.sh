@@ -11,3 +11,7 @@ S2=configs/ablation-nusax-e5-small-language.yaml
 # session 4
 /usr/bin/time -v deftx ablate $S1 --seeds 2 --variants reference task-sparse-lr-1e-4 full-ft-lr-1e-4 task-sparse-lr-3e-4 full-ft-lr-3e-4
 deftx ablate $S2 --seeds 2 --variants reference
+# session 5 (stage 2, after the final test table; one invocation per variant and seed)
+for v in lr-1e-4 seq-64 steps-50 lr-2e-5; do /usr/bin/time deftx ablate $S2 --seeds 0 --variants $v; done
+for v in k-1pct k-6pct; do /usr/bin/time deftx ablate $S2 --seeds 1 --variants $v; done
+for v in k-1pct k-6pct; do /usr/bin/time deftx ablate $S2 --seeds 2 --variants $v; done
