@@ -615,6 +615,14 @@ def recorded_head_metrics(run: AblationRun) -> list[dict[str, Any]]:
     return list(by_head.values())
 
 
+def seeds_sentence(rows: Sequence[Mapping[str, Any]], invocation_seeds: Sequence[int]) -> str:
+    """The seeds the tables cover (every row of ablation.csv), and this invocation's where they differ."""
+    covered = sorted({int(row["seed"]) for row in rows})
+    if covered == sorted(invocation_seeds):
+        return f"Seeds: {covered}."
+    return f"Seeds in the tables: {covered} (this invocation ran {list(invocation_seeds)})."
+
+
 def write_summary(
     run: AblationRun, wall_seconds: float, command: str | None, *, plot: bool = True, finished: bool = False
 ) -> str:
@@ -654,7 +662,7 @@ def write_summary(
     text += [
         f"Scored on the **valid** splits only (the test splits are for the final run of the chosen recipe); "
         f"language SFT and MLM head text: NusaX MT {'+'.join(any_config.language_text_splits)}. "
-        f"Seeds: {list(ablation.seeds)}. Targets: {', '.join(any_config.targets)}; the mean over targets "
+        f"{seeds_sentence(rows, ablation.seeds)} Targets: {', '.join(any_config.targets)}; the mean over targets "
         "leaves the source out. Model: multilingual-e5-small is 4-bit (Q4_0 word embeddings and Linear weights).",
         "",
         "Variants (overrides of the base config):",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from transformers import TrainingArguments
 
 
@@ -45,7 +46,11 @@ class TrainingSettings:
 
 
 def training_arguments(settings: TrainingSettings, output_dir: str | Path) -> TrainingArguments:
-    """``TrainingArguments`` for one deftx run (phase lengths and rates are set per phase)."""
+    """``TrainingArguments`` for one deftx run (phase lengths and rates are set per phase).
+
+    Batches are pinned only where there is a CUDA device to copy them to (on CPU, torch warns
+    at every phase that pinning is ignored).
+    """
     return TrainingArguments(
         output_dir=str(output_dir),
         per_device_train_batch_size=settings.batch_size,
@@ -63,6 +68,7 @@ def training_arguments(settings: TrainingSettings, output_dir: str | Path) -> Tr
         report_to=[],
         disable_tqdm=not settings.progress,
         dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
         remove_unused_columns=False,
         train_sampling_strategy="group_by_length" if settings.group_by_length else "random",
     )

@@ -25,6 +25,7 @@ from deftx.eval.ablation import (
     recorded_head_metrics,
     run_ablation,
     seed_tables,
+    seeds_sentence,
 )
 from deftx.eval.config import ConfigError
 from deftx.eval.pipeline import BASELINE, NO_LANGUAGE_SFT, Workspace, language_steps, task_steps
@@ -399,6 +400,12 @@ def test_summary_files(tiny_ablation):
     ledger = [json.loads(line) for line in (out / "invocations.jsonl").read_text().splitlines()]
     assert ledger and all(record["seconds"] > 0 for record in ledger)
     assert text.count(" min, finished ") == len(ledger) and "(this invocation)" not in text
+
+
+def test_seeds_sentence_names_the_seeds_of_the_rows_not_only_this_invocations():
+    rows = [{"seed": 2}, {"seed": "0"}, {"seed": 1}, {"seed": 2}]
+    assert seeds_sentence(rows, [0, 1, 2]) == "Seeds: [0, 1, 2]."
+    assert seeds_sentence(rows, [2]) == "Seeds in the tables: [0, 1, 2] (this invocation ran [2])."
 
 
 def test_seed_table_holds_each_seeds_mean_over_targets_without_the_source():
