@@ -17,3 +17,4 @@ for v in k-1pct k-6pct; do /usr/bin/time deftx ablate $S2 --seeds 1 --variants $
 for v in k-1pct k-6pct; do /usr/bin/time deftx ablate $S2 --seeds 2 --variants $v; done
 # session 6 (stage 2, fresh machine: no cached steps; one invocation per seed)
 for s in 0 1 2; do /usr/bin/time -v deftx ablate $S2 --seeds $s --variants head-nusax-1000; done
+for s in 0 1 2; do /usr/bin/time -v deftx ablate $S2 --seeds $s --variants head-nusax-1000-deft-x; done

@@ -169,6 +169,9 @@ def test_shipped_ablation_configs_parse_and_stage_2_starts_from_stage_1s_winner(
     assert signature["k-1pct"] == signature["reference"] == language_phase1_signature(reference)
     for name in ("l1-0", "lr-2e-5", "lr-1e-4", "steps-50", "steps-200", "word-embeddings-in", "seq-64"):
         assert signature[name] != signature["reference"], name
+    paired = variants["head-nusax-1000-deft-x"]
+    assert set(paired.methods) == {"lt-sft", "deft-x"} and set(variants["head-nusax-1000"].methods) == {"lt-sft"}
+    assert signature["head-nusax-1000-deft-x"] == signature["head-nusax-1000"] != signature["reference"]
 
 
 def test_final_config_is_stage_1s_winner_on_test_and_links_the_ablations_steps():
