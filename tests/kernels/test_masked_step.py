@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from deftx.kernels import kernel_module
 
+from deftx.kernels import kernel_module
 from tests.helpers import assert_bitwise_equal
 
 masked_step = kernel_module("masked_step", interpret=True)

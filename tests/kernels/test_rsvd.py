@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from deftx.kernels import kernel_module
 
+from deftx.kernels import kernel_module
 from tests.helpers import assert_close, tolerance
 
 rsvd = kernel_module("rsvd", interpret=True)

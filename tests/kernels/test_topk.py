@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
-from deftx.kernels import kernel_module
 
+from deftx.kernels import kernel_module
 from tests.helpers import assert_bitwise_equal
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)

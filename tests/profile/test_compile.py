@@ -7,10 +7,10 @@ import importlib
 import pytest
 import triton
 import triton.language as tl
-from deftx.kernels import KernelSpec
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from deftx.kernels import KernelSpec
 from deftx.profile import compile as compile_module
 from deftx.profile.compile import (
     BuildFailure,

@@ -1,4 +1,13 @@
-"""Triton kernels of deftx, one op per module (installed as ``deftx.kernels``).
+"""Triton kernels of deftx, one op per module, imported as ``deftx.kernels``.
+
+The op modules (``topk``, ``scatter``, ``rsvd``, ``masked_step``) live in the
+repository's top-level ``kernels/`` folder. That folder has no ``__init__.py`` on
+purpose: a regular package named ``kernels`` at the repository root would shadow the
+third-party ``kernels`` distribution (Hugging Face's Hub kernel loader, which
+``transformers`` imports) whenever the root is on ``sys.path`` (``python -m pytest``,
+scripts run from the checkout). Installed from a wheel, the op modules are copied
+beside this file (``setup.py``); run from a checkout or an editable install, this
+package adds the checkout's ``kernels/`` folder to its ``__path__``.
 
 Each kernel module holds its ``@triton.jit`` kernels, their launcher, the
 specialisations it is compiled for (``SPECIALIZATIONS``) and its bytes-moved model.
@@ -18,10 +27,29 @@ import importlib
 import importlib.util
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 KERNEL_MODULES: tuple[str, ...] = ("topk", "scatter", "rsvd", "masked_step")
+
+
+def _source_tree_kernels() -> list[str]:
+    """The checkout's top-level ``kernels/`` folder, when the op modules are not installed here.
+
+    Returns ``[]`` in an installed wheel (the op modules sit beside this file), else
+    ``["<checkout>/kernels"]``.
+    """
+    here = Path(__file__).resolve().parent
+    if (here / f"{KERNEL_MODULES[0]}.py").exists():
+        return []
+    checkout_kernels = here.parent.parent / "kernels"
+    if not (checkout_kernels / f"{KERNEL_MODULES[0]}.py").exists():
+        raise ImportError(f"deftx.kernels: the op modules are neither in {here} nor in {checkout_kernels}")
+    return [str(checkout_kernels)]
+
+
+__path__ = [*__path__, *_source_tree_kernels()]
 
 
 @dataclass(frozen=True)
