@@ -278,7 +278,7 @@ def run_case(
         if impl in failed:
             rows.append(failed[impl])
             continue
-        timed, first = measured[impl]
+        timed, first = measured.pop(impl)  # popped: a model-sized result is freed before the next probe
         row = _result_row(spec, impl, inputs, timed, first, roof)
         if overhead.get(impl) is not None:
             row["host_overhead"] = overhead[impl]
@@ -321,9 +321,10 @@ def comparisons(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "deftx_peak_extra_bytes": d.get("peak_extra_bytes"),
                 "baseline_peak_extra_bytes": b.get("peak_extra_bytes"),
             }
-            if "relative_error" in d:
-                entry["deftx_relative_error"] = d["relative_error"]
-                entry["baseline_relative_error"] = b.get("relative_error")
+            for quality in ("relative_error", "score_error"):
+                if quality in d:
+                    entry[f"deftx_{quality}"] = d[quality]
+                    entry[f"baseline_{quality}"] = b.get(quality)
             out.append(entry)
     return out
 
