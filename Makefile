@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 LOCK ?= $(CURDIR)/constraints.txt
 LOCK_VENV ?= $(CURDIR)/build/lock-venv
 
-.PHONY: install run test lint bench native clean lock
+.PHONY: install run test lint bench native clean lock gpu-check
 
 install:
 	PIP_CONSTRAINT=$(LOCK) $(PIP) install --quiet torch==2.13.0
@@ -25,6 +25,13 @@ lint:
 
 bench: install
 	$(PYTHON) -m pytest benchmarks --benchmark-enable -q
+
+# The prepared check for a GPU machine (README, "GPU check"): no install step of its own here,
+# since the machine's torch must stay; its first stage installs deftx offline onto it.
+OUT ?= gpu-check-out
+GPU_CHECK_ARGS ?=
+gpu-check:
+	PYTHONUNBUFFERED=1 $(PYTHON) -m deftx.gpucheck --out $(OUT) $(GPU_CHECK_ARGS)
 
 native:
 	cmake -S . -B build/native -DCMAKE_BUILD_TYPE=Release \

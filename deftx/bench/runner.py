@@ -65,6 +65,8 @@ class SuiteConfig:
             every deftx implementation (:func:`deftx.bench.overhead.count_host_overhead`).
         deadline: ``time.monotonic()`` past which no further case starts; the cases left
             are recorded as skipped rows.
+        roofline_copy_bytes, roofline_matmul_n: sizes of the roof measurements (None: the
+            per-device defaults of :mod:`deftx.bench.roofline`).
     """
 
     shapes: ShapeSet
@@ -83,6 +85,8 @@ class SuiteConfig:
     op_k_fractions: dict[str, tuple[float, ...]] | None = None
     count_overhead: bool = False
     deadline: float | None = None
+    roofline_copy_bytes: int | None = None
+    roofline_matmul_n: int | None = None
 
     def k_values(self, op: str) -> list[float | None]:
         """The K fractions ``op`` runs at (rsvd and scores: none; step: also 5%)."""
@@ -362,7 +366,7 @@ def run_suite(
             bar.update(1)
 
         bar.set_postfix_str("roofline")
-        roof = measure_roofline(device)
+        roof = measure_roofline(device, copy_bytes=config.roofline_copy_bytes, matmul_n=config.roofline_matmul_n)
         doc["roofline"] = roof.to_json()
         bar.update(1)
         prober = MemoryProber() if config.memory else None

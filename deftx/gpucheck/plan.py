@@ -129,7 +129,7 @@ def planned_budget(planned: Iterable[PlannedStage]) -> int:
 
 def plan_lines(planned: list[PlannedStage], total_budget_s: float) -> list[str]:
     """The plan as printed by ``--dry-run`` and at the start of a run."""
-    width = max(len(p.stage.name) for p in planned)
+    width = max(len("total"), *(len(p.stage.name) for p in planned))
     lines = []
     for p in planned:
         state = f"{p.stage.budget_s:>4d} s" if p.runs else "  skip"

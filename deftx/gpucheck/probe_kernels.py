@@ -69,3 +69,26 @@ def digit_histogram(x: torch.Tensor, shift: int, hist: torch.Tensor) -> torch.Te
     _digit_histogram_kernel[(programs(x.device),)](x, hist, x.numel(), DTYPE=_TL_DTYPE[x.dtype], SHIFT=shift,
                                                    TILE=TILE, num_warps=WARPS)
     return hist
+
+
+def _specializations():
+    """The four specialisations the micro-benchmark launches (for compile checks without a GPU)."""
+    from deftx.kernels import KernelSpec
+
+    specs = []
+    for dtype, name in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
+        for kernel, label, out in ((_digit_sum_kernel, "digit_sum", "out_ptr"),
+                                   (_digit_histogram_kernel, "digit_histogram", "hist_ptr")):
+            specs.append(KernelSpec(
+                name=f"probe_{label}_{name}",
+                kernel=kernel,
+                signature={"x_ptr": f"*{name}", out: "*i64", "n": "i32", "DTYPE": "constexpr", "SHIFT": "constexpr",
+                           "TILE": "constexpr"},
+                constexprs={"DTYPE": _TL_DTYPE[dtype], "SHIFT": 24, "TILE": TILE},
+                num_warps=WARPS,
+                num_stages=3,
+            ))
+    return specs
+
+
+SPECIALIZATIONS = _specializations()

@@ -11,9 +11,6 @@ so whatever finished is there even if the whole command is killed.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -21,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deftx.gpucheck import processes
 from deftx.gpucheck.context import StageContext, read_result
 from deftx.gpucheck.outputs import BUNDLE_NAME, bundle, publish, returnable_problems, write_json
 from deftx.gpucheck.plan import PlannedStage
@@ -55,20 +53,12 @@ def stage_context(settings: RunSettings, name: str, deadline: float) -> StageCon
 
 
 def run_process(command: list[str], cwd: Path, log: Path, cap_s: float) -> tuple[int | None, float]:
-    """Run ``command`` in a new process group, output to ``log``; kill the group at ``cap_s``.
+    """Run ``command`` in its own process group, output to ``log``, killed at ``cap_s``.
 
-    Returns (exit code, or None if it was killed; seconds it ran).
+    Returns (exit code, or None if it was killed at the cap; seconds it ran).
     """
     start = time.monotonic()
-    with log.open("w") as out:
-        process = subprocess.Popen(command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        try:
-            code = process.wait(timeout=cap_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-            code = None
+    code = processes.run(command, cwd, log, cap_s)
     return code, time.monotonic() - start
 
 

@@ -33,6 +33,8 @@ PREDICT_TARGET = "h200"
 K_FRACTIONS = (0.001, 0.01, 0.1)
 STEP_K = (0.05,)
 DEADLINE_MARGIN_S = 4.0
+TINY_SETTINGS = {"rank": 8, "oversample": 4, "roofline_copy_bytes": 16 << 20, "roofline_matmul_n": 256}
+"""Toy runs: a smaller sketch and roofs (the full run uses the suite's rank 32 + 8 and its roofs)."""
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,7 @@ def suite_config(ctx: StageContext, name: str):
         memory=ctx.device == "cuda",
         count_overhead=True,
         deadline=time.monotonic() + seconds,
+        **({} if ctx.full else TINY_SETTINGS),
     )
 
 

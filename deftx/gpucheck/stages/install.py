@@ -10,12 +10,11 @@ so and the check carries on.
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+from deftx.gpucheck import processes
 from deftx.gpucheck.context import StageContext
 
 PIP_ENV = {"PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"}
@@ -41,15 +40,12 @@ def run(ctx: StageContext) -> dict[str, Any]:
     repo = Path(ctx.repo)
     log = ctx.stage_dir / "pip.log"
     command = install_command(sys.executable)
-    with log.open("w") as out:
-        done = subprocess.run(
-            command, cwd=repo, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **PIP_ENV},
-            timeout=max(1.0, ctx.seconds_left() - 2), check=False,
-        )
+    code = processes.run(command, repo, log, ctx.seconds_left() - 2, PIP_ENV)
     native = native_status(repo)
     tail = log.read_text().splitlines()[-15:]
-    if done.returncode != 0:
-        return {"status": "failed", "headline": f"pip exited with {done.returncode}; native: {native}",
+    if code != 0:
+        ended = "was stopped at the stage deadline" if code is None else f"exited with {code}"
+        return {"status": "timeout" if code is None else "failed", "headline": f"pip {ended}; native: {native}",
                 "command": command, "log_tail": tail, "native": native}
     native_ok = native.startswith("ok")
     headline = "deftx installed (editable); native library " + ("built" if native_ok else f"NOT built: {native}")

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from deftx.bench.overhead import triton_kernel_names
+from deftx.gpucheck import processes
 from deftx.gpucheck.context import StageContext
 
 SECTIONS = ("SpeedOfLight", "Occupancy", "LaunchStats")
@@ -127,12 +128,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
     report = ctx.stage_dir / "kernels.ncu-rep"
     command = profile_command(ncu, sys.executable, report, triton_kernel_names())
     log = ctx.stage_dir / "ncu.log"
-    with log.open("w") as out:
-        done = subprocess.run(command, cwd=ctx.repo, stdout=out, stderr=subprocess.STDOUT, check=False,
-                              timeout=max(1.0, ctx.seconds_left() - STOP_MARGIN_S))
+    code = processes.run(command, ctx.repo, log, ctx.seconds_left() - STOP_MARGIN_S)
     tail = log.read_text().splitlines()[-20:]
     if not report.is_file():
-        return {"status": "failed", "headline": f"ncu exited with {done.returncode} and wrote no report: "
+        ended = "was stopped at the stage deadline" if code is None else f"exited with {code}"
+        return {"status": "timeout" if code is None else "failed", "headline": f"ncu {ended} and wrote no report: "
                 f"{next((line for line in reversed(tail) if line.strip()), '')[:200]}", "command": command,
                 "log_tail": tail}
     exported = subprocess.run([ncu, "--import", str(report), "--csv", "--page", "raw"], capture_output=True,
@@ -141,7 +141,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     launches = parse_raw_csv(exported.stdout)
     (ctx.stage_dir / "kernels.md").write_text(markdown(launches))
     print(markdown(launches))
-    status = "ok" if done.returncode == 0 and launches else "failed"
+    status = "ok" if code == 0 and launches else ("timeout" if code is None else "failed")
     kernels = sorted({r["kernel"] for r in launches})
-    headline = f"{len(launches)} launches of {len(kernels)} kernels profiled (ncu exit {done.returncode})"
+    headline = f"{len(launches)} launches of {len(kernels)} kernels profiled (ncu exit {code})"
     return {"status": status, "headline": headline, "launches": launches, "command": command, "log_tail": tail}

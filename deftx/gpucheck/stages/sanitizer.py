@@ -10,14 +10,13 @@ reports naming one of deftx's kernels; the cases that ran are read from the prog
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 from deftx.bench.overhead import triton_kernel_names
+from deftx.gpucheck import processes
 from deftx.gpucheck.context import StageContext
 
 TOOLS = ("memcheck", "racecheck")
@@ -59,23 +58,15 @@ def run(ctx: StageContext) -> dict[str, Any]:
     sanitizer = ctx.tools.get("compute-sanitizer")
     if not sanitizer:
         return {"status": "failed", "headline": "compute-sanitizer not found"}
-    processes = {}
+    started = {}
     for tool in TOOLS:
-        env = {**os.environ, **({"PYTORCH_NO_CUDA_MEMORY_CACHING": "1"} if tool == "memcheck" else {})}
-        output = (ctx.stage_dir / f"{tool}.out").open("w")
+        env = {"PYTORCH_NO_CUDA_MEMORY_CACHING": "1"} if tool == "memcheck" else {}
         command = sanitizer_command(sanitizer, tool, sys.executable, ctx.stage_dir / f"{tool}.log")
-        processes[tool] = (subprocess.Popen(command, cwd=ctx.repo, stdout=output, stderr=subprocess.STDOUT, env=env),
-                           output, command)
+        started[tool] = (processes.start(command, ctx.repo, ctx.stage_dir / f"{tool}.out", env), command)
     kernels = triton_kernel_names()
     tools: dict[str, Any] = {}
-    for tool, (process, output, command) in processes.items():
-        try:
-            code = process.wait(timeout=max(1.0, ctx.seconds_left() - STOP_MARGIN_S))
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-            code = None
-        output.close()
+    for tool, (process, command) in started.items():
+        code = processes.finish(process, ctx.seconds_left() - STOP_MARGIN_S)
         log = ctx.stage_dir / f"{tool}.log"
         text = log.read_text() if log.is_file() else ""
         ran = _RAN.findall((ctx.stage_dir / f"{tool}.out").read_text())

@@ -11,15 +11,13 @@ short still reports what passed and failed.
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
-import signal
-import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from deftx.gpucheck import processes
 from deftx.gpucheck.context import StageContext
 
 NO_TESTS_SELECTED = 5
@@ -61,15 +59,8 @@ def has_plugin(module: str) -> bool:
 
 def run_pytest(command: list[str], cwd: str, log: Path, timeout: float) -> tuple[int | None, bool]:
     """Run pytest in its own process group into ``log``; (exit code or None, timed out)."""
-    with log.open("w") as out:
-        process = subprocess.Popen(command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        try:
-            return process.wait(timeout=max(1.0, timeout)), False
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-            return None, True
+    code = processes.run(command, cwd, log, timeout)
+    return code, code is None
 
 
 def summarize(outcomes: dict[str, str], code: int | None, timed_out: bool) -> dict[str, Any]:

