@@ -64,7 +64,7 @@ def test_a_missing_tool_skips_its_stage():
 
 
 def test_unknown_stage_names_are_refused_with_the_known_ones():
-    with pytest.raises(ValueError, match="unknown stage.*bench-gpt.*stages: install"):
+    with pytest.raises(ValueError, match=r"unknown stage.*bench-gpt.*stages: install"):
         plan(only=("bench-gpt",))
     with pytest.raises(ValueError, match="--skip"):
         plan(skip=("nope",))

@@ -38,7 +38,8 @@ def alive(pid: int) -> bool:
 
 def test_a_timed_out_process_is_stopped_with_everything_it_started(tmp_path):
     pid_file = tmp_path / "grandchild.pid"
-    script = f"import subprocess, time; p = subprocess.Popen(['sleep', '60']); open({str(pid_file)!r}, 'w').write(str(p.pid)); time.sleep(60)"
+    script = (f"import subprocess, time; p = subprocess.Popen(['sleep', '60']); "
+              f"open({str(pid_file)!r}, 'w').write(str(p.pid)); time.sleep(60)")
     start = time.monotonic()
     code = processes.run([sys.executable, "-c", script], tmp_path, tmp_path / "out.log", timeout=3.0)
     assert code is None and time.monotonic() - start < 30

@@ -63,7 +63,7 @@ def test_summarize_tells_ok_failed_timeout_and_none_selected():
 def test_ncu_command_profiles_the_kernel_cases_in_their_range_with_clocks_untouched():
     command = profile_command("ncu", "py", Path("r.ncu-rep"), frozenset({"_b_kernel", "_a_kernel"}))
     assert command[:3] == ["ncu", "--clock-control", "none"]
-    assert ["--profile-from-start", "off"] == command[3:5]
+    assert command[3:5] == ["--profile-from-start", "off"]
     assert kernel_regex(frozenset({"_b_kernel", "_a_kernel"})) == "regex:_a_kernel|_b_kernel"
     assert command[-6:] == ["py", "-m", "deftx.gpucheck.kernel_cases", "--size", "medium", "--profile-range"]
 
