@@ -10,7 +10,7 @@ after every stage the output folder is refreshed with:
   (``deftx-bench/1``, with the predicted-vs-measured section);
 * ``<prefix>_kernels.json``: ceilings, histogram micro-benchmark, ncu metrics, sanitizer;
 * :data:`BUNDLE_NAME`: a tar.gz of the whole working folder (logs, markdown tables, plots,
-  traces, ncu reports), minus any file that alone would push it past the size limit.
+  traces, ncu reports), minus the largest files if it would not fit the size limit otherwise.
 
 A run killed between two stages still leaves everything that had finished.
 """
@@ -30,7 +30,7 @@ MAX_FILE_BYTES = 16 << 20
 MAX_DEPTH = 2
 BUNDLE_NAME = "gpucheck-logs.tar.gz"
 BUNDLE_LIMIT_BYTES = 15 << 20
-"""Bundle size aimed at, under :data:`MAX_FILE_BYTES` with room to spare."""
+"""Largest bundle, under :data:`MAX_FILE_BYTES` with room to spare."""
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9._-]+$")
 
 GPU_PREFIXES: tuple[tuple[str, str], ...] = (("H200", "h200"), ("H100", "h100"), ("A100", "a100"))
@@ -55,16 +55,28 @@ def write_json(path: Path, doc: Any) -> Path:
 
 
 def bundle(work_dir: Path, target: Path, limit_bytes: int = BUNDLE_LIMIT_BYTES) -> list[str]:
-    """Pack ``work_dir`` into the tar.gz ``target``; returns the files left out.
+    """Pack ``work_dir`` into the tar.gz ``target`` of at most ``limit_bytes``; returns the files left out.
 
-    Files are added smallest first; a file that would take the archive past ``limit_bytes``
-    (counted uncompressed, so the bound holds whatever the compression) is left out and
-    listed in ``LEFT_OUT.txt`` inside the archive.
+    Logs and JSON traces compress several times, so files are first taken smallest first up to
+    four times the limit uncompressed; while the archive is still over the limit, that budget is
+    halved. What is left out is listed in ``LEFT_OUT.txt`` inside the archive.
     """
+    budget = 4 * limit_bytes
+    while True:
+        left_out = _pack(work_dir, target, budget)
+        if target.stat().st_size <= limit_bytes or budget < 1024:
+            return left_out
+        budget //= 2
+
+
+def _pack(work_dir: Path, target: Path, budget: int) -> list[str]:
+    """The tar.gz of the files of ``work_dir`` that fit ``budget`` bytes uncompressed, smallest first."""
+    note = work_dir / "LEFT_OUT.txt"
+    note.unlink(missing_ok=True)
     files = sorted((p for p in work_dir.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
     kept, left_out, size = [], [], 0
     for path in files:
-        if size + path.stat().st_size > limit_bytes:
+        if size + path.stat().st_size > budget:
             left_out.append(f"{path.relative_to(work_dir)} ({path.stat().st_size:,} bytes)")
             continue
         kept.append(path)
@@ -74,7 +86,6 @@ def bundle(work_dir: Path, target: Path, limit_bytes: int = BUNDLE_LIMIT_BYTES) 
         for path in kept:
             tar.add(path, arcname=str(Path(work_dir.name) / path.relative_to(work_dir)))
         if left_out:
-            note = work_dir / "LEFT_OUT.txt"
             note.write_text("left out of the bundle (size limit):\n" + "\n".join(left_out) + "\n")
             tar.add(note, arcname=str(Path(work_dir.name) / note.name))
     tmp.replace(target)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import tarfile
 
+import torch
+
 from deftx.gpucheck.outputs import (
     MAX_RETURNED_FILES,
     bundle,
@@ -29,19 +31,22 @@ def test_write_json_leaves_no_temporary_file(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["doc.json"]
 
 
-def test_bundle_packs_the_work_folder_and_leaves_out_what_exceeds_the_limit(tmp_path):
+def test_bundle_packs_the_work_folder_and_leaves_out_what_does_not_fit(tmp_path):
     work = tmp_path / "work"
     (work / "stage").mkdir(parents=True)
     (work / "stage" / "log.txt").write_text("hello\n")
-    (work / "stage" / "big.bin").write_bytes(b"x" * 5000)
+    (work / "stage" / "big.bin").write_bytes(torch.randint(0, 256, (50_000,), dtype=torch.uint8).numpy().tobytes())
+    (work / "stage" / "trace.json").write_text('{"event": 1}' * 4000)
     (work / "small.json").write_text("{}")
-    left_out = bundle(work, tmp_path / "logs.tar.gz", limit_bytes=1000)
-    assert left_out == ["stage/big.bin (5,000 bytes)"]
+    left_out = bundle(work, tmp_path / "logs.tar.gz", limit_bytes=20_000)
+    assert left_out == ["stage/big.bin (50,000 bytes)"]
+    assert (tmp_path / "logs.tar.gz").stat().st_size <= 20_000
     with tarfile.open(tmp_path / "logs.tar.gz") as tar:
         names = sorted(tar.getnames())
         note = tar.extractfile("work/LEFT_OUT.txt").read().decode()
-    assert names == ["work/LEFT_OUT.txt", "work/small.json", "work/stage/log.txt"]
+    assert names == ["work/LEFT_OUT.txt", "work/small.json", "work/stage/log.txt", "work/stage/trace.json"]
     assert "stage/big.bin" in note
+    assert bundle(work, tmp_path / "all.tar.gz", limit_bytes=1 << 20) == []
 
 
 def test_publish_copies_existing_sources_only(tmp_path):

@@ -13,6 +13,9 @@ profiler records which of deftx's Triton kernels ran. Then, each a named check:
 * the LT-SFT selection recomputed from the saved θ1 on the device and on the CPU equals the
   tuner's mask entry for entry (the DeFT-X masks' overlap is reported: randomized SVDs on
   two devices need not agree to the last entry).
+
+Last, if time is left, ``deftx profile train-step`` on the device: a Chrome trace of one step
+of each phase and its per-kernel summary (``trace_train_step.json``, ``profile_train_step.md``).
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from deftx.gpucheck.context import StageContext
 VOCAB, LENGTH, LABELS = 512, 16, 3
 STEPS = {"full": 40, "tiny": 4}
 K_FRACTION = 0.05
+TRACE_MIN_SECONDS = 15.0
+"""Seconds that must be left before the deadline to record the train-step trace."""
 EXPECTED_KERNELS: dict[str, tuple[str, ...]] = {
     "top-k": ("_digit_histogram_kernel", "_compact_indices_kernel"),
     "rSVD": ("_sketch_t_delta_kernel", "_delta_matmul_kernel"),
@@ -171,6 +176,19 @@ def selection_checks(tuner, device: torch.device) -> list[dict[str, Any]]:
     return checks
 
 
+def train_step_trace(ctx: StageContext) -> dict[str, Any]:
+    """``deftx profile train-step`` on the device into the stage folder (or why it was not recorded)."""
+    if ctx.seconds_left() < TRACE_MIN_SECONDS:
+        return {"skipped": f"under {TRACE_MIN_SECONDS:g} s left"}
+    from deftx.profile.trace import TraceConfig, profile_target
+
+    try:
+        summary = profile_target(TraceConfig(target="train-step", device=ctx.device), ctx.stage_dir)
+    except Exception as err:  # the trace is extra: its failure is reported, the checks stand
+        return {"error": f"{type(err).__name__}: {err}"}
+    return {"files": summary["files"], "phases": [r for r in summary["rows"] if r["kind"] == "phase"]}
+
+
 def run(ctx: StageContext) -> dict[str, Any]:
     device = torch.device(ctx.device)
     with kernel_names(device) as seen:
@@ -184,7 +202,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     failed = [c for c in checks if not c["ok"]]
     headline = (f"{len(checks) - len(failed)}/{len(checks)} checks passed; "
                 + ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items()))
-    return {"status": "failed" if failed else "ok", "headline": headline, "checks": checks,
-            "seconds": result.seconds, "selections": {b: {k: v for k, v in s.items() if k != "groups"}
-                                                      for b, s in result.selections.items()},
-            "kernels_seen": sorted(seen)}
+    outcome = {"status": "failed" if failed else "ok", "headline": headline, "checks": checks,
+               "seconds": result.seconds, "kernels_seen": sorted(seen),
+               "selections": {b: {k: v for k, v in s.items() if k != "groups"} for b, s in result.selections.items()}}
+    ctx.write_result(outcome)
+    return {**outcome, "train_step_trace": train_step_trace(ctx)}
