@@ -283,10 +283,15 @@ def run_case(
             rows.append(failed[impl])
             continue
         timed, first = measured.pop(impl)  # popped: a model-sized result is freed before the next probe
-        row = _result_row(spec, impl, inputs, timed, first, roof)
+        try:
+            row = _result_row(spec, impl, inputs, timed, first, roof)
+        except Exception as err:  # e.g. the quality check runs out of memory: the row says so, the case goes on
+            rows.append(_error_row(spec, impl, f"result: {type(err).__name__}: {err}"))
+            continue
+        finally:
+            del first
         if overhead.get(impl) is not None:
             row["host_overhead"] = overhead[impl]
-        del first
         if prober is not None and spec.torch_device.type != "cpu":
             _set_memory(row, lambda impl=impl, inputs=inputs: measure_in_process(spec, impl, inputs))
         rows.append(row)
