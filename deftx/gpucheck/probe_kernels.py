@@ -29,7 +29,7 @@ _TL_DTYPE = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float
 
 
 @triton.jit
-def _digit_sum_kernel(x_ptr, out_ptr, n, DTYPE: tl.constexpr, SHIFT: tl.constexpr, TILE: tl.constexpr):
+def _probe_digit_sum_kernel(x_ptr, out_ptr, n, DTYPE: tl.constexpr, SHIFT: tl.constexpr, TILE: tl.constexpr):
     acc = tl.full([TILE], 0, dtype=tl.int32)
     for start in range(tl.program_id(0) * TILE, n, tl.num_programs(0) * TILE):
         offsets = start + tl.arange(0, TILE)
@@ -39,7 +39,7 @@ def _digit_sum_kernel(x_ptr, out_ptr, n, DTYPE: tl.constexpr, SHIFT: tl.constexp
 
 
 @triton.jit
-def _digit_histogram_kernel(x_ptr, hist_ptr, n, DTYPE: tl.constexpr, SHIFT: tl.constexpr, TILE: tl.constexpr):
+def _probe_histogram_kernel(x_ptr, hist_ptr, n, DTYPE: tl.constexpr, SHIFT: tl.constexpr, TILE: tl.constexpr):
     bins = tl.arange(0, 256)
     hist = tl.full([256], 0, dtype=tl.int32)
     for start in range(tl.program_id(0) * TILE, n, tl.num_programs(0) * TILE):
@@ -59,15 +59,17 @@ def programs(device: torch.device) -> int:
 
 def digit_sum(x: torch.Tensor, shift: int, out: torch.Tensor) -> torch.Tensor:
     """Add the sum of the digits ``(key(|x|) >> shift) & 255`` to ``out`` (int64 (1,))."""
-    _digit_sum_kernel[(programs(x.device),)](x, out, x.numel(), DTYPE=_TL_DTYPE[x.dtype], SHIFT=shift, TILE=TILE,
-                                             num_warps=WARPS)
+    _probe_digit_sum_kernel[(programs(x.device),)](
+        x, out, x.numel(), DTYPE=_TL_DTYPE[x.dtype], SHIFT=shift, TILE=TILE, num_warps=WARPS
+    )
     return out
 
 
 def digit_histogram(x: torch.Tensor, shift: int, hist: torch.Tensor) -> torch.Tensor:
     """Add the 256-bin histogram of the digits to ``hist`` (int64 (256,))."""
-    _digit_histogram_kernel[(programs(x.device),)](x, hist, x.numel(), DTYPE=_TL_DTYPE[x.dtype], SHIFT=shift,
-                                                   TILE=TILE, num_warps=WARPS)
+    _probe_histogram_kernel[(programs(x.device),)](
+        x, hist, x.numel(), DTYPE=_TL_DTYPE[x.dtype], SHIFT=shift, TILE=TILE, num_warps=WARPS
+    )
     return hist
 
 
@@ -77,8 +79,8 @@ def _specializations():
 
     specs = []
     for dtype, name in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
-        for kernel, label, out in ((_digit_sum_kernel, "digit_sum", "out_ptr"),
-                                   (_digit_histogram_kernel, "digit_histogram", "hist_ptr")):
+        for kernel, label, out in ((_probe_digit_sum_kernel, "digit_sum", "out_ptr"),
+                                   (_probe_histogram_kernel, "digit_histogram", "hist_ptr")):
             specs.append(KernelSpec(
                 name=f"probe_{label}_{name}",
                 kernel=kernel,
