@@ -15,6 +15,8 @@ import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
+TERM_GRACE_S = 2.0
+
 
 def start(command: list[str], cwd: str | Path, output: Path, env: Mapping[str, str] | None = None
           ) -> subprocess.Popen:
@@ -24,20 +26,24 @@ def start(command: list[str], cwd: str | Path, output: Path, env: Mapping[str, s
                                 env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
 
 
-def kill_group(process: subprocess.Popen) -> None:
-    """SIGKILL the process's group (it and everything it started that stayed in the group)."""
+def signal_group(process: subprocess.Popen, signum: int) -> None:
+    """Send ``signum`` to the process's group (it and everything it started that stayed in the group)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
+        os.killpg(process.pid, signum)
 
 
 def finish(process: subprocess.Popen, timeout: float) -> int | None:
-    """Wait up to ``timeout`` seconds; then kill the group. The exit code, or None if it was killed
-    for running too long."""
+    """Wait up to ``timeout`` seconds, then stop the group: SIGTERM (a profiler or sanitizer then
+    writes what it has), SIGKILL after :data:`TERM_GRACE_S`. Anything the process left running in
+    its group is killed in any case. The exit code, or None if it ran too long."""
     try:
         code = process.wait(timeout=max(0.1, timeout))
     except subprocess.TimeoutExpired:
         code = None
-    kill_group(process)
+        signal_group(process, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=TERM_GRACE_S)
+    signal_group(process, signal.SIGKILL)
     process.wait()
     return code
 
