@@ -9,7 +9,8 @@ after every stage the output folder is refreshed with:
 * ``<prefix>_xlmr-base.json``, ``<prefix>_llama-7b.json``: the benchmark documents
   (``deftx-bench/1``, with the predicted-vs-measured section);
 * ``<prefix>_kernels.json``: ceilings, histogram micro-benchmark, ncu metrics, sanitizer;
-* :data:`BUNDLE_NAME`: a tar.gz of the whole working folder (logs, markdown tables, plots,
+* :data:`BUNDLE_NAME`: a tar.gz of the whole working folder (logs, markdown tables such as
+  ``<prefix>_<set>.md`` and ``<prefix>_kernels.md``, plots,
   traces, ncu reports), minus the largest files if it would not fit the size limit otherwise.
 
 A run killed between two stages still leaves everything that had finished.

@@ -22,7 +22,7 @@ from deftx.gpucheck import processes
 from deftx.gpucheck.context import StageContext, read_result
 from deftx.gpucheck.outputs import BUNDLE_NAME, bundle, publish, returnable_problems, write_json
 from deftx.gpucheck.plan import PlannedStage
-from deftx.gpucheck.summary import build_summary, kernels_document, render_markdown
+from deftx.gpucheck.summary import build_summary, kernels_document, kernels_markdown, render_markdown
 
 KILL_MARGIN_S = 3.0
 """Seconds between a stage's deadline (when it should have written its result) and its kill."""
@@ -88,6 +88,7 @@ def refresh_outputs(settings: RunSettings, meta: dict[str, Any], records: list[d
     write_json(work / "summary.json", summary)
     (work / "summary.md").write_text(render_markdown(summary, work))
     write_json(work / f"{prefix}_kernels.json", kernels_document(summary, work))
+    (work / f"{prefix}_kernels.md").write_text(kernels_markdown(summary, work))
     copies = {"summary.json": work / "summary.json", "summary.md": work / "summary.md",
               f"{prefix}_kernels.json": work / f"{prefix}_kernels.json"}
     for document in sorted(work.glob(f"bench-*/{prefix}_*.json")):

@@ -198,6 +198,34 @@ def _stage_file(work_dir: Path, stage: str, name: str) -> str | None:
     return path.read_text() if path.is_file() else None
 
 
+def kernel_sections(results: dict[str, Any], work_dir: Path) -> list[str]:
+    """Markdown sections of the kernel-level results: ceilings, histogram pass, ncu, sanitizer."""
+    parts = []
+    ceilings = results.get("ceilings") or {}
+    if ceilings.get("headline"):
+        parts += ["## Ceilings", ceilings["headline"]]
+    if (results.get("histogram") or {}).get("rows"):
+        parts += ["## Histogram pass micro-benchmark", _histogram_section(results["histogram"])]
+    kernels_md = _stage_file(work_dir, "ncu", "kernels.md")
+    if kernels_md:
+        parts += ["## ncu (one launch of each kernel)", kernels_md]
+    sanitizer = results.get("sanitizer") or {}
+    if sanitizer.get("tools"):
+        rows = [[tool, r["status"], str(r.get("errors")), str(r.get("hazards", "-")), ", ".join(r["cases_ran"]),
+                 "; ".join(r["deftx_kernel_reports"][:3]) or "-"] for tool, r in sanitizer["tools"].items()]
+        parts += ["## compute-sanitizer", _table(["tool", "status", "errors", "hazards", "cases run",
+                                                   "reports naming deftx kernels"], rows)]
+    return parts
+
+
+def kernels_markdown(summary: dict[str, Any], work_dir: Path) -> str:
+    """``<prefix>_kernels.md``: the machine and the kernel-level sections."""
+    env = (summary["results"].get("environment") or {}).get("headline", "not recorded")
+    parts = ["# deftx kernels on the GPU (measured)", f"Machine: {env}.",
+             *kernel_sections(summary["results"], work_dir)]
+    return "\n\n".join(parts) + "\n"
+
+
 def render_markdown(summary: dict[str, Any], work_dir: Path) -> str:
     """The summary as markdown: stages, goals, then each stage's tables."""
     results = summary["results"]
@@ -216,20 +244,7 @@ def render_markdown(summary: dict[str, Any], work_dir: Path) -> str:
         md = Path(document).with_suffix(".md") if document else None
         if md is not None and md.is_file():
             parts.append(md.read_text().replace("# deftx bench", "## Benchmark", 1))
-    ceilings = results.get("ceilings") or {}
-    if ceilings.get("headline"):
-        parts += ["## Ceilings", ceilings["headline"]]
-    if (results.get("histogram") or {}).get("rows"):
-        parts += ["## Histogram pass micro-benchmark", _histogram_section(results["histogram"])]
-    kernels_md = _stage_file(work_dir, "ncu", "kernels.md")
-    if kernels_md:
-        parts += ["## ncu (one launch of each kernel)", kernels_md]
-    sanitizer = results.get("sanitizer") or {}
-    if sanitizer.get("tools"):
-        rows = [[tool, r["status"], str(r.get("errors")), str(r.get("hazards", "-")), ", ".join(r["cases_ran"]),
-                 "; ".join(r["deftx_kernel_reports"][:3]) or "-"] for tool, r in sanitizer["tools"].items()]
-        parts += ["## compute-sanitizer", _table(["tool", "status", "errors", "hazards", "cases run",
-                                                   "reports naming deftx kernels"], rows)]
+    parts += kernel_sections(results, work_dir)
     tests = results.get("tests") or {}
     if tests:
         failed = tests.get("failed_tests") or []

@@ -86,7 +86,7 @@ def test_cpu_stages_end_to_end_at_toy_size(tmp_path):
     with tarfile.open(out / "gpucheck-logs.tar.gz") as tar:
         names = set(tar.getnames())
     for inside in ("bench-xlmr/cpu_tiny-bert.md", "bench-llama/cpu_tiny-llama.png", "training/stage.log",
-                   "histogram/result.json", "summary.md"):
+                   "histogram/result.json", "summary.md", "cpu_kernels.md", "training/profile_train_step.md"):
         assert f"work/{inside}" in names
     assert "## Goals (issue #17)" in (out / "summary.md").read_text()
     assert "goals:" in done.stdout

@@ -6,7 +6,14 @@ import json
 
 import pytest
 
-from deftx.gpucheck.summary import build_summary, console_lines, evaluate_goals, kernels_document, render_markdown
+from deftx.gpucheck.summary import (
+    build_summary,
+    console_lines,
+    evaluate_goals,
+    kernels_document,
+    kernels_markdown,
+    render_markdown,
+)
 
 
 def deftx_row(op, k, **fields):
@@ -108,3 +115,6 @@ def test_summary_markdown_and_console_carry_stages_goals_and_tables(work):
     assert any(line.startswith("  ncu          skipped") for line in lines)
     assert any("missed       each radix pass" in line for line in lines)
     assert kernels_document(summary, work)["schema"] == "deftx-gpucheck-kernels/1"
+    kernels = kernels_markdown(summary, work)
+    assert kernels.startswith("# deftx kernels on the GPU (measured)")
+    assert "Machine: not recorded." in kernels
