@@ -11,7 +11,7 @@ OLDEST = torch==2.11.0 triton==3.6.0 transformers==5.17.0 accelerate==1.3.0 nump
 	datasets==3.0.0 safetensors==0.8.0 tqdm==4.66.3 pyyaml==6.0.1 matplotlib==3.9.0
 OLDEST_VENV ?= $(CURDIR)/build/oldest-venv
 
-.PHONY: install run test lint bench native clean lock test-oldest
+.PHONY: install run test lint bench native clean lock test-oldest gpu-check
 
 install:
 	PIP_CONSTRAINT=$(LOCK) $(PIP) install --quiet torch==2.13.0
@@ -29,6 +29,13 @@ lint:
 
 bench: install
 	$(PYTHON) -m pytest benchmarks --benchmark-enable -q
+
+# The prepared check for a GPU machine (README, "GPU check"): no install step of its own here,
+# since the machine's torch must stay; its first stage installs deftx offline onto it.
+OUT ?= gpu-check-out
+GPU_CHECK_ARGS ?=
+gpu-check:
+	PYTHONUNBUFFERED=1 $(PYTHON) -m deftx.gpucheck --out $(OUT) $(GPU_CHECK_ARGS)
 
 native:
 	cmake -S . -B build/native -DCMAKE_BUILD_TYPE=Release \

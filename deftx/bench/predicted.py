@@ -47,8 +47,21 @@ from deftx.profile.shapes import DTYPES, OpSettings, Parameter
 from deftx.profile.shapes import ShapeSet as ProfileShapeSet
 from deftx.profile.targets import A100_80GB_SXM, H100_SXM, H200_SXM, PRODUCTS, TARGETS, Target, get_target
 
-PROFILE_OPS: dict[str, str] = {"topk": "topk", "rsvd": "rsvd", "scatter": "scatter", "step": "masked_step"}
-"""bench op -> the :mod:`deftx.profile.roofline` op it is modelled by."""
+PROFILE_OPS: dict[str, str] = {
+    "topk": "topk",
+    "rsvd": "rsvd",
+    "scatter": "scatter",
+    "step": "masked_step",
+    "compose": "scatter",
+    "scores": "rsvd+reconstruct_abs",
+}
+"""bench op -> the :mod:`deftx.profile.roofline` op it is modelled by (``scores``: the sum of two)."""
+
+MATRIX_OPS = frozenset({"rsvd", "scores"})
+"""bench ops that run on the matrices with ``min(m, n) > rank + oversample`` only, with no K."""
+
+NUM_DIFFS: dict[str, int] = {"compose": 2}
+"""SFTs composed per call where it is not one (bench ``compose``: the profile's 2, originals saved)."""
 
 PROFILE_BASELINES: dict[str, tuple[str, ...]] = {
     "topk": ("cat_topk",),
@@ -149,9 +162,9 @@ def profile_shape_set(
         raise ValueError(f"unknown bench op {op!r}; known: {', '.join(PROFILE_OPS)}")
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    if op != "rsvd" and k_fraction is None:
+    if op not in MATRIX_OPS and k_fraction is None:
         raise ValueError(f"bench op {op!r} needs a K fraction")
-    if op == "rsvd":
+    if op in MATRIX_OPS:
         tensors = [t for t in shapes.matrices() if min(t.shape) > rank + oversample]
     else:
         tensors = list(shapes.flat())
@@ -160,7 +173,7 @@ def profile_shape_set(
         rank=rank,
         oversample=oversample,
         n_iter=n_iter,
-        num_diffs=1,
+        num_diffs=NUM_DIFFS.get(op, 1),
         l1=False,
     )
     parameters = tuple(Parameter(t.name, t.shape) for t in tensors)
@@ -197,11 +210,37 @@ def _profile_costs(op: str) -> Callable[[ProfileShapeSet], dict[str, ModelledCos
     return costs
 
 
+def _compose_costs(shape_set: ProfileShapeSet) -> dict[str, ModelledCost]:
+    """The profile's scatter prediction: 2 diffs, originals saved, against densify + add_."""
+    prediction = PREDICTORS["scatter"](shape_set)
+    where = f"deftx.profile.roofline scatter: {prediction.workload}"
+    return {
+        DEFTX: (prediction.deftx, where),
+        "dense_compose": (prediction.baseline, f"{where}; baseline densify + add_"),
+    }
+
+
+def _scores_costs(shape_set: ProfileShapeSet) -> dict[str, ModelledCost]:
+    """The profile's rsvd plus reconstruct_abs predictions (fp32 products), summed."""
+    factor, recon = PREDICTORS["rsvd"](shape_set), PREDICTORS["reconstruct_abs"](shape_set)
+
+    def total(a: Cost, b: Cost) -> Cost:
+        return Cost(a.bytes + b.bytes, a.flops + b.flops, a.precision)
+
+    where = f"deftx.profile.roofline rsvd + reconstruct_abs: {factor.workload}"
+    return {
+        DEFTX: (total(factor.deftx, recon.deftx), where),
+        "svd_lowrank_abs": (total(factor.baseline, recon.baseline), f"{where}; baseline svd_lowrank + (us @ vh).abs()"),
+    }
+
+
 COST_MODELS: dict[str, Callable[[ProfileShapeSet], dict[str, ModelledCost]]] = {
     "topk": _profile_costs("topk"),
     "rsvd": _profile_costs("rsvd"),
     "scatter": _scatter_costs,
     "step": _profile_costs("step"),
+    "compose": _compose_costs,
+    "scores": _scores_costs,
 }
 """bench op -> ``{"deftx" or baseline impl: (cost, model)}`` on the op's profile shape set."""
 
@@ -318,7 +357,7 @@ def predict_suite(
         "hbm_bytes_per_s": target.hbm_bytes_per_s,
         "peak_flops": dict(target.peak_flops),
     }
-    measured = [r for r in doc["results"] if "error" not in r]
+    measured = [r for r in doc["results"] if "error" not in r and "skipped" not in r]
     cases = list(dict.fromkeys((r["op"], r["k_fraction"]) for r in measured))
     for op, k_fraction in cases:
         costs, missing = _case_costs(shapes, doc["config"], op, k_fraction)

@@ -24,6 +24,11 @@ TABLE_COLUMNS = (
 )
 
 
+def measured_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The result rows that were measured (neither failed nor skipped)."""
+    return [r for r in doc["results"] if "error" not in r and "skipped" not in r]
+
+
 def format_seconds(seconds: float | None) -> str:
     """``1.23 s``, ``45.6 ms``, ``789 us``."""
     if seconds is None or not math.isfinite(seconds):
@@ -111,11 +116,27 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
         "% roof: GB/s vs the copy roof (rsvd: GFLOP/s vs the matmul roof)",
     ]
     errors = [r for r in doc["results"] if "error" in r or "memory_error" in r]
-    lines += [f"failed: {r['op']} {r['name']}: {r.get('error') or r.get('memory_error')}" for r in errors]
+    lines += [
+        f"failed: {r['op']} {format_k(r['k_fraction'])} {r['name']}: {r.get('error') or r.get('memory_error')}"
+        for r in errors
+    ]
+    lines += [f"skipped: {r['op']} {format_k(r['k_fraction'])} {r['name']}: {r['skipped']}"
+              for r in doc["results"] if "skipped" in r]
     rsvd = [r for r in doc["results"] if "relative_error" in r]
     if rsvd:
         errs = ", ".join(f"{r['name']} {r['relative_error']:.4f}" for r in rsvd)
         lines.append(f"rsvd rank {doc['config']['rank']} relative reconstruction error: {errs}")
+    scores = [r for r in doc["results"] if "score_error" in r]
+    if scores:
+        errs = ", ".join(f"{r['name']} {r['score_error']:.4f}" for r in scores)
+        lines.append(f"scores rank {doc['config']['rank']} error of |reconstruction| vs |Δ|, relative to ‖Δ‖: {errs}")
+    overhead = [r for r in doc["results"] if r.get("host_overhead") and "error" not in r["host_overhead"]]
+    lines += [
+        f"host overhead per call: {r['op']} {format_k(r['k_fraction'])} {r['name']}: "
+        f"{r['host_overhead']['syncs']} syncs, {r['host_overhead']['kernels']} kernel launches "
+        f"({r['host_overhead']['triton_kernels']} Triton), {r['host_overhead']['memcpy']} memcpys"
+        for r in overhead
+    ]
     return lines
 
 
@@ -212,19 +233,20 @@ def _pyplot():
 
 
 def plot_suite(doc: dict[str, Any], path: Path) -> None:
-    """One panel per op: time per implementation vs K (log-log); rsvd as bars."""
+    """One panel per op: time per implementation vs K (log-log); K-free ops (rsvd, scores) as bars."""
     plt = _pyplot()
-    ops = list(dict.fromkeys(r["op"] for r in doc["results"] if "error" not in r))
+    measured = measured_rows(doc)
+    ops = list(dict.fromkeys(r["op"] for r in measured))
     fig, axes = plt.subplots(1, max(1, len(ops)), figsize=(4.2 * max(1, len(ops)), 3.8), squeeze=False)
     for ax, op in zip(axes[0], ops, strict=False):
-        rows = [r for r in doc["results"] if r["op"] == op and "error" not in r]
+        rows = [r for r in measured if r["op"] == op]
         names = list(dict.fromkeys(r["name"] for r in rows))
-        if op == "rsvd":
+        if all(r["k_fraction"] is None for r in rows):
             times = [next(r["time_s"] for r in rows if r["name"] == n) for n in names]
             colors = ["tab:blue" if n.startswith("deftx") else "tab:gray" for n in names]
             ax.bar(range(len(names)), times, color=colors)
             ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
-            ax.set_title(f"rsvd (rank {doc['config']['rank']})")
+            ax.set_title(f"{op} (rank {doc['config']['rank']})")
         else:
             for n in names:
                 pts = sorted((r["k_fraction"], r["time_s"]) for r in rows if r["name"] == n)

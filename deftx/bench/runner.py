@@ -15,6 +15,7 @@ import math
 import os
 import platform
 import sys
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,15 +26,18 @@ import torch
 import deftx
 from deftx.bench.cases import CaseSpec, auto_choice, backend_of, display_name, implementations, op_module
 from deftx.bench.memory import MemoryResult
+from deftx.bench.overhead import count_host_overhead
 from deftx.bench.probe import MemoryProber, measure_in_process
 from deftx.bench.roofline import Roofline, measure_roofline
 from deftx.bench.shapes import ShapeSet
-from deftx.bench.timing import Timing, TimingSettings, time_interleaved, time_thunk
+from deftx.bench.timing import Timing, TimingSettings, time_interleaved_isolating_errors
 
 SCHEMA = "deftx-bench/1"
 DEFAULT_K_FRACTIONS: tuple[float, ...] = (0.001, 0.01, 0.1)
 STEP_K_FRACTION = 0.05
 """K at which the masked step is always measured (the issue's headline density)."""
+K_FREE_OPS = frozenset({"rsvd", "scores"})
+"""Ops whose cost does not depend on K (they run once, K = None)."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,17 @@ class SuiteConfig:
             >= 0.5 s, a single timed call for calls over 10 s).
         memory: measure peak extra memory.
         seed: synthetic data seed.
+        baselines: per op, the baseline implementations to run (an op missing from the
+            mapping runs all of its baselines; an empty tuple runs none). The filter for
+            baselines too slow for a shape set (``torch.linalg.svd`` over a 7B model's 226
+            matrices takes minutes).
+        op_k_fractions: per op, K values replacing ``k_fractions`` (e.g. the step at 5% only).
+        count_overhead: on CUDA, count device->host syncs and kernel launches of one call of
+            every deftx implementation (:func:`deftx.bench.overhead.count_host_overhead`).
+        deadline: ``time.monotonic()`` past which no further case starts; the cases left
+            are recorded as skipped rows.
+        roofline_copy_bytes, roofline_matmul_n: sizes of the roof measurements (None: the
+            per-device defaults of :mod:`deftx.bench.roofline`).
     """
 
     shapes: ShapeSet
@@ -66,13 +81,29 @@ class SuiteConfig:
     timing: TimingSettings = field(default_factory=lambda: TimingSettings(long_call_s=10.0))
     memory: bool = True
     seed: int = 0
+    baselines: dict[str, tuple[str, ...]] | None = None
+    op_k_fractions: dict[str, tuple[float, ...]] | None = None
+    count_overhead: bool = False
+    deadline: float | None = None
+    roofline_copy_bytes: int | None = None
+    roofline_matmul_n: int | None = None
 
     def k_values(self, op: str) -> list[float | None]:
-        """The K fractions ``op`` runs at (rsvd: none; step: also 5%)."""
-        if op == "rsvd":
+        """The K fractions ``op`` runs at (rsvd and scores: none; step: also 5%)."""
+        if op in K_FREE_OPS:
             return [None]
+        if self.op_k_fractions and op in self.op_k_fractions:
+            return sorted(set(self.op_k_fractions[op]))
         ks = set(self.k_fractions) | ({STEP_K_FRACTION} if op == "step" else set())
         return sorted(ks)
+
+    def implementations(self, op: str, device: torch.device) -> list[str]:
+        """deftx's backends, then the baselines the ``baselines`` filter keeps."""
+        impls = implementations(op, device, self.backends)
+        if self.baselines is None or op not in self.baselines:
+            return impls
+        kept = self.baselines[op]
+        return [i for i in impls if backend_of(i) is not None or i in kept]
 
     def specs(self) -> list[CaseSpec]:
         """One case per (op, K), in op order."""
@@ -184,8 +215,9 @@ def _result_row(
     }
 
 
-def _error_row(spec: CaseSpec, impl: str, err: Exception) -> dict[str, Any]:
-    return {**_row_identity(spec, impl), "error": f"{type(err).__name__}: {err}"}
+def _error_row(spec: CaseSpec, impl: str, err: Exception | str) -> dict[str, Any]:
+    message = err if isinstance(err, str) else f"{type(err).__name__}: {err}"
+    return {**_row_identity(spec, impl), "error": message}
 
 
 def _set_memory(row: dict[str, Any], measure: Callable[[], MemoryResult]) -> None:
@@ -198,6 +230,12 @@ def _set_memory(row: dict[str, Any], measure: Callable[[], MemoryResult]) -> Non
     row["memory_method"] = result.method
 
 
+def _free_device_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def run_case(
     spec: CaseSpec,
     impls: Iterable[str],
@@ -205,14 +243,22 @@ def run_case(
     roof: Roofline,
     prober: MemoryProber | None,
     tick: Callable[[str], None] = lambda _: None,
+    count_overhead: bool = False,
 ) -> list[dict[str, Any]]:
     """Time every implementation on one set of inputs (interleaved), then measure their memory.
 
-    On CPU the inputs are freed before the probes, whose worker builds its own copy,
-    so the two processes never hold them at once.
+    An implementation that fails (when bound or called: out of memory, an index limit) is
+    a row with its ``error``; inputs that cannot be built make every row such a row. On
+    CPU the inputs are freed before the probes, whose worker builds its own copy, so the
+    two processes never hold them at once.
     """
+    impls = list(impls)
     module = op_module(spec.op)
-    inputs = module.make_inputs(spec)
+    try:
+        inputs = module.make_inputs(spec)
+    except Exception as err:  # e.g. out of memory at this size: every implementation's row says so
+        _free_device_memory(spec.torch_device)
+        return [_error_row(spec, impl, f"inputs: {type(err).__name__}: {err}") for impl in impls]
     thunks: dict[str, Callable[[], object]] = {}
     failed: dict[str, dict[str, Any]] = {}
     for impl in impls:
@@ -221,30 +267,37 @@ def run_case(
         except Exception as err:  # e.g. an optimizer variant torch lacks here: recorded
             failed[impl] = _error_row(spec, impl, err)
     tick(f"{spec.op} K={spec.k_fraction} timing {len(thunks)} implementations")
-    try:
-        measured = time_interleaved(thunks, spec.torch_device, timing)
-    except Exception:  # an implementation failed when called: time each alone to find which
-        measured = {}
-        for impl, thunk in thunks.items():
-            try:
-                measured[impl] = time_thunk(thunk, spec.torch_device, timing)
-            except Exception as err:
-                failed[impl] = _error_row(spec, impl, err)
+    measured, errors = time_interleaved_isolating_errors(thunks, spec.torch_device, timing)
+    failed.update({impl: _error_row(spec, impl, err) for impl, err in errors.items()})
+    overhead = {}
+    if count_overhead:
+        overhead = {
+            impl: count_host_overhead(thunk, spec.torch_device)
+            for impl, thunk in thunks.items()
+            if impl in measured and backend_of(impl) is not None
+        }
     thunks.clear()
     rows = []
     for impl in impls:
         if impl in failed:
             rows.append(failed[impl])
             continue
-        timed, first = measured[impl]
-        row = _result_row(spec, impl, inputs, timed, first, roof)
-        del first
+        timed, first = measured.pop(impl)  # popped: a model-sized result is freed before the next probe
+        try:
+            row = _result_row(spec, impl, inputs, timed, first, roof)
+        except Exception as err:  # e.g. the quality check runs out of memory: the row says so, the case goes on
+            rows.append(_error_row(spec, impl, f"result: {type(err).__name__}: {err}"))
+            continue
+        finally:
+            del first
+        if overhead.get(impl) is not None:
+            row["host_overhead"] = overhead[impl]
         if prober is not None and spec.torch_device.type != "cpu":
             _set_memory(row, lambda impl=impl, inputs=inputs: measure_in_process(spec, impl, inputs))
         rows.append(row)
     measured.clear()
     del inputs
-    gc.collect()
+    _free_device_memory(spec.torch_device)
     if prober is not None and spec.torch_device.type == "cpu":
         for row in rows:
             if "error" not in row:
@@ -277,23 +330,40 @@ def comparisons(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "deftx_peak_extra_bytes": d.get("peak_extra_bytes"),
                 "baseline_peak_extra_bytes": b.get("peak_extra_bytes"),
             }
-            if "relative_error" in d:
-                entry["deftx_relative_error"] = d["relative_error"]
-                entry["baseline_relative_error"] = b.get("relative_error")
+            for quality in ("relative_error", "score_error"):
+                if quality in d:
+                    entry[f"deftx_{quality}"] = d[quality]
+                    entry[f"baseline_{quality}"] = b.get(quality)
             out.append(entry)
     return out
 
 
-def run_suite(config: SuiteConfig, *, progress: bool = True, command: str | None = None) -> dict[str, Any]:
-    """Run the suite; returns the JSON document (see the module docstring)."""
+def skipped_rows(spec: CaseSpec, impls: Iterable[str], reason: str) -> list[dict[str, Any]]:
+    """Rows of a case that did not run (e.g. past the suite's deadline)."""
+    return [{**_row_identity(spec, impl), "skipped": reason} for impl in impls]
+
+
+def run_suite(
+    config: SuiteConfig,
+    *,
+    progress: bool = True,
+    command: str | None = None,
+    on_case: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Run the suite; returns the JSON document (see the module docstring).
+
+    ``on_case`` receives the document as it stands after the roofline and after every case
+    (rows so far), so a caller can write partial results before a time limit kills it.
+    """
     from tqdm.auto import tqdm
 
     device = torch.device(config.device)
     machine = describe_machine(device)
     specs = config.specs()
-    plans = [(spec, implementations(spec.op, device, config.backends)) for spec in specs]
+    plans = [(spec, config.implementations(spec.op, device)) for spec in specs]
     total = sum(1 + (len(impls) if config.memory else 0) for _, impls in plans) + 1
     rows: list[dict[str, Any]] = []
+    doc = _document(config, command, machine, None, rows)
     with tqdm(total=total, desc="deftx bench", disable=not progress, file=sys.stderr) as bar:
 
         def tick(label: str) -> None:
@@ -301,31 +371,54 @@ def run_suite(config: SuiteConfig, *, progress: bool = True, command: str | None
             bar.update(1)
 
         bar.set_postfix_str("roofline")
-        roof = measure_roofline(device)
+        roof = measure_roofline(device, copy_bytes=config.roofline_copy_bytes, matmul_n=config.roofline_matmul_n)
+        doc["roofline"] = roof.to_json()
         bar.update(1)
         prober = MemoryProber() if config.memory else None
         for spec, impls in plans:
-            case_rows = run_case(spec, impls, config.timing, roof, prober, tick)
+            if config.deadline is not None and time.monotonic() > config.deadline:
+                rows.extend(skipped_rows(spec, impls, "not run: the suite's time budget was spent"))
+                continue
+            case_rows = run_case(spec, impls, config.timing, roof, prober, tick, config.count_overhead)
             auto = auto_choice(op_module(spec.op).DISPATCH_OP, device)
             for row in case_rows:
                 row["auto"] = row.get("backend") == auto
             rows.extend(case_rows)
+            if on_case is not None:
+                on_case(_finish(doc))
+    return _finish(doc)
+
+
+def _finish(doc: dict[str, Any]) -> dict[str, Any]:
+    """The document with its end-of-run fields (load average, comparisons) brought up to date."""
+    doc["machine"]["load_average_at_end"] = list(os.getloadavg())
+    measured = [r for r in doc["results"] if "skipped" not in r]
+    doc["comparisons"] = comparisons(measured)
+    return doc
+
+
+def _document(
+    config: SuiteConfig, command: str | None, machine: dict[str, Any], roof: Roofline | None, rows: list
+) -> dict[str, Any]:
     return {
         "schema": SCHEMA,
         "command": command,
-        "machine": {**machine, "load_average_at_end": list(os.getloadavg())},
+        "machine": machine,
         "device": config.device,
         "config": {
             "ops": list(config.ops),
             "dtype": config.dtype,
             "k_fractions": list(config.k_fractions),
             "step_k_fraction": STEP_K_FRACTION,
+            "op_k_fractions": {op: list(ks) for op, ks in (config.op_k_fractions or {}).items()},
+            "baselines": {op: list(b) for op, b in config.baselines.items()} if config.baselines else None,
             "rank": config.rank,
             "oversample": config.oversample,
             "n_iter": config.n_iter,
             "backends": list(config.backends) if config.backends else None,
-            "timing": asdict(config.timing),
+            "timing": {k: _finite_or_none(v) if isinstance(v, float) else v for k, v in asdict(config.timing).items()},
             "memory": config.memory,
+            "count_overhead": config.count_overhead,
             "seed": config.seed,
         },
         "shape_set": {
@@ -334,7 +427,7 @@ def run_suite(config: SuiteConfig, *, progress: bool = True, command: str | None
             "tensors": len(config.shapes.flat()),
             "note": config.shapes.note or "full set",
         },
-        "roofline": roof.to_json(),
+        "roofline": roof.to_json() if roof is not None else None,
         "results": rows,
-        "comparisons": comparisons(rows),
+        "comparisons": [],
     }

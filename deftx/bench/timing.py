@@ -27,6 +27,8 @@ class TimingSettings:
     ``min_repeats`` calls and ``min_time_s`` seconds are done, or ``max_repeats`` calls.
     A call that takes longer than ``long_call_s`` (the first timed one) is not repeated:
     one sample of a multi-second call is precise enough and keeps CPU runs short.
+    ``budget_s`` caps the wall time of the timed rounds of :func:`time_interleaved` (a time
+    cap per case): once every implementation has one sample, no further round starts past it.
     """
 
     warmup: int = 1
@@ -34,10 +36,13 @@ class TimingSettings:
     max_repeats: int = 20
     min_time_s: float = 0.5
     long_call_s: float = float("inf")
+    budget_s: float = float("inf")
 
     def __post_init__(self) -> None:
         if self.warmup < 0 or self.min_repeats < 1 or self.max_repeats < self.min_repeats:
             raise ValueError(f"bad timing settings {self}: need warmup >= 0 and 1 <= min_repeats <= max_repeats")
+        if self.budget_s <= 0:
+            raise ValueError(f"bad timing settings {self}: budget_s must be positive")
 
 
 @dataclass(frozen=True)
@@ -113,19 +118,59 @@ def time_interleaved(
 
     Each thunk is warmed up ``settings.warmup`` times (in turn), then timed one call per
     round until every thunk has ``min_repeats`` samples and ``min_time_s`` seconds, or
-    ``max_repeats`` samples. A thunk whose first timed call exceeds ``long_call_s`` is
-    not called again.
+    ``max_repeats`` samples, or the rounds have run ``budget_s``. A thunk whose first timed
+    call exceeds ``long_call_s`` is not called again. The first exception of any thunk is
+    raised (:func:`time_interleaved_isolating_errors` records it and goes on instead).
+    """
+    measured, errors = time_interleaved_isolating_errors(thunks, device, settings)
+    if errors:
+        raise next(iter(errors.values()))
+    return measured
+
+
+def time_interleaved_isolating_errors(
+    thunks: dict[str, Callable[[], object]], device: torch.device, settings: TimingSettings | None = None
+) -> tuple[dict[str, tuple[Timing, object]], dict[str, Exception]]:
+    """:func:`time_interleaved`, but a thunk that raises (out of memory, an index limit) is
+    dropped with its exception and the others are timed on.
+
+    Returns:
+        (name -> (timing, first warm-up result) for the thunks that never failed,
+        name -> exception for those that did). On CUDA the caching allocator's free blocks
+        are released after a failure, so an out-of-memory baseline leaves room for the rest.
     """
     settings = settings or TimingSettings()
+    live = dict(thunks)
+    errors: dict[str, Exception] = {}
     first: dict[str, object] = dict.fromkeys(thunks)
-    for i in range(settings.warmup):
-        for name, thunk in thunks.items():
+
+    def attempt(name: str, call: Callable[[], object]) -> object:
+        try:
+            return call()
+        except Exception as err:  # recorded per implementation; the others go on
+            errors[name] = err
+            live.pop(name, None)
+            first.pop(name, None)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            return None
+
+    def warm_call(thunk: Callable[[], object]) -> Callable[[], object]:
+        def call() -> object:
             result = thunk()
             synchronize(device)
-            if i == 0:
+            return result
+
+        return call
+
+    for i in range(settings.warmup):
+        for name, thunk in list(live.items()):
+            result = attempt(name, warm_call(thunk))
+            if i == 0 and name in live:
                 first[name] = result
             del result
-    samples: dict[str, list[float]] = {name: [] for name in thunks}
+    samples: dict[str, list[float]] = {name: [] for name in live}
+    start = time.perf_counter()
 
     def wants_more(name: str) -> bool:
         taken = samples[name]
@@ -133,12 +178,18 @@ def time_interleaved(
             return True
         if taken[0] > settings.long_call_s or len(taken) >= settings.max_repeats:
             return False
+        if time.perf_counter() - start > settings.budget_s:
+            return False
         return len(taken) < settings.min_repeats or sum(taken) < settings.min_time_s
 
-    while pending := [name for name in thunks if wants_more(name)]:
+    while pending := [name for name in live if wants_more(name)]:
         for name in pending:
-            samples[name].append(time_call(thunks[name], device))
-    return {
+            seconds = attempt(name, lambda name=name: time_call(live[name], device))
+            if name in live:
+                samples[name].append(seconds)
+    measured = {
         name: (Timing(statistics.median(taken), min(taken), tuple(taken)), first[name])
         for name, taken in samples.items()
+        if name in live
     }
+    return measured, errors

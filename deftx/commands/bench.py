@@ -270,7 +270,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--ops",
         type=_csv(str),
         default=("topk", "rsvd", "scatter", "step"),
-        help="comma-separated subset of topk,rsvd,scatter,step",
+        help="comma-separated subset of topk,rsvd,scatter,step,compose,scores "
+        "(compose: 2 SFTs, originals saved; scores: DeFT-X |U S Vh|)",
     )
     parser.add_argument(
         "--model-shapes",

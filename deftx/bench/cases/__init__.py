@@ -1,6 +1,6 @@
 """The benchmarked ops, one module each: inputs, implementations, cost models.
 
-Each module (``topk``, ``rsvd``, ``scatter``, ``step``) follows
+Each module (``topk``, ``rsvd``, ``scatter``, ``step``, ``compose``, ``scores``) follows
 :class:`deftx.bench.cases.base.OpBenchmark`. The pytest-benchmark suite in
 ``benchmarks/`` and ``deftx bench`` both build their cases here.
 """
@@ -11,14 +11,14 @@ from types import ModuleType
 
 import torch
 
-from deftx.bench.cases import rsvd, scatter, step, topk
+from deftx.bench.cases import compose, rsvd, scatter, scores, step, topk
 from deftx.bench.cases.base import CaseSpec, Traffic, auto_choice, backend_of, deftx_backends, deftx_impl
 
-OPS: dict[str, ModuleType] = {m.OP: m for m in (topk, rsvd, scatter, step)}
+OPS: dict[str, ModuleType] = {m.OP: m for m in (topk, rsvd, scatter, step, compose, scores)}
 
 
 def op_module(op: str) -> ModuleType:
-    """The case module of ``op`` (``topk``, ``rsvd``, ``scatter`` or ``step``)."""
+    """The case module of ``op`` (``topk``, ``rsvd``, ``scatter``, ``step``, ``compose`` or ``scores``)."""
     if op not in OPS:
         raise ValueError(f"unknown op {op!r}; known: {', '.join(OPS)}")
     return OPS[op]

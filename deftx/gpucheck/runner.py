@@ -1,0 +1,132 @@
+"""Runs the planned stages, each in its own process under its time cap, and keeps the output folder current.
+
+Per stage: a :class:`~deftx.gpucheck.context.StageContext` (deadline = start + cap -
+:data:`KILL_MARGIN_S`) is written, ``python -m deftx.gpucheck.stage`` runs it in a new
+process group with its output in ``<work>/<stage>/stage.log``, and the group is killed at
+the cap. The cap is the stage's budget, or less when the run's total budget is nearly spent
+(a stage with under :data:`MIN_STAGE_S` left is skipped). After every stage the summary is
+rewritten and the output folder refreshed (:func:`deftx.gpucheck.outputs.publish`, bundle),
+so whatever finished is there even if the whole command is killed.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deftx.gpucheck import processes
+from deftx.gpucheck.context import StageContext, read_result
+from deftx.gpucheck.outputs import BUNDLE_NAME, bundle, publish, returnable_problems, write_json
+from deftx.gpucheck.plan import PlannedStage
+from deftx.gpucheck.summary import build_summary, kernels_document, kernels_markdown, render_markdown
+
+KILL_MARGIN_S = 3.0
+"""Seconds between a stage's deadline (when it should have written its result) and its kill."""
+MIN_STAGE_S = 5.0
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """One run: where it writes, what it runs on, and its overall budget."""
+
+    out_dir: Path
+    work_dir: Path
+    repo: Path
+    device: str
+    sizes: str
+    prefix: str
+    total_budget_s: float
+    tools: dict[str, str | None] = field(default_factory=dict)
+    test_paths: tuple[str, ...] = ("tests",)
+    pytest_workers: int = 0
+    command: str = ""
+
+
+def stage_context(settings: RunSettings, name: str, deadline: float) -> StageContext:
+    return StageContext(stage=name, repo=str(settings.repo), work_dir=str(settings.work_dir), device=settings.device,
+                        sizes=settings.sizes, prefix=settings.prefix, deadline=deadline, tools=settings.tools,
+                        test_paths=settings.test_paths, pytest_workers=settings.pytest_workers)
+
+
+def run_process(command: list[str], cwd: Path, log: Path, cap_s: float) -> tuple[int | None, float]:
+    """Run ``command`` in its own process group, output to ``log``, killed at ``cap_s``.
+
+    Returns (exit code, or None if it was killed at the cap; seconds it ran).
+    """
+    start = time.monotonic()
+    code = processes.run(command, cwd, log, cap_s)
+    return code, time.monotonic() - start
+
+
+def stage_record(planned: PlannedStage, result: dict[str, Any] | None, code: int | None, seconds: float,
+                 log: Path) -> dict[str, Any]:
+    """The summary's row for a stage that ran: status from its result, or from how it ended."""
+    record: dict[str, Any] = {"stage": planned.stage.name, "budget_s": planned.stage.budget_s, "seconds": seconds}
+    if code is None:
+        partial = (result or {}).get("headline", "")
+        return {**record, "status": "timeout", "headline": f"killed at its cap; {partial or 'no result written'}"}
+    if result is None:
+        tail = [line for line in log.read_text().splitlines() if line.strip()][-1:] if log.is_file() else []
+        return {**record, "status": "failed", "headline": f"exited with {code} and wrote no result: {''.join(tail)}"}
+    return {**record, "status": result.get("status", "failed"), "headline": result.get("headline", "")}
+
+
+def skipped_record(planned: PlannedStage, reason: str) -> dict[str, Any]:
+    return {"stage": planned.stage.name, "budget_s": planned.stage.budget_s, "seconds": 0.0, "status": "skipped",
+            "headline": reason}
+
+
+def refresh_outputs(settings: RunSettings, meta: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Rewrite the summary and the kernels document, publish them and the benchmark documents
+    to the output folder, and rebuild the bundle; returns the summary."""
+    work, prefix = settings.work_dir, settings.prefix
+    summary = build_summary(meta, records, work)
+    write_json(work / "summary.json", summary)
+    (work / "summary.md").write_text(render_markdown(summary, work))
+    write_json(work / f"{prefix}_kernels.json", kernels_document(summary, work))
+    (work / f"{prefix}_kernels.md").write_text(kernels_markdown(summary, work))
+    copies = {"summary.json": work / "summary.json", "summary.md": work / "summary.md",
+              f"{prefix}_kernels.json": work / f"{prefix}_kernels.json"}
+    for document in sorted(work.glob(f"bench-*/{prefix}_*.json")):
+        copies[document.name] = document
+    publish(settings.out_dir, copies)
+    bundle(work, settings.out_dir / BUNDLE_NAME)
+    return summary
+
+
+def run_check(
+    settings: RunSettings, planned: list[PlannedStage], meta: dict[str, Any],
+    say: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run every planned stage in order; returns the final summary."""
+    start = time.monotonic()
+    records: list[dict[str, Any]] = []
+    for p in planned:
+        left = settings.total_budget_s - (time.monotonic() - start)
+        if not p.runs:
+            records.append(skipped_record(p, p.skip_reason or ""))
+            continue
+        cap = min(float(p.stage.budget_s), left)
+        if cap < MIN_STAGE_S:
+            records.append(skipped_record(p, f"the total budget of {settings.total_budget_s:g} s was spent"))
+            continue
+        say(f"[{p.stage.name}] running (cap {cap:.0f} s): {p.stage.what}")
+        ctx = stage_context(settings, p.stage.name, time.time() + cap - KILL_MARGIN_S)
+        ctx_path = ctx.stage_dir / "context.json"
+        ctx.save(ctx_path)
+        log = ctx.stage_dir / "stage.log"
+        code, seconds = run_process([sys.executable, "-m", "deftx.gpucheck.stage", str(ctx_path)], settings.repo,
+                                    log, cap)
+        record = stage_record(p, read_result(settings.work_dir, p.stage.name), code, seconds, log)
+        records.append(record)
+        say(f"[{p.stage.name}] {record['status']} in {seconds:.1f} s: {record['headline']}")
+        refresh_outputs(settings, {**meta, "elapsed_s": time.monotonic() - start}, records)
+    summary = refresh_outputs(settings, {**meta, "elapsed_s": time.monotonic() - start}, records)
+    problems = returnable_problems(settings.out_dir)
+    if problems:
+        say("warning: the output folder would not come back whole from a device call: " + "; ".join(problems))
+    return summary

@@ -1,0 +1,150 @@
+"""Stage ``histogram``: how fast one radix pass of the top-k runs, against the copy bandwidth.
+
+The largest unknown of the top-k: triton 3.6 compiles ``tl.histogram`` to warp ballots and
+popcounts (about two warp instructions per element), 3.9 to one shared-memory atomic per
+element, which collides when the top digit of real weight differences falls in a few bins.
+Per dtype (fp32, bf16) and data (``weight-diff``: N(0, 1e-3²), its top digits in a few
+bins; ``spread``: magnitudes 2^-40..2^40, digits over ~40 bins), on one tensor of a few GB:
+
+* the real pass, ``deftx.kernels.topk._digit_histogram_kernel`` launched as
+  ``_radix_select`` launches it: the first pass (digit 24..31) and the second (band
+  filter on the first digit, the most populous bin);
+* the probe kernels of :mod:`deftx.gpucheck.probe_kernels`: read + digit sum, and
+  ``tl.histogram`` alone.
+
+GB/s counts the bytes read once; ``% copy`` compares with the copy bandwidth measured by
+the ceilings stage (read + write), the issue's yardstick (goal: each pass >= 60%).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from deftx.bench.timing import TimingSettings, time_thunk
+from deftx.gpucheck import probe_kernels
+from deftx.gpucheck.context import StageContext, read_result
+
+ELEMENTS = {"full": 1 << 30, "tiny": 1 << 15}
+TIMING = {
+    "full": TimingSettings(warmup=2, min_repeats=10, max_repeats=10, min_time_s=0.0),
+    "tiny": TimingSettings(warmup=1, min_repeats=1, max_repeats=1, min_time_s=0.0),
+}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+PASS_GOAL_PCT = 60.0
+
+
+def make_data(kind: str, numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``weight-diff``: N(0, 1e-3²); ``spread``: ±2^U(-40, 40)."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    if kind == "weight-diff":
+        return torch.empty(numel, device=device).normal_(0.0, 1e-3, generator=gen).to(dtype)
+    if kind == "spread":
+        magnitude = torch.empty(numel, device=device).uniform_(-40.0, 40.0, generator=gen).exp2_()
+        sign = torch.randint(0, 2, (numel,), device=device, generator=gen).mul_(2).sub_(1)
+        return magnitude.mul_(sign).to(dtype)
+    raise ValueError(f"unknown data kind {kind!r}")
+
+
+def real_pass(x: torch.Tensor, shift: int, prefix: int) -> Callable[[], torch.Tensor]:
+    """One launch of the top-k's histogram kernel over ``x`` at ``shift`` (band ``prefix``),
+    with the arguments ``deftx.kernels.topk._radix_select`` gives it; returns the thunk."""
+    topk = importlib.import_module("deftx.kernels.topk")
+    device = x.device
+    plan = topk._plan([x], device)
+    group = plan.groups[0]
+    block_hist = torch.empty((plan.total_blocks, topk.RADIX), dtype=torch.int32, device=device)
+    block_above = torch.empty(plan.total_blocks, dtype=torch.int32, device=device)
+    prefix_t = torch.tensor([prefix], dtype=torch.int64, device=device)
+    hist = torch.zeros(topk.RADIX, dtype=torch.int64, device=device)
+    store = topk.PASS_SHIFTS.index(shift) == group.last_pass
+    grid = (topk._programs(device, group.num_blocks),)
+
+    def launch() -> torch.Tensor:
+        topk._digit_histogram_kernel[grid](
+            group.table, group.block_tensor, prefix_t, hist, block_hist, block_above,
+            group.num_tensors, group.num_blocks,
+            DTYPE=topk._TL_DTYPE[group.dtype], SHIFT=shift, STORE_BLOCKS=store, BLOCK=topk.BLOCK_ELEMS,
+            TILE=topk.HISTOGRAM_TILE, num_warps=topk.HISTOGRAM_WARPS, num_stages=topk.HISTOGRAM_STAGES,
+        )
+        return hist
+
+    return launch
+
+
+def top_digit_histogram(x: torch.Tensor) -> torch.Tensor:
+    """The 256-bin histogram of the first-pass digit (``key >> 24``), computed in torch."""
+    bits = x.float().abs().view(torch.int32)
+    return torch.bincount((bits >> 24) & 255, minlength=256)
+
+
+def copy_gbps(ctx: StageContext, device: torch.device) -> tuple[float, str]:
+    """The copy bandwidth (read + write GB/s): the ceilings stage's, else measured here."""
+    ceilings = read_result(ctx.work_dir, "ceilings")
+    if ceilings and ceilings.get("copy"):
+        return ceilings["copy"]["fp32"]["median_gbps"], "ceilings stage"
+    from deftx.gpucheck.stages.ceilings import SIZES, copy_bandwidth
+
+    return copy_bandwidth(device, SIZES[ctx.sizes]["copy_bytes"], torch.float32)["median_gbps"], "measured here"
+
+
+def measure(name: str, prepare: Callable[[], Callable[[], object]], x: torch.Tensor, settings: TimingSettings,
+            copy: float) -> dict[str, Any]:
+    """One timed kernel (``prepare()`` builds its launch once): median seconds, read GB/s and %
+    of the copy bandwidth, or the error that stopped it."""
+    try:
+        timing, _ = time_thunk(prepare(), x.device, settings)
+    except Exception as err:  # e.g. the launcher's internals changed: a row that says so
+        return {"kernel": name, "error": f"{type(err).__name__}: {err}"}
+    gbps = x.numel() * x.element_size() / timing.median_s / 1e9
+    return {"kernel": name, "time_s": timing.median_s, "gbps": gbps, "pct_of_copy": 100.0 * gbps / copy}
+
+
+def case_rows(x: torch.Tensor, settings: TimingSettings, copy: float) -> list[dict[str, Any]]:
+    """The four kernels over one tensor."""
+    top = top_digit_histogram(x)
+    band = int(top.argmax())
+    scratch_sum = torch.zeros(1, dtype=torch.int64, device=x.device)
+    scratch_hist = torch.zeros(256, dtype=torch.int64, device=x.device)
+    rows = [
+        measure("pass 1 (digit 24..31)", lambda: real_pass(x, 24, 0), x, settings, copy),
+        measure("pass 2 (digit 16..23, band filter)", lambda: real_pass(x, 16, band), x, settings, copy),
+        measure("probe: read + digit sum", lambda: lambda: probe_kernels.digit_sum(x, 24, scratch_sum), x, settings,
+                copy),
+        measure("probe: tl.histogram only", lambda: lambda: probe_kernels.digit_histogram(x, 24, scratch_hist), x,
+                settings, copy),
+    ]
+    occupied = int((top > 0).sum())
+    for row in rows:
+        row.update(top_bins_occupied=occupied, top_bin_share=float(top.max()) / x.numel())
+    return rows
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    device = torch.device(ctx.device)
+    copy, source = copy_gbps(ctx, device)
+    settings = TIMING[ctx.sizes]
+    rows = []
+    for dtype_name, dtype in DTYPES.items():
+        for kind in ("weight-diff", "spread"):
+            x = make_data(kind, ELEMENTS[ctx.sizes], dtype, device)
+            for row in case_rows(x, settings, copy):
+                rows.append({"dtype": dtype_name, "data": kind, "elements": x.numel(),
+                             "bytes": x.numel() * x.element_size(), **row})
+                print(f"{dtype_name} {kind:11s} {row['kernel']:36s} "
+                      + (f"{row['gbps']:9.1f} GB/s {row['pct_of_copy']:5.1f}% of copy" if "gbps" in row
+                         else row["error"]), flush=True)
+            del x
+            ctx.write_result({"status": "ok", "headline": "partial", "rows": rows, "copy_gbps": copy})
+    passes = [r for r in rows if r["kernel"].startswith("pass") and "gbps" in r]
+    worst = min(passes, key=lambda r: r["pct_of_copy"]) if passes else None
+    errors = [r for r in rows if "error" in r]
+    headline = (
+        f"slowest pass {worst['pct_of_copy']:.0f}% of copy ({worst['dtype']} {worst['data']}, {worst['kernel']}), "
+        f"goal {PASS_GOAL_PCT:.0f}%" if worst else "no pass measured"
+    ) + (f"; {len(errors)} kernels failed" if errors else "")
+    return {"status": "failed" if errors else "ok", "headline": headline, "rows": rows, "copy_gbps": copy,
+            "copy_source": source, "goal_pct_of_copy": PASS_GOAL_PCT}

@@ -1,0 +1,132 @@
+"""Stage machinery on CPU: process groups stopped whole, the tests stage's pytest run, the
+kernel cases ncu and the sanitizer run (here under the Triton interpreter), host-overhead counting."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import torch
+
+from deftx.bench.overhead import (
+    classify_device_events,
+    count_host_overhead,
+    count_runtime_calls,
+    count_sync_warnings,
+    triton_kernel_names,
+)
+from deftx.gpucheck import processes
+from deftx.gpucheck.context import StageContext, read_result
+from deftx.gpucheck.kernel_cases import CASES
+from deftx.gpucheck.stage import run_stage
+from deftx.gpucheck.stages import tests as tests_stage
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_a_timed_out_process_is_stopped_with_everything_it_started(tmp_path):
+    pid_file = tmp_path / "grandchild.pid"
+    script = (f"import subprocess, time; p = subprocess.Popen(['sleep', '60']); "
+              f"open({str(pid_file)!r}, 'w').write(str(p.pid)); time.sleep(60)")
+    start = time.monotonic()
+    code = processes.run([sys.executable, "-c", script], tmp_path, tmp_path / "out.log", timeout=3.0)
+    assert code is None and time.monotonic() - start < 30
+    grandchild = int(pid_file.read_text())
+    deadline = time.monotonic() + 5
+    while alive(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(grandchild)
+
+
+def test_a_finished_process_returns_its_exit_code(tmp_path):
+    assert processes.run([sys.executable, "-c", "print('hi'); raise SystemExit(3)"], tmp_path, tmp_path / "o", 30) == 3
+    assert (tmp_path / "o").read_text() == "hi\n"
+
+
+def test_the_tests_stage_runs_only_cuda_marked_tests_and_reports_them(tmp_path):
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "conftest.py").write_text("def pytest_configure(config):\n"
+                                       "    config.addinivalue_line('markers', 'cuda: needs a GPU')\n")
+    (suite / "test_sample.py").write_text(textwrap.dedent("""
+        import pytest
+
+        @pytest.mark.cuda
+        def test_on_gpu():
+            assert True
+
+        @pytest.mark.cuda
+        def test_on_gpu_fails():
+            assert 1 == 2
+
+        def test_on_cpu():
+            raise AssertionError("not selected by -m cuda")
+    """))
+    ctx = StageContext(stage="tests", repo=str(tmp_path), work_dir=str(tmp_path / "work"), test_paths=("suite",),
+                       deadline=time.time() + 120)
+    result = tests_stage.run(ctx)
+    assert result["status"] == "failed"
+    assert result["counts"] == {"PASSED": 1, "FAILED": 1}
+    assert result["failed_tests"] == ["suite/test_sample.py::test_on_gpu_fails"]
+    (suite / "test_sample.py").write_text("def test_on_cpu():\n    pass\n")
+    none = tests_stage.run(ctx)
+    assert (none["status"], none["headline"]) == ("ok", "no tests selected by -m cuda")
+
+
+def test_a_crashing_stage_is_a_failed_result_with_its_traceback(tmp_path, monkeypatch):
+    from deftx.gpucheck import stages
+
+    def boom(ctx):
+        raise RuntimeError("kernel launch failed\nmore")
+
+    monkeypatch.setitem(stages.RUNNERS, "ceilings", ("ceilings", "missing_function"))
+    ctx = StageContext(stage="ceilings", repo=str(REPO), work_dir=str(tmp_path), deadline=time.time() + 60)
+    result = run_stage(ctx)
+    assert result["status"] == "failed" and "AttributeError" in result["headline"]
+    monkeypatch.setattr(stages, "stage_runner", lambda name: boom)
+    result = run_stage(ctx)
+    assert result["headline"] == "RuntimeError: kernel launch failed"
+    assert "Traceback" in result["traceback"]
+    ctx.write_result(result)
+    assert read_result(tmp_path, "ceilings")["status"] == "failed"
+
+
+def test_kernel_cases_run_every_case_under_the_interpreter():
+    done = subprocess.run([sys.executable, "-m", "deftx.gpucheck.kernel_cases", "--device", "cpu", "--size", "tiny"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == [word for case in CASES for word in ("ran", case)]
+
+
+def test_kernel_cases_refuse_a_profiler_range_without_cuda():
+    done = subprocess.run([sys.executable, "-m", "deftx.gpucheck.kernel_cases", "--device", "cpu", "--profile-range"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2 and "--profile-range needs --device cuda" in done.stderr
+
+
+def test_device_events_are_classified_into_kernels_copies_and_sets():
+    names = ["_digit_histogram_kernel", "void at::native::vectorized_elementwise_kernel<4>(...)",
+             "Memcpy HtoD (Pageable -> Device)", "Memset (Device)", "_compact_indices_kernel"]
+    counts = classify_device_events(names, frozenset({"_digit_histogram_kernel", "_compact_indices_kernel"}))
+    assert counts == {"kernels": 3, "triton_kernels": 2, "memcpy": 1, "memset": 1}
+    assert count_runtime_calls(["cudaStreamSynchronize", "cudaLaunchKernel", "cudaMemcpyAsync"]) == {
+        "runtime_syncs": 1, "runtime_copies": 1}
+    assert count_sync_warnings(["called a synchronizing CUDA operation", "other", "synchronizing CUDA operation"]) == 2
+
+
+def test_overhead_is_not_counted_on_cpu_and_the_kernel_names_are_deftx_s():
+    assert count_host_overhead(lambda: torch.ones(3).sum(), torch.device("cpu")) is None
+    names = triton_kernel_names()
+    assert {"_digit_histogram_kernel", "_scatter_add_kernel", "_masked_adamw_kernel", "_delta_matmul_kernel"} <= names

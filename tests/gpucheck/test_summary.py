@@ -1,0 +1,120 @@
+"""The summary: the issue's goals read from benchmark documents, and its markdown."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from deftx.gpucheck.summary import (
+    build_summary,
+    console_lines,
+    evaluate_goals,
+    kernels_document,
+    kernels_markdown,
+    render_markdown,
+)
+
+
+def deftx_row(op, k, **fields):
+    return {"op": op, "k_fraction": k, "role": "deftx", "auto": True, "name": "deftx[triton]", "impl": "deftx:triton",
+            "time_s": 1e-3, **fields}
+
+
+def comparison(op, k, baseline, speedup, **fields):
+    return {"op": op, "k_fraction": k, "deftx": "deftx[triton]", "auto": True, "baseline": baseline,
+            "speedup": speedup, **fields}
+
+
+def document(name, dtype, rows, comparisons):
+    return {"shape_set": {"name": name}, "config": {"dtype": dtype}, "device": "cuda", "results": rows,
+            "comparisons": comparisons}
+
+
+LLAMA = document(
+    "llama-7b", "bf16",
+    [deftx_row("topk", 0.01, roofline_pct=40.0), deftx_row("compose", 0.01, roofline_pct=65.0),
+     deftx_row("step", 0.05, host_overhead={"syncs": 2, "kernels": 3, "memcpy": 0, "memset": 0})],
+    [comparison("topk", 0.01, "torch.cat+topk", 6.0), comparison("step", 0.05, "AdamW(fused=True)", 3.5),
+     comparison("scores", None, "torch.svd_lowrank + |U S Vh|", 2.0, deftx_score_error=0.2,
+                baseline_score_error=0.1)],
+)
+XLMR = document(
+    "xlmr-base", "fp32",
+    [deftx_row("topk", 0.01, host_overhead={"syncs": 1, "kernels": 12, "memcpy": 3, "memset": 2}),
+     deftx_row("step", 0.05, host_overhead={"syncs": 0, "kernels": 1, "memcpy": 0, "memset": 0})],
+    [comparison("scores", None, "torch.svd_lowrank + |U S Vh|", 1.6, deftx_score_error=0.1,
+                baseline_score_error=0.1)],
+)
+
+
+@pytest.fixture
+def work(tmp_path):
+    for stage, doc in (("bench-llama", LLAMA), ("bench-xlmr", XLMR)):
+        folder = tmp_path / stage
+        folder.mkdir()
+        path = folder / f"h200_{doc['shape_set']['name']}.json"
+        path.write_text(json.dumps(doc))
+        path.with_suffix(".md").write_text(f"# deftx bench: {doc['shape_set']['name']}\n\ntable\n")
+        (folder / "result.json").write_text(json.dumps({"status": "ok", "headline": "h", "document": str(path)}))
+    (tmp_path / "histogram").mkdir()
+    rows = [{"dtype": "fp32", "data": "weight-diff", "kernel": "pass 1 (digit 24..31)", "gbps": 3000.0,
+             "pct_of_copy": 70.0}, {"dtype": "bf16", "data": "spread", "kernel": "pass 2 (band)", "gbps": 2000.0,
+                                    "pct_of_copy": 45.0},
+            {"dtype": "bf16", "data": "spread", "kernel": "probe: read + digit sum", "gbps": 4000.0,
+             "pct_of_copy": 95.0}]
+    (tmp_path / "histogram" / "result.json").write_text(json.dumps({"status": "ok", "rows": rows, "copy_gbps": 4300}))
+    return tmp_path
+
+
+def by_goal(goals):
+    return {(g["goal"].split(" ")[0], g["where"].split(" ")[0]): g for g in goals}
+
+
+def test_goals_are_met_missed_or_not_measured_from_the_documents(work):
+    goals = evaluate_goals(work)
+    statuses = [(g["goal"], g["where"], g["status"]) for g in goals]
+    assert ("top-k (public topk_mask) >= 5x cat + torch.topk", "llama-7b bf16 on cuda, K = 1%", "met") in statuses
+    assert ("top-k within 3x of the floor (one read + index writes at the copy bandwidth)",
+            "llama-7b bf16 on cuda, K = 1%", "met") in statuses
+    radix = next(g for g in goals if g["goal"].startswith("each radix pass"))
+    assert (radix["status"], radix["shown"]) == ("missed", "45.0%")
+    syncs = [g for g in goals if g["goal"].startswith("no device->host sync")]
+    assert [(g["where"], g["status"]) for g in syncs] == [("xlmr-base fp32 on cuda, K = 5%", "met"),
+                                                          ("llama-7b bf16 on cuda, K = 5%", "missed")]
+    launches = next(g for g in goals if g["goal"].startswith("topk_mask over"))
+    assert (launches["measured"], launches["status"]) == (17, "met")
+    compose = [g for g in goals if g["goal"].startswith("compose")]
+    assert [g["status"] for g in compose] == ["not measured", "missed"]
+    assert compose[0]["where"] == "xlmr-base fp32 on cuda, K = 1%"
+    step = [g for g in goals if g["goal"].startswith("masked AdamW")]
+    assert [g["status"] for g in step] == ["not measured", "met"]
+    scores = [g for g in goals if g["goal"].startswith("DeFT-X scores")]
+    assert [(g["status"], g["shown"]) for g in scores] == [("met", "1.60x, error ratio 1.000"),
+                                                           ("missed", "2.00x, error ratio 2.000")]
+
+
+def test_goals_without_any_result_are_all_not_measured_and_name_the_issue_sets(tmp_path):
+    goals = evaluate_goals(tmp_path)
+    assert {g["status"] for g in goals} == {"not measured"}
+    assert goals[0]["where"] == "llama-7b bf16, K = 1%"
+
+
+def test_summary_markdown_and_console_carry_stages_goals_and_tables(work):
+    records = [{"stage": "bench-llama", "budget_s": 100, "seconds": 50.0, "status": "ok", "headline": "8 rows"},
+               {"stage": "ncu", "budget_s": 40, "seconds": 0.0, "status": "skipped", "headline": "needs CUDA"}]
+    summary = build_summary({"command": "python -m deftx.gpucheck --out x", "device": "cuda"}, records, work)
+    assert summary["schema"] == "deftx-gpucheck/1"
+    assert set(summary["results"]) == {"bench-llama"}
+    text = render_markdown(summary, work)
+    assert "| bench-llama | ok | 50.0 s | 100 s | 8 rows |" in text
+    assert "## Benchmark: llama-7b" in text
+    assert "| top-k (public topk_mask) >= 5x cat + torch.topk | llama-7b bf16 on cuda, K = 1% | >= 5x | 6.00x | met |" \
+        in text
+    lines = console_lines(summary)
+    assert any(line.startswith("  ncu          skipped") for line in lines)
+    assert any("missed       each radix pass" in line for line in lines)
+    assert kernels_document(summary, work)["schema"] == "deftx-gpucheck-kernels/1"
+    kernels = kernels_markdown(summary, work)
+    assert kernels.startswith("# deftx kernels on the GPU (measured)")
+    assert "Machine: not recorded." in kernels
