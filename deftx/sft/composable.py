@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from deftx.sft.diff import ParamInfo, SparseDiff
+from deftx.sft.foreign import PICKLE_PROTO, ZIP_MAGIC
 from deftx.sft.format import DTYPE_NAMES, SparseDiffFormatError
 from deftx.sft.hub import resolve_folder
 
@@ -55,6 +56,11 @@ def _numpy_scalar_globals() -> list[Any]:
 
 def read_pickle(path: Path) -> Any:
     """``torch.load`` of ``path`` with weights-only unpickling (never arbitrary objects)."""
+    with path.open("rb") as handle:
+        head = handle.read(4)
+    if head != ZIP_MAGIC and not head.startswith(bytes([PICKLE_PROTO])):
+        raise ComposableSFTFormatError(f"{path}: not a torch.save file (neither a zip archive nor a pickle), "
+                                       "so not a composable-sft SFT")
     try:
         with torch.serialization.safe_globals(_numpy_scalar_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
