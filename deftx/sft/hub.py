@@ -224,13 +224,3 @@ def push_to_hub(
         commit = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message,
                                    revision=revision, repo_type="model")
     return str(getattr(commit, "commit_url", commit))
-
-
-def load_sft(spec: str | os.PathLike, **hub_options: Any) -> SparseDiff:
-    """A SparseDiff from a ``.safetensors`` file, a Hub-style folder, or a Hub repository id."""
-    from deftx.sft.diff import SparseDiff
-
-    path = Path(spec).expanduser()
-    if path.is_file():
-        return SparseDiff.load(path)
-    return from_pretrained(spec, **hub_options)

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from deftx.sft import SparseDiff, SparseDiffFormatError
-from deftx.sft.hub import CARD_FILE, CONFIG_FILE, SFT_FILE, HubFolderError, load_sft
+from deftx.sft.hub import CARD_FILE, CONFIG_FILE, SFT_FILE, HubFolderError
+from deftx.sft.sources import open_sft
 from tests.helpers import assert_bitwise_equal
 from tests.hub_cache import place_in_hub_cache
 from tests.sft.tiny import random_diff, tiny_bert
@@ -56,7 +57,8 @@ def test_folder_holds_the_file_a_config_and_a_card(tmp_path, diff):
 def test_folder_round_trip_is_exact(tmp_path, diff):
     diff.save_pretrained(tmp_path / "sft")
     assert_same_diff(SparseDiff.from_pretrained(tmp_path / "sft"), diff)
-    assert_same_diff(load_sft(tmp_path / "sft" / SFT_FILE), diff)
+    assert_same_diff(open_sft(tmp_path / "sft" / SFT_FILE), diff)
+    assert_same_diff(open_sft(tmp_path / "sft"), diff)
 
 
 def test_a_config_that_disagrees_with_the_file_is_refused(tmp_path, diff):
