@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from deftx.sft.diff import ParamInfo, SparseDiff
-from deftx.sft.foreign import PICKLE_PROTO, ZIP_MAGIC
+from deftx.sft.foreign import ZIP_MAGIC, looks_like_pickle
 from deftx.sft.format import DTYPE_NAMES, SparseDiffFormatError
 from deftx.sft.hub import resolve_folder
 
@@ -58,7 +58,7 @@ def read_pickle(path: Path) -> Any:
     """``torch.load`` of ``path`` with weights-only unpickling (never arbitrary objects)."""
     with path.open("rb") as handle:
         head = handle.read(4)
-    if head != ZIP_MAGIC and not head.startswith(bytes([PICKLE_PROTO])):
+    if head != ZIP_MAGIC and not looks_like_pickle(head):
         raise ComposableSFTFormatError(f"{path}: not a torch.save file (neither a zip archive nor a pickle), "
                                        "so not a composable-sft SFT")
     try:

@@ -37,11 +37,23 @@ def _zip_pickle_bytes(path: Path) -> bytes | None:
         return None
 
 
+def looks_like_safetensors(head: bytes, size: int) -> bool:
+    """A safetensors file starts with its header's length (u64, little-endian), then ``{``."""
+    return len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= size - 8
+
+
+def looks_like_pickle(head: bytes) -> bool:
+    """A pickle of protocol 2 or later starts with the PROTO opcode and the protocol number."""
+    return len(head) >= 2 and head[0] == PICKLE_PROTO and 2 <= head[1] <= 5
+
+
 def describe_foreign_file(path: Path) -> str | None:
     """What ``path`` is when its first bytes show a pickle or zip archive (a ``torch.save`` file)."""
     with path.open("rb") as handle:
-        head = handle.read(4)
-    if head == ZIP_MAGIC:
+        head = handle.read(9)
+    if looks_like_safetensors(head, path.stat().st_size):
+        return None
+    if head[:4] == ZIP_MAGIC:
         pickled = _zip_pickle_bytes(path)
         if pickled is None:
             return "a zip archive, not a SparseDiff (SparseDiff files are safetensors)"
@@ -49,7 +61,7 @@ def describe_foreign_file(path: Path) -> str | None:
             return f"a composable-sft SFT ({COMPOSABLE_SFT_FILE}, a torch.save pickle archive), not a SparseDiff: " \
                 + COMPOSABLE_HINT
         return "a PyTorch pickle archive (torch.save), not a SparseDiff (SparseDiff files are safetensors)"
-    if head and head[0] == PICKLE_PROTO:
+    if looks_like_pickle(head):
         with path.open("rb") as handle:
             pickled = handle.read(PICKLE_SCAN_BYTES)
         if _looks_like_composable_sft(pickled):

@@ -68,7 +68,7 @@ def resolve_folder(
             allow_patterns=list(files), token=token,
         )
     except HFValidationError as err:
-        raise HubFolderError(f"{name_or_path!r} is neither a local folder nor a valid Hub repository id") from err
+        raise HubFolderError(f"{name_or_path!r} does not exist locally and is not a valid Hub repository id") from err
     except (LocalEntryNotFoundError, RepositoryNotFoundError, OSError) as err:
         raise HubFolderError(
             f"{name_or_path!r} is not a local folder, and the Hub repository could not be reached or found in the "

@@ -21,7 +21,8 @@ from tests.hub_cache import place_in_hub_cache
 from tests.sft.tiny import random_diff
 
 ROOT = Path(__file__).resolve().parents[2]
-WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *["good", "bad", "fine", "film", "day", "the", "a", "is", "was", "very", "not"]]
+WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]",
+         "good", "bad", "fine", "film", "day", "the", "a", "is", "was", "very", "not"]
 LABELS = ["negative", "neutral", "positive"]
 SENTENCES = [("the film was very good", "positive"), ("a bad day", "negative"), ("the day was fine", "neutral"),
              ("not a good film", "negative"), ("a very fine film", "positive"), ("the film is the film", "neutral")]

@@ -47,3 +47,15 @@ def test_a_folder_is_named_with_its_loader(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ForeignFormatError, match="a folder without an SFT"):
         SparseDiff.load(tmp_path / "empty")
+
+
+def test_a_sparse_diff_whose_header_length_starts_like_a_pickle_loads(tmp_path):
+    """The header length's first byte can be 0x80 (pickle's PROTO opcode): still a SparseDiff."""
+    for size in range(1, 200):
+        diff = SparseDiff({"w": torch.arange(size)}, {"w": torch.ones(size)}, {"w": ParamInfo((256,), torch.float32)},
+                          settings={"pad": "x" * size})
+        diff.save(tmp_path / "sft.safetensors")
+        if (tmp_path / "sft.safetensors").read_bytes()[0] == 0x80:
+            assert SparseDiff.load(tmp_path / "sft.safetensors").nnz == size
+            return
+    pytest.fail("no header length with a first byte of 0x80 was produced")
