@@ -53,7 +53,7 @@ from deftx.train.config import DenoiseConfig, SparseFineTuningConfig, to_plain
 from deftx.train.language import train_language_sft, warm_up_head
 from deftx.train.sparse_finetuner import SparseFineTuningResult
 from deftx.train.task import build_classifier, classification_examples, train_full_finetune, train_task_sft
-from deftx.train.trainer_args import TrainingSettings
+from deftx.train.trainer_args import RUN_ONLY_ARGUMENTS, TrainingSettings
 
 NUSAX = "nusax"
 NUSAX_PROTOCOL = "zero-shot"
@@ -177,7 +177,10 @@ class Workspace:
 
     def identity(self, step: str, seed: int, settings: TrainingSettings, **inputs: Any) -> dict[str, Any]:
         """What a step's result depends on: base model, seed, result-changing settings, ``inputs``."""
-        training = {k: v for k, v in to_plain(settings).items() if k not in RUN_ONLY_SETTINGS}
+        training = {k: v for k, v in to_plain(settings).items() if k not in (*RUN_ONLY_SETTINGS, "arguments")}
+        arguments = {k: v for k, v in settings.arguments.items() if k not in RUN_ONLY_ARGUMENTS}
+        if arguments:
+            training["arguments"] = arguments
         return {"step": step, "model": str(self.model_dir.resolve()), "seed": seed, "training": training,
                 **{k: to_plain(v) for k, v in inputs.items()}}
 
