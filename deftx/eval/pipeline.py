@@ -354,8 +354,9 @@ def task_steps(ws: Workspace, examples: list[dict], seed: int, num_labels: int, 
 
 
 def task_sfts(ws: Workspace, name: str, examples: list[dict], seed: int, num_labels: int,
-              source_sfts: dict[str, SparseDiff] | None, folder: str = "task") -> dict[str, SparseDiff]:
-    """Task SFTs per method: on top of each method's source SFT, or one shared run."""
+              source_sfts: dict[str, SparseDiff] | None, folder: str = "task",
+              labels: Sequence[str] | None = None) -> dict[str, SparseDiff]:
+    """Task SFTs per method: on top of each method's source SFT, or one shared run (``labels``: class names)."""
     cfg = ws.config
     settings = ws.settings(seed)
     base = ws.seed_dir(seed) / folder / name
@@ -376,7 +377,7 @@ def task_sfts(ws: Workspace, name: str, examples: list[dict], seed: int, num_lab
             result = train_task_sft(
                 ws.model_dir, ws.tokenizer, examples, config, base / run_name,
                 num_labels=num_labels, settings=settings, source_sft=source_sft,
-                base_model=str(ws.model_dir), pooling=cfg.pooling,
+                base_model=str(ws.model_dir), pooling=cfg.pooling, labels=labels,
             )
         ws.record("task", name, seed, result)
         diffs.update(result.diffs)
@@ -467,7 +468,8 @@ def run_nusax_seed(ws: Workspace, seed: int, head_file: Path) -> Iterator[list[E
                 rows += evaluate_baseline(ws, baseline, tests, bench=NUSAX, protocol=NUSAX_PROTOCOL,
                                           source=source, seed=seed, num_labels=num_labels, split=cfg.eval_split)
             del baseline
-        task = task_sfts(ws, source, examples, seed, num_labels, lang[source] if cfg.task_on_source_sft else None)
+        task = task_sfts(ws, source, examples, seed, num_labels, lang[source] if cfg.task_on_source_sft else None,
+                         labels=nusax.LABELS)
         model = build_classifier(ws.model_dir, num_labels, seed, ws.config.pooling)
         with ws.timer("evaluation"):
             rows += evaluate_methods(ws, model, tests, bench=NUSAX, protocol=NUSAX_PROTOCOL, source=source,
@@ -502,7 +504,7 @@ def run_anli_seed(ws: Workspace, seed: int, head_file: Path) -> list[EvalRow]:
         rows += evaluate_baseline(ws, baseline, tests, bench=ANLI, protocol=ANLI_PROTOCOL, source=source,
                                   seed=seed, num_labels=num_labels)
         del baseline
-    task = task_sfts(ws, "pooled", train, seed, num_labels, None, folder="anli/task")
+    task = task_sfts(ws, "pooled", train, seed, num_labels, None, folder="anli/task", labels=americasnli.LABELS)
     model = build_classifier(ws.model_dir, num_labels, seed, ws.config.pooling)
     rows += evaluate_methods(ws, model, tests, bench=ANLI, protocol=ANLI_PROTOCOL, source=source, seed=seed,
                              num_labels=num_labels, task=task, lang=lang)

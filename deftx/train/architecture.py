@@ -49,8 +49,10 @@ def describe_model(model: torch.nn.Module, *, head: bool) -> dict[str, Any]:
         info["pooling"] = pooling
     if head and config is not None:
         id2label = getattr(config, "id2label", None) or {}
+        names = [str(id2label.get(i, i)) for i in range(int(config.num_labels))]
         info["num_labels"] = int(config.num_labels)
-        info["labels"] = [str(id2label.get(i, i)) for i in range(int(config.num_labels))]
+        if names != [f"LABEL_{i}" for i in range(len(names))]:
+            info["labels"] = names
     return info
 
 

@@ -138,6 +138,7 @@ def train_task_sft(
     source_sft: SparseDiff | None = None,
     base_model: str | None = None,
     pooling: str = "mean",
+    labels: Sequence[str] | None = None,
 ) -> SparseFineTuningResult:
     """Train (or resume) a task SFT, one branch per ``config.selections``.
 
@@ -152,8 +153,11 @@ def train_task_sft(
         source_sft: the source language's SFT, applied underneath for the whole run.
         base_model: identifier stored in the SFTs.
         pooling: classifier pooling (see :func:`build_classifier`).
+        labels: class names in id order, recorded in the SFTs' ``info``.
     """
     model = build_classifier(model_dir, num_labels, settings.seed, pooling)
+    if labels is not None:
+        model.config.update({"id2label": dict(enumerate(labels)), "label2id": {n: i for i, n in enumerate(labels)}})
     if source_sft is not None:
         source_sft.apply(model)
     trainer = _trainer(model, tokenizer, list(examples), settings, Path(work_dir) / "trainer")

@@ -153,3 +153,21 @@ def test_compose_takes_a_composable_sft_folder(tmp_path, plain_bert, capsys):
     diff.apply(expected)
     for name, param in expected.named_parameters():
         assert_bitwise_equal(composed.get_parameter(name).detach(), param.detach(), what=name)
+
+
+def test_a_trained_task_sft_records_its_classifier(tmp_path, plain_bert):
+    from deftx.train.config import PhaseConfig, SparseFineTuningConfig
+    from deftx.train.task import classification_examples, train_task_sft
+    from deftx.train.trainer_args import TrainingSettings
+
+    tokenizer = BertTokenizer.from_pretrained(str(plain_bert))
+    examples = classification_examples(tokenizer, [s for s, _ in SENTENCES],
+                                       [LABELS.index(label) for _, label in SENTENCES], 16)
+    config = SparseFineTuningConfig(k=50, full=PhaseConfig(steps=1), sparse=PhaseConfig(steps=1),
+                                    selections={"lt-sft": None}, train_head=True, ship_head=True)
+    settings = TrainingSettings(batch_size=2, progress=False, group_by_length=False, save_steps=10)
+    result = train_task_sft(plain_bert, tokenizer, examples, config, tmp_path / "run", num_labels=3,
+                            settings=settings, pooling="mean", labels=LABELS)
+    expected = {"architecture": "BertMeanPoolClassifier", "pooling": "mean", "num_labels": 3, "labels": LABELS}
+    assert result.diffs["lt-sft"].info == expected
+    assert SparseDiff.load(tmp_path / "run" / "lt-sft" / "sft.safetensors").info == expected
