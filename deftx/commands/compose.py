@@ -4,22 +4,26 @@ from __future__ import annotations
 
 import argparse
 
-from deftx.commands._common import guarded
+from deftx.commands._common import add_model_arguments, guarded, name_base_model
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from deftx.eval.pipeline import resolve_model
-    from deftx.sft import SparseDiff, apply_diffs
-    from deftx.train.task import build_classifier
+    from deftx.sft import apply_diffs
+    from deftx.sft.sources import open_sft
+    from deftx.train.architecture import build_from_spec, resolve_classifier
 
     scales = args.scale or [1.0] * len(args.sft)
     if len(scales) != len(args.sft):
         raise ValueError(f"{len(args.sft)} --sft files but {len(scales)} --scale values")
     model_dir = resolve_model(args.model)
-    diffs = [SparseDiff.load(path) for path in args.sft]
-    model = build_classifier(model_dir, args.num_labels, args.seed, args.pooling)
+    diffs = [open_sft(spec) for spec in args.sft]
+    spec = resolve_classifier(diffs, model_dir, pooling=args.pooling, num_labels=args.num_labels)
+    print(f"classifier: {spec.describe()}")
+    model = build_from_spec(model_dir, spec, args.seed)
+    name_base_model(model, args.model)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     handle = apply_diffs(model, diffs, scales)
     for path, diff, scale in zip(args.sft, diffs, scales, strict=True):
@@ -41,22 +45,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "compose",
         help="add SFTs onto a base model (fused scatter) and save the composed classifier",
         description=(
-            "Load the base model as a sequence classifier, add the given SFTs (e.g. a task SFT and a "
+            "Load the base model as the sequence classifier the task SFT was trained in (architecture, pooling "
+            "and labels read from the SFT's metadata; see --pooling), add the given SFTs (e.g. a task SFT and a "
             "target language SFT; dense tensors such as the classifier head replace the model's), "
             "optionally save the result as a save_pretrained folder, then revert and check that the "
             "base is restored bit for bit."
         ),
     )
-    parser.add_argument("--model", default="e5-small", help="'e5-small' or a save_pretrained folder")
+    add_model_arguments(parser)
     parser.add_argument(
-        "--pooling",
-        choices=("mean", "cls"),
-        default="mean",
-        help="classifier the task SFT was trained with (default mean)",
+        "--sft", action="append", required=True,
+        help="SFT (repeatable, applied together): a .safetensors file, a Hub-style folder, a composable-sft "
+             "pytorch_diff.bin or folder, a peft SHiRA adapter folder, or a Hub repository id of any of those",
     )
-    parser.add_argument("--sft", action="append", required=True, help="SFT file (repeatable, applied together)")
     parser.add_argument("--scale", action="append", type=float, help="scale per --sft (default 1.0 each)")
-    parser.add_argument("--num-labels", type=int, default=3, help="classifier outputs (default 3)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the (replaced) new head's init")
     parser.add_argument("--output", help="folder to write the composed model + tokenizer to")
     parser.set_defaults(func=guarded("compose", run))

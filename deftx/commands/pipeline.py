@@ -11,6 +11,11 @@ def run(args: argparse.Namespace) -> int:
     from deftx.eval.pipeline import run_pipeline
 
     config = load_pipeline_config(args)
+    if args.dry_run:
+        from deftx.eval.plan import plan_lines
+
+        print("\n".join(plan_lines(config)))
+        return 0
     log = (lambda _: None) if args.quiet else print
     table = run_pipeline(config, log=log, command=command_line())
     print(table)
@@ -33,4 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_config_arguments(parser)
     parser.add_argument("--seeds", type=int, nargs="+", help="override the config's seeds")
     parser.add_argument("--quiet", action="store_true", help="print only the final table")
+    parser.add_argument(
+        "--dry-run", action="store_true",
+        help="print the plan (model, data, effective TrainingArguments, every step with its folder and whether "
+             "it is done) and exit without training",
+    )
     parser.set_defaults(func=guarded("pipeline", run))

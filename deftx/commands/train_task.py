@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     if ws.config.task_on_source_sft:
         source_sfts = language_sfts(ws, args.source, language_texts(ws, args.source), args.seed, ensure_head(ws))
     examples = nusax_train_examples(ws, args.source)
-    diffs = task_sfts(ws, args.source, examples, args.seed, len(nusax.LABELS), source_sfts)
+    diffs = task_sfts(ws, args.source, examples, args.seed, len(nusax.LABELS), source_sfts, labels=nusax.LABELS)
     base = ws.seed_dir(args.seed) / "task" / args.source
     for method, diff in diffs.items():
         folder = base / (method if source_sfts is not None else "shared") / method

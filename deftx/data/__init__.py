@@ -7,6 +7,8 @@ All readers take a ``data_dir``: the data root that holds ``nusax/``, ``americas
 - ``deftx.data.americasnli``: AmericasNLI dev/test (labelled NLI pairs).
 - ``deftx.data.americasnlp``: AmericasNLP 2021 indigenous-side text (unlabelled, train/dev only).
 - ``deftx.data.hub``: the same labelled sets through ``datasets.load_dataset`` (needs a network).
+- ``deftx.data.generic``: any text / text-classification set through ``datasets`` (a local
+  CSV/TSV/JSON/parquet file, a folder or a Hub name), with the columns named by the caller.
 """
 
 from __future__ import annotations

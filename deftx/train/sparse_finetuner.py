@@ -44,6 +44,7 @@ from torch import nn
 from transformers import TrainerCallback
 
 from deftx.sft import SparseDiff, base_model_id
+from deftx.train.architecture import describe_model
 from deftx.train.checkpoint import (
     append_log,
     last_checkpoint,
@@ -282,6 +283,7 @@ class SparseFineTuner:
             [rename[n] for n in self.dense] if self.config.ship_head else (),
             base_model=self.base_model, method=branch, k=self.k,
             settings={"config": to_plain(self.config), "branch": branch, "eligible": self.num_eligible},
+            info=describe_model(self.trainer.model, head=self.config.ship_head),
         )
         diff.save(sft_path)
         self._drop_checkpoints(folder)

@@ -99,18 +99,22 @@ def build_classifier(model_dir: str | Path, num_labels: int, seed: int, pooling:
     """Sequence classifier of the base model with a seeded new head.
 
     ``pooling="mean"``: :class:`BertMeanPoolClassifier` (BERT-type bodies);
-    ``"cls"``: ``AutoModelForSequenceClassification`` (any architecture).
+    ``"cls"``: ``AutoModelForSequenceClassification`` (any architecture). The pooling is
+    kept in ``config.deftx_pooling``, so SFTs trained in the model record it.
     """
     if pooling not in POOLING:
         raise ValueError(f"pooling must be one of {POOLING}, got {pooling!r}")
     torch.manual_seed(seed)
     if pooling == "cls":
-        return AutoModelForSequenceClassification.from_pretrained(str(model_dir), num_labels=num_labels)
-    config = AutoConfig.from_pretrained(str(model_dir), num_labels=num_labels)
-    if config.model_type != "bert":
-        raise ValueError(f"mean pooling is implemented for BERT bodies; {model_dir} is {config.model_type!r} "
-                         "(use pooling='cls')")
-    return BertMeanPoolClassifier.from_pretrained(str(model_dir), config=config)
+        model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), num_labels=num_labels)
+    else:
+        config = AutoConfig.from_pretrained(str(model_dir), num_labels=num_labels)
+        if config.model_type != "bert":
+            raise ValueError(f"mean pooling is implemented for BERT bodies; {model_dir} is {config.model_type!r} "
+                             "(use pooling='cls')")
+        model = BertMeanPoolClassifier.from_pretrained(str(model_dir), config=config)
+    model.config.deftx_pooling = pooling
+    return model
 
 
 def _trainer(model, tokenizer, examples, settings: TrainingSettings, output_dir: Path) -> Trainer:
@@ -134,6 +138,7 @@ def train_task_sft(
     source_sft: SparseDiff | None = None,
     base_model: str | None = None,
     pooling: str = "mean",
+    labels: Sequence[str] | None = None,
 ) -> SparseFineTuningResult:
     """Train (or resume) a task SFT, one branch per ``config.selections``.
 
@@ -148,8 +153,11 @@ def train_task_sft(
         source_sft: the source language's SFT, applied underneath for the whole run.
         base_model: identifier stored in the SFTs.
         pooling: classifier pooling (see :func:`build_classifier`).
+        labels: class names in id order, recorded in the SFTs' ``info``.
     """
     model = build_classifier(model_dir, num_labels, settings.seed, pooling)
+    if labels is not None:
+        model.config.update({"id2label": dict(enumerate(labels)), "label2id": {n: i for i, n in enumerate(labels)}})
     if source_sft is not None:
         source_sft.apply(model)
     trainer = _trainer(model, tokenizer, list(examples), settings, Path(work_dir) / "trainer")

@@ -2,11 +2,56 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import torch
-from transformers import TrainingArguments
+from transformers import HfArgumentParser, TrainingArguments
+
+PHASE_ARGUMENTS = {
+    "max_steps": "each phase's steps",
+    "num_train_epochs": "each phase's epochs",
+    "learning_rate": "each phase's learning_rate",
+    "output_dir": "the run's folder",
+}
+SETTINGS_ARGUMENTS = {
+    "per_device_train_batch_size": "batch_size",
+    "seed": "seed",
+    "data_seed": "seed",
+    "save_steps": "save_steps",
+    "logging_steps": "logging_steps",
+    "weight_decay": "weight_decay",
+    "warmup_steps": "warmup_ratio",
+    "max_grad_norm": "max_grad_norm",
+    "disable_tqdm": "progress",
+    "train_sampling_strategy": "group_by_length",
+}
+RUN_ONLY_ARGUMENTS = (
+    "report_to", "run_name", "logging_dir", "logging_strategy", "logging_first_step", "logging_nan_inf_filter",
+    "save_strategy", "save_total_limit", "dataloader_num_workers", "dataloader_persistent_workers",
+    "dataloader_prefetch_factor", "push_to_hub", "hub_model_id", "hub_strategy", "hub_private_repo",
+)
+
+
+def trainer_argument_names() -> frozenset[str]:
+    """Every field ``TrainingArguments(...)`` takes."""
+    return frozenset(f.name for f in fields(TrainingArguments) if f.init)
+
+
+def check_trainer_arguments(arguments: dict[str, Any]) -> None:
+    """Refuse keys that are not ``TrainingArguments`` fields, or that deftx sets itself (naming where).
+
+    Raises:
+        ValueError: naming every offending key.
+    """
+    known = trainer_argument_names()
+    problems = [f"{key!r} is not a TrainingArguments field" for key in sorted(set(arguments) - known)]
+    problems += [f"{key!r} is set by {PHASE_ARGUMENTS[key]}" for key in sorted(set(arguments) & set(PHASE_ARGUMENTS))]
+    problems += [f"{key!r} is set by training.{SETTINGS_ARGUMENTS[key]}"
+                 for key in sorted(set(arguments) & set(SETTINGS_ARGUMENTS))]
+    if problems:
+        raise ValueError("TrainingSettings.arguments: " + "; ".join(problems))
 
 
 @dataclass
@@ -23,6 +68,10 @@ class TrainingSettings:
         group_by_length: batch examples of similar length (much less padding; NusaX
             sentences average ~50 tokens but a random batch pads to its longest).
         progress: show progress bars.
+        arguments: any other ``TrainingArguments`` field (``bf16``, ``gradient_accumulation_steps``,
+            ``report_to``, ``lr_scheduler_type``, ``optim``, ...), passed through transformers'
+            ``HfArgumentParser``; the fields above and each phase's length, learning rate and
+            folder are set by deftx and refused here.
     """
 
     batch_size: int = 16
@@ -35,8 +84,10 @@ class TrainingSettings:
     max_grad_norm: float = 1.0
     group_by_length: bool = True
     progress: bool = True
+    arguments: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        check_trainer_arguments(self.arguments)
         for name in ("batch_size", "max_length", "save_steps", "logging_steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -48,10 +99,11 @@ class TrainingSettings:
 def training_arguments(settings: TrainingSettings, output_dir: str | Path) -> TrainingArguments:
     """``TrainingArguments`` for one deftx run (phase lengths and rates are set per phase).
 
-    Batches are pinned only where there is a CUDA device to copy them to (on CPU, torch warns
-    at every phase that pinning is ignored).
+    deftx's values first, then ``settings.arguments`` over them, all through transformers'
+    ``HfArgumentParser`` (which rejects unknown keys). Batches are pinned only where there is
+    a CUDA device to copy them to (on CPU, torch warns at every phase that pinning is ignored).
     """
-    return TrainingArguments(
+    values = dict(
         output_dir=str(output_dir),
         per_device_train_batch_size=settings.batch_size,
         seed=settings.seed,
@@ -72,3 +124,5 @@ def training_arguments(settings: TrainingSettings, output_dir: str | Path) -> Tr
         remove_unused_columns=False,
         train_sampling_strategy="group_by_length" if settings.group_by_length else "random",
     )
+    (arguments,) = HfArgumentParser(TrainingArguments).parse_dict({**values, **settings.arguments})
+    return arguments

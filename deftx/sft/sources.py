@@ -1,0 +1,48 @@
+"""One entry point for an SFT wherever it comes from: :func:`open_sft`.
+
+Accepted: a SparseDiff ``.safetensors`` file; composable-sft's ``pytorch_diff.bin`` (file or
+folder); a Hub-style deftx folder (``sft.safetensors``); a peft SHiRA adapter folder; or a
+Hugging Face Hub repository id holding any of those (through the Hub cache: offline once
+cached). What the folder holds decides the reader.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from deftx.sft.composable import MODEL_CONFIG_FILE, from_composable_sft
+from deftx.sft.diff import SparseDiff
+from deftx.sft.foreign import COMPOSABLE_SFT_FILE, HUB_SFT_FILE, PEFT_CONFIG_FILE, describe_folder
+from deftx.sft.format import SparseDiffFormatError
+from deftx.sft.hub import CONFIG_FILE, from_pretrained, resolve_folder
+from deftx.sft.peft import ADAPTER_WEIGHTS, from_peft
+
+REPO_FILES = (HUB_SFT_FILE, CONFIG_FILE, COMPOSABLE_SFT_FILE, MODEL_CONFIG_FILE, PEFT_CONFIG_FILE, ADAPTER_WEIGHTS)
+
+
+def read_folder(folder: Path, source: str, model: nn.Module | None = None) -> SparseDiff:
+    """The SFT of a local folder, by what it holds (deftx, composable-sft or peft SHiRA)."""
+    if (folder / HUB_SFT_FILE).is_file():
+        return from_pretrained(folder)
+    if (folder / COMPOSABLE_SFT_FILE).is_file():
+        return from_composable_sft(folder)
+    if (folder / PEFT_CONFIG_FILE).is_file():
+        return from_peft(folder, model=model)
+    raise SparseDiffFormatError(f"{source}: {describe_folder(folder)}")
+
+
+def open_sft(spec: str | os.PathLike, *, model: nn.Module | None = None, **hub_options: Any) -> SparseDiff:
+    """The SparseDiff of a file, folder or Hub repository id of any supported ecosystem.
+
+    ``model`` gives the shapes of a peft-trained SHiRA adapter; ``hub_options`` go to
+    ``huggingface_hub.snapshot_download`` (``revision``, ``cache_dir``, ``local_files_only``).
+    """
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return from_composable_sft(path) if path.name == COMPOSABLE_SFT_FILE else SparseDiff.load(path)
+    folder = resolve_folder(spec, REPO_FILES, **hub_options)
+    return read_folder(folder, str(spec), model)

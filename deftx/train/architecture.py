@@ -1,0 +1,143 @@
+"""Which classifier an SFT belongs to: recorded when it is trained, read back when it is used.
+
+A task SFT records in its ``info`` the model class it was trained in (``architecture``), the
+pooling, the number of labels and their names (:func:`describe_model`). ``compose`` and
+``evaluate`` rebuild that classifier (:func:`resolve_classifier`, :func:`build_from_spec`)
+instead of guessing, for any encoder: deftx's mean-pooled BERT classifier or any
+transformers ``…ForSequenceClassification`` class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from deftx.sft import SparseDiff
+
+MEAN_POOL_ARCHITECTURE = "BertMeanPoolClassifier"
+DEFAULT_POOLING = "mean"
+DEFAULT_NUM_LABELS = 3
+HEAD_SUFFIXES = ("classifier.weight", "classifier.out_proj.weight", "score.weight")
+CLASSIFIER_SUFFIX = "ForSequenceClassification"
+
+
+@dataclass(frozen=True)
+class ClassifierSpec:
+    """The classifier to load: architecture (class name), pooling, labels; ``source`` says where they came from."""
+
+    architecture: str
+    pooling: str
+    num_labels: int
+    labels: tuple[str, ...] | None
+    source: str
+
+    def describe(self) -> str:
+        names = f" ({', '.join(self.labels)})" if self.labels else ""
+        return f"{self.architecture}, pooling {self.pooling}, {self.num_labels} labels{names} [{self.source}]"
+
+
+def describe_model(model: torch.nn.Module, *, head: bool) -> dict[str, Any]:
+    """The ``info`` an SFT trained in ``model`` records: its class, pooling and, with a head, its labels."""
+    config = getattr(model, "config", None)
+    info: dict[str, Any] = {"architecture": type(model).__name__}
+    pooling = getattr(config, "deftx_pooling", None)
+    if pooling:
+        info["pooling"] = pooling
+    if head and config is not None:
+        id2label = getattr(config, "id2label", None) or {}
+        names = [str(id2label.get(i, i)) for i in range(int(config.num_labels))]
+        info["num_labels"] = int(config.num_labels)
+        if names != [f"LABEL_{i}" for i in range(len(names))]:
+            info["labels"] = names
+    return info
+
+
+def _head_rows(diff: SparseDiff) -> int | None:
+    for name, tensor in diff.dense.items():
+        if name.endswith(HEAD_SUFFIXES) and tensor.dim() == 2:
+            return int(tensor.shape[0])
+    return None
+
+
+def _folder_classifier(model_dir: Path) -> tuple[str, int, tuple[str, ...] | None] | None:
+    """(architecture, labels, names) when ``model_dir`` is itself a saved sequence classifier."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(model_dir))
+    architectures = getattr(config, "architectures", None) or []
+    if not architectures or not (architectures[0].endswith(CLASSIFIER_SUFFIX)
+                                 or architectures[0] == MEAN_POOL_ARCHITECTURE):
+        return None
+    id2label = getattr(config, "id2label", None) or {}
+    names = tuple(str(id2label[i]) for i in range(config.num_labels)) if len(id2label) == config.num_labels else None
+    return architectures[0], int(config.num_labels), names
+
+
+def resolve_classifier(
+    diffs: Sequence[SparseDiff],
+    model_dir: Path,
+    *,
+    pooling: str | None = None,
+    num_labels: int | None = None,
+) -> ClassifierSpec:
+    """The classifier for ``diffs`` on ``model_dir``, from the most specific source that has it.
+
+    In order: the arguments (command-line flags); the ``info`` of the SFT that ships the head
+    (else of any SFT) — what it was trained in; the shape of a shipped head (its label
+    count); the model folder when it is itself a saved ``…ForSequenceClassification``; and
+    last the defaults (mean pooling, 3 labels: deftx's NusaX classifier).
+    """
+    ordered = sorted(diffs, key=lambda d: not d.dense)
+    info: Mapping[str, Any] = next((d.info for d in ordered if d.info.get("num_labels")), {})
+    rows = next((r for r in map(_head_rows, ordered) if r is not None), None)
+    folder = _folder_classifier(model_dir)
+    if info:
+        architecture, source = info.get("architecture") or "", "from the SFT's metadata"
+        labels = tuple(info["labels"]) if info.get("labels") else None
+        count, chosen_pooling = int(info["num_labels"]), info.get("pooling") or (
+            DEFAULT_POOLING if architecture == MEAN_POOL_ARCHITECTURE else "cls")
+    elif folder is not None:
+        (architecture, count, labels), source = folder, "from the model folder's config"
+        chosen_pooling = DEFAULT_POOLING if architecture == MEAN_POOL_ARCHITECTURE else "cls"
+    else:
+        uses_pooler = any(".pooler." in f".{name}" for d in diffs for name in d.names)
+        architecture, count, labels = "", rows or DEFAULT_NUM_LABELS, None
+        chosen_pooling = "cls" if uses_pooler else DEFAULT_POOLING
+        source = "no metadata in the SFTs: " + ", ".join(
+            ["labels from the shipped head's shape" if rows else f"{DEFAULT_NUM_LABELS} labels by default",
+             "pooling cls because the SFTs change a pooler" if uses_pooler else "mean pooling by default"])
+    if pooling is not None and pooling != chosen_pooling:
+        chosen_pooling, architecture, source = pooling, "", source + "; pooling from the command line"
+    if num_labels is not None and num_labels != count:
+        count, labels, source = num_labels, None, source + "; labels from the command line"
+    if chosen_pooling == DEFAULT_POOLING:
+        architecture = MEAN_POOL_ARCHITECTURE
+    elif not architecture.endswith(CLASSIFIER_SUFFIX):
+        architecture = "AutoModelForSequenceClassification"
+    return ClassifierSpec(architecture, chosen_pooling, count, labels, source)
+
+
+def build_from_spec(model_dir: str | Path, spec: ClassifierSpec, seed: int) -> torch.nn.Module:
+    """Load ``spec``'s classifier from ``model_dir`` (a seeded new head where the folder has none)."""
+    import transformers
+
+    from deftx.train.task import build_classifier
+
+    label_names = {"id2label": dict(enumerate(spec.labels)), "label2id": {n: i for i, n in enumerate(spec.labels)}} \
+        if spec.labels else {}
+    if spec.architecture == MEAN_POOL_ARCHITECTURE:
+        model = build_classifier(model_dir, spec.num_labels, seed, DEFAULT_POOLING)
+        model.config.update(label_names)
+        return model
+    cls = getattr(transformers, spec.architecture, None)
+    if cls is None or not hasattr(cls, "from_pretrained"):
+        raise ValueError(f"architecture {spec.architecture!r} (from the SFT's metadata) is not a transformers class; "
+                         "pass --pooling to choose the classifier")
+    torch.manual_seed(seed)
+    model = cls.from_pretrained(str(model_dir), num_labels=spec.num_labels, **label_names)
+    model.config.deftx_pooling = spec.pooling
+    return model

@@ -1,0 +1,173 @@
+"""compose / evaluate for any encoder: classifier from the SFT's metadata, Hub ids, any ecosystem's SFT, --data."""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification, BertTokenizer
+
+from deftx.cli import main
+from deftx.sft import SparseDiff
+from deftx.train.architecture import describe_model
+from tests.helpers import assert_bitwise_equal
+from tests.hub_cache import place_in_hub_cache
+from tests.sft.tiny import random_diff
+
+ROOT = Path(__file__).resolve().parents[2]
+WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]",
+         "good", "bad", "fine", "film", "day", "the", "a", "is", "was", "very", "not"]
+LABELS = ["negative", "neutral", "positive"]
+SENTENCES = [("the film was very good", "positive"), ("a bad day", "negative"), ("the day was fine", "neutral"),
+             ("not a good film", "negative"), ("a very fine film", "positive"), ("the film is the film", "neutral")]
+
+
+@pytest.fixture(scope="module")
+def plain_bert(tmp_path_factory) -> Path:
+    """A save_pretrained BertForSequenceClassification (with its pooler) and a word-level tokenizer."""
+    folder = tmp_path_factory.mktemp("plain-bert")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(WORDS), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=24, max_position_embeddings=32, num_labels=3)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    BertTokenizer(vocab={w: i for i, w in enumerate(WORDS)}).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def bert_body(tmp_path_factory, plain_bert) -> Path:
+    """The same weights saved as a bare BertModel (pooler kept): a folder that is not a classifier."""
+    folder = tmp_path_factory.mktemp("bert-body")
+    BertForSequenceClassification.from_pretrained(str(plain_bert)).bert.save_pretrained(folder)
+    BertTokenizer.from_pretrained(str(plain_bert)).save_pretrained(folder)
+    return folder
+
+
+def labelled_classifier(folder: Path) -> BertForSequenceClassification:
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(folder), id2label=dict(enumerate(LABELS)), label2id={n: i for i, n in enumerate(LABELS)}).eval()
+    model.config.deftx_pooling = "cls"
+    return model
+
+
+def task_sft(folder: Path, *, info: bool = True) -> SparseDiff:
+    """A task SFT of the plain BERT classifier: sparse body entries (pooler included) + its head."""
+    model = labelled_classifier(folder)
+    return random_diff(model, 200, head=True, info=describe_model(model, head=True) if info else None)
+
+
+def test_compose_reads_the_classifier_from_the_sft(tmp_path, plain_bert, capsys):
+    diff = task_sft(plain_bert)
+    diff.save(tmp_path / "task.safetensors")
+    assert main(["compose", "--model", str(plain_bert), "--sft", str(tmp_path / "task.safetensors"),
+                 "--output", str(tmp_path / "composed")]) == 0
+    printed = capsys.readouterr().out
+    assert ("classifier: BertForSequenceClassification, pooling cls, 3 labels (negative, neutral, positive) "
+            "[from the SFT's metadata]") in printed
+    composed = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "composed"))
+    assert composed.config.id2label == dict(enumerate(LABELS))
+    expected = labelled_classifier(plain_bert)
+    diff.apply(expected)
+    for name, param in expected.named_parameters():
+        assert_bitwise_equal(composed.get_parameter(name).detach(), param.detach(), what=name)
+
+
+def test_an_sft_without_metadata_that_changes_the_pooler_gets_the_models_own_head(tmp_path, plain_bert, bert_body,
+                                                                                  capsys):
+    """The case that failed with "bert.pooler.dense.bias is not in the model (BertMeanPoolClassifier)"."""
+    task_sft(plain_bert, info=False).save(tmp_path / "old.safetensors")
+    assert main(["compose", "--model", str(bert_body), "--sft", str(tmp_path / "old.safetensors")]) == 0
+    printed = capsys.readouterr().out
+    assert "classifier: AutoModelForSequenceClassification, pooling cls, 3 labels [no metadata in the SFTs: " \
+        "labels from the shipped head's shape, pooling cls because the SFTs change a pooler]" in printed
+    assert main(["compose", "--model", str(bert_body), "--sft", str(tmp_path / "old.safetensors"),
+                 "--pooling", "mean"]) == 2
+    assert "is not in the model" in capsys.readouterr().err
+
+
+def test_compose_takes_hub_ids_offline(tmp_path, plain_bert):
+    """Offline path only: model and SFT placed in a Hub cache; the command runs with HF_HUB_OFFLINE=1."""
+    diff = task_sft(plain_bert)
+    diff.save_pretrained(tmp_path / "task")
+    cache = tmp_path / "cache"
+    place_in_hub_cache(cache, "org/plain-bert", plain_bert)
+    place_in_hub_cache(cache, "org/plain-bert-task", tmp_path / "task")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}
+    command = [sys.executable, "-m", "deftx.cli", "compose", "--model", "org/plain-bert",
+               "--sft", "org/plain-bert-task"]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "[from the SFT's metadata]" in done.stdout and "bit-exactly: True" in done.stdout
+    done = subprocess.run([*command[:-1], "org/never-cached"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 2 and "could not be reached or found in the Hub cache" in done.stderr
+
+
+def test_evaluate_on_a_csv_file_scores_like_the_composed_model(tmp_path, plain_bert, capsys):
+    diff = task_sft(plain_bert)
+    diff.save(tmp_path / "task.safetensors")
+    data = tmp_path / "reviews.csv"
+    with data.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["sentence", "sentiment"])
+        writer.writerows(SENTENCES)
+    assert main(["evaluate", "--model", str(plain_bert), "--task-sft", str(tmp_path / "task.safetensors"),
+                 "--data", str(data), "--text-column", "sentence", "--label-column", "sentiment"]) == 0
+    printed = capsys.readouterr().out
+    accuracy = float(re.search(r"reviews: macro-F1 [\d.]+ accuracy ([\d.]+) on 6 examples", printed).group(1))
+    model = labelled_classifier(plain_bert)
+    diff.apply(model)
+    tokenizer = BertTokenizer.from_pretrained(str(plain_bert))
+    with torch.no_grad():
+        predicted = model(**tokenizer([s for s, _ in SENTENCES], padding=True, return_tensors="pt")).logits.argmax(-1)
+    expected = sum(int(p) == LABELS.index(label) for p, (_, label) in zip(predicted, SENTENCES, strict=True)) / 6
+    assert accuracy == pytest.approx(100 * expected, abs=0.05)
+
+
+def test_evaluate_refuses_labels_the_classifier_does_not_have(tmp_path, plain_bert, capsys):
+    task_sft(plain_bert).save(tmp_path / "task.safetensors")
+    (tmp_path / "data.json").write_text('{"text": "a good film", "label": "ecstatic"}\n')
+    assert main(["evaluate", "--model", str(plain_bert), "--task-sft", str(tmp_path / "task.safetensors"),
+                 "--data", str(tmp_path / "data.json")]) == 2
+    assert "labels ['ecstatic'] of the data are not among the classifier's labels" in capsys.readouterr().err
+
+
+def test_compose_takes_a_composable_sft_folder(tmp_path, plain_bert, capsys):
+    from tests.sft.test_composable import write_sft
+
+    diff = task_sft(plain_bert)
+    config = {"_name_or_path": str(plain_bert), "architectures": ["BertForSequenceClassification"],
+              "id2label": {str(i): name for i, name in enumerate(LABELS)}}
+    write_sft(tmp_path / "composable", {n: diff.delta(n) for n in diff.indices}, diff.dense, config)
+    assert main(["compose", "--model", str(plain_bert), "--sft", str(tmp_path / "composable"),
+                 "--output", str(tmp_path / "composed")]) == 0
+    assert "pooling cls, 3 labels (negative, neutral, positive) [from the SFT's metadata]" in capsys.readouterr().out
+    composed = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "composed"))
+    expected = labelled_classifier(plain_bert)
+    diff.apply(expected)
+    for name, param in expected.named_parameters():
+        assert_bitwise_equal(composed.get_parameter(name).detach(), param.detach(), what=name)
+
+
+def test_a_trained_task_sft_records_its_classifier(tmp_path, plain_bert):
+    from deftx.train.config import PhaseConfig, SparseFineTuningConfig
+    from deftx.train.task import classification_examples, train_task_sft
+    from deftx.train.trainer_args import TrainingSettings
+
+    tokenizer = BertTokenizer.from_pretrained(str(plain_bert))
+    examples = classification_examples(tokenizer, [s for s, _ in SENTENCES],
+                                       [LABELS.index(label) for _, label in SENTENCES], 16)
+    config = SparseFineTuningConfig(k=50, full=PhaseConfig(steps=1), sparse=PhaseConfig(steps=1),
+                                    selections={"lt-sft": None}, train_head=True, ship_head=True)
+    settings = TrainingSettings(batch_size=2, progress=False, group_by_length=False, save_steps=10)
+    result = train_task_sft(plain_bert, tokenizer, examples, config, tmp_path / "run", num_labels=3,
+                            settings=settings, pooling="mean", labels=LABELS)
+    expected = {"architecture": "BertMeanPoolClassifier", "pooling": "mean", "num_labels": 3, "labels": LABELS}
+    assert result.diffs["lt-sft"].info == expected
+    assert SparseDiff.load(tmp_path / "run" / "lt-sft" / "sft.safetensors").info == expected

@@ -1,0 +1,186 @@
+"""peft SHiRA interop: to_peft folders load in peft with logits equal to deftx's apply; from_peft back.
+
+The tests that load adapters with peft skip only when peft is not installed
+(``pip install -e ".[peft]"``); the plan, padding and file layout are checked without it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from deftx.sft import ParamInfo, SparseDiff
+from deftx.sft.peft import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    SHIRA_ENTRY_BYTES,
+    PeftExportError,
+    PeftImportError,
+    plan_shira,
+    to_peft,
+)
+from tests.helpers import assert_bitwise_equal
+from tests.sft.tiny import logits, random_diff, tiny_bert, token_ids
+
+
+def is_linear_weight(name: str) -> bool:
+    return name.endswith(".weight") and ("attention.self" in name or name.endswith("dense.weight"))
+
+
+@pytest.fixture
+def peft():
+    return pytest.importorskip("peft")
+
+
+@pytest.fixture
+def model():
+    return tiny_bert()
+
+
+def deftx_logits(model, diff, ids):
+    handle = diff.apply(model, check_base=False)
+    try:
+        return logits(model, ids)
+    finally:
+        handle.revert()
+
+
+def peft_logits(peft, model, folder, ids, *, merged: bool):
+    wrapped = peft.PeftModel.from_pretrained(copy.deepcopy(model), str(folder)).eval()
+    return logits(wrapped.merge_and_unload() if merged else wrapped, ids)
+
+
+def test_padding_is_what_a_uniform_r_needs(tmp_path, model):
+    diff = random_diff(model, 300, body=is_linear_weight)
+    export = to_peft(diff, model, tmp_path / "adapter")
+    sizes = {n.removesuffix(".weight"): p.shape for n, p in model.named_parameters() if n in diff.indices}
+    counts = {n.removesuffix(".weight"): idx.numel() for n, idx in diff.indices.items() if idx.numel()}
+    r = max(math.ceil(c / sum(sizes[m])) for m, c in counts.items())
+    assert export.plan.r == r
+    assert {m.module: m.padding for m in export.plan.shira} == {m: r * sum(sizes[m]) - c for m, c in counts.items()}
+    assert export.padding_bytes == SHIRA_ENTRY_BYTES * sum(r * sum(sizes[m]) - c for m, c in counts.items())
+    with safe_open(str(tmp_path / "adapter" / ADAPTER_WEIGHTS), framework="pt") as handle:
+        for module, count in counts.items():
+            weight = handle.get_tensor(f"base_model.model.{module}.shira_weight")
+            rows, cols = handle.get_tensor(f"base_model.model.{module}.shira_indices").long()
+            assert weight.numel() == r * sum(sizes[module]) and not weight[count:].any()
+            flat = rows * sizes[module][1] + cols
+            assert flat.unique().numel() == flat.numel()
+            assert_bitwise_equal(flat[:count], diff.indices[f"{module}.weight"], what=module)
+    config = json.loads((tmp_path / "adapter" / ADAPTER_CONFIG).read_text())
+    assert config["peft_type"] == "SHIRA" and config["r"] == r and sorted(config["target_modules"]) == sorted(counts)
+
+
+def test_what_shira_cannot_hold_is_listed_not_dropped(tmp_path, model):
+    diff = random_diff(model, 400, head=True)
+    with pytest.raises(PeftExportError) as caught:
+        to_peft(diff, model, tmp_path / "adapter")
+    message = str(caught.value)
+    for expected in ("bert.embeddings.word_embeddings:", "of an embedding", "bias of Linear", "weight of LayerNorm",
+                     "classifier: bias is shipped whole (dense)", "rest='modules_to_save'"):
+        assert expected in message
+    assert not (tmp_path / "adapter").exists()
+
+
+def test_a_module_that_cannot_take_the_common_r_is_saved_whole(model):
+    """intermediate.dense (24x16) needs r = 9; a 16x16 query cannot hold 9·32 = 288 > 256 entries."""
+    intermediate = "bert.encoder.layer.0.intermediate.dense.weight"
+    query = "bert.encoder.layer.0.attention.self.query.weight"
+    diff = SparseDiff({intermediate: torch.arange(330), query: torch.arange(5)},
+                      {intermediate: torch.ones(330), query: torch.ones(5)},
+                      {intermediate: ParamInfo((24, 16), torch.float32), query: ParamInfo((16, 16), torch.float32)})
+    plan = plan_shira(diff, model)
+    assert plan.r == 9 and [m.module for m in plan.shira] == [intermediate.removesuffix(".weight")]
+    assert [m.module for m in plan.whole] == [query.removesuffix(".weight")]
+    assert "common r = 9 would give it 288 entries, more than its 256" in plan.whole[0].reasons[0]
+
+
+def test_linear_only_sft_gives_equal_logits_merged_and_unmerged(tmp_path, peft, model):
+    diff = random_diff(model, 300, body=is_linear_weight)
+    to_peft(diff, model, tmp_path / "adapter")
+    ids = token_ids()
+    expected = deftx_logits(model, diff, ids)
+    assert not torch.equal(expected, logits(model, ids))
+    assert_bitwise_equal(peft_logits(peft, model, tmp_path / "adapter", ids, merged=False), expected, what="unmerged")
+    assert_bitwise_equal(peft_logits(peft, model, tmp_path / "adapter", ids, merged=True), expected, what="merged")
+
+
+def test_whole_modules_through_modules_to_save_are_exact(tmp_path, peft, model):
+    diff = random_diff(model, 400, head=True)
+    export = to_peft(diff, model, tmp_path / "adapter", rest="modules_to_save")
+    assert "classifier" in [m.module for m in export.plan.whole] and "modules_to_save" in export.summary()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    ids = token_ids()
+    expected = deftx_logits(model, diff, ids)
+    assert_bitwise_equal(peft_logits(peft, model, tmp_path / "adapter", ids, merged=False), expected, what="unmerged")
+    assert_bitwise_equal(peft_logits(peft, model, tmp_path / "adapter", ids, merged=True), expected, what="merged")
+    for name, param in model.named_parameters():
+        assert_bitwise_equal(param.detach(), before[name], what=f"to_peft left {name} as it was")
+
+
+def test_layout_matches_peft_own_save(tmp_path, peft, model):
+    """Same tensor names and config keys as an adapter peft itself saves for the same targets."""
+    diff = random_diff(model, 200, body=is_linear_weight)
+    export = to_peft(diff, model, tmp_path / "ours")
+    targets = [m.module for m in export.plan.shira]
+    reference = peft.get_peft_model(copy.deepcopy(model), peft.ShiraConfig(r=export.plan.r, target_modules=targets))
+    reference.save_pretrained(str(tmp_path / "peft"))
+    keys = {}
+    for name in ("ours", "peft"):
+        with safe_open(str(tmp_path / name / ADAPTER_WEIGHTS), framework="pt") as handle:
+            keys[name] = {k: (tuple(handle.get_tensor(k).shape), handle.get_tensor(k).dtype) for k in handle.keys()}  # noqa: SIM118
+    assert keys["ours"] == keys["peft"]
+    ours = json.loads((tmp_path / "ours" / ADAPTER_CONFIG).read_text())
+    theirs = json.loads((tmp_path / "peft" / ADAPTER_CONFIG).read_text())
+    assert set(ours) <= set(theirs)
+    assert {k: ours[k] for k in ("peft_type", "r", "mask_type", "fan_in_fan_out")} == {
+        k: theirs[k] for k in ("peft_type", "r", "mask_type", "fan_in_fan_out")}
+
+
+def test_round_trip_drops_the_padding_and_applies_identically(tmp_path, model):
+    diff = random_diff(model, 400, head=True, base_model="org/tiny", method="deft-x", info={"num_labels": 3})
+    to_peft(diff, model, tmp_path / "adapter", rest="modules_to_save", check_base=False)
+    back = SparseDiff.from_peft(tmp_path / "adapter")
+    assert (back.method, back.k, back.base_model, back.info) == ("deft-x", 400, "org/tiny", {"num_labels": 3})
+    held = {f"{m}.weight" for m in json.loads((tmp_path / "adapter" / ADAPTER_CONFIG).read_text())["target_modules"]}
+    for name in held:
+        assert_bitwise_equal(back.indices[name], diff.indices[name], what=name)
+        assert_bitwise_equal(back.values[name], diff.values[name], what=name)
+    states = []
+    for sft in (diff, back):
+        handle = sft.apply(model, check_base=False)
+        states.append({n: p.detach().clone() for n, p in model.named_parameters()})
+        handle.revert()
+    for name in states[0]:
+        assert_bitwise_equal(states[1][name], states[0][name], what=name)
+
+
+def test_from_peft_reads_an_adapter_peft_trained(tmp_path, peft, model):
+    config = peft.ShiraConfig(r=2, target_modules=["query", "value"], init_weights=False, random_seed=3)
+    trained = peft.get_peft_model(copy.deepcopy(model), config)
+    trained.save_pretrained(str(tmp_path / "adapter"))
+    with pytest.raises(PeftImportError, match="pass the model"):
+        SparseDiff.from_peft(tmp_path / "adapter")
+    diff = SparseDiff.from_peft(tmp_path / "adapter", model=model)
+    assert diff.nnz == 4 * 2 * (16 + 16) and diff.method == "shira"
+    merged = trained.merge_and_unload()
+    handle = diff.apply(model, check_base=False)
+    for name, param in model.named_parameters():
+        assert_bitwise_equal(param.detach(), merged.get_parameter(name).detach(), what=name)
+    handle.revert()
+
+
+def test_a_lora_adapter_is_refused_by_name(tmp_path, peft, model):
+    lora = peft.get_peft_model(copy.deepcopy(model), peft.LoraConfig(r=2, target_modules=["query"]))
+    lora.save_pretrained(str(tmp_path / "lora"))
+    with pytest.raises(PeftImportError, match="a peft LORA adapter, not SHiRA"):
+        SparseDiff.from_peft(tmp_path / "lora")
+    from deftx.sft.format import ForeignFormatError
+
+    with pytest.raises(ForeignFormatError, match="LoRA adapter"):
+        SparseDiff.load(tmp_path / "lora" / ADAPTER_WEIGHTS)
