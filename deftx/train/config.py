@@ -30,7 +30,6 @@ DEFAULT_ENERGY = 0.9
 LANGUAGE_K_FRACTION = 0.028
 TASK_K_FRACTION = 0.051
 DENOISE_GROUPS: tuple[str, ...] = ("word_embeddings", "embeddings", "attention", "ffn")
-DENOISE_PRECISIONS: tuple[str, ...] = ("fp32", "tf32x3", "bf16")
 DEFAULT_ELIGIBLE: tuple[str, ...] = ("word_embeddings", "embeddings", "attention", "ffn", "other")
 
 
@@ -75,8 +74,6 @@ class DenoiseConfig:
         residual_keep: fraction of each matrix's residual entries kept (largest ``|R|``)
             when ``add_back_residual`` is on.
         oversample, n_iter, seed: randomized-SVD sketch settings.
-        precision: product precision of the Triton kernels: ``"fp32"`` (IEEE, default),
-            ``"tf32x3"`` (fp32 weights: tensor cores at fp32's error) or ``"bf16"``.
     """
 
     energy: float | None = None
@@ -88,7 +85,6 @@ class DenoiseConfig:
     oversample: int = 8
     n_iter: int = 2
     seed: int = 0
-    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if self.rank is None and self.energy is None:
@@ -102,8 +98,6 @@ class DenoiseConfig:
             raise ValueError(f"DenoiseConfig: rank must be an integer >= 0, got {self.rank!r}")
         if self.method not in ("randomized", "exact"):
             raise ValueError(f"DenoiseConfig: method must be 'randomized' or 'exact', got {self.method!r}")
-        if self.precision not in DENOISE_PRECISIONS:
-            raise ValueError(f"DenoiseConfig: precision must be one of {DENOISE_PRECISIONS}, got {self.precision!r}")
         self.groups = tuple(self.groups)
         unknown = set(self.groups) - set(DENOISE_GROUPS) - {"other"}
         if unknown:

@@ -15,6 +15,9 @@ are grouped by shape, each group is one randomized-SVD call (one kernel launch p
 on the Triton backend, Δ never formed, one seeded sketch per width shared by the group),
 and the scores ``|U_r S_r Vh_r|`` are one fused launch per shape, the only (m, n) buffer
 written per matrix. The residual variant forms Δ and Δ̂ in torch (it needs both).
+Products run at the ops' default IEEE fp32 precision: ``DenoiseConfig`` has no precision
+field, because a new field changes the content digest of every DeFT-X branch in the step
+store (``to_plain`` of the selection), so cached runs would be recomputed.
 
 Scores are fp32 tensors shaped like the parameters; one is alive per parameter, never
 one model-sized concatenation.
@@ -68,7 +71,7 @@ def _factors(
     """Truncated-SVD factors of every θ1 − θ0 (batched by shape), with the energy they hold."""
     return lowrank_factors_batched(
         theta1, theta0, rank=config.rank, energy=config.energy, method=config.method,
-        oversample=config.oversample, n_iter=config.n_iter, seed=config.seed, precision=config.precision,
+        oversample=config.oversample, n_iter=config.n_iter, seed=config.seed,
     )
 
 
@@ -100,7 +103,7 @@ def matrix_scores(
         keep = config.residual_keep
         scores = [_with_residual(a, b, f, keep) for a, b, f in zip(theta1, theta0, factors, strict=True)]
     else:
-        scores = reconstruct_magnitudes(factors, precision=config.precision)
+        scores = reconstruct_magnitudes(factors)
     return [(score, int(f.s.numel()), f.energy) for score, f in zip(scores, factors, strict=True)]
 
 
