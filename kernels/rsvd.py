@@ -32,11 +32,13 @@ Precision of the products (:data:`PRECISIONS`):
 * ``"fp32"`` (default): IEEE fp32 (``input_precision="ieee"``, CUDA cores).
 * ``"tf32x3"``: three TF32 tensor-core products per tile (a = a_hi + a_lo with a_hi the
   TF32 rounding of a; a_hi b_hi + a_hi b_lo + a_lo b_hi, the a_lo b_lo term dropped), for
-  fp32 weights only. Each product term is exact to about 2⁻²⁰ relative (against 2⁻²⁴ for
-  IEEE fp32), so the reconstruction error stays that of fp32 products (tested under the
-  interpreter, which emulates the decomposition with explicitly rounded operands). Plain
-  single-pass TF32 (2⁻¹¹ per operand) is not offered: it perturbs every product by about
-  5·10⁻⁴ of ‖Δ‖ and is not needed to reach the memory roofline at DeFT-X's sketch widths.
+  fp32 weights only. Each product term is within 2⁻¹⁹ of a·b (two truncated low parts of
+  2⁻²¹ and the dropped 2⁻²² term; IEEE fp32: 2⁻²⁴), so the reconstruction error stays
+  that of fp32 products (tested under the interpreter, which emulates the decomposition
+  with explicitly rounded operands). Plain single-pass TF32 (2⁻¹¹ per operand) is not
+  offered: it perturbs every product by about 5·10⁻⁴ of ‖Δ‖, and (predicted, not measured)
+  3xTF32 already suffices for the memory roofline: an fp32-weight product does 2q FLOPs per
+  8 bytes of W1 and W0, 18 FLOP/B at q = 72, ≈ 77 TFLOP/s at 4.3 TB/s.
 * ``"bf16"``: rounds the fp32 Δ tile and the sketch tile to bf16 and accumulates in fp32
   on the tensor cores (HMMA / HGMMA).
 
