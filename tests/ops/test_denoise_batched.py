@@ -187,6 +187,24 @@ def test_tf32x3_scores_equal_the_per_matrix_path():
         assert_close(score, want, rtol=0.0, atol=score_atol(*w1.shape, sigma1, unit=2.0**-19), what=f"matrix {i}")
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("precision", ["fp32", "tf32x3"])
+def test_cuda_scores_equal_the_per_matrix_path(precision):
+    """The compiled kernels through the public ops (auto backend on CUDA tensors)."""
+    pairs = [p for p in mixed_pairs() if precision == "fp32" or p[0].dtype == torch.float32]
+    w1s = [a.cuda() for a, _ in pairs]
+    w0s = [b.cuda() if b is not None else None for _, b in pairs]
+    factors = lowrank_factors_batched(w1s, w0s, energy=0.99, n_iter=N_ITER, seed=3, precision=precision)
+    scores = reconstruct_magnitudes(factors, precision=precision)
+    unit = 2.0**-19 if precision == "tf32x3" else 0.0
+    for i, ((w1, w0), f, score) in enumerate(zip(pairs, factors, scores, strict=True)):
+        want, rank, held, sigma1 = reference_path(w1, w0, energy=0.99, seed=3)
+        assert f.s.numel() == rank and f.energy == pytest.approx(held, rel=1e-5, abs=1e-6), f"matrix {i}"
+        assert score.device.type == "cuda"
+        atol = score_atol(*w1.shape, sigma1, unit=unit)
+        assert_close(score.cpu(), want, rtol=0.0, atol=atol, what=f"matrix {i} ({precision})")
+
+
 # ----------------------------------------------------------------------------- sketches and launches
 
 
