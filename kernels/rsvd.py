@@ -11,8 +11,11 @@ fp32 registers and feed the difference to ``tl.dot``, so Δ is never written to 
   ``tl.dot`` (no transposed tile), and ``B = Qᵀ Δ`` comes out row-major. When the output
   has too few tiles to fill the GPU (a tall Δᵀ@X), the reduction is split across programs
   and the fp32 partial products are summed by torch (deterministic, no atomics).
-* :func:`reconstruct_abs` ``|US @ Vh|`` with the absolute value in the epilogue: the
-  denoised magnitudes are the only (m, n) buffer written.
+* :func:`reconstruct_magnitudes` ``|U diag(S) Vh|`` of many factor triples, one launch per
+  output shape, with S applied to the U tile in registers and the absolute value in the
+  epilogue: the denoised magnitudes are the only (m, n) buffer written.
+* :func:`difference_energy` ``||Δ||_F²`` of a group of same-shape matrices in one launch
+  (fp32 partial sums per program, added in fp64), again without forming Δ.
 
 :func:`randomized_svd` follows the contract's sequence exactly, with the small QR and SVD
 steps in torch (batched over the group)::
@@ -21,9 +24,23 @@ steps in torch (batched over the group)::
     repeat n_iter: Z = qr(Δᵀ Q).Q ; Q = qr(Δ Z).Q
     B = Qᵀ Δ ; Ub, S, Vh = svd(B) ; U = Q Ub
 
-Precision: ``"fp32"`` (default) multiplies in IEEE fp32 (``input_precision="ieee"``);
-``"bf16"`` rounds the fp32 Δ tile and the sketch tile to bf16 and accumulates in fp32 on
-the tensor cores (HMMA / HGMMA).
+:func:`randomized_svd_group` runs it for a shape group with one shared sketch Ω (n, q):
+the sketch is read through a batch stride of 0, never copied per matrix.
+
+Precision of the products (:data:`PRECISIONS`):
+
+* ``"fp32"`` (default): IEEE fp32 (``input_precision="ieee"``, CUDA cores).
+* ``"tf32x3"``: three TF32 tensor-core products per tile (a = a_hi + a_lo with a_hi the
+  TF32 rounding of a; a_hi b_hi + a_hi b_lo + a_lo b_hi, the a_lo b_lo term dropped), for
+  fp32 weights only. Each product term is within 2⁻¹⁹ of a·b (two truncated low parts of
+  2⁻²¹ and the dropped 2⁻²² term; IEEE fp32: 2⁻²⁴), so the reconstruction error stays
+  that of fp32 products (tested under the interpreter, which emulates the decomposition
+  with explicitly rounded operands). Plain single-pass TF32 (2⁻¹¹ per operand) is not
+  offered: it perturbs every product by about 5·10⁻⁴ of ‖Δ‖, and (predicted, not measured)
+  3xTF32 already suffices for the memory roofline: an fp32-weight product does 2q FLOPs per
+  8 bytes of W1 and W0, 18 FLOP/B at q = 72, ≈ 77 TFLOP/s at 4.3 TB/s.
+* ``"bf16"``: rounds the fp32 Δ tile and the sketch tile to bf16 and accumulates in fp32
+  on the tensor cores (HMMA / HGMMA).
 
 Alignment: when every matrix of a launch starts on a 16-byte boundary and its row length
 is a multiple of 16 elements, the ``ALIGN=16`` specialisation tells the compiler so (the
@@ -47,7 +64,8 @@ from triton import knobs
 
 from . import KernelSpec
 
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "tf32x3")
+TENSOR_CORE_PRECISIONS: frozenset[str] = frozenset({"bf16", "tf32x3"})
 WEIGHT_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16)
 ALIGNMENT = 16
 """Elements per row (and bytes per base address) that select the ``ALIGN=16`` specialisation."""
@@ -57,7 +75,8 @@ MIN_SPLIT_BLOCKS = 8
 """A split covers at least this many BLOCK_K blocks of the reduction."""
 
 # The interpreter's fp32 -> bf16 cast truncates and its tl.dot multiplies bf16 bit patterns
-# as integers, so under the interpreter the bf16 product is emulated exactly in fp32.
+# as integers, so under the interpreter the bf16 product is emulated exactly in fp32; it
+# also ignores input_precision, so the TF32 roundings of "tf32x3" are applied explicitly.
 # (The kernels also avoid triton.language's own @jit helpers such as tl.zeros, which a
 # module copy loaded by kernel_module(interpret=True) cannot call.)
 _INTERPRET = tl.constexpr(bool(knobs.runtime.interpret))
@@ -96,13 +115,40 @@ def _round_to_bf16(x):
 
 
 @triton.jit
-def _dot_accumulate(a, b, acc, DOT_BF16: tl.constexpr):
-    """``acc + a @ b`` with fp32 accumulation; bf16 operands when DOT_BF16, else IEEE fp32."""
-    if DOT_BF16:
+def _round_to_tf32(x):
+    """fp32 ``x`` rounded to the nearest TF32 value (10 mantissa bits, ties away from zero,
+    as ``cvt.rna.tf32.f32``), kept in fp32 (finite x)."""
+    bits = x.to(tl.uint32, bitcast=True)
+    return ((bits + 0x1000) & 0xFFFFE000).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _truncate_to_tf32(x):
+    """fp32 ``x`` with its 13 low mantissa bits cleared: what a TF32 MMA reads of an fp32 operand."""
+    return (x.to(tl.uint32, bitcast=True) & 0xFFFFE000).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _tf32x3_emulated(a, b, acc):
+    """``acc + a @ b`` by the 3xTF32 decomposition, each term an exact fp32 product of TF32 values."""
+    a_hi = _round_to_tf32(a)
+    b_hi = _round_to_tf32(b)
+    a_lo = _truncate_to_tf32(a - a_hi)
+    b_lo = _truncate_to_tf32(b - b_hi)
+    small = tl.dot(a_lo, b_hi, input_precision="ieee") + tl.dot(a_hi, b_lo, input_precision="ieee")
+    return tl.dot(a_hi, b_hi, acc + small, input_precision="ieee")
+
+
+@triton.jit
+def _dot_accumulate(a, b, acc, PRECISION: tl.constexpr):
+    """``acc + a @ b`` of fp32 tiles with fp32 accumulation, at ``PRECISION`` (see :data:`PRECISIONS`)."""
+    if PRECISION == "bf16":
         if _INTERPRET:
             acc = tl.dot(_round_to_bf16(a), _round_to_bf16(b), acc, input_precision="ieee")
         else:
             acc = tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), acc)
+    elif PRECISION == "tf32x3":
+        acc = _tf32x3_emulated(a, b, acc) if _INTERPRET else tl.dot(a, b, acc, input_precision="tf32x3")
     else:
         acc = tl.dot(a, b, acc, input_precision="ieee")
     return acc
@@ -129,13 +175,14 @@ def _delta_matmul_kernel(
     m,
     n_div,
     q,
+    x_batch_stride,
     split_blocks,
     row_tiles,
     q_tiles,
     W_DTYPE: tl.constexpr,
     HAS_W0: tl.constexpr,
     ALIGN: tl.constexpr,
-    DOT_BF16: tl.constexpr,
+    PRECISION: tl.constexpr,
     BLOCK_ROWS: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_Q: tl.constexpr,
@@ -143,7 +190,8 @@ def _delta_matmul_kernel(
     """Partial products ``out[b, s] = Δ_b[:, K_s] @ X_b[K_s, :]``.
 
     Shapes: Δ_b (m, n) from the address tables (W_DTYPE, row-major, n = n_div * ALIGN);
-    x (G, n, q) fp32; out (G, splits, m, q) fp32; K_s = columns
+    x (G, n, q) fp32, each (n, q) row-major, X_b at ``x_ptr + b * x_batch_stride``
+    (0: one X shared by the group); out (G, splits, m, q) fp32; K_s = columns
     [s * split_blocks * BLOCK_K, (s + 1) * split_blocks * BLOCK_K) of Δ.
     Grid: (G * row_tiles * q_tiles, splits).
     """
@@ -158,7 +206,7 @@ def _delta_matmul_kernel(
     row_mask = rows < m
     col_mask = cols < q
     row_offsets = rows.to(tl.int64) * n
-    x_matrix = x_ptr + matrix.to(tl.int64) * n * q
+    x_matrix = x_ptr + matrix.to(tl.int64) * x_batch_stride
 
     k_begin = split * split_blocks * BLOCK_K
     k_end = tl.minimum(k_begin + split_blocks * BLOCK_K, n)
@@ -174,7 +222,7 @@ def _delta_matmul_kernel(
             mask=k_mask[:, None] & col_mask[None, :],
             other=0.0,
         )
-        acc = _dot_accumulate(delta, x, acc, DOT_BF16)
+        acc = _dot_accumulate(delta, x, acc, PRECISION)
 
     out_matrix = out_ptr + (matrix.to(tl.int64) * tl.num_programs(1) + split) * m * q
     tl.store(
@@ -193,13 +241,14 @@ def _sketch_t_delta_kernel(
     m,
     n_div,
     q,
+    x_batch_stride,
     split_blocks,
     col_tiles,
     q_tiles,
     W_DTYPE: tl.constexpr,
     HAS_W0: tl.constexpr,
     ALIGN: tl.constexpr,
-    DOT_BF16: tl.constexpr,
+    PRECISION: tl.constexpr,
     BLOCK_COLS: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_Q: tl.constexpr,
@@ -207,7 +256,8 @@ def _sketch_t_delta_kernel(
     """Partial products ``out[b, s] = X_b[K_s, :]ᵀ @ Δ_b[K_s, :]`` (= (Δ_bᵀ X_b)ᵀ over K_s).
 
     Shapes: Δ_b (m, n) from the address tables (W_DTYPE, row-major, n = n_div * ALIGN);
-    x (G, m, q) fp32; out (G, splits, q, n) fp32; K_s = rows
+    x (G, m, q) fp32, each (m, q) row-major, X_b at ``x_ptr + b * x_batch_stride``;
+    out (G, splits, q, n) fp32; K_s = rows
     [s * split_blocks * BLOCK_K, (s + 1) * split_blocks * BLOCK_K) of Δ.
     Grid: (G * col_tiles * q_tiles, splits).
     """
@@ -221,7 +271,7 @@ def _sketch_t_delta_kernel(
     qs = q_tile * BLOCK_Q + tl.arange(0, BLOCK_Q)
     col_mask = cols < n
     q_mask = qs < q
-    x_matrix = x_ptr + matrix.to(tl.int64) * m * q
+    x_matrix = x_ptr + matrix.to(tl.int64) * x_batch_stride
 
     k_begin = split * split_blocks * BLOCK_K
     k_end = tl.minimum(k_begin + split_blocks * BLOCK_K, m)
@@ -241,7 +291,7 @@ def _sketch_t_delta_kernel(
             k_mask[:, None] & col_mask[None, :],
             HAS_W0,
         )
-        acc = _dot_accumulate(x_t, delta, acc, DOT_BF16)
+        acc = _dot_accumulate(x_t, delta, acc, PRECISION)
 
     out_matrix = out_ptr + (matrix.to(tl.int64) * tl.num_programs(1) + split) * q * n
     tl.store(
@@ -253,30 +303,36 @@ def _sketch_t_delta_kernel(
 
 @triton.jit
 def _reconstruct_abs_kernel(
-    us_table,
+    u_table,
+    s_table,
     vh_table,
     out_table,
     rank_table,
+    u_stride_table,
     m,
     n_div,
     row_tiles,
     col_tiles,
     ALIGN: tl.constexpr,
-    DOT_BF16: tl.constexpr,
+    PRECISION: tl.constexpr,
     BLOCK_ROWS: tl.constexpr,
     BLOCK_COLS: tl.constexpr,
     BLOCK_R: tl.constexpr,
 ):
-    """``out_b = |us_b @ vh_b|`` for each matrix b of the tables.
+    """``out_b = |u_b diag(s_b) vh_b|`` for each matrix b of the tables.
 
-    Shapes: us_b (m, r_b) fp32, vh_b (r_b, n) fp32, out_b (m, n) fp32, all row-major,
-    n = n_div * ALIGN, r_b = rank_table[b] (int32, may be 0).
+    Shapes: u_b (m, r_b) fp32 with rows u_stride_table[b] apart (int32, unit column
+    stride), s_b (r_b,) fp32, vh_b (r_b, n) fp32 row-major, out_b (m, n) fp32 row-major,
+    n = n_div * ALIGN, r_b = rank_table[b] (int32, may be 0). The U tile is scaled by S
+    in registers (one fp32 rounding, as ``u * s`` in torch).
     Grid: (G * row_tiles * col_tiles,).
     """
     matrix, row_tile, col_tile = _tile_coordinates(tl.program_id(0), row_tiles, col_tiles)
     n = n_div * ALIGN
     rank = tl.load(rank_table + matrix)
-    us = _table_pointer(us_table, matrix, tl.float32, False)
+    u_row_stride = tl.load(u_stride_table + matrix)
+    u = _table_pointer(u_table, matrix, tl.float32, False)
+    s = _table_pointer(s_table, matrix, tl.float32, False)
     vh = _table_pointer(vh_table, matrix, tl.float32, ALIGN > 1)
     out = _table_pointer(out_table, matrix, tl.float32, ALIGN > 1)
 
@@ -289,21 +345,56 @@ def _reconstruct_abs_kernel(
         rs = r0 + tl.arange(0, BLOCK_R)
         r_mask = rs < rank
         a = tl.load(
-            us + rows[:, None].to(tl.int64) * rank + rs[None, :],
+            u + rows[:, None].to(tl.int64) * u_row_stride + rs[None, :],
             mask=row_mask[:, None] & r_mask[None, :],
             other=0.0,
         )
+        scale = tl.load(s + rs, mask=r_mask, other=0.0)
         b = tl.load(
             vh + rs[:, None].to(tl.int64) * n + cols[None, :],
             mask=r_mask[:, None] & col_mask[None, :],
             other=0.0,
         )
-        acc = _dot_accumulate(a, b, acc, DOT_BF16)
+        acc = _dot_accumulate(a * scale[None, :], b, acc, PRECISION)
     tl.store(
         out + rows[:, None].to(tl.int64) * n + cols[None, :],
         tl.abs(acc),
         mask=row_mask[:, None] & col_mask[None, :],
     )
+
+
+@triton.jit
+def _difference_energy_kernel(
+    w1_table,
+    w0_table,
+    partial_ptr,
+    numel_div,
+    chunks,
+    W_DTYPE: tl.constexpr,
+    HAS_W0: tl.constexpr,
+    ALIGN: tl.constexpr,
+    BLOCK: tl.constexpr,
+    CHUNK_BLOCKS: tl.constexpr,
+):
+    """``partial[b, c] = Σ Δ_b²`` over the flat entries ``[c * CHUNK, (c + 1) * CHUNK)`` of Δ_b.
+
+    Shapes: Δ_b (numel,) flat from the address tables (W_DTYPE, contiguous, numel =
+    numel_div * ALIGN); partial (G, chunks) fp32; CHUNK = BLOCK * CHUNK_BLOCKS. Each lane
+    sums CHUNK_BLOCKS squares in fp32, then the block is reduced once.
+    Grid: (G * chunks,).
+    """
+    pid = tl.program_id(0)
+    matrix = pid // chunks
+    numel = numel_div.to(tl.int64) * ALIGN
+    w1 = _table_pointer(w1_table, matrix, W_DTYPE, ALIGN > 1)
+    w0 = _table_pointer(w0_table, matrix, W_DTYPE, ALIGN > 1)
+    start = (pid % chunks).to(tl.int64) * (BLOCK * CHUNK_BLOCKS)
+    acc = tl.full((BLOCK,), 0.0, dtype=tl.float32)
+    for block in range(CHUNK_BLOCKS):
+        offsets = start + block * BLOCK + tl.arange(0, BLOCK)
+        delta = _load_delta(w1, w0, offsets, offsets < numel, HAS_W0)
+        acc += delta * delta
+    tl.store(partial_ptr + pid, tl.sum(acc, axis=0))
 
 
 # --------------------------------------------------------------------------- launch plans
@@ -323,6 +414,10 @@ MATMUL_CONFIGS: dict[tuple[str, str, int], dict[str, int]] = {
     ("sketch_t_delta", "bf16", 32): _config(64, 64, 4),
     ("sketch_t_delta", "bf16", 64): _config(64, 64, 4),
     ("sketch_t_delta", "bf16", 128): _config(64, 32, 8),
+    ("delta_matmul", "tf32x3", 32): _config(64, 32, 4),
+    ("delta_matmul", "tf32x3", 64): _config(64, 32, 4),
+    ("sketch_t_delta", "tf32x3", 32): _config(64, 32, 4),
+    ("sketch_t_delta", "tf32x3", 64): _config(64, 32, 4),
 }
 """(kernel, precision, BLOCK_Q) -> tile sizes and launch options of the aligned Δ products.
 
@@ -330,8 +425,17 @@ BLOCK_ROWS tiles the output's long dimension (rows of Δ for Δ@X, columns of Δ
 Chosen so that no specialisation spills registers on sm_80 or sm_90. The IEEE fp32 path
 multiplies on the FMA units, whose operand tiles live in registers: it stops at BLOCK_Q = 64
 (wider sketches take more column tiles, adjacent in launch order so Δ is re-read from L2).
+The tf32x3 path splits every fp32 operand tile into two: it stops at BLOCK_Q = 64 too.
 Unaligned matrices load element by element; see :func:`matmul_config`.
 """
+
+PRECISION_WEIGHT_DTYPES: dict[str, tuple[torch.dtype, ...]] = {
+    "fp32": WEIGHT_DTYPES,
+    "bf16": WEIGHT_DTYPES,
+    "tf32x3": (torch.float32,),
+}
+"""Weight dtypes each product precision is specialised for (tf32x3: fp32 weights only;
+bf16 / fp16 weights take ``"bf16"``, whose operands are as wide as theirs)."""
 
 def matmul_config(name: str, precision: str, block_q: int, align: int) -> dict[str, int]:
     """Launch configuration of a Δ product kernel (``name`` in ``"delta_matmul"``,
@@ -352,6 +456,9 @@ RECONSTRUCT_CONFIG: dict[str, int] = {
     "num_warps": 4,
     "num_stages": 3,
 }
+
+ENERGY_CONFIG: dict[str, int] = {"BLOCK": 1024, "CHUNK_BLOCKS": 16, "num_warps": 4, "num_stages": 3}
+"""Launch options of :func:`difference_energy`: 16 Ki entries per program, 8 per thread per block."""
 
 
 def block_qs(precision: str) -> tuple[int, ...]:
@@ -377,9 +484,24 @@ def split_blocks_for(reduction: int, block_k: int, programs: int) -> int:
     return triton.cdiv(blocks, max(splits, 1))
 
 
-def _check_precision(precision: str) -> None:
+def _check_precision(precision: str, weight_dtype: torch.dtype | None = None) -> None:
+    """ValueError unless ``precision`` is known (and specialised for ``weight_dtype``, if given)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if weight_dtype is not None and weight_dtype not in PRECISION_WEIGHT_DTYPES[precision]:
+        raise ValueError(f"precision {precision!r} is for fp32 weights, got {weight_dtype}; use 'bf16' or 'fp32'")
+
+
+def host_to_device(values: Sequence[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``values`` as a 1-D ``dtype`` tensor on ``device``, copied without a host sync.
+
+    On CUDA the host tensor is pinned and copied with ``non_blocking=True`` (the pinned
+    block stays reserved until the copy has run); elsewhere the host tensor is returned.
+    """
+    host = torch.tensor(list(values), dtype=dtype)
+    if device.type != "cuda":
+        return host
+    return host.pin_memory().to(device, non_blocking=True)
 
 
 _ADDRESS_TABLES: dict[tuple, torch.Tensor] = {}
@@ -387,7 +509,7 @@ _ADDRESS_TABLE_CACHE_SIZE = 64
 
 
 def _address_table(tensors: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor:
-    """int64 tensor of the tensors' addresses on ``device``.
+    """int64 tensor of the tensors' addresses on ``device`` (copied without a host sync).
 
     Cached by the addresses themselves (the key is the table's content), so the
     2 + 2 n_iter products of a group copy their tables to the device once.
@@ -398,7 +520,7 @@ def _address_table(tensors: Sequence[torch.Tensor], device: torch.device) -> tor
     if table is None:
         if len(_ADDRESS_TABLES) >= _ADDRESS_TABLE_CACHE_SIZE:
             _ADDRESS_TABLES.pop(next(iter(_ADDRESS_TABLES)))
-        table = torch.tensor(addresses, dtype=torch.int64).to(device)
+        table = host_to_device(addresses, torch.int64, device)
         _ADDRESS_TABLES[key] = table
     return table
 
@@ -419,6 +541,14 @@ def _check_group(w1s: Sequence[torch.Tensor], w0s: Sequence[torch.Tensor] | None
 # --------------------------------------------------------------------------- launchers
 
 
+def _row_major_batches(x: torch.Tensor) -> torch.Tensor:
+    """``x`` (G, rows, q) itself when each batch is row-major (any batch stride, 0 included), else a copy."""
+    rows, q = x.shape[1:]
+    if (x.stride(2) == 1 or q <= 1) and (x.stride(1) == q or rows <= 1):
+        return x
+    return x.contiguous()
+
+
 def delta_matmul(
     w1s: Sequence[torch.Tensor],
     w0s: Sequence[torch.Tensor] | None,
@@ -432,16 +562,17 @@ def delta_matmul(
     Args:
         w1s: G contiguous (m, n) tensors, one dtype (fp32 / bf16 / fp16), one device.
         w0s: None (Δ_g = f32(w1s[g])) or G tensors like ``w1s`` (Δ_g = f32(w1) − f32(w0)).
-        x: (G, n, q) fp32, or (G, m, q) when ``transpose``.
+        x: (G, n, q) fp32, or (G, m, q) when ``transpose``; its batch stride may be 0
+            (``omega.expand(G, n, q)``: one sketch read by every matrix, never copied).
         transpose: multiply by Δᵀ instead of Δ.
-        precision: ``"fp32"`` (IEEE products) or ``"bf16"`` (bf16 operands, fp32 sums).
+        precision: one of :data:`PRECISIONS` (``"tf32x3"`` for fp32 weights only).
 
     Returns:
         (G, m, q) fp32, or (G, n, q) when ``transpose`` (then the transposed view of a
         contiguous (G, q, n) tensor: ``.mT`` of it is ``x[g]ᵀ Δ_g``, row-major).
     """
-    _check_precision(precision)
     _check_group(w1s, w0s)
+    _check_precision(precision, w1s[0].dtype)
     m, n = w1s[0].shape
     rows, reduction = (n, m) if transpose else (m, n)
     batch, q = len(w1s), x.shape[-1]
@@ -450,7 +581,7 @@ def delta_matmul(
     if batch == 0 or rows == 0 or q == 0 or reduction == 0:
         return torch.zeros(batch, rows, q, dtype=torch.float32, device=device)
 
-    x = x.contiguous()
+    x = _row_major_batches(x)
     all_weights = [*w1s, *(w0s or ())]
     align = ALIGNMENT if _is_aligned(all_weights, n) else 1
     block_q = block_q_for(q, precision)
@@ -473,13 +604,14 @@ def delta_matmul(
         m,
         n // align,
         q,
+        x.stride(0),
         split_blocks,
         row_tiles,
         q_tiles,
         _TL_DTYPES[w1s[0].dtype],
         w0s is not None,
         align,
-        precision == "bf16",
+        precision,
         config["BLOCK_ROWS"],
         config["BLOCK_K"],
         block_q,
@@ -502,14 +634,48 @@ def _randomized_svd_group(
     n_iter: int,
     precision: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The contract's sequence for G same-shape matrices; omega (G, n, q) -> U, S, Vh batched."""
+    """The contract's sequence for G same-shape matrices; omega (G, n, q) -> U, S, Vh batched.
+
+    Returns U (G, m, k), S (G, k), Vh (G, k, n), fp32 and contiguous, k = min(m, n, q).
+    """
     q = _orthonormal_basis(delta_matmul(w1s, w0s, omega, precision=precision))
     for _ in range(n_iter):
         z = _orthonormal_basis(delta_matmul(w1s, w0s, q, transpose=True, precision=precision))
         q = _orthonormal_basis(delta_matmul(w1s, w0s, z, precision=precision))
     b = delta_matmul(w1s, w0s, q, transpose=True, precision=precision).mT
     u_small, s, vh = torch.linalg.svd(b, full_matrices=False)
-    return q @ u_small, s, vh
+    return q @ u_small, s.contiguous(), vh.contiguous()
+
+
+def randomized_svd_group(
+    w1s: Sequence[torch.Tensor],
+    w0s: Sequence[torch.Tensor] | None,
+    omega: torch.Tensor,
+    n_iter: int,
+    *,
+    precision: str = "fp32",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Randomized SVD of G same-shape differences Δ_g = f32(w1s[g]) − f32(w0s[g]), one sketch.
+
+    Every product of the sequence is one launch for the whole group; the sketch
+    ``omega`` is shared (read through a batch stride of 0, never copied per matrix).
+
+    Args:
+        w1s: G >= 1 (m, n) tensors of one dtype (fp32 / bf16 / fp16) on one device.
+        w0s: None or G tensors like ``w1s``.
+        omega: (n, q) fp32 Gaussian test matrix on the same device.
+        n_iter: power iterations (>= 0).
+        precision: one of :data:`PRECISIONS`.
+
+    Returns:
+        U (G, m, k), S (G, k), Vh (G, k, n), fp32, contiguous, k = min(m, n, q).
+    """
+    assert n_iter >= 0 and len(w1s) >= 1, (n_iter, len(w1s))
+    n, q = omega.shape
+    assert omega.dtype == torch.float32 and n == w1s[0].shape[1], (omega.shape, w1s[0].shape)
+    group_w1 = [w.contiguous() for w in w1s]
+    group_w0 = [w.contiguous() for w in w0s] if w0s is not None else None
+    return _randomized_svd_group(group_w1, group_w0, omega.expand(len(w1s), n, q), n_iter, precision)
 
 
 def _group_key(w1: torch.Tensor, w0: torch.Tensor | None, omega: torch.Tensor) -> tuple:
@@ -524,15 +690,17 @@ def randomized_svd_batched(
     *,
     precision: str = "fp32",
 ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """:func:`randomized_svd` of many matrices; same-shape matrices share each launch.
+    """:func:`randomized_svd` of many matrices, each with its own sketch; same-shape
+    matrices share each launch.
 
     Matrices are grouped by (shape, dtype, whether w0 is given, device, q); each group
     runs the contract's sequence with one kernel launch per product and batched torch
-    QR / SVD. ``w0s`` may be None or hold None entries.
+    QR / SVD. ``w0s`` may be None or hold None entries. (With one sketch per shape,
+    :func:`randomized_svd_group` avoids stacking the sketches.)
 
     Returns:
         One ``(U (m, k), S (k,), Vh (k, n))`` fp32 tuple per matrix, in input order, with
-        k = q when q <= min(m, n) (torch's reduced QR / SVD shapes otherwise).
+        k = min(m, n, q).
     """
     _check_precision(precision)
     assert n_iter >= 0, n_iter
@@ -569,12 +737,140 @@ def randomized_svd(
         w1, w0: (m, n) fp32 / bf16 / fp16 (same dtype), w0 may be None.
         omega: (n, q) fp32 Gaussian test matrix.
         n_iter: power iterations (>= 0).
-        precision: ``"fp32"`` or ``"bf16"`` products (see the module docstring).
+        precision: one of :data:`PRECISIONS` (see the module docstring).
 
     Returns:
         U (m, q), S (q,), Vh (q, n), fp32 (for q <= min(m, n)).
     """
     return randomized_svd_batched([w1], [w0], [omega], n_iter, precision=precision)[0]
+
+
+def difference_energy(w1s: Sequence[torch.Tensor], w0s: Sequence[torch.Tensor] | None) -> torch.Tensor:
+    """``||Δ_g||_F²`` of G same-shape differences in one launch, Δ never materialised.
+
+    Args:
+        w1s: G (m, n) tensors of one dtype (fp32 / bf16 / fp16) on one device.
+        w0s: None (Δ_g = f32(w1s[g])) or G tensors like ``w1s``.
+
+    Returns:
+        (G,) fp64 on the tensors' device: fp32 sums of at most 16 Ki squares per program
+        (each lane adds CHUNK_BLOCKS of them), added up in fp64.
+    """
+    device = w1s[0].device if w1s else torch.device("cpu")
+    if not w1s:
+        return torch.zeros(0, dtype=torch.float64, device=device)
+    group_w1 = [w.contiguous() for w in w1s]
+    group_w0 = [w.contiguous() for w in w0s] if w0s is not None else None
+    _check_group(group_w1, group_w0)
+    numel = group_w1[0].numel()
+    if numel == 0:
+        return torch.zeros(len(w1s), dtype=torch.float64, device=device)
+    config = ENERGY_CONFIG
+    align = ALIGNMENT if _is_aligned([*group_w1, *(group_w0 or ())], numel) else 1
+    chunks = triton.cdiv(numel, config["BLOCK"] * config["CHUNK_BLOCKS"])
+    partial = torch.empty(len(w1s), chunks, dtype=torch.float32, device=device)
+    w1_table = _address_table(group_w1, device)
+    w0_table = _address_table(group_w0, device) if group_w0 is not None else w1_table
+    _difference_energy_kernel[(len(w1s) * chunks,)](
+        w1_table,
+        w0_table,
+        partial,
+        numel // align,
+        chunks,
+        _TL_DTYPES[group_w1[0].dtype],
+        group_w0 is not None,
+        align,
+        config["BLOCK"],
+        config["CHUNK_BLOCKS"],
+        num_warps=config["num_warps"],
+        num_stages=config["num_stages"],
+    )
+    return partial.sum(dim=1, dtype=torch.float64)
+
+
+def _reconstruct_operands(
+    u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(u, s, vh) as the kernel reads them: u with unit column stride (any row stride),
+    s contiguous, vh row-major; views are kept, other layouts copied."""
+    rank, n = vh.shape
+    if u.stride(1) != 1 and rank > 1:
+        u = u.contiguous()
+    if s.stride(0) != 1 and rank > 1:
+        s = s.contiguous()
+    if (vh.stride(1) != 1 and n > 1) or (vh.stride(0) != n and rank > 1):
+        vh = vh.contiguous()
+    return u, s, vh
+
+
+def reconstruct_magnitudes(
+    us: Sequence[torch.Tensor],
+    ss: Sequence[torch.Tensor],
+    vhs: Sequence[torch.Tensor],
+    *,
+    precision: str = "fp32",
+) -> list[torch.Tensor]:
+    """``|u_i diag(s_i) vh_i|`` for many factor triples; same-shape outputs share one launch.
+
+    The ranks r_i and U's row strides may differ within a launch (tables hold them). Views are read in
+    place: the columns ``[:, :r]`` of a wider U (rows ``u.stride(0)`` apart), a prefix of
+    S and the rows ``[:r]`` of a row-major Vh, so a shape group's factors cost no copy.
+
+    Args:
+        us: (m_i, r_i) fp32 tensors.
+        ss: (r_i,) fp32 tensors.
+        vhs: (r_i, n_i) fp32 tensors.
+        precision: one of :data:`PRECISIONS`.
+
+    Returns:
+        One new (m_i, n_i) fp32 tensor per triple (zeros where r_i = 0).
+    """
+    _check_precision(precision)
+    assert len(us) == len(ss) == len(vhs), (len(us), len(ss), len(vhs))
+    operands = []
+    groups: dict[tuple, list[int]] = {}
+    for i, (u, s, vh) in enumerate(zip(us, ss, vhs, strict=True)):
+        assert u.dtype == s.dtype == vh.dtype == torch.float32, (u.dtype, s.dtype, vh.dtype)
+        assert u.dim() == vh.dim() == 2 and s.shape == (u.shape[1],) == (vh.shape[0],), (u.shape, s.shape, vh.shape)
+        assert u.device == s.device == vh.device, (u.device, s.device, vh.device)
+        operands.append(_reconstruct_operands(u, s, vh))
+        u = operands[-1][0]
+        groups.setdefault((u.shape[0], vh.shape[1], u.device), []).append(i)
+
+    outputs: list[torch.Tensor | None] = [None] * len(us)
+    for (m, n, device), members in groups.items():
+        group_out = [torch.empty(m, n, dtype=torch.float32, device=device) for _ in members]
+        for j, i in enumerate(members):
+            outputs[i] = group_out[j]
+        if m == 0 or n == 0:
+            continue
+        group_u, group_s, group_vh = ([operands[i][part] for i in members] for part in range(3))
+        align = ALIGNMENT if _is_aligned(group_vh + group_out, n) else 1
+        config = RECONSTRUCT_CONFIG
+        row_tiles = triton.cdiv(m, config["BLOCK_ROWS"])
+        col_tiles = triton.cdiv(n, config["BLOCK_COLS"])
+        ranks = [vh.shape[0] for vh in group_vh]
+        layout = host_to_device(ranks + [u.stride(0) for u in group_u], torch.int32, device)
+        _reconstruct_abs_kernel[(len(members) * row_tiles * col_tiles,)](
+            _address_table(group_u, device),
+            _address_table(group_s, device),
+            _address_table(group_vh, device),
+            _address_table(group_out, device),
+            layout,
+            layout[len(members) :],
+            m,
+            n // align,
+            row_tiles,
+            col_tiles,
+            align,
+            precision,
+            config["BLOCK_ROWS"],
+            config["BLOCK_COLS"],
+            config["BLOCK_R"],
+            num_warps=config["num_warps"],
+            num_stages=config["num_stages"],
+        )
+    return outputs
 
 
 def reconstruct_abs_batched(
@@ -585,51 +881,18 @@ def reconstruct_abs_batched(
     Args:
         us: (m_i, r_i) fp32 tensors (U scaled by S); ranks may differ within a shape.
         vhs: (r_i, n_i) fp32 tensors.
-        precision: ``"fp32"`` or ``"bf16"`` products.
+        precision: one of :data:`PRECISIONS`.
 
     Returns:
         One (m_i, n_i) fp32 tensor per pair.
     """
-    _check_precision(precision)
     assert len(us) == len(vhs), (len(us), len(vhs))
-    groups: dict[tuple, list[int]] = {}
-    for i, (a, b) in enumerate(zip(us, vhs, strict=True)):
-        assert a.dtype == b.dtype == torch.float32 and a.dim() == b.dim() == 2
-        assert a.shape[1] == b.shape[0] and a.device == b.device, (a.shape, b.shape)
-        groups.setdefault((a.shape[0], b.shape[1], a.device), []).append(i)
-
-    outputs: list[torch.Tensor | None] = [None] * len(us)
-    for (m, n, device), members in groups.items():
-        group_us = [us[i].contiguous() for i in members]
-        group_vh = [vhs[i].contiguous() for i in members]
-        group_out = [torch.empty(m, n, dtype=torch.float32, device=device) for _ in members]
-        for j, i in enumerate(members):
-            outputs[i] = group_out[j]
-        if m == 0 or n == 0:
-            continue
-        align = ALIGNMENT if _is_aligned(group_vh + group_out, n) else 1
-        config = RECONSTRUCT_CONFIG
-        row_tiles = triton.cdiv(m, config["BLOCK_ROWS"])
-        col_tiles = triton.cdiv(n, config["BLOCK_COLS"])
-        ranks = torch.tensor([a.shape[1] for a in group_us], dtype=torch.int32).to(device)
-        _reconstruct_abs_kernel[(len(members) * row_tiles * col_tiles,)](
-            _address_table(group_us, device),
-            _address_table(group_vh, device),
-            _address_table(group_out, device),
-            ranks,
-            m,
-            n // align,
-            row_tiles,
-            col_tiles,
-            align,
-            precision == "bf16",
-            config["BLOCK_ROWS"],
-            config["BLOCK_COLS"],
-            config["BLOCK_R"],
-            num_warps=config["num_warps"],
-            num_stages=config["num_stages"],
-        )
-    return outputs
+    widths: dict[torch.device, int] = {}
+    for u in us:
+        widths[u.device] = max(widths.get(u.device, 0), u.shape[1])
+    ones = {device: torch.ones(width, dtype=torch.float32, device=device) for device, width in widths.items()}
+    ss = [ones[u.device][: u.shape[1]] for u in us]
+    return reconstruct_magnitudes(us, ss, vhs, precision=precision)
 
 
 def reconstruct_abs(us: torch.Tensor, vh: torch.Tensor, *, precision: str = "fp32") -> torch.Tensor:
@@ -658,13 +921,14 @@ def _matmul_spec(
             "m": "i32",
             "n_div": "i32",
             "q": "i32",
+            "x_batch_stride": "i32",
             "split_blocks": "i32",
             tiles_arg: "i32",
             "q_tiles": "i32",
             "W_DTYPE": "constexpr",
             "HAS_W0": "constexpr",
             "ALIGN": "constexpr",
-            "DOT_BF16": "constexpr",
+            "PRECISION": "constexpr",
             tile_arg: "constexpr",
             "BLOCK_K": "constexpr",
             "BLOCK_Q": "constexpr",
@@ -673,7 +937,7 @@ def _matmul_spec(
             "W_DTYPE": _TL_DTYPES[dtype],
             "HAS_W0": has_w0,
             "ALIGN": align,
-            "DOT_BF16": precision == "bf16",
+            "PRECISION": precision,
             tile_arg: config["BLOCK_ROWS"],
             "BLOCK_K": config["BLOCK_K"],
             "BLOCK_Q": block_q,
@@ -688,7 +952,7 @@ def _matmul_specs() -> list[KernelSpec]:
     return [
         _matmul_spec(name, dtype, has_w0, align, precision, block_q)
         for (name, precision, block_q) in MATMUL_CONFIGS
-        for dtype in WEIGHT_DTYPES
+        for dtype in PRECISION_WEIGHT_DTYPES[precision]
         for has_w0 in (True, False)
         for align in (ALIGNMENT, 1)
     ]
@@ -696,7 +960,7 @@ def _matmul_specs() -> list[KernelSpec]:
 
 def _promises(precision: str, align: int) -> frozenset[str]:
     promises = {"no_float_atomics"}
-    if precision == "bf16":
+    if precision in TENSOR_CORE_PRECISIONS:
         promises.add("tensor_cores")
     if align > 1:
         promises.add("vectorized_loads")
@@ -713,23 +977,25 @@ def _reconstruct_specs() -> list[KernelSpec]:
                     name=f"rsvd_reconstruct_abs_align{align}_{precision}",
                     kernel=_reconstruct_abs_kernel,
                     signature={
-                        "us_table": "*i64",
+                        "u_table": "*i64",
+                        "s_table": "*i64",
                         "vh_table": "*i64",
                         "out_table": "*i64",
                         "rank_table": "*i32",
+                        "u_stride_table": "*i32",
                         "m": "i32",
                         "n_div": "i32",
                         "row_tiles": "i32",
                         "col_tiles": "i32",
                         "ALIGN": "constexpr",
-                        "DOT_BF16": "constexpr",
+                        "PRECISION": "constexpr",
                         "BLOCK_ROWS": "constexpr",
                         "BLOCK_COLS": "constexpr",
                         "BLOCK_R": "constexpr",
                     },
                     constexprs={
                         "ALIGN": align,
-                        "DOT_BF16": precision == "bf16",
+                        "PRECISION": precision,
                         "BLOCK_ROWS": config["BLOCK_ROWS"],
                         "BLOCK_COLS": config["BLOCK_COLS"],
                         "BLOCK_R": config["BLOCK_R"],
@@ -742,7 +1008,46 @@ def _reconstruct_specs() -> list[KernelSpec]:
     return specs
 
 
-SPECIALIZATIONS: list[KernelSpec] = _matmul_specs() + _reconstruct_specs()
+def _energy_spec(dtype: torch.dtype, has_w0: bool, align: int) -> KernelSpec:
+    config = ENERGY_CONFIG
+    return KernelSpec(
+        name=f"rsvd_difference_energy_{_SIGNATURE_DTYPES[dtype]}_{'diff' if has_w0 else 'single'}_align{align}",
+        kernel=_difference_energy_kernel,
+        signature={
+            "w1_table": "*i64",
+            "w0_table": "*i64",
+            "partial_ptr": "*fp32",
+            "numel_div": "i32",
+            "chunks": "i32",
+            "W_DTYPE": "constexpr",
+            "HAS_W0": "constexpr",
+            "ALIGN": "constexpr",
+            "BLOCK": "constexpr",
+            "CHUNK_BLOCKS": "constexpr",
+        },
+        constexprs={
+            "W_DTYPE": _TL_DTYPES[dtype],
+            "HAS_W0": has_w0,
+            "ALIGN": align,
+            "BLOCK": config["BLOCK"],
+            "CHUNK_BLOCKS": config["CHUNK_BLOCKS"],
+        },
+        num_warps=config["num_warps"],
+        num_stages=config["num_stages"],
+        promises=_promises("fp32", align),
+    )
+
+
+def _energy_specs() -> list[KernelSpec]:
+    return [
+        _energy_spec(dtype, has_w0, align)
+        for dtype in WEIGHT_DTYPES
+        for has_w0 in (True, False)
+        for align in (ALIGNMENT, 1)
+    ]
+
+
+SPECIALIZATIONS: list[KernelSpec] = _matmul_specs() + _reconstruct_specs() + _energy_specs()
 
 
 # --------------------------------------------------------------------------- cost models

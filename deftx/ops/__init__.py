@@ -4,7 +4,15 @@ Every op takes ``backend="auto" | "triton" | "native" | "torch"`` (or ``$DEFTX_B
 see :mod:`deftx.ops.dispatch`.
 """
 
-from deftx.ops.denoise import denoised_magnitudes, lowrank_denoise, lowrank_factors
+from deftx.ops.denoise import (
+    LowRankFactors,
+    denoised_magnitudes,
+    denoised_magnitudes_batched,
+    lowrank_denoise,
+    lowrank_factors,
+    lowrank_factors_batched,
+    reconstruct_magnitudes,
+)
 from deftx.ops.dispatch import BackendUnavailableError, backend_report
 from deftx.ops.masked_step import masked_adamw_step_
 from deftx.ops.scatter import scatter_add_, scatter_restore_
@@ -12,12 +20,16 @@ from deftx.ops.topk import indices_to_mask, topk_mask
 
 __all__ = [
     "BackendUnavailableError",
+    "LowRankFactors",
     "backend_report",
     "denoised_magnitudes",
+    "denoised_magnitudes_batched",
     "indices_to_mask",
     "lowrank_denoise",
     "lowrank_factors",
+    "lowrank_factors_batched",
     "masked_adamw_step_",
+    "reconstruct_magnitudes",
     "scatter_add_",
     "scatter_restore_",
     "topk_mask",

@@ -1,36 +1,103 @@
-"""Public op: low-rank denoising of a weight difference (DeFT-X's truncated SVD).
+"""Public ops: low-rank denoising of weight differences (DeFT-X's truncated SVD), batched.
 
 Two paths:
 
-* ``method="exact"``: ``torch.linalg.svd`` of Δ (O(m n min(m, n)) flops).
+* ``method="exact"``: ``torch.linalg.svd`` of each Δ (O(m n min(m, n)) flops; Δ is formed).
 * ``method="randomized"`` (Halko, Martinsson & Tropp 2011, Alg. 4.4): sketch
   ``q = rank + oversample`` columns with a seeded Gaussian Ω, ``n_iter`` power
   iterations with re-orthonormalisation, then the SVD of the small ``q x n`` matrix.
   Its expected spectral error is at most
   ``(1 + 4 sqrt(q) / (oversample - 1) * sqrt(min(m, n)))**(1 / (2 n_iter + 1)) * σ_{rank+1}``,
   so with a decaying spectrum and ``n_iter = 2`` the top components are close to exact.
-  The result is deterministic for a given ``seed`` and the same on every device (Ω is
-  drawn on the CPU).
+
+Batching: the ``*_batched`` ops take many (θ1, θ0) pairs and group them by (shape, dtype,
+whether a base is given, device). Each group is one call of the ``deftx::randomized_svd``
+custom op, which on the Triton backend is one kernel launch per product for the whole
+group, with the subtraction Δ = θ1 − θ0 fused into the products (Δ is never stored);
+``||Δ||_F²`` (energy policy, reported energies) is one fused launch per group
+(``deftx::difference_energy``), and ``|U_r diag(S_r) Vh_r|`` one launch per output shape
+(``deftx::reconstruct_abs``): the scores are the only (m, n) buffers written. The torch
+backend runs the same ops one matrix at a time.
+
+The sketch: Ω depends only on (n, q, seed). It is drawn once per call for each (n, q) on
+the CPU with a seeded ``torch.Generator`` (so every device, and the single-matrix ops,
+agree bit for bit on Ω and the result is deterministic for a given ``seed``), copied to
+the device once (pinned, ``non_blocking``: no host sync) and shared by every matrix of
+those widths.
 
 Rank policy: a fixed ``rank``, or ``energy``: the smallest rank whose singular values
-hold that fraction of ``||Δ||_F^2`` (the randomized path widens its sketch until the
-captured energy reaches the target or the sketch covers the full spectrum).
+hold that fraction of ``||Δ||_F^2`` (the randomized path widens its sketch, doubling q,
+for the matrices whose captured energy falls short, until it reaches the target or the
+sketch covers the full spectrum). Host syncs per call: one for the energies of all
+groups, and one per group and sketch width for the singular values (the rank decision, or
+the energy a fixed rank holds when it is reported); none per matrix.
+
+Product precision (``precision``, Triton backend): ``"fp32"`` (default, IEEE),
+``"tf32x3"`` (fp32 weights only: three TF32 tensor-core products per tile, the error of
+fp32 products) or ``"bf16"`` (bf16 operands, fp32 sums). The torch backend always
+multiplies in fp32.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
 import torch
 
-from deftx.ops.dispatch import backend_for
+from deftx.ops import library
+from deftx.ops.dispatch import requested_backend
 from deftx.ops.validation import check_float_dtype
 
 INITIAL_ENERGY_SKETCH = 64
+METHODS: tuple[str, ...] = ("randomized", "exact")
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "tf32x3")
+FP32_ONLY_PRECISIONS: frozenset[str] = frozenset({"tf32x3"})
+
+
+class LowRankFactors(NamedTuple):
+    """Truncated SVD of one difference: Δ ≈ u diag(s) vh.
+
+    Attributes:
+        u: (m, r) fp32 (may be a column slice of a shape group's U).
+        s: (r,) fp32, descending.
+        vh: (r, n) fp32.
+        energy: the fraction of ``||Δ||_F²`` the r components hold (1.0 when Δ = 0), or
+            None where it was not computed.
+    """
+
+    u: torch.Tensor
+    s: torch.Tensor
+    vh: torch.Tensor
+    energy: float | None
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """Validated options of one call."""
+
+    rank: int | None
+    energy: float | None
+    method: str
+    oversample: int
+    n_iter: int
+    seed: int
+    precision: str
+    backend: str
 
 
 def gaussian_sketch(n: int, q: int, seed: int, device: torch.device) -> torch.Tensor:
-    """Seeded Gaussian test matrix Ω (n, q) fp32, drawn on the CPU so every device agrees."""
+    """Seeded Gaussian test matrix Ω (n, q) fp32, drawn on the CPU so every device agrees.
+
+    On CUDA the copy is pinned and ``non_blocking`` (no host sync).
+    """
     generator = torch.Generator().manual_seed(seed)
-    return torch.randn(n, q, generator=generator, dtype=torch.float32).to(device)
+    host = torch.randn(n, q, generator=generator, dtype=torch.float32)
+    if torch.device(device).type == "cuda":
+        return host.pin_memory().to(device, non_blocking=True)
+    return host.to(device)
 
 
 def energy_rank(singular_values: torch.Tensor, total_energy: float, energy: float) -> int | None:
@@ -42,66 +109,371 @@ def energy_rank(singular_values: torch.Tensor, total_energy: float, energy: floa
     return int(reached[0]) + 1 if reached.numel() else None
 
 
-def frobenius_energy(matrix: torch.Tensor, base: torch.Tensor | None) -> float:
-    """``||matrix - base||_F^2`` in fp64, row block by row block (no full Δ copy)."""
-    total = 0.0
-    rows = max(1, (1 << 22) // max(matrix.shape[1], 1))
-    for start in range(0, matrix.shape[0], rows):
-        block = matrix[start : start + rows].double()
-        if base is not None:
-            block = block - base[start : start + rows].double()
-        total += float(block.square().sum())
-    return total
+def held_fraction(singular_values: torch.Tensor, total_energy: float) -> float:
+    """``sum(S**2) / total_energy`` (1.0 when the total is 0)."""
+    if total_energy <= 0.0:
+        return 1.0
+    return float(singular_values.double().square().sum()) / total_energy
 
 
-def _check_inputs(matrix: torch.Tensor, base: torch.Tensor | None, rank, energy) -> None:
+# --------------------------------------------------------------------------- validation
+
+
+def _check_pair(matrix: torch.Tensor, base: torch.Tensor | None, what: str) -> None:
     if not isinstance(matrix, torch.Tensor) or matrix.dim() != 2:
         shape = tuple(matrix.shape) if isinstance(matrix, torch.Tensor) else type(matrix).__name__
-        raise ValueError(f"lowrank_denoise: matrix must be a 2-D tensor, got {shape}")
-    check_float_dtype(matrix, "lowrank_denoise: matrix")
+        raise ValueError(f"{what} must be a 2-D tensor, got {shape}")
+    check_float_dtype(matrix, what)
     if base is not None:
-        check_float_dtype(base, "lowrank_denoise: base")
+        check_float_dtype(base, f"{what}'s base")
         if base.shape != matrix.shape:
-            raise ValueError(f"lowrank_denoise: base shape {tuple(base.shape)} != matrix shape {tuple(matrix.shape)}")
+            raise ValueError(f"{what}: base shape {tuple(base.shape)} != matrix shape {tuple(matrix.shape)}")
         if base.device != matrix.device:
-            raise ValueError(f"lowrank_denoise: base on {base.device}, matrix on {matrix.device}")
+            raise ValueError(f"{what}: base on {base.device}, matrix on {matrix.device}")
+
+
+def _check_rank(rank: int | None, energy: float | None, largest: int | None, what: str) -> None:
+    """One of rank / energy; rank an int in [0, largest] (``largest`` None: any rank >= 0)."""
     if (rank is None) == (energy is None):
-        raise ValueError("lowrank_denoise: give exactly one of rank= or energy=")
+        raise ValueError(f"{what}: give exactly one of rank= or energy=")
     if rank is not None:
         if isinstance(rank, bool) or not isinstance(rank, int):
-            raise TypeError(f"lowrank_denoise: rank must be an int, got {type(rank).__name__}")
-        if not 0 <= rank <= min(matrix.shape):
-            raise ValueError(f"lowrank_denoise: rank {rank} is outside [0, {min(matrix.shape)}]")
+            raise TypeError(f"{what}: rank must be an int, got {type(rank).__name__}")
+        if rank < 0 or (largest is not None and rank > largest):
+            raise ValueError(f"{what}: rank {rank} is outside [0, {largest}]")
     if energy is not None and not 0.0 < float(energy) <= 1.0:
-        raise ValueError(f"lowrank_denoise: energy must be in (0, 1], got {energy}")
+        raise ValueError(f"{what}: energy must be in (0, 1], got {energy}")
 
 
-def _exact_factors(matrix, base, rank, energy):
+def _check_method(method: str, oversample: int, n_iter: int, precision: str, op: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"{op}: method must be 'exact' or 'randomized', got {method!r}")
+    if method == "randomized" and (oversample < 0 or n_iter < 0):
+        raise ValueError(f"{op}: oversample and n_iter must be >= 0")
+    if precision not in PRECISIONS:
+        raise ValueError(f"{op}: precision must be one of {PRECISIONS}, got {precision!r}")
+
+
+def _settings(
+    op: str,
+    single: bool,
+    matrices: Sequence[torch.Tensor],
+    bases: Sequence[torch.Tensor | None],
+    rank: int | None,
+    energy: float | None,
+    method: str,
+    oversample: int,
+    n_iter: int,
+    seed: int,
+    precision: str,
+    backend: str | None,
+) -> _Settings:
+    """Validate a call's pairs and options (raising ValueError / TypeError that name the matrix).
+
+    ``single``: one matrix, whose rank must be <= min(m, n); a batch takes any rank >= 0
+    and keeps ``min(rank, m, n)`` components of each matrix.
+    """
+    if isinstance(matrices, torch.Tensor):
+        raise TypeError(f"{op}: expected a list of matrices, got a single tensor (wrap it in [...])")
+    if len(bases) != len(matrices):
+        raise ValueError(f"{op}: {len(matrices)} matrices but {len(bases)} bases")
+    _check_method(method, oversample, n_iter, precision, op)
+    for i, (matrix, base) in enumerate(zip(matrices, bases, strict=True)):
+        what = f"{op}: matrix" if single else f"{op}: matrices[{i}]"
+        _check_pair(matrix, base, what)
+        if precision in FP32_ONLY_PRECISIONS and method == "randomized" and matrix.dtype != torch.float32:
+            raise ValueError(f"{what}: precision {precision!r} is for fp32 weights, got {matrix.dtype}")
+    _check_rank(rank, energy, min(matrices[0].shape) if single else None, op)
+    return _Settings(
+        rank, None if energy is None else float(energy), method, oversample, n_iter, seed, precision,
+        requested_backend(backend),
+    )
+
+
+# --------------------------------------------------------------------------- factorisation
+
+
+def _empty_factors(matrix: torch.Tensor, report: bool) -> LowRankFactors:
+    m, n = matrix.shape
+    device = matrix.device
+    return LowRankFactors(
+        torch.zeros(m, 0, device=device), torch.zeros(0, device=device), torch.zeros(0, n, device=device),
+        1.0 if report else None,
+    )
+
+
+def _shape_groups(matrices: Sequence[torch.Tensor], bases: Sequence[torch.Tensor | None]) -> list[list[int]]:
+    """Indices of the non-empty matrices grouped by (shape, dtype, has base, device), in first-seen order."""
+    groups: dict[tuple, list[int]] = {}
+    for i, (matrix, base) in enumerate(zip(matrices, bases, strict=True)):
+        if min(matrix.shape) > 0:
+            key = (tuple(matrix.shape), matrix.dtype, base is not None, matrix.device)
+            groups.setdefault(key, []).append(i)
+    return list(groups.values())
+
+
+def _group_operands(
+    members: list[int], matrices: Sequence[torch.Tensor], bases: Sequence[torch.Tensor | None]
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """(w1s, w0s) of a group, contiguous and detached; w0s is [] when the group has no base."""
+    w1s = [matrices[i].detach().contiguous() for i in members]
+    has_base = bases[members[0]] is not None
+    w0s = [bases[i].detach().contiguous() for i in members] if has_base else []
+    return w1s, w0s
+
+
+def _group_energies(
+    op: str,
+    groups: list[list[int]],
+    matrices: Sequence[torch.Tensor],
+    bases: Sequence[torch.Tensor | None],
+    backend: str,
+) -> dict[int, float]:
+    """``||Δ_i||_F²`` of every member (one fused launch per group, one host sync in all).
+
+    Raises ValueError naming the first matrix whose energy is not finite (NaN or Inf in
+    θ1 or θ0, or a difference that overflows fp32).
+    """
+    launched = [library.difference_energy(*_group_operands(members, matrices, bases), backend) for members in groups]
+    totals: dict[int, float] = {}
+    for members, energies in zip(groups, launched, strict=True):
+        totals.update(zip(members, energies.cpu().tolist(), strict=True))
+    for i in sorted(totals):
+        if not math.isfinite(totals[i]):
+            raise ValueError(
+                f"{op}: matrix {i} (shape {tuple(matrices[i].shape)}) has a non-finite ||θ1 − θ0||² "
+                "(NaN or Inf in θ1 or θ0)"
+            )
+    return totals
+
+
+def _exact_factors(
+    matrix: torch.Tensor, base: torch.Tensor | None, settings: _Settings, report: bool
+) -> LowRankFactors:
     delta = matrix.float() - base.float() if base is not None else matrix.float()
     u, s, vh = torch.linalg.svd(delta, full_matrices=False)
-    if rank is None:
-        rank = energy_rank(s, float(s.double().square().sum()), energy)
-    return u[:, :rank], s[:rank], vh[:rank]
+    total = float(s.double().square().sum())
+    rank = min(settings.rank, s.numel()) if settings.rank is not None else energy_rank(s, total, settings.energy)
+    rank = s.numel() if rank is None else rank
+    held = held_fraction(s[:rank], total) if report else None
+    return LowRankFactors(u[:, :rank], s[:rank], vh[:rank], held)
 
 
-def _randomized_factors(matrix, base, rank, energy, oversample, n_iter, seed, backend):
-    full = min(matrix.shape)
-    ops = backend_for("rsvd", matrix.device, backend)
-    w1, w0 = matrix.contiguous(), base.contiguous() if base is not None else None
-    if rank is not None:
-        q = min(rank + oversample, full)
-        u, s, vh = ops.randomized_svd(w1, w0, gaussian_sketch(matrix.shape[1], q, seed, matrix.device), n_iter)
-        return u[:, :rank], s[:rank], vh[:rank]
-    total = frobenius_energy(matrix, base)
+class _SketchCache:
+    """One Ω per (n, q, device) for a call (see the module docstring)."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self._drawn: dict[tuple[int, int, torch.device], torch.Tensor] = {}
+
+    def get(self, n: int, q: int, device: torch.device) -> torch.Tensor:
+        key = (n, q, device)
+        if key not in self._drawn:
+            self._drawn[key] = gaussian_sketch(n, q, self.seed, device)
+        return self._drawn[key]
+
+
+def _group_svd(
+    w1s: list[torch.Tensor], w0s: list[torch.Tensor], q: int, sketches: _SketchCache, settings: _Settings
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """U (G, m, k), S (G, k), Vh (G, k, n) of a group with a width-q sketch, k = min(m, n, q)."""
+    omega = sketches.get(w1s[0].shape[1], q, w1s[0].device)
+    return library.randomized_svd(w1s, w0s, omega, settings.n_iter, settings.precision, settings.backend)
+
+
+def _fixed_rank_group(
+    w1s: list[torch.Tensor],
+    w0s: list[torch.Tensor],
+    totals: list[float] | None,
+    sketches: _SketchCache,
+    settings: _Settings,
+) -> list[LowRankFactors]:
+    full = min(w1s[0].shape)
+    rank = min(settings.rank, full)
+    q = min(rank + settings.oversample, full)
+    u, s, vh = _group_svd(w1s, w0s, q, sketches, settings)
+    held = [None] * len(w1s)
+    if totals is not None:
+        kept = s[:, :rank].cpu()
+        held = [held_fraction(kept[j], totals[j]) for j in range(len(w1s))]
+    return [LowRankFactors(u[j, :, :rank], s[j, :rank], vh[j, :rank], held[j]) for j in range(len(w1s))]
+
+
+def _energy_group(
+    w1s: list[torch.Tensor],
+    w0s: list[torch.Tensor],
+    totals: list[float],
+    sketches: _SketchCache,
+    settings: _Settings,
+    report: bool,
+) -> list[LowRankFactors]:
+    """Energy policy for a group: widen the sketch (q doubling) only for the members still short."""
+    full = min(w1s[0].shape)
     q = min(INITIAL_ENERGY_SKETCH, full)
-    while True:
-        omega = gaussian_sketch(matrix.shape[1], q, seed, matrix.device)
-        u, s, vh = ops.randomized_svd(w1, w0, omega, n_iter)
-        r = energy_rank(s, total, energy)
-        if r is not None or q == full:
-            r = q if r is None else r
-            return u[:, :r], s[:r], vh[:r]
-        q = min(2 * q, full)
+    results: list[LowRankFactors | None] = [None] * len(w1s)
+    pending = list(range(len(w1s)))
+    while pending:
+        u, s, vh = _group_svd(
+            [w1s[j] for j in pending], [w0s[j] for j in pending] if w0s else [], q, sketches, settings
+        )
+        host_s = s.cpu()
+        short = []
+        for row, j in enumerate(pending):
+            rank = energy_rank(host_s[row], totals[j], settings.energy)
+            if rank is None and q < full:
+                short.append(j)
+                continue
+            rank = q if rank is None else rank
+            held = held_fraction(host_s[row, :rank], totals[j]) if report else None
+            results[j] = LowRankFactors(u[row, :, :rank], s[row, :rank], vh[row, :rank], held)
+        pending, q = short, min(2 * q, full)
+    return results
+
+
+def _factorize(
+    op: str,
+    matrices: Sequence[torch.Tensor],
+    bases: Sequence[torch.Tensor | None],
+    settings: _Settings,
+    report: bool,
+) -> list[LowRankFactors]:
+    """Factors of every validated pair, in input order (``report``: fill ``energy``)."""
+    results: list[LowRankFactors | None] = [
+        _empty_factors(matrix, report) if min(matrix.shape) == 0 else None for matrix in matrices
+    ]
+    groups = _shape_groups(matrices, bases)
+    if settings.method == "exact":
+        for members in groups:
+            for i in members:
+                results[i] = _exact_factors(matrices[i], bases[i], settings, report)
+        return results
+    needs_totals = report or settings.energy is not None
+    totals = _group_energies(op, groups, matrices, bases, settings.backend) if needs_totals else None
+    sketches = _SketchCache(settings.seed)
+    for members in groups:
+        w1s, w0s = _group_operands(members, matrices, bases)
+        group_totals = [totals[i] for i in members] if totals is not None else None
+        if settings.rank is not None:
+            factors = _fixed_rank_group(w1s, w0s, group_totals, sketches, settings)
+        else:
+            factors = _energy_group(w1s, w0s, group_totals, sketches, settings, report)
+        for i, f in zip(members, factors, strict=True):
+            results[i] = f
+    return results
+
+
+# --------------------------------------------------------------------------- public ops
+
+
+def lowrank_factors_batched(
+    matrices: Sequence[torch.Tensor],
+    bases: Sequence[torch.Tensor | None] | None = None,
+    *,
+    rank: int | None = None,
+    energy: float | None = None,
+    method: str = "randomized",
+    oversample: int = 8,
+    n_iter: int = 2,
+    seed: int = 0,
+    precision: str = "fp32",
+    backend: str | None = None,
+) -> list[LowRankFactors]:
+    """Truncated SVD factors of many differences Δ_i = matrices[i] − bases[i], batched by shape.
+
+    Args:
+        matrices: (m_i, n_i) fp32 / bf16 / fp16 tensors (θ1 for DeFT-X).
+        bases: None, or one (m_i, n_i) tensor (θ0) or None per matrix, on its matrix's device.
+        rank: keep ``min(rank, m_i, n_i)`` components of every matrix; or
+        energy: keep, per matrix, the fewest components holding this fraction of ``||Δ_i||_F²``.
+        method: ``"randomized"`` (default) or ``"exact"``.
+        oversample, n_iter, seed: randomized sketch settings (see the module docstring).
+        precision: ``"fp32"`` (default), ``"tf32x3"`` (fp32 weights only) or ``"bf16"``:
+            the Triton products' precision.
+        backend: ``"auto" | "triton" | "torch"`` (default ``$DEFTX_BACKEND`` or auto).
+
+    Returns:
+        One :class:`LowRankFactors` per matrix, in input order, with ``energy`` filled (the
+        randomized path computes ``||Δ||_F²`` in one fused pass per shape group for it).
+
+    Raises:
+        ValueError: bad shapes / options, a rank outside [0, min(m, n)], or NaN / Inf in
+            a pair (names the matrix).
+        TypeError: non-floating tensors, a non-int rank.
+    """
+    pairs = list(bases) if bases is not None else [None] * len(matrices)
+    settings = _settings(
+        "lowrank_factors_batched", False, matrices, pairs, rank, energy, method, oversample, n_iter, seed, precision,
+        backend,
+    )
+    return _factorize("lowrank_factors_batched", matrices, pairs, settings, report=True)
+
+
+def reconstruct_magnitudes(
+    factors: Sequence[tuple[torch.Tensor, ...]], *, precision: str = "fp32", backend: str | None = None
+) -> list[torch.Tensor]:
+    """``|u diag(s) vh|`` of each factor triple: DeFT-X's selection scores.
+
+    On the Triton backend it is one launch per output shape (ranks may differ within it),
+    S is applied in registers and the absolute value in the epilogue: each (m, n) score
+    is the only (m, n) buffer written.
+
+    Args:
+        factors: :class:`LowRankFactors` or ``(u (m, r), s (r,), vh (r, n))`` fp32 tuples.
+        precision: ``"fp32"`` (default), ``"tf32x3"`` or ``"bf16"`` products (Triton).
+        backend: ``"auto" | "triton" | "torch"``.
+
+    Returns:
+        One new (m, n) fp32 tensor per triple, in input order (zeros where r = 0).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"reconstruct_magnitudes: precision must be one of {PRECISIONS}, got {precision!r}")
+    wanted = requested_backend(backend)
+    by_device: dict[torch.device, list[int]] = {}
+    for i, (u, s, vh, *_) in enumerate(factors):
+        if u.dtype != torch.float32 or s.dtype != torch.float32 or vh.dtype != torch.float32:
+            raise TypeError(f"reconstruct_magnitudes: factors[{i}] must be fp32, got {u.dtype}, {s.dtype}, {vh.dtype}")
+        if u.dim() != 2 or vh.dim() != 2 or s.shape != (u.shape[1],) or vh.shape[0] != u.shape[1]:
+            raise ValueError(
+                f"reconstruct_magnitudes: factors[{i}] shapes {tuple(u.shape)}, {tuple(s.shape)}, {tuple(vh.shape)} "
+                "are not (m, r), (r,), (r, n)"
+            )
+        if not u.device == s.device == vh.device:
+            raise ValueError(f"reconstruct_magnitudes: factors[{i}] are on several devices")
+        by_device.setdefault(u.device, []).append(i)
+    scores: list[torch.Tensor | None] = [None] * len(factors)
+    for members in by_device.values():
+        us, ss, vhs = ([factors[i][part].detach() for i in members] for part in range(3))
+        for i, score in zip(members, library.reconstruct_abs(us, ss, vhs, precision, wanted), strict=True):
+            scores[i] = score
+    return scores
+
+
+def denoised_magnitudes_batched(
+    matrices: Sequence[torch.Tensor],
+    bases: Sequence[torch.Tensor | None] | None = None,
+    *,
+    rank: int | None = None,
+    energy: float | None = None,
+    method: str = "randomized",
+    oversample: int = 8,
+    n_iter: int = 2,
+    seed: int = 0,
+    precision: str = "fp32",
+    backend: str | None = None,
+) -> list[torch.Tensor]:
+    """|rank-r reconstruction of Δ_i| for many pairs: DeFT-X's selection scores, batched.
+
+    :func:`lowrank_factors_batched` (without reporting energies under a fixed ``rank``,
+    which saves the energy pass) followed by :func:`reconstruct_magnitudes`; same
+    arguments. Returns one (m_i, n_i) fp32 tensor per matrix, in input order.
+    """
+    pairs = list(bases) if bases is not None else [None] * len(matrices)
+    settings = _settings(
+        "denoised_magnitudes_batched", False, matrices, pairs, rank, energy, method, oversample, n_iter, seed,
+        precision, backend,
+    )
+    factors = _factorize("denoised_magnitudes_batched", matrices, pairs, settings, report=False)
+    return reconstruct_magnitudes(factors, precision=precision, backend=backend)
 
 
 def lowrank_factors(
@@ -114,21 +486,18 @@ def lowrank_factors(
     oversample: int = 8,
     n_iter: int = 2,
     seed: int = 0,
+    precision: str = "fp32",
     backend: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Truncated SVD factors of Δ = matrix − base: U (m, r), S (r,), Vh (r, n), fp32."""
-    _check_inputs(matrix, base, rank, energy)
-    if min(matrix.shape) == 0:
-        m, n = matrix.shape
-        dev = matrix.device
-        return torch.zeros(m, 0, device=dev), torch.zeros(0, device=dev), torch.zeros(0, n, device=dev)
-    if method == "exact":
-        return _exact_factors(matrix, base, rank, energy)
-    if method == "randomized":
-        if oversample < 0 or n_iter < 0:
-            raise ValueError("lowrank_denoise: oversample and n_iter must be >= 0")
-        return _randomized_factors(matrix, base, rank, energy, oversample, n_iter, seed, backend)
-    raise ValueError(f"lowrank_denoise: method must be 'exact' or 'randomized', got {method!r}")
+    """Truncated SVD factors of Δ = matrix − base: U (m, r), S (r,), Vh (r, n), fp32.
+
+    One matrix through :func:`lowrank_factors_batched`'s path (same Ω, same result).
+    """
+    settings = _settings(
+        "lowrank_denoise", True, [matrix], [base], rank, energy, method, oversample, n_iter, seed, precision, backend
+    )
+    u, s, vh, _ = _factorize("lowrank_denoise", [matrix], [base], settings, report=False)[0]
+    return u, s, vh
 
 
 def lowrank_denoise(
@@ -142,6 +511,7 @@ def lowrank_denoise(
     n_iter: int = 2,
     seed: int = 0,
     return_factors: bool = False,
+    precision: str = "fp32",
     backend: str | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Rank-r reconstruction of Δ = matrix − base (or of ``matrix`` when ``base`` is None).
@@ -152,7 +522,7 @@ def lowrank_denoise(
         energy: keep the fewest components holding this fraction of ``||Δ||_F^2``.
         base: (m, n) tensor subtracted first (θ0); the Triton path fuses the subtraction.
         method: ``"randomized"`` (default) or ``"exact"``.
-        oversample, n_iter, seed: randomized sketch settings (see module docstring).
+        oversample, n_iter, seed, precision: randomized sketch settings (see module docstring).
         return_factors: also return U (m, r), S (r,), Vh (r, n).
 
     Returns:
@@ -167,6 +537,7 @@ def lowrank_denoise(
         oversample=oversample,
         n_iter=n_iter,
         seed=seed,
+        precision=precision,
         backend=backend,
     )
     recon = (u * s) @ vh
@@ -183,25 +554,23 @@ def denoised_magnitudes(
     oversample: int = 8,
     n_iter: int = 2,
     seed: int = 0,
+    precision: str = "fp32",
     backend: str | None = None,
 ) -> torch.Tensor:
     """|rank-r reconstruction of Δ|, (m, n) fp32: DeFT-X's selection score for one matrix.
 
-    On CUDA the reconstruction and the absolute value are one fused kernel, so the score
-    is the only (m, n) buffer written.
+    :func:`denoised_magnitudes_batched` of one pair: on CUDA the reconstruction and the
+    absolute value are one fused kernel, so the score is the only (m, n) buffer written.
     """
-    u, s, vh = lowrank_factors(
-        matrix,
-        rank,
+    return denoised_magnitudes_batched(
+        [matrix],
+        [base],
+        rank=rank,
         energy=energy,
-        base=base,
         method=method,
         oversample=oversample,
         n_iter=n_iter,
         seed=seed,
+        precision=precision,
         backend=backend,
-    )
-    if s.numel() == 0:
-        return torch.zeros(matrix.shape, dtype=torch.float32, device=matrix.device)
-    ops = backend_for("rsvd", matrix.device, backend)
-    return ops.reconstruct_abs((u * s).contiguous(), vh.contiguous())
+    )[0]

@@ -124,3 +124,55 @@ def masked_adamw_step(
 @masked_adamw_step.register_fake
 def _masked_adamw_step_fake(params, grads, indices, masters, exp_avgs, exp_avg_sqs, bases, *rest) -> None:
     return None
+
+
+@torch.library.custom_op("deftx::randomized_svd", mutates_args=())
+def randomized_svd(
+    w1s: list[torch.Tensor], w0s: list[torch.Tensor], omega: torch.Tensor, n_iter: int, precision: str, backend: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Randomized SVD of G >= 1 same-shape differences with one shared sketch (``w0s`` empty: no base).
+
+    Returns U (G, m, k), S (G, k), Vh (G, k, n) fp32 with k = min(m, n, q), omega (n, q).
+    """
+    device = common_device([*w1s, *w0s, omega], "randomized_svd")
+    return backend_for("rsvd", device, backend).randomized_svd_group(
+        w1s, w0s or None, omega, n_iter, precision=precision
+    )
+
+
+@randomized_svd.register_fake
+def _randomized_svd_fake(w1s, w0s, omega, n_iter, precision, backend):
+    (m, n), q = w1s[0].shape, omega.shape[1]
+    k = min(m, n, q)
+    batch = len(w1s)
+    return (
+        omega.new_empty(batch, m, k),
+        omega.new_empty(batch, k),
+        omega.new_empty(batch, k, n),
+    )
+
+
+@torch.library.custom_op("deftx::difference_energy", mutates_args=())
+def difference_energy(w1s: list[torch.Tensor], w0s: list[torch.Tensor], backend: str) -> torch.Tensor:
+    """``||f32(w1s[g]) − f32(w0s[g])||_F²`` of G same-shape pairs as (G,) fp64 (``w0s`` empty: no base)."""
+    device = common_device([*w1s, *w0s], "difference_energy")
+    return backend_for("rsvd", device, backend).difference_energy(w1s, w0s or None)
+
+
+@difference_energy.register_fake
+def _difference_energy_fake(w1s, w0s, backend):
+    return w1s[0].new_empty(len(w1s), dtype=torch.float64)
+
+
+@torch.library.custom_op("deftx::reconstruct_abs", mutates_args=())
+def reconstruct_abs(
+    us: list[torch.Tensor], ss: list[torch.Tensor], vhs: list[torch.Tensor], precision: str, backend: str
+) -> list[torch.Tensor]:
+    """``|us[i] diag(ss[i]) vhs[i]|`` of validated fp32 factors: one new (m_i, n_i) fp32 tensor each."""
+    device = common_device([*us, *ss, *vhs], "reconstruct_abs")
+    return backend_for("rsvd", device, backend).reconstruct_magnitudes(us, ss, vhs, precision=precision)
+
+
+@reconstruct_abs.register_fake
+def _reconstruct_abs_fake(us, ss, vhs, precision, backend):
+    return [u.new_empty(u.shape[0], vh.shape[1], dtype=torch.float32) for u, vh in zip(us, vhs, strict=True)]

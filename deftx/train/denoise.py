@@ -10,6 +10,15 @@ With ``add_back_residual`` the discarded part R = Δ − Δ̂ is magnitude-prune
 ``residual_keep`` fraction of entries kept, per matrix) and added back before ranking:
 score = ``|Δ̂ + prune(R)|``.
 
+The denoised matrices go through the batched ops of :mod:`deftx.ops.denoise`: matrices
+are grouped by shape, each group is one randomized-SVD call (one kernel launch per product
+on the Triton backend, Δ never formed, one seeded sketch per width shared by the group),
+and the scores ``|U_r S_r Vh_r|`` are one fused launch per shape, the only (m, n) buffer
+written per matrix. The residual variant forms Δ and Δ̂ in torch (it needs both).
+Products run at the ops' default IEEE fp32 precision: ``DenoiseConfig`` has no precision
+field, because a new field changes the content digest of every DeFT-X branch in the step
+store (``to_plain`` of the selection), so cached runs would be recomputed.
+
 Scores are fp32 tensors shaped like the parameters; one is alive per parameter, never
 one model-sized concatenation.
 """
@@ -23,7 +32,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from deftx.ops import lowrank_factors, topk_mask
+from deftx.ops import LowRankFactors, lowrank_factors_batched, reconstruct_magnitudes, topk_mask
 from deftx.train.config import DenoiseConfig
 
 
@@ -56,6 +65,48 @@ def keep_largest(matrix: torch.Tensor, fraction: float) -> torch.Tensor:
     return torch.where(mask, matrix, torch.zeros_like(matrix))
 
 
+def _factors(
+    theta1: list[torch.Tensor], theta0: list[torch.Tensor], config: DenoiseConfig
+) -> list[LowRankFactors]:
+    """Truncated-SVD factors of every θ1 − θ0 (batched by shape), with the energy they hold."""
+    return lowrank_factors_batched(
+        theta1, theta0, rank=config.rank, energy=config.energy, method=config.method,
+        oversample=config.oversample, n_iter=config.n_iter, seed=config.seed,
+    )
+
+
+def _with_residual(
+    theta1: torch.Tensor, theta0: torch.Tensor, factors: LowRankFactors, keep: float
+) -> torch.Tensor:
+    """``|Δ̂ + prune(Δ − Δ̂)|`` (m, n) fp32: forms Δ and Δ̂ in torch (the residual needs both)."""
+    delta = theta1.float() - theta0.float()
+    recon = (factors.u * factors.s) @ factors.vh
+    recon += keep_largest(delta - recon, keep)
+    return recon.abs_()
+
+
+def matrix_scores(
+    theta1: list[torch.Tensor], theta0: list[torch.Tensor], config: DenoiseConfig
+) -> list[tuple[torch.Tensor, int, float]]:
+    """DeFT-X scores of many 2-D matrices, batched: one rSVD call and one fused
+    ``|U S Vh|`` call per shape group (see :func:`deftx.ops.lowrank_factors_batched`).
+
+    Returns:
+        Per matrix, in order: (scores (m, n) fp32, rank kept, fraction of ``||Δ||_F^2``
+        the kept rank holds).
+    """
+    for w1 in theta1:
+        if w1.dim() != 2:
+            raise ValueError(f"denoising needs a 2-D matrix, got shape {tuple(w1.shape)}")
+    factors = _factors(theta1, theta0, config)
+    if config.add_back_residual:
+        keep = config.residual_keep
+        scores = [_with_residual(a, b, f, keep) for a, b, f in zip(theta1, theta0, factors, strict=True)]
+    else:
+        scores = reconstruct_magnitudes(factors)
+    return [(score, int(f.s.numel()), f.energy) for score, f in zip(scores, factors, strict=True)]
+
+
 def denoised_scores(
     theta1: torch.Tensor, theta0: torch.Tensor, config: DenoiseConfig
 ) -> tuple[torch.Tensor, int, float]:
@@ -64,19 +115,7 @@ def denoised_scores(
     Returns:
         (scores (m, n) fp32, rank kept, fraction of ``||Δ||_F^2`` the kept rank holds).
     """
-    if theta1.dim() != 2:
-        raise ValueError(f"denoising needs a 2-D matrix, got shape {tuple(theta1.shape)}")
-    u, s, vh = lowrank_factors(
-        theta1, config.rank, energy=config.energy, base=theta0, method=config.method,
-        oversample=config.oversample, n_iter=config.n_iter, seed=config.seed,
-    )
-    delta = theta1.float() - theta0.float()
-    total = float(delta.square().sum(dtype=torch.float64))
-    energy = float(s.double().square().sum()) / total if total > 0 else 1.0
-    recon = (u * s) @ vh
-    if config.add_back_residual:
-        recon += keep_largest(delta - recon, config.residual_keep)
-    return recon.abs_(), int(s.numel()), energy
+    return matrix_scores([theta1], [theta0], config)[0]
 
 
 def selection_scores(
@@ -89,26 +128,35 @@ def selection_scores(
 ) -> tuple[dict[str, torch.Tensor], list[DenoiseRecord]]:
     """Per-parameter selection scores for LT-SFT (``denoise=None``) or DeFT-X.
 
+    The denoised matrices are scored together (:func:`matrix_scores`: batched by shape,
+    Δ never formed on the Triton backend); every other parameter by its raw ``|Δ|``.
+
     Args:
         theta1, theta0: name -> tensor for every eligible parameter (same keys).
         groups: name -> parameter group (see :mod:`deftx.train.params`).
         denoise: DeFT-X settings, or None for raw ``|Δ|`` everywhere.
-        progress: show a tqdm bar over the parameters.
+        progress: show a tqdm bar over the raw-scored parameters.
 
     Returns:
-        (name -> fp32 scores shaped like the parameter, one record per denoised matrix).
+        (name -> fp32 scores shaped like the parameter, one record per denoised matrix,
+        in ``theta1``'s order).
     """
     if set(theta1) != set(theta0):
         raise ValueError("θ1 and θ0 must hold the same parameter names")
+    denoised = [
+        name for name in theta1
+        if denoise is not None and theta1[name].dim() == 2 and groups[name] in denoise.groups
+    ]
     scores: dict[str, torch.Tensor] = {}
     records: list[DenoiseRecord] = []
-    bar = tqdm(list(theta1), desc="scoring (deft-x)" if denoise else "scoring (|Δ|)",
-               disable=not progress, leave=False)
-    for name in bar:
-        w1, w0 = theta1[name], theta0[name]
-        if denoise is not None and w1.dim() == 2 and groups[name] in denoise.groups:
-            scores[name], rank, energy = denoised_scores(w1, w0, denoise)
-            records.append(DenoiseRecord(name, (int(w1.shape[0]), int(w1.shape[1])), rank, energy))
-        else:
-            scores[name] = raw_scores(w1, w0)
-    return scores, records
+    if denoised:
+        batch = matrix_scores([theta1[n] for n in denoised], [theta0[n] for n in denoised], denoise)
+        for name, (score, rank, energy) in zip(denoised, batch, strict=True):
+            scores[name] = score
+            shape = theta1[name].shape
+            records.append(DenoiseRecord(name, (int(shape[0]), int(shape[1])), rank, energy))
+    chosen = set(denoised)
+    raw = [name for name in theta1 if name not in chosen]
+    for name in tqdm(raw, desc="scoring (|Δ|)", disable=not progress, leave=False):
+        scores[name] = raw_scores(theta1[name], theta0[name])
+    return {name: scores[name] for name in theta1}, records

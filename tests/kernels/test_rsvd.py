@@ -351,11 +351,13 @@ def test_unaligned_rows_use_the_unaligned_specialisation(recorded):
 def test_specializations_cover_every_configuration():
     names = [s.name for s in rsvd.SPECIALIZATIONS]
     assert len(names) == len(set(names))
-    per_kernel = len(rsvd.WEIGHT_DTYPES) * 2 * 2  # dtype x base x alignment
-    assert len(names) == len(rsvd.MATMUL_CONFIGS) * per_kernel + 4
+    per_dtype = 2 * 2  # base x alignment
+    matmuls = sum(len(rsvd.PRECISION_WEIGHT_DTYPES[p]) * per_dtype for (_, p, _) in rsvd.MATMUL_CONFIGS)
+    energies = len(rsvd.WEIGHT_DTYPES) * per_dtype
+    assert len(names) == matmuls + len(rsvd.PRECISIONS) * 2 + energies  # reconstruct: precision x alignment
     for spec in rsvd.SPECIALIZATIONS:
         assert set(spec.constexprs) == {k for k, v in spec.signature.items() if v == "constexpr"}
-        assert ("tensor_cores" in spec.promises) == spec.constexprs["DOT_BF16"]
+        assert ("tensor_cores" in spec.promises) == (spec.constexprs.get("PRECISION") in rsvd.TENSOR_CORE_PRECISIONS)
         assert ("vectorized_loads" in spec.promises) == (spec.constexprs["ALIGN"] > 1)
 
 
