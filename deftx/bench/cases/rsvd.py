@@ -1,10 +1,14 @@
 """Benchmark case: truncated SVD of every weight difference Δ = W1 − W0 of a model.
 
 Matrices: every 2-D tensor of the set with ``min(m, n) > rank + oversample`` (smaller
-ones, e.g. a 1×768 token-type embedding, are not worth a sketch). Per matrix:
+ones, e.g. a 1×768 token-type embedding, are not worth a sketch).
 
-* deftx: ``deftx.ops.lowrank_factors(W1, rank, base=W0, oversample=p, n_iter=i, backend=...)``
-  (the subtraction is fused into the products on CUDA).
+* deftx: ``deftx.ops.lowrank_factors_batched(W1s, W0s, rank=r, oversample=p, n_iter=i,
+  backend=...)``, one call for all matrices, as DeFT-X scoring in training calls it (one
+  launch per shape group and product, the subtraction fused into the products on CUDA).
+
+Per matrix:
+
 * ``svd_lowrank``: ``torch.svd_lowrank(W1.float() - W0.float(), q=rank + p, niter=i)``,
   truncated to ``rank`` — the same sketch size and power iterations, so the two land at
   the same reconstruction error (reported for each).
@@ -25,7 +29,7 @@ import torch
 
 from deftx.bench import synthetic
 from deftx.bench.cases.base import CaseSpec, Traffic, backend_of
-from deftx.ops import lowrank_factors
+from deftx.ops import lowrank_factors_batched
 
 OP = "rsvd"
 DISPATCH_OP = "rsvd"
@@ -81,11 +85,12 @@ def bind(impl: str, inputs: RsvdInputs) -> Callable[[], Factors]:
     """The thunk timed for ``impl``: factors (U, S, Vh) of every matrix."""
     backend = backend_of(impl)
     if backend is not None:
+        matrices, bases = [w1 for w1, _ in inputs.pairs], [w0 for _, w0 in inputs.pairs]
         return lambda: [
-            lowrank_factors(
-                w1, inputs.rank, base=w0, oversample=inputs.oversample, n_iter=inputs.n_iter, backend=backend
+            (f.u, f.s, f.vh)
+            for f in lowrank_factors_batched(
+                matrices, bases, rank=inputs.rank, oversample=inputs.oversample, n_iter=inputs.n_iter, backend=backend
             )
-            for w1, w0 in inputs.pairs
         ]
     solver = {"svd_lowrank": _svd_lowrank, "linalg_svd": _linalg_svd}.get(impl)
     if solver is None:
