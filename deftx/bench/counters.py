@@ -6,7 +6,8 @@
   that reads or writes a tensor on ``device`` counts as one launch unless it only makes a view
   or allocates (``empty``, ``lift_fresh``, ...). Copies count (``copy_``, ``_to_copy``). An op
   counts once even where its CUDA implementation launches several kernels (``cumsum``,
-  ``repeat_interleave``), so this is a lower bound on kernels.
+  ``repeat_interleave``), so this is a lower bound on kernels. Custom ops
+  (``torch.ops.deftx.*``) are looked into: their aten ops count, not the op itself.
 * **Triton launches** — every ``kernel[grid](...)``, compiled or interpreted.
 * **host syncs** — every point where the host waits for the device's data:
   ``.item()`` / ``int()`` / ``bool()`` / ``float()`` of a device tensor (``_local_scalar_dense``),
@@ -41,7 +42,7 @@ from torch.utils._pytree import tree_leaves
 
 NOT_LAUNCHES: frozenset[str] = frozenset({
     "aten::empty", "aten::empty_strided", "aten::empty_like", "aten::new_empty",
-    "aten::new_empty_strided", "aten::lift_fresh", "aten::detach", "aten::alias",
+    "aten::new_empty_strided", "aten::lift_fresh", "aten::detach", "aten::detach_", "aten::alias",
     "aten::_unsafe_view", "aten::set_", "aten::resize_", "aten::is_pinned", "aten::_pin_memory",
     "aten::_local_scalar_dense",
 })
@@ -52,6 +53,9 @@ DATA_DEPENDENT_SHAPE: frozenset[str] = frozenset({
     "aten::unique_consecutive", "aten::equal", "aten::is_nonzero",
 })
 """Aten ops whose result size (or value) the host needs: they wait for the device."""
+
+_BACKEND_KEYS = {"cpu": torch._C.DispatchKey.CPU, "cuda": torch._C.DispatchKey.CUDA, "meta": torch._C.DispatchKey.Meta}
+"""Where a custom op's kernel is re-dispatched to, by device type."""
 
 HOST_READS: frozenset[str] = frozenset({"tolist", "numpy"})
 """Tensor methods that hand device data to Python without an aten op the dispatcher sees."""
@@ -133,6 +137,7 @@ class _DispatchCounter(TorchDispatchMode):
         super().__init__()
         self.work = work
         self.quiet_syncs = 0  # > 0 inside a host read already counted by the function mode
+        self.in_kernel = 0  # > 0 inside a Triton launch: the interpreter's own copies are not the code's
 
     def _on_device(self, tensor: torch.Tensor) -> bool:
         return tensor.device == self.work.device
@@ -163,10 +168,24 @@ class _DispatchCounter(TorchDispatchMode):
             return name
         return self._copy_sync(name, args, kwargs, out)
 
+    def _run_custom_op(self, func, args: tuple, kwargs: dict) -> Any:
+        """Run a non-aten op's kernel with this mode active, so that its aten ops are counted.
+
+        (Inside ``__torch_dispatch__`` the mode is off: a plain call would hide them.)
+        """
+        tensors = _tensors((args, kwargs))
+        key = _BACKEND_KEYS.get(tensors[0].device.type) if tensors else None
+        if key is None:
+            return func(*args, **kwargs)
+        with self:
+            return func.redispatch(torch._C.DispatchKeySet(key), *args, **kwargs)
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func.namespace != "aten":
+            return self._run_custom_op(func, args, kwargs)
         out = func(*args, **kwargs)
-        if not any(self._on_device(t) for t in _tensors((args, kwargs, out))):
+        if self.in_kernel or not any(self._on_device(t) for t in _tensors((args, kwargs, out))):
             return out
         name = func._schema.name
         cause = self._sync_cause(name, args, kwargs, out)
@@ -200,9 +219,10 @@ class _HostReadCounter(TorchFunctionMode):
 
 
 @contextlib.contextmanager
-def _count_triton_launches(work: DeviceWork) -> Iterator[None]:
+def _count_triton_launches(work: DeviceWork, dispatch: _DispatchCounter) -> Iterator[None]:
     """Count every ``kernel[grid](...)`` (``KernelInterface.__getitem__``, shared by compiled
-    and interpreted kernels) while the block runs."""
+    and interpreted kernels) while the block runs; the torch ops the interpreter runs to move
+    a kernel's arguments are part of the launch, not counted."""
     try:
         from triton.runtime.jit import KernelInterface
     except ImportError:
@@ -216,7 +236,11 @@ def _count_triton_launches(work: DeviceWork) -> Iterator[None]:
 
         def counted_launch(*args, **kwargs):
             work.triton_launches[name] += 1
-            return launch(*args, **kwargs)
+            dispatch.in_kernel += 1
+            try:
+                return launch(*args, **kwargs)
+            finally:
+                dispatch.in_kernel -= 1
 
         return counted_launch
 
@@ -259,5 +283,5 @@ def count_device_work(device: torch.device | str) -> Iterator[DeviceWork]:
     """
     work = DeviceWork(device=_normalized(device))
     dispatch = _DispatchCounter(work)
-    with _cuda_sync_reports(work), _count_triton_launches(work), _HostReadCounter(dispatch), dispatch:
+    with _cuda_sync_reports(work), _count_triton_launches(work, dispatch), _HostReadCounter(dispatch), dispatch:
         yield work
