@@ -27,8 +27,7 @@ import triton
 import triton.language as tl
 from triton import knobs
 
-from . import KernelSpec
-from .host import upload
+from . import KernelSpec, upload
 
 PARAM_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16)
 BLOCK = 1024

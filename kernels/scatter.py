@@ -53,8 +53,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import KernelSpec
-from .host import upload
+from . import KernelSpec, upload
 
 CHUNK = 1024
 """Entries per inner-loop step of the scatter-add kernel (8 per thread at 4 warps)."""

@@ -59,8 +59,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import KernelSpec
-from .host import upload
+from . import KernelSpec, upload
 
 RADIX_BITS = 8
 RADIX = 1 << RADIX_BITS

@@ -9,7 +9,7 @@ from typing import Literal
 
 import torch
 
-from deftx.kernels.host import upload
+from deftx.kernels import upload
 from deftx.ops import library
 from deftx.ops.dispatch import common_device, requested_backend
 from deftx.ops.validation import as_tensor_list, check_count, check_float_dtype
