@@ -159,13 +159,14 @@ class _DispatchCounter(TorchDispatchMode):
             return "blocking host-to-device copy"
         return None
 
-    def _sync_cause(self, name: str, args: tuple, kwargs: dict, out: Any) -> str | None:
+    def _sync_cause(self, func, args: tuple, kwargs: dict, out: Any) -> str | None:
+        name = func._schema.name
         if name == "aten::_local_scalar_dense":
             return "item"
         if name in DATA_DEPENDENT_SHAPE or _is_bool_index(name, args):
             return name
-        if name == "aten::repeat_interleave" and kwargs.get("output_size") is None:
-            return name
+        if func is torch.ops.aten.repeat_interleave.Tensor and kwargs.get("output_size") is None:
+            return name  # repeats given as a tensor: the output size is their sum
         return self._copy_sync(name, args, kwargs, out)
 
     def _run_custom_op(self, func, args: tuple, kwargs: dict) -> Any:
@@ -188,7 +189,7 @@ class _DispatchCounter(TorchDispatchMode):
         if self.in_kernel or not any(self._on_device(t) for t in _tensors((args, kwargs, out))):
             return out
         name = func._schema.name
-        cause = self._sync_cause(name, args, kwargs, out)
+        cause = self._sync_cause(func, args, kwargs, out)
         if name not in NOT_LAUNCHES and not func.is_view and cause != "device-to-host copy":
             self.work.torch_ops[name] += 1
         if cause is not None and not self.quiet_syncs:

@@ -42,6 +42,7 @@ def test_data_dependent_output_sizes_are_syncs():
         x[x > 0]
         torch.repeat_interleave(counts)
         torch.repeat_interleave(counts, output_size=4)  # the size is given: no sync
+        torch.repeat_interleave(x, 2)  # repeats known on the host: no sync
         torch.equal(x, x)
     assert work.syncs == {"aten::nonzero": 1, "aten::index": 1, "aten::repeat_interleave": 1, "aten::equal": 1}
 
