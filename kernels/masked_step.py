@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 from triton import knobs
 
-from . import KernelSpec
+from . import KernelSpec, upload
 
 PARAM_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16)
 BLOCK = 1024
@@ -171,18 +171,41 @@ def _masked_adamw_kernel(
 
 # --------------------------------------------------------------------------- launcher
 
-_TABLES: dict[tuple, tuple[torch.Tensor, torch.Tensor, bool]] = {}
+_BLOCK_TABLES: dict[tuple, torch.Tensor] = {}
+_ADDRESS_TABLES: dict[tuple, tuple[torch.Tensor, bool]] = {}
 
 
-def _tables(
-    rows: list[tuple[torch.Tensor, ...]], device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """(tensor table, block table, aligned) for rows of (param, grad, idx, master, m, v, base|None).
+def _cached(cache: dict, key: tuple, build):
+    """``cache[key]``, built by ``build()`` on a miss; the oldest entry goes past the cache size."""
+    value = cache.get(key)
+    if value is None:
+        value = build()
+        if len(cache) >= _TABLE_CACHE_SIZE:
+            cache.pop(next(iter(cache)))
+        cache[key] = value
+    return value
 
-    Tables hold addresses only, so a cached pair is valid whenever the addresses and sizes
-    match: the cache key is exactly the table's content.
+
+def _block_table(counts: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """int32 (P, 2) rows (tensor, block) of every BLOCK-entry block of tensors with ``counts`` entries.
+
+    It depends on the entry counts only, so an optimizer's steps share one (built once).
     """
-    entries = [
+
+    def build() -> torch.Tensor:
+        rows = [v for t, count in enumerate(counts) for block in range(triton.cdiv(count, BLOCK)) for v in (t, block)]
+        return upload(rows, device, torch.int32).view(-1, 2)
+
+    return _cached(_BLOCK_TABLES, (device, BLOCK, counts), build)
+
+
+def _address_table(rows: list[tuple[torch.Tensor, ...]], device: torch.device) -> tuple[torch.Tensor, bool]:
+    """(int64 (T, 8) tensor table, aligned) for rows of (param, grad, idx, master, m, v, base|None).
+
+    The table holds addresses and sizes only, so the cache key is exactly its content: a step
+    over the same tensors (and gradients at the same addresses) uploads nothing.
+    """
+    entries = tuple(
         (
             param.data_ptr(),
             grad.data_ptr(),
@@ -194,23 +217,13 @@ def _tables(
             idx.numel(),
         )
         for param, grad, idx, master, exp_avg, exp_avg_sq, base in rows
-    ]
-    key = (device, tuple(entries))
-    cached = _TABLES.get(key)
-    if cached is not None:
-        return cached
-    aligned = all(address % 16 == 0 for entry in entries for address in entry[2:7])
-    tensor_table = torch.tensor(entries, dtype=torch.int64)
-    blocks_per_tensor = torch.tensor([triton.cdiv(entry[7], BLOCK) for entry in entries])
-    tensor_of_block = torch.repeat_interleave(torch.arange(len(entries)), blocks_per_tensor)
-    first_block = torch.cumsum(blocks_per_tensor, 0) - blocks_per_tensor
-    block_in_tensor = torch.arange(tensor_of_block.numel()) - first_block[tensor_of_block]
-    block_table = torch.stack([tensor_of_block, block_in_tensor], dim=1).to(torch.int32)
-    result = (tensor_table.to(device), block_table.contiguous().to(device), aligned)
-    if len(_TABLES) >= _TABLE_CACHE_SIZE:
-        _TABLES.pop(next(iter(_TABLES)))
-    _TABLES[key] = result
-    return result
+    )
+
+    def build() -> tuple[torch.Tensor, bool]:
+        aligned = all(address % 16 == 0 for entry in entries for address in entry[2:7])
+        return upload([v for entry in entries for v in entry], device).view(-1, 8), aligned
+
+    return _cached(_ADDRESS_TABLES, (device, entries), build)
 
 
 def masked_adamw_step_(
@@ -240,7 +253,9 @@ def masked_adamw_step_(
         bases: T fp32 (K_t,) θ0 values, used when ``l1 != 0`` (None or empty otherwise).
         step: step number >= 1 (already incremented), for the bias corrections.
 
-    One launch per parameter dtype present, covering every tensor of that dtype.
+    One launch per parameter dtype present, covering every tensor of that dtype; its tables
+    are uploaded only when the tensors' addresses (or entry counts) change. Nothing is read
+    back from the device.
     """
     count = len(params)
     assert step >= 1, step
@@ -273,7 +288,8 @@ def masked_adamw_step_(
     )
     for dtype, rows in by_dtype.items():
         device = rows[0][0].device
-        tensor_table, block_table, aligned = _tables(rows, device)
+        tensor_table, aligned = _address_table(rows, device)
+        block_table = _block_table(tuple(row[2].numel() for row in rows), device)
         _masked_adamw_kernel[(block_table.shape[0],)](
             tensor_table,
             block_table,

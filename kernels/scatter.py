@@ -43,6 +43,8 @@ Restore
 
 from __future__ import annotations
 
+import array
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -51,7 +53,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import KernelSpec
+from . import KernelSpec, upload
 
 CHUNK = 1024
 """Entries per inner-loop step of the scatter-add kernel (8 per thread at 4 warps)."""
@@ -149,7 +151,8 @@ def _scatter_add_kernel(
 
     unit_tensor_ptr: int32 (U,) tensor of each unit; segments_ptr: int64 (D, U, 2) entry range
     of each diff in each unit; dense_table_ptr: int64 (T,) dense base addresses;
-    diff_table_ptr: int64 (3, D, T) index / value / saved base addresses; scales_ptr: fp32 (D,).
+    diff_table_ptr: int64 (3, D, T) index / value / saved base addresses; scales_ptr: int64
+    (D,) fp32 bit patterns of the scales.
     """
     u = tl.program_id(0)
     t = tl.load(unit_tensor_ptr + u)
@@ -166,7 +169,7 @@ def _scatter_add_kernel(
                 tl.store(saved + start + offs, tl.load(dense + idx, mask=mask), mask=mask)
         tl.debug_barrier()
     for d in range(num_diffs):
-        scale = tl.load(scales_ptr + d)
+        scale = tl.load(scales_ptr + d).to(tl.int32).to(tl.float32, bitcast=True)
         lo, hi, indices, values, saved = _diff_segment(
             segments_ptr, diff_table_ptr, u, t, d, num_units, num_tensors, num_diffs,
             DENSE, VALUE)
@@ -198,41 +201,59 @@ def _lower_bound(ptrs, count, value, steps):
     return first
 
 
-@triton.jit(do_not_specialize=["num_units", "num_tensors", "steps"])
+@triton.jit(do_not_specialize=["num_units", "num_tensors", "tensor_steps", "steps", "chunked"])
 def _segment_bounds_kernel(
-    unit_tensor_ptr,
-    unit_range_ptr,
+    unit_table_ptr,
     diff_table_ptr,
     count_ptr,
+    unit_tensor_ptr,
     segments_ptr,
     num_units,
     num_tensors,
+    tensor_steps,
     steps,
+    chunked,
     BLOCK: tl.constexpr,
 ):
-    """segments[d, u] = entries of diff d below the start / end of unit u's position range.
+    """The work units: unit_tensor[u] = its tensor t, segments[d, u] = diff d's entry range in it.
 
-    unit_range_ptr: int64 (U, 2) dense position range of each unit; diff_table_ptr: its first
+    unit_table_ptr: int64 (3, T) per tensor: first unit, span, limit. Unit u is number
+    ``i = u - first[t]`` of tensor t (t found by binary search over the first units). With
+    ``chunked`` (one diff) it is entries ``[i * span, min((i + 1) * span, limit))`` of that diff;
+    otherwise it is dense positions ``[i * span, min((i + 1) * span, limit))`` and diff d's
+    segment is found by binary search (lower bound) over its indices. diff_table_ptr: its first
     plane, int64 (D, T) index base addresses; count_ptr: int64 (D, T) entries of each diff.
     Grid: (cdiv(U, BLOCK), D).
     """
     d = tl.program_id(1)
     u = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = u < num_units
-    t = tl.load(unit_tensor_ptr + u, mask=mask, other=0)
-    ptrs = tl.load(diff_table_ptr + d * num_tensors + t, mask=mask, other=0)
-    ptrs = ptrs.to(tl.pointer_type(tl.int64))
-    count = tl.load(count_ptr + d * num_tensors + t, mask=mask, other=0)
-    for side in tl.static_range(2):
-        position = tl.load(unit_range_ptr + u * 2 + side, mask=mask, other=0)
-        bound = _lower_bound(ptrs, count, position, steps)
-        tl.store(segments_ptr + (d * num_units + u) * 2 + side, bound, mask=mask)
+    lanes = u.to(tl.int64) * 0
+    t = _lower_bound(unit_table_ptr + lanes, lanes + num_tensors, u + 1, tensor_steps) - 1
+    t = tl.where(mask, t, 0)
+    first = tl.load(unit_table_ptr + t, mask=mask, other=0)
+    span = tl.load(unit_table_ptr + num_tensors + t, mask=mask, other=0)
+    limit = tl.load(unit_table_ptr + 2 * num_tensors + t, mask=mask, other=0)
+    start = (u - first) * span
+    end = tl.minimum(start + span, limit)
+    if d == 0:
+        tl.store(unit_tensor_ptr + u, t.to(tl.int32), mask=mask)
+    if chunked:
+        tl.store(segments_ptr + u * 2, start, mask=mask)
+        tl.store(segments_ptr + u * 2 + 1, end, mask=mask)
+    else:
+        ptrs = tl.load(diff_table_ptr + d * num_tensors + t, mask=mask, other=0)
+        ptrs = ptrs.to(tl.pointer_type(tl.int64))
+        count = tl.load(count_ptr + d * num_tensors + t, mask=mask, other=0)
+        for side in tl.static_range(2):
+            position = tl.where(side == 0, start, end)
+            bound = _lower_bound(ptrs, count, position, steps)
+            tl.store(segments_ptr + (d * num_units + u) * 2 + side, bound, mask=mask)
 
 
 @triton.jit(do_not_specialize=["num_pairs"])
 def _scatter_restore_kernel(
     unit_pair_ptr,
-    unit_start_ptr,
     pair_table_ptr,
     num_pairs,
     DENSE: tl.constexpr,
@@ -240,8 +261,8 @@ def _scatter_restore_kernel(
 ):
     """dense[indices[j]] = saved[j] for one chunk of one (diff, tensor) pair.
 
-    unit_pair_ptr: int32 (U,) pair of each unit; unit_start_ptr: int64 (U,) first entry;
-    pair_table_ptr: int64 (4, P) dense / index / saved base addresses and entry counts.
+    unit_pair_ptr: int64 (U,) pair of each unit; pair_table_ptr: int64 (5, P) dense / index /
+    saved base addresses, entry counts and first unit of each pair.
     """
     u = tl.program_id(0)
     p = tl.load(unit_pair_ptr + u)
@@ -249,7 +270,8 @@ def _scatter_restore_kernel(
     indices = tl.load(pair_table_ptr + num_pairs + p).to(tl.pointer_type(tl.int64))
     saved = tl.load(pair_table_ptr + 2 * num_pairs + p).to(tl.pointer_type(DENSE))
     count = tl.load(pair_table_ptr + 3 * num_pairs + p)
-    offs = tl.load(unit_start_ptr + u) + tl.arange(0, CHUNK)
+    first_unit = tl.load(pair_table_ptr + 4 * num_pairs + p)
+    offs = (u - first_unit) * CHUNK + tl.arange(0, CHUNK)
     mask = offs < count
     idx = tl.load(indices + offs, mask=mask, other=0)
     tl.store(dense + idx, tl.load(saved + offs, mask=mask), mask=mask)
@@ -272,94 +294,94 @@ def _value_dtype(dense_dtype: torch.dtype, values: list[list[torch.Tensor]]) -> 
     return torch.float32
 
 
+def _float32_bits(values: Sequence[float]) -> list[int]:
+    """Each value rounded to fp32 (nearest even), as its signed 32-bit pattern."""
+    return list(array.array("i", array.array("f", values).tobytes()))
+
+
 @dataclass(frozen=True)
-class _Units:
-    """Work units of one group: the tensor of each unit and every diff's segment in it."""
+class _GroupPlan:
+    """One dense dtype's launch, planned on the host: its tables' place in the call's upload.
 
-    unit_tensor: torch.Tensor  # int32 (U,)
-    segments: torch.Tensor  # int64 (D, U, 2)
-
-    @property
-    def num_units(self) -> int:
-        return self.unit_tensor.numel()
-
-
-def _chunk_units(counts: torch.Tensor, device: torch.device) -> _Units:
-    """Single diff: units of UNIT_ENTRIES consecutive entries of each tensor (int64 counts)."""
-    per_tensor = (counts + UNIT_ENTRIES - 1) // UNIT_ENTRIES
-    unit_tensor = torch.repeat_interleave(torch.arange(counts.numel()), per_tensor)
-    first = torch.cumsum(per_tensor, 0) - per_tensor
-    lo = (torch.arange(unit_tensor.numel()) - first[unit_tensor]) * UNIT_ENTRIES
-    hi = torch.minimum(lo + UNIT_ENTRIES, counts[unit_tensor])
-    segments = torch.stack([lo, hi], dim=1)[None]
-    return _Units(unit_tensor.to(torch.int32).to(device), segments.to(device))
-
-
-def _span_units(
-    counts: torch.Tensor, numels: torch.Tensor, index_addresses: torch.Tensor,
-    device: torch.device,
-) -> _Units:
-    """Several diffs: equal position spans per tensor holding about UNIT_ENTRIES entries of all
-    diffs together on average; segments found on the device by binary search.
-
-    counts: int64 (D, T) entries; numels: int64 (T,); index_addresses: int64 (D, T), on device.
+    At ``at`` the upload holds dense addresses (T,), index / value / saved addresses
+    (3, D, T), entry counts (D, T) and the unit table (3, T): first unit, span, limit.
     """
-    entries = counts.sum(0)
-    span = torch.where(entries > 0, -(-numels * UNIT_ENTRIES // entries.clamp(min=1)), 1)
-    per_tensor = torch.where(entries > 0, -(-numels // span), 0)
-    unit_tensor = torch.repeat_interleave(torch.arange(numels.numel()), per_tensor)
-    first = torch.cumsum(per_tensor, 0) - per_tensor
-    start = (torch.arange(unit_tensor.numel()) - first[unit_tensor]) * span[unit_tensor]
-    end = torch.minimum(start + span[unit_tensor], numels[unit_tensor])
-    unit_range = torch.stack([start, end], dim=1).to(device)
-    unit_tensor = unit_tensor.to(torch.int32).to(device)
-    num_diffs, num_tensors = counts.shape
-    num_units = unit_tensor.numel()
-    segments = torch.empty((num_diffs, num_units, 2), dtype=torch.int64, device=device)
-    if num_units:
-        _segment_bounds_kernel[(triton.cdiv(num_units, SEARCH_BLOCK), num_diffs)](
-            unit_tensor, unit_range, index_addresses, counts.to(device), segments,
-            num_units, num_tensors, int(counts.max()).bit_length(), BLOCK=SEARCH_BLOCK,
-            num_warps=SCATTER_WARPS, num_stages=SCATTER_STAGES,
-        )
-    return _Units(unit_tensor, segments)
+
+    dense_dtype: torch.dtype
+    value_dtype: torch.dtype
+    num_tensors: int
+    num_units: int
+    max_count: int
+    at: int
+
+    def views(self, buffer: torch.Tensor, num_diffs: int) -> tuple[torch.Tensor, ...]:
+        """(dense table, diff table, counts, unit table) views of the uploaded buffer."""
+        t, d = self.num_tensors, num_diffs
+        sizes = (t, 3 * d * t, d * t, 3 * t)
+        starts = [self.at + sum(sizes[:i]) for i in range(len(sizes))]
+        return tuple(buffer[a: a + n] for a, n in zip(starts, sizes, strict=True))
 
 
-def _apply_group(
+def _unit_table(counts: list[list[int]], numels: list[int]) -> tuple[list[int], int]:
+    """(first unit, span, limit) per tensor, flattened row by row, and the number of units.
+
+    One diff: units of UNIT_ENTRIES consecutive entries (span counts entries, limit is the
+    entry count). Several diffs: equal position spans per tensor holding about UNIT_ENTRIES
+    entries of all diffs together on average (limit is the numel).
+    """
+    firsts, spans, limits, next_unit = [], [], [], 0
+    for t, numel in enumerate(numels):
+        entries = sum(row[t] for row in counts)
+        if len(counts) == 1:
+            span, limit = UNIT_ENTRIES, entries
+            units = -(-entries // UNIT_ENTRIES)
+        else:
+            span = -(-numel * UNIT_ENTRIES // entries) if entries else 1
+            limit = numel
+            units = -(-numel // span) if entries else 0
+        firsts.append(next_unit)
+        spans.append(span)
+        limits.append(limit)
+        next_unit += units
+    return firsts + spans + limits, next_unit
+
+
+def _plan_group(
     dense: list[torch.Tensor],
     indices: list[list[torch.Tensor]],
     values: list[list[torch.Tensor]],
     saved: list[list[torch.Tensor]] | None,
-    scales: torch.Tensor,
-) -> None:
-    """One launch applying every diff to the tensors of one dense dtype (lists are [d][t])."""
-    device = dense[0].device
-    dense_dtype = dense[0].dtype
-    value_dtype = _value_dtype(dense_dtype, values)
-    indices = [[i.contiguous() for i in row] for row in indices]
-    values = [[v.to(value_dtype).contiguous() for v in row] for row in values]
-    counts = torch.tensor([[i.numel() for i in row] for row in indices], dtype=torch.int64)
-    if not int(counts.sum()):
-        return
-    num_diffs, num_tensors = counts.shape
-    saved_rows = saved if saved is not None else [[None] * num_tensors] * num_diffs
-    diff_table = torch.tensor(
-        [[[x.data_ptr() if x is not None else 0 for x in row] for row in plane]
-         for plane in (indices, values, saved_rows)],
-        dtype=torch.int64,
-    ).to(device)
-    if num_diffs == 1:
-        units = _chunk_units(counts[0], device)
-    else:
-        numels = torch.tensor([w.numel() for w in dense], dtype=torch.int64)
-        units = _span_units(counts, numels, diff_table[0], device)
-    if not units.num_units:
-        return
-    dense_table = torch.tensor([w.data_ptr() for w in dense], dtype=torch.int64).to(device)
-    _scatter_add_kernel[(units.num_units,)](
-        units.unit_tensor, units.segments, dense_table, diff_table, scales,
-        units.num_units, num_tensors, num_diffs,
-        DENSE=_TL_DTYPE[dense_dtype], VALUE=_TL_DTYPE[value_dtype], SAVE=saved is not None,
+    value_dtype: torch.dtype,
+    at: int,
+) -> tuple[_GroupPlan, list[int]]:
+    """The plan of one dense dtype's tensors (lists are [d][t], values already of
+    ``value_dtype``) and its upload values, to be placed at offset ``at``."""
+    counts = [[i.numel() for i in row] for row in indices]
+    saved_rows = saved if saved is not None else [[None] * len(dense)] * len(indices)
+    addresses = [x.data_ptr() if x is not None else 0
+                 for plane in (indices, values, saved_rows) for row in plane for x in row]
+    units, num_units = _unit_table(counts, [w.numel() for w in dense])
+    plan = _GroupPlan(dense[0].dtype, value_dtype, len(dense), num_units, max(max(row) for row in counts), at)
+    flat_counts = [c for row in counts for c in row]
+    return plan, [w.data_ptr() for w in dense] + addresses + flat_counts + units
+
+
+def _launch_group(plan: _GroupPlan, tables: tuple[torch.Tensor, ...], scales: torch.Tensor, num_diffs: int,
+                  save: bool) -> None:
+    """The segment search, then the scatter-add of one dense dtype (two launches)."""
+    dense_table, diff_table, counts, unit_table = tables
+    device = dense_table.device
+    unit_tensor = torch.empty(plan.num_units, dtype=torch.int32, device=device)
+    segments = torch.empty((num_diffs, plan.num_units, 2), dtype=torch.int64, device=device)
+    _segment_bounds_kernel[(triton.cdiv(plan.num_units, SEARCH_BLOCK), num_diffs)](
+        unit_table, diff_table, counts, unit_tensor, segments,
+        plan.num_units, plan.num_tensors, plan.num_tensors.bit_length(), plan.max_count.bit_length(),
+        int(num_diffs == 1), BLOCK=SEARCH_BLOCK, num_warps=SCATTER_WARPS, num_stages=SCATTER_STAGES,
+    )
+    _scatter_add_kernel[(plan.num_units,)](
+        unit_tensor, segments, dense_table, diff_table, scales,
+        plan.num_units, plan.num_tensors, num_diffs,
+        DENSE=_TL_DTYPE[plan.dense_dtype], VALUE=_TL_DTYPE[plan.value_dtype], SAVE=save,
         CHUNK=CHUNK, num_warps=SCATTER_WARPS, num_stages=SCATTER_STAGES,
     )
 
@@ -370,6 +392,7 @@ def scatter_add_(
     values: Sequence[Sequence[torch.Tensor]],
     scales: Sequence[float],
     save: bool,
+    out: Sequence[Sequence[torch.Tensor]] | None = None,
 ) -> list[list[torch.Tensor]] | None:
     """Apply diffs ``d = 0, 1, ...`` in order: ``w[i] = cast(f32(w[i]) + f32(scale_d) * f32(v))``.
 
@@ -379,10 +402,15 @@ def scatter_add_(
         values: [d][t] fp32 / bf16 / fp16 (n_dt,) values.
         scales: D floats (rounded to fp32).
         save: also return the original values at every diff's indices.
+        out: with ``save``, [d][t] contiguous (n_dt,) tensors of dense[t]'s dtype that receive
+            them (allocated when None).
 
     Returns:
         With ``save``, saved[d][t] = original dense[t] (its dtype) at indices[d][t], gathered
         before any add; otherwise None.
+
+    One upload of the tables planned on the host, then two launches per dense dtype; nothing
+    is read back from the device.
     """
     num_diffs = len(indices)
     assert len(values) == num_diffs == len(scales)
@@ -390,20 +418,40 @@ def scatter_add_(
     assert all(w.dtype in _DTYPES and w.is_contiguous() for w in dense)
     assert all(i.dtype == torch.int64 for row in indices for i in row)
     saved = None
-    if save:
+    if save and out is not None:
+        saved = [list(row) for row in out]
+        assert all(s.dtype == w.dtype and s.is_contiguous() and s.numel() == i.numel()
+                   for s_row, i_row in zip(saved, indices, strict=True)
+                   for s, i, w in zip(s_row, i_row, dense, strict=True))
+    elif save:
         saved = [[torch.empty(i.numel(), dtype=w.dtype, device=w.device)
                   for i, w in zip(row, dense, strict=True)] for row in indices]
     if not num_diffs or not dense:
         return saved
-    scale_tensor = torch.tensor(list(scales), dtype=torch.float32).to(dense[0].device)
+    plans, upload_values, operands = [], [], []
     for members in _group_by_dtype(dense).values():
-        _apply_group(
+        group_values = [[row[t] for t in members] for row in values]
+        value_dtype = _value_dtype(dense[members[0]].dtype, group_values)
+        group_indices = [[row[t].contiguous() for t in members] for row in indices]
+        group_values = [[v.to(value_dtype).contiguous() for v in row] for row in group_values]
+        operands.append((group_indices, group_values))  # converted copies live until launched
+        plan, group_upload = _plan_group(
             [dense[t] for t in members],
-            [[row[t] for t in members] for row in indices],
-            [[row[t] for t in members] for row in values],
+            group_indices,
+            group_values,
             None if saved is None else [[row[t] for t in members] for row in saved],
-            scale_tensor,
+            value_dtype,
+            len(upload_values),
         )
+        if plan.num_units:
+            plans.append(plan)
+            upload_values += group_upload
+    if not plans:
+        return saved
+    scales_at = len(upload_values)
+    buffer = upload(upload_values + _float32_bits(scales), dense[0].device)
+    for plan in plans:
+        _launch_group(plan, plan.views(buffer, num_diffs), buffer[scales_at:], num_diffs, save)
     return saved
 
 
@@ -418,9 +466,13 @@ def scatter_restore_(
         dense: T contiguous fp32 / bf16 / fp16 tensors, modified in place.
         indices: [d][t] int64 (n_dt,) flat indices into dense[t].
         saved: [d][t] (n_dt,) values of dense[t]'s dtype, as returned by ``scatter_add_``.
+
+    One upload of the pair tables, then per dense dtype one ``repeat_interleave`` (unit ->
+    pair) and one launch.
     """
     assert len(saved) == len(indices)
     assert all(len(row) == len(dense) for row in (*indices, *saved))
+    groups, upload_values, operands = [], [], []
     for dtype, members in _group_by_dtype(dense).items():
         pairs = [(dense[t], row_i[t].contiguous(), row_s[t].contiguous())
                  for row_i, row_s in zip(indices, saved, strict=True)
@@ -428,37 +480,40 @@ def scatter_restore_(
         if not pairs:
             continue
         assert all(s.dtype == dtype for _, _, s in pairs)
-        device = pairs[0][0].device
-        table = torch.tensor(
-            [[w.data_ptr() for w, _, _ in pairs], [i.data_ptr() for _, i, _ in pairs],
-             [s.data_ptr() for _, _, s in pairs], [i.numel() for _, i, _ in pairs]],
-            dtype=torch.int64,
-        )
-        per_pair = (table[3] + RESTORE_CHUNK - 1) // RESTORE_CHUNK
-        unit_pair = torch.repeat_interleave(torch.arange(len(pairs)), per_pair)
-        first = torch.cumsum(per_pair, 0) - per_pair
-        unit_start = (torch.arange(unit_pair.numel()) - first[unit_pair]) * RESTORE_CHUNK
-        _scatter_restore_kernel[(unit_pair.numel(),)](
-            unit_pair.to(torch.int32).to(device), unit_start.to(device), table.to(device),
-            len(pairs), DENSE=_TL_DTYPE[dtype], CHUNK=RESTORE_CHUNK,
+        operands.append(pairs)  # contiguous copies live until launched
+        units = [-(-i.numel() // RESTORE_CHUNK) for _, i, _ in pairs]
+        firsts = [0, *itertools.accumulate(units)][:-1]
+        groups.append((dtype, len(pairs), sum(units), len(upload_values)))
+        upload_values += ([w.data_ptr() for w, _, _ in pairs] + [i.data_ptr() for _, i, _ in pairs]
+                          + [s.data_ptr() for _, _, s in pairs] + [i.numel() for _, i, _ in pairs]
+                          + firsts + units)
+    if not groups:
+        return
+    buffer = upload(upload_values, dense[0].device)
+    for dtype, num_pairs, num_units, at in groups:
+        table = buffer[at: at + 5 * num_pairs]
+        units = buffer[at + 5 * num_pairs: at + 6 * num_pairs]
+        _scatter_restore_kernel[(num_units,)](
+            torch.repeat_interleave(units, output_size=num_units), table, num_pairs,
+            DENSE=_TL_DTYPE[dtype], CHUNK=RESTORE_CHUNK,
             num_warps=SCATTER_WARPS, num_stages=SCATTER_STAGES,
         )
 
 
 _ADD_SIGNATURE = {
     "unit_tensor_ptr": "*i32", "segments_ptr": "*i64", "dense_table_ptr": "*i64",
-    "diff_table_ptr": "*i64", "scales_ptr": "*fp32", "num_units": "i32", "num_tensors": "i32",
+    "diff_table_ptr": "*i64", "scales_ptr": "*i64", "num_units": "i32", "num_tensors": "i32",
     "num_diffs": "i32", "DENSE": "constexpr", "VALUE": "constexpr", "SAVE": "constexpr",
     "CHUNK": "constexpr",
 }
 _BOUNDS_SIGNATURE = {
-    "unit_tensor_ptr": "*i32", "unit_range_ptr": "*i64", "diff_table_ptr": "*i64",
-    "count_ptr": "*i64", "segments_ptr": "*i64", "num_units": "i32", "num_tensors": "i32",
-    "steps": "i32", "BLOCK": "constexpr",
+    "unit_table_ptr": "*i64", "diff_table_ptr": "*i64", "count_ptr": "*i64",
+    "unit_tensor_ptr": "*i32", "segments_ptr": "*i64", "num_units": "i32", "num_tensors": "i32",
+    "tensor_steps": "i32", "steps": "i32", "chunked": "i32", "BLOCK": "constexpr",
 }
 _RESTORE_SIGNATURE = {
-    "unit_pair_ptr": "*i32", "unit_start_ptr": "*i64", "pair_table_ptr": "*i64",
-    "num_pairs": "i32", "DENSE": "constexpr", "CHUNK": "constexpr",
+    "unit_pair_ptr": "*i64", "pair_table_ptr": "*i64", "num_pairs": "i32",
+    "DENSE": "constexpr", "CHUNK": "constexpr",
 }
 
 

@@ -11,13 +11,18 @@ package adds the checkout's ``kernels/`` folder to its ``__path__``.
 
 Each kernel module holds its ``@triton.jit`` kernels, their launcher, the
 specialisations it is compiled for (``SPECIALIZATIONS``) and its bytes-moved model.
-This package adds two things every tool needs:
+This package adds what every tool needs:
 
 * :class:`KernelSpec` and :func:`specializations` — the registry the static
   compile test and ``deftx profile --static`` enumerate.
 * :func:`kernel_module` — the module to launch for a device: the ordinary
   (compiled) module for CUDA tensors, or a copy whose kernels run under the Triton
   interpreter for CPU tensors, so every kernel can run anywhere.
+* :func:`upload` — the launchers' one host-to-device copy. A launcher plans on the
+  host with Python integers (addresses, sizes, offsets: never a read of device data)
+  and moves each plan with one upload, so every torch op it runs is device work: the
+  tests count a launcher's launches and host syncs on CPU tensors
+  (:mod:`deftx.bench.counters`) and get the GPU's counts.
 """
 
 from __future__ import annotations
@@ -26,10 +31,13 @@ import contextvars
 import importlib
 import importlib.util
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+import torch
 
 KERNEL_MODULES: tuple[str, ...] = ("topk", "scatter", "rsvd", "masked_step")
 
@@ -75,6 +83,21 @@ class KernelSpec:
     num_warps: int = 4
     num_stages: int = 3
     promises: frozenset[str] = frozenset()
+
+
+def upload(values: Sequence[int], device: torch.device, dtype: torch.dtype = torch.int64) -> torch.Tensor:
+    """``values`` as a 1-D integer tensor on ``device``: one copy, and the host does not wait.
+
+    On CUDA the host buffer is pinned and copied asynchronously (a copy from pageable memory
+    makes torch wait for the stream first); the caching host allocator keeps the buffer until
+    the copy has run. Elsewhere it is one ordinary copy, so the op count is the same.
+    """
+    host = torch.tensor(values, dtype=dtype)
+    if device.type == "cuda":
+        host = host.pin_memory()
+    out = torch.empty(host.shape, dtype=dtype, device=device)
+    out.copy_(host, non_blocking=True)
+    return out
 
 
 def _module(name: str) -> ModuleType:

@@ -21,21 +21,21 @@ def _rows(flat: list[torch.Tensor], width: int) -> list[list[torch.Tensor]]:
 
 @torch.library.custom_op("deftx::topk_indices", mutates_args=())
 def topk_indices(tensors: list[torch.Tensor], k: int, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Global top-k |x| of validated inputs, as (all indices concatenated (k,), counts per tensor (T,)).
+    """Global top-k |x| of checked inputs: (all indices (k,), stats (T + 1,)), on their device.
 
-    One flat buffer instead of T outputs: backends may return views of one buffer, and a
-    custom op's outputs must not alias each other.
+    ``indices`` holds every tensor's sorted flat indices, in tensor order; ``stats`` the
+    number of indices of each tensor, then the number of NaN entries (when it is not 0 the
+    indices are meaningless). One flat buffer instead of T outputs: a custom op's outputs
+    must not alias each other, and the caller reads ``stats`` once.
     """
     device = common_device(tensors, "topk_indices")
-    per_tensor = backend_for("topk", device, backend).topk_indices(tensors, k)
-    counts = torch.tensor([idx.numel() for idx in per_tensor], dtype=torch.int64)
-    return torch.cat(per_tensor) if per_tensor else torch.empty(0, dtype=torch.int64, device=device), counts
+    return backend_for("topk", device, backend).topk_indices(tensors, k)
 
 
 @topk_indices.register_fake
 def _topk_indices_fake(tensors: list[torch.Tensor], k: int, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     first = tensors[0] if tensors else torch.empty(0)
-    return first.new_empty(k, dtype=torch.int64), torch.empty(len(tensors), dtype=torch.int64, device="cpu")
+    return first.new_empty(k, dtype=torch.int64), first.new_empty(len(tensors) + 1, dtype=torch.int64)
 
 
 @torch.library.custom_op("deftx::scatter_add_", mutates_args=("dense", "saved_out"))
@@ -49,18 +49,16 @@ def scatter_add(
 ) -> None:
     """Scatter-add of D diffs (flattened D*T lists).
 
-    ``saved_out`` is empty (nothing saved) or D*T preallocated tensors that receive the
-    original values at the indices (outputs are written into arguments so that the op
-    has no aliased return values, which functionalization under torch.compile requires).
+    ``saved_out`` is empty (nothing saved) or D*T preallocated tensors that the backend
+    writes the original values at the indices into (outputs are written into arguments so
+    that the op has no aliased return values, which functionalization under torch.compile
+    requires).
     """
     device = common_device(dense, "scatter_add_")
     width = len(dense)
-    saved = backend_for("scatter", device, backend).scatter_add_(
-        dense, _rows(indices, width), _rows(values, width), scales, bool(saved_out)
+    backend_for("scatter", device, backend).scatter_add_(
+        dense, _rows(indices, width), _rows(values, width), scales, bool(saved_out), _rows(saved_out, width) or None
     )
-    if saved_out:
-        for out, original in zip(saved_out, [t for row in saved for t in row], strict=True):
-            out.copy_(original)
 
 
 @scatter_add.register_fake

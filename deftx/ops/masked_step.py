@@ -8,7 +8,7 @@ import torch
 
 from deftx.ops import library
 from deftx.ops.dispatch import common_device, requested_backend
-from deftx.ops.validation import as_tensor_list, check_float_dtype, check_index_tensor, check_state_tensors
+from deftx.ops.validation import as_tensor_list, check_float_dtype, check_indices, check_state_tensors
 
 
 def masked_adamw_step_(
@@ -41,6 +41,11 @@ def masked_adamw_step_(
         masters, exp_avgs, exp_avg_sqs: T fp32 (K_t,) tensors, updated in place.
         bases: T fp32 (K_t,) θ0 values for the L1 pull (required when ``l1 != 0``).
         step: the step number, >= 1 (bias correction).
+
+    The index values are checked once per index tensor (see
+    :func:`~deftx.ops.validation.check_indices`): passing the same, unmodified tensors on
+    every step — as :class:`deftx.train.retrain.MaskedAdamW` does, having checked them when
+    it was built — the step reads nothing back from the device.
     """
     items = as_tensor_list(params, "masked_adamw_step_")
     grad_items = as_tensor_list(grads, "masked_adamw_step_ grads")
@@ -49,13 +54,15 @@ def masked_adamw_step_(
         raise ValueError("masked_adamw_step_: params, grads and indices differ in length")
     for t, (p, g, idx) in enumerate(zip(items, grad_items, idx_items, strict=True)):
         check_float_dtype(p, f"masked_adamw_step_: param {t}")
+        if idx.device != p.device:
+            raise ValueError(f"masked_adamw_step_: indices {t} are on {idx.device}, param {t} on {p.device}")
         if g.shape != p.shape or g.dtype != p.dtype:
             raise ValueError(
                 f"masked_adamw_step_: grad {t} is {g.dtype} {tuple(g.shape)}, param is {p.dtype} {tuple(p.shape)}"
             )
         if not p.is_contiguous():
             raise ValueError(f"masked_adamw_step_: param {t} is not contiguous")
-        check_index_tensor(idx, p.numel(), f"masked_adamw_step_: param {t}")
+    check_indices(idx_items, [p.numel() for p in items], lambda t: f"masked_adamw_step_: param {t}")
     for name, state in (("masters", masters), ("exp_avgs", exp_avgs), ("exp_avg_sqs", exp_avg_sqs)):
         check_state_tensors(state, idx_items, f"masked_adamw_step_: {name}")
     if l1 != 0.0:

@@ -8,7 +8,7 @@ import torch
 
 from deftx.ops import library
 from deftx.ops.dispatch import common_device, requested_backend
-from deftx.ops.validation import as_tensor_list, check_float_dtype, check_index_tensor
+from deftx.ops.validation import as_tensor_list, check_float_dtype, check_indices
 
 
 def _check_dense(dense: list[torch.Tensor], what: str) -> None:
@@ -26,17 +26,18 @@ def _check_rows(
     payload_name: str,
     what: str,
 ) -> None:
+    """Every diff row matches the dense tensors; indices are checked together, once per tensor."""
     if len(indices) != len(payload):
         raise ValueError(f"{what}: {len(indices)} index rows but {len(payload)} {payload_name} rows")
+    width = len(dense)
     for d, (row_idx, row_val) in enumerate(zip(indices, payload, strict=True)):
-        if len(row_idx) != len(dense) or len(row_val) != len(dense):
+        if len(row_idx) != width or len(row_val) != width:
             raise ValueError(
                 f"{what}: diff {d} has {len(row_idx)} index and {len(row_val)} {payload_name} "
-                f"tensors for {len(dense)} dense tensors"
+                f"tensors for {width} dense tensors"
             )
         for t, (w, idx, val) in enumerate(zip(dense, row_idx, row_val, strict=True)):
             where = f"{what}: diff {d}, tensor {t}"
-            check_index_tensor(idx, w.numel(), where)
             check_float_dtype(val, f"{where} {payload_name}")
             if val.dim() != 1 or val.numel() != idx.numel():
                 raise ValueError(
@@ -44,6 +45,11 @@ def _check_rows(
                 )
             if idx.device != w.device or val.device != w.device:
                 raise ValueError(f"{where}: indices/{payload_name} must be on {w.device}")
+    check_indices(
+        [idx for row in indices for idx in row],
+        [w.numel() for _ in indices for w in dense],
+        lambda i: f"{what}: diff {i // width}, tensor {i % width}",
+    )
 
 
 def scatter_add_(
@@ -69,6 +75,11 @@ def scatter_add_(
         scales: D floats (default all 1.0).
         save: also return the original values at every diff's indices (dense dtype),
             gathered before anything is added; pass them to :func:`scatter_restore_`.
+
+    The index values are checked once per index tensor (see
+    :func:`~deftx.ops.validation.check_indices`): :func:`deftx.sft.apply_diffs` passes
+    indices checked when its SparseDiffs were loaded, and reverting passes the same tensors,
+    so neither reads anything back from the device.
     """
     items = as_tensor_list(dense, "scatter_add_")
     _check_dense(items, "scatter_add_")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -26,21 +27,6 @@ def check_float_dtype(t: torch.Tensor, what: str) -> None:
         raise TypeError(f"{what} has dtype {t.dtype}; expected float32, bfloat16 or float16")
 
 
-def check_no_nan(tensors: Sequence[torch.Tensor], what: str) -> None:
-    """Raise ValueError naming the first tensor that holds a NaN (one host sync in all)."""
-    if not tensors:
-        return
-    flags = torch.stack([torch.isnan(t).any() for t in tensors]).cpu()
-    if bool(flags.any()):
-        first = int(flags.nonzero()[0])
-        bad = tensors[first]
-        count = int(torch.isnan(bad).sum())
-        raise ValueError(
-            f"{what}: tensor {first} (shape {tuple(bad.shape)}) contains {count} NaN value(s); "
-            "magnitudes of NaN have no order"
-        )
-
-
 def check_count(k: object, total: int, what: str) -> int:
     """``k`` as an int in [0, total]; rejects bools, floats and out-of-range values."""
     if isinstance(k, bool) or not isinstance(k, int):
@@ -50,19 +36,126 @@ def check_count(k: object, total: int, what: str) -> int:
     return k
 
 
-def check_index_tensor(idx: torch.Tensor, numel: int, what: str) -> None:
-    """Raise unless ``idx`` is a 1-D int64 tensor of sorted unique indices in [0, numel)."""
+class _VerifiedIndices:
+    """Index tensors already proven valid: tensor identity -> (weak reference, version, bound).
+
+    An entry holds while the very tensor is alive, has not been written in place since
+    (its version counter is unchanged; views share it) and is used with the same bound.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[int, tuple[weakref.ref, int, int]] = {}
+
+    @staticmethod
+    def _version(idx: torch.Tensor) -> int | None:
+        try:
+            return idx._version
+        except RuntimeError:  # inference tensors have no version counter: never trusted
+            return None
+
+    def bound(self, idx: torch.Tensor) -> int | None:
+        """The bound ``idx`` was verified for, if that still holds; else None."""
+        entry = self._entries.get(id(idx))
+        if entry is None:
+            return None
+        ref, version, bound = entry
+        if ref() is not idx or self._version(idx) != version:
+            return None
+        return bound
+
+    def add(self, idx: torch.Tensor, bound: int) -> None:
+        version = self._version(idx)
+        if version is None:
+            return
+        key = id(idx)
+
+        def forget(dead: weakref.ref, entries=self._entries, key=key) -> None:
+            if entries.get(key, (None,))[0] is dead:
+                del entries[key]
+
+        self._entries[key] = (weakref.ref(idx, forget), version, bound)
+
+
+_VERIFIED = _VerifiedIndices()
+
+
+def indices_verified(idx: torch.Tensor, bound: int) -> bool:
+    """Whether ``idx`` passed :func:`check_indices` for ``bound`` and is unchanged since."""
+    return _VERIFIED.bound(idx) == bound
+
+
+def move_indices(idx: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``idx`` on ``device``; the copy of verified indices counts as verified (no re-check)."""
+    moved = idx.to(device)
+    bound = _VERIFIED.bound(idx)
+    if moved is not idx and bound is not None:
+        _VERIFIED.add(moved, bound)
+    return moved
+
+
+def _check_index_metadata(idx: torch.Tensor, what: str) -> None:
     if idx.dtype != torch.int64:
         raise TypeError(f"{what}: indices have dtype {idx.dtype}; expected int64")
     if idx.dim() != 1:
         raise ValueError(f"{what}: indices must be 1-D, got shape {tuple(idx.shape)}")
-    if idx.numel() == 0:
-        return
+
+
+def _raise_for_values(idx: torch.Tensor, numel: int, what: str) -> None:
+    """The error for indices found invalid (reads them again, for the message)."""
     low, high = int(idx.min()), int(idx.max())
     if low < 0 or high >= numel:
         raise IndexError(f"{what}: index range [{low}, {high}] is outside [0, {numel})")
-    if idx.numel() > 1 and not bool((idx[1:] > idx[:-1]).all()):
-        raise ValueError(f"{what}: indices must be sorted ascending and unique")
+    raise ValueError(f"{what}: indices must be sorted ascending and unique")
+
+
+def _value_checks(indices: list[torch.Tensor]) -> list[int]:
+    """Per tensor (non-empty, one device): first entry, last entry, 1 if not strictly
+    ascending — read with one host transfer for all of them."""
+    firsts = torch.stack([idx[0] for idx in indices])
+    lasts = torch.stack([idx[-1] for idx in indices])
+    disorder = torch.stack([(idx[1:] <= idx[:-1]).any() for idx in indices]).long()
+    return torch.cat([firsts, lasts, disorder]).tolist()
+
+
+def check_indices(
+    indices: Sequence[torch.Tensor], bounds: Sequence[int], what: Callable[[int], str]
+) -> None:
+    """Raise unless every ``indices[i]`` is 1-D int64, sorted ascending, unique, in ``[0, bounds[i])``.
+
+    dtype and shape are checked on the host. The values of tensors not verified before
+    (the same tensor object, not written since, same bound) are checked on their device
+    with one host read for all of them, and the tensors are then recorded as verified: a
+    caller that passes the same index tensors on every step pays for the check once.
+    Meta tensors have no values to check.
+
+    Args:
+        indices: T index tensors, any devices.
+        bounds: T exclusive upper bounds (the numel of the tensor each one indexes).
+        what: position -> the name used in error messages (``"masked_adamw_step_: param 3"``).
+
+    Raises:
+        TypeError / ValueError: dtype or shape; ValueError: not sorted or not unique;
+        IndexError: an index out of range (the message gives the range found).
+    """
+    pending: dict[torch.device, list[int]] = {}
+    for i, (idx, bound) in enumerate(zip(indices, bounds, strict=True)):
+        _check_index_metadata(idx, what(i))
+        if idx.numel() and idx.device.type != "meta" and _VERIFIED.bound(idx) != bound:
+            pending.setdefault(idx.device, []).append(i)
+    for positions in pending.values():
+        values = _value_checks([indices[i] for i in positions])
+        count = len(positions)
+        for j, i in enumerate(positions):
+            first, last, disorder = values[j], values[count + j], values[2 * count + j]
+            if first < 0 or last >= bounds[i] or disorder:
+                _raise_for_values(indices[i], bounds[i], what(i))
+        for i in positions:
+            _VERIFIED.add(indices[i], bounds[i])
+
+
+def check_index_tensor(idx: torch.Tensor, numel: int, what: str) -> None:
+    """:func:`check_indices` for one tensor: 1-D int64, sorted unique, in ``[0, numel)``."""
+    check_indices([idx], [numel], lambda _: what)
 
 
 def check_state_tensors(states: Sequence[torch.Tensor], indices: Sequence[torch.Tensor], what: str) -> None:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from deftx.ops import scatter_add_, scatter_restore_
+from deftx.ops.validation import move_indices
 
 if TYPE_CHECKING:
     from deftx.sft.diff import SparseDiff
@@ -161,7 +162,7 @@ def entries_per_target(
         for name, idx in diff.indices.items():
             slot = position[resolved[name]]
             idx, val = (idx, diff.values[name]) if localize is None else localize(slot, idx, diff.values[name])
-            row_idx[slot] = idx.to(targets[slot].device)
+            row_idx[slot] = move_indices(idx, targets[slot].device)
             row_val[slot] = val.to(targets[slot].device)
         indices.append(row_idx)
         values.append(row_val)

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from deftx.ops import masked_adamw_step_
+from deftx.ops.validation import check_indices, move_indices
 from deftx.train.config import PhaseConfig
 from deftx.train.finetune import l1_gradient_scale, phase_arguments
 
@@ -79,17 +80,24 @@ class MaskedAdamW(torch.optim.Optimizer):
         defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay, "l1": l1}
         self._backend = backend
         super().__init__(groups, defaults)
-        for group in self.param_groups:
-            for param, idx in zip(group["params"], group.pop("indices"), strict=True):
-                self._init_state(param, idx)
+        pairs = [pair for g in self.param_groups for pair in zip(g["params"], g.pop("indices"), strict=True)]
+        for param, idx in pairs:
+            if idx.dtype != torch.int64 or idx.dim() != 1:
+                raise ValueError(f"MaskedAdamW: indices must be 1-D int64, got {idx.dtype} {tuple(idx.shape)}")
+            if not param.is_contiguous():
+                raise ValueError("MaskedAdamW: parameters must be contiguous")
+        selections = [move_indices(idx, param.device) for param, idx in pairs]
+        self._check_selections([param for param, _ in pairs], selections)
+        for (param, _), indices in zip(pairs, selections, strict=True):
+            self._init_state(param, indices)
+
+    @staticmethod
+    def _check_selections(params: Sequence[torch.Tensor], selections: Sequence[torch.Tensor]) -> None:
+        """Check every selection here, once (one host read), so that no step reads anything back."""
+        check_indices(selections, [p.numel() for p in params], lambda i: f"MaskedAdamW: indices of parameter {i}")
 
     @torch.no_grad()
     def _init_state(self, param: torch.Tensor, indices: torch.Tensor) -> None:
-        if indices.dtype != torch.int64 or indices.dim() != 1:
-            raise ValueError(f"MaskedAdamW: indices must be 1-D int64, got {indices.dtype} {tuple(indices.shape)}")
-        if not param.is_contiguous():
-            raise ValueError("MaskedAdamW: parameters must be contiguous")
-        indices = indices.to(param.device)
         master = param.detach().reshape(-1)[indices].float()
         self.state[param] = {
             "step": 0,
@@ -144,6 +152,8 @@ class MaskedAdamW(torch.optim.Optimizer):
                     group[key] = value
             for param_id, param in zip(saved_group["params"], group["params"], strict=True):
                 self._load_param_state(param, saved_state[param_id])
+        params = [p for group in self.param_groups for p in group["params"]]
+        self._check_selections(params, [self.state[p]["indices"] for p in params])
 
     @torch.no_grad()
     def _load_param_state(self, param: torch.Tensor, saved: Mapping[str, Any]) -> None:

@@ -39,8 +39,17 @@ def reference_topk(tensors: list[torch.Tensor], k: int) -> list[torch.Tensor]:
     return [flat[chosen[owner[chosen] == p]].sort().values for p in range(len(tensors))]
 
 
+def selected(module, tensors: list[torch.Tensor], k: int) -> list[torch.Tensor]:
+    """The kernel's selection split per tensor; these inputs hold no NaN."""
+    indices, stats = module.topk_indices(tensors, k)
+    *counts, nan_count = stats.tolist()
+    assert nan_count == 0
+    assert indices.shape == (k,)
+    return list(indices.split(counts))
+
+
 def check(module, tensors: list[torch.Tensor], k: int) -> None:
-    got = module.topk_indices(tensors, k)
+    got = selected(module, tensors, k)
     want = reference_topk(tensors, k)
     assert len(got) == len(tensors)
     for p, (g, w) in enumerate(zip(got, want, strict=True)):
@@ -129,6 +138,28 @@ def test_unaligned_views(small_blocks, offset):
         check(small_blocks, tensors, k)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nan_entries_are_counted_in_the_first_pass(small_blocks, dtype):
+    """NaNs of any sign and payload, in several blocks and tensors and in masked tails, for
+    every k (k = 0 runs the passes too); +inf is not a NaN."""
+    gen = torch.Generator().manual_seed(11)
+    tensors = [torch.randn(n, generator=gen).to(dtype) for n in (300, 0, 129, 61)]
+    nan_positions = {0: [0, 150, 299], 2: [128], 3: [5, 6]}
+    for t, positions in nan_positions.items():
+        tensors[t][positions] = torch.tensor([float("nan"), -float("nan"), float("nan")][: len(positions)]).to(dtype)
+    tensors[3][7] = float("inf")
+    total = sum(x.numel() for x in tensors)
+    for k in (0, 1, 6, 7, total // 2, total):
+        indices, stats = small_blocks.topk_indices(tensors, k)
+        assert stats.tolist()[-1] == 6, f"k={k}"
+        assert indices.shape == (k,) and sum(stats.tolist()[:-1]) == k
+
+
+def test_no_blocks_launch_nothing_and_count_zero(topk):
+    indices, stats = topk.topk_indices([torch.empty(0), torch.empty(0, 3).bfloat16()], 0)
+    assert indices.shape == (0,) and stats.tolist() == [0, 0, 0]
+
+
 def test_k_out_of_range_is_rejected(topk):
     with pytest.raises(AssertionError, match="outside"):
         topk.topk_indices([torch.ones(3)], 4)
@@ -154,28 +185,33 @@ def _declared(module, kernel_name):
 
 
 def test_every_launch_is_a_declared_specialization(topk, monkeypatch):
-    histogram = _Recorder(topk._digit_histogram_kernel,
-                          ("DTYPE", "SHIFT", "STORE_BLOCKS", "BLOCK", "TILE"))
-    compact = _Recorder(topk._compact_indices_kernel, ("DTYPE", "BLOCK", "TILE"))
-    monkeypatch.setattr(topk, "_digit_histogram_kernel", histogram)
-    monkeypatch.setattr(topk, "_compact_indices_kernel", compact)
+    recorders = {
+        "_digit_histogram_kernel": _Recorder(topk._digit_histogram_kernel,
+                                             ("DTYPE", "SHIFT", "STORE_BLOCKS", "BLOCK", "TILE")),
+        "_select_digit_kernel": _Recorder(topk._select_digit_kernel, ("GROUPS",)),
+        "_classify_blocks_kernel": _Recorder(topk._classify_blocks_kernel, ("ROWS",)),
+        "_compact_indices_kernel": _Recorder(topk._compact_indices_kernel, ("DTYPE", "BLOCK", "TILE")),
+    }
+    for name, recorder in recorders.items():
+        monkeypatch.setattr(topk, name, recorder)
     tensors = [torch.randn(50), torch.randn(30).bfloat16(), torch.randn(20).half()]
     check(topk, tensors, 40)
     compiled = kernel_module("topk", interpret=False)
-    for recorder, name in ((histogram, "_digit_histogram_kernel"),
-                           (compact, "_compact_indices_kernel")):
+    for name, recorder in recorders.items():
         declared = [spec.constexprs for spec in _declared(compiled, name)]
         assert recorder.launches
         for launch in recorder.launches:
             assert launch in declared, f"{name} launched with undeclared {launch}"
-    assert len(histogram.launches) == 4 + 3 + 2
+    launched = {name: len(recorder.launches) for name, recorder in recorders.items()}
+    assert launched == {"_digit_histogram_kernel": 4 + 3 + 2, "_select_digit_kernel": 4,
+                        "_classify_blocks_kernel": 1, "_compact_indices_kernel": 3}
     assert {s.name for s in compiled.SPECIALIZATIONS} == {s.name for s in topk.SPECIALIZATIONS}
 
 
 def test_specializations_declare_their_promises():
     compiled = kernel_module("topk", interpret=False)
     names = [spec.name for spec in compiled.SPECIALIZATIONS]
-    assert len(names) == len(set(names)) == 9 + 3
+    assert len(names) == len(set(names)) == 9 + 2 + 3
     for spec in compiled.SPECIALIZATIONS:
         assert "vectorized_loads" in spec.promises
         if spec.kernel is compiled._digit_histogram_kernel:

@@ -26,12 +26,28 @@ def test_scatter_under_torch_compile_matches_eager():
     assert torch.equal(compiled(x.clone()), update(x.clone()))
 
 
+def test_scatter_with_saved_originals_under_torch_compile_matches_eager():
+    idx = torch.tensor([0, 3, 5])
+    val = torch.tensor([0.25, -2.0, 1.5])
+
+    def apply(w):
+        w = w + 1
+        (saved,) = scatter_add_([w], [[idx]], [[val]], [0.5], save=True, backend="torch")
+        return w, saved[0]
+
+    x = torch.linspace(-1.0, 1.0, 7)
+    (got_w, got_saved), (want_w, want_saved) = torch.compile(apply, backend="aot_eager")(x.clone()), apply(x.clone())
+    assert torch.equal(got_w, want_w) and torch.equal(got_saved, want_saved)
+    assert torch.equal(want_saved, (x + 1)[idx])
+
+
 def test_topk_fake_implementation_gives_output_shapes():
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     with FakeTensorMode():
-        flat, counts = torch.ops.deftx.topk_indices([torch.empty(5), torch.empty(3)], 2, "torch")
-    assert flat.shape == (2,) and flat.dtype == torch.int64 and counts.shape == (2,)
+        flat, stats = torch.ops.deftx.topk_indices([torch.empty(5), torch.empty(3)], 2, "torch")
+    assert flat.shape == (2,) and flat.dtype == torch.int64
+    assert stats.shape == (3,) and stats.dtype == torch.int64  # counts per tensor, then NaNs
 
 
 def test_topk_under_torch_compile():

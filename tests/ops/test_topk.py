@@ -53,6 +53,27 @@ def test_mixed_dtypes_compare_by_value(backend):
     assert [g.tolist() for g in got] == [[1, 2], [0], [0]]
 
 
+@pytest.mark.parametrize("backend", cpu_backends("topk"))
+def test_masks_hold_exactly_the_selected_indices(backend):
+    gen = torch.Generator().manual_seed(7)
+    tensors = [torch.randn(3, 5, generator=gen), torch.randn(0, 2), torch.randn(2, 3, 4, generator=gen).half()]
+    indices = topk_mask(tensors, 11, output="indices", backend=backend)
+    masks = topk_mask(tensors, 11, backend=backend)
+    for t, (mask, idx, x) in enumerate(zip(masks, indices, tensors, strict=True)):
+        assert mask.shape == x.shape and mask.dtype == torch.bool, f"mask {t}"
+        assert mask.reshape(-1).nonzero().flatten().tolist() == idx.tolist(), f"mask {t}"
+
+
+@pytest.mark.parametrize("backend", cpu_backends("topk"))
+@pytest.mark.parametrize("k", [0, 1, 9])
+def test_nan_is_reported_naming_the_first_tensor_that_holds_one(backend, k):
+    nan = float("nan")
+    tensors = [torch.ones(3), torch.arange(4.0).bfloat16(), torch.tensor([1.0, nan, 2.0, -nan]).half(),
+               torch.tensor([nan])]
+    with pytest.raises(ValueError, match=r"tensor 2 \(shape \(4,\)\) contains 2 NaN"):
+        topk_mask(tensors, k, backend=backend)
+
+
 def test_hand_computed_mask():
     x = torch.tensor([[1.0, -5.0], [3.0, 0.0]])
     y = torch.tensor([-4.0, 2.0, 5.0])

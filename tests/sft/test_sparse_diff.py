@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import BertConfig, BertForSequenceClassification, BertModel
 
+from deftx.bench.counters import count_device_work
 from deftx.ops import topk_mask
 from deftx.sft import ParamInfo, SparseDiff, SparseDiffFormatError, apply_diffs, compose
 from tests.helpers import assert_bitwise_equal
@@ -103,6 +104,23 @@ def test_apply_then_revert_is_bit_exact(model, dtype):
     assert changed > 300  # the sparse entries (some may round to no change in bf16) plus the head
     handle.revert()
     assert_model_equals(model, original, f"{dtype} after revert")
+
+
+@pytest.mark.filterwarnings("ignore:deftx. running the Triton kernel")
+def test_apply_and_revert_read_nothing_back(tmp_path, model, monkeypatch):
+    """A loaded diff's indices were checked at load: the fused apply and its revert use them
+    as they are, with no host sync."""
+    monkeypatch.setenv("DEFTX_BACKEND", "triton")
+    original = snapshot(model)
+    random_sft(model, 300, head=True).save(tmp_path / "d.safetensors")
+    diff = SparseDiff.load(tmp_path / "d.safetensors")
+    with count_device_work("cpu") as work:
+        handle = apply_diffs(model, [diff])
+        handle.revert()
+    assert work.sync_count == 0, work.summary()
+    assert work.triton_launches == {"_segment_bounds_kernel": 1, "_scatter_add_kernel": 1,
+                                    "_scatter_restore_kernel": 1}, work.summary()
+    assert_model_equals(model, original)
 
 
 def test_apply_reproduces_the_tuned_values(model):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from deftx.bench.counters import count_device_work
 from deftx.train.retrain import MaskedAdamW, SelectedGradients, build_masked_optimizer, full_indices
 from tests.helpers import assert_bitwise_equal, assert_close, tolerance
 
@@ -132,6 +133,34 @@ def test_rejects_missing_or_bad_indices():
         MaskedAdamW([{"params": [param]}])
     with pytest.raises(ValueError, match="int64"):
         MaskedAdamW([{"params": [param], "indices": [torch.tensor([0], dtype=torch.int32)]}])
+
+
+@pytest.mark.filterwarnings("ignore:deftx. running the Triton kernel")
+def test_steps_read_nothing_back_after_construction():
+    """The selection is checked when the optimizer is built (and loaded), in one read; a step
+    then launches one kernel per parameter dtype and waits for nothing."""
+    params = [torch.randn(3 + i, requires_grad=True) for i in range(30)]
+    indices = [torch.arange(i % 3, p.numel(), 3) for i, p in enumerate(params)]
+    with count_device_work("cpu") as built:
+        optimizer = MaskedAdamW([{"params": params, "indices": indices}], lr=1e-2, backend="triton")
+    assert built.syncs == {"tolist": 1}
+    for p in params:
+        p.grad = torch.randn_like(p)
+    with count_device_work("cpu") as steps:
+        optimizer.step()
+        optimizer.step()
+    assert steps.sync_count == 0 and steps.triton_launches == {"_masked_adamw_kernel": 2}, steps.summary()
+    optimizer.load_state_dict(optimizer.state_dict())
+    with count_device_work("cpu") as resumed:
+        optimizer.step()
+    assert resumed.sync_count == 0, resumed.summary()
+
+
+def test_rejects_out_of_range_indices_before_reading_them():
+    param = torch.zeros(4, requires_grad=True)
+    with pytest.raises(IndexError, match=r"parameter 1: index range \[2, 4\] is outside \[0, 4\)"):
+        MaskedAdamW([{"params": [torch.zeros(2, requires_grad=True), param],
+                      "indices": [torch.tensor([0]), torch.tensor([2, 4])]}])
 
 
 def test_selected_gradients_zero_the_rest():

@@ -74,12 +74,30 @@ def _flat_lists(
     return flat_indices, flat_payload
 
 
+def _saved_buffers(
+    dense: Sequence[torch.Tensor],
+    indices: Sequence[Sequence[torch.Tensor]],
+    out: Sequence[Sequence[torch.Tensor]] | None,
+    function: str,
+) -> list[list[torch.Tensor]]:
+    """Where the library writes the saved originals: ``out`` checked, or new tensors."""
+    if out is None:
+        return [[torch.empty(i.numel(), dtype=w.dtype) for i, w in zip(diff, dense, strict=True)] for diff in indices]
+    for d, (diff, out_row) in enumerate(zip(indices, out, strict=True)):
+        for t, (index, tensor, item) in enumerate(zip(diff, dense, out_row, strict=True)):
+            check_cpu_contiguous(item, f"{function}: out[{d}][{t}]")
+            if item.dtype != tensor.dtype or item.shape != (index.numel(),):
+                raise ValueError(f"{function}: out[{d}][{t}] must be {tensor.dtype} ({index.numel()},)")
+    return [list(row) for row in out]
+
+
 def scatter_add_(
     dense: Sequence[torch.Tensor],
     indices: Sequence[Sequence[torch.Tensor]],
     values: Sequence[Sequence[torch.Tensor]],
     scales: Sequence[float],
     save: bool,
+    out: Sequence[Sequence[torch.Tensor]] | None = None,
 ) -> list[list[torch.Tensor]] | None:
     """Add scaled sparse diffs to dense tensors in place, diff after diff.
 
@@ -93,6 +111,8 @@ def scatter_add_(
         values: ``values[d][t]`` (K_dt,) fp32 / bf16 / fp16.
         scales: one multiplier per diff (rounded to fp32).
         save: also return the original entries the diffs overwrite.
+        out: with ``save``, ``out[d][t]`` contiguous CPU (K_dt,) tensors of dense[t]'s dtype
+            that receive them (allocated when None).
 
     Returns:
         ``saved[d][t]`` (K_dt,) of dense[t]'s dtype, the entries at ``indices[d][t]`` before
@@ -107,14 +127,7 @@ def scatter_add_(
         dtype_code(value, f"{function}: values[{position // len(dense)}][{position % len(dense)}]")
         for position, value in enumerate(flat_values)
     ]
-    saved = (
-        [
-            [torch.empty(index.numel(), dtype=tensor.dtype) for index, tensor in zip(diff, dense, strict=True)]
-            for diff in indices
-        ]
-        if save
-        else None
-    )
+    saved = _saved_buffers(dense, indices, out, function) if save else None
     status = library().deftx_scatter_add(
         len(dense),
         pointer_array(dense),

@@ -18,18 +18,33 @@ from . import (
 )
 
 
-def topk_indices(tensors: Sequence[torch.Tensor], k: int) -> list[torch.Tensor]:
+def _nan_count(tensors: Sequence[torch.Tensor], selected: Sequence[torch.Tensor], k: int) -> int:
+    """NaN entries over all ``tensors``, given the top-k ``selected`` flat indices per tensor.
+
+    A NaN's key ranks above every number's, so when there is any NaN one is among the
+    k >= 1 selected entries: only those are read, unless one is found (or k = 0).
+    """
+    if k and not any(
+        bool(torch.isnan(tensor.view(-1)[idx]).any()) for tensor, idx in zip(tensors, selected, strict=True)
+    ):
+        return 0
+    return sum(int(torch.isnan(tensor).sum()) for tensor in tensors)
+
+
+def topk_indices(tensors: Sequence[torch.Tensor], k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Flat indices of the ``k`` entries of largest ``|x|`` over all ``tensors`` together.
 
     Args:
         tensors: contiguous CPU tensors of any shape, fp32 / bf16 / fp16 (mixed dtypes
-            compare by exact value), no NaN.
+            compare by exact value).
         k: number of entries to select, ``0 <= k <= sum(t.numel() for t in tensors)``.
 
     Returns:
-        One int64 1-D tensor per input with its selected flat (row-major) indices in
-        ascending order; the lengths sum to ``k``. Among entries whose magnitude equals the
-        k-th largest, those with the lowest (position in the list, flat index) are taken.
+        indices: int64 (k,), each input's selected flat (row-major) indices in ascending
+            order, concatenated in input order. Among entries whose magnitude equals the
+            k-th largest, those with the lowest (position in the list, flat index) are taken.
+        stats: int64 (T + 1,): the number of indices of each input, then the number of NaN
+            entries (a NaN ranks above +inf; the selection means nothing when there are some).
     """
     for position, tensor in enumerate(tensors):
         check_cpu_contiguous(tensor, f"topk_indices: tensors[{position}]")
@@ -51,7 +66,8 @@ def topk_indices(tensors: Sequence[torch.Tensor], k: int) -> list[torch.Tensor]:
     status = lib.deftx_topk_select(n_tensors, data, dtypes, numels, k, workspace, workspace_size, counts)
     check_status(status, "deftx_topk_select")
 
-    outputs = [torch.empty(count, dtype=torch.int64) for count in counts]
+    indices = torch.empty(k, dtype=torch.int64)
+    outputs = indices.split(list(counts))
     status = lib.deftx_topk_write(n_tensors, data, dtypes, numels, workspace, workspace_size, pointer_array(outputs))
     check_status(status, "deftx_topk_write")
-    return outputs
+    return indices, torch.tensor([*counts, _nan_count(tensors, outputs, k)], dtype=torch.int64)

@@ -1,4 +1,4 @@
-"""Native topk_indices against a stable sort of (-|x|, tensor position, flat index)."""
+"""Native topk_indices against a stable sort of (-|x|, tensor position, flat index), and its NaN count."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from deftx.ops import native
 if native.unavailable_reason() is not None:
     pytest.skip(native.unavailable_reason(), allow_module_level=True)
 
-from deftx.ops.native.topk import topk_indices
+from deftx.ops.native.topk import topk_indices as native_topk_indices
 
 SHAPE_SETS = {
     "single": [(1000,)],
@@ -26,6 +26,15 @@ DTYPE_SETS = {
     "mixed": [torch.float32, torch.bfloat16, torch.float16],
 }
 K_CHOICES = ("zero", "one", "mid", "total")
+
+
+def topk_indices(tensors: list[torch.Tensor], k: int) -> list[torch.Tensor]:
+    """The native selection split per tensor; these inputs hold no NaN."""
+    indices, stats = native_topk_indices(tensors, k)
+    *counts, nan_count = stats.tolist()
+    assert nan_count == 0
+    assert indices.shape == (k,)
+    return list(indices.split(counts))
 
 
 def reference_topk(tensors: list[torch.Tensor], k: int) -> list[torch.Tensor]:
@@ -181,6 +190,24 @@ def test_fp16_subnormal_equals_fp32_value():
 
 def test_no_tensors():
     assert topk_indices([], 0) == []
+
+
+@pytest.mark.parametrize("k", [0, 1, 4, 9])
+def test_nan_entries_are_counted(k):
+    """A NaN ranks above +inf, so it is always among the k >= 1 selected (k = 0 reads all)."""
+    nan = float("nan")
+    tensors = [
+        torch.tensor([1.0, nan, -nan, float("inf")]),
+        torch.tensor([2.0, 3.0], dtype=torch.bfloat16),
+        torch.tensor([nan, 0.5, nan], dtype=torch.float16),
+    ]
+    _, stats = native_topk_indices(tensors, k)
+    assert stats.tolist()[-1] == 4
+
+
+def test_nan_free_inputs_count_none():
+    _, stats = native_topk_indices([torch.tensor([float("inf"), -float("inf"), 0.0])], 2)
+    assert stats.tolist() == [2, 0]
 
 
 @pytest.mark.parametrize("k", [-1, 8])
