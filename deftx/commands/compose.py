@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from deftx.commands._common import guarded
+from deftx.commands._common import finite_float, guarded, positive_int, seed_int
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,8 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="classifier the task SFT was trained with (default mean)",
     )
     parser.add_argument("--sft", action="append", required=True, help="SFT file (repeatable, applied together)")
-    parser.add_argument("--scale", action="append", type=float, help="scale per --sft (default 1.0 each)")
-    parser.add_argument("--num-labels", type=int, default=3, help="classifier outputs (default 3)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the (replaced) new head's init")
+    parser.add_argument("--scale", action="append", type=finite_float, help="scale per --sft (default 1.0 each)")
+    parser.add_argument("--num-labels", type=positive_int, default=3, help="classifier outputs (default 3)")
+    parser.add_argument("--seed", type=seed_int, default=0, help="seed of the (replaced) new head's init")
     parser.add_argument("--output", help="folder to write the composed model + tokenizer to")
     parser.set_defaults(func=guarded("compose", run))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from deftx.commands._common import guarded
+from deftx.commands._common import finite_float, guarded, positive_int
 
 
 def _language_sfts(specs: list[str]) -> dict[str, Path]:
@@ -30,9 +30,11 @@ def run(args: argparse.Namespace) -> int:
     from deftx.sft import SparseDiff
     from deftx.train.task import build_classifier
 
-    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
     lang_paths = _language_sfts(args.lang_sft or [])
     task = SparseDiff.load(args.task_sft)
+    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"--data-dir {data_dir} does not exist")
     model_dir = resolve_model(args.model)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     model = build_classifier(model_dir, len(nusax.LABELS), 0, args.pooling)
@@ -102,10 +104,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="classifier the task SFT was trained with (default mean)",
     )
     parser.add_argument("--data-dir", help="data root (default: $DEFTX_DATA_DIR or ../shared/data)")
-    parser.add_argument("--scale", type=float, default=1.0, help="language SFT scale (default 1.0)")
+    parser.add_argument("--scale", type=finite_float, default=1.0, help="language SFT scale (default 1.0)")
     parser.add_argument("--source", default="indonesian", help="source language (left out of the average)")
     parser.add_argument("--name", default="sft", help="method name in the table")
-    parser.add_argument("--max-length", type=int, default=128, help="token limit (default 128)")
-    parser.add_argument("--batch-size", type=int, default=64, help="evaluation batch (default 64)")
+    parser.add_argument("--max-length", type=positive_int, default=128, help="token limit (default 128)")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="evaluation batch (default 64)")
     parser.add_argument("--output", help="folder for evaluate.csv / evaluate.md")
     parser.set_defaults(func=guarded("evaluate", run))

@@ -23,7 +23,7 @@ from typing import Any
 from transformers import Trainer, TrainerCallback
 
 from deftx.models.mlm import MLMCollator, build_mlm_model, chunk_token_ids, warm_up_mlm_head
-from deftx.train.config import SparseFineTuningConfig
+from deftx.train.config import SparseFineTuningConfig, is_number, short_repr
 from deftx.train.sparse_finetuner import SparseFineTuner, SparseFineTuningResult
 from deftx.train.trainer_args import TrainingSettings, training_arguments
 
@@ -55,15 +55,21 @@ class HeadWarmUp:
     def __post_init__(self) -> None:
         self.texts = (self.texts,) if isinstance(self.texts, str) else tuple(self.texts)
         if not self.texts or len(set(self.texts)) != len(self.texts):
-            raise ValueError(f"HeadWarmUp: texts must be distinct corpus names, at least one; got {self.texts!r}")
+            raise ValueError(
+                f"HeadWarmUp: texts must be distinct corpus names, at least one; got {short_repr(self.texts)}"
+            )
         for name in ("steps", "batch_size", "seq_len", "eval_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"HeadWarmUp: {name} must be an integer >= 1, got {value!r}")
-        if isinstance(self.eval_sequences, bool) or not isinstance(self.eval_sequences, int) or self.eval_sequences < 0:
-            raise ValueError(f"HeadWarmUp: eval_sequences must be an integer >= 0, got {self.eval_sequences!r}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"HeadWarmUp: learning_rate must be > 0, got {self.learning_rate!r}")
+                raise ValueError(f"HeadWarmUp: {name} must be an integer >= 1, got {short_repr(value)}")
+        for name in ("eval_sequences", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"HeadWarmUp: {name} must be an integer >= 0, got {short_repr(value)}")
+        if not (is_number(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(
+                f"HeadWarmUp: learning_rate must be a finite number > 0, got {short_repr(self.learning_rate)}"
+            )
 
 
 def batch_seed(seed: int, batch: int) -> int:
