@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from deftx.ops.dispatch import backend_for
-from deftx.ops.validation import check_float_dtype
+from deftx.ops.validation import check_finite, check_float_dtype
 
 INITIAL_ENERGY_SKETCH = 64
 
@@ -59,8 +59,10 @@ def _check_inputs(matrix: torch.Tensor, base: torch.Tensor | None, rank, energy)
         shape = tuple(matrix.shape) if isinstance(matrix, torch.Tensor) else type(matrix).__name__
         raise ValueError(f"lowrank_denoise: matrix must be a 2-D tensor, got {shape}")
     check_float_dtype(matrix, "lowrank_denoise: matrix")
+    check_finite(matrix, "lowrank_denoise: matrix")
     if base is not None:
         check_float_dtype(base, "lowrank_denoise: base")
+        check_finite(base, "lowrank_denoise: base")
         if base.shape != matrix.shape:
             raise ValueError(f"lowrank_denoise: base shape {tuple(base.shape)} != matrix shape {tuple(matrix.shape)}")
         if base.device != matrix.device:

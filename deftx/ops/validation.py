@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
@@ -21,7 +22,9 @@ def as_tensor_list(tensors: Sequence[torch.Tensor], what: str) -> list[torch.Ten
 
 
 def check_float_dtype(t: torch.Tensor, what: str) -> None:
-    """Raise TypeError unless ``t`` is fp32, bf16 or fp16."""
+    """Raise TypeError unless ``t`` is fp32, bf16 or fp16; ValueError for a meta tensor (it holds no data)."""
+    if t.is_meta:
+        raise ValueError(f"{what} is a meta tensor (it holds no data: materialise it first)")
     if t.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{what} has dtype {t.dtype}; expected float32, bfloat16 or float16")
 
@@ -41,6 +44,23 @@ def check_no_nan(tensors: Sequence[torch.Tensor], what: str) -> None:
         )
 
 
+def check_finite(t: torch.Tensor, what: str) -> None:
+    """Raise ValueError naming ``what`` when ``t`` holds NaN or ±Inf (one pass, one host sync)."""
+    bad = int((~torch.isfinite(t)).sum())
+    if bad:
+        raise ValueError(f"{what} (shape {tuple(t.shape)}) contains {bad} NaN/Inf value(s)")
+
+
+def check_disjoint(tensors: Sequence[torch.Tensor], what: str) -> None:
+    """ValueError if two of the contiguous ``tensors`` share memory (one tensor passed twice, or views)."""
+    spans = sorted(
+        (t.data_ptr(), t.data_ptr() + t.numel() * t.element_size(), i) for i, t in enumerate(tensors) if t.numel()
+    )
+    for (_, end, first), (start, _, second) in itertools.pairwise(spans):
+        if start < end:
+            raise ValueError(f"{what}: tensors {first} and {second} overlap in memory (pass each tensor once)")
+
+
 def check_count(k: object, total: int, what: str) -> int:
     """``k`` as an int in [0, total]; rejects bools, floats and out-of-range values."""
     if isinstance(k, bool) or not isinstance(k, int):
@@ -52,6 +72,8 @@ def check_count(k: object, total: int, what: str) -> int:
 
 def check_index_tensor(idx: torch.Tensor, numel: int, what: str) -> None:
     """Raise unless ``idx`` is a 1-D int64 tensor of sorted unique indices in [0, numel)."""
+    if idx.is_meta:
+        raise ValueError(f"{what}: indices are a meta tensor (they hold no data)")
     if idx.dtype != torch.int64:
         raise TypeError(f"{what}: indices have dtype {idx.dtype}; expected int64")
     if idx.dim() != 1:

@@ -264,6 +264,11 @@ class SparseFineTuner:
             self.trainer, self.config.full, eligible0, str(folder), checkpoint,
         ))
         theta1 = snapshot(self.trainer.model, [*self.eligible, *self.dense])
+        for name, tensor in theta1.items():
+            bad = int((~torch.isfinite(tensor)).sum())
+            if bad:
+                raise ValueError(f"phase 1 diverged: parameter {name!r} holds {bad} NaN/Inf value(s) after full "
+                                 "fine-tuning (lower the learning rate)")
         save_tensors(path, theta1)
         self._drop_checkpoints(folder)
         seconds["full"] = time.perf_counter() - start
