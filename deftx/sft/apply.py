@@ -252,8 +252,8 @@ def lost_entries(
             before = original.reshape(-1)[idx]
             step = factor.to(val.device) * val.float()
             after = (before.float() + step).to(before.dtype)
-            counts.append(((after == before) & (step != 0)).sum().cpu())
-    flat = torch.stack(counts).tolist() if counts else []
+            counts.append(((after == before) & (step != 0)).sum())
+    flat = torch.stack([c.to(counts[0].device) for c in counts]).tolist() if counts else []  # one host sync
     width = len(originals)
     return [flat[d * width : (d + 1) * width] for d in range(len(indices))]
 
