@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from deftx.ops.validation import check_index_tensor
+from deftx.ops.validation import check_finite, check_index_tensor
 from deftx.sft.format import (
     DENSE_PREFIX,
     DTYPE_NAMES,
@@ -258,10 +258,3 @@ def check_param_info(info: object, what: str) -> None:
         raise ValueError(f"{what}: shape {info.shape} must hold integers >= 0")
     if info.dtype not in DTYPE_NAMES.values():
         raise TypeError(f"{what}: dtype {info.dtype} is not one of {sorted(DTYPE_NAMES)}")
-
-
-def check_finite(tensor: torch.Tensor, what: str) -> None:
-    """ValueError naming ``what`` and the count when ``tensor`` holds NaN or ±Inf."""
-    bad = int((~torch.isfinite(tensor)).sum())
-    if bad:
-        raise ValueError(f"{what}: {bad} of {tensor.numel()} values are not finite (NaN or Inf)")
