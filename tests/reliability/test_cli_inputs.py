@@ -1,4 +1,4 @@
-"""Bad input to every training / evaluation command: a clear message naming the problem, exit code 2,
+"""Bad input to the training, evaluation and profiling commands: a clear message naming the problem, exit code 2,
 no traceback, bounded work (a YAML alias bomb is refused in milliseconds)."""
 
 from __future__ import annotations
@@ -162,6 +162,7 @@ COMMAND_CASES = [
      "no-data does not exist"),
     ("pipeline", ["{tmp}/absent.yaml", "--seeds", "-1"], "--seeds: expected an integer >= 0"),
     ("train-lang", ["{tmp}/absent.yaml", "--language", "madurese", "--seed", "-3"], "--seed: expected"),
+    ("profile", ["--static", "--shapes", "{tmp}/absent.json"], "unknown shape set"),
 ]
 
 
