@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import sys
 from collections.abc import Callable
 
-USER_ERRORS = (FileNotFoundError, ValueError, KeyError)
+USER_ERRORS = (OSError, ValueError, KeyError)
+MAX_MESSAGE = 2000
 
 
 def command_line() -> str:
@@ -22,11 +24,41 @@ def guarded(name: str, run: Callable[[argparse.Namespace], int]) -> Callable[[ar
         try:
             return run(args)
         except USER_ERRORS as err:
-            message = err.args[0] if isinstance(err, KeyError) and err.args else err
-            print(f"deftx {name}: error: {message}", file=sys.stderr)
+            print(f"deftx {name}: error: {one_line(err)}", file=sys.stderr)
             return 2
 
     return wrapper
+
+
+def one_line(err: BaseException) -> str:
+    """The error's message on one line (a KeyError's without its quotes), at most MAX_MESSAGE characters."""
+    message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    message = " ".join(message.split()) or type(err).__name__
+    return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 3] + "..."
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a float that is neither NaN nor infinite."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def seed_int(text: str) -> int:
+    """argparse type: a seed, an integer >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
 
 
 def load_pipeline_config(args: argparse.Namespace):
@@ -65,11 +97,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
              "model folder's classifier, else mean",
     )
     parser.add_argument(
-        "--num-labels", type=int,
+        "--num-labels", type=positive_int,
         help="override the number of classifier outputs (default: the SFT's metadata, else the shipped head's "
              "shape, else 3)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of a new head's init where none is shipped")
+    parser.add_argument("--seed", type=seed_int, default=0, help="seed of a new head's init where none is shipped")
 
 
 def name_base_model(model, name: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from deftx.commands._common import command_line, guarded
+from deftx.commands._common import command_line, guarded, seed_int
 
 DESCRIPTION = """\
 Run an ablation: every variant of a base pipeline config, for every seed, trained and scored
@@ -59,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--output-dir", help="override the ablation's output_dir")
     parser.add_argument("--results-dir", help="override the ablation's results_dir")
     parser.add_argument("--data-dir", help="override the data root of every variant")
-    parser.add_argument("--seeds", type=int, nargs="+", help="override the ablation's seeds")
+    parser.add_argument("--seeds", type=seed_int, nargs="+", help="override the ablation's seeds")
     parser.add_argument("--variants", nargs="+", metavar="NAME",
                         help="run only these variants (the summary still covers every variant's rows)")
     parser.add_argument("--dry-run", action="store_true",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from deftx.commands._common import add_model_arguments, guarded, name_base_model
+from deftx.commands._common import add_model_arguments, finite_float, guarded, name_base_model
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,6 +58,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="SFT (repeatable, applied together): a .safetensors file, a Hub-style folder, a composable-sft "
              "pytorch_diff.bin or folder, a peft SHiRA adapter folder, or a Hub repository id of any of those",
     )
-    parser.add_argument("--scale", action="append", type=float, help="scale per --sft (default 1.0 each)")
+    parser.add_argument("--scale", action="append", type=finite_float, help="scale per --sft (default 1.0 each)")
     parser.add_argument("--output", help="folder to write the composed model + tokenizer to")
     parser.set_defaults(func=guarded("compose", run))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from deftx.commands._common import add_model_arguments, guarded, name_base_model
+from deftx.commands._common import add_model_arguments, finite_float, guarded, name_base_model, positive_int
 
 
 def _language_sfts(specs: list[str]) -> dict[str, str]:
@@ -24,6 +24,8 @@ def _nusax_rows(args, model, tokenizer, task, lang_specs, num_labels: int) -> li
     from deftx.sft.sources import open_sft
 
     data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"--data-dir {data_dir} does not exist")
     rows = []
     for language in args.languages or nusax.sentiment_languages(data_dir):
         examples = nusax_test_examples(data_dir, language, tokenizer, args.max_length)
@@ -133,10 +135,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     data.add_argument("--label-column", default="label",
                       help="label column: names matching the SFT's labels, or class ids (default label)")
     data.add_argument("--target", help="name of the data's language in the table (default: --lang-sft's or the file)")
-    parser.add_argument("--scale", type=float, default=1.0, help="language SFT scale (default 1.0)")
+    parser.add_argument("--scale", type=finite_float, default=1.0, help="language SFT scale (default 1.0)")
     parser.add_argument("--source", default="indonesian", help="source language (left out of the average)")
     parser.add_argument("--name", default="sft", help="method name in the table")
-    parser.add_argument("--max-length", type=int, default=128, help="token limit (default 128)")
-    parser.add_argument("--batch-size", type=int, default=64, help="evaluation batch (default 64)")
+    parser.add_argument("--max-length", type=positive_int, default=128, help="token limit (default 128)")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="evaluation batch (default 64)")
     parser.add_argument("--output", help="folder for evaluate.csv / evaluate.md")
     parser.set_defaults(func=guarded("evaluate", run))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from deftx.commands._common import add_config_arguments, command_line, guarded, load_pipeline_config
+from deftx.commands._common import add_config_arguments, command_line, guarded, load_pipeline_config, seed_int
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     add_config_arguments(parser)
-    parser.add_argument("--seeds", type=int, nargs="+", help="override the config's seeds")
+    parser.add_argument("--seeds", type=seed_int, nargs="+", help="override the config's seeds")
     parser.add_argument("--quiet", action="store_true", help="print only the final table")
     parser.add_argument(
         "--dry-run", action="store_true",

@@ -7,6 +7,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+from deftx.commands._common import guarded
+
 STATIC_DEFAULT_OUT = "benchmarks/results"
 RUNTIME_DEFAULT_OUT = "profile"
 
@@ -146,4 +148,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="runtime mode: op backend (default $DEFTX_BACKEND or auto)",
     )
     parser.add_argument("--iterations", type=int, default=None, help="runtime mode: profiled repetitions (default 1)")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=guarded("profile", run))

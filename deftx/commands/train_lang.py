@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from deftx.commands._common import add_config_arguments, guarded, load_pipeline_config
+from deftx.commands._common import add_config_arguments, guarded, load_pipeline_config, seed_int
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,5 +46,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="NusaX language folder name (e.g. madurese) or, with --americasnlp, an AmericasNLI code (e.g. aym)",
     )
     parser.add_argument("--americasnlp", action="store_true", help="train on AmericasNLP 2021 text")
-    parser.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    parser.add_argument("--seed", type=seed_int, default=0, help="seed (default 0)")
     parser.set_defaults(func=guarded("train-lang", run))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from deftx.commands._common import add_config_arguments, guarded, load_pipeline_config
+from deftx.commands._common import add_config_arguments, guarded, load_pipeline_config, seed_int
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,5 +44,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_config_arguments(parser)
     parser.add_argument("--source", required=True, help="source language folder name (e.g. indonesian, english)")
-    parser.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    parser.add_argument("--seed", type=seed_int, default=0, help="seed (default 0)")
     parser.set_defaults(func=guarded("train-task", run))

@@ -38,16 +38,25 @@ from deftx.distributed import comm
 from deftx.distributed.topk import local_shard, mesh_of
 from deftx.ops import scatter_add_
 from deftx.sft import ParamInfo, SparseDiff
-from deftx.sft.apply import check_compatible, entries_per_target, resolve_parameter, restore_saved
+from deftx.sft.apply import (
+    check_compatible,
+    check_scales,
+    entries_per_target,
+    handle_rounding_loss,
+    lost_entries,
+    plan_application,
+    replace_dense,
+    resolve_parameter,
+    restore_saved,
+    rounding_report,
+    values_before_sparse,
+)
 from deftx.sft.format import (
     DENSE_PREFIX,
-    DTYPE_NAMES,
-    FORMAT_NAME,
-    FORMAT_VERSION,
     INDEX_PREFIX,
     VALUE_PREFIX,
     SparseDiffFormatError,
-    parse_json_field,
+    parse_metadata,
 )
 
 
@@ -107,7 +116,11 @@ def _local_rows(full: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
 
 
 class ShardedAppliedDiffs:
-    """Handle of diffs applied to sharded parameters; :meth:`revert` restores every local bit."""
+    """Handle of diffs applied to sharded parameters; :meth:`revert` restores every local bit.
+
+    ``rounding_loss``: per diff, model parameter -> entries of this rank's shard whose
+    change rounded away in the parameter's dtype (see :mod:`deftx.sft.apply`).
+    """
 
     def __init__(
         self,
@@ -115,11 +128,13 @@ class ShardedAppliedDiffs:
         indices: list[list[torch.Tensor]],
         saved: list[list[torch.Tensor]],
         dense_saved: list[tuple[torch.Tensor, torch.Tensor]],
+        rounding_loss: list[dict[str, int]],
     ) -> None:
         self._targets = targets
         self._indices = indices
         self._saved = saved
         self._dense_saved = dense_saved
+        self.rounding_loss = rounding_loss
         self.reverted = False
 
     def revert(self) -> None:
@@ -143,36 +158,37 @@ def apply_diffs_sharded(
 
     ``model``: an FSDP2 module (DTensor parameters; its units are resharded first), a
     DDP-wrapped or a plain module. No communication; every rank calls it with the same
-    diffs. Validated before anything is written. Returns a handle whose ``revert()``
-    restores the exact original bits.
+    diffs. Validated before anything is written; diffs are applied as by
+    :func:`deftx.sft.apply_diffs` (one after another in effect), and entries of this rank
+    lost to rounding are warned about with this rank's counts. Returns a handle whose
+    ``revert()`` restores the exact original bits.
     """
     diffs = list(diffs)
-    scales = [1.0] * len(diffs) if scales is None else [float(s) for s in scales]
-    if len(scales) != len(diffs):
-        raise ValueError(f"apply_diffs_sharded: {len(scales)} scales for {len(diffs)} diffs")
+    scales = check_scales(scales, len(diffs), "apply_diffs_sharded")
     model = _unwrap(model)
     reshard_fsdp(model)
     params = dict(model.named_parameters())
-    resolved = check_compatible(model, params, diffs, strict_dtype, check_base)
-    names = sorted({resolved[n] for d in diffs for n in d.indices})
-    targets = [local_tensor(params[n]) for n in names]
-    for name, target in zip(names, targets, strict=True):
+    plan = plan_application(diffs, check_compatible(model, params, diffs, strict_dtype, check_base))
+    targets = [local_tensor(params[n]) for n in plan.sparse]
+    for name, target in zip(plan.sparse, targets, strict=True):
         if not target.is_contiguous():
             raise ValueError(f"apply_diffs_sharded: the local shard of {name!r} is not contiguous")
-    ranges = [flat_range(params[n]) for n in names]
+    ranges = [flat_range(params[n]) for n in plan.sparse]
     indices, values = entries_per_target(
-        diffs, resolved, names, targets, lambda slot, idx, val: slice_range(idx, val, *ranges[slot])
+        diffs, plan, targets, lambda slot, idx, val: slice_range(idx, val, *ranges[slot])
     )
-    dense_saved = []
+
+    def rows(name: str, tensor: torch.Tensor) -> torch.Tensor:
+        return _local_rows(tensor, params[name])
+
+    with torch.no_grad():
+        lost = lost_entries(values_before_sparse(diffs, plan, targets, rows), indices, values, scales)
+    report = rounding_report(lost, plan.sparse)
+    handle_rounding_loss(report, diffs, {n: params[n].dtype for n in plan.sparse}, "warn")
+    dense_saved = replace_dense(diffs, plan, {n: local_tensor(params[n]) for n in plan.dense}, rows)
     with torch.no_grad():
         saved = scatter_add_(targets, indices, values, scales, save=True, backend=backend) if targets else []
-        for diff in diffs:
-            for name, tensor in diff.dense.items():
-                param = params[resolved[name]]
-                target = local_tensor(param)
-                dense_saved.append((target, target.clone()))
-                target.copy_(_local_rows(tensor, param).to(target.device, target.dtype))
-    return ShardedAppliedDiffs(targets, indices, saved or [], dense_saved)
+    return ShardedAppliedDiffs(targets, indices, saved or [], dense_saved, report)
 
 
 def _first_at_least(stored, length: int, value: int) -> int:
@@ -187,64 +203,64 @@ def _first_at_least(stored, length: int, value: int) -> int:
     return low
 
 
-def _file_params(metadata: dict[str, str], source: str) -> dict[str, ParamInfo]:
-    if metadata.get("format") != FORMAT_NAME:
-        raise SparseDiffFormatError(
-            f"{source}: not a SparseDiff file (metadata 'format' is {metadata.get('format')!r})"
-        )
-    version = metadata.get("format_version", "")
-    if not version.isdigit() or int(version) > FORMAT_VERSION:
-        raise SparseDiffFormatError(f"{source}: format version {version!r} is not supported")
-    raw = parse_json_field(metadata, "params", source)
-    try:
-        return {n: ParamInfo(tuple(int(x) for x in e["shape"]), DTYPE_NAMES[e["dtype"]]) for n, e in raw.items()}
-    except (KeyError, TypeError, ValueError, AttributeError) as err:
-        raise SparseDiffFormatError(f"{source}: bad 'params' metadata ({err})") from err
-
-
 def load_diff_for_shards(path: str | Path, model: nn.Module) -> SparseDiff:
     """The entries of the SparseDiff file at ``path`` that fall in this rank's shards of ``model``.
 
     The result is an ordinary SparseDiff (global flat indices, the file's shapes and
     metadata) holding only this rank's entries, ready for :func:`apply_diffs_sharded`.
     Dense tensors (small task heads) are read whole. Reads O(entries in the shard) of the
-    file plus ``log2(nnz)`` single-index reads per parameter.
+    file plus ``log2(nnz)`` single-index reads per parameter, all through one open file.
+
+    Raises:
+        FileNotFoundError: no such file.
+        SparseDiffFormatError: anything wrong with the file (validated as by ``SparseDiff.load``).
     """
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     model = _unwrap(model)
     reshard_fsdp(model)
     params = dict(model.named_parameters())
     source = str(path)
-    with safe_open(source, framework="pt") as handle:
-        metadata = dict(handle.metadata() or {})
-        infos = _file_params(metadata, source)
-        keys = set(handle.keys())
-        indices, values, dense = {}, {}, {}
-        for key in sorted(keys):
-            prefix, _, name = key.partition("/")
-            if prefix + "/" == DENSE_PREFIX:
-                dense[name] = handle.get_tensor(key)
-            elif prefix + "/" == INDEX_PREFIX:
-                if VALUE_PREFIX + name not in keys or name not in infos:
-                    raise SparseDiffFormatError(f"{source}: parameter {name!r} lacks its values or its shape record")
-                lo, hi = flat_range(params[resolve_parameter(model, params, name)])
-                stored = handle.get_slice(key)
-                length = stored.get_shape()[0]
-                begin, end = _first_at_least(stored, length, lo), _first_at_least(stored, length, hi)
-                indices[name] = stored[begin:end].to(torch.int64)
-                values[name] = handle.get_slice(VALUE_PREFIX + name)[begin:end]
-    settings = parse_json_field(metadata, "settings", source) if "settings" in metadata else {}
-    return SparseDiff(
-        indices,
-        values,
-        {n: infos[n] for n in indices},
-        dense,
-        base_model=metadata.get("base_model") or None,
-        method=metadata.get("method", "sparse"),
-        k=int(metadata.get("k", "0") or 0),
-        settings=settings if isinstance(settings, dict) else {},
-    )
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"SparseDiff file not found: {source}")
+    try:
+        with safe_open(source, framework="pt") as handle:
+            meta = parse_metadata(dict(handle.metadata() or {}), source)
+            keys = set(handle.keys())
+            indices, values, dense = {}, {}, {}
+            for key in sorted(keys):
+                prefix, slash, name = key.partition("/")
+                if prefix + slash == DENSE_PREFIX and name:
+                    dense[name] = handle.get_tensor(key)
+                elif prefix + slash == INDEX_PREFIX and name:
+                    if VALUE_PREFIX + name not in keys or name not in meta.params:
+                        raise SparseDiffFormatError(
+                            f"{source}: parameter {name!r} lacks its values or its shape record"
+                        )
+                    lo, hi = flat_range(params[resolve_parameter(model, params, name)])
+                    stored = handle.get_slice(key)
+                    length = stored.get_shape()[0]
+                    begin, end = _first_at_least(stored, length, lo), _first_at_least(stored, length, hi)
+                    indices[name] = stored[begin:end]
+                    values[name] = handle.get_slice(VALUE_PREFIX + name)[begin:end]
+                elif prefix + slash != VALUE_PREFIX or not name:
+                    raise SparseDiffFormatError(f"{source}: unexpected tensor {key!r}")
+        return SparseDiff(
+            indices,
+            values,
+            {n: meta.params[n] for n in indices},
+            dense,
+            base_model=meta.base_model,
+            method=meta.method,
+            k=meta.k,
+            settings=meta.settings,
+        )
+    except (SafetensorError, OSError, RuntimeError) as err:
+        raise SparseDiffFormatError(f"{source}: corrupt or truncated SparseDiff file ({err})") from err
+    except (ValueError, TypeError, IndexError) as err:
+        if isinstance(err, SparseDiffFormatError):
+            raise
+        raise SparseDiffFormatError(f"{source}: {err}") from err
 
 
 def local_selection(selection: torch.Tensor, param: torch.Tensor) -> torch.Tensor:

@@ -60,7 +60,7 @@ from deftx.eval.report import (
     summarize,
     write_csv,
 )
-from deftx.train.config import to_plain
+from deftx.train.config import short_repr, to_plain
 
 ABLATION_KEYS = ("name", "base", "base_overrides", "variants", "seeds", "output_dir", "results_dir")
 SET_BY_THE_ABLATION = ("seeds", "output_dir", "results_dir", "step_store")
@@ -106,7 +106,7 @@ def nest_overrides(overrides: Any, where: str) -> dict[str, Any]:
     for raw_key, value in overrides.items():
         parts = str(raw_key).split(".")
         if not all(parts):
-            raise ConfigError(f"{where}: bad key {raw_key!r}")
+            raise ConfigError(f"{where}: bad key {short_repr(raw_key)}")
         node = nested
         for depth, part in enumerate(parts[:-1]):
             child = node.setdefault(part, {})
@@ -162,7 +162,9 @@ def _base_mapping(raw: Any, where: str, relative_to: Path | None) -> dict[str, A
     if isinstance(raw, Mapping):
         return dict(raw)
     if not isinstance(raw, str) or not raw:
-        raise ConfigError(f"{where}: 'base' must be a pipeline config path or an inline mapping, got {raw!r}")
+        raise ConfigError(
+            f"{where}: 'base' must be a pipeline config path or an inline mapping, got {short_repr(raw)}"
+        )
     path = Path(raw).expanduser()
     if not path.is_file() and relative_to is not None and (relative_to / raw).is_file():
         path = relative_to / raw
@@ -187,8 +189,8 @@ def _resolve_variant(name: str, base: Mapping[str, Any], overrides: Any, output_
         raise ConfigError(f"{label}: the ablation scores NusaX valid splits only; drop the americasnli section")
     split = merged.get("eval_split", "valid")
     if split != "valid":
-        raise ConfigError(f"{label}: eval_split {split!r} refused: an ablation chooses the recipe on the valid "
-                          "splits; the test splits are scored once, by the final run of the chosen recipe")
+        raise ConfigError(f"{label}: eval_split {short_repr(split)} refused: an ablation chooses the recipe on "
+                          "the valid splits; the test splits are scored once, by the final run of the chosen recipe")
     merged.update(name=name, eval_split="valid", seeds=list(seeds), output_dir=str(output_dir), results_dir=None)
     merged.setdefault("language_text_splits", ["train"])
     try:
@@ -226,12 +228,13 @@ def parse_ablation(raw: Any, source: str = "<ablation>", relative_to: Path | Non
     seeds = raw.get("seeds", list(DEFAULT_SEEDS))
     if isinstance(seeds, int):
         seeds = [seeds]
-    if (not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds)
-            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
-        raise ConfigError(f"{source}: seeds must be distinct integers >= 0, got {seeds!r}")
+    if (not isinstance(seeds, list) or not seeds
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+            or len(set(seeds)) != len(seeds)):
+        raise ConfigError(f"{source}: seeds must be distinct integers >= 0, got {short_repr(seeds)}")
     for key in ("output_dir", "results_dir", "name"):
         if key in raw and raw[key] is not None and not (isinstance(raw[key], str) and raw[key]):
-            raise ConfigError(f"{source}: {key} must be a non-empty string, got {raw[key]!r}")
+            raise ConfigError(f"{source}: {key} must be a non-empty string, got {short_repr(raw[key])}")
     base = _merge(_base_mapping(raw["base"], source, relative_to),
                   nest_overrides(raw.get("base_overrides"), f"{source}: base_overrides"),
                   f"{source}: base_overrides", top=True)

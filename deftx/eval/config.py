@@ -69,6 +69,7 @@ from deftx.train.config import (
     PhaseConfig,
     SparseFineTuningConfig,
     check_k,
+    short_repr,
 )
 from deftx.train.language import HeadWarmUp
 from deftx.train.trainer_args import TrainingSettings, trainer_argument_names
@@ -110,6 +111,11 @@ class AmericasNLISection:
     train_languages: tuple[str, ...]
     test_languages: tuple[str, ...]
     max_train_examples: int | None = None
+
+    def __post_init__(self) -> None:
+        count = self.max_train_examples
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+            raise ValueError(f"max_train_examples must be null or an integer >= 1, got {short_repr(count)}")
 
 
 @dataclass
@@ -214,7 +220,7 @@ def _strings(raw: Any, where: str) -> tuple[str, ...]:
     if isinstance(raw, str):
         raw = [raw]
     if not isinstance(raw, (list, tuple)) or not all(isinstance(x, str) and x for x in raw):
-        raise _fail(where, f"expected a list of names, got {raw!r}")
+        raise _fail(where, f"expected a list of names, got {short_repr(raw)}")
     return tuple(raw)
 
 
@@ -237,7 +243,7 @@ def _sft_section(raw: Any, where: str, default: SFTSection, *, has_max_length: b
         raise _fail(where, f"unknown keys {unknown}; known: {sorted(known)}")
     max_length = values.get("max_length", default.max_length)
     if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 3):
-        raise _fail(f"{where}.max_length", f"expected null or an integer >= 3, got {max_length!r}")
+        raise _fail(f"{where}.max_length", f"expected null or an integer >= 3, got {short_repr(max_length)}")
     section = SFTSection(
         k=values.get("k", default.k),
         full=_phase(values.get("full"), f"{where}.full", default.full),
@@ -261,16 +267,16 @@ def _language_scale(raw: Any, where: str) -> float | tuple[float, ...]:
         return float(raw)
     if isinstance(raw, (list, tuple)) and raw and all(number(v) for v in raw):
         if len(set(raw)) != len(raw):
-            raise _fail(where, f"the scales must be distinct, got {list(raw)!r}")
+            raise _fail(where, f"the scales must be distinct, got {short_repr(list(raw))}")
         return tuple(float(v) for v in raw)
-    raise _fail(where, f"expected a number or a non-empty list of numbers, got {raw!r}")
+    raise _fail(where, f"expected a number or a non-empty list of numbers, got {short_repr(raw)}")
 
 
 def _split_names(raw: Any, where: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
     names = _strings(raw, where)
     unknown = sorted(set(names) - set(allowed))
     if not names or unknown or len(set(names)) != len(names):
-        raise _fail(where, f"expected at least one of {list(allowed)}, each at most once, got {list(names)!r}")
+        raise _fail(where, f"expected at least one of {list(allowed)}, each at most once, got {short_repr(names)}")
     return names
 
 
@@ -303,7 +309,7 @@ def _seeds(raw: Any, where: str) -> tuple[int, ...]:
     if not isinstance(raw, (list, tuple)) or not raw or not all(
         isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in raw
     ):
-        raise _fail(where, f"expected a non-empty list of integers >= 0, got {raw!r}")
+        raise _fail(where, f"expected a non-empty list of integers >= 0, got {short_repr(raw)}")
     return tuple(raw)
 
 
@@ -343,28 +349,28 @@ def parse_config(raw: Any, source: str = "<config>") -> PipelineConfig:
         })
     for key in ("name", "model", "output_dir"):
         if key in values and not (isinstance(values[key], str) and values[key]):
-            raise _fail(key, f"expected a non-empty string, got {values[key]!r}")
+            raise _fail(key, f"expected a non-empty string, got {short_repr(values[key])}")
     for key in ("data_dir", "results_dir", "step_store"):
         if key in values and values[key] is not None and not isinstance(values[key], str):
-            raise _fail(key, f"expected a path or null, got {values[key]!r}")
+            raise _fail(key, f"expected a path or null, got {short_repr(values[key])}")
     for key in ("baseline", "task_on_source_sft"):
         if key in values and not isinstance(values[key], bool):
-            raise _fail(key, f"expected true or false, got {values[key]!r}")
+            raise _fail(key, f"expected true or false, got {short_repr(values[key])}")
     if "language_scale" in values:
         values["language_scale"] = _language_scale(values["language_scale"], "language_scale")
     if "eval_split" in values and values["eval_split"] not in EVAL_SPLITS:
-        raise _fail("eval_split", f"expected one of {list(EVAL_SPLITS)}, got {values['eval_split']!r}")
+        raise _fail("eval_split", f"expected one of {list(EVAL_SPLITS)}, got {short_repr(values['eval_split'])}")
     if "language_text_splits" in values:
         values["language_text_splits"] = _split_names(values["language_text_splits"], "language_text_splits",
                                                       MT_SPLITS)
     if values.get("eval_split") == "valid" and "valid" in values.get("language_text_splits", MT_SPLITS):
         raise _fail("language_text_splits", "eval_split is valid, so the valid sentences' text may not be "
                     "trained on: use language_text_splits: [train]")
-    if "eval_batch_size" in values and (not isinstance(values["eval_batch_size"], int)
-                                        or values["eval_batch_size"] < 1):
-        raise _fail("eval_batch_size", f"expected an integer >= 1, got {values['eval_batch_size']!r}")
+    batch = values.get("eval_batch_size", 1)
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise _fail("eval_batch_size", f"expected an integer >= 1, got {short_repr(values['eval_batch_size'])}")
     if "pooling" in values and values["pooling"] not in ("mean", "cls"):
-        raise _fail("pooling", f"expected 'mean' or 'cls', got {values['pooling']!r}")
+        raise _fail("pooling", f"expected 'mean' or 'cls', got {short_repr(values['pooling'])}")
     parsed.update(values)
     reserved = {"full-ft"} & set(parsed["methods"])
     if reserved:
@@ -385,12 +391,44 @@ def read_config_file(path: str | Path) -> Any:
     text = path.read_text()
     try:
         if path.suffix.lower() == ".json":
-            return json.loads(text)
-        import yaml
+            raw = json.loads(text)
+        else:
+            import yaml
 
-        return yaml.safe_load(text)
+            raw = yaml.safe_load(text)
     except Exception as err:
-        raise ConfigError(f"config {path}: cannot parse: {err}") from err
+        raise ConfigError(f"config {path}: cannot parse: {short_repr(str(err))}") from err
+    check_nesting(raw, str(path))
+    return raw
+
+
+MAX_CONFIG_DEPTH = 32
+
+
+def check_nesting(raw: Any, source: str) -> None:
+    """ConfigError for a value that contains itself (a recursive YAML alias) or nests deeper than
+    :data:`MAX_CONFIG_DEPTH`; linear in the distinct containers (an alias bomb is cheap)."""
+    depth_below: dict[int, int] = {}
+    on_path: set[int] = set()
+
+    def visit(node: Any) -> int:
+        if not isinstance(node, (dict, list, tuple)):
+            return 0
+        key = id(node)
+        if key in on_path:
+            raise ConfigError(f"config {source}: a value contains itself (a recursive alias)")
+        if key in depth_below:
+            return depth_below[key]
+        if len(on_path) >= MAX_CONFIG_DEPTH:
+            raise ConfigError(f"config {source}: values nest deeper than {MAX_CONFIG_DEPTH} levels")
+        on_path.add(key)
+        children = list(node.values()) if isinstance(node, dict) else list(node)
+        depth = 1 + max((visit(child) for child in children), default=0)
+        on_path.discard(key)
+        depth_below[key] = depth
+        return depth
+
+    visit(raw)
 
 
 def load_config(path: str | Path) -> PipelineConfig:

@@ -49,7 +49,7 @@ import torch
 
 from deftx.ops import library
 from deftx.ops.dispatch import requested_backend
-from deftx.ops.validation import check_float_dtype
+from deftx.ops.validation import check_finite, check_float_dtype, check_not_meta
 
 INITIAL_ENERGY_SKETCH = 64
 METHODS: tuple[str, ...] = ("randomized", "exact")
@@ -119,13 +119,24 @@ def held_fraction(singular_values: torch.Tensor, total_energy: float) -> float:
 # --------------------------------------------------------------------------- validation
 
 
-def _check_pair(matrix: torch.Tensor, base: torch.Tensor | None, what: str) -> None:
+def _check_pair(
+    matrix: torch.Tensor, base: torch.Tensor | None, what: str, base_what: str, *, check_values: bool
+) -> None:
+    """Shape, dtype and device of one (matrix, base) pair; with ``check_values``, also NaN/Inf
+    (one pass and one host sync per tensor: the single-matrix ops only; a batch finds them in
+    its fused ``||Δ||²`` pass instead)."""
     if not isinstance(matrix, torch.Tensor) or matrix.dim() != 2:
         shape = tuple(matrix.shape) if isinstance(matrix, torch.Tensor) else type(matrix).__name__
         raise ValueError(f"{what} must be a 2-D tensor, got {shape}")
     check_float_dtype(matrix, what)
+    check_not_meta(matrix, what)
+    if check_values:
+        check_finite(matrix, what)
     if base is not None:
-        check_float_dtype(base, f"{what}'s base")
+        check_float_dtype(base, base_what)
+        check_not_meta(base, base_what)
+        if check_values:
+            check_finite(base, base_what)
         if base.shape != matrix.shape:
             raise ValueError(f"{what}: base shape {tuple(base.shape)} != matrix shape {tuple(matrix.shape)}")
         if base.device != matrix.device:
@@ -180,7 +191,7 @@ def _settings(
     _check_method(method, oversample, n_iter, precision, op)
     for i, (matrix, base) in enumerate(zip(matrices, bases, strict=True)):
         what = f"{op}: matrix" if single else f"{op}: matrices[{i}]"
-        _check_pair(matrix, base, what)
+        _check_pair(matrix, base, what, f"{op}: base" if single else f"{op}: bases[{i}]", check_values=single)
         if precision in FP32_ONLY_PRECISIONS and method == "randomized" and matrix.dtype != torch.float32:
             raise ValueError(f"{what}: precision {precision!r} is for fp32 weights, got {matrix.dtype}")
     _check_rank(rank, energy, min(matrices[0].shape) if single else None, op)

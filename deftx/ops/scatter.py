@@ -8,7 +8,7 @@ import torch
 
 from deftx.ops import library
 from deftx.ops.dispatch import common_device, requested_backend
-from deftx.ops.validation import as_tensor_list, check_float_dtype, check_indices
+from deftx.ops.validation import as_tensor_list, check_disjoint, check_float_dtype, check_indices
 
 
 def _check_dense(dense: list[torch.Tensor], what: str) -> None:
@@ -17,6 +17,7 @@ def _check_dense(dense: list[torch.Tensor], what: str) -> None:
         if not w.is_contiguous():
             raise ValueError(f"{what}: dense tensor {t} is not contiguous (it is updated in place)")
     common_device(dense, what)
+    check_disjoint(dense, f"{what}: dense")
 
 
 def _check_rows(

@@ -12,7 +12,7 @@ import torch
 from deftx.kernels import upload
 from deftx.ops import library
 from deftx.ops.dispatch import common_device, requested_backend
-from deftx.ops.validation import as_tensor_list, check_count, check_float_dtype
+from deftx.ops.validation import as_tensor_list, check_count, check_float_dtype, check_not_meta
 
 
 def topk_mask(
@@ -63,6 +63,7 @@ def topk_mask(
         return topk_mask_dtensor(items, k, output=output)
     for i, t in enumerate(items):
         check_float_dtype(t, f"topk_mask: tensor {i}")
+        check_not_meta(t, f"topk_mask: tensor {i}")
     common_device(items, "topk_mask")
     check_count(k, sum(t.numel() for t in items), "topk_mask")
     contiguous = [t.detach().contiguous() for t in items]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import weakref
 from collections.abc import Callable, Sequence
 
@@ -25,6 +26,33 @@ def check_float_dtype(t: torch.Tensor, what: str) -> None:
     """Raise TypeError unless ``t`` is fp32, bf16 or fp16."""
     if t.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{what} has dtype {t.dtype}; expected float32, bfloat16 or float16")
+
+
+def check_not_meta(t: torch.Tensor, what: str) -> None:
+    """ValueError for a meta tensor, in ops whose result depends on the values (top-k, the SVD).
+
+    Ops that only move data (scatter, the masked step) run on meta tensors through their
+    fake kernels, reading nothing.
+    """
+    if t.is_meta:
+        raise ValueError(f"{what} is a meta tensor (it holds no data: materialise it first)")
+
+
+def check_finite(t: torch.Tensor, what: str) -> None:
+    """Raise ValueError naming ``what`` when ``t`` holds NaN or ±Inf (one pass, one host sync)."""
+    bad = int((~torch.isfinite(t)).sum())
+    if bad:
+        raise ValueError(f"{what} (shape {tuple(t.shape)}) contains {bad} NaN/Inf value(s)")
+
+
+def check_disjoint(tensors: Sequence[torch.Tensor], what: str) -> None:
+    """ValueError if two of the contiguous ``tensors`` share memory (one tensor passed twice, or views)."""
+    spans = sorted(
+        (t.data_ptr(), t.data_ptr() + t.numel() * t.element_size(), i) for i, t in enumerate(tensors) if t.numel()
+    )
+    for (_, end, first), (start, _, second) in itertools.pairwise(spans):
+        if start < end:
+            raise ValueError(f"{what}: tensors {first} and {second} overlap in memory (pass each tensor once)")
 
 
 def check_count(k: object, total: int, what: str) -> int:

@@ -1,6 +1,14 @@
 """deftx.sft: the SparseDiff format (safetensors), apply / revert / compose."""
 
-from deftx.sft.apply import AppliedDiffs, apply_diffs, base_model_id
+from deftx.sft.apply import (
+    AppliedDiffs,
+    RoundingLossError,
+    RoundingLossWarning,
+    applied,
+    apply_diffs,
+    base_model_id,
+    count_rounding_loss,
+)
 from deftx.sft.compose import compose
 from deftx.sft.diff import ParamInfo, SparseDiff
 from deftx.sft.format import SparseDiffFormatError
@@ -8,9 +16,13 @@ from deftx.sft.format import SparseDiffFormatError
 __all__ = [
     "AppliedDiffs",
     "ParamInfo",
+    "RoundingLossError",
+    "RoundingLossWarning",
     "SparseDiff",
     "SparseDiffFormatError",
+    "applied",
     "apply_diffs",
     "base_model_id",
     "compose",
+    "count_rounding_loss",
 ]

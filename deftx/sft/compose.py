@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
+from deftx.sft.apply import check_scales
 from deftx.sft.diff import SparseDiff
 
 
@@ -13,17 +14,17 @@ def compose(*diffs: SparseDiff, scales: Sequence[float] | None = None) -> Sparse
     """One SparseDiff equal to ``sum(scale_i * diff_i)``: union of supports, values summed in fp32.
 
     Overlapping entries add (in the order given). All diffs must agree on the shape and
-    dtype of shared parameters and on the base model; a dense tensor may come from one
-    diff only. The composition's ``info`` (architecture, labels, ...) is that of the diff
-    shipping the head (dense tensors), else of the first diff that has one. Applying the
-    composition rounds once per entry, so it can differ in the last bit from applying the
-    diffs one after another.
+    dtype of shared parameters and on the base model, and scales must be finite; a dense
+    tensor may come from one diff only, and a parameter dense in one diff may not be sparse
+    in another (:func:`~deftx.sft.apply_diffs` applies such diffs one after another). The
+    composition's ``info`` (architecture, labels, ...) is that of the diff shipping the head
+    (dense tensors), else of the first diff that has one. Applying the composition rounds
+    once per entry, so it can differ in the last bit from applying the diffs one after
+    another.
     """
     if not diffs:
         raise ValueError("compose: give at least one SparseDiff")
-    scales = [1.0] * len(diffs) if scales is None else [float(s) for s in scales]
-    if len(scales) != len(diffs):
-        raise ValueError(f"compose: {len(scales)} scales for {len(diffs)} diffs")
+    scales = check_scales(scales, len(diffs), "compose")
     bases = {d.base_model for d in diffs if d.base_model}
     if len(bases) > 1:
         raise ValueError(f"compose: diffs were made for different base models: {sorted(bases)}")
@@ -36,6 +37,9 @@ def compose(*diffs: SparseDiff, scales: Sequence[float] | None = None) -> Sparse
             if name in dense:
                 raise ValueError(f"compose: dense tensor {name!r} is shipped by more than one diff")
             dense[name] = tensor
+    mixed = sorted(set(dense) & {n for d in diffs for n in d.indices})
+    if mixed:
+        raise ValueError(f"compose: {mixed[0]!r} is dense in one diff and sparse in another (apply them instead)")
     indices, values = {}, {}
     for name in sorted({n for d in diffs for n in d.indices}):
         parts = [(d.indices[name], d.values[name] * s) for d, s in zip(diffs, scales, strict=True) if name in d.indices]

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from deftx.ops.validation import check_index_tensor
+from deftx.ops.validation import check_finite, check_index_tensor
 from deftx.sft.format import (
     DENSE_PREFIX,
     DTYPE_NAMES,
@@ -19,9 +18,10 @@ from deftx.sft.format import (
     FORMAT_VERSION,
     INDEX_PREFIX,
     VALUE_PREFIX,
+    ParamInfo,
     SparseDiffFormatError,
     dtype_name,
-    parse_json_field,
+    parse_metadata,
     read_file,
     storage_index_dtype,
     write_file,
@@ -29,21 +29,6 @@ from deftx.sft.format import (
 
 if TYPE_CHECKING:
     from deftx.sft.apply import AppliedDiffs
-
-
-@dataclass(frozen=True)
-class ParamInfo:
-    """Shape and dtype of the parameter a diff entry applies to."""
-
-    shape: tuple[int, ...]
-    dtype: torch.dtype
-
-    @property
-    def numel(self) -> int:
-        n = 1
-        for size in self.shape:
-            n *= size
-        return n
 
 
 class SparseDiff:
@@ -78,10 +63,12 @@ class SparseDiff:
         settings: Mapping[str, Any] | None = None,
         info: Mapping[str, Any] | None = None,
     ) -> None:
-        self.indices = {name: idx.detach().to("cpu", torch.int64) for name, idx in indices.items()}
-        self.values = {name: val.detach().to("cpu", torch.float32) for name, val in values.items()}
+        self.indices = {name: _on_cpu(idx, INDEX_DTYPES, torch.int64, f"indices[{name!r}]")
+                        for name, idx in indices.items()}
+        self.values = {name: _on_cpu(val, VALUE_DTYPES, torch.float32, f"values[{name!r}]")
+                       for name, val in values.items()}
         self.params = dict(params)
-        self.dense = {name: t.detach().cpu() for name, t in (dense or {}).items()}
+        self.dense = {name: _on_cpu(t, DENSE_DTYPES, None, f"dense[{name!r}]") for name, t in (dense or {}).items()}
         self.base_model = base_model or None
         self.method = method
         self.k = self.nnz if k is None else int(k)
@@ -97,13 +84,28 @@ class SparseDiff:
     @property
     def names(self) -> list[str]:
         """Every parameter the diff touches (sparse first, then dense), in a stable order."""
-        return sorted(self.indices) + sorted(n for n in self.dense if n not in self.indices)
+        return sorted(self.indices) + sorted(self.dense)
 
     def validate(self) -> None:
-        """Check internal consistency; raises ValueError/TypeError/IndexError naming the entry."""
+        """Check internal consistency; raises ValueError/TypeError/IndexError naming the entry.
+
+        Every name is non-empty; a parameter is sparse (indices + values) or dense, never
+        both (one diff could not be reverted exactly otherwise); indices are sorted, unique
+        and in range; values and dense tensors are finite.
+        """
         if set(self.indices) != set(self.values):
             missing = sorted(set(self.indices) ^ set(self.values))
             raise ValueError(f"SparseDiff: indices and values name different parameters: {missing}")
+        if self.k < 0:
+            raise ValueError(f"SparseDiff: k must be >= 0, got {self.k}")
+        both = sorted(set(self.indices) & set(self.dense))
+        if both:
+            raise ValueError(f"SparseDiff: parameter {both[0]!r} is both sparse (indices/values) and dense")
+        for name in [*self.indices, *self.dense, *self.params]:
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"SparseDiff: parameter names must be non-empty strings, got {name!r}")
+        for name, info in self.params.items():
+            check_param_info(info, f"SparseDiff params[{name!r}]")
         for name, idx in self.indices.items():
             if name not in self.params:
                 raise ValueError(f"SparseDiff: no shape/dtype recorded for parameter {name!r}")
@@ -111,9 +113,9 @@ class SparseDiff:
             val = self.values[name]
             if val.dim() != 1 or val.numel() != idx.numel():
                 raise ValueError(f"SparseDiff[{name!r}]: {val.numel()} values for {idx.numel()} indices")
+            check_finite(val, f"SparseDiff values[{name!r}]")
         for name, tensor in self.dense.items():
-            if not tensor.is_floating_point():
-                raise TypeError(f"SparseDiff dense[{name!r}] has dtype {tensor.dtype}; expected floating")
+            check_finite(tensor, f"SparseDiff dense[{name!r}]")
 
     def delta(self, name: str) -> torch.Tensor:
         """The dense fp32 difference of parameter ``name`` (zeros off the support)."""
@@ -184,23 +186,22 @@ class SparseDiff:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> SparseDiff:
-        """Read and validate a file written by :meth:`save`."""
+        """Read and validate a file written by :meth:`save`.
+
+        Raises:
+            FileNotFoundError: no such file.
+            SparseDiffFormatError: anything wrong with the file, naming what.
+        """
         tensors, metadata = read_file(path)
         source = str(path)
-        params = _parse_params(parse_json_field(metadata, "params", source), source)
-        settings = parse_json_field(metadata, "settings", source)
-        info = parse_json_field(metadata, "info", source) if "info" in metadata else {}
-        indices, values, dense = {}, {}, {}
+        meta = parse_metadata(metadata, source)
+        parts: dict[str, dict[str, torch.Tensor]] = {INDEX_PREFIX: {}, VALUE_PREFIX: {}, DENSE_PREFIX: {}}
         for key, tensor in tensors.items():
-            prefix, _, name = key.partition("/")
-            if prefix + "/" == INDEX_PREFIX:
-                indices[name] = tensor
-            elif prefix + "/" == VALUE_PREFIX:
-                values[name] = tensor
-            elif prefix + "/" == DENSE_PREFIX:
-                dense[name] = tensor
-            else:
+            prefix, slash, name = key.partition("/")
+            if prefix + slash not in parts or not name:
                 raise SparseDiffFormatError(f"{source}: unexpected tensor {key!r}")
+            parts[prefix + slash][name] = tensor
+        indices, values, dense = parts[INDEX_PREFIX], parts[VALUE_PREFIX], parts[DENSE_PREFIX]
         unpaired = sorted(set(indices) ^ set(values))
         if unpaired:
             raise SparseDiffFormatError(f"{source}: parameter {unpaired[0]!r} lacks its indices or its values")
@@ -208,21 +209,19 @@ class SparseDiff:
             if val.dtype != torch.float32:
                 raise SparseDiffFormatError(f"{source}: values of {name!r} are {val.dtype}, expected float32")
         for name, idx in indices.items():
-            if idx.dtype not in (torch.int32, torch.int64):
+            if idx.dtype not in INDEX_DTYPES:
                 raise SparseDiffFormatError(f"{source}: indices of {name!r} are {idx.dtype}, expected int32/int64")
-        if not metadata.get("k", "").isdigit():
-            raise SparseDiffFormatError(f"{source}: metadata field 'k' is {metadata.get('k')!r}")
         try:
             return cls(
                 indices,
                 values,
-                params,
+                meta.params,
                 dense,
-                base_model=metadata.get("base_model") or None,
-                method=metadata.get("method", "sparse"),
-                k=int(metadata["k"]),
-                settings=settings if isinstance(settings, dict) else {},
-                info=info if isinstance(info, dict) else {},
+                base_model=meta.base_model,
+                method=meta.method,
+                k=meta.k,
+                settings=meta.settings,
+                info=meta.info,
             )
         except (ValueError, TypeError, IndexError) as err:
             raise SparseDiffFormatError(f"{source}: {err}") from err
@@ -279,17 +278,27 @@ class SparseDiff:
         )
 
 
-def _parse_params(raw: object, source: str) -> dict[str, ParamInfo]:
-    if not isinstance(raw, dict):
-        raise SparseDiffFormatError(f"{source}: metadata 'params' must be an object")
-    params = {}
-    for name, entry in raw.items():
-        try:
-            shape = tuple(int(s) for s in entry["shape"])
-            dtype = DTYPE_NAMES[entry["dtype"]]
-        except (KeyError, TypeError, ValueError) as err:
-            raise SparseDiffFormatError(f"{source}: bad shape/dtype record for {name!r}: {entry!r}") from err
-        if any(s < 0 for s in shape):
-            raise SparseDiffFormatError(f"{source}: negative size in the shape of {name!r}: {shape}")
-        params[name] = ParamInfo(shape, dtype)
-    return params
+INDEX_DTYPES = (torch.int32, torch.int64)
+VALUE_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+DENSE_DTYPES = VALUE_DTYPES
+
+
+def _on_cpu(tensor: object, allowed: tuple[torch.dtype, ...], dtype: torch.dtype | None, what: str) -> torch.Tensor:
+    """``tensor`` detached on the CPU (cast to ``dtype`` if given) after checking it holds data of an allowed dtype."""
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"SparseDiff {what} is {type(tensor).__name__}, not a torch.Tensor")
+    if tensor.is_meta:
+        raise ValueError(f"SparseDiff {what} is a meta tensor (it holds no data)")
+    if tensor.dtype not in allowed:
+        raise TypeError(f"SparseDiff {what} has dtype {tensor.dtype}; expected one of {list(allowed)}")
+    return tensor.detach().to("cpu", dtype or tensor.dtype)
+
+
+def check_param_info(info: object, what: str) -> None:
+    """TypeError/ValueError unless ``info`` is a ParamInfo of non-negative int sizes and a storable dtype."""
+    if not isinstance(info, ParamInfo):
+        raise TypeError(f"{what} is {type(info).__name__}, not a ParamInfo")
+    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in info.shape):
+        raise ValueError(f"{what}: shape {info.shape} must hold integers >= 0")
+    if info.dtype not in DTYPE_NAMES.values():
+        raise TypeError(f"{what}: dtype {info.dtype} is not one of {sorted(DTYPE_NAMES)}")

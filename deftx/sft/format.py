@@ -4,26 +4,38 @@ One file holds, for each parameter name:
 
 * ``indices/<name>``: int32 (when the parameter has < 2**31 entries) or int64 flat
   row-major indices, sorted ascending and unique;
-* ``values/<name>``: float32 differences θ − θ0 at those indices;
+* ``values/<name>``: float32 differences θ − θ0 at those indices (finite);
 * ``dense/<name>``: optional full tensors shipped with the diff (e.g. a task head),
-  applied by replacement.
+  applied by replacement (finite; a parameter is sparse or dense, never both).
 
 and string metadata: ``format`` (``"deftx.sparse_diff"``), ``format_version``,
-``base_model``, ``method`` (``lt-sft`` / ``deft-x`` / ...), ``k``, ``settings`` (JSON),
-``params`` (JSON: name -> shape and dtype of the parameter the diff applies to).
+``base_model``, ``method`` (``lt-sft`` / ``deft-x`` / ...), ``k``, ``settings`` (JSON
+object), ``params`` (JSON object: name -> shape, a list of non-negative integers, and
+dtype of the parameter the diff applies to), and ``sha256``: a digest of every other
+metadata field and every tensor (name, dtype, shape, bytes), so that a flipped bit
+anywhere in the file is refused rather than loaded. Files without ``sha256`` (written
+before it existed) are still read.
+
+Reading takes the whole file through one descriptor (:func:`deftx.files.read_consistent`),
+so a concurrent atomic replace gives the old or the new file; writing is atomic
+(:func:`deftx.files.atomic_write`). Every malformed file is a :class:`SparseDiffFormatError`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
+from deftx.files import FileChangedError, atomic_write, read_consistent
 from deftx.sft.foreign import describe_folder, describe_foreign_file, describe_foreign_safetensors
 
 FORMAT_NAME = "deftx.sparse_diff"
@@ -37,6 +49,10 @@ DTYPE_NAMES: dict[str, torch.dtype] = {
     "float16": torch.float16,
     "float64": torch.float64,
 }
+DIGEST_FIELD = "sha256"
+MAX_NUMEL = 2**63 - 1  # flat indices are int64
+HEADER_LENGTH_BYTES = 8
+MAX_DECIMAL_DIGITS = 18  # every such count fits in int64
 
 
 class SparseDiffFormatError(ValueError):
@@ -45,6 +61,33 @@ class SparseDiffFormatError(ValueError):
 
 class ForeignFormatError(SparseDiffFormatError):
     """The file is another tool's format (a pickle, a peft adapter, ...); the message names it."""
+
+
+@dataclass(frozen=True)
+class ParamInfo:
+    """Shape and dtype of the parameter a diff entry applies to."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for size in self.shape:
+            n *= size
+        return n
+
+
+@dataclass(frozen=True)
+class FileMetadata:
+    """The validated metadata of a SparseDiff file."""
+
+    params: dict[str, ParamInfo]
+    base_model: str | None
+    method: str
+    k: int
+    settings: dict[str, Any]
+    info: dict[str, Any]
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -60,22 +103,77 @@ def storage_index_dtype(numel: int) -> torch.dtype:
     return torch.int32 if numel < 2**31 else torch.int64
 
 
+def content_digest(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
+    """sha256 (hex) of the metadata except ``sha256`` and of every tensor's name, dtype, shape and bytes."""
+    digest = hashlib.sha256()
+    fields = {key: value for key, value in metadata.items() if key != DIGEST_FIELD}
+    digest.update(json.dumps(fields, sort_keys=True).encode())
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(json.dumps([name, str(tensor.dtype), list(tensor.shape)]).encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
 def write_file(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """Write atomically: a temporary file in the same folder, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
+    """Write atomically (see :func:`deftx.files.atomic_write`) with the content digest in the metadata.
+
+    The old file survives any failure (an error, a full disk, a kill).
+    """
+    contiguous = {k: v.contiguous() for k, v in tensors.items()}
+    signed = {**metadata, DIGEST_FIELD: content_digest(contiguous, metadata)}
+    atomic_write(path, lambda tmp: save_file(contiguous, str(tmp), metadata=signed))
+
+
+def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"duplicate key {next(k for k in keys if keys.count(k) > 1)!r}")
+    return dict(pairs)
+
+
+def _loads(text: str | bytes) -> Any:
+    """``json.loads`` refusing duplicate keys; JSON and nesting errors become ValueError."""
     try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        return json.loads(text, object_pairs_hook=_reject_duplicate_keys)
+    except RecursionError as err:
+        raise ValueError("nested too deeply") from err
+
+
+def parse_header(data: bytes, source: str) -> dict[str, Any]:
+    """The JSON header of a safetensors byte string (tensor entries and ``__metadata__``)."""
+    if len(data) < HEADER_LENGTH_BYTES:
+        raise SparseDiffFormatError(f"{source}: corrupt or truncated SparseDiff file ({len(data)} bytes)")
+    length = int.from_bytes(data[:HEADER_LENGTH_BYTES], "little")
+    if length > len(data) - HEADER_LENGTH_BYTES:
+        raise SparseDiffFormatError(f"{source}: corrupt or truncated SparseDiff file (header length {length})")
+    try:
+        header = _loads(data[HEADER_LENGTH_BYTES : HEADER_LENGTH_BYTES + length])
+    except (ValueError, UnicodeDecodeError) as err:
+        raise SparseDiffFormatError(f"{source}: corrupt or truncated SparseDiff file (header: {err})") from err
+    if not isinstance(header, dict):
+        raise SparseDiffFormatError(f"{source}: corrupt or truncated SparseDiff file (header is not a JSON object)")
+    return header
+
+
+def header_metadata(data: bytes, source: str) -> dict[str, str]:
+    """The ``__metadata__`` string map of a safetensors byte string."""
+    metadata = parse_header(data, source).get("__metadata__")
+    if not isinstance(metadata, dict) or not all(
+        isinstance(key, str) and isinstance(value, str) for key, value in metadata.items()
+    ):
+        raise SparseDiffFormatError(f"{source}: not a SparseDiff file (no string metadata)")
+    return metadata
 
 
 def read_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """All tensors and the metadata of a safetensors file; clear errors for bad files."""
+    """All tensors and the metadata of a SparseDiff file, from one consistent read.
+
+    Raises:
+        FileNotFoundError: no such file.
+        SparseDiffFormatError: anything else wrong with it (not safetensors, truncated,
+            not a SparseDiff, an unsupported version, changed while being read).
+    """
     path = Path(path)
     if path.is_dir():
         raise ForeignFormatError(f"{path}: {describe_folder(path)}")
@@ -84,20 +182,47 @@ def read_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[st
     foreign = describe_foreign_file(path)
     if foreign is not None:
         raise ForeignFormatError(f"{path}: {foreign}")
+    source = str(path)
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = dict(handle.metadata() or {})
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
-    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise SparseDiffFormatError(f"{path}: corrupt or truncated SparseDiff file ({err})") from err
-    if metadata.get("format") != FORMAT_NAME:
-        raise ForeignFormatError(f"{path}: {describe_foreign_safetensors(tensors, metadata)}")
-    version = metadata.get("format_version", "")
-    if not version.isdigit() or int(version) > FORMAT_VERSION:
-        raise SparseDiffFormatError(
-            f"{path}: format version {version!r} is not supported (this deftx reads up to {FORMAT_VERSION})"
-        )
+        data = read_consistent(path)
+    except FileChangedError as err:
+        raise SparseDiffFormatError(f"{source}: {err.strerror} (read it again once the writer is done)") from err
+    header = parse_header(data, source)
+    raw_metadata = header.get("__metadata__")
+    if not isinstance(raw_metadata, dict) or raw_metadata.get("format") != FORMAT_NAME:
+        keys = [key for key in header if key != "__metadata__"]
+        described = describe_foreign_safetensors(keys, raw_metadata if isinstance(raw_metadata, dict) else {})
+        raise ForeignFormatError(f"{source}: {described}")
+    metadata = header_metadata(data, source)
+    check_format(metadata, source)
+    try:
+        tensors = load_safetensors(data)
+    except (SafetensorError, ValueError, RuntimeError, TypeError, OverflowError) as err:
+        raise SparseDiffFormatError(f"{source}: corrupt or truncated SparseDiff file ({err})") from err
+    if DIGEST_FIELD in metadata and metadata[DIGEST_FIELD] != content_digest(tensors, metadata):
+        raise SparseDiffFormatError(f"{source}: corrupt SparseDiff file (its content does not match its sha256)")
     return tensors, metadata
+
+
+def decimal(text: str) -> int | None:
+    """The value of a string of ASCII digits (no sign, no spaces); None for anything else."""
+    if text and len(text) <= MAX_DECIMAL_DIGITS and text.isascii() and text.isdigit():
+        return int(text)
+    return None
+
+
+def check_format(metadata: dict[str, str], source: str) -> None:
+    """Refuse metadata that is not a SparseDiff's of a version this deftx reads."""
+    if metadata.get("format") != FORMAT_NAME:
+        raise SparseDiffFormatError(
+            f"{source}: not a SparseDiff file (metadata 'format' is {metadata.get('format')!r})"
+        )
+    version = decimal(metadata.get("format_version", ""))
+    if version is None or not 1 <= version <= FORMAT_VERSION:
+        raise SparseDiffFormatError(
+            f"{source}: format version {metadata.get('format_version')!r} is not supported "
+            f"(this deftx reads 1 to {FORMAT_VERSION})"
+        )
 
 
 def parse_json_field(metadata: dict[str, str], key: str, source: str) -> object:
@@ -105,6 +230,56 @@ def parse_json_field(metadata: dict[str, str], key: str, source: str) -> object:
     if key not in metadata:
         raise SparseDiffFormatError(f"{source}: metadata field {key!r} is missing")
     try:
-        return json.loads(metadata[key])
-    except json.JSONDecodeError as err:
+        return _loads(metadata[key])
+    except ValueError as err:
         raise SparseDiffFormatError(f"{source}: metadata field {key!r} is not valid JSON ({err})") from err
+
+
+def _size(value: object) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return value
+
+
+def parse_param_info(name: object, entry: object, source: str) -> tuple[str, ParamInfo]:
+    """One ``params`` record: a non-empty name -> shape (non-negative ints) and a known dtype."""
+    if not isinstance(name, str) or not name:
+        raise SparseDiffFormatError(f"{source}: 'params' holds an empty parameter name")
+    shape = entry.get("shape") if isinstance(entry, dict) else None
+    dtype = entry.get("dtype") if isinstance(entry, dict) else None
+    sizes = [_size(s) for s in shape] if isinstance(shape, list) else [None]
+    if None in sizes or not isinstance(dtype, str) or dtype not in DTYPE_NAMES:
+        raise SparseDiffFormatError(
+            f"{source}: bad shape/dtype record for {name!r} (want a list of integers >= 0 and one of "
+            f"{sorted(DTYPE_NAMES)})"
+        )
+    info = ParamInfo(tuple(sizes), DTYPE_NAMES[dtype])
+    if info.numel > MAX_NUMEL:
+        raise SparseDiffFormatError(f"{source}: parameter {name!r} of shape {info.shape} has more than 2**63 entries")
+    return name, info
+
+
+def parse_metadata(metadata: dict[str, str], source: str) -> FileMetadata:
+    """Validate every metadata field of a SparseDiff file."""
+    check_format(metadata, source)
+    raw_params = parse_json_field(metadata, "params", source)
+    if not isinstance(raw_params, dict):
+        raise SparseDiffFormatError(f"{source}: metadata 'params' must be a JSON object")
+    params = dict(parse_param_info(name, entry, source) for name, entry in raw_params.items())
+    settings = parse_json_field(metadata, "settings", source)
+    if not isinstance(settings, dict):
+        raise SparseDiffFormatError(f"{source}: metadata 'settings' must be a JSON object")
+    k = decimal(metadata.get("k", ""))
+    if k is None:
+        raise SparseDiffFormatError(f"{source}: metadata field 'k' is {metadata.get('k')!r}, not a count")
+    info = parse_json_field(metadata, "info", source) if "info" in metadata else {}
+    if not isinstance(info, dict):
+        raise SparseDiffFormatError(f"{source}: metadata 'info' must be a JSON object")
+    return FileMetadata(
+        params=params,
+        base_model=metadata.get("base_model") or None,
+        method=metadata.get("method") or "sparse",
+        k=k,
+        settings=settings,
+        info=info,
+    )

@@ -23,6 +23,8 @@ source only and is off by default.
 
 from __future__ import annotations
 
+import math
+import reprlib
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
@@ -48,15 +50,16 @@ class PhaseConfig:
     def __post_init__(self) -> None:
         if (self.steps is None) == (self.epochs is None):
             raise ValueError(f"PhaseConfig: set exactly one of steps / epochs, got {self}")
-        if self.steps is not None and (isinstance(self.steps, bool) or int(self.steps) != self.steps
-                                       or self.steps < 1):
-            raise ValueError(f"PhaseConfig: steps must be an integer >= 1, got {self.steps!r}")
-        if self.epochs is not None and not self.epochs > 0:
-            raise ValueError(f"PhaseConfig: epochs must be > 0, got {self.epochs!r}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"PhaseConfig: learning_rate must be > 0, got {self.learning_rate!r}")
-        if self.l1 < 0:
-            raise ValueError(f"PhaseConfig: l1 must be >= 0, got {self.l1!r}")
+        if self.steps is not None and not is_count(self.steps, 1):
+            raise ValueError(f"PhaseConfig: steps must be an integer >= 1, got {short_repr(self.steps)}")
+        if self.epochs is not None and not (is_number(self.epochs) and self.epochs > 0):
+            raise ValueError(f"PhaseConfig: epochs must be a finite number > 0, got {short_repr(self.epochs)}")
+        if not (is_number(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(
+                f"PhaseConfig: learning_rate must be a finite number > 0, got {short_repr(self.learning_rate)}"
+            )
+        if not (is_number(self.l1) and self.l1 >= 0):
+            raise ValueError(f"PhaseConfig: l1 must be a finite number >= 0, got {short_repr(self.l1)}")
 
 
 @dataclass
@@ -91,19 +94,27 @@ class DenoiseConfig:
             self.energy = DEFAULT_ENERGY
         if self.rank is not None and self.energy is not None:
             raise ValueError("DenoiseConfig: set exactly one of rank / energy")
-        if self.energy is not None and not 0.0 < self.energy <= 1.0:
-            raise ValueError(f"DenoiseConfig: energy must be in (0, 1], got {self.energy!r}")
-        if self.rank is not None and (isinstance(self.rank, bool) or int(self.rank) != self.rank
-                                      or self.rank < 0):
-            raise ValueError(f"DenoiseConfig: rank must be an integer >= 0, got {self.rank!r}")
+        if self.energy is not None and not (is_number(self.energy) and 0.0 < self.energy <= 1.0):
+            raise ValueError(f"DenoiseConfig: energy must be in (0, 1], got {short_repr(self.energy)}")
+        if self.rank is not None and not is_count(self.rank, 0):
+            raise ValueError(f"DenoiseConfig: rank must be an integer >= 0, got {short_repr(self.rank)}")
         if self.method not in ("randomized", "exact"):
-            raise ValueError(f"DenoiseConfig: method must be 'randomized' or 'exact', got {self.method!r}")
+            raise ValueError(f"DenoiseConfig: method must be 'randomized' or 'exact', got {short_repr(self.method)}")
+        if not isinstance(self.groups, (list, tuple)) or not all(isinstance(g, str) for g in self.groups):
+            raise ValueError(f"DenoiseConfig: groups must be a list of group names, got {short_repr(self.groups)}")
         self.groups = tuple(self.groups)
         unknown = set(self.groups) - set(DENOISE_GROUPS) - {"other"}
         if unknown:
             raise ValueError(f"DenoiseConfig: unknown groups {sorted(unknown)}; known: {DENOISE_GROUPS}")
-        if not 0.0 <= self.residual_keep <= 1.0:
-            raise ValueError(f"DenoiseConfig: residual_keep must be in [0, 1], got {self.residual_keep!r}")
+        if not isinstance(self.add_back_residual, bool):
+            raise ValueError(f"DenoiseConfig: add_back_residual must be true or false, got "
+                             f"{short_repr(self.add_back_residual)}")
+        if not (is_number(self.residual_keep) and 0.0 <= self.residual_keep <= 1.0):
+            raise ValueError(f"DenoiseConfig: residual_keep must be in [0, 1], got {short_repr(self.residual_keep)}")
+        for name, minimum in (("oversample", 0), ("n_iter", 0), ("seed", 0)):
+            if not is_count(getattr(self, name), minimum):
+                raise ValueError(f"DenoiseConfig: {name} must be an integer >= {minimum}, got "
+                                 f"{short_repr(getattr(self, name))}")
 
 
 @dataclass
@@ -150,11 +161,37 @@ def check_k(k: float) -> None:
     """Validate K: an integer count >= 1 or a fraction in (0, 1)."""
     if isinstance(k, bool) or not isinstance(k, (int, float)):
         raise TypeError(f"k must be a number, got {type(k).__name__}")
-    if isinstance(k, int) or (isinstance(k, float) and k >= 1):
+    if not math.isfinite(k):
+        raise ValueError(f"k must be a finite number, got {k!r}")
+    if isinstance(k, int) or k >= 1:
         if int(k) != k or k < 1:
             raise ValueError(f"k as a count must be an integer >= 1, got {k!r}")
     elif not 0.0 < k < 1.0:
         raise ValueError(f"k as a fraction must be in (0, 1), got {k!r}")
+
+
+def is_number(value: object) -> bool:
+    """An int or float (not a bool) that is neither infinite nor NaN."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def is_count(value: object, minimum: int) -> bool:
+    """An integer >= ``minimum`` (an int, or a float with an integral value; not a bool)."""
+    return is_number(value) and int(value) == value and value >= minimum
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel = 2
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = 4
+_SHORT.maxstring = _SHORT.maxother = 60
+
+
+def short_repr(value: object) -> str:
+    """``repr(value)`` cut short with bounded work (a YAML alias bomb prints in microseconds)."""
+    try:
+        return _SHORT.repr(value)
+    except (ValueError, RecursionError):
+        return f"<{type(value).__name__}>"
 
 
 def resolve_k(k: float, num_eligible: int) -> int:

@@ -6,14 +6,15 @@ head is warmed up once (:func:`warm_up_head`, cached) and is never part of an SF
 SFT holds body parameters only, stored under ``bert.*`` names so it applies to a
 ``BertForSequenceClassification`` of the same base model.
 
-On a killed run, the Trainer restores model, optimizer, scheduler and RNG state, but the
-MLM collator draws its masks from its own generator, which is reseeded at the start of
-every phase (:class:`ReseedCollator`), not restored mid-phase: a phase resumed from a
-mid-phase checkpoint sees other (equally distributed) masks than an uninterrupted run.
+The MLM masks of a phase's n-th batch are drawn from a generator seeded with the run's
+seed and n (:class:`BatchSeededCollator`); a phase resumed from a checkpoint restarts the
+count at the first batch the Trainer has not trained on (:class:`CountResumedBatches`), so
+a killed and resumed run sees the same masks, batch for batch, as an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any
 from transformers import Trainer, TrainerCallback
 
 from deftx.models.mlm import MLMCollator, build_mlm_model, chunk_token_ids, warm_up_mlm_head
-from deftx.train.config import SparseFineTuningConfig
+from deftx.train.config import SparseFineTuningConfig, is_number, short_repr
 from deftx.train.sparse_finetuner import SparseFineTuner, SparseFineTuningResult
 from deftx.train.trainer_args import TrainingSettings, training_arguments
 
@@ -54,26 +55,73 @@ class HeadWarmUp:
     def __post_init__(self) -> None:
         self.texts = (self.texts,) if isinstance(self.texts, str) else tuple(self.texts)
         if not self.texts or len(set(self.texts)) != len(self.texts):
-            raise ValueError(f"HeadWarmUp: texts must be distinct corpus names, at least one; got {self.texts!r}")
+            raise ValueError(
+                f"HeadWarmUp: texts must be distinct corpus names, at least one; got {short_repr(self.texts)}"
+            )
         for name in ("steps", "batch_size", "seq_len", "eval_every"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"HeadWarmUp: {name} must be an integer >= 1, got {value!r}")
-        if isinstance(self.eval_sequences, bool) or not isinstance(self.eval_sequences, int) or self.eval_sequences < 0:
-            raise ValueError(f"HeadWarmUp: eval_sequences must be an integer >= 0, got {self.eval_sequences!r}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"HeadWarmUp: learning_rate must be > 0, got {self.learning_rate!r}")
+                raise ValueError(f"HeadWarmUp: {name} must be an integer >= 1, got {short_repr(value)}")
+        for name in ("eval_sequences", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"HeadWarmUp: {name} must be an integer >= 0, got {short_repr(value)}")
+        if not (is_number(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(
+                f"HeadWarmUp: learning_rate must be a finite number > 0, got {short_repr(self.learning_rate)}"
+            )
 
 
-class ReseedCollator(TrainerCallback):
-    """Reseeds the MLM collator's generator when each phase starts (same masks per branch)."""
+def batch_seed(seed: int, batch: int) -> int:
+    """The generator seed of the ``batch``-th batch (0-based) of a phase of a run seeded with ``seed``."""
+    digest = hashlib.sha256(f"deftx-mlm:{int(seed)}:{int(batch)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def batches_before(global_step: int, batches_per_epoch: int, accumulation: int) -> int:
+    """Batches a Trainer has consumed before optimizer step ``global_step`` (what a resume skips).
+
+    The Trainer's own arithmetic: ``ceil(batches_per_epoch / accumulation)`` updates per
+    epoch, every batch of a finished epoch, ``accumulation`` batches per update of the current one.
+    """
+    updates_per_epoch = max(-(-batches_per_epoch // accumulation), 1)
+    epochs, updates = divmod(global_step, updates_per_epoch)
+    return epochs * batches_per_epoch + updates * accumulation
+
+
+class BatchSeededCollator:
+    """Wraps an :class:`MLMCollator`: the masks of the n-th batch come from ``batch_seed(seed, n)``.
+
+    ``batches`` counts the batches collated in the current phase; :class:`CountResumedBatches`
+    sets it when a phase (re)starts. A batch's masks thus depend only on the seed, its
+    position in the phase and its content, not on when it was collated (the data loader
+    prefetches) or on whether the phase was resumed.
+    """
 
     def __init__(self, collator: MLMCollator, seed: int) -> None:
         self.collator = collator
         self.seed = seed
+        self.batches = 0
 
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.collator.generator.manual_seed(self.seed)
+    def __call__(self, examples: Sequence[Any]) -> dict[str, Any]:
+        self.collator.generator.manual_seed(batch_seed(self.seed, self.batches))
+        self.batches += 1
+        return self.collator(examples)
+
+
+class CountResumedBatches(TrainerCallback):
+    """Sets a :class:`BatchSeededCollator`'s count when a phase starts: 0, or the batches a resume skips.
+
+    Holds for map-style datasets (the Trainer skips their batches without collating them).
+    """
+
+    def __init__(self, collator: BatchSeededCollator) -> None:
+        self.collator = collator
+
+    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        self.collator.batches = batches_before(
+            state.global_step, len(train_dataloader), args.gradient_accumulation_steps
+        )
 
 
 def warm_up_head(
@@ -139,13 +187,15 @@ def train_language_sft(
         base_model: identifier stored in the SFTs.
     """
     model = build_mlm_model(model_dir, head_state=head_file)
-    collator = MLMCollator(tokenizer, real_vocab_size=real_vocab_size, seed=settings.seed)
+    collator = BatchSeededCollator(
+        MLMCollator(tokenizer, real_vocab_size=real_vocab_size, seed=settings.seed), settings.seed
+    )
     trainer = Trainer(
         model=model,
         args=training_arguments(settings, Path(work_dir) / "trainer"),
         train_dataset=mlm_examples(tokenizer, texts, settings.max_length),
         data_collator=collator,
-        callbacks=[ReseedCollator(collator, settings.seed)],
+        callbacks=[CountResumedBatches(collator)],
     )
     tuner = SparseFineTuner(trainer, config, work_dir, base_model=base_model, progress=settings.progress)
     return tuner.fit()

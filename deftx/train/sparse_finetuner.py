@@ -27,14 +27,18 @@ retrains from θ0 — a paired comparison that differs only in the mask.
 
 Every phase boundary is persisted under ``work_dir`` (see :mod:`deftx.train.checkpoint`)
 and the Trainer's own checkpoints are kept per phase, so ``fit()`` on a killed run
-resumes in the phase (and, with ``save_steps``, at the step) where it stopped.
+resumes in the phase (and, with ``save_steps``, at the step) where it stopped, and gives
+the same SFTs bit for bit: each phase draws from global generators seeded with the run's
+seed (``trainer.args.seed``) and the phase (:mod:`deftx.train.seeding`; every branch's
+sparse phase gets the same stream, so branches differ only in their masks), or from the
+RNG state of the checkpoint it resumes from.
 """
 
 from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,11 +51,14 @@ from deftx.sft import SparseDiff, base_model_id
 from deftx.train.architecture import describe_model
 from deftx.train.checkpoint import (
     append_log,
+    checkpoint_step,
+    discard_incomplete_checkpoints,
     last_checkpoint,
     load_json,
     load_tensors,
     save_json,
     save_tensors,
+    trim_log,
 )
 from deftx.train.config import DenoiseConfig, SparseFineTuningConfig, resolve_k, to_plain
 from deftx.train.denoise import selection_scores
@@ -65,6 +72,7 @@ from deftx.train.params import (
     snapshot,
 )
 from deftx.train.retrain import run_sparse_retraining
+from deftx.train.seeding import phase_seed, seeded_rng
 from deftx.train.select import group_share_report, mask_overlap, select_top_k
 
 
@@ -88,6 +96,36 @@ class NoFinalCheckpoint(TrainerCallback):
         if state.max_steps and state.global_step >= state.max_steps:
             control.should_save = False
         return control
+
+
+def run_phase(
+    trainer,
+    log: Path,
+    phase: str,
+    seed_key: str,
+    folder: Path,
+    train: Callable[[str | None], Any],
+) -> Any:
+    """Run (or resume) one training phase: ``train(checkpoint)`` under the phase's seeded RNG.
+
+    Incomplete checkpoints in ``folder`` are removed, the last complete one is passed to
+    ``train`` (None: start from scratch), the records ``phase`` will log again are
+    trimmed from ``log``, and the global generators are seeded with
+    ``phase_seed(trainer.args.seed, seed_key)``. Losses are logged to ``log`` tagged with
+    ``phase``; no Trainer checkpoint is written at the phase's last step.
+    """
+    discard_incomplete_checkpoints(folder)
+    checkpoint = last_checkpoint(folder)
+    trim_log(log, phase, checkpoint_step(Path(checkpoint)) if checkpoint else 0)
+    callbacks = [PhaseLogger(log, phase), NoFinalCheckpoint()]
+    for callback in callbacks:
+        trainer.add_callback(callback)
+    try:
+        with seeded_rng(phase_seed(trainer.args.seed, seed_key)):
+            return train(checkpoint)
+    finally:
+        for callback in callbacks:
+            trainer.remove_callback(callback)
 
 
 @dataclass
@@ -186,15 +224,8 @@ class SparseFineTuner:
         for name, param in self.trainer.model.named_parameters():
             param.requires_grad_(flags[name])
 
-    def _run_phase(self, phase: str, run) -> None:
-        callbacks = [PhaseLogger(self._path("log.jsonl"), phase), NoFinalCheckpoint()]
-        for callback in callbacks:
-            self.trainer.add_callback(callback)
-        try:
-            run()
-        finally:
-            for callback in callbacks:
-                self.trainer.remove_callback(callback)
+    def _run_phase(self, phase: str, seed_key: str, folder: Path, train: Callable[[str | None], Any]) -> None:
+        run_phase(self.trainer, self._path("log.jsonl"), phase, seed_key, folder, train)
 
     def _drop_checkpoints(self, folder: Path) -> None:
         """A finished phase is persisted by its own file: its Trainer checkpoints can go."""
@@ -224,15 +255,21 @@ class SparseFineTuner:
 
     def _theta1(self, theta0: dict[str, torch.Tensor], seconds: dict[str, float]) -> dict[str, torch.Tensor]:
         path = self._path("theta1.safetensors")
+        folder = self._path("phase1")
         if path.is_file():
+            self._drop_checkpoints(folder)  # a kill may have come between the file and the clean-up
             return load_tensors(path, next(iter(theta0.values())).device)
         start = time.perf_counter()
-        folder = self._path("phase1")
         eligible0 = {name: theta0[name] for name in self.eligible}
-        self._run_phase("full", lambda: run_full_finetuning(
-            self.trainer, self.config.full, eligible0, str(folder), last_checkpoint(folder),
+        self._run_phase("full", "full", folder, lambda checkpoint: run_full_finetuning(
+            self.trainer, self.config.full, eligible0, str(folder), checkpoint,
         ))
         theta1 = snapshot(self.trainer.model, [*self.eligible, *self.dense])
+        for name, tensor in theta1.items():
+            bad = int((~torch.isfinite(tensor)).sum())
+            if bad:
+                raise ValueError(f"phase 1 diverged: parameter {name!r} holds {bad} NaN/Inf value(s) after full "
+                                 "fine-tuning (lower the learning rate)")
         save_tensors(path, theta1)
         self._drop_checkpoints(folder)
         seconds["full"] = time.perf_counter() - start
@@ -265,15 +302,15 @@ class SparseFineTuner:
 
     def _branch(self, branch: str, denoise, theta0, theta1, seconds) -> SparseDiff:
         sft_path = self._path(branch, "sft.safetensors")
+        folder = self._path(branch, "phase3")
         indices = self._mask(branch, denoise, theta0, theta1)
         if sft_path.is_file():
+            self._drop_checkpoints(folder)
             return SparseDiff.load(sft_path)
         start = time.perf_counter()
         load_values_(self.trainer.model, theta0)
-        folder = self._path(branch, "phase3")
-        self._run_phase(f"sparse:{branch}", lambda: run_sparse_retraining(
-            self.trainer, self.config.sparse, indices, self.dense, str(folder),
-            last_checkpoint(folder), backend=self.backend,
+        self._run_phase(f"sparse:{branch}", "sparse", folder, lambda checkpoint: run_sparse_retraining(
+            self.trainer, self.config.sparse, indices, self.dense, str(folder), checkpoint, backend=self.backend,
         ))
         tuned = snapshot(self.trainer.model, [*self.eligible, *self.dense])
         rename = self.stored_names

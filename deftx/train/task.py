@@ -25,11 +25,11 @@ from transformers import (
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from deftx.sft import SparseDiff
-from deftx.train.checkpoint import last_checkpoint, load_tensors, save_tensors
+from deftx.train.checkpoint import load_tensors, save_tensors
 from deftx.train.config import PhaseConfig, SparseFineTuningConfig
 from deftx.train.finetune import phase_arguments
 from deftx.train.params import load_values_
-from deftx.train.sparse_finetuner import NoFinalCheckpoint, PhaseLogger, SparseFineTuner, SparseFineTuningResult
+from deftx.train.sparse_finetuner import SparseFineTuner, SparseFineTuningResult, run_phase
 from deftx.train.trainer_args import TrainingSettings, training_arguments
 
 
@@ -192,10 +192,12 @@ def train_full_finetune(
         return model
     trainer = _trainer(model, tokenizer, list(examples), settings, work_dir / "trainer")
     folder = work_dir / "phase1"
-    trainer.add_callback(PhaseLogger(work_dir / "log.jsonl", "full"))
-    trainer.add_callback(NoFinalCheckpoint())
-    with phase_arguments(trainer, phase, str(folder)):
-        trainer.train(resume_from_checkpoint=last_checkpoint(folder))
+
+    def train(checkpoint: str | None) -> None:
+        with phase_arguments(trainer, phase, str(folder)):
+            trainer.train(resume_from_checkpoint=checkpoint)
+
+    run_phase(trainer, work_dir / "log.jsonl", "full", "full-ft", folder, train)
     save_tensors(final, dict(model.named_parameters()))
     shutil.rmtree(folder, ignore_errors=True)
     return model

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import HfArgumentParser, TrainingArguments
+
+from deftx.train.config import is_number, short_repr
 
 PHASE_ARGUMENTS = {
     "max_steps": "each phase's steps",
@@ -91,9 +94,19 @@ class TrainingSettings:
         for name in ("batch_size", "max_length", "save_steps", "logging_steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"TrainingSettings: {name} must be an integer >= 1, got {value!r}")
-        if self.weight_decay < 0 or not 0 <= self.warmup_ratio < 1 or self.max_grad_norm < 0:
-            raise ValueError("TrainingSettings: weight_decay >= 0, 0 <= warmup_ratio < 1, max_grad_norm >= 0")
+                raise ValueError(f"TrainingSettings: {name} must be an integer >= 1, got {short_repr(value)}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"TrainingSettings: seed must be an integer >= 0, got {short_repr(self.seed)}")
+        for name, low, high in (("weight_decay", 0, math.inf), ("warmup_ratio", 0, 1), ("max_grad_norm", 0, math.inf)):
+            value = getattr(self, name)
+            if not (is_number(value) and low <= value < high):
+                raise ValueError(
+                    f"TrainingSettings: {name} must be a finite number in [{low}, {high}), got {short_repr(value)}"
+                )
+        for name in ("group_by_length", "progress"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise ValueError(f"TrainingSettings: {name} must be true or false, got {short_repr(value)}")
 
 
 def training_arguments(settings: TrainingSettings, output_dir: str | Path) -> TrainingArguments:

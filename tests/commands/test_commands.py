@@ -123,3 +123,14 @@ def test_compose_and_evaluate_commands(pipeline_run, tiny_model_dir, capsys):
     printed = capsys.readouterr().out
     assert "buginese: no test split" in printed and "madurese: macro-F1" in printed
     assert (tmp / "eval" / "evaluate.csv").is_file()
+
+
+def test_compose_of_two_sfts_shipping_one_head_reverts_exactly(pipeline_run, tiny_model_dir, capsys):
+    """Issue #24: two task SFTs (or one twice) both ship classifier.*; the revert must restore the base head."""
+    tmp, _, _ = pipeline_run
+    lt = tmp / "run" / "seed-0" / "task" / "indonesian" / "lt-sft" / "lt-sft" / "sft.safetensors"
+    dx = tmp / "run" / "seed-0" / "task" / "indonesian" / "deft-x" / "deft-x" / "sft.safetensors"
+    for pair in ([lt, dx], [lt, lt]):
+        code = main(["compose", "--model", str(tiny_model_dir), "--sft", str(pair[0]), "--sft", str(pair[1])])
+        assert "revert restores the base bit-exactly: True" in capsys.readouterr().out
+        assert code == 0

@@ -188,3 +188,13 @@ def test_no_final_checkpoint(make_trainer, tmp_path, skip):
         trainer.train()
     written = sorted(p.name for p in (tmp_path / "phase").glob("checkpoint-*"))
     assert written == ([] if skip else ["checkpoint-2"])
+
+
+def test_a_diverged_phase_one_is_refused_naming_a_parameter(tmp_path):
+    from tests.train.conftest import tiny_trainer
+
+    trainer = tiny_trainer(tmp_path, max_grad_norm=0.0)
+    diverging = config(full=PhaseConfig(steps=3, learning_rate=1e38), selections={"lt-sft": None})
+    with pytest.raises(ValueError, match=r"phase 1 diverged: parameter '.+' holds \d+ NaN/Inf"):
+        SparseFineTuner(trainer, diverging, tmp_path / "work", progress=False).fit()
+    assert not (tmp_path / "work" / "theta1.safetensors").exists()

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 
 import torch
+
+from deftx.ops.validation import check_disjoint
 
 from . import (
     check_cpu_contiguous,
@@ -19,25 +20,13 @@ from . import (
 )
 
 
-def _check_no_overlap(dense: Sequence[torch.Tensor], function: str) -> None:
-    """ValueError if two dense tensors share memory: threads would write it concurrently."""
-    spans = sorted(
-        (tensor.data_ptr(), tensor.data_ptr() + tensor.numel() * tensor.element_size(), t)
-        for t, tensor in enumerate(dense)
-        if tensor.numel() > 0
-    )
-    for (_, end, first), (start, _, second) in itertools.pairwise(spans):
-        if start < end:
-            raise ValueError(f"{function}: dense[{first}] and dense[{second}] overlap in memory")
-
-
 def _check_dense(dense: Sequence[torch.Tensor], function: str) -> list[int]:
     """Validate the dense tensors; return their dtype codes."""
     codes = []
     for t, tensor in enumerate(dense):
         check_cpu_contiguous(tensor, f"{function}: dense[{t}]")
         codes.append(dtype_code(tensor, f"{function}: dense[{t}]"))
-    _check_no_overlap(dense, function)
+    check_disjoint(dense, function)
     return codes
 
 

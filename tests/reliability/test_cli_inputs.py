@@ -1,0 +1,173 @@
+"""Bad input to the training, evaluation and profiling commands: a clear message naming the problem, exit code 2,
+no traceback, bounded work (a YAML alias bomb is refused in milliseconds)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+import yaml
+
+from deftx.cli import main
+from deftx.sft import ParamInfo, SparseDiff
+
+
+def alias_bomb(levels: int = 9) -> str:
+    """A YAML flow list whose last item expands to 9**levels strings (a billion laughs), built from anchors."""
+    anchors = ["&a0 [x, x, x, x, x, x, x, x, x]"]
+    anchors += [f"&a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "[" + ", ".join(anchors) + "]"
+
+
+@pytest.fixture
+def paths(tmp_path):
+    """A model folder (config.json only), a data root, a valid SFT, a garbage file, a base config."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "bert"}')
+    bad_model = tmp_path / "bad-model"
+    bad_model.mkdir()
+    (bad_model / "config.json").write_text('{"model_type": "bert", "hidden_size": ')
+    data = tmp_path / "data"
+    data.mkdir()
+    sft = tmp_path / "ok.safetensors"
+    SparseDiff({"w": torch.tensor([0])}, {"w": torch.ones(1)}, {"w": ParamInfo((3,), torch.float32)}).save(sft)
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\x00" * 40)
+    return {"tmp": tmp_path, "model": model, "bad_model": bad_model, "data": data, "sft": sft, "garbage": garbage}
+
+
+def base_config(paths) -> dict:
+    return {"targets": ["madurese"], "model": str(paths["model"]), "data_dir": str(paths["data"]),
+            "output_dir": str(paths["tmp"] / "run")}
+
+
+def write_config(paths, text_or_overrides, name="config.yaml"):
+    path = paths["tmp"] / name
+    if isinstance(text_or_overrides, str):
+        path.write_text(text_or_overrides)
+    else:
+        path.write_text(yaml.safe_dump({**base_config(paths), **text_or_overrides}))
+    return str(path)
+
+
+CONFIG_CASES = [
+    ("malformed YAML", "targets: [madurese\n", "cannot parse"),
+    ("not a mapping", "- just\n- a list\n", "expected a mapping"),
+    ("unknown key", {"colour": "red"}, r"unknown keys \['colour'\]"),
+    ("seeds of the wrong type", {"seeds": "zero"}, "seeds"),
+    ("batch size a string", {"training": {"batch_size": "16"}}, "batch_size"),
+    ("seed a string", {"training": {"seed": "x"}}, "seed"),
+    ("infinite steps", {"language_sft": {"full": {"steps": float("inf")}}}, "language_sft.full: .*steps"),
+    ("infinite epochs", {"task_sft": {"full": {"epochs": float("inf")}}}, "task_sft.full: .*epochs"),
+    ("NaN l1", {"task_sft": {"sparse": {"l1": float("nan")}}}, "task_sft.sparse: .*l1"),
+    ("infinite learning rate", {"full_finetune": {"learning_rate": float("inf")}}, "full_finetune: .*learning_rate"),
+    ("infinite k", {"language_sft": {"k": float("inf")}}, "language_sft.k"),
+    ("infinite rank", {"methods": {"deft-x": {"rank": float("inf")}}}, "methods.deft-x: .*rank"),
+    ("negative oversample", {"methods": {"deft-x": {"oversample": -1}}}, "methods.deft-x: .*oversample"),
+    ("NaN weight decay", {"training": {"weight_decay": float("nan")}}, "training: .*weight_decay"),
+    ("infinite head learning rate", {"mlm_head": {"learning_rate": float("inf")}}, "mlm_head: .*learning_rate"),
+    ("bool eval batch", {"eval_batch_size": True}, "eval_batch_size"),
+    ("americasnli examples -1", {"americasnli": {"train_languages": ["aym"], "test_languages": ["bzd"],
+                                                 "max_train_examples": -1}}, "max_train_examples"),
+    ("missing data root", {"data_dir": "/nonexistent/deftx-data"}, "does not exist"),
+]
+
+
+def run_cli(argv, capsys):
+    """(exit code, stderr) of ``deftx argv``; argparse errors exit through SystemExit."""
+    try:
+        code = main(argv)
+    except SystemExit as stop:
+        code = stop.code
+    return code, capsys.readouterr().err
+
+
+def assert_clear_error(command, code, err, match):
+    import re
+
+    assert code == 2, err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"deftx {command}: error:"), err
+    assert re.search(match, last), last
+
+
+@pytest.mark.parametrize("command", ["pipeline", "train-lang", "train-task"])
+@pytest.mark.parametrize(("raw", "match"), [pytest.param(r, m, id=i) for i, r, m in CONFIG_CASES])
+def test_bad_pipeline_configs(paths, capsys, command, raw, match):
+    extra = {"train-lang": ["--language", "madurese"], "train-task": ["--source", "indonesian"]}.get(command, [])
+    code, err = run_cli([command, write_config(paths, raw), *extra], capsys)
+    assert_clear_error(command, code, err, match)
+
+
+@pytest.mark.parametrize("where", ["name", "targets"])
+def test_a_yaml_alias_bomb_is_refused_in_bounded_time(paths, capsys, where):
+    text = yaml.safe_dump({k: v for k, v in base_config(paths).items() if k != where}) + f"{where}: {alias_bomb()}\n"
+    run_cli(["pipeline", write_config(paths, {"colour": "red"}, "warm-up.yaml")], capsys)  # the imports, once
+    start = time.perf_counter()
+    code, err = run_cli(["pipeline", write_config(paths, text)], capsys)
+    assert time.perf_counter() - start < 5.0
+    assert_clear_error("pipeline", code, err, where)
+    assert len(err) < 1000
+
+
+def test_a_recursive_alias_is_refused(paths, capsys):
+    code, err = run_cli(["pipeline", write_config(paths, "targets: &a [madurese, *a]\n")], capsys)
+    assert_clear_error("pipeline", code, err, "contains itself")
+
+
+ABLATION_CASES = [
+    ("seeds a nested list", {"seeds": [[1]]}, "seeds"),
+    ("unknown key", {"colour": "red"}, "unknown keys"),
+    ("infinite steps in a variant", {"variants": {"v": {"language_sft.full.steps": float("inf")}}},
+     "variant 'v'.*steps"),
+    ("recursive variant", "variants: &a {v: {x: *a}}\n", "contains itself"),
+]
+
+
+@pytest.mark.parametrize(("raw", "match"), [pytest.param(r, m, id=i) for i, r, m in ABLATION_CASES])
+def test_bad_ablation_configs(paths, capsys, raw, match):
+    base = {"base": {**base_config(paths), "eval_split": "valid", "language_text_splits": ["train"]},
+            "variants": {"v": {}}, "output_dir": str(paths["tmp"] / "ablation")}
+    if isinstance(raw, str):
+        text = yaml.safe_dump({k: v for k, v in base.items() if k != "variants"}) + raw
+    else:
+        text = yaml.safe_dump({**base, **raw})
+    code, err = run_cli(["ablate", write_config(paths, text, "ablation.yaml"), "--dry-run"], capsys)
+    assert_clear_error("ablate", code, err, match)
+
+
+def test_missing_config_files(paths, capsys):
+    for command in ("pipeline", "ablate"):
+        code, err = run_cli([command, str(paths["tmp"] / "absent.yaml")], capsys)
+        assert_clear_error(command, code, err, "does not exist")
+
+
+COMMAND_CASES = [
+    ("compose", ["--model", "{model}", "--sft", "{tmp}/absent.safetensors"], "absent.safetensors"),
+    ("compose", ["--model", "{model}", "--sft", "{garbage}"], "corrupt or truncated"),
+    ("compose", ["--model", "{bad_model}", "--sft", "{sft}"], "not a valid JSON file"),
+    ("compose", ["--model", "{tmp}/no-model", "--sft", "{sft}"], "no config.json"),
+    ("compose", ["--sft", "{sft}", "--scale", "nan"], "--scale: expected a finite number"),
+    ("compose", ["--sft", "{sft}", "--scale", "inf"], "--scale: expected a finite number"),
+    ("compose", ["--sft", "{sft}", "--num-labels", "0"], "--num-labels: expected an integer >= 1"),
+    ("compose", ["--sft", "{sft}", "--sft", "{sft}", "--scale", "1"], "2 --sft files but 1 --scale"),
+    ("evaluate", ["--task-sft", "{tmp}/absent.safetensors"], "absent.safetensors"),
+    ("evaluate", ["--task-sft", "{sft}", "--scale", "nan"], "--scale: expected a finite number"),
+    ("evaluate", ["--task-sft", "{sft}", "--batch-size", "0"], "--batch-size: expected an integer >= 1"),
+    ("evaluate", ["--task-sft", "{sft}", "--lang-sft", "madurese={tmp}/absent"], "does not exist"),
+    ("evaluate", ["--task-sft", "{sft}", "--model", "{model}", "--data-dir", "{tmp}/no-data"],
+     "no-data does not exist"),
+    ("pipeline", ["{tmp}/absent.yaml", "--seeds", "-1"], "--seeds: expected an integer >= 0"),
+    ("train-lang", ["{tmp}/absent.yaml", "--language", "madurese", "--seed", "-3"], "--seed: expected"),
+    ("profile", ["--static", "--shapes", "{tmp}/absent.json"], "unknown shape set"),
+]
+
+
+@pytest.mark.parametrize(("command", "argv", "match"), COMMAND_CASES)
+def test_bad_command_arguments(paths, capsys, command, argv, match):
+    argv = [arg.format(**paths) for arg in argv]
+    code, err = run_cli([command, *argv], capsys)
+    assert_clear_error(command, code, err, match)
