@@ -353,13 +353,13 @@ def _factorize(
         _empty_factors(matrix, report) if min(matrix.shape) == 0 else None for matrix in matrices
     ]
     groups = _shape_groups(matrices, bases)
+    needs_totals = report or settings.energy is not None
+    totals = _group_energies(op, groups, matrices, bases, settings.backend) if needs_totals else None
     if settings.method == "exact":
         for members in groups:
             for i in members:
                 results[i] = _exact_factors(matrices[i], bases[i], settings, report)
         return results
-    needs_totals = report or settings.energy is not None
-    totals = _group_energies(op, groups, matrices, bases, settings.backend) if needs_totals else None
     sketches = _SketchCache(settings.seed)
     for members in groups:
         w1s, w0s = _group_operands(members, matrices, bases)
@@ -474,16 +474,19 @@ def denoised_magnitudes_batched(
 ) -> list[torch.Tensor]:
     """|rank-r reconstruction of Δ_i| for many pairs: DeFT-X's selection scores, batched.
 
-    :func:`lowrank_factors_batched` (without reporting energies under a fixed ``rank``,
-    which saves the energy pass) followed by :func:`reconstruct_magnitudes`; same
+    :func:`lowrank_factors_batched` followed by :func:`reconstruct_magnitudes`; same
     arguments. Returns one (m_i, n_i) fp32 tensor per matrix, in input order.
+
+    The fused ``||Δ||²`` pass runs under a fixed ``rank`` too (one read of each pair, one
+    host read for the call): it is what refuses NaN / Inf, naming the matrix, instead of
+    returning NaN scores.
     """
     pairs = list(bases) if bases is not None else [None] * len(matrices)
     settings = _settings(
         "denoised_magnitudes_batched", False, matrices, pairs, rank, energy, method, oversample, n_iter, seed,
         precision, backend,
     )
-    factors = _factorize("denoised_magnitudes_batched", matrices, pairs, settings, report=False)
+    factors = _factorize("denoised_magnitudes_batched", matrices, pairs, settings, report=True)
     return reconstruct_magnitudes(factors, precision=precision, backend=backend)
 
 

@@ -8,7 +8,13 @@ import torch
 
 from deftx.ops import library
 from deftx.ops.dispatch import common_device, requested_backend
-from deftx.ops.validation import as_tensor_list, check_float_dtype, check_indices, check_state_tensors
+from deftx.ops.validation import (
+    as_tensor_list,
+    check_disjoint,
+    check_float_dtype,
+    check_indices,
+    check_state_tensors,
+)
 
 
 def masked_adamw_step_(
@@ -62,9 +68,11 @@ def masked_adamw_step_(
             )
         if not p.is_contiguous():
             raise ValueError(f"masked_adamw_step_: param {t} is not contiguous")
+    check_disjoint(items, "masked_adamw_step_: params")
     check_indices(idx_items, [p.numel() for p in items], lambda t: f"masked_adamw_step_: param {t}")
     for name, state in (("masters", masters), ("exp_avgs", exp_avgs), ("exp_avg_sqs", exp_avg_sqs)):
         check_state_tensors(state, idx_items, f"masked_adamw_step_: {name}")
+        check_disjoint(state, f"masked_adamw_step_: {name}")
     if l1 != 0.0:
         if bases is None:
             raise ValueError("masked_adamw_step_: l1 != 0 needs bases (θ0 at the indices)")

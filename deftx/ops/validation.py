@@ -48,7 +48,9 @@ def check_finite(t: torch.Tensor, what: str) -> None:
 def check_disjoint(tensors: Sequence[torch.Tensor], what: str) -> None:
     """ValueError if two of the contiguous ``tensors`` share memory (one tensor passed twice, or views)."""
     spans = sorted(
-        (t.data_ptr(), t.data_ptr() + t.numel() * t.element_size(), i) for i, t in enumerate(tensors) if t.numel()
+        (t.data_ptr(), t.data_ptr() + t.numel() * t.element_size(), i)
+        for i, t in enumerate(tensors)
+        if t.numel() and not t.is_meta
     )
     for (_, end, first), (start, _, second) in itertools.pairwise(spans):
         if start < end:

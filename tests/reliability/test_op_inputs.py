@@ -11,6 +11,7 @@ import torch
 
 from deftx.ops import (
     denoised_magnitudes,
+    denoised_magnitudes_batched,
     lowrank_denoise,
     lowrank_factors,
     masked_adamw_step_,
@@ -56,6 +57,8 @@ CASES = [
                                                                 [[torch.ones(1, device="meta")]], backend=b),
      ValueError, r"scatter_add_: diff 0, tensor 0: indices/values must be on cpu"),
     ("scatter_add_ one tensor twice", scatter_twice, ValueError, r"scatter_add_: dense: tensors 0 and 1 overlap"),
+    ("masked step one param twice", lambda b: masked_adamw_step_(*step_args(twice=True), step=1, lr=0.1, backend=b),
+     ValueError, r"masked_adamw_step_: params: tensors 0 and 1 overlap"),
     ("scatter_restore_ one tensor twice", lambda b: scatter_restore_(
         [torch.zeros(8)] * 2, [[torch.tensor([1])] * 2], [[torch.zeros(1)] * 2], backend=b),
      ValueError, r"scatter_restore_: dense: tensors 0 and 1 overlap"),
@@ -68,7 +71,11 @@ DENOISE_CASES = [
      r"lowrank_denoise: base .* 1 NaN/Inf"),
     ("lowrank exact -Inf", lambda: lowrank_denoise(matrix(-math.inf), 2, method="exact"), r"matrix .* NaN/Inf"),
     ("lowrank energy NaN", lambda: lowrank_factors(matrix(math.nan), energy=0.9), r"matrix .* NaN/Inf"),
-    ("denoised_magnitudes NaN", lambda: denoised_magnitudes(matrix(math.nan), matrix(), rank=1), r"NaN/Inf"),
+    ("denoised_magnitudes NaN", lambda: denoised_magnitudes(matrix(math.nan), matrix(), rank=1),
+     r"matrix 0 \(shape \(6, 5\)\) has a non-finite"),
+    ("batched exact Inf base", lambda: denoised_magnitudes_batched([matrix()], [matrix(math.inf)], rank=1,
+                                                                   method="exact"),
+     r"matrix 0 \(shape \(6, 5\)\) has a non-finite"),
     ("lowrank meta", lambda: lowrank_denoise(matrix(device="meta"), 2), r"matrix is a meta tensor"),
 ]
 
