@@ -408,7 +408,7 @@ MATMUL_CONFIGS: dict[tuple[str, str, int], dict[str, int]] = {
     ("delta_matmul", "fp32", 64): _config(128, 16, 8),
     ("delta_matmul", "bf16", 32): _config(64, 64, 4),
     ("delta_matmul", "bf16", 64): _config(64, 64, 4),
-    ("delta_matmul", "bf16", 128): _config(64, 32, 4),
+    ("delta_matmul", "bf16", 128): _config(64, 32, 8),
     ("sketch_t_delta", "fp32", 32): _config(64, 16, 4),
     ("sketch_t_delta", "fp32", 64): _config(128, 16, 8),
     ("sketch_t_delta", "bf16", 32): _config(64, 64, 4),
@@ -422,7 +422,8 @@ MATMUL_CONFIGS: dict[tuple[str, str, int], dict[str, int]] = {
 """(kernel, precision, BLOCK_Q) -> tile sizes and launch options of the aligned Δ products.
 
 BLOCK_ROWS tiles the output's long dimension (rows of Δ for Δ@X, columns of Δ for Xᵀ@Δ).
-Chosen so that no specialisation spills registers on sm_80 or sm_90. The IEEE fp32 path
+Chosen so that no specialisation spills registers on sm_80 or sm_90, compiled by Triton 3.6 or
+3.9 (at 4 warps, the bf16 q128 Δ@X takes 255 registers and spills under 3.6). The IEEE fp32 path
 multiplies on the FMA units, whose operand tiles live in registers: it stops at BLOCK_Q = 64
 (wider sketches take more column tiles, adjacent in launch order so Δ is re-read from L2).
 The tf32x3 path splits every fp32 operand tile into two: it stops at BLOCK_Q = 64 too.
@@ -441,11 +442,14 @@ def matmul_config(name: str, precision: str, block_q: int, align: int) -> dict[s
     """Launch configuration of a Δ product kernel (``name`` in ``"delta_matmul"``,
     ``"sketch_t_delta"``). Unaligned matrices (``align == 1``) are loaded one element at a
     time, each with its own 64-bit address: they get BLOCK_ROWS <= 64, BLOCK_K = 16,
-    8 warps and 2 stages, which keeps them free of register spills.
+    8 warps, and 2 stages for fp32 products or 1 for bf16 ones, which keeps them free of
+    register spills under Triton 3.6 and 3.9 (2 stages spill the bf16 q128 Xᵀ@Δ under 3.6,
+    1 stage the fp32 q64 one under 3.9).
     """
     config = dict(MATMUL_CONFIGS[name, precision, block_q])
     if align == 1:
-        config.update(BLOCK_ROWS=min(config["BLOCK_ROWS"], 64), BLOCK_K=16, num_warps=8, num_stages=2)
+        stages = 1 if precision == "bf16" else 2
+        config.update(BLOCK_ROWS=min(config["BLOCK_ROWS"], 64), BLOCK_K=16, num_warps=8, num_stages=stages)
     return config
 
 

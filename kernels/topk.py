@@ -72,15 +72,24 @@ LAST_PASS: dict[torch.dtype, int] = {torch.float32: 3, torch.float16: 2, torch.b
 BLOCK_ELEMS = 16384
 """Elements per block, the unit of the per-block bookkeeping (1 KiB histogram per block)."""
 
-HISTOGRAM_TILE = 2048
-"""Elements a histogram program loads at once: 16 per thread at 4 warps (four fp32 / two
-16-bit 16-byte vector loads)."""
+HISTOGRAM_TILE = 1024
+"""Elements a histogram program loads at once: 8 per thread at 4 warps (two fp32 / one 16-bit
+16-byte vector load). Triton 3.6 lowers ``tl.histogram`` to warp ballots whose registers grow
+with the elements per thread (up to 152 per thread at 16); at 8 every pass fits in at most 80
+registers there (one pass excepted, see WIDE_TILE_PASSES) and 50 under Triton 3.9."""
+
+WIDE_TILE_PASSES: frozenset[tuple[torch.dtype, int]] = frozenset({(torch.float16, 8)})
+"""(dtype, shift) of the passes that load 2 * HISTOGRAM_TILE at once: at 8 elements per thread
+ptxas (Triton 3.6, sm_90) spills in fp16's last pass to keep 7 programs per SM instead of 6; at
+16 it does not (152 registers)."""
 
 COMPACT_TILE = 1024
 """Elements the compaction scans at once (8 per thread: keeps its two scans in registers)."""
 
 PROGRAMS_PER_SM = 8
-"""Persistent histogram programs per SM (4 warps, ~40 registers, 1 KiB shared each)."""
+"""Persistent histogram programs per SM (4 warps, 1 KiB shared each; all 8 are resident at up
+to 64 registers per thread: Triton 3.9 compiles the passes to 21-50, Triton 3.6 to 56-80; the
+wide fp16 pass takes 74 / 152)."""
 
 INTERPRETER_PROGRAMS = 3
 HISTOGRAM_WARPS = 4
@@ -459,6 +468,11 @@ def _plan(tensors: Sequence[torch.Tensor], k: int) -> _Plan:
                  hist_at=hist_at, stats_at=stats_at)
 
 
+def histogram_tile(dtype: torch.dtype, shift: int) -> int:
+    """Elements the histogram pass with digit ``shift`` over ``dtype`` keys loads at once."""
+    return 2 * HISTOGRAM_TILE if (dtype, shift) in WIDE_TILE_PASSES else HISTOGRAM_TILE
+
+
 def _programs(device: torch.device, num_blocks: int) -> int:
     """Persistent programs of a histogram launch: a few per SM, or a few in the interpreter."""
     if device.type == "cuda":
@@ -487,7 +501,8 @@ def _radix_select(plan: _Plan, buffer: torch.Tensor, block_column: torch.Tensor,
                     table, block_column, state[STATE_PREFIX:], hist[p, i], nan, block_hist, block_above,
                     plan.num_columns, group.first_block, group.num_blocks,
                     DTYPE=_TL_DTYPE[group.dtype], SHIFT=PASS_SHIFTS[p],
-                    STORE_BLOCKS=p == group.last_pass, BLOCK=BLOCK_ELEMS, TILE=HISTOGRAM_TILE,
+                    STORE_BLOCKS=p == group.last_pass, BLOCK=BLOCK_ELEMS,
+                    TILE=histogram_tile(group.dtype, PASS_SHIFTS[p]),
                     num_warps=HISTOGRAM_WARPS,
                     num_stages=HISTOGRAM_STAGES,
                 )
@@ -580,7 +595,7 @@ def _specializations() -> list[KernelSpec]:
                 signature=_HISTOGRAM_SIGNATURE,
                 constexprs={"DTYPE": _TL_DTYPE[dtype], "SHIFT": PASS_SHIFTS[p],
                             "STORE_BLOCKS": p == last, "BLOCK": BLOCK_ELEMS,
-                            "TILE": HISTOGRAM_TILE},
+                            "TILE": histogram_tile(dtype, PASS_SHIFTS[p])},
                 num_warps=HISTOGRAM_WARPS,
                 num_stages=HISTOGRAM_STAGES,
                 promises=frozenset({"block_local_histogram", "vectorized_loads"}),

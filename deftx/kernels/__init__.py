@@ -17,7 +17,10 @@ This package adds what every tool needs:
   compile test and ``deftx profile --static`` enumerate.
 * :func:`kernel_module` — the module to launch for a device: the ordinary
   (compiled) module for CUDA tensors, or a copy whose kernels run under the Triton
-  interpreter for CPU tensors, so every kernel can run anywhere.
+  interpreter for CPU tensors, so every kernel can run anywhere. It also works
+  around two interpreter defects (Triton 3.6 and 3.9): interpreted kernels could not
+  call Triton's own ``@jit`` helpers, and Triton 3.6's scalar ``__index__`` fails on
+  NumPy >= 2.4.
 * :func:`upload` — the launchers' one host-to-device copy. A launcher plans on the
   host with Python integers (addresses, sizes, offsets: never a read of device data)
   and moves each plan with one upload, so every torch op it runs is device work: the
@@ -158,14 +161,51 @@ def _mark_interpreted_runs(module: ModuleType) -> None:
             value.run = flagged_run
 
 
-def _load_interpreted_copy(name: str, module: ModuleType) -> ModuleType:
-    import triton.knobs as knobs
+def _scalar_index(tensor) -> int:
+    """``operator.index`` of an interpreted scalar tensor: its one element as a Python int.
+
+    The interpreter holds a scalar as a one-element array of any rank; ``.item()`` reads it
+    on every NumPy version.
+    """
+    return int(tensor.handle.data.item())
+
+
+def _index_by_item(patch_lang_tensor):
+    """The interpreter's ``_patch_lang_tensor`` with ``tensor.__index__`` replaced by
+    :func:`_scalar_index`.
+
+    Triton 3.6 defines ``__index__`` as ``int(self.handle.data)``, which NumPy >= 2.4 rejects
+    for arrays of rank > 0 ("only 0-dimensional arrays can be converted to Python scalars"):
+    every ``range()`` over a program id or a loaded bound fails. Triton 3.9 squeezes the array
+    first; reading the element with ``.item()`` is right for both.
+    """
+
+    def patch(tensor, scope):
+        patch_lang_tensor(tensor, scope)
+        scope.set_attr(tensor, "__index__", _scalar_index)
+
+    patch._deftx_patched = True
+    return patch
+
+
+def _patch_interpreter() -> None:
+    """Install the interpreter fixes of this module (idempotent): interpreted kernels may call
+    ``@jit`` helpers (:func:`_interpreted_jit_call`) and index with scalar tensors on any NumPy
+    (:func:`_index_by_item`)."""
+    from triton.runtime import interpreter
     from triton.runtime.jit import JITFunction
 
     if not getattr(JITFunction.__call__, "_deftx_patched", False):
         patched = _interpreted_jit_call(JITFunction.__call__)
         patched._deftx_patched = True
         JITFunction.__call__ = patched
+    if not getattr(interpreter._patch_lang_tensor, "_deftx_patched", False):
+        interpreter._patch_lang_tensor = _index_by_item(interpreter._patch_lang_tensor)
+
+
+def _load_interpreted_copy(name: str, module: ModuleType) -> ModuleType:
+    import triton.knobs as knobs
+
     qualified = f"{__name__}._interpreted_{name}"
     spec = importlib.util.spec_from_file_location(qualified, module.__file__)
     copy = importlib.util.module_from_spec(spec)
@@ -191,6 +231,8 @@ def kernel_module(name: str, *, interpret: bool) -> ModuleType:
         return module
     if name not in _INTERPRETED:
         import triton.knobs as knobs
+
+        _patch_interpreter()
 
         _INTERPRETED[name] = module if knobs.runtime.interpret else _load_interpreted_copy(name, module)
     return _INTERPRETED[name]

@@ -1,4 +1,4 @@
-"""kernels/masked_step.py under the Triton interpreter against an explicit fp32 loop.
+"""kernels/masked_step.py, interpreted on CPU and compiled on CUDA, against an explicit fp32 loop.
 
 The reference below applies the contract's formula op by op in fp32 with IEEE division and
 a correctly rounded square root (computed in float64 and rounded once: exact for fp32
@@ -12,8 +12,7 @@ import torch
 
 from deftx.kernels import kernel_module
 from tests.helpers import assert_bitwise_equal
-
-masked_step = kernel_module("masked_step", interpret=True)
+from tests.kernels.devices import kernels_for
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 DTYPE_IDS = ["fp32", "bf16", "fp16"]
@@ -22,6 +21,11 @@ MAX_ULPS = 2
 
 # (shape, K): ragged sizes, a single entry, no entry, and K > BLOCK with a ragged tail.
 TENSORS = [((37, 53), 300), ((1, 5), 1), ((4, 4), 0), ((64, 96), 2100)]
+
+
+@pytest.fixture(name="masked_step")
+def masked_step_on_device(device):
+    return kernels_for("masked_step", device)
 
 
 def f32(x: float) -> torch.Tensor:
@@ -58,15 +62,16 @@ def ulp_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def assert_within_ulps(actual, expected, what):
-    distance = ulp_distance(actual, expected)
+    distance = ulp_distance(actual.cpu(), expected.cpu())
     assert distance.numel() == 0 or int(distance.max()) <= MAX_ULPS, (
         f"{what}: {int((distance > MAX_ULPS).sum())} entries beyond {MAX_ULPS} ulps "
         f"(max {int(distance.max())})"
     )
 
 
-def make_state(shapes_and_k, dtypes, gen, *, unaligned=False):
-    """Parameters, grads, sorted indices and fp32 K-space state for each tensor.
+def make_state(shapes_and_k, dtypes, gen, device, *, unaligned=False):
+    """Parameters, grads, sorted indices and fp32 K-space state for each tensor, on ``device``
+    (drawn on the CPU from ``gen``).
 
     With ``unaligned`` the K-space tensors are views starting one element into a buffer,
     so their addresses are not 16-byte aligned.
@@ -74,8 +79,8 @@ def make_state(shapes_and_k, dtypes, gen, *, unaligned=False):
 
     def k_space(values):
         if not unaligned:
-            return values.clone()
-        buffer = torch.empty(values.numel() + 1, dtype=values.dtype)
+            return values.to(device, copy=True)
+        buffer = torch.empty(values.numel() + 1, dtype=values.dtype, device=device)
         buffer[1:] = values
         return buffer[1:]
 
@@ -87,8 +92,8 @@ def make_state(shapes_and_k, dtypes, gen, *, unaligned=False):
         base = param.reshape(-1)[idx].float()
         master = base + 0.01 * torch.randn(k, generator=gen)
         master[: k // 4] = base[: k // 4]  # some entries sit exactly on θ0: sign(0) = 0
-        state["params"].append(param)
-        state["grads"].append(torch.randn(shape, generator=gen).to(dtype))
+        state["params"].append(param.to(device))
+        state["grads"].append(torch.randn(shape, generator=gen).to(dtype).to(device))
         state["indices"].append(k_space(idx))
         state["masters"].append(k_space(master))
         state["exp_avgs"].append(k_space(0.01 * torch.randn(k, generator=gen)))
@@ -97,22 +102,24 @@ def make_state(shapes_and_k, dtypes, gen, *, unaligned=False):
     return state
 
 
-def clone_state(state):
-    return {name: [t.clone() for t in tensors] for name, tensors in state.items()}
+def cpu_copy(state):
+    return {name: [t.cpu().clone() for t in tensors] for name, tensors in state.items()}
 
 
-def run_and_compare(state, hp, steps, gen):
-    expected = clone_state(state)
+def run_and_compare(masked_step, state, hp, steps, gen):
+    """``steps`` kernel steps on the state's device against the fp32 loop on CPU copies."""
+    device = state["params"][0].device
+    expected = cpu_copy(state)
     originals = [p.clone() for p in state["params"]]
     for step in range(1, steps + 1):
         grads = [torch.randn(p.shape, generator=gen).to(p.dtype) for p in state["params"]]
-        grads_before = [g.clone() for g in grads]
+        grads_on_device = [g.to(device, copy=True) for g in grads]
         masked_step.masked_adamw_step_(
-            state["params"], grads, state["indices"], state["masters"], state["exp_avgs"],
+            state["params"], grads_on_device, state["indices"], state["masters"], state["exp_avgs"],
             state["exp_avg_sqs"], state["bases"] if hp["l1"] != 0.0 else None, step=step, **hp,
         )  # fmt: skip
         for t in range(len(grads)):
-            assert_bitwise_equal(grads[t], grads_before[t], what=f"grad {t} is read-only")
+            assert_bitwise_equal(grads_on_device[t], grads[t], what=f"grad {t} is read-only")
             reference_step(
                 expected["params"][t], grads[t], expected["indices"][t], expected["masters"][t],
                 expected["exp_avgs"][t], expected["exp_avg_sqs"][t], expected["bases"][t], hp, step,
@@ -125,7 +132,7 @@ def run_and_compare(state, hp, steps, gen):
         assert_within_ulps(state["exp_avg_sqs"][t], expected["exp_avg_sqs"][t], f"exp_avg_sq {t}")
         flat = param.reshape(-1)
         assert_bitwise_equal(flat[idx], state["masters"][t].to(param.dtype), what=f"param {t} at indices")
-        outside = torch.ones(flat.numel(), dtype=torch.bool)
+        outside = torch.ones(flat.numel(), dtype=torch.bool, device=device)
         outside[idx] = False
         assert_bitwise_equal(flat[outside], originals[t].reshape(-1)[outside], what=f"param {t} outside")
 
@@ -140,58 +147,59 @@ HYPERPARAMETERS = {
 
 @pytest.mark.parametrize("hp_name", list(HYPERPARAMETERS))
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-def test_steps_match_the_fp32_loop(dtype, hp_name, monkeypatch):
+def test_steps_match_the_fp32_loop(masked_step, dtype, hp_name, monkeypatch, device):
     gen = torch.Generator().manual_seed(DTYPES.index(dtype) * 10 + list(HYPERPARAMETERS).index(hp_name))
-    state = make_state(TENSORS, [dtype] * len(TENSORS), gen)
-    launches = record_launches(monkeypatch)
-    run_and_compare(state, HYPERPARAMETERS[hp_name], steps=3, gen=gen)
+    state = make_state(TENSORS, [dtype] * len(TENSORS), gen, device)
+    launches = record_launches(masked_step, monkeypatch)
+    run_and_compare(masked_step, state, HYPERPARAMETERS[hp_name], steps=3, gen=gen)
     assert len(launches) == 3  # one launch per step covers every tensor
     assert all(launch["ALIGNED"] for launch in launches)
 
 
-def test_unaligned_state_and_mixed_dtypes(monkeypatch):
+def test_unaligned_state_and_mixed_dtypes(masked_step, monkeypatch, device):
     gen = torch.Generator().manual_seed(99)
     shapes = [((37, 53), 300), ((1, 5), 1), ((40, 30), 1100), ((4, 4), 0)]
-    state = make_state(shapes, [*DTYPES, torch.bfloat16], gen, unaligned=True)
-    launches = record_launches(monkeypatch)
-    run_and_compare(state, HYPERPARAMETERS["l1_weight_decay"], steps=2, gen=gen)
+    state = make_state(shapes, [*DTYPES, torch.bfloat16], gen, device, unaligned=True)
+    launches = record_launches(masked_step, monkeypatch)
+    run_and_compare(masked_step, state, HYPERPARAMETERS["l1_weight_decay"], steps=2, gen=gen)
     assert len(launches) == 2 * 3  # one launch per parameter dtype per step
     assert not any(launch["ALIGNED"] for launch in launches)
 
 
-def test_no_selected_entries_launches_nothing(monkeypatch):
-    launches = record_launches(monkeypatch)
-    param = torch.randn(3, 3)
+def test_no_selected_entries_launches_nothing(masked_step, monkeypatch, device):
+    launches = record_launches(masked_step, monkeypatch)
+    param = torch.randn(3, 3, device=device)
     before = param.clone()
-    empty = torch.empty(0)
+    empty = torch.empty(0, device=device)
     masked_step.masked_adamw_step_(
-        [param], [torch.randn(3, 3)], [torch.empty(0, dtype=torch.int64)], [empty], [empty.clone()],
+        [param], [torch.randn(3, 3, device=device)], [torch.empty(0, dtype=torch.int64, device=device)], [empty],
+        [empty.clone()],
         [empty.clone()], None, step=1, **HYPERPARAMETERS["plain"],
     )  # fmt: skip
     assert launches == []
     assert_bitwise_equal(param, before)
 
 
-def test_rounding_to_bf16_is_nearest_even():
+def test_rounding_to_bf16_is_nearest_even(masked_step, device):
     """The interpreter path rounds by hand: check ties and carries on chosen values."""
     values = torch.tensor(
         [1.0 + 2**-8, 1.0 + 3 * 2**-8, 1.0 + 2**-8 + 2**-20, 2.0 - 2**-9, -(1.0 + 2**-8), 3.0e38, 1e-40],
         dtype=torch.float32,
     )
     k = values.numel()
-    param = torch.zeros(k, dtype=torch.bfloat16)
+    param = torch.zeros(k, dtype=torch.bfloat16, device=device)
     # lr = 0 and no decay: the step writes the masters unchanged, rounded to bf16.
-    masters = values.clone()
+    masters = values.to(device, copy=True)
     masked_step.masked_adamw_step_(
-        [param], [torch.zeros(k, dtype=torch.bfloat16)], [torch.arange(k)], [masters],
-        [torch.zeros(k)], [torch.zeros(k)], None, step=1,
+        [param], [torch.zeros(k, dtype=torch.bfloat16, device=device)], [torch.arange(k, device=device)], [masters],
+        [torch.zeros(k, device=device)], [torch.zeros(k, device=device)], None, step=1,
         lr=0.0, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, l1=0.0,
     )  # fmt: skip
     assert_bitwise_equal(masters, values)
     assert_bitwise_equal(param, values.to(torch.bfloat16))
 
 
-def record_launches(monkeypatch) -> list[dict]:
+def record_launches(masked_step, monkeypatch) -> list[dict]:
     """Record the named arguments of every kernel launch; each must match a declared spec."""
     kernel = masked_step._masked_adamw_kernel
     specs = [s for s in masked_step.SPECIALIZATIONS if s.kernel is kernel]
@@ -217,6 +225,7 @@ def record_launches(monkeypatch) -> list[dict]:
 
 
 def test_specializations():
+    masked_step = kernel_module("masked_step", interpret=False)
     names = [s.name for s in masked_step.SPECIALIZATIONS]
     assert len(names) == len(set(names)) == len(DTYPES) * 2 * 2
     for spec in masked_step.SPECIALIZATIONS:
@@ -225,6 +234,7 @@ def test_specializations():
 
 
 def test_cost_models_by_hand():
+    masked_step = kernel_module("masked_step", interpret=False)
     # K = numel: every sector touched; bf16: 2 * numel * 2 bytes gathered / scattered.
     assert masked_step.touched_sector_bytes(64, 64, 2) == pytest.approx(128.0)
     # one entry among 16 fp32 values (two sectors of 8): expected bytes of the touched sector.

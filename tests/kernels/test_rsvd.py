@@ -1,4 +1,4 @@
-"""kernels/rsvd.py under the Triton interpreter against float64 torch references.
+"""kernels/rsvd.py, interpreted on CPU and compiled on CUDA, against float64 torch references.
 
 The references here use a dense Δ = f64(w1) − f64(w0) and ``torch.linalg`` in float64; the
 kernels never form Δ. U, S, Vh are defined up to column signs, so the factors are compared
@@ -12,8 +12,16 @@ import torch
 
 from deftx.kernels import kernel_module
 from tests.helpers import assert_close, tolerance
+from tests.kernels.devices import kernels_for, to_device
 
 rsvd = kernel_module("rsvd", interpret=True)
+"""The interpreted module, for tests that launch nothing; kernel tests take the ``rsvd`` fixture."""
+
+
+@pytest.fixture(name="rsvd")
+def rsvd_on_device(device):
+    """The rsvd kernel module for the test's device (interpreted on CPU, compiled on CUDA)."""
+    return kernels_for("rsvd", device)
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 DTYPE_IDS = ["fp32", "bf16", "fp16"]
@@ -62,8 +70,9 @@ def product_tolerance(precision: str, reduction: int) -> float:
 class LaunchRecorder:
     """Stands in for a kernel: records each launch's named arguments, then launches."""
 
-    def __init__(self, kernel):
+    def __init__(self, kernel, specs):
         self.kernel = kernel
+        self.specs = [s for s in specs if s.kernel is kernel]
         self.launches: list[dict] = []
 
     def __getitem__(self, grid):
@@ -77,11 +86,11 @@ class LaunchRecorder:
 
 
 @pytest.fixture
-def recorded(monkeypatch):
+def recorded(rsvd, monkeypatch):
     """Record every launch of the rsvd kernels: {kernel name: LaunchRecorder}."""
     recorders = {}
     for name in ("_delta_matmul_kernel", "_sketch_t_delta_kernel", "_reconstruct_abs_kernel"):
-        recorders[name] = LaunchRecorder(getattr(rsvd, name))
+        recorders[name] = LaunchRecorder(getattr(rsvd, name), rsvd.SPECIALIZATIONS)
         monkeypatch.setattr(rsvd, name, recorders[name])
     return recorders
 
@@ -89,7 +98,7 @@ def recorded(monkeypatch):
 def assert_launches_declared(recorders) -> None:
     """Every recorded launch matches a declared KernelSpec (constexprs and launch options)."""
     for recorder in recorders.values():
-        specs = [s for s in rsvd.SPECIALIZATIONS if s.kernel is recorder.kernel]
+        specs = recorder.specs
         for launch in recorder.launches:
             matches = [
                 s
@@ -119,7 +128,7 @@ PRODUCT_CASES = [
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("m,n,q", PRODUCT_CASES)
-def test_delta_products_match_dense(m, n, q, dtype, precision, recorded):
+def test_delta_products_match_dense(m, n, q, dtype, precision, recorded, rsvd, device):
     gen = torch.Generator().manual_seed(m * 1000 + n)
     batch = 2
     w1s = [torch.randn(m, n, generator=gen).to(dtype) for _ in range(batch)]
@@ -127,8 +136,9 @@ def test_delta_products_match_dense(m, n, q, dtype, precision, recorded):
     x = torch.randn(batch, n, q, generator=gen)
     x_t = torch.randn(batch, m, q, generator=gen)
 
-    product = rsvd.delta_matmul(w1s, w0s, x, precision=precision)
-    product_t = rsvd.delta_matmul(w1s, w0s, x_t, transpose=True, precision=precision)
+    w1s_on, w0s_on = to_device(w1s, device), to_device(w0s, device)
+    product = rsvd.delta_matmul(w1s_on, w0s_on, x.to(device), precision=precision)
+    product_t = rsvd.delta_matmul(w1s_on, w0s_on, x_t.to(device), transpose=True, precision=precision)
 
     for b in range(batch):
         delta = dense_delta(w1s[b], w0s[b])
@@ -142,7 +152,7 @@ def test_delta_products_match_dense(m, n, q, dtype, precision, recorded):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-def test_delta_products_without_base(dtype):
+def test_delta_products_without_base(dtype, rsvd, device):
     gen = torch.Generator().manual_seed(3)
     w1s = [torch.randn(37, 53, generator=gen).to(dtype)]
     x = torch.randn(1, 53, 7, generator=gen)
@@ -150,14 +160,14 @@ def test_delta_products_without_base(dtype):
     delta = w1s[0].double()
     scale = float((delta.abs() @ x[0].double().abs()).max())
     assert_close(
-        rsvd.delta_matmul(w1s, None, x)[0],
+        rsvd.delta_matmul(to_device(w1s, device), None, x.to(device))[0],
         delta @ x[0].double(),
         rtol=0.0,
         atol=tolerance(torch.float32, 54) * scale,
     )
     scale_t = float((delta.abs().T @ x_t[0].double().abs()).max())
     assert_close(
-        rsvd.delta_matmul(w1s, None, x_t, transpose=True)[0],
+        rsvd.delta_matmul(to_device(w1s, device), None, x_t.to(device), transpose=True)[0],
         delta.T @ x_t[0].double(),
         rtol=0.0,
         atol=tolerance(torch.float32, 38) * scale_t,
@@ -211,13 +221,13 @@ def assert_factors_close(factors, expected, atol: float) -> None:
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("m,n,q,n_iter", SVD_CASES)
-def test_randomized_svd_matches_float64_reference(m, n, q, n_iter, dtype, recorded):
+def test_randomized_svd_matches_float64_reference(m, n, q, n_iter, dtype, recorded, rsvd, device):
     gen = torch.Generator().manual_seed(7 * m + n)
     w1, w0 = weight_pair(m, n, dtype, gen)
     omega = torch.randn(n, q, generator=gen)
     expected = reference_rsvd(dense_delta(w1, w0), omega, n_iter)
 
-    factors = rsvd.randomized_svd(w1, w0, omega, n_iter)
+    factors = rsvd.randomized_svd(*to_device((w1, w0, omega), device), n_iter)
 
     # fp32 products (2 + 2 n_iter of them) against float64: a summation bound per product,
     # scaled by ||Δ||_2 = S[0].
@@ -227,7 +237,7 @@ def test_randomized_svd_matches_float64_reference(m, n, q, n_iter, dtype, record
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-def test_bf16_products_keep_the_reconstruction_error(dtype):
+def test_bf16_products_keep_the_reconstruction_error(dtype, rsvd, device):
     """precision="bf16" changes ||Δ − U S Vh||_F / ||Δ||_F by well under bf16 precision."""
     gen = torch.Generator().manual_seed(11)
     w1, w0 = weight_pair(64, 96, dtype, gen)
@@ -235,31 +245,31 @@ def test_bf16_products_keep_the_reconstruction_error(dtype):
     delta = dense_delta(w1, w0)
     errors = {}
     for precision in ("fp32", "bf16"):
-        u, s, vh = rsvd.randomized_svd(w1, w0, omega, 2, precision=precision)
-        recon = (u.double() * s.double()) @ vh.double()
+        u, s, vh = rsvd.randomized_svd(*to_device((w1, w0, omega), device), 2, precision=precision)
+        recon = ((u.double() * s.double()) @ vh.double()).cpu()
         errors[precision] = float((delta - recon).norm() / delta.norm())
     assert abs(errors["bf16"] - errors["fp32"]) <= tolerance(torch.bfloat16, 1)
 
 
-def test_randomized_svd_of_a_single_matrix_without_base():
+def test_randomized_svd_of_a_single_matrix_without_base(rsvd, device):
     gen = torch.Generator().manual_seed(5)
     w1 = decaying_matrix(40, 24, gen).float()
     omega = torch.randn(24, 8, generator=gen)
     expected = reference_rsvd(w1.double(), omega, 1)
     atol = tolerance(torch.float32, 40) * 4 * float(expected[1][0])
-    assert_factors_close(rsvd.randomized_svd(w1, None, omega, 1), expected, atol)
+    assert_factors_close(rsvd.randomized_svd(w1.to(device), None, omega.to(device), 1), expected, atol)
 
 
-def test_randomized_svd_of_an_empty_matrix():
+def test_randomized_svd_of_an_empty_matrix(rsvd, device):
     w1, w0 = torch.empty(0, 7), torch.empty(0, 7)
     omega = torch.randn(7, 3)
-    u, s, vh = rsvd.randomized_svd(w1, w0, omega, 2)
+    u, s, vh = rsvd.randomized_svd(*to_device((w1, w0, omega), device), 2)
     u_ref, s_ref, vh_ref = reference_rsvd(dense_delta(w1, w0), omega, 2)
     assert u.shape == u_ref.shape and s.shape == s_ref.shape and vh.shape == vh_ref.shape
     assert vh.numel() == 0 and s.numel() == 0
 
 
-def test_batched_groups_same_shapes_into_one_launch_per_product(monkeypatch):
+def test_batched_groups_same_shapes_into_one_launch_per_product(monkeypatch, rsvd, device):
     gen = torch.Generator().manual_seed(13)
     specs = [  # (m, n, dtype, has_base, q)
         (37, 53, torch.float32, True, 7),
@@ -284,7 +294,7 @@ def test_batched_groups_same_shapes_into_one_launch_per_product(monkeypatch):
 
     monkeypatch.setattr(rsvd, "delta_matmul", counting)
     n_iter = 1
-    results = rsvd.randomized_svd_batched(w1s, w0s, omegas, n_iter)
+    results = rsvd.randomized_svd_batched(*to_device((w1s, w0s, omegas), device), n_iter)
 
     # three groups: 3 x (37, 53) fp32 with base, 2 x (24, 32) bf16 with base, 1 without.
     products = 2 + 2 * n_iter
@@ -305,11 +315,11 @@ def test_invalid_precision_is_rejected():
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("m,n,r", [(37, 53, 7), (64, 96, 16), (1, 5, 1), (70, 130, 40), (5, 3, 0), (0, 5, 3)])
-def test_reconstruct_abs_matches_dense(m, n, r, precision, recorded):
+def test_reconstruct_abs_matches_dense(m, n, r, precision, recorded, rsvd, device):
     gen = torch.Generator().manual_seed(m + 31 * n + r)
     us = torch.randn(m, r, generator=gen)
     vh = torch.randn(r, n, generator=gen)
-    out = rsvd.reconstruct_abs(us, vh, precision=precision)
+    out = rsvd.reconstruct_abs(us.to(device), vh.to(device), precision=precision)
 
     expected = (us.double() @ vh.double()).abs()
     scale = float((us.double().abs() @ vh.double().abs()).max()) if m * n * r else 0.0
@@ -320,7 +330,7 @@ def test_reconstruct_abs_matches_dense(m, n, r, precision, recorded):
     assert_launches_declared(recorded)
 
 
-def test_reconstruct_abs_batched_mixes_ranks_in_one_launch(recorded):
+def test_reconstruct_abs_batched_mixes_ranks_in_one_launch(recorded, rsvd, device):
     gen = torch.Generator().manual_seed(17)
     ranks = [3, 0, 17, 8]
     us = [torch.randn(48, r, generator=gen) for r in ranks]
@@ -328,7 +338,7 @@ def test_reconstruct_abs_batched_mixes_ranks_in_one_launch(recorded):
     us.append(torch.randn(9, 2, generator=gen))
     vhs.append(torch.randn(2, 11, generator=gen))
 
-    outs = rsvd.reconstruct_abs_batched(us, vhs)
+    outs = rsvd.reconstruct_abs_batched(to_device(us, device), to_device(vhs, device))
 
     assert len(recorded["_reconstruct_abs_kernel"].launches) == 2
     for a, b, out in zip(us, vhs, outs, strict=True):
@@ -337,10 +347,10 @@ def test_reconstruct_abs_batched_mixes_ranks_in_one_launch(recorded):
         assert_close(out, (a.double() @ b.double()).abs(), rtol=0.0, atol=atol)
 
 
-def test_unaligned_rows_use_the_unaligned_specialisation(recorded):
+def test_unaligned_rows_use_the_unaligned_specialisation(recorded, rsvd, device):
     gen = torch.Generator().manual_seed(19)
-    rsvd.reconstruct_abs(torch.randn(8, 4, generator=gen), torch.randn(4, 53, generator=gen))
-    rsvd.reconstruct_abs(torch.randn(8, 4, generator=gen), torch.randn(4, 96, generator=gen))
+    rsvd.reconstruct_abs(torch.randn(8, 4, generator=gen).to(device), torch.randn(4, 53, generator=gen).to(device))
+    rsvd.reconstruct_abs(torch.randn(8, 4, generator=gen).to(device), torch.randn(4, 96, generator=gen).to(device))
     aligns = [launch["ALIGN"] for launch in recorded["_reconstruct_abs_kernel"].launches]
     assert aligns == [1, rsvd.ALIGNMENT]
 

@@ -1,5 +1,5 @@
-"""Triton sparse scatter-add / restore (kernels/scatter.py) under the interpreter, bit for bit
-against an explicit sequential fp32 reference."""
+"""Triton sparse scatter-add / restore (kernels/scatter.py), interpreted on CPU and compiled on
+CUDA, bit for bit against an explicit sequential fp32 reference."""
 
 from __future__ import annotations
 
@@ -13,14 +13,15 @@ import torch
 
 from deftx.kernels import kernel_module
 from tests.helpers import assert_bitwise_equal
+from tests.kernels.devices import kernels_for, to_device
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 SHAPES = ((37,), (0,), (5, 7, 3), (300,), (1,))
 
 
-@pytest.fixture(scope="module")
-def scatter():
-    return kernel_module("scatter", interpret=True)
+@pytest.fixture
+def scatter(device):
+    return kernels_for("scatter", device)
 
 
 @pytest.fixture
@@ -58,10 +59,12 @@ def random_diff(dense, densities, gen, value_dtype=torch.float32):
     return indices, values
 
 
-def check_apply_and_restore(module, dense, indices, values, scales):
+def check_apply_and_restore(module, dense, indices, values, scales, device):
+    """Apply (saving) then restore on ``device``; CPU inputs, CPU reference."""
     original = [w.clone() for w in dense]
-    work = [w.clone() for w in dense]
-    saved = module.scatter_add_(work, indices, values, scales, True)
+    work = [w.to(device, copy=True) for w in dense]
+    indices_on = to_device(indices, device)
+    saved = module.scatter_add_(work, indices_on, to_device(values, device), scales, True)
     for t, (got, want) in enumerate(zip(work, reference_apply(original, indices, values, scales),
                                         strict=True)):
         assert_bitwise_equal(got, want, what=f"dense tensor {t} after apply")
@@ -69,31 +72,31 @@ def check_apply_and_restore(module, dense, indices, values, scales):
         for t, idx in enumerate(row):
             assert_bitwise_equal(saved[d][t], original[t].view(-1)[idx],
                                  what=f"saved[{d}][{t}]")
-    module.scatter_restore_(work, indices, saved)
+    module.scatter_restore_(work, indices_on, saved)
     for t, (got, want) in enumerate(zip(work, original, strict=True)):
         assert_bitwise_equal(got, want, what=f"dense tensor {t} after restore")
 
 
 @pytest.mark.parametrize("dense_dtype", DTYPES)
 @pytest.mark.parametrize("value_dtype", DTYPES)
-def test_single_diff(scatter, dense_dtype, value_dtype):
+def test_single_diff(scatter, dense_dtype, value_dtype, device):
     gen = torch.Generator().manual_seed(1)
     dense = [torch.randn(shape, generator=gen).to(dense_dtype) for shape in SHAPES]
     indices, values = random_diff(dense, (0.5, 0.0, 1.0, 0.1, 1.0), gen, value_dtype)
-    check_apply_and_restore(scatter, dense, [indices], [values], [-0.3721])
+    check_apply_and_restore(scatter, dense, [indices], [values], [-0.3721], device)
 
 
 @pytest.mark.parametrize("scale", [1.0, 3e-3, -7.25])
-def test_single_diff_many_units(small_units, scale):
+def test_single_diff_many_units(small_units, scale, device):
     gen = torch.Generator().manual_seed(2)
     dense = [torch.randn(shape, generator=gen).to(dtype)
              for shape, dtype in zip(SHAPES, (torch.float32, torch.bfloat16, torch.float16,
                                               torch.bfloat16, torch.float32), strict=True)]
     indices, values = random_diff(dense, (0.6, 0.0, 0.9, 0.3, 1.0), gen)
-    check_apply_and_restore(small_units, dense, [indices], [values], [scale])
+    check_apply_and_restore(small_units, dense, [indices], [values], [scale], device)
 
 
-def test_overlapping_diffs_apply_in_order(small_units):
+def test_overlapping_diffs_apply_in_order(small_units, device):
     """Three diffs sharing many positions, on mixed dtypes, with mixed value dtypes."""
     gen = torch.Generator().manual_seed(3)
     dense = [torch.randn(shape, generator=gen).to(dtype)
@@ -105,21 +108,23 @@ def test_overlapping_diffs_apply_in_order(small_units):
                                             ((0.2, 0.0, 0.5, 0.8, 0.0), torch.float16))]
     indices = [d[0] for d in diffs]
     values = [d[1] for d in diffs]
-    check_apply_and_restore(small_units, dense, indices, values, [0.5, -1.3, 2.0])
+    check_apply_and_restore(small_units, dense, indices, values, [0.5, -1.3, 2.0], device)
 
 
-def test_overlapping_diffs_default_units(scatter):
+def test_overlapping_diffs_default_units(scatter, device):
     gen = torch.Generator().manual_seed(4)
     dense = [torch.randn(shape, generator=gen) for shape in SHAPES]
     diffs = [random_diff(dense, (1.0, 0.0, 0.3, 0.5, 1.0), gen) for _ in range(2)]
     check_apply_and_restore(scatter, dense, [d[0] for d in diffs], [d[1] for d in diffs],
-                            [1.0, 1.0])
+                            [1.0, 1.0], device)
 
 
-def test_together_equals_one_after_another(small_units):
+def test_together_equals_one_after_another(small_units, device):
     gen = torch.Generator().manual_seed(5)
     dense = [torch.randn(200, generator=gen).bfloat16(), torch.randn(9, 11, generator=gen)]
     diffs = [random_diff(dense, (0.5, 0.7), gen) for _ in range(3)]
+    dense = [w.to(device) for w in dense]
+    diffs = to_device(diffs, device)
     scales = [0.1, -2.0, 0.7]
     together = [w.clone() for w in dense]
     small_units.scatter_add_(together, [d[0] for d in diffs], [d[1] for d in diffs], scales,
@@ -132,14 +137,14 @@ def test_together_equals_one_after_another(small_units):
 
 
 @pytest.mark.parametrize("dense_dtype", [torch.bfloat16, torch.float16])
-def test_rounding_ties_go_to_even(scatter, dense_dtype):
+def test_rounding_ties_go_to_even(scatter, dense_dtype, device):
     """w + v lands exactly halfway between two representable values: round to the even one."""
     ulp = 2.0 ** (-7 if dense_dtype == torch.bfloat16 else -10)
     w = torch.tensor([1.0, 1.0 + ulp, -1.0, -(1.0 + ulp), 2.0 - ulp / 2], dtype=dense_dtype)
     v = torch.tensor([ulp / 2, ulp / 2, -ulp / 2, -ulp / 2, ulp / 4])
     indices = [[torch.arange(5)]]
-    work = [w.clone()]
-    scatter.scatter_add_(work, indices, [[v]], [1.0], False)
+    work = [w.to(device, copy=True)]
+    scatter.scatter_add_(work, to_device(indices, device), [[v.to(device)]], [1.0], False)
     expected = torch.tensor([1.0, 1.0 + 2 * ulp, -1.0, -(1.0 + 2 * ulp), 2.0],
                             dtype=dense_dtype)
     assert_bitwise_equal(work[0], expected)
@@ -147,22 +152,22 @@ def test_rounding_ties_go_to_even(scatter, dense_dtype):
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
-def test_overflow_to_infinity(scatter):
-    w = torch.tensor([60000.0, -60000.0, 1.0], dtype=torch.float16)
-    v = torch.tensor([10000.0, -10000.0, 1e30])
+def test_overflow_to_infinity(scatter, device):
+    w = torch.tensor([60000.0, -60000.0, 1.0], dtype=torch.float16, device=device)
+    v = torch.tensor([10000.0, -10000.0, 1e30], device=device)
     work = [w.clone()]
-    scatter.scatter_add_(work, [[torch.arange(3)]], [[v]], [1.0], False)
+    scatter.scatter_add_(work, [[torch.arange(3, device=device)]], [[v]], [1.0], False)
     assert_bitwise_equal(work[0], torch.tensor([float("inf"), float("-inf"), float("inf")],
                                                dtype=torch.float16))
 
 
-def test_no_diffs_and_empty_diffs(scatter):
-    dense = [torch.randn(10), torch.randn(3).half()]
+def test_no_diffs_and_empty_diffs(scatter, device):
+    dense = [torch.randn(10, device=device), torch.randn(3, device=device).half()]
     before = [w.clone() for w in dense]
     assert scatter.scatter_add_(dense, [], [], [], True) == []
     assert scatter.scatter_add_(dense, [], [], [], False) is None
-    empty = [[torch.empty(0, dtype=torch.int64)] * 2] * 2
-    saved = scatter.scatter_add_(dense, empty, [[torch.empty(0)] * 2] * 2, [1.0, 2.0], True)
+    empty = [[torch.empty(0, dtype=torch.int64, device=device)] * 2] * 2
+    saved = scatter.scatter_add_(dense, empty, [[torch.empty(0, device=device)] * 2] * 2, [1.0, 2.0], True)
     assert [[s.numel() for s in row] for row in saved] == [[0, 0], [0, 0]]
     assert [s.dtype for s in saved[0]] == [torch.float32, torch.float16]
     scatter.scatter_restore_(dense, empty, saved)
@@ -184,7 +189,7 @@ class _Recorder:
         return launch
 
 
-def test_every_launch_is_a_declared_specialization(scatter, monkeypatch):
+def test_every_launch_is_a_declared_specialization(scatter, monkeypatch, device):
     recorders = {
         "_scatter_add_kernel": _Recorder(scatter._scatter_add_kernel,
                                          ("DENSE", "VALUE", "SAVE", "CHUNK")),
@@ -200,7 +205,7 @@ def test_every_launch_is_a_declared_specialization(scatter, monkeypatch):
             for num_diffs in (1, 2):
                 diffs = [random_diff(dense, (0.5,), gen, value_dtype) for _ in range(num_diffs)]
                 check_apply_and_restore(scatter, dense, [d[0] for d in diffs],
-                                        [d[1] for d in diffs], [0.5] * num_diffs)
+                                        [d[1] for d in diffs], [0.5] * num_diffs, device)
     compiled = kernel_module("scatter", interpret=False)
     for name, recorder in recorders.items():
         kernel = getattr(compiled, name)
@@ -245,7 +250,8 @@ def test_compiled_scatter_add_has_no_fma_and_no_float_atomics():
     assert not re.search(r"\b(ATOM|RED)[A-Z]*\.[A-Z.0-9]*F(16|32|64)", sass)
 
 
-def test_bytes_moved_models(scatter):
+def test_bytes_moved_models():
+    scatter = kernel_module("scatter", interpret=False)
     # 1 tensor of 64 fp32 (8 sectors of 8), 64 entries: every sector touched.
     assert scatter.bytes_moved([(64,)], [64], torch.float32) == 64 * 8 + 64 * 12
     assert scatter.bytes_moved([(64,)], [64], torch.float32, save=True) == 64 * 8 + 64 * 16

@@ -1,4 +1,5 @@
-"""Triton global top-k (kernels/topk.py) under the interpreter vs an independent reference."""
+"""Triton global top-k (kernels/topk.py), interpreted on CPU and compiled on CUDA, vs an
+independent reference."""
 
 from __future__ import annotations
 
@@ -9,14 +10,15 @@ import torch
 
 from deftx.kernels import kernel_module
 from tests.helpers import assert_bitwise_equal
+from tests.kernels.devices import kernels_for
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 RAGGED_SHAPES = ((37,), (0,), (5, 7, 3), (130,), (1,), (3, 0, 2))
 
 
-@pytest.fixture(scope="module")
-def topk():
-    return kernel_module("topk", interpret=True)
+@pytest.fixture
+def topk(device):
+    return kernels_for("topk", device)
 
 
 @pytest.fixture
@@ -39,18 +41,20 @@ def reference_topk(tensors: list[torch.Tensor], k: int) -> list[torch.Tensor]:
     return [flat[chosen[owner[chosen] == p]].sort().values for p in range(len(tensors))]
 
 
-def selected(module, tensors: list[torch.Tensor], k: int) -> list[torch.Tensor]:
-    """The kernel's selection split per tensor; these inputs hold no NaN."""
-    indices, stats = module.topk_indices(tensors, k)
+def selected(module, tensors: list[torch.Tensor], k: int, device: torch.device) -> list[torch.Tensor]:
+    """The kernel's selection over ``tensors`` moved to ``device``, split per tensor; these
+    inputs hold no NaN."""
+    indices, stats = module.topk_indices([x.to(device) for x in tensors], k)
     *counts, nan_count = stats.tolist()
     assert nan_count == 0
     assert indices.shape == (k,)
-    return list(indices.split(counts))
+    return list(indices.cpu().split(counts))
 
 
-def check(module, tensors: list[torch.Tensor], k: int) -> None:
-    got = selected(module, tensors, k)
-    want = reference_topk(tensors, k)
+def check(module, tensors: list[torch.Tensor], k: int, device: torch.device) -> None:
+    """The module's selection over ``tensors`` moved to ``device`` equals the CPU reference."""
+    got = selected(module, tensors, k, device)
+    want = reference_topk([x.cpu() for x in tensors], k)
     assert len(got) == len(tensors)
     for p, (g, w) in enumerate(zip(got, want, strict=True)):
         assert_bitwise_equal(g, w, what=f"k={k}, tensor {p} indices")
@@ -66,23 +70,23 @@ def k_cases(total: int) -> list[int]:
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_single_dtype_matches_reference(topk, dtype):
+def test_single_dtype_matches_reference(topk, dtype, device):
     tensors = ragged(dtype, seed=1)
     for k in k_cases(sum(x.numel() for x in tensors)):
-        check(topk, tensors, k)
+        check(topk, tensors, k, device)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_many_blocks_and_tiles(small_blocks, dtype):
+def test_many_blocks_and_tiles(small_blocks, dtype, device):
     gen = torch.Generator().manual_seed(2)
     tensors = [torch.randn(700, generator=gen).to(dtype), torch.randn(129, generator=gen).to(dtype),
                torch.randn(3, 100, generator=gen).to(dtype)]
     total = sum(x.numel() for x in tensors)
     for k in (1, 200, total // 2, total):
-        check(small_blocks, tensors, k)
+        check(small_blocks, tensors, k, device)
 
 
-def test_mixed_dtypes_compare_exact_values(small_blocks):
+def test_mixed_dtypes_compare_exact_values(small_blocks, device):
     """Values shared exactly by fp32, bf16 and fp16 tie across dtypes; fp32 neighbours one
     ulp away sort strictly around them."""
     gen = torch.Generator().manual_seed(3)
@@ -92,18 +96,18 @@ def test_mixed_dtypes_compare_exact_values(small_blocks):
                torch.nextafter(grid[200:400], torch.tensor(0.0))]
     total = sum(x.numel() for x in tensors)
     for k in (1, 57, 300, 301, 611, total - 5):
-        check(small_blocks, tensors, k)
+        check(small_blocks, tensors, k, device)
 
 
-def test_heavy_ties_take_lowest_positions(small_blocks):
+def test_heavy_ties_take_lowest_positions(small_blocks, device):
     gen = torch.Generator().manual_seed(4)
     signs = torch.randint(0, 2, (500,), generator=gen).float() * 2 - 1
     tensors = [signs[:170] * 0.75, (signs[170:] * 0.75).bfloat16(), torch.zeros(40)]
     for k in (1, 169, 170, 171, 499, 500, 503, 540):
-        check(small_blocks, tensors, k)
+        check(small_blocks, tensors, k, device)
 
 
-def test_signed_zeros_infinities_and_subnormals(topk):
+def test_signed_zeros_infinities_and_subnormals(topk, device):
     tiny32 = torch.finfo(torch.float32).tiny
     tensors = [
         torch.tensor([0.0, -0.0, math.inf, -math.inf, tiny32 / 4, -tiny32 / 2, 1.0, -1.0]),
@@ -111,10 +115,10 @@ def test_signed_zeros_infinities_and_subnormals(topk):
         torch.tensor([-math.inf, 1e-40, -3e38, 0.0], dtype=torch.bfloat16),
     ]
     for k in range(sum(x.numel() for x in tensors) + 1):
-        check(topk, tensors, k)
+        check(topk, tensors, k, device)
 
 
-def test_keys_differing_only_in_low_bits(small_blocks):
+def test_keys_differing_only_in_low_bits(small_blocks, device):
     """fp32 magnitudes one to a few ulps apart: the threshold is found in the last pass."""
     gen = torch.Generator().manual_seed(5)
     ulps = torch.randperm(400, generator=gen) % 37
@@ -122,24 +126,24 @@ def test_keys_differing_only_in_low_bits(small_blocks):
     values = (base + ulps.int()).view(torch.float32) * torch.where(ulps % 2 == 0, 1.0, -1.0)
     tensors = [values[:250].clone(), values[250:].clone(), torch.full((20,), 1.5).half()]
     for k in (5, 100, 209, 380, 400):
-        check(small_blocks, tensors, k)
+        check(small_blocks, tensors, k, device)
 
 
 @pytest.mark.parametrize("offset", [1, 2, 3])
-def test_unaligned_views(small_blocks, offset):
+def test_unaligned_views(small_blocks, offset, device):
     """Storage offsets that are not 16-byte aligned exercise the masked head of a tensor."""
     gen = torch.Generator().manual_seed(6 + offset)
-    storage32 = torch.randn(400, generator=gen)
-    storage16 = torch.randn(400, generator=gen).bfloat16()
+    storage32 = torch.randn(400, generator=gen).to(device)
+    storage16 = torch.randn(400, generator=gen).bfloat16().to(device)
     tensors = [storage32[offset:offset + 301], storage16[offset:offset + 250],
                storage32[offset + 5:offset + 6]]
     assert all(x.data_ptr() % 16 for x in tensors[:2])
     for k in (1, 100, 552):
-        check(small_blocks, tensors, k)
+        check(small_blocks, tensors, k, device)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_nan_entries_are_counted_in_the_first_pass(small_blocks, dtype):
+def test_nan_entries_are_counted_in_the_first_pass(small_blocks, dtype, device):
     """NaNs of any sign and payload, in several blocks and tensors and in masked tails, for
     every k (k = 0 runs the passes too); +inf is not a NaN."""
     gen = torch.Generator().manual_seed(11)
@@ -150,19 +154,19 @@ def test_nan_entries_are_counted_in_the_first_pass(small_blocks, dtype):
     tensors[3][7] = float("inf")
     total = sum(x.numel() for x in tensors)
     for k in (0, 1, 6, 7, total // 2, total):
-        indices, stats = small_blocks.topk_indices(tensors, k)
+        indices, stats = small_blocks.topk_indices([x.to(device) for x in tensors], k)
         assert stats.tolist()[-1] == 6, f"k={k}"
         assert indices.shape == (k,) and sum(stats.tolist()[:-1]) == k
 
 
-def test_no_blocks_launch_nothing_and_count_zero(topk):
-    indices, stats = topk.topk_indices([torch.empty(0), torch.empty(0, 3).bfloat16()], 0)
+def test_no_blocks_launch_nothing_and_count_zero(topk, device):
+    indices, stats = topk.topk_indices([torch.empty(0, device=device), torch.empty(0, 3, device=device).bfloat16()], 0)
     assert indices.shape == (0,) and stats.tolist() == [0, 0, 0]
 
 
-def test_k_out_of_range_is_rejected(topk):
+def test_k_out_of_range_is_rejected(topk, device):
     with pytest.raises(AssertionError, match="outside"):
-        topk.topk_indices([torch.ones(3)], 4)
+        topk.topk_indices([torch.ones(3, device=device)], 4)
 
 
 class _Recorder:
@@ -184,7 +188,7 @@ def _declared(module, kernel_name):
     return [spec for spec in module.SPECIALIZATIONS if spec.kernel is kernel]
 
 
-def test_every_launch_is_a_declared_specialization(topk, monkeypatch):
+def test_every_launch_is_a_declared_specialization(topk, monkeypatch, device):
     recorders = {
         "_digit_histogram_kernel": _Recorder(topk._digit_histogram_kernel,
                                              ("DTYPE", "SHIFT", "STORE_BLOCKS", "BLOCK", "TILE")),
@@ -195,7 +199,7 @@ def test_every_launch_is_a_declared_specialization(topk, monkeypatch):
     for name, recorder in recorders.items():
         monkeypatch.setattr(topk, name, recorder)
     tensors = [torch.randn(50), torch.randn(30).bfloat16(), torch.randn(20).half()]
-    check(topk, tensors, 40)
+    check(topk, tensors, 40, device)
     compiled = kernel_module("topk", interpret=False)
     for name, recorder in recorders.items():
         declared = [spec.constexprs for spec in _declared(compiled, name)]
@@ -219,7 +223,8 @@ def test_specializations_declare_their_promises():
         assert set(spec.signature) == set(spec.kernel.arg_names)
 
 
-def test_bytes_moved_models(topk):
+def test_bytes_moved_models():
+    topk = kernel_module("topk", interpret=False)
     shapes, k = [(16384,), (10, 10)], 10
     n = 16384 + 100
     blocks = 2
