@@ -2,4 +2,4 @@
 #include "common.h"
 
 // Bump whenever an exported function's signature or behaviour changes.
-DEFTX_EXPORT int32_t deftx_native_abi_version() { return 1; }
+DEFTX_EXPORT int32_t deftx_native_abi_version() { return 2; }

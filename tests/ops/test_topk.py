@@ -74,6 +74,68 @@ def test_nan_is_reported_naming_the_first_tensor_that_holds_one(backend, k):
         topk_mask(tensors, k, backend=backend)
 
 
+def materialised(tensors: list[torch.Tensor], bases: list[torch.Tensor | None]) -> list[torch.Tensor]:
+    """The differences the fused path must rank as: ``fl32(f32(x) − f32(base))``, or x."""
+    return [x if b is None else x.float() - b.float() for x, b in zip(tensors, bases, strict=True)]
+
+
+def difference_problem(dtype: torch.dtype, seed: int) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+    """θ1 / θ0 pairs whose differences tie often and round in the subtraction, a tensor with no
+    base, ragged and empty shapes."""
+    gen = torch.Generator().manual_seed(seed)
+    theta0 = [torch.randint(-6, 7, s, generator=gen).to(dtype) / 4 + 300 for s in ((9, 5), (0,), (17,), (4, 3))]
+    steps = [torch.randint(-3, 4, x.shape, generator=gen).to(dtype) / 8 for x in theta0]
+    theta1 = [(x.float() + d.float() * (1 + 2.0**-20)).to(dtype) for x, d in zip(theta0, steps, strict=True)]
+    bases: list[torch.Tensor | None] = [*theta0[:3], None]
+    return theta1, bases
+
+
+@pytest.mark.parametrize("backend", cpu_backends("topk"))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_base_selects_as_the_materialised_differences(backend, dtype):
+    theta1, bases = difference_problem(dtype, seed=3)
+    diffs = materialised(theta1, bases)
+    total = sum(x.numel() for x in theta1)
+    for k in sorted({0, 1, total // 4, total // 2, total - 1, total}):
+        got = topk_mask(theta1, k, base=bases, output="indices", backend=backend)
+        want = reference_selection(diffs, k)
+        for pos, (g, w) in enumerate(zip(got, want, strict=True)):
+            assert_bitwise_equal(g.cpu(), w, what=f"k={k} tensor {pos}")
+
+
+@pytest.mark.parametrize("backend", cpu_backends("topk"))
+def test_base_difference_rounds_in_fp32(backend):
+    """1 + 2^-23 − 2^-25 is not an fp32 value: the difference rounds to 1 + 2^-23 (ties to
+    even), so it ties with the exact 1 + 2^-23 of the next entry, which wins by position only
+    when it comes first."""
+    x = torch.tensor([1.0 + 2.0**-23, 1.0 + 2.0**-23, 1.0], dtype=torch.float32)
+    b = torch.tensor([0.0, 2.0**-25, 0.0], dtype=torch.float32)
+    assert float(x[1] - b[1]) == 1.0 + 2.0**-23
+    got = topk_mask([x], 1, base=[b], output="indices", backend=backend)
+    assert got[0].tolist() == [0]
+    got = topk_mask([x[1:], x[:1]], 1, base=[b[1:], b[:1]], output="indices", backend=backend)
+    assert [g.tolist() for g in got] == [[0], []]
+
+
+@pytest.mark.parametrize("backend", cpu_backends("topk"))
+def test_base_masks_hold_exactly_the_selected_indices(backend):
+    theta1, bases = difference_problem(torch.float32, seed=8)
+    indices = topk_mask(theta1, 20, base=bases, output="indices", backend=backend)
+    masks = topk_mask(theta1, 20, base=bases, backend=backend)
+    for t, (mask, idx, x) in enumerate(zip(masks, indices, theta1, strict=True)):
+        assert mask.shape == x.shape and mask.dtype == torch.bool, f"mask {t}"
+        assert mask.reshape(-1).nonzero().flatten().tolist() == idx.tolist(), f"mask {t}"
+
+
+@pytest.mark.parametrize("backend", cpu_backends("topk"))
+def test_nan_in_a_difference_names_the_tensor_and_its_base(backend):
+    inf = float("inf")
+    theta1 = [torch.ones(3), torch.tensor([inf, 2.0, -inf, 1.0])]
+    theta0 = [torch.zeros(3), torch.tensor([inf, 0.0, 1.0, -inf])]  # inf - inf is NaN; -inf - 1 is not
+    with pytest.raises(ValueError, match=r"tensor 1 \(shape \(4,\)\) minus its base contains 1 NaN"):
+        topk_mask(theta1, 2, base=theta0, backend=backend)
+
+
 def test_hand_computed_mask():
     x = torch.tensor([[1.0, -5.0], [3.0, 0.0]])
     y = torch.tensor([-4.0, 2.0, 5.0])
@@ -111,6 +173,22 @@ def test_non_contiguous_input_uses_row_major_indices():
 def test_bad_input(tensors, k, error, match):
     with pytest.raises(error, match=match):
         topk_mask(tensors, k)
+
+
+@pytest.mark.parametrize(
+    ("base", "error", "match"),
+    [
+        (torch.ones(3), TypeError, "base must be a list"),
+        ([torch.ones(3)], ValueError, "base has 1 items for 2 tensors"),
+        ([torch.ones(3), "θ0"], TypeError, "base 1 is str"),
+        ([torch.ones(4), None], ValueError, r"base 0 has shape \(4,\), its tensor \(3,\)"),
+        ([None, torch.ones(2, 2, dtype=torch.float16)], TypeError, "base 1 has dtype torch.float16"),
+        ([torch.empty(3, device="meta"), None], ValueError, "base 0 is a meta tensor"),
+    ],
+)
+def test_bad_base(base, error, match):
+    with pytest.raises(error, match=match):
+        topk_mask([torch.ones(3), torch.ones(2, 2)], 1, base=base)
 
 
 def test_single_tensor_is_rejected_with_a_hint():

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 NATIVE_DIR = Path(__file__).resolve().parents[2] / "_native"
 
 # Element type codes of the C ABI (csrc/common.h, enum DType).
@@ -37,14 +37,10 @@ _c_f32p = ctypes.POINTER(ctypes.c_float)
 # Exported function -> (restype, argtypes); pointer arrays are passed as void**.
 _SIGNATURES: dict[str, tuple[type, list[type]]] = {
     "deftx_native_abi_version": (ctypes.c_int32, []),
-    "deftx_topk_workspace_size": (_c_i64, [_c_i64, _c_i64p]),
     "deftx_topk_select": (
         ctypes.c_int32,
-        [_c_i64, ctypes.POINTER(_c_ptr), _c_i32p, _c_i64p, _c_i64, _c_i64p, _c_i64, _c_i64p],
-    ),
-    "deftx_topk_write": (
-        ctypes.c_int32,
-        [_c_i64, ctypes.POINTER(_c_ptr), _c_i32p, _c_i64p, _c_i64p, _c_i64, ctypes.POINTER(_c_ptr)],
+        [_c_i64, ctypes.POINTER(_c_ptr), ctypes.POINTER(_c_ptr), _c_i32p, _c_i64p, _c_i64p, _c_i64, _c_i64,
+         _c_ptr, _c_i64p, _c_i64p, _c_i64p],
     ),
     "deftx_scatter_add": (
         ctypes.c_int32,

@@ -10,6 +10,7 @@ from deftx.ops import native
 if native.unavailable_reason() is not None:
     pytest.skip(native.unavailable_reason(), allow_module_level=True)
 
+from deftx.ops.native.topk import select
 from deftx.ops.native.topk import topk_indices as native_topk_indices
 
 SHAPE_SETS = {
@@ -224,3 +225,79 @@ def test_unsupported_dtype_is_rejected():
 def test_non_contiguous_tensor_is_rejected():
     with pytest.raises(ValueError, match="contiguous"):
         topk_indices([torch.ones(4, 6).t()], 2)
+
+
+def difference_inputs(shapes, dtypes, kind: str, seed: int = 0):
+    """(θ1, θ0) pairs, every third tensor without a base: θ0 from ``make_inputs`` and θ1 a
+    perturbation of it (small steps: the differences tie and round)."""
+    theta0 = make_inputs(shapes, dtypes, kind, seed)
+    generator = torch.Generator().manual_seed(seed + 1)
+    theta1 = [(x.float() + torch.randint(-2, 3, x.shape, generator=generator) * 0.375).to(x.dtype) for x in theta0]
+    bases = [None if t % 3 == 2 else x for t, x in enumerate(theta0)]
+    return theta1, bases
+
+
+def materialised(theta1, bases):
+    return [x if b is None else x.float() - b.float() for x, b in zip(theta1, bases, strict=True)]
+
+
+@pytest.mark.parametrize("capacity", [None, 0])
+@pytest.mark.parametrize("k_choice", K_CHOICES)
+@pytest.mark.parametrize("kind", ["normal", "ties", "special"])
+@pytest.mark.parametrize("dtypes", DTYPE_SETS.values(), ids=DTYPE_SETS.keys())
+@pytest.mark.parametrize("shapes", SHAPE_SETS.values(), ids=SHAPE_SETS.keys())
+def test_bases_select_as_the_materialised_differences(shapes, dtypes, kind, k_choice, capacity):
+    """Both selection paths (candidate lists; four full passes when the threshold bin holds
+    more than ``capacity`` keys) against the stable sort of the differences."""
+    theta1, bases = difference_inputs(shapes, dtypes, kind)
+    k = choose_k(k_choice, sum(t.numel() for t in theta1))
+    chosen = select(theta1, k, bases, candidate_capacity=capacity)
+    assert chosen.nan_count == 0 or kind == "special"
+    got = list(chosen.indices.split(chosen.counts))
+    if chosen.nan_count == 0:
+        assert_same_selection(got, reference_topk(materialised(theta1, bases), k))
+
+
+def test_full_passes_are_two_unless_the_threshold_bin_is_crowded():
+    tensors = [(torch.arange(140_000) % 8).float(), torch.randn(70_000)]
+    assert select(tensors, 1_000).full_passes == 2
+    assert select(tensors, 1_000, candidate_capacity=10).full_passes == 4
+    assert select(tensors, 0).full_passes == 1 and select([torch.empty(0)], 0).full_passes == 0
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_bases_do_not_depend_on_thread_count(threads):
+    theta1, bases = difference_inputs(SHAPE_SETS["multi_segment"], [torch.float32, torch.float16], "ties", seed=4)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        actual = select(theta1, 40_001, bases)
+    finally:
+        torch.set_num_threads(before)
+    assert_same_selection(list(actual.indices.split(actual.counts)),
+                          reference_topk(materialised(theta1, bases), 40_001))
+
+
+def test_concatenated_positions_add_each_tensor_start():
+    tensors = [torch.tensor([5.0, 1.0]), torch.empty(0), torch.tensor([0.0, 4.0, 3.0])]
+    indices, stats = native_topk_indices(tensors, 3, concatenated=True)
+    assert indices.tolist() == [0, 3, 4] and stats.tolist() == [1, 0, 2, 0]
+
+
+def test_a_nan_difference_is_counted():
+    inf = float("inf")
+    chosen = select([torch.tensor([inf, 1.0, -inf])], 1, [torch.tensor([inf, 0.0, -inf])])
+    assert chosen.nan_count == 2
+
+
+@pytest.mark.parametrize(
+    ("bases", "match"),
+    [
+        ([torch.ones(4)], "1 bases for 2 tensors"),
+        ([torch.ones(4), torch.ones(3, dtype=torch.bfloat16)], "bases\\[1\\] is torch.bfloat16"),
+        ([torch.ones(4), torch.ones(6)[::2]], "contiguous"),
+    ],
+)
+def test_bad_bases_are_rejected(bases, match):
+    with pytest.raises(ValueError, match=match):
+        select([torch.ones(4), torch.ones(3)], 2, bases)
