@@ -47,6 +47,12 @@ constexpr size_t kHighBins = size_t(1) << (31 - kLowBits);
 constexpr size_t kLowBins = size_t(1) << kLowBits;
 constexpr uint32_t kLowMask = uint32_t(kLowBins) - 1;
 constexpr uint32_t kInfKey = 0x7F800000u;
+// Keys are computed a chunk at a time into a small array, a loop the compiler vectorises,
+// before the scalar histogram updates (1.5 -> 0.95 ns per fp32 element and base, one core).
+constexpr int64_t kChunk = 256;
+// The partition pass computes keys in chunks of 32 and skips a chunk with no key in or above
+// the threshold bin (about 70% of them at k = 1%).
+constexpr int64_t kScanChunk = 32;
 
 // Candidates kept in lists at most, by default: max(2^22, k / 2). A candidate takes 4 bytes
 // and a certain entry (at most k) 2, so the lists never exceed 16 MiB + 4k bytes, half the
@@ -174,13 +180,17 @@ std::vector<uint64_t> high_histogram(const Inputs& in, const std::vector<Segment
     for (int64_t s = 0; s < n_segments; ++s) {
       const Segment seg = segments[size_t(s)];
       with_keys(in, seg.tensor, [&](auto keys) {
-        int64_t local_nans = 0;
-        for (int64_t i = seg.begin; i < seg.end; ++i) {
-          const uint32_t key = keys(i);
-          ++hist[key >> kLowBits];
-          local_nans += key > kInfKey;
+        uint32_t chunk[kChunk];
+        for (int64_t first = seg.begin; first < seg.end; first += kChunk) {
+          const int64_t count = std::min(kChunk, seg.end - first);
+          uint32_t chunk_nans = 0;
+          for (int64_t j = 0; j < count; ++j) {
+            chunk[j] = keys(first + j);
+            chunk_nans += chunk[j] > kInfKey;
+          }
+          for (int64_t j = 0; j < count; ++j) ++hist[chunk[j] >> kLowBits];
+          nans += chunk_nans;
         }
-        nans += local_nans;
       });
     }
   }
@@ -270,6 +280,7 @@ Partition partition(const Inputs& in, const std::vector<Segment>& segments, uint
                   std::vector<std::vector<uint32_t>>(size_t(threads)),
                   std::vector<Partition::Span>(segments.size())};
   const int64_t n_segments = int64_t(segments.size());
+  const uint32_t lowest = high << kLowBits;
 #pragma omp parallel num_threads(threads)
   {
     const int thread = omp_get_thread_num();
@@ -283,15 +294,24 @@ Partition partition(const Inputs& in, const std::vector<Segment>& segments, uint
       span.certain_begin = int64_t(certain.size());
       span.candidate_begin = int64_t(candidates.size());
       with_keys(in, seg.tensor, [&](auto keys) {
-        for (int64_t i = seg.begin; i < seg.end; ++i) {
-          const uint32_t key = keys(i);
-          const uint32_t bin = key >> kLowBits;
-          if (bin < high) continue;
-          const uint32_t offset = uint32_t(i - seg.begin);
-          if (bin > high) {
-            certain.push_back(uint16_t(offset));
-          } else {
-            candidates.push_back((offset << 16) | (key & kLowMask));
+        uint32_t chunk[kScanChunk];
+        for (int64_t first = seg.begin; first < seg.end; first += kScanChunk) {
+          const int64_t count = std::min(kScanChunk, seg.end - first);
+          uint32_t hits = 0;
+          for (int64_t j = 0; j < count; ++j) {
+            chunk[j] = keys(first + j);
+            hits |= uint32_t(chunk[j] >= lowest);
+          }
+          if (!hits) continue;
+          for (int64_t j = 0; j < count; ++j) {
+            const uint32_t key = chunk[j];
+            if (key < lowest) continue;
+            const uint32_t offset = uint32_t(first + j - seg.begin);
+            if ((key >> kLowBits) > high) {
+              certain.push_back(uint16_t(offset));
+            } else {
+              candidates.push_back((offset << 16) | (key & kLowMask));
+            }
           }
         }
       });
