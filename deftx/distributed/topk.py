@@ -8,6 +8,9 @@ Keys
     As in the single-process op (:mod:`deftx.kernels.topk`): an entry's key is the fp32 bit
     pattern of ``|x|`` with the sign cleared, read as a non-negative int32 (monotone in
     ``|x|``; ``-0.0 == +0.0``; ``+inf`` largest; fp16/bf16 values are exact fp32 values).
+    With a base (a DTensor of the same shape, dtype, mesh and placement) the key is that of
+    ``|fl32(f32(x) − f32(base))|``, computed chunk by chunk from the two local shards: the
+    difference is never stored whole.
 
 Radix select (8-bit digits, most significant first)
     Pass ``p`` histograms the digit ``(key >> SHIFT_p) & 255`` (``SHIFT = 24, 16, 8, 0``) of
@@ -68,12 +71,25 @@ class LocalShard:
         counted: whether this rank's entries enter the global counts (False for the
             copies of a replicated tensor on mesh coordinates other than 0).
         sharded: True for ``Shard(0)`` (entries split over ranks), False for ``Replicate``.
+        base: the local entries of the base, like ``flat``, or None.
     """
 
     flat: torch.Tensor
     start: int
     counted: bool
     sharded: bool
+    base: torch.Tensor | None = None
+
+    def chunks(self) -> Iterator[tuple[int, int]]:
+        """Local ``(begin, end)`` ranges of at most :data:`CHUNK_ELEMENTS` entries."""
+        numel = self.flat.numel()
+        for begin in range(0, numel, CHUNK_ELEMENTS):
+            yield begin, min(begin + CHUNK_ELEMENTS, numel)
+
+    def keys(self, begin: int, end: int) -> torch.Tensor:
+        """int32 keys of local entries ``[begin, end)`` (a new tensor: callers may modify it)."""
+        base = None if self.base is None else self.base[begin:end]
+        return magnitude_keys(self.flat[begin:end], base)
 
 
 def _is_row_shard(placement: object) -> bool:
@@ -105,31 +121,56 @@ def mesh_of(tensors: Sequence[DTensor], what: str) -> DeviceMesh:
     return mesh
 
 
-def local_shard(t: DTensor) -> LocalShard:
-    """The local part of a Shard(0) / Replicate DTensor on a 1-D mesh, with its global offset."""
+def check_bases(tensors: Sequence[DTensor], bases: Sequence[DTensor | None], what: str) -> None:
+    """Every base is None or a DTensor laid out like its tensor: shape, dtype, mesh, placement.
+
+    Raises:
+        TypeError: a plain tensor as a base, or another dtype.
+        ValueError: another count, shape, mesh or placement.
+    """
+    if len(bases) != len(tensors):
+        raise ValueError(f"{what}: base has {len(bases)} items for {len(tensors)} tensors")
+    for i, (t, b) in enumerate(zip(tensors, bases, strict=True)):
+        if b is None:
+            continue
+        if not isinstance(b, DTensor):
+            raise TypeError(f"{what}: base {i} is a plain {type(b).__name__} for a DTensor; pass a DTensor")
+        if b.dtype != t.dtype:
+            raise TypeError(f"{what}: base {i} has dtype {b.dtype}, its tensor {t.dtype}; cast one of them")
+        if b.shape != t.shape or b.device_mesh != t.device_mesh or tuple(b.placements) != tuple(t.placements):
+            raise ValueError(f"{what}: base {i} must have its tensor's shape, mesh and placement "
+                             f"(got {tuple(b.shape)} {b.placements}, tensor {tuple(t.shape)} {t.placements})")
+
+
+def _local_flat(t: DTensor) -> torch.Tensor:
     with torch.no_grad():
         local = t.to_local().detach()
-    flat = local.contiguous().view(-1)
+    return local.contiguous().view(-1)
+
+
+def local_shard(t: DTensor, base: DTensor | None = None) -> LocalShard:
+    """The local part of a Shard(0) / Replicate DTensor on a 1-D mesh (and of its base), with
+    its global offset."""
+    flat = _local_flat(t)
+    local_base = None if base is None else _local_flat(base)
     if isinstance(t.placements[0], Replicate):
-        return LocalShard(flat, 0, t.device_mesh.get_local_rank() == 0, False)
+        return LocalShard(flat, 0, t.device_mesh.get_local_rank() == 0, False, local_base)
     _, offset = compute_local_shape_and_global_offset(t.shape, t.device_mesh, t.placements)
     row_numel = 1
     for size in t.shape[1:]:
         row_numel *= size
-    return LocalShard(flat, int(offset[0]) * row_numel, True, True)
+    return LocalShard(flat, int(offset[0]) * row_numel, True, True, local_base)
 
 
-def magnitude_keys(values: torch.Tensor) -> torch.Tensor:
-    """int32 keys of ``|values|``: the fp32 bit pattern with the sign bit cleared (monotone).
+def magnitude_keys(values: torch.Tensor, base: torch.Tensor | None = None) -> torch.Tensor:
+    """int32 keys of ``|values|``, or of ``|fl32(f32(values) − f32(base))|``: the fp32 bit
+    pattern with the sign bit cleared (monotone).
 
-    Always a new tensor (``abs`` allocates), so callers may modify it in place.
+    Always a new tensor, so callers may modify it in place.
     """
-    return values.float().abs().view(torch.int32)
-
-
-def _chunks(flat: torch.Tensor) -> Iterator[torch.Tensor]:
-    for begin in range(0, flat.numel(), CHUNK_ELEMENTS):
-        yield flat[begin : begin + CHUNK_ELEMENTS]
+    if base is None:
+        return values.float().abs().view(torch.int32)
+    return (values.float() - base.float()).abs_().view(torch.int32)
 
 
 def passes_needed(dtypes: Sequence[torch.dtype]) -> int:
@@ -152,8 +193,8 @@ def _local_histograms(
     hist = torch.zeros(len(shards), RADIX, dtype=torch.int64, device=device)
     nan = torch.zeros((), dtype=torch.int64, device=device)
     for i, shard in enumerate(shards):
-        for chunk in _chunks(shard.flat):
-            keys = magnitude_keys(chunk)
+        for begin, end in shard.chunks():
+            keys = shard.keys(begin, end)
             if count_nan and shard.counted:
                 nan += (keys > INF_KEY).sum()
             keys >>= shift
@@ -165,7 +206,7 @@ def _local_histograms(
 
 
 def _local_nan_count(shards: Sequence[LocalShard]) -> int:
-    return sum(int((magnitude_keys(c) > INF_KEY).sum()) for s in shards if s.counted for c in _chunks(s.flat))
+    return sum(int((s.keys(begin, end) > INF_KEY).sum()) for s in shards if s.counted for begin, end in s.chunks())
 
 
 def _raise_on_nan(nan_count: int) -> None:
@@ -240,9 +281,9 @@ def _local_mask(shard: LocalShard, threshold: Threshold, quota: int | None) -> t
     """Bool (local numel,) selection of one local shard."""
     mask = torch.empty(shard.flat.numel(), dtype=torch.bool, device=shard.flat.device)
     taken = 0
-    for begin in range(0, shard.flat.numel(), CHUNK_ELEMENTS):
-        level = magnitude_keys(shard.flat[begin : begin + CHUNK_ELEMENTS]) >> threshold.shift
-        out = mask[begin : begin + CHUNK_ELEMENTS]
+    for begin, end in shard.chunks():
+        level = shard.keys(begin, end) >> threshold.shift
+        out = mask[begin:end]
         if quota is None:
             torch.ge(level, threshold.level, out=out)
             continue
@@ -254,18 +295,23 @@ def _local_mask(shard: LocalShard, threshold: Threshold, quota: int | None) -> t
     return mask
 
 
-def sharded_topk_local(tensors: Sequence[DTensor], k: int) -> list[torch.Tensor]:
-    """Bool local masks (flat, one per tensor) of the global top-k over sharded ``tensors``.
+def sharded_topk_local(
+    tensors: Sequence[DTensor], k: int, bases: Sequence[DTensor | None] | None = None
+) -> list[torch.Tensor]:
+    """Bool local masks (flat, one per tensor) of the global top-k over sharded ``tensors``
+    (ranked by ``|x − base|`` where ``bases`` holds one).
 
     The union over ranks of the local masks (placed at each shard's global offset) equals
     :func:`deftx.ops.topk_mask` on the full tensors, entry for entry.
     """
     mesh = mesh_of(tensors, "topk_mask")
+    paired = list(bases) if bases is not None else [None] * len(tensors)
+    check_bases(tensors, paired, "topk_mask")
     for i, t in enumerate(tensors):
         check_float_dtype(t, f"topk_mask: tensor {i}")
     check_count(k, sum(t.numel() for t in tensors), "topk_mask")
     group = mesh.get_group()
-    shards = [local_shard(t) for t in tensors]
+    shards = [local_shard(t, b) for t, b in zip(tensors, paired, strict=True)]
     total = sum(t.numel() for t in tensors)
     if k in (0, total):
         nan = comm.all_reduce_sum(
@@ -279,9 +325,13 @@ def sharded_topk_local(tensors: Sequence[DTensor], k: int) -> list[torch.Tensor]
 
 
 def topk_mask_dtensor(
-    tensors: Sequence[DTensor], k: int, output: Literal["mask", "indices"] = "mask"
+    tensors: Sequence[DTensor],
+    k: int,
+    output: Literal["mask", "indices"] = "mask",
+    base: Sequence[DTensor | None] | None = None,
 ) -> list[torch.Tensor]:
-    """``deftx.ops.topk_mask`` for DTensors: the k largest ``|x|`` over all sharded tensors.
+    """``deftx.ops.topk_mask`` for DTensors: the k largest ``|x|`` (or ``|x − base|``) over all
+    sharded tensors.
 
     Args:
         tensors: fp32 / bf16 / fp16 DTensors on one 1-D device mesh, each placed
@@ -291,15 +341,19 @@ def topk_mask_dtensor(
         output: ``"mask"``: bool DTensors with the inputs' shapes and placements;
             ``"indices"``: per tensor, a plain int64 1-D tensor of the *global* flat indices
             selected in this rank's shard (sorted; for a replicated tensor, all of them).
+        base: None, or per tensor None or a DTensor of its shape, dtype, mesh and placement
+            (θ0): the tensor is then ranked by ``|fl32(f32(x) − f32(base))|`` as in
+            :func:`deftx.ops.topk_mask`, computed from the local shards chunk by chunk.
 
     Raises:
-        TypeError: plain tensors mixed in, non-floating dtypes, a non-int k.
+        TypeError: plain tensors mixed in, non-floating dtypes, a non-int k, a plain base or
+            one of another dtype.
         ValueError: another placement or mesh, k out of range, NaN on any rank (raised on
-            every rank).
+            every rank), a base of another shape, mesh or placement.
     """
     if output not in ("mask", "indices"):
         raise ValueError(f"topk_mask: output must be 'mask' or 'indices', got {output!r}")
-    masks = sharded_topk_local(tensors, k)
+    masks = sharded_topk_local(tensors, k, base)
     if output == "indices":
         return [mask.nonzero().flatten() + local_shard(t).start for mask, t in zip(masks, tensors, strict=True)]
     return [

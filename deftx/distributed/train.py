@@ -7,7 +7,8 @@ One code path for CPU/gloo and GPU/NCCL (the backend and device follow
    under FSDP2 its state is sharded like the parameters);
 2. selection: scores per parameter as ``Shard(0)`` DTensors — FSDP2's own shards, or, under
    DDP, each rank's row block of the replicated tensors (a view, no communication) — then
-   the sharded global top-k (:mod:`deftx.distributed.topk`). LT-SFT scores ``|θ1 − θ0|``;
+   the sharded global top-k (:mod:`deftx.distributed.topk`). LT-SFT ranks ``|θ1 − θ0|``, computed
+   inside the selection chunk by chunk (never stored);
    DeFT-X scores ``|Δ̂|`` from the sharded randomized SVD (:mod:`deftx.distributed.rsvd`).
    The selection equals the single-process selection on the same θ1 (exactly for LT-SFT;
    for DeFT-X the scores agree to ~1e-6 relative, see :mod:`deftx.distributed.rsvd`);
@@ -46,6 +47,7 @@ from deftx.ops import masked_adamw_step_
 from deftx.sft import SparseDiff
 from deftx.train.config import DEFAULT_ELIGIBLE, DenoiseConfig, resolve_k
 from deftx.train.params import eligible_parameter_names, parameter_groups
+from deftx.train.select import Difference
 
 Strategy = Literal["ddp", "fsdp"]
 Batch = Mapping[str, torch.Tensor]
@@ -135,19 +137,16 @@ def as_row_shards(tensor: torch.Tensor, mesh: DeviceMesh) -> DTensor:
     return distribute_tensor(tensor.detach(), mesh, [Shard(0)], src_data_rank=None)
 
 
-def _difference_scores(w1: DTensor, w0: DTensor) -> DTensor:
-    local = (local_tensor(w1).float() - local_tensor(w0).float()).abs_()
-    return DTensor.from_local(local, w1.device_mesh, w1.placements, run_check=False, shape=w1.shape, stride=w1.stride())
-
-
 def selection_scores(
     theta1: Mapping[str, torch.Tensor],
     theta0: Mapping[str, torch.Tensor],
     groups: Mapping[str, str],
     denoise: DenoiseConfig | None,
     mesh: DeviceMesh,
-) -> dict[str, DTensor]:
-    """Per parameter, the Shard(0) score DTensor: ``|θ1 − θ0|`` (LT-SFT) or DeFT-X's ``|Δ̂|`` for 2-D matrices."""
+) -> dict[str, DTensor | Difference]:
+    """Per parameter, what the selection ranks, as Shard(0) DTensors: DeFT-X's ``|Δ̂|`` for
+    2-D matrices, otherwise the (θ1, θ0) :class:`~deftx.train.select.Difference` (LT-SFT's
+    ``|θ1 − θ0|``, computed inside the sharded selection, never stored)."""
     scores = {}
     for name in theta1:
         w1, w0 = as_row_shards(theta1[name], mesh), as_row_shards(theta0[name], mesh)
@@ -162,14 +161,17 @@ def selection_scores(
                 seed=denoise.seed,
             )
         else:
-            scores[name] = _difference_scores(w1, w0)
+            scores[name] = Difference(w1, w0)
     return scores
 
 
-def select_sharded(scores: Mapping[str, DTensor], k: int) -> dict[str, torch.Tensor]:
-    """Global top-k over all score DTensors: per name, the global flat indices in this rank's shard."""
+def select_sharded(scores: Mapping[str, DTensor | Difference], k: int) -> dict[str, torch.Tensor]:
+    """Global top-k over all scores: per name, the global flat indices in this rank's shard."""
     names = list(scores)
-    return dict(zip(names, topk_mask_dtensor([scores[n] for n in names], k, output="indices"), strict=True))
+    ranked = [scores[n] for n in names]
+    values = [s.theta1 if isinstance(s, Difference) else s for s in ranked]
+    bases = [s.theta0 if isinstance(s, Difference) else None for s in ranked]
+    return dict(zip(names, topk_mask_dtensor(values, k, output="indices", base=bases), strict=True))
 
 
 def all_gather_selection(selection: Mapping[str, torch.Tensor], group: dist.ProcessGroup) -> dict[str, torch.Tensor]:

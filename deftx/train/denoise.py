@@ -19,8 +19,9 @@ Products run at the ops' default IEEE fp32 precision: ``DenoiseConfig`` has no p
 field, because a new field changes the content digest of every DeFT-X branch in the step
 store (``to_plain`` of the selection), so cached runs would be recomputed.
 
-Scores are fp32 tensors shaped like the parameters; one is alive per parameter, never
-one model-sized concatenation.
+Denoised scores are fp32 tensors shaped like the parameters, never one model-sized
+concatenation; raw scores are not computed at all: a :class:`~deftx.train.select.Difference`
+of (θ1, θ0), which the selection ranks by ``|θ1 − θ0|`` inside its passes over the data.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from tqdm.auto import tqdm
 
 from deftx.ops import LowRankFactors, lowrank_factors_batched, reconstruct_magnitudes, topk_mask
 from deftx.train.config import DenoiseConfig
+from deftx.train.select import Difference, Score
 
 
 @dataclass(frozen=True)
@@ -44,13 +46,6 @@ class DenoiseRecord:
     shape: tuple[int, int]
     rank: int
     energy: float
-
-
-def raw_scores(theta1: torch.Tensor, theta0: torch.Tensor) -> torch.Tensor:
-    """``|θ1 − θ0|`` in fp32 (LT-SFT's score), same shape as the parameter."""
-    if theta1.shape != theta0.shape:
-        raise ValueError(f"θ1 shape {tuple(theta1.shape)} != θ0 shape {tuple(theta0.shape)}")
-    return (theta1.float() - theta0.float()).abs_()
 
 
 def keep_largest(matrix: torch.Tensor, fraction: float) -> torch.Tensor:
@@ -125,21 +120,23 @@ def selection_scores(
     denoise: DenoiseConfig | None,
     *,
     progress: bool = True,
-) -> tuple[dict[str, torch.Tensor], list[DenoiseRecord]]:
+) -> tuple[dict[str, Score], list[DenoiseRecord]]:
     """Per-parameter selection scores for LT-SFT (``denoise=None``) or DeFT-X.
 
     The denoised matrices are scored together (:func:`matrix_scores`: batched by shape,
-    Δ never formed on the Triton backend); every other parameter by its raw ``|Δ|``.
+    Δ never formed on the Triton backend); every other parameter by its raw ``|Δ|``, handed
+    on as a :class:`~deftx.train.select.Difference` (never materialised).
 
     Args:
         theta1, theta0: name -> tensor for every eligible parameter (same keys).
         groups: name -> parameter group (see :mod:`deftx.train.params`).
         denoise: DeFT-X settings, or None for raw ``|Δ|`` everywhere.
-        progress: show a tqdm bar over the raw-scored parameters.
+        progress: a tqdm bar over the denoised matrices (filled when their batched scoring
+            returns; raw scores take no time here).
 
     Returns:
-        (name -> fp32 scores shaped like the parameter, one record per denoised matrix,
-        in ``theta1``'s order).
+        (name -> fp32 scores shaped like the parameter or a ``Difference``, one record per
+        denoised matrix, in ``theta1``'s order), for :func:`~deftx.train.select.select_top_k`.
     """
     if set(theta1) != set(theta0):
         raise ValueError("θ1 and θ0 must hold the same parameter names")
@@ -147,16 +144,16 @@ def selection_scores(
         name for name in theta1
         if denoise is not None and theta1[name].dim() == 2 and groups[name] in denoise.groups
     ]
-    scores: dict[str, torch.Tensor] = {}
+    scores: dict[str, Score] = {}
     records: list[DenoiseRecord] = []
     if denoised:
-        batch = matrix_scores([theta1[n] for n in denoised], [theta0[n] for n in denoised], denoise)
+        with tqdm(total=len(denoised), desc="scoring (DeFT-X)", disable=not progress, leave=False) as bar:
+            batch = matrix_scores([theta1[n] for n in denoised], [theta0[n] for n in denoised], denoise)
+            bar.update(len(denoised))
         for name, (score, rank, energy) in zip(denoised, batch, strict=True):
             scores[name] = score
             shape = theta1[name].shape
             records.append(DenoiseRecord(name, (int(shape[0]), int(shape[1])), rank, energy))
-    chosen = set(denoised)
-    raw = [name for name in theta1 if name not in chosen]
-    for name in tqdm(raw, desc="scoring (|Δ|)", disable=not progress, leave=False):
-        scores[name] = raw_scores(theta1[name], theta0[name])
+    for name in theta1:
+        scores.setdefault(name, Difference(theta1[name], theta0[name]))
     return {name: scores[name] for name in theta1}, records

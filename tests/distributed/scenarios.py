@@ -89,9 +89,21 @@ def topk_cases() -> list[TopkCase]:
     ]
 
 
+BASE_CASES = ("ragged_fp32", "ties_fp32", "mixed_dtypes_specials", "replicated_middle", "empty_shards")
+"""Cases also run with a θ0 per tensor (``base=``)."""
+
+
+def topk_bases(case: TopkCase) -> tuple[torch.Tensor | None, ...]:
+    """θ0 for a case's tensors: few levels, so the differences still tie; the last tensor has
+    no base."""
+    gen = torch.Generator().manual_seed(99)
+    bases = [_levels(tuple(t.shape), t.dtype, gen, 0.125) for t in case.tensors]
+    return (*bases[:-1], None)
+
+
 def _distribute(tensors, replicated, mesh) -> list:
     return [
-        distribute_tensor(t, mesh, [Replicate() if rep else Shard(0)], src_data_rank=None)
+        None if t is None else distribute_tensor(t, mesh, [Replicate() if rep else Shard(0)], src_data_rank=None)
         for t, rep in zip(tensors, replicated, strict=True)
     ]
 
@@ -119,6 +131,9 @@ def _topk_errors(mesh) -> dict[str, tuple[str, str]]:
         "k_too_large": _capture(lambda: topk_mask_dtensor([shard(torch.ones(4, 2))], 9)),
         "int_dtype": _capture(lambda: topk_mask_dtensor([shard(torch.ones(4, 2, dtype=torch.int32))], 1)),
         "bad_output": _capture(lambda: topk_mask_dtensor([shard(torch.ones(4, 2))], 1, output="values")),
+        "plain_base": _capture(lambda: topk_mask_dtensor([shard(torch.ones(4, 2))], 1, base=[torch.ones(4, 2)])),
+        "base_placement": _capture(lambda: topk_mask_dtensor([shard(torch.ones(4, 2))], 1,
+                                                             base=[shard(torch.ones(4, 2), Replicate())])),
     }
 
 
@@ -134,12 +149,22 @@ def run_topk(mesh) -> dict:
             traffic[case.name, k] = (ledger.calls, ledger.bytes)
         for k in case.indices_ks:
             indices[case.name, k] = topk_mask_dtensor(dts, k, output="indices")
+        if case.name in BASE_CASES:
+            bases = _distribute(topk_bases(case), case.replicated, mesh)
+            for k in case.ks:
+                result = topk_mask_dtensor(dts, k, base=bases)
+                masks["base", case.name, k] = [m.to_local().clone() for m in result]
+            for k in case.indices_ks:
+                indices["base", case.name, k] = topk_mask_dtensor(dts, k, output="indices", base=bases)
     ties = topk_cases()[1]
     try:
         via_ops = [m.to_local() for m in topk_mask(_distribute(ties.tensors, ties.replicated, mesh), 47)]
     except Exception as err:  # the dispatch hook in deftx.ops may be missing
         via_ops = f"{type(err).__name__}: {err}"
-    return {"masks": masks, "indices": indices, "traffic": traffic, "errors": _topk_errors(mesh), "via_ops": via_ops}
+    via_ops_base = [m.to_local() for m in topk_mask(_distribute(ties.tensors, ties.replicated, mesh), 47,
+                                                    base=_distribute(topk_bases(ties), ties.replicated, mesh))]
+    return {"masks": masks, "indices": indices, "traffic": traffic, "errors": _topk_errors(mesh), "via_ops": via_ops,
+            "via_ops_base": via_ops_base}
 
 
 # ----------------------------------------------------------------------------------------- rSVD

@@ -13,7 +13,7 @@ import torch
 
 from deftx.distributed.topk import RADIX, passes_needed
 from deftx.ops import topk_mask
-from tests.distributed.scenarios import TopkCase, topk_cases
+from tests.distributed.scenarios import BASE_CASES, TopkCase, topk_bases, topk_cases
 from tests.distributed.world import assemble_rows
 
 
@@ -41,6 +41,25 @@ def test_masks_equal_single_process(world, case):
             mismatch = int((g != e).sum())
             assert mismatch == 0, f"{case.name} k={k} tensor {i}: {mismatch} entries differ from single-process"
         assert sum(int(g.sum()) for g in got) == k
+
+
+@pytest.mark.parametrize("case", [c for c in topk_cases() if c.name in BASE_CASES], ids=lambda c: c.name)
+def test_masks_with_bases_equal_single_process(world, case):
+    """|θ1 − θ0| ranked from the two shards chunk by chunk == the single-process fused op."""
+    _, results = world
+    bases = list(topk_bases(case))
+    for k in case.ks:
+        got = _full_masks(case, [r["topk"]["masks"]["base", case.name, k] for r in results])
+        expected = topk_mask(list(case.tensors), k, base=bases, backend="torch")
+        for i, (g, e) in enumerate(zip(got, expected, strict=True)):
+            mismatch = int((g != e).sum())
+            assert mismatch == 0, f"{case.name} k={k} tensor {i}: {mismatch} entries differ from single-process"
+    for k in case.indices_ks:
+        expected = topk_mask(list(case.tensors), k, base=bases, output="indices", backend="torch")
+        for i, replicated in enumerate(case.replicated):
+            parts = [r["topk"]["indices"]["base", case.name, k][i] for r in results]
+            got = parts[0] if replicated else torch.cat(parts)
+            assert torch.equal(got, expected[i]), f"{case.name} k={k} tensor {i}"
 
 
 @pytest.mark.parametrize("case", topk_cases(), ids=lambda c: c.name)
@@ -81,6 +100,8 @@ def test_communication_is_a_few_kib_independent_of_size(world):
         ("k_too_large", "ValueError", "out of range"),
         ("int_dtype", "TypeError", "dtype"),
         ("bad_output", "ValueError", "output"),
+        ("plain_base", "TypeError", "plain"),
+        ("base_placement", "ValueError", "placement"),
     ],
 )
 def test_bad_input_raises_on_every_rank(world, call, error, words):
@@ -98,4 +119,12 @@ def test_deftx_ops_topk_mask_dispatches_dtensors(world):
     case = topk_cases()[1]
     expected = topk_mask(list(case.tensors), 47, backend="torch")
     for g, e in zip(_full_masks(case, [r["topk"]["via_ops"] for r in results]), expected, strict=True):
+        assert torch.equal(g, e)
+
+
+def test_deftx_ops_topk_mask_dispatches_dtensors_with_bases(world):
+    _, results = world
+    case = topk_cases()[1]
+    expected = topk_mask(list(case.tensors), 47, base=list(topk_bases(case)), backend="torch")
+    for g, e in zip(_full_masks(case, [r["topk"]["via_ops_base"] for r in results]), expected, strict=True):
         assert torch.equal(g, e)

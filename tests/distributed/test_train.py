@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.distributed.tensor import DTensor
 from transformers import BertConfig, BertForSequenceClassification
 
 from deftx.distributed.train import (
@@ -28,7 +29,7 @@ from deftx.sft import SparseDiff
 from deftx.train.config import DenoiseConfig
 from deftx.train.denoise import selection_scores
 from deftx.train.params import parameter_groups
-from deftx.train.select import select_top_k
+from deftx.train.select import Difference, select_top_k
 from tests.distributed.world import run_world
 from tests.helpers import assert_bitwise_equal
 
@@ -101,8 +102,17 @@ def train_worker(rank: int, world: int) -> dict:
                 DENOISE,
                 mesh,
             )
-            out[strategy, method]["scores"] = full_state(scores)
+            out[strategy, method]["scores"] = materialised(full_state(scores))
     return out
+
+
+def materialised(scores: dict) -> dict[str, torch.Tensor]:
+    """Score tensors, with LT-SFT's (θ1, θ0) pairs computed as the selection ranks them."""
+    def full(t):
+        return t.full_tensor() if isinstance(t, DTensor) else t
+
+    return {n: (full(s.theta1).float() - full(s.theta0).float()).abs() if isinstance(s, Difference) else full(s)
+            for n, s in scores.items()}
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +126,7 @@ def _single_process_selection(run: dict, denoise) -> dict[str, torch.Tensor]:
     scores, _ = selection_scores(
         {n: run["theta1"][n] for n in names}, {n: run["theta0"][n] for n in names}, groups, denoise, progress=False
     )
-    return select_top_k(scores, K), scores
+    return select_top_k(scores, K), materialised(scores)
 
 
 @pytest.mark.parametrize(("strategy", "method"), RUNS)

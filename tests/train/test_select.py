@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from deftx.train.select import (
+    Difference,
     group_counts,
     group_share_report,
     intersection_size,
@@ -42,6 +43,23 @@ def test_ties_give_exactly_k_lowest_positions_first():
     scores = {"a": torch.ones(4), "b": torch.ones(4)}
     selected = select_top_k(scores, 5)
     assert selected["a"].tolist() == [0, 1, 2, 3] and selected["b"].tolist() == [0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_differences_select_as_their_materialised_scores(dtype):
+    """LT-SFT's (θ1, θ0) pairs, fused, equal the selection on |θ1.float() − θ0.float()|,
+    mixed with score tensors (DeFT-X's denoised parameters) in one call."""
+    generator = torch.Generator().manual_seed(5)
+    theta0 = {f"p{i}": (torch.randint(-8, 9, shape, generator=generator) / 16).to(dtype)
+              for i, shape in enumerate([(6, 5), (9,), (4, 4)])}
+    theta1 = {n: (t.float() + torch.randint(-3, 4, t.shape, generator=generator) / 32).to(dtype)
+              for n, t in theta0.items()}
+    denoised = torch.rand(3, 7, generator=generator) / 8
+    fused = {**{n: Difference(theta1[n], theta0[n]) for n in theta0}, "d": denoised}
+    materialised = {**{n: (theta1[n].float() - theta0[n].float()).abs() for n in theta0}, "d": denoised}
+    for k in (1, 10, 33, 76):
+        got, want = select_top_k(fused, k), select_top_k(materialised, k)
+        assert all(torch.equal(got[n], want[n]) for n in want), f"k={k}"
 
 
 def test_select_top_k_rejects_empty():
