@@ -1,4 +1,5 @@
-"""Global top-k by magnitude over many tensors, without concatenating them.
+"""Global top-k by magnitude over many tensors, without concatenating them, optionally of the
+differences to base tensors (never materialised).
 
 Keys
     An entry's score ``|x|`` is compared through its *key*: the fp32 bit pattern of ``|x|``
@@ -6,51 +7,73 @@ Keys
     value order, and every fp16 / bf16 value is an exact fp32 value, so one key space serves
     mixed-dtype lists. ``-0.0`` and ``+0.0`` share key 0; ``+inf`` has the largest key of any
     number. A NaN ranks above ``+inf``; the first pass counts the NaN keys, and the caller is
-    told how many there were (the selection is then meaningless).
+    told how many there were (the selection is then meaningless). With a base ``b`` the score
+    is ``|d|``, ``d = fl32(f32(x) − f32(b))``: both widened exactly, one fp32 subtraction
+    (round to nearest even, subnormals kept), computed in registers in every pass that reads
+    the tensor, so a selection from (θ1, θ0) equals the selection of the materialised
+    ``θ1.float() − θ0.float()`` entry for entry.
 
 Radix select (8-bit digits, most significant first)
     Pass ``p`` counts, for the keys whose higher digits equal the threshold prefix found so far
     (the *band*), the digit ``(key >> SHIFT_p) & 255`` with ``SHIFT = 24, 16, 8, 0``. After each
-    pass one small kernel sums the dtype groups' 256-bin histograms, picks the digit that holds
-    the k-th largest key and updates the number still to take, on the device (no host sync).
-    bf16 keys have 16 zero low bits and fp16 keys 13, so a bf16 tensor is read in 2 passes,
-    fp16 in 3 and fp32 in 4; in the passes after a group's last one its band keys all have
-    digit 0, which the digit kernel carries into bin 0 without reading them again.
+    pass one small kernel sums the groups' 256-bin histograms, picks the digit that holds the
+    k-th largest key and updates the number still to take, on the device (no host sync).
+    bf16 keys have 16 zero low bits and fp16 keys 13, so a bf16 tensor needs 2 passes, fp16 3
+    and fp32 4 (a difference of two bf16 / fp16 values is an fp32 value: 4); in the passes
+    after a group's last one its band keys all have digit 0, which the digit kernel carries
+    into bin 0 without reading them again.
 
     Each histogram program is persistent: it strides over the blocks of every tensor of one
-    dtype (a device table of base addresses, one launch per dtype), builds a block-local
-    histogram with ``tl.histogram`` from contiguous 16-byte vector loads, and issues ONE global
-    integer atomic per non-empty bin at its end (and one for its NaN count in the first pass,
-    when there are any). In a tensor's last pass it also stores its per-block histogram and the
-    count of keys above the band (1 KiB per block of 16384 elements).
+    group (one dtype, with or without a base; a device table of base addresses, one launch per
+    group), builds a block-local histogram with ``tl.histogram`` from contiguous 16-byte vector
+    loads, and issues ONE global integer atomic per non-empty bin at its end (and one for its
+    NaN count in the first pass, when there are any). In the second pass (and in a group's
+    last) it also stores its per-block histogram and the count of keys above the band (1 KiB
+    per block of 16384 elements).
+
+Candidate list (fp32 and fp16 keys, and differences: three full passes instead of five / four)
+    After two passes the top 16 key bits of the threshold are known. Per block, the keys at or
+    above that 16-bit prefix — those certainly selected and the candidates of the threshold's
+    bin, one 2^-7-octave wide — are counted from the stored histograms; one cumulative sum
+    gives every block its slice of a list, and a third full pass writes each block's such keys
+    with their in-block offsets (packed in an int64, in index order) into it. The remaining
+    digit passes, the classification and the compaction then read only the list (about k
+    entries plus the bin's). When the list would exceed its capacity (``k + max(2^16, N/128)``
+    entries, decided on the device: many equal keys, say), every later kernel takes the old
+    path instead — digit passes over the data and a compaction that reads the data — with the
+    same launches.
 
 Compaction
     With the exact threshold key ``T`` and ``r`` (how many keys equal to ``T`` to take), one
-    kernel derives per block the count of keys ``> T`` and ``== T`` from its histogram; one
-    cumulative sum over the blocks in (tensor position, flat index) order gives every block its
-    output offset and how many of its ``== T`` keys it takes (the lowest positions win ties).
-    One program per block then writes its selected flat indices, ascending, with in-block
-    scans, and the last block of each tensor writes the tensor's count. Blocks selecting
-    nothing skip their read. Everything is integer arithmetic: exact and deterministic.
+    kernel derives per block the count of keys ``> T`` and ``== T`` (from its list slice, or
+    from its last histogram); one cumulative sum over the blocks in (tensor position, flat
+    index) order gives every block its output offset and how many of its ``== T`` keys it takes
+    (the lowest positions win ties). One program per block then writes its selected flat
+    indices, ascending, with in-block scans, and the last block of each tensor writes the
+    tensor's count. Everything is integer arithmetic: exact and deterministic.
 
 Host work
     The launcher plans on the host from shapes and addresses only and moves the plan — tensor
-    table, initial state, zeroed histograms and counters — to the device in one copy. A call
-    with a single dtype makes ``2 * passes + 5`` launches (fp32: 13, bf16: 9) whatever the
-    number of tensors, and reads nothing back: the caller reads the per-tensor counts and the
-    NaN count together, once.
+    table, initial state, zeroed histograms and counters — to the device in one copy. Per call
+    with one group: fp32 16 launches, fp16 14, bf16 9 (``2 * passes + 5``), whatever the number
+    of tensors, and nothing read back: the caller reads the per-tensor counts and the NaN
+    count together, once. A pair whose tensor and base sit at different offsets modulo 16
+    bytes costs one more launch: the base is copied once to the tensor's alignment.
 
 Alignment
     A tensor's base address is rounded down to 16 bytes and its first ``head`` elements
-    masked off, so full tiles are 16-byte aligned and loaded unmasked with vector loads.
+    masked off, so full tiles are 16-byte aligned and loaded unmasked with vector loads; its
+    base tensor is read at the same offsets.
 
 Extra memory: per block of 16384 elements, 1 KiB of histogram and a few counters, about
-0.07 byte per parameter, plus the int64 output.
+0.07 byte per parameter; the candidate list, 8 bytes per entry of its capacity (fp32 / fp16
+only); the int64 output.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -69,8 +92,23 @@ PASS_SHIFTS: tuple[int, ...] = (24, 16, 8, 0)
 LAST_PASS: dict[torch.dtype, int] = {torch.float32: 3, torch.float16: 2, torch.bfloat16: 1}
 """Index of the last pass whose digit can be non-zero in keys of each dtype."""
 
+
+def last_pass(dtype: torch.dtype, has_base: bool) -> int:
+    """Index of the last pass a group needs: its dtype's, or the fp32 one with a base (the
+    fp32 difference of two bf16 / fp16 values can use every fp32 mantissa bit)."""
+    return PASS_SHIFTS.index(0) if has_base else LAST_PASS[dtype]
+
+LIST_PASS = 2
+"""The digit passes from this one on read the candidate list (when the call has one)."""
+
+LIST_SHIFT = PASS_SHIFTS[LIST_PASS - 1]
+"""Key bits below the prefix that decides what enters the list (16: two digits known)."""
+
 BLOCK_ELEMS = 16384
 """Elements per block, the unit of the per-block bookkeeping (1 KiB histogram per block)."""
+
+OFFSET_BITS = 14
+"""Bits of an in-block offset in a list entry (``key << 14 | offset``): BLOCK_ELEMS <= 2^14."""
 
 HISTOGRAM_TILE = 1024
 """Elements a histogram program loads at once: 8 per thread at 4 warps (two fp32 / one 16-bit
@@ -84,12 +122,17 @@ ptxas (Triton 3.6, sm_90) spills in fp16's last pass to keep 7 programs per SM i
 16 it does not (152 registers)."""
 
 COMPACT_TILE = 1024
-"""Elements the compaction scans at once (8 per thread: keeps its two scans in registers)."""
+"""Elements the compaction, the partition and the list passes scan at once (8 per thread:
+keeps their two scans in registers)."""
 
 PROGRAMS_PER_SM = 8
 """Persistent histogram programs per SM (4 warps, 1 KiB shared each; all 8 are resident at up
-to 64 registers per thread: Triton 3.9 compiles the passes to 21-50, Triton 3.6 to 56-80; the
-wide fp16 pass takes 74 / 152)."""
+to 64 registers per thread)."""
+
+MIN_LIST_SLACK = 1 << 16
+"""The candidate list holds k + max(MIN_LIST_SLACK, N >> LIST_SLACK_SHIFT) entries."""
+
+LIST_SLACK_SHIFT = 7
 
 INTERPRETER_PROGRAMS = 3
 HISTOGRAM_WARPS = 4
@@ -103,18 +146,22 @@ _TL_DTYPE = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat1
 _RADIX = tl.constexpr(RADIX)
 _RADIX_BITS = tl.constexpr(RADIX_BITS)
 _TOP_SHIFT = tl.constexpr(PASS_SHIFTS[0])
+_LIST_SHIFT = tl.constexpr(LIST_SHIFT)
+_OFFSET_BITS = tl.constexpr(OFFSET_BITS)
+_OFFSET_MASK = tl.constexpr((1 << OFFSET_BITS) - 1)
 
-MAX_GROUPS = 4
-"""Dtype groups the digit kernel can sum (3 dtypes exist), a power of two."""
+MAX_GROUPS = 8
+"""Groups the digit kernel can sum (3 dtypes, each with or without a base), a power of two."""
 
 CLASSIFY_ROWS = 16
 """Blocks per program of the block classification (16 x 256 bins)."""
 
 # Rows of the tensor table (int64, shape (TABLE_ROWS, num_columns)); a column per tensor with
-# at least one block, grouped by dtype: aligned base address, head, end (= head + numel), first
-# block in the group-major block order, first global block, position in the input list, shift
-# of its dtype's last pass.
-TABLE_ROWS = 7
+# at least one block, grouped by (dtype, has a base): aligned base address, head, end (= head +
+# numel), first block in the group-major block order, first global block, position in the
+# input list, shift of its group's last pass, aligned address of its base (0 without one),
+# and the value added to its flat indices (its start in the concatenation, or 0).
+TABLE_ROWS = 9
 _ROW_BASE = tl.constexpr(0)
 _ROW_HEAD = tl.constexpr(1)
 _ROW_END = tl.constexpr(2)
@@ -122,6 +169,8 @@ _ROW_FIRST_MAJOR = tl.constexpr(3)
 _ROW_FIRST_GLOBAL = tl.constexpr(4)
 _ROW_POSITION = tl.constexpr(5)
 _ROW_SHIFT = tl.constexpr(6)
+_ROW_SUBTRAHEND = tl.constexpr(7)
+_ROW_START = tl.constexpr(8)
 
 # The state vector (int64): keys still to take, digits found so far, threshold key so far.
 STATE_SIZE = 3
@@ -153,96 +202,112 @@ def _exclusive_cumsum(x):
 
 
 @triton.jit
+def _as_float32(x, DTYPE: tl.constexpr):
+    """``x`` widened exactly to fp32 (bf16 through its bit pattern: the upper half of an fp32)."""
+    if DTYPE.is_bf16():
+        wide = (x.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+    elif DTYPE.is_fp16():
+        wide = x.to(tl.float32)
+    else:
+        wide = x
+    return wide
+
+
+@triton.jit
 def _magnitude_key(x, DTYPE: tl.constexpr):
     """uint32 key of |x|: the fp32 bit pattern with the sign cleared."""
     if DTYPE.is_bf16():
         key = (x.to(tl.uint16, bitcast=True).to(tl.uint32) & 0x7FFF) << 16
-    elif DTYPE.is_fp16():
-        key = x.to(tl.float32).to(tl.uint32, bitcast=True) & 0x7FFFFFFF
     else:
-        key = x.to(tl.uint32, bitcast=True) & 0x7FFFFFFF
+        key = _as_float32(x, DTYPE).to(tl.uint32, bitcast=True) & 0x7FFFFFFF
     return key
 
 
 @triton.jit
-def _tensor_row(table_ptr, num_columns, c, DTYPE: tl.constexpr):
-    """(16-byte aligned base pointer, head, end, first group-major block, first global block)
-    of column c of the tensor table.
+def _difference_key(x, b, DTYPE: tl.constexpr):
+    """uint32 key of |fl32(f32(x) − f32(b))|: one fp32 subtraction, rounded to nearest even."""
+    difference = _as_float32(x, DTYPE) - _as_float32(b, DTYPE)
+    return difference.to(tl.uint32, bitcast=True) & 0x7FFFFFFF
 
-    Element ``v`` of the aligned base is flat index ``v - head``; valid ``v`` lie in
+
+@triton.jit
+def _tensor_row(table_ptr, num_columns, c, DTYPE: tl.constexpr, HAS_BASE: tl.constexpr):
+    """(16-byte aligned pointer of the tensor and of its base (the tensor's again without one),
+    head, end, first group-major block, first global block) of column c of the tensor table.
+
+    Element ``v`` of the aligned pointers is flat index ``v - head``; valid ``v`` lie in
     ``[head, end)``.
     """
-    base = tl.load(table_ptr + _ROW_BASE * num_columns + c).to(tl.pointer_type(DTYPE))
-    base = tl.multiple_of(base, 16)
+    values = tl.load(table_ptr + _ROW_BASE * num_columns + c).to(tl.pointer_type(DTYPE))
+    values = tl.multiple_of(values, 16)
+    if HAS_BASE:
+        subtrahend = tl.load(table_ptr + _ROW_SUBTRAHEND * num_columns + c).to(tl.pointer_type(DTYPE))
+        subtrahend = tl.multiple_of(subtrahend, 16)
+    else:
+        subtrahend = values
     head = tl.load(table_ptr + _ROW_HEAD * num_columns + c)
     end = tl.load(table_ptr + _ROW_END * num_columns + c)
     first_major = tl.load(table_ptr + _ROW_FIRST_MAJOR * num_columns + c)
     first_global = tl.load(table_ptr + _ROW_FIRST_GLOBAL * num_columns + c)
-    return base, head, end, first_major, first_global
+    return values, subtrahend, head, end, first_major, first_global
 
 
 @triton.jit
-def _load_tile_keys(base, tile_start, head, end, DTYPE: tl.constexpr, TILE: tl.constexpr):
+def _load_tile_keys(values, subtrahend, tile_start, head, end, DTYPE: tl.constexpr, HAS_BASE: tl.constexpr,
+                    TILE: tl.constexpr):
     """Keys (uint32, [TILE]) and validity mask of elements ``tile_start + [0, TILE)``.
 
     Tiles inside ``[head, end)`` are loaded unmasked (16-byte vector loads); the first and
-    last tile of a tensor are masked.
+    last tile of a tensor are masked. With HAS_BASE the key is the difference's.
     """
     offs = tl.arange(0, TILE)
-    ptrs = base + tile_start + offs
     if (tile_start >= head) & (tile_start + TILE <= end):
-        x = tl.load(ptrs)
         valid = offs < TILE
+        x = tl.load(values + tile_start + offs)
+        if HAS_BASE:
+            b = tl.load(subtrahend + tile_start + offs)
     else:
         pos = tile_start + offs
         valid = (pos >= head) & (pos < end)
-        x = tl.load(ptrs, mask=valid, other=0.0)
-    return _magnitude_key(x, DTYPE), valid
+        x = tl.load(values + tile_start + offs, mask=valid, other=0.0)
+        if HAS_BASE:
+            b = tl.load(subtrahend + tile_start + offs, mask=valid, other=0.0)
+    keys = _difference_key(x, b, DTYPE) if HAS_BASE else _magnitude_key(x, DTYPE)
+    return keys, valid
 
 
-@triton.jit(do_not_specialize=["num_columns", "first_block", "num_blocks"])
-def _digit_histogram_kernel(
-    table_ptr,
-    block_column_ptr,
-    prefix_ptr,
-    hist_ptr,
-    nan_ptr,
-    block_hist_ptr,
-    block_above_ptr,
-    num_columns,
-    first_block,
-    num_blocks,
-    DTYPE: tl.constexpr,
-    SHIFT: tl.constexpr,
-    STORE_BLOCKS: tl.constexpr,
-    BLOCK: tl.constexpr,
-    TILE: tl.constexpr,
+@triton.jit
+def _list_use(list_total_ptr, capacity):
+    """Whether this call's candidate list is in use: its length fits its capacity (a capacity
+    of -1 means the call has none)."""
+    return tl.load(list_total_ptr) <= capacity
+
+
+@triton.jit
+def _histogram_blocks(
+    table_ptr, block_column_ptr, prefix, hist_ptr, nan_ptr, block_hist_ptr, block_above_ptr,
+    num_columns, first_block, num_blocks,
+    DTYPE: tl.constexpr, HAS_BASE: tl.constexpr, SHIFT: tl.constexpr, STORE_BLOCKS: tl.constexpr,
+    BLOCK: tl.constexpr, TILE: tl.constexpr,
 ):
-    """Histogram of digit ``(key >> SHIFT) & 255`` over the band keys of one dtype group.
-
-    table_ptr: int64 (TABLE_ROWS, num_columns) tensor table; block_column_ptr: int64 column of
-    every block in group-major order, this group's blocks at ``[first_block, first_block +
-    num_blocks)``; prefix_ptr: int64 (1,) band prefix ``key >> (SHIFT + 8)`` (unused in the
-    first pass); hist_ptr: int64 (256,) global histogram, atomically added to once per bin per
-    program; nan_ptr: int64 (1,), receives the NaN keys counted in the first pass. With
-    STORE_BLOCKS, block_hist_ptr (int32 (B, 256)) and block_above_ptr (int32 (B,), keys above
-    the band) receive each block's counts at its global block id.
-    """
+    """This program's share of a histogram pass over the data: the digit ``(key >> SHIFT) & 255``
+    of the band keys (``key >> (SHIFT + 8) == prefix``; every key in the first pass) of its
+    blocks, atomically added to hist_ptr once per bin; see :func:`_digit_histogram_kernel`."""
     bins = tl.arange(0, _RADIX)
     totals = tl.full([_RADIX], 0, dtype=tl.int32)
     nans = 0
-    if SHIFT != _TOP_SHIFT:
-        prefix = tl.load(prefix_ptr).to(tl.uint32)
     for q in range(first_block + tl.program_id(0), first_block + num_blocks, tl.num_programs(0)):
         c = tl.load(block_column_ptr + q)
-        base, head, end, first_major, first_global = _tensor_row(table_ptr, num_columns, c, DTYPE)
+        values, subtrahend, head, end, first_major, first_global = _tensor_row(
+            table_ptr, num_columns, c, DTYPE, HAS_BASE)
         j = q - first_major
         block_start = j * BLOCK
         num_tiles = tl.minimum((end - block_start + TILE - 1) // TILE, BLOCK // TILE)
         block_hist = tl.full([_RADIX], 0, dtype=tl.int32)
         above = 0
         for s in range(num_tiles):
-            keys, valid = _load_tile_keys(base, block_start + s * TILE, head, end, DTYPE, TILE)
+            keys, valid = _load_tile_keys(values, subtrahend, block_start + s * TILE, head, end, DTYPE, HAS_BASE,
+                                          TILE)
             digits = (keys >> SHIFT) & (_RADIX - 1)
             if SHIFT == _TOP_SHIFT:
                 in_band = valid
@@ -262,21 +327,120 @@ def _digit_histogram_kernel(
         tl.atomic_add(nan_ptr, nans.to(tl.int64), mask=nans > 0, sem="relaxed")
 
 
-@triton.jit(do_not_specialize=["num_groups", "carry_mask", "shift"])
-def _select_digit_kernel(hist_ptr, next_hist_ptr, state_ptr, num_groups, carry_mask, shift, GROUPS: tl.constexpr):
+@triton.jit(do_not_specialize=["num_columns", "first_block", "num_blocks"])
+def _digit_histogram_kernel(
+    table_ptr,
+    block_column_ptr,
+    prefix_ptr,
+    hist_ptr,
+    nan_ptr,
+    block_hist_ptr,
+    block_above_ptr,
+    num_columns,
+    first_block,
+    num_blocks,
+    DTYPE: tl.constexpr,
+    HAS_BASE: tl.constexpr,
+    SHIFT: tl.constexpr,
+    STORE_BLOCKS: tl.constexpr,
+    BLOCK: tl.constexpr,
+    TILE: tl.constexpr,
+):
+    """Histogram of digit ``(key >> SHIFT) & 255`` over the band keys of one group (the first
+    two passes, which always read the data).
+
+    table_ptr: int64 (TABLE_ROWS, num_columns) tensor table; block_column_ptr: int64 column of
+    every block in group-major order, this group's blocks at ``[first_block, first_block +
+    num_blocks)``; prefix_ptr: int64 (1,) band prefix ``key >> (SHIFT + 8)`` (unused in the
+    first pass); hist_ptr: int64 (256,) global histogram, atomically added to once per bin per
+    program; nan_ptr: int64 (1,), receives the NaN keys counted in the first pass. With
+    STORE_BLOCKS, block_hist_ptr (int32 (B, 256)) and block_above_ptr (int32 (B,), keys above
+    the band) receive each block's counts at its global block id.
+    """
+    prefix = 0 if SHIFT == _TOP_SHIFT else tl.load(prefix_ptr).to(tl.uint32)
+    _histogram_blocks(table_ptr, block_column_ptr, prefix, hist_ptr, nan_ptr, block_hist_ptr, block_above_ptr,
+                      num_columns, first_block, num_blocks, DTYPE, HAS_BASE, SHIFT, STORE_BLOCKS, BLOCK, TILE)
+
+
+@triton.jit
+def _histogram_list(list_ptr, total, prefix, list_hist_ptr, SHIFT: tl.constexpr, TILE: tl.constexpr):
+    """This program's share of a digit pass over the candidate list's ``total`` entries: the
+    digit ``(key >> SHIFT) & 255`` of the entries whose ``key >> (SHIFT + 8) == prefix``,
+    atomically added to list_hist_ptr (int64 (256,)) once per bin."""
+    bins = tl.arange(0, _RADIX)
+    counts = tl.full([_RADIX], 0, dtype=tl.int32)
+    for t in range(tl.program_id(0), (total + TILE - 1) // TILE, tl.num_programs(0)):
+        entry = t * TILE + tl.arange(0, TILE)
+        present = entry < total
+        keys = tl.load(list_ptr + entry, mask=present, other=0) >> _OFFSET_BITS
+        in_band = present & ((keys >> (SHIFT + _RADIX_BITS)) == prefix)
+        counts += tl.histogram(((keys >> SHIFT) & (_RADIX - 1)).to(tl.int32), _RADIX, mask=in_band)
+    tl.atomic_add(list_hist_ptr + bins, counts.to(tl.int64), mask=counts > 0, sem="relaxed")
+
+
+@triton.jit(do_not_specialize=["capacity", "owns_list", "num_columns", "first_block", "num_blocks"])
+def _band_histogram_kernel(
+    table_ptr,
+    block_column_ptr,
+    state_ptr,
+    hist_ptr,
+    block_hist_ptr,
+    block_above_ptr,
+    list_ptr,
+    list_hist_ptr,
+    list_total_ptr,
+    capacity,
+    owns_list,
+    num_columns,
+    first_block,
+    num_blocks,
+    DTYPE: tl.constexpr,
+    HAS_BASE: tl.constexpr,
+    SHIFT: tl.constexpr,
+    STORE_BLOCKS: tl.constexpr,
+    BLOCK: tl.constexpr,
+    TILE: tl.constexpr,
+    LIST_TILE: tl.constexpr,
+):
+    """A digit pass from the third on: over the candidate list when it is in use (by the
+    launch with ``owns_list``, the first of the pass; the others return), else over the
+    group's data as :func:`_digit_histogram_kernel` does.
+
+    state_ptr: int64 (STATE_SIZE,), its prefix is the band; list_ptr: int64 entries ``key <<
+    14 | in-block offset``, list_total_ptr: int64 (1,) their number; list_hist_ptr: int64
+    (256,) the list's histogram of this pass. The other arguments as in
+    :func:`_digit_histogram_kernel`.
+    """
+    prefix = tl.load(state_ptr + _STATE_PREFIX)
+    if _list_use(list_total_ptr, capacity):
+        if owns_list != 0:
+            _histogram_list(list_ptr, tl.load(list_total_ptr), prefix, list_hist_ptr, SHIFT, LIST_TILE)
+    else:
+        _histogram_blocks(table_ptr, block_column_ptr, prefix.to(tl.uint32), hist_ptr, hist_ptr, block_hist_ptr,
+                          block_above_ptr, num_columns, first_block, num_blocks, DTYPE, HAS_BASE, SHIFT,
+                          STORE_BLOCKS, BLOCK, TILE)
+
+
+@triton.jit(do_not_specialize=["capacity", "num_groups", "carry_mask", "shift"])
+def _select_digit_kernel(hist_ptr, next_hist_ptr, state_ptr, list_hist_ptr, list_total_ptr, capacity, num_groups,
+                         carry_mask, shift, GROUPS: tl.constexpr):
     """One program: the digit of this pass that holds the k-th largest key.
 
-    hist_ptr: int64 (num_groups, 256) this pass's band histograms; state_ptr: int64
-    (STATE_SIZE,) — keys still to take r (``1 <= r <= band size``, or 0 for k = 0: digit 255,
-    nothing above it), the digits so far, and the threshold key (``prefix << shift``) updated
-    in place. Groups whose bit is set in ``carry_mask`` have no histogram pass next: their band
-    count at the chosen digit goes to bin 0 of their row at next_hist_ptr (int64
-    (num_groups, 256)).
+    hist_ptr: int64 (num_groups, 256) this pass's band histograms, or, when the candidate list
+    is in use, list_hist_ptr: int64 (256,) the list's; state_ptr: int64 (STATE_SIZE,) — keys
+    still to take r (``1 <= r <= band size``, or 0 for k = 0: digit 255, nothing above it),
+    the digits so far, and the threshold key (``prefix << shift``) updated in place. Groups
+    whose bit is set in ``carry_mask`` have no histogram pass next: their band count at the
+    chosen digit goes to bin 0 of their row at next_hist_ptr (int64 (num_groups, 256)); with
+    the list in use nothing is carried (the list holds their keys).
     """
     bins = tl.arange(0, _RADIX)
     groups = tl.arange(0, GROUPS)
     present = groups < num_groups
     rows = tl.load(hist_ptr + groups[:, None] * _RADIX + bins[None, :], mask=present[:, None], other=0)
+    use_list = _list_use(list_total_ptr, capacity)
+    list_row = tl.load(list_hist_ptr + bins)
+    rows = tl.where(use_list, tl.where(groups[:, None] == 0, list_row[None, :], 0), rows)
     hist = tl.reduce(rows, 0, _SUM)
     remaining = tl.load(state_ptr + _STATE_REMAINING)
     at_or_above = _total(hist) - tl.associative_scan(hist, 0, _SUM) + hist
@@ -288,38 +452,37 @@ def _select_digit_kernel(hist_ptr, next_hist_ptr, state_ptr, num_groups, carry_m
     tl.store(state_ptr + _STATE_PREFIX, prefix)
     tl.store(state_ptr + _STATE_THRESHOLD, prefix << shift)
     band = tl.reduce(tl.where(chosen[None, :], rows, 0), 1, _SUM)
-    carry = present & (((carry_mask >> groups) & 1) != 0)
+    carry = present & (((tl.where(use_list, 0, carry_mask) >> groups) & 1) != 0)
     tl.store(next_hist_ptr + groups * _RADIX, band, mask=carry)
 
 
-@triton.jit(do_not_specialize=["num_columns", "num_blocks"])
-def _classify_blocks_kernel(
-    table_ptr,
-    block_column_ptr,
-    block_hist_ptr,
-    block_above_ptr,
-    state_ptr,
-    sums_ptr,
-    num_columns,
-    num_blocks,
-    ROWS: tl.constexpr,
-):
-    """Per block: how many of its keys are ``> T`` and ``== T`` (T the threshold key).
-
-    A block's last-pass digit of T is ``d = (T >> s) & 255`` (s: its dtype's last shift); its
-    keys ``> T`` are those above that pass's band plus its bins above d, and its keys ``== T``
-    are bin d when T has no bits below s (otherwise none of its keys can equal T).
-    block_hist_ptr: int32 (B, 256), block_above_ptr: int32 (B,) by global block; sums_ptr:
-    int64 (2, B) receives (greater, equal) by global block. Blocks in group-major order, ROWS
-    per program.
-    """
-    q = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    valid = q < num_blocks
+@triton.jit
+def _block_ids(table_ptr, block_column_ptr, q, valid, num_columns):
+    """(column, global block id) of group-major blocks ``q`` (masked by ``valid``)."""
     c = tl.load(block_column_ptr + q, mask=valid, other=0)
     first_major = tl.load(table_ptr + _ROW_FIRST_MAJOR * num_columns + c, mask=valid, other=0)
     first_global = tl.load(table_ptr + _ROW_FIRST_GLOBAL * num_columns + c, mask=valid, other=0)
-    shift = tl.load(table_ptr + _ROW_SHIFT * num_columns + c, mask=valid, other=0)
-    g = first_global + q - first_major
+    return c, first_global + q - first_major
+
+
+@triton.jit
+def _classify_from_histograms(table_ptr, block_column_ptr, block_hist_ptr, block_above_ptr, state_ptr, sums_ptr,
+                              num_columns, num_blocks, ROWS: tl.constexpr, PARTITION: tl.constexpr):
+    """Per block of this program: keys ``> T`` and ``== T`` from its stored histogram.
+
+    A block's stored digit of T is ``d = (T >> s) & 255`` (s: LIST_SHIFT for the partition,
+    else its dtype's last shift); its keys ``> T`` are those above that pass's band plus its
+    bins above d, and its keys ``== T`` are bin d when T has no bits below s (otherwise none
+    of its keys can equal T). With PARTITION, stores their sum (the block's list length) at
+    sums_ptr[g]; else greater at sums_ptr[g] and equal at sums_ptr[num_blocks + g].
+    """
+    q = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    valid = q < num_blocks
+    c, g = _block_ids(table_ptr, block_column_ptr, q, valid, num_columns)
+    if PARTITION:
+        shift = tl.full([ROWS], _LIST_SHIFT, dtype=tl.int64)
+    else:
+        shift = tl.load(table_ptr + _ROW_SHIFT * num_columns + c, mask=valid, other=0)
     threshold = tl.load(state_ptr + _STATE_THRESHOLD)
     digit = (threshold >> shift) & (_RADIX - 1)
     exact = (threshold & ((1 << shift) - 1)) == 0
@@ -327,9 +490,124 @@ def _classify_blocks_kernel(
     hist = tl.load(block_hist_ptr + g[:, None] * _RADIX + bins[None, :], mask=valid[:, None], other=0)
     equal = tl.reduce(tl.where(bins[None, :] == digit[:, None], hist, 0), 1, _SUM).to(tl.int64)
     higher = tl.reduce(tl.where(bins[None, :] > digit[:, None], hist, 0), 1, _SUM).to(tl.int64)
-    above = tl.load(block_above_ptr + g, mask=valid, other=0).to(tl.int64)
-    tl.store(sums_ptr + g, above + higher, mask=valid)
-    tl.store(sums_ptr + num_blocks + g, tl.where(exact, equal, 0), mask=valid)
+    above = tl.load(block_above_ptr + g, mask=valid, other=0).to(tl.int64) + higher
+    equal = tl.where(exact, equal, 0)
+    if PARTITION:
+        tl.store(sums_ptr + g, above + equal, mask=valid)
+    else:
+        tl.store(sums_ptr + g, above, mask=valid)
+        tl.store(sums_ptr + num_blocks + g, equal, mask=valid)
+
+
+@triton.jit
+def _list_slice(list_ends_ptr, g):
+    """[start, end) of global block g's entries in the candidate list."""
+    start = tl.load(list_ends_ptr + g - 1, mask=g > 0, other=0)
+    return start, tl.load(list_ends_ptr + g)
+
+
+@triton.jit
+def _classify_from_list(table_ptr, block_column_ptr, state_ptr, sums_ptr, list_ptr, list_ends_ptr, num_columns,
+                        num_blocks, ROWS: tl.constexpr, TILE: tl.constexpr):
+    """Per block of this program: its list entries with key ``> T`` and ``== T``, stored as
+    :func:`_classify_from_histograms` stores them."""
+    threshold = tl.load(state_ptr + _STATE_THRESHOLD)
+    for r in range(ROWS):
+        q = tl.program_id(0) * ROWS + r
+        if q < num_blocks:
+            _, g = _block_ids(table_ptr, block_column_ptr, q, q < num_blocks, num_columns)
+            start, end = _list_slice(list_ends_ptr, g)
+            greater = 0
+            equal = 0
+            for first in range(start, end, TILE):
+                entry = first + tl.arange(0, TILE)
+                present = entry < end
+                keys = tl.load(list_ptr + entry, mask=present, other=0) >> _OFFSET_BITS
+                greater += _total((present & (keys > threshold)).to(tl.int32))
+                equal += _total((present & (keys == threshold)).to(tl.int32))
+            tl.store(sums_ptr + g, greater)
+            tl.store(sums_ptr + num_blocks + g, equal)
+
+
+@triton.jit(do_not_specialize=["capacity", "num_columns", "num_blocks"])
+def _classify_blocks_kernel(
+    table_ptr,
+    block_column_ptr,
+    block_hist_ptr,
+    block_above_ptr,
+    state_ptr,
+    sums_ptr,
+    list_ptr,
+    list_ends_ptr,
+    list_total_ptr,
+    capacity,
+    num_columns,
+    num_blocks,
+    ROWS: tl.constexpr,
+    PARTITION: tl.constexpr,
+    TILE: tl.constexpr,
+):
+    """Per block: how many of its keys are ``> T`` and ``== T`` (T the threshold key), or with
+    PARTITION how many are at or above the 16-bit prefix T (its candidate-list length).
+
+    block_hist_ptr: int32 (B, 256), block_above_ptr: int32 (B,) by global block; sums_ptr:
+    int64 (2, B) — or (B,) with PARTITION — by global block. When the candidate list is in
+    use the counts come from each block's list slice (list_ends_ptr: int64 (B,) inclusive
+    ends), else from the stored histograms. Blocks in group-major order, ROWS per program.
+    """
+    if PARTITION:
+        _classify_from_histograms(table_ptr, block_column_ptr, block_hist_ptr, block_above_ptr, state_ptr, sums_ptr,
+                                  num_columns, num_blocks, ROWS, True)
+    elif _list_use(list_total_ptr, capacity):
+        _classify_from_list(table_ptr, block_column_ptr, state_ptr, sums_ptr, list_ptr, list_ends_ptr, num_columns,
+                            num_blocks, ROWS, TILE)
+    else:
+        _classify_from_histograms(table_ptr, block_column_ptr, block_hist_ptr, block_above_ptr, state_ptr, sums_ptr,
+                                  num_columns, num_blocks, ROWS, False)
+
+
+@triton.jit(do_not_specialize=["capacity", "num_columns", "num_blocks", "first_block"])
+def _partition_kernel(
+    table_ptr,
+    block_column_ptr,
+    state_ptr,
+    list_ptr,
+    list_ends_ptr,
+    capacity,
+    num_columns,
+    num_blocks,
+    first_block,
+    DTYPE: tl.constexpr,
+    HAS_BASE: tl.constexpr,
+    BLOCK: tl.constexpr,
+    TILE: tl.constexpr,
+):
+    """The third full pass: every key at or above the 16-bit prefix found by the first two
+    (the state's threshold ``prefix << 16``) goes to the block's slice of the candidate list,
+    as ``key << 14 | in-block offset``, in index order.
+
+    Program i handles group-major block ``first_block + i``; list_ends_ptr: int64 (B,) the
+    inclusive cumulative list lengths by global block. Nothing is written when the list
+    would exceed ``capacity`` entries (every later kernel then reads the data instead).
+    """
+    if tl.load(list_ends_ptr + num_blocks - 1) <= capacity:
+        q = first_block + tl.program_id(0)
+        c = tl.load(block_column_ptr + q)
+        values, subtrahend, head, end, first_major, first_global = _tensor_row(
+            table_ptr, num_columns, c, DTYPE, HAS_BASE)
+        j = q - first_major
+        slot, stop = _list_slice(list_ends_ptr, first_global + j)
+        if stop > slot:
+            lowest = tl.load(state_ptr + _STATE_THRESHOLD).to(tl.uint32)
+            block_start = j * BLOCK
+            num_tiles = tl.minimum((end - block_start + TILE - 1) // TILE, BLOCK // TILE)
+            for s in range(num_tiles):
+                keys, valid = _load_tile_keys(values, subtrahend, block_start + s * TILE, head, end, DTYPE, HAS_BASE,
+                                              TILE)
+                kept = (valid & (keys >= lowest)).to(tl.int32)
+                entries = (keys.to(tl.int64) << _OFFSET_BITS) | (s * TILE + tl.arange(0, TILE))
+                tl.store(list_ptr + slot + _exclusive_cumsum(kept), entries, mask=kept != 0)
+                slot += _total(kept)
 
 
 @triton.jit
@@ -341,7 +619,47 @@ def _selected_through(sums_ptr, num_blocks, g, remaining):
     return greater + tl.minimum(equal, remaining)
 
 
-@triton.jit(do_not_specialize=["num_columns", "num_blocks", "first_block"])
+@triton.jit
+def _compact_list(list_ptr, list_ends_ptr, g, threshold, take_equal, slot, index_base, out_ptr,
+                  TILE: tl.constexpr):
+    """Write the selected entries of global block g's list slice: their flat indices
+    ``index_base + in-block offset``, ascending, from output slot ``slot``."""
+    start, end = _list_slice(list_ends_ptr, g)
+    equal_seen = 0
+    for first in range(start, end, TILE):
+        entry = first + tl.arange(0, TILE)
+        present = entry < end
+        packed = tl.load(list_ptr + entry, mask=present, other=0)
+        keys = packed >> _OFFSET_BITS
+        equal = (present & (keys == threshold)).to(tl.int32)
+        equal_rank = equal_seen + _exclusive_cumsum(equal)
+        chosen = ((present & (keys > threshold)) | ((equal != 0) & (equal_rank < take_equal))).to(tl.int32)
+        flat = index_base + (packed & _OFFSET_MASK)
+        tl.store(out_ptr + slot + _exclusive_cumsum(chosen), flat, mask=chosen != 0)
+        slot += _total(chosen)
+        equal_seen += _total(equal)
+
+
+@triton.jit
+def _compact_data(values, subtrahend, block_start, head, end, threshold, take_equal, slot, index_base, out_ptr,
+                  DTYPE: tl.constexpr, HAS_BASE: tl.constexpr, BLOCK: tl.constexpr, TILE: tl.constexpr):
+    """Write the selected entries of one block, read from the data: their flat indices
+    ``index_base + aligned offset``, ascending, from output slot ``slot``."""
+    num_tiles = tl.minimum((end - block_start + TILE - 1) // TILE, BLOCK // TILE)
+    equal_seen = 0
+    for s in range(num_tiles):
+        tile_start = block_start + s * TILE
+        keys, valid = _load_tile_keys(values, subtrahend, tile_start, head, end, DTYPE, HAS_BASE, TILE)
+        equal = (valid & (keys == threshold)).to(tl.int32)
+        equal_rank = equal_seen + _exclusive_cumsum(equal)
+        chosen = ((valid & (keys > threshold)) | ((equal != 0) & (equal_rank < take_equal))).to(tl.int32)
+        flat = index_base + tile_start + tl.arange(0, TILE)
+        tl.store(out_ptr + slot + _exclusive_cumsum(chosen), flat, mask=chosen != 0)
+        slot += _total(chosen)
+        equal_seen += _total(equal)
+
+
+@triton.jit(do_not_specialize=["capacity", "num_columns", "num_blocks", "first_block"])
 def _compact_indices_kernel(
     table_ptr,
     block_column_ptr,
@@ -349,10 +667,15 @@ def _compact_indices_kernel(
     sums_ptr,
     out_ptr,
     counts_ptr,
+    list_ptr,
+    list_ends_ptr,
+    list_total_ptr,
+    capacity,
     num_columns,
     num_blocks,
     first_block,
     DTYPE: tl.constexpr,
+    HAS_BASE: tl.constexpr,
     BLOCK: tl.constexpr,
     TILE: tl.constexpr,
 ):
@@ -362,12 +685,14 @@ def _compact_indices_kernel(
     inclusive cumulative sums over global blocks of the keys ``> T`` and ``== T``; with r the
     ``== T`` keys to take, the entries selected through block g are
     ``greater[g] + min(equal[g], r)`` (the lowest blocks take the ties), which gives the
-    block's output offset and how many of its ``== T`` keys it takes. out_ptr: int64 (k,); the
+    block's output offset and how many of its ``== T`` keys it takes. The entries are read
+    from the block's list slice when the candidate list is in use, else from the data.
+    out_ptr: int64 (k,); each index is offset by the tensor's start (table row START); the
     last block of a tensor writes the tensor's count at counts_ptr[position].
     """
     q = first_block + tl.program_id(0)
     c = tl.load(block_column_ptr + q)
-    base, head, end, first_major, first_global = _tensor_row(table_ptr, num_columns, c, DTYPE)
+    values, subtrahend, head, end, first_major, first_global = _tensor_row(table_ptr, num_columns, c, DTYPE, HAS_BASE)
     j = q - first_major
     g = first_global + j
     remaining = tl.load(state_ptr + _STATE_REMAINING)
@@ -378,38 +703,32 @@ def _compact_indices_kernel(
         start = _selected_through(sums_ptr, num_blocks, first_global - 1, remaining)
         tl.store(counts_ptr + position, slot + selected - start)
     if selected > 0:
-        threshold = tl.load(state_ptr + _STATE_THRESHOLD).to(tl.uint32)
+        threshold = tl.load(state_ptr + _STATE_THRESHOLD)
         equal_before = tl.load(sums_ptr + num_blocks + g - 1, mask=g > 0, other=0)
         take_equal = tl.minimum(tl.load(sums_ptr + num_blocks + g), remaining)
         take_equal -= tl.minimum(equal_before, remaining)
         block_start = j * BLOCK
-        num_tiles = tl.minimum((end - block_start + TILE - 1) // TILE, BLOCK // TILE)
-        equal_seen = 0
-        for s in range(num_tiles):
-            tile_start = block_start + s * TILE
-            keys, valid = _load_tile_keys(base, tile_start, head, end, DTYPE, TILE)
-            equal = (valid & (keys == threshold)).to(tl.int32)
-            equal_rank = equal_seen + _exclusive_cumsum(equal)
-            chosen = ((valid & (keys > threshold)) | ((equal != 0) & (equal_rank < take_equal)))
-            chosen = chosen.to(tl.int32)
-            slots = slot + _exclusive_cumsum(chosen)
-            flat = tile_start - head + tl.arange(0, TILE)
-            tl.store(out_ptr + slots, flat, mask=chosen != 0)
-            slot += _total(chosen)
-            equal_seen += _total(equal)
+        index_base = tl.load(table_ptr + _ROW_START * num_columns + c) - head
+        if _list_use(list_total_ptr, capacity):
+            _compact_list(list_ptr, list_ends_ptr, g, threshold, take_equal, slot, index_base + block_start,
+                          out_ptr, TILE)
+        else:
+            _compact_data(values, subtrahend, block_start, head, end, threshold.to(tl.uint32), take_equal, slot,
+                          index_base, out_ptr, DTYPE, HAS_BASE, BLOCK, TILE)
 
 
 @dataclass(frozen=True)
 class _Group:
-    """The tensors of one dtype: their columns of the table and blocks in group-major order."""
+    """The tensors of one dtype, with or without bases: their blocks in group-major order."""
 
     dtype: torch.dtype
+    has_base: bool
     first_block: int
     num_blocks: int
 
     @property
     def last_pass(self) -> int:
-        return LAST_PASS[self.dtype]
+        return last_pass(self.dtype, self.has_base)
 
 
 @dataclass(frozen=True)
@@ -418,54 +737,80 @@ class _Plan:
 
     ``values`` is the one int64 buffer uploaded to the device, laid out as the ``*_at``
     offsets say: the tensor table (TABLE_ROWS, C), blocks per column (C,), the state
-    (STATE_SIZE,), zeroed histograms (passes, groups, 256) and zeroed stats (T + 1,): the
-    per-tensor counts, then the NaN count.
+    (STATE_SIZE,), zeroed histograms (passes, groups, 256), zeroed list histograms (passes,
+    256), zeroed stats (T + 1,) — the per-tensor counts, then the NaN count — and one zero
+    (the list length of a call without a list). ``list_capacity`` is -1 without a list.
     """
 
     groups: list[_Group]
     num_columns: int
     total_blocks: int
     num_passes: int
+    list_capacity: int
     values: list[int]
     repeats_at: int
     state_at: int
     hist_at: int
+    list_hist_at: int
     stats_at: int
 
 
-def _plan(tensors: Sequence[torch.Tensor], k: int) -> _Plan:
+def _list_capacity(num_passes: int, total: int, k: int) -> int:
+    """Entries of the candidate list: k + max(2^16, N / 128), capped at N; -1 when the keys
+    are resolved in two passes (bf16 only: no list)."""
+    if num_passes <= LIST_PASS:
+        return -1
+    return min(total, k + max(MIN_LIST_SLACK, total >> LIST_SLACK_SHIFT))
+
+
+def _plan(tensors: Sequence[torch.Tensor], bases: Sequence[torch.Tensor | None], k: int,
+          concatenated: bool) -> _Plan:
     """Split every tensor into 16-byte aligned blocks, numbered globally in (tensor, block)
-    order, and lay the tensors out in one table grouped by dtype."""
-    columns: dict[torch.dtype, list[tuple[int, int, int, int, int, int]]] = {}
+    order, and lay the tensors out in one table grouped by (dtype, has a base)."""
+    columns: dict[tuple[torch.dtype, bool], list[tuple[int, ...]]] = {}
     next_global = 0
-    for position, x in enumerate(tensors):
+    starts = itertools.accumulate((x.numel() for x in tensors), initial=0)
+    for position, (x, base, start) in enumerate(zip(tensors, bases, starts, strict=False)):
         numel = x.numel()
         head = (x.data_ptr() % 16) // x.element_size() if numel else 0
         blocks = -(-(numel + head) // BLOCK_ELEMS)
         if blocks:
-            columns.setdefault(x.dtype, []).append(
-                (x.data_ptr() - head * x.element_size(), head, head + numel, next_global, position, blocks))
+            aligned_base = 0 if base is None else base.data_ptr() - head * x.element_size()
+            columns.setdefault((x.dtype, base is not None), []).append(
+                (x.data_ptr() - head * x.element_size(), head, head + numel, next_global, position, blocks,
+                 aligned_base, start if concatenated else 0))
         next_global += blocks
     groups, table, repeats, first_major = [], [[] for _ in range(TABLE_ROWS)], [], 0
-    for dtype, rows in columns.items():
-        group_blocks = sum(row[5] for row in rows)
-        groups.append(_Group(dtype, first_major, group_blocks))
-        for base, head, end, first_global, position, blocks in rows:
-            for row, value in enumerate((base, head, end, first_major, first_global, position,
-                                         PASS_SHIFTS[LAST_PASS[dtype]])):
+    for (dtype, has_base), rows in columns.items():
+        groups.append(_Group(dtype, has_base, first_major, sum(row[5] for row in rows)))
+        for address, head, end, first_global, position, blocks, aligned_base, start in rows:
+            for row, value in enumerate((address, head, end, first_major, first_global, position,
+                                         PASS_SHIFTS[last_pass(dtype, has_base)], aligned_base, start)):
                 table[row].append(value)
             repeats.append(blocks)
             first_major += blocks
     num_passes = max((group.last_pass + 1 for group in groups), default=0)
-    state = [k, 0, 0]
-    values = [v for row in table for v in row] + repeats + state
+    values = [v for row in table for v in row] + repeats + [k, 0, 0]
     hist_at = len(values)
     values += [0] * (num_passes * len(groups) * RADIX)
+    list_hist_at = len(values)
+    values += [0] * (num_passes * RADIX)
     stats_at = len(values)
-    values += [0] * (len(tensors) + 1)
-    return _Plan(groups, len(repeats), first_major, num_passes, values,
-                 repeats_at=TABLE_ROWS * len(repeats), state_at=hist_at - STATE_SIZE,
-                 hist_at=hist_at, stats_at=stats_at)
+    values += [0] * (len(tensors) + 2)
+    total = sum(x.numel() for x in tensors)
+    return _Plan(groups, len(repeats), first_major, num_passes, _list_capacity(num_passes, total, k), values,
+                 repeats_at=TABLE_ROWS * len(repeats), state_at=hist_at - STATE_SIZE, hist_at=hist_at,
+                 list_hist_at=list_hist_at, stats_at=stats_at)
+
+
+def _aligned_like(base: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``base``, or a copy of it at ``x``'s address modulo 16 bytes when it sits elsewhere (the
+    kernels read both at one offset with 16-byte vector loads): one launch, rare (views)."""
+    if base.numel() == 0 or base.data_ptr() % 16 == x.data_ptr() % 16:
+        return base
+    head = (x.data_ptr() % 16) // x.element_size()
+    storage = torch.empty(base.numel() + head, dtype=base.dtype, device=base.device)
+    return storage[head:].copy_(base.reshape(-1))
 
 
 def histogram_tile(dtype: torch.dtype, shift: int) -> int:
@@ -485,172 +830,307 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def _radix_select(plan: _Plan, buffer: torch.Tensor, block_column: torch.Tensor, block_hist: torch.Tensor,
-                  block_above: torch.Tensor) -> None:
-    """8-bit radix passes: the threshold key and the ``== T`` keys to take land in the state;
-    every group's last pass stores its per-block histograms and above-band counts."""
-    num_groups = len(plan.groups)
-    table = buffer[: plan.repeats_at]
-    state = buffer[plan.state_at: plan.hist_at]
-    hist = buffer[plan.hist_at: plan.stats_at].view(plan.num_passes, num_groups, RADIX)
-    nan = buffer[-1:]
-    for p in range(plan.num_passes):
-        for i, group in enumerate(plan.groups):
-            if p <= group.last_pass:
-                _digit_histogram_kernel[(_programs(buffer.device, group.num_blocks),)](
-                    table, block_column, state[STATE_PREFIX:], hist[p, i], nan, block_hist, block_above,
-                    plan.num_columns, group.first_block, group.num_blocks,
-                    DTYPE=_TL_DTYPE[group.dtype], SHIFT=PASS_SHIFTS[p],
-                    STORE_BLOCKS=p == group.last_pass, BLOCK=BLOCK_ELEMS,
-                    TILE=histogram_tile(group.dtype, PASS_SHIFTS[p]),
-                    num_warps=HISTOGRAM_WARPS,
-                    num_stages=HISTOGRAM_STAGES,
-                )
-        last = p + 1 == plan.num_passes
-        carry = 0 if last else sum(1 << i for i, group in enumerate(plan.groups) if group.last_pass <= p)
-        _select_digit_kernel[(1,)](
-            hist[p], hist[p if last else p + 1], state, num_groups, carry, PASS_SHIFTS[p],
-            GROUPS=MAX_GROUPS, num_warps=SELECT_WARPS, num_stages=1,
+@dataclass(frozen=True)
+class _Buffers:
+    """The device memory of one call: the uploaded plan's parts and the work buffers.
+
+    ``candidates`` (int64, list capacity) and ``list_ends`` (int64 (B,)) are the candidate
+    list and its per-block inclusive ends, written after the second pass; ``list_total`` is its
+    length, ``no_list`` a zero: the length the kernels before the list see (with a capacity of
+    -1), and ``list_total`` itself in calls without a list.
+    """
+
+    table: torch.Tensor
+    block_column: torch.Tensor
+    state: torch.Tensor
+    hist: torch.Tensor
+    list_hist: torch.Tensor
+    nan: torch.Tensor
+    block_hist: torch.Tensor
+    block_above: torch.Tensor
+    candidates: torch.Tensor
+    list_ends: torch.Tensor
+    list_total: torch.Tensor
+    no_list: torch.Tensor
+
+
+def _launch_histogram(plan: _Plan, p: int, index: int, group: _Group, buffers: _Buffers, owns_list: bool) -> None:
+    """One group's histogram launch of pass ``p``."""
+    grid = (_programs(buffers.table.device, group.num_blocks),)
+    common = dict(DTYPE=_TL_DTYPE[group.dtype], HAS_BASE=group.has_base, SHIFT=PASS_SHIFTS[p],
+                  BLOCK=BLOCK_ELEMS, TILE=histogram_tile(group.dtype, PASS_SHIFTS[p]),
+                  num_warps=HISTOGRAM_WARPS, num_stages=HISTOGRAM_STAGES)
+    if p < LIST_PASS:
+        _digit_histogram_kernel[grid](
+            buffers.table, buffers.block_column, buffers.state[STATE_PREFIX:], buffers.hist[p, index], buffers.nan,
+            buffers.block_hist, buffers.block_above, plan.num_columns, group.first_block, group.num_blocks,
+            STORE_BLOCKS=p == LIST_PASS - 1, **common,
+        )
+    else:
+        _band_histogram_kernel[grid](
+            buffers.table, buffers.block_column, buffers.state, buffers.hist[p, index], buffers.block_hist,
+            buffers.block_above, buffers.candidates, buffers.list_hist[p], buffers.list_total, plan.list_capacity,
+            int(owns_list), plan.num_columns, group.first_block, group.num_blocks,
+            STORE_BLOCKS=p == group.last_pass, LIST_TILE=COMPACT_TILE, **common,
         )
 
 
-def topk_indices(tensors: Sequence[torch.Tensor], k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flat indices of the k largest |x| over all tensors, ascending within each tensor.
+def _select_digit(plan: _Plan, p: int, buffers: _Buffers) -> None:
+    """The digit kernel after pass ``p``: carries the groups that end here into the next pass."""
+    last = p + 1 == plan.num_passes
+    carry = 0 if last else sum(1 << i for i, group in enumerate(plan.groups) if group.last_pass <= p)
+    list_total, capacity = (buffers.list_total, plan.list_capacity) if p >= LIST_PASS else (buffers.no_list, -1)
+    _select_digit_kernel[(1,)](
+        buffers.hist[p], buffers.hist[p if last else p + 1], buffers.state, buffers.list_hist[p],
+        list_total, capacity, len(plan.groups), carry, PASS_SHIFTS[p],
+        GROUPS=MAX_GROUPS, num_warps=SELECT_WARPS, num_stages=1,
+    )
+
+
+def _classify(plan: _Plan, buffers: _Buffers, sums: torch.Tensor, partition: bool) -> None:
+    _classify_blocks_kernel[(triton.cdiv(plan.total_blocks, CLASSIFY_ROWS),)](
+        buffers.table, buffers.block_column, buffers.block_hist, buffers.block_above, buffers.state, sums,
+        buffers.candidates, buffers.list_ends, buffers.list_total, plan.list_capacity, plan.num_columns,
+        plan.total_blocks, ROWS=CLASSIFY_ROWS, PARTITION=partition, TILE=COMPACT_TILE,
+        num_warps=SELECT_WARPS, num_stages=1,
+    )
+
+
+def _fill_list(plan: _Plan, buffers: _Buffers) -> None:
+    """After the second pass: every block's list length, their cumulative sum, and the third
+    full pass that writes the list (skipped on the device when it would not fit)."""
+    _classify(plan, buffers, buffers.list_ends, partition=True)
+    torch.cumsum(buffers.list_ends, 0, out=buffers.list_ends)
+    for group in plan.groups:
+        _partition_kernel[(group.num_blocks,)](
+            buffers.table, buffers.block_column, buffers.state, buffers.candidates, buffers.list_ends,
+            plan.list_capacity, plan.num_columns, plan.total_blocks, group.first_block,
+            DTYPE=_TL_DTYPE[group.dtype], HAS_BASE=group.has_base, BLOCK=BLOCK_ELEMS, TILE=COMPACT_TILE,
+            num_warps=COMPACT_WARPS, num_stages=COMPACT_STAGES,
+        )
+
+
+def _radix_select(plan: _Plan, buffers: _Buffers) -> None:
+    """8-bit radix passes: the threshold key and the ``== T`` keys to take land in the state.
+    Calls with a list fill it after the second pass; the later passes then read it."""
+    for p in range(plan.num_passes):
+        if p == LIST_PASS and plan.list_capacity >= 0:
+            _fill_list(plan, buffers)
+        launched = [(i, group) for i, group in enumerate(plan.groups) if p <= group.last_pass]
+        for order, (i, group) in enumerate(launched):
+            _launch_histogram(plan, p, i, group, buffers, owns_list=order == 0)
+        _select_digit(plan, p, buffers)
+
+
+def topk_indices(
+    tensors: Sequence[torch.Tensor],
+    k: int,
+    bases: Sequence[torch.Tensor | None] | None = None,
+    concatenated: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat indices of the k largest scores over all tensors, ascending within each tensor.
 
     Args:
         tensors: T contiguous fp32 / fp16 / bf16 tensors of any shape (dtypes may be mixed), on
             one device (CUDA, or CPU with the interpreted module).
         k: ``0 <= k <= total numel``.
+        bases: None, or per tensor None or a contiguous tensor of its dtype and numel on its
+            device: the score is then ``|fl32(f32(x) − f32(base))|`` instead of ``|x|``.
+        concatenated: indices count positions in the concatenation of the flattened tensors
+            (each tensor's start added) instead of within each tensor.
 
     Returns:
         indices: int64 (k,), every tensor's selected flat row-major indices in tensor order.
-            Among entries equal to the k-th largest magnitude, those with the lowest (position
-            in the list, flat index) are taken.
+            Among entries equal to the k-th largest score, those with the lowest (position in
+            the list, flat index) are taken.
         stats: int64 (T + 1,) on the same device: the number of indices of each tensor, then
-            the number of NaN entries (when it is not 0 the selection is meaningless).
+            the number of NaN scores (when it is not 0 the selection is meaningless).
 
     Nothing is read back from the device.
     """
     total = sum(x.numel() for x in tensors)
     assert 0 <= k <= total, f"k={k} outside [0, {total}]"
     assert all(x.dtype in LAST_PASS and x.is_contiguous() for x in tensors)
+    paired = list(bases) if bases is not None else [None] * len(tensors)
+    assert len(paired) == len(tensors) and all(
+        b is None or (b.dtype == x.dtype and b.numel() == x.numel() and b.is_contiguous())
+        for x, b in zip(tensors, paired, strict=True))
+    paired = [None if b is None else _aligned_like(b, x) for x, b in zip(tensors, paired, strict=True)]
     device = tensors[0].device if tensors else torch.device("cpu")
-    plan = _plan(tensors, k)
+    plan = _plan(tensors, paired, k, concatenated)
     buffer = upload(plan.values, device)
-    stats = buffer[plan.stats_at:]
+    stats = buffer[plan.stats_at: plan.stats_at + len(tensors) + 1]
     out = torch.empty(k, dtype=torch.int64, device=device)
     if not plan.total_blocks:
         return out, stats
-    table = buffer[: plan.repeats_at]
-    block_column = torch.repeat_interleave(buffer[plan.repeats_at: plan.state_at], output_size=plan.total_blocks)
-    block_hist = torch.empty((plan.total_blocks, RADIX), dtype=torch.int32, device=device)
-    block_above = torch.empty(plan.total_blocks, dtype=torch.int32, device=device)
-    _radix_select(plan, buffer, block_column, block_hist, block_above)
-    state = buffer[plan.state_at: plan.hist_at]
-    sums = torch.empty((2, plan.total_blocks), dtype=torch.int64, device=device)
-    _classify_blocks_kernel[(triton.cdiv(plan.total_blocks, CLASSIFY_ROWS),)](
-        table, block_column, block_hist, block_above, state, sums, plan.num_columns, plan.total_blocks,
-        ROWS=CLASSIFY_ROWS, num_warps=SELECT_WARPS, num_stages=1,
+    has_list = plan.list_capacity >= 0
+    list_ends = torch.empty(plan.total_blocks, dtype=torch.int64, device=device) if has_list else buffer
+    buffers = _Buffers(
+        table=buffer[: plan.repeats_at],
+        block_column=torch.repeat_interleave(buffer[plan.repeats_at: plan.state_at], output_size=plan.total_blocks),
+        state=buffer[plan.state_at: plan.hist_at],
+        hist=buffer[plan.hist_at: plan.list_hist_at].view(plan.num_passes, len(plan.groups), RADIX),
+        list_hist=buffer[plan.list_hist_at: plan.stats_at].view(plan.num_passes, RADIX),
+        nan=buffer[plan.stats_at + len(tensors): plan.stats_at + len(tensors) + 1],
+        block_hist=torch.empty((plan.total_blocks, RADIX), dtype=torch.int32, device=device),
+        block_above=torch.empty(plan.total_blocks, dtype=torch.int32, device=device),
+        candidates=torch.empty(max(plan.list_capacity, 1), dtype=torch.int64, device=device) if has_list else buffer,
+        list_ends=list_ends,
+        list_total=list_ends[-1:] if has_list else buffer[-1:],
+        no_list=buffer[-1:],
     )
+    _radix_select(plan, buffers)
+    sums = torch.empty((2, plan.total_blocks), dtype=torch.int64, device=device)
+    _classify(plan, buffers, sums, partition=False)
     sums = sums.cumsum(1)
     for group in plan.groups:
         _compact_indices_kernel[(group.num_blocks,)](
-            table, block_column, state, sums, out, stats, plan.num_columns, plan.total_blocks, group.first_block,
-            DTYPE=_TL_DTYPE[group.dtype], BLOCK=BLOCK_ELEMS, TILE=COMPACT_TILE,
-            num_warps=COMPACT_WARPS, num_stages=COMPACT_STAGES,
+            buffers.table, buffers.block_column, buffers.state, sums, out, stats, buffers.candidates,
+            buffers.list_ends, buffers.list_total, plan.list_capacity, plan.num_columns, plan.total_blocks,
+            group.first_block, DTYPE=_TL_DTYPE[group.dtype], HAS_BASE=group.has_base, BLOCK=BLOCK_ELEMS,
+            TILE=COMPACT_TILE, num_warps=COMPACT_WARPS, num_stages=COMPACT_STAGES,
         )
     return out, stats
 
 
+
+_TABLE = {"table_ptr": "*i64", "block_column_ptr": "*i64"}
 _HISTOGRAM_SIGNATURE = {
-    "table_ptr": "*i64", "block_column_ptr": "*i64", "prefix_ptr": "*i64", "hist_ptr": "*i64",
-    "nan_ptr": "*i64", "block_hist_ptr": "*i32", "block_above_ptr": "*i32", "num_columns": "i32",
-    "first_block": "i32", "num_blocks": "i32", "DTYPE": "constexpr", "SHIFT": "constexpr",
-    "STORE_BLOCKS": "constexpr", "BLOCK": "constexpr", "TILE": "constexpr",
+    **_TABLE, "prefix_ptr": "*i64", "hist_ptr": "*i64", "nan_ptr": "*i64", "block_hist_ptr": "*i32",
+    "block_above_ptr": "*i32", "num_columns": "i32", "first_block": "i32", "num_blocks": "i32",
+    "DTYPE": "constexpr", "HAS_BASE": "constexpr", "SHIFT": "constexpr", "STORE_BLOCKS": "constexpr",
+    "BLOCK": "constexpr", "TILE": "constexpr",
+}
+_BAND_SIGNATURE = {
+    **_TABLE, "state_ptr": "*i64", "hist_ptr": "*i64", "block_hist_ptr": "*i32", "block_above_ptr": "*i32",
+    "list_ptr": "*i64", "list_hist_ptr": "*i64", "list_total_ptr": "*i64", "capacity": "i64", "owns_list": "i32",
+    "num_columns": "i32", "first_block": "i32", "num_blocks": "i32", "DTYPE": "constexpr", "HAS_BASE": "constexpr",
+    "SHIFT": "constexpr", "STORE_BLOCKS": "constexpr", "BLOCK": "constexpr", "TILE": "constexpr",
+    "LIST_TILE": "constexpr",
 }
 _SELECT_SIGNATURE = {
-    "hist_ptr": "*i64", "next_hist_ptr": "*i64", "state_ptr": "*i64", "num_groups": "i32",
-    "carry_mask": "i32", "shift": "i32", "GROUPS": "constexpr",
+    "hist_ptr": "*i64", "next_hist_ptr": "*i64", "state_ptr": "*i64", "list_hist_ptr": "*i64",
+    "list_total_ptr": "*i64", "capacity": "i64", "num_groups": "i32", "carry_mask": "i32", "shift": "i32",
+    "GROUPS": "constexpr",
 }
 _CLASSIFY_SIGNATURE = {
-    "table_ptr": "*i64", "block_column_ptr": "*i64", "block_hist_ptr": "*i32",
-    "block_above_ptr": "*i32", "state_ptr": "*i64", "sums_ptr": "*i64", "num_columns": "i32",
-    "num_blocks": "i32", "ROWS": "constexpr",
+    **_TABLE, "block_hist_ptr": "*i32", "block_above_ptr": "*i32", "state_ptr": "*i64", "sums_ptr": "*i64",
+    "list_ptr": "*i64", "list_ends_ptr": "*i64", "list_total_ptr": "*i64", "capacity": "i64",
+    "num_columns": "i32", "num_blocks": "i32", "ROWS": "constexpr", "PARTITION": "constexpr", "TILE": "constexpr",
+}
+_PARTITION_SIGNATURE = {
+    **_TABLE, "state_ptr": "*i64", "list_ptr": "*i64", "list_ends_ptr": "*i64", "capacity": "i64",
+    "num_columns": "i32", "num_blocks": "i32", "first_block": "i32", "DTYPE": "constexpr", "HAS_BASE": "constexpr",
+    "BLOCK": "constexpr", "TILE": "constexpr",
 }
 _COMPACT_SIGNATURE = {
-    "table_ptr": "*i64", "block_column_ptr": "*i64", "state_ptr": "*i64", "sums_ptr": "*i64",
-    "out_ptr": "*i64", "counts_ptr": "*i64", "num_columns": "i32", "num_blocks": "i32",
-    "first_block": "i32", "DTYPE": "constexpr", "BLOCK": "constexpr", "TILE": "constexpr",
+    **_TABLE, "state_ptr": "*i64", "sums_ptr": "*i64", "out_ptr": "*i64", "counts_ptr": "*i64", "list_ptr": "*i64",
+    "list_ends_ptr": "*i64", "list_total_ptr": "*i64", "capacity": "i64", "num_columns": "i32", "num_blocks": "i32",
+    "first_block": "i32", "DTYPE": "constexpr", "HAS_BASE": "constexpr", "BLOCK": "constexpr", "TILE": "constexpr",
 }
 _DTYPE_NAME = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
-def _specializations() -> list[KernelSpec]:
+def _group_name(dtype: torch.dtype, has_base: bool) -> str:
+    return _DTYPE_NAME[dtype] + ("_base" if has_base else "")
+
+
+def _histogram_specs(dtype: torch.dtype, has_base: bool) -> list[KernelSpec]:
+    """The histogram launches of one group: the first two passes over the data, then the band
+    passes (list or data) up to the dtype's last."""
     specs = []
-    for dtype, last in LAST_PASS.items():
-        for p in range(last + 1):
-            specs.append(KernelSpec(
-                name=f"topk_histogram_{_DTYPE_NAME[dtype]}_shift{PASS_SHIFTS[p]}",
-                kernel=_digit_histogram_kernel,
-                signature=_HISTOGRAM_SIGNATURE,
-                constexprs={"DTYPE": _TL_DTYPE[dtype], "SHIFT": PASS_SHIFTS[p],
-                            "STORE_BLOCKS": p == last, "BLOCK": BLOCK_ELEMS,
-                            "TILE": histogram_tile(dtype, PASS_SHIFTS[p])},
-                num_warps=HISTOGRAM_WARPS,
-                num_stages=HISTOGRAM_STAGES,
-                promises=frozenset({"block_local_histogram", "vectorized_loads"}),
-            ))
+    for p in range(last_pass(dtype, has_base) + 1):
+        shift = PASS_SHIFTS[p]
+        constexprs = {"DTYPE": _TL_DTYPE[dtype], "HAS_BASE": has_base, "SHIFT": shift, "BLOCK": BLOCK_ELEMS,
+                      "TILE": histogram_tile(dtype, shift)}
+        if p < LIST_PASS:
+            kernel, signature = _digit_histogram_kernel, _HISTOGRAM_SIGNATURE
+            constexprs["STORE_BLOCKS"] = p == LIST_PASS - 1
+        else:
+            kernel, signature = _band_histogram_kernel, _BAND_SIGNATURE
+            constexprs |= {"STORE_BLOCKS": p == last_pass(dtype, has_base), "LIST_TILE": COMPACT_TILE}
+        specs.append(KernelSpec(
+            name=f"topk_histogram_{_group_name(dtype, has_base)}_shift{shift}", kernel=kernel, signature=signature,
+            constexprs=constexprs, num_warps=HISTOGRAM_WARPS, num_stages=HISTOGRAM_STAGES,
+            promises=frozenset({"block_local_histogram", "vectorized_loads"}),
+        ))
+    return specs
+
+
+def _per_block_specs(dtype: torch.dtype, has_base: bool) -> list[KernelSpec]:
+    """The partition and the compaction of one group (one program per block)."""
+    constexprs = {"DTYPE": _TL_DTYPE[dtype], "HAS_BASE": has_base, "BLOCK": BLOCK_ELEMS, "TILE": COMPACT_TILE}
+    return [
+        KernelSpec(name=f"topk_{step}_{_group_name(dtype, has_base)}", kernel=kernel, signature=signature,
+                   constexprs=constexprs, num_warps=COMPACT_WARPS, num_stages=COMPACT_STAGES,
+                   promises=frozenset({"vectorized_loads"}))
+        for step, kernel, signature in (("partition", _partition_kernel, _PARTITION_SIGNATURE),
+                                        ("compact", _compact_indices_kernel, _COMPACT_SIGNATURE))
+    ]
+
+
+def _specializations() -> list[KernelSpec]:
+    groups = [(dtype, has_base) for dtype in LAST_PASS for has_base in (False, True)]
+    specs = [spec for group in groups for spec in _histogram_specs(*group)]
     specs.append(KernelSpec(
         name="topk_select_digit", kernel=_select_digit_kernel, signature=_SELECT_SIGNATURE,
         constexprs={"GROUPS": MAX_GROUPS}, num_warps=SELECT_WARPS, num_stages=1,
         promises=frozenset({"vectorized_loads"}),
     ))
-    specs.append(KernelSpec(
-        name="topk_classify_blocks", kernel=_classify_blocks_kernel, signature=_CLASSIFY_SIGNATURE,
-        constexprs={"ROWS": CLASSIFY_ROWS}, num_warps=SELECT_WARPS, num_stages=1,
-        promises=frozenset({"vectorized_loads"}),
-    ))
-    for dtype in LAST_PASS:
+    for partition in (True, False):
         specs.append(KernelSpec(
-            name=f"topk_compact_{_DTYPE_NAME[dtype]}",
-            kernel=_compact_indices_kernel,
-            signature=_COMPACT_SIGNATURE,
-            constexprs={"DTYPE": _TL_DTYPE[dtype], "BLOCK": BLOCK_ELEMS,
-                        "TILE": COMPACT_TILE},
-            num_warps=COMPACT_WARPS,
-            num_stages=COMPACT_STAGES,
-            promises=frozenset({"vectorized_loads"}),
+            name=f"topk_classify_{'partition' if partition else 'blocks'}", kernel=_classify_blocks_kernel,
+            signature=_CLASSIFY_SIGNATURE,
+            constexprs={"ROWS": CLASSIFY_ROWS, "PARTITION": partition, "TILE": COMPACT_TILE},
+            num_warps=SELECT_WARPS, num_stages=1, promises=frozenset({"vectorized_loads"}),
         ))
+    specs += [spec for group in groups for spec in _per_block_specs(*group)]
     return specs
 
 
 SPECIALIZATIONS: list[KernelSpec] = _specializations()
-"""Histogram: one per (dtype, pass) the launcher runs; digit selection and block
-classification: one each; compaction: one per dtype."""
+"""Histogram: one per (dtype, with or without a base, pass) the launcher runs; digit selection:
+one; block classification: the partition's and the final one; partition and compaction: one
+per (dtype, with or without a base)."""
 
 
 _BLOCK_BOOKKEEPING_BYTES = 3 * RADIX * 4 + 128
-"""Per block: its last-pass histogram written once and read once by the classification, plus
-its counters (above, greater / equal and their cumulative sums, read by the compaction): about
-2 KiB + 100 B, counted as 3 KiB + 128 B (an upper bound; under 1% of a block's input bytes)."""
+"""Per block: its histogram written once and read once by a classification, plus its counters
+(above, greater / equal and their cumulative sums, read by the compaction): about 2 KiB +
+100 B, counted as 3 KiB + 128 B (an upper bound; under 1% of a block's input bytes)."""
+
+LIST_ENTRY_BYTES = 8
 
 
-def bytes_moved(shapes: Sequence[Sequence[int]], k: int, dtype: torch.dtype) -> int:
-    """HBM bytes ``topk_indices`` moves for tensors of ``shapes`` and one ``dtype``.
+FULL_PASSES = 3
+"""Passes over all elements of a call whose candidate list fits: two histograms and the
+partition (fp32, fp16, any dtype with bases) or the compaction (bf16). With an overflowing list
+fp32 makes 5 and fp16 4 (5 with bases), as without a list."""
 
-    With N the total numel, e the element size, P = LAST_PASS[dtype] + 1 radix passes (fp32 4,
-    fp16 3, bf16 2) and B = sum over tensors of ceil(numel / 16384) blocks::
 
-        P * N * e                  histogram passes, each reads every element once
-      + N * e                      compaction read (an upper bound: blocks selecting nothing
-                                   skip it)
+def bytes_moved(shapes: Sequence[Sequence[int]], k: int, dtype: torch.dtype, with_base: bool = False) -> int:
+    """HBM bytes ``topk_indices`` moves for tensors of ``shapes`` and one ``dtype`` (``with_base``:
+    every tensor has a base of its shape, read beside it) when its candidate list fits.
+
+    With N the total numel, e the element size (2e with bases), P the passes (fp32 4, fp16 3,
+    bf16 2; 4 with bases) and B = sum over tensors of ceil(numel / 16384) blocks::
+
+        3 * N * e                  three full passes: two histograms and the partition (fp32,
+                                   fp16) or the compaction's read (bf16)
+      + 8 * k * (P - 2 + 3)        fp32 / fp16: the list, k entries (its threshold bin's
+                                   candidates counted as none), written once and read by the
+                                   P - 2 later digit passes, the classification and the
+                                   compaction
       + 8 * k                      int64 indices written
       + B * (3 * 256 * 4 + 128)    per-block histograms and counters (an upper bound)
     """
     numels = [math.prod(shape) for shape in shapes]
-    n, e = sum(numels), torch.empty(0, dtype=dtype).element_size()
+    n = sum(numels)
+    e = torch.empty(0, dtype=dtype).element_size() * (2 if with_base else 1)
     blocks = sum(-(-numel // BLOCK_ELEMS) for numel in numels)
-    return (LAST_PASS[dtype] + 2) * n * e + 8 * k + blocks * _BLOCK_BOOKKEEPING_BYTES
+    passes = last_pass(dtype, with_base) + 1
+    list_bytes = 0 if passes <= LIST_PASS else LIST_ENTRY_BYTES * k * (passes - LIST_PASS + 3)
+    return FULL_PASSES * n * e + list_bytes + 8 * k + blocks * _BLOCK_BOOKKEEPING_BYTES
 
 
 def baseline_bytes_moved(shapes: Sequence[Sequence[int]], k: int, dtype: torch.dtype) -> int:

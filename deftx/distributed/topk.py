@@ -173,9 +173,10 @@ def magnitude_keys(values: torch.Tensor, base: torch.Tensor | None = None) -> to
     return (values.float() - base.float()).abs_().view(torch.int32)
 
 
-def passes_needed(dtypes: Sequence[torch.dtype]) -> int:
-    """Radix passes that resolve every key bit that can be non-zero for these dtypes."""
-    low = min(ZERO_LOW_KEY_BITS[d] for d in dtypes)
+def passes_needed(dtypes: Sequence[torch.dtype], with_base: bool = False) -> int:
+    """Radix passes that resolve every key bit that can be non-zero for these dtypes (all 31
+    with a base: the fp32 difference of two bf16 / fp16 values can use every mantissa bit)."""
+    low = 0 if with_base else min(ZERO_LOW_KEY_BITS[d] for d in dtypes)
     return sum(1 for shift in PASS_SHIFTS if shift + RADIX_BITS > low)
 
 
@@ -319,7 +320,8 @@ def sharded_topk_local(
         )
         _raise_on_nan(int(nan[0]))
         return [torch.full((s.flat.numel(),), k > 0, dtype=torch.bool, device=s.flat.device) for s in shards]
-    threshold = radix_threshold(shards, k, passes_needed([t.dtype for t in tensors]), group)
+    passes = passes_needed([t.dtype for t in tensors], any(b is not None for b in paired))
+    threshold = radix_threshold(shards, k, passes, group)
     quotas = tie_quotas(shards, threshold, group)
     return [_local_mask(s, threshold, q) for s, q in zip(shards, quotas, strict=True)]
 

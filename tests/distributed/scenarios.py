@@ -89,15 +89,17 @@ def topk_cases() -> list[TopkCase]:
     ]
 
 
-BASE_CASES = ("ragged_fp32", "ties_fp32", "mixed_dtypes_specials", "replicated_middle", "empty_shards")
+BASE_CASES = ("ragged_fp32", "ties_fp32", "mixed_dtypes_specials", "replicated_middle", "bf16_only", "empty_shards")
 """Cases also run with a θ0 per tensor (``base=``)."""
 
 
 def topk_bases(case: TopkCase) -> tuple[torch.Tensor | None, ...]:
-    """θ0 for a case's tensors: few levels, so the differences still tie; the last tensor has
-    no base."""
+    """θ0 for a case's tensors: few levels, so the differences still tie, except for bf16
+    tensors (random: their fp32 differences use low mantissa bits no bf16 value has); the last
+    tensor has no base."""
     gen = torch.Generator().manual_seed(99)
-    bases = [_levels(tuple(t.shape), t.dtype, gen, 0.125) for t in case.tensors]
+    bases = [torch.randn(t.shape, generator=gen).to(t.dtype) if t.dtype == torch.bfloat16
+             else _levels(tuple(t.shape), t.dtype, gen, 0.125) for t in case.tensors]
     return (*bases[:-1], None)
 
 

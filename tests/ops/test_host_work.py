@@ -18,12 +18,14 @@ from deftx.ops import masked_adamw_step_, scatter_add_, scatter_restore_, topk_m
 from tests.helpers import assert_bitwise_equal
 from tests.ops.conftest import cpu_backends
 
-TOPK_LAUNCHES = {torch.float32: 13, torch.float16: 11, torch.bfloat16: 9}
+TOPK_LAUNCHES = {torch.float32: 16, torch.float16: 14, torch.bfloat16: 9}
 """Per call with one dtype: one upload, the block map, a histogram and a digit kernel per radix
-pass (fp32 4, fp16 3, bf16 2), the block classification, its cumulative sum, the compaction."""
+pass (fp32 4, fp16 3, bf16 2), the block classification, its cumulative sum, the compaction;
+fp32 and fp16 also fill the candidate list after their second pass: the list lengths, their
+cumulative sum, the partition."""
 
-MASK_LAUNCHES = 6
-"""Masks from the indices: zeros, one upload, the per-entry tensor offsets (2 ops), add, fill."""
+MASK_LAUNCHES = 2
+"""Masks from positions in the concatenation: zeros, one fill."""
 
 
 @pytest.fixture
@@ -76,10 +78,27 @@ def test_topk_indices_launches_do_not_grow_with_the_tensor_count(small_topk_bloc
 def test_topk_mixed_dtypes_launch_per_dtype_not_per_tensor(small_topk_blocks):
     tensors = ragged(12, [torch.float32, torch.bfloat16, torch.float16], seed=4)
     _, work = counted(lambda: topk_mask(tensors, 500, output="indices", backend="triton"))
-    # histograms 4 + 2 + 3 and a compaction per dtype; one digit kernel per pass, one of the rest
-    assert work.triton_launches == {"_digit_histogram_kernel": 9, "_select_digit_kernel": 4,
-                                    "_classify_blocks_kernel": 1, "_compact_indices_kernel": 3}
-    assert work.torch_op_count == 3 and work.syncs == {"tolist": 1}, work.summary()
+    # histograms 4 + 2 + 3 (the first two of each on the data, the others on the list or the
+    # data), a partition and a compaction per dtype; one digit kernel per pass, two
+    # classifications (the list lengths, the final counts)
+    assert work.triton_launches == {"_digit_histogram_kernel": 6, "_band_histogram_kernel": 3,
+                                    "_select_digit_kernel": 4, "_classify_blocks_kernel": 2,
+                                    "_partition_kernel": 3, "_compact_indices_kernel": 3}
+    assert work.torch_op_count == 4 and work.syncs == {"tolist": 1}, work.summary()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_topk_with_bases_launches_as_many_and_matches(small_topk_blocks, dtype):
+    """(θ1, θ0) pairs: the same launches as fp32 (a difference is an fp32 value), one sync."""
+    theta1, theta0 = ragged(30, [dtype], seed=5), ragged(30, [dtype], seed=6)
+    k = sum(t.numel() for t in theta1) // 3
+    indices, work = counted(lambda: topk_mask(theta1, k, base=theta0, output="indices", backend="triton"))
+    assert work.launches == TOPK_LAUNCHES[torch.float32], work.summary()
+    assert work.syncs == {"tolist": 1}, work.summary()
+    want = topk_mask([a.float() - b.float() for a, b in zip(theta1, theta0, strict=True)], k, output="indices",
+                     backend="torch")
+    for t, (got, expected) in enumerate(zip(indices, want, strict=True)):
+        assert_bitwise_equal(got, expected, what=f"indices {t}")
 
 
 def step_problem(count: int, seed: int = 0):
