@@ -183,8 +183,7 @@ class _Recorder:
         return launch
 
 
-def _declared(module, kernel_name):
-    kernel = getattr(kernel_module("topk", interpret=False), kernel_name)
+def _declared(module, kernel):
     return [spec for spec in module.SPECIALIZATIONS if spec.kernel is kernel]
 
 
@@ -196,13 +195,14 @@ def test_every_launch_is_a_declared_specialization(topk, monkeypatch, device):
         "_classify_blocks_kernel": _Recorder(topk._classify_blocks_kernel, ("ROWS",)),
         "_compact_indices_kernel": _Recorder(topk._compact_indices_kernel, ("DTYPE", "BLOCK", "TILE")),
     }
+    compiled = kernel_module("topk", interpret=False)  # on CUDA, the module patched below
+    compiled_kernels = {name: getattr(compiled, name) for name in recorders}
     for name, recorder in recorders.items():
         monkeypatch.setattr(topk, name, recorder)
     tensors = [torch.randn(50), torch.randn(30).bfloat16(), torch.randn(20).half()]
     check(topk, tensors, 40, device)
-    compiled = kernel_module("topk", interpret=False)
     for name, recorder in recorders.items():
-        declared = [spec.constexprs for spec in _declared(compiled, name)]
+        declared = [spec.constexprs for spec in _declared(compiled, compiled_kernels[name])]
         assert recorder.launches
         for launch in recorder.launches:
             assert launch in declared, f"{name} launched with undeclared {launch}"
