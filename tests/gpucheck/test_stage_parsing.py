@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
-
 from pathlib import Path
+
+import pytest
 
 from deftx.gpucheck.stages.environment import SMI_QUERY, parse_smi_query
 from deftx.gpucheck.stages.install import install_command, native_status
