@@ -75,7 +75,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -992,6 +992,47 @@ def topk_indices(
         )
     return out, stats
 
+
+def histogram_pass(x: torch.Tensor, shift: int, prefix: int) -> Callable[[], torch.Tensor]:
+    """One launch of a radix histogram pass over the data of ``x`` as :func:`topk_indices`
+    makes it (the first or the second: the later ones read the candidate list), for timing.
+
+    Args:
+        x: one contiguous fp32 / fp16 / bf16 tensor (CUDA, or CPU with the interpreted module).
+        shift: the pass's digit shift, ``PASS_SHIFTS[0]`` or ``PASS_SHIFTS[1]``.
+        prefix: the band, ``key >> (shift + 8)`` of the keys counted (unused by the first pass).
+
+    Returns:
+        A thunk that launches the pass once and returns the int64 (256,) histogram, which
+        accumulates over calls. Everything else is prepared before it: the GPU check times it
+        against the copy bandwidth.
+    """
+    assert x.dtype in LAST_PASS and x.is_contiguous() and x.numel() > 0
+    assert shift in PASS_SHIFTS[:LIST_PASS], f"the pass at shift {shift} does not read the data"
+    device = x.device
+    plan = _plan([x], [None], 0, concatenated=False)
+    buffer = upload(plan.values, device)
+    group = plan.groups[0]
+    table = buffer[: plan.repeats_at]
+    block_column = torch.repeat_interleave(buffer[plan.repeats_at: plan.state_at], output_size=plan.total_blocks)
+    block_hist = torch.empty((plan.total_blocks, RADIX), dtype=torch.int32, device=device)
+    block_above = torch.empty(plan.total_blocks, dtype=torch.int32, device=device)
+    prefix_t = torch.tensor([prefix], dtype=torch.int64, device=device)
+    hist = torch.zeros(RADIX, dtype=torch.int64, device=device)
+    nan = torch.zeros(1, dtype=torch.int64, device=device)
+    grid = (_programs(device, group.num_blocks),)
+
+    def launch() -> torch.Tensor:
+        _digit_histogram_kernel[grid](
+            table, block_column, prefix_t, hist, nan, block_hist, block_above,
+            plan.num_columns, group.first_block, group.num_blocks,
+            DTYPE=_TL_DTYPE[x.dtype], HAS_BASE=False, SHIFT=shift,
+            STORE_BLOCKS=PASS_SHIFTS.index(shift) == LIST_PASS - 1, BLOCK=BLOCK_ELEMS,
+            TILE=histogram_tile(x.dtype, shift), num_warps=HISTOGRAM_WARPS, num_stages=HISTOGRAM_STAGES,
+        )
+        return hist
+
+    return launch
 
 
 _TABLE = {"table_ptr": "*i64", "block_column_ptr": "*i64"}
