@@ -55,8 +55,9 @@ Compaction
 Host work
     The launcher plans on the host from shapes and addresses only and moves the plan — tensor
     table, initial state, zeroed histograms and counters — to the device in one copy. Per call
-    with one group: fp32 16 launches, fp16 14, bf16 9 (``2 * passes + 5``), whatever the number
-    of tensors, and nothing read back: the caller reads the per-tensor counts and the NaN
+    with one group: ``2 * passes + 5`` (bf16: 9), plus 3 that fill the candidate list (its
+    lengths, their cumulative sum, the partition) for fp32 (16), fp16 (14) and pairs (16),
+    whatever the number of tensors, and nothing read back: the caller reads the per-tensor counts and the NaN
     count together, once. A pair whose tensor and base sit at different offsets modulo 16
     bytes costs one more launch: the base is copied once to the tensor's alignment.
 
