@@ -180,11 +180,13 @@ def test_steps_skip_the_per_call_checks_and_the_dispatcher(monkeypatch, backend)
     def dispatched(*args, **kwargs):
         raise AssertionError("an eager step went through the custom op")
 
+    versions = [p._version for p in params]
     with monkeypatch.context() as patch:
         for name in ("check_disjoint", "check_indices", "check_state_tensors", "check_float_dtype"):
             patch.setattr(public, name, checked_per_step)
         patch.setattr(library, "masked_adamw_step", dispatched)
         optimizer.step()
+    assert all(p._version > v for p, v in zip(params, versions, strict=True)), "autograd must see the update"
 
     masters = [twin[idx].float() for twin, idx in zip(twins, indices, strict=True)]
     moments = [[torch.zeros_like(m) for m in masters] for _ in range(2)]
