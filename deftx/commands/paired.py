@@ -1,0 +1,60 @@
+"""``deftx paired``: paired differences between methods over seeds, with bootstrap intervals."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from deftx.commands._common import guarded, positive_int, seed_int
+
+
+def method_pair(text: str) -> tuple[str, str]:
+    """``"deft-x:lt-sft"`` -> ``("deft-x", "lt-sft")``."""
+    a, sep, b = text.partition(":")
+    if not sep or not a or not b:
+        raise argparse.ArgumentTypeError(f"expected A:B (e.g. deft-x:lt-sft), got {text!r}")
+    return a, b
+
+
+def run(args: argparse.Namespace) -> int:
+    from deftx.eval import paired
+
+    rows = paired.read_results(args.results)
+    bootstrap = paired.Bootstrap(resamples=args.resamples, seed=args.seed)
+    results = paired.paired_study(rows, pairs=args.pair or paired.DEFAULT_PAIRS, targets=args.targets,
+                                  metric=args.metric, split=args.split, bootstrap=bootstrap)
+    table = paired.markdown(results, metric=args.metric)
+    print(table, end="")
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "paired.md").write_text(table)
+        paired.write_csv(results, args.out / "paired.csv")
+        paired.plot(results, args.out / "paired.png")
+        print(f"wrote paired.md, paired.csv, paired.png into {args.out}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from deftx.eval.paired import PAPER_FIVE, RESAMPLES
+
+    parser = subparsers.add_parser(
+        "paired",
+        help="paired differences between methods over seeds (bootstrap 95%% intervals)",
+        description=(
+            "Compare methods seed by seed from one or more results.csv files (a pipeline's, or one per seed "
+            "from runs spread over several machines: merged, duplicates kept once, conflicting scores "
+            "refused). For each pair A:B: the mean over seeds of A - B on the mean over the targets and on "
+            "each target, a 95%% percentile-bootstrap interval over seeds, and the seeds each way."
+        ),
+    )
+    parser.add_argument("results", nargs="+", type=Path, help="results.csv files of one study")
+    parser.add_argument("--pair", action="append", type=method_pair, metavar="A:B",
+                        help="a comparison, repeatable (default: deft-x:lt-sft, deft-x:full-ft, lt-sft:full-ft)")
+    parser.add_argument("--targets", type=lambda t: tuple(t.split(",")), default=PAPER_FIVE,
+                        help=f"comma-separated targets to average (default: {','.join(PAPER_FIVE)})")
+    parser.add_argument("--metric", default="macro_f1", help="score column (default macro_f1)")
+    parser.add_argument("--split", default="test", help="split column value (default test)")
+    parser.add_argument("--resamples", type=positive_int, default=RESAMPLES, help=f"bootstrap resamples ({RESAMPLES})")
+    parser.add_argument("--seed", type=seed_int, default=0, help="bootstrap seed (default 0)")
+    parser.add_argument("--out", type=Path, default=None, help="folder for paired.md, paired.csv and paired.png")
+    parser.set_defaults(func=guarded("paired", run))

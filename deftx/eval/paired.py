@@ -1,0 +1,267 @@
+"""Paired comparison of methods over seeds: per-seed differences and a bootstrap interval.
+
+A study trains every method once per seed, and methods of one seed share what they can (LT-SFT
+and DeFT-X branch from one phase 1). Comparing their means over seeds throws that pairing away;
+this module keeps it. For methods A and B, a seed's difference is A's score minus B's on that
+seed (on one target, or on the mean over several targets), and the report gives the mean
+difference, a 95% percentile-bootstrap interval over seeds, and how many seeds go each way.
+
+Results come from one or more ``results.csv`` files (the pipeline's, or one per seed from runs
+spread over several machines): rows are merged, an identical row seen twice counts once, and two
+rows that disagree on the same (benchmark, protocol, source, method, target, seed, split) are
+refused, naming the row.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import random
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+PAPER_FIVE: tuple[str, ...] = ("acehnese", "balinese", "banjarese", "madurese", "minangkabau")
+"""The NusaX targets DeFT-X reports (Javanese, Sundanese and the source left out)."""
+DEFAULT_PAIRS: tuple[tuple[str, str], ...] = (("deft-x", "lt-sft"), ("deft-x", "full-ft"), ("lt-sft", "full-ft"))
+KEY_COLUMNS: tuple[str, ...] = ("benchmark", "protocol", "source", "method", "target", "seed", "split")
+"""The columns that identify one score; a results file must have them all."""
+CONFIDENCE = 0.95
+RESAMPLES = 10_000
+FEW_SEEDS = 10
+"""Below this many paired seeds the report warns that the bootstrap interval is optimistic."""
+
+
+class ResultsError(ValueError):
+    """Results that cannot be compared as asked: missing columns, conflicting or missing scores."""
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """Method ``a`` minus method ``b`` over the seeds both have, on ``target``.
+
+    Attributes:
+        a, b: method names; ``target``: a target, or ``"mean of N targets"``.
+        seeds: the paired seeds, ascending; ``differences``: a − b on each, in that order.
+        unpaired: seeds only one of the two methods has (left out of the pairing, listed here).
+        mean: the mean difference; ``low``, ``high``: its percentile-bootstrap interval.
+        a_better, b_better, ties: seeds on which a > b, a < b, a == b.
+    """
+
+    a: str
+    b: str
+    target: str
+    seeds: tuple[int, ...]
+    differences: tuple[float, ...]
+    unpaired: tuple[int, ...]
+    mean: float
+    low: float
+    high: float
+    a_better: int
+    b_better: int
+    ties: int
+
+
+def read_results(paths: Sequence[str | Path]) -> list[dict[str, str]]:
+    """The rows of every file, merged: duplicates kept once, conflicting scores refused.
+
+    Raises:
+        ResultsError: a file lacks a key column, or two rows share a key with different scores.
+    """
+    merged: dict[tuple[str, ...], dict[str, str]] = {}
+    for path in paths:
+        with Path(path).open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            missing = [c for c in KEY_COLUMNS if c not in (reader.fieldnames or ())]
+            if missing:
+                raise ResultsError(
+                    f"{path}: no column {', '.join(missing)} (a deftx results.csv has {', '.join(KEY_COLUMNS)})"
+                )
+            for row in reader:
+                key = tuple(row[c] for c in KEY_COLUMNS)
+                seen = merged.setdefault(key, row)
+                if seen != row:
+                    raise ResultsError(f"{path}: conflicting scores for {dict(zip(KEY_COLUMNS, key, strict=True))}")
+    return list(merged.values())
+
+
+def scores_by_seed(
+    rows: Iterable[Mapping[str, str]], metric: str, split: str, targets: Sequence[str]
+) -> dict[str, dict[int, dict[str, float]]]:
+    """method -> seed -> target -> score, for the rows of ``split`` on ``targets``.
+
+    Raises:
+        ResultsError: the rows mix benchmarks, protocols or sources (compare one at a time), or
+            a score is not a finite number.
+    """
+    chosen = [r for r in rows if r["split"] == split and r["target"] in targets]
+    settings = sorted({(r["benchmark"], r["protocol"], r["source"]) for r in chosen})
+    if len(settings) > 1:
+        raise ResultsError(
+            f"the results mix {len(settings)} settings {settings}: compare one (benchmark, protocol, source) at a time"
+        )
+    if chosen and metric not in chosen[0]:
+        raise ResultsError(f"no column {metric!r} (the results have {', '.join(chosen[0])})")
+    scores: dict[str, dict[int, dict[str, float]]] = {}
+    for r in chosen:
+        value = _finite(r[metric])
+        if value is None:
+            raise ResultsError(f"{metric} of {r['method']} on {r['target']}, seed {r['seed']} is {r[metric]!r}")
+        scores.setdefault(r["method"], {}).setdefault(int(r["seed"]), {})[r["target"]] = value
+    return scores
+
+
+def _finite(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def target_mean(by_target: Mapping[str, float], targets: Sequence[str], what: str) -> float:
+    """The mean over ``targets`` of one method's scores on one seed.
+
+    Raises:
+        ResultsError: a target has no score (``what`` names the method and seed).
+    """
+    missing = [t for t in targets if t not in by_target]
+    if missing:
+        raise ResultsError(f"{what}: no score on {', '.join(missing)}")
+    return sum(by_target[t] for t in targets) / len(targets)
+
+
+def bootstrap_interval(
+    differences: Sequence[float], *, confidence: float = CONFIDENCE, resamples: int = RESAMPLES, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile-bootstrap interval of the mean of ``differences`` (resampling seeds with replacement).
+
+    Seeded, so a report reproduces. One difference gives the degenerate interval (d, d).
+    """
+    if not differences:
+        raise ResultsError("no paired seeds to compare")
+    rng = random.Random(seed)
+    n = len(differences)
+    means = sorted(sum(rng.choices(differences, k=n)) / n for _ in range(resamples))
+    tail = (1.0 - confidence) / 2.0
+    return _quantile(means, tail), _quantile(means, 1.0 - tail)
+
+
+def _quantile(ordered: Sequence[float], q: float) -> float:
+    """Linear-interpolation quantile of an ascending sequence (numpy's default rule)."""
+    position = q * (len(ordered) - 1)
+    below = math.floor(position)
+    above = min(below + 1, len(ordered) - 1)
+    return ordered[below] + (ordered[above] - ordered[below]) * (position - below)
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    """Settings of :func:`bootstrap_interval`."""
+
+    confidence: float = CONFIDENCE
+    resamples: int = RESAMPLES
+    seed: int = 0
+
+
+def paired_difference(
+    a: str, b: str, target: str, a_scores: Mapping[int, float], b_scores: Mapping[int, float],
+    bootstrap: Bootstrap = Bootstrap(),
+) -> PairedDifference:
+    """``a`` − ``b`` on the seeds both have (seed -> score maps), with ``bootstrap``'s interval."""
+    seeds = tuple(sorted(set(a_scores) & set(b_scores)))
+    unpaired = tuple(sorted(set(a_scores) ^ set(b_scores)))
+    differences = tuple(a_scores[s] - b_scores[s] for s in seeds)
+    low, high = bootstrap_interval(
+        differences, confidence=bootstrap.confidence, resamples=bootstrap.resamples, seed=bootstrap.seed
+    )
+    return PairedDifference(
+        a=a, b=b, target=target, seeds=seeds, differences=differences, unpaired=unpaired,
+        mean=sum(differences) / len(differences), low=low, high=high,
+        a_better=sum(d > 0 for d in differences), b_better=sum(d < 0 for d in differences),
+        ties=sum(d == 0 for d in differences),
+    )  # fmt: skip
+
+
+def paired_study(
+    rows: Iterable[Mapping[str, str]],
+    *,
+    pairs: Sequence[tuple[str, str]] = DEFAULT_PAIRS,
+    targets: Sequence[str] = PAPER_FIVE,
+    metric: str = "macro_f1",
+    split: str = "test",
+    bootstrap: Bootstrap = Bootstrap(),
+) -> list[PairedDifference]:
+    """Every pair on the mean over ``targets`` first, then on each target.
+
+    Raises:
+        ResultsError: a method of a pair has no rows, or a seed lacks one of the targets.
+    """
+    scores = scores_by_seed(rows, metric, split, targets)
+    for method in {m for pair in pairs for m in pair}:
+        if method not in scores:
+            raise ResultsError(f"no {split} rows for method {method!r} (found: {', '.join(sorted(scores)) or 'none'})")
+    means = {
+        method: {seed: target_mean(by_target, targets, f"{method}, seed {seed}") for seed, by_target in seeds.items()}
+        for method, seeds in scores.items()
+    }
+    overall = f"mean of {len(targets)} targets"
+    results = [paired_difference(a, b, overall, means[a], means[b], bootstrap) for a, b in pairs]
+    for target in targets:
+        for a, b in pairs:
+            on_target = [{seed: s[target] for seed, s in scores[m].items()} for m in (a, b)]
+            results.append(paired_difference(a, b, target, *on_target, bootstrap))
+    return results
+
+
+def markdown(results: Sequence[PairedDifference], *, metric: str = "macro_f1", scale: float = 100.0) -> str:
+    """One table: each pair's mean difference (×``scale``), its interval and the seeds each way."""
+    lines = [
+        f"| target | a − b | {metric} difference ×{scale:g} | 95% interval | seeds a > b / a < b / tied | seeds |",
+        "|---|---|---:|---|---|---:|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.target} | {r.a} − {r.b} | {scale * r.mean:+.2f} | [{scale * r.low:+.2f}, {scale * r.high:+.2f}] "
+            f"| {r.a_better} / {r.b_better} / {r.ties} | {len(r.seeds)} |"
+        )
+    fewest = min((len(r.seeds) for r in results), default=0)
+    if fewest < FEW_SEEDS:
+        lines.append(f"\nWith {fewest} seeds the percentile bootstrap is optimistic: its intervals are narrower than "
+                     f"their nominal 95% (it cannot see spread that {fewest} seeds did not show).")
+    unpaired = sorted({(r.a, r.b, r.unpaired) for r in results if r.unpaired})
+    for a, b, seeds in unpaired:
+        lines.append(f"\nSeeds left out of {a} − {b} (only one of the two has them): {', '.join(map(str, seeds))}.")
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(results: Sequence[PairedDifference], path: str | Path) -> None:
+    """One row per (pair, target, seed): the per-seed differences behind every interval."""
+    with Path(path).open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["a", "b", "target", "seed", "difference", "mean", "low", "high"])
+        for r in results:
+            for seed, difference in zip(r.seeds, r.differences, strict=True):
+                writer.writerow([r.a, r.b, r.target, seed, difference, r.mean, r.low, r.high])
+
+
+def plot(results: Sequence[PairedDifference], path: str | Path, *, scale: float = 100.0) -> None:
+    """Per-seed paired differences of the overall (mean of targets) comparisons, with their intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    overall = [r for r in results if r.target.startswith("mean of")]
+    figure, axes = plt.subplots(figsize=(6.5, 0.9 + 0.7 * len(overall)))
+    for y, r in enumerate(overall):
+        axes.scatter([scale * d for d in r.differences], [y] * len(r.differences), s=14, alpha=0.6, color="tab:blue")
+        axes.errorbar(scale * r.mean, y, xerr=[[scale * (r.mean - r.low)], [scale * (r.high - r.mean)]],
+                      fmt="o", color="black", capsize=4)
+    axes.axvline(0.0, color="grey", linewidth=0.8)
+    axes.set_yticks(range(len(overall)), [f"{r.a} − {r.b} ({len(r.seeds)} seeds)" for r in overall])
+    label = overall[0].target if overall else ""
+    axes.set_xlabel(f"paired difference ×{scale:g} ({label}); black: mean and 95% interval")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
