@@ -10,8 +10,10 @@ Eager calls of the pure ops (``topk_indices``, ``randomized_svd``, ``difference_
 ``torch.library`` custom op imports ``torch._dynamo`` (1.1-1.6 s on 2 cores), which an eager
 selection does not need. Under ``torch.compile`` / ``torch.export`` tracing, a dispatch mode
 (``make_fx``, fake tensors) or tensor subclasses (:func:`is_traced`), they go through the
-registered op. The in-place ops (scatter, masked step) always do: the op bumps the version
-counters of the tensors it writes, which the kernels writing through raw pointers do not.
+registered op. The public scatter goes through its op always (the op bumps the version
+counters of the tensors it writes, which the kernels writing through raw pointers do not); the
+masked step's eager path (:func:`deftx.ops.masked_step.run_masked_adamw_step_`) bumps them itself,
+in one call.
 
 Nested per-diff lists are flattened row-major (diff-major) to ``Tensor[]``.
 """

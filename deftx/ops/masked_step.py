@@ -118,13 +118,14 @@ def run_masked_adamw_step_(
 
     Eager calls go straight to the backend and then bump the version counters of the tensors
     written (one call for all, as the custom op does: autograd then sees the in-place
-    update); under ``torch.compile`` the call goes through the ``deftx::masked_adamw_step_``
+    update); when traced (``torch.compile``, a dispatch mode, tensor subclasses: see
+    :func:`deftx.ops.library.is_traced`) the call goes through the ``deftx::masked_adamw_step_``
     custom op. (Through the dispatcher in eager mode, its per-tensor bookkeeping alone cost
     about 3 ms per step over XLM-R's 197 parameters, and the public op's checks 5 ms more:
     measured on the host with the kernel stubbed.)
     """
     grads = [g.contiguous() for g in grads]
-    if torch.compiler.is_compiling():
+    if library.is_traced([*params, *grads, *masters]):
         library.masked_adamw_step(
             params, grads, indices, masters, exp_avgs, exp_avg_sqs, bases or [],
             step, lr, beta1, beta2, eps, weight_decay, l1, requested_backend(backend),
