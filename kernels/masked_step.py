@@ -16,6 +16,13 @@ Per entry j with i = indices[t][j] (all fp32, IEEE division and square root)::
     master = master (1 - lr wd)
     master = master - lr (m / (1 - beta1^step)) / (sqrt(v / (1 - beta2^step)) + eps)
     param[i] = cast(master)            (round to nearest even)
+
+Every operation is rounded on its own: the kernel is compiled without multiply-add
+contraction (``enable_fp_fusion=False``), so a compiled GPU step, an interpreted CPU step
+and the op-by-op fp32 formula above agree to a couple of ulps. With contraction, ``beta1 m +
+(1 - beta1) g`` rounds once instead of twice, and where the two terms nearly cancel the
+moments drift hundreds of ulps from the formula (measured on an H200). The step is bound by
+memory traffic, so the separate multiplies cost nothing measurable.
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ from . import KernelSpec, upload
 PARAM_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16)
 BLOCK = 1024
 NUM_WARPS = 4
+FP_FUSION = False
+"""No multiply-add contraction: each operation of the formula rounds on its own (see above)."""
 _TABLE_CACHE_SIZE = 16
 
 # The interpreter's fp32 -> bf16 cast truncates; round to nearest even by hand there.
@@ -299,6 +308,7 @@ def masked_adamw_step_(
             aligned,
             BLOCK,
             num_warps=NUM_WARPS,
+            enable_fp_fusion=FP_FUSION,
         )
 
 
@@ -344,6 +354,7 @@ def _specs() -> list[KernelSpec]:
                         },
                         num_warps=NUM_WARPS,
                         num_stages=1,
+                        fp_fusion=FP_FUSION,
                         promises=frozenset(promises),
                     )
                 )

@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -560,6 +560,47 @@ def topk_indices(tensors: Sequence[torch.Tensor], k: int) -> tuple[torch.Tensor,
             num_warps=COMPACT_WARPS, num_stages=COMPACT_STAGES,
         )
     return out, stats
+
+
+def histogram_pass(x: torch.Tensor, shift: int, prefix: int) -> Callable[[], torch.Tensor]:
+    """One launch of the radix histogram over ``x`` as :func:`topk_indices` makes it, for timing.
+
+    Args:
+        x: one contiguous fp32 / fp16 / bf16 tensor (CUDA, or CPU with the interpreted module).
+        shift: the pass's digit shift, one of ``PASS_SHIFTS`` that ``x``'s dtype runs.
+        prefix: the band, ``key >> (shift + 8)`` of the keys counted (unused by the first pass).
+
+    Returns:
+        A thunk that launches the pass once and returns the int64 (256,) histogram, which
+        accumulates over calls. Everything else is prepared before it: the GPU check times it
+        against the copy bandwidth.
+    """
+    assert x.dtype in LAST_PASS and x.is_contiguous() and x.numel() > 0
+    assert shift in PASS_SHIFTS[: LAST_PASS[x.dtype] + 1], f"{x.dtype} has no pass at shift {shift}"
+    device = x.device
+    plan = _plan([x], 0)
+    buffer = upload(plan.values, device)
+    group = plan.groups[0]
+    table = buffer[: plan.repeats_at]
+    block_column = torch.repeat_interleave(buffer[plan.repeats_at: plan.state_at], output_size=plan.total_blocks)
+    block_hist = torch.empty((plan.total_blocks, RADIX), dtype=torch.int32, device=device)
+    block_above = torch.empty(plan.total_blocks, dtype=torch.int32, device=device)
+    prefix_t = torch.tensor([prefix], dtype=torch.int64, device=device)
+    hist = torch.zeros(RADIX, dtype=torch.int64, device=device)
+    nan = torch.zeros(1, dtype=torch.int64, device=device)
+    grid = (_programs(device, group.num_blocks),)
+
+    def launch() -> torch.Tensor:
+        _digit_histogram_kernel[grid](
+            table, block_column, prefix_t, hist, nan, block_hist, block_above,
+            plan.num_columns, group.first_block, group.num_blocks,
+            DTYPE=_TL_DTYPE[x.dtype], SHIFT=shift, STORE_BLOCKS=PASS_SHIFTS.index(shift) == group.last_pass,
+            BLOCK=BLOCK_ELEMS, TILE=histogram_tile(x.dtype, shift),
+            num_warps=HISTOGRAM_WARPS, num_stages=HISTOGRAM_STAGES,
+        )
+        return hist
+
+    return launch
 
 
 _HISTOGRAM_SIGNATURE = {

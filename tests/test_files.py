@@ -179,6 +179,8 @@ def test_an_in_place_rewrite_never_crashes_a_reader(tmp_path):
 
 def test_refused_file_reads_name_the_problem(tmp_path):
     with pytest.raises(FileNotFoundError):
+        SparseDiff.load(tmp_path / "absent.safetensors")
+    with pytest.raises(SparseDiffFormatError, match="a folder without an SFT in it"):
         SparseDiff.load(tmp_path)
     (tmp_path / "empty.safetensors").write_bytes(b"")
     with pytest.raises(SparseDiffFormatError, match="truncated"):

@@ -127,3 +127,15 @@ def test_built_package_carries_the_kernels_inside_deftx(tmp_path: Path) -> None:
         "path": [str(build_lib / "deftx" / "kernels")],
         "topk": str(build_lib / "deftx" / "kernels" / "topk.py"),
     }
+
+
+def test_python_dash_m_deftx_is_the_deftx_command() -> None:
+    """``make run`` calls ``$(PYTHON) -m deftx``: the interpreter it installed into, not a ``deftx``
+    script that happens to be first on PATH."""
+    import deftx
+
+    result = subprocess.run(
+        [sys.executable, "-m", "deftx", "--version"], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert deftx.__version__ in result.stdout + result.stderr

@@ -18,14 +18,20 @@ def _language_sfts(specs: list[str]) -> dict[str, str]:
     return sfts
 
 
-def _nusax_rows(args, model, tokenizer, task, lang_specs, num_labels: int) -> list[dict]:
-    from deftx.data import default_data_dir, nusax
-    from deftx.eval.zero_shot import EvalRow, nusax_test_examples, score_composed
-    from deftx.sft.sources import open_sft
+def _nusax_data_dir(args: argparse.Namespace) -> Path:
+    """The NusaX data root of ``--data-dir`` (else the default), which must exist."""
+    from deftx.data import default_data_dir
 
     data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
     if not data_dir.is_dir():
         raise FileNotFoundError(f"--data-dir {data_dir} does not exist")
+    return data_dir
+
+
+def _nusax_rows(args, model, tokenizer, task, lang_sfts, num_labels: int, data_dir: Path) -> list[dict]:
+    from deftx.data import nusax
+    from deftx.eval.zero_shot import EvalRow, nusax_test_examples, score_composed
+
     rows = []
     for language in args.languages or nusax.sentiment_languages(data_dir):
         examples = nusax_test_examples(data_dir, language, tokenizer, args.max_length)
@@ -33,41 +39,38 @@ def _nusax_rows(args, model, tokenizer, task, lang_specs, num_labels: int) -> li
             print(f"{language}: no test split under {data_dir} — skipped")
             continue
         diffs, scales = [task], [1.0]
-        if language in lang_specs:
-            diffs.append(open_sft(lang_specs[language]))
+        if language in lang_sfts:
+            diffs.append(lang_sfts[language])
             scales.append(args.scale)
         f1, acc = score_composed(model, tokenizer, examples, diffs, scales, num_labels, batch_size=args.batch_size)
         rows.append(EvalRow("nusax", "zero-shot", args.name, args.source, language, 0, f1, acc, len(examples),
-                            language in lang_specs).as_dict())
+                            language in lang_sfts).as_dict())
         print(f"{language}: macro-F1 {100 * f1:.1f} accuracy {100 * acc:.1f} "
-              f"({'with' if language in lang_specs else 'without'} language SFT)")
+              f"({'with' if language in lang_sfts else 'without'} language SFT)")
     return rows
 
 
-def _data_rows(args, model, tokenizer, task, lang_specs, spec) -> list[dict]:
+def _data_rows(args, model, tokenizer, task, lang_sfts, spec) -> list[dict]:
     from deftx.data.generic import load_classification
     from deftx.eval.zero_shot import EvalRow, score_composed
-    from deftx.sft.sources import open_sft
     from deftx.train.task import classification_examples
 
-    if len(lang_specs) > 1:
-        raise ValueError("with --data, give at most one --lang-sft (the data's language)")
     data = load_classification(args.data, text_column=args.text_column, label_column=args.label_column,
                                pair_column=args.pair_column, split=args.split, config=args.data_config)
     ids = data.label_ids(spec.labels)
     if max(ids) >= spec.num_labels:
         raise ValueError(f"the data has {len(data.label_names)} labels, the classifier {spec.num_labels}")
     examples = classification_examples(tokenizer, data.texts, ids, args.max_length, pairs=data.pairs)
-    target = next(iter(lang_specs), None) or args.target or Path(str(args.data)).stem
+    target = next(iter(lang_sfts), None) or args.target or Path(str(args.data)).stem
     diffs, scales = [task], [1.0]
-    if lang_specs:
-        diffs.append(open_sft(next(iter(lang_specs.values()))))
+    if lang_sfts:
+        diffs.append(next(iter(lang_sfts.values())))
         scales.append(args.scale)
     f1, acc = score_composed(model, tokenizer, examples, diffs, scales, spec.num_labels, batch_size=args.batch_size)
     print(f"{target}: macro-F1 {100 * f1:.1f} accuracy {100 * acc:.1f} on {len(examples)} examples "
-          f"({'with' if lang_specs else 'without'} language SFT)")
+          f"({'with' if lang_sfts else 'without'} language SFT)")
     return [EvalRow(str(args.data), args.split, args.name, args.source, target, 0, f1, acc, len(examples),
-                    bool(lang_specs), args.split).as_dict()]
+                    bool(lang_sfts), args.split).as_dict()]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,7 +83,11 @@ def run(args: argparse.Namespace) -> int:
     from deftx.train.architecture import build_from_spec, resolve_classifier
 
     lang_specs = _language_sfts(args.lang_sft or [])
+    if args.data and len(lang_specs) > 1:
+        raise ValueError("with --data, give at most one --lang-sft (the data's language)")
+    data_dir = None if args.data else _nusax_data_dir(args)
     task = open_sft(args.task_sft)
+    lang_sfts = {language: open_sft(source) for language, source in lang_specs.items()}
     model_dir = resolve_model(args.model)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     default_labels = None if args.data else len(nusax.LABELS)
@@ -91,9 +98,9 @@ def run(args: argparse.Namespace) -> int:
     model = build_from_spec(model_dir, spec, args.seed)
     name_base_model(model, args.model)
     if args.data:
-        rows = _data_rows(args, model, tokenizer, task, lang_specs, spec)
+        rows = _data_rows(args, model, tokenizer, task, lang_sfts, spec)
     else:
-        rows = _nusax_rows(args, model, tokenizer, task, lang_specs, spec.num_labels)
+        rows = _nusax_rows(args, model, tokenizer, task, lang_sfts, spec.num_labels, data_dir)
     if not rows:
         raise ValueError("no language with a test split was evaluated")
     summary = summarize(rows, exclude_from_average=[args.source])

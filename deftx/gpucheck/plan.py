@@ -34,22 +34,22 @@ class Stage:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("install", 40, "pip install --no-deps --no-build-isolation --no-index -e . onto this python "
+    Stage("install", 20, "pip install --no-deps --no-build-isolation --no-index -e . onto this python "
           "(the native library by its cmake)"),
-    Stage("environment", 15, "versions (python, torch, triton, transformers, numpy, CUDA, driver), "
+    Stage("environment", 10, "versions (python, torch, triton, transformers, numpy, CUDA, driver), "
           "nvidia-smi, device properties, tools on PATH"),
-    Stage("tests", 90, "python -m pytest -m cuda over tests/ (the CUDA kernel tests)"),
-    Stage("ceilings", 15, "measured copy bandwidth (fp32, bf16) and matmul rate (bf16, fp32)"),
-    Stage("histogram", 20, "one radix histogram pass over a few GB vs a read-only and a "
+    Stage("tests", 115, "python -m pytest -m cuda over tests/ (the CUDA kernel tests)"),
+    Stage("ceilings", 10, "measured copy bandwidth (fp32, bf16) and matmul rate (bf16, fp32)"),
+    Stage("histogram", 15, "one radix histogram pass over a few GB vs a read-only and a "
           "tl.histogram-only kernel, at the copy bandwidth"),
-    Stage("bench-xlmr", 60, "XLM-R base fp32 at full size: top-k, compose, masked AdamW, rSVD scores, "
+    Stage("bench-xlmr", 80, "XLM-R base fp32 at full size: top-k, compose, masked AdamW, rSVD scores, "
           "rSVD factors vs the dense baselines, interleaved"),
-    Stage("bench-llama", 100, "Llama-2-7B bf16 at full size: top-k, compose, masked AdamW, rSVD scores "
+    Stage("bench-llama", 90, "Llama-2-7B bf16 at full size: top-k, compose, masked AdamW, rSVD scores "
           "vs the dense baselines, interleaved"),
-    Stage("training", 40, "two-phase sparse fine-tuning of a tiny BERT (SparseFineTuner), save, apply, "
+    Stage("training", 30, "two-phase sparse fine-tuning of a tiny BERT (SparseFineTuner), save, apply, "
           "revert; LT-SFT selection on the device vs on the CPU"),
-    Stage("ncu", 40, "ncu --clock-control none on one launch of each kernel", needs_cuda=True, tool="ncu"),
-    Stage("sanitizer", 45, "compute-sanitizer memcheck + racecheck over one small case of each kernel",
+    Stage("ncu", 35, "ncu --clock-control none on one launch of each kernel", needs_cuda=True, tool="ncu"),
+    Stage("sanitizer", 65, "compute-sanitizer memcheck + racecheck over one small case of each kernel",
           needs_cuda=True, tool="compute-sanitizer"),
 )
 

@@ -74,6 +74,8 @@ class KernelSpec:
             ``"constexpr"``), in argument order, as ``triton.compiler.ASTSource`` wants.
         constexprs: values of the constexpr arguments.
         num_warps, num_stages: launch options it is compiled with.
+        fp_fusion: whether the compiler may contract ``a * b + c`` into one fused multiply-add
+            (Triton's ``enable_fp_fusion``; the launch must pass the same value).
         promises: design promises checked in the SASS, from
             ``{"no_float_atomics", "block_local_histogram", "vectorized_loads",
             "tensor_cores"}``.
@@ -85,6 +87,7 @@ class KernelSpec:
     constexprs: dict[str, Any] = field(default_factory=dict)
     num_warps: int = 4
     num_stages: int = 3
+    fp_fusion: bool = True
     promises: frozenset[str] = frozenset()
 
 

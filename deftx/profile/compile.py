@@ -5,7 +5,8 @@ For each :class:`deftx.kernels.KernelSpec`::
 
     triton.compile(ASTSource(fn=spec.kernel, signature=spec.signature, constexprs=spec.constexprs),
                    target=GPUTarget("cuda", capability, 32),
-                   options={"num_warps": spec.num_warps, "num_stages": spec.num_stages})
+                   options={"num_warps": spec.num_warps, "num_stages": spec.num_stages,
+                            "enable_fp_fusion": spec.fp_fusion})
 
 builds PTX and a cubin (ptxas runs; no driver is needed). The cubin is then read with the
 tools the Triton wheel ships in ``triton/backends/nvidia/bin``:
@@ -308,7 +309,7 @@ def compile_spec(spec: Any, target: Target, *, module: str = "") -> KernelBuild:
     compiled = triton.compile(
         source,
         target=GPUTarget("cuda", target.capability, target.warp_size),
-        options={"num_warps": spec.num_warps, "num_stages": spec.num_stages},
+        options={"num_warps": spec.num_warps, "num_stages": spec.num_stages, "enable_fp_fusion": spec.fp_fusion},
     )
     usage, sass = analyse_cubin(compiled.asm["cubin"])
     function = kernel_function_name(spec)

@@ -157,3 +157,22 @@ def test_topk_cost_model_by_hand() -> None:
     assert module.traffic("deftx:torch", inputs).bytes == 1000 * 4 + 100 * 8
     assert module.traffic("cat_topk", inputs).bytes == 1000 * 4 + 16 * 1000 + 12 * 100
     assert module.traffic("cat_kthvalue", inputs).bytes == 1000 * 4 + 16 * 1000
+
+
+def test_chunked_topk_past_the_limit_selects_what_one_topk_selects():
+    from deftx.bench.cases.topk import chunked_topk
+
+    flat = torch.randn(1000, generator=torch.Generator().manual_seed(3)).abs_()
+    for k in (0, 1, 31, 37):  # 8 chunks of 128: up to 37 each stays under 300 candidates
+        values, indices = chunked_topk(flat, k, limit=300, chunk=128)
+        expected = torch.topk(flat, k).values
+        assert torch.equal(values.sort(descending=True).values, expected), f"k={k}"
+        assert torch.equal(flat[indices], values), f"k={k}: indices do not point at the values"
+        assert indices.unique().numel() == k
+
+
+def test_chunked_topk_refuses_too_many_candidates():
+    from deftx.bench.cases.topk import chunked_topk
+
+    with pytest.raises(ValueError, match="cannot take 320 candidates"):
+        chunked_topk(torch.rand(1000), 40, limit=300, chunk=128)

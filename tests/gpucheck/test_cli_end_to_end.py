@@ -31,7 +31,7 @@ def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "device cpu, sizes tiny, result prefix cpu" in done.stdout
     assert "ncu            skip  needs CUDA" in done.stdout
-    assert "total         380 s  of a 480 s budget" in done.stdout
+    assert "total         370 s  of a 480 s budget" in done.stdout
     assert not (tmp_path / "out").exists()
 
 

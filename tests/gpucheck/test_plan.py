@@ -72,7 +72,7 @@ def test_unknown_stage_names_are_refused_with_the_known_ones():
 
 def test_budgets_over_the_total_are_refused_before_anything_runs():
     stages = with_budgets(STAGES, {"bench-llama": 300})
-    with pytest.raises(ValueError, match="sum to 665 s, over the total budget of 480 s"):
+    with pytest.raises(ValueError, match="sum to 680 s, over the total budget of 480 s"):
         plan_stages(stages, has_cuda=True, tools=TOOLS)
     planned = plan_stages(stages, only=("bench-llama",), has_cuda=True, tools=TOOLS)
     assert planned_budget(planned) == 300

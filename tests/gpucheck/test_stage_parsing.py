@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from deftx.gpucheck.stages.environment import SMI_QUERY, parse_smi_query
 from deftx.gpucheck.stages.install import install_command, native_status
 from deftx.gpucheck.stages.ncu import kernel_regex, parse_raw_csv, profile_command
@@ -104,6 +106,18 @@ def test_ncu_raw_csv_gives_per_launch_metrics_and_limiters():
     assert (second["limiter"], second["occupancy_limiter"]) == ("compute", "registers")
     assert second["achieved_occupancy_pct"] == 20.0 and second["registers_per_thread"] == 255.0
     assert parse_raw_csv("==ERROR== LibraryNotLoaded\n") == []
+
+
+def test_ncu_durations_follow_the_units_row():
+    """ncu 13 on the H200 scaled gpu__time_duration to microseconds (221.44 us for a histogram
+    pass); read as nanoseconds it showed as 0.2 us."""
+    as_written_on_the_h200 = RAW_CSV.replace('"nsecond"', '"us"').replace('"1,234"', '"221.44"')
+    first = parse_raw_csv(as_written_on_the_h200)[0]
+    assert first["duration_ns"] == pytest.approx(221_440.0)
+    in_ms = RAW_CSV.replace('"nsecond"', '"msecond"').replace('"1,234"', '"1.5"')
+    assert parse_raw_csv(in_ms)[0]["duration_ns"] == pytest.approx(1.5e6)
+    with pytest.raises(ValueError, match="unknown unit 'fortnight'"):
+        parse_raw_csv(RAW_CSV.replace('"nsecond"', '"fortnight"'))
 
 
 MEMCHECK_LOG = """========= COMPUTE-SANITIZER

@@ -196,6 +196,8 @@ def test_every_launch_is_a_declared_specialization(scatter, monkeypatch, device)
         "_segment_bounds_kernel": _Recorder(scatter._segment_bounds_kernel, ("BLOCK",)),
         "_scatter_restore_kernel": _Recorder(scatter._scatter_restore_kernel, ("DENSE", "CHUNK")),
     }
+    compiled = kernel_module("scatter", interpret=False)  # on CUDA, the module patched below
+    compiled_kernels = {name: getattr(compiled, name) for name in recorders}
     for name, recorder in recorders.items():
         monkeypatch.setattr(scatter, name, recorder)
     gen = torch.Generator().manual_seed(6)
@@ -206,9 +208,8 @@ def test_every_launch_is_a_declared_specialization(scatter, monkeypatch, device)
                 diffs = [random_diff(dense, (0.5,), gen, value_dtype) for _ in range(num_diffs)]
                 check_apply_and_restore(scatter, dense, [d[0] for d in diffs],
                                         [d[1] for d in diffs], [0.5] * num_diffs, device)
-    compiled = kernel_module("scatter", interpret=False)
     for name, recorder in recorders.items():
-        kernel = getattr(compiled, name)
+        kernel = compiled_kernels[name]
         declared = [s.constexprs for s in compiled.SPECIALIZATIONS if s.kernel is kernel]
         assert recorder.launches
         for launch in recorder.launches:

@@ -183,8 +183,7 @@ class _Recorder:
         return launch
 
 
-def _declared(module, kernel_name):
-    kernel = getattr(kernel_module("topk", interpret=False), kernel_name)
+def _declared(module, kernel):
     return [spec for spec in module.SPECIALIZATIONS if spec.kernel is kernel]
 
 
@@ -196,13 +195,14 @@ def test_every_launch_is_a_declared_specialization(topk, monkeypatch, device):
         "_classify_blocks_kernel": _Recorder(topk._classify_blocks_kernel, ("ROWS",)),
         "_compact_indices_kernel": _Recorder(topk._compact_indices_kernel, ("DTYPE", "BLOCK", "TILE")),
     }
+    compiled = kernel_module("topk", interpret=False)  # on CUDA, the module patched below
+    compiled_kernels = {name: getattr(compiled, name) for name in recorders}
     for name, recorder in recorders.items():
         monkeypatch.setattr(topk, name, recorder)
     tensors = [torch.randn(50), torch.randn(30).bfloat16(), torch.randn(20).half()]
     check(topk, tensors, 40, device)
-    compiled = kernel_module("topk", interpret=False)
     for name, recorder in recorders.items():
-        declared = [spec.constexprs for spec in _declared(compiled, name)]
+        declared = [spec.constexprs for spec in _declared(compiled, compiled_kernels[name])]
         assert recorder.launches
         for launch in recorder.launches:
             assert launch in declared, f"{name} launched with undeclared {launch}"
@@ -233,3 +233,20 @@ def test_bytes_moved_models():
     assert topk.bytes_moved(shapes, k, torch.bfloat16) == 3 * n * 2 + 8 * k + blocks * bookkeeping
     assert topk.baseline_bytes_moved(shapes, k, torch.float32) == 7 * n * 4 + k * 12 + 32 * k
     assert topk.baseline_bytes_moved(shapes, k, torch.float16) == 5 * n * 2 + k * 10 + 32 * k
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_histogram_pass_counts_the_band_digits(topk, dtype, device):
+    """``histogram_pass`` (what the GPU check times) counts digit ``(key >> shift) & 255`` of the
+    keys whose ``key >> (shift + 8)`` is the band, keys being the fp32 bit patterns of |x|."""
+    gen = torch.Generator().manual_seed(5)
+    x = (torch.randn(3000, generator=gen) * 1e-3).to(dtype)
+    keys = x.float().abs().view(torch.int32).long()
+    first = torch.bincount((keys >> 24) & 255, minlength=256)
+    band = int(first.argmax())
+    in_band = keys[(keys >> 24) == band]
+    second = torch.bincount((in_band >> 16) & 255, minlength=256)
+    got_first = topk.histogram_pass(x.to(device), 24, 0)().cpu()
+    got_second = topk.histogram_pass(x.to(device), 16, band)().cpu()
+    assert_bitwise_equal(got_first, first, what="first pass")
+    assert_bitwise_equal(got_second, second, what=f"second pass, band {band}")

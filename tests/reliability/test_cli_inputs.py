@@ -149,7 +149,7 @@ COMMAND_CASES = [
     ("compose", ["--model", "{model}", "--sft", "{tmp}/absent.safetensors"], "absent.safetensors"),
     ("compose", ["--model", "{model}", "--sft", "{garbage}"], "corrupt or truncated"),
     ("compose", ["--model", "{bad_model}", "--sft", "{sft}"], "not a valid JSON file"),
-    ("compose", ["--model", "{tmp}/no-model", "--sft", "{sft}"], "no config.json"),
+    ("compose", ["--model", "{tmp}/no-model", "--sft", "{sft}"], "no-model' does not exist locally"),
     ("compose", ["--sft", "{sft}", "--scale", "nan"], "--scale: expected a finite number"),
     ("compose", ["--sft", "{sft}", "--scale", "inf"], "--scale: expected a finite number"),
     ("compose", ["--sft", "{sft}", "--num-labels", "0"], "--num-labels: expected an integer >= 1"),

@@ -3,7 +3,11 @@
 * deftx: ``deftx.ops.topk_mask(tensors, k, output="indices", backend=...)`` — exact,
   per-tensor sorted indices, no concatenation (includes the public op's NaN check).
 * ``cat_topk``: ``torch.topk(torch.cat(flat tensors).abs_(), k, sorted=False)`` — one
-  model-sized fp32 buffer; returns global indices, unsorted, with torch's tie choice.
+  model-sized buffer in the scores' dtype; returns global indices, unsorted, with torch's
+  tie choice. torch's CUDA top-k fails a device-side assert on a slice of 2^31 entries or
+  more (seen on an H200 with Llama-2-7B's 6.7B), so past that the baseline does what a
+  user would: ``torch.topk`` on each 2^30-entry chunk, then on the chunks' candidates
+  (refused with a clear error when the candidates are themselves 2^31 or more).
 * ``cat_kthvalue``: ``torch.kthvalue(torch.cat(flat tensors).abs_(), n - k + 1)`` — only
   the threshold (selecting with ``>= threshold`` can return more than k on ties).
 
@@ -47,8 +51,48 @@ def make_inputs(spec: CaseSpec) -> TopkInputs:
     return TopkInputs(tensors, k)
 
 
+TORCH_TOPK_LIMIT = 2**31
+"""Entries of one slice from which torch's CUDA top-k asserts on the device."""
+CHUNK = 2**30
+"""Entries per ``torch.topk`` call of the chunked baseline."""
+
+
 def _concatenated_magnitudes(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([t.reshape(-1) for t in tensors]).abs_()
+
+
+def chunked_topk(
+    flat: torch.Tensor, k: int, *, limit: int = TORCH_TOPK_LIMIT, chunk: int = CHUNK
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.topk(flat, k, sorted=False)``, in chunks when ``flat`` has ``limit`` entries or more.
+
+    Args:
+        flat: (n,) scores of any floating dtype.
+        k: ``0 <= k <= n``.
+        limit, chunk: the slice size torch cannot take, and the size of each chunk (< limit).
+
+    Returns:
+        values (k,) in ``flat``'s dtype and int64 indices (k,) into ``flat``, unsorted.
+
+    Raises:
+        ValueError: the chunks' candidates (``min(k, chunk)`` per chunk) reach ``limit``.
+    """
+    if flat.numel() < limit:
+        return torch.topk(flat, k, sorted=False)
+    values, indices = [], []
+    for start in range(0, flat.numel(), chunk):
+        part = flat[start : start + chunk]
+        part_values, part_indices = torch.topk(part, min(k, part.numel()), sorted=False)
+        values.append(part_values)
+        indices.append(part_indices + start)
+    candidates = torch.cat(values)
+    if candidates.numel() >= limit:
+        raise ValueError(
+            f"torch.topk cannot take {candidates.numel():,} candidates (k={k:,} from each of "
+            f"{len(values)} chunks): one slice must stay under {limit:,} entries"
+        )
+    top_values, picked = torch.topk(candidates, k, sorted=False)
+    return top_values, torch.cat(indices)[picked]
 
 
 def bind(impl: str, inputs: TopkInputs) -> Callable[[], object]:
@@ -58,7 +102,7 @@ def bind(impl: str, inputs: TopkInputs) -> Callable[[], object]:
     if backend is not None:
         return lambda: topk_mask(tensors, k, output="indices", backend=backend)
     if impl == "cat_topk":
-        return lambda: torch.topk(_concatenated_magnitudes(tensors), k, sorted=False)
+        return lambda: chunked_topk(_concatenated_magnitudes(tensors), k)
     if impl == "cat_kthvalue":
         total = sum(t.numel() for t in tensors)
         return lambda: torch.kthvalue(_concatenated_magnitudes(tensors), total - k + 1)

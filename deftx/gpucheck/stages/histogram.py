@@ -6,8 +6,8 @@ element, which collides when the top digit of real weight differences falls in a
 Per dtype (fp32, bf16) and data (``weight-diff``: N(0, 1e-3²), its top digits in a few
 bins; ``spread``: magnitudes 2^-40..2^40, digits over ~40 bins), on one tensor of a few GB:
 
-* the real pass, ``deftx.kernels.topk._digit_histogram_kernel`` launched as
-  ``_radix_select`` launches it: the first pass (digit 24..31) and the second (band
+* the real pass, ``deftx.kernels.topk.histogram_pass`` (the histogram kernel launched as
+  ``topk_indices`` launches it): the first pass (digit 24..31) and the second (band
   filter on the first digit, the most populous bin);
 * the probe kernels of :mod:`deftx.gpucheck.probe_kernels`: read + digit sum, and
   ``tl.histogram`` alone.
@@ -51,28 +51,8 @@ def make_data(kind: str, numel: int, dtype: torch.dtype, device: torch.device) -
 
 def real_pass(x: torch.Tensor, shift: int, prefix: int) -> Callable[[], torch.Tensor]:
     """One launch of the top-k's histogram kernel over ``x`` at ``shift`` (band ``prefix``),
-    with the arguments ``deftx.kernels.topk._radix_select`` gives it; returns the thunk."""
-    topk = importlib.import_module("deftx.kernels.topk")
-    device = x.device
-    plan = topk._plan([x], device)
-    group = plan.groups[0]
-    block_hist = torch.empty((plan.total_blocks, topk.RADIX), dtype=torch.int32, device=device)
-    block_above = torch.empty(plan.total_blocks, dtype=torch.int32, device=device)
-    prefix_t = torch.tensor([prefix], dtype=torch.int64, device=device)
-    hist = torch.zeros(topk.RADIX, dtype=torch.int64, device=device)
-    store = topk.PASS_SHIFTS.index(shift) == group.last_pass
-    grid = (topk._programs(device, group.num_blocks),)
-
-    def launch() -> torch.Tensor:
-        topk._digit_histogram_kernel[grid](
-            group.table, group.block_tensor, prefix_t, hist, block_hist, block_above,
-            group.num_tensors, group.num_blocks,
-            DTYPE=topk._TL_DTYPE[group.dtype], SHIFT=shift, STORE_BLOCKS=store, BLOCK=topk.BLOCK_ELEMS,
-            TILE=topk.HISTOGRAM_TILE, num_warps=topk.HISTOGRAM_WARPS, num_stages=topk.HISTOGRAM_STAGES,
-        )
-        return hist
-
-    return launch
+    as ``topk_indices`` launches it (``deftx.kernels.topk.histogram_pass``); returns the thunk."""
+    return importlib.import_module("deftx.kernels.topk").histogram_pass(x, shift, prefix)
 
 
 def top_digit_histogram(x: torch.Tensor) -> torch.Tensor:

@@ -71,32 +71,52 @@ def _number(text: str | None) -> float | None:
         return None
 
 
+NANOSECONDS_PER = {"ns": 1.0, "nsecond": 1.0, "us": 1e3, "usecond": 1e3, "ms": 1e6, "msecond": 1e6,
+                   "s": 1e9, "second": 1e9}
+"""Time units ncu writes in its units row (it scales them to the value: ncu 13 on the H200 wrote
+``us``), in nanoseconds."""
+
+
 def parse_raw_csv(text: str) -> list[dict[str, Any]]:
     """One dict per profiled launch from ``ncu --import R --csv --page raw``.
 
     The first CSV row is the header (metric names), a second row of units may follow (its
     ``ID`` is empty); lines before the header that are not CSV (``==PROF==`` notes) are skipped.
+    Durations are converted to nanoseconds by their unit (nanoseconds without a units row).
     """
     lines = [line for line in text.splitlines() if line.startswith('"')]
     rows = list(csv.reader(io.StringIO("\n".join(lines))))
     if not rows:
         return []
     header, body = rows[0], rows[1:]
+    units: dict[str, str] = {}
     launches = []
     for values in body:
         record = dict(zip(header, values, strict=False))
         if not record.get("ID", "").strip():
+            units = units or record
             continue
-        launches.append(launch_metrics(record))
+        launches.append(launch_metrics(record, units))
     return launches
 
 
-def launch_metrics(record: dict[str, str]) -> dict[str, Any]:
-    """The metrics of one launch: the first of each metric's candidate names that is present,
-    the throughput limiter and the occupancy limiter."""
+def _in_nanoseconds(value: float | None, unit: str) -> float | None:
+    if value is None:
+        return None
+    if unit not in NANOSECONDS_PER:
+        raise ValueError(f"ncu wrote a duration in unknown unit {unit!r}")
+    return value * NANOSECONDS_PER[unit]
+
+
+def launch_metrics(record: dict[str, str], units: dict[str, str] | None = None) -> dict[str, Any]:
+    """The metrics of one launch: the first of each metric's candidate names that is present
+    (``duration_ns`` converted by ``units``, the units row), the throughput limiter and the
+    occupancy limiter."""
     out: dict[str, Any] = {"kernel": record.get("Kernel Name") or record.get("Function Name") or "?"}
     for key, candidates in METRICS.items():
         out[key] = next((_number(record[c]) for c in candidates if c in record), None)
+    duration_metric = METRICS["duration_ns"][0]
+    out["duration_ns"] = _in_nanoseconds(out["duration_ns"], (units or {}).get(duration_metric) or "ns")
     memory, compute = out["memory_pct_of_peak"], out["compute_pct_of_peak"]
     out["limiter"] = None if memory is None or compute is None else ("memory" if memory >= compute else "compute")
     limits = {name: _number(record.get(metric)) for name, metric in OCCUPANCY_LIMITS.items()}
