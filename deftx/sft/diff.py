@@ -32,6 +32,12 @@ if TYPE_CHECKING:
     from deftx.sft.apply import AppliedDiffs, RevertReport
 
 
+def _tensor_bytes(tensor: torch.Tensor) -> bytes:
+    """The bytes of ``tensor``'s entries in order (any dtype or device)."""
+    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    return flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b""
+
+
 class SparseDiff:
     """Sparse difference to add onto a base model's parameters.
 
@@ -127,13 +133,13 @@ class SparseDiff:
         for name in sorted(self.indices):
             info = self.params[name]
             digest.update(json.dumps(["sparse", name, list(info.shape), dtype_name(info.dtype)]).encode())
-            digest.update(self.indices[name].to(torch.int64).contiguous().numpy().tobytes())
-            digest.update(self.values[name].contiguous().numpy().tobytes())
+            digest.update(_tensor_bytes(self.indices[name].to(torch.int64)))
+            digest.update(json.dumps(["values", str(self.values[name].dtype)]).encode())
+            digest.update(_tensor_bytes(self.values[name]))
         for name in sorted(self.dense):
-            tensor = self.dense[name].contiguous()
+            tensor = self.dense[name]
             digest.update(json.dumps(["dense", name, list(tensor.shape), str(tensor.dtype)]).encode())
-            if tensor.numel():
-                digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+            digest.update(_tensor_bytes(tensor))
         return digest.hexdigest()
 
     def delta(self, name: str) -> torch.Tensor:
