@@ -110,3 +110,24 @@ def test_a_changed_config_is_refused_naming_the_change_until_overwrite(tmp_path,
     after = SparseDiff.load(task_sft)
     assert after.k == after.nnz == round(before[0] * 0.02 / 0.05)
     assert os.stat(language_sft).st_mtime_ns == before[1], "the unchanged language SFT was kept"
+
+
+def test_a_tiny_pipeline_keeps_a_quarter_of_what_it_kept_with_model_copies(tmp_path, tiny_model_dir, monkeypatch):
+    """θ0 and θ1 were kept per SFT run and the baseline as a whole model (issue #19: 2.2 GB for a tiny run)."""
+    monkeypatch.setenv("DEFTX_CACHE", str(tmp_path / "cache"))
+    config = replace(tiny_pipeline(tmp_path, tiny_model_dir, "run", {"lt-sft": None}), step_store=None)
+    run_pipeline(config, log=lambda _: None)
+    out = tmp_path / "run"
+    names = {path.name for path in out.rglob("*") if path.is_file()}
+    assert not names & {"theta0.safetensors", "theta1.safetensors", "mask.safetensors"}
+    sfts = [SparseDiff.load(path) for path in out.glob("seed-0/*/**/lt-sft/sft.safetensors")]
+    assert len(sfts) == 3, "two language SFTs, one task SFT"
+    model_copies = 0
+    for diff in sfts:
+        trained = sum(info.numel * info.dtype.itemsize for info in diff.params.values())
+        dense = sum(tensor.numel() * tensor.element_size() for tensor in diff.dense.values())
+        model_copies += 2 * trained + dense   # θ0 (trained + dense parameters) and θ1 (trained ones)
+    model_copies += sum(path.stat().st_size for path in tiny_model_dir.glob("*.safetensors"))   # the baseline
+    disk = json.loads((out / "disk.json").read_text())
+    assert disk["total"] == sum(folder_bytes(out / folder) for folder in disk if folder != "total")
+    assert 4 * folder_bytes(out) <= model_copies, (folder_bytes(out), model_copies)
