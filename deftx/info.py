@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import platform
 import sys
@@ -10,6 +11,17 @@ import torch
 
 import deftx
 from deftx.ops.dispatch import ENV_VAR, backend_report, triton_unavailable_reason
+
+LIBRARIES = ("transformers", "datasets", "accelerate", "peft", "safetensors")
+"""Distributions deftx works with whose versions the report names (torch and triton have lines of their own)."""
+
+
+def distribution_version(name: str) -> str:
+    """The installed version of distribution ``name``, or ``"not installed"`` (read from metadata, not imported)."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def environment_lines() -> list[str]:
@@ -23,12 +35,9 @@ def environment_lines() -> list[str]:
     if torch.cuda.is_available():
         lines.append(f"GPU: {torch.cuda.get_device_name(0)}")
     reason = triton_unavailable_reason()
-    if reason is None:
-        import triton
-
-        lines.append(f"triton: {triton.__version__}")
-    else:
-        lines.append(f"triton: unavailable: {reason}")
+    triton = distribution_version("triton")
+    lines.append(f"triton: {triton}" if reason is None else f"triton: {triton} (unavailable: {reason})")
+    lines += [f"{name}: {distribution_version(name)}" for name in LIBRARIES]
     return lines
 
 

@@ -49,6 +49,14 @@ def test_every_ecosystem_section_has_a_runnable_snippet():
         assert needle in text
 
 
+def test_the_trainer_contract_block_is_the_example_ci_runs():
+    """README's "Your Trainer, sparse fine-tuned" code is examples/sparse_finetune_your_trainer.py (run above)."""
+    example = (ROOT / "examples" / "sparse_finetune_your_trainer.py").read_text()
+    code = example[example.index("import warnings"):]
+    assert f"```python\n{code}```" in (ROOT / "README.md").read_text()
+    assert any("python examples/sparse_finetune_your_trainer.py" in code for _, _, code in SNIPPETS)
+
+
 @pytest.mark.parametrize("snippet", SNIPPETS, ids=[snippet_id(s) for s in SNIPPETS])
 def test_readme_snippet_runs(snippet, tmp_path):
     setup, language, code = snippet

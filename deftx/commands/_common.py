@@ -81,6 +81,11 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="pipeline config file (YAML or JSON; see configs/default.yaml)")
     parser.add_argument("--output-dir", help="override the config's output_dir")
     parser.add_argument("--data-dir", help="override the data root (default: $DEFTX_DATA_DIR or ../shared/data)")
+    parser.add_argument(
+        "--overwrite", action="store_true",
+        help="retrain the steps whose folder holds results of other settings, model or data (default: refuse "
+             "them, naming what changed; steps whose identity is unchanged always resume)",
+    )
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:

@@ -26,8 +26,9 @@ needs an equal one, so variants that change only K, the selection, the sparse ph
 composition scale (language_scale: [0.5, 1.0] scores both, no retraining) or the task recipe
 reuse the language SFTs' phase 1. Each (variant, seed, source, target, method, scale) row is
 appended to ablation.csv once; running the same command again resumes and adds only what is
-missing; invocations.jsonl and results.md keep every finished invocation's command and wall
-time. One progress line per variant x seed. Example: configs/ablation-nusax-e5-small.yaml
+missing (rows of a variant whose settings changed are refused, naming the change; --overwrite
+drops them and runs the variant again); invocations.jsonl and results.md keep every finished
+invocation's command and wall time. One progress line per variant x seed. Example: configs/ablation-nusax-e5-small.yaml
 (stage 1) and configs/ablation-nusax-e5-small-language.yaml (stage 2).
 """
 
@@ -42,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return 0
     log = (lambda _: None) if args.quiet else print
-    table = run_ablation(ablation, log=log, progress=print, command=command_line(), only=args.variants)
+    table = run_ablation(ablation, log=log, progress=print, command=command_line(), only=args.variants,
+                         overwrite=args.overwrite)
     print(table)
     print(f"results: {ablation.results_dir}/results.md (ablation.csv, summary.csv, results.png beside it)")
     return 0
@@ -65,4 +67,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dry-run", action="store_true",
                         help="validate the config and print the plan (variants, which share phase 1), run nothing")
     parser.add_argument("--quiet", action="store_true", help="print only the progress lines and the final table")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="drop the rows of variants whose settings changed and run them again, and retrain "
+                             "steps whose folder holds results of another identity (default: refuse, naming what "
+                             "changed)")
     parser.set_defaults(func=guarded("ablate", run))

@@ -1,4 +1,5 @@
-"""``deftx doctor``: which backend each op uses here (triton / native / torch) and why."""
+"""``deftx doctor``: versions (python, torch, triton, transformers, datasets, accelerate, peft, safetensors),
+devices, and which backend each op uses here (triton / native / torch) and why."""
 
 from __future__ import annotations
 

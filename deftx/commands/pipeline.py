@@ -17,7 +17,7 @@ def run(args: argparse.Namespace) -> int:
         print("\n".join(plan_lines(config)))
         return 0
     log = (lambda _: None) if args.quiet else print
-    table = run_pipeline(config, log=log, command=command_line())
+    table = run_pipeline(config, log=log, command=command_line(), overwrite=args.overwrite)
     print(table)
     print(f"results: {config.results_dir or config.output_dir}/results.md (CSVs and plot beside it)")
     return 0
@@ -31,7 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Run every step of a pipeline config: MLM head warm-up, language SFTs (masked LM on each "
             "language's NusaX MT train+valid text), task SFTs on the source language(s) on top of the "
             "source language SFT, the full fine-tuning baseline, and zero-shot NusaX (and optionally "
-            "AmericasNLI) evaluation. Every step checkpoints; running the same command again resumes. "
+            "AmericasNLI) evaluation. Every step checkpoints and records what its results depend on; running "
+            "the same command again resumes, a changed config is refused naming what changed (--overwrite "
+            "retrains the changed steps). "
             "Prints the macro-F1 table and writes results.md/.csv/.png under output_dir."
         ),
     )

@@ -12,6 +12,7 @@ def run(args: argparse.Namespace) -> int:
     from deftx.eval.pipeline import Workspace, ensure_head, language_sfts, language_texts
 
     ws = Workspace.open(load_pipeline_config(args))
+    ws.overwrite = args.overwrite
     if args.americasnlp:
         texts, folder = americasnlp.load_text(ws.data_dir, args.language), "anli/lang"
     else:

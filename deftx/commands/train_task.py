@@ -19,6 +19,7 @@ def run(args: argparse.Namespace) -> int:
     )
 
     ws = Workspace.open(load_pipeline_config(args))
+    ws.overwrite = args.overwrite
     source_sfts = None
     if ws.config.task_on_source_sft:
         source_sfts = language_sfts(ws, args.source, language_texts(ws, args.source), args.seed, ensure_head(ws))

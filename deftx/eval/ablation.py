@@ -23,27 +23,28 @@ forced; a variant asking for ``test`` is refused: the test splits are for the fi
 the chosen recipe) and its language SFTs (and the MLM head) are trained on MT ``train`` text
 only unless ``language_text_splits`` says otherwise (``valid`` is refused).
 
-Runs share finished steps through a :class:`LinkedStepStore` under ``output_dir/shared``:
-phase 1 (θ0, θ1) of every language and task SFT, their branches (mask, SFT) and the
-full fine-tuning baseline are keyed by a content hash of exactly what they depend on (see
-:mod:`deftx.eval.pipeline`) and hard-linked into every run that needs an equal one, so the
-variants that change only K, the selection, the sparse phase, the composition scale or the
-task recipe pay for no phase 1 of a language SFT.
+Runs share finished steps through a :class:`~deftx.train.store.LinkedStepStore` under
+``output_dir/shared``: phase 1 (θ1) of every language and task SFT, their branches (selection
+report, SFT) and the full fine-tuning baseline are keyed by their run identity — the digest
+of exactly what they depend on, the same identity every step folder records
+(:mod:`deftx.train.identity`) — and hard-linked into every run that needs an equal one, so
+the variants that change only K, the selection, the sparse phase, the composition scale or
+the task recipe pay for no phase 1 of a language SFT.
 
 Every (variant, seed, source, target, method, scale) row is appended to ``ablation.csv`` as
 soon as it is evaluated; a row already there is never recomputed, so running the same
 command again resumes (every training step checkpoints too). A variant's runs live in
-``output_dir/variants/<name>-<hash>``: changing a variant's settings gives it a new folder,
-and its old rows are refused rather than mixed in (rename the variant or delete them).
+``output_dir/variants/<name>-<hash>``, whose ``identity.json`` records the variant's
+settings: changing a variant's settings gives it a new folder, and its old rows are refused,
+naming what changed, rather than mixed in (rename the variant, or ``overwrite`` /
+``--overwrite`` drops them and runs it again).
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import os
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +62,8 @@ from deftx.eval.report import (
     write_csv,
 )
 from deftx.train.config import short_repr, to_plain
+from deftx.train.identity import describe_changes, digest, normalised, read_identity, write_identity
+from deftx.train.store import LinkedStepStore
 
 ABLATION_KEYS = ("name", "base", "base_overrides", "variants", "seeds", "output_dir", "results_dir")
 SET_BY_THE_ABLATION = ("seeds", "output_dir", "results_dir", "step_store")
@@ -145,17 +148,22 @@ def merge_overrides(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> di
     return _merge(base, nest_overrides(overrides, "overrides"), "overrides", top=True)
 
 
-def variant_hash(config: PipelineConfig) -> str:
-    """Content hash of everything in ``config`` that can change a result (not paths, seeds,
-    checkpoint / logging intervals or progress bars)."""
-    from deftx.eval.pipeline import RUN_ONLY_SETTINGS, content_digest
+def run_identity(config: PipelineConfig) -> dict[str, Any]:
+    """Everything in ``config`` that can change a result (not its name, paths, seeds, checkpoint /
+    logging intervals or progress bars), JSON-ready: what a variant folder records."""
+    from deftx.eval.pipeline import RUN_ONLY_SETTINGS
 
     plain = to_plain(config)
     for key in ("name", "output_dir", "results_dir", "step_store", "seeds"):
         plain.pop(key)
     for key in RUN_ONLY_SETTINGS:
         plain["training"].pop(key)
-    return content_digest(plain)[:12]
+    return plain
+
+
+def variant_hash(config: PipelineConfig) -> str:
+    """The digest of :func:`run_identity`, shortened: a variant's folder and its rows carry it."""
+    return digest(run_identity(config))[:12]
 
 
 def _base_mapping(raw: Any, where: str, relative_to: Path | None) -> dict[str, Any]:
@@ -198,10 +206,9 @@ def _resolve_variant(name: str, base: Mapping[str, Any], overrides: Any, output_
     except ConfigError as err:
         message = str(err)
         raise ConfigError(message if label in message else f"{label}: {message}") from err
-    digest = variant_hash(config)
-    folder = output_dir / "variants" / f"{name}-{digest[:8]}"
-    config = parse_config({**merged, "output_dir": str(folder)}, label)
-    return config, nested, digest
+    hash_ = variant_hash(config)
+    config = parse_config({**merged, "output_dir": str(variant_folder(output_dir, name, hash_))}, label)
+    return config, nested, hash_
 
 
 def parse_ablation(raw: Any, source: str = "<ablation>", relative_to: Path | None = None) -> AblationConfig:
@@ -272,15 +279,15 @@ def load_ablation(path: str | Path, *, output_dir: str | None = None, results_di
 
 
 def language_phase1_signature(config: PipelineConfig) -> str:
-    """Hash of the config settings a language SFT's phase 1 depends on (for the plan only:
-    the runs key on :meth:`deftx.eval.pipeline.Workspace.identity`, which adds the data and
-    the warmed head's file)."""
-    from deftx.eval.pipeline import RUN_ONLY_SETTINGS, content_digest
+    """Hash of the config settings a language SFT's phase 1 depends on (for the plan only: the runs
+    key on the run identity the tuner records, :meth:`deftx.train.sparse_finetuner.SparseFineTuner.identity`,
+    which digests the data and the weights — with the warmed head — instead of naming them)."""
+    from deftx.eval.pipeline import RUN_ONLY_SETTINGS
 
     training = {k: v for k, v in to_plain(config.training).items() if k not in RUN_ONLY_SETTINGS}
     if config.language_sft.max_length is not None:
         training["max_length"] = config.language_sft.max_length
-    return content_digest({
+    return digest({
         "model": config.model, "data_dir": config.data_dir, "head": to_plain(config.mlm_head),
         "text": list(config.language_text_splits), "training": training,
         "full": to_plain(config.language_sft.full), "eligible": list(config.language_sft.eligible),
@@ -299,72 +306,6 @@ def plan_lines(ablation: AblationConfig) -> list[str]:
         lines.append(f"  {name} [{ablation.hashes[name][:8]}] {json.dumps(ablation.overrides[name])}"
                      + (f" (language phase 1 shared with {', '.join(sharing)})" if sharing else ""))
     return lines
-
-
-class LinkedStepStore:
-    """A :class:`~deftx.eval.pipeline.StepStore` over a folder, by hard links (no copies).
-
-    A step is kept as ``<root>/<key>/<file name>`` (plus ``identity.json``), where the key
-    hashes the step's identity; the file names of one step must be distinct. Files are
-    linked, never copied (θ0 / θ1 of e5-small are ~470 MB each); where a hard link is
-    impossible (another file system) a symbolic link is made instead. Every file deftx
-    writes is replaced atomically (a new inode), never rewritten in place, so a linked file
-    stays intact in the store and in every run that shares it.
-
-    ``attached`` and ``published`` count the steps reused and kept, by their ``step`` name.
-    """
-
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
-        self.attached: Counter[str] = Counter()
-        self.published: Counter[str] = Counter()
-
-    def folder(self, identity: Mapping[str, Any]) -> Path:
-        from deftx.eval.pipeline import content_digest
-
-        return self.root / content_digest(dict(identity))[:32]
-
-    @staticmethod
-    def _names(files: Sequence[str]) -> list[str]:
-        names = [Path(name).name for name in files]
-        if len(set(names)) != len(names):
-            raise ValueError(f"the files of one step need distinct names, got {list(files)}")
-        return names
-
-    @staticmethod
-    def _link(source: Path, target: Path) -> None:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.{os.getpid()}.link")
-        partial.unlink(missing_ok=True)
-        try:
-            os.link(source, partial)
-        except OSError:
-            os.symlink(source.resolve(), partial)
-        os.replace(partial, target)
-
-    def attach(self, work_dir: Path, identity: Mapping[str, Any], files: Sequence[str]) -> bool:
-        names = self._names(files)
-        if all((work_dir / name).is_file() for name in files):
-            return True
-        folder = self.folder(identity)
-        if not all((folder / name).is_file() for name in names):
-            return False
-        for relative, name in zip(files, names, strict=True):
-            if not (work_dir / relative).is_file():
-                self._link(folder / name, work_dir / relative)
-        self.attached[str(identity.get("step"))] += 1
-        return True
-
-    def publish(self, work_dir: Path, identity: Mapping[str, Any], files: Sequence[str]) -> None:
-        names = self._names(files)
-        folder = self.folder(identity)
-        if all((folder / name).is_file() for name in names):
-            return
-        for relative, name in zip(files, names, strict=True):
-            if not (folder / name).is_file():
-                self._link(work_dir / relative, folder / name)
-        (folder / "identity.json").write_text(json.dumps(dict(identity), indent=2, sort_keys=True) + "\n")
-        self.published[str(identity.get("step"))] += 1
 
 
 def _scale_text(value: Any) -> str:
@@ -403,13 +344,48 @@ def append_rows(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
         writer.writerows({name: row.get(name) for name in ROW_FIELDS} for row in rows)
 
 
+def variant_folder(output_dir: Path, name: str, hash_: str) -> Path:
+    """Where the runs of variant ``name`` with settings hash ``hash_`` live."""
+    return output_dir / "variants" / f"{name}-{hash_[:8]}"
+
+
+def record_variant(ablation: AblationConfig, name: str) -> None:
+    """Write the variant's :func:`run_identity` into its folder (what its rows and runs depend on)."""
+    config = ablation.variants[name]
+    folder = Path(config.output_dir)
+    if read_identity(folder) is None:
+        write_identity(folder, run_identity(config))
+
+
+def variant_changes(ablation: AblationConfig, name: str, old_hash: str) -> list[str]:
+    """What changed in variant ``name`` since rows with ``old_hash`` were written (from its old folder's record)."""
+    recorded = read_identity(variant_folder(ablation.output_dir, name, old_hash))
+    if recorded is None:
+        return [f"settings hash {old_hash} -> {ablation.hashes[name]}"]
+    return describe_changes(recorded, normalised(run_identity(ablation.variants[name])))
+
+
 def check_rows_match(rows: Sequence[Mapping[str, Any]], ablation: AblationConfig) -> None:
-    """Refuse rows of a variant whose settings changed since they were written."""
-    stale = sorted({row["variant"] for row in rows
-                    if row["variant"] in ablation.hashes and row["variant_hash"] != ablation.hashes[row["variant"]]})
+    """Refuse rows of a variant whose settings changed since they were written, naming the changes."""
+    stale = {row["variant"]: row["variant_hash"] for row in rows
+             if row["variant"] in ablation.hashes and row["variant_hash"] != ablation.hashes[row["variant"]]}
     if stale:
-        raise ConfigError(f"variants {stale} changed since their rows in ablation.csv were written: rename them, "
-                          "or delete their rows to rerun them")
+        details = "; ".join(f"{name}: {', '.join(variant_changes(ablation, name, old))}"
+                            for name, old in sorted(stale.items()))
+        raise ConfigError(f"variants {sorted(stale)} changed since their rows in ablation.csv were written "
+                          f"({details}): rename them, or run with --overwrite to drop their old rows and run them "
+                          "again")
+
+
+def drop_stale_rows(path: Path, ablation: AblationConfig) -> list[dict[str, Any]]:
+    """Rewrite ``ablation.csv`` without the rows of variants whose settings changed; the rows kept."""
+    rows = read_rows(path)
+    kept = [row for row in rows if row["variant"] not in ablation.hashes
+            or row["variant_hash"] == ablation.hashes[row["variant"]]]
+    if len(kept) != len(rows):
+        path.unlink()
+        append_rows(path, kept)
+    return kept
 
 
 def average_by_method(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
@@ -429,6 +405,7 @@ class AblationRun:
 
     ablation: AblationConfig
     store: LinkedStepStore
+    overwrite: bool = False
     heads: dict[str, Path] = field(default_factory=dict)
     tokenizers: dict[str, Any] = field(default_factory=dict)
     head_metrics: dict[str, Any] = field(default_factory=dict)
@@ -437,9 +414,9 @@ class AblationRun:
 
 def _head_for(run: AblationRun, ws) -> Path:
     """The warmed MLM head of ``ws`` (warm-up / cache lookup once per distinct head setting)."""
-    from deftx.eval.pipeline import content_digest, ensure_head
+    from deftx.eval.pipeline import ensure_head
 
-    key = content_digest([str(ws.model_dir), str(ws.data_dir), to_plain(ws.config.mlm_head),
+    key = digest([str(ws.model_dir), str(ws.data_dir), to_plain(ws.config.mlm_head),
                           list(ws.config.language_text_splits)])
     if key not in run.heads:
         run.heads[key] = ensure_head(ws)
@@ -456,8 +433,10 @@ def run_variant_seed(run: AblationRun, name: str, seed: int, done: set[tuple[str
     ablation = run.ablation
     config = ablation.variants[name]
     ws = Workspace.open(config, log, tokenizer=run.tokenizers.get(config.model))
+    record_variant(ablation, name)
     run.tokenizers[config.model] = ws.tokenizer
     ws.step_store = run.store
+    ws.overwrite = run.overwrite
     head = _head_for(run, ws)
     csv_path = ablation.results_dir / "ablation.csv"
     rows: list[dict[str, Any]] = []
@@ -476,7 +455,7 @@ def run_variant_seed(run: AblationRun, name: str, seed: int, done: set[tuple[str
 
 def run_ablation(ablation: AblationConfig, *, log: Callable[[str], None] = print,
                  progress: Callable[[str], None] = print, command: str | None = None,
-                 only: Sequence[str] | None = None) -> str:
+                 only: Sequence[str] | None = None, overwrite: bool = False) -> str:
     """Run (or resume) every variant × seed of ``ablation``; returns the summary markdown.
 
     Args:
@@ -484,6 +463,8 @@ def run_ablation(ablation: AblationConfig, *, log: Callable[[str], None] = print
         progress: one line per variant × seed (skipped, or done with its cost and averages).
         command: the command line, for results.md.
         only: run just these variants (the summary still covers every variant's rows).
+        overwrite: drop the rows of variants whose settings changed (instead of refusing them) and
+            retrain the steps whose recorded identity differs (see :mod:`deftx.train.identity`).
     """
     unknown = sorted(set(only or ()) - set(ablation.variants))
     if unknown:
@@ -491,11 +472,11 @@ def run_ablation(ablation: AblationConfig, *, log: Callable[[str], None] = print
     start = time.perf_counter()
     ablation.results_dir.mkdir(parents=True, exist_ok=True)
     csv_path = ablation.results_dir / "ablation.csv"
-    existing = read_rows(csv_path)
+    existing = drop_stale_rows(csv_path, ablation) if overwrite else read_rows(csv_path)
     check_rows_match(existing, ablation)
     done = {row_key(row) for row in existing}
     finished = {(row["variant"], row["seed"], row["source"]) for row in existing}
-    run = AblationRun(ablation, LinkedStepStore(ablation.output_dir / "shared"))
+    run = AblationRun(ablation, LinkedStepStore(ablation.output_dir / "shared"), overwrite=overwrite)
     chosen = [name for name in ablation.variants if not only or name in only]
     total, index = len(chosen) * len(ablation.seeds), 0
     for seed in ablation.seeds:

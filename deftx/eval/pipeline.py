@@ -8,14 +8,18 @@ Layout under ``output_dir`` (every step resumable; a finished step is reused)::
     seed-<s>/full/<source>/                full fine-tuning baseline
     seed-<s>/anli/...                      the AmericasNLI leave-languages-out runs
 
-A :class:`StepStore` (``Workspace.step_store``: ``deftx ablate``'s, or the config's ``step_store``
-folder, e.g. an ablation's, so a final run links the ablation's equal steps) lets runs share
-finished steps: before an SFT run or the baseline, the store may fill its folder with the
-files of an equal step (equal *identity*: every setting and input that changes the result)
-finished by another run, and takes this run's finished steps afterwards.
+Every step folder records what its results depend on (:mod:`deftx.train.identity`): running
+the pipeline again resumes the steps whose identity is unchanged and refuses the others,
+naming what changed, unless ``overwrite`` (``deftx pipeline --overwrite``) lets them be
+retrained. A :class:`~deftx.train.store.StepStore` (``Workspace.step_store``: ``deftx
+ablate``'s, or the config's ``step_store`` folder, e.g. an ablation's, so a final run links
+the ablation's equal steps) lets runs share finished steps: each step is keyed by the same
+identity, so the store links the files of an equal step finished by another run instead of
+training it, and takes this run's finished steps afterwards. The bytes each run folder keeps
+are reported in results.md and ``disk.json``.
 
 and, under ``results_dir`` (default: ``output_dir``): results.csv, summary.csv, results.md,
-results.png, overlap.csv, selection.csv, timings.json, config.json, mlm_head.json.
+results.png, overlap.csv, selection.csv, timings.json, disk.json, config.json, mlm_head.json.
 
 Protocol names in the tables:
 
@@ -33,14 +37,13 @@ Protocol names in the tables:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
@@ -49,11 +52,13 @@ from deftx.eval.config import PipelineConfig
 from deftx.eval.report import append_invocation, bar_plot, markdown_tables, read_ledger, summarize, write_csv
 from deftx.eval.zero_shot import EvalRow, nli_examples, nusax_split_examples, score_composed
 from deftx.sft import SparseDiff
-from deftx.train.config import DenoiseConfig, SparseFineTuningConfig, to_plain
-from deftx.train.language import train_language_sft, warm_up_head
-from deftx.train.sparse_finetuner import SparseFineTuningResult
-from deftx.train.task import build_classifier, classification_examples, train_full_finetune, train_task_sft
-from deftx.train.trainer_args import RUN_ONLY_ARGUMENTS, TrainingSettings
+from deftx.train.checkpoint import folder_bytes
+from deftx.train.config import DenoiseConfig, to_plain
+from deftx.train.language import language_sft_tuner, warm_up_head
+from deftx.train.sparse_finetuner import SparseFineTuner, SparseFineTuningResult
+from deftx.train.store import LinkedStepStore, StepStore
+from deftx.train.task import build_classifier, classification_examples, task_sft_tuner, train_full_finetune
+from deftx.train.trainer_args import TrainingSettings
 
 NUSAX = "nusax"
 NUSAX_PROTOCOL = "zero-shot"
@@ -61,52 +66,7 @@ ANLI = "americasnli"
 ANLI_PROTOCOL = "leave-languages-out"
 BASELINE = "full-ft"
 NO_LANGUAGE_SFT = " (no lang SFT)"
-PHASE1_FILES = ("theta0.safetensors", "theta1.safetensors")
-BRANCH_FILES = ("mask.safetensors", "selection.json", "sft.safetensors")
-BASELINE_FILES = ("final.safetensors",)
 RUN_ONLY_SETTINGS = ("save_steps", "logging_steps", "progress")  # change no result
-
-
-class StepStore(Protocol):
-    """Shares finished steps between runs (see the module docstring)."""
-
-    def attach(self, work_dir: Path, identity: Mapping[str, Any], files: Sequence[str]) -> bool:
-        """Put the stored ``files`` (paths relative to ``work_dir``) of an equal step into
-        ``work_dir``, unless already there; True when they are all there afterwards."""
-
-    def publish(self, work_dir: Path, identity: Mapping[str, Any], files: Sequence[str]) -> None:
-        """Keep ``work_dir``'s finished ``files`` of this step for later runs (no-op if kept)."""
-
-
-def content_digest(value: Any) -> str:
-    """SHA-256 of a JSON-ready value (canonical: sorted keys, no spaces)."""
-    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def sft_digest(diff: SparseDiff) -> str:
-    """SHA-256 over the names, indices, values and dense tensors of a sparse diff."""
-    digest = hashlib.sha256()
-    for kind, tensors in (("indices", diff.indices), ("values", diff.values), ("dense", diff.dense)):
-        for name in sorted(tensors):
-            tensor = tensors[name].detach().cpu().contiguous()
-            digest.update(f"{kind}|{name}|{tuple(tensor.shape)}|{tensor.dtype};".encode())
-            if tensor.numel():
-                digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
-    return digest.hexdigest()
-
-
-def sparse_run_steps(phase1: Mapping[str, Any], config: SparseFineTuningConfig) -> list[tuple[dict, list[str]]]:
-    """The shareable steps of a :class:`~deftx.train.sparse_finetuner.SparseFineTuner` run.
-
-    Phase 1 (θ0, θ1) is identified by ``phase1`` (everything phase 1 depends on); each
-    branch (mask, selection report, SFT) by that plus K, the sparse phase and its selection.
-    """
-    steps = [(dict(phase1), list(PHASE1_FILES))]
-    for branch, denoise in config.selections.items():
-        identity = {**phase1, "step": f"{phase1['step']} / sparse branch", "k": config.k,
-                    "sparse": to_plain(config.sparse), "selection": to_plain(denoise)}
-        steps.append((identity, [f"{branch}/{name}" for name in BRANCH_FILES]))
-    return steps
 
 
 MODEL_FILES = ("*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*")
@@ -148,6 +108,8 @@ class Workspace:
     head_metrics: dict[str, Any] = field(default_factory=dict)
     earlier_seconds: float = 0.0
     step_store: StepStore | None = None
+    overwrite: bool = False
+    kept: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def open(cls, config: PipelineConfig, log: Callable[[str], None] = print, tokenizer: Any = None) -> Workspace:
@@ -175,35 +137,6 @@ class Workspace:
         window = self.config.language_sft.max_length
         return settings if window is None else replace(settings, max_length=window)
 
-    def identity(self, step: str, seed: int, settings: TrainingSettings, **inputs: Any) -> dict[str, Any]:
-        """What a step's result depends on: base model, seed, result-changing settings, ``inputs``."""
-        training = {k: v for k, v in to_plain(settings).items() if k not in (*RUN_ONLY_SETTINGS, "arguments")}
-        arguments = {k: v for k, v in settings.arguments.items() if k not in RUN_ONLY_ARGUMENTS}
-        if arguments:
-            training["arguments"] = arguments
-        return {"step": step, "model": str(self.model_dir.resolve()), "seed": seed, "training": training,
-                **{k: to_plain(v) for k, v in inputs.items()}}
-
-    @contextlib.contextmanager
-    def sharing(self, work_dir: Path, steps: Sequence[tuple[Mapping[str, Any], Sequence[str]]]) -> Iterator[None]:
-        """Attach the stored ``steps`` to ``work_dir``, run the block, publish the finished ones.
-
-        The first step gates the others: they (the branches) presuppose it (phase 1) and are
-        only attached when it is there.
-        """
-        if self.step_store is None:
-            yield
-            return
-        for index, (identity, files) in enumerate(steps):
-            if not self.step_store.attach(work_dir, identity, files) and index == 0:
-                break
-        try:
-            yield
-        finally:
-            for identity, files in steps:
-                if all((work_dir / name).is_file() for name in files):
-                    self.step_store.publish(work_dir, identity, files)
-
     def seed_dir(self, seed: int) -> Path:
         return self.output_dir / f"seed-{seed}"
 
@@ -215,6 +148,10 @@ class Workspace:
             yield
         finally:
             self.timings[label] = self.timings.get(label, 0.0) + time.perf_counter() - start
+
+    def keep(self, work_dir: Path) -> None:
+        """Note the bytes ``work_dir`` (a finished run) keeps, by its folder under ``output_dir``."""
+        self.kept[str(work_dir.relative_to(self.output_dir))] = folder_bytes(work_dir)
 
     def record(self, kind: str, language: str, seed: int, result: SparseFineTuningResult) -> None:
         """Keep the selection shares and mask overlaps of a finished SFT run."""
@@ -314,12 +251,13 @@ def ensure_head(ws: Workspace) -> Path:
     return head_file
 
 
-def language_steps(ws: Workspace, texts: Sequence[str], seed: int, head_file: Path) -> list[tuple[dict, list[str]]]:
-    """The shareable steps of one language-SFT run (phase 1 depends on the text and the head)."""
-    section = ws.config.language_sft
-    phase1 = ws.identity("language sft phase 1", seed, ws.language_settings(seed), head=head_file.name,
-                         texts=content_digest(list(texts)), full=section.full, eligible=section.eligible)
-    return sparse_run_steps(phase1, ws.config.language_config())
+def language_tuner(ws: Workspace, texts: Sequence[str], seed: int, head_file: Path, work: Path) -> SparseFineTuner:
+    """The tuner of one language-SFT run (every method a branch of one phase 1) in ``work``."""
+    return language_sft_tuner(
+        ws.model_dir, ws.tokenizer, texts, ws.config.language_config(), work,
+        head_file=head_file, settings=ws.language_settings(seed), base_model=str(ws.model_dir),
+        overwrite=ws.overwrite, store=ws.step_store,
+    )
 
 
 def language_sfts(ws: Workspace, language: str, texts: list[str], seed: int, head_file: Path,
@@ -327,13 +265,10 @@ def language_sfts(ws: Workspace, language: str, texts: list[str], seed: int, hea
     """Train (or reuse) the language SFT of ``language`` for every method."""
     work = ws.seed_dir(seed) / folder / language
     ws.log(f"[seed {seed}] language SFT {language}: {len(texts)} sentences -> {work}")
-    steps = language_steps(ws, texts, seed, head_file)
-    with ws.timer(f"language sft {language}"), ws.sharing(work, steps):
-        result = train_language_sft(
-            ws.model_dir, ws.tokenizer, texts, ws.config.language_config(), work,
-            head_file=head_file, settings=ws.language_settings(seed), base_model=str(ws.model_dir),
-        )
+    with ws.timer(f"language sft {language}"):
+        result = language_tuner(ws, texts, seed, head_file, work).fit()
     ws.record("language", language, seed, result)
+    ws.keep(work)
     return result.diffs
 
 
@@ -343,14 +278,16 @@ def nusax_train_examples(ws: Workspace, language: str) -> list[dict]:
                                    ws.config.training.max_length)
 
 
-def task_steps(ws: Workspace, examples: list[dict], seed: int, num_labels: int, config: SparseFineTuningConfig,
-               source_sft: SparseDiff | None) -> list[tuple[dict, list[str]]]:
-    """The shareable steps of one task-SFT run (phase 1 depends on the source SFT underneath)."""
-    section = ws.config.task_sft
-    phase1 = ws.identity("task sft phase 1", seed, ws.settings(seed), examples=content_digest(examples),
-                         num_labels=num_labels, pooling=ws.config.pooling, full=section.full,
-                         eligible=section.eligible, source_sft=None if source_sft is None else sft_digest(source_sft))
-    return sparse_run_steps(phase1, config)
+def task_tuner(ws: Workspace, examples: Sequence[dict], seed: int, num_labels: int,
+               methods: Mapping[str, DenoiseConfig | None], source_sft: SparseDiff | None, work: Path,
+               labels: Sequence[str] | None = None) -> SparseFineTuner:
+    """The tuner of one task-SFT run in ``work``: ``methods`` as branches, on ``source_sft`` when given."""
+    return task_sft_tuner(
+        ws.model_dir, ws.tokenizer, examples, ws.config.task_config(dict(methods)), work,
+        num_labels=num_labels, settings=ws.settings(seed), source_sft=source_sft,
+        base_model=str(ws.model_dir), pooling=ws.config.pooling, labels=labels,
+        overwrite=ws.overwrite, store=ws.step_store,
+    )
 
 
 def task_sfts(ws: Workspace, name: str, examples: list[dict], seed: int, num_labels: int,
@@ -358,7 +295,6 @@ def task_sfts(ws: Workspace, name: str, examples: list[dict], seed: int, num_lab
               labels: Sequence[str] | None = None) -> dict[str, SparseDiff]:
     """Task SFTs per method: on top of each method's source SFT, or one shared run (``labels``: class names)."""
     cfg = ws.config
-    settings = ws.settings(seed)
     base = ws.seed_dir(seed) / folder / name
     diffs: dict[str, SparseDiff] = {}
     runs: list[tuple[str, dict[str, DenoiseConfig | None], SparseDiff | None]]
@@ -370,29 +306,24 @@ def task_sfts(ws: Workspace, name: str, examples: list[dict], seed: int, num_lab
     for run_name, methods, source_sft in runs:
         if source_sft is not None:
             ws.log(f"[seed {seed}] task SFT {name} / {run_name} (on the source's {run_name} language SFT)")
-        config = cfg.task_config(methods)
-        steps = task_steps(ws, examples, seed, num_labels, config, source_sft)
         label = f"task sft {name}" if source_sft is None else f"task sft {name} {run_name}"
-        with ws.timer(label), ws.sharing(base / run_name, steps):
-            result = train_task_sft(
-                ws.model_dir, ws.tokenizer, examples, config, base / run_name,
-                num_labels=num_labels, settings=settings, source_sft=source_sft,
-                base_model=str(ws.model_dir), pooling=cfg.pooling, labels=labels,
-            )
+        with ws.timer(label):
+            result = task_tuner(ws, examples, seed, num_labels, methods, source_sft, base / run_name, labels).fit()
         ws.record("task", name, seed, result)
+        ws.keep(base / run_name)
         diffs.update(result.diffs)
     return diffs
 
 
 def full_finetune(ws: Workspace, examples: list[dict], seed: int, num_labels: int, work_dir: Path):
     """The full fine-tuning baseline (shared through ``ws.step_store`` when there is one)."""
-    identity = ws.identity("full fine-tuning", seed, ws.settings(seed), examples=content_digest(examples),
-                           num_labels=num_labels, pooling=ws.config.pooling, phase=ws.config.full_finetune)
-    with ws.sharing(work_dir, [(identity, list(BASELINE_FILES))]):
-        return train_full_finetune(
-            ws.model_dir, ws.tokenizer, examples, ws.config.full_finetune, work_dir,
-            num_labels=num_labels, settings=ws.settings(seed), pooling=ws.config.pooling,
-        )
+    model = train_full_finetune(
+        ws.model_dir, ws.tokenizer, examples, ws.config.full_finetune, work_dir,
+        num_labels=num_labels, settings=ws.settings(seed), pooling=ws.config.pooling,
+        overwrite=ws.overwrite, store=ws.step_store,
+    )
+    ws.keep(work_dir)
+    return model
 
 
 def nusax_eval_languages(ws: Workspace) -> list[str]:
@@ -549,6 +480,7 @@ def write_outputs(ws: Workspace, rows: list[EvalRow], wall_seconds: float, comma
     (out / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
     if ws.head_metrics:
         (out / "mlm_head.json").write_text(json.dumps(ws.head_metrics, indent=2) + "\n")
+    (out / "disk.json").write_text(json.dumps({**ws.kept, "total": sum(ws.kept.values())}, indent=2) + "\n")
     if ws.results_dir.resolve() != ws.output_dir.resolve():
         copy_run_logs(ws.output_dir, ws.results_dir / "logs")
     main = [r for r in summary if not r["method"].endswith(NO_LANGUAGE_SFT)]
@@ -578,10 +510,21 @@ def write_outputs(ws: Workspace, rows: list[EvalRow], wall_seconds: float, comma
         text += [head_report_line(ws.head_metrics), ""]
     if ws.notes:
         text += ["Notes:", "", *[f"- {note}" for note in ws.notes], ""]
+    text += disk_lines(ws.kept)
     text += ["Files: results.csv (per seed), summary.csv, overlap.csv (mask overlap per group), "
-             "selection.csv (share of K per group), timings.json, results.png.", ""]
+             "selection.csv (share of K per group), timings.json, disk.json, results.png.", ""]
     (out / "results.md").write_text("\n".join(text))
     return tables
+
+
+def disk_lines(kept: Mapping[str, int]) -> list[str]:
+    """The results.md section on the bytes each run folder keeps (identities, logs, reports, SFTs, results)."""
+    if not kept:
+        return []
+    rows = [f"| {folder} | {size:,} |" for folder, size in sorted(kept.items())]
+    return ["Disk kept by each run (bytes; θ0 is the base model and never copied, θ1 and masks are removed "
+            "once their SFTs are written):", "", "| run folder | bytes |", "|---|---:|", *rows,
+            f"| **total** | {sum(kept.values()):,} |", ""]
 
 
 def reused_steps_note(attached: Mapping[str, int], store: str) -> str:
@@ -594,14 +537,18 @@ def reused_steps_note(attached: Mapping[str, int], store: str) -> str:
 
 
 def run_pipeline(config: PipelineConfig, *, log: Callable[[str], None] = print,
-                 command: str | None = None) -> str:
-    """Run (or resume) every step of ``config``; returns the main markdown table."""
+                 command: str | None = None, overwrite: bool = False) -> str:
+    """Run (or resume) every step of ``config``; returns the main markdown table.
+
+    Args:
+        overwrite: retrain the steps whose recorded identity differs from this config's
+            (default: refuse them, naming what changed; see :mod:`deftx.train.identity`).
+    """
     start = time.perf_counter()
     ws = Workspace.open(config, log)
+    ws.overwrite = overwrite
     store = None
     if config.step_store:
-        from deftx.eval.ablation import LinkedStepStore
-
         ws.step_store = store = LinkedStepStore(Path(config.step_store))
     ledger = ws.results_dir / "invocations.jsonl"
     ws.earlier_seconds = sum(record["seconds"] for record in read_ledger(ledger))

@@ -2,6 +2,8 @@
 
 from deftx.sft.apply import (
     AppliedDiffs,
+    InexactRevertWarning,
+    RevertReport,
     RoundingLossError,
     RoundingLossWarning,
     applied,
@@ -15,7 +17,9 @@ from deftx.sft.format import SparseDiffFormatError
 
 __all__ = [
     "AppliedDiffs",
+    "InexactRevertWarning",
     "ParamInfo",
+    "RevertReport",
     "RoundingLossError",
     "RoundingLossWarning",
     "SparseDiff",

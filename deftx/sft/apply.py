@@ -11,7 +11,10 @@ is saved before it, and revert writes it back in the reverse order (the sparse e
 then the dense tensors), so the original bits come back whatever the diffs touch. Diffs
 applied to one model form a stack: revert the latest first. Applies and reverts on one
 model are serialised by a per-model lock, so threads sharing a model cannot interleave
-their writes.
+their writes. A diff is found on the stack by content (:attr:`SparseDiff.content_hash`), so
+the same file loaded again reverts exactly too. A model the diff was merged into elsewhere
+(saved, then loaded) has no saved originals: ``revert(model, exact=False)`` subtracts the
+diff instead and says it is inexact (:class:`InexactRevertWarning`, :class:`RevertReport`).
 
 An entry whose change rounds away in the parameter's dtype (a small fp32 difference added
 onto a bf16 or fp16 weight) is lost: it is counted before anything is written, reported in
@@ -27,7 +30,7 @@ import warnings
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -322,6 +325,13 @@ class AppliedDiffs:
         self._dense_saved = dense_saved
         self.rounding_loss = rounding_loss
         self.reverted = False
+        self._content_hashes: frozenset[str] | None = None
+
+    def content_hashes(self) -> frozenset[str]:
+        """The :attr:`~deftx.sft.SparseDiff.content_hash` of each diff (computed once, on first use)."""
+        if self._content_hashes is None:
+            self._content_hashes = frozenset(diff.content_hash for diff in self.diffs)
+        return self._content_hashes
 
     @property
     def lost_entries(self) -> int:
@@ -469,12 +479,161 @@ def applied(model: torch.nn.Module) -> list[AppliedDiffs]:
         return list(_APPLIED.get(model, []))
 
 
-def revert_diff(model: torch.nn.Module, diff: SparseDiff) -> None:
-    """Revert the latest application of ``diff`` on ``model`` (it must be on top of the stack)."""
+class InexactRevertWarning(UserWarning):
+    """A diff was reverted by subtraction (its originals were not saved): the weights may differ from the base."""
+
+
+@dataclass(frozen=True)
+class RevertReport:
+    """How a :meth:`SparseDiff.revert <deftx.sft.SparseDiff.revert>` went.
+
+    Attributes:
+        exact: True when the saved originals were written back (bit-exact).
+        entries: sparse entries reverted.
+        mismatched: entries that differ from the original after an inexact revert (0 when
+            exact; None when the original is unknown).
+        dense_kept: dense tensors of the diff an inexact revert could not undo (no original given).
+    """
+
+    exact: bool
+    entries: int
+    mismatched: int | None = 0
+    dense_kept: tuple[str, ...] = ()
+
+
+def _holds(handle: AppliedDiffs, diff: SparseDiff, content: Callable[[], str]) -> bool:
+    return any(d is diff for d in handle.diffs) or content() in handle.content_hashes()
+
+
+def applied_handle(model: torch.nn.Module, diff: SparseDiff) -> AppliedDiffs | None:
+    """The latest handle on ``model`` holding ``diff``: the object itself, or a diff with the same content."""
+    content_hash: list[str] = []
+
+    def content() -> str:
+        if not content_hash:
+            content_hash.append(diff.content_hash)
+        return content_hash[0]
+
     with model_lock(model):
-        stack = _APPLIED.get(model, [])
-        for handle in reversed(stack):
-            if any(d is diff for d in handle.diffs):
-                handle.revert()
-                return
-    raise RuntimeError("this SparseDiff is not applied to this model")
+        for handle in reversed(_APPLIED.get(model, [])):
+            if _holds(handle, diff, content):
+                return handle
+    return None
+
+
+def _original_values(original: torch.nn.Module | Mapping[str, torch.Tensor], model_name: str,
+                     diff_name: str) -> torch.Tensor:
+    tensors = dict(original.named_parameters()) if isinstance(original, torch.nn.Module) else original
+    for name in (model_name, diff_name):
+        if name in tensors:
+            return tensors[name].detach()
+    raise KeyError(f"revert: the original has no parameter {model_name!r} (or {diff_name!r})")
+
+
+def _bits_differ(a: torch.Tensor, b: torch.Tensor) -> int:
+    """Entries whose bits differ (so NaN payloads and signed zeros count)."""
+    if a.dtype != b.dtype:
+        return int((a.float() != b.float()).sum())
+    return int((a.contiguous().view(torch.uint8).reshape(a.numel(), -1)
+                != b.contiguous().view(torch.uint8).reshape(b.numel(), -1)).any(dim=1).sum())
+
+
+def count_mismatches(
+    plan: ApplyPlan,
+    targets: Sequence[torch.Tensor],
+    indices: Sequence[torch.Tensor],
+    original: torch.nn.Module | Mapping[str, torch.Tensor],
+) -> int:
+    """Entries of one diff's sparse ``targets`` (at its ``indices``) whose bits differ from ``original``'s."""
+    diff_names = {model_name: diff_name for diff_name, model_name in plan.entries[0].items()}
+    count = 0
+    for model_name, target, idx in zip(plan.sparse, targets, indices, strict=True):
+        reference = _original_values(original, model_name, diff_names[model_name]).to(target.device)
+        count += _bits_differ(target.reshape(-1)[idx], reference.reshape(-1)[idx])
+    return count
+
+
+def subtract_diff(
+    model: torch.nn.Module,
+    diff: SparseDiff,
+    scale: float = 1.0,
+    original: torch.nn.Module | Mapping[str, torch.Tensor] | None = None,
+    *,
+    strict_dtype: bool = True,
+    check_base: bool = True,
+    backend: str | None = None,
+) -> RevertReport:
+    """Revert ``diff`` merged into ``model`` with ``scale`` by subtracting it: ``w = cast(f32(w) − f32(scale)·v)``.
+
+    Not exact in general ((w + d) − d ≠ w in floating point): warns with an
+    :class:`InexactRevertWarning`. With ``original`` (the base model, or its state dict), the
+    diff's dense tensors are restored from it and the sparse entries that still differ from it
+    are counted; without it, dense tensors keep the diff's values (named in the warning).
+    """
+    (scale,) = check_scales([scale], 1, "revert")
+    with model_lock(model):
+        params = dict(model.named_parameters())
+        resolved = check_compatible(model, params, [diff], strict_dtype, check_base)
+        plan = plan_application([diff], resolved)
+        targets = [params[n].detach() for n in plan.sparse]
+        indices, values = entries_per_target([diff], plan, targets)
+        with torch.no_grad():
+            scatter_add_(targets, indices, values, [-scale], backend=backend)
+            if original is not None:
+                for target_name, (_, name) in plan.dense.items():
+                    params[target_name].detach().copy_(_original_values(original, target_name, name))
+        mismatched = None if original is None else count_mismatches(plan, targets, indices[0], original)
+    dense_kept = () if original is not None else tuple(sorted(plan.dense))
+    report = RevertReport(exact=False, entries=diff.nnz, mismatched=mismatched, dense_kept=dense_kept)
+    warnings.warn(inexact_message(diff, report), InexactRevertWarning, stacklevel=3)
+    return report
+
+
+def inexact_message(diff: SparseDiff, report: RevertReport) -> str:
+    """The warning of an inexact revert: what was done and what may differ."""
+    if report.mismatched is None:
+        counted = "the original is unknown, so the entries that differ from it cannot be counted (pass original=)"
+    else:
+        counted = f"{report.mismatched} of {report.entries} entries differ from the original"
+    kept = (f"; dense tensors {list(report.dense_kept)} keep the diff's values (their originals are unknown)"
+            if report.dense_kept else "")
+    return (f"SparseDiff ({diff.method}, {diff.nnz} entries) reverted by subtraction, not bit-exactly: {counted}"
+            f"{kept}. An exact revert needs the apply's saved originals (the same process)")
+
+
+def revert_diff(
+    model: torch.nn.Module,
+    diff: SparseDiff,
+    *,
+    exact: bool = True,
+    scale: float = 1.0,
+    original: torch.nn.Module | Mapping[str, torch.Tensor] | None = None,
+    **options: Any,
+) -> RevertReport:
+    """Revert ``diff`` on ``model``: exactly when it is applied there, else (``exact=False``) by subtraction.
+
+    The latest application holding ``diff`` — the same object, or any diff with the same
+    :attr:`~deftx.sft.SparseDiff.content_hash` (the same file loaded again) — is reverted
+    bit-exactly from its saved originals; it must be the latest application on the model
+    (reverts go in reverse order), and every diff applied with it in one call is reverted too.
+    When the model holds no such application (the diff was merged into a model saved and
+    loaded elsewhere), ``exact=True`` raises, and ``exact=False`` subtracts ``scale`` times
+    the diff (:func:`subtract_diff`, with ``original`` and ``options``), warning that it is
+    inexact.
+
+    Raises:
+        RuntimeError: no application of the diff to revert exactly (``exact=True``), or it is
+            not the latest application.
+    """
+    with model_lock(model):
+        handle = applied_handle(model, diff)
+        if handle is not None:
+            handle.revert()
+            return RevertReport(exact=True, entries=sum(d.nnz for d in handle.diffs))
+        if exact:
+            raise RuntimeError(
+                f"this SparseDiff (content {diff.content_hash[:12]}) is not applied to this model in this process, "
+                "so no original values are saved to revert it exactly. For a model it was merged into and saved, "
+                "revert(model, exact=False) subtracts it (inexact; pass original= to count the entries that differ)"
+            )
+        return subtract_diff(model, diff, scale, original, **options)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterable, Mapping
@@ -28,7 +29,13 @@ from deftx.sft.format import (
 )
 
 if TYPE_CHECKING:
-    from deftx.sft.apply import AppliedDiffs
+    from deftx.sft.apply import AppliedDiffs, RevertReport
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> bytes:
+    """The bytes of ``tensor``'s entries in order (any dtype or device)."""
+    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    return flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b""
 
 
 class SparseDiff:
@@ -116,6 +123,24 @@ class SparseDiff:
             check_finite(val, f"SparseDiff values[{name!r}]")
         for name, tensor in self.dense.items():
             check_finite(tensor, f"SparseDiff dense[{name!r}]")
+
+    @property
+    def content_hash(self) -> str:
+        """SHA-256 (hex) of what the diff changes: every sparse parameter's name, shape, dtype, indices and
+        values, and every dense tensor. Equal for a diff and the same diff saved and loaded again (the
+        metadata — method, K, settings, info — is not part of it)."""
+        digest = hashlib.sha256()
+        for name in sorted(self.indices):
+            info = self.params[name]
+            digest.update(json.dumps(["sparse", name, list(info.shape), dtype_name(info.dtype)]).encode())
+            digest.update(_tensor_bytes(self.indices[name].to(torch.int64)))
+            digest.update(json.dumps(["values", str(self.values[name].dtype)]).encode())
+            digest.update(_tensor_bytes(self.values[name]))
+        for name in sorted(self.dense):
+            tensor = self.dense[name]
+            digest.update(json.dumps(["dense", name, list(tensor.shape), str(tensor.dtype)]).encode())
+            digest.update(_tensor_bytes(tensor))
+        return digest.hexdigest()
 
     def delta(self, name: str) -> torch.Tensor:
         """The dense fp32 difference of parameter ``name`` (zeros off the support)."""
@@ -232,11 +257,26 @@ class SparseDiff:
 
         return apply_diffs(model, [self], [scale], **options)
 
-    def revert(self, model: torch.nn.Module) -> None:
-        """Undo the latest :meth:`apply` of this diff on ``model``, bit-exactly."""
+    def revert(
+        self,
+        model: torch.nn.Module,
+        *,
+        exact: bool = True,
+        scale: float = 1.0,
+        original: torch.nn.Module | Mapping[str, torch.Tensor] | None = None,
+        **options: Any,
+    ) -> RevertReport:
+        """Undo this diff on ``model``; see :func:`deftx.sft.apply.revert_diff`.
+
+        The diff is found among those applied to the model by content (:attr:`content_hash`),
+        so the same file loaded again reverts too, bit-exactly. ``exact=False`` also accepts
+        a model the diff was merged into elsewhere (saved and loaded, say): it subtracts
+        ``scale`` times the diff and warns that this is inexact, counting the entries that
+        differ from ``original`` (the base model or its state dict) when it is given.
+        """
         from deftx.sft.apply import revert_diff
 
-        revert_diff(model, self)
+        return revert_diff(model, self, exact=exact, scale=scale, original=original, **options)
 
     def save_pretrained(self, folder: str | os.PathLike, **options: Any) -> Path:
         """Write a Hub-style folder (safetensors, sft_config.json, model card); see :mod:`deftx.sft.hub`."""

@@ -2,15 +2,19 @@
 
 A run's work directory holds, in the order they appear:
 
-* ``theta0.safetensors`` — θ0 of every trained parameter (written before phase 1);
+* ``identity.json`` — what phase 1 depends on (:mod:`deftx.train.identity`), written first;
 * ``phase1/checkpoint-*`` — the Trainer's own checkpoints during phase 1;
-* ``theta1.safetensors`` — θ1 (phase 1 done);
-* ``<branch>/mask.safetensors`` and ``<branch>/selection.json`` — the K selected
-  indices of a branch (``lt-sft``, ``deft-x``, ...) and its report;
+* ``theta1.safetensors`` — θ1 (phase 1 done), kept until every branch is done (or on request);
+* ``<branch>/identity.json`` — what the branch (``lt-sft``, ``deft-x``, ...) depends on;
+* ``<branch>/mask.safetensors`` and ``<branch>/selection.json`` — the K selected indices of
+  the branch (kept until its SFT is written) and its report;
 * ``<branch>/phase3/checkpoint-*`` — Trainer checkpoints of sparse retraining,
   including the :class:`~deftx.train.retrain.MaskedAdamW` state;
 * ``<branch>/sft.safetensors`` — the finished :class:`deftx.sft.SparseDiff`;
 * ``log.jsonl`` — one line per logged loss, tagged with its phase.
+
+θ0 is never copied: it is the model the run is given, identified by a digest in
+``identity.json``. A finished run keeps its identities, logs, selection reports and SFTs.
 
 Every file is written to a unique temporary name and renamed (:mod:`deftx.files`), so a
 file that exists is complete and concurrent writers never share a temporary. A Trainer
@@ -58,6 +62,20 @@ def save_json(path: Path, payload: Any) -> None:
 def load_json(path: Path) -> Any:
     """Read a JSON file written by :func:`save_json`."""
     return json.loads(path.read_text())
+
+
+def folder_bytes(folder: Path) -> int:
+    """Bytes of the files under ``folder``, each file (inode) counted once; 0 if it does not exist."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for path in folder.rglob("*") if folder.is_dir() else ():
+        if path.is_symlink() or not path.is_file():
+            continue
+        stat = path.stat()
+        if (stat.st_dev, stat.st_ino) not in seen:
+            seen.add((stat.st_dev, stat.st_ino))
+            total += stat.st_size
+    return total
 
 
 def checkpoint_step(entry: Path) -> int | None:
@@ -124,3 +142,53 @@ def trim_log(path: Path, phase: str, last_step: int) -> None:
     kept = [line for line in lines if _kept(line, phase, last_step)]
     if kept != lines:
         atomic_write_bytes(path, "".join(line + "\n" for line in kept).encode())
+
+
+ROWS_PREFIX = "rows/"
+VALUES_PREFIX = "values/"
+
+
+def as_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """A view of ``tensor`` as rows: (first dimension, the rest); a 1-D tensor's entries, a scalar one row."""
+    rows = tensor.shape[0] if tensor.dim() else 1
+    return tensor.view(rows, -1)
+
+
+def changed_rows(base: torch.Tensor, tuned: torch.Tensor) -> torch.Tensor:
+    """Indices (int64) of the rows (see :func:`as_rows`) whose bits differ between two tensors."""
+    before = as_rows(base.detach().contiguous()).view(torch.uint8)
+    after = as_rows(tuned.detach().contiguous()).view(torch.uint8)
+    return (before != after).any(dim=1).nonzero().flatten()
+
+
+def save_changed_rows(path: Path, base: Mapping[str, torch.Tensor], tuned: Mapping[str, torch.Tensor]) -> None:
+    """Write the rows of each ``tuned`` tensor whose bits differ from ``base``, atomically.
+
+    A full fine-tuning touches only the embedding rows of tokens it saw (Adam leaves rows with
+    zero gradient unchanged unless weight decay is on): the file keeps those rows, not the model.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    for name, value in tuned.items():
+        rows = changed_rows(base[name], value)
+        if rows.numel():
+            tensors[ROWS_PREFIX + name] = rows
+            tensors[VALUES_PREFIX + name] = as_rows(value.detach().contiguous())[rows.to(value.device)]
+    save_tensors(path, tensors)
+
+
+@torch.no_grad()
+def load_changed_rows_(params: Mapping[str, torch.Tensor], path: Path) -> None:
+    """Write the rows saved by :func:`save_changed_rows` into ``params`` (at the base they were saved against).
+
+    Raises:
+        KeyError: the file names a tensor ``params`` lacks.
+    """
+    stored = load_tensors(path)
+    for key, rows in stored.items():
+        if not key.startswith(ROWS_PREFIX):
+            continue
+        name = key.removeprefix(ROWS_PREFIX)
+        if name not in params:
+            raise KeyError(f"{path}: the model has no parameter {name!r}")
+        target = params[name]
+        as_rows(target)[rows.to(target.device)] = stored[VALUES_PREFIX + name].to(target.device, target.dtype)

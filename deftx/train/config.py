@@ -61,6 +61,17 @@ class PhaseConfig:
         if not (is_number(self.l1) and self.l1 >= 0):
             raise ValueError(f"PhaseConfig: l1 must be a finite number >= 0, got {short_repr(self.l1)}")
 
+    @classmethod
+    def from_training_arguments(cls, args: Any, l1: float = 0.0) -> PhaseConfig:
+        """The phase your ``TrainingArguments`` describe: their ``max_steps`` (when > 0) or
+        ``num_train_epochs``, and their ``learning_rate``; ``l1`` as given.
+
+        Use it as ``SparseFineTuningConfig.full`` to run phase 1 with your own length and rate.
+        """
+        if args.max_steps is not None and args.max_steps > 0:
+            return cls(steps=int(args.max_steps), learning_rate=float(args.learning_rate), l1=l1)
+        return cls(epochs=float(args.num_train_epochs), learning_rate=float(args.learning_rate), l1=l1)
+
 
 @dataclass
 class DenoiseConfig:

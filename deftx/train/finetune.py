@@ -5,7 +5,9 @@ collator, callbacks and checkpointing); this module only adds what the method ne
 top of it:
 
 * :func:`phase_arguments` sets the phase's length, learning rate and checkpoint folder on
-  the trainer's ``TrainingArguments`` for the duration of the phase;
+  the trainer's ``TrainingArguments`` for the duration of the phase, and
+  :func:`fresh_phase_optimizer` has the Trainer build a new optimizer for it (your
+  ``TrainingArguments.optim`` or ``optimizer_cls_and_kwargs``, at the phase's learning rate);
 * :class:`L1Pull` adds the gradient of ``l1 * Σ|θ − θ0| / N`` to every eligible
   parameter (see :mod:`deftx.train.config` for the normalisation), from a
   post-accumulate-grad hook so it is in the gradient before clipping, like the
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -32,9 +36,22 @@ def l1_gradient_scale(l1: float, model: nn.Module) -> float:
     return l1 / total if total else 0.0
 
 
+def phase_settings(phase: PhaseConfig, output_dir: str | Path) -> dict[str, Any]:
+    """The ``TrainingArguments`` values a phase runs with: its length, learning rate and checkpoint folder.
+
+    A phase of ``steps`` sets ``max_steps``; one of ``epochs`` sets ``num_train_epochs`` and
+    ``max_steps = -1`` (so the epochs count).
+    """
+    if phase.steps is not None:
+        length: dict[str, Any] = {"max_steps": int(phase.steps)}
+    else:
+        length = {"max_steps": -1, "num_train_epochs": float(phase.epochs)}
+    return {**length, "learning_rate": float(phase.learning_rate), "output_dir": str(output_dir)}
+
+
 @contextlib.contextmanager
-def phase_arguments(trainer, phase: PhaseConfig, output_dir: str) -> Iterator[None]:
-    """Temporarily give ``trainer.args`` the phase's length, learning rate and folder.
+def phase_arguments(trainer, phase: PhaseConfig, output_dir: str | Path) -> Iterator[None]:
+    """Temporarily give ``trainer.args`` the phase's :func:`phase_settings`.
 
     The previous values are restored on exit, so the user's ``TrainingArguments`` keep
     every other setting (batch size, scheduler, warm-up, logging, save strategy, ...).
@@ -42,17 +59,33 @@ def phase_arguments(trainer, phase: PhaseConfig, output_dir: str) -> Iterator[No
     args = trainer.args
     saved = {name: getattr(args, name) for name in _PHASE_ARGUMENTS}
     try:
-        if phase.steps is not None:
-            args.max_steps = int(phase.steps)
-        else:
-            args.max_steps = -1
-            args.num_train_epochs = float(phase.epochs)
-        args.learning_rate = float(phase.learning_rate)
-        args.output_dir = str(output_dir)
+        for name, value in phase_settings(phase, output_dir).items():
+            setattr(args, name, value)
         yield
     finally:
         for name, value in saved.items():
             setattr(args, name, value)
+
+
+@contextlib.contextmanager
+def fresh_phase_optimizer(trainer, phase: PhaseConfig) -> Iterator[None]:
+    """Let the Trainer build a new optimizer and scheduler for the phase, at the phase's learning rate.
+
+    ``trainer.optimizer`` and ``trainer.lr_scheduler`` are cleared first (an optimizer left
+    by an earlier ``train()`` would carry its state and schedule into the phase). A Trainer
+    built with ``optimizer_cls_and_kwargs`` builds that class, with ``lr`` set to the phase's
+    learning rate for the phase (the kwargs are restored on exit).
+    """
+    trainer.optimizer, trainer.lr_scheduler = None, None
+    chosen = getattr(trainer, "optimizer_cls_and_kwargs", None)
+    if chosen is not None:
+        cls, kwargs = chosen
+        trainer.optimizer_cls_and_kwargs = (cls, {**kwargs, "lr": float(phase.learning_rate)})
+    try:
+        yield
+    finally:
+        if chosen is not None:
+            trainer.optimizer_cls_and_kwargs = chosen
 
 
 class L1Pull:
@@ -129,5 +162,6 @@ def run_full_finetuning(
     """
     scale = l1_gradient_scale(phase.l1, trainer.model)
     accumulation = trainer.args.gradient_accumulation_steps
-    with phase_arguments(trainer, phase, output_dir), L1Pull(trainer.model, theta0, scale, accumulation):
+    with (phase_arguments(trainer, phase, output_dir), fresh_phase_optimizer(trainer, phase),
+          L1Pull(trainer.model, theta0, scale, accumulation)):
         return trainer.train(resume_from_checkpoint=resume_from_checkpoint)

@@ -24,7 +24,8 @@ from transformers import Trainer, TrainerCallback
 
 from deftx.models.mlm import MLMCollator, build_mlm_model, chunk_token_ids, warm_up_mlm_head
 from deftx.train.config import SparseFineTuningConfig, is_number, short_repr
-from deftx.train.sparse_finetuner import SparseFineTuner, SparseFineTuningResult
+from deftx.train.sparse_finetuner import SparseFineTuner
+from deftx.train.store import StepStore
 from deftx.train.trainer_args import TrainingSettings, training_arguments
 
 
@@ -161,7 +162,7 @@ def mlm_examples(tokenizer, texts: Sequence[str], seq_len: int) -> list[dict[str
     return [{"input_ids": ids} for ids in sequences]
 
 
-def train_language_sft(
+def language_sft_tuner(
     model_dir: str | Path,
     tokenizer,
     texts: Sequence[str],
@@ -172,19 +173,23 @@ def train_language_sft(
     settings: TrainingSettings,
     real_vocab_size: int | None = None,
     base_model: str | None = None,
-) -> SparseFineTuningResult:
-    """Train (or resume) a language SFT on ``texts``, one branch per ``config.selections``.
+    overwrite: bool = False,
+    store: StepStore | None = None,
+) -> SparseFineTuner:
+    """The tuner of a language SFT on ``texts`` (one branch per ``config.selections``): ``.fit()`` trains or resumes it.
 
     Args:
         model_dir: ``save_pretrained`` folder of the base encoder.
         tokenizer: its tokenizer.
         texts: unlabelled sentences of the language (never a test split's text).
         config: phases, K, eligible groups, branches (see :func:`~deftx.train.config.language_sft_config`).
-        work_dir: the run folder (resumable).
+        work_dir: the run folder (resumable; see :class:`~deftx.train.sparse_finetuner.SparseFineTuner`).
         head_file: the warmed-up MLM head (:func:`warm_up_head`).
         settings: batch size, sequence length, seed, checkpoint interval.
         real_vocab_size: ids the tokenizer really produces (MLM replacement draws).
         base_model: identifier stored in the SFTs.
+        overwrite: discard results of ``work_dir`` whose identity differs instead of refusing them.
+        store: finished steps to link from, and to publish to.
     """
     model = build_mlm_model(model_dir, head_state=head_file)
     collator = BatchSeededCollator(
@@ -197,5 +202,5 @@ def train_language_sft(
         data_collator=collator,
         callbacks=[CountResumedBatches(collator)],
     )
-    tuner = SparseFineTuner(trainer, config, work_dir, base_model=base_model, progress=settings.progress)
-    return tuner.fit()
+    return SparseFineTuner(trainer, config, work_dir, base_model=base_model, progress=settings.progress,
+                           overwrite=overwrite, store=store, label="language sft", warn_overrides=False)

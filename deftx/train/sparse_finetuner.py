@@ -6,7 +6,7 @@ breaks as soon as a user has their own Trainer subclass or a newer transformers 
 a private method). It uses only the Trainer's public surface:
 
 * phase 1 is ``trainer.train()`` with your model, ``TrainingArguments``, data collator,
-  callbacks and optimizer, for the phase's length and learning rate (set on
+  callbacks and optimizer choice, for the phase's length and learning rate (set on
   ``trainer.args`` for the duration of the phase), plus a gradient hook for the L1 pull;
 * phase 2 (selection) needs no Trainer at all: scores -> global top-K;
 * phase 3 is ``trainer.train()`` again after resetting the weights to θ0, with
@@ -15,7 +15,11 @@ a private method). It uses only the Trainer's public surface:
   logging and checkpointing all work unchanged) and a hook that keeps only the
   selected gradient entries.
 
-So a user keeps everything they have and adds two lines::
+What it does to your Trainer — the fields each phase sets (with one warning naming those
+that differ from yours), the optimizer rule, the state after ``fit()`` — is the contract
+of :mod:`deftx.train.trainer_contract`. So a user keeps everything they have and adds::
+
+    from deftx import SparseFineTuner, task_sft_config
 
     trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=collator)
     result = SparseFineTuner(trainer, task_sft_config(), work_dir="runs/task").fit()
@@ -25,20 +29,34 @@ Phase 1 runs once; each entry of ``config.selections`` (e.g. LT-SFT's raw ``|Δ|
 DeFT-X's denoised scores) is a branch that selects its own mask from the same θ1 and
 retrains from θ0 — a paired comparison that differs only in the mask.
 
-Every phase boundary is persisted under ``work_dir`` (see :mod:`deftx.train.checkpoint`)
-and the Trainer's own checkpoints are kept per phase, so ``fit()`` on a killed run
-resumes in the phase (and, with ``save_steps``, at the step) where it stopped, and gives
-the same SFTs bit for bit: each phase draws from global generators seeded with the run's
-seed (``trainer.args.seed``) and the phase (:mod:`deftx.train.seeding`; every branch's
-sparse phase gets the same stream, so branches differ only in their masks), or from the
-RNG state of the checkpoint it resumes from.
+**Run identity.** Before anything runs, ``fit()`` records what phase 1 and each branch
+depend on (:mod:`deftx.train.identity`: a digest of the model's weights — θ0 —, of the
+data, the seed and the other result-changing ``TrainingArguments``, the phases, K, the
+selection, the eligible parameters, deftx's format) in ``work_dir``. A second ``fit()``
+with the same identity resumes (or returns the finished SFTs); one with another identity
+is refused with :class:`~deftx.train.identity.IdentityMismatchError` naming each change,
+unless ``overwrite=True``, which discards only the steps that changed.
+
+**Resume and disk.** Every phase boundary is persisted under ``work_dir`` (see
+:mod:`deftx.train.checkpoint`) and the Trainer's checkpoints are kept per phase, so
+``fit()`` on a killed run resumes in the phase (and, with ``save_steps``, at the step)
+where it stopped, and gives the same SFTs bit for bit: each phase draws from global
+generators seeded with the run's seed (``trainer.args.seed``) and the phase
+(:mod:`deftx.train.seeding`; every branch's sparse phase gets the same stream, so branches
+differ only in their masks), or from the RNG state of the checkpoint it resumes from. A
+run keeps what resuming needs and no more: θ0 is the model itself (never copied), θ1 only
+until every branch is done (``keep_theta1=True`` keeps it, e.g. to add a branch later
+without retraining phase 1), a mask only until its SFT is written, a phase's checkpoints
+only while it runs; :attr:`SparseFineTuningResult.kept_bytes` reports what stays.
 """
 
 from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,11 +66,13 @@ from torch import nn
 from transformers import TrainerCallback
 
 from deftx.sft import SparseDiff, base_model_id
+from deftx.sft.format import FORMAT_VERSION as SFT_FORMAT_VERSION
 from deftx.train.architecture import describe_model
 from deftx.train.checkpoint import (
     append_log,
     checkpoint_step,
     discard_incomplete_checkpoints,
+    folder_bytes,
     last_checkpoint,
     load_json,
     load_tensors,
@@ -63,6 +83,17 @@ from deftx.train.checkpoint import (
 from deftx.train.config import DenoiseConfig, SparseFineTuningConfig, resolve_k, to_plain
 from deftx.train.denoise import selection_scores
 from deftx.train.finetune import run_full_finetuning
+from deftx.train.identity import (
+    IDENTITY_FILE,
+    RUN_FORMAT,
+    IdentityMismatchError,
+    claim,
+    digest,
+    model_digest,
+    remove_outputs,
+    stale_results,
+)
+from deftx.train.identity import data_digest as digest_data
 from deftx.train.params import (
     body_prefix,
     canonical_names,
@@ -74,6 +105,39 @@ from deftx.train.params import (
 from deftx.train.retrain import run_sparse_retraining
 from deftx.train.seeding import phase_seed, seeded_rng
 from deftx.train.select import group_share_report, mask_overlap, select_top_k
+from deftx.train.store import StepStore
+from deftx.train.trainer_args import result_arguments
+from deftx.train.trainer_contract import (
+    TrainerOverrideWarning,
+    override_message,
+    refuse_optimizer_instances,
+    trainer_restored,
+)
+
+THETA1 = "theta1.safetensors"
+PHASE1_FOLDER = "phase1"
+LOG = "log.jsonl"
+MASK = "mask.safetensors"
+SELECTION = "selection.json"
+SFT = "sft.safetensors"
+PHASE3_FOLDER = "phase3"
+BRANCH_OUTPUTS = (MASK, SELECTION, PHASE3_FOLDER, SFT)
+BRANCH_FILES = (SELECTION, SFT)
+"""What a finished branch keeps (and what a step store shares)."""
+LEGACY_OUTPUTS = ("theta0.safetensors",)
+"""Files of work directories written before run identities (format 1)."""
+CHANGE_NOTES = {
+    "theta0": "the model's weights differ: it is not the base this run started from",
+    "data.train": "other training examples",
+    "data.eval": "other evaluation examples",
+}
+"""What a change of an identity field means, added to the line naming it."""
+
+
+def explained(line: str) -> str:
+    """A change line (``"field: old -> new"``) with what the field's change means, where that needs saying."""
+    field_name = line.split(":", 1)[0]
+    return f"{line} ({CHANGE_NOTES[field_name]})" if field_name in CHANGE_NOTES else line
 
 
 class PhaseLogger(TrainerCallback):
@@ -137,12 +201,57 @@ class SparseFineTuningResult:
         selections: branch name -> selection report (K, per-group shares, denoised ranks).
         overlap: per-group overlap of each later branch's mask with the first branch's.
         seconds: phase name -> wall seconds spent in this call (0 for resumed-past phases).
+        kept_bytes: bytes the run keeps in its work directory after the call (each file once).
     """
 
     diffs: dict[str, SparseDiff]
     selections: dict[str, dict[str, Any]]
     overlap: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    kept_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """What a run's results depend on: phase 1's identity and each branch's (see :mod:`deftx.train.identity`)."""
+
+    phase1: dict[str, Any]
+    branches: dict[str, dict[str, Any]]
+
+
+def callable_name(value: Any) -> str | None:
+    """``module.QualifiedName`` of a function, or of an object's class; None for None."""
+    if value is None:
+        return None
+    target = value if callable(value) and hasattr(value, "__qualname__") else type(value)
+    return f"{target.__module__}.{target.__qualname__}"
+
+
+def data_identity(trainer, train_digest: str | None = None) -> dict[str, Any]:
+    """Digests of the Trainer's training data (``train_digest`` when given) and evaluation data, if any."""
+    data: dict[str, Any] = {"train": train_digest or digest_data(trainer.train_dataset)}
+    evaluation = trainer.eval_dataset
+    if isinstance(evaluation, Mapping):
+        data["eval"] = {name: digest_data(subset) for name, subset in evaluation.items()}
+    elif evaluation is not None:
+        data["eval"] = digest_data(evaluation)
+    return data
+
+
+def trainer_identity(trainer, data_digest: str | None = None) -> dict[str, Any]:
+    """What any training run on ``trainer`` depends on: deftx's formats, the model's weights (its θ0,
+    digested), the seed, the data, the Trainer and collator classes, the result-changing arguments."""
+    training = result_arguments(trainer.args)
+    seed = training.pop("seed")
+    return {
+        "format": {"run": RUN_FORMAT, "sft": SFT_FORMAT_VERSION},
+        "theta0": model_digest(trainer.model),
+        "seed": seed,
+        "data": data_identity(trainer, data_digest),
+        "trainer": callable_name(trainer),
+        "collator": callable_name(trainer.data_collator),
+        "training": training,
+    }
 
 
 class SparseFineTuner:
@@ -151,8 +260,10 @@ class SparseFineTuner:
     Args:
         trainer: a ``transformers.Trainer`` (any subclass) whose model is at θ0 (for a
             task SFT: the base model with the source language's SFT already applied).
+            It must hold no optimizer instance (see :mod:`deftx.train.trainer_contract`).
         config: the phases, K, eligible groups and selection branches.
-        work_dir: where phase outputs and the Trainer's per-phase checkpoints go.
+        work_dir: where the run's identity, phase outputs and the Trainer's per-phase
+            checkpoints go.
         eligible_names: override the eligible parameters (default: the parameters of
             ``config.eligible``'s groups, see :mod:`deftx.train.params`).
         dense_names: override the densely trained parameters (default: the head, when
@@ -162,6 +273,19 @@ class SparseFineTuner:
         progress: tqdm bars for scoring (the Trainer shows its own for training).
         keep_checkpoints: keep a phase's Trainer checkpoints after the phase finished
             (they are only needed to resume inside the phase; a model-sized folder each).
+        keep_theta1: keep θ1 once every branch is done (a model-sized file; lets a branch
+            added later skip phase 1).
+        overwrite: discard the results of ``work_dir`` whose identity differs from this
+            run's instead of refusing them (only the steps that changed are discarded).
+        store: a :class:`~deftx.train.store.StepStore` to link equal finished steps from and
+            to publish this run's finished steps to.
+        data_digest: a digest of the training data, for data sets that cannot be read by
+            index (default: computed from ``trainer.train_dataset``).
+        label: how the run's steps are named in its identity and a store's counts
+            (e.g. ``"language sft"``).
+        warn_overrides: warn about the ``TrainingArguments`` fields the phases set where they
+            differ from the Trainer's (off for runs that build their own arguments from a
+            config that refuses those fields, like deftx's pipeline).
 
     The model's ``requires_grad`` flags are set for the run (eligible + dense trainable,
     everything else frozen) and restored afterwards; the model is left at θ0.
@@ -179,9 +303,22 @@ class SparseFineTuner:
         backend: str | None = None,
         progress: bool = True,
         keep_checkpoints: bool = False,
+        keep_theta1: bool = False,
+        overwrite: bool = False,
+        store: StepStore | None = None,
+        data_digest: str | None = None,
+        label: str = "sparse fine-tuning",
+        warn_overrides: bool = True,
     ) -> None:
+        refuse_optimizer_instances(trainer)
+        self.warn_overrides = warn_overrides
         self.trainer = trainer
         self.keep_checkpoints = keep_checkpoints
+        self.keep_theta1 = keep_theta1
+        self.overwrite = overwrite
+        self.store = store
+        self.data_digest = data_digest
+        self.label = label
         self.config = config
         self.work_dir = Path(work_dir)
         model: nn.Module = trainer.model
@@ -212,53 +349,89 @@ class SparseFineTuner:
     def _path(self, *parts: str) -> Path:
         return self.work_dir.joinpath(*parts)
 
-    def _set_trainable(self) -> dict[str, bool]:
-        trainable = set(self.eligible) | set(self.dense)
-        flags = {}
-        for name, param in self.trainer.model.named_parameters():
-            flags[name] = param.requires_grad
-            param.requires_grad_(name in trainable)
-        return flags
+    def phase1_identity(self) -> dict[str, Any]:
+        """What phase 1 (θ1) depends on; the model must be at θ0 (it is digested)."""
+        return {
+            "step": f"{self.label} phase 1",
+            **trainer_identity(self.trainer, self.data_digest),
+            "eligible": list(self.eligible),
+            "dense": list(self.dense),
+            "full": to_plain(self.config.full),
+        }
 
-    def _restore_trainable(self, flags: dict[str, bool]) -> None:
-        for name, param in self.trainer.model.named_parameters():
-            param.requires_grad_(flags[name])
+    def branch_identity(self, branch: str, denoise: DenoiseConfig | None, phase1: Mapping[str, Any]) -> dict[str, Any]:
+        """What one branch's mask and SFT depend on: phase 1, K, the sparse phase, the selection, what is shipped."""
+        return {
+            "step": f"{self.label} branch",
+            "phase1": digest(dict(phase1)),
+            "branch": branch,
+            "k": self.k,
+            "sparse": to_plain(self.config.sparse),
+            "selection": to_plain(denoise),
+            "ship_head": self.config.ship_head,
+            "base_model": self.base_model,
+        }
+
+    def identity(self) -> RunIdentity:
+        """The run's identity as :meth:`fit` records it (the model must be at θ0)."""
+        phase1 = self.phase1_identity()
+        branches = {b: self.branch_identity(b, d, phase1) for b, d in self.config.selections.items()}
+        return RunIdentity(phase1, branches)
+
+    def _phase1_outputs(self) -> list[str]:
+        """Everything a change of phase 1 invalidates: θ1, its checkpoints, the log, every branch folder."""
+        branches = set(self.config.selections)
+        if self.work_dir.is_dir():
+            branches |= {entry.name for entry in self.work_dir.iterdir() if entry.is_dir() and any(
+                (entry / name).exists() for name in (*BRANCH_OUTPUTS, IDENTITY_FILE))}
+        return [THETA1, *LEGACY_OUTPUTS, PHASE1_FOLDER, LOG, *sorted(branches)]
+
+    def _claim(self, identity: RunIdentity) -> None:
+        """Record the identities, or refuse (naming every change) / discard the stale steps with ``overwrite``."""
+        phase1_changes = stale_results(self.work_dir, identity.phase1, self._phase1_outputs())
+        changes = [f"phase 1: {explained(line)}" for line in phase1_changes]
+        if not phase1_changes:
+            changes += [f"branch {branch}: {line}" for branch, branch_identity in identity.branches.items()
+                        for line in stale_results(self._path(branch), branch_identity, BRANCH_OUTPUTS)]
+        if changes and not self.overwrite:
+            raise IdentityMismatchError(self.work_dir, changes)
+        claim(self.work_dir, identity.phase1, self._phase1_outputs(), overwrite=True)
+        for branch, branch_identity in identity.branches.items():
+            if claim(self._path(branch), branch_identity, BRANCH_OUTPUTS, overwrite=True):
+                trim_log(self._path(LOG), f"sparse:{branch}", 0)
+
+    @contextmanager
+    def _trainable(self) -> Iterator[None]:
+        """Eligible and dense parameters trainable, everything else frozen; the flags restored on exit."""
+        trainable = set(self.eligible) | set(self.dense)
+        params = list(self.trainer.model.named_parameters())
+        flags = {name: param.requires_grad for name, param in params}
+        for name, param in params:
+            param.requires_grad_(name in trainable)
+        try:
+            yield
+        finally:
+            for name, param in params:
+                param.requires_grad_(flags[name])
 
     def _run_phase(self, phase: str, seed_key: str, folder: Path, train: Callable[[str | None], Any]) -> None:
-        run_phase(self.trainer, self._path("log.jsonl"), phase, seed_key, folder, train)
+        run_phase(self.trainer, self._path(LOG), phase, seed_key, folder, train)
 
     def _drop_checkpoints(self, folder: Path) -> None:
         """A finished phase is persisted by its own file: its Trainer checkpoints can go."""
         if not self.keep_checkpoints:
             shutil.rmtree(folder, ignore_errors=True)
 
-    def _theta0(self) -> dict[str, torch.Tensor]:
-        """Snapshot θ0 (or reload it on resume, checking the model is the same base)."""
-        path = self._path("theta0.safetensors")
-        names = [*self.eligible, *self.dense]
-        current = snapshot(self.trainer.model, names)
-        if not path.is_file():
-            save_tensors(path, current)
-            return current
-        device = next(iter(current.values())).device
-        stored = load_tensors(path, device)
-        if set(stored) != set(names):
-            raise ValueError(f"{path} holds other parameters than this run trains (changed config?)")
-        for name in self.eligible:
-            if not torch.equal(stored[name], current[name]):
-                raise ValueError(
-                    f"resuming {self.work_dir}: parameter {name!r} differs from the stored θ0 — "
-                    "the model is not the base this run started from"
-                )
-        load_values_(self.trainer.model, stored)
-        return stored
-
-    def _theta1(self, theta0: dict[str, torch.Tensor], seconds: dict[str, float]) -> dict[str, torch.Tensor]:
-        path = self._path("theta1.safetensors")
-        folder = self._path("phase1")
+    def _theta1(self, phase1: Mapping[str, Any], theta0: dict[str, torch.Tensor],
+                seconds: dict[str, float]) -> dict[str, torch.Tensor]:
+        path = self._path(THETA1)
+        folder = self._path(PHASE1_FOLDER)
+        device = next(iter(theta0.values())).device
+        if not path.is_file() and self.store is not None:
+            self.store.attach(self.work_dir, phase1, [THETA1])
         if path.is_file():
             self._drop_checkpoints(folder)  # a kill may have come between the file and the clean-up
-            return load_tensors(path, next(iter(theta0.values())).device)
+            return load_tensors(path, device)
         start = time.perf_counter()
         eligible0 = {name: theta0[name] for name in self.eligible}
         self._run_phase("full", "full", folder, lambda checkpoint: run_full_finetuning(
@@ -271,12 +444,14 @@ class SparseFineTuner:
                 raise ValueError(f"phase 1 diverged: parameter {name!r} holds {bad} NaN/Inf value(s) after full "
                                  "fine-tuning (lower the learning rate)")
         save_tensors(path, theta1)
+        if self.store is not None:
+            self.store.publish(self.work_dir, phase1, [THETA1])
         self._drop_checkpoints(folder)
         seconds["full"] = time.perf_counter() - start
         return theta1
 
     def _mask(self, branch: str, denoise: DenoiseConfig | None, theta0, theta1) -> dict[str, torch.Tensor]:
-        path = self._path(branch, "mask.safetensors")
+        path = self._path(branch, MASK)
         if path.is_file():
             stored = load_tensors(path)
             return {name: stored[name] for name in self.eligible}
@@ -296,17 +471,20 @@ class SparseFineTuner:
             "denoised": [to_plain(r) for r in records],
             "seconds": time.perf_counter() - start,
         }
-        save_json(self._path(branch, "selection.json"), report)
+        save_json(self._path(branch, SELECTION), report)
         save_tensors(path, indices)
         return indices
 
-    def _branch(self, branch: str, denoise, theta0, theta1, seconds) -> SparseDiff:
-        sft_path = self._path(branch, "sft.safetensors")
-        folder = self._path(branch, "phase3")
+    def _attach_branch(self, branch: str, identity: Mapping[str, Any]) -> bool:
+        """True when the branch's SFT is there (finished here, or linked from the store)."""
+        if self._path(branch, SFT).is_file():
+            return True
+        files = [f"{branch}/{name}" for name in BRANCH_FILES]
+        return self.store is not None and self.store.attach(self.work_dir, identity, files)
+
+    def _branch(self, branch: str, identity: Mapping[str, Any], denoise, theta0, theta1, seconds) -> SparseDiff:
+        folder = self._path(branch, PHASE3_FOLDER)
         indices = self._mask(branch, denoise, theta0, theta1)
-        if sft_path.is_file():
-            self._drop_checkpoints(folder)
-            return SparseDiff.load(sft_path)
         start = time.perf_counter()
         load_values_(self.trainer.model, theta0)
         self._run_phase(f"sparse:{branch}", "sparse", folder, lambda checkpoint: run_sparse_retraining(
@@ -322,36 +500,70 @@ class SparseFineTuner:
             settings={"config": to_plain(self.config), "branch": branch, "eligible": self.num_eligible},
             info=describe_model(self.trainer.model, head=self.config.ship_head),
         )
-        diff.save(sft_path)
-        self._drop_checkpoints(folder)
+        diff.save(self._path(branch, SFT))
+        if self.store is not None:
+            self.store.publish(self.work_dir, identity, [f"{branch}/{name}" for name in BRANCH_FILES])
         seconds[f"sparse:{branch}"] = time.perf_counter() - start
         return diff
+
+    def _tidy(self) -> None:
+        """Remove what no finished step needs: masks of written SFTs, finished phases' checkpoints, θ1."""
+        for branch in self.config.selections:
+            if self._path(branch, SFT).is_file():
+                remove_outputs(self._path(branch), [MASK])
+                self._drop_checkpoints(self._path(branch, PHASE3_FOLDER))
+        if all(self._path(branch, SFT).is_file() for branch in self.config.selections):
+            self._drop_checkpoints(self._path(PHASE1_FOLDER))
+            if not self.keep_theta1:
+                remove_outputs(self.work_dir, [THETA1])
+
+    def _run(self, identity: RunIdentity, theta0: dict[str, torch.Tensor],
+             seconds: dict[str, float]) -> dict[str, SparseDiff]:
+        done = {branch: self._attach_branch(branch, branch_identity)
+                for branch, branch_identity in identity.branches.items()}
+        theta1 = None if all(done.values()) else self._theta1(identity.phase1, theta0, seconds)
+        diffs = {}
+        for branch, denoise in self.config.selections.items():
+            if done[branch]:
+                diffs[branch] = SparseDiff.load(self._path(branch, SFT))
+            else:
+                diffs[branch] = self._branch(branch, identity.branches[branch], denoise, theta0, theta1, seconds)
+                self._tidy()
+        self._tidy()
+        return diffs
 
     def fit(self) -> SparseFineTuningResult:
         """Run (or resume) phase 1 once, then select + retrain every branch.
 
+        Warns once (:class:`~deftx.train.trainer_contract.TrainerOverrideWarning`) about the
+        ``TrainingArguments`` its phases set where yours differ; leaves the Trainer as it
+        was given (see :mod:`deftx.train.trainer_contract`).
+
         Returns:
-            The SFTs per branch, the selection reports and mask overlaps.
+            The SFTs per branch, the selection reports, mask overlaps and the bytes kept.
+
+        Raises:
+            IdentityMismatchError: ``work_dir`` holds results of a run with another identity
+                (and ``overwrite`` is not set); nothing was trained or changed.
         """
-        flags = self._set_trainable()
+        message = override_message(self.trainer, self.config.full, self.config.sparse, self.work_dir)
+        if message is not None and self.warn_overrides:
+            warnings.warn(message, TrainerOverrideWarning, stacklevel=2)
         seconds: dict[str, float] = {}
-        theta0 = None
-        try:
-            theta0 = self._theta0()
-            theta1 = self._theta1(theta0, seconds)
-            diffs = {
-                branch: self._branch(branch, denoise, theta0, theta1, seconds)
-                for branch, denoise in self.config.selections.items()
-            }
-        finally:
-            if theta0 is not None:
+        with trainer_restored(self.trainer), self._trainable():
+            theta0 = snapshot(self.trainer.model, [*self.eligible, *self.dense])
+            try:
+                identity = self.identity()
+                self._claim(identity)
+                diffs = self._run(identity, theta0, seconds)
+            finally:
                 load_values_(self.trainer.model, theta0)
-            self._restore_trainable(flags)
         return SparseFineTuningResult(
             diffs=diffs,
-            selections={b: load_json(self._path(b, "selection.json")) for b in diffs},
+            selections={b: load_json(self._path(b, SELECTION)) for b in diffs},
             overlap=self.overlap(diffs),
             seconds=seconds,
+            kept_bytes=folder_bytes(self.work_dir),
         )
 
     def overlap(self, diffs: dict[str, SparseDiff]) -> dict[str, list[dict[str, Any]]]:

@@ -25,11 +25,12 @@ from transformers import (
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from deftx.sft import SparseDiff
-from deftx.train.checkpoint import load_tensors, save_tensors
-from deftx.train.config import PhaseConfig, SparseFineTuningConfig
+from deftx.train.checkpoint import load_changed_rows_, save_changed_rows
+from deftx.train.config import PhaseConfig, SparseFineTuningConfig, to_plain
 from deftx.train.finetune import phase_arguments
-from deftx.train.params import load_values_
-from deftx.train.sparse_finetuner import SparseFineTuner, SparseFineTuningResult, run_phase
+from deftx.train.identity import claim
+from deftx.train.sparse_finetuner import SparseFineTuner, run_phase, trainer_identity
+from deftx.train.store import StepStore
 from deftx.train.trainer_args import TrainingSettings, training_arguments
 
 
@@ -126,7 +127,7 @@ def _trainer(model, tokenizer, examples, settings: TrainingSettings, output_dir:
     )
 
 
-def train_task_sft(
+def task_sft_tuner(
     model_dir: str | Path,
     tokenizer,
     examples: Sequence[dict],
@@ -139,21 +140,26 @@ def train_task_sft(
     base_model: str | None = None,
     pooling: str = "mean",
     labels: Sequence[str] | None = None,
-) -> SparseFineTuningResult:
-    """Train (or resume) a task SFT, one branch per ``config.selections``.
+    overwrite: bool = False,
+    store: StepStore | None = None,
+) -> SparseFineTuner:
+    """The tuner of a task SFT (one branch per ``config.selections``): ``.fit()`` trains or resumes it.
 
     Args:
         model_dir: ``save_pretrained`` folder of the base encoder.
         tokenizer: its tokenizer (for padding).
         examples: :func:`classification_examples` of the source language's train split.
         config: phases, K, branches (see :func:`~deftx.train.config.task_sft_config`).
-        work_dir: the run folder (resumable).
+        work_dir: the run folder (resumable; see :class:`~deftx.train.sparse_finetuner.SparseFineTuner`).
         num_labels: classifier outputs.
         settings: batch size, seed, checkpoint interval.
-        source_sft: the source language's SFT, applied underneath for the whole run.
+        source_sft: the source language's SFT, applied underneath for the whole run (part of
+            θ0, so of the run's identity).
         base_model: identifier stored in the SFTs.
         pooling: classifier pooling (see :func:`build_classifier`).
         labels: class names in id order, recorded in the SFTs' ``info``.
+        overwrite: discard results of ``work_dir`` whose identity differs instead of refusing them.
+        store: finished steps to link from, and to publish to.
     """
     model = build_classifier(model_dir, num_labels, settings.seed, pooling)
     if labels is not None:
@@ -161,8 +167,12 @@ def train_task_sft(
     if source_sft is not None:
         source_sft.apply(model)
     trainer = _trainer(model, tokenizer, list(examples), settings, Path(work_dir) / "trainer")
-    tuner = SparseFineTuner(trainer, config, work_dir, base_model=base_model, progress=settings.progress)
-    return tuner.fit()
+    return SparseFineTuner(trainer, config, work_dir, base_model=base_model, progress=settings.progress,
+                           overwrite=overwrite, store=store, label="task sft", warn_overrides=False)
+
+
+BASELINE_FILE = "final.safetensors"
+"""The baseline's result: the rows full fine-tuning changed (:func:`~deftx.train.checkpoint.save_changed_rows`)."""
 
 
 def train_full_finetune(
@@ -175,29 +185,42 @@ def train_full_finetune(
     num_labels: int,
     settings: TrainingSettings,
     pooling: str = "mean",
+    overwrite: bool = False,
+    store: StepStore | None = None,
 ) -> torch.nn.Module:
     """The baseline: fine-tune every parameter of the base model (no SFT), resumable.
 
-    The finished weights are kept as ``work_dir/final.safetensors``; a later call loads
-    them instead of training again.
+    The run claims ``work_dir`` with its identity (the built classifier's weights, the
+    data, the arguments, the phase: see :mod:`deftx.train.identity`; ``overwrite`` discards
+    a different run's results instead of refusing them) and keeps, once finished, only the
+    rows the fine-tuning changed (``final.safetensors``); a later call rebuilds the
+    classifier and writes them back instead of training again.
 
     Returns:
         The fine-tuned classifier.
     """
     work_dir = Path(work_dir)
     model = build_classifier(model_dir, num_labels, settings.seed, pooling)
-    final = work_dir / "final.safetensors"
-    if final.is_file():
-        load_values_(model, load_tensors(final))
-        return model
     trainer = _trainer(model, tokenizer, list(examples), settings, work_dir / "trainer")
+    identity = {"step": "full fine-tuning", **trainer_identity(trainer), "phase": to_plain(phase)}
     folder = work_dir / "phase1"
+    claim(work_dir, identity, [BASELINE_FILE, folder.name, "log.jsonl"], overwrite=overwrite)
+    final = work_dir / BASELINE_FILE
+    if not final.is_file() and store is not None:
+        store.attach(work_dir, identity, [BASELINE_FILE])
+    params = dict(model.named_parameters())
+    if final.is_file():
+        load_changed_rows_(params, final)
+        return model
+    base = {name: param.detach().clone() for name, param in params.items()}
 
     def train(checkpoint: str | None) -> None:
         with phase_arguments(trainer, phase, str(folder)):
             trainer.train(resume_from_checkpoint=checkpoint)
 
     run_phase(trainer, work_dir / "log.jsonl", "full", "full-ft", folder, train)
-    save_tensors(final, dict(model.named_parameters()))
+    save_changed_rows(final, base, params)
+    if store is not None:
+        store.publish(work_dir, identity, [BASELINE_FILE])
     shutil.rmtree(folder, ignore_errors=True)
     return model

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -31,10 +32,28 @@ SETTINGS_ARGUMENTS = {
     "train_sampling_strategy": "group_by_length",
 }
 RUN_ONLY_ARGUMENTS = (
-    "report_to", "run_name", "logging_dir", "logging_strategy", "logging_first_step", "logging_nan_inf_filter",
-    "save_strategy", "save_total_limit", "dataloader_num_workers", "dataloader_persistent_workers",
-    "dataloader_prefetch_factor", "push_to_hub", "hub_model_id", "hub_strategy", "hub_private_repo",
+    "output_dir", "overwrite_output_dir", "report_to", "run_name", "project", "logging_dir", "logging_strategy",
+    "logging_steps", "logging_first_step", "logging_nan_inf_filter", "log_level", "log_level_replica",
+    "log_on_each_node", "disable_tqdm", "save_strategy", "save_steps", "save_total_limit", "save_on_each_node",
+    "save_only_model", "save_safetensors", "enable_jit_checkpoint", "dataloader_num_workers",
+    "dataloader_persistent_workers", "dataloader_prefetch_factor", "dataloader_pin_memory",
+    "dataloader_multiprocessing_context", "push_to_hub", "hub_model_id", "hub_strategy", "hub_private_repo",
+    "hub_token", "hub_always_push", "hub_revision", "trackio_space_id", "trackio_bucket_id",
+    "trackio_static_space_id", "skip_memory_metrics", "include_num_input_tokens_seen", "do_train", "do_eval",
+    "do_predict", "resume_from_checkpoint", "local_rank", "ddp_timeout",
 )
+"""``TrainingArguments`` fields that change where and how a run reports, never what it trains."""
+
+
+def result_arguments(args: TrainingArguments) -> dict[str, Any]:
+    """The ``TrainingArguments`` fields that can change a phase's result (JSON-ready).
+
+    Every field but :data:`RUN_ONLY_ARGUMENTS` and the ones each phase sets itself
+    (:data:`PHASE_ARGUMENTS`), so a field transformers adds later counts until it is
+    known to be harmless.
+    """
+    plain = json.loads(json.dumps(args.to_dict(), sort_keys=True, default=str))
+    return {k: v for k, v in plain.items() if k not in RUN_ONLY_ARGUMENTS and k not in PHASE_ARGUMENTS}
 
 
 def trainer_argument_names() -> frozenset[str]:

@@ -134,3 +134,23 @@ def test_compose_of_two_sfts_shipping_one_head_reverts_exactly(pipeline_run, tin
         code = main(["compose", "--model", str(tiny_model_dir), "--sft", str(pair[0]), "--sft", str(pair[1])])
         assert "revert restores the base bit-exactly: True" in capsys.readouterr().out
         assert code == 0
+
+
+def test_a_changed_config_is_one_error_line_naming_the_change_until_overwrite(pipeline_run, capsys):
+    """Issue #19: train-lang with another K refuses the finished run's folder; --overwrite retrains it."""
+    tmp, _, _ = pipeline_run
+    changed = tiny_config(tmp, yaml.safe_load((tmp / "tiny.yaml").read_text())["model"])
+    changed["language_sft"]["k"] = 0.02
+    path = tmp / "changed.yaml"
+    path.write_text(yaml.safe_dump(changed))
+    sft = tmp / "run" / "seed-0" / "lang" / "madurese" / "lt-sft" / "sft.safetensors"
+    before = SparseDiff.load(sft).k
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DEFTX_CACHE", str(tmp / "cache"))
+        assert main(["train-lang", str(path), "--language", "madurese"]) == 2
+        errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+        assert len(errors) == 1 and errors[0].startswith("deftx train-lang: error: "), errors
+        assert f"branch lt-sft: k: {before} -> " in errors[0] and "--overwrite" in errors[0]
+        assert SparseDiff.load(sft).k == before, "a refused run changes nothing"
+        assert main(["train-lang", str(path), "--language", "madurese", "--overwrite"]) == 0
+    assert SparseDiff.load(sft).k > before

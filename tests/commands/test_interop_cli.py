@@ -157,7 +157,7 @@ def test_compose_takes_a_composable_sft_folder(tmp_path, plain_bert, capsys):
 
 def test_a_trained_task_sft_records_its_classifier(tmp_path, plain_bert):
     from deftx.train.config import PhaseConfig, SparseFineTuningConfig
-    from deftx.train.task import classification_examples, train_task_sft
+    from deftx.train.task import classification_examples, task_sft_tuner
     from deftx.train.trainer_args import TrainingSettings
 
     tokenizer = BertTokenizer.from_pretrained(str(plain_bert))
@@ -166,8 +166,8 @@ def test_a_trained_task_sft_records_its_classifier(tmp_path, plain_bert):
     config = SparseFineTuningConfig(k=50, full=PhaseConfig(steps=1), sparse=PhaseConfig(steps=1),
                                     selections={"lt-sft": None}, train_head=True, ship_head=True)
     settings = TrainingSettings(batch_size=2, progress=False, group_by_length=False, save_steps=10)
-    result = train_task_sft(plain_bert, tokenizer, examples, config, tmp_path / "run", num_labels=3,
-                            settings=settings, pooling="mean", labels=LABELS)
+    result = task_sft_tuner(plain_bert, tokenizer, examples, config, tmp_path / "run", num_labels=3,
+                            settings=settings, pooling="mean", labels=LABELS).fit()
     expected = {"architecture": "BertMeanPoolClassifier", "pooling": "mean", "num_labels": 3, "labels": LABELS}
     assert result.diffs["lt-sft"].info == expected
     assert SparseDiff.load(tmp_path / "run" / "lt-sft" / "sft.safetensors").info == expected

@@ -36,7 +36,8 @@ def test_torchrun_two_ranks_fsdp_saves_the_single_process_selection(tmp_path):
         str(out),
         "--verify",
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}   # this checkout's deftx, installed or not
     run = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180, check=False)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "2 ranks, fsdp, lt-sft, backend gloo, K = 2000" in run.stdout

@@ -14,7 +14,6 @@ import yaml
 
 import deftx.train.sparse_finetuner as sparse_finetuner
 from deftx.eval.ablation import (
-    LinkedStepStore,
     invocation_lines,
     language_phase1_signature,
     load_ablation,
@@ -28,8 +27,10 @@ from deftx.eval.ablation import (
     seeds_sentence,
 )
 from deftx.eval.config import ConfigError
-from deftx.eval.pipeline import BASELINE, NO_LANGUAGE_SFT, Workspace, language_steps, task_steps
+from deftx.eval.pipeline import BASELINE, NO_LANGUAGE_SFT, Workspace, language_tuner, task_tuner
 from deftx.train.config import DenoiseConfig
+from deftx.train.identity import digest
+from deftx.train.store import LinkedStepStore
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -213,6 +214,11 @@ def test_linked_store_hard_links_both_ways(tmp_path):
 
 
 def test_step_identities_follow_what_each_step_depends_on(tmp_path, tiny_model_dir):
+    """The identities the tuners record (and the store keys on), built exactly as the pipeline builds its runs."""
+    from transformers import AutoTokenizer
+
+    from deftx.models.mlm import build_mlm_model, save_head
+
     variants = {
         "reference": {}, "k": {"language_sft.k": 0.005}, "sparse-lr": {"language_sft.sparse.learning_rate": 1e-4},
         "scale": {"language_scale": [0.5, 2.0]}, "task-off": {"task_on_source_sft": False},
@@ -221,48 +227,53 @@ def test_step_identities_follow_what_each_step_depends_on(tmp_path, tiny_model_d
         "logging": {"training.logging_steps": 7},
     }
     ablation = parse_ablation(ablation_raw(tmp_path, {**BASE, "model": str(tiny_model_dir)}, variants))
-    head = Path("mlm-head-0123.safetensors")
-    texts, examples = ["satu dua", "tiga"], [{"input_ids": [0, 5, 2], "labels": 1}]
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    heads = [tmp_path / f"head-{seed}.safetensors" for seed in (1, 2)]
+    for seed, head in zip((1, 2), heads, strict=True):
+        save_head(build_mlm_model(tiny_model_dir, seed=seed), head)
+    texts = [" ".join(["satu dua tiga empat lima enam tujuh delapan sembilan sepuluh"] * 3), "empat lima"]
+    examples = [{"input_ids": [0, 5, 2], "attention_mask": [1, 1, 1], "labels": 1}]
     lang, task = {}, {}
 
-    def workspace(config):  # the identities need no tokenizer: skip loading one
-        return Workspace(config, tiny_model_dir, tmp_path, tmp_path, tmp_path, tokenizer=None)
+    def workspace(config):
+        return Workspace(config, tiny_model_dir, tmp_path, tmp_path, tmp_path, tokenizer=tokenizer)
+
+    def language(ws, seed=0, text=texts, head=heads[0]):
+        return language_tuner(ws, text, seed, head, tmp_path / "w").identity()
+
+    def task_identity(ws, methods):
+        return task_tuner(ws, examples, 0, 3, methods, None, tmp_path / "t").identity()
 
     for name, config in ablation.variants.items():
         ws = workspace(config)
-        lang[name] = language_steps(ws, texts, 0, head)
-        task[name] = task_steps(ws, examples, 0, 3, config.task_config(), None)
+        lang[name], task[name] = language(ws), task_identity(ws, config.methods)
         if name == "reference":
-            other_seed, other_text = language_steps(ws, texts, 1, head), language_steps(ws, texts[:1], 0, head)
-            other_head = language_steps(ws, texts, 0, Path("mlm-head-4567.safetensors"))
+            others = [language(ws, seed=1), language(ws, text=texts[:1]), language(ws, head=heads[1])]
 
     def phase1(name):
-        return lang[name][0]
+        return digest(lang[name].phase1)
 
     def branch(name):
-        return lang[name][1]
+        return lang[name].branches["lt-sft"]
 
     for name in ("k", "sparse-lr", "scale", "task-off", "task-lr", "logging"):
         assert phase1(name) == phase1("reference"), name
     for name in ("scale", "task-off", "task-lr", "logging"):
         assert branch(name) == branch("reference"), name
     for name in ("k", "sparse-lr"):
-        assert branch(name)[0] != branch("reference")[0] and branch(name)[1] == branch("reference")[1], name
+        assert branch(name) != branch("reference") and branch(name)["phase1"] == branch("reference")["phase1"], name
     for name in ("l1", "window", "eligible"):
-        assert phase1(name)[0] != phase1("reference")[0], name
-    for other in (other_seed, other_text, other_head):
-        assert other[0][0] != phase1("reference")[0]
-    assert phase1("reference")[1] == ["theta0.safetensors", "theta1.safetensors"]
-    assert branch("reference")[1] == ["lt-sft/mask.safetensors", "lt-sft/selection.json", "lt-sft/sft.safetensors"]
+        assert phase1(name) != phase1("reference"), name
+    for other in others:
+        assert digest(other.phase1) != phase1("reference")
     for name in ("l1", "window", "eligible", "k", "scale"):
-        assert task[name][0] == task["reference"][0], "without the source SFT underneath, task phase 1 is shared"
-    assert task["task-lr"][0][0] != task["reference"][0][0]
+        assert task[name] == task["reference"], "without the source SFT underneath, task phase 1 is shared"
+    assert task["task-lr"].phase1 != task["reference"].phase1
     for name, config in ablation.variants.items():
         assert (language_phase1_signature(config) == language_phase1_signature(ablation.variants["reference"])) == (
             phase1(name) == phase1("reference")), f"the plan's signature disagrees with the run's identity: {name}"
-    denoised = ablation.variants["reference"].task_config({"deft-x": DenoiseConfig(rank=1)})
-    ws = workspace(ablation.variants["reference"])
-    assert task_steps(ws, examples, 0, 3, denoised, None)[1][0]["selection"]["rank"] == 1
+    denoised = task_identity(workspace(ablation.variants["reference"]), {"deft-x": DenoiseConfig(rank=1)})
+    assert denoised.branches["deft-x"]["selection"]["rank"] == 1
 
 
 TINY_BASE = {
@@ -326,11 +337,11 @@ def test_phase1_runs_once_per_language_and_seed(tiny_ablation):
 
     ablation = tiny_ablation["ablation"]
     ref, half = (Path(ablation.variants[name].output_dir) for name in ("reference", "k-half"))
+    kept = list((ablation.output_dir / "shared").glob("*/theta1.safetensors"))
+    assert len(kept) == 4 + 4, "θ1 once per distinct phase 1 (2 seeds × 2 languages, 2 variants × 2 seeds of task)"
+    assert not list(ref.rglob("theta*")) and not list(half.rglob("theta*")), "finished runs keep no θ"
     for seed in (0, 1):
         for language in ("indonesian", "madurese"):
-            for name in ("theta0.safetensors", "theta1.safetensors"):
-                a, b = (root / f"seed-{seed}" / "lang" / language / name for root in (ref, half))
-                assert os.stat(a).st_ino == os.stat(b).st_ino, f"{a} is not shared"
             a, b = (root / f"seed-{seed}" / "lang" / language / "lt-sft" / "sft.safetensors" for root in (ref, half))
             assert os.stat(a).st_ino != os.stat(b).st_ino, "different K: a branch of its own"
         a, b = (root / f"seed-{seed}" / "full" / "indonesian" / "final.safetensors" for root in (ref, half))
@@ -462,12 +473,31 @@ def test_head_reports_outlive_an_invocation_that_loads_no_head(tmp_path):
                                                  head_metrics={"y": c_new})) == [c_new]
 
 
-def test_changed_variant_rows_are_refused(tiny_ablation, tmp_path):
+def test_changed_variant_rows_are_refused_naming_the_change(tiny_ablation, tmp_path):
     ablation = tiny_ablation["ablation"]
     raw = ablation_raw(tmp_path, {**TINY_BASE, "model": str(Path(ablation.variants["reference"].model))},
                        {"reference": {"language_sft.k": 0.02}}, seeds=[0])
-    changed = parse_ablation({**raw, "results_dir": str(ablation.results_dir)})
-    with pytest.raises(ConfigError, match=r"variants \['reference'\] changed"):
+    changed = parse_ablation({**raw, "results_dir": str(ablation.results_dir),
+                              "output_dir": str(ablation.output_dir)})
+    with pytest.raises(ConfigError, match=r"variants \['reference'\] changed .*\(reference: language_sft\.k: 0\.01 "
+                                          r"-> 0\.02\): .*--overwrite"):
         run_ablation(changed, log=lambda _: None, progress=lambda _: None)
     with pytest.raises(ConfigError, match="unknown variants"):
         run_ablation(ablation, log=lambda _: None, progress=lambda _: None, only=["nope"])
+
+
+def test_overwrite_drops_the_rows_of_a_changed_variant(tmp_path):
+    from deftx.eval.ablation import append_rows, drop_stale_rows
+
+    ablation = parse_ablation(ablation_raw(tmp_path, BASE, {"a": {}, "b": {"language_sft.k": 0.02}}))
+    rows = [{"variant": "a", "variant_hash": ablation.hashes["a"], "seed": 0, "macro_f1": 0.5, "accuracy": 0.5,
+             "language_scale": None, "target": "x"},
+            {"variant": "b", "variant_hash": "0123456789ab", "seed": 0, "macro_f1": 0.4, "accuracy": 0.4,
+             "language_scale": None, "target": "x"}]
+    path = tmp_path / "ablation.csv"
+    append_rows(path, rows)
+    with pytest.raises(ConfigError, match=r"variants \['b'\] changed .*settings hash 0123456789ab"):
+        run_ablation(parse_ablation(ablation_raw(tmp_path, BASE, {"a": {}, "b": {"language_sft.k": 0.02}},
+                                                 results_dir=str(tmp_path))), only=["a"])
+    kept = drop_stale_rows(path, ablation)
+    assert [r["variant"] for r in kept] == [r["variant"] for r in read_rows(path)] == ["a"]

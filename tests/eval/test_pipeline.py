@@ -1,11 +1,18 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
+from dataclasses import replace
 from pathlib import Path
+
+import pytest
 
 from deftx.eval.config import PipelineConfig, parse_config
 from deftx.eval.pipeline import head_curve_table, head_report_line, run_pipeline
+from deftx.sft import SparseDiff
+from deftx.train.checkpoint import folder_bytes
+from deftx.train.identity import IdentityMismatchError
 
 METRICS = {
     "steps": 20, "seconds": 90.0, "heldout_seconds": 6.0, "cache_hit": False, "corpora": ["nusax", "americasnlp"],
@@ -65,8 +72,10 @@ def test_a_run_links_the_equal_finished_steps_of_a_step_store(tmp_path, tiny_mod
         return os.stat(tmp_path / "first" / relative).st_ino == os.stat(tmp_path / "second" / relative).st_ino
 
     for language in ("madurese", "indonesian"):
-        assert same_file(f"seed-0/lang/{language}/theta1.safetensors"), f"{language}: phase 1 is linked"
+        log = (tmp_path / "second" / f"seed-0/lang/{language}/log.jsonl").read_text()
+        assert '"phase": "full"' not in log and '"phase": "sparse:deft-x"' in log, f"{language}: phase 1 is linked"
         assert same_file(f"seed-0/lang/{language}/lt-sft/sft.safetensors"), f"{language}: the lt-sft branch too"
+        assert not (tmp_path / "second" / f"seed-0/lang/{language}/theta1.safetensors").exists(), "θ1 left the run"
     assert same_file("seed-0/task/indonesian/lt-sft/lt-sft/sft.safetensors"), "the task SFT on an equal source SFT"
     assert same_file("seed-0/full/indonesian/final.safetensors"), "the baseline"
     assert (tmp_path / "second" / "seed-0/lang/madurese/deft-x/sft.safetensors").is_file(), "deft-x branch trained"
@@ -78,4 +87,47 @@ def test_a_run_links_the_equal_finished_steps_of_a_step_store(tmp_path, tiny_mod
 
     assert rows("first") == rows("second"), "linked steps give the rows they gave where they were trained"
     text = (tmp_path / "second" / "results.md").read_text()
-    assert f"step store {tmp_path / 'store'}: this invocation linked 7 finished steps" in text
+    assert (f"step store {tmp_path / 'store'}: this invocation linked 6 finished steps instead of training them "
+            "(full fine-tuning ×1, language sft branch ×2, language sft phase 1 ×2, task sft branch ×1)") in text
+    disk = json.loads((tmp_path / "second" / "disk.json").read_text())
+    assert disk["total"] == sum(v for k, v in disk.items() if k != "total") > 0
+    assert disk["seed-0/lang/madurese"] == folder_bytes(tmp_path / "second" / "seed-0/lang/madurese")
+    assert f"| seed-0/full/indonesian | {disk['seed-0/full/indonesian']:,} |" in text
+
+
+def test_a_changed_config_is_refused_naming_the_change_until_overwrite(tmp_path, tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("DEFTX_CACHE", str(tmp_path / "cache"))
+    config = tiny_pipeline(tmp_path, tiny_model_dir, "run", {"lt-sft": None})
+    run_pipeline(replace(config, baseline=False), log=lambda _: None)
+    task_sft = tmp_path / "run" / "seed-0/task/indonesian/lt-sft/lt-sft/sft.safetensors"
+    language_sft = tmp_path / "run" / "seed-0/lang/indonesian/lt-sft/sft.safetensors"
+    before = SparseDiff.load(task_sft).k, os.stat(language_sft).st_mtime_ns
+    smaller = replace(config, baseline=False, task_sft=replace(config.task_sft, k=0.02))
+    with pytest.raises(IdentityMismatchError, match=rf"task/indonesian/lt-sft holds results of another run: "
+                                                    rf"branch lt-sft: k: {before[0]} -> \d+"):
+        run_pipeline(smaller, log=lambda _: None)
+    run_pipeline(smaller, log=lambda _: None, overwrite=True)
+    after = SparseDiff.load(task_sft)
+    assert after.k == after.nnz == round(before[0] * 0.02 / 0.05)
+    assert os.stat(language_sft).st_mtime_ns == before[1], "the unchanged language SFT was kept"
+
+
+def test_a_tiny_pipeline_keeps_a_quarter_of_what_it_kept_with_model_copies(tmp_path, tiny_model_dir, monkeypatch):
+    """θ0 and θ1 were kept per SFT run and the baseline as a whole model (issue #19: 2.2 GB for a tiny run)."""
+    monkeypatch.setenv("DEFTX_CACHE", str(tmp_path / "cache"))
+    config = replace(tiny_pipeline(tmp_path, tiny_model_dir, "run", {"lt-sft": None}), step_store=None)
+    run_pipeline(config, log=lambda _: None)
+    out = tmp_path / "run"
+    names = {path.name for path in out.rglob("*") if path.is_file()}
+    assert not names & {"theta0.safetensors", "theta1.safetensors", "mask.safetensors"}
+    sfts = [SparseDiff.load(path) for path in out.glob("seed-0/*/**/lt-sft/sft.safetensors")]
+    assert len(sfts) == 3, "two language SFTs, one task SFT"
+    model_copies = 0
+    for diff in sfts:
+        trained = sum(info.numel * info.dtype.itemsize for info in diff.params.values())
+        dense = sum(tensor.numel() * tensor.element_size() for tensor in diff.dense.values())
+        model_copies += 2 * trained + dense   # θ0 (trained + dense parameters) and θ1 (trained ones)
+    model_copies += sum(path.stat().st_size for path in tiny_model_dir.glob("*.safetensors"))   # the baseline
+    disk = json.loads((out / "disk.json").read_text())
+    assert disk["total"] == sum(folder_bytes(out / folder) for folder in disk if folder != "total")
+    assert 4 * folder_bytes(out) <= model_copies, (folder_bytes(out), model_copies)

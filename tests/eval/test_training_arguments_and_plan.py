@@ -7,8 +7,7 @@ import yaml
 
 from deftx.cli import main
 from deftx.eval.config import ConfigError, parse_config
-from deftx.eval.pipeline import Workspace
-from deftx.train.trainer_args import TrainingSettings, training_arguments
+from deftx.train.trainer_args import TrainingSettings, result_arguments, training_arguments
 
 TRAINING = {"batch_size": 4, "bf16": True, "use_cpu": True, "gradient_accumulation_steps": 4,
             "report_to": ["none"], "lr_scheduler_type": "cosine"}
@@ -54,19 +53,17 @@ def test_transformers_validates_the_combination(tmp_path):
         training_arguments(TrainingSettings(arguments={"bf16": True}), tmp_path)
 
 
-def workspace(tmp_path, training) -> Workspace:
-    config = parse_config({"targets": ["m"], "training": training})
-    return Workspace(config, tmp_path, tmp_path, tmp_path, tmp_path, tokenizer=None)
-
-
 def test_step_identity_changes_with_results_not_with_reporting(tmp_path):
-    plain = workspace(tmp_path, {}).identity("step", 0, workspace(tmp_path, {}).settings(0))
-    assert "arguments" not in plain["training"], "configs without arguments keep the identities they had"
-    reporting = workspace(tmp_path, {"report_to": ["tensorboard"], "run_name": "x"})
-    assert reporting.identity("step", 0, reporting.settings(0)) == plain
-    accumulating = workspace(tmp_path, {"gradient_accumulation_steps": 4})
-    changed = accumulating.identity("step", 0, accumulating.settings(0))
-    assert changed["training"]["arguments"] == {"gradient_accumulation_steps": 4} and changed != plain
+    """The run identity every step records holds the arguments that change results, not the reporting ones."""
+    def identity(training):
+        return result_arguments(training_arguments(parse_config({"targets": ["m"], "training": training}).training,
+                                                   tmp_path))
+
+    plain = identity({})
+    assert "output_dir" not in plain and "learning_rate" not in plain, "paths and per-phase fields are not in it"
+    assert identity({"report_to": ["tensorboard"], "run_name": "x", "logging_steps": 3, "save_steps": 7}) == plain
+    changed = identity({"gradient_accumulation_steps": 4})
+    assert changed["gradient_accumulation_steps"] == 4 and changed != plain
 
 
 def nusax_root(tmp_path):

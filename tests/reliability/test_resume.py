@@ -3,7 +3,7 @@
 One run of two branches (LT-SFT and DeFT-X, dropout 0.1, checkpoints every 2 steps) is
 killed at every phase boundary, at the first step of every phase (before its first
 checkpoint), after a checkpoint, halfway through a checkpoint's ``trainer_state.json`` and
-halfway through writing a run file; each kill is followed by a new ``fit()`` in a fresh
+halfway through writing a run file (the run identity among them); each kill is followed by a new ``fit()`` in a fresh
 Trainer with the global RNG disturbed, as in a new process. The SFTs and the loss log must
 equal an uninterrupted run's; one kill is a real SIGKILL of a child process.
 """
@@ -30,7 +30,8 @@ BRANCHES = ("lt-sft", "deft-x")
 STEPS = 4  # checkpoints at step 2 (save_steps=2); none at the last step
 
 KILL_POINTS = [
-    ("saved", "theta0.safetensors"),
+    ("saved", "work/identity.json"),
+    ("saved", "deft-x/identity.json"),
     ("step", "full", 1),
     ("checkpoint-state", "phase1", 2),
     ("step", "full", 3),
@@ -105,6 +106,8 @@ def test_kills_at_every_phase_boundary_and_first_step_resume_bit_identically(tmp
     assert loss_records(tmp_path) == log, "every step logged once, with the uninterrupted run's loss"
     assert not list((tmp_path / "work").rglob(".*.tmp-*")), "no temporary file left"
     assert not list((tmp_path / "work").rglob("checkpoint-*")), "finished phases keep no checkpoint"
+    assert not list((tmp_path / "work").rglob("theta*")) and not list((tmp_path / "work").rglob("mask*")), (
+        "a finished run keeps no θ and no mask")
 
 
 def test_killed_at_the_first_step_of_a_branch(tmp_path, reference):
@@ -140,7 +143,7 @@ def test_a_sigkilled_process_resumes_bit_identically(tmp_path, reference):
 
 def language_run(root: Path, model_dir: Path, head_file: Path, disturb: int = 0) -> dict[str, SparseDiff]:
     """A language SFT (masked LM, MLM masks from the collator) of one branch, epochs of 3 batches."""
-    from deftx.train.language import train_language_sft
+    from deftx.train.language import language_sft_tuner
     from deftx.train.trainer_args import TrainingSettings
     from tests.models.conftest import WORDS, tiny_tokenizer
 
@@ -152,8 +155,8 @@ def language_run(root: Path, model_dir: Path, head_file: Path, disturb: int = 0)
     settings = TrainingSettings(batch_size=4, max_length=8, seed=3, save_steps=2, logging_steps=1,
                                 group_by_length=False, progress=False)
     torch.rand(disturb)
-    return train_language_sft(model_dir, tiny_tokenizer(), texts, config, root / "work", head_file=head_file,
-                              settings=settings).diffs
+    return language_sft_tuner(model_dir, tiny_tokenizer(), texts, config, root / "work", head_file=head_file,
+                              settings=settings).fit().diffs
 
 
 def test_a_language_sft_resumed_mid_phase_sees_the_same_masks(tmp_path):

@@ -132,7 +132,6 @@ def test_model_left_at_theta0_with_flags_restored(fitted):
 
 def test_branches_share_phase_one_and_log_losses(fitted):
     tuner, result, _, _, _ = fitted
-    assert (tuner.work_dir / "theta1.safetensors").is_file()
     phases = {line.split('"phase": "')[1].split('"')[0]
               for line in (tuner.work_dir / "log.jsonl").read_text().splitlines()}
     assert phases == {"full", "sparse:lt-sft", "sparse:deft-x"}
@@ -154,6 +153,7 @@ def test_killed_run_resumes_in_its_phase_bit_exactly(tmp_path, marker):
     with pytest.raises(KeyboardInterrupt):
         _fit(tmp_path / "b", work, [Interrupt(marker, 3)])
     assert (work / "theta1.safetensors").is_file() == (marker == "phase3")
+    assert not (work / "theta0.safetensors").exists(), "θ0 is the model: never copied"
     resumed = _fit(tmp_path / "b", work).diffs["deft-x"]
     for name in reference.indices:
         assert torch.equal(resumed.indices[name], reference.indices[name]), name
@@ -167,8 +167,9 @@ def test_resume_refuses_another_base_model(tmp_path):
     work = tmp_path / "work"
     _fit(tmp_path, work)
     trainer = tiny_trainer(tmp_path, tiny_model(seed=5))
-    with pytest.raises(ValueError, match="not the base this run started from"):
-        SparseFineTuner(trainer, config(), work, progress=False).fit()
+    with pytest.raises(ValueError, match=r"phase 1: theta0: \w+… -> \w+… \(.*not the base this run started from"):
+        SparseFineTuner(trainer, config(selections={"deft-x": DenoiseConfig(rank=1, method="exact")}), work,
+                        progress=False).fit()
 
 
 def test_k_larger_than_eligible_is_refused(make_trainer):

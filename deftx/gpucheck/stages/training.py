@@ -108,7 +108,7 @@ def fit(ctx: StageContext, device: torch.device):
         ship_head=True,
     )
     tuner = SparseFineTuner(trainer, config, ctx.stage_dir / "work", base_model="deftx-gpucheck/tiny-bert",
-                            progress=False)
+                            progress=False, keep_theta1=True)
     return tuner, tuner.fit()
 
 
@@ -146,15 +146,15 @@ def apply_checks(diff, path: Path, device: torch.device) -> list[dict[str, Any]]
     return checks
 
 
-def selection_checks(tuner, device: torch.device) -> list[dict[str, Any]]:
+def selection_checks(tuner, result, device: torch.device) -> list[dict[str, Any]]:
     """LT-SFT: device == CPU == the tuner's mask; DeFT-X: overlap of device and CPU masks."""
     from deftx.train.checkpoint import load_tensors
     from deftx.train.config import DenoiseConfig
     from deftx.train.denoise import selection_scores
     from deftx.train.select import select_top_k
 
-    work = tuner.work_dir
-    theta0, theta1 = load_tensors(work / "theta0.safetensors"), load_tensors(work / "theta1.safetensors")
+    theta0 = {n: p.detach().cpu() for n, p in tuner.trainer.model.named_parameters()}  # fit() leaves it at θ0
+    theta1 = load_tensors(tuner.work_dir / "theta1.safetensors")
     names = list(tuner.eligible)
 
     def select(on: torch.device, denoise) -> dict[str, torch.Tensor]:
@@ -162,7 +162,7 @@ def selection_checks(tuner, device: torch.device) -> list[dict[str, Any]]:
                                      tuner.groups, denoise, progress=False)
         return {n: i.cpu() for n, i in select_top_k(scores, tuner.k).items()}
 
-    stored = load_tensors(work / "lt-sft" / "mask.safetensors")
+    stored = {n: result.diffs["lt-sft"].indices[tuner.stored_names[n]] for n in names}
     on_device, on_cpu = select(device, None), select(torch.device("cpu"), None)
     identical = all(torch.equal(on_device[n], on_cpu[n]) and torch.equal(on_cpu[n], stored[n]) for n in names)
     shared = sum(int(torch.isin(on_device[n], on_cpu[n]).sum()) for n in names)
@@ -196,7 +196,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     ctx.write_result({"status": "ok", "headline": f"partial: fit done ({result.seconds})", "seconds": result.seconds})
     checks = [kernels_check(seen)] if device.type == "cuda" else []
     checks += apply_checks(result.diffs["lt-sft"], ctx.stage_dir / "lt-sft.safetensors", device)
-    checks += selection_checks(tuner, device)
+    checks += selection_checks(tuner, result, device)
     for c in checks:
         print(f"{'ok  ' if c['ok'] else 'FAIL'} {c['check']}: {c['detail']}")
     failed = [c for c in checks if not c["ok"]]

@@ -1,0 +1,260 @@
+"""Run identity: what a work directory's results depend on, recorded beside them.
+
+Every step that writes results into a folder (phase 1 of a sparse fine-tuning, each of its
+selection branches, the full fine-tuning baseline) first *claims* the folder with its
+identity: a JSON-ready mapping of everything its results depend on — the base model's
+weights (a digest of every parameter and buffer), the data (a digest of every example),
+the seed and the other result-changing ``TrainingArguments``, the step's settings, the
+eligible parameters, and the version of deftx's work-directory format. :func:`claim`
+writes it to ``identity.json``, and on a later run:
+
+* the same identity: the folder's results are resumed (or reused when finished);
+* another identity, or results without a record (an older deftx, or files put there by
+  hand): refused with :class:`IdentityMismatchError`, which names every field that
+  changed — unless ``overwrite=True``, which removes the step's stale results first.
+
+The same identities key :class:`~deftx.train.store.LinkedStepStore` (finished steps shared
+between runs by hard links): a work directory and a step store never disagree about what
+"the same step" is. One digest function (:func:`digest`) serves both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from deftx.files import atomic_write_bytes
+
+RUN_FORMAT = 2
+"""Version of the work-directory layout (1: θ0 copied into every run, no identity records)."""
+IDENTITY_FILE = "identity.json"
+SHORT_DIGEST = 12
+MAX_NAMED = 3
+
+
+class IdentityMismatchError(ValueError):
+    """A work directory holds results of a run with another identity (or of an unknown one).
+
+    Attributes:
+        folder: the work directory.
+        changes: one line per field that changed (``"k: 4224 -> 211"``).
+    """
+
+    def __init__(self, folder: Path, changes: Sequence[str]) -> None:
+        self.folder = folder
+        self.changes = list(changes)
+        super().__init__(
+            f"{folder} holds results of another run: " + "; ".join(self.changes)
+            + ". Pass overwrite=True (on the command line: --overwrite) to discard them and run again, "
+            "or use another folder"
+        )
+
+
+def canonical_json(value: Any) -> str:
+    """``value`` as JSON with sorted keys and no spaces (tuples become lists)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def digest(value: Any) -> str:
+    """SHA-256 (hex) of a JSON-ready value in canonical form: equal values, equal digests."""
+    return hashlib.sha256(canonical_json(value).encode()).hexdigest()
+
+
+def _update_with_tensor(hasher: Any, tensor: torch.Tensor) -> None:
+    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    hasher.update(f"{flat.dtype}|{tuple(tensor.shape)};".encode())
+    if flat.numel():
+        hasher.update(flat.view(torch.uint8).numpy())
+
+
+def tensors_digest(named: Iterable[tuple[str, torch.Tensor]]) -> str:
+    """SHA-256 over ``(name, tensor)`` pairs in the given order: names, dtypes, shapes and bytes."""
+    hasher = hashlib.sha256()
+    for name, tensor in named:
+        hasher.update(f"{name}|".encode())
+        _update_with_tensor(hasher, tensor)
+    return hasher.hexdigest()
+
+
+def model_digest(model: torch.nn.Module) -> str:
+    """Digest of every parameter and buffer of ``model`` (its weights, bit for bit, and their names)."""
+    named = [*model.named_parameters(), *((f"buffer:{n}", b) for n, b in model.named_buffers())]
+    return tensors_digest(named)
+
+
+def _update_with_value(hasher: Any, value: Any) -> None:
+    """Feed a data-set example (nested mappings, sequences, tensors, arrays, scalars) to ``hasher``."""
+    if isinstance(value, torch.Tensor):
+        hasher.update(b"T")
+        _update_with_tensor(hasher, value)
+    elif hasattr(value, "__array__") and hasattr(value, "dtype"):
+        hasher.update(b"T")
+        _update_with_tensor(hasher, torch.as_tensor(value))
+    elif isinstance(value, Mapping):
+        hasher.update(b"{")
+        for key in sorted(value, key=str):
+            hasher.update(json.dumps(str(key)).encode() + b":")
+            _update_with_value(hasher, value[key])
+        hasher.update(b"}")
+    elif isinstance(value, (list, tuple)):
+        hasher.update(b"[")
+        for item in value:
+            _update_with_value(hasher, item)
+            hasher.update(b",")
+        hasher.update(b"]")
+    elif value is None or isinstance(value, (str, int, float, bool)):
+        hasher.update(json.dumps(value).encode())
+    else:
+        raise TypeError(f"cannot digest a data-set value of type {type(value).__name__}")
+
+
+def data_digest(dataset: Any) -> str:
+    """Digest of every example of a map-style data set (a list, a ``datasets.Dataset``, a torch ``Dataset``).
+
+    Examples are read with ``dataset[i]`` and hashed by content: mappings by key, tensors and
+    arrays by dtype, shape and bytes, scalars and strings as JSON.
+
+    Raises:
+        TypeError: the data set has no length or no indexing (an iterable data set), or holds
+            values that cannot be digested: pass the tuner a ``data_digest`` of your own then.
+    """
+    if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
+        raise TypeError(
+            f"cannot digest a {type(dataset).__name__} data set (no length or indexing, e.g. an iterable data "
+            "set): pass data_digest=... (any string that changes when the data do)"
+        )
+    hasher = hashlib.sha256()
+    for index in range(len(dataset)):
+        _update_with_value(hasher, dataset[index])
+        hasher.update(b"\n")
+    return hasher.hexdigest()
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, Mapping) and value:
+        flat: dict[str, Any] = {}
+        for key, item in value.items():
+            flat.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+        return flat
+    return {prefix or "(identity)": value}
+
+
+def _describe_value(value: Any) -> str:
+    if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
+        return value[:SHORT_DIGEST] + "…"
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _some(items: list) -> str:
+    shown = ", ".join(map(str, items[:MAX_NAMED]))
+    return f"{len(items)} ({shown}{', …' if len(items) > MAX_NAMED else ''})"
+
+
+def _describe_lists(key: str, old: list, new: list) -> str:
+    added = [item for item in new if item not in old]
+    removed = [item for item in old if item not in new]
+    parts = ([f"+{_some(added)}"] if added else []) + ([f"-{_some(removed)}"] if removed else [])
+    return f"{key}: {len(old)} -> {len(new)} entries" + (f", {' '.join(parts)}" if parts else ", reordered")
+
+
+def describe_changes(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """One line per field (dotted path) that differs between two identities: ``"k: 4224 -> 211"``."""
+    old, new = _flatten(recorded), _flatten(current)
+    lines = []
+    for key in sorted(set(old) | set(new)):
+        if key not in old:
+            lines.append(f"{key}: added ({_describe_value(new[key])})")
+        elif key not in new:
+            lines.append(f"{key}: removed (was {_describe_value(old[key])})")
+        elif old[key] != new[key]:
+            if isinstance(old[key], list) and isinstance(new[key], list) and max(len(old[key]), len(new[key])) > 4:
+                lines.append(_describe_lists(key, old[key], new[key]))
+            else:
+                lines.append(f"{key}: {_describe_value(old[key])} -> {_describe_value(new[key])}")
+    return lines
+
+
+def normalised(identity: Mapping[str, Any]) -> dict[str, Any]:
+    """``identity`` as JSON reads it back (tuples become lists), so a recorded copy compares equal."""
+    return json.loads(canonical_json(dict(identity)))
+
+
+def read_identity(folder: Path) -> dict[str, Any] | None:
+    """The identity recorded in ``folder`` (None when there is none)."""
+    path = folder / IDENTITY_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError):
+        return {"(identity.json)": "unreadable"}
+    return record if isinstance(record, dict) else {"(identity.json)": "not a JSON object"}
+
+
+def write_identity(folder: Path, identity: Mapping[str, Any]) -> None:
+    """Record ``identity`` in ``folder`` (atomically)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(normalised(identity), indent=2, sort_keys=True) + "\n"
+    atomic_write_bytes(folder / IDENTITY_FILE, text.encode())
+
+
+def remove_outputs(folder: Path, outputs: Iterable[str]) -> None:
+    """Delete the named files and folders under ``folder`` (missing ones are fine: another rank may be first)."""
+    for name in outputs:
+        path = folder / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def stale_results(folder: Path, identity: Mapping[str, Any], outputs: Sequence[str]) -> list[str]:
+    """Why ``folder``'s results are not those of ``identity``: one line per changed field; [] when they
+    are (the same identity is recorded) or when there are none (a record alone is no result).
+
+    ``outputs``: the step's results, relative to ``folder`` (files or folders).
+    """
+    recorded = read_identity(folder)
+    if recorded == normalised(identity):
+        return []
+    stale = [name for name in outputs if (folder / name).exists()]
+    if not stale:
+        return []
+    if recorded is None:
+        return [f"its results ({', '.join(stale[:MAX_NAMED])}) have no {IDENTITY_FILE}: written by an older deftx "
+                "or by hand, so what they depend on is unknown"]
+    return describe_changes(recorded, normalised(identity)) or ["identity.json differs"]
+
+
+def claim(folder: Path, identity: Mapping[str, Any], outputs: Sequence[str], *, overwrite: bool = False) -> bool:
+    """Make ``folder`` hold the results of the step with ``identity`` (see the module docstring).
+
+    Args:
+        folder: the step's work directory.
+        identity: what the step's results depend on (JSON-ready).
+        outputs: the step's results, relative to ``folder`` (files or folders): what a
+            different identity invalidates and ``overwrite`` removes.
+        overwrite: discard stale results instead of refusing them.
+
+    Returns:
+        True when stale results were discarded.
+
+    Raises:
+        IdentityMismatchError: the folder holds results of another identity (or results
+            without a record) and ``overwrite`` is not set; nothing is changed then.
+    """
+    changes = stale_results(folder, identity, outputs)
+    if changes and not overwrite:
+        raise IdentityMismatchError(folder, changes)
+    if changes:
+        remove_outputs(folder, outputs)
+    if read_identity(folder) != normalised(identity):
+        write_identity(folder, identity)
+    return bool(changes)

@@ -1,0 +1,99 @@
+"""Finished steps shared between runs: a :class:`StepStore` keyed by the steps' identities.
+
+A step (phase 1 of a sparse fine-tuning, a selection branch, the full fine-tuning
+baseline) is identified by what its results depend on (:mod:`deftx.train.identity`). Before
+running a step, its runner asks the store to *attach* the files of an equal step finished
+by another run; after finishing it, it *publishes* them. ``deftx ablate`` shares phase 1
+between variants this way, and a pipeline config's ``step_store`` links an ablation's
+finished steps into the final run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from deftx.train.identity import IDENTITY_FILE, digest
+
+STORE_KEY_LENGTH = 32
+
+
+class StepStore(Protocol):
+    """Shares finished steps between runs."""
+
+    def attach(self, work_dir: Path, identity: Mapping[str, Any], files: Sequence[str]) -> bool:
+        """Put the stored ``files`` (paths relative to ``work_dir``) of an equal step into
+        ``work_dir``, unless already there; True when they are all there afterwards."""
+
+    def publish(self, work_dir: Path, identity: Mapping[str, Any], files: Sequence[str]) -> None:
+        """Keep ``work_dir``'s finished ``files`` of this step for later runs (no-op if kept)."""
+
+
+class LinkedStepStore:
+    """A :class:`StepStore` over a folder, by hard links (no copies).
+
+    A step is kept as ``<root>/<key>/<file name>`` (plus ``identity.json``), where the key
+    is the digest of the step's identity; the file names of one step must be distinct.
+    Files are linked, never copied (θ1 of e5-small is ~470 MB); where a hard link is
+    impossible (another file system) a symbolic link is made instead. Every file deftx
+    writes is replaced atomically (a new inode), never rewritten in place, so a linked file
+    stays intact in the store and in every run that shares it, and a run deleting its own
+    link (θ1 once its branches are done) leaves the store's.
+
+    ``attached`` and ``published`` count the steps reused and kept, by their ``step`` name.
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.attached: Counter[str] = Counter()
+        self.published: Counter[str] = Counter()
+
+    def folder(self, identity: Mapping[str, Any]) -> Path:
+        """Where the step of ``identity`` is kept."""
+        return self.root / digest(dict(identity))[:STORE_KEY_LENGTH]
+
+    @staticmethod
+    def _names(files: Sequence[str]) -> list[str]:
+        names = [Path(name).name for name in files]
+        if len(set(names)) != len(names):
+            raise ValueError(f"the files of one step need distinct names, got {list(files)}")
+        return names
+
+    @staticmethod
+    def _link(source: Path, target: Path) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.{os.getpid()}.link")
+        partial.unlink(missing_ok=True)
+        try:
+            os.link(source, partial)
+        except OSError:
+            os.symlink(source.resolve(), partial)
+        os.replace(partial, target)
+
+    def attach(self, work_dir: Path, identity: Mapping[str, Any], files: Sequence[str]) -> bool:
+        names = self._names(files)
+        if all((work_dir / name).is_file() for name in files):
+            return True
+        folder = self.folder(identity)
+        if not all((folder / name).is_file() for name in names):
+            return False
+        for relative, name in zip(files, names, strict=True):
+            if not (work_dir / relative).is_file():
+                self._link(folder / name, work_dir / relative)
+        self.attached[str(identity.get("step"))] += 1
+        return True
+
+    def publish(self, work_dir: Path, identity: Mapping[str, Any], files: Sequence[str]) -> None:
+        names = self._names(files)
+        folder = self.folder(identity)
+        if all((folder / name).is_file() for name in names):
+            return
+        for relative, name in zip(files, names, strict=True):
+            if not (folder / name).is_file():
+                self._link(work_dir / relative, folder / name)
+        (folder / IDENTITY_FILE).write_text(json.dumps(dict(identity), indent=2, sort_keys=True) + "\n")
+        self.published[str(identity.get("step"))] += 1

@@ -1,0 +1,116 @@
+"""What :class:`~deftx.train.sparse_finetuner.SparseFineTuner` does to the Trainer you give it.
+
+The contract (README, "Your Trainer, sparse fine-tuned"):
+
+* **Your TrainingArguments** hold for every phase, except the fields each phase sets:
+  its length (``max_steps`` / ``num_train_epochs``), ``learning_rate`` (phase 1 from
+  ``config.full``, phase 3 from ``config.sparse``) and ``output_dir`` (the phase's
+  checkpoint folder in the tuner's ``work_dir``). Where your values differ, ``fit()``
+  warns once with a :class:`TrainerOverrideWarning` naming each field, yours and the
+  phase's value. Your ``output_dir`` is never written to nor deleted.
+  ``PhaseConfig.from_training_arguments(trainer.args)`` as ``config.full`` runs phase 1
+  with your length and learning rate.
+* **Optimizers.** Phase 1's optimizer is built by your Trainer as it builds any (your
+  ``TrainingArguments.optim``, ``optim_args``, ``weight_decay``, ``adam_*``, or the class
+  and keyword arguments of ``Trainer(optimizer_cls_and_kwargs=...)``), at phase 1's
+  learning rate, with your scheduler settings; phase 3 uses
+  :class:`~deftx.train.retrain.MaskedAdamW` with your betas, epsilon and weight decay. An
+  optimizer *instance* (``Trainer(optimizers=(optimizer, scheduler))``, or one left by an
+  earlier ``trainer.train()``) cannot be rebuilt for each phase and is refused
+  (:func:`refuse_optimizer_instances`).
+* **After fit()** the Trainer is as you gave it (:func:`trainer_restored`): the model at
+  θ0 with its ``requires_grad`` flags, ``trainer.args`` (every field), ``trainer.optimizer``
+  and ``trainer.lr_scheduler`` (None: the next ``train()`` builds fresh ones from your
+  arguments), ``optimizer_cls_and_kwargs``, ``trainer.state`` and ``trainer.control``, and
+  the callbacks; ``trainer.train()`` and ``trainer.evaluate()`` work as before ``fit()``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from deftx.train.config import PhaseConfig
+from deftx.train.finetune import phase_settings
+
+RESTORED_ATTRIBUTES = ("optimizer", "lr_scheduler", "optimizer_cls_and_kwargs", "state", "control")
+"""The Trainer attributes ``fit()`` puts back as it found them (besides the model and the arguments)."""
+
+
+class TrainerOverrideWarning(UserWarning):
+    """A setting of your Trainer is replaced for a phase of the sparse fine-tuning (the message names it)."""
+
+
+def refuse_optimizer_instances(trainer: Any) -> None:
+    """ValueError when the Trainer holds an optimizer or scheduler instance (see the module docstring)."""
+    held = [name for name in ("optimizer", "lr_scheduler") if getattr(trainer, name, None) is not None]
+    if held:
+        raise ValueError(
+            f"SparseFineTuner: the Trainer holds an {' and a '.join(held)} instance (passed as "
+            "Trainer(optimizers=...), or left by an earlier trainer.train()). Each phase needs its own: phase 1 "
+            "builds one the way the Trainer does, at config.full.learning_rate, phase 3 uses MaskedAdamW. Choose "
+            "phase 1's optimizer with TrainingArguments(optim=..., optim_args=...) or "
+            "Trainer(optimizer_cls_and_kwargs=(cls, kwargs)); or set trainer.optimizer = trainer.lr_scheduler = None"
+        )
+
+
+def _shown(value: Any) -> str:
+    return repr(value) if not isinstance(value, float) else f"{value:g}"
+
+
+def overridden_fields(args: Any, settings: Mapping[str, Any]) -> list[str]:
+    """``"field yours -> phase's"`` for each of a phase's ``settings`` that differs from ``args``."""
+    lines = []
+    for name, value in settings.items():
+        current = getattr(args, name)
+        if current == value:
+            continue
+        line = f"{name} {_shown(current)} -> {_shown(value)}"
+        if name == "max_steps" and value > 0 and current <= 0:
+            line += f" (instead of num_train_epochs {_shown(args.num_train_epochs)})"
+        lines.append(line)
+    return lines
+
+
+def optimizer_override(trainer: Any, phase: PhaseConfig) -> list[str]:
+    """The ``lr`` of ``optimizer_cls_and_kwargs`` replaced by phase 1's, if it differs."""
+    chosen = getattr(trainer, "optimizer_cls_and_kwargs", None)
+    if chosen is None:
+        return []
+    cls, kwargs = chosen
+    lr = kwargs.get("lr")
+    if lr is not None and float(lr) == float(phase.learning_rate):
+        return []
+    yours = "its default" if lr is None else _shown(lr)
+    return [f"optimizer_cls_and_kwargs ({cls.__name__}) lr {yours} -> {_shown(float(phase.learning_rate))}"]
+
+
+def override_message(trainer: Any, full: PhaseConfig, sparse: PhaseConfig, work_dir: Path) -> str | None:
+    """The one warning ``fit()`` gives about the fields its phases set (None when nothing differs)."""
+    args = trainer.args
+    phase1 = overridden_fields(args, phase_settings(full, work_dir / "phase1")) + optimizer_override(trainer, full)
+    phase3 = overridden_fields(args, phase_settings(sparse, work_dir / "<branch>" / "phase3"))
+    if not phase1 and not phase3:
+        return None
+    parts = [f"phase 1 (config.full): {', '.join(phase1)}"] if phase1 else []
+    if phase3:
+        parts.append(f"phase 3 (config.sparse): {', '.join(phase3)}, optimizer -> MaskedAdamW")
+    own_phase1 = [line for line in phase1 if not line.startswith("output_dir")]
+    hint = ("; PhaseConfig.from_training_arguments(trainer.args) as config.full keeps your length and rate "
+            "in phase 1") if own_phase1 else ""
+    return (f"SparseFineTuner overrides TrainingArguments for its phases (yours are restored after fit()): "
+            f"{'; '.join(parts)}. Your output_dir is neither written to nor deleted{hint}")
+
+
+@contextlib.contextmanager
+def trainer_restored(trainer: Any) -> Iterator[None]:
+    """Put :data:`RESTORED_ATTRIBUTES` of ``trainer`` back as they were on entry (on any exit)."""
+    kept = {name: getattr(trainer, name) for name in RESTORED_ATTRIBUTES if hasattr(trainer, name)}
+    try:
+        yield
+    finally:
+        for name, value in kept.items():
+            setattr(trainer, name, value)
+
