@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
-import torch
 
 from deftx.bench.cases import CaseSpec
 from deftx.bench.memory import peak_extra_cpu
@@ -11,16 +14,31 @@ from deftx.bench.probe import MemoryProber
 from deftx.bench.shapes import ShapeSet, TensorShape
 
 MIB = 1 << 20
+ROOT = Path(__file__).resolve().parents[2]
+
+
+FRESH_PROCESS_PROBE = """
+import torch
+from deftx.bench.memory import peak_extra_cpu
+
+def allocate_and_free():
+    buffer = torch.ones(64 * (1 << 20) // 4)  # 64 MiB, every page touched
+    return int(buffer[-1])
+
+result = peak_extra_cpu(allocate_and_free)
+print(result.peak_extra_bytes, result.method)
+"""
 
 
 def test_cpu_peak_counts_a_touched_allocation_once_freed() -> None:
-    def allocate_and_free() -> int:
-        buffer = torch.ones(64 * MIB // 4)  # 64 MiB, every page touched
-        return int(buffer[-1])
-
-    result = peak_extra_cpu(allocate_and_free)
-    assert 60 * MIB <= result.peak_extra_bytes <= 80 * MIB, result
-    assert "RSS" in result.method
+    """In a fresh interpreter: inside a long test session, memory freed by earlier tests can
+    stay resident and be handed out again, and then a new allocation does not grow the RSS
+    (seen once in a full CI-style run: 84 KB measured for 64 MiB)."""
+    done = subprocess.run([sys.executable, "-c", FRESH_PROCESS_PROBE], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, check=True)
+    peak, method = done.stdout.split(maxsplit=1)
+    assert 60 * MIB <= int(peak) <= 80 * MIB, done.stdout
+    assert "RSS" in method
 
 
 def test_cpu_peak_of_a_call_that_allocates_nothing_is_small() -> None:
