@@ -12,8 +12,7 @@ selection does not need. Under ``torch.compile`` / ``torch.export`` tracing, a d
 (``make_fx``, fake tensors) or tensor subclasses (:func:`is_traced`), they go through the
 registered op. The public scatter goes through its op always (the op bumps the version
 counters of the tensors it writes, which the kernels writing through raw pointers do not); the
-masked step's eager path (:func:`deftx.ops.masked_step.run_masked_adamw_step_`) bumps them itself,
-in one call.
+masked step's eager path (:func:`masked_adamw_step`) bumps them itself, in one call.
 
 Nested per-diff lists are flattened row-major (diff-major) to ``Tensor[]``.
 """
@@ -24,6 +23,7 @@ from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 import torch
+from torch.autograd.graph import increment_version
 
 from deftx.ops.dispatch import backend_for, common_device
 
@@ -129,7 +129,40 @@ def _scatter_restore_fake(dense, indices, saved, backend) -> None:
     return None
 
 
-@torch.library.custom_op("deftx::masked_adamw_step_", mutates_args=("params", "masters", "exp_avgs", "exp_avg_sqs"))
+def _masked_adamw_step(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    indices: list[torch.Tensor],
+    masters: list[torch.Tensor],
+    exp_avgs: list[torch.Tensor],
+    exp_avg_sqs: list[torch.Tensor],
+    bases: list[torch.Tensor],
+    step: int,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    l1: float,
+    backend: str,
+) -> None:
+    device = common_device(params, "masked_adamw_step_")
+    backend_for("masked_step", device, backend).masked_adamw_step_(
+        params, grads, indices, masters, exp_avgs, exp_avg_sqs, bases or None,
+        step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, l1=l1,
+    )  # fmt: skip
+
+
+_masked_adamw_step_op = torch.library.custom_op(
+    "deftx::masked_adamw_step_", mutates_args=("params", "masters", "exp_avgs", "exp_avg_sqs")
+)(_masked_adamw_step)
+
+
+@_masked_adamw_step_op.register_fake
+def _masked_adamw_step_fake(params, grads, indices, masters, exp_avgs, exp_avg_sqs, bases, *rest) -> None:
+    return None
+
+
 def masked_adamw_step(
     params: list[torch.Tensor],
     grads: list[torch.Tensor],
@@ -147,29 +180,19 @@ def masked_adamw_step(
     l1: float,
     backend: str,
 ) -> None:
-    """Masked AdamW step (``bases`` empty when unused)."""
-    device = common_device(params, "masked_adamw_step_")
-    backend_for("masked_step", device, backend).masked_adamw_step_(
-        params,
-        grads,
-        indices,
-        masters,
-        exp_avgs,
-        exp_avg_sqs,
-        bases or None,
-        step=step,
-        lr=lr,
-        beta1=beta1,
-        beta2=beta2,
-        eps=eps,
-        weight_decay=weight_decay,
-        l1=l1,
-    )
+    """Masked AdamW step of checked inputs (``bases`` empty when unused), ``params`` non-empty.
 
-
-@masked_adamw_step.register_fake
-def _masked_adamw_step_fake(params, grads, indices, masters, exp_avgs, exp_avg_sqs, bases, *rest) -> None:
-    return None
+    Eager: the implementation, then one call that bumps the version counters of the tensors
+    written, as the op would (autograd sees the in-place update). Traced, or on meta tensors:
+    the registered op (its fake does nothing).
+    """
+    args = (params, grads, indices, masters, exp_avgs, exp_avg_sqs, bases,
+            step, lr, beta1, beta2, eps, weight_decay, l1, backend)  # fmt: skip
+    if params[0].is_meta or is_traced([*params, *grads, *masters]):
+        _masked_adamw_step_op(*args)
+        return
+    _masked_adamw_step(*args)
+    increment_version([*params, *masters, *exp_avgs, *exp_avg_sqs])
 
 
 def _randomized_svd(

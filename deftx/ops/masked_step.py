@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch.autograd.graph import increment_version
 
 from deftx.ops import library
-from deftx.ops.dispatch import backend_for, common_device, requested_backend
+from deftx.ops.dispatch import common_device, requested_backend
 from deftx.ops.validation import (
     as_tensor_list,
     check_disjoint,
@@ -116,26 +115,13 @@ def run_masked_adamw_step_(
     the state itself); arguments as :func:`masked_adamw_step_`, ``params`` non-empty on one
     device, ``bases`` given when ``l1 != 0``. Non-contiguous gradients are made contiguous.
 
-    Eager calls go straight to the backend and then bump the version counters of the tensors
-    written (one call for all, as the custom op does: autograd then sees the in-place
-    update); when traced (``torch.compile``, a dispatch mode, tensor subclasses: see
-    :func:`deftx.ops.library.is_traced`) the call goes through the ``deftx::masked_adamw_step_``
-    custom op. (Through the dispatcher in eager mode, its per-tensor bookkeeping alone cost
-    about 3 ms per step over XLM-R's 197 parameters, and the public op's checks 5 ms more:
-    measured on the host with the kernel stubbed.)
+    Eager calls run the backend directly (:func:`deftx.ops.library.masked_adamw_step`);
+    traced ones go through the ``deftx::masked_adamw_step_`` custom op. (Through the
+    dispatcher in eager mode, its per-tensor bookkeeping alone cost about 3 ms per step over
+    XLM-R's 197 parameters, and the public op's checks 5 ms more: measured on the host with
+    the kernel stubbed.)
     """
-    grads = [g.contiguous() for g in grads]
-    if library.is_traced([*params, *grads, *masters]):
-        library.masked_adamw_step(
-            params, grads, indices, masters, exp_avgs, exp_avg_sqs, bases or [],
-            step, lr, beta1, beta2, eps, weight_decay, l1, requested_backend(backend),
-        )  # fmt: skip
-        return
-    device = params[0].device
-    if device.type == "meta":  # shapes only: nothing to update (the custom op's fake does the same)
-        return
-    backend_for("masked_step", device, requested_backend(backend)).masked_adamw_step_(
-        params, grads, indices, masters, exp_avgs, exp_avg_sqs, bases,
-        step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, l1=l1,
+    library.masked_adamw_step(
+        params, [g.contiguous() for g in grads], indices, masters, exp_avgs, exp_avg_sqs, bases or [],
+        step, lr, beta1, beta2, eps, weight_decay, l1, requested_backend(backend),
     )  # fmt: skip
-    increment_version([*params, *masters, *exp_avgs, *exp_avg_sqs])  # as the custom op does for what it writes

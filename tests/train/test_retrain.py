@@ -184,7 +184,7 @@ def test_steps_skip_the_per_call_checks_and_the_dispatcher(monkeypatch, backend)
     with monkeypatch.context() as patch:
         for name in ("check_disjoint", "check_indices", "check_state_tensors", "check_float_dtype"):
             patch.setattr(public, name, checked_per_step)
-        patch.setattr(library, "masked_adamw_step", dispatched)
+        patch.setattr(library, "_masked_adamw_step_op", dispatched)
         optimizer.step()
     assert all(p._version > v for p, v in zip(params, versions, strict=True)), "autograd must see the update"
 
