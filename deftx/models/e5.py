@@ -386,10 +386,9 @@ def unpack_source(packed: Path) -> tuple[Path, Path]:
         ValueError: no manifest, a part missing or of the wrong size or hash, or a joined file
             whose sha256 differs from the manifest's (each error names the file).
     """
-    manifests = sorted(packed.glob(f"*/{MANIFEST_FILE}")) + sorted(packed.glob(MANIFEST_FILE))
-    if not manifests:
+    manifest = _read_manifest(packed)
+    if manifest is None:
         raise ValueError(f"${SOURCE_ENV}={packed}: no {MANIFEST_FILE} (has every folder of `deftx e5-pack` arrived?)")
-    manifest = json.loads(manifests[0].read_text())
     joined_dir = packed / "joined"
     joined_dir.mkdir(exist_ok=True)
     paths = {}
@@ -401,6 +400,12 @@ def unpack_source(packed: Path) -> tuple[Path, Path]:
                 raise ValueError(f"{target}: joined {name} does not match the manifest's sha256")
         paths[name] = target
     return paths[WEIGHTS_FILE], paths[TOKENIZER_FILE.name]
+
+
+def _read_manifest(packed: Path) -> dict | None:
+    """The manifest of a :func:`pack_source` folder (in one of its numbered folders), or None."""
+    found = sorted(packed.glob(f"*/{MANIFEST_FILE}")) + sorted(packed.glob(MANIFEST_FILE))
+    return json.loads(found[0].read_text()) if found else None
 
 
 def _join_parts(packed: Path, parts: list[dict], target: Path) -> None:
@@ -511,8 +516,8 @@ def _source_versions() -> dict[str, str]:
     packed = os.environ.get(SOURCE_ENV)
     if not packed:
         return _installed_versions()
-    manifest = next(iter(sorted(Path(packed).expanduser().glob(f"*/{MANIFEST_FILE}"))), None)
-    return json.loads(manifest.read_text())["packages"] if manifest else {}
+    manifest = _read_manifest(Path(packed).expanduser())
+    return manifest["packages"] if manifest else {}
 
 
 def ensure_e5_small(cache_dir: Path | str | None = None, *, force: bool = False) -> Path:
