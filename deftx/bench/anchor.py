@@ -188,6 +188,15 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def report(rows: Any, table: str, out: Path | None, stem: str) -> None:
+    """Print ``table``; with ``out``, write ``<stem>.json`` (``rows``) and ``<stem>.md`` there."""
+    print(table, end="")
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{stem}.json").write_text(json.dumps(rows, indent=2) + "\n")
+        (out / f"{stem}.md").write_text(table)
+
+
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m deftx.bench.anchor", description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", default="e5-small", help="shape set (default e5-small, 117.5M)")
@@ -207,12 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     rows = [summarise([run_fresh(method, args.shapes, args.k_fraction) for _ in range(args.repeat)])
             for method in args.methods.split(",")]
-    table = markdown(rows)
-    print(table, end="")
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / f"anchor_{args.shapes}.json").write_text(json.dumps(rows, indent=2) + "\n")
-        (args.out / f"anchor_{args.shapes}.md").write_text(table)
+    report(rows, markdown(rows), args.out, f"anchor_{args.shapes}")
     return 0
 
 

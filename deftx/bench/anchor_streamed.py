@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from deftx.bench.anchor import CHILD_ENV
+from deftx.bench.anchor import CHILD_ENV, report
 from deftx.bench.memory import reset_peak_rss, status_bytes
 from deftx.bench.shapes import TensorShape, load_shape_set
 
@@ -173,12 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     row |= {"shapes": shape_set.name, "dtype": args.dtype, "element_bytes": DTYPES[args.dtype].itemsize,
             "k_fraction": args.k_fraction, "write_s": write_s, "load_before": load_before,
             "load_after": os.getloadavg()[0]}
-    table = markdown(row)
-    print(table, end="")
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / f"anchor_streamed_{shape_set.name}.json").write_text(json.dumps(row, indent=2) + "\n")
-        (args.out / f"anchor_streamed_{shape_set.name}.md").write_text(table)
+    report(row, markdown(row), args.out, f"anchor_streamed_{shape_set.name}")
     return 0
 
 
