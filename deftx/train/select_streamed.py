@@ -33,9 +33,11 @@ So two full reads of (θ1, θ0), three when the threshold's bin is crowded, one 
 
 from __future__ import annotations
 
+import itertools
 import json
 import struct
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -43,7 +45,6 @@ from typing import BinaryIO
 import torch
 
 from deftx.ops import topk_mask
-from deftx.ops.reference.topk import differences
 from deftx.ops.validation import check_count
 
 DTYPES: dict[str, torch.dtype] = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
@@ -163,13 +164,20 @@ def pair_tensors(theta1: dict[str, StoredTensor], theta0: dict[str, StoredTensor
 
 @dataclass
 class Reader:
-    """Reads chunks of stored tensors through open files into two reusable buffers, counting
-    the bytes read."""
+    """Reads chunks of stored tensors through open files and turns them into keys, in buffers
+    allocated once (a fresh allocation per chunk costs a page fault per 4 KiB), counting the
+    bytes read."""
 
     chunk_elements: int
     bytes_read: int = 0
     _handles: dict[Path, BinaryIO] = field(default_factory=dict)
     _buffers: list[torch.Tensor] = field(default_factory=list)
+
+    def _buffer(self, slot: int) -> torch.Tensor:
+        """Buffer ``slot`` (0, 1: raw bytes of θ1 and θ0; 2, 3: fp32 values), made on first use."""
+        if not self._buffers:
+            self._buffers = [torch.empty(self.chunk_elements * 4, dtype=torch.uint8) for _ in range(4)]
+        return self._buffers[slot]
 
     def read(self, tensor: StoredTensor, begin: int, end: int, slot: int) -> torch.Tensor:
         """Entries ``[begin, end)`` of ``tensor``, flat, in buffer ``slot`` (0 or 1; valid
@@ -177,9 +185,8 @@ class Reader:
         if tensor.dtype is None:
             raise TypeError(f"tensor {tensor.name!r} has dtype {tensor.kind}; expected F32, BF16 or F16")
         size = tensor.dtype.itemsize
-        if not self._buffers:
-            self._buffers = [torch.empty(self.chunk_elements * 4, dtype=torch.uint8) for _ in range(2)]
-        view = memoryview(self._buffers[slot].numpy())[: (end - begin) * size]
+        buffer = self._buffer(slot)
+        view = memoryview(buffer.numpy())[: (end - begin) * size]
         handle = self._handles.get(tensor.file)
         if handle is None:
             handle = self._handles[tensor.file] = open(tensor.file, "rb", buffering=0)  # noqa: SIM115
@@ -191,7 +198,21 @@ class Reader:
                 raise EOFError(f"{tensor.file} ends inside tensor {tensor.name!r}")
             done += got
         self.bytes_read += done
-        return self._buffers[slot][: done].view(tensor.dtype)
+        return buffer[: done].view(tensor.dtype)
+
+    def keys(self, pair: Pair, begin: int, end: int) -> torch.Tensor:
+        """int32 keys of entries ``[begin, end)``: the bits of ``|fl32(f32(θ1) − f32(θ0))|``
+        (valid until the next call)."""
+        x = self.read(pair.theta1, begin, end, 0)
+        base = self.read(pair.theta0, begin, end, 1)
+        difference = self._buffer(2)[: 4 * (end - begin)].view(torch.float32)
+        if x.dtype == torch.float32:
+            torch.sub(x, base, out=difference)
+        else:
+            widened = self._buffer(3)[: 4 * (end - begin)].view(torch.float32)
+            difference.copy_(x)
+            difference.sub_(widened.copy_(base))
+        return difference.abs_().view(torch.int32)
 
     def close(self) -> None:
         for handle in self._handles.values():
@@ -201,14 +222,25 @@ class Reader:
 
 def stream_keys(pairs: Sequence[Pair], reader: Reader) -> Iterator[tuple[int, int, torch.Tensor]]:
     """One full pass: ``(pair position, first flat index, int32 keys)`` per chunk, in
-    (tensor, flat index) order."""
+    (tensor, flat index) order (the keys are valid until the next chunk)."""
     for position, pair in enumerate(pairs):
         numel = pair.theta1.numel
         for begin in range(0, numel, reader.chunk_elements):
-            end = min(begin + reader.chunk_elements, numel)
-            x = reader.read(pair.theta1, begin, end, 0)
-            base = reader.read(pair.theta0, begin, end, 1)
-            yield position, begin, differences(x, base).abs_().view(torch.int32)
+            yield position, begin, reader.keys(pair, begin, min(begin + reader.chunk_elements, numel))
+
+
+def join_per_tensor(count: int, parts: Iterable[tuple[int, torch.Tensor]]) -> list[torch.Tensor]:
+    """The int64 index parts of ``count`` tensors, given in tensor order, joined into one
+    tensor each as soon as that tensor is complete (an empty one where it has none)."""
+    joined: list[torch.Tensor] = []
+    pending: list[torch.Tensor] = []
+    for position, part in itertools.chain(parts, [(count, None)]):
+        while len(joined) < position:
+            joined.append(torch.cat(pending) if pending else torch.empty(0, dtype=torch.int64))
+            pending = []
+        if part is not None:
+            pending.append(part)
+    return joined
 
 
 def bin_of_rank(hist: torch.Tensor, rank: int) -> tuple[int, int]:
@@ -240,39 +272,48 @@ class StreamedSelection:
 
 
 def _high_histogram(pairs: Sequence[Pair], reader: Reader) -> torch.Tensor:
-    """Pass 1: the histogram of ``key >> 15`` over all entries; raises on NaN."""
+    """Pass 1: the histogram of ``key >> 15`` over all entries; raises on NaN (keys above
+    +inf: every key of the bins above +inf's, some of its own bin's, counted where it has any)."""
     hist = torch.zeros(HIGH_BINS, dtype=torch.int64)
     for position, _, keys in stream_keys(pairs, reader):
-        nan = int((keys > INF_KEY).sum())
-        if nan:
+        counts = torch.bincount(keys >> LOW_BITS, minlength=HIGH_BINS)
+        if counts[INF_KEY >> LOW_BITS:].any() and (keys > INF_KEY).any():
             raise ValueError(f"select_streamed: tensor {pairs[position].theta1.name!r} minus its base contains "
                              f"NaN value(s); magnitudes of NaN have no order")
-        hist += torch.bincount(keys >> LOW_BITS, minlength=HIGH_BINS)
+        hist += counts
     return hist
 
 
 def _select_by_candidates(pairs: Sequence[Pair], reader: Reader, high: int, need: int) -> list[torch.Tensor]:
     """Pass 2: every key at or above bin ``high``; of bin ``high`` the ``need`` largest in
-    (tensor, flat index) order, chosen by :func:`topk_mask` on the candidates' scores."""
+    (tensor, flat index) order, chosen by :func:`topk_mask` on the candidates' scores.
+
+    Kept between the pass and the choice, per chunk: the int32 offsets of its keys at or above
+    the bin and which of them are in it (5 bytes per entry), and the candidates' scores.
+    """
     lowest = high << LOW_BITS
-    chunks: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+    chunks: deque[tuple[int, int, torch.Tensor, torch.Tensor]] = deque()
     scores: list[torch.Tensor] = []
     for position, begin, keys in stream_keys(pairs, reader):
         hits = (keys >= lowest).nonzero().view(-1)
         hit_keys = keys[hits]
         in_bin = (hit_keys >> LOW_BITS) == high
-        chunks.append((position, hits.add_(begin), in_bin))
+        chunks.append((position, begin, hits.to(torch.int32), in_bin))
         scores.append(hit_keys[in_bin].view(torch.float32))
     (chosen,) = topk_mask([torch.cat(scores)], need)
-    per_tensor: list[list[torch.Tensor]] = [[] for _ in pairs]
-    start = 0
-    for position, hits, in_bin in chunks:
-        keep = ~in_bin
-        count = int(in_bin.sum())
-        keep[in_bin] = chosen[start: start + count]
-        start += count
-        per_tensor[position].append(hits[keep])
-    return [torch.cat(parts) if parts else torch.empty(0, dtype=torch.int64) for parts in per_tensor]
+    del scores
+
+    def kept() -> Iterator[tuple[int, torch.Tensor]]:
+        start = 0
+        while chunks:
+            position, begin, hits, in_bin = chunks.popleft()
+            count = int(in_bin.sum())
+            keep = ~in_bin
+            keep[in_bin] = chosen[start: start + count]
+            start += count
+            yield position, hits[keep].to(torch.int64).add_(begin)
+
+    return join_per_tensor(len(pairs), kept())
 
 
 def _threshold_by_low_histogram(pairs: Sequence[Pair], reader: Reader, high: int, need: int) -> tuple[int, int]:
@@ -288,15 +329,18 @@ def _threshold_by_low_histogram(pairs: Sequence[Pair], reader: Reader, high: int
 def _select_by_threshold(pairs: Sequence[Pair], reader: Reader, threshold: int, ties: int) -> list[torch.Tensor]:
     """Pass 3: every key above ``threshold``, then the first ``ties`` keys equal to it in
     (tensor, flat index) order."""
-    per_tensor: list[list[torch.Tensor]] = [[] for _ in pairs]
-    for position, begin, keys in stream_keys(pairs, reader):
-        chosen = keys > threshold
-        if ties:
-            equal = (keys == threshold).nonzero().view(-1)[:ties]
-            chosen[equal] = True
-            ties -= equal.numel()
-        per_tensor[position].append(chosen.nonzero().view(-1).add_(begin))
-    return [torch.cat(parts) if parts else torch.empty(0, dtype=torch.int64) for parts in per_tensor]
+
+    def chosen() -> Iterator[tuple[int, torch.Tensor]]:
+        ties_left = ties
+        for position, begin, keys in stream_keys(pairs, reader):
+            mask = keys > threshold
+            if ties_left:
+                equal = (keys == threshold).nonzero().view(-1)[:ties_left]
+                mask[equal] = True
+                ties_left -= equal.numel()
+            yield position, mask.nonzero().view(-1).add_(begin)
+
+    return join_per_tensor(len(pairs), chosen())
 
 
 def select_streamed(
