@@ -10,7 +10,13 @@ import torch
 from safetensors.torch import save_file
 
 from deftx.ops import topk_mask
-from deftx.train.select_streamed import bin_of_rank, checkpoint_files, checkpoint_tensors, select_streamed
+from deftx.train.select_streamed import (
+    bin_of_rank,
+    checkpoint_files,
+    checkpoint_tensors,
+    join_per_tensor,
+    select_streamed,
+)
 
 SHAPES = {"b.weight": (37, 11), "a.bias": (13,), "c.empty": (0,), "d.big": (5, 200), "e.odd": (3, 7, 9)}
 
@@ -153,3 +159,9 @@ def test_bin_of_rank_counts_from_the_top():
     assert bin_of_rank(hist, 4) == (2, 3)
     assert bin_of_rank(hist, 6) == (0, 5)
     assert bin_of_rank(hist, 10) == (0, 5)
+
+
+def test_join_per_tensor_fills_tensors_without_parts():
+    parts = [(1, torch.tensor([2, 5])), (1, torch.tensor([9])), (3, torch.tensor([0]))]
+    assert [t.tolist() for t in join_per_tensor(5, parts)] == [[], [2, 5, 9], [], [0], []]
+    assert [t.dtype for t in join_per_tensor(2, [])] == [torch.int64, torch.int64]
