@@ -8,8 +8,9 @@ makes on the materialised differences, entry for entry and tie for tie::
     topk_mask([θ1[n].float() - θ0[n].float() for n in names], k, output="indices")
 
 (``θ1 − θ0`` for fp32), with ``names`` in the order given (default: θ1's float tensors
-sorted by name). No buffer of the model's size is ever allocated: memory is a few chunks
-plus the selected indices (and, between passes 2 and 3, the candidates described below).
+sorted by name). No buffer of the model's size is ever allocated: memory is four chunk
+buffers (16 bytes per chunk entry), the selected indices (8 bytes each) and, during pass 2,
+5 bytes per entry at or above the threshold's bin (about k) plus the candidates' scores.
 
 Keys
     An entry's key is the fp32 bit pattern of ``|fl32(f32(x) − f32(base))|`` read as an
