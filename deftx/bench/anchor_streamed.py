@@ -5,7 +5,7 @@ not loaded, in a fresh process.
 of a shape set (bf16 by default, as models of that size ship) as sharded safetensors
 checkpoints with an index (``theta0/``, ``theta1/`` under a scratch folder). A fresh child
 process (``python -m deftx.bench.anchor_streamed --child θ1 θ0``) then runs
-:func:`deftx.train.select_streamed.select_streamed` once at ``k = round(fraction × N)`` and
+:func:`deftx.ops.topk_streamed.select_streamed` once at ``k = round(fraction × N)`` and
 reports its wall time, its peak RSS (``VmHWM``: the whole process, and its growth during the
 call after a ``clear_refs`` reset), the entries selected, its full passes and the bytes they
 read. The files are read with ``read``, not mapped, so the page cache never counts as the
@@ -86,7 +86,7 @@ def write_pair(shapes: Sequence[TensorShape], scratch: Path, dtype: torch.dtype,
 def measure(theta1: Path, theta0: Path, k_fraction: float) -> dict[str, Any]:
     """Run the streamed selection once in this process (meant to be fresh); its figures."""
     start = time.perf_counter()
-    from deftx.train.select_streamed import checkpoint_tensors, select_streamed
+    from deftx.ops.topk_streamed import checkpoint_tensors, select_streamed
 
     import_s = time.perf_counter() - start
     numel = sum(t.numel for t in checkpoint_tensors(theta1).values())

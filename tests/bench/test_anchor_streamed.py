@@ -11,7 +11,7 @@ import torch
 from deftx.bench import anchor_streamed
 from deftx.bench.shapes import TensorShape
 from deftx.ops import topk_mask
-from deftx.train.select_streamed import checkpoint_files, checkpoint_tensors, select_streamed
+from deftx.ops.topk_streamed import checkpoint_files, checkpoint_tensors, select_streamed
 
 SHAPES = [TensorShape("embed", (300, 16)), TensorShape("norm", (16,)), TensorShape("q", (16, 16))]
 

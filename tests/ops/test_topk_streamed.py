@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from deftx.ops import topk_mask
-from deftx.train.select_streamed import (
+from deftx.ops.topk_streamed import (
     bin_of_rank,
     checkpoint_files,
     checkpoint_tensors,

@@ -45,7 +45,7 @@ from typing import BinaryIO
 
 import torch
 
-from deftx.ops import topk_mask
+from deftx.ops.topk import topk_mask
 from deftx.ops.validation import check_count
 
 DTYPES: dict[str, torch.dtype] = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
