@@ -9,7 +9,7 @@ makes on the materialised differences, entry for entry and tie for tie::
 
 (``θ1 − θ0`` for fp32), with ``names`` in the order given (default: θ1's float tensors
 sorted by name). No buffer of the model's size is ever allocated: memory is four chunk
-buffers (16 bytes per chunk entry), the selected indices (8 bytes each) and, during pass 2,
+buffers (16 bytes per chunk entry) and a chunk's temporaries, the selected indices (8 bytes each) and, during pass 2,
 5 bytes per entry at or above the threshold's bin (about k) plus the candidates' scores.
 
 Keys
@@ -18,8 +18,8 @@ Keys
     makes the call raise, as :func:`~deftx.ops.topk_mask` does).
 
 Passes over the two checkpoints
-    1. the histogram of ``key >> 15`` (2^16 bins) over all entries, and the NaN count: the
-       bin ``H`` holding the k-th largest key and ``need``, how many keys of ``H`` are taken;
+    1. the histogram of ``key >> 15`` (2^16 bins) over all entries, and a check for NaN:
+       the bin ``H`` holding the k-th largest key and ``need``, how many keys of ``H`` are taken;
     2. when bin ``H`` holds at most ``candidate_capacity`` keys: the positions of every key
        at or above bin ``H``, the keys of ``H`` (the candidates) kept in (tensor, flat index)
        order. ``topk_mask`` of the candidates' scores with ``k = need`` picks the ones taken:
