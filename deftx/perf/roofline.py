@@ -7,7 +7,7 @@ and the same models for the dense torch baselines (``baseline_bytes_moved`` /
 ``baseline_flops``). This is a lower bound on time (perfect overlap, peak bandwidth), not a
 measurement.
 
-The ops of a shape set (:class:`~deftx.perf.model_shapes.ShapeSet`, N eligible entries of
+The ops of a workload (:class:`~deftx.perf.workload.Workload`, N eligible entries of
 element size e, K = k_fraction N):
 
 * ``topk``: global top-K over all eligible tensors; baseline ``torch.cat`` + ``torch.topk``
@@ -31,8 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from deftx.perf.model_shapes import ShapeSet
 from deftx.perf.targets import Target
+from deftx.perf.workload import Workload
 
 OPS: tuple[str, ...] = ("topk", "rsvd", "reconstruct_abs", "scatter", "masked_step")
 
@@ -95,7 +95,7 @@ def _kernel_module(name: str) -> Any:
     return importlib.import_module(f"deftx.kernels.{name}")
 
 
-def _element_bytes(shape_set: ShapeSet) -> int:
+def _element_bytes(shape_set: Workload) -> int:
     return shape_set.torch_dtype.itemsize
 
 
@@ -110,7 +110,7 @@ def spread_entries(numels: list[int], k: int) -> list[int]:
     return counts
 
 
-def topk_prediction(shape_set: ShapeSet) -> OpPrediction:
+def topk_prediction(shape_set: Workload) -> OpPrediction:
     topk = _kernel_module("topk")
     shapes = [p.shape for p in shape_set.eligible]
     k, dtype = shape_set.k, shape_set.torch_dtype
@@ -127,7 +127,7 @@ def _matrix_q(shape: tuple[int, ...], q: int) -> int:
     return min(q, *shape)
 
 
-def rsvd_prediction(shape_set: ShapeSet) -> OpPrediction:
+def rsvd_prediction(shape_set: Workload) -> OpPrediction:
     rsvd = _kernel_module("rsvd")
     s, e = shape_set.settings, _element_bytes(shape_set)
     deftx, baseline = Cost(0.0, 0.0, "fp32"), Cost(0.0, 0.0, "fp32")
@@ -147,7 +147,7 @@ def rsvd_prediction(shape_set: ShapeSet) -> OpPrediction:
     )
 
 
-def reconstruct_prediction(shape_set: ShapeSet) -> OpPrediction:
+def reconstruct_prediction(shape_set: Workload) -> OpPrediction:
     rsvd = _kernel_module("rsvd")
     rank = shape_set.settings.rank
     deftx, baseline = Cost(0.0, 0.0, "fp32"), Cost(0.0, 0.0, "fp32")
@@ -167,7 +167,7 @@ def reconstruct_prediction(shape_set: ShapeSet) -> OpPrediction:
     )
 
 
-def scatter_prediction(shape_set: ShapeSet) -> OpPrediction:
+def scatter_prediction(shape_set: Workload) -> OpPrediction:
     scatter = _kernel_module("scatter")
     shapes = [p.shape for p in shape_set.eligible]
     nnz = spread_entries([p.numel for p in shape_set.eligible], shape_set.k)
@@ -181,7 +181,7 @@ def scatter_prediction(shape_set: ShapeSet) -> OpPrediction:
     )
 
 
-def masked_step_prediction(shape_set: ShapeSet) -> OpPrediction:
+def masked_step_prediction(shape_set: Workload) -> OpPrediction:
     step = _kernel_module("masked_step")
     k, e, l1 = shape_set.k, _element_bytes(shape_set), shape_set.settings.l1
     numel = sum(p.numel for p in shape_set.eligible)
@@ -194,7 +194,7 @@ def masked_step_prediction(shape_set: ShapeSet) -> OpPrediction:
     )
 
 
-PREDICTORS: dict[str, Callable[[ShapeSet], OpPrediction]] = {
+PREDICTORS: dict[str, Callable[[Workload], OpPrediction]] = {
     "topk": topk_prediction,
     "rsvd": rsvd_prediction,
     "reconstruct_abs": reconstruct_prediction,
@@ -203,7 +203,7 @@ PREDICTORS: dict[str, Callable[[ShapeSet], OpPrediction]] = {
 }
 
 
-def predict(shape_set: ShapeSet, ops: tuple[str, ...] = OPS) -> tuple[list[OpPrediction], dict[str, str]]:
+def predict(shape_set: Workload, ops: tuple[str, ...] = OPS) -> tuple[list[OpPrediction], dict[str, str]]:
     """Predictions for ``ops`` on a shape set, and ``{op: why it was skipped}`` for ops
     whose kernel module or model is missing (a module still being written)."""
     predictions, skipped = [], {}

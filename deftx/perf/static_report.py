@@ -16,12 +16,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from deftx.perf.model_shapes import ShapeSet
 from deftx.perf.roofline import OPS, predict
 from deftx.perf.static.checks import check_build
 from deftx.perf.static.compile import BuildFailure, KernelBuild, Registry, compile_all, declared_specializations
 from deftx.perf.static.occupancy import theoretical_occupancy
 from deftx.perf.targets import Target, get_target
+from deftx.perf.workload import Workload
 
 LABEL = "PREDICTED: static analysis of the compiled kernels and analytic roofline models, not measurements"
 REPORT_KIND = "deftx static kernel report"
@@ -89,14 +89,14 @@ def target_facts(target: Target) -> dict[str, Any]:
 
 def build_static_report(
     arch: str,
-    shape_set: ShapeSet,
+    workload: Workload,
     *,
     ops: Sequence[str] = OPS,
     workers: int | None = None,
     registry: Registry | None = None,
     command: str | None = None,
 ) -> dict[str, Any]:
-    """Compile every declared specialisation for ``arch`` and predict ``ops`` on ``shape_set``.
+    """Compile every declared specialisation for ``arch`` and predict ``ops`` on ``workload``.
 
     Returns the JSON-ready report (see :func:`write_report` for the files).
     """
@@ -109,11 +109,11 @@ def build_static_report(
     results = compile_all(registry.specs, target.arch, workers=workers)
     builds = [r for r in results if isinstance(r, KernelBuild)]
     failures = [r for r in results if isinstance(r, BuildFailure)]
-    predictions, skipped = predict(shape_set, tuple(ops))
+    predictions, skipped = predict(workload, tuple(ops))
     return {
         "kind": REPORT_KIND,
         "label": LABEL,
-        "command": command or f"deftx profile --static --arch {target.arch} --shapes {shape_set.name}",
+        "command": command or f"deftx profile --static --arch {target.arch} --shapes {workload.name}",
         "versions": {"deftx": deftx.__version__, "triton": triton.__version__},
         "target": target_facts(target),
         "kernel_modules": {
@@ -123,7 +123,7 @@ def build_static_report(
         },
         "kernels": [kernel_row(b) for b in builds],
         "compile_failures": [{"name": f.name, "module": f.module, "error": f.error} for f in failures],
-        "shape_set": shape_set.summary(),
+        "shape_set": workload.summary(),
         "roofline": [p.as_dict(target) for p in predictions],
         "roofline_skipped": skipped,
     }

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import triton
 
-from deftx.perf.model_shapes import load_shape_set
 from deftx.perf.roofline import OPS, predict
 from deftx.perf.static.compile import BuildFailure, DeclaredSpec, Registry, compile_all, declared_specializations
 from deftx.perf.static.occupancy import theoretical_occupancy
 from deftx.perf.static_report import LABEL, build_static_report, kernel_row, occupancy_of, render_markdown, write_report
 from deftx.perf.targets import get_target
+from deftx.perf.workload import load_workload
 from tests.kernels.bad_kernels import BAD, GOOD
 
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
@@ -32,7 +32,7 @@ COMMITTED = sorted(RESULTS.glob("static_*.json"))
 def small_report():
     specs = [GOOD[1], BAD[1][0]]
     registry = Registry([DeclaredSpec("bad_kernels", i, s) for i, s in enumerate(specs)], ["absent_op"], {}, [])
-    return build_static_report("sm_90", load_shape_set("tiny"), registry=registry, workers=1)
+    return build_static_report("sm_90", load_workload("tiny"), registry=registry, workers=1)
 
 
 def test_report_structure(small_report):
@@ -123,9 +123,9 @@ def test_committed_report_numbers_are_consistent(path):
         assert bool(row["spill_bytes"] or sass["classes"]["local"]) == any(
             v.startswith("spill") for v in row["violations"])
     shapes = report["shape_set"]
-    shape_set = load_shape_set(shapes["name"], **shapes["settings"])
-    assert shape_set.summary() == shapes
-    predictions, _ = predict(shape_set, tuple(r["op"] for r in report["roofline"]))
+    workload = load_workload(shapes["name"], **shapes["settings"])
+    assert workload.summary() == shapes
+    predictions, _ = predict(workload, tuple(r["op"] for r in report["roofline"]))
     for row, prediction in zip(report["roofline"], predictions, strict=True):
         assert row["op"] == prediction.op
         fresh = prediction.as_dict(target)
