@@ -16,7 +16,7 @@ import torch
 from deftx.ops import scatter_restore_
 from deftx.perf.cases import CaseSpec, implementations, op_module
 from deftx.perf.predicted import bench_workload, op_costs
-from deftx.perf.roofs import Roofline
+from deftx.perf.roofline import Roofline
 from deftx.perf.shapes import ShapeSet, TensorShape
 from deftx.perf.suite import SuiteConfig, run_case, run_suite
 from deftx.perf.timing import TimingSettings, time_interleaved_isolating_errors
