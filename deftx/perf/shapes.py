@@ -30,8 +30,10 @@ from __future__ import annotations
 import functools
 import json
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 
 @dataclass(frozen=True)
@@ -278,16 +280,30 @@ def shape_set_from_json(data: object, source: str = "JSON") -> ShapeSet:
     return ShapeSet(name, tensors, num_layers, layer_tensors, str(data.get("note", "")))
 
 
-def load_shape_set(spec: str) -> ShapeSet:
-    """A built-in set by name (``xlmr-base``, ``mbert``, ``llama-7b``, ...) or a JSON file path."""
-    if spec in BUILTIN_SHAPE_SETS:
-        return BUILTIN_SHAPE_SETS[spec]
+Loaded = TypeVar("Loaded")
+
+
+def load_builtin_or_file(
+    spec: str, builtins: Mapping[str, Loaded], from_json: Callable[[object, Path], Loaded]
+) -> Loaded:
+    """``builtins[spec]``, else ``from_json(data, path)`` of the JSON file at path ``spec``.
+
+    Raises:
+        ValueError: ``spec`` is neither a built-in name nor a file, or the file is not JSON.
+    """
+    if spec in builtins:
+        return builtins[spec]
     path = Path(spec)
     if not path.is_file():
-        known = ", ".join(BUILTIN_SHAPE_SETS)
+        known = ", ".join(builtins)
         raise ValueError(f"unknown shape set {spec!r}: not a built-in ({known}) and not a file")
     try:
         data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+    except ValueError as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from err
-    return shape_set_from_json(data, str(path))
+    return from_json(data, path)
+
+
+def load_shape_set(spec: str) -> ShapeSet:
+    """A built-in set by name (``xlmr-base``, ``mbert``, ``llama-7b``, ...) or a JSON file path."""
+    return load_builtin_or_file(spec, BUILTIN_SHAPE_SETS, lambda data, path: shape_set_from_json(data, str(path)))

@@ -20,14 +20,13 @@ A JSON file gives a custom workload::
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from deftx.perf.shapes import BUILTIN_SHAPE_SETS, TINY, ShapeSet, TensorShape
+from deftx.perf.shapes import BUILTIN_SHAPE_SETS, TINY, ShapeSet, TensorShape, load_builtin_or_file
 
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -133,23 +132,13 @@ def load_workload(name_or_path: str | Path, **settings: Any) -> Workload:
     Raises:
         ValueError: an unknown name that is not a file, or a malformed file.
     """
-    key = str(name_or_path)
-    if key in BUILTIN_WORKLOADS:
-        workload = BUILTIN_WORKLOADS[key]
-    elif Path(key).is_file():
-        workload = _from_json(Path(key))
-    else:
-        raise ValueError(f"unknown shape set {key!r}: not one of {', '.join(BUILTIN_WORKLOADS)} and not a file")
+    workload = load_builtin_or_file(str(name_or_path), BUILTIN_WORKLOADS, _from_json)
     if settings:
         workload = replace(workload, settings=replace(workload.settings, **settings))
     return workload
 
 
-def _from_json(path: Path) -> Workload:
-    try:
-        payload = json.loads(path.read_text())
-    except ValueError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from err
+def _from_json(payload: object, path: Path) -> Workload:
     if not isinstance(payload, dict) or not isinstance(payload.get("parameters"), dict) or not payload["parameters"]:
         raise ValueError(f"{path}: expected an object with a non-empty 'parameters' mapping name -> shape")
     dtype = payload.get("dtype", "fp32")

@@ -21,14 +21,9 @@ from deftx.perf.shapes import ShapeSet, TensorShape
 from deftx.perf.suite import SuiteConfig, run_case, run_suite
 from deftx.perf.timing import TimingSettings, time_interleaved_isolating_errors
 from tests.helpers import assert_bitwise_equal
+from tests.perf.test_cases import TINY
 
 CPU = torch.device("cpu")
-TINY = ShapeSet(
-    "tiny",
-    (TensorShape("embed", (301, 72), vocab=True), TensorShape("norm", (72,))),
-    num_layers=2,
-    layer_tensors=(TensorShape("q", (72, 72)), TensorShape("ffn", (130, 72)), TensorShape("bias", (130,))),
-)
 ONE_CALL = TimingSettings(warmup=1, min_repeats=1, max_repeats=1, min_time_s=0.0)
 ROOF = Roofline(copy_gbps=10.0, matmul_gflops=10.0, copy_bytes=1, matmul_n=1)
 

@@ -132,12 +132,3 @@ def test_json_defaults_num_layers_to_one_and_name_to_the_file_stem(tmp_path) -> 
 def test_bad_json_is_rejected_with_a_clear_error(data, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         shape_set_from_json(data, "bad.json")
-
-
-def test_unknown_name_lists_the_builtins(tmp_path) -> None:
-    with pytest.raises(ValueError, match="xlmr-base"):
-        load_shape_set("gpt-5")
-    bad = tmp_path / "broken.json"
-    bad.write_text("{not json")
-    with pytest.raises(ValueError, match="not valid JSON"):
-        load_shape_set(str(bad))

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from deftx.perf.shapes import load_shape_set
 from deftx.perf.workload import BUILTIN_WORKLOADS, OpSettings, load_workload
 
 ENCODER_LAYER = 4 * (768 * 768 + 768) + 3072 * 768 + 3072 + 768 * 3072 + 768 + 2 * 2 * 768
@@ -77,10 +78,11 @@ def test_bad_json_workloads(tmp_path, payload, match):
         load_workload(write(tmp_path, payload))
 
 
-def test_unknown_name_and_bad_json(tmp_path):
-    with pytest.raises(ValueError, match="unknown shape set"):
-        load_workload("gpt-5")
+@pytest.mark.parametrize("load", [load_shape_set, load_workload], ids=["shape set", "workload"])
+def test_unknown_name_and_bad_json(load, tmp_path):
+    with pytest.raises(ValueError, match=r"unknown shape set 'gpt-5': not a built-in \(.*xlmr-base"):
+        load("gpt-5")
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
-        load_workload(str(bad))
+        load(str(bad))
