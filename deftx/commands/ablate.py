@@ -34,7 +34,7 @@ invocation's command and wall time. One progress line per variant x seed. Exampl
 
 
 def run(args: argparse.Namespace) -> int:
-    from deftx.eval.ablation import load_ablation, plan_lines, run_ablation
+    from deftx.pipeline.ablation import load_ablation, plan_lines, run_ablation
 
     ablation = load_ablation(args.config, output_dir=args.output_dir, results_dir=args.results_dir,
                              seeds=args.seeds, data_dir=args.data_dir)

@@ -10,7 +10,7 @@ from deftx.commands._common import add_model_arguments, finite_float, guarded, n
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from deftx.eval.pipeline import resolve_model
+    from deftx.pipeline.workspace import resolve_model
     from deftx.sft import apply_diffs
     from deftx.sft.sources import open_sft
     from deftx.train.architecture import build_from_spec, resolve_classifier

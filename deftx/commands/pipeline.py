@@ -8,11 +8,11 @@ from deftx.commands._common import add_config_arguments, command_line, guarded, 
 
 
 def run(args: argparse.Namespace) -> int:
-    from deftx.eval.pipeline import run_pipeline
+    from deftx.pipeline.run import run_pipeline
 
     config = load_pipeline_config(args)
     if args.dry_run:
-        from deftx.eval.plan import plan_lines
+        from deftx.pipeline.plan import plan_lines
 
         print("\n".join(plan_lines(config)))
         return 0

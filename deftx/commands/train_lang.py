@@ -9,7 +9,9 @@ from deftx.commands._common import add_config_arguments, guarded, load_pipeline_
 
 def run(args: argparse.Namespace) -> int:
     from deftx.data import americasnlp
-    from deftx.eval.pipeline import Workspace, ensure_head, language_sfts, language_texts
+    from deftx.pipeline.head import ensure_head, language_texts
+    from deftx.pipeline.steps import language_sfts
+    from deftx.pipeline.workspace import Workspace
 
     ws = Workspace.open(load_pipeline_config(args))
     ws.overwrite = args.overwrite

@@ -9,14 +9,9 @@ from deftx.commands._common import add_config_arguments, guarded, load_pipeline_
 
 def run(args: argparse.Namespace) -> int:
     from deftx.data import nusax
-    from deftx.eval.pipeline import (
-        Workspace,
-        ensure_head,
-        language_sfts,
-        language_texts,
-        nusax_train_examples,
-        task_sfts,
-    )
+    from deftx.pipeline.head import ensure_head, language_texts
+    from deftx.pipeline.steps import language_sfts, nusax_train_examples, task_sfts
+    from deftx.pipeline.workspace import Workspace
 
     ws = Workspace.open(load_pipeline_config(args))
     ws.overwrite = args.overwrite

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from deftx.eval.config import PipelineConfig, parse_config
-from deftx.eval.pipeline import head_curve_table, head_report_line, run_pipeline
+from deftx.pipeline.config import PipelineConfig, parse_config
+from deftx.pipeline.head import head_curve_table, head_report_line
+from deftx.pipeline.run import run_pipeline
 from deftx.sft import SparseDiff
 from deftx.train.checkpoint import folder_bytes
 from deftx.train.identity import IdentityMismatchError
