@@ -30,6 +30,15 @@ def guarded(name: str, run: Callable[[argparse.Namespace], int]) -> Callable[[ar
     return wrapper
 
 
+def add_command(subparsers: argparse._SubParsersAction, name: str, run: Callable[[argparse.Namespace], int], *,
+                summary: str, description: str, **options) -> argparse.ArgumentParser:
+    """The parser of subcommand ``name`` (``summary`` in ``deftx --help``, ``description`` in its own),
+    running ``run`` with bad input turned into one line and exit code 2 (:func:`guarded`)."""
+    parser = subparsers.add_parser(name, help=summary, description=description, **options)
+    parser.set_defaults(func=guarded(name, run))
+    return parser
+
+
 def one_line(err: BaseException) -> str:
     """The error's message on one line (a KeyError's without its quotes), at most MAX_MESSAGE characters."""
     message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
@@ -72,6 +81,8 @@ def load_pipeline_config(args: argparse.Namespace):
         config = replace(config, output_dir=args.output_dir)
     if getattr(args, "data_dir", None):
         config = replace(config, data_dir=args.data_dir)
+    if getattr(args, "results_dir", None):
+        config = replace(config, results_dir=args.results_dir)
     if getattr(args, "seeds", None):
         config = replace(config, seeds=tuple(args.seeds))
     if getattr(args, "device", None):

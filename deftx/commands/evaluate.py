@@ -6,10 +6,19 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from deftx.commands._common import add_model_arguments, finite_float, guarded, name_base_model, positive_int
+from deftx.commands._common import add_command, add_model_arguments, finite_float, name_base_model, positive_int
 
 if TYPE_CHECKING:
     from deftx.eval.zero_shot import Composition, RowContext
+
+
+DESCRIPTION = """\
+Evaluate a task SFT, composed with a language SFT where given, on a test set. By default: the NusaX
+sentiment test split of every language found under the data root (or --languages), each with its own
+--lang-sft; languages without a test file are skipped and reported. With --data: one labelled data
+set (a local CSV/TSV/JSON/parquet file or a Hub data set name, read with `datasets`). The classifier
+(architecture, pooling, labels) is read from the task SFT's metadata.
+"""
 
 
 def _language_sfts(specs: list[str]) -> dict[str, str]:
@@ -127,16 +136,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "evaluate",
-        help="zero-shot macro-F1/accuracy of a task SFT + language SFTs (NusaX, or any data set with --data)",
-        description=(
-            "Evaluate a task SFT, composed with a language SFT where given, on a test set. By default: the NusaX "
-            "sentiment test split of every language found under the data root (or --languages), each with its "
-            "own --lang-sft; languages without a test file are skipped and reported. With --data: one labelled "
-            "data set (a local CSV/TSV/JSON/parquet file or a Hub data set name, read with `datasets`). The "
-            "classifier (architecture, pooling, labels) is read from the task SFT's metadata."
-        ),
+    parser = add_command(
+        subparsers, "evaluate", run, description=DESCRIPTION,
+        summary="zero-shot macro-F1/accuracy of a task SFT + language SFTs (NusaX, or any data set with --data)",
     )
     parser.add_argument("--task-sft", required=True,
                         help="task SFT (with its classifier head): file, folder or Hub id of any supported format")
@@ -160,4 +162,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-length", type=positive_int, default=128, help="token limit (default 128)")
     parser.add_argument("--batch-size", type=positive_int, default=64, help="evaluation batch (default 64)")
     parser.add_argument("--output", help="folder for evaluate.csv / evaluate.md")
-    parser.set_defaults(func=guarded("evaluate", run))

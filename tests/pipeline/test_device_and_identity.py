@@ -132,3 +132,21 @@ def test_a_head_is_recomputed_for_a_setting_the_old_hand_kept_key_left_out(tmp_p
     assert head_for(run, on_cuda) == Path("head-2.safetensors"), "another device: warmed again"
     assert [call.device for call in calls] == ["cpu", "cuda"]
     assert head_call(on_cuda).identity()["device"] == "cuda" and calls[1] == head_call(on_cuda)
+
+
+def test_seeds_run_apart_and_merge_in_deftx_paired(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    """Each subset of seeds is its own invocation with its own small results file; deftx paired merges them."""
+    monkeypatch.setenv("DEFTX_CACHE", str(tmp_path / "cache"))
+    config = {**tiny_mapping(tmp_path, tiny_model_dir, "run", {"lt-sft": None}), "step_store": None}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    for seed in (0, 1):
+        assert main(["pipeline", str(path), "--quiet", "--seeds", str(seed),
+                     "--results-dir", str(tmp_path / f"seed-{seed}")]) == 0
+        with (tmp_path / f"seed-{seed}" / "results.csv").open() as handle:
+            assert {row["seed"] for row in csv.DictReader(handle)} == {str(seed)}
+    capsys.readouterr()
+    assert main(["paired", str(tmp_path / "seed-0/results.csv"), str(tmp_path / "seed-1/results.csv"),
+                 "--pair", "lt-sft:full-ft", "--targets", "madurese"]) == 0
+    table = capsys.readouterr().out
+    assert "| madurese | lt-sft − full-ft |" in table and table.splitlines()[2].endswith("| 2 |"), table
