@@ -470,6 +470,8 @@ def warm_up_mlm_head(
     if eval_sequences:
         settings.update(eval_sequences=eval_sequences, eval_every=eval_every,
                         groups=[[name, len(group)] for name, group in chunked.items()])
+    if model.head.bias.device.type != "cpu":
+        settings["device"] = model.head.bias.device.type
     texts_sha = hashlib.sha256("\x00".join(flat_texts).encode()).hexdigest()
     key = _warm_up_key(model, sequences, texts_sha, settings)
     cache_file = Path(cache_path) / f"mlm-head-{key[:24]}.safetensors" if cache_path is not None else None

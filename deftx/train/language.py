@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import Trainer, TrainerCallback
 
 from deftx.models.mlm import MLMCollator, build_mlm_model, chunk_token_ids, warm_up_mlm_head
@@ -133,18 +134,20 @@ def warm_up_head(
     cache_dir: str | Path,
     real_vocab_size: int | None = None,
     log: Callable[[str], None] | None = None,
+    device: str | torch.device = "cpu",
 ) -> tuple[Path, dict[str, Any]]:
     """Warm the MLM head up on ``texts`` (or load it from ``cache_dir``).
 
     Args:
         texts: sentences, or corpus name -> sentences (held-out curves are kept per corpus).
         log: gets a progress line every ``settings.eval_every`` steps (default: the logger).
+        device: where the warm-up runs (a head warmed elsewhere than the CPU is cached under its own key).
 
     Returns:
         (path of the cached head file, warm-up metrics incl. the masked-token accuracy
         curves, see :func:`~deftx.models.mlm.warm_up_mlm_head`).
     """
-    model = build_mlm_model(model_dir, seed=settings.seed)
+    model = build_mlm_model(model_dir, seed=settings.seed).to(device)
     metrics = warm_up_mlm_head(
         model, tokenizer, texts if isinstance(texts, Mapping) else list(texts), steps=settings.steps,
         batch_size=settings.batch_size, lr=settings.learning_rate, seq_len=settings.seq_len, seed=settings.seed,

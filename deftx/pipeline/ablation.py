@@ -50,7 +50,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deftx.eval.config import ConfigError, PipelineConfig, parse_config, read_config_file
 from deftx.eval.report import (
     AVERAGE,
     append_invocation,
@@ -61,6 +60,10 @@ from deftx.eval.report import (
     summarize,
     write_csv,
 )
+from deftx.pipeline.config import RUN_ONLY_SETTINGS, ConfigError, PipelineConfig, parse_config, read_config_file
+from deftx.pipeline.head import ensure_head, head_call, head_curve_table, head_report_line
+from deftx.pipeline.run import run_nusax_seed
+from deftx.pipeline.workspace import Workspace, language_training_settings
 from deftx.train.config import short_repr, to_plain
 from deftx.train.identity import describe_changes, digest, normalised, read_identity, write_identity
 from deftx.train.store import LinkedStepStore
@@ -151,8 +154,6 @@ def merge_overrides(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> di
 def run_identity(config: PipelineConfig) -> dict[str, Any]:
     """Everything in ``config`` that can change a result (not its name, paths, seeds, checkpoint /
     logging intervals or progress bars), JSON-ready: what a variant folder records."""
-    from deftx.eval.pipeline import RUN_ONLY_SETTINGS
-
     plain = to_plain(config)
     for key in ("name", "output_dir", "results_dir", "step_store", "seeds"):
         plain.pop(key)
@@ -281,12 +282,10 @@ def load_ablation(path: str | Path, *, output_dir: str | None = None, results_di
 def language_phase1_signature(config: PipelineConfig) -> str:
     """Hash of the config settings a language SFT's phase 1 depends on (for the plan only: the runs
     key on the run identity the tuner records, :meth:`deftx.train.sparse_finetuner.SparseFineTuner.identity`,
-    which digests the data and the weights — with the warmed head — instead of naming them)."""
-    from deftx.eval.pipeline import RUN_ONLY_SETTINGS
-
-    training = {k: v for k, v in to_plain(config.training).items() if k not in RUN_ONLY_SETTINGS}
-    if config.language_sft.max_length is not None:
-        training["max_length"] = config.language_sft.max_length
+    which digests the data and the weights — with the warmed head — instead of naming them). The
+    training settings are the very ones the language SFTs get (:func:`language_training_settings`)."""
+    settings = to_plain(language_training_settings(config, config.device, seed=0))
+    training = {k: v for k, v in settings.items() if k not in (*RUN_ONLY_SETTINGS, "seed")}
     return digest({
         "model": config.model, "data_dir": config.data_dir, "head": to_plain(config.mlm_head),
         "text": list(config.language_text_splits), "training": training,
@@ -412,14 +411,13 @@ class AblationRun:
     timings: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _head_for(run: AblationRun, ws) -> Path:
-    """The warmed MLM head of ``ws`` (warm-up / cache lookup once per distinct head setting)."""
-    from deftx.eval.pipeline import ensure_head
-
-    key = digest([str(ws.model_dir), str(ws.data_dir), to_plain(ws.config.mlm_head),
-                          list(ws.config.language_text_splits)])
+def head_for(run: AblationRun, ws: Workspace) -> Path:
+    """The warmed MLM head of ``ws``: one warm-up (or cache lookup) per distinct warm-up call, keyed by
+    the digest of the very inputs it is called with (:class:`~deftx.pipeline.head.HeadCall`)."""
+    call = head_call(ws)
+    key = call.key()
     if key not in run.heads:
-        run.heads[key] = ensure_head(ws)
+        run.heads[key] = ensure_head(ws, call)
         run.head_metrics[key] = ws.head_metrics
     ws.head_metrics = run.head_metrics[key]
     return run.heads[key]
@@ -428,8 +426,6 @@ def _head_for(run: AblationRun, ws) -> Path:
 def run_variant_seed(run: AblationRun, name: str, seed: int, done: set[tuple[str, ...]],
                      log: Callable[[str], None]) -> list[dict[str, Any]]:
     """Train (or reuse) and evaluate one variant for one seed; append its new rows; return all its rows."""
-    from deftx.eval.pipeline import Workspace, run_nusax_seed
-
     ablation = run.ablation
     config = ablation.variants[name]
     ws = Workspace.open(config, log, tokenizer=run.tokenizers.get(config.model))
@@ -437,7 +433,7 @@ def run_variant_seed(run: AblationRun, name: str, seed: int, done: set[tuple[str
     run.tokenizers[config.model] = ws.tokenizer
     ws.step_store = run.store
     ws.overwrite = run.overwrite
-    head = _head_for(run, ws)
+    head = head_for(run, ws)
     csv_path = ablation.results_dir / "ablation.csv"
     rows: list[dict[str, Any]] = []
     for source_rows in run_nusax_seed(ws, seed, head):
@@ -659,8 +655,6 @@ def write_summary(
     ]
     head_metrics = recorded_head_metrics(run)
     if head_metrics:
-        from deftx.eval.pipeline import head_curve_table, head_report_line
-
         for metrics in head_metrics:
             text += [head_report_line(metrics), "", head_curve_table(metrics)]
         (out / HEAD_METRICS).write_text(json.dumps(head_metrics, indent=2) + "\n")
