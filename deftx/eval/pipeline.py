@@ -51,13 +51,14 @@ from deftx.data import americasnli, americasnlp, default_data_dir, nusax
 from deftx.eval.config import PipelineConfig
 from deftx.eval.report import append_invocation, bar_plot, markdown_tables, read_ledger, summarize, write_csv
 from deftx.eval.zero_shot import EvalRow, nli_examples, nusax_split_examples, score_composed
+from deftx.models.classifier import build_classifier
 from deftx.sft import SparseDiff
 from deftx.train.checkpoint import folder_bytes
 from deftx.train.config import DenoiseConfig, to_plain
 from deftx.train.language import language_sft_tuner, warm_up_head
 from deftx.train.sparse_finetuner import SparseFineTuner, SparseFineTuningResult
 from deftx.train.store import LinkedStepStore, StepStore
-from deftx.train.task import build_classifier, classification_examples, task_sft_tuner, train_full_finetune
+from deftx.train.task import classification_examples, task_sft_tuner, train_full_finetune
 from deftx.train.trainer_args import TrainingSettings
 
 NUSAX = "nusax"
