@@ -58,12 +58,7 @@ from deftx.sft.format import (
     SparseDiffFormatError,
     parse_metadata,
 )
-
-
-def local_tensor(param: torch.Tensor) -> torch.Tensor:
-    """The tensor this rank stores for ``param`` (its shard for a DTensor), sharing storage."""
-    with torch.no_grad():
-        return param.to_local().detach() if isinstance(param, DTensor) else param.detach()
+from deftx.train.params import local_tensor
 
 
 def flat_range(param: torch.Tensor) -> tuple[int, int]:

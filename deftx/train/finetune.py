@@ -11,7 +11,8 @@ top of it:
 * :class:`L1Pull` adds the gradient of ``l1 * Σ|θ − θ0| / N`` to every eligible
   parameter (see :mod:`deftx.train.config` for the normalisation), from a
   post-accumulate-grad hook so it is in the gradient before clipping, like the
-  reference's extra ``backward`` of the penalty;
+  reference's extra ``backward`` of the penalty (a loop of its own, like
+  :mod:`deftx.distributed.train`'s, calls :meth:`L1Pull.apply_` between backward and clipping);
 * :func:`run_full_finetuning` strings them together.
 """
 
@@ -26,6 +27,7 @@ import torch
 from torch import nn
 
 from deftx.train.config import PhaseConfig
+from deftx.train.params import local_tensor
 
 _PHASE_ARGUMENTS = ("max_steps", "num_train_epochs", "learning_rate", "output_dir")
 
@@ -88,13 +90,20 @@ def fresh_phase_optimizer(trainer, phase: PhaseConfig) -> Iterator[None]:
             trainer.optimizer_cls_and_kwargs = chosen
 
 
+def pull_toward_(param: torch.Tensor, base: torch.Tensor, scale: float) -> None:
+    """``param.grad += scale * sign(param − base)`` on the entries this rank holds (``sign(0) = 0``)."""
+    if param.grad is not None:
+        local_tensor(param.grad).add_(torch.sign(local_tensor(param) - local_tensor(base)), alpha=scale)
+
+
 class L1Pull:
     """Adds ``scale * sign(θ − θ0)`` to the gradient of each named parameter.
 
     Used as a context manager around ``trainer.train()``. The hook runs once per
     backward (each micro-batch), so the term is divided by the gradient-accumulation
     steps to be counted once per optimizer step. ``sign(0) = 0``, the subgradient
-    ``torch.abs`` uses.
+    ``torch.abs`` uses. Without the context (parameters whose gradients autograd does not
+    accumulate itself, such as FSDP2's shards), call :meth:`apply_` after each backward.
 
     Args:
         model: the model being trained.
@@ -119,20 +128,21 @@ class L1Pull:
         self._handles: list = []
 
     def _hook(self, name: str):
-        base = self._theta0[name]
-        scale = self._scale
+        base, scale = self._theta0[name], self._scale
+        return lambda param: pull_toward_(param, base, scale)
 
-        def add_pull(param: torch.Tensor) -> None:
-            if param.grad is not None:
-                param.grad.add_(torch.sign(param.detach() - base), alpha=scale)
+    def _pulled(self) -> list[tuple[str, nn.Parameter]]:
+        return [(n, p) for n, p in self._params.items() if p.requires_grad] if self._scale != 0.0 else []
 
-        return add_pull
+    @torch.no_grad()
+    def apply_(self) -> None:
+        """Add the pull to the gradients there are now (once per optimizer step)."""
+        for name, param in self._pulled():
+            pull_toward_(param, self._theta0[name], self._scale)
 
     def __enter__(self) -> L1Pull:
-        if self._scale != 0.0:
-            for name, param in self._params.items():
-                if param.requires_grad:
-                    self._handles.append(param.register_post_accumulate_grad_hook(self._hook(name)))
+        for name, param in self._pulled():
+            self._handles.append(param.register_post_accumulate_grad_hook(self._hook(name)))
         return self
 
     def __exit__(self, *exc) -> None:

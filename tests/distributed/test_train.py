@@ -26,7 +26,7 @@ from deftx.distributed.train import (
 from deftx.distributed.train import selection_scores as sharded_scores
 from deftx.ops import topk_mask
 from deftx.sft import SparseDiff
-from deftx.train.config import DenoiseConfig
+from deftx.train.config import DenoiseConfig, PhaseConfig
 from deftx.train.denoise import selection_scores
 from deftx.train.params import parameter_groups
 from deftx.train.select import Difference, select_top_k
@@ -69,10 +69,8 @@ def train_worker(rank: int, world: int) -> dict:
     for strategy, method in RUNS:
         settings = SFTSettings(
             k=K,
-            full_steps=3,
-            sparse_steps=3,
-            full_lr=1e-2,
-            sparse_lr=1e-2,
+            full=PhaseConfig(steps=3, learning_rate=1e-2),
+            sparse=PhaseConfig(steps=3, learning_rate=1e-2),
             denoise=DENOISE if method == "deft-x" else None,
         )
         model, result = run_sparse_finetuning(
