@@ -97,7 +97,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--k", type=float, default=0.2, help="entries to select: a count, or a fraction (< 1)")
     parser.add_argument("--full-steps", type=int, default=60)
     parser.add_argument("--sparse-steps", type=int, default=60)
-    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--lr", type=float, default=5e-3)
     parser.add_argument("--l1", type=float, default=0.0, help="L1 pull toward θ0 in both phases (see deftx.train)")
     parser.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0: none)")
     parser.add_argument("--lr-scheduler-type", default="linear", help="transformers' learning-rate schedule")
