@@ -236,17 +236,7 @@ class SparseDiff:
             if idx.dtype not in INDEX_DTYPES:
                 raise SparseDiffFormatError(f"{source}: indices of {name!r} are {idx.dtype}, expected int32/int64")
         try:
-            return cls(
-                indices,
-                values,
-                meta.params,
-                dense,
-                base_model=meta.base_model,
-                method=meta.method,
-                k=meta.k,
-                settings=meta.settings,
-                info=meta.info,
-            )
+            return cls(indices, values, meta.params, dense, **meta.keywords())
         except (ValueError, TypeError, IndexError) as err:
             raise SparseDiffFormatError(f"{source}: {err}") from err
 

@@ -12,14 +12,16 @@ top of it:
   parameter (see :mod:`deftx.train.config` for the normalisation), from a
   post-accumulate-grad hook so it is in the gradient before clipping, like the
   reference's extra ``backward`` of the penalty (a loop of its own, like
-  :mod:`deftx.distributed.train`'s, calls :meth:`L1Pull.apply_` between backward and clipping);
+  :mod:`deftx.distributed.train`'s, calls :meth:`GradientAdjustment.apply_` between backward
+  and clipping);
 * :func:`run_full_finetuning` strings them together.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -96,14 +98,47 @@ def pull_toward_(param: torch.Tensor, base: torch.Tensor, scale: float) -> None:
         local_tensor(param.grad).add_(torch.sign(local_tensor(param) - local_tensor(base)), alpha=scale)
 
 
-class L1Pull:
+class GradientAdjustment:
+    """Adjusts some parameters' gradients after each backward, each by its own function.
+
+    Used as a context manager around ``trainer.train()``: post-accumulate-grad hooks on the
+    parameters that require a gradient. A loop of one's own whose parameters do not
+    accumulate their gradients through autograd (FSDP2's shards) calls :meth:`apply_`
+    between backward and clipping instead.
+
+    Args:
+        targets: (parameter, function adjusting that parameter's ``.grad`` in place) pairs.
+    """
+
+    def __init__(self, targets: Sequence[tuple[nn.Parameter, Callable[[torch.Tensor], None]]]) -> None:
+        self._targets = list(targets)
+        self._handles: list = []
+
+    @torch.no_grad()
+    def apply_(self) -> None:
+        """Adjust the gradients there are now (once per optimizer step)."""
+        for param, adjust in self._targets:
+            adjust(param)
+
+    def __enter__(self) -> GradientAdjustment:
+        for param, adjust in self._targets:
+            if param.requires_grad:
+                self._handles.append(param.register_post_accumulate_grad_hook(adjust))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
+class L1Pull(GradientAdjustment):
     """Adds ``scale * sign(θ − θ0)`` to the gradient of each named parameter.
 
-    Used as a context manager around ``trainer.train()``. The hook runs once per
-    backward (each micro-batch), so the term is divided by the gradient-accumulation
-    steps to be counted once per optimizer step. ``sign(0) = 0``, the subgradient
-    ``torch.abs`` uses. Without the context (parameters whose gradients autograd does not
-    accumulate itself, such as FSDP2's shards), call :meth:`apply_` after each backward.
+    A :class:`GradientAdjustment`: as a context manager around ``trainer.train()`` the hook
+    runs once per backward (each micro-batch), so the term is divided by the
+    gradient-accumulation steps to be counted once per optimizer step. ``sign(0) = 0``, the
+    subgradient ``torch.abs`` uses.
 
     Args:
         model: the model being trained.
@@ -119,36 +154,13 @@ class L1Pull:
         scale: float,
         accumulation_steps: int = 1,
     ) -> None:
-        self._params = {name: p for name, p in model.named_parameters() if name in theta0}
-        missing = set(theta0) - set(self._params)
+        params = {name: p for name, p in model.named_parameters() if name in theta0}
+        missing = set(theta0) - set(params)
         if missing:
             raise KeyError(f"L1Pull: the model has no parameters {sorted(missing)[:3]}")
-        self._theta0 = theta0
-        self._scale = scale / max(int(accumulation_steps), 1)
-        self._handles: list = []
-
-    def _hook(self, name: str):
-        base, scale = self._theta0[name], self._scale
-        return lambda param: pull_toward_(param, base, scale)
-
-    def _pulled(self) -> list[tuple[str, nn.Parameter]]:
-        return [(n, p) for n, p in self._params.items() if p.requires_grad] if self._scale != 0.0 else []
-
-    @torch.no_grad()
-    def apply_(self) -> None:
-        """Add the pull to the gradients there are now (once per optimizer step)."""
-        for name, param in self._pulled():
-            pull_toward_(param, self._theta0[name], self._scale)
-
-    def __enter__(self) -> L1Pull:
-        for name, param in self._pulled():
-            self._handles.append(param.register_post_accumulate_grad_hook(self._hook(name)))
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        scale = scale / max(int(accumulation_steps), 1)
+        super().__init__([(param, partial(pull_toward_, base=theta0[name], scale=scale))
+                          for name, param in params.items()] if scale != 0.0 else [])
 
 
 def run_full_finetuning(

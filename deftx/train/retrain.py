@@ -33,7 +33,7 @@ from deftx.ops.dispatch import common_device
 from deftx.ops.masked_step import run_masked_adamw_step_
 from deftx.ops.validation import check_float_dtype, check_indices, move_indices
 from deftx.train.config import PhaseConfig
-from deftx.train.finetune import l1_gradient_scale, phase_arguments
+from deftx.train.finetune import GradientAdjustment, l1_gradient_scale, phase_arguments
 from deftx.train.params import local_tensor
 
 _STATE_KEYS = ("indices", "master", "exp_avg", "exp_avg_sq", "base")
@@ -190,13 +190,11 @@ def keep_selected_(param: torch.Tensor, indices: torch.Tensor) -> None:
     flat[indices] = kept
 
 
-class SelectedGradients:
-    """Context manager: keep only the selected entries of each parameter's gradient.
+class SelectedGradients(GradientAdjustment):
+    """Keeps only the selected entries of each parameter's gradient (a :class:`GradientAdjustment`).
 
-    A post-accumulate-grad hook gathers the K_t selected gradient values, zeroes the
-    gradient and writes them back (no dense mask is stored). Without the context (parameters
-    whose gradients autograd does not accumulate itself, such as FSDP2's shards), call
-    :meth:`apply_` after each backward.
+    Gathers the K_t selected gradient values, zeroes the gradient and writes them back (no
+    dense mask is stored).
 
     Args:
         model: the model.
@@ -209,25 +207,8 @@ class SelectedGradients:
         missing = set(indices) - set(params)
         if missing:
             raise KeyError(f"SelectedGradients: the model has no parameters {sorted(missing)[:3]}")
-        self._targets = [(params[name], idx.to(local_tensor(params[name]).device)) for name, idx in indices.items()]
-        self._handles: list = []
-
-    @torch.no_grad()
-    def apply_(self) -> None:
-        """Zero the unselected entries of the gradients there are now."""
-        for param, idx in self._targets:
-            keep_selected_(param, idx)
-
-    def __enter__(self) -> SelectedGradients:
-        for param, idx in self._targets:
-            if param.requires_grad:
-                self._handles.append(param.register_post_accumulate_grad_hook(partial(keep_selected_, indices=idx)))
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        super().__init__([(params[name], partial(keep_selected_, indices=idx.to(local_tensor(params[name]).device)))
+                          for name, idx in indices.items()])
 
 
 def build_masked_optimizer(

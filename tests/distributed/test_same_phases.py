@@ -14,13 +14,14 @@ import json
 
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
+from transformers import BertForSequenceClassification, Trainer, TrainingArguments
 
 from deftx import SparseFineTuner
 from deftx.distributed.train import SFTSettings, full_selection, full_state, run_sparse_finetuning
 from deftx.train.checkpoint import load_tensors
 from deftx.train.config import PhaseConfig, SparseFineTuningConfig
 from tests.distributed.world import run_world
+from tests.sft.helpers import tiny_config
 
 K = 400
 STEPS = 4
@@ -32,9 +33,7 @@ def tiny_bert() -> BertForSequenceClassification:
     """No dropout, and no key biases: their gradient is zero in exact arithmetic (the softmax ignores
     a constant per query), so Adam would turn two runs' different rounding noise into ±lr steps."""
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=24, max_position_embeddings=16, num_labels=3,
-                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    config = tiny_config(max_position_embeddings=16, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     model = BertForSequenceClassification(config)
     for layer in model.bert.encoder.layer:
         layer.attention.self.key.register_parameter("bias", None)
