@@ -61,7 +61,7 @@ from deftx.pipeline.workspace import Workspace
 from deftx.sft import SparseDiff
 from deftx.train.config import to_plain
 from deftx.train.store import LinkedStepStore
-from deftx.train.task import build_classifier
+from deftx.models.classifier import build_classifier
 
 NUSAX = "nusax"
 NUSAX_PROTOCOL = "zero-shot"
