@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from deftx.eval.config import ConfigError, load_config, parse_config
+from deftx.pipeline.config import ConfigError, load_config, parse_config
 from deftx.train.config import to_plain
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from deftx.eval.config import PipelineConfig, parse_config
-from deftx.eval.pipeline import head_curve_table, head_report_line, run_pipeline
+from deftx.pipeline.config import PipelineConfig, parse_config
+from deftx.pipeline.head import head_curve_table, head_report_line
+from deftx.pipeline.run import run_pipeline
 from deftx.sft import SparseDiff
 from deftx.train.checkpoint import folder_bytes
 from deftx.train.identity import IdentityMismatchError
@@ -49,7 +50,12 @@ def test_head_report_line_names_cost_and_first_last_accuracy():
 
 
 def tiny_pipeline(tmp_path: Path, model_dir: Path, run: str, methods: dict) -> PipelineConfig:
-    return parse_config({
+    return parse_config(tiny_mapping(tmp_path, model_dir, run, methods))
+
+
+def tiny_mapping(tmp_path: Path, model_dir: Path, run: str, methods: dict) -> dict:
+    """The config file's mapping of a tiny pipeline (seconds on a tiny model)."""
+    return {
         "name": run, "model": str(model_dir), "output_dir": str(tmp_path / run), "step_store": str(tmp_path / "store"),
         "seeds": [0], "sources": ["indonesian"], "targets": ["madurese"], "methods": methods,
         "training": {"batch_size": 8, "max_length": 32, "save_steps": 50, "logging_steps": 1, "progress": False},
@@ -57,7 +63,7 @@ def tiny_pipeline(tmp_path: Path, model_dir: Path, run: str, methods: dict) -> P
         "language_sft": {"k": 0.01, "full": {"steps": 2}, "sparse": {"steps": 2}},
         "task_sft": {"k": 0.05, "full": {"steps": 2}, "sparse": {"steps": 2}},
         "full_finetune": {"steps": 2}, "eval_batch_size": 128,
-    })
+    }
 
 
 def test_a_run_links_the_equal_finished_steps_of_a_step_store(tmp_path, tiny_model_dir, monkeypatch):

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from deftx.cli import main
-from deftx.eval.config import ConfigError, parse_config
+from deftx.pipeline.config import ConfigError, parse_config
 from deftx.train.trainer_args import TrainingSettings, result_arguments, training_arguments
 
 TRAINING = {"batch_size": 4, "bf16": True, "use_cpu": True, "gradient_accumulation_steps": 4,

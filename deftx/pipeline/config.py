@@ -22,6 +22,7 @@ Example (``configs/default.yaml`` is the README's small run)::
     eval_split: test           # NusaX split scored: test, or valid (to choose a recipe)
     language_text_splits: [train, valid]   # NusaX MT text of language SFTs and the MLM head
     pooling: mean              # classifier pooling: mean (e5's own) or cls (AutoModelFor...)
+    device: auto               # every phase on cpu, cuda, or auto (cuda when available); deftx pipeline --device
     training: {batch_size: 16, max_length: 128, save_steps: 100, logging_steps: 10,
                bf16: false, gradient_accumulation_steps: 1, report_to: []}
                                # beside deftx's settings, any transformers.TrainingArguments field
@@ -76,6 +77,13 @@ from deftx.train.trainer_args import TrainingSettings, trainer_argument_names
 
 EVAL_SPLITS = ("test", "valid")
 HEAD_CORPORA = ("nusax", "americasnlp")
+DEVICES = ("auto", "cpu", "cuda")
+BASELINE = "full-ft"
+"""The full fine-tuning baseline's method name in the tables (no method may take it)."""
+NO_LANGUAGE_SFT = " (no lang SFT)"
+"""Suffix of a method's rows scored without the target's language SFT."""
+RUN_ONLY_SETTINGS = ("save_steps", "logging_steps", "progress")
+"""``training`` settings that change where and how a run reports, never a result."""
 
 
 class ConfigError(ValueError):
@@ -140,6 +148,7 @@ class PipelineConfig:
     eval_split: str = "test"
     language_text_splits: tuple[str, ...] = MT_SPLITS
     pooling: str = "mean"
+    device: str = "auto"
     eval_batch_size: int = 64
     training: TrainingSettings = field(default_factory=TrainingSettings)
     mlm_head: HeadWarmUp = field(default_factory=HeadWarmUp)
@@ -371,10 +380,11 @@ def parse_config(raw: Any, source: str = "<config>") -> PipelineConfig:
         raise _fail("eval_batch_size", f"expected an integer >= 1, got {short_repr(values['eval_batch_size'])}")
     if "pooling" in values and values["pooling"] not in ("mean", "cls"):
         raise _fail("pooling", f"expected 'mean' or 'cls', got {short_repr(values['pooling'])}")
+    if "device" in values and values["device"] not in DEVICES:
+        raise _fail("device", f"expected one of {list(DEVICES)}, got {short_repr(values['device'])}")
     parsed.update(values)
-    reserved = {"full-ft"} & set(parsed["methods"])
-    if reserved:
-        raise _fail("methods", "'full-ft' is the baseline's name; pick another method name")
+    if BASELINE in parsed["methods"]:
+        raise _fail("methods", f"{BASELINE!r} is the baseline's name; pick another method name")
     return PipelineConfig(**parsed)
 
 

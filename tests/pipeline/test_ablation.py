@@ -1,4 +1,4 @@
-"""deftx.eval.ablation: override merging, validation, step sharing, and a tiny end-to-end ablation."""
+"""deftx.pipeline.ablation: override merging, validation, step sharing, and a tiny end-to-end ablation."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 import deftx.train.sparse_finetuner as sparse_finetuner
-from deftx.eval.ablation import (
+from deftx.pipeline.ablation import (
     invocation_lines,
     language_phase1_signature,
     load_ablation,
@@ -26,8 +26,9 @@ from deftx.eval.ablation import (
     seed_tables,
     seeds_sentence,
 )
-from deftx.eval.config import ConfigError
-from deftx.eval.pipeline import BASELINE, NO_LANGUAGE_SFT, Workspace, language_tuner, task_tuner
+from deftx.pipeline.config import BASELINE, NO_LANGUAGE_SFT, ConfigError
+from deftx.pipeline.steps import language_tuner, task_tuner
+from deftx.pipeline.workspace import Workspace
 from deftx.train.config import DenoiseConfig
 from deftx.train.identity import digest
 from deftx.train.store import LinkedStepStore
@@ -176,7 +177,7 @@ def test_shipped_ablation_configs_parse_and_stage_2_starts_from_stage_1s_winner(
 
 
 def test_final_config_is_stage_1s_winner_on_test_and_links_the_ablations_steps():
-    from deftx.eval.config import load_config
+    from deftx.pipeline.config import load_config
 
     stage1 = load_ablation(REPO / "configs" / "ablation-nusax-e5-small.yaml")
     final = load_config(REPO / "configs" / "nusax-e5-small-final.yaml")
@@ -487,7 +488,7 @@ def test_changed_variant_rows_are_refused_naming_the_change(tiny_ablation, tmp_p
 
 
 def test_overwrite_drops_the_rows_of_a_changed_variant(tmp_path):
-    from deftx.eval.ablation import append_rows, drop_stale_rows
+    from deftx.pipeline.ablation import append_rows, drop_stale_rows
 
     ablation = parse_ablation(ablation_raw(tmp_path, BASE, {"a": {}, "b": {"language_sft.k": 0.02}}))
     rows = [{"variant": "a", "variant_hash": ablation.hashes["a"], "seed": 0, "macro_f1": 0.5, "accuracy": 0.5,

@@ -11,14 +11,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import torch
 from transformers import TrainingArguments
 
 from deftx.data import default_data_dir, nusax
-from deftx.eval.config import PipelineConfig
+from deftx.pipeline.config import PipelineConfig
+from deftx.pipeline.workspace import E5_NAMES, training_settings
 from deftx.train.config import PhaseConfig
 from deftx.train.trainer_args import PHASE_ARGUMENTS, TrainingSettings, training_arguments
 
-E5_NAMES = ("e5-small", "multilingual-e5-small")
 SFT_FILE = "sft.safetensors"
 BASELINE_FILE = "final.safetensors"
 
@@ -43,6 +44,20 @@ def describe_model_source(name: str) -> str:
     return f"{name}: Hugging Face Hub model id (through the Hub cache; offline once cached)"
 
 
+def planned_device(device: str) -> str:
+    """The device a run of the config would use here (``auto`` resolved; a plan for another machine is no error)."""
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+
+
+def describe_device(device: str) -> str:
+    """The config's device and what it means on this machine."""
+    if device == "auto":
+        return f"auto ({planned_device(device)} here)"
+    if device == "cpu" or torch.cuda.is_available():
+        return device
+    return f"{device} (not available here: the run would stop)"
+
+
 def changed_arguments(settings: TrainingSettings, output_dir: Path) -> dict[str, object]:
     """The ``TrainingArguments`` of a run that differ from transformers' defaults (validated by building them)."""
     ours = training_arguments(settings, output_dir).to_dict()
@@ -64,13 +79,15 @@ def plan_lines(config: PipelineConfig) -> list[str]:
         f"pipeline {config.name!r} (dry run: nothing is trained)",
         f"model: {describe_model_source(config.model)}",
         f"data: {data_dir} ({'found' if data_dir.is_dir() else 'MISSING'})",
+        f"device: {describe_device(config.device)}",
         f"output: {output}; results: {config.results_dir or output}"
         + (f"; step store: {config.step_store}" if config.step_store else ""),
         f"seeds {list(config.seeds)}, sources {list(config.sources)}, targets {list(config.targets)}, "
         f"methods {methods}, language SFT scale(s) {list(config.language_scales())}",
         "TrainingArguments (where they differ from transformers' defaults; each phase sets its length, lr, folder):",
     ]
-    lines += [f"  {key} = {value!r}" for key, value in changed_arguments(config.training, output / "trainer").items()]
+    settings = training_settings(config, planned_device(config.device), config.seeds[0])
+    lines += [f"  {key} = {value!r}" for key, value in changed_arguments(settings, output / "trainer").items()]
     head = config.mlm_head
     lines.append(f"1. MLM head warm-up: {head.steps} steps on {'+'.join(head.texts)} text (cached per base model)")
     number = 2

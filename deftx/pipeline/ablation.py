@@ -50,7 +50,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deftx.eval.config import ConfigError, PipelineConfig, parse_config, read_config_file
 from deftx.eval.report import (
     AVERAGE,
     append_invocation,
@@ -61,6 +60,10 @@ from deftx.eval.report import (
     summarize,
     write_csv,
 )
+from deftx.pipeline.config import RUN_ONLY_SETTINGS, ConfigError, PipelineConfig, parse_config, read_config_file
+from deftx.pipeline.head import ensure_head, head_call, head_curve_table, head_report_line
+from deftx.pipeline.run import run_nusax_seed
+from deftx.pipeline.workspace import Workspace, language_training_settings, resolve_device
 from deftx.train.config import short_repr, to_plain
 from deftx.train.identity import describe_changes, digest, normalised, read_identity, write_identity
 from deftx.train.store import LinkedStepStore
@@ -151,8 +154,6 @@ def merge_overrides(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> di
 def run_identity(config: PipelineConfig) -> dict[str, Any]:
     """Everything in ``config`` that can change a result (not its name, paths, seeds, checkpoint /
     logging intervals or progress bars), JSON-ready: what a variant folder records."""
-    from deftx.eval.pipeline import RUN_ONLY_SETTINGS
-
     plain = to_plain(config)
     for key in ("name", "output_dir", "results_dir", "step_store", "seeds"):
         plain.pop(key)
@@ -259,11 +260,12 @@ def parse_ablation(raw: Any, source: str = "<ablation>", relative_to: Path | Non
 
 
 def load_ablation(path: str | Path, *, output_dir: str | None = None, results_dir: str | None = None,
-                  seeds: Sequence[int] | None = None, data_dir: str | None = None) -> AblationConfig:
+                  seeds: Sequence[int] | None = None, data_dir: str | None = None,
+                  device: str | None = None) -> AblationConfig:
     """Read and validate an ablation config file (a relative ``base`` may sit beside it).
 
     The keyword arguments, when given, replace the file's ``output_dir``, ``results_dir``,
-    ``seeds`` and the base's ``data_dir`` (command-line overrides).
+    ``seeds`` and the base's ``data_dir`` and ``device`` (command-line overrides).
     """
     path = Path(path)
     raw = read_config_file(path)
@@ -273,20 +275,19 @@ def load_ablation(path: str | Path, *, output_dir: str | None = None, results_di
     for key, value in (("output_dir", output_dir), ("results_dir", results_dir), ("seeds", seeds)):
         if value:
             raw[key] = list(value) if key == "seeds" else value
-    if data_dir:
-        raw["base"] = {**_base_mapping(raw.get("base"), str(path), path.parent), "data_dir": data_dir}
+    base_overrides = {key: value for key, value in (("data_dir", data_dir), ("device", device)) if value}
+    if base_overrides:
+        raw["base"] = {**_base_mapping(raw.get("base"), str(path), path.parent), **base_overrides}
     return parse_ablation(raw, str(path), relative_to=path.parent)
 
 
 def language_phase1_signature(config: PipelineConfig) -> str:
     """Hash of the config settings a language SFT's phase 1 depends on (for the plan only: the runs
     key on the run identity the tuner records, :meth:`deftx.train.sparse_finetuner.SparseFineTuner.identity`,
-    which digests the data and the weights — with the warmed head — instead of naming them)."""
-    from deftx.eval.pipeline import RUN_ONLY_SETTINGS
-
-    training = {k: v for k, v in to_plain(config.training).items() if k not in RUN_ONLY_SETTINGS}
-    if config.language_sft.max_length is not None:
-        training["max_length"] = config.language_sft.max_length
+    which digests the data and the weights — with the warmed head — instead of naming them). The
+    training settings are the very ones the language SFTs get (:func:`language_training_settings`)."""
+    settings = to_plain(language_training_settings(config, config.device, seed=0))
+    training = {k: v for k, v in settings.items() if k not in (*RUN_ONLY_SETTINGS, "seed")}
     return digest({
         "model": config.model, "data_dir": config.data_dir, "head": to_plain(config.mlm_head),
         "text": list(config.language_text_splits), "training": training,
@@ -412,14 +413,13 @@ class AblationRun:
     timings: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _head_for(run: AblationRun, ws) -> Path:
-    """The warmed MLM head of ``ws`` (warm-up / cache lookup once per distinct head setting)."""
-    from deftx.eval.pipeline import ensure_head
-
-    key = digest([str(ws.model_dir), str(ws.data_dir), to_plain(ws.config.mlm_head),
-                          list(ws.config.language_text_splits)])
+def head_for(run: AblationRun, ws: Workspace) -> Path:
+    """The warmed MLM head of ``ws``: one warm-up (or cache lookup) per distinct warm-up call, keyed by
+    the digest of the very inputs it is called with (:class:`~deftx.pipeline.head.HeadCall`)."""
+    call = head_call(ws)
+    key = call.key()
     if key not in run.heads:
-        run.heads[key] = ensure_head(ws)
+        run.heads[key] = ensure_head(ws, call)
         run.head_metrics[key] = ws.head_metrics
     ws.head_metrics = run.head_metrics[key]
     return run.heads[key]
@@ -428,8 +428,6 @@ def _head_for(run: AblationRun, ws) -> Path:
 def run_variant_seed(run: AblationRun, name: str, seed: int, done: set[tuple[str, ...]],
                      log: Callable[[str], None]) -> list[dict[str, Any]]:
     """Train (or reuse) and evaluate one variant for one seed; append its new rows; return all its rows."""
-    from deftx.eval.pipeline import Workspace, run_nusax_seed
-
     ablation = run.ablation
     config = ablation.variants[name]
     ws = Workspace.open(config, log, tokenizer=run.tokenizers.get(config.model))
@@ -437,7 +435,7 @@ def run_variant_seed(run: AblationRun, name: str, seed: int, done: set[tuple[str
     run.tokenizers[config.model] = ws.tokenizer
     ws.step_store = run.store
     ws.overwrite = run.overwrite
-    head = _head_for(run, ws)
+    head = head_for(run, ws)
     csv_path = ablation.results_dir / "ablation.csv"
     rows: list[dict[str, Any]] = []
     for source_rows in run_nusax_seed(ws, seed, head):
@@ -469,6 +467,9 @@ def run_ablation(ablation: AblationConfig, *, log: Callable[[str], None] = print
     unknown = sorted(set(only or ()) - set(ablation.variants))
     if unknown:
         raise ConfigError(f"unknown variants {unknown}; known: {list(ablation.variants)}")
+    chosen = [name for name in ablation.variants if not only or name in only]
+    for name in chosen:
+        resolve_device(ablation.variants[name])
     start = time.perf_counter()
     ablation.results_dir.mkdir(parents=True, exist_ok=True)
     csv_path = ablation.results_dir / "ablation.csv"
@@ -477,7 +478,6 @@ def run_ablation(ablation: AblationConfig, *, log: Callable[[str], None] = print
     done = {row_key(row) for row in existing}
     finished = {(row["variant"], row["seed"], row["source"]) for row in existing}
     run = AblationRun(ablation, LinkedStepStore(ablation.output_dir / "shared"), overwrite=overwrite)
-    chosen = [name for name in ablation.variants if not only or name in only]
     total, index = len(chosen) * len(ablation.seeds), 0
     for seed in ablation.seeds:
         for name in chosen:
@@ -659,8 +659,6 @@ def write_summary(
     ]
     head_metrics = recorded_head_metrics(run)
     if head_metrics:
-        from deftx.eval.pipeline import head_curve_table, head_report_line
-
         for metrics in head_metrics:
             text += [head_report_line(metrics), "", head_curve_table(metrics)]
         (out / HEAD_METRICS).write_text(json.dumps(head_metrics, indent=2) + "\n")
