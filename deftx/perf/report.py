@@ -474,20 +474,15 @@ ROOFLINE_COLUMNS = (
 )
 
 
+def _cost_cells(cost: dict[str, Any]) -> list[str]:
+    """Bytes, FLOPs and ``time (bound)`` of one side of a roofline row."""
+    return [_si(cost["bytes"], "B"), _flops(cost), f"{_static_seconds(cost['time_s'])} ({cost['bound']})"]
+
+
 def _roofline_row(r: dict[str, Any]) -> list[str]:
-    d, b = r["deftx"], r["baseline"]
-    return [
-        r["op"],
-        _cell(r["workload"]),
-        _si(d["bytes"], "B"),
-        _flops(d),
-        f"{_static_seconds(d['time_s'])} ({d['bound']})",
-        f"`{_cell(b['name'])}`",
-        _si(b["bytes"], "B"),
-        _flops(b),
-        f"{_static_seconds(b['time_s'])} ({b['bound']})",
-        f"{r['predicted_speedup']:.2f}x" if r["predicted_speedup"] is not None else "-",
-    ]
+    speedup = f"{r['predicted_speedup']:.2f}x" if r["predicted_speedup"] is not None else "-"
+    baseline = f"`{_cell(r['baseline']['name'])}`"
+    return [r["op"], _cell(r["workload"]), *_cost_cells(r["deftx"]), baseline, *_cost_cells(r["baseline"]), speedup]
 
 
 def static_markdown(report: dict[str, Any]) -> str:

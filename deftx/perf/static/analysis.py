@@ -72,18 +72,24 @@ def kernel_row(build: KernelBuild) -> dict[str, Any]:
     }
 
 
+TARGET_FACTS = (
+    "arch",
+    "gpu",
+    "sm_count",
+    "hbm_bytes_per_s",
+    "peak_flops",
+    "registers_per_sm",
+    "max_warps_per_sm",
+    "shared_per_sm",
+    "max_shared_per_block",
+)
+"""The :class:`~deftx.perf.targets.Target` fields a report records, in its order."""
+
+
 def target_facts(target: Target) -> dict[str, Any]:
-    return {
-        "arch": target.arch,
-        "gpu": target.gpu,
-        "sm_count": target.sm_count,
-        "hbm_bytes_per_s": target.hbm_bytes_per_s,
-        "peak_flops": dict(target.peak_flops),
-        "registers_per_sm": target.registers_per_sm,
-        "max_warps_per_sm": target.max_warps_per_sm,
-        "shared_per_sm": target.shared_per_sm,
-        "max_shared_per_block": target.max_shared_per_block,
-    }
+    """JSON-ready :data:`TARGET_FACTS` of ``target`` (``peak_flops`` copied)."""
+    facts = {name: getattr(target, name) for name in TARGET_FACTS}
+    return {**facts, "peak_flops": dict(target.peak_flops)}
 
 
 def build_static_report(
