@@ -150,3 +150,17 @@ def test_seeds_run_apart_and_merge_in_deftx_paired(tmp_path, tiny_model_dir, mon
                  "--pair", "lt-sft:full-ft", "--targets", "madurese"]) == 0
     table = capsys.readouterr().out
     assert "| madurese | lt-sft − full-ft |" in table and table.splitlines()[2].endswith("| 2 |"), table
+
+
+def test_an_ablation_rows_hash_holds_the_resolved_device(tmp_path, monkeypatch):
+    """``auto`` is no device: the rows of a variant are keyed by the device it resolves to here."""
+    raw = {"base": {"targets": ["madurese"]}, "output_dir": str(tmp_path),
+           "variants": {"auto": {}, "cpu": {"device": "cpu"}, "cuda": {"device": "cuda"}}}
+    no_cuda(monkeypatch)
+    with pytest.raises(ValueError, match="device cuda asked for"):
+        ablation.parse_ablation(raw)
+    on_cpu = ablation.parse_ablation({**raw, "variants": {"auto": {}, "cpu": {"device": "cpu"}}}).hashes
+    assert on_cpu["auto"] == on_cpu["cpu"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    on_gpu = ablation.parse_ablation(raw).hashes
+    assert on_gpu["auto"] == on_gpu["cuda"] != on_gpu["cpu"] == on_cpu["cpu"]
