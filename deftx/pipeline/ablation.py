@@ -267,11 +267,12 @@ def parse_ablation(raw: Any, source: str = "<ablation>", relative_to: Path | Non
 
 
 def load_ablation(path: str | Path, *, output_dir: str | None = None, results_dir: str | None = None,
-                  seeds: Sequence[int] | None = None, data_dir: str | None = None) -> AblationConfig:
+                  seeds: Sequence[int] | None = None, data_dir: str | None = None,
+                  device: str | None = None) -> AblationConfig:
     """Read and validate an ablation config file (a relative ``base`` may sit beside it).
 
     The keyword arguments, when given, replace the file's ``output_dir``, ``results_dir``,
-    ``seeds`` and the base's ``data_dir`` (command-line overrides).
+    ``seeds`` and the base's ``data_dir`` and ``device`` (command-line overrides).
     """
     path = Path(path)
     raw = read_config_file(path)
@@ -281,8 +282,9 @@ def load_ablation(path: str | Path, *, output_dir: str | None = None, results_di
     for key, value in (("output_dir", output_dir), ("results_dir", results_dir), ("seeds", seeds)):
         if value:
             raw[key] = list(value) if key == "seeds" else value
-    if data_dir:
-        raw["base"] = {**_base_mapping(raw.get("base"), str(path), path.parent), "data_dir": data_dir}
+    base_overrides = {key: value for key, value in (("data_dir", data_dir), ("device", device)) if value}
+    if base_overrides:
+        raw["base"] = {**_base_mapping(raw.get("base"), str(path), path.parent), **base_overrides}
     return parse_ablation(raw, str(path), relative_to=path.parent)
 
 
@@ -472,6 +474,9 @@ def run_ablation(ablation: AblationConfig, *, log: Callable[[str], None] = print
     unknown = sorted(set(only or ()) - set(ablation.variants))
     if unknown:
         raise ConfigError(f"unknown variants {unknown}; known: {list(ablation.variants)}")
+    chosen = [name for name in ablation.variants if not only or name in only]
+    for name in chosen:
+        resolve_device(ablation.variants[name])
     start = time.perf_counter()
     ablation.results_dir.mkdir(parents=True, exist_ok=True)
     csv_path = ablation.results_dir / "ablation.csv"
@@ -480,7 +485,6 @@ def run_ablation(ablation: AblationConfig, *, log: Callable[[str], None] = print
     done = {row_key(row) for row in existing}
     finished = {(row["variant"], row["seed"], row["source"]) for row in existing}
     run = AblationRun(ablation, LinkedStepStore(ablation.output_dir / "shared"), overwrite=overwrite)
-    chosen = [name for name in ablation.variants if not only or name in only]
     total, index = len(chosen) * len(ablation.seeds), 0
     for seed in ablation.seeds:
         for name in chosen:

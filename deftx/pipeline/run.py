@@ -56,6 +56,7 @@ from deftx.eval.zero_shot import (
     nusax_split_examples,
     score_compositions,
 )
+from deftx.models.classifier import build_classifier
 from deftx.pipeline.config import BASELINE, NO_LANGUAGE_SFT, PipelineConfig
 from deftx.pipeline.head import ensure_head, language_texts
 from deftx.pipeline.outputs import reused_steps_note, write_outputs
@@ -64,7 +65,6 @@ from deftx.pipeline.workspace import Workspace
 from deftx.sft import SparseDiff
 from deftx.train.config import to_plain
 from deftx.train.store import LinkedStepStore
-from deftx.train.task import build_classifier
 
 NUSAX = "nusax"
 NUSAX_PROTOCOL = "zero-shot"

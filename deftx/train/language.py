@@ -23,8 +23,10 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback
 
-from deftx.models.mlm import MLMCollator, build_mlm_model, chunk_token_ids, warm_up_mlm_head
+from deftx.models.mlm import build_mlm_model
 from deftx.train.config import SparseFineTuningConfig, is_number, short_repr
+from deftx.train.head_warm_up import warm_up_mlm_head
+from deftx.train.masking import MLMCollator, chunk_token_ids
 from deftx.train.sparse_finetuner import SparseFineTuner
 from deftx.train.store import StepStore
 from deftx.train.trainer_args import TrainingSettings, training_arguments
@@ -145,7 +147,7 @@ def warm_up_head(
 
     Returns:
         (path of the cached head file, warm-up metrics incl. the masked-token accuracy
-        curves, see :func:`~deftx.models.mlm.warm_up_mlm_head`).
+        curves, see :func:`~deftx.train.head_warm_up.warm_up_mlm_head`).
     """
     model = build_mlm_model(model_dir, seed=settings.seed).to(device)
     metrics = warm_up_mlm_head(

@@ -10,8 +10,9 @@ from transformers import BertConfig, PreTrainedTokenizerFast
 from deftx.eval.metrics import accuracy, macro_f1
 from deftx.eval.predict import predict_labels
 from deftx.eval.zero_shot import Composition, EvalRow, RowContext, score_composed, score_compositions
+from deftx.models.classifier import BertMeanPoolClassifier
 from deftx.sft import SparseDiff
-from deftx.train.task import BertMeanPoolClassifier, classification_examples
+from deftx.train.task import classification_examples
 from tests.helpers import assert_bitwise_equal
 
 
