@@ -63,7 +63,7 @@ from deftx.eval.report import (
 from deftx.pipeline.config import RUN_ONLY_SETTINGS, ConfigError, PipelineConfig, parse_config, read_config_file
 from deftx.pipeline.head import ensure_head, head_call, head_curve_table, head_report_line
 from deftx.pipeline.run import run_nusax_seed
-from deftx.pipeline.workspace import Workspace, language_training_settings, resolve_device
+from deftx.pipeline.workspace import Workspace, language_training_settings, requested_device, resolve_device
 from deftx.train.config import short_repr, to_plain
 from deftx.train.identity import describe_changes, digest, normalised, read_identity, write_identity
 from deftx.train.store import LinkedStepStore
@@ -153,13 +153,17 @@ def merge_overrides(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> di
 
 def run_identity(config: PipelineConfig) -> dict[str, Any]:
     """Everything in ``config`` that can change a result (not its name, paths, seeds, checkpoint /
-    logging intervals or progress bars), JSON-ready: what a variant folder records."""
+    logging intervals or progress bars), JSON-ready: what a variant folder records.
+
+    The device is the one the config asks for here (:func:`~deftx.pipeline.workspace.requested_device`:
+    ``auto`` is no device), so rows scored on another device are never mixed in.
+    """
     plain = to_plain(config)
     for key in ("name", "output_dir", "results_dir", "step_store", "seeds"):
         plain.pop(key)
     for key in RUN_ONLY_SETTINGS:
         plain["training"].pop(key)
-    return plain
+    return {**plain, "device": requested_device(config)}
 
 
 def variant_hash(config: PipelineConfig) -> str:
@@ -286,7 +290,7 @@ def language_phase1_signature(config: PipelineConfig) -> str:
     key on the run identity the tuner records, :meth:`deftx.train.sparse_finetuner.SparseFineTuner.identity`,
     which digests the data and the weights — with the warmed head — instead of naming them). The
     training settings are the very ones the language SFTs get (:func:`language_training_settings`)."""
-    settings = to_plain(language_training_settings(config, config.device, seed=0))
+    settings = to_plain(language_training_settings(config, requested_device(config), seed=0))
     training = {k: v for k, v in settings.items() if k not in (*RUN_ONLY_SETTINGS, "seed")}
     return digest({
         "model": config.model, "data_dir": config.data_dir, "head": to_plain(config.mlm_head),

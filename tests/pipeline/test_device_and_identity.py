@@ -152,6 +152,18 @@ def test_seeds_run_apart_and_merge_in_deftx_paired(tmp_path, tiny_model_dir, mon
     assert "| madurese | lt-sft − full-ft |" in table and table.splitlines()[2].endswith("| 2 |"), table
 
 
+def test_an_ablation_rows_hash_holds_the_resolved_device(tmp_path, monkeypatch):
+    """``auto`` is no device: the rows of a variant are keyed by the device it resolves to here."""
+    raw = {"base": {"targets": ["madurese"]}, "output_dir": str(tmp_path),
+           "variants": {"auto": {}, "cpu": {"device": "cpu"}, "cuda": {"device": "cuda"}}}
+    no_cuda(monkeypatch)
+    on_cpu = ablation.parse_ablation(raw).hashes
+    assert on_cpu["auto"] == on_cpu["cpu"] != on_cpu["cuda"], "a plan for a GPU machine parses here"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    on_gpu = ablation.parse_ablation(raw).hashes
+    assert on_gpu["auto"] == on_gpu["cuda"] == on_cpu["cuda"] != on_gpu["cpu"] == on_cpu["cpu"]
+
+
 def test_ablate_device_cuda_without_cuda_is_one_line_before_any_work(tmp_path, capsys, monkeypatch):
     no_cuda(monkeypatch)
     base = tmp_path / "base.yaml"
