@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -303,6 +303,30 @@ SCALING_COLUMNS = (
 )
 
 
+def _parameters(row: dict[str, Any]) -> float:
+    return row["parameters"]
+
+
+def _k_percent(row: dict[str, Any]) -> float:
+    return 100 * row["k_fraction"]
+
+
+def _plot_baseline(
+    ax: Any,
+    rows: list[dict[str, Any]],
+    x: Callable[[dict[str, Any]], float],
+    key: str,
+    op: str,
+    color: str | None,
+    scale: float = 1.0,
+) -> None:
+    """The dashed baseline line of ``op``: ``row[key] * scale`` against ``x(row)`` where measured."""
+    base = [r for r in rows if r.get(key) is not None]
+    if base:
+        xs, ys = [x(r) for r in base], [r[key] * scale for r in base]
+        ax.plot(xs, ys, "--s", color=color, alpha=0.6, label=f"{op} {base[0]['baseline']}")
+
+
 def plot_scaling(doc: dict[str, Any], path: Path) -> None:
     """Three panels: time vs parameters, peak extra memory vs parameters, time vs K."""
     plt = _pyplot()
@@ -323,16 +347,7 @@ def plot_scaling(doc: dict[str, Any], path: Path) -> None:
             markerfacecolor="white",
             markersize=9,
         )
-        base = [r for r in rows if r.get("baseline_time_s") is not None]
-        if base:
-            ax_t.plot(
-                [r["parameters"] for r in base],
-                [r["baseline_time_s"] for r in base],
-                "--s",
-                color=color,
-                alpha=0.6,
-                label=f"{op} {base[0]['baseline']}",
-            )
+        _plot_baseline(ax_t, rows, _parameters, "baseline_time_s", op, color)
         mem = [r for r in rows if r.get("deftx_peak_extra_bytes") is not None]
         ax_m.plot(
             [r["parameters"] for r in mem],
@@ -341,30 +356,12 @@ def plot_scaling(doc: dict[str, Any], path: Path) -> None:
             color=color,
             label=f"{op} deftx",
         )
-        base_mem = [r for r in rows if r.get("baseline_peak_extra_bytes") is not None]
-        if base_mem:
-            ax_m.plot(
-                [r["parameters"] for r in base_mem],
-                [r["baseline_peak_extra_bytes"] / 2**20 for r in base_mem],
-                "--s",
-                color=color,
-                alpha=0.6,
-                label=f"{op} {base_mem[0]['baseline']}",
-            )
+        _plot_baseline(ax_m, rows, _parameters, "baseline_peak_extra_bytes", op, color, scale=2**-20)
     for op in dict.fromkeys(r["op"] for r in doc["k_sweep"]):
         rows = sorted((r for r in doc["k_sweep"] if r["op"] == op), key=lambda r: r["k_fraction"])
         ks = [100 * r["k_fraction"] for r in rows]
         ax_k.plot(ks, [r["deftx_time_s"] for r in rows], "-o", color=colors.get(op), label=f"{op} deftx")
-        base = [r for r in rows if r.get("baseline_time_s") is not None]
-        if base:
-            ax_k.plot(
-                [100 * r["k_fraction"] for r in base],
-                [r["baseline_time_s"] for r in base],
-                "--s",
-                color=colors.get(op),
-                alpha=0.6,
-                label=f"{op} {base[0]['baseline']}",
-            )
+        _plot_baseline(ax_k, rows, _k_percent, "baseline_time_s", op, colors.get(op))
     ax_t.set(
         xscale="log",
         yscale="log",
