@@ -1,9 +1,9 @@
 """The anchor table: LT-SFT's selection from (θ1, θ0), each method's first call in a fresh process.
 
 ``python benchmarks/anchor_selection.py --shapes e5-small --k-fraction 0.01 --out results/anchor``;
-the methods and the measures are described in :mod:`deftx.bench.anchor`. With ``--streamed``
+the methods and the measures are described in :mod:`deftx.perf.anchor`. With ``--streamed``
 (``--shapes llama-7b --scratch DIR``): the streamed row, from two sharded checkpoints on disk
-(:mod:`deftx.bench.anchor_streamed`).
+(:mod:`deftx.perf.anchor_streamed`).
 """
 
 import sys
@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from deftx.bench import anchor, anchor_streamed
+from deftx.perf import anchor, anchor_streamed
 
 if __name__ == "__main__":
     arguments = sys.argv[1:]

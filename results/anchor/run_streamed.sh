@@ -1,5 +1,5 @@
 #!/bin/sh
-# The anchor table's streamed row (deftx.bench.anchor_streamed): a synthetic Llama-7B-shaped pair
+# The anchor table's streamed row (deftx.perf.anchor_streamed): a synthetic Llama-7B-shaped pair
 # (6.74B parameters, bf16, 2 GiB shards: 13.5 GB per checkpoint) written under $SCRATCH (outside
 # the repository, removed afterwards), then select_streamed at k = 1% in a fresh process; writes
 # anchor_streamed_llama-7b.{json,md} beside this file. The log (run_streamed.log) has `uptime`

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.nn.functional import gelu, layer_norm
 
 from deftx.models.e5 import CACHE_ENV, ensure_e5_small
+from deftx.models.e5 import SPECIAL_TOKENS as E5_SPECIAL_TOKENS
 
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>"]
 WORDS = ["the", "cat", "dog", "sat", "ran", "on", "a", "mat", "log", "fast", "slow", "red", "big", "small"]
@@ -40,16 +42,7 @@ def tiny_tokenizer(words=WORDS):
     """A ``PreTrainedTokenizerFast`` with e5's special-token layout (pad 1, mask last)."""
     from transformers import PreTrainedTokenizerFast
 
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tiny_backend(tiny_vocab(words)),
-        bos_token="<s>",
-        eos_token="</s>",
-        cls_token="<s>",
-        sep_token="</s>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-        mask_token="<mask>",
-    )
+    return PreTrainedTokenizerFast(tokenizer_object=tiny_backend(tiny_vocab(words)), **E5_SPECIAL_TOKENS)
 
 
 def tiny_bert(vocab_size: int, *, seed: int = 0, hidden: int = 32, layers: int = 2, dtype=torch.float32):
@@ -91,3 +84,15 @@ def e5_dir(tmp_path_factory) -> Path:
     """Folder of the converted real e5 (converted at most once per session)."""
     root = os.environ.get(CACHE_ENV) or tmp_path_factory.mktemp("deftx-cache")
     return ensure_e5_small(root)
+
+
+EMBEDDING_ROWS = 24  # more rows than the tokenizer's 19 ids, like e5 (250037 vs 250002)
+
+
+def reference_logits(model, input_ids, attention_mask) -> torch.Tensor:
+    """(B, L, V) logits at every position, from the head's tensors with plain torch ops."""
+    hidden = model.body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state.float()
+    head = model.head
+    x = gelu(hidden @ head.dense.weight.float().T + head.dense.bias.float())
+    x = layer_norm(x, (x.shape[-1],), head.layer_norm.weight.float(), head.layer_norm.bias.float(), head.layer_norm.eps)
+    return x @ head.decoder_weight.float().T + head.bias.float()
