@@ -34,6 +34,8 @@ import triton
 import triton.language as tl
 from triton import knobs
 
+from deftx.ops.settings import ADAMW_SCALARS, AdamWSettings
+
 from . import KernelSpec, upload
 
 PARAM_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16)
@@ -48,6 +50,10 @@ _INTERPRET = tl.constexpr(bool(knobs.runtime.interpret))
 
 _TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 _SIGNATURE_DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+# Columns of a tensor-table row: the tensors' addresses, then the entry count K_t.
+_PARAM, _GRAD, _INDEX, _MASTER, _EXP_AVG, _EXP_AVG_SQ, _BASE, _COUNT = (tl.constexpr(c) for c in range(8))
+_COLUMNS = tl.constexpr(8)
 
 
 @triton.jit
@@ -144,7 +150,7 @@ def _masked_adamw_kernel(
 ):
     """One block of BLOCK entries of one tensor per program.
 
-    tensor_table: (T, 8) int64 rows (param, grad, indices, master, exp_avg, exp_avg_sq,
+    tensor_table: (T, _COLUMNS) int64 rows (param, grad, indices, master, exp_avg, exp_avg_sq,
     base, K_t) — param / grad P_DTYPE, indices int64, state fp32 (K_t,).
     block_table: (P, 2) int32 rows (tensor, block). Scalars fp32: decay = 1 − lr·wd,
     bias1 = 1 − beta1^step, bias2 = 1 − beta2^step. Grid: (P,).
@@ -152,15 +158,15 @@ def _masked_adamw_kernel(
     pid = tl.program_id(0)
     tensor = tl.load(block_table + 2 * pid)
     block = tl.load(block_table + 2 * pid + 1)
-    row = tensor_table + tensor.to(tl.int64) * 8
-    param = _table_pointer(row, 0, P_DTYPE, False)
-    grad = _table_pointer(row, 1, P_DTYPE, False)
-    index = _table_pointer(row, 2, tl.int64, ALIGNED)
-    master = _table_pointer(row, 3, tl.float32, ALIGNED)
-    exp_avg = _table_pointer(row, 4, tl.float32, ALIGNED)
-    exp_avg_sq = _table_pointer(row, 5, tl.float32, ALIGNED)
-    base = _table_pointer(row, 6, tl.float32, ALIGNED)
-    count = tl.load(row + 7)
+    row = tensor_table + tensor.to(tl.int64) * _COLUMNS
+    param = _table_pointer(row, _PARAM, P_DTYPE, False)
+    grad = _table_pointer(row, _GRAD, P_DTYPE, False)
+    index = _table_pointer(row, _INDEX, tl.int64, ALIGNED)
+    master = _table_pointer(row, _MASTER, tl.float32, ALIGNED)
+    exp_avg = _table_pointer(row, _EXP_AVG, tl.float32, ALIGNED)
+    exp_avg_sq = _table_pointer(row, _EXP_AVG_SQ, tl.float32, ALIGNED)
+    base = _table_pointer(row, _BASE, tl.float32, ALIGNED)
+    count = tl.load(row + _COUNT)
 
     start = block.to(tl.int64) * BLOCK
     offsets = start + tl.arange(0, BLOCK)
@@ -209,7 +215,7 @@ def _block_table(counts: tuple[int, ...], device: torch.device) -> torch.Tensor:
 
 
 def _address_table(rows: list[tuple[torch.Tensor, ...]], device: torch.device) -> tuple[torch.Tensor, bool]:
-    """(int64 (T, 8) tensor table, aligned) for rows of (param, grad, idx, master, m, v, base|None).
+    """(int64 (T, _COLUMNS) tensor table, aligned) for rows of (param, grad, idx, master, m, v, base|None).
 
     The table holds addresses and sizes only, so the cache key is exactly its content: a step
     over the same tensors (and gradients at the same addresses) uploads nothing.
@@ -229,8 +235,8 @@ def _address_table(rows: list[tuple[torch.Tensor, ...]], device: torch.device) -
     )
 
     def build() -> tuple[torch.Tensor, bool]:
-        aligned = all(address % 16 == 0 for entry in entries for address in entry[2:7])
-        return upload([v for entry in entries for v in entry], device).view(-1, 8), aligned
+        aligned = all(address % 16 == 0 for entry in entries for address in entry[_INDEX:_COUNT])
+        return upload([v for entry in entries for v in entry], device).view(-1, _COLUMNS), aligned
 
     return _cached(_ADDRESS_TABLES, (device, entries), build)
 
@@ -243,14 +249,7 @@ def masked_adamw_step_(
     exp_avgs: Sequence[torch.Tensor],
     exp_avg_sqs: Sequence[torch.Tensor],
     bases: Sequence[torch.Tensor] | None,
-    *,
-    step: int,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    l1: float,
+    settings: AdamWSettings,
 ) -> None:
     """AdamW on the selected entries of each parameter, in place (the contract's formula).
 
@@ -259,17 +258,16 @@ def masked_adamw_step_(
         grads: T tensors of the same shapes and dtypes, read only at ``indices[t]``.
         indices: T int64 (K_t,) sorted unique flat indices.
         masters, exp_avgs, exp_avg_sqs: T fp32 (K_t,) contiguous tensors, updated in place.
-        bases: T fp32 (K_t,) θ0 values, used when ``l1 != 0`` (None or empty otherwise).
-        step: step number >= 1 (already incremented), for the bias corrections.
+        bases: T fp32 (K_t,) θ0 values, used when ``settings.l1 != 0`` (None or empty otherwise).
+        settings: the step number and hyperparameters.
 
     One launch per parameter dtype present, covering every tensor of that dtype; its tables
     are uploaded only when the tensors' addresses (or entry counts) change. Nothing is read
     back from the device.
     """
     count = len(params)
-    assert step >= 1, step
     assert len(grads) == len(indices) == len(masters) == len(exp_avgs) == len(exp_avg_sqs) == count
-    has_l1 = l1 != 0.0
+    has_l1 = settings.has_l1
     assert not has_l1 or (bases is not None and len(bases) == count), "l1 != 0 needs bases"
     by_dtype: dict[torch.dtype, list[tuple[torch.Tensor, ...]]] = {}
     for t in range(count):
@@ -283,18 +281,7 @@ def masked_adamw_step_(
             (param, grad, idx, masters[t], exp_avgs[t], exp_avg_sqs[t], base)
         )
 
-    scalars = (
-        beta1,
-        1.0 - beta1,
-        beta2,
-        1.0 - beta2,
-        1.0 - lr * weight_decay,
-        lr,
-        1.0 - beta1**step,
-        1.0 - beta2**step,
-        eps,
-        l1,
-    )
+    scalars = settings.scalars()
     for dtype, rows in by_dtype.items():
         device = rows[0][0].device
         tensor_table, aligned = _address_table(rows, device)
@@ -331,16 +318,7 @@ def _specs() -> list[KernelSpec]:
                         signature={
                             "tensor_table": "*i64",
                             "block_table": "*i32",
-                            "beta1": "fp32",
-                            "one_minus_beta1": "fp32",
-                            "beta2": "fp32",
-                            "one_minus_beta2": "fp32",
-                            "decay": "fp32",
-                            "lr": "fp32",
-                            "bias1": "fp32",
-                            "bias2": "fp32",
-                            "eps": "fp32",
-                            "l1": "fp32",
+                            **dict.fromkeys(ADAMW_SCALARS, "fp32"),
                             "P_DTYPE": "constexpr",
                             "HAS_L1": "constexpr",
                             "ALIGNED": "constexpr",
@@ -362,57 +340,3 @@ def _specs() -> list[KernelSpec]:
 
 
 SPECIALIZATIONS: list[KernelSpec] = _specs()
-
-
-# --------------------------------------------------------------------------- cost models
-
-SECTOR_BYTES = 32
-FLOPS_PER_ENTRY = 16
-"""fp32 operations of the AdamW update per entry (moments 7, decay 1, step 8); the L1 pull adds 3."""
-
-
-def touched_sector_bytes(k: int, numel: int, element_bytes: int) -> float:
-    """Expected bytes of 32-byte sectors touched by k uniformly random entries of ``numel``::
-
-        (numel * element_bytes / 32) * 32 * (1 - (1 - k / numel) ** (32 / element_bytes))
-    """
-    if numel == 0 or k == 0:
-        return 0.0
-    per_sector = SECTOR_BYTES / element_bytes
-    sectors = numel * element_bytes / SECTOR_BYTES
-    return sectors * SECTOR_BYTES * (1.0 - (1.0 - k / numel) ** per_sector)
-
-
-def bytes_moved(k: int, numel: int, *, param_bytes: int, has_l1: bool = False) -> float:
-    """HBM bytes of :func:`masked_adamw_step_` for K selected entries of ``numel``.
-
-    Streams in K space: indices (8 B), master / exp_avg / exp_avg_sq read and written
-    (24 B), θ0 with L1 (4 B). Gathered gradient reads and scattered parameter writes move
-    whole 32-byte sectors: each touches ``touched_sector_bytes(k, numel, param_bytes)``::
-
-        k * (8 + 24 + 4 * has_l1) + 2 * touched_sector_bytes(k, numel, param_bytes)
-    """
-    streams = k * (8 + 24 + (4 if has_l1 else 0))
-    return streams + 2 * touched_sector_bytes(k, numel, param_bytes)
-
-
-def baseline_bytes_moved(numel: int, *, param_bytes: int, state_bytes: int | None = None) -> int:
-    """HBM bytes of a dense AdamW step (``torch.optim.AdamW``, fused or foreach) on ``numel``.
-
-    Reads param, grad, exp_avg, exp_avg_sq; writes param, exp_avg, exp_avg_sq. The moments
-    have the parameter's dtype in torch unless ``state_bytes`` says otherwise::
-
-        numel * (3 * param_bytes + 4 * state_bytes)
-    """
-    state = param_bytes if state_bytes is None else state_bytes
-    return numel * (3 * param_bytes + 4 * state)
-
-
-def flops(k: int, *, has_l1: bool = False) -> int:
-    """fp32 operations of :func:`masked_adamw_step_`: ``k * (16 + 3 * has_l1)``."""
-    return k * (FLOPS_PER_ENTRY + (3 if has_l1 else 0))
-
-
-def baseline_flops(numel: int) -> int:
-    """Operations of a dense AdamW step: ``16 * numel``."""
-    return FLOPS_PER_ENTRY * numel

@@ -182,19 +182,19 @@ def profile_shape_set(
 
 def _scatter_costs(shape_set: ProfileShapeSet) -> dict[str, ModelledCost]:
     """One diff of K entries spread over the tensors by size, values fp32, no originals saved."""
-    scatter = importlib.import_module("deftx.kernels.scatter")
+    scatter = importlib.import_module("deftx.ops.cost.scatter")
     shapes = [p.shape for p in shape_set.eligible]
     nnz = spread_entries([p.numel for p in shape_set.eligible], shape_set.k)
     dtype = shape_set.torch_dtype
     return {
-        DEFTX: (Cost(scatter.bytes_moved(shapes, nnz, dtype)), "deftx.kernels.scatter.bytes_moved (1 diff, no save)"),
+        DEFTX: (Cost(scatter.bytes_moved(shapes, nnz, dtype)), "deftx.ops.cost.scatter.bytes_moved (1 diff, no save)"),
         "dense_add": (
             Cost(scatter.baseline_bytes_moved(shapes, nnz, dtype, method="dense")),
-            "deftx.kernels.scatter.baseline_bytes_moved(method='dense')",
+            "deftx.ops.cost.scatter.baseline_bytes_moved(method='dense')",
         ),
         "index_add": (
             Cost(scatter.baseline_bytes_moved(shapes, nnz, dtype, method="index_add")),
-            "deftx.kernels.scatter.baseline_bytes_moved(method='index_add')",
+            "deftx.ops.cost.scatter.baseline_bytes_moved(method='index_add')",
         ),
     }
 

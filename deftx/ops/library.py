@@ -26,6 +26,7 @@ import torch
 from torch.autograd.graph import increment_version
 
 from deftx.ops.dispatch import backend_for, common_device
+from deftx.ops.settings import AdamWSettings
 
 Result = TypeVar("Result")
 
@@ -138,18 +139,13 @@ def _masked_adamw_step(
     exp_avg_sqs: list[torch.Tensor],
     bases: list[torch.Tensor],
     step: int,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    l1: float,
+    hyperparameters: list[float],
     backend: str,
 ) -> None:
     device = common_device(params, "masked_adamw_step_")
     backend_for("masked_step", device, backend).masked_adamw_step_(
         params, grads, indices, masters, exp_avgs, exp_avg_sqs, bases or None,
-        step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, l1=l1,
+        AdamWSettings.from_op(step, hyperparameters),
     )  # fmt: skip
 
 
@@ -171,23 +167,18 @@ def masked_adamw_step(
     exp_avgs: list[torch.Tensor],
     exp_avg_sqs: list[torch.Tensor],
     bases: list[torch.Tensor],
-    step: int,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    l1: float,
+    settings: AdamWSettings,
     backend: str,
 ) -> None:
     """Masked AdamW step of checked inputs (``bases`` empty when unused), ``params`` non-empty.
 
+    The op carries ``settings`` as its step number and :meth:`~AdamWSettings.hyperparameters`.
     Eager: the implementation, then one call that bumps the version counters of the tensors
     written, as the op would (autograd sees the in-place update). Traced, or on meta tensors:
     the registered op (its fake does nothing).
     """
     args = (params, grads, indices, masters, exp_avgs, exp_avg_sqs, bases,
-            step, lr, beta1, beta2, eps, weight_decay, l1, backend)  # fmt: skip
+            settings.step, settings.hyperparameters(), backend)  # fmt: skip
     if params[0].is_meta or is_traced([*params, *grads, *masters]):
         _masked_adamw_step_op(*args)
         return

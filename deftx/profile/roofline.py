@@ -92,7 +92,7 @@ class OpPrediction:
 
 
 def _kernel_module(name: str) -> Any:
-    return importlib.import_module(f"deftx.kernels.{name}")
+    return importlib.import_module(f"deftx.ops.cost.{name}")
 
 
 def _element_bytes(shape_set: ShapeSet) -> int:

@@ -27,6 +27,7 @@ from torch import nn
 
 from deftx.ops.dispatch import common_device
 from deftx.ops.masked_step import run_masked_adamw_step_
+from deftx.ops.settings import AdamWSettings
 from deftx.ops.validation import check_float_dtype, check_indices, move_indices
 from deftx.train.config import PhaseConfig
 from deftx.train.finetune import l1_gradient_scale, phase_arguments
@@ -137,8 +138,8 @@ class MaskedAdamW(torch.optim.Optimizer):
                 [s["master"] for s in states], [s["exp_avg"] for s in states],
                 [s["exp_avg_sq"] for s in states],
                 [s["base"] for s in states] if group["l1"] else None,
-                step=step, lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
-                weight_decay=group["weight_decay"], l1=group["l1"], backend=self._backend,
+                AdamWSettings(step, group["lr"], beta1, beta2, group["eps"], group["weight_decay"], group["l1"]),
+                backend=self._backend,
             )
         return loss
 

@@ -17,7 +17,7 @@ from deftx.bench.predicted import (
 )
 from deftx.bench.report import PREDICTED_COLUMNS, predicted_lines, predicted_markdown, predicted_table
 from deftx.bench.shapes import BUILTIN_SHAPE_SETS, ShapeSet, TensorShape
-from deftx.kernels import masked_step, rsvd
+from deftx.ops.cost import masked_step, rsvd
 from deftx.profile.targets import A100_80GB_SXM, H100_SXM, H200_SXM
 
 K = 0.25

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from deftx.kernels import masked_step, rsvd, scatter, topk
+from deftx.ops.cost import masked_step, rsvd, scatter, topk
 from deftx.profile.roofline import OPS, Cost, predict, spread_entries
 from deftx.profile.shapes import load_shape_set
 from deftx.profile.targets import A100_80GB_SXM, H100_SXM

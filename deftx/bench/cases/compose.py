@@ -83,7 +83,7 @@ def bind(impl: str, inputs: ComposeInputs) -> Callable[[], object]:
 
 def traffic(impl: str, inputs: ComposeInputs) -> Traffic:
     """``deftx.kernels.scatter`` models with two diffs (deftx saving originals, the baseline dense)."""
-    model = importlib.import_module("deftx.kernels.scatter")
+    model = importlib.import_module("deftx.ops.cost.scatter")
     by_dtype: dict[torch.dtype, tuple[list, list]] = {}
     for t, w in enumerate(inputs.dense):
         shapes, nnz = by_dtype.setdefault(w.dtype, ([], []))
@@ -92,11 +92,11 @@ def traffic(impl: str, inputs: ComposeInputs) -> Traffic:
     diffs = len(SCALES)
     if backend_of(impl) is not None:
         total = sum(model.bytes_moved(s, n, dtype, num_diffs=diffs, save=True) for dtype, (s, n) in by_dtype.items())
-        return Traffic(total, 0.0, "deftx.kernels.scatter.bytes_moved(num_diffs=2, save=True)")
+        return Traffic(total, 0.0, "deftx.ops.cost.scatter.bytes_moved(num_diffs=2, save=True)")
     total = sum(
         model.baseline_bytes_moved(s, n, dtype, num_diffs=diffs, method="dense") for dtype, (s, n) in by_dtype.items()
     )
-    return Traffic(total, 0.0, "deftx.kernels.scatter.baseline_bytes_moved(num_diffs=2, method='dense')")
+    return Traffic(total, 0.0, "deftx.ops.cost.scatter.baseline_bytes_moved(num_diffs=2, method='dense')")
 
 
 def quality(impl: str, inputs: ComposeInputs, output: object) -> dict[str, float]:

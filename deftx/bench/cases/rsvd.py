@@ -111,7 +111,7 @@ def _randomized_model(m: int, n: int, q: int, n_iter: int, weight_bytes: int, fu
     W1 and W0 (fused) or the fp32 Δ (materialised first: read 2, write 1).
     """
     try:
-        model = importlib.import_module("deftx.kernels.rsvd")
+        model = importlib.import_module("deftx.ops.cost.rsvd")
     except ImportError:
         passes = 2 + 2 * n_iter
         per_pass = (2 * weight_bytes if fused else 4) * m * n
@@ -121,12 +121,12 @@ def _randomized_model(m: int, n: int, q: int, n_iter: int, weight_bytes: int, fu
         return (
             model.bytes_moved(m, n, q, n_iter, weight_bytes=weight_bytes),
             model.flops(m, n, q, n_iter),
-            "deftx.kernels.rsvd.bytes_moved / flops",
+            "deftx.ops.cost.rsvd.bytes_moved / flops",
         )
     return (
         model.baseline_bytes_moved(m, n, q, n_iter, weight_bytes=weight_bytes),
         model.baseline_flops(m, n, q, n_iter),
-        "deftx.kernels.rsvd.baseline_bytes_moved / baseline_flops",
+        "deftx.ops.cost.rsvd.baseline_bytes_moved / baseline_flops",
     )
 
 

@@ -95,7 +95,7 @@ def traffic(impl: str, inputs: ScatterInputs) -> Traffic:
     a 32-byte sector read-modify-write per sector touched plus the index/value payload
     (no flop model: the op is memory-bound)."""
     try:
-        model = importlib.import_module("deftx.kernels.scatter")
+        model = importlib.import_module("deftx.ops.cost.scatter")
     except ImportError:
         return Traffic(_fallback_bytes(impl, inputs), 0.0, "deftx.bench: exact touched sectors + payload")
     by_dtype: dict[torch.dtype, tuple[list, list]] = {}
@@ -105,10 +105,10 @@ def traffic(impl: str, inputs: ScatterInputs) -> Traffic:
         nnz.append(idx.numel())
     if backend_of(impl) is not None:
         total = sum(model.bytes_moved(s, n, dtype) for dtype, (s, n) in by_dtype.items())
-        return Traffic(total, 0.0, "deftx.kernels.scatter.bytes_moved")
+        return Traffic(total, 0.0, "deftx.ops.cost.scatter.bytes_moved")
     method = "dense" if impl == "dense_add" else "index_add"
     total = sum(model.baseline_bytes_moved(s, n, dtype, method=method) for dtype, (s, n) in by_dtype.items())
-    return Traffic(total, 0.0, f"deftx.kernels.scatter.baseline_bytes_moved(method={method!r})")
+    return Traffic(total, 0.0, f"deftx.ops.cost.scatter.baseline_bytes_moved(method={method!r})")
 
 
 def quality(impl: str, inputs: ScatterInputs, output: object) -> dict[str, float]:

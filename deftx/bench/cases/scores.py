@@ -59,7 +59,7 @@ def traffic(impl: str, inputs: rsvd.RsvdInputs) -> Traffic:
     (``deftx.kernels.rsvd.reconstruct_bytes_moved`` / ``baseline_reconstruct_bytes_moved``)."""
     import importlib
 
-    model = importlib.import_module("deftx.kernels.rsvd")
+    model = importlib.import_module("deftx.ops.cost.rsvd")
     fused = backend_of(impl) is not None
     factor = rsvd.traffic("deftx:triton" if fused else "svd_lowrank", inputs)
     total_bytes, total_flops = factor.bytes, factor.flops

@@ -107,7 +107,7 @@ def traffic(impl: str, inputs: StepInputs) -> Traffic:
     a 32-byte sector each for the gradient read and the parameter write; dense: 28 B per
     fp32 entry (param and moments read and written, gradient read)."""
     try:
-        model = importlib.import_module("deftx.kernels.masked_step")
+        model = importlib.import_module("deftx.ops.cost.masked_step")
     except ImportError:
         model = None
     total_bytes, total_flops = 0.0, 0.0
@@ -123,7 +123,7 @@ def traffic(impl: str, inputs: StepInputs) -> Traffic:
     if model is None:
         return Traffic(total_bytes, total_flops, "deftx.bench: 32 B per entry + sectors / 7 dense passes")
     which = "bytes_moved / flops" if backend_of(impl) is not None else "baseline_bytes_moved / baseline_flops"
-    return Traffic(total_bytes, total_flops, f"deftx.kernels.masked_step.{which}")
+    return Traffic(total_bytes, total_flops, f"deftx.ops.cost.masked_step.{which}")
 
 
 def quality(impl: str, inputs: StepInputs, output: object) -> dict[str, float]:

@@ -23,9 +23,22 @@ from tests.helpers import UNIT_ROUNDOFF, assert_bitwise_equal, assert_close, tol
 if native.unavailable_reason() is not None:
     pytest.skip(native.unavailable_reason(), allow_module_level=True)
 
-from deftx.ops.native.masked_step import masked_adamw_step_ as native_step
+from deftx.ops.native.masked_step import masked_adamw_step_ as native_backend_step
+from deftx.ops.settings import AdamWSettings
 
 CHUNK = 1 << 14  # csrc/masked_step.cpp kChunkLength
+
+
+def with_keywords(backend_step):
+    """A backend's step called with the public op's keywords instead of :class:`AdamWSettings`."""
+
+    def step(params, grads, indices, masters, exp_avgs, exp_avg_sqs, bases, **hyperparameters) -> None:
+        backend_step(params, grads, indices, masters, exp_avgs, exp_avg_sqs, bases, AdamWSettings(**hyperparameters))
+
+    return step
+
+
+native_step = with_keywords(native_backend_step)
 SHAPE_SETS = {
     "ragged": [(33, 17), (1,), (5, 7, 3), (130,)],
     "empty": [(0,), (0, 4), (6,)],
@@ -207,7 +220,7 @@ def test_matches_the_torch_reference(shapes, dtypes, options):
     problem = make_problem(shapes, dtypes, 0.3, seed=1)
     native_state, torch_state = problem.state.clone(), problem.state.clone()
     run_steps(problem, native_state, public_native_step, options)
-    run_steps(problem, torch_state, reference.masked_adamw_step_, options)
+    run_steps(problem, torch_state, with_keywords(reference.masked_adamw_step_), options)
     rtol, atol = master_tolerance(STEPS, HYPER["lr"], HYPER["beta1"], HYPER["beta2"])
     for t, index in enumerate(problem.indices):
         assert_bitwise_equal(native_state.exp_avgs[t], torch_state.exp_avgs[t], what=f"exp_avg {t}")

@@ -1,0 +1,84 @@
+"""The settings contract of each op that has one, declared once and taken by every backend.
+
+Pure Python (no torch, no Triton): the public ops build a settings object from their keyword
+arguments, the ``torch.library`` custom ops carry it as plain numbers
+(:meth:`AdamWSettings.hyperparameters` / :meth:`AdamWSettings.from_op`), and the torch,
+native and Triton backends all take the object itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+ADAMW_SCALARS: tuple[str, ...] = (
+    "beta1",
+    "one_minus_beta1",
+    "beta2",
+    "one_minus_beta2",
+    "decay",
+    "lr",
+    "bias1",
+    "bias2",
+    "eps",
+    "l1",
+)
+"""Names of :meth:`AdamWSettings.scalars`, in order (the kernel's and the C ABI's scalar arguments)."""
+
+
+@dataclass(frozen=True)
+class AdamWSettings:
+    """One masked AdamW step's settings (``deftx.ops.masked_adamw_step_``).
+
+    Attributes:
+        step: the step number, an int >= 1 (already incremented), for the bias corrections.
+        lr, beta1, beta2, eps, weight_decay: AdamW's (decoupled weight decay).
+        l1: strength of the L1 pull of each master value towards its base θ0 (0: none).
+    """
+
+    step: int
+    lr: float
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    l1: float = 0.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.step, bool) or not isinstance(self.step, int) or self.step < 1:
+            raise ValueError(f"masked_adamw_step_: step must be an int >= 1, got {self.step!r}")
+        for f in fields(self)[1:]:
+            object.__setattr__(self, f.name, float(getattr(self, f.name)))
+
+    @property
+    def has_l1(self) -> bool:
+        """Whether the step pulls towards the bases (``l1 != 0``)."""
+        return self.l1 != 0.0
+
+    def scalars(self) -> tuple[float, ...]:
+        """The step's derived scalars (named by :data:`ADAMW_SCALARS`), in float64::
+
+        beta1, 1 - beta1, beta2, 1 - beta2, 1 - lr * weight_decay, lr,
+        1 - beta1 ** step, 1 - beta2 ** step, eps, l1
+        """
+        return (
+            self.beta1,
+            1.0 - self.beta1,
+            self.beta2,
+            1.0 - self.beta2,
+            1.0 - self.lr * self.weight_decay,
+            self.lr,
+            1.0 - self.beta1**self.step,
+            1.0 - self.beta2**self.step,
+            self.eps,
+            self.l1,
+        )
+
+    def hyperparameters(self) -> list[float]:
+        """``[lr, beta1, beta2, eps, weight_decay, l1]``: the custom op's ``float[]`` argument."""
+        return [getattr(self, f.name) for f in fields(self)[1:]]
+
+    @classmethod
+    def from_op(cls, step: int, hyperparameters: list[float]) -> AdamWSettings:
+        """Inverse of (``step``, :meth:`hyperparameters`)."""
+        return cls(step, *hyperparameters)
+
