@@ -32,37 +32,24 @@ from collections.abc import Sequence
 import torch
 import triton
 import triton.language as tl
-from triton import knobs
 
 from deftx.ops.settings import ADAMW_SCALARS, AdamWSettings
 
 from . import KernelSpec, upload
+from ._common import DTYPE_NAMES, TL_DTYPES, TableCache, interpreting, table_pointer
 
 PARAM_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16)
 BLOCK = 1024
 NUM_WARPS = 4
 FP_FUSION = False
 """No multiply-add contraction: each operation of the formula rounds on its own (see above)."""
-_TABLE_CACHE_SIZE = 16
 
 # The interpreter's fp32 -> bf16 cast truncates; round to nearest even by hand there.
-_INTERPRET = tl.constexpr(bool(knobs.runtime.interpret))
-
-_TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
-_SIGNATURE_DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+_INTERPRET = interpreting()
 
 # Columns of a tensor-table row: the tensors' addresses, then the entry count K_t.
 _PARAM, _GRAD, _INDEX, _MASTER, _EXP_AVG, _EXP_AVG_SQ, _BASE, _COUNT = (tl.constexpr(c) for c in range(8))
 _COLUMNS = tl.constexpr(8)
-
-
-@triton.jit
-def _table_pointer(row, column, DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
-    """Address ``row[column]`` of the int64 table as a ``DTYPE`` pointer (16-byte aligned if ALIGNED)."""
-    pointer = tl.load(row + column).to(tl.pointer_type(DTYPE))
-    if ALIGNED:
-        pointer = tl.multiple_of(pointer, 16)
-    return pointer
 
 
 @triton.jit
@@ -159,13 +146,13 @@ def _masked_adamw_kernel(
     tensor = tl.load(block_table + 2 * pid)
     block = tl.load(block_table + 2 * pid + 1)
     row = tensor_table + tensor.to(tl.int64) * _COLUMNS
-    param = _table_pointer(row, _PARAM, P_DTYPE, False)
-    grad = _table_pointer(row, _GRAD, P_DTYPE, False)
-    index = _table_pointer(row, _INDEX, tl.int64, ALIGNED)
-    master = _table_pointer(row, _MASTER, tl.float32, ALIGNED)
-    exp_avg = _table_pointer(row, _EXP_AVG, tl.float32, ALIGNED)
-    exp_avg_sq = _table_pointer(row, _EXP_AVG_SQ, tl.float32, ALIGNED)
-    base = _table_pointer(row, _BASE, tl.float32, ALIGNED)
+    param = table_pointer(row, _PARAM, P_DTYPE, False)
+    grad = table_pointer(row, _GRAD, P_DTYPE, False)
+    index = table_pointer(row, _INDEX, tl.int64, ALIGNED)
+    master = table_pointer(row, _MASTER, tl.float32, ALIGNED)
+    exp_avg = table_pointer(row, _EXP_AVG, tl.float32, ALIGNED)
+    exp_avg_sq = table_pointer(row, _EXP_AVG_SQ, tl.float32, ALIGNED)
+    base = table_pointer(row, _BASE, tl.float32, ALIGNED)
     count = tl.load(row + _COUNT)
 
     start = block.to(tl.int64) * BLOCK
@@ -186,19 +173,8 @@ def _masked_adamw_kernel(
 
 # --------------------------------------------------------------------------- launcher
 
-_BLOCK_TABLES: dict[tuple, torch.Tensor] = {}
-_ADDRESS_TABLES: dict[tuple, tuple[torch.Tensor, bool]] = {}
-
-
-def _cached(cache: dict, key: tuple, build):
-    """``cache[key]``, built by ``build()`` on a miss; the oldest entry goes past the cache size."""
-    value = cache.get(key)
-    if value is None:
-        value = build()
-        if len(cache) >= _TABLE_CACHE_SIZE:
-            cache.pop(next(iter(cache)))
-        cache[key] = value
-    return value
+_BLOCK_TABLES: TableCache[torch.Tensor] = TableCache(16)
+_ADDRESS_TABLES: TableCache[tuple[torch.Tensor, bool]] = TableCache(16)
 
 
 def _block_table(counts: tuple[int, ...], device: torch.device) -> torch.Tensor:
@@ -211,7 +187,7 @@ def _block_table(counts: tuple[int, ...], device: torch.device) -> torch.Tensor:
         rows = [v for t, count in enumerate(counts) for block in range(triton.cdiv(count, BLOCK)) for v in (t, block)]
         return upload(rows, device, torch.int32).view(-1, 2)
 
-    return _cached(_BLOCK_TABLES, (device, BLOCK, counts), build)
+    return _BLOCK_TABLES.get((device, BLOCK, counts), build)
 
 
 def _address_table(rows: list[tuple[torch.Tensor, ...]], device: torch.device) -> tuple[torch.Tensor, bool]:
@@ -238,7 +214,7 @@ def _address_table(rows: list[tuple[torch.Tensor, ...]], device: torch.device) -
         aligned = all(address % 16 == 0 for entry in entries for address in entry[_INDEX:_COUNT])
         return upload([v for entry in entries for v in entry], device).view(-1, _COLUMNS), aligned
 
-    return _cached(_ADDRESS_TABLES, (device, entries), build)
+    return _ADDRESS_TABLES.get((device, entries), build)
 
 
 def masked_adamw_step_(
@@ -290,7 +266,7 @@ def masked_adamw_step_(
             tensor_table,
             block_table,
             *scalars,
-            _TL_DTYPES[dtype],
+            TL_DTYPES[dtype],
             has_l1,
             aligned,
             BLOCK,
@@ -311,7 +287,7 @@ def _specs() -> list[KernelSpec]:
                 specs.append(
                     KernelSpec(
                         name=(
-                            f"masked_adamw_{_SIGNATURE_DTYPES[dtype]}"
+                            f"masked_adamw_{DTYPE_NAMES[dtype]}"
                             f"_{'l1' if has_l1 else 'nol1'}_{'aligned' if aligned else 'unaligned'}"
                         ),
                         kernel=_masked_adamw_kernel,
@@ -325,7 +301,7 @@ def _specs() -> list[KernelSpec]:
                             "BLOCK": "constexpr",
                         },
                         constexprs={
-                            "P_DTYPE": _TL_DTYPES[dtype],
+                            "P_DTYPE": TL_DTYPES[dtype],
                             "HAS_L1": has_l1,
                             "ALIGNED": aligned,
                             "BLOCK": BLOCK,

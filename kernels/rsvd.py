@@ -65,9 +65,9 @@ from collections.abc import Sequence
 import torch
 import triton
 import triton.language as tl
-from triton import knobs
 
 from . import KernelSpec
+from ._common import DTYPE_NAMES, TL_DTYPES, TableCache, interpreting, table_pointer
 
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "tf32x3")
 TENSOR_CORE_PRECISIONS: frozenset[str] = frozenset({"bf16", "tf32x3"})
@@ -82,24 +82,10 @@ MIN_SPLIT_BLOCKS = 8
 # The interpreter's fp32 -> bf16 cast truncates and its tl.dot multiplies bf16 bit patterns
 # as integers, so under the interpreter the bf16 product is emulated exactly in fp32; it
 # also ignores input_precision, so the TF32 roundings of "tf32x3" are applied explicitly.
-# (The kernels also avoid triton.language's own @jit helpers such as tl.zeros, which a
-# module copy loaded by kernel_module(interpret=True) cannot call.)
-_INTERPRET = tl.constexpr(bool(knobs.runtime.interpret))
-
-_TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
-_SIGNATURE_DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+_INTERPRET = interpreting()
 
 
 # --------------------------------------------------------------------------- device helpers
-
-
-@triton.jit
-def _table_pointer(table, index, DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
-    """Entry ``index`` of an int64 address table as a ``DTYPE`` pointer (16-byte aligned if ALIGNED)."""
-    pointer = tl.load(table + index).to(tl.pointer_type(DTYPE))
-    if ALIGNED:
-        pointer = tl.multiple_of(pointer, 16)
-    return pointer
 
 
 @triton.jit
@@ -203,8 +189,8 @@ def _delta_matmul_kernel(
     matrix, row_tile, q_tile = _tile_coordinates(tl.program_id(0), row_tiles, q_tiles)
     split = tl.program_id(1)
     n = n_div * ALIGN
-    w1 = _table_pointer(w1_table, matrix, W_DTYPE, ALIGN > 1)
-    w0 = _table_pointer(w0_table, matrix, W_DTYPE, ALIGN > 1)
+    w1 = table_pointer(w1_table, matrix, W_DTYPE, ALIGN > 1)
+    w0 = table_pointer(w0_table, matrix, W_DTYPE, ALIGN > 1)
 
     rows = row_tile * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
     cols = q_tile * BLOCK_Q + tl.arange(0, BLOCK_Q)
@@ -269,8 +255,8 @@ def _sketch_t_delta_kernel(
     matrix, col_tile, q_tile = _tile_coordinates(tl.program_id(0), col_tiles, q_tiles)
     split = tl.program_id(1)
     n = n_div * ALIGN
-    w1 = _table_pointer(w1_table, matrix, W_DTYPE, ALIGN > 1)
-    w0 = _table_pointer(w0_table, matrix, W_DTYPE, ALIGN > 1)
+    w1 = table_pointer(w1_table, matrix, W_DTYPE, ALIGN > 1)
+    w0 = table_pointer(w0_table, matrix, W_DTYPE, ALIGN > 1)
 
     cols = col_tile * BLOCK_COLS + tl.arange(0, BLOCK_COLS)
     qs = q_tile * BLOCK_Q + tl.arange(0, BLOCK_Q)
@@ -336,10 +322,10 @@ def _reconstruct_abs_kernel(
     n = n_div * ALIGN
     rank = tl.load(rank_table + matrix)
     u_row_stride = tl.load(u_stride_table + matrix)
-    u = _table_pointer(u_table, matrix, tl.float32, False)
-    s = _table_pointer(s_table, matrix, tl.float32, False)
-    vh = _table_pointer(vh_table, matrix, tl.float32, ALIGN > 1)
-    out = _table_pointer(out_table, matrix, tl.float32, ALIGN > 1)
+    u = table_pointer(u_table, matrix, tl.float32, False)
+    s = table_pointer(s_table, matrix, tl.float32, False)
+    vh = table_pointer(vh_table, matrix, tl.float32, ALIGN > 1)
+    out = table_pointer(out_table, matrix, tl.float32, ALIGN > 1)
 
     rows = row_tile * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
     cols = col_tile * BLOCK_COLS + tl.arange(0, BLOCK_COLS)
@@ -391,8 +377,8 @@ def _difference_energy_kernel(
     pid = tl.program_id(0)
     matrix = pid // chunks
     numel = numel_div.to(tl.int64) * ALIGN
-    w1 = _table_pointer(w1_table, matrix, W_DTYPE, ALIGN > 1)
-    w0 = _table_pointer(w0_table, matrix, W_DTYPE, ALIGN > 1)
+    w1 = table_pointer(w1_table, matrix, W_DTYPE, ALIGN > 1)
+    w0 = table_pointer(w0_table, matrix, W_DTYPE, ALIGN > 1)
     start = (pid % chunks).to(tl.int64) * (BLOCK * CHUNK_BLOCKS)
     acc = tl.full((BLOCK,), 0.0, dtype=tl.float32)
     for block in range(CHUNK_BLOCKS):
@@ -513,8 +499,7 @@ def host_to_device(values: Sequence[int], dtype: torch.dtype, device: torch.devi
     return host.pin_memory().to(device, non_blocking=True)
 
 
-_ADDRESS_TABLES: dict[tuple, torch.Tensor] = {}
-_ADDRESS_TABLE_CACHE_SIZE = 64
+_ADDRESS_TABLES: TableCache[torch.Tensor] = TableCache(64)
 
 
 def _address_table(tensors: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor:
@@ -524,14 +509,7 @@ def _address_table(tensors: Sequence[torch.Tensor], device: torch.device) -> tor
     2 + 2 n_iter products of a group copy their tables to the device once.
     """
     addresses = tuple(t.data_ptr() for t in tensors)
-    key = (device, addresses)
-    table = _ADDRESS_TABLES.get(key)
-    if table is None:
-        if len(_ADDRESS_TABLES) >= _ADDRESS_TABLE_CACHE_SIZE:
-            _ADDRESS_TABLES.pop(next(iter(_ADDRESS_TABLES)))
-        table = host_to_device(addresses, torch.int64, device)
-        _ADDRESS_TABLES[key] = table
-    return table
+    return _ADDRESS_TABLES.get((device, addresses), lambda: host_to_device(addresses, torch.int64, device))
 
 
 def _is_aligned(tensors: Sequence[torch.Tensor], row_length: int) -> bool:
@@ -617,7 +595,7 @@ def delta_matmul(
         split_blocks,
         row_tiles,
         q_tiles,
-        _TL_DTYPES[w1s[0].dtype],
+        TL_DTYPES[w1s[0].dtype],
         w0s is not None,
         align,
         precision,
@@ -843,7 +821,7 @@ def difference_energy(w1s: Sequence[torch.Tensor], w0s: Sequence[torch.Tensor] |
         partial,
         numel // align,
         chunks,
-        _TL_DTYPES[group_w1[0].dtype],
+        TL_DTYPES[group_w1[0].dtype],
         group_w0 is not None,
         align,
         config["BLOCK"],
@@ -975,7 +953,7 @@ def _matmul_spec(
     kernel = _sketch_t_delta_kernel if name == "sketch_t_delta" else _delta_matmul_kernel
     tile_arg, tiles_arg = ("BLOCK_COLS", "col_tiles") if name == "sketch_t_delta" else ("BLOCK_ROWS", "row_tiles")
     config = matmul_config(name, precision, block_q, align)
-    dt = _SIGNATURE_DTYPES[dtype]
+    dt = DTYPE_NAMES[dtype]
     return KernelSpec(
         name=f"rsvd_{name}_{dt}_{'diff' if has_w0 else 'single'}_align{align}_{precision}_q{block_q}",
         kernel=kernel,
@@ -1000,7 +978,7 @@ def _matmul_spec(
             "BLOCK_Q": "constexpr",
         },
         constexprs={
-            "W_DTYPE": _TL_DTYPES[dtype],
+            "W_DTYPE": TL_DTYPES[dtype],
             "HAS_W0": has_w0,
             "ALIGN": align,
             "PRECISION": precision,
@@ -1077,7 +1055,7 @@ def _reconstruct_specs() -> list[KernelSpec]:
 def _energy_spec(dtype: torch.dtype, has_w0: bool, align: int) -> KernelSpec:
     config = ENERGY_CONFIG
     return KernelSpec(
-        name=f"rsvd_difference_energy_{_SIGNATURE_DTYPES[dtype]}_{'diff' if has_w0 else 'single'}_align{align}",
+        name=f"rsvd_difference_energy_{DTYPE_NAMES[dtype]}_{'diff' if has_w0 else 'single'}_align{align}",
         kernel=_difference_energy_kernel,
         signature={
             "w1_table": "*i64",
@@ -1092,7 +1070,7 @@ def _energy_spec(dtype: torch.dtype, has_w0: bool, align: int) -> KernelSpec:
             "CHUNK_BLOCKS": "constexpr",
         },
         constexprs={
-            "W_DTYPE": _TL_DTYPES[dtype],
+            "W_DTYPE": TL_DTYPES[dtype],
             "HAS_W0": has_w0,
             "ALIGN": align,
             "BLOCK": config["BLOCK"],

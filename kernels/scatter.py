@@ -53,6 +53,7 @@ import triton
 import triton.language as tl
 
 from . import KernelSpec, upload
+from ._common import DTYPE_NAMES, TL_DTYPES, interpreting
 
 CHUNK = 1024
 """Entries per inner-loop step of the scatter-add kernel (8 per thread at 4 warps)."""
@@ -70,10 +71,8 @@ SCATTER_WARPS = 4
 SCATTER_STAGES = 1  # no software pipelining: loads must stay after the previous diff's stores
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-_TL_DTYPE = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
-_DTYPE_NAME = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
-_INTERPRETED = tl.constexpr(triton.knobs.runtime.interpret)
+_INTERPRETED = interpreting()
 
 
 @triton.jit
@@ -188,7 +187,7 @@ def _scatter_add_kernel(
 def _lower_bound(ptrs, count, value, steps):
     """Per lane, the number of entries ``< value`` of the sorted int64 array at ``ptrs`` of
     length ``count`` (``steps >= bit_length(count)`` halvings)."""
-    first = count * 0  # not tl.zeros_like: see kernels/topk.py on the interpreted copy
+    first = tl.zeros_like(count)
     for _ in range(steps):
         half = count // 2
         probe = first + half
@@ -380,7 +379,7 @@ def _launch_group(plan: _GroupPlan, tables: tuple[torch.Tensor, ...], scales: to
     _scatter_add_kernel[(plan.num_units,)](
         unit_tensor, segments, dense_table, diff_table, scales,
         plan.num_units, plan.num_tensors, num_diffs,
-        DENSE=_TL_DTYPE[plan.dense_dtype], VALUE=_TL_DTYPE[plan.value_dtype], SAVE=save,
+        DENSE=TL_DTYPES[plan.dense_dtype], VALUE=TL_DTYPES[plan.value_dtype], SAVE=save,
         CHUNK=CHUNK, num_warps=SCATTER_WARPS, num_stages=SCATTER_STAGES,
     )
 
@@ -494,7 +493,7 @@ def scatter_restore_(
         units = buffer[at + 5 * num_pairs: at + 6 * num_pairs]
         _scatter_restore_kernel[(num_units,)](
             torch.repeat_interleave(units, output_size=num_units), table, num_pairs,
-            DENSE=_TL_DTYPE[dtype], CHUNK=RESTORE_CHUNK,
+            DENSE=TL_DTYPES[dtype], CHUNK=RESTORE_CHUNK,
             num_warps=SCATTER_WARPS, num_stages=SCATTER_STAGES,
         )
 
@@ -523,11 +522,11 @@ def _specializations() -> list[KernelSpec]:
         for value in dict.fromkeys((torch.float32, dense)):
             for save in (False, True):
                 specs.append(KernelSpec(
-                    name=f"scatter_add_{_DTYPE_NAME[dense]}_values_{_DTYPE_NAME[value]}"
+                    name=f"scatter_add_{DTYPE_NAMES[dense]}_values_{DTYPE_NAMES[value]}"
                          f"{'_save' if save else ''}",
                     kernel=_scatter_add_kernel,
                     signature=_ADD_SIGNATURE,
-                    constexprs={"DENSE": _TL_DTYPE[dense], "VALUE": _TL_DTYPE[value],
+                    constexprs={"DENSE": TL_DTYPES[dense], "VALUE": TL_DTYPES[value],
                                 "SAVE": save, "CHUNK": CHUNK},
                     num_warps=SCATTER_WARPS, num_stages=SCATTER_STAGES, promises=promises,
                 ))
@@ -538,9 +537,9 @@ def _specializations() -> list[KernelSpec]:
     ))
     for dense in _DTYPES:
         specs.append(KernelSpec(
-            name=f"scatter_restore_{_DTYPE_NAME[dense]}", kernel=_scatter_restore_kernel,
+            name=f"scatter_restore_{DTYPE_NAMES[dense]}", kernel=_scatter_restore_kernel,
             signature=_RESTORE_SIGNATURE,
-            constexprs={"DENSE": _TL_DTYPE[dense], "CHUNK": RESTORE_CHUNK},
+            constexprs={"DENSE": TL_DTYPES[dense], "CHUNK": RESTORE_CHUNK},
             num_warps=SCATTER_WARPS, num_stages=SCATTER_STAGES, promises=promises,
         ))
     return specs

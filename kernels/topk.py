@@ -85,6 +85,7 @@ import triton.language as tl
 from deftx.ops.cost.topk import BLOCK_ELEMS, LAST_PASS, LIST_PASS, PASS_SHIFTS, RADIX, RADIX_BITS, last_pass
 
 from . import KernelSpec, upload
+from ._common import DTYPE_NAMES, TL_DTYPES
 
 LIST_SHIFT = PASS_SHIFTS[LIST_PASS - 1]
 """Key bits below the prefix that decides what enters the list (16: two digits known)."""
@@ -123,7 +124,6 @@ COMPACT_WARPS = 4
 COMPACT_STAGES = 1
 SELECT_WARPS = 4
 
-_TL_DTYPE = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 
 _RADIX = tl.constexpr(RADIX)
 _RADIX_BITS = tl.constexpr(RADIX_BITS)
@@ -164,23 +164,10 @@ _STATE_THRESHOLD = tl.constexpr(2)
 _INF_KEY = tl.constexpr(0x7F800000)
 
 
-# The interpreted copy of this module (``kernel_module(..., interpret=True)``) cannot call
-# triton.language's own ``@jit`` helpers (tl.sum, tl.cumsum, tl.zeros, tl.cdiv, ...): they were
-# decorated for compilation. Sums and scans therefore call the builtins tl.reduce /
-# tl.associative_scan with triton's ``_sum_combine``, which the interpreter runs with numpy.
-_SUM = tl.standard._sum_combine
-
-
-@triton.jit
-def _total(x):
-    """Sum of a 1-D block, in its own dtype."""
-    return tl.reduce(x, 0, _SUM)
-
-
 @triton.jit
 def _exclusive_cumsum(x):
     """Exclusive prefix sum of a 1-D block, in its own dtype."""
-    return tl.associative_scan(x, 0, _SUM) - x
+    return tl.cumsum(x, 0) - x
 
 
 @triton.jit
@@ -293,11 +280,11 @@ def _histogram_blocks(
             digits = (keys >> SHIFT) & (_RADIX - 1)
             if SHIFT == _TOP_SHIFT:
                 in_band = valid
-                nans += _total((keys > _INF_KEY).to(tl.int32))
+                nans += tl.sum((keys > _INF_KEY).to(tl.int32))
             else:
                 high = (keys >> SHIFT) >> _RADIX_BITS
                 in_band = valid & (high == prefix)
-                above += _total((valid & (high > prefix)).to(tl.int32))
+                above += tl.sum((valid & (high > prefix)).to(tl.int32))
             block_hist += tl.histogram(digits, _RADIX, mask=in_band)
         totals += block_hist
         if STORE_BLOCKS:
@@ -423,17 +410,17 @@ def _select_digit_kernel(hist_ptr, next_hist_ptr, state_ptr, list_hist_ptr, list
     use_list = _list_use(list_total_ptr, capacity)
     list_row = tl.load(list_hist_ptr + bins)
     rows = tl.where(use_list, tl.where(groups[:, None] == 0, list_row[None, :], 0), rows)
-    hist = tl.reduce(rows, 0, _SUM)
+    hist = tl.sum(rows, 0)
     remaining = tl.load(state_ptr + _STATE_REMAINING)
-    at_or_above = _total(hist) - tl.associative_scan(hist, 0, _SUM) + hist
-    digit = _total((at_or_above >= remaining).to(tl.int64)) - 1
+    at_or_above = tl.sum(hist, 0) - tl.cumsum(hist, 0) + hist
+    digit = tl.sum((at_or_above >= remaining).to(tl.int64)) - 1
     chosen = bins == digit
-    above = _total(tl.where(chosen, at_or_above - hist, 0))
+    above = tl.sum(tl.where(chosen, at_or_above - hist, 0))
     prefix = tl.load(state_ptr + _STATE_PREFIX) * _RADIX + digit
     tl.store(state_ptr + _STATE_REMAINING, remaining - above)
     tl.store(state_ptr + _STATE_PREFIX, prefix)
     tl.store(state_ptr + _STATE_THRESHOLD, prefix << shift)
-    band = tl.reduce(tl.where(chosen[None, :], rows, 0), 1, _SUM)
+    band = tl.sum(tl.where(chosen[None, :], rows, 0), 1)
     carry = present & (((tl.where(use_list, 0, carry_mask) >> groups) & 1) != 0)
     tl.store(next_hist_ptr + groups * _RADIX, band, mask=carry)
 
@@ -470,8 +457,8 @@ def _classify_from_histograms(table_ptr, block_column_ptr, block_hist_ptr, block
     exact = (threshold & ((1 << shift) - 1)) == 0
     bins = tl.arange(0, _RADIX)
     hist = tl.load(block_hist_ptr + g[:, None] * _RADIX + bins[None, :], mask=valid[:, None], other=0)
-    equal = tl.reduce(tl.where(bins[None, :] == digit[:, None], hist, 0), 1, _SUM).to(tl.int64)
-    higher = tl.reduce(tl.where(bins[None, :] > digit[:, None], hist, 0), 1, _SUM).to(tl.int64)
+    equal = tl.sum(tl.where(bins[None, :] == digit[:, None], hist, 0), 1).to(tl.int64)
+    higher = tl.sum(tl.where(bins[None, :] > digit[:, None], hist, 0), 1).to(tl.int64)
     above = tl.load(block_above_ptr + g, mask=valid, other=0).to(tl.int64) + higher
     equal = tl.where(exact, equal, 0)
     if PARTITION:
@@ -505,8 +492,8 @@ def _classify_from_list(table_ptr, block_column_ptr, state_ptr, sums_ptr, list_p
                 entry = first + tl.arange(0, TILE)
                 present = entry < end
                 keys = tl.load(list_ptr + entry, mask=present, other=0) >> _OFFSET_BITS
-                greater += _total((present & (keys > threshold)).to(tl.int32))
-                equal += _total((present & (keys == threshold)).to(tl.int32))
+                greater += tl.sum((present & (keys > threshold)).to(tl.int32))
+                equal += tl.sum((present & (keys == threshold)).to(tl.int32))
             tl.store(sums_ptr + g, greater)
             tl.store(sums_ptr + num_blocks + g, equal)
 
@@ -589,7 +576,7 @@ def _partition_kernel(
                 kept = (valid & (keys >= lowest)).to(tl.int32)
                 entries = (keys.to(tl.int64) << _OFFSET_BITS) | (s * TILE + tl.arange(0, TILE))
                 tl.store(list_ptr + slot + _exclusive_cumsum(kept), entries, mask=kept != 0)
-                slot += _total(kept)
+                slot += tl.sum(kept)
 
 
 @triton.jit
@@ -618,8 +605,8 @@ def _compact_list(list_ptr, list_ends_ptr, g, threshold, take_equal, slot, index
         chosen = ((present & (keys > threshold)) | ((equal != 0) & (equal_rank < take_equal))).to(tl.int32)
         flat = index_base + (packed & _OFFSET_MASK)
         tl.store(out_ptr + slot + _exclusive_cumsum(chosen), flat, mask=chosen != 0)
-        slot += _total(chosen)
-        equal_seen += _total(equal)
+        slot += tl.sum(chosen)
+        equal_seen += tl.sum(equal)
 
 
 @triton.jit
@@ -637,8 +624,8 @@ def _compact_data(values, subtrahend, block_start, head, end, threshold, take_eq
         chosen = ((valid & (keys > threshold)) | ((equal != 0) & (equal_rank < take_equal))).to(tl.int32)
         flat = index_base + tile_start + tl.arange(0, TILE)
         tl.store(out_ptr + slot + _exclusive_cumsum(chosen), flat, mask=chosen != 0)
-        slot += _total(chosen)
-        equal_seen += _total(equal)
+        slot += tl.sum(chosen)
+        equal_seen += tl.sum(equal)
 
 
 @triton.jit(do_not_specialize=["capacity", "num_columns", "num_blocks", "first_block"])
@@ -839,7 +826,7 @@ class _Buffers:
 def _launch_histogram(plan: _Plan, p: int, index: int, group: _Group, buffers: _Buffers, owns_list: bool) -> None:
     """One group's histogram launch of pass ``p``."""
     grid = (_programs(buffers.table.device, group.num_blocks),)
-    common = dict(DTYPE=_TL_DTYPE[group.dtype], HAS_BASE=group.has_base, SHIFT=PASS_SHIFTS[p],
+    common = dict(DTYPE=TL_DTYPES[group.dtype], HAS_BASE=group.has_base, SHIFT=PASS_SHIFTS[p],
                   BLOCK=BLOCK_ELEMS, TILE=histogram_tile(group.dtype, PASS_SHIFTS[p]),
                   num_warps=HISTOGRAM_WARPS, num_stages=HISTOGRAM_STAGES)
     if p < LIST_PASS:
@@ -887,7 +874,7 @@ def _fill_list(plan: _Plan, buffers: _Buffers) -> None:
         _partition_kernel[(group.num_blocks,)](
             buffers.table, buffers.block_column, buffers.state, buffers.candidates, buffers.list_ends,
             plan.list_capacity, plan.num_columns, plan.total_blocks, group.first_block,
-            DTYPE=_TL_DTYPE[group.dtype], HAS_BASE=group.has_base, BLOCK=BLOCK_ELEMS, TILE=COMPACT_TILE,
+            DTYPE=TL_DTYPES[group.dtype], HAS_BASE=group.has_base, BLOCK=BLOCK_ELEMS, TILE=COMPACT_TILE,
             num_warps=COMPACT_WARPS, num_stages=COMPACT_STAGES,
         )
 
@@ -969,7 +956,7 @@ def topk_indices(
         _compact_indices_kernel[(group.num_blocks,)](
             buffers.table, buffers.block_column, buffers.state, sums, out, stats, buffers.candidates,
             buffers.list_ends, buffers.list_total, plan.list_capacity, plan.num_columns, plan.total_blocks,
-            group.first_block, DTYPE=_TL_DTYPE[group.dtype], HAS_BASE=group.has_base, BLOCK=BLOCK_ELEMS,
+            group.first_block, DTYPE=TL_DTYPES[group.dtype], HAS_BASE=group.has_base, BLOCK=BLOCK_ELEMS,
             TILE=COMPACT_TILE, num_warps=COMPACT_WARPS, num_stages=COMPACT_STAGES,
         )
     return out, stats
@@ -1008,7 +995,7 @@ def histogram_pass(x: torch.Tensor, shift: int, prefix: int) -> Callable[[], tor
         _digit_histogram_kernel[grid](
             table, block_column, prefix_t, hist, nan, block_hist, block_above,
             plan.num_columns, group.first_block, group.num_blocks,
-            DTYPE=_TL_DTYPE[x.dtype], HAS_BASE=False, SHIFT=shift,
+            DTYPE=TL_DTYPES[x.dtype], HAS_BASE=False, SHIFT=shift,
             STORE_BLOCKS=PASS_SHIFTS.index(shift) == LIST_PASS - 1, BLOCK=BLOCK_ELEMS,
             TILE=histogram_tile(x.dtype, shift), num_warps=HISTOGRAM_WARPS, num_stages=HISTOGRAM_STAGES,
         )
@@ -1051,11 +1038,10 @@ _COMPACT_SIGNATURE = {
     "list_ends_ptr": "*i64", "list_total_ptr": "*i64", "capacity": "i64", "num_columns": "i32", "num_blocks": "i32",
     "first_block": "i32", "DTYPE": "constexpr", "HAS_BASE": "constexpr", "BLOCK": "constexpr", "TILE": "constexpr",
 }
-_DTYPE_NAME = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
 def _group_name(dtype: torch.dtype, has_base: bool) -> str:
-    return _DTYPE_NAME[dtype] + ("_base" if has_base else "")
+    return DTYPE_NAMES[dtype] + ("_base" if has_base else "")
 
 
 def _histogram_specs(dtype: torch.dtype, has_base: bool) -> list[KernelSpec]:
@@ -1064,7 +1050,7 @@ def _histogram_specs(dtype: torch.dtype, has_base: bool) -> list[KernelSpec]:
     specs = []
     for p in range(last_pass(dtype, has_base) + 1):
         shift = PASS_SHIFTS[p]
-        constexprs = {"DTYPE": _TL_DTYPE[dtype], "HAS_BASE": has_base, "SHIFT": shift, "BLOCK": BLOCK_ELEMS,
+        constexprs = {"DTYPE": TL_DTYPES[dtype], "HAS_BASE": has_base, "SHIFT": shift, "BLOCK": BLOCK_ELEMS,
                       "TILE": histogram_tile(dtype, shift)}
         if p < LIST_PASS:
             kernel, signature = _digit_histogram_kernel, _HISTOGRAM_SIGNATURE
@@ -1082,7 +1068,7 @@ def _histogram_specs(dtype: torch.dtype, has_base: bool) -> list[KernelSpec]:
 
 def _per_block_specs(dtype: torch.dtype, has_base: bool) -> list[KernelSpec]:
     """The partition and the compaction of one group (one program per block)."""
-    constexprs = {"DTYPE": _TL_DTYPE[dtype], "HAS_BASE": has_base, "BLOCK": BLOCK_ELEMS, "TILE": COMPACT_TILE}
+    constexprs = {"DTYPE": TL_DTYPES[dtype], "HAS_BASE": has_base, "BLOCK": BLOCK_ELEMS, "TILE": COMPACT_TILE}
     return [
         KernelSpec(name=f"topk_{step}_{_group_name(dtype, has_base)}", kernel=kernel, signature=signature,
                    constexprs=constexprs, num_warps=COMPACT_WARPS, num_stages=COMPACT_STAGES,

@@ -1,7 +1,8 @@
 """Triton kernels of deftx, one op per module, imported as ``deftx.kernels``.
 
-The op modules (``topk``, ``scatter``, ``rsvd``, ``masked_step``) live in the
-repository's top-level ``kernels/`` folder. That folder has no ``__init__.py`` on
+The op modules (one per op of the registry :data:`deftx.ops.registry.OPS` with a Triton
+backend: ``topk``, ``scatter``, ``rsvd``, ``masked_step``) and their shared helpers
+(``_common``) live in the repository's top-level ``kernels/`` folder. That folder has no ``__init__.py`` on
 purpose: a regular package named ``kernels`` at the repository root would shadow the
 third-party ``kernels`` distribution (Hugging Face's Hub kernel loader, which
 ``transformers`` imports) whenever the root is on ``sys.path`` (``python -m pytest``,
@@ -9,9 +10,9 @@ scripts run from the checkout). Installed from a wheel, the op modules are copie
 beside this file (``setup.py``); run from a checkout or an editable install, this
 package adds the checkout's ``kernels/`` folder to its ``__path__``.
 
-Each kernel module holds its ``@triton.jit`` kernels, their launcher, the
-specialisations it is compiled for (``SPECIALIZATIONS``) and its bytes-moved model.
-This package adds what every tool needs:
+Each kernel module holds its ``@triton.jit`` kernels, their launchers and the
+specialisations it is compiled for (``SPECIALIZATIONS``); its cost model is pure Python in
+:mod:`deftx.ops.cost`. This package adds what every tool needs:
 
 * :class:`KernelSpec` and :func:`specializations` — the registry the static
   compile test and ``deftx profile --static`` enumerate.
@@ -42,7 +43,10 @@ from typing import Any
 
 import torch
 
-KERNEL_MODULES: tuple[str, ...] = ("topk", "scatter", "rsvd", "masked_step")
+from deftx.ops.registry import OPS
+
+KERNEL_MODULES: tuple[str, ...] = tuple(name for name, entry in OPS.items() if "triton" in entry.backends)
+"""The op modules, named as their ops."""
 
 
 def _source_tree_kernels() -> list[str]:

@@ -82,3 +82,29 @@ class AdamWSettings:
         """Inverse of (``step``, :meth:`hyperparameters`)."""
         return cls(step, *hyperparameters)
 
+
+
+@dataclass(frozen=True)
+class LowRankSettings:
+    """How the low-rank denoising ops factorise each Δ = θ1 − θ0 (``deftx.ops.lowrank_*``,
+    ``deftx.ops.denoised_magnitudes*``; ``deftx.train.DenoiseConfig.lowrank`` builds one).
+
+    Attributes:
+        rank: keep this many singular components (one uniform rank); or
+        energy: keep, per matrix, the fewest components holding this fraction of ``||Δ||_F²``.
+        method: ``"randomized"`` (sketched SVD) or ``"exact"`` (``torch.linalg.svd``).
+        oversample, n_iter, seed: the randomized sketch: ``q = rank + oversample`` columns,
+            ``n_iter`` power iterations, the seed of the Gaussian Ω.
+        precision: the Triton products' precision: ``"fp32"``, ``"tf32x3"`` (fp32 weights only)
+            or ``"bf16"``.
+
+    Checked by the ops that take it (with the matrices: a single matrix bounds the rank).
+    """
+
+    rank: int | None = None
+    energy: float | None = None
+    method: str = "randomized"
+    oversample: int = 8
+    n_iter: int = 2
+    seed: int = 0
+    precision: str = "fp32"
