@@ -27,13 +27,11 @@ memory traffic, so the separate multiplies cost nothing measurable.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 import triton
 import triton.language as tl
 
-from deftx.ops.settings import ADAMW_SCALARS, AdamWSettings
+from deftx.ops.settings import ADAMW_SCALARS, AdamWSettings, MaskedStepTensors
 
 from . import KernelSpec, upload
 from ._common import DTYPE_NAMES, TL_DTYPES, TableCache, interpreting, table_pointer
@@ -217,30 +215,17 @@ def _address_table(rows: list[tuple[torch.Tensor, ...]], device: torch.device) -
     return _ADDRESS_TABLES.get((device, entries), build)
 
 
-def masked_adamw_step_(
-    params: Sequence[torch.Tensor],
-    grads: Sequence[torch.Tensor],
-    indices: Sequence[torch.Tensor],
-    masters: Sequence[torch.Tensor],
-    exp_avgs: Sequence[torch.Tensor],
-    exp_avg_sqs: Sequence[torch.Tensor],
-    bases: Sequence[torch.Tensor] | None,
-    settings: AdamWSettings,
-) -> None:
+def masked_adamw_step_(tensors: MaskedStepTensors, settings: AdamWSettings) -> None:
     """AdamW on the selected entries of each parameter, in place (the contract's formula).
 
-    Args:
-        params: T contiguous fp32 / bf16 / fp16 tensors, written only at ``indices[t]``.
-        grads: T tensors of the same shapes and dtypes, read only at ``indices[t]``.
-        indices: T int64 (K_t,) sorted unique flat indices.
-        masters, exp_avgs, exp_avg_sqs: T fp32 (K_t,) contiguous tensors, updated in place.
-        bases: T fp32 (K_t,) θ0 values, used when ``settings.l1 != 0`` (None or empty otherwise).
-        settings: the step number and hyperparameters.
+    ``tensors`` (:class:`~deftx.ops.settings.MaskedStepTensors`): params and grads contiguous
+    fp32 / bf16 / fp16, the state contiguous; ``bases`` used when ``settings.l1 != 0``.
 
     One launch per parameter dtype present, covering every tensor of that dtype; its tables
     are uploaded only when the tensors' addresses (or entry counts) change. Nothing is read
     back from the device.
     """
+    params, grads, indices, masters, exp_avgs, exp_avg_sqs, bases = tensors
     count = len(params)
     assert len(grads) == len(indices) == len(masters) == len(exp_avgs) == len(exp_avg_sqs) == count
     has_l1 = settings.has_l1

@@ -131,21 +131,30 @@ _INSIDE_INTERPRETED_RUN: contextvars.ContextVar[bool] = contextvars.ContextVar("
 def _interpreted_jit_call(original_call):
     """``JITFunction.__call__`` that, inside an interpreted launch, runs the callee interpreted too.
 
-    Triton's own ``@jit`` helpers (``tl.sum``, ``tl.cumsum``, ``tl.cdiv``...) were
-    decorated when triton was imported, as compiled ``JITFunction`` objects; an
-    interpreted kernel that calls them would otherwise fail with "Cannot call @triton.jit'd
-    outside of the scope of a kernel". Outside interpreted launches the original error
-    is kept.
-    """
-    from triton.runtime.interpreter import InterpretedFunction
+    Triton's own ``@jit`` helpers (``tl.sum``, ``tl.cumsum``, ``tl.zeros_like``...) and those of
+    ``kernels/_common.py`` were decorated when their module was imported, as compiled
+    ``JITFunction`` objects; an interpreted kernel that calls them would otherwise fail with
+    "Cannot call @triton.jit'd outside of the scope of a kernel". Outside interpreted launches
+    the original error is kept.
 
-    cache: dict[int, InterpretedFunction] = {}
+    The callee's language modules are patched for the interpreter only for the call and restored
+    after it: Triton's own device call leaves them patched, which for a helper of another module
+    (``triton.language.standard`` sees ``triton.language.core``, which the kernel does not) would
+    break every later compilation in the process.
+    """
+    from triton.runtime import interpreter
+
+    cache: dict[int, interpreter.InterpretedFunction] = {}
 
     def call(self, *args, **kwargs):
         if not _INSIDE_INTERPRETED_RUN.get():
             return original_call(self, *args, **kwargs)
-        fn = cache.setdefault(id(self.fn), InterpretedFunction(self.fn))
-        return fn(*args, **kwargs)
+        fn = cache.setdefault(id(self.fn), interpreter.InterpretedFunction(self.fn))
+        scope = interpreter._patch_lang(fn.fn)
+        try:
+            return fn.rewrite()(*args, **kwargs)
+        finally:
+            scope.restore()
 
     return call
 

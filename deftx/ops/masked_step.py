@@ -8,7 +8,7 @@ import torch
 
 from deftx.ops import library
 from deftx.ops.dispatch import common_device, requested_backend
-from deftx.ops.settings import AdamWSettings
+from deftx.ops.settings import AdamWSettings, MaskedStepTensors
 from deftx.ops.validation import (
     as_tensor_list,
     check_disjoint,
@@ -82,30 +82,21 @@ def masked_adamw_step_(
     if not items:
         return
     common_device(items, "masked_adamw_step_")
-    run_masked_adamw_step_(
-        items, grad_items, idx_items, list(masters), list(exp_avgs), list(exp_avg_sqs),
-        list(bases) if settings.has_l1 and bases is not None else None, settings, backend=backend,
-    )  # fmt: skip
+    used_bases = list(bases) if settings.has_l1 and bases is not None else None
+    tensors = MaskedStepTensors(items, grad_items, idx_items, list(masters), list(exp_avgs), list(exp_avg_sqs),
+                                used_bases)
+    run_masked_adamw_step_(tensors, settings, backend=backend)
 
 
 def run_masked_adamw_step_(
-    params: list[torch.Tensor],
-    grads: list[torch.Tensor],
-    indices: list[torch.Tensor],
-    masters: list[torch.Tensor],
-    exp_avgs: list[torch.Tensor],
-    exp_avg_sqs: list[torch.Tensor],
-    bases: list[torch.Tensor] | None,
-    settings: AdamWSettings,
-    *,
-    backend: str | None = None,
+    tensors: MaskedStepTensors, settings: AdamWSettings, *, backend: str | None = None
 ) -> None:
     """:func:`masked_adamw_step_` without its argument checks, for a training loop's every step.
 
     For a caller that made or checked its tensors once and passes the same ones on every step
     (:class:`deftx.train.retrain.MaskedAdamW` checks the selections when it is built and makes
-    the state itself); arguments as :func:`masked_adamw_step_`, ``params`` non-empty on one
-    device, ``bases`` given when ``settings.l1 != 0``. Non-contiguous gradients are made contiguous.
+    the state itself): ``params`` non-empty on one device, ``bases`` given when
+    ``settings.l1 != 0``. Non-contiguous gradients are made contiguous.
 
     Eager calls run the backend directly (:func:`deftx.ops.library.masked_adamw_step`);
     traced ones go through the ``deftx::masked_adamw_step_`` custom op. (Through the
@@ -113,7 +104,5 @@ def run_masked_adamw_step_(
     XLM-R's 197 parameters, and the public op's checks 5 ms more: measured on the host with
     the kernel stubbed.)
     """
-    library.masked_adamw_step(
-        params, [g.contiguous() for g in grads], indices, masters, exp_avgs, exp_avg_sqs, bases or [], settings,
-        requested_backend(backend),
-    )  # fmt: skip
+    grads = [g.contiguous() for g in tensors.grads]
+    library.masked_adamw_step(tensors._replace(grads=grads), settings, requested_backend(backend))

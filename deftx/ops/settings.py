@@ -8,7 +8,12 @@ native and Triton backends all take the object itself.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    import torch
 
 ADAMW_SCALARS: tuple[str, ...] = (
     "beta1",
@@ -23,6 +28,26 @@ ADAMW_SCALARS: tuple[str, ...] = (
     "l1",
 )
 """Names of :meth:`AdamWSettings.scalars`, in order (the kernel's and the C ABI's scalar arguments)."""
+
+
+class MaskedStepTensors(NamedTuple):
+    """The masked AdamW step's tensors: T of each (one per parameter), ``bases`` None or T.
+
+    Attributes:
+        params, grads: T tensors of one shape and float dtype pairwise; params are written only
+            at their indices, grads read only there.
+        indices: T int64 (K_t,) sorted unique flat indices.
+        masters, exp_avgs, exp_avg_sqs: T fp32 (K_t,) tensors, updated in place.
+        bases: T fp32 (K_t,) θ0 values for the L1 pull (needed when ``l1 != 0``), or None.
+    """
+
+    params: Sequence[torch.Tensor]
+    grads: Sequence[torch.Tensor]
+    indices: Sequence[torch.Tensor]
+    masters: Sequence[torch.Tensor]
+    exp_avgs: Sequence[torch.Tensor]
+    exp_avg_sqs: Sequence[torch.Tensor]
+    bases: Sequence[torch.Tensor] | None = None
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from torch import nn
 
 from deftx.ops.dispatch import common_device
 from deftx.ops.masked_step import run_masked_adamw_step_
-from deftx.ops.settings import AdamWSettings
+from deftx.ops.settings import AdamWSettings, MaskedStepTensors
 from deftx.ops.validation import check_float_dtype, check_indices, move_indices
 from deftx.train.config import PhaseConfig
 from deftx.train.finetune import l1_gradient_scale, phase_arguments
@@ -133,14 +133,14 @@ class MaskedAdamW(torch.optim.Optimizer):
             for state in states:
                 state["step"] = step
             beta1, beta2 = group["betas"]
-            run_masked_adamw_step_(
+            tensors = MaskedStepTensors(
                 live, [p.grad for p in live], [s["indices"] for s in states],
                 [s["master"] for s in states], [s["exp_avg"] for s in states],
                 [s["exp_avg_sq"] for s in states],
                 [s["base"] for s in states] if group["l1"] else None,
-                AdamWSettings(step, group["lr"], beta1, beta2, group["eps"], group["weight_decay"], group["l1"]),
-                backend=self._backend,
             )
+            settings = AdamWSettings(step, group["lr"], beta1, beta2, group["eps"], group["weight_decay"], group["l1"])
+            run_masked_adamw_step_(tensors, settings, backend=self._backend)
         return loss
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from deftx.ops.settings import AdamWSettings
+from deftx.ops.settings import AdamWSettings, MaskedStepTensors
 from deftx.ops.validation import check_state_tensors
 
 from . import (
@@ -47,16 +47,7 @@ def _param_dtype_codes(
     return codes
 
 
-def masked_adamw_step_(
-    params: Sequence[torch.Tensor],
-    grads: Sequence[torch.Tensor],
-    indices: Sequence[torch.Tensor],
-    masters: Sequence[torch.Tensor],
-    exp_avgs: Sequence[torch.Tensor],
-    exp_avg_sqs: Sequence[torch.Tensor],
-    bases: Sequence[torch.Tensor] | None,
-    settings: AdamWSettings,
-) -> None:
+def masked_adamw_step_(tensors: MaskedStepTensors, settings: AdamWSettings) -> None:
     """AdamW on the selected entries of each parameter, in place.
 
     Per entry j with ``i = indices[t][j]``, every operation one rounded fp32 operation
@@ -69,14 +60,8 @@ def masked_adamw_step_(
         master = master (1 - lr wd) - (lr (m / (1 - beta1^step))) / (sqrt(v / (1 - beta2^step)) + eps)
         param[i] = cast(master)            (round to nearest even)
 
-    Args:
-        params: T contiguous CPU tensors, fp32 / bf16 / fp16, written only at ``indices[t]``.
-        grads: T contiguous tensors of the params' dtypes and sizes, read only at ``indices[t]``.
-        indices: T int64 (K_t,) sorted unique flat indices in ``[0, params[t].numel())``.
-        masters, exp_avgs, exp_avg_sqs: T contiguous fp32 (K_t,) tensors, updated in place.
-        bases: T contiguous fp32 (K_t,) θ0 values, required when ``settings.l1 != 0`` (ignored otherwise).
-        settings: the step number and hyperparameters (the scalars are derived in float64 and
-            passed as fp32, in :data:`~deftx.ops.settings.ADAMW_SCALARS` order).
+    ``tensors`` (:class:`~deftx.ops.settings.MaskedStepTensors`): contiguous CPU tensors, params
+    fp32 / bf16 / fp16; the scalars of ``settings`` are derived in float64 and passed as fp32.
 
     Params must not share memory with each other (threads write them concurrently).
 
@@ -85,6 +70,7 @@ def masked_adamw_step_(
         ValueError: a tensor the library would read wrongly (device, layout, dtype, size), or
             an index list that is not sorted, unique and in range (then nothing is written).
     """
+    params, grads, indices, masters, exp_avgs, exp_avg_sqs, bases = tensors
     codes = _param_dtype_codes(params, grads, indices)
     for name, states in (("masters", masters), ("exp_avgs", exp_avgs), ("exp_avg_sqs", exp_avg_sqs)):
         _check_states(name, states, indices)

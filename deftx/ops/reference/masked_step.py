@@ -2,28 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
-from deftx.ops.settings import AdamWSettings
+from deftx.ops.settings import AdamWSettings, MaskedStepTensors
 
 
-def masked_adamw_step_(
-    params: Sequence[torch.Tensor],
-    grads: Sequence[torch.Tensor],
-    indices: Sequence[torch.Tensor],
-    masters: Sequence[torch.Tensor],
-    exp_avgs: Sequence[torch.Tensor],
-    exp_avg_sqs: Sequence[torch.Tensor],
-    bases: Sequence[torch.Tensor] | None,
-    settings: AdamWSettings,
-) -> None:
-    """AdamW on the K_t entries ``indices[t]`` of each parameter, fp32 master values.
-
-    ``masters``, ``exp_avgs``, ``exp_avg_sqs`` (and ``bases``) are fp32 (K_t,) tensors;
-    ``params[t]`` receives ``cast(master)`` at the indices and nothing elsewhere.
-    """
+def masked_adamw_step_(tensors: MaskedStepTensors, settings: AdamWSettings) -> None:
+    """AdamW on the K_t entries ``indices[t]`` of each parameter, fp32 master values:
+    ``params[t]`` receives ``cast(master)`` at the indices and nothing elsewhere."""
+    params, grads, indices, masters, exp_avgs, exp_avg_sqs, bases = tensors
     beta1, one_minus_beta1, beta2, one_minus_beta2, decay, lr, bias1, bias2, eps, l1 = settings.scalars()
     for t, (param, grad, idx) in enumerate(zip(params, grads, indices, strict=True)):
         if idx.numel() == 0:

@@ -24,7 +24,7 @@ if native.unavailable_reason() is not None:
     pytest.skip(native.unavailable_reason(), allow_module_level=True)
 
 from deftx.ops.native.masked_step import masked_adamw_step_ as native_backend_step
-from deftx.ops.settings import AdamWSettings
+from deftx.ops.settings import AdamWSettings, MaskedStepTensors
 
 CHUNK = 1 << 14  # csrc/masked_step.cpp kChunkLength
 
@@ -33,7 +33,8 @@ def with_keywords(backend_step):
     """A backend's step called with the public op's keywords instead of :class:`AdamWSettings`."""
 
     def step(params, grads, indices, masters, exp_avgs, exp_avg_sqs, bases, **hyperparameters) -> None:
-        backend_step(params, grads, indices, masters, exp_avgs, exp_avg_sqs, bases, AdamWSettings(**hyperparameters))
+        tensors = MaskedStepTensors(params, grads, indices, masters, exp_avgs, exp_avg_sqs, bases)
+        backend_step(tensors, AdamWSettings(**hyperparameters))
 
     return step
 
