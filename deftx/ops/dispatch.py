@@ -98,21 +98,8 @@ def auto_backend(op: str, device_type: str) -> tuple[str, str]:
 
 
 @functools.cache
-def _warn_native_missing_once(reason: str) -> None:
-    warnings.warn(
-        f"deftx: the native CPU backend is unavailable ({reason}); using the PyTorch backend "
-        "(run `deftx doctor` for details)",
-        stacklevel=4,
-    )
-
-
-@functools.cache
-def _warn_interpreter_once(op: str) -> None:
-    warnings.warn(
-        f"deftx: running the Triton kernel of {op!r} on CPU tensors under the Triton "
-        "interpreter (correct but slow; meant for checking kernels without a GPU)",
-        stacklevel=4,
-    )
+def _warn_once(message: str) -> None:
+    warnings.warn(message, stacklevel=4)
 
 
 def resolve(op: str, device: torch.device, backend: str | None = None) -> str:
@@ -121,13 +108,15 @@ def resolve(op: str, device: torch.device, backend: str | None = None) -> str:
     if wanted == "auto":
         chosen, why = auto_backend(op, device.type)
         if device.type == "cpu" and chosen == "torch" and "native" in op_entry(op).backends:
-            _warn_native_missing_once(why)
+            _warn_once(f"deftx: the native CPU backend is unavailable ({why}); using the PyTorch backend "
+                       "(run `deftx doctor` for details)")
         return chosen
     reason = unavailable_reason(op, wanted, device.type)
     if reason is not None:
         raise BackendUnavailableError(f"{op}: backend {wanted!r} cannot run on {device}: {reason}")
     if wanted == "triton" and device.type == "cpu":
-        _warn_interpreter_once(op)
+        _warn_once(f"deftx: running the Triton kernel of {op!r} on CPU tensors under the Triton interpreter "
+                   "(correct but slow; meant for checking kernels without a GPU)")
     return wanted
 
 

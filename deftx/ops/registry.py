@@ -87,46 +87,22 @@ class OpEntry:
         return list(self.backend_module("triton").SPECIALIZATIONS) if "triton" in self.backends else []
 
 
+_DENOISE_FUNCTIONS = ("lowrank_factors", "lowrank_factors_batched", "lowrank_denoise", "denoised_magnitudes",
+                      "denoised_magnitudes_batched", "reconstruct_magnitudes")
+
 OPS: dict[str, OpEntry] = {
     entry.name: entry
     for entry in (
-        OpEntry(
-            name="topk",
-            functions=("topk_mask",),
-            backends=("triton", "native", "torch"),
-            bench_case="topk",
-            summary="global magnitude top-k over many tensors (|x| or |x - base|)",
-        ),
-        OpEntry(
-            name="scatter",
-            functions=("scatter_add_", "scatter_restore_"),
-            backends=("triton", "native", "torch"),
-            bench_case="scatter",
-            summary="scatter-add of several sparse diffs onto dense tensors, and its exact undo",
-        ),
-        OpEntry(
-            name="rsvd",
-            functions=(
-                "lowrank_factors",
-                "lowrank_factors_batched",
-                "lowrank_denoise",
-                "denoised_magnitudes",
-                "denoised_magnitudes_batched",
-                "reconstruct_magnitudes",
-            ),
-            backends=("triton", "torch"),
-            bench_case="rsvd",
-            summary="randomized SVD of weight differences and the DeFT-X scores |U S Vh|",
-            native_missing="the native library does not implement 'rsvd' (torch is as fast on CPU)",
-        ),
-        OpEntry(
-            name="masked_step",
-            functions=("masked_adamw_step_",),
-            backends=("triton", "native", "torch"),
-            bench_case="step",
-            summary="AdamW on the selected entries only (O(K) optimizer state)",
-            settings="deftx.ops.settings:AdamWSettings",
-        ),
+        OpEntry("topk", ("topk_mask",), BACKENDS, "topk",
+                "global magnitude top-k over many tensors (|x| or |x - base|)"),
+        OpEntry("scatter", ("scatter_add_", "scatter_restore_"), BACKENDS, "scatter",
+                "scatter-add of several sparse diffs onto dense tensors, and its exact undo"),
+        OpEntry("rsvd", _DENOISE_FUNCTIONS, ("triton", "torch"), "rsvd",
+                "randomized SVD of weight differences and the DeFT-X scores |U S Vh|",
+                native_missing="the native library does not implement 'rsvd' (torch is as fast on CPU)"),
+        OpEntry("masked_step", ("masked_adamw_step_",), BACKENDS, "step",
+                "AdamW on the selected entries only (O(K) optimizer state)",
+                settings="deftx.ops.settings:AdamWSettings"),
     )
 }
 """Every accelerated op, by canonical name."""

@@ -25,15 +25,8 @@ def _union_entries(numel: int, nnz: int, num_diffs: int) -> float:
     return numel * (1.0 - (1.0 - nnz / numel) ** num_diffs) if numel else 0.0
 
 
-def bytes_moved(
-    shapes: Sequence[Sequence[int]],
-    nnz: Sequence[int],
-    dtype: torch.dtype,
-    *,
-    value_dtype: torch.dtype = torch.float32,
-    num_diffs: int = 1,
-    save: bool = False,
-) -> int:
+def bytes_moved(shapes: Sequence[Sequence[int]], nnz: Sequence[int], dtype: torch.dtype, *,
+                value_dtype: torch.dtype = torch.float32, num_diffs: int = 1, save: bool = False) -> int:
     """HBM bytes ``scatter_add_`` moves: ``num_diffs`` diffs of ``nnz[t]`` entries on tensor t.
 
     With e / v the dense / value element sizes and, per tensor, S_t the expected touched
@@ -57,15 +50,8 @@ def bytes_moved(
     return round(total)
 
 
-def baseline_bytes_moved(
-    shapes: Sequence[Sequence[int]],
-    nnz: Sequence[int],
-    dtype: torch.dtype,
-    *,
-    value_dtype: torch.dtype = torch.float32,
-    num_diffs: int = 1,
-    method: str = "dense",
-) -> int:
+def baseline_bytes_moved(shapes: Sequence[Sequence[int]], nnz: Sequence[int], dtype: torch.dtype, *,
+                         value_dtype: torch.dtype = torch.float32, num_diffs: int = 1, method: str = "dense") -> int:
     """HBM bytes of the torch baselines, per diff and tensor (n_t elements, nnz_t entries).
 
     ``method="dense"`` densifies the diff and adds it::
