@@ -27,14 +27,16 @@ memory traffic, so the separate multiplies cost nothing measurable.
 
 from __future__ import annotations
 
+import sys
+
 import torch
 import triton
 import triton.language as tl
 
-from deftx.ops.settings import ADAMW_SCALARS, AdamWSettings, MaskedStepTensors
+from deftx.ops.settings import AdamWSettings, MaskedStepTensors
 
-from . import KernelSpec, upload
-from ._common import DTYPE_NAMES, TL_DTYPES, TableCache, interpreting, table_pointer
+from . import KernelSpec, _masked_step_specs, upload
+from ._common import TL_DTYPES, TableCache, interpreting, table_pointer
 
 PARAM_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16)
 BLOCK = 1024
@@ -260,44 +262,5 @@ def masked_adamw_step_(tensors: MaskedStepTensors, settings: AdamWSettings) -> N
         )
 
 
-# --------------------------------------------------------------------------- specialisations
-
-
-def _specs() -> list[KernelSpec]:
-    specs = []
-    for dtype in PARAM_DTYPES:
-        for has_l1 in (False, True):
-            for aligned in (True, False):
-                promises = {"no_float_atomics"} | ({"vectorized_loads"} if aligned else set())
-                specs.append(
-                    KernelSpec(
-                        name=(
-                            f"masked_adamw_{DTYPE_NAMES[dtype]}"
-                            f"_{'l1' if has_l1 else 'nol1'}_{'aligned' if aligned else 'unaligned'}"
-                        ),
-                        kernel=_masked_adamw_kernel,
-                        signature={
-                            "tensor_table": "*i64",
-                            "block_table": "*i32",
-                            **dict.fromkeys(ADAMW_SCALARS, "fp32"),
-                            "P_DTYPE": "constexpr",
-                            "HAS_L1": "constexpr",
-                            "ALIGNED": "constexpr",
-                            "BLOCK": "constexpr",
-                        },
-                        constexprs={
-                            "P_DTYPE": TL_DTYPES[dtype],
-                            "HAS_L1": has_l1,
-                            "ALIGNED": aligned,
-                            "BLOCK": BLOCK,
-                        },
-                        num_warps=NUM_WARPS,
-                        num_stages=1,
-                        fp_fusion=FP_FUSION,
-                        promises=frozenset(promises),
-                    )
-                )
-    return specs
-
-
-SPECIALIZATIONS: list[KernelSpec] = _specs()
+SPECIALIZATIONS: list[KernelSpec] = _masked_step_specs.specializations(sys.modules[__name__])
+"""The specialisations its launchers use (built in ``_masked_step_specs.py``)."""

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import array
 import itertools
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -52,8 +53,8 @@ import torch
 import triton
 import triton.language as tl
 
-from . import KernelSpec, upload
-from ._common import DTYPE_NAMES, TL_DTYPES, interpreting
+from . import KernelSpec, _scatter_specs, upload
+from ._common import TL_DTYPES, interpreting
 
 CHUNK = 1024
 """Entries per inner-loop step of the scatter-add kernel (8 per thread at 4 warps)."""
@@ -498,54 +499,6 @@ def scatter_restore_(
         )
 
 
-_ADD_SIGNATURE = {
-    "unit_tensor_ptr": "*i32", "segments_ptr": "*i64", "dense_table_ptr": "*i64",
-    "diff_table_ptr": "*i64", "scales_ptr": "*i64", "num_units": "i32", "num_tensors": "i32",
-    "num_diffs": "i32", "DENSE": "constexpr", "VALUE": "constexpr", "SAVE": "constexpr",
-    "CHUNK": "constexpr",
-}
-_BOUNDS_SIGNATURE = {
-    "unit_table_ptr": "*i64", "diff_table_ptr": "*i64", "count_ptr": "*i64",
-    "unit_tensor_ptr": "*i32", "segments_ptr": "*i64", "num_units": "i32", "num_tensors": "i32",
-    "tensor_steps": "i32", "steps": "i32", "chunked": "i32", "BLOCK": "constexpr",
-}
-_RESTORE_SIGNATURE = {
-    "unit_pair_ptr": "*i64", "pair_table_ptr": "*i64", "num_pairs": "i32",
-    "DENSE": "constexpr", "CHUNK": "constexpr",
-}
-
-
-def _specializations() -> list[KernelSpec]:
-    promises = frozenset({"no_float_atomics"})
-    specs = []
-    for dense in _DTYPES:
-        for value in dict.fromkeys((torch.float32, dense)):
-            for save in (False, True):
-                specs.append(KernelSpec(
-                    name=f"scatter_add_{DTYPE_NAMES[dense]}_values_{DTYPE_NAMES[value]}"
-                         f"{'_save' if save else ''}",
-                    kernel=_scatter_add_kernel,
-                    signature=_ADD_SIGNATURE,
-                    constexprs={"DENSE": TL_DTYPES[dense], "VALUE": TL_DTYPES[value],
-                                "SAVE": save, "CHUNK": CHUNK},
-                    num_warps=SCATTER_WARPS, num_stages=SCATTER_STAGES, promises=promises,
-                ))
-    specs.append(KernelSpec(
-        name="scatter_segment_bounds", kernel=_segment_bounds_kernel,
-        signature=_BOUNDS_SIGNATURE, constexprs={"BLOCK": SEARCH_BLOCK},
-        num_warps=SCATTER_WARPS, num_stages=SCATTER_STAGES, promises=promises,
-    ))
-    for dense in _DTYPES:
-        specs.append(KernelSpec(
-            name=f"scatter_restore_{DTYPE_NAMES[dense]}", kernel=_scatter_restore_kernel,
-            signature=_RESTORE_SIGNATURE,
-            constexprs={"DENSE": TL_DTYPES[dense], "CHUNK": RESTORE_CHUNK},
-            num_warps=SCATTER_WARPS, num_stages=SCATTER_STAGES, promises=promises,
-        ))
-    return specs
-
-
-SPECIALIZATIONS: list[KernelSpec] = _specializations()
+SPECIALIZATIONS: list[KernelSpec] = _scatter_specs.specializations(sys.modules[__name__])
 """Scatter-add per (dense dtype, value dtype in {fp32, dense}, save); the segment search;
 restore per dense dtype."""
-

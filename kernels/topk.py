@@ -75,6 +75,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -84,8 +85,8 @@ import triton.language as tl
 
 from deftx.ops.cost.topk import BLOCK_ELEMS, LAST_PASS, LIST_PASS, PASS_SHIFTS, RADIX, RADIX_BITS, last_pass
 
-from . import KernelSpec, upload
-from ._common import DTYPE_NAMES, TL_DTYPES
+from . import KernelSpec, _topk_specs, upload
+from ._common import TL_DTYPES
 
 LIST_SHIFT = PASS_SHIFTS[LIST_PASS - 1]
 """Key bits below the prefix that decides what enters the list (16: two digits known)."""
@@ -1004,101 +1005,7 @@ def histogram_pass(x: torch.Tensor, shift: int, prefix: int) -> Callable[[], tor
     return launch
 
 
-_TABLE = {"table_ptr": "*i64", "block_column_ptr": "*i64"}
-_HISTOGRAM_SIGNATURE = {
-    **_TABLE, "prefix_ptr": "*i64", "hist_ptr": "*i64", "nan_ptr": "*i64", "block_hist_ptr": "*i32",
-    "block_above_ptr": "*i32", "num_columns": "i32", "first_block": "i32", "num_blocks": "i32",
-    "DTYPE": "constexpr", "HAS_BASE": "constexpr", "SHIFT": "constexpr", "STORE_BLOCKS": "constexpr",
-    "BLOCK": "constexpr", "TILE": "constexpr",
-}
-_BAND_SIGNATURE = {
-    **_TABLE, "state_ptr": "*i64", "hist_ptr": "*i64", "block_hist_ptr": "*i32", "block_above_ptr": "*i32",
-    "list_ptr": "*i64", "list_hist_ptr": "*i64", "list_total_ptr": "*i64", "capacity": "i64", "owns_list": "i32",
-    "num_columns": "i32", "first_block": "i32", "num_blocks": "i32", "DTYPE": "constexpr", "HAS_BASE": "constexpr",
-    "SHIFT": "constexpr", "STORE_BLOCKS": "constexpr", "BLOCK": "constexpr", "TILE": "constexpr",
-    "LIST_TILE": "constexpr",
-}
-_SELECT_SIGNATURE = {
-    "hist_ptr": "*i64", "next_hist_ptr": "*i64", "state_ptr": "*i64", "list_hist_ptr": "*i64",
-    "list_total_ptr": "*i64", "capacity": "i64", "num_groups": "i32", "carry_mask": "i32", "shift": "i32",
-    "GROUPS": "constexpr",
-}
-_CLASSIFY_SIGNATURE = {
-    **_TABLE, "block_hist_ptr": "*i32", "block_above_ptr": "*i32", "state_ptr": "*i64", "sums_ptr": "*i64",
-    "list_ptr": "*i64", "list_ends_ptr": "*i64", "list_total_ptr": "*i64", "capacity": "i64",
-    "num_columns": "i32", "num_blocks": "i32", "ROWS": "constexpr", "PARTITION": "constexpr", "TILE": "constexpr",
-}
-_PARTITION_SIGNATURE = {
-    **_TABLE, "state_ptr": "*i64", "list_ptr": "*i64", "list_ends_ptr": "*i64", "capacity": "i64",
-    "num_columns": "i32", "num_blocks": "i32", "first_block": "i32", "DTYPE": "constexpr", "HAS_BASE": "constexpr",
-    "BLOCK": "constexpr", "TILE": "constexpr",
-}
-_COMPACT_SIGNATURE = {
-    **_TABLE, "state_ptr": "*i64", "sums_ptr": "*i64", "out_ptr": "*i64", "counts_ptr": "*i64", "list_ptr": "*i64",
-    "list_ends_ptr": "*i64", "list_total_ptr": "*i64", "capacity": "i64", "num_columns": "i32", "num_blocks": "i32",
-    "first_block": "i32", "DTYPE": "constexpr", "HAS_BASE": "constexpr", "BLOCK": "constexpr", "TILE": "constexpr",
-}
-
-
-def _group_name(dtype: torch.dtype, has_base: bool) -> str:
-    return DTYPE_NAMES[dtype] + ("_base" if has_base else "")
-
-
-def _histogram_specs(dtype: torch.dtype, has_base: bool) -> list[KernelSpec]:
-    """The histogram launches of one group: the first two passes over the data, then the band
-    passes (list or data) up to the dtype's last."""
-    specs = []
-    for p in range(last_pass(dtype, has_base) + 1):
-        shift = PASS_SHIFTS[p]
-        constexprs = {"DTYPE": TL_DTYPES[dtype], "HAS_BASE": has_base, "SHIFT": shift, "BLOCK": BLOCK_ELEMS,
-                      "TILE": histogram_tile(dtype, shift)}
-        if p < LIST_PASS:
-            kernel, signature = _digit_histogram_kernel, _HISTOGRAM_SIGNATURE
-            constexprs["STORE_BLOCKS"] = p == LIST_PASS - 1
-        else:
-            kernel, signature = _band_histogram_kernel, _BAND_SIGNATURE
-            constexprs |= {"STORE_BLOCKS": p == last_pass(dtype, has_base), "LIST_TILE": COMPACT_TILE}
-        specs.append(KernelSpec(
-            name=f"topk_histogram_{_group_name(dtype, has_base)}_shift{shift}", kernel=kernel, signature=signature,
-            constexprs=constexprs, num_warps=HISTOGRAM_WARPS, num_stages=HISTOGRAM_STAGES,
-            promises=frozenset({"block_local_histogram", "vectorized_loads"}),
-        ))
-    return specs
-
-
-def _per_block_specs(dtype: torch.dtype, has_base: bool) -> list[KernelSpec]:
-    """The partition and the compaction of one group (one program per block)."""
-    constexprs = {"DTYPE": TL_DTYPES[dtype], "HAS_BASE": has_base, "BLOCK": BLOCK_ELEMS, "TILE": COMPACT_TILE}
-    return [
-        KernelSpec(name=f"topk_{step}_{_group_name(dtype, has_base)}", kernel=kernel, signature=signature,
-                   constexprs=constexprs, num_warps=COMPACT_WARPS, num_stages=COMPACT_STAGES,
-                   promises=frozenset({"vectorized_loads"}))
-        for step, kernel, signature in (("partition", _partition_kernel, _PARTITION_SIGNATURE),
-                                        ("compact", _compact_indices_kernel, _COMPACT_SIGNATURE))
-    ]
-
-
-def _specializations() -> list[KernelSpec]:
-    groups = [(dtype, has_base) for dtype in LAST_PASS for has_base in (False, True)]
-    specs = [spec for group in groups for spec in _histogram_specs(*group)]
-    specs.append(KernelSpec(
-        name="topk_select_digit", kernel=_select_digit_kernel, signature=_SELECT_SIGNATURE,
-        constexprs={"GROUPS": MAX_GROUPS}, num_warps=SELECT_WARPS, num_stages=1,
-        promises=frozenset({"vectorized_loads"}),
-    ))
-    for partition in (True, False):
-        specs.append(KernelSpec(
-            name=f"topk_classify_{'partition' if partition else 'blocks'}", kernel=_classify_blocks_kernel,
-            signature=_CLASSIFY_SIGNATURE,
-            constexprs={"ROWS": CLASSIFY_ROWS, "PARTITION": partition, "TILE": COMPACT_TILE},
-            num_warps=SELECT_WARPS, num_stages=1, promises=frozenset({"vectorized_loads"}),
-        ))
-    specs += [spec for group in groups for spec in _per_block_specs(*group)]
-    return specs
-
-
-SPECIALIZATIONS: list[KernelSpec] = _specializations()
+SPECIALIZATIONS: list[KernelSpec] = _topk_specs.specializations(sys.modules[__name__])
 """Histogram: one per (dtype, with or without a base, pass) the launcher runs; digit selection:
 one; block classification: the partition's and the final one; partition and compaction: one
 per (dtype, with or without a base)."""
-
