@@ -11,7 +11,7 @@ OLDEST = torch==2.11.0 triton==3.6.0 transformers==5.17.0 accelerate==1.3.0 nump
 	datasets==3.0.0 safetensors==0.8.0 tqdm==4.66.3 pyyaml==6.0.1 matplotlib==3.9.0
 OLDEST_VENV ?= $(CURDIR)/build/oldest-venv
 
-.PHONY: install run test lint bench native clean lock test-oldest gpu-check
+.PHONY: install run test lint bench native clean lock test-oldest gpu-check gpu-carry gpu-study
 
 install:
 	PIP_CONSTRAINT=$(LOCK) $(PIP) install --quiet torch==2.13.0
@@ -36,6 +36,26 @@ OUT ?= gpu-check-out
 GPU_CHECK_ARGS ?=
 gpu-check:
 	PYTHONUNBUFFERED=1 $(PYTHON) -m deftx.gpucheck --out $(OUT) $(GPU_CHECK_ARGS)
+
+# The many-seed NusaX study on a GPU machine (README, "GPU study"). Here, once: `make gpu-carry`
+# writes what a visit needs beyond the checkout into the ignored .carry/ in transfer-sized pieces
+# (the e5 model in two folders, the data root as one archive). There, over back-to-back calls:
+# carry .carry/e5/0, then .carry/e5/1 and .carry/data.tar.xz with `make gpu-study SEEDS="..." OUT=$$OUT`.
+CARRY ?= .carry
+DATA_DIR ?= $(or $(DEFTX_DATA_DIR),../shared/data)
+SEEDS ?= 0 1 2 3
+STUDY_BUDGET ?= 500
+STUDY_ARGS ?=
+gpu-carry:
+	rm -rf $(CARRY)/e5 $(CARRY)/data.tar.xz
+	mkdir -p $(CARRY)
+	$(PYTHON) -m deftx e5-pack $(CARRY)/e5 --folder-mib 48
+	tar -C $(DATA_DIR) -cJf $(CARRY)/data.tar.xz nusax americasnlp2021
+	du -sh $(CARRY)/e5/* $(CARRY)/data.tar.xz
+
+gpu-study:
+	PYTHONUNBUFFERED=1 $(PYTHON) -m deftx.gpucheck.study configs/nusax-e5-small-h200.yaml --seeds $(SEEDS) \
+		--out $(OUT) --budget $(STUDY_BUDGET) --data-archive $(CARRY)/data.tar.xz --e5-source $(CARRY)/e5 $(STUDY_ARGS)
 
 native:
 	cmake -S . -B build/native -DCMAKE_BUILD_TYPE=Release \

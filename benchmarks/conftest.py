@@ -1,4 +1,4 @@
-"""pytest-benchmark suite of deftx's ops: the same cases as ``deftx bench`` (:mod:`deftx.bench.cases`).
+"""pytest-benchmark suite of deftx's ops: the same cases as ``deftx bench`` (:mod:`deftx.perf.cases`).
 
 Run with ``pytest benchmarks --benchmark-enable`` (without it each case runs once, as a
 smoke test). Options::
@@ -23,11 +23,11 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from deftx.bench.cases import CaseSpec, display_name, implementations, op_module
-from deftx.bench.report import format_k
-from deftx.bench.runner import SuiteConfig
-from deftx.bench.shapes import ShapeSet, load_shape_set
-from deftx.bench.timing import synchronize
+from deftx.perf.cases import CaseSpec, display_name, implementations, op_module
+from deftx.perf.report import format_k
+from deftx.perf.shapes import ShapeSet, load_shape_set
+from deftx.perf.suite import SuiteConfig
+from deftx.perf.timing import synchronize
 
 DEFAULT_CPU_SCALE = 0.1
 

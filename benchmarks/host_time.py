@@ -28,8 +28,8 @@ from collections.abc import Callable
 import torch
 
 import deftx.ops as ops
-from deftx.bench.shapes import load_shape_set
 from deftx.kernels import kernel_module
+from deftx.perf.shapes import load_shape_set
 from deftx.train.retrain import MaskedAdamW
 
 STUBBED = {"scatter": ("_segment_bounds_kernel", "_scatter_add_kernel"), "masked_step": ("_masked_adamw_kernel",)}
@@ -92,7 +92,7 @@ def time_call(call: Callable[[], object], calls: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("op", choices=("compose", "step"), help="what to time")
-    parser.add_argument("--shapes", default="xlmr-base", help="shape set (deftx.bench.shapes)")
+    parser.add_argument("--shapes", default="xlmr-base", help="shape set (deftx.perf.shapes)")
     parser.add_argument("--k", type=float, default=0.001, help="density of each diff / of the selection")
     parser.add_argument("--calls", type=int, default=20, help="timed calls")
     parser.add_argument("--profile", action="store_true", help="also print the top host costs (cProfile)")

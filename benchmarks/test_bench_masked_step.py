@@ -1,6 +1,6 @@
 """pytest-benchmark: sparse retraining step: deftx.ops.masked_adamw_step_ vs a dense torch.optim.AdamW step.
 
-Cases, inputs and cost models: ``deftx.bench.cases.step``; options: ``benchmarks/conftest.py``.
+Cases, inputs and cost models: ``deftx.perf.cases.step``; options: ``benchmarks/conftest.py``.
 """
 
 OP = "step"

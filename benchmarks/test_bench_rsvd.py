@@ -1,6 +1,6 @@
 """pytest-benchmark: truncated SVD of weight differences: deftx.ops.lowrank_factors vs torch baselines.
 
-Baselines: torch.svd_lowrank and torch.linalg.svd. Cases, inputs and cost models: ``deftx.bench.cases.rsvd``;
+Baselines: torch.svd_lowrank and torch.linalg.svd. Cases, inputs and cost models: ``deftx.perf.cases.rsvd``;
 options: ``benchmarks/conftest.py``.
 """
 

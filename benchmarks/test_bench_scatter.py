@@ -1,6 +1,6 @@
 """pytest-benchmark: sparse diff application: deftx.ops.scatter_add_ vs an index_add_ loop and densify + add.
 
-Cases, inputs and cost models: ``deftx.bench.cases.scatter``; options: ``benchmarks/conftest.py``.
+Cases, inputs and cost models: ``deftx.perf.cases.scatter``; options: ``benchmarks/conftest.py``.
 """
 
 OP = "scatter"

@@ -1,6 +1,6 @@
 """pytest-benchmark: global magnitude top-k: deftx.ops.topk_mask per backend vs torch.cat+topk and torch.cat+kthvalue.
 
-Cases, inputs and cost models: ``deftx.bench.cases.topk``; options: ``benchmarks/conftest.py``.
+Cases, inputs and cost models: ``deftx.perf.cases.topk``; options: ``benchmarks/conftest.py``.
 """
 
 OP = "topk"

@@ -6,7 +6,8 @@
 CPU ranks talk over gloo, GPU ranks over NCCL (one GPU per rank), with the same code.
 The task is synthetic (label = first token id mod 3) so the run needs no data or
 downloads; :func:`deftx.distributed.train.run_sparse_finetuning` takes any
-``transformers`` model and any per-rank batch function. ``--verify`` gathers θ0, θ1
+``transformers`` model and any per-rank batch function, and trains with the single-process
+path's phases (L1 pull, clipping, transformers' learning-rate schedule). ``--verify`` gathers θ0, θ1
 and the result (fine for a tiny model, never for a large one) and checks the sharded
 selection against the single-process one and the saved file against the trained model.
 """
@@ -30,7 +31,7 @@ from deftx.distributed.train import (
     unwrap,
 )
 from deftx.sft import SparseDiff, apply_diffs
-from deftx.train.config import DenoiseConfig
+from deftx.train.config import DenoiseConfig, PhaseConfig
 from deftx.train.denoise import selection_scores
 from deftx.train.params import parameter_groups
 from deftx.train.select import select_top_k
@@ -96,7 +97,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--k", type=float, default=0.2, help="entries to select: a count, or a fraction (< 1)")
     parser.add_argument("--full-steps", type=int, default=60)
     parser.add_argument("--sparse-steps", type=int, default=60)
-    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--lr", type=float, default=5e-3)
+    parser.add_argument("--l1", type=float, default=0.0, help="L1 pull toward θ0 in both phases (see deftx.train)")
+    parser.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0: none)")
+    parser.add_argument("--lr-scheduler-type", default="linear", help="transformers' learning-rate schedule")
     parser.add_argument("--batch-size", type=int, default=16, help="per rank")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/distributed_sft/sft.safetensors")
@@ -140,10 +144,10 @@ def main(argv: list[str]) -> int:
     denoise = DenoiseConfig(energy=0.9) if args.method == "deft-x" else None
     settings = SFTSettings(
         k=args.k,
-        full_steps=args.full_steps,
-        sparse_steps=args.sparse_steps,
-        full_lr=args.lr,
-        sparse_lr=args.lr,
+        full=PhaseConfig(steps=args.full_steps, learning_rate=args.lr, l1=args.l1),
+        sparse=PhaseConfig(steps=args.sparse_steps, learning_rate=args.lr, l1=args.l1),
+        max_grad_norm=args.max_grad_norm or None,
+        lr_scheduler_type=args.lr_scheduler_type,
         denoise=denoise,
     )
     model, result = run_sparse_finetuning(

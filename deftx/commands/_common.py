@@ -30,6 +30,15 @@ def guarded(name: str, run: Callable[[argparse.Namespace], int]) -> Callable[[ar
     return wrapper
 
 
+def add_command(subparsers: argparse._SubParsersAction, name: str, run: Callable[[argparse.Namespace], int], *,
+                summary: str, description: str, **options) -> argparse.ArgumentParser:
+    """The parser of subcommand ``name`` (``summary`` in ``deftx --help``, ``description`` in its own),
+    running ``run`` with bad input turned into one line and exit code 2 (:func:`guarded`)."""
+    parser = subparsers.add_parser(name, help=summary, description=description, **options)
+    parser.set_defaults(func=guarded(name, run))
+    return parser
+
+
 def one_line(err: BaseException) -> str:
     """The error's message on one line (a KeyError's without its quotes), at most MAX_MESSAGE characters."""
     message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
@@ -65,15 +74,21 @@ def load_pipeline_config(args: argparse.Namespace):
     """The config file of ``args.config`` with the command-line overrides applied."""
     from dataclasses import replace
 
-    from deftx.eval.config import load_config
+    from deftx.pipeline.config import DEVICES, load_config
 
     config = load_config(args.config)
     if getattr(args, "output_dir", None):
         config = replace(config, output_dir=args.output_dir)
     if getattr(args, "data_dir", None):
         config = replace(config, data_dir=args.data_dir)
+    if getattr(args, "results_dir", None):
+        config = replace(config, results_dir=args.results_dir)
     if getattr(args, "seeds", None):
         config = replace(config, seeds=tuple(args.seeds))
+    if getattr(args, "device", None):
+        if args.device not in DEVICES:
+            raise ValueError(f"--device: expected one of {list(DEVICES)}, got {args.device!r}")
+        config = replace(config, device=args.device)
     return config
 
 
@@ -81,6 +96,11 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="pipeline config file (YAML or JSON; see configs/default.yaml)")
     parser.add_argument("--output-dir", help="override the config's output_dir")
     parser.add_argument("--data-dir", help="override the data root (default: $DEFTX_DATA_DIR or ../shared/data)")
+    parser.add_argument(
+        "--device", metavar="{cpu,cuda,auto}",
+        help="override the config's device: every phase on cpu or cuda; auto (the config's default): cuda when "
+             "available. Asking for cuda where there is none is an error before any work",
+    )
     parser.add_argument(
         "--overwrite", action="store_true",
         help="retrain the steps whose folder holds results of other settings, model or data (default: refuse "
@@ -113,5 +133,7 @@ def name_base_model(model, name: str) -> None:
     """Give a model loaded by Hub id that id as its base-model name (SFTs record the id, not a cache path)."""
     from pathlib import Path
 
-    if name not in ("e5-small", "multilingual-e5-small") and not Path(name).expanduser().is_dir():
+    from deftx.pipeline.workspace import E5_NAMES
+
+    if name not in E5_NAMES and not Path(name).expanduser().is_dir():
         model.config.deftx_base_model = name

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from deftx.commands._common import command_line, guarded, seed_int
+from deftx.commands._common import add_command, command_line, seed_int
 
 DESCRIPTION = """\
 Run an ablation: every variant of a base pipeline config, for every seed, trained and scored
@@ -34,7 +34,7 @@ invocation's command and wall time. One progress line per variant x seed. Exampl
 
 
 def run(args: argparse.Namespace) -> int:
-    from deftx.eval.ablation import load_ablation, plan_lines, run_ablation
+    from deftx.pipeline.ablation import load_ablation, plan_lines, run_ablation
 
     ablation = load_ablation(args.config, output_dir=args.output_dir, results_dir=args.results_dir,
                              seeds=args.seeds, data_dir=args.data_dir)
@@ -51,11 +51,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "ablate",
-        help="variants of a pipeline config x seeds on NusaX valid splits (shared phase 1), one CSV + summary",
-        description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = add_command(
+        subparsers, "ablate", run, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
+        summary="variants of a pipeline config x seeds on NusaX valid splits (shared phase 1), one CSV + summary",
     )
     parser.add_argument("config", help="ablation config (YAML or JSON), e.g. configs/ablation-nusax-e5-small.yaml")
     parser.add_argument("--output-dir", help="override the ablation's output_dir")
@@ -71,4 +69,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="drop the rows of variants whose settings changed and run them again, and retrain "
                              "steps whose folder holds results of another identity (default: refuse, naming what "
                              "changed)")
-    parser.set_defaults(func=guarded("ablate", run))

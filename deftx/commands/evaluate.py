@@ -4,8 +4,21 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from deftx.commands._common import add_model_arguments, finite_float, guarded, name_base_model, positive_int
+from deftx.commands._common import add_command, add_model_arguments, finite_float, name_base_model, positive_int
+
+if TYPE_CHECKING:
+    from deftx.eval.zero_shot import Composition, RowContext
+
+
+DESCRIPTION = """\
+Evaluate a task SFT, composed with a language SFT where given, on a test set. By default: the NusaX
+sentiment test split of every language found under the data root (or --languages), each with its own
+--lang-sft; languages without a test file are skipped and reported. With --data: one labelled data
+set (a local CSV/TSV/JSON/parquet file or a Hub data set name, read with `datasets`). The classifier
+(architecture, pooling, labels) is read from the task SFT's metadata.
+"""
 
 
 def _language_sfts(specs: list[str]) -> dict[str, str]:
@@ -28,31 +41,43 @@ def _nusax_data_dir(args: argparse.Namespace) -> Path:
     return data_dir
 
 
-def _nusax_rows(args, model, tokenizer, task, lang_sfts, num_labels: int, data_dir: Path) -> list[dict]:
-    from deftx.data import nusax
-    from deftx.eval.zero_shot import EvalRow, nusax_test_examples, score_composed
+def _composition(args: argparse.Namespace, task, lang_sft) -> Composition:
+    """The task SFT, with the target's language SFT at ``--scale`` when there is one."""
+    from deftx.eval.zero_shot import Composition
+
+    if lang_sft is None:
+        return Composition(args.name, (task,), (1.0,))
+    return Composition(args.name, (task, lang_sft), (1.0, args.scale), language_sft=True)
+
+
+def _score(args, model, tokenizer, cells, context: RowContext, num_labels: int) -> list[dict]:
+    """Score ``cells`` (:func:`~deftx.eval.zero_shot.score_compositions`), a line each."""
+    from deftx.eval.zero_shot import score_compositions
 
     rows = []
+    for row in score_compositions(model, tokenizer, cells, context, num_labels, batch_size=args.batch_size):
+        print(f"{row.target}: macro-F1 {100 * row.macro_f1:.1f} accuracy {100 * row.accuracy:.1f} on {row.examples} "
+              f"examples ({'with' if row.language_sft else 'without'} language SFT)")
+        rows.append(row.as_dict())
+    return rows
+
+
+def _nusax_cells(args, tokenizer, task, lang_sfts, data_dir: Path) -> list[tuple[str, list[dict], Composition]]:
+    from deftx.data import nusax
+    from deftx.eval.zero_shot import nusax_test_examples
+
+    cells = []
     for language in args.languages or nusax.sentiment_languages(data_dir):
         examples = nusax_test_examples(data_dir, language, tokenizer, args.max_length)
         if examples is None:
             print(f"{language}: no test split under {data_dir} — skipped")
             continue
-        diffs, scales = [task], [1.0]
-        if language in lang_sfts:
-            diffs.append(lang_sfts[language])
-            scales.append(args.scale)
-        f1, acc = score_composed(model, tokenizer, examples, diffs, scales, num_labels, batch_size=args.batch_size)
-        rows.append(EvalRow("nusax", "zero-shot", args.name, args.source, language, 0, f1, acc, len(examples),
-                            language in lang_sfts).as_dict())
-        print(f"{language}: macro-F1 {100 * f1:.1f} accuracy {100 * acc:.1f} "
-              f"({'with' if language in lang_sfts else 'without'} language SFT)")
-    return rows
+        cells.append((language, examples, _composition(args, task, lang_sfts.get(language))))
+    return cells
 
 
-def _data_rows(args, model, tokenizer, task, lang_sfts, spec) -> list[dict]:
+def _data_cells(args, tokenizer, task, lang_sfts, spec) -> list[tuple[str, list[dict], Composition]]:
     from deftx.data.generic import load_classification
-    from deftx.eval.zero_shot import EvalRow, score_composed
     from deftx.train.task import classification_examples
 
     data = load_classification(args.data, text_column=args.text_column, label_column=args.label_column,
@@ -62,23 +87,16 @@ def _data_rows(args, model, tokenizer, task, lang_sfts, spec) -> list[dict]:
         raise ValueError(f"the data has {len(data.label_names)} labels, the classifier {spec.num_labels}")
     examples = classification_examples(tokenizer, data.texts, ids, args.max_length, pairs=data.pairs)
     target = next(iter(lang_sfts), None) or args.target or Path(str(args.data)).stem
-    diffs, scales = [task], [1.0]
-    if lang_sfts:
-        diffs.append(next(iter(lang_sfts.values())))
-        scales.append(args.scale)
-    f1, acc = score_composed(model, tokenizer, examples, diffs, scales, spec.num_labels, batch_size=args.batch_size)
-    print(f"{target}: macro-F1 {100 * f1:.1f} accuracy {100 * acc:.1f} on {len(examples)} examples "
-          f"({'with' if lang_sfts else 'without'} language SFT)")
-    return [EvalRow(str(args.data), args.split, args.name, args.source, target, 0, f1, acc, len(examples),
-                    bool(lang_sfts), args.split).as_dict()]
+    return [(target, examples, _composition(args, task, next(iter(lang_sfts.values()), None)))]
 
 
 def run(args: argparse.Namespace) -> int:
     from transformers import AutoTokenizer
 
     from deftx.data import nusax
-    from deftx.eval.pipeline import resolve_model
     from deftx.eval.report import markdown_tables, summarize, write_csv
+    from deftx.eval.zero_shot import RowContext
+    from deftx.pipeline.workspace import resolve_model
     from deftx.sft.sources import open_sft
     from deftx.train.architecture import build_from_spec, resolve_classifier
 
@@ -98,9 +116,12 @@ def run(args: argparse.Namespace) -> int:
     model = build_from_spec(model_dir, spec, args.seed)
     name_base_model(model, args.model)
     if args.data:
-        rows = _data_rows(args, model, tokenizer, task, lang_sfts, spec)
+        cells = _data_cells(args, tokenizer, task, lang_sfts, spec)
+        context = RowContext(str(args.data), args.split, args.source, split=args.split)
     else:
-        rows = _nusax_rows(args, model, tokenizer, task, lang_sfts, spec.num_labels, data_dir)
+        cells = _nusax_cells(args, tokenizer, task, lang_sfts, data_dir)
+        context = RowContext("nusax", "zero-shot", args.source)
+    rows = _score(args, model, tokenizer, cells, context, spec.num_labels)
     if not rows:
         raise ValueError("no language with a test split was evaluated")
     summary = summarize(rows, exclude_from_average=[args.source])
@@ -115,16 +136,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "evaluate",
-        help="zero-shot macro-F1/accuracy of a task SFT + language SFTs (NusaX, or any data set with --data)",
-        description=(
-            "Evaluate a task SFT, composed with a language SFT where given, on a test set. By default: the NusaX "
-            "sentiment test split of every language found under the data root (or --languages), each with its "
-            "own --lang-sft; languages without a test file are skipped and reported. With --data: one labelled "
-            "data set (a local CSV/TSV/JSON/parquet file or a Hub data set name, read with `datasets`). The "
-            "classifier (architecture, pooling, labels) is read from the task SFT's metadata."
-        ),
+    parser = add_command(
+        subparsers, "evaluate", run, description=DESCRIPTION,
+        summary="zero-shot macro-F1/accuracy of a task SFT + language SFTs (NusaX, or any data set with --data)",
     )
     parser.add_argument("--task-sft", required=True,
                         help="task SFT (with its classifier head): file, folder or Hub id of any supported format")
@@ -148,4 +162,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-length", type=positive_int, default=128, help="token limit (default 128)")
     parser.add_argument("--batch-size", type=positive_int, default=64, help="evaluation batch (default 64)")
     parser.add_argument("--output", help="folder for evaluate.csv / evaluate.md")
-    parser.set_defaults(func=guarded("evaluate", run))

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from deftx.commands._common import guarded, positive_int, seed_int
+from deftx.commands._common import add_command, positive_int, seed_int
+
+DESCRIPTION = """\
+Compare methods seed by seed from one or more results.csv files (a pipeline's, or one per seed from
+runs spread over several machines: merged, duplicates kept once, conflicting scores refused). For
+each pair A:B: the mean over seeds of A - B on the mean over the targets and on each target, a 95%%
+percentile-bootstrap interval over seeds, and the seeds each way.
+"""
 
 
 def method_pair(text: str) -> tuple[str, str]:
@@ -37,15 +44,9 @@ def run(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     from deftx.eval.paired import PAPER_FIVE, RESAMPLES
 
-    parser = subparsers.add_parser(
-        "paired",
-        help="paired differences between methods over seeds (bootstrap 95%% intervals)",
-        description=(
-            "Compare methods seed by seed from one or more results.csv files (a pipeline's, or one per seed "
-            "from runs spread over several machines: merged, duplicates kept once, conflicting scores "
-            "refused). For each pair A:B: the mean over seeds of A - B on the mean over the targets and on "
-            "each target, a 95%% percentile-bootstrap interval over seeds, and the seeds each way."
-        ),
+    parser = add_command(
+        subparsers, "paired", run, description=DESCRIPTION,
+        summary="paired differences between methods over seeds (bootstrap 95%% intervals)",
     )
     parser.add_argument("results", nargs="+", type=Path, help="results.csv files of one study")
     parser.add_argument("--pair", action="append", type=method_pair, metavar="A:B",
@@ -57,4 +58,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--resamples", type=positive_int, default=RESAMPLES, help=f"bootstrap resamples ({RESAMPLES})")
     parser.add_argument("--seed", type=seed_int, default=0, help="bootstrap seed (default 0)")
     parser.add_argument("--out", type=Path, default=None, help="folder for paired.md, paired.csv and paired.png")
-    parser.set_defaults(func=guarded("paired", run))

@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import argparse
 
-from deftx.commands._common import add_config_arguments, command_line, guarded, load_pipeline_config, seed_int
+from deftx.commands._common import add_command, add_config_arguments, command_line, load_pipeline_config, seed_int
+
+DESCRIPTION = """\
+Run every step of a pipeline config: MLM head warm-up, language SFTs (masked LM on each language's
+NusaX MT train+valid text), task SFTs on the source language(s) on top of the source language SFT,
+the full fine-tuning baseline, and zero-shot NusaX (and optionally AmericasNLI) evaluation. Every
+step checkpoints and records what its results depend on; running the same command again resumes, a
+changed config is refused naming what changed (--overwrite retrains the changed steps). Prints the
+macro-F1 table and writes results.md/.csv/.png under output_dir.
+"""
 
 
 def run(args: argparse.Namespace) -> int:
-    from deftx.eval.pipeline import run_pipeline
+    from deftx.pipeline.run import run_pipeline
 
     config = load_pipeline_config(args)
     if args.dry_run:
-        from deftx.eval.plan import plan_lines
+        from deftx.pipeline.plan import plan_lines
 
         print("\n".join(plan_lines(config)))
         return 0
@@ -24,25 +33,20 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "pipeline",
-        help="train language + task SFTs (LT-SFT, DeFT-X) and a full fine-tuning baseline, evaluate zero-shot",
-        description=(
-            "Run every step of a pipeline config: MLM head warm-up, language SFTs (masked LM on each "
-            "language's NusaX MT train+valid text), task SFTs on the source language(s) on top of the "
-            "source language SFT, the full fine-tuning baseline, and zero-shot NusaX (and optionally "
-            "AmericasNLI) evaluation. Every step checkpoints and records what its results depend on; running "
-            "the same command again resumes, a changed config is refused naming what changed (--overwrite "
-            "retrains the changed steps). "
-            "Prints the macro-F1 table and writes results.md/.csv/.png under output_dir."
-        ),
+    parser = add_command(
+        subparsers, "pipeline", run, description=DESCRIPTION,
+        summary="train language + task SFTs (LT-SFT, DeFT-X) and a full fine-tuning baseline, evaluate zero-shot",
     )
     add_config_arguments(parser)
     parser.add_argument("--seeds", type=seed_int, nargs="+", help="override the config's seeds")
+    parser.add_argument(
+        "--results-dir",
+        help="override the config's results_dir (e.g. one per subset of --seeds: each holds a results.csv of its "
+             "seeds, and deftx paired merges them)",
+    )
     parser.add_argument("--quiet", action="store_true", help="print only the final table")
     parser.add_argument(
         "--dry-run", action="store_true",
         help="print the plan (model, data, effective TrainingArguments, every step with its folder and whether "
              "it is done) and exit without training",
     )
-    parser.set_defaults(func=guarded("pipeline", run))

@@ -30,7 +30,7 @@ DESCRIPTION = textwrap.dedent(
     and .md: time, calls, modelled bytes, achieved GB/s and GFLOP/s). TARGET is an op
     (topk, rsvd, scatter, step), train-step (one step of each phase of a sparse
     fine-tuning of a tiny BERT: full step, selection, sparse step, compose), or a JSON
-    config file whose keys are those of deftx.profile.trace.TraceConfig.
+    config file whose keys are those of deftx.perf.trace.TraceConfig.
     """
 )
 
@@ -50,8 +50,8 @@ EPILOG = textwrap.dedent(
 
 
 def _static(args: argparse.Namespace) -> int:
-    from deftx.profile.report import build_static_report, write_report
-    from deftx.profile.shapes import load_shape_set
+    from deftx.perf.model_shapes import load_shape_set
+    from deftx.perf.static_report import build_static_report, write_report
 
     shapes_name = args.shapes or "xlmr-base"
     shapes = load_shape_set(shapes_name)
@@ -72,7 +72,7 @@ def _static(args: argparse.Namespace) -> int:
 
 
 def _runtime(args: argparse.Namespace) -> int:
-    from deftx.profile.trace import TARGETS, TraceConfig, load_trace_config, profile_target
+    from deftx.perf.trace import TARGETS, TraceConfig, load_trace_config, profile_target
 
     overrides = {"device": args.device, "backend": args.backend, "shapes": args.shapes, "iterations": args.iterations}
     if args.target in TARGETS:

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import argparse
 
-from deftx.commands._common import add_config_arguments, guarded, load_pipeline_config, seed_int
+from deftx.commands._common import add_command, add_config_arguments, load_pipeline_config, seed_int
+
+DESCRIPTION = """\
+Train (or resume) the language SFT of one language with the config's language_sft, mlm_head,
+training and methods sections: masked LM on the language's NusaX MT text of the config's
+language_text_splits (default train+valid; or AmericasNLP 2021 text with --americasnlp). Output:
+<output_dir>/seed-<s>/lang/<language>/<method>/sft.safetensors.
+"""
 
 
 def run(args: argparse.Namespace) -> int:
     from deftx.data import americasnlp
-    from deftx.eval.pipeline import Workspace, ensure_head, language_sfts, language_texts
+    from deftx.pipeline.head import ensure_head, language_texts
+    from deftx.pipeline.steps import language_sfts
+    from deftx.pipeline.workspace import Workspace
 
     ws = Workspace.open(load_pipeline_config(args))
     ws.overwrite = args.overwrite
@@ -29,16 +38,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "train-lang",
-        help="train a language SFT (masked LM; LT-SFT and DeFT-X branches from one phase 1)",
-        description=(
-            "Train (or resume) the language SFT of one language with the config's language_sft, "
-            "mlm_head, training and methods sections: masked LM on the language's NusaX MT "
-            "text of the config's language_text_splits (default train+valid; or AmericasNLP 2021 "
-            "text with --americasnlp). Output: "
-            "<output_dir>/seed-<s>/lang/<language>/<method>/sft.safetensors."
-        ),
+    parser = add_command(
+        subparsers, "train-lang", run, description=DESCRIPTION,
+        summary="train a language SFT (masked LM; LT-SFT and DeFT-X branches from one phase 1)",
     )
     add_config_arguments(parser)
     parser.add_argument(
@@ -48,4 +50,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--americasnlp", action="store_true", help="train on AmericasNLP 2021 text")
     parser.add_argument("--seed", type=seed_int, default=0, help="seed (default 0)")
-    parser.set_defaults(func=guarded("train-lang", run))

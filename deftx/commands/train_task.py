@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import argparse
 
-from deftx.commands._common import add_config_arguments, guarded, load_pipeline_config, seed_int
+from deftx.commands._common import add_command, add_config_arguments, load_pipeline_config, seed_int
+
+DESCRIPTION = """\
+Train (or resume) the task SFTs of one source language with the config's task_sft and methods
+sections, on the source's NusaX sentiment train split. With task_on_source_sft (default) each
+method's task SFT is trained on top of that method's source language SFT, which is trained first if
+missing.
+"""
 
 
 def run(args: argparse.Namespace) -> int:
     from deftx.data import nusax
-    from deftx.eval.pipeline import (
-        Workspace,
-        ensure_head,
-        language_sfts,
-        language_texts,
-        nusax_train_examples,
-        task_sfts,
-    )
+    from deftx.pipeline.head import ensure_head, language_texts
+    from deftx.pipeline.steps import language_sfts, nusax_train_examples, task_sfts
+    from deftx.pipeline.workspace import Workspace
 
     ws = Workspace.open(load_pipeline_config(args))
     ws.overwrite = args.overwrite
@@ -33,17 +35,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "train-task",
-        help="train NusaX sentiment task SFTs on a source language (classifier head shipped in the SFT)",
-        description=(
-            "Train (or resume) the task SFTs of one source language with the config's task_sft and "
-            "methods sections, on the source's NusaX sentiment train split. With task_on_source_sft "
-            "(default) each method's task SFT is trained on top of that method's source language SFT, "
-            "which is trained first if missing."
-        ),
+    parser = add_command(
+        subparsers, "train-task", run, description=DESCRIPTION,
+        summary="train NusaX sentiment task SFTs on a source language (classifier head shipped in the SFT)",
     )
     add_config_arguments(parser)
     parser.add_argument("--source", required=True, help="source language folder name (e.g. indonesian, english)")
     parser.add_argument("--seed", type=seed_int, default=0, help="seed (default 0)")
-    parser.set_defaults(func=guarded("train-task", run))

@@ -56,6 +56,26 @@ def read_header(path: Path, records: Iterator[tuple[int, list[str]]]) -> list[st
         raise ValueError(f"{path}: empty file, expected a header line") from None
 
 
+def read_table(path: Path, columns: Sequence[str], *, delimiter: str,
+               quoting: int = csv.QUOTE_MINIMAL) -> list[tuple[int, list[str]]]:
+    """``(line_number, fields)`` of every record of a delimited file whose header must be ``columns``.
+
+    Raises:
+        ValueError: an empty file, another header, or a record without one field per column (the
+            message names the file and line).
+    """
+    records = read_delimited(path, delimiter=delimiter, quoting=quoting)
+    header = read_header(path, records)
+    if header != list(columns):
+        shown = " " if delimiter == "\t" else delimiter
+        raise ValueError(f"{path}:1: expected header {shown.join(columns)}, found {header}")
+    rows = []
+    for line, fields in records:
+        check_field_count(path, line, fields, len(columns))
+        rows.append((line, fields))
+    return rows
+
+
 def check_field_count(path: Path, line: int, fields: list[str], expected: int) -> None:
     """Raise ValueError naming file and line when a record does not have ``expected`` fields."""
     if len(fields) != expected:

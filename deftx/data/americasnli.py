@@ -12,14 +12,7 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-from deftx.data._io import (
-    check_field_count,
-    check_split,
-    label_index,
-    read_delimited,
-    read_header,
-    require_dir,
-)
+from deftx.data._io import check_split, label_index, read_table, require_dir
 
 LABELS = ("entailment", "neutral", "contradiction")
 LANGUAGES = ("aym", "bzd", "cni", "gn", "hch", "nah", "oto", "quy", "shp", "tar")
@@ -62,13 +55,8 @@ def load_nli(data_dir: Path | str, language: str, split: str) -> list[NLIExample
     path = root / split / f"{language}.tsv"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
-    records = read_delimited(path, delimiter="\t", quoting=csv.QUOTE_NONE)
-    header = read_header(path, records)
-    if header != COLUMNS:
-        raise ValueError(f"{path}:1: expected header {' '.join(COLUMNS)}, found {header}")
     examples = []
-    for line, fields in records:
-        check_field_count(path, line, fields, len(COLUMNS))
+    for line, fields in read_table(path, COLUMNS, delimiter="\t", quoting=csv.QUOTE_NONE):
         example_id, row_language, premise, hypothesis, label = fields
         if row_language != language:
             raise ValueError(f"{path}:{line}: row language {row_language!r} != {language!r}")

@@ -20,6 +20,7 @@ from deftx.data._io import (
     normalize_splits,
     read_delimited,
     read_header,
+    read_table,
     require_dir,
 )
 
@@ -97,13 +98,8 @@ def load_sentiment(data_dir: Path | str, language: str, split: str) -> list[Sent
             f"{path} does not exist: NusaX {language} has no {split} split here "
             "(some test splits are held out on purpose; use has_split to skip them)"
         )
-    records = read_delimited(path, delimiter=",")
-    header = read_header(path, records)
-    if header != SENTIMENT_COLUMNS:
-        raise ValueError(f"{path}:1: expected header {','.join(SENTIMENT_COLUMNS)}, found {header}")
     examples = []
-    for line, fields in records:
-        check_field_count(path, line, fields, len(SENTIMENT_COLUMNS))
+    for line, fields in read_table(path, SENTIMENT_COLUMNS, delimiter=","):
         example_id, text, label = fields
         text = text.strip()
         if not text:

@@ -36,20 +36,16 @@ from torch.distributed.tensor import DTensor, Replicate
 
 from deftx.distributed import comm
 from deftx.distributed.topk import local_shard, mesh_of
-from deftx.ops import scatter_add_
 from deftx.sft import ParamInfo, SparseDiff
 from deftx.sft.apply import (
+    WrittenEntries,
     check_compatible,
     check_scales,
-    entries_per_target,
     handle_rounding_loss,
-    lost_entries,
     plan_application,
-    replace_dense,
+    plan_writes,
     resolve_parameter,
-    restore_saved,
-    rounding_report,
-    values_before_sparse,
+    write_planned,
 )
 from deftx.sft.format import (
     DENSE_PREFIX,
@@ -58,12 +54,7 @@ from deftx.sft.format import (
     SparseDiffFormatError,
     parse_metadata,
 )
-
-
-def local_tensor(param: torch.Tensor) -> torch.Tensor:
-    """The tensor this rank stores for ``param`` (its shard for a DTensor), sharing storage."""
-    with torch.no_grad():
-        return param.to_local().detach() if isinstance(param, DTensor) else param.detach()
+from deftx.train.params import local_tensor
 
 
 def flat_range(param: torch.Tensor) -> tuple[int, int]:
@@ -115,34 +106,12 @@ def _local_rows(full: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
     return full.reshape(-1)[lo:hi].view(local_tensor(param).shape)
 
 
-class ShardedAppliedDiffs:
+class ShardedAppliedDiffs(WrittenEntries):
     """Handle of diffs applied to sharded parameters; :meth:`revert` restores every local bit.
 
     ``rounding_loss``: per diff, model parameter -> entries of this rank's shard whose
     change rounded away in the parameter's dtype (see :mod:`deftx.sft.apply`).
     """
-
-    def __init__(
-        self,
-        targets: list[torch.Tensor],
-        indices: list[list[torch.Tensor]],
-        saved: list[list[torch.Tensor]],
-        dense_saved: list[tuple[torch.Tensor, torch.Tensor]],
-        rounding_loss: list[dict[str, int]],
-    ) -> None:
-        self._targets = targets
-        self._indices = indices
-        self._saved = saved
-        self._dense_saved = dense_saved
-        self.rounding_loss = rounding_loss
-        self.reverted = False
-
-    def revert(self) -> None:
-        """Write back the values the diffs overwrote on this rank (bit-exact)."""
-        if self.reverted:
-            raise RuntimeError("these diffs were already reverted")
-        restore_saved(self._targets, self._indices, self._saved, self._dense_saved)
-        self.reverted = True
 
 
 def apply_diffs_sharded(
@@ -174,21 +143,18 @@ def apply_diffs_sharded(
         if not target.is_contiguous():
             raise ValueError(f"apply_diffs_sharded: the local shard of {name!r} is not contiguous")
     ranges = [flat_range(params[n]) for n in plan.sparse]
-    indices, values = entries_per_target(
-        diffs, plan, targets, lambda slot, idx, val: slice_range(idx, val, *ranges[slot])
-    )
 
     def rows(name: str, tensor: torch.Tensor) -> torch.Tensor:
         return _local_rows(tensor, params[name])
 
-    with torch.no_grad():
-        lost = lost_entries(values_before_sparse(diffs, plan, targets, rows), indices, values, scales)
-    report = rounding_report(lost, plan.sparse)
-    handle_rounding_loss(report, diffs, {n: params[n].dtype for n in plan.sparse}, "warn")
-    dense_saved = replace_dense(diffs, plan, {n: local_tensor(params[n]) for n in plan.dense}, rows)
-    with torch.no_grad():
-        saved = scatter_add_(targets, indices, values, scales, save=True, backend=backend) if targets else []
-    return ShardedAppliedDiffs(targets, indices, saved or [], dense_saved, report)
+    def localize(slot: int, idx: torch.Tensor, val: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return slice_range(idx, val, *ranges[slot])
+
+    writes = plan_writes(diffs, plan, targets, scales, localize, rows)
+    handle_rounding_loss(writes.rounding_loss, diffs, {n: params[n].dtype for n in plan.sparse}, "warn")
+    saved, dense_saved = write_planned(diffs, writes, {n: local_tensor(params[n]) for n in plan.dense}, scales,
+                                       backend, rows)
+    return ShardedAppliedDiffs(writes, saved, dense_saved)
 
 
 def _first_at_least(stored, length: int, value: int) -> int:
@@ -245,16 +211,7 @@ def load_diff_for_shards(path: str | Path, model: nn.Module) -> SparseDiff:
                     values[name] = handle.get_slice(VALUE_PREFIX + name)[begin:end]
                 elif prefix + slash != VALUE_PREFIX or not name:
                     raise SparseDiffFormatError(f"{source}: unexpected tensor {key!r}")
-        return SparseDiff(
-            indices,
-            values,
-            {n: meta.params[n] for n in indices},
-            dense,
-            base_model=meta.base_model,
-            method=meta.method,
-            k=meta.k,
-            settings=meta.settings,
-        )
+        return SparseDiff(indices, values, {n: meta.params[n] for n in indices}, dense, **meta.keywords())
     except (SafetensorError, OSError, RuntimeError) as err:
         raise SparseDiffFormatError(f"{source}: corrupt or truncated SparseDiff file ({err})") from err
     except (ValueError, TypeError, IndexError) as err:

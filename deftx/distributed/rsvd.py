@@ -27,6 +27,8 @@ Communication per call: ``(n_iter + 1) · 2 · 8 q²`` bytes of Gram matrices pl
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor, Replicate
@@ -35,6 +37,7 @@ from deftx.distributed import comm
 from deftx.distributed.topk import mesh_of
 from deftx.ops.denoise import INITIAL_ENERGY_SKETCH, energy_rank, gaussian_sketch, lowrank_factors
 from deftx.ops.validation import check_float_dtype
+from deftx.train.config import DenoiseConfig
 
 GRAM_PASSES = 2
 
@@ -168,6 +171,28 @@ def lowrank_factors_sharded(
         q = min(2 * q, full)
 
 
+def matrix_scores_sharded(
+    theta1: Sequence[DTensor], theta0: Sequence[DTensor], config: DenoiseConfig
+) -> list[tuple[DTensor, int, None]]:
+    """DeFT-X scores of row-sharded matrices, the sharded :func:`deftx.train.denoise.matrix_scores`
+    (randomized method, no residual add-back): per matrix (``|Δ̂|`` placed like it, rank kept, None:
+    the energy held is not computed)."""
+    scores = []
+    for w1, w0 in zip(theta1, theta0, strict=True):
+        u, s, vh = lowrank_factors_sharded(w1, config.rank, energy=config.energy, base=w0,
+                                           oversample=config.oversample, n_iter=config.n_iter, seed=config.seed)
+        scores.append((_magnitudes(w1, u, s, vh), int(s.numel()), None))
+    return scores
+
+
+def _magnitudes(matrix: DTensor, u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor) -> DTensor:
+    """``|U S Vh|`` (this rank's rows of U) as a DTensor placed like ``matrix``."""
+    local = ((u * s) @ vh).abs_() if s.numel() else torch.zeros(_local(matrix).shape, device=u.device)
+    return DTensor.from_local(
+        local, matrix.device_mesh, matrix.placements, run_check=False, shape=matrix.shape, stride=matrix.stride()
+    )
+
+
 def denoised_magnitudes_sharded(
     matrix: DTensor,
     base: DTensor | None = None,
@@ -182,10 +207,6 @@ def denoised_magnitudes_sharded(
 
     Each rank writes only its rows; feed the result to the sharded top-k.
     """
-    u, s, vh = lowrank_factors_sharded(
-        matrix, rank, energy=energy, base=base, oversample=oversample, n_iter=n_iter, seed=seed
-    )
-    local = ((u * s) @ vh).abs_() if s.numel() else torch.zeros(_local(matrix).shape, device=u.device)
-    return DTensor.from_local(
-        local, matrix.device_mesh, matrix.placements, run_check=False, shape=matrix.shape, stride=matrix.stride()
-    )
+    factors = lowrank_factors_sharded(matrix, rank, energy=energy, base=base, oversample=oversample, n_iter=n_iter,
+                                      seed=seed)
+    return _magnitudes(matrix, *factors)

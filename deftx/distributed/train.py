@@ -1,27 +1,32 @@
 """LT-SFT / DeFT-X two-phase sparse fine-tuning under ``torchrun``, with DDP or FSDP2.
 
-One code path for CPU/gloo and GPU/NCCL (the backend and device follow
-``torch.cuda.is_available()``):
+The phases are the single-process path's (:mod:`deftx.train`); this module is the adapter
+that runs them on sharded parameters, with one code path for CPU/gloo and GPU/NCCL (the
+backend and device follow ``torch.cuda.is_available()``):
 
-1. phase 1: full fine-tuning θ0 → θ1 of the eligible parameters and the head (dense AdamW;
-   under FSDP2 its state is sharded like the parameters);
-2. selection: scores per parameter as ``Shard(0)`` DTensors — FSDP2's own shards, or, under
-   DDP, each rank's row block of the replicated tensors (a view, no communication) — then
-   the sharded global top-k (:mod:`deftx.distributed.topk`). LT-SFT ranks ``|θ1 − θ0|``, computed
-   inside the selection chunk by chunk (never stored);
-   DeFT-X scores ``|Δ̂|`` from the sharded randomized SVD (:mod:`deftx.distributed.rsvd`).
-   The selection equals the single-process selection on the same θ1 (exactly for LT-SFT;
-   for DeFT-X the scores agree to ~1e-6 relative, see :mod:`deftx.distributed.rsvd`);
-3. phase 3: reset to θ0 and train only the selected entries with
-   :class:`ShardedMaskedAdamW` (:func:`deftx.ops.masked_adamw_step_` on each rank's local
-   shard with local indices; O(K / ranks) state per rank under FSDP2);
-4. save: :func:`deftx.distributed.compose.gather_sparse_diff` writes one ordinary
-   SparseDiff from rank 0 (only the sparse pieces travel, plus the dense head).
+* parameters: DDP replicas, or FSDP2 ``Shard(0)`` DTensors; snapshots and resets are
+  :func:`deftx.train.params.snapshot` / :func:`~deftx.train.params.load_values_` on each
+  rank's shard (after putting FSDP2's units back in their sharded state);
+* phase 1 (:mod:`deftx.train.finetune`): dense AdamW (state sharded like the parameters
+  under FSDP2) with the :class:`~deftx.train.finetune.L1Pull` toward θ0;
+* selection (:mod:`deftx.train.denoise`, :mod:`deftx.train.select`): the same scores on
+  ``Shard(0)`` DTensors — FSDP2's own shards, or, under DDP, each rank's row block of the
+  replicas (a view, no communication) — with DeFT-X's ``|Δ̂|`` from the sharded randomized
+  SVD (:func:`deftx.distributed.rsvd.matrix_scores_sharded`), ranked by the sharded global
+  top-k that :func:`deftx.ops.topk_mask` dispatches DTensors to. The selection equals the
+  single-process selection on the same θ1 (exactly for LT-SFT; for DeFT-X the scores agree
+  to ~1e-6 relative, see :mod:`deftx.distributed.rsvd`); DDP's ranks then all-gather it;
+* phase 3 (:mod:`deftx.train.retrain`): reset to θ0, :class:`~deftx.train.retrain.MaskedAdamW`
+  on each rank's local shard with local indices (O(K / ranks) state per rank under FSDP2),
+  the unselected gradient entries zeroed by :class:`~deftx.train.retrain.SelectedGradients`;
+* save: :func:`deftx.distributed.compose.gather_sparse_diff` writes one ordinary
+  SparseDiff from rank 0 (only the sparse pieces travel, plus the dense head).
 
-This is a minimal loop (no gradient clipping, schedulers or L1 pull, which the
-single-process pipeline in :mod:`deftx.train` adds on top of a ``transformers.Trainer``);
-it reuses that pipeline's parameter groups and DeFT-X settings
-(:mod:`deftx.train.params`, :class:`deftx.train.config.DenoiseConfig`).
+Each phase's steps are taken as a ``transformers.Trainer`` takes them (:func:`train_phase`):
+the phase's gradient adjustment (L1 pull / selected entries) after backward, clipping to
+``max_grad_norm``, the step, then transformers' learning-rate schedule; the batches come from
+the caller's ``batch_for_step``. FSDP2's shards are not autograd leaves that accumulate their
+own gradients, so the adjustments are applied explicitly rather than from gradient hooks.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.distributed as dist
@@ -38,16 +43,18 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor, Shard, distribute_tensor
+from transformers import get_scheduler
 
 from deftx.distributed import comm
-from deftx.distributed.compose import flat_range, gather_sparse_diff, local_tensor, reshard_fsdp
-from deftx.distributed.rsvd import denoised_magnitudes_sharded
-from deftx.distributed.topk import topk_mask_dtensor
-from deftx.ops import masked_adamw_step_
+from deftx.distributed.compose import flat_range, gather_sparse_diff, reshard_fsdp
+from deftx.distributed.rsvd import matrix_scores_sharded
 from deftx.sft import SparseDiff
-from deftx.train.config import DEFAULT_ELIGIBLE, DenoiseConfig, resolve_k
-from deftx.train.params import eligible_parameter_names, parameter_groups
-from deftx.train.select import Difference
+from deftx.train import params
+from deftx.train.config import DEFAULT_ELIGIBLE, DenoiseConfig, PhaseConfig, resolve_k, to_plain
+from deftx.train.denoise import selection_scores as denoise_scores
+from deftx.train.finetune import L1Pull, l1_gradient_scale
+from deftx.train.retrain import MaskedAdamW, SelectedGradients, full_indices
+from deftx.train.select import Score, select_top_k
 
 Strategy = Literal["ddp", "fsdp"]
 Batch = Mapping[str, torch.Tensor]
@@ -90,18 +97,24 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 @dataclass
 class SFTSettings:
-    """A two-phase run: K (count, or fraction of the eligible entries), phase lengths and rates.
+    """A two-phase run: K (count, or fraction of the eligible entries), the phases, and what a
+    ``TrainingArguments`` holds for the single-process path (defaults: transformers').
 
-    ``denoise`` None is LT-SFT; a :class:`DenoiseConfig` (randomized method, no residual
-    add-back) is DeFT-X.
+    ``full`` and ``sparse`` are the single-process path's :class:`~deftx.train.config.PhaseConfig`
+    (length in steps, learning rate, L1 pull toward θ0). Gradients are clipped to
+    ``max_grad_norm`` (None: no clipping) and the learning rate follows
+    ``transformers.get_scheduler(lr_scheduler_type)`` with ``warmup_steps``, per phase, as in a
+    ``transformers.Trainer``. ``denoise`` None is LT-SFT; a :class:`DenoiseConfig` (randomized
+    method, no residual add-back) is DeFT-X.
     """
 
     k: float
-    full_steps: int = 10
-    sparse_steps: int = 10
-    full_lr: float = 1e-3
-    sparse_lr: float = 1e-3
+    full: PhaseConfig
+    sparse: PhaseConfig
     weight_decay: float = 0.0
+    max_grad_norm: float | None = 1.0
+    lr_scheduler_type: str = "linear"
+    warmup_steps: int = 0
     denoise: DenoiseConfig | None = None
     eligible: tuple[str, ...] = DEFAULT_ELIGIBLE
     backend: str | None = None
@@ -109,25 +122,20 @@ class SFTSettings:
     def __post_init__(self) -> None:
         if self.denoise is not None and (self.denoise.method != "randomized" or self.denoise.add_back_residual):
             raise ValueError("sharded DeFT-X supports the randomized method without residual add-back")
-        if self.full_steps < 0 or self.sparse_steps < 0:
-            raise ValueError("phase lengths must be >= 0")
+        if self.full.steps is None or self.sparse.steps is None:
+            raise ValueError("a sharded run's phases are counted in steps (the batches come from batch_for_step)")
 
 
 def snapshot(model: nn.Module, names: Iterable[str]) -> dict[str, torch.Tensor]:
-    """Detached copies of the named parameters (DTensors stay DTensors: each rank copies its shard)."""
+    """:func:`deftx.train.params.snapshot` of the wrapped model (DTensors stay DTensors: each rank copies its shard)."""
     reshard_fsdp(unwrap(model))
-    params = dict(unwrap(model).named_parameters())
-    with torch.no_grad():
-        return {name: params[name].detach().clone() for name in names}
+    return params.snapshot(unwrap(model), names)
 
 
-@torch.no_grad()
 def restore_(model: nn.Module, values: Mapping[str, torch.Tensor]) -> None:
-    """Copy ``values`` into the parameters in place, shard by shard (bit-exact)."""
+    """:func:`deftx.train.params.load_values_` on the sharded parameters, shard by shard (bit-exact)."""
     reshard_fsdp(unwrap(model))
-    params = dict(unwrap(model).named_parameters())
-    for name, value in values.items():
-        local_tensor(params[name]).copy_(local_tensor(value))
+    params.load_values_(unwrap(model), values)
 
 
 def as_row_shards(tensor: torch.Tensor, mesh: DeviceMesh) -> DTensor:
@@ -143,35 +151,16 @@ def selection_scores(
     groups: Mapping[str, str],
     denoise: DenoiseConfig | None,
     mesh: DeviceMesh,
-) -> dict[str, DTensor | Difference]:
-    """Per parameter, what the selection ranks, as Shard(0) DTensors: DeFT-X's ``|Δ̂|`` for
-    2-D matrices, otherwise the (θ1, θ0) :class:`~deftx.train.select.Difference` (LT-SFT's
-    ``|θ1 − θ0|``, computed inside the sharded selection, never stored)."""
-    scores = {}
-    for name in theta1:
-        w1, w0 = as_row_shards(theta1[name], mesh), as_row_shards(theta0[name], mesh)
-        if denoise is not None and w1.dim() == 2 and groups[name] in denoise.groups:
-            scores[name] = denoised_magnitudes_sharded(
-                w1,
-                w0,
-                rank=denoise.rank,
-                energy=denoise.energy,
-                oversample=denoise.oversample,
-                n_iter=denoise.n_iter,
-                seed=denoise.seed,
-            )
-        else:
-            scores[name] = Difference(w1, w0)
+) -> dict[str, Score]:
+    """:func:`deftx.train.denoise.selection_scores` on row shards: DeFT-X's ``|Δ̂|`` from the sharded
+    randomized SVD, every other parameter's (θ1, θ0) :class:`~deftx.train.select.Difference`, as
+    Shard(0) DTensors — FSDP2's own shards, or each rank's row block of DDP's replicas."""
+    scores, _ = denoise_scores(
+        {n: as_row_shards(t, mesh) for n, t in theta1.items()},
+        {n: as_row_shards(t, mesh) for n, t in theta0.items()},
+        groups, denoise, progress=False, score_matrices=matrix_scores_sharded,
+    )
     return scores
-
-
-def select_sharded(scores: Mapping[str, DTensor | Difference], k: int) -> dict[str, torch.Tensor]:
-    """Global top-k over all scores: per name, the global flat indices in this rank's shard."""
-    names = list(scores)
-    ranked = [scores[n] for n in names]
-    values = [s.theta1 if isinstance(s, Difference) else s for s in ranked]
-    bases = [s.theta0 if isinstance(s, Difference) else None for s in ranked]
-    return dict(zip(names, topk_mask_dtensor(values, k, output="indices", base=bases), strict=True))
 
 
 def all_gather_selection(selection: Mapping[str, torch.Tensor], group: dist.ProcessGroup) -> dict[str, torch.Tensor]:
@@ -197,95 +186,31 @@ def all_gather_selection(selection: Mapping[str, torch.Tensor], group: dist.Proc
     return {n: torch.cat(blocks[n]) for n in names}
 
 
-class ShardedMaskedAdamW(torch.optim.Optimizer):
-    """AdamW on selected entries only, on each rank's local shard (DTensor) or full tensor (DDP).
-
-    Args:
-        params: the parameters (DTensors or plain tensors).
-        indices: per parameter, int64 sorted flat indices *into its local tensor*.
-        lr, betas, eps, weight_decay: AdamW settings.
-        backend: the ``deftx.ops`` backend of the step.
-
-    State per parameter (fp32, O(local K)): master copy, moments. The gradients are the
-    averaged gradients DDP / FSDP2 leave in ``.grad`` (FSDP2: the local shard of a DTensor).
-    """
-
-    def __init__(
-        self,
-        params: Iterable[torch.Tensor],
-        indices: Iterable[torch.Tensor],
-        *,
-        lr: float,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        backend: str | None = None,
-    ) -> None:
-        params, indices = list(params), list(indices)
-        if len(params) != len(indices):
-            raise ValueError(f"ShardedMaskedAdamW: {len(params)} parameters for {len(indices)} index tensors")
-        super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay})
-        self._backend = backend
-        with torch.no_grad():
-            for param, idx in zip(params, indices, strict=True):
-                local = local_tensor(param)
-                idx = idx.to(local.device, torch.int64)
-                master = local.reshape(-1)[idx].float()
-                self.state[param] = {
-                    "step": 0,
-                    "indices": idx,
-                    "master": master,
-                    "exp_avg": torch.zeros_like(master),
-                    "exp_avg_sq": torch.zeros_like(master),
-                }
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """One masked AdamW step on every parameter that has a gradient."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            live = [p for p in group["params"] if p.grad is not None and self.state[p]["indices"].numel()]
-            if not live:
-                continue
-            states = [self.state[p] for p in live]
-            for state in states:
-                state["step"] += 1
-            if len({s["step"] for s in states}) != 1:
-                raise RuntimeError("ShardedMaskedAdamW: parameters of one group are at different steps")
-            beta1, beta2 = group["betas"]
-            masked_adamw_step_(
-                [local_tensor(p) for p in live],
-                [local_tensor(p.grad).contiguous() for p in live],
-                [s["indices"] for s in states],
-                [s["master"] for s in states],
-                [s["exp_avg"] for s in states],
-                [s["exp_avg_sq"] for s in states],
-                None,
-                step=states[0]["step"],
-                lr=group["lr"],
-                beta1=beta1,
-                beta2=beta2,
-                eps=group["eps"],
-                weight_decay=group["weight_decay"],
-                backend=self._backend,
-            )
-        return loss
-
-
-def train_steps(
-    model: nn.Module, optimizer: torch.optim.Optimizer, batch_for_step: Callable[[int], Batch], steps: int
+def train_phase(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch_for_step: Callable[[int], Batch],
+    settings: SFTSettings,
+    steps: int,
+    adjust_gradients: Callable[[], None],
 ) -> list[float]:
-    """``steps`` optimizer steps on ``model(**batch).loss``; returns the local losses."""
+    """``steps`` optimizer steps on ``model(**batch).loss`` as a ``transformers.Trainer`` takes them:
+    backward, ``adjust_gradients`` (the phase's L1 pull or selected-entries mask), clipping to
+    ``settings.max_grad_norm``, the step, the scheduler's step. Returns the local losses."""
+    scheduler = get_scheduler(settings.lr_scheduler_type, optimizer, num_warmup_steps=settings.warmup_steps,
+                              num_training_steps=steps)
+    trained = [p for group in optimizer.param_groups for p in group["params"]]
     losses = []
     model.train()
     for step in range(steps):
         optimizer.zero_grad(set_to_none=True)
         loss = model(**batch_for_step(step)).loss
         loss.backward()
+        adjust_gradients()
+        if settings.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(trained, settings.max_grad_norm)
         optimizer.step()
+        scheduler.step()
         losses.append(float(loss.detach()))
     return losses
 
@@ -307,15 +232,19 @@ class SFTResult:
     theta1: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def _local_indices(model: nn.Module, selection: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
-    params = dict(unwrap(model).named_parameters())
-    return [idx - flat_range(params[name])[0] for name, idx in selection.items()]
+def local_indices(
+    model: nn.Module, selection: Mapping[str, torch.Tensor], dense: Iterable[str]
+) -> dict[str, torch.Tensor]:
+    """Per name, the selected flat indices into this rank's tensor (every entry of a ``dense`` one)."""
+    named = dict(unwrap(model).named_parameters())
+    local = {name: idx - flat_range(named[name])[0] for name, idx in selection.items()}
+    return {**local, **{name: full_indices(params.local_tensor(named[name])) for name in dense}}
 
 
 def freeze_for_sft(model: nn.Module, eligible_groups: Iterable[str]) -> tuple[list[str], list[str]]:
     """Make only the eligible parameters and the head trainable (before wrapping); returns both name lists."""
-    groups = parameter_groups(model)
-    eligible = eligible_parameter_names(model, eligible_groups)
+    groups = params.parameter_groups(model)
+    eligible = params.eligible_parameter_names(model, eligible_groups)
     head = [n for n, g in groups.items() if g == "head"]
     for name, param in model.named_parameters():
         param.requires_grad_(name in eligible or name in head)
@@ -338,25 +267,30 @@ def run_sparse_finetuning(
     ``batch_for_step(step)`` returns this rank's micro-batch (keyword arguments of the
     model, with labels). Collective: every rank calls it. The head (parameters outside the
     transformer body) is trained densely and shipped as dense tensors; LayerNorms and other
-    non-eligible parameters stay frozen.
+    non-eligible parameters stay frozen. The phases are the single-process path's
+    (:mod:`deftx.train.finetune`, :mod:`deftx.train.select`, :mod:`deftx.train.retrain`) on
+    this rank's shards.
 
     Returns:
         The wrapped model (at θ0 + φ) and this rank's :class:`SFTResult`.
     """
-    groups = parameter_groups(model)
+    groups = params.parameter_groups(model)
     eligible, head = freeze_for_sft(model, settings.eligible)
+    trained = [*eligible, *head]
+    full_l1, sparse_l1 = (l1_gradient_scale(phase.l1, model) for phase in (settings.full, settings.sparse))
     model = wrap_model(model, strategy, mesh)
-    params = dict(unwrap(model).named_parameters())
-    k = resolve_k(settings.k, sum(params[n].numel() for n in eligible))
+    named = dict(unwrap(model).named_parameters())
+    k = resolve_k(settings.k, sum(named[n].numel() for n in eligible))
     result = SFTResult({}, None, k)
-    theta0 = snapshot(model, [*eligible, *head])
+    theta0 = snapshot(model, trained)
+
     start = time.perf_counter()
-    full_optimizer = torch.optim.AdamW(
-        [params[n] for n in [*eligible, *head]], lr=settings.full_lr, weight_decay=settings.weight_decay
-    )
-    result.losses["full"] = train_steps(model, full_optimizer, batch_for_step, settings.full_steps)
-    del full_optimizer
-    theta1 = snapshot(model, [*eligible, *head])
+    optimizer = torch.optim.AdamW([named[n] for n in trained], lr=settings.full.learning_rate,
+                                  weight_decay=settings.weight_decay)
+    pull = L1Pull(unwrap(model), {n: theta0[n] for n in eligible}, full_l1)
+    result.losses["full"] = train_phase(model, optimizer, batch_for_step, settings, settings.full.steps, pull.apply_)
+    del optimizer
+    theta1 = snapshot(model, trained)
     result.seconds["full"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -364,29 +298,25 @@ def run_sparse_finetuning(
         scores = selection_scores(
             {n: theta1[n] for n in eligible}, {n: theta0[n] for n in eligible}, groups, settings.denoise, mesh
         )
-        selection = select_sharded(scores, k)
+        selection = select_top_k(scores, k)
         del scores
-        if not isinstance(params[eligible[0]], DTensor):
+        if not isinstance(named[eligible[0]], DTensor):
             selection = all_gather_selection(selection, mesh.get_group())
     result.selection, result.communication["select"] = selection, ledger
     result.seconds["select"] = time.perf_counter() - start
 
     start = time.perf_counter()
     restore_(model, theta0)
-    sparse_optimizer = ShardedMaskedAdamW(
-        [params[n] for n in [*eligible, *head]],
-        [
-            *_local_indices(model, selection),
-            *[torch.arange(local_tensor(params[n]).numel(), device=local_tensor(params[n]).device) for n in head],
-        ],
-        lr=settings.sparse_lr,
-        weight_decay=settings.weight_decay,
-        backend=settings.backend,
-    )
-    result.losses["sparse"] = train_steps(model, sparse_optimizer, batch_for_step, settings.sparse_steps)
+    indices = local_indices(model, selection, head)
+    optimizer = MaskedAdamW([{"params": [named[n] for n in trained], "indices": [indices[n] for n in trained]}],
+                            lr=settings.sparse.learning_rate, weight_decay=settings.weight_decay, l1=sparse_l1,
+                            backend=settings.backend)
+    keep = SelectedGradients(unwrap(model), {n: indices[n] for n in eligible})
+    result.losses["sparse"] = train_phase(model, optimizer, batch_for_step, settings, settings.sparse.steps,
+                                          keep.apply_)
     result.seconds["sparse"] = time.perf_counter() - start
 
-    tuned = snapshot(model, [*eligible, *head])
+    tuned = snapshot(model, trained)
     with comm.count_communication() as ledger:
         result.diff = gather_sparse_diff(
             theta0,
@@ -396,11 +326,8 @@ def run_sparse_finetuning(
             base_model=base_model,
             method=method or ("deft-x" if settings.denoise else "lt-sft"),
             k=k,
-            settings={
-                "full_steps": settings.full_steps,
-                "sparse_steps": settings.sparse_steps,
-                "world_size": mesh.size(),
-            },
+            settings={"full": to_plain(settings.full), "sparse": to_plain(settings.sparse),
+                      "world_size": mesh.size()},
         )
     result.communication["save"] = ledger
     result.theta0, result.theta1 = theta0, theta1

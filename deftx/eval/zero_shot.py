@@ -2,12 +2,14 @@
 
 The base classifier is loaded once; for every (method, target) the SFTs are applied with
 one fused scatter (:func:`deftx.sft.apply_diffs`), the test split is predicted, and the
-model is reverted bit-exactly before the next composition.
+model is reverted bit-exactly before the next composition. :func:`score_compositions` is
+the evaluation loop of ``deftx pipeline``, ``deftx ablate`` and ``deftx evaluate``: one
+:class:`EvalRow` per (target, :class:`Composition`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -93,3 +95,44 @@ def score_composed(
             handle.revert()
     labels = torch.tensor([int(e["labels"]) for e in examples], dtype=torch.int64)
     return macro_f1(predictions, labels, num_labels), accuracy(predictions, labels, num_labels)
+
+
+@dataclass(frozen=True)
+class Composition:
+    """One composition to score: the row's method name, the SFTs and their scales (none: the model
+    as it is), and whether the target's language SFT is among them (at ``language_scale``, when recorded)."""
+
+    method: str
+    diffs: tuple[SparseDiff, ...] = ()
+    scales: tuple[float, ...] = ()
+    language_sft: bool = False
+    language_scale: float | None = None
+
+
+@dataclass(frozen=True)
+class RowContext:
+    """What every row of one evaluation shares."""
+
+    benchmark: str
+    protocol: str
+    source: str
+    seed: int = 0
+    split: str = "test"
+
+
+def score_compositions(
+    model: torch.nn.Module,
+    tokenizer,
+    cells: Iterable[tuple[str, Sequence[dict], Composition]],
+    context: RowContext,
+    num_labels: int,
+    *,
+    batch_size: int = 64,
+) -> Iterator[EvalRow]:
+    """Score each ``(target, examples, composition)`` in turn (:func:`score_composed`), one row each,
+    yielded as soon as it is scored."""
+    for target, examples, composition in cells:
+        f1, acc = score_composed(model, tokenizer, examples, composition.diffs, composition.scales, num_labels,
+                                 batch_size=batch_size)
+        yield EvalRow(context.benchmark, context.protocol, composition.method, context.source, target, context.seed,
+                      f1, acc, len(examples), composition.language_sft, context.split, composition.language_scale)

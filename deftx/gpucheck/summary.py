@@ -46,7 +46,7 @@ def _deftx_row(doc: dict[str, Any], op: str, k: float | None) -> dict[str, Any] 
 
 
 def _comparison(doc: dict[str, Any], op: str, k: float | None, baseline_impl: str) -> dict[str, Any] | None:
-    from deftx.bench.cases import op_module
+    from deftx.perf.cases import op_module
 
     name = op_module(op).BASELINES[baseline_impl]
     found = [c for c in doc["comparisons"] if c["op"] == op and c["k_fraction"] == k and c["baseline"] == name]
@@ -66,7 +66,7 @@ def goal(text: str, where: str, target: str, measured: float | None, met: Callab
 def where(docs: dict[str, dict[str, Any]], name: str, default: str, k: float | None = None) -> str:
     """What a goal was measured on: the document's shape set, dtype and device (``default``
     naming the issue's set when it was not measured), and K."""
-    from deftx.bench.report import format_k
+    from deftx.perf.report import format_k
 
     doc = docs.get(name)
     label = f"{doc['shape_set']['name']} {doc['config']['dtype']} on {doc['device']}" if doc else default

@@ -26,7 +26,7 @@ specialisations it is compiled for (``SPECIALIZATIONS``); its cost model is pure
   host with Python integers (addresses, sizes, offsets: never a read of device data)
   and moves each plan with one upload, so every torch op it runs is device work: the
   tests count a launcher's launches and host syncs on CPU tensors
-  (:mod:`deftx.bench.counters`) and get the GPU's counts.
+  (:mod:`deftx.perf.counters`) and get the GPU's counts.
 """
 
 from __future__ import annotations

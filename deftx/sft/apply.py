@@ -297,7 +297,40 @@ def handle_rounding_loss(
     warnings.warn(message, RoundingLossWarning, stacklevel=3)
 
 
-class AppliedDiffs:
+class WrittenEntries:
+    """What one apply overwrote, to write it back bit-exactly (:meth:`revert`), and what rounded away.
+
+    Attributes:
+        rounding_loss: per diff, model parameter -> number of its entries whose change
+            rounded away in the parameter's dtype (parameters with none left out).
+        reverted: whether :meth:`revert` ran.
+    """
+
+    def __init__(self, writes: PlannedWrites, saved: list[list[torch.Tensor]],
+                 dense_saved: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """``writes``: what was written (:func:`plan_writes`); ``saved`` / ``dense_saved``: what it overwrote
+        (:func:`write_planned`)."""
+        self._targets = writes.targets
+        self._indices = writes.indices
+        self._saved = saved
+        self._dense_saved = dense_saved
+        self.rounding_loss = writes.rounding_loss
+        self.reverted = False
+
+    @property
+    def lost_entries(self) -> int:
+        """Entries of all diffs whose change rounded away (see :attr:`rounding_loss`)."""
+        return sum(sum(lost.values()) for lost in self.rounding_loss)
+
+    def revert(self) -> None:
+        """Write back every overwritten value (once)."""
+        if self.reverted:
+            raise RuntimeError("these diffs were already reverted")
+        restore_saved(self._targets, self._indices, self._saved, self._dense_saved)
+        self.reverted = True
+
+
+class AppliedDiffs(WrittenEntries):
     """Handle of diffs applied to a model: what is needed to revert them exactly.
 
     Attributes:
@@ -307,24 +340,11 @@ class AppliedDiffs:
         reverted: whether :meth:`revert` ran.
     """
 
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        diffs: list[SparseDiff],
-        targets: list[torch.Tensor],
-        indices: list[list[torch.Tensor]],
-        saved: list[list[torch.Tensor]],
-        dense_saved: list[tuple[torch.Tensor, torch.Tensor]],
-        rounding_loss: list[dict[str, int]],
-    ) -> None:
+    def __init__(self, model: torch.nn.Module, diffs: list[SparseDiff], writes: PlannedWrites,
+                 saved: list[list[torch.Tensor]], dense_saved: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        super().__init__(writes, saved, dense_saved)
         self._model = weakref.ref(model)
         self.diffs = diffs
-        self._targets = targets
-        self._indices = indices
-        self._saved = saved
-        self._dense_saved = dense_saved
-        self.rounding_loss = rounding_loss
-        self.reverted = False
         self._content_hashes: frozenset[str] | None = None
 
     def content_hashes(self) -> frozenset[str]:
@@ -333,25 +353,69 @@ class AppliedDiffs:
             self._content_hashes = frozenset(diff.content_hash for diff in self.diffs)
         return self._content_hashes
 
-    @property
-    def lost_entries(self) -> int:
-        """Entries of all diffs whose change rounded away (see :attr:`rounding_loss`)."""
-        return sum(sum(lost.values()) for lost in self.rounding_loss)
-
     def revert(self) -> None:
         """Restore every overwritten value; must be the latest diffs applied to the model."""
         model = self._model()
         if model is None:
             raise RuntimeError("the model these diffs were applied to no longer exists")
         with model_lock(model):
-            if self.reverted:
-                raise RuntimeError("these diffs were already reverted")
             stack = _APPLIED.get(model, [])
-            if not stack or stack[-1] is not self:
+            if not self.reverted and (not stack or stack[-1] is not self):
                 raise RuntimeError("revert the diffs applied after these first (reverts go in reverse order)")
-            restore_saved(self._targets, self._indices, self._saved, self._dense_saved)
+            super().revert()
             stack.pop()
-            self.reverted = True
+
+
+@dataclass
+class PlannedWrites:
+    """What applying diffs will write: per diff and sparse target its entries, and what rounds away."""
+
+    plan: ApplyPlan
+    targets: list[torch.Tensor]
+    indices: list[list[torch.Tensor]]
+    values: list[list[torch.Tensor]]
+    rounding_loss: list[dict[str, int]]
+
+
+Rows = Callable[[str, torch.Tensor], torch.Tensor]
+
+
+def _whole(name: str, tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
+
+
+def plan_writes(
+    diffs: Sequence[SparseDiff],
+    plan: ApplyPlan,
+    targets: list[torch.Tensor],
+    scales: Sequence[float],
+    localize: Localize | None = None,
+    rows: Rows = _whole,
+) -> PlannedWrites:
+    """The entries each sparse target gets and the per-diff count of those that round away (nothing written).
+
+    ``localize`` / ``rows`` pick the part of a diff's entries / of a dense tensor a target holds (a shard).
+    """
+    indices, values = entries_per_target(diffs, plan, targets, localize)
+    with torch.no_grad():
+        lost = lost_entries(values_before_sparse(diffs, plan, targets, rows), indices, values, scales)
+    return PlannedWrites(plan, targets, indices, values, rounding_report(lost, plan.sparse))
+
+
+def write_planned(
+    diffs: Sequence[SparseDiff],
+    writes: PlannedWrites,
+    dense_targets: Mapping[str, torch.Tensor],
+    scales: Sequence[float],
+    backend: str | None,
+    rows: Rows = _whole,
+) -> tuple[list[list[torch.Tensor]], list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Write the dense replacements, then every sparse entry in one scatter-add; returns what they overwrote
+    (per diff, per target the saved entries; the dense (target, original) pairs)."""
+    dense_saved = replace_dense(diffs, writes.plan, dense_targets, rows)
+    with torch.no_grad():
+        saved = scatter_add_(writes.targets, writes.indices, writes.values, scales, save=True, backend=backend)
+    return saved or [], dense_saved
 
 
 def restore_saved(
@@ -372,7 +436,7 @@ def replace_dense(
     diffs: Sequence[SparseDiff],
     plan: ApplyPlan,
     targets: Mapping[str, torch.Tensor],
-    rows: Callable[[str, torch.Tensor], torch.Tensor] = lambda name, tensor: tensor,
+    rows: Rows = _whole,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Write each planned dense tensor into its target (``targets``: model name -> tensor).
 
@@ -392,7 +456,7 @@ def values_before_sparse(
     diffs: Sequence[SparseDiff],
     plan: ApplyPlan,
     targets: Sequence[torch.Tensor],
-    rows: Callable[[str, torch.Tensor], torch.Tensor] = lambda name, tensor: tensor,
+    rows: Rows = _whole,
 ) -> list[torch.Tensor]:
     """What each sparse target holds when the scatter-add starts: its planned dense tensor, else itself."""
     before = []
@@ -410,6 +474,13 @@ def check_policy(on_rounding_loss: str) -> None:
         raise ValueError(f"on_rounding_loss must be one of {ROUNDING_POLICIES}, got {on_rounding_loss!r}")
 
 
+def _planned(model: torch.nn.Module, params: Mapping[str, torch.Tensor], diffs: list[SparseDiff],
+             scales: Sequence[float], strict_dtype: bool, check_base: bool) -> PlannedWrites:
+    """The checked plan of applying ``diffs`` onto ``model``'s whole parameters."""
+    plan = plan_application(diffs, check_compatible(model, params, diffs, strict_dtype, check_base))
+    return plan_writes(diffs, plan, [params[n].detach() for n in plan.sparse], scales)
+
+
 def count_rounding_loss(
     model: torch.nn.Module,
     diffs: Sequence[SparseDiff],
@@ -425,12 +496,7 @@ def count_rounding_loss(
     diffs = list(diffs)
     scales = check_scales(scales, len(diffs), "count_rounding_loss")
     params = dict(model.named_parameters())
-    plan = plan_application(diffs, check_compatible(model, params, diffs, strict_dtype, check_base))
-    targets = [params[n].detach() for n in plan.sparse]
-    indices, values = entries_per_target(diffs, plan, targets)
-    with torch.no_grad():
-        lost = lost_entries(values_before_sparse(diffs, plan, targets), indices, values, scales)
-    return rounding_report(lost, plan.sparse)
+    return _planned(model, params, diffs, scales, strict_dtype, check_base).rounding_loss
 
 
 def apply_diffs(
@@ -458,17 +524,12 @@ def apply_diffs(
     check_policy(on_rounding_loss)
     with model_lock(model):
         params = dict(model.named_parameters())
-        plan = plan_application(diffs, check_compatible(model, params, diffs, strict_dtype, check_base))
-        targets = [params[n].detach() for n in plan.sparse]
-        indices, values = entries_per_target(diffs, plan, targets)
-        with torch.no_grad():
-            lost = lost_entries(values_before_sparse(diffs, plan, targets), indices, values, scales)
-        report = rounding_report(lost, plan.sparse)
-        handle_rounding_loss(report, diffs, {n: params[n].dtype for n in plan.sparse}, on_rounding_loss)
-        dense_saved = replace_dense(diffs, plan, {n: params[n].detach() for n in plan.dense})
-        with torch.no_grad():
-            saved = scatter_add_(targets, indices, values, scales, save=True, backend=backend) or []
-        handle = AppliedDiffs(model, diffs, targets, indices, saved, dense_saved, report)
+        writes = _planned(model, params, diffs, scales, strict_dtype, check_base)
+        handle_rounding_loss(writes.rounding_loss, diffs, {n: params[n].dtype for n in writes.plan.sparse},
+                             on_rounding_loss)
+        saved, dense_saved = write_planned(diffs, writes, {n: params[n].detach() for n in writes.plan.dense},
+                                           scales, backend)
+        handle = AppliedDiffs(model, diffs, writes, saved, dense_saved)
         _APPLIED.setdefault(model, []).append(handle)
         return handle
 

@@ -27,15 +27,17 @@ import os
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from deftx.sft.diff import ParamInfo, SparseDiff
 from deftx.sft.foreign import ZIP_MAGIC, looks_like_pickle
-from deftx.sft.format import DTYPE_NAMES, SparseDiffFormatError
+from deftx.sft.format import DTYPE_NAMES, ParamInfo, SparseDiffFormatError
 from deftx.sft.hub import resolve_folder
+
+if TYPE_CHECKING:
+    from deftx.sft.diff import SparseDiff
 
 SFT_FILE = "pytorch_diff.bin"
 MODEL_CONFIG_FILE = "config.json"
@@ -161,8 +163,10 @@ def info_from_model_config(config: Mapping[str, Any], has_head: bool) -> dict[st
     return info
 
 
-def convert(tensors: Any, model_config: Mapping[str, Any], source: str, *, with_abs: bool = True) -> SparseDiff:
-    """The SparseDiff equal to a loaded ``pytorch_diff.bin`` (and its ``config.json``)."""
+def convert(
+    cls: type[SparseDiff], tensors: Any, model_config: Mapping[str, Any], source: str, *, with_abs: bool = True
+) -> SparseDiff:
+    """The SparseDiff (a ``cls``) equal to a loaded ``pytorch_diff.bin`` (and its ``config.json``)."""
     if not isinstance(tensors, Mapping) or not tensors or not set(tensors) <= {"diffs", "abs"}:
         keys = sorted(map(str, tensors)) if isinstance(tensors, Mapping) else type(tensors).__name__
         raise ComposableSFTFormatError(f"{source}: expected a dict with 'diffs' and/or 'abs', got {keys}")
@@ -177,7 +181,7 @@ def convert(tensors: Any, model_config: Mapping[str, Any], source: str, *, with_
             raise ComposableSFTFormatError(f"{source}: abs[{name!r}] is not a floating-point tensor")
     base_model = model_config.get("_name_or_path") or None
     try:
-        return SparseDiff(
+        return cls(
             indices, values, params, dict(absolute), base_model=base_model, method=METHOD,
             settings={"source": "composable-sft", "origin": source},
             info=info_from_model_config(model_config, bool(absolute)),
@@ -187,6 +191,7 @@ def convert(tensors: Any, model_config: Mapping[str, Any], source: str, *, with_
 
 
 def from_composable_sft(
+    cls: type[SparseDiff],
     name_or_path: str | os.PathLike,
     *,
     with_abs: bool = True,
@@ -195,9 +200,10 @@ def from_composable_sft(
     local_files_only: bool = False,
     token: str | bool | None = None,
 ) -> SparseDiff:
-    """Convert a composable-sft SFT into a :class:`SparseDiff`, exactly.
+    """Convert a composable-sft SFT into a :class:`SparseDiff` (a ``cls``), exactly.
 
     Args:
+        cls: the class to build (:meth:`SparseDiff.from_composable_sft` passes its own).
         name_or_path: a ``pytorch_diff.bin`` file, a folder holding one (and the model's
             ``config.json``), or a Hub repository id such as
             ``cambridgeltl/xlmr-lang-sft-mad-small`` (fetched through the Hub cache, so it
@@ -219,4 +225,4 @@ def from_composable_sft(
         file = folder / SFT_FILE
         if not file.is_file():
             raise ComposableSFTFormatError(f"{name_or_path}: no {SFT_FILE} in {folder}")
-    return convert(read_pickle(file), read_model_config(folder), str(name_or_path), with_abs=with_abs)
+    return convert(cls, read_pickle(file), read_model_config(folder), str(name_or_path), with_abs=with_abs)

@@ -7,11 +7,13 @@ import json
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from deftx.ops.validation import check_finite, check_index_tensor
+from deftx.sft import composable, hub, peft
+from deftx.sft.apply import AppliedDiffs, RevertReport, apply_diffs, revert_diff
 from deftx.sft.format import (
     DENSE_PREFIX,
     DTYPE_NAMES,
@@ -27,9 +29,6 @@ from deftx.sft.format import (
     storage_index_dtype,
     write_file,
 )
-
-if TYPE_CHECKING:
-    from deftx.sft.apply import AppliedDiffs, RevertReport
 
 
 def _tensor_bytes(tensor: torch.Tensor) -> bytes:
@@ -237,24 +236,12 @@ class SparseDiff:
             if idx.dtype not in INDEX_DTYPES:
                 raise SparseDiffFormatError(f"{source}: indices of {name!r} are {idx.dtype}, expected int32/int64")
         try:
-            return cls(
-                indices,
-                values,
-                meta.params,
-                dense,
-                base_model=meta.base_model,
-                method=meta.method,
-                k=meta.k,
-                settings=meta.settings,
-                info=meta.info,
-            )
+            return cls(indices, values, meta.params, dense, **meta.keywords())
         except (ValueError, TypeError, IndexError) as err:
             raise SparseDiffFormatError(f"{source}: {err}") from err
 
     def apply(self, model: torch.nn.Module, scale: float = 1.0, **options: Any) -> AppliedDiffs:
         """Add the diff (times ``scale``) onto ``model`` in place; see :func:`deftx.sft.apply_diffs`."""
-        from deftx.sft.apply import apply_diffs
-
         return apply_diffs(model, [self], [scale], **options)
 
     def revert(
@@ -274,42 +261,30 @@ class SparseDiff:
         ``scale`` times the diff and warns that this is inexact, counting the entries that
         differ from ``original`` (the base model or its state dict) when it is given.
         """
-        from deftx.sft.apply import revert_diff
-
         return revert_diff(model, self, exact=exact, scale=scale, original=original, **options)
 
     def save_pretrained(self, folder: str | os.PathLike, **options: Any) -> Path:
         """Write a Hub-style folder (safetensors, sft_config.json, model card); see :mod:`deftx.sft.hub`."""
-        from deftx.sft.hub import save_pretrained
-
-        return save_pretrained(self, folder, **options)
+        return hub.save_pretrained(self, folder, **options)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, **options: Any) -> SparseDiff:
         """Load a Hub-style folder or Hub repository id (cached: works offline); see :mod:`deftx.sft.hub`."""
-        from deftx.sft.hub import from_pretrained
-
-        return from_pretrained(name_or_path, **options)
+        return hub.from_pretrained(cls, name_or_path, **options)
 
     def push_to_hub(self, repo_id: str, **options: Any) -> str:
         """Upload as a Hub-style folder to the model repository ``repo_id``; see :mod:`deftx.sft.hub`."""
-        from deftx.sft.hub import push_to_hub
-
-        return push_to_hub(self, repo_id, **options)
+        return hub.push_to_hub(self, repo_id, **options)
 
     @classmethod
     def from_composable_sft(cls, name_or_path: str | os.PathLike, **options: Any) -> SparseDiff:
         """Convert a composable-sft ``pytorch_diff.bin`` (file, folder or repo id); see :mod:`deftx.sft.composable`."""
-        from deftx.sft.composable import from_composable_sft
-
-        return from_composable_sft(name_or_path, **options)
+        return composable.from_composable_sft(cls, name_or_path, **options)
 
     @classmethod
     def from_peft(cls, name_or_path: str | os.PathLike, **options: Any) -> SparseDiff:
         """Convert a peft SHiRA adapter folder (or repo id); see :mod:`deftx.sft.peft`."""
-        from deftx.sft.peft import from_peft
-
-        return from_peft(name_or_path, **options)
+        return peft.from_peft(cls, name_or_path, **options)
 
     def __repr__(self) -> str:
         return (

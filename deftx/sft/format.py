@@ -89,6 +89,11 @@ class FileMetadata:
     settings: dict[str, Any]
     info: dict[str, Any]
 
+    def keywords(self) -> dict[str, Any]:
+        """Everything but ``params``, as the keyword arguments of :class:`~deftx.sft.SparseDiff`."""
+        return {"base_model": self.base_model, "method": self.method, "k": self.k, "settings": self.settings,
+                "info": self.info}
+
 
 def dtype_name(dtype: torch.dtype) -> str:
     """``torch.float32`` -> ``"float32"`` (the names stored in files)."""

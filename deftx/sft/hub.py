@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from deftx.sft.foreign import describe_folder
 from deftx.sft.format import FORMAT_NAME, FORMAT_VERSION, SparseDiffFormatError
 
 if TYPE_CHECKING:
@@ -175,6 +176,7 @@ def check_config(config: Any, diff: SparseDiff, source: str) -> None:
 
 
 def from_pretrained(
+    cls: type[SparseDiff],
     name_or_path: str | os.PathLike,
     *,
     revision: str | None = None,
@@ -182,15 +184,13 @@ def from_pretrained(
     local_files_only: bool = False,
     token: str | bool | None = None,
 ) -> SparseDiff:
-    """Load the SFT of a folder written by :func:`save_pretrained`, or of a Hub repository id."""
-    from deftx.sft.diff import SparseDiff
-    from deftx.sft.foreign import describe_folder
+    """Load the SFT of a folder written by :func:`save_pretrained`, or of a Hub repository id, as a ``cls``."""
 
     folder = resolve_folder(name_or_path, [SFT_FILE, CONFIG_FILE], revision=revision, cache_dir=cache_dir,
                             local_files_only=local_files_only, token=token)
     if not (folder / SFT_FILE).is_file():
         raise SparseDiffFormatError(f"{name_or_path}: no {SFT_FILE} in it; it is {describe_folder(folder)}")
-    diff = SparseDiff.load(folder / SFT_FILE)
+    diff = cls.load(folder / SFT_FILE)
     config_path = folder / CONFIG_FILE
     if config_path.is_file():
         try:

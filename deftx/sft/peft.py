@@ -23,7 +23,7 @@ float32 models: both add each value to its weight in float32 with one rounding.
 deftx records in the safetensors metadata of its exports the parameter shapes and dtypes,
 the padding per module and its own metadata, so :func:`from_peft` gives back a SparseDiff
 that applies identically (padding dropped). A SHiRA adapter trained by peft has no shapes
-recorded: give the model (``from_peft(folder, model=model)``).
+recorded: give the model (``SparseDiff.from_peft(folder, model=model)``).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import safe_open
@@ -42,9 +42,11 @@ from safetensors.torch import save_file
 from torch import nn
 
 from deftx.sft.apply import apply_diffs, check_compatible
-from deftx.sft.diff import ParamInfo, SparseDiff
-from deftx.sft.format import DTYPE_NAMES, SparseDiffFormatError, dtype_name
+from deftx.sft.format import DTYPE_NAMES, ParamInfo, SparseDiffFormatError, dtype_name
 from deftx.sft.hub import resolve_folder
+
+if TYPE_CHECKING:
+    from deftx.sft.diff import SparseDiff
 
 PEFT_TYPE = "SHIRA"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -351,7 +353,7 @@ def _param_info(name: str, record: Mapping[str, Any], model: nn.Module | None, s
             raise PeftImportError(f"{source}: the adapter targets {name!r}, which the model does not have") from err
         return ParamInfo(tuple(param.shape), param.dtype)
     raise PeftImportError(f"{source}: the shape of {name!r} is not recorded (not a deftx export): "
-                          "pass the model, from_peft(folder, model=model)")
+                          "pass the model, SparseDiff.from_peft(folder, model=model)")
 
 
 def _shira_entries(indices: torch.Tensor, weight: torch.Tensor, info: ParamInfo, padding: int,
@@ -373,6 +375,7 @@ def _shira_entries(indices: torch.Tensor, weight: torch.Tensor, info: ParamInfo,
 
 
 def from_peft(
+    cls: type[SparseDiff],
     name_or_path: str | os.PathLike,
     *,
     model: nn.Module | None = None,
@@ -381,7 +384,7 @@ def from_peft(
     local_files_only: bool = False,
     token: str | bool | None = None,
 ) -> SparseDiff:
-    """A SparseDiff equal in effect to a peft SHiRA adapter (folder or Hub repository id).
+    """A SparseDiff (a ``cls``) equal in effect to a peft SHiRA adapter (folder or Hub repository id).
 
     Every SHiRA entry becomes a sparse entry (the zero padding of deftx's own exports is
     dropped; repeated positions are summed, as peft does); ``modules_to_save`` tensors become
@@ -408,6 +411,5 @@ def from_peft(
     if not indices:
         raise PeftImportError(f"{source}: the adapter holds no SHiRA entries")
     base_model = record.get("base_model") or config.get("base_model_name_or_path") or None
-    return SparseDiff(indices, values, params, dense, base_model=base_model, method=record.get("method", "shira"),
-                      k=record.get("k"), settings={"source": "peft", "r": config.get("r")},
-                      info=record.get("info") or {})
+    return cls(indices, values, params, dense, base_model=base_model, method=record.get("method", "shira"),
+               k=record.get("k"), settings={"source": "peft", "r": config.get("r")}, info=record.get("info") or {})

@@ -14,12 +14,12 @@ from typing import Any
 
 from torch import nn
 
-from deftx.sft.composable import MODEL_CONFIG_FILE, from_composable_sft
+from deftx.sft.composable import MODEL_CONFIG_FILE
 from deftx.sft.diff import SparseDiff
 from deftx.sft.foreign import COMPOSABLE_SFT_FILE, HUB_SFT_FILE, PEFT_CONFIG_FILE, describe_folder
 from deftx.sft.format import SparseDiffFormatError
-from deftx.sft.hub import CONFIG_FILE, from_pretrained, resolve_folder
-from deftx.sft.peft import ADAPTER_WEIGHTS, from_peft
+from deftx.sft.hub import CONFIG_FILE, resolve_folder
+from deftx.sft.peft import ADAPTER_WEIGHTS
 
 REPO_FILES = (HUB_SFT_FILE, CONFIG_FILE, COMPOSABLE_SFT_FILE, MODEL_CONFIG_FILE, PEFT_CONFIG_FILE, ADAPTER_WEIGHTS)
 
@@ -27,11 +27,11 @@ REPO_FILES = (HUB_SFT_FILE, CONFIG_FILE, COMPOSABLE_SFT_FILE, MODEL_CONFIG_FILE,
 def read_folder(folder: Path, source: str, model: nn.Module | None = None) -> SparseDiff:
     """The SFT of a local folder, by what it holds (deftx, composable-sft or peft SHiRA)."""
     if (folder / HUB_SFT_FILE).is_file():
-        return from_pretrained(folder)
+        return SparseDiff.from_pretrained(folder)
     if (folder / COMPOSABLE_SFT_FILE).is_file():
-        return from_composable_sft(folder)
+        return SparseDiff.from_composable_sft(folder)
     if (folder / PEFT_CONFIG_FILE).is_file():
-        return from_peft(folder, model=model)
+        return SparseDiff.from_peft(folder, model=model)
     raise SparseDiffFormatError(f"{source}: {describe_folder(folder)}")
 
 
@@ -43,6 +43,6 @@ def open_sft(spec: str | os.PathLike, *, model: nn.Module | None = None, **hub_o
     """
     path = Path(spec).expanduser()
     if path.is_file():
-        return from_composable_sft(path) if path.name == COMPOSABLE_SFT_FILE else SparseDiff.load(path)
+        return SparseDiff.from_composable_sft(path) if path.name == COMPOSABLE_SFT_FILE else SparseDiff.load(path)
     folder = resolve_folder(spec, REPO_FILES, **hub_options)
     return read_folder(folder, str(spec), model)

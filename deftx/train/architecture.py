@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from deftx.models.classifier import build_classifier
 from deftx.sft import SparseDiff
 
 MEAN_POOL_ARCHITECTURE = "BertMeanPoolClassifier"
@@ -124,8 +125,6 @@ def resolve_classifier(
 def build_from_spec(model_dir: str | Path, spec: ClassifierSpec, seed: int) -> torch.nn.Module:
     """Load ``spec``'s classifier from ``model_dir`` (a seeded new head where the folder has none)."""
     import transformers
-
-    from deftx.train.task import build_classifier
 
     label_names = {"id2label": dict(enumerate(spec.labels)), "label2id": {n: i for i, n in enumerate(spec.labels)}} \
         if spec.labels else {}

@@ -27,7 +27,7 @@ of (θ1, θ0), which the selection ranks by ``|θ1 − θ0|`` inside its passes 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -46,7 +46,7 @@ class DenoiseRecord:
     name: str
     shape: tuple[int, int]
     rank: int
-    energy: float
+    energy: float | None
 
 
 def keep_largest(matrix: torch.Tensor, fraction: float) -> torch.Tensor:
@@ -62,7 +62,7 @@ def keep_largest(matrix: torch.Tensor, fraction: float) -> torch.Tensor:
 
 
 def _factors(
-    theta1: list[torch.Tensor], theta0: list[torch.Tensor], config: DenoiseConfig
+    theta1: Sequence[torch.Tensor], theta0: Sequence[torch.Tensor], config: DenoiseConfig
 ) -> list[LowRankFactors]:
     """Truncated-SVD factors of every θ1 − θ0 (batched by shape), with the energy they hold."""
     return factors_batched(theta1, theta0, config.lowrank())
@@ -79,8 +79,8 @@ def _with_residual(
 
 
 def matrix_scores(
-    theta1: list[torch.Tensor], theta0: list[torch.Tensor], config: DenoiseConfig
-) -> list[tuple[torch.Tensor, int, float]]:
+    theta1: Sequence[torch.Tensor], theta0: Sequence[torch.Tensor], config: DenoiseConfig
+) -> list[tuple[torch.Tensor, int, float | None]]:
     """DeFT-X scores of many 2-D matrices, batched: one rSVD call and one fused
     ``|U S Vh|`` call per shape group (see :func:`deftx.ops.lowrank_factors_batched`).
 
@@ -100,9 +100,15 @@ def matrix_scores(
     return [(score, int(f.s.numel()), f.energy) for score, f in zip(scores, factors, strict=True)]
 
 
+MatrixScorer = Callable[[Sequence[torch.Tensor], Sequence[torch.Tensor], DenoiseConfig],
+                        list[tuple[torch.Tensor, int, float | None]]]
+"""Scores many 2-D (θ1, θ0) pairs: per matrix (``|Δ̂|``, rank kept, energy held or None), like
+:func:`matrix_scores` (:func:`deftx.distributed.rsvd.matrix_scores_sharded` for row-sharded DTensors)."""
+
+
 def denoised_scores(
     theta1: torch.Tensor, theta0: torch.Tensor, config: DenoiseConfig
-) -> tuple[torch.Tensor, int, float]:
+) -> tuple[torch.Tensor, int, float | None]:
     """DeFT-X score of one 2-D matrix: ``|Δ̂|`` (or ``|Δ̂ + prune(R)|``), fp32.
 
     Returns:
@@ -118,6 +124,7 @@ def selection_scores(
     denoise: DenoiseConfig | None,
     *,
     progress: bool = True,
+    score_matrices: MatrixScorer = matrix_scores,
 ) -> tuple[dict[str, Score], list[DenoiseRecord]]:
     """Per-parameter selection scores for LT-SFT (``denoise=None``) or DeFT-X.
 
@@ -131,6 +138,7 @@ def selection_scores(
         denoise: DeFT-X settings, or None for raw ``|Δ|`` everywhere.
         progress: a tqdm bar over the denoised matrices (filled when their batched scoring
             returns; raw scores take no time here).
+        score_matrices: how the denoised matrices are scored (default :func:`matrix_scores`).
 
     Returns:
         (name -> fp32 scores shaped like the parameter or a ``Difference``, one record per
@@ -146,7 +154,7 @@ def selection_scores(
     records: list[DenoiseRecord] = []
     if denoised:
         with tqdm(total=len(denoised), desc="scoring (DeFT-X)", disable=not progress, leave=False) as bar:
-            batch = matrix_scores([theta1[n] for n in denoised], [theta0[n] for n in denoised], denoise)
+            batch = score_matrices([theta1[n] for n in denoised], [theta0[n] for n in denoised], denoise)
             bar.update(len(denoised))
         for name, (score, rank, energy) in zip(denoised, batch, strict=True):
             scores[name] = score

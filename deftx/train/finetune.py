@@ -11,14 +11,17 @@ top of it:
 * :class:`L1Pull` adds the gradient of ``l1 * Σ|θ − θ0| / N`` to every eligible
   parameter (see :mod:`deftx.train.config` for the normalisation), from a
   post-accumulate-grad hook so it is in the gradient before clipping, like the
-  reference's extra ``backward`` of the penalty;
+  reference's extra ``backward`` of the penalty (a loop of its own, like
+  :mod:`deftx.distributed.train`'s, calls :meth:`GradientAdjustment.apply_` between backward
+  and clipping);
 * :func:`run_full_finetuning` strings them together.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,7 @@ import torch
 from torch import nn
 
 from deftx.train.config import PhaseConfig
+from deftx.train.params import local_tensor
 
 _PHASE_ARGUMENTS = ("max_steps", "num_train_epochs", "learning_rate", "output_dir")
 
@@ -88,13 +92,53 @@ def fresh_phase_optimizer(trainer, phase: PhaseConfig) -> Iterator[None]:
             trainer.optimizer_cls_and_kwargs = chosen
 
 
-class L1Pull:
+def pull_toward_(param: torch.Tensor, base: torch.Tensor, scale: float) -> None:
+    """``param.grad += scale * sign(param − base)`` on the entries this rank holds (``sign(0) = 0``)."""
+    if param.grad is not None:
+        local_tensor(param.grad).add_(torch.sign(local_tensor(param) - local_tensor(base)), alpha=scale)
+
+
+class GradientAdjustment:
+    """Adjusts some parameters' gradients after each backward, each by its own function.
+
+    Used as a context manager around ``trainer.train()``: post-accumulate-grad hooks on the
+    parameters that require a gradient. A loop of one's own whose parameters do not
+    accumulate their gradients through autograd (FSDP2's shards) calls :meth:`apply_`
+    between backward and clipping instead.
+
+    Args:
+        targets: (parameter, function adjusting that parameter's ``.grad`` in place) pairs.
+    """
+
+    def __init__(self, targets: Sequence[tuple[nn.Parameter, Callable[[torch.Tensor], None]]]) -> None:
+        self._targets = list(targets)
+        self._handles: list = []
+
+    @torch.no_grad()
+    def apply_(self) -> None:
+        """Adjust the gradients there are now (once per optimizer step)."""
+        for param, adjust in self._targets:
+            adjust(param)
+
+    def __enter__(self) -> GradientAdjustment:
+        for param, adjust in self._targets:
+            if param.requires_grad:
+                self._handles.append(param.register_post_accumulate_grad_hook(adjust))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
+class L1Pull(GradientAdjustment):
     """Adds ``scale * sign(θ − θ0)`` to the gradient of each named parameter.
 
-    Used as a context manager around ``trainer.train()``. The hook runs once per
-    backward (each micro-batch), so the term is divided by the gradient-accumulation
-    steps to be counted once per optimizer step. ``sign(0) = 0``, the subgradient
-    ``torch.abs`` uses.
+    A :class:`GradientAdjustment`: as a context manager around ``trainer.train()`` the hook
+    runs once per backward (each micro-batch), so the term is divided by the
+    gradient-accumulation steps to be counted once per optimizer step. ``sign(0) = 0``, the
+    subgradient ``torch.abs`` uses.
 
     Args:
         model: the model being trained.
@@ -110,35 +154,13 @@ class L1Pull:
         scale: float,
         accumulation_steps: int = 1,
     ) -> None:
-        self._params = {name: p for name, p in model.named_parameters() if name in theta0}
-        missing = set(theta0) - set(self._params)
+        params = {name: p for name, p in model.named_parameters() if name in theta0}
+        missing = set(theta0) - set(params)
         if missing:
             raise KeyError(f"L1Pull: the model has no parameters {sorted(missing)[:3]}")
-        self._theta0 = theta0
-        self._scale = scale / max(int(accumulation_steps), 1)
-        self._handles: list = []
-
-    def _hook(self, name: str):
-        base = self._theta0[name]
-        scale = self._scale
-
-        def add_pull(param: torch.Tensor) -> None:
-            if param.grad is not None:
-                param.grad.add_(torch.sign(param.detach() - base), alpha=scale)
-
-        return add_pull
-
-    def __enter__(self) -> L1Pull:
-        if self._scale != 0.0:
-            for name, param in self._params.items():
-                if param.requires_grad:
-                    self._handles.append(param.register_post_accumulate_grad_hook(self._hook(name)))
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        scale = scale / max(int(accumulation_steps), 1)
+        super().__init__([(param, partial(pull_toward_, base=theta0[name], scale=scale))
+                          for name, param in params.items()] if scale != 0.0 else [])
 
 
 def run_full_finetuning(

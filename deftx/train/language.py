@@ -20,10 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import Trainer, TrainerCallback
 
-from deftx.models.mlm import MLMCollator, build_mlm_model, chunk_token_ids, warm_up_mlm_head
+from deftx.models.mlm import build_mlm_model
 from deftx.train.config import SparseFineTuningConfig, is_number, short_repr
+from deftx.train.head_warm_up import warm_up_mlm_head
+from deftx.train.masking import MLMCollator, chunk_token_ids
 from deftx.train.sparse_finetuner import SparseFineTuner
 from deftx.train.store import StepStore
 from deftx.train.trainer_args import TrainingSettings, training_arguments
@@ -133,18 +136,20 @@ def warm_up_head(
     cache_dir: str | Path,
     real_vocab_size: int | None = None,
     log: Callable[[str], None] | None = None,
+    device: str | torch.device = "cpu",
 ) -> tuple[Path, dict[str, Any]]:
     """Warm the MLM head up on ``texts`` (or load it from ``cache_dir``).
 
     Args:
         texts: sentences, or corpus name -> sentences (held-out curves are kept per corpus).
         log: gets a progress line every ``settings.eval_every`` steps (default: the logger).
+        device: where the warm-up runs (a head warmed elsewhere than the CPU is cached under its own key).
 
     Returns:
         (path of the cached head file, warm-up metrics incl. the masked-token accuracy
-        curves, see :func:`~deftx.models.mlm.warm_up_mlm_head`).
+        curves, see :func:`~deftx.train.head_warm_up.warm_up_mlm_head`).
     """
-    model = build_mlm_model(model_dir, seed=settings.seed)
+    model = build_mlm_model(model_dir, seed=settings.seed).to(device)
     metrics = warm_up_mlm_head(
         model, tokenizer, texts if isinstance(texts, Mapping) else list(texts), steps=settings.steps,
         batch_size=settings.batch_size, lr=settings.learning_rate, seq_len=settings.seq_len, seed=settings.seed,

@@ -12,7 +12,9 @@ per-group reports all speak the same language:
   pooler: trained densely and, for task SFTs, shipped as dense tensors.
 * ``other`` — anything in the body that matches none of the above.
 
-Parameter names are the model's own ``named_parameters()`` names.
+Parameter names are the model's own ``named_parameters()`` names. A parameter may be a
+DTensor (FSDP2's ``Shard(0)``): snapshots stay DTensors placed like the parameter, and every
+in-place write goes to the entries this rank holds (:func:`local_tensor`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections.abc import Iterable, Mapping
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 PARAMETER_GROUPS: tuple[str, ...] = (
     "word_embeddings",
@@ -139,15 +142,22 @@ def named_parameter_map(model: nn.Module) -> dict[str, nn.Parameter]:
     return dict(model.named_parameters())
 
 
+def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """The entries this rank holds of ``tensor`` (its shard for a DTensor, else itself), detached, sharing storage."""
+    with torch.no_grad():
+        return tensor.to_local().detach() if isinstance(tensor, DTensor) else tensor.detach()
+
+
 def snapshot(model: nn.Module, names: Iterable[str]) -> dict[str, torch.Tensor]:
-    """Detached contiguous copies of the named parameters (same dtype and device)."""
+    """Detached contiguous copies of the named parameters (same dtype and device; a DTensor copies its shard)."""
     params = named_parameter_map(model)
     return {name: params[name].detach().clone().contiguous() for name in names}
 
 
 @torch.no_grad()
 def load_values_(model: nn.Module, values: Mapping[str, torch.Tensor]) -> None:
-    """Copy ``values`` into the model's parameters in place (bit-exact for equal dtypes).
+    """Copy ``values`` into the model's parameters in place (bit-exact for equal dtypes; a DTensor
+    parameter takes the shard this rank holds of a value placed like it).
 
     Raises:
         KeyError: a name the model does not have.
@@ -161,7 +171,7 @@ def load_values_(model: nn.Module, values: Mapping[str, torch.Tensor]) -> None:
             raise ValueError(
                 f"{name}: stored shape {tuple(value.shape)} != model shape {tuple(params[name].shape)}"
             )
-        params[name].copy_(value)
+        local_tensor(params[name]).copy_(local_tensor(value))
 
 
 def count_by_group(counts: Mapping[str, int], groups: Mapping[str, str]) -> dict[str, int]:

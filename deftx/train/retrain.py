@@ -13,6 +13,9 @@ that has selected entries), but nothing else is:
   backward, so gradient clipping and the logged gradient norm see the gradient of the
   sparse model, as in the reference (which multiplied gradients by a dense mask).
 
+Both work on the entries a rank holds: a DTensor parameter (FSDP2's ``Shard(0)``) is
+selected by flat indices into its local shard, and its state is O(local K).
+
 The L1 pull of this phase is applied inside the step (after clipping; its per-entry
 magnitude ``l1 / N`` is orders of magnitude below any clipping threshold).
 """
@@ -20,6 +23,7 @@ magnitude ``l1 / N`` is orders of magnitude below any clipping threshold).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -30,7 +34,8 @@ from deftx.ops.masked_step import run_masked_adamw_step_
 from deftx.ops.settings import AdamWSettings, MaskedStepTensors
 from deftx.ops.validation import check_float_dtype, check_indices, move_indices
 from deftx.train.config import PhaseConfig
-from deftx.train.finetune import l1_gradient_scale, phase_arguments
+from deftx.train.finetune import GradientAdjustment, l1_gradient_scale, phase_arguments
+from deftx.train.params import local_tensor
 
 _STATE_KEYS = ("indices", "master", "exp_avg", "exp_avg_sq", "base")
 
@@ -45,8 +50,9 @@ class MaskedAdamW(torch.optim.Optimizer):
 
     Args:
         params: parameter groups; each group dict holds ``"params"`` and ``"indices"`` (one
-            int64 sorted unique flat-index tensor per parameter; use :func:`full_indices`
-            for a dense parameter), and optionally ``"weight_decay"``.
+            int64 sorted unique flat-index tensor per parameter, into its local shard for a
+            DTensor; use :func:`full_indices` for a dense parameter), and optionally
+            ``"weight_decay"``.
         lr, betas, eps, weight_decay: AdamW settings (PyTorch's defaults and meaning).
         l1: per-entry L1 gradient magnitude toward the values the entries had when the
             optimizer was built (θ0 in phase 3); 0 disables it.
@@ -88,9 +94,9 @@ class MaskedAdamW(torch.optim.Optimizer):
             check_float_dtype(param, f"MaskedAdamW: parameter {t}")
             if idx.dtype != torch.int64 or idx.dim() != 1:
                 raise ValueError(f"MaskedAdamW: indices must be 1-D int64, got {idx.dtype} {tuple(idx.shape)}")
-            if not param.is_contiguous():
+            if not local_tensor(param).is_contiguous():
                 raise ValueError("MaskedAdamW: parameters must be contiguous")
-        common_device([param for param, _ in pairs], "MaskedAdamW")
+        common_device([local_tensor(param) for param, _ in pairs], "MaskedAdamW")
         selections = [move_indices(idx, param.device) for param, idx in pairs]
         self._check_selections([param for param, _ in pairs], selections)
         for (param, _), indices in zip(pairs, selections, strict=True):
@@ -99,11 +105,12 @@ class MaskedAdamW(torch.optim.Optimizer):
     @staticmethod
     def _check_selections(params: Sequence[torch.Tensor], selections: Sequence[torch.Tensor]) -> None:
         """Check every selection here, once (one host read), so that no step reads anything back."""
-        check_indices(selections, [p.numel() for p in params], lambda i: f"MaskedAdamW: indices of parameter {i}")
+        sizes = [local_tensor(p).numel() for p in params]
+        check_indices(selections, sizes, lambda i: f"MaskedAdamW: indices of parameter {i}")
 
     @torch.no_grad()
     def _init_state(self, param: torch.Tensor, indices: torch.Tensor) -> None:
-        master = param.detach().reshape(-1)[indices].float()
+        master = local_tensor(param).reshape(-1)[indices].float()
         self.state[param] = {
             "step": 0,
             "indices": indices,
@@ -119,13 +126,14 @@ class MaskedAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        """One AdamW step on the selected entries of every parameter that has a gradient."""
+        """One AdamW step on the selected entries of every parameter that has a gradient (and selected
+        entries on this rank)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            live = [p for p in group["params"] if p.grad is not None]
+            live = [p for p in group["params"] if p.grad is not None and self.state[p]["indices"].numel()]
             if not live:
                 continue
             states = [self.state[p] for p in live]
@@ -134,7 +142,7 @@ class MaskedAdamW(torch.optim.Optimizer):
                 state["step"] = step
             beta1, beta2 = group["betas"]
             tensors = MaskedStepTensors(
-                live, [p.grad for p in live], [s["indices"] for s in states],
+                [local_tensor(p) for p in live], [local_tensor(p.grad) for p in live], [s["indices"] for s in states],
                 [s["master"] for s in states], [s["exp_avg"] for s in states],
                 [s["exp_avg_sq"] for s in states],
                 [s["base"] for s in states] if group["l1"] else None,
@@ -173,15 +181,26 @@ class MaskedAdamW(torch.optim.Optimizer):
         state["step"] = int(saved["step"])
 
 
-class SelectedGradients:
-    """Context manager: keep only the selected entries of each parameter's gradient.
+def keep_selected_(param: torch.Tensor, indices: torch.Tensor) -> None:
+    """Zero every entry of ``param.grad`` (this rank's) but the flat ``indices``."""
+    if param.grad is None:
+        return
+    flat = local_tensor(param.grad).view(-1)
+    kept = flat[indices]
+    flat.zero_()
+    flat[indices] = kept
 
-    A post-accumulate-grad hook gathers the K_t selected gradient values, zeroes the
-    gradient and writes them back (no dense mask is stored).
+
+class SelectedGradients(GradientAdjustment):
+    """Keeps only the selected entries of each parameter's gradient (a :class:`GradientAdjustment`).
+
+    Gathers the K_t selected gradient values, zeroes the gradient and writes them back (no
+    dense mask is stored).
 
     Args:
         model: the model.
-        indices: name -> int64 sorted flat indices of the selected entries.
+        indices: name -> int64 sorted flat indices of the selected entries (into the local
+            shard of a DTensor parameter).
     """
 
     def __init__(self, model: nn.Module, indices: Mapping[str, torch.Tensor]) -> None:
@@ -189,31 +208,8 @@ class SelectedGradients:
         missing = set(indices) - set(params)
         if missing:
             raise KeyError(f"SelectedGradients: the model has no parameters {sorted(missing)[:3]}")
-        self._targets = [(params[name], idx) for name, idx in indices.items()]
-        self._handles: list = []
-
-    @staticmethod
-    def _hook(indices: torch.Tensor):
-        def keep_selected(param: torch.Tensor) -> None:
-            if param.grad is None:
-                return
-            flat = param.grad.view(-1)
-            kept = flat[indices]
-            flat.zero_()
-            flat[indices] = kept
-
-        return keep_selected
-
-    def __enter__(self) -> SelectedGradients:
-        for param, idx in self._targets:
-            if param.requires_grad:
-                self._handles.append(param.register_post_accumulate_grad_hook(self._hook(idx.to(param.device))))
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        super().__init__([(params[name], partial(keep_selected_, indices=idx.to(local_tensor(params[name]).device)))
+                          for name, idx in indices.items()])
 
 
 def build_masked_optimizer(

@@ -112,7 +112,7 @@ def test_compose_and_evaluate_commands(pipeline_run, tiny_model_dir, capsys):
     assert main(["compose", "--model", str(tiny_model_dir), "--sft", str(task), "--sft", str(lang),
                  "--output", str(out)]) == 0
     assert "revert restores the base bit-exactly: True" in capsys.readouterr().out
-    from deftx.train.task import BertMeanPoolClassifier
+    from deftx.models.classifier import BertMeanPoolClassifier
 
     composed = BertMeanPoolClassifier.from_pretrained(out)
     head = SparseDiff.load(task).dense["classifier.weight"]

@@ -48,18 +48,6 @@ def test_published_blank_premises_are_kept(data_dir):
     assert blank == ["25576", "25577", "25578"]
 
 
-def test_bad_language_and_split(data_dir):
-    with pytest.raises(ValueError, match="unknown AmericasNLI language 'quz'"):
-        americasnli.load_nli(data_dir, "quz", "dev")
-    with pytest.raises(ValueError, match="unknown split 'train'"):
-        americasnli.load_nli(data_dir, "aym", "train")
-
-
-def test_missing_data_root(tmp_path):
-    with pytest.raises(FileNotFoundError, match="AmericasNLI data not found"):
-        americasnli.load_nli(tmp_path, "aym", "dev")
-
-
 def _fake(root, body):
     return write_file(root, "americasnli/data/anli_final/dev/aym.tsv", HEADER + body)
 
@@ -78,9 +66,6 @@ def test_errors_name_file_and_line(tmp_path):
     with pytest.raises(ValueError) as info:
         americasnli.load_nli(tmp_path, "aym", "dev")
     assert f"{path}:3:" in str(info.value) and "'maybe'" in str(info.value)
-    _fake(tmp_path, "1\taym\tp\th\n")
-    with pytest.raises(ValueError, match=r"aym\.tsv:2: expected 5 fields, found 4"):
-        americasnli.load_nli(tmp_path, "aym", "dev")
     _fake(tmp_path, "1\tgn\tp\th\tneutral\n")
     with pytest.raises(ValueError, match=r"aym\.tsv:2: row language 'gn'"):
         americasnli.load_nli(tmp_path, "aym", "dev")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch.distributed.tensor import DTensor
-from transformers import BertConfig, BertForSequenceClassification
+from transformers import BertForSequenceClassification
 
 from deftx.distributed.train import (
     SFTSettings,
@@ -26,12 +26,13 @@ from deftx.distributed.train import (
 from deftx.distributed.train import selection_scores as sharded_scores
 from deftx.ops import topk_mask
 from deftx.sft import SparseDiff
-from deftx.train.config import DenoiseConfig
+from deftx.train.config import DenoiseConfig, PhaseConfig
 from deftx.train.denoise import selection_scores
 from deftx.train.params import parameter_groups
 from deftx.train.select import Difference, select_top_k
 from tests.distributed.world import run_world
 from tests.helpers import assert_bitwise_equal
+from tests.sft.helpers import tiny_config
 
 RUNS = [("ddp", "lt-sft"), ("fsdp", "lt-sft"), ("ddp", "deft-x"), ("fsdp", "deft-x")]
 K = 300
@@ -40,16 +41,7 @@ DENOISE = DenoiseConfig(rank=2, oversample=4)
 
 def tiny_bert() -> BertForSequenceClassification:
     torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=64,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=24,
-        max_position_embeddings=16,
-        num_labels=3,
-    )
-    return BertForSequenceClassification(config)
+    return BertForSequenceClassification(tiny_config(max_position_embeddings=16))
 
 
 def batch_for(rank: int, world: int):
@@ -69,10 +61,8 @@ def train_worker(rank: int, world: int) -> dict:
     for strategy, method in RUNS:
         settings = SFTSettings(
             k=K,
-            full_steps=3,
-            sparse_steps=3,
-            full_lr=1e-2,
-            sparse_lr=1e-2,
+            full=PhaseConfig(steps=3, learning_rate=1e-2),
+            sparse=PhaseConfig(steps=3, learning_rate=1e-2),
             denoise=DENOISE if method == "deft-x" else None,
         )
         model, result = run_sparse_finetuning(

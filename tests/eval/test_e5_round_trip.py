@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from deftx.models.classifier import build_classifier
 from deftx.sft import SparseDiff, apply_diffs
-from deftx.train.task import build_classifier
 from tests.helpers import assert_bitwise_equal
 
 pytestmark = pytest.mark.slow

@@ -9,9 +9,10 @@ from transformers import BertConfig, PreTrainedTokenizerFast
 
 from deftx.eval.metrics import accuracy, macro_f1
 from deftx.eval.predict import predict_labels
-from deftx.eval.zero_shot import score_composed
+from deftx.eval.zero_shot import Composition, EvalRow, RowContext, score_composed, score_compositions
+from deftx.models.classifier import BertMeanPoolClassifier
 from deftx.sft import SparseDiff
-from deftx.train.task import BertMeanPoolClassifier, classification_examples
+from deftx.train.task import classification_examples
 from tests.helpers import assert_bitwise_equal
 
 
@@ -88,3 +89,21 @@ def test_score_composed_applies_then_reverts_bit_exactly():
 def test_score_composed_rejects_empty():
     with pytest.raises(ValueError, match="no examples"):
         score_composed(tiny_classifier(), word_tokenizer(), [], [], [], 3)
+
+
+def test_score_compositions_one_row_per_cell_in_order():
+    tokenizer, model = word_tokenizer(), tiny_classifier()
+    rows, fewer = examples(tokenizer, n=20), examples(tokenizer, n=9)
+    task, lang = random_diff(model, 1, dense=("classifier.weight", "classifier.bias")), random_diff(model, 2)
+    cells = [("a", rows, Composition("m", (task, lang), (1.0, 0.5), language_sft=True, language_scale=0.5)),
+             ("a", rows, Composition("m alone", (task,), (1.0,))),
+             ("b", fewer, Composition("base"))]
+    scored = list(score_compositions(model, tokenizer, cells, RowContext("bench", "proto", "src", 3, "valid"), 3))
+    expected = [score_composed(model, tokenizer, rows, [task, lang], [1.0, 0.5], 3),
+                score_composed(model, tokenizer, rows, [task], [1.0], 3),
+                score_composed(model, tokenizer, fewer, [], [], 3)]
+    assert scored == [
+        EvalRow("bench", "proto", "m", "src", "a", 3, *expected[0], 20, True, "valid", 0.5),
+        EvalRow("bench", "proto", "m alone", "src", "a", 3, *expected[1], 20, False, "valid", None),
+        EvalRow("bench", "proto", "base", "src", "b", 3, *expected[2], 9, False, "valid", None),
+    ]

@@ -39,8 +39,8 @@ def test_probe_kernels_count_the_top_digits_exactly_under_the_interpreter():
 @pytest.mark.parametrize("index", range(4))
 def test_probe_kernels_compile_for_sm90_without_spills(index):
     from deftx.gpucheck.probe_kernels import SPECIALIZATIONS
-    from deftx.profile.compile import compile_spec
-    from deftx.profile.targets import get_target
+    from deftx.perf.static.compile import compile_spec
+    from deftx.perf.targets import get_target
 
     build = compile_spec(SPECIALIZATIONS[index], get_target("sm_90"))
     assert build.local_memory_bytes == 0

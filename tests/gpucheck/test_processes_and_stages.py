@@ -12,18 +12,18 @@ from pathlib import Path
 
 import torch
 
-from deftx.bench.overhead import (
+from deftx.gpucheck import processes
+from deftx.gpucheck.context import StageContext, read_result
+from deftx.gpucheck.kernel_cases import CASES
+from deftx.gpucheck.stage import run_stage
+from deftx.gpucheck.stages import tests as tests_stage
+from deftx.perf.overhead import (
     classify_device_events,
     count_host_overhead,
     count_runtime_calls,
     count_sync_warnings,
     triton_kernel_names,
 )
-from deftx.gpucheck import processes
-from deftx.gpucheck.context import StageContext, read_result
-from deftx.gpucheck.kernel_cases import CASES
-from deftx.gpucheck.stage import run_stage
-from deftx.gpucheck.stages import tests as tests_stage
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,21 +1,21 @@
 """CI gate: every kernel x every declared specialisation compiles for sm_80 and sm_90, with
 no local-memory spill, shared memory within the per-block limit, and its design promises
-holding in the SASS (see :mod:`deftx.profile.checks`). No GPU is needed.
+holding in the SASS (see :mod:`deftx.perf.static.checks`). No GPU is needed.
 
 ``bad_kernels.py`` proves each check bites: every deliberately bad kernel is flagged by the
 check it is built to fail, and the good controls pass every check.
 
 Compiled results are kept for the session (and on disk by Triton and deftx), so the report
-test in ``tests/profile`` reuses them.
+test in ``tests/perf`` reuses them.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from deftx.profile.checks import check_build
-from deftx.profile.compile import BuildFailure, compile_all, compile_spec, declared_specializations
-from deftx.profile.targets import get_target
+from deftx.perf.static.checks import check_build
+from deftx.perf.static.compile import BuildFailure, compile_all, compile_spec, declared_specializations
+from deftx.perf.targets import get_target
 from tests.kernels.bad_kernels import BAD, GOOD
 
 ARCHS = ("sm_80", "sm_90")

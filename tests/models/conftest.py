@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.nn.functional import gelu, layer_norm
 
 from deftx.models.e5 import CACHE_ENV, ensure_e5_small
 
@@ -91,3 +92,15 @@ def e5_dir(tmp_path_factory) -> Path:
     """Folder of the converted real e5 (converted at most once per session)."""
     root = os.environ.get(CACHE_ENV) or tmp_path_factory.mktemp("deftx-cache")
     return ensure_e5_small(root)
+
+
+EMBEDDING_ROWS = 24  # more rows than the tokenizer's 19 ids, like e5 (250037 vs 250002)
+
+
+def reference_logits(model, input_ids, attention_mask) -> torch.Tensor:
+    """(B, L, V) logits at every position, from the head's tensors with plain torch ops."""
+    hidden = model.body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state.float()
+    head = model.head
+    x = gelu(hidden @ head.dense.weight.float().T + head.dense.bias.float())
+    x = layer_norm(x, (x.shape[-1],), head.layer_norm.weight.float(), head.layer_norm.bias.float(), head.layer_norm.eps)
+    return x @ head.decoder_weight.float().T + head.bias.float()

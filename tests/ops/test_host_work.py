@@ -1,7 +1,7 @@
 """Launches and host syncs of the public ops (issue 17's budgets), counted on CPU tensors.
 
 The Triton backend runs interpreted here. Its launchers plan on the host in Python and move
-each plan with one explicit copy, so what :func:`deftx.bench.counters.count_device_work`
+each plan with one explicit copy, so what :func:`deftx.perf.counters.count_device_work`
 counts on CPU (every torch op on CPU tensors a launch, every read of one a sync) is what the
 same calls make on a GPU. Results are checked against the torch backend as well: a cheap
 path that selected the wrong entries would not pass.
@@ -12,9 +12,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deftx.bench.counters import count_device_work
 from deftx.kernels import kernel_module
 from deftx.ops import masked_adamw_step_, scatter_add_, scatter_restore_, topk_mask
+from deftx.perf.counters import count_device_work
 from tests.helpers import assert_bitwise_equal
 from tests.ops.conftest import cpu_backends
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deftx.bench.counters import count_device_work
 from deftx.ops.validation import check_index_tensor, check_indices, indices_verified, move_indices
+from deftx.perf.counters import count_device_work
 
 
 def names(position: int) -> str:

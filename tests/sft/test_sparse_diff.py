@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import BertForSequenceClassification, BertModel
 
-from deftx.bench.counters import count_device_work
+from deftx.perf.counters import count_device_work
 from deftx.sft import ParamInfo, SparseDiff, SparseDiffFormatError, apply_diffs, compose
 from tests.helpers import assert_bitwise_equal
 from tests.sft.helpers import assert_model_equals, random_sft, rewrite, snapshot, tiny_config

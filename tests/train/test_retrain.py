@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from deftx.bench.counters import count_device_work
+from deftx.perf.counters import count_device_work
 from deftx.train.retrain import MaskedAdamW, SelectedGradients, build_masked_optimizer, full_indices
 from tests.helpers import assert_bitwise_equal, assert_close, tolerance
 

@@ -67,7 +67,7 @@ AdamW and ``torch.linalg.svd`` are filtered out of the 7B set."""
 
 def shape_set(name: str, sizes: str):
     """The full shape set, or its tiny stand-in (same architecture family, toy dimensions)."""
-    from deftx.bench.shapes import bert_like, llama_like, load_shape_set
+    from deftx.perf.shapes import bert_like, llama_like, load_shape_set
 
     if sizes == "full":
         return load_shape_set(BENCH_SETS[name].shapes)
@@ -79,7 +79,7 @@ def shape_set(name: str, sizes: str):
 def timing_settings(sizes: str):
     """Full size: warm-up, 3 to 10 timed calls and >= 0.2 s, one call over 1 s, 2 s of rounds per
     case. Tiny: one timed call."""
-    from deftx.bench.timing import TimingSettings
+    from deftx.perf.timing import TimingSettings
 
     if sizes == "full":
         return TimingSettings(warmup=1, min_repeats=3, max_repeats=10, min_time_s=0.2, long_call_s=1.0, budget_s=2.0)
@@ -87,8 +87,8 @@ def timing_settings(sizes: str):
 
 
 def suite_config(ctx: StageContext, name: str):
-    """The :class:`~deftx.bench.runner.SuiteConfig` of bench set ``name`` for this run."""
-    from deftx.bench.runner import SuiteConfig
+    """The :class:`~deftx.perf.suite.SuiteConfig` of bench set ``name`` for this run."""
+    from deftx.perf.suite import SuiteConfig
 
     bench = BENCH_SETS[name]
     seconds = max(0.0, ctx.seconds_left() - DEADLINE_MARGIN_S)
@@ -115,7 +115,7 @@ def output_stem(ctx: StageContext, shapes_name: str) -> Path:
 
 
 def add_prediction(doc: dict[str, Any], shapes) -> None:
-    from deftx.bench.predicted import choose_target, predict_suite
+    from deftx.perf.predicted import choose_target, predict_suite
 
     target, choice = choose_target(doc, PREDICT_TARGET)
     doc["predicted"] = predict_suite(doc, target, shapes, choice)
@@ -123,7 +123,7 @@ def add_prediction(doc: dict[str, Any], shapes) -> None:
 
 def markdown(doc: dict[str, Any]) -> str:
     """The run's header lines, the comparison table and the predicted-vs-measured section."""
-    from deftx.bench.report import TABLE_COLUMNS, markdown_table, predicted_markdown, summary_lines, table_rows
+    from deftx.perf.report import TABLE_COLUMNS, markdown_table, predicted_markdown, summary_lines, table_rows
 
     header = "\n".join(f"- {line}" for line in summary_lines(doc))
     sections = [f"# deftx bench: {doc['shape_set']['name']} on {doc['device']}", header,
@@ -144,7 +144,7 @@ def write_document(doc: dict[str, Any], stem: Path, shapes) -> None:
 
 def headline(doc: dict[str, Any]) -> str:
     """Cases measured, failed and skipped, and the deftx-vs-baseline speedups of the auto backend."""
-    from deftx.bench.report import format_k
+    from deftx.perf.report import format_k
 
     rows = doc["results"]
     failed = sum("error" in r for r in rows)
@@ -156,8 +156,8 @@ def headline(doc: dict[str, Any]) -> str:
 
 
 def run_set(ctx: StageContext, name: str) -> dict[str, Any]:
-    from deftx.bench.report import plot_suite
-    from deftx.bench.runner import run_suite
+    from deftx.perf.report import plot_suite
+    from deftx.perf.suite import run_suite
 
     config = suite_config(ctx, name)
     stem = output_stem(ctx, config.shapes.name)

@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from deftx.bench.timing import TimingSettings, time_thunk
 from deftx.gpucheck.context import StageContext
+from deftx.perf.timing import TimingSettings, time_thunk
 
 SIZES: dict[str, dict[str, int]] = {
     "full": {"copy_bytes": 2 << 30, "matmul_n": 8192},

@@ -24,9 +24,9 @@ from typing import Any
 
 import torch
 
-from deftx.bench.timing import TimingSettings, time_thunk
 from deftx.gpucheck import probe_kernels
 from deftx.gpucheck.context import StageContext, read_result
+from deftx.perf.timing import TimingSettings, time_thunk
 
 ELEMENTS = {"full": 1 << 30, "tiny": 1 << 15}
 TIMING = {

@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from deftx.bench.overhead import triton_kernel_names
 from deftx.gpucheck import processes
 from deftx.gpucheck.context import StageContext
+from deftx.perf.overhead import triton_kernel_names
 
 TOOLS = ("memcheck", "racecheck")
 STOP_MARGIN_S = 3.0

@@ -180,7 +180,7 @@ def train_step_trace(ctx: StageContext) -> dict[str, Any]:
     """``deftx profile train-step`` on the device into the stage folder (or why it was not recorded)."""
     if ctx.seconds_left() < TRACE_MIN_SECONDS:
         return {"skipped": f"under {TRACE_MIN_SECONDS:g} s left"}
-    from deftx.profile.trace import TraceConfig, profile_target
+    from deftx.perf.trace import TraceConfig, profile_target
 
     try:
         summary = profile_target(TraceConfig(target="train-step", device=ctx.device), ctx.stage_dir)

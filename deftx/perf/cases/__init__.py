@@ -1,0 +1,54 @@
+"""The benchmarked ops, one module each: inputs, implementations, cost models.
+
+Each module (``topk``, ``rsvd``, ``scatter``, ``step``, ``compose``, ``scores``) follows
+:class:`deftx.perf.cases.base.OpBenchmark`. The pytest-benchmark suite in
+``benchmarks/`` and ``deftx bench`` both build their cases here.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+import torch
+
+from deftx.perf.cases import compose, rsvd, scatter, scores, step, topk
+from deftx.perf.cases.base import CaseSpec, Traffic, auto_choice, backend_of, deftx_backends, deftx_impl
+
+OPS: dict[str, ModuleType] = {m.OP: m for m in (topk, rsvd, scatter, step, compose, scores)}
+
+
+def op_module(op: str) -> ModuleType:
+    """The case module of ``op`` (``topk``, ``rsvd``, ``scatter``, ``step``, ``compose`` or ``scores``)."""
+    if op not in OPS:
+        raise ValueError(f"unknown op {op!r}; known: {', '.join(OPS)}")
+    return OPS[op]
+
+
+def implementations(op: str, device: torch.device, backends: tuple[str, ...] | None = None) -> list[str]:
+    """deftx's op under each backend worth timing on ``device``, then the baselines.
+
+    ``backends`` restricts the deftx backends (e.g. ``("native",)``); unknown or
+    unusable ones are dropped.
+    """
+    module = op_module(op)
+    usable = deftx_backends(module.DISPATCH_OP, device)
+    chosen = [b for b in usable if backends is None or b in backends]
+    return [deftx_impl(b) for b in chosen] + list(module.BASELINES)
+
+
+def display_name(op: str, impl: str) -> str:
+    """Human-readable name of an implementation (``deftx[native]``, ``torch.cat+topk``)."""
+    backend = backend_of(impl)
+    return f"deftx[{backend}]" if backend is not None else op_module(op).BASELINES[impl]
+
+
+__all__ = [
+    "OPS",
+    "CaseSpec",
+    "Traffic",
+    "auto_choice",
+    "backend_of",
+    "display_name",
+    "implementations",
+    "op_module",
+]

@@ -1,0 +1,109 @@
+"""Benchmark case: compose two SFTs onto a model's dense weights in place, originals saved.
+
+What applying a language SFT and a task SFT costs (``deftx.sft.apply_diffs``): two sparse
+diffs of K entries each (uniform positions, drawn independently), scales 1.0 and 0.5.
+
+* deftx: ``deftx.ops.scatter_add_(dense, [idx1, idx2], [val1, val2], [1.0, 0.5],
+  save=True, backend=...)``: both diffs in one pass, the overwritten originals returned
+  (what makes the revert exact).
+* ``dense_compose``: per tensor and diff, densify the diff (``zeros`` + ``index_copy_``),
+  scale it and ``w.add_`` it. It saves no originals, so it does less than deftx and the
+  speedup is conservative.
+
+Byte model: ``deftx.kernels.scatter.bytes_moved(num_diffs=2, save=True)`` for deftx and
+``baseline_bytes_moved(num_diffs=2, method="dense")`` for the baseline, the same models as
+``deftx profile --static``'s scatter prediction.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from deftx.ops import scatter_add_
+from deftx.perf import synthetic
+from deftx.perf.cases.base import CaseSpec, Traffic, backend_of
+
+OP = "compose"
+DISPATCH_OP = "scatter"
+BASELINES: dict[str, str] = {"dense_compose": "densify + add_ (2 diffs)"}
+ROOFLINE = "memory"
+
+SCALES: tuple[float, ...] = (1.0, 0.5)
+"""The scales of the two diffs (a task SFT at 1, a language SFT at 0.5)."""
+
+
+@dataclass
+class ComposeInputs:
+    """Dense weights and, per diff, sorted unique indices and fp32 values per tensor."""
+
+    dense: list[torch.Tensor]
+    indices: list[list[torch.Tensor]]
+    values: list[list[torch.Tensor]]
+
+
+def make_inputs(spec: CaseSpec) -> ComposeInputs:
+    """Synthetic weights and two independent Bernoulli(K) diffs with ``1e-3 * N(0, 1)`` values."""
+    flat = spec.shapes.flat()
+    dense = [synthetic.weights(t, spec.seed, spec.torch_device, spec.torch_dtype) for t in flat]
+    indices, values = [], []
+    for d in range(len(SCALES)):
+        seed = spec.seed + 1000 * (d + 1)
+        idx = [synthetic.sparse_indices(t, spec.k_fraction, seed, spec.torch_device) for t in flat]
+        val = [
+            torch.randn(i.numel(), generator=synthetic.generator(t.name, seed, spec.torch_device, "values:"),
+                        device=spec.torch_device).mul_(1e-3)
+            for t, i in zip(flat, idx, strict=True)
+        ]
+        indices.append(idx)
+        values.append(val)
+    return ComposeInputs(dense, indices, values)
+
+
+def _dense_compose(inputs: ComposeInputs) -> None:
+    for t, w in enumerate(inputs.dense):
+        for idx, val, scale in zip(inputs.indices, inputs.values, SCALES, strict=True):
+            delta = torch.zeros(w.numel(), dtype=torch.float32, device=w.device).index_copy_(0, idx[t], val[t])
+            w.view(-1).add_(delta.mul_(scale))
+
+
+def bind(impl: str, inputs: ComposeInputs) -> Callable[[], object]:
+    """The thunk timed for ``impl`` (in place; deftx returns the saved originals)."""
+    backend = backend_of(impl)
+    if backend is not None:
+        return lambda: scatter_add_(inputs.dense, inputs.indices, inputs.values, list(SCALES), save=True,
+                                    backend=backend)
+    if impl == "dense_compose":
+        return lambda: _dense_compose(inputs)
+    raise KeyError(f"compose: unknown implementation {impl!r}")
+
+
+def traffic(impl: str, inputs: ComposeInputs) -> Traffic:
+    """``deftx.kernels.scatter`` models with two diffs (deftx saving originals, the baseline dense)."""
+    model = importlib.import_module("deftx.ops.cost.scatter")
+    by_dtype: dict[torch.dtype, tuple[list, list]] = {}
+    for t, w in enumerate(inputs.dense):
+        shapes, nnz = by_dtype.setdefault(w.dtype, ([], []))
+        shapes.append(tuple(w.shape))
+        nnz.append(round(sum(idx[t].numel() for idx in inputs.indices) / len(SCALES)))
+    diffs = len(SCALES)
+    if backend_of(impl) is not None:
+        total = sum(model.bytes_moved(s, n, dtype, num_diffs=diffs, save=True) for dtype, (s, n) in by_dtype.items())
+        return Traffic(total, 0.0, "deftx.ops.cost.scatter.bytes_moved(num_diffs=2, save=True)")
+    total = sum(
+        model.baseline_bytes_moved(s, n, dtype, num_diffs=diffs, method="dense") for dtype, (s, n) in by_dtype.items()
+    )
+    return Traffic(total, 0.0, "deftx.ops.cost.scatter.baseline_bytes_moved(num_diffs=2, method='dense')")
+
+
+def quality(impl: str, inputs: ComposeInputs, output: object) -> dict[str, float]:
+    """Composition is exact; nothing to report."""
+    return {}
+
+
+def selected(inputs: ComposeInputs) -> int:
+    """Entries per diff (the K of one SFT), averaged over the two diffs."""
+    return round(sum(i.numel() for idx in inputs.indices for i in idx) / len(SCALES))

@@ -1,0 +1,90 @@
+"""Benchmark case: DeFT-X selection scores, ``|rank-r reconstruction of Δ|``, of every matrix.
+
+The matrices and settings are the ``rsvd`` case's (every 2-D tensor with
+``min(m, n) > rank + oversample``; W1 = W0 + a low-rank-plus-noise Δ, both in the set's
+dtype).
+
+* deftx: ``deftx.ops.denoised_magnitudes_batched(W1s, W0s, rank=r, oversample=p, n_iter=i,
+  backend=...)``, one call for all matrices: the public op, so whatever fast path it takes
+  (shape groups, fused subtraction, fused ``|U S Vh|``) is what is timed.
+* ``svd_lowrank_abs``, per matrix: ``torch.svd_lowrank(W1.float() - W0.float(), q=r + p, niter=i)``
+  truncated to r, then ``((U * S) @ Vh).abs()``: the same sketch size and power iterations.
+
+Both rows report ``score_error = sqrt(Σ ‖s − |Δ|‖²) / sqrt(Σ ‖Δ‖²)``, the distance of the
+scores from the raw magnitudes relative to Δ: equal values say the two land at the same
+reconstruction error (it bounds the signed reconstruction error from below).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from deftx.ops import denoised_magnitudes_batched
+from deftx.perf.cases import rsvd
+from deftx.perf.cases.base import CaseSpec, Traffic, backend_of
+
+OP = "scores"
+DISPATCH_OP = "rsvd"
+BASELINES: dict[str, str] = {"svd_lowrank_abs": "torch.svd_lowrank + |U S Vh|"}
+ROOFLINE = "compute"
+
+
+def make_inputs(spec: CaseSpec) -> rsvd.RsvdInputs:
+    """The ``rsvd`` case's (W1, W0) pairs."""
+    return rsvd.make_inputs(spec)
+
+
+def _baseline_scores(w1: torch.Tensor, w0: torch.Tensor, inputs: rsvd.RsvdInputs) -> torch.Tensor:
+    u, s, vh = rsvd._svd_lowrank(w1, w0, inputs)
+    return ((u * s) @ vh).abs_()
+
+
+def bind(impl: str, inputs: rsvd.RsvdInputs) -> Callable[[], list[torch.Tensor]]:
+    """The thunk timed for ``impl``: one fp32 score matrix per pair."""
+    backend = backend_of(impl)
+    if backend is not None:
+        matrices, bases = [w1 for w1, _ in inputs.pairs], [w0 for _, w0 in inputs.pairs]
+        return lambda: denoised_magnitudes_batched(
+            matrices, bases, rank=inputs.rank, oversample=inputs.oversample, n_iter=inputs.n_iter, backend=backend
+        )
+    if impl == "svd_lowrank_abs":
+        return lambda: [_baseline_scores(w1, w0, inputs) for w1, w0 in inputs.pairs]
+    raise KeyError(f"scores: unknown implementation {impl!r}")
+
+
+def traffic(impl: str, inputs: rsvd.RsvdInputs) -> Traffic:
+    """The ``rsvd`` case's model of the factorisation plus the reconstruction's
+    (``deftx.kernels.rsvd.reconstruct_bytes_moved`` / ``baseline_reconstruct_bytes_moved``)."""
+    import importlib
+
+    model = importlib.import_module("deftx.ops.cost.rsvd")
+    fused = backend_of(impl) is not None
+    factor = rsvd.traffic("deftx:triton" if fused else "svd_lowrank", inputs)
+    total_bytes, total_flops = factor.bytes, factor.flops
+    for w1, _ in inputs.pairs:
+        m, n = w1.shape
+        r = min(inputs.rank, m, n)
+        if fused:
+            total_bytes += model.reconstruct_bytes_moved(m, n, r)
+            total_flops += model.reconstruct_flops(m, n, r)
+        else:
+            total_bytes += model.baseline_reconstruct_bytes_moved(m, n, r)
+            total_flops += model.baseline_reconstruct_flops(m, n, r)
+    return Traffic(total_bytes, total_flops, f"{factor.model} + reconstruct_bytes_moved / reconstruct_flops")
+
+
+def quality(impl: str, inputs: rsvd.RsvdInputs, output: object) -> dict[str, float]:
+    """``score_error`` (see the module docstring) over all matrices."""
+    residual, norm = 0.0, 0.0
+    for (w1, w0), scores in zip(inputs.pairs, output, strict=True):
+        delta = w1.float() - w0.float()
+        norm += float(delta.square().sum())
+        residual += float(delta.abs_().sub_(scores).square().sum())
+    return {"score_error": (residual / norm) ** 0.5 if norm > 0 else 0.0}
+
+
+def selected(inputs: rsvd.RsvdInputs) -> int:
+    """The number of matrices scored."""
+    return len(inputs.pairs)

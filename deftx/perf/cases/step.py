@@ -1,0 +1,135 @@
+"""Benchmark case: one optimizer step of sparse retraining.
+
+* deftx: ``deftx.ops.masked_adamw_step_(...)`` on the K selected entries (fp32 master
+  values and moments of length K_t per tensor, created by ``bind``).
+* ``adamw``: ``torch.optim.AdamW`` over the whole parameters (torch's default
+  implementation for the device: foreach on CUDA, the for-loop on CPU).
+* ``adamw_fused``: ``torch.optim.AdamW(fused=True)``.
+
+The dense optimizer's state is created by its first step (the warm-up call), so timed
+steps are steady-state, and the memory probe (``bind`` + one step) counts the state.
+Settings: lr 1e-4, betas (0.9, 0.999), eps 1e-8, weight decay 0.01, no L1.
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from deftx.ops import masked_adamw_step_
+from deftx.perf import synthetic
+from deftx.perf.cases.base import CaseSpec, Traffic, backend_of
+
+OP = "step"
+DISPATCH_OP = "masked_step"
+BASELINES: dict[str, str] = {"adamw": "torch.optim.AdamW", "adamw_fused": "AdamW(fused=True)"}
+ROOFLINE = "memory"
+
+LR = 1e-4
+BETAS = (0.9, 0.999)
+EPS = 1e-8
+WEIGHT_DECAY = 0.01
+FLOPS_PER_ENTRY = 16
+
+
+@dataclass
+class StepInputs:
+    """Parameters, their gradients, and the selected indices per tensor."""
+
+    params: list[torch.Tensor]
+    grads: list[torch.Tensor]
+    indices: list[torch.Tensor]
+
+
+def make_inputs(spec: CaseSpec) -> StepInputs:
+    """Synthetic weights, ``1e-3 * N(0, 1)`` gradients, Bernoulli(K) indices."""
+    params, grads, indices = [], [], []
+    for t in spec.shapes.flat():
+        params.append(synthetic.weights(t, spec.seed, spec.torch_device, spec.torch_dtype))
+        grads.append(synthetic.normal(t, spec.seed, spec.torch_device, spec.torch_dtype, 1e-3, salt="grad:"))
+        indices.append(synthetic.sparse_indices(t, spec.k_fraction, spec.seed, spec.torch_device))
+    return StepInputs(params, grads, indices)
+
+
+def _masked_step(inputs: StepInputs, backend: str) -> Callable[[], None]:
+    masters = [p.view(-1)[idx].float() for p, idx in zip(inputs.params, inputs.indices, strict=True)]
+    exp_avgs = [torch.zeros_like(m) for m in masters]
+    exp_avg_sqs = [torch.zeros_like(m) for m in masters]
+    steps = itertools.count(1)
+
+    def step() -> None:
+        masked_adamw_step_(
+            inputs.params,
+            inputs.grads,
+            inputs.indices,
+            masters,
+            exp_avgs,
+            exp_avg_sqs,
+            step=next(steps),
+            lr=LR,
+            beta1=BETAS[0],
+            beta2=BETAS[1],
+            eps=EPS,
+            weight_decay=WEIGHT_DECAY,
+            backend=backend,
+        )
+
+    return step
+
+
+def _dense_step(inputs: StepInputs, fused: bool) -> Callable[[], None]:
+    params = [torch.nn.Parameter(p, requires_grad=True) for p in inputs.params]
+    for p, g in zip(params, inputs.grads, strict=True):
+        p.grad = g
+    optimizer = torch.optim.AdamW(
+        params, lr=LR, betas=BETAS, eps=EPS, weight_decay=WEIGHT_DECAY, fused=True if fused else None
+    )
+    return optimizer.step
+
+
+def bind(impl: str, inputs: StepInputs) -> Callable[[], object]:
+    """Create the implementation's optimizer state and return its step."""
+    backend = backend_of(impl)
+    if backend is not None:
+        return _masked_step(inputs, backend)
+    if impl in ("adamw", "adamw_fused"):
+        return _dense_step(inputs, fused=impl == "adamw_fused")
+    raise KeyError(f"step: unknown implementation {impl!r}")
+
+
+def traffic(impl: str, inputs: StepInputs) -> Traffic:
+    """``deftx.kernels.masked_step.bytes_moved`` / ``baseline_bytes_moved`` (and flops) per
+    tensor, summed. Without Triton: ``32 B`` of index and state per selected entry plus
+    a 32-byte sector each for the gradient read and the parameter write; dense: 28 B per
+    fp32 entry (param and moments read and written, gradient read)."""
+    try:
+        model = importlib.import_module("deftx.ops.cost.masked_step")
+    except ImportError:
+        model = None
+    total_bytes, total_flops = 0.0, 0.0
+    for p, idx in zip(inputs.params, inputs.indices, strict=True):
+        size = p.element_size()
+        if backend_of(impl) is not None:
+            k = idx.numel()
+            total_bytes += model.bytes_moved(k, p.numel(), param_bytes=size) if model else k * (32 + 64)
+            total_flops += model.flops(k) if model else FLOPS_PER_ENTRY * k
+        else:
+            total_bytes += model.baseline_bytes_moved(p.numel(), param_bytes=size) if model else 7 * size * p.numel()
+            total_flops += model.baseline_flops(p.numel()) if model else FLOPS_PER_ENTRY * p.numel()
+    if model is None:
+        return Traffic(total_bytes, total_flops, "deftx.perf: 32 B per entry + sectors / 7 dense passes")
+    which = "bytes_moved / flops" if backend_of(impl) is not None else "baseline_bytes_moved / baseline_flops"
+    return Traffic(total_bytes, total_flops, f"deftx.ops.cost.masked_step.{which}")
+
+
+def quality(impl: str, inputs: StepInputs, output: object) -> dict[str, float]:
+    """Nothing to report (correctness is the op tests' job)."""
+    return {}
+
+
+def selected(inputs: StepInputs) -> int:
+    return sum(i.numel() for i in inputs.indices)

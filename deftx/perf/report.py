@@ -1,0 +1,395 @@
+"""Print, save and plot benchmark documents (``deftx-bench/1`` suite and scaling results)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+TABLE_COLUMNS = (
+    "op",
+    "shapes",
+    "K",
+    "deftx",
+    "deftx time",
+    "baseline",
+    "baseline time",
+    "speedup",
+    "GB/s",
+    "% roof",
+    "extra mem deftx",
+    "extra mem baseline",
+)
+
+
+def measured_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The result rows that were measured (neither failed nor skipped)."""
+    return [r for r in doc["results"] if "error" not in r and "skipped" not in r]
+
+
+def format_seconds(seconds: float | None) -> str:
+    """``1.23 s``, ``45.6 ms``, ``789 us``."""
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    if seconds >= 1.0:
+        return f"{seconds:.2f} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.1f} ms"
+    return f"{seconds * 1e6:.0f} us"
+
+
+def format_bytes(nbytes: float | None) -> str:
+    """Binary units: ``512 B``, ``3.2 MiB``, ``1.10 GiB``."""
+    if nbytes is None:
+        return "-"
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if nbytes >= size:
+            return f"{nbytes / size:.{2 if unit == 'GiB' else 1}f} {unit}"
+    return f"{nbytes:.0f} B"
+
+
+def format_k(k_fraction: float | None) -> str:
+    return "-" if k_fraction is None else f"{100 * k_fraction:g}%"
+
+
+def _number(x: float | None, digits: int = 2) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def table_rows(doc: dict[str, Any]) -> list[list[str]]:
+    """One row per (deftx backend, baseline, K) comparison."""
+    shapes = doc["shape_set"]["name"]
+    rows = []
+    for c in doc["comparisons"]:
+        deftx = c["deftx"] + (" (auto)" if c.get("auto") else "")
+        roof = _number(c["roofline_pct"], 1) + (" (flops)" if c["roofline"] == "compute" else "")
+        rows.append(
+            [
+                c["op"],
+                shapes,
+                format_k(c["k_fraction"]),
+                deftx,
+                format_seconds(c["deftx_time_s"]),
+                c["baseline"],
+                format_seconds(c["baseline_time_s"]),
+                f"{c['speedup']:.2f}x",
+                _number(c["gbps"]),
+                roof,
+                format_bytes(c["deftx_peak_extra_bytes"]),
+                format_bytes(c["baseline_peak_extra_bytes"]),
+            ]
+        )
+    return rows
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A plain aligned text table."""
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)] if rows else []
+    if not rows:
+        return "  ".join(header)
+    lines = ["  ".join(str(h).ljust(w) for h, w in zip(header, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)) for row in rows]
+    return "\n".join(lines)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """The same table in GitHub markdown."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def summary_lines(doc: dict[str, Any]) -> list[str]:
+    """The header printed above the table: machine, roofs, shape set, failures."""
+    m, roof, shapes = doc["machine"], doc["roofline"], doc["shape_set"]
+    device = m.get("gpu") or f"{m['cpu']} ({m['torch_threads']} torch threads)"
+    lines = [
+        f"device: {doc['device']}: {device}; torch {m['torch']}; load average (1 min) "
+        f"{m['load_average_at_start'][0]:.1f} at start, {m['load_average_at_end'][0]:.1f} at end",
+        f"measured roofs: copy {roof['copy_gbps']:.1f} GB/s, fp32 matmul {roof['matmul_gflops']:.0f} GFLOP/s",
+        f"shapes: {shapes['name']}, {shapes['parameters']:,} parameters in {shapes['tensors']} tensors "
+        f"({shapes['note']})",
+        f"dtype {doc['config']['dtype']}; time = median; speedup = baseline time / deftx time; "
+        "% roof: GB/s vs the copy roof (rsvd: GFLOP/s vs the matmul roof)",
+    ]
+    errors = [r for r in doc["results"] if "error" in r or "memory_error" in r]
+    lines += [
+        f"failed: {r['op']} {format_k(r['k_fraction'])} {r['name']}: {r.get('error') or r.get('memory_error')}"
+        for r in errors
+    ]
+    lines += [f"skipped: {r['op']} {format_k(r['k_fraction'])} {r['name']}: {r['skipped']}"
+              for r in doc["results"] if "skipped" in r]
+    rsvd = [r for r in doc["results"] if "relative_error" in r]
+    if rsvd:
+        errs = ", ".join(f"{r['name']} {r['relative_error']:.4f}" for r in rsvd)
+        lines.append(f"rsvd rank {doc['config']['rank']} relative reconstruction error: {errs}")
+    scores = [r for r in doc["results"] if "score_error" in r]
+    if scores:
+        errs = ", ".join(f"{r['name']} {r['score_error']:.4f}" for r in scores)
+        lines.append(f"scores rank {doc['config']['rank']} error of |reconstruction| vs |Δ|, relative to ‖Δ‖: {errs}")
+    overhead = [r for r in doc["results"] if r.get("host_overhead") and "error" not in r["host_overhead"]]
+    lines += [
+        f"host overhead per call: {r['op']} {format_k(r['k_fraction'])} {r['name']}: "
+        f"{r['host_overhead']['syncs']} syncs, {r['host_overhead']['kernels']} kernel launches "
+        f"({r['host_overhead']['triton_kernels']} Triton), {r['host_overhead']['memcpy']} memcpys"
+        for r in overhead
+    ]
+    return lines
+
+
+PREDICTED_COLUMNS = (
+    "op",
+    "shapes",
+    "K",
+    "impl",
+    "measured time",
+    "predicted time",
+    "measured/predicted",
+    "bound",
+    "measured speedup",
+    "predicted speedup",
+)
+
+
+def _predicted_seconds(seconds: float | None) -> str:
+    """:func:`format_seconds`, and ``ns`` below a microsecond (roofline times of small sets)."""
+    if seconds is not None and 0 < seconds < 1e-6:
+        return f"{seconds * 1e9:.0f} ns"
+    return format_seconds(seconds)
+
+
+def _times(x: float | None) -> str:
+    """``1.29x``; ``3,162x`` from 100 on."""
+    if x is None:
+        return "-"
+    return f"{x:,.0f}x" if x >= 100 else f"{x:.2f}x"
+
+
+def predicted_lines(doc: dict[str, Any]) -> list[str]:
+    """The header of the predicted-vs-measured table: target, device, how to read it.
+
+    ``doc`` carries a ``"predicted"`` section (:func:`deftx.perf.predicted.predict_suite`).
+    """
+    section = doc["predicted"]
+    target = section["target"]
+    if target is None:
+        return [f"predicted vs measured: no target ({section['choice']})"]
+    return [
+        f"predicted for {target['gpu']} ({target['arch']}: {target['hbm_bytes_per_s'] / 1e12:.2f} TB/s HBM, "
+        f"fp32 {target['peak_flops']['fp32'] / 1e12:g} TFLOP/s), measured on {section['measured_on']}",
+        f"target: {section['choice']}",
+        f"{section['method']}; measured/predicted: how many times the roofline lower bound; "
+        "speedups: of the deftx reference (the auto backend) over each baseline",
+    ]
+
+
+def predicted_table(doc: dict[str, Any]) -> list[list[str]]:
+    """One row per measured implementation of the ``"predicted"`` section (columns
+    :data:`PREDICTED_COLUMNS`); ``-`` where an implementation has no model."""
+    shapes = doc["shape_set"]["name"]
+    rows = []
+    for r in doc["predicted"]["rows"]:
+        rows.append(
+            [
+                r["op"],
+                shapes,
+                format_k(r["k_fraction"]),
+                r["name"],
+                format_seconds(r["measured_time_s"]),
+                _predicted_seconds(r["predicted_time_s"]),
+                _times(r["measured_over_predicted"]),
+                r.get("bound") or "-",
+                _times(r["measured_speedup"]),
+                _times(r["predicted_speedup"]),
+            ]
+        )
+    return rows
+
+
+def predicted_markdown(doc: dict[str, Any]) -> str:
+    """The ``## Predicted vs measured`` section of the markdown report."""
+    lines = ["## Predicted vs measured", "", *(f"- {line}" for line in predicted_lines(doc))]
+    rows = predicted_table(doc)
+    if rows:
+        lines += ["", markdown_table(PREDICTED_COLUMNS, rows)]
+    return "\n".join(lines)
+
+
+def write_json(doc: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_suite(doc: dict[str, Any], path: Path) -> None:
+    """One panel per op: time per implementation vs K (log-log); K-free ops (rsvd, scores) as bars."""
+    plt = _pyplot()
+    measured = measured_rows(doc)
+    ops = list(dict.fromkeys(r["op"] for r in measured))
+    fig, axes = plt.subplots(1, max(1, len(ops)), figsize=(4.2 * max(1, len(ops)), 3.8), squeeze=False)
+    for ax, op in zip(axes[0], ops, strict=False):
+        rows = [r for r in measured if r["op"] == op]
+        names = list(dict.fromkeys(r["name"] for r in rows))
+        if all(r["k_fraction"] is None for r in rows):
+            times = [next(r["time_s"] for r in rows if r["name"] == n) for n in names]
+            colors = ["tab:blue" if n.startswith("deftx") else "tab:gray" for n in names]
+            ax.bar(range(len(names)), times, color=colors)
+            ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
+            ax.set_title(f"{op} (rank {doc['config']['rank']})")
+        else:
+            for n in names:
+                pts = sorted((r["k_fraction"], r["time_s"]) for r in rows if r["name"] == n)
+                style = "-o" if n.startswith("deftx") else "--s"
+                ax.plot([100 * k for k, _ in pts], [t for _, t in pts], style, label=n, markersize=4)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("K (% of parameters)")
+            ax.set_title(op)
+            ax.legend(fontsize=7)
+        ax.set_ylabel("seconds per call")
+        ax.grid(True, which="both", alpha=0.3)
+    shapes = doc["shape_set"]
+    fig.suptitle(f"deftx bench on {doc['device']}: {shapes['name']} ({shapes['parameters'] / 1e6:.1f}M parameters)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def scaling_table(doc: dict[str, Any]) -> list[list[str]]:
+    """One row per (op, shape set) of the size sweep."""
+    rows = []
+    for r in doc["size_sweep"]:
+        rows.append(
+            [
+                r["op"],
+                r["shape_set"],
+                f"{r['parameters'] / 1e6:,.0f}M",
+                str(r["chunks"]),
+                format_seconds(r["deftx_time_s"]),
+                format_seconds(r.get("baseline_time_s")),
+                "-" if r.get("baseline_time_s") is None else f"{r['baseline_time_s'] / r['deftx_time_s']:.2f}x",
+                format_bytes(r.get("deftx_peak_extra_bytes")),
+                format_bytes(r.get("baseline_peak_extra_bytes")),
+            ]
+        )
+    return rows
+
+
+SCALING_COLUMNS = (
+    "op",
+    "shape set",
+    "params",
+    "chunks",
+    "deftx time",
+    "baseline time",
+    "speedup",
+    "extra mem deftx",
+    "extra mem baseline",
+)
+
+
+def plot_scaling(doc: dict[str, Any], path: Path) -> None:
+    """Three panels: time vs parameters, peak extra memory vs parameters, time vs K."""
+    plt = _pyplot()
+    fig, (ax_t, ax_m, ax_k) = plt.subplots(1, 3, figsize=(15, 4.4))
+    colors = {"topk": "tab:blue", "rsvd": "tab:red", "scatter": "tab:green", "step": "tab:purple"}
+    ops = list(dict.fromkeys(r["op"] for r in doc["size_sweep"]))
+    for op in ops:
+        rows = sorted((r for r in doc["size_sweep"] if r["op"] == op), key=lambda r: r["parameters"])
+        x = [r["parameters"] for r in rows]
+        color = colors.get(op)
+        ax_t.plot(x, [r["deftx_time_s"] for r in rows], "-o", color=color, label=f"{op} deftx")
+        streamed = [r for r in rows if r["chunks"] > 1]
+        ax_t.plot(
+            [r["parameters"] for r in streamed],
+            [r["deftx_time_s"] for r in streamed],
+            "o",
+            color=color,
+            markerfacecolor="white",
+            markersize=9,
+        )
+        base = [r for r in rows if r.get("baseline_time_s") is not None]
+        if base:
+            ax_t.plot(
+                [r["parameters"] for r in base],
+                [r["baseline_time_s"] for r in base],
+                "--s",
+                color=color,
+                alpha=0.6,
+                label=f"{op} {base[0]['baseline']}",
+            )
+        mem = [r for r in rows if r.get("deftx_peak_extra_bytes") is not None]
+        ax_m.plot(
+            [r["parameters"] for r in mem],
+            [r["deftx_peak_extra_bytes"] / 2**20 for r in mem],
+            "-o",
+            color=color,
+            label=f"{op} deftx",
+        )
+        base_mem = [r for r in rows if r.get("baseline_peak_extra_bytes") is not None]
+        if base_mem:
+            ax_m.plot(
+                [r["parameters"] for r in base_mem],
+                [r["baseline_peak_extra_bytes"] / 2**20 for r in base_mem],
+                "--s",
+                color=color,
+                alpha=0.6,
+                label=f"{op} {base_mem[0]['baseline']}",
+            )
+    for op in dict.fromkeys(r["op"] for r in doc["k_sweep"]):
+        rows = sorted((r for r in doc["k_sweep"] if r["op"] == op), key=lambda r: r["k_fraction"])
+        ks = [100 * r["k_fraction"] for r in rows]
+        ax_k.plot(ks, [r["deftx_time_s"] for r in rows], "-o", color=colors.get(op), label=f"{op} deftx")
+        base = [r for r in rows if r.get("baseline_time_s") is not None]
+        if base:
+            ax_k.plot(
+                [100 * r["k_fraction"] for r in base],
+                [r["baseline_time_s"] for r in base],
+                "--s",
+                color=colors.get(op),
+                alpha=0.6,
+                label=f"{op} {base[0]['baseline']}",
+            )
+    ax_t.set(
+        xscale="log",
+        yscale="log",
+        xlabel="parameters",
+        ylabel="seconds per call",
+        title=f"time vs model size (K = {format_k(doc['config']['k_fraction'])}; hollow: streamed)",
+    )
+    measured_memory = any(r.get("deftx_peak_extra_bytes") for r in doc["size_sweep"])
+    ax_m.set(
+        xscale="log",
+        yscale="log" if measured_memory else "linear",
+        xlabel="parameters",
+        ylabel="peak extra memory (MiB)",
+        title="peak extra memory (largest chunk when streamed)" if measured_memory else "memory not measured",
+    )
+    ax_k.set(
+        xscale="log",
+        yscale="log",
+        xlabel="K (% of parameters)",
+        ylabel="seconds per call",
+        title=f"time vs K ({doc['config']['k_sweep_set']})",
+    )
+    for ax in (ax_t, ax_m, ax_k):
+        ax.grid(True, which="both", alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.suptitle(f"deftx scaling on {doc['device']} ({doc['machine'].get('gpu') or doc['machine']['cpu']})")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

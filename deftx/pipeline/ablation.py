@@ -1,0 +1,670 @@
+"""``deftx ablate``: variants of one pipeline config × seeds, scored on NusaX *valid* splits.
+
+An ablation config (YAML or JSON)::
+
+    name: language-SFT recipe
+    base: configs/nusax-e5-small-1seed.yaml   # a pipeline config: a path or an inline mapping
+    base_overrides: {task_sft.sparse.learning_rate: 1.0e-4}   # optional: a stage's winner
+    seeds: [0, 1, 2]
+    output_dir: runs/ablation                  # runs and the shared steps (large)
+    results_dir: results/ablation              # ablation.csv, summary.csv, results.md, results.png
+    variants:
+      reference: {}
+      l1-0: {language_sft.full.l1: 0, language_sft.sparse.l1: 0}    # dotted keys ...
+      lr-2e-5: {language_sft: {full: {learning_rate: 2.0e-5}}}      # ... or nested ones
+
+Each variant is the base (with ``base_overrides``, merged by the same rules: how a second
+ablation stage starts from the first stage's winner over one shared base file) with its
+overrides merged in (mappings merge key by key; setting
+``steps`` in a phase drops the base's ``epochs`` and the reverse; ``methods`` is replaced
+whole) and is validated like any pipeline config, so a misspelt key is an error naming the
+variant. Every variant is evaluated on the NusaX **valid** splits (``eval_split: valid`` is
+forced; a variant asking for ``test`` is refused: the test splits are for the final run of
+the chosen recipe) and its language SFTs (and the MLM head) are trained on MT ``train`` text
+only unless ``language_text_splits`` says otherwise (``valid`` is refused).
+
+Runs share finished steps through a :class:`~deftx.train.store.LinkedStepStore` under
+``output_dir/shared``: phase 1 (θ1) of every language and task SFT, their branches (selection
+report, SFT) and the full fine-tuning baseline are keyed by their run identity — the digest
+of exactly what they depend on, the same identity every step folder records
+(:mod:`deftx.train.identity`) — and hard-linked into every run that needs an equal one, so
+the variants that change only K, the selection, the sparse phase, the composition scale or
+the task recipe pay for no phase 1 of a language SFT.
+
+Every (variant, seed, source, target, method, scale) row is appended to ``ablation.csv`` as
+soon as it is evaluated; a row already there is never recomputed, so running the same
+command again resumes (every training step checkpoints too). A variant's runs live in
+``output_dir/variants/<name>-<hash>``, whose ``identity.json`` records the variant's
+settings: changing a variant's settings gives it a new folder, and its old rows are refused,
+naming what changed, rather than mixed in (rename the variant, or ``overwrite`` /
+``--overwrite`` drops them and runs it again).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deftx.eval.report import (
+    AVERAGE,
+    append_invocation,
+    column_labels,
+    grouped_bar_plot,
+    mean_sd,
+    read_ledger,
+    summarize,
+    write_csv,
+)
+from deftx.pipeline.config import RUN_ONLY_SETTINGS, ConfigError, PipelineConfig, parse_config, read_config_file
+from deftx.pipeline.head import ensure_head, head_call, head_curve_table, head_report_line
+from deftx.pipeline.run import run_nusax_seed
+from deftx.pipeline.workspace import Workspace, language_training_settings
+from deftx.train.config import short_repr, to_plain
+from deftx.train.identity import describe_changes, digest, normalised, read_identity, write_identity
+from deftx.train.store import LinkedStepStore
+
+ABLATION_KEYS = ("name", "base", "base_overrides", "variants", "seeds", "output_dir", "results_dir")
+SET_BY_THE_ABLATION = ("seeds", "output_dir", "results_dir", "step_store")
+REPLACED_WHOLE = ("methods",)
+EXCLUSIVE_KEYS = (("steps", "epochs"), ("epochs", "steps"))
+ROW_FIELDS = ("variant", "variant_hash", "seed", "benchmark", "protocol", "split", "source", "target", "method",
+              "language_scale", "language_sft", "macro_f1", "accuracy", "examples")
+SUMMARY_GROUP = ("variant", "source", "method", "language_scale")
+DEFAULT_SEEDS = (0, 1, 2)
+
+
+@dataclass
+class AblationConfig:
+    """A parsed, validated ablation config (see the module docstring).
+
+    Attributes:
+        variants: name -> the variant's full pipeline config (valid split, its own output_dir).
+        overrides: name -> the variant's overrides as nested mappings (for the report).
+        hashes: name -> content hash of the variant's settings (output paths and seeds excluded).
+    """
+
+    name: str
+    variants: dict[str, PipelineConfig]
+    overrides: dict[str, dict[str, Any]]
+    hashes: dict[str, str]
+    seeds: tuple[int, ...]
+    output_dir: Path
+    results_dir: Path
+
+
+def nest_overrides(overrides: Any, where: str) -> dict[str, Any]:
+    """Dotted keys (``a.b.c: v``) expanded into nested mappings, recursively.
+
+    Raises:
+        ConfigError: not a mapping, an empty key part, or one path set twice (also when one
+            override sets a mapping and another a key inside it as a leaf value).
+    """
+    if overrides is None:
+        return {}
+    if not isinstance(overrides, Mapping):
+        raise ConfigError(f"{where}: expected a mapping of overrides, got {type(overrides).__name__}")
+    nested: dict[str, Any] = {}
+    for raw_key, value in overrides.items():
+        parts = str(raw_key).split(".")
+        if not all(parts):
+            raise ConfigError(f"{where}: bad key {short_repr(raw_key)}")
+        node = nested
+        for depth, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{where}: {'.'.join(parts[: depth + 1])} is set twice")
+            node = child
+        leaf = nest_overrides(value, f"{where}.{raw_key}") if isinstance(value, Mapping) and value else value
+        if parts[-1] in node:
+            if not (isinstance(node[parts[-1]], dict) and isinstance(leaf, dict)):
+                raise ConfigError(f"{where}: {raw_key} is set twice")
+            leaf = _merge(node[parts[-1]], leaf, f"{where}.{raw_key}", strict=True)
+        node[parts[-1]] = leaf
+    return nested
+
+
+def _merge(base: Mapping[str, Any], overrides: Mapping[str, Any], where: str, *, strict: bool = False,
+           top: bool = False) -> dict[str, Any]:
+    """``base`` with ``overrides`` merged in (see the module docstring for the rules)."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        current = merged.get(key)
+        if strict and key in merged and not (isinstance(current, dict) and isinstance(value, dict)):
+            raise ConfigError(f"{where}: {key} is set twice")
+        for given, dropped in EXCLUSIVE_KEYS:
+            if key == given:
+                merged.pop(dropped, None)
+        if isinstance(current, Mapping) and isinstance(value, Mapping) and not (top and key in REPLACED_WHOLE):
+            merged[key] = _merge(current, value, f"{where}.{key}", strict=strict)
+        else:
+            merged[key] = value
+    return merged
+
+
+def merge_overrides(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """A pipeline config mapping with a variant's (dotted or nested) overrides merged in."""
+    return _merge(base, nest_overrides(overrides, "overrides"), "overrides", top=True)
+
+
+def run_identity(config: PipelineConfig) -> dict[str, Any]:
+    """Everything in ``config`` that can change a result (not its name, paths, seeds, checkpoint /
+    logging intervals or progress bars), JSON-ready: what a variant folder records."""
+    plain = to_plain(config)
+    for key in ("name", "output_dir", "results_dir", "step_store", "seeds"):
+        plain.pop(key)
+    for key in RUN_ONLY_SETTINGS:
+        plain["training"].pop(key)
+    return plain
+
+
+def variant_hash(config: PipelineConfig) -> str:
+    """The digest of :func:`run_identity`, shortened: a variant's folder and its rows carry it."""
+    return digest(run_identity(config))[:12]
+
+
+def _base_mapping(raw: Any, where: str, relative_to: Path | None) -> dict[str, Any]:
+    if isinstance(raw, Mapping):
+        return dict(raw)
+    if not isinstance(raw, str) or not raw:
+        raise ConfigError(
+            f"{where}: 'base' must be a pipeline config path or an inline mapping, got {short_repr(raw)}"
+        )
+    path = Path(raw).expanduser()
+    if not path.is_file() and relative_to is not None and (relative_to / raw).is_file():
+        path = relative_to / raw
+    loaded = read_config_file(path)
+    if not isinstance(loaded, Mapping):
+        raise ConfigError(f"{where}: base config {path} is not a mapping")
+    return dict(loaded)
+
+
+def _resolve_variant(name: str, base: Mapping[str, Any], overrides: Any, output_dir: Path,
+                     seeds: tuple[int, ...], where: str) -> tuple[PipelineConfig, dict[str, Any], str]:
+    label = f"{where}: variant {name!r}"
+    if not name or "/" in name or name.startswith("."):
+        raise ConfigError(f"{label}: a variant name must be a plain folder name")
+    nested = nest_overrides(overrides, label)
+    taken = sorted(set(nested) & set(SET_BY_THE_ABLATION))
+    if taken:
+        raise ConfigError(f"{label}: {taken} are set by the ablation (its seeds, output_dir, results_dir, step store), "
+                          "not per variant")
+    merged = _merge(base, nested, label, top=True)
+    if merged.get("americasnli") is not None:
+        raise ConfigError(f"{label}: the ablation scores NusaX valid splits only; drop the americasnli section")
+    split = merged.get("eval_split", "valid")
+    if split != "valid":
+        raise ConfigError(f"{label}: eval_split {short_repr(split)} refused: an ablation chooses the recipe on "
+                          "the valid splits; the test splits are scored once, by the final run of the chosen recipe")
+    merged.update(name=name, eval_split="valid", seeds=list(seeds), output_dir=str(output_dir), results_dir=None)
+    merged.setdefault("language_text_splits", ["train"])
+    try:
+        config = parse_config(merged, label)
+    except ConfigError as err:
+        message = str(err)
+        raise ConfigError(message if label in message else f"{label}: {message}") from err
+    hash_ = variant_hash(config)
+    config = parse_config({**merged, "output_dir": str(variant_folder(output_dir, name, hash_))}, label)
+    return config, nested, hash_
+
+
+def parse_ablation(raw: Any, source: str = "<ablation>", relative_to: Path | None = None) -> AblationConfig:
+    """Validate a loaded ablation mapping into an :class:`AblationConfig`.
+
+    Args:
+        relative_to: folder a relative ``base`` path is also looked up in (the config's own).
+
+    Raises:
+        ConfigError: naming the offending key (and variant).
+    """
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{source}: expected a mapping, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(ABLATION_KEYS))
+    if unknown:
+        raise ConfigError(f"{source}: unknown keys {unknown}; known: {sorted(ABLATION_KEYS)} "
+                          "(pipeline settings go under 'base' or into a variant)")
+    for key in ("base", "variants", "output_dir"):
+        if key not in raw:
+            raise ConfigError(f"{source}: '{key}' is required")
+    variants = raw["variants"]
+    if not isinstance(variants, Mapping) or not variants:
+        raise ConfigError(f"{source}: 'variants' must map at least one variant name to its overrides")
+    seeds = raw.get("seeds", list(DEFAULT_SEEDS))
+    if isinstance(seeds, int):
+        seeds = [seeds]
+    if (not isinstance(seeds, list) or not seeds
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+            or len(set(seeds)) != len(seeds)):
+        raise ConfigError(f"{source}: seeds must be distinct integers >= 0, got {short_repr(seeds)}")
+    for key in ("output_dir", "results_dir", "name"):
+        if key in raw and raw[key] is not None and not (isinstance(raw[key], str) and raw[key]):
+            raise ConfigError(f"{source}: {key} must be a non-empty string, got {short_repr(raw[key])}")
+    base = _merge(_base_mapping(raw["base"], source, relative_to),
+                  nest_overrides(raw.get("base_overrides"), f"{source}: base_overrides"),
+                  f"{source}: base_overrides", top=True)
+    if base.get("step_store") is not None:
+        raise ConfigError(f"{source}: the ablation keeps its steps in <output_dir>/shared; "
+                          "drop step_store from the base")
+    output_dir = Path(raw["output_dir"])
+    results_dir = Path(raw.get("results_dir") or output_dir)
+    configs, overrides, hashes = {}, {}, {}
+    for name, spec in variants.items():
+        configs[str(name)], overrides[str(name)], hashes[str(name)] = _resolve_variant(
+            str(name), base, spec, output_dir, tuple(seeds), source)
+    return AblationConfig(str(raw.get("name") or "ablation"), configs, overrides, hashes, tuple(seeds),
+                          output_dir, results_dir)
+
+
+def load_ablation(path: str | Path, *, output_dir: str | None = None, results_dir: str | None = None,
+                  seeds: Sequence[int] | None = None, data_dir: str | None = None) -> AblationConfig:
+    """Read and validate an ablation config file (a relative ``base`` may sit beside it).
+
+    The keyword arguments, when given, replace the file's ``output_dir``, ``results_dir``,
+    ``seeds`` and the base's ``data_dir`` (command-line overrides).
+    """
+    path = Path(path)
+    raw = read_config_file(path)
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{path}: expected a mapping, got {type(raw).__name__}")
+    raw = dict(raw)
+    for key, value in (("output_dir", output_dir), ("results_dir", results_dir), ("seeds", seeds)):
+        if value:
+            raw[key] = list(value) if key == "seeds" else value
+    if data_dir:
+        raw["base"] = {**_base_mapping(raw.get("base"), str(path), path.parent), "data_dir": data_dir}
+    return parse_ablation(raw, str(path), relative_to=path.parent)
+
+
+def language_phase1_signature(config: PipelineConfig) -> str:
+    """Hash of the config settings a language SFT's phase 1 depends on (for the plan only: the runs
+    key on the run identity the tuner records, :meth:`deftx.train.sparse_finetuner.SparseFineTuner.identity`,
+    which digests the data and the weights — with the warmed head — instead of naming them). The
+    training settings are the very ones the language SFTs get (:func:`language_training_settings`)."""
+    settings = to_plain(language_training_settings(config, config.device, seed=0))
+    training = {k: v for k, v in settings.items() if k not in (*RUN_ONLY_SETTINGS, "seed")}
+    return digest({
+        "model": config.model, "data_dir": config.data_dir, "head": to_plain(config.mlm_head),
+        "text": list(config.language_text_splits), "training": training,
+        "full": to_plain(config.language_sft.full), "eligible": list(config.language_sft.eligible),
+    })[:12]
+
+
+def plan_lines(ablation: AblationConfig) -> list[str]:
+    """One line per variant: hash, overrides, and which variants share its language phase 1."""
+    groups: dict[str, list[str]] = {}
+    for name, config in ablation.variants.items():
+        groups.setdefault(language_phase1_signature(config), []).append(name)
+    lines = [f"{ablation.name}: {len(ablation.variants)} variants × seeds {list(ablation.seeds)} on NusaX valid "
+             f"-> {ablation.results_dir / 'ablation.csv'}; {len(groups)} distinct language-SFT phase 1"]
+    for name, config in ablation.variants.items():
+        sharing = [other for other in groups[language_phase1_signature(config)] if other != name]
+        lines.append(f"  {name} [{ablation.hashes[name][:8]}] {json.dumps(ablation.overrides[name])}"
+                     + (f" (language phase 1 shared with {', '.join(sharing)})" if sharing else ""))
+    return lines
+
+
+def _scale_text(value: Any) -> str:
+    return "" if value in (None, "") else repr(float(value))
+
+
+def row_key(row: Mapping[str, Any]) -> tuple[str, ...]:
+    """(variant, seed, source, target, method, scale): one result row of the ablation."""
+    return (str(row["variant"]), str(row["seed"]), str(row["source"]), str(row["target"]), str(row["method"]),
+            _scale_text(row.get("language_scale")))
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of ``ablation.csv`` (numbers parsed; none if the file does not exist)."""
+    if not path.is_file():
+        return []
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        row["seed"] = int(row["seed"])
+        row["macro_f1"], row["accuracy"] = float(row["macro_f1"]), float(row["accuracy"])
+        row["language_scale"] = None if row["language_scale"] == "" else float(row["language_scale"])
+    return rows
+
+
+def append_rows(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Append rows to ``path`` (header written when the file is new)."""
+    if not rows:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.is_file()
+    with path.open("a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=ROW_FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerows({name: row.get(name) for name in ROW_FIELDS} for row in rows)
+
+
+def variant_folder(output_dir: Path, name: str, hash_: str) -> Path:
+    """Where the runs of variant ``name`` with settings hash ``hash_`` live."""
+    return output_dir / "variants" / f"{name}-{hash_[:8]}"
+
+
+def record_variant(ablation: AblationConfig, name: str) -> None:
+    """Write the variant's :func:`run_identity` into its folder (what its rows and runs depend on)."""
+    config = ablation.variants[name]
+    folder = Path(config.output_dir)
+    if read_identity(folder) is None:
+        write_identity(folder, run_identity(config))
+
+
+def variant_changes(ablation: AblationConfig, name: str, old_hash: str) -> list[str]:
+    """What changed in variant ``name`` since rows with ``old_hash`` were written (from its old folder's record)."""
+    recorded = read_identity(variant_folder(ablation.output_dir, name, old_hash))
+    if recorded is None:
+        return [f"settings hash {old_hash} -> {ablation.hashes[name]}"]
+    return describe_changes(recorded, normalised(run_identity(ablation.variants[name])))
+
+
+def check_rows_match(rows: Sequence[Mapping[str, Any]], ablation: AblationConfig) -> None:
+    """Refuse rows of a variant whose settings changed since they were written, naming the changes."""
+    stale = {row["variant"]: row["variant_hash"] for row in rows
+             if row["variant"] in ablation.hashes and row["variant_hash"] != ablation.hashes[row["variant"]]}
+    if stale:
+        details = "; ".join(f"{name}: {', '.join(variant_changes(ablation, name, old))}"
+                            for name, old in sorted(stale.items()))
+        raise ConfigError(f"variants {sorted(stale)} changed since their rows in ablation.csv were written "
+                          f"({details}): rename them, or run with --overwrite to drop their old rows and run them "
+                          "again")
+
+
+def drop_stale_rows(path: Path, ablation: AblationConfig) -> list[dict[str, Any]]:
+    """Rewrite ``ablation.csv`` without the rows of variants whose settings changed; the rows kept."""
+    rows = read_rows(path)
+    kept = [row for row in rows if row["variant"] not in ablation.hashes
+            or row["variant_hash"] == ablation.hashes[row["variant"]]]
+    if len(kept) != len(rows):
+        path.unlink()
+        append_rows(path, kept)
+    return kept
+
+
+def average_by_method(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Column label -> mean macro-F1 over targets (sources excluded) of some rows of one seed."""
+    labels = column_labels(rows)
+    values: dict[str, list[float]] = {}
+    for row in rows:
+        if row["target"] != row["source"]:
+            label = labels[(row["method"], row.get("language_scale"))]
+            values.setdefault(label, []).append(float(row["macro_f1"]))
+    return {label: sum(v) / len(v) for label, v in values.items()}
+
+
+@dataclass
+class AblationRun:
+    """Bookkeeping of one ``run_ablation`` call."""
+
+    ablation: AblationConfig
+    store: LinkedStepStore
+    overwrite: bool = False
+    heads: dict[str, Path] = field(default_factory=dict)
+    tokenizers: dict[str, Any] = field(default_factory=dict)
+    head_metrics: dict[str, Any] = field(default_factory=dict)
+    timings: list[dict[str, Any]] = field(default_factory=list)
+
+
+def head_for(run: AblationRun, ws: Workspace) -> Path:
+    """The warmed MLM head of ``ws``: one warm-up (or cache lookup) per distinct warm-up call, keyed by
+    the digest of the very inputs it is called with (:class:`~deftx.pipeline.head.HeadCall`)."""
+    call = head_call(ws)
+    key = call.key()
+    if key not in run.heads:
+        run.heads[key] = ensure_head(ws, call)
+        run.head_metrics[key] = ws.head_metrics
+    ws.head_metrics = run.head_metrics[key]
+    return run.heads[key]
+
+
+def run_variant_seed(run: AblationRun, name: str, seed: int, done: set[tuple[str, ...]],
+                     log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Train (or reuse) and evaluate one variant for one seed; append its new rows; return all its rows."""
+    ablation = run.ablation
+    config = ablation.variants[name]
+    ws = Workspace.open(config, log, tokenizer=run.tokenizers.get(config.model))
+    record_variant(ablation, name)
+    run.tokenizers[config.model] = ws.tokenizer
+    ws.step_store = run.store
+    ws.overwrite = run.overwrite
+    head = head_for(run, ws)
+    csv_path = ablation.results_dir / "ablation.csv"
+    rows: list[dict[str, Any]] = []
+    for source_rows in run_nusax_seed(ws, seed, head):
+        fresh = []
+        for evaluated in source_rows:
+            row = {"variant": name, "variant_hash": ablation.hashes[name], **evaluated.as_dict()}
+            rows.append(row)
+            if row_key(row) not in done:
+                done.add(row_key(row))
+                fresh.append(row)
+        append_rows(csv_path, fresh)
+    run.timings.append({"variant": name, "seed": seed, **ws.timings})
+    return rows
+
+
+def run_ablation(ablation: AblationConfig, *, log: Callable[[str], None] = print,
+                 progress: Callable[[str], None] = print, command: str | None = None,
+                 only: Sequence[str] | None = None, overwrite: bool = False) -> str:
+    """Run (or resume) every variant × seed of ``ablation``; returns the summary markdown.
+
+    Args:
+        log: the pipeline's own step-by-step lines.
+        progress: one line per variant × seed (skipped, or done with its cost and averages).
+        command: the command line, for results.md.
+        only: run just these variants (the summary still covers every variant's rows).
+        overwrite: drop the rows of variants whose settings changed (instead of refusing them) and
+            retrain the steps whose recorded identity differs (see :mod:`deftx.train.identity`).
+    """
+    unknown = sorted(set(only or ()) - set(ablation.variants))
+    if unknown:
+        raise ConfigError(f"unknown variants {unknown}; known: {list(ablation.variants)}")
+    start = time.perf_counter()
+    ablation.results_dir.mkdir(parents=True, exist_ok=True)
+    csv_path = ablation.results_dir / "ablation.csv"
+    existing = drop_stale_rows(csv_path, ablation) if overwrite else read_rows(csv_path)
+    check_rows_match(existing, ablation)
+    done = {row_key(row) for row in existing}
+    finished = {(row["variant"], row["seed"], row["source"]) for row in existing}
+    run = AblationRun(ablation, LinkedStepStore(ablation.output_dir / "shared"), overwrite=overwrite)
+    chosen = [name for name in ablation.variants if not only or name in only]
+    total, index = len(chosen) * len(ablation.seeds), 0
+    for seed in ablation.seeds:
+        for name in chosen:
+            index += 1
+            sources = ablation.variants[name].sources
+            if all((name, seed, source) in finished for source in sources):
+                progress(f"[ablate {index}/{total}] {name} seed {seed}: already in {csv_path.name}, skipped")
+                continue
+            began, reused, kept = time.perf_counter(), sum(run.store.attached.values()), sum(
+                run.store.published.values())
+            rows = run_variant_seed(run, name, seed, done, log)
+            averages = ", ".join(f"{label} {100 * value:.1f}" for label, value in average_by_method(rows).items())
+            progress(f"[ablate {index}/{total}] {name} seed {seed}: {(time.perf_counter() - began) / 60:.1f} min, "
+                     f"shared steps reused {sum(run.store.attached.values()) - reused}, kept "
+                     f"{sum(run.store.published.values()) - kept}; valid macro-F1 mean over targets: {averages}")
+            write_summary(run, time.perf_counter() - start, command, plot=False)
+    append_invocation(ablation.results_dir / INVOCATIONS, command, time.perf_counter() - start)
+    return write_summary(run, time.perf_counter() - start, command, finished=True)
+
+
+def summary_rows(rows: Sequence[Mapping[str, Any]], sources: Sequence[str]) -> list[dict[str, Any]]:
+    """Mean ± sd over seeds per (variant, source, method, scale, target), plus the ``avg`` target."""
+    return summarize(rows, exclude_from_average=sources, group_by=SUMMARY_GROUP)
+
+
+def _cell(row: Mapping[str, Any] | None, metric: str) -> str:
+    if row is None:
+        return "—"
+    mean, sd = 100 * row[f"{metric}_mean"], 100 * row[f"{metric}_sd"]
+    return f"{mean:.1f} ± {sd:.1f} ({row['seeds']})"
+
+
+def variant_tables(summary: Sequence[Mapping[str, Any]], variants: Sequence[str], metric: str) -> str:
+    """Per source: variants × methods (one column per scale of a swept method), the ``avg`` target."""
+    blocks = []
+    for source in dict.fromkeys(row["source"] for row in summary):
+        rows = [r for r in summary if r["source"] == source and r["target"] == AVERAGE]
+        labels = column_labels(rows)
+        columns = list(dict.fromkeys(labels.values()))
+        lookup = {(r["variant"], labels[(r["method"], r.get("language_scale"))]): r for r in rows}
+        lines = [f"### source: {source} — {metric.replace('_', '-')} ×100, mean over targets, "
+                 "mean ± sd over seeds (n seeds)", "", "| variant | " + " | ".join(columns) + " |",
+                 "|---|" + "---|" * len(columns)]
+        for variant in variants:
+            if any(key[0] == variant for key in lookup):
+                lines.append(f"| {variant} | " + " | ".join(_cell(lookup.get((variant, c)), metric)
+                                                          for c in columns) + " |")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) + "\n"
+
+
+def seed_tables(rows: Sequence[Mapping[str, Any]], sources: Sequence[str], variants: Sequence[str],
+                metric: str) -> str:
+    """Per source: one line per variant × method (× scale), one column per seed: the mean over targets."""
+    per_seed = [r for r in summarize(rows, exclude_from_average=sources, group_by=(*SUMMARY_GROUP, "seed"))
+                if r["target"] == AVERAGE]
+    blocks = []
+    for source in dict.fromkeys(row["source"] for row in per_seed):
+        rows_here = [r for r in per_seed if r["source"] == source]
+        labels = column_labels(rows_here)
+        columns = list(dict.fromkeys(labels.values()))
+        seeds = sorted({r["seed"] for r in rows_here})
+        value = {(r["variant"], labels[(r["method"], r.get("language_scale"))], r["seed"]):
+                 100 * r[f"{metric}_mean"] for r in rows_here}
+        lines = [f"### source: {source} — {metric.replace('_', '-')} ×100 per seed, mean over targets", "",
+                 "| variant | method | " + " | ".join(f"seed {seed}" for seed in seeds) + " |",
+                 "|---|---|" + "---:|" * len(seeds)]
+        for variant in variants:
+            for column in columns:
+                cells = [value.get((variant, column, seed)) for seed in seeds]
+                if any(cell is not None for cell in cells):
+                    lines.append(f"| {variant} | {column} | "
+                                 + " | ".join("—" if c is None else f"{c:.1f}" for c in cells) + " |")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) + "\n"
+
+
+def cost_lines(records: Sequence[Mapping[str, Any]], variants: Sequence[str]) -> list[str]:
+    """Minutes per seed of each variant (mean ± sd over seeds; a resumed run's invocations add up)."""
+    minutes: dict[str, dict[int, float]] = {}
+    for record in records:
+        seconds = sum(v for k, v in record.items() if k not in ("variant", "seed") and isinstance(v, (int, float)))
+        per_seed = minutes.setdefault(record["variant"], {})
+        per_seed[record["seed"]] = per_seed.get(record["seed"], 0.0) + seconds / 60
+    lines = []
+    for name in variants:
+        if name in minutes:
+            mean, sd = mean_sd(list(minutes[name].values()))
+            lines.append(f"- {name}: {mean:.1f} ± {sd:.1f} min per seed ({len(minutes[name])} seeds)")
+    return lines
+
+
+INVOCATIONS = "invocations.jsonl"
+HEAD_METRICS = "mlm_head.json"
+
+
+def invocation_lines(ledger: Path, command: str | None, wall_seconds: float, *, finished: bool = False) -> list[str]:
+    """Markdown lines: each finished invocation in ``ledger`` (command, wall time, end), then this one.
+
+    ``finished``: this invocation is already the ledger's last line, so it is not added again.
+    """
+    records = read_ledger(ledger)
+    lines = [f"- `{r['command'] or '(not recorded)'}`: {r['seconds'] / 60:.1f} min, finished {r['finished']}"
+             for r in records]
+    if finished:
+        return lines
+    return [*lines, f"- `{command or '(not recorded)'}`: {wall_seconds / 60:.1f} min so far (this invocation)"]
+
+
+def recorded_head_metrics(run: AblationRun) -> list[dict[str, Any]]:
+    """Every MLM head the ablation used: those in mlm_head.json, updated by this invocation's, keyed by head.
+
+    An invocation whose rows are all done loads no head; its results.md keeps the earlier heads' reports.
+    """
+    path = run.ablation.results_dir / HEAD_METRICS
+    recorded = json.loads(path.read_text()) if path.is_file() else []
+    by_head = {metrics["key"]: metrics for metrics in recorded}
+    by_head.update((metrics["key"], metrics) for metrics in run.head_metrics.values())
+    return list(by_head.values())
+
+
+def seeds_sentence(rows: Sequence[Mapping[str, Any]], invocation_seeds: Sequence[int]) -> str:
+    """The seeds the tables cover (every row of ablation.csv), and this invocation's where they differ."""
+    covered = sorted({int(row["seed"]) for row in rows})
+    if covered == sorted(invocation_seeds):
+        return f"Seeds: {covered}."
+    return f"Seeds in the tables: {covered} (this invocation ran {list(invocation_seeds)})."
+
+
+def write_summary(
+    run: AblationRun, wall_seconds: float, command: str | None, *, plot: bool = True, finished: bool = False
+) -> str:
+    """summary.csv, results.md, results.png (with ``plot``) and timings.jsonl from every row of ``ablation.csv``.
+
+    ``finished``: the invocation has ended and is in the invocation ledger (results.md lists it once).
+    """
+    ablation = run.ablation
+    out = ablation.results_dir
+    rows = [row for row in read_rows(out / "ablation.csv") if row["variant"] in ablation.variants]
+    ledger = out / "timings.jsonl"
+    if run.timings:
+        with ledger.open("a") as handle:
+            handle.writelines(json.dumps(record) + "\n" for record in run.timings)
+        run.timings.clear()
+    if not rows:
+        return "(no rows yet)\n"
+    sources = sorted({source for config in ablation.variants.values() for source in config.sources})
+    summary = summary_rows(rows, sources)
+    write_csv(summary, out / "summary.csv")
+    variants = list(ablation.variants)
+    averages = [r for r in summary if r["target"] == AVERAGE]
+    panels: dict[str, list[dict[str, Any]]] = {}
+    for source in dict.fromkeys(r["source"] for r in averages):
+        panel = [r for r in averages if r["source"] == source]
+        labels = column_labels(panel)
+        panels[f"NusaX valid, source {source}: macro-F1 mean over targets"] = [
+            {**r, "column": labels[(r["method"], r.get("language_scale"))]} for r in panel]
+    if plot:
+        grouped_bar_plot(panels, out / "results.png", x_key="variant", series_key="column")
+    tables = variant_tables(summary, variants, "macro_f1")
+    any_config = next(iter(ablation.variants.values()))
+    text = [f"# {ablation.name}: ablation on the NusaX valid splits", "",
+            "Commands (finished invocations, then the one under way, if any; an interrupted invocation "
+            "leaves no line here, its finished variants' costs are below):", "",
+            *invocation_lines(out / INVOCATIONS, command, wall_seconds, finished=finished), ""]
+    text += [
+        f"Scored on the **valid** splits only (the test splits are for the final run of the chosen recipe); "
+        f"language SFT and MLM head text: NusaX MT {'+'.join(any_config.language_text_splits)}. "
+        f"{seeds_sentence(rows, ablation.seeds)} Targets: {', '.join(any_config.targets)}; the mean over targets "
+        "leaves the source out. Model: multilingual-e5-small is 4-bit (Q4_0 word embeddings and Linear weights).",
+        "",
+        "Variants (overrides of the base config):",
+        "",
+        *[f"- **{name}** `{json.dumps(ablation.overrides[name])}`" for name in variants],
+        "",
+        tables,
+        variant_tables(summary, variants, "accuracy"),
+        seed_tables(rows, sources, variants, "macro_f1"),
+    ]
+    head_metrics = recorded_head_metrics(run)
+    if head_metrics:
+        for metrics in head_metrics:
+            text += [head_report_line(metrics), "", head_curve_table(metrics)]
+        (out / HEAD_METRICS).write_text(json.dumps(head_metrics, indent=2) + "\n")
+    records = read_ledger(ledger)
+    if records:
+        text += ["Wall time of the runs, training and evaluation (a step reused from another run costs "
+                 "nothing here; the first run of a seed pays for the shared ones):", "",
+                 *cost_lines(records, variants), ""]
+    text += ["Files: ablation.csv (one row per variant, seed, source, target, method, scale), summary.csv "
+             "(mean ± sd over seeds, per target and `avg`), results.png, timings.jsonl, invocations.jsonl, "
+             "mlm_head.json.", ""]
+    (out / "results.md").write_text("\n".join(text))
+    return tables

@@ -1,0 +1,451 @@
+"""The pipeline config file (YAML or JSON): what ``deftx pipeline`` trains and evaluates.
+
+Every key is optional except ``targets`` (an empty list skips NusaX, e.g. for an
+AmericasNLI-only run); unknown keys are errors (a typo must not be silently ignored).
+Example (``configs/default.yaml`` is the README's small run)::
+
+    name: default
+    model: e5-small            # or a save_pretrained folder
+    data_dir: null             # default: deftx.data.default_data_dir()
+    output_dir: runs/default   # SFTs, checkpoints, logs (large)
+    results_dir: null          # tables, CSVs, plot (default: output_dir)
+    step_store: null           # a folder of finished steps to link instead of retraining, e.g. an
+                               # ablation's <output_dir>/shared; this run adds its own steps to it
+    seeds: [0]
+    sources: [indonesian]
+    targets: [madurese, minangkabau]
+    methods: {lt-sft: null, deft-x: {energy: 0.9}}
+    baseline: true             # full fine-tuning on the source, no SFT
+    task_on_source_sft: true   # task SFT trained with the source language SFT applied
+    language_scale: 1.25       # scale of the target language SFT at composition; a list
+                               # ([0.5, 1.0]) scores every scale (no retraining)
+    eval_split: test           # NusaX split scored: test, or valid (to choose a recipe)
+    language_text_splits: [train, valid]   # NusaX MT text of language SFTs and the MLM head
+    pooling: mean              # classifier pooling: mean (e5's own) or cls (AutoModelFor...)
+    device: auto               # every phase on cpu, cuda, or auto (cuda when available); deftx pipeline --device
+    training: {batch_size: 16, max_length: 128, save_steps: 100, logging_steps: 10,
+               bf16: false, gradient_accumulation_steps: 1, report_to: []}
+                               # beside deftx's settings, any transformers.TrainingArguments field
+                               # (read by HfArgumentParser); each phase's length, lr and folder are deftx's
+    mlm_head: {steps: 500, batch_size: 16, learning_rate: 1.0e-3,
+               texts: [nusax],           # + americasnlp: AmericasNLP 2021 text too
+               eval_every: 100, eval_sequences: 0}   # > 0: held-out accuracy curve
+    language_sft:
+      k: 0.028
+      eligible: [embeddings, attention, ffn]
+      max_length: null         # MLM token window (default: training.max_length)
+      full: {steps: 100, learning_rate: 5.0e-5, l1: 0.1}
+      sparse: {steps: 100, learning_rate: 5.0e-5, l1: 0.1}
+    task_sft:
+      k: 0.051
+      full: {epochs: 3, learning_rate: 3.0e-5}
+      sparse: {epochs: 3, learning_rate: 1.0e-4}   # the sparse phase needs a higher lr
+    full_finetune: {epochs: 3, learning_rate: 1.0e-4}
+    americasnli: null          # or {train_languages: [...], test_languages: [...], ...}
+
+The defaults of omitted keys are the recipe chosen by the NusaX ablation on the valid
+splits (issue #9, ``results/ablation-nusax-e5-small/NOTES.md``): the task SFT's sparse
+phase at lr 1e-4 (at the full phase's 3e-5 it barely trains: −15 macro-F1), the language
+SFT composed at scale 1.25, and full fine-tuning at lr 1e-4 so the baseline is tuned
+alike. The MLM head keeps 500 NusaX steps: its held-out accuracy plateaus by then.
+
+With ``eval_split: valid`` (recipe selection) the valid sentences' text must not be trained
+on: ``language_text_splits`` may then not contain ``valid``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from deftx.data.nusax import MT_SPLITS
+from deftx.train.config import (
+    DEFAULT_ELIGIBLE,
+    LANGUAGE_K_FRACTION,
+    TASK_K_FRACTION,
+    DenoiseConfig,
+    PhaseConfig,
+    SparseFineTuningConfig,
+    check_k,
+    short_repr,
+)
+from deftx.train.language import HeadWarmUp
+from deftx.train.trainer_args import TrainingSettings, trainer_argument_names
+
+EVAL_SPLITS = ("test", "valid")
+HEAD_CORPORA = ("nusax", "americasnlp")
+DEVICES = ("auto", "cpu", "cuda")
+BASELINE = "full-ft"
+"""The full fine-tuning baseline's method name in the tables (no method may take it)."""
+NO_LANGUAGE_SFT = " (no lang SFT)"
+"""Suffix of a method's rows scored without the target's language SFT."""
+RUN_ONLY_SETTINGS = ("save_steps", "logging_steps", "progress")
+"""``training`` settings that change where and how a run reports, never a result."""
+
+
+class ConfigError(ValueError):
+    """A pipeline config value is missing, unknown or out of range (the message names it)."""
+
+
+@dataclass
+class SFTSection:
+    """K, eligible groups and the two phases of one kind of SFT.
+
+    ``max_length`` (language SFTs only) is the MLM token window; None uses
+    ``training.max_length``.
+    """
+
+    k: float
+    full: PhaseConfig
+    sparse: PhaseConfig
+    eligible: tuple[str, ...] = DEFAULT_ELIGIBLE
+    max_length: int | None = None
+
+
+@dataclass
+class AmericasNLISection:
+    """Leave-languages-out AmericasNLI: train the task on some languages' dev sets.
+
+    Attributes:
+        train_languages: languages whose *dev* split trains the task SFT (pooled).
+        test_languages: held-out languages, evaluated zero-shot on their *test* split,
+            each with its own language SFT from AmericasNLP 2021 text.
+        max_train_examples: cap on the pooled training pairs (None = all).
+    """
+
+    train_languages: tuple[str, ...]
+    test_languages: tuple[str, ...]
+    max_train_examples: int | None = None
+
+    def __post_init__(self) -> None:
+        count = self.max_train_examples
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+            raise ValueError(f"max_train_examples must be null or an integer >= 1, got {short_repr(count)}")
+
+
+@dataclass
+class PipelineConfig:
+    """A parsed, validated pipeline config (see the module docstring for the file format)."""
+
+    targets: tuple[str, ...]
+    name: str = "pipeline"
+    model: str = "e5-small"
+    data_dir: str | None = None
+    output_dir: str = "runs/pipeline"
+    results_dir: str | None = None
+    step_store: str | None = None
+    seeds: tuple[int, ...] = (0,)
+    sources: tuple[str, ...] = ("indonesian",)
+    methods: dict[str, DenoiseConfig | None] = field(
+        default_factory=lambda: {"lt-sft": None, "deft-x": DenoiseConfig()}
+    )
+    baseline: bool = True
+    task_on_source_sft: bool = True
+    language_scale: float | tuple[float, ...] = 1.25
+    eval_split: str = "test"
+    language_text_splits: tuple[str, ...] = MT_SPLITS
+    pooling: str = "mean"
+    device: str = "auto"
+    eval_batch_size: int = 64
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+    mlm_head: HeadWarmUp = field(default_factory=HeadWarmUp)
+    language_sft: SFTSection = field(default_factory=lambda: SFTSection(
+        k=LANGUAGE_K_FRACTION, eligible=("embeddings", "attention", "ffn"),
+        full=PhaseConfig(steps=100, learning_rate=5e-5, l1=0.1),
+        sparse=PhaseConfig(steps=100, learning_rate=5e-5, l1=0.1),
+    ))
+    task_sft: SFTSection = field(default_factory=lambda: SFTSection(
+        k=TASK_K_FRACTION, full=PhaseConfig(epochs=3, learning_rate=3e-5),
+        sparse=PhaseConfig(epochs=3, learning_rate=1e-4),
+    ))
+    full_finetune: PhaseConfig = field(default_factory=lambda: PhaseConfig(epochs=3, learning_rate=1e-4))
+    americasnli: AmericasNLISection | None = None
+
+    def language_scales(self) -> tuple[float, ...]:
+        """The composition scales of the language SFT (one, or the swept list)."""
+        scale = self.language_scale
+        return tuple(float(s) for s in scale) if isinstance(scale, (list, tuple)) else (float(scale),)
+
+    def language_config(self) -> SparseFineTuningConfig:
+        """The language-SFT settings for the tuner (every method a branch)."""
+        section = self.language_sft
+        return SparseFineTuningConfig(
+            k=section.k, full=section.full, sparse=section.sparse, eligible=section.eligible,
+            selections=dict(self.methods), train_head=False, ship_head=False,
+        )
+
+    def task_config(self, methods: dict[str, DenoiseConfig | None] | None = None) -> SparseFineTuningConfig:
+        """The task-SFT settings for the tuner (the given methods as branches)."""
+        section = self.task_sft
+        return SparseFineTuningConfig(
+            k=section.k, full=section.full, sparse=section.sparse, eligible=section.eligible,
+            selections=dict(methods if methods is not None else self.methods),
+            train_head=True, ship_head=True,
+        )
+
+
+def _fail(where: str, message: str) -> ConfigError:
+    return ConfigError(f"config {where}: {message}")
+
+
+def _mapping(raw: Any, where: str) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise _fail(where, f"expected a mapping, got {type(raw).__name__}")
+    return raw
+
+
+def _build(cls, raw: Any, where: str, converters: dict[str, Any] | None = None):
+    """Instantiate dataclass ``cls`` from a mapping, naming unknown keys and bad values."""
+    values = dict(_mapping(raw, where))
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise _fail(where, f"unknown keys {unknown}; known: {sorted(known)}")
+    for key, convert in (converters or {}).items():
+        if key in values:
+            values[key] = convert(values[key], f"{where}.{key}")
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as err:
+        raise _fail(where, str(err)) from err
+
+
+def _phase(raw: Any, where: str, default: PhaseConfig) -> PhaseConfig:
+    """A phase; keys left out keep ``default``'s values (length only if neither is given)."""
+    values = dict(_mapping(raw, where))
+    merged: dict[str, Any] = {"learning_rate": default.learning_rate, "l1": default.l1}
+    if "steps" not in values and "epochs" not in values:
+        merged.update(steps=default.steps, epochs=default.epochs)
+    merged.update(values)
+    return _build(PhaseConfig, merged, where)
+
+
+def _strings(raw: Any, where: str) -> tuple[str, ...]:
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, (list, tuple)) or not all(isinstance(x, str) and x for x in raw):
+        raise _fail(where, f"expected a list of names, got {short_repr(raw)}")
+    return tuple(raw)
+
+
+def _methods(raw: Any, where: str) -> dict[str, DenoiseConfig | None]:
+    methods = _mapping(raw, where)
+    if not methods:
+        raise _fail(where, "at least one method is needed")
+    return {
+        str(name): None if spec is None else _build(DenoiseConfig, spec, f"{where}.{name}",
+                                                    {"groups": _strings})
+        for name, spec in methods.items()
+    }
+
+
+def _sft_section(raw: Any, where: str, default: SFTSection, *, has_max_length: bool = False) -> SFTSection:
+    values = _mapping(raw, where)
+    known = {"k", "eligible", "full", "sparse"} | ({"max_length"} if has_max_length else set())
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise _fail(where, f"unknown keys {unknown}; known: {sorted(known)}")
+    max_length = values.get("max_length", default.max_length)
+    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 3):
+        raise _fail(f"{where}.max_length", f"expected null or an integer >= 3, got {short_repr(max_length)}")
+    section = SFTSection(
+        k=values.get("k", default.k),
+        full=_phase(values.get("full"), f"{where}.full", default.full),
+        sparse=_phase(values.get("sparse"), f"{where}.sparse", default.sparse),
+        eligible=_strings(values["eligible"], f"{where}.eligible") if "eligible" in values else default.eligible,
+        max_length=max_length,
+    )
+    try:
+        check_k(section.k)
+    except (TypeError, ValueError) as err:
+        raise _fail(f"{where}.k", str(err)) from err
+    return section
+
+
+def _language_scale(raw: Any, where: str) -> float | tuple[float, ...]:
+    """One finite number, or a non-empty list of distinct ones (a sweep)."""
+    def number(value: Any) -> bool:
+        return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+    if number(raw):
+        return float(raw)
+    if isinstance(raw, (list, tuple)) and raw and all(number(v) for v in raw):
+        if len(set(raw)) != len(raw):
+            raise _fail(where, f"the scales must be distinct, got {short_repr(list(raw))}")
+        return tuple(float(v) for v in raw)
+    raise _fail(where, f"expected a number or a non-empty list of numbers, got {short_repr(raw)}")
+
+
+def _split_names(raw: Any, where: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
+    names = _strings(raw, where)
+    unknown = sorted(set(names) - set(allowed))
+    if not names or unknown or len(set(names)) != len(names):
+        raise _fail(where, f"expected at least one of {list(allowed)}, each at most once, got {short_repr(names)}")
+    return names
+
+
+def _head(raw: Any, where: str) -> HeadWarmUp:
+    values = dict(_mapping(raw, where))
+    if "texts" in values:
+        values["texts"] = _split_names(values["texts"], f"{where}.texts", HEAD_CORPORA)
+    return _build(HeadWarmUp, values, where)
+
+
+def _training(raw: Any, where: str) -> TrainingSettings:
+    """``training``: deftx's settings, and any other ``TrainingArguments`` field beside them
+    (collected into ``arguments``, checked against transformers' own dataclass)."""
+    values = dict(_mapping(raw, where))
+    own = {f.name for f in fields(TrainingSettings)}
+    passed = {key: values.pop(key) for key in list(values) if key not in own and key in trainer_argument_names()}
+    if passed:
+        nested = _mapping(values.get("arguments"), f"{where}.arguments")
+        values["arguments"] = {**nested, **passed}
+    unknown = sorted(set(values) - own)
+    if unknown:
+        raise _fail(where, f"unknown keys {unknown}: neither deftx settings {sorted(own - {'arguments'})} nor "
+                    "transformers.TrainingArguments fields")
+    return _build(TrainingSettings, values, where)
+
+
+def _seeds(raw: Any, where: str) -> tuple[int, ...]:
+    if isinstance(raw, int):
+        raw = [raw]
+    if not isinstance(raw, (list, tuple)) or not raw or not all(
+        isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in raw
+    ):
+        raise _fail(where, f"expected a non-empty list of integers >= 0, got {short_repr(raw)}")
+    return tuple(raw)
+
+
+def parse_config(raw: Any, source: str = "<config>") -> PipelineConfig:
+    """Validate a loaded YAML/JSON mapping into a :class:`PipelineConfig`.
+
+    Raises:
+        ConfigError: naming the offending key and value.
+    """
+    values = dict(_mapping(raw, source))
+    defaults = PipelineConfig(targets=("placeholder",))
+    known = {f.name for f in fields(PipelineConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise _fail(source, f"unknown keys {unknown}; known: {sorted(known)}")
+    if "targets" not in values:
+        raise _fail(source, "'targets' (the NusaX languages to transfer to; [] for none) is required")
+    if not values["targets"] and values.get("americasnli") is None:
+        raise _fail("targets", "empty, and no americasnli section: nothing to evaluate")
+    parsed: dict[str, Any] = {
+        "targets": _strings(values.pop("targets"), "targets"),
+        "sources": _strings(values.pop("sources", list(defaults.sources)), "sources"),
+        "seeds": _seeds(values.pop("seeds", [0]), "seeds"),
+        "methods": _methods(values.pop("methods", {"lt-sft": None, "deft-x": {}}), "methods"),
+        "training": _training(values.pop("training", {}), "training"),
+        "mlm_head": _head(values.pop("mlm_head", {}), "mlm_head"),
+        "language_sft": _sft_section(values.pop("language_sft", {}), "language_sft", defaults.language_sft,
+                                     has_max_length=True),
+        "task_sft": _sft_section(values.pop("task_sft", {}), "task_sft", defaults.task_sft),
+    }
+    if "full_finetune" in values:
+        parsed["full_finetune"] = _phase(values.pop("full_finetune"), "full_finetune", defaults.full_finetune)
+    anli = values.pop("americasnli", None)
+    if anli is not None:
+        parsed["americasnli"] = _build(AmericasNLISection, anli, "americasnli", {
+            "train_languages": _strings, "test_languages": _strings,
+        })
+    for key in ("name", "model", "output_dir"):
+        if key in values and not (isinstance(values[key], str) and values[key]):
+            raise _fail(key, f"expected a non-empty string, got {short_repr(values[key])}")
+    for key in ("data_dir", "results_dir", "step_store"):
+        if key in values and values[key] is not None and not isinstance(values[key], str):
+            raise _fail(key, f"expected a path or null, got {short_repr(values[key])}")
+    for key in ("baseline", "task_on_source_sft"):
+        if key in values and not isinstance(values[key], bool):
+            raise _fail(key, f"expected true or false, got {short_repr(values[key])}")
+    if "language_scale" in values:
+        values["language_scale"] = _language_scale(values["language_scale"], "language_scale")
+    if "eval_split" in values and values["eval_split"] not in EVAL_SPLITS:
+        raise _fail("eval_split", f"expected one of {list(EVAL_SPLITS)}, got {short_repr(values['eval_split'])}")
+    if "language_text_splits" in values:
+        values["language_text_splits"] = _split_names(values["language_text_splits"], "language_text_splits",
+                                                      MT_SPLITS)
+    if values.get("eval_split") == "valid" and "valid" in values.get("language_text_splits", MT_SPLITS):
+        raise _fail("language_text_splits", "eval_split is valid, so the valid sentences' text may not be "
+                    "trained on: use language_text_splits: [train]")
+    batch = values.get("eval_batch_size", 1)
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise _fail("eval_batch_size", f"expected an integer >= 1, got {short_repr(values['eval_batch_size'])}")
+    if "pooling" in values and values["pooling"] not in ("mean", "cls"):
+        raise _fail("pooling", f"expected 'mean' or 'cls', got {short_repr(values['pooling'])}")
+    if "device" in values and values["device"] not in DEVICES:
+        raise _fail("device", f"expected one of {list(DEVICES)}, got {short_repr(values['device'])}")
+    parsed.update(values)
+    if BASELINE in parsed["methods"]:
+        raise _fail("methods", f"{BASELINE!r} is the baseline's name; pick another method name")
+    return PipelineConfig(**parsed)
+
+
+def read_config_file(path: str | Path) -> Any:
+    """The raw mapping of a ``.yaml``/``.yml`` or ``.json`` file (not validated).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ConfigError: it does not parse.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() == ".json":
+            raw = json.loads(text)
+        else:
+            import yaml
+
+            raw = yaml.safe_load(text)
+    except Exception as err:
+        raise ConfigError(f"config {path}: cannot parse: {short_repr(str(err))}") from err
+    check_nesting(raw, str(path))
+    return raw
+
+
+MAX_CONFIG_DEPTH = 32
+
+
+def check_nesting(raw: Any, source: str) -> None:
+    """ConfigError for a value that contains itself (a recursive YAML alias) or nests deeper than
+    :data:`MAX_CONFIG_DEPTH`; linear in the distinct containers (an alias bomb is cheap)."""
+    depth_below: dict[int, int] = {}
+    on_path: set[int] = set()
+
+    def visit(node: Any) -> int:
+        if not isinstance(node, (dict, list, tuple)):
+            return 0
+        key = id(node)
+        if key in on_path:
+            raise ConfigError(f"config {source}: a value contains itself (a recursive alias)")
+        if key in depth_below:
+            return depth_below[key]
+        if len(on_path) >= MAX_CONFIG_DEPTH:
+            raise ConfigError(f"config {source}: values nest deeper than {MAX_CONFIG_DEPTH} levels")
+        on_path.add(key)
+        children = list(node.values()) if isinstance(node, dict) else list(node)
+        depth = 1 + max((visit(child) for child in children), default=0)
+        on_path.discard(key)
+        depth_below[key] = depth
+        return depth
+
+    visit(raw)
+
+
+def load_config(path: str | Path) -> PipelineConfig:
+    """Read and validate a pipeline config file (``.yaml``/``.yml`` or ``.json``).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ConfigError: it does not parse or holds a bad value.
+    """
+    return parse_config(read_config_file(path), str(path))

@@ -1,0 +1,109 @@
+"""What a pipeline run writes under ``results_dir``: tables, CSVs, plot, timings, disk use, results.md."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+
+from deftx.eval.report import bar_plot, markdown_tables, summarize, write_csv
+from deftx.eval.zero_shot import EvalRow
+from deftx.pipeline.config import BASELINE, NO_LANGUAGE_SFT, PipelineConfig
+from deftx.pipeline.head import head_report_line
+from deftx.pipeline.workspace import Workspace
+
+
+def copy_run_logs(output_dir: Path, destination: Path) -> None:
+    """Copy the small per-run files (loss logs, selection reports) next to the results."""
+    for pattern in ("log.jsonl", "selection.json"):
+        for path in output_dir.rglob(pattern):
+            target = destination / path.relative_to(output_dir)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+
+
+def data_lines(config: PipelineConfig) -> list[str]:
+    """What each benchmark of ``config`` was trained and evaluated on, one line each."""
+    lines = []
+    if config.targets:
+        lines.append(f"NusaX evaluated on the **{config.eval_split}** split; language SFT text: NusaX MT "
+                     + "+".join(config.language_text_splits) + ".")
+    if config.americasnli is not None:
+        lines.append("AmericasNLI: task trained on the pooled **dev** sets of "
+                     + ", ".join(config.americasnli.train_languages) + "; evaluated on the **test** sets of "
+                     + ", ".join(config.americasnli.test_languages)
+                     + "; language SFT text: AmericasNLP 2021 train+dev of each test language.")
+    return lines
+
+
+def write_outputs(ws: Workspace, rows: list[EvalRow], wall_seconds: float, command: str | None) -> str:
+    """results.csv, summary.csv, overlap.csv, selection.csv, timings.json, results.md, results.png."""
+    out = ws.results_dir
+    plain = [row.as_dict() for row in rows]
+    write_csv(plain, out / "results.csv")
+    summary = summarize(plain, exclude_from_average=ws.config.sources)
+    write_csv(summary, out / "summary.csv")
+    if ws.overlaps:
+        write_csv(ws.overlaps, out / "overlap.csv")
+    if ws.selections:
+        write_csv(ws.selections, out / "selection.csv")
+    timings = {"wall_seconds": wall_seconds, "earlier_invocations_seconds": ws.earlier_seconds, **ws.timings}
+    (out / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
+    if ws.head_metrics:
+        (out / "mlm_head.json").write_text(json.dumps(ws.head_metrics, indent=2) + "\n")
+    (out / "disk.json").write_text(json.dumps({**ws.kept, "total": sum(ws.kept.values())}, indent=2) + "\n")
+    if ws.results_dir.resolve() != ws.output_dir.resolve():
+        copy_run_logs(ws.output_dir, ws.results_dir / "logs")
+    main = [r for r in summary if not r["method"].endswith(NO_LANGUAGE_SFT)]
+    bar_plot(main, out / "results.png")
+    tables = markdown_tables(main, "macro_f1")
+    text = [f"# {ws.config.name}: zero-shot results", ""]
+    if command:
+        text += ["Command:", "", f"    {command}", ""]
+    earlier = ws.earlier_seconds
+    total = f" ({(earlier + wall_seconds) / 60:.1f} min over all invocations of this run)" if earlier else ""
+    text += [
+        f"Wall time: {wall_seconds / 60:.1f} min{total}. Model: {ws.config.model} ({ws.model_dir}); "
+        "multilingual-e5-small here is 4-bit (Q4_0 word embeddings and Linear weights).",
+        f"Seeds: {list(ws.config.seeds)}. Methods: {BASELINE} (full fine-tuning on the source, no SFT), "
+        + ", ".join(ws.config.methods) + " (task SFT + target language SFT"
+        + f", scaled by {', '.join(f'{s:g}' for s in ws.config.language_scales())}).",
+        *data_lines(ws.config),
+        "",
+        tables,
+        markdown_tables(main, "accuracy"),
+        "Without the target language SFT (task SFT alone):",
+        "",
+        markdown_tables([r for r in summary if r["method"].endswith(NO_LANGUAGE_SFT)] or main[:0], "macro_f1")
+        if any(r["method"].endswith(NO_LANGUAGE_SFT) for r in summary) else "(none)\n",
+    ]
+    if ws.head_metrics:
+        text += [head_report_line(ws.head_metrics), ""]
+    if ws.notes:
+        text += ["Notes:", "", *[f"- {note}" for note in ws.notes], ""]
+    text += disk_lines(ws.kept)
+    text += ["Files: results.csv (per seed), summary.csv, overlap.csv (mask overlap per group), "
+             "selection.csv (share of K per group), timings.json, disk.json, results.png.", ""]
+    (out / "results.md").write_text("\n".join(text))
+    return tables
+
+
+def disk_lines(kept: Mapping[str, int]) -> list[str]:
+    """The results.md section on the bytes each run folder keeps (identities, logs, reports, SFTs, results)."""
+    if not kept:
+        return []
+    rows = [f"| {folder} | {size:,} |" for folder, size in sorted(kept.items())]
+    return ["Disk kept by each run (bytes; θ0 is the base model and never copied, θ1 and masks are removed "
+            "once their SFTs are written):", "", "| run folder | bytes |", "|---|---:|", *rows,
+            f"| **total** | {sum(kept.values()):,} |", ""]
+
+
+def reused_steps_note(attached: Mapping[str, int], store: str) -> str:
+    """The results.md note on the finished steps this invocation linked from ``store`` (by step name)."""
+    if not attached:
+        return f"step store {store}: this invocation linked no step from it (and added its finished steps)"
+    counts = ", ".join(f"{name} ×{count}" for name, count in sorted(attached.items()))
+    return (f"step store {store}: this invocation linked {sum(attached.values())} finished steps instead of "
+            f"training them ({counts}); their wall time is the run's that trained them, not this one's")
+

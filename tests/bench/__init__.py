@@ -1,1 +1,0 @@
-"""Tests of deftx.bench and the deftx bench command."""

@@ -1,0 +1,55 @@
+"""What every data reader shares: unknown languages and splits, a missing root, and the table checks."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from deftx.data import americasnli, nusax
+from deftx.data._io import read_table
+from tests.data.conftest import write_file
+
+READERS = {
+    "americasnli": (americasnli.load_nli, ("aym", "dev"), "quz", "train", "AmericasNLI data not found"),
+    "nusax": (nusax.load_sentiment, ("english", "train"), "klingon", "dev", "NusaX data not found"),
+}
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_unknown_language_split_and_missing_root(reader, data_dir, tmp_path):
+    load, (language, split), bad_language, bad_split, missing = READERS[reader]
+    with pytest.raises(ValueError, match=rf"unknown \w+ language '{bad_language}'.*{language}"):
+        load(data_dir, bad_language, split)
+    with pytest.raises(ValueError, match=f"unknown split '{bad_split}'"):
+        load(data_dir, language, bad_split)
+    with pytest.raises(FileNotFoundError, match=missing):
+        load(tmp_path, language, split)
+
+
+def test_other_reader_entry_points_check_the_same():
+    with pytest.raises(ValueError, match="unknown split"):
+        nusax.has_split("/nonexistent", "acehnese", "validation")
+    with pytest.raises(FileNotFoundError, match="NusaX data not found"):
+        nusax.sentiment_languages("/nonexistent")
+
+
+@pytest.mark.parametrize(("delimiter", "quoting", "shown"), [(",", csv.QUOTE_MINIMAL, "a,b,c"),
+                                                            ("\t", csv.QUOTE_NONE, "a b c")])
+def test_read_table_checks_header_and_fields_naming_file_and_line(tmp_path, delimiter, quoting, shown):
+    def table(text: str):
+        path = write_file(tmp_path, "t.txt", text.replace(",", delimiter))
+        return read_table(path, ["a", "b", "c"], delimiter=delimiter, quoting=quoting)
+
+    assert table("a,b,c\n1,2,3\n4,5,6\n") == [(2, ["1", "2", "3"]), (3, ["4", "5", "6"])]
+    with pytest.raises(ValueError, match=rf"t\.txt:1: expected header {shown}, found \['a', 'x', 'c'\]"):
+        table("a,x,c\n1,2,3\n")
+    with pytest.raises(ValueError, match=r"t\.txt:3: expected 3 fields, found 2"):
+        table("a,b,c\n1,2,3\n4,5\n")
+    with pytest.raises(ValueError, match=r"t\.txt: empty file, expected a header line"):
+        table("")
+
+
+def test_read_table_numbers_a_record_by_the_line_it_starts_on(tmp_path):
+    path = write_file(tmp_path, "t.csv", 'a,b\n1,"two\nlines"\n3,4\n')
+    assert read_table(path, ["a", "b"], delimiter=",") == [(2, ["1", "two\nlines"]), (4, ["3", "4"])]

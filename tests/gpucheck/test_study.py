@@ -1,0 +1,123 @@
+"""A study visit: seeds as independent units, a deadline, outputs that come back after every unit."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from deftx.gpucheck.study import Unit, Visit, ablation_units, main, pipeline_units, run_units, unpacked_data
+
+HEADER = "method,target,seed,macro_f1"
+
+
+def fake_unit(tmp_path: Path, label: str, body: str, kind: str = "pipeline") -> Unit:
+    """A unit whose command is a tiny python program run in ``results_dir``'s parent."""
+    out = tmp_path / "work" / kind / label
+    program = f"import pathlib, sys, time\nout = pathlib.Path({str(out)!r})\nout.mkdir(parents=True, exist_ok=True)\n"
+    return Unit(kind, label, (sys.executable, "-c", program + body), out)
+
+
+def writes_rows(seed: int, value: float) -> str:
+    return (f"(out / 'results.csv').write_text('{HEADER}\\n' + 'lt-sft,balinese,{seed},{value}\\n' + "
+            f"'deft-x,balinese,{seed},{value + 0.01}\\n')\nprint('trained seed {seed}')\n")
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def visit_of(tmp_path: Path, units: list[Unit], budget_s: float, min_unit_s: float = 0.0) -> tuple[Visit, Path]:
+    out = tmp_path / "out"
+    visit = run_units(Visit("study", "cpu", budget_s), units, tmp_path / "work", out,
+                      deadline=time.monotonic() + budget_s, min_unit_s=min_unit_s, env={}, say=lambda _: None)
+    return visit, out
+
+
+def test_every_finished_seed_comes_back_in_one_table_and_a_failed_one_is_named(tmp_path):
+    units = [fake_unit(tmp_path, "seed-0", writes_rows(0, 0.61)),
+             fake_unit(tmp_path, "seed-1", "sys.exit(3)\n"),
+             fake_unit(tmp_path, "seed-2", writes_rows(2, 0.65))]
+    visit, out = visit_of(tmp_path, units, budget_s=120)
+    assert [(r.label, r.status, r.exit_code, r.rows) for r in visit.records] == [
+        ("seed-0", "ok", 0, 2), ("seed-1", "failed", 3, 0), ("seed-2", "ok", 0, 2)]
+    rows = read_rows(out / "study-seeds.csv")
+    assert [(r["method"], r["seed"], r["macro_f1"]) for r in rows] == [
+        ("lt-sft", "0", "0.61"), ("deft-x", "0", "0.62"), ("lt-sft", "2", "0.65"), ("deft-x", "2", "0.66")]
+    doc = json.loads((out / "study.json").read_text())
+    assert [r["status"] for r in doc["records"]] == ["ok", "failed", "ok"]
+    with tarfile.open(out / "study-logs.tar.gz") as tar:
+        names = set(tar.getnames())
+    assert {"logs/seed-0/log.txt", "logs/seed-0/results.csv", "logs/seed-1/log.txt"} <= names
+    with tarfile.open(out / "study-logs.tar.gz") as tar:
+        assert tar.extractfile("logs/seed-0/log.txt").read() == b"trained seed 0\n"
+    assert sorted(p.name for p in out.iterdir()) == ["study-logs.tar.gz", "study-seeds.csv", "study.json"]
+
+
+def test_a_unit_past_the_deadline_is_stopped_and_the_next_is_left_for_another_visit(tmp_path):
+    units = [fake_unit(tmp_path, "seed-0", writes_rows(0, 0.5)),
+             fake_unit(tmp_path, "seed-1", "time.sleep(60)\n"),
+             fake_unit(tmp_path, "seed-2", writes_rows(2, 0.5))]
+    started = time.monotonic()
+    visit, out = visit_of(tmp_path, units, budget_s=12)
+    assert time.monotonic() - started < 20, "the sleeping unit is killed at the deadline"
+    assert [r.status for r in visit.records] == ["ok", "timeout", "not started"]
+    assert "left for the next visit" in visit.records[2].why
+    assert {r["seed"] for r in read_rows(out / "study-seeds.csv")} == {"0"}
+
+
+def test_no_unit_starts_when_the_time_left_is_under_the_assumed_unit_time(tmp_path):
+    units = [fake_unit(tmp_path, "seed-0", writes_rows(0, 0.5))]
+    visit, out = visit_of(tmp_path, units, budget_s=30, min_unit_s=60)
+    assert [r.status for r in visit.records] == ["not started"]
+    assert not (tmp_path / "work" / "pipeline" / "seed-0").exists(), "nothing ran"
+    assert json.loads((out / "study.json").read_text())["records"][0]["status"] == "not started"
+
+
+def test_units_name_the_device_and_a_results_folder_each(tmp_path):
+    config = tmp_path / "study.yaml"
+    seeds = pipeline_units(config, [3, 4], "cuda", tmp_path)
+    assert [u.label for u in seeds] == ["seed-3", "seed-4"]
+    assert seeds[0].command[1:] == ("-m", "deftx", "pipeline", str(config), "--seeds", "3", "--device", "cuda",
+                                    "--output-dir", str(tmp_path / "runs" / "pipeline"),
+                                    "--results-dir", str(tmp_path / "pipeline" / "seed-3"))
+    variants = ablation_units(config, ["reference", "steps-200"], [0, 1], "cuda", tmp_path)
+    assert [u.label for u in variants] == ["reference-seed-0", "steps-200-seed-0", "reference-seed-1",
+                                           "steps-200-seed-1"]
+    assert {u.table for u in variants} == {"ablation.csv"} and len({u.results_dir for u in variants}) == 4
+
+
+def test_the_data_archive_is_extracted_once(tmp_path):
+    source = tmp_path / "src" / "nusax"
+    source.mkdir(parents=True)
+    (source / "README.md").write_text("data\n")
+    archive = tmp_path / "data.tar.xz"
+    with tarfile.open(archive, "w:xz") as tar:
+        tar.add(source, arcname="nusax")
+    root = unpacked_data(archive, tmp_path / "work")
+    assert (root / "nusax" / "README.md").read_text() == "data\n"
+    (root / "nusax" / "README.md").write_text("changed\n")
+    assert unpacked_data(archive, tmp_path / "work") == root
+    assert (root / "nusax" / "README.md").read_text() == "changed\n", "not extracted a second time"
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--out", "o", "--budget", "100"], "nothing to run"),
+    (["--out", "o", "--budget", "100", "--variants", "steps-200"], "--variants needs --ablate"),
+    (["--out", "o", "--budget", "3", "--seeds", "0"], "--budget must be over"),
+    (["--out", "o", "--budget", "100", "--seeds", "0", "--data-archive", "missing.tar.xz"], "does not exist"),
+])
+def test_a_visit_that_would_do_nothing_or_lacks_an_input_is_refused_before_any_work(tmp_path, capsys, argv,
+                                                                                   message):
+    config = tmp_path / "c.yaml"
+    config.write_text("name: c\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(config), *argv])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err

@@ -1,0 +1,1 @@
+"""Tests of deftx.perf and the deftx bench and deftx profile commands."""

@@ -1,0 +1,178 @@
+"""The benchmark cases compare like with like: every implementation computes the same thing.
+
+Tiny shape sets (ragged, non-power-of-2) on CPU; each deftx backend and each baseline
+of an op is checked against the others or against an independent torch computation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from deftx.ops.dispatch import unavailable_reason
+from deftx.perf.cases import CaseSpec, display_name, implementations, op_module
+from deftx.perf.shapes import ShapeSet, TensorShape
+from tests.helpers import assert_bitwise_equal, assert_close, tolerance
+
+CPU = torch.device("cpu")
+TINY = ShapeSet(
+    "tiny",
+    (TensorShape("embed", (301, 72), vocab=True), TensorShape("norm", (72,))),
+    num_layers=2,
+    layer_tensors=(TensorShape("q", (72, 72)), TensorShape("ffn", (130, 72)), TensorShape("bias", (130,))),
+)
+
+
+def _spec(op: str, k: float | None = 0.05, dtype: str = "fp32") -> CaseSpec:
+    return CaseSpec(op, TINY, dtype=dtype, k_fraction=None if op == "rsvd" else k)
+
+
+def test_cpu_implementations_never_time_the_triton_interpreter() -> None:
+    for op in ("topk", "rsvd", "scatter", "step"):
+        impls = implementations(op, CPU)
+        assert "deftx:triton" not in impls
+        assert "deftx:torch" in impls
+        native = unavailable_reason(op_module(op).DISPATCH_OP, "native", "cpu") is None
+        assert ("deftx:native" in impls) == native
+        assert set(op_module(op).BASELINES) <= set(impls)
+    assert implementations("topk", CPU, backends=("torch",))[0] == "deftx:torch"
+    assert display_name("topk", "deftx:native") == "deftx[native]"
+    assert display_name("topk", "cat_topk") == "torch.cat+topk"
+
+
+def test_inputs_are_deterministic_and_chunking_invariant() -> None:
+    whole = op_module("topk").make_inputs(_spec("topk"))
+    first_chunk = TINY.chunks(301 * 72 + 72)[0]
+    part = op_module("topk").make_inputs(CaseSpec("topk", first_chunk, k_fraction=0.05))
+    assert_bitwise_equal(part.tensors[0], whole.tensors[0], what="embed scores")
+    again = op_module("topk").make_inputs(_spec("topk"))
+    assert_bitwise_equal(again.tensors[3], whole.tensors[3], what="layer scores")
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("k", [0.001, 0.1])
+def test_topk_implementations_select_the_same_magnitudes(dtype: str, k: float) -> None:
+    module = op_module("topk")
+    inputs = module.make_inputs(_spec("topk", k, dtype))
+    total = sum(t.numel() for t in inputs.tensors)
+    assert inputs.k == max(1, round(k * total))
+    flat = torch.cat([t.reshape(-1).float().abs() for t in inputs.tensors])
+    expected = flat.sort(descending=True).values[: inputs.k]
+    for impl in implementations("topk", CPU):
+        out = module.bind(impl, inputs)()
+        if impl == "cat_kthvalue":
+            assert float(out.values) == float(expected[-1]), impl
+            continue
+        if impl == "cat_topk":
+            chosen = flat[out.indices]
+        else:
+            offsets = [0, *torch.tensor([t.numel() for t in inputs.tensors]).cumsum(0).tolist()]
+            chosen = torch.cat([flat[o + idx] for o, idx in zip(offsets, out, strict=False)])
+        assert_bitwise_equal(chosen.sort(descending=True).values, expected, what=impl)
+
+
+def test_rsvd_implementations_reach_the_same_error_near_the_optimum() -> None:
+    module = op_module("rsvd")
+    inputs = module.make_inputs(_spec("rsvd"))
+    # 32 + 8 sketch columns: the 72-wide matrices qualify, the 1-D tensors do not.
+    assert len(inputs.pairs) == 1 + 2 * 2
+    errors = {}
+    for impl in implementations("rsvd", CPU):
+        factors = module.bind(impl, inputs)()
+        assert all(u.shape[1] == s.numel() == vh.shape[0] == 32 for u, s, vh in factors)
+        errors[impl] = module.quality(impl, inputs, factors)["relative_error"]
+    optimum = errors.pop("linalg_svd")
+    assert 0.0 < optimum < 0.2
+    for impl, err in errors.items():
+        assert optimum <= err * (1 + 1e-5) and err <= 1.02 * optimum, (impl, err, optimum)
+
+
+def test_rsvd_without_qualifying_matrices_raises() -> None:
+    small = ShapeSet("small", (TensorShape("w", (40, 30)),))
+    with pytest.raises(ValueError, match="no matrix"):
+        op_module("rsvd").make_inputs(CaseSpec("rsvd", small))
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_scatter_implementations_produce_the_same_weights(dtype: str) -> None:
+    module = op_module("scatter")
+    results = {}
+    for impl in implementations("scatter", CPU):
+        inputs = module.make_inputs(_spec("scatter", 0.1, dtype))
+        before = [w.clone() for w in inputs.dense]
+        module.bind(impl, inputs)()
+        results[impl] = inputs.dense
+    reference = [
+        (w.float().view(-1).index_add(0, idx, val)).to(w.dtype)
+        for w, idx, val in zip(before, inputs.indices, inputs.values, strict=True)
+    ]
+    for impl, dense in results.items():
+        for t, (got, want) in enumerate(zip(dense, reference, strict=True)):
+            if impl == "index_add" and dtype != "fp32":
+                # the baseline rounds the values to the weight dtype first: one more rounding
+                u = tolerance(got.dtype, 1, factor=1.0)
+                atol = 2 * u * float(inputs.values[t].abs().max())
+                assert_close(got.view(-1), want, rtol=2 * u, atol=atol, what=f"{impl} tensor {t}")
+            else:
+                assert_bitwise_equal(got.view(-1), want, what=f"{impl} tensor {t}")
+    assert module.selected(inputs) == sum(i.numel() for i in inputs.indices) > 0
+
+
+def test_masked_step_matches_dense_adamw_on_the_selected_entries() -> None:
+    module = op_module("step")
+    results = {}
+    for impl in implementations("step", CPU):
+        inputs = module.make_inputs(_spec("step", 0.05))
+        step = module.bind(impl, inputs)
+        for _ in range(3):
+            step()
+        results[impl] = inputs
+    reference = results["adamw"]
+    for impl, got in results.items():
+        for t, idx in enumerate(reference.indices):
+            want = reference.params[t].view(-1)[idx]
+            rtol = tolerance(torch.float32, 16)
+            atol = rtol * float(want.abs().max())  # entries near zero: the update's rounding is absolute
+            assert_close(got.params[t].view(-1)[idx], want, rtol=rtol, atol=atol, what=f"{impl} tensor {t}")
+
+
+@pytest.mark.parametrize("op", ["topk", "rsvd", "scatter", "step"])
+def test_cost_models_are_positive_and_finite(op: str) -> None:
+    module = op_module(op)
+    inputs = module.make_inputs(_spec(op))
+    for impl in implementations(op, CPU):
+        cost = module.traffic(impl, inputs)
+        assert math.isfinite(cost.bytes) and cost.bytes > 0, (impl, cost)
+        assert math.isfinite(cost.flops) and cost.flops >= 0, (impl, cost)
+        assert cost.model
+
+
+def test_topk_cost_model_by_hand() -> None:
+    module = op_module("topk")
+    spec = CaseSpec("topk", ShapeSet("one", (TensorShape("w", (100, 10)),)), k_fraction=0.1)
+    inputs = module.make_inputs(spec)
+    assert inputs.k == 100
+    assert module.traffic("deftx:torch", inputs).bytes == 1000 * 4 + 100 * 8
+    assert module.traffic("cat_topk", inputs).bytes == 1000 * 4 + 16 * 1000 + 12 * 100
+    assert module.traffic("cat_kthvalue", inputs).bytes == 1000 * 4 + 16 * 1000
+
+
+def test_chunked_topk_past_the_limit_selects_what_one_topk_selects():
+    from deftx.perf.cases.topk import chunked_topk
+
+    flat = torch.randn(1000, generator=torch.Generator().manual_seed(3)).abs_()
+    for k in (0, 1, 31, 37):  # 8 chunks of 128: up to 37 each stays under 300 candidates
+        values, indices = chunked_topk(flat, k, limit=300, chunk=128)
+        expected = torch.topk(flat, k).values
+        assert torch.equal(values.sort(descending=True).values, expected), f"k={k}"
+        assert torch.equal(flat[indices], values), f"k={k}: indices do not point at the values"
+        assert indices.unique().numel() == k
+
+
+def test_chunked_topk_refuses_too_many_candidates():
+    from deftx.perf.cases.topk import chunked_topk
+
+    with pytest.raises(ValueError, match="cannot take 320 candidates"):
+        chunked_topk(torch.rand(1000), 40, limit=300, chunk=128)

@@ -1,0 +1,108 @@
+"""deftx.perf.counters: what counts as a launch and as a host sync, on known torch code."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from deftx.kernels import kernel_module
+from deftx.ops import library
+from deftx.ops.settings import AdamWSettings, MaskedStepTensors
+from deftx.perf.counters import count_device_work
+
+
+def test_device_ops_are_launches_views_and_allocations_are_not():
+    x = torch.arange(12.0)
+    with count_device_work("cpu") as work:
+        y = x + 1
+        torch.cumsum(y, 0)
+        x.view(3, 4)[1:]
+        torch.empty(5)
+        x.clone()
+    assert work.torch_ops == {"aten::add": 1, "aten::cumsum": 1, "aten::clone": 1}
+    assert work.launches == 3 and work.sync_count == 0
+
+
+def test_host_reads_are_syncs():
+    x = torch.tensor([3, 1, 2])
+    with count_device_work("cpu") as work:
+        x[0].item()
+        int(x[1])
+        bool(x[2] > 1)
+        float(x.sum())
+        x.tolist()
+        x.numpy()
+    assert work.syncs == {"item": 4, "tolist": 1, "numpy": 1}
+
+
+def test_data_dependent_output_sizes_are_syncs():
+    x = torch.tensor([0.0, 2.0, -1.0, 3.0])
+    counts = torch.tensor([1, 0, 2, 1])
+    with count_device_work("cpu") as work:
+        x.nonzero()
+        x[x > 0]
+        torch.repeat_interleave(counts)
+        torch.repeat_interleave(counts, output_size=4)  # the size is given: no sync
+        torch.repeat_interleave(x, 2)  # repeats known on the host: no sync
+        torch.equal(x, x)
+    assert work.syncs == {"aten::nonzero": 1, "aten::index": 1, "aten::repeat_interleave": 1, "aten::equal": 1}
+
+
+def test_other_devices_are_not_counted():
+    x = torch.ones(4)
+    with count_device_work("meta") as work:
+        (x * 2).tolist()
+        y = torch.ones(4, device="meta") * 2
+    assert work.torch_ops == {"aten::ones": 1, "aten::mul": 1} and work.sync_count == 0
+    assert y.device.type == "meta"
+
+
+def test_blocking_copy_to_the_device_is_a_sync():
+    host = torch.ones(4)
+    device = torch.empty(4, device="meta")
+    with count_device_work("meta") as work:
+        device.copy_(host)
+        device.copy_(host, non_blocking=True)  # from pageable memory: torch waits anyway
+    assert work.syncs == {"blocking host-to-device copy": 2}
+    assert work.torch_ops == {"aten::copy_": 2}
+
+
+def test_custom_ops_are_looked_into():
+    dense = torch.zeros(6)
+    index, saved = torch.tensor([1, 4]), torch.tensor([5.0, 7.0])
+    with count_device_work("cpu") as work:
+        library.scatter_restore([dense], [index], [saved], "torch")
+    assert dense.tolist() == [0.0, 5.0, 0.0, 0.0, 7.0, 0.0]
+    assert set(work.torch_ops) == {"aten::index_put_"} and "deftx::scatter_restore_" not in work.torch_ops
+
+
+def test_triton_launches_count_and_the_interpreter_copies_do_not():
+    masked_step = kernel_module("masked_step", interpret=True)
+    param, grad = torch.randn(10), torch.randn(10)
+    index = torch.tensor([1, 5, 8])
+    state = [param[index].clone(), torch.zeros(3), torch.zeros(3)]
+    tensors = MaskedStepTensors([param], [grad], [index], [state[0]], [state[1]], [state[2]])
+    masked_step.masked_adamw_step_(tensors, AdamWSettings(1, 0.1, beta2=0.99))  # builds and uploads its tables
+    with count_device_work("cpu") as work:
+        masked_step.masked_adamw_step_(tensors, AdamWSettings(2, 0.1, beta2=0.99))
+    assert work.triton_launches == {"_masked_adamw_kernel": 1}
+    assert work.torch_op_count == 0 and work.sync_count == 0
+
+
+def test_summary_names_every_count():
+    x = torch.arange(4)
+    with count_device_work("cpu") as work:
+        (x + 1).tolist()
+    assert work.summary() == "1 launches (0 Triton: none; 1 torch: aten::add x1), 1 host syncs (tolist x1)"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_copies_and_torch_sync_reports():
+    device = torch.device("cuda")
+    pinned = torch.ones(4).pin_memory()
+    with count_device_work(device) as work:
+        x = torch.empty(4, device=device)
+        x.copy_(pinned, non_blocking=True)  # asynchronous: no sync
+        x.cpu()
+    assert work.syncs == {"device-to-host copy": 1}
+    assert work.cuda_reported_syncs is not None and work.cuda_reported_syncs >= 1

@@ -1,0 +1,147 @@
+"""The cases and suite features the GPU check relies on, on CPU at toy size.
+
+compose (2 SFTs, originals saved) and DeFT-X scores against their baselines; a failing
+implementation or unbuildable inputs become rows; the baseline filter, per-op K, the time
+cap per case, the deadline and the partial documents.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+import torch
+
+from deftx.ops import scatter_restore_
+from deftx.perf.cases import CaseSpec, implementations, op_module
+from deftx.perf.predicted import op_costs, profile_shape_set
+from deftx.perf.roofs import Roofline
+from deftx.perf.shapes import ShapeSet, TensorShape
+from deftx.perf.suite import SuiteConfig, run_case, run_suite
+from deftx.perf.timing import TimingSettings, time_interleaved_isolating_errors
+from tests.helpers import assert_bitwise_equal
+
+CPU = torch.device("cpu")
+TINY = ShapeSet(
+    "tiny",
+    (TensorShape("embed", (301, 72), vocab=True), TensorShape("norm", (72,))),
+    num_layers=2,
+    layer_tensors=(TensorShape("q", (72, 72)), TensorShape("ffn", (130, 72)), TensorShape("bias", (130,))),
+)
+ONE_CALL = TimingSettings(warmup=1, min_repeats=1, max_repeats=1, min_time_s=0.0)
+ROOF = Roofline(copy_gbps=10.0, matmul_gflops=10.0, copy_bytes=1, matmul_n=1)
+
+
+def reference_compose(dense, indices, values, scales):
+    """Per diff in order: w = cast(f32(w) + f32(scale * v)) at the diff's positions."""
+    out = []
+    for t, w in enumerate(dense):
+        flat = w.reshape(-1).clone()
+        for idx, val, scale in zip(indices, values, scales, strict=True):
+            wide = flat.float()
+            wide[idx[t]] = wide[idx[t]] + val[t] * scale
+            flat = wide.to(w.dtype)
+        out.append(flat)
+    return out
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_compose_implementations_equal_the_two_roundings_reference_and_deftx_restores(dtype):
+    module = op_module("compose")
+    spec = CaseSpec("compose", TINY, dtype=dtype, k_fraction=0.1)
+    for impl in implementations("compose", CPU):
+        inputs = module.make_inputs(spec)
+        before = [w.clone() for w in inputs.dense]
+        want = reference_compose(before, inputs.indices, inputs.values, module.SCALES)
+        saved = module.bind(impl, inputs)()
+        for t, (got, expected) in enumerate(zip(inputs.dense, want, strict=True)):
+            assert_bitwise_equal(got.reshape(-1), expected, what=f"{impl} tensor {t}")
+        if impl.startswith("deftx:"):
+            scatter_restore_(inputs.dense, inputs.indices, saved)
+            for t, (got, original) in enumerate(zip(inputs.dense, before, strict=True)):
+                assert_bitwise_equal(got, original, what=f"{impl} restored tensor {t}")
+    overlap = sum(int(torch.isin(a, b).sum()) for a, b in zip(*inputs.indices, strict=True))
+    assert 0 < overlap < module.selected(inputs), "the two diffs share some positions, not all"
+
+
+def test_scores_of_deftx_and_svd_lowrank_land_at_the_same_error():
+    module = op_module("scores")
+    inputs = module.make_inputs(CaseSpec("scores", TINY, k_fraction=None, rank=8, oversample=4))
+    errors = {}
+    for impl in implementations("scores", CPU):
+        scores = module.bind(impl, inputs)()
+        assert [s.shape for s in scores] == [w1.shape for w1, _ in inputs.pairs]
+        assert all(s.dtype == torch.float32 and bool((s >= 0).all()) for s in scores)
+        errors[impl] = module.quality(impl, inputs, scores)["score_error"]
+    deftx, baseline = errors["deftx:torch"], errors["svd_lowrank_abs"]
+    assert 0.0 < deftx < 0.5 and deftx == pytest.approx(baseline, rel=0.05)
+
+
+@pytest.mark.parametrize("op", ["compose", "scores"])
+def test_new_cases_have_cost_models_and_predictions_for_every_implementation(op):
+    module = op_module(op)
+    spec = CaseSpec(op, TINY, k_fraction=None if op == "scores" else 0.05, rank=8, oversample=4)
+    inputs = module.make_inputs(spec)
+    for impl in implementations(op, CPU):
+        cost = module.traffic(impl, inputs)
+        assert math.isfinite(cost.bytes) and cost.bytes > 0 and cost.model
+    shape_set = profile_shape_set(TINY, op, dtype="fp32", k_fraction=spec.k_fraction, rank=8, oversample=4, n_iter=2)
+    costs = op_costs(shape_set, op)
+    assert set(costs) == {"deftx", *module.BASELINES}
+    if op == "compose":
+        assert shape_set.settings.num_diffs == 2
+
+
+def test_a_failing_implementation_is_dropped_and_the_others_are_timed():
+    calls = {"ok": 0}
+
+    def ok():
+        calls["ok"] += 1
+
+    def broken():
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    settings = TimingSettings(warmup=1, min_repeats=3, max_repeats=3, min_time_s=0.0)
+    measured, errors = time_interleaved_isolating_errors({"ok": ok, "broken": broken}, CPU, settings)
+    assert set(measured) == {"ok"} and len(measured["ok"][0].samples) == 3
+    assert isinstance(errors["broken"], RuntimeError) and calls["ok"] == 4
+
+
+def test_the_time_cap_stops_further_rounds():
+    settings = TimingSettings(warmup=0, min_repeats=1, max_repeats=1000, min_time_s=100.0, budget_s=0.05)
+    measured, _ = time_interleaved_isolating_errors({"a": lambda: time.sleep(0.01)}, CPU, settings)
+    assert 2 <= len(measured["a"][0].samples) <= 10
+
+
+def test_inputs_that_cannot_be_built_make_every_row_an_error():
+    small = ShapeSet("small", (TensorShape("w", (8, 8)),))
+    spec = CaseSpec("rsvd", small)
+    rows = run_case(spec, ["deftx:torch", "svd_lowrank"], ONE_CALL, ROOF, None)
+    assert [r["impl"] for r in rows] == ["deftx:torch", "svd_lowrank"]
+    assert all(r["error"].startswith("inputs: ValueError: rsvd: no matrix") for r in rows)
+
+
+def test_the_baseline_filter_and_per_op_k_select_what_runs():
+    config = SuiteConfig(shapes=TINY, baselines={"topk": ("cat_topk",), "step": ()}, op_k_fractions={"step": (0.05,)})
+    assert config.implementations("topk", CPU)[-1:] == ["cat_topk"]
+    assert "cat_kthvalue" not in config.implementations("topk", CPU)
+    assert all(i.startswith("deftx:") for i in config.implementations("step", CPU))
+    assert set(config.implementations("compose", CPU)) >= {"dense_compose"}
+    assert config.k_values("step") == [0.05]
+    assert config.k_values("scores") == [None] and config.k_values("topk") == [0.001, 0.01, 0.1]
+
+
+def test_suite_reports_partial_documents_and_skips_cases_past_its_deadline():
+    seen = []
+    config = SuiteConfig(shapes=TINY, ops=("topk", "compose"), k_fractions=(0.01,), backends=("torch",),
+                         timing=ONE_CALL, memory=False, roofline_copy_bytes=1 << 20, roofline_matmul_n=64)
+    doc = run_suite(config, progress=False, on_case=lambda d: seen.append(len(d["results"])))
+    assert seen == [3, 5]
+    assert {c["op"] for c in doc["comparisons"]} == {"topk", "compose"}
+    late = SuiteConfig(shapes=TINY, ops=("topk",), k_fractions=(0.01,), backends=("torch",), timing=ONE_CALL,
+                       memory=False, deadline=time.monotonic() - 1, roofline_copy_bytes=1 << 20,
+                       roofline_matmul_n=64)
+    skipped = run_suite(late, progress=False)
+    assert [r["skipped"] for r in skipped["results"]] == ["not run: the suite's time budget was spent"] * 3
+    assert skipped["comparisons"] == []

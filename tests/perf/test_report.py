@@ -1,0 +1,60 @@
+"""Result tables: the speedup pairing and the number formats."""
+
+from __future__ import annotations
+
+import pytest
+
+from deftx.perf.report import format_bytes, format_k, format_seconds, format_table, markdown_table
+from deftx.perf.suite import comparisons
+
+
+def _row(op, name, role, k, seconds, **extra):
+    return {
+        "op": op,
+        "name": name,
+        "role": role,
+        "k_fraction": k,
+        "time_s": seconds,
+        "gbps": 1.0,
+        "roofline_pct": 10.0,
+        "roofline": "memory",
+        **extra,
+    }
+
+
+def test_comparisons_pair_every_deftx_row_with_each_baseline_of_the_same_op_and_k() -> None:
+    rows = [
+        _row("topk", "deftx[native]", "deftx", 0.01, 0.5, auto=True),
+        _row("topk", "deftx[torch]", "deftx", 0.01, 4.0),
+        _row("topk", "torch.cat+topk", "baseline", 0.01, 2.0),
+        _row("topk", "torch.cat+topk", "baseline", 0.1, 9.0),
+        _row("scatter", "index_add_ loop", "baseline", 0.01, 1.0),
+        {"op": "topk", "name": "torch.cat+kthvalue", "role": "baseline", "k_fraction": 0.01, "error": "boom"},
+    ]
+    pairs = comparisons(rows)
+    assert [(p["deftx"], p["baseline"], p["speedup"]) for p in pairs] == [
+        ("deftx[native]", "torch.cat+topk", 4.0),
+        ("deftx[torch]", "torch.cat+topk", 0.5),
+    ]
+    assert pairs[0]["auto"] is True and pairs[1]["auto"] is False
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"), [(2.345, "2.35 s"), (0.0123, "12.3 ms"), (4.5e-5, "45 us"), (None, "-"), (float("nan"), "-")]
+)
+def test_format_seconds(seconds, text) -> None:
+    assert format_seconds(seconds) == text
+
+
+@pytest.mark.parametrize(
+    ("nbytes", "text"), [(512, "512 B"), (3 * 2**20 + 2**19, "3.5 MiB"), (1.5 * 2**30, "1.50 GiB"), (None, "-")]
+)
+def test_format_bytes(nbytes, text) -> None:
+    assert format_bytes(nbytes) == text
+
+
+def test_format_k_and_tables() -> None:
+    assert format_k(0.001) == "0.1%" and format_k(None) == "-"
+    text = format_table(("a", "bb"), [["xyz", "1"]])
+    assert text.splitlines() == ["a    bb", "---  --", "xyz  1 "]
+    assert markdown_table(("a", "b"), [["1", "2"]]).splitlines() == ["| a | b |", "|---|---|", "| 1 | 2 |"]

@@ -1,0 +1,78 @@
+"""Timing: warm-up and repeat counts, the returned first result, settings validation."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from deftx.perf.timing import TimingSettings, time_interleaved, time_thunk
+
+CPU = torch.device("cpu")
+
+
+def _counter():
+    calls = []
+
+    def thunk() -> int:
+        calls.append(len(calls))
+        return len(calls)
+
+    return thunk, calls
+
+
+def test_warmup_then_min_repeats_when_calls_are_fast() -> None:
+    thunk, calls = _counter()
+    timing, first = time_thunk(thunk, CPU, TimingSettings(warmup=2, min_repeats=3, max_repeats=3, min_time_s=0.0))
+    assert len(calls) == 5
+    assert first == 1  # the first warm-up call's result
+    assert len(timing.samples) == 3
+    assert timing.min_s <= timing.median_s
+    assert all(s >= 0 for s in timing.samples)
+
+
+def test_repeats_until_min_time_capped_by_max_repeats() -> None:
+    thunk, calls = _counter()
+    timing, _ = time_thunk(thunk, CPU, TimingSettings(warmup=0, min_repeats=1, max_repeats=7, min_time_s=60.0))
+    assert len(timing.samples) == 7 and len(calls) == 7
+
+
+def test_measures_wall_time() -> None:
+    timing, first = time_thunk(
+        lambda: time.sleep(0.02), CPU, TimingSettings(warmup=0, min_repeats=2, max_repeats=2, min_time_s=0.0)
+    )
+    assert first is None  # no warm-up: nothing returned
+    assert 0.019 <= timing.median_s < 0.5
+
+
+def test_a_long_call_is_timed_once() -> None:
+    thunk, calls = _counter()
+    settings = TimingSettings(warmup=1, min_repeats=5, max_repeats=5, min_time_s=0.0, long_call_s=-1.0)
+    timing, _ = time_thunk(thunk, CPU, settings)
+    assert len(calls) == 2 and len(timing.samples) == 1
+
+
+@pytest.mark.parametrize("kwargs", [{"warmup": -1}, {"min_repeats": 0}, {"min_repeats": 5, "max_repeats": 4}])
+def test_bad_settings_raise(kwargs) -> None:
+    with pytest.raises(ValueError, match="bad timing settings"):
+        TimingSettings(**kwargs)
+
+
+def test_interleaved_timing_alternates_calls_and_drops_long_ones() -> None:
+    order: list[str] = []
+
+    def make(name: str, seconds: float):
+        def thunk() -> str:
+            order.append(name)
+            time.sleep(seconds)
+            return name
+
+        return thunk
+
+    settings = TimingSettings(warmup=1, min_repeats=3, max_repeats=3, min_time_s=0.0, long_call_s=0.05)
+    result = time_interleaved({"fast": make("fast", 0.0), "slow": make("slow", 0.06)}, CPU, settings)
+    assert order == ["fast", "slow", "fast", "slow", "fast", "fast"]  # warm-up, round 1, then only fast
+    assert [len(result[n][0].samples) for n in ("fast", "slow")] == [3, 1]
+    assert result["fast"][1] == "fast" and result["slow"][1] == "slow"
+    assert result["slow"][0].median_s >= 0.06

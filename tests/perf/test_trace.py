@@ -1,0 +1,82 @@
+"""Runtime profiles on CPU with the tiny shape set: files exist, parse, numbers are sane."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from deftx.perf.trace import TraceConfig, load_trace_config, profile_target
+
+
+def check_outputs(summary, out_dir, expected_ranges):
+    for path in summary["files"]:
+        assert (out_dir / path.split("/")[-1]).exists(), path
+    trace = json.loads((out_dir / summary["trace"].split("/")[-1]).read_text())
+    names = {event.get("name") for event in trace["traceEvents"]}
+    assert set(expected_ranges) <= names, f"missing ranges {set(expected_ranges) - names}"
+    stored = json.loads((out_dir / f"profile_{summary['target'].replace('-', '_')}.json").read_text())
+    assert stored["rows"] == summary["rows"]
+    rows = {r["name"]: r for r in summary["rows"]}
+    for name in expected_ranges:
+        row = rows[name]
+        assert row["calls"] >= 1 and math.isfinite(row["total_ms"]) and row["total_ms"] > 0
+        assert row["mean_ms"] == pytest.approx(row["total_ms"] / row["calls"])
+    markdown = (out_dir / f"profile_{summary['target'].replace('-', '_')}.md").read_text()
+    assert "(measured)" in markdown and all(f"`{name}`" in markdown for name in expected_ranges)
+    return rows
+
+
+@pytest.mark.parametrize(
+    ("target", "ranges"),
+    [("topk", ["deftx.topk"]), ("scatter", ["deftx.scatter_add", "deftx.scatter_restore"]),
+     ("step", ["deftx.masked_step"]), ("rsvd", ["deftx.rsvd"])],
+)
+def test_op_profiles(target, ranges, tmp_path):
+    summary = profile_target(TraceConfig(target=target, iterations=2, warmup=0), tmp_path)
+    rows = check_outputs(summary, tmp_path, ranges)
+    modelled = rows[ranges[0]]
+    assert modelled["calls"] == 2
+    assert modelled["bytes_per_call"] > 0
+    assert math.isfinite(modelled["achieved_gb_per_s"]) and modelled["achieved_gb_per_s"] > 0
+    assert any(r["kind"] == "cpu op" for r in summary["rows"])
+
+
+def test_train_step_profile_has_every_phase(tmp_path):
+    summary = profile_target(TraceConfig(target="train-step", warmup=0), tmp_path)
+    phases = [f"deftx.phase.{p}" for p in ("full_step", "selection", "sparse_step", "compose")]
+    rows = check_outputs(summary, tmp_path, [*phases, "deftx.rsvd", "deftx.topk", "deftx.masked_step",
+                                             "deftx.scatter_add", "deftx.scatter_restore"])
+    assert all(rows[p]["kind"] == "phase" for p in phases)
+
+
+def test_config_file_and_overrides(tmp_path):
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps({"target": "step", "shapes": "tiny", "iterations": 3, "rank": 4}))
+    config = load_trace_config(path, iterations=1, device=None)
+    assert (config.target, config.iterations, config.rank) == ("step", 1, 4)
+    assert config.shape_set().settings.rank == 4
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"target": "fft"}, "unknown profile target"), ({"device": "tpu"}, "device"),
+     ({"iterations": 0}, "iterations")],
+)
+def test_bad_config_raises(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TraceConfig(**kwargs)
+
+
+def test_bad_config_file_raises(tmp_path):
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps({"target": "step", "speed": "fast"}))
+    with pytest.raises(ValueError, match="expected a JSON object"):
+        load_trace_config(path)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_a_gpu_raises():
+    with pytest.raises(ValueError, match="cuda"):
+        TraceConfig(device="cuda")

@@ -1,0 +1,144 @@
+"""Pipeline config parsing: defaults, merging, and clear errors for bad values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from deftx.pipeline.config import ConfigError, load_config, parse_config
+from deftx.train.config import to_plain
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("name", ["default.yaml", "nusax-e5-small.yaml", "nusax-e5-small-1seed.yaml"])
+def test_shipped_configs_parse(name):
+    config = load_config(REPO / "configs" / name)
+    assert config.targets and set(config.methods) == {"lt-sft", "deft-x"}
+    assert config.methods["lt-sft"] is None and config.methods["deft-x"].energy == 0.9
+    assert config.language_config().selections == config.methods
+    assert config.task_config().ship_head and not config.language_config().ship_head
+    assert config.eval_split == "test" and config.language_sft.max_length is None
+
+
+def test_prototype_config_keeps_its_recorded_settings():
+    config = load_config(REPO / "configs" / "nusax-e5-small-1seed.yaml")
+    assert config.language_scales() == (1.0,) and config.language_text_splits == ("train", "valid")
+    assert config.mlm_head.texts == ("nusax",) and config.task_sft.sparse.learning_rate == 3e-5
+
+
+def test_omitted_keys_default_to_the_chosen_recipe():
+    config = parse_config({"targets": ["madurese"]})
+    assert config.task_sft.full.learning_rate == 3e-5 and config.task_sft.sparse.learning_rate == 1e-4
+    assert config.task_sft.full.epochs == config.task_sft.sparse.epochs == 3
+    assert config.full_finetune.learning_rate == 1e-4 and config.full_finetune.epochs == 3
+    assert config.language_scales() == (1.25,)
+    assert config.language_sft.full.steps == config.language_sft.sparse.steps == 100
+    assert config.language_sft.full.l1 == config.language_sft.sparse.l1 == 0.1
+
+
+def test_real_run_trains_the_final_tables_recipe():
+    real = to_plain(load_config(REPO / "configs" / "nusax-e5-small.yaml"))
+    final = to_plain(load_config(REPO / "configs" / "nusax-e5-small-final.yaml"))
+    recipe = ("methods", "language_scale", "language_text_splits", "mlm_head", "language_sft", "task_sft",
+              "full_finetune", "task_on_source_sft", "baseline", "model")
+    assert {key: real[key] for key in recipe} == {key: final[key] for key in recipe}
+
+
+def test_real_run_covers_the_papers_languages():
+    config = load_config(REPO / "configs" / "nusax-e5-small.yaml")
+    assert set(config.targets) == {"acehnese", "balinese", "banjarese", "madurese", "minangkabau"}
+    assert set(config.sources) == {"indonesian", "english"}
+
+
+def test_phase_override_keeps_unset_keys():
+    config = parse_config({"targets": ["madurese"], "language_sft": {"full": {"steps": 3}}})
+    assert config.language_sft.full.steps == 3 and config.language_sft.full.l1 == 0.1
+    assert config.language_sft.sparse.steps == 100
+    switched = parse_config({"targets": ["madurese"], "task_sft": {"full": {"steps": 4}}})
+    assert switched.task_sft.full.steps == 4 and switched.task_sft.full.epochs is None
+
+
+def test_json_config(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text('{"targets": ["balinese"], "seeds": [1, 2]}')
+    assert load_config(path).seeds == (1, 2)
+
+
+@pytest.mark.parametrize("raw, match", [
+    ({}, "'targets'"),
+    ({"targets": ["x"], "trainng": {}}, "unknown keys \\['trainng'\\]"),
+    ({"targets": ["x"], "training": {"batch_size": 0}}, "batch_size"),
+    ({"targets": ["x"], "seeds": [-1]}, "seeds"),
+    ({"targets": ["x"], "methods": {}}, "at least one method"),
+    ({"targets": ["x"], "methods": {"deft-x": {"energy": 2}}}, "energy"),
+    ({"targets": ["x"], "methods": {"full-ft": None}}, "baseline's name"),
+    ({"targets": ["x"], "language_sft": {"k": 0}}, "language_sft.k"),
+    ({"targets": ["x"], "task_sft": {"full": {"steps": 2, "epochs": 1}}}, "exactly one"),
+    ({"targets": "x", "baseline": "yes"}, "true or false"),
+    ({"targets": ["x"], "americasnli": {"train_languages": ["aym"]}}, "americasnli"),
+    ({"targets": ["x"], "step_store": 3}, "step_store: expected a path or null"),
+    ([1, 2], "expected a mapping"),
+])
+def test_bad_values_name_the_key(raw, match):
+    with pytest.raises(ConfigError, match=match):
+        parse_config(raw)
+
+
+def test_missing_and_unparsable_files(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        load_config(tmp_path / "absent.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("targets: [unclosed\n")
+    with pytest.raises(ConfigError, match="cannot parse"):
+        load_config(bad)
+
+
+def test_eval_split_valid_needs_train_only_language_text():
+    config = parse_config({"targets": ["madurese"], "eval_split": "valid", "language_text_splits": ["train"]})
+    assert config.eval_split == "valid" and config.language_text_splits == ("train",)
+    assert parse_config({"targets": ["x"], "language_text_splits": "train"}).language_text_splits == ("train",)
+    with pytest.raises(ConfigError, match=r"language_text_splits.*valid sentences' text"):
+        parse_config({"targets": ["madurese"], "eval_split": "valid"})
+    with pytest.raises(ConfigError, match="language_text_splits"):
+        parse_config({"targets": ["x"], "eval_split": "valid", "language_text_splits": ["train", "valid"]})
+
+
+@pytest.mark.parametrize("raw, match", [
+    ({"eval_split": "dev"}, "eval_split"),
+    ({"eval_split": ["valid"]}, "eval_split"),
+    ({"language_text_splits": ["test"]}, "language_text_splits"),
+    ({"language_text_splits": ["train", "train"]}, "language_text_splits"),
+    ({"language_text_splits": []}, "language_text_splits"),
+    ({"language_scale": []}, "language_scale"),
+    ({"language_scale": [1.0, 1]}, "distinct"),
+    ({"language_scale": "1"}, "language_scale"),
+    ({"language_scale": [0.5, True]}, "language_scale"),
+    ({"language_scale": float("nan")}, "language_scale"),
+    ({"language_sft": {"max_length": 2}}, "language_sft.max_length"),
+    ({"task_sft": {"max_length": 64}}, "unknown keys \\['max_length'\\]"),
+    ({"mlm_head": {"texts": ["wiki"]}}, "mlm_head.texts"),
+    ({"mlm_head": {"texts": []}}, "mlm_head.texts"),
+    ({"mlm_head": {"eval_sequences": -1}}, "eval_sequences"),
+    ({"mlm_head": {"eval_every": 0}}, "eval_every"),
+])
+def test_recipe_keys_reject_bad_values(raw, match):
+    with pytest.raises(ConfigError, match=match):
+        parse_config({"targets": ["x"], **raw})
+
+
+def test_language_scale_one_number_or_a_sweep():
+    single = parse_config({"targets": ["x"], "language_scale": 2})
+    assert single.language_scale == 2.0 and single.language_scales() == (2.0,)
+    swept = parse_config({"targets": ["x"], "language_scale": [0.5, 1, 1.5]})
+    assert swept.language_scale == (0.5, 1.0, 1.5) and swept.language_scales() == (0.5, 1.0, 1.5)
+
+
+def test_language_window_and_head_corpora():
+    config = parse_config({"targets": ["x"], "language_sft": {"max_length": 64, "full": {"steps": 5}},
+                           "mlm_head": {"texts": ["nusax", "americasnlp"], "eval_sequences": 32, "eval_every": 50}})
+    assert config.language_sft.max_length == 64 and config.language_sft.full.steps == 5
+    assert config.language_sft.full.l1 == 0.1, "the phase default is kept"
+    assert config.mlm_head.texts == ("nusax", "americasnlp")
+    assert (config.mlm_head.eval_sequences, config.mlm_head.eval_every) == (32, 50)

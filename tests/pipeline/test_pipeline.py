@@ -1,0 +1,139 @@
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from deftx.pipeline.config import PipelineConfig, parse_config
+from deftx.pipeline.head import head_curve_table, head_report_line
+from deftx.pipeline.run import run_pipeline
+from deftx.sft import SparseDiff
+from deftx.train.checkpoint import folder_bytes
+from deftx.train.identity import IdentityMismatchError
+
+METRICS = {
+    "steps": 20, "seconds": 90.0, "heldout_seconds": 6.0, "cache_hit": False, "corpora": ["nusax", "americasnlp"],
+    "initial_accuracy": 0.0125, "final_accuracy": 0.25,
+    "train_curve": [{"step": 10, "loss": 7.0, "accuracy": 0.1}, {"step": 20, "loss": 6.0, "accuracy": 0.2345}],
+    "heldout_curve": [
+        {"step": 0, "seconds": 3.0, "groups": {"nusax": {"accuracy": 0.01}, "americasnlp": {"accuracy": 0.0}}},
+        {"step": 10, "seconds": 45.0, "groups": {"nusax": {"accuracy": 0.12}, "americasnlp": {"accuracy": 0.05}}},
+        {"step": 20, "seconds": 90.0, "groups": {"nusax": {"accuracy": 0.2}, "americasnlp": {"accuracy": 0.0625}}},
+    ],
+}
+
+
+def test_head_curve_table_one_row_per_heldout_point():
+    assert head_curve_table(METRICS).splitlines() == [
+        "| step | min | training accuracy | held out nusax | held out americasnlp |",
+        "|---:|---:|---:|---:|---:|",
+        "| 0 | 0.1 |  | 0.010 | 0.000 |",
+        "| 10 | 0.8 | 0.100 | 0.120 | 0.050 |",
+        "| 20 | 1.5 | 0.234 | 0.200 | 0.062 |",
+    ]
+
+
+def test_head_curve_table_empty_without_heldout_text():
+    assert head_curve_table({**METRICS, "heldout_curve": []}) == ""
+
+
+def test_head_report_line_names_cost_and_first_last_accuracy():
+    line = head_report_line(METRICS)
+    assert line.startswith("MLM head warm-up (trained): 20 steps on nusax+americasnlp text, 90 s when trained "
+                           "(6 s of it held-out scoring)")
+    assert "training batches 0.013 -> 0.250" in line
+    assert "held out: nusax 0.010 -> 0.200, americasnlp 0.000 -> 0.062" in line
+
+
+def tiny_pipeline(tmp_path: Path, model_dir: Path, run: str, methods: dict) -> PipelineConfig:
+    return parse_config(tiny_mapping(tmp_path, model_dir, run, methods))
+
+
+def tiny_mapping(tmp_path: Path, model_dir: Path, run: str, methods: dict) -> dict:
+    """The config file's mapping of a tiny pipeline (seconds on a tiny model)."""
+    return {
+        "name": run, "model": str(model_dir), "output_dir": str(tmp_path / run), "step_store": str(tmp_path / "store"),
+        "seeds": [0], "sources": ["indonesian"], "targets": ["madurese"], "methods": methods,
+        "training": {"batch_size": 8, "max_length": 32, "save_steps": 50, "logging_steps": 1, "progress": False},
+        "mlm_head": {"steps": 2, "batch_size": 8, "seq_len": 32},
+        "language_sft": {"k": 0.01, "full": {"steps": 2}, "sparse": {"steps": 2}},
+        "task_sft": {"k": 0.05, "full": {"steps": 2}, "sparse": {"steps": 2}},
+        "full_finetune": {"steps": 2}, "eval_batch_size": 128,
+    }
+
+
+def test_a_run_links_the_equal_finished_steps_of_a_step_store(tmp_path, tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("DEFTX_CACHE", str(tmp_path / "cache"))
+    first = tiny_pipeline(tmp_path, tiny_model_dir, "first", {"lt-sft": None})
+    run_pipeline(first, log=lambda _: None)
+    deft_x = {"rank": 1, "method": "exact"}
+    second = tiny_pipeline(tmp_path, tiny_model_dir, "second", {"lt-sft": None, "deft-x": deft_x})
+    run_pipeline(second, log=lambda _: None)
+
+    def same_file(relative: str) -> bool:
+        return os.stat(tmp_path / "first" / relative).st_ino == os.stat(tmp_path / "second" / relative).st_ino
+
+    for language in ("madurese", "indonesian"):
+        log = (tmp_path / "second" / f"seed-0/lang/{language}/log.jsonl").read_text()
+        assert '"phase": "full"' not in log and '"phase": "sparse:deft-x"' in log, f"{language}: phase 1 is linked"
+        assert same_file(f"seed-0/lang/{language}/lt-sft/sft.safetensors"), f"{language}: the lt-sft branch too"
+        assert not (tmp_path / "second" / f"seed-0/lang/{language}/theta1.safetensors").exists(), "θ1 left the run"
+    assert same_file("seed-0/task/indonesian/lt-sft/lt-sft/sft.safetensors"), "the task SFT on an equal source SFT"
+    assert same_file("seed-0/full/indonesian/final.safetensors"), "the baseline"
+    assert (tmp_path / "second" / "seed-0/lang/madurese/deft-x/sft.safetensors").is_file(), "deft-x branch trained"
+
+    def rows(run: str) -> set[tuple[str, str, str]]:
+        with (tmp_path / run / "results.csv").open() as handle:
+            return {(r["method"], r["target"], r["macro_f1"]) for r in csv.DictReader(handle)
+                    if not r["method"].startswith("deft-x")}
+
+    assert rows("first") == rows("second"), "linked steps give the rows they gave where they were trained"
+    text = (tmp_path / "second" / "results.md").read_text()
+    assert (f"step store {tmp_path / 'store'}: this invocation linked 6 finished steps instead of training them "
+            "(full fine-tuning ×1, language sft branch ×2, language sft phase 1 ×2, task sft branch ×1)") in text
+    disk = json.loads((tmp_path / "second" / "disk.json").read_text())
+    assert disk["total"] == sum(v for k, v in disk.items() if k != "total") > 0
+    assert disk["seed-0/lang/madurese"] == folder_bytes(tmp_path / "second" / "seed-0/lang/madurese")
+    assert f"| seed-0/full/indonesian | {disk['seed-0/full/indonesian']:,} |" in text
+
+
+def test_a_changed_config_is_refused_naming_the_change_until_overwrite(tmp_path, tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("DEFTX_CACHE", str(tmp_path / "cache"))
+    config = tiny_pipeline(tmp_path, tiny_model_dir, "run", {"lt-sft": None})
+    run_pipeline(replace(config, baseline=False), log=lambda _: None)
+    task_sft = tmp_path / "run" / "seed-0/task/indonesian/lt-sft/lt-sft/sft.safetensors"
+    language_sft = tmp_path / "run" / "seed-0/lang/indonesian/lt-sft/sft.safetensors"
+    before = SparseDiff.load(task_sft).k, os.stat(language_sft).st_mtime_ns
+    smaller = replace(config, baseline=False, task_sft=replace(config.task_sft, k=0.02))
+    with pytest.raises(IdentityMismatchError, match=rf"task/indonesian/lt-sft holds results of another run: "
+                                                    rf"branch lt-sft: k: {before[0]} -> \d+"):
+        run_pipeline(smaller, log=lambda _: None)
+    run_pipeline(smaller, log=lambda _: None, overwrite=True)
+    after = SparseDiff.load(task_sft)
+    assert after.k == after.nnz == round(before[0] * 0.02 / 0.05)
+    assert os.stat(language_sft).st_mtime_ns == before[1], "the unchanged language SFT was kept"
+
+
+def test_a_tiny_pipeline_keeps_a_quarter_of_what_it_kept_with_model_copies(tmp_path, tiny_model_dir, monkeypatch):
+    """θ0 and θ1 were kept per SFT run and the baseline as a whole model (issue #19: 2.2 GB for a tiny run)."""
+    monkeypatch.setenv("DEFTX_CACHE", str(tmp_path / "cache"))
+    config = replace(tiny_pipeline(tmp_path, tiny_model_dir, "run", {"lt-sft": None}), step_store=None)
+    run_pipeline(config, log=lambda _: None)
+    out = tmp_path / "run"
+    names = {path.name for path in out.rglob("*") if path.is_file()}
+    assert not names & {"theta0.safetensors", "theta1.safetensors", "mask.safetensors"}
+    sfts = [SparseDiff.load(path) for path in out.glob("seed-0/*/**/lt-sft/sft.safetensors")]
+    assert len(sfts) == 3, "two language SFTs, one task SFT"
+    model_copies = 0
+    for diff in sfts:
+        trained = sum(info.numel * info.dtype.itemsize for info in diff.params.values())
+        dense = sum(tensor.numel() * tensor.element_size() for tensor in diff.dense.values())
+        model_copies += 2 * trained + dense   # θ0 (trained + dense parameters) and θ1 (trained ones)
+    model_copies += sum(path.stat().st_size for path in tiny_model_dir.glob("*.safetensors"))   # the baseline
+    disk = json.loads((out / "disk.json").read_text())
+    assert disk["total"] == sum(folder_bytes(out / folder) for folder in disk if folder != "total")
+    assert 4 * folder_bytes(out) <= model_copies, (folder_bytes(out), model_copies)

@@ -1,0 +1,96 @@
+"""The full TrainingArguments from a config (through HfArgumentParser), step identities, and pipeline --dry-run."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from deftx.cli import main
+from deftx.pipeline.config import ConfigError, parse_config
+from deftx.train.trainer_args import TrainingSettings, result_arguments, training_arguments
+
+TRAINING = {"batch_size": 4, "bf16": True, "use_cpu": True, "gradient_accumulation_steps": 4,
+            "report_to": ["none"], "lr_scheduler_type": "cosine"}
+
+
+def test_any_trainer_argument_reaches_the_trainer(tmp_path):
+    config = parse_config({"targets": ["madurese"], "training": TRAINING})
+    assert config.training.arguments == {k: v for k, v in TRAINING.items() if k != "batch_size"}
+    args = training_arguments(config.training, tmp_path)
+    assert (args.bf16, args.use_cpu, args.gradient_accumulation_steps) == (True, True, 4)
+    assert args.lr_scheduler_type == "cosine" and args.per_device_train_batch_size == 4
+    assert args.report_to in (["none"], [], "none")
+
+
+def test_a_nested_arguments_mapping_is_the_same(tmp_path):
+    flat = parse_config({"targets": ["m"], "training": {"gradient_accumulation_steps": 2}})
+    nested = parse_config({"targets": ["m"], "training": {"arguments": {"gradient_accumulation_steps": 2}}})
+    assert flat.training == nested.training
+
+
+@pytest.mark.parametrize(
+    ("training", "message"),
+    [
+        ({"bf17": True}, "unknown keys \\['bf17'\\]: neither deftx settings"),
+        ({"learning_rate": 1e-3}, "'learning_rate' is set by each phase's learning_rate"),
+        ({"max_steps": 5}, "'max_steps' is set by each phase's steps"),
+        ({"per_device_train_batch_size": 8}, "'per_device_train_batch_size' is set by training.batch_size"),
+        ({"arguments": {"seed": 3}}, "'seed' is set by training.seed"),
+    ],
+)
+def test_arguments_deftx_sets_or_that_do_not_exist_are_refused(training, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config({"targets": ["m"], "training": training})
+
+
+def test_transformers_validates_the_combination(tmp_path):
+    """bf16 without a bf16 device and without use_cpu: transformers' own error, at argument time."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device supports bf16")
+    with pytest.raises(ValueError, match="bf16"):
+        training_arguments(TrainingSettings(arguments={"bf16": True}), tmp_path)
+
+
+def test_step_identity_changes_with_results_not_with_reporting(tmp_path):
+    """The run identity every step records holds the arguments that change results, not the reporting ones."""
+    def identity(training):
+        return result_arguments(training_arguments(parse_config({"targets": ["m"], "training": training}).training,
+                                                   tmp_path))
+
+    plain = identity({})
+    assert "output_dir" not in plain and "learning_rate" not in plain, "paths and per-phase fields are not in it"
+    assert identity({"report_to": ["tensorboard"], "run_name": "x", "logging_steps": 3, "save_steps": 7}) == plain
+    changed = identity({"gradient_accumulation_steps": 4})
+    assert changed["gradient_accumulation_steps"] == 4 and changed != plain
+
+
+def nusax_root(tmp_path):
+    for language, splits in {"indonesian": ("train", "test"), "madurese": ("test",), "buginese": ()}.items():
+        folder = tmp_path / "data" / "nusax" / "datasets" / "sentiment" / language
+        folder.mkdir(parents=True)
+        for split in splits:
+            (folder / f"{split}.csv").write_text("id,text,label\n")
+    return tmp_path / "data"
+
+
+def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path, capsys):
+    config = {"name": "plan", "model": "org/some-encoder", "data_dir": str(nusax_root(tmp_path)),
+              "output_dir": str(tmp_path / "run"), "targets": ["madurese", "buginese"],
+              "training": {"gradient_accumulation_steps": 4}, "methods": {"lt-sft": None}}
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["pipeline", str(path), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "model: org/some-encoder: Hugging Face Hub model id" in printed
+    assert "  gradient_accumulation_steps = 4" in printed and "max_steps" not in printed
+    sft = tmp_path / "run" / "seed-0" / "lang" / "madurese" / "lt-sft" / "sft.safetensors"
+    assert f"lt-sft: {sft} (to run)" in printed
+    assert "full fine-tuning baseline on indonesian" in printed and "task SFT on indonesian" in printed
+    assert "not evaluated (no NusaX test split" in printed and "['buginese']" in printed
+    assert not (tmp_path / "run").exists()
+    sft.parent.mkdir(parents=True)
+    sft.write_bytes(b"")
+    assert main(["pipeline", str(path), "--dry-run"]) == 0
+    assert f"lt-sft: {sft} (done)" in capsys.readouterr().out
