@@ -3,14 +3,14 @@
 Each :class:`OpEntry` names the op once (its canonical name is also the name of its backend
 modules: ``deftx.ops.reference.<name>``, ``deftx.ops.native.<name>``, ``deftx.kernels.<name>``
 and of its cost model ``deftx.ops.cost.<name>``) and says which public functions run it, which
-backends implement it, what settings contract it takes, and which benchmark case measures it.
+backends implement it, what settings contract it takes, and which benchmark cases measure it.
 Dispatch (:mod:`deftx.ops.dispatch`), the kernel package (:mod:`deftx.kernels`), the roofline
 prediction, the benchmark cases and ``deftx doctor`` all read :data:`OPS`.
 
 Reading the registry needs no Triton and loads no backend. The backend modules, the kernel
 specialisations and the cost models are loaded on request (:meth:`OpEntry.backend_module`,
-:meth:`OpEntry.specializations`, :meth:`OpEntry.cost_model`); the benchmark case is a name the
-perf layer resolves (lower layers never import it).
+:meth:`OpEntry.specializations`, :meth:`OpEntry.cost_model`); the benchmark cases are names the
+perf layer resolves (``deftx.perf.cases.<case>``; lower layers never import it).
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ class OpEntry:
         functions: the public functions of :mod:`deftx.ops` that run it.
         backends: the backends implementing it, a subset of :data:`BACKENDS`.
         settings: ``"module:Class"`` of its settings contract (None: plain arguments only).
-        bench_case: the benchmark case that measures it (resolved by the perf layer).
+        bench_cases: the benchmark cases that time it (``deftx bench`` op names), the op alone
+            first, then compositions that are mostly this op.
         summary: one line for ``deftx doctor`` and the docs.
         native_missing: why there is no native backend, when there is none.
     """
@@ -42,7 +43,7 @@ class OpEntry:
     name: str
     functions: tuple[str, ...]
     backends: tuple[str, ...]
-    bench_case: str
+    bench_cases: tuple[str, ...]
     summary: str
     settings: str | None = None
     native_missing: str | None = None
@@ -93,19 +94,28 @@ _DENOISE_FUNCTIONS = ("lowrank_factors", "lowrank_factors_batched", "lowrank_den
 OPS: dict[str, OpEntry] = {
     entry.name: entry
     for entry in (
-        OpEntry("topk", ("topk_mask",), BACKENDS, "topk",
+        OpEntry("topk", ("topk_mask",), BACKENDS, ("topk",),
                 "global magnitude top-k over many tensors (|x| or |x - base|)"),
-        OpEntry("scatter", ("scatter_add_", "scatter_restore_"), BACKENDS, "scatter",
+        OpEntry("scatter", ("scatter_add_", "scatter_restore_"), BACKENDS, ("scatter", "compose"),
                 "scatter-add of several sparse diffs onto dense tensors, and its exact undo"),
-        OpEntry("rsvd", _DENOISE_FUNCTIONS, ("triton", "torch"), "rsvd",
+        OpEntry("rsvd", _DENOISE_FUNCTIONS, ("triton", "torch"), ("rsvd", "scores"),
                 "randomized SVD of weight differences and the DeFT-X scores |U S Vh|",
                 native_missing="the native library does not implement 'rsvd' (torch is as fast on CPU)"),
-        OpEntry("masked_step", ("masked_adamw_step_",), BACKENDS, "step",
+        OpEntry("masked_step", ("masked_adamw_step_",), BACKENDS, ("step",),
                 "AdamW on the selected entries only (O(K) optimizer state)",
                 settings="deftx.ops.settings:AdamWSettings"),
     )
 }
 """Every accelerated op, by canonical name."""
+
+
+def op_of_bench_case(case: str) -> OpEntry:
+    """The op a benchmark case times; KeyError naming the known cases otherwise."""
+    for entry in OPS.values():
+        if case in entry.bench_cases:
+            return entry
+    known = ", ".join(c for entry in OPS.values() for c in entry.bench_cases)
+    raise KeyError(f"unknown benchmark case {case!r}; known: {known}")
 
 
 def op_entry(name: str) -> OpEntry:

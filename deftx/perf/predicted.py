@@ -20,7 +20,7 @@ The two shape-set types differ, so the workload is mapped explicitly:
 * bench ``rsvd`` factors the matrices with ``min(m, n) > rank + oversample``: only those
   become parameters (q = rank + oversample, the suite's ``n_iter``, Δ = W1 − W0);
 * op names: ``step`` is the profile's ``masked_step``; bench ``scatter`` applies one diff
-  without saving originals, so its costs come from ``deftx.kernels.scatter`` with
+  without saving originals, so its costs come from ``deftx.ops.cost.scatter`` with
   ``num_diffs=1, save=False`` (the profile's scatter composes two diffs and saves).
 
 Which baselines have a model: ``torch.cat+topk`` (the profile's cat + topk + sort),
@@ -35,11 +35,11 @@ H100 -> H100 SXM, A100 -> A100 80GB SXM); any other GPU, and a CPU run, get no t
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Callable
 from typing import Any
 
+from deftx.ops.registry import op_entry
 from deftx.perf.model_shapes import DTYPES, OpSettings, Parameter
 from deftx.perf.model_shapes import ShapeSet as ProfileShapeSet
 from deftx.perf.roofline import PREDICTORS, Cost, spread_entries
@@ -182,7 +182,7 @@ def profile_shape_set(
 
 def _scatter_costs(shape_set: ProfileShapeSet) -> dict[str, ModelledCost]:
     """One diff of K entries spread over the tensors by size, values fp32, no originals saved."""
-    scatter = importlib.import_module("deftx.ops.cost.scatter")
+    scatter = op_entry("scatter").cost_model()
     shapes = [p.shape for p in shape_set.eligible]
     nnz = spread_entries([p.numel for p in shape_set.eligible], shape_set.k)
     dtype = shape_set.torch_dtype

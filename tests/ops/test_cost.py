@@ -72,3 +72,10 @@ def test_masked_step_cost_by_hand():
     assert masked_step.baseline_bytes_moved(100, param_bytes=2, state_bytes=4) == 2200
     assert masked_step.flops(10) == 160 and masked_step.flops(10, has_l1=True) == 190
     assert masked_step.baseline_flops(100) == 1600
+
+
+def test_rsvd_model_pieces_add_up():
+    assert rsvd.product_flops(4, 2, 1, 0) == 48 and rsvd.product_flops(4, 2, 1, 0, has_base=False) == 32
+    assert rsvd.svd_flops(1, 2) == 32
+    assert rsvd.exact_baseline_bytes_moved(2, 3, weight_bytes=2) == 12 * 6
+    assert rsvd.exact_baseline_flops(4, 2) == 8 + rsvd.svd_flops(4, 2)

@@ -74,7 +74,7 @@ def _qr_flops(rows: int, cols: int) -> float:
     return 4 * max(rows, cols) * k * k - 4 * k**3 / 3
 
 
-def _svd_flops(rows: int, cols: int) -> float:
+def svd_flops(rows: int, cols: int) -> float:
     """Thin SVD (R-SVD) with U and V: ``6 big small² + 20 small³`` (Golub & Van Loan)."""
     small, big = min(rows, cols), max(rows, cols)
     return 6 * big * small * small + 20 * small**3
@@ -83,7 +83,16 @@ def _svd_flops(rows: int, cols: int) -> float:
 def _small_flops(m: int, n: int, q: int, n_iter: int) -> float:
     """QRs, the SVD of B and U = Q Ub (same in deftx and the baseline)."""
     qrs = (1 + n_iter) * _qr_flops(m, q) + n_iter * _qr_flops(n, q)
-    return qrs + _svd_flops(q, n) + 2 * m * q * q
+    return qrs + svd_flops(q, n) + 2 * m * q * q
+
+
+def product_flops(m: int, n: int, q: int, n_iter: int, *, has_base: bool = True) -> int:
+    """Floating-point operations of the ``P = 2 + 2 n_iter`` products with Δ (the subtraction fused
+    into each when ``has_base``)::
+
+        P * (2 m n q + has_base * m n)
+    """
+    return _passes(n_iter) * (2 * m * n * q + (m * n if has_base else 0))
 
 
 def flops(m: int, n: int, q: int, n_iter: int, *, has_base: bool = True) -> float:
@@ -97,8 +106,7 @@ def flops(m: int, n: int, q: int, n_iter: int, *, has_base: bool = True) -> floa
     ``svd(r, c) = 6 max(r, c) min(r, c)² + 20 min(r, c)³``. The fused subtraction is
     recomputed in every product.
     """
-    products = _passes(n_iter) * (2 * m * n * q + (m * n if has_base else 0))
-    return products + _small_flops(m, n, q, n_iter)
+    return product_flops(m, n, q, n_iter, has_base=has_base) + _small_flops(m, n, q, n_iter)
 
 
 def baseline_flops(m: int, n: int, q: int, n_iter: int, *, has_base: bool = True) -> float:
@@ -107,8 +115,25 @@ def baseline_flops(m: int, n: int, q: int, n_iter: int, *, has_base: bool = True
 
         has_base * m n + P * 2 m n q + (the QR / SVD terms of :func:`flops`)
     """
-    products = _passes(n_iter) * 2 * m * n * q
+    products = product_flops(m, n, q, n_iter, has_base=False)
     return (m * n if has_base else 0) + products + _small_flops(m, n, q, n_iter)
+
+
+def exact_baseline_bytes_moved(m: int, n: int, *, weight_bytes: int) -> int:
+    """HBM bytes of the exact baseline ``torch.linalg.svd(w1.float() - w0.float())``: materialise
+    Δ (read W1 and W0, write fp32 Δ), then at least one read of it::
+
+        (2 * weight_bytes + 8) * m * n
+    """
+    return (2 * weight_bytes + 8) * m * n
+
+
+def exact_baseline_flops(m: int, n: int) -> float:
+    """Floating-point operations of the exact baseline: the subtraction and the thin SVD::
+
+        m n + svd(m, n)
+    """
+    return m * n + svd_flops(m, n)
 
 
 def reconstruct_flops(m: int, n: int, r: int) -> float:
