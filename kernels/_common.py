@@ -1,6 +1,6 @@
 """Helpers shared by the kernel modules: dtype maps, the address-table pointer, the table cache.
 
-Not an op module (not in ``deftx.kernels.KERNEL_MODULES``). The interpreted copy of an op
+Not an op module (not in ``deftx.ops.registry.TRITON_OPS``). The interpreted copy of an op
 module (``kernel_module(..., interpret=True)``) imports this compiled module like the original
 does: its ``@triton.jit`` helpers run interpreted inside an interpreted launch (see
 ``deftx.kernels._interpreted_jit_call``), and :func:`interpreting` is evaluated by each op

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from deftx.ops.settings import ADAMW_SCALARS
-
 from . import KernelSpec
 from ._common import DTYPE_NAMES, TL_DTYPES
 
@@ -31,7 +29,7 @@ def specializations(m: ModuleType) -> list[KernelSpec]:
                         signature={
                             "tensor_table": "*i64",
                             "block_table": "*i32",
-                            **dict.fromkeys(ADAMW_SCALARS, "fp32"),
+                            **dict.fromkeys(m.SCALAR_ARGS, "fp32"),
                             "P_DTYPE": "constexpr",
                             "HAS_L1": "constexpr",
                             "ALIGNED": "constexpr",

@@ -11,10 +11,9 @@ from types import ModuleType
 
 import torch
 
-from deftx.ops.cost.topk import LAST_PASS, LIST_PASS, PASS_SHIFTS, last_pass
-
 from . import KernelSpec
 from ._common import DTYPE_NAMES, TL_DTYPES
+from ._topk_plan import LAST_PASS, LIST_PASS, PASS_SHIFTS, last_pass
 
 _TABLE = {"table_ptr": "*i64", "block_column_ptr": "*i64"}
 _HISTOGRAM_SIGNATURE = {

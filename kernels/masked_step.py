@@ -28,15 +28,17 @@ memory traffic, so the separate multiplies cost nothing measurable.
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import torch
 import triton
 import triton.language as tl
 
-from deftx.ops.settings import AdamWSettings, MaskedStepTensors
-
 from . import KernelSpec, _masked_step_specs, upload
 from ._common import TL_DTYPES, TableCache, interpreting, table_pointer
+
+if TYPE_CHECKING:
+    from deftx.ops.settings import AdamWSettings, MaskedStepTensors
 
 PARAM_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16)
 BLOCK = 1024
@@ -169,6 +171,12 @@ def _masked_adamw_kernel(
             beta1, one_minus_beta1, beta2, one_minus_beta2, decay, lr, bias1, bias2, eps, l1,
             P_DTYPE, HAS_L1,
         )
+
+
+SCALAR_ARGS: tuple[str, ...] = tuple(
+    name for name in _masked_adamw_kernel.arg_names if name.islower() and not name.endswith("_table")
+)
+"""The kernel's fp32 scalar arguments: ``AdamWSettings.scalars()``, in that order."""
 
 
 # --------------------------------------------------------------------------- launcher

@@ -83,10 +83,9 @@ import torch
 import triton
 import triton.language as tl
 
-from deftx.ops.cost.topk import BLOCK_ELEMS, LAST_PASS, LIST_PASS, PASS_SHIFTS, RADIX, RADIX_BITS, last_pass
-
 from . import KernelSpec, _topk_specs, upload
 from ._common import TL_DTYPES
+from ._topk_plan import BLOCK_ELEMS, LAST_PASS, LIST_PASS, PASS_SHIFTS, RADIX, RADIX_BITS, last_pass
 
 LIST_SHIFT = PASS_SHIFTS[LIST_PASS - 1]
 """Key bits below the prefix that decides what enters the list (16: two digits known)."""

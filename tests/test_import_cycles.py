@@ -16,13 +16,6 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "deftx"
 
-KNOWN_CYCLES: list[tuple[str, str]] = [
-    ("deftx.ops.topk", "deftx.distributed.topk"),
-]
-"""Import edges of the two cycles other branches are removing (eval/ablation <-> eval/pipeline,
-ops -> distributed). Lead: delete this list (and its use below) when merging those branches."""
-
-
 def module_name(path: Path) -> str:
     """``deftx/sft/diff.py`` -> ``deftx.sft.diff``; a package's ``__init__.py`` -> the package."""
     parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
@@ -118,7 +111,7 @@ def find_cycle(graph: Mapping[str, set[str]]) -> list[str] | None:
 
 
 def test_no_import_cycle_in_deftx() -> None:
-    cycle = find_cycle(import_graph(KNOWN_CYCLES))
+    cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 
 

@@ -85,8 +85,9 @@ def test_deftx_kernels_come_from_the_checkout_kernels_folder() -> None:
         """
         import json
         import deftx.kernels as kernels
-        files = {name: kernels.kernel_module(name, interpret=False).__file__ for name in kernels.KERNEL_MODULES}
-        print(json.dumps({"files": files, "specs": len(kernels.specializations())}))
+        from deftx.ops.registry import TRITON_OPS, kernel_specializations
+        files = {name: kernels.kernel_module(name, interpret=False).__file__ for name in TRITON_OPS}
+        print(json.dumps({"files": files, "specs": len(kernel_specializations())}))
         """,
         cwd=ROOT,
     )

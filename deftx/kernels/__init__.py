@@ -1,8 +1,9 @@
 """Triton kernels of deftx, one op per module, imported as ``deftx.kernels``.
 
 The op modules (one per op of the registry :data:`deftx.ops.registry.OPS` with a Triton
-backend: ``topk``, ``scatter``, ``rsvd``, ``masked_step``) and their shared helpers
-(``_common``) live in the repository's top-level ``kernels/`` folder. That folder has no ``__init__.py`` on
+backend, named as the op: ``topk``, ``scatter``, ``rsvd``, ``masked_step``), their shared
+helpers (``_common``) and specialisation lists (``_<op>_specs``) live in the repository's
+top-level ``kernels/`` folder. That folder has no ``__init__.py`` on
 purpose: a regular package named ``kernels`` at the repository root would shadow the
 third-party ``kernels`` distribution (Hugging Face's Hub kernel loader, which
 ``transformers`` imports) whenever the root is on ``sys.path`` (``python -m pytest``,
@@ -14,8 +15,9 @@ Each kernel module holds its ``@triton.jit`` kernels, their launchers and the
 specialisations it is compiled for (``SPECIALIZATIONS``); its cost model is pure Python in
 :mod:`deftx.ops.cost`. This package adds what every tool needs:
 
-* :class:`KernelSpec` and :func:`specializations` — the registry the static
-  compile test and ``deftx profile --static`` enumerate.
+* :class:`KernelSpec` — one compiled specialisation; the op registry lists every op module's
+  (:func:`deftx.ops.registry.kernel_specializations`) for the static compile test and
+  ``deftx profile --static``.
 * :func:`kernel_module` — the module to launch for a device: the ordinary
   (compiled) module for CUDA tensors, or a copy whose kernels run under the Triton
   interpreter for CPU tensors, so every kernel can run anywhere. It also works
@@ -43,11 +45,6 @@ from typing import Any
 
 import torch
 
-from deftx.ops.registry import OPS
-
-KERNEL_MODULES: tuple[str, ...] = tuple(name for name, entry in OPS.items() if "triton" in entry.backends)
-"""The op modules, named as their ops."""
-
 
 def _source_tree_kernels() -> list[str]:
     """The checkout's top-level ``kernels/`` folder, when the op modules are not installed here.
@@ -56,10 +53,10 @@ def _source_tree_kernels() -> list[str]:
     ``["<checkout>/kernels"]``.
     """
     here = Path(__file__).resolve().parent
-    if (here / f"{KERNEL_MODULES[0]}.py").exists():
+    if (here / "_common.py").exists():
         return []
     checkout_kernels = here.parent.parent / "kernels"
-    if not (checkout_kernels / f"{KERNEL_MODULES[0]}.py").exists():
+    if not (checkout_kernels / "_common.py").exists():
         raise ImportError(f"deftx.kernels: the op modules are neither in {here} nor in {checkout_kernels}")
     return [str(checkout_kernels)]
 
@@ -108,20 +105,6 @@ def upload(values: Sequence[int], device: torch.device, dtype: torch.dtype = tor
     out = torch.empty(host.shape, dtype=dtype, device=device)
     out.copy_(host, non_blocking=True)
     return out
-
-
-def _module(name: str) -> ModuleType:
-    if name not in KERNEL_MODULES:
-        raise KeyError(f"unknown kernel module {name!r}; known: {', '.join(KERNEL_MODULES)}")
-    return importlib.import_module(f"{__name__}.{name}")
-
-
-def specializations() -> list[KernelSpec]:
-    """Every declared specialisation of every kernel module, in module order."""
-    specs: list[KernelSpec] = []
-    for name in KERNEL_MODULES:
-        specs.extend(getattr(_module(name), "SPECIALIZATIONS", ()))
-    return specs
 
 
 _INTERPRETED: dict[str, ModuleType] = {}
@@ -242,7 +225,7 @@ def kernel_module(name: str, *, interpret: bool) -> ModuleType:
     imported, in which case the module itself is interpreted). Use ``interpret=True``
     for CPU tensors.
     """
-    module = _module(name)
+    module = importlib.import_module(f"{__name__}.{name}")
     if not interpret:
         return module
     if name not in _INTERPRETED:

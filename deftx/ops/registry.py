@@ -109,6 +109,15 @@ OPS: dict[str, OpEntry] = {
 """Every accelerated op, by canonical name."""
 
 
+TRITON_OPS: tuple[str, ...] = tuple(name for name, entry in OPS.items() if "triton" in entry.backends)
+"""The ops with Triton kernels: the op modules of :mod:`deftx.kernels`, in registry order."""
+
+
+def kernel_specializations() -> list[Any]:
+    """Every ``KernelSpec`` of every op's kernel module, in registry order (imports the kernels)."""
+    return [spec for name in TRITON_OPS for spec in OPS[name].specializations()]
+
+
 def op_of_bench_case(case: str) -> OpEntry:
     """The op a benchmark case times; KeyError naming the known cases otherwise."""
     for entry in OPS.values():

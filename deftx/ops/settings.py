@@ -15,20 +15,6 @@ from typing import TYPE_CHECKING, NamedTuple
 if TYPE_CHECKING:
     import torch
 
-ADAMW_SCALARS: tuple[str, ...] = (
-    "beta1",
-    "one_minus_beta1",
-    "beta2",
-    "one_minus_beta2",
-    "decay",
-    "lr",
-    "bias1",
-    "bias2",
-    "eps",
-    "l1",
-)
-"""Names of :meth:`AdamWSettings.scalars`, in order (the kernel's and the C ABI's scalar arguments)."""
-
 
 class MaskedStepTensors(NamedTuple):
     """The masked AdamW step's tensors: T of each (one per parameter), ``bases`` None or T.
@@ -80,7 +66,8 @@ class AdamWSettings:
         return self.l1 != 0.0
 
     def scalars(self) -> tuple[float, ...]:
-        """The step's derived scalars (named by :data:`ADAMW_SCALARS`), in float64::
+        """The step's derived scalars in float64, the fp32 scalar arguments of the kernel and of the
+        C ABI in this order::
 
         beta1, 1 - beta1, beta2, 1 - beta2, 1 - lr * weight_decay, lr,
         1 - beta1 ** step, 1 - beta2 ** step, eps, l1

@@ -1,5 +1,5 @@
-"""Cost model of the global top-k (``topk_indices``): HBM bytes of deftx's radix select and of
-the torch baseline, with the radix plan's shape both the model and the kernels use."""
+"""Cost model of the global top-k (``topk_indices``): HBM bytes of deftx's radix select (the
+plan's shape from ``kernels/_topk_plan.py``) and of the torch baseline."""
 
 from __future__ import annotations
 
@@ -8,26 +8,7 @@ from collections.abc import Sequence
 
 import torch
 
-RADIX_BITS = 8
-RADIX = 1 << RADIX_BITS
-PASS_SHIFTS: tuple[int, ...] = (24, 16, 8, 0)
-"""Digit shifts of the radix passes; pass p reads digit ``(key >> PASS_SHIFTS[p]) & 255``."""
-
-LAST_PASS: dict[torch.dtype, int] = {torch.float32: 3, torch.float16: 2, torch.bfloat16: 1}
-"""Index of the last pass whose digit can be non-zero in keys of each dtype."""
-
-
-def last_pass(dtype: torch.dtype, has_base: bool) -> int:
-    """Index of the last pass a group needs: its dtype's, or the fp32 one with a base (the
-    fp32 difference of two bf16 / fp16 values can use every fp32 mantissa bit)."""
-    return PASS_SHIFTS.index(0) if has_base else LAST_PASS[dtype]
-
-
-LIST_PASS = 2
-"""The digit passes from this one on read the candidate list (when the call has one)."""
-
-BLOCK_ELEMS = 16384
-"""Elements per block, the unit of the per-block bookkeeping (1 KiB histogram per block)."""
+from deftx.kernels._topk_plan import BLOCK_ELEMS, LIST_PASS, RADIX, last_pass
 
 _BLOCK_BOOKKEEPING_BYTES = 3 * RADIX * 4 + 128
 """Per block: its histogram written once and read once by a classification, plus its counters
