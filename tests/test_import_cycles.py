@@ -5,7 +5,10 @@ The graph is read from the source with :mod:`ast`, not by importing: an edge for
 and classes alike (a function-level import is a cycle deferred, not a cycle removed).
 Imports under ``if TYPE_CHECKING:`` are left out: they are never executed and name types
 only. ``from package import name`` is an edge to the submodule ``package.name`` when there
-is one, else to the package itself (its ``__init__``).
+is one, else to the package itself (its ``__init__``). Importing a module of another package
+runs that package's ``__init__`` first, so that is an edge too (``deftx.ops.topk`` importing
+``deftx.distributed.topk`` also imports ``deftx.distributed``); a module's own packages are
+already importing and add none.
 """
 
 from __future__ import annotations
@@ -16,9 +19,9 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "deftx"
 
-def module_name(path: Path) -> str:
+def module_name(path: Path, root: Path) -> str:
     """``deftx/sft/diff.py`` -> ``deftx.sft.diff``; a package's ``__init__.py`` -> the package."""
-    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    parts = list(path.relative_to(root.parent).with_suffix("").parts)
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
@@ -56,10 +59,10 @@ def imported_names(node: ast.AST, module: str, is_package: bool) -> list[str]:
     return [f"{source}.{alias.name}" for alias in node.names] + [source]
 
 
-def import_graph(ignored: Collection[tuple[str, str]] = ()) -> dict[str, set[str]]:
-    """Module -> the ``deftx`` modules importing it runs (module-level and function-level imports),
-    leaving out the ``(importer, imported)`` edges in ``ignored``."""
-    files = {module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
+def import_graph(ignored: Collection[tuple[str, str]] = (), root: Path = PACKAGE) -> dict[str, set[str]]:
+    """Module -> the modules of the package ``root`` importing it runs (module-level and function-level
+    imports), leaving out the ``(importer, imported)`` edges in ``ignored``."""
+    files = {module_name(path, root): path for path in sorted(root.rglob("*.py"))}
     graph: dict[str, set[str]] = {}
     for module, path in files.items():
         is_package = path.name == "__init__.py"
@@ -115,8 +118,20 @@ def test_no_import_cycle_in_deftx() -> None:
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 
 
-def test_the_graph_sees_function_level_imports() -> None:
-    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}}
-    assert find_cycle(graph) == ["a", "b", "c", "a"]
-    assert find_cycle({"a": {"b"}, "b": set()}) is None
-    assert "deftx.sft" in import_graph()["deftx.train.sparse_finetuner"]
+def test_the_graph_sees_function_level_and_package_imports_but_not_type_checking(tmp_path: Path) -> None:
+    root = tmp_path / "pkg"
+    (root / "sub").mkdir(parents=True)
+    sources = {
+        "__init__.py": "",
+        "a.py": "def f():\n    from pkg.b import g\n",
+        "b.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg import a\nimport pkg.sub.c\n",
+        "sub/__init__.py": "from pkg.sub import c\n",
+        "sub/c.py": "from pkg import a\n",
+    }
+    for name, text in sources.items():
+        (root / name).write_text(text)
+    graph = import_graph(root=root)
+    assert graph["pkg.a"] == {"pkg.b"} and graph["pkg.b"] == {"pkg.sub", "pkg.sub.c"}
+    assert graph["pkg.sub"] == {"pkg.sub.c"} and graph["pkg.sub.c"] == {"pkg.a"}
+    assert find_cycle(graph) == ["pkg.a", "pkg.b", "pkg.sub", "pkg.sub.c", "pkg.a"]
+    assert find_cycle(import_graph({("pkg.sub.c", "pkg.a")}, root)) is None

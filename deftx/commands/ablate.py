@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from deftx.pipeline.ablation import load_ablation, plan_lines, run_ablation
 
     ablation = load_ablation(args.config, output_dir=args.output_dir, results_dir=args.results_dir,
-                             seeds=args.seeds, data_dir=args.data_dir)
+                             seeds=args.seeds, data_dir=args.data_dir, device=args.device)
     for line in plan_lines(ablation):
         print(line)
     if args.dry_run:
@@ -59,6 +59,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--output-dir", help="override the ablation's output_dir")
     parser.add_argument("--results-dir", help="override the ablation's results_dir")
     parser.add_argument("--data-dir", help="override the data root of every variant")
+    parser.add_argument("--device", choices=("cpu", "cuda", "auto"),
+                        help="override every variant's device (cuda where there is none is an error before any work)")
     parser.add_argument("--seeds", type=seed_int, nargs="+", help="override the ablation's seeds")
     parser.add_argument("--variants", nargs="+", metavar="NAME",
                         help="run only these variants (the summary still covers every variant's rows)")

@@ -12,7 +12,8 @@ stated tolerance for the randomized SVD).
 * :mod:`~deftx.distributed.compose` — apply / revert SparseDiffs per shard, read a rank's
   slice of a diff file, write one ordinary SparseDiff from a sharded run;
 * :mod:`~deftx.distributed.comm` — communication accounting;
-* :mod:`~deftx.distributed.train` — the two-phase fine-tuner under ``torchrun`` (DDP / FSDP2);
+* :mod:`~deftx.distributed.train` — :mod:`deftx.train`'s phases on DDP / FSDP2 shards under
+  ``torchrun`` (an adapter: sharded snapshot, scores, optimizer, collectives);
 * :mod:`~deftx.distributed.scaling` — the scaling table (measured costs + comm model).
 """
 

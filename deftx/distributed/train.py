@@ -104,8 +104,9 @@ class SFTSettings:
     (length in steps, learning rate, L1 pull toward θ0). Gradients are clipped to
     ``max_grad_norm`` (None: no clipping) and the learning rate follows
     ``transformers.get_scheduler(lr_scheduler_type)`` with ``warmup_steps``, per phase, as in a
-    ``transformers.Trainer``. ``denoise`` None is LT-SFT; a :class:`DenoiseConfig` (randomized
-    method, no residual add-back) is DeFT-X.
+    ``transformers.Trainer``. ``weight_decay`` applies to every trained parameter (a Trainer
+    spares biases and LayerNorms). ``denoise`` None is LT-SFT; a :class:`DenoiseConfig`
+    (randomized method, no residual add-back) is DeFT-X.
     """
 
     k: float

@@ -52,6 +52,9 @@ WEIGHTS_FILE = "e5-small-q4.bin"
 TOKENIZER_FILE = Path("assets") / MODEL_NAME / "tokenizer.json"
 SOURCE_FILE = "deftx_source.json"
 REAL_VOCAB_SIZE = 250002
+SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "cls_token": "<s>", "sep_token": "</s>",
+                  "pad_token": "<pad>", "unk_token": "<unk>", "mask_token": "<mask>"}
+"""XLM-R's special tokens, as ``PreTrainedTokenizerFast`` keyword arguments."""
 MAGIC = b"E5S1"
 FORMAT_VERSION = 1
 Q4_BLOCK = 32
@@ -459,17 +462,7 @@ def build_tokenizer(tokenizer_json: Path | str, pieces: Sequence[str] | None = N
     """
     from transformers import PreTrainedTokenizerFast
 
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_file=str(tokenizer_json),
-        bos_token="<s>",
-        eos_token="</s>",
-        cls_token="<s>",
-        sep_token="</s>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-        mask_token="<mask>",
-        model_max_length=512,
-    )
+    tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_json), model_max_length=512, **SPECIAL_TOKENS)
     if pieces is not None:
         vocab = tokenizer.backend_tokenizer.get_vocab(with_added_tokens=True)
         by_id = sorted(vocab, key=vocab.__getitem__)

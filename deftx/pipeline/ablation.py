@@ -63,7 +63,7 @@ from deftx.eval.report import (
 from deftx.pipeline.config import RUN_ONLY_SETTINGS, ConfigError, PipelineConfig, parse_config, read_config_file
 from deftx.pipeline.head import ensure_head, head_call, head_curve_table, head_report_line
 from deftx.pipeline.run import run_nusax_seed
-from deftx.pipeline.workspace import Workspace, language_training_settings
+from deftx.pipeline.workspace import Workspace, language_training_settings, requested_device, resolve_device
 from deftx.train.config import short_repr, to_plain
 from deftx.train.identity import describe_changes, digest, normalised, read_identity, write_identity
 from deftx.train.store import LinkedStepStore
@@ -153,13 +153,17 @@ def merge_overrides(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> di
 
 def run_identity(config: PipelineConfig) -> dict[str, Any]:
     """Everything in ``config`` that can change a result (not its name, paths, seeds, checkpoint /
-    logging intervals or progress bars), JSON-ready: what a variant folder records."""
+    logging intervals or progress bars), JSON-ready: what a variant folder records.
+
+    The device is the one the config asks for here (:func:`~deftx.pipeline.workspace.requested_device`:
+    ``auto`` is no device), so rows scored on another device are never mixed in.
+    """
     plain = to_plain(config)
     for key in ("name", "output_dir", "results_dir", "step_store", "seeds"):
         plain.pop(key)
     for key in RUN_ONLY_SETTINGS:
         plain["training"].pop(key)
-    return plain
+    return {**plain, "device": requested_device(config)}
 
 
 def variant_hash(config: PipelineConfig) -> str:
@@ -260,11 +264,12 @@ def parse_ablation(raw: Any, source: str = "<ablation>", relative_to: Path | Non
 
 
 def load_ablation(path: str | Path, *, output_dir: str | None = None, results_dir: str | None = None,
-                  seeds: Sequence[int] | None = None, data_dir: str | None = None) -> AblationConfig:
+                  seeds: Sequence[int] | None = None, data_dir: str | None = None,
+                  device: str | None = None) -> AblationConfig:
     """Read and validate an ablation config file (a relative ``base`` may sit beside it).
 
     The keyword arguments, when given, replace the file's ``output_dir``, ``results_dir``,
-    ``seeds`` and the base's ``data_dir`` (command-line overrides).
+    ``seeds`` and the base's ``data_dir`` and ``device`` (command-line overrides).
     """
     path = Path(path)
     raw = read_config_file(path)
@@ -274,8 +279,9 @@ def load_ablation(path: str | Path, *, output_dir: str | None = None, results_di
     for key, value in (("output_dir", output_dir), ("results_dir", results_dir), ("seeds", seeds)):
         if value:
             raw[key] = list(value) if key == "seeds" else value
-    if data_dir:
-        raw["base"] = {**_base_mapping(raw.get("base"), str(path), path.parent), "data_dir": data_dir}
+    base_overrides = {key: value for key, value in (("data_dir", data_dir), ("device", device)) if value}
+    if base_overrides:
+        raw["base"] = {**_base_mapping(raw.get("base"), str(path), path.parent), **base_overrides}
     return parse_ablation(raw, str(path), relative_to=path.parent)
 
 
@@ -284,7 +290,7 @@ def language_phase1_signature(config: PipelineConfig) -> str:
     key on the run identity the tuner records, :meth:`deftx.train.sparse_finetuner.SparseFineTuner.identity`,
     which digests the data and the weights — with the warmed head — instead of naming them). The
     training settings are the very ones the language SFTs get (:func:`language_training_settings`)."""
-    settings = to_plain(language_training_settings(config, config.device, seed=0))
+    settings = to_plain(language_training_settings(config, requested_device(config), seed=0))
     training = {k: v for k, v in settings.items() if k not in (*RUN_ONLY_SETTINGS, "seed")}
     return digest({
         "model": config.model, "data_dir": config.data_dir, "head": to_plain(config.mlm_head),
@@ -465,6 +471,9 @@ def run_ablation(ablation: AblationConfig, *, log: Callable[[str], None] = print
     unknown = sorted(set(only or ()) - set(ablation.variants))
     if unknown:
         raise ConfigError(f"unknown variants {unknown}; known: {list(ablation.variants)}")
+    chosen = [name for name in ablation.variants if not only or name in only]
+    for name in chosen:
+        resolve_device(ablation.variants[name])
     start = time.perf_counter()
     ablation.results_dir.mkdir(parents=True, exist_ok=True)
     csv_path = ablation.results_dir / "ablation.csv"
@@ -473,7 +482,6 @@ def run_ablation(ablation: AblationConfig, *, log: Callable[[str], None] = print
     done = {row_key(row) for row in existing}
     finished = {(row["variant"], row["seed"], row["source"]) for row in existing}
     run = AblationRun(ablation, LinkedStepStore(ablation.output_dir / "shared"), overwrite=overwrite)
-    chosen = [name for name in ablation.variants if not only or name in only]
     total, index = len(chosen) * len(ablation.seeds), 0
     for seed in ablation.seeds:
         for name in chosen:

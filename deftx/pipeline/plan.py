@@ -16,7 +16,7 @@ from transformers import TrainingArguments
 
 from deftx.data import default_data_dir, nusax
 from deftx.pipeline.config import PipelineConfig
-from deftx.pipeline.workspace import E5_NAMES, training_settings
+from deftx.pipeline.workspace import E5_NAMES, requested_device, training_settings
 from deftx.train.config import PhaseConfig
 from deftx.train.trainer_args import PHASE_ARGUMENTS, TrainingSettings, training_arguments
 
@@ -44,15 +44,11 @@ def describe_model_source(name: str) -> str:
     return f"{name}: Hugging Face Hub model id (through the Hub cache; offline once cached)"
 
 
-def planned_device(device: str) -> str:
-    """The device a run of the config would use here (``auto`` resolved; a plan for another machine is no error)."""
-    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-
-
-def describe_device(device: str) -> str:
-    """The config's device and what it means on this machine."""
-    if device == "auto":
-        return f"auto ({planned_device(device)} here)"
+def describe_device(config: PipelineConfig) -> str:
+    """The config's device and what it means on this machine (a plan for another machine is no error)."""
+    device = requested_device(config)
+    if config.device == "auto":
+        return f"auto ({device} here)"
     if device == "cpu" or torch.cuda.is_available():
         return device
     return f"{device} (not available here: the run would stop)"
@@ -79,14 +75,14 @@ def plan_lines(config: PipelineConfig) -> list[str]:
         f"pipeline {config.name!r} (dry run: nothing is trained)",
         f"model: {describe_model_source(config.model)}",
         f"data: {data_dir} ({'found' if data_dir.is_dir() else 'MISSING'})",
-        f"device: {describe_device(config.device)}",
+        f"device: {describe_device(config)}",
         f"output: {output}; results: {config.results_dir or output}"
         + (f"; step store: {config.step_store}" if config.step_store else ""),
         f"seeds {list(config.seeds)}, sources {list(config.sources)}, targets {list(config.targets)}, "
         f"methods {methods}, language SFT scale(s) {list(config.language_scales())}",
         "TrainingArguments (where they differ from transformers' defaults; each phase sets its length, lr, folder):",
     ]
-    settings = training_settings(config, planned_device(config.device), config.seeds[0])
+    settings = training_settings(config, requested_device(config), config.seeds[0])
     lines += [f"  {key} = {value!r}" for key, value in changed_arguments(settings, output / "trainer").items()]
     head = config.mlm_head
     lines.append(f"1. MLM head warm-up: {head.steps} steps on {'+'.join(head.texts)} text (cached per base model)")

@@ -21,6 +21,9 @@ are reported in results.md and ``disk.json``.
 and, under ``results_dir`` (default: ``output_dir``): results.csv, summary.csv, results.md,
 results.png, overlap.csv, selection.csv, timings.json, disk.json, config.json, mlm_head.json.
 
+Every phase (head warm-up, training, evaluation) runs on the config's ``device`` (``deftx
+pipeline --device``), which is part of every step's identity.
+
 Protocol names in the tables:
 
 * ``nusax zero-shot`` — task trained on the source language's NusaX train split, tested on

@@ -42,23 +42,28 @@ def resolve_model(name: str) -> Path:
     return folder
 
 
-def resolve_device(config: PipelineConfig) -> str:
-    """The device every phase of ``config`` runs on: ``cpu`` or ``cuda`` (``auto``: cuda when available).
+def requested_device(config: PipelineConfig) -> str:
+    """The device ``config`` asks for on this machine, unchecked: ``auto`` is cuda when available (and
+    ``training.use_cpu``, a ``TrainingArguments`` field, is not set), else cpu; ``cpu``/``cuda`` as given."""
+    if config.device == "auto":
+        use_cpu = bool(config.training.arguments.get("use_cpu"))
+        return "cuda" if torch.cuda.is_available() and not use_cpu else "cpu"
+    return config.device
 
-    ``training.use_cpu: true`` (a ``TrainingArguments`` field) means ``cpu`` too.
+
+def resolve_device(config: PipelineConfig) -> str:
+    """The device every phase of ``config`` runs on: :func:`requested_device`, checked.
 
     Raises:
         ValueError: cuda is asked for and ``torch.cuda.is_available()`` is false, or with ``use_cpu``.
     """
-    use_cpu = bool(config.training.arguments.get("use_cpu"))
-    if config.device == "cuda" and use_cpu:
+    device = requested_device(config)
+    if device == "cuda" and config.training.arguments.get("use_cpu"):
         raise ValueError("device cuda contradicts training.use_cpu: true; drop one of them")
-    if config.device == "cuda" and not torch.cuda.is_available():
+    if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device cuda asked for, but torch.cuda.is_available() is false here (no CUDA device or a "
                          "CPU-only torch); use --device cpu or auto")
-    if config.device == "auto":
-        return "cuda" if torch.cuda.is_available() and not use_cpu else "cpu"
-    return config.device
+    return device
 
 
 def training_settings(config: PipelineConfig, device: str, seed: int) -> TrainingSettings:

@@ -8,7 +8,8 @@ retraining with O(K) optimizer state), strung together by
 :mod:`~deftx.train.trainer_contract`; its run identity and step store:
 :mod:`~deftx.train.identity`, :mod:`~deftx.train.store`). :mod:`~deftx.train.language`
 and :mod:`~deftx.train.task` build language SFTs (masked LM) and task SFTs (sequence
-classification) on NusaX-style data.
+classification) on NusaX-style data; :mod:`~deftx.train.head_warm_up` warms up the MLM head the
+language SFTs train under (batches: :mod:`~deftx.train.masking`).
 """
 
 from deftx.train.config import (

@@ -14,6 +14,7 @@ import torch
 from torch.nn.functional import gelu, layer_norm
 
 from deftx.models.e5 import CACHE_ENV, ensure_e5_small
+from deftx.models.e5 import SPECIAL_TOKENS as E5_SPECIAL_TOKENS
 
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>"]
 WORDS = ["the", "cat", "dog", "sat", "ran", "on", "a", "mat", "log", "fast", "slow", "red", "big", "small"]
@@ -41,16 +42,7 @@ def tiny_tokenizer(words=WORDS):
     """A ``PreTrainedTokenizerFast`` with e5's special-token layout (pad 1, mask last)."""
     from transformers import PreTrainedTokenizerFast
 
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tiny_backend(tiny_vocab(words)),
-        bos_token="<s>",
-        eos_token="</s>",
-        cls_token="<s>",
-        sep_token="</s>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-        mask_token="<mask>",
-    )
+    return PreTrainedTokenizerFast(tokenizer_object=tiny_backend(tiny_vocab(words)), **E5_SPECIAL_TOKENS)
 
 
 def tiny_bert(vocab_size: int, *, seed: int = 0, hidden: int = 32, layers: int = 2, dtype=torch.float32):

@@ -150,3 +150,31 @@ def test_seeds_run_apart_and_merge_in_deftx_paired(tmp_path, tiny_model_dir, mon
                  "--pair", "lt-sft:full-ft", "--targets", "madurese"]) == 0
     table = capsys.readouterr().out
     assert "| madurese | lt-sft − full-ft |" in table and table.splitlines()[2].endswith("| 2 |"), table
+
+
+def test_an_ablation_rows_hash_holds_the_resolved_device(tmp_path, monkeypatch):
+    """``auto`` is no device: the rows of a variant are keyed by the device it resolves to here."""
+    raw = {"base": {"targets": ["madurese"]}, "output_dir": str(tmp_path),
+           "variants": {"auto": {}, "cpu": {"device": "cpu"}, "cuda": {"device": "cuda"}}}
+    no_cuda(monkeypatch)
+    on_cpu = ablation.parse_ablation(raw).hashes
+    assert on_cpu["auto"] == on_cpu["cpu"] != on_cpu["cuda"], "a plan for a GPU machine parses here"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    on_gpu = ablation.parse_ablation(raw).hashes
+    assert on_gpu["auto"] == on_gpu["cuda"] == on_cpu["cuda"] != on_gpu["cpu"] == on_cpu["cpu"]
+
+
+def test_ablate_device_cuda_without_cuda_is_one_line_before_any_work(tmp_path, capsys, monkeypatch):
+    no_cuda(monkeypatch)
+    base = tmp_path / "base.yaml"
+    mapping = tiny_mapping(tmp_path, tmp_path / "model", "unused", {"lt-sft": None})
+    base.write_text(yaml.safe_dump({k: str(v) if isinstance(v, Path) else v for k, v in mapping.items()
+                                    if k != "step_store"}))
+    config = tmp_path / "ablation.yaml"
+    config.write_text(yaml.safe_dump({"name": "a", "base": str(base), "output_dir": str(tmp_path / "runs"),
+                                      "results_dir": str(tmp_path / "results"), "variants": {"reference": {}}}))
+    assert main(["ablate", str(config), "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("deftx ablate: error: device cuda asked for, but ")
+    assert not (tmp_path / "results").exists() and not (tmp_path / "runs").exists(), "nothing was written"
+    assert ablation.load_ablation(config, device="cpu").variants["reference"].device == "cpu"

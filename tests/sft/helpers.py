@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import BertConfig
 
 from deftx.ops import topk_mask
-from deftx.sft import SparseDiff
+from deftx.sft import SparseDiff, SparseDiffFormatError
 from deftx.sft.format import content_digest
 from tests.helpers import assert_bitwise_equal
 
@@ -68,3 +69,12 @@ def rewrite(path, mutate, sign=True):
     if sign:
         meta["sha256"] = content_digest(tensors, meta)
     save_file(tensors, str(path), metadata=meta)
+
+
+def assert_rewrite_refused(tmp_path, model, mutate, match) -> None:
+    """A random SFT saved, its raw content ``mutate``d (digest re-signed): loading it is a format error ``match``."""
+    path = tmp_path / "sft.safetensors"
+    random_sft(model, 100).save(path)
+    rewrite(path, mutate)
+    with pytest.raises(SparseDiffFormatError, match=match):
+        SparseDiff.load(path)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from deftx.sft import ParamInfo, SparseDiff, SparseDiffFormatError, apply_diffs, compose
-from tests.sft.helpers import assert_model_equals, random_sft, rewrite, snapshot
+from tests.sft.helpers import assert_model_equals, assert_rewrite_refused, random_sft, rewrite, snapshot
 
 POOLER = "bert.pooler.dense.weight"
 INFO = {"w": ParamInfo((3,), torch.float32)}
@@ -140,11 +140,7 @@ def test_malformed_metadata_is_a_format_error(tmp_path, model, mutate, match):
     ],
 )
 def test_malformed_tensors_are_a_format_error(tmp_path, model, mutate, match):
-    path = tmp_path / "sft.safetensors"
-    random_sft(model, 100).save(path)
-    rewrite(path, mutate)
-    with pytest.raises(SparseDiffFormatError, match=match):
-        SparseDiff.load(path)
+    assert_rewrite_refused(tmp_path, model, mutate, match)
 
 
 def test_a_changed_byte_is_refused_by_the_digest(tmp_path, model):

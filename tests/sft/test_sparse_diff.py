@@ -11,7 +11,7 @@ from transformers import BertForSequenceClassification, BertModel
 from deftx.perf.counters import count_device_work
 from deftx.sft import ParamInfo, SparseDiff, SparseDiffFormatError, apply_diffs, compose
 from tests.helpers import assert_bitwise_equal
-from tests.sft.helpers import assert_model_equals, random_sft, rewrite, snapshot, tiny_config
+from tests.sft.helpers import assert_model_equals, assert_rewrite_refused, random_sft, snapshot, tiny_config
 
 
 def test_save_load_round_trip(tmp_path, model):
@@ -175,11 +175,7 @@ def test_compose_rejects_conflicts():
     ],
 )
 def test_load_rejects_bad_files(tmp_path, model, mutate, match):
-    path = tmp_path / "sft.safetensors"
-    random_sft(model, 100).save(path)
-    rewrite(path, mutate)
-    with pytest.raises(SparseDiffFormatError, match=match):
-        SparseDiff.load(path)
+    assert_rewrite_refused(tmp_path, model, mutate, match)
 
 
 def test_load_rejects_truncated_and_garbage_files(tmp_path, model):
