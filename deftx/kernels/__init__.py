@@ -11,9 +11,11 @@ scripts run from the checkout). Installed from a wheel, the op modules are copie
 beside this file (``setup.py``); run from a checkout or an editable install, this
 package adds the checkout's ``kernels/`` folder to its ``__path__``.
 
-Each kernel module holds its ``@triton.jit`` kernels, their launchers and the
-specialisations it is compiled for (``SPECIALIZATIONS``); its cost model is pure Python in
-:mod:`deftx.ops.cost`. This package adds what every tool needs:
+Each kernel module holds its ``@triton.jit`` kernels and their launchers, and exposes the
+specialisations it is compiled for (``SPECIALIZATIONS``, built by its ``_<op>_specs`` module);
+its cost model is pure Python in :mod:`deftx.ops.cost`. Nothing here imports :mod:`deftx.ops`
+at run time (the ops dispatch to the kernels, not the reverse). This package adds what every
+tool needs:
 
 * :class:`KernelSpec` — one compiled specialisation; the op registry lists every op module's
   (:func:`deftx.ops.registry.kernel_specializations`) for the static compile test and
@@ -21,8 +23,9 @@ specialisations it is compiled for (``SPECIALIZATIONS``); its cost model is pure
 * :func:`kernel_module` — the module to launch for a device: the ordinary
   (compiled) module for CUDA tensors, or a copy whose kernels run under the Triton
   interpreter for CPU tensors, so every kernel can run anywhere. It also works
-  around two interpreter defects (Triton 3.6 and 3.9): interpreted kernels could not
-  call Triton's own ``@jit`` helpers, and Triton 3.6's scalar ``__index__`` fails on
+  around interpreter defects (Triton 3.6 and 3.9): interpreted kernels could not call
+  ``@jit`` helpers of other modules (``tl.sum``, ``kernels/_common.py``), and Triton's own
+  device call leaves the language patched; Triton 3.6's scalar ``__index__`` fails on
   NumPy >= 2.4.
 * :func:`upload` — the launchers' one host-to-device copy. A launcher plans on the
   host with Python integers (addresses, sizes, offsets: never a read of device data)
