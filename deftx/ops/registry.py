@@ -4,8 +4,8 @@ Each :class:`OpEntry` names the op once (its canonical name is also the name of 
 modules: ``deftx.ops.reference.<name>``, ``deftx.ops.native.<name>``, ``deftx.kernels.<name>``
 and of its cost model ``deftx.ops.cost.<name>``) and says which public functions run it, which
 backends implement it, what settings contract it takes, and which benchmark cases measure it.
-Dispatch (:mod:`deftx.ops.dispatch`), the kernel package (:mod:`deftx.kernels`), the roofline
-prediction, the benchmark cases and ``deftx doctor`` all read :data:`OPS`.
+Dispatch (:mod:`deftx.ops.dispatch`), ``deftx doctor``, the static compile profile
+(:data:`TRITON_OPS`), the roofline prediction and the benchmark cases all read :data:`OPS`.
 
 Reading the registry needs no Triton and loads no backend. The backend modules, the kernel
 specialisations and the cost models are loaded on request (:meth:`OpEntry.backend_module`,
