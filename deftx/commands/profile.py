@@ -50,14 +50,15 @@ EPILOG = textwrap.dedent(
 
 
 def _static(args: argparse.Namespace) -> int:
-    from deftx.perf.model_shapes import load_shape_set
-    from deftx.perf.static_report import build_static_report, write_report
+    from deftx.perf.report import write_static_report
+    from deftx.perf.static.analysis import build_static_report
+    from deftx.perf.workload import load_workload
 
     shapes_name = args.shapes or "xlmr-base"
-    shapes = load_shape_set(shapes_name)
+    workload = load_workload(shapes_name)
     command = f"deftx profile --static --arch {args.arch} --shapes {shapes_name}"
-    report = build_static_report(args.arch, shapes, workers=args.workers, command=command)
-    json_path, md_path = write_report(report, args.out or STATIC_DEFAULT_OUT)
+    report = build_static_report(args.arch, workload, workers=args.workers, command=command)
+    json_path, md_path = write_static_report(report, args.out or STATIC_DEFAULT_OUT)
     violating = [k for k in report["kernels"] if k["violations"]]
     print(
         f"{len(report['kernels'])} specialisations compiled for {args.arch}, "

@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -39,6 +39,7 @@ from torch.distributed.tensor import Shard, distribute_tensor, init_device_mesh
 from deftx.distributed.topk import sharded_topk_local
 from deftx.ops import scatter_add_, topk_mask
 from deftx.ops.cost import rsvd as rsvd_cost
+from deftx.perf.shapes import BUILTIN_SHAPE_SETS, LLAMA_2_70B, ShapeSet
 
 RANKS: tuple[int, ...] = (8, 64, 512)
 K_FRACTION = 0.01
@@ -53,53 +54,18 @@ DIFF_ENTRY_BYTES = 4 + 4
 """int32 index + fp32 value per stored SparseDiff entry."""
 
 
-@dataclass(frozen=True)
-class Matrix:
-    """``count`` weight matrices of ``rows × cols`` (FSDP2 shards the rows)."""
-
-    name: str
-    rows: int
-    cols: int
-    count: int
+LLAMA_7B = replace(BUILTIN_SHAPE_SETS["llama-7b"], name="Llama-2-7B")
+LLAMA_70B = replace(LLAMA_2_70B, name="Llama-2-70B")
 
 
-@dataclass(frozen=True)
-class ShapeSet:
-    """The eligible weight matrices of a model (norm vectors are frozen, as in LT-SFT)."""
-
-    name: str
-    matrices: tuple[Matrix, ...]
-
-    @property
-    def entries(self) -> int:
-        return sum(m.rows * m.cols * m.count for m in self.matrices)
-
-    @property
-    def tensors(self) -> int:
-        return sum(m.count for m in self.matrices)
-
-    def local_entries(self, ranks: int) -> int:
-        """Entries rank 0 holds (the largest share) when every matrix's rows are split in ``ranks`` chunks."""
-        return sum(math.ceil(m.rows / ranks) * m.cols * m.count for m in self.matrices)
+def eligible_entries(shapes: ShapeSet) -> int:
+    """Entries of the eligible weight matrices (norm vectors are frozen, as in LT-SFT)."""
+    return sum(m.numel for m in shapes.matrices())
 
 
-def llama_shapes(name: str, vocab: int, hidden: int, ffn: int, layers: int, kv_dim: int) -> ShapeSet:
-    """Llama-2 weight matrices in ``nn.Linear`` (out, in) layout, embeddings and LM head included."""
-    return ShapeSet(
-        name,
-        (
-            Matrix("embed_tokens", vocab, hidden, 1),
-            Matrix("q_proj / o_proj", hidden, hidden, 2 * layers),
-            Matrix("k_proj / v_proj", kv_dim, hidden, 2 * layers),
-            Matrix("gate_proj / up_proj", ffn, hidden, 2 * layers),
-            Matrix("down_proj", hidden, ffn, layers),
-            Matrix("lm_head", vocab, hidden, 1),
-        ),
-    )
-
-
-LLAMA_7B = llama_shapes("Llama-2-7B", vocab=32000, hidden=4096, ffn=11008, layers=32, kv_dim=4096)
-LLAMA_70B = llama_shapes("Llama-2-70B", vocab=32000, hidden=8192, ffn=28672, layers=80, kv_dim=1024)
+def local_entries(shapes: ShapeSet, ranks: int) -> int:
+    """Entries rank 0 holds (the largest share) when every matrix's rows are split in ``ranks`` chunks."""
+    return sum(math.ceil(rows / ranks) * cols for rows, cols in (m.shape for m in shapes.matrices()))
 
 
 @dataclass(frozen=True)
@@ -215,15 +181,16 @@ def topk_bytes(tensors: int, ranks: int) -> int:
 def _topk_comm_seconds(shapes: ShapeSet, ranks: int, net: Network) -> float:
     return (
         RADIX_PASSES * net.all_reduce(HISTOGRAM_BYTES, ranks)
-        + net.all_reduce(8 * shapes.tensors, ranks)
+        + net.all_reduce(8 * len(shapes.matrices()), ranks)
         + net.all_reduce(8 * ranks, ranks)
     )
 
 
 def selection_row(shapes: ShapeSet, ranks: int, costs: MeasuredCosts, net: Network) -> Row:
     """LT-SFT selection: |θ1 − θ0| and the global top-k."""
-    local = shapes.local_entries(ranks)
-    n, k = shapes.entries, int(K_FRACTION * shapes.entries)
+    local = local_entries(shapes, ranks)
+    n = eligible_entries(shapes)
+    k = int(K_FRACTION * n)
     compute = local * (costs.score_per_entry + costs.sharded_select_per_entry)
     comm = _topk_comm_seconds(shapes, ranks, net)
     gathered = (ranks - 1) / ranks * n * PARAM_BYTES
@@ -237,7 +204,7 @@ def selection_row(shapes: ShapeSet, ranks: int, costs: MeasuredCosts, net: Netwo
         local,
         compute + comm,
         comm,
-        topk_bytes(shapes.tensors, ranks),
+        topk_bytes(len(shapes.matrices()), ranks),
         RADIX_PASSES + 2,
         baseline,
         gathered,
@@ -267,16 +234,15 @@ def denoise_row(shapes: ShapeSet, ranks: int, costs: MeasuredCosts, net: Network
     base = selection_row(shapes, ranks, costs, net)
     flops, comm_seconds, nbytes, calls, single_flops = 0.0, base.sharded_comm_seconds, base.sharded_bytes, 0, 0.0
     q = SKETCH_COLUMNS
-    for m in shapes.matrices:
-        local, replicated = _rsvd_flops(math.ceil(m.rows / ranks), m.cols)
-        full_local, _ = _rsvd_flops(m.rows, m.cols)
-        flops += m.count * (local + replicated)
-        single_flops += m.count * (full_local + replicated)
-        nbytes += m.count * rsvd_bytes(m.cols)
-        calls += m.count * (2 * (POWER_ITERATIONS + 1) + POWER_ITERATIONS + 1)
-        comm_seconds += m.count * (
-            2 * (POWER_ITERATIONS + 1) * net.all_reduce(8 * q * q, ranks)
-            + (POWER_ITERATIONS + 1) * net.all_reduce(4 * m.cols * q, ranks)
+    for rows, cols in (m.shape for m in shapes.matrices()):
+        local, replicated = _rsvd_flops(math.ceil(rows / ranks), cols)
+        full_local, _ = _rsvd_flops(rows, cols)
+        flops += local + replicated
+        single_flops += full_local + replicated
+        nbytes += rsvd_bytes(cols)
+        calls += 2 * (POWER_ITERATIONS + 1) + POWER_ITERATIONS + 1
+        comm_seconds += (POWER_ITERATIONS + 1) * (
+            2 * net.all_reduce(8 * q * q, ranks) + net.all_reduce(4 * cols * q, ranks)
         )
     compute = base.local_entries * (costs.score_per_entry + costs.sharded_select_per_entry) + flops / costs.matmul_flops
     baseline = base.baseline_seconds + single_flops / costs.matmul_flops
@@ -295,8 +261,9 @@ def denoise_row(shapes: ShapeSet, ranks: int, costs: MeasuredCosts, net: Network
 
 def compose_row(shapes: ShapeSet, ranks: int, costs: MeasuredCosts, net: Network) -> Row:
     """Apply a K-entry SparseDiff: each rank reads and scatters its share; no collective."""
-    local = shapes.local_entries(ranks)
-    n, k = shapes.entries, int(K_FRACTION * shapes.entries)
+    local = local_entries(shapes, ranks)
+    n = eligible_entries(shapes)
+    k = int(K_FRACTION * n)
     local_k = k * local / n
     gathered = (ranks - 1) / ranks * n * PARAM_BYTES
     baseline = 2 * net.to_one_rank(gathered, ranks) + k * costs.scatter_per_entry
@@ -381,7 +348,10 @@ def scaling_report(
         f"| fp32 matmul (rSVD sketches) | {costs.matmul_flops / 1e9:.1f} GFLOP/s |",
         "",
         "Model sizes: "
-        + ", ".join(f"{s.name} {s.entries / 1e9:.2f} B eligible entries in {s.tensors} matrices" for s in models)
+        + ", ".join(
+            f"{s.name} {eligible_entries(s) / 1e9:.2f} B eligible entries in {len(s.matrices())} matrices"
+            for s in models
+        )
         + ".",
         "",
     ]

@@ -11,14 +11,14 @@ implementation ran (1 = at the roofline; a CPU run compared with a GPU target is
 as such). For each baseline row it also gives deftx's speedup over it, measured and
 predicted.
 
-The two shape-set types differ, so the workload is mapped explicitly:
+The bench runs on every tensor of its :class:`~deftx.perf.shapes.ShapeSet`, so the
+prediction's :class:`~deftx.perf.workload.Workload` is mapped explicitly:
 
-* bench ``topk`` / ``scatter`` / ``step`` run over every tensor of the bench
-  :class:`~deftx.perf.shapes.ShapeSet`, so every tensor is an eligible
-  :class:`~deftx.perf.model_shapes.Parameter` and K = ``round(k_fraction * N)`` (the bench
-  draws Bernoulli(K) positions for scatter / step: the same K in expectation);
+* bench ``topk`` / ``scatter`` / ``step`` run over every tensor, so every tensor is eligible
+  (norms included) and K = ``round(k_fraction * N)`` (the bench draws Bernoulli(K) positions
+  for scatter / step: the same K in expectation);
 * bench ``rsvd`` factors the matrices with ``min(m, n) > rank + oversample``: only those
-  become parameters (q = rank + oversample, the suite's ``n_iter``, Δ = W1 − W0);
+  are in the workload (q = rank + oversample, the suite's ``n_iter``, Δ = W1 − W0);
 * op names: ``step`` is the profile's ``masked_step``; bench ``scatter`` applies one diff
   without saving originals, so its costs come from ``deftx.ops.cost.scatter`` with
   ``num_diffs=1, save=False`` (the profile's scatter composes two diffs and saves).
@@ -37,15 +37,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from deftx.ops.registry import op_entry
-from deftx.perf.model_shapes import DTYPES, OpSettings, Parameter
-from deftx.perf.model_shapes import ShapeSet as ProfileShapeSet
 from deftx.perf.roofline import PREDICTORS, Cost, spread_entries
-from deftx.perf.shapes import ShapeSet as BenchShapeSet
-from deftx.perf.shapes import load_shape_set
+from deftx.perf.shapes import ShapeSet, load_shape_set
 from deftx.perf.targets import A100_80GB_SXM, H100_SXM, H200_SXM, PRODUCTS, TARGETS, Target, get_target
+from deftx.perf.workload import DTYPES, OpSettings, Workload
 
 PROFILE_OPS: dict[str, str] = {
     "topk": "topk",
@@ -125,7 +124,7 @@ def choose_target(doc: dict[str, Any], name: str | None = None) -> tuple[Target 
     return target, choice
 
 
-def doc_shape_set(doc: dict[str, Any]) -> BenchShapeSet:
+def doc_shape_set(doc: dict[str, Any]) -> ShapeSet:
     """The bench shape set a document was measured on, rebuilt from its built-in name and scale.
 
     Raises:
@@ -142,8 +141,8 @@ def doc_shape_set(doc: dict[str, Any]) -> BenchShapeSet:
     return shapes
 
 
-def profile_shape_set(
-    shapes: BenchShapeSet,
+def bench_workload(
+    shapes: ShapeSet,
     op: str,
     *,
     dtype: str,
@@ -151,10 +150,10 @@ def profile_shape_set(
     rank: int,
     oversample: int,
     n_iter: int,
-) -> ProfileShapeSet:
-    """The :class:`deftx.perf.model_shapes.ShapeSet` of bench ``op``'s workload on ``shapes``.
+) -> Workload:
+    """The :class:`~deftx.perf.workload.Workload` of bench ``op`` on ``shapes``.
 
-    Every tensor is an eligible parameter (rsvd: only the matrices the bench factors,
+    Every tensor is eligible, norms included (rsvd: only the matrices the bench factors,
     ``min(m, n) > rank + oversample``); ``dtype`` in fp32 / bf16 / fp16; ``k_fraction``
     (None for rsvd) becomes the profile's K; one diff, no L1.
     """
@@ -176,11 +175,11 @@ def profile_shape_set(
         num_diffs=NUM_DIFFS.get(op, 1),
         l1=False,
     )
-    parameters = tuple(Parameter(t.name, t.shape) for t in tensors)
-    return ProfileShapeSet(shapes.name, dtype, parameters, settings, shapes.note or "bench shape set")
+    eligible = ShapeSet(shapes.name, tuple(replace(t, frozen=False) for t in tensors))
+    return Workload(eligible, dtype, settings, shapes.note or "bench shape set")
 
 
-def _scatter_costs(shape_set: ProfileShapeSet) -> dict[str, ModelledCost]:
+def _scatter_costs(shape_set: Workload) -> dict[str, ModelledCost]:
     """One diff of K entries spread over the tensors by size, values fp32, no originals saved."""
     scatter = op_entry("scatter").cost_model()
     shapes = [p.shape for p in shape_set.eligible]
@@ -199,8 +198,8 @@ def _scatter_costs(shape_set: ProfileShapeSet) -> dict[str, ModelledCost]:
     }
 
 
-def _profile_costs(op: str) -> Callable[[ProfileShapeSet], dict[str, ModelledCost]]:
-    def costs(shape_set: ProfileShapeSet) -> dict[str, ModelledCost]:
+def _profile_costs(op: str) -> Callable[[Workload], dict[str, ModelledCost]]:
+    def costs(shape_set: Workload) -> dict[str, ModelledCost]:
         prediction = PREDICTORS[PROFILE_OPS[op]](shape_set)
         where = f"deftx.perf.roofline {prediction.op}"
         deftx = (prediction.deftx, f"{where}: {prediction.workload}")
@@ -210,7 +209,7 @@ def _profile_costs(op: str) -> Callable[[ProfileShapeSet], dict[str, ModelledCos
     return costs
 
 
-def _compose_costs(shape_set: ProfileShapeSet) -> dict[str, ModelledCost]:
+def _compose_costs(shape_set: Workload) -> dict[str, ModelledCost]:
     """The profile's scatter prediction: 2 diffs, originals saved, against densify + add_."""
     prediction = PREDICTORS["scatter"](shape_set)
     where = f"deftx.perf.roofline scatter: {prediction.workload}"
@@ -220,7 +219,7 @@ def _compose_costs(shape_set: ProfileShapeSet) -> dict[str, ModelledCost]:
     }
 
 
-def _scores_costs(shape_set: ProfileShapeSet) -> dict[str, ModelledCost]:
+def _scores_costs(shape_set: Workload) -> dict[str, ModelledCost]:
     """The profile's rsvd plus reconstruct_abs predictions (fp32 products), summed."""
     factor, recon = PREDICTORS["rsvd"](shape_set), PREDICTORS["reconstruct_abs"](shape_set)
 
@@ -234,7 +233,7 @@ def _scores_costs(shape_set: ProfileShapeSet) -> dict[str, ModelledCost]:
     }
 
 
-COST_MODELS: dict[str, Callable[[ProfileShapeSet], dict[str, ModelledCost]]] = {
+COST_MODELS: dict[str, Callable[[Workload], dict[str, ModelledCost]]] = {
     "topk": _profile_costs("topk"),
     "rsvd": _profile_costs("rsvd"),
     "scatter": _scatter_costs,
@@ -245,7 +244,7 @@ COST_MODELS: dict[str, Callable[[ProfileShapeSet], dict[str, ModelledCost]]] = {
 """bench op -> ``{"deftx" or baseline impl: (cost, model)}`` on the op's profile shape set."""
 
 
-def op_costs(shape_set: ProfileShapeSet, op: str) -> dict[str, ModelledCost]:
+def op_costs(shape_set: Workload, op: str) -> dict[str, ModelledCost]:
     """The modelled costs of bench ``op`` on ``shape_set``: key ``"deftx"`` for deftx's op (every
     backend) and one key per modelled baseline implementation (``cat_topk``, ...)."""
     if op not in COST_MODELS:
@@ -297,10 +296,10 @@ def _row_prediction(
 
 
 def _case_costs(
-    shapes: BenchShapeSet, config: dict[str, Any], op: str, k_fraction: float | None
+    shapes: ShapeSet, config: dict[str, Any], op: str, k_fraction: float | None
 ) -> tuple[dict[str, ModelledCost] | None, str]:
     """The case's costs, or None and why (a kernel module that cannot be imported here)."""
-    shape_set = profile_shape_set(
+    workload = bench_workload(
         shapes,
         op,
         dtype=config["dtype"],
@@ -310,13 +309,13 @@ def _case_costs(
         n_iter=config["n_iter"],
     )
     try:
-        return op_costs(shape_set, op), ""
+        return op_costs(workload, op), ""
     except ImportError as err:
         return None, f"no model: {type(err).__name__}: {err}"
 
 
 def predict_suite(
-    doc: dict[str, Any], target: Target | None, shapes: BenchShapeSet | None = None, choice: str = ""
+    doc: dict[str, Any], target: Target | None, shapes: ShapeSet | None = None, choice: str = ""
 ) -> dict[str, Any]:
     """The ``"predicted"`` section of a suite document (schema ``deftx-bench/1``).
 

@@ -1,10 +1,12 @@
-"""Print, save and plot benchmark documents (``deftx-bench/1`` suite and scaling results)."""
+"""Print, save and plot the perf documents: ``deftx bench``'s (``deftx-bench/1`` suite and
+scaling results, predicted vs measured) and ``deftx profile --static``'s report
+(:func:`deftx.perf.static.analysis.build_static_report`)."""
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +31,15 @@ def measured_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
     return [r for r in doc["results"] if "error" not in r and "skipped" not in r]
 
 
-def format_seconds(seconds: float | None) -> str:
-    """``1.23 s``, ``45.6 ms``, ``789 us``."""
+def format_seconds(seconds: float | None, digits: tuple[int, int, int] = (2, 1, 0)) -> str:
+    """``1.23 s``, ``45.6 ms``, ``789 us``; ``digits``: the decimals in s, ms and us."""
     if seconds is None or not math.isfinite(seconds):
         return "-"
     if seconds >= 1.0:
-        return f"{seconds:.2f} s"
+        return f"{seconds:.{digits[0]}f} s"
     if seconds >= 1e-3:
-        return f"{seconds * 1e3:.1f} ms"
-    return f"{seconds * 1e6:.0f} us"
+        return f"{seconds * 1e3:.{digits[1]}f} ms"
+    return f"{seconds * 1e6:.{digits[2]}f} us"
 
 
 def format_bytes(nbytes: float | None) -> str:
@@ -95,9 +97,10 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """The same table in GitHub markdown."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str = "") -> str:
+    """The same table in GitHub markdown; ``align``: one ``l`` or ``r`` per column (default: none)."""
+    rule = "|" + "".join("---:|" if a == "r" else "---|" for a in align or "l" * len(header))
+    lines = ["| " + " | ".join(header) + " |", rule]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
 
@@ -218,9 +221,9 @@ def predicted_markdown(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_json(doc: dict[str, Any], path: Path) -> None:
+def write_json(doc: dict[str, Any], path: Path, indent: int = 2) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=2) + "\n")
+    path.write_text(json.dumps(doc, indent=indent) + "\n")
 
 
 def _pyplot():
@@ -300,6 +303,30 @@ SCALING_COLUMNS = (
 )
 
 
+def _parameters(row: dict[str, Any]) -> float:
+    return row["parameters"]
+
+
+def _k_percent(row: dict[str, Any]) -> float:
+    return 100 * row["k_fraction"]
+
+
+def _plot_baseline(
+    ax: Any,
+    rows: list[dict[str, Any]],
+    x: Callable[[dict[str, Any]], float],
+    key: str,
+    op: str,
+    color: str | None,
+    scale: float = 1.0,
+) -> None:
+    """The dashed baseline line of ``op``: ``row[key] * scale`` against ``x(row)`` where measured."""
+    base = [r for r in rows if r.get(key) is not None]
+    if base:
+        xs, ys = [x(r) for r in base], [r[key] * scale for r in base]
+        ax.plot(xs, ys, "--s", color=color, alpha=0.6, label=f"{op} {base[0]['baseline']}")
+
+
 def plot_scaling(doc: dict[str, Any], path: Path) -> None:
     """Three panels: time vs parameters, peak extra memory vs parameters, time vs K."""
     plt = _pyplot()
@@ -320,16 +347,7 @@ def plot_scaling(doc: dict[str, Any], path: Path) -> None:
             markerfacecolor="white",
             markersize=9,
         )
-        base = [r for r in rows if r.get("baseline_time_s") is not None]
-        if base:
-            ax_t.plot(
-                [r["parameters"] for r in base],
-                [r["baseline_time_s"] for r in base],
-                "--s",
-                color=color,
-                alpha=0.6,
-                label=f"{op} {base[0]['baseline']}",
-            )
+        _plot_baseline(ax_t, rows, _parameters, "baseline_time_s", op, color)
         mem = [r for r in rows if r.get("deftx_peak_extra_bytes") is not None]
         ax_m.plot(
             [r["parameters"] for r in mem],
@@ -338,30 +356,12 @@ def plot_scaling(doc: dict[str, Any], path: Path) -> None:
             color=color,
             label=f"{op} deftx",
         )
-        base_mem = [r for r in rows if r.get("baseline_peak_extra_bytes") is not None]
-        if base_mem:
-            ax_m.plot(
-                [r["parameters"] for r in base_mem],
-                [r["baseline_peak_extra_bytes"] / 2**20 for r in base_mem],
-                "--s",
-                color=color,
-                alpha=0.6,
-                label=f"{op} {base_mem[0]['baseline']}",
-            )
+        _plot_baseline(ax_m, rows, _parameters, "baseline_peak_extra_bytes", op, color, scale=2**-20)
     for op in dict.fromkeys(r["op"] for r in doc["k_sweep"]):
         rows = sorted((r for r in doc["k_sweep"] if r["op"] == op), key=lambda r: r["k_fraction"])
         ks = [100 * r["k_fraction"] for r in rows]
         ax_k.plot(ks, [r["deftx_time_s"] for r in rows], "-o", color=colors.get(op), label=f"{op} deftx")
-        base = [r for r in rows if r.get("baseline_time_s") is not None]
-        if base:
-            ax_k.plot(
-                [100 * r["k_fraction"] for r in base],
-                [r["baseline_time_s"] for r in base],
-                "--s",
-                color=colors.get(op),
-                alpha=0.6,
-                label=f"{op} {base[0]['baseline']}",
-            )
+        _plot_baseline(ax_k, rows, _k_percent, "baseline_time_s", op, colors.get(op))
     ax_t.set(
         xscale="log",
         yscale="log",
@@ -393,3 +393,155 @@ def plot_scaling(doc: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _bits(counts: dict[str, int]) -> str:
+    return " ".join(f"{n}x{bits}" for bits, n in counts.items()) or "-"
+
+
+def _si(value: float, unit: str) -> str:
+    for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f} {prefix}{unit}"
+    return f"{value:.0f} {unit}"
+
+
+def _flops(cost: dict[str, Any]) -> str:
+    return _si(cost["flops"], "FLOP") if cost["flop_precision"] else "-"
+
+
+def _cell(text: str) -> str:
+    """Table cell text with its pipes escaped."""
+    return text.replace("|", "\\|")
+
+
+def _static_seconds(seconds: float) -> str:
+    """:func:`format_seconds` with three decimals (one in us): ``1.234 ms``."""
+    return format_seconds(seconds, digits=(3, 3, 1))
+
+
+KERNEL_COLUMNS = (
+    "kernel",
+    "warps",
+    "regs/thread",
+    "spill B",
+    "shared B",
+    "occupancy (warps/SM)",
+    "limiter",
+    "global loads (count x bits)",
+    "global stores",
+    "atomics int/float",
+    "shared ld/st",
+    "MMA",
+    "violations",
+)
+
+
+def _kernel_row(k: dict[str, Any]) -> list[str]:
+    sass, occ = k["sass"], k["occupancy"]
+    classes = sass["classes"]
+    return [
+        f"`{k['name']}`",
+        str(k["num_warps"]),
+        str(k["registers"]),
+        str(k["spill_bytes"]),
+        str(k["shared_bytes"]),
+        f"{occ['warps_per_sm']}/{occ['max_warps_per_sm']} ({occ['fraction']:.0%})",
+        occ["limiter"],
+        _bits(sass["global_load_bits"]),
+        _bits(sass["global_store_bits"]),
+        f"{sass['global_atomics']['integer']}/{sass['global_atomics']['float']}",
+        f"{classes['shared_load']}/{classes['shared_store']}",
+        ", ".join(f"{n}x {op}" for op, n in sass["mma"].items()) or "-",
+        _cell("; ".join(k["violations"])) or "none",
+    ]
+
+
+ROOFLINE_COLUMNS = (
+    "op",
+    "workload",
+    "deftx bytes",
+    "deftx FLOPs",
+    "deftx time (bound)",
+    "baseline",
+    "baseline bytes",
+    "baseline FLOPs",
+    "baseline time (bound)",
+    "predicted speedup",
+)
+
+
+def _cost_cells(cost: dict[str, Any]) -> list[str]:
+    """Bytes, FLOPs and ``time (bound)`` of one side of a roofline row."""
+    return [_si(cost["bytes"], "B"), _flops(cost), f"{_static_seconds(cost['time_s'])} ({cost['bound']})"]
+
+
+def _roofline_row(r: dict[str, Any]) -> list[str]:
+    speedup = f"{r['predicted_speedup']:.2f}x" if r["predicted_speedup"] is not None else "-"
+    baseline = f"`{_cell(r['baseline']['name'])}`"
+    return [r["op"], _cell(r["workload"]), *_cost_cells(r["deftx"]), baseline, *_cost_cells(r["baseline"]), speedup]
+
+
+def static_markdown(report: dict[str, Any]) -> str:
+    """The markdown rendering of a static report (:func:`deftx.perf.static.analysis.build_static_report`)."""
+    t, shapes = report["target"], report["shape_set"]
+    kernels = report["kernels"]
+    violating = [k for k in kernels if k["violations"]]
+    lines = [
+        f"# Static kernel report: {t['arch']} ({t['gpu']}), shape set `{shapes['name']}`",
+        "",
+        f"**{report['label']}.**",
+        "",
+        f"Made by `{report['command']}` (deftx {report['versions']['deftx']}, "
+        f"Triton {report['versions']['triton']}). Kernels compiled for {t['arch']} without a GPU; "
+        "registers, spills and shared memory read from the cubin (`cuobjdump`), instruction counts from "
+        "the SASS (`nvdisasm`); occupancy is the theoretical figure those resources allow. Roofline: "
+        f"time = max(bytes / {t['hbm_bytes_per_s'] / 1e12:.3g} TB/s, FLOPs / datasheet peak) — a lower "
+        "bound, not a measurement.",
+        "",
+        f"{len(kernels)} specialisations compiled, {len(report['compile_failures'])} failed to compile, "
+        f"{len(violating)} violate a check.",
+        "",
+        "## Kernels",
+        "",
+        markdown_table(KERNEL_COLUMNS, [_kernel_row(k) for k in kernels], "lrrrrrlllllll"),
+    ]
+    if report["compile_failures"]:
+        lines += ["", "## Compile failures", ""]
+        lines += [f"- `{f['name']}` ({f['module']}): {f['error'].splitlines()[0] if f['error'] else ''}"
+                  for f in report["compile_failures"]]
+    modules = report["kernel_modules"]
+    notes = [f"absent: {', '.join(modules['absent'])}" if modules["absent"] else "",
+             f"without SPECIALIZATIONS: {', '.join(modules['without_specializations'])}"
+             if modules["without_specializations"] else "",
+             *(f"{name} does not import: {err}" for name, err in modules["broken"].items())]
+    if any(notes):
+        lines += ["", "Kernel modules not covered: " + "; ".join(n for n in notes if n) + "."]
+    lines += [
+        "",
+        f"## Roofline prediction: {shapes['description'] or shapes['name']}",
+        "",
+        f"{shapes['parameters']:,} parameters, {shapes['eligible']:,} eligible, {shapes['matrices']} matrices, "
+        f"K = {shapes['k']:,}; settings: "
+        + ", ".join(f"{k} = {v}" for k, v in shapes["settings"].items()) + ".",
+        "",
+        markdown_table(ROOFLINE_COLUMNS, [_roofline_row(r) for r in report["roofline"]], "llrrrlrrrr"),
+    ]
+    if report["roofline_skipped"]:
+        lines += ["", "Not predicted: " + "; ".join(f"{op} ({why})" for op, why in report["roofline_skipped"].items())]
+    return "\n".join(lines) + "\n"
+
+
+def static_report_stem(report: dict[str, Any]) -> str:
+    """File name stem: ``static_<arch without _>_<shape set>`` (``static_sm90_xlmr-base``)."""
+    return f"static_{report['target']['arch'].replace('_', '')}_{report['shape_set']['name']}"
+
+
+def write_static_report(report: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``<stem>.json`` and ``<stem>.md`` of a static report into ``out_dir``; returns both paths."""
+    out = Path(out_dir)
+    stem = static_report_stem(report)
+    json_path, md_path = out / f"{stem}.json", out / f"{stem}.md"
+    write_json(report, json_path, indent=1)
+    md_path.write_text(static_markdown(report))
+    return json_path, md_path

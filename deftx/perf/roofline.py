@@ -1,13 +1,24 @@
-"""Roofline prediction: each op's time on a target from the bytes it must move and its FLOPs.
+"""The roofline: the device's roofs measured in a run, and each op's time predicted on a datasheet target.
 
-``predicted time = max(bytes / HBM bandwidth, FLOPs / peak FLOP/s)`` with the target's
-datasheet figures (:mod:`deftx.perf.targets`). Bytes and FLOPs come from the analytic
+**Measured roofs** (:func:`measure_roofline`, in the same run as the benchmarks, never a
+datasheet constant; ``deftx bench`` reports each case's % of them):
+
+* Memory: ``dst.copy_(src)`` of a large fp32 tensor; ``2 * nbytes`` (one read, one
+  write) per copy over the best time. On CPU a write may also cost a read of the
+  destination line (write-allocate), which this model does not count, so the copy
+  roof is the bandwidth a streaming kernel sees.
+* Compute: an fp32 ``n x n`` matmul, ``2 n³`` flops over the best time (TF32 as torch's
+  current setting for CUDA matmuls says; off by default).
+
+**Predicted time** (:func:`predict`, for ``deftx profile --static`` and ``deftx bench``'s
+predicted vs measured): ``max(bytes / HBM bandwidth, FLOPs / peak FLOP/s)`` with the
+target's datasheet figures (:mod:`deftx.perf.targets`). Bytes and FLOPs come from the analytic
 models of the op registry (``bytes_moved`` / ``flops`` in ``deftx.ops.cost.<op>``, pure Python)
 and the same models for the dense torch baselines (``baseline_bytes_moved`` /
 ``baseline_flops``). This is a lower bound on time (perfect overlap, peak bandwidth), not a
 measurement.
 
-The ops of a shape set (:class:`~deftx.perf.model_shapes.ShapeSet`, N eligible entries of
+The ops of a workload (:class:`~deftx.perf.workload.Workload`, N eligible entries of
 element size e, K = k_fraction N):
 
 * ``topk``: global top-K over all eligible tensors; baseline ``torch.cat`` + ``torch.topk``
@@ -27,12 +38,64 @@ element size e, K = k_fraction N):
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
+import torch
+
 from deftx.ops.registry import op_entry
-from deftx.perf.model_shapes import ShapeSet
 from deftx.perf.targets import Target
+from deftx.perf.timing import TimingSettings, time_thunk
+from deftx.perf.workload import Workload
+
+COPY_BYTES = {"cpu": 256 << 20, "cuda": 2 << 30}
+MATMUL_N = {"cpu": 2048, "cuda": 8192}
+ROOF_TIMING = TimingSettings(warmup=1, min_repeats=5, max_repeats=20, min_time_s=0.5)
+
+
+@dataclass(frozen=True)
+class Roofline:
+    """Measured roofs of one device."""
+
+    copy_gbps: float
+    matmul_gflops: float
+    copy_bytes: int
+    matmul_n: int
+    method: str = (
+        "copy: 2*nbytes / best time of dst.copy_(src) (fp32); matmul: 2*n^3 / best time of an fp32 n x n matmul"
+    )
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def measure_copy_bandwidth(device: torch.device, nbytes: int) -> float:
+    """GB/s (1e9 bytes/s) of a device-to-device copy of ``nbytes`` (read + write)."""
+    src = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    timing, _ = time_thunk(lambda: dst.copy_(src), device, ROOF_TIMING)
+    return 2 * src.numel() * 4 / timing.min_s / 1e9
+
+
+def measure_matmul_flops(device: torch.device, n: int) -> float:
+    """GFLOP/s of an fp32 ``n x n`` matmul."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    timing, _ = time_thunk(lambda: a @ b, device, ROOF_TIMING)
+    return 2.0 * n**3 / timing.min_s / 1e9
+
+
+def measure_roofline(device: torch.device, *, copy_bytes: int | None = None, matmul_n: int | None = None) -> Roofline:
+    """Measure both roofs on ``device`` (sizes default per device type)."""
+    copy_bytes = copy_bytes or COPY_BYTES.get(device.type, COPY_BYTES["cpu"])
+    matmul_n = matmul_n or MATMUL_N.get(device.type, MATMUL_N["cpu"])
+    return Roofline(
+        copy_gbps=measure_copy_bandwidth(device, copy_bytes),
+        matmul_gflops=measure_matmul_flops(device, matmul_n),
+        copy_bytes=copy_bytes,
+        matmul_n=matmul_n,
+    )
+
 
 OPS: tuple[str, ...] = ("topk", "rsvd", "reconstruct_abs", "scatter", "masked_step")
 
@@ -91,7 +154,7 @@ class OpPrediction:
         }
 
 
-def _element_bytes(shape_set: ShapeSet) -> int:
+def _element_bytes(shape_set: Workload) -> int:
     return shape_set.torch_dtype.itemsize
 
 
@@ -106,7 +169,7 @@ def spread_entries(numels: list[int], k: int) -> list[int]:
     return counts
 
 
-def topk_prediction(shape_set: ShapeSet) -> OpPrediction:
+def topk_prediction(shape_set: Workload) -> OpPrediction:
     topk = op_entry("topk").cost_model()
     shapes = [p.shape for p in shape_set.eligible]
     k, dtype = shape_set.k, shape_set.torch_dtype
@@ -123,7 +186,7 @@ def _matrix_q(shape: tuple[int, ...], q: int) -> int:
     return min(q, *shape)
 
 
-def rsvd_prediction(shape_set: ShapeSet) -> OpPrediction:
+def rsvd_prediction(shape_set: Workload) -> OpPrediction:
     rsvd = op_entry("rsvd").cost_model()
     s, e = shape_set.settings, _element_bytes(shape_set)
     deftx, baseline = Cost(0.0, 0.0, "fp32"), Cost(0.0, 0.0, "fp32")
@@ -143,7 +206,7 @@ def rsvd_prediction(shape_set: ShapeSet) -> OpPrediction:
     )
 
 
-def reconstruct_prediction(shape_set: ShapeSet) -> OpPrediction:
+def reconstruct_prediction(shape_set: Workload) -> OpPrediction:
     rsvd = op_entry("rsvd").cost_model()
     rank = shape_set.settings.rank
     deftx, baseline = Cost(0.0, 0.0, "fp32"), Cost(0.0, 0.0, "fp32")
@@ -163,7 +226,7 @@ def reconstruct_prediction(shape_set: ShapeSet) -> OpPrediction:
     )
 
 
-def scatter_prediction(shape_set: ShapeSet) -> OpPrediction:
+def scatter_prediction(shape_set: Workload) -> OpPrediction:
     scatter = op_entry("scatter").cost_model()
     shapes = [p.shape for p in shape_set.eligible]
     nnz = spread_entries([p.numel for p in shape_set.eligible], shape_set.k)
@@ -177,7 +240,7 @@ def scatter_prediction(shape_set: ShapeSet) -> OpPrediction:
     )
 
 
-def masked_step_prediction(shape_set: ShapeSet) -> OpPrediction:
+def masked_step_prediction(shape_set: Workload) -> OpPrediction:
     step = op_entry("masked_step").cost_model()
     k, e, l1 = shape_set.k, _element_bytes(shape_set), shape_set.settings.l1
     numel = sum(p.numel for p in shape_set.eligible)
@@ -190,7 +253,7 @@ def masked_step_prediction(shape_set: ShapeSet) -> OpPrediction:
     )
 
 
-PREDICTORS: dict[str, Callable[[ShapeSet], OpPrediction]] = {
+PREDICTORS: dict[str, Callable[[Workload], OpPrediction]] = {
     "topk": topk_prediction,
     "rsvd": rsvd_prediction,
     "reconstruct_abs": reconstruct_prediction,
@@ -199,7 +262,7 @@ PREDICTORS: dict[str, Callable[[ShapeSet], OpPrediction]] = {
 }
 
 
-def predict(shape_set: ShapeSet, ops: tuple[str, ...] = OPS) -> tuple[list[OpPrediction], dict[str, str]]:
+def predict(shape_set: Workload, ops: tuple[str, ...] = OPS) -> tuple[list[OpPrediction], dict[str, str]]:
     """Predictions for ``ops`` on a shape set, and ``{op: why it was skipped}`` for ops
     whose kernel module or model is missing (a module still being written)."""
     predictions, skipped = [], {}

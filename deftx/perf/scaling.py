@@ -30,7 +30,7 @@ import torch
 from deftx.perf.cases import CaseSpec, auto_choice, dispatch_op, display_name, op_module
 from deftx.perf.cases.base import deftx_impl
 from deftx.perf.memory_probe import MemoryProber, measure_in_process, warmup_spec
-from deftx.perf.roofs import measure_roofline
+from deftx.perf.roofline import measure_roofline
 from deftx.perf.shapes import BUILTIN_SHAPE_SETS, ShapeSet, load_shape_set
 from deftx.perf.suite import SCHEMA, describe_machine
 from deftx.perf.timing import TimingSettings, time_interleaved

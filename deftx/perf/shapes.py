@@ -1,9 +1,13 @@
 """Parameter shape sets of real models, a JSON format for custom ones, and how to shrink them.
 
 A :class:`ShapeSet` is an ordered list of named tensor shapes: the parameters whose
-synthetic stand-ins the benchmarks run on. The built-in sets reproduce the parameter
-shapes of public architectures (no weights are read); ``--scale F`` keeps a fraction
-``F`` of the encoder/decoder layers and of the vocabulary rows so CPU runs stay short.
+synthetic stand-ins the benchmarks run on, the profile's roofline prices
+(:mod:`deftx.perf.workload`) and the distributed scaling table counts
+(:mod:`deftx.distributed.scaling`). Every model shape is defined here, once. The built-in sets
+reproduce the parameter shapes of public architectures (no weights are read); ``--scale F``
+keeps a fraction ``F`` of the encoder/decoder layers and of the vocabulary rows so CPU runs
+stay short. LayerNorm / RMSNorm weights are marked ``frozen``: sparse fine-tuning never
+selects them (as in the LT-SFT reference code); the benchmarks run on every tensor.
 
 Custom sets are JSON files::
 
@@ -17,7 +21,8 @@ Custom sets are JSON files::
 
 ``tensors`` appear once; ``layer_tensors`` are repeated ``num_layers`` times (named
 ``layers.<i>.<name>``); ``"vocab": true`` marks tensors whose first dimension is the
-vocabulary (scaled by ``--scale``). At least one of ``tensors`` / ``layer_tensors``.
+vocabulary (scaled by ``--scale``), ``"frozen": true`` tensors never selected. At least one
+of ``tensors`` / ``layer_tensors``.
 """
 
 from __future__ import annotations
@@ -25,17 +30,21 @@ from __future__ import annotations
 import functools
 import json
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 
 @dataclass(frozen=True)
 class TensorShape:
-    """One parameter: its name, shape, and whether dimension 0 is the vocabulary."""
+    """One parameter: its name, shape, whether dimension 0 is the vocabulary and whether it is
+    frozen (never selected by sparse fine-tuning: norm weights)."""
 
     name: str
     shape: tuple[int, ...]
     vocab: bool = False
+    frozen: bool = False
 
     @property
     def numel(self) -> int:
@@ -87,9 +96,13 @@ class ShapeSet:
         """Total parameter count."""
         return sum(t.numel for t in self.flat())
 
+    def eligible(self) -> tuple[TensorShape, ...]:
+        """The tensors sparse fine-tuning may select (every one not frozen), in order."""
+        return tuple(t for t in self.flat() if not t.frozen)
+
     def matrices(self) -> tuple[TensorShape, ...]:
-        """The 2-D tensors (what DeFT-X denoises)."""
-        return tuple(t for t in self.flat() if len(t.shape) == 2)
+        """The eligible 2-D tensors (what DeFT-X denoises)."""
+        return tuple(t for t in self.eligible() if len(t.shape) == 2)
 
     def scaled(self, fraction: float) -> ShapeSet:
         """Keep ``round(fraction * num_layers)`` layers (at least 1) and that share of vocab rows.
@@ -138,7 +151,8 @@ class ShapeSet:
         """The JSON form (the custom-file format); ``load_shape_set`` reads it back."""
 
         def entry(t: TensorShape) -> dict:
-            return {"name": t.name, "shape": list(t.shape), **({"vocab": True} if t.vocab else {})}
+            flags = {flag: True for flag in ("vocab", "frozen") if getattr(t, flag)}
+            return {"name": t.name, "shape": list(t.shape), **flags}
 
         return {
             "name": self.name,
@@ -149,8 +163,13 @@ class ShapeSet:
         }
 
 
-def _t(name: str, *shape: int, vocab: bool = False) -> TensorShape:
-    return TensorShape(name, tuple(shape), vocab)
+def _t(name: str, *shape: int, vocab: bool = False, frozen: bool = False) -> TensorShape:
+    return TensorShape(name, tuple(shape), vocab, frozen)
+
+
+def _norm(name: str, width: int) -> tuple[TensorShape, ...]:
+    """A LayerNorm's weight and bias (frozen)."""
+    return _t(f"{name}.weight", width, frozen=True), _t(f"{name}.bias", width, frozen=True)
 
 
 def bert_like(
@@ -162,8 +181,7 @@ def bert_like(
         _t("embeddings.word_embeddings.weight", vocab, h, vocab=True),
         _t("embeddings.position_embeddings.weight", positions, h),
         _t("embeddings.token_type_embeddings.weight", token_types, h),
-        _t("embeddings.LayerNorm.weight", h),
-        _t("embeddings.LayerNorm.bias", h),
+        *_norm("embeddings.LayerNorm", h),
     )
     layer = []
     for proj in ("query", "key", "value"):
@@ -171,14 +189,12 @@ def bert_like(
     layer += [
         _t("attention.output.dense.weight", h, h),
         _t("attention.output.dense.bias", h),
-        _t("attention.output.LayerNorm.weight", h),
-        _t("attention.output.LayerNorm.bias", h),
+        *_norm("attention.output.LayerNorm", h),
         _t("intermediate.dense.weight", ffn, h),
         _t("intermediate.dense.bias", ffn),
         _t("output.dense.weight", h, ffn),
         _t("output.dense.bias", h),
-        _t("output.LayerNorm.weight", h),
-        _t("output.LayerNorm.bias", h),
+        *_norm("output.LayerNorm", h),
     ]
     return ShapeSet(name, once, layers, tuple(layer))
 
@@ -188,7 +204,7 @@ def llama_like(name: str, *, vocab: int, hidden: int, ffn: int, layers: int, kv_
     h, kv = hidden, kv_dim or hidden
     once = (
         _t("embed_tokens.weight", vocab, h, vocab=True),
-        _t("norm.weight", h),
+        _t("norm.weight", h, frozen=True),
         _t("lm_head.weight", vocab, h, vocab=True),
     )
     layer = (
@@ -199,8 +215,8 @@ def llama_like(name: str, *, vocab: int, hidden: int, ffn: int, layers: int, kv_
         _t("mlp.gate_proj.weight", ffn, h),
         _t("mlp.up_proj.weight", ffn, h),
         _t("mlp.down_proj.weight", h, ffn),
-        _t("input_layernorm.weight", h),
-        _t("post_attention_layernorm.weight", h),
+        _t("input_layernorm.weight", h, frozen=True),
+        _t("post_attention_layernorm.weight", h, frozen=True),
     )
     return ShapeSet(name, once, layers, layer)
 
@@ -217,7 +233,15 @@ BUILTIN_SHAPE_SETS: dict[str, ShapeSet] = {
         llama_like("llama-7b", vocab=32000, hidden=4096, ffn=11008, layers=32),
     )
 }
-"""Parameter shapes of public architectures, smallest first (117.6M to 6.74B parameters)."""
+"""Parameter shapes of public architectures, smallest first (117.6M to 6.74B parameters).
+
+``llama-7b`` is also Llama-2-7B's shape (the two differ in training, not in shapes)."""
+
+LLAMA_2_70B = llama_like("llama-2-70b", vocab=32000, hidden=8192, ffn=28672, layers=80, kv_dim=1024)
+"""Llama-2-70B (grouped-query attention, 8 key/value heads of 128): the distributed scaling table."""
+
+TINY = bert_like("tiny", vocab=1000, positions=128, token_types=2, hidden=64, ffn=256, layers=2)
+"""A 2-layer BERT of width 64: CPU traces and tests of ``deftx profile``."""
 
 
 def _tensor_entries(raw: object, where: str) -> tuple[TensorShape, ...]:
@@ -230,10 +254,11 @@ def _tensor_entries(raw: object, where: str) -> tuple[TensorShape, ...]:
         shape = item["shape"]
         if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
             raise ValueError(f"{where}[{i}] ({item['name']!r}): shape must be a list of integers, got {shape!r}")
-        unknown = set(item) - {"name", "shape", "vocab"}
+        unknown = set(item) - {"name", "shape", "vocab", "frozen"}
         if unknown:
             raise ValueError(f"{where}[{i}] ({item['name']!r}): unknown keys {sorted(unknown)}")
-        entries.append(TensorShape(str(item["name"]), tuple(shape), bool(item.get("vocab", False))))
+        flags = (bool(item.get("vocab", False)), bool(item.get("frozen", False)))
+        entries.append(TensorShape(str(item["name"]), tuple(shape), *flags))
     return tuple(entries)
 
 
@@ -255,16 +280,30 @@ def shape_set_from_json(data: object, source: str = "JSON") -> ShapeSet:
     return ShapeSet(name, tensors, num_layers, layer_tensors, str(data.get("note", "")))
 
 
-def load_shape_set(spec: str) -> ShapeSet:
-    """A built-in set by name (``xlmr-base``, ``mbert``, ``llama-7b``, ...) or a JSON file path."""
-    if spec in BUILTIN_SHAPE_SETS:
-        return BUILTIN_SHAPE_SETS[spec]
+Loaded = TypeVar("Loaded")
+
+
+def load_builtin_or_file(
+    spec: str, builtins: Mapping[str, Loaded], from_json: Callable[[object, Path], Loaded]
+) -> Loaded:
+    """``builtins[spec]``, else ``from_json(data, path)`` of the JSON file at path ``spec``.
+
+    Raises:
+        ValueError: ``spec`` is neither a built-in name nor a file, or the file is not JSON.
+    """
+    if spec in builtins:
+        return builtins[spec]
     path = Path(spec)
     if not path.is_file():
-        known = ", ".join(BUILTIN_SHAPE_SETS)
+        known = ", ".join(builtins)
         raise ValueError(f"unknown shape set {spec!r}: not a built-in ({known}) and not a file")
     try:
         data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+    except ValueError as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from err
-    return shape_set_from_json(data, str(path))
+    return from_json(data, path)
+
+
+def load_shape_set(spec: str) -> ShapeSet:
+    """A built-in set by name (``xlmr-base``, ``mbert``, ``llama-7b``, ...) or a JSON file path."""
+    return load_builtin_or_file(spec, BUILTIN_SHAPE_SETS, lambda data, path: shape_set_from_json(data, str(path)))

@@ -28,7 +28,7 @@ from deftx.perf.cases import CaseSpec, auto_choice, backend_of, dispatch_op, dis
 from deftx.perf.memory import MemoryResult
 from deftx.perf.memory_probe import MemoryProber, measure_in_process
 from deftx.perf.overhead import count_host_overhead
-from deftx.perf.roofs import Roofline, measure_roofline
+from deftx.perf.roofline import Roofline, measure_roofline
 from deftx.perf.shapes import ShapeSet
 from deftx.perf.timing import Timing, TimingSettings, time_interleaved_isolating_errors
 
@@ -66,7 +66,7 @@ class SuiteConfig:
         deadline: ``time.monotonic()`` past which no further case starts; the cases left
             are recorded as skipped rows.
         roofline_copy_bytes, roofline_matmul_n: sizes of the roof measurements (None: the
-            per-device defaults of :mod:`deftx.perf.roofs`).
+            per-device defaults of :mod:`deftx.perf.roofline`).
     """
 
     shapes: ShapeSet

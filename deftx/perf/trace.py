@@ -3,7 +3,7 @@
 What is profiled (``target``):
 
 * ``topk``, ``rsvd``, ``scatter``, ``step``: one public op on synthetic weights of a shape
-  set (:mod:`deftx.perf.model_shapes`; default ``tiny``): the global top-K, the DeFT-X
+  set (a :mod:`deftx.perf.workload`; default ``tiny``): the global top-K, the DeFT-X
   scores (randomized SVD + ``|U S Vh|``) of every matrix, composing ``num_diffs`` SFTs
   (and reverting them), one masked AdamW step on the K entries;
 * ``train-step``: one step of each phase of a sparse fine-tuning of a tiny randomly
@@ -33,7 +33,6 @@ from typing import Any
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from deftx.perf.model_shapes import ShapeSet, load_shape_set
 from deftx.perf.roofline import (
     Cost,
     masked_step_prediction,
@@ -43,6 +42,7 @@ from deftx.perf.roofline import (
     spread_entries,
     topk_prediction,
 )
+from deftx.perf.workload import Workload, load_workload
 
 TARGETS: tuple[str, ...] = ("topk", "rsvd", "scatter", "step", "train-step")
 RANGE_PREFIX = "deftx."
@@ -85,9 +85,9 @@ class TraceConfig:
         if self.iterations < 1 or self.warmup < 0:
             raise ValueError(f"iterations must be >= 1 and warmup >= 0, got {self.iterations}, {self.warmup}")
 
-    def shape_set(self) -> ShapeSet:
+    def workload(self) -> Workload:
         overrides = {k: v for k, v in (("k_fraction", self.k_fraction), ("rank", self.rank)) if v is not None}
-        return load_shape_set(self.shapes, **overrides)
+        return load_workload(self.shapes, **overrides)
 
 
 def load_trace_config(path: str | Path, **overrides: Any) -> TraceConfig:
@@ -125,12 +125,12 @@ def _ranged(name: str, fn: Callable[[], Any], device: torch.device) -> Callable[
     return run
 
 
-def synthetic_weights(shape_set: ShapeSet, device: torch.device, seed: int) -> list[torch.Tensor]:
+def synthetic_weights(workload: Workload, device: torch.device, seed: int) -> list[torch.Tensor]:
     """Gaussian weights (std 0.02) of every eligible parameter, in the set's dtype."""
     generator = torch.Generator().manual_seed(seed)
     return [
-        (torch.randn(p.shape, generator=generator) * 0.02).to(device, shape_set.torch_dtype)
-        for p in shape_set.eligible
+        (torch.randn(p.shape, generator=generator) * 0.02).to(device, workload.torch_dtype)
+        for p in workload.eligible
     ]
 
 
@@ -138,41 +138,41 @@ def _random_indices(numel: int, count: int, generator: torch.Generator) -> torch
     return torch.randperm(numel, generator=generator)[:count].sort().values
 
 
-def topk_runs(shape_set: ShapeSet, device: torch.device, backend: str | None, seed: int) -> list[OpRun]:
+def topk_runs(workload: Workload, device: torch.device, backend: str | None, seed: int) -> list[OpRun]:
     from deftx.ops import topk_mask
 
-    weights = synthetic_weights(shape_set, device, seed)
-    k = shape_set.k
+    weights = synthetic_weights(workload, device, seed)
+    k = workload.k
     run = _ranged("deftx.topk", lambda: topk_mask(weights, k, output="indices", backend=backend), device)
-    return [OpRun("deftx.topk", run, topk_prediction(shape_set).deftx)]
+    return [OpRun("deftx.topk", run, topk_prediction(workload).deftx)]
 
 
-def rsvd_runs(shape_set: ShapeSet, device: torch.device, backend: str | None, seed: int) -> list[OpRun]:
+def rsvd_runs(workload: Workload, device: torch.device, backend: str | None, seed: int) -> list[OpRun]:
     from deftx.ops import denoised_magnitudes
 
-    s = shape_set.settings
-    bases = synthetic_weights(shape_set, device, seed)
+    s = workload.settings
+    bases = synthetic_weights(workload, device, seed)
     tuned = [w + 0.01 * torch.randn_like(w) for w in bases]
-    pairs = [(w1, w0) for w1, w0, p in zip(tuned, bases, shape_set.eligible, strict=True) if len(p.shape) == 2]
+    pairs = [(w1, w0) for w1, w0, p in zip(tuned, bases, workload.eligible, strict=True) if len(p.shape) == 2]
 
     def scores() -> None:
         for w1, w0 in pairs:
             rank = min(s.rank, *w1.shape)
             denoised_magnitudes(w1, w0, rank=rank, oversample=s.oversample, n_iter=s.n_iter, backend=backend)
 
-    cost = rsvd_prediction(shape_set).deftx
-    recon = reconstruct_prediction(shape_set).deftx
+    cost = rsvd_prediction(workload).deftx
+    recon = reconstruct_prediction(workload).deftx
     total = Cost(cost.bytes + recon.bytes, cost.flops + recon.flops, "fp32")
     return [OpRun("deftx.rsvd", _ranged("deftx.rsvd", scores, device), total)]
 
 
-def scatter_runs(shape_set: ShapeSet, device: torch.device, backend: str | None, seed: int) -> list[OpRun]:
+def scatter_runs(workload: Workload, device: torch.device, backend: str | None, seed: int) -> list[OpRun]:
     from deftx.ops import scatter_add_, scatter_restore_
 
     generator = torch.Generator().manual_seed(seed)
-    dense = synthetic_weights(shape_set, device, seed)
-    nnz = spread_entries([p.numel for p in shape_set.eligible], shape_set.k)
-    diffs = shape_set.settings.num_diffs
+    dense = synthetic_weights(workload, device, seed)
+    nnz = spread_entries([p.numel for p in workload.eligible], workload.k)
+    diffs = workload.settings.num_diffs
     indices = [[_random_indices(w.numel(), c, generator).to(device) for w, c in zip(dense, nnz, strict=True)]
                for _ in range(diffs)]
     values = [[torch.randn(c, generator=generator).to(device) * 1e-3 for c in nnz] for _ in range(diffs)]
@@ -185,24 +185,24 @@ def scatter_runs(shape_set: ShapeSet, device: torch.device, backend: str | None,
         scatter_restore_(dense, indices, saved, backend=backend)
 
     return [
-        OpRun("deftx.scatter_add", _ranged("deftx.scatter_add", add, device), scatter_prediction(shape_set).deftx),
+        OpRun("deftx.scatter_add", _ranged("deftx.scatter_add", add, device), scatter_prediction(workload).deftx),
         OpRun("deftx.scatter_restore", _ranged("deftx.scatter_restore", restore, device), None),
     ]
 
 
-def step_runs(shape_set: ShapeSet, device: torch.device, backend: str | None, seed: int) -> list[OpRun]:
+def step_runs(workload: Workload, device: torch.device, backend: str | None, seed: int) -> list[OpRun]:
     from deftx.ops import masked_adamw_step_
 
     generator = torch.Generator().manual_seed(seed)
-    params = synthetic_weights(shape_set, device, seed)
+    params = synthetic_weights(workload, device, seed)
     grads = [torch.randn(w.shape, generator=generator).to(device, w.dtype) for w in params]
-    nnz = spread_entries([w.numel() for w in params], shape_set.k)
+    nnz = spread_entries([w.numel() for w in params], workload.k)
     indices = [_random_indices(w.numel(), c, generator).to(device) for w, c in zip(params, nnz, strict=True)]
     masters = [w.reshape(-1)[i].float() for w, i in zip(params, indices, strict=True)]
     exp_avgs = [torch.zeros_like(m) for m in masters]
     exp_avg_sqs = [torch.zeros_like(m) for m in masters]
-    bases = [m.clone() for m in masters] if shape_set.settings.l1 else None
-    l1 = 1e-4 if shape_set.settings.l1 else 0.0
+    bases = [m.clone() for m in masters] if workload.settings.l1 else None
+    l1 = 1e-4 if workload.settings.l1 else 0.0
     step = [0]
 
     def run() -> None:
@@ -211,7 +211,7 @@ def step_runs(shape_set: ShapeSet, device: torch.device, backend: str | None, se
                            step=step[0], lr=1e-4, weight_decay=0.01, l1=l1, backend=backend)
 
     return [OpRun("deftx.masked_step", _ranged("deftx.masked_step", run, device),
-                  masked_step_prediction(shape_set).deftx)]
+                  masked_step_prediction(workload).deftx)]
 
 
 def _tiny_classifier(device: torch.device, seed: int) -> torch.nn.Module:
@@ -223,10 +223,10 @@ def _tiny_classifier(device: torch.device, seed: int) -> torch.nn.Module:
     return BertForSequenceClassification(config).to(device)
 
 
-def train_step_runs(shape_set: ShapeSet, device: torch.device, backend: str | None, seed: int) -> list[OpRun]:
+def train_step_runs(workload: Workload, device: torch.device, backend: str | None, seed: int) -> list[OpRun]:
     """The four phases of a sparse fine-tuning, one step each, on a tiny BERT classifier.
 
-    K and the rank come from ``shape_set.settings``; the model itself is fixed (the ``tiny``
+    K and the rank come from ``workload.settings``; the model itself is fixed (the ``tiny``
     shape set describes its body).
     """
     from deftx.ops import denoised_magnitudes, masked_adamw_step_, topk_mask
@@ -241,7 +241,7 @@ def train_step_runs(shape_set: ShapeSet, device: torch.device, backend: str | No
     eligible = [n for n, _ in model.named_parameters() if n.startswith("bert.") and "LayerNorm" not in n]
     params = dict(model.named_parameters())
     theta0 = {n: params[n].detach().clone() for n in eligible}
-    s = shape_set.settings
+    s = workload.settings
     k = max(1, round(s.k_fraction * sum(theta0[n].numel() for n in eligible)))
     dense_optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     selected: dict[str, torch.Tensor] = {}
@@ -299,7 +299,7 @@ def train_step_runs(shape_set: ShapeSet, device: torch.device, backend: str | No
     return [OpRun(f"deftx.phase.{name}", _ranged(f"deftx.phase.{name}", fn, device), None) for name, fn in phases]
 
 
-RUNNERS: dict[str, Callable[[ShapeSet, torch.device, str | None, int], list[OpRun]]] = {
+RUNNERS: dict[str, Callable[[Workload, torch.device, str | None, int], list[OpRun]]] = {
     "topk": topk_runs,
     "rsvd": rsvd_runs,
     "scatter": scatter_runs,
@@ -385,8 +385,8 @@ def profile_target(config: TraceConfig, out_dir: str | Path) -> dict[str, Any]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(config.device)
-    shape_set = config.shape_set()
-    runs = RUNNERS[config.target](shape_set, device, config.backend, config.seed)
+    workload = config.workload()
+    runs = RUNNERS[config.target](workload, device, config.backend, config.seed)
     for _ in range(config.warmup):
         for r in runs:
             r.run()
@@ -402,7 +402,7 @@ def profile_target(config: TraceConfig, out_dir: str | Path) -> dict[str, Any]:
         "kind": "deftx runtime profile",
         "target": config.target,
         "device": str(device),
-        "shapes": shape_set.name,
+        "shapes": workload.name,
         "backend": config.backend or "auto",
         "iterations": config.iterations,
         "warmup": config.warmup,

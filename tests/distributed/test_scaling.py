@@ -7,28 +7,29 @@ import math
 import pytest
 
 from deftx.distributed import scaling
-from deftx.distributed.scaling import LLAMA_7B, LLAMA_70B, MeasuredCosts, Network
+from deftx.distributed.scaling import LLAMA_7B, LLAMA_70B, MeasuredCosts, Network, eligible_entries, local_entries
+from deftx.perf.shapes import ShapeSet, TensorShape
 from tests.distributed.scenarios import svd_cases
 from tests.distributed.world import run_world
 
 
 def test_llama_shape_sets_match_the_published_parameter_counts():
     # Llama-2 totals 6,738,415,616 and 68,976,648,192 parameters; minus the RMSNorm vectors
-    assert LLAMA_7B.entries == 6_738_415_616 - (2 * 32 + 1) * 4096
-    assert LLAMA_70B.entries == 68_976_648_192 - (2 * 80 + 1) * 8192
-    assert LLAMA_7B.tensors == 2 + 7 * 32 and LLAMA_70B.tensors == 2 + 7 * 80
+    assert LLAMA_7B.numel == 6_738_415_616 and LLAMA_70B.numel == 68_976_648_192
+    assert eligible_entries(LLAMA_7B) == 6_738_415_616 - (2 * 32 + 1) * 4096
+    assert eligible_entries(LLAMA_70B) == 68_976_648_192 - (2 * 80 + 1) * 8192
+    assert len(LLAMA_7B.matrices()) == 2 + 7 * 32 and len(LLAMA_70B.matrices()) == 2 + 7 * 80
 
 
 @pytest.mark.parametrize("shapes", [LLAMA_7B, LLAMA_70B], ids=lambda s: s.name)
 def test_rank_zero_holds_the_largest_share(shapes):
-    assert shapes.local_entries(1) == shapes.entries
+    entries = eligible_entries(shapes)
+    assert local_entries(shapes, 1) == entries
     for ranks in scaling.RANKS:
-        local = shapes.local_entries(ranks)
-        assert (
-            shapes.entries / ranks <= local <= shapes.entries / ranks + sum(m.cols * m.count for m in shapes.matrices)
-        )
-    uneven = scaling.ShapeSet("toy", (scaling.Matrix("w", 17, 3, 2),))
-    assert uneven.local_entries(2) == 2 * 9 * 3 and uneven.local_entries(3) == 2 * 6 * 3
+        local = local_entries(shapes, ranks)
+        assert entries / ranks <= local <= entries / ranks + sum(m.shape[1] for m in shapes.matrices())
+    uneven = ShapeSet("toy", (TensorShape("w0", (17, 3)), TensorShape("w1", (17, 3)), TensorShape("norm", (3,))))
+    assert local_entries(uneven, 2) == 2 * 9 * 3 and local_entries(uneven, 3) == 2 * 6 * 3
 
 
 def test_network_model():
@@ -73,8 +74,8 @@ def test_rows_scale_with_ranks_and_beat_the_gather_baseline():
     assert all(r.collectives == 0 and r.sharded_seconds < r.baseline_seconds for r in compose)
     assert compose[0].sharded_bytes == pytest.approx(8 * 8 * compose[2].sharded_bytes, rel=0.02)
     denoise = scaling.denoise_row(LLAMA_7B, 64, FAKE, net)
-    per_matrix = sum(m.count * scaling.rsvd_bytes(m.cols) for m in LLAMA_7B.matrices)
-    assert denoise.sharded_bytes == scaling.topk_bytes(LLAMA_7B.tensors, 64) + per_matrix
+    per_matrix = sum(scaling.rsvd_bytes(m.shape[1]) for m in LLAMA_7B.matrices())
+    assert denoise.sharded_bytes == scaling.topk_bytes(len(LLAMA_7B.matrices()), 64) + per_matrix
 
 
 def test_report_has_every_table_row():

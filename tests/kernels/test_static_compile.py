@@ -6,7 +6,7 @@ holding in the SASS (see :mod:`deftx.perf.static.checks`). No GPU is needed.
 check it is built to fail, and the good controls pass every check.
 
 Compiled results are kept for the session (and on disk by Triton and deftx), so the report
-test in ``tests/perf`` reuses them.
+test in ``tests/perf/static`` reuses them.
 """
 
 from __future__ import annotations

@@ -33,6 +33,11 @@ def tiny_shapes(tmp_path):
     return str(path)
 
 
+def bench(out, *args: str) -> int:
+    """``deftx bench ARGS --out OUT`` on CPU, one timed call per case."""
+    return main(["bench", *args, "--out", str(out), *FAST])
+
+
 def _positive_finite(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
@@ -44,22 +49,7 @@ def _check_png(path) -> None:
 
 def test_suite_writes_json_png_and_markdown(tiny_shapes, tmp_path, capsys) -> None:
     out = tmp_path / "out"
-    code = main(
-        [
-            "bench",
-            "--model-shapes",
-            tiny_shapes,
-            "--k",
-            "0.01,0.1",
-            "--scale",
-            "0.5",
-            "--no-memory",
-            "--out",
-            str(out),
-            *FAST,
-        ]
-    )
-    assert code == 0
+    assert bench(out, "--model-shapes", tiny_shapes, "--k", "0.01,0.1", "--scale", "0.5", "--no-memory") == 0
     doc = json.loads((out / "cpu_tiny.json").read_text())
     _check_png(out / "cpu_tiny.png")
     assert (out / "cpu_tiny.md").read_text().startswith("| op | shapes | K |")
@@ -96,26 +86,8 @@ def test_suite_writes_json_png_and_markdown(tiny_shapes, tmp_path, capsys) -> No
 
 def test_predict_target_on_cpu_puts_predicted_next_to_measured(tiny_shapes, tmp_path, capsys) -> None:
     out = tmp_path / "predicted"
-    code = main(
-        [
-            "bench",
-            "--ops",
-            "topk,scatter",
-            "--model-shapes",
-            tiny_shapes,
-            "--k",
-            "0.1",
-            "--scale",
-            "1",
-            "--no-memory",
-            "--predict-target",
-            "sm_90",
-            "--out",
-            str(out),
-            *FAST,
-        ]
-    )
-    assert code == 0
+    args = ("--ops", "topk,scatter", "--model-shapes", tiny_shapes, "--k", "0.1", "--scale", "1", "--no-memory")
+    assert bench(out, *args, "--predict-target", "sm_90") == 0
     doc = json.loads((out / "cpu_tiny.json").read_text())
     assert doc["command"].endswith("--predict-target sm_90")
     section = doc["predicted"]
@@ -187,25 +159,7 @@ def test_cuda_runs_get_the_prediction_without_the_flag(capsys) -> None:
 
 def test_suite_measures_peak_memory_of_each_implementation(tiny_shapes, tmp_path) -> None:
     out = tmp_path / "mem"
-    assert (
-        main(
-            [
-                "bench",
-                "--ops",
-                "topk",
-                "--model-shapes",
-                tiny_shapes,
-                "--k",
-                "0.1",
-                "--scale",
-                "1",
-                "--out",
-                str(out),
-                *FAST,
-            ]
-        )
-        == 0
-    )
+    assert bench(out, "--ops", "topk", "--model-shapes", tiny_shapes, "--k", "0.1", "--scale", "1") == 0
     doc = json.loads((out / "cpu_tiny.json").read_text())
     for r in doc["results"]:
         assert isinstance(r["peak_extra_bytes"], int) and r["peak_extra_bytes"] >= 0, r
@@ -218,29 +172,9 @@ def test_scaling_study_streams_large_sets_and_skips_their_baselines(tiny_shapes,
     small = tmp_path / "small.json"
     small.write_text(json.dumps({**TINY, "name": "small", "num_layers": 1}))
     out = tmp_path / "scaling"
-    code = main(
-        [
-            "bench",
-            "--scaling",
-            "--scaling-sets",
-            f"{small},{tiny_shapes}",
-            "--model-shapes",
-            str(small),
-            "--ops",
-            "topk,scatter",
-            "--k",
-            "0.01,0.1",
-            "--chunk-params",
-            "95000",
-            "--baseline-max-params",
-            "1e9",
-            "--no-memory",
-            "--out",
-            str(out),
-            *FAST,
-        ]
-    )
-    assert code == 0
+    sets = ("--scaling", "--scaling-sets", f"{small},{tiny_shapes}", "--model-shapes", str(small))
+    sizes = ("--chunk-params", "95000", "--baseline-max-params", "1e9")
+    assert bench(out, *sets, "--ops", "topk,scatter", "--k", "0.01,0.1", *sizes, "--no-memory") == 0
     doc = json.loads((out / "cpu_scaling.json").read_text())
     _check_png(out / "cpu_scaling.png")
     sizes = {(r["op"], r["shape_set"]): r for r in doc["size_sweep"]}

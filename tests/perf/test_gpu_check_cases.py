@@ -15,20 +15,15 @@ import torch
 
 from deftx.ops import scatter_restore_
 from deftx.perf.cases import CaseSpec, implementations, op_module
-from deftx.perf.predicted import op_costs, profile_shape_set
-from deftx.perf.roofs import Roofline
+from deftx.perf.predicted import bench_workload, op_costs
+from deftx.perf.roofline import Roofline
 from deftx.perf.shapes import ShapeSet, TensorShape
 from deftx.perf.suite import SuiteConfig, run_case, run_suite
 from deftx.perf.timing import TimingSettings, time_interleaved_isolating_errors
 from tests.helpers import assert_bitwise_equal
+from tests.perf.test_cases import TINY
 
 CPU = torch.device("cpu")
-TINY = ShapeSet(
-    "tiny",
-    (TensorShape("embed", (301, 72), vocab=True), TensorShape("norm", (72,))),
-    num_layers=2,
-    layer_tensors=(TensorShape("q", (72, 72)), TensorShape("ffn", (130, 72)), TensorShape("bias", (130,))),
-)
 ONE_CALL = TimingSettings(warmup=1, min_repeats=1, max_repeats=1, min_time_s=0.0)
 ROOF = Roofline(copy_gbps=10.0, matmul_gflops=10.0, copy_bytes=1, matmul_n=1)
 
@@ -86,11 +81,11 @@ def test_new_cases_have_cost_models_and_predictions_for_every_implementation(op)
     for impl in implementations(op, CPU):
         cost = module.traffic(impl, inputs)
         assert math.isfinite(cost.bytes) and cost.bytes > 0 and cost.model
-    shape_set = profile_shape_set(TINY, op, dtype="fp32", k_fraction=spec.k_fraction, rank=8, oversample=4, n_iter=2)
-    costs = op_costs(shape_set, op)
+    workload = bench_workload(TINY, op, dtype="fp32", k_fraction=spec.k_fraction, rank=8, oversample=4, n_iter=2)
+    costs = op_costs(workload, op)
     assert set(costs) == {"deftx", *module.BASELINES}
     if op == "compose":
-        assert shape_set.settings.num_diffs == 2
+        assert workload.settings.num_diffs == 2
 
 
 def test_a_failing_implementation_is_dropped_and_the_others_are_timed():

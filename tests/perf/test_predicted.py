@@ -9,12 +9,12 @@ import torch
 
 from deftx.ops.cost import masked_step, rsvd
 from deftx.perf.predicted import (
+    bench_workload,
     choose_target,
     detect_target,
     doc_shape_set,
     op_costs,
     predict_suite,
-    profile_shape_set,
 )
 from deftx.perf.report import PREDICTED_COLUMNS, predicted_lines, predicted_markdown, predicted_table
 from deftx.perf.shapes import BUILTIN_SHAPE_SETS, ShapeSet, TensorShape
@@ -255,17 +255,17 @@ def test_doc_shape_set_rebuilds_built_ins_and_rejects_the_rest() -> None:
         predict_suite(_doc(), H100_SXM, SHAPES.scaled(0.5))
 
 
-def test_profile_shape_set_maps_the_workload_and_rejects_bad_input() -> None:
-    mapped = profile_shape_set(SHAPES, "scatter", dtype="bf16", k_fraction=K, rank=8, oversample=0, n_iter=0)
+def test_bench_workload_maps_the_workload_and_rejects_bad_input() -> None:
+    mapped = bench_workload(SHAPES, "scatter", dtype="bf16", k_fraction=K, rank=8, oversample=0, n_iter=0)
     assert [p.shape for p in mapped.eligible] == [t.shape for t in SHAPES.flat()]
     assert mapped.k == round(K * SHAPES.numel) and mapped.torch_dtype == torch.bfloat16
     assert mapped.settings.num_diffs == 1 and not mapped.settings.l1
     assert set(op_costs(mapped, "scatter")) == {"deftx", "dense_add", "index_add"}
     with pytest.raises(ValueError, match="unknown bench op"):
-        profile_shape_set(SHAPES, "sort", dtype="fp32", k_fraction=K, rank=8, oversample=0, n_iter=0)
+        bench_workload(SHAPES, "sort", dtype="fp32", k_fraction=K, rank=8, oversample=0, n_iter=0)
     with pytest.raises(ValueError, match="needs a K"):
-        profile_shape_set(SHAPES, "topk", dtype="fp32", k_fraction=None, rank=8, oversample=0, n_iter=0)
+        bench_workload(SHAPES, "topk", dtype="fp32", k_fraction=None, rank=8, oversample=0, n_iter=0)
     with pytest.raises(ValueError, match="dtype must be"):
-        profile_shape_set(SHAPES, "topk", dtype="fp64", k_fraction=K, rank=8, oversample=0, n_iter=0)
+        bench_workload(SHAPES, "topk", dtype="fp64", k_fraction=K, rank=8, oversample=0, n_iter=0)
     with pytest.raises(ValueError, match="unknown bench op"):
         op_costs(mapped, "masked_step")

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from deftx.cli import main
-from deftx.perf import static_report as report_module
+from deftx.perf.static import analysis
 from deftx.perf.static.compile import DeclaredSpec, Registry
 from tests.kernels.bad_kernels import BAD, GOOD
 
@@ -37,7 +37,7 @@ def test_unknown_target(capsys):
 
 
 def test_static_mode_writes_report(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(report_module, "declared_specializations", lambda: registry_of(GOOD))
+    monkeypatch.setattr(analysis, "declared_specializations", lambda: registry_of(GOOD))
     code = main(["profile", "--static", "--arch", "sm_80", "--shapes", "tiny", "--out", str(tmp_path)])
     assert code == 0, capsys.readouterr().out
     report = json.loads((tmp_path / "static_sm80_tiny.json").read_text())
@@ -49,7 +49,7 @@ def test_static_mode_writes_report(tmp_path, monkeypatch, capsys):
 
 def test_static_mode_fails_on_violations(tmp_path, monkeypatch, capsys):
     spec, check = BAD[1]
-    monkeypatch.setattr(report_module, "declared_specializations", lambda: registry_of([spec]))
+    monkeypatch.setattr(analysis, "declared_specializations", lambda: registry_of([spec]))
     assert main(["profile", "--static", "--shapes", "tiny", "--out", str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert f"{spec.name}: {check}" in out

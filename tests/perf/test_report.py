@@ -46,6 +46,11 @@ def test_format_seconds(seconds, text) -> None:
     assert format_seconds(seconds) == text
 
 
+def test_format_seconds_with_more_digits_for_the_static_report() -> None:
+    assert format_seconds(2.3456, digits=(3, 3, 1)) == "2.346 s"
+    assert format_seconds(4.56e-5, digits=(3, 3, 1)) == "45.6 us"
+
+
 @pytest.mark.parametrize(
     ("nbytes", "text"), [(512, "512 B"), (3 * 2**20 + 2**19, "3.5 MiB"), (1.5 * 2**30, "1.50 GiB"), (None, "-")]
 )
@@ -58,3 +63,4 @@ def test_format_k_and_tables() -> None:
     text = format_table(("a", "bb"), [["xyz", "1"]])
     assert text.splitlines() == ["a    bb", "---  --", "xyz  1 "]
     assert markdown_table(("a", "b"), [["1", "2"]]).splitlines() == ["| a | b |", "|---|---|", "| 1 | 2 |"]
+    assert markdown_table(("a", "b"), [["1", "2"]], "lr").splitlines()[1] == "|---|---:|"

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from deftx.ops.cost import masked_step, rsvd, scatter, topk
-from deftx.perf.model_shapes import load_shape_set
 from deftx.perf.roofline import OPS, Cost, predict, spread_entries
 from deftx.perf.targets import A100_80GB_SXM, H100_SXM
+from deftx.perf.workload import load_workload
 
 
 def test_cost_time_is_the_larger_term():
@@ -45,7 +45,7 @@ def small_set(tmp_path):
         "name": "small", "dtype": "bf16", "parameters": {"w": [8, 4], "v": [2, 40], "b": [4], "ln": [4]},
         "frozen": ["ln"], "settings": {"k_fraction": 0.25, "rank": 2, "oversample": 1, "n_iter": 1},
     }))
-    return load_shape_set(str(path))
+    return load_workload(str(path))
 
 
 def test_predictions_use_the_kernel_models(small_set):

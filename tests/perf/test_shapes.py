@@ -6,7 +6,15 @@ import json
 
 import pytest
 
-from deftx.perf.shapes import BUILTIN_SHAPE_SETS, ShapeSet, TensorShape, load_shape_set, shape_set_from_json
+from deftx.perf.shapes import (
+    BUILTIN_SHAPE_SETS,
+    LLAMA_2_70B,
+    TINY,
+    ShapeSet,
+    TensorShape,
+    load_shape_set,
+    shape_set_from_json,
+)
 
 
 def _bert_params(vocab: int, positions: int, types: int, h: int, ffn: int, layers: int) -> int:
@@ -41,6 +49,20 @@ def test_xlmr_base_layout() -> None:
     assert flat[0] == TensorShape("embeddings.word_embeddings.weight", (250002, 768), vocab=True)
     assert len(xlmr.matrices()) == 3 + 12 * 6  # word, position, token type; q/k/v/o + 2 ffn per layer
     assert sum(1 for t in flat if t.name.endswith("intermediate.dense.weight")) == 12
+
+
+def test_norm_weights_are_frozen_and_every_other_tensor_eligible() -> None:
+    xlmr, llama = BUILTIN_SHAPE_SETS["xlmr-base"], BUILTIN_SHAPE_SETS["llama-7b"]
+    assert {t.name for t in xlmr.flat() if t.frozen} == {t.name for t in xlmr.flat() if "LayerNorm" in t.name}
+    assert {t.name for t in llama.flat() if t.frozen} == {t.name for t in llama.flat() if "norm" in t.name}
+    assert llama.numel - sum(t.numel for t in llama.eligible()) == (2 * 32 + 1) * 4096
+    assert all(len(t.shape) == 2 and not t.frozen for t in llama.matrices())
+
+
+def test_the_other_model_shapes() -> None:
+    # Llama-2-70B: 68,976,648,192 parameters (grouped-query attention: k/v projections 1024 x 8192)
+    assert LLAMA_2_70B.numel == 68_976_648_192 and len(LLAMA_2_70B.matrices()) == 2 + 7 * 80
+    assert TINY.numel == _bert_params(1000, 128, 2, 64, 256, 2)
 
 
 def test_scaled_keeps_a_fraction_of_layers_and_vocab_rows() -> None:
@@ -82,6 +104,7 @@ def test_json_round_trip(tmp_path) -> None:
     loaded = load_shape_set(str(path))
     assert loaded.flat() == original.flat()
     assert loaded.name == "e5-small"
+    assert any(t.frozen for t in loaded.flat())
 
 
 def test_json_defaults_num_layers_to_one_and_name_to_the_file_stem(tmp_path) -> None:
@@ -109,12 +132,3 @@ def test_json_defaults_num_layers_to_one_and_name_to_the_file_stem(tmp_path) -> 
 def test_bad_json_is_rejected_with_a_clear_error(data, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         shape_set_from_json(data, "bad.json")
-
-
-def test_unknown_name_lists_the_builtins(tmp_path) -> None:
-    with pytest.raises(ValueError, match="xlmr-base"):
-        load_shape_set("gpt-5")
-    bad = tmp_path / "broken.json"
-    bad.write_text("{not json")
-    with pytest.raises(ValueError, match="not valid JSON"):
-        load_shape_set(str(bad))

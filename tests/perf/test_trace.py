@@ -56,7 +56,7 @@ def test_config_file_and_overrides(tmp_path):
     path.write_text(json.dumps({"target": "step", "shapes": "tiny", "iterations": 3, "rank": 4}))
     config = load_trace_config(path, iterations=1, device=None)
     assert (config.target, config.iterations, config.rank) == ("step", 1, 4)
-    assert config.shape_set().settings.rank == 4
+    assert config.workload().settings.rank == 4
 
 
 @pytest.mark.parametrize(

@@ -18,8 +18,7 @@ import torch
 
 from deftx.ops.dispatch import auto_backend, unavailable_reason
 from deftx.perf.shapes import ShapeSet, shape_set_from_json
-
-DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+from deftx.perf.workload import DTYPES
 
 DEFTX_PREFIX = "deftx:"
 

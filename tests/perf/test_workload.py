@@ -1,4 +1,4 @@
-"""Shape sets: hand-counted parameter totals of the built-in models and the JSON format."""
+"""Workloads: hand-counted parameter totals of the built-in models, settings and the JSON format."""
 
 from __future__ import annotations
 
@@ -6,15 +6,16 @@ import json
 
 import pytest
 
-from deftx.perf.model_shapes import BUILTIN, OpSettings, load_shape_set
+from deftx.perf.shapes import load_shape_set
+from deftx.perf.workload import BUILTIN_WORKLOADS, OpSettings, load_workload
 
 ENCODER_LAYER = 4 * (768 * 768 + 768) + 3072 * 768 + 3072 + 768 * 3072 + 768 + 2 * 2 * 768
 
 
 def test_xlmr_base_counts():
-    s = load_shape_set("xlmr-base")
+    s = load_workload("xlmr-base")
     embeddings = 250002 * 768 + 514 * 768 + 1 * 768 + 2 * 768
-    assert sum(p.numel for p in s.parameters) == embeddings + 12 * ENCODER_LAYER == 277_453_056
+    assert s.shapes.numel == embeddings + 12 * ENCODER_LAYER == 277_453_056
     frozen = 2 * 768 + 12 * 4 * 768
     assert sum(p.numel for p in s.eligible) == 277_453_056 - frozen
     assert len(s.matrices) == 3 + 12 * 6
@@ -22,24 +23,24 @@ def test_xlmr_base_counts():
 
 
 def test_mbert_counts():
-    s = load_shape_set("mbert")
+    s = load_workload("mbert")
     embeddings = 119547 * 768 + 512 * 768 + 2 * 768 + 2 * 768
-    assert sum(p.numel for p in s.parameters) == embeddings + 12 * ENCODER_LAYER == 177_262_848
+    assert s.shapes.numel == embeddings + 12 * ENCODER_LAYER == 177_262_848
 
 
 def test_llama_7b_counts():
-    s = load_shape_set("llama-7b")
+    s = load_workload("llama-7b")
     layer = 4 * 4096 * 4096 + 3 * 11008 * 4096 + 2 * 4096
-    assert sum(p.numel for p in s.parameters) == 2 * 32000 * 4096 + 32 * layer + 4096 == 6_738_415_616
+    assert s.shapes.numel == 2 * 32000 * 4096 + 32 * layer + 4096 == 6_738_415_616
     assert len(s.matrices) == 2 + 32 * 7 and s.dtype == "bf16"
     assert all("norm" not in p.name for p in s.eligible)
 
 
 def test_settings_override():
-    s = load_shape_set("tiny", rank=4, k_fraction=0.5)
+    s = load_workload("tiny", rank=4, k_fraction=0.5)
     assert s.settings.rank == 4 and s.settings.sketch_columns == 4 + 8
     assert s.k == round(0.5 * sum(p.numel for p in s.eligible))
-    assert BUILTIN["tiny"].settings.rank == 8
+    assert BUILTIN_WORKLOADS["tiny"].settings.rank == 8
 
 
 def write(tmp_path, payload) -> str:
@@ -48,10 +49,10 @@ def write(tmp_path, payload) -> str:
     return str(path)
 
 
-def test_json_shape_set(tmp_path):
+def test_json_workload(tmp_path):
     path = write(tmp_path, {"name": "mine", "dtype": "bf16", "parameters": {"w": [8, 4], "b": [4], "ln": [4]},
                             "frozen": ["ln"], "settings": {"k_fraction": 0.25, "rank": 2}})
-    s = load_shape_set(path)
+    s = load_workload(path)
     assert s.name == "mine" and s.dtype == "bf16"
     assert [p.name for p in s.eligible] == ["w", "b"] and [p.name for p in s.matrices] == ["w"]
     assert s.k == 9 and s.settings == OpSettings(k_fraction=0.25, rank=2)
@@ -72,15 +73,16 @@ def test_json_shape_set(tmp_path):
         ({"parameters": {"w": [4]}, "settings": {"rank": 0}}, "rank"),
     ],
 )
-def test_bad_json_shape_sets(tmp_path, payload, match):
+def test_bad_json_workloads(tmp_path, payload, match):
     with pytest.raises(ValueError, match=match):
-        load_shape_set(write(tmp_path, payload))
+        load_workload(write(tmp_path, payload))
 
 
-def test_unknown_name_and_bad_json(tmp_path):
-    with pytest.raises(ValueError, match="unknown shape set"):
-        load_shape_set("gpt-5")
+@pytest.mark.parametrize("load", [load_shape_set, load_workload], ids=["shape set", "workload"])
+def test_unknown_name_and_bad_json(load, tmp_path):
+    with pytest.raises(ValueError, match=r"unknown shape set 'gpt-5': not a built-in \(.*xlmr-base"):
+        load("gpt-5")
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
-        load_shape_set(str(bad))
+        load(str(bad))

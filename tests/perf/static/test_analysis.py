@@ -15,15 +15,16 @@ from pathlib import Path
 import pytest
 import triton
 
-from deftx.perf.model_shapes import load_shape_set
+from deftx.perf.report import static_markdown, write_static_report
 from deftx.perf.roofline import OPS, predict
+from deftx.perf.static.analysis import LABEL, build_static_report, kernel_row, occupancy_of
 from deftx.perf.static.compile import BuildFailure, DeclaredSpec, Registry, compile_all, declared_specializations
 from deftx.perf.static.occupancy import theoretical_occupancy
-from deftx.perf.static_report import LABEL, build_static_report, kernel_row, occupancy_of, render_markdown, write_report
 from deftx.perf.targets import get_target
+from deftx.perf.workload import load_workload
 from tests.kernels.bad_kernels import BAD, GOOD
 
-RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+RESULTS = Path(__file__).resolve().parents[3] / "benchmarks" / "results"
 REQUIRED = ("static_sm90_xlmr-base.json", "static_sm90_llama-7b.json")
 COMMITTED = sorted(RESULTS.glob("static_*.json"))
 
@@ -32,7 +33,7 @@ COMMITTED = sorted(RESULTS.glob("static_*.json"))
 def small_report():
     specs = [GOOD[1], BAD[1][0]]
     registry = Registry([DeclaredSpec("bad_kernels", i, s) for i, s in enumerate(specs)], ["absent_op"], {}, [])
-    return build_static_report("sm_90", load_shape_set("tiny"), registry=registry, workers=1)
+    return build_static_report("sm_90", load_workload("tiny"), registry=registry, workers=1)
 
 
 def test_report_structure(small_report):
@@ -46,7 +47,7 @@ def test_report_structure(small_report):
 
 
 def test_markdown_rendering(small_report, tmp_path):
-    json_path, md_path = write_report(small_report, tmp_path)
+    json_path, md_path = write_static_report(small_report, tmp_path)
     assert (json_path.name, md_path.name) == ("static_sm90_tiny.json", "static_sm90_tiny.md")
     assert json.loads(json_path.read_text()) == small_report
     text = md_path.read_text()
@@ -90,7 +91,7 @@ def test_committed_report_matches_fresh_compile(path):
     if report["versions"]["triton"] != triton.__version__:
         pytest.skip(f"{path.name} made with Triton {report['versions']['triton']}, installed {triton.__version__}")
     assert report["label"] == LABEL
-    assert path.with_suffix(".md").read_text() == render_markdown(report), "markdown not rendered from the JSON"
+    assert path.with_suffix(".md").read_text() == static_markdown(report), "markdown not rendered from the JSON"
     registry = declared_specializations()
     fresh = {r.name: r for r in compile_all(registry.specs, report["target"]["arch"])}
     failures = sorted(n for n, r in fresh.items() if isinstance(r, BuildFailure))
@@ -123,9 +124,9 @@ def test_committed_report_numbers_are_consistent(path):
         assert bool(row["spill_bytes"] or sass["classes"]["local"]) == any(
             v.startswith("spill") for v in row["violations"])
     shapes = report["shape_set"]
-    shape_set = load_shape_set(shapes["name"], **shapes["settings"])
-    assert shape_set.summary() == shapes
-    predictions, _ = predict(shape_set, tuple(r["op"] for r in report["roofline"]))
+    workload = load_workload(shapes["name"], **shapes["settings"])
+    assert workload.summary() == shapes
+    predictions, _ = predict(workload, tuple(r["op"] for r in report["roofline"]))
     for row, prediction in zip(report["roofline"], predictions, strict=True):
         assert row["op"] == prediction.op
         fresh = prediction.as_dict(target)

@@ -1,0 +1,163 @@
+"""What the roofline prices and the runtime profile runs: a shape set in one dtype, with op settings.
+
+A :class:`Workload` is a :class:`~deftx.perf.shapes.ShapeSet` (its frozen tensors, the norm
+weights, are never eligible; every eligible 2-D tensor is denoised), the dtype of its
+weights and the :class:`OpSettings` the ops run with. Built in (``deftx profile --shapes``):
+
+* ``xlmr-base``: XLM-R base, fp32; ``mbert``: multilingual BERT base, fp32;
+* ``llama-7b``: Llama 7B, bf16;
+* ``tiny``: a 2-layer BERT of width 64 (vocabulary 1000, FFN 256, rank 8) for CPU traces.
+
+A JSON file gives a custom workload::
+
+    {"name": "tiny", "dtype": "fp32",
+     "parameters": {"emb": [1000, 64], "layer.0.w": [64, 64], "norm.weight": [64]},
+     "frozen": ["norm.weight"],
+     "settings": {"k_fraction": 0.05, "rank": 16}}
+
+``settings`` overrides :class:`OpSettings` fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from deftx.perf.shapes import BUILTIN_SHAPE_SETS, TINY, ShapeSet, TensorShape, load_builtin_or_file
+
+DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class OpSettings:
+    """How the ops are run on a shape set.
+
+    Attributes:
+        k_fraction: K as a fraction of the eligible entries (task SFT default 5.1%).
+        rank: uniform rank r of the low-rank denoising (the prediction needs a fixed rank;
+            the energy policy picks it per matrix at run time).
+        oversample, n_iter: randomized SVD sketch: q = rank + oversample columns, n_iter
+            power iterations.
+        num_diffs: SFTs composed by one scatter (language + task = 2).
+        l1: sparse steps with the L1 pull toward θ0 (language SFTs).
+    """
+
+    k_fraction: float = 0.051
+    rank: int = 64
+    oversample: int = 8
+    n_iter: int = 2
+    num_diffs: int = 2
+    l1: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.k_fraction <= 1.0:
+            raise ValueError(f"k_fraction must be in (0, 1], got {self.k_fraction!r}")
+        for name in ("rank", "num_diffs"):
+            if int(getattr(self, name)) != getattr(self, name) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
+        for name in ("oversample", "n_iter"):
+            if int(getattr(self, name)) != getattr(self, name) or getattr(self, name) < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
+
+    @property
+    def sketch_columns(self) -> int:
+        """q = rank + oversample."""
+        return self.rank + self.oversample
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A shape set's parameters in one dtype (``fp32`` / ``bf16`` / ``fp16``), with the op settings."""
+
+    shapes: ShapeSet
+    dtype: str
+    settings: OpSettings = field(default_factory=OpSettings)
+    description: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.shapes.name
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def eligible(self) -> tuple[TensorShape, ...]:
+        """The parameters sparse fine-tuning may select."""
+        return self.shapes.eligible()
+
+    @property
+    def matrices(self) -> tuple[TensorShape, ...]:
+        """The eligible 2-D parameters (the denoised matrices)."""
+        return self.shapes.matrices()
+
+    @property
+    def k(self) -> int:
+        """K: ``round(k_fraction * eligible entries)``, at least 1."""
+        return max(1, round(self.settings.k_fraction * sum(p.numel for p in self.eligible)))
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready description: counts and settings."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "dtype": self.dtype,
+            "parameters": self.shapes.numel,
+            "eligible": sum(p.numel for p in self.eligible),
+            "matrices": len(self.matrices),
+            "k": self.k,
+            "settings": {f.name: getattr(self.settings, f.name) for f in fields(OpSettings)},
+        }
+
+
+BUILTIN_WORKLOADS: dict[str, Workload] = {
+    "xlmr-base": Workload(BUILTIN_SHAPE_SETS["xlmr-base"], "fp32", description="XLM-R base, fp32"),
+    "mbert": Workload(BUILTIN_SHAPE_SETS["mbert"], "fp32", description="multilingual BERT base, fp32"),
+    "llama-7b": Workload(BUILTIN_SHAPE_SETS["llama-7b"], "bf16", description="Llama 7B, bf16"),
+    "tiny": Workload(
+        TINY, "fp32", OpSettings(rank=8), description="a 2-layer BERT of width 64 (CPU traces and tests), fp32"
+    ),
+}
+
+
+def load_workload(name_or_path: str | Path, **settings: Any) -> Workload:
+    """A built-in workload by name, or one read from a JSON file (format in the module doc).
+
+    ``settings`` override the workload's :class:`OpSettings`.
+
+    Raises:
+        ValueError: an unknown name that is not a file, or a malformed file.
+    """
+    workload = load_builtin_or_file(str(name_or_path), BUILTIN_WORKLOADS, _from_json)
+    if settings:
+        workload = replace(workload, settings=replace(workload.settings, **settings))
+    return workload
+
+
+def _from_json(payload: object, path: Path) -> Workload:
+    if not isinstance(payload, dict) or not isinstance(payload.get("parameters"), dict) or not payload["parameters"]:
+        raise ValueError(f"{path}: expected an object with a non-empty 'parameters' mapping name -> shape")
+    dtype = payload.get("dtype", "fp32")
+    if dtype not in DTYPES:
+        raise ValueError(f"{path}: dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    frozen = set(payload.get("frozen", ()))
+    unknown = frozen - set(payload["parameters"])
+    if unknown:
+        raise ValueError(f"{path}: 'frozen' names unknown parameters {sorted(unknown)}")
+    tensors = []
+    for name, shape in payload["parameters"].items():
+        if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and d > 0 for d in shape):
+            raise ValueError(f"{path}: shape of {name!r} must be a non-empty list of positive integers, got {shape!r}")
+        tensors.append(TensorShape(name, tuple(shape), frozen=name in frozen))
+    known = {f.name for f in fields(OpSettings)}
+    settings = payload.get("settings", {})
+    if not isinstance(settings, dict) or set(settings) - known:
+        raise ValueError(f"{path}: 'settings' may set {sorted(known)}, got {settings!r}")
+    if not any(not t.frozen for t in tensors):
+        raise ValueError(f"{path}: every parameter is frozen")
+    shapes = ShapeSet(str(payload.get("name", path.stem)), tuple(tensors))
+    return Workload(shapes, dtype, OpSettings(**settings), str(payload.get("description", f"from {path.name}")))
