@@ -35,7 +35,7 @@ def _probe_digit_sum_kernel(x_ptr, out_ptr, n, DTYPE: tl.constexpr, SHIFT: tl.co
         offsets = start + tl.arange(0, TILE)
         x = tl.load(x_ptr + offsets, mask=offsets < n, other=0.0)
         acc += ((_magnitude_key(x, DTYPE) >> SHIFT) & 255).to(tl.int32)
-    tl.atomic_add(out_ptr, tl.reduce(acc, 0, tl.standard._sum_combine).to(tl.int64), sem="relaxed")
+    tl.atomic_add(out_ptr, tl.sum(acc, 0).to(tl.int64), sem="relaxed")
 
 
 @triton.jit
