@@ -55,6 +55,10 @@ _EXPORTS: dict[str, str] = {
     "BackendUnavailableError": "deftx.ops",
 }
 
+_SUBCLASS_PLUGINS: dict[str, str] = {"torch.distributed.tensor": "deftx.distributed"}
+"""Module defining a tensor type -> the deftx module that registers the ops for it, imported by
+:mod:`deftx.ops.extensions` when an op first meets such a tensor."""
+
 __all__ = [
     "AppliedDiffs",
     "BackendUnavailableError",

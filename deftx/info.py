@@ -11,6 +11,7 @@ import torch
 
 import deftx
 from deftx.ops.dispatch import ENV_VAR, backend_report, triton_unavailable_reason
+from deftx.ops.registry import OPS
 
 LIBRARIES = ("transformers", "datasets", "accelerate", "peft", "safetensors")
 """Distributions deftx works with whose versions the report names (torch and triton have lines of their own)."""
@@ -41,8 +42,13 @@ def environment_lines() -> list[str]:
     return lines
 
 
+def op_lines() -> list[str]:
+    """One line per op of the registry: what it does and the public functions that run it."""
+    return [f"  {entry.name}: {entry.summary} ({', '.join(entry.functions)})" for entry in OPS.values()]
+
+
 def report() -> str:
-    """The full doctor report: environment, then which backend each op uses and why."""
+    """The full doctor report: environment, which backend each op uses and why, then the ops."""
     rows = backend_report()
     width_op = max(len(r["op"]) for r in [*rows, {"op": "op"}])
     width_dev = max(len(r["device"]) for r in [*rows, {"device": "device"}])
@@ -54,7 +60,7 @@ def report() -> str:
     override = f"backend override: ${ENV_VAR} is not set (auto)"
     if os.environ.get(ENV_VAR):
         override = f"backend override: ${ENV_VAR}={os.environ[ENV_VAR]} (explicit: unavailable backends raise)"
-    return "\n".join([*environment_lines(), override, "", *table])
+    return "\n".join([*environment_lines(), override, "", *table, "", "ops:", *op_lines()])
 
 
 if __name__ == "__main__":

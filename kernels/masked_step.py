@@ -27,36 +27,31 @@ memory traffic, so the separate multiplies cost nothing measurable.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import sys
+from typing import TYPE_CHECKING
 
 import torch
 import triton
 import triton.language as tl
-from triton import knobs
 
-from . import KernelSpec, upload
+from . import KernelSpec, _masked_step_specs, upload
+from ._common import TL_DTYPES, TableCache, interpreting, table_pointer
+
+if TYPE_CHECKING:
+    from deftx.ops.settings import AdamWSettings, MaskedStepTensors
 
 PARAM_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16)
 BLOCK = 1024
 NUM_WARPS = 4
 FP_FUSION = False
 """No multiply-add contraction: each operation of the formula rounds on its own (see above)."""
-_TABLE_CACHE_SIZE = 16
 
 # The interpreter's fp32 -> bf16 cast truncates; round to nearest even by hand there.
-_INTERPRET = tl.constexpr(bool(knobs.runtime.interpret))
+_INTERPRET = interpreting()
 
-_TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
-_SIGNATURE_DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-
-
-@triton.jit
-def _table_pointer(row, column, DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
-    """Address ``row[column]`` of the int64 table as a ``DTYPE`` pointer (16-byte aligned if ALIGNED)."""
-    pointer = tl.load(row + column).to(tl.pointer_type(DTYPE))
-    if ALIGNED:
-        pointer = tl.multiple_of(pointer, 16)
-    return pointer
+# Columns of a tensor-table row: the tensors' addresses, then the entry count K_t.
+_PARAM, _GRAD, _INDEX, _MASTER, _EXP_AVG, _EXP_AVG_SQ, _BASE, _COUNT = (tl.constexpr(c) for c in range(8))
+_COLUMNS = tl.constexpr(8)
 
 
 @triton.jit
@@ -144,7 +139,7 @@ def _masked_adamw_kernel(
 ):
     """One block of BLOCK entries of one tensor per program.
 
-    tensor_table: (T, 8) int64 rows (param, grad, indices, master, exp_avg, exp_avg_sq,
+    tensor_table: (T, _COLUMNS) int64 rows (param, grad, indices, master, exp_avg, exp_avg_sq,
     base, K_t) — param / grad P_DTYPE, indices int64, state fp32 (K_t,).
     block_table: (P, 2) int32 rows (tensor, block). Scalars fp32: decay = 1 − lr·wd,
     bias1 = 1 − beta1^step, bias2 = 1 − beta2^step. Grid: (P,).
@@ -152,15 +147,15 @@ def _masked_adamw_kernel(
     pid = tl.program_id(0)
     tensor = tl.load(block_table + 2 * pid)
     block = tl.load(block_table + 2 * pid + 1)
-    row = tensor_table + tensor.to(tl.int64) * 8
-    param = _table_pointer(row, 0, P_DTYPE, False)
-    grad = _table_pointer(row, 1, P_DTYPE, False)
-    index = _table_pointer(row, 2, tl.int64, ALIGNED)
-    master = _table_pointer(row, 3, tl.float32, ALIGNED)
-    exp_avg = _table_pointer(row, 4, tl.float32, ALIGNED)
-    exp_avg_sq = _table_pointer(row, 5, tl.float32, ALIGNED)
-    base = _table_pointer(row, 6, tl.float32, ALIGNED)
-    count = tl.load(row + 7)
+    row = tensor_table + tensor.to(tl.int64) * _COLUMNS
+    param = table_pointer(row, _PARAM, P_DTYPE, False)
+    grad = table_pointer(row, _GRAD, P_DTYPE, False)
+    index = table_pointer(row, _INDEX, tl.int64, ALIGNED)
+    master = table_pointer(row, _MASTER, tl.float32, ALIGNED)
+    exp_avg = table_pointer(row, _EXP_AVG, tl.float32, ALIGNED)
+    exp_avg_sq = table_pointer(row, _EXP_AVG_SQ, tl.float32, ALIGNED)
+    base = table_pointer(row, _BASE, tl.float32, ALIGNED)
+    count = tl.load(row + _COUNT)
 
     start = block.to(tl.int64) * BLOCK
     offsets = start + tl.arange(0, BLOCK)
@@ -178,21 +173,16 @@ def _masked_adamw_kernel(
         )
 
 
+SCALAR_ARGS: tuple[str, ...] = tuple(
+    name for name in _masked_adamw_kernel.arg_names if name.islower() and not name.endswith("_table")
+)
+"""The kernel's fp32 scalar arguments: ``AdamWSettings.scalars()``, in that order."""
+
+
 # --------------------------------------------------------------------------- launcher
 
-_BLOCK_TABLES: dict[tuple, torch.Tensor] = {}
-_ADDRESS_TABLES: dict[tuple, tuple[torch.Tensor, bool]] = {}
-
-
-def _cached(cache: dict, key: tuple, build):
-    """``cache[key]``, built by ``build()`` on a miss; the oldest entry goes past the cache size."""
-    value = cache.get(key)
-    if value is None:
-        value = build()
-        if len(cache) >= _TABLE_CACHE_SIZE:
-            cache.pop(next(iter(cache)))
-        cache[key] = value
-    return value
+_BLOCK_TABLES: TableCache[torch.Tensor] = TableCache(16)
+_ADDRESS_TABLES: TableCache[tuple[torch.Tensor, bool]] = TableCache(16)
 
 
 def _block_table(counts: tuple[int, ...], device: torch.device) -> torch.Tensor:
@@ -205,11 +195,11 @@ def _block_table(counts: tuple[int, ...], device: torch.device) -> torch.Tensor:
         rows = [v for t, count in enumerate(counts) for block in range(triton.cdiv(count, BLOCK)) for v in (t, block)]
         return upload(rows, device, torch.int32).view(-1, 2)
 
-    return _cached(_BLOCK_TABLES, (device, BLOCK, counts), build)
+    return _BLOCK_TABLES.get((device, BLOCK, counts), build)
 
 
 def _address_table(rows: list[tuple[torch.Tensor, ...]], device: torch.device) -> tuple[torch.Tensor, bool]:
-    """(int64 (T, 8) tensor table, aligned) for rows of (param, grad, idx, master, m, v, base|None).
+    """(int64 (T, _COLUMNS) tensor table, aligned) for rows of (param, grad, idx, master, m, v, base|None).
 
     The table holds addresses and sizes only, so the cache key is exactly its content: a step
     over the same tensors (and gradients at the same addresses) uploads nothing.
@@ -229,47 +219,26 @@ def _address_table(rows: list[tuple[torch.Tensor, ...]], device: torch.device) -
     )
 
     def build() -> tuple[torch.Tensor, bool]:
-        aligned = all(address % 16 == 0 for entry in entries for address in entry[2:7])
-        return upload([v for entry in entries for v in entry], device).view(-1, 8), aligned
+        aligned = all(address % 16 == 0 for entry in entries for address in entry[_INDEX:_COUNT])
+        return upload([v for entry in entries for v in entry], device).view(-1, _COLUMNS), aligned
 
-    return _cached(_ADDRESS_TABLES, (device, entries), build)
+    return _ADDRESS_TABLES.get((device, entries), build)
 
 
-def masked_adamw_step_(
-    params: Sequence[torch.Tensor],
-    grads: Sequence[torch.Tensor],
-    indices: Sequence[torch.Tensor],
-    masters: Sequence[torch.Tensor],
-    exp_avgs: Sequence[torch.Tensor],
-    exp_avg_sqs: Sequence[torch.Tensor],
-    bases: Sequence[torch.Tensor] | None,
-    *,
-    step: int,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    l1: float,
-) -> None:
+def masked_adamw_step_(tensors: MaskedStepTensors, settings: AdamWSettings) -> None:
     """AdamW on the selected entries of each parameter, in place (the contract's formula).
 
-    Args:
-        params: T contiguous fp32 / bf16 / fp16 tensors, written only at ``indices[t]``.
-        grads: T tensors of the same shapes and dtypes, read only at ``indices[t]``.
-        indices: T int64 (K_t,) sorted unique flat indices.
-        masters, exp_avgs, exp_avg_sqs: T fp32 (K_t,) contiguous tensors, updated in place.
-        bases: T fp32 (K_t,) θ0 values, used when ``l1 != 0`` (None or empty otherwise).
-        step: step number >= 1 (already incremented), for the bias corrections.
+    ``tensors`` (:class:`~deftx.ops.settings.MaskedStepTensors`): params and grads contiguous
+    fp32 / bf16 / fp16, the state contiguous; ``bases`` used when ``settings.l1 != 0``.
 
     One launch per parameter dtype present, covering every tensor of that dtype; its tables
     are uploaded only when the tensors' addresses (or entry counts) change. Nothing is read
     back from the device.
     """
+    params, grads, indices, masters, exp_avgs, exp_avg_sqs, bases = tensors
     count = len(params)
-    assert step >= 1, step
     assert len(grads) == len(indices) == len(masters) == len(exp_avgs) == len(exp_avg_sqs) == count
-    has_l1 = l1 != 0.0
+    has_l1 = settings.has_l1
     assert not has_l1 or (bases is not None and len(bases) == count), "l1 != 0 needs bases"
     by_dtype: dict[torch.dtype, list[tuple[torch.Tensor, ...]]] = {}
     for t in range(count):
@@ -283,18 +252,7 @@ def masked_adamw_step_(
             (param, grad, idx, masters[t], exp_avgs[t], exp_avg_sqs[t], base)
         )
 
-    scalars = (
-        beta1,
-        1.0 - beta1,
-        beta2,
-        1.0 - beta2,
-        1.0 - lr * weight_decay,
-        lr,
-        1.0 - beta1**step,
-        1.0 - beta2**step,
-        eps,
-        l1,
-    )
+    scalars = settings.scalars()
     for dtype, rows in by_dtype.items():
         device = rows[0][0].device
         tensor_table, aligned = _address_table(rows, device)
@@ -303,7 +261,7 @@ def masked_adamw_step_(
             tensor_table,
             block_table,
             *scalars,
-            _TL_DTYPES[dtype],
+            TL_DTYPES[dtype],
             has_l1,
             aligned,
             BLOCK,
@@ -312,107 +270,5 @@ def masked_adamw_step_(
         )
 
 
-# --------------------------------------------------------------------------- specialisations
-
-
-def _specs() -> list[KernelSpec]:
-    specs = []
-    for dtype in PARAM_DTYPES:
-        for has_l1 in (False, True):
-            for aligned in (True, False):
-                promises = {"no_float_atomics"} | ({"vectorized_loads"} if aligned else set())
-                specs.append(
-                    KernelSpec(
-                        name=(
-                            f"masked_adamw_{_SIGNATURE_DTYPES[dtype]}"
-                            f"_{'l1' if has_l1 else 'nol1'}_{'aligned' if aligned else 'unaligned'}"
-                        ),
-                        kernel=_masked_adamw_kernel,
-                        signature={
-                            "tensor_table": "*i64",
-                            "block_table": "*i32",
-                            "beta1": "fp32",
-                            "one_minus_beta1": "fp32",
-                            "beta2": "fp32",
-                            "one_minus_beta2": "fp32",
-                            "decay": "fp32",
-                            "lr": "fp32",
-                            "bias1": "fp32",
-                            "bias2": "fp32",
-                            "eps": "fp32",
-                            "l1": "fp32",
-                            "P_DTYPE": "constexpr",
-                            "HAS_L1": "constexpr",
-                            "ALIGNED": "constexpr",
-                            "BLOCK": "constexpr",
-                        },
-                        constexprs={
-                            "P_DTYPE": _TL_DTYPES[dtype],
-                            "HAS_L1": has_l1,
-                            "ALIGNED": aligned,
-                            "BLOCK": BLOCK,
-                        },
-                        num_warps=NUM_WARPS,
-                        num_stages=1,
-                        fp_fusion=FP_FUSION,
-                        promises=frozenset(promises),
-                    )
-                )
-    return specs
-
-
-SPECIALIZATIONS: list[KernelSpec] = _specs()
-
-
-# --------------------------------------------------------------------------- cost models
-
-SECTOR_BYTES = 32
-FLOPS_PER_ENTRY = 16
-"""fp32 operations of the AdamW update per entry (moments 7, decay 1, step 8); the L1 pull adds 3."""
-
-
-def touched_sector_bytes(k: int, numel: int, element_bytes: int) -> float:
-    """Expected bytes of 32-byte sectors touched by k uniformly random entries of ``numel``::
-
-        (numel * element_bytes / 32) * 32 * (1 - (1 - k / numel) ** (32 / element_bytes))
-    """
-    if numel == 0 or k == 0:
-        return 0.0
-    per_sector = SECTOR_BYTES / element_bytes
-    sectors = numel * element_bytes / SECTOR_BYTES
-    return sectors * SECTOR_BYTES * (1.0 - (1.0 - k / numel) ** per_sector)
-
-
-def bytes_moved(k: int, numel: int, *, param_bytes: int, has_l1: bool = False) -> float:
-    """HBM bytes of :func:`masked_adamw_step_` for K selected entries of ``numel``.
-
-    Streams in K space: indices (8 B), master / exp_avg / exp_avg_sq read and written
-    (24 B), θ0 with L1 (4 B). Gathered gradient reads and scattered parameter writes move
-    whole 32-byte sectors: each touches ``touched_sector_bytes(k, numel, param_bytes)``::
-
-        k * (8 + 24 + 4 * has_l1) + 2 * touched_sector_bytes(k, numel, param_bytes)
-    """
-    streams = k * (8 + 24 + (4 if has_l1 else 0))
-    return streams + 2 * touched_sector_bytes(k, numel, param_bytes)
-
-
-def baseline_bytes_moved(numel: int, *, param_bytes: int, state_bytes: int | None = None) -> int:
-    """HBM bytes of a dense AdamW step (``torch.optim.AdamW``, fused or foreach) on ``numel``.
-
-    Reads param, grad, exp_avg, exp_avg_sq; writes param, exp_avg, exp_avg_sq. The moments
-    have the parameter's dtype in torch unless ``state_bytes`` says otherwise::
-
-        numel * (3 * param_bytes + 4 * state_bytes)
-    """
-    state = param_bytes if state_bytes is None else state_bytes
-    return numel * (3 * param_bytes + 4 * state)
-
-
-def flops(k: int, *, has_l1: bool = False) -> int:
-    """fp32 operations of :func:`masked_adamw_step_`: ``k * (16 + 3 * has_l1)``."""
-    return k * (FLOPS_PER_ENTRY + (3 if has_l1 else 0))
-
-
-def baseline_flops(numel: int) -> int:
-    """Operations of a dense AdamW step: ``16 * numel``."""
-    return FLOPS_PER_ENTRY * numel
+SPECIALIZATIONS: list[KernelSpec] = _masked_step_specs.specializations(sys.modules[__name__])
+"""The specialisations its launchers use (built in ``_masked_step_specs.py``)."""

@@ -60,14 +60,15 @@ than materialising Δ once (see :func:`bytes_moved` and :func:`baseline_bytes_mo
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 import torch
 import triton
 import triton.language as tl
-from triton import knobs
 
-from . import KernelSpec
+from . import KernelSpec, _rsvd_specs
+from ._common import TL_DTYPES, TableCache, interpreting, table_pointer
 
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "tf32x3")
 TENSOR_CORE_PRECISIONS: frozenset[str] = frozenset({"bf16", "tf32x3"})
@@ -82,24 +83,10 @@ MIN_SPLIT_BLOCKS = 8
 # The interpreter's fp32 -> bf16 cast truncates and its tl.dot multiplies bf16 bit patterns
 # as integers, so under the interpreter the bf16 product is emulated exactly in fp32; it
 # also ignores input_precision, so the TF32 roundings of "tf32x3" are applied explicitly.
-# (The kernels also avoid triton.language's own @jit helpers such as tl.zeros, which a
-# module copy loaded by kernel_module(interpret=True) cannot call.)
-_INTERPRET = tl.constexpr(bool(knobs.runtime.interpret))
-
-_TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
-_SIGNATURE_DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+_INTERPRET = interpreting()
 
 
 # --------------------------------------------------------------------------- device helpers
-
-
-@triton.jit
-def _table_pointer(table, index, DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
-    """Entry ``index`` of an int64 address table as a ``DTYPE`` pointer (16-byte aligned if ALIGNED)."""
-    pointer = tl.load(table + index).to(tl.pointer_type(DTYPE))
-    if ALIGNED:
-        pointer = tl.multiple_of(pointer, 16)
-    return pointer
 
 
 @triton.jit
@@ -203,8 +190,8 @@ def _delta_matmul_kernel(
     matrix, row_tile, q_tile = _tile_coordinates(tl.program_id(0), row_tiles, q_tiles)
     split = tl.program_id(1)
     n = n_div * ALIGN
-    w1 = _table_pointer(w1_table, matrix, W_DTYPE, ALIGN > 1)
-    w0 = _table_pointer(w0_table, matrix, W_DTYPE, ALIGN > 1)
+    w1 = table_pointer(w1_table, matrix, W_DTYPE, ALIGN > 1)
+    w0 = table_pointer(w0_table, matrix, W_DTYPE, ALIGN > 1)
 
     rows = row_tile * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
     cols = q_tile * BLOCK_Q + tl.arange(0, BLOCK_Q)
@@ -269,8 +256,8 @@ def _sketch_t_delta_kernel(
     matrix, col_tile, q_tile = _tile_coordinates(tl.program_id(0), col_tiles, q_tiles)
     split = tl.program_id(1)
     n = n_div * ALIGN
-    w1 = _table_pointer(w1_table, matrix, W_DTYPE, ALIGN > 1)
-    w0 = _table_pointer(w0_table, matrix, W_DTYPE, ALIGN > 1)
+    w1 = table_pointer(w1_table, matrix, W_DTYPE, ALIGN > 1)
+    w0 = table_pointer(w0_table, matrix, W_DTYPE, ALIGN > 1)
 
     cols = col_tile * BLOCK_COLS + tl.arange(0, BLOCK_COLS)
     qs = q_tile * BLOCK_Q + tl.arange(0, BLOCK_Q)
@@ -336,10 +323,10 @@ def _reconstruct_abs_kernel(
     n = n_div * ALIGN
     rank = tl.load(rank_table + matrix)
     u_row_stride = tl.load(u_stride_table + matrix)
-    u = _table_pointer(u_table, matrix, tl.float32, False)
-    s = _table_pointer(s_table, matrix, tl.float32, False)
-    vh = _table_pointer(vh_table, matrix, tl.float32, ALIGN > 1)
-    out = _table_pointer(out_table, matrix, tl.float32, ALIGN > 1)
+    u = table_pointer(u_table, matrix, tl.float32, False)
+    s = table_pointer(s_table, matrix, tl.float32, False)
+    vh = table_pointer(vh_table, matrix, tl.float32, ALIGN > 1)
+    out = table_pointer(out_table, matrix, tl.float32, ALIGN > 1)
 
     rows = row_tile * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
     cols = col_tile * BLOCK_COLS + tl.arange(0, BLOCK_COLS)
@@ -391,8 +378,8 @@ def _difference_energy_kernel(
     pid = tl.program_id(0)
     matrix = pid // chunks
     numel = numel_div.to(tl.int64) * ALIGN
-    w1 = _table_pointer(w1_table, matrix, W_DTYPE, ALIGN > 1)
-    w0 = _table_pointer(w0_table, matrix, W_DTYPE, ALIGN > 1)
+    w1 = table_pointer(w1_table, matrix, W_DTYPE, ALIGN > 1)
+    w0 = table_pointer(w0_table, matrix, W_DTYPE, ALIGN > 1)
     start = (pid % chunks).to(tl.int64) * (BLOCK * CHUNK_BLOCKS)
     acc = tl.full((BLOCK,), 0.0, dtype=tl.float32)
     for block in range(CHUNK_BLOCKS):
@@ -513,8 +500,7 @@ def host_to_device(values: Sequence[int], dtype: torch.dtype, device: torch.devi
     return host.pin_memory().to(device, non_blocking=True)
 
 
-_ADDRESS_TABLES: dict[tuple, torch.Tensor] = {}
-_ADDRESS_TABLE_CACHE_SIZE = 64
+_ADDRESS_TABLES: TableCache[torch.Tensor] = TableCache(64)
 
 
 def _address_table(tensors: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor:
@@ -524,14 +510,7 @@ def _address_table(tensors: Sequence[torch.Tensor], device: torch.device) -> tor
     2 + 2 n_iter products of a group copy their tables to the device once.
     """
     addresses = tuple(t.data_ptr() for t in tensors)
-    key = (device, addresses)
-    table = _ADDRESS_TABLES.get(key)
-    if table is None:
-        if len(_ADDRESS_TABLES) >= _ADDRESS_TABLE_CACHE_SIZE:
-            _ADDRESS_TABLES.pop(next(iter(_ADDRESS_TABLES)))
-        table = host_to_device(addresses, torch.int64, device)
-        _ADDRESS_TABLES[key] = table
-    return table
+    return _ADDRESS_TABLES.get((device, addresses), lambda: host_to_device(addresses, torch.int64, device))
 
 
 def _is_aligned(tensors: Sequence[torch.Tensor], row_length: int) -> bool:
@@ -617,7 +596,7 @@ def delta_matmul(
         split_blocks,
         row_tiles,
         q_tiles,
-        _TL_DTYPES[w1s[0].dtype],
+        TL_DTYPES[w1s[0].dtype],
         w0s is not None,
         align,
         precision,
@@ -843,7 +822,7 @@ def difference_energy(w1s: Sequence[torch.Tensor], w0s: Sequence[torch.Tensor] |
         partial,
         numel // align,
         chunks,
-        _TL_DTYPES[group_w1[0].dtype],
+        TL_DTYPES[group_w1[0].dtype],
         group_w0 is not None,
         align,
         config["BLOCK"],
@@ -966,271 +945,5 @@ def reconstruct_abs(us: torch.Tensor, vh: torch.Tensor, *, precision: str = "fp3
     return reconstruct_abs_batched([us], [vh], precision=precision)[0]
 
 
-# --------------------------------------------------------------------------- specialisations
-
-
-def _matmul_spec(
-    name: str, dtype: torch.dtype, has_w0: bool, align: int, precision: str, block_q: int
-) -> KernelSpec:
-    kernel = _sketch_t_delta_kernel if name == "sketch_t_delta" else _delta_matmul_kernel
-    tile_arg, tiles_arg = ("BLOCK_COLS", "col_tiles") if name == "sketch_t_delta" else ("BLOCK_ROWS", "row_tiles")
-    config = matmul_config(name, precision, block_q, align)
-    dt = _SIGNATURE_DTYPES[dtype]
-    return KernelSpec(
-        name=f"rsvd_{name}_{dt}_{'diff' if has_w0 else 'single'}_align{align}_{precision}_q{block_q}",
-        kernel=kernel,
-        signature={
-            "w1_table": "*i64",
-            "w0_table": "*i64",
-            "x_ptr": "*fp32",
-            "out_ptr": "*fp32",
-            "m": "i32",
-            "n_div": "i32",
-            "q": "i32",
-            "x_batch_stride": "i32",
-            "split_blocks": "i32",
-            tiles_arg: "i32",
-            "q_tiles": "i32",
-            "W_DTYPE": "constexpr",
-            "HAS_W0": "constexpr",
-            "ALIGN": "constexpr",
-            "PRECISION": "constexpr",
-            tile_arg: "constexpr",
-            "BLOCK_K": "constexpr",
-            "BLOCK_Q": "constexpr",
-        },
-        constexprs={
-            "W_DTYPE": _TL_DTYPES[dtype],
-            "HAS_W0": has_w0,
-            "ALIGN": align,
-            "PRECISION": precision,
-            tile_arg: config["BLOCK_ROWS"],
-            "BLOCK_K": config["BLOCK_K"],
-            "BLOCK_Q": block_q,
-        },
-        num_warps=config["num_warps"],
-        num_stages=config["num_stages"],
-        promises=_promises(precision, align),
-    )
-
-
-def _matmul_specs() -> list[KernelSpec]:
-    return [
-        _matmul_spec(name, dtype, has_w0, align, precision, block_q)
-        for (name, precision, block_q) in MATMUL_CONFIGS
-        for dtype in PRECISION_WEIGHT_DTYPES[precision]
-        for has_w0 in (True, False)
-        for align in (ALIGNMENT, 1)
-    ]
-
-
-def _promises(precision: str, align: int) -> frozenset[str]:
-    promises = {"no_float_atomics"}
-    if precision in TENSOR_CORE_PRECISIONS:
-        promises.add("tensor_cores")
-    if align > 1:
-        promises.add("vectorized_loads")
-    return frozenset(promises)
-
-
-def _reconstruct_specs() -> list[KernelSpec]:
-    config = RECONSTRUCT_CONFIG
-    specs = []
-    for align in (ALIGNMENT, 1):
-        for precision in PRECISIONS:
-            specs.append(
-                KernelSpec(
-                    name=f"rsvd_reconstruct_abs_align{align}_{precision}",
-                    kernel=_reconstruct_abs_kernel,
-                    signature={
-                        "u_table": "*i64",
-                        "s_table": "*i64",
-                        "vh_table": "*i64",
-                        "out_table": "*i64",
-                        "rank_table": "*i32",
-                        "u_stride_table": "*i32",
-                        "m": "i32",
-                        "n_div": "i32",
-                        "row_tiles": "i32",
-                        "col_tiles": "i32",
-                        "ALIGN": "constexpr",
-                        "PRECISION": "constexpr",
-                        "BLOCK_ROWS": "constexpr",
-                        "BLOCK_COLS": "constexpr",
-                        "BLOCK_R": "constexpr",
-                    },
-                    constexprs={
-                        "ALIGN": align,
-                        "PRECISION": precision,
-                        "BLOCK_ROWS": config["BLOCK_ROWS"],
-                        "BLOCK_COLS": config["BLOCK_COLS"],
-                        "BLOCK_R": config["BLOCK_R"],
-                    },
-                    num_warps=config["num_warps"],
-                    num_stages=config["num_stages"],
-                    promises=_promises(precision, align),
-                )
-            )
-    return specs
-
-
-def _energy_spec(dtype: torch.dtype, has_w0: bool, align: int) -> KernelSpec:
-    config = ENERGY_CONFIG
-    return KernelSpec(
-        name=f"rsvd_difference_energy_{_SIGNATURE_DTYPES[dtype]}_{'diff' if has_w0 else 'single'}_align{align}",
-        kernel=_difference_energy_kernel,
-        signature={
-            "w1_table": "*i64",
-            "w0_table": "*i64",
-            "partial_ptr": "*fp32",
-            "numel_div": "i32",
-            "chunks": "i32",
-            "W_DTYPE": "constexpr",
-            "HAS_W0": "constexpr",
-            "ALIGN": "constexpr",
-            "BLOCK": "constexpr",
-            "CHUNK_BLOCKS": "constexpr",
-        },
-        constexprs={
-            "W_DTYPE": _TL_DTYPES[dtype],
-            "HAS_W0": has_w0,
-            "ALIGN": align,
-            "BLOCK": config["BLOCK"],
-            "CHUNK_BLOCKS": config["CHUNK_BLOCKS"],
-        },
-        num_warps=config["num_warps"],
-        num_stages=config["num_stages"],
-        promises=_promises("fp32", align),
-    )
-
-
-def _energy_specs() -> list[KernelSpec]:
-    return [
-        _energy_spec(dtype, has_w0, align)
-        for dtype in WEIGHT_DTYPES
-        for has_w0 in (True, False)
-        for align in (ALIGNMENT, 1)
-    ]
-
-
-SPECIALIZATIONS: list[KernelSpec] = _matmul_specs() + _reconstruct_specs() + _energy_specs()
-
-
-# --------------------------------------------------------------------------- cost models
-
-
-def _passes(n_iter: int) -> int:
-    """Products with Δ in the sequence: the sketch, 2 per power iteration, and B = Qᵀ Δ."""
-    return 2 + 2 * n_iter
-
-
-def bytes_moved(m: int, n: int, q: int, n_iter: int, *, weight_bytes: int, has_base: bool = True) -> int:
-    """HBM bytes of :func:`randomized_svd`'s kernels (the torch QR / SVD of small matrices excluded).
-
-    Each of the ``P = 2 + 2 n_iter`` products reads W1 (and W0) once and the fp32 sketch
-    once, and writes an fp32 (rows, q) result::
-
-        P * (1 + has_base) * m * n * weight_bytes + (P / 2) * 4 * q * 2 * (m + n)
-
-    (half of the products read an (n, q) and write an (m, q) matrix, half the reverse).
-    Split partial sums add ``4 * splits * rows * q`` per split launch and are ignored.
-    """
-    passes = _passes(n_iter)
-    weights = passes * (2 if has_base else 1) * m * n * weight_bytes
-    sketches = passes // 2 * 4 * q * 2 * (m + n)
-    return weights + sketches
-
-
-def baseline_bytes_moved(
-    m: int, n: int, q: int, n_iter: int, *, weight_bytes: int, has_base: bool = True
-) -> int:
-    """HBM bytes of the torch baseline ``torch.svd_lowrank(w1.float() - w0.float(), q, n_iter)``.
-
-    Materialising Δ: each ``.float()`` of a bf16 / fp16 weight reads it and writes an fp32
-    copy (a no-op for fp32), and the subtraction reads two fp32 matrices and writes one::
-
-        materialise = (1 + has_base) * m * n * (weight_bytes + 4 * (weight_bytes != 4))
-                      + has_base * 12 * m * n
-
-    (without a base and with fp32 weights nothing is materialised). Then the same
-    ``P = 2 + 2 n_iter`` products over the fp32 Δ as :func:`bytes_moved`::
-
-        P * 4 * m * n + (P / 2) * 4 * q * 2 * (m + n)
-    """
-    passes = _passes(n_iter)
-    count = 2 if has_base else 1
-    widened = 4 if weight_bytes != 4 else 0
-    materialise = count * m * n * (weight_bytes + widened) if widened else 0
-    if has_base:
-        materialise += 12 * m * n
-    return materialise + passes * 4 * m * n + passes // 2 * 4 * q * 2 * (m + n)
-
-
-def reconstruct_bytes_moved(m: int, n: int, r: int) -> int:
-    """HBM bytes of :func:`reconstruct_abs`: read US and Vh, write |US Vh| once::
-
-        4 * (m * r + r * n + m * n)
-    """
-    return 4 * (m * r + r * n + m * n)
-
-
-def baseline_reconstruct_bytes_moved(m: int, n: int, r: int) -> int:
-    """HBM bytes of the torch baseline ``(us @ vh).abs()``: the matmul writes the
-    reconstruction, ``abs`` reads it and writes the magnitudes::
-
-        4 * (m * r + r * n + m * n) + 8 * m * n
-    """
-    return 4 * (m * r + r * n + m * n) + 8 * m * n
-
-
-def _qr_flops(rows: int, cols: int) -> float:
-    """Householder QR with the thin Q formed: ``4 rows cols² − 4 cols³ / 3`` (rows >= cols)."""
-    k = min(rows, cols)
-    return 4 * max(rows, cols) * k * k - 4 * k**3 / 3
-
-
-def _svd_flops(rows: int, cols: int) -> float:
-    """Thin SVD (R-SVD) with U and V: ``6 big small² + 20 small³`` (Golub & Van Loan)."""
-    small, big = min(rows, cols), max(rows, cols)
-    return 6 * big * small * small + 20 * small**3
-
-
-def _small_flops(m: int, n: int, q: int, n_iter: int) -> float:
-    """QRs, the SVD of B and U = Q Ub (same in deftx and the baseline)."""
-    qrs = (1 + n_iter) * _qr_flops(m, q) + n_iter * _qr_flops(n, q)
-    return qrs + _svd_flops(q, n) + 2 * m * q * q
-
-
-def flops(m: int, n: int, q: int, n_iter: int, *, has_base: bool = True) -> float:
-    """Floating-point operations of :func:`randomized_svd`::
-
-        P * (2 m n q + has_base * m n)                       (products, fused subtraction)
-        + (1 + n_iter) * qr(m, q) + n_iter * qr(n, q)        (Householder QR + thin Q)
-        + svd(q, n) + 2 m q²                                 (small SVD and U = Q Ub)
-
-    with ``P = 2 + 2 n_iter``, ``qr(r, c) = 4 r c² − 4 c³/3`` and
-    ``svd(r, c) = 6 max(r, c) min(r, c)² + 20 min(r, c)³``. The fused subtraction is
-    recomputed in every product.
-    """
-    products = _passes(n_iter) * (2 * m * n * q + (m * n if has_base else 0))
-    return products + _small_flops(m, n, q, n_iter)
-
-
-def baseline_flops(m: int, n: int, q: int, n_iter: int, *, has_base: bool = True) -> float:
-    """Floating-point operations of ``torch.svd_lowrank(w1.float() - w0.float(), q, n_iter)``:
-    one materialised subtraction, then the same products, QRs and SVD::
-
-        has_base * m n + P * 2 m n q + (the QR / SVD terms of :func:`flops`)
-    """
-    products = _passes(n_iter) * 2 * m * n * q
-    return (m * n if has_base else 0) + products + _small_flops(m, n, q, n_iter)
-
-
-def reconstruct_flops(m: int, n: int, r: int) -> float:
-    """Floating-point operations of :func:`reconstruct_abs`: ``2 m n r`` (the abs is free)."""
-    return 2.0 * m * n * r
-
-
-def baseline_reconstruct_flops(m: int, n: int, r: int) -> float:
-    """Floating-point operations of ``(us @ vh).abs()``: ``2 m n r + m n``."""
-    return 2.0 * m * n * r + m * n
+SPECIALIZATIONS: list[KernelSpec] = _rsvd_specs.specializations(sys.modules[__name__])
+"""The specialisations its launchers use (built in ``_rsvd_specs.py``)."""

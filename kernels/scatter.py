@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import array
 import itertools
-import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -53,7 +53,8 @@ import torch
 import triton
 import triton.language as tl
 
-from . import KernelSpec, upload
+from . import KernelSpec, _scatter_specs, upload
+from ._common import TL_DTYPES, interpreting
 
 CHUNK = 1024
 """Entries per inner-loop step of the scatter-add kernel (8 per thread at 4 warps)."""
@@ -71,10 +72,8 @@ SCATTER_WARPS = 4
 SCATTER_STAGES = 1  # no software pipelining: loads must stay after the previous diff's stores
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-_TL_DTYPE = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
-_DTYPE_NAME = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
-_INTERPRETED = tl.constexpr(triton.knobs.runtime.interpret)
+_INTERPRETED = interpreting()
 
 
 @triton.jit
@@ -189,7 +188,7 @@ def _scatter_add_kernel(
 def _lower_bound(ptrs, count, value, steps):
     """Per lane, the number of entries ``< value`` of the sorted int64 array at ``ptrs`` of
     length ``count`` (``steps >= bit_length(count)`` halvings)."""
-    first = count * 0  # not tl.zeros_like: see kernels/topk.py on the interpreted copy
+    first = tl.zeros_like(count)
     for _ in range(steps):
         half = count // 2
         probe = first + half
@@ -381,7 +380,7 @@ def _launch_group(plan: _GroupPlan, tables: tuple[torch.Tensor, ...], scales: to
     _scatter_add_kernel[(plan.num_units,)](
         unit_tensor, segments, dense_table, diff_table, scales,
         plan.num_units, plan.num_tensors, num_diffs,
-        DENSE=_TL_DTYPE[plan.dense_dtype], VALUE=_TL_DTYPE[plan.value_dtype], SAVE=save,
+        DENSE=TL_DTYPES[plan.dense_dtype], VALUE=TL_DTYPES[plan.value_dtype], SAVE=save,
         CHUNK=CHUNK, num_warps=SCATTER_WARPS, num_stages=SCATTER_STAGES,
     )
 
@@ -495,150 +494,11 @@ def scatter_restore_(
         units = buffer[at + 5 * num_pairs: at + 6 * num_pairs]
         _scatter_restore_kernel[(num_units,)](
             torch.repeat_interleave(units, output_size=num_units), table, num_pairs,
-            DENSE=_TL_DTYPE[dtype], CHUNK=RESTORE_CHUNK,
+            DENSE=TL_DTYPES[dtype], CHUNK=RESTORE_CHUNK,
             num_warps=SCATTER_WARPS, num_stages=SCATTER_STAGES,
         )
 
 
-_ADD_SIGNATURE = {
-    "unit_tensor_ptr": "*i32", "segments_ptr": "*i64", "dense_table_ptr": "*i64",
-    "diff_table_ptr": "*i64", "scales_ptr": "*i64", "num_units": "i32", "num_tensors": "i32",
-    "num_diffs": "i32", "DENSE": "constexpr", "VALUE": "constexpr", "SAVE": "constexpr",
-    "CHUNK": "constexpr",
-}
-_BOUNDS_SIGNATURE = {
-    "unit_table_ptr": "*i64", "diff_table_ptr": "*i64", "count_ptr": "*i64",
-    "unit_tensor_ptr": "*i32", "segments_ptr": "*i64", "num_units": "i32", "num_tensors": "i32",
-    "tensor_steps": "i32", "steps": "i32", "chunked": "i32", "BLOCK": "constexpr",
-}
-_RESTORE_SIGNATURE = {
-    "unit_pair_ptr": "*i64", "pair_table_ptr": "*i64", "num_pairs": "i32",
-    "DENSE": "constexpr", "CHUNK": "constexpr",
-}
-
-
-def _specializations() -> list[KernelSpec]:
-    promises = frozenset({"no_float_atomics"})
-    specs = []
-    for dense in _DTYPES:
-        for value in dict.fromkeys((torch.float32, dense)):
-            for save in (False, True):
-                specs.append(KernelSpec(
-                    name=f"scatter_add_{_DTYPE_NAME[dense]}_values_{_DTYPE_NAME[value]}"
-                         f"{'_save' if save else ''}",
-                    kernel=_scatter_add_kernel,
-                    signature=_ADD_SIGNATURE,
-                    constexprs={"DENSE": _TL_DTYPE[dense], "VALUE": _TL_DTYPE[value],
-                                "SAVE": save, "CHUNK": CHUNK},
-                    num_warps=SCATTER_WARPS, num_stages=SCATTER_STAGES, promises=promises,
-                ))
-    specs.append(KernelSpec(
-        name="scatter_segment_bounds", kernel=_segment_bounds_kernel,
-        signature=_BOUNDS_SIGNATURE, constexprs={"BLOCK": SEARCH_BLOCK},
-        num_warps=SCATTER_WARPS, num_stages=SCATTER_STAGES, promises=promises,
-    ))
-    for dense in _DTYPES:
-        specs.append(KernelSpec(
-            name=f"scatter_restore_{_DTYPE_NAME[dense]}", kernel=_scatter_restore_kernel,
-            signature=_RESTORE_SIGNATURE,
-            constexprs={"DENSE": _TL_DTYPE[dense], "CHUNK": RESTORE_CHUNK},
-            num_warps=SCATTER_WARPS, num_stages=SCATTER_STAGES, promises=promises,
-        ))
-    return specs
-
-
-SPECIALIZATIONS: list[KernelSpec] = _specializations()
+SPECIALIZATIONS: list[KernelSpec] = _scatter_specs.specializations(sys.modules[__name__])
 """Scatter-add per (dense dtype, value dtype in {fp32, dense}, save); the segment search;
 restore per dense dtype."""
-
-
-SECTOR_BYTES = 32
-
-
-def _touched_sectors(numel: int, entries: int, element_bytes: int) -> float:
-    """Expected 32-byte sectors holding at least one of ``entries`` uniformly spread indices."""
-    if not numel or not entries:
-        return 0.0
-    per_sector = SECTOR_BYTES // element_bytes
-    sectors = -(-numel // per_sector)
-    return sectors * (1.0 - (1.0 - entries / numel) ** per_sector)
-
-
-def _union_entries(numel: int, nnz: int, num_diffs: int) -> float:
-    """Expected distinct positions of ``num_diffs`` independent uniform diffs of nnz entries."""
-    return numel * (1.0 - (1.0 - nnz / numel) ** num_diffs) if numel else 0.0
-
-
-def bytes_moved(
-    shapes: Sequence[Sequence[int]],
-    nnz: Sequence[int],
-    dtype: torch.dtype,
-    *,
-    value_dtype: torch.dtype = torch.float32,
-    num_diffs: int = 1,
-    save: bool = False,
-) -> int:
-    """HBM bytes ``scatter_add_`` moves: ``num_diffs`` diffs of ``nnz[t]`` entries on tensor t.
-
-    With e / v the dense / value element sizes and, per tensor, S_t the expected touched
-    32-byte sectors of the union U_t of the diffs' positions (entries spread uniformly:
-    U_t = n_t (1 - (1 - nnz_t / n_t)^D), S_t = ceil(n_t / s) (1 - (1 - U_t / n_t)^s) with
-    s = 32 / e elements per sector)::
-
-        sum_t 64 * S_t                 read-modify-write of every touched sector, once (a
-                                       program applies all diffs to its range while on chip)
-      + D * sum_t nnz_t * (8 + v)      index and value payload
-      + D * sum_t nnz_t * e            saved originals written (save=True only)
-    """
-    e = torch.empty(0, dtype=dtype).element_size()
-    v = torch.empty(0, dtype=value_dtype).element_size()
-    total = 0.0
-    for shape, entries in zip(shapes, nnz, strict=True):
-        numel = math.prod(shape)
-        union = _union_entries(numel, entries, num_diffs)
-        total += 2 * SECTOR_BYTES * _touched_sectors(numel, round(union), e)
-        total += num_diffs * entries * (8 + v + (e if save else 0))
-    return round(total)
-
-
-def baseline_bytes_moved(
-    shapes: Sequence[Sequence[int]],
-    nnz: Sequence[int],
-    dtype: torch.dtype,
-    *,
-    value_dtype: torch.dtype = torch.float32,
-    num_diffs: int = 1,
-    method: str = "dense",
-) -> int:
-    """HBM bytes of the torch baselines, per diff and tensor (n_t elements, nnz_t entries).
-
-    ``method="dense"`` densifies the diff and adds it::
-
-        D * sum_t [ 4 n_t                  zeros(n_t) fp32 written
-                  + nnz_t (8 + v) + 64 S1  index / value read, scattered into it
-                  + 4 n_t + 4 n_t          scale * delta (read, write)
-                  + 4 n_t + 2 e n_t ]      w.add_(delta): read delta, read and write w
-
-    ``method="index_add"`` runs ``w.view(-1).index_add_(0, idx, (scale * v).to(dtype))``::
-
-        D * sum_t [ nnz_t (8 + v)          index / value read
-                  + nnz_t (v + e) * 2      scaled temporary and its cast (write, read)
-                  + 64 S1 ]                read-modify-write of the touched sectors
-
-    S1 = expected sectors touched by one diff (as in :func:`bytes_moved`).
-    """
-    if method not in ("dense", "index_add"):
-        raise ValueError(f"method must be 'dense' or 'index_add', not {method!r}")
-    e = torch.empty(0, dtype=dtype).element_size()
-    v = torch.empty(0, dtype=value_dtype).element_size()
-    total = 0.0
-    for shape, entries in zip(shapes, nnz, strict=True):
-        numel = math.prod(shape)
-        payload = entries * (8 + v)
-        if method == "dense":
-            sectors = 2 * SECTOR_BYTES * _touched_sectors(numel, entries, 4)
-            total += 4 * numel + payload + sectors + 12 * numel + 2 * e * numel
-        else:
-            sectors = 2 * SECTOR_BYTES * _touched_sectors(numel, entries, e)
-            total += payload + 2 * entries * (v + e) + sectors
-    return round(num_diffs * total)

@@ -75,7 +75,7 @@ from __future__ import annotations
 
 import functools
 import itertools
-import math
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -83,30 +83,12 @@ import torch
 import triton
 import triton.language as tl
 
-from . import KernelSpec, upload
-
-RADIX_BITS = 8
-RADIX = 1 << RADIX_BITS
-PASS_SHIFTS: tuple[int, ...] = (24, 16, 8, 0)
-"""Digit shifts of the radix passes; pass p reads digit ``(key >> PASS_SHIFTS[p]) & 255``."""
-
-LAST_PASS: dict[torch.dtype, int] = {torch.float32: 3, torch.float16: 2, torch.bfloat16: 1}
-"""Index of the last pass whose digit can be non-zero in keys of each dtype."""
-
-
-def last_pass(dtype: torch.dtype, has_base: bool) -> int:
-    """Index of the last pass a group needs: its dtype's, or the fp32 one with a base (the
-    fp32 difference of two bf16 / fp16 values can use every fp32 mantissa bit)."""
-    return PASS_SHIFTS.index(0) if has_base else LAST_PASS[dtype]
-
-LIST_PASS = 2
-"""The digit passes from this one on read the candidate list (when the call has one)."""
+from . import KernelSpec, _topk_specs, upload
+from ._common import TL_DTYPES
+from ._topk_plan import BLOCK_ELEMS, LAST_PASS, LIST_PASS, PASS_SHIFTS, RADIX, RADIX_BITS, last_pass
 
 LIST_SHIFT = PASS_SHIFTS[LIST_PASS - 1]
 """Key bits below the prefix that decides what enters the list (16: two digits known)."""
-
-BLOCK_ELEMS = 16384
-"""Elements per block, the unit of the per-block bookkeeping (1 KiB histogram per block)."""
 
 OFFSET_BITS = 14
 """Bits of an in-block offset in a list entry (``key << 14 | offset``): BLOCK_ELEMS <= 2^14."""
@@ -142,7 +124,6 @@ COMPACT_WARPS = 4
 COMPACT_STAGES = 1
 SELECT_WARPS = 4
 
-_TL_DTYPE = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 
 _RADIX = tl.constexpr(RADIX)
 _RADIX_BITS = tl.constexpr(RADIX_BITS)
@@ -183,23 +164,10 @@ _STATE_THRESHOLD = tl.constexpr(2)
 _INF_KEY = tl.constexpr(0x7F800000)
 
 
-# The interpreted copy of this module (``kernel_module(..., interpret=True)``) cannot call
-# triton.language's own ``@jit`` helpers (tl.sum, tl.cumsum, tl.zeros, tl.cdiv, ...): they were
-# decorated for compilation. Sums and scans therefore call the builtins tl.reduce /
-# tl.associative_scan with triton's ``_sum_combine``, which the interpreter runs with numpy.
-_SUM = tl.standard._sum_combine
-
-
-@triton.jit
-def _total(x):
-    """Sum of a 1-D block, in its own dtype."""
-    return tl.reduce(x, 0, _SUM)
-
-
 @triton.jit
 def _exclusive_cumsum(x):
     """Exclusive prefix sum of a 1-D block, in its own dtype."""
-    return tl.associative_scan(x, 0, _SUM) - x
+    return tl.cumsum(x, 0) - x
 
 
 @triton.jit
@@ -312,11 +280,11 @@ def _histogram_blocks(
             digits = (keys >> SHIFT) & (_RADIX - 1)
             if SHIFT == _TOP_SHIFT:
                 in_band = valid
-                nans += _total((keys > _INF_KEY).to(tl.int32))
+                nans += tl.sum((keys > _INF_KEY).to(tl.int32))
             else:
                 high = (keys >> SHIFT) >> _RADIX_BITS
                 in_band = valid & (high == prefix)
-                above += _total((valid & (high > prefix)).to(tl.int32))
+                above += tl.sum((valid & (high > prefix)).to(tl.int32))
             block_hist += tl.histogram(digits, _RADIX, mask=in_band)
         totals += block_hist
         if STORE_BLOCKS:
@@ -442,17 +410,17 @@ def _select_digit_kernel(hist_ptr, next_hist_ptr, state_ptr, list_hist_ptr, list
     use_list = _list_use(list_total_ptr, capacity)
     list_row = tl.load(list_hist_ptr + bins)
     rows = tl.where(use_list, tl.where(groups[:, None] == 0, list_row[None, :], 0), rows)
-    hist = tl.reduce(rows, 0, _SUM)
+    hist = tl.sum(rows, 0)
     remaining = tl.load(state_ptr + _STATE_REMAINING)
-    at_or_above = _total(hist) - tl.associative_scan(hist, 0, _SUM) + hist
-    digit = _total((at_or_above >= remaining).to(tl.int64)) - 1
+    at_or_above = tl.sum(hist, 0) - tl.cumsum(hist, 0) + hist
+    digit = tl.sum((at_or_above >= remaining).to(tl.int64)) - 1
     chosen = bins == digit
-    above = _total(tl.where(chosen, at_or_above - hist, 0))
+    above = tl.sum(tl.where(chosen, at_or_above - hist, 0))
     prefix = tl.load(state_ptr + _STATE_PREFIX) * _RADIX + digit
     tl.store(state_ptr + _STATE_REMAINING, remaining - above)
     tl.store(state_ptr + _STATE_PREFIX, prefix)
     tl.store(state_ptr + _STATE_THRESHOLD, prefix << shift)
-    band = tl.reduce(tl.where(chosen[None, :], rows, 0), 1, _SUM)
+    band = tl.sum(tl.where(chosen[None, :], rows, 0), 1)
     carry = present & (((tl.where(use_list, 0, carry_mask) >> groups) & 1) != 0)
     tl.store(next_hist_ptr + groups * _RADIX, band, mask=carry)
 
@@ -489,8 +457,8 @@ def _classify_from_histograms(table_ptr, block_column_ptr, block_hist_ptr, block
     exact = (threshold & ((1 << shift) - 1)) == 0
     bins = tl.arange(0, _RADIX)
     hist = tl.load(block_hist_ptr + g[:, None] * _RADIX + bins[None, :], mask=valid[:, None], other=0)
-    equal = tl.reduce(tl.where(bins[None, :] == digit[:, None], hist, 0), 1, _SUM).to(tl.int64)
-    higher = tl.reduce(tl.where(bins[None, :] > digit[:, None], hist, 0), 1, _SUM).to(tl.int64)
+    equal = tl.sum(tl.where(bins[None, :] == digit[:, None], hist, 0), 1).to(tl.int64)
+    higher = tl.sum(tl.where(bins[None, :] > digit[:, None], hist, 0), 1).to(tl.int64)
     above = tl.load(block_above_ptr + g, mask=valid, other=0).to(tl.int64) + higher
     equal = tl.where(exact, equal, 0)
     if PARTITION:
@@ -524,8 +492,8 @@ def _classify_from_list(table_ptr, block_column_ptr, state_ptr, sums_ptr, list_p
                 entry = first + tl.arange(0, TILE)
                 present = entry < end
                 keys = tl.load(list_ptr + entry, mask=present, other=0) >> _OFFSET_BITS
-                greater += _total((present & (keys > threshold)).to(tl.int32))
-                equal += _total((present & (keys == threshold)).to(tl.int32))
+                greater += tl.sum((present & (keys > threshold)).to(tl.int32))
+                equal += tl.sum((present & (keys == threshold)).to(tl.int32))
             tl.store(sums_ptr + g, greater)
             tl.store(sums_ptr + num_blocks + g, equal)
 
@@ -608,7 +576,7 @@ def _partition_kernel(
                 kept = (valid & (keys >= lowest)).to(tl.int32)
                 entries = (keys.to(tl.int64) << _OFFSET_BITS) | (s * TILE + tl.arange(0, TILE))
                 tl.store(list_ptr + slot + _exclusive_cumsum(kept), entries, mask=kept != 0)
-                slot += _total(kept)
+                slot += tl.sum(kept)
 
 
 @triton.jit
@@ -637,8 +605,8 @@ def _compact_list(list_ptr, list_ends_ptr, g, threshold, take_equal, slot, index
         chosen = ((present & (keys > threshold)) | ((equal != 0) & (equal_rank < take_equal))).to(tl.int32)
         flat = index_base + (packed & _OFFSET_MASK)
         tl.store(out_ptr + slot + _exclusive_cumsum(chosen), flat, mask=chosen != 0)
-        slot += _total(chosen)
-        equal_seen += _total(equal)
+        slot += tl.sum(chosen)
+        equal_seen += tl.sum(equal)
 
 
 @triton.jit
@@ -656,8 +624,8 @@ def _compact_data(values, subtrahend, block_start, head, end, threshold, take_eq
         chosen = ((valid & (keys > threshold)) | ((equal != 0) & (equal_rank < take_equal))).to(tl.int32)
         flat = index_base + tile_start + tl.arange(0, TILE)
         tl.store(out_ptr + slot + _exclusive_cumsum(chosen), flat, mask=chosen != 0)
-        slot += _total(chosen)
-        equal_seen += _total(equal)
+        slot += tl.sum(chosen)
+        equal_seen += tl.sum(equal)
 
 
 @triton.jit(do_not_specialize=["capacity", "num_columns", "num_blocks", "first_block"])
@@ -858,7 +826,7 @@ class _Buffers:
 def _launch_histogram(plan: _Plan, p: int, index: int, group: _Group, buffers: _Buffers, owns_list: bool) -> None:
     """One group's histogram launch of pass ``p``."""
     grid = (_programs(buffers.table.device, group.num_blocks),)
-    common = dict(DTYPE=_TL_DTYPE[group.dtype], HAS_BASE=group.has_base, SHIFT=PASS_SHIFTS[p],
+    common = dict(DTYPE=TL_DTYPES[group.dtype], HAS_BASE=group.has_base, SHIFT=PASS_SHIFTS[p],
                   BLOCK=BLOCK_ELEMS, TILE=histogram_tile(group.dtype, PASS_SHIFTS[p]),
                   num_warps=HISTOGRAM_WARPS, num_stages=HISTOGRAM_STAGES)
     if p < LIST_PASS:
@@ -906,7 +874,7 @@ def _fill_list(plan: _Plan, buffers: _Buffers) -> None:
         _partition_kernel[(group.num_blocks,)](
             buffers.table, buffers.block_column, buffers.state, buffers.candidates, buffers.list_ends,
             plan.list_capacity, plan.num_columns, plan.total_blocks, group.first_block,
-            DTYPE=_TL_DTYPE[group.dtype], HAS_BASE=group.has_base, BLOCK=BLOCK_ELEMS, TILE=COMPACT_TILE,
+            DTYPE=TL_DTYPES[group.dtype], HAS_BASE=group.has_base, BLOCK=BLOCK_ELEMS, TILE=COMPACT_TILE,
             num_warps=COMPACT_WARPS, num_stages=COMPACT_STAGES,
         )
 
@@ -988,7 +956,7 @@ def topk_indices(
         _compact_indices_kernel[(group.num_blocks,)](
             buffers.table, buffers.block_column, buffers.state, sums, out, stats, buffers.candidates,
             buffers.list_ends, buffers.list_total, plan.list_capacity, plan.num_columns, plan.total_blocks,
-            group.first_block, DTYPE=_TL_DTYPE[group.dtype], HAS_BASE=group.has_base, BLOCK=BLOCK_ELEMS,
+            group.first_block, DTYPE=TL_DTYPES[group.dtype], HAS_BASE=group.has_base, BLOCK=BLOCK_ELEMS,
             TILE=COMPACT_TILE, num_warps=COMPACT_WARPS, num_stages=COMPACT_STAGES,
         )
     return out, stats
@@ -1027,7 +995,7 @@ def histogram_pass(x: torch.Tensor, shift: int, prefix: int) -> Callable[[], tor
         _digit_histogram_kernel[grid](
             table, block_column, prefix_t, hist, nan, block_hist, block_above,
             plan.num_columns, group.first_block, group.num_blocks,
-            DTYPE=_TL_DTYPE[x.dtype], HAS_BASE=False, SHIFT=shift,
+            DTYPE=TL_DTYPES[x.dtype], HAS_BASE=False, SHIFT=shift,
             STORE_BLOCKS=PASS_SHIFTS.index(shift) == LIST_PASS - 1, BLOCK=BLOCK_ELEMS,
             TILE=histogram_tile(x.dtype, shift), num_warps=HISTOGRAM_WARPS, num_stages=HISTOGRAM_STAGES,
         )
@@ -1036,158 +1004,7 @@ def histogram_pass(x: torch.Tensor, shift: int, prefix: int) -> Callable[[], tor
     return launch
 
 
-_TABLE = {"table_ptr": "*i64", "block_column_ptr": "*i64"}
-_HISTOGRAM_SIGNATURE = {
-    **_TABLE, "prefix_ptr": "*i64", "hist_ptr": "*i64", "nan_ptr": "*i64", "block_hist_ptr": "*i32",
-    "block_above_ptr": "*i32", "num_columns": "i32", "first_block": "i32", "num_blocks": "i32",
-    "DTYPE": "constexpr", "HAS_BASE": "constexpr", "SHIFT": "constexpr", "STORE_BLOCKS": "constexpr",
-    "BLOCK": "constexpr", "TILE": "constexpr",
-}
-_BAND_SIGNATURE = {
-    **_TABLE, "state_ptr": "*i64", "hist_ptr": "*i64", "block_hist_ptr": "*i32", "block_above_ptr": "*i32",
-    "list_ptr": "*i64", "list_hist_ptr": "*i64", "list_total_ptr": "*i64", "capacity": "i64", "owns_list": "i32",
-    "num_columns": "i32", "first_block": "i32", "num_blocks": "i32", "DTYPE": "constexpr", "HAS_BASE": "constexpr",
-    "SHIFT": "constexpr", "STORE_BLOCKS": "constexpr", "BLOCK": "constexpr", "TILE": "constexpr",
-    "LIST_TILE": "constexpr",
-}
-_SELECT_SIGNATURE = {
-    "hist_ptr": "*i64", "next_hist_ptr": "*i64", "state_ptr": "*i64", "list_hist_ptr": "*i64",
-    "list_total_ptr": "*i64", "capacity": "i64", "num_groups": "i32", "carry_mask": "i32", "shift": "i32",
-    "GROUPS": "constexpr",
-}
-_CLASSIFY_SIGNATURE = {
-    **_TABLE, "block_hist_ptr": "*i32", "block_above_ptr": "*i32", "state_ptr": "*i64", "sums_ptr": "*i64",
-    "list_ptr": "*i64", "list_ends_ptr": "*i64", "list_total_ptr": "*i64", "capacity": "i64",
-    "num_columns": "i32", "num_blocks": "i32", "ROWS": "constexpr", "PARTITION": "constexpr", "TILE": "constexpr",
-}
-_PARTITION_SIGNATURE = {
-    **_TABLE, "state_ptr": "*i64", "list_ptr": "*i64", "list_ends_ptr": "*i64", "capacity": "i64",
-    "num_columns": "i32", "num_blocks": "i32", "first_block": "i32", "DTYPE": "constexpr", "HAS_BASE": "constexpr",
-    "BLOCK": "constexpr", "TILE": "constexpr",
-}
-_COMPACT_SIGNATURE = {
-    **_TABLE, "state_ptr": "*i64", "sums_ptr": "*i64", "out_ptr": "*i64", "counts_ptr": "*i64", "list_ptr": "*i64",
-    "list_ends_ptr": "*i64", "list_total_ptr": "*i64", "capacity": "i64", "num_columns": "i32", "num_blocks": "i32",
-    "first_block": "i32", "DTYPE": "constexpr", "HAS_BASE": "constexpr", "BLOCK": "constexpr", "TILE": "constexpr",
-}
-_DTYPE_NAME = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-
-
-def _group_name(dtype: torch.dtype, has_base: bool) -> str:
-    return _DTYPE_NAME[dtype] + ("_base" if has_base else "")
-
-
-def _histogram_specs(dtype: torch.dtype, has_base: bool) -> list[KernelSpec]:
-    """The histogram launches of one group: the first two passes over the data, then the band
-    passes (list or data) up to the dtype's last."""
-    specs = []
-    for p in range(last_pass(dtype, has_base) + 1):
-        shift = PASS_SHIFTS[p]
-        constexprs = {"DTYPE": _TL_DTYPE[dtype], "HAS_BASE": has_base, "SHIFT": shift, "BLOCK": BLOCK_ELEMS,
-                      "TILE": histogram_tile(dtype, shift)}
-        if p < LIST_PASS:
-            kernel, signature = _digit_histogram_kernel, _HISTOGRAM_SIGNATURE
-            constexprs["STORE_BLOCKS"] = p == LIST_PASS - 1
-        else:
-            kernel, signature = _band_histogram_kernel, _BAND_SIGNATURE
-            constexprs |= {"STORE_BLOCKS": p == last_pass(dtype, has_base), "LIST_TILE": COMPACT_TILE}
-        specs.append(KernelSpec(
-            name=f"topk_histogram_{_group_name(dtype, has_base)}_shift{shift}", kernel=kernel, signature=signature,
-            constexprs=constexprs, num_warps=HISTOGRAM_WARPS, num_stages=HISTOGRAM_STAGES,
-            promises=frozenset({"block_local_histogram", "vectorized_loads"}),
-        ))
-    return specs
-
-
-def _per_block_specs(dtype: torch.dtype, has_base: bool) -> list[KernelSpec]:
-    """The partition and the compaction of one group (one program per block)."""
-    constexprs = {"DTYPE": _TL_DTYPE[dtype], "HAS_BASE": has_base, "BLOCK": BLOCK_ELEMS, "TILE": COMPACT_TILE}
-    return [
-        KernelSpec(name=f"topk_{step}_{_group_name(dtype, has_base)}", kernel=kernel, signature=signature,
-                   constexprs=constexprs, num_warps=COMPACT_WARPS, num_stages=COMPACT_STAGES,
-                   promises=frozenset({"vectorized_loads"}))
-        for step, kernel, signature in (("partition", _partition_kernel, _PARTITION_SIGNATURE),
-                                        ("compact", _compact_indices_kernel, _COMPACT_SIGNATURE))
-    ]
-
-
-def _specializations() -> list[KernelSpec]:
-    groups = [(dtype, has_base) for dtype in LAST_PASS for has_base in (False, True)]
-    specs = [spec for group in groups for spec in _histogram_specs(*group)]
-    specs.append(KernelSpec(
-        name="topk_select_digit", kernel=_select_digit_kernel, signature=_SELECT_SIGNATURE,
-        constexprs={"GROUPS": MAX_GROUPS}, num_warps=SELECT_WARPS, num_stages=1,
-        promises=frozenset({"vectorized_loads"}),
-    ))
-    for partition in (True, False):
-        specs.append(KernelSpec(
-            name=f"topk_classify_{'partition' if partition else 'blocks'}", kernel=_classify_blocks_kernel,
-            signature=_CLASSIFY_SIGNATURE,
-            constexprs={"ROWS": CLASSIFY_ROWS, "PARTITION": partition, "TILE": COMPACT_TILE},
-            num_warps=SELECT_WARPS, num_stages=1, promises=frozenset({"vectorized_loads"}),
-        ))
-    specs += [spec for group in groups for spec in _per_block_specs(*group)]
-    return specs
-
-
-SPECIALIZATIONS: list[KernelSpec] = _specializations()
+SPECIALIZATIONS: list[KernelSpec] = _topk_specs.specializations(sys.modules[__name__])
 """Histogram: one per (dtype, with or without a base, pass) the launcher runs; digit selection:
 one; block classification: the partition's and the final one; partition and compaction: one
 per (dtype, with or without a base)."""
-
-
-_BLOCK_BOOKKEEPING_BYTES = 3 * RADIX * 4 + 128
-"""Per block: its histogram written once and read once by a classification, plus its counters
-(above, greater / equal and their cumulative sums, read by the compaction): about 2 KiB +
-100 B, counted as 3 KiB + 128 B (an upper bound; under 1% of a block's input bytes)."""
-
-LIST_ENTRY_BYTES = 8
-
-
-FULL_PASSES = 3
-"""Passes over all elements of a call whose candidate list fits: two histograms and the
-partition (fp32, fp16, any dtype with bases) or the compaction (bf16). With an overflowing list
-fp32 makes 5 and fp16 4 (5 with bases), as without a list."""
-
-
-def bytes_moved(shapes: Sequence[Sequence[int]], k: int, dtype: torch.dtype, with_base: bool = False) -> int:
-    """HBM bytes ``topk_indices`` moves for tensors of ``shapes`` and one ``dtype`` (``with_base``:
-    every tensor has a base of its shape, read beside it) when its candidate list fits.
-
-    With N the total numel, e the element size (2e with bases), P the passes (fp32 4, fp16 3,
-    bf16 2; 4 with bases) and B = sum over tensors of ceil(numel / 16384) blocks::
-
-        3 * N * e                  three full passes: two histograms and the partition (fp32,
-                                   fp16) or the compaction's read (bf16)
-      + 8 * k * (P - 2 + 3)        fp32 / fp16: the list, k entries (its threshold bin's
-                                   candidates counted as none), written once and read by the
-                                   P - 2 later digit passes, the classification and the
-                                   compaction
-      + 8 * k                      int64 indices written
-      + B * (3 * 256 * 4 + 128)    per-block histograms and counters (an upper bound)
-    """
-    numels = [math.prod(shape) for shape in shapes]
-    n = sum(numels)
-    e = torch.empty(0, dtype=dtype).element_size() * (2 if with_base else 1)
-    blocks = sum(-(-numel // BLOCK_ELEMS) for numel in numels)
-    passes = last_pass(dtype, with_base) + 1
-    list_bytes = 0 if passes <= LIST_PASS else LIST_ENTRY_BYTES * k * (passes - LIST_PASS + 3)
-    return FULL_PASSES * n * e + list_bytes + 8 * k + blocks * _BLOCK_BOOKKEEPING_BYTES
-
-
-def baseline_bytes_moved(shapes: Sequence[Sequence[int]], k: int, dtype: torch.dtype) -> int:
-    """HBM bytes of the dense torch baseline: ``torch.cat`` of the flattened tensors, then
-    ``torch.topk`` and a sort of the k flat indices back into per-tensor order.
-
-    With N, e as in :func:`bytes_moved` and R = 8 * e / 8 radix digits of torch's key (4 for
-    fp32, 2 for 16-bit types)::
-
-        2 * N * e        cat: read every tensor, write the flat copy (an extra N * e buffer)
-      + (R + 1) * N * e  topk radix select: one read per 8-bit digit, one gathering read
-      + k * (e + 8)      topk values and int64 indices written
-      + 4 * 8 * k        sort of the k indices (read + write) and the per-tensor split
-                         (read + write); a lower bound for the sort
-    """
-    n = sum(math.prod(shape) for shape in shapes)
-    e = torch.empty(0, dtype=dtype).element_size()
-    return (2 + e + 1) * n * e + k * (e + 8) + 32 * k

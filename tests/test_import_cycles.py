@@ -19,14 +19,6 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "deftx"
 
-KNOWN_CYCLES: list[tuple[str, str]] = [
-    ("deftx.ops.topk", "deftx.distributed.topk"),
-]
-"""(importer, imported) edges of the known cycles another branch is removing: ops -> distributed
-(``ops.topk`` imports ``distributed.topk``, whose package imports ``ops``). Lead: delete this list
-(and its use below) when merging that branch."""
-
-
 def module_name(path: Path, root: Path) -> str:
     """``deftx/sft/diff.py`` -> ``deftx.sft.diff``; a package's ``__init__.py`` -> the package."""
     parts = list(path.relative_to(root.parent).with_suffix("").parts)
@@ -122,7 +114,7 @@ def find_cycle(graph: Mapping[str, set[str]]) -> list[str] | None:
 
 
 def test_no_import_cycle_in_deftx() -> None:
-    cycle = find_cycle(import_graph(KNOWN_CYCLES))
+    cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 
 

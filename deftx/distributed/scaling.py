@@ -38,6 +38,7 @@ from torch.distributed.tensor import Shard, distribute_tensor, init_device_mesh
 
 from deftx.distributed.topk import sharded_topk_local
 from deftx.ops import scatter_add_, topk_mask
+from deftx.ops.cost import rsvd as rsvd_cost
 from deftx.perf.shapes import BUILTIN_SHAPE_SETS, LLAMA_2_70B, ShapeSet
 
 RANKS: tuple[int, ...] = (8, 64, 512)
@@ -212,11 +213,15 @@ def selection_row(shapes: ShapeSet, ranks: int, costs: MeasuredCosts, net: Netwo
 
 
 def _rsvd_flops(rows: int, cols: int) -> tuple[float, float]:
-    """(flops on the local rows, replicated small-matrix flops) of one sharded rSVD + reconstruction."""
-    q = SKETCH_COLUMNS
-    local = 2 * rows * cols * q * (2 * POWER_ITERATIONS + 3) + 4 * (POWER_ITERATIONS + 1) * rows * q * q
-    replicated = 4 * (POWER_ITERATIONS + 2) * cols * q * q
-    return local, replicated
+    """(flops on the local rows, replicated small-matrix flops) of one sharded rSVD + reconstruction.
+
+    The products with the local Δ and the reconstruction come from the op's cost model; the
+    sharded orthonormalisation (Gram matrices of the local rows, Cholesky QR) adds
+    ``4 (n_iter + 1) rows q²`` locally and ``4 (n_iter + 2) cols q²`` replicated on every rank.
+    """
+    q, n_iter = SKETCH_COLUMNS, POWER_ITERATIONS
+    local = rsvd_cost.product_flops(rows, cols, q, n_iter, has_base=False) + rsvd_cost.reconstruct_flops(rows, cols, q)
+    return local + 4 * (n_iter + 1) * rows * q * q, 4 * (n_iter + 2) * cols * q * q
 
 
 def rsvd_bytes(cols: int, q: int = SKETCH_COLUMNS, n_iter: int = POWER_ITERATIONS) -> int:

@@ -49,6 +49,7 @@ from torch.distributed.tensor import DTensor, Replicate, Shard
 from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
 from deftx.distributed import comm
+from deftx.ops.extensions import register_subclass_handler
 from deftx.ops.validation import check_count, check_float_dtype
 
 RADIX_BITS = 8
@@ -369,3 +370,6 @@ def topk_mask_dtensor(
         )
         for mask, t in zip(masks, tensors, strict=True)
     ]
+
+
+register_subclass_handler("topk", DTensor, topk_mask_dtensor)

@@ -18,6 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
+from deftx.kernels._common import TL_DTYPES
 from deftx.kernels.topk import _magnitude_key
 
 TILE = 2048
@@ -25,7 +26,6 @@ RADIX = 256
 WARPS = 4
 PROGRAMS_PER_SM = 8
 INTERPRETER_PROGRAMS = 3
-_TL_DTYPE = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
 
 @triton.jit
@@ -35,7 +35,7 @@ def _probe_digit_sum_kernel(x_ptr, out_ptr, n, DTYPE: tl.constexpr, SHIFT: tl.co
         offsets = start + tl.arange(0, TILE)
         x = tl.load(x_ptr + offsets, mask=offsets < n, other=0.0)
         acc += ((_magnitude_key(x, DTYPE) >> SHIFT) & 255).to(tl.int32)
-    tl.atomic_add(out_ptr, tl.reduce(acc, 0, tl.standard._sum_combine).to(tl.int64), sem="relaxed")
+    tl.atomic_add(out_ptr, tl.sum(acc, 0).to(tl.int64), sem="relaxed")
 
 
 @triton.jit
@@ -60,7 +60,7 @@ def programs(device: torch.device) -> int:
 def digit_sum(x: torch.Tensor, shift: int, out: torch.Tensor) -> torch.Tensor:
     """Add the sum of the digits ``(key(|x|) >> shift) & 255`` to ``out`` (int64 (1,))."""
     _probe_digit_sum_kernel[(programs(x.device),)](
-        x, out, x.numel(), DTYPE=_TL_DTYPE[x.dtype], SHIFT=shift, TILE=TILE, num_warps=WARPS
+        x, out, x.numel(), DTYPE=TL_DTYPES[x.dtype], SHIFT=shift, TILE=TILE, num_warps=WARPS
     )
     return out
 
@@ -68,7 +68,7 @@ def digit_sum(x: torch.Tensor, shift: int, out: torch.Tensor) -> torch.Tensor:
 def digit_histogram(x: torch.Tensor, shift: int, hist: torch.Tensor) -> torch.Tensor:
     """Add the 256-bin histogram of the digits to ``hist`` (int64 (256,))."""
     _probe_histogram_kernel[(programs(x.device),)](
-        x, hist, x.numel(), DTYPE=_TL_DTYPE[x.dtype], SHIFT=shift, TILE=TILE, num_warps=WARPS
+        x, hist, x.numel(), DTYPE=TL_DTYPES[x.dtype], SHIFT=shift, TILE=TILE, num_warps=WARPS
     )
     return hist
 
@@ -86,7 +86,7 @@ def _specializations():
                 kernel=kernel,
                 signature={"x_ptr": f"*{name}", out: "*i64", "n": "i32", "DTYPE": "constexpr", "SHIFT": "constexpr",
                            "TILE": "constexpr"},
-                constexprs={"DTYPE": _TL_DTYPE[dtype], "SHIFT": 24, "TILE": TILE},
+                constexprs={"DTYPE": TL_DTYPES[dtype], "SHIFT": 24, "TILE": TILE},
                 num_warps=WARPS,
                 num_stages=3,
             ))

@@ -1,7 +1,9 @@
 """Triton kernels of deftx, one op per module, imported as ``deftx.kernels``.
 
-The op modules (``topk``, ``scatter``, ``rsvd``, ``masked_step``) live in the
-repository's top-level ``kernels/`` folder. That folder has no ``__init__.py`` on
+The op modules (one per op of the registry :data:`deftx.ops.registry.OPS` with a Triton
+backend, named as the op: ``topk``, ``scatter``, ``rsvd``, ``masked_step``), their shared
+helpers (``_common``) and specialisation lists (``_<op>_specs``) live in the repository's
+top-level ``kernels/`` folder. That folder has no ``__init__.py`` on
 purpose: a regular package named ``kernels`` at the repository root would shadow the
 third-party ``kernels`` distribution (Hugging Face's Hub kernel loader, which
 ``transformers`` imports) whenever the root is on ``sys.path`` (``python -m pytest``,
@@ -9,17 +11,21 @@ scripts run from the checkout). Installed from a wheel, the op modules are copie
 beside this file (``setup.py``); run from a checkout or an editable install, this
 package adds the checkout's ``kernels/`` folder to its ``__path__``.
 
-Each kernel module holds its ``@triton.jit`` kernels, their launcher, the
-specialisations it is compiled for (``SPECIALIZATIONS``) and its bytes-moved model.
-This package adds what every tool needs:
+Each kernel module holds its ``@triton.jit`` kernels and their launchers, and exposes the
+specialisations it is compiled for (``SPECIALIZATIONS``, built by its ``_<op>_specs`` module);
+its cost model is pure Python in :mod:`deftx.ops.cost`. Nothing here imports :mod:`deftx.ops`
+at run time (the ops dispatch to the kernels, not the reverse). This package adds what every
+tool needs:
 
-* :class:`KernelSpec` and :func:`specializations` — the registry the static
-  compile test and ``deftx profile --static`` enumerate.
+* :class:`KernelSpec` — one compiled specialisation; the op registry lists every op module's
+  (:func:`deftx.ops.registry.kernel_specializations`) for the static compile test and
+  ``deftx profile --static``.
 * :func:`kernel_module` — the module to launch for a device: the ordinary
   (compiled) module for CUDA tensors, or a copy whose kernels run under the Triton
   interpreter for CPU tensors, so every kernel can run anywhere. It also works
-  around two interpreter defects (Triton 3.6 and 3.9): interpreted kernels could not
-  call Triton's own ``@jit`` helpers, and Triton 3.6's scalar ``__index__`` fails on
+  around interpreter defects (Triton 3.6 and 3.9): interpreted kernels could not call
+  ``@jit`` helpers of other modules (``tl.sum``, ``kernels/_common.py``), and Triton's own
+  device call leaves the language patched; Triton 3.6's scalar ``__index__`` fails on
   NumPy >= 2.4.
 * :func:`upload` — the launchers' one host-to-device copy. A launcher plans on the
   host with Python integers (addresses, sizes, offsets: never a read of device data)
@@ -42,8 +48,6 @@ from typing import Any
 
 import torch
 
-KERNEL_MODULES: tuple[str, ...] = ("topk", "scatter", "rsvd", "masked_step")
-
 
 def _source_tree_kernels() -> list[str]:
     """The checkout's top-level ``kernels/`` folder, when the op modules are not installed here.
@@ -52,10 +56,10 @@ def _source_tree_kernels() -> list[str]:
     ``["<checkout>/kernels"]``.
     """
     here = Path(__file__).resolve().parent
-    if (here / f"{KERNEL_MODULES[0]}.py").exists():
+    if (here / "_common.py").exists():
         return []
     checkout_kernels = here.parent.parent / "kernels"
-    if not (checkout_kernels / f"{KERNEL_MODULES[0]}.py").exists():
+    if not (checkout_kernels / "_common.py").exists():
         raise ImportError(f"deftx.kernels: the op modules are neither in {here} nor in {checkout_kernels}")
     return [str(checkout_kernels)]
 
@@ -106,20 +110,6 @@ def upload(values: Sequence[int], device: torch.device, dtype: torch.dtype = tor
     return out
 
 
-def _module(name: str) -> ModuleType:
-    if name not in KERNEL_MODULES:
-        raise KeyError(f"unknown kernel module {name!r}; known: {', '.join(KERNEL_MODULES)}")
-    return importlib.import_module(f"{__name__}.{name}")
-
-
-def specializations() -> list[KernelSpec]:
-    """Every declared specialisation of every kernel module, in module order."""
-    specs: list[KernelSpec] = []
-    for name in KERNEL_MODULES:
-        specs.extend(getattr(_module(name), "SPECIALIZATIONS", ()))
-    return specs
-
-
 _INTERPRETED: dict[str, ModuleType] = {}
 _INSIDE_INTERPRETED_RUN: contextvars.ContextVar[bool] = contextvars.ContextVar("deftx_interpreted_run", default=False)
 
@@ -127,21 +117,30 @@ _INSIDE_INTERPRETED_RUN: contextvars.ContextVar[bool] = contextvars.ContextVar("
 def _interpreted_jit_call(original_call):
     """``JITFunction.__call__`` that, inside an interpreted launch, runs the callee interpreted too.
 
-    Triton's own ``@jit`` helpers (``tl.sum``, ``tl.cumsum``, ``tl.cdiv``...) were
-    decorated when triton was imported, as compiled ``JITFunction`` objects; an
-    interpreted kernel that calls them would otherwise fail with "Cannot call @triton.jit'd
-    outside of the scope of a kernel". Outside interpreted launches the original error
-    is kept.
-    """
-    from triton.runtime.interpreter import InterpretedFunction
+    Triton's own ``@jit`` helpers (``tl.sum``, ``tl.cumsum``, ``tl.zeros_like``...) and those of
+    ``kernels/_common.py`` were decorated when their module was imported, as compiled
+    ``JITFunction`` objects; an interpreted kernel that calls them would otherwise fail with
+    "Cannot call @triton.jit'd outside of the scope of a kernel". Outside interpreted launches
+    the original error is kept.
 
-    cache: dict[int, InterpretedFunction] = {}
+    The callee's language modules are patched for the interpreter only for the call and restored
+    after it: Triton's own device call leaves them patched, which for a helper of another module
+    (``triton.language.standard`` sees ``triton.language.core``, which the kernel does not) would
+    break every later compilation in the process.
+    """
+    from triton.runtime import interpreter
+
+    cache: dict[int, interpreter.InterpretedFunction] = {}
 
     def call(self, *args, **kwargs):
         if not _INSIDE_INTERPRETED_RUN.get():
             return original_call(self, *args, **kwargs)
-        fn = cache.setdefault(id(self.fn), InterpretedFunction(self.fn))
-        return fn(*args, **kwargs)
+        fn = cache.setdefault(id(self.fn), interpreter.InterpretedFunction(self.fn))
+        scope = interpreter._patch_lang(fn.fn)
+        try:
+            return fn.rewrite()(*args, **kwargs)
+        finally:
+            scope.restore()
 
     return call
 
@@ -229,7 +228,7 @@ def kernel_module(name: str, *, interpret: bool) -> ModuleType:
     imported, in which case the module itself is interpreted). Use ``interpret=True``
     for CPU tensors.
     """
-    module = _module(name)
+    module = importlib.import_module(f"{__name__}.{name}")
     if not interpret:
         return module
     if name not in _INTERPRETED:

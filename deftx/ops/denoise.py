@@ -42,13 +42,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
 import torch
 
 from deftx.ops import library
 from deftx.ops.dispatch import requested_backend
+from deftx.ops.settings import LowRankSettings
 from deftx.ops.validation import check_finite, check_float_dtype, check_not_meta
 
 INITIAL_ENERGY_SKETCH = 64
@@ -75,17 +76,10 @@ class LowRankFactors(NamedTuple):
 
 
 @dataclass(frozen=True)
-class _Settings:
-    """Validated options of one call."""
+class _Settings(LowRankSettings):
+    """Validated settings of one call, with the backend requested."""
 
-    rank: int | None
-    energy: float | None
-    method: str
-    oversample: int
-    n_iter: int
-    seed: int
-    precision: str
-    backend: str
+    backend: str = "auto"
 
 
 def gaussian_sketch(n: int, q: int, seed: int, device: torch.device) -> torch.Tensor:
@@ -170,13 +164,7 @@ def _settings(
     single: bool,
     matrices: Sequence[torch.Tensor],
     bases: Sequence[torch.Tensor | None],
-    rank: int | None,
-    energy: float | None,
-    method: str,
-    oversample: int,
-    n_iter: int,
-    seed: int,
-    precision: str,
+    options: LowRankSettings,
     backend: str | None,
 ) -> _Settings:
     """Validate a call's pairs and options (raising ValueError / TypeError that name the matrix).
@@ -188,17 +176,16 @@ def _settings(
         raise TypeError(f"{op}: expected a list of matrices, got a single tensor (wrap it in [...])")
     if len(bases) != len(matrices):
         raise ValueError(f"{op}: {len(matrices)} matrices but {len(bases)} bases")
-    _check_method(method, oversample, n_iter, precision, op)
+    method, precision = options.method, options.precision
+    _check_method(method, options.oversample, options.n_iter, precision, op)
     for i, (matrix, base) in enumerate(zip(matrices, bases, strict=True)):
         what = f"{op}: matrix" if single else f"{op}: matrices[{i}]"
         _check_pair(matrix, base, what, f"{op}: base" if single else f"{op}: bases[{i}]", check_values=single)
         if precision in FP32_ONLY_PRECISIONS and method == "randomized" and matrix.dtype != torch.float32:
             raise ValueError(f"{what}: precision {precision!r} is for fp32 weights, got {matrix.dtype}")
-    _check_rank(rank, energy, min(matrices[0].shape) if single else None, op)
-    return _Settings(
-        rank, None if energy is None else float(energy), method, oversample, n_iter, seed, precision,
-        requested_backend(backend),
-    )
+    _check_rank(options.rank, options.energy, min(matrices[0].shape) if single else None, op)
+    energy = None if options.energy is None else float(options.energy)
+    return _Settings(**{**asdict(options), "energy": energy}, backend=requested_backend(backend))
 
 
 # --------------------------------------------------------------------------- factorisation
@@ -376,6 +363,42 @@ def _factorize(
 # --------------------------------------------------------------------------- public ops
 
 
+def factors_batched(
+    matrices: Sequence[torch.Tensor],
+    bases: Sequence[torch.Tensor | None] | None,
+    settings: LowRankSettings,
+    *,
+    backend: str | None = None,
+    op: str = "lowrank_factors_batched",
+) -> list[LowRankFactors]:
+    """:func:`lowrank_factors_batched` with its options as one :class:`LowRankSettings`
+    (``op`` names the caller in errors)."""
+    pairs = list(bases) if bases is not None else [None] * len(matrices)
+    checked = _settings(op, False, matrices, pairs, settings, backend)
+    return _factorize(op, matrices, pairs, checked, report=True)
+
+
+def magnitudes_batched(
+    matrices: Sequence[torch.Tensor],
+    bases: Sequence[torch.Tensor | None] | None,
+    settings: LowRankSettings,
+    *,
+    backend: str | None = None,
+) -> list[torch.Tensor]:
+    """:func:`denoised_magnitudes_batched` with its options as one :class:`LowRankSettings`."""
+    factors = factors_batched(matrices, bases, settings, backend=backend, op="denoised_magnitudes_batched")
+    return reconstruct_magnitudes(factors, precision=settings.precision, backend=backend)
+
+
+def _single_factors(
+    matrix: torch.Tensor, base: torch.Tensor | None, settings: LowRankSettings, backend: str | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """U (m, r), S (r,), Vh (r, n) of one checked Δ (values checked too, rank <= min(m, n))."""
+    checked = _settings("lowrank_denoise", True, [matrix], [base], settings, backend)
+    u, s, vh, _ = _factorize("lowrank_denoise", [matrix], [base], checked, report=False)[0]
+    return u, s, vh
+
+
 def lowrank_factors_batched(
     matrices: Sequence[torch.Tensor],
     bases: Sequence[torch.Tensor | None] | None = None,
@@ -402,6 +425,9 @@ def lowrank_factors_batched(
             the Triton products' precision.
         backend: ``"auto" | "triton" | "torch"`` (default ``$DEFTX_BACKEND`` or auto).
 
+    The options are those of :class:`~deftx.ops.settings.LowRankSettings`
+    (:func:`factors_batched` takes them bundled).
+
     Returns:
         One :class:`LowRankFactors` per matrix, in input order, with ``energy`` filled (the
         randomized path computes ``||Δ||_F²`` in one fused pass per shape group for it).
@@ -411,12 +437,8 @@ def lowrank_factors_batched(
             a pair (names the matrix).
         TypeError: non-floating tensors, a non-int rank.
     """
-    pairs = list(bases) if bases is not None else [None] * len(matrices)
-    settings = _settings(
-        "lowrank_factors_batched", False, matrices, pairs, rank, energy, method, oversample, n_iter, seed, precision,
-        backend,
-    )
-    return _factorize("lowrank_factors_batched", matrices, pairs, settings, report=True)
+    settings = LowRankSettings(rank, energy, method, oversample, n_iter, seed, precision)
+    return factors_batched(matrices, bases, settings, backend=backend)
 
 
 def reconstruct_magnitudes(
@@ -481,13 +503,8 @@ def denoised_magnitudes_batched(
     host read for the call): it is what refuses NaN / Inf, naming the matrix, instead of
     returning NaN scores.
     """
-    pairs = list(bases) if bases is not None else [None] * len(matrices)
-    settings = _settings(
-        "denoised_magnitudes_batched", False, matrices, pairs, rank, energy, method, oversample, n_iter, seed,
-        precision, backend,
-    )
-    factors = _factorize("denoised_magnitudes_batched", matrices, pairs, settings, report=True)
-    return reconstruct_magnitudes(factors, precision=precision, backend=backend)
+    settings = LowRankSettings(rank, energy, method, oversample, n_iter, seed, precision)
+    return magnitudes_batched(matrices, bases, settings, backend=backend)
 
 
 def lowrank_factors(
@@ -507,11 +524,8 @@ def lowrank_factors(
 
     One matrix through :func:`lowrank_factors_batched`'s path (same Ω, same result).
     """
-    settings = _settings(
-        "lowrank_denoise", True, [matrix], [base], rank, energy, method, oversample, n_iter, seed, precision, backend
-    )
-    u, s, vh, _ = _factorize("lowrank_denoise", [matrix], [base], settings, report=False)[0]
-    return u, s, vh
+    return _single_factors(matrix, base, LowRankSettings(rank, energy, method, oversample, n_iter, seed, precision),
+                           backend)
 
 
 def lowrank_denoise(
@@ -542,18 +556,8 @@ def lowrank_denoise(
     Returns:
         The (m, n) fp32 reconstruction U diag(S) Vh, or ``(recon, U, S, Vh)``.
     """
-    u, s, vh = lowrank_factors(
-        matrix,
-        rank,
-        energy=energy,
-        base=base,
-        method=method,
-        oversample=oversample,
-        n_iter=n_iter,
-        seed=seed,
-        precision=precision,
-        backend=backend,
-    )
+    settings = LowRankSettings(rank, energy, method, oversample, n_iter, seed, precision)
+    u, s, vh = _single_factors(matrix, base, settings, backend)
     recon = (u * s) @ vh
     return (recon, u, s, vh) if return_factors else recon
 
@@ -576,15 +580,5 @@ def denoised_magnitudes(
     :func:`denoised_magnitudes_batched` of one pair: on CUDA the reconstruction and the
     absolute value are one fused kernel, so the score is the only (m, n) buffer written.
     """
-    return denoised_magnitudes_batched(
-        [matrix],
-        [base],
-        rank=rank,
-        energy=energy,
-        method=method,
-        oversample=oversample,
-        n_iter=n_iter,
-        seed=seed,
-        precision=precision,
-        backend=backend,
-    )[0]
+    settings = LowRankSettings(rank, energy, method, oversample, n_iter, seed, precision)
+    return magnitudes_batched([matrix], [base], settings, backend=backend)[0]

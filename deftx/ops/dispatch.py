@@ -10,7 +10,8 @@
   checking kernels anywhere) and says so once.
 * An explicitly requested backend that cannot run raises :class:`BackendUnavailableError`.
 
-Each backend is a module with the same functions (see ``/deftx/ops/reference``):
+The ops and their backends are those of the registry (:data:`deftx.ops.registry.OPS`). Each
+backend is a module with the same functions (see ``/deftx/ops/reference``):
 ``deftx.ops.reference.<op>``, ``deftx.ops.native.<op>``, ``deftx.kernels.<op>``.
 """
 
@@ -24,9 +25,8 @@ from types import ModuleType
 
 import torch
 
-BACKENDS: tuple[str, ...] = ("triton", "native", "torch")
-OPS: tuple[str, ...] = ("topk", "scatter", "rsvd", "masked_step")
-NATIVE_OPS: frozenset[str] = frozenset({"topk", "scatter", "masked_step"})
+from deftx.ops.registry import BACKENDS, OPS, op_entry
+
 ENV_VAR = "DEFTX_BACKEND"
 
 
@@ -56,8 +56,9 @@ def triton_unavailable_reason() -> str | None:
 
 def native_unavailable_reason(op: str) -> str | None:
     """Why the native C++ backend cannot run ``op`` on CPU tensors, or None."""
-    if op not in NATIVE_OPS:
-        return f"the native library does not implement {op!r} (torch is as fast on CPU)"
+    missing = op_entry(op).native_missing
+    if missing is not None:
+        return missing
     try:
         native = importlib.import_module("deftx.ops.native")
     except ImportError as err:
@@ -67,8 +68,7 @@ def native_unavailable_reason(op: str) -> str | None:
 
 def unavailable_reason(op: str, backend: str, device_type: str) -> str | None:
     """Why ``backend`` cannot run ``op`` on ``device_type`` tensors, or None if it can."""
-    if op not in OPS:
-        raise KeyError(f"unknown op {op!r}; known: {', '.join(OPS)}")
+    op_entry(op)
     if backend == "torch":
         return None
     if backend == "triton":
@@ -98,21 +98,8 @@ def auto_backend(op: str, device_type: str) -> tuple[str, str]:
 
 
 @functools.cache
-def _warn_native_missing_once(reason: str) -> None:
-    warnings.warn(
-        f"deftx: the native CPU backend is unavailable ({reason}); using the PyTorch backend "
-        "(run `deftx doctor` for details)",
-        stacklevel=4,
-    )
-
-
-@functools.cache
-def _warn_interpreter_once(op: str) -> None:
-    warnings.warn(
-        f"deftx: running the Triton kernel of {op!r} on CPU tensors under the Triton "
-        "interpreter (correct but slow; meant for checking kernels without a GPU)",
-        stacklevel=4,
-    )
+def _warn_once(message: str) -> None:
+    warnings.warn(message, stacklevel=4)
 
 
 def resolve(op: str, device: torch.device, backend: str | None = None) -> str:
@@ -120,26 +107,22 @@ def resolve(op: str, device: torch.device, backend: str | None = None) -> str:
     wanted = requested_backend(backend)
     if wanted == "auto":
         chosen, why = auto_backend(op, device.type)
-        if device.type == "cpu" and chosen == "torch" and op in NATIVE_OPS:
-            _warn_native_missing_once(why)
+        if device.type == "cpu" and chosen == "torch" and "native" in op_entry(op).backends:
+            _warn_once(f"deftx: the native CPU backend is unavailable ({why}); using the PyTorch backend "
+                       "(run `deftx doctor` for details)")
         return chosen
     reason = unavailable_reason(op, wanted, device.type)
     if reason is not None:
         raise BackendUnavailableError(f"{op}: backend {wanted!r} cannot run on {device}: {reason}")
     if wanted == "triton" and device.type == "cpu":
-        _warn_interpreter_once(op)
+        _warn_once(f"deftx: running the Triton kernel of {op!r} on CPU tensors under the Triton interpreter "
+                   "(correct but slow; meant for checking kernels without a GPU)")
     return wanted
 
 
 def implementation(op: str, backend: str, device: torch.device) -> ModuleType:
     """The module holding ``backend``'s functions for ``op``."""
-    if backend == "torch":
-        return importlib.import_module(f"deftx.ops.reference.{op}")
-    if backend == "native":
-        return importlib.import_module(f"deftx.ops.native.{op}")
-    from deftx.kernels import kernel_module
-
-    return kernel_module(op, interpret=device.type != "cuda")
+    return op_entry(op).backend_module(backend, interpret=device.type != "cuda")
 
 
 def backend_for(op: str, device: torch.device, backend: str | None = None) -> ModuleType:

@@ -26,6 +26,7 @@ import torch
 from torch.autograd.graph import increment_version
 
 from deftx.ops.dispatch import backend_for, common_device
+from deftx.ops.settings import AdamWSettings, MaskedStepTensors
 
 Result = TypeVar("Result")
 
@@ -138,19 +139,13 @@ def _masked_adamw_step(
     exp_avg_sqs: list[torch.Tensor],
     bases: list[torch.Tensor],
     step: int,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    l1: float,
+    hyperparameters: list[float],
     backend: str,
 ) -> None:
+    tensors = MaskedStepTensors(params, grads, indices, masters, exp_avgs, exp_avg_sqs, bases or None)
     device = common_device(params, "masked_adamw_step_")
-    backend_for("masked_step", device, backend).masked_adamw_step_(
-        params, grads, indices, masters, exp_avgs, exp_avg_sqs, bases or None,
-        step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, l1=l1,
-    )  # fmt: skip
+    run_step = backend_for("masked_step", device, backend).masked_adamw_step_
+    run_step(tensors, AdamWSettings.from_op(step, hyperparameters))
 
 
 _masked_adamw_step_op = torch.library.custom_op(
@@ -159,40 +154,25 @@ _masked_adamw_step_op = torch.library.custom_op(
 
 
 @_masked_adamw_step_op.register_fake
-def _masked_adamw_step_fake(params, grads, indices, masters, exp_avgs, exp_avg_sqs, bases, *rest) -> None:
+def _masked_adamw_step_fake(*args) -> None:
     return None
 
 
-def masked_adamw_step(
-    params: list[torch.Tensor],
-    grads: list[torch.Tensor],
-    indices: list[torch.Tensor],
-    masters: list[torch.Tensor],
-    exp_avgs: list[torch.Tensor],
-    exp_avg_sqs: list[torch.Tensor],
-    bases: list[torch.Tensor],
-    step: int,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    l1: float,
-    backend: str,
-) -> None:
-    """Masked AdamW step of checked inputs (``bases`` empty when unused), ``params`` non-empty.
+def masked_adamw_step(tensors: MaskedStepTensors, settings: AdamWSettings, backend: str) -> None:
+    """Masked AdamW step of checked tensors, ``params`` non-empty.
 
-    Eager: the implementation, then one call that bumps the version counters of the tensors
-    written, as the op would (autograd sees the in-place update). Traced, or on meta tensors:
-    the registered op (its fake does nothing).
+    The op takes the tensor lists (``bases`` empty when None), ``settings.step`` and
+    :meth:`~AdamWSettings.hyperparameters`. Eager: the implementation, then one call that bumps
+    the version counters of the tensors written, as the op would (autograd sees the in-place
+    update). Traced, or on meta tensors: the registered op (its fake does nothing).
     """
-    args = (params, grads, indices, masters, exp_avgs, exp_avg_sqs, bases,
-            step, lr, beta1, beta2, eps, weight_decay, l1, backend)  # fmt: skip
-    if params[0].is_meta or is_traced([*params, *grads, *masters]):
+    lists = [list(t) for t in tensors[:-1]]
+    args = (*lists, list(tensors.bases or []), settings.step, settings.hyperparameters(), backend)
+    if tensors.params[0].is_meta or is_traced([*tensors.params, *tensors.grads, *tensors.masters]):
         _masked_adamw_step_op(*args)
         return
     _masked_adamw_step(*args)
-    increment_version([*params, *masters, *exp_avgs, *exp_avg_sqs])
+    increment_version([*tensors.params, *tensors.masters, *tensors.exp_avgs, *tensors.exp_avg_sqs])
 
 
 def _randomized_svd(

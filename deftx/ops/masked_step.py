@@ -8,6 +8,7 @@ import torch
 
 from deftx.ops import library
 from deftx.ops.dispatch import common_device, requested_backend
+from deftx.ops.settings import AdamWSettings, MaskedStepTensors
 from deftx.ops.validation import (
     as_tensor_list,
     check_disjoint,
@@ -77,43 +78,25 @@ def masked_adamw_step_(
         if bases is None:
             raise ValueError("masked_adamw_step_: l1 != 0 needs bases (θ0 at the indices)")
         check_state_tensors(bases, idx_items, "masked_adamw_step_: bases")
-    if isinstance(step, bool) or not isinstance(step, int) or step < 1:
-        raise ValueError(f"masked_adamw_step_: step must be an int >= 1, got {step!r}")
+    settings = AdamWSettings(step, lr, beta1, beta2, eps, weight_decay, l1)
     if not items:
         return
     common_device(items, "masked_adamw_step_")
-    run_masked_adamw_step_(
-        items, grad_items, idx_items, list(masters), list(exp_avgs), list(exp_avg_sqs),
-        list(bases) if l1 != 0.0 and bases is not None else None,
-        step=step, lr=float(lr), beta1=float(beta1), beta2=float(beta2), eps=float(eps),
-        weight_decay=float(weight_decay), l1=float(l1), backend=backend,
-    )  # fmt: skip
+    used_bases = list(bases) if settings.has_l1 and bases is not None else None
+    tensors = MaskedStepTensors(items, grad_items, idx_items, list(masters), list(exp_avgs), list(exp_avg_sqs),
+                                used_bases)
+    run_masked_adamw_step_(tensors, settings, backend=backend)
 
 
 def run_masked_adamw_step_(
-    params: list[torch.Tensor],
-    grads: list[torch.Tensor],
-    indices: list[torch.Tensor],
-    masters: list[torch.Tensor],
-    exp_avgs: list[torch.Tensor],
-    exp_avg_sqs: list[torch.Tensor],
-    bases: list[torch.Tensor] | None,
-    *,
-    step: int,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    l1: float,
-    backend: str | None = None,
+    tensors: MaskedStepTensors, settings: AdamWSettings, *, backend: str | None = None
 ) -> None:
     """:func:`masked_adamw_step_` without its argument checks, for a training loop's every step.
 
     For a caller that made or checked its tensors once and passes the same ones on every step
     (:class:`deftx.train.retrain.MaskedAdamW` checks the selections when it is built and makes
-    the state itself); arguments as :func:`masked_adamw_step_`, ``params`` non-empty on one
-    device, ``bases`` given when ``l1 != 0``. Non-contiguous gradients are made contiguous.
+    the state itself): ``params`` non-empty on one device, ``bases`` given when
+    ``settings.l1 != 0``. Non-contiguous gradients are made contiguous.
 
     Eager calls run the backend directly (:func:`deftx.ops.library.masked_adamw_step`);
     traced ones go through the ``deftx::masked_adamw_step_`` custom op. (Through the
@@ -121,7 +104,5 @@ def run_masked_adamw_step_(
     XLM-R's 197 parameters, and the public op's checks 5 ms more: measured on the host with
     the kernel stubbed.)
     """
-    library.masked_adamw_step(
-        params, [g.contiguous() for g in grads], indices, masters, exp_avgs, exp_avg_sqs, bases or [],
-        step, lr, beta1, beta2, eps, weight_decay, l1, requested_backend(backend),
-    )  # fmt: skip
+    grads = [g.contiguous() for g in tensors.grads]
+    library.masked_adamw_step(tensors._replace(grads=grads), settings, requested_backend(backend))

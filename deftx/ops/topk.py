@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import sys
 from collections.abc import Sequence
 from typing import Literal
 
@@ -11,6 +10,7 @@ import torch
 
 from deftx.ops import library
 from deftx.ops.dispatch import common_device, requested_backend
+from deftx.ops.extensions import subclass_handler
 from deftx.ops.validation import as_tensor_list, check_count, check_float_dtype, check_not_meta
 
 
@@ -47,8 +47,9 @@ def topk_mask(
         output: ``"mask"``: one bool tensor per input, same shape; ``"indices"``: one
             int64 1-D tensor per input, sorted ascending flat indices.
         backend: ``"auto" | "triton" | "native" | "torch"`` (default ``$DEFTX_BACKEND`` or auto).
-            DTensor inputs (sharded parameters) go to :mod:`deftx.distributed` instead:
-            histograms are all-reduced, nothing is gathered, and the masks are DTensors.
+            DTensor inputs (sharded parameters) go to the handler ``deftx.distributed``
+            registers (:mod:`deftx.ops.extensions`): histograms are all-reduced, nothing is
+            gathered, and the masks are DTensors.
 
     Raises:
         ValueError: empty list, NaN scores (names the tensor), k out of range, bad options,
@@ -69,11 +70,9 @@ def topk_mask(
         raise ValueError(f"topk_mask: score must be 'abs', got {score!r}")
     if output not in ("mask", "indices"):
         raise ValueError(f"topk_mask: output must be 'mask' or 'indices', got {output!r}")
-    dtensor = sys.modules.get("torch.distributed.tensor")
-    if dtensor is not None and any(isinstance(t, dtensor.DTensor) for t in [*items, *bases]):
-        from deftx.distributed.topk import topk_mask_dtensor
-
-        return topk_mask_dtensor(items, k, output=output, base=bases)
+    sharded = subclass_handler("topk", [*items, *bases])
+    if sharded is not None:
+        return sharded(items, k, output=output, base=bases)
     for i, t in enumerate(items):
         check_float_dtype(t, f"topk_mask: tensor {i}")
         check_not_meta(t, f"topk_mask: tensor {i}")

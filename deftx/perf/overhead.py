@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from deftx.ops.registry import kernel_specializations
+
 SYNC_WARNING = "synchronizing CUDA operation"
 """Substring of the warning torch's sync debug mode emits per synchronizing operation."""
 
@@ -35,10 +37,10 @@ def triton_kernel_names() -> frozenset[str]:
     """Names of deftx's ``@triton.jit`` kernels (``_digit_histogram_kernel``, ...), as they
     appear in profiler traces; empty where the kernel modules cannot be imported."""
     try:
-        import deftx.kernels as registry
+        specs = kernel_specializations()
     except ImportError:
         return frozenset()
-    return frozenset(spec.kernel.fn.__name__ for spec in registry.specializations())
+    return frozenset(spec.kernel.fn.__name__ for spec in specs)
 
 
 def classify_device_events(names: Iterable[str], triton_names: frozenset[str]) -> dict[str, int]:

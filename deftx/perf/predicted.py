@@ -20,7 +20,7 @@ prediction's :class:`~deftx.perf.workload.Workload` is mapped explicitly:
 * bench ``rsvd`` factors the matrices with ``min(m, n) > rank + oversample``: only those
   are in the workload (q = rank + oversample, the suite's ``n_iter``, Δ = W1 − W0);
 * op names: ``step`` is the profile's ``masked_step``; bench ``scatter`` applies one diff
-  without saving originals, so its costs come from ``deftx.kernels.scatter`` with
+  without saving originals, so its costs come from ``deftx.ops.cost.scatter`` with
   ``num_diffs=1, save=False`` (the profile's scatter composes two diffs and saves).
 
 Which baselines have a model: ``torch.cat+topk`` (the profile's cat + topk + sort),
@@ -35,12 +35,12 @@ H100 -> H100 SXM, A100 -> A100 80GB SXM); any other GPU, and a CPU run, get no t
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from deftx.ops.registry import op_entry
 from deftx.perf.roofline import PREDICTORS, Cost, spread_entries
 from deftx.perf.shapes import ShapeSet, load_shape_set
 from deftx.perf.targets import A100_80GB_SXM, H100_SXM, H200_SXM, PRODUCTS, TARGETS, Target, get_target
@@ -181,19 +181,19 @@ def bench_workload(
 
 def _scatter_costs(shape_set: Workload) -> dict[str, ModelledCost]:
     """One diff of K entries spread over the tensors by size, values fp32, no originals saved."""
-    scatter = importlib.import_module("deftx.kernels.scatter")
+    scatter = op_entry("scatter").cost_model()
     shapes = [p.shape for p in shape_set.eligible]
     nnz = spread_entries([p.numel for p in shape_set.eligible], shape_set.k)
     dtype = shape_set.torch_dtype
     return {
-        DEFTX: (Cost(scatter.bytes_moved(shapes, nnz, dtype)), "deftx.kernels.scatter.bytes_moved (1 diff, no save)"),
+        DEFTX: (Cost(scatter.bytes_moved(shapes, nnz, dtype)), "deftx.ops.cost.scatter.bytes_moved (1 diff, no save)"),
         "dense_add": (
             Cost(scatter.baseline_bytes_moved(shapes, nnz, dtype, method="dense")),
-            "deftx.kernels.scatter.baseline_bytes_moved(method='dense')",
+            "deftx.ops.cost.scatter.baseline_bytes_moved(method='dense')",
         ),
         "index_add": (
             Cost(scatter.baseline_bytes_moved(shapes, nnz, dtype, method="index_add")),
-            "deftx.kernels.scatter.baseline_bytes_moved(method='index_add')",
+            "deftx.ops.cost.scatter.baseline_bytes_moved(method='index_add')",
         ),
     }
 

@@ -13,7 +13,7 @@ datasheet constant; ``deftx bench`` reports each case's % of them):
 **Predicted time** (:func:`predict`, for ``deftx profile --static`` and ``deftx bench``'s
 predicted vs measured): ``max(bytes / HBM bandwidth, FLOPs / peak FLOP/s)`` with the
 target's datasheet figures (:mod:`deftx.perf.targets`). Bytes and FLOPs come from the analytic
-models written next to each kernel (``bytes_moved`` / ``flops`` in ``deftx.kernels.<op>``)
+models of the op registry (``bytes_moved`` / ``flops`` in ``deftx.ops.cost.<op>``, pure Python)
 and the same models for the dense torch baselines (``baseline_bytes_moved`` /
 ``baseline_flops``). This is a lower bound on time (perfect overlap, peak bandwidth), not a
 measurement.
@@ -37,13 +37,13 @@ element size e, K = k_fraction N):
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 
+from deftx.ops.registry import op_entry
 from deftx.perf.targets import Target
 from deftx.perf.timing import TimingSettings, time_thunk
 from deftx.perf.workload import Workload
@@ -154,10 +154,6 @@ class OpPrediction:
         }
 
 
-def _kernel_module(name: str) -> Any:
-    return importlib.import_module(f"deftx.kernels.{name}")
-
-
 def _element_bytes(shape_set: Workload) -> int:
     return shape_set.torch_dtype.itemsize
 
@@ -174,7 +170,7 @@ def spread_entries(numels: list[int], k: int) -> list[int]:
 
 
 def topk_prediction(shape_set: Workload) -> OpPrediction:
-    topk = _kernel_module("topk")
+    topk = op_entry("topk").cost_model()
     shapes = [p.shape for p in shape_set.eligible]
     k, dtype = shape_set.k, shape_set.torch_dtype
     return OpPrediction(
@@ -191,7 +187,7 @@ def _matrix_q(shape: tuple[int, ...], q: int) -> int:
 
 
 def rsvd_prediction(shape_set: Workload) -> OpPrediction:
-    rsvd = _kernel_module("rsvd")
+    rsvd = op_entry("rsvd").cost_model()
     s, e = shape_set.settings, _element_bytes(shape_set)
     deftx, baseline = Cost(0.0, 0.0, "fp32"), Cost(0.0, 0.0, "fp32")
     for p in shape_set.matrices:
@@ -211,7 +207,7 @@ def rsvd_prediction(shape_set: Workload) -> OpPrediction:
 
 
 def reconstruct_prediction(shape_set: Workload) -> OpPrediction:
-    rsvd = _kernel_module("rsvd")
+    rsvd = op_entry("rsvd").cost_model()
     rank = shape_set.settings.rank
     deftx, baseline = Cost(0.0, 0.0, "fp32"), Cost(0.0, 0.0, "fp32")
     for p in shape_set.matrices:
@@ -231,7 +227,7 @@ def reconstruct_prediction(shape_set: Workload) -> OpPrediction:
 
 
 def scatter_prediction(shape_set: Workload) -> OpPrediction:
-    scatter = _kernel_module("scatter")
+    scatter = op_entry("scatter").cost_model()
     shapes = [p.shape for p in shape_set.eligible]
     nnz = spread_entries([p.numel for p in shape_set.eligible], shape_set.k)
     diffs, dtype = shape_set.settings.num_diffs, shape_set.torch_dtype
@@ -245,7 +241,7 @@ def scatter_prediction(shape_set: Workload) -> OpPrediction:
 
 
 def masked_step_prediction(shape_set: Workload) -> OpPrediction:
-    step = _kernel_module("masked_step")
+    step = op_entry("masked_step").cost_model()
     k, e, l1 = shape_set.k, _element_bytes(shape_set), shape_set.settings.l1
     numel = sum(p.numel for p in shape_set.eligible)
     return OpPrediction(

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from deftx.perf.cases import CaseSpec, auto_choice, display_name, op_module
+from deftx.perf.cases import CaseSpec, auto_choice, dispatch_op, display_name, op_module
 from deftx.perf.cases.base import deftx_impl
 from deftx.perf.memory_probe import MemoryProber, measure_in_process, warmup_spec
 from deftx.perf.roofline import measure_roofline
@@ -125,7 +125,7 @@ def measure_point(
     chunks = shapes.chunks(config.chunk_numel) if shapes.numel > config.chunk_numel else [shapes]
     specs = [_spec(config, op, c, k) for c in chunks]
     device = torch.device(config.device)
-    impl = deftx_impl(auto_choice(op_module(op).DISPATCH_OP, device))
+    impl = deftx_impl(auto_choice(dispatch_op(op), device))
     timing = _timing(config, op)
     baseline = PRIMARY_BASELINE[op]
     fits = len(chunks) == 1 and (config.baseline_max_numel is None or shapes.numel <= config.baseline_max_numel)
@@ -164,7 +164,7 @@ def _warm_up(config: ScalingConfig) -> None:
     for op in config.ops:
         spec = warmup_spec(_spec(config, op, tiny, config.k_fraction))
         module = op_module(op)
-        for impl in (deftx_impl(auto_choice(module.DISPATCH_OP, device)), PRIMARY_BASELINE[op]):
+        for impl in (deftx_impl(auto_choice(dispatch_op(op), device)), PRIMARY_BASELINE[op]):
             module.bind(impl, module.make_inputs(spec))()
 
 

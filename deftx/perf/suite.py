@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 import deftx
-from deftx.perf.cases import CaseSpec, auto_choice, backend_of, display_name, implementations, op_module
+from deftx.perf.cases import CaseSpec, auto_choice, backend_of, dispatch_op, display_name, implementations, op_module
 from deftx.perf.memory import MemoryResult
 from deftx.perf.memory_probe import MemoryProber, measure_in_process
 from deftx.perf.overhead import count_host_overhead
@@ -380,7 +380,7 @@ def run_suite(
                 rows.extend(skipped_rows(spec, impls, "not run: the suite's time budget was spent"))
                 continue
             case_rows = run_case(spec, impls, config.timing, roof, prober, tick, config.count_overhead)
-            auto = auto_choice(op_module(spec.op).DISPATCH_OP, device)
+            auto = auto_choice(dispatch_op(spec.op), device)
             for row in case_rows:
                 row["auto"] = row.get("backend") == auto
             rows.extend(case_rows)

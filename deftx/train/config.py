@@ -28,6 +28,8 @@ import reprlib
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
+from deftx.ops.settings import LowRankSettings
+
 DEFAULT_ENERGY = 0.9
 LANGUAGE_K_FRACTION = 0.028
 TASK_K_FRACTION = 0.051
@@ -126,6 +128,10 @@ class DenoiseConfig:
             if not is_count(getattr(self, name), minimum):
                 raise ValueError(f"DenoiseConfig: {name} must be an integer >= {minimum}, got "
                                  f"{short_repr(getattr(self, name))}")
+
+    def lowrank(self) -> LowRankSettings:
+        """The ops' settings of this denoising (fp32 products, the ops' default precision)."""
+        return LowRankSettings(self.rank, self.energy, self.method, self.oversample, self.n_iter, self.seed)
 
 
 @dataclass

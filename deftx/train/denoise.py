@@ -33,7 +33,8 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from deftx.ops import LowRankFactors, lowrank_factors_batched, reconstruct_magnitudes, topk_mask
+from deftx.ops import LowRankFactors, reconstruct_magnitudes, topk_mask
+from deftx.ops.denoise import factors_batched
 from deftx.train.config import DenoiseConfig
 from deftx.train.select import Difference, Score
 
@@ -64,10 +65,7 @@ def _factors(
     theta1: Sequence[torch.Tensor], theta0: Sequence[torch.Tensor], config: DenoiseConfig
 ) -> list[LowRankFactors]:
     """Truncated-SVD factors of every θ1 − θ0 (batched by shape), with the energy they hold."""
-    return lowrank_factors_batched(
-        theta1, theta0, rank=config.rank, energy=config.energy, method=config.method,
-        oversample=config.oversample, n_iter=config.n_iter, seed=config.seed,
-    )
+    return factors_batched(theta1, theta0, config.lowrank())
 
 
 def _with_residual(

@@ -31,6 +31,7 @@ from torch import nn
 
 from deftx.ops.dispatch import common_device
 from deftx.ops.masked_step import run_masked_adamw_step_
+from deftx.ops.settings import AdamWSettings, MaskedStepTensors
 from deftx.ops.validation import check_float_dtype, check_indices, move_indices
 from deftx.train.config import PhaseConfig
 from deftx.train.finetune import GradientAdjustment, l1_gradient_scale, phase_arguments
@@ -140,14 +141,14 @@ class MaskedAdamW(torch.optim.Optimizer):
             for state in states:
                 state["step"] = step
             beta1, beta2 = group["betas"]
-            run_masked_adamw_step_(
+            tensors = MaskedStepTensors(
                 [local_tensor(p) for p in live], [local_tensor(p.grad) for p in live], [s["indices"] for s in states],
                 [s["master"] for s in states], [s["exp_avg"] for s in states],
                 [s["exp_avg_sq"] for s in states],
                 [s["base"] for s in states] if group["l1"] else None,
-                step=step, lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
-                weight_decay=group["weight_decay"], l1=group["l1"], backend=self._backend,
             )
+            settings = AdamWSettings(step, group["lr"], beta1, beta2, group["eps"], group["weight_decay"], group["l1"])
+            run_masked_adamw_step_(tensors, settings, backend=self._backend)
         return loss
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

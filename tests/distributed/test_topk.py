@@ -8,6 +8,10 @@ tensor between sharded ones, bf16-only and fp16-only lists, all-zero tensors, an
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
 
@@ -128,3 +132,29 @@ def test_deftx_ops_topk_mask_dispatches_dtensors_with_bases(world):
     expected = topk_mask(list(case.tensors), 47, base=list(topk_bases(case)), backend="torch")
     for g, e in zip(_full_masks(case, [r["topk"]["via_ops_base"] for r in results]), expected, strict=True):
         assert torch.equal(g, e)
+
+
+def test_a_dtensor_call_works_without_importing_deftx_distributed():
+    """``deftx.ops`` does not import ``deftx.distributed``: the first DTensor call loads the handler."""
+    code = textwrap.dedent(
+        """
+        import os, socket, sys
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1")
+        import torch
+        import torch.distributed as dist
+        from torch.distributed.tensor import DTensor, Shard, distribute_tensor, init_device_mesh
+        from deftx.ops import topk_mask
+        assert "deftx.distributed" not in sys.modules
+        dist.init_process_group("gloo")
+        x = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
+        (mask,) = topk_mask([distribute_tensor(x, init_device_mesh("cpu", (1,)), [Shard(0)])], 5)
+        assert isinstance(mask, DTensor) and torch.equal(mask.to_local(), topk_mask([x], 5)[0])
+        dist.destroy_process_group()
+        print("ok")
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]

@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from deftx.ops import masked_adamw_step_, scatter_add_, scatter_restore_, topk_mask
+from deftx.ops.settings import AdamWSettings, MaskedStepTensors
 from tests.kernels.devices import kernels_for, requires_cuda, to_device
 from tests.kernels.scale_checks import assert_exact_topk, assert_same_bits, reference_scatter_, spread_indices
 from tests.kernels.test_masked_step import (
@@ -189,9 +190,9 @@ def test_masked_step_runs_are_bit_identical(masked_step, dtype):
     runs.append({name: [t.clone() for t in tensors] for name, tensors in runs[0].items()})
     grads = [torch.randn(p.shape, device=CUDA).to(dtype) for p in runs[0]["params"]]
     for state in runs:
-        masked_step.masked_adamw_step_(
+        masked_step.masked_adamw_step_(MaskedStepTensors(
             state["params"], grads, state["indices"], state["masters"], state["exp_avgs"],
-            state["exp_avg_sqs"], state["bases"], step=1, **HYPERPARAMETERS["l1_weight_decay"],
+            state["exp_avg_sqs"], state["bases"]), AdamWSettings(1, **HYPERPARAMETERS["l1_weight_decay"]),
         )  # fmt: skip
     for name in ("params", "masters", "exp_avgs", "exp_avg_sqs"):
         for t, (a, b) in enumerate(zip(runs[0][name], runs[1][name], strict=True)):

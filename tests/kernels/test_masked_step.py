@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from deftx.kernels import kernel_module
+from deftx.ops.settings import AdamWSettings, MaskedStepTensors
 from tests.helpers import assert_bitwise_equal
 from tests.kernels.devices import kernels_for
 
@@ -114,9 +115,9 @@ def run_and_compare(masked_step, state, hp, steps, gen):
     for step in range(1, steps + 1):
         grads = [torch.randn(p.shape, generator=gen).to(p.dtype) for p in state["params"]]
         grads_on_device = [g.to(device, copy=True) for g in grads]
-        masked_step.masked_adamw_step_(
+        masked_step.masked_adamw_step_(MaskedStepTensors(
             state["params"], grads_on_device, state["indices"], state["masters"], state["exp_avgs"],
-            state["exp_avg_sqs"], state["bases"] if hp["l1"] != 0.0 else None, step=step, **hp,
+            state["exp_avg_sqs"], state["bases"] if hp["l1"] != 0.0 else None), AdamWSettings(step, **hp),
         )  # fmt: skip
         for t in range(len(grads)):
             assert_bitwise_equal(grads_on_device[t], grads[t], what=f"grad {t} is read-only")
@@ -171,10 +172,9 @@ def test_no_selected_entries_launches_nothing(masked_step, monkeypatch, device):
     param = torch.randn(3, 3, device=device)
     before = param.clone()
     empty = torch.empty(0, device=device)
-    masked_step.masked_adamw_step_(
+    masked_step.masked_adamw_step_(MaskedStepTensors(
         [param], [torch.randn(3, 3, device=device)], [torch.empty(0, dtype=torch.int64, device=device)], [empty],
-        [empty.clone()],
-        [empty.clone()], None, step=1, **HYPERPARAMETERS["plain"],
+        [empty.clone()], [empty.clone()]), AdamWSettings(1, **HYPERPARAMETERS["plain"]),
     )  # fmt: skip
     assert launches == []
     assert_bitwise_equal(param, before)
@@ -190,10 +190,9 @@ def test_rounding_to_bf16_is_nearest_even(masked_step, device):
     param = torch.zeros(k, dtype=torch.bfloat16, device=device)
     # lr = 0 and no decay: the step writes the masters unchanged, rounded to bf16.
     masters = values.to(device, copy=True)
-    masked_step.masked_adamw_step_(
+    masked_step.masked_adamw_step_(MaskedStepTensors(
         [param], [torch.zeros(k, dtype=torch.bfloat16, device=device)], [torch.arange(k, device=device)], [masters],
-        [torch.zeros(k, device=device)], [torch.zeros(k, device=device)], None, step=1,
-        lr=0.0, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, l1=0.0,
+        [torch.zeros(k, device=device)], [torch.zeros(k, device=device)]), AdamWSettings(1, lr=0.0),
     )  # fmt: skip
     assert_bitwise_equal(masters, values)
     assert_bitwise_equal(param, values.to(torch.bfloat16))
@@ -231,18 +230,3 @@ def test_specializations():
     for spec in masked_step.SPECIALIZATIONS:
         assert set(spec.constexprs) == {k for k, v in spec.signature.items() if v == "constexpr"}
         assert ("vectorized_loads" in spec.promises) == spec.constexprs["ALIGNED"]
-
-
-def test_cost_models_by_hand():
-    masked_step = kernel_module("masked_step", interpret=False)
-    # K = numel: every sector touched; bf16: 2 * numel * 2 bytes gathered / scattered.
-    assert masked_step.touched_sector_bytes(64, 64, 2) == pytest.approx(128.0)
-    # one entry among 16 fp32 values (two sectors of 8): expected bytes of the touched sector.
-    assert masked_step.touched_sector_bytes(1, 16, 4) == pytest.approx(32.0 * 2 * (1 - (15 / 16) ** 8))
-    assert masked_step.bytes_moved(10, 10, param_bytes=4) == pytest.approx(320 + 2 * 40)
-    assert masked_step.bytes_moved(10, 10, param_bytes=4, has_l1=True) == pytest.approx(360 + 80)
-    assert masked_step.baseline_bytes_moved(100, param_bytes=4) == 2800
-    assert masked_step.baseline_bytes_moved(100, param_bytes=2) == 1400
-    assert masked_step.baseline_bytes_moved(100, param_bytes=2, state_bytes=4) == 2200
-    assert masked_step.flops(10) == 160 and masked_step.flops(10, has_l1=True) == 190
-    assert masked_step.baseline_flops(100) == 1600

@@ -411,27 +411,3 @@ def test_specializations_cover_every_configuration():
         assert set(spec.constexprs) == {k for k, v in spec.signature.items() if v == "constexpr"}
         assert ("tensor_cores" in spec.promises) == (spec.constexprs.get("PRECISION") in rsvd.TENSOR_CORE_PRECISIONS)
         assert ("vectorized_loads" in spec.promises) == (spec.constexprs["ALIGN"] > 1)
-
-
-def test_bytes_moved_by_hand():
-    # m=2, n=3, q=1, n_iter=0: P = 2 products.
-    # deftx, bf16 with base: 2 * 2 * 6 * 2 = 48 weight bytes + 1 * 4 * 1 * 2 * 5 = 40.
-    assert rsvd.bytes_moved(2, 3, 1, 0, weight_bytes=2) == 88
-    assert rsvd.bytes_moved(2, 3, 1, 0, weight_bytes=2, has_base=False) == 64
-    # baseline, bf16 with base: materialise 2 * 6 * (2 + 4) + 12 * 6 = 144; products 2 * 4 * 6 + 40.
-    assert rsvd.baseline_bytes_moved(2, 3, 1, 0, weight_bytes=2) == 232
-    # baseline, fp32 without base: nothing materialised.
-    assert rsvd.baseline_bytes_moved(2, 3, 1, 0, weight_bytes=4, has_base=False) == 88
-    assert rsvd.reconstruct_bytes_moved(2, 3, 1) == 4 * (2 + 3 + 6)
-    assert rsvd.baseline_reconstruct_bytes_moved(2, 3, 1) == 4 * (2 + 3 + 6) + 48
-
-
-def test_flops_by_hand():
-    # m=4, n=2, q=1, n_iter=0: products 2 * (2*4*2*1 + 8) = 48; qr(4, 1) = 16 - 4/3;
-    # svd(1, 2) = 6 * 2 + 20 = 32; U = Q Ub: 2 * 4 = 8.
-    assert rsvd.flops(4, 2, 1, 0) == pytest.approx(48 + 16 - 4 / 3 + 32 + 8)
-    # baseline: one subtraction (8) + 2 * 16 products + the same small terms.
-    assert rsvd.baseline_flops(4, 2, 1, 0) == pytest.approx(8 + 32 + 16 - 4 / 3 + 32 + 8)
-    assert rsvd.reconstruct_flops(4, 2, 3) == 48
-    assert rsvd.baseline_reconstruct_flops(4, 2, 3) == 56
-

@@ -249,19 +249,3 @@ def test_compiled_scatter_add_has_no_fma_and_no_float_atomics():
     assert "FMUL" in sass and "FADD" in sass
     assert "FFMA" not in sass
     assert not re.search(r"\b(ATOM|RED)[A-Z]*\.[A-Z.0-9]*F(16|32|64)", sass)
-
-
-def test_bytes_moved_models():
-    scatter = kernel_module("scatter", interpret=False)
-    # 1 tensor of 64 fp32 (8 sectors of 8), 64 entries: every sector touched.
-    assert scatter.bytes_moved([(64,)], [64], torch.float32) == 64 * 8 + 64 * 12
-    assert scatter.bytes_moved([(64,)], [64], torch.float32, save=True) == 64 * 8 + 64 * 16
-    assert scatter.bytes_moved([(8, 8)], [0], torch.bfloat16) == 0
-    # 2 diffs of 64 entries on 64 positions: the union is still 8 sectors.
-    assert scatter.bytes_moved([(64,)], [64], torch.float32, num_diffs=2) == 64 * 8 + 2 * 64 * 12
-    dense = scatter.baseline_bytes_moved([(64,)], [64], torch.bfloat16)
-    assert dense == 4 * 64 + 64 * 12 + 64 * 8 + 12 * 64 + 2 * 2 * 64
-    index_add = scatter.baseline_bytes_moved([(64,)], [64], torch.bfloat16, method="index_add")
-    assert index_add == 64 * 12 + 2 * 64 * 6 + 64 * 4
-    with pytest.raises(ValueError, match="method"):
-        scatter.baseline_bytes_moved([(64,)], [64], torch.float32, method="sparse")

@@ -346,21 +346,6 @@ def test_specializations_declare_their_promises():
         assert set(spec.signature) == set(spec.kernel.arg_names)
 
 
-def test_bytes_moved_models():
-    topk = kernel_module("topk", interpret=False)
-    shapes, k = [(16384,), (10, 10)], 10
-    n = 16384 + 100
-    blocks = 2
-    bookkeeping = 3 * 256 * 4 + 128
-    # three full passes; fp32's list of k entries written once and read four times
-    assert topk.bytes_moved(shapes, k, torch.float32) == 3 * n * 4 + 5 * 8 * k + 8 * k + blocks * bookkeeping
-    assert topk.bytes_moved(shapes, k, torch.float32, with_base=True) == (
-        3 * n * 8 + 5 * 8 * k + 8 * k + blocks * bookkeeping)
-    assert topk.bytes_moved(shapes, k, torch.bfloat16) == 3 * n * 2 + 8 * k + blocks * bookkeeping
-    assert topk.baseline_bytes_moved(shapes, k, torch.float32) == 7 * n * 4 + k * 12 + 32 * k
-    assert topk.baseline_bytes_moved(shapes, k, torch.float16) == 5 * n * 2 + k * 10 + 32 * k
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_histogram_pass_counts_the_band_digits(topk, dtype, device):
     """``histogram_pass`` (what the GPU check times) counts digit ``(key >> shift) & 255`` of the

@@ -6,7 +6,8 @@ import warnings
 
 import pytest
 
-from deftx.ops.dispatch import NATIVE_OPS, unavailable_reason
+from deftx.ops.dispatch import unavailable_reason
+from deftx.ops.registry import OPS
 
 
 def cpu_backends(op: str) -> list:
@@ -16,7 +17,7 @@ def cpu_backends(op: str) -> list:
     """
     params = []
     for backend in ("torch", "native", "triton"):
-        if backend == "native" and op not in NATIVE_OPS:
+        if backend not in OPS[op].backends:
             continue
         reason = unavailable_reason(op, backend, "cpu")
         marks = [pytest.mark.skip(reason=reason)] if reason else []

@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from deftx.ops.dispatch import unavailable_reason
-from deftx.perf.cases import CaseSpec, display_name, implementations, op_module
+from deftx.ops.registry import OPS
+from deftx.perf.cases import OPS as CASES
+from deftx.perf.cases import CaseSpec, dispatch_op, display_name, implementations, op_module
 from deftx.perf.shapes import ShapeSet, TensorShape
 from tests.helpers import assert_bitwise_equal, assert_close, tolerance
 
@@ -34,12 +36,17 @@ def test_cpu_implementations_never_time_the_triton_interpreter() -> None:
         impls = implementations(op, CPU)
         assert "deftx:triton" not in impls
         assert "deftx:torch" in impls
-        native = unavailable_reason(op_module(op).DISPATCH_OP, "native", "cpu") is None
+        native = unavailable_reason(dispatch_op(op), "native", "cpu") is None
         assert ("deftx:native" in impls) == native
         assert set(op_module(op).BASELINES) <= set(impls)
     assert implementations("topk", CPU, backends=("torch",))[0] == "deftx:torch"
     assert display_name("topk", "deftx:native") == "deftx[native]"
     assert display_name("topk", "cat_topk") == "torch.cat+topk"
+
+
+def test_the_case_table_is_the_registry_s_bench_cases() -> None:
+    assert set(CASES) == {case for entry in OPS.values() for case in entry.bench_cases}
+    assert [dispatch_op(case) for case in ("step", "compose", "scores")] == ["masked_step", "scatter", "rsvd"]
 
 
 def test_inputs_are_deterministic_and_chunking_invariant() -> None:

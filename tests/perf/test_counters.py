@@ -7,6 +7,7 @@ import torch
 
 from deftx.kernels import kernel_module
 from deftx.ops import library
+from deftx.ops.settings import AdamWSettings, MaskedStepTensors
 from deftx.perf.counters import count_device_work
 
 
@@ -80,11 +81,10 @@ def test_triton_launches_count_and_the_interpreter_copies_do_not():
     param, grad = torch.randn(10), torch.randn(10)
     index = torch.tensor([1, 5, 8])
     state = [param[index].clone(), torch.zeros(3), torch.zeros(3)]
-    args = ([param], [grad], [index], [state[0]], [state[1]], [state[2]], None)
-    hyper = {"step": 1, "lr": 0.1, "beta1": 0.9, "beta2": 0.99, "eps": 1e-8, "weight_decay": 0.0, "l1": 0.0}
-    masked_step.masked_adamw_step_(*args, **hyper)  # builds and uploads its tables
+    tensors = MaskedStepTensors([param], [grad], [index], [state[0]], [state[1]], [state[2]])
+    masked_step.masked_adamw_step_(tensors, AdamWSettings(1, 0.1, beta2=0.99))  # builds and uploads its tables
     with count_device_work("cpu") as work:
-        masked_step.masked_adamw_step_(*args, **{**hyper, "step": 2})
+        masked_step.masked_adamw_step_(tensors, AdamWSettings(2, 0.1, beta2=0.99))
     assert work.triton_launches == {"_masked_adamw_kernel": 1}
     assert work.torch_op_count == 0 and work.sync_count == 0
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from deftx.kernels import masked_step, rsvd
+from deftx.ops.cost import masked_step, rsvd
 from deftx.perf.predicted import (
     bench_workload,
     choose_target,

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from deftx.kernels import masked_step, rsvd, scatter, topk
+from deftx.ops.cost import masked_step, rsvd, scatter, topk
 from deftx.perf.roofline import OPS, Cost, predict, spread_entries
 from deftx.perf.targets import A100_80GB_SXM, H100_SXM
 from deftx.perf.workload import load_workload

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
+from deftx.ops.settings import AdamWSettings, MaskedStepTensors
 from deftx.ops.validation import check_state_tensors
 
 from . import (
@@ -46,45 +47,7 @@ def _param_dtype_codes(
     return codes
 
 
-def adamw_scalars(
-    *, step: int, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float, l1: float
-) -> list[float]:
-    """The library's fp32 scalars, derived in float64 as the torch reference derives them::
-
-    beta1, 1 - beta1, beta2, 1 - beta2, 1 - lr * weight_decay, lr,
-    1 - beta1 ** step, 1 - beta2 ** step, eps, l1
-    """
-    return [
-        beta1,
-        1.0 - beta1,
-        beta2,
-        1.0 - beta2,
-        1.0 - lr * weight_decay,
-        lr,
-        1.0 - beta1**step,
-        1.0 - beta2**step,
-        eps,
-        l1,
-    ]
-
-
-def masked_adamw_step_(
-    params: Sequence[torch.Tensor],
-    grads: Sequence[torch.Tensor],
-    indices: Sequence[torch.Tensor],
-    masters: Sequence[torch.Tensor],
-    exp_avgs: Sequence[torch.Tensor],
-    exp_avg_sqs: Sequence[torch.Tensor],
-    bases: Sequence[torch.Tensor] | None,
-    *,
-    step: int,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    l1: float,
-) -> None:
+def masked_adamw_step_(tensors: MaskedStepTensors, settings: AdamWSettings) -> None:
     """AdamW on the selected entries of each parameter, in place.
 
     Per entry j with ``i = indices[t][j]``, every operation one rounded fp32 operation
@@ -97,13 +60,8 @@ def masked_adamw_step_(
         master = master (1 - lr wd) - (lr (m / (1 - beta1^step))) / (sqrt(v / (1 - beta2^step)) + eps)
         param[i] = cast(master)            (round to nearest even)
 
-    Args:
-        params: T contiguous CPU tensors, fp32 / bf16 / fp16, written only at ``indices[t]``.
-        grads: T contiguous tensors of the params' dtypes and sizes, read only at ``indices[t]``.
-        indices: T int64 (K_t,) sorted unique flat indices in ``[0, params[t].numel())``.
-        masters, exp_avgs, exp_avg_sqs: T contiguous fp32 (K_t,) tensors, updated in place.
-        bases: T contiguous fp32 (K_t,) θ0 values, required when ``l1 != 0`` (ignored otherwise).
-        step: step number >= 1 (already incremented), for the bias corrections.
+    ``tensors`` (:class:`~deftx.ops.settings.MaskedStepTensors`): contiguous CPU tensors, params
+    fp32 / bf16 / fp16; the scalars of ``settings`` are derived in float64 and passed as fp32.
 
     Params must not share memory with each other (threads write them concurrently).
 
@@ -112,17 +70,15 @@ def masked_adamw_step_(
         ValueError: a tensor the library would read wrongly (device, layout, dtype, size), or
             an index list that is not sorted, unique and in range (then nothing is written).
     """
+    params, grads, indices, masters, exp_avgs, exp_avg_sqs, bases = tensors
     codes = _param_dtype_codes(params, grads, indices)
     for name, states in (("masters", masters), ("exp_avgs", exp_avgs), ("exp_avg_sqs", exp_avg_sqs)):
         _check_states(name, states, indices)
-    has_l1 = l1 != 0.0
+    has_l1 = settings.has_l1
     if has_l1:
         if bases is None:
             raise ValueError("masked_adamw_step_: l1 != 0 needs bases (θ0 at the indices)")
         _check_states("bases", bases, indices)
-    if step < 1:
-        raise ValueError(f"masked_adamw_step_: step must be >= 1, got {step}")
-    scalars = adamw_scalars(step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, l1=l1)
     status = library().deftx_masked_adamw_step(
         len(params),
         pointer_array(params),
@@ -135,6 +91,6 @@ def masked_adamw_step_(
         pointer_array(exp_avgs),
         pointer_array(exp_avg_sqs),
         pointer_array(bases) if has_l1 and bases is not None else None,
-        float32_array(scalars),
+        float32_array(settings.scalars()),
     )
     check_status(status, "deftx_masked_adamw_step")

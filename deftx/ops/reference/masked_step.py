@@ -2,35 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
+from deftx.ops.settings import AdamWSettings, MaskedStepTensors
 
-def masked_adamw_step_(
-    params: Sequence[torch.Tensor],
-    grads: Sequence[torch.Tensor],
-    indices: Sequence[torch.Tensor],
-    masters: Sequence[torch.Tensor],
-    exp_avgs: Sequence[torch.Tensor],
-    exp_avg_sqs: Sequence[torch.Tensor],
-    bases: Sequence[torch.Tensor] | None,
-    *,
-    step: int,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    l1: float,
-) -> None:
-    """AdamW on the K_t entries ``indices[t]`` of each parameter, fp32 master values.
 
-    ``masters``, ``exp_avgs``, ``exp_avg_sqs`` (and ``bases``) are fp32 (K_t,) tensors;
-    ``params[t]`` receives ``cast(master)`` at the indices and nothing elsewhere.
-    """
-    bias1 = 1.0 - beta1**step
-    bias2 = 1.0 - beta2**step
+def masked_adamw_step_(tensors: MaskedStepTensors, settings: AdamWSettings) -> None:
+    """AdamW on the K_t entries ``indices[t]`` of each parameter, fp32 master values:
+    ``params[t]`` receives ``cast(master)`` at the indices and nothing elsewhere."""
+    params, grads, indices, masters, exp_avgs, exp_avg_sqs, bases = tensors
+    beta1, one_minus_beta1, beta2, one_minus_beta2, decay, lr, bias1, bias2, eps, l1 = settings.scalars()
     for t, (param, grad, idx) in enumerate(zip(params, grads, indices, strict=True)):
         if idx.numel() == 0:
             continue
@@ -38,8 +19,8 @@ def masked_adamw_step_(
         g = grad.reshape(-1)[idx].float()
         if l1 != 0.0 and bases is not None:
             g = g + l1 * torch.sign(master - bases[t])
-        m.mul_(beta1).add_((1.0 - beta1) * g)
-        v.mul_(beta2).add_((1.0 - beta2) * g * g)
-        master.mul_(1.0 - lr * weight_decay)
+        m.mul_(beta1).add_(one_minus_beta1 * g)
+        v.mul_(beta2).add_(one_minus_beta2 * g * g)
+        master.mul_(decay)
         master.sub_(lr * (m / bias1) / ((v / bias2).sqrt() + eps))
         param.view(-1)[idx] = master.to(param.dtype)

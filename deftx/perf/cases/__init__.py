@@ -11,10 +11,18 @@ from types import ModuleType
 
 import torch
 
+from deftx.ops.registry import op_of_bench_case
 from deftx.perf.cases import compose, rsvd, scatter, scores, step, topk
 from deftx.perf.cases.base import CaseSpec, Traffic, auto_choice, backend_of, deftx_backends, deftx_impl
 
 OPS: dict[str, ModuleType] = {m.OP: m for m in (topk, rsvd, scatter, step, compose, scores)}
+"""The case modules by ``deftx bench`` op name: every benchmark case of the op registry
+(:data:`deftx.ops.registry.OPS`, ``bench_cases``)."""
+
+
+def dispatch_op(op: str) -> str:
+    """The registry op (the dispatch name) that case ``op`` times: ``"step"`` -> ``"masked_step"``."""
+    return op_of_bench_case(op).name
 
 
 def op_module(op: str) -> ModuleType:
@@ -31,7 +39,7 @@ def implementations(op: str, device: torch.device, backends: tuple[str, ...] | N
     unusable ones are dropped.
     """
     module = op_module(op)
-    usable = deftx_backends(module.DISPATCH_OP, device)
+    usable = deftx_backends(dispatch_op(op), device)
     chosen = [b for b in usable if backends is None or b in backends]
     return [deftx_impl(b) for b in chosen] + list(module.BASELINES)
 
@@ -48,6 +56,7 @@ __all__ = [
     "Traffic",
     "auto_choice",
     "backend_of",
+    "dispatch_op",
     "display_name",
     "implementations",
     "op_module",

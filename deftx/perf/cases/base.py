@@ -84,7 +84,6 @@ class OpBenchmark(Protocol):
     """The interface of ``deftx.perf.cases.<op>`` modules."""
 
     OP: str
-    DISPATCH_OP: str
     BASELINES: dict[str, str]
     ROOFLINE: str
 

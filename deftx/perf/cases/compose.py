@@ -10,14 +10,13 @@ diffs of K entries each (uniform positions, drawn independently), scales 1.0 and
   scale it and ``w.add_`` it. It saves no originals, so it does less than deftx and the
   speedup is conservative.
 
-Byte model: ``deftx.kernels.scatter.bytes_moved(num_diffs=2, save=True)`` for deftx and
+Byte model: ``deftx.ops.cost.scatter.bytes_moved(num_diffs=2, save=True)`` for deftx and
 ``baseline_bytes_moved(num_diffs=2, method="dense")`` for the baseline, the same models as
 ``deftx profile --static``'s scatter prediction.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,9 +25,9 @@ import torch
 from deftx.ops import scatter_add_
 from deftx.perf import synthetic
 from deftx.perf.cases.base import CaseSpec, Traffic, backend_of
+from deftx.perf.cases.scatter import COST, by_dtype
 
 OP = "compose"
-DISPATCH_OP = "scatter"
 BASELINES: dict[str, str] = {"dense_compose": "densify + add_ (2 diffs)"}
 ROOFLINE = "memory"
 
@@ -82,21 +81,17 @@ def bind(impl: str, inputs: ComposeInputs) -> Callable[[], object]:
 
 
 def traffic(impl: str, inputs: ComposeInputs) -> Traffic:
-    """``deftx.kernels.scatter`` models with two diffs (deftx saving originals, the baseline dense)."""
-    model = importlib.import_module("deftx.kernels.scatter")
-    by_dtype: dict[torch.dtype, tuple[list, list]] = {}
-    for t, w in enumerate(inputs.dense):
-        shapes, nnz = by_dtype.setdefault(w.dtype, ([], []))
-        shapes.append(tuple(w.shape))
-        nnz.append(round(sum(idx[t].numel() for idx in inputs.indices) / len(SCALES)))
+    """The scatter cost model with two diffs (deftx saving originals, the baseline dense)."""
+    entries = [round(sum(idx[t].numel() for idx in inputs.indices) / len(SCALES)) for t in range(len(inputs.dense))]
+    groups = by_dtype(inputs.dense, entries)
     diffs = len(SCALES)
     if backend_of(impl) is not None:
-        total = sum(model.bytes_moved(s, n, dtype, num_diffs=diffs, save=True) for dtype, (s, n) in by_dtype.items())
-        return Traffic(total, 0.0, "deftx.kernels.scatter.bytes_moved(num_diffs=2, save=True)")
+        total = sum(COST.bytes_moved(s, n, dtype, num_diffs=diffs, save=True) for dtype, (s, n) in groups.items())
+        return Traffic(total, 0.0, f"{COST.__name__}.bytes_moved(num_diffs=2, save=True)")
     total = sum(
-        model.baseline_bytes_moved(s, n, dtype, num_diffs=diffs, method="dense") for dtype, (s, n) in by_dtype.items()
+        COST.baseline_bytes_moved(s, n, dtype, num_diffs=diffs, method="dense") for dtype, (s, n) in groups.items()
     )
-    return Traffic(total, 0.0, "deftx.kernels.scatter.baseline_bytes_moved(num_diffs=2, method='dense')")
+    return Traffic(total, 0.0, f"{COST.__name__}.baseline_bytes_moved(num_diffs=2, method='dense')")
 
 
 def quality(impl: str, inputs: ComposeInputs, output: object) -> dict[str, float]:

@@ -21,20 +21,21 @@ K plays no part here; the case reports the relative reconstruction error
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from deftx.ops import lowrank_factors_batched
+from deftx.ops.registry import op_of_bench_case
 from deftx.perf import synthetic
 from deftx.perf.cases.base import CaseSpec, Traffic, backend_of
 
 OP = "rsvd"
-DISPATCH_OP = "rsvd"
 BASELINES: dict[str, str] = {"svd_lowrank": "torch.svd_lowrank", "linalg_svd": "torch.linalg.svd"}
 ROOFLINE = "compute"
+COST = op_of_bench_case(OP).cost_model()
+"""The randomized SVD's bytes / FLOP model (``deftx.ops.cost.rsvd``)."""
 
 Factors = list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
@@ -98,56 +99,28 @@ def bind(impl: str, inputs: RsvdInputs) -> Callable[[], Factors]:
     return lambda: [solver(w1, w0, inputs) for w1, w0 in inputs.pairs]
 
 
-def _thin_svd_flops(m: int, n: int) -> float:
-    """Golub & Van Loan's R-SVD with U and V: ``6 big small² + 20 small³``."""
-    small, big = min(m, n), max(m, n)
-    return 6.0 * big * small * small + 20.0 * small**3
-
-
-def _randomized_model(m: int, n: int, q: int, n_iter: int, weight_bytes: int, fused: bool) -> tuple[float, float, str]:
-    """Bytes and flops of one randomized SVD from ``deftx.kernels.rsvd`` (fused or torch baseline).
-
-    Without Triton, the same model in short: ``P = 2 + 2 n_iter`` products, each reading
-    W1 and W0 (fused) or the fp32 Δ (materialised first: read 2, write 1).
-    """
-    try:
-        model = importlib.import_module("deftx.kernels.rsvd")
-    except ImportError:
-        passes = 2 + 2 * n_iter
-        per_pass = (2 * weight_bytes if fused else 4) * m * n
-        materialise = 0 if fused else (2 * weight_bytes + 4) * m * n
-        return materialise + passes * per_pass, passes * 2.0 * m * n * q, "deftx.perf (products only)"
-    if fused:
-        return (
-            model.bytes_moved(m, n, q, n_iter, weight_bytes=weight_bytes),
-            model.flops(m, n, q, n_iter),
-            "deftx.kernels.rsvd.bytes_moved / flops",
-        )
-    return (
-        model.baseline_bytes_moved(m, n, q, n_iter, weight_bytes=weight_bytes),
-        model.baseline_flops(m, n, q, n_iter),
-        "deftx.kernels.rsvd.baseline_bytes_moved / baseline_flops",
-    )
+def _factor_cost(impl: str, m: int, n: int, q: int, n_iter: int, weight_bytes: int) -> tuple[float, float, str]:
+    """(bytes, flops, model) of one factorisation by ``impl``, from the op's cost model
+    (:data:`COST`): deftx fuses the subtraction, ``svd_lowrank`` materialises Δ, ``linalg_svd``
+    materialises Δ and runs the exact SVD."""
+    if impl == "linalg_svd":
+        return (COST.exact_baseline_bytes_moved(m, n, weight_bytes=weight_bytes), COST.exact_baseline_flops(m, n),
+                f"{COST.__name__}.exact_baseline_bytes_moved / exact_baseline_flops")
+    if backend_of(impl) is not None:
+        return (COST.bytes_moved(m, n, q, n_iter, weight_bytes=weight_bytes), COST.flops(m, n, q, n_iter),
+                f"{COST.__name__}.bytes_moved / flops")
+    return (COST.baseline_bytes_moved(m, n, q, n_iter, weight_bytes=weight_bytes),
+            COST.baseline_flops(m, n, q, n_iter), f"{COST.__name__}.baseline_bytes_moved / baseline_flops")
 
 
 def traffic(impl: str, inputs: RsvdInputs) -> Traffic:
-    """Summed over matrices. deftx and ``svd_lowrank``: the kernel module's models (fused vs
-    materialised Δ). ``linalg_svd``: materialising Δ (read W1, W0, write Δ) plus one
-    read of Δ, and the R-SVD flop count ``6 big small² + 20 small³``."""
+    """:func:`_factor_cost` summed over the matrices."""
     total_bytes, total_flops, source = 0.0, 0.0, ""
     for w1, _ in inputs.pairs:
         m, n = w1.shape
-        size = w1.element_size()
-        if impl == "linalg_svd":
-            total_bytes += (2 * size + 8) * m * n
-            total_flops += _thin_svd_flops(m, n) + m * n
-            source = "deftx.perf: materialise Δ + one read; R-SVD flops"
-        else:
-            b, f, source = _randomized_model(
-                m, n, _sketch_width(w1, inputs), inputs.n_iter, size, fused=backend_of(impl) is not None
-            )
-            total_bytes += b
-            total_flops += f
+        b, f, source = _factor_cost(impl, m, n, _sketch_width(w1, inputs), inputs.n_iter, w1.element_size())
+        total_bytes += b
+        total_flops += f
     return Traffic(total_bytes, total_flops, source)
 
 

@@ -14,23 +14,23 @@ fp32. The same weights receive every call, so they drift; timing does not depend
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from deftx.ops import scatter_add_
+from deftx.ops.registry import op_of_bench_case
 from deftx.perf import synthetic
 from deftx.perf.cases.base import CaseSpec, Traffic, backend_of
 
 OP = "scatter"
-DISPATCH_OP = "scatter"
 BASELINES: dict[str, str] = {"index_add": "index_add_ loop", "dense_add": "densify + add"}
 ROOFLINE = "memory"
 
 SCALE = 1.0
-SECTOR_BYTES = 32
+COST = op_of_bench_case(OP).cost_model()
+"""The scatter-add's bytes model (``deftx.ops.cost.scatter``)."""
 
 
 @dataclass
@@ -77,38 +77,27 @@ def bind(impl: str, inputs: ScatterInputs) -> Callable[[], object]:
     raise KeyError(f"scatter: unknown implementation {impl!r}")
 
 
-def _fallback_bytes(impl: str, inputs: ScatterInputs) -> float:
-    """Without Triton: payload ``12 B`` per entry plus a 64-byte read-modify-write per
-    32-byte sector touched (counted exactly); ``dense_add``: 6 fp32 passes + weights r/w."""
-    total = 0.0
-    for w, idx in zip(inputs.dense, inputs.indices, strict=True):
-        if impl == "dense_add":
-            total += 24 * w.numel() + 2 * w.numel() * w.element_size()
-            continue
-        sectors = torch.unique_consecutive(idx * w.element_size() // SECTOR_BYTES).numel()
-        total += 12 * idx.numel() + 2 * SECTOR_BYTES * sectors
-    return total
+def by_dtype(dense: list[torch.Tensor], entries: list[int]) -> dict[torch.dtype, tuple[list, list]]:
+    """The tensors' shapes and entry counts grouped by dtype, as the cost model takes them."""
+    groups: dict[torch.dtype, tuple[list, list]] = {}
+    for w, count in zip(dense, entries, strict=True):
+        shapes, nnz = groups.setdefault(w.dtype, ([], []))
+        shapes.append(tuple(w.shape))
+        nnz.append(count)
+    return groups
 
 
 def traffic(impl: str, inputs: ScatterInputs) -> Traffic:
-    """``deftx.kernels.scatter.bytes_moved`` (deftx) / ``baseline_bytes_moved`` (baselines):
-    a 32-byte sector read-modify-write per sector touched plus the index/value payload
-    (no flop model: the op is memory-bound)."""
-    try:
-        model = importlib.import_module("deftx.kernels.scatter")
-    except ImportError:
-        return Traffic(_fallback_bytes(impl, inputs), 0.0, "deftx.perf: exact touched sectors + payload")
-    by_dtype: dict[torch.dtype, tuple[list, list]] = {}
-    for w, idx in zip(inputs.dense, inputs.indices, strict=True):
-        shapes, nnz = by_dtype.setdefault(w.dtype, ([], []))
-        shapes.append(tuple(w.shape))
-        nnz.append(idx.numel())
+    """The op's cost model (:data:`COST`): ``bytes_moved`` (deftx) / ``baseline_bytes_moved``
+    (baselines), a 32-byte sector read-modify-write per sector touched plus the index/value
+    payload (no flop model: the op is memory-bound)."""
+    groups = by_dtype(inputs.dense, [idx.numel() for idx in inputs.indices])
     if backend_of(impl) is not None:
-        total = sum(model.bytes_moved(s, n, dtype) for dtype, (s, n) in by_dtype.items())
-        return Traffic(total, 0.0, "deftx.kernels.scatter.bytes_moved")
+        total = sum(COST.bytes_moved(s, n, dtype) for dtype, (s, n) in groups.items())
+        return Traffic(total, 0.0, f"{COST.__name__}.bytes_moved")
     method = "dense" if impl == "dense_add" else "index_add"
-    total = sum(model.baseline_bytes_moved(s, n, dtype, method=method) for dtype, (s, n) in by_dtype.items())
-    return Traffic(total, 0.0, f"deftx.kernels.scatter.baseline_bytes_moved(method={method!r})")
+    total = sum(COST.baseline_bytes_moved(s, n, dtype, method=method) for dtype, (s, n) in groups.items())
+    return Traffic(total, 0.0, f"{COST.__name__}.baseline_bytes_moved(method={method!r})")
 
 
 def quality(impl: str, inputs: ScatterInputs, output: object) -> dict[str, float]:

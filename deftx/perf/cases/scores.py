@@ -26,7 +26,6 @@ from deftx.perf.cases import rsvd
 from deftx.perf.cases.base import CaseSpec, Traffic, backend_of
 
 OP = "scores"
-DISPATCH_OP = "rsvd"
 BASELINES: dict[str, str] = {"svd_lowrank_abs": "torch.svd_lowrank + |U S Vh|"}
 ROOFLINE = "compute"
 
@@ -55,11 +54,9 @@ def bind(impl: str, inputs: rsvd.RsvdInputs) -> Callable[[], list[torch.Tensor]]
 
 
 def traffic(impl: str, inputs: rsvd.RsvdInputs) -> Traffic:
-    """The ``rsvd`` case's model of the factorisation plus the reconstruction's
-    (``deftx.kernels.rsvd.reconstruct_bytes_moved`` / ``baseline_reconstruct_bytes_moved``)."""
-    import importlib
-
-    model = importlib.import_module("deftx.kernels.rsvd")
+    """The ``rsvd`` case's model of the factorisation plus the reconstruction's, from the same
+    cost model (``reconstruct_bytes_moved`` / ``baseline_reconstruct_bytes_moved`` and flops)."""
+    cost = rsvd.COST
     fused = backend_of(impl) is not None
     factor = rsvd.traffic("deftx:triton" if fused else "svd_lowrank", inputs)
     total_bytes, total_flops = factor.bytes, factor.flops
@@ -67,11 +64,11 @@ def traffic(impl: str, inputs: rsvd.RsvdInputs) -> Traffic:
         m, n = w1.shape
         r = min(inputs.rank, m, n)
         if fused:
-            total_bytes += model.reconstruct_bytes_moved(m, n, r)
-            total_flops += model.reconstruct_flops(m, n, r)
+            total_bytes += cost.reconstruct_bytes_moved(m, n, r)
+            total_flops += cost.reconstruct_flops(m, n, r)
         else:
-            total_bytes += model.baseline_reconstruct_bytes_moved(m, n, r)
-            total_flops += model.baseline_reconstruct_flops(m, n, r)
+            total_bytes += cost.baseline_reconstruct_bytes_moved(m, n, r)
+            total_flops += cost.baseline_reconstruct_flops(m, n, r)
     return Traffic(total_bytes, total_flops, f"{factor.model} + reconstruct_bytes_moved / reconstruct_flops")
 
 

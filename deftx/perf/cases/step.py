@@ -13,7 +13,6 @@ Settings: lr 1e-4, betas (0.9, 0.999), eps 1e-8, weight decay 0.01, no L1.
 
 from __future__ import annotations
 
-import importlib
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,11 +20,11 @@ from dataclasses import dataclass
 import torch
 
 from deftx.ops import masked_adamw_step_
+from deftx.ops.registry import op_of_bench_case
 from deftx.perf import synthetic
 from deftx.perf.cases.base import CaseSpec, Traffic, backend_of
 
 OP = "step"
-DISPATCH_OP = "masked_step"
 BASELINES: dict[str, str] = {"adamw": "torch.optim.AdamW", "adamw_fused": "AdamW(fused=True)"}
 ROOFLINE = "memory"
 
@@ -33,7 +32,8 @@ LR = 1e-4
 BETAS = (0.9, 0.999)
 EPS = 1e-8
 WEIGHT_DECAY = 0.01
-FLOPS_PER_ENTRY = 16
+COST = op_of_bench_case(OP).cost_model()
+"""The masked step's bytes / FLOP model (``deftx.ops.cost.masked_step``)."""
 
 
 @dataclass
@@ -102,28 +102,20 @@ def bind(impl: str, inputs: StepInputs) -> Callable[[], object]:
 
 
 def traffic(impl: str, inputs: StepInputs) -> Traffic:
-    """``deftx.kernels.masked_step.bytes_moved`` / ``baseline_bytes_moved`` (and flops) per
-    tensor, summed. Without Triton: ``32 B`` of index and state per selected entry plus
-    a 32-byte sector each for the gradient read and the parameter write; dense: 28 B per
-    fp32 entry (param and moments read and written, gradient read)."""
-    try:
-        model = importlib.import_module("deftx.kernels.masked_step")
-    except ImportError:
-        model = None
+    """The op's cost model (:data:`COST`) per tensor, summed: ``bytes_moved`` / ``flops`` for
+    deftx, ``baseline_bytes_moved`` / ``baseline_flops`` (a dense AdamW step) for the baselines."""
+    deftx = backend_of(impl) is not None
     total_bytes, total_flops = 0.0, 0.0
     for p, idx in zip(inputs.params, inputs.indices, strict=True):
-        size = p.element_size()
-        if backend_of(impl) is not None:
-            k = idx.numel()
-            total_bytes += model.bytes_moved(k, p.numel(), param_bytes=size) if model else k * (32 + 64)
-            total_flops += model.flops(k) if model else FLOPS_PER_ENTRY * k
+        size, k = p.element_size(), idx.numel()
+        if deftx:
+            total_bytes += COST.bytes_moved(k, p.numel(), param_bytes=size)
+            total_flops += COST.flops(k)
         else:
-            total_bytes += model.baseline_bytes_moved(p.numel(), param_bytes=size) if model else 7 * size * p.numel()
-            total_flops += model.baseline_flops(p.numel()) if model else FLOPS_PER_ENTRY * p.numel()
-    if model is None:
-        return Traffic(total_bytes, total_flops, "deftx.perf: 32 B per entry + sectors / 7 dense passes")
-    which = "bytes_moved / flops" if backend_of(impl) is not None else "baseline_bytes_moved / baseline_flops"
-    return Traffic(total_bytes, total_flops, f"deftx.kernels.masked_step.{which}")
+            total_bytes += COST.baseline_bytes_moved(p.numel(), param_bytes=size)
+            total_flops += COST.baseline_flops(p.numel())
+    which = "bytes_moved / flops" if deftx else "baseline_bytes_moved / baseline_flops"
+    return Traffic(total_bytes, total_flops, f"{COST.__name__}.{which}")
 
 
 def quality(impl: str, inputs: StepInputs, output: object) -> dict[str, float]:

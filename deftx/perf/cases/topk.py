@@ -27,7 +27,6 @@ from deftx.perf import synthetic
 from deftx.perf.cases.base import CaseSpec, Traffic, backend_of
 
 OP = "topk"
-DISPATCH_OP = "topk"
 BASELINES: dict[str, str] = {"cat_topk": "torch.cat+topk", "cat_kthvalue": "torch.cat+kthvalue"}
 ROOFLINE = "memory"
 

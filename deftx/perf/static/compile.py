@@ -42,6 +42,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from deftx.ops.registry import TRITON_OPS
 from deftx.perf.static.sass import Sass, parse_sass
 from deftx.perf.targets import Target, get_target
 
@@ -180,16 +181,15 @@ class Registry:
 
 
 def declared_specializations() -> Registry:
-    """Every ``SPECIALIZATIONS`` entry of every kernel module of :mod:`deftx.kernels`.
+    """Every ``SPECIALIZATIONS`` entry of the kernel module of every op of the registry with Triton
+    kernels (:data:`deftx.ops.registry.TRITON_OPS`).
 
-    Unlike :func:`deftx.kernels.specializations` it does not stop at a module that is
-    missing or fails to import: those are listed in the result instead.
+    Unlike :func:`deftx.ops.registry.kernel_specializations` it does not stop at a module that
+    is missing or fails to import: those are listed in the result instead.
     """
-    import deftx.kernels as kernels
-
     registry = Registry([], [], {}, [])
-    for name in kernels.KERNEL_MODULES:
-        qualified = f"{kernels.__name__}.{name}"
+    for name in TRITON_OPS:
+        qualified = f"deftx.kernels.{name}"
         try:
             module = importlib.import_module(qualified)
         except ModuleNotFoundError as err:

@@ -23,9 +23,23 @@ from tests.helpers import UNIT_ROUNDOFF, assert_bitwise_equal, assert_close, tol
 if native.unavailable_reason() is not None:
     pytest.skip(native.unavailable_reason(), allow_module_level=True)
 
-from deftx.ops.native.masked_step import masked_adamw_step_ as native_step
+from deftx.ops.native.masked_step import masked_adamw_step_ as native_backend_step
+from deftx.ops.settings import AdamWSettings, MaskedStepTensors
 
 CHUNK = 1 << 14  # csrc/masked_step.cpp kChunkLength
+
+
+def with_keywords(backend_step):
+    """A backend's step called with the public op's keywords instead of :class:`AdamWSettings`."""
+
+    def step(params, grads, indices, masters, exp_avgs, exp_avg_sqs, bases, **hyperparameters) -> None:
+        tensors = MaskedStepTensors(params, grads, indices, masters, exp_avgs, exp_avg_sqs, bases)
+        backend_step(tensors, AdamWSettings(**hyperparameters))
+
+    return step
+
+
+native_step = with_keywords(native_backend_step)
 SHAPE_SETS = {
     "ragged": [(33, 17), (1,), (5, 7, 3), (130,)],
     "empty": [(0,), (0, 4), (6,)],
@@ -207,7 +221,7 @@ def test_matches_the_torch_reference(shapes, dtypes, options):
     problem = make_problem(shapes, dtypes, 0.3, seed=1)
     native_state, torch_state = problem.state.clone(), problem.state.clone()
     run_steps(problem, native_state, public_native_step, options)
-    run_steps(problem, torch_state, reference.masked_adamw_step_, options)
+    run_steps(problem, torch_state, with_keywords(reference.masked_adamw_step_), options)
     rtol, atol = master_tolerance(STEPS, HYPER["lr"], HYPER["beta1"], HYPER["beta2"])
     for t, index in enumerate(problem.indices):
         assert_bitwise_equal(native_state.exp_avgs[t], torch_state.exp_avgs[t], what=f"exp_avg {t}")
@@ -234,22 +248,7 @@ def test_l1_pull_alone_moves_each_master_by_lr_toward_its_anchor():
     bases = [torch.tensor([1.0, 3.0, 4.0])]
     masters = [torch.tensor([1.5, 3.0, 3.5])]
     m, v = [torch.zeros(3)], [torch.zeros(3)]
-    native_step(
-        params,
-        grads,
-        indices,
-        masters,
-        m,
-        v,
-        bases,
-        step=1,
-        lr=0.25,
-        beta1=0.9,
-        beta2=0.999,
-        eps=1e-8,
-        weight_decay=0.0,
-        l1=0.5,
-    )
+    native_step(params, grads, indices, masters, m, v, bases, step=1, lr=0.25, l1=0.5)
     assert_bitwise_equal(masters[0], torch.tensor([1.25, 3.0, 3.75]), what="masters")
     assert_bitwise_equal(params[0], torch.tensor([1.25, 2.0, 3.0, 3.75]), what="params")
 
@@ -258,22 +257,9 @@ def test_rounds_the_master_to_nearest_even_in_the_param_dtype():
     # 1 + 2^-8 lies halfway between two bf16 values: ties to even gives 1.0.
     params = [torch.zeros(2, dtype=torch.bfloat16)]
     masters = [torch.tensor([1.0 + 2.0**-8, 1.0 + 3 * 2.0**-8])]
-    native_step(
-        params,
-        [torch.zeros(2, dtype=torch.bfloat16)],
-        [torch.tensor([0, 1])],
-        masters,
-        [torch.zeros(2)],
-        [torch.zeros(2)],
-        None,
-        step=1,
-        lr=0.0,
-        beta1=0.9,
-        beta2=0.999,
-        eps=1e-8,
-        weight_decay=0.0,
-        l1=0.0,
-    )
+    grads = [torch.zeros(2, dtype=torch.bfloat16)]
+    indices = [torch.tensor([0, 1])]
+    native_step(params, grads, indices, masters, [torch.zeros(2)], [torch.zeros(2)], None, step=1, lr=0.0)
     assert params[0].tolist() == [1.0, 1.015625]
 
 
@@ -294,22 +280,8 @@ def test_bad_index_lists_raise_before_anything_is_written(bad):
     grads = [torch.ones_like(p) for p in params]
     masters = [torch.ones(i.numel()) for i in indices]
     with pytest.raises(ValueError, match="not sorted or has an entry out of range"):
-        native_step(
-            params,
-            grads,
-            indices,
-            masters,
-            [torch.zeros(i.numel()) for i in indices],
-            [torch.zeros(i.numel()) for i in indices],
-            None,
-            step=1,
-            lr=0.1,
-            beta1=0.9,
-            beta2=0.999,
-            eps=1e-8,
-            weight_decay=0.0,
-            l1=0.0,
-        )
+        moments = [torch.zeros(i.numel()) for i in indices]
+        native_step(params, grads, indices, masters, moments, [m.clone() for m in moments], None, step=1, lr=0.1)
     for t, (param, master) in enumerate(zip(params, masters, strict=True)):
         assert_bitwise_equal(param, torch.zeros_like(param), what=f"params[{t}]")
         assert_bitwise_equal(master, torch.ones_like(master), what=f"masters[{t}]")
@@ -339,4 +311,4 @@ def test_rejects_what_it_cannot_read_safely(change, match):
     args.update({name: value for name, value in change.items() if name != "l1"})
     l1 = change.get("l1", 0.0)
     with pytest.raises(ValueError, match=match):
-        native_step(**args, step=1, lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, l1=l1)
+        native_step(**args, step=1, lr=0.1, l1=l1)

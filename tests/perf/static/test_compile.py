@@ -128,8 +128,6 @@ def test_compile_all_reports_a_failing_spec_and_memoises(monkeypatch):
 
 
 def test_declared_specializations_lists_absent_and_broken_modules(monkeypatch):
-    import deftx.kernels as kernels
-
     real_import = importlib.import_module
 
     def fake_import(name, *args):
@@ -137,7 +135,7 @@ def test_declared_specializations_lists_absent_and_broken_modules(monkeypatch):
             raise SyntaxError("invalid syntax")
         return real_import(name, *args)
 
-    monkeypatch.setattr(kernels, "KERNEL_MODULES", ("topk", "not_written_yet", "broken_one"))
+    monkeypatch.setattr(compile_module, "TRITON_OPS", ("topk", "not_written_yet", "broken_one"))
     monkeypatch.setattr(compile_module.importlib, "import_module", fake_import)
     registry = declared_specializations()
     assert registry.absent == ["not_written_yet"]
