@@ -34,8 +34,9 @@ import torch
 
 from deftx.files import atomic_write_bytes
 
-RUN_FORMAT = 2
-"""Version of the work-directory layout (1: θ0 copied into every run, no identity records)."""
+RUN_FORMAT = 3
+"""Version of the work-directory layout and of what its identity records (1: θ0 copied into every run,
+no identity records; 2: identities without the collator's settings, the device or the SFTs' info)."""
 IDENTITY_FILE = "identity.json"
 SHORT_DIGEST = 12
 MAX_NAMED = 3

@@ -132,6 +132,7 @@ CHANGE_NOTES = {
     "theta0": "the model's weights differ: it is not the base this run started from",
     "data.train": "other training examples",
     "data.eval": "other evaluation examples",
+    "format.run": "written by an older deftx, whose identities recorded less: --overwrite retrains it",
 }
 """What a change of an identity field means, added to the line naming it."""
 

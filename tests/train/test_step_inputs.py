@@ -8,6 +8,7 @@ recomputed with ``overwrite=True``; the same inputs resume without training.
 from __future__ import annotations
 
 import functools
+import json
 import shutil
 from dataclasses import dataclass
 
@@ -15,7 +16,7 @@ import pytest
 import torch
 from transformers import DataCollatorWithPadding, TrainingArguments
 
-from deftx.train.identity import IdentityMismatchError, settings_identity
+from deftx.train.identity import IDENTITY_FILE, RUN_FORMAT, IdentityMismatchError, settings_identity
 from deftx.train.language import BatchSeededCollator
 from deftx.train.masking import MLMCollator
 from deftx.train.sparse_finetuner import SparseFineTuner
@@ -150,3 +151,13 @@ def test_settings_identity_records_every_setting_and_refuses_what_it_cannot():
                                                                              ["vocabulary"]) == 64
     with pytest.raises(TypeError, match="Generator"):
         settings_identity({"draws": torch.Generator()})
+
+
+def test_a_step_of_an_older_identity_format_is_refused_saying_so(done, tmp_path):
+    shutil.copytree(done / "work", tmp_path / "work")
+    record = tmp_path / "work" / IDENTITY_FILE
+    older = json.loads(record.read_text())
+    older["format"]["run"] = RUN_FORMAT - 1
+    record.write_text(json.dumps(older))
+    assert f"phase 1: format.run: {RUN_FORMAT - 1} -> {RUN_FORMAT} (written by an older deftx" in " ".join(
+        refused_lines(tmp_path))
