@@ -83,8 +83,8 @@ def resolve_device(config: PipelineConfig) -> str:
 def training_settings(config: PipelineConfig, device: str, seed: int) -> TrainingSettings:
     """The training settings every phase of ``config`` runs with for ``seed`` on ``device``.
 
-    The device reaches the Trainer as ``TrainingArguments.use_cpu``, so it is part of every
-    step's identity (:func:`deftx.train.trainer_args.result_arguments`).
+    The device reaches the Trainer as ``TrainingArguments.use_cpu``; every step's identity records
+    the device the Trainer then trains on (:func:`deftx.train.sparse_finetuner.trainer_identity`).
     """
     plain = to_plain(config.training)
     arguments = {**plain["arguments"], "use_cpu": device == "cpu"}

@@ -40,8 +40,8 @@ no identity records; 2: identities without the collator's settings, the device o
 IDENTITY_FILE = "identity.json"
 SHORT_DIGEST = 12
 MAX_NAMED = 3
-MAX_SETTINGS_DEPTH = 8
-"""Objects nested deeper than this in an object's settings are refused (a cycle, or no settings to speak of)."""
+MAX_SETTINGS_DEPTH = 16
+"""Values nested deeper than this (levels of objects, mappings, sequences) in settings are refused (a cycle?)."""
 
 
 class IdentityMismatchError(ValueError):
@@ -163,20 +163,21 @@ def settings_identity(value: Any, depth: int = 0) -> Any:
       digest of their dtype, shape and bytes;
     * functions and classes by their qualified name (what a function closes over is not
       recorded: give such a collator an ``identity_settings()`` method);
-    * every other object as ``{"class": its qualified name, "settings": ...}``, the settings
-      being, recorded by these same rules: what its ``identity_settings()`` method returns
-      (the protocol for an object to say it itself, e.g. :class:`deftx.train.masking.MLMCollator`);
-      else a dataclass's fields; a tokenizer's vocabulary (digested), special tokens and
-      padding side; a ``functools.partial``'s function and arguments; else the object's
-      attributes (``vars``), every one of them.
+    * every other object as ``{"class": its qualified name, "settings": ...}``, its settings
+      (recorded by these same rules) being the first of: what its ``identity_settings()``
+      method returns (the protocol for an object to say it itself, e.g.
+      :class:`deftx.train.masking.MLMCollator`); a dataclass's fields; a tokenizer's vocabulary
+      (digested), special tokens and padding side; a ``functools.partial``'s function and
+      arguments; the object's attributes (``vars``), every one of them.
 
     Raises:
         TypeError: a value none of these rules records (e.g. a ``torch.Generator`` held by an
-            object without ``identity_settings()``), or objects nested more than
-            :data:`MAX_SETTINGS_DEPTH` deep (a cycle): naming the type, so nothing is silently left out.
+            object without ``identity_settings()``), or values nested more than
+            :data:`MAX_SETTINGS_DEPTH` levels deep (a cycle?): naming the type, so nothing is
+            silently left out.
     """
     if depth > MAX_SETTINGS_DEPTH:
-        raise TypeError(f"settings nested more than {MAX_SETTINGS_DEPTH} objects deep (a cycle?) at a "
+        raise TypeError(f"settings nested more than {MAX_SETTINGS_DEPTH} levels deep (a cycle?) at a "
                         f"{type(value).__name__}: give its owner an identity_settings() method")
     if value is None or isinstance(value, (str, int, float, bool)):
         return value

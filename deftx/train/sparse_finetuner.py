@@ -552,6 +552,8 @@ class SparseFineTuner:
         Raises:
             IdentityMismatchError: ``work_dir`` holds results of a run with another identity
                 (and ``overwrite`` is not set); nothing was trained or changed.
+            TypeError: the data collator holds a value whose settings cannot be recorded
+                (:func:`~deftx.train.identity.settings_identity` says which); nothing was trained.
         """
         message = override_message(self.trainer, self.config.full, self.config.sparse, self.work_dir)
         if message is not None and self.warn_overrides:

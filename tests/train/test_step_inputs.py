@@ -151,6 +151,10 @@ def test_settings_identity_records_every_setting_and_refuses_what_it_cannot():
                                                                              ["vocabulary"]) == 64
     with pytest.raises(TypeError, match="Generator"):
         settings_identity({"draws": torch.Generator()})
+    looped = Plain()
+    looped.itself = looped
+    with pytest.raises(TypeError, match="levels deep"):
+        settings_identity(looped)
 
 
 def test_a_step_of_an_older_identity_format_is_refused_saying_so(done, tmp_path):
