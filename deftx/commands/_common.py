@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 USER_ERRORS = (OSError, ValueError, KeyError)
 MAX_MESSAGE = 2000
+DEVICE_METAVAR = "{cpu,cuda,auto}"
 
 
 def command_line() -> str:
@@ -74,7 +75,7 @@ def load_pipeline_config(args: argparse.Namespace):
     """The config file of ``args.config`` with the command-line overrides applied."""
     from dataclasses import replace
 
-    from deftx.pipeline.config import DEVICES, load_config
+    from deftx.pipeline.config import load_config
 
     config = load_config(args.config)
     if getattr(args, "output_dir", None):
@@ -86,10 +87,21 @@ def load_pipeline_config(args: argparse.Namespace):
     if getattr(args, "seeds", None):
         config = replace(config, seeds=tuple(args.seeds))
     if getattr(args, "device", None):
-        if args.device not in DEVICES:
-            raise ValueError(f"--device: expected one of {list(DEVICES)}, got {args.device!r}")
-        config = replace(config, device=args.device)
+        config = replace(config, device=device_option(args.device))
     return config
+
+
+def device_option(text: str) -> str:
+    """``--device``'s value, checked to be a device name (:data:`deftx.pipeline.config.DEVICES`).
+
+    Raises:
+        ValueError: another name (one line naming the choices).
+    """
+    from deftx.pipeline.config import DEVICES
+
+    if text not in DEVICES:
+        raise ValueError(f"--device: expected one of {list(DEVICES)}, got {text!r}")
+    return text
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -97,7 +109,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", help="override the config's output_dir")
     parser.add_argument("--data-dir", help="override the data root (default: $DEFTX_DATA_DIR or ../shared/data)")
     parser.add_argument(
-        "--device", metavar="{cpu,cuda,auto}",
+        "--device", metavar=DEVICE_METAVAR,
         help="override the config's device: every phase on cpu or cuda; auto (the config's default): cuda when "
              "available. Asking for cuda where there is none is an error before any work",
     )

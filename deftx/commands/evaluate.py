@@ -6,7 +6,15 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from deftx.commands._common import add_command, add_model_arguments, finite_float, name_base_model, positive_int
+from deftx.commands._common import (
+    DEVICE_METAVAR,
+    add_command,
+    add_model_arguments,
+    device_option,
+    finite_float,
+    name_base_model,
+    positive_int,
+)
 
 if TYPE_CHECKING:
     from deftx.eval.zero_shot import Composition, RowContext
@@ -96,10 +104,11 @@ def run(args: argparse.Namespace) -> int:
     from deftx.data import nusax
     from deftx.eval.report import markdown_tables, summarize, write_csv
     from deftx.eval.zero_shot import RowContext
-    from deftx.pipeline.workspace import resolve_model
+    from deftx.pipeline.workspace import checked_device, resolve_model
     from deftx.sft.sources import open_sft
     from deftx.train.architecture import build_from_spec, resolve_classifier
 
+    device = checked_device(device_option(args.device))
     lang_specs = _language_sfts(args.lang_sft or [])
     if args.data and len(lang_specs) > 1:
         raise ValueError("with --data, give at most one --lang-sft (the data's language)")
@@ -121,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         cells = _nusax_cells(args, tokenizer, task, lang_sfts, data_dir)
         context = RowContext("nusax", "zero-shot", args.source)
-    rows = _score(args, model, tokenizer, cells, context, spec.num_labels)
+    rows = _score(args, model.to(device), tokenizer, cells, context, spec.num_labels)
     if not rows:
         raise ValueError("no language with a test split was evaluated")
     summary = summarize(rows, exclude_from_average=[args.source])
@@ -161,4 +170,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--name", default="sft", help="method name in the table")
     parser.add_argument("--max-length", type=positive_int, default=128, help="token limit (default 128)")
     parser.add_argument("--batch-size", type=positive_int, default=64, help="evaluation batch (default 64)")
+    parser.add_argument(
+        "--device", metavar=DEVICE_METAVAR, default="auto",
+        help="where the classifier runs: cpu, cuda, or auto (the default): cuda when available. Asking for cuda "
+             "where there is none is an error before anything is loaded",
+    )
     parser.add_argument("--output", help="folder for evaluate.csv / evaluate.md")

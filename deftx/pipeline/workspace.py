@@ -42,35 +42,49 @@ def resolve_model(name: str) -> Path:
     return folder
 
 
-def requested_device(config: PipelineConfig) -> str:
-    """The device ``config`` asks for on this machine, unchecked: ``auto`` is cuda when available (and
-    ``training.use_cpu``, a ``TrainingArguments`` field, is not set), else cpu; ``cpu``/``cuda`` as given."""
-    if config.device == "auto":
-        use_cpu = bool(config.training.arguments.get("use_cpu"))
+def device_on_this_machine(device: str, use_cpu: bool = False) -> str:
+    """``device`` (``auto``, ``cpu`` or ``cuda``) on this machine, unchecked: ``auto`` is cuda when
+    available and ``use_cpu`` (the ``TrainingArguments`` field) is not set, else cpu; ``cpu``/``cuda`` as given."""
+    if device == "auto":
         return "cuda" if torch.cuda.is_available() and not use_cpu else "cpu"
-    return config.device
+    return device
 
 
-def resolve_device(config: PipelineConfig) -> str:
-    """The device every phase of ``config`` runs on: :func:`requested_device`, checked.
+def checked_device(device: str, use_cpu: bool = False) -> str:
+    """:func:`device_on_this_machine`, checked (before any work: the commands' ``--device``).
 
     Raises:
         ValueError: cuda is asked for and ``torch.cuda.is_available()`` is false, or with ``use_cpu``.
     """
-    device = requested_device(config)
-    if device == "cuda" and config.training.arguments.get("use_cpu"):
+    resolved = device_on_this_machine(device, use_cpu)
+    if resolved == "cuda" and use_cpu:
         raise ValueError("device cuda contradicts training.use_cpu: true; drop one of them")
-    if device == "cuda" and not torch.cuda.is_available():
+    if resolved == "cuda" and not torch.cuda.is_available():
         raise ValueError("device cuda asked for, but torch.cuda.is_available() is false here (no CUDA device or a "
                          "CPU-only torch); use --device cpu or auto")
-    return device
+    return resolved
+
+
+def requested_device(config: PipelineConfig) -> str:
+    """The device ``config`` asks for on this machine, unchecked (:func:`device_on_this_machine` with
+    ``training.use_cpu``)."""
+    return device_on_this_machine(config.device, bool(config.training.arguments.get("use_cpu")))
+
+
+def resolve_device(config: PipelineConfig) -> str:
+    """The device every phase of ``config`` runs on: :func:`requested_device`, checked (:func:`checked_device`).
+
+    Raises:
+        ValueError: cuda is asked for and ``torch.cuda.is_available()`` is false, or with ``use_cpu``.
+    """
+    return checked_device(config.device, bool(config.training.arguments.get("use_cpu")))
 
 
 def training_settings(config: PipelineConfig, device: str, seed: int) -> TrainingSettings:
     """The training settings every phase of ``config`` runs with for ``seed`` on ``device``.
 
-    The device reaches the Trainer as ``TrainingArguments.use_cpu``, so it is part of every
-    step's identity (:func:`deftx.train.trainer_args.result_arguments`).
+    The device reaches the Trainer as ``TrainingArguments.use_cpu``; every step's identity records
+    the device the Trainer then trains on (:func:`deftx.train.sparse_finetuner.trainer_identity`).
     """
     plain = to_plain(config.training)
     arguments = {**plain["arguments"], "use_cpu": device == "cpu"}

@@ -20,7 +20,10 @@ between runs by hard links): a work directory and a step store never disagree ab
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
+import inspect
 import json
 import shutil
 from collections.abc import Iterable, Mapping, Sequence
@@ -31,11 +34,14 @@ import torch
 
 from deftx.files import atomic_write_bytes
 
-RUN_FORMAT = 2
-"""Version of the work-directory layout (1: θ0 copied into every run, no identity records)."""
+RUN_FORMAT = 3
+"""Version of the work-directory layout and of what its identity records (1: θ0 copied into every run,
+no identity records; 2: identities without the collator's settings, the device or the SFTs' info)."""
 IDENTITY_FILE = "identity.json"
 SHORT_DIGEST = 12
 MAX_NAMED = 3
+MAX_SETTINGS_DEPTH = 16
+"""Values nested deeper than this (levels of objects, mappings, sequences) in settings are refused (a cycle?)."""
 
 
 class IdentityMismatchError(ValueError):
@@ -112,6 +118,79 @@ def _update_with_value(hasher: Any, value: Any) -> None:
         hasher.update(json.dumps(value).encode())
     else:
         raise TypeError(f"cannot digest a data-set value of type {type(value).__name__}")
+
+
+def callable_name(value: Any) -> str | None:
+    """``module.QualifiedName`` of a function, or of an object's class; None for None."""
+    if value is None:
+        return None
+    target = value if callable(value) and hasattr(value, "__qualname__") else type(value)
+    return f"{target.__module__}.{target.__qualname__}"
+
+
+def _tokenizer_settings(tokenizer: Any) -> dict[str, Any]:
+    return {
+        "vocabulary": digest(tokenizer.get_vocab()),
+        "special_tokens": json.loads(json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str)),
+        "padding_side": tokenizer.padding_side,
+    }
+
+
+def _object_settings(value: Any) -> Any:
+    """The settings of an object that is not a JSON value: see :func:`settings_identity`."""
+    if callable(getattr(value, "identity_settings", None)):
+        return value.identity_settings()
+    if dataclasses.is_dataclass(value):
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    if callable(getattr(value, "get_vocab", None)) and hasattr(value, "special_tokens_map"):
+        return _tokenizer_settings(value)
+    if isinstance(value, functools.partial):
+        return {"function": value.func, "args": list(value.args), "keywords": value.keywords}
+    if hasattr(value, "__dict__"):
+        return vars(value)
+    raise TypeError(
+        f"cannot tell what a {type(value).__name__} depends on: give its owner an identity_settings() method "
+        "returning everything its results depend on (JSON values, tensors or such objects)"
+    )
+
+
+def settings_identity(value: Any, depth: int = 0) -> Any:
+    """What ``value`` (e.g. a Trainer's data collator) does depends on, JSON-ready; equal settings, equal identities.
+
+    Recorded, by the first rule that applies:
+
+    * JSON values as they are; mappings and sequences item by item; tensors and arrays by a
+      digest of their dtype, shape and bytes;
+    * functions and classes by their qualified name (what a function closes over is not
+      recorded: give such a collator an ``identity_settings()`` method);
+    * every other object as ``{"class": its qualified name, "settings": ...}``, its settings
+      (recorded by these same rules) being the first of: what its ``identity_settings()``
+      method returns (the protocol for an object to say it itself, e.g.
+      :class:`deftx.train.masking.MLMCollator`); a dataclass's fields; a tokenizer's vocabulary
+      (digested), special tokens and padding side; a ``functools.partial``'s function and
+      arguments; the object's attributes (``vars``), every one of them.
+
+    Raises:
+        TypeError: a value none of these rules records (e.g. a ``torch.Generator`` held by an
+            object without ``identity_settings()``), or values nested more than
+            :data:`MAX_SETTINGS_DEPTH` levels deep (a cycle?): naming the type, so nothing is
+            silently left out.
+    """
+    if depth > MAX_SETTINGS_DEPTH:
+        raise TypeError(f"settings nested more than {MAX_SETTINGS_DEPTH} levels deep (a cycle?) at a "
+                        f"{type(value).__name__}: give its owner an identity_settings() method")
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, torch.Tensor) or (hasattr(value, "__array__") and hasattr(value, "dtype")):
+        return {"tensor": tensors_digest([("", torch.as_tensor(value))])}
+    if isinstance(value, Mapping):
+        return {str(key): settings_identity(item, depth + 1) for key, item in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = sorted(value, key=repr) if isinstance(value, (set, frozenset)) else value
+        return [settings_identity(item, depth + 1) for item in items]
+    if inspect.isroutine(value) or inspect.isclass(value):
+        return callable_name(value)
+    return {"class": callable_name(value), "settings": settings_identity(_object_settings(value), depth + 1)}
 
 
 def data_digest(dataset: Any) -> str:

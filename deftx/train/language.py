@@ -107,6 +107,10 @@ class BatchSeededCollator:
         self.seed = seed
         self.batches = 0
 
+    def identity_settings(self) -> dict[str, Any]:
+        """The seed and the wrapped collator (the batch count is the phase's progress, not a setting)."""
+        return {"seed": self.seed, "collator": self.collator}
+
     def __call__(self, examples: Sequence[Any]) -> dict[str, Any]:
         self.collator.generator.manual_seed(batch_seed(self.seed, self.batches))
         self.batches += 1

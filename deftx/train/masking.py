@@ -68,7 +68,15 @@ class MLMCollator:
         self.replacement_ids = candidates[~torch.isin(candidates, self.special_ids)]
         if self.replacement_ids.numel() == 0:
             raise ValueError(f"no non-special id below real_vocab_size={size} to draw replacements from")
-        self.generator = torch.Generator().manual_seed(seed)
+        self.seed = int(seed)
+        self.generator = torch.Generator().manual_seed(self.seed)
+
+    def identity_settings(self) -> dict[str, Any]:
+        """What the batches depend on besides the examples (a run's identity records it, see
+        :func:`deftx.train.identity.settings_identity`): the masking rate, seed and token ids."""
+        return {"mlm_probability": self.mlm_probability, "real_vocab_size": self.real_vocab_size, "seed": self.seed,
+                "mask_token_id": self.mask_token_id, "pad_token_id": self.pad_token_id,
+                "special_ids": self.special_ids.tolist()}
 
     def pad(self, examples: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-pad id sequences (lists, 1-D tensors or dicts with ``input_ids``) -> (B, L) ids, mask."""

@@ -87,10 +87,12 @@ from deftx.train.identity import (
     IDENTITY_FILE,
     RUN_FORMAT,
     IdentityMismatchError,
+    callable_name,
     claim,
     digest,
     model_digest,
     remove_outputs,
+    settings_identity,
     stale_results,
 )
 from deftx.train.identity import data_digest as digest_data
@@ -130,6 +132,7 @@ CHANGE_NOTES = {
     "theta0": "the model's weights differ: it is not the base this run started from",
     "data.train": "other training examples",
     "data.eval": "other evaluation examples",
+    "format.run": "written by an older deftx, whose identities recorded less: --overwrite retrains it",
 }
 """What a change of an identity field means, added to the line naming it."""
 
@@ -219,14 +222,6 @@ class RunIdentity:
     branches: dict[str, dict[str, Any]]
 
 
-def callable_name(value: Any) -> str | None:
-    """``module.QualifiedName`` of a function, or of an object's class; None for None."""
-    if value is None:
-        return None
-    target = value if callable(value) and hasattr(value, "__qualname__") else type(value)
-    return f"{target.__module__}.{target.__qualname__}"
-
-
 def data_identity(trainer, train_digest: str | None = None) -> dict[str, Any]:
     """Digests of the Trainer's training data (``train_digest`` when given) and evaluation data, if any."""
     data: dict[str, Any] = {"train": train_digest or digest_data(trainer.train_dataset)}
@@ -240,16 +235,21 @@ def data_identity(trainer, train_digest: str | None = None) -> dict[str, Any]:
 
 def trainer_identity(trainer, data_digest: str | None = None) -> dict[str, Any]:
     """What any training run on ``trainer`` depends on: deftx's formats, the model's weights (its θ0,
-    digested), the seed, the data, the Trainer and collator classes, the result-changing arguments."""
+    digested), the seed, the data, the Trainer class, the data collator with its settings
+    (:func:`~deftx.train.identity.settings_identity`: e.g. an MLM collator's masking rate and seed),
+    the device type the model trains on (``cpu``, ``cuda``...) and the other result-changing arguments
+    (``use_cpu`` is left to the device, which it only helps decide)."""
     training = result_arguments(trainer.args)
     seed = training.pop("seed")
+    training.pop("use_cpu", None)
     return {
         "format": {"run": RUN_FORMAT, "sft": SFT_FORMAT_VERSION},
         "theta0": model_digest(trainer.model),
         "seed": seed,
         "data": data_identity(trainer, data_digest),
         "trainer": callable_name(trainer),
-        "collator": callable_name(trainer.data_collator),
+        "collator": settings_identity(trainer.data_collator),
+        "device": trainer.args.device.type,
         "training": training,
     }
 
@@ -346,6 +346,10 @@ class SparseFineTuner:
         """Number of eligible entries (the population K is drawn from)."""
         return sum(self.sizes.values())
 
+    def sft_info(self) -> dict[str, Any]:
+        """The model description each SFT's ``info`` records (:func:`~deftx.train.architecture.describe_model`)."""
+        return describe_model(self.trainer.model, head=self.config.ship_head)
+
     def _path(self, *parts: str) -> Path:
         return self.work_dir.joinpath(*parts)
 
@@ -360,7 +364,9 @@ class SparseFineTuner:
         }
 
     def branch_identity(self, branch: str, denoise: DenoiseConfig | None, phase1: Mapping[str, Any]) -> dict[str, Any]:
-        """What one branch's mask and SFT depend on: phase 1, K, the sparse phase, the selection, what is shipped."""
+        """What one branch's mask and SFT depend on: phase 1, K, the sparse phase, the selection, what is
+        shipped (the head or not, the base model's name, the model description the SFT's ``info`` records:
+        its class, pooling and label names in id order)."""
         return {
             "step": f"{self.label} branch",
             "phase1": digest(dict(phase1)),
@@ -370,6 +376,7 @@ class SparseFineTuner:
             "selection": to_plain(denoise),
             "ship_head": self.config.ship_head,
             "base_model": self.base_model,
+            "info": self.sft_info(),
         }
 
     def identity(self) -> RunIdentity:
@@ -498,7 +505,7 @@ class SparseFineTuner:
             [rename[n] for n in self.dense] if self.config.ship_head else (),
             base_model=self.base_model, method=branch, k=self.k,
             settings={"config": to_plain(self.config), "branch": branch, "eligible": self.num_eligible},
-            info=describe_model(self.trainer.model, head=self.config.ship_head),
+            info=self.sft_info(),
         )
         diff.save(self._path(branch, SFT))
         if self.store is not None:
@@ -545,6 +552,8 @@ class SparseFineTuner:
         Raises:
             IdentityMismatchError: ``work_dir`` holds results of a run with another identity
                 (and ``overwrite`` is not set); nothing was trained or changed.
+            TypeError: the data collator holds a value whose settings cannot be recorded
+                (:func:`~deftx.train.identity.settings_identity` says which); nothing was trained.
         """
         message = override_message(self.trainer, self.config.full, self.config.sparse, self.work_dir)
         if message is not None and self.warn_overrides:

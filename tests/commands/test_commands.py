@@ -41,6 +41,18 @@ def test_evaluate_rejects_bad_language_sft_spec(tmp_path, capsys):
     assert "LANGUAGE=PATH" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("device", "message"), [
+    ("cuda", "deftx evaluate: error: device cuda asked for, but torch.cuda.is_available() is false"),
+    ("tpu", "deftx evaluate: error: --device: expected one of ['auto', 'cpu', 'cuda'], got 'tpu'"),
+])
+def test_evaluate_refuses_an_unusable_device_before_loading_anything(tmp_path, monkeypatch, capsys, device, message):
+    """The task SFT does not exist: the device is refused first, in one line, exit code 2."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["evaluate", "--task-sft", str(tmp_path / "absent"), "--device", device]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1
+
+
 def tiny_config(tmp_path, model_dir) -> dict:
     return {
         "name": "tiny", "model": str(model_dir), "output_dir": str(tmp_path / "run"),
@@ -123,6 +135,20 @@ def test_compose_and_evaluate_commands(pipeline_run, tiny_model_dir, capsys):
     printed = capsys.readouterr().out
     assert "buginese: no test split" in printed and "madurese: macro-F1" in printed
     assert (tmp / "eval" / "evaluate.csv").is_file()
+
+
+def test_evaluate_on_cpu_equals_the_default_without_cuda(pipeline_run, tiny_model_dir, monkeypatch, capsys):
+    tmp, _, _ = pipeline_run
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    task = tmp / "run" / "seed-0" / "task" / "indonesian" / "lt-sft" / "lt-sft" / "sft.safetensors"
+    tables = {}
+    for device in ([], ["--device", "cpu"]):
+        out = tmp / f"eval-{'-'.join(device) or 'default'}"
+        assert main(["evaluate", "--model", str(tiny_model_dir), "--task-sft", str(task), "--languages", "madurese",
+                     "--output", str(out), *device]) == 0
+        tables[bool(device)] = (out / "evaluate.csv").read_text()
+    capsys.readouterr()
+    assert tables[True] == tables[False]
 
 
 def test_compose_of_two_sfts_shipping_one_head_reverts_exactly(pipeline_run, tiny_model_dir, capsys):
