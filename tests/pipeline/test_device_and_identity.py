@@ -72,7 +72,7 @@ def test_a_bad_device_flag_is_exit_2(tmp_path, capsys):
 
 
 def test_the_device_is_part_of_every_training_steps_identity(tmp_path):
-    """It reaches the Trainer as use_cpu, which the run identity records (result_arguments)."""
+    """It reaches the Trainer as use_cpu (result_arguments), which sets the device the run identity records."""
     config = parse_config({"targets": ["madurese"]})
 
     def identity(device: str) -> dict:
