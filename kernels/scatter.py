@@ -131,6 +131,13 @@ def _diff_segment(segments_ptr, diff_table_ptr, u, t, d, num_units, num_tensors,
     return lo, hi, indices, values, saved
 
 
+@triton.jit
+def _chunk_indices(indices, start, offs, hi):
+    """(mask, indices) of the chunk at ``start`` of a segment ending at ``hi``."""
+    mask = start + offs < hi
+    return mask, tl.load(indices + start + offs, mask=mask, other=0)
+
+
 @triton.jit(do_not_specialize=["num_units", "num_tensors", "num_diffs"])
 def _scatter_add_kernel(
     unit_tensor_ptr,
@@ -163,8 +170,7 @@ def _scatter_add_kernel(
                 segments_ptr, diff_table_ptr, u, t, d, num_units, num_tensors, num_diffs,
                 DENSE, VALUE)
             for start in range(lo, hi, CHUNK):
-                mask = start + offs < hi
-                idx = tl.load(indices + start + offs, mask=mask, other=0)
+                mask, idx = _chunk_indices(indices, start, offs, hi)
                 tl.store(saved + start + offs, tl.load(dense + idx, mask=mask), mask=mask)
         tl.debug_barrier()
     for d in range(num_diffs):
@@ -173,8 +179,7 @@ def _scatter_add_kernel(
             segments_ptr, diff_table_ptr, u, t, d, num_units, num_tensors, num_diffs,
             DENSE, VALUE)
         for start in range(lo, hi, CHUNK):
-            mask = start + offs < hi
-            idx = tl.load(indices + start + offs, mask=mask, other=0)
+            mask, idx = _chunk_indices(indices, start, offs, hi)
             w = tl.load(dense + idx, mask=mask)
             if SAVE:
                 tl.store(saved + start + offs, w, mask=mask & (d == 0))
