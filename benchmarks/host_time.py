@@ -71,7 +71,10 @@ def compose_prepared_calls(dense: list[torch.Tensor], k: float,
                            gen: torch.Generator) -> dict[str, Callable[[], object]]:
     (i1, v1), (i2, v2) = random_diff(dense, k, gen), random_diff(dense, k, gen)
     indices, values, scales = [i1, i2], [v1, v2], [1.0, 0.5]
+    start = time.perf_counter()
     prepared = ops.prepare_scatter(dense, indices, values, scales, backend="triton")
+    elapsed = 1e3 * (time.perf_counter() - start)
+    print(f"prepare_scatter (checks, plans, uploads, searches units once): {elapsed:.1f} ms")
 
     def public_pair() -> None:
         saved = ops.scatter_add_(dense, indices, values, scales, save=True, backend="triton")

@@ -39,6 +39,11 @@ Restore
     ``scatter_restore_`` writes saved values back, one program per chunk of one diff's entries
     of one tensor. Positions touched by several diffs receive identical values (the originals),
     so the order does not matter.
+
+Prepared
+    ``PreparedScatter`` does the host planning, the one upload (add and restore tables
+    together), the segment search and the unit -> pair expansion once; its ``apply`` and
+    ``restore`` are then one launch per dense dtype each, with the same kernels and bits.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Public ops: sparse scatter-add of several diffs onto dense tensors, and its exact undo."""
+"""Public ops: sparse scatter-add of several diffs onto dense tensors, and its exact undo; and the
+same composition prepared once for repeated apply / restore (:func:`prepare_scatter`)."""
 
 from __future__ import annotations
 
