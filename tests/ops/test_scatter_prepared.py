@@ -79,3 +79,27 @@ def test_prepared_apply_is_one_launch_per_dtype_and_never_syncs():
         assert restored.triton_launches == {"_scatter_restore_kernel": 3}, restored.summary()
         for t, (got, want) in enumerate(zip(dense, original, strict=True)):
             assert_bitwise_equal(got, want, what=f"restored {t}")
+
+
+@pytest.mark.parametrize("backend", cpu_backends("scatter"))
+def test_prepared_empty_compositions_do_nothing(backend):
+    dense, indices, values = scatter_problem(3, 1)
+    original = [w.clone() for w in dense]
+    for args in (([], [[]], [[]]), (dense, [], []),
+                 (dense, [[i[:0] for i in indices[0]]], [[v[:0] for v in values[0]]])):
+        prepared = prepare_scatter(*args, backend=backend)
+        prepared.apply()
+        prepared.restore()
+    for t, (got, want) in enumerate(zip(dense, original, strict=True)):
+        assert_bitwise_equal(got, want, what=f"dense {t}")
+
+
+def test_prepared_apply_and_restore_bump_version_counters():
+    dense, indices, values = scatter_problem(2, 1)
+    prepared = prepare_scatter(dense, indices, values, backend="triton")
+    versions = [w._version for w in dense]
+    prepared.apply()
+    assert all(w._version > v for w, v in zip(dense, versions, strict=True))
+    versions = [w._version for w in dense]
+    prepared.restore()
+    assert all(w._version > v for w, v in zip(dense, versions, strict=True))
