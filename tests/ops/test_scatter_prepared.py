@@ -14,6 +14,11 @@ from tests.ops.test_host_work import counted, ragged, scatter_problem
 SCALES = [1.0, -0.5]
 
 
+def assert_all_equal(got: list[torch.Tensor], want: list[torch.Tensor], what: str) -> None:
+    for t, (g, w) in enumerate(zip(got, want, strict=True)):
+        assert_bitwise_equal(g, w, what=f"{what} {t}")
+
+
 def mixed_problem(seed: int = 3):
     """Ragged tensors of the three float dtypes, two diffs with fp32 / bf16 values."""
     dense = ragged(9, [torch.float32, torch.bfloat16, torch.float16], seed)
@@ -34,14 +39,11 @@ def test_prepared_apply_and_restore_match_the_public_ops(backend):
     prepared = prepare_scatter(dense, indices, values, SCALES, backend=backend)
     for _ in range(2):
         saved = prepared.apply()
-        for t, (got, want) in enumerate(zip(dense, reference, strict=True)):
-            assert_bitwise_equal(got, want, what=f"applied {t}")
+        assert_all_equal(dense, reference, "applied")
         for got_row, want_row in zip(saved, want_saved, strict=True):
-            for t, (got, want) in enumerate(zip(got_row, want_row, strict=True)):
-                assert_bitwise_equal(got, want, what=f"saved {t}")
+            assert_all_equal(got_row, want_row, "saved")
         prepared.restore()
-        for t, (got, want) in enumerate(zip(dense, original, strict=True)):
-            assert_bitwise_equal(got, want, what=f"restored {t}")
+        assert_all_equal(dense, original, "restored")
 
 
 def test_prepared_apply_and_restore_alternate():
@@ -72,13 +74,11 @@ def test_prepared_apply_is_one_launch_per_dtype_and_never_syncs():
         _, applied = counted(prepared.apply)
         assert applied.sync_count == 0 and applied.torch_ops == {}, applied.summary()
         assert applied.triton_launches == {"_scatter_add_kernel": 3}, applied.summary()
-        for t, (got, want) in enumerate(zip(dense, reference, strict=True)):
-            assert_bitwise_equal(got, want, what=f"applied {t}")
+        assert_all_equal(dense, reference, "applied")
         _, restored = counted(prepared.restore)
         assert restored.sync_count == 0 and restored.torch_ops == {}, restored.summary()
         assert restored.triton_launches == {"_scatter_restore_kernel": 3}, restored.summary()
-        for t, (got, want) in enumerate(zip(dense, original, strict=True)):
-            assert_bitwise_equal(got, want, what=f"restored {t}")
+        assert_all_equal(dense, original, "restored")
 
 
 @pytest.mark.parametrize("backend", cpu_backends("scatter"))
@@ -90,8 +90,7 @@ def test_prepared_empty_compositions_do_nothing(backend):
         prepared = prepare_scatter(*args, backend=backend)
         prepared.apply()
         prepared.restore()
-    for t, (got, want) in enumerate(zip(dense, original, strict=True)):
-        assert_bitwise_equal(got, want, what=f"dense {t}")
+    assert_all_equal(dense, original, "dense")
 
 
 def test_prepared_apply_and_restore_bump_version_counters():
