@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from types import ModuleType
+from typing import Protocol
 
 import torch
 from torch.autograd.graph import increment_version
@@ -142,6 +143,16 @@ def scatter_restore_(
         )
 
 
+class _Runner(Protocol):
+    """What a backend's prepared composition offers (Triton's ``PreparedScatter``, or :class:`_Unplanned`)."""
+
+    saved: list[list[torch.Tensor]]
+
+    def apply(self) -> None: ...
+
+    def restore(self) -> None: ...
+
+
 class _Unplanned:
     """A prepared composition for the backends without a planned one (native, torch): the
     checked lists, each call straight to the backend with the saved buffers allocated once."""
@@ -174,7 +185,7 @@ class PreparedScatter:
     while the object is used.
     """
 
-    def __init__(self, dense: list[torch.Tensor], runner: _Unplanned | object) -> None:
+    def __init__(self, dense: list[torch.Tensor], runner: _Runner) -> None:
         self._dense = dense
         self._runner = runner
         self.applied = False
