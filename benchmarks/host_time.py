@@ -7,10 +7,14 @@ took 7-11 ms at K = 0.1% on XLM-R and Llama-7B although its bytes need 9-216 us,
 step lost to fused AdamW at XLM-R size; this separates the host's share without a GPU.
 
 * ``compose``: the public ``scatter_add_`` with two diffs, originals saved.
+* ``compose-prepared``: the same composition applied and reverted, in one run: the public
+  ``scatter_add_`` + ``scatter_restore_`` pair (checked and planned on every call) beside
+  ``prepare_scatter``'s ``apply`` + ``restore`` (checked and planned once, when prepared).
 * ``step``: one ``MaskedAdamW.step`` (checked once when built) beside one public
   ``masked_adamw_step_`` call (checked on every call), K = ``--k`` of every parameter.
 
     TRITON_INTERPRET=1 python benchmarks/host_time.py compose --shapes xlmr-base --k 0.001
+    TRITON_INTERPRET=1 python benchmarks/host_time.py compose-prepared --shapes xlmr-base --k 0.001
     TRITON_INTERPRET=1 python benchmarks/host_time.py step --shapes xlmr-base --k 0.05
 
 The dense tensors are real CPU allocations (XLM-R base: 1.1 GB fp32; Llama-7B would need 27 GB).
@@ -32,7 +36,8 @@ from deftx.kernels import kernel_module
 from deftx.perf.shapes import load_shape_set
 from deftx.train.retrain import MaskedAdamW
 
-STUBBED = {"scatter": ("_segment_bounds_kernel", "_scatter_add_kernel"), "masked_step": ("_masked_adamw_kernel",)}
+STUBBED = {"scatter": ("_segment_bounds_kernel", "_scatter_add_kernel", "_scatter_restore_kernel"),
+           "masked_step": ("_masked_adamw_kernel",)}
 
 
 class _NoLaunch:
@@ -62,6 +67,27 @@ def compose_calls(dense: list[torch.Tensor], k: float, gen: torch.Generator) -> 
             lambda: ops.scatter_add_(dense, [i1, i2], [v1, v2], [1.0, 0.5], save=True, backend="triton")}
 
 
+def compose_prepared_calls(dense: list[torch.Tensor], k: float,
+                           gen: torch.Generator) -> dict[str, Callable[[], object]]:
+    (i1, v1), (i2, v2) = random_diff(dense, k, gen), random_diff(dense, k, gen)
+    indices, values, scales = [i1, i2], [v1, v2], [1.0, 0.5]
+    start = time.perf_counter()
+    prepared = ops.prepare_scatter(dense, indices, values, scales, backend="triton")
+    elapsed = 1e3 * (time.perf_counter() - start)
+    print(f"prepare_scatter (checks, plans, uploads, searches units once): {elapsed:.1f} ms")
+
+    def public_pair() -> None:
+        saved = ops.scatter_add_(dense, indices, values, scales, save=True, backend="triton")
+        ops.scatter_restore_(dense, indices, saved, backend="triton")
+
+    def prepared_pair() -> None:
+        prepared.apply()
+        prepared.restore()
+
+    return {"scatter_add_ + scatter_restore_ (2 diffs)": public_pair,
+            "prepare_scatter: apply + restore (2 diffs)": prepared_pair}
+
+
 def step_calls(dense: list[torch.Tensor], k: float, gen: torch.Generator) -> dict[str, Callable[[], object]]:
     params = [w.requires_grad_() for w in dense]
     indices, _ = random_diff(params, k, gen)
@@ -80,6 +106,9 @@ def step_calls(dense: list[torch.Tensor], k: float, gen: torch.Generator) -> dic
     }
 
 
+CALLS = {"compose": compose_calls, "compose-prepared": compose_prepared_calls, "step": step_calls}
+
+
 def time_call(call: Callable[[], object], calls: int) -> float:
     """Mean host milliseconds per call, after one untimed call (indices are checked once)."""
     call()
@@ -91,7 +120,7 @@ def time_call(call: Callable[[], object], calls: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("op", choices=("compose", "step"), help="what to time")
+    parser.add_argument("op", choices=tuple(CALLS), help="what to time")
     parser.add_argument("--shapes", default="xlmr-base", help="shape set (deftx.perf.shapes)")
     parser.add_argument("--k", type=float, default=0.001, help="density of each diff / of the selection")
     parser.add_argument("--calls", type=int, default=20, help="timed calls")
@@ -101,7 +130,7 @@ def main() -> None:
     stub_kernels()
     dense = [torch.zeros(s.shape) for s in load_shape_set(args.shapes).flat()]
     gen = torch.Generator().manual_seed(0)
-    calls = (compose_calls if args.op == "compose" else step_calls)(dense, args.k, gen)
+    calls = CALLS[args.op](dense, args.k, gen)
     for name, call in calls.items():
         print(f"{args.shapes}, {len(dense)} tensors, K = {args.k:g}: {name}: host time "
               f"{time_call(call, args.calls):.2f} ms per call (mean of {args.calls}, kernels not launched)")

@@ -39,6 +39,11 @@ Restore
     ``scatter_restore_`` writes saved values back, one program per chunk of one diff's entries
     of one tensor. Positions touched by several diffs receive identical values (the originals),
     so the order does not matter.
+
+Prepared
+    ``PreparedScatter`` does the host planning, the one upload (add and restore tables
+    together), the segment search and the unit -> pair expansion once; its ``apply`` and
+    ``restore`` are then one launch per dense dtype each, with the same kernels and bits.
 """
 
 from __future__ import annotations
@@ -131,6 +136,13 @@ def _diff_segment(segments_ptr, diff_table_ptr, u, t, d, num_units, num_tensors,
     return lo, hi, indices, values, saved
 
 
+@triton.jit
+def _chunk_indices(indices, start, offs, hi):
+    """(mask, indices) of the chunk at ``start`` of a segment ending at ``hi``."""
+    mask = start + offs < hi
+    return mask, tl.load(indices + start + offs, mask=mask, other=0)
+
+
 @triton.jit(do_not_specialize=["num_units", "num_tensors", "num_diffs"])
 def _scatter_add_kernel(
     unit_tensor_ptr,
@@ -163,8 +175,7 @@ def _scatter_add_kernel(
                 segments_ptr, diff_table_ptr, u, t, d, num_units, num_tensors, num_diffs,
                 DENSE, VALUE)
             for start in range(lo, hi, CHUNK):
-                mask = start + offs < hi
-                idx = tl.load(indices + start + offs, mask=mask, other=0)
+                mask, idx = _chunk_indices(indices, start, offs, hi)
                 tl.store(saved + start + offs, tl.load(dense + idx, mask=mask), mask=mask)
         tl.debug_barrier()
     for d in range(num_diffs):
@@ -173,8 +184,7 @@ def _scatter_add_kernel(
             segments_ptr, diff_table_ptr, u, t, d, num_units, num_tensors, num_diffs,
             DENSE, VALUE)
         for start in range(lo, hi, CHUNK):
-            mask = start + offs < hi
-            idx = tl.load(indices + start + offs, mask=mask, other=0)
+            mask, idx = _chunk_indices(indices, start, offs, hi)
             w = tl.load(dense + idx, mask=mask)
             if SAVE:
                 tl.store(saved + start + offs, w, mask=mask & (d == 0))
@@ -365,9 +375,8 @@ def _plan_group(
     return plan, [w.data_ptr() for w in dense] + addresses + flat_counts + units
 
 
-def _launch_group(plan: _GroupPlan, tables: tuple[torch.Tensor, ...], scales: torch.Tensor, num_diffs: int,
-                  save: bool) -> None:
-    """The segment search, then the scatter-add of one dense dtype (two launches)."""
+def _search(plan: _GroupPlan, tables: tuple[torch.Tensor, ...], num_diffs: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The segment search of one dense dtype (one launch): (unit tensor (U,), segments (D, U, 2))."""
     dense_table, diff_table, counts, unit_table = tables
     device = dense_table.device
     unit_tensor = torch.empty(plan.num_units, dtype=torch.int32, device=device)
@@ -377,12 +386,141 @@ def _launch_group(plan: _GroupPlan, tables: tuple[torch.Tensor, ...], scales: to
         plan.num_units, plan.num_tensors, plan.num_tensors.bit_length(), plan.max_count.bit_length(),
         int(num_diffs == 1), BLOCK=SEARCH_BLOCK, num_warps=SCATTER_WARPS, num_stages=SCATTER_STAGES,
     )
-    _scatter_add_kernel[(plan.num_units,)](
-        unit_tensor, segments, dense_table, diff_table, scales,
-        plan.num_units, plan.num_tensors, num_diffs,
-        DENSE=TL_DTYPES[plan.dense_dtype], VALUE=TL_DTYPES[plan.value_dtype], SAVE=save,
-        CHUNK=CHUNK, num_warps=SCATTER_WARPS, num_stages=SCATTER_STAGES,
-    )
+    return unit_tensor, segments
+
+
+@dataclass(frozen=True)
+class _AddLaunch:
+    """One dense dtype's scatter-add, ready to launch: its plan, uploaded tables and searched units."""
+
+    plan: _GroupPlan
+    tables: tuple[torch.Tensor, ...]
+    unit_tensor: torch.Tensor
+    segments: torch.Tensor
+    scales: torch.Tensor
+    num_diffs: int
+
+    def launch(self, save: bool) -> None:
+        """The scatter-add kernel (one launch)."""
+        dense_table, diff_table, _, _ = self.tables
+        _scatter_add_kernel[(self.plan.num_units,)](
+            self.unit_tensor, self.segments, dense_table, diff_table, self.scales,
+            self.plan.num_units, self.plan.num_tensors, self.num_diffs,
+            DENSE=TL_DTYPES[self.plan.dense_dtype], VALUE=TL_DTYPES[self.plan.value_dtype], SAVE=save,
+            CHUNK=CHUNK, num_warps=SCATTER_WARPS, num_stages=SCATTER_STAGES,
+        )
+
+
+@dataclass(frozen=True)
+class _RestoreLaunch:
+    """One dense dtype's restore, ready to launch: its pair table and the pair of every unit."""
+
+    dtype: torch.dtype
+    table: torch.Tensor
+    num_pairs: int
+    unit_pair: torch.Tensor
+
+    def launch(self) -> None:
+        """The restore kernel (one launch)."""
+        _scatter_restore_kernel[(self.unit_pair.numel(),)](
+            self.unit_pair, self.table, self.num_pairs, DENSE=TL_DTYPES[self.dtype], CHUNK=RESTORE_CHUNK,
+            num_warps=SCATTER_WARPS, num_stages=SCATTER_STAGES,
+        )
+
+
+def _saved_buffers(
+    dense: Sequence[torch.Tensor],
+    indices: Sequence[Sequence[torch.Tensor]],
+    out: Sequence[Sequence[torch.Tensor]] | None,
+) -> list[list[torch.Tensor]]:
+    """Where the originals are saved: ``out`` (checked), or new [d][t] tensors of the dense dtypes."""
+    if out is None:
+        return [[torch.empty(i.numel(), dtype=w.dtype, device=w.device)
+                 for i, w in zip(row, dense, strict=True)] for row in indices]
+    saved = [list(row) for row in out]
+    assert all(s.dtype == w.dtype and s.is_contiguous() and s.numel() == i.numel()
+               for s_row, i_row in zip(saved, indices, strict=True)
+               for s, i, w in zip(s_row, i_row, dense, strict=True))
+    return saved
+
+
+def _add_tables(
+    dense: Sequence[torch.Tensor],
+    indices: Sequence[Sequence[torch.Tensor]],
+    values: Sequence[Sequence[torch.Tensor]],
+    saved: list[list[torch.Tensor]] | None,
+) -> tuple[list[_GroupPlan], list[int], list[object]]:
+    """The scatter-add plans of every dense dtype with units, their upload values (from offset 0)
+    and the converted operands, which must live until the kernels have run."""
+    plans, upload_values, operands = [], [], []
+    for members in _group_by_dtype(dense).values():
+        group_values = [[row[t] for t in members] for row in values]
+        value_dtype = _value_dtype(dense[members[0]].dtype, group_values)
+        group_indices = [[row[t].contiguous() for t in members] for row in indices]
+        group_values = [[v.to(value_dtype).contiguous() for v in row] for row in group_values]
+        operands.append((group_indices, group_values))
+        plan, group_upload = _plan_group(
+            [dense[t] for t in members],
+            group_indices,
+            group_values,
+            None if saved is None else [[row[t] for t in members] for row in saved],
+            value_dtype,
+            len(upload_values),
+        )
+        if plan.num_units:
+            plans.append(plan)
+            upload_values += group_upload
+    return plans, upload_values, operands
+
+
+def _restore_tables(
+    dense: Sequence[torch.Tensor],
+    indices: Sequence[Sequence[torch.Tensor]],
+    saved: Sequence[Sequence[torch.Tensor]],
+    at: int,
+) -> tuple[list[tuple[torch.dtype, int, int, int]], list[int], list[object]]:
+    """Per dense dtype with entries (dtype, pairs, units, offset of its pair table), the upload
+    values (placed from offset ``at``) and the contiguous operands, which must live until launched.
+
+    A pair table is int64 (6, P): dense / index / saved addresses, entry counts, first unit and
+    units of each (diff, tensor) pair."""
+    groups, upload_values, operands = [], [], []
+    for dtype, members in _group_by_dtype(dense).items():
+        pairs = [(dense[t], row_i[t].contiguous(), row_s[t].contiguous())
+                 for row_i, row_s in zip(indices, saved, strict=True)
+                 for t in members if row_i[t].numel()]
+        if not pairs:
+            continue
+        assert all(s.dtype == dtype for _, _, s in pairs)
+        operands.append(pairs)
+        units = [-(-i.numel() // RESTORE_CHUNK) for _, i, _ in pairs]
+        firsts = [0, *itertools.accumulate(units)][:-1]
+        groups.append((dtype, len(pairs), sum(units), at + len(upload_values)))
+        upload_values += ([w.data_ptr() for w, _, _ in pairs] + [i.data_ptr() for _, i, _ in pairs]
+                          + [s.data_ptr() for _, _, s in pairs] + [i.numel() for _, i, _ in pairs]
+                          + firsts + units)
+    return groups, upload_values, operands
+
+
+def _restore_launches(groups: list[tuple[torch.dtype, int, int, int]], buffer: torch.Tensor) -> list[_RestoreLaunch]:
+    """The restore of each group: its pair table in ``buffer`` and one ``repeat_interleave`` (unit -> pair)."""
+    launches = []
+    for dtype, num_pairs, num_units, at in groups:
+        units = buffer[at + 5 * num_pairs: at + 6 * num_pairs]
+        unit_pair = torch.repeat_interleave(units, output_size=num_units)
+        launches.append(_RestoreLaunch(dtype, buffer[at: at + 5 * num_pairs], num_pairs, unit_pair))
+    return launches
+
+
+def _add_launches(plans: list[_GroupPlan], buffer: torch.Tensor, scales_at: int, num_diffs: int) -> list[_AddLaunch]:
+    """The scatter-add of each plan, its units searched (one launch each)."""
+    launches = []
+    for plan in plans:
+        tables = plan.views(buffer, num_diffs)
+        unit_tensor, segments = _search(plan, tables, num_diffs)
+        launches.append(_AddLaunch(plan, tables, unit_tensor, segments,
+                                   buffer[scales_at: scales_at + num_diffs], num_diffs))
+    return launches
 
 
 def scatter_add_(
@@ -416,41 +554,14 @@ def scatter_add_(
     assert all(len(row) == len(dense) for row in (*indices, *values))
     assert all(w.dtype in _DTYPES and w.is_contiguous() for w in dense)
     assert all(i.dtype == torch.int64 for row in indices for i in row)
-    saved = None
-    if save and out is not None:
-        saved = [list(row) for row in out]
-        assert all(s.dtype == w.dtype and s.is_contiguous() and s.numel() == i.numel()
-                   for s_row, i_row in zip(saved, indices, strict=True)
-                   for s, i, w in zip(s_row, i_row, dense, strict=True))
-    elif save:
-        saved = [[torch.empty(i.numel(), dtype=w.dtype, device=w.device)
-                  for i, w in zip(row, dense, strict=True)] for row in indices]
+    saved = _saved_buffers(dense, indices, out) if save else None
     if not num_diffs or not dense:
         return saved
-    plans, upload_values, operands = [], [], []
-    for members in _group_by_dtype(dense).values():
-        group_values = [[row[t] for t in members] for row in values]
-        value_dtype = _value_dtype(dense[members[0]].dtype, group_values)
-        group_indices = [[row[t].contiguous() for t in members] for row in indices]
-        group_values = [[v.to(value_dtype).contiguous() for v in row] for row in group_values]
-        operands.append((group_indices, group_values))  # converted copies live until launched
-        plan, group_upload = _plan_group(
-            [dense[t] for t in members],
-            group_indices,
-            group_values,
-            None if saved is None else [[row[t] for t in members] for row in saved],
-            value_dtype,
-            len(upload_values),
-        )
-        if plan.num_units:
-            plans.append(plan)
-            upload_values += group_upload
-    if not plans:
-        return saved
-    scales_at = len(upload_values)
-    buffer = upload(upload_values + _float32_bits(scales), dense[0].device)
-    for plan in plans:
-        _launch_group(plan, plan.views(buffer, num_diffs), buffer[scales_at:], num_diffs, save)
+    plans, upload_values, _operands = _add_tables(dense, indices, values, saved)
+    if plans:
+        buffer = upload(upload_values + _float32_bits(scales), dense[0].device)
+        for launch in _add_launches(plans, buffer, len(upload_values), num_diffs):
+            launch.launch(save)
     return saved
 
 
@@ -471,32 +582,60 @@ def scatter_restore_(
     """
     assert len(saved) == len(indices)
     assert all(len(row) == len(dense) for row in (*indices, *saved))
-    groups, upload_values, operands = [], [], []
-    for dtype, members in _group_by_dtype(dense).items():
-        pairs = [(dense[t], row_i[t].contiguous(), row_s[t].contiguous())
-                 for row_i, row_s in zip(indices, saved, strict=True)
-                 for t in members if row_i[t].numel()]
-        if not pairs:
-            continue
-        assert all(s.dtype == dtype for _, _, s in pairs)
-        operands.append(pairs)  # contiguous copies live until launched
-        units = [-(-i.numel() // RESTORE_CHUNK) for _, i, _ in pairs]
-        firsts = [0, *itertools.accumulate(units)][:-1]
-        groups.append((dtype, len(pairs), sum(units), len(upload_values)))
-        upload_values += ([w.data_ptr() for w, _, _ in pairs] + [i.data_ptr() for _, i, _ in pairs]
-                          + [s.data_ptr() for _, _, s in pairs] + [i.numel() for _, i, _ in pairs]
-                          + firsts + units)
-    if not groups:
-        return
-    buffer = upload(upload_values, dense[0].device)
-    for dtype, num_pairs, num_units, at in groups:
-        table = buffer[at: at + 5 * num_pairs]
-        units = buffer[at + 5 * num_pairs: at + 6 * num_pairs]
-        _scatter_restore_kernel[(num_units,)](
-            torch.repeat_interleave(units, output_size=num_units), table, num_pairs,
-            DENSE=TL_DTYPES[dtype], CHUNK=RESTORE_CHUNK,
-            num_warps=SCATTER_WARPS, num_stages=SCATTER_STAGES,
-        )
+    groups, upload_values, _operands = _restore_tables(dense, indices, saved, 0)
+    if groups:
+        for launch in _restore_launches(groups, upload(upload_values, dense[0].device)):
+            launch.launch()
+
+
+class PreparedScatter:
+    """A composition planned once: its tables uploaded, units searched, saved buffers allocated.
+
+    :meth:`apply` is one scatter-add launch per dense dtype (originals saved into
+    :attr:`saved`), :meth:`restore` one restore launch per dense dtype; neither plans, checks,
+    allocates or reads anything back. The index, value and saved tensors (converted copies
+    included) are held, so their addresses in the tables stay valid; the dense tensors must
+    keep their storage.
+
+    Args: as :func:`scatter_add_` (``save`` always; ``out`` the saved buffers or None).
+    """
+
+    def __init__(
+        self,
+        dense: Sequence[torch.Tensor],
+        indices: Sequence[Sequence[torch.Tensor]],
+        values: Sequence[Sequence[torch.Tensor]],
+        scales: Sequence[float],
+        out: Sequence[Sequence[torch.Tensor]] | None = None,
+    ) -> None:
+        num_diffs = len(indices)
+        assert len(values) == num_diffs == len(scales)
+        assert all(len(row) == len(dense) for row in (*indices, *values))
+        assert all(w.dtype in _DTYPES and w.is_contiguous() for w in dense)
+        assert all(i.dtype == torch.int64 for row in indices for i in row)
+        self.saved = _saved_buffers(dense, indices, out)
+        self._adds: list[_AddLaunch] = []
+        self._restores: list[_RestoreLaunch] = []
+        if not num_diffs or not dense:
+            return
+        plans, add_values, add_operands = _add_tables(dense, indices, values, self.saved)
+        restore_at = len(add_values) + num_diffs
+        groups, restore_values, restore_operands = _restore_tables(dense, indices, self.saved, restore_at)
+        self._operands = (add_operands, restore_operands)
+        if plans or groups:
+            buffer = upload(add_values + _float32_bits(scales) + restore_values, dense[0].device)
+            self._adds = _add_launches(plans, buffer, len(add_values), num_diffs)
+            self._restores = _restore_launches(groups, buffer)
+
+    def apply(self) -> None:
+        """Add every diff, saving the originals into :attr:`saved` (one launch per dense dtype)."""
+        for launch in self._adds:
+            launch.launch(True)
+
+    def restore(self) -> None:
+        """Write :attr:`saved` back (one launch per dense dtype)."""
+        for launch in self._restores:
+            launch.launch()
 
 
 SPECIALIZATIONS: list[KernelSpec] = _scatter_specs.specializations(sys.modules[__name__])

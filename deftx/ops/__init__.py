@@ -15,12 +15,13 @@ from deftx.ops.denoise import (
 )
 from deftx.ops.dispatch import BackendUnavailableError, backend_report
 from deftx.ops.masked_step import masked_adamw_step_
-from deftx.ops.scatter import scatter_add_, scatter_restore_
+from deftx.ops.scatter import PreparedScatter, prepare_scatter, scatter_add_, scatter_restore_
 from deftx.ops.topk import indices_to_mask, topk_mask
 
 __all__ = [
     "BackendUnavailableError",
     "LowRankFactors",
+    "PreparedScatter",
     "backend_report",
     "denoised_magnitudes",
     "denoised_magnitudes_batched",
@@ -29,6 +30,7 @@ __all__ = [
     "lowrank_factors",
     "lowrank_factors_batched",
     "masked_adamw_step_",
+    "prepare_scatter",
     "reconstruct_magnitudes",
     "scatter_add_",
     "scatter_restore_",

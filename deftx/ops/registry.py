@@ -96,7 +96,7 @@ OPS: dict[str, OpEntry] = {
     for entry in (
         OpEntry("topk", ("topk_mask",), BACKENDS, ("topk",),
                 "global magnitude top-k over many tensors (|x| or |x - base|)"),
-        OpEntry("scatter", ("scatter_add_", "scatter_restore_"), BACKENDS, ("scatter", "compose"),
+        OpEntry("scatter", ("scatter_add_", "scatter_restore_", "prepare_scatter"), BACKENDS, ("scatter", "compose"),
                 "scatter-add of several sparse diffs onto dense tensors, and its exact undo"),
         OpEntry("rsvd", _DENOISE_FUNCTIONS, ("triton", "torch"), ("rsvd", "scores"),
                 "randomized SVD of weight differences and the DeFT-X scores |U S Vh|",

@@ -1,13 +1,17 @@
-"""Public ops: sparse scatter-add of several diffs onto dense tensors, and its exact undo."""
+"""Public ops: sparse scatter-add of several diffs onto dense tensors, and its exact undo; and the
+same composition prepared once for repeated apply / restore (:func:`prepare_scatter`)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import ModuleType
+from typing import Protocol
 
 import torch
+from torch.autograd.graph import increment_version
 
 from deftx.ops import library
-from deftx.ops.dispatch import common_device, requested_backend
+from deftx.ops.dispatch import backend_for, common_device, requested_backend
 from deftx.ops.validation import as_tensor_list, check_disjoint, check_float_dtype, check_indices
 
 
@@ -53,6 +57,23 @@ def _check_rows(
     )
 
 
+def _checked(
+    dense: Sequence[torch.Tensor],
+    indices: Sequence[Sequence[torch.Tensor]],
+    values: Sequence[Sequence[torch.Tensor]],
+    scales: Sequence[float] | None,
+    what: str,
+) -> tuple[list[torch.Tensor], list[float]]:
+    """The dense tensors as a list and the D scales (default all 1.0), everything checked."""
+    items = as_tensor_list(dense, what)
+    _check_dense(items, what)
+    scales = [1.0] * len(indices) if scales is None else [float(s) for s in scales]
+    if len(scales) != len(indices):
+        raise ValueError(f"{what}: {len(scales)} scales for {len(indices)} diffs")
+    _check_rows(items, indices, values, "values", what)
+    return items, scales
+
+
 def scatter_add_(
     dense: Sequence[torch.Tensor],
     indices: Sequence[Sequence[torch.Tensor]],
@@ -82,12 +103,7 @@ def scatter_add_(
     indices checked when its SparseDiffs were loaded, and reverting passes the same tensors,
     so neither reads anything back from the device.
     """
-    items = as_tensor_list(dense, "scatter_add_")
-    _check_dense(items, "scatter_add_")
-    scales = [1.0] * len(indices) if scales is None else [float(s) for s in scales]
-    if len(scales) != len(indices):
-        raise ValueError(f"scatter_add_: {len(scales)} scales for {len(indices)} diffs")
-    _check_rows(items, indices, values, "values", "scatter_add_")
+    items, scales = _checked(dense, indices, values, scales, "scatter_add_")
     if not items or not indices:
         return [[] for _ in indices] if save else None
     saved = (
@@ -125,3 +141,97 @@ def scatter_restore_(
         library.scatter_restore(
             items, [t for row in indices for t in row], [t for row in saved for t in row], requested_backend(backend)
         )
+
+
+class _Runner(Protocol):
+    """What a backend's prepared composition offers (Triton's ``PreparedScatter``, or :class:`_Unplanned`)."""
+
+    saved: list[list[torch.Tensor]]
+
+    def apply(self) -> None: ...
+
+    def restore(self) -> None: ...
+
+
+class _Unplanned:
+    """A prepared composition for the backends without a planned one (native, torch): the
+    checked lists, each call straight to the backend with the saved buffers allocated once."""
+
+    def __init__(self, module: ModuleType, dense: list[torch.Tensor], indices: list[list[torch.Tensor]],
+                 values: list[list[torch.Tensor]], scales: list[float]) -> None:
+        self._module = module
+        self._lists = (dense, indices, values, scales)
+        self.saved = [[i.new_empty(i.shape, dtype=w.dtype) for w, i in zip(dense, row, strict=True)] for row in indices]
+
+    def apply(self) -> None:
+        self._module.scatter_add_(*self._lists, True, self.saved)
+
+    def restore(self) -> None:
+        dense, indices, _, _ = self._lists
+        self._module.scatter_restore_(dense, indices, self.saved)
+
+
+class PreparedScatter:
+    """D diffs prepared once for repeated, exact composition onto T dense tensors.
+
+    Built by :func:`prepare_scatter`, which checks everything and plans once; then
+    :meth:`apply` adds the diffs in place, saving the originals in :attr:`saved`, and
+    :meth:`restore` writes them back, with results bit-identical to :func:`scatter_add_`
+    (``save=True``) and :func:`scatter_restore_`. On the Triton backend each is one launch per
+    dense dtype, with no per-tensor work, no allocation and no host sync. Apply and restore
+    alternate, starting with apply. Eager only (not for ``torch.compile`` tracing).
+
+    The dense tensors must keep their storage, and the index / value tensors their contents,
+    while the object is used.
+    """
+
+    def __init__(self, dense: list[torch.Tensor], runner: _Runner) -> None:
+        self._dense = dense
+        self._runner = runner
+        self.applied = False
+
+    @property
+    def saved(self) -> list[list[torch.Tensor]]:
+        """saved[d][t]: (K_dt,) of dense[t]'s dtype, the originals at indices[d][t] of the last apply."""
+        return self._runner.saved
+
+    def apply(self) -> list[list[torch.Tensor]]:
+        """Add every diff in place (originals saved first); returns :attr:`saved`."""
+        if self.applied:
+            raise RuntimeError("PreparedScatter.apply: already applied (restore first)")
+        if self._dense:
+            self._runner.apply()
+            increment_version(self._dense)
+        self.applied = True
+        return self.saved
+
+    def restore(self) -> None:
+        """Write the saved originals back: the exact inverse of :meth:`apply`, bit for bit."""
+        if not self.applied:
+            raise RuntimeError("PreparedScatter.restore: nothing applied")
+        if self._dense:
+            self._runner.restore()
+            increment_version(self._dense)
+        self.applied = False
+
+
+def prepare_scatter(
+    dense: Sequence[torch.Tensor],
+    indices: Sequence[Sequence[torch.Tensor]],
+    values: Sequence[Sequence[torch.Tensor]],
+    scales: Sequence[float] | None = None,
+    *,
+    backend: str | None = None,
+) -> PreparedScatter:
+    """Check and plan the composition of D diffs onto T dense tensors once (see :func:`scatter_add_`
+    for the arguments and the arithmetic); returns a :class:`PreparedScatter` to apply and
+    restore repeatedly. On Triton the address tables are uploaded and the work units searched
+    here (a few launches), the saved buffers allocated here."""
+    items, scales = _checked(dense, indices, values, scales, "prepare_scatter")
+    rows_idx = [list(row) for row in indices]
+    rows_val = [list(row) for row in values]
+    module = backend_for("scatter", common_device(items, "prepare_scatter"), requested_backend(backend))
+    planned = getattr(module, "PreparedScatter", None)
+    runner = (planned(items, rows_idx, rows_val, scales) if planned is not None
+              else _Unplanned(module, items, rows_idx, rows_val, scales))
+    return PreparedScatter(items, runner)

@@ -14,6 +14,7 @@ import torch
 from deftx.kernels import kernel_module
 from tests.helpers import assert_bitwise_equal
 from tests.kernels.devices import kernels_for, to_device
+from tests.ops.test_scatter import loop_reference
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 SHAPES = ((37,), (0,), (5, 7, 3), (300,), (1,))
@@ -35,19 +36,6 @@ def small_units(scatter, monkeypatch):
     return scatter
 
 
-def reference_apply(dense, indices, values, scales):
-    """Diffs in order; per entry, the fp32 product is rounded, then the fp32 sum, then cast."""
-    out = [w.clone() for w in dense]
-    for row_idx, row_val, scale in zip(indices, values, scales, strict=True):
-        scale32 = torch.tensor(scale, dtype=torch.float32)
-        for w, idx, val in zip(out, row_idx, row_val, strict=True):
-            flat = w.view(-1)
-            for i, v in zip(idx.tolist(), val.float(), strict=True):
-                product = scale32 * v
-                flat[i] = (flat[i].float() + product).to(w.dtype)
-    return out
-
-
 def random_diff(dense, densities, gen, value_dtype=torch.float32):
     """One diff: per tensor a sorted random subset of about density * numel positions."""
     indices, values = [], []
@@ -65,7 +53,7 @@ def check_apply_and_restore(module, dense, indices, values, scales, device):
     work = [w.to(device, copy=True) for w in dense]
     indices_on = to_device(indices, device)
     saved = module.scatter_add_(work, indices_on, to_device(values, device), scales, True)
-    for t, (got, want) in enumerate(zip(work, reference_apply(original, indices, values, scales),
+    for t, (got, want) in enumerate(zip(work, loop_reference(original, indices, values, scales),
                                         strict=True)):
         assert_bitwise_equal(got, want, what=f"dense tensor {t} after apply")
     for d, row in enumerate(indices):
@@ -148,7 +136,7 @@ def test_rounding_ties_go_to_even(scatter, dense_dtype, device):
     expected = torch.tensor([1.0, 1.0 + 2 * ulp, -1.0, -(1.0 + 2 * ulp), 2.0],
                             dtype=dense_dtype)
     assert_bitwise_equal(work[0], expected)
-    assert_bitwise_equal(work[0], reference_apply([w], indices, [[v]], [1.0])[0])
+    assert_bitwise_equal(work[0], loop_reference([w], indices, [[v]], [1.0])[0])
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")

@@ -30,6 +30,21 @@ def _check_dense(dense: Sequence[torch.Tensor], function: str) -> list[int]:
     return codes
 
 
+def _layout(dense: Sequence[torch.Tensor], dense_codes: list[int], num_diffs: int,
+            flat_indices: list[torch.Tensor]) -> tuple[object, ...]:
+    """The C ABI's leading arguments: dense tensors (count, addresses, dtype codes, sizes), then
+    the diffs (count, index addresses, entry counts)."""
+    return (
+        len(dense),
+        pointer_array(dense),
+        int32_array(dense_codes),
+        int64_array([tensor.numel() for tensor in dense]),
+        num_diffs,
+        pointer_array(flat_indices),
+        int64_array([index.numel() for index in flat_indices]),
+    )
+
+
 def _flat_lists(
     dense: Sequence[torch.Tensor],
     indices: Sequence[Sequence[torch.Tensor]],
@@ -118,13 +133,7 @@ def scatter_add_(
     ]
     saved = _saved_buffers(dense, indices, out, function) if save else None
     status = library().deftx_scatter_add(
-        len(dense),
-        pointer_array(dense),
-        int32_array(dense_codes),
-        int64_array([tensor.numel() for tensor in dense]),
-        len(indices),
-        pointer_array(flat_indices),
-        int64_array([index.numel() for index in flat_indices]),
+        *_layout(dense, dense_codes, len(indices), flat_indices),
         pointer_array(flat_values),
         int32_array(value_codes),
         float32_array(scales),
@@ -158,13 +167,7 @@ def scatter_restore_(
                 f"{item.dtype}, expected the dense dtype {expected}"
             )
     status = library().deftx_scatter_restore(
-        n_tensors,
-        pointer_array(dense),
-        int32_array(dense_codes),
-        int64_array([tensor.numel() for tensor in dense]),
-        len(indices),
-        pointer_array(flat_indices),
-        int64_array([index.numel() for index in flat_indices]),
+        *_layout(dense, dense_codes, len(indices), flat_indices),
         pointer_array(flat_saved),
     )
     check_status(status, "deftx_scatter_restore")
