@@ -166,6 +166,20 @@ std::vector<uint64_t> merge_histograms(const std::vector<uint64_t>& per_thread, 
   return merged;
 }
 
+// Calls `visit(first, count, chunk)` for each run of at most `Chunk` entries of `seg`, in order,
+// with chunk[j] the key of entry first + j (the keys computed by one vectorisable loop).
+template <int64_t Chunk, typename Visit>
+void for_key_chunks(const Inputs& in, const Segment& seg, Visit&& visit) {
+  with_keys(in, seg.tensor, [&](auto keys) {
+    uint32_t chunk[Chunk];
+    for (int64_t first = seg.begin; first < seg.end; first += Chunk) {
+      const int64_t count = std::min(Chunk, seg.end - first);
+      for (int64_t j = 0; j < count; ++j) chunk[j] = keys(first + j);
+      visit(first, count, chunk);
+    }
+  });
+}
+
 // Full pass: histogram of key >> kLowBits over every key, and the number of NaN keys.
 std::vector<uint64_t> high_histogram(const Inputs& in, const std::vector<Segment>& segments,
                                      int64_t* nan_count) {
@@ -179,18 +193,11 @@ std::vector<uint64_t> high_histogram(const Inputs& in, const std::vector<Segment
 #pragma omp for schedule(dynamic, 4)
     for (int64_t s = 0; s < n_segments; ++s) {
       const Segment seg = segments[size_t(s)];
-      with_keys(in, seg.tensor, [&](auto keys) {
-        uint32_t chunk[kChunk];
-        for (int64_t first = seg.begin; first < seg.end; first += kChunk) {
-          const int64_t count = std::min(kChunk, seg.end - first);
-          uint32_t chunk_nans = 0;
-          for (int64_t j = 0; j < count; ++j) {
-            chunk[j] = keys(first + j);
-            chunk_nans += chunk[j] > kInfKey;
-          }
-          for (int64_t j = 0; j < count; ++j) ++hist[chunk[j] >> kLowBits];
-          nans += chunk_nans;
-        }
+      for_key_chunks<kChunk>(in, seg, [&](int64_t, int64_t count, const uint32_t* chunk) {
+        uint32_t chunk_nans = 0;
+        for (int64_t j = 0; j < count; ++j) chunk_nans += chunk[j] > kInfKey;
+        for (int64_t j = 0; j < count; ++j) ++hist[chunk[j] >> kLowBits];
+        nans += chunk_nans;
       });
     }
   }
@@ -293,25 +300,18 @@ Partition partition(const Inputs& in, const std::vector<Segment>& segments, uint
       span.thread = thread;
       span.certain_begin = int64_t(certain.size());
       span.candidate_begin = int64_t(candidates.size());
-      with_keys(in, seg.tensor, [&](auto keys) {
-        uint32_t chunk[kScanChunk];
-        for (int64_t first = seg.begin; first < seg.end; first += kScanChunk) {
-          const int64_t count = std::min(kScanChunk, seg.end - first);
-          uint32_t hits = 0;
-          for (int64_t j = 0; j < count; ++j) {
-            chunk[j] = keys(first + j);
-            hits |= uint32_t(chunk[j] >= lowest);
-          }
-          if (!hits) continue;
-          for (int64_t j = 0; j < count; ++j) {
-            const uint32_t key = chunk[j];
-            if (key < lowest) continue;
-            const uint32_t offset = uint32_t(first + j - seg.begin);
-            if ((key >> kLowBits) > high) {
-              certain.push_back(uint16_t(offset));
-            } else {
-              candidates.push_back((offset << 16) | (key & kLowMask));
-            }
+      for_key_chunks<kScanChunk>(in, seg, [&](int64_t first, int64_t count, const uint32_t* chunk) {
+        uint32_t hits = 0;
+        for (int64_t j = 0; j < count; ++j) hits |= uint32_t(chunk[j] >= lowest);
+        if (!hits) return;
+        for (int64_t j = 0; j < count; ++j) {
+          const uint32_t key = chunk[j];
+          if (key < lowest) continue;
+          const uint32_t offset = uint32_t(first + j - seg.begin);
+          if ((key >> kLowBits) > high) {
+            certain.push_back(uint16_t(offset));
+          } else {
+            candidates.push_back((offset << 16) | (key & kLowMask));
           }
         }
       });

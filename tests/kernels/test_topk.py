@@ -12,6 +12,7 @@ import torch
 
 from deftx.kernels import kernel_module
 from tests.helpers import assert_bitwise_equal
+from tests.kernels.conftest import LaunchRecorder
 from tests.kernels.devices import kernels_for
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -283,20 +284,6 @@ def test_k_out_of_range_is_rejected(topk, device):
         topk.topk_indices([torch.ones(3, device=device)], 4)
 
 
-class _Recorder:
-    """Stands in for a jitted kernel: records the constexprs of every launch, then runs it."""
-
-    def __init__(self, kernel, names):
-        self.kernel, self.names, self.launches = kernel, names, []
-
-    def __getitem__(self, grid):
-        def launch(*args, **kwargs):
-            self.launches.append({name: kwargs[name] for name in self.names})
-            return self.kernel[grid](*args, **kwargs)
-
-        return launch
-
-
 def _declared(module, kernel):
     return [spec for spec in module.SPECIALIZATIONS if spec.kernel is kernel]
 
@@ -312,7 +299,7 @@ _CONSTEXPRS = {
 
 
 def test_every_launch_is_a_declared_specialization(topk, monkeypatch, device):
-    recorders = {name: _Recorder(getattr(topk, name), names) for name, names in _CONSTEXPRS.items()}
+    recorders = {name: LaunchRecorder(getattr(topk, name), names) for name, names in _CONSTEXPRS.items()}
     compiled = kernel_module("topk", interpret=False)  # on CUDA, the module patched below
     compiled_kernels = {name: getattr(compiled, name) for name in recorders}
     for name, recorder in recorders.items():

@@ -7,7 +7,7 @@ import torch
 
 from deftx.ops import masked_adamw_step_
 from tests.helpers import assert_bitwise_equal, assert_close
-from tests.ops.conftest import cpu_backends
+from tests.ops.conftest import cpu_backends, one_param_step_tensors
 
 
 def make_problem(dtype, seed=0):
@@ -81,16 +81,7 @@ def test_l1_pull_and_fp32_masters(backend, dtype):
     ],
 )
 def test_bad_input(change, error, match):
-    args = {
-        "params": [torch.zeros(5)],
-        "grads": [torch.zeros(5)],
-        "indices": [torch.tensor([0, 2, 4])],
-        "masters": [torch.zeros(3)],
-        "exp_avgs": [torch.zeros(3)],
-        "exp_avg_sqs": [torch.zeros(3)],
-        "step": 1,
-        "lr": 0.1,
-    }
+    args = {**one_param_step_tensors(), "step": 1, "lr": 0.1}
     args.update(change)
     with pytest.raises(error, match=match):
         masked_adamw_step_(**args)

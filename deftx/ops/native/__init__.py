@@ -29,64 +29,28 @@ _STATUS_OUT_OF_MEMORY = 2
 _STATUS_BAD_INDICES = 3
 
 _c_ptr = ctypes.c_void_p
+_c_ptrp = ctypes.POINTER(_c_ptr)
 _c_i32p = ctypes.POINTER(ctypes.c_int32)
 _c_i64 = ctypes.c_int64
 _c_i64p = ctypes.POINTER(ctypes.c_int64)
 _c_f32p = ctypes.POINTER(ctypes.c_float)
+
+# The leading arguments of both scatter functions (csrc/scatter.cpp): n_tensors, dense, dense_dtypes,
+# numels (the dense tensors), n_diffs, indices, lengths (the index lists).
+_SCATTER_LISTS: list[type] = [_c_i64, _c_ptrp, _c_i32p, _c_i64p, _c_i64, _c_ptrp, _c_i64p]
 
 # Exported function -> (restype, argtypes); pointer arrays are passed as void**.
 _SIGNATURES: dict[str, tuple[type, list[type]]] = {
     "deftx_native_abi_version": (ctypes.c_int32, []),
     "deftx_topk_select": (
         ctypes.c_int32,
-        [_c_i64, ctypes.POINTER(_c_ptr), ctypes.POINTER(_c_ptr), _c_i32p, _c_i64p, _c_i64p, _c_i64, _c_i64,
-         _c_ptr, _c_i64p, _c_i64p, _c_i64p],
+        [_c_i64, _c_ptrp, _c_ptrp, _c_i32p, _c_i64p, _c_i64p, _c_i64, _c_i64, _c_ptr, _c_i64p, _c_i64p, _c_i64p],
     ),
-    "deftx_scatter_add": (
-        ctypes.c_int32,
-        [
-            _c_i64,
-            ctypes.POINTER(_c_ptr),
-            _c_i32p,
-            _c_i64p,
-            _c_i64,
-            ctypes.POINTER(_c_ptr),
-            _c_i64p,
-            ctypes.POINTER(_c_ptr),
-            _c_i32p,
-            _c_f32p,
-            ctypes.POINTER(_c_ptr),
-        ],
-    ),
-    "deftx_scatter_restore": (
-        ctypes.c_int32,
-        [
-            _c_i64,
-            ctypes.POINTER(_c_ptr),
-            _c_i32p,
-            _c_i64p,
-            _c_i64,
-            ctypes.POINTER(_c_ptr),
-            _c_i64p,
-            ctypes.POINTER(_c_ptr),
-        ],
-    ),
+    "deftx_scatter_add": (ctypes.c_int32, [*_SCATTER_LISTS, _c_ptrp, _c_i32p, _c_f32p, _c_ptrp]),
+    "deftx_scatter_restore": (ctypes.c_int32, [*_SCATTER_LISTS, _c_ptrp]),
     "deftx_masked_adamw_step": (
         ctypes.c_int32,
-        [
-            _c_i64,
-            ctypes.POINTER(_c_ptr),
-            ctypes.POINTER(_c_ptr),
-            _c_i32p,
-            _c_i64p,
-            ctypes.POINTER(_c_ptr),
-            _c_i64p,
-            ctypes.POINTER(_c_ptr),
-            ctypes.POINTER(_c_ptr),
-            ctypes.POINTER(_c_ptr),
-            ctypes.POINTER(_c_ptr),
-            _c_f32p,
-        ],
+        [_c_i64, _c_ptrp, _c_ptrp, _c_i32p, _c_i64p, _c_ptrp, _c_i64p, _c_ptrp, _c_ptrp, _c_ptrp, _c_ptrp, _c_f32p],
     ),
 }
 
@@ -181,6 +145,16 @@ def check_cpu_contiguous(tensor: torch.Tensor, what: str) -> None:
         raise ValueError(f"{what}: the native backend needs CPU tensors, got {tensor.device}")
     if not tensor.is_contiguous():
         raise ValueError(f"{what}: tensor must be contiguous")
+
+
+def dtype_codes(tensors: Sequence[torch.Tensor], what: str) -> list[int]:
+    """The C ABI dtype codes of tensors the library reads or writes through raw pointers, each
+    checked first (:func:`check_cpu_contiguous`, :func:`dtype_code`; errors name ``what[t]``)."""
+    codes = []
+    for t, tensor in enumerate(tensors):
+        check_cpu_contiguous(tensor, f"{what}[{t}]")
+        codes.append(dtype_code(tensor, f"{what}[{t}]"))
+    return codes
 
 
 def pointer_array(tensors: Sequence[torch.Tensor]) -> ctypes.Array:

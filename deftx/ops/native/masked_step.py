@@ -12,7 +12,7 @@ from deftx.ops.validation import check_state_tensors
 from . import (
     check_cpu_contiguous,
     check_status,
-    dtype_code,
+    dtype_codes,
     float32_array,
     int32_array,
     int64_array,
@@ -34,16 +34,14 @@ def _param_dtype_codes(
     """Validate params, grads and indices (what the library reads through raw pointers); dtype codes."""
     if not len(params) == len(grads) == len(indices):
         raise ValueError("masked_adamw_step_: params, grads and indices differ in length")
-    codes = []
+    codes = dtype_codes(params, "masked_adamw_step_: params")
     for t, (param, grad, index) in enumerate(zip(params, grads, indices, strict=True)):
-        check_cpu_contiguous(param, f"masked_adamw_step_: params[{t}]")
         check_cpu_contiguous(grad, f"masked_adamw_step_: grads[{t}]")
         check_cpu_contiguous(index, f"masked_adamw_step_: indices[{t}]")
         if grad.dtype != param.dtype or grad.numel() != param.numel():
             raise ValueError(f"masked_adamw_step_: grads[{t}] differs from params[{t}] in dtype or size")
         if index.dtype != torch.int64 or index.dim() != 1:
             raise ValueError(f"masked_adamw_step_: indices[{t}] must be int64 1-D")
-        codes.append(dtype_code(param, f"masked_adamw_step_: params[{t}]"))
     return codes
 
 

@@ -9,15 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import (
-    check_cpu_contiguous,
-    check_status,
-    dtype_code,
-    int32_array,
-    int64_array,
-    library,
-    pointer_array,
-)
+from . import check_cpu_contiguous, check_status, dtype_codes, int32_array, int64_array, library, pointer_array
 
 
 @dataclass(frozen=True)
@@ -64,9 +56,7 @@ def select(
     ``candidate_capacity``: the most keys of the threshold's bin kept in lists (default
     ``max(2^22, k // 2)``); above it the selection makes four full passes instead of two.
     """
-    for position, tensor in enumerate(tensors):
-        check_cpu_contiguous(tensor, f"topk_indices: tensors[{position}]")
-    codes = [dtype_code(tensor, f"topk_indices: tensors[{position}]") for position, tensor in enumerate(tensors)]
+    codes = dtype_codes(tensors, "topk_indices: tensors")
     if bases is not None:
         _check_bases(tensors, bases)
     numels = [tensor.numel() for tensor in tensors]
@@ -91,9 +81,7 @@ def select(
 
 
 def topk_indices(
-    tensors: Sequence[torch.Tensor],
-    k: int,
-    bases: Sequence[torch.Tensor | None] | None = None,
+    tensors: Sequence[torch.Tensor], k: int, bases: Sequence[torch.Tensor | None] | None = None,
     concatenated: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Flat indices of the ``k`` entries of largest score over all ``tensors`` together.

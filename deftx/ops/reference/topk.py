@@ -26,9 +26,7 @@ def kth_largest_score(scored: Sequence[torch.Tensor], k: int) -> torch.Tensor:
 
 
 def topk_indices(
-    tensors: Sequence[torch.Tensor],
-    k: int,
-    bases: Sequence[torch.Tensor | None] | None = None,
+    tensors: Sequence[torch.Tensor], k: int, bases: Sequence[torch.Tensor | None] | None = None,
     concatenated: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sorted flat int64 indices of the k largest scores across ``tensors``.

@@ -19,6 +19,7 @@ import torch
 from deftx.ops import masked_adamw_step_, native
 from deftx.ops.reference import masked_step as reference
 from tests.helpers import UNIT_ROUNDOFF, assert_bitwise_equal, assert_close, tolerance
+from tests.ops.conftest import DTYPE_SETS, one_param_step_tensors
 
 if native.unavailable_reason() is not None:
     pytest.skip(native.unavailable_reason(), allow_module_level=True)
@@ -45,12 +46,6 @@ SHAPE_SETS = {
     "empty": [(0,), (0, 4), (6,)],
     "multi_chunk": [(4 * CHUNK + 3,), (3,)],  # over one chunk of entries at density 0.3
     "many_small": [(9,)] * 30,
-}
-DTYPE_SETS = {
-    "fp32": [torch.float32],
-    "bf16": [torch.bfloat16],
-    "fp16": [torch.float16],
-    "mixed": [torch.float32, torch.bfloat16, torch.float16],
 }
 DENSITIES = {"k0": 0.0, "k30pct": 0.3, "kall": 1.0}
 OPTIONS = {
@@ -299,15 +294,7 @@ def test_bad_index_lists_raise_before_anything_is_written(bad):
     ],
 )
 def test_rejects_what_it_cannot_read_safely(change, match):
-    args = {
-        "params": [torch.zeros(5)],
-        "grads": [torch.zeros(5)],
-        "indices": [torch.tensor([0, 2, 4])],
-        "masters": [torch.zeros(3)],
-        "exp_avgs": [torch.zeros(3)],
-        "exp_avg_sqs": [torch.zeros(3)],
-        "bases": None,
-    }
+    args = {**one_param_step_tensors(), "bases": None}
     args.update({name: value for name, value in change.items() if name != "l1"})
     l1 = change.get("l1", 0.0)
     with pytest.raises(ValueError, match=match):

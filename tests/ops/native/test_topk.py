@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from deftx.ops import native
+from tests.ops.conftest import DTYPE_SETS
 
 if native.unavailable_reason() is not None:
     pytest.skip(native.unavailable_reason(), allow_module_level=True)
@@ -19,12 +20,6 @@ SHAPE_SETS = {
     "empty": [(0,), (0, 4)],
     "multi_segment": [(65_537,), (3,), (66_001,)],
     "many_small": [(7,)] * 40,
-}
-DTYPE_SETS = {
-    "fp32": [torch.float32],
-    "bf16": [torch.bfloat16],
-    "fp16": [torch.float16],
-    "mixed": [torch.float32, torch.bfloat16, torch.float16],
 }
 K_CHOICES = ("zero", "one", "mid", "total")
 

@@ -26,6 +26,8 @@ from deftx.perf.static.compile import (
     parse_resource_usage,
 )
 from deftx.perf.targets import A100_80GB_SXM, H100_SXM
+from tests.kernels import bad_kernels
+from tests.kernels.bad_kernels import vector_copy_kernel as copy_kernel
 
 RESOURCE_TEXT = """\
 
@@ -38,15 +40,6 @@ Resource usage:
   REG:32 STACK:0 SHARED:0 LOCAL:0 CONSTANT[0]:392 TEXTURE:0 SURFACE:0 SAMPLER:0
 """
 
-@triton.jit
-def copy_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
-    start = tl.program_id(0) * BLOCK
-    offs = start + tl.arange(0, BLOCK)
-    if start + BLOCK <= n:
-        tl.store(out_ptr + offs, tl.load(x_ptr + offs))
-    else:
-        tl.store(out_ptr + offs, tl.load(x_ptr + offs, mask=offs < n, other=0.0), mask=offs < n)
-
 
 @triton.jit
 def broken_kernel(x_ptr, BLOCK: tl.constexpr):
@@ -55,6 +48,7 @@ def broken_kernel(x_ptr, BLOCK: tl.constexpr):
 
 COPY = KernelSpec("copy_fp32", copy_kernel, {"x_ptr": "*fp32", "out_ptr": "*fp32", "n": "i32", "BLOCK": "constexpr"},
                   {"BLOCK": 1024}, num_stages=1, promises=frozenset({"vectorized_loads"}))
+BROKEN = KernelSpec("broken", broken_kernel, {"x_ptr": "*fp32", "BLOCK": "constexpr"}, {"BLOCK": 32})
 
 
 def test_parse_resource_usage():
@@ -75,9 +69,7 @@ def test_histogram_bins_from_constexpr_module_constant_or_none():
     assert histogram_bins(with_constexpr) == 128
     radix = KernelSpec("h", copy_kernel, COPY.signature, {"RADIX_SIZE": 16, "BLOCK": 16})
     assert histogram_bins(radix) == 16
-    assert histogram_bins(COPY) is None
-    from tests.kernels import bad_kernels
-
+    assert histogram_bins(BROKEN) is None, "no bins constexpr, no bins constant in the kernel's module"
     assert histogram_bins(bad_kernels.BAD[3][0]) == 256
 
 
@@ -86,7 +78,8 @@ def test_compile_spec_reads_cubin(target, tmp_path, monkeypatch):
     monkeypatch.setenv("DEFTX_CACHE", str(tmp_path))
     build = compile_spec(COPY, target, module="tests")
     assert isinstance(build, KernelBuild)
-    assert (build.name, build.module, build.function, build.arch) == ("copy_fp32", "tests", "copy_kernel", target.arch)
+    assert (build.name, build.module, build.arch) == ("copy_fp32", "tests", target.arch)
+    assert build.function == copy_kernel.__name__
     assert 0 < build.registers <= 255
     assert build.local_memory_bytes == 0 and build.user_shared_bytes == 0
     assert build.sass.of_class("global_load"), "the copy loads from global memory"
@@ -109,13 +102,12 @@ def test_analysis_is_cached_on_disk(tmp_path, monkeypatch):
 
     monkeypatch.setattr(compile_module, "_run_tool", no_tools)
     usage, sass = analyse_cubin(cubin)
-    assert usage["copy_kernel"].registers == build.registers
+    assert usage[copy_kernel.__name__].registers == build.registers
     assert sass == build.sass_text
 
 
 def test_compile_all_reports_a_failing_spec_and_memoises(monkeypatch):
-    broken = KernelSpec("broken", broken_kernel, {"x_ptr": "*fp32", "BLOCK": "constexpr"}, {"BLOCK": 32})
-    declared = [DeclaredSpec("tests_compile", 0, broken), DeclaredSpec("tests_compile", 1, COPY)]
+    declared = [DeclaredSpec("tests_compile", 0, BROKEN), DeclaredSpec("tests_compile", 1, COPY)]
     first = compile_all(declared, "sm_90", workers=1)
     assert isinstance(first[0], BuildFailure) and "undefined_name" in first[0].error
     assert isinstance(first[1], KernelBuild)
