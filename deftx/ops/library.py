@@ -131,12 +131,17 @@ def _scatter_restore_fake(dense, indices, saved, backend) -> None:
 
 
 def _masked_adamw_step(
-    params: list[torch.Tensor], grads: list[torch.Tensor], indices: list[torch.Tensor],
-    masters: list[torch.Tensor], exp_avgs: list[torch.Tensor], exp_avg_sqs: list[torch.Tensor],
-    bases: list[torch.Tensor], step: int, hyperparameters: list[float], backend: str,
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    indices: list[torch.Tensor],
+    masters: list[torch.Tensor],
+    exp_avgs: list[torch.Tensor],
+    exp_avg_sqs: list[torch.Tensor],
+    bases: list[torch.Tensor],
+    step: int,
+    hyperparameters: list[float],
+    backend: str,
 ) -> None:
-    """The ``deftx::masked_adamw_step_`` op: :class:`MaskedStepTensors`' lists (``bases`` empty
-    when None), ``settings.step`` and :meth:`AdamWSettings.hyperparameters`."""
     tensors = MaskedStepTensors(params, grads, indices, masters, exp_avgs, exp_avg_sqs, bases or None)
     device = common_device(params, "masked_adamw_step_")
     run_step = backend_for("masked_step", device, backend).masked_adamw_step_

@@ -44,7 +44,11 @@ def randomized_svd(
 
 
 def randomized_svd_batched(
-    w1s: Sequence[torch.Tensor], w0s: Sequence[torch.Tensor | None], omegas: Sequence[torch.Tensor], n_iter: int, *,
+    w1s: Sequence[torch.Tensor],
+    w0s: Sequence[torch.Tensor | None],
+    omegas: Sequence[torch.Tensor],
+    n_iter: int,
+    *,
     precision: str = "fp32",
 ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """:func:`randomized_svd` for each matrix."""
@@ -52,7 +56,11 @@ def randomized_svd_batched(
 
 
 def randomized_svd_group(
-    w1s: Sequence[torch.Tensor], w0s: Sequence[torch.Tensor] | None, omega: torch.Tensor, n_iter: int, *,
+    w1s: Sequence[torch.Tensor],
+    w0s: Sequence[torch.Tensor] | None,
+    omega: torch.Tensor,
+    n_iter: int,
+    *,
     precision: str = "fp32",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`randomized_svd` of G same-shape matrices with one shared sketch ``omega`` (n, q).
@@ -85,7 +93,11 @@ def difference_energy(w1s: Sequence[torch.Tensor], w0s: Sequence[torch.Tensor] |
 
 
 def reconstruct_magnitudes(
-    us: Sequence[torch.Tensor], ss: Sequence[torch.Tensor], vhs: Sequence[torch.Tensor], *, precision: str = "fp32"
+    us: Sequence[torch.Tensor],
+    ss: Sequence[torch.Tensor],
+    vhs: Sequence[torch.Tensor],
+    *,
+    precision: str = "fp32",
 ) -> list[torch.Tensor]:
     """``|u diag(s) vh|`` for each triple: (m, r) x (r,) x (r, n) -> new (m, n) fp32."""
     return [((u.float() * s.float()) @ vh.float()).abs_() for u, s, vh in zip(us, ss, vhs, strict=True)]
