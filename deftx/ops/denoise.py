@@ -40,12 +40,10 @@ multiplies in fp32.
 
 from __future__ import annotations
 
-import functools
-import inspect
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import NamedTuple, TypeVar
+from typing import NamedTuple
 
 import torch
 
@@ -58,9 +56,6 @@ INITIAL_ENERGY_SKETCH = 64
 METHODS: tuple[str, ...] = ("randomized", "exact")
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "tf32x3")
 FP32_ONLY_PRECISIONS: frozenset[str] = frozenset({"tf32x3"})
-
-_Result = TypeVar("_Result")
-_SETTINGS_PARAMETERS = tuple(inspect.signature(LowRankSettings).parameters.values())
 
 
 class LowRankFactors(NamedTuple):
@@ -365,39 +360,6 @@ def _factorize(
     return results
 
 
-def _lowrank_keywords(*positional: str) -> Callable[[Callable[..., _Result]], Callable[..., _Result]]:
-    """Give a public op the fields of :class:`LowRankSettings` as its own arguments.
-
-    The decorated function declares a keyword-only ``settings: LowRankSettings``; the public
-    signature puts the settings' fields there instead, with the dataclass's defaults
-    (``positional``: those fields become positional-or-keyword, right after the function's own
-    positional parameters). A call binds to that signature (a wrong argument raises TypeError),
-    and the fields' values reach the function as one ``settings``.
-    """
-
-    def decorate(run: Callable[..., _Result]) -> Callable[..., _Result]:
-        own = inspect.signature(run).parameters.values()
-        head = [p for p in own if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
-        tail = [p for p in own if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "settings"]
-        fields = [p for name in positional for p in _SETTINGS_PARAMETERS if p.name == name]
-        fields += [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in _SETTINGS_PARAMETERS
-                   if p.name not in positional]
-        public_signature = inspect.signature(run).replace(parameters=[*head, *fields, *tail])
-
-        @functools.wraps(run)
-        def public(*args: object, **kwargs: object) -> _Result:
-            arguments = public_signature.bind(*args, **kwargs)
-            arguments.apply_defaults()
-            values = dict(arguments.arguments)
-            settings = LowRankSettings(**{p.name: values.pop(p.name) for p in _SETTINGS_PARAMETERS})
-            return run(**values, settings=settings)
-
-        public.__signature__ = public_signature
-        return public
-
-    return decorate
-
-
 # --------------------------------------------------------------------------- public ops
 
 
@@ -416,6 +378,18 @@ def factors_batched(
     return _factorize(op, matrices, pairs, checked, report=True)
 
 
+def magnitudes_batched(
+    matrices: Sequence[torch.Tensor],
+    bases: Sequence[torch.Tensor | None] | None,
+    settings: LowRankSettings,
+    *,
+    backend: str | None = None,
+) -> list[torch.Tensor]:
+    """:func:`denoised_magnitudes_batched` with its options as one :class:`LowRankSettings`."""
+    factors = factors_batched(matrices, bases, settings, backend=backend, op="denoised_magnitudes_batched")
+    return reconstruct_magnitudes(factors, precision=settings.precision, backend=backend)
+
+
 def _single_factors(
     matrix: torch.Tensor, base: torch.Tensor | None, settings: LowRankSettings, backend: str | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -425,9 +399,17 @@ def _single_factors(
     return u, s, vh
 
 
-@_lowrank_keywords()
 def lowrank_factors_batched(
-    matrices: Sequence[torch.Tensor], bases: Sequence[torch.Tensor | None] | None = None, *, settings: LowRankSettings,
+    matrices: Sequence[torch.Tensor],
+    bases: Sequence[torch.Tensor | None] | None = None,
+    *,
+    rank: int | None = None,
+    energy: float | None = None,
+    method: str = "randomized",
+    oversample: int = 8,
+    n_iter: int = 2,
+    seed: int = 0,
+    precision: str = "fp32",
     backend: str | None = None,
 ) -> list[LowRankFactors]:
     """Truncated SVD factors of many differences Δ_i = matrices[i] − bases[i], batched by shape.
@@ -443,9 +425,8 @@ def lowrank_factors_batched(
             the Triton products' precision.
         backend: ``"auto" | "triton" | "torch"`` (default ``$DEFTX_BACKEND`` or auto).
 
-    The options ``rank`` to ``precision`` are the fields of
-    :class:`~deftx.ops.settings.LowRankSettings`, with its defaults (every public op here takes
-    them so; :func:`factors_batched` takes them bundled).
+    The options are those of :class:`~deftx.ops.settings.LowRankSettings`
+    (:func:`factors_batched` takes them bundled).
 
     Returns:
         One :class:`LowRankFactors` per matrix, in input order, with ``energy`` filled (the
@@ -456,6 +437,7 @@ def lowrank_factors_batched(
             a pair (names the matrix).
         TypeError: non-floating tensors, a non-int rank.
     """
+    settings = LowRankSettings(rank, energy, method, oversample, n_iter, seed, precision)
     return factors_batched(matrices, bases, settings, backend=backend)
 
 
@@ -499,9 +481,17 @@ def reconstruct_magnitudes(
     return scores
 
 
-@_lowrank_keywords()
 def denoised_magnitudes_batched(
-    matrices: Sequence[torch.Tensor], bases: Sequence[torch.Tensor | None] | None = None, *, settings: LowRankSettings,
+    matrices: Sequence[torch.Tensor],
+    bases: Sequence[torch.Tensor | None] | None = None,
+    *,
+    rank: int | None = None,
+    energy: float | None = None,
+    method: str = "randomized",
+    oversample: int = 8,
+    n_iter: int = 2,
+    seed: int = 0,
+    precision: str = "fp32",
     backend: str | None = None,
 ) -> list[torch.Tensor]:
     """|rank-r reconstruction of Δ_i| for many pairs: DeFT-X's selection scores, batched.
@@ -513,28 +503,43 @@ def denoised_magnitudes_batched(
     host read for the call): it is what refuses NaN / Inf, naming the matrix, instead of
     returning NaN scores.
     """
-    factors = factors_batched(matrices, bases, settings, backend=backend, op="denoised_magnitudes_batched")
-    return reconstruct_magnitudes(factors, precision=settings.precision, backend=backend)
+    settings = LowRankSettings(rank, energy, method, oversample, n_iter, seed, precision)
+    return magnitudes_batched(matrices, bases, settings, backend=backend)
 
 
-@_lowrank_keywords("rank")
 def lowrank_factors(
-    matrix: torch.Tensor, *, settings: LowRankSettings, base: torch.Tensor | None = None, backend: str | None = None
+    matrix: torch.Tensor,
+    rank: int | None = None,
+    *,
+    energy: float | None = None,
+    base: torch.Tensor | None = None,
+    method: str = "randomized",
+    oversample: int = 8,
+    n_iter: int = 2,
+    seed: int = 0,
+    precision: str = "fp32",
+    backend: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Truncated SVD factors of Δ = matrix − base: U (m, r), S (r,), Vh (r, n), fp32.
 
     One matrix through :func:`lowrank_factors_batched`'s path (same Ω, same result).
     """
-    return _single_factors(matrix, base, settings, backend)
+    return _single_factors(matrix, base, LowRankSettings(rank, energy, method, oversample, n_iter, seed, precision),
+                           backend)
 
 
-@_lowrank_keywords("rank")
 def lowrank_denoise(
     matrix: torch.Tensor,
+    rank: int | None = None,
     *,
-    settings: LowRankSettings,
+    energy: float | None = None,
     base: torch.Tensor | None = None,
+    method: str = "randomized",
+    oversample: int = 8,
+    n_iter: int = 2,
+    seed: int = 0,
     return_factors: bool = False,
+    precision: str = "fp32",
     backend: str | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Rank-r reconstruction of Δ = matrix − base (or of ``matrix`` when ``base`` is None).
@@ -551,18 +556,29 @@ def lowrank_denoise(
     Returns:
         The (m, n) fp32 reconstruction U diag(S) Vh, or ``(recon, U, S, Vh)``.
     """
+    settings = LowRankSettings(rank, energy, method, oversample, n_iter, seed, precision)
     u, s, vh = _single_factors(matrix, base, settings, backend)
     recon = (u * s) @ vh
     return (recon, u, s, vh) if return_factors else recon
 
 
-@_lowrank_keywords()
 def denoised_magnitudes(
-    matrix: torch.Tensor, base: torch.Tensor | None = None, *, settings: LowRankSettings, backend: str | None = None
+    matrix: torch.Tensor,
+    base: torch.Tensor | None = None,
+    *,
+    rank: int | None = None,
+    energy: float | None = None,
+    method: str = "randomized",
+    oversample: int = 8,
+    n_iter: int = 2,
+    seed: int = 0,
+    precision: str = "fp32",
+    backend: str | None = None,
 ) -> torch.Tensor:
     """|rank-r reconstruction of Δ|, (m, n) fp32: DeFT-X's selection score for one matrix.
 
     :func:`denoised_magnitudes_batched` of one pair: on CUDA the reconstruction and the
     absolute value are one fused kernel, so the score is the only (m, n) buffer written.
     """
-    return denoised_magnitudes_batched([matrix], [base], **asdict(settings), backend=backend)[0]
+    settings = LowRankSettings(rank, energy, method, oversample, n_iter, seed, precision)
+    return magnitudes_batched([matrix], [base], settings, backend=backend)[0]
