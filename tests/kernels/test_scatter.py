@@ -13,6 +13,7 @@ import torch
 
 from deftx.kernels import kernel_module
 from tests.helpers import assert_bitwise_equal
+from tests.kernels.conftest import LaunchRecorder
 from tests.kernels.devices import kernels_for, to_device
 from tests.ops.test_scatter import loop_reference
 
@@ -163,26 +164,12 @@ def test_no_diffs_and_empty_diffs(scatter, device):
         assert_bitwise_equal(a, b)
 
 
-class _Recorder:
-    """Stands in for a jitted kernel: records the constexprs of every launch, then runs it."""
-
-    def __init__(self, kernel, names):
-        self.kernel, self.names, self.launches = kernel, names, []
-
-    def __getitem__(self, grid):
-        def launch(*args, **kwargs):
-            self.launches.append({name: kwargs[name] for name in self.names})
-            return self.kernel[grid](*args, **kwargs)
-
-        return launch
-
-
 def test_every_launch_is_a_declared_specialization(scatter, monkeypatch, device):
     recorders = {
-        "_scatter_add_kernel": _Recorder(scatter._scatter_add_kernel,
-                                         ("DENSE", "VALUE", "SAVE", "CHUNK")),
-        "_segment_bounds_kernel": _Recorder(scatter._segment_bounds_kernel, ("BLOCK",)),
-        "_scatter_restore_kernel": _Recorder(scatter._scatter_restore_kernel, ("DENSE", "CHUNK")),
+        "_scatter_add_kernel": LaunchRecorder(scatter._scatter_add_kernel,
+                                              ("DENSE", "VALUE", "SAVE", "CHUNK")),
+        "_segment_bounds_kernel": LaunchRecorder(scatter._segment_bounds_kernel, ("BLOCK",)),
+        "_scatter_restore_kernel": LaunchRecorder(scatter._scatter_restore_kernel, ("DENSE", "CHUNK")),
     }
     compiled = kernel_module("scatter", interpret=False)  # on CUDA, the module patched below
     compiled_kernels = {name: getattr(compiled, name) for name in recorders}
