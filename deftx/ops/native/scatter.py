@@ -12,6 +12,7 @@ from . import (
     check_cpu_contiguous,
     check_status,
     dtype_code,
+    dtype_codes,
     float32_array,
     int32_array,
     int64_array,
@@ -22,10 +23,7 @@ from . import (
 
 def _check_dense(dense: Sequence[torch.Tensor], function: str) -> list[int]:
     """Validate the dense tensors; return their dtype codes."""
-    codes = []
-    for t, tensor in enumerate(dense):
-        check_cpu_contiguous(tensor, f"{function}: dense[{t}]")
-        codes.append(dtype_code(tensor, f"{function}: dense[{t}]"))
+    codes = dtype_codes(dense, f"{function}: dense")
     check_disjoint(dense, function)
     return codes
 
