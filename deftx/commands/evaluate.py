@@ -6,12 +6,14 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from deftx.commands._common import add_command, add_model_arguments, finite_float, name_base_model, positive_int
+from deftx.commands._common import add_model_arguments, finite_float, name_base_model, positive_int
 
 if TYPE_CHECKING:
     from deftx.eval.zero_shot import Composition, RowContext
 
 
+NAME = "evaluate"
+SUMMARY = "zero-shot macro-F1/accuracy of a task SFT + language SFTs (NusaX, or any data set with --data)"
 DESCRIPTION = """\
 Evaluate a task SFT, composed with a language SFT where given, on a test set. By default: the NusaX
 sentiment test split of every language found under the data root (or --languages), each with its own
@@ -135,11 +137,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = add_command(
-        subparsers, "evaluate", run, description=DESCRIPTION,
-        summary="zero-shot macro-F1/accuracy of a task SFT + language SFTs (NusaX, or any data set with --data)",
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task-sft", required=True,
                         help="task SFT (with its classifier head): file, folder or Hub id of any supported format")
     parser.add_argument("--lang-sft", action="append", metavar="LANGUAGE=SFT",
