@@ -26,8 +26,6 @@ from deftx.perf.static.compile import (
     parse_resource_usage,
 )
 from deftx.perf.targets import A100_80GB_SXM, H100_SXM
-from tests.kernels import bad_kernels
-from tests.kernels.bad_kernels import vector_copy_kernel as copy_kernel
 
 RESOURCE_TEXT = """\
 
@@ -39,6 +37,16 @@ Resource usage:
  Function other_kernel:
   REG:32 STACK:0 SHARED:0 LOCAL:0 CONSTANT[0]:392 TEXTURE:0 SURFACE:0 SAMPLER:0
 """
+
+@triton.jit
+def copy_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    start = tl.program_id(0) * BLOCK
+    offs = start + tl.arange(0, BLOCK)
+    if start + BLOCK <= n:
+        tl.store(out_ptr + offs, tl.load(x_ptr + offs))
+    else:
+        tl.store(out_ptr + offs, tl.load(x_ptr + offs, mask=offs < n, other=0.0), mask=offs < n)
+
 
 @triton.jit
 def broken_kernel(x_ptr, BLOCK: tl.constexpr):
@@ -68,6 +76,8 @@ def test_histogram_bins_from_constexpr_module_constant_or_none():
     radix = KernelSpec("h", copy_kernel, COPY.signature, {"RADIX_SIZE": 16, "BLOCK": 16})
     assert histogram_bins(radix) == 16
     assert histogram_bins(COPY) is None
+    from tests.kernels import bad_kernels
+
     assert histogram_bins(bad_kernels.BAD[3][0]) == 256
 
 
@@ -76,8 +86,7 @@ def test_compile_spec_reads_cubin(target, tmp_path, monkeypatch):
     monkeypatch.setenv("DEFTX_CACHE", str(tmp_path))
     build = compile_spec(COPY, target, module="tests")
     assert isinstance(build, KernelBuild)
-    assert (build.name, build.module, build.arch) == ("copy_fp32", "tests", target.arch)
-    assert build.function == copy_kernel.fn.__name__
+    assert (build.name, build.module, build.function, build.arch) == ("copy_fp32", "tests", "copy_kernel", target.arch)
     assert 0 < build.registers <= 255
     assert build.local_memory_bytes == 0 and build.user_shared_bytes == 0
     assert build.sass.of_class("global_load"), "the copy loads from global memory"
@@ -100,7 +109,7 @@ def test_analysis_is_cached_on_disk(tmp_path, monkeypatch):
 
     monkeypatch.setattr(compile_module, "_run_tool", no_tools)
     usage, sass = analyse_cubin(cubin)
-    assert usage[copy_kernel.fn.__name__].registers == build.registers
+    assert usage["copy_kernel"].registers == build.registers
     assert sass == build.sass_text
 
 
