@@ -1,7 +1,9 @@
 """The ``deftx`` command line: one subcommand per module of :mod:`deftx.commands`.
 
-Each module there defines ``register(subparsers)``, adding its parser and setting
-``func`` (called with the parsed arguments, returning an exit code).
+Each module there (but ``_common``) declares the subcommand: ``NAME``, ``SUMMARY`` (its line in
+``deftx --help``), ``DESCRIPTION``, ``add_arguments(parser)`` and ``run(args) -> exit code``; optionally
+``EPILOG``, ``FORMATTER`` (an argparse help formatter class) and ``GUARDED = False`` (let errors
+propagate instead of :func:`deftx.commands._common.guarded`'s one line and exit code 2).
 """
 
 from __future__ import annotations
@@ -11,9 +13,28 @@ import importlib
 import pkgutil
 import sys
 from collections.abc import Sequence
+from types import ModuleType
 
 import deftx
 import deftx.commands
+from deftx.commands._common import guarded
+
+
+def command_modules() -> list[ModuleType]:
+    """The subcommand modules of :mod:`deftx.commands`, by module name."""
+    names = sorted(info.name for info in pkgutil.iter_modules(deftx.commands.__path__))
+    return [importlib.import_module(f"deftx.commands.{name}") for name in names if not name.startswith("_")]
+
+
+def add_command(subparsers: argparse._SubParsersAction, command: ModuleType) -> argparse.ArgumentParser:
+    """The parser of the subcommand that module ``command`` declares (see the module docstring)."""
+    parser = subparsers.add_parser(
+        command.NAME, help=command.SUMMARY, description=command.DESCRIPTION, epilog=getattr(command, "EPILOG", None),
+        formatter_class=getattr(command, "FORMATTER", argparse.HelpFormatter),
+    )
+    command.add_arguments(parser)
+    parser.set_defaults(func=guarded(command.NAME, command.run) if getattr(command, "GUARDED", True) else command.run)
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,11 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"deftx {deftx.__version__}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for info in sorted(pkgutil.iter_modules(deftx.commands.__path__), key=lambda m: m.name):
-        module = importlib.import_module(f"deftx.commands.{info.name}")
-        register = getattr(module, "register", None)
-        if register is not None:
-            register(subparsers)
+    for command in command_modules():
+        add_command(subparsers, command)
     return parser
 
 

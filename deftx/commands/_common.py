@@ -31,15 +31,6 @@ def guarded(name: str, run: Callable[[argparse.Namespace], int]) -> Callable[[ar
     return wrapper
 
 
-def add_command(subparsers: argparse._SubParsersAction, name: str, run: Callable[[argparse.Namespace], int], *,
-                summary: str, description: str, **options) -> argparse.ArgumentParser:
-    """The parser of subcommand ``name`` (``summary`` in ``deftx --help``, ``description`` in its own),
-    running ``run`` with bad input turned into one line and exit code 2 (:func:`guarded`)."""
-    parser = subparsers.add_parser(name, help=summary, description=description, **options)
-    parser.set_defaults(func=guarded(name, run))
-    return parser
-
-
 def one_line(err: BaseException) -> str:
     """The error's message on one line (a KeyError's without its quotes), at most MAX_MESSAGE characters."""
     message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
@@ -138,7 +129,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="override the number of classifier outputs (default: the SFT's metadata, else the shipped head's "
              "shape, else 3)",
     )
-    parser.add_argument("--seed", type=seed_int, default=0, help="seed of a new head's init where none is shipped")
+    add_seed_argument(parser, "seed of a new head's init where none is shipped")
+
+
+def add_seed_argument(parser: argparse.ArgumentParser, help: str = "seed (default 0)") -> None:
+    """--seed: an integer >= 0, default 0."""
+    parser.add_argument("--seed", type=seed_int, default=0, help=help)
 
 
 def name_base_model(model, name: str) -> None:

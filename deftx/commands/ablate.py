@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from deftx.commands._common import add_command, command_line, seed_int
+from deftx.commands._common import command_line, seed_int
 
+NAME = "ablate"
+SUMMARY = "variants of a pipeline config x seeds on NusaX valid splits (shared phase 1), one CSV + summary"
+FORMATTER = argparse.RawDescriptionHelpFormatter
 DESCRIPTION = """\
 Run an ablation: every variant of a base pipeline config, for every seed, trained and scored
 zero-shot on the NusaX *valid* splits (the test splits are never scored here: they are for the
@@ -50,11 +53,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = add_command(
-        subparsers, "ablate", run, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
-        summary="variants of a pipeline config x seeds on NusaX valid splits (shared phase 1), one CSV + summary",
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="ablation config (YAML or JSON), e.g. configs/ablation-nusax-e5-small.yaml")
     parser.add_argument("--output-dir", help="override the ablation's output_dir")
     parser.add_argument("--results-dir", help="override the ablation's results_dir")

@@ -36,6 +36,26 @@ if TYPE_CHECKING:
 
 DEFAULT_CPU_SCALE = 0.1
 
+NAME = "bench"
+SUMMARY = "benchmark deftx's ops against torch baselines (table, JSON, PNG); --scaling for the scaling study"
+DESCRIPTION = (
+    "Time deftx's ops (topk, rsvd, scatter, step) under each backend against their torch baselines on "
+    "synthetic weights with real models' parameter shapes; report speedup, achieved GB/s, % of the roof "
+    "measured in the same run, and peak extra memory. Writes <out>/<device>_<shapes>.json/.png/.md. "
+    "On CUDA (or with --predict-target) a second table puts each measured time next to the roofline "
+    "time deftx profile --static predicts on a datasheet GPU target (JSON key 'predicted', a section "
+    "of the .md)."
+)
+EPILOG = (
+    "predicted vs measured: predicted = max(bytes / datasheet HBM bandwidth, FLOPs / datasheet peak) "
+    "from deftx.perf.roofline, a lower bound; measured/predicted says how far from it a run is. "
+    "The target is taken from the CUDA device name (H200 and H100 -> sm_90, A100 -> sm_80; other GPUs: a note, "
+    "no rows) or given with --predict-target, which also works on CPU for inspection (then labelled "
+    "'predicted for <target>, measured on cpu')."
+)
+FORMATTER = argparse.ArgumentDefaultsHelpFormatter
+GUARDED = False
+
 
 def _csv(kind: Callable[[str], object]) -> Callable[[str], tuple]:
     def parse(text: str) -> tuple:
@@ -245,27 +265,7 @@ def run(args: argparse.Namespace) -> int:
     return run_suite_command(args, device, command)
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "bench",
-        help="benchmark deftx's ops against torch baselines (table, JSON, PNG); --scaling for the scaling study",
-        description=(
-            "Time deftx's ops (topk, rsvd, scatter, step) under each backend against their torch baselines on "
-            "synthetic weights with real models' parameter shapes; report speedup, achieved GB/s, % of the roof "
-            "measured in the same run, and peak extra memory. Writes <out>/<device>_<shapes>.json/.png/.md. "
-            "On CUDA (or with --predict-target) a second table puts each measured time next to the roofline "
-            "time deftx profile --static predicts on a datasheet GPU target (JSON key 'predicted', a section "
-            "of the .md)."
-        ),
-        epilog=(
-            "predicted vs measured: predicted = max(bytes / datasheet HBM bandwidth, FLOPs / datasheet peak) "
-            "from deftx.perf.roofline, a lower bound; measured/predicted says how far from it a run is. "
-            "The target is taken from the CUDA device name (H200 and H100 -> sm_90, A100 -> sm_80; other GPUs: a note, "
-            "no rows) or given with --predict-target, which also works on CPU for inspection (then labelled "
-            "'predicted for <target>, measured on cpu')."
-        ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ops",
         type=_csv(str),
@@ -295,19 +295,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"keep this fraction of the layers and vocabulary rows (default {DEFAULT_CPU_SCALE} on CPU, 1 on CUDA)",
     )
     parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32", help="dtype of the weights")
-    parser.add_argument(
-        "--backends",
-        type=_csv(str),
-        default=None,
-        help="deftx backends to time (default: every one that runs here: native/triton and torch)",
-    )
+    parser.add_argument("--backends", type=_csv(str), default=None,
+                        help="deftx backends to time (default: every one that runs here: native/triton and torch)")
     parser.add_argument("--rank", type=int, default=32, help="rsvd: rank kept")
     parser.add_argument("--oversample", type=int, default=8, help="rsvd: extra sketch columns")
     parser.add_argument("--n-iter", type=int, default=2, help="rsvd: power iterations")
     parser.add_argument(
-        "--repeats",
-        type=int,
-        default=None,
+        "--repeats", type=int, default=None,
         help="timed calls per measurement (default: >= 3 and >= 0.5 s; scaling: 3; a call over 10 s: once)",
     )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
@@ -323,23 +317,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", default="bench-results", help="output directory")
     scaling = parser.add_argument_group("scaling study")
     scaling.add_argument("--scaling", action="store_true", help="run the scaling study instead of the suite")
-    scaling.add_argument(
-        "--scaling-sets",
-        type=_csv(str),
-        default=None,
-        help="shape sets of the size sweep (default: all built-ins, 118M to 6.7B)",
-    )
+    scaling.add_argument("--scaling-sets", type=_csv(str), default=None,
+                         help="shape sets of the size sweep (default: all built-ins, 118M to 6.7B)")
     scaling.add_argument("--scaling-k", type=float, default=0.01, help="K of the size sweep")
-    scaling.add_argument(
-        "--chunk-params",
-        type=float,
-        default=1e9,
-        help="stream sets larger than this many parameters in chunks of at most this size",
-    )
-    scaling.add_argument(
-        "--baseline-max-params",
-        type=float,
-        default=6e8,
-        help="run baselines only on sets up to this size (0: no limit)",
-    )
-    parser.set_defaults(func=run)
+    scaling.add_argument("--chunk-params", type=float, default=1e9,
+                         help="stream sets larger than this many parameters in chunks of at most this size")
+    scaling.add_argument("--baseline-max-params", type=float, default=6e8,
+                         help="run baselines only on sets up to this size (0: no limit)")

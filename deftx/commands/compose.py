@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from deftx.commands._common import add_command, add_model_arguments, finite_float, name_base_model
+from deftx.commands._common import add_model_arguments, finite_float, name_base_model
 
+NAME = "compose"
+SUMMARY = "add SFTs onto a base model (fused scatter) and save the composed classifier"
 DESCRIPTION = """\
 Load the base model as the sequence classifier the task SFT was trained in (architecture, pooling
 and labels read from the SFT's metadata; see --pooling), add the given SFTs (e.g. a task SFT and a
@@ -47,11 +49,7 @@ def run(args: argparse.Namespace) -> int:
     return 0 if exact else 1
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = add_command(
-        subparsers, "compose", run, description=DESCRIPTION,
-        summary="add SFTs onto a base model (fused scatter) and save the composed classifier",
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     parser.add_argument(
         "--sft", action="append", required=True,

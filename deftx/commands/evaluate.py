@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING
 
 from deftx.commands._common import (
     DEVICE_METAVAR,
-    add_command,
     add_model_arguments,
     device_option,
     finite_float,
@@ -20,6 +19,8 @@ if TYPE_CHECKING:
     from deftx.eval.zero_shot import Composition, RowContext
 
 
+NAME = "evaluate"
+SUMMARY = "zero-shot macro-F1/accuracy of a task SFT + language SFTs (NusaX, or any data set with --data)"
 DESCRIPTION = """\
 Evaluate a task SFT, composed with a language SFT where given, on a test set. By default: the NusaX
 sentiment test split of every language found under the data root (or --languages), each with its own
@@ -144,11 +145,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = add_command(
-        subparsers, "evaluate", run, description=DESCRIPTION,
-        summary="zero-shot macro-F1/accuracy of a task SFT + language SFTs (NusaX, or any data set with --data)",
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task-sft", required=True,
                         help="task SFT (with its classifier head): file, folder or Hub id of any supported format")
     parser.add_argument("--lang-sft", action="append", metavar="LANGUAGE=SFT",

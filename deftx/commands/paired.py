@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from deftx.commands._common import add_command, positive_int, seed_int
+from deftx.commands._common import add_seed_argument, positive_int
 
+NAME = "paired"
+SUMMARY = "paired differences between methods over seeds (bootstrap 95%% intervals)"
 DESCRIPTION = """\
 Compare methods seed by seed from one or more results.csv files (a pipeline's, or one per seed from
 runs spread over several machines: merged, duplicates kept once, conflicting scores refused). For
@@ -41,13 +43,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     from deftx.eval.paired import PAPER_FIVE, RESAMPLES
 
-    parser = add_command(
-        subparsers, "paired", run, description=DESCRIPTION,
-        summary="paired differences between methods over seeds (bootstrap 95%% intervals)",
-    )
     parser.add_argument("results", nargs="+", type=Path, help="results.csv files of one study")
     parser.add_argument("--pair", action="append", type=method_pair, metavar="A:B",
                         help="a comparison, repeatable (default: deft-x:lt-sft, deft-x:full-ft, lt-sft:full-ft)")
@@ -56,5 +54,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--metric", default="macro_f1", help="score column (default macro_f1)")
     parser.add_argument("--split", default="test", help="split column value (default test)")
     parser.add_argument("--resamples", type=positive_int, default=RESAMPLES, help=f"bootstrap resamples ({RESAMPLES})")
-    parser.add_argument("--seed", type=seed_int, default=0, help="bootstrap seed (default 0)")
+    add_seed_argument(parser, "bootstrap seed (default 0)")
     parser.add_argument("--out", type=Path, default=None, help="folder for paired.md, paired.csv and paired.png")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from deftx.commands._common import add_command, add_config_arguments, command_line, load_pipeline_config, seed_int
+from deftx.commands._common import add_config_arguments, command_line, load_pipeline_config, seed_int
 
+NAME = "pipeline"
+SUMMARY = "train language + task SFTs (LT-SFT, DeFT-X) and a full fine-tuning baseline, evaluate zero-shot"
 DESCRIPTION = """\
 Run every step of a pipeline config: MLM head warm-up, language SFTs (masked LM on each language's
 NusaX MT train+valid text), task SFTs on the source language(s) on top of the source language SFT,
@@ -32,11 +34,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = add_command(
-        subparsers, "pipeline", run, description=DESCRIPTION,
-        summary="train language + task SFTs (LT-SFT, DeFT-X) and a full fine-tuning baseline, evaluate zero-shot",
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
     parser.add_argument("--seeds", type=seed_int, nargs="+", help="override the config's seeds")
     parser.add_argument(

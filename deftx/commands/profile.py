@@ -7,10 +7,12 @@ import sys
 import textwrap
 from pathlib import Path
 
-from deftx.commands._common import guarded
-
 STATIC_DEFAULT_OUT = "benchmarks/results"
 RUNTIME_DEFAULT_OUT = "profile"
+
+NAME = "profile"
+SUMMARY = "static kernel report (--static, no GPU) or a runtime torch.profiler trace"
+FORMATTER = argparse.RawDescriptionHelpFormatter
 
 DESCRIPTION = textwrap.dedent(
     """\
@@ -103,14 +105,7 @@ def run(args: argparse.Namespace) -> int:
     return _runtime(args)
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "profile",
-        help="static kernel report (--static, no GPU) or a runtime torch.profiler trace",
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "target",
         nargs="?",
@@ -149,4 +144,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="runtime mode: op backend (default $DEFTX_BACKEND or auto)",
     )
     parser.add_argument("--iterations", type=int, default=None, help="runtime mode: profiled repetitions (default 1)")
-    parser.set_defaults(func=guarded("profile", run))

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from deftx.commands._common import add_command, add_config_arguments, load_pipeline_config, seed_int
+from deftx.commands._common import add_config_arguments, add_seed_argument, load_pipeline_config
 
+NAME = "train-lang"
+SUMMARY = "train a language SFT (masked LM; LT-SFT and DeFT-X branches from one phase 1)"
 DESCRIPTION = """\
 Train (or resume) the language SFT of one language with the config's language_sft, mlm_head,
 training and methods sections: masked LM on the language's NusaX MT text of the config's
@@ -37,11 +39,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = add_command(
-        subparsers, "train-lang", run, description=DESCRIPTION,
-        summary="train a language SFT (masked LM; LT-SFT and DeFT-X branches from one phase 1)",
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
     parser.add_argument(
         "--language",
@@ -49,4 +47,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="NusaX language folder name (e.g. madurese) or, with --americasnlp, an AmericasNLI code (e.g. aym)",
     )
     parser.add_argument("--americasnlp", action="store_true", help="train on AmericasNLP 2021 text")
-    parser.add_argument("--seed", type=seed_int, default=0, help="seed (default 0)")
+    add_seed_argument(parser)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from deftx.commands._common import add_command, add_config_arguments, load_pipeline_config, seed_int
+from deftx.commands._common import add_config_arguments, add_seed_argument, load_pipeline_config
 
+NAME = "train-task"
+SUMMARY = "train NusaX sentiment task SFTs on a source language (classifier head shipped in the SFT)"
 DESCRIPTION = """\
 Train (or resume) the task SFTs of one source language with the config's task_sft and methods
 sections, on the source's NusaX sentiment train split. With task_on_source_sft (default) each
@@ -34,11 +36,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = add_command(
-        subparsers, "train-task", run, description=DESCRIPTION,
-        summary="train NusaX sentiment task SFTs on a source language (classifier head shipped in the SFT)",
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
     parser.add_argument("--source", required=True, help="source language folder name (e.g. indonesian, english)")
-    parser.add_argument("--seed", type=seed_int, default=0, help="seed (default 0)")
+    add_seed_argument(parser)

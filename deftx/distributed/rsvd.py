@@ -194,14 +194,8 @@ def _magnitudes(matrix: DTensor, u: torch.Tensor, s: torch.Tensor, vh: torch.Ten
 
 
 def denoised_magnitudes_sharded(
-    matrix: DTensor,
-    base: DTensor | None = None,
-    *,
-    rank: int | None = None,
-    energy: float | None = None,
-    oversample: int = 8,
-    n_iter: int = 2,
-    seed: int = 0,
+    matrix: DTensor, base: DTensor | None = None, *, rank: int | None = None, energy: float | None = None,
+    oversample: int = 8, n_iter: int = 2, seed: int = 0,
 ) -> DTensor:
     """DeFT-X's score ``|U S Vh|`` of a row-sharded Δ, as a DTensor placed like ``matrix`` (fp32).
 

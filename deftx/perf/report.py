@@ -362,13 +362,8 @@ def plot_scaling(doc: dict[str, Any], path: Path) -> None:
         ks = [100 * r["k_fraction"] for r in rows]
         ax_k.plot(ks, [r["deftx_time_s"] for r in rows], "-o", color=colors.get(op), label=f"{op} deftx")
         _plot_baseline(ax_k, rows, _k_percent, "baseline_time_s", op, colors.get(op))
-    ax_t.set(
-        xscale="log",
-        yscale="log",
-        xlabel="parameters",
-        ylabel="seconds per call",
-        title=f"time vs model size (K = {format_k(doc['config']['k_fraction'])}; hollow: streamed)",
-    )
+    ax_t.set(xscale="log", yscale="log", xlabel="parameters", ylabel="seconds per call",
+             title=f"time vs model size (K = {format_k(doc['config']['k_fraction'])}; hollow: streamed)")
     measured_memory = any(r.get("deftx_peak_extra_bytes") for r in doc["size_sweep"])
     ax_m.set(
         xscale="log",
@@ -377,13 +372,8 @@ def plot_scaling(doc: dict[str, Any], path: Path) -> None:
         ylabel="peak extra memory (MiB)",
         title="peak extra memory (largest chunk when streamed)" if measured_memory else "memory not measured",
     )
-    ax_k.set(
-        xscale="log",
-        yscale="log",
-        xlabel="K (% of parameters)",
-        ylabel="seconds per call",
-        title=f"time vs K ({doc['config']['k_sweep_set']})",
-    )
+    ax_k.set(xscale="log", yscale="log", xlabel="K (% of parameters)", ylabel="seconds per call",
+             title=f"time vs K ({doc['config']['k_sweep_set']})")
     for ax in (ax_t, ax_m, ax_k):
         ax.grid(True, which="both", alpha=0.3)
         if ax.get_legend_handles_labels()[0]:

@@ -186,22 +186,31 @@ def _matrix_q(shape: tuple[int, ...], q: int) -> int:
     return min(q, *shape)
 
 
+def _per_matrix(shape_set: Workload, q: int, cost: Callable[[int, int, int], tuple[float, float]]) -> Cost:
+    """The fp32 cost summed over the shape set's matrices: ``cost(m, n, min(q, m, n))`` is one matrix's
+    (bytes, flops)."""
+    total_bytes, total_flops = 0.0, 0.0
+    for p in shape_set.matrices:
+        m, n = p.shape
+        matrix_bytes, matrix_flops = cost(m, n, _matrix_q(p.shape, q))
+        total_bytes, total_flops = total_bytes + matrix_bytes, total_flops + matrix_flops
+    return Cost(total_bytes, total_flops, "fp32")
+
+
 def rsvd_prediction(shape_set: Workload) -> OpPrediction:
     rsvd = op_entry("rsvd").cost_model()
     s, e = shape_set.settings, _element_bytes(shape_set)
-    deftx, baseline = Cost(0.0, 0.0, "fp32"), Cost(0.0, 0.0, "fp32")
-    for p in shape_set.matrices:
-        m, n = p.shape
-        q = _matrix_q(p.shape, s.sketch_columns)
-        deftx = Cost(deftx.bytes + rsvd.bytes_moved(m, n, q, s.n_iter, weight_bytes=e, has_base=True),
-                     deftx.flops + rsvd.flops(m, n, q, s.n_iter, has_base=True), "fp32")
-        baseline = Cost(baseline.bytes + rsvd.baseline_bytes_moved(m, n, q, s.n_iter, weight_bytes=e, has_base=True),
-                        baseline.flops + rsvd.baseline_flops(m, n, q, s.n_iter, has_base=True), "fp32")
     return OpPrediction(
         "rsvd",
         f"{len(shape_set.matrices)} matrices, q = {s.rank}+{s.oversample}, n_iter = {s.n_iter}, fp32 products",
-        deftx,
-        baseline,
+        _per_matrix(shape_set, s.sketch_columns, lambda m, n, q: (
+            rsvd.bytes_moved(m, n, q, s.n_iter, weight_bytes=e, has_base=True),
+            rsvd.flops(m, n, q, s.n_iter, has_base=True),
+        )),
+        _per_matrix(shape_set, s.sketch_columns, lambda m, n, q: (
+            rsvd.baseline_bytes_moved(m, n, q, s.n_iter, weight_bytes=e, has_base=True),
+            rsvd.baseline_flops(m, n, q, s.n_iter, has_base=True),
+        )),
         "torch.svd_lowrank(w1.float() - w0.float())",
     )
 
@@ -209,19 +218,13 @@ def rsvd_prediction(shape_set: Workload) -> OpPrediction:
 def reconstruct_prediction(shape_set: Workload) -> OpPrediction:
     rsvd = op_entry("rsvd").cost_model()
     rank = shape_set.settings.rank
-    deftx, baseline = Cost(0.0, 0.0, "fp32"), Cost(0.0, 0.0, "fp32")
-    for p in shape_set.matrices:
-        m, n = p.shape
-        r = _matrix_q(p.shape, rank)
-        deftx = Cost(deftx.bytes + rsvd.reconstruct_bytes_moved(m, n, r),
-                     deftx.flops + rsvd.reconstruct_flops(m, n, r), "fp32")
-        baseline = Cost(baseline.bytes + rsvd.baseline_reconstruct_bytes_moved(m, n, r),
-                        baseline.flops + rsvd.baseline_reconstruct_flops(m, n, r), "fp32")
     return OpPrediction(
         "reconstruct_abs",
         f"|U S Vh| of {len(shape_set.matrices)} matrices, rank {rank}",
-        deftx,
-        baseline,
+        _per_matrix(shape_set, rank, lambda m, n, r: (rsvd.reconstruct_bytes_moved(m, n, r),
+                                                      rsvd.reconstruct_flops(m, n, r))),
+        _per_matrix(shape_set, rank, lambda m, n, r: (rsvd.baseline_reconstruct_bytes_moved(m, n, r),
+                                                      rsvd.baseline_reconstruct_flops(m, n, r))),
         "(us @ vh).abs()",
     )
 

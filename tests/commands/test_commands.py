@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from deftx.cli import main
+from deftx.cli import command_modules, main
 from deftx.sft import SparseDiff
 
 COMMANDS = ("train-lang", "train-task", "compose", "evaluate", "pipeline")
@@ -20,6 +20,14 @@ def test_help(command, capsys):
         main([command, "--help"])
     assert exit_info.value.code == 0
     assert f"usage: deftx {command}" in capsys.readouterr().out
+
+
+def test_every_command_module_declares_its_subcommand():
+    modules = command_modules()
+    assert {m.NAME for m in modules} >= set(COMMANDS) and len({m.NAME for m in modules}) == len(modules)
+    for module in modules:
+        assert isinstance(module.SUMMARY, str) and isinstance(module.DESCRIPTION, str)
+        assert callable(module.add_arguments) and callable(module.run)
 
 
 def test_missing_config_is_a_clear_error(tmp_path, capsys):

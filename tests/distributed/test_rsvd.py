@@ -21,17 +21,14 @@ from tests.distributed.world import assemble_rows
 TOLERANCE = 1e-5
 
 
+def _options(case: SvdCase) -> dict:
+    """The single-process ops' settings of the case (those the sharded run used)."""
+    return {"rank": case.rank, "energy": case.energy, "oversample": case.oversample, "n_iter": 2, "seed": 3,
+            "backend": "torch"}
+
+
 def _reference(case: SvdCase) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return lowrank_factors(
-        case.w1,
-        case.rank,
-        energy=case.energy,
-        base=case.w0,
-        oversample=case.oversample,
-        n_iter=2,
-        seed=3,
-        backend="torch",
-    )
+    return lowrank_factors(case.w1, base=case.w0, **_options(case))
 
 
 def _delta_norm(case: SvdCase) -> float:
@@ -72,16 +69,7 @@ def test_denoised_scores_are_sharded_like_the_matrix(world, case):
     got = [r["rsvd"][case.name] for r in results]
     assert all(g["scores_spec"] == (Shard(0),) for g in got)
     scores = assemble_rows([g["scores"] for g in got])
-    expected = denoised_magnitudes(
-        case.w1,
-        case.w0,
-        rank=case.rank,
-        energy=case.energy,
-        oversample=case.oversample,
-        n_iter=2,
-        seed=3,
-        backend="torch",
-    )
+    expected = denoised_magnitudes(case.w1, case.w0, **_options(case))
     assert scores.dtype == torch.float32 and scores.shape == expected.shape
     assert float(torch.linalg.matrix_norm(scores - expected)) <= TOLERANCE * max(_delta_norm(case), 1e-30)
 

@@ -108,9 +108,9 @@ def test_scatter_implementations_produce_the_same_weights(dtype: str) -> None:
     results = {}
     for impl in implementations("scatter", CPU):
         inputs = module.make_inputs(_spec("scatter", 0.1, dtype))
-        before = [w.clone() for w in inputs.dense]
+        before = [w.clone() for w in inputs.weights]
         module.bind(impl, inputs)()
-        results[impl] = inputs.dense
+        results[impl] = inputs.weights
     reference = [
         (w.float().view(-1).index_add(0, idx, val)).to(w.dtype)
         for w, idx, val in zip(before, inputs.indices, inputs.values, strict=True)
@@ -139,10 +139,10 @@ def test_masked_step_matches_dense_adamw_on_the_selected_entries() -> None:
     reference = results["adamw"]
     for impl, got in results.items():
         for t, idx in enumerate(reference.indices):
-            want = reference.params[t].view(-1)[idx]
+            want = reference.weights[t].view(-1)[idx]
             rtol = tolerance(torch.float32, 16)
             atol = rtol * float(want.abs().max())  # entries near zero: the update's rounding is absolute
-            assert_close(got.params[t].view(-1)[idx], want, rtol=rtol, atol=atol, what=f"{impl} tensor {t}")
+            assert_close(got.weights[t].view(-1)[idx], want, rtol=rtol, atol=atol, what=f"{impl} tensor {t}")
 
 
 @pytest.mark.parametrize("op", ["topk", "rsvd", "scatter", "step"])

@@ -199,36 +199,17 @@ def test_pickle_is_never_written(tmp_path, model):
     assert path.read_bytes()[8:9] == b"{"
 
 
+def _one_entry(name: str, info: ParamInfo) -> SparseDiff:
+    """A diff of one entry of ``name`` (flat index 0, value 1.0) made for a parameter ``info``."""
+    return SparseDiff({name: torch.tensor([0])}, {name: torch.ones(1)}, {name: info})
+
+
 @pytest.mark.parametrize(
     ("make_bad", "error", "match"),
     [
-        (
-            lambda d: SparseDiff(
-                {"nope.weight": torch.tensor([0])},
-                {"nope.weight": torch.ones(1)},
-                {"nope.weight": ParamInfo((3,), torch.float32)},
-            ),
-            KeyError,
-            "not in the model",
-        ),
-        (
-            lambda d: SparseDiff(
-                {"bert.pooler.dense.weight": torch.tensor([0])},
-                {"bert.pooler.dense.weight": torch.ones(1)},
-                {"bert.pooler.dense.weight": ParamInfo((4, 4), torch.float32)},
-            ),
-            ValueError,
-            "shape",
-        ),
-        (
-            lambda d: SparseDiff(
-                {"bert.pooler.dense.weight": torch.tensor([0])},
-                {"bert.pooler.dense.weight": torch.ones(1)},
-                {"bert.pooler.dense.weight": ParamInfo((16, 16), torch.bfloat16)},
-            ),
-            TypeError,
-            "made for",
-        ),
+        (lambda d: _one_entry("nope.weight", ParamInfo((3,), torch.float32)), KeyError, "not in the model"),
+        (lambda d: _one_entry("bert.pooler.dense.weight", ParamInfo((4, 4), torch.float32)), ValueError, "shape"),
+        (lambda d: _one_entry("bert.pooler.dense.weight", ParamInfo((16, 16), torch.bfloat16)), TypeError, "made for"),
         (lambda d: SparseDiff(d.indices, d.values, d.params, base_model="another-model"), ValueError, "base model"),
         (lambda d: SparseDiff({}, {}, {}, dense={"classifier.weight": torch.ones(5, 16)}), ValueError, "dense"),
     ],

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import torch
 
 from deftx.ops.dispatch import auto_backend, unavailable_reason
+from deftx.perf import synthetic
 from deftx.perf.shapes import ShapeSet, shape_set_from_json
 from deftx.perf.workload import DTYPES
 
@@ -69,6 +70,24 @@ class CaseSpec:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CaseSpec:
         return cls(**{**data, "shapes": shape_set_from_json(data["shapes"], "case spec")})
+
+
+
+@dataclass
+class SparseInputs:
+    """Per tensor of a case's shape set: synthetic weights (its shape, the case's dtype) and Bernoulli(K)
+    sorted unique flat int64 indices, all on the case's device."""
+
+    weights: list[torch.Tensor]
+    indices: list[torch.Tensor]
+
+
+def sparse_inputs(spec: CaseSpec) -> SparseInputs:
+    """The weights and indices of ``spec``'s tensors (seeded per tensor: the same in any subset)."""
+    flat = spec.shapes.flat()
+    weights = [synthetic.weights(t, spec.seed, spec.torch_device, spec.torch_dtype) for t in flat]
+    indices = [synthetic.sparse_indices(t, spec.k_fraction, spec.seed, spec.torch_device) for t in flat]
+    return SparseInputs(weights, indices)
 
 
 @dataclass(frozen=True)

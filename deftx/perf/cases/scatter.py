@@ -22,7 +22,7 @@ import torch
 from deftx.ops import scatter_add_
 from deftx.ops.registry import op_of_bench_case
 from deftx.perf import synthetic
-from deftx.perf.cases.base import CaseSpec, Traffic, backend_of
+from deftx.perf.cases.base import CaseSpec, SparseInputs, Traffic, backend_of, sparse_inputs
 
 OP = "scatter"
 BASELINES: dict[str, str] = {"index_add": "index_add_ loop", "dense_add": "densify + add"}
@@ -34,33 +34,30 @@ COST = op_of_bench_case(OP).cost_model()
 
 
 @dataclass
-class ScatterInputs:
-    """Dense weights, and one diff: sorted unique indices and fp32 values per tensor."""
+class ScatterInputs(SparseInputs):
+    """Dense weights, and one diff: the sorted unique indices and fp32 values per tensor."""
 
-    dense: list[torch.Tensor]
-    indices: list[torch.Tensor]
     values: list[torch.Tensor]
 
 
 def make_inputs(spec: CaseSpec) -> ScatterInputs:
     """Synthetic weights, a Bernoulli(K) diff with ``1e-3 * N(0, 1)`` fp32 values."""
-    dense, indices, values = [], [], []
-    for t in spec.shapes.flat():
-        dense.append(synthetic.weights(t, spec.seed, spec.torch_device, spec.torch_dtype))
-        idx = synthetic.sparse_indices(t, spec.k_fraction, spec.seed, spec.torch_device)
-        gen = synthetic.generator(t.name, spec.seed, spec.torch_device, "values:")
-        indices.append(idx)
-        values.append(torch.randn(idx.numel(), generator=gen, device=spec.torch_device).mul_(1e-3))
-    return ScatterInputs(dense, indices, values)
+    base = sparse_inputs(spec)
+    gens = [synthetic.generator(t.name, spec.seed, spec.torch_device, "values:") for t in spec.shapes.flat()]
+    values = [
+        torch.randn(idx.numel(), generator=gen, device=spec.torch_device).mul_(1e-3)
+        for idx, gen in zip(base.indices, gens, strict=True)
+    ]
+    return ScatterInputs(base.weights, base.indices, values)
 
 
 def _index_add(inputs: ScatterInputs) -> None:
-    for w, idx, val in zip(inputs.dense, inputs.indices, inputs.values, strict=True):
+    for w, idx, val in zip(inputs.weights, inputs.indices, inputs.values, strict=True):
         w.view(-1).index_add_(0, idx, (SCALE * val).to(w.dtype))
 
 
 def _dense_add(inputs: ScatterInputs) -> None:
-    for w, idx, val in zip(inputs.dense, inputs.indices, inputs.values, strict=True):
+    for w, idx, val in zip(inputs.weights, inputs.indices, inputs.values, strict=True):
         delta = torch.zeros(w.numel(), dtype=torch.float32, device=w.device).index_copy_(0, idx, val)
         w.view(-1).add_(delta.mul_(SCALE))
 
@@ -69,7 +66,7 @@ def bind(impl: str, inputs: ScatterInputs) -> Callable[[], object]:
     """The thunk timed for ``impl`` (in place; returns None)."""
     backend = backend_of(impl)
     if backend is not None:
-        return lambda: scatter_add_(inputs.dense, [inputs.indices], [inputs.values], [SCALE], backend=backend)
+        return lambda: scatter_add_(inputs.weights, [inputs.indices], [inputs.values], [SCALE], backend=backend)
     if impl == "index_add":
         return lambda: _index_add(inputs)
     if impl == "dense_add":
@@ -91,7 +88,7 @@ def traffic(impl: str, inputs: ScatterInputs) -> Traffic:
     """The op's cost model (:data:`COST`): ``bytes_moved`` (deftx) / ``baseline_bytes_moved``
     (baselines), a 32-byte sector read-modify-write per sector touched plus the index/value
     payload (no flop model: the op is memory-bound)."""
-    groups = by_dtype(inputs.dense, [idx.numel() for idx in inputs.indices])
+    groups = by_dtype(inputs.weights, [idx.numel() for idx in inputs.indices])
     if backend_of(impl) is not None:
         total = sum(COST.bytes_moved(s, n, dtype) for dtype, (s, n) in groups.items())
         return Traffic(total, 0.0, f"{COST.__name__}.bytes_moved")

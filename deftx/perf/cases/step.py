@@ -22,7 +22,7 @@ import torch
 from deftx.ops import masked_adamw_step_
 from deftx.ops.registry import op_of_bench_case
 from deftx.perf import synthetic
-from deftx.perf.cases.base import CaseSpec, Traffic, backend_of
+from deftx.perf.cases.base import CaseSpec, SparseInputs, Traffic, backend_of, sparse_inputs
 
 OP = "step"
 BASELINES: dict[str, str] = {"adamw": "torch.optim.AdamW", "adamw_fused": "AdamW(fused=True)"}
@@ -37,33 +37,29 @@ COST = op_of_bench_case(OP).cost_model()
 
 
 @dataclass
-class StepInputs:
-    """Parameters, their gradients, and the selected indices per tensor."""
+class StepInputs(SparseInputs):
+    """Parameters, the selected indices, and the parameters' gradients per tensor."""
 
-    params: list[torch.Tensor]
     grads: list[torch.Tensor]
-    indices: list[torch.Tensor]
 
 
 def make_inputs(spec: CaseSpec) -> StepInputs:
     """Synthetic weights, ``1e-3 * N(0, 1)`` gradients, Bernoulli(K) indices."""
-    params, grads, indices = [], [], []
-    for t in spec.shapes.flat():
-        params.append(synthetic.weights(t, spec.seed, spec.torch_device, spec.torch_dtype))
-        grads.append(synthetic.normal(t, spec.seed, spec.torch_device, spec.torch_dtype, 1e-3, salt="grad:"))
-        indices.append(synthetic.sparse_indices(t, spec.k_fraction, spec.seed, spec.torch_device))
-    return StepInputs(params, grads, indices)
+    base = sparse_inputs(spec)
+    flat = spec.shapes.flat()
+    grads = [synthetic.normal(t, spec.seed, spec.torch_device, spec.torch_dtype, 1e-3, salt="grad:") for t in flat]
+    return StepInputs(base.weights, base.indices, grads)
 
 
 def _masked_step(inputs: StepInputs, backend: str) -> Callable[[], None]:
-    masters = [p.view(-1)[idx].float() for p, idx in zip(inputs.params, inputs.indices, strict=True)]
+    masters = [p.view(-1)[idx].float() for p, idx in zip(inputs.weights, inputs.indices, strict=True)]
     exp_avgs = [torch.zeros_like(m) for m in masters]
     exp_avg_sqs = [torch.zeros_like(m) for m in masters]
     steps = itertools.count(1)
 
     def step() -> None:
         masked_adamw_step_(
-            inputs.params,
+            inputs.weights,
             inputs.grads,
             inputs.indices,
             masters,
@@ -82,7 +78,7 @@ def _masked_step(inputs: StepInputs, backend: str) -> Callable[[], None]:
 
 
 def _dense_step(inputs: StepInputs, fused: bool) -> Callable[[], None]:
-    params = [torch.nn.Parameter(p, requires_grad=True) for p in inputs.params]
+    params = [torch.nn.Parameter(p, requires_grad=True) for p in inputs.weights]
     for p, g in zip(params, inputs.grads, strict=True):
         p.grad = g
     optimizer = torch.optim.AdamW(
@@ -106,7 +102,7 @@ def traffic(impl: str, inputs: StepInputs) -> Traffic:
     deftx, ``baseline_bytes_moved`` / ``baseline_flops`` (a dense AdamW step) for the baselines."""
     deftx = backend_of(impl) is not None
     total_bytes, total_flops = 0.0, 0.0
-    for p, idx in zip(inputs.params, inputs.indices, strict=True):
+    for p, idx in zip(inputs.weights, inputs.indices, strict=True):
         size, k = p.element_size(), idx.numel()
         if deftx:
             total_bytes += COST.bytes_moved(k, p.numel(), param_bytes=size)
