@@ -272,8 +272,10 @@ def handle_rounding_loss(
     diffs: Sequence[SparseDiff],
     dtypes: Mapping[str, torch.dtype],
     policy: OnRoundingLoss,
+    stacklevel: int = 3,
 ) -> None:
-    """Warn about (``"warn"``), refuse (``"error"``) or ignore entries lost to rounding."""
+    """Warn about (``"warn"``), refuse (``"error"``) or ignore entries lost to rounding; the warning names
+    the caller ``stacklevel`` frames up (3: the caller of this function's caller)."""
     if policy == "ignore" or not any(report):
         return
     parts = []
@@ -294,7 +296,7 @@ def handle_rounding_loss(
     )
     if policy == "error":
         raise RoundingLossError(message + " (on_rounding_loss='error': nothing was written)")
-    warnings.warn(message, RoundingLossWarning, stacklevel=3)
+    warnings.warn(message, RoundingLossWarning, stacklevel=stacklevel)
 
 
 class WrittenEntries:
@@ -493,6 +495,25 @@ def _planned(model: torch.nn.Module, params: Mapping[str, torch.Tensor], diffs: 
     return plan_writes(diffs, plan, [params[n].detach() for n in plan.sparse], scales)
 
 
+def _arguments(diffs: Sequence[SparseDiff], scales: Sequence[float] | None, on_rounding_loss: str,
+               what: str) -> tuple[list[SparseDiff], list[float]]:
+    """The diffs as a list and their checked scales; ValueError for bad scales or an unknown policy."""
+    diffs = list(diffs)
+    scales = check_scales(scales, len(diffs), what)
+    check_policy(on_rounding_loss)
+    return diffs, scales
+
+
+def _reported(model: torch.nn.Module, params: Mapping[str, torch.Tensor], diffs: list[SparseDiff],
+              scales: Sequence[float], strict_dtype: bool, check_base: bool,
+              on_rounding_loss: OnRoundingLoss) -> PlannedWrites:
+    """:func:`_planned`, its rounding loss handled per ``on_rounding_loss`` (warned at the public caller's caller)."""
+    writes = _planned(model, params, diffs, scales, strict_dtype, check_base)
+    handle_rounding_loss(writes.rounding_loss, diffs, {n: params[n].dtype for n in writes.plan.sparse},
+                         on_rounding_loss, stacklevel=4)
+    return writes
+
+
 def count_rounding_loss(
     model: torch.nn.Module,
     diffs: Sequence[SparseDiff],
@@ -531,14 +552,10 @@ def apply_diffs(
     written) or ``"ignore"``; the counts are in the handle's ``rounding_loss`` either way.
     Returns a handle whose :meth:`AppliedDiffs.revert` restores the exact original bits.
     """
-    diffs = list(diffs)
-    scales = check_scales(scales, len(diffs), "apply_diffs")
-    check_policy(on_rounding_loss)
+    diffs, scales = _arguments(diffs, scales, on_rounding_loss, "apply_diffs")
     with model_lock(model):
         params = dict(model.named_parameters())
-        writes = _planned(model, params, diffs, scales, strict_dtype, check_base)
-        handle_rounding_loss(writes.rounding_loss, diffs, {n: params[n].dtype for n in writes.plan.sparse},
-                             on_rounding_loss)
+        writes = _reported(model, params, diffs, scales, strict_dtype, check_base, on_rounding_loss)
         saved, dense_saved = write_planned(diffs, writes, {n: params[n].detach() for n in writes.plan.dense},
                                            scales, backend)
         handle = AppliedDiffs(model, diffs, writes, saved, dense_saved)
@@ -688,14 +705,10 @@ def prepare_composition(
     was prepared on and a revert restores the bits, so only writes outside deftx (training
     the model in between) make them stale.
     """
-    diffs = list(diffs)
-    scales = check_scales(scales, len(diffs), "prepare_composition")
-    check_policy(on_rounding_loss)
+    diffs, scales = _arguments(diffs, scales, on_rounding_loss, "prepare_composition")
     with model_lock(model):
         params = dict(model.named_parameters())
-        writes = _planned(model, params, diffs, scales, strict_dtype, check_base)
-        handle_rounding_loss(writes.rounding_loss, diffs, {n: params[n].dtype for n in writes.plan.sparse},
-                             on_rounding_loss)
+        writes = _reported(model, params, diffs, scales, strict_dtype, check_base, on_rounding_loss)
         dense = DenseSwap(diffs, writes.plan, {n: params[n].detach() for n in writes.plan.dense})
         scatter = prepare_scatter(writes.targets, writes.indices, writes.values, scales, backend=backend)
         return PreparedComposition(model, diffs, scatter, dense, writes.rounding_loss)
