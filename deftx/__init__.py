@@ -25,6 +25,8 @@ _EXPORTS: dict[str, str] = {
     "applied": "deftx.sft",
     "compose": "deftx.sft",
     "count_rounding_loss": "deftx.sft",
+    "prepare_composition": "deftx.sft",
+    "PreparedComposition": "deftx.sft",
     "AppliedDiffs": "deftx.sft",
     "RevertReport": "deftx.sft",
     "InexactRevertWarning": "deftx.sft",
@@ -67,6 +69,7 @@ __all__ = [
     "InexactRevertWarning",
     "MaskedAdamW",
     "PhaseConfig",
+    "PreparedComposition",
     "RevertReport",
     "RoundingLossError",
     "RoundingLossWarning",
@@ -87,6 +90,7 @@ __all__ = [
     "lowrank_denoise",
     "lowrank_factors_batched",
     "masked_adamw_step_",
+    "prepare_composition",
     "reconstruct_magnitudes",
     "scatter_add_",
     "scatter_restore_",
@@ -110,6 +114,7 @@ if TYPE_CHECKING:
     from deftx.sft import (
         AppliedDiffs,
         InexactRevertWarning,
+        PreparedComposition,
         RevertReport,
         RoundingLossError,
         RoundingLossWarning,
@@ -119,6 +124,7 @@ if TYPE_CHECKING:
         apply_diffs,
         compose,
         count_rounding_loss,
+        prepare_composition,
     )
     from deftx.train import (
         DenoiseConfig,

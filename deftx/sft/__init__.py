@@ -1,8 +1,9 @@
-"""deftx.sft: the SparseDiff format (safetensors), apply / revert / compose."""
+"""deftx.sft: the SparseDiff format (safetensors), apply / revert / compose, prepared compositions."""
 
 from deftx.sft.apply import (
     AppliedDiffs,
     InexactRevertWarning,
+    PreparedComposition,
     RevertReport,
     RoundingLossError,
     RoundingLossWarning,
@@ -10,6 +11,7 @@ from deftx.sft.apply import (
     apply_diffs,
     base_model_id,
     count_rounding_loss,
+    prepare_composition,
 )
 from deftx.sft.compose import compose
 from deftx.sft.diff import ParamInfo, SparseDiff
@@ -19,6 +21,7 @@ __all__ = [
     "AppliedDiffs",
     "InexactRevertWarning",
     "ParamInfo",
+    "PreparedComposition",
     "RevertReport",
     "RoundingLossError",
     "RoundingLossWarning",
@@ -29,4 +32,5 @@ __all__ = [
     "base_model_id",
     "compose",
     "count_rounding_loss",
+    "prepare_composition",
 ]

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from deftx.ops import scatter_add_, scatter_restore_
+from deftx.ops import PreparedScatter, prepare_scatter, scatter_add_, scatter_restore_
 from deftx.ops.validation import move_indices
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 OnRoundingLoss = Literal["warn", "error", "ignore"]
 ROUNDING_POLICIES: tuple[str, ...] = ("warn", "error", "ignore")
 
-_APPLIED: weakref.WeakKeyDictionary[torch.nn.Module, list[AppliedDiffs]] = weakref.WeakKeyDictionary()
+_APPLIED: weakref.WeakKeyDictionary[torch.nn.Module, list[Application]] = weakref.WeakKeyDictionary()
 _LOCKS: weakref.WeakKeyDictionary[torch.nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
 
@@ -272,8 +272,10 @@ def handle_rounding_loss(
     diffs: Sequence[SparseDiff],
     dtypes: Mapping[str, torch.dtype],
     policy: OnRoundingLoss,
+    stacklevel: int = 3,
 ) -> None:
-    """Warn about (``"warn"``), refuse (``"error"``) or ignore entries lost to rounding."""
+    """Warn about (``"warn"``), refuse (``"error"``) or ignore entries lost to rounding; the warning names
+    the caller ``stacklevel`` frames up (3: the caller of this function's caller)."""
     if policy == "ignore" or not any(report):
         return
     parts = []
@@ -294,7 +296,7 @@ def handle_rounding_loss(
     )
     if policy == "error":
         raise RoundingLossError(message + " (on_rounding_loss='error': nothing was written)")
-    warnings.warn(message, RoundingLossWarning, stacklevel=3)
+    warnings.warn(message, RoundingLossWarning, stacklevel=stacklevel)
 
 
 class WrittenEntries:
@@ -330,7 +332,29 @@ class WrittenEntries:
         self.reverted = True
 
 
-class AppliedDiffs(WrittenEntries):
+class StackEntry:
+    """Diffs of one application on a model's stack (:func:`applied`), found by object or by content."""
+
+    def __init__(self, model: torch.nn.Module, diffs: list[SparseDiff]) -> None:
+        self._model = weakref.ref(model)
+        self.diffs = diffs
+        self._content_hashes: frozenset[str] | None = None
+
+    def content_hashes(self) -> frozenset[str]:
+        """The :attr:`~deftx.sft.SparseDiff.content_hash` of each diff (computed once, on first use)."""
+        if self._content_hashes is None:
+            self._content_hashes = frozenset(diff.content_hash for diff in self.diffs)
+        return self._content_hashes
+
+    def live_model(self) -> torch.nn.Module:
+        """The model of the application; RuntimeError when it no longer exists."""
+        model = self._model()
+        if model is None:
+            raise RuntimeError("the model these diffs were applied to no longer exists")
+        return model
+
+
+class AppliedDiffs(WrittenEntries, StackEntry):
     """Handle of diffs applied to a model: what is needed to revert them exactly.
 
     Attributes:
@@ -342,27 +366,17 @@ class AppliedDiffs(WrittenEntries):
 
     def __init__(self, model: torch.nn.Module, diffs: list[SparseDiff], writes: PlannedWrites,
                  saved: list[list[torch.Tensor]], dense_saved: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        super().__init__(writes, saved, dense_saved)
-        self._model = weakref.ref(model)
-        self.diffs = diffs
-        self._content_hashes: frozenset[str] | None = None
-
-    def content_hashes(self) -> frozenset[str]:
-        """The :attr:`~deftx.sft.SparseDiff.content_hash` of each diff (computed once, on first use)."""
-        if self._content_hashes is None:
-            self._content_hashes = frozenset(diff.content_hash for diff in self.diffs)
-        return self._content_hashes
+        WrittenEntries.__init__(self, writes, saved, dense_saved)
+        StackEntry.__init__(self, model, diffs)
 
     def revert(self) -> None:
         """Restore every overwritten value; must be the latest diffs applied to the model."""
-        model = self._model()
-        if model is None:
-            raise RuntimeError("the model these diffs were applied to no longer exists")
+        model = self.live_model()
         with model_lock(model):
             stack = _APPLIED.get(model, [])
             if not self.reverted and (not stack or stack[-1] is not self):
                 raise RuntimeError("revert the diffs applied after these first (reverts go in reverse order)")
-            super().revert()
+            WrittenEntries.revert(self)
             stack.pop()
 
 
@@ -481,6 +495,25 @@ def _planned(model: torch.nn.Module, params: Mapping[str, torch.Tensor], diffs: 
     return plan_writes(diffs, plan, [params[n].detach() for n in plan.sparse], scales)
 
 
+def _arguments(diffs: Sequence[SparseDiff], scales: Sequence[float] | None, on_rounding_loss: str,
+               what: str) -> tuple[list[SparseDiff], list[float]]:
+    """The diffs as a list and their checked scales; ValueError for bad scales or an unknown policy."""
+    diffs = list(diffs)
+    scales = check_scales(scales, len(diffs), what)
+    check_policy(on_rounding_loss)
+    return diffs, scales
+
+
+def _reported(model: torch.nn.Module, params: Mapping[str, torch.Tensor], diffs: list[SparseDiff],
+              scales: Sequence[float], strict_dtype: bool, check_base: bool,
+              on_rounding_loss: OnRoundingLoss) -> PlannedWrites:
+    """:func:`_planned`, its rounding loss handled per ``on_rounding_loss`` (warned at the public caller's caller)."""
+    writes = _planned(model, params, diffs, scales, strict_dtype, check_base)
+    handle_rounding_loss(writes.rounding_loss, diffs, {n: params[n].dtype for n in writes.plan.sparse},
+                         on_rounding_loss, stacklevel=4)
+    return writes
+
+
 def count_rounding_loss(
     model: torch.nn.Module,
     diffs: Sequence[SparseDiff],
@@ -519,14 +552,10 @@ def apply_diffs(
     written) or ``"ignore"``; the counts are in the handle's ``rounding_loss`` either way.
     Returns a handle whose :meth:`AppliedDiffs.revert` restores the exact original bits.
     """
-    diffs = list(diffs)
-    scales = check_scales(scales, len(diffs), "apply_diffs")
-    check_policy(on_rounding_loss)
+    diffs, scales = _arguments(diffs, scales, on_rounding_loss, "apply_diffs")
     with model_lock(model):
         params = dict(model.named_parameters())
-        writes = _planned(model, params, diffs, scales, strict_dtype, check_base)
-        handle_rounding_loss(writes.rounding_loss, diffs, {n: params[n].dtype for n in writes.plan.sparse},
-                             on_rounding_loss)
+        writes = _reported(model, params, diffs, scales, strict_dtype, check_base, on_rounding_loss)
         saved, dense_saved = write_planned(diffs, writes, {n: params[n].detach() for n in writes.plan.dense},
                                            scales, backend)
         handle = AppliedDiffs(model, diffs, writes, saved, dense_saved)
@@ -534,10 +563,155 @@ def apply_diffs(
         return handle
 
 
-def applied(model: torch.nn.Module) -> list[AppliedDiffs]:
-    """The handles of the diffs applied to ``model`` and not reverted, oldest first (revert the last first)."""
+def applied(model: torch.nn.Module) -> list[Application]:
+    """The handles of the diffs applied to ``model`` and not reverted, oldest first (revert the last first):
+    :class:`AppliedDiffs`, and :class:`PreparedComposition` while applied."""
     with model_lock(model):
         return list(_APPLIED.get(model, []))
+
+
+class DenseSwap:
+    """The planned dense replacements, prepared once: the new tensors on the targets' device and dtype
+    and buffers for the originals, each apply / restore one batched copy per direction."""
+
+    def __init__(self, diffs: Sequence[SparseDiff], plan: ApplyPlan, targets: Mapping[str, torch.Tensor]) -> None:
+        self._targets = [targets[name] for name in plan.dense]
+        self._new = [diffs[position].dense[name].to(target.device, target.dtype)
+                     for target, (position, name) in zip(self._targets, plan.dense.values(), strict=True)]
+        self._saved = [torch.empty_like(target) for target in self._targets]
+
+    def apply(self) -> None:
+        """Save the targets, then write the new tensors into them."""
+        if self._targets:
+            torch._foreach_copy_(self._saved, self._targets)
+            torch._foreach_copy_(self._targets, self._new)
+
+    def restore(self) -> None:
+        """Write the saved targets back."""
+        if self._targets:
+            torch._foreach_copy_(self._targets, self._saved)
+
+
+class PreparedComposition(StackEntry):
+    """Diffs checked, planned and copied to the model's device once, for repeated exact apply / revert.
+
+    Built by :func:`prepare_composition`. :meth:`apply` writes what :func:`apply_diffs` writes
+    (bit for bit: the dense replacements, then every sparse entry in one prepared scatter-add,
+    :func:`deftx.ops.prepare_scatter`) and :meth:`revert` writes the originals back exactly;
+    ``with prepared:`` applies and reverts around a block. On the Triton backend an apply or
+    a revert is one launch per parameter dtype (plus one batched copy per direction when the
+    diffs ship dense tensors), with no host sync.
+
+    Stack rule: an applied composition is on the model's stack (:func:`applied`) like an
+    :func:`apply_diffs` handle, and applies and reverts take the model's lock. It applies only
+    onto the stack it was prepared on (the same applications, in the same order), so the
+    weights it adds to are those it was checked and counted against; reverts go in reverse
+    order, and ``revert_diff`` / :meth:`SparseDiff.revert <deftx.sft.SparseDiff.revert>` of
+    one of its diffs reverts it. The model's parameters must keep their storage, and the
+    diffs their contents, while it is used.
+
+    Attributes:
+        diffs: the diffs, in the order given.
+        rounding_loss: per diff, model parameter -> entries whose change rounds away in the
+            parameter's dtype, counted once when prepared (see :func:`prepare_composition`).
+    """
+
+    def __init__(self, model: torch.nn.Module, diffs: list[SparseDiff], scatter: PreparedScatter,
+                 dense: DenseSwap, rounding_loss: list[dict[str, int]]) -> None:
+        super().__init__(model, diffs)
+        self._scatter = scatter
+        self._dense = dense
+        self._under = list(_APPLIED.get(model, []))
+        self.rounding_loss = rounding_loss
+
+    @property
+    def applied(self) -> bool:
+        """Whether the composition is applied now."""
+        return self._scatter.applied
+
+    def apply(self) -> PreparedComposition:
+        """Write the diffs onto the model (originals saved); returns ``self``.
+
+        Raises:
+            RuntimeError: already applied, or the model's stack differs from when it was prepared.
+        """
+        model = self.live_model()
+        with model_lock(model):
+            stack = _APPLIED.setdefault(model, [])
+            if self.applied:
+                raise RuntimeError("PreparedComposition.apply: already applied (revert first)")
+            if len(stack) != len(self._under) or any(a is not b for a, b in zip(stack, self._under, strict=True)):
+                raise RuntimeError(
+                    "PreparedComposition.apply: the diffs applied to the model differ from those applied when it "
+                    "was prepared (apply it onto the same stack, or prepare it again)"
+                )
+            with torch.no_grad():
+                self._dense.apply()
+                self._scatter.apply()
+            stack.append(self)
+        return self
+
+    def revert(self) -> None:
+        """Write the originals back, bit for bit; must be the latest application on the model.
+
+        Raises:
+            RuntimeError: not applied, or diffs were applied after it (revert those first).
+        """
+        model = self.live_model()
+        with model_lock(model):
+            stack = _APPLIED.get(model, [])
+            if not self.applied:
+                raise RuntimeError("PreparedComposition.revert: not applied")
+            if not stack or stack[-1] is not self:
+                raise RuntimeError("revert the diffs applied after these first (reverts go in reverse order)")
+            with torch.no_grad():
+                self._scatter.restore()
+                self._dense.restore()
+            stack.pop()
+
+    def __enter__(self) -> PreparedComposition:
+        return self.apply()
+
+    def __exit__(self, *exc: object) -> None:
+        self.revert()
+
+
+Application = AppliedDiffs | PreparedComposition
+"""An entry of a model's applied stack."""
+
+
+def prepare_composition(
+    model: torch.nn.Module,
+    diffs: Sequence[SparseDiff],
+    scales: Sequence[float] | None = None,
+    *,
+    strict_dtype: bool = True,
+    check_base: bool = True,
+    on_rounding_loss: OnRoundingLoss = "warn",
+    backend: str | None = None,
+) -> PreparedComposition:
+    """Prepare ``diffs`` (times ``scales``) for repeated exact composition onto ``model``; nothing is written.
+
+    Does once what every :func:`apply_diffs` call does: validates the diffs against the
+    model (the same checks and errors), plans the writes, copies the indices, values and
+    dense tensors to the parameters' device, and plans the scatter
+    (:func:`deftx.ops.prepare_scatter`). The returned :class:`PreparedComposition`'s
+    ``apply()`` / ``revert()`` then only launch the writes.
+
+    Rounding loss is counted here, once (one host sync), against the weights the model holds
+    now, and reported per ``on_rounding_loss`` like :func:`apply_diffs` (``"error"`` refuses
+    to prepare); the counts are in ``rounding_loss``. They are exact for every apply as long
+    as the weights hold the same values then: a composition applies only onto the stack it
+    was prepared on and a revert restores the bits, so only writes outside deftx (training
+    the model in between) make them stale.
+    """
+    diffs, scales = _arguments(diffs, scales, on_rounding_loss, "prepare_composition")
+    with model_lock(model):
+        params = dict(model.named_parameters())
+        writes = _reported(model, params, diffs, scales, strict_dtype, check_base, on_rounding_loss)
+        dense = DenseSwap(diffs, writes.plan, {n: params[n].detach() for n in writes.plan.dense})
+        scatter = prepare_scatter(writes.targets, writes.indices, writes.values, scales, backend=backend)
+        return PreparedComposition(model, diffs, scatter, dense, writes.rounding_loss)
 
 
 class InexactRevertWarning(UserWarning):
@@ -562,11 +736,11 @@ class RevertReport:
     dense_kept: tuple[str, ...] = ()
 
 
-def _holds(handle: AppliedDiffs, diff: SparseDiff, content: Callable[[], str]) -> bool:
+def _holds(handle: Application, diff: SparseDiff, content: Callable[[], str]) -> bool:
     return any(d is diff for d in handle.diffs) or content() in handle.content_hashes()
 
 
-def applied_handle(model: torch.nn.Module, diff: SparseDiff) -> AppliedDiffs | None:
+def applied_handle(model: torch.nn.Module, diff: SparseDiff) -> Application | None:
     """The latest handle on ``model`` holding ``diff``: the object itself, or a diff with the same content."""
     content_hash: list[str] = []
 

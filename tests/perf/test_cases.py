@@ -145,7 +145,25 @@ def test_masked_step_matches_dense_adamw_on_the_selected_entries() -> None:
             assert_close(got.weights[t].view(-1)[idx], want, rtol=rtol, atol=atol, what=f"{impl} tensor {t}")
 
 
-@pytest.mark.parametrize("op", ["topk", "rsvd", "scatter", "step"])
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_compose_prepared_writes_what_the_public_path_writes_and_reverts(dtype: str) -> None:
+    module = op_module("compose")
+    assert module.PREPARED in implementations("compose", CPU)
+    inputs = module.make_inputs(_spec("compose", 0.1, dtype))
+    original = [w.clone() for w in inputs.dense]
+    module.bind(module.PREPARED, inputs)()
+    for t, (got, want) in enumerate(zip(inputs.dense, original, strict=True)):
+        assert_bitwise_equal(got, want, what=f"after apply + revert, tensor {t}")
+    _model, prepared = module.prepared_composition(inputs)
+    prepared.apply()
+    applied = [w.clone() for w in inputs.dense]
+    prepared.revert()
+    module.bind("deftx:torch", inputs)()
+    for t, (got, want) in enumerate(zip(applied, inputs.dense, strict=True)):
+        assert_bitwise_equal(got, want, what=f"prepared vs public apply, tensor {t}")
+
+
+@pytest.mark.parametrize("op", ["topk", "rsvd", "scatter", "step", "compose"])
 def test_cost_models_are_positive_and_finite(op: str) -> None:
     module = op_module(op)
     inputs = module.make_inputs(_spec(op))
