@@ -62,7 +62,7 @@ def _histogram_specs(m: ModuleType, dtype: torch.dtype, has_base: bool) -> list[
     for p in range(last_pass(dtype, has_base) + 1):
         shift = PASS_SHIFTS[p]
         constexprs = {"DTYPE": TL_DTYPES[dtype], "HAS_BASE": has_base, "SHIFT": shift, "BLOCK": m.BLOCK_ELEMS,
-                      "TILE": m.histogram_tile(dtype, shift)}
+                      "TILE": m.histogram_tile(dtype, has_base, shift)}
         if p < LIST_PASS:
             kernel, signature = m._digit_histogram_kernel, _HISTOGRAM_SIGNATURE
             constexprs["STORE_BLOCKS"] = p == LIST_PASS - 1
@@ -71,7 +71,7 @@ def _histogram_specs(m: ModuleType, dtype: torch.dtype, has_base: bool) -> list[
             constexprs |= {"STORE_BLOCKS": p == last_pass(dtype, has_base), "LIST_TILE": m.COMPACT_TILE}
         specs.append(KernelSpec(
             name=f"topk_histogram_{_group_name(dtype, has_base)}_shift{shift}", kernel=kernel, signature=signature,
-            constexprs=constexprs, num_warps=m.HISTOGRAM_WARPS, num_stages=m.HISTOGRAM_STAGES,
+            constexprs=constexprs, num_warps=m.histogram_warps(dtype, has_base, shift), num_stages=m.HISTOGRAM_STAGES,
             promises=frozenset({"block_local_histogram", "vectorized_loads"}),
         ))
     return specs

@@ -79,23 +79,17 @@ def _update_entries(
     base,
     offsets,
     mask,
-    beta1,
-    one_minus_beta1,
-    beta2,
-    one_minus_beta2,
-    decay,
-    lr,
-    bias1,
-    bias2,
-    eps,
-    l1,
+    hyper,
     P_DTYPE: tl.constexpr,
     HAS_L1: tl.constexpr,
 ):
     """AdamW on the entries ``offsets`` of one tensor's K space; ``mask`` None on full blocks.
 
-    Masked-off lanes compute on undefined values and store nothing.
+    hyper: the fp32 scalars (beta1, 1 − beta1, beta2, 1 − beta2, decay, lr, bias1, bias2, eps,
+    l1) of :func:`_masked_adamw_kernel`. Masked-off lanes compute on undefined values and
+    store nothing.
     """
+    beta1, one_minus_beta1, beta2, one_minus_beta2, decay, lr, bias1, bias2, eps, l1 = hyper
     idx = tl.load(index + offsets, mask=mask)
     g = tl.load(grad + idx, mask=mask).to(tl.float32)
     w = tl.load(master + offsets, mask=mask)
@@ -159,18 +153,12 @@ def _masked_adamw_kernel(
 
     start = block.to(tl.int64) * BLOCK
     offsets = start + tl.arange(0, BLOCK)
+    hyper = (beta1, one_minus_beta1, beta2, one_minus_beta2, decay, lr, bias1, bias2, eps, l1)
     if start + BLOCK <= count:
-        _update_entries(
-            param, grad, index, master, exp_avg, exp_avg_sq, base, offsets, None,
-            beta1, one_minus_beta1, beta2, one_minus_beta2, decay, lr, bias1, bias2, eps, l1,
-            P_DTYPE, HAS_L1,
-        )
+        _update_entries(param, grad, index, master, exp_avg, exp_avg_sq, base, offsets, None, hyper, P_DTYPE, HAS_L1)
     else:
-        _update_entries(
-            param, grad, index, master, exp_avg, exp_avg_sq, base, offsets, offsets < count,
-            beta1, one_minus_beta1, beta2, one_minus_beta2, decay, lr, bias1, bias2, eps, l1,
-            P_DTYPE, HAS_L1,
-        )
+        _update_entries(param, grad, index, master, exp_avg, exp_avg_sq, base, offsets, offsets < count, hyper,
+                        P_DTYPE, HAS_L1)
 
 
 SCALAR_ARGS: tuple[str, ...] = tuple(

@@ -155,6 +155,37 @@ def _tile_coordinates(pid, row_tiles, col_tiles):
     return matrix, row_tile, col_tile
 
 
+@triton.jit
+def _delta_operands(w1_table, w0_table, x_ptr, x_batch_stride, n_div, tiles, q_tiles,
+                    W_DTYPE: tl.constexpr, ALIGN: tl.constexpr):
+    """What a program of the Δ-product kernels works on: (matrix, tile, q tile) of its
+    ``program_id(0)`` (:func:`_tile_coordinates`), n, the typed bases w1 and w0 of its Δ
+    and x_matrix, its X."""
+    matrix, tile, q_tile = _tile_coordinates(tl.program_id(0), tiles, q_tiles)
+    w1 = table_pointer(w1_table, matrix, W_DTYPE, ALIGN > 1)
+    w0 = table_pointer(w0_table, matrix, W_DTYPE, ALIGN > 1)
+    x_matrix = x_ptr + matrix.to(tl.int64) * x_batch_stride
+    return matrix, tile, q_tile, n_div * ALIGN, w1, w0, x_matrix
+
+
+@triton.jit
+def _split_range(split_blocks, extent, BLOCK_K: tl.constexpr):
+    """[k_begin, k_end): the reduction range of this program's split (``program_id(1)``),
+    ``split_blocks`` blocks of BLOCK_K clipped to ``extent``."""
+    k_begin = tl.program_id(1) * split_blocks * BLOCK_K
+    k_end = tl.minimum(k_begin + split_blocks * BLOCK_K, extent)
+    return k_begin, k_end
+
+
+@triton.jit
+def _store_split_tile(out_ptr, matrix, acc, rows, cols, row_mask, col_mask, height, width):
+    """Store ``acc`` (len(rows), len(cols)) fp32 at [rows, cols] of this program's partial
+    product, the (height, width) row-major matrix ``[matrix, program_id(1)]`` of out
+    (G, splits, height, width)."""
+    out = out_ptr + (matrix.to(tl.int64) * tl.num_programs(1) + tl.program_id(1)) * height * width
+    tl.store(out + rows[:, None].to(tl.int64) * width + cols[None, :], acc, mask=row_mask[:, None] & col_mask[None, :])
+
+
 # --------------------------------------------------------------------------- kernels
 
 
@@ -187,21 +218,16 @@ def _delta_matmul_kernel(
     [s * split_blocks * BLOCK_K, (s + 1) * split_blocks * BLOCK_K) of Δ.
     Grid: (G * row_tiles * q_tiles, splits).
     """
-    matrix, row_tile, q_tile = _tile_coordinates(tl.program_id(0), row_tiles, q_tiles)
-    split = tl.program_id(1)
-    n = n_div * ALIGN
-    w1 = table_pointer(w1_table, matrix, W_DTYPE, ALIGN > 1)
-    w0 = table_pointer(w0_table, matrix, W_DTYPE, ALIGN > 1)
-
+    matrix, row_tile, q_tile, n, w1, w0, x_matrix = _delta_operands(
+        w1_table, w0_table, x_ptr, x_batch_stride, n_div, row_tiles, q_tiles, W_DTYPE, ALIGN
+    )
     rows = row_tile * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
     cols = q_tile * BLOCK_Q + tl.arange(0, BLOCK_Q)
     row_mask = rows < m
     col_mask = cols < q
     row_offsets = rows.to(tl.int64) * n
-    x_matrix = x_ptr + matrix.to(tl.int64) * x_batch_stride
 
-    k_begin = split * split_blocks * BLOCK_K
-    k_end = tl.minimum(k_begin + split_blocks * BLOCK_K, n)
+    k_begin, k_end = _split_range(split_blocks, n, BLOCK_K)
     acc = tl.full((BLOCK_ROWS, BLOCK_Q), 0.0, dtype=tl.float32)
     for k0 in range(k_begin, k_end, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
@@ -216,12 +242,7 @@ def _delta_matmul_kernel(
         )
         acc = _dot_accumulate(delta, x, acc, PRECISION)
 
-    out_matrix = out_ptr + (matrix.to(tl.int64) * tl.num_programs(1) + split) * m * q
-    tl.store(
-        out_matrix + rows[:, None].to(tl.int64) * q + cols[None, :],
-        acc,
-        mask=row_mask[:, None] & col_mask[None, :],
-    )
+    _store_split_tile(out_ptr, matrix, acc, rows, cols, row_mask, col_mask, m, q)
 
 
 @triton.jit
@@ -247,26 +268,19 @@ def _sketch_t_delta_kernel(
 ):
     """Partial products ``out[b, s] = X_b[K_s, :]ᵀ @ Δ_b[K_s, :]`` (= (Δ_bᵀ X_b)ᵀ over K_s).
 
-    Shapes: Δ_b (m, n) from the address tables (W_DTYPE, row-major, n = n_div * ALIGN);
-    x (G, m, q) fp32, each (m, q) row-major, X_b at ``x_ptr + b * x_batch_stride``;
-    out (G, splits, q, n) fp32; K_s = rows
-    [s * split_blocks * BLOCK_K, (s + 1) * split_blocks * BLOCK_K) of Δ.
+    Shapes as in :func:`_delta_matmul_kernel`, but x (G, m, q) fp32 (each (m, q) row-major),
+    out (G, splits, q, n) fp32 and K_s a range of Δ's rows.
     Grid: (G * col_tiles * q_tiles, splits).
     """
-    matrix, col_tile, q_tile = _tile_coordinates(tl.program_id(0), col_tiles, q_tiles)
-    split = tl.program_id(1)
-    n = n_div * ALIGN
-    w1 = table_pointer(w1_table, matrix, W_DTYPE, ALIGN > 1)
-    w0 = table_pointer(w0_table, matrix, W_DTYPE, ALIGN > 1)
-
+    matrix, col_tile, q_tile, n, w1, w0, x_matrix = _delta_operands(
+        w1_table, w0_table, x_ptr, x_batch_stride, n_div, col_tiles, q_tiles, W_DTYPE, ALIGN
+    )
     cols = col_tile * BLOCK_COLS + tl.arange(0, BLOCK_COLS)
     qs = q_tile * BLOCK_Q + tl.arange(0, BLOCK_Q)
     col_mask = cols < n
     q_mask = qs < q
-    x_matrix = x_ptr + matrix.to(tl.int64) * x_batch_stride
 
-    k_begin = split * split_blocks * BLOCK_K
-    k_end = tl.minimum(k_begin + split_blocks * BLOCK_K, m)
+    k_begin, k_end = _split_range(split_blocks, m, BLOCK_K)
     acc = tl.full((BLOCK_Q, BLOCK_COLS), 0.0, dtype=tl.float32)
     for k0 in range(k_begin, k_end, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
@@ -285,12 +299,7 @@ def _sketch_t_delta_kernel(
         )
         acc = _dot_accumulate(x_t, delta, acc, PRECISION)
 
-    out_matrix = out_ptr + (matrix.to(tl.int64) * tl.num_programs(1) + split) * q * n
-    tl.store(
-        out_matrix + qs[:, None].to(tl.int64) * n + cols[None, :],
-        acc,
-        mask=q_mask[:, None] & col_mask[None, :],
-    )
+    _store_split_tile(out_ptr, matrix, acc, qs, cols, q_mask, col_mask, q, n)
 
 
 @triton.jit

@@ -94,23 +94,36 @@ OFFSET_BITS = 14
 """Bits of an in-block offset in a list entry (``key << 14 | offset``): BLOCK_ELEMS <= 2^14."""
 
 HISTOGRAM_TILE = 1024
-"""Elements a histogram program loads at once: 8 per thread at 4 warps (two fp32 / one 16-bit
-16-byte vector load). Triton 3.6 lowers ``tl.histogram`` to warp ballots whose registers grow
-with the elements per thread (up to 152 per thread at 16); at 8 every pass fits in at most 80
-registers there (one pass excepted, see WIDE_TILE_PASSES) and 50 under Triton 3.9."""
+"""Elements a histogram program of HISTOGRAM_WARPS warps loads at once: 8 per thread (two fp32 /
+one 16-bit 16-byte vector load). Every pass keeps 8 per thread; one with more warps
+(:data:`HISTOGRAM_PASS_WARPS`) loads a proportionally larger tile. Triton 3.6 lowers
+``tl.histogram`` to warp ballots whose registers grow with the elements per thread (up to 152
+per thread at 16); at 8 every pass fits in at most 128 registers there and 80 under Triton 3.9."""
 
-WIDE_TILE_PASSES: frozenset[tuple[torch.dtype, int]] = frozenset({(torch.float16, 8)})
-"""(dtype, shift) of the passes that load 2 * HISTOGRAM_TILE at once: at 8 elements per thread
-ptxas (Triton 3.6, sm_90) spills in fp16's last pass to keep 7 programs per SM instead of 6; at
-16 it does not (152 registers)."""
+HISTOGRAM_PASS_WARPS: dict[tuple[torch.dtype, bool, int], int] = {
+    (torch.float32, False, 0): 8,
+    (torch.float32, True, 16): 2,
+    (torch.float32, True, 0): 2,
+    (torch.float16, False, 8): 8,
+    (torch.float16, True, 24): 8,
+    (torch.float16, True, 16): 16,
+    (torch.float16, True, 8): 8,
+    (torch.bfloat16, True, 16): 8,
+}
+"""Warps of the histogram passes (dtype, has_base, shift) that do not use HISTOGRAM_WARPS: at 4,
+ptxas (Triton 3.6; sm_90, and sm_80 for fp32 base shift 16) spills 8-32 bytes per thread in
+these; at these widths, with the same 8 elements per thread, it spills in none of them under
+Triton 3.6 or 3.9, on sm_80 or sm_90 (the widths were picked by compiling each pass at 2, 4, 8
+and 16 warps). The programs per SM scale inversely with the width (:func:`_programs`), so each
+SM is given as many warps."""
 
 COMPACT_TILE = 1024
 """Elements the compaction, the partition and the list passes scan at once (8 per thread:
 keeps their two scans in registers)."""
 
 PROGRAMS_PER_SM = 8
-"""Persistent histogram programs per SM (4 warps, 1 KiB shared each; all 8 are resident at up
-to 64 registers per thread)."""
+"""Persistent histogram programs per SM at HISTOGRAM_WARPS (4 warps, 1 KiB shared each; all 8 are
+resident at up to 64 registers per thread); a pass of other width has as many warps per SM."""
 
 MIN_LIST_SLACK = 1 << 16
 """The candidate list holds k + max(MIN_LIST_SLACK, N >> LIST_SLACK_SHIFT) entries."""
@@ -782,15 +795,22 @@ def _aligned_like(base: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return storage[head:].copy_(base.reshape(-1))
 
 
-def histogram_tile(dtype: torch.dtype, shift: int) -> int:
-    """Elements the histogram pass with digit ``shift`` over ``dtype`` keys loads at once."""
-    return 2 * HISTOGRAM_TILE if (dtype, shift) in WIDE_TILE_PASSES else HISTOGRAM_TILE
+def histogram_warps(dtype: torch.dtype, has_base: bool, shift: int) -> int:
+    """Warps of the histogram pass with digit ``shift`` over ``dtype`` keys (with a base or not)."""
+    return HISTOGRAM_PASS_WARPS.get((dtype, has_base, shift), HISTOGRAM_WARPS)
 
 
-def _programs(device: torch.device, num_blocks: int) -> int:
-    """Persistent programs of a histogram launch: a few per SM, or a few in the interpreter."""
+def histogram_tile(dtype: torch.dtype, has_base: bool, shift: int) -> int:
+    """Elements that pass loads at once: HISTOGRAM_TILE scaled to its warps, at most a block
+    (the pass scans a block in whole tiles)."""
+    return min(HISTOGRAM_TILE * histogram_warps(dtype, has_base, shift) // HISTOGRAM_WARPS, BLOCK_ELEMS)
+
+
+def _programs(device: torch.device, num_blocks: int, warps: int) -> int:
+    """Persistent programs of a histogram launch of ``warps`` warps: a few per SM (as many warps
+    per SM at every width), or a few in the interpreter."""
     if device.type == "cuda":
-        return min(num_blocks, PROGRAMS_PER_SM * _sm_count(device.index or 0))
+        return min(num_blocks, PROGRAMS_PER_SM * HISTOGRAM_WARPS // warps * _sm_count(device.index or 0))
     return min(num_blocks, INTERPRETER_PROGRAMS)
 
 
@@ -825,10 +845,11 @@ class _Buffers:
 
 def _launch_histogram(plan: _Plan, p: int, index: int, group: _Group, buffers: _Buffers, owns_list: bool) -> None:
     """One group's histogram launch of pass ``p``."""
-    grid = (_programs(buffers.table.device, group.num_blocks),)
+    warps = histogram_warps(group.dtype, group.has_base, PASS_SHIFTS[p])
+    grid = (_programs(buffers.table.device, group.num_blocks, warps),)
     common = dict(DTYPE=TL_DTYPES[group.dtype], HAS_BASE=group.has_base, SHIFT=PASS_SHIFTS[p],
-                  BLOCK=BLOCK_ELEMS, TILE=histogram_tile(group.dtype, PASS_SHIFTS[p]),
-                  num_warps=HISTOGRAM_WARPS, num_stages=HISTOGRAM_STAGES)
+                  BLOCK=BLOCK_ELEMS, TILE=histogram_tile(group.dtype, group.has_base, PASS_SHIFTS[p]),
+                  num_warps=warps, num_stages=HISTOGRAM_STAGES)
     if p < LIST_PASS:
         _digit_histogram_kernel[grid](
             buffers.table, buffers.block_column, buffers.state[STATE_PREFIX:], buffers.hist[p, index], buffers.nan,
@@ -989,7 +1010,8 @@ def histogram_pass(x: torch.Tensor, shift: int, prefix: int) -> Callable[[], tor
     prefix_t = torch.tensor([prefix], dtype=torch.int64, device=device)
     hist = torch.zeros(RADIX, dtype=torch.int64, device=device)
     nan = torch.zeros(1, dtype=torch.int64, device=device)
-    grid = (_programs(device, group.num_blocks),)
+    warps = histogram_warps(x.dtype, False, shift)
+    grid = (_programs(device, group.num_blocks, warps),)
 
     def launch() -> torch.Tensor:
         _digit_histogram_kernel[grid](
@@ -997,7 +1019,7 @@ def histogram_pass(x: torch.Tensor, shift: int, prefix: int) -> Callable[[], tor
             plan.num_columns, group.first_block, group.num_blocks,
             DTYPE=TL_DTYPES[x.dtype], HAS_BASE=False, SHIFT=shift,
             STORE_BLOCKS=PASS_SHIFTS.index(shift) == LIST_PASS - 1, BLOCK=BLOCK_ELEMS,
-            TILE=histogram_tile(x.dtype, shift), num_warps=HISTOGRAM_WARPS, num_stages=HISTOGRAM_STAGES,
+            TILE=histogram_tile(x.dtype, False, shift), num_warps=warps, num_stages=HISTOGRAM_STAGES,
         )
         return hist
 

@@ -40,3 +40,28 @@ def to_device(value, device: torch.device):
     if isinstance(value, list | tuple):
         return [to_device(item, device) for item in value]
     return None if value is None else value.to(device)
+
+
+class LaunchRecorder:
+    """Stands in for a kernel: records each launch's named arguments, then launches."""
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+        self.launches: list[dict] = []
+
+    def __getitem__(self, grid):
+        launch = self.kernel[grid]
+
+        def run(*args, **kwargs):
+            self.launches.append({**dict(zip(self.kernel.arg_names, args, strict=False)), **kwargs})
+            return launch(*args, **kwargs)
+
+        return run
+
+
+def record_launches(monkeypatch, module: ModuleType, names) -> dict[str, LaunchRecorder]:
+    """Replace the kernels ``names`` of ``module`` by recorders for the test: {name: recorder}."""
+    recorders = {name: LaunchRecorder(getattr(module, name)) for name in names}
+    for name, recorder in recorders.items():
+        monkeypatch.setattr(module, name, recorder)
+    return recorders

@@ -12,7 +12,7 @@ import torch
 
 from deftx.kernels import kernel_module
 from tests.helpers import assert_close, tolerance
-from tests.kernels.devices import kernels_for, to_device
+from tests.kernels.devices import kernels_for, record_launches, to_device
 
 rsvd = kernel_module("rsvd", interpret=True)
 """The interpreted module, for tests that launch nothing; kernel tests take the ``rsvd`` fixture."""
@@ -67,38 +67,18 @@ def product_tolerance(precision: str, reduction: int) -> float:
     return tolerance(torch.float32, reduction + 1)
 
 
-class LaunchRecorder:
-    """Stands in for a kernel: records each launch's named arguments, then launches."""
-
-    def __init__(self, kernel, specs):
-        self.kernel = kernel
-        self.specs = [s for s in specs if s.kernel is kernel]
-        self.launches: list[dict] = []
-
-    def __getitem__(self, grid):
-        launch = self.kernel[grid]
-
-        def run(*args, **kwargs):
-            self.launches.append({**dict(zip(self.kernel.arg_names, args, strict=False)), **kwargs})
-            return launch(*args, **kwargs)
-
-        return run
-
-
 @pytest.fixture
 def recorded(rsvd, monkeypatch):
     """Record every launch of the rsvd kernels: {kernel name: LaunchRecorder}."""
-    recorders = {}
-    for name in ("_delta_matmul_kernel", "_sketch_t_delta_kernel", "_reconstruct_abs_kernel"):
-        recorders[name] = LaunchRecorder(getattr(rsvd, name), rsvd.SPECIALIZATIONS)
-        monkeypatch.setattr(rsvd, name, recorders[name])
-    return recorders
+    kernels = ("_delta_matmul_kernel", "_sketch_t_delta_kernel", "_reconstruct_abs_kernel")
+    return record_launches(monkeypatch, rsvd, kernels)
 
 
-def assert_launches_declared(recorders) -> None:
-    """Every recorded launch matches a declared KernelSpec (constexprs and launch options)."""
+def assert_launches_declared(recorders, module) -> None:
+    """Every recorded launch matches a KernelSpec that ``module`` declares (constexprs and
+    launch options)."""
     for recorder in recorders.values():
-        specs = recorder.specs
+        specs = [s for s in module.SPECIALIZATIONS if s.kernel is recorder.kernel]
         for launch in recorder.launches:
             matches = [
                 s
@@ -148,7 +128,7 @@ def test_delta_products_match_dense(m, n, q, dtype, precision, recorded, rsvd, d
         expected_t, scale_t = delta.T @ x_t[b].double(), delta.abs().T @ x_t[b].double().abs()
         rtol_t = product_tolerance(precision, m)
         assert_close(product_t[b], expected_t, rtol=0.0, atol=rtol_t * float(scale_t.max()), what="Δᵀ @ X")
-    assert_launches_declared(recorded)
+    assert_launches_declared(recorded, rsvd)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
@@ -233,7 +213,7 @@ def test_randomized_svd_matches_float64_reference(m, n, q, n_iter, dtype, record
     # scaled by ||Δ||_2 = S[0].
     atol = tolerance(torch.float32, max(m, n)) * (2 + 2 * n_iter) * float(expected[1][0])
     assert_factors_close(factors, expected, atol)
-    assert_launches_declared(recorded)
+    assert_launches_declared(recorded, rsvd)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
@@ -369,7 +349,7 @@ def test_reconstruct_abs_matches_dense(m, n, r, precision, recorded, rsvd, devic
     assert out.dtype == torch.float32 and out.shape == (m, n)
     assert_close(out, expected, rtol=0.0, atol=rtol * scale, what="|US Vh|")
     assert bool((out >= 0).all())
-    assert_launches_declared(recorded)
+    assert_launches_declared(recorded, rsvd)
 
 
 def test_reconstruct_abs_batched_mixes_ranks_in_one_launch(recorded, rsvd, device):

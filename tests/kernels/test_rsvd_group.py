@@ -14,6 +14,7 @@ import torch
 
 from deftx.kernels import kernel_module
 from tests.helpers import assert_close, tolerance
+from tests.kernels.devices import record_launches
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 DTYPE_IDS = ["fp32", "bf16", "fp16"]
@@ -38,34 +39,13 @@ def module_for(device: str):
     return kernel_module("rsvd", interpret=device == "cpu")
 
 
-class LaunchCounter:
-    """Stands in for a kernel: records each launch's named arguments, then launches."""
-
-    def __init__(self, kernel):
-        self.kernel = kernel
-        self.launches: list[dict] = []
-
-    def __getitem__(self, grid):
-        launch = self.kernel[grid]
-
-        def run(*args, **kwargs):
-            self.launches.append({**dict(zip(self.kernel.arg_names, args, strict=False)), **kwargs})
-            return launch(*args, **kwargs)
-
-        return run
-
-
 KERNELS = ("_delta_matmul_kernel", "_sketch_t_delta_kernel", "_reconstruct_abs_kernel", "_difference_energy_kernel")
 
 
 @pytest.fixture
 def launches(monkeypatch, device):
-    """{kernel name: LaunchCounter} for the rsvd module of ``device``."""
-    rsvd = module_for(device)
-    counters = {name: LaunchCounter(getattr(rsvd, name)) for name in KERNELS}
-    for name, counter in counters.items():
-        monkeypatch.setattr(rsvd, name, counter)
-    return counters
+    """{kernel name: LaunchRecorder} for the rsvd module of ``device``."""
+    return record_launches(monkeypatch, module_for(device), KERNELS)
 
 
 def assert_launches_declared(rsvd, counters) -> None:
