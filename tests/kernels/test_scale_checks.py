@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from tests.kernels.scale_checks import assert_exact_topk, assert_same_bits, reference_scatter_, spread_indices
-from tests.kernels.test_scatter import reference_apply
 from tests.kernels.test_topk import reference_topk
+from tests.ops.test_scatter import loop_reference
 
 
 def tied_values(dtype: torch.dtype, seed: int) -> torch.Tensor:
@@ -71,7 +71,7 @@ def test_reference_scatter_equals_the_per_entry_reference(dtype):
     scales = [0.37, -1.25]
     got = dense.clone()
     reference_scatter_(got, [first, second], values, scales)
-    (want,) = reference_apply([dense], [[first], [second]], [[values[0]], [values[1]]], scales)
+    (want,) = loop_reference([dense], [[first], [second]], [[values[0]], [values[1]]], scales)
     assert_same_bits(got, want)
     assert not torch.equal(got, dense)
 
