@@ -153,11 +153,9 @@ def refresh_outputs(visit: Visit, units: Sequence[Unit], work: Path, out: Path) 
         raise RuntimeError(f"{out} would not come back whole: {'; '.join(problems)}")
 
 
-def keep_unit_files(unit: Unit, log: Path, logs: Path) -> None:
-    """Copy the unit's log and its kept result files into ``logs/<label>/``."""
+def keep_unit_files(unit: Unit, logs: Path) -> None:
+    """Copy the unit's kept result files beside its log in ``logs/<label>/``."""
     target = logs / unit.label
-    target.mkdir(parents=True, exist_ok=True)
-    (target / "log.txt").write_bytes(log.read_bytes())
     for name in RESULT_FILES:
         source = unit.results_dir / name
         if source.is_file():
@@ -188,7 +186,7 @@ def run_units(visit: Visit, units: Sequence[Unit], work: Path, out: Path, *, dea
             continue
         say(f"[study] {unit.label}: {' '.join(unit.command[1:])}")
         (logs / unit.label).mkdir(parents=True, exist_ok=True)
-        log = work / f"{unit.label}.log"
+        log = logs / unit.label / "log.txt"
         started = time.monotonic()
         code = processes.run(list(unit.command), Path.cwd(), log, left, env)
         record.wall_s = round(time.monotonic() - started, 1)
@@ -196,7 +194,7 @@ def run_units(visit: Visit, units: Sequence[Unit], work: Path, out: Path, *, dea
         record.status = "timeout" if code is None else ("ok" if code == 0 else "failed")
         record.rows = row_count(unit) if code == 0 else 0
         longest = max(longest, record.wall_s)
-        keep_unit_files(unit, log, logs)
+        keep_unit_files(unit, logs)
         say(f"[study] {unit.label}: {record.status} in {record.wall_s:.0f} s ({record.rows} rows)")
         refresh_outputs(visit, units, work, out)
     return visit
