@@ -13,35 +13,51 @@ Keys
     the tensor, so a selection from (θ1, θ0) equals the selection of the materialised
     ``θ1.float() − θ0.float()`` entry for entry.
 
+List first: a sampled bracket, then one partition of the data
+    The 8-bit radix passes below are instruction-bound over the data (Triton 3.6 lowers
+    ``tl.histogram`` to warp ballots: ~2-3 warp instructions per element, 8-22% of the copy
+    bandwidth measured on an H200), so the data are read by two simple passes instead, and
+    the radix passes read a candidate list of about k entries:
+
+    1. *Sample*: ``SAMPLES`` keys at stratified, hashed positions over the blocks (one
+       gathered load each; positions past a tensor's end are dropped).
+    2. *Bracket*: one program finds, among the ``s`` valid samples, the ``j``-th largest key
+       with ``j = floor(q s + z sqrt(q s) + z^2) + 1`` (``q = k / N``, ``z = BRACKET_SIGMAS``): the
+       list's lowest key. At least k keys are at or above it unless the sample is off by
+       more than z standard deviations.
+    3. *Count*: per block, the keys at or above the lowest key (and the NaN keys); their
+       cumulative sum gives every block its slice of the list. Two compares and two adds per
+       element into per-lane counters, one reduction per block (about 0.4 warp instructions
+       per element on sm_90 under Triton 3.6, against 2.2 for a ``tl.histogram`` pass).
+    4. *Partition*: each block writes those keys with their in-block offsets (packed in an
+       int64 ``key << 14 | offset``, in index order) into its slice; the positions come from
+       one scan of per-vector counts and an in-vector scan (about 1 warp instruction per
+       element).
+
+    Both passes compare ``key + 1`` (0 for a masked-off lane) with the lowest key, so the
+    unmasked tiles carry no validity mask.
+
+    The list is in use when it holds at least k entries and fits its capacity (decided on the
+    device; nothing is read back). Calls whose list capacity covers every entry skip steps 1-2
+    (the lowest key is 0). Otherwise, every later kernel takes the data path with the same
+    launches: the radix passes and the compaction read the data, as the radix select below
+    describes.
+
 Radix select (8-bit digits, most significant first)
     Pass ``p`` counts, for the keys whose higher digits equal the threshold prefix found so far
     (the *band*), the digit ``(key >> SHIFT_p) & 255`` with ``SHIFT = 24, 16, 8, 0``. After each
-    pass one small kernel sums the groups' 256-bin histograms, picks the digit that holds the
-    k-th largest key and updates the number still to take, on the device (no host sync).
-    bf16 keys have 16 zero low bits and fp16 keys 13, so a bf16 tensor needs 2 passes, fp16 3
-    and fp32 4 (a difference of two bf16 / fp16 values is an fp32 value: 4); in the passes
-    after a group's last one its band keys all have digit 0, which the digit kernel carries
-    into bin 0 without reading them again.
-
-    Each histogram program is persistent: it strides over the blocks of every tensor of one
-    group (one dtype, with or without a base; a device table of base addresses, one launch per
-    group), builds a block-local histogram with ``tl.histogram`` from contiguous 16-byte vector
-    loads, and issues ONE global integer atomic per non-empty bin at its end (and one for its
-    NaN count in the first pass, when there are any). In the second pass (and in a group's
-    last) it also stores its per-block histogram and the count of keys above the band (1 KiB
-    per block of 16384 elements).
-
-Candidate list (fp32 and fp16 keys, and differences: three full passes instead of five / four)
-    After two passes the top 16 key bits of the threshold are known. Per block, the keys at or
-    above that 16-bit prefix — those certainly selected and the candidates of the threshold's
-    bin, one 2^-7-octave wide — are counted from the stored histograms; one cumulative sum
-    gives every block its slice of a list, and a third full pass writes each block's such keys
-    with their in-block offsets (packed in an int64, in index order) into it. The remaining
-    digit passes, the classification and the compaction then read only the list (about k
-    entries plus the bin's). When the list would exceed its capacity (``k + max(2^16, N/128)``
-    entries, decided on the device: many equal keys, say), every later kernel takes the old
-    path instead — digit passes over the data and a compaction that reads the data — with the
-    same launches.
+    pass one small kernel sums the histograms, picks the digit that holds the k-th largest key
+    and updates the number still to take, on the device (no host sync). Over the list one
+    launch per pass counts its entries. Over the data (the list not in use) every group is
+    counted: bf16 keys have 16 zero low bits and fp16 keys 13, so a bf16 tensor needs 2 passes,
+    fp16 3 and fp32 4 (a difference of two bf16 / fp16 values is an fp32 value: 4); in the
+    passes after a group's last one its band keys all have digit 0, which the digit kernel
+    carries into bin 0 without reading them again. Each data histogram program is persistent:
+    it strides over the blocks of one group (one dtype, with or without a base; a device table
+    of base addresses, one launch per group), builds a block-local histogram with
+    ``tl.histogram`` from contiguous 16-byte vector loads, issues ONE global integer atomic per
+    non-empty bin at its end, and in the group's last pass stores each block's histogram and
+    its count of keys above the band (1 KiB per block of 16384 elements).
 
 Compaction
     With the exact threshold key ``T`` and ``r`` (how many keys equal to ``T`` to take), one
@@ -50,15 +66,17 @@ Compaction
     index) order gives every block its output offset and how many of its ``== T`` keys it takes
     (the lowest positions win ties). One program per block then writes its selected flat
     indices, ascending, with in-block scans, and the last block of each tensor writes the
-    tensor's count. Everything is integer arithmetic: exact and deterministic.
+    tensor's count. Everything after the bracket is integer arithmetic: exact and
+    deterministic; the bracket only decides which path runs.
 
 Host work
     The launcher plans on the host from shapes and addresses only and moves the plan — tensor
     table, initial state, zeroed histograms and counters — to the device in one copy. Per call
-    with one group: ``2 * passes + 5`` (bf16: 9), plus 3 that fill the candidate list (its
-    lengths, their cumulative sum, the partition) for fp32 (16), fp16 (14) and pairs (16),
-    whatever the number of tensors, and nothing read back: the caller reads the per-tensor counts and the NaN
-    count together, once. A pair whose tensor and base sit at different offsets modulo 16
+    with one group: the sample and the bracket (2, skipped when the list holds everything),
+    the count, its cumulative sum and the partition (3), ``2 * passes`` radix launches, the
+    classification, its cumulative sum and the compaction (3): fp32 16, bf16 12, whatever the
+    number of tensors, and nothing read back: the caller reads the per-tensor counts and the
+    NaN count together, once. A pair whose tensor and base sit at different offsets modulo 16
     bytes costs one more launch: the base is copied once to the tensor's alignment.
 
 Alignment
@@ -67,8 +85,9 @@ Alignment
     base tensor is read at the same offsets.
 
 Extra memory: per block of 16384 elements, 1 KiB of histogram and a few counters, about
-0.07 byte per parameter; the candidate list, 8 bytes per entry of its capacity (fp32 / fp16
-only); the int64 output.
+0.07 byte per parameter; the candidate list, 8 bytes per entry of its capacity (k plus the
+larger of 2^16, N / 128 and twice the bracket's expected excess, at most N); the samples
+(8 bytes each); the int64 output.
 """
 
 from __future__ import annotations
@@ -77,7 +96,7 @@ import functools
 import itertools
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import triton
@@ -85,10 +104,19 @@ import triton.language as tl
 
 from . import KernelSpec, _topk_specs, upload
 from ._common import TL_DTYPES
-from ._topk_plan import BLOCK_ELEMS, LAST_PASS, LIST_PASS, PASS_SHIFTS, RADIX, RADIX_BITS, last_pass
-
-LIST_SHIFT = PASS_SHIFTS[LIST_PASS - 1]
-"""Key bits below the prefix that decides what enters the list (16: two digits known)."""
+from ._topk_plan import (
+    BLOCK_ELEMS,
+    BRACKET_SIGMAS,
+    LAST_PASS,
+    LIST_SLACK_SHIFT,
+    MIN_LIST_SLACK,
+    PASS_SHIFTS,
+    RADIX,
+    RADIX_BITS,
+    SAMPLES,
+    last_pass,
+    list_capacity,
+)
 
 OFFSET_BITS = 14
 """Bits of an in-block offset in a list entry (``key << 14 | offset``): BLOCK_ELEMS <= 2^14."""
@@ -121,14 +149,16 @@ COMPACT_TILE = 1024
 """Elements the compaction, the partition and the list passes scan at once (8 per thread:
 keeps their two scans in registers)."""
 
+SAMPLE_TILE = 256
+"""Samples a program of the sample kernel gathers (2 per thread: at 4, ptxas of Triton 3.9 spills 8
+bytes per thread on sm_90 in the pairs' samples)."""
+
+BRACKET_TILE = 1024
+"""Samples the bracket program reads at once."""
+
 PROGRAMS_PER_SM = 8
 """Persistent histogram programs per SM at HISTOGRAM_WARPS (4 warps, 1 KiB shared each; all 8 are
 resident at up to 64 registers per thread); a pass of other width has as many warps per SM."""
-
-MIN_LIST_SLACK = 1 << 16
-"""The candidate list holds k + max(MIN_LIST_SLACK, N >> LIST_SLACK_SHIFT) entries."""
-
-LIST_SLACK_SHIFT = 7
 
 INTERPRETER_PROGRAMS = 3
 HISTOGRAM_WARPS = 4
@@ -141,7 +171,6 @@ SELECT_WARPS = 4
 _RADIX = tl.constexpr(RADIX)
 _RADIX_BITS = tl.constexpr(RADIX_BITS)
 _TOP_SHIFT = tl.constexpr(PASS_SHIFTS[0])
-_LIST_SHIFT = tl.constexpr(LIST_SHIFT)
 _OFFSET_BITS = tl.constexpr(OFFSET_BITS)
 _OFFSET_MASK = tl.constexpr((1 << OFFSET_BITS) - 1)
 
@@ -167,14 +196,30 @@ _ROW_SHIFT = tl.constexpr(6)
 _ROW_SUBTRAHEND = tl.constexpr(7)
 _ROW_START = tl.constexpr(8)
 
-# The state vector (int64): keys still to take, digits found so far, threshold key so far.
-STATE_SIZE = 3
+# The state vector (int64): keys still to take, digits found so far, threshold key so far, the
+# lowest key the candidate list keeps, and k (read by every kernel that asks whether the list is
+# in use: it is when it holds at least k entries and fits its capacity).
+STATE_SIZE = 5
 STATE_PREFIX = 1
+STATE_LOWEST = 3
 _STATE_REMAINING = tl.constexpr(0)
 _STATE_PREFIX = tl.constexpr(STATE_PREFIX)
 _STATE_THRESHOLD = tl.constexpr(2)
+_STATE_LOWEST = tl.constexpr(STATE_LOWEST)
+_STATE_K = tl.constexpr(4)
+
+NO_KEY = 1 << 31
+"""A lowest key above every key (k = 0: the list keeps nothing)."""
+
+SHORT_LIST = 1 << 62
+"""The verdict of a list with fewer than k entries: above every capacity."""
 
 _INF_KEY = tl.constexpr(0x7F800000)
+_NO_KEY = tl.constexpr(NO_KEY)
+_SHORT_LIST = tl.constexpr(SHORT_LIST)
+_HASH = tl.constexpr(2654435761)
+_JITTER_MASK = tl.constexpr((1 << 16) - 1)
+_JITTER_SCALE = tl.constexpr(2.0**-16)
 
 
 @triton.jit
@@ -235,49 +280,166 @@ def _tensor_row(table_ptr, num_columns, c, DTYPE: tl.constexpr, HAS_BASE: tl.con
 
 
 @triton.jit
-def _load_tile_keys(values, subtrahend, tile_start, head, end, DTYPE: tl.constexpr, HAS_BASE: tl.constexpr,
-                    TILE: tl.constexpr):
-    """Keys (uint32, [TILE]) and validity mask of elements ``tile_start + [0, TILE)``.
-
-    Tiles inside ``[head, end)`` are loaded unmasked (16-byte vector loads); the first and
-    last tile of a tensor are masked. With HAS_BASE the key is the difference's.
-    """
+def _tile_keys(values, subtrahend, tile_start, valid, DTYPE: tl.constexpr, HAS_BASE: tl.constexpr,
+               TILE: tl.constexpr, MASKED: tl.constexpr):
+    """Keys (uint32, [TILE]) of elements ``tile_start + [0, TILE)`` of the aligned pointers:
+    loaded unmasked (16-byte vector loads), or under ``valid`` with 0.0 elsewhere. With
+    HAS_BASE the key is the difference's."""
     offs = tl.arange(0, TILE)
-    if (tile_start >= head) & (tile_start + TILE <= end):
-        valid = offs < TILE
-        x = tl.load(values + tile_start + offs)
-        if HAS_BASE:
-            b = tl.load(subtrahend + tile_start + offs)
-    else:
-        pos = tile_start + offs
-        valid = (pos >= head) & (pos < end)
+    if MASKED:
         x = tl.load(values + tile_start + offs, mask=valid, other=0.0)
         if HAS_BASE:
             b = tl.load(subtrahend + tile_start + offs, mask=valid, other=0.0)
-    keys = _difference_key(x, b, DTYPE) if HAS_BASE else _magnitude_key(x, DTYPE)
+    else:
+        x = tl.load(values + tile_start + offs)
+        if HAS_BASE:
+            b = tl.load(subtrahend + tile_start + offs)
+    return _difference_key(x, b, DTYPE) if HAS_BASE else _magnitude_key(x, DTYPE)
+
+
+@triton.jit
+def _is_full_tile(tile_start, head, end, TILE: tl.constexpr):
+    """Whether elements ``tile_start + [0, TILE)`` all lie in ``[head, end)``."""
+    return (tile_start >= head) & (tile_start + TILE <= end)
+
+
+@triton.jit
+def _load_tile_keys(values, subtrahend, tile_start, head, end, DTYPE: tl.constexpr, HAS_BASE: tl.constexpr,
+                    TILE: tl.constexpr):
+    """Keys (uint32, [TILE]) and validity mask of elements ``tile_start + [0, TILE)``: full tiles
+    loaded unmasked, the first and last tile of a tensor masked (masked-off keys are 0)."""
+    offs = tl.arange(0, TILE)
+    if _is_full_tile(tile_start, head, end, TILE):
+        valid = offs < TILE
+        keys = _tile_keys(values, subtrahend, tile_start, valid, DTYPE, HAS_BASE, TILE, False)
+    else:
+        valid = (tile_start + offs >= head) & (tile_start + offs < end)
+        keys = _tile_keys(values, subtrahend, tile_start, valid, DTYPE, HAS_BASE, TILE, True)
     return keys, valid
 
 
 @triton.jit
+def _load_tile_ranks(values, subtrahend, tile_start, head, end, DTYPE: tl.constexpr, HAS_BASE: tl.constexpr,
+                     TILE: tl.constexpr):
+    """``key + 1`` (uint32, [TILE]) of elements ``tile_start + [0, TILE)``, 0 where masked off:
+    ``rank > L`` is ``key >= L`` for the elements and false off the tensor, with no mask to carry
+    (keys are below 2^31, so key + 1 does not wrap)."""
+    offs = tl.arange(0, TILE)
+    if _is_full_tile(tile_start, head, end, TILE):
+        ranks = _tile_keys(values, subtrahend, tile_start, offs < TILE, DTYPE, HAS_BASE, TILE, False) + 1
+    else:
+        valid = (tile_start + offs >= head) & (tile_start + offs < end)
+        ranks = tl.where(valid, _tile_keys(values, subtrahend, tile_start, valid, DTYPE, HAS_BASE, TILE, True) + 1, 0)
+    return ranks
+
+
+@triton.jit
 def _list_use(list_total_ptr, capacity):
-    """Whether this call's candidate list is in use: its length fits its capacity (a capacity
-    of -1 means the call has none)."""
+    """Whether this call's candidate list is in use, from the partition's verdict: the list's
+    length when it holds at least k entries (every key at or above the k-th largest), else
+    SHORT_LIST; in use when that fits the capacity (-1: the call has none)."""
     return tl.load(list_total_ptr) <= capacity
 
 
 @triton.jit
+def _sample_positions(i, stride):
+    """Group-major element position (``block * BLOCK + offset``) of samples ``i`` (int64): one
+    hashed position in each stratum ``[i stride, (i + 1) stride)``, ``stride`` the fp64 number
+    of element slots per sample (no 64-bit integer division: it would be a call)."""
+    jitter = ((i * _HASH) >> 8) & _JITTER_MASK
+    return ((i.to(tl.float64) + jitter.to(tl.float64) * _JITTER_SCALE) * stride).to(tl.int64)
+
+
+@triton.jit(do_not_specialize=["num_columns", "first_block", "sample_first", "num_samples", "stride"])
+def _sample_kernel(
+    table_ptr,
+    block_column_ptr,
+    sample_ptr,
+    num_columns,
+    first_block,
+    sample_first,
+    num_samples,
+    stride,
+    DTYPE: tl.constexpr,
+    HAS_BASE: tl.constexpr,
+    BLOCK: tl.constexpr,
+    TILE: tl.constexpr,
+):
+    """Gather num_samples keys of one group at :func:`_sample_positions` into
+    ``sample_ptr[sample_first:]`` (int64), -1 where a position lies outside its tensor (the
+    head of its first block or past its end). stride: the group's element slots (blocks x
+    BLOCK) per sample, fp64. TILE samples per program."""
+    i = tl.program_id(0).to(tl.int64) * TILE + tl.arange(0, TILE)
+    present = i < num_samples
+    position = _sample_positions(i, stride)
+    q = first_block + position // BLOCK
+    c = tl.load(block_column_ptr + q, mask=present, other=0)
+    head = tl.load(table_ptr + _ROW_HEAD * num_columns + c, mask=present, other=0)
+    end = tl.load(table_ptr + _ROW_END * num_columns + c, mask=present, other=0)
+    first_major = tl.load(table_ptr + _ROW_FIRST_MAJOR * num_columns + c, mask=present, other=0)
+    v = (q - first_major) * BLOCK + position % BLOCK
+    valid = present & (v >= head) & (v < end)
+    values = tl.load(table_ptr + _ROW_BASE * num_columns + c, mask=present, other=0).to(tl.pointer_type(DTYPE))
+    x = tl.load(values + v, mask=valid, other=0.0)
+    if HAS_BASE:
+        subtrahend = tl.load(table_ptr + _ROW_SUBTRAHEND * num_columns + c, mask=present, other=0)
+        b = tl.load(subtrahend.to(tl.pointer_type(DTYPE)) + v, mask=valid, other=0.0)
+        keys = _difference_key(x, b, DTYPE)
+    else:
+        keys = _magnitude_key(x, DTYPE)
+    tl.store(sample_ptr + sample_first + i, tl.where(valid, keys.to(tl.int64), -1), mask=present)
+
+
+@triton.jit(do_not_specialize=["num_samples", "total"])
+def _bracket_kernel(sample_ptr, num_samples, state_ptr, total, SIGMAS: tl.constexpr, TILE: tl.constexpr):
+    """One program: the lowest key the candidate list keeps, into the state.
+
+    sample_ptr: int64 (num_samples,) sampled keys, -1 for none; total: N. With s valid samples
+    and q = k / N the list keeps the keys at or above the j-th largest sample, ``j = floor(q s +
+    z sqrt(q s) + z^2) + 1`` (z = SIGMAS, in fp32, the square root correctly rounded); every key
+    (lowest key 0) when j exceeds s; none (NO_KEY) for k = 0. The j-th largest is found by four
+    8-bit radix passes over the samples.
+    """
+    k = tl.load(state_ptr + _STATE_K)
+    offs = tl.arange(0, TILE)
+    valid_count = 0
+    for first in range(0, num_samples, TILE):
+        keys = tl.load(sample_ptr + first + offs, mask=first + offs < num_samples, other=-1)
+        valid_count += tl.sum((keys >= 0).to(tl.int32))
+    expected = k.to(tl.float32) / total.to(tl.float32) * valid_count.to(tl.float32)
+    take = (expected + SIGMAS * tl.sqrt_rn(expected) + SIGMAS * SIGMAS).to(tl.int64) + 1
+    remaining = tl.minimum(take, valid_count)
+    bins = tl.arange(0, _RADIX)
+    prefix = tl.zeros([], dtype=tl.int64)
+    for p in tl.static_range(4):
+        hist = tl.zeros([_RADIX], dtype=tl.int32)
+        for first in range(0, num_samples, TILE):
+            keys = tl.load(sample_ptr + first + offs, mask=first + offs < num_samples, other=-1)
+            in_band = (keys >= 0) & ((keys >> (_TOP_SHIFT - p * _RADIX_BITS + _RADIX_BITS)) == prefix)
+            digits = (keys >> (_TOP_SHIFT - p * _RADIX_BITS)) & (_RADIX - 1)
+            hist += tl.histogram(digits.to(tl.int32), _RADIX, mask=in_band)
+        at_or_above = tl.sum(hist, 0) - tl.cumsum(hist, 0) + hist
+        digit = tl.sum((at_or_above >= remaining).to(tl.int64)) - 1
+        remaining -= tl.sum(tl.where(bins == digit, at_or_above - hist, 0))
+        prefix = prefix * _RADIX + digit
+    lowest = tl.where(take > valid_count, 0, prefix)
+    tl.store(state_ptr + _STATE_LOWEST, tl.where(k == 0, _NO_KEY, lowest))
+
+
+@triton.jit
 def _histogram_blocks(
-    table_ptr, block_column_ptr, prefix, hist_ptr, nan_ptr, block_hist_ptr, block_above_ptr,
+    table_ptr, block_column_ptr, prefix, hist_ptr, block_hist_ptr, block_above_ptr,
     num_columns, first_block, num_blocks,
     DTYPE: tl.constexpr, HAS_BASE: tl.constexpr, SHIFT: tl.constexpr, STORE_BLOCKS: tl.constexpr,
     BLOCK: tl.constexpr, TILE: tl.constexpr,
 ):
     """This program's share of a histogram pass over the data: the digit ``(key >> SHIFT) & 255``
     of the band keys (``key >> (SHIFT + 8) == prefix``; every key in the first pass) of its
-    blocks, atomically added to hist_ptr once per bin; see :func:`_digit_histogram_kernel`."""
+    blocks, atomically added to hist_ptr (int64 (256,)) once per bin. With STORE_BLOCKS,
+    block_hist_ptr (int32 (B, 256)) and block_above_ptr (int32 (B,), keys above the band)
+    receive each block's counts at its global block id."""
     bins = tl.arange(0, _RADIX)
     totals = tl.full([_RADIX], 0, dtype=tl.int32)
-    nans = 0
     for q in range(first_block + tl.program_id(0), first_block + num_blocks, tl.num_programs(0)):
         c = tl.load(block_column_ptr + q)
         values, subtrahend, head, end, first_major, first_global = _tensor_row(
@@ -293,7 +455,6 @@ def _histogram_blocks(
             digits = (keys >> SHIFT) & (_RADIX - 1)
             if SHIFT == _TOP_SHIFT:
                 in_band = valid
-                nans += tl.sum((keys > _INF_KEY).to(tl.int32))
             else:
                 high = (keys >> SHIFT) >> _RADIX_BITS
                 in_band = valid & (high == prefix)
@@ -305,43 +466,6 @@ def _histogram_blocks(
             tl.store(block_hist_ptr + g * _RADIX + bins, block_hist)
             tl.store(block_above_ptr + g, above)
     tl.atomic_add(hist_ptr + bins, totals.to(tl.int64), mask=totals > 0, sem="relaxed")
-    if SHIFT == _TOP_SHIFT:
-        tl.atomic_add(nan_ptr, nans.to(tl.int64), mask=nans > 0, sem="relaxed")
-
-
-@triton.jit(do_not_specialize=["num_columns", "first_block", "num_blocks"])
-def _digit_histogram_kernel(
-    table_ptr,
-    block_column_ptr,
-    prefix_ptr,
-    hist_ptr,
-    nan_ptr,
-    block_hist_ptr,
-    block_above_ptr,
-    num_columns,
-    first_block,
-    num_blocks,
-    DTYPE: tl.constexpr,
-    HAS_BASE: tl.constexpr,
-    SHIFT: tl.constexpr,
-    STORE_BLOCKS: tl.constexpr,
-    BLOCK: tl.constexpr,
-    TILE: tl.constexpr,
-):
-    """Histogram of digit ``(key >> SHIFT) & 255`` over the band keys of one group (the first
-    two passes, which always read the data).
-
-    table_ptr: int64 (TABLE_ROWS, num_columns) tensor table; block_column_ptr: int64 column of
-    every block in group-major order, this group's blocks at ``[first_block, first_block +
-    num_blocks)``; prefix_ptr: int64 (1,) band prefix ``key >> (SHIFT + 8)`` (unused in the
-    first pass); hist_ptr: int64 (256,) global histogram, atomically added to once per bin per
-    program; nan_ptr: int64 (1,), receives the NaN keys counted in the first pass. With
-    STORE_BLOCKS, block_hist_ptr (int32 (B, 256)) and block_above_ptr (int32 (B,), keys above
-    the band) receive each block's counts at its global block id.
-    """
-    prefix = 0 if SHIFT == _TOP_SHIFT else tl.load(prefix_ptr).to(tl.uint32)
-    _histogram_blocks(table_ptr, block_column_ptr, prefix, hist_ptr, nan_ptr, block_hist_ptr, block_above_ptr,
-                      num_columns, first_block, num_blocks, DTYPE, HAS_BASE, SHIFT, STORE_BLOCKS, BLOCK, TILE)
 
 
 @triton.jit
@@ -384,21 +508,23 @@ def _band_histogram_kernel(
     TILE: tl.constexpr,
     LIST_TILE: tl.constexpr,
 ):
-    """A digit pass from the third on: over the candidate list when it is in use (by the
+    """One group's launch of a radix pass: over the candidate list when it is in use (by the
     launch with ``owns_list``, the first of the pass; the others return), else over the
-    group's data as :func:`_digit_histogram_kernel` does.
+    group's data (:func:`_histogram_blocks`).
 
-    state_ptr: int64 (STATE_SIZE,), its prefix is the band; list_ptr: int64 entries ``key <<
-    14 | in-block offset``, list_total_ptr: int64 (1,) their number; list_hist_ptr: int64
-    (256,) the list's histogram of this pass. The other arguments as in
-    :func:`_digit_histogram_kernel`.
+    table_ptr: int64 (TABLE_ROWS, num_columns) tensor table; block_column_ptr: int64 column of
+    every block in group-major order, this group's blocks at ``[first_block, first_block +
+    num_blocks)``; state_ptr: int64 (STATE_SIZE,), its prefix is the band; hist_ptr: int64
+    (256,) this group's histogram of the pass; list_ptr: int64 entries ``key << 14 | in-block
+    offset``, list_total_ptr: int64 (1,) their number; list_hist_ptr: int64 (256,) the list's
+    histogram of this pass. block_hist_ptr / block_above_ptr as in :func:`_histogram_blocks`.
     """
     prefix = tl.load(state_ptr + _STATE_PREFIX)
     if _list_use(list_total_ptr, capacity):
         if owns_list != 0:
             _histogram_list(list_ptr, tl.load(list_total_ptr), prefix, list_hist_ptr, SHIFT, LIST_TILE)
     else:
-        _histogram_blocks(table_ptr, block_column_ptr, prefix.to(tl.uint32), hist_ptr, hist_ptr, block_hist_ptr,
+        _histogram_blocks(table_ptr, block_column_ptr, prefix.to(tl.uint32), hist_ptr, block_hist_ptr,
                           block_above_ptr, num_columns, first_block, num_blocks, DTYPE, HAS_BASE, SHIFT,
                           STORE_BLOCKS, BLOCK, TILE)
 
@@ -449,22 +575,18 @@ def _block_ids(table_ptr, block_column_ptr, q, valid, num_columns):
 
 @triton.jit
 def _classify_from_histograms(table_ptr, block_column_ptr, block_hist_ptr, block_above_ptr, state_ptr, sums_ptr,
-                              num_columns, num_blocks, ROWS: tl.constexpr, PARTITION: tl.constexpr):
+                              num_columns, num_blocks, ROWS: tl.constexpr):
     """Per block of this program: keys ``> T`` and ``== T`` from its stored histogram.
 
-    A block's stored digit of T is ``d = (T >> s) & 255`` (s: LIST_SHIFT for the partition,
-    else its dtype's last shift); its keys ``> T`` are those above that pass's band plus its
-    bins above d, and its keys ``== T`` are bin d when T has no bits below s (otherwise none
-    of its keys can equal T). With PARTITION, stores their sum (the block's list length) at
-    sums_ptr[g]; else greater at sums_ptr[g] and equal at sums_ptr[num_blocks + g].
+    A block's stored digit of T is ``d = (T >> s) & 255`` (s: its dtype's last shift); its keys
+    ``> T`` are those above that pass's band plus its bins above d, and its keys ``== T`` are
+    bin d when T has no bits below s (otherwise none of its keys can equal T). Stores greater
+    at sums_ptr[g] and equal at sums_ptr[num_blocks + g].
     """
     q = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     valid = q < num_blocks
     c, g = _block_ids(table_ptr, block_column_ptr, q, valid, num_columns)
-    if PARTITION:
-        shift = tl.full([ROWS], _LIST_SHIFT, dtype=tl.int64)
-    else:
-        shift = tl.load(table_ptr + _ROW_SHIFT * num_columns + c, mask=valid, other=0)
+    shift = tl.load(table_ptr + _ROW_SHIFT * num_columns + c, mask=valid, other=0)
     threshold = tl.load(state_ptr + _STATE_THRESHOLD)
     digit = (threshold >> shift) & (_RADIX - 1)
     exact = (threshold & ((1 << shift) - 1)) == 0
@@ -473,12 +595,8 @@ def _classify_from_histograms(table_ptr, block_column_ptr, block_hist_ptr, block
     equal = tl.sum(tl.where(bins[None, :] == digit[:, None], hist, 0), 1).to(tl.int64)
     higher = tl.sum(tl.where(bins[None, :] > digit[:, None], hist, 0), 1).to(tl.int64)
     above = tl.load(block_above_ptr + g, mask=valid, other=0).to(tl.int64) + higher
-    equal = tl.where(exact, equal, 0)
-    if PARTITION:
-        tl.store(sums_ptr + g, above + equal, mask=valid)
-    else:
-        tl.store(sums_ptr + g, above, mask=valid)
-        tl.store(sums_ptr + num_blocks + g, equal, mask=valid)
+    tl.store(sums_ptr + g, above, mask=valid)
+    tl.store(sums_ptr + num_blocks + g, tl.where(exact, equal, 0), mask=valid)
 
 
 @triton.jit
@@ -526,26 +644,21 @@ def _classify_blocks_kernel(
     num_columns,
     num_blocks,
     ROWS: tl.constexpr,
-    PARTITION: tl.constexpr,
     TILE: tl.constexpr,
 ):
-    """Per block: how many of its keys are ``> T`` and ``== T`` (T the threshold key), or with
-    PARTITION how many are at or above the 16-bit prefix T (its candidate-list length).
+    """Per block: how many of its keys are ``> T`` and ``== T`` (T the threshold key).
 
     block_hist_ptr: int32 (B, 256), block_above_ptr: int32 (B,) by global block; sums_ptr:
-    int64 (2, B) — or (B,) with PARTITION — by global block. When the candidate list is in
-    use the counts come from each block's list slice (list_ends_ptr: int64 (B,) inclusive
-    ends), else from the stored histograms. Blocks in group-major order, ROWS per program.
+    int64 (2, B) by global block. When the candidate list is in use the counts come from each
+    block's list slice (list_ends_ptr: int64 (B,) inclusive ends), else from the stored
+    histograms. Blocks in group-major order, ROWS per program.
     """
-    if PARTITION:
-        _classify_from_histograms(table_ptr, block_column_ptr, block_hist_ptr, block_above_ptr, state_ptr, sums_ptr,
-                                  num_columns, num_blocks, ROWS, True)
-    elif _list_use(list_total_ptr, capacity):
+    if _list_use(list_total_ptr, capacity):
         _classify_from_list(table_ptr, block_column_ptr, state_ptr, sums_ptr, list_ptr, list_ends_ptr, num_columns,
                             num_blocks, ROWS, TILE)
     else:
         _classify_from_histograms(table_ptr, block_column_ptr, block_hist_ptr, block_above_ptr, state_ptr, sums_ptr,
-                                  num_columns, num_blocks, ROWS, False)
+                                  num_columns, num_blocks, ROWS)
 
 
 @triton.jit(do_not_specialize=["capacity", "num_columns", "num_blocks", "first_block"])
@@ -555,41 +668,66 @@ def _partition_kernel(
     state_ptr,
     list_ptr,
     list_ends_ptr,
+    list_total_ptr,
+    nan_ptr,
     capacity,
     num_columns,
     num_blocks,
     first_block,
     DTYPE: tl.constexpr,
     HAS_BASE: tl.constexpr,
+    WRITE: tl.constexpr,
     BLOCK: tl.constexpr,
     TILE: tl.constexpr,
 ):
-    """The third full pass: every key at or above the 16-bit prefix found by the first two
-    (the state's threshold ``prefix << 16``) goes to the block's slice of the candidate list,
-    as ``key << 14 | in-block offset``, in index order.
+    """The full passes over the data: the keys at or above the state's lowest key L.
 
-    Program i handles group-major block ``first_block + i``; list_ends_ptr: int64 (B,) the
-    inclusive cumulative list lengths by global block. Nothing is written when the list
-    would exceed ``capacity`` entries (every later kernel then reads the data instead).
+    Program i handles group-major block ``first_block + i``, global block g. Without WRITE
+    (the count): stores how many of the block's keys are ``>= L`` at list_ends_ptr[g] and adds
+    its NaN keys to nan_ptr (int64 (1,)). With WRITE (the partition, after the inclusive
+    cumulative sum of those counts over global blocks): writes them into the block's slice of
+    the candidate list, as ``key << 14 | in-block offset``, in index order; nothing when the
+    list is not in use (fewer than k entries, or over ``capacity``). Its program 0 stores the
+    verdict the later kernels read at list_total_ptr (int64 (1,)): the list's length, or
+    SHORT_LIST when it holds fewer than k entries.
     """
-    if tl.load(list_ends_ptr + num_blocks - 1) <= capacity:
-        q = first_block + tl.program_id(0)
-        c = tl.load(block_column_ptr + q)
-        values, subtrahend, head, end, first_major, first_global = _tensor_row(
-            table_ptr, num_columns, c, DTYPE, HAS_BASE)
-        j = q - first_major
-        slot, stop = _list_slice(list_ends_ptr, first_global + j)
-        if stop > slot:
-            lowest = tl.load(state_ptr + _STATE_THRESHOLD).to(tl.uint32)
-            block_start = j * BLOCK
-            num_tiles = tl.minimum((end - block_start + TILE - 1) // TILE, BLOCK // TILE)
-            for s in range(num_tiles):
-                keys, valid = _load_tile_keys(values, subtrahend, block_start + s * TILE, head, end, DTYPE, HAS_BASE,
-                                              TILE)
-                kept = (valid & (keys >= lowest)).to(tl.int32)
-                entries = (keys.to(tl.int64) << _OFFSET_BITS) | (s * TILE + tl.arange(0, TILE))
-                tl.store(list_ptr + slot + _exclusive_cumsum(kept), entries, mask=kept != 0)
-                slot += tl.sum(kept)
+    q = first_block + tl.program_id(0)
+    c = tl.load(block_column_ptr + q)
+    values, subtrahend, head, end, first_major, first_global = _tensor_row(table_ptr, num_columns, c, DTYPE, HAS_BASE)
+    j = q - first_major
+    g = first_global + j
+    lowest = tl.load(state_ptr + _STATE_LOWEST).to(tl.uint32)
+    block_start = j * BLOCK
+    num_tiles = tl.minimum((end - block_start + TILE - 1) // TILE, BLOCK // TILE)
+    if WRITE:
+        total = tl.load(list_ends_ptr + num_blocks - 1)
+        verdict = tl.where(total >= tl.load(state_ptr + _STATE_K), total, _SHORT_LIST)
+        if tl.program_id(0) == 0:
+            tl.store(list_total_ptr, verdict)
+        if verdict <= capacity:
+            slot, stop = _list_slice(list_ends_ptr, g)
+            if stop > slot:
+                VECTOR: tl.constexpr = 128 // DTYPE.primitive_bitwidth
+                for s in range(num_tiles):
+                    ranks = _load_tile_ranks(values, subtrahend, block_start + s * TILE, head, end, DTYPE, HAS_BASE,
+                                             TILE)
+                    kept = tl.reshape((ranks > lowest).to(tl.int32), [TILE // VECTOR, VECTOR])
+                    entries = tl.reshape(((ranks - 1).to(tl.int64) << _OFFSET_BITS) | (s * TILE + tl.arange(0, TILE)),
+                                         [TILE // VECTOR, VECTOR])
+                    row_kept = tl.sum(kept, 1)
+                    at = slot + _exclusive_cumsum(row_kept)[:, None] + tl.cumsum(kept, 1) - kept
+                    tl.store(list_ptr + at, entries, mask=kept != 0)
+                    slot += tl.sum(row_kept)
+    else:
+        kept = tl.zeros([TILE], tl.int32)
+        nans = tl.zeros([TILE], tl.int32)
+        for s in range(num_tiles):
+            ranks = _load_tile_ranks(values, subtrahend, block_start + s * TILE, head, end, DTYPE, HAS_BASE, TILE)
+            kept += (ranks > lowest).to(tl.int32)
+            nans += (ranks > _INF_KEY + 1).to(tl.int32)
+        tl.store(list_ends_ptr + g, tl.sum(kept).to(tl.int64))
+        nan_count = tl.sum(nans)
+        tl.atomic_add(nan_ptr, nan_count.to(tl.int64), mask=nan_count > 0, sem="relaxed")
 
 
 @triton.jit
@@ -701,12 +839,15 @@ def _compact_indices_kernel(
 
 @dataclass(frozen=True)
 class _Group:
-    """The tensors of one dtype, with or without bases: their blocks in group-major order."""
+    """The tensors of one dtype, with or without bases: their blocks in group-major order, and
+    their share of the samples (``samples`` from ``first_sample`` on)."""
 
     dtype: torch.dtype
     has_base: bool
     first_block: int
     num_blocks: int
+    first_sample: int = 0
+    samples: int = 0
 
     @property
     def last_pass(self) -> int:
@@ -720,15 +861,19 @@ class _Plan:
     ``values`` is the one int64 buffer uploaded to the device, laid out as the ``*_at``
     offsets say: the tensor table (TABLE_ROWS, C), blocks per column (C,), the state
     (STATE_SIZE,), zeroed histograms (passes, groups, 256), zeroed list histograms (passes,
-    256), zeroed stats (T + 1,) — the per-tensor counts, then the NaN count — and one zero
-    (the list length of a call without a list). ``list_capacity`` is -1 without a list.
+    256), zeroed stats (T + 1,): the per-tensor counts, then the NaN count, and the list's
+    verdict (1,), written by the partition. ``sampled``:
+    whether the list's lowest key is bracketed from samples (else it is 0: the list's capacity
+    holds every entry).
     """
 
     groups: list[_Group]
     num_columns: int
     total_blocks: int
     num_passes: int
+    total: int
     list_capacity: int
+    sampled: bool
     values: list[int]
     repeats_at: int
     state_at: int
@@ -737,12 +882,19 @@ class _Plan:
     stats_at: int
 
 
-def _list_capacity(num_passes: int, total: int, k: int) -> int:
-    """Entries of the candidate list: k + max(2^16, N / 128), capped at N; -1 when the keys
-    are resolved in two passes (bf16 only: no list)."""
-    if num_passes <= LIST_PASS:
-        return -1
-    return min(total, k + max(MIN_LIST_SLACK, total >> LIST_SLACK_SHIFT))
+def _list_capacity(total: int, k: int, total_blocks: int) -> int:
+    """:func:`list_capacity` at this module's SAMPLES, MIN_LIST_SLACK and LIST_SLACK_SHIFT."""
+    return list_capacity(total, k, total_blocks, SAMPLES, MIN_LIST_SLACK, LIST_SLACK_SHIFT)
+
+
+def _sample_shares(groups: list[_Group], total_blocks: int) -> list[_Group]:
+    """The groups with SAMPLES split in proportion to their blocks (at least one each)."""
+    shared, first = [], 0
+    for group in groups:
+        count = max(1, SAMPLES * group.num_blocks // total_blocks)
+        shared.append(replace(group, first_sample=first, samples=count))
+        first += count
+    return shared
 
 
 def _plan(tensors: Sequence[torch.Tensor], bases: Sequence[torch.Tensor | None], k: int,
@@ -771,16 +923,20 @@ def _plan(tensors: Sequence[torch.Tensor], bases: Sequence[torch.Tensor | None],
                 table[row].append(value)
             repeats.append(blocks)
             first_major += blocks
+    total = sum(x.numel() for x in tensors)
+    capacity = _list_capacity(total, k, first_major)
+    sampled = capacity < total
+    if sampled:
+        groups = _sample_shares(groups, first_major)
     num_passes = max((group.last_pass + 1 for group in groups), default=0)
-    values = [v for row in table for v in row] + repeats + [k, 0, 0]
+    values = [v for row in table for v in row] + repeats + [k, 0, 0, 0, k]
     hist_at = len(values)
     values += [0] * (num_passes * len(groups) * RADIX)
     list_hist_at = len(values)
     values += [0] * (num_passes * RADIX)
     stats_at = len(values)
     values += [0] * (len(tensors) + 2)
-    total = sum(x.numel() for x in tensors)
-    return _Plan(groups, len(repeats), first_major, num_passes, _list_capacity(num_passes, total, k), values,
+    return _Plan(groups, len(repeats), first_major, num_passes, total, capacity, sampled, values,
                  repeats_at=TABLE_ROWS * len(repeats), state_at=hist_at - STATE_SIZE, hist_at=hist_at,
                  list_hist_at=list_hist_at, stats_at=stats_at)
 
@@ -824,9 +980,9 @@ class _Buffers:
     """The device memory of one call: the uploaded plan's parts and the work buffers.
 
     ``candidates`` (int64, list capacity) and ``list_ends`` (int64 (B,)) are the candidate
-    list and its per-block inclusive ends, written after the second pass; ``list_total`` is its
-    length, ``no_list`` a zero: the length the kernels before the list see (with a capacity of
-    -1), and ``list_total`` itself in calls without a list.
+    list and its per-block inclusive ends; ``list_total`` is the partition's verdict (its
+    length, or SHORT_LIST); ``samples`` (int64
+    (SAMPLES,), or an empty tensor when the call is not sampled) the sampled keys.
     """
 
     table: torch.Tensor
@@ -840,76 +996,116 @@ class _Buffers:
     candidates: torch.Tensor
     list_ends: torch.Tensor
     list_total: torch.Tensor
-    no_list: torch.Tensor
+    samples: torch.Tensor
+
+
+def _buffers(plan: _Plan, buffer: torch.Tensor, num_tensors: int) -> _Buffers:
+    """Views of the uploaded plan and the call's work buffers (allocated, not initialised)."""
+    device = buffer.device
+    list_ends = torch.empty(plan.total_blocks, dtype=torch.int64, device=device)
+    samples = sum(group.samples for group in plan.groups)
+    return _Buffers(
+        table=buffer[: plan.repeats_at],
+        block_column=torch.repeat_interleave(buffer[plan.repeats_at: plan.state_at], output_size=plan.total_blocks),
+        state=buffer[plan.state_at: plan.hist_at],
+        hist=buffer[plan.hist_at: plan.list_hist_at].view(plan.num_passes, len(plan.groups), RADIX),
+        list_hist=buffer[plan.list_hist_at: plan.stats_at].view(plan.num_passes, RADIX),
+        nan=buffer[plan.stats_at + num_tensors: plan.stats_at + num_tensors + 1],
+        block_hist=torch.empty((plan.total_blocks, RADIX), dtype=torch.int32, device=device),
+        block_above=torch.empty(plan.total_blocks, dtype=torch.int32, device=device),
+        candidates=torch.empty(max(plan.list_capacity, 1), dtype=torch.int64, device=device),
+        list_ends=list_ends,
+        list_total=buffer[-1:],
+        samples=torch.empty(samples, dtype=torch.int64, device=device),
+    )
+
+
+def _bracket(plan: _Plan, buffers: _Buffers) -> None:
+    """Sample every group's keys, then place the list's lowest key (state) among them."""
+    for group in plan.groups:
+        _sample_kernel[(triton.cdiv(group.samples, SAMPLE_TILE),)](
+            buffers.table, buffers.block_column, buffers.samples, plan.num_columns, group.first_block,
+            group.first_sample, group.samples, group.num_blocks * BLOCK_ELEMS / group.samples,
+            DTYPE=TL_DTYPES[group.dtype],
+            HAS_BASE=group.has_base, BLOCK=BLOCK_ELEMS, TILE=SAMPLE_TILE, num_warps=SELECT_WARPS, num_stages=1,
+        )
+    _bracket_kernel[(1,)](buffers.samples, buffers.samples.numel(), buffers.state, plan.total,
+                          SIGMAS=BRACKET_SIGMAS, TILE=BRACKET_TILE, num_warps=SELECT_WARPS, num_stages=1)
+
+
+def _launch_partition(plan: _Plan, group: _Group, buffers: _Buffers, write: bool) -> None:
+    """One group's count (``write=False``) or partition launch: one program per block."""
+    _partition_kernel[(group.num_blocks,)](
+        buffers.table, buffers.block_column, buffers.state, buffers.candidates, buffers.list_ends,
+        buffers.list_total, buffers.nan, plan.list_capacity, plan.num_columns, plan.total_blocks, group.first_block,
+        DTYPE=TL_DTYPES[group.dtype], HAS_BASE=group.has_base, WRITE=write, BLOCK=BLOCK_ELEMS, TILE=COMPACT_TILE,
+        num_warps=COMPACT_WARPS, num_stages=COMPACT_STAGES,
+    )
+
+
+def _fill_list(plan: _Plan, buffers: _Buffers) -> None:
+    """The candidate list: the bracket (sampled calls), then per block the count of the keys at
+    or above its lowest key, their cumulative sum, and the partition that writes them
+    (skipped on the device when the list is not in use)."""
+    if plan.sampled:
+        _bracket(plan, buffers)
+    for group in plan.groups:
+        _launch_partition(plan, group, buffers, write=False)
+    torch.cumsum(buffers.list_ends, 0, out=buffers.list_ends)
+    for group in plan.groups:
+        _launch_partition(plan, group, buffers, write=True)
 
 
 def _launch_histogram(plan: _Plan, p: int, index: int, group: _Group, buffers: _Buffers, owns_list: bool) -> None:
-    """One group's histogram launch of pass ``p``."""
+    """One group's histogram launch of pass ``p`` (over the list, or the group's data)."""
     warps = histogram_warps(group.dtype, group.has_base, PASS_SHIFTS[p])
-    grid = (_programs(buffers.table.device, group.num_blocks, warps),)
-    common = dict(DTYPE=TL_DTYPES[group.dtype], HAS_BASE=group.has_base, SHIFT=PASS_SHIFTS[p],
-                  BLOCK=BLOCK_ELEMS, TILE=histogram_tile(group.dtype, group.has_base, PASS_SHIFTS[p]),
-                  num_warps=warps, num_stages=HISTOGRAM_STAGES)
-    if p < LIST_PASS:
-        _digit_histogram_kernel[grid](
-            buffers.table, buffers.block_column, buffers.state[STATE_PREFIX:], buffers.hist[p, index], buffers.nan,
-            buffers.block_hist, buffers.block_above, plan.num_columns, group.first_block, group.num_blocks,
-            STORE_BLOCKS=p == LIST_PASS - 1, **common,
-        )
-    else:
-        _band_histogram_kernel[grid](
-            buffers.table, buffers.block_column, buffers.state, buffers.hist[p, index], buffers.block_hist,
-            buffers.block_above, buffers.candidates, buffers.list_hist[p], buffers.list_total, plan.list_capacity,
-            int(owns_list), plan.num_columns, group.first_block, group.num_blocks,
-            STORE_BLOCKS=p == group.last_pass, LIST_TILE=COMPACT_TILE, **common,
-        )
+    _band_histogram_kernel[(_programs(buffers.table.device, group.num_blocks, warps),)](
+        buffers.table, buffers.block_column, buffers.state, buffers.hist[p, index], buffers.block_hist,
+        buffers.block_above, buffers.candidates, buffers.list_hist[p], buffers.list_total, plan.list_capacity,
+        int(owns_list), plan.num_columns, group.first_block, group.num_blocks,
+        DTYPE=TL_DTYPES[group.dtype], HAS_BASE=group.has_base, SHIFT=PASS_SHIFTS[p], STORE_BLOCKS=p == group.last_pass,
+        BLOCK=BLOCK_ELEMS, TILE=histogram_tile(group.dtype, group.has_base, PASS_SHIFTS[p]), LIST_TILE=COMPACT_TILE,
+        num_warps=warps, num_stages=HISTOGRAM_STAGES,
+    )
 
 
 def _select_digit(plan: _Plan, p: int, buffers: _Buffers) -> None:
     """The digit kernel after pass ``p``: carries the groups that end here into the next pass."""
     last = p + 1 == plan.num_passes
     carry = 0 if last else sum(1 << i for i, group in enumerate(plan.groups) if group.last_pass <= p)
-    list_total, capacity = (buffers.list_total, plan.list_capacity) if p >= LIST_PASS else (buffers.no_list, -1)
     _select_digit_kernel[(1,)](
         buffers.hist[p], buffers.hist[p if last else p + 1], buffers.state, buffers.list_hist[p],
-        list_total, capacity, len(plan.groups), carry, PASS_SHIFTS[p],
+        buffers.list_total, plan.list_capacity, len(plan.groups), carry, PASS_SHIFTS[p],
         GROUPS=MAX_GROUPS, num_warps=SELECT_WARPS, num_stages=1,
     )
 
 
-def _classify(plan: _Plan, buffers: _Buffers, sums: torch.Tensor, partition: bool) -> None:
-    _classify_blocks_kernel[(triton.cdiv(plan.total_blocks, CLASSIFY_ROWS),)](
-        buffers.table, buffers.block_column, buffers.block_hist, buffers.block_above, buffers.state, sums,
-        buffers.candidates, buffers.list_ends, buffers.list_total, plan.list_capacity, plan.num_columns,
-        plan.total_blocks, ROWS=CLASSIFY_ROWS, PARTITION=partition, TILE=COMPACT_TILE,
-        num_warps=SELECT_WARPS, num_stages=1,
-    )
-
-
-def _fill_list(plan: _Plan, buffers: _Buffers) -> None:
-    """After the second pass: every block's list length, their cumulative sum, and the third
-    full pass that writes the list (skipped on the device when it would not fit)."""
-    _classify(plan, buffers, buffers.list_ends, partition=True)
-    torch.cumsum(buffers.list_ends, 0, out=buffers.list_ends)
-    for group in plan.groups:
-        _partition_kernel[(group.num_blocks,)](
-            buffers.table, buffers.block_column, buffers.state, buffers.candidates, buffers.list_ends,
-            plan.list_capacity, plan.num_columns, plan.total_blocks, group.first_block,
-            DTYPE=TL_DTYPES[group.dtype], HAS_BASE=group.has_base, BLOCK=BLOCK_ELEMS, TILE=COMPACT_TILE,
-            num_warps=COMPACT_WARPS, num_stages=COMPACT_STAGES,
-        )
-
-
 def _radix_select(plan: _Plan, buffers: _Buffers) -> None:
-    """8-bit radix passes: the threshold key and the ``== T`` keys to take land in the state.
-    Calls with a list fill it after the second pass; the later passes then read it."""
+    """8-bit radix passes over the list (or the data): the threshold key and the ``== T`` keys
+    to take land in the state."""
     for p in range(plan.num_passes):
-        if p == LIST_PASS and plan.list_capacity >= 0:
-            _fill_list(plan, buffers)
         launched = [(i, group) for i, group in enumerate(plan.groups) if p <= group.last_pass]
         for order, (i, group) in enumerate(launched):
             _launch_histogram(plan, p, i, group, buffers, owns_list=order == 0)
         _select_digit(plan, p, buffers)
+
+
+def _compact(plan: _Plan, buffers: _Buffers, out: torch.Tensor, stats: torch.Tensor) -> None:
+    """Per block its ``> T`` / ``== T`` counts, their cumulative sums, and the compaction."""
+    sums = torch.empty((2, plan.total_blocks), dtype=torch.int64, device=out.device)
+    _classify_blocks_kernel[(triton.cdiv(plan.total_blocks, CLASSIFY_ROWS),)](
+        buffers.table, buffers.block_column, buffers.block_hist, buffers.block_above, buffers.state, sums,
+        buffers.candidates, buffers.list_ends, buffers.list_total, plan.list_capacity, plan.num_columns,
+        plan.total_blocks, ROWS=CLASSIFY_ROWS, TILE=COMPACT_TILE, num_warps=SELECT_WARPS, num_stages=1,
+    )
+    sums = sums.cumsum(1)
+    for group in plan.groups:
+        _compact_indices_kernel[(group.num_blocks,)](
+            buffers.table, buffers.block_column, buffers.state, sums, out, stats, buffers.candidates,
+            buffers.list_ends, buffers.list_total, plan.list_capacity, plan.num_columns, plan.total_blocks,
+            group.first_block, DTYPE=TL_DTYPES[group.dtype], HAS_BASE=group.has_base, BLOCK=BLOCK_ELEMS,
+            TILE=COMPACT_TILE, num_warps=COMPACT_WARPS, num_stages=COMPACT_STAGES,
+        )
 
 
 def topk_indices(
@@ -953,77 +1149,74 @@ def topk_indices(
     out = torch.empty(k, dtype=torch.int64, device=device)
     if not plan.total_blocks:
         return out, stats
-    has_list = plan.list_capacity >= 0
-    list_ends = torch.empty(plan.total_blocks, dtype=torch.int64, device=device) if has_list else buffer
-    buffers = _Buffers(
-        table=buffer[: plan.repeats_at],
-        block_column=torch.repeat_interleave(buffer[plan.repeats_at: plan.state_at], output_size=plan.total_blocks),
-        state=buffer[plan.state_at: plan.hist_at],
-        hist=buffer[plan.hist_at: plan.list_hist_at].view(plan.num_passes, len(plan.groups), RADIX),
-        list_hist=buffer[plan.list_hist_at: plan.stats_at].view(plan.num_passes, RADIX),
-        nan=buffer[plan.stats_at + len(tensors): plan.stats_at + len(tensors) + 1],
-        block_hist=torch.empty((plan.total_blocks, RADIX), dtype=torch.int32, device=device),
-        block_above=torch.empty(plan.total_blocks, dtype=torch.int32, device=device),
-        candidates=torch.empty(max(plan.list_capacity, 1), dtype=torch.int64, device=device) if has_list else buffer,
-        list_ends=list_ends,
-        list_total=list_ends[-1:] if has_list else buffer[-1:],
-        no_list=buffer[-1:],
-    )
+    buffers = _buffers(plan, buffer, len(tensors))
+    _fill_list(plan, buffers)
     _radix_select(plan, buffers)
-    sums = torch.empty((2, plan.total_blocks), dtype=torch.int64, device=device)
-    _classify(plan, buffers, sums, partition=False)
-    sums = sums.cumsum(1)
-    for group in plan.groups:
-        _compact_indices_kernel[(group.num_blocks,)](
-            buffers.table, buffers.block_column, buffers.state, sums, out, stats, buffers.candidates,
-            buffers.list_ends, buffers.list_total, plan.list_capacity, plan.num_columns, plan.total_blocks,
-            group.first_block, DTYPE=TL_DTYPES[group.dtype], HAS_BASE=group.has_base, BLOCK=BLOCK_ELEMS,
-            TILE=COMPACT_TILE, num_warps=COMPACT_WARPS, num_stages=COMPACT_STAGES,
-        )
+    _compact(plan, buffers, out, stats)
     return out, stats
 
 
+def _single_tensor_buffers(x: torch.Tensor, k: int) -> tuple[_Plan, _Buffers]:
+    """The plan and buffers of ``topk_indices([x], k)``, uploaded."""
+    plan = _plan([x], [None], k, concatenated=False)
+    return plan, _buffers(plan, upload(plan.values, x.device), 1)
+
+
 def histogram_pass(x: torch.Tensor, shift: int, prefix: int) -> Callable[[], torch.Tensor]:
-    """One launch of a radix histogram pass over the data of ``x`` as :func:`topk_indices`
-    makes it (the first or the second: the later ones read the candidate list), for timing.
+    """One launch of a radix histogram pass over the data of ``x`` (the path a call takes when
+    its candidate list is not in use), for timing.
 
     Args:
         x: one contiguous fp32 / fp16 / bf16 tensor (CUDA, or CPU with the interpreted module).
-        shift: the pass's digit shift, ``PASS_SHIFTS[0]`` or ``PASS_SHIFTS[1]``.
+        shift: the pass's digit shift, one of ``PASS_SHIFTS`` up to the dtype's last.
         prefix: the band, ``key >> (shift + 8)`` of the keys counted (unused by the first pass).
 
     Returns:
         A thunk that launches the pass once and returns the int64 (256,) histogram, which
-        accumulates over calls. Everything else is prepared before it: the GPU check times it
-        against the copy bandwidth.
+        accumulates over calls. Everything else is prepared before it.
     """
     assert x.dtype in LAST_PASS and x.is_contiguous() and x.numel() > 0
-    assert shift in PASS_SHIFTS[:LIST_PASS], f"the pass at shift {shift} does not read the data"
-    device = x.device
-    plan = _plan([x], [None], 0, concatenated=False)
-    buffer = upload(plan.values, device)
-    group = plan.groups[0]
-    table = buffer[: plan.repeats_at]
-    block_column = torch.repeat_interleave(buffer[plan.repeats_at: plan.state_at], output_size=plan.total_blocks)
-    block_hist = torch.empty((plan.total_blocks, RADIX), dtype=torch.int32, device=device)
-    block_above = torch.empty(plan.total_blocks, dtype=torch.int32, device=device)
-    prefix_t = torch.tensor([prefix], dtype=torch.int64, device=device)
-    hist = torch.zeros(RADIX, dtype=torch.int64, device=device)
-    nan = torch.zeros(1, dtype=torch.int64, device=device)
-    warps = histogram_warps(x.dtype, False, shift)
-    grid = (_programs(device, group.num_blocks, warps),)
+    p = PASS_SHIFTS.index(shift)
+    assert p <= LAST_PASS[x.dtype], f"{x.dtype} keys have no digit at shift {shift}"
+    plan, buffers = _single_tensor_buffers(x, 0)
+    buffers.state[STATE_PREFIX] = prefix
+    no_list = replace(plan, list_capacity=-1)
+    hist = buffers.hist[p, 0]
 
     def launch() -> torch.Tensor:
-        _digit_histogram_kernel[grid](
-            table, block_column, prefix_t, hist, nan, block_hist, block_above,
-            plan.num_columns, group.first_block, group.num_blocks,
-            DTYPE=TL_DTYPES[x.dtype], HAS_BASE=False, SHIFT=shift,
-            STORE_BLOCKS=PASS_SHIFTS.index(shift) == LIST_PASS - 1, BLOCK=BLOCK_ELEMS,
-            TILE=histogram_tile(x.dtype, False, shift), num_warps=warps, num_stages=HISTOGRAM_STAGES,
-        )
+        _launch_histogram(no_list, p, 0, plan.groups[0], buffers, owns_list=True)
         return hist
 
     return launch
+
+
+def full_passes(x: torch.Tensor, k: int) -> tuple[Callable[[], torch.Tensor], Callable[[], torch.Tensor]]:
+    """The two passes ``topk_indices([x], k)`` makes over the data, for timing: the count of the
+    keys at or above the list's lowest key (bracketed from samples as the call brackets it),
+    and the partition that writes them into the list.
+
+    Returns:
+        (count, partition): thunks that launch one pass each; count returns the int64 (B,)
+        per-block counts, partition the list (its first ``list_ends[-1]`` entries written).
+    """
+    assert x.dtype in LAST_PASS and x.is_contiguous() and x.numel() > 0 and 0 <= k <= x.numel()
+    plan, buffers = _single_tensor_buffers(x, k)
+    if plan.sampled:
+        _bracket(plan, buffers)
+    group = plan.groups[0]
+    counting = replace(buffers, list_ends=torch.empty_like(buffers.list_ends))
+    _launch_partition(plan, group, counting, write=False)
+    torch.cumsum(counting.list_ends, 0, out=buffers.list_ends)
+
+    def count() -> torch.Tensor:
+        _launch_partition(plan, group, counting, write=False)
+        return counting.list_ends
+
+    def partition() -> torch.Tensor:
+        _launch_partition(plan, group, buffers, write=True)
+        return buffers.candidates
+
+    return count, partition
 
 
 SPECIALIZATIONS: list[KernelSpec] = _topk_specs.specializations(sys.modules[__name__])

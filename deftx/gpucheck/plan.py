@@ -40,8 +40,8 @@ STAGES: tuple[Stage, ...] = (
           "nvidia-smi, device properties, tools on PATH"),
     Stage("tests", 115, "python -m pytest -m cuda over tests/ (the CUDA kernel tests)"),
     Stage("ceilings", 10, "measured copy bandwidth (fp32, bf16) and matmul rate (bf16, fp32)"),
-    Stage("histogram", 15, "one radix histogram pass over a few GB vs a read-only and a "
-          "tl.histogram-only kernel, at the copy bandwidth"),
+    Stage("histogram", 15, "the top-k's two full passes (count, partition) and its fallback radix pass "
+          "over a few GB vs a read-only and a tl.histogram-only kernel, at the copy bandwidth"),
     Stage("bench-xlmr", 80, "XLM-R base fp32 at full size: top-k, compose, masked AdamW, rSVD scores, "
           "rSVD factors vs the dense baselines, interleaved"),
     Stage("bench-llama", 90, "Llama-2-7B bf16 at full size: top-k, compose, masked AdamW, rSVD scores "

@@ -4,7 +4,7 @@ Goals (issue #17, ratios in one run on the GPU), each ``met``, ``missed`` or ``n
 
 * top-k, Llama-7B bf16, K = 1%, public ``topk_mask``: >= 5x ``cat`` + ``torch.topk``, and within
   3x of the floor (one read of the inputs plus the index writes at the measured copy
-  bandwidth: >= 33.3% of that roof); each radix pass >= 60% of the copy bandwidth;
+  bandwidth: >= 33.3% of that roof); each pass over the data >= 60% of the copy bandwidth;
 * host overhead: no device->host sync in ``masked_adamw_step_``; ``topk_mask`` over ~200
   tensors (XLM-R base: 197) in <= 20 launches (kernels, memcpys and memsets);
 * compose 2 SFTs, originals saved: >= 70% of its byte roofline;
@@ -126,10 +126,11 @@ def evaluate_goals(work_dir: Path) -> list[dict[str, Any]]:
                        "top-k within 3x of the floor (one read + index writes at the copy bandwidth)"),
     ]
     histogram = read_result(work_dir, "histogram") or {}
-    passes = [r for r in histogram.get("rows", []) if r["kernel"].startswith("pass") and "pct_of_copy" in r]
+    passes = [r for r in histogram.get("rows", []) if r["role"] == "pass" and "pct_of_copy" in r]
     slowest = min((r["pct_of_copy"] for r in passes), default=None)
-    goals.append(goal("each radix pass >= 60% of the copy bandwidth", "histogram micro-benchmark, slowest pass",
-                      ">= 60%", slowest, lambda x: x >= 60.0, f"{slowest:.1f}%" if slowest is not None else None))
+    goals.append(goal("each pass over the data >= 60% of the copy bandwidth",
+                      "histogram micro-benchmark, slowest full pass", ">= 60%",
+                      slowest, lambda x: x >= 60.0, f"{slowest:.1f}%" if slowest is not None else None))
     for name in ISSUE_SETS:
         overhead = _overhead(docs, name, "step", 0.05)
         goals.append(goal("no device->host sync in masked_adamw_step_", at(name, 0.05), "0 syncs",
@@ -187,10 +188,13 @@ def goal_table(summary: dict[str, Any]) -> str:
 
 def _histogram_section(result: dict[str, Any]) -> str:
     rows = [[r["dtype"], r["data"], r["kernel"], f"{r['gbps']:,.0f}" if "gbps" in r else r.get("error", "-"),
-             f"{r['pct_of_copy']:.1f}%" if "pct_of_copy" in r else "-", str(r.get("top_bins_occupied", "-"))]
+             f"{r['pct_of_copy']:.1f}%" if "pct_of_copy" in r else "-", str(r.get("top_bins_occupied", "-")),
+             f"{r['list_over_k']:.2f}" if "list_over_k" in r else "-"]
             for r in result.get("rows", [])]
-    head = f"Copy bandwidth {result.get('copy_gbps', 0):,.0f} GB/s (read + write). GB/s below: bytes read once."
-    return head + "\n\n" + _table(["dtype", "data", "kernel", "GB/s", "% of copy", "top-digit bins used"], rows)
+    head = (f"Copy bandwidth {result.get('copy_gbps', 0):,.0f} GB/s (read + write). GB/s below: bytes read once. "
+            "List / k: the candidate list the sampled bracket gave, over k.")
+    return head + "\n\n" + _table(["dtype", "data", "kernel", "GB/s", "% of copy", "top-digit bins used", "list / k"],
+                                  rows)
 
 
 def _stage_file(work_dir: Path, stage: str, name: str) -> str | None:

@@ -34,7 +34,7 @@ RUNTIME_COPY_CALLS = frozenset({"cudaMemcpy", "cudaMemcpyAsync"})
 
 
 def triton_kernel_names() -> frozenset[str]:
-    """Names of deftx's ``@triton.jit`` kernels (``_digit_histogram_kernel``, ...), as they
+    """Names of deftx's ``@triton.jit`` kernels (``_band_histogram_kernel``, ...), as they
     appear in profiler traces; empty where the kernel modules cannot be imported."""
     try:
         specs = kernel_specializations()

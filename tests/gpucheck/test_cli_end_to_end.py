@@ -74,7 +74,9 @@ def test_cpu_stages_end_to_end_at_toy_size(tmp_path):
                         "ncu": "skipped", "sanitizer": "skipped"}
     assert all(c["ok"] for c in summary["results"]["training"]["checks"])
     histogram = summary["results"]["histogram"]["rows"]
-    assert len(histogram) == 16 and not [r for r in histogram if "error" in r]
+    assert len(histogram) == 24 and not [r for r in histogram if "error" in r]
+    assert [r["role"] for r in histogram[:6]] == ["pass", "pass", "fallback", "fallback", "probe", "probe"]
+    assert all(r["list_entries"] >= r["k"] for r in histogram if r["role"] == "pass")
     for name, dtype in (("tiny-bert", "fp32"), ("tiny-llama", "bf16")):
         doc = json.loads((out / f"cpu_{name}.json").read_text())
         assert doc["config"]["dtype"] == dtype

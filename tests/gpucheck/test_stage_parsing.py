@@ -92,14 +92,14 @@ RAW_CSV = """==PROF== Connected to process 123
 "launch__occupancy_limit_registers","launch__occupancy_limit_shared_mem","launch__occupancy_limit_warps",\
 "launch__occupancy_limit_blocks","launch__registers_per_thread"
 "","","nsecond","%","%","%","%","%","block","block","block","block","register/thread"
-"0","_digit_histogram_kernel","1,234","71.5","72.0","30.1","48.2","50","4","16","16","32","128"
+"0","_band_histogram_kernel","1,234","71.5","72.0","30.1","48.2","50","4","16","16","32","128"
 "1","_delta_matmul_kernel","9000","20.0","25.0","80.5","20.0","25","2","3","8","32","255"
 """
 
 
 def test_ncu_raw_csv_gives_per_launch_metrics_and_limiters():
     launches = parse_raw_csv(RAW_CSV)
-    assert [r["kernel"] for r in launches] == ["_digit_histogram_kernel", "_delta_matmul_kernel"]
+    assert [r["kernel"] for r in launches] == ["_band_histogram_kernel", "_delta_matmul_kernel"]
     first, second = launches
     assert first["duration_ns"] == 1234.0 and first["dram_pct_of_peak"] == 71.5
     assert (first["limiter"], first["occupancy_limiter"]) == ("memory", "registers")

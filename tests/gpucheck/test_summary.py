@@ -58,10 +58,13 @@ def work(tmp_path):
         path.with_suffix(".md").write_text(f"# deftx bench: {doc['shape_set']['name']}\n\ntable\n")
         (folder / "result.json").write_text(json.dumps({"status": "ok", "headline": "h", "document": str(path)}))
     (tmp_path / "histogram").mkdir()
-    rows = [{"dtype": "fp32", "data": "weight-diff", "kernel": "pass 1 (digit 24..31)", "gbps": 3000.0,
-             "pct_of_copy": 70.0}, {"dtype": "bf16", "data": "spread", "kernel": "pass 2 (band)", "gbps": 2000.0,
-                                    "pct_of_copy": 45.0},
-            {"dtype": "bf16", "data": "spread", "kernel": "probe: read + digit sum", "gbps": 4000.0,
+    rows = [{"role": "pass", "dtype": "fp32", "data": "weight-diff", "kernel": "count", "gbps": 3000.0,
+             "pct_of_copy": 70.0},
+            {"role": "pass", "dtype": "bf16", "data": "spread", "kernel": "partition", "gbps": 2000.0,
+             "pct_of_copy": 45.0},
+            {"role": "fallback", "dtype": "bf16", "data": "spread", "kernel": "fallback pass 1", "gbps": 1000.0,
+             "pct_of_copy": 20.0},
+            {"role": "probe", "dtype": "bf16", "data": "spread", "kernel": "probe: read + digit sum", "gbps": 4000.0,
              "pct_of_copy": 95.0}]
     (tmp_path / "histogram" / "result.json").write_text(json.dumps({"status": "ok", "rows": rows, "copy_gbps": 4300}))
     return tmp_path
@@ -77,7 +80,7 @@ def test_goals_are_met_missed_or_not_measured_from_the_documents(work):
     assert ("top-k (public topk_mask) >= 5x cat + torch.topk", "llama-7b bf16 on cuda, K = 1%", "met") in statuses
     assert ("top-k within 3x of the floor (one read + index writes at the copy bandwidth)",
             "llama-7b bf16 on cuda, K = 1%", "met") in statuses
-    radix = next(g for g in goals if g["goal"].startswith("each radix pass"))
+    radix = next(g for g in goals if g["goal"].startswith("each pass over the data"))
     assert (radix["status"], radix["shown"]) == ("missed", "45.0%")
     syncs = [g for g in goals if g["goal"].startswith("no device->host sync")]
     assert [(g["where"], g["status"]) for g in syncs] == [("xlmr-base fp32 on cuda, K = 5%", "met"),
@@ -113,7 +116,7 @@ def test_summary_markdown_and_console_carry_stages_goals_and_tables(work):
         in text
     lines = console_lines(summary)
     assert any(line.startswith("  ncu          skipped") for line in lines)
-    assert any("missed       each radix pass" in line for line in lines)
+    assert any("missed       each pass over the data" in line for line in lines)
     assert kernels_document(summary, work)["schema"] == "deftx-gpucheck-kernels/1"
     kernels = kernels_markdown(summary, work)
     assert kernels.startswith("# deftx kernels on the GPU (measured)")

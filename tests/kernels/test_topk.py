@@ -1,12 +1,15 @@
 """Triton global top-k (kernels/topk.py), interpreted on CPU and compiled on CUDA, vs an
 independent reference: a stable sort of the magnitudes (of the materialised differences, with
-bases). The fp32 / fp16 cases run with the candidate list in use and with it overflowing
-(every later kernel then reads the data)."""
+bases). The cases run with the candidate list in use (holding every entry, or bracketed from
+samples) and with it not in use, overflowing or short (every later kernel then reads the
+data)."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -24,16 +27,27 @@ def topk(device):
     return kernels_for("topk", device)
 
 
-@pytest.fixture(params=["list", "overflow"])
+@pytest.fixture(params=["list", "sampled", "overflow", "short"])
 def list_mode(request, topk, monkeypatch):
-    """``list``: the candidate list fits, and the inputs are zeroed once it is written (the
-    later kernels must not read them); ``overflow``: a capacity of 0 entries, so every kernel
-    after the second pass reads the data."""
-    if request.param == "overflow":
+    """``list``: the list holds every entry; ``sampled``: a list bracketed from 4096 samples with
+    no slack beyond the bracket's (k < N: more samples than entries, so the bracket is sampled
+    even for these small tensors; heavy ties can overflow it). Once a list in use is written the
+    inputs are zeroed (the later kernels must not read them); a ``list`` call always has its
+    list in use. ``overflow``: a capacity of 0 entries; ``short``: the list
+    keeps no key (fewer than k entries). In the last two every kernel after the partition reads
+    the data."""
+    if request.param in ("list", "sampled"):
+        monkeypatch.setattr(topk, "_fill_list", _then_zero_inputs(topk._fill_list, always=request.param == "list"))
+    if request.param == "sampled":
+        monkeypatch.setattr(topk, "SAMPLES", 4096)
+        monkeypatch.setattr(topk, "SAMPLE_TILE", 256)
+        monkeypatch.setattr(topk, "MIN_LIST_SLACK", 0)
+        monkeypatch.setattr(topk, "LIST_SLACK_SHIFT", 62)
+    elif request.param == "overflow":
         capacity = topk._list_capacity
         monkeypatch.setattr(topk, "_list_capacity", lambda *args: min(capacity(*args), 0))
-    else:
-        monkeypatch.setattr(topk, "_fill_list", _then_zero_inputs(topk._fill_list))
+    elif request.param == "short":
+        monkeypatch.setattr(topk, "_fill_list", _keeping_nothing(topk, topk._fill_list))
     return request.param
 
 
@@ -41,13 +55,25 @@ _INPUTS: list[torch.Tensor] = []
 """The tensors (and bases) of the call under test, for :func:`_then_zero_inputs`."""
 
 
-def _then_zero_inputs(fill_list):
+def _then_zero_inputs(fill_list, always: bool):
     def fill_and_zero(plan, buffers):
         fill_list(plan, buffers)
-        for x in _INPUTS:
-            x.zero_()
+        k = int(buffers.state[-1])
+        in_use = k <= int(buffers.list_total) <= plan.list_capacity
+        assert in_use or not always, f"the list holds {int(buffers.list_total)} entries, k = {k}"
+        if in_use:
+            for x in _INPUTS:
+                x.zero_()
 
     return fill_and_zero
+
+
+def _keeping_nothing(topk, fill_list):
+    def fill_short(plan, buffers):
+        buffers.state[topk.STATE_LOWEST] = topk.NO_KEY
+        fill_list(replace(plan, sampled=False), buffers)
+
+    return fill_short
 
 
 @pytest.fixture
@@ -289,11 +315,12 @@ def _declared(module, kernel):
 
 
 _CONSTEXPRS = {
-    "_digit_histogram_kernel": ("DTYPE", "HAS_BASE", "SHIFT", "STORE_BLOCKS", "BLOCK", "TILE"),
+    "_sample_kernel": ("DTYPE", "HAS_BASE", "BLOCK", "TILE"),
+    "_bracket_kernel": ("SIGMAS", "TILE"),
     "_band_histogram_kernel": ("DTYPE", "HAS_BASE", "SHIFT", "STORE_BLOCKS", "BLOCK", "TILE", "LIST_TILE"),
     "_select_digit_kernel": ("GROUPS",),
-    "_classify_blocks_kernel": ("ROWS", "PARTITION", "TILE"),
-    "_partition_kernel": ("DTYPE", "HAS_BASE", "BLOCK", "TILE"),
+    "_classify_blocks_kernel": ("ROWS", "TILE"),
+    "_partition_kernel": ("DTYPE", "HAS_BASE", "WRITE", "BLOCK", "TILE"),
     "_compact_indices_kernel": ("DTYPE", "HAS_BASE", "BLOCK", "TILE"),
 }
 
@@ -304,6 +331,7 @@ def test_every_launch_is_a_declared_specialization(topk, monkeypatch, device):
     compiled_kernels = {name: getattr(compiled, name) for name in recorders}
     for name, recorder in recorders.items():
         monkeypatch.setattr(topk, name, recorder)
+    monkeypatch.setattr(topk, "_list_capacity", lambda total, k, blocks: k + 8)  # < N: the call is sampled
     tensors = [torch.randn(50), torch.randn(30).bfloat16(), torch.randn(20).half(), torch.randn(10)]
     check(topk, tensors, 40, device, [None, None, None, torch.randn(10)])
     for name, recorder in recorders.items():
@@ -312,10 +340,10 @@ def test_every_launch_is_a_declared_specialization(topk, monkeypatch, device):
         for launch in recorder.launches:
             assert launch in declared, f"{name} launched with undeclared {launch}"
     launched = {name: len(recorder.launches) for name, recorder in recorders.items()}
-    # groups fp32, bf16, fp16, fp32 with a base: passes 1-2 of all four, 3 of fp32 / fp16 / fp32 + base,
-    # 4 of both fp32 groups; a partition and a compaction per group
-    assert launched == {"_digit_histogram_kernel": 2 * 4, "_band_histogram_kernel": 3 + 2,
-                        "_select_digit_kernel": 4, "_classify_blocks_kernel": 2, "_partition_kernel": 4,
+    # groups fp32, bf16, fp16, fp32 with a base: a sample, a count, a partition and a compaction
+    # each; radix passes 1-2 of all four, 3 of fp32 / fp16 / fp32 + base, 4 of both fp32 groups
+    assert launched == {"_sample_kernel": 4, "_bracket_kernel": 1, "_band_histogram_kernel": 4 + 4 + 3 + 2,
+                        "_select_digit_kernel": 4, "_classify_blocks_kernel": 1, "_partition_kernel": 2 * 4,
                         "_compact_indices_kernel": 4}
     assert {s.name for s in compiled.SPECIALIZATIONS} == {s.name for s in topk.SPECIALIZATIONS}
 
@@ -323,12 +351,15 @@ def test_every_launch_is_a_declared_specialization(topk, monkeypatch, device):
 def test_specializations_declare_their_promises():
     compiled = kernel_module("topk", interpret=False)
     names = [spec.name for spec in compiled.SPECIALIZATIONS]
-    # histograms (4 + 3 + 2 passes without a base, 4 of each dtype with one), select, 2
-    # classifications, partition and compaction per (dtype, base)
-    assert len(names) == len(set(names)) == 9 + 12 + 1 + 2 + 2 * 6
+    # radix passes (4 + 3 + 2 without a base, 4 of each dtype with one), select, bracket,
+    # classification; sample, count, partition and compaction per (dtype, base)
+    assert len(names) == len(set(names)) == 9 + 12 + 3 + 4 * 6
     for spec in compiled.SPECIALIZATIONS:
-        assert "vectorized_loads" in spec.promises
-        if spec.kernel in (compiled._digit_histogram_kernel, compiled._band_histogram_kernel):
+        # the sample gathers keys from scattered positions, the bracket reads 16384 samples
+        # masked at a runtime length: no vector loads promised
+        unvectorized = spec.kernel in (compiled._sample_kernel, compiled._bracket_kernel)
+        assert ("vectorized_loads" in spec.promises) != unvectorized
+        if spec.kernel is compiled._band_histogram_kernel:
             assert "block_local_histogram" in spec.promises
         assert set(spec.signature) == set(spec.kernel.arg_names)
 
@@ -348,3 +379,122 @@ def test_histogram_pass_counts_the_band_digits(topk, dtype, device):
     got_second = topk.histogram_pass(x.to(device), 16, band)().cpu()
     assert_bitwise_equal(got_first, first, what="first pass")
     assert_bitwise_equal(got_second, second, what=f"second pass, band {band}")
+
+
+def test_a_sampled_list_selects_exactly_at_the_real_constants(topk, monkeypatch, device):
+    """A call large enough to be sampled with the shipped constants (16384 samples, blocks of
+    16384): the list is in use (the inputs are zeroed once it is written) and the selection
+    equals the reference, over three groups and at two k."""
+    monkeypatch.setattr(topk, "_fill_list", _then_zero_inputs(topk._fill_list, always=True))
+    gen = torch.Generator().manual_seed(40)
+    tensors = [torch.randn(150_001, generator=gen), torch.randn(70_000, generator=gen).bfloat16(),
+               torch.randn(40_000, generator=gen) * 1e-3]
+    bases = [None, None, tensors[2] + torch.randn(40_000, generator=gen) * 1e-5]
+    total = sum(x.numel() for x in tensors)
+    for k in (total // 1000, total // 100):
+        plan = topk._plan(tensors, bases, k, concatenated=False)
+        assert plan.sampled and plan.list_capacity < total // 2
+        check(topk, tensors, k, device, bases)
+
+
+def _bracket_reference(samples: torch.Tensor, k: int, total: int, sigmas: float) -> int:
+    """The lowest key of the bracket, computed in numpy float32 as the kernel does."""
+    valid = np.sort(samples[samples >= 0].numpy())[::-1]
+    expected = np.float32(k) / np.float32(total) * np.float32(len(valid))
+    take = int(np.float32(expected + np.float32(sigmas) * np.sqrt(expected) + np.float32(sigmas * sigmas))) + 1
+    if k == 0:
+        return 1 << 31
+    return 0 if take > len(valid) else int(valid[take - 1])
+
+
+@pytest.mark.parametrize("k", [0, 1, 1_000, 20_000, 120_000, 199_999])
+def test_the_bracket_is_the_take_th_largest_valid_sample(topk, k, device):
+    """Keys with heavy ties and invalid (-1) slots, over several tiles: the bracket's lowest key
+    equals the reference's; far too few samples give 0 (keep everything), k = 0 gives NO_KEY."""
+    gen = torch.Generator().manual_seed(41)
+    samples = torch.randint(0, 1 << 31, (3000,), generator=gen)
+    samples[::7] = samples[3]                       # ties
+    samples[torch.rand(3000, generator=gen) < 0.2] = -1
+    total = 200_000
+    state = torch.tensor([k, 0, 0, 0, k], device=device)
+    topk._bracket_kernel[(1,)](samples.to(device), samples.numel(), state, total, SIGMAS=topk.BRACKET_SIGMAS,
+                               TILE=topk.BRACKET_TILE)
+    want = _bracket_reference(samples, k, total, topk.BRACKET_SIGMAS)
+    assert int(state[topk.STATE_LOWEST]) == want
+    assert state.cpu()[[0, 1, 2, 4]].tolist() == [k, 0, 0, k]
+
+
+def _sample_positions_reference(i: np.ndarray, num_blocks: int, num_samples: int, block: int) -> np.ndarray:
+    """Sample i at ``floor((i + u_i) * slots / samples)``, u_i from a multiplicative hash."""
+    jitter = ((i * 2654435761) >> 8) & 0xFFFF
+    return np.floor((i + jitter / 65536.0) * (num_blocks * block / num_samples)).astype(np.int64)
+
+
+def test_samples_are_the_keys_at_stratified_positions(small_blocks, device):
+    """Each sample is the key (of the difference, with bases) at one hashed position of its
+    stratum, -1 where that position lies in an unaligned head or past a tensor's end; the
+    positions ascend with the strata and cover the group's slots."""
+    gen = torch.Generator().manual_seed(42)
+    storage = torch.randn(1000, generator=gen)
+    tensors = [storage[3:403], torch.randn(129, generator=gen), torch.randn(5, generator=gen)]
+    bases = [storage[503:903], torch.randn(129, generator=gen), torch.randn(5, generator=gen)]
+    on = storage.to(device)
+    moved = [on[3:403], *on_device(tensors[1:], device)]
+    moved_bases = [on[503:903], *on_device(bases[1:], device)]
+    assert moved[0].data_ptr() % 16 == 12
+    plan = small_blocks._plan(moved, moved_bases, 10, concatenated=False)
+    group = replace(plan.groups[0], samples=301)
+    buffers = small_blocks._buffers(plan, small_blocks.upload(plan.values, moved[0].device), len(moved))
+    samples = torch.full((301,), -7, dtype=torch.int64, device=moved[0].device)
+    small_blocks._sample_kernel[(math.ceil(301 / small_blocks.SAMPLE_TILE),)](
+        buffers.table, buffers.block_column, samples, plan.num_columns, group.first_block, 0, 301,
+        group.num_blocks * 128 / 301, DTYPE=small_blocks.TL_DTYPES[torch.float32], HAS_BASE=True, BLOCK=128,
+        TILE=small_blocks.SAMPLE_TILE)
+    # the reference: the group-major slots of the three tensors (heads of 3, 0 and 0 elements)
+    keys = [((x - b).abs().view(torch.int32).long()) for x, b in zip(tensors, bases, strict=True)]
+    slots = []
+    for key, head, blocks in ((keys[0], 3, 4), (keys[1], 0, 2), (keys[2], 0, 1)):
+        padded = torch.full((blocks * 128,), -1, dtype=torch.int64)
+        padded[head: head + key.numel()] = key
+        slots.append(padded)
+    slots = torch.cat(slots)
+    positions = _sample_positions_reference(np.arange(301), group.num_blocks, 301, 128)
+    assert np.all(np.diff(positions) >= 0) and positions[-1] < group.num_blocks * 128 <= positions[-1] + 4
+    assert_bitwise_equal(samples.cpu(), slots[torch.from_numpy(positions)], what="samples")
+
+
+def test_full_passes_count_and_write_the_keys_at_or_above_the_lowest(topk, device):
+    """``full_passes`` (what the GPU check times): the count's per-block totals are the list's
+    length, at least k; the list holds exactly the keys at or above its smallest key, each with
+    its in-block offset, in index order."""
+    gen = torch.Generator().manual_seed(43)
+    x = torch.randn(100_000, generator=gen) * 1e-3
+    count, partition = topk.full_passes(x.to(device), 1000)
+    counts = count().cpu()
+    entries = partition().cpu()[: int(counts.sum())]
+    keys = x.abs().view(torch.int32).long()
+    lowest = int((entries >> 14).min())
+    assert 1000 <= len(entries) < 100_000
+    positions = torch.arange(100_000)
+    kept = positions[keys >= lowest]
+    assert_bitwise_equal(entries >> 14, keys[kept], what="list keys")
+    assert_bitwise_equal(entries & (2**14 - 1), kept % 16384, what="in-block offsets")
+    assert_bitwise_equal(counts, torch.bincount(kept // 16384, minlength=7), what="per-block counts")
+
+
+def test_the_capacity_covers_the_bracket_on_sampled_ranks():
+    """The list's design, simulated in numpy on 20 random orders of 4M keys with many ties: the
+    keys at or above the bracketed sample number at least k and at most the capacity."""
+    topk = kernel_module("topk", interpret=True)
+    rng = np.random.default_rng(44)
+    n, blocks = 1 << 22, (1 << 22) // topk.BLOCK_ELEMS
+    keys = np.round(np.abs(rng.standard_normal(n)) * 3000)
+    for k in (n // 1000, n // 100, n // 10):
+        capacity = topk._list_capacity(n, k, blocks)
+        for _ in range(20):
+            rng.shuffle(keys)
+            i = np.arange(topk.SAMPLES)
+            sample = keys[_sample_positions_reference(i, blocks, topk.SAMPLES, topk.BLOCK_ELEMS)]
+            lowest = _bracket_reference(torch.from_numpy(sample.astype(np.int64)), k, n, topk.BRACKET_SIGMAS)
+            kept = int((keys >= lowest).sum())
+            assert k <= kept <= capacity, f"k={k}: {kept} kept, capacity {capacity}"

@@ -9,17 +9,23 @@ from deftx.ops.cost import masked_step, rsvd, scatter, topk
 
 
 def test_topk_bytes_moved():
+    # 16,484 entries: the list's capacity (k + 2^16 at least) covers them all, so the list
+    # holds every entry and nothing is sampled. Two full passes; the list written once, read by
+    # the radix passes (fp32 4, bf16 2), the classification and the compaction
     shapes, k = [(16384,), (10, 10)], 10
-    n = 16384 + 100
-    blocks = 2
-    bookkeeping = 3 * 256 * 4 + 128
-    # three full passes; fp32's list of k entries written once and read four times
-    assert topk.bytes_moved(shapes, k, torch.float32) == 3 * n * 4 + 5 * 8 * k + 8 * k + blocks * bookkeeping
-    assert topk.bytes_moved(shapes, k, torch.float32, with_base=True) == (
-        3 * n * 8 + 5 * 8 * k + 8 * k + blocks * bookkeeping)
-    assert topk.bytes_moved(shapes, k, torch.bfloat16) == 3 * n * 2 + 8 * k + blocks * bookkeeping
+    n, blocks = 16384 + 100, 2
+    assert topk.bytes_moved(shapes, k, torch.float32) == 2 * n * 4 + 7 * 8 * n + 8 * k + blocks * 128
+    assert topk.bytes_moved(shapes, k, torch.float32, with_base=True) == 2 * n * 8 + 7 * 8 * n + 8 * k + blocks * 128
+    assert topk.bytes_moved(shapes, k, torch.bfloat16) == 2 * n * 2 + 5 * 8 * n + 8 * k + blocks * 128
     assert topk.baseline_bytes_moved(shapes, k, torch.float32) == 7 * n * 4 + k * 12 + 32 * k
     assert topk.baseline_bytes_moved(shapes, k, torch.float16) == 5 * n * 2 + k * 10 + 32 * k
+
+
+def test_topk_bytes_moved_at_a_model_size_count_a_list_of_k_and_the_samples():
+    # 2^24 entries, k = 2^14: capacity k + max(2^16, 2^24 / 128, 2 * 46,080) = k + 131,072 < N
+    n, k = 1 << 24, 1 << 14
+    samples = 6 * 8 * 16384
+    assert topk.bytes_moved([(n,)], k, torch.bfloat16) == 2 * n * 2 + 5 * 8 * k + 8 * k + samples + 1024 * 128
 
 
 def test_rsvd_bytes_moved_by_hand():

@@ -18,11 +18,14 @@ from deftx.perf.counters import count_device_work
 from tests.helpers import assert_bitwise_equal
 from tests.ops.conftest import cpu_backends
 
-TOPK_LAUNCHES = {torch.float32: 16, torch.float16: 14, torch.bfloat16: 9}
-"""Per call with one dtype: one upload, the block map, a histogram and a digit kernel per radix
-pass (fp32 4, fp16 3, bf16 2), the block classification, its cumulative sum, the compaction;
-fp32 and fp16 also fill the candidate list after their second pass: the list lengths, their
-cumulative sum, the partition."""
+TOPK_LAUNCHES = {torch.float32: 16, torch.float16: 14, torch.bfloat16: 12}
+"""Per call with one dtype whose list holds every entry: one upload, the block map, the list
+(the count, its cumulative sum, the partition), a histogram and a digit kernel per radix pass
+(fp32 4, fp16 3, bf16 2), the block classification, its cumulative sum, the compaction."""
+
+SAMPLED_LAUNCHES = 2
+"""A call whose list is bracketed from samples adds the sample kernel (one per dtype) and the
+bracket."""
 
 MASK_LAUNCHES = 2
 """Masks from positions in the concatenation: zeros, one fill."""
@@ -51,12 +54,17 @@ def counted(fn, device="cpu"):
 
 
 def test_topk_mask_over_200_tensors_fits_20_launches_and_one_sync(monkeypatch):
-    monkeypatch.setattr(kernel_module("topk", interpret=True), "HISTOGRAM_TILE", 64)  # one block per tensor
-    monkeypatch.setattr(kernel_module("topk", interpret=True), "COMPACT_TILE", 64)
+    """The path of a real model's selection: the list bracketed from samples (forced here by a
+    capacity below N; these tensors are small)."""
+    topk = kernel_module("topk", interpret=True)
+    monkeypatch.setattr(topk, "HISTOGRAM_TILE", 64)  # one block per tensor
+    monkeypatch.setattr(topk, "COMPACT_TILE", 64)
+    monkeypatch.setattr(topk, "_list_capacity", lambda total, k, blocks: min(total - 1, 2 * k))
     tensors = ragged(200, [torch.float32], seed=0, longest=64)
     k = sum(t.numel() for t in tensors) // 20
     masks, work = counted(lambda: topk_mask(tensors, k, backend="triton"))
-    assert work.launches == TOPK_LAUNCHES[torch.float32] + MASK_LAUNCHES <= 20, work.summary()
+    assert work.launches == TOPK_LAUNCHES[torch.float32] + SAMPLED_LAUNCHES + MASK_LAUNCHES <= 20, work.summary()
+    assert work.triton_launches["_sample_kernel"] == work.triton_launches["_bracket_kernel"] == 1
     assert work.syncs == {"tolist": 1}, work.summary()
     for t, (got, want) in enumerate(zip(masks, topk_mask(tensors, k, backend="torch"), strict=True)):
         assert_bitwise_equal(got, want, what=f"mask {t}")
@@ -78,12 +86,12 @@ def test_topk_indices_launches_do_not_grow_with_the_tensor_count(small_topk_bloc
 def test_topk_mixed_dtypes_launch_per_dtype_not_per_tensor(small_topk_blocks):
     tensors = ragged(12, [torch.float32, torch.bfloat16, torch.float16], seed=4)
     _, work = counted(lambda: topk_mask(tensors, 500, output="indices", backend="triton"))
-    # histograms 4 + 2 + 3 (the first two of each on the data, the others on the list or the
-    # data), a partition and a compaction per dtype; one digit kernel per pass, two
-    # classifications (the list lengths, the final counts)
-    assert work.triton_launches == {"_digit_histogram_kernel": 6, "_band_histogram_kernel": 3,
-                                    "_select_digit_kernel": 4, "_classify_blocks_kernel": 2,
-                                    "_partition_kernel": 3, "_compact_indices_kernel": 3}
+    # histograms 4 + 2 + 3 (each over the list, by the first launch of its pass, or the data),
+    # a count, a partition and a compaction per dtype; one digit kernel per pass, one
+    # classification
+    assert work.triton_launches == {"_band_histogram_kernel": 9, "_select_digit_kernel": 4,
+                                    "_classify_blocks_kernel": 1, "_partition_kernel": 6,
+                                    "_compact_indices_kernel": 3}
     assert work.torch_op_count == 4 and work.syncs == {"tolist": 1}, work.summary()
 
 

@@ -100,11 +100,13 @@ def test_predict_target_on_cpu_puts_predicted_next_to_measured(tiny_shapes, tmp_
     for r in modelled:
         assert _positive_finite(r["predicted_time_s"]) and _positive_finite(r["measured_over_predicted"])
         assert math.isclose(r["measured_over_predicted"], r["measured_time_s"] / r["predicted_time_s"])
-    # topk on 105,856 fp32 entries, K = 10,586, 12 blocks: 3 full passes over the scores + the
-    # candidate list (8 B per entry, written once, read 4 times) + indices + bookkeeping
+    # topk on 105,856 fp32 entries, K = 10,586, 12 blocks: 2 full passes over the scores + the
+    # candidate list (its capacity k + 2^16 < N: k entries bracketed from 16,384 samples; 8 B per
+    # entry, written once, read by 4 radix passes, the classification and the compaction) +
+    # indices + the samples (6 x 8 B each) + 128 B per block
     n, k = 1200 * 64 + 64 + 2 * (64 * 64 + 160 * 64 + 160), 10586
     topk = next(r for r in section["rows"] if r["op"] == "topk" and r["role"] == "deftx")
-    assert topk["predicted_bytes"] == 3 * n * 4 + 5 * 8 * k + 8 * k + 12 * 3200
+    assert topk["predicted_bytes"] == 2 * n * 4 + 7 * 8 * k + 8 * k + 6 * 8 * 16384 + 12 * 128
     assert math.isclose(topk["predicted_time_s"], topk["predicted_bytes"] / 3.35e12)
 
     markdown = (out / "cpu_tiny.md").read_text()

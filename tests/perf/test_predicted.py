@@ -38,8 +38,7 @@ SHAPES = ShapeSet(
 NUMELS = [768, 32, 16, 0, 256, 640, 40, 256, 640, 40]
 ELEMENT_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 RADIX_PASSES = {"fp32": 4, "fp16": 3, "bf16": 2}
-"""Radix passes of deftx's top-k (deftx.kernels.topk docstring): the first two read the data, the
-later ones the candidate list."""
+"""Radix passes of deftx's top-k (deftx.kernels.topk docstring): they read the candidate list."""
 
 
 def _result(op, impl, name, role, k, seconds, auto=False):
@@ -86,15 +85,14 @@ def _sectors(numel: int, entries: int, element_bytes: int) -> float:
 
 
 def _hand_topk_bytes(dtype: str) -> tuple[float, float]:
-    """deftx: 3 full passes + an 8 B list entry per selected index written once and read P - 2 + 3
-    times (when P > 2) + 8 B per index + 3200 B per 16384-element block; baseline: cat (read,
-    write) + (digits + 1) reads + values and indices + 32 B per index."""
+    """deftx: 2 full passes + the list (every entry: these tensors are below the list's minimum
+    slack) written once and read P + 2 times, 8 B per entry + 8 B per index + 128 B per
+    16384-element block; baseline: cat (read, write) + (digits + 1) reads + values and indices +
+    32 B per index."""
     n, e = sum(NUMELS), ELEMENT_BYTES[dtype]
     k = round(K * n)
     blocks = sum(math.ceil(x / 16384) for x in NUMELS)
-    passes = RADIX_PASSES[dtype]
-    candidate_list = 8 * k * (passes - 2 + 3) if passes > 2 else 0
-    deftx = 3 * n * e + candidate_list + 8 * k + blocks * (3 * 256 * 4 + 128)
+    deftx = 2 * n * e + 8 * n * (1 + RADIX_PASSES[dtype] + 2) + 8 * k + blocks * 128
     baseline = 2 * n * e + (e + 1) * n * e + k * (e + 8) + 32 * k
     return deftx, baseline
 
@@ -232,9 +230,9 @@ def test_report_table_and_markdown() -> None:
     kth = next(r for r in rows if r[3] == "torch.cat+kthvalue")
     assert kth[:4] == ["topk", "hand", "25%", "torch.cat+kthvalue"] and kth[5:8] == ["-", "-", "-"]
     assert kth[8] == "3.00x" and kth[9] == "-"
-    # topk fp32: 3 passes over 2,688 scores + 40 B (list) + 8 B x 672 indices + 9 blocks x 3,200 B
-    # = 93,312 B in 28 ns
-    assert rows[0][3:8] == ["deftx[native]", "2.0 ms", "28 ns", "71,802x", "memory"]
+    # topk fp32: 2 passes over 2,688 scores + the list (all 2,688 entries, 8 B, 7 times) + 8 B x 672
+    # indices + 9 blocks x 128 B = 178,560 B in 53 ns
+    assert rows[0][3:8] == ["deftx[native]", "2.0 ms", "53 ns", "37,522x", "memory"]
     assert predicted_lines(doc)[0] == (
         "predicted for NVIDIA H100 SXM (sm_90: 3.35 TB/s HBM, fp32 67 TFLOP/s), measured on cpu (test cpu)"
     )

@@ -34,7 +34,7 @@ K_FRACTION = 0.05
 TRACE_MIN_SECONDS = 15.0
 """Seconds that must be left before the deadline to record the train-step trace."""
 EXPECTED_KERNELS: dict[str, tuple[str, ...]] = {
-    "top-k": ("_digit_histogram_kernel", "_compact_indices_kernel"),
+    "top-k": ("_partition_kernel", "_band_histogram_kernel", "_compact_indices_kernel"),
     "rSVD": ("_sketch_t_delta_kernel", "_delta_matmul_kernel"),
     "masked step": ("_masked_adamw_kernel",),
 }

@@ -1,5 +1,5 @@
-"""Cost model of the global top-k (``topk_indices``): HBM bytes of deftx's radix select (the
-plan's shape from ``kernels/_topk_plan.py``) and of the torch baseline."""
+"""Cost model of the global top-k (``topk_indices``): HBM bytes of deftx's sampled-bracket list
+and radix select (the plan's shape from ``kernels/_topk_plan.py``) and of the torch baseline."""
 
 from __future__ import annotations
 
@@ -8,45 +8,52 @@ from collections.abc import Sequence
 
 import torch
 
-from deftx.kernels._topk_plan import BLOCK_ELEMS, LIST_PASS, RADIX, last_pass
+from deftx.kernels._topk_plan import BLOCK_ELEMS, SAMPLES, last_pass, list_capacity
 
-_BLOCK_BOOKKEEPING_BYTES = 3 * RADIX * 4 + 128
-"""Per block: its histogram written once and read once by a classification, plus its counters
-(above, greater / equal and their cumulative sums, read by the compaction): about 2 KiB +
-100 B, counted as 3 KiB + 128 B (an upper bound; under 1% of a block's input bytes)."""
+BLOCK_BOOKKEEPING_BYTES = 128
+"""Per block: its list length (written by the count, summed in place, read by the partition, the
+classification and the compaction) and its ``> T`` / ``== T`` counts with their cumulative sums
+(written, summed, read by the compaction): about 100 B, counted as 128 B."""
 
 LIST_ENTRY_BYTES = 8
 
+SAMPLE_BYTES = 6 * 8 * SAMPLES
+"""The samples: written once (the gathered reads count as their 16-byte sectors' worth, one
+per sample: as much again), read once to count the valid ones and four times by the bracket's
+radix passes."""
 
-FULL_PASSES = 3
-"""Passes over all elements of a call whose candidate list fits: two histograms and the
-partition (fp32, fp16, any dtype with bases) or the compaction (bf16). With an overflowing list
-fp32 makes 5 and fp16 4 (5 with bases), as without a list."""
+FULL_PASSES = 2
+"""Passes over all elements when the candidate list is in use: the count and the partition. When
+it is not (a bracket off by more than 5 sigma, or ties that overflow it) the radix passes and
+the compaction read the data as well."""
 
 
 def bytes_moved(shapes: Sequence[Sequence[int]], k: int, dtype: torch.dtype, with_base: bool = False) -> int:
     """HBM bytes ``topk_indices`` moves for tensors of ``shapes`` and one ``dtype`` (``with_base``:
-    every tensor has a base of its shape, read beside it) when its candidate list fits.
+    every tensor has a base of its shape, read beside it) when its candidate list is in use.
 
-    With N the total numel, e the element size (2e with bases), P the passes (fp32 4, fp16 3,
-    bf16 2; 4 with bases) and B = sum over tensors of ceil(numel / 16384) blocks::
+    With N the total numel, e the element size (2e with bases), P the radix passes (fp32 4,
+    fp16 3, bf16 2; 4 with bases), B = sum over tensors of ceil(numel / 16384) blocks, and L the
+    list's entries: k when the list's capacity is below N (the call brackets it from samples;
+    its excess over k, about 1% of k at 7B and k = 1%, counted as none), else N (it takes all)::
 
-        3 * N * e                  three full passes: two histograms and the partition (fp32,
-                                   fp16) or the compaction's read (bf16)
-      + 8 * k * (P - 2 + 3)        fp32 / fp16: the list, k entries (its threshold bin's
-                                   candidates counted as none), written once and read by the
-                                   P - 2 later digit passes, the classification and the
-                                   compaction
+        2 * N * e                  two full passes: the count and the partition
+      + 8 * L * (1 + P + 2)        the list: written by the partition, read by the P radix
+                                   passes, the classification and the compaction
       + 8 * k                      int64 indices written
-      + B * (3 * 256 * 4 + 128)    per-block histograms and counters (an upper bound)
+      + 6 * 8 * 16384              the samples (gathered, written, read by the bracket), when
+                                   the call brackets its list
+      + B * 128                    per-block counters (an upper bound)
     """
     numels = [math.prod(shape) for shape in shapes]
     n = sum(numels)
     e = dtype.itemsize * (2 if with_base else 1)
     blocks = sum(-(-numel // BLOCK_ELEMS) for numel in numels)
     passes = last_pass(dtype, with_base) + 1
-    list_bytes = 0 if passes <= LIST_PASS else LIST_ENTRY_BYTES * k * (passes - LIST_PASS + 3)
-    return FULL_PASSES * n * e + list_bytes + 8 * k + blocks * _BLOCK_BOOKKEEPING_BYTES
+    sampled = list_capacity(n, k, blocks) < n
+    list_bytes = LIST_ENTRY_BYTES * (k if sampled else n) * (1 + passes + 2)
+    sample_bytes = SAMPLE_BYTES if sampled else 0
+    return FULL_PASSES * n * e + list_bytes + 8 * k + sample_bytes + blocks * BLOCK_BOOKKEEPING_BYTES
 
 
 def baseline_bytes_moved(shapes: Sequence[Sequence[int]], k: int, dtype: torch.dtype) -> int:

@@ -161,6 +161,52 @@ class Sass:
         """The shortest loop containing ``address``, or None."""
         return next((loop for loop in self.loops if loop.contains(address)), None)
 
+    def vector_path_length(self) -> int | None:
+        """Instructions one iteration of the loop over the data issues on its unmasked path: from
+        the start of the innermost loop that holds a 128-bit global load to its back branch,
+        following unconditional branches, and at a conditional branch the side whose straight
+        run holds no narrower (masked, element-wise) global load (the fall-through when neither
+        does). None when no loop holds a 128-bit global load.
+
+        Divided by the elements a warp handles per iteration, it is the warp instructions per
+        element that bound a streaming kernel by issue rather than by bytes.
+        """
+        vector = [i for i in self.of_class("global_load") if access_bits(i) == 128 and self.innermost_loop(i.address)]
+        if not vector:
+            return None
+        loop = self.innermost_loop(vector[0].address)
+        assert loop is not None
+        position = {i.address: n for n, i in enumerate(self.instructions)}
+
+        def straight_run(n: int) -> list[Instruction]:
+            run: list[Instruction] = []
+            while (n < len(self.instructions) and loop.contains(self.instructions[n].address)
+                   and len(run) <= len(self.instructions)):
+                instruction = self.instructions[n]
+                run.append(instruction)
+                if instruction.opcode in BRANCH_OPCODES:
+                    target = instruction.branch_target
+                    if instruction.predicate or instruction.address == loop.end or target not in self.labels:
+                        return run
+                    n = position[self.labels[target]]
+                else:
+                    n += 1
+            return run
+
+        def element_wise(run: list[Instruction]) -> bool:
+            return any(instruction_class(i) == "global_load" and access_bits(i) < 64 for i in run)
+
+        count, n = 0, position[loop.start]
+        for _ in range(len(self.instructions)):
+            run = straight_run(n)
+            count += len(run)
+            last = run[-1] if run else None
+            if last is None or last.address == loop.end or last.branch_target not in self.labels:
+                return count
+            taken, fall = position[self.labels[last.branch_target]], position[last.address] + 1
+            n = taken if element_wise(straight_run(fall)) and not element_wise(straight_run(taken)) else fall
+        return count
+
     def class_counts(self) -> dict[str, int]:
         """Number of instructions of every class (all of :data:`INSTRUCTION_CLASSES`)."""
         counts = Counter(instruction_class(i) for i in self.instructions)

@@ -215,3 +215,38 @@ def test_empty_text_gives_no_instructions():
     sass = parse_sass("")
     assert sass.instructions == () and sass.loops == ()
     assert sass.summary()["total"] == 0
+
+
+TILE_LOOP = """\
+.L_x_2:
+        /*0100*/                   IADD3 R2, R2, 0x400, RZ ;
+        /*0110*/                   ISETP.GT.U32.AND P0, PT, R2, R9, PT ;
+        /*0120*/               @P0 BRA `(.L_x_0) ;
+        /*0130*/                   LDG.E.128 R4, desc[UR4][R2.64] ;
+        /*0140*/                   BRA `(.L_x_1) ;
+.L_x_0:
+        /*0150*/                   LDG.E R4, desc[UR4][R2.64] ;
+        /*0160*/              @!P1 LDG.E R5, desc[UR4][R2.64+0x4] ;
+        /*0170*/                   LDG.E R6, desc[UR4][R2.64+0x8] ;
+.L_x_1:
+        /*0180*/                   LOP3.LUT R4, R4, 0x7fffffff, RZ, 0xc0, !PT ;
+        /*0190*/                   ISETP.NE.AND P2, PT, R4, RZ, PT ;
+        /*01a0*/              @P2 BRA `(.L_x_3) ;
+        /*01b0*/                   IADD3 R7, R7, 0x1, RZ ;
+.L_x_3:
+        /*01c0*/                   ISETP.NE.AND P1, PT, R2, R8, PT ;
+        /*01d0*/               @P1 BRA `(.L_x_2) ;
+        /*01e0*/                   EXIT ;
+"""
+
+
+def test_vector_path_skips_the_masked_block_and_counts_one_iteration():
+    sass = parse_sass(TILE_LOOP)
+    # 0x100-0x120 (3), the vector block 0x130-0x140 (2), then 0x180-0x1a0 (3), the fall-through
+    # 0x1b0 (1) and 0x1c0-0x1d0 (2): the masked block 0x150-0x170 is not counted
+    assert sass.vector_path_length() == 11
+
+
+def test_vector_path_without_a_vector_load_in_a_loop_is_none():
+    assert parse_sass(FP16_CAS_LOOP).vector_path_length() is None
+    assert parse_sass(TILE_LOOP.replace("LDG.E.128", "LDG.E")).vector_path_length() is None
