@@ -1051,7 +1051,7 @@ def _fill_list(plan: _Plan, buffers: _Buffers) -> None:
         _bracket(plan, buffers)
     for group in plan.groups:
         _launch_partition(plan, group, buffers, write=False)
-    torch.cumsum(buffers.list_ends, 0, out=buffers.list_ends)
+    buffers.list_ends.cumsum_(0)
     for group in plan.groups:
         _launch_partition(plan, group, buffers, write=True)
 
