@@ -22,7 +22,8 @@ DESCRIPTION = textwrap.dedent(
     for --arch (sm_80 = A100 80GB SXM, sm_90 = H100 SXM) and report per specialisation the
     registers per thread, spills, shared memory, theoretical occupancy (warps per SM) and
     SASS instruction counts (global loads/stores by width, atomics, shared-memory ops, MMA),
-    plus any violated design promise; then a roofline prediction per op (topk, rsvd,
+    the instructions one iteration of its vector-load loop issues on the unmasked path, plus
+    any violated design promise; then a roofline prediction per op (topk, rsvd,
     reconstruct_abs, scatter, masked_step) for the --shapes model beside the dense torch
     baseline. Writes static_<arch>_<shapes>.json and .md into --out. Everything in it is
     PREDICTED, not measured.

@@ -423,6 +423,7 @@ KERNEL_COLUMNS = (
     "atomics int/float",
     "shared ld/st",
     "MMA",
+    "vector-loop path (instr / iteration)",
     "violations",
 )
 
@@ -443,6 +444,7 @@ def _kernel_row(k: dict[str, Any]) -> list[str]:
         f"{sass['global_atomics']['integer']}/{sass['global_atomics']['float']}",
         f"{classes['shared_load']}/{classes['shared_store']}",
         ", ".join(f"{n}x {op}" for op, n in sass["mma"].items()) or "-",
+        str(sass["vector_loop_path"] or "-"),
         _cell("; ".join(k["violations"])) or "none",
     ]
 
@@ -494,7 +496,7 @@ def static_markdown(report: dict[str, Any]) -> str:
         "",
         "## Kernels",
         "",
-        markdown_table(KERNEL_COLUMNS, [_kernel_row(k) for k in kernels], "lrrrrrlllllll"),
+        markdown_table(KERNEL_COLUMNS, [_kernel_row(k) for k in kernels], "lrrrrrllllllrl"),
     ]
     if report["compile_failures"]:
         lines += ["", "## Compile failures", ""]

@@ -2,9 +2,10 @@
 
 Per specialisation (compiled for the target, no GPU): registers per thread, local memory
 (spills), shared memory, the theoretical occupancy that follows, SASS instruction counts
-by class and the violated checks. Per op: the roofline prediction for the workload beside
-the dense torch baseline's. Everything in it is PREDICTED from static analysis and
-analytic models, never measured; both writers say so at the top.
+by class, the unmasked path of one iteration of its vector-load loop, and the violated
+checks. Per op: the roofline prediction for the workload beside the dense torch baseline's.
+Everything in it is PREDICTED from static analysis and analytic models, never measured; both
+writers say so at the top.
 
 This module builds the JSON document, the source of truth; :mod:`deftx.perf.report`
 renders the markdown from it and writes both files.

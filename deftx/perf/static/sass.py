@@ -240,7 +240,9 @@ class Sass:
         return [i for i in self.of_class("global_atomic") if is_float_atomic(i) or i in emulated]
 
     def summary(self) -> dict[str, object]:
-        """JSON-ready instruction counts: per class, memory widths, atomics split, MMA opcodes."""
+        """JSON-ready instruction counts: per class, memory widths, atomics split, MMA opcodes,
+        loops, and the unmasked path of one iteration of the vector-load loop
+        (:meth:`vector_path_length`, None without one)."""
         atomics = self.of_class("global_atomic")
         floats = self.float_atomics()
         return {
@@ -251,6 +253,7 @@ class Sass:
             "global_atomics": {"float": len(floats), "integer": len(atomics) - len(floats)},
             "mma": self.opcode_counts("mma"),
             "loops": len(self.loops),
+            "vector_loop_path": self.vector_path_length(),
         }
 
 

@@ -187,6 +187,7 @@ def test_class_and_width_counts():
         "global_atomics": {"float": 0, "integer": 1},
         "mma": {},
         "loops": 2,
+        "vector_loop_path": 6,
     }
 
 
