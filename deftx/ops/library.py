@@ -168,7 +168,7 @@ def masked_adamw_step(tensors: MaskedStepTensors, settings: AdamWSettings, backe
     """
     lists = [list(t) for t in tensors[:-1]]
     args = (*lists, list(tensors.bases or []), settings.step, settings.hyperparameters(), backend)
-    if tensors.params[0].is_meta or is_traced([*tensors.params, *tensors.grads, *tensors.masters]):
+    if tensors.params[0].is_meta or is_traced([*tensors.params, *tensors.grads]):
         _masked_adamw_step_op(*args)
         return
     _masked_adamw_step(*args)

@@ -143,9 +143,14 @@ def named_parameter_map(model: nn.Module) -> dict[str, nn.Parameter]:
 
 
 def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
-    """The entries this rank holds of ``tensor`` (its shard for a DTensor, else itself), detached, sharing storage."""
+    """The entries this rank holds of ``tensor`` (its shard for a DTensor, else itself), detached, sharing storage.
+
+    A plain tensor is only detached (no grad-mode switch: an optimizer step calls this for
+    every parameter and gradient)."""
+    if not isinstance(tensor, DTensor):
+        return tensor.detach()
     with torch.no_grad():
-        return tensor.to_local().detach() if isinstance(tensor, DTensor) else tensor.detach()
+        return tensor.to_local().detach()
 
 
 def snapshot(model: nn.Module, names: Iterable[str]) -> dict[str, torch.Tensor]:

@@ -58,7 +58,7 @@ BENCH_SETS: dict[str, BenchSet] = {
         shapes="llama-7b",
         dtype="bf16",
         ops=("topk", "compose", "step", "scores"),
-        baselines={"topk": ("cat_topk",), "step": ("adamw_fused",), "rsvd": ("svd_lowrank",)},
+        baselines={"topk": ("cat_topk",), "step": ("deftx_prepared", "adamw_fused"), "rsvd": ("svd_lowrank",)},
     ),
 }
 """``cat + kthvalue`` (one CUDA block per slice: seconds per pass over 6.7B entries), the foreach

@@ -1,7 +1,13 @@
 """Benchmark case: one optimizer step of sparse retraining.
 
 * deftx: ``deftx.ops.masked_adamw_step_(...)`` on the K selected entries (fp32 master
-  values and moments of length K_t per tensor, created by ``bind``).
+  values and moments of length K_t per tensor, created by ``bind``): the public op, which
+  checks its arguments on every call.
+* ``deftx_prepared``: the same step as ``MaskedAdamW.step`` takes it in training: the
+  tensors checked once when bound, each step ``deftx.ops.masked_step.run_masked_adamw_step_``
+  (auto backend), no per-call check and no custom-op dispatch in eager mode. Listed with the
+  baselines (the case table has no other place for a variant); its comparison row reads as the
+  public op's time over this one's.
 * ``adamw``: ``torch.optim.AdamW`` over the whole parameters (torch's default
   implementation for the device: foreach on CUDA, the for-loop on CPU).
 * ``adamw_fused``: ``torch.optim.AdamW(fused=True)``.
@@ -20,12 +26,20 @@ from dataclasses import dataclass
 import torch
 
 from deftx.ops import masked_adamw_step_
+from deftx.ops.masked_step import run_masked_adamw_step_
 from deftx.ops.registry import op_of_bench_case
+from deftx.ops.settings import AdamWSettings, MaskedStepTensors
+from deftx.ops.validation import check_indices
 from deftx.perf import synthetic
 from deftx.perf.cases.base import CaseSpec, SparseInputs, Traffic, backend_of, sparse_inputs
 
 OP = "step"
-BASELINES: dict[str, str] = {"adamw": "torch.optim.AdamW", "adamw_fused": "AdamW(fused=True)"}
+PREPARED = "deftx_prepared"
+BASELINES: dict[str, str] = {
+    PREPARED: "deftx checked once (MaskedAdamW's step)",
+    "adamw": "torch.optim.AdamW",
+    "adamw_fused": "AdamW(fused=True)",
+}
 ROOFLINE = "memory"
 
 LR = 1e-4
@@ -51,10 +65,28 @@ def make_inputs(spec: CaseSpec) -> StepInputs:
     return StepInputs(base.weights, base.indices, grads)
 
 
-def _masked_step(inputs: StepInputs, backend: str) -> Callable[[], None]:
+def _masked_state(inputs: StepInputs) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    """fp32 masters (the selected weights) and zero moments, one of each per tensor."""
     masters = [p.view(-1)[idx].float() for p, idx in zip(inputs.weights, inputs.indices, strict=True)]
-    exp_avgs = [torch.zeros_like(m) for m in masters]
-    exp_avg_sqs = [torch.zeros_like(m) for m in masters]
+    return masters, [torch.zeros_like(m) for m in masters], [torch.zeros_like(m) for m in masters]
+
+
+def _prepared_step(inputs: StepInputs) -> Callable[[], None]:
+    """MaskedAdamW's per-step call: the selections checked here, once; each step builds only
+    its settings."""
+    check_indices(inputs.indices, [p.numel() for p in inputs.weights], lambda t: f"step: indices of tensor {t}")
+    tensors = MaskedStepTensors(inputs.weights, inputs.grads, inputs.indices, *_masked_state(inputs), None)
+    steps = itertools.count(1)
+
+    def step() -> None:
+        settings = AdamWSettings(next(steps), LR, BETAS[0], BETAS[1], EPS, WEIGHT_DECAY)
+        run_masked_adamw_step_(tensors, settings)
+
+    return step
+
+
+def _masked_step(inputs: StepInputs, backend: str) -> Callable[[], None]:
+    masters, exp_avgs, exp_avg_sqs = _masked_state(inputs)
     steps = itertools.count(1)
 
     def step() -> None:
@@ -92,6 +124,8 @@ def bind(impl: str, inputs: StepInputs) -> Callable[[], object]:
     backend = backend_of(impl)
     if backend is not None:
         return _masked_step(inputs, backend)
+    if impl == PREPARED:
+        return _prepared_step(inputs)
     if impl in ("adamw", "adamw_fused"):
         return _dense_step(inputs, fused=impl == "adamw_fused")
     raise KeyError(f"step: unknown implementation {impl!r}")
@@ -99,8 +133,8 @@ def bind(impl: str, inputs: StepInputs) -> Callable[[], object]:
 
 def traffic(impl: str, inputs: StepInputs) -> Traffic:
     """The op's cost model (:data:`COST`) per tensor, summed: ``bytes_moved`` / ``flops`` for
-    deftx, ``baseline_bytes_moved`` / ``baseline_flops`` (a dense AdamW step) for the baselines."""
-    deftx = backend_of(impl) is not None
+    deftx (either path), ``baseline_bytes_moved`` / ``baseline_flops`` (a dense AdamW step) for the baselines."""
+    deftx = backend_of(impl) is not None or impl == PREPARED
     total_bytes, total_flops = 0.0, 0.0
     for p, idx in zip(inputs.weights, inputs.indices, strict=True):
         size, k = p.element_size(), idx.numel()
