@@ -213,6 +213,66 @@ def _address_table(rows: list[tuple[torch.Tensor, ...]], device: torch.device) -
     return _ADDRESS_TABLES.get((device, entries), build)
 
 
+def _launch(tensor_table: torch.Tensor, block_table: torch.Tensor, aligned: bool, dtype: torch.dtype,
+            settings: AdamWSettings) -> None:
+    """One launch over every block of one parameter dtype's tensors."""
+    _masked_adamw_kernel[(block_table.shape[0],)](
+        tensor_table,
+        block_table,
+        *settings.scalars(),
+        TL_DTYPES[dtype],
+        settings.has_l1,
+        aligned,
+        BLOCK,
+        num_warps=NUM_WARPS,
+        enable_fp_fusion=FP_FUSION,
+    )
+
+
+class PreparedMaskedStep:
+    """The masked AdamW step over fixed parameters, indices and state, planned once.
+
+    Grouped by parameter dtype when built; a step reads only the gradients' addresses and
+    uploads a group's address table again only when they moved (a training loop whose
+    gradients keep their storage uploads nothing), then launches once per dtype. Same
+    arithmetic and launches as :func:`masked_adamw_step_`.
+
+    Args:
+        params, indices, masters, exp_avgs, exp_avg_sqs, bases: as in
+            :class:`~deftx.ops.settings.MaskedStepTensors` without the gradients (``bases``
+            None when the steps have no L1 pull); they must keep their storage.
+    """
+
+    def __init__(self, params: list[torch.Tensor], indices: list[torch.Tensor], masters: list[torch.Tensor],
+                 exp_avgs: list[torch.Tensor], exp_avg_sqs: list[torch.Tensor],
+                 bases: list[torch.Tensor] | None) -> None:
+        self._has_bases = bases is not None
+        positions: dict[torch.dtype, list[int]] = {}
+        for t, idx in enumerate(indices):
+            if idx.numel():
+                positions.setdefault(params[t].dtype, []).append(t)
+        self._groups = [
+            (dtype, ts, [(params[t], indices[t], masters[t], exp_avgs[t], exp_avg_sqs[t],
+                          bases[t] if bases is not None else None) for t in ts],
+             _block_table(tuple(indices[t].numel() for t in ts), params[ts[0]].device))
+            for dtype, ts in positions.items()
+        ]
+        self._tables: dict[torch.dtype, tuple[tuple[int, ...], torch.Tensor, bool]] = {}
+
+    def step(self, grads: list[torch.Tensor], settings: AdamWSettings) -> None:
+        """One step with ``grads`` (contiguous, one per parameter, in the parameters' order)."""
+        assert not settings.has_l1 or self._has_bases, "l1 != 0 needs bases"
+        for dtype, ts, rows, block_table in self._groups:
+            addresses = tuple(grads[t].data_ptr() for t in ts)
+            known = self._tables.get(dtype)
+            if known is None or known[0] != addresses:
+                table, aligned = _address_table(
+                    [(p, grads[t], idx, m, v1, v2, b)
+                     for t, (p, idx, m, v1, v2, b) in zip(ts, rows, strict=True)], block_table.device)
+                known = self._tables[dtype] = (addresses, table, aligned)
+            _launch(known[1], block_table, known[2], dtype, settings)
+
+
 def masked_adamw_step_(tensors: MaskedStepTensors, settings: AdamWSettings) -> None:
     """AdamW on the selected entries of each parameter, in place (the contract's formula).
 
@@ -240,22 +300,10 @@ def masked_adamw_step_(tensors: MaskedStepTensors, settings: AdamWSettings) -> N
             (param, grad, idx, masters[t], exp_avgs[t], exp_avg_sqs[t], base)
         )
 
-    scalars = settings.scalars()
     for dtype, rows in by_dtype.items():
         device = rows[0][0].device
         tensor_table, aligned = _address_table(rows, device)
-        block_table = _block_table(tuple(row[2].numel() for row in rows), device)
-        _masked_adamw_kernel[(block_table.shape[0],)](
-            tensor_table,
-            block_table,
-            *scalars,
-            TL_DTYPES[dtype],
-            has_l1,
-            aligned,
-            BLOCK,
-            num_warps=NUM_WARPS,
-            enable_fp_fusion=FP_FUSION,
-        )
+        _launch(tensor_table, _block_table(tuple(row[2].numel() for row in rows), device), aligned, dtype, settings)
 
 
 SPECIALIZATIONS: list[KernelSpec] = _masked_step_specs.specializations(sys.modules[__name__])

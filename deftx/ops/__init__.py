@@ -14,13 +14,14 @@ from deftx.ops.denoise import (
     reconstruct_magnitudes,
 )
 from deftx.ops.dispatch import BackendUnavailableError, backend_report
-from deftx.ops.masked_step import masked_adamw_step_
+from deftx.ops.masked_step import PreparedMaskedStep, masked_adamw_step_, prepare_masked_step
 from deftx.ops.scatter import PreparedScatter, prepare_scatter, scatter_add_, scatter_restore_
 from deftx.ops.topk import indices_to_mask, topk_mask
 
 __all__ = [
     "BackendUnavailableError",
     "LowRankFactors",
+    "PreparedMaskedStep",
     "PreparedScatter",
     "backend_report",
     "denoised_magnitudes",
@@ -30,6 +31,7 @@ __all__ = [
     "lowrank_factors",
     "lowrank_factors_batched",
     "masked_adamw_step_",
+    "prepare_masked_step",
     "prepare_scatter",
     "reconstruct_magnitudes",
     "scatter_add_",

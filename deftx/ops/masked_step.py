@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import ModuleType
+from typing import Any
 
 import torch
+from torch.autograd.graph import increment_version
 
 from deftx.ops import library
-from deftx.ops.dispatch import common_device, requested_backend
+from deftx.ops.dispatch import backend_for, common_device, requested_backend
 from deftx.ops.settings import AdamWSettings, MaskedStepTensors
 from deftx.ops.validation import (
     as_tensor_list,
@@ -54,38 +57,60 @@ def masked_adamw_step_(
     every step — as :class:`deftx.train.retrain.MaskedAdamW` does, having checked them when
     it was built — the step reads nothing back from the device.
     """
-    items = as_tensor_list(params, "masked_adamw_step_")
-    grad_items = as_tensor_list(grads, "masked_adamw_step_ grads")
-    idx_items = as_tensor_list(indices, "masked_adamw_step_ indices")
-    if not len(items) == len(grad_items) == len(idx_items):
-        raise ValueError("masked_adamw_step_: params, grads and indices differ in length")
-    for t, (p, g, idx) in enumerate(zip(items, grad_items, idx_items, strict=True)):
-        check_float_dtype(p, f"masked_adamw_step_: param {t}")
-        if idx.device != p.device:
-            raise ValueError(f"masked_adamw_step_: indices {t} are on {idx.device}, param {t} on {p.device}")
-        if g.shape != p.shape or g.dtype != p.dtype:
-            raise ValueError(
-                f"masked_adamw_step_: grad {t} is {g.dtype} {tuple(g.shape)}, param is {p.dtype} {tuple(p.shape)}"
-            )
-        if not p.is_contiguous():
-            raise ValueError(f"masked_adamw_step_: param {t} is not contiguous")
-    check_disjoint(items, "masked_adamw_step_: params")
-    check_indices(idx_items, [p.numel() for p in items], lambda t: f"masked_adamw_step_: param {t}")
-    for name, state in (("masters", masters), ("exp_avgs", exp_avgs), ("exp_avg_sqs", exp_avg_sqs)):
-        check_state_tensors(state, idx_items, f"masked_adamw_step_: {name}")
-        check_disjoint(state, f"masked_adamw_step_: {name}")
-    if l1 != 0.0:
-        if bases is None:
-            raise ValueError("masked_adamw_step_: l1 != 0 needs bases (θ0 at the indices)")
-        check_state_tensors(bases, idx_items, "masked_adamw_step_: bases")
+    what = "masked_adamw_step_"
+    items = as_tensor_list(params, what)
+    grad_items = as_tensor_list(grads, f"{what} grads")
+    idx_items = _checked_fixed(items, indices, masters, exp_avgs, exp_avg_sqs, bases if l1 != 0.0 else (), what)
+    _check_grads(items, grad_items, what)
     settings = AdamWSettings(step, lr, beta1, beta2, eps, weight_decay, l1)
     if not items:
         return
-    common_device(items, "masked_adamw_step_")
+    common_device(items, what)
     used_bases = list(bases) if settings.has_l1 and bases is not None else None
     tensors = MaskedStepTensors(items, grad_items, idx_items, list(masters), list(exp_avgs), list(exp_avg_sqs),
                                 used_bases)
     run_masked_adamw_step_(tensors, settings, backend=backend)
+
+
+def _checked_fixed(
+    items: list[torch.Tensor],
+    indices: Sequence[torch.Tensor],
+    masters: Sequence[torch.Tensor],
+    exp_avgs: Sequence[torch.Tensor],
+    exp_avg_sqs: Sequence[torch.Tensor],
+    bases: Sequence[torch.Tensor] | None,
+    what: str,
+) -> list[torch.Tensor]:
+    """Check everything but the gradients (``bases``: () when not needed, None when needed and
+    missing); returns the index tensors as a list."""
+    idx_items = as_tensor_list(indices, f"{what} indices")
+    if len(items) != len(idx_items):
+        raise ValueError(f"{what}: params and indices differ in length")
+    for t, (p, idx) in enumerate(zip(items, idx_items, strict=True)):
+        check_float_dtype(p, f"{what}: param {t}")
+        if idx.device != p.device:
+            raise ValueError(f"{what}: indices {t} are on {idx.device}, param {t} on {p.device}")
+        if not p.is_contiguous():
+            raise ValueError(f"{what}: param {t} is not contiguous")
+    check_disjoint(items, f"{what}: params")
+    check_indices(idx_items, [p.numel() for p in items], lambda t: f"{what}: param {t}")
+    for name, state in (("masters", masters), ("exp_avgs", exp_avgs), ("exp_avg_sqs", exp_avg_sqs)):
+        check_state_tensors(state, idx_items, f"{what}: {name}")
+        check_disjoint(state, f"{what}: {name}")
+    if bases is None:
+        raise ValueError(f"{what}: l1 != 0 needs bases (θ0 at the indices)")
+    if len(bases):
+        check_state_tensors(bases, idx_items, f"{what}: bases")
+    return idx_items
+
+
+def _check_grads(items: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], what: str) -> None:
+    """One gradient per parameter, of its shape and dtype (host attributes only)."""
+    if len(grads) != len(items):
+        raise ValueError(f"{what}: params and grads differ in length")
+    for t, (p, g) in enumerate(zip(items, grads, strict=True)):
+        if g.shape != p.shape or g.dtype != p.dtype:
+            raise ValueError(f"{what}: grad {t} is {g.dtype} {tuple(g.shape)}, param is {p.dtype} {tuple(p.shape)}")
 
 
 def run_masked_adamw_step_(
@@ -106,3 +131,79 @@ def run_masked_adamw_step_(
     """
     grads = [g.contiguous() for g in tensors.grads]
     library.masked_adamw_step(tensors._replace(grads=grads), settings, requested_backend(backend))
+
+
+class _UnplannedStep:
+    """A prepared step for the backends without a planned one (native, torch): the fixed
+    lists, each step straight to the backend."""
+
+    def __init__(self, module: ModuleType, fixed: MaskedStepTensors) -> None:
+        self._module = module
+        self._fixed = fixed
+
+    def step(self, grads: list[torch.Tensor], settings: AdamWSettings) -> None:
+        self._module.masked_adamw_step_(self._fixed._replace(grads=grads), settings)
+
+
+class PreparedMaskedStep:
+    """The masked AdamW step over fixed parameters, indices and optimizer state, planned once.
+
+    Built by :func:`prepare_masked_step` for a caller that made or checked its tensors once
+    (:class:`deftx.train.retrain.MaskedAdamW`); :meth:`step` then runs the step of
+    :func:`masked_adamw_step_` with new gradients and settings, with nothing checked or
+    planned again: on the Triton backend one launch per parameter dtype, and an address
+    table uploaded only when the gradients moved. Eager only (a traced step goes through
+    :func:`run_masked_adamw_step_`). The tensors must keep their storage while it is used.
+    """
+
+    def __init__(self, fixed: MaskedStepTensors, runner: Any) -> None:
+        self._params = fixed.params
+        self._has_bases = fixed.bases is not None
+        self._written = [*fixed.params, *fixed.masters, *fixed.exp_avgs, *fixed.exp_avg_sqs]
+        self._runner = runner
+
+    def step(self, grads: Sequence[torch.Tensor], settings: AdamWSettings) -> None:
+        """One step: ``grads`` one per parameter (same shape and dtype, checked on the host;
+        made contiguous). ``settings.l1 != 0`` needs the plan to have bases."""
+        _check_grads(self._params, grads, "PreparedMaskedStep.step")
+        if settings.has_l1 and not self._has_bases:
+            raise ValueError("PreparedMaskedStep.step: l1 != 0 needs bases, and the step was prepared without")
+        self._runner.step([g.contiguous() for g in grads], settings)
+        increment_version(self._written)
+
+
+def prepare_masked_step(
+    params: Sequence[torch.Tensor],
+    indices: Sequence[torch.Tensor],
+    masters: Sequence[torch.Tensor],
+    exp_avgs: Sequence[torch.Tensor],
+    exp_avg_sqs: Sequence[torch.Tensor],
+    bases: Sequence[torch.Tensor] | None = None,
+    *,
+    backend: str | None = None,
+) -> PreparedMaskedStep:
+    """Check and plan the masked AdamW step once: the arguments of :func:`masked_adamw_step_`
+    without the gradients and the settings (``params`` non-empty, on one device; ``bases``
+    needed by steps with ``l1 != 0``). Returns a :class:`PreparedMaskedStep`, whose
+    ``step(grads, settings)`` gives the public op's bits."""
+    what = "prepare_masked_step"
+    items = as_tensor_list(params, what)
+    if not items:
+        raise ValueError(f"{what}: no parameters")
+    idx_items = _checked_fixed(items, indices, masters, exp_avgs, exp_avg_sqs, bases if bases is not None else (),
+                               what)
+    common_device(items, what)
+    return plan_masked_step(MaskedStepTensors(items, [], idx_items, list(masters), list(exp_avgs),
+                                              list(exp_avg_sqs), list(bases) if bases is not None else None),
+                            backend=backend)
+
+
+def plan_masked_step(fixed: MaskedStepTensors, *, backend: str | None = None) -> PreparedMaskedStep:
+    """:func:`prepare_masked_step` without its checks, for a caller that made or checked the
+    tensors itself (:class:`deftx.train.retrain.MaskedAdamW`, when it is built): ``fixed``'s
+    ``grads`` are ignored, its ``params`` non-empty on one device."""
+    module = backend_for("masked_step", fixed.params[0].device, requested_backend(backend))
+    planned = getattr(module, "PreparedMaskedStep", None)
+    runner = (planned(fixed.params, fixed.indices, fixed.masters, fixed.exp_avgs, fixed.exp_avg_sqs, fixed.bases)
+              if planned is not None else _UnplannedStep(module, fixed))
+    return PreparedMaskedStep(fixed, runner)

@@ -101,7 +101,7 @@ OPS: dict[str, OpEntry] = {
         OpEntry("rsvd", _DENOISE_FUNCTIONS, ("triton", "torch"), ("rsvd", "scores"),
                 "randomized SVD of weight differences and the DeFT-X scores |U S Vh|",
                 native_missing="the native library does not implement 'rsvd' (torch is as fast on CPU)"),
-        OpEntry("masked_step", ("masked_adamw_step_",), BACKENDS, ("step",),
+        OpEntry("masked_step", ("masked_adamw_step_", "prepare_masked_step"), BACKENDS, ("step",),
                 "AdamW on the selected entries only (O(K) optimizer state)",
                 settings="deftx.ops.settings:AdamWSettings"),
     )

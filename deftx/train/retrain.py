@@ -28,9 +28,11 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from deftx.ops.dispatch import common_device
-from deftx.ops.masked_step import run_masked_adamw_step_
+from deftx.ops.library import is_traced
+from deftx.ops.masked_step import PreparedMaskedStep, plan_masked_step, run_masked_adamw_step_
 from deftx.ops.settings import AdamWSettings, MaskedStepTensors
 from deftx.ops.validation import check_float_dtype, check_indices, move_indices
 from deftx.train.config import PhaseConfig
@@ -97,6 +99,8 @@ class MaskedAdamW(torch.optim.Optimizer):
             if not local_tensor(param).is_contiguous():
                 raise ValueError("MaskedAdamW: parameters must be contiguous")
         common_device([local_tensor(param) for param, _ in pairs], "MaskedAdamW")
+        self._sharded = any(isinstance(param, DTensor) for param, _ in pairs)
+        self._prepared: dict[int, tuple[tuple[Any, ...], PreparedMaskedStep]] = {}
         selections = [move_indices(idx, param.device) for param, idx in pairs]
         self._check_selections([param for param, _ in pairs], selections)
         for (param, _), indices in zip(pairs, selections, strict=True):
@@ -132,7 +136,7 @@ class MaskedAdamW(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
+        for number, group in enumerate(self.param_groups):
             live = [p for p in group["params"] if p.grad is not None and self.state[p]["indices"].numel()]
             if not live:
                 continue
@@ -141,15 +145,32 @@ class MaskedAdamW(torch.optim.Optimizer):
             for state in states:
                 state["step"] = step
             beta1, beta2 = group["betas"]
-            tensors = MaskedStepTensors(
-                [local_tensor(p) for p in live], [local_tensor(p.grad) for p in live], [s["indices"] for s in states],
-                [s["master"] for s in states], [s["exp_avg"] for s in states],
-                [s["exp_avg_sq"] for s in states],
-                [s["base"] for s in states] if group["l1"] else None,
-            )
             settings = AdamWSettings(step, group["lr"], beta1, beta2, group["eps"], group["weight_decay"], group["l1"])
-            run_masked_adamw_step_(tensors, settings, backend=self._backend)
+            if self._sharded or is_traced(()):
+                tensors = MaskedStepTensors(
+                    [local_tensor(p) for p in live], [local_tensor(p.grad) for p in live],
+                    [s["indices"] for s in states], [s["master"] for s in states], [s["exp_avg"] for s in states],
+                    [s["exp_avg_sq"] for s in states], [s["base"] for s in states] if group["l1"] else None,
+                )
+                run_masked_adamw_step_(tensors, settings, backend=self._backend)
+            else:
+                self._prepared_step(number, live, states, bool(group["l1"])).step([p.grad for p in live], settings)
         return loss
+
+    def _prepared_step(self, number: int, live: list[torch.Tensor], states: list[dict[str, Any]],
+                       l1: bool) -> PreparedMaskedStep:
+        """Group ``number``'s step planned over its parameters with gradients (planned again
+        when that set changes, or after :meth:`load_state_dict` replaced the state); nothing is
+        checked again: the optimizer checked its tensors when it was built (or loaded)."""
+        key = (*map(id, live), l1)
+        known = self._prepared.get(number)
+        if known is None or known[0] != key:
+            planned = plan_masked_step(MaskedStepTensors(
+                [p.detach() for p in live], [], [s["indices"] for s in states], [s["master"] for s in states],
+                [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+                [s["base"] for s in states] if l1 else None), backend=self._backend)
+            known = self._prepared[number] = (key, planned)
+        return known[1]
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict` exactly (no dtype casts); indices must match."""
@@ -167,6 +188,7 @@ class MaskedAdamW(torch.optim.Optimizer):
                 self._load_param_state(param, saved_state[param_id])
         params = [p for group in self.param_groups for p in group["params"]]
         self._check_selections(params, [self.state[p]["indices"] for p in params])
+        self._prepared.clear()
 
     @torch.no_grad()
     def _load_param_state(self, param: torch.Tensor, saved: Mapping[str, Any]) -> None:

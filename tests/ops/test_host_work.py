@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from deftx.kernels import kernel_module
-from deftx.ops import masked_adamw_step_, scatter_add_, scatter_restore_, topk_mask
+from deftx.ops import masked_adamw_step_, prepare_masked_step, scatter_add_, scatter_restore_, topk_mask
+from deftx.ops.settings import AdamWSettings
 from deftx.perf.counters import count_device_work
 from tests.helpers import assert_bitwise_equal
 from tests.ops.conftest import cpu_backends
@@ -135,6 +136,23 @@ def test_masked_step_checks_indices_once_then_reads_nothing(backend):
         assert work.sync_count == 0, work.summary()
     if backend == "triton":  # one launch per parameter dtype, the tables cached
         assert work.launches == 2 and work.triton_launches == {"_masked_adamw_kernel": 2}, work.summary()
+
+
+def test_prepared_step_launches_once_per_dtype_and_uploads_only_when_the_gradients_move(monkeypatch):
+    # an empty table cache: tensors of an earlier test may have had these addresses
+    kernels = kernel_module("masked_step", interpret=True)
+    monkeypatch.setattr(kernels, "_ADDRESS_TABLES", type(kernels._ADDRESS_TABLES)(16))
+    params, grads, indices, masters, exp_avgs, exp_avg_sqs = step_problem(200)
+    prepared = prepare_masked_step(params, indices, masters, exp_avgs, exp_avg_sqs, backend="triton")
+    _, first = counted(lambda: prepared.step(grads, AdamWSettings(1, 1e-3)))
+    _, same = counted(lambda: prepared.step(grads, AdamWSettings(2, 1e-3)))
+    moved = [g.clone() for g in grads]
+    _, fresh = counted(lambda: prepared.step(moved, AdamWSettings(3, 1e-3)))
+    for work in (first, same, fresh):
+        assert work.sync_count == 0 and work.triton_launches == {"_masked_adamw_kernel": 2}, work.summary()
+    # the address tables: uploaded on the first step and when the gradients moved, not between
+    assert first.launches == fresh.launches == same.launches + 2 and same.launches == 2, (first.summary(),
+                                                                                        same.summary())
 
 
 def test_masked_step_rechecks_indices_written_in_place():

@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from deftx.ops import masked_adamw_step_
+from deftx.ops.masked_step import prepare_masked_step
+from deftx.ops.settings import AdamWSettings
 from tests.helpers import assert_bitwise_equal, assert_close
 from tests.ops.conftest import cpu_backends, one_param_step_tensors
 
@@ -85,3 +87,43 @@ def test_bad_input(change, error, match):
     args.update(change)
     with pytest.raises(error, match=match):
         masked_adamw_step_(**args)
+
+
+def _state(params, indices, offset=0.0):
+    masters = [p.reshape(-1)[i].float() + offset for p, i in zip(params, indices, strict=True)]
+    return masters, [torch.zeros_like(m) for m in masters], [torch.zeros_like(m) for m in masters]
+
+
+@pytest.mark.parametrize("backend", cpu_backends("masked_step"))
+@pytest.mark.parametrize("l1", [0.0, 0.05])
+def test_prepared_step_writes_what_the_public_step_writes(backend, l1):
+    """Mixed dtypes and an empty selection; gradients in new storage on odd steps, refilled in
+    place on even ones (the prepared path reuses its address table then): every step, every
+    written tensor equals the public op's, bit for bit."""
+    gen = torch.Generator().manual_seed(3)
+    params = [torch.randn(6, 7, generator=gen), torch.randn(11, generator=gen).bfloat16(),
+              torch.randn(4, generator=gen).half(), torch.randn(3, generator=gen)]
+    indices = [torch.tensor([0, 5, 9, 41]), torch.tensor([3, 10]), torch.tensor([0, 1, 2, 3]),
+               torch.empty(0, dtype=torch.int64)]
+    mine, theirs = [p.clone() for p in params], [p.clone() for p in params]
+    bases = [p.reshape(-1)[i].float() for p, i in zip(params, indices, strict=True)]
+    state_mine, state_theirs = _state(params, indices, 0.01), _state(params, indices, 0.01)
+    prepared = prepare_masked_step(mine, indices, *state_mine, bases, backend=backend)
+    grads = [torch.empty_like(p) for p in params]
+    for step in range(1, 5):
+        fresh = [torch.randn(p.shape, generator=gen).to(p.dtype) for p in params]
+        if step % 2:
+            grads = fresh
+        else:
+            for g, f in zip(grads, fresh, strict=True):
+                g.copy_(f)
+        settings = AdamWSettings(step, 1e-2, 0.9, 0.99, 1e-8, 0.1, l1)
+        prepared.step(grads, settings)
+        masked_adamw_step_(theirs, grads, indices, *state_theirs, bases, step=step, lr=1e-2, beta1=0.9, beta2=0.99,
+                           eps=1e-8, weight_decay=0.1, l1=l1, backend=backend)
+        for name, got, want in (("param", mine, theirs), ("master", state_mine[0], state_theirs[0]),
+                                ("exp_avg", state_mine[1], state_theirs[1]),
+                                ("exp_avg_sq", state_mine[2], state_theirs[2])):
+            for t, (a, b) in enumerate(zip(got, want, strict=True)):
+                assert_bitwise_equal(a, b, what=f"step {step} {name} {t}")
+    assert not torch.equal(mine[0], params[0]), "the steps moved the parameters"

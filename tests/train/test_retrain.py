@@ -109,6 +109,29 @@ def test_state_dict_round_trip_resumes_bit_exactly(dtype):
     assert_bitwise_equal(resumed.detach(), straight.detach(), what="resumed vs straight")
 
 
+def test_an_optimizer_that_has_stepped_continues_from_the_state_it_loads():
+    """Its planned step held the old state tensors; after load_state_dict it must update the
+    loaded ones: rewinding to step 2 and replaying steps 3-4 lands where the first pass did."""
+    shape, indices = (8, 5), torch.tensor([1, 4, 17, 30])
+    grads = gradients(shape, 4, seed=5, dtype=torch.float32)
+    param = torch.randn(shape, generator=torch.Generator().manual_seed(2)).requires_grad_(True)
+    optimizer = MaskedAdamW([{"params": [param], "indices": [indices]}], lr=1e-2, weight_decay=0.01)
+    snapshots = []
+    for grad in grads:
+        param.grad = grad.clone()
+        optimizer.step()
+        snapshots.append((param.detach().clone(), torch.utils._pytree.tree_map(
+            lambda t: t.clone() if isinstance(t, torch.Tensor) else t, optimizer.state_dict())))
+    with torch.no_grad():
+        param.copy_(snapshots[1][0])
+    optimizer.load_state_dict(snapshots[1][1])
+    for grad in grads[2:]:
+        param.grad = grad.clone()
+        optimizer.step()
+    assert_bitwise_equal(param.detach(), snapshots[3][0], what="replayed vs first pass")
+    assert_bitwise_equal(optimizer.state[param]["master"], snapshots[3][1]["state"][0]["master"], what="master")
+
+
 def test_load_state_dict_rejects_other_selection():
     param = torch.zeros(10, requires_grad=True)
     saved = MaskedAdamW([{"params": [param], "indices": [torch.tensor([1, 2])]}]).state_dict()

@@ -4,10 +4,11 @@
   values and moments of length K_t per tensor, created by ``bind``): the public op, which
   checks its arguments on every call.
 * ``deftx_prepared``: the same step as ``MaskedAdamW.step`` takes it in training: the
-  tensors checked once when bound, each step ``deftx.ops.masked_step.run_masked_adamw_step_``
-  (auto backend), no per-call check and no custom-op dispatch in eager mode. Listed with the
-  baselines (the case table has no other place for a variant); its comparison row reads as the
-  public op's time over this one's.
+  tensors checked and the step planned once when bound (``deftx.ops.masked_step.
+  prepare_masked_step``, auto backend), each step only the gradients and the settings (on
+  Triton one launch per dtype, the address table uploaded again only when the gradients
+  move). Listed with the baselines (the case table has no other place for a variant); its
+  comparison row reads as the public op's time over this one's.
 * ``adamw``: ``torch.optim.AdamW`` over the whole parameters (torch's default
   implementation for the device: foreach on CUDA, the for-loop on CPU).
 * ``adamw_fused``: ``torch.optim.AdamW(fused=True)``.
@@ -26,9 +27,9 @@ from dataclasses import dataclass
 import torch
 
 from deftx.ops import masked_adamw_step_
-from deftx.ops.masked_step import run_masked_adamw_step_
+from deftx.ops.masked_step import prepare_masked_step
 from deftx.ops.registry import op_of_bench_case
-from deftx.ops.settings import AdamWSettings, MaskedStepTensors
+from deftx.ops.settings import AdamWSettings
 from deftx.ops.validation import check_indices
 from deftx.perf import synthetic
 from deftx.perf.cases.base import CaseSpec, SparseInputs, Traffic, backend_of, sparse_inputs
@@ -72,15 +73,14 @@ def _masked_state(inputs: StepInputs) -> tuple[list[torch.Tensor], list[torch.Te
 
 
 def _prepared_step(inputs: StepInputs) -> Callable[[], None]:
-    """MaskedAdamW's per-step call: the selections checked here, once; each step builds only
-    its settings."""
+    """MaskedAdamW's step: the selections checked and the step planned here, once
+    (``prepare_masked_step``); each step passes the gradients and its settings."""
     check_indices(inputs.indices, [p.numel() for p in inputs.weights], lambda t: f"step: indices of tensor {t}")
-    tensors = MaskedStepTensors(inputs.weights, inputs.grads, inputs.indices, *_masked_state(inputs), None)
+    prepared = prepare_masked_step(inputs.weights, inputs.indices, *_masked_state(inputs))
     steps = itertools.count(1)
 
     def step() -> None:
-        settings = AdamWSettings(next(steps), LR, BETAS[0], BETAS[1], EPS, WEIGHT_DECAY)
-        run_masked_adamw_step_(tensors, settings)
+        prepared.step(inputs.grads, AdamWSettings(next(steps), LR, BETAS[0], BETAS[1], EPS, WEIGHT_DECAY))
 
     return step
 
