@@ -60,7 +60,8 @@ def masked_adamw_step_(
     what = "masked_adamw_step_"
     items = as_tensor_list(params, what)
     grad_items = as_tensor_list(grads, f"{what} grads")
-    idx_items = _checked_fixed(items, indices, masters, exp_avgs, exp_avg_sqs, bases if l1 != 0.0 else (), what)
+    idx_items = _checked_fixed(
+        MaskedStepTensors(items, [], indices, masters, exp_avgs, exp_avg_sqs, bases if l1 != 0.0 else ()), what)
     _check_grads(items, grad_items, what)
     settings = AdamWSettings(step, lr, beta1, beta2, eps, weight_decay, l1)
     if not items:
@@ -72,17 +73,10 @@ def masked_adamw_step_(
     run_masked_adamw_step_(tensors, settings, backend=backend)
 
 
-def _checked_fixed(
-    items: list[torch.Tensor],
-    indices: Sequence[torch.Tensor],
-    masters: Sequence[torch.Tensor],
-    exp_avgs: Sequence[torch.Tensor],
-    exp_avg_sqs: Sequence[torch.Tensor],
-    bases: Sequence[torch.Tensor] | None,
-    what: str,
-) -> list[torch.Tensor]:
-    """Check everything but the gradients (``bases``: () when not needed, None when needed and
-    missing); returns the index tensors as a list."""
+def _checked_fixed(fixed: MaskedStepTensors, what: str) -> list[torch.Tensor]:
+    """Check everything of ``fixed`` but the gradients (its ``bases``: () when not needed,
+    None when needed and missing); returns the index tensors as a list."""
+    items, _, indices, masters, exp_avgs, exp_avg_sqs, bases = fixed
     idx_items = as_tensor_list(indices, f"{what} indices")
     if len(items) != len(idx_items):
         raise ValueError(f"{what}: params and indices differ in length")
@@ -190,8 +184,9 @@ def prepare_masked_step(
     items = as_tensor_list(params, what)
     if not items:
         raise ValueError(f"{what}: no parameters")
-    idx_items = _checked_fixed(items, indices, masters, exp_avgs, exp_avg_sqs, bases if bases is not None else (),
-                               what)
+    idx_items = _checked_fixed(
+        MaskedStepTensors(items, [], indices, masters, exp_avgs, exp_avg_sqs, bases if bases is not None else ()),
+        what)
     common_device(items, what)
     return plan_masked_step(MaskedStepTensors(items, [], idx_items, list(masters), list(exp_avgs),
                                               list(exp_avg_sqs), list(bases) if bases is not None else None),
