@@ -246,7 +246,6 @@ class PreparedMaskedStep:
     def __init__(self, params: list[torch.Tensor], indices: list[torch.Tensor], masters: list[torch.Tensor],
                  exp_avgs: list[torch.Tensor], exp_avg_sqs: list[torch.Tensor],
                  bases: list[torch.Tensor] | None) -> None:
-        self._has_bases = bases is not None
         positions: dict[torch.dtype, list[int]] = {}
         for t, idx in enumerate(indices):
             if idx.numel():
@@ -260,8 +259,8 @@ class PreparedMaskedStep:
         self._tables: dict[torch.dtype, tuple[tuple[int, ...], torch.Tensor, bool]] = {}
 
     def step(self, grads: list[torch.Tensor], settings: AdamWSettings) -> None:
-        """One step with ``grads`` (contiguous, one per parameter, in the parameters' order)."""
-        assert not settings.has_l1 or self._has_bases, "l1 != 0 needs bases"
+        """One step with ``grads`` (contiguous, one per parameter, in the parameters' order);
+        ``settings.l1 != 0`` only when the plan has bases (checked by the caller)."""
         for dtype, ts, rows, block_table in self._groups:
             addresses = tuple(grads[t].data_ptr() for t in ts)
             known = self._tables.get(dtype)

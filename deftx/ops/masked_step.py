@@ -58,26 +58,22 @@ def masked_adamw_step_(
     it was built — the step reads nothing back from the device.
     """
     what = "masked_adamw_step_"
-    items = as_tensor_list(params, what)
     grad_items = as_tensor_list(grads, f"{what} grads")
-    idx_items = _checked_fixed(
-        MaskedStepTensors(items, [], indices, masters, exp_avgs, exp_avg_sqs, bases if l1 != 0.0 else ()), what)
-    _check_grads(items, grad_items, what)
+    tensors = _checked_fixed(MaskedStepTensors(params, grad_items, indices, masters, exp_avgs, exp_avg_sqs,
+                                               bases if l1 != 0.0 else None), what, needs_bases=l1 != 0.0)
+    _check_grads(tensors.params, grad_items, what)
     settings = AdamWSettings(step, lr, beta1, beta2, eps, weight_decay, l1)
-    if not items:
+    if not tensors.params:
         return
-    common_device(items, what)
-    used_bases = list(bases) if settings.has_l1 and bases is not None else None
-    tensors = MaskedStepTensors(items, grad_items, idx_items, list(masters), list(exp_avgs), list(exp_avg_sqs),
-                                used_bases)
+    common_device(tensors.params, what)
     run_masked_adamw_step_(tensors, settings, backend=backend)
 
 
-def _checked_fixed(fixed: MaskedStepTensors, what: str) -> list[torch.Tensor]:
-    """Check everything of ``fixed`` but the gradients (its ``bases``: () when not needed,
-    None when needed and missing); returns the index tensors as a list."""
-    items, _, indices, masters, exp_avgs, exp_avg_sqs, bases = fixed
-    idx_items = as_tensor_list(indices, f"{what} indices")
+def _checked_fixed(fixed: MaskedStepTensors, what: str, needs_bases: bool) -> MaskedStepTensors:
+    """Check everything of ``fixed`` but the gradients (its ``bases`` when given, or raise when
+    ``needs_bases`` and none are); returns it with every sequence as a list."""
+    items = as_tensor_list(fixed.params, what)
+    idx_items = as_tensor_list(fixed.indices, f"{what} indices")
     if len(items) != len(idx_items):
         raise ValueError(f"{what}: params and indices differ in length")
     for t, (p, idx) in enumerate(zip(items, idx_items, strict=True)):
@@ -88,14 +84,15 @@ def _checked_fixed(fixed: MaskedStepTensors, what: str) -> list[torch.Tensor]:
             raise ValueError(f"{what}: param {t} is not contiguous")
     check_disjoint(items, f"{what}: params")
     check_indices(idx_items, [p.numel() for p in items], lambda t: f"{what}: param {t}")
-    for name, state in (("masters", masters), ("exp_avgs", exp_avgs), ("exp_avg_sqs", exp_avg_sqs)):
+    for name, state in (("masters", fixed.masters), ("exp_avgs", fixed.exp_avgs), ("exp_avg_sqs", fixed.exp_avg_sqs)):
         check_state_tensors(state, idx_items, f"{what}: {name}")
         check_disjoint(state, f"{what}: {name}")
-    if bases is None:
+    if fixed.bases is None and needs_bases:
         raise ValueError(f"{what}: l1 != 0 needs bases (θ0 at the indices)")
-    if len(bases):
-        check_state_tensors(bases, idx_items, f"{what}: bases")
-    return idx_items
+    if fixed.bases is not None:
+        check_state_tensors(fixed.bases, idx_items, f"{what}: bases")
+    return MaskedStepTensors(items, list(fixed.grads), idx_items, list(fixed.masters), list(fixed.exp_avgs),
+                             list(fixed.exp_avg_sqs), list(fixed.bases) if fixed.bases is not None else None)
 
 
 def _check_grads(items: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], what: str) -> None:
@@ -181,16 +178,12 @@ def prepare_masked_step(
     needed by steps with ``l1 != 0``). Returns a :class:`PreparedMaskedStep`, whose
     ``step(grads, settings)`` gives the public op's bits."""
     what = "prepare_masked_step"
-    items = as_tensor_list(params, what)
-    if not items:
+    fixed = _checked_fixed(MaskedStepTensors(params, [], indices, masters, exp_avgs, exp_avg_sqs, bases), what,
+                           needs_bases=False)
+    if not fixed.params:
         raise ValueError(f"{what}: no parameters")
-    idx_items = _checked_fixed(
-        MaskedStepTensors(items, [], indices, masters, exp_avgs, exp_avg_sqs, bases if bases is not None else ()),
-        what)
-    common_device(items, what)
-    return plan_masked_step(MaskedStepTensors(items, [], idx_items, list(masters), list(exp_avgs),
-                                              list(exp_avg_sqs), list(bases) if bases is not None else None),
-                            backend=backend)
+    common_device(fixed.params, what)
+    return plan_masked_step(fixed, backend=backend)
 
 
 def plan_masked_step(fixed: MaskedStepTensors, *, backend: str | None = None) -> PreparedMaskedStep:

@@ -47,6 +47,15 @@ def full_indices(param: torch.Tensor) -> torch.Tensor:
     return torch.arange(param.numel(), dtype=torch.int64, device=param.device)
 
 
+def _step_tensors(params: list[torch.Tensor], grads: list[torch.Tensor], states: list[dict[str, Any]],
+                  l1: bool) -> MaskedStepTensors:
+    """The step's tensors: ``params`` and ``grads`` with the optimizer state of each (bases
+    only with an L1 pull)."""
+    return MaskedStepTensors(params, grads, [s["indices"] for s in states], [s["master"] for s in states],
+                             [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+                             [s["base"] for s in states] if l1 else None)
+
+
 class MaskedAdamW(torch.optim.Optimizer):
     """AdamW on selected entries only, with O(K) fp32 state.
 
@@ -147,11 +156,8 @@ class MaskedAdamW(torch.optim.Optimizer):
             beta1, beta2 = group["betas"]
             settings = AdamWSettings(step, group["lr"], beta1, beta2, group["eps"], group["weight_decay"], group["l1"])
             if self._sharded or is_traced(()):
-                tensors = MaskedStepTensors(
-                    [local_tensor(p) for p in live], [local_tensor(p.grad) for p in live],
-                    [s["indices"] for s in states], [s["master"] for s in states], [s["exp_avg"] for s in states],
-                    [s["exp_avg_sq"] for s in states], [s["base"] for s in states] if group["l1"] else None,
-                )
+                tensors = _step_tensors([local_tensor(p) for p in live], [local_tensor(p.grad) for p in live], states,
+                                        bool(group["l1"]))
                 run_masked_adamw_step_(tensors, settings, backend=self._backend)
             else:
                 self._prepared_step(number, live, states, bool(group["l1"])).step([p.grad for p in live], settings)
@@ -165,10 +171,8 @@ class MaskedAdamW(torch.optim.Optimizer):
         key = (*map(id, live), l1)
         known = self._prepared.get(number)
         if known is None or known[0] != key:
-            planned = plan_masked_step(MaskedStepTensors(
-                [p.detach() for p in live], [], [s["indices"] for s in states], [s["master"] for s in states],
-                [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
-                [s["base"] for s in states] if l1 else None), backend=self._backend)
+            planned = plan_masked_step(_step_tensors([p.detach() for p in live], [], states, l1),
+                                       backend=self._backend)
             known = self._prepared[number] = (key, planned)
         return known[1]
 

@@ -30,7 +30,6 @@ from deftx.ops import masked_adamw_step_
 from deftx.ops.masked_step import prepare_masked_step
 from deftx.ops.registry import op_of_bench_case
 from deftx.ops.settings import AdamWSettings
-from deftx.ops.validation import check_indices
 from deftx.perf import synthetic
 from deftx.perf.cases.base import CaseSpec, SparseInputs, Traffic, backend_of, sparse_inputs
 
@@ -75,7 +74,6 @@ def _masked_state(inputs: StepInputs) -> tuple[list[torch.Tensor], list[torch.Te
 def _prepared_step(inputs: StepInputs) -> Callable[[], None]:
     """MaskedAdamW's step: the selections checked and the step planned here, once
     (``prepare_masked_step``); each step passes the gradients and its settings."""
-    check_indices(inputs.indices, [p.numel() for p in inputs.weights], lambda t: f"step: indices of tensor {t}")
     prepared = prepare_masked_step(inputs.weights, inputs.indices, *_masked_state(inputs))
     steps = itertools.count(1)
 
