@@ -29,8 +29,9 @@ Rank policy: a fixed ``rank``, or ``energy``: the smallest rank whose singular v
 hold that fraction of ``||Δ||_F^2`` (the randomized path widens its sketch, doubling q,
 for the matrices whose captured energy falls short, until it reaches the target or the
 sketch covers the full spectrum). Host syncs per call: one for the energies of all
-groups, and one per group and sketch width for the singular values (the rank decision, or
-the energy a fixed rank holds when it is reported); none per matrix.
+groups, and one per group and sketch width for the singular values' cumulative energies (the
+rank decision, or the energy a fixed rank holds when it is reported), read as one table; the
+host work on them is per group too, none per matrix.
 
 Product precision (``precision``, Triton backend): ``"fp32"`` (default, IEEE),
 ``"tf32x3"`` (fp32 weights only: three TF32 tensor-core products per tile, the error of
@@ -40,6 +41,7 @@ multiplies in fp32.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -94,20 +96,37 @@ def gaussian_sketch(n: int, q: int, seed: int, device: torch.device) -> torch.Te
     return host.to(device)
 
 
+def captured_energy(singular_values: torch.Tensor) -> list[list[float]]:
+    """(G, q) singular values -> per row ``[0, S_0², S_0² + S_1², ...]`` (q + 1 fp64 sums, non-
+    decreasing), read to the host in one go."""
+    squares = singular_values.double().square()
+    return torch.cumsum(torch.cat([squares.new_zeros(squares.shape[0], 1), squares], 1), 1).tolist()
+
+
+def energy_ranks(captured: Sequence[Sequence[float]], totals: Sequence[float], energy: float) -> list[int | None]:
+    """Per row j of a :func:`captured_energy` table: the smallest r with ``captured[j][r] >=
+    energy * totals[j]`` (0 where the total is 0), or None where the row falls short."""
+    ranks: list[int | None] = []
+    for row, total in zip(captured, totals, strict=True):
+        r = bisect.bisect_left(row, energy * total, lo=1)
+        ranks.append(0 if total <= 0.0 else (r if r < len(row) else None))
+    return ranks
+
+
+def held_fractions(captured: Sequence[Sequence[float]], totals: Sequence[float], ranks: Sequence[int]) -> list[float]:
+    """Per row j of a :func:`captured_energy` table: ``captured[j][ranks[j]] / totals[j]`` (1.0
+    where the total is 0)."""
+    return [1.0 if total <= 0.0 else row[r] / total for row, total, r in zip(captured, totals, ranks, strict=True)]
+
+
 def energy_rank(singular_values: torch.Tensor, total_energy: float, energy: float) -> int | None:
     """Smallest r with ``sum(S[:r]**2) >= energy * total_energy``; None if S falls short."""
-    if total_energy <= 0.0:
-        return 0
-    captured = torch.cumsum(singular_values.double() ** 2, 0)
-    reached = (captured >= energy * total_energy).nonzero()
-    return int(reached[0]) + 1 if reached.numel() else None
+    return energy_ranks(captured_energy(singular_values[None]), [total_energy], energy)[0]
 
 
 def held_fraction(singular_values: torch.Tensor, total_energy: float) -> float:
     """``sum(S**2) / total_energy`` (1.0 when the total is 0)."""
-    if total_energy <= 0.0:
-        return 1.0
-    return float(singular_values.double().square().sum()) / total_energy
+    return held_fractions(captured_energy(singular_values[None]), [total_energy], [singular_values.numel()])[0]
 
 
 # --------------------------------------------------------------------------- validation
@@ -220,6 +239,17 @@ def _group_operands(
     return w1s, w0s
 
 
+def _read_by_member(parts: Sequence[tuple[list[int], torch.Tensor]]) -> dict[int, float]:
+    """{member index: value} from (members, (len(members),) values) pairs of one dtype: all the
+    values on a device read with one host sync."""
+    read: dict[int, float] = {}
+    for device in dict.fromkeys(values.device for _, values in parts):
+        on_device = [(members, values) for members, values in parts if values.device == device]
+        flat = torch.cat([values for _, values in on_device]).cpu().tolist()
+        read.update(zip([i for members, _ in on_device for i in members], flat, strict=True))
+    return read
+
+
 def _group_energies(
     op: str,
     groups: list[list[int]],
@@ -227,15 +257,13 @@ def _group_energies(
     bases: Sequence[torch.Tensor | None],
     backend: str,
 ) -> dict[int, float]:
-    """``||Δ_i||_F²`` of every member (one fused launch per group, one host sync in all).
+    """``||Δ_i||_F²`` of every member (one fused launch per group, one host sync per device).
 
     Raises ValueError naming the first matrix whose energy is not finite (NaN or Inf in
     θ1 or θ0, or a difference that overflows fp32).
     """
     launched = [library.difference_energy(*_group_operands(members, matrices, bases), backend) for members in groups]
-    totals: dict[int, float] = {}
-    for members, energies in zip(groups, launched, strict=True):
-        totals.update(zip(members, energies.cpu().tolist(), strict=True))
+    totals = _read_by_member(list(zip(groups, launched, strict=True)))
     for i in sorted(totals):
         if not math.isfinite(totals[i]):
             raise ValueError(
@@ -280,21 +308,16 @@ def _group_svd(
 
 
 def _fixed_rank_group(
-    w1s: list[torch.Tensor],
-    w0s: list[torch.Tensor],
-    totals: list[float] | None,
-    sketches: _SketchCache,
-    settings: _Settings,
-) -> list[LowRankFactors]:
+    w1s: list[torch.Tensor], w0s: list[torch.Tensor], sketches: _SketchCache, settings: _Settings
+) -> tuple[list[LowRankFactors], torch.Tensor]:
+    """The group's factors (``energy`` not filled) and the (G,) fp64 energies their components
+    hold, left on the device."""
     full = min(w1s[0].shape)
     rank = min(settings.rank, full)
     q = min(rank + settings.oversample, full)
     u, s, vh = _group_svd(w1s, w0s, q, sketches, settings)
-    held = [None] * len(w1s)
-    if totals is not None:
-        kept = s[:, :rank].cpu()
-        held = [held_fraction(kept[j], totals[j]) for j in range(len(w1s))]
-    return [LowRankFactors(u[j, :, :rank], s[j, :rank], vh[j, :rank], held[j]) for j in range(len(w1s))]
+    factors = [LowRankFactors(u[j, :, :rank], s[j, :rank], vh[j, :rank], None) for j in range(len(w1s))]
+    return factors, s[:, :rank].double().square().sum(1)
 
 
 def _energy_group(
@@ -314,17 +337,16 @@ def _energy_group(
         u, s, vh = _group_svd(
             [w1s[j] for j in pending], [w0s[j] for j in pending] if w0s else [], q, sketches, settings
         )
-        host_s = s.cpu()
-        short = []
-        for row, j in enumerate(pending):
-            rank = energy_rank(host_s[row], totals[j], settings.energy)
-            if rank is None and q < full:
-                short.append(j)
-                continue
-            rank = q if rank is None else rank
-            held = held_fraction(host_s[row, :rank], totals[j]) if report else None
-            results[j] = LowRankFactors(u[row, :, :rank], s[row, :rank], vh[row, :rank], held)
-        pending, q = short, min(2 * q, full)
+        captured = captured_energy(s)
+        group_totals = [totals[j] for j in pending]
+        found = energy_ranks(captured, group_totals, settings.energy)
+        short = {j for j, rank in zip(pending, found, strict=True) if rank is None and q < full}
+        ranks = [q if rank is None else rank for rank in found]
+        held = held_fractions(captured, group_totals, ranks) if report else [None] * len(pending)
+        for row, (j, rank) in enumerate(zip(pending, ranks, strict=True)):
+            if j not in short:
+                results[j] = LowRankFactors(u[row, :, :rank], s[row, :rank], vh[row, :rank], held[row])
+        pending, q = sorted(short), min(2 * q, full)
     return results
 
 
@@ -348,15 +370,19 @@ def _factorize(
                 results[i] = _exact_factors(matrices[i], bases[i], settings, report)
         return results
     sketches = _SketchCache(settings.seed)
+    held: list[tuple[list[int], torch.Tensor]] = []
     for members in groups:
         w1s, w0s = _group_operands(members, matrices, bases)
-        group_totals = [totals[i] for i in members] if totals is not None else None
         if settings.rank is not None:
-            factors = _fixed_rank_group(w1s, w0s, group_totals, sketches, settings)
+            factors, kept = _fixed_rank_group(w1s, w0s, sketches, settings)
+            held.append((members, kept))
         else:
-            factors = _energy_group(w1s, w0s, group_totals, sketches, settings, report)
+            factors = _energy_group(w1s, w0s, [totals[i] for i in members], sketches, settings, report)
         for i, f in zip(members, factors, strict=True):
             results[i] = f
+    if report and held:
+        for i, kept in _read_by_member(held).items():
+            results[i] = results[i]._replace(energy=kept / totals[i] if totals[i] > 0.0 else 1.0)
     return results
 
 

@@ -13,7 +13,14 @@ import pytest
 import torch
 
 from deftx.kernels import kernel_module
-from deftx.ops import masked_adamw_step_, prepare_masked_step, scatter_add_, scatter_restore_, topk_mask
+from deftx.ops import (
+    lowrank_factors_batched,
+    masked_adamw_step_,
+    prepare_masked_step,
+    scatter_add_,
+    scatter_restore_,
+    topk_mask,
+)
 from deftx.ops.settings import AdamWSettings
 from deftx.perf.counters import count_device_work
 from tests.helpers import assert_bitwise_equal
@@ -222,3 +229,37 @@ def test_public_layers_read_nothing_on_meta_tensors():
     saved, scatter = counted(lambda: scatter_add_(params, [indices], values, save=True), device=meta)
     assert step.sync_count == scatter.sync_count == 0
     assert [s.shape for s in saved[0]] == [(6,), (2,)] and saved[0][1].dtype == torch.bfloat16
+
+
+def lowrank_pairs(per_shape: int, seed: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """(θ1, θ0) for ``per_shape`` matrices of each of three shapes (three shape groups), each
+    difference of rank 3 plus noise."""
+    gen = torch.Generator().manual_seed(seed)
+    theta1, theta0 = [], []
+    for m, n in [(24, 20), (20, 36), (40, 20)] * per_shape:
+        base = torch.randn(m, n, generator=gen)
+        low = torch.randn(m, 3, generator=gen) @ torch.randn(3, n, generator=gen)
+        theta1.append(base + low + 0.01 * torch.randn(m, n, generator=gen))
+        theta0.append(base)
+    return theta1, theta0
+
+
+@pytest.mark.parametrize("policy", [{"rank": 4}, {"energy": 0.9}])
+def test_lowrank_factors_launch_per_shape_group_and_read_per_decision(policy):
+    """Launches do not grow with the matrices of a shape group; host reads: one for the
+    energies, then one for the held energies of a fixed rank, or one per group for the rank
+    an energy decides (the sketch of 64 covers these matrices, so no group widens)."""
+    settings = {**policy, "oversample": 2, "n_iter": 1}
+    one_each = lowrank_pairs(1, seed=0)
+    _, work_few = counted(lambda: lowrank_factors_batched(*one_each, **settings, backend="triton"))
+    theta1, theta0 = lowrank_pairs(4, seed=1)
+    many, work_many = counted(lambda: lowrank_factors_batched(theta1, theta0, **settings, backend="triton"))
+    assert work_many.launches == work_few.launches, (work_few.summary(), work_many.summary())
+    assert work_many.syncs == {"tolist": 2 if "rank" in policy else 1 + 3}, work_many.summary()
+    want = lowrank_factors_batched(theta1, theta0, **settings, backend="torch")
+    for i, (got, expected) in enumerate(zip(many, want, strict=True)):
+        assert got.s.shape == expected.s.shape, f"matrix {i}: rank {got.s.numel()} vs {expected.s.numel()}"
+        torch.testing.assert_close(got.s, expected.s, rtol=1e-4, atol=1e-5, msg=lambda m, i=i: f"matrix {i}: {m}")
+        assert got.energy == pytest.approx(expected.energy, rel=1e-5), f"matrix {i}"
+        assert got.energy == pytest.approx(float(expected.s.double().square().sum())
+                                           / float((theta1[i] - theta0[i]).double().square().sum()), rel=1e-4)
