@@ -708,15 +708,18 @@ def _partition_kernel(
             slot, stop = _list_slice(list_ends_ptr, g)
             if stop > slot:
                 VECTOR: tl.constexpr = 128 // DTYPE.primitive_bitwidth
+                offsets = tl.reshape(tl.arange(0, TILE).to(tl.uint32), [TILE // VECTOR, VECTOR])
                 for s in range(num_tiles):
                     ranks = _load_tile_ranks(values, subtrahend, block_start + s * TILE, head, end, DTYPE, HAS_BASE,
                                              TILE)
-                    kept = tl.reshape((ranks > lowest).to(tl.int32), [TILE // VECTOR, VECTOR])
-                    entries = tl.reshape(((ranks - 1).to(tl.int64) << _OFFSET_BITS) | (s * TILE + tl.arange(0, TILE)),
-                                         [TILE // VECTOR, VECTOR])
+                    ranks = tl.reshape(ranks, [TILE // VECTOR, VECTOR])
+                    kept = (ranks > lowest).to(tl.int32)
+                    entries = ((ranks - 1).to(tl.uint64) << _OFFSET_BITS) | (offsets + s * TILE).to(tl.uint64)
                     row_kept = tl.sum(kept, 1)
-                    at = slot + _exclusive_cumsum(row_kept)[:, None] + tl.cumsum(kept, 1) - kept
-                    tl.store(list_ptr + at, entries, mask=kept != 0)
+                    # a kept key's slot: the one before its vector's first, plus its inclusive rank in the vector
+                    before_row = slot - 1 + _exclusive_cumsum(row_kept)
+                    tl.store(list_ptr + (before_row[:, None] + tl.cumsum(kept, 1)), entries.to(tl.int64, bitcast=True),
+                             mask=kept != 0)
                     slot += tl.sum(row_kept)
     else:
         kept = tl.zeros([TILE], tl.int32)
