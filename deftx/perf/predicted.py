@@ -41,6 +41,7 @@ from dataclasses import replace
 from typing import Any
 
 from deftx.ops.registry import op_entry
+from deftx.perf.cases.scores import TENSOR_CORES
 from deftx.perf.roofline import PREDICTORS, Cost, spread_entries
 from deftx.perf.shapes import ShapeSet, load_shape_set
 from deftx.perf.targets import A100_80GB_SXM, H100_SXM, H200_SXM, PRODUCTS, TARGETS, Target, get_target
@@ -227,10 +228,23 @@ def _scores_costs(shape_set: Workload) -> dict[str, ModelledCost]:
         return Cost(a.bytes + b.bytes, a.flops + b.flops, a.precision)
 
     where = f"deftx.perf.roofline rsvd + reconstruct_abs: {factor.workload}"
+    deftx = total(factor.deftx, recon.deftx)
     return {
-        DEFTX: (total(factor.deftx, recon.deftx), where),
+        DEFTX: (deftx, where),
+        TENSOR_CORES: (_on_tensor_cores(deftx, shape_set.dtype), f"{where}; {TENSOR_CORE_MODEL}"),
         "svd_lowrank_abs": (total(factor.baseline, recon.baseline), f"{where}; baseline svd_lowrank + (us @ vh).abs()"),
     }
+
+
+TENSOR_CORE_MODEL = "tensor-core products: fp32 weights as 3 TF32 products (tf32x3), bf16 / fp16 weights at bf16"
+
+
+def _on_tensor_cores(cost: Cost, weights: str) -> Cost:
+    """``cost`` with its products on tensor cores: tf32x3 (three TF32 products) for fp32 weights,
+    bf16 operands otherwise; the same bytes."""
+    if weights == "fp32":
+        return Cost(cost.bytes, 3 * cost.flops, "tf32")
+    return Cost(cost.bytes, cost.flops, "bf16")
 
 
 COST_MODELS: dict[str, Callable[[Workload], dict[str, ModelledCost]]] = {

@@ -197,7 +197,8 @@ def _result_row(
     seconds = measured.median_s
     gbps = cost.bytes / seconds / 1e9
     gflops = cost.flops / seconds / 1e9
-    achieved, roof_value = (gflops, roof.matmul_gflops) if module.ROOFLINE == "compute" else (gbps, roof.copy_gbps)
+    roofline = getattr(module, "roofline_of", lambda impl: module.ROOFLINE)(impl)
+    achieved, roof_value = (gflops, roof.matmul_gflops) if roofline == "compute" else (gbps, roof.copy_gbps)
     return {
         **_row_identity(spec, impl),
         "selected": module.selected(inputs),
@@ -209,7 +210,7 @@ def _result_row(
         "cost_model": cost.model,
         "gbps": _finite_or_none(gbps),
         "gflops": _finite_or_none(gflops),
-        "roofline": module.ROOFLINE,
+        "roofline": roofline,
         "roofline_pct": _finite_or_none(100.0 * achieved / roof_value),
         **quality,
     }

@@ -75,6 +75,21 @@ def test_scores_of_deftx_and_svd_lowrank_land_at_the_same_error():
     assert 0.0 < deftx < 0.5 and deftx == pytest.approx(baseline, rel=0.05)
 
 
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_tensor_core_scores_land_at_the_baselines_error_and_are_listed_on_cuda_only(dtype):
+    """The variant runs the Triton kernels (interpreted here) with tf32x3 (fp32) or bf16
+    products; on CPU it is not listed, since the backends there multiply in fp32."""
+    module = op_module("scores")
+    assert module.TENSOR_CORES in implementations("scores", torch.device("cuda"))
+    assert module.TENSOR_CORES not in implementations("scores", CPU)
+    inputs = module.make_inputs(CaseSpec("scores", TINY, dtype=dtype, k_fraction=None, rank=8, oversample=4))
+    assert module.tensor_core_precision(inputs.pairs[0][0].dtype) == ("tf32x3" if dtype == "fp32" else "bf16")
+    errors = {impl: module.quality(impl, inputs, module.bind(impl, inputs)())["score_error"]
+              for impl in (module.TENSOR_CORES, "svd_lowrank_abs")}
+    assert 0.0 < errors[module.TENSOR_CORES] <= 1.05 * errors["svd_lowrank_abs"], errors
+    assert module.roofline_of(module.TENSOR_CORES) == "memory" and module.roofline_of("svd_lowrank_abs") == "compute"
+
+
 @pytest.mark.parametrize("op", ["compose", "scores"])
 def test_new_cases_have_cost_models_and_predictions_for_every_implementation(op):
     module = op_module(op)
@@ -89,6 +104,9 @@ def test_new_cases_have_cost_models_and_predictions_for_every_implementation(op)
     assert set(costs) == {"deftx", *module.BASELINES} - unmodelled
     if op == "compose":
         assert workload.settings.num_diffs == 2
+    else:  # the tensor-core variant: the same bytes, its FLOPs at the TF32 peak (three products each)
+        fast, fp32 = costs[module.TENSOR_CORES][0], costs["deftx"][0]
+        assert (fast.bytes, fast.flops, fast.precision) == (fp32.bytes, 3 * fp32.flops, "tf32")
 
 
 def test_a_failing_implementation_is_dropped_and_the_others_are_timed():

@@ -33,7 +33,8 @@ def op_module(op: str) -> ModuleType:
 
 
 def implementations(op: str, device: torch.device, backends: tuple[str, ...] | None = None) -> list[str]:
-    """deftx's op under each backend worth timing on ``device``, then the baselines.
+    """deftx's op under each backend worth timing on ``device``, then the baselines (those the
+    case module's optional ``unavailable(impl, device)`` names a reason for are left out).
 
     ``backends`` restricts the deftx backends (e.g. ``("native",)``); unknown or
     unusable ones are dropped.
@@ -41,7 +42,8 @@ def implementations(op: str, device: torch.device, backends: tuple[str, ...] | N
     module = op_module(op)
     usable = deftx_backends(dispatch_op(op), device)
     chosen = [b for b in usable if backends is None or b in backends]
-    return [deftx_impl(b) for b in chosen] + list(module.BASELINES)
+    unavailable = getattr(module, "unavailable", lambda impl, device: None)
+    return [deftx_impl(b) for b in chosen] + [i for i in module.BASELINES if unavailable(i, device) is None]
 
 
 def display_name(op: str, impl: str) -> str:

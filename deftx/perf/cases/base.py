@@ -105,6 +105,9 @@ class OpBenchmark(Protocol):
     OP: str
     BASELINES: dict[str, str]
     ROOFLINE: str
+    """``"memory"`` or ``"compute"``: the roof of the op's rows (a module may also define
+    ``roofline_of(impl)`` for an implementation on another roof, and ``unavailable(impl,
+    device)`` for a baseline that is not timed on a device)."""
 
     def make_inputs(self, spec: CaseSpec) -> Any: ...
 

@@ -7,6 +7,11 @@ dtype).
 * deftx: ``deftx.ops.denoised_magnitudes_batched(W1s, W0s, rank=r, oversample=p, n_iter=i,
   backend=...)``, one call for all matrices: the public op, so whatever fast path it takes
   (shape groups, fused subtraction, fused ``|U S Vh|``) is what is timed.
+* ``deftx_tensor_cores``: the same public op with its products on tensor cores
+  (``precision="tf32x3"`` for fp32 weights, ``"bf16"`` for bf16 / fp16 weights), Triton only
+  (listed on CUDA devices alone: the other backends multiply in fp32 whatever the precision).
+  Listed with the baselines, as the step's prepared path is; its own ``score_error`` says
+  whether it lands at the baseline's error.
 * ``svd_lowrank_abs``, per matrix: ``torch.svd_lowrank(W1.float() - W0.float(), q=r + p, niter=i)``
   truncated to r, then ``((U * S) @ Vh).abs()``: the same sketch size and power iterations.
 
@@ -26,8 +31,30 @@ from deftx.perf.cases import rsvd
 from deftx.perf.cases.base import CaseSpec, Traffic, backend_of
 
 OP = "scores"
-BASELINES: dict[str, str] = {"svd_lowrank_abs": "torch.svd_lowrank + |U S Vh|"}
+TENSOR_CORES = "deftx_tensor_cores"
+BASELINES: dict[str, str] = {
+    TENSOR_CORES: "deftx, tensor-core products (tf32x3 / bf16)",
+    "svd_lowrank_abs": "torch.svd_lowrank + |U S Vh|",
+}
 ROOFLINE = "compute"
+
+
+def tensor_core_precision(weights: torch.dtype) -> str:
+    """The product precision ``deftx_tensor_cores`` uses for weights of this dtype."""
+    return "tf32x3" if weights == torch.float32 else "bf16"
+
+
+def roofline_of(impl: str) -> str:
+    """The roof a row's ``% roof`` is read against: the fp32 matmul peak, except for the
+    tensor-core products, whose roof is the bytes (the measured fp32 matmul peak is not theirs)."""
+    return "memory" if impl == TENSOR_CORES else ROOFLINE
+
+
+def unavailable(impl: str, device: torch.device) -> str | None:
+    """Why ``impl`` is not timed on ``device`` (None: it is)."""
+    if impl == TENSOR_CORES and device.type != "cuda":
+        return "tensor-core products run on the Triton backend, on CUDA devices"
+    return None
 
 
 def make_inputs(spec: CaseSpec) -> rsvd.RsvdInputs:
@@ -43,10 +70,12 @@ def _baseline_scores(w1: torch.Tensor, w0: torch.Tensor, inputs: rsvd.RsvdInputs
 def bind(impl: str, inputs: rsvd.RsvdInputs) -> Callable[[], list[torch.Tensor]]:
     """The thunk timed for ``impl``: one fp32 score matrix per pair."""
     backend = backend_of(impl)
-    if backend is not None:
+    if backend is not None or impl == TENSOR_CORES:
         matrices, bases = [w1 for w1, _ in inputs.pairs], [w0 for _, w0 in inputs.pairs]
+        precision = tensor_core_precision(matrices[0].dtype) if impl == TENSOR_CORES else "fp32"
         return lambda: denoised_magnitudes_batched(
-            matrices, bases, rank=inputs.rank, oversample=inputs.oversample, n_iter=inputs.n_iter, backend=backend
+            matrices, bases, rank=inputs.rank, oversample=inputs.oversample, n_iter=inputs.n_iter,
+            precision=precision, backend=backend or "triton",
         )
     if impl == "svd_lowrank_abs":
         return lambda: [_baseline_scores(w1, w0, inputs) for w1, w0 in inputs.pairs]
@@ -57,7 +86,7 @@ def traffic(impl: str, inputs: rsvd.RsvdInputs) -> Traffic:
     """The ``rsvd`` case's model of the factorisation plus the reconstruction's, from the same
     cost model (``reconstruct_bytes_moved`` / ``baseline_reconstruct_bytes_moved`` and flops)."""
     cost = rsvd.COST
-    fused = backend_of(impl) is not None
+    fused = backend_of(impl) is not None or impl == TENSOR_CORES
     factor = rsvd.traffic("deftx:triton" if fused else "svd_lowrank", inputs)
     total_bytes, total_flops = factor.bytes, factor.flops
     for w1, _ in inputs.pairs:
