@@ -25,6 +25,7 @@ Example (``configs/default.yaml`` is the README's small run)::
     device: auto               # every phase on cpu, cuda, or auto (cuda when available); deftx pipeline --device
     training: {batch_size: 16, max_length: 128, save_steps: 100, logging_steps: 10,
                bf16: false, gradient_accumulation_steps: 1, report_to: []}
+                               # save_steps 0: no Trainer checkpoints inside a phase;
                                # beside deftx's settings, any transformers.TrainingArguments field
                                # (read by HfArgumentParser); each phase's length, lr and folder are deftx's
     mlm_head: {steps: 500, batch_size: 16, learning_rate: 1.0e-3,

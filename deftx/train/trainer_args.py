@@ -84,7 +84,11 @@ class TrainingSettings:
         batch_size: per-step training batch.
         max_length: token limit per example (NusaX: 0.9% of sentences exceed 128).
         seed: data order, dropout, head init, MLM masks.
-        save_steps: Trainer checkpoint interval inside a phase (resume granularity).
+        save_steps: Trainer checkpoint interval inside a phase (resume granularity); 0: no
+            checkpoints inside a phase (a killed phase restarts from its start; what the phase
+            boundaries persist is kept either way). Each checkpoint of a full fine-tuning phase
+            writes the weights and the AdamW moments (e5-small: 1.4 GB, 2.5-3.7 s on the
+            development machine), so a run that restarts whole units (a GPU visit) sets 0.
         logging_steps: loss logging interval (every record goes to the run's log.jsonl).
         weight_decay, warmup_ratio, max_grad_norm: as in ``TrainingArguments``.
         group_by_length: batch examples of similar length (much less padding; NusaX
@@ -110,10 +114,10 @@ class TrainingSettings:
 
     def __post_init__(self) -> None:
         check_trainer_arguments(self.arguments)
-        for name in ("batch_size", "max_length", "save_steps", "logging_steps"):
+        for name, low in (("batch_size", 1), ("max_length", 1), ("save_steps", 0), ("logging_steps", 1)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"TrainingSettings: {name} must be an integer >= 1, got {short_repr(value)}")
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"TrainingSettings: {name} must be an integer >= {low}, got {short_repr(value)}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"TrainingSettings: seed must be an integer >= 0, got {short_repr(self.seed)}")
         for name, low, high in (("weight_decay", 0, math.inf), ("warmup_ratio", 0, 1), ("max_grad_norm", 0, math.inf)):
@@ -145,8 +149,8 @@ def training_arguments(settings: TrainingSettings, output_dir: str | Path) -> Tr
         weight_decay=settings.weight_decay,
         warmup_steps=float(settings.warmup_ratio),
         max_grad_norm=settings.max_grad_norm,
-        save_strategy="steps",
-        save_steps=settings.save_steps,
+        **({"save_strategy": "steps", "save_steps": settings.save_steps} if settings.save_steps
+           else {"save_strategy": "no"}),
         save_total_limit=1,
         logging_steps=settings.logging_steps,
         report_to=[],

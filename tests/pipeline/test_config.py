@@ -46,6 +46,15 @@ def test_real_run_trains_the_final_tables_recipe():
     assert {key: real[key] for key in recipe} == {key: final[key] for key in recipe}
 
 
+def test_gpu_study_trains_the_final_recipe_without_checkpoints_inside_phases():
+    study = to_plain(load_config(REPO / "configs" / "nusax-e5-small-h200.yaml"))
+    final = to_plain(load_config(REPO / "configs" / "nusax-e5-small-final.yaml"))
+    differ = {"name", "output_dir", "results_dir", "seeds", "step_store", "training"}
+    assert {k: v for k, v in study.items() if k not in differ} == {k: v for k, v in final.items() if k not in differ}
+    assert study["training"] == {**final["training"], "save_steps": 0}
+    assert study["step_store"] is None and len(study["seeds"]) >= 10
+
+
 def test_real_run_covers_the_papers_languages():
     config = load_config(REPO / "configs" / "nusax-e5-small.yaml")
     assert set(config.targets) == {"acehnese", "balinese", "banjarese", "madurese", "minangkabau"}

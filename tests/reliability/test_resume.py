@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import Trainer
 
 from deftx.sft import SparseDiff
 from deftx.train.config import DenoiseConfig, PhaseConfig, SparseFineTuningConfig
@@ -95,6 +96,24 @@ def reference(tmp_path_factory):
     finally:
         torch.set_num_threads(threads)
     return diffs, loss_records(root)
+
+
+def test_a_run_without_trainer_checkpoints_writes_none_and_gives_the_same_sfts(tmp_path, reference, monkeypatch):
+    """save_strategy "no" (``TrainingSettings(save_steps=0)``): no checkpoint inside any phase,
+    the same SFTs and losses bit for bit (checkpoints only cost time)."""
+    saved = []
+    original = Trainer._save_checkpoint
+    monkeypatch.setattr(Trainer, "_save_checkpoint", lambda self, *a, **k: saved.append(1) or original(self, *a, **k))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        trainer = tiny_trainer(tmp_path, save_strategy="no")
+        diffs = SparseFineTuner(trainer, run_config(), tmp_path / "work", progress=False).fit().diffs
+    finally:
+        torch.set_num_threads(threads)
+    assert saved == []
+    assert_same_sfts(diffs, reference[0])
+    assert loss_records(tmp_path) == reference[1]
 
 
 def test_kills_at_every_phase_boundary_and_first_step_resume_bit_identically(tmp_path, reference):

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from deftx.train.trainer_args import TrainingSettings, training_arguments
@@ -16,3 +17,13 @@ def test_settings_reach_the_arguments(tmp_path):
     assert (args.save_steps, args.logging_steps, args.weight_decay) == (3, 2, 0.01)
     assert args.train_sampling_strategy == "random" and args.disable_tqdm
     assert args.output_dir == str(tmp_path / "out") and args.report_to == []
+
+
+def test_save_steps_zero_turns_the_trainers_checkpoints_off(tmp_path):
+    args = training_arguments(TrainingSettings(save_steps=0), tmp_path)
+    assert args.save_strategy == "no"
+    assert training_arguments(TrainingSettings(save_steps=5), tmp_path).save_strategy == "steps"
+    with pytest.raises(ValueError, match="save_steps must be an integer >= 0"):
+        TrainingSettings(save_steps=-1)
+    with pytest.raises(ValueError, match="logging_steps must be an integer >= 1"):
+        TrainingSettings(logging_steps=0)
