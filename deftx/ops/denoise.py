@@ -28,10 +28,11 @@ those widths.
 Rank policy: a fixed ``rank``, or ``energy``: the smallest rank whose singular values
 hold that fraction of ``||Δ||_F^2`` (the randomized path widens its sketch, doubling q,
 for the matrices whose captured energy falls short, until it reaches the target or the
-sketch covers the full spectrum). Host syncs per call: one for the energies of all
-groups, and one per group and sketch width for the singular values' cumulative energies (the
-rank decision, or the energy a fixed rank holds when it is reported), read as one table; the
-host work on them is per group too, none per matrix.
+sketch covers the full spectrum). Host syncs per call, none per matrix: one for the
+energies of all groups (per device); with a fixed rank, one more for the energies the kept
+components hold (when reported), read after every group is launched; with the energy policy,
+one per group and sketch width for the cumulative energies its ranks are decided from. The
+Triton backend's small SVD adds one copy of each group's Gram matrices to the host.
 
 Product precision (``precision``, Triton backend): ``"fp32"`` (default, IEEE),
 ``"tf32x3"`` (fp32 weights only: three TF32 tensor-core products per tile, the error of
@@ -308,16 +309,16 @@ def _group_svd(
 
 
 def _fixed_rank_group(
-    w1s: list[torch.Tensor], w0s: list[torch.Tensor], sketches: _SketchCache, settings: _Settings
-) -> tuple[list[LowRankFactors], torch.Tensor]:
-    """The group's factors (``energy`` not filled) and the (G,) fp64 energies their components
-    hold, left on the device."""
+    w1s: list[torch.Tensor], w0s: list[torch.Tensor], sketches: _SketchCache, settings: _Settings, report: bool
+) -> tuple[list[LowRankFactors], torch.Tensor | None]:
+    """The group's factors (``energy`` not filled) and, with ``report``, the (G,) fp64 energies
+    their components hold, left on the device."""
     full = min(w1s[0].shape)
     rank = min(settings.rank, full)
     q = min(rank + settings.oversample, full)
     u, s, vh = _group_svd(w1s, w0s, q, sketches, settings)
     factors = [LowRankFactors(u[j, :, :rank], s[j, :rank], vh[j, :rank], None) for j in range(len(w1s))]
-    return factors, s[:, :rank].double().square().sum(1)
+    return factors, s[:, :rank].double().square().sum(1) if report else None
 
 
 def _energy_group(
@@ -374,13 +375,14 @@ def _factorize(
     for members in groups:
         w1s, w0s = _group_operands(members, matrices, bases)
         if settings.rank is not None:
-            factors, kept = _fixed_rank_group(w1s, w0s, sketches, settings)
-            held.append((members, kept))
+            factors, kept = _fixed_rank_group(w1s, w0s, sketches, settings, report)
+            if kept is not None:
+                held.append((members, kept))
         else:
             factors = _energy_group(w1s, w0s, [totals[i] for i in members], sketches, settings, report)
         for i, f in zip(members, factors, strict=True):
             results[i] = f
-    if report and held:
+    if held:
         for i, kept in _read_by_member(held).items():
             results[i] = results[i]._replace(energy=kept / totals[i] if totals[i] > 0.0 else 1.0)
     return results
