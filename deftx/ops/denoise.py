@@ -29,10 +29,12 @@ Rank policy: a fixed ``rank``, or ``energy``: the smallest rank whose singular v
 hold that fraction of ``||Δ||_F^2`` (the randomized path widens its sketch, doubling q,
 for the matrices whose captured energy falls short, until it reaches the target or the
 sketch covers the full spectrum). Host syncs per call, none per matrix: one for the
-energies of all groups (per device); with a fixed rank, one more for the energies the kept
-components hold (when reported), read after every group is launched; with the energy policy,
-one per group and sketch width for the cumulative energies its ranks are decided from. The
-Triton backend's small SVD adds one copy of each group's Gram matrices to the host.
+energies ``||Δ||_F²`` of all groups (per device), when the energy policy or a reported energy
+needs them (the magnitudes of a fixed rank do not: that pass over every pair is skipped); with
+a fixed rank, one for the energies the kept components hold, read after every group is
+launched (the reported energy, and the check that the factors are finite); with the energy
+policy, one per group and sketch width for the cumulative energies its ranks are decided from.
+The Triton backend's small SVD adds one copy of each group's Gram matrices to the host.
 
 Product precision (``precision``, Triton backend): ``"fp32"`` (default, IEEE),
 ``"tf32x3"`` (fp32 weights only: three TF32 tensor-core products per tile, the error of
@@ -309,16 +311,17 @@ def _group_svd(
 
 
 def _fixed_rank_group(
-    w1s: list[torch.Tensor], w0s: list[torch.Tensor], sketches: _SketchCache, settings: _Settings, report: bool
-) -> tuple[list[LowRankFactors], torch.Tensor | None]:
-    """The group's factors (``energy`` not filled) and, with ``report``, the (G,) fp64 energies
-    their components hold, left on the device."""
+    w1s: list[torch.Tensor], w0s: list[torch.Tensor], sketches: _SketchCache, settings: _Settings
+) -> tuple[list[LowRankFactors], torch.Tensor]:
+    """The group's factors (``energy`` not filled) and the (G,) fp64 energies their components
+    hold, left on the device (read once per call: the reported energy, and the check that the
+    factors are finite)."""
     full = min(w1s[0].shape)
     rank = min(settings.rank, full)
     q = min(rank + settings.oversample, full)
     u, s, vh = _group_svd(w1s, w0s, q, sketches, settings)
     factors = [LowRankFactors(u[j, :, :rank], s[j, :rank], vh[j, :rank], None) for j in range(len(w1s))]
-    return factors, s[:, :rank].double().square().sum(1) if report else None
+    return factors, s[:, :rank].double().square().sum(1)
 
 
 def _energy_group(
@@ -357,13 +360,15 @@ def _factorize(
     bases: Sequence[torch.Tensor | None],
     settings: _Settings,
     report: bool,
+    values_checked: bool = False,
 ) -> list[LowRankFactors]:
-    """Factors of every validated pair, in input order (``report``: fill ``energy``)."""
+    """Factors of every validated pair, in input order (``report``: fill ``energy``;
+    ``values_checked``: the pairs' values were checked finite, so their factors need not be)."""
     results: list[LowRankFactors | None] = [
         _empty_factors(matrix, report) if min(matrix.shape) == 0 else None for matrix in matrices
     ]
     groups = _shape_groups(matrices, bases)
-    needs_totals = report or settings.energy is not None
+    needs_totals = report or settings.energy is not None or settings.method == "exact"
     totals = _group_energies(op, groups, matrices, bases, settings.backend) if needs_totals else None
     if settings.method == "exact":
         for members in groups:
@@ -375,16 +380,29 @@ def _factorize(
     for members in groups:
         w1s, w0s = _group_operands(members, matrices, bases)
         if settings.rank is not None:
-            factors, kept = _fixed_rank_group(w1s, w0s, sketches, settings, report)
-            if kept is not None:
+            try:
+                factors, kept = _fixed_rank_group(w1s, w0s, sketches, settings)
+            except torch.linalg.LinAlgError:
+                if totals is None:  # a non-finite pair stops the small SVD: name it
+                    _group_energies(op, [members], matrices, bases, settings.backend)
+                raise
+            if report or not values_checked:
                 held.append((members, kept))
         else:
             factors = _energy_group(w1s, w0s, [totals[i] for i in members], sketches, settings, report)
         for i, f in zip(members, factors, strict=True):
             results[i] = f
     if held:
-        for i, kept in _read_by_member(held).items():
-            results[i] = results[i]._replace(energy=kept / totals[i] if totals[i] > 0.0 else 1.0)
+        read = _read_by_member(held)
+        for i in sorted(read):
+            if not math.isfinite(read[i]):
+                raise ValueError(
+                    f"{op}: matrix {i} (shape {tuple(matrices[i].shape)}) has non-finite low-rank factors "
+                    "(NaN or Inf in θ1 or θ0, or a difference that overflows fp32)"
+                )
+        if report:
+            for i, kept in read.items():
+                results[i] = results[i]._replace(energy=kept / totals[i] if totals[i] > 0.0 else 1.0)
     return results
 
 
@@ -398,12 +416,15 @@ def factors_batched(
     *,
     backend: str | None = None,
     op: str = "lowrank_factors_batched",
+    report: bool = True,
 ) -> list[LowRankFactors]:
     """:func:`lowrank_factors_batched` with its options as one :class:`LowRankSettings`
-    (``op`` names the caller in errors)."""
+    (``op`` names the caller in errors). ``report=False`` leaves ``energy`` None, and a fixed
+    rank then skips the pass over every pair that ``||Δ||_F²`` takes (non-finite pairs are
+    still named, from their factors)."""
     pairs = list(bases) if bases is not None else [None] * len(matrices)
     checked = _settings(op, False, matrices, pairs, settings, backend)
-    return _factorize(op, matrices, pairs, checked, report=True)
+    return _factorize(op, matrices, pairs, checked, report=report)
 
 
 def magnitudes_batched(
@@ -414,7 +435,8 @@ def magnitudes_batched(
     backend: str | None = None,
 ) -> list[torch.Tensor]:
     """:func:`denoised_magnitudes_batched` with its options as one :class:`LowRankSettings`."""
-    factors = factors_batched(matrices, bases, settings, backend=backend, op="denoised_magnitudes_batched")
+    factors = factors_batched(matrices, bases, settings, backend=backend, op="denoised_magnitudes_batched",
+                              report=False)
     return reconstruct_magnitudes(factors, precision=settings.precision, backend=backend)
 
 
@@ -423,7 +445,7 @@ def _single_factors(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """U (m, r), S (r,), Vh (r, n) of one checked Δ (values checked too, rank <= min(m, n))."""
     checked = _settings("lowrank_denoise", True, [matrix], [base], settings, backend)
-    u, s, vh, _ = _factorize("lowrank_denoise", [matrix], [base], checked, report=False)[0]
+    u, s, vh, _ = _factorize("lowrank_denoise", [matrix], [base], checked, report=False, values_checked=True)[0]
     return u, s, vh
 
 

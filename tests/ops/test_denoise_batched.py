@@ -271,6 +271,36 @@ def test_nan_or_inf_names_the_matrix():
         lowrank_factors_batched(w1s, w0s, energy=0.9, backend="triton")
 
 
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_fixed_rank_magnitudes_name_a_non_finite_pair_from_its_factors(backend, bad):
+    """No ||Δ||² pass here unless the small SVD stops on the pair: then it names it."""
+    pairs = mixed_pairs()
+    w1s, w0s = [a for a, _ in pairs], [b for _, b in pairs]
+    w0s[5] = w0s[5].clone()
+    w0s[5][0, 0] = bad
+    with pytest.raises(ValueError, match=r"matrix 5 \(shape \(24, 40\)\) has a non-finite .*NaN or Inf"):
+        denoised_magnitudes_batched(w1s, w0s, rank=2, backend=backend)
+
+
+def test_fixed_rank_magnitudes_name_a_pair_whose_factors_come_out_non_finite(monkeypatch):
+    """Factors that are not finite without the small SVD stopping are caught by the one read."""
+    pairs = mixed_pairs(include_empty=False)
+    w1s, w0s = [a for a, _ in pairs], [b for _, b in pairs]
+    solve = denoise_module._group_svd
+
+    def poisoned(w1s_, *args):
+        u, s, vh = solve(w1s_, *args)
+        if w1s_[0].shape == (70, 80):  # the group of matrix 4 alone
+            s = s.clone()
+            s[0, 1] = float("nan")
+        return u, s, vh
+
+    monkeypatch.setattr(denoise_module, "_group_svd", poisoned)
+    with pytest.raises(ValueError, match=r"matrix 4 \(shape \(70, 80\)\) has non-finite low-rank factors"):
+        denoised_magnitudes_batched(w1s, w0s, rank=3, backend="torch")
+
+
 @pytest.mark.parametrize(
     ("call", "error", "match"),
     [

@@ -14,6 +14,7 @@ import torch
 
 from deftx.kernels import kernel_module
 from deftx.ops import (
+    denoised_magnitudes_batched,
     lowrank_factors_batched,
     masked_adamw_step_,
     prepare_masked_step,
@@ -263,3 +264,15 @@ def test_lowrank_factors_launch_per_shape_group_and_read_per_decision(policy):
         assert got.energy == pytest.approx(expected.energy, rel=1e-5), f"matrix {i}"
         assert got.energy == pytest.approx(float(expected.s.double().square().sum())
                                            / float((theta1[i] - theta0[i]).double().square().sum()), rel=1e-4)
+
+
+def test_fixed_rank_magnitudes_skip_the_energy_pass_and_read_once():
+    """The scores of a fixed rank need no ||Δ||²: no energy launch, one read (the kept energies,
+    which also catch non-finite factors), and the scores equal the torch backend's."""
+    theta1, theta0 = lowrank_pairs(2, seed=2)
+    settings = {"rank": 4, "oversample": 2, "n_iter": 1}
+    scores, work = counted(lambda: denoised_magnitudes_batched(theta1, theta0, **settings, backend="triton"))
+    assert "_difference_energy_kernel" not in work.triton_launches and work.syncs == {"tolist": 1}, work.summary()
+    want = denoised_magnitudes_batched(theta1, theta0, **settings, backend="torch")
+    for i, (got, expected) in enumerate(zip(scores, want, strict=True)):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4, msg=lambda m, i=i: f"matrix {i}: {m}")
