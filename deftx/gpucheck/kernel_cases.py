@@ -5,7 +5,9 @@
 Cases (each with ``backend="triton"``): top-k over fp32 and over bf16 tensors (every
 histogram pass and the compaction), composing two diffs with originals saved and restoring
 them (segment bounds, scatter-add, restore), the DeFT-X score of an fp32 and a bf16 matrix
-pair (the fused-subtraction products and ``|U S Vh|``), one masked AdamW step. Sizes: ``small``
+pair (the fused-subtraction products and ``|U S Vh|``; the bf16 one as training takes it, factors
+with their energies reported, which adds the ``||Δ||²`` pass, then ``|U S Vh|``), one masked
+AdamW step. Sizes: ``small``
 (~100K elements a case, for compute-sanitizer), ``medium`` (~32M, several times the L2, for
 ncu's DRAM figures), ``tiny`` (CPU: the Triton interpreter, to test this program without a GPU).
 
@@ -65,9 +67,12 @@ def compose_case(size: str, device: torch.device) -> Callable[[], object]:
     return call
 
 
-def scores_case(dtype: torch.dtype) -> Builder:
+def scores_case(dtype: torch.dtype, *, report_energy: bool) -> Builder:
+    """The score of one pair: ``denoised_magnitudes``, or with ``report_energy`` the factors
+    with their energies (``lowrank_factors_batched``) then ``reconstruct_magnitudes``."""
+
     def build(size: str, device: torch.device) -> Callable[[], object]:
-        from deftx.ops import denoised_magnitudes
+        from deftx.ops import denoised_magnitudes, lowrank_factors_batched, reconstruct_magnitudes
 
         columns = MATRIX_COLUMNS[size]
         rows = max(columns, ELEMENTS[size] // columns)
@@ -75,6 +80,9 @@ def scores_case(dtype: torch.dtype) -> Builder:
         w0 = torch.randn(rows, columns, device=device, generator=gen).mul_(0.02)
         w1 = w0 + torch.randn(rows, columns, device=device, generator=gen).mul_(1e-3)
         w0, w1 = w0.to(dtype), w1.to(dtype)
+        if report_energy:
+            return lambda: reconstruct_magnitudes(lowrank_factors_batched([w1], [w0], rank=16, backend="triton"),
+                                                  backend="triton")
         return lambda: denoised_magnitudes(w1, w0, rank=16, backend="triton")
 
     return build
@@ -97,8 +105,8 @@ CASES: dict[str, Builder] = {
     "topk-fp32": topk_case(torch.float32),
     "topk-bf16": topk_case(torch.bfloat16),
     "compose": compose_case,
-    "scores-fp32": scores_case(torch.float32),
-    "scores-bf16": scores_case(torch.bfloat16),
+    "scores-fp32": scores_case(torch.float32, report_energy=False),
+    "scores-bf16": scores_case(torch.bfloat16, report_energy=True),
     "step": step_case,
 }
 

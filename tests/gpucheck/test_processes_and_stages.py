@@ -17,6 +17,8 @@ from deftx.gpucheck.context import StageContext, read_result
 from deftx.gpucheck.kernel_cases import CASES
 from deftx.gpucheck.stage import run_stage
 from deftx.gpucheck.stages import tests as tests_stage
+from deftx.kernels import kernel_module
+from deftx.perf.counters import count_device_work
 from deftx.perf.overhead import (
     classify_device_events,
     count_host_overhead,
@@ -24,6 +26,7 @@ from deftx.perf.overhead import (
     count_sync_warnings,
     triton_kernel_names,
 )
+from deftx.perf.static.compile import declared_specializations
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -108,6 +111,22 @@ def test_kernel_cases_run_every_case_under_the_interpreter():
                           cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split() == [word for case in CASES for word in ("ran", case)]
+
+
+def test_kernel_cases_launch_every_declared_kernel(monkeypatch):
+    """ncu profiles one launch of each kernel and the sanitizer checks each: every kernel the
+    ops declare is launched by some case. The sample and bracket kernels run only where a call
+    brackets its list from samples (N above k + 2^16), so here with the list's slack lowered."""
+    topk = kernel_module("topk", interpret=True)
+    monkeypatch.setattr(topk, "MIN_LIST_SLACK", 64)
+    declared = {getattr(d.spec.kernel, "fn", d.spec.kernel).__name__ for d in declared_specializations().specs}
+    launched: set[str] = set()
+    for build in CASES.values():
+        call = build("tiny", torch.device("cpu"))
+        with count_device_work("cpu") as work:
+            call()
+        launched |= set(work.triton_launches)
+    assert declared <= launched, sorted(declared - launched)
 
 
 def test_kernel_cases_refuse_a_profiler_range_without_cuda():
