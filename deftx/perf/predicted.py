@@ -41,7 +41,7 @@ from dataclasses import replace
 from typing import Any
 
 from deftx.ops.registry import op_entry
-from deftx.perf.cases.scores import TENSOR_CORES
+from deftx.perf.cases.scores import TENSOR_CORES, tensor_core_precision
 from deftx.perf.roofline import PREDICTORS, Cost, spread_entries
 from deftx.perf.shapes import ShapeSet, load_shape_set
 from deftx.perf.targets import A100_80GB_SXM, H100_SXM, H200_SXM, PRODUCTS, TARGETS, Target, get_target
@@ -229,22 +229,24 @@ def _scores_costs(shape_set: Workload) -> dict[str, ModelledCost]:
 
     where = f"deftx.perf.roofline rsvd + reconstruct_abs: {factor.workload}"
     deftx = total(factor.deftx, recon.deftx)
+    fast = _on_tensor_cores(deftx, tensor_core_precision(shape_set.torch_dtype))
     return {
         DEFTX: (deftx, where),
-        TENSOR_CORES: (_on_tensor_cores(deftx, shape_set.dtype), f"{where}; {TENSOR_CORE_MODEL}"),
+        TENSOR_CORES: (fast, f"{where}; {TENSOR_CORE_MODEL}"),
         "svd_lowrank_abs": (total(factor.baseline, recon.baseline), f"{where}; baseline svd_lowrank + (us @ vh).abs()"),
     }
 
 
 TENSOR_CORE_MODEL = "tensor-core products: fp32 weights as 3 TF32 products (tf32x3), bf16 / fp16 weights at bf16"
+TENSOR_CORE_PEAKS: dict[str, tuple[int, str]] = {"tf32x3": (3, "tf32"), "bf16": (1, "bf16")}
+"""Product precision -> (tensor-core products per product, the peak they run at)."""
 
 
-def _on_tensor_cores(cost: Cost, weights: str) -> Cost:
-    """``cost`` with its products on tensor cores: tf32x3 (three TF32 products) for fp32 weights,
-    bf16 operands otherwise; the same bytes."""
-    if weights == "fp32":
-        return Cost(cost.bytes, 3 * cost.flops, "tf32")
-    return Cost(cost.bytes, cost.flops, "bf16")
+def _on_tensor_cores(cost: Cost, precision: str) -> Cost:
+    """``cost`` with its products at ``precision`` (the scores case's choice for the weights):
+    tf32x3 as three TF32 products, bf16 at the bf16 peak; the same bytes."""
+    products, peak = TENSOR_CORE_PEAKS[precision]
+    return Cost(cost.bytes, products * cost.flops, peak)
 
 
 COST_MODELS: dict[str, Callable[[Workload], dict[str, ModelledCost]]] = {
