@@ -28,6 +28,7 @@ memory traffic, so the separate multiplies cost nothing measurable.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -229,6 +230,17 @@ def _launch(tensor_table: torch.Tensor, block_table: torch.Tensor, aligned: bool
     )
 
 
+def _positions_by_dtype(params: Sequence[torch.Tensor],
+                        indices: Sequence[torch.Tensor]) -> dict[torch.dtype, list[int]]:
+    """The positions of the tensors with selected entries, by parameter dtype, in order: one
+    launch each."""
+    positions: dict[torch.dtype, list[int]] = {}
+    for t, idx in enumerate(indices):
+        if idx.numel():
+            positions.setdefault(params[t].dtype, []).append(t)
+    return positions
+
+
 class PreparedMaskedStep:
     """The masked AdamW step over fixed parameters, indices and state, planned once.
 
@@ -246,15 +258,11 @@ class PreparedMaskedStep:
     def __init__(self, params: list[torch.Tensor], indices: list[torch.Tensor], masters: list[torch.Tensor],
                  exp_avgs: list[torch.Tensor], exp_avg_sqs: list[torch.Tensor],
                  bases: list[torch.Tensor] | None) -> None:
-        positions: dict[torch.dtype, list[int]] = {}
-        for t, idx in enumerate(indices):
-            if idx.numel():
-                positions.setdefault(params[t].dtype, []).append(t)
         self._groups = [
             (dtype, ts, [(params[t], indices[t], masters[t], exp_avgs[t], exp_avg_sqs[t],
                           bases[t] if bases is not None else None) for t in ts],
              _block_table(tuple(indices[t].numel() for t in ts), params[ts[0]].device))
-            for dtype, ts in positions.items()
+            for dtype, ts in _positions_by_dtype(params, indices).items()
         ]
         self._tables: dict[torch.dtype, tuple[tuple[int, ...], torch.Tensor, bool]] = {}
 
@@ -287,22 +295,16 @@ def masked_adamw_step_(tensors: MaskedStepTensors, settings: AdamWSettings) -> N
     assert len(grads) == len(indices) == len(masters) == len(exp_avgs) == len(exp_avg_sqs) == count
     has_l1 = settings.has_l1
     assert not has_l1 or (bases is not None and len(bases) == count), "l1 != 0 needs bases"
-    by_dtype: dict[torch.dtype, list[tuple[torch.Tensor, ...]]] = {}
-    for t in range(count):
-        param, grad, idx = params[t], grads[t], indices[t]
+    for param, grad, idx in zip(params, grads, indices, strict=True):
         assert param.dtype in PARAM_DTYPES and grad.dtype == param.dtype and param.is_contiguous()
         assert grad.is_contiguous() and idx.dtype == torch.int64
-        if idx.numel() == 0:
-            continue
-        base = bases[t] if has_l1 else None
-        by_dtype.setdefault(param.dtype, []).append(
-            (param, grad, idx, masters[t], exp_avgs[t], exp_avg_sqs[t], base)
-        )
 
-    for dtype, rows in by_dtype.items():
-        device = rows[0][0].device
+    for dtype, ts in _positions_by_dtype(params, indices).items():
+        rows = [(params[t], grads[t], indices[t], masters[t], exp_avgs[t], exp_avg_sqs[t],
+                 bases[t] if has_l1 else None) for t in ts]
+        device = params[ts[0]].device
         tensor_table, aligned = _address_table(rows, device)
-        _launch(tensor_table, _block_table(tuple(row[2].numel() for row in rows), device), aligned, dtype, settings)
+        _launch(tensor_table, _block_table(tuple(indices[t].numel() for t in ts), device), aligned, dtype, settings)
 
 
 SPECIALIZATIONS: list[KernelSpec] = _masked_step_specs.specializations(sys.modules[__name__])
