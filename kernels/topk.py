@@ -865,9 +865,8 @@ class _Plan:
     offsets say: the tensor table (TABLE_ROWS, C), blocks per column (C,), the state
     (STATE_SIZE,), zeroed histograms (passes, groups, 256), zeroed list histograms (passes,
     256), zeroed stats (T + 1,): the per-tensor counts, then the NaN count, and the list's
-    verdict (1,), written by the partition. ``sampled``:
-    whether the list's lowest key is bracketed from samples (else it is 0: the list's capacity
-    holds every entry).
+    verdict (1,), written by the partition. ``sampled``: whether the list's lowest key is
+    bracketed from samples (else it is 0: the list's capacity holds every entry).
     """
 
     groups: list[_Group]
@@ -984,8 +983,8 @@ class _Buffers:
 
     ``candidates`` (int64, list capacity) and ``list_ends`` (int64 (B,)) are the candidate
     list and its per-block inclusive ends; ``list_total`` is the partition's verdict (its
-    length, or SHORT_LIST); ``samples`` (int64
-    (SAMPLES,), or an empty tensor when the call is not sampled) the sampled keys.
+    length, or SHORT_LIST); ``samples`` (int64 (SAMPLES,), or an empty tensor when the call is
+    not sampled) the sampled keys.
     """
 
     table: torch.Tensor
@@ -1005,7 +1004,6 @@ class _Buffers:
 def _buffers(plan: _Plan, buffer: torch.Tensor, num_tensors: int) -> _Buffers:
     """Views of the uploaded plan and the call's work buffers (allocated, not initialised)."""
     device = buffer.device
-    list_ends = torch.empty(plan.total_blocks, dtype=torch.int64, device=device)
     samples = sum(group.samples for group in plan.groups)
     return _Buffers(
         table=buffer[: plan.repeats_at],
@@ -1017,7 +1015,7 @@ def _buffers(plan: _Plan, buffer: torch.Tensor, num_tensors: int) -> _Buffers:
         block_hist=torch.empty((plan.total_blocks, RADIX), dtype=torch.int32, device=device),
         block_above=torch.empty(plan.total_blocks, dtype=torch.int32, device=device),
         candidates=torch.empty(max(plan.list_capacity, 1), dtype=torch.int64, device=device),
-        list_ends=list_ends,
+        list_ends=torch.empty(plan.total_blocks, dtype=torch.int64, device=device),
         list_total=buffer[-1:],
         samples=torch.empty(samples, dtype=torch.int64, device=device),
     )
@@ -1223,6 +1221,6 @@ def full_passes(x: torch.Tensor, k: int) -> tuple[Callable[[], torch.Tensor], Ca
 
 
 SPECIALIZATIONS: list[KernelSpec] = _topk_specs.specializations(sys.modules[__name__])
-"""Histogram: one per (dtype, with or without a base, pass) the launcher runs; digit selection:
-one; block classification: the partition's and the final one; partition and compaction: one
-per (dtype, with or without a base)."""
+"""Histogram: one per (dtype, with or without a base, pass) the launcher runs; digit selection,
+bracket and block classification: one each; sample, count, partition and compaction: one per
+(dtype, with or without a base)."""
