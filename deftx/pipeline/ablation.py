@@ -76,6 +76,13 @@ ROW_FIELDS = ("variant", "variant_hash", "seed", "benchmark", "protocol", "split
               "language_scale", "language_sft", "macro_f1", "accuracy", "examples")
 SUMMARY_GROUP = ("variant", "source", "method", "language_scale")
 DEFAULT_SEEDS = (0, 1, 2)
+# Settings the identity gained after ablation rows were first committed, each with the value all
+# of those rows were made with: at that value a setting is left out of the identity, so that
+# recording a new setting does not orphan the rows already committed (their hashes stay valid).
+LATER_SETTINGS: tuple[tuple[tuple[str, ...], Any], ...] = (
+    (("device",), "cpu"),
+    (("training", "arguments"), {}),
+)
 
 
 @dataclass
@@ -156,14 +163,24 @@ def run_identity(config: PipelineConfig) -> dict[str, Any]:
     logging intervals or progress bars), JSON-ready: what a variant folder records.
 
     The device is the one the config asks for here (:func:`~deftx.pipeline.workspace.requested_device`:
-    ``auto`` is no device), so rows scored on another device are never mixed in.
+    ``auto`` is no device), so rows scored on another device are never mixed in. A setting in
+    :data:`LATER_SETTINGS` at the value every earlier row had is left out (the CPU, no extra
+    Trainer arguments).
     """
     plain = to_plain(config)
     for key in ("name", "output_dir", "results_dir", "step_store", "seeds"):
         plain.pop(key)
     for key in RUN_ONLY_SETTINGS:
         plain["training"].pop(key)
-    return {**plain, "device": requested_device(config)}
+    identity = {**plain, "device": requested_device(config)}
+    for path, earlier in LATER_SETTINGS:
+        *parents, leaf = path
+        node = identity
+        for part in parents:
+            node = node[part]
+        if node[leaf] == earlier:
+            del node[leaf]
+    return identity
 
 
 def variant_hash(config: PipelineConfig) -> str:

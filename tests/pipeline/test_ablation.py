@@ -502,3 +502,32 @@ def test_overwrite_drops_the_rows_of_a_changed_variant(tmp_path):
                                                  results_dir=str(tmp_path))), only=["a"])
     kept = drop_stale_rows(path, ablation)
     assert [r["variant"] for r in kept] == [r["variant"] for r in read_rows(path)] == ["a"]
+
+
+@pytest.mark.parametrize("config", ["configs/ablation-nusax-e5-small.yaml",
+                                    "configs/ablation-nusax-e5-small-language.yaml"])
+def test_committed_rows_stay_valid_for_their_config(config):
+    """Every committed row still carries its variant's current hash: a setting the identity gained
+    later (the device, extra Trainer arguments) must not orphan results already on main."""
+    from deftx.pipeline.ablation import check_rows_match
+
+    ablation = load_ablation(REPO / config, device="cpu")
+    rows = read_rows(REPO / ablation.results_dir / "ablation.csv")
+    assert rows, f"{config}: no committed rows"
+    check_rows_match(rows, ablation)
+    assert {r["variant"] for r in rows} <= set(ablation.hashes)
+
+
+def test_later_settings_enter_the_identity_away_from_their_earlier_value(tmp_path):
+    from deftx.pipeline.ablation import run_identity
+
+    plain = parse_ablation(ablation_raw(tmp_path, {**BASE, "device": "cpu"}, {"a": {}}))
+    on_cuda = parse_ablation(ablation_raw(tmp_path, {**BASE, "device": "cuda"}, {"a": {}}))
+    with_arguments = parse_ablation(ablation_raw(
+        tmp_path, {**BASE, "device": "cpu", "training": {"arguments": {"dataloader_num_workers": 2}}},
+        {"a": {}}))
+    identity = run_identity(plain.variants["a"])
+    assert "device" not in identity and "arguments" not in identity["training"]
+    assert run_identity(on_cuda.variants["a"])["device"] == "cuda"
+    assert run_identity(with_arguments.variants["a"])["training"]["arguments"] == {"dataloader_num_workers": 2}
+    assert len({plain.hashes["a"], on_cuda.hashes["a"], with_arguments.hashes["a"]}) == 3
