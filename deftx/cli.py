@@ -54,8 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def line_buffered_stdout() -> None:
+    """Flush standard output at every line, also into a file or a pipe (``deftx ... > log``), so
+    that the progress lines of long runs show as they happen (a stream that cannot, left as it is)."""
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None:
+        reconfigure(line_buffering=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``deftx`` console script."""
+    line_buffered_stdout()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "func"):

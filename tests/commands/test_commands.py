@@ -188,3 +188,19 @@ def test_a_changed_config_is_one_error_line_naming_the_change_until_overwrite(pi
         assert SparseDiff.load(sft).k == before, "a refused run changes nothing"
         assert main(["train-lang", str(path), "--language", "madurese", "--overwrite"]) == 0
     assert SparseDiff.load(sft).k > before
+
+
+def test_output_reaches_a_pipe_line_by_line(tmp_path):
+    """A progress line printed by a command is in the pipe before the command ends (here, by
+    ``os._exit``, which flushes nothing): ``deftx ... > log`` shows long runs as they go."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import os, deftx.commands.doctor as doctor, deftx.cli as cli\n"
+              "doctor.run = lambda args: (print('progress line'), os._exit(0))\n"
+              "cli.main(['doctor'])\n")
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "progress line\n"
