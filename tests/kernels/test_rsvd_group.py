@@ -305,3 +305,48 @@ def test_precisions_agree_with_the_ops_layer():
     assert set(denoise.PRECISIONS) == set(rsvd.PRECISIONS)
     fp32_only = {p for p, dtypes in rsvd.PRECISION_WEIGHT_DTYPES.items() if dtypes == (torch.float32,)}
     assert fp32_only == set(denoise.FP32_ONLY_PRECISIONS)
+
+
+@pytest.mark.parametrize("groups", [0, 1, 7, 16, 37])
+@pytest.mark.parametrize("workers", [1, 2, 4])
+def test_host_eigh_over_threads_equals_one_batched_call(groups, workers, monkeypatch):
+    """The small SVD's host eigh, cut into chunks decomposed on several threads: bit for bit the
+    batched call, each chunk at least MIN_EIGH_CHUNK matrices, as many threads as chunks."""
+    import threading
+
+    rsvd = kernel_module("rsvd", interpret=True)
+    a = torch.randn(groups, 12, 30, dtype=torch.float64, generator=torch.Generator().manual_seed(groups))
+    grams = a @ a.mT
+    expected_values, expected_vectors = torch.linalg.eigh(grams)
+    calls, eigh = [], torch.linalg.eigh
+
+    def recorded(batch):
+        calls.append((threading.get_ident(), batch.shape[0]))
+        return eigh(batch)
+
+    monkeypatch.setattr(torch.linalg, "eigh", recorded)
+    values, vectors = rsvd.host_eigh(grams, workers)
+    assert torch.equal(values, expected_values) and torch.equal(vectors, expected_vectors)
+    chunks = min(workers, groups // rsvd.MIN_EIGH_CHUNK)
+    assert sum(size for _, size in calls) == groups
+    assert len(calls) == (chunks if chunks >= 2 else 1)
+    if chunks >= 2:
+        assert min(size for _, size in calls) >= rsvd.MIN_EIGH_CHUNK
+        assert threading.get_ident() not in {thread for thread, _ in calls}
+
+
+def test_host_eigh_over_threads_passes_a_worker_error_on(monkeypatch):
+    """An error of one chunk's eigh (LAPACK's, on a bad matrix) reaches the caller as it is."""
+    rsvd = kernel_module("rsvd", interpret=True)
+    grams = torch.eye(6, dtype=torch.float64).repeat(32, 1, 1)
+    grams[21, 2, 3] = grams[21, 3, 2] = float("nan")
+    eigh = torch.linalg.eigh
+
+    def failing(batch):
+        if batch.isnan().any():
+            raise torch.linalg.LinAlgError("linalg.eigh: the algorithm failed to converge")
+        return eigh(batch)
+
+    monkeypatch.setattr(torch.linalg, "eigh", failing)
+    with pytest.raises(torch.linalg.LinAlgError, match="failed to converge"):
+        rsvd.host_eigh(grams, 4)
