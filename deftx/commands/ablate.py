@@ -30,9 +30,11 @@ composition scale (language_scale: [0.5, 1.0] scores both, no retraining) or the
 reuse the language SFTs' phase 1. Each (variant, seed, source, target, method, scale) row is
 appended to ablation.csv once; running the same command again resumes and adds only what is
 missing (rows of a variant whose settings changed are refused, naming the change; --overwrite
-drops them and runs the variant again); invocations.jsonl and results.md keep every finished
-invocation's command and wall time. One progress line per variant x seed. Example: configs/ablation-nusax-e5-small.yaml
-(stage 1) and configs/ablation-nusax-e5-small-language.yaml (stage 2).
+drops them and runs the variant again; variants.json beside the rows records each variant's
+settings, so the change is named even where the runs are not); invocations.jsonl and results.md
+keep every finished invocation's command and wall time. One progress line per variant x seed.
+Example: configs/ablation-nusax-e5-small.yaml (stage 1) and
+configs/ablation-nusax-e5-small-language.yaml (stage 2).
 """
 
 

@@ -35,7 +35,8 @@ Every (variant, seed, source, target, method, scale) row is appended to ``ablati
 soon as it is evaluated; a row already there is never recomputed, so running the same
 command again resumes (every training step checkpoints too). A variant's runs live in
 ``output_dir/variants/<name>-<hash>``, whose ``identity.json`` records the variant's
-settings: changing a variant's settings gives it a new folder, and its old rows are refused,
+settings (``variants.json`` beside the rows records them too, for a machine without the
+runs): changing a variant's settings gives it a new folder, and its old rows are refused,
 naming what changed, rather than mixed in (rename the variant, or ``overwrite`` /
 ``--overwrite`` drops them and runs it again).
 """
@@ -45,7 +46,7 @@ from __future__ import annotations
 import csv
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,7 @@ from deftx.eval.report import (
     summarize,
     write_csv,
 )
+from deftx.files import atomic_write_bytes
 from deftx.pipeline.config import RUN_ONLY_SETTINGS, ConfigError, PipelineConfig, parse_config, read_config_file
 from deftx.pipeline.head import ensure_head, head_call, head_curve_table, head_report_line
 from deftx.pipeline.run import run_nusax_seed
@@ -379,9 +381,33 @@ def record_variant(ablation: AblationConfig, name: str) -> None:
         write_identity(folder, run_identity(config))
 
 
+def recorded_variants(results_dir: Path) -> dict[str, Any]:
+    """``results_dir``'s :data:`VARIANTS` record: ``"<name>-<hash>"`` -> that variant's identity
+    ({} when there is none or it cannot be read)."""
+    try:
+        record = json.loads((results_dir / VARIANTS).read_text())
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def record_variants(ablation: AblationConfig, names: Iterable[str]) -> None:
+    """Add the identity of each named variant to ``results_dir``'s :data:`VARIANTS` record, kept
+    beside the rows (and committed with them), so that a changed setting can be named on a
+    machine without the runs."""
+    record = recorded_variants(ablation.results_dir)
+    added = {f"{name}-{ablation.hashes[name]}": normalised(run_identity(ablation.variants[name]))
+             for name in names if f"{name}-{ablation.hashes[name]}" not in record}
+    if added:
+        text = json.dumps({**record, **added}, indent=1, sort_keys=True) + "\n"
+        atomic_write_bytes(ablation.results_dir / VARIANTS, text.encode())
+
+
 def variant_changes(ablation: AblationConfig, name: str, old_hash: str) -> list[str]:
-    """What changed in variant ``name`` since rows with ``old_hash`` were written (from its old folder's record)."""
-    recorded = read_identity(variant_folder(ablation.output_dir, name, old_hash))
+    """What changed in variant ``name`` since rows with ``old_hash`` were written (from its old folder's
+    record, else from ``results_dir``'s :data:`VARIANTS` record)."""
+    recorded = (read_identity(variant_folder(ablation.output_dir, name, old_hash))
+                or recorded_variants(ablation.results_dir).get(f"{name}-{old_hash}"))
     if recorded is None:
         return [f"settings hash {old_hash} -> {ablation.hashes[name]}"]
     return describe_changes(recorded, normalised(run_identity(ablation.variants[name])))
@@ -453,6 +479,7 @@ def run_variant_seed(run: AblationRun, name: str, seed: int, done: set[tuple[str
     config = ablation.variants[name]
     ws = Workspace.open(config, log, tokenizer=run.tokenizers.get(config.model))
     record_variant(ablation, name)
+    record_variants(ablation, [name])
     run.tokenizers[config.model] = ws.tokenizer
     ws.step_store = run.store
     ws.overwrite = run.overwrite
@@ -496,6 +523,7 @@ def run_ablation(ablation: AblationConfig, *, log: Callable[[str], None] = print
     csv_path = ablation.results_dir / "ablation.csv"
     existing = drop_stale_rows(csv_path, ablation) if overwrite else read_rows(csv_path)
     check_rows_match(existing, ablation)
+    record_variants(ablation, sorted({row["variant"] for row in existing if row["variant"] in ablation.hashes}))
     done = {row_key(row) for row in existing}
     finished = {(row["variant"], row["seed"], row["source"]) for row in existing}
     run = AblationRun(ablation, LinkedStepStore(ablation.output_dir / "shared"), overwrite=overwrite)
@@ -592,6 +620,7 @@ def cost_lines(records: Sequence[Mapping[str, Any]], variants: Sequence[str]) ->
 
 
 INVOCATIONS = "invocations.jsonl"
+VARIANTS = "variants.json"
 HEAD_METRICS = "mlm_head.json"
 
 

@@ -487,6 +487,26 @@ def test_changed_variant_rows_are_refused_naming_the_change(tiny_ablation, tmp_p
         run_ablation(ablation, log=lambda _: None, progress=lambda _: None, only=["nope"])
 
 
+def test_a_change_is_named_from_the_results_without_the_runs(tiny_ablation, tmp_path):
+    """variants.json beside the rows records each variant's identity: on a machine without the
+    runs (a fresh checkout of committed results), a changed setting is still named."""
+    ablation = tiny_ablation["ablation"]
+    recorded = json.loads((ablation.results_dir / "variants.json").read_text())
+    assert set(recorded) == {f"{name}-{hash_}" for name, hash_ in ablation.hashes.items()}
+    raw = ablation_raw(tmp_path, {**TINY_BASE, "model": str(Path(ablation.variants["reference"].model))},
+                       {"reference": {"language_sft.k": 0.02}}, seeds=[0])
+    changed = parse_ablation({**raw, "results_dir": str(ablation.results_dir),
+                              "output_dir": str(tmp_path / "no-runs-here")})
+    with pytest.raises(ConfigError, match=r"\(reference: language_sft\.k: 0\.01 -> 0\.02\)"):
+        run_ablation(changed, log=lambda _: None, progress=lambda _: None)
+    (ablation.results_dir / "variants.json").rename(tmp_path / "aside.json")
+    try:
+        with pytest.raises(ConfigError, match=r"\(reference: settings hash \w+ -> \w+\)"):
+            run_ablation(changed, log=lambda _: None, progress=lambda _: None)
+    finally:
+        (tmp_path / "aside.json").rename(ablation.results_dir / "variants.json")
+
+
 def test_overwrite_drops_the_rows_of_a_changed_variant(tmp_path):
     from deftx.pipeline.ablation import append_rows, drop_stale_rows
 
@@ -509,13 +529,15 @@ def test_overwrite_drops_the_rows_of_a_changed_variant(tmp_path):
 def test_committed_rows_stay_valid_for_their_config(config):
     """Every committed row still carries its variant's current hash: a setting the identity gained
     later (the device, extra Trainer arguments) must not orphan results already on main."""
-    from deftx.pipeline.ablation import check_rows_match
+    from deftx.pipeline.ablation import check_rows_match, recorded_variants
 
     ablation = load_ablation(REPO / config, device="cpu")
     rows = read_rows(REPO / ablation.results_dir / "ablation.csv")
     assert rows, f"{config}: no committed rows"
     check_rows_match(rows, ablation)
     assert {r["variant"] for r in rows} <= set(ablation.hashes)
+    recorded = recorded_variants(REPO / ablation.results_dir)
+    assert {f"{r['variant']}-{r['variant_hash']}" for r in rows} <= set(recorded), "variants.json lacks a variant"
 
 
 def test_later_settings_enter_the_identity_away_from_their_earlier_value(tmp_path):
