@@ -37,7 +37,7 @@ from deftx.gpucheck import processes
 from deftx.gpucheck.outputs import bundle, returnable_problems, write_json
 
 RESULT_FILES: tuple[str, ...] = ("results.csv", "ablation.csv", "summary.csv", "results.md", "timings.json",
-                                 "selection.csv", "overlap.csv", "mlm_head.json")
+                                 "selection.csv", "overlap.csv", "mlm_head.json", "variants.json")
 """The files of a finished unit's results folder that the visit keeps (the rest stays on the machine)."""
 LOG_BUNDLE = "study-logs.tar.gz"
 MARGIN_S = 5.0
