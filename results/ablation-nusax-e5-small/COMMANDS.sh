@@ -18,3 +18,5 @@ for v in k-1pct k-6pct; do /usr/bin/time deftx ablate $S2 --seeds 2 --variants $
 # session 6 (stage 2, fresh machine: no cached steps; one invocation per seed)
 for s in 0 1 2; do /usr/bin/time -v deftx ablate $S2 --seeds $s --variants head-nusax-1000; done
 for s in 0 1 2; do /usr/bin/time -v deftx ablate $S2 --seeds $s --variants head-nusax-1000-deft-x; done
+# session 7 (stage 2, fresh machine: no cached steps or head; #22 item 4; niced, one invocation per variant and seed)
+for s in 0 1 2; do for v in steps-200 word-embeddings-in; do nice -n 10 /usr/bin/time -v deftx ablate $S2 --seeds $s --variants $v; done; done
