@@ -39,8 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=seed_int, nargs="+", help="override the config's seeds")
     parser.add_argument(
         "--results-dir",
-        help="override the config's results_dir (e.g. one per subset of --seeds: each holds a results.csv of its "
-             "seeds, and deftx paired merges them)",
+        help="override the config's results_dir. A run of some --seeds into a folder that holds other seeds of "
+             "the same recipe adds its seeds to that folder's tables (another recipe's are refused, naming what "
+             "changed; --overwrite drops them); one folder per subset of seeds also works: deftx paired merges them",
     )
     parser.add_argument("--quiet", action="store_true", help="print only the final table")
     parser.add_argument(

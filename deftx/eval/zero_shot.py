@@ -9,7 +9,7 @@ the evaluation loop of ``deftx pipeline``, ``deftx ablate`` and ``deftx evaluate
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -46,6 +46,15 @@ class EvalRow:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, str]) -> EvalRow:
+        """The row a ``results.csv`` line of :meth:`as_dict` was written from (numbers and flags parsed)."""
+        scale = record.get("language_scale", "")
+        return cls(record["benchmark"], record["protocol"], record["method"], record["source"], record["target"],
+                   int(record["seed"]), float(record["macro_f1"]), float(record["accuracy"]), int(record["examples"]),
+                   record["language_sft"] == "True", record.get("split") or "test",
+                   None if scale in ("", None) else float(scale))
 
 
 def nusax_split_examples(data_dir: Path, language: str, split: str, tokenizer, max_length: int) -> list[dict] | None:

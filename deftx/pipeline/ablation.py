@@ -64,6 +64,7 @@ from deftx.eval.report import (
 from deftx.files import atomic_write_bytes
 from deftx.pipeline.config import RUN_ONLY_SETTINGS, ConfigError, PipelineConfig, parse_config, read_config_file
 from deftx.pipeline.head import ensure_head, head_call, head_curve_table, head_report_line
+from deftx.pipeline.identity import run_identity
 from deftx.pipeline.run import run_nusax_seed
 from deftx.pipeline.workspace import Workspace, language_training_settings, requested_device, resolve_device
 from deftx.train.config import short_repr, to_plain
@@ -78,13 +79,6 @@ ROW_FIELDS = ("variant", "variant_hash", "seed", "benchmark", "protocol", "split
               "language_scale", "language_sft", "macro_f1", "accuracy", "examples")
 SUMMARY_GROUP = ("variant", "source", "method", "language_scale")
 DEFAULT_SEEDS = (0, 1, 2)
-# Settings the identity gained after ablation rows were first committed, each with the value all
-# of those rows were made with: at that value a setting is left out of the identity, so that
-# recording a new setting does not orphan the rows already committed (their hashes stay valid).
-LATER_SETTINGS: tuple[tuple[tuple[str, ...], Any], ...] = (
-    (("device",), "cpu"),
-    (("training", "arguments"), {}),
-)
 
 
 @dataclass
@@ -158,31 +152,6 @@ def _merge(base: Mapping[str, Any], overrides: Mapping[str, Any], where: str, *,
 def merge_overrides(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
     """A pipeline config mapping with a variant's (dotted or nested) overrides merged in."""
     return _merge(base, nest_overrides(overrides, "overrides"), "overrides", top=True)
-
-
-def run_identity(config: PipelineConfig) -> dict[str, Any]:
-    """Everything in ``config`` that can change a result (not its name, paths, seeds, checkpoint /
-    logging intervals or progress bars), JSON-ready: what a variant folder records.
-
-    The device is the one the config asks for here (:func:`~deftx.pipeline.workspace.requested_device`:
-    ``auto`` is no device), so rows scored on another device are never mixed in. A setting in
-    :data:`LATER_SETTINGS` at the value every earlier row had is left out (the CPU, no extra
-    Trainer arguments).
-    """
-    plain = to_plain(config)
-    for key in ("name", "output_dir", "results_dir", "step_store", "seeds"):
-        plain.pop(key)
-    for key in RUN_ONLY_SETTINGS:
-        plain["training"].pop(key)
-    identity = {**plain, "device": requested_device(config)}
-    for path, earlier in LATER_SETTINGS:
-        *parents, leaf = path
-        node = identity
-        for part in parents:
-            node = node[part]
-        if node[leaf] == earlier:
-            del node[leaf]
-    return identity
 
 
 def variant_hash(config: PipelineConfig) -> str:

@@ -247,6 +247,8 @@ def _methods(raw: Any, where: str) -> dict[str, DenoiseConfig | None]:
 
 def _sft_section(raw: Any, where: str, default: SFTSection, *, has_max_length: bool = False) -> SFTSection:
     values = _mapping(raw, where)
+    if not has_max_length and "max_length" in values and values["max_length"] is None:
+        values = {key: value for key, value in values.items() if key != "max_length"}  # as a config.json records it
     known = {"k", "eligible", "full", "sparse"} | ({"max_length"} if has_max_length else set())
     unknown = sorted(set(values) - known)
     if unknown:

@@ -2,16 +2,85 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from deftx.eval.report import bar_plot, markdown_tables, summarize, write_csv
 from deftx.eval.zero_shot import EvalRow
-from deftx.pipeline.config import BASELINE, NO_LANGUAGE_SFT, PipelineConfig
+from deftx.pipeline.config import BASELINE, NO_LANGUAGE_SFT, ConfigError, PipelineConfig, parse_config
 from deftx.pipeline.head import head_report_line
+from deftx.pipeline.identity import run_identity
 from deftx.pipeline.workspace import Workspace
+from deftx.train.identity import describe_changes, normalised
+
+
+@dataclass(frozen=True)
+class EarlierSeeds:
+    """What a results folder holds of seeds a run does not train: kept when of the same recipe.
+
+    Attributes:
+        seeds: the seeds kept; rows, selections, overlaps: their lines of results.csv,
+            selection.csv and overlap.csv.
+        dropped: seeds of another recipe left out (``overwrite``).
+    """
+
+    seeds: tuple[int, ...] = ()
+    rows: tuple[EvalRow, ...] = ()
+    selections: tuple[dict[str, str], ...] = ()
+    overlaps: tuple[dict[str, str], ...] = ()
+    dropped: tuple[int, ...] = ()
+
+
+def _records(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def recipe_changes(config: PipelineConfig, recorded: Path) -> list[str]:
+    """What differs between the recipe of ``config`` and the one a results folder's ``config.json``
+    records (:func:`~deftx.pipeline.identity.run_identity`, so not its seeds or paths); one line
+    instead when there is no readable record."""
+    if not recorded.is_file():
+        return [f"no {recorded.name} records their recipe"]
+    try:
+        earlier = parse_config(json.loads(recorded.read_text()), str(recorded))
+    except (OSError, ValueError, RecursionError) as err:
+        return [f"{recorded.name} cannot be read as a config of this version ({err})"]
+    return describe_changes(normalised(run_identity(earlier)), normalised(run_identity(config)))
+
+
+def earlier_seeds(config: PipelineConfig, results_dir: Path, *, overwrite: bool = False) -> EarlierSeeds:
+    """The results ``results_dir`` holds of seeds outside ``config.seeds``, to be kept beside this
+    run's: a run of some seeds adds them to the folder's table instead of replacing it.
+
+    Raises:
+        ConfigError: those seeds are of another recipe (naming what changed), unless
+            ``overwrite``, which leaves them out (:attr:`EarlierSeeds.dropped`).
+    """
+    ours = set(config.seeds)
+    other = [r for r in _records(results_dir / "results.csv") if int(r["seed"]) not in ours]
+    if not other:
+        return EarlierSeeds()
+    seeds = tuple(sorted({int(r["seed"]) for r in other}))
+    changes = recipe_changes(config, results_dir / "config.json")
+    if changes and overwrite:
+        return EarlierSeeds(dropped=seeds)
+    if changes:
+        raise ConfigError(f"{results_dir} holds the results of seeds {list(seeds)} of another recipe "
+                          f"({'; '.join(changes)}): give this run its own --results-dir (deftx paired merges "
+                          "results folders), or --overwrite to drop them")
+
+    def of_other_seeds(name: str) -> tuple[dict[str, str], ...]:
+        return tuple(r for r in _records(results_dir / name) if int(r["seed"]) not in ours)
+
+    return EarlierSeeds(seeds, tuple(EvalRow.from_record(r) for r in other), of_other_seeds("selection.csv"),
+                        of_other_seeds("overlap.csv"))
 
 
 def copy_run_logs(output_dir: Path, destination: Path) -> None:

@@ -20,6 +20,8 @@ are reported in results.md and ``disk.json``.
 
 and, under ``results_dir`` (default: ``output_dir``): results.csv, summary.csv, results.md,
 results.png, overlap.csv, selection.csv, timings.json, disk.json, config.json, mlm_head.json.
+The rows there of seeds this run does not train stay, when ``config.json`` records the same
+recipe (:func:`~deftx.pipeline.outputs.earlier_seeds`): seeds run a few at a time build one table.
 
 Every phase (head warm-up, training, evaluation) runs on the config's ``device`` (``deftx
 pipeline --device``), which is part of every step's identity.
@@ -59,7 +61,7 @@ from deftx.eval.zero_shot import (
 from deftx.models.classifier import build_classifier
 from deftx.pipeline.config import BASELINE, NO_LANGUAGE_SFT, PipelineConfig
 from deftx.pipeline.head import ensure_head, language_texts
-from deftx.pipeline.outputs import reused_steps_note, write_outputs
+from deftx.pipeline.outputs import earlier_seeds, reused_steps_note, write_outputs
 from deftx.pipeline.steps import full_finetune, language_sfts, nusax_train_examples, task_sfts
 from deftx.pipeline.workspace import Workspace
 from deftx.sft import SparseDiff
@@ -201,9 +203,17 @@ def run_pipeline(config: PipelineConfig, *, log: Callable[[str], None] = print,
         ws.step_store = store = LinkedStepStore(Path(config.step_store))
     ledger = ws.results_dir / "invocations.jsonl"
     ws.earlier_seconds = sum(record["seconds"] for record in read_ledger(ledger))
-    (ws.results_dir / "config.json").write_text(json.dumps(to_plain(config), indent=2) + "\n")
+    earlier = earlier_seeds(config, ws.results_dir, overwrite=overwrite)
+    if earlier.seeds:
+        ws.log(f"keeping seeds {list(earlier.seeds)} already in {ws.results_dir / 'results.csv'} (same recipe)")
+    if earlier.dropped:
+        ws.log(f"dropping seeds {list(earlier.dropped)} of another recipe from {ws.results_dir} (--overwrite)")
+    ws.selections += earlier.selections
+    ws.overlaps += earlier.overlaps
+    recorded = {**to_plain(config), "seeds": sorted({*earlier.seeds, *config.seeds}), "device": ws.device}
+    (ws.results_dir / "config.json").write_text(json.dumps(recorded, indent=2) + "\n")
     head_file = ensure_head(ws)
-    rows: list[EvalRow] = []
+    rows: list[EvalRow] = list(earlier.rows)
     for seed in config.seeds:
         if config.targets:
             for source_rows in run_nusax_seed(ws, seed, head_file):

@@ -541,7 +541,7 @@ def test_committed_rows_stay_valid_for_their_config(config):
 
 
 def test_later_settings_enter_the_identity_away_from_their_earlier_value(tmp_path):
-    from deftx.pipeline.ablation import run_identity
+    from deftx.pipeline.identity import run_identity
 
     plain = parse_ablation(ablation_raw(tmp_path, {**BASE, "device": "cpu"}, {"a": {}}))
     on_cuda = parse_ablation(ablation_raw(tmp_path, {**BASE, "device": "cuda"}, {"a": {}}))

@@ -151,3 +151,22 @@ def test_language_window_and_head_corpora():
     assert config.language_sft.full.l1 == 0.1, "the phase default is kept"
     assert config.mlm_head.texts == ("nusax", "americasnlp")
     assert (config.mlm_head.eval_sequences, config.mlm_head.eval_every) == (32, 50)
+
+
+def test_a_recorded_config_parses_back_to_the_same_config():
+    """config.json is to_plain(config): parse_config reads it back as the same config (task_sft's
+    max_length, null there, included), so a results folder's recipe can be compared with a run's."""
+    config = parse_config({"targets": ["x"], "language_sft": {"max_length": 64}})
+    assert parse_config(to_plain(config)) == config
+
+
+@pytest.mark.parametrize("name", ["nusax-e5-small-final", "nusax-e5-small-1seed"])
+def test_committed_results_record_their_config_s_recipe(name, monkeypatch):
+    """A run of more seeds of these configs adds them to the committed table (same recipe)."""
+    import torch
+
+    from deftx.pipeline.outputs import recipe_changes
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # their "auto" meant the CPU
+    config = load_config(REPO / "configs" / f"{name}.yaml")
+    assert recipe_changes(config, REPO / config.results_dir / "config.json") == []

@@ -137,3 +137,41 @@ def test_a_tiny_pipeline_keeps_a_quarter_of_what_it_kept_with_model_copies(tmp_p
     disk = json.loads((out / "disk.json").read_text())
     assert disk["total"] == sum(folder_bytes(out / folder) for folder in disk if folder != "total")
     assert 4 * folder_bytes(out) <= model_copies, (folder_bytes(out), model_copies)
+
+
+def test_a_run_of_other_seeds_adds_them_to_the_results_folder_of_the_same_recipe(tmp_path, tiny_model_dir,
+                                                                                  monkeypatch):
+    """results.csv (and selection.csv, overlap.csv) keep the seeds a run does not train when the folder's
+    config.json records the same recipe; another recipe's seeds are refused, naming the change, or
+    dropped with overwrite. Nothing of the earlier seeds is rewritten differently."""
+    from deftx.pipeline.config import ConfigError
+
+    monkeypatch.setenv("DEFTX_CACHE", str(tmp_path / "cache"))
+    config = replace(tiny_pipeline(tmp_path, tiny_model_dir, "run", {"lt-sft": None, "deft-x": {"rank": 1}}),
+                     step_store=None)
+    results = tmp_path / "run"
+
+    def records(name: str) -> list[dict[str, str]]:
+        with (results / name).open(newline="") as handle:
+            return list(csv.DictReader(handle))
+
+    run_pipeline(config, log=lambda _: None)
+    seed0 = {name: records(name) for name in ("results.csv", "selection.csv", "overlap.csv")}
+    lines: list[str] = []
+    run_pipeline(replace(config, seeds=(1,)), log=lines.append)
+    assert f"keeping seeds [0] already in {results / 'results.csv'} (same recipe)" in lines
+    for name, earlier in seed0.items():
+        now = records(name)
+        assert {r["seed"] for r in now} == {"0", "1"}, name
+        assert [r for r in now if r["seed"] == "0"] == earlier, f"{name}: seed 0's lines as they were"
+    assert json.loads((results / "config.json").read_text())["seeds"] == [0, 1]
+    assert {r["seeds"] for r in records("summary.csv")} == {"2"}
+
+    other = replace(config, seeds=(2,), task_sft=replace(config.task_sft, k=0.02))
+    with pytest.raises(ConfigError, match=r"holds the results of seeds \[0, 1\] of another recipe "
+                                          r"\(task_sft\.k: 0\.05 -> 0\.02\): give this run its own --results-dir"):
+        run_pipeline(other, log=lambda _: None)
+    assert {r["seed"] for r in records("results.csv")} == {"0", "1"}, "nothing written before the refusal"
+    run_pipeline(other, log=lines.append, overwrite=True)
+    assert f"dropping seeds [0, 1] of another recipe from {results} (--overwrite)" in lines
+    assert {r["seed"] for r in records("results.csv")} == {"2"}

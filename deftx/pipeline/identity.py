@@ -1,0 +1,45 @@
+"""What a pipeline config's results depend on: the identity that ablation variants are hashed by
+and that a results folder's earlier seeds must share with a run that adds seeds to it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from deftx.pipeline.config import RUN_ONLY_SETTINGS, PipelineConfig
+from deftx.pipeline.workspace import requested_device
+from deftx.train.config import to_plain
+
+NOT_RESULTS = ("name", "output_dir", "results_dir", "step_store", "seeds")
+"""Top-level settings that say where or for which seeds a config runs, not what it computes."""
+LATER_SETTINGS: tuple[tuple[tuple[str, ...], Any], ...] = (
+    (("device",), "cpu"),
+    (("training", "arguments"), {}),
+)
+"""Settings the identity gained after results were first committed, each with the value all of
+those results were made with: at that value a setting is left out of the identity, so that
+recording a new setting does not orphan the results already committed (their hashes stay valid)."""
+
+
+def run_identity(config: PipelineConfig) -> dict[str, Any]:
+    """Everything in ``config`` that can change a result (not its name, paths, seeds, checkpoint /
+    logging intervals or progress bars), JSON-ready: what a variant folder records.
+
+    The device is the one the config asks for here (:func:`~deftx.pipeline.workspace.requested_device`:
+    ``auto`` is no device), so results of another device are never mixed in. A setting in
+    :data:`LATER_SETTINGS` at the value every earlier result had is left out (the CPU, no extra
+    Trainer arguments).
+    """
+    plain = to_plain(config)
+    for key in NOT_RESULTS:
+        plain.pop(key)
+    for key in RUN_ONLY_SETTINGS:
+        plain["training"].pop(key)
+    identity = {**plain, "device": requested_device(config)}
+    for path, earlier in LATER_SETTINGS:
+        *parents, leaf = path
+        node = identity
+        for part in parents:
+            node = node[part]
+        if node[leaf] == earlier:
+            del node[leaf]
+    return identity
