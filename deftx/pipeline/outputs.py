@@ -135,7 +135,7 @@ def write_outputs(ws: Workspace, rows: list[EvalRow], wall_seconds: float, comma
     text += [
         f"Wall time: {wall_seconds / 60:.1f} min{total}. Model: {ws.config.model} ({ws.model_dir}); "
         "multilingual-e5-small here is 4-bit (Q4_0 word embeddings and Linear weights).",
-        f"Seeds: {list(ws.config.seeds)}. Methods: {BASELINE} (full fine-tuning on the source, no SFT), "
+        f"Seeds: {sorted({row.seed for row in rows})}. Methods: {BASELINE} (full fine-tuning on the source, no SFT), "
         + ", ".join(ws.config.methods) + " (task SFT + target language SFT"
         + f", scaled by {', '.join(f'{s:g}' for s in ws.config.language_scales())}).",
         *data_lines(ws.config),

@@ -166,6 +166,7 @@ def test_a_run_of_other_seeds_adds_them_to_the_results_folder_of_the_same_recipe
         assert [r for r in now if r["seed"] == "0"] == earlier, f"{name}: seed 0's lines as they were"
     assert json.loads((results / "config.json").read_text())["seeds"] == [0, 1]
     assert {r["seeds"] for r in records("summary.csv")} == {"2"}
+    assert "Seeds: [0, 1]." in (results / "results.md").read_text()
 
     other = replace(config, seeds=(2,), task_sft=replace(config.task_sft, k=0.02))
     with pytest.raises(ConfigError, match=r"holds the results of seeds \[0, 1\] of another recipe "
