@@ -12,7 +12,7 @@ SUMMARY = "paired differences between methods over seeds (bootstrap 95%% interva
 DESCRIPTION = """\
 Compare methods seed by seed from one or more results.csv files (a pipeline's, or one per seed from
 runs spread over several machines: merged, duplicates kept once, conflicting scores refused). For
-each pair A:B: the mean over seeds of A - B on the mean over the targets and on each target, a 95%%
+each pair A:B: the mean over seeds of A - B on the mean over the targets and on each target, a 95%
 percentile-bootstrap interval over seeds, and the seeds each way.
 """
 

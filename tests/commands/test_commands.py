@@ -22,6 +22,16 @@ def test_help(command, capsys):
     assert f"usage: deftx {command}" in capsys.readouterr().out
 
 
+def test_no_help_text_shows_a_doubled_percent_sign(capsys):
+    """argparse %-formats argument and subcommand help, not descriptions: a '%%' there is printed as is."""
+    texts = []
+    for name in ["", *(module.NAME for module in command_modules())]:
+        with pytest.raises(SystemExit):
+            main([name, "--help"] if name else ["--help"])
+        texts.append(capsys.readouterr().out)
+    assert all("%%" not in text for text in texts), [t[:80] for t in texts if "%%" in t]
+
+
 def test_every_command_module_declares_its_subcommand():
     modules = command_modules()
     assert {m.NAME for m in modules} >= set(COMMANDS) and len({m.NAME for m in modules}) == len(modules)
