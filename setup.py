@@ -110,7 +110,8 @@ setup(
     description="Denoised sparse fine-tuning (DeFT-X) and LT-SFT with Triton kernels",
     python_requires=">=3.10",
     packages=find_packages(include=["deftx", "deftx.*"]),
-    package_data={"deftx": ["py.typed"]},  # PEP 561: the package ships its type hints
+    # PEP 561 type hints; the MLM heads deftx ships (deftx.pipeline.head.SHIPPED_HEADS)
+    package_data={"deftx": ["py.typed", "pipeline/heads/*.safetensors"]},
     ext_modules=[CMakeExtension(NATIVE_LIB)],
     cmdclass={"build_ext": CMakeBuild, "build_py": BuildPyWithKernels},
     # Lower bounds are the oldest versions the suite was run with (README, "Versions"); no

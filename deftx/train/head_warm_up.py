@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch.nn.functional import cross_entropy
 
+from deftx.files import atomic_write_bytes
 from deftx.models.mlm import IGNORE_INDEX, FrozenDecoderMLM, MLMHead, load_head, save_head
 from deftx.train.masking import MLMCollator, chunk_token_ids
 
@@ -138,6 +139,7 @@ def warm_up_mlm_head(
     eval_every: int = 100,
     eval_sequences: int = 0,
     log: Callable[[str], None] | None = None,
+    shipped_path: Path | str | None = None,
 ) -> dict[str, Any]:
     """Train only the MLM head (transform + decoder bias) on a frozen body, and cache it.
 
@@ -161,7 +163,9 @@ def warm_up_mlm_head(
     initial head, the texts and their token ids and every setting that changes the head or
     its held-out curve (the held-out settings and group sizes only when ``eval_sequences >
     0``, so a run without held-out text keeps its key); a later call with the same key loads
-    that head and its recorded metrics instead of training.
+    that head and its recorded metrics instead of training. ``shipped_path`` (a read-only
+    folder of such files, e.g. the heads deftx ships) is looked up by the same file name when
+    the cache has none, and a head found there is copied into the cache first.
 
     Returns:
         metrics: ``loss`` / ``accuracy`` / ``masked_tokens`` per training step (masked-token
@@ -201,6 +205,12 @@ def warm_up_mlm_head(
     texts_sha = hashlib.sha256("\x00".join(flat_texts).encode()).hexdigest()
     key = _warm_up_key(model, sequences, texts_sha, settings)
     cache_file = Path(cache_path) / f"mlm-head-{key[:24]}.safetensors" if cache_path is not None else None
+    if cache_file is not None and not cache_file.is_file() and shipped_path is not None:
+        shipped = Path(shipped_path) / cache_file.name
+        if shipped.is_file():
+            atomic_write_bytes(cache_file, shipped.read_bytes())
+            (log or LOGGER.info)(f"MLM head {cache_file.name}: the one shipped in {shipped_path} (same key), "
+                                 "copied into the cache")
     if cache_file is not None and cache_file.is_file():
         stored = load_head(model, cache_file)
         LOGGER.info("MLM head loaded from cache %s", cache_file)

@@ -141,13 +141,16 @@ def warm_up_head(
     real_vocab_size: int | None = None,
     log: Callable[[str], None] | None = None,
     device: str | torch.device = "cpu",
+    shipped_dir: str | Path | None = None,
 ) -> tuple[Path, dict[str, Any]]:
-    """Warm the MLM head up on ``texts`` (or load it from ``cache_dir``).
+    """Warm the MLM head up on ``texts`` (or load it from ``cache_dir``, or from ``shipped_dir``).
 
     Args:
         texts: sentences, or corpus name -> sentences (held-out curves are kept per corpus).
         log: gets a progress line every ``settings.eval_every`` steps (default: the logger).
         device: where the warm-up runs (a head warmed elsewhere than the CPU is cached under its own key).
+        shipped_dir: read-only heads looked up by key when the cache has none (see
+            :func:`~deftx.train.head_warm_up.warm_up_mlm_head`).
 
     Returns:
         (path of the cached head file, warm-up metrics incl. the masked-token accuracy
@@ -158,7 +161,7 @@ def warm_up_head(
         model, tokenizer, texts if isinstance(texts, Mapping) else list(texts), steps=settings.steps,
         batch_size=settings.batch_size, lr=settings.learning_rate, seq_len=settings.seq_len, seed=settings.seed,
         cache_path=cache_dir, real_vocab_size=real_vocab_size, eval_every=settings.eval_every,
-        eval_sequences=settings.eval_sequences, log=log,
+        eval_sequences=settings.eval_sequences, log=log, shipped_path=shipped_dir,
     )
     return Path(metrics["cache_file"]), metrics
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -149,6 +150,28 @@ def test_warm_up_trains_only_the_head_and_caches_it(tmp_path):
     assert cached["final_loss"] == metrics["final_loss"]
     for key, value in again.head_state_dict().items():
         assert_bitwise_equal(value, trained[key], what=f"cached head {key}")
+
+
+def test_a_shipped_head_of_the_same_key_is_used_and_one_of_another_key_is_not(tmp_path):
+    """A head shipped with deftx spares the warm-up only when its key (its file name) matches."""
+    tokenizer = tiny_tokenizer()
+    body = tiny_bert(EMBEDDING_ROWS, seed=2)
+    settings = dict(steps=5, batch_size=8, lr=2e-2, seq_len=16, seed=0)
+    shipped = tmp_path / "shipped"
+    trained = warm_up_mlm_head(build_mlm_model(body, seed=0), tokenizer, _warm_up_texts(), cache_path=shipped,
+                               **settings)
+    lines: list[str] = []
+    model = build_mlm_model(body, seed=0)
+    found = warm_up_mlm_head(model, tokenizer, _warm_up_texts(), cache_path=tmp_path / "cache", log=lines.append,
+                             shipped_path=shipped, **settings)
+    assert found["cache_hit"] and found["key"] == trained["key"] and found["loss"] == trained["loss"]
+    assert (tmp_path / "cache" / Path(trained["cache_file"]).name).read_bytes() == Path(
+        trained["cache_file"]).read_bytes()
+    assert lines == [f"MLM head {Path(trained['cache_file']).name}: the one shipped in {shipped} (same key), "
+                     "copied into the cache"]
+    other = warm_up_mlm_head(build_mlm_model(body, seed=0), tokenizer, _warm_up_texts(), cache_path=tmp_path / "c2",
+                             shipped_path=shipped, **{**settings, "lr": 1e-2})
+    assert not other["cache_hit"] and other["key"] != trained["key"]
 
 
 def test_warm_up_cache_key_covers_settings_texts_and_body(tmp_path):
