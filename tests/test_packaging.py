@@ -108,6 +108,8 @@ def test_built_package_carries_the_kernels_inside_deftx(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-4000:]
     assert not (build_lib / "kernels").exists()
     assert (build_lib / "deftx" / "py.typed").is_file(), "PEP 561 marker shipped"
+    shipped = sorted(p.name for p in (ROOT / "deftx" / "pipeline" / "heads").glob("*.safetensors"))
+    assert shipped and sorted(p.name for p in (build_lib / "deftx" / "pipeline" / "heads").iterdir()) == shipped
     assert {p.name for p in (build_lib / "deftx" / "kernels").glob("*.py")} == {
         "__init__.py",
         *(p.name for p in (ROOT / "kernels").glob("*.py")),
