@@ -20,3 +20,5 @@ for s in 0 1 2; do /usr/bin/time -v deftx ablate $S2 --seeds $s --variants head-
 for s in 0 1 2; do /usr/bin/time -v deftx ablate $S2 --seeds $s --variants head-nusax-1000-deft-x; done
 # session 7 (stage 2, fresh machine: no cached steps or head; #22 item 4; niced, one invocation per variant and seed)
 for s in 0 1 2; do for v in steps-200 word-embeddings-in; do nice -n 10 /usr/bin/time -v deftx ablate $S2 --seeds $s --variants $v; done; done
+# next (session 8 on): the reference again in the same environment, then what is missing (see NOTES.md)
+for s in 0 1 2; do for v in reference-rerun steps-200 word-embeddings-in; do /usr/bin/time -v deftx ablate $S2 --seeds $s --variants $v; done; done
