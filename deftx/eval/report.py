@@ -27,6 +27,15 @@ def write_csv(rows: Sequence[Mapping[str, Any]], path: str | Path) -> None:
         writer.writerows(rows)
 
 
+def read_csv(path: str | Path) -> list[dict[str, str]]:
+    """The rows of a CSV file written by :func:`write_csv`, as strings (none if the file does not exist)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
 def append_invocation(ledger: Path, command: str | None, seconds: float) -> None:
     """Append one finished invocation (command, wall seconds, UTC end time) to a JSON-lines ledger."""
     with ledger.open("a") as handle:

@@ -57,6 +57,7 @@ from deftx.eval.report import (
     column_labels,
     grouped_bar_plot,
     mean_sd,
+    read_csv,
     read_ledger,
     summarize,
     write_csv,
@@ -313,10 +314,7 @@ def row_key(row: Mapping[str, Any]) -> tuple[str, ...]:
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
     """The rows of ``ablation.csv`` (numbers parsed; none if the file does not exist)."""
-    if not path.is_file():
-        return []
-    with path.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    rows: list[dict[str, Any]] = read_csv(path)
     for row in rows:
         row["seed"] = int(row["seed"])
         row["macro_f1"], row["accuracy"] = float(row["macro_f1"]), float(row["accuracy"])

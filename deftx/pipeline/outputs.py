@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from deftx.eval.report import bar_plot, markdown_tables, summarize, write_csv
+from deftx.eval.report import bar_plot, markdown_tables, read_csv, summarize, write_csv
 from deftx.eval.zero_shot import EvalRow
 from deftx.pipeline.config import BASELINE, NO_LANGUAGE_SFT, ConfigError, PipelineConfig, parse_config
 from deftx.pipeline.head import head_report_line
@@ -35,13 +34,6 @@ class EarlierSeeds:
     dropped: tuple[int, ...] = ()
 
 
-def _records(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
-        return []
-    with path.open(newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
 def recipe_changes(config: PipelineConfig, recorded: Path) -> list[str]:
     """What differs between the recipe of ``config`` and the one a results folder's ``config.json``
     records (:func:`~deftx.pipeline.identity.run_identity`, so not its seeds or paths); one line
@@ -64,7 +56,7 @@ def earlier_seeds(config: PipelineConfig, results_dir: Path, *, overwrite: bool 
             ``overwrite``, which leaves them out (:attr:`EarlierSeeds.dropped`).
     """
     ours = set(config.seeds)
-    other = [r for r in _records(results_dir / "results.csv") if int(r["seed"]) not in ours]
+    other = [r for r in read_csv(results_dir / "results.csv") if int(r["seed"]) not in ours]
     if not other:
         return EarlierSeeds()
     seeds = tuple(sorted({int(r["seed"]) for r in other}))
@@ -77,7 +69,7 @@ def earlier_seeds(config: PipelineConfig, results_dir: Path, *, overwrite: bool 
                           "results folders), or --overwrite to drop them")
 
     def of_other_seeds(name: str) -> tuple[dict[str, str], ...]:
-        return tuple(r for r in _records(results_dir / name) if int(r["seed"]) not in ours)
+        return tuple(r for r in read_csv(results_dir / name) if int(r["seed"]) not in ours)
 
     return EarlierSeeds(seeds, tuple(EvalRow.from_record(r) for r in other), of_other_seeds("selection.csv"),
                         of_other_seeds("overlap.csv"))
