@@ -361,7 +361,7 @@ def recorded_variants(results_dir: Path) -> dict[str, Any]:
 def record_variants(ablation: AblationConfig, names: Iterable[str]) -> None:
     """Add the identity of each named variant to ``results_dir``'s :data:`VARIANTS` record, kept
     beside the rows (and committed with them), so that a changed setting can be named on a
-    machine without the runs."""
+    machine without the runs. A run records the variants it runs and those with rows, once."""
     record = recorded_variants(ablation.results_dir)
     added = {f"{name}-{ablation.hashes[name]}": normalised(run_identity(ablation.variants[name]))
              for name in names if f"{name}-{ablation.hashes[name]}" not in record}
@@ -446,7 +446,6 @@ def run_variant_seed(run: AblationRun, name: str, seed: int, done: set[tuple[str
     config = ablation.variants[name]
     ws = Workspace.open(config, log, tokenizer=run.tokenizers.get(config.model))
     record_variant(ablation, name)
-    record_variants(ablation, [name])
     run.tokenizers[config.model] = ws.tokenizer
     ws.step_store = run.store
     ws.overwrite = run.overwrite
@@ -490,7 +489,8 @@ def run_ablation(ablation: AblationConfig, *, log: Callable[[str], None] = print
     csv_path = ablation.results_dir / "ablation.csv"
     existing = drop_stale_rows(csv_path, ablation) if overwrite else read_rows(csv_path)
     check_rows_match(existing, ablation)
-    record_variants(ablation, sorted({row["variant"] for row in existing if row["variant"] in ablation.hashes}))
+    with_rows = {row["variant"] for row in existing if row["variant"] in ablation.hashes}
+    record_variants(ablation, sorted({*chosen, *with_rows}))
     done = {row_key(row) for row in existing}
     finished = {(row["variant"], row["seed"], row["source"]) for row in existing}
     run = AblationRun(ablation, LinkedStepStore(ablation.output_dir / "shared"), overwrite=overwrite)
