@@ -25,6 +25,22 @@ def distribution_version(name: str) -> str:
         return "not installed"
 
 
+RUN_LIBRARIES = ("torch", "transformers", "tokenizers", "numpy", "accelerate", "kernels", "triton")
+"""Distributions whose release can change a training run's numbers (``kernels``: the Hub-kernels
+package transformers 5.2x requires)."""
+
+
+def environment_record() -> dict[str, str]:
+    """What a run's numbers may depend on below its settings: deftx, python, :data:`RUN_LIBRARIES`, CPU threads.
+
+    JSON-ready strings, e.g. ``{"deftx": "0.4.0", "python": "3.11.7", "torch": "2.13.0+cpu", ...,
+    "threads": "2"}``; a library that is not installed reads ``"not installed"``.
+    """
+    return {"deftx": deftx.__version__, "python": platform.python_version(),
+            **{name: distribution_version(name) for name in RUN_LIBRARIES},
+            "threads": str(torch.get_num_threads())}
+
+
 def environment_lines() -> list[str]:
     """Versions and devices, one ``key: value`` line each."""
     lines = [

@@ -10,9 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import deftx
 from deftx.cli import main
+from deftx.info import RUN_LIBRARIES, environment_record
 
 ROOT = Path(__file__).resolve().parents[1]
 HOMES = {"deftx.sft": ("SparseDiff", "apply_diffs", "applied", "compose", "RevertReport", "InexactRevertWarning"),
@@ -60,3 +62,11 @@ def test_doctor_prints_the_version_of_every_library_deftx_works_with(capsys):
         line = next((line for line in lines if line.startswith(f"{name}: ")), None)
         assert line is not None, f"no {name} line in:\n" + "\n".join(lines)
         assert line.split(": ", 1)[1].startswith(expected), line
+
+
+def test_a_runs_environment_record_names_the_installed_releases():
+    record = environment_record()
+    assert record["deftx"] == deftx.__version__ and record["threads"] == str(torch.get_num_threads())
+    assert record["torch"] == importlib.metadata.version("torch")
+    assert record["transformers"] == importlib.metadata.version("transformers")
+    assert set(RUN_LIBRARIES) <= set(record) and json.loads(json.dumps(record)) == record

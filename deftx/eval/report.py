@@ -36,11 +36,22 @@ def read_csv(path: str | Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def append_invocation(ledger: Path, command: str | None, seconds: float) -> None:
-    """Append one finished invocation (command, wall seconds, UTC end time) to a JSON-lines ledger."""
+def append_invocation(ledger: Path, command: str | None, seconds: float,
+                      environment: Mapping[str, str] | None = None) -> None:
+    """Append one finished invocation (command, wall seconds, UTC end time, and the versions it
+    ran on when given: e.g. ``deftx.info.environment_record()``) to a JSON-lines ledger."""
+    record: dict[str, Any] = {"command": command, "seconds": seconds,
+                              "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if environment is not None:
+        record["environment"] = dict(environment)
     with ledger.open("a") as handle:
-        handle.write(json.dumps({"command": command, "seconds": seconds,
-                                 "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n")
+        handle.write(json.dumps(record) + "\n")
+
+
+def environment_changes(before: Mapping[str, str], after: Mapping[str, str]) -> str:
+    """``"transformers 5.17.0 -> 5.25.0, threads 16 -> 2"``: the entries that differ (``"?"`` where one lacks it)."""
+    return ", ".join(f"{name} {before.get(name, '?')} -> {after.get(name, '?')}"
+                     for name in dict.fromkeys([*before, *after]) if before.get(name) != after.get(name))
 
 
 def read_ledger(path: Path) -> list[dict[str, Any]]:

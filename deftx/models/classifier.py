@@ -13,6 +13,8 @@ import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, BertModel, BertPreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from deftx.models.loading import PLAIN_MODULES
+
 
 class BertMeanPoolClassifier(BertPreTrainedModel):
     """BERT body, attention-masked mean pooling, dropout, one linear layer.
@@ -66,12 +68,13 @@ def build_classifier(model_dir: str | Path, num_labels: int, seed: int, pooling:
         raise ValueError(f"pooling must be one of {POOLING}, got {pooling!r}")
     torch.manual_seed(seed)
     if pooling == "cls":
-        model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), num_labels=num_labels)
+        model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), num_labels=num_labels,
+                                                                   **PLAIN_MODULES)
     else:
         config = AutoConfig.from_pretrained(str(model_dir), num_labels=num_labels)
         if config.model_type != "bert":
             raise ValueError(f"mean pooling is implemented for BERT bodies; {model_dir} is {config.model_type!r} "
                              "(use pooling='cls')")
-        model = BertMeanPoolClassifier.from_pretrained(str(model_dir), config=config)
+        model = BertMeanPoolClassifier.from_pretrained(str(model_dir), config=config, **PLAIN_MODULES)
     model.config.deftx_pooling = pooling
     return model

@@ -55,6 +55,7 @@ from deftx.eval.report import (
     AVERAGE,
     append_invocation,
     column_labels,
+    environment_changes,
     grouped_bar_plot,
     mean_sd,
     read_csv,
@@ -63,6 +64,7 @@ from deftx.eval.report import (
     write_csv,
 )
 from deftx.files import atomic_write_bytes
+from deftx.info import environment_record
 from deftx.pipeline.config import RUN_ONLY_SETTINGS, ConfigError, PipelineConfig, parse_config, read_config_file
 from deftx.pipeline.head import ensure_head, head_call, head_curve_table, head_report_line
 from deftx.pipeline.identity import run_identity
@@ -510,7 +512,8 @@ def run_ablation(ablation: AblationConfig, *, log: Callable[[str], None] = print
                      f"shared steps reused {sum(run.store.attached.values()) - reused}, kept "
                      f"{sum(run.store.published.values()) - kept}; valid macro-F1 mean over targets: {averages}")
             write_summary(run, time.perf_counter() - start, command, plot=False)
-    append_invocation(ablation.results_dir / INVOCATIONS, command, time.perf_counter() - start)
+    append_invocation(ablation.results_dir / INVOCATIONS, command, time.perf_counter() - start,
+                      environment_record())
     return write_summary(run, time.perf_counter() - start, command, finished=True)
 
 
@@ -594,11 +597,20 @@ HEAD_METRICS = "mlm_head.json"
 def invocation_lines(ledger: Path, command: str | None, wall_seconds: float, *, finished: bool = False) -> list[str]:
     """Markdown lines: each finished invocation in ``ledger`` (command, wall time, end), then this one.
 
+    An invocation whose recorded versions (``environment``) differ from the last recorded before it
+    says which: rows of the two may not be comparable.
+
     ``finished``: this invocation is already the ledger's last line, so it is not added again.
     """
-    records = read_ledger(ledger)
-    lines = [f"- `{r['command'] or '(not recorded)'}`: {r['seconds'] / 60:.1f} min, finished {r['finished']}"
-             for r in records]
+    lines, environment = [], None
+    for record in read_ledger(ledger):
+        line = (f"- `{record['command'] or '(not recorded)'}`: {record['seconds'] / 60:.1f} min, "
+                f"finished {record['finished']}")
+        if environment is not None and record.get("environment") is not None:
+            changed = environment_changes(environment, record["environment"])
+            line += f"; versions changed since the one before: {changed}" if changed else ""
+        environment = record.get("environment", environment)
+        lines.append(line)
     if finished:
         return lines
     return [*lines, f"- `{command or '(not recorded)'}`: {wall_seconds / 60:.1f} min so far (this invocation)"]

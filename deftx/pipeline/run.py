@@ -58,6 +58,7 @@ from deftx.eval.zero_shot import (
     nusax_split_examples,
     score_compositions,
 )
+from deftx.info import environment_record
 from deftx.models.classifier import build_classifier
 from deftx.pipeline.config import BASELINE, NO_LANGUAGE_SFT, PipelineConfig
 from deftx.pipeline.head import ensure_head, language_texts
@@ -225,5 +226,5 @@ def run_pipeline(config: PipelineConfig, *, log: Callable[[str], None] = print,
     if store is not None:
         ws.notes.append(reused_steps_note(store.attached, config.step_store))
     table = write_outputs(ws, rows, time.perf_counter() - start, command)
-    append_invocation(ledger, command, time.perf_counter() - start)
+    append_invocation(ledger, command, time.perf_counter() - start, environment_record())
     return table

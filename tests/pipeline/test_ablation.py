@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 import deftx.train.sparse_finetuner as sparse_finetuner
+from deftx.eval.report import append_invocation
 from deftx.pipeline.ablation import (
     invocation_lines,
     language_phase1_signature,
@@ -459,6 +460,20 @@ def test_invocation_lines_list_finished_runs_then_this_one(tmp_path):
         "- `deftx ablate a.yaml --seeds 0`: 12.5 min, finished 2026-11-25T11:49:00Z",
         "- `(not recorded)`: 0.1 min, finished 2026-11-25T12:00:00Z",
     ]
+
+
+def test_invocation_lines_say_which_versions_changed_since_the_invocation_before(tmp_path):
+    ledger = tmp_path / "invocations.jsonl"
+    old = {"torch": "2.13.0+cpu", "transformers": "5.17.0", "threads": "2"}
+    append_invocation(ledger, "deftx ablate a.yaml --seeds 0", 60.0)
+    append_invocation(ledger, "deftx ablate a.yaml --seeds 1", 60.0, old)
+    append_invocation(ledger, "deftx ablate a.yaml --seeds 2", 60.0, old)
+    newer = {**old, "transformers": "5.25.0", "numpy": "2.4.6"}
+    append_invocation(ledger, "deftx ablate a.yaml --seeds 3", 60.0, newer)
+    assert json.loads(ledger.read_text().splitlines()[1])["environment"] == old
+    lines = invocation_lines(ledger, None, 0.0, finished=True)
+    assert [line.split("; ", 1)[1] if "; " in line else "" for line in lines] == [
+        "", "", "", "versions changed since the one before: transformers 5.17.0 -> 5.25.0, numpy ? -> 2.4.6"]
 
 
 def test_head_reports_outlive_an_invocation_that_loads_no_head(tmp_path):
