@@ -5,7 +5,9 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
+import subprocess
 import sys
+from pathlib import Path
 
 import torch
 
@@ -30,13 +32,29 @@ RUN_LIBRARIES = ("torch", "transformers", "tokenizers", "numpy", "accelerate", "
 package transformers 5.2x requires)."""
 
 
-def environment_record() -> dict[str, str]:
-    """What a run's numbers may depend on below its settings: deftx, python, :data:`RUN_LIBRARIES`, CPU threads.
+def source_commit() -> str:
+    """The git commit of the checkout deftx is imported from, or ``"unknown"`` (an installed wheel,
+    a copy without ``.git``, no git)."""
+    root = Path(deftx.__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        return "unknown"
+    try:
+        done = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return done.stdout.strip() or "unknown"
 
-    JSON-ready strings, e.g. ``{"deftx": "0.4.0", "python": "3.11.7", "torch": "2.13.0+cpu", ...,
-    "threads": "2"}``; a library that is not installed reads ``"not installed"``.
+
+def environment_record() -> dict[str, str]:
+    """What a run's numbers may depend on below its settings: deftx and its commit, python,
+    :data:`RUN_LIBRARIES`, CPU threads.
+
+    JSON-ready strings, e.g. ``{"deftx": "0.1.0", "commit": "34db878...", "python": "3.11.7",
+    "torch": "2.13.0+cpu", ..., "threads": "2"}``; a library that is not installed reads
+    ``"not installed"``.
     """
-    return {"deftx": deftx.__version__, "python": platform.python_version(),
+    return {"deftx": deftx.__version__, "commit": source_commit(), "python": platform.python_version(),
             **{name: distribution_version(name) for name in RUN_LIBRARIES},
             "threads": str(torch.get_num_threads())}
 

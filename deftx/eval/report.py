@@ -48,10 +48,17 @@ def append_invocation(ledger: Path, command: str | None, seconds: float,
         handle.write(json.dumps(record) + "\n")
 
 
+CODE_KEYS = ("commit",)
+"""Entries of an environment record that name the code, not the libraries: a new commit is the
+normal course of work, so :func:`environment_changes` leaves them out."""
+
+
 def environment_changes(before: Mapping[str, str], after: Mapping[str, str]) -> str:
-    """``"transformers 5.17.0 -> 5.25.0, threads 16 -> 2"``: the entries that differ (``"?"`` where one lacks it)."""
+    """``"transformers 5.17.0 -> 5.25.0, threads 16 -> 2"``: the entries that differ (``"?"`` where one
+    lacks it), :data:`CODE_KEYS` left out."""
     return ", ".join(f"{name} {before.get(name, '?')} -> {after.get(name, '?')}"
-                     for name in dict.fromkeys([*before, *after]) if before.get(name) != after.get(name))
+                     for name in dict.fromkeys([*before, *after])
+                     if name not in CODE_KEYS and before.get(name) != after.get(name))
 
 
 def read_ledger(path: Path) -> list[dict[str, Any]]:

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from deftx.eval.report import bar_plot, markdown_tables, read_csv, summarize, write_csv
+from deftx.eval.report import (
+    bar_plot,
+    environment_changes,
+    markdown_tables,
+    read_csv,
+    read_ledger,
+    summarize,
+    write_csv,
+)
 from deftx.eval.zero_shot import EvalRow
 from deftx.pipeline.config import BASELINE, NO_LANGUAGE_SFT, ConfigError, PipelineConfig, parse_config
 from deftx.pipeline.head import head_report_line
@@ -45,6 +53,21 @@ def recipe_changes(config: PipelineConfig, recorded: Path) -> list[str]:
     except (OSError, ValueError, RecursionError) as err:
         return [f"{recorded.name} cannot be read as a config of this version ({err})"]
     return describe_changes(normalised(run_identity(earlier)), normalised(run_identity(config)))
+
+
+def kept_seeds_note(seeds: Sequence[int], ledger: Path, environment: Mapping[str, str]) -> str | None:
+    """The results.md note on kept earlier seeds when the ``ledger``'s invocations ran on other
+    versions than ``environment`` or recorded none; ``None`` when every one ran on the same."""
+    records = read_ledger(ledger)
+    unrecorded = sum(1 for record in records if not record.get("environment"))
+    changes = list(dict.fromkeys(change for record in records if record.get("environment")
+                                 if (change := environment_changes(record["environment"], environment))))
+    reasons = [f"{unrecorded} of {len(records)} recorded no versions"] if unrecorded else []
+    reasons += [f"some ran on other versions ({'; '.join(changes)})"] if changes else []
+    if not reasons:
+        return None
+    return (f"seeds {list(seeds)} are kept from earlier invocations, of which {' and '.join(reasons)}: their rows "
+            "and this invocation's may differ by more than the seed")
 
 
 def earlier_seeds(config: PipelineConfig, results_dir: Path, *, overwrite: bool = False) -> EarlierSeeds:

@@ -62,7 +62,7 @@ from deftx.info import environment_record
 from deftx.models.classifier import build_classifier
 from deftx.pipeline.config import BASELINE, NO_LANGUAGE_SFT, PipelineConfig
 from deftx.pipeline.head import ensure_head, language_texts
-from deftx.pipeline.outputs import earlier_seeds, reused_steps_note, write_outputs
+from deftx.pipeline.outputs import earlier_seeds, kept_seeds_note, reused_steps_note, write_outputs
 from deftx.pipeline.steps import full_finetune, language_sfts, nusax_train_examples, task_sfts
 from deftx.pipeline.workspace import Workspace
 from deftx.sft import SparseDiff
@@ -205,8 +205,13 @@ def run_pipeline(config: PipelineConfig, *, log: Callable[[str], None] = print,
     ledger = ws.results_dir / "invocations.jsonl"
     ws.earlier_seconds = sum(record["seconds"] for record in read_ledger(ledger))
     earlier = earlier_seeds(config, ws.results_dir, overwrite=overwrite)
+    environment = environment_record()
     if earlier.seeds:
         ws.log(f"keeping seeds {list(earlier.seeds)} already in {ws.results_dir / 'results.csv'} (same recipe)")
+        note = kept_seeds_note(earlier.seeds, ledger, environment)
+        if note:
+            ws.log(note)
+            ws.notes.append(note)
     if earlier.dropped:
         ws.log(f"dropping seeds {list(earlier.dropped)} of another recipe from {ws.results_dir} (--overwrite)")
     ws.selections += earlier.selections
@@ -226,5 +231,5 @@ def run_pipeline(config: PipelineConfig, *, log: Callable[[str], None] = print,
     if store is not None:
         ws.notes.append(reused_steps_note(store.attached, config.step_store))
     table = write_outputs(ws, rows, time.perf_counter() - start, command)
-    append_invocation(ledger, command, time.perf_counter() - start, environment_record())
+    append_invocation(ledger, command, time.perf_counter() - start, environment)
     return table

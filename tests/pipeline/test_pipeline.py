@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 from deftx.pipeline.config import PipelineConfig, parse_config
 from deftx.pipeline.head import head_curve_table, head_report_line
@@ -160,6 +161,9 @@ def test_a_run_of_other_seeds_adds_them_to_the_results_folder_of_the_same_recipe
     lines: list[str] = []
     run_pipeline(replace(config, seeds=(1,)), log=lines.append)
     assert f"keeping seeds [0] already in {results / 'results.csv'} (same recipe)" in lines
+    assert not any("may differ by more than the seed" in line for line in lines), "same versions: no note"
+    ledger = [json.loads(line) for line in (results / "invocations.jsonl").read_text().splitlines()]
+    assert [record["environment"]["torch"] for record in ledger] == [torch.__version__] * 2
     for name, earlier in seed0.items():
         now = records(name)
         assert {r["seed"] for r in now} == {"0", "1"}, name
@@ -176,3 +180,19 @@ def test_a_run_of_other_seeds_adds_them_to_the_results_folder_of_the_same_recipe
     run_pipeline(other, log=lines.append, overwrite=True)
     assert f"dropping seeds [0, 1] of another recipe from {results} (--overwrite)" in lines
     assert {r["seed"] for r in records("results.csv")} == {"2"}
+
+
+def test_kept_seeds_are_flagged_when_their_invocations_ran_on_other_versions_or_recorded_none(tmp_path):
+    from deftx.eval.report import append_invocation
+    from deftx.pipeline.outputs import kept_seeds_note
+
+    ledger = tmp_path / "invocations.jsonl"
+    now = {"commit": "b", "torch": "2.13.0+cpu", "transformers": "5.25.0"}
+    append_invocation(ledger, "deftx pipeline c.yaml --seeds 0", 1.0, {**now, "commit": "a"})
+    assert kept_seeds_note([0], ledger, now) is None, "another commit alone is the normal course of work"
+    append_invocation(ledger, "deftx pipeline c.yaml --seeds 1", 1.0, {**now, "transformers": "5.17.0"})
+    append_invocation(ledger, "deftx pipeline c.yaml --seeds 2", 1.0)
+    assert kept_seeds_note([0, 1, 2], ledger, now) == (
+        "seeds [0, 1, 2] are kept from earlier invocations, of which 1 of 3 recorded no versions and some ran on "
+        "other versions (transformers 5.17.0 -> 5.25.0): their rows and this invocation's may differ by more "
+        "than the seed")
