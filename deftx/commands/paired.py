@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from deftx.commands._common import add_seed_argument, positive_int
+from deftx.commands._common import add_seed_argument, positive_float, positive_int
 
 NAME = "paired"
 SUMMARY = "paired differences between methods over seeds (bootstrap 95%% intervals)"
@@ -33,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
     results = paired.paired_study(rows, pairs=args.pair or paired.DEFAULT_PAIRS, targets=args.targets,
                                   metric=args.metric, split=args.split, bootstrap=bootstrap)
     table = paired.markdown(results, metric=args.metric)
+    if args.goal is not None:
+        table += "\n" + "\n".join(paired.goal_lines(results, args.goal)) + "\n"
     print(table, end="")
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -56,3 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resamples", type=positive_int, default=RESAMPLES, help=f"bootstrap resamples ({RESAMPLES})")
     add_seed_argument(parser, "bootstrap seed (default 0)")
     parser.add_argument("--out", type=Path, default=None, help="folder for paired.md, paired.csv and paired.png")
+    parser.add_argument("--goal", type=positive_float, default=None, metavar="W",
+                        help="a half-width goal for the intervals on the mean over the targets, in the table's "
+                             "units (x100; issue #22: 0.5): says whether each pair meets it and about how many "
+                             "seeds would at the spread seen")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import math
 import random
+import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -233,6 +234,69 @@ def markdown(results: Sequence[PairedDifference], *, metric: str = "macro_f1", s
     for a, b, seeds in unpaired:
         lines.append(f"\nSeeds left out of {a} − {b} (only one of the two has them): {', '.join(map(str, seeds))}.")
     return "\n".join(lines) + "\n"
+
+
+def student_t_two_sided(t: float, dof: int) -> float:
+    """P(|T| <= t) for Student's t with ``dof`` >= 1 degrees of freedom (exact finite series for
+    integer ``dof``, Abramowitz & Stegun 26.7.3-4)."""
+    if dof < 1:
+        raise ValueError(f"dof must be >= 1, got {dof}")
+    theta = math.atan(abs(t) / math.sqrt(dof))
+    cos2 = math.cos(theta) ** 2
+    if dof % 2:  # odd: (2/pi) (theta + sin cos (1 + 2/3 cos^2 + 2*4/(3*5) cos^4 + ...))
+        term, series = 1.0, 1.0 if dof > 1 else 0.0
+        for j in range(1, (dof - 1) // 2):
+            term *= cos2 * (2 * j) / (2 * j + 1)
+            series += term
+        return 2 / math.pi * (theta + math.sin(theta) * math.cos(theta) * series)
+    term, series = 1.0, 1.0  # even: sin (1 + 1/2 cos^2 + 1*3/(2*4) cos^4 + ...)
+    for j in range(1, dof // 2):
+        term *= cos2 * (2 * j - 1) / (2 * j)
+        series += term
+    return math.sin(theta) * series
+
+
+def student_t_critical(confidence: float, dof: int) -> float:
+    """The t with P(|T| <= t) = ``confidence`` for ``dof`` degrees of freedom (bisection, 1e-10)."""
+    low, high = 0.0, 1.0
+    while student_t_two_sided(high, dof) < confidence:
+        high *= 2
+    while high - low > 1e-10:
+        middle = (low + high) / 2
+        low, high = (middle, high) if student_t_two_sided(middle, dof) < confidence else (low, middle)
+    return (low + high) / 2
+
+
+def seeds_for_half_width(differences: Sequence[float], half_width: float, confidence: float = CONFIDENCE,
+                         most: int = 100_000) -> int | None:
+    """Fewest seeds whose t interval of the mean paired difference is within ±``half_width``,
+    were the differences as spread as ``differences`` (their sample sd); ``None`` with fewer than
+    2 differences, ``min(needed, most + 1)`` otherwise. Searched upward from the normal
+    approximation's count, which the t interval never beats."""
+    if half_width <= 0:
+        raise ValueError(f"half_width must be > 0, got {half_width}")
+    if len(differences) < 2:
+        return None
+    sd = statistics.stdev(differences)
+    normal = statistics.NormalDist().inv_cdf((1 + confidence) / 2)
+    seeds = min(max(2, math.ceil((normal * sd / half_width) ** 2)), most + 1)
+    while seeds <= most and student_t_critical(confidence, seeds - 1) * sd / math.sqrt(seeds) > half_width:
+        seeds += 1
+    return seeds
+
+
+def goal_lines(results: Sequence[PairedDifference], half_width: float, *, scale: float = 100.0) -> list[str]:
+    """Markdown lines on each pair over the mean of the targets: is its interval within
+    ±``half_width`` (in units ×``scale``), and about how many seeds would bring it there."""
+    lines = [f"Goal: a 95% interval within ±{half_width:g} (×{scale:g}) on the mean over the targets.", ""]
+    for r in (r for r in results if r.target.startswith("mean of")):
+        reached = scale * max(r.mean - r.low, r.high - r.mean)
+        needed = seeds_for_half_width(r.differences, half_width / scale)
+        estimate = ("one seed cannot say how many would" if needed is None else
+                    f"at their spread, a t interval would need about {needed} seeds")
+        lines.append(f"- {r.a} − {r.b}: ±{reached:.2f} with {len(r.seeds)} seeds, "
+                     f"{'met' if reached <= half_width else 'not met'}; {estimate}.")
+    return lines
 
 
 def write_csv(results: Sequence[PairedDifference], path: str | Path) -> None:

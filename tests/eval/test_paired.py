@@ -16,8 +16,11 @@ from deftx.eval.paired import (
     Bootstrap,
     ResultsError,
     bootstrap_interval,
+    goal_lines,
     paired_study,
     read_results,
+    seeds_for_half_width,
+    student_t_critical,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,12 +120,14 @@ def test_command_writes_the_table_csv_and_plot(tmp_path):
     results = write(tmp_path / "results.csv", study_rows(np.random.default_rng(5), range(12)))
     done = subprocess.run(
         [sys.executable, "-m", "deftx", "paired", str(results), "--targets", ",".join(TARGETS),
-         "--pair", "deft-x:lt-sft", "--resamples", "500", "--out", str(tmp_path / "out")],
+         "--pair", "deft-x:lt-sft", "--resamples", "500", "--goal", "0.5", "--out", str(tmp_path / "out")],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "| mean of 2 targets | deft-x − lt-sft | +2.00 | [+2.00, +2.00] | 12 / 0 / 0 | 12 |" in done.stdout
     assert "optimistic" not in done.stdout  # 12 seeds: no small-sample warning
+    assert "- deft-x − lt-sft: ±0.00 with 12 seeds, met; " in done.stdout
+    assert "- deft-x − lt-sft: ±0.00 with 12 seeds, met; " in (tmp_path / "out" / "paired.md").read_text()
     with (tmp_path / "out" / "paired.csv").open() as handle:
         assert len(list(csv.DictReader(handle))) == 3 * 12
     assert (tmp_path / "out" / "paired.png").stat().st_size > 0
@@ -137,3 +142,47 @@ def test_command_names_a_bad_pair_and_a_missing_column(tmp_path):
                                 "--targets", ",".join(TARGETS)], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert no_metric.returncode == 2 and "deftx paired: error: no column 'f2'" in no_metric.stderr
     assert "Traceback" not in no_metric.stderr
+    bad_goal = subprocess.run([sys.executable, "-m", "deftx", "paired", str(results), "--goal", "-1"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert bad_goal.returncode == 2 and "argument --goal: expected a number > 0, got '-1'" in bad_goal.stderr
+
+
+@pytest.mark.parametrize("dof, table", [(1, 12.706), (2, 4.303), (3, 3.182), (4, 2.776), (9, 2.262), (10, 2.228),
+                                        (19, 2.093), (30, 2.042), (120, 1.980)])
+def test_t_critical_values_match_the_published_table(dof, table):
+    assert student_t_critical(0.95, dof) == pytest.approx(table, abs=6e-4)
+
+
+def test_t_critical_values_match_a_simulated_t(dof=5):
+    gen = np.random.default_rng(0)
+    normal, chi2 = gen.standard_normal(400_000), gen.chisquare(dof, 400_000)
+    simulated = np.quantile(np.abs(normal / np.sqrt(chi2 / dof)), 0.9)
+    assert student_t_critical(0.9, dof) == pytest.approx(simulated, rel=0.01)
+
+
+def test_seeds_for_a_half_width_is_the_fewest_whose_t_interval_fits():
+    differences = [0.01, -0.005, 0.012]  # sample sd 0.009292
+    needed = seeds_for_half_width(differences, 0.005)
+    sd = float(np.std(differences, ddof=1))
+
+    def half(seeds: int) -> float:
+        return student_t_critical(0.95, seeds - 1) * sd / seeds**0.5
+
+    assert needed == 16 and half(16) <= 0.005 < half(15)
+    assert seeds_for_half_width([0.02, 0.02], 0.005) == 2, "no spread: two seeds"
+    assert seeds_for_half_width([0.3], 0.1) is None
+    assert seeds_for_half_width([1.0, -1.0], 1e-3, most=1000) == 1001
+    with pytest.raises(ValueError, match="half_width must be > 0"):
+        seeds_for_half_width(differences, 0.0)
+
+
+def test_goal_lines_say_met_or_not_and_the_seeds_needed():
+    rows = study_rows(np.random.default_rng(7), range(4))
+    results = paired_study(rows, pairs=[("deft-x", "lt-sft"), ("lt-sft", "full-ft")], targets=TARGETS,
+                           bootstrap=Bootstrap(resamples=200))
+    lines = goal_lines(results, 0.5)
+    assert lines[0] == "Goal: a 95% interval within ±0.5 (×100) on the mean over the targets."
+    assert lines[2] == ("- deft-x − lt-sft: ±0.00 with 4 seeds, met; at their spread, a t interval would need "
+                        "about 2 seeds.")
+    assert lines[3].startswith("- lt-sft − full-ft: ±") and "with 4 seeds, not met; " in lines[3]
+    assert len(lines) == 4, "the mean over the targets only, one line per pair"
