@@ -52,10 +52,11 @@ def environment_record() -> dict[str, str]:
 
     JSON-ready strings, e.g. ``{"deftx": "0.1.0", "commit": "34db878...", "python": "3.11.7",
     "torch": "2.13.0+cpu", ..., "threads": "2"}``; a library that is not installed reads
-    ``"not installed"``.
+    ``"not installed"``. torch's is ``torch.__version__``, which names the build (``+cpu``,
+    ``+cu130``) where the distribution's metadata may not.
     """
     return {"deftx": deftx.__version__, "commit": source_commit(), "python": platform.python_version(),
-            **{name: distribution_version(name) for name in RUN_LIBRARIES},
+            **{name: distribution_version(name) for name in RUN_LIBRARIES}, "torch": torch.__version__,
             "threads": str(torch.get_num_threads())}
 
 
