@@ -53,6 +53,15 @@ CODE_KEYS = ("commit",)
 normal course of work, so :func:`environment_changes` leaves them out."""
 
 
+def versions_line(environment: Mapping[str, str]) -> str:
+    """``"Versions: deftx 0.1.0 (commit 34db878), python 3.11.7, torch 2.13.0+cpu, ..., threads 2."``"""
+    commit = environment.get("commit")
+    parts = [f"{name} {value}" + (f" (commit {commit[:7]})" if name == "deftx" and commit not in (None, "unknown")
+                                  else "")
+             for name, value in environment.items() if name not in CODE_KEYS]
+    return "Versions: " + ", ".join(parts) + "."
+
+
 def environment_changes(before: Mapping[str, str], after: Mapping[str, str]) -> str:
     """``"transformers 5.17.0 -> 5.25.0, threads 16 -> 2"``: the entries that differ (``"?"`` where one
     lacks it), :data:`CODE_KEYS` left out."""

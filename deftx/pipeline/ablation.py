@@ -61,6 +61,7 @@ from deftx.eval.report import (
     read_csv,
     read_ledger,
     summarize,
+    versions_line,
     write_csv,
 )
 from deftx.files import atomic_write_bytes
@@ -696,6 +697,7 @@ def write_summary(
         text += ["Wall time of the runs, training and evaluation (a step reused from another run costs "
                  "nothing here; the first run of a seed pays for the shared ones):", "",
                  *cost_lines(records, variants), ""]
+    text += [versions_line(environment_record()) + " (this invocation's; `invocations.jsonl` keeps each one's)", ""]
     text += ["Files: ablation.csv (one row per variant, seed, source, target, method, scale), summary.csv "
              "(mean ± sd over seeds, per target and `avg`), results.png, timings.jsonl, invocations.jsonl, "
              "mlm_head.json.", ""]

@@ -15,6 +15,7 @@ from deftx.eval.report import (
     markdown_tables,
     mean_sd,
     summarize,
+    versions_line,
     write_csv,
 )
 
@@ -134,3 +135,11 @@ def test_grouped_bar_plot(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="nothing to plot"):
         grouped_bar_plot({}, path, x_key="variant", series_key="column")
+
+
+def test_versions_line_names_each_library_and_the_short_commit_once():
+    environment = {"deftx": "0.1.0", "commit": "34db878abcdef", "python": "3.11.7", "torch": "2.11.0+cu130",
+                   "threads": "16"}
+    assert versions_line(environment) == ("Versions: deftx 0.1.0 (commit 34db878), python 3.11.7, "
+                                          "torch 2.11.0+cu130, threads 16.")
+    assert versions_line({**environment, "commit": "unknown"}).startswith("Versions: deftx 0.1.0, python")

@@ -411,6 +411,7 @@ def test_summary_files(tiny_ablation):
     assert "| variant | full-ft | lt-sft ×0.5 | lt-sft ×1 | lt-sft (no lang SFT) |" in text
     assert "| reference |" in text and "| k-half |" in text and "MLM head warm-up" in text
     assert "×100 per seed, mean over targets" in text and "| k-half | lt-sft ×0.5 |" in text
+    assert "Versions: deftx " in text and "(this invocation's; `invocations.jsonl` keeps each one's)" in text
     assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "timings.jsonl").is_file() and (out / "mlm_head.json").is_file()
     ledger = [json.loads(line) for line in (out / "invocations.jsonl").read_text().splitlines()]

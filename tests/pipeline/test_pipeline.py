@@ -171,6 +171,7 @@ def test_a_run_of_other_seeds_adds_them_to_the_results_folder_of_the_same_recipe
     assert json.loads((results / "config.json").read_text())["seeds"] == [0, 1]
     assert {r["seeds"] for r in records("summary.csv")} == {"2"}
     assert "Seeds: [0, 1]." in (results / "results.md").read_text()
+    assert f", torch {torch.__version__}, " in (results / "results.md").read_text(), "the versions it ran on"
 
     other = replace(config, seeds=(2,), task_sft=replace(config.task_sft, k=0.02))
     with pytest.raises(ConfigError, match=r"holds the results of seeds \[0, 1\] of another recipe "
