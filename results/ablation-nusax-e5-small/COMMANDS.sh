@@ -20,5 +20,10 @@ for s in 0 1 2; do /usr/bin/time -v deftx ablate $S2 --seeds $s --variants head-
 for s in 0 1 2; do /usr/bin/time -v deftx ablate $S2 --seeds $s --variants head-nusax-1000-deft-x; done
 # session 7 (stage 2, fresh machine: no cached steps or head; #22 item 4; niced, one invocation per variant and seed)
 for s in 0 1 2; do for v in steps-200 word-embeddings-in; do nice -n 10 /usr/bin/time -v deftx ablate $S2 --seeds $s --variants $v; done; done
-# next (session 8 on): the reference again in the same environment, then what is missing (see NOTES.md)
-for s in 0 1 2; do for v in reference-rerun steps-200 word-embeddings-in; do /usr/bin/time -v deftx ablate $S2 --seeds $s --variants $v; done; done
+# session 8 (same machine as session 7; niced; the order and early stop of NOTES.md, "Session 8")
+for sv in "0 reference-rerun" "0 word-embeddings-in" "1 reference-rerun" "2 reference-rerun"; do
+  set -- $sv; nice -n 10 /usr/bin/time -v deftx ablate $S2 --seeds $1 --variants $2
+done
+# the drift probes (results/ablation-nusax-e5-small/drift/README.md), in a worktree of 97afbcb:
+#   git worktree add ../wt-old 97afbcb && cd ../wt-old && git bisect start 8808f0f 97afbcb
+#   MAIN=$OLDPWD PYTHON=$(which python) git bisect run $OLDPWD/results/ablation-nusax-e5-small/drift/step.sh
