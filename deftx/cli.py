@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 from collections.abc import Sequence
@@ -70,7 +71,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except BrokenPipeError:
+        return reader_went_away()
+
+
+BROKEN_PIPE_STATUS = 141
+"""Exit status when the reader of standard output went away (``deftx doctor | head``): a shell's 128 + SIGPIPE."""
+
+
+def reader_went_away() -> int:
+    """Stop quietly when standard output's reader has gone: point it at /dev/null so that the
+    interpreter's final flush raises nothing, and return :data:`BROKEN_PIPE_STATUS`."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return BROKEN_PIPE_STATUS
 
 
 if __name__ == "__main__":

@@ -15,8 +15,9 @@ import deftx
 from deftx.ops.dispatch import ENV_VAR, backend_report, triton_unavailable_reason
 from deftx.ops.registry import OPS
 
-LIBRARIES = ("transformers", "datasets", "accelerate", "peft", "safetensors")
-"""Distributions deftx works with whose versions the report names (torch and triton have lines of their own)."""
+LIBRARIES = ("transformers", "datasets", "accelerate", "peft", "safetensors", "kernels")
+"""Distributions deftx works with whose versions the report names (torch and triton have lines of their own;
+``kernels``: Hugging Face's Hub-kernel loader, which transformers >= 5.25 requires and deftx keeps off)."""
 
 
 def distribution_version(name: str) -> str:

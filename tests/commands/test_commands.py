@@ -214,3 +214,19 @@ def test_output_reaches_a_pipe_line_by_line(tmp_path):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "progress line\n"
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly():
+    """``deftx doctor | head -1``: once the reader has closed the pipe, the command stops with
+    status 141 (128 + SIGPIPE) and no traceback."""
+    import subprocess
+    import sys
+
+    script = ("import sys, deftx.commands.doctor as doctor, deftx.cli as cli\n"
+              "doctor.run = lambda args: [print(f'line {i}') for i in range(200_000)]\n"
+              "sys.exit(cli.main(['doctor']))\n")
+    reader = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert reader.stdout.readline() == b"line 0\n"
+    reader.stdout.close()
+    assert reader.wait(timeout=120) == 141
+    assert reader.stderr.read() == b"", "nothing on stderr: no traceback, no 'Exception ignored' line"
