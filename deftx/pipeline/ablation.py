@@ -428,6 +428,8 @@ class AblationRun:
     tokenizers: dict[str, Any] = field(default_factory=dict)
     head_metrics: dict[str, Any] = field(default_factory=dict)
     timings: list[dict[str, Any]] = field(default_factory=list)
+    environment: dict[str, str] = field(default_factory=environment_record)
+    """The versions and commit this call started with (what its rows are computed by)."""
 
 
 def head_for(run: AblationRun, ws: Workspace) -> Path:
@@ -514,7 +516,7 @@ def run_ablation(ablation: AblationConfig, *, log: Callable[[str], None] = print
                      f"{sum(run.store.published.values()) - kept}; valid macro-F1 mean over targets: {averages}")
             write_summary(run, time.perf_counter() - start, command, plot=False)
     append_invocation(ablation.results_dir / INVOCATIONS, command, time.perf_counter() - start,
-                      environment_record())
+                      run.environment)
     return write_summary(run, time.perf_counter() - start, command, finished=True)
 
 
@@ -697,7 +699,7 @@ def write_summary(
         text += ["Wall time of the runs, training and evaluation (a step reused from another run costs "
                  "nothing here; the first run of a seed pays for the shared ones):", "",
                  *cost_lines(records, variants), ""]
-    text += [versions_line(environment_record()) + " (this invocation's; `invocations.jsonl` keeps each one's)", ""]
+    text += [versions_line(run.environment) + " (this invocation's; `invocations.jsonl` keeps each one's)", ""]
     text += ["Files: ablation.csv (one row per variant, seed, source, target, method, scale), summary.csv "
              "(mean ± sd over seeds, per target and `avg`), results.png, timings.jsonl, invocations.jsonl, "
              "mlm_head.json.", ""]

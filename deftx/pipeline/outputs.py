@@ -19,7 +19,6 @@ from deftx.eval.report import (
     write_csv,
 )
 from deftx.eval.zero_shot import EvalRow
-from deftx.info import environment_record
 from deftx.pipeline.config import BASELINE, NO_LANGUAGE_SFT, ConfigError, PipelineConfig, parse_config
 from deftx.pipeline.head import head_report_line
 from deftx.pipeline.identity import run_identity
@@ -169,7 +168,7 @@ def write_outputs(ws: Workspace, rows: list[EvalRow], wall_seconds: float, comma
     if ws.notes:
         text += ["Notes:", "", *[f"- {note}" for note in ws.notes], ""]
     text += disk_lines(ws.kept)
-    text += [versions_line(environment_record()), ""]
+    text += [versions_line(ws.environment), ""]
     text += ["Files: results.csv (per seed), summary.csv, overlap.csv (mask overlap per group), "
              "selection.csv (share of K per group), timings.json, disk.json, results.png.", ""]
     (out / "results.md").write_text("\n".join(text))

@@ -58,7 +58,6 @@ from deftx.eval.zero_shot import (
     nusax_split_examples,
     score_compositions,
 )
-from deftx.info import environment_record
 from deftx.models.classifier import build_classifier
 from deftx.pipeline.config import BASELINE, NO_LANGUAGE_SFT, PipelineConfig
 from deftx.pipeline.head import ensure_head, language_texts
@@ -205,10 +204,9 @@ def run_pipeline(config: PipelineConfig, *, log: Callable[[str], None] = print,
     ledger = ws.results_dir / "invocations.jsonl"
     ws.earlier_seconds = sum(record["seconds"] for record in read_ledger(ledger))
     earlier = earlier_seeds(config, ws.results_dir, overwrite=overwrite)
-    environment = environment_record()
     if earlier.seeds:
         ws.log(f"keeping seeds {list(earlier.seeds)} already in {ws.results_dir / 'results.csv'} (same recipe)")
-        note = kept_seeds_note(earlier.seeds, ledger, environment)
+        note = kept_seeds_note(earlier.seeds, ledger, ws.environment)
         if note:
             ws.log(note)
             ws.notes.append(note)
@@ -231,5 +229,5 @@ def run_pipeline(config: PipelineConfig, *, log: Callable[[str], None] = print,
     if store is not None:
         ws.notes.append(reused_steps_note(store.attached, config.step_store))
     table = write_outputs(ws, rows, time.perf_counter() - start, command)
-    append_invocation(ledger, command, time.perf_counter() - start, environment)
+    append_invocation(ledger, command, time.perf_counter() - start, ws.environment)
     return table

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from deftx.data import default_data_dir
+from deftx.info import environment_record
 from deftx.pipeline.config import PipelineConfig
 from deftx.train.checkpoint import folder_bytes
 from deftx.train.config import to_plain
@@ -119,6 +120,8 @@ class Workspace:
     step_store: StepStore | None = None
     overwrite: bool = False
     kept: dict[str, int] = field(default_factory=dict)
+    environment: dict[str, str] = field(default_factory=environment_record)
+    """The versions and commit the run started with (:func:`deftx.info.environment_record`)."""
 
     @classmethod
     def open(cls, config: PipelineConfig, log: Callable[[str], None] = print, tokenizer: Any = None) -> Workspace:
