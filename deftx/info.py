@@ -28,9 +28,9 @@ def distribution_version(name: str) -> str:
         return "not installed"
 
 
-RUN_LIBRARIES = ("torch", "transformers", "tokenizers", "numpy", "accelerate", "kernels", "triton")
-"""Distributions whose release can change a training run's numbers (``kernels``: the Hub-kernels
-package transformers 5.2x requires)."""
+RUN_LIBRARIES = ("transformers", "tokenizers", "numpy", "accelerate", "kernels", "triton")
+"""Distributions besides torch whose release can change a training run's numbers (``kernels``: the
+Hub-kernels package transformers 5.2x requires)."""
 
 
 def source_commit() -> str:
@@ -48,7 +48,7 @@ def source_commit() -> str:
 
 
 def environment_record() -> dict[str, str]:
-    """What a run's numbers may depend on below its settings: deftx and its commit, python,
+    """What a run's numbers may depend on below its settings: deftx and its commit, python, torch,
     :data:`RUN_LIBRARIES`, CPU threads.
 
     JSON-ready strings, e.g. ``{"deftx": "0.1.0", "commit": "34db878...", "python": "3.11.7",
@@ -57,7 +57,7 @@ def environment_record() -> dict[str, str]:
     ``+cu130``) where the distribution's metadata may not.
     """
     return {"deftx": deftx.__version__, "commit": source_commit(), "python": platform.python_version(),
-            **{name: distribution_version(name) for name in RUN_LIBRARIES}, "torch": torch.__version__,
+            "torch": torch.__version__, **{name: distribution_version(name) for name in RUN_LIBRARIES},
             "threads": str(torch.get_num_threads())}
 
 
