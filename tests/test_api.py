@@ -70,3 +70,12 @@ def test_a_runs_environment_record_names_the_installed_releases():
     assert record["torch"] == torch.__version__, "the build's own version (+cpu, +cu130)"
     assert record["transformers"] == importlib.metadata.version("transformers")
     assert set(RUN_LIBRARIES) <= set(record) and json.loads(json.dumps(record)) == record
+
+
+def test_the_record_names_the_gpu_only_where_cuda_is_available(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "gpu" not in environment_record()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: f"NVIDIA H100 80GB HBM3 #{index}")
+    record = environment_record()
+    assert record["gpu"] == "NVIDIA H100 80GB HBM3 #0" and list(record)[-1] == "gpu"
