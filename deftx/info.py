@@ -49,16 +49,20 @@ def source_commit() -> str:
 
 def environment_record() -> dict[str, str]:
     """What a run's numbers may depend on below its settings: deftx and its commit, python, torch,
-    :data:`RUN_LIBRARIES`, CPU threads.
+    :data:`RUN_LIBRARIES`, CPU threads and, on a machine with a CUDA device, its first GPU.
 
     JSON-ready strings, e.g. ``{"deftx": "0.1.0", "commit": "34db878...", "python": "3.11.7",
-    "torch": "2.13.0+cpu", ..., "threads": "2"}``; a library that is not installed reads
-    ``"not installed"``. torch's is ``torch.__version__``, which names the build (``+cpu``,
-    ``+cu130``) where the distribution's metadata may not.
+    "torch": "2.13.0+cpu", ..., "threads": "2"}`` (``"gpu": "NVIDIA H200"`` last where torch counts a
+    CUDA device: a study spread over visits to an H100 and an H200 says which seed ran where); a library
+    that is not installed reads ``"not installed"``. torch's is ``torch.__version__``, which names the
+    build (``+cpu``, ``+cu130``) where the distribution's metadata may not.
     """
-    return {"deftx": deftx.__version__, "commit": source_commit(), "python": platform.python_version(),
-            "torch": torch.__version__, **{name: distribution_version(name) for name in RUN_LIBRARIES},
-            "threads": str(torch.get_num_threads())}
+    record = {"deftx": deftx.__version__, "commit": source_commit(), "python": platform.python_version(),
+              "torch": torch.__version__, **{name: distribution_version(name) for name in RUN_LIBRARIES},
+              "threads": str(torch.get_num_threads())}
+    if torch.cuda.device_count() > 0:
+        record["gpu"] = torch.cuda.get_device_name(0)
+    return record
 
 
 def environment_lines() -> list[str]:

@@ -70,3 +70,13 @@ def test_a_runs_environment_record_names_the_installed_releases():
     assert record["torch"] == torch.__version__, "the build's own version (+cpu, +cu130)"
     assert record["transformers"] == importlib.metadata.version("transformers")
     assert set(RUN_LIBRARIES) <= set(record) and json.loads(json.dumps(record)) == record
+
+
+def test_the_record_names_the_gpu_only_where_torch_counts_a_cuda_device(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert "gpu" not in environment_record(), "a test that pretends CUDA is there must not reach the driver"
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: f"NVIDIA H100 80GB HBM3 #{index}")
+    record = environment_record()
+    assert record["gpu"] == "NVIDIA H100 80GB HBM3 #0" and list(record)[-1] == "gpu"

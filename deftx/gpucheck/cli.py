@@ -20,13 +20,15 @@ DESCRIPTION = textwrap.dedent(
     One prepared command for a GPU machine: install deftx onto its torch without a network, print
     the versions and the GPU, run the CUDA tests, measure the ceilings and a histogram pass, run
     the benchmarks against the dense baselines at full size (XLM-R base fp32, Llama-2-7B bf16)
-    with the predicted-vs-measured table for the H200, run the sparse fine-tuning loop on CUDA,
+    with the predicted-vs-measured table for the GPU (H200, H100 or A100; an H200's otherwise),
+    run the sparse fine-tuning loop on CUDA,
     and profile every kernel with ncu and compute-sanitizer.
 
     Each stage runs in its own process, killed at its time budget; all budgets together fit
     8 minutes. Results go to OUT as they come: summary.json / summary.md, <gpu>_xlmr-base.json,
     <gpu>_llama-7b.json, <gpu>_kernels.json and gpucheck-logs.tar.gz (every log, table, plot,
-    trace and ncu report): at most 8 files, as a device call returns. <gpu> is h200 on an H200.
+    trace and ncu report): at most 8 files, as a device call returns. <gpu> is h200 on an H200,
+    h100 on an H100.
     """
 )
 

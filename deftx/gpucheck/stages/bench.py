@@ -17,7 +17,8 @@ its timed rounds, one timed call for calls over a second) and the stage a deadli
 which cases are recorded as skipped. A baseline that fails (out of memory, an index limit)
 is a row with its error. deftx rows carry the syncs and launches of one call. The document
 is rewritten after every case (``<prefix>_<set>.json`` / ``.md``) with the predicted-vs-
-measured section for the H200 target, then plotted at the end.
+measured section for the GPU it ran on (the H200's figures for a GPU without a target of its own
+and for the CPU's toy run), then plotted at the end.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from typing import Any
 
 from deftx.gpucheck.context import StageContext
 
-PREDICT_TARGET = "h200"
+FALLBACK_TARGET = "h200"
+"""The roofline target of a run whose device has none of its own (the CPU's toy run, an unlisted GPU):
+the H200 the check was written for. An H200, H100 or A100 is predicted for as itself."""
 K_FRACTIONS = (0.001, 0.01, 0.1)
 STEP_K = (0.05,)
 DEADLINE_MARGIN_S = 4.0
@@ -114,10 +117,19 @@ def output_stem(ctx: StageContext, shapes_name: str) -> Path:
     return ctx.stage_dir / f"{ctx.prefix}_{shapes_name}"
 
 
+def prediction_target(doc: dict[str, Any]) -> str | None:
+    """None (:func:`deftx.perf.predicted.choose_target` then detects the GPU from its name) for a CUDA
+    run on a GPU with a roofline target, else :data:`FALLBACK_TARGET`."""
+    from deftx.perf.predicted import detect_target
+
+    on_known_gpu = str(doc["device"]).startswith("cuda") and detect_target(doc["machine"].get("gpu")) is not None
+    return None if on_known_gpu else FALLBACK_TARGET
+
+
 def add_prediction(doc: dict[str, Any], shapes) -> None:
     from deftx.perf.predicted import choose_target, predict_suite
 
-    target, choice = choose_target(doc, PREDICT_TARGET)
+    target, choice = choose_target(doc, prediction_target(doc))
     doc["predicted"] = predict_suite(doc, target, shapes, choice)
 
 
