@@ -24,7 +24,7 @@ for s in 0 1 2; do for v in steps-200 word-embeddings-in; do nice -n 10 /usr/bin
 for sv in "0 reference-rerun" "0 word-embeddings-in" "1 reference-rerun" "2 reference-rerun"; do
   set -- $sv; nice -n 10 /usr/bin/time -v deftx ablate $S2 --seeds $1 --variants $2
 done
-# then (word-embeddings-in out after seed 0; started at session 8's end, resumable from persisted steps)
+# then, session 9 (word-embeddings-in out after seed 0; seed 1 was started at session 8's end and resumed from its persisted steps)
 for s in 1 2; do nice -n 10 /usr/bin/time -v deftx ablate $S2 --seeds $s --variants steps-200; done
 # the drift probes (results/ablation-nusax-e5-small/drift/README.md), in a worktree of 97afbcb:
 #   git worktree add ../wt-old 97afbcb && cd ../wt-old && git bisect start 8808f0f 97afbcb
