@@ -47,21 +47,32 @@ def source_commit() -> str:
     return done.stdout.strip() or "unknown"
 
 
+def first_gpu_name() -> str | None:
+    """The name of CUDA device 0 (``"NVIDIA H200"``), or None where torch has no usable CUDA device
+    (asked of ``is_available`` and ``device_count`` both: a CPU build that a test tells CUDA is there
+    counts none, and a broken driver is not available)."""
+    if torch.cuda.is_available() and torch.cuda.device_count() > 0:
+        return torch.cuda.get_device_name(0)
+    return None
+
+
 def environment_record() -> dict[str, str]:
     """What a run's numbers may depend on below its settings: deftx and its commit, python, torch,
     :data:`RUN_LIBRARIES`, CPU threads and, on a machine with a CUDA device, its first GPU.
 
     JSON-ready strings, e.g. ``{"deftx": "0.1.0", "commit": "34db878...", "python": "3.11.7",
-    "torch": "2.13.0+cpu", ..., "threads": "2"}`` (``"gpu": "NVIDIA H200"`` last where torch counts a
-    CUDA device: a study spread over visits to an H100 and an H200 says which seed ran where); a library
-    that is not installed reads ``"not installed"``. torch's is ``torch.__version__``, which names the
-    build (``+cpu``, ``+cu130``) where the distribution's metadata may not.
+    "torch": "2.13.0+cpu", ..., "threads": "2"}`` (``"gpu": "NVIDIA H200"`` last where
+    :func:`first_gpu_name` names one: a study spread over visits to an H100 and an H200 says which
+    seed ran where); a library that is not installed reads ``"not installed"``. torch's is
+    ``torch.__version__``, which names the build (``+cpu``, ``+cu130``) where the distribution's
+    metadata may not.
     """
     record = {"deftx": deftx.__version__, "commit": source_commit(), "python": platform.python_version(),
               "torch": torch.__version__, **{name: distribution_version(name) for name in RUN_LIBRARIES},
               "threads": str(torch.get_num_threads())}
-    if torch.cuda.device_count() > 0:
-        record["gpu"] = torch.cuda.get_device_name(0)
+    gpu = first_gpu_name()
+    if gpu is not None:
+        record["gpu"] = gpu
     return record
 
 
@@ -73,8 +84,9 @@ def environment_lines() -> list[str]:
         f"torch: {torch.__version__} (CUDA available: {torch.cuda.is_available()})",
         f"CPU threads: {torch.get_num_threads()}",
     ]
-    if torch.cuda.is_available():
-        lines.append(f"GPU: {torch.cuda.get_device_name(0)}")
+    gpu = first_gpu_name()
+    if gpu is not None:
+        lines.append(f"GPU: {gpu}")
     reason = triton_unavailable_reason()
     triton = distribution_version("triton")
     lines.append(f"triton: {triton}" if reason is None else f"triton: {triton} (unavailable: {reason})")

@@ -72,7 +72,7 @@ def test_a_runs_environment_record_names_the_installed_releases():
     assert set(RUN_LIBRARIES) <= set(record) and json.loads(json.dumps(record)) == record
 
 
-def test_the_record_names_the_gpu_only_where_torch_counts_a_cuda_device(monkeypatch):
+def test_the_record_names_the_gpu_only_where_torch_has_a_usable_cuda_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert "gpu" not in environment_record(), "a test that pretends CUDA is there must not reach the driver"
@@ -80,3 +80,5 @@ def test_the_record_names_the_gpu_only_where_torch_counts_a_cuda_device(monkeypa
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: f"NVIDIA H100 80GB HBM3 #{index}")
     record = environment_record()
     assert record["gpu"] == "NVIDIA H100 80GB HBM3 #0" and list(record)[-1] == "gpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "gpu" not in environment_record(), "a driver torch cannot use names no GPU"

@@ -3,7 +3,6 @@
 import pytest
 
 from deftx.gpucheck.stages.bench import FALLBACK_TARGET, prediction_target
-from deftx.perf.predicted import choose_target
 
 
 def document(device: str, gpu: str | None) -> dict:
@@ -18,12 +17,12 @@ def document(device: str, gpu: str | None) -> dict:
     ("cpu", None, "NVIDIA H200 SXM"),
 ])
 def test_the_prediction_is_for_the_gpu_measured_on(device, gpu, predicted_for):
-    target, choice = choose_target(document(device, gpu), prediction_target(document(device, gpu)))
+    target, choice = prediction_target(document(device, gpu))
     assert target is not None and target.gpu == predicted_for
     assert ("detected from the GPU name" in choice) == (predicted_for != "NVIDIA H200 SXM" or gpu == "NVIDIA H200")
 
 
 def test_a_gpu_without_a_target_falls_back_to_the_h200():
     assert FALLBACK_TARGET == "h200"
-    assert prediction_target(document("cuda", "NVIDIA L40S")) == FALLBACK_TARGET
-    assert prediction_target(document("cuda", "NVIDIA H100 80GB HBM3")) is None
+    assert prediction_target(document("cuda", "NVIDIA L40S"))[1].startswith(f"--predict-target {FALLBACK_TARGET}:")
+    assert prediction_target(document("cuda", "NVIDIA H100 80GB HBM3"))[1].startswith("detected from the GPU name")

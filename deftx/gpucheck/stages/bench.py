@@ -26,9 +26,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deftx.gpucheck.context import StageContext
+
+if TYPE_CHECKING:
+    from deftx.perf.targets import Target
 
 FALLBACK_TARGET = "h200"
 """The roofline target of a run whose device has none of its own (the CPU's toy run, an unlisted GPU):
@@ -117,19 +120,19 @@ def output_stem(ctx: StageContext, shapes_name: str) -> Path:
     return ctx.stage_dir / f"{ctx.prefix}_{shapes_name}"
 
 
-def prediction_target(doc: dict[str, Any]) -> str | None:
-    """None (:func:`deftx.perf.predicted.choose_target` then detects the GPU from its name) for a CUDA
-    run on a GPU with a roofline target, else :data:`FALLBACK_TARGET`."""
-    from deftx.perf.predicted import detect_target
+def prediction_target(doc: dict[str, Any]) -> tuple[Target, str]:
+    """The roofline target and how it was chosen: the GPU the suite ran on, detected from its name by
+    :func:`deftx.perf.predicted.choose_target`, else :data:`FALLBACK_TARGET`."""
+    from deftx.perf.predicted import choose_target
 
-    on_known_gpu = str(doc["device"]).startswith("cuda") and detect_target(doc["machine"].get("gpu")) is not None
-    return None if on_known_gpu else FALLBACK_TARGET
+    target, choice = choose_target(doc)
+    return (target, choice) if target is not None else choose_target(doc, FALLBACK_TARGET)
 
 
 def add_prediction(doc: dict[str, Any], shapes) -> None:
-    from deftx.perf.predicted import choose_target, predict_suite
+    from deftx.perf.predicted import predict_suite
 
-    target, choice = choose_target(doc, prediction_target(doc))
+    target, choice = prediction_target(doc)
     doc["predicted"] = predict_suite(doc, target, shapes, choice)
 
 
