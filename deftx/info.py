@@ -15,10 +15,6 @@ import deftx
 from deftx.ops.dispatch import ENV_VAR, backend_report, triton_unavailable_reason
 from deftx.ops.registry import OPS
 
-LIBRARIES = ("transformers", "datasets", "accelerate", "peft", "safetensors", "kernels")
-"""Distributions deftx works with whose versions the report names (torch and triton have lines of their own;
-``kernels``: Hugging Face's Hub-kernel loader, which transformers >= 5.25 requires and deftx keeps off)."""
-
 
 def distribution_version(name: str) -> str:
     """The installed version of distribution ``name``, or ``"not installed"`` (read from metadata, not imported)."""
@@ -29,8 +25,12 @@ def distribution_version(name: str) -> str:
 
 
 RUN_LIBRARIES = ("transformers", "tokenizers", "numpy", "accelerate", "kernels", "triton")
-"""Distributions besides torch whose release can change a training run's numbers (``kernels``: the
-Hub-kernels package transformers 5.2x requires)."""
+"""Distributions besides torch whose release can change a training run's numbers (``kernels``: Hugging
+Face's Hub-kernel loader, which transformers >= 5.25 requires and deftx keeps off)."""
+
+LIBRARIES = (*(name for name in RUN_LIBRARIES if name != "triton"), "datasets", "peft", "safetensors")
+"""Distributions the doctor names: every one of :data:`RUN_LIBRARIES` (triton has a line of its own, with
+why it is unavailable where it is) and those deftx interoperates with (datasets, peft, safetensors)."""
 
 
 def source_commit() -> str:

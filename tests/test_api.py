@@ -21,7 +21,8 @@ HOMES = {"deftx.sft": ("SparseDiff", "apply_diffs", "applied", "compose", "Rever
          "deftx.train": ("SparseFineTuner", "SparseFineTuningConfig", "PhaseConfig", "task_sft_config",
                          "IdentityMismatchError", "TrainerOverrideWarning"),
          "deftx.ops": ("topk_mask", "lowrank_denoise", "scatter_add_", "scatter_restore_", "masked_adamw_step_")}
-LIBRARIES = ("torch", "triton", "transformers", "datasets", "accelerate", "peft", "safetensors", "kernels")
+LIBRARIES = ("torch", "triton", "transformers", "tokenizers", "numpy", "datasets", "accelerate", "peft", "safetensors",
+             "kernels")
 
 
 def test_the_public_names_come_from_their_subpackages():
