@@ -2,3 +2,7 @@
 set -x
 cd "$(dirname "$0")/../.."   # the repository root
 /usr/bin/time -v deftx pipeline configs/nusax-e5-small-final.yaml
+# sessions 9-10 (2026-12-05): a 4th seed, then the table's summaries regenerated
+/usr/bin/time -v deftx pipeline configs/nusax-e5-small-final.yaml --seeds 3
+python results/nusax-e5-small-final/goal.py > results/nusax-e5-small-final/goal.md
+deftx paired results/nusax-e5-small-final/results.csv --goal 0.5 --out results/nusax-e5-small-final/paired
