@@ -6,3 +6,7 @@ cd "$(dirname "$0")/../.."   # the repository root
 /usr/bin/time -v deftx pipeline configs/nusax-e5-small-final.yaml --seeds 3
 python results/nusax-e5-small-final/goal.py > results/nusax-e5-small-final/goal.md
 deftx paired results/nusax-e5-small-final/results.csv --goal 0.5 --out results/nusax-e5-small-final/paired
+# session 10 (2026-12-05): a 5th seed, then the summaries regenerated as above
+/usr/bin/time -v deftx pipeline configs/nusax-e5-small-final.yaml --seeds 4
+python results/nusax-e5-small-final/goal.py > results/nusax-e5-small-final/goal.md
+deftx paired results/nusax-e5-small-final/results.csv --goal 0.5 --out results/nusax-e5-small-final/paired
