@@ -10,3 +10,7 @@ deftx paired results/nusax-e5-small-final/results.csv --goal 0.5 --out results/n
 /usr/bin/time -v deftx pipeline configs/nusax-e5-small-final.yaml --seeds 4
 python results/nusax-e5-small-final/goal.py > results/nusax-e5-small-final/goal.md
 deftx paired results/nusax-e5-small-final/results.csv --goal 0.5 --out results/nusax-e5-small-final/paired
+# sessions 10-11 (2026-12-05): a 6th seed (stopped with session 10, resumed by the same command), then the summaries regenerated
+/usr/bin/time -v deftx pipeline configs/nusax-e5-small-final.yaml --seeds 5
+python results/nusax-e5-small-final/goal.py > results/nusax-e5-small-final/goal.md
+deftx paired results/nusax-e5-small-final/results.csv --goal 0.5 --out results/nusax-e5-small-final/paired
