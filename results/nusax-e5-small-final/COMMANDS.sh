@@ -14,3 +14,7 @@ deftx paired results/nusax-e5-small-final/results.csv --goal 0.5 --out results/n
 /usr/bin/time -v deftx pipeline configs/nusax-e5-small-final.yaml --seeds 5
 python results/nusax-e5-small-final/goal.py > results/nusax-e5-small-final/goal.md
 deftx paired results/nusax-e5-small-final/results.csv --goal 0.5 --out results/nusax-e5-small-final/paired
+# session 11 (2026-12-05): a 7th seed, then the summaries regenerated as above
+/usr/bin/time -v deftx pipeline configs/nusax-e5-small-final.yaml --seeds 6
+python results/nusax-e5-small-final/goal.py > results/nusax-e5-small-final/goal.md
+deftx paired results/nusax-e5-small-final/results.csv --goal 0.5 --out results/nusax-e5-small-final/paired
