@@ -192,6 +192,26 @@ def test_final_config_is_stage_1s_winner_on_test_and_links_the_ablations_steps()
     assert set(final.methods) == {"lt-sft", "deft-x"} and final.methods["lt-sft"] is None
 
 
+def test_denoise_ablation_branches_from_the_final_tables_steps():
+    """DeFT-X's denoising ablation adds branches to the final table's phase 1 (same settings,
+    so its seeds link the final run's steps) and changes nothing but the methods."""
+    from deftx.pipeline.config import load_config
+    from deftx.train.config import DenoiseConfig
+
+    stage1 = load_ablation(REPO / "configs" / "ablation-nusax-e5-small.yaml")
+    denoise = load_ablation(REPO / "configs" / "ablation-nusax-e5-small-denoise.yaml")
+    final = load_config(REPO / "configs" / "nusax-e5-small-final.yaml")
+    assert denoise.output_dir == stage1.output_dir and set(denoise.seeds) <= set(range(3, 8))
+    (variant,) = denoise.variants.values()
+    assert variant.eval_split == "valid" and final.language_scale in variant.language_scales()
+    for key in ("training", "mlm_head", "language_sft", "language_text_splits", "task_on_source_sft", "pooling",
+                "task_sft", "full_finetune"):
+        assert getattr(variant, key) == getattr(final, key), f"{key}: the final table's steps would not be linked"
+    assert {name: variant.methods[name] for name in final.methods} == final.methods
+    assert variant.methods["deft-x-e50"] == DenoiseConfig(energy=0.5)
+    assert variant.methods["deft-x-r8"] == DenoiseConfig(rank=8)
+
+
 def test_linked_store_hard_links_both_ways(tmp_path):
     store = LinkedStepStore(tmp_path / "store")
     run_a, run_b = tmp_path / "a", tmp_path / "b"
