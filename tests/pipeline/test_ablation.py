@@ -561,7 +561,8 @@ def test_overwrite_drops_the_rows_of_a_changed_variant(tmp_path):
 
 
 @pytest.mark.parametrize("config", ["configs/ablation-nusax-e5-small.yaml",
-                                    "configs/ablation-nusax-e5-small-language.yaml"])
+                                    "configs/ablation-nusax-e5-small-language.yaml",
+                                    "configs/ablation-nusax-e5-small-denoise.yaml"])
 def test_committed_rows_stay_valid_for_their_config(config):
     """Every committed row still carries its variant's current hash: a setting the identity gained
     later (the device, extra Trainer arguments) must not orphan results already on main."""
