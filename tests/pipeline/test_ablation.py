@@ -35,6 +35,9 @@ from deftx.train.identity import digest
 from deftx.train.store import LinkedStepStore
 
 REPO = Path(__file__).resolve().parents[2]
+# Pipeline settings the shared steps' identities depend on, besides the methods and the task and
+# baseline recipes: where two configs agree on them, one links the other's steps from the store.
+PHASE_1_SETTINGS = ("training", "mlm_head", "language_sft", "language_text_splits", "task_on_source_sft", "pooling")
 
 
 def test_nest_overrides_expands_dotted_and_nested_keys():
@@ -185,7 +188,7 @@ def test_final_config_is_stage_1s_winner_on_test_and_links_the_ablations_steps()
     assert final.eval_split == "test" and final.seeds == (0, 1, 2) and len(final.targets) == 7
     assert Path(final.step_store) == stage1.output_dir / "shared"
     task_winner, bar = stage1.variants["task-sparse-lr-1e-4"], stage1.variants["full-ft-lr-1e-4"]
-    for key in ("training", "mlm_head", "language_sft", "language_text_splits", "task_on_source_sft", "pooling"):
+    for key in PHASE_1_SETTINGS:
         assert getattr(final, key) == getattr(task_winner, key), f"{key}: the ablation's steps would not be reused"
     assert final.task_sft == task_winner.task_sft and final.full_finetune == bar.full_finetune
     assert final.language_scale in task_winner.language_scales()
@@ -204,8 +207,7 @@ def test_denoise_ablation_branches_from_the_final_tables_steps():
     assert denoise.output_dir == stage1.output_dir and set(denoise.seeds) <= set(range(3, 8))
     (variant,) = denoise.variants.values()
     assert variant.eval_split == "valid" and final.language_scale in variant.language_scales()
-    for key in ("training", "mlm_head", "language_sft", "language_text_splits", "task_on_source_sft", "pooling",
-                "task_sft", "full_finetune"):
+    for key in (*PHASE_1_SETTINGS, "task_sft", "full_finetune"):
         assert getattr(variant, key) == getattr(final, key), f"{key}: the final table's steps would not be linked"
     assert {name: variant.methods[name] for name in final.methods} == final.methods
     assert variant.methods["deft-x-e50"] == DenoiseConfig(energy=0.5)
