@@ -18,10 +18,10 @@ from deftx.data import default_data_dir, nusax
 from deftx.pipeline.config import PipelineConfig
 from deftx.pipeline.workspace import E5_NAMES, requested_device, training_settings
 from deftx.train.config import PhaseConfig
+from deftx.train.task import BASELINE_FILE
 from deftx.train.trainer_args import PHASE_ARGUMENTS, TrainingSettings, training_arguments
 
 SFT_FILE = "sft.safetensors"
-BASELINE_FILE = "final.safetensors"
 
 
 def _status(done: bool) -> str:
@@ -66,6 +66,57 @@ def _branch_lines(work: Path, methods: list[str]) -> Iterator[str]:
         yield f"      {method}: {work / method / SFT_FILE} ({_status((work / method / SFT_FILE).is_file())})"
 
 
+def _language_step(config: PipelineConfig, work: Path, language: str, what: str) -> list[str]:
+    section = config.language_sft
+    return [f"{what} {language}: K {section.k:g}, full {_phase(section.full)}, sparse {_phase(section.sparse)}",
+            *_branch_lines(work, list(config.methods))]
+
+
+def _nusax_steps(config: PipelineConfig, seed_dir: Path, evaluated: list[str]) -> Iterator[list[str]]:
+    """The NusaX steps of one seed, a step's first line then its branch lines (run only when there are targets)."""
+    methods = list(config.methods)
+    for language in dict.fromkeys([*evaluated, *config.sources]):
+        yield _language_step(config, seed_dir / "lang" / language, language, "language SFT")
+    for source in config.sources:
+        if config.baseline:
+            final = seed_dir / "full" / source / BASELINE_FILE
+            yield [f"full fine-tuning baseline on {source}: {_phase(config.full_finetune)} -> {final} "
+                   f"({_status(final.is_file())})"]
+        task = config.task_sft
+        base = seed_dir / "task" / source
+        yield [f"task SFT on {source}: K {task.k:g}, full {_phase(task.full)}, sparse {_phase(task.sparse)}"
+               + (", on the source's language SFT" if config.task_on_source_sft else ""),
+               *(line for method in methods
+                 for line in _branch_lines(base / (method if config.task_on_source_sft else "shared"), [method]))]
+        per_target = len(config.language_scales()) + 1
+        yield [f"NusaX {config.eval_split} evaluation from {source}: {len(methods)} methods x {len(evaluated)} "
+               f"languages x {per_target} compositions" + (" + the baseline" if config.baseline else "")]
+
+
+def _anli_steps(config: PipelineConfig, seed_dir: Path) -> Iterator[list[str]]:
+    """The AmericasNLI steps of one seed (none without an ``americasnli`` section), as :func:`_nusax_steps`."""
+    anli = config.americasnli
+    if anli is None:
+        return
+    methods = list(config.methods)
+    work = seed_dir / "anli"
+    source = "+".join(anli.train_languages) + " dev"
+    for language in anli.test_languages:
+        yield _language_step(config, work / "lang" / language, language,
+                             "AmericasNLI language SFT (AmericasNLP 2021 text)")
+    if config.baseline:
+        final = work / "full" / BASELINE_FILE
+        yield [f"AmericasNLI full fine-tuning baseline on {source}: {_phase(config.full_finetune)} -> {final} "
+               f"({_status(final.is_file())})"]
+    task = config.task_sft
+    yield [f"AmericasNLI task SFT on {source}: K {task.k:g}, full {_phase(task.full)}, sparse {_phase(task.sparse)}, "
+           "one shared full phase", *_branch_lines(work / "task" / "pooled" / "shared", methods)]
+    per_target = len(config.language_scales()) + 1
+    yield [f"AmericasNLI test evaluation on {list(anli.test_languages)}: {len(methods)} methods x "
+           f"{len(anli.test_languages)} languages x {per_target} compositions"
+           + (" + the baseline" if config.baseline else "")]
+
+
 def plan_lines(config: PipelineConfig) -> list[str]:
     """The plan of ``config`` as printable lines."""
     output = Path(config.output_dir)
@@ -78,51 +129,23 @@ def plan_lines(config: PipelineConfig) -> list[str]:
         f"device: {describe_device(config)}",
         f"output: {output}; results: {config.results_dir or output}"
         + (f"; step store: {config.step_store}" if config.step_store else ""),
-        f"seeds {list(config.seeds)}, sources {list(config.sources)}, targets {list(config.targets)}, "
-        f"methods {methods}, language SFT scale(s) {list(config.language_scales())}",
+        f"seeds {list(config.seeds)}, "
+        + (f"sources {list(config.sources)}, targets {list(config.targets)}" if config.targets else "no NusaX targets")
+        + f", methods {methods}, language SFT scale(s) {list(config.language_scales())}",
         "TrainingArguments (where they differ from transformers' defaults; each phase sets its length, lr, folder):",
     ]
     settings = training_settings(config, requested_device(config), config.seeds[0])
     lines += [f"  {key} = {value!r}" for key, value in changed_arguments(settings, output / "trainer").items()]
     head = config.mlm_head
     lines.append(f"1. MLM head warm-up: {head.steps} steps on {'+'.join(head.texts)} text (cached per base model)")
-    number = 2
-    candidates = list(dict.fromkeys([*config.targets, *config.sources]))
+    candidates = list(dict.fromkeys([*config.targets, *config.sources])) if config.targets else []
     evaluated = [lang for lang in candidates if nusax.has_split(data_dir, lang, config.eval_split)]
     skipped = [lang for lang in candidates if lang not in evaluated]
-    section = config.language_sft
-    for seed in config.seeds:
-        seed_dir = output / f"seed-{seed}"
-        for language in dict.fromkeys([*evaluated, *config.sources]):
-            lines.append(f"{number}. [seed {seed}] language SFT {language}: K {section.k:g}, "
-                         f"full {_phase(section.full)}, sparse {_phase(section.sparse)}")
-            lines += _branch_lines(seed_dir / "lang" / language, methods)
-            number += 1
-        for source in config.sources:
-            if config.baseline:
-                final = seed_dir / "full" / source / BASELINE_FILE
-                lines.append(f"{number}. [seed {seed}] full fine-tuning baseline on {source}: "
-                             f"{_phase(config.full_finetune)} -> {final} ({_status(final.is_file())})")
-                number += 1
-            task = config.task_sft
-            lines.append(f"{number}. [seed {seed}] task SFT on {source}: K {task.k:g}, full {_phase(task.full)}, "
-                         f"sparse {_phase(task.sparse)}"
-                         + (", on the source's language SFT" if config.task_on_source_sft else ""))
-            base = seed_dir / "task" / source
-            for method in methods:
-                work = base / (method if config.task_on_source_sft else "shared")
-                lines += _branch_lines(work, [method])
-            number += 1
-            per_target = len(config.language_scales()) + 1
-            lines.append(f"{number}. [seed {seed}] NusaX {config.eval_split} evaluation from {source}: "
-                         f"{len(methods)} methods x {len(evaluated)} languages x {per_target} compositions"
-                         + (" + the baseline" if config.baseline else ""))
-            number += 1
-        if config.americasnli is not None:
-            anli = config.americasnli
-            lines.append(f"{number}. [seed {seed}] AmericasNLI: task on {list(anli.train_languages)} dev, tested on "
-                         f"{list(anli.test_languages)} test, each with its language SFT ({seed_dir / 'anli'})")
-            number += 1
+    steps = [(seed, step) for seed in config.seeds
+             for step in [*(_nusax_steps(config, output / f"seed-{seed}", evaluated) if config.targets else []),
+                          *_anli_steps(config, output / f"seed-{seed}")]]
+    for number, (seed, (first, *branches)) in enumerate(steps, start=2):
+        lines += [f"{number}. [seed {seed}] {first}", *branches]
     if skipped:
         lines.append(f"not evaluated (no NusaX {config.eval_split} split under {data_dir}): {skipped}")
     return lines

@@ -183,6 +183,33 @@ def test_a_run_of_other_seeds_adds_them_to_the_results_folder_of_the_same_recipe
     assert {r["seed"] for r in records("results.csv")} == {"2"}
 
 
+def test_an_americasnli_only_run_trains_what_its_dry_run_plan_lists_and_no_nusax_step(tmp_path, tiny_model_dir,
+                                                                                     monkeypatch):
+    """With no NusaX targets the pipeline runs AmericasNLI alone: the plan lists no NusaX step (it once
+    listed the source's, which the run skips), and every file the plan names is there after the run."""
+    from deftx.pipeline.plan import plan_lines
+
+    monkeypatch.setenv("DEFTX_CACHE", str(tmp_path / "cache"))
+    mapping = {**tiny_mapping(tmp_path, tiny_model_dir, "anli", {"lt-sft": None, "deft-x": {"rank": 1}}),
+               "targets": [], "step_store": None,
+               "americasnli": {"train_languages": ["aym"], "test_languages": ["bzd", "tar"], "max_train_examples": 16}}
+    config = parse_config(mapping)
+    planned = plan_lines(config)
+    steps = [line for line in planned if line[0].isdigit() and not line.startswith("1. MLM head")]
+    assert steps and all(" AmericasNLI " in line for line in steps), steps
+    assert not any("indonesian" in line for line in planned), planned
+    named = [line for line in planned if line.endswith("(to run)")]
+    assert len(named) == 2 * 2 + 1 + 2, "two language SFTs and the task SFT, two branches each; the baseline"
+    run_pipeline(config, log=lambda _: None)
+    assert [line.replace("(to run)", "(done)") for line in named] == [line for line in plan_lines(config)
+                                                                        if line.endswith("(done)")]
+    out = tmp_path / "anli"
+    assert not (out / "seed-0" / "lang").exists() and not (out / "seed-0" / "task").exists(), "no NusaX step ran"
+    with (out / "results.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {r["benchmark"] for r in rows} == {"americasnli"} and {r["target"] for r in rows} == {"bzd", "tar"}
+
+
 def test_kept_seeds_are_flagged_when_their_invocations_ran_on_other_versions_or_recorded_none(tmp_path):
     from deftx.eval.report import append_invocation
     from deftx.pipeline.outputs import kept_seeds_note
