@@ -137,7 +137,9 @@ def plan_lines(config: PipelineConfig) -> list[str]:
     settings = training_settings(config, requested_device(config), config.seeds[0])
     lines += [f"  {key} = {value!r}" for key, value in changed_arguments(settings, output / "trainer").items()]
     head = config.mlm_head
-    lines.append(f"1. MLM head warm-up: {head.steps} steps on {'+'.join(head.texts)} text (cached per base model)")
+    nusax_splits = f" (NusaX {'+'.join(config.language_text_splits)})" if "nusax" in head.texts else ""
+    lines.append(f"1. MLM head warm-up: {head.steps} steps on {'+'.join(head.texts)} text{nusax_splits}; cached by "
+                 "model, text and settings: an earlier run's head is reused only where all three are equal")
     candidates = list(dict.fromkeys([*config.targets, *config.sources])) if config.targets else []
     evaluated = [lang for lang in candidates if nusax.has_split(data_dir, lang, config.eval_split)]
     skipped = [lang for lang in candidates if lang not in evaluated]

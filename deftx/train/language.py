@@ -34,7 +34,7 @@ from deftx.train.trainer_args import TrainingSettings, training_arguments
 
 @dataclass
 class HeadWarmUp:
-    """MLM head warm-up: head-only training on a frozen body, cached per base model.
+    """MLM head warm-up: head-only training on a frozen body, cached by base model, text and these settings.
 
     Attributes:
         steps, batch_size, learning_rate: the warm-up loop.

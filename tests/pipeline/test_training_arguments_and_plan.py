@@ -85,6 +85,7 @@ def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "model: org/some-encoder: Hugging Face Hub model id" in printed
     assert "  gradient_accumulation_steps = 4" in printed and "max_steps" not in printed
+    assert "on nusax text (NusaX train+valid); cached by model, text and settings" in printed, "the head's key"
     sft = tmp_path / "run" / "seed-0" / "lang" / "madurese" / "lt-sft" / "sft.safetensors"
     assert f"lt-sft: {sft} (to run)" in printed
     assert "full fine-tuning baseline on indonesian" in printed and "task SFT on indonesian" in printed
