@@ -46,6 +46,17 @@ def test_real_run_trains_the_final_tables_recipe():
     assert {key: real[key] for key in recipe} == {key: final[key] for key in recipe}
 
 
+def test_americasnli_run_trains_the_final_tables_recipe_and_its_mlm_head():
+    """Nothing of configs/americasnli-e5-small.yaml is tuned on AmericasNLI: its recipe is the NusaX final
+    table's (task_on_source_sft aside: the AmericasNLI task SFT mixes five languages, so it has no source SFT)."""
+    anli = to_plain(load_config(REPO / "configs" / "americasnli-e5-small.yaml"))
+    final = to_plain(load_config(REPO / "configs" / "nusax-e5-small-final.yaml"))
+    recipe = ("methods", "language_scale", "language_text_splits", "mlm_head", "language_sft", "task_sft",
+              "full_finetune", "baseline", "model")
+    assert {key: anli[key] for key in recipe} == {key: final[key] for key in recipe}
+    assert anli["targets"] == [] and anli["americasnli"]["max_train_examples"] is None
+
+
 def test_gpu_study_trains_the_final_recipe_without_checkpoints_inside_phases():
     study = to_plain(load_config(REPO / "configs" / "nusax-e5-small-h200.yaml"))
     final = to_plain(load_config(REPO / "configs" / "nusax-e5-small-final.yaml"))
@@ -160,7 +171,7 @@ def test_a_recorded_config_parses_back_to_the_same_config():
     assert parse_config(to_plain(config)) == config
 
 
-@pytest.mark.parametrize("name", ["nusax-e5-small-final", "nusax-e5-small-1seed"])
+@pytest.mark.parametrize("name", ["nusax-e5-small-final", "nusax-e5-small-1seed", "americasnli-e5-small"])
 def test_committed_results_record_their_config_s_recipe(name, monkeypatch):
     """A run of more seeds of these configs adds them to the committed table (same recipe)."""
     import torch
