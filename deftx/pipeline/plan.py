@@ -8,7 +8,7 @@ the order the pipeline runs them, each with its folder and whether its result is
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -72,6 +72,21 @@ def _language_step(config: PipelineConfig, work: Path, language: str, what: str)
             *_branch_lines(work, list(config.methods))]
 
 
+def _task_step(config: PipelineConfig, what: str, how: str, branches: Iterable[str]) -> list[str]:
+    task = config.task_sft
+    return [f"{what}: K {task.k:g}, full {_phase(task.full)}, sparse {_phase(task.sparse)}{how}", *branches]
+
+
+def _baseline_step(config: PipelineConfig, what: str, final: Path) -> list[str]:
+    return [f"{what}: {_phase(config.full_finetune)} -> {final} ({_status(final.is_file())})"]
+
+
+def _evaluation_step(config: PipelineConfig, what: str, languages: int) -> list[str]:
+    compositions = len(config.language_scales()) + 1
+    return [f"{what}: {len(config.methods)} methods x {languages} languages x {compositions} compositions"
+            + (" + the baseline" if config.baseline else "")]
+
+
 def _nusax_steps(config: PipelineConfig, seed_dir: Path, evaluated: list[str]) -> Iterator[list[str]]:
     """The NusaX steps of one seed, a step's first line then its branch lines (run only when there are targets)."""
     methods = list(config.methods)
@@ -79,18 +94,15 @@ def _nusax_steps(config: PipelineConfig, seed_dir: Path, evaluated: list[str]) -
         yield _language_step(config, seed_dir / "lang" / language, language, "language SFT")
     for source in config.sources:
         if config.baseline:
-            final = seed_dir / "full" / source / BASELINE_FILE
-            yield [f"full fine-tuning baseline on {source}: {_phase(config.full_finetune)} -> {final} "
-                   f"({_status(final.is_file())})"]
-        task = config.task_sft
+            yield _baseline_step(config, f"full fine-tuning baseline on {source}",
+                                 seed_dir / "full" / source / BASELINE_FILE)
         base = seed_dir / "task" / source
-        yield [f"task SFT on {source}: K {task.k:g}, full {_phase(task.full)}, sparse {_phase(task.sparse)}"
-               + (", on the source's language SFT" if config.task_on_source_sft else ""),
-               *(line for method in methods
-                 for line in _branch_lines(base / (method if config.task_on_source_sft else "shared"), [method]))]
-        per_target = len(config.language_scales()) + 1
-        yield [f"NusaX {config.eval_split} evaluation from {source}: {len(methods)} methods x {len(evaluated)} "
-               f"languages x {per_target} compositions" + (" + the baseline" if config.baseline else "")]
+        yield _task_step(config, f"task SFT on {source}",
+                         ", on the source's language SFT" if config.task_on_source_sft else "",
+                         (line for method in methods
+                          for line in _branch_lines(base / (method if config.task_on_source_sft else "shared"),
+                                                    [method])))
+        yield _evaluation_step(config, f"NusaX {config.eval_split} evaluation from {source}", len(evaluated))
 
 
 def _anli_steps(config: PipelineConfig, seed_dir: Path) -> Iterator[list[str]]:
@@ -105,16 +117,12 @@ def _anli_steps(config: PipelineConfig, seed_dir: Path) -> Iterator[list[str]]:
         yield _language_step(config, work / "lang" / language, language,
                              "AmericasNLI language SFT (AmericasNLP 2021 text)")
     if config.baseline:
-        final = work / "full" / BASELINE_FILE
-        yield [f"AmericasNLI full fine-tuning baseline on {source}: {_phase(config.full_finetune)} -> {final} "
-               f"({_status(final.is_file())})"]
-    task = config.task_sft
-    yield [f"AmericasNLI task SFT on {source}: K {task.k:g}, full {_phase(task.full)}, sparse {_phase(task.sparse)}, "
-           "one shared full phase", *_branch_lines(work / "task" / "pooled" / "shared", methods)]
-    per_target = len(config.language_scales()) + 1
-    yield [f"AmericasNLI test evaluation on {list(anli.test_languages)}: {len(methods)} methods x "
-           f"{len(anli.test_languages)} languages x {per_target} compositions"
-           + (" + the baseline" if config.baseline else "")]
+        yield _baseline_step(config, f"AmericasNLI full fine-tuning baseline on {source}",
+                             work / "full" / BASELINE_FILE)
+    yield _task_step(config, f"AmericasNLI task SFT on {source}", ", one shared full phase",
+                     _branch_lines(work / "task" / "pooled" / "shared", methods))
+    yield _evaluation_step(config, f"AmericasNLI test evaluation on {list(anli.test_languages)}",
+                           len(anli.test_languages))
 
 
 def plan_lines(config: PipelineConfig) -> list[str]:
