@@ -12,26 +12,26 @@ DESCRIPTION = """\
 Train (or resume) the language SFT of one language with the config's language_sft, mlm_head,
 training and methods sections: masked LM on the language's NusaX MT text of the config's
 language_text_splits (default train+valid; or AmericasNLP 2021 text with --americasnlp). Output:
-<output_dir>/seed-<s>/lang/<language>/<method>/sft.safetensors.
+<output_dir>/seed-<s>/lang/<language>/<method>/sft.safetensors (seed-<s>/anli/lang/... with
+--americasnlp), where `deftx pipeline` looks for it.
 """
 
 
 def run(args: argparse.Namespace) -> int:
     from deftx.data import americasnlp
     from deftx.pipeline.head import ensure_head, language_texts
+    from deftx.pipeline.layout import branch_file
     from deftx.pipeline.steps import language_sfts
     from deftx.pipeline.workspace import Workspace
 
     ws = Workspace.open(load_pipeline_config(args))
     ws.overwrite = args.overwrite
-    if args.americasnlp:
-        texts, folder = americasnlp.load_text(ws.data_dir, args.language), "anli/lang"
-    else:
-        texts, folder = language_texts(ws, args.language), "lang"
-    diffs = language_sfts(ws, args.language, texts, args.seed, ensure_head(ws), folder=folder)
+    texts = (americasnlp.load_text(ws.data_dir, args.language) if args.americasnlp
+             else language_texts(ws, args.language))
+    work = ws.layout(args.seed).language(args.language, americasnlp=args.americasnlp)
+    diffs = language_sfts(ws, args.language, texts, args.seed, ensure_head(ws), work)
     for method in diffs:
-        path = ws.seed_dir(args.seed) / folder / args.language / method / "sft.safetensors"
-        print(f"{method}: {path} ({diffs[method].nnz} entries)")
+        print(f"{method}: {branch_file(work, method)} ({diffs[method].nnz} entries)")
     for row in ws.selections:
         print(f"  {row['method']}: {row['group']}: {row['selected']} of K={row['k']} ({100 * row['share_of_k']:.1f}%)")
     for row in ws.overlaps:

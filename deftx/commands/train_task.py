@@ -19,20 +19,25 @@ missing.
 def run(args: argparse.Namespace) -> int:
     from deftx.data import nusax
     from deftx.pipeline.head import ensure_head, language_texts
+    from deftx.pipeline.layout import branch_file, task_run_name
     from deftx.pipeline.steps import language_sfts, nusax_train_examples, task_sfts
     from deftx.pipeline.workspace import Workspace
 
     ws = Workspace.open(load_pipeline_config(args))
     ws.overwrite = args.overwrite
+    layout = ws.layout(args.seed)
+    on_source = ws.config.task_on_source_sft
     source_sfts = None
-    if ws.config.task_on_source_sft:
-        source_sfts = language_sfts(ws, args.source, language_texts(ws, args.source), args.seed, ensure_head(ws))
+    if on_source:
+        source_sfts = language_sfts(ws, args.source, language_texts(ws, args.source), args.seed, ensure_head(ws),
+                                    layout.language(args.source))
     examples = nusax_train_examples(ws, args.source)
-    diffs = task_sfts(ws, args.source, examples, args.seed, len(nusax.LABELS), source_sfts, labels=nusax.LABELS)
-    base = ws.seed_dir(args.seed) / "task" / args.source
+    runs = layout.task(args.source)
+    diffs = task_sfts(ws, args.source, examples, args.seed, len(nusax.LABELS), source_sfts, runs,
+                      labels=nusax.LABELS)
     for method, diff in diffs.items():
-        folder = base / (method if source_sfts is not None else "shared") / method
-        print(f"{method}: {folder / 'sft.safetensors'} ({diff.nnz} entries + head {sorted(diff.dense)})")
+        file = branch_file(runs / task_run_name(method, on_source), method)
+        print(f"{method}: {file} ({diff.nnz} entries + head {sorted(diff.dense)})")
     return 0
 
 

@@ -165,6 +165,11 @@ class PipelineConfig:
     full_finetune: PhaseConfig = field(default_factory=lambda: PhaseConfig(epochs=3, learning_rate=1e-4))
     americasnli: AmericasNLISection | None = None
 
+    @property
+    def runs_nusax(self) -> bool:
+        """Whether the pipeline runs the NusaX protocol: only when it has targets."""
+        return bool(self.targets)
+
     def language_scales(self) -> tuple[float, ...]:
         """The composition scales of the language SFT (one, or the swept list)."""
         scale = self.language_scale

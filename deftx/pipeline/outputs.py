@@ -111,7 +111,7 @@ def copy_run_logs(output_dir: Path, destination: Path) -> None:
 def data_lines(config: PipelineConfig) -> list[str]:
     """What each benchmark of ``config`` was trained and evaluated on, one line each."""
     lines = []
-    if config.targets:
+    if config.runs_nusax:
         lines.append(f"NusaX evaluated on the **{config.eval_split}** split; language SFT text: NusaX MT "
                      + "+".join(config.language_text_splits) + ".")
     if config.americasnli is not None:

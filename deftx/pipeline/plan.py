@@ -16,12 +16,11 @@ from transformers import TrainingArguments
 
 from deftx.data import default_data_dir, nusax
 from deftx.pipeline.config import PipelineConfig
+from deftx.pipeline.layout import SHARED_RUN, SeedLayout, branch_file, task_run_name
 from deftx.pipeline.workspace import E5_NAMES, requested_device, training_settings
 from deftx.train.config import PhaseConfig
 from deftx.train.task import BASELINE_FILE
 from deftx.train.trainer_args import PHASE_ARGUMENTS, TrainingSettings, training_arguments
-
-SFT_FILE = "sft.safetensors"
 
 
 def _status(done: bool) -> str:
@@ -61,15 +60,15 @@ def changed_arguments(settings: TrainingSettings, output_dir: Path) -> dict[str,
     return {k: v for k, v in sorted(ours.items()) if k not in PHASE_ARGUMENTS and defaults.get(k) != v}
 
 
-def _branch_lines(work: Path, methods: list[str]) -> Iterator[str]:
-    for method in methods:
-        yield f"      {method}: {work / method / SFT_FILE} ({_status((work / method / SFT_FILE).is_file())})"
+def _branch_line(run_dir: Path, method: str) -> str:
+    file = branch_file(run_dir, method)
+    return f"      {method}: {file} ({_status(file.is_file())})"
 
 
 def _language_step(config: PipelineConfig, work: Path, language: str, what: str) -> list[str]:
     section = config.language_sft
     return [f"{what} {language}: K {section.k:g}, full {_phase(section.full)}, sparse {_phase(section.sparse)}",
-            *_branch_lines(work, list(config.methods))]
+            *(_branch_line(work, method) for method in config.methods)]
 
 
 def _task_step(config: PipelineConfig, what: str, how: str, branches: Iterable[str]) -> list[str]:
@@ -87,42 +86,45 @@ def _evaluation_step(config: PipelineConfig, what: str, languages: int) -> list[
             + (" + the baseline" if config.baseline else "")]
 
 
-def _nusax_steps(config: PipelineConfig, seed_dir: Path, evaluated: list[str]) -> Iterator[list[str]]:
-    """The NusaX steps of one seed, a step's first line then its branch lines (run only when there are targets)."""
-    methods = list(config.methods)
+def _nusax_steps(config: PipelineConfig, layout: SeedLayout, evaluated: list[str]) -> Iterator[list[str]]:
+    """The NusaX steps of one seed, a step's first line then its branch lines."""
     for language in dict.fromkeys([*evaluated, *config.sources]):
-        yield _language_step(config, seed_dir / "lang" / language, language, "language SFT")
+        yield _language_step(config, layout.language(language), language, "language SFT")
     for source in config.sources:
         if config.baseline:
             yield _baseline_step(config, f"full fine-tuning baseline on {source}",
-                                 seed_dir / "full" / source / BASELINE_FILE)
-        base = seed_dir / "task" / source
+                                 layout.baseline(source) / BASELINE_FILE)
+        runs = layout.task(source)
         yield _task_step(config, f"task SFT on {source}",
                          ", on the source's language SFT" if config.task_on_source_sft else "",
-                         (line for method in methods
-                          for line in _branch_lines(base / (method if config.task_on_source_sft else "shared"),
-                                                    [method])))
+                         (_branch_line(runs / task_run_name(method, config.task_on_source_sft), method)
+                          for method in config.methods))
         yield _evaluation_step(config, f"NusaX {config.eval_split} evaluation from {source}", len(evaluated))
 
 
-def _anli_steps(config: PipelineConfig, seed_dir: Path) -> Iterator[list[str]]:
+def _anli_steps(config: PipelineConfig, layout: SeedLayout) -> Iterator[list[str]]:
     """The AmericasNLI steps of one seed (none without an ``americasnli`` section), as :func:`_nusax_steps`."""
     anli = config.americasnli
     if anli is None:
         return
-    methods = list(config.methods)
-    work = seed_dir / "anli"
     source = "+".join(anli.train_languages) + " dev"
     for language in anli.test_languages:
-        yield _language_step(config, work / "lang" / language, language,
+        yield _language_step(config, layout.language(language, americasnlp=True), language,
                              "AmericasNLI language SFT (AmericasNLP 2021 text)")
     if config.baseline:
         yield _baseline_step(config, f"AmericasNLI full fine-tuning baseline on {source}",
-                             work / "full" / BASELINE_FILE)
+                             layout.anli_baseline() / BASELINE_FILE)
     yield _task_step(config, f"AmericasNLI task SFT on {source}", ", one shared full phase",
-                     _branch_lines(work / "task" / "pooled" / "shared", methods))
+                     (_branch_line(layout.anli_task() / SHARED_RUN, method) for method in config.methods))
     yield _evaluation_step(config, f"AmericasNLI test evaluation on {list(anli.test_languages)}",
                            len(anli.test_languages))
+
+
+def _seed_steps(config: PipelineConfig, layout: SeedLayout, evaluated: list[str]) -> Iterator[list[str]]:
+    """Every step of one seed in the order the run takes them: NusaX (only with targets), then AmericasNLI."""
+    if config.runs_nusax:
+        yield from _nusax_steps(config, layout, evaluated)
+    yield from _anli_steps(config, layout)
 
 
 def plan_lines(config: PipelineConfig) -> list[str]:
@@ -138,7 +140,8 @@ def plan_lines(config: PipelineConfig) -> list[str]:
         f"output: {output}; results: {config.results_dir or output}"
         + (f"; step store: {config.step_store}" if config.step_store else ""),
         f"seeds {list(config.seeds)}, "
-        + (f"sources {list(config.sources)}, targets {list(config.targets)}" if config.targets else "no NusaX targets")
+        + (f"sources {list(config.sources)}, targets {list(config.targets)}" if config.runs_nusax
+           else "no NusaX targets")
         + f", methods {methods}, language SFT scale(s) {list(config.language_scales())}",
         "TrainingArguments (where they differ from transformers' defaults; each phase sets its length, lr, folder):",
     ]
@@ -148,12 +151,11 @@ def plan_lines(config: PipelineConfig) -> list[str]:
     nusax_splits = f" (NusaX {'+'.join(config.language_text_splits)})" if "nusax" in head.texts else ""
     lines.append(f"1. MLM head warm-up: {head.steps} steps on {'+'.join(head.texts)} text{nusax_splits}; cached by "
                  "model, text and settings: an earlier run's head is reused only where all three are equal")
-    candidates = list(dict.fromkeys([*config.targets, *config.sources])) if config.targets else []
+    candidates = list(dict.fromkeys([*config.targets, *config.sources])) if config.runs_nusax else []
     evaluated = [lang for lang in candidates if nusax.has_split(data_dir, lang, config.eval_split)]
     skipped = [lang for lang in candidates if lang not in evaluated]
     steps = [(seed, step) for seed in config.seeds
-             for step in [*(_nusax_steps(config, output / f"seed-{seed}", evaluated) if config.targets else []),
-                          *_anli_steps(config, output / f"seed-{seed}")]]
+             for step in _seed_steps(config, SeedLayout.of(output, seed), evaluated)]
     for number, (seed, (first, *branches)) in enumerate(steps, start=2):
         lines += [f"{number}. [seed {seed}] {first}", *branches]
     if skipped:

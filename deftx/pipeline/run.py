@@ -1,12 +1,7 @@
 """The whole chain from one config: language SFTs, task SFTs, baseline, zero-shot tables.
 
-Layout under ``output_dir`` (every step resumable; a finished step is reused)::
-
-    seed-<s>/lang/<language>/              language SFT run (phase 1 shared, one folder per method)
-    seed-<s>/task/<source>/<method>/       task SFT run on top of the source's <method> SFT
-    seed-<s>/task/<source>/shared/         (task_on_source_sft: false) one run, every method a branch
-    seed-<s>/full/<source>/                full fine-tuning baseline
-    seed-<s>/anli/...                      the AmericasNLI leave-languages-out runs
+Every step is resumable (a finished step is reused) and has its folder under ``output_dir``
+(:mod:`deftx.pipeline.layout`).
 
 Every step folder records what its results depend on (:mod:`deftx.train.identity`): running
 the pipeline again resumes the steps whose identity is unchanged and refuses the others,
@@ -18,7 +13,7 @@ identity, so the store links the files of an equal step finished by another run 
 training it, and takes this run's finished steps afterwards. The bytes each run folder keeps
 are reported in results.md and ``disk.json``.
 
-and, under ``results_dir`` (default: ``output_dir``): results.csv, summary.csv, results.md,
+The tables go under ``results_dir`` (default: ``output_dir``): results.csv, summary.csv, results.md,
 results.png, overlap.csv, selection.csv, timings.json, disk.json, config.json, mlm_head.json.
 The rows there of seeds this run does not train stay, when ``config.json`` records the same
 recipe (:func:`~deftx.pipeline.outputs.earlier_seeds`): seeds run a few at a time build one table.
@@ -61,6 +56,7 @@ from deftx.eval.zero_shot import (
 from deftx.models.classifier import build_classifier
 from deftx.pipeline.config import BASELINE, NO_LANGUAGE_SFT, PipelineConfig
 from deftx.pipeline.head import ensure_head, language_texts
+from deftx.pipeline.layout import ANLI_TASK_NAME
 from deftx.pipeline.outputs import earlier_seeds, kept_seeds_note, reused_steps_note, write_outputs
 from deftx.pipeline.steps import full_finetune, language_sfts, nusax_train_examples, task_sfts
 from deftx.pipeline.workspace import Workspace
@@ -127,10 +123,12 @@ def run_nusax_seed(ws: Workspace, seed: int, head_file: Path) -> Iterator[list[E
     tables source by source.
     """
     cfg = ws.config
+    layout = ws.layout(seed)
     num_labels = len(nusax.LABELS)
     eval_languages = nusax_eval_languages(ws)
     needs_lang = [lang for lang in dict.fromkeys([*eval_languages, *cfg.sources])]
-    lang = {language: language_sfts(ws, language, language_texts(ws, language), seed, head_file)
+    lang = {language: language_sfts(ws, language, language_texts(ws, language), seed, head_file,
+                                    layout.language(language))
             for language in needs_lang}
     tests = {language: nusax_split_examples(ws.data_dir, language, cfg.eval_split, ws.tokenizer,
                                             cfg.training.max_length)
@@ -142,12 +140,12 @@ def run_nusax_seed(ws: Workspace, seed: int, head_file: Path) -> Iterator[list[E
         if cfg.baseline:
             ws.log(f"[seed {seed}] full fine-tuning baseline on {source}")
             with ws.timer(f"full ft {source}"):
-                baseline = full_finetune(ws, examples, seed, num_labels, ws.seed_dir(seed) / "full" / source)
+                baseline = full_finetune(ws, examples, seed, num_labels, layout.baseline(source))
             with ws.timer("evaluation"):
                 rows += evaluate(ws, baseline, baseline_cells(tests), context, num_labels)
             del baseline
         task = task_sfts(ws, source, examples, seed, num_labels, lang[source] if cfg.task_on_source_sft else None,
-                         labels=nusax.LABELS)
+                         layout.task(source), labels=nusax.LABELS)
         model = build_classifier(ws.model_dir, num_labels, seed, ws.config.pooling)
         with ws.timer("evaluation"):
             rows += evaluate(ws, model, method_cells(ws, tests, task, lang), context, num_labels)
@@ -157,6 +155,7 @@ def run_nusax_seed(ws: Workspace, seed: int, head_file: Path) -> Iterator[list[E
 def run_anli_seed(ws: Workspace, seed: int, head_file: Path) -> list[EvalRow]:
     """The AmericasNLI leave-languages-out protocol for one seed."""
     section = ws.config.americasnli
+    layout = ws.layout(seed)
     num_labels = len(americasnli.LABELS)
     overlap = set(section.train_languages) & set(section.test_languages)
     if overlap:
@@ -170,7 +169,7 @@ def run_anli_seed(ws: Workspace, seed: int, head_file: Path) -> list[EvalRow]:
         train = [train[i] for i in sorted(keep)]
     source = "+".join(section.train_languages) + " (dev)"
     lang = {language: language_sfts(ws, language, americasnlp.load_text(ws.data_dir, language), seed, head_file,
-                                    folder="anli/lang")
+                                    layout.language(language, americasnlp=True))
             for language in section.test_languages}
     tests = {language: nli_examples(ws.data_dir, language, "test", ws.tokenizer, max_length)
              for language in section.test_languages}
@@ -178,10 +177,10 @@ def run_anli_seed(ws: Workspace, seed: int, head_file: Path) -> list[EvalRow]:
     context = RowContext(ANLI, ANLI_PROTOCOL, source, seed)
     if ws.config.baseline:
         with ws.timer("full ft anli"):
-            baseline = full_finetune(ws, train, seed, num_labels, ws.seed_dir(seed) / "anli" / "full")
+            baseline = full_finetune(ws, train, seed, num_labels, layout.anli_baseline())
         rows += evaluate(ws, baseline, baseline_cells(tests), context, num_labels)
         del baseline
-    task = task_sfts(ws, "pooled", train, seed, num_labels, None, folder="anli/task", labels=americasnli.LABELS)
+    task = task_sfts(ws, ANLI_TASK_NAME, train, seed, num_labels, None, layout.anli_task(), labels=americasnli.LABELS)
     model = build_classifier(ws.model_dir, num_labels, seed, ws.config.pooling)
     rows += evaluate(ws, model, method_cells(ws, tests, task, lang), context, num_labels)
     return rows
@@ -219,7 +218,7 @@ def run_pipeline(config: PipelineConfig, *, log: Callable[[str], None] = print,
     head_file = ensure_head(ws)
     rows: list[EvalRow] = list(earlier.rows)
     for seed in config.seeds:
-        if config.targets:
+        if config.runs_nusax:
             for source_rows in run_nusax_seed(ws, seed, head_file):
                 rows += source_rows
                 write_outputs(ws, rows, time.perf_counter() - start, command)

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from deftx.data import nusax
+from deftx.pipeline.layout import SHARED_RUN, task_run_name
 from deftx.pipeline.workspace import Workspace
 from deftx.sft import SparseDiff
 from deftx.train.config import DenoiseConfig
@@ -31,9 +32,9 @@ def language_tuner(ws: Workspace, texts: Sequence[str], seed: int, head_file: Pa
 
 
 def language_sfts(ws: Workspace, language: str, texts: list[str], seed: int, head_file: Path,
-                  folder: str = "lang") -> dict[str, SparseDiff]:
-    """Train (or reuse) the language SFT of ``language`` for every method."""
-    work = ws.seed_dir(seed) / folder / language
+                  work: Path) -> dict[str, SparseDiff]:
+    """Train (or reuse) the language SFT of ``language`` for every method in the run folder ``work``
+    (:class:`~deftx.pipeline.layout.SeedLayout`)."""
     ws.log(f"[seed {seed}] language SFT {language}: {len(texts)} sentences -> {work}")
     with ws.timer(f"language sft {language}"):
         result = language_tuner(ws, texts, seed, head_file, work).fit()
@@ -61,18 +62,21 @@ def task_tuner(ws: Workspace, examples: Sequence[dict], seed: int, num_labels: i
 
 
 def task_sfts(ws: Workspace, name: str, examples: list[dict], seed: int, num_labels: int,
-              source_sfts: dict[str, SparseDiff] | None, folder: str = "task",
+              source_sfts: dict[str, SparseDiff] | None, base: Path,
               labels: Sequence[str] | None = None) -> dict[str, SparseDiff]:
-    """Task SFTs per method: on top of each method's source SFT, or one shared run (``labels``: class names)."""
+    """Task SFTs per method: on top of each method's source SFT, or one shared run (``labels``: class names).
+
+    Each run trains in ``base / task_run_name(method, ...)`` (:mod:`deftx.pipeline.layout`).
+    """
     cfg = ws.config
-    base = ws.seed_dir(seed) / folder / name
     diffs: dict[str, SparseDiff] = {}
     runs: list[tuple[str, dict[str, DenoiseConfig | None], SparseDiff | None]]
     if source_sfts is None:
         ws.log(f"[seed {seed}] task SFT {name}: shared phase 1, branches {list(cfg.methods)}")
-        runs = [("shared", dict(cfg.methods), None)]
+        runs = [(SHARED_RUN, dict(cfg.methods), None)]
     else:
-        runs = [(method, {method: denoise}, source_sfts[method]) for method, denoise in cfg.methods.items()]
+        runs = [(task_run_name(method, True), {method: denoise}, source_sfts[method])
+                for method, denoise in cfg.methods.items()]
     for run_name, methods, source_sft in runs:
         if source_sft is not None:
             ws.log(f"[seed {seed}] task SFT {name} / {run_name} (on the source's {run_name} language SFT)")

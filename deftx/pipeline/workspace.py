@@ -14,6 +14,7 @@ import torch
 from deftx.data import default_data_dir
 from deftx.info import environment_record
 from deftx.pipeline.config import PipelineConfig
+from deftx.pipeline.layout import SeedLayout
 from deftx.train.checkpoint import folder_bytes
 from deftx.train.config import to_plain
 from deftx.train.sparse_finetuner import SparseFineTuningResult
@@ -153,8 +154,9 @@ class Workspace:
         """The training settings of language SFTs (:func:`language_training_settings`)."""
         return language_training_settings(self.config, self.device, seed)
 
-    def seed_dir(self, seed: int) -> Path:
-        return self.output_dir / f"seed-{seed}"
+    def layout(self, seed: int) -> SeedLayout:
+        """The step folders of ``seed`` under ``output_dir``."""
+        return SeedLayout.of(self.output_dir, seed)
 
     @contextlib.contextmanager
     def timer(self, label: str) -> Iterator[None]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import pytest
 import torch
@@ -122,16 +123,25 @@ def test_pipeline_end_to_end_on_a_tiny_model(pipeline_run, capsys):
     assert not list((tmp / "run").rglob("checkpoint-*")), "finished phases keep no Trainer checkpoints"
 
 
-def test_train_lang_reuses_the_finished_run(pipeline_run, capsys):
+@pytest.mark.parametrize("args", [["train-lang", "--language", "madurese"],
+                                  ["train-lang", "--language", "bzd", "--americasnlp"],
+                                  ["train-task", "--source", "indonesian"]], ids=" ".join)
+def test_single_step_commands_reuse_the_pipeline_s_finished_run_and_print_its_files(pipeline_run, capsys, args):
+    """train-lang and train-task find the pipeline's step folders (one layout: deftx.pipeline.layout)."""
     tmp, path, _ = pipeline_run
     before = {p: p.stat().st_mtime_ns for p in (tmp / "run").rglob("*.safetensors")}
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DEFTX_CACHE", str(tmp / "cache"))
-        assert main(["train-lang", str(path), "--language", "madurese"]) == 0
+        assert main([args[0], str(path), *args[1:]]) == 0
     printed = capsys.readouterr().out
-    assert "deft-x:" in printed and "lt-sft:" in printed and " all: jaccard " in printed
+    files = {line.split(": ", 1)[0]: Path(line.split(": ", 1)[1].split(" (", 1)[0])
+             for line in printed.splitlines() if line.startswith(("deft-x: ", "lt-sft: "))}
+    assert set(files) == {"deft-x", "lt-sft"}, printed
+    assert all(file in before for file in files.values()), files
+    if args[0] == "train-lang":
+        assert " all: jaccard " in printed
     after = {p: p.stat().st_mtime_ns for p in (tmp / "run").rglob("*.safetensors")}
-    assert before == after, "a finished language SFT must be reused, not retrained"
+    assert before == after, "a finished step must be reused, not retrained"
 
 
 def test_compose_and_evaluate_commands(pipeline_run, tiny_model_dir, capsys):

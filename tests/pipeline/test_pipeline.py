@@ -183,10 +183,53 @@ def test_a_run_of_other_seeds_adds_them_to_the_results_folder_of_the_same_recipe
     assert {r["seed"] for r in records("results.csv")} == {"2"}
 
 
+def planned_files(config: PipelineConfig) -> dict[Path, bool]:
+    """Every file ``deftx pipeline --dry-run`` names for ``config``, and whether it says it is done."""
+    from deftx.pipeline.plan import plan_lines
+
+    files = {}
+    for line in plan_lines(config):
+        for status in ("done", "to run"):
+            if line.endswith(f" ({status})"):
+                files[Path(line[: -len(status) - 3].rsplit(" ", 1)[-1])] = status == "done"
+    return files
+
+
+def trained_files(output_dir: Path) -> set[Path]:
+    """The SFT and baseline files a run wrote under ``output_dir``."""
+    return {*output_dir.rglob("sft.safetensors"), *output_dir.rglob("final.safetensors")}
+
+
+def assert_run_trains_exactly_its_plan(config: PipelineConfig) -> dict[Path, bool]:
+    """Before the run the plan names its files as to run; after it, as done, and they are all it wrote."""
+    before = planned_files(config)
+    assert before and not any(before.values()), before
+    run_pipeline(config, log=lambda _: None)
+    after = planned_files(config)
+    assert after == dict.fromkeys(before, True), {path for path, done in after.items() if not done}
+    written = trained_files(Path(config.output_dir))
+    assert written == set(before), (sorted(written - set(before)), sorted(set(before) - written))
+    return before
+
+
+@pytest.mark.parametrize("on_source", [True, False], ids=["task-on-source-sft", "shared-task-run"])
+def test_a_nusax_run_trains_exactly_the_files_its_dry_run_plan_names(tmp_path, tiny_model_dir, monkeypatch,
+                                                                    on_source):
+    """The plan and the run take every step folder from one layout (deftx.pipeline.layout): language
+    SFTs, task SFTs (their own runs on the source SFT, or one shared run) and the baseline."""
+    monkeypatch.setenv("DEFTX_CACHE", str(tmp_path / "cache"))
+    mapping = {**tiny_mapping(tmp_path, tiny_model_dir, "run", {"lt-sft": None, "deft-x": {"rank": 1}}),
+               "step_store": None, "task_on_source_sft": on_source}
+    planned = assert_run_trains_exactly_its_plan(parse_config(mapping))
+    task_runs = {path.parent.parent.name for path in planned if "/task/" in path.as_posix()}
+    assert task_runs == ({"lt-sft", "deft-x"} if on_source else {"shared"}), task_runs
+    assert len(planned) == 2 * 2 + 2 + 1, "two language SFTs and the task SFTs, two branches each; the baseline"
+
+
 def test_an_americasnli_only_run_trains_what_its_dry_run_plan_lists_and_no_nusax_step(tmp_path, tiny_model_dir,
                                                                                      monkeypatch):
     """With no NusaX targets the pipeline runs AmericasNLI alone: the plan lists no NusaX step (it once
-    listed the source's, which the run skips), and every file the plan names is there after the run."""
+    listed the source's, which the run skips), and the run writes exactly the files the plan names."""
     from deftx.pipeline.plan import plan_lines
 
     monkeypatch.setenv("DEFTX_CACHE", str(tmp_path / "cache"))
@@ -198,11 +241,8 @@ def test_an_americasnli_only_run_trains_what_its_dry_run_plan_lists_and_no_nusax
     steps = [line for line in planned if line[0].isdigit() and not line.startswith("1. MLM head")]
     assert steps and all(" AmericasNLI " in line for line in steps), steps
     assert not any("indonesian" in line for line in planned), planned
-    named = [line for line in planned if line.endswith("(to run)")]
-    assert len(named) == 2 * 2 + 1 + 2, "two language SFTs and the task SFT, two branches each; the baseline"
-    run_pipeline(config, log=lambda _: None)
-    assert [line.replace("(to run)", "(done)") for line in named] == [line for line in plan_lines(config)
-                                                                        if line.endswith("(done)")]
+    files = assert_run_trains_exactly_its_plan(config)
+    assert len(files) == 2 * 2 + 1 + 2, "two language SFTs and the task SFT, two branches each; the baseline"
     out = tmp_path / "anli"
     assert not (out / "seed-0" / "lang").exists() and not (out / "seed-0" / "task").exists(), "no NusaX step ran"
     with (out / "results.csv").open(newline="") as handle:
