@@ -152,6 +152,15 @@ def run_nusax_seed(ws: Workspace, seed: int, head_file: Path) -> Iterator[list[E
         yield rows
 
 
+def pooled_dev(ws: Workspace, languages: Sequence[str]) -> tuple[str, list[dict]]:
+    """The AmericasNLI task's training data: the source name of the pooled *dev* sets of ``languages``
+    (the rows' ``source``) and their tokenised premise/hypothesis pairs, in language order."""
+    max_length = ws.config.training.max_length
+    examples = [row for language in languages
+                for row in nli_examples(ws.data_dir, language, "dev", ws.tokenizer, max_length)]
+    return "+".join(languages) + " (dev)", examples
+
+
 def run_anli_seed(ws: Workspace, seed: int, head_file: Path) -> list[EvalRow]:
     """The AmericasNLI leave-languages-out protocol for one seed."""
     section = ws.config.americasnli
@@ -161,13 +170,11 @@ def run_anli_seed(ws: Workspace, seed: int, head_file: Path) -> list[EvalRow]:
     if overlap:
         raise ValueError(f"americasnli: {sorted(overlap)} are both training and test languages")
     max_length = ws.config.training.max_length
-    train = [row for language in section.train_languages
-             for row in nli_examples(ws.data_dir, language, "dev", ws.tokenizer, max_length)]
+    source, train = pooled_dev(ws, section.train_languages)
     if section.max_train_examples is not None:
         generator = torch.Generator().manual_seed(seed)
         keep = torch.randperm(len(train), generator=generator)[: section.max_train_examples].tolist()
         train = [train[i] for i in sorted(keep)]
-    source = "+".join(section.train_languages) + " (dev)"
     lang = {language: language_sfts(ws, language, americasnlp.load_text(ws.data_dir, language), seed, head_file,
                                     layout.language(language, americasnlp=True))
             for language in section.test_languages}

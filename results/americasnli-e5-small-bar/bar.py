@@ -18,16 +18,16 @@ Usage, from the repository root (COMMANDS.sh has the commands run)::
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import time
 from dataclasses import replace
 from pathlib import Path
 
 from deftx.data import americasnli
+from deftx.eval.report import read_csv, write_csv
 from deftx.eval.zero_shot import RowContext, nli_examples
 from deftx.pipeline.config import PipelineConfig, load_config
-from deftx.pipeline.run import ANLI, ANLI_PROTOCOL, baseline_cells, evaluate
+from deftx.pipeline.run import ANLI, ANLI_PROTOCOL, baseline_cells, evaluate, pooled_dev
 from deftx.pipeline.steps import full_finetune
 from deftx.pipeline.workspace import Workspace
 
@@ -36,8 +36,6 @@ CONFIG = "configs/americasnli-e5-small.yaml"
 OUTPUT = Path("runs/americasnli-e5-small-bar")
 HELD_OUT = "shp"
 CANDIDATES = (1e-5, 3e-5)
-FIELDS = ("stage", "learning_rate", "seed", "source", "target", "split", "macro_f1", "accuracy", "examples",
-          "first_loss", "last_loss", "minutes")
 
 
 def bar_config(base: PipelineConfig, learning_rate: float, stage: str, seed: int, output: Path,
@@ -57,13 +55,11 @@ def train_and_score(ws: Workspace, train_languages: list[str], targets: list[str
                     stage: str) -> list[dict]:
     """One full fine-tuning on the pooled dev sets of ``train_languages``, scored on ``split`` of ``targets``."""
     max_length = ws.config.training.max_length
-    train = [row for language in train_languages
-             for row in nli_examples(ws.data_dir, language, "dev", ws.tokenizer, max_length)]
+    source, train = pooled_dev(ws, train_languages)
     scored = {language: nli_examples(ws.data_dir, language, split, ws.tokenizer, max_length) for language in targets}
     began = time.perf_counter()
     work = ws.layout(seed).anli_baseline()
     model = full_finetune(ws, train, seed, len(americasnli.LABELS), work)
-    source = "+".join(train_languages) + " (dev)"
     rows = evaluate(ws, model, baseline_cells(scored), RowContext(ANLI, ANLI_PROTOCOL, source, seed, split),
                     len(americasnli.LABELS))
     first, last = loss_ends(work / "log.jsonl")
@@ -74,19 +70,8 @@ def train_and_score(ws: Workspace, train_languages: list[str], targets: list[str
 
 
 def done(path: Path) -> set[tuple[float, int]]:
-    if not path.is_file():
-        return set()
-    with path.open(newline="") as handle:
-        return {(float(row["learning_rate"]), int(row["seed"])) for row in csv.DictReader(handle)}
-
-
-def append(path: Path, rows: list[dict]) -> None:
-    new = not path.is_file()
-    with path.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=FIELDS)
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
+    """The (lr, seed) pairs whose rows ``path`` already holds."""
+    return {(float(row["learning_rate"]), int(row["seed"])) for row in read_csv(path)}
 
 
 def run(stage: str, learning_rates: list[float], seeds: list[int], config: str, output: Path,
@@ -106,7 +91,7 @@ def run(stage: str, learning_rates: list[float], seeds: list[int], config: str, 
                 continue
             ws = Workspace.open(bar_config(base, learning_rate, stage, seed, output, results), print)
             rows = train_and_score(ws, train_languages, targets, split, seed, stage)
-            append(path, rows)
+            write_csv([*read_csv(path), *rows], path)
             mean = sum(row["macro_f1"] for row in rows) / len(rows)
             print(f"{stage} lr {learning_rate:g} seed {seed}: {rows[0]['minutes']:.1f} min, training loss "
                   f"{rows[0]['first_loss']:.3f} -> {rows[0]['last_loss']:.3f}, {split} macro-F1 mean {100 * mean:.1f}")
