@@ -7,6 +7,7 @@ import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from deftx.eval.report import (
     bar_plot,
@@ -22,8 +23,10 @@ from deftx.eval.zero_shot import EvalRow
 from deftx.pipeline.config import BASELINE, NO_LANGUAGE_SFT, ConfigError, PipelineConfig, parse_config
 from deftx.pipeline.head import head_report_line
 from deftx.pipeline.identity import run_identity
+from deftx.pipeline.layout import SeedLayout
 from deftx.pipeline.workspace import Workspace
 from deftx.train.identity import describe_changes, normalised
+from deftx.train.losses import FELL, FLAT_FALL, folder_trends
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,36 @@ def copy_run_logs(output_dir: Path, destination: Path) -> None:
             shutil.copyfile(path, target)
 
 
+def loss_rows(logs: Path, seeds: Sequence[int]) -> list[dict[str, Any]]:
+    """One row per seed, run and phase of the run logs under ``logs`` (a pipeline's output_dir
+    layout): the :class:`~deftx.train.losses.LossTrend` of the phase, seeds in order."""
+    return [{"seed": seed, "run": run, **trend.as_row()}
+            for seed in seeds for run, trend in folder_trends(SeedLayout.of(logs, seed).root)]
+
+
+def loss_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The results.md section on the training losses: per run and phase, the mean over seeds of the
+    first and last windows' loss, and the seeds in which the phase hardly trained."""
+    if not rows:
+        return []
+    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["run"], row["phase"]), []).append(row)
+    table = ["| run | phase | steps | loss, first → last window (mean over seeds) | fall | "
+             f"fell less than {FLAT_FALL:.0%} in seeds |",
+             "|---|---|---:|---|---:|---|"]
+    for (run, phase), members in groups.items():
+        first, last = (sum(float(r[key]) for r in members) / len(members) for key in ("first_loss", "last_loss"))
+        flat = [str(r["seed"]) for r in members if r["verdict"] != FELL]
+        table.append(f"| {run} | {phase} | {members[0]['steps']} | {first:.3f} → {last:.3f} | "
+                     f"{100 * (first - last) / first:+.1f}% | {', '.join(flat) or '—'} |")
+    flat_count = sum(1 for row in rows if row["verdict"] != FELL)
+    return [f"Training losses (`losses.csv`: the mean logged loss over each phase's first and last "
+            f"{rows[0]['window']}-step window): {flat_count} of {len(rows)} phases took off less than "
+            f"{FLAT_FALL:.0%} of their loss" + (" — read their rows with care." if flat_count else "."),
+            "", *table, ""]
+
+
 def data_lines(config: PipelineConfig) -> list[str]:
     """What each benchmark of ``config`` was trained and evaluated on, one line each."""
     lines = []
@@ -123,7 +156,7 @@ def data_lines(config: PipelineConfig) -> list[str]:
 
 
 def write_outputs(ws: Workspace, rows: list[EvalRow], wall_seconds: float, command: str | None) -> str:
-    """results.csv, summary.csv, overlap.csv, selection.csv, timings.json, results.md, results.png."""
+    """results.csv, summary.csv, overlap.csv, selection.csv, losses.csv, timings.json, results.md, results.png."""
     out = ws.results_dir
     plain = [row.as_dict() for row in rows]
     write_csv(plain, out / "results.csv")
@@ -138,8 +171,13 @@ def write_outputs(ws: Workspace, rows: list[EvalRow], wall_seconds: float, comma
     if ws.head_metrics:
         (out / "mlm_head.json").write_text(json.dumps(ws.head_metrics, indent=2) + "\n")
     (out / "disk.json").write_text(json.dumps({**ws.kept, "total": sum(ws.kept.values())}, indent=2) + "\n")
+    logs = ws.output_dir
     if ws.results_dir.resolve() != ws.output_dir.resolve():
-        copy_run_logs(ws.output_dir, ws.results_dir / "logs")
+        logs = ws.results_dir / "logs"
+        copy_run_logs(ws.output_dir, logs)
+    losses = loss_rows(logs, sorted({row.seed for row in rows}))
+    if losses:
+        write_csv(losses, out / "losses.csv")
     main = [r for r in summary if not r["method"].endswith(NO_LANGUAGE_SFT)]
     bar_plot(main, out / "results.png")
     tables = markdown_tables(main, "macro_f1")
@@ -167,10 +205,12 @@ def write_outputs(ws: Workspace, rows: list[EvalRow], wall_seconds: float, comma
         text += [head_report_line(ws.head_metrics), ""]
     if ws.notes:
         text += ["Notes:", "", *[f"- {note}" for note in ws.notes], ""]
+    text += loss_lines(losses)
     text += disk_lines(ws.kept)
     text += [versions_line(ws.environment), ""]
     text += ["Files: results.csv (per seed), summary.csv, overlap.csv (mask overlap per group), "
-             "selection.csv (share of K per group), timings.json, disk.json, results.png.", ""]
+             "selection.csv (share of K per group), losses.csv (training loss per phase), timings.json, disk.json, "
+             "results.png.", ""]
     (out / "results.md").write_text("\n".join(text))
     return tables
 

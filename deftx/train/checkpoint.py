@@ -119,12 +119,23 @@ def append_log(path: Path, record: Mapping[str, Any]) -> None:
         handle.write(json.dumps(dict(record), sort_keys=True) + "\n")
 
 
-def _kept(line: str, phase: str, last_step: int) -> bool:
+def log_record(line: str) -> dict[str, Any] | None:
+    """One line of a run log as its record, or None for a line torn by a kill (or not a record)."""
     try:
         record = json.loads(line)
     except ValueError:
-        return False  # a line torn by a kill
-    if not isinstance(record, dict):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def read_log(path: Path) -> list[dict[str, Any]]:
+    """The records of the run log ``path`` in order, torn lines left out."""
+    return [record for line in path.read_text().splitlines() if (record := log_record(line)) is not None]
+
+
+def _kept(line: str, phase: str, last_step: int) -> bool:
+    record = log_record(line)
+    if record is None:
         return False
     step = record.get("step")
     return record.get("phase") != phase or (isinstance(step, int) and step <= last_step)

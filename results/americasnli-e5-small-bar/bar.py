@@ -18,7 +18,6 @@ Usage, from the repository root (COMMANDS.sh has the commands run)::
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -30,6 +29,7 @@ from deftx.pipeline.config import PipelineConfig, load_config
 from deftx.pipeline.run import ANLI, ANLI_PROTOCOL, baseline_cells, evaluate, pooled_dev
 from deftx.pipeline.steps import full_finetune
 from deftx.pipeline.workspace import Workspace
+from deftx.train.checkpoint import read_log
 
 HERE = Path(__file__).resolve().parent
 CONFIG = "configs/americasnli-e5-small.yaml"
@@ -47,7 +47,7 @@ def bar_config(base: PipelineConfig, learning_rate: float, stage: str, seed: int
 
 def loss_ends(log: Path, points: int = 10) -> tuple[float, float]:
     """Mean training loss over the first and the last ``points`` logged steps of the run's log.jsonl."""
-    losses = [record["loss"] for record in map(json.loads, log.read_text().splitlines()) if "loss" in record]
+    losses = [record["loss"] for record in read_log(log) if "loss" in record]
     return sum(losses[:points]) / len(losses[:points]), sum(losses[-points:]) / len(losses[-points:])
 
 

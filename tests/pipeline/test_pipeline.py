@@ -170,6 +170,7 @@ def test_a_run_of_other_seeds_adds_them_to_the_results_folder_of_the_same_recipe
         assert [r for r in now if r["seed"] == "0"] == earlier, f"{name}: seed 0's lines as they were"
     assert json.loads((results / "config.json").read_text())["seeds"] == [0, 1]
     assert {r["seeds"] for r in records("summary.csv")} == {"2"}
+    assert {r["seed"] for r in records("losses.csv")} == {"0", "1"}, "the kept seed's phases too"
     assert "Seeds: [0, 1]." in (results / "results.md").read_text()
     assert f", torch {torch.__version__}, " in (results / "results.md").read_text(), "the versions it ran on"
 
@@ -224,6 +225,21 @@ def test_a_nusax_run_trains_exactly_the_files_its_dry_run_plan_names(tmp_path, t
     task_runs = {path.parent.parent.name for path in planned if "/task/" in path.as_posix()}
     assert task_runs == ({"lt-sft", "deft-x"} if on_source else {"shared"}), task_runs
     assert len(planned) == 2 * 2 + 2 + 1, "two language SFTs and the task SFTs, two branches each; the baseline"
+    assert_losses_report_every_phase(tmp_path / "run")
+
+
+def assert_losses_report_every_phase(results: Path) -> None:
+    """losses.csv has one row per phase of every run log of the run, and results.md counts them."""
+    logged = set()
+    for log in results.rglob("log.jsonl"):
+        run = log.parent.relative_to(results / "seed-0").as_posix()
+        logged |= {(run, json.loads(line)["phase"]) for line in log.read_text().splitlines()}
+    with (results / "losses.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {(r["run"], r["phase"]) for r in rows} == logged and len(rows) == len(logged), (rows, logged)
+    assert {r["seed"] for r in rows} == {"0"}
+    flat = sum(r["verdict"] != "fell" for r in rows)
+    assert f"{flat} of {len(rows)} phases took off less than 5% of their loss" in (results / "results.md").read_text()
 
 
 def test_an_americasnli_only_run_trains_what_its_dry_run_plan_lists_and_no_nusax_step(tmp_path, tiny_model_dir,
