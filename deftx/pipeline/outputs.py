@@ -119,8 +119,9 @@ def loss_rows(logs: Path, seeds: Sequence[int]) -> list[dict[str, Any]]:
 
 
 def loss_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The results.md section on the training losses: per run and phase, the mean over seeds of the
-    first and last windows' loss, and the seeds in which the phase hardly trained."""
+    """The results.md section on the training losses: per run (in path order) and phase (in log
+    order), the mean over seeds of the first and last windows' loss, and the seeds in which the
+    phase hardly trained."""
     if not rows:
         return []
     groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
@@ -129,7 +130,7 @@ def loss_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     table = ["| run | phase | steps | loss, first → last window (mean over seeds) | fall | "
              f"fell less than {FLAT_FALL:.0%} in seeds |",
              "|---|---|---:|---|---:|---|"]
-    for (run, phase), members in groups.items():
+    for (run, phase), members in sorted(groups.items(), key=lambda item: item[0][0]):
         first, last = (sum(float(r[key]) for r in members) / len(members) for key in ("first_loss", "last_loss"))
         flat = [str(r["seed"]) for r in members if r["verdict"] != FELL]
         table.append(f"| {run} | {phase} | {members[0]['steps']} | {first:.3f} → {last:.3f} | "

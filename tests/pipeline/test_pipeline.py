@@ -266,6 +266,24 @@ def test_an_americasnli_only_run_trains_what_its_dry_run_plan_lists_and_no_nusax
     assert {r["benchmark"] for r in rows} == {"americasnli"} and {r["target"] for r in rows} == {"bzd", "tar"}
 
 
+def test_the_losses_section_groups_phases_by_run_over_seeds():
+    from deftx.pipeline.outputs import loss_lines
+
+    def row(seed, run, phase, first, last, verdict):
+        return {"seed": seed, "run": run, "phase": phase, "steps": 100, "window": 50, "first_loss": first,
+                "last_loss": last, "verdict": verdict}
+
+    rows = [row(0, "task", "full", 1.0, 0.5, "fell"), row(0, "task", "sparse:a", 0.8, 0.4, "fell"),
+            row(1, "lang/x", "full", 8.0, 7.9, "hardly trained"), row(1, "task", "full", 1.2, 0.5, "fell"),
+            row(1, "task", "sparse:a", 0.8, 0.8, "hardly trained")]
+    lines = loss_lines(rows)
+    assert lines[0].endswith("2 of 5 phases took off less than 5% of their loss — read their rows with care.")
+    assert lines[4:7] == ["| lang/x | full | 100 | 8.000 → 7.900 | +1.2% | 1 |",
+                          "| task | full | 100 | 1.100 → 0.500 | +54.5% | — |",
+                          "| task | sparse:a | 100 | 0.800 → 0.600 | +25.0% | 1 |"]
+    assert loss_lines([]) == []
+
+
 def test_kept_seeds_are_flagged_when_their_invocations_ran_on_other_versions_or_recorded_none(tmp_path):
     from deftx.eval.report import append_invocation
     from deftx.pipeline.outputs import kept_seeds_note
