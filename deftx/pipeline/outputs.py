@@ -157,7 +157,10 @@ def data_lines(config: PipelineConfig) -> list[str]:
 
 
 def write_outputs(ws: Workspace, rows: list[EvalRow], wall_seconds: float, command: str | None) -> str:
-    """results.csv, summary.csv, overlap.csv, selection.csv, losses.csv, timings.json, results.md, results.png."""
+    """results.csv, summary.csv, overlap.csv, selection.csv, losses.csv, timings.json, results.md, results.png.
+
+    Returns the macro-F1 tables, and the losses section's first line when a phase hardly trained.
+    """
     out = ws.results_dir
     plain = [row.as_dict() for row in rows]
     write_csv(plain, out / "results.csv")
@@ -206,13 +209,16 @@ def write_outputs(ws: Workspace, rows: list[EvalRow], wall_seconds: float, comma
         text += [head_report_line(ws.head_metrics), ""]
     if ws.notes:
         text += ["Notes:", "", *[f"- {note}" for note in ws.notes], ""]
-    text += loss_lines(losses)
+    losses_section = loss_lines(losses)
+    text += losses_section
     text += disk_lines(ws.kept)
     text += [versions_line(ws.environment), ""]
     text += ["Files: results.csv (per seed), summary.csv, overlap.csv (mask overlap per group), "
              "selection.csv (share of K per group), losses.csv (training loss per phase), timings.json, disk.json, "
              "results.png.", ""]
     (out / "results.md").write_text("\n".join(text))
+    if any(row["verdict"] != FELL for row in losses):
+        return f"{tables}\n{losses_section[0]}\n"
     return tables
 
 
