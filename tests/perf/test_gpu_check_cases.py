@@ -125,9 +125,14 @@ def test_a_failing_implementation_is_dropped_and_the_others_are_timed():
 
 
 def test_the_time_cap_stops_further_rounds():
+    """No round starts once the budget is spent, and none is skipped before: each call sleeps at
+    least 10 ms, so a 50 ms budget allows at most 6 rounds; a second round is missing only if the
+    first overran the budget (a loaded machine), which the first sample then shows."""
     settings = TimingSettings(warmup=0, min_repeats=1, max_repeats=1000, min_time_s=100.0, budget_s=0.05)
     measured, _ = time_interleaved_isolating_errors({"a": lambda: time.sleep(0.01)}, CPU, settings)
-    assert 2 <= len(measured["a"][0].samples) <= 10
+    samples = measured["a"][0].samples
+    assert 1 <= len(samples) <= 7 and sum(samples[:-1]) <= settings.budget_s, samples
+    assert len(samples) >= 2 or samples[0] > settings.budget_s, samples
 
 
 def test_inputs_that_cannot_be_built_make_every_row_an_error():
