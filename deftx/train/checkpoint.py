@@ -39,6 +39,8 @@ from safetensors.torch import load_file, save_file
 from deftx.files import atomic_write, atomic_write_bytes
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+LOG = "log.jsonl"
+"""The run log's file name in a work directory."""
 
 
 def save_tensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:

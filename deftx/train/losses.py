@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deftx.train.checkpoint import read_log
-from deftx.train.sparse_finetuner import LOG
+from deftx.train.checkpoint import LOG, read_log
 
 WINDOW_STEPS = 50
 FLAT_FALL = 0.05
@@ -75,8 +74,9 @@ def phase_trend(phase: str, points: Sequence[tuple[int, float]], window_steps: i
     short for two separate windows (its first and last points fall in one window)."""
     steps = points[-1][0]
     window = max(1, min(window_steps, steps // 2))
-    first = [loss for step, loss in points if step <= max(window, points[0][0])]
-    last = [loss for step, loss in points if step > max(window, points[0][0]) and step > steps - window]
+    first_end = max(window, points[0][0])
+    first = [loss for step, loss in points if step <= first_end]
+    last = [loss for step, loss in points if step > first_end and step > steps - window]
     if not last:
         return None
     finite = all(math.isfinite(loss) for _, loss in points)

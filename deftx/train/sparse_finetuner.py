@@ -69,6 +69,7 @@ from deftx.sft import SparseDiff, base_model_id
 from deftx.sft.format import FORMAT_VERSION as SFT_FORMAT_VERSION
 from deftx.train.architecture import describe_model
 from deftx.train.checkpoint import (
+    LOG,
     append_log,
     checkpoint_step,
     discard_incomplete_checkpoints,
@@ -118,7 +119,6 @@ from deftx.train.trainer_contract import (
 
 THETA1 = "theta1.safetensors"
 PHASE1_FOLDER = "phase1"
-LOG = "log.jsonl"
 MASK = "mask.safetensors"
 SELECTION = "selection.json"
 SFT = "sft.safetensors"
