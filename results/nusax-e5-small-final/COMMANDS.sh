@@ -13,3 +13,5 @@ cd "$(dirname "$0")/../.."   # the repository root
 # the table's summaries, over every seed in results.csv
 python results/nusax-e5-small-final/goal.py > results/nusax-e5-small-final/goal.md
 deftx paired results/nusax-e5-small-final/results.csv --goal 0.5 --out results/nusax-e5-small-final/paired
+# the loss trend of every logged phase (deftx losses, 2026-12-06): the language SFTs hardly train
+deftx losses results/nusax-e5-small-final/logs/seed-{0,1,2,3,4,5,6,7} > results/nusax-e5-small-final/losses.md
