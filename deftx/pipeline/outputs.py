@@ -25,8 +25,10 @@ from deftx.pipeline.head import head_report_line
 from deftx.pipeline.identity import run_identity
 from deftx.pipeline.layout import SeedLayout
 from deftx.pipeline.workspace import Workspace
+from deftx.train.checkpoint import LOG
 from deftx.train.identity import describe_changes, normalised
 from deftx.train.losses import FELL, FLAT_FALL, folder_trends
+from deftx.train.sparse_finetuner import SELECTION
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,7 @@ def earlier_seeds(config: PipelineConfig, results_dir: Path, *, overwrite: bool 
 
 def copy_run_logs(output_dir: Path, destination: Path) -> None:
     """Copy the small per-run files (loss logs, selection reports) next to the results."""
-    for pattern in ("log.jsonl", "selection.json"):
+    for pattern in (LOG, SELECTION):
         for path in output_dir.rglob(pattern):
             target = destination / path.relative_to(output_dir)
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -116,6 +118,11 @@ def loss_rows(logs: Path, seeds: Sequence[int]) -> list[dict[str, Any]]:
     layout): the :class:`~deftx.train.losses.LossTrend` of the phase, seeds in order."""
     return [{"seed": seed, "run": run, **trend.as_row()}
             for seed in seeds for run, trend in folder_trends(SeedLayout.of(logs, seed).root)]
+
+
+def hardly_trained(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The :func:`loss_rows` whose phase hardly trained or logged a non-finite loss."""
+    return [row for row in rows if row["verdict"] != FELL]
 
 
 def loss_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -132,10 +139,10 @@ def loss_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
              "|---|---|---:|---|---:|---|"]
     for (run, phase), members in sorted(groups.items(), key=lambda item: item[0][0]):
         first, last = (sum(float(r[key]) for r in members) / len(members) for key in ("first_loss", "last_loss"))
-        flat = [str(r["seed"]) for r in members if r["verdict"] != FELL]
+        flat = [str(r["seed"]) for r in hardly_trained(members)]
         table.append(f"| {run} | {phase} | {members[0]['steps']} | {first:.3f} → {last:.3f} | "
                      f"{100 * (first - last) / first:+.1f}% | {', '.join(flat) or '—'} |")
-    flat_count = sum(1 for row in rows if row["verdict"] != FELL)
+    flat_count = len(hardly_trained(rows))
     return [f"Training losses (`losses.csv`: the mean logged loss over each phase's first and last "
             f"{rows[0]['window']}-step window): {flat_count} of {len(rows)} phases took off less than "
             f"{FLAT_FALL:.0%} of their loss" + (" — read their rows with care." if flat_count else "."),
@@ -217,7 +224,7 @@ def write_outputs(ws: Workspace, rows: list[EvalRow], wall_seconds: float, comma
              "selection.csv (share of K per group), losses.csv (training loss per phase), timings.json, disk.json, "
              "results.png.", ""]
     (out / "results.md").write_text("\n".join(text))
-    if any(row["verdict"] != FELL for row in losses):
+    if hardly_trained(losses):
         return f"{tables}\n{losses_section[0]}\n"
     return tables
 

@@ -102,8 +102,3 @@ def folder_trends(root: Path, window_steps: int = WINDOW_STEPS) -> list[tuple[st
     return [(path.parent.relative_to(root).as_posix(), trend)
             for path in sorted(Path(root).rglob(LOG)) for trend in loss_trends(read_log(path), window_steps)]
 
-
-def flat_lines(trends: Sequence[tuple[str, LossTrend]]) -> list[str]:
-    """One line per phase that hardly trained or logged a non-finite loss: run, phase and its losses."""
-    return [f"{run} {trend.phase}: loss {trend.first:.3f} -> {trend.last:.3f} ({-100 * trend.fall:+.1f}%) over "
-            f"{trend.steps} steps: {trend.verdict}" for run, trend in trends if trend.verdict != FELL]
