@@ -103,7 +103,8 @@ def device_option(text: str) -> str:
     return text
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+def add_config_arguments(parser: argparse.ArgumentParser, *, overwrite: bool = True) -> None:
+    """config, --output-dir, --data-dir, --device and (for commands that train) --overwrite."""
     parser.add_argument("config", help="pipeline config file (YAML or JSON; see configs/default.yaml)")
     parser.add_argument("--output-dir", help="override the config's output_dir")
     parser.add_argument("--data-dir", help="override the data root (default: $DEFTX_DATA_DIR or ../shared/data)")
@@ -112,6 +113,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         help="override the config's device: every phase on cpu or cuda; auto (the config's default): cuda when "
              "available. Asking for cuda where there is none is an error before any work",
     )
+    if not overwrite:
+        return
     parser.add_argument(
         "--overwrite", action="store_true",
         help="retrain the steps whose folder holds results of other settings, model or data (default: refuse "

@@ -379,6 +379,14 @@ class AppliedDiffs(WrittenEntries, StackEntry):
             WrittenEntries.revert(self)
             stack.pop()
 
+    def __enter__(self) -> AppliedDiffs:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Revert on leaving a ``with apply_diffs(...):`` block (unless already reverted inside it)."""
+        if not self.reverted:
+            self.revert()
+
 
 @dataclass
 class PlannedWrites:
@@ -550,7 +558,8 @@ def apply_diffs(
     rounds away in the parameter's dtype are reported per ``on_rounding_loss``: ``"warn"``
     (a :class:`RoundingLossWarning`), ``"error"`` (:class:`RoundingLossError`, nothing
     written) or ``"ignore"``; the counts are in the handle's ``rounding_loss`` either way.
-    Returns a handle whose :meth:`AppliedDiffs.revert` restores the exact original bits.
+    Returns a handle whose :meth:`AppliedDiffs.revert` restores the exact original bits; as a
+    context manager (``with apply_diffs(model, diffs): ...``) it reverts on leaving the block.
     """
     diffs, scales = _arguments(diffs, scales, on_rounding_loss, "apply_diffs")
     with model_lock(model):

@@ -21,7 +21,7 @@ from torch.nn.functional import cross_entropy
 
 from deftx.files import atomic_write_bytes
 from deftx.models.mlm import IGNORE_INDEX, FrozenDecoderMLM, MLMHead, load_head, save_head
-from deftx.train.masking import MLMCollator, chunk_token_ids
+from deftx.train.masking import MLMCollator, chunk_token_ids, mask_once
 
 LOGGER = logging.getLogger(__name__)
 CACHE_FORMAT = 1
@@ -240,19 +240,22 @@ def warm_up_mlm_head(
     return metrics
 
 
-def _heldout_features(
-    model: FrozenDecoderMLM, collator: MLMCollator, sequences: list[list[int]], batch_size: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mask ``sequences`` once; (N, H) frozen-body hidden states and (N,) labels at the masked positions."""
+def masked_features(model: FrozenDecoderMLM, batches: Sequence[Mapping[str, torch.Tensor]]
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, H) body hidden states and (N,) labels at the masked positions of ``batches`` (no gradients).
+
+    ``batches``: masked batches (``input_ids``, ``attention_mask``, ``labels``, each (B, L)), e.g.
+    :func:`~deftx.train.masking.mask_once`; run in the body's current mode (the caller sets eval).
+    """
     device = model.head.bias.device
     hidden_parts, label_parts = [], []
-    for start in range(0, len(sequences), batch_size):
-        batch = {k: v.to(device) for k, v in collator(sequences[start : start + batch_size]).items()}
+    for batch in batches:
+        ids, attention, labels = (batch[key].to(device) for key in ("input_ids", "attention_mask", "labels"))
         with torch.no_grad():
-            hidden = model.body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-        selected = batch["labels"] != IGNORE_INDEX
+            hidden = model.body(input_ids=ids, attention_mask=attention).last_hidden_state
+        selected = labels != IGNORE_INDEX
         hidden_parts.append(hidden[selected])
-        label_parts.append(batch["labels"][selected])
+        label_parts.append(labels[selected])
     return torch.cat(hidden_parts), torch.cat(label_parts)
 
 
@@ -310,7 +313,7 @@ def _train_head(
     try:
         eval_collator = MLMCollator(tokenizer, settings["mlm_probability"], settings["real_vocab_size"],
                                     seed=settings["seed"] + HELDOUT_SEED_OFFSET)
-        features = {name: _heldout_features(model, eval_collator, group, settings["batch_size"])
+        features = {name: masked_features(model, mask_once(eval_collator, group, settings["batch_size"]))
                     for name, group in heldout.items()}
 
         def evaluate(step: int) -> None:

@@ -106,3 +106,16 @@ class MLMCollator:
         inputs = torch.where(selected & (roll >= 0.8) & (roll < 0.9), self.replacement_ids[draws], inputs)
         labels = torch.where(selected, ids, IGNORE_INDEX)
         return {"input_ids": inputs, "attention_mask": attention, "labels": labels}
+
+
+def mask_once(collator: MLMCollator, sequences: Sequence[Sequence[int]],
+              batch_size: int) -> list[dict[str, torch.Tensor]]:
+    """``sequences`` masked once by ``collator``, ``batch_size`` at a time in order: fixed batches on which
+    several models (θ0, θ0 + an SFT, ...) are scored against the same masks.
+
+    Returns:
+        ``collator``'s batches (``input_ids``, ``attention_mask``, ``labels``; each (B, L) int64), CPU.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return [collator(sequences[start : start + batch_size]) for start in range(0, len(sequences), batch_size)]

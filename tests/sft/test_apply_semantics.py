@@ -180,3 +180,21 @@ def test_threads_applying_to_one_model_are_serialised():
             handle.revert()
         assert_model_equals(model, original, "after reverting every apply")
         assert applied(model) == []
+
+
+def test_a_with_block_reverts_exactly_on_leaving_it_even_on_an_error(model):
+    diffs = [random_sft(model, 200), dense_pooler(4)]
+    original = snapshot(model)
+    applied_copy = copy_of(model)
+    apply_diffs(applied_copy, diffs, check_base=False)
+    with apply_diffs(model, diffs, check_base=False) as handle:
+        assert_model_equals(model, snapshot(applied_copy), "inside the block")
+        assert applied(model) == [handle]
+    assert_model_equals(model, original, "after the block")
+    assert handle.reverted and applied(model) == []
+    with pytest.raises(KeyError, match="inside"), apply_diffs(model, diffs, check_base=False):
+        raise KeyError("inside")
+    assert_model_equals(model, original, "after a block left by an error")
+    with apply_diffs(model, diffs, check_base=False) as handle:
+        handle.revert()
+    assert_model_equals(model, original, "reverted inside the block: leaving it reverts nothing more")

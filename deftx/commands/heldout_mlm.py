@@ -1,0 +1,80 @@
+"""``deftx heldout-mlm CONFIG``: do a run's language SFTs predict unseen text of their language better than θ0?"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from deftx.commands._common import add_config_arguments, finite_float, load_pipeline_config, seed_int
+
+NAME = "heldout-mlm"
+SUMMARY = "masked-LM loss of θ0 and θ0 + language SFT on held-out text of each language (did it learn the language?)"
+DESCRIPTION = """\
+For the NusaX language SFTs that `deftx pipeline` or `deftx train-lang` trained under the config's
+output_dir: the masked-token cross-entropy (nats) and top-1 accuracy, through the run's MLM head,
+of θ0 and of θ0 + s·φ_language for every method and scale, on the language's NusaX MT text of the
+splits that neither the SFTs nor the head trained on (language_text_splits [train] leaves valid
+out; a test split is never read). One set of masks scores every seed, method and scale, so a row's
+change from θ0 is the SFT's. A language SFT that lowers its training loss (deftx losses) but not
+the held-out loss fit its sentences, not the language. The MLM head is the run's (cached or
+shipped; warmed up if neither).
+"""
+CSV_FIELDS = ("seed", "language", "method", "scale", "loss", "loss_change", "accuracy", "masked_tokens")
+
+
+def run(args: argparse.Namespace) -> int:
+    from deftx.models.mlm import build_mlm_model
+    from deftx.pipeline.head import ensure_head
+    from deftx.pipeline.heldout import heldout_splits, language_sft_files, score_heldout, trained_languages
+    from deftx.pipeline.workspace import Workspace
+
+    config = load_pipeline_config(args)
+    if not Path(config.output_dir).is_dir():
+        raise FileNotFoundError(f"output_dir {config.output_dir} does not exist: nothing trained there to score")
+    ws = Workspace.open(replace(config, results_dir=None), log=lambda line: print(line, file=sys.stderr))
+    splits = heldout_splits(ws)
+    scales = tuple(args.scales) if args.scales else tuple(sorted({1.0, *ws.config.language_scales()}))
+    plan = {(seed, language): language_sft_files(ws, seed, language) for seed in ws.config.seeds
+            for language in (args.languages or trained_languages(ws, seed))}
+    if not plan:
+        raise FileNotFoundError(f"no language SFT under {ws.output_dir} for seeds {list(ws.config.seeds)}; "
+                                "train them first (deftx pipeline or deftx train-lang)")
+    model = build_mlm_model(ws.model_dir, head_state=ensure_head(ws)).to(ws.device)
+    print(f"held-out text: NusaX MT {'+'.join(splits)}; loss change = fall of the loss from θ0's (> 0: better)")
+    print("| seed | language | method | scale | loss | loss change | accuracy | masked tokens |")
+    print("|---:|---|---|---:|---:|---:|---:|---:|")
+    records = []
+    for (seed, language), sft_files in plan.items():
+        rows = score_heldout(ws, model, language, sft_files, scales)
+        for row in rows:
+            change = row.change(rows[0].score)
+            records.append({"seed": seed, "language": language, "method": row.method, "scale": row.scale,
+                            "loss": row.score.loss, "loss_change": change, "accuracy": row.score.accuracy,
+                            "masked_tokens": row.score.masked_tokens})
+            print(f"| {seed} | {language} | {row.method} | {row.scale:g} | {row.score.loss:.4f} | "
+                  f"{100 * change:+.2f}% | {row.score.accuracy:.4f} | {row.score.masked_tokens} |", flush=True)
+    if args.csv:
+        write_csv(args.csv, records)
+    return 0
+
+
+def write_csv(path: Path, records: list[dict]) -> None:
+    """The rows as CSV (``CSV_FIELDS``), the folder made if needed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        writer.writerows(records)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser, overwrite=False)
+    parser.add_argument("--seeds", type=seed_int, nargs="+", help="override the config's seeds")
+    parser.add_argument("--languages", nargs="+",
+                        help="NusaX languages to score (default: every language with a trained SFT of the seed)")
+    parser.add_argument("--scales", type=finite_float, nargs="+",
+                        help="composition scales s (default: 1 and the config's language_scale)")
+    parser.add_argument("--csv", type=Path, help="also write the rows to this CSV file")

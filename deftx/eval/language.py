@@ -1,0 +1,91 @@
+"""Does a language SFT model its language beyond its training text? Held-out masked-LM scores.
+
+A language SFT's training loss (:mod:`deftx.train.losses`) says whether it fit its sentences;
+this says whether what it learned carries over to sentences of the language it never saw:
+the masked-token cross-entropy and top-1 accuracy, through the MLM head the SFT was trained
+with, of θ0 and of θ0 + s·φ_language, all scored against one set of masks
+(:func:`~deftx.train.masking.mask_once`), so the differences are the SFT's and not the
+masks'. The SFTs are applied to the MLM model's body and reverted bit-exactly after each
+score.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from deftx.models.mlm import FrozenDecoderMLM
+from deftx.sft import SparseDiff, apply_diffs
+from deftx.train.head_warm_up import masked_features, masked_token_scores
+
+BASE = "θ0"
+"""The ``method`` of the row that scores the base model alone."""
+
+
+@dataclass(frozen=True)
+class MaskedLMScore:
+    """Mean masked-token cross-entropy (nats) and top-1 accuracy over ``masked_tokens`` positions."""
+
+    loss: float
+    accuracy: float
+    masked_tokens: int
+
+
+@dataclass(frozen=True)
+class HeldoutRow:
+    """One model state on held-out text: ``method`` is :data:`BASE` (θ0, ``scale`` 0) or an SFT's method."""
+
+    method: str
+    scale: float
+    score: MaskedLMScore
+
+    def change(self, base: MaskedLMScore) -> float:
+        """Relative fall of the loss from ``base``'s: > 0 when the SFT predicts the held-out text better."""
+        return (base.loss - self.score.loss) / base.loss
+
+
+def masked_lm_score(model: FrozenDecoderMLM, batches: Sequence[Mapping[str, torch.Tensor]]) -> MaskedLMScore:
+    """The model's masked-LM loss and accuracy on fixed masked ``batches``, dropout off.
+
+    Args:
+        model: body + MLM head (:func:`~deftx.models.mlm.build_mlm_model`); its training mode is restored.
+        batches: ``input_ids``, ``attention_mask``, ``labels`` (B, L) int64 each, as
+            :func:`~deftx.train.masking.mask_once` makes them; at least one masked position in all.
+    """
+    training = model.training
+    model.eval()
+    try:
+        scores = masked_token_scores(model.head, *masked_features(model, batches))
+    finally:
+        model.train(training)
+    if scores["masked_tokens"] == 0:
+        raise ValueError("no masked position to score: the held-out text is empty or too short to mask")
+    return MaskedLMScore(scores["loss"], scores["accuracy"], scores["masked_tokens"])
+
+
+def score_language_sfts(
+    model: FrozenDecoderMLM,
+    sfts: Mapping[str, SparseDiff],
+    scales: Sequence[float],
+    batches: Sequence[Mapping[str, torch.Tensor]],
+) -> list[HeldoutRow]:
+    """θ0 and θ0 + s·φ for every SFT and scale, on the same masked ``batches``.
+
+    Args:
+        model: the MLM model at θ0; each SFT is added to its body and reverted before the next.
+        sfts: method -> the language SFT it trained (parameter names of the body, with or without
+            the body's ``base_model_prefix``).
+        scales: composition scales s (e.g. 1 and the pipeline's ``language_scale``).
+        batches: fixed masked batches of held-out text (:func:`~deftx.train.masking.mask_once`).
+
+    Returns:
+        The :data:`BASE` row first, then one row per (method, scale) in the order given.
+    """
+    rows = [HeldoutRow(BASE, 0.0, masked_lm_score(model, batches))]
+    for method, sft in sfts.items():
+        for scale in scales:
+            with apply_diffs(model.body, [sft], [scale]):
+                rows.append(HeldoutRow(method, float(scale), masked_lm_score(model, batches)))
+    return rows

@@ -1,0 +1,89 @@
+"""``deftx heldout-mlm`` end to end on a tiny model: train-lang, then the held-out rows and their errors."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import yaml
+
+from deftx.cli import main
+from deftx.data import nusax
+from deftx.pipeline.config import load_config
+from deftx.pipeline.heldout import MASK_SEED, heldout_batches
+from deftx.pipeline.workspace import Workspace
+from tests.commands.test_commands import tiny_config
+
+
+def write_config(tmp_path, model_dir, **overrides) -> str:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump({**tiny_config(tmp_path, model_dir), "methods": {"lt-sft": None},
+                                    "language_text_splits": ["train"], "language_scale": [0.5, 1.25],
+                                    **overrides}))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_model_dir):
+    """A tiny config whose madurese language SFT trained on the MT train split only."""
+    tmp = tmp_path_factory.mktemp("heldout")
+    config = write_config(tmp, tiny_model_dir)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DEFTX_CACHE", str(tmp / "cache"))
+        assert main(["train-lang", config, "--language", "madurese"]) == 0
+    return tmp, config
+
+
+def test_rows_for_theta0_and_each_scale_in_table_and_csv(trained, monkeypatch, capsys):
+    tmp, config = trained
+    monkeypatch.setenv("DEFTX_CACHE", str(tmp / "cache"))
+    capsys.readouterr()
+    assert main(["heldout-mlm", config, "--csv", str(tmp / "out" / "heldout.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "held-out text: NusaX MT valid" in out
+    with (tmp / "out" / "heldout.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["seed"], r["language"], r["method"], r["scale"]) for r in rows] == [
+        ("0", "madurese", "θ0", "0.0"), ("0", "madurese", "lt-sft", "0.5"), ("0", "madurese", "lt-sft", "1.0"),
+        ("0", "madurese", "lt-sft", "1.25")]
+    assert float(rows[0]["loss_change"]) == 0.0
+    masked = int(rows[0]["masked_tokens"])
+    assert all(int(r["masked_tokens"]) == masked for r in rows), "one set of masks for every row"
+    ws = Workspace.open(load_config(config))
+    assert masked == sum(int((b["labels"] != -100).sum()) for b in heldout_batches(ws, "madurese")) > 0
+    for row in rows[1:]:
+        change = (float(rows[0]["loss"]) - float(row["loss"])) / float(rows[0]["loss"])
+        assert float(row["loss_change"]) == pytest.approx(change)
+        assert f"| 0 | madurese | lt-sft | {float(row['scale']):g} | {float(row['loss']):.4f} |" in out
+
+
+def test_the_heldout_text_is_the_valid_split_the_sft_did_not_train_on(trained):
+    _, config = trained
+    ws = Workspace.open(load_config(config))
+    valid = nusax.load_mt_text(ws.data_dir, "madurese", ["valid"])
+    train = set(nusax.load_mt_text(ws.data_dir, "madurese", ["train"]))
+    assert valid and not set(valid) & train
+    batches = heldout_batches(ws, "madurese")
+    assert sum(b["input_ids"].shape[0] for b in batches) >= len(valid)
+    assert MASK_SEED == 0
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--languages", "buginese"], "no language SFT of buginese for seed 0"),
+    (["--seeds", "3"], "no language SFT under"),
+    (["--output-dir", "{tmp}/absent"], "does not exist: nothing trained there to score"),
+])
+def test_missing_sfts_are_one_clear_error(trained, monkeypatch, capsys, args, message):
+    tmp, config = trained
+    monkeypatch.setenv("DEFTX_CACHE", str(tmp / "cache"))
+    assert main(["heldout-mlm", config, *(a.format(tmp=tmp) for a in args)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.startswith("deftx heldout-mlm: error:")
+    assert not (tmp / "absent").exists(), "a read-only command makes no folder"
+
+
+def test_sfts_trained_on_every_split_but_test_leave_no_heldout_text(tmp_path, tiny_model_dir, capsys):
+    config = write_config(tmp_path, tiny_model_dir, language_text_splits=["train", "valid"])
+    (tmp_path / "run").mkdir()
+    assert main(["heldout-mlm", config]) == 2
+    assert "no held-out text to score language SFTs on" in capsys.readouterr().err

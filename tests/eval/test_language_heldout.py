@@ -1,0 +1,152 @@
+"""deftx.eval.language: held-out masked-LM scores of θ0 and θ0 + s·φ, against plain-torch references."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch.nn.functional import cross_entropy
+
+from deftx.eval.language import BASE, HeldoutRow, MaskedLMScore, masked_lm_score, score_language_sfts
+from deftx.models.mlm import IGNORE_INDEX, build_mlm_model
+from deftx.sft import SparseDiff
+from deftx.train.masking import MLMCollator, mask_once
+from tests.helpers import assert_bitwise_equal, assert_close, tolerance
+from tests.models.conftest import EMBEDDING_ROWS, reference_logits, tiny_tokenizer
+
+HIDDEN = 16
+
+
+def dropout_bert(dropout: float = 0.3):
+    """A tiny random BertModel whose dropout would change every score in training mode."""
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(vocab_size=EMBEDDING_ROWS, hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=2 * HIDDEN, max_position_embeddings=64, pad_token_id=1,
+                        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    torch.manual_seed(0)
+    return BertModel(config, add_pooling_layer=False)
+
+
+@pytest.fixture
+def model():
+    return build_mlm_model(dropout_bert(), seed=5)
+
+
+def ragged_batches(count: int = 7, batch_size: int = 3, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    """``count`` sequences of 1..19 tokens between [cls] and [sep], masked once at rate 0.5."""
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, 20, (count,), generator=generator).tolist()
+    rows = [[0, *torch.randint(4, 18, (n,), generator=generator).tolist(), 2] for n in lengths]
+    return mask_once(MLMCollator(tiny_tokenizer(), mlm_probability=0.5, seed=seed), rows, batch_size)
+
+
+def reference_score(model, batches) -> tuple[float, float, int]:
+    """Mean cross-entropy, accuracy and count at the labelled positions, from logits at every position
+    (plain torch over the head's tensors, on an eval-mode copy)."""
+    frozen = copy.deepcopy(model).eval()
+    total, correct, count = 0.0, 0, 0
+    with torch.no_grad():
+        for batch in batches:
+            logits = reference_logits(frozen, batch["input_ids"], batch["attention_mask"])
+            selected = batch["labels"] != IGNORE_INDEX
+            targets = batch["labels"][selected]
+            total += float(cross_entropy(logits[selected].double(), targets, reduction="sum"))
+            correct += int((logits[selected].argmax(-1) == targets).sum())
+            count += int(selected.sum())
+    return total / count, correct / count, count
+
+
+def assert_score(actual: MaskedLMScore, expected: tuple[float, float, int]) -> None:
+    loss, accuracy, count = expected
+    tol = tolerance(torch.float32, HIDDEN + EMBEDDING_ROWS)  # a dot product, then a log-sum-exp
+    assert actual.masked_tokens == count
+    assert_close(torch.tensor(actual.loss), torch.tensor(loss), rtol=tol, atol=tol, what="loss")
+    assert actual.accuracy == pytest.approx(accuracy)
+
+
+def test_mask_once_masks_in_order_as_one_collator_would():
+    batches = ragged_batches(count=7, batch_size=3)
+    assert [b["input_ids"].shape[0] for b in batches] == [3, 3, 1]
+    generator = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, 20, (7,), generator=generator).tolist()
+    rows = [[0, *torch.randint(4, 18, (n,), generator=generator).tolist(), 2] for n in lengths]
+    collator = MLMCollator(tiny_tokenizer(), mlm_probability=0.5, seed=0)
+    for start, batch in zip(range(0, 7, 3), batches, strict=True):
+        expected = collator(rows[start : start + 3])
+        for key in ("input_ids", "attention_mask", "labels"):
+            assert torch.equal(batch[key], expected[key]), key
+    assert mask_once(collator, [], 4) == []
+    with pytest.raises(ValueError, match="batch_size"):
+        mask_once(collator, rows, 0)
+
+
+@pytest.mark.parametrize(("count", "batch_size"), [(1, 1), (5, 2), (9, 4)])
+def test_score_matches_cross_entropy_over_every_masked_position_with_dropout_off(model, count, batch_size):
+    batches = ragged_batches(count, batch_size, seed=count)
+    model.train()
+    score = masked_lm_score(model, batches)
+    assert model.training and model.body.training, "the training mode is restored"
+    assert_score(score, reference_score(model, batches))
+    assert masked_lm_score(model, batches) == score, "dropout off: the same score twice"
+
+
+def test_nothing_masked_is_an_error(model):
+    batch = {"input_ids": torch.tensor([[0, 5, 2]]), "attention_mask": torch.ones(1, 3, dtype=torch.int64),
+             "labels": torch.full((1, 3), IGNORE_INDEX)}
+    with pytest.raises(ValueError, match="no masked position"):
+        masked_lm_score(model, [batch])
+
+
+def noisy_sft(model, seed: int = 1) -> SparseDiff:
+    """A sparse diff of a few entries in three of the body's tensors (no base-model id)."""
+    generator = torch.Generator().manual_seed(seed)
+    base = {name: p.detach().clone() for name, p in model.body.named_parameters()}
+    names = ["embeddings.position_embeddings.weight", "encoder.layer.0.attention.self.query.weight",
+             "encoder.layer.1.output.dense.bias"]
+    tuned, indices = dict(base), {}
+    for name in names:
+        flat = base[name].reshape(-1)
+        indices[name] = torch.randperm(flat.numel(), generator=generator)[: max(1, flat.numel() // 7)].sort().values
+        tuned[name] = base[name].clone()
+        tuned[name].view(-1)[indices[name]] += torch.randn(indices[name].numel(), generator=generator)
+    return SparseDiff.from_states(base, tuned, indices, method="lt-sft")
+
+
+def with_sft_added(model, sft: SparseDiff, scale: float):
+    """A copy of ``model`` whose body has ``scale`` × the diff added entry by entry (plain torch, fp32)."""
+    added = copy.deepcopy(model)
+    params = dict(added.body.named_parameters())
+    with torch.no_grad():
+        for name, idx in sft.indices.items():
+            params[name].view(-1)[idx] += torch.tensor(scale, dtype=torch.float32) * sft.values[name]
+    return added
+
+
+def test_sft_rows_score_the_model_with_the_sft_added_and_leave_theta0_bit_exact(model):
+    batches = ragged_batches(count=6, batch_size=4, seed=3)
+    sfts = {"lt-sft": noisy_sft(model, 1), "deft-x": noisy_sft(model, 2)}
+    before = {name: t.detach().clone() for name, t in model.state_dict().items()}
+    rows = score_language_sfts(model, sfts, [1.0, 0.5], batches)
+    assert [(r.method, r.scale) for r in rows] == [(BASE, 0.0), ("lt-sft", 1.0), ("lt-sft", 0.5),
+                                                   ("deft-x", 1.0), ("deft-x", 0.5)]
+    assert_score(rows[0].score, reference_score(model, batches))
+    for row in rows[1:]:
+        assert_score(row.score, reference_score(with_sft_added(model, sfts[row.method], row.scale), batches))
+        assert row.score.loss != rows[0].score.loss, "the SFT changes the held-out loss"
+    for name, tensor in model.state_dict().items():
+        assert_bitwise_equal(tensor, before[name], what=name)
+
+
+def test_scale_zero_scores_as_theta0(model):
+    batches = ragged_batches(count=4, batch_size=4, seed=4)
+    base, zero = score_language_sfts(model, {"lt-sft": noisy_sft(model)}, [0.0], batches)
+    assert zero.score == base.score
+
+
+def test_change_is_the_relative_fall_of_the_loss():
+    base = MaskedLMScore(8.0, 0.05, 100)
+    assert HeldoutRow("lt-sft", 1.0, MaskedLMScore(6.0, 0.1, 100)).change(base) == pytest.approx(0.25)
+    assert HeldoutRow("lt-sft", 1.0, MaskedLMScore(8.4, 0.1, 100)).change(base) == pytest.approx(-0.05)
+    assert HeldoutRow(BASE, 0.0, base).change(base) == 0.0
