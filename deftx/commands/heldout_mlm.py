@@ -14,13 +14,14 @@ NAME = "heldout-mlm"
 SUMMARY = "masked-LM loss of θ0 and θ0 + language SFT on held-out text of each language (did it learn the language?)"
 DESCRIPTION = """\
 For the NusaX language SFTs that `deftx pipeline` or `deftx train-lang` trained under the config's
-output_dir: the masked-token cross-entropy (nats) and top-1 accuracy, through the run's MLM head,
-of θ0 and of θ0 + s·φ_language for every method and scale, on the language's NusaX MT text of the
-splits that neither the SFTs nor the head trained on (language_text_splits [train] leaves valid
-out; a test split is never read). One set of masks scores every seed, method and scale, so a row's
-change from θ0 is the SFT's. A language SFT that lowers its training loss (deftx losses) but not
-the held-out loss fit its sentences, not the language. The MLM head is the run's (cached or
-shipped; warmed up if neither).
+output_dir (or, with --variant, that `deftx ablate` trained for one variant of an ablation config):
+the masked-token cross-entropy (nats) and top-1 accuracy, through the run's MLM head, of θ0 and of
+θ0 + s·φ_language for every method and scale, on the language's NusaX MT text of the splits that
+neither the SFTs nor the head trained on (language_text_splits [train] leaves valid out; a test
+split is never read). One set of masks scores every seed, method and scale, so a row's change from
+θ0 is the SFT's. A language SFT that lowers its training loss (deftx losses) but not the held-out
+loss fit its sentences, not the language. The MLM head is the run's (cached or shipped; warmed up
+if neither).
 """
 CSV_FIELDS = ("seed", "language", "method", "scale", "loss", "loss_change", "accuracy", "masked_tokens")
 
@@ -31,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from deftx.pipeline.heldout import heldout_splits, language_sft_files, score_heldout, trained_languages
     from deftx.pipeline.workspace import Workspace
 
-    config = load_pipeline_config(args)
+    config = variant_config(args) if args.variant else load_pipeline_config(args)
     if not Path(config.output_dir).is_dir():
         raise FileNotFoundError(f"output_dir {config.output_dir} does not exist: nothing trained there to score")
     ws = Workspace.open(replace(config, results_dir=None), log=lambda line: print(line, file=sys.stderr))
@@ -61,6 +62,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def variant_config(args: argparse.Namespace):
+    """The pipeline config of ``--variant`` of the ablation config ``args.config`` (its own run folder)."""
+    from deftx.pipeline.ablation import load_ablation
+
+    ablation = load_ablation(args.config, output_dir=args.output_dir, seeds=args.seeds, data_dir=args.data_dir,
+                             device=args.device)
+    if args.variant not in ablation.variants:
+        raise ValueError(f"--variant {args.variant!r} is not a variant of {args.config} "
+                         f"(its variants: {', '.join(ablation.variants)})")
+    return ablation.variants[args.variant]
+
+
 def write_csv(path: Path, records: list[dict]) -> None:
     """The rows as CSV (``CSV_FIELDS``), the folder made if needed."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -72,6 +85,9 @@ def write_csv(path: Path, records: list[dict]) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, overwrite=False)
+    parser.add_argument("--variant", metavar="NAME",
+                        help="CONFIG is an ablation config (deftx ablate): score this variant's language SFTs "
+                             "(--output-dir then overrides the ablation's output_dir)")
     parser.add_argument("--seeds", type=seed_int, nargs="+", help="override the config's seeds")
     parser.add_argument("--languages", nargs="+",
                         help="NusaX languages to score (default: every language with a trained SFT of the seed)")

@@ -87,3 +87,29 @@ def test_sfts_trained_on_every_split_but_test_leave_no_heldout_text(tmp_path, ti
     (tmp_path / "run").mkdir()
     assert main(["heldout-mlm", config]) == 2
     assert "no held-out text to score language SFTs on" in capsys.readouterr().err
+
+
+def test_a_variant_of_an_ablation_config_is_scored_in_its_own_run_folder(tmp_path, tiny_model_dir, monkeypatch,
+                                                                          capsys):
+    """``deftx ablate`` trains two variants of different language K; --variant picks the folder of one."""
+    monkeypatch.setenv("DEFTX_CACHE", str(tmp_path / "cache"))
+    base = {key: value for key, value in tiny_config(tmp_path, tiny_model_dir).items()
+            if key not in ("name", "output_dir", "results_dir", "seeds", "americasnli")}
+    path = tmp_path / "ablation.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "tiny-ablation", "output_dir": str(tmp_path / "runs"), "results_dir": str(tmp_path / "results"),
+        "seeds": [0], "base": {**base, "targets": ["madurese"], "methods": {"lt-sft": None}},
+        "variants": {"small-k": {"language_sft.k": 0.005}, "large-k": {"language_sft.k": 0.02}}}))
+    assert main(["ablate", str(path), "--quiet"]) == 0
+    rows = {}
+    for variant in ("small-k", "large-k"):
+        assert main(["heldout-mlm", str(path), "--variant", variant, "--languages", "madurese", "--scales", "1",
+                     "--csv", str(tmp_path / f"{variant}.csv")]) == 0
+        with (tmp_path / f"{variant}.csv").open() as handle:
+            rows[variant] = list(csv.DictReader(handle))
+    assert [r["method"] for r in rows["small-k"]] == ["θ0", "lt-sft"]
+    assert rows["small-k"][0]["loss"] == rows["large-k"][0]["loss"], "θ0 and the masks are the same"
+    assert rows["small-k"][1]["loss"] != rows["large-k"][1]["loss"], "each variant's own SFT"
+    capsys.readouterr()
+    assert main(["heldout-mlm", str(path), "--variant", "absent"]) == 2
+    assert "--variant 'absent' is not a variant of" in capsys.readouterr().err
