@@ -29,3 +29,8 @@ for s in 1 2; do nice -n 10 /usr/bin/time -v deftx ablate $S2 --seeds $s --varia
 # the drift probes (results/ablation-nusax-e5-small/drift/README.md), in a worktree of 97afbcb:
 #   git worktree add ../wt-old 97afbcb && cd ../wt-old && git bisect start 8808f0f 97afbcb
 #   MAIN=$OLDPWD PYTHON=$(which python) git bisect run $OLDPWD/results/ablation-nusax-e5-small/drift/step.sh
+# session 16 (2026-12-06): the variant chosen on held-out MLM loss (results/language-heldout-madurese/),
+# seed 0 only (it lost seed 0, which ends the pre-registered test; 48.0 min wall), then its held-out rows
+/usr/bin/time -v deftx ablate $S2 --seeds 0 --variants steps-400-lr-2e-4
+deftx heldout-mlm $S2 --variant steps-400-lr-2e-4 --seeds 0 --languages madurese minangkabau \
+    --csv results/ablation-nusax-e5-small-language/heldout-steps-400-lr-2e-4-seed-0.csv
