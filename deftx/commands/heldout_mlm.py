@@ -29,7 +29,13 @@ CSV_FIELDS = ("seed", "language", "method", "scale", "loss", "loss_change", "acc
 def run(args: argparse.Namespace) -> int:
     from deftx.models.mlm import build_mlm_model
     from deftx.pipeline.head import ensure_head
-    from deftx.pipeline.heldout import heldout_splits, language_sft_files, score_heldout, trained_languages
+    from deftx.pipeline.heldout import (
+        heldout_batches,
+        heldout_splits,
+        language_sft_files,
+        score_heldout,
+        trained_languages,
+    )
     from deftx.pipeline.workspace import Workspace
 
     config = variant_config(args) if args.variant else load_pipeline_config(args)
@@ -43,13 +49,14 @@ def run(args: argparse.Namespace) -> int:
     if not plan:
         raise FileNotFoundError(f"no language SFT under {ws.output_dir} for seeds {list(ws.config.seeds)}; "
                                 "train them first (deftx pipeline or deftx train-lang)")
+    batches = {language: heldout_batches(ws, language) for language in dict.fromkeys(lang for _, lang in plan)}
     model = build_mlm_model(ws.model_dir, head_state=ensure_head(ws)).to(ws.device)
     print(f"held-out text: NusaX MT {'+'.join(splits)}; loss change = fall of the loss from θ0's (> 0: better)")
     print("| seed | language | method | scale | loss | loss change | accuracy | masked tokens |")
     print("|---:|---|---|---:|---:|---:|---:|---:|")
     records = []
     for (seed, language), sft_files in plan.items():
-        rows = score_heldout(ws, model, language, sft_files, scales)
+        rows = score_heldout(model, sft_files, scales, batches[language])
         for row in rows:
             change = row.change(rows[0].score)
             records.append({"seed": seed, "language": language, "method": row.method, "scale": row.scale,

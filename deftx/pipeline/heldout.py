@@ -66,9 +66,9 @@ def heldout_batches(ws: Workspace, language: str) -> list[dict[str, torch.Tensor
     return mask_once(MLMCollator(ws.tokenizer, seed=MASK_SEED), sequences, settings.batch_size)
 
 
-def score_heldout(ws: Workspace, model: FrozenDecoderMLM, language: str, sft_files: Mapping[str, Path],
-                  scales: Sequence[float]) -> list[HeldoutRow]:
-    """θ0 and each method's language SFT of ``language`` (``sft_files``: :func:`language_sft_files`) at each
-    scale, on ``language``'s held-out text."""
+def score_heldout(model: FrozenDecoderMLM, sft_files: Mapping[str, Path], scales: Sequence[float],
+                  batches: Sequence[Mapping[str, torch.Tensor]]) -> list[HeldoutRow]:
+    """θ0 and each method's language SFT (``sft_files``: :func:`language_sft_files`) at each scale, on the
+    language's held-out ``batches`` (:func:`heldout_batches`)."""
     sfts = {method: SparseDiff.load(path) for method, path in sft_files.items()}
-    return score_language_sfts(model, sfts, scales, heldout_batches(ws, language))
+    return score_language_sfts(model, sfts, scales, batches)
