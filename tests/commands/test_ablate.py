@@ -27,8 +27,8 @@ def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path, capsys):
     assert main(["ablate", str(REPO / "configs" / "ablation-nusax-e5-small-language.yaml"), "--dry-run",
                  "--output-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results")]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert "13 variants × seeds [0, 1, 2] on NusaX valid" in lines[0]
-    assert "9 distinct language-SFT phase 1" in lines[0]
+    assert "14 variants × seeds [0, 1, 2] on NusaX valid" in lines[0]
+    assert "10 distinct language-SFT phase 1" in lines[0]
     reference = next(line for line in lines if line.startswith("  reference "))
     assert reference.endswith("(language phase 1 shared with k-1pct, k-6pct, reference-rerun)")
     assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
