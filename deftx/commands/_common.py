@@ -122,6 +122,16 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, overwrite: bool = T
     )
 
 
+def add_heldout_argument(parser: argparse.ArgumentParser, unit: str) -> None:
+    """--no-heldout: skip the held-out masked-LM check of each ``unit``'s (seed's, variant's) language SFTs."""
+    parser.add_argument(
+        "--no-heldout", action="store_true",
+        help=f"do not score each {unit}'s language SFTs on the NusaX MT text left out of language_text_splits "
+             "(by default they are, when a split is left out, as deftx heldout-mlm does: heldout.csv and a "
+             "results.md section)",
+    )
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """--model, --pooling, --num-labels, --seed: the classifier an SFT is applied to."""
     parser.add_argument(

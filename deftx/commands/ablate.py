@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from deftx.commands._common import command_line, seed_int
+from deftx.commands._common import add_heldout_argument, command_line, seed_int
 
 NAME = "ablate"
 SUMMARY = "variants of a pipeline config x seeds on NusaX valid splits (shared phase 1), one CSV + summary"
@@ -33,6 +33,10 @@ missing (rows of a variant whose settings changed are refused, naming the change
 drops them and runs the variant again; variants.json beside the rows records each variant's
 settings, so the change is named even where the runs are not); invocations.jsonl and results.md
 keep every finished invocation's command and wall time. One progress line per variant x seed.
+Each variant's language SFTs are also scored on the NusaX MT text they did not train on (valid,
+as language_text_splits is [train] here): the masked-LM loss of θ0 and θ0 + s·φ, as `deftx
+heldout-mlm` prints it, into heldout.csv and a results.md table per variant (--no-heldout skips
+it; a variant x seed already in ablation.csv whose SFTs are on disk gets its missing rows).
 Example: configs/ablation-nusax-e5-small.yaml (stage 1) and
 configs/ablation-nusax-e5-small-language.yaml (stage 2).
 """
@@ -49,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     log = (lambda _: None) if args.quiet else print
     table = run_ablation(ablation, log=log, progress=print, command=command_line(), only=args.variants,
-                         overwrite=args.overwrite)
+                         overwrite=args.overwrite, heldout=not args.no_heldout)
     print(table)
     print(f"results: {ablation.results_dir}/results.md (ablation.csv, summary.csv, results.png beside it)")
     return 0
@@ -68,6 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true",
                         help="validate the config and print the plan (variants, which share phase 1), run nothing")
     parser.add_argument("--quiet", action="store_true", help="print only the progress lines and the final table")
+    add_heldout_argument(parser, "variant")
     parser.add_argument("--overwrite", action="store_true",
                         help="drop the rows of variants whose settings changed and run them again, and retrain "
                              "steps whose folder holds results of another identity (default: refuse, naming what "

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from dataclasses import replace
 from pathlib import Path
 
 from deftx.commands._common import add_config_arguments, finite_float, load_pipeline_config, seed_int
+from deftx.eval.report import write_csv
 
 NAME = "heldout-mlm"
 SUMMARY = "masked-LM loss of θ0 and θ0 + language SFT on held-out text of each language (did it learn the language?)"
@@ -23,19 +23,11 @@ split is never read). One set of masks scores every seed, method and scale, so a
 loss fit its sentences, not the language. The MLM head is the run's (cached or shipped; warmed up
 if neither).
 """
-CSV_FIELDS = ("seed", "language", "method", "scale", "loss", "loss_change", "accuracy", "masked_tokens")
 
 
 def run(args: argparse.Namespace) -> int:
-    from deftx.models.mlm import build_mlm_model
     from deftx.pipeline.head import ensure_head
-    from deftx.pipeline.heldout import (
-        heldout_batches,
-        heldout_splits,
-        language_sft_files,
-        score_heldout,
-        trained_languages,
-    )
+    from deftx.pipeline.heldout import HeldoutScorer, heldout_splits, language_sft_files, trained_languages
     from deftx.pipeline.workspace import Workspace
 
     config = variant_config(args) if args.variant else load_pipeline_config(args)
@@ -43,29 +35,26 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"output_dir {config.output_dir} does not exist: nothing trained there to score")
     ws = Workspace.open(replace(config, results_dir=None), log=lambda line: print(line, file=sys.stderr))
     splits = heldout_splits(ws)
-    scales = tuple(args.scales) if args.scales else tuple(sorted({1.0, *ws.config.language_scales()}))
     plan = {(seed, language): language_sft_files(ws, seed, language) for seed in ws.config.seeds
-            for language in (args.languages or trained_languages(ws, seed))}
+            for language in (args.languages or trained_languages(ws.config, seed))}
     if not plan:
         raise FileNotFoundError(f"no language SFT under {ws.output_dir} for seeds {list(ws.config.seeds)}; "
                                 "train them first (deftx pipeline or deftx train-lang)")
-    batches = {language: heldout_batches(ws, language) for language in dict.fromkeys(lang for _, lang in plan)}
-    model = build_mlm_model(ws.model_dir, head_state=ensure_head(ws)).to(ws.device)
+    scorer = HeldoutScorer(ws, ensure_head(ws), args.scales)
+    for language in dict.fromkeys(language for _, language in plan):
+        scorer.batches(language)
     print(f"held-out text: NusaX MT {'+'.join(splits)}; loss change = fall of the loss from θ0's (> 0: better)")
     print("| seed | language | method | scale | loss | loss change | accuracy | masked tokens |")
     print("|---:|---|---|---:|---:|---:|---:|---:|")
     records = []
     for (seed, language), sft_files in plan.items():
-        rows = score_heldout(model, sft_files, scales, batches[language])
-        for row in rows:
-            change = row.change(rows[0].score)
-            records.append({"seed": seed, "language": language, "method": row.method, "scale": row.scale,
-                            "loss": row.score.loss, "loss_change": change, "accuracy": row.score.accuracy,
-                            "masked_tokens": row.score.masked_tokens})
-            print(f"| {seed} | {language} | {row.method} | {row.scale:g} | {row.score.loss:.4f} | "
-                  f"{100 * change:+.2f}% | {row.score.accuracy:.4f} | {row.score.masked_tokens} |", flush=True)
+        for record in scorer.records(seed, language, sft_files):
+            records.append(record)
+            print(f"| {seed} | {language} | {record['method']} | {record['scale']:g} | {record['loss']:.4f} | "
+                  f"{100 * record['loss_change']:+.2f}% | {record['accuracy']:.4f} | {record['masked_tokens']} |",
+                  flush=True)
     if args.csv:
-        write_csv(args.csv, records)
+        write_csv(records, args.csv)
     return 0
 
 
@@ -79,15 +68,6 @@ def variant_config(args: argparse.Namespace):
         raise ValueError(f"--variant {args.variant!r} is not a variant of {args.config} "
                          f"(its variants: {', '.join(ablation.variants)})")
     return ablation.variants[args.variant]
-
-
-def write_csv(path: Path, records: list[dict]) -> None:
-    """The rows as CSV (``CSV_FIELDS``), the folder made if needed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
-        writer.writeheader()
-        writer.writerows(records)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from deftx.commands._common import add_config_arguments, command_line, load_pipeline_config, seed_int
+from deftx.commands._common import (
+    add_config_arguments,
+    add_heldout_argument,
+    command_line,
+    load_pipeline_config,
+    seed_int,
+)
 
 NAME = "pipeline"
 SUMMARY = "train language + task SFTs (LT-SFT, DeFT-X) and a full fine-tuning baseline, evaluate zero-shot"
@@ -13,8 +19,10 @@ Run every step of a pipeline config: MLM head warm-up, language SFTs (masked LM 
 NusaX MT train+valid text), task SFTs on the source language(s) on top of the source language SFT,
 the full fine-tuning baseline, and zero-shot NusaX (and optionally AmericasNLI) evaluation. Every
 step checkpoints and records what its results depend on; running the same command again resumes, a
-changed config is refused naming what changed (--overwrite retrains the changed steps). Prints the
-macro-F1 table and writes results.md/.csv/.png under output_dir.
+changed config is refused naming what changed (--overwrite retrains the changed steps). When
+language_text_splits leaves an MT split out ([train]), each seed's language SFTs are then scored on
+that text, which neither they nor the MLM head saw (as `deftx heldout-mlm`; --no-heldout skips it).
+Prints the macro-F1 table and writes results.md/.csv/.png under output_dir.
 """
 
 
@@ -28,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
         print("\n".join(plan_lines(config)))
         return 0
     log = (lambda _: None) if args.quiet else print
-    table = run_pipeline(config, log=log, command=command_line(), overwrite=args.overwrite)
+    table = run_pipeline(config, log=log, command=command_line(), overwrite=args.overwrite,
+                         heldout=not args.no_heldout)
     print(table)
     print(f"results: {config.results_dir or config.output_dir}/results.md (CSVs and plot beside it)")
     return 0
@@ -44,6 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              "changed; --overwrite drops them); one folder per subset of seeds also works: deftx paired merges them",
     )
     parser.add_argument("--quiet", action="store_true", help="print only the final table")
+    add_heldout_argument(parser, "seed")
     parser.add_argument(
         "--dry-run", action="store_true",
         help="print the plan (model, data, effective TrainingArguments, every step with its folder and whether "

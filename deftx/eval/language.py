@@ -13,15 +13,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
+from deftx.eval.report import mean_sd
 from deftx.models.mlm import FrozenDecoderMLM
 from deftx.sft import SparseDiff, apply_diffs
 from deftx.train.head_warm_up import masked_features, masked_token_scores
 
 BASE = "θ0"
 """The ``method`` of the row that scores the base model alone."""
+HELDOUT_FIELDS = ("seed", "language", "method", "scale", "loss", "loss_change", "accuracy", "masked_tokens")
+"""The columns of a held-out record (:func:`heldout_records`): heldout.csv's, and ``deftx heldout-mlm --csv``'s."""
 
 
 @dataclass(frozen=True)
@@ -89,3 +93,55 @@ def score_language_sfts(
             with apply_diffs(model.body, [sft], [scale]):
                 rows.append(HeldoutRow(method, float(scale), masked_lm_score(model, batches)))
     return rows
+
+
+def heldout_records(seed: int, language: str, rows: Sequence[HeldoutRow]) -> list[dict[str, Any]]:
+    """``rows`` (:func:`score_language_sfts`: the θ0 row first) as plain records of :data:`HELDOUT_FIELDS`;
+    ``loss_change`` is each row's :meth:`HeldoutRow.change` from the θ0 row's score."""
+    base = rows[0].score
+    return [{"seed": seed, "language": language, "method": row.method, "scale": row.scale, "loss": row.score.loss,
+             "loss_change": row.change(base), "accuracy": row.score.accuracy,
+             "masked_tokens": row.score.masked_tokens} for row in rows]
+
+
+def _column(record: Mapping[str, Any]) -> str:
+    return BASE if record["method"] == BASE else f"{record['method']} ×{float(record['scale']):g}"
+
+
+def heldout_table(records: Sequence[Mapping[str, Any]], by: str, metric: str) -> list[str]:
+    """A markdown table of held-out records (:func:`heldout_records`, values as numbers or CSV strings).
+
+    One line per value of the record field ``by`` (e.g. ``language``), in first-seen order; a
+    :data:`BASE` column, then one per method × scale. A cell is, per seed, the mean over the line's
+    records (e.g. over the targets of one variant), then mean ± sd over seeds, with the seed count.
+
+    Args:
+        metric: ``loss_change`` (the fall of the loss from θ0's, in %; the θ0 column is θ0's loss in
+            nats) or ``accuracy`` (top-1 accuracy of the masked tokens, in %).
+    """
+    if metric not in ("loss_change", "accuracy"):
+        raise ValueError(f"metric must be loss_change or accuracy, not {metric!r}")
+    values: dict[tuple[Any, str], dict[int, list[float]]] = {}
+    for record in records:
+        field = "loss" if metric == "loss_change" and record["method"] == BASE else metric
+        values.setdefault((record[by], _column(record)), {}).setdefault(int(record["seed"]), []).append(
+            float(record[field]))
+    lines = list(dict.fromkeys(line for line, _ in values))
+    columns = list(dict.fromkeys(column for _, column in values))
+
+    def cell(line: Any, column: str) -> str:
+        by_seed = values.get((line, column))
+        if not by_seed:
+            return "—"
+        mean, sd = mean_sd([sum(v) / len(v) for v in by_seed.values()])
+        if column == BASE and metric == "loss_change":
+            number = f"{mean:.3f}" + (f" ± {sd:.3f}" if len(by_seed) > 1 else "")
+        else:
+            sign = "+" if metric == "loss_change" else ""
+            number = f"{100 * mean:{sign}.1f}%" + (f" ± {100 * sd:.1f}" if len(by_seed) > 1 else "")
+        return f"{number} ({len(by_seed)})"
+
+    base_label = "θ0 loss" if metric == "loss_change" else BASE
+    return [f"| {by} | " + " | ".join(base_label if c == BASE else c for c in columns) + " |",
+            "|---|" + "---:|" * len(columns),
+            *(f"| {line} | " + " | ".join(cell(line, c) for c in columns) + " |" for line in lines)]

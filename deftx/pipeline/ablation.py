@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deftx.eval.language import HELDOUT_FIELDS, heldout_table
 from deftx.eval.report import (
     AVERAGE,
     append_invocation,
@@ -68,8 +69,9 @@ from deftx.files import atomic_write_bytes
 from deftx.info import environment_record
 from deftx.pipeline.config import RUN_ONLY_SETTINGS, ConfigError, PipelineConfig, parse_config, read_config_file
 from deftx.pipeline.head import ensure_head, head_call, head_curve_table, head_report_line
+from deftx.pipeline.heldout import HeldoutScorer, has_heldout_text, trained_languages
 from deftx.pipeline.identity import run_identity
-from deftx.pipeline.run import run_nusax_seed
+from deftx.pipeline.run import heldout_seed, run_nusax_seed
 from deftx.pipeline.workspace import Workspace, language_training_settings, requested_device, resolve_device
 from deftx.train.config import short_repr, to_plain
 from deftx.train.identity import describe_changes, digest, normalised, read_identity, write_identity
@@ -82,6 +84,8 @@ EXCLUSIVE_KEYS = (("steps", "epochs"), ("epochs", "steps"))
 ROW_FIELDS = ("variant", "variant_hash", "seed", "benchmark", "protocol", "split", "source", "target", "method",
               "language_scale", "language_sft", "macro_f1", "accuracy", "examples")
 SUMMARY_GROUP = ("variant", "source", "method", "language_scale")
+HELDOUT = "heldout.csv"
+HELDOUT_ROW_FIELDS = ("variant", "variant_hash", *HELDOUT_FIELDS)
 DEFAULT_SEEDS = (0, 1, 2)
 
 
@@ -325,17 +329,17 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def append_rows(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Append rows to ``path`` (header written when the file is new)."""
+def append_rows(path: Path, rows: Sequence[Mapping[str, Any]], fields: Sequence[str] = ROW_FIELDS) -> None:
+    """Append rows to ``path`` (``fields``, by default ablation.csv's; header written when the file is new)."""
     if not rows:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     new = not path.is_file()
     with path.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=ROW_FIELDS)
+        writer = csv.DictWriter(handle, fieldnames=fields)
         if new:
             writer.writeheader()
-        writer.writerows({name: row.get(name) for name in ROW_FIELDS} for row in rows)
+        writer.writerows({name: row.get(name) for name in fields} for row in rows)
 
 
 def variant_folder(output_dir: Path, name: str, hash_: str) -> Path:
@@ -395,15 +399,40 @@ def check_rows_match(rows: Sequence[Mapping[str, Any]], ablation: AblationConfig
                           "again")
 
 
-def drop_stale_rows(path: Path, ablation: AblationConfig) -> list[dict[str, Any]]:
-    """Rewrite ``ablation.csv`` without the rows of variants whose settings changed; the rows kept."""
-    rows = read_rows(path)
+def drop_stale_rows(path: Path, ablation: AblationConfig, fields: Sequence[str] = ROW_FIELDS) -> list[dict[str, str]]:
+    """Rewrite ``path`` (``ablation.csv``, or ``heldout.csv`` with its ``fields``) without the rows of
+    variants whose settings changed; the rows kept, as read."""
+    rows = read_csv(path)
     kept = [row for row in rows if row["variant"] not in ablation.hashes
             or row["variant_hash"] == ablation.hashes[row["variant"]]]
     if len(kept) != len(rows):
         path.unlink()
-        append_rows(path, kept)
+        append_rows(path, kept, fields)
     return kept
+
+
+def current_heldout(ablation: AblationConfig) -> list[dict[str, str]]:
+    """The rows of ``heldout.csv`` of the ablation's variants at their current settings hash."""
+    return [row for row in read_csv(ablation.results_dir / HELDOUT)
+            if ablation.hashes.get(row["variant"]) == row["variant_hash"]]
+
+
+def needs_heldout(run: AblationRun, name: str, seed: int) -> bool:
+    """Whether variant ``name``'s language SFTs of ``seed`` are to be scored on held-out text: the run
+    scores them (``run.heldout``), the variant leaves some MT text out, ``heldout.csv`` has no rows of
+    the variant and seed yet, and some of its language SFTs of the seed are on disk."""
+    config = run.ablation.variants[name]
+    return (run.heldout and has_heldout_text(config) and (name, seed) not in run.heldout_scored
+            and bool(trained_languages(config, seed)))
+
+
+def score_variant_heldout(run: AblationRun, name: str, seed: int, ws: Workspace, head: Path) -> None:
+    """Score variant ``name``'s language SFTs of ``seed`` on held-out text; append the rows to ``heldout.csv``."""
+    records = heldout_seed(ws, HeldoutScorer(ws, head), seed)
+    append_rows(run.ablation.results_dir / HELDOUT,
+                [{"variant": name, "variant_hash": run.ablation.hashes[name], **record} for record in records],
+                HELDOUT_ROW_FIELDS)
+    run.heldout_scored.add((name, seed))
 
 
 def average_by_method(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
@@ -430,6 +459,10 @@ class AblationRun:
     timings: list[dict[str, Any]] = field(default_factory=list)
     environment: dict[str, str] = field(default_factory=environment_record)
     """The versions and commit this call started with (what its rows are computed by)."""
+    heldout: bool = True
+    """Score the variants' language SFTs on held-out text (:func:`score_variant_heldout`)."""
+    heldout_scored: set[tuple[str, int]] = field(default_factory=set)
+    """(variant, seed) pairs whose language SFTs ``heldout.csv`` holds held-out rows of."""
 
 
 def head_for(run: AblationRun, ws: Workspace) -> Path:
@@ -444,17 +477,23 @@ def head_for(run: AblationRun, ws: Workspace) -> Path:
     return run.heads[key]
 
 
-def run_variant_seed(run: AblationRun, name: str, seed: int, done: set[tuple[str, ...]],
-                     log: Callable[[str], None]) -> list[dict[str, Any]]:
-    """Train (or reuse) and evaluate one variant for one seed; append its new rows; return all its rows."""
-    ablation = run.ablation
-    config = ablation.variants[name]
+def variant_workspace(run: AblationRun, name: str, log: Callable[[str], None]) -> tuple[Workspace, Path]:
+    """The workspace of variant ``name`` (the run's step store; a tokenizer loaded once per model) and its MLM head."""
+    config = run.ablation.variants[name]
     ws = Workspace.open(config, log, tokenizer=run.tokenizers.get(config.model))
-    record_variant(ablation, name)
+    record_variant(run.ablation, name)
     run.tokenizers[config.model] = ws.tokenizer
     ws.step_store = run.store
     ws.overwrite = run.overwrite
-    head = head_for(run, ws)
+    return ws, head_for(run, ws)
+
+
+def run_variant_seed(run: AblationRun, name: str, seed: int, done: set[tuple[str, ...]],
+                     log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Train (or reuse) and evaluate one variant for one seed; append its new rows and, when it leaves
+    some MT text out, its language SFTs' held-out rows (:func:`score_variant_heldout`); return all its rows."""
+    ablation = run.ablation
+    ws, head = variant_workspace(run, name, log)
     csv_path = ablation.results_dir / "ablation.csv"
     rows: list[dict[str, Any]] = []
     for source_rows in run_nusax_seed(ws, seed, head):
@@ -466,13 +505,15 @@ def run_variant_seed(run: AblationRun, name: str, seed: int, done: set[tuple[str
                 done.add(row_key(row))
                 fresh.append(row)
         append_rows(csv_path, fresh)
+    if needs_heldout(run, name, seed):
+        score_variant_heldout(run, name, seed, ws, head)
     run.timings.append({"variant": name, "seed": seed, **ws.timings})
     return rows
 
 
 def run_ablation(ablation: AblationConfig, *, log: Callable[[str], None] = print,
                  progress: Callable[[str], None] = print, command: str | None = None,
-                 only: Sequence[str] | None = None, overwrite: bool = False) -> str:
+                 only: Sequence[str] | None = None, overwrite: bool = False, heldout: bool = True) -> str:
     """Run (or resume) every variant × seed of ``ablation``; returns the summary markdown.
 
     Args:
@@ -482,6 +523,8 @@ def run_ablation(ablation: AblationConfig, *, log: Callable[[str], None] = print
         only: run just these variants (the summary still covers every variant's rows).
         overwrite: drop the rows of variants whose settings changed (instead of refusing them) and
             retrain the steps whose recorded identity differs (see :mod:`deftx.train.identity`).
+        heldout: score each variant's language SFTs of each seed on held-out text, once
+            (:func:`score_variant_heldout`), also for a variant × seed whose rows are done.
     """
     unknown = sorted(set(only or ()) - set(ablation.variants))
     if unknown:
@@ -492,20 +535,30 @@ def run_ablation(ablation: AblationConfig, *, log: Callable[[str], None] = print
     start = time.perf_counter()
     ablation.results_dir.mkdir(parents=True, exist_ok=True)
     csv_path = ablation.results_dir / "ablation.csv"
-    existing = drop_stale_rows(csv_path, ablation) if overwrite else read_rows(csv_path)
+    if overwrite:
+        drop_stale_rows(csv_path, ablation)
+        drop_stale_rows(ablation.results_dir / HELDOUT, ablation, HELDOUT_ROW_FIELDS)
+    existing = read_rows(csv_path)
     check_rows_match(existing, ablation)
     with_rows = {row["variant"] for row in existing if row["variant"] in ablation.hashes}
     record_variants(ablation, sorted({*chosen, *with_rows}))
     done = {row_key(row) for row in existing}
     finished = {(row["variant"], row["seed"], row["source"]) for row in existing}
-    run = AblationRun(ablation, LinkedStepStore(ablation.output_dir / "shared"), overwrite=overwrite)
+    run = AblationRun(ablation, LinkedStepStore(ablation.output_dir / "shared"), overwrite=overwrite, heldout=heldout)
+    run.heldout_scored = {(row["variant"], int(row["seed"])) for row in current_heldout(ablation)}
     total, index = len(chosen) * len(ablation.seeds), 0
     for seed in ablation.seeds:
         for name in chosen:
             index += 1
             sources = ablation.variants[name].sources
             if all((name, seed, source) in finished for source in sources):
-                progress(f"[ablate {index}/{total}] {name} seed {seed}: already in {csv_path.name}, skipped")
+                if needs_heldout(run, name, seed):
+                    ws, head = variant_workspace(run, name, log)
+                    score_variant_heldout(run, name, seed, ws, head)
+                    progress(f"[ablate {index}/{total}] {name} seed {seed}: already in {csv_path.name}; its "
+                             f"language SFTs' held-out rows added to {HELDOUT}")
+                else:
+                    progress(f"[ablate {index}/{total}] {name} seed {seed}: already in {csv_path.name}, skipped")
                 continue
             began, reused, kept = time.perf_counter(), sum(run.store.attached.values()), sum(
                 run.store.published.values())
@@ -619,6 +672,22 @@ def invocation_lines(ledger: Path, command: str | None, wall_seconds: float, *, 
     return [*lines, f"- `{command or '(not recorded)'}`: {wall_seconds / 60:.1f} min so far (this invocation)"]
 
 
+def heldout_summary_lines(ablation: AblationConfig) -> list[str]:
+    """The results.md section on the variants' language SFTs on held-out text (``heldout.csv``), targets only."""
+    targets = {target for config in ablation.variants.values() for target in config.targets}
+    rows = [row for row in current_heldout(ablation) if row["language"] in targets]
+    if not rows:
+        return []
+    order = {name: index for index, name in enumerate(ablation.variants)}
+    rows.sort(key=lambda row: order[row["variant"]])
+    return ["### Held-out masked-LM check of the language SFTs (`heldout.csv`)", "",
+            "On NusaX MT text that neither the language SFTs nor the MLM head trained on (one fixed set of masks): "
+            "the fall of the masked-token loss from θ0's with each SFT added at scale s (> 0: it predicts unseen "
+            "text of its language better), then the top-1 accuracy of the masked tokens; per seed the mean over "
+            "targets, then mean ± sd over seeds (n seeds). Variants that share their language SFTs share these rows.",
+            "", *heldout_table(rows, "variant", "loss_change"), "", *heldout_table(rows, "variant", "accuracy"), ""]
+
+
 def recorded_head_metrics(run: AblationRun) -> list[dict[str, Any]]:
     """Every MLM head the ablation used: those in mlm_head.json, updated by this invocation's, keyed by head.
 
@@ -689,6 +758,7 @@ def write_summary(
         variant_tables(summary, variants, "accuracy"),
         seed_tables(rows, sources, variants, "macro_f1"),
     ]
+    text += heldout_summary_lines(ablation)
     head_metrics = recorded_head_metrics(run)
     if head_metrics:
         for metrics in head_metrics:
@@ -702,6 +772,6 @@ def write_summary(
     text += [versions_line(run.environment) + " (this invocation's; `invocations.jsonl` keeps each one's)", ""]
     text += ["Files: ablation.csv (one row per variant, seed, source, target, method, scale), summary.csv "
              "(mean ± sd over seeds, per target and `avg`), results.png, timings.jsonl, invocations.jsonl, "
-             "mlm_head.json.", ""]
+             "mlm_head.json, heldout.csv (held-out masked-LM scores of the language SFTs, per language).", ""]
     (out / "results.md").write_text("\n".join(text))
     return tables

@@ -9,19 +9,31 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from deftx.data import nusax
-from deftx.eval.language import HeldoutRow, score_language_sfts
-from deftx.models.mlm import FrozenDecoderMLM
-from deftx.pipeline.layout import branch_file
+from deftx.eval.language import HeldoutRow, heldout_records, score_language_sfts
+from deftx.models.mlm import FrozenDecoderMLM, build_mlm_model
+from deftx.pipeline.config import PipelineConfig
+from deftx.pipeline.layout import SeedLayout, branch_file
 from deftx.pipeline.workspace import Workspace
 from deftx.sft import SparseDiff
 from deftx.train.masking import MLMCollator, chunk_token_ids, mask_once
 
 MASK_SEED = 0
 """Seed of the held-out masks: one set of masks for every seed, method and scale of a run."""
+
+
+def has_heldout_text(config: PipelineConfig) -> bool:
+    """Whether some NusaX MT split (not test) is left out of ``config``'s ``language_text_splits``."""
+    return any(split not in config.language_text_splits for split in nusax.MT_SPLITS)
+
+
+def default_scales(config: PipelineConfig) -> tuple[float, ...]:
+    """The scales a language SFT is scored at by default: 1 and ``config``'s language scales, ascending."""
+    return tuple(sorted({1.0, *config.language_scales()}))
 
 
 def heldout_splits(ws: Workspace) -> tuple[str, ...]:
@@ -35,12 +47,12 @@ def heldout_splits(ws: Workspace) -> tuple[str, ...]:
     return splits
 
 
-def trained_languages(ws: Workspace, seed: int) -> list[str]:
-    """The NusaX languages with a language SFT of some method of the config under seed ``seed``."""
-    root = ws.layout(seed).root / "lang"
+def trained_languages(config: PipelineConfig, seed: int) -> list[str]:
+    """The NusaX languages with a language SFT of some method of ``config`` under its ``output_dir`` for ``seed``."""
+    root = SeedLayout.of(Path(config.output_dir), seed).root / "lang"
     folders = sorted(path for path in root.iterdir() if path.is_dir()) if root.is_dir() else []
     return [folder.name for folder in folders
-            if any(branch_file(folder, method).is_file() for method in ws.config.methods)]
+            if any(branch_file(folder, method).is_file() for method in config.methods)]
 
 
 def language_sft_files(ws: Workspace, seed: int, language: str) -> dict[str, Path]:
@@ -72,3 +84,41 @@ def score_heldout(model: FrozenDecoderMLM, sft_files: Mapping[str, Path], scales
     language's held-out ``batches`` (:func:`heldout_batches`)."""
     sfts = {method: SparseDiff.load(path) for method, path in sft_files.items()}
     return score_language_sfts(model, sfts, scales, batches)
+
+
+class HeldoutScorer:
+    """The held-out check of one workspace's NusaX language SFTs, seed by seed.
+
+    The MLM model (θ0's body on ``ws.device`` with the MLM head in ``head_file``) is built on first
+    use and each language's masked batches (:func:`heldout_batches`) are made once, so every seed
+    and method of a run is scored against the same masks.
+    """
+
+    def __init__(self, ws: Workspace, head_file: Path, scales: Sequence[float] | None = None) -> None:
+        self.ws = ws
+        self.head_file = head_file
+        self.scales = tuple(scales) if scales else default_scales(ws.config)
+        self._batches: dict[str, list[dict[str, torch.Tensor]]] = {}
+        self._model: FrozenDecoderMLM | None = None
+
+    def batches(self, language: str) -> list[dict[str, torch.Tensor]]:
+        """``language``'s held-out batches, made on the first call (ValueError when it has no held-out text)."""
+        if language not in self._batches:
+            self._batches[language] = heldout_batches(self.ws, language)
+        return self._batches[language]
+
+    def model(self) -> FrozenDecoderMLM:
+        """θ0 with the run's MLM head, built on the first call."""
+        if self._model is None:
+            self._model = build_mlm_model(self.ws.model_dir, head_state=self.head_file).to(self.ws.device)
+        return self._model
+
+    def records(self, seed: int, language: str, sft_files: Mapping[str, Path] | None = None) -> list[dict[str, Any]]:
+        """θ0 and each method's language SFT of ``seed`` at every scale (:func:`~deftx.eval.language.heldout_records`).
+
+        Args:
+            sft_files: method -> SFT file; default: the seed's (:func:`language_sft_files`).
+        """
+        files = sft_files if sft_files is not None else language_sft_files(self.ws, seed, language)
+        batches = self.batches(language)
+        return heldout_records(seed, language, score_heldout(self.model(), files, self.scales, batches))

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from deftx.data.nusax import MT_SPLITS
+from deftx.eval.language import heldout_table
 from deftx.eval.report import (
     bar_plot,
     environment_changes,
@@ -22,6 +24,7 @@ from deftx.eval.report import (
 from deftx.eval.zero_shot import EvalRow
 from deftx.pipeline.config import BASELINE, NO_LANGUAGE_SFT, ConfigError, PipelineConfig, parse_config
 from deftx.pipeline.head import head_report_line
+from deftx.pipeline.heldout import has_heldout_text
 from deftx.pipeline.identity import run_identity
 from deftx.pipeline.layout import SeedLayout
 from deftx.pipeline.workspace import Workspace
@@ -36,8 +39,8 @@ class EarlierSeeds:
     """What a results folder holds of seeds a run does not train: kept when of the same recipe.
 
     Attributes:
-        seeds: the seeds kept; rows, selections, overlaps: their lines of results.csv,
-            selection.csv and overlap.csv.
+        seeds: the seeds kept; rows, selections, overlaps, heldout: their lines of results.csv,
+            selection.csv, overlap.csv and heldout.csv.
         dropped: seeds of another recipe left out (``overwrite``).
     """
 
@@ -45,6 +48,7 @@ class EarlierSeeds:
     rows: tuple[EvalRow, ...] = ()
     selections: tuple[dict[str, str], ...] = ()
     overlaps: tuple[dict[str, str], ...] = ()
+    heldout: tuple[dict[str, str], ...] = ()
     dropped: tuple[int, ...] = ()
 
 
@@ -101,7 +105,30 @@ def earlier_seeds(config: PipelineConfig, results_dir: Path, *, overwrite: bool 
         return tuple(r for r in read_csv(results_dir / name) if int(r["seed"]) not in ours)
 
     return EarlierSeeds(seeds, tuple(EvalRow.from_record(r) for r in other), of_other_seeds("selection.csv"),
-                        of_other_seeds("overlap.csv"))
+                        of_other_seeds("overlap.csv"), of_other_seeds(HELDOUT_CSV))
+
+
+HELDOUT_CSV = "heldout.csv"
+
+
+def heldout_lines(config: PipelineConfig, records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The results.md section on the language SFTs' held-out masked-LM scores (``heldout.csv``)."""
+    if not config.runs_nusax:
+        return []
+    if not has_heldout_text(config):
+        return ["Held-out masked-LM check: none — the language SFTs trained on every NusaX MT split but test "
+                "(language_text_splits: " + "+".join(config.language_text_splits) + "), so no text of their "
+                "language is left that they did not see.", ""]
+    if not records:
+        return []
+    splits = "+".join(split for split in MT_SPLITS if split not in config.language_text_splits)
+    return [f"Held-out masked-LM check (`{HELDOUT_CSV}`): did each language SFT learn its language? On NusaX MT "
+            f"{splits} text, which neither the language SFTs nor the MLM head trained on, one fixed set of masks: "
+            "the fall of the masked-token loss from θ0's with the SFT added at scale s (> 0: it predicts unseen "
+            "text of its language better), and the top-1 accuracy of the masked tokens; mean ± sd over seeds "
+            "(n seeds).", "",
+            *heldout_table(records, "language", "loss_change"), "",
+            *heldout_table(records, "language", "accuracy"), ""]
 
 
 def copy_run_logs(output_dir: Path, destination: Path) -> None:
@@ -177,6 +204,8 @@ def write_outputs(ws: Workspace, rows: list[EvalRow], wall_seconds: float, comma
         write_csv(ws.overlaps, out / "overlap.csv")
     if ws.selections:
         write_csv(ws.selections, out / "selection.csv")
+    if ws.heldout:
+        write_csv(ws.heldout, out / HELDOUT_CSV)
     timings = {"wall_seconds": wall_seconds, "earlier_invocations_seconds": ws.earlier_seconds, **ws.timings}
     (out / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
     if ws.head_metrics:
@@ -218,10 +247,12 @@ def write_outputs(ws: Workspace, rows: list[EvalRow], wall_seconds: float, comma
         text += ["Notes:", "", *[f"- {note}" for note in ws.notes], ""]
     losses_section = loss_lines(losses)
     text += losses_section
+    text += heldout_lines(ws.config, ws.heldout)
     text += disk_lines(ws.kept)
     text += [versions_line(ws.environment), ""]
     text += ["Files: results.csv (per seed), summary.csv, overlap.csv (mask overlap per group), "
-             "selection.csv (share of K per group), losses.csv (training loss per phase), timings.json, disk.json, "
+             "selection.csv (share of K per group), losses.csv (training loss per phase), heldout.csv (held-out "
+             "masked-LM scores of the language SFTs, when some MT text is left out), timings.json, disk.json, "
              "results.png.", ""]
     (out / "results.md").write_text("\n".join(text))
     if hardly_trained(losses):

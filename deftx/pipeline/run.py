@@ -14,7 +14,9 @@ training it, and takes this run's finished steps afterwards. The bytes each run 
 are reported in results.md and ``disk.json``.
 
 The tables go under ``results_dir`` (default: ``output_dir``): results.csv, summary.csv, results.md,
-results.png, overlap.csv, selection.csv, timings.json, disk.json, config.json, mlm_head.json.
+results.png, overlap.csv, selection.csv, heldout.csv, timings.json, disk.json, config.json, mlm_head.json.
+heldout.csv holds each seed's NusaX language SFTs scored on the MT text left out of
+``language_text_splits`` (:mod:`deftx.pipeline.heldout`; none when every split but test trains).
 The rows there of seeds this run does not train stay, when ``config.json`` records the same
 recipe (:func:`~deftx.pipeline.outputs.earlier_seeds`): seeds run a few at a time build one table.
 
@@ -40,10 +42,12 @@ import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from deftx.data import americasnli, americasnlp, nusax
+from deftx.eval.language import BASE
 from deftx.eval.report import append_invocation, read_ledger
 from deftx.eval.zero_shot import (
     Composition,
@@ -56,6 +60,7 @@ from deftx.eval.zero_shot import (
 from deftx.models.classifier import build_classifier
 from deftx.pipeline.config import BASELINE, NO_LANGUAGE_SFT, PipelineConfig
 from deftx.pipeline.head import ensure_head, language_texts
+from deftx.pipeline.heldout import HeldoutScorer, has_heldout_text, trained_languages
 from deftx.pipeline.layout import ANLI_TASK_NAME
 from deftx.pipeline.outputs import earlier_seeds, kept_seeds_note, reused_steps_note, write_outputs
 from deftx.pipeline.steps import full_finetune, language_sfts, nusax_train_examples, task_sfts
@@ -152,6 +157,21 @@ def run_nusax_seed(ws: Workspace, seed: int, head_file: Path) -> Iterator[list[E
         yield rows
 
 
+def heldout_seed(ws: Workspace, scorer: HeldoutScorer, seed: int) -> list[dict[str, Any]]:
+    """The held-out masked-LM records of the NusaX language SFTs ``seed`` trained (targets, then sources)."""
+    trained = set(trained_languages(ws.config, seed))
+    records = []
+    with ws.timer("held-out mlm"):
+        for language in dict.fromkeys([*ws.config.targets, *ws.config.sources]):
+            if language in trained:
+                for record in scorer.records(seed, language):
+                    records.append(record)
+                    if record["method"] != BASE:
+                        ws.log(f"  held-out {language} {record['method']} (scale {record['scale']:g}): loss "
+                               f"{record['loss']:.3f}, {100 * record['loss_change']:+.1f}% from θ0")
+    return records
+
+
 def pooled_dev(ws: Workspace, languages: Sequence[str]) -> tuple[str, list[dict]]:
     """The AmericasNLI task's training data: the source name of the pooled *dev* sets of ``languages``
     (the rows' ``source``) and their tokenised premise/hypothesis pairs, in language order."""
@@ -194,12 +214,14 @@ def run_anli_seed(ws: Workspace, seed: int, head_file: Path) -> list[EvalRow]:
 
 
 def run_pipeline(config: PipelineConfig, *, log: Callable[[str], None] = print,
-                 command: str | None = None, overwrite: bool = False) -> str:
+                 command: str | None = None, overwrite: bool = False, heldout: bool = True) -> str:
     """Run (or resume) every step of ``config``; returns the main markdown table.
 
     Args:
         overwrite: retrain the steps whose recorded identity differs from this config's
             (default: refuse them, naming what changed; see :mod:`deftx.train.identity`).
+        heldout: score each seed's NusaX language SFTs on the MT text left out of
+            ``language_text_splits``, if any (:func:`heldout_seed`: heldout.csv, a results.md section).
     """
     start = time.perf_counter()
     ws = Workspace.open(config, log)
@@ -220,14 +242,19 @@ def run_pipeline(config: PipelineConfig, *, log: Callable[[str], None] = print,
         ws.log(f"dropping seeds {list(earlier.dropped)} of another recipe from {ws.results_dir} (--overwrite)")
     ws.selections += earlier.selections
     ws.overlaps += earlier.overlaps
+    ws.heldout += earlier.heldout
     recorded = {**to_plain(config), "seeds": sorted({*earlier.seeds, *config.seeds}), "device": ws.device}
     (ws.results_dir / "config.json").write_text(json.dumps(recorded, indent=2) + "\n")
     head_file = ensure_head(ws)
+    scorer = HeldoutScorer(ws, head_file) if heldout and config.runs_nusax and has_heldout_text(config) else None
     rows: list[EvalRow] = list(earlier.rows)
     for seed in config.seeds:
         if config.runs_nusax:
             for source_rows in run_nusax_seed(ws, seed, head_file):
                 rows += source_rows
+                write_outputs(ws, rows, time.perf_counter() - start, command)
+            if scorer is not None:
+                ws.heldout += heldout_seed(ws, scorer, seed)
                 write_outputs(ws, rows, time.perf_counter() - start, command)
         if config.americasnli is not None:
             rows += run_anli_seed(ws, seed, head_file)

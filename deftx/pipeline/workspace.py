@@ -115,6 +115,7 @@ class Workspace:
     timings: dict[str, float] = field(default_factory=dict)
     selections: list[dict[str, Any]] = field(default_factory=list)
     overlaps: list[dict[str, Any]] = field(default_factory=list)
+    heldout: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     head_metrics: dict[str, Any] = field(default_factory=dict)
     earlier_seconds: float = 0.0

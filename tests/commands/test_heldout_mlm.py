@@ -9,6 +9,7 @@ import yaml
 
 from deftx.cli import main
 from deftx.data import nusax
+from deftx.eval.language import heldout_table
 from deftx.pipeline.config import load_config
 from deftx.pipeline.heldout import heldout_batches
 from deftx.pipeline.workspace import Workspace
@@ -112,3 +113,76 @@ def test_a_variant_of_an_ablation_config_is_scored_in_its_own_run_folder(tmp_pat
     capsys.readouterr()
     assert main(["heldout-mlm", str(path), "--variant", "absent"]) == 2
     assert "--variant 'absent' is not a variant of" in capsys.readouterr().err
+
+    heldout = read_rows(tmp_path / "results" / "heldout.csv")
+    assert {(r["variant"], r["language"]) for r in heldout} == {
+        (variant, language) for variant in ("small-k", "large-k") for language in ("madurese", "indonesian")}
+    for variant in ("small-k", "large-k"):
+        ours = {key: {k: v for k, v in row.items() if k not in ("variant", "variant_hash")}
+                for key, row in keyed([r for r in heldout if r["variant"] == variant]).items()}
+        command = keyed(rows[variant])
+        assert {key: ours[key] for key in command} == command, "the ablation's rows are the command's"
+    report = (tmp_path / "results" / "results.md").read_text()
+    assert "### Held-out masked-LM check of the language SFTs (`heldout.csv`)" in report
+    targets_only = [r for r in heldout if r["language"] == "madurese"]
+    assert "\n".join(heldout_table(targets_only, "variant", "loss_change")) in report
+
+    (tmp_path / "results" / "heldout.csv").unlink()
+    assert main(["ablate", str(path), "--quiet", "--no-heldout"]) == 0
+    assert not (tmp_path / "results" / "heldout.csv").exists()
+    assert "Held-out masked-LM check" not in (tmp_path / "results" / "results.md").read_text()
+    capsys.readouterr()
+    assert main(["ablate", str(path), "--quiet"]) == 0
+    assert capsys.readouterr().out.count("held-out rows added to heldout.csv") == 2, "no retraining, only scoring"
+    assert read_rows(tmp_path / "results" / "heldout.csv") == heldout
+
+
+def read_rows(path) -> list[dict[str, str]]:
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def keyed(rows: list[dict[str, str]]) -> dict[tuple[str, ...], dict[str, str]]:
+    return {(r["seed"], r["language"], r["method"], r["scale"]): r for r in rows}
+
+
+def test_the_pipeline_scores_its_language_sfts_seed_by_seed_as_the_command_does(tmp_path, tiny_model_dir,
+                                                                                monkeypatch):
+    """Seed 0, then seed 1 into the same results folder: heldout.csv keeps seed 0's rows and equals what
+    ``deftx heldout-mlm`` computes; results.md's tables cover both seeds (the table's arithmetic is
+    tested in tests/eval/test_language_heldout.py)."""
+    monkeypatch.setenv("DEFTX_CACHE", str(tmp_path / "cache"))
+    config = write_config(tmp_path, tiny_model_dir, targets=["madurese"], americasnli=None)
+    assert main(["pipeline", config, "--quiet"]) == 0
+    assert main(["pipeline", config, "--quiet", "--seeds", "1"]) == 0
+    rows = read_rows(tmp_path / "results" / "heldout.csv")
+    assert [tuple(r) for r in rows[:1]] == [("seed", "language", "method", "scale", "loss", "loss_change",
+                                             "accuracy", "masked_tokens")]
+    assert [(r["seed"], r["language"], r["method"], r["scale"]) for r in rows if r["seed"] == "0"] == [
+        ("0", language, method, scale) for language in ("madurese", "indonesian")
+        for method, scale in (("θ0", "0.0"), ("lt-sft", "0.5"), ("lt-sft", "1.0"), ("lt-sft", "1.25"))]
+    assert {r["seed"] for r in rows} == {"0", "1"}
+    assert main(["heldout-mlm", config, "--seeds", "0", "1", "--csv", str(tmp_path / "command.csv")]) == 0
+    assert keyed(rows) == keyed(read_rows(tmp_path / "command.csv"))
+
+    report = (tmp_path / "results" / "results.md").read_text()
+    assert "Held-out masked-LM check (`heldout.csv`)" in report and "NusaX MT valid text" in report
+    for metric in ("loss_change", "accuracy"):
+        table = heldout_table(rows, "language", metric)
+        assert "\n".join(table) in report
+        assert all(cell.endswith("(2)") for line in table[2:] for cell in line.strip("| ").split(" | ")[1:]), (
+            "every cell over both seeds: seed 0's rows are kept")
+
+    assert main(["pipeline", config, "--quiet", "--seeds", "1", "--no-heldout"]) == 0
+    assert {r["seed"] for r in read_rows(tmp_path / "results" / "heldout.csv")} == {"0"}, (
+        "seed 1 ran without the check; seed 0's rows are kept")
+
+
+def test_a_pipeline_without_heldout_text_says_so_and_writes_no_heldout_csv(tmp_path, tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("DEFTX_CACHE", str(tmp_path / "cache"))
+    config = write_config(tmp_path, tiny_model_dir, targets=["madurese"], americasnli=None, baseline=False,
+                          language_text_splits=["train", "valid"])
+    assert main(["pipeline", config, "--quiet"]) == 0
+    assert not (tmp_path / "results" / "heldout.csv").exists()
+    assert "Held-out masked-LM check: none — the language SFTs trained on every NusaX MT split but test" in (
+        tmp_path / "results" / "results.md").read_text()

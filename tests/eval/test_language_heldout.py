@@ -8,7 +8,16 @@ import pytest
 import torch
 from torch.nn.functional import cross_entropy
 
-from deftx.eval.language import BASE, HeldoutRow, MaskedLMScore, masked_lm_score, score_language_sfts
+from deftx.eval.language import (
+    BASE,
+    HELDOUT_FIELDS,
+    HeldoutRow,
+    MaskedLMScore,
+    heldout_records,
+    heldout_table,
+    masked_lm_score,
+    score_language_sfts,
+)
 from deftx.models.mlm import IGNORE_INDEX, build_mlm_model
 from deftx.sft import SparseDiff
 from deftx.train.masking import MLMCollator, mask_once
@@ -150,3 +159,49 @@ def test_change_is_the_relative_fall_of_the_loss():
     assert HeldoutRow("lt-sft", 1.0, MaskedLMScore(6.0, 0.1, 100)).change(base) == pytest.approx(0.25)
     assert HeldoutRow("lt-sft", 1.0, MaskedLMScore(8.4, 0.1, 100)).change(base) == pytest.approx(-0.05)
     assert HeldoutRow(BASE, 0.0, base).change(base) == 0.0
+
+
+def test_records_carry_each_rows_change_from_theta0():
+    base = MaskedLMScore(4.0, 0.1, 20)
+    rows = [HeldoutRow(BASE, 0.0, base), HeldoutRow("lt-sft", 1.0, MaskedLMScore(3.0, 0.25, 20))]
+    records = heldout_records(7, "madurese", rows)
+    assert [tuple(r) for r in records] == [HELDOUT_FIELDS] * 2
+    assert records[0] == {"seed": 7, "language": "madurese", "method": BASE, "scale": 0.0, "loss": 4.0,
+                          "loss_change": 0.0, "accuracy": 0.1, "masked_tokens": 20}
+    assert records[1]["loss_change"] == pytest.approx(0.25) and records[1]["accuracy"] == 0.25
+
+
+def record(seed, language, method, scale, loss, accuracy, base_loss):
+    """A heldout.csv line as read back: every value a string."""
+    return {"seed": str(seed), "language": language, "method": method, "scale": str(scale), "loss": str(loss),
+            "loss_change": str((base_loss - loss) / base_loss), "accuracy": str(accuracy), "masked_tokens": "50"}
+
+
+def test_table_cells_average_a_lines_records_per_seed_then_over_seeds():
+    """Two targets × two seeds in one line (a variant): per seed the mean over targets, then mean ± sd."""
+    records = []
+    losses = {(0, "a"): 3.0, (0, "b"): 2.0, (1, "a"): 2.0, (1, "b"): 1.0}
+    for (seed, language), loss in losses.items():
+        records += [record(seed, language, BASE, 0.0, 4.0, 0.10, 4.0),
+                    record(seed, language, "lt-sft", 1.25, loss, 0.20 + 0.1 * seed, 4.0)]
+    records.append(record(0, "a", "deft-x", 1.25, 3.5, 0.15, 4.0))
+    for r in records:
+        r["variant"] = "v"
+    loss = heldout_table(records, "variant", "loss_change")
+    assert loss[:2] == ["| variant | θ0 loss | lt-sft ×1.25 | deft-x ×1.25 |", "|---|---:|---:|---:|"]
+    per_seed = [(0.25 + 0.5) / 2, (0.5 + 0.75) / 2]
+    mean = sum(per_seed) / 2
+    sd = ((per_seed[0] - mean) ** 2 + (per_seed[1] - mean) ** 2) ** 0.5
+    assert loss[2] == f"| v | 4.000 ± 0.000 (2) | {100 * mean:+.1f}% ± {100 * sd:.1f} (2) | +12.5% (1) |"
+    accuracy = heldout_table(records, "variant", "accuracy")
+    assert accuracy[0] == "| variant | θ0 | lt-sft ×1.25 | deft-x ×1.25 |"
+    assert accuracy[2] == "| v | 10.0% ± 0.0 (2) | 25.0% ± 7.1 (2) | 15.0% (1) |"
+
+
+def test_table_lines_in_first_seen_order_and_a_missing_cell_is_a_dash():
+    records = [record(0, "b", BASE, 0.0, 4.0, 0.1, 4.0), record(0, "b", "lt-sft", 1.0, 3.0, 0.2, 4.0),
+               record(0, "a", BASE, 0.0, 5.0, 0.1, 5.0)]
+    table = heldout_table(records, "language", "loss_change")
+    assert table[2:] == ["| b | 4.000 (1) | +25.0% (1) |", "| a | 5.000 (1) | — |"]
+    with pytest.raises(ValueError, match="loss_change or accuracy"):
+        heldout_table(records, "language", "loss")

@@ -86,11 +86,12 @@ def test_units_name_the_device_and_a_results_folder_each(tmp_path):
     assert [u.label for u in seeds] == ["seed-3", "seed-4"]
     assert seeds[0].command[1:] == ("-m", "deftx", "pipeline", str(config), "--seeds", "3", "--device", "cuda",
                                     "--output-dir", str(tmp_path / "runs" / "pipeline"),
-                                    "--results-dir", str(tmp_path / "pipeline" / "seed-3"))
+                                    "--results-dir", str(tmp_path / "pipeline" / "seed-3"), "--no-heldout")
     variants = ablation_units(config, ["reference", "steps-200"], [0, 1], "cuda", tmp_path)
     assert [u.label for u in variants] == ["reference-seed-0", "steps-200-seed-0", "reference-seed-1",
                                            "steps-200-seed-1"]
     assert {u.table for u in variants} == {"ablation.csv"} and len({u.results_dir for u in variants}) == 4
+    assert all(u.command[-1] == "--no-heldout" for u in variants)
 
 
 def test_the_data_archive_is_extracted_once(tmp_path):

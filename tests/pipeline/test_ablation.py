@@ -546,7 +546,8 @@ def test_a_change_is_named_from_the_results_without_the_runs(tiny_ablation, tmp_
 
 
 def test_overwrite_drops_the_rows_of_a_changed_variant(tmp_path):
-    from deftx.pipeline.ablation import append_rows, drop_stale_rows
+    from deftx.eval.report import read_csv
+    from deftx.pipeline.ablation import HELDOUT_ROW_FIELDS, append_rows, drop_stale_rows
 
     ablation = parse_ablation(ablation_raw(tmp_path, BASE, {"a": {}, "b": {"language_sft.k": 0.02}}))
     rows = [{"variant": "a", "variant_hash": ablation.hashes["a"], "seed": 0, "macro_f1": 0.5, "accuracy": 0.5,
@@ -560,6 +561,10 @@ def test_overwrite_drops_the_rows_of_a_changed_variant(tmp_path):
                                                  results_dir=str(tmp_path))), only=["a"])
     kept = drop_stale_rows(path, ablation)
     assert [r["variant"] for r in kept] == [r["variant"] for r in read_rows(path)] == ["a"]
+    heldout = tmp_path / "heldout.csv"
+    append_rows(heldout, [{**row, "language": "x", "method": "θ0", "scale": 0.0} for row in rows], HELDOUT_ROW_FIELDS)
+    assert [r["variant"] for r in drop_stale_rows(heldout, ablation, HELDOUT_ROW_FIELDS)] == ["a"]
+    assert [(r["variant"], r["language"]) for r in read_csv(heldout)] == [("a", "x")]
 
 
 @pytest.mark.parametrize("config", ["configs/ablation-nusax-e5-small.yaml",
