@@ -21,7 +21,8 @@ neither the SFTs nor the head trained on (language_text_splits [train] leaves va
 split is never read). One set of masks scores every seed, method and scale, so a row's change from
 θ0 is the SFT's. A language SFT that lowers its training loss (deftx losses) but not the held-out
 loss fit its sentences, not the language. The MLM head is the run's (cached or shipped; warmed up
-if neither).
+if neither). `deftx pipeline` and `deftx ablate` run this check after each seed themselves
+(heldout.csv); this command scores other seeds, languages or scales, or runs made without it.
 """
 
 
