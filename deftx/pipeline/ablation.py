@@ -69,7 +69,7 @@ from deftx.files import atomic_write_bytes
 from deftx.info import environment_record
 from deftx.pipeline.config import RUN_ONLY_SETTINGS, ConfigError, PipelineConfig, parse_config, read_config_file
 from deftx.pipeline.head import ensure_head, head_call, head_curve_table, head_report_line
-from deftx.pipeline.heldout import HeldoutScorer, has_heldout_text, trained_languages
+from deftx.pipeline.heldout import HELDOUT_CSV, HeldoutScorer, has_heldout_text, nusax_languages, trained_languages
 from deftx.pipeline.identity import run_identity
 from deftx.pipeline.run import heldout_seed, run_nusax_seed
 from deftx.pipeline.workspace import Workspace, language_training_settings, requested_device, resolve_device
@@ -84,7 +84,6 @@ EXCLUSIVE_KEYS = (("steps", "epochs"), ("epochs", "steps"))
 ROW_FIELDS = ("variant", "variant_hash", "seed", "benchmark", "protocol", "split", "source", "target", "method",
               "language_scale", "language_sft", "macro_f1", "accuracy", "examples")
 SUMMARY_GROUP = ("variant", "source", "method", "language_scale")
-HELDOUT = "heldout.csv"
 HELDOUT_ROW_FIELDS = ("variant", "variant_hash", *HELDOUT_FIELDS)
 DEFAULT_SEEDS = (0, 1, 2)
 
@@ -413,23 +412,22 @@ def drop_stale_rows(path: Path, ablation: AblationConfig, fields: Sequence[str] 
 
 def current_heldout(ablation: AblationConfig) -> list[dict[str, str]]:
     """The rows of ``heldout.csv`` of the ablation's variants at their current settings hash."""
-    return [row for row in read_csv(ablation.results_dir / HELDOUT)
+    return [row for row in read_csv(ablation.results_dir / HELDOUT_CSV)
             if ablation.hashes.get(row["variant"]) == row["variant_hash"]]
 
 
-def needs_heldout(run: AblationRun, name: str, seed: int) -> bool:
+def wants_heldout(run: AblationRun, name: str, seed: int) -> bool:
     """Whether variant ``name``'s language SFTs of ``seed`` are to be scored on held-out text: the run
-    scores them (``run.heldout``), the variant leaves some MT text out, ``heldout.csv`` has no rows of
-    the variant and seed yet, and some of its language SFTs of the seed are on disk."""
-    config = run.ablation.variants[name]
-    return (run.heldout and has_heldout_text(config) and (name, seed) not in run.heldout_scored
-            and bool(trained_languages(config, seed)))
+    scores them (``run.heldout``), the variant leaves some MT text out and ``heldout.csv`` has no rows
+    of the variant and seed yet."""
+    return (run.heldout and has_heldout_text(run.ablation.variants[name])
+            and (name, seed) not in run.heldout_scored)
 
 
-def score_variant_heldout(run: AblationRun, name: str, seed: int, ws: Workspace, head: Path) -> None:
+def score_variant_heldout(run: AblationRun, name: str, seed: int, scorer: HeldoutScorer) -> None:
     """Score variant ``name``'s language SFTs of ``seed`` on held-out text; append the rows to ``heldout.csv``."""
-    records = heldout_seed(ws, HeldoutScorer(ws, head), seed)
-    append_rows(run.ablation.results_dir / HELDOUT,
+    records = heldout_seed(scorer.ws, scorer, seed)
+    append_rows(run.ablation.results_dir / HELDOUT_CSV,
                 [{"variant": name, "variant_hash": run.ablation.hashes[name], **record} for record in records],
                 HELDOUT_ROW_FIELDS)
     run.heldout_scored.add((name, seed))
@@ -494,6 +492,7 @@ def run_variant_seed(run: AblationRun, name: str, seed: int, done: set[tuple[str
     some MT text out, its language SFTs' held-out rows (:func:`score_variant_heldout`); return all its rows."""
     ablation = run.ablation
     ws, head = variant_workspace(run, name, log)
+    scorer = HeldoutScorer(ws, head).prepare(nusax_languages(ws.config)) if wants_heldout(run, name, seed) else None
     csv_path = ablation.results_dir / "ablation.csv"
     rows: list[dict[str, Any]] = []
     for source_rows in run_nusax_seed(ws, seed, head):
@@ -505,8 +504,8 @@ def run_variant_seed(run: AblationRun, name: str, seed: int, done: set[tuple[str
                 done.add(row_key(row))
                 fresh.append(row)
         append_rows(csv_path, fresh)
-    if needs_heldout(run, name, seed):
-        score_variant_heldout(run, name, seed, ws, head)
+    if scorer is not None:
+        score_variant_heldout(run, name, seed, scorer)
     run.timings.append({"variant": name, "seed": seed, **ws.timings})
     return rows
 
@@ -537,7 +536,7 @@ def run_ablation(ablation: AblationConfig, *, log: Callable[[str], None] = print
     csv_path = ablation.results_dir / "ablation.csv"
     if overwrite:
         drop_stale_rows(csv_path, ablation)
-        drop_stale_rows(ablation.results_dir / HELDOUT, ablation, HELDOUT_ROW_FIELDS)
+        drop_stale_rows(ablation.results_dir / HELDOUT_CSV, ablation, HELDOUT_ROW_FIELDS)
     existing = read_rows(csv_path)
     check_rows_match(existing, ablation)
     with_rows = {row["variant"] for row in existing if row["variant"] in ablation.hashes}
@@ -552,11 +551,11 @@ def run_ablation(ablation: AblationConfig, *, log: Callable[[str], None] = print
             index += 1
             sources = ablation.variants[name].sources
             if all((name, seed, source) in finished for source in sources):
-                if needs_heldout(run, name, seed):
+                if wants_heldout(run, name, seed) and trained_languages(ablation.variants[name], seed):
                     ws, head = variant_workspace(run, name, log)
-                    score_variant_heldout(run, name, seed, ws, head)
+                    score_variant_heldout(run, name, seed, HeldoutScorer(ws, head))
                     progress(f"[ablate {index}/{total}] {name} seed {seed}: already in {csv_path.name}; its "
-                             f"language SFTs' held-out rows added to {HELDOUT}")
+                             f"language SFTs' held-out rows added to {HELDOUT_CSV}")
                 else:
                     progress(f"[ablate {index}/{total}] {name} seed {seed}: already in {csv_path.name}, skipped")
                 continue

@@ -7,7 +7,7 @@ The held-out text of a language is its NusaX MT text of the splits that are not 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +24,23 @@ from deftx.train.masking import MLMCollator, chunk_token_ids, mask_once
 
 MASK_SEED = 0
 """Seed of the held-out masks: one set of masks for every seed, method and scale of a run."""
+HELDOUT_CSV = "heldout.csv"
+"""The held-out rows a pipeline or ablation writes beside its results (:func:`~deftx.eval.language.heldout_records`)."""
+
+
+def left_out_splits(config: PipelineConfig) -> tuple[str, ...]:
+    """The NusaX MT splits (never test) left out of ``config``'s ``language_text_splits``."""
+    return tuple(split for split in nusax.MT_SPLITS if split not in config.language_text_splits)
 
 
 def has_heldout_text(config: PipelineConfig) -> bool:
-    """Whether some NusaX MT split (not test) is left out of ``config``'s ``language_text_splits``."""
-    return any(split not in config.language_text_splits for split in nusax.MT_SPLITS)
+    """Whether some NusaX MT split is left out of ``config``'s ``language_text_splits``."""
+    return bool(left_out_splits(config))
+
+
+def nusax_languages(config: PipelineConfig) -> list[str]:
+    """The languages ``config``'s NusaX protocol may train language SFTs for: targets, then sources."""
+    return list(dict.fromkeys([*config.targets, *config.sources]))
 
 
 def default_scales(config: PipelineConfig) -> tuple[float, ...]:
@@ -38,7 +50,7 @@ def default_scales(config: PipelineConfig) -> tuple[float, ...]:
 
 def heldout_splits(ws: Workspace) -> tuple[str, ...]:
     """The NusaX MT splits no language SFT or MLM head of ``ws`` trained on (ValueError when none)."""
-    splits = tuple(split for split in nusax.MT_SPLITS if split not in ws.config.language_text_splits)
+    splits = left_out_splits(ws.config)
     if not splits:
         raise ValueError(
             f"language_text_splits {list(ws.config.language_text_splits)} covers every NusaX MT split but test: "
@@ -106,6 +118,13 @@ class HeldoutScorer:
         if language not in self._batches:
             self._batches[language] = heldout_batches(self.ws, language)
         return self._batches[language]
+
+    def prepare(self, languages: Iterable[str]) -> HeldoutScorer:
+        """Make the held-out batches of ``languages`` now: before training, so that missing held-out text
+        fails at once rather than after the run's training. Returns the scorer."""
+        for language in languages:
+            self.batches(language)
+        return self
 
     def model(self) -> FrozenDecoderMLM:
         """θ0 with the run's MLM head, built on the first call."""

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deftx.data.nusax import MT_SPLITS
 from deftx.eval.language import heldout_table
 from deftx.eval.report import (
     bar_plot,
@@ -24,7 +23,7 @@ from deftx.eval.report import (
 from deftx.eval.zero_shot import EvalRow
 from deftx.pipeline.config import BASELINE, NO_LANGUAGE_SFT, ConfigError, PipelineConfig, parse_config
 from deftx.pipeline.head import head_report_line
-from deftx.pipeline.heldout import has_heldout_text
+from deftx.pipeline.heldout import HELDOUT_CSV, has_heldout_text, left_out_splits
 from deftx.pipeline.identity import run_identity
 from deftx.pipeline.layout import SeedLayout
 from deftx.pipeline.workspace import Workspace
@@ -108,9 +107,6 @@ def earlier_seeds(config: PipelineConfig, results_dir: Path, *, overwrite: bool 
                         of_other_seeds("overlap.csv"), of_other_seeds(HELDOUT_CSV))
 
 
-HELDOUT_CSV = "heldout.csv"
-
-
 def heldout_lines(config: PipelineConfig, records: Sequence[Mapping[str, Any]]) -> list[str]:
     """The results.md section on the language SFTs' held-out masked-LM scores (``heldout.csv``)."""
     if not config.runs_nusax:
@@ -121,7 +117,7 @@ def heldout_lines(config: PipelineConfig, records: Sequence[Mapping[str, Any]]) 
                 "language is left that they did not see.", ""]
     if not records:
         return []
-    splits = "+".join(split for split in MT_SPLITS if split not in config.language_text_splits)
+    splits = "+".join(left_out_splits(config))
     return [f"Held-out masked-LM check (`{HELDOUT_CSV}`): did each language SFT learn its language? On NusaX MT "
             f"{splits} text, which neither the language SFTs nor the MLM head trained on, one fixed set of masks: "
             "the fall of the masked-token loss from θ0's with the SFT added at scale s (> 0: it predicts unseen "

@@ -60,7 +60,7 @@ from deftx.eval.zero_shot import (
 from deftx.models.classifier import build_classifier
 from deftx.pipeline.config import BASELINE, NO_LANGUAGE_SFT, PipelineConfig
 from deftx.pipeline.head import ensure_head, language_texts
-from deftx.pipeline.heldout import HeldoutScorer, has_heldout_text, trained_languages
+from deftx.pipeline.heldout import HeldoutScorer, has_heldout_text, nusax_languages, trained_languages
 from deftx.pipeline.layout import ANLI_TASK_NAME
 from deftx.pipeline.outputs import earlier_seeds, kept_seeds_note, reused_steps_note, write_outputs
 from deftx.pipeline.steps import full_finetune, language_sfts, nusax_train_examples, task_sfts
@@ -162,7 +162,7 @@ def heldout_seed(ws: Workspace, scorer: HeldoutScorer, seed: int) -> list[dict[s
     trained = set(trained_languages(ws.config, seed))
     records = []
     with ws.timer("held-out mlm"):
-        for language in dict.fromkeys([*ws.config.targets, *ws.config.sources]):
+        for language in nusax_languages(ws.config):
             if language in trained:
                 for record in scorer.records(seed, language):
                     records.append(record)
@@ -246,7 +246,9 @@ def run_pipeline(config: PipelineConfig, *, log: Callable[[str], None] = print,
     recorded = {**to_plain(config), "seeds": sorted({*earlier.seeds, *config.seeds}), "device": ws.device}
     (ws.results_dir / "config.json").write_text(json.dumps(recorded, indent=2) + "\n")
     head_file = ensure_head(ws)
-    scorer = HeldoutScorer(ws, head_file) if heldout and config.runs_nusax and has_heldout_text(config) else None
+    scorer = None
+    if heldout and config.runs_nusax and has_heldout_text(config):
+        scorer = HeldoutScorer(ws, head_file).prepare(nusax_languages(config))
     rows: list[EvalRow] = list(earlier.rows)
     for seed in config.seeds:
         if config.runs_nusax:

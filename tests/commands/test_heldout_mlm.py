@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import csv
+import shutil
 
 import pytest
 import yaml
 
 from deftx.cli import main
-from deftx.data import nusax
+from deftx.data import default_data_dir, nusax
 from deftx.eval.language import heldout_table
 from deftx.pipeline.config import load_config
 from deftx.pipeline.heldout import heldout_batches
@@ -186,3 +187,16 @@ def test_a_pipeline_without_heldout_text_says_so_and_writes_no_heldout_csv(tmp_p
     assert not (tmp_path / "results" / "heldout.csv").exists()
     assert "Held-out masked-LM check: none — the language SFTs trained on every NusaX MT split but test" in (
         tmp_path / "results" / "results.md").read_text()
+
+
+def test_missing_heldout_text_fails_the_pipeline_before_any_training(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    """A data root without the MT valid split: the check could not run after training, so the run stops first."""
+    monkeypatch.setenv("DEFTX_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "data"
+    shutil.copytree(default_data_dir() / "nusax", data / "nusax")
+    (data / "nusax" / "datasets" / "mt" / "valid.csv").unlink()
+    config = write_config(tmp_path, tiny_model_dir, targets=["madurese"], americasnli=None, data_dir=str(data))
+    assert main(["pipeline", config, "--quiet"]) == 2
+    assert "mt/valid.csv does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "seed-0").exists(), "nothing trained"
+    assert main(["pipeline", config, "--quiet", "--no-heldout", "--dry-run"]) == 0
