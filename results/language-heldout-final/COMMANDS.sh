@@ -1,19 +1,18 @@
 #!/bin/sh
 # Held-out check of the final recipe's language SFTs, LT-SFT against DeFT-X (NOTES.md). Run
-# 2026-12-06 on 2 CPU cores, session 17, from main at 54e1b1f (training and scoring code unchanged
-# by this session's commits): the language SFTs of configs/nusax-e5-small-final.yaml (100 + 100
-# steps, K = 2.8%, both methods branching from one phase 1), seven NusaX targets x seeds 0-1
-# (seed 2 was left out for the session's time), trained one at a time (run-language-sfts.sh; wall
-# time of each in train-times.txt), then scored on each target's NusaX MT valid text, which
-# neither the SFTs nor the MLM head trained on.
+# 2026-12-06 on 2 CPU cores, session 17: seeds 0-1 from main at 54e1b1f, seed 2 at 9c752fc (the
+# same training and scoring code): the language SFTs of configs/nusax-e5-small-final.yaml (100 +
+# 100 steps, K = 2.8%, both methods branching from one phase 1), seven NusaX targets x seeds 0-2,
+# trained one at a time (run-language-sfts.sh; wall time of each in train-times.txt), then scored
+# on each target's NusaX MT valid text, which neither the SFTs nor the MLM head trained on.
 set -e
 bash results/language-heldout-final/run-language-sfts.sh
-for seed in 0 1; do
+for seed in 0 1 2; do
   deftx heldout-mlm configs/nusax-e5-small-final.yaml --seeds $seed \
       --languages acehnese balinese banjarese madurese minangkabau javanese sundanese \
       --csv results/language-heldout-final/heldout-seed-$seed.csv
 done
 python results/language-heldout-final/paired.py results/language-heldout-final/heldout-seed-*.csv \
     > results/language-heldout-final/paired.md
-python results/language-heldout-final/norms.py runs/nusax-e5-small-final 0 1 \
+python results/language-heldout-final/norms.py runs/nusax-e5-small-final 0 1 2 \
     > results/language-heldout-final/norms.md

@@ -1,6 +1,6 @@
 """Size and overlap of the LT-SFT and DeFT-X language SFTs scored here (from the repository root):
 
-    python results/language-heldout-final/norms.py runs/nusax-e5-small-final 0 1 \
+    python results/language-heldout-final/norms.py runs/nusax-e5-small-final 0 1 2 \
         > results/language-heldout-final/norms.md
 
 Per seed and target: the entries each keeps, the L2 and L1 norms of their values, and the share

@@ -1,8 +1,8 @@
 #!/bin/bash
-# Language SFTs of the final recipe (configs/nusax-e5-small-final.yaml), 7 targets x seeds 0-1, one at a time,
+# Language SFTs of the final recipe (configs/nusax-e5-small-final.yaml), 7 targets x seeds 0-2, one at a time,
 # from the repository root (COMMANDS.sh).
 mkdir -p runs/nusax-e5-small-final
-for seed in 0 1; do
+for seed in 0 1 2; do
   for lang in acehnese balinese banjarese madurese minangkabau javanese sundanese; do
     start=$(date +%s)
     deftx train-lang configs/nusax-e5-small-final.yaml --language $lang --seed $seed \
