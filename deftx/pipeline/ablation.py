@@ -426,7 +426,7 @@ def wants_heldout(run: AblationRun, name: str, seed: int) -> bool:
 
 def score_variant_heldout(run: AblationRun, name: str, seed: int, scorer: HeldoutScorer) -> None:
     """Score variant ``name``'s language SFTs of ``seed`` on held-out text; append the rows to ``heldout.csv``."""
-    records = heldout_seed(scorer.ws, scorer, seed)
+    records = heldout_seed(scorer, seed)
     append_rows(run.ablation.results_dir / HELDOUT_CSV,
                 [{"variant": name, "variant_hash": run.ablation.hashes[name], **record} for record in records],
                 HELDOUT_ROW_FIELDS)

@@ -157,8 +157,10 @@ def run_nusax_seed(ws: Workspace, seed: int, head_file: Path) -> Iterator[list[E
         yield rows
 
 
-def heldout_seed(ws: Workspace, scorer: HeldoutScorer, seed: int) -> list[dict[str, Any]]:
-    """The held-out masked-LM records of the NusaX language SFTs ``seed`` trained (targets, then sources)."""
+def heldout_seed(scorer: HeldoutScorer, seed: int) -> list[dict[str, Any]]:
+    """The held-out masked-LM records of the NusaX language SFTs ``seed`` trained under the scorer's
+    workspace (targets, then sources)."""
+    ws = scorer.ws
     trained = set(trained_languages(ws.config, seed))
     records = []
     with ws.timer("held-out mlm"):
@@ -256,7 +258,7 @@ def run_pipeline(config: PipelineConfig, *, log: Callable[[str], None] = print,
                 rows += source_rows
                 write_outputs(ws, rows, time.perf_counter() - start, command)
             if scorer is not None:
-                ws.heldout += heldout_seed(ws, scorer, seed)
+                ws.heldout += heldout_seed(scorer, seed)
                 write_outputs(ws, rows, time.perf_counter() - start, command)
         if config.americasnli is not None:
             rows += run_anli_seed(ws, seed, head_file)
