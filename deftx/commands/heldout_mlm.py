@@ -41,9 +41,7 @@ def run(args: argparse.Namespace) -> int:
     if not plan:
         raise FileNotFoundError(f"no language SFT under {ws.output_dir} for seeds {list(ws.config.seeds)}; "
                                 "train them first (deftx pipeline or deftx train-lang)")
-    scorer = HeldoutScorer(ws, ensure_head(ws), args.scales)
-    for language in dict.fromkeys(language for _, language in plan):
-        scorer.batches(language)
+    scorer = HeldoutScorer(ws, ensure_head(ws), args.scales).prepare(dict.fromkeys(language for _, language in plan))
     print(f"held-out text: NusaX MT {'+'.join(splits)}; loss change = fall of the loss from θ0's (> 0: better)")
     print("| seed | language | method | scale | loss | loss change | accuracy | masked tokens |")
     print("|---:|---|---|---:|---:|---:|---:|---:|")
