@@ -18,17 +18,25 @@ output_dir (or, with --variant, that `deftx ablate` trained for one variant of a
 the masked-token cross-entropy (nats) and top-1 accuracy, through the run's MLM head, of θ0 and of
 θ0 + s·φ_language for every method and scale, on the language's NusaX MT text of the splits that
 neither the SFTs nor the head trained on (language_text_splits [train] leaves valid out; a test
-split is never read). One set of masks scores every seed, method and scale, so a row's change from
-θ0 is the SFT's. A language SFT that lowers its training loss (deftx losses) but not the held-out
-loss fit its sentences, not the language. The MLM head is the run's (cached or shipped; warmed up
-if neither). `deftx pipeline` and `deftx ablate` run this check after each seed themselves
-(heldout.csv); this command scores other seeds, languages or scales, or runs made without it.
+split is never read). One set of masks (drawn from --mask-seed) scores every seed, method and scale,
+so a row's change from θ0 is the SFT's; other mask seeds score other tokens of the same text, which
+measures how much a result owes to the draw. A language SFT that lowers its training loss (deftx
+losses) but not the held-out loss fit its sentences, not the language. The MLM head is the run's
+(cached or shipped; warmed up if neither). `deftx pipeline` and `deftx ablate` run this check after
+each seed themselves (heldout.csv); this command scores other seeds, languages or scales, or runs
+made without it.
 """
 
 
 def run(args: argparse.Namespace) -> int:
     from deftx.pipeline.head import ensure_head
-    from deftx.pipeline.heldout import HeldoutScorer, heldout_splits, language_sft_files, trained_languages
+    from deftx.pipeline.heldout import (
+        MASK_SEED,
+        HeldoutScorer,
+        heldout_splits,
+        language_sft_files,
+        trained_languages,
+    )
     from deftx.pipeline.workspace import Workspace
 
     config = variant_config(args) if args.variant else load_pipeline_config(args)
@@ -41,8 +49,11 @@ def run(args: argparse.Namespace) -> int:
     if not plan:
         raise FileNotFoundError(f"no language SFT under {ws.output_dir} for seeds {list(ws.config.seeds)}; "
                                 "train them first (deftx pipeline or deftx train-lang)")
-    scorer = HeldoutScorer(ws, ensure_head(ws), args.scales).prepare(dict.fromkeys(language for _, language in plan))
-    print(f"held-out text: NusaX MT {'+'.join(splits)}; loss change = fall of the loss from θ0's (> 0: better)")
+    mask_seed = MASK_SEED if args.mask_seed is None else args.mask_seed
+    scorer = HeldoutScorer(ws, ensure_head(ws), args.scales, mask_seed).prepare(
+        dict.fromkeys(language for _, language in plan))
+    print(f"held-out text: NusaX MT {'+'.join(splits)}, masks of seed {mask_seed}; "
+          "loss change = fall of the loss from θ0's (> 0: better)")
     print("| seed | language | method | scale | loss | loss change | accuracy | masked tokens |")
     print("|---:|---|---|---:|---:|---:|---:|---:|")
     records = []
@@ -79,4 +90,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="NusaX languages to score (default: every language with a trained SFT of the seed)")
     parser.add_argument("--scales", type=finite_float, nargs="+",
                         help="composition scales s (default: 1 and the config's language_scale)")
+    parser.add_argument("--mask-seed", type=seed_int,
+                        help="seed of the held-out masks (default: the masks of deftx pipeline's heldout.csv, "
+                             "seed 0); write one CSV per mask seed")
     parser.add_argument("--csv", type=Path, help="also write the rows to this CSV file")

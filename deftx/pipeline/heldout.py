@@ -23,7 +23,7 @@ from deftx.sft import SparseDiff
 from deftx.train.masking import MLMCollator, chunk_token_ids, mask_once
 
 MASK_SEED = 0
-"""Seed of the held-out masks: one set of masks for every seed, method and scale of a run."""
+"""Default seed of the held-out masks: one set of masks for every seed, method and scale of a run."""
 HELDOUT_CSV = "heldout.csv"
 """The held-out rows a pipeline or ablation writes beside its results (:func:`~deftx.eval.language.heldout_records`)."""
 
@@ -80,14 +80,15 @@ def language_sft_files(ws: Workspace, seed: int, language: str) -> dict[str, Pat
     return found
 
 
-def heldout_batches(ws: Workspace, language: str) -> list[dict[str, torch.Tensor]]:
-    """``language``'s held-out text in masked batches (language-SFT window and batch size, :data:`MASK_SEED`)."""
+def heldout_batches(ws: Workspace, language: str, mask_seed: int = MASK_SEED) -> list[dict[str, torch.Tensor]]:
+    """``language``'s held-out text in masked batches: the language SFTs' window and batch size, the masks
+    drawn from ``mask_seed``."""
     texts = nusax.load_mt_text(ws.data_dir, language, heldout_splits(ws))
-    settings = ws.language_settings(MASK_SEED)
+    settings = ws.language_settings(mask_seed)
     sequences = chunk_token_ids(ws.tokenizer, texts, settings.max_length)
     if not sequences:
         raise ValueError(f"{language}: no held-out text in the NusaX MT splits {list(heldout_splits(ws))}")
-    return mask_once(MLMCollator(ws.tokenizer, seed=MASK_SEED), sequences, settings.batch_size)
+    return mask_once(MLMCollator(ws.tokenizer, seed=mask_seed), sequences, settings.batch_size)
 
 
 def score_heldout(model: FrozenDecoderMLM, sft_files: Mapping[str, Path], scales: Sequence[float],
@@ -102,21 +103,23 @@ class HeldoutScorer:
     """The held-out check of one workspace's NusaX language SFTs, seed by seed.
 
     The MLM model (θ0's body on ``ws.device`` with the MLM head in ``head_file``) is built on first
-    use and each language's masked batches (:func:`heldout_batches`) are made once, so every seed
-    and method of a run is scored against the same masks.
+    use and each language's masked batches (:func:`heldout_batches`, masks drawn from ``mask_seed``) are
+    made once, so every seed and method of a run is scored against the same masks.
     """
 
-    def __init__(self, ws: Workspace, head_file: Path, scales: Sequence[float] | None = None) -> None:
+    def __init__(self, ws: Workspace, head_file: Path, scales: Sequence[float] | None = None,
+                 mask_seed: int = MASK_SEED) -> None:
         self.ws = ws
         self.head_file = head_file
         self.scales = tuple(scales) if scales else default_scales(ws.config)
+        self.mask_seed = mask_seed
         self._batches: dict[str, list[dict[str, torch.Tensor]]] = {}
         self._model: FrozenDecoderMLM | None = None
 
     def batches(self, language: str) -> list[dict[str, torch.Tensor]]:
         """``language``'s held-out batches, made on the first call (ValueError when it has no held-out text)."""
         if language not in self._batches:
-            self._batches[language] = heldout_batches(self.ws, language)
+            self._batches[language] = heldout_batches(self.ws, language, self.mask_seed)
         return self._batches[language]
 
     def prepare(self, languages: Iterable[str]) -> HeldoutScorer:

@@ -6,6 +6,7 @@ import csv
 import shutil
 
 import pytest
+import torch
 import yaml
 
 from deftx.cli import main
@@ -58,6 +59,32 @@ def test_rows_for_theta0_and_each_scale_in_table_and_csv(trained, monkeypatch, c
         assert float(row["loss_change"]) == pytest.approx(change)
         assert f"| 0 | madurese | lt-sft | {float(row['scale']):g} | {float(row['loss']):.4f} |" in out
 
+
+
+def test_another_mask_seed_scores_other_tokens_of_the_same_text(trained, monkeypatch, capsys):
+    """--mask-seed 1 masks other positions of the same sentences; its rows are scored on those masks, and the
+    default is the masks of seed 0 (those of the pipeline's heldout.csv)."""
+    tmp, config = trained
+    monkeypatch.setenv("DEFTX_CACHE", str(tmp / "cache"))
+    ws = Workspace.open(load_config(config))
+    default, other = heldout_batches(ws, "madurese"), heldout_batches(ws, "madurese", mask_seed=1)
+
+    def text(batch):
+        return torch.where(batch["labels"] != -100, batch["labels"], batch["input_ids"])
+
+    assert all(torch.equal(text(a), text(b)) for a, b in zip(default, other, strict=True)), "the same text"
+    assert not all(torch.equal(a["labels"], b["labels"]) for a, b in zip(default, other, strict=True))
+    rows = {}
+    for seed_args in ([], ["--mask-seed", "0"], ["--mask-seed", "1"]):
+        path = tmp / f"masks{''.join(seed_args)}.csv"
+        assert main(["heldout-mlm", config, "--scales", "1", "--csv", str(path), *seed_args]) == 0
+        with path.open() as handle:
+            rows[tuple(seed_args)] = list(csv.DictReader(handle))
+    assert "masks of seed 1" in capsys.readouterr().out
+    assert rows[()] == rows[("--mask-seed", "0")]
+    assert rows[("--mask-seed", "1")] != rows[()]
+    masked = sum(int((b["labels"] != -100).sum()) for b in other)
+    assert [int(r["masked_tokens"]) for r in rows[("--mask-seed", "1")]] == [masked, masked]
 
 def test_the_heldout_text_is_the_valid_split_the_sft_did_not_train_on(trained):
     _, config = trained
