@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from deftx.eval.paired import DEFAULT_PAIRS
 from deftx.eval.report import mean_sd
 from deftx.models.mlm import FrozenDecoderMLM
 from deftx.sft import SparseDiff, apply_diffs
@@ -104,30 +105,50 @@ def heldout_records(seed: int, language: str, rows: Sequence[HeldoutRow]) -> lis
              "masked_tokens": row.score.masked_tokens} for row in rows]
 
 
-def _column(record: Mapping[str, Any]) -> str:
-    return BASE if record["method"] == BASE else f"{record['method']} ×{float(record['scale']):g}"
+def _column(method: str, scale: float) -> str:
+    return BASE if method == BASE else f"{method} ×{scale:g}"
 
 
-def heldout_table(records: Sequence[Mapping[str, Any]], by: str, metric: str) -> list[str]:
+def _paired_column(a: str, b: str, scale: float) -> str:
+    return f"{a} − {b} ×{scale:g}"
+
+
+def heldout_table(records: Sequence[Mapping[str, Any]], by: str, metric: str,
+                  pairs: Sequence[tuple[str, str]] = DEFAULT_PAIRS) -> list[str]:
     """A markdown table of held-out records (:func:`heldout_records`, values as numbers or CSV strings).
 
     One line per value of the record field ``by`` (e.g. ``language``), in first-seen order; a
     :data:`BASE` column, then one per method × scale. A cell is, per seed, the mean over the line's
     records (e.g. over the targets of one variant), then mean ± sd over seeds, with the seed count.
+    Then, for each pair (a, b) of ``pairs`` whose methods both have records, one column per scale
+    with the paired difference a − b in points: per seed the mean over the line's languages that
+    both have, then mean ± sd over seeds, with the seed count and how many seeds have it > 0 (the
+    pipeline's methods branch from one phase 1 per seed, so the pairs share all but the selection).
 
     Args:
         metric: ``loss_change`` (the fall of the loss from θ0's, in %; the θ0 column is θ0's loss in
             nats) or ``accuracy`` (top-1 accuracy of the masked tokens, in %).
+        pairs: (a, b) method pairs of the paired columns (default: those of :mod:`deftx.eval.paired`).
     """
     if metric not in ("loss_change", "accuracy"):
         raise ValueError(f"metric must be loss_change or accuracy, not {metric!r}")
     values: dict[tuple[Any, str], dict[int, list[float]]] = {}
+    scores: dict[tuple[int, Any, str, str, float], float] = {}
     for record in records:
-        field = "loss" if metric == "loss_change" and record["method"] == BASE else metric
-        values.setdefault((record[by], _column(record)), {}).setdefault(int(record["seed"]), []).append(
-            float(record[field]))
+        seed, method, scale = int(record["seed"]), record["method"], float(record["scale"])
+        value = float(record["loss" if metric == "loss_change" and method == BASE else metric])
+        values.setdefault((record[by], _column(method, scale)), {}).setdefault(seed, []).append(value)
+        scores[(seed, record[by], record["language"], method, scale)] = value
     lines = list(dict.fromkeys(line for line, _ in values))
     columns = list(dict.fromkeys(column for _, column in values))
+    differences: dict[tuple[Any, str], dict[int, list[float]]] = {}
+    for a, b in pairs:
+        for (seed, line, language, method, scale), value in sorted(scores.items(), key=lambda item: item[0][4]):
+            other = scores.get((seed, line, language, b, scale))
+            if method == a and other is not None:
+                differences.setdefault((line, _paired_column(a, b, scale)), {}).setdefault(seed, []).append(
+                    value - other)
+    paired = list(dict.fromkeys(column for _, column in differences))
 
     def cell(line: Any, column: str) -> str:
         by_seed = values.get((line, column))
@@ -141,7 +162,17 @@ def heldout_table(records: Sequence[Mapping[str, Any]], by: str, metric: str) ->
             number = f"{100 * mean:{sign}.1f}%" + (f" ± {100 * sd:.1f}" if len(by_seed) > 1 else "")
         return f"{number} ({len(by_seed)})"
 
+    def paired_cell(line: Any, column: str) -> str:
+        by_seed = differences.get((line, column))
+        if not by_seed:
+            return "—"
+        per_seed = [sum(v) / len(v) for v in by_seed.values()]
+        mean, sd = mean_sd(per_seed)
+        spread = f" ± {100 * sd:.2f}" if len(per_seed) > 1 else ""
+        return f"{100 * mean:+.2f}{spread} ({len(per_seed)}; {sum(d > 0 for d in per_seed)} > 0)"
+
     base_label = "θ0 loss" if metric == "loss_change" else BASE
-    return [f"| {by} | " + " | ".join(base_label if c == BASE else c for c in columns) + " |",
-            "|---|" + "---:|" * len(columns),
-            *(f"| {line} | " + " | ".join(cell(line, c) for c in columns) + " |" for line in lines)]
+    return [f"| {by} | " + " | ".join([*(base_label if c == BASE else c for c in columns), *paired]) + " |",
+            "|---|" + "---:|" * (len(columns) + len(paired)),
+            *(f"| {line} | " + " | ".join([*(cell(line, c) for c in columns), *(paired_cell(line, c) for c in paired)])
+              + " |" for line in lines)]

@@ -683,7 +683,9 @@ def heldout_summary_lines(ablation: AblationConfig) -> list[str]:
             "On NusaX MT text that neither the language SFTs nor the MLM head trained on (one fixed set of masks): "
             "the fall of the masked-token loss from θ0's with each SFT added at scale s (> 0: it predicts unseen "
             "text of its language better), then the top-1 accuracy of the masked tokens; per seed the mean over "
-            "targets, then mean ± sd over seeds (n seeds). Variants that share their language SFTs share these rows.",
+            "targets, then mean ± sd over seeds (n seeds). The last columns pair the methods within each seed and "
+            "target: a − b in points, mean ± sd over seeds (n seeds; how many have it > 0). Variants that share "
+            "their language SFTs share these rows.",
             "", *heldout_table(rows, "variant", "loss_change"), "", *heldout_table(rows, "variant", "accuracy"), ""]
 
 

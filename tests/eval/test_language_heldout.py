@@ -188,14 +188,17 @@ def test_table_cells_average_a_lines_records_per_seed_then_over_seeds():
     for r in records:
         r["variant"] = "v"
     loss = heldout_table(records, "variant", "loss_change")
-    assert loss[:2] == ["| variant | θ0 loss | lt-sft ×1.25 | deft-x ×1.25 |", "|---|---:|---:|---:|"]
+    assert loss[:2] == ["| variant | θ0 loss | lt-sft ×1.25 | deft-x ×1.25 | deft-x − lt-sft ×1.25 |",
+                        "|---|---:|---:|---:|---:|"]
     per_seed = [(0.25 + 0.5) / 2, (0.5 + 0.75) / 2]
     mean = sum(per_seed) / 2
     sd = ((per_seed[0] - mean) ** 2 + (per_seed[1] - mean) ** 2) ** 0.5
-    assert loss[2] == f"| v | 4.000 ± 0.000 (2) | {100 * mean:+.1f}% ± {100 * sd:.1f} (2) | +12.5% (1) |"
+    # the paired column pairs deft-x's one record (seed 0, a) with lt-sft's of the same seed and language
+    assert loss[2] == (f"| v | 4.000 ± 0.000 (2) | {100 * mean:+.1f}% ± {100 * sd:.1f} (2) | +12.5% (1) | "
+                       "-12.50 (1; 0 > 0) |")
     accuracy = heldout_table(records, "variant", "accuracy")
-    assert accuracy[0] == "| variant | θ0 | lt-sft ×1.25 | deft-x ×1.25 |"
-    assert accuracy[2] == "| v | 10.0% ± 0.0 (2) | 25.0% ± 7.1 (2) | 15.0% (1) |"
+    assert accuracy[0] == "| variant | θ0 | lt-sft ×1.25 | deft-x ×1.25 | deft-x − lt-sft ×1.25 |"
+    assert accuracy[2] == "| v | 10.0% ± 0.0 (2) | 25.0% ± 7.1 (2) | 15.0% (1) | -5.00 (1; 0 > 0) |"
 
 
 def test_table_lines_in_first_seen_order_and_a_missing_cell_is_a_dash():
@@ -205,3 +208,32 @@ def test_table_lines_in_first_seen_order_and_a_missing_cell_is_a_dash():
     assert table[2:] == ["| b | 4.000 (1) | +25.0% (1) |", "| a | 5.000 (1) | — |"]
     with pytest.raises(ValueError, match="loss_change or accuracy"):
         heldout_table(records, "language", "loss")
+
+
+def test_paired_columns_difference_each_seeds_shared_languages_then_average_over_seeds():
+    """deft-x − lt-sft per seed over the languages both methods have, then mean ± sd over seeds, per scale."""
+    base = 4.0
+    losses = {  # (seed, language, method, scale) -> loss
+        (0, "a", "lt-sft", 1.0): 3.0, (0, "a", "deft-x", 1.0): 2.8, (0, "b", "lt-sft", 1.0): 3.2,
+        (0, "b", "deft-x", 1.0): 3.0, (1, "a", "lt-sft", 1.0): 3.1, (1, "a", "deft-x", 1.0): 3.2,
+        (1, "b", "lt-sft", 1.0): 3.0,  # no deft-x of b in seed 1: b is left out of seed 1's difference
+        (0, "a", "lt-sft", 2.0): 2.0, (0, "a", "deft-x", 2.0): 1.6}
+    records = [record(seed, language, BASE, 0.0, base, 0.1, base) for seed in (0, 1) for language in "ab"]
+    records += [record(seed, language, method, scale, loss, 0.1, base)
+                for (seed, language, method, scale), loss in losses.items()]
+    for r in records:
+        r["variant"] = "v"
+    table = heldout_table(records, "variant", "loss_change")
+    assert table[0].endswith("| deft-x − lt-sft ×1 | deft-x − lt-sft ×2 |")
+    per_seed = [((3.0 - 2.8) / base + (3.2 - 3.0) / base) / 2, (3.1 - 3.2) / base]
+    mean = sum(per_seed) / 2
+    sd = ((per_seed[0] - mean) ** 2 + (per_seed[1] - mean) ** 2) ** 0.5
+    assert table[2].endswith(f"| {100 * mean:+.2f} ± {100 * sd:.2f} (2; 1 > 0) | +10.00 (1; 1 > 0) |")
+    by_language = heldout_table(records, "language", "loss_change")
+    a_by_seed = [(3.0 - 2.8) / base, (3.1 - 3.2) / base]  # +5 and -2.5 points: mean +1.25, sd 7.5 / sqrt(2)
+    assert by_language[2].endswith(f"| +1.25 ± {100 * abs(a_by_seed[0] - a_by_seed[1]) / 2 ** 0.5:.2f} (2; 1 > 0) "
+                                   "| +10.00 (1; 1 > 0) |")
+    assert by_language[3].endswith("| +5.00 (1; 1 > 0) | — |")
+    reverse = heldout_table(records, "variant", "loss_change", pairs=[("lt-sft", "deft-x")])
+    assert reverse[2].endswith(f"| {-100 * mean:+.2f} ± {100 * sd:.2f} (2; 1 > 0) | -10.00 (1; 0 > 0) |")
+    assert "−" not in heldout_table(records, "variant", "loss_change", pairs=())[0]
