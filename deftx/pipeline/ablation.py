@@ -677,16 +677,18 @@ def heldout_summary_lines(ablation: AblationConfig) -> list[str]:
     rows = [row for row in current_heldout(ablation) if row["language"] in targets]
     if not rows:
         return []
+    pairs = list(dict.fromkeys(pair for config in ablation.variants.values() for pair in config.denoised_pairs()))
     order = {name: index for index, name in enumerate(ablation.variants)}
     rows.sort(key=lambda row: order[row["variant"]])
     return ["### Held-out masked-LM check of the language SFTs (`heldout.csv`)", "",
             "On NusaX MT text that neither the language SFTs nor the MLM head trained on (one fixed set of masks): "
             "the fall of the masked-token loss from θ0's with each SFT added at scale s (> 0: it predicts unseen "
             "text of its language better), then the top-1 accuracy of the masked tokens; per seed the mean over "
-            "targets, then mean ± sd over seeds (n seeds). The last columns pair the methods within each seed and "
-            "target: a − b in points, mean ± sd over seeds (n seeds; how many have it > 0). Variants that share "
-            "their language SFTs share these rows.",
-            "", *heldout_table(rows, "variant", "loss_change"), "", *heldout_table(rows, "variant", "accuracy"), ""]
+            "targets, then mean ± sd over seeds (n seeds). The last columns pair each denoised method with each "
+            "plain one within each seed and target: a − b in points, mean ± sd over seeds (n seeds; how many have "
+            "it > 0). Variants that share their language SFTs share these rows.", "",
+            *heldout_table(rows, "variant", "loss_change", pairs), "",
+            *heldout_table(rows, "variant", "accuracy", pairs), ""]
 
 
 def recorded_head_metrics(run: AblationRun) -> list[dict[str, Any]]:

@@ -175,6 +175,12 @@ class PipelineConfig:
         scale = self.language_scale
         return tuple(float(s) for s in scale) if isinstance(scale, (list, tuple)) else (float(scale),)
 
+    def denoised_pairs(self) -> tuple[tuple[str, str], ...]:
+        """(denoised, magnitude) method pairs: each method with a :class:`DenoiseConfig` (DeFT-X) against each
+        without (LT-SFT), in the config's order; e.g. ``(("deft-x", "lt-sft"),)``."""
+        return tuple((a, b) for a, denoise in self.methods.items() if denoise is not None
+                     for b, plain in self.methods.items() if plain is None)
+
     def language_config(self) -> SparseFineTuningConfig:
         """The language-SFT settings for the tuner (every method a branch)."""
         section = self.language_sft

@@ -122,10 +122,10 @@ def heldout_lines(config: PipelineConfig, records: Sequence[Mapping[str, Any]]) 
             f"{splits} text, which neither the language SFTs nor the MLM head trained on, one fixed set of masks: "
             "the fall of the masked-token loss from θ0's with the SFT added at scale s (> 0: it predicts unseen "
             "text of its language better), and the top-1 accuracy of the masked tokens; mean ± sd over seeds "
-            "(n seeds). The last columns pair the methods within each seed (they branch from one phase 1): "
-            "a − b in points, mean ± sd over seeds (n seeds; how many have it > 0).", "",
-            *heldout_table(records, "language", "loss_change"), "",
-            *heldout_table(records, "language", "accuracy"), ""]
+            "(n seeds). The last columns pair each denoised method with each plain one within each seed (they "
+            "branch from one phase 1): a − b in points, mean ± sd over seeds (n seeds; how many have it > 0).", "",
+            *heldout_table(records, "language", "loss_change", config.denoised_pairs()), "",
+            *heldout_table(records, "language", "accuracy", config.denoised_pairs()), ""]
 
 
 def copy_run_logs(output_dir: Path, destination: Path) -> None:

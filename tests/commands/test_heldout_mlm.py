@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 import shutil
 
 import pytest
@@ -180,7 +181,8 @@ def test_the_pipeline_scores_its_language_sfts_seed_by_seed_as_the_command_does(
     ``deftx heldout-mlm`` computes; results.md's tables cover both seeds (the table's arithmetic is
     tested in tests/eval/test_language_heldout.py)."""
     monkeypatch.setenv("DEFTX_CACHE", str(tmp_path / "cache"))
-    config = write_config(tmp_path, tiny_model_dir, targets=["madurese"], americasnli=None)
+    config = write_config(tmp_path, tiny_model_dir, targets=["madurese"], americasnli=None,
+                          methods={"plain": None, "denoised": {"rank": 2}})
     assert main(["pipeline", config, "--quiet"]) == 0
     assert main(["pipeline", config, "--quiet", "--seeds", "1"]) == 0
     rows = read_rows(tmp_path / "results" / "heldout.csv")
@@ -188,7 +190,7 @@ def test_the_pipeline_scores_its_language_sfts_seed_by_seed_as_the_command_does(
                                              "accuracy", "masked_tokens")]
     assert [(r["seed"], r["language"], r["method"], r["scale"]) for r in rows if r["seed"] == "0"] == [
         ("0", language, method, scale) for language in ("madurese", "indonesian")
-        for method, scale in (("θ0", "0.0"), ("lt-sft", "0.5"), ("lt-sft", "1.0"), ("lt-sft", "1.25"))]
+        for method, scale in (("θ0", "0.0"), *((m, s) for m in ("denoised", "plain") for s in ("0.5", "1.0", "1.25")))]
     assert {r["seed"] for r in rows} == {"0", "1"}
     assert main(["heldout-mlm", config, "--seeds", "0", "1", "--csv", str(tmp_path / "command.csv")]) == 0
     assert keyed(rows) == keyed(read_rows(tmp_path / "command.csv"))
@@ -196,10 +198,11 @@ def test_the_pipeline_scores_its_language_sfts_seed_by_seed_as_the_command_does(
     report = (tmp_path / "results" / "results.md").read_text()
     assert "Held-out masked-LM check (`heldout.csv`)" in report and "NusaX MT valid text" in report
     for metric in ("loss_change", "accuracy"):
-        table = heldout_table(rows, "language", metric)
+        table = heldout_table(rows, "language", metric, [("denoised", "plain")])
+        assert table[0].endswith("| denoised − plain ×0.5 | denoised − plain ×1 | denoised − plain ×1.25 |")
         assert "\n".join(table) in report
-        assert all(cell.endswith("(2)") for line in table[2:] for cell in line.strip("| ").split(" | ")[1:]), (
-            "every cell over both seeds: seed 0's rows are kept")
+        assert all(re.search(r"\(2(; [0-2] > 0)?\)$", cell) for line in table[2:]
+                   for cell in line.strip("| ").split(" | ")[1:]), "every cell over both seeds: seed 0's rows are kept"
 
     assert main(["pipeline", config, "--quiet", "--seeds", "1", "--no-heldout"]) == 0
     assert {r["seed"] for r in read_rows(tmp_path / "results" / "heldout.csv")} == {"0"}, (

@@ -80,6 +80,15 @@ def test_phase_override_keeps_unset_keys():
     assert switched.task_sft.full.steps == 4 and switched.task_sft.full.epochs is None
 
 
+
+def test_denoised_pairs_put_each_denoised_method_against_each_plain_one_in_config_order():
+    assert load_config(REPO / "configs" / "default.yaml").denoised_pairs() == (("deft-x", "lt-sft"),)
+    config = parse_config({"targets": ["x"], "methods": {"mag": None, "svd-r8": {"rank": 8}, "lt-sft": None,
+                                                         "svd-e9": {"energy": 0.9}}})
+    assert config.denoised_pairs() == (("svd-r8", "mag"), ("svd-r8", "lt-sft"), ("svd-e9", "mag"),
+                                       ("svd-e9", "lt-sft"))
+    assert parse_config({"targets": ["x"], "methods": {"lt-sft": None}}).denoised_pairs() == ()
+
 def test_json_config(tmp_path):
     path = tmp_path / "c.json"
     path.write_text('{"targets": ["balinese"], "seeds": [1, 2]}')
