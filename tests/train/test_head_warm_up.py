@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -115,6 +116,23 @@ def test_chunk_token_ids_splits_without_truncating():
     with pytest.raises(ValueError, match="seq_len must be >= 3"):
         chunk_token_ids(tokenizer, [text], seq_len=2)
 
+
+
+def test_chunk_token_ids_does_not_warn_of_a_length_it_windows(caplog):
+    """A text beyond model_max_length is windowed, so the tokenizer's warning that the model would fail on it
+    (logged once per tokenizer, which the control call shows) would mislead."""
+    text = " ".join(["the cat sat on a mat"] * 3)  # 18 tokens
+    control = tiny_tokenizer()
+    control.model_max_length = 8
+    with caplog.at_level(logging.WARNING):
+        control(text, add_special_tokens=False)
+    assert "longer than the specified maximum sequence length" in caplog.text
+    caplog.clear()
+    tokenizer = tiny_tokenizer()
+    tokenizer.model_max_length = 8
+    with caplog.at_level(logging.WARNING):
+        assert len(chunk_token_ids(tokenizer, [text], seq_len=7)) == 4
+    assert "longer than the specified maximum" not in caplog.text
 
 def _warm_up_texts() -> list[str]:
     generator = torch.Generator().manual_seed(0)
