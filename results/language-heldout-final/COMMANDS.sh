@@ -16,3 +16,8 @@ python results/language-heldout-final/paired.py results/language-heldout-final/h
     > results/language-heldout-final/paired.md
 python results/language-heldout-final/norms.py runs/nusax-e5-small-final 0 1 2 \
     > results/language-heldout-final/norms.md
+# Session 18 (2026-12-06, NOTES.md): four more draws of masks, and LT-SFT at DeFT-X's L2 norm
+sh results/language-heldout-final/run-mask-seeds.sh > results/language-heldout-final/masks/run-mask-seeds.log 2>&1
+python results/language-heldout-final/masks.py results/language-heldout-final > results/language-heldout-final/masks.md
+python results/language-heldout-final/norm_matched.py configs/nusax-e5-small-final.yaml 0 1 2 \
+    > results/language-heldout-final/norm-matched.md
