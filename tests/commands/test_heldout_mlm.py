@@ -61,7 +61,6 @@ def test_rows_for_theta0_and_each_scale_in_table_and_csv(trained, monkeypatch, c
         assert f"| 0 | madurese | lt-sft | {float(row['scale']):g} | {float(row['loss']):.4f} |" in out
 
 
-
 def test_another_mask_seed_scores_other_tokens_of_the_same_text(trained, monkeypatch, capsys):
     """--mask-seed 1 masks other positions of the same sentences; its rows are scored on those masks, and the
     default is the masks of seed 0 (those of the pipeline's heldout.csv)."""
@@ -86,6 +85,7 @@ def test_another_mask_seed_scores_other_tokens_of_the_same_text(trained, monkeyp
     assert rows[("--mask-seed", "1")] != rows[()]
     masked = sum(int((b["labels"] != -100).sum()) for b in other)
     assert [int(r["masked_tokens"]) for r in rows[("--mask-seed", "1")]] == [masked, masked]
+
 
 def test_the_heldout_text_is_the_valid_split_the_sft_did_not_train_on(trained):
     _, config = trained
