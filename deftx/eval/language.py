@@ -142,8 +142,9 @@ def heldout_table(records: Sequence[Mapping[str, Any]], by: str, metric: str,
     lines = list(dict.fromkeys(line for line, _ in values))
     columns = list(dict.fromkeys(column for _, column in values))
     differences: dict[tuple[Any, str], dict[int, list[float]]] = {}
+    by_scale = sorted(scores.items(), key=lambda item: item[0][4])
     for a, b in pairs:
-        for (seed, line, language, method, scale), value in sorted(scores.items(), key=lambda item: item[0][4]):
+        for (seed, line, language, method, scale), value in by_scale:
             other = scores.get((seed, line, language, b, scale))
             if method == a and other is not None:
                 differences.setdefault((line, _paired_column(a, b, scale)), {}).setdefault(seed, []).append(
