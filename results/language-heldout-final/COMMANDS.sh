@@ -21,3 +21,7 @@ sh results/language-heldout-final/run-mask-seeds.sh > results/language-heldout-f
 python results/language-heldout-final/masks.py results/language-heldout-final > results/language-heldout-final/masks.md
 python results/language-heldout-final/norm_matched.py configs/nusax-e5-small-final.yaml 0 1 2 \
     > results/language-heldout-final/norm-matched.md
+# Stronger language SFTs, Madurese (NOTES.md, session 18): seed 0's LT-SFT branch copied from session 16's run
+sh results/language-heldout-final/run-madurese-strong.sh
+python results/language-heldout-final/norm_matched.py results/language-heldout-final/configs/madurese-steps-400-lr-2e-4.yaml \
+    0 1 2 --languages madurese > results/language-heldout-final/norm-matched-madurese-steps-400-lr-2e-4.md

@@ -2,6 +2,7 @@
 
     python results/language-heldout-final/norm_matched.py configs/nusax-e5-small-final.yaml 0 1 2 \
         > results/language-heldout-final/norm-matched.md
+    python results/language-heldout-final/norm_matched.py CONFIG 0 1 2 --languages madurese
 
 For each seed and target, LT-SFT's language SFT is added at scale c = ||φ_DeFT-X||₂ / ||φ_LT-SFT||₂
 (about 1.03), so that it moves θ0 by as much as DeFT-X's does, and scored on the same held-out
@@ -11,6 +12,7 @@ size explained the gap, LT-SFT at c would close it.
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import sys
 
@@ -29,15 +31,15 @@ def l2(diff: SparseDiff) -> float:
     return sum(float((v.double() ** 2).sum()) for v in diff.values.values()) ** 0.5
 
 
-def main(config_path: str, seeds: list[int]) -> None:
+def main(config_path: str, seeds: list[int], targets: list[str]) -> None:
     ws = Workspace.open(load_config(config_path), log=lambda line: print(line, file=sys.stderr))
-    scorer = HeldoutScorer(ws, ensure_head(ws)).prepare(TARGETS)
+    scorer = HeldoutScorer(ws, ensure_head(ws)).prepare(targets)
     print("| seed | target | c | LT-SFT ×1 | LT-SFT ×c | DeFT-X ×1 | DeFT-X − LT-SFT ×c |")
     print("|---:|---|---:|---:|---:|---:|---:|")
     gaps: dict[str, list[float]] = {"×1": [], "×c": []}
     five: dict[int, dict[str, list[float]]] = {seed: {"×1": [], "×c": []} for seed in seeds}
     for seed in seeds:
-        for target in TARGETS:
+        for target in targets:
             files = language_sft_files(ws, seed, target)
             lt, dx = SparseDiff.load(files["lt-sft"]), SparseDiff.load(files["deft-x"])
             c = l2(dx) / l2(lt)
@@ -53,13 +55,22 @@ def main(config_path: str, seeds: list[int]) -> None:
                   f"{100 * fall['dx1']:+.2f}% | {100 * (fall['dx1'] - fall['ltc']):+.2f} |", flush=True)
     print()
     for label in ("×1", "×c"):
+        if not all(five[seed][label] for seed in seeds):
+            continue
         per_seed = [statistics.fmean(five[seed][label]) for seed in seeds]
         spread = statistics.stdev(per_seed) if len(per_seed) > 1 else 0.0
         mean = statistics.fmean(per_seed)
-        print(f"- DeFT-X ×1 − LT-SFT {label}: five targets {100 * mean:+.2f} ± {100 * spread:.2f} points over "
+        scored = [target for target in PAPER_FIVE if target in targets]
+        where = "five targets" if len(scored) == len(PAPER_FIVE) else ", ".join(scored)
+        print(f"- DeFT-X ×1 − LT-SFT {label}: {where} {100 * mean:+.2f} ± {100 * spread:.2f} points over "
               f"{len(seeds)} seeds; DeFT-X larger in {sum(g > 0 for g in gaps[label])} of "
               f"{len(gaps[label])} target × seed pairs")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], [int(seed) for seed in sys.argv[2:]])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config")
+    parser.add_argument("seeds", type=int, nargs="+")
+    parser.add_argument("--languages", nargs="+", default=list(TARGETS))
+    args = parser.parse_args()
+    main(args.config, args.seeds, args.languages)
