@@ -11,23 +11,22 @@ SUMMARY = "train a language SFT (masked LM; LT-SFT and DeFT-X branches from one 
 DESCRIPTION = """\
 Train (or resume) the language SFT of one language with the config's language_sft, mlm_head,
 training and methods sections: masked LM on the language's NusaX MT text of the config's
-language_text_splits (default train+valid; or AmericasNLP 2021 text with --americasnlp). Output:
+language_text_splits (default train+valid; or, with --americasnlp, AmericasNLP 2021 text of the
+config's americasnlp_text_splits, default train+dev). Output:
 <output_dir>/seed-<s>/lang/<language>/<method>/sft.safetensors (seed-<s>/anli/lang/... with
 --americasnlp), where `deftx pipeline` looks for it.
 """
 
 
 def run(args: argparse.Namespace) -> int:
-    from deftx.data import americasnlp
-    from deftx.pipeline.head import ensure_head, language_texts
+    from deftx.pipeline.head import americasnlp_texts, ensure_head, language_texts
     from deftx.pipeline.layout import branch_file
     from deftx.pipeline.steps import language_sfts
     from deftx.pipeline.workspace import Workspace
 
     ws = Workspace.open(load_pipeline_config(args))
     ws.overwrite = args.overwrite
-    texts = (americasnlp.load_text(ws.data_dir, args.language) if args.americasnlp
-             else language_texts(ws, args.language))
+    texts = americasnlp_texts(ws, args.language) if args.americasnlp else language_texts(ws, args.language)
     work = ws.layout(args.seed).language(args.language, americasnlp=args.americasnlp)
     diffs = language_sfts(ws, args.language, texts, args.seed, ensure_head(ws), work)
     for method in diffs:

@@ -21,6 +21,8 @@ Example (``configs/default.yaml`` is the README's small run)::
                                # ([0.5, 1.0]) scores every scale (no retraining)
     eval_split: test           # NusaX split scored: test, or valid (to choose a recipe)
     language_text_splits: [train, valid]   # NusaX MT text of language SFTs and the MLM head
+    americasnlp_text_splits: [train, dev]  # AmericasNLP 2021 text of AmericasNLI language SFTs and
+                               # the MLM head; [train] leaves dev out for the held-out check
     pooling: mean              # classifier pooling: mean (e5's own) or cls (AutoModelFor...)
     device: auto               # every phase on cpu, cuda, or auto (cuda when available); deftx pipeline --device
     training: {batch_size: 16, max_length: 128, save_steps: 100, logging_steps: 10,
@@ -62,6 +64,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from deftx.data.americasnlp import SPLITS as AMERICASNLP_SPLITS
 from deftx.data.nusax import MT_SPLITS
 from deftx.train.config import (
     DEFAULT_ELIGIBLE,
@@ -148,6 +151,7 @@ class PipelineConfig:
     language_scale: float | tuple[float, ...] = 1.25
     eval_split: str = "test"
     language_text_splits: tuple[str, ...] = MT_SPLITS
+    americasnlp_text_splits: tuple[str, ...] = AMERICASNLP_SPLITS
     pooling: str = "mean"
     device: str = "auto"
     eval_batch_size: int = 64
@@ -386,6 +390,9 @@ def parse_config(raw: Any, source: str = "<config>") -> PipelineConfig:
     if "language_text_splits" in values:
         values["language_text_splits"] = _split_names(values["language_text_splits"], "language_text_splits",
                                                       MT_SPLITS)
+    if "americasnlp_text_splits" in values:
+        values["americasnlp_text_splits"] = _split_names(values["americasnlp_text_splits"],
+                                                         "americasnlp_text_splits", AMERICASNLP_SPLITS)
     if values.get("eval_split") == "valid" and "valid" in values.get("language_text_splits", MT_SPLITS):
         raise _fail("language_text_splits", "eval_split is valid, so the valid sentences' text may not be "
                     "trained on: use language_text_splits: [train]")

@@ -31,12 +31,18 @@ def language_texts(ws: Workspace, language: str) -> list[str]:
     return nusax.load_mt_text(ws.data_dir, language, ws.config.language_text_splits)
 
 
+def americasnlp_texts(ws: Workspace, language: str) -> list[str]:
+    """The AmericasNLP 2021 text an AmericasNLI language SFT of ``language`` (a code, e.g. ``bzd``) trains
+    on (``americasnlp_text_splits``)."""
+    return americasnlp.load_text(ws.data_dir, language, ws.config.americasnlp_text_splits)
+
+
 def head_texts(ws: Workspace) -> dict[str, list[str]]:
     """The MLM head's warm-up text per corpus of ``mlm_head.texts`` (never a test split).
 
     ``nusax``: every language column of the MT ``language_text_splits`` (so a recipe chosen
     on valid never saw valid text); ``americasnlp``: the indigenous side of every AmericasNLP
-    2021 language's train and dev files.
+    2021 language's ``americasnlp_text_splits`` files.
     """
     corpora: dict[str, list[str]] = {}
     for corpus in ws.config.mlm_head.texts:
@@ -44,8 +50,7 @@ def head_texts(ws: Workspace) -> dict[str, list[str]]:
             corpora[corpus] = [text for language in nusax.sentiment_languages(ws.data_dir)
                                for text in language_texts(ws, language)]
         elif corpus == "americasnlp":
-            corpora[corpus] = [text for code in americasnlp.FOLDERS
-                               for text in americasnlp.load_text(ws.data_dir, code)]
+            corpora[corpus] = [text for code in americasnlp.FOLDERS for text in americasnlp_texts(ws, code)]
         else:
             raise ValueError(f"mlm_head.texts: unknown corpus {corpus!r}")
     return corpora

@@ -183,7 +183,8 @@ def data_lines(config: PipelineConfig) -> list[str]:
         lines.append("AmericasNLI: task trained on the pooled **dev** sets of "
                      + ", ".join(config.americasnli.train_languages) + "; evaluated on the **test** sets of "
                      + ", ".join(config.americasnli.test_languages)
-                     + "; language SFT text: AmericasNLP 2021 train+dev of each test language.")
+                     + "; language SFT text: AmericasNLP 2021 " + "+".join(config.americasnlp_text_splits)
+                     + " of each test language.")
     return lines
 
 

@@ -108,9 +108,10 @@ def _anli_steps(config: PipelineConfig, layout: SeedLayout) -> Iterator[list[str
     if anli is None:
         return
     source = "+".join(anli.train_languages) + " dev"
+    text = "+".join(config.americasnlp_text_splits)
     for language in anli.test_languages:
         yield _language_step(config, layout.language(language, americasnlp=True), language,
-                             "AmericasNLI language SFT (AmericasNLP 2021 text)")
+                             f"AmericasNLI language SFT (AmericasNLP 2021 {text} text)")
     if config.baseline:
         yield _baseline_step(config, f"AmericasNLI full fine-tuning baseline on {source}",
                              layout.anli_baseline() / BASELINE_FILE)
@@ -148,8 +149,10 @@ def plan_lines(config: PipelineConfig) -> list[str]:
     settings = training_settings(config, requested_device(config), config.seeds[0])
     lines += [f"  {key} = {value!r}" for key, value in changed_arguments(settings, output / "trainer").items()]
     head = config.mlm_head
-    nusax_splits = f" (NusaX {'+'.join(config.language_text_splits)})" if "nusax" in head.texts else ""
-    lines.append(f"1. MLM head warm-up: {head.steps} steps on {'+'.join(head.texts)} text{nusax_splits}; cached by "
+    splits = {"nusax": f"NusaX {'+'.join(config.language_text_splits)}",
+              "americasnlp": f"AmericasNLP {'+'.join(config.americasnlp_text_splits)}"}
+    corpora = ", ".join(splits[corpus] for corpus in head.texts if corpus in splits)
+    lines.append(f"1. MLM head warm-up: {head.steps} steps on {'+'.join(head.texts)} text ({corpora}); cached by "
                  "model, text and settings: an earlier run's head is reused only where all three are equal")
     candidates = list(dict.fromkeys([*config.targets, *config.sources])) if config.runs_nusax else []
     evaluated = [lang for lang in candidates if nusax.has_split(data_dir, lang, config.eval_split)]

@@ -46,7 +46,7 @@ from typing import Any
 
 import torch
 
-from deftx.data import americasnli, americasnlp, nusax
+from deftx.data import americasnli, nusax
 from deftx.eval.language import BASE
 from deftx.eval.report import append_invocation, read_ledger
 from deftx.eval.zero_shot import (
@@ -59,7 +59,7 @@ from deftx.eval.zero_shot import (
 )
 from deftx.models.classifier import build_classifier
 from deftx.pipeline.config import BASELINE, NO_LANGUAGE_SFT, PipelineConfig
-from deftx.pipeline.head import ensure_head, language_texts
+from deftx.pipeline.head import americasnlp_texts, ensure_head, language_texts
 from deftx.pipeline.heldout import HeldoutScorer, has_heldout_text, nusax_languages, trained_languages
 from deftx.pipeline.layout import ANLI_TASK_NAME
 from deftx.pipeline.outputs import earlier_seeds, kept_seeds_note, reused_steps_note, write_outputs
@@ -197,7 +197,7 @@ def run_anli_seed(ws: Workspace, seed: int, head_file: Path) -> list[EvalRow]:
         generator = torch.Generator().manual_seed(seed)
         keep = torch.randperm(len(train), generator=generator)[: section.max_train_examples].tolist()
         train = [train[i] for i in sorted(keep)]
-    lang = {language: language_sfts(ws, language, americasnlp.load_text(ws.data_dir, language), seed, head_file,
+    lang = {language: language_sfts(ws, language, americasnlp_texts(ws, language), seed, head_file,
                                     layout.language(language, americasnlp=True))
             for language in section.test_languages}
     tests = {language: nli_examples(ws.data_dir, language, "test", ws.tokenizer, max_length)

@@ -134,12 +134,22 @@ def test_eval_split_valid_needs_train_only_language_text():
         parse_config({"targets": ["x"], "eval_split": "valid", "language_text_splits": ["train", "valid"]})
 
 
+def test_americasnlp_text_splits_default_to_train_and_dev_and_may_leave_dev_out():
+    assert parse_config({"targets": ["x"]}).americasnlp_text_splits == ("train", "dev")
+    assert parse_config({"targets": ["x"], "americasnlp_text_splits": ["train"]}).americasnlp_text_splits == ("train",)
+    recorded = to_plain(load_config(REPO / "configs" / "americasnli-e5-small.yaml"))
+    assert recorded["americasnlp_text_splits"] == ["train", "dev"], "the committed AmericasNLI run's text"
+
+
 @pytest.mark.parametrize("raw, match", [
     ({"eval_split": "dev"}, "eval_split"),
     ({"eval_split": ["valid"]}, "eval_split"),
     ({"language_text_splits": ["test"]}, "language_text_splits"),
     ({"language_text_splits": ["train", "train"]}, "language_text_splits"),
     ({"language_text_splits": []}, "language_text_splits"),
+    ({"americasnlp_text_splits": ["test"]}, "americasnlp_text_splits"),
+    ({"americasnlp_text_splits": ["valid"]}, "americasnlp_text_splits"),
+    ({"americasnlp_text_splits": []}, "americasnlp_text_splits"),
     ({"language_scale": []}, "language_scale"),
     ({"language_scale": [1.0, 1]}, "distinct"),
     ({"language_scale": "1"}, "language_scale"),
