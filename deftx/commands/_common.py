@@ -126,9 +126,10 @@ def add_heldout_argument(parser: argparse.ArgumentParser, unit: str) -> None:
     """--no-heldout: skip the held-out masked-LM check of each ``unit``'s (seed's, variant's) language SFTs."""
     parser.add_argument(
         "--no-heldout", action="store_true",
-        help=f"do not score each {unit}'s language SFTs on the NusaX MT text left out of language_text_splits "
-             "(by default they are, when a split is left out, as deftx heldout-mlm does: heldout.csv and a "
-             "results.md section)",
+        help=f"do not score each {unit}'s language SFTs on the text of their language left out of their training "
+             "text (NusaX MT splits not in language_text_splits; AmericasNLP 2021 splits not in "
+             "americasnlp_text_splits). By default they are, when a split is left out, as deftx heldout-mlm "
+             "does: heldout.csv and a results.md section",
     )
 
 

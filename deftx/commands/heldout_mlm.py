@@ -14,11 +14,13 @@ NAME = "heldout-mlm"
 SUMMARY = "masked-LM loss of θ0 and θ0 + language SFT on held-out text of each language (did it learn the language?)"
 DESCRIPTION = """\
 For the NusaX language SFTs that `deftx pipeline` or `deftx train-lang` trained under the config's
-output_dir (or, with --variant, that `deftx ablate` trained for one variant of an ablation config):
-the masked-token cross-entropy (nats) and top-1 accuracy, through the run's MLM head, of θ0 and of
-θ0 + s·φ_language for every method and scale, on the language's NusaX MT text of the splits that
-neither the SFTs nor the head trained on (language_text_splits [train] leaves valid out; a test
-split is never read). One set of masks (drawn from --mask-seed) scores every seed, method and scale,
+output_dir (or, with --variant, that `deftx ablate` trained for one variant of an ablation config),
+or with --americasnlp its AmericasNLI language SFTs (`deftx train-lang --americasnlp`, the pipeline's
+americasnli section): the masked-token cross-entropy (nats) and top-1 accuracy, through the run's MLM
+head, of θ0 and of θ0 + s·φ_language for every method and scale, on the language's text of the splits
+that neither the SFTs nor the head trained on: NusaX MT valid when language_text_splits is [train];
+AmericasNLP 2021 dev (the AmericasNLI dev sentences) when americasnlp_text_splits is [train]. A test
+split is never read. One set of masks (drawn from --mask-seed) scores every seed, method and scale,
 so a row's change from θ0 is the SFT's; other mask seeds score other tokens of the same text, which
 measures how much a result owes to the draw. A language SFT that lowers its training loss (deftx
 losses) but not the held-out loss fit its sentences, not the language. The MLM head is the run's
@@ -31,7 +33,10 @@ made without it.
 def run(args: argparse.Namespace) -> int:
     from deftx.pipeline.head import ensure_head
     from deftx.pipeline.heldout import (
+        AMERICASNLP,
+        CORPUS_NAMES,
         MASK_SEED,
+        NUSAX,
         HeldoutScorer,
         heldout_splits,
         language_sft_files,
@@ -39,20 +44,24 @@ def run(args: argparse.Namespace) -> int:
     )
     from deftx.pipeline.workspace import Workspace
 
+    if args.variant and args.americasnlp:
+        raise ValueError("--variant and --americasnlp exclude each other: an ablation trains NusaX language SFTs only")
+    corpus = AMERICASNLP if args.americasnlp else NUSAX
     config = variant_config(args) if args.variant else load_pipeline_config(args)
     if not Path(config.output_dir).is_dir():
         raise FileNotFoundError(f"output_dir {config.output_dir} does not exist: nothing trained there to score")
     ws = Workspace.open(replace(config, results_dir=None), log=lambda line: print(line, file=sys.stderr))
-    splits = heldout_splits(ws)
-    plan = {(seed, language): language_sft_files(ws, seed, language) for seed in ws.config.seeds
-            for language in (args.languages or trained_languages(ws.config, seed))}
+    splits = heldout_splits(ws, corpus)
+    plan = {(seed, language): language_sft_files(ws, seed, language, corpus) for seed in ws.config.seeds
+            for language in (args.languages or trained_languages(ws.config, seed, corpus))}
     if not plan:
-        raise FileNotFoundError(f"no language SFT under {ws.output_dir} for seeds {list(ws.config.seeds)}; "
-                                "train them first (deftx pipeline or deftx train-lang)")
+        flag = " --americasnlp" if args.americasnlp else ""
+        raise FileNotFoundError(f"no {CORPUS_NAMES[corpus]} language SFT under {ws.output_dir} for seeds "
+                                f"{list(ws.config.seeds)}; train them first (deftx pipeline or deftx train-lang{flag})")
     mask_seed = MASK_SEED if args.mask_seed is None else args.mask_seed
-    scorer = HeldoutScorer(ws, ensure_head(ws), args.scales, mask_seed).prepare(
+    scorer = HeldoutScorer(ws, ensure_head(ws), args.scales, mask_seed, corpus).prepare(
         dict.fromkeys(language for _, language in plan))
-    print(f"held-out text: NusaX MT {'+'.join(splits)}, masks of seed {mask_seed}; "
+    print(f"held-out text: {CORPUS_NAMES[corpus]} {'+'.join(splits)}, masks of seed {mask_seed}; "
           "loss change = fall of the loss from θ0's (> 0: better)")
     print("| seed | language | method | scale | loss | loss change | accuracy | masked tokens |")
     print("|---:|---|---|---:|---:|---:|---:|---:|")
@@ -86,8 +95,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="CONFIG is an ablation config (deftx ablate): score this variant's language SFTs "
                              "(--output-dir then overrides the ablation's output_dir)")
     parser.add_argument("--seeds", type=seed_int, nargs="+", help="override the config's seeds")
+    parser.add_argument("--americasnlp", action="store_true",
+                        help="score the AmericasNLI language SFTs (AmericasNLP 2021 text, e.g. deftx train-lang "
+                             "--americasnlp) on the AmericasNLP splits left out of americasnlp_text_splits")
     parser.add_argument("--languages", nargs="+",
-                        help="NusaX languages to score (default: every language with a trained SFT of the seed)")
+                        help="NusaX languages (or, with --americasnlp, AmericasNLI codes) to score (default: every "
+                             "language with a trained SFT of the seed)")
     parser.add_argument("--scales", type=finite_float, nargs="+",
                         help="composition scales s (default: 1 and the config's language_scale)")
     parser.add_argument("--mask-seed", type=seed_int,

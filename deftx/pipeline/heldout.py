@@ -1,8 +1,14 @@
-"""The held-out check of a run's NusaX language SFTs: θ0 and θ0 + s·φ on text neither they nor
-the MLM head trained on (:mod:`deftx.eval.language`).
+"""The held-out check of a run's language SFTs: θ0 and θ0 + s·φ on text neither they nor the MLM
+head trained on (:mod:`deftx.eval.language`).
 
-The held-out text of a language is its NusaX MT text of the splits that are not in
-``language_text_splits`` (the MLM head's NusaX text is of those splits too); never a test split.
+Language SFTs train on one of two corpora, and the held-out text of a language is its text of the
+corpus's splits that the config's training text leaves out (the MLM head's text of that corpus is of
+the same splits); never a test split:
+
+- :data:`NUSAX`: the NusaX languages' MT text; held out: the MT splits not in ``language_text_splits``.
+- :data:`AMERICASNLP`: the AmericasNLI languages' AmericasNLP 2021 text (``deftx train-lang
+  --americasnlp``, the pipeline's ``americasnli`` section); held out: the splits not in
+  ``americasnlp_text_splits`` (``dev``, the AmericasNLI dev sentences, when it is ``[train]``).
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from typing import Any
 
 import torch
 
-from deftx.data import nusax
+from deftx.data import americasnlp, nusax
 from deftx.eval.language import HeldoutRow, heldout_records, score_language_sfts
 from deftx.models.mlm import FrozenDecoderMLM, build_mlm_model
 from deftx.pipeline.config import PipelineConfig
@@ -26,16 +32,33 @@ MASK_SEED = 0
 """Default seed of the held-out masks: one set of masks for every seed, method and scale of a run."""
 HELDOUT_CSV = "heldout.csv"
 """The held-out rows a pipeline or ablation writes beside its results (:func:`~deftx.eval.language.heldout_records`)."""
+NUSAX = "nusax"
+"""The corpus of NusaX language SFTs: NusaX MT text."""
+AMERICASNLP = "americasnlp"
+"""The corpus of AmericasNLI language SFTs: AmericasNLP 2021 text."""
+CORPUS_NAMES = {NUSAX: "NusaX MT", AMERICASNLP: "AmericasNLP 2021"}
+"""Corpus -> its name in reports."""
+SPLITS_KEYS = {NUSAX: "language_text_splits", AMERICASNLP: "americasnlp_text_splits"}
+"""Corpus -> the config key naming the splits of it that language SFTs and the MLM head train on."""
+_ALL_SPLITS = {NUSAX: nusax.MT_SPLITS, AMERICASNLP: americasnlp.SPLITS}
 
 
-def left_out_splits(config: PipelineConfig) -> tuple[str, ...]:
-    """The NusaX MT splits (never test) left out of ``config``'s ``language_text_splits``."""
-    return tuple(split for split in nusax.MT_SPLITS if split not in config.language_text_splits)
+def trained_splits(config: PipelineConfig, corpus: str = NUSAX) -> tuple[str, ...]:
+    """The splits of ``corpus`` that ``config``'s language SFTs and MLM head train on."""
+    if corpus not in SPLITS_KEYS:
+        raise ValueError(f"unknown corpus {corpus!r}: expected one of {list(SPLITS_KEYS)}")
+    return getattr(config, SPLITS_KEYS[corpus])
 
 
-def has_heldout_text(config: PipelineConfig) -> bool:
-    """Whether some NusaX MT split is left out of ``config``'s ``language_text_splits``."""
-    return bool(left_out_splits(config))
+def left_out_splits(config: PipelineConfig, corpus: str = NUSAX) -> tuple[str, ...]:
+    """The splits of ``corpus`` (never test) left out of ``config``'s training text of that corpus."""
+    trained = trained_splits(config, corpus)
+    return tuple(split for split in _ALL_SPLITS[corpus] if split not in trained)
+
+
+def has_heldout_text(config: PipelineConfig, corpus: str = NUSAX) -> bool:
+    """Whether some split of ``corpus`` is left out of ``config``'s training text of that corpus."""
+    return bool(left_out_splits(config, corpus))
 
 
 def nusax_languages(config: PipelineConfig) -> list[str]:
@@ -48,46 +71,61 @@ def default_scales(config: PipelineConfig) -> tuple[float, ...]:
     return tuple(sorted({1.0, *config.language_scales()}))
 
 
-def heldout_splits(ws: Workspace) -> tuple[str, ...]:
-    """The NusaX MT splits no language SFT or MLM head of ``ws`` trained on (ValueError when none)."""
-    splits = left_out_splits(ws.config)
+def heldout_splits(ws: Workspace, corpus: str = NUSAX) -> tuple[str, ...]:
+    """The splits of ``corpus`` no language SFT or MLM head of ``ws`` trained on (ValueError when none)."""
+    splits = left_out_splits(ws.config, corpus)
     if not splits:
+        key = SPLITS_KEYS[corpus]
         raise ValueError(
-            f"language_text_splits {list(ws.config.language_text_splits)} covers every NusaX MT split but test: "
-            "no held-out text to score language SFTs on (train them on [train] to keep valid out)"
+            f"{key} {list(trained_splits(ws.config, corpus))} covers every {CORPUS_NAMES[corpus]} split but test: "
+            f"no held-out text to score language SFTs on (train them on {key}: [train] to keep "
+            f"{'+'.join(_ALL_SPLITS[corpus][1:])} out)"
         )
     return splits
 
 
-def trained_languages(config: PipelineConfig, seed: int) -> list[str]:
-    """The NusaX languages with a language SFT of some method of ``config`` under its ``output_dir`` for ``seed``."""
-    root = SeedLayout.of(Path(config.output_dir), seed).root / "lang"
+def trained_languages(config: PipelineConfig, seed: int, corpus: str = NUSAX) -> list[str]:
+    """The languages with a language SFT of some method of ``config`` on ``corpus`` under its ``output_dir``
+    for ``seed``."""
+    root = SeedLayout.of(Path(config.output_dir), seed).languages(americasnlp=corpus == AMERICASNLP)
     folders = sorted(path for path in root.iterdir() if path.is_dir()) if root.is_dir() else []
     return [folder.name for folder in folders
             if any(branch_file(folder, method).is_file() for method in config.methods)]
 
 
-def language_sft_files(ws: Workspace, seed: int, language: str) -> dict[str, Path]:
-    """Method -> SFT file of ``language``'s language SFT under seed ``seed`` (FileNotFoundError when none)."""
-    work = ws.layout(seed).language(language)
+def language_sft_files(ws: Workspace, seed: int, language: str, corpus: str = NUSAX) -> dict[str, Path]:
+    """Method -> SFT file of ``language``'s language SFT on ``corpus`` under seed ``seed`` (FileNotFoundError
+    when none)."""
+    work = ws.layout(seed).language(language, americasnlp=corpus == AMERICASNLP)
     files = {method: branch_file(work, method) for method in ws.config.methods}
     found = {method: path for method, path in files.items() if path.is_file()}
     if not found:
+        flag = " --americasnlp" if corpus == AMERICASNLP else ""
         raise FileNotFoundError(
             f"no language SFT of {language} for seed {seed} ({', '.join(str(p) for p in files.values())}); "
-            f"train it first: deftx train-lang CONFIG --language {language} --seed {seed}"
+            f"train it first: deftx train-lang CONFIG{flag} --language {language} --seed {seed}"
         )
     return found
 
 
-def heldout_batches(ws: Workspace, language: str, mask_seed: int = MASK_SEED) -> list[dict[str, torch.Tensor]]:
-    """``language``'s held-out text in masked batches: the language SFTs' window and batch size, the masks
-    drawn from ``mask_seed``."""
-    texts = nusax.load_mt_text(ws.data_dir, language, heldout_splits(ws))
+def heldout_texts(ws: Workspace, language: str, corpus: str = NUSAX) -> list[str]:
+    """``language``'s text of the ``corpus`` splits no language SFT or MLM head of ``ws`` trained on."""
+    splits = heldout_splits(ws, corpus)
+    if corpus == AMERICASNLP:
+        return americasnlp.load_text(ws.data_dir, language, splits)
+    return nusax.load_mt_text(ws.data_dir, language, splits)
+
+
+def heldout_batches(ws: Workspace, language: str, mask_seed: int = MASK_SEED,
+                    corpus: str = NUSAX) -> list[dict[str, torch.Tensor]]:
+    """``language``'s held-out text (:func:`heldout_texts`) in masked batches: the language SFTs' window and
+    batch size, the masks drawn from ``mask_seed``."""
+    texts = heldout_texts(ws, language, corpus)
     settings = ws.language_settings(mask_seed)
     sequences = chunk_token_ids(ws.tokenizer, texts, settings.max_length)
     if not sequences:
-        raise ValueError(f"{language}: no held-out text in the NusaX MT splits {list(heldout_splits(ws))}")
+        raise ValueError(f"{language}: no held-out text in the {CORPUS_NAMES[corpus]} splits "
+                         f"{list(heldout_splits(ws, corpus))}")
     return mask_once(MLMCollator(ws.tokenizer, seed=mask_seed), sequences, settings.batch_size)
 
 
@@ -100,7 +138,7 @@ def score_heldout(model: FrozenDecoderMLM, sft_files: Mapping[str, Path], scales
 
 
 class HeldoutScorer:
-    """The held-out check of one workspace's NusaX language SFTs, seed by seed.
+    """The held-out check of one workspace's language SFTs on one ``corpus``, seed by seed.
 
     The MLM model (θ0's body on ``ws.device`` with the MLM head in ``head_file``) is built on first
     use and each language's masked batches (:func:`heldout_batches`, masks drawn from ``mask_seed``) are
@@ -108,18 +146,20 @@ class HeldoutScorer:
     """
 
     def __init__(self, ws: Workspace, head_file: Path, scales: Sequence[float] | None = None,
-                 mask_seed: int = MASK_SEED) -> None:
+                 mask_seed: int = MASK_SEED, corpus: str = NUSAX) -> None:
+        trained_splits(ws.config, corpus)
         self.ws = ws
         self.head_file = head_file
         self.scales = tuple(scales) if scales else default_scales(ws.config)
         self.mask_seed = mask_seed
+        self.corpus = corpus
         self._batches: dict[str, list[dict[str, torch.Tensor]]] = {}
         self._model: FrozenDecoderMLM | None = None
 
     def batches(self, language: str) -> list[dict[str, torch.Tensor]]:
         """``language``'s held-out batches, made on the first call (ValueError when it has no held-out text)."""
         if language not in self._batches:
-            self._batches[language] = heldout_batches(self.ws, language, self.mask_seed)
+            self._batches[language] = heldout_batches(self.ws, language, self.mask_seed, self.corpus)
         return self._batches[language]
 
     def prepare(self, languages: Iterable[str]) -> HeldoutScorer:
@@ -141,6 +181,6 @@ class HeldoutScorer:
         Args:
             sft_files: method -> SFT file; default: the seed's (:func:`language_sft_files`).
         """
-        files = sft_files if sft_files is not None else language_sft_files(self.ws, seed, language)
+        files = sft_files if sft_files is not None else language_sft_files(self.ws, seed, language, self.corpus)
         batches = self.batches(language)
         return heldout_records(seed, language, score_heldout(self.model(), files, self.scales, batches))

@@ -14,6 +14,7 @@ NOT_RESULTS = ("name", "output_dir", "results_dir", "step_store", "seeds")
 LATER_SETTINGS: tuple[tuple[tuple[str, ...], Any], ...] = (
     (("device",), "cpu"),
     (("training", "arguments"), {}),
+    (("americasnlp_text_splits",), ["train", "dev"]),
 )
 """Settings the identity gained after results were first committed, each with the value all of
 those results were made with: at that value a setting is left out of the identity, so that
@@ -27,7 +28,7 @@ def run_identity(config: PipelineConfig) -> dict[str, Any]:
     The device is the one the config asks for here (:func:`~deftx.pipeline.workspace.requested_device`:
     ``auto`` is no device), so results of another device are never mixed in. A setting in
     :data:`LATER_SETTINGS` at the value every earlier result had is left out (the CPU, no extra
-    Trainer arguments).
+    Trainer arguments, AmericasNLP train+dev text).
     """
     plain = to_plain(config)
     for key in NOT_RESULTS:

@@ -44,9 +44,13 @@ class SeedLayout:
     def of(cls, output_dir: Path, seed: int) -> SeedLayout:
         return cls(Path(output_dir) / f"seed-{seed}")
 
+    def languages(self, americasnlp: bool = False) -> Path:
+        """The folder of the language-SFT runs (on AmericasNLP 2021 text when ``americasnlp``), one per language."""
+        return (self.root / "anli" if americasnlp else self.root) / "lang"
+
     def language(self, language: str, americasnlp: bool = False) -> Path:
         """The language-SFT run of ``language`` (on AmericasNLP 2021 text when ``americasnlp``)."""
-        return (self.root / "anli" if americasnlp else self.root) / "lang" / language
+        return self.languages(americasnlp) / language
 
     def task(self, source: str) -> Path:
         """The NusaX task-SFT runs of ``source``: one folder per run name (:func:`task_run_name`)."""

@@ -23,7 +23,16 @@ from deftx.eval.report import (
 from deftx.eval.zero_shot import EvalRow
 from deftx.pipeline.config import BASELINE, NO_LANGUAGE_SFT, ConfigError, PipelineConfig, parse_config
 from deftx.pipeline.head import head_report_line
-from deftx.pipeline.heldout import HELDOUT_CSV, has_heldout_text, left_out_splits
+from deftx.pipeline.heldout import (
+    AMERICASNLP,
+    CORPUS_NAMES,
+    HELDOUT_CSV,
+    NUSAX,
+    SPLITS_KEYS,
+    has_heldout_text,
+    left_out_splits,
+    trained_splits,
+)
 from deftx.pipeline.identity import run_identity
 from deftx.pipeline.layout import SeedLayout
 from deftx.pipeline.workspace import Workspace
@@ -107,19 +116,34 @@ def earlier_seeds(config: PipelineConfig, results_dir: Path, *, overwrite: bool 
                         of_other_seeds("overlap.csv"), of_other_seeds(HELDOUT_CSV))
 
 
+def heldout_corpora(config: PipelineConfig) -> list[str]:
+    """The corpora ``config`` trains language SFTs on (:mod:`deftx.pipeline.heldout`): NusaX MT for its NusaX
+    targets, AmericasNLP 2021 for its AmericasNLI test languages."""
+    return [corpus for corpus, runs in ((NUSAX, config.runs_nusax), (AMERICASNLP, config.americasnli is not None))
+            if runs]
+
+
+def no_heldout_line(config: PipelineConfig, corpus: str) -> str:
+    """The results.md line saying that ``corpus``'s language SFTs left no text of their language out."""
+    name, key = CORPUS_NAMES[corpus], SPLITS_KEYS[corpus]
+    whose = "the language SFTs" if corpus == NUSAX else "the AmericasNLI language SFTs"
+    return (f"Held-out masked-LM check: none — {whose} trained on every {name} split but test ({key}: "
+            + "+".join(trained_splits(config, corpus)) + "), so no text of their language is left that they did "
+            "not see.")
+
+
 def heldout_lines(config: PipelineConfig, records: Sequence[Mapping[str, Any]]) -> list[str]:
     """The results.md section on the language SFTs' held-out masked-LM scores (``heldout.csv``)."""
-    if not config.runs_nusax:
-        return []
-    if not has_heldout_text(config):
-        return ["Held-out masked-LM check: none — the language SFTs trained on every NusaX MT split but test "
-                "(language_text_splits: " + "+".join(config.language_text_splits) + "), so no text of their "
-                "language is left that they did not see.", ""]
-    if not records:
-        return []
-    splits = "+".join(left_out_splits(config))
-    return [f"Held-out masked-LM check (`{HELDOUT_CSV}`): did each language SFT learn its language? On NusaX MT "
-            f"{splits} text, which neither the language SFTs nor the MLM head trained on, one fixed set of masks: "
+    corpora = heldout_corpora(config)
+    lines = [line for corpus in corpora if not has_heldout_text(config, corpus)
+             for line in (no_heldout_line(config, corpus), "")]
+    scored = [corpus for corpus in corpora if has_heldout_text(config, corpus)]
+    if not records or not scored:
+        return lines
+    text = " and ".join(f"{CORPUS_NAMES[corpus]} {'+'.join(left_out_splits(config, corpus))}" for corpus in scored)
+    return [*lines,
+            f"Held-out masked-LM check (`{HELDOUT_CSV}`): did each language SFT learn its language? On {text} "
+            "text, which neither the language SFTs nor the MLM head trained on, one fixed set of masks: "
             "the fall of the masked-token loss from θ0's with the SFT added at scale s (> 0: it predicts unseen "
             "text of its language better), and the top-1 accuracy of the masked tokens; mean ± sd over seeds "
             "(n seeds). The last columns pair each denoised method with each plain one within each seed (they "

@@ -15,8 +15,9 @@ are reported in results.md and ``disk.json``.
 
 The tables go under ``results_dir`` (default: ``output_dir``): results.csv, summary.csv, results.md,
 results.png, overlap.csv, selection.csv, heldout.csv, timings.json, disk.json, config.json, mlm_head.json.
-heldout.csv holds each seed's NusaX language SFTs scored on the MT text left out of
-``language_text_splits`` (:mod:`deftx.pipeline.heldout`; none when every split but test trains).
+heldout.csv holds each seed's language SFTs scored on the text left out of ``language_text_splits``
+(NusaX MT) or ``americasnlp_text_splits`` (AmericasNLP 2021) (:mod:`deftx.pipeline.heldout`; none
+when every split but test trains).
 The rows there of seeds this run does not train stay, when ``config.json`` records the same
 recipe (:func:`~deftx.pipeline.outputs.earlier_seeds`): seeds run a few at a time build one table.
 
@@ -33,7 +34,8 @@ Protocol names in the tables:
 * ``americasnli leave-languages-out`` — no English/Spanish NLI training set exists offline,
   so the task is trained on the pooled *dev* sets of some AmericasNLI languages and tested
   on the *test* sets of the held-out ones, each with its language SFT from AmericasNLP 2021
-  text; not the paper's protocol (which trains on English MultiNLI).
+  ``americasnlp_text_splits`` text (default train+dev, never test); not the paper's protocol
+  (which trains on English MultiNLI).
 """
 
 from __future__ import annotations
@@ -60,7 +62,13 @@ from deftx.eval.zero_shot import (
 from deftx.models.classifier import build_classifier
 from deftx.pipeline.config import BASELINE, NO_LANGUAGE_SFT, PipelineConfig
 from deftx.pipeline.head import americasnlp_texts, ensure_head, language_texts
-from deftx.pipeline.heldout import HeldoutScorer, has_heldout_text, nusax_languages, trained_languages
+from deftx.pipeline.heldout import (
+    AMERICASNLP,
+    HeldoutScorer,
+    has_heldout_text,
+    nusax_languages,
+    trained_languages,
+)
 from deftx.pipeline.layout import ANLI_TASK_NAME
 from deftx.pipeline.outputs import earlier_seeds, kept_seeds_note, reused_steps_note, write_outputs
 from deftx.pipeline.steps import full_finetune, language_sfts, nusax_train_examples, task_sfts
@@ -157,14 +165,14 @@ def run_nusax_seed(ws: Workspace, seed: int, head_file: Path) -> Iterator[list[E
         yield rows
 
 
-def heldout_seed(scorer: HeldoutScorer, seed: int) -> list[dict[str, Any]]:
-    """The held-out masked-LM records of the NusaX language SFTs ``seed`` trained under the scorer's
-    workspace (targets, then sources)."""
+def heldout_seed(scorer: HeldoutScorer, seed: int, languages: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """The held-out masked-LM records of the language SFTs ``seed`` trained under the scorer's workspace
+    on the scorer's corpus, of ``languages`` that have one (default: the NusaX targets, then sources)."""
     ws = scorer.ws
-    trained = set(trained_languages(ws.config, seed))
+    trained = set(trained_languages(ws.config, seed, scorer.corpus))
     records = []
     with ws.timer("held-out mlm"):
-        for language in nusax_languages(ws.config):
+        for language in nusax_languages(ws.config) if languages is None else languages:
             if language in trained:
                 for record in scorer.records(seed, language):
                     records.append(record)
@@ -222,8 +230,9 @@ def run_pipeline(config: PipelineConfig, *, log: Callable[[str], None] = print,
     Args:
         overwrite: retrain the steps whose recorded identity differs from this config's
             (default: refuse them, naming what changed; see :mod:`deftx.train.identity`).
-        heldout: score each seed's NusaX language SFTs on the MT text left out of
-            ``language_text_splits``, if any (:func:`heldout_seed`: heldout.csv, a results.md section).
+        heldout: score each seed's language SFTs on the text left out of ``language_text_splits``
+            (NusaX MT) or ``americasnlp_text_splits`` (AmericasNLP 2021), if any (:func:`heldout_seed`:
+            heldout.csv, a results.md section).
     """
     start = time.perf_counter()
     ws = Workspace.open(config, log)
@@ -248,9 +257,11 @@ def run_pipeline(config: PipelineConfig, *, log: Callable[[str], None] = print,
     recorded = {**to_plain(config), "seeds": sorted({*earlier.seeds, *config.seeds}), "device": ws.device}
     (ws.results_dir / "config.json").write_text(json.dumps(recorded, indent=2) + "\n")
     head_file = ensure_head(ws)
-    scorer = None
+    scorer = anli_scorer = None
     if heldout and config.runs_nusax and has_heldout_text(config):
         scorer = HeldoutScorer(ws, head_file).prepare(nusax_languages(config))
+    if heldout and config.americasnli is not None and has_heldout_text(config, AMERICASNLP):
+        anli_scorer = HeldoutScorer(ws, head_file, corpus=AMERICASNLP).prepare(config.americasnli.test_languages)
     rows: list[EvalRow] = list(earlier.rows)
     for seed in config.seeds:
         if config.runs_nusax:
@@ -262,6 +273,8 @@ def run_pipeline(config: PipelineConfig, *, log: Callable[[str], None] = print,
                 write_outputs(ws, rows, time.perf_counter() - start, command)
         if config.americasnli is not None:
             rows += run_anli_seed(ws, seed, head_file)
+            if anli_scorer is not None:
+                ws.heldout += heldout_seed(anli_scorer, seed, config.americasnli.test_languages)
             write_outputs(ws, rows, time.perf_counter() - start, command)
     if store is not None:
         ws.notes.append(reused_steps_note(store.attached, config.step_store))

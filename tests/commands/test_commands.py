@@ -114,6 +114,9 @@ def test_pipeline_end_to_end_on_a_tiny_model(pipeline_run, capsys):
     assert {("full-ft", "bzd", "leave-languages-out"), ("deft-x", "bzd", "leave-languages-out")} <= anli
     text = (results / "results.md").read_text()
     assert "buginese: no NusaX test split" in text and "| **avg** |" in text
+    assert ("Held-out masked-LM check: none — the AmericasNLI language SFTs trained on every AmericasNLP 2021 split "
+            "but test (americasnlp_text_splits: train+dev)") in text
+    assert "language SFT text: AmericasNLP 2021 train+dev of each test language" in text
     assert (results / "results.png").is_file() and (results / "overlap.csv").is_file()
     assert list((results / "logs").rglob("log.jsonl"))
     lang = SparseDiff.load(tmp / "run" / "seed-0" / "lang" / "madurese" / "deft-x" / "sft.safetensors")

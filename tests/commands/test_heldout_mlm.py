@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
 from deftx.cli import main
-from deftx.data import default_data_dir, nusax
+from deftx.data import americasnlp, default_data_dir, nusax
 from deftx.eval.language import heldout_table
 from deftx.pipeline.config import load_config
-from deftx.pipeline.heldout import heldout_batches
+from deftx.pipeline.head import head_texts
+from deftx.pipeline.heldout import AMERICASNLP, heldout_batches, heldout_texts
 from deftx.pipeline.workspace import Workspace
 from tests.commands.test_commands import tiny_config
 
@@ -99,7 +103,7 @@ def test_the_heldout_text_is_the_valid_split_the_sft_did_not_train_on(trained):
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--languages", "buginese"], "no language SFT of buginese for seed 0"),
-    (["--seeds", "3"], "no language SFT under"),
+    (["--seeds", "3"], "no NusaX MT language SFT under"),
     (["--output-dir", "{tmp}/absent"], "does not exist: nothing trained there to score"),
 ])
 def test_missing_sfts_are_one_clear_error(trained, monkeypatch, capsys, args, message):
@@ -230,3 +234,80 @@ def test_missing_heldout_text_fails_the_pipeline_before_any_training(tmp_path, t
     assert "mt/valid.csv does not exist" in capsys.readouterr().err
     assert not (tmp_path / "run" / "seed-0").exists(), "nothing trained"
     assert main(["pipeline", config, "--quiet", "--no-heldout", "--dry-run"]) == 0
+
+
+@pytest.fixture(scope="module")
+def trained_anli(tmp_path_factory, tiny_model_dir):
+    """A tiny config whose bzd AmericasNLI language SFT trained on AmericasNLP 2021 train text only."""
+    tmp = tmp_path_factory.mktemp("heldout-anli")
+    config = write_config(tmp, tiny_model_dir, americasnlp_text_splits=["train"])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DEFTX_CACHE", str(tmp / "cache"))
+        with contextlib.redirect_stdout(io.StringIO()) as out:
+            assert main(["train-lang", config, "--americasnlp", "--language", "bzd"]) == 0
+    return tmp, config, out.getvalue()
+
+
+def test_americasnli_sfts_train_on_americasnlp_train_and_are_scored_on_its_dev_text(trained_anli, monkeypatch,
+                                                                                     capsys):
+    tmp, config, log = trained_anli
+    monkeypatch.setenv("DEFTX_CACHE", str(tmp / "cache"))
+    ws = Workspace.open(load_config(config))
+    train = americasnlp.load_text(ws.data_dir, "bzd", ["train"])
+    dev = americasnlp.load_text(ws.data_dir, "bzd", ["dev"])
+    assert f"language SFT bzd: {len(train)} sentences" in log, "trained on the train split only"
+    assert heldout_texts(ws, "bzd", AMERICASNLP) == dev and set(dev) - set(train)
+
+    assert main(["heldout-mlm", config, "--americasnlp", "--scales", "1", "--csv", str(tmp / "anli.csv")]) == 0
+    assert "held-out text: AmericasNLP 2021 dev, masks of seed 0" in capsys.readouterr().out
+    rows = read_rows(tmp / "anli.csv")
+    assert [(r["seed"], r["language"], r["method"], r["scale"]) for r in rows] == [
+        ("0", "bzd", "θ0", "0.0"), ("0", "bzd", "lt-sft", "1.0")]
+    masked = sum(int((b["labels"] != -100).sum()) for b in heldout_batches(ws, "bzd", corpus=AMERICASNLP))
+    assert [int(r["masked_tokens"]) for r in rows] == [masked, masked] and masked > 0
+    assert rows[1]["loss"] != rows[0]["loss"], "the SFT is added"
+
+
+@pytest.mark.parametrize(("args", "overrides", "message"), [
+    (["--americasnlp", "--languages", "tar"], {},
+     "train it first: deftx train-lang CONFIG --americasnlp --language tar"),
+    ([], {}, "no NusaX MT language SFT under"),
+    (["--americasnlp"], {"americasnlp_text_splits": ["train", "dev"]},
+     "americasnlp_text_splits ['train', 'dev'] covers every AmericasNLP 2021 split but test"),
+    (["--americasnlp", "--variant", "x"], {}, "--variant and --americasnlp exclude each other"),
+])
+def test_americasnli_heldout_errors_are_clear(trained_anli, tmp_path, monkeypatch, capsys, args, overrides,
+                                              message):
+    tmp, config, _ = trained_anli
+    monkeypatch.setenv("DEFTX_CACHE", str(tmp / "cache"))
+    if overrides:
+        settings = yaml.safe_load(Path(config).read_text())
+        config = str(tmp_path / "other.yaml")
+        (tmp_path / "other.yaml").write_text(yaml.safe_dump({**settings, **overrides}))
+    assert main(["heldout-mlm", config, *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.startswith("deftx heldout-mlm: error:")
+
+
+def test_the_mlm_heads_americasnlp_text_follows_americasnlp_text_splits(tmp_path, tiny_model_dir):
+    config = write_config(tmp_path, tiny_model_dir, americasnlp_text_splits=["train"],
+                          mlm_head={"steps": 2, "batch_size": 8, "seq_len": 32, "texts": ["americasnlp"]})
+    ws = Workspace.open(load_config(config))
+    texts = head_texts(ws)["americasnlp"]
+    assert texts == [text for code in americasnlp.FOLDERS for text in americasnlp.load_text(ws.data_dir, code, "train")]
+    with_dev = Workspace.open(load_config(write_config(tmp_path, tiny_model_dir, mlm_head={"texts": ["americasnlp"]})))
+    assert len(head_texts(with_dev)["americasnlp"]) > len(texts)
+
+
+def test_the_pipeline_scores_its_americasnli_language_sfts_as_the_command_does(tmp_path, tiny_model_dir,
+                                                                               monkeypatch):
+    monkeypatch.setenv("DEFTX_CACHE", str(tmp_path / "cache"))
+    config = write_config(tmp_path, tiny_model_dir, targets=[], baseline=False, americasnlp_text_splits=["train"])
+    assert main(["pipeline", config, "--quiet"]) == 0
+    rows = read_rows(tmp_path / "results" / "heldout.csv")
+    assert {(r["language"], r["method"]) for r in rows} == {("bzd", "θ0"), ("bzd", "lt-sft")}
+    assert main(["heldout-mlm", config, "--americasnlp", "--csv", str(tmp_path / "command.csv")]) == 0
+    assert keyed(rows) == keyed(read_rows(tmp_path / "command.csv"))
+    report = (tmp_path / "results" / "results.md").read_text()
+    assert "Held-out masked-LM check (`heldout.csv`)" in report and "AmericasNLP 2021 dev text" in report
+    assert "\n".join(heldout_table(rows, "language", "loss_change", [])) in report

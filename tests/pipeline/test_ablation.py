@@ -596,4 +596,8 @@ def test_later_settings_enter_the_identity_away_from_their_earlier_value(tmp_pat
     assert "device" not in identity and "arguments" not in identity["training"]
     assert run_identity(on_cuda.variants["a"])["device"] == "cuda"
     assert run_identity(with_arguments.variants["a"])["training"]["arguments"] == {"dataloader_num_workers": 2}
-    assert len({plain.hashes["a"], on_cuda.hashes["a"], with_arguments.hashes["a"]}) == 3
+    train_text = parse_ablation(ablation_raw(tmp_path, {**BASE, "device": "cpu", "americasnlp_text_splits": ["train"]},
+                                             {"a": {}}))
+    assert "americasnlp_text_splits" not in identity
+    assert run_identity(train_text.variants["a"])["americasnlp_text_splits"] == ["train"]
+    assert len({plain.hashes["a"], on_cuda.hashes["a"], with_arguments.hashes["a"], train_text.hashes["a"]}) == 4
