@@ -8,11 +8,9 @@
 set -e
 CONFIG=results/language-heldout-americasnli/configs/americasnli-train-text.yaml
 bash results/language-heldout-americasnli/run-language-sfts.sh
-for seed in 0 1 2; do
-  deftx heldout-mlm $CONFIG --americasnlp --seeds $seed --languages bzd cni hch oto tar \
-      --csv results/language-heldout-americasnli/heldout-seed-$seed.csv
-done
-python results/language-heldout-americasnli/summary.py results/language-heldout-americasnli/heldout-seed-*.csv \
+deftx heldout-mlm $CONFIG --americasnlp --seeds 0 1 2 --languages bzd cni hch oto tar --scales 1 \
+    --csv results/language-heldout-americasnli/heldout.csv
+python results/language-heldout-americasnli/summary.py results/language-heldout-americasnli/heldout.csv \
     > results/language-heldout-americasnli/summary.md
 python results/language-heldout-final/norm_matched.py $CONFIG 0 1 2 --americasnlp --languages bzd cni hch oto tar \
     > results/language-heldout-americasnli/norm-matched.md

@@ -1,6 +1,6 @@
 """Held-out tables of the AmericasNLI language SFTs from heldout CSVs (from the repository root):
 
-    python results/language-heldout-americasnli/summary.py results/language-heldout-americasnli/heldout-seed-*.csv
+    python results/language-heldout-americasnli/summary.py results/language-heldout-americasnli/heldout.csv
 
 Per language, then over the five languages: θ0's loss, each method's fall of the loss from θ0's and
 masked-token accuracy (mean ± sd over seeds), and the paired DeFT-X − LT-SFT columns, as
