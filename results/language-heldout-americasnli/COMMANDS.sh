@@ -12,5 +12,5 @@ deftx heldout-mlm $CONFIG --americasnlp --seeds 0 1 2 --languages bzd cni hch ot
     --csv results/language-heldout-americasnli/heldout.csv
 python results/language-heldout-americasnli/summary.py results/language-heldout-americasnli/heldout.csv \
     > results/language-heldout-americasnli/summary.md
-python results/language-heldout-final/norm_matched.py $CONFIG 0 1 2 --americasnlp --languages bzd cni hch oto tar \
-    > results/language-heldout-americasnli/norm-matched.md
+python results/language-heldout-final/norm_matched.py $CONFIG 0 --americasnlp --languages bzd cni hch oto tar \
+    > results/language-heldout-americasnli/norm-matched-seed-0.md
