@@ -78,8 +78,8 @@ def heldout_splits(ws: Workspace, corpus: str = NUSAX) -> tuple[str, ...]:
         key = SPLITS_KEYS[corpus]
         raise ValueError(
             f"{key} {list(trained_splits(ws.config, corpus))} covers every {CORPUS_NAMES[corpus]} split but test: "
-            f"no held-out text to score language SFTs on (train them on {key}: [train] to keep "
-            f"{'+'.join(_ALL_SPLITS[corpus][1:])} out)"
+            f"no held-out text to score language SFTs on (set {key}: [train] to keep "
+            f"{'+'.join(split for split in _ALL_SPLITS[corpus] if split != 'train')} out)"
         )
     return splits
 
