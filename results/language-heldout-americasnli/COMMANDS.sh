@@ -14,3 +14,9 @@ python results/language-heldout-americasnli/summary.py results/language-heldout-
     > results/language-heldout-americasnli/summary.md
 python results/language-heldout-final/norm_matched.py $CONFIG 0 --americasnlp --languages bzd cni hch oto tar \
     > results/language-heldout-americasnli/norm-matched-seed-0.md
+# Session 20 (NOTES.md, "Seeds 3-4 and scale 1.25"): seeds 3-4, then seeds 0-4 at scales 1 and 1.25.
+SEEDS="3 4" bash results/language-heldout-americasnli/run-language-sfts.sh
+deftx heldout-mlm $CONFIG --americasnlp --seeds 0 1 2 3 4 --languages bzd cni hch oto tar --scales 1 1.25 \
+    --csv results/language-heldout-americasnli/heldout-5-seeds.csv
+python results/language-heldout-americasnli/summary.py results/language-heldout-americasnli/heldout-5-seeds.csv \
+    > results/language-heldout-americasnli/summary-5-seeds.md

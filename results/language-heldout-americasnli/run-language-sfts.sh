@@ -1,6 +1,6 @@
 #!/bin/bash
 # Language SFTs of the five AmericasNLI test languages on AmericasNLP 2021 train text only
-# (configs/americasnli-train-text.yaml), seeds 0-2, one at a time. The first call warms up the MLM
+# (configs/americasnli-train-text.yaml), seeds 0-2 (SEEDS: others), one at a time. The first call warms up the MLM
 # head (no AmericasNLP dev text). OUT: where runs/ and the train-times file go (default: here, the
 # repository root); extra arguments go to deftx train-lang (e.g. --output-dir).
 OUT=${OUT:-.}
