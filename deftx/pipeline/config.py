@@ -80,7 +80,13 @@ from deftx.train.language import HeadWarmUp
 from deftx.train.trainer_args import TrainingSettings, trainer_argument_names
 
 EVAL_SPLITS = ("test", "valid")
-HEAD_CORPORA = ("nusax", "americasnlp")
+NUSAX = "nusax"
+"""The text corpus of NusaX language SFTs: NusaX MT text."""
+AMERICASNLP = "americasnlp"
+"""The text corpus of AmericasNLI language SFTs: AmericasNLP 2021 text."""
+HEAD_CORPORA = (NUSAX, AMERICASNLP)
+TEXT_SPLITS_KEYS = {NUSAX: "language_text_splits", AMERICASNLP: "americasnlp_text_splits"}
+"""Text corpus -> the config key naming the splits of it that language SFTs and the MLM head train on."""
 DEVICES = ("auto", "cpu", "cuda")
 BASELINE = "full-ft"
 """The full fine-tuning baseline's method name in the tables (no method may take it)."""
@@ -178,6 +184,13 @@ class PipelineConfig:
         """The composition scales of the language SFT (one, or the swept list)."""
         scale = self.language_scale
         return tuple(float(s) for s in scale) if isinstance(scale, (list, tuple)) else (float(scale),)
+
+    def text_splits(self, corpus: str) -> tuple[str, ...]:
+        """The splits of text ``corpus`` (:data:`NUSAX` or :data:`AMERICASNLP`) that language SFTs and the MLM
+        head train on: the value of its :data:`TEXT_SPLITS_KEYS` key."""
+        if corpus not in TEXT_SPLITS_KEYS:
+            raise ValueError(f"unknown text corpus {corpus!r}: expected one of {list(TEXT_SPLITS_KEYS)}")
+        return getattr(self, TEXT_SPLITS_KEYS[corpus])
 
     def denoised_pairs(self) -> tuple[tuple[str, str], ...]:
         """(denoised, magnitude) method pairs: each method with a :class:`DenoiseConfig` (DeFT-X) against each

@@ -22,7 +22,7 @@ import torch
 from deftx.data import americasnlp, nusax
 from deftx.eval.language import HeldoutRow, heldout_records, score_language_sfts
 from deftx.models.mlm import FrozenDecoderMLM, build_mlm_model
-from deftx.pipeline.config import PipelineConfig
+from deftx.pipeline.config import AMERICASNLP, NUSAX, TEXT_SPLITS_KEYS, PipelineConfig
 from deftx.pipeline.layout import SeedLayout, branch_file
 from deftx.pipeline.workspace import Workspace
 from deftx.sft import SparseDiff
@@ -32,27 +32,14 @@ MASK_SEED = 0
 """Default seed of the held-out masks: one set of masks for every seed, method and scale of a run."""
 HELDOUT_CSV = "heldout.csv"
 """The held-out rows a pipeline or ablation writes beside its results (:func:`~deftx.eval.language.heldout_records`)."""
-NUSAX = "nusax"
-"""The corpus of NusaX language SFTs: NusaX MT text."""
-AMERICASNLP = "americasnlp"
-"""The corpus of AmericasNLI language SFTs: AmericasNLP 2021 text."""
 CORPUS_NAMES = {NUSAX: "NusaX MT", AMERICASNLP: "AmericasNLP 2021"}
 """Corpus -> its name in reports."""
-SPLITS_KEYS = {NUSAX: "language_text_splits", AMERICASNLP: "americasnlp_text_splits"}
-"""Corpus -> the config key naming the splits of it that language SFTs and the MLM head train on."""
 _ALL_SPLITS = {NUSAX: nusax.MT_SPLITS, AMERICASNLP: americasnlp.SPLITS}
-
-
-def trained_splits(config: PipelineConfig, corpus: str = NUSAX) -> tuple[str, ...]:
-    """The splits of ``corpus`` that ``config``'s language SFTs and MLM head train on."""
-    if corpus not in SPLITS_KEYS:
-        raise ValueError(f"unknown corpus {corpus!r}: expected one of {list(SPLITS_KEYS)}")
-    return getattr(config, SPLITS_KEYS[corpus])
 
 
 def left_out_splits(config: PipelineConfig, corpus: str = NUSAX) -> tuple[str, ...]:
     """The splits of ``corpus`` (never test) left out of ``config``'s training text of that corpus."""
-    trained = trained_splits(config, corpus)
+    trained = config.text_splits(corpus)
     return tuple(split for split in _ALL_SPLITS[corpus] if split not in trained)
 
 
@@ -75,9 +62,9 @@ def heldout_splits(ws: Workspace, corpus: str = NUSAX) -> tuple[str, ...]:
     """The splits of ``corpus`` no language SFT or MLM head of ``ws`` trained on (ValueError when none)."""
     splits = left_out_splits(ws.config, corpus)
     if not splits:
-        key = SPLITS_KEYS[corpus]
+        key = TEXT_SPLITS_KEYS[corpus]
         raise ValueError(
-            f"{key} {list(trained_splits(ws.config, corpus))} covers every {CORPUS_NAMES[corpus]} split but test: "
+            f"{key} {list(ws.config.text_splits(corpus))} covers every {CORPUS_NAMES[corpus]} split but test: "
             f"no held-out text to score language SFTs on (set {key}: [train] to keep "
             f"{'+'.join(split for split in _ALL_SPLITS[corpus] if split != 'train')} out)"
         )
@@ -137,24 +124,46 @@ def score_heldout(model: FrozenDecoderMLM, sft_files: Mapping[str, Path], scales
     return score_language_sfts(model, sfts, scales, batches)
 
 
+class _ThetaZeroMLM:
+    """θ0's body on ``ws.device`` with the MLM head in ``head_file``, built on the first call and then kept."""
+
+    def __init__(self, ws: Workspace, head_file: Path) -> None:
+        self.ws = ws
+        self.head_file = head_file
+        self._model: FrozenDecoderMLM | None = None
+
+    def __call__(self) -> FrozenDecoderMLM:
+        if self._model is None:
+            self._model = build_mlm_model(self.ws.model_dir, head_state=self.head_file).to(self.ws.device)
+        return self._model
+
+
 class HeldoutScorer:
     """The held-out check of one workspace's language SFTs on one ``corpus``, seed by seed.
 
     The MLM model (θ0's body on ``ws.device`` with the MLM head in ``head_file``) is built on first
-    use and each language's masked batches (:func:`heldout_batches`, masks drawn from ``mask_seed``) are
-    made once, so every seed and method of a run is scored against the same masks.
+    use, once for this scorer and those :meth:`for_corpus` makes from it, and each language's masked
+    batches (:func:`heldout_batches`, masks drawn from ``mask_seed``) are made once, so every seed and
+    method of a run is scored against the same masks.
     """
 
     def __init__(self, ws: Workspace, head_file: Path, scales: Sequence[float] | None = None,
                  mask_seed: int = MASK_SEED, corpus: str = NUSAX) -> None:
-        trained_splits(ws.config, corpus)
+        ws.config.text_splits(corpus)
         self.ws = ws
         self.head_file = head_file
         self.scales = tuple(scales) if scales else default_scales(ws.config)
         self.mask_seed = mask_seed
         self.corpus = corpus
         self._batches: dict[str, list[dict[str, torch.Tensor]]] = {}
-        self._model: FrozenDecoderMLM | None = None
+        self._model = _ThetaZeroMLM(ws, head_file)
+
+    def for_corpus(self, corpus: str) -> HeldoutScorer:
+        """A scorer of the same workspace, head, scales and mask seed on ``corpus``, sharing this one's MLM
+        model (built once for both)."""
+        scorer = HeldoutScorer(self.ws, self.head_file, self.scales, self.mask_seed, corpus)
+        scorer._model = self._model
+        return scorer
 
     def batches(self, language: str) -> list[dict[str, torch.Tensor]]:
         """``language``'s held-out batches, made on the first call (ValueError when it has no held-out text)."""
@@ -170,10 +179,8 @@ class HeldoutScorer:
         return self
 
     def model(self) -> FrozenDecoderMLM:
-        """θ0 with the run's MLM head, built on the first call."""
-        if self._model is None:
-            self._model = build_mlm_model(self.ws.model_dir, head_state=self.head_file).to(self.ws.device)
-        return self._model
+        """θ0 with the run's MLM head, built on the first call of this scorer or one sharing its model."""
+        return self._model()
 
     def records(self, seed: int, language: str, sft_files: Mapping[str, Path] | None = None) -> list[dict[str, Any]]:
         """θ0 and each method's language SFT of ``seed`` at every scale (:func:`~deftx.eval.language.heldout_records`).

@@ -21,18 +21,18 @@ from deftx.eval.report import (
     write_csv,
 )
 from deftx.eval.zero_shot import EvalRow
-from deftx.pipeline.config import BASELINE, NO_LANGUAGE_SFT, ConfigError, PipelineConfig, parse_config
-from deftx.pipeline.head import head_report_line
-from deftx.pipeline.heldout import (
+from deftx.pipeline.config import (
     AMERICASNLP,
-    CORPUS_NAMES,
-    HELDOUT_CSV,
+    BASELINE,
+    NO_LANGUAGE_SFT,
     NUSAX,
-    SPLITS_KEYS,
-    has_heldout_text,
-    left_out_splits,
-    trained_splits,
+    TEXT_SPLITS_KEYS,
+    ConfigError,
+    PipelineConfig,
+    parse_config,
 )
+from deftx.pipeline.head import head_report_line
+from deftx.pipeline.heldout import CORPUS_NAMES, HELDOUT_CSV, has_heldout_text, left_out_splits
 from deftx.pipeline.identity import run_identity
 from deftx.pipeline.layout import SeedLayout
 from deftx.pipeline.workspace import Workspace
@@ -125,10 +125,10 @@ def heldout_corpora(config: PipelineConfig) -> list[str]:
 
 def no_heldout_line(config: PipelineConfig, corpus: str) -> str:
     """The results.md line saying that ``corpus``'s language SFTs left no text of their language out."""
-    name, key = CORPUS_NAMES[corpus], SPLITS_KEYS[corpus]
+    name, key = CORPUS_NAMES[corpus], TEXT_SPLITS_KEYS[corpus]
     whose = "the language SFTs" if corpus == NUSAX else "the AmericasNLI language SFTs"
     return (f"Held-out masked-LM check: none — {whose} trained on every {name} split but test ({key}: "
-            + "+".join(trained_splits(config, corpus)) + "), so no text of their language is left that they did "
+            + "+".join(config.text_splits(corpus)) + "), so no text of their language is left that they did "
             "not see.")
 
 

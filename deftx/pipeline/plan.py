@@ -15,12 +15,15 @@ import torch
 from transformers import TrainingArguments
 
 from deftx.data import default_data_dir, nusax
-from deftx.pipeline.config import PipelineConfig
+from deftx.pipeline.config import AMERICASNLP, NUSAX, PipelineConfig
 from deftx.pipeline.layout import SHARED_RUN, SeedLayout, branch_file, task_run_name
 from deftx.pipeline.workspace import E5_NAMES, requested_device, training_settings
 from deftx.train.config import PhaseConfig
 from deftx.train.task import BASELINE_FILE
 from deftx.train.trainer_args import PHASE_ARGUMENTS, TrainingSettings, training_arguments
+
+TEXT_NAMES = {NUSAX: "NusaX", AMERICASNLP: "AmericasNLP"}
+"""Text corpus -> its short name in the plan."""
 
 
 def _status(done: bool) -> str:
@@ -149,9 +152,7 @@ def plan_lines(config: PipelineConfig) -> list[str]:
     settings = training_settings(config, requested_device(config), config.seeds[0])
     lines += [f"  {key} = {value!r}" for key, value in changed_arguments(settings, output / "trainer").items()]
     head = config.mlm_head
-    splits = {"nusax": f"NusaX {'+'.join(config.language_text_splits)}",
-              "americasnlp": f"AmericasNLP {'+'.join(config.americasnlp_text_splits)}"}
-    corpora = ", ".join(splits[corpus] for corpus in head.texts if corpus in splits)
+    corpora = ", ".join(f"{TEXT_NAMES[corpus]} {'+'.join(config.text_splits(corpus))}" for corpus in head.texts)
     lines.append(f"1. MLM head warm-up: {head.steps} steps on {'+'.join(head.texts)} text ({corpora}); cached by "
                  "model, text and settings: an earlier run's head is reused only where all three are equal")
     candidates = list(dict.fromkeys([*config.targets, *config.sources])) if config.runs_nusax else []

@@ -257,19 +257,20 @@ def run_pipeline(config: PipelineConfig, *, log: Callable[[str], None] = print,
     recorded = {**to_plain(config), "seeds": sorted({*earlier.seeds, *config.seeds}), "device": ws.device}
     (ws.results_dir / "config.json").write_text(json.dumps(recorded, indent=2) + "\n")
     head_file = ensure_head(ws)
-    scorer = anli_scorer = None
+    scorer = HeldoutScorer(ws, head_file)
+    nusax_scorer = anli_scorer = None
     if heldout and config.runs_nusax and has_heldout_text(config):
-        scorer = HeldoutScorer(ws, head_file).prepare(nusax_languages(config))
+        nusax_scorer = scorer.prepare(nusax_languages(config))
     if heldout and config.americasnli is not None and has_heldout_text(config, AMERICASNLP):
-        anli_scorer = HeldoutScorer(ws, head_file, corpus=AMERICASNLP).prepare(config.americasnli.test_languages)
+        anli_scorer = scorer.for_corpus(AMERICASNLP).prepare(config.americasnli.test_languages)
     rows: list[EvalRow] = list(earlier.rows)
     for seed in config.seeds:
         if config.runs_nusax:
             for source_rows in run_nusax_seed(ws, seed, head_file):
                 rows += source_rows
                 write_outputs(ws, rows, time.perf_counter() - start, command)
-            if scorer is not None:
-                ws.heldout += heldout_seed(scorer, seed)
+            if nusax_scorer is not None:
+                ws.heldout += heldout_seed(nusax_scorer, seed)
                 write_outputs(ws, rows, time.perf_counter() - start, command)
         if config.americasnli is not None:
             rows += run_anli_seed(ws, seed, head_file)

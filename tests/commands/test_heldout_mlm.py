@@ -16,6 +16,7 @@ import yaml
 from deftx.cli import main
 from deftx.data import americasnlp, default_data_dir, nusax
 from deftx.eval.language import heldout_table
+from deftx.pipeline import heldout
 from deftx.pipeline.config import load_config
 from deftx.pipeline.head import head_texts
 from deftx.pipeline.heldout import AMERICASNLP, heldout_batches, heldout_texts
@@ -311,3 +312,26 @@ def test_the_pipeline_scores_its_americasnli_language_sfts_as_the_command_does(t
     report = (tmp_path / "results" / "results.md").read_text()
     assert "Held-out masked-LM check (`heldout.csv`)" in report and "AmericasNLP 2021 dev text" in report
     assert "\n".join(heldout_table(rows, "language", "loss_change", [])) in report
+
+
+def test_a_pipeline_scoring_both_corpora_builds_the_theta0_mlm_model_once(tmp_path, tiny_model_dir, monkeypatch):
+    """NusaX targets and AmericasNLI test languages both with held-out text: one θ0 MLM model scores both,
+    and heldout.csv holds each corpus's rows as ``deftx heldout-mlm`` computes them."""
+    monkeypatch.setenv("DEFTX_CACHE", str(tmp_path / "cache"))
+    built = []
+    build = heldout.build_mlm_model
+
+    def counted_build(*args, **kwargs):
+        built.append(args)
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(heldout, "build_mlm_model", counted_build)
+    config = write_config(tmp_path, tiny_model_dir, targets=["madurese"], baseline=False,
+                          americasnlp_text_splits=["train"], language_scale=1.0)
+    assert main(["pipeline", config, "--quiet"]) == 0
+    assert len(built) == 1, f"θ0's MLM model built {len(built)} times"
+    rows = read_rows(tmp_path / "results" / "heldout.csv")
+    assert {r["language"] for r in rows} == {"madurese", "indonesian", "bzd"}
+    assert main(["heldout-mlm", config, "--csv", str(tmp_path / "nusax.csv")]) == 0
+    assert main(["heldout-mlm", config, "--americasnlp", "--csv", str(tmp_path / "anli.csv")]) == 0
+    assert keyed(rows) == keyed(read_rows(tmp_path / "nusax.csv") + read_rows(tmp_path / "anli.csv"))

@@ -141,6 +141,13 @@ def test_americasnlp_text_splits_default_to_train_and_dev_and_may_leave_dev_out(
     assert recorded["americasnlp_text_splits"] == ["train", "dev"], "the committed AmericasNLI run's text"
 
 
+def test_text_splits_names_each_corpus_by_its_own_key():
+    config = parse_config({"targets": ["x"], "language_text_splits": ["train"]})
+    assert config.text_splits("nusax") == ("train",) and config.text_splits("americasnlp") == ("train", "dev")
+    with pytest.raises(ValueError, match="unknown text corpus 'nusa'"):
+        config.text_splits("nusa")
+
+
 @pytest.mark.parametrize("raw, match", [
     ({"eval_split": "dev"}, "eval_split"),
     ({"eval_split": ["valid"]}, "eval_split"),
