@@ -20,3 +20,5 @@ deftx heldout-mlm $CONFIG --americasnlp --seeds 0 1 2 3 4 --languages bzd cni hc
     --csv results/language-heldout-americasnli/heldout-5-seeds.csv
 python results/language-heldout-americasnli/summary.py results/language-heldout-americasnli/heldout-5-seeds.csv \
     > results/language-heldout-americasnli/summary-5-seeds.md
+python results/language-heldout-final/norm_matched.py $CONFIG 1 2 3 4 --americasnlp --languages bzd cni hch oto tar \
+    > results/language-heldout-americasnli/norm-matched-seeds-1-4.md
