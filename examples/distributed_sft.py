@@ -24,6 +24,7 @@ from transformers import BertConfig, BertForSequenceClassification
 from deftx.distributed.compose import reshard_fsdp
 from deftx.distributed.train import (
     SFTSettings,
+    exit_distributed,
     full_selection,
     full_state,
     init_distributed,
@@ -177,9 +178,8 @@ def main(argv: list[str]) -> int:
     dist.barrier()
     if args.verify:
         verify(args, model, result, device, rank, world, mesh, denoise)
-    dist.destroy_process_group()
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    exit_distributed(main(sys.argv[1:]))

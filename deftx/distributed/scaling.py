@@ -25,7 +25,6 @@ import datetime
 import math
 import os
 import platform
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -37,6 +36,7 @@ import torch.distributed as dist
 from torch.distributed.tensor import Shard, distribute_tensor, init_device_mesh
 
 from deftx.distributed.topk import sharded_topk_local
+from deftx.distributed.train import exit_distributed
 from deftx.ops import scatter_add_, topk_mask
 from deftx.ops.cost import rsvd as rsvd_cost
 from deftx.perf.shapes import BUILTIN_SHAPE_SETS, LLAMA_2_70B, ShapeSet
@@ -391,10 +391,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(report)
     print(report)
-    if dist.is_initialized():
-        dist.destroy_process_group()
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_distributed(main())

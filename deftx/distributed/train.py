@@ -31,11 +31,13 @@ own gradients, so the adjustments are applied explicitly rather than from gradie
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -73,6 +75,28 @@ def init_distributed() -> tuple[DeviceMesh, torch.device]:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return init_device_mesh(device.type, (dist.get_world_size(),)), device
+
+
+def exit_distributed(code: int) -> NoReturn:
+    """End a ``torchrun`` rank with exit status ``code``: leave the process group, flush, ``os._exit``.
+
+    A rank that simply returns can abort (SIGABRT, exit status -6) after its work has
+    succeeded: gloo's worker threads (``pt_gloo_runloop``) outlive ``destroy_process_group()``,
+    and one may drop the last reference to a finished collective after the main thread has
+    begun Python's interpreter teardown. The tensors it releases own Python objects, so the
+    worker must take the GIL; a thread that asks for it during finalization is ended inside a
+    ``noexcept`` destructor, and the process calls ``std::terminate``. ``os._exit`` skips the
+    teardown (as ``multiprocessing`` ends its forked children). Logging and the standard
+    streams are flushed first; ``atexit`` handlers do not run. Without a process group this
+    is ``sys.exit(code)``.
+    """
+    if not dist.is_initialized():
+        sys.exit(code)
+    dist.destroy_process_group()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def wrap_model(model: nn.Module, strategy: Strategy, mesh: DeviceMesh) -> nn.Module:
