@@ -11,7 +11,7 @@ OLDEST = torch==2.11.0 triton==3.6.0 transformers==5.17.0 accelerate==1.3.0 nump
 	datasets==3.0.0 safetensors==0.8.0 tqdm==4.66.3 pyyaml==6.0.1 matplotlib==3.9.0
 OLDEST_VENV ?= $(CURDIR)/build/oldest-venv
 
-.PHONY: install run test lint bench native clean lock test-oldest gpu-check gpu-carry gpu-study
+.PHONY: install run test lint bench native native-sanitized clean lock test-oldest gpu-check gpu-carry gpu-study
 
 install:
 	PIP_CONSTRAINT=$(LOCK) $(PIP) install --quiet torch==2.13.0
@@ -62,6 +62,16 @@ native:
 		-DDEFTX_NATIVE_OUTPUT=$(CURDIR)/deftx/_native/$$($(PYTHON) -c "import sysconfig; print('deftx_native' + sysconfig.get_config_var('EXT_SUFFIX'))")
 	cmake --build build/native -j
 	echo ok > deftx/_native/BUILD_STATUS.txt
+
+# The native library built with AddressSanitizer and UBSan, beside the installed one (README,
+# "Reliability"); it prints how to run anything against it.
+SANITIZED_DIR ?= $(CURDIR)/build/native-sanitized
+native-sanitized:
+	cmake -S . -B $(SANITIZED_DIR) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=g++ \
+		-DDEFTX_NATIVE_SANITIZE="address;undefined" -DDEFTX_NATIVE_OUTPUT=$(SANITIZED_DIR)/deftx_native_sanitized.so
+	cmake --build $(SANITIZED_DIR) -j
+	@echo 'run with: LD_PRELOAD="$$(g++ -print-file-name=libasan.so) $$(g++ -print-file-name=libubsan.so)"' \
+		'ASAN_OPTIONS=detect_leaks=0 DEFTX_NATIVE_LIBRARY=$(SANITIZED_DIR)/deftx_native_sanitized.so python ...'
 
 clean:
 	rm -rf build deftx/_native/*.so deftx/_native/BUILD_STATUS.txt

@@ -66,6 +66,14 @@ def native_unavailable_reason(op: str) -> str | None:
     return native.unavailable_reason()
 
 
+def _native_origin() -> str:
+    """Where the loaded native library comes from, for ``deftx doctor``."""
+    native = importlib.import_module("deftx.ops.native")
+    if os.environ.get(native.LIBRARY_ENV):
+        return f"native C++ library (OpenMP) from ${native.LIBRARY_ENV} ({native.library_path()})"
+    return "native C++ library (OpenMP) is built"
+
+
 def unavailable_reason(op: str, backend: str, device_type: str) -> str | None:
     """Why ``backend`` cannot run ``op`` on ``device_type`` tensors, or None if it can."""
     op_entry(op)
@@ -92,7 +100,7 @@ def auto_backend(op: str, device_type: str) -> tuple[str, str]:
     if device_type == "cpu":
         reason = unavailable_reason(op, "native", "cpu")
         if reason is None:
-            return "native", "native C++ library (OpenMP) is built"
+            return "native", _native_origin()
         return "torch", reason
     return "torch", f"no accelerated backend for {device_type} tensors"
 

@@ -1,7 +1,8 @@
 """Native CPU backend of deftx: ctypes bindings of the C++17 / OpenMP library built from csrc/.
 
 The library is ``deftx/_native/deftx_native*.so`` (built by ``pip install`` or ``make native``);
-``deftx/_native/BUILD_STATUS.txt`` records why it is missing when the build failed. Every
+``deftx/_native/BUILD_STATUS.txt`` records why it is missing when the build failed.
+``$DEFTX_NATIVE_LIBRARY`` names another build to load instead (``make native-sanitized``'s). Every
 exported function takes raw pointers and sizes and returns a status code, which
 :func:`check_status` turns into a Python exception. The op modules (:mod:`.topk`,
 :mod:`.scatter`, :mod:`.masked_step`) hold the backend functions of the op contract.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +20,11 @@ import torch
 
 ABI_VERSION = 2
 NATIVE_DIR = Path(__file__).resolve().parents[2] / "_native"
+LIBRARY_ENV = "DEFTX_NATIVE_LIBRARY"
+
+# Sanitizer runtimes a build may need (its file names them) -> a symbol they define once loaded.
+# Such a runtime must be in the process before Python starts (LD_PRELOAD), or loading aborts it.
+_PRELOADED_RUNTIMES: dict[bytes, str] = {b"libasan.so": "__asan_init", b"libtsan.so": "__tsan_init"}
 
 # Element type codes of the C ABI (csrc/common.h, enum DType).
 DTYPE_CODES: dict[torch.dtype, int] = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
@@ -60,9 +67,23 @@ class NativeUnavailableError(RuntimeError):
 
 
 def library_path() -> Path | None:
-    """Path of the built shared library in ``deftx/_native``, or None if there is none."""
+    """Path of the library to load: ``$DEFTX_NATIVE_LIBRARY`` when set, else the built one in
+    ``deftx/_native``, or None if there is none."""
+    override = os.environ.get(LIBRARY_ENV)
+    if override:
+        return Path(override)
     candidates = sorted(NATIVE_DIR.glob("deftx_native*.so"))
     return candidates[0] if candidates else None
+
+
+def _absent_runtime(path: Path) -> str | None:
+    """The sanitizer runtime ``path`` needs and this process has not loaded, or None."""
+    content = path.read_bytes()
+    process = ctypes.CDLL(None)
+    for runtime, symbol in _PRELOADED_RUNTIMES.items():
+        if runtime in content and not hasattr(process, symbol):
+            return runtime.decode()
+    return None
 
 
 def _missing_library_reason() -> str:
@@ -86,6 +107,14 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
     path = library_path()
     if path is None:
         return None, _missing_library_reason()
+    if not path.is_file():
+        return None, f"${LIBRARY_ENV} names {path}, which is not a file"
+    runtime = _absent_runtime(path)
+    if runtime is not None:
+        return None, (
+            f"native library {path.name} is a sanitized build: start Python with LD_PRELOAD naming "
+            f"{runtime} (README, Reliability)"
+        )
     try:
         lib = ctypes.CDLL(str(path))
     except OSError as err:

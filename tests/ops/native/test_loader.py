@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
-from deftx.ops import native
+from deftx.ops import dispatch, native
 
 
 @pytest.fixture
-def fresh_loader():
-    """Forget the cached library before and after the test (which may monkeypatch paths)."""
+def fresh_loader(monkeypatch):
+    """Forget the cached library before and after the test (which may monkeypatch paths), and
+    load the built library whatever ``$DEFTX_NATIVE_LIBRARY`` says."""
+    monkeypatch.delenv(native.LIBRARY_ENV, raising=False)
     native._load.cache_clear()
     yield
     native._load.cache_clear()
@@ -56,3 +60,35 @@ def test_nonzero_status_raises(status, error):
 
 def test_zero_status_passes():
     native.check_status(0, "deftx_fn")
+
+
+def test_the_environment_names_another_build(tmp_path, monkeypatch, fresh_loader):
+    if native.library_path() is None:
+        pytest.skip("native library not built")
+    other = tmp_path / "deftx_native_other.so"
+    shutil.copyfile(native.library_path(), other)
+    monkeypatch.setenv(native.LIBRARY_ENV, str(other))
+    assert native.library_path() == other
+    assert native.unavailable_reason() is None
+    assert dispatch.auto_backend("topk", "cpu") == (
+        "native", f"native C++ library (OpenMP) from $DEFTX_NATIVE_LIBRARY ({other})"
+    )
+
+
+def test_the_environment_naming_no_file_is_a_reason(tmp_path, monkeypatch, fresh_loader):
+    monkeypatch.setenv(native.LIBRARY_ENV, str(tmp_path / "absent.so"))
+    assert native.unavailable_reason() == f"$DEFTX_NATIVE_LIBRARY names {tmp_path / 'absent.so'}, which is not a file"
+    assert dispatch.auto_backend("topk", "cpu")[0] == "torch"
+
+
+def test_a_build_needing_an_absent_runtime_is_refused_before_loading(tmp_path, monkeypatch, fresh_loader):
+    """Loading it would abort the process (the sanitizer runtime must come first), so the file
+    is read for the runtime's name, and the reason says how to start Python instead."""
+    library = tmp_path / "deftx_native_sanitized.so"
+    library.write_bytes(b"\x7fELF not a library, but it names libdeftx-check-rt.so")
+    monkeypatch.setattr(native, "_PRELOADED_RUNTIMES", {b"libdeftx-check-rt.so": "__deftx_check_rt_init"})
+    monkeypatch.setenv(native.LIBRARY_ENV, str(library))
+    reason = native.unavailable_reason()
+    assert reason is not None and "sanitized build" in reason and "LD_PRELOAD naming libdeftx-check-rt.so" in reason
+    with pytest.raises(native.NativeUnavailableError, match="LD_PRELOAD"):
+        native.library()
