@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import deftx.sft.format
 from deftx.files import atomic_write, read_consistent, temp_name
 from deftx.sft import ParamInfo, SparseDiff, SparseDiffFormatError
 
@@ -33,18 +32,19 @@ def same(a: SparseDiff, b: SparseDiff) -> bool:
 
 
 def full_disk_after(nbytes: int):
-    """A safetensors writer that writes ``nbytes`` of the file, then fails like a full disk."""
-    def save_file(tensors, filename, metadata=None):
-        Path(filename).write_bytes(b"\0" * nbytes)
-        raise OSError(errno.ENOSPC, "No space left on device", filename)
-    return save_file
+    """A ``Path.write_bytes`` that writes ``nbytes`` of the file, then fails like a full disk."""
+    def write_bytes(self, data):
+        with open(self, "wb") as file:
+            file.write(bytes(data[:nbytes]))
+        raise OSError(errno.ENOSPC, "No space left on device", str(self))
+    return write_bytes
 
 
 def test_a_save_hitting_a_full_disk_keeps_the_previous_file(tmp_path, monkeypatch):
     path = tmp_path / "sft.safetensors"
     old = diff(1)
     old.save(path)
-    monkeypatch.setattr(deftx.sft.format, "save_file", full_disk_after(100))
+    monkeypatch.setattr(Path, "write_bytes", full_disk_after(100))
     with pytest.raises(OSError, match="No space left"):
         diff(2).save(path)
     assert same(SparseDiff.load(path), old)
@@ -56,11 +56,12 @@ def test_an_interrupted_save_keeps_the_previous_file(tmp_path, monkeypatch):
     old = diff(1)
     old.save(path)
 
-    def interrupted(tensors, filename, metadata=None):
-        Path(filename).write_bytes(b"partial")
+    def interrupted(self, data):
+        with open(self, "wb") as file:
+            file.write(b"partial")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(deftx.sft.format, "save_file", interrupted)
+    monkeypatch.setattr(Path, "write_bytes", interrupted)
     with pytest.raises(KeyboardInterrupt):
         diff(2).save(path)
     assert same(SparseDiff.load(path), old)

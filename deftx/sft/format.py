@@ -33,9 +33,9 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
-from safetensors.torch import save_file
+from safetensors.torch import save as save_safetensors
 
-from deftx.files import FileChangedError, atomic_write, read_consistent
+from deftx.files import FileChangedError, atomic_write_bytes, read_consistent
 from deftx.sft.foreign import describe_folder, describe_foreign_file, describe_foreign_safetensors
 
 FORMAT_NAME = "deftx.sparse_diff"
@@ -120,14 +120,32 @@ def content_digest(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -
     return digest.hexdigest()
 
 
+def canonical_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """The safetensors bytes of ``tensors`` (contiguous) and ``metadata``, equal for equal content.
+
+    safetensors writes ``__metadata__`` in a hash map's order, which changes from one save to the
+    next; here its keys are sorted, so that the same diff always gives the same file (checksums,
+    caches and Hub uploads see no change). The tensor entries and data are safetensors' own.
+    """
+    raw = save_safetensors(tensors, metadata=metadata)
+    length = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + length])
+    entries = {name: entry for name, entry in header.items() if name != "__metadata__"}
+    ordered = {"__metadata__": dict(sorted(header.get("__metadata__", {}).items())), **entries}
+    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)  # the data stays 8-byte aligned, as safetensors pads it
+    return len(text).to_bytes(8, "little") + text + raw[8 + length :]
+
+
 def write_file(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     """Write atomically (see :func:`deftx.files.atomic_write`) with the content digest in the metadata.
 
-    The old file survives any failure (an error, a full disk, a kill).
+    The old file survives any failure (an error, a full disk, a kill); equal content gives equal
+    bytes (:func:`canonical_safetensors`).
     """
     contiguous = {k: v.contiguous() for k, v in tensors.items()}
     signed = {**metadata, DIGEST_FIELD: content_digest(contiguous, metadata)}
-    atomic_write(path, lambda tmp: save_file(contiguous, str(tmp), metadata=signed))
+    atomic_write_bytes(path, canonical_safetensors(contiguous, signed))
 
 
 def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

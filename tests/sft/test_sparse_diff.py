@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -41,6 +43,24 @@ def test_file_is_safetensors_with_int32_indices_and_metadata(tmp_path, model):
     assert meta["format"] == "deftx.sparse_diff" and meta["format_version"] == "1"
     params = json.loads(meta["params"])
     assert params["bert.embeddings.word_embeddings.weight"] == {"shape": [64, 16], "dtype": "float32"}
+
+
+def test_equal_content_gives_equal_bytes_in_this_process_and_another(tmp_path, model):
+    """safetensors alone orders the metadata differently on each save; the files must not differ."""
+    diff = random_sft(model, 80, head=True)
+    paths = [tmp_path / f"sft-{i}.safetensors" for i in range(4)]
+    for path in paths:
+        diff.save(path)
+    SparseDiff.load(paths[0]).save(tmp_path / "again.safetensors")
+    other = tmp_path / "other.safetensors"
+    script = "import sys; from deftx.sft import SparseDiff; SparseDiff.load(sys.argv[1]).save(sys.argv[2])"
+    subprocess.run([sys.executable, "-c", script, str(paths[0]), str(other)], check=True)
+    files = {path.name: path.read_bytes() for path in [*paths, tmp_path / "again.safetensors", other]}
+    assert len(set(files.values())) == 1, sorted(files)
+    length = int.from_bytes(files["other.safetensors"][:8], "little")
+    header = json.loads(files["other.safetensors"][8 : 8 + length])
+    assert list(header["__metadata__"]) == sorted(header["__metadata__"])
+    assert length % 8 == 0
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
