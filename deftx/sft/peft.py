@@ -38,11 +38,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
+from deftx.files import atomic_write_bytes
 from deftx.sft.apply import apply_diffs, check_compatible
-from deftx.sft.format import DTYPE_NAMES, ParamInfo, SparseDiffFormatError, dtype_name
+from deftx.sft.format import DTYPE_NAMES, ParamInfo, SparseDiffFormatError, canonical_safetensors, dtype_name
 from deftx.sft.hub import resolve_folder
 
 if TYPE_CHECKING:
@@ -312,8 +312,9 @@ def to_peft(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / ADAPTER_CONFIG).write_text(json.dumps(adapter_config(plan, diff.base_model), indent=2) + "\n")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / ADAPTER_WEIGHTS),
-              metadata={"format": "pt", METADATA_KEY: json.dumps(record, sort_keys=True)})
+    weights = {k: v.contiguous() for k, v in tensors.items()}
+    metadata = {"format": "pt", METADATA_KEY: json.dumps(record, sort_keys=True)}
+    atomic_write_bytes(folder / ADAPTER_WEIGHTS, canonical_safetensors(weights, metadata))
     return PeftExport(folder, plan, (folder / ADAPTER_WEIGHTS).stat().st_size)
 
 

@@ -142,6 +142,15 @@ def test_layout_matches_peft_own_save(tmp_path, peft, model):
         k: theirs[k] for k in ("peft_type", "r", "mask_type", "fan_in_fan_out")}
 
 
+def test_the_same_diff_exports_the_same_bytes(tmp_path, model):
+    diff = random_diff(model, 400, head=True, base_model="org/tiny", method="deft-x", info={"num_labels": 3})
+    folders = [tmp_path / f"adapter-{i}" for i in range(3)]
+    for folder in folders:
+        to_peft(diff, model, folder, rest="modules_to_save", check_base=False)
+    for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG):
+        assert len({(folder / name).read_bytes() for folder in folders}) == 1, name
+
+
 def test_round_trip_drops_the_padding_and_applies_identically(tmp_path, model):
     diff = random_diff(model, 400, head=True, base_model="org/tiny", method="deft-x", info={"num_labels": 3})
     to_peft(diff, model, tmp_path / "adapter", rest="modules_to_save", check_base=False)
