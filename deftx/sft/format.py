@@ -134,7 +134,7 @@ def canonical_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, 
     ordered = {"__metadata__": dict(sorted(header.get("__metadata__", {}).items())), **entries}
     text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
     text += b" " * (-len(text) % 8)  # the data stays 8-byte aligned, as safetensors pads it
-    return len(text).to_bytes(8, "little") + text + raw[8 + length :]
+    return b"".join([len(text).to_bytes(8, "little"), text, memoryview(raw)[8 + length :]])
 
 
 def write_file(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
