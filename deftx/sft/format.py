@@ -128,13 +128,13 @@ def canonical_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, 
     caches and Hub uploads see no change). The tensor entries and data are safetensors' own.
     """
     raw = save_safetensors(tensors, metadata=metadata)
-    length = int.from_bytes(raw[:8], "little")
-    header = json.loads(raw[8 : 8 + length])
+    header = parse_header(raw, "safetensors' output")
+    data_start = HEADER_LENGTH_BYTES + int.from_bytes(raw[:HEADER_LENGTH_BYTES], "little")
     entries = {name: entry for name, entry in header.items() if name != "__metadata__"}
     ordered = {"__metadata__": dict(sorted(header.get("__metadata__", {}).items())), **entries}
     text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
     text += b" " * (-len(text) % 8)  # the data stays 8-byte aligned, as safetensors pads it
-    return b"".join([len(text).to_bytes(8, "little"), text, memoryview(raw)[8 + length :]])
+    return b"".join([len(text).to_bytes(HEADER_LENGTH_BYTES, "little"), text, memoryview(raw)[data_start:]])
 
 
 def write_file(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
