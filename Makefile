@@ -11,7 +11,7 @@ OLDEST = torch==2.11.0 triton==3.6.0 transformers==5.17.0 accelerate==1.3.0 nump
 	datasets==3.0.0 safetensors==0.8.0 tqdm==4.66.3 pyyaml==6.0.1 matplotlib==3.9.0
 OLDEST_VENV ?= $(CURDIR)/build/oldest-venv
 
-.PHONY: install run test lint bench native native-sanitized clean lock test-oldest gpu-check gpu-carry gpu-study
+.PHONY: install run test lint bench native native-sanitized native-tsan clean lock test-oldest gpu-check gpu-carry gpu-study
 
 install:
 	PIP_CONSTRAINT=$(LOCK) $(PIP) install --quiet torch==2.13.0
@@ -72,6 +72,19 @@ native-sanitized:
 	cmake --build $(SANITIZED_DIR) -j
 	@echo 'run with: LD_PRELOAD="$$(g++ -print-file-name=libasan.so) $$(g++ -print-file-name=libubsan.so)"' \
 		'ASAN_OPTIONS=detect_leaks=0 DEFTX_NATIVE_LIBRARY=$(SANITIZED_DIR)/deftx_native_sanitized.so python ...'
+
+# The native library built with ThreadSanitizer, linked to LLVM's OpenMP runtime, whose tool
+# archer tells TSan about OpenMP's barriers and reductions (Debian: apt install libomp-14-dev).
+TSAN_DIR ?= $(CURDIR)/build/native-tsan
+LLVM_OPENMP_DIR ?= $(patsubst %/,%,$(dir $(firstword $(wildcard /usr/lib/llvm-*/lib/libarcher.so))))
+native-tsan:
+	@test -f "$(LLVM_OPENMP_DIR)/libarcher.so" || { echo "no LLVM OpenMP with archer: apt install libomp-14-dev, or set LLVM_OPENMP_DIR"; exit 1; }
+	cmake -S . -B $(TSAN_DIR) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=g++ \
+		-DDEFTX_NATIVE_SANITIZE=thread -DDEFTX_NATIVE_OPENMP_RUNTIME=$(LLVM_OPENMP_DIR)/libomp.so \
+		-DDEFTX_NATIVE_OUTPUT=$(TSAN_DIR)/deftx_native_tsan.so
+	cmake --build $(TSAN_DIR) -j
+	@echo 'run with: LD_PRELOAD=$$(g++ -print-file-name=libtsan.so) OMP_TOOL_LIBRARIES=$(LLVM_OPENMP_DIR)/libarcher.so' \
+		'TSAN_OPTIONS=ignore_noninstrumented_modules=1 DEFTX_NATIVE_LIBRARY=$(TSAN_DIR)/deftx_native_tsan.so python ...'
 
 clean:
 	rm -rf build deftx/_native/*.so deftx/_native/BUILD_STATUS.txt

@@ -2,7 +2,8 @@
 
 The library is ``deftx/_native/deftx_native*.so`` (built by ``pip install`` or ``make native``);
 ``deftx/_native/BUILD_STATUS.txt`` records why it is missing when the build failed.
-``$DEFTX_NATIVE_LIBRARY`` names another build to load instead (``make native-sanitized``'s). Every
+``$DEFTX_NATIVE_LIBRARY`` names another build to load instead (``make native-sanitized``'s or
+``make native-tsan``'s). Every
 exported function takes raw pointers and sizes and returns a status code, which
 :func:`check_status` turns into a Python exception. The op modules (:mod:`.topk`,
 :mod:`.scatter`, :mod:`.masked_step`) hold the backend functions of the op contract.
@@ -25,6 +26,13 @@ LIBRARY_ENV = "DEFTX_NATIVE_LIBRARY"
 # Sanitizer runtimes a build may need (its file names them) -> a symbol they define once loaded.
 # Such a runtime must be in the process before Python starts (LD_PRELOAD), or loading aborts it.
 _PRELOADED_RUNTIMES: dict[bytes, str] = {b"libasan.so": "__asan_init", b"libtsan.so": "__tsan_init"}
+
+# ThreadSanitizer sees OpenMP's barriers and reductions only through LLVM's OpenMP runtime and its
+# tool archer; on gcc's libgomp, or without the tool, it reports them as data races.
+_TSAN_RUNTIME = b"libtsan.so"
+_LLVM_OPENMP_RUNTIME = b"libomp.so"
+_OPENMP_TOOL_ENV = "OMP_TOOL_LIBRARIES"
+_ARCHER = "libarcher.so"
 
 # Element type codes of the C ABI (csrc/common.h, enum DType).
 DTYPE_CODES: dict[torch.dtype, int] = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
@@ -76,13 +84,28 @@ def library_path() -> Path | None:
     return candidates[0] if candidates else None
 
 
-def _absent_runtime(path: Path) -> str | None:
-    """The sanitizer runtime ``path`` needs and this process has not loaded, or None."""
+def _sanitizer_reason(path: Path) -> str | None:
+    """Why the sanitized build at ``path`` must not be loaded into this process, or None."""
     content = path.read_bytes()
     process = ctypes.CDLL(None)
     for runtime, symbol in _PRELOADED_RUNTIMES.items():
         if runtime in content and not hasattr(process, symbol):
-            return runtime.decode()
+            return (
+                f"native library {path.name} is a sanitized build: start Python with LD_PRELOAD naming "
+                f"{runtime.decode()} (README, Reliability)"
+            )
+    if _TSAN_RUNTIME not in content:
+        return None
+    if _LLVM_OPENMP_RUNTIME not in content:
+        return (
+            f"native library {path.name} is a ThreadSanitizer build on gcc's OpenMP runtime, whose "
+            "synchronisation TSan cannot see: build it with `make native-tsan`"
+        )
+    if _ARCHER not in os.environ.get(_OPENMP_TOOL_ENV, ""):
+        return (
+            f"native library {path.name} is a ThreadSanitizer build: set {_OPENMP_TOOL_ENV} to LLVM's "
+            f"{_ARCHER}, or TSan reports OpenMP's own synchronisation as data races (README, Reliability)"
+        )
     return None
 
 
@@ -109,12 +132,9 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
         return None, _missing_library_reason()
     if not path.is_file():
         return None, f"${LIBRARY_ENV} names {path}, which is not a file"
-    runtime = _absent_runtime(path)
-    if runtime is not None:
-        return None, (
-            f"native library {path.name} is a sanitized build: start Python with LD_PRELOAD naming "
-            f"{runtime} (README, Reliability)"
-        )
+    reason = _sanitizer_reason(path)
+    if reason is not None:
+        return None, reason
     try:
         lib = ctypes.CDLL(str(path))
     except OSError as err:

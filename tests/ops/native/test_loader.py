@@ -92,3 +92,36 @@ def test_a_build_needing_an_absent_runtime_is_refused_before_loading(tmp_path, m
     assert reason is not None and "sanitized build" in reason and "LD_PRELOAD naming libdeftx-check-rt.so" in reason
     with pytest.raises(native.NativeUnavailableError, match="LD_PRELOAD"):
         native.library()
+
+
+@pytest.mark.parametrize(
+    ("names", "tools", "expected"),
+    [
+        (b"libtsan.so.2 libgomp.so.1", "/usr/lib/llvm-14/lib/libarcher.so", "gcc's OpenMP runtime"),
+        (b"libtsan.so.2 libomp.so.5", None, "set OMP_TOOL_LIBRARIES to LLVM's libarcher.so"),
+        (b"libtsan.so.2 libomp.so.5", "/opt/other-tool.so", "set OMP_TOOL_LIBRARIES to LLVM's libarcher.so"),
+    ],
+)
+def test_a_thread_sanitizer_build_that_would_report_openmp_itself_is_refused(
+    tmp_path, monkeypatch, fresh_loader, names, tools, expected
+):
+    """TSan without LLVM's OpenMP runtime and its tool archer calls every OpenMP barrier a race."""
+    library = tmp_path / "deftx_native_tsan.so"
+    library.write_bytes(b"\x7fELF not a library, but it names " + names)
+    monkeypatch.setattr(native, "_PRELOADED_RUNTIMES", {})
+    monkeypatch.setenv(native.LIBRARY_ENV, str(library))
+    if tools is None:
+        monkeypatch.delenv("OMP_TOOL_LIBRARIES", raising=False)
+    else:
+        monkeypatch.setenv("OMP_TOOL_LIBRARIES", tools)
+    reason = native.unavailable_reason()
+    assert reason is not None and "ThreadSanitizer build" in reason and expected in reason
+
+
+def test_a_thread_sanitizer_build_with_archer_named_goes_on_to_load(tmp_path, monkeypatch, fresh_loader):
+    library = tmp_path / "deftx_native_tsan.so"
+    library.write_bytes(b"\x7fELF not a library, but it names libtsan.so.2 libomp.so.5")
+    monkeypatch.setattr(native, "_PRELOADED_RUNTIMES", {})
+    monkeypatch.setenv(native.LIBRARY_ENV, str(library))
+    monkeypatch.setenv("OMP_TOOL_LIBRARIES", "/usr/lib/llvm-14/lib/libarcher.so")
+    assert native.unavailable_reason().startswith("cannot load native library deftx_native_tsan.so")
