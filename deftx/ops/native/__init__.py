@@ -3,9 +3,8 @@
 The library is ``deftx/_native/deftx_native*.so`` (built by ``pip install`` or ``make native``);
 ``deftx/_native/BUILD_STATUS.txt`` records why it is missing when the build failed.
 ``$DEFTX_NATIVE_LIBRARY`` names another build to load instead (``make native-sanitized``'s or
-``make native-tsan``'s). Every
-exported function takes raw pointers and sizes and returns a status code, which
-:func:`check_status` turns into a Python exception. The op modules (:mod:`.topk`,
+``make native-tsan``'s). Every exported function takes raw pointers and sizes and returns a status
+code, which :func:`check_status` turns into a Python exception. The op modules (:mod:`.topk`,
 :mod:`.scatter`, :mod:`.masked_step`) hold the backend functions of the op contract.
 """
 
