@@ -76,7 +76,7 @@ native-sanitized:
 # The native library built with ThreadSanitizer, linked to LLVM's OpenMP runtime, whose tool
 # archer tells TSan about OpenMP's barriers and reductions (Debian: apt install libomp-14-dev).
 TSAN_DIR ?= $(CURDIR)/build/native-tsan
-LLVM_OPENMP_DIR ?= $(patsubst %/,%,$(dir $(firstword $(wildcard /usr/lib/llvm-*/lib/libarcher.so))))
+LLVM_OPENMP_DIR ?= $(patsubst %/,%,$(dir $(lastword $(sort $(wildcard /usr/lib/llvm-*/lib/libarcher.so)))))
 native-tsan:
 	@test -f "$(LLVM_OPENMP_DIR)/libarcher.so" || { echo "no LLVM OpenMP with archer: apt install libomp-14-dev, or set LLVM_OPENMP_DIR"; exit 1; }
 	cmake -S . -B $(TSAN_DIR) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=g++ \

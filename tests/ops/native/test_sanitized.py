@@ -80,12 +80,11 @@ print("loaded", native.library_path(), runtime_loaded, dispatch.auto_backend("sc
 class Sanitized:
     """A sanitized build of the native library and the child environment that runs it."""
 
-    name: str
     env: dict[str, str]
     init_symbol: str  # defined once the sanitizer's runtime is in the process
     report: str  # the first line of its report
     planted: str  # a script whose C ABI call makes an error of this sanitizer's kind
-    loaded_says: str  # what a child that ran OpenMP code under it prints ("" if nothing)
+    loaded_says: str | None  # what a child that ran OpenMP code under it prints, if anything
 
 
 def _runtime_path(compiler: str, runtime: str) -> Path | None:
@@ -138,7 +137,7 @@ def _address(tmp_path_factory) -> Sanitized:
         compiler, ("libasan.so", "libubsan.so"), library,
         ASAN_OPTIONS="detect_leaks=0", UBSAN_OPTIONS="print_stacktrace=1",
     )
-    return Sanitized("address", env, "__asan_init", "ERROR: AddressSanitizer: heap-buffer-overflow", SHORT_BUFFER, "")
+    return Sanitized(env, "__asan_init", "ERROR: AddressSanitizer: heap-buffer-overflow", SHORT_BUFFER, None)
 
 
 def _thread(tmp_path_factory) -> Sanitized:
@@ -156,7 +155,7 @@ def _thread(tmp_path_factory) -> Sanitized:
         TSAN_OPTIONS="ignore_noninstrumented_modules=1 halt_on_error=1 exitcode=66",
     )
     return Sanitized(
-        "thread", env, "__tsan_init", "WARNING: ThreadSanitizer: data race", ALIASED_TENSORS,
+        env, "__tsan_init", "WARNING: ThreadSanitizer: data race", ALIASED_TENSORS,
         "Archer detected OpenMP application with TSan",
     )
 
@@ -175,7 +174,8 @@ def test_the_child_runs_the_sanitized_build(sanitized):
     assert done.returncode == 0, done.stderr
     loaded = [line.split() for line in done.stdout.splitlines() if line.startswith("loaded ")]
     assert loaded == [["loaded", sanitized.env["DEFTX_NATIVE_LIBRARY"], "True", "native", "1000"]], done.stdout
-    assert sanitized.loaded_says in done.stdout + done.stderr, done.stdout + done.stderr
+    if sanitized.loaded_says is not None:
+        assert sanitized.loaded_says in done.stdout + done.stderr, done.stdout + done.stderr
 
 
 def test_a_planted_error_is_reported_with_its_source_line(sanitized):
