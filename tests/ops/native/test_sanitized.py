@@ -9,7 +9,8 @@ the native backend's own tests, the SFT file fuzzer (every loaded mutant applied
 the op-input refusals must pass with no report: any out-of-bounds access, use after free, double
 free, undefined behaviour or data race in csrc/ aborts the child. An error planted through the C
 ABI shows that each build catches one and names its line: a buffer one entry short (ASan), and
-OpenMP threads adding into one buffer passed as many tensors (TSan).
+OpenMP threads adding into one buffer passed as many tensors (TSan). TSan leaves out the small
+bit-pattern cases (one block per op, so no two threads work at once).
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ class Sanitized:
     report: str  # the first line of its report
     planted: str  # a script whose C ABI call makes an error of this sanitizer's kind
     loaded_says: str | None  # what a child that ran OpenMP code under it prints, if anything
+    left_out: tuple[str, ...] = ()  # test files of SUITES not run against this build
 
 
 def _runtime_path(compiler: str, runtime: str) -> Path | None:
@@ -157,6 +159,9 @@ def _thread(tmp_path_factory) -> Sanitized:
     return Sanitized(
         env, "__tsan_init", "WARNING: ThreadSanitizer: data race", ALIASED_TENSORS,
         "Archer detected OpenMP application with TSan",
+        # 4,000 cases of at most 4 tensors of 96 entries: one block each, so no team works at
+        # once, while archer's cost per parallel region makes them 2 minutes under TSan.
+        left_out=("tests/ops/native/test_bit_patterns.py",),
     )
 
 
@@ -188,9 +193,9 @@ def test_a_planted_error_is_reported_with_its_source_line(sanitized):
 
 def test_native_suites_pass_with_no_sanitizer_report(sanitized):
     # --capture=sys: a report written to fd 2 as the child aborts reaches this test's message.
-    this_file = f"--ignore={Path(__file__).relative_to(ROOT)}"
+    ignored = [f"--ignore={path}" for path in (Path(__file__).relative_to(ROOT), *sanitized.left_out)]
     done = _run(
-        sanitized.env, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--capture=sys", "-x", this_file, *SUITES,
+        sanitized.env, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--capture=sys", "-x", *ignored, *SUITES,
         timeout=1200,
     )
     report = done.stdout[-3000:] + done.stderr[-6000:]
