@@ -14,6 +14,8 @@ zeros and NaNs of each dtype) and mixes dtypes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 
@@ -50,7 +52,7 @@ def ulps_away(base: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return wrapped.to(integer).view(base.dtype)
 
 
-def picker(generator: torch.Generator):
+def picker(generator: torch.Generator) -> Callable[[int], int]:
     """pick(n): a uniform integer in [0, n) from ``generator``."""
     return lambda n: int(torch.randint(n, (), generator=generator))
 
@@ -62,7 +64,7 @@ def draw_selection(seed: int) -> tuple[list[torch.Tensor], list[torch.Tensor | N
     dtypes = list(BIT_VIEWS)
     tensors, bases = [], []
     for _ in range(pick(5)):
-        theta0 = random_bits(dtypes[pick(3)], pick(97), generator)
+        theta0 = random_bits(dtypes[pick(len(dtypes))], pick(97), generator)
         with_base = pick(2) == 1
         tensors.append(ulps_away(theta0, generator) if with_base else theta0)
         bases.append(theta0 if with_base else None)
@@ -94,13 +96,13 @@ def draw_scatter(seed: int):
     generator = torch.Generator().manual_seed(seed)
     pick = picker(generator)
     dtypes = list(BIT_VIEWS)
-    dense = [random_bits(dtypes[pick(3)], pick(97), generator) for _ in range(1 + pick(4))]
+    dense = [random_bits(dtypes[pick(len(dtypes))], pick(97), generator) for _ in range(1 + pick(4))]
     n_diffs = 1 + pick(3)
     indices = [
         [torch.nonzero(torch.rand(w.numel(), generator=generator) < 0.5).flatten() for w in dense]
         for _ in range(n_diffs)
     ]
-    values = [[random_bits(dtypes[pick(3)], len(index), generator) for index in diff] for diff in indices]
+    values = [[random_bits(dtypes[pick(len(dtypes))], len(index), generator) for index in diff] for diff in indices]
     return dense, indices, values, [SCALES[pick(len(SCALES))] for _ in range(n_diffs)]
 
 
