@@ -22,13 +22,14 @@ ABI_VERSION = 2
 NATIVE_DIR = Path(__file__).resolve().parents[2] / "_native"
 LIBRARY_ENV = "DEFTX_NATIVE_LIBRARY"
 
+_TSAN_RUNTIME = b"libtsan.so"
+
 # Sanitizer runtimes a build may need (its file names them) -> a symbol they define once loaded.
 # Such a runtime must be in the process before Python starts (LD_PRELOAD), or loading aborts it.
-_PRELOADED_RUNTIMES: dict[bytes, str] = {b"libasan.so": "__asan_init", b"libtsan.so": "__tsan_init"}
+_PRELOADED_RUNTIMES: dict[bytes, str] = {b"libasan.so": "__asan_init", _TSAN_RUNTIME: "__tsan_init"}
 
 # ThreadSanitizer sees OpenMP's barriers and reductions only through LLVM's OpenMP runtime and its
 # tool archer; on gcc's libgomp, or without the tool, it reports them as data races.
-_TSAN_RUNTIME = b"libtsan.so"
 _LLVM_OPENMP_RUNTIME = b"libomp.so"
 _OPENMP_TOOL_ENV = "OMP_TOOL_LIBRARIES"
 _ARCHER = "libarcher.so"
