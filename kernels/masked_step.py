@@ -57,12 +57,14 @@ _COLUMNS = tl.constexpr(8)
 
 @triton.jit
 def _to_param_dtype(x, P_DTYPE: tl.constexpr):
-    """fp32 ``x`` rounded to nearest even in P_DTYPE."""
+    """fp32 ``x`` rounded to nearest even in P_DTYPE (under the interpreter, whose cast
+    truncates, bf16 by integer ops, NaN -> canonical NaN of its sign)."""
     if P_DTYPE.is_fp32():
         rounded = x
     elif _INTERPRET and P_DTYPE.is_bf16():
         bits = x.to(tl.uint32, bitcast=True)
         upper = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+        upper = tl.where(x != x, ((bits >> 16) & 0x8000) | 0x7FC0, upper)
         rounded = upper.to(tl.uint16).to(tl.bfloat16, bitcast=True)
     else:
         rounded = x.to(P_DTYPE)
@@ -297,7 +299,7 @@ def masked_adamw_step_(tensors: MaskedStepTensors, settings: AdamWSettings) -> N
     assert not has_l1 or (bases is not None and len(bases) == count), "l1 != 0 needs bases"
     for param, grad, idx in zip(params, grads, indices, strict=True):
         assert param.dtype in PARAM_DTYPES and grad.dtype == param.dtype and param.is_contiguous()
-        assert grad.is_contiguous() and idx.dtype == torch.int64
+        assert grad.is_contiguous() and idx.dtype == torch.int64 and idx.is_contiguous()
 
     for dtype, ts in _positions_by_dtype(params, indices).items():
         rows = [(params[t], grads[t], indices[t], masters[t], exp_avgs[t], exp_avg_sqs[t],

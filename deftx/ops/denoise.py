@@ -155,6 +155,8 @@ def _check_pair(
             check_finite(base, base_what)
         if base.shape != matrix.shape:
             raise ValueError(f"{what}: base shape {tuple(base.shape)} != matrix shape {tuple(matrix.shape)}")
+        if base.dtype != matrix.dtype:
+            raise TypeError(f"{what}: base has dtype {base.dtype}, its matrix {matrix.dtype}; cast one of them")
         if base.device != matrix.device:
             raise ValueError(f"{what}: base on {base.device}, matrix on {matrix.device}")
 
@@ -485,7 +487,7 @@ def lowrank_factors_batched(
     Raises:
         ValueError: bad shapes / options, a rank outside [0, min(m, n)], or NaN / Inf in
             a pair (names the matrix).
-        TypeError: non-floating tensors, a non-int rank.
+        TypeError: non-floating tensors, a base of another dtype, a non-int rank.
     """
     settings = LowRankSettings(rank, energy, method, oversample, n_iter, seed, precision)
     return factors_batched(matrices, bases, settings, backend=backend)

@@ -17,6 +17,7 @@ from deftx.ops.validation import (
     check_disjoint,
     check_float_dtype,
     check_indices,
+    check_same_devices,
     check_state_tensors,
 )
 
@@ -47,8 +48,9 @@ def masked_adamw_step_(
 
     Args:
         params, grads: T contiguous tensors (same shape and dtype pairwise).
-        indices: T int64 (K_t,) sorted unique flat indices.
-        masters, exp_avgs, exp_avg_sqs: T fp32 (K_t,) tensors, updated in place.
+        indices: T contiguous int64 (K_t,) sorted unique flat indices.
+        masters, exp_avgs, exp_avg_sqs: T fp32 (K_t,) tensors, updated in place (each on its
+            parameter's device, as are ``grads``, ``indices`` and ``bases``).
         bases: T fp32 (K_t,) θ0 values for the L1 pull (required when ``l1 != 0``).
         step: the step number, >= 1 (bias correction).
 
@@ -82,26 +84,31 @@ def _checked_fixed(fixed: MaskedStepTensors, what: str, needs_bases: bool) -> Ma
             raise ValueError(f"{what}: indices {t} are on {idx.device}, param {t} on {p.device}")
         if not p.is_contiguous():
             raise ValueError(f"{what}: param {t} is not contiguous")
+        if not idx.is_contiguous():
+            raise ValueError(f"{what}: indices {t} are not contiguous (the step reads them as one buffer)")
     check_disjoint(items, f"{what}: params")
     check_indices(idx_items, [p.numel() for p in items], lambda t: f"{what}: param {t}")
     for name, state in (("masters", fixed.masters), ("exp_avgs", fixed.exp_avgs), ("exp_avg_sqs", fixed.exp_avg_sqs)):
         check_state_tensors(state, idx_items, f"{what}: {name}")
+        check_same_devices(state, items, f"{what}: {name}", "param")
         check_disjoint(state, f"{what}: {name}")
     if fixed.bases is None and needs_bases:
         raise ValueError(f"{what}: l1 != 0 needs bases (θ0 at the indices)")
     if fixed.bases is not None:
         check_state_tensors(fixed.bases, idx_items, f"{what}: bases")
+        check_same_devices(fixed.bases, items, f"{what}: bases", "param")
     return MaskedStepTensors(items, list(fixed.grads), idx_items, list(fixed.masters), list(fixed.exp_avgs),
                              list(fixed.exp_avg_sqs), list(fixed.bases) if fixed.bases is not None else None)
 
 
 def _check_grads(items: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], what: str) -> None:
-    """One gradient per parameter, of its shape and dtype (host attributes only)."""
+    """One gradient per parameter, of its shape, dtype and device (host attributes only)."""
     if len(grads) != len(items):
         raise ValueError(f"{what}: params and grads differ in length")
     for t, (p, g) in enumerate(zip(items, grads, strict=True)):
         if g.shape != p.shape or g.dtype != p.dtype:
             raise ValueError(f"{what}: grad {t} is {g.dtype} {tuple(g.shape)}, param is {p.dtype} {tuple(p.shape)}")
+    check_same_devices(grads, items, f"{what}: grads", "param")
 
 
 def run_masked_adamw_step_(

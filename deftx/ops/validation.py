@@ -188,6 +188,19 @@ def check_index_tensor(idx: torch.Tensor, numel: int, what: str) -> None:
     check_indices([idx], [numel], lambda _: what)
 
 
+def check_same_devices(
+    tensors: Sequence[torch.Tensor], owners: Sequence[torch.Tensor], what: str, owner_name: str
+) -> None:
+    """ValueError unless ``tensors[t]`` is on ``owners[t]``'s device, for every t (a kernel given
+    an address on another device reads or writes memory that is not the tensor's).
+
+    ``what`` names the list (``"masked_adamw_step_: masters"``), ``owner_name`` one owner (``"param"``).
+    """
+    for t, (tensor, owner) in enumerate(zip(tensors, owners, strict=True)):
+        if tensor.device != owner.device:
+            raise ValueError(f"{what}[{t}] is on {tensor.device}, {owner_name} {t} on {owner.device}")
+
+
 def check_state_tensors(states: Sequence[torch.Tensor], indices: Sequence[torch.Tensor], what: str) -> None:
     """ValueError unless ``states[t]`` is a contiguous fp32 tensor of ``indices[t]``'s shape, for every t.
 

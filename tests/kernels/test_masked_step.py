@@ -198,6 +198,22 @@ def test_rounding_to_bf16_is_nearest_even(masked_step, device):
     assert_bitwise_equal(param, values.to(torch.bfloat16))
 
 
+def test_nan_masters_stay_nan_in_bf16(masked_step, device):
+    """NaNs of every payload width and sign, the high payloads included that the hand rounding
+    would carry into the sign bit (0x7FFFFFFF -> -0.0 before its NaN guard), give NaN params."""
+    bits = torch.tensor([0x7FC00000, 0x7FFF8001, 0x7FFFFFFF, -0x00400000, -0x00007FFF, -1], dtype=torch.int32)
+    values = bits.view(torch.float32)
+    k = values.numel()
+    param = torch.zeros(k, dtype=torch.bfloat16, device=device)
+    masked_step.masked_adamw_step_(MaskedStepTensors(
+        [param], [torch.zeros(k, dtype=torch.bfloat16, device=device)], [torch.arange(k, device=device)],
+        [values.to(device, copy=True)], [torch.zeros(k, device=device)], [torch.zeros(k, device=device)]),
+        AdamWSettings(1, lr=0.0),
+    )  # fmt: skip
+    written = param.cpu()
+    assert bool(written.isnan().all()), f"non-NaN params {written.view(torch.int16).tolist()} from NaN masters"
+
+
 def record_launches(masked_step, monkeypatch) -> list[dict]:
     """Record the named arguments of every kernel launch; each must match a declared spec."""
     kernel = masked_step._masked_adamw_kernel

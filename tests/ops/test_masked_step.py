@@ -80,6 +80,11 @@ def test_l1_pull_and_fp32_masters(backend, dtype):
         ({"masters": [torch.zeros(3, dtype=torch.float16)]}, ValueError, "masters"),
         ({"grads": [torch.zeros(4)]}, ValueError, "grad 0"),
         ({"indices": [torch.tensor([0, 9, 2])]}, IndexError, "outside"),
+        ({"indices": [torch.tensor([0, 9, 2, 9, 4, 9])[::2]]}, ValueError, "indices 0 are not contiguous"),
+        ({"masters": [torch.zeros(3, device="meta")]}, ValueError, r"masters\[0\] is on meta, param 0 on cpu"),
+        ({"exp_avg_sqs": [torch.zeros(3, device="meta")]}, ValueError, r"exp_avg_sqs\[0\] is on meta"),
+        ({"grads": [torch.zeros(5, device="meta")]}, ValueError, r"grads\[0\] is on meta"),
+        ({"l1": 0.1, "bases": [torch.zeros(3, device="meta")]}, ValueError, r"bases\[0\] is on meta"),
     ],
 )
 def test_bad_input(change, error, match):

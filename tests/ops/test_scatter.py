@@ -110,6 +110,26 @@ def test_bad_input_leaves_dense_untouched(idx, val, error, match):
     assert torch.equal(w, torch.arange(5, dtype=torch.float32))
 
 
+@pytest.mark.parametrize("backend", cpu_backends("scatter"))
+@pytest.mark.parametrize("dense_dtype", DTYPES)
+def test_strided_indices_values_and_saved_read_as_their_contiguous_copies(backend, dense_dtype):
+    """Views with a stride of 2 (every other entry of a buffer) are read by value on every backend."""
+    gen = torch.Generator().manual_seed(3)
+    dense = [torch.randn(6, 5, generator=gen).to(dense_dtype), torch.randn(9, generator=gen).to(dense_dtype)]
+    original = [w.clone() for w in dense]
+    indices = [torch.tensor([1, 99, 4, 99, 17, 99, 29, 99])[::2], torch.tensor([0, -5, 8, -5])[::2]]
+    values = [torch.randn(8, generator=gen)[::2], torch.randn(4, generator=gen).bfloat16()[::2]]
+    want = loop_reference(dense, [indices], [values], [0.5])
+    saved = scatter_add_(dense, [indices], [values], [0.5], save=True, backend=backend)
+    for t, (w, e) in enumerate(zip(dense, want, strict=True)):
+        assert_bitwise_equal(w, e, what=f"tensor {t}")
+    strided_saved = [[torch.stack([s, torch.full_like(s, 7.0)], dim=1)[:, 0] for s in saved[0]]]
+    assert not strided_saved[0][0].is_contiguous()
+    scatter_restore_(dense, [indices], strided_saved, backend=backend)
+    for t, (w, o) in enumerate(zip(dense, original, strict=True)):
+        assert_bitwise_equal(w, o, what=f"restored tensor {t}")
+
+
 def test_non_contiguous_dense_is_rejected():
     w = torch.zeros(4, 4).T
     with pytest.raises(ValueError, match="contiguous"):

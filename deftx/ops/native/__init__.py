@@ -196,6 +196,14 @@ def check_cpu_contiguous(tensor: torch.Tensor, what: str) -> None:
         raise ValueError(f"{what}: tensor must be contiguous")
 
 
+def read_operand(tensor: torch.Tensor, what: str) -> torch.Tensor:
+    """A CPU tensor the library only reads, as one dense buffer: ``tensor`` itself when it is
+    contiguous, else a contiguous copy (ValueError for another device)."""
+    if tensor.device.type != "cpu":
+        raise ValueError(f"{what}: the native backend needs CPU tensors, got {tensor.device}")
+    return tensor.contiguous()
+
+
 def dtype_codes(tensors: Sequence[torch.Tensor], what: str) -> list[int]:
     """The C ABI dtype codes of tensors the library reads or writes through raw pointers, each
     checked first (:func:`check_cpu_contiguous`, :func:`dtype_code`; errors name ``what[t]``)."""

@@ -18,6 +18,7 @@ from . import (
     int64_array,
     library,
     pointer_array,
+    read_operand,
 )
 
 
@@ -50,7 +51,8 @@ def _flat_lists(
     function: str,
     payload_name: str,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Validate the (diff, tensor) lists; return indices and payload flattened as d * n + t."""
+    """Validate the (diff, tensor) lists; return indices and payload flattened as d * n + t (each
+    a dense buffer: a strided one is copied)."""
     if len(payload) != len(indices):
         raise ValueError(f"{function}: {len(indices)} index lists but {len(payload)} {payload_name} lists")
     flat_indices: list[torch.Tensor] = []
@@ -63,8 +65,8 @@ def _flat_lists(
             )
         for t, (index, item) in enumerate(zip(diff_indices, diff_payload, strict=True)):
             where = f"{function}: diff {d}, tensor {t}"
-            check_cpu_contiguous(index, f"{where}: indices")
-            check_cpu_contiguous(item, f"{where}: {payload_name}")
+            index = read_operand(index, f"{where}: indices")
+            item = read_operand(item, f"{where}: {payload_name}")
             if index.dtype != torch.int64 or index.dim() != 1:
                 raise ValueError(f"{where}: indices must be int64 1-D, got {index.dtype} {index.dim()}-D")
             if item.dim() != 1 or item.numel() != index.numel():
