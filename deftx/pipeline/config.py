@@ -1,7 +1,8 @@
 """The pipeline config file (YAML or JSON): what ``deftx pipeline`` trains and evaluates.
 
 Every key is optional except ``targets`` (an empty list skips NusaX, e.g. for an
-AmericasNLI-only run); unknown keys are errors (a typo must not be silently ignored).
+AmericasNLI-only run); unknown keys are errors (a typo must not be silently ignored), and so
+is a key written twice in one mapping (YAML and JSON would keep the last silently).
 Example (``configs/default.yaml`` is the README's small run)::
 
     name: default
@@ -15,6 +16,10 @@ Example (``configs/default.yaml`` is the README's small run)::
     sources: [indonesian]
     targets: [madurese, minangkabau]
     methods: {lt-sft: null, deft-x: {energy: 0.9}}
+                               # each method's selection rule: null is LT-SFT's magnitude |θ1 − θ0|
+                               # (one such method at most), a mapping DeFT-X's denoised one (energy
+                               # or rank); deft-x: null is deft-x: {} (its defaults); lt-sft with a
+                               # mapping, or null under another deft-x… name, is refused
     baseline: true             # full fine-tuning on the source, no SFT
     task_on_source_sft: true   # task SFT trained with the source language SFT applied
     language_scale: 1.25       # scale of the target language SFT at composition; a list
@@ -29,7 +34,8 @@ Example (``configs/default.yaml`` is the README's small run)::
                bf16: false, gradient_accumulation_steps: 1, report_to: []}
                                # save_steps 0: no Trainer checkpoints inside a phase;
                                # beside deftx's settings, any transformers.TrainingArguments field
-                               # (read by HfArgumentParser); each phase's length, lr and folder are deftx's
+                               # (read by HfArgumentParser); each phase's length, lr and folder are deftx's;
+                               # no seed here: each run's seed is one of the top-level seeds
     mlm_head: {steps: 500, batch_size: 16, learning_rate: 1.0e-3,
                texts: [nusax],           # + americasnlp: AmericasNLP 2021 text too
                eval_every: 100, eval_sequences: 0}   # > 0: held-out accuracy curve
@@ -68,6 +74,7 @@ from deftx.data.americasnlp import SPLITS as AMERICASNLP_SPLITS
 from deftx.data.nusax import MT_SPLITS
 from deftx.train.config import (
     DEFAULT_ELIGIBLE,
+    DEFAULT_ENERGY,
     LANGUAGE_K_FRACTION,
     TASK_K_FRACTION,
     DenoiseConfig,
@@ -94,6 +101,15 @@ NO_LANGUAGE_SFT = " (no lang SFT)"
 """Suffix of a method's rows scored without the target's language SFT."""
 RUN_ONLY_SETTINGS = ("save_steps", "logging_steps", "progress")
 """``training`` settings that change where and how a run reports, never a result."""
+MAGNITUDE_METHOD = "lt-sft"
+"""The method name that must be null: LT-SFT's selection by magnitude ``|θ1 − θ0|``."""
+DENOISED_METHOD = "deft-x"
+"""The method name whose null entry is DeFT-X's default denoising (as ``{}``); other names starting with it
+may not be null."""
+RECORDED_TRAINING_KEYS = frozenset({"batch_size", "max_length", "seed", "save_steps", "logging_steps",
+                                    "weight_decay", "warmup_ratio", "max_grad_norm", "group_by_length", "progress"})
+"""The ``training`` keys every results folder's ``config.json`` records (``to_plain`` of the settings): a
+``training`` mapping with all of them is such a record, whose ``seed`` is the unused placeholder 0."""
 
 
 class ConfigError(ValueError):
@@ -192,6 +208,10 @@ class PipelineConfig:
             raise ValueError(f"unknown text corpus {corpus!r}: expected one of {list(TEXT_SPLITS_KEYS)}")
         return getattr(self, TEXT_SPLITS_KEYS[corpus])
 
+    def selection_rules(self) -> dict[str, str]:
+        """Each method's selection rule in words (:func:`selection_rule`), in the config's order."""
+        return {name: selection_rule(denoise) for name, denoise in self.methods.items()}
+
     def denoised_pairs(self) -> tuple[tuple[str, str], ...]:
         """(denoised, magnitude) method pairs: each method with a :class:`DenoiseConfig` (DeFT-X) against each
         without (LT-SFT), in the config's order; e.g. ``(("deft-x", "lt-sft"),)``."""
@@ -262,15 +282,51 @@ def _strings(raw: Any, where: str) -> tuple[str, ...]:
     return tuple(raw)
 
 
+def selection_rule(denoise: DenoiseConfig | None) -> str:
+    """How a method with ``denoise`` (None: LT-SFT) ranks the entries its SFT keeps, in words."""
+    if denoise is None:
+        return "magnitude |theta1 - theta0| (LT-SFT)"
+    size = f"rank {denoise.rank}" if denoise.rank is not None else f"energy {denoise.energy:g}"
+    residual = f", + {denoise.residual_keep:g} of the residual" if denoise.add_back_residual else ""
+    return (f"denoised |low-rank Delta| (DeFT-X: {size}, {denoise.method} SVD of {'+'.join(denoise.groups)}"
+            f"{residual})")
+
+
+def _method(name: str, spec: Any, where: str) -> DenoiseConfig | None:
+    """One ``methods`` entry: null is the magnitude rule (LT-SFT), a mapping a :class:`DenoiseConfig` (DeFT-X).
+
+    A name that says the other rule is refused: :data:`MAGNITUDE_METHOD` with a mapping, and a null under a
+    name starting with :data:`DENOISED_METHOD`; but :data:`DENOISED_METHOD` itself null is DeFT-X's
+    defaults (as ``{}``). Names compare case-insensitively.
+    """
+    folded = name.casefold()
+    if spec is None and folded == DENOISED_METHOD:
+        return DenoiseConfig()
+    if spec is None and folded.startswith(DENOISED_METHOD):
+        raise _fail(where, f"{name} names a DeFT-X method, but an empty entry (null) is LT-SFT's magnitude "
+                    f"|theta1 - theta0| selection: write {name}: {{energy: {DEFAULT_ENERGY}}} (or {{rank: R}}) for "
+                    f"the denoised selection, or {MAGNITUDE_METHOD}: null for the magnitude one")
+    if spec is not None and folded == MAGNITUDE_METHOD:
+        raise _fail(where, f"{name} selects by magnitude |theta1 - theta0|: write {name}: null, or give the "
+                    f"denoised settings {short_repr(spec)} another name (e.g. {DENOISED_METHOD})")
+    return None if spec is None else _build(DenoiseConfig, spec, where, {"groups": _strings})
+
+
 def _methods(raw: Any, where: str) -> dict[str, DenoiseConfig | None]:
+    """``methods``: each entry by :func:`_method`; at most one magnitude (null) entry, since a second would
+    train the very same SFT under another name."""
     methods = _mapping(raw, where)
     if not methods:
         raise _fail(where, "at least one method is needed")
-    return {
-        str(name): None if spec is None else _build(DenoiseConfig, spec, f"{where}.{name}",
-                                                    {"groups": _strings})
-        for name, spec in methods.items()
-    }
+    if BASELINE in methods:
+        raise _fail(where, f"{BASELINE!r} is the baseline's name; pick another method name")
+    parsed = {str(name): _method(str(name), spec, f"{where}.{name}") for name, spec in methods.items()}
+    plain = [name for name, denoise in parsed.items() if denoise is None]
+    if len(plain) > 1:
+        raise _fail(f"{where}.{plain[1]}", f"an empty entry (null) is the magnitude |theta1 - theta0| selection, "
+                    f"which {plain[0]} already is (the same SFT under two names): write {plain[1]}: {{energy: "
+                    f"{DEFAULT_ENERGY}}} (or {{rank: R}}) for DeFT-X's denoised selection, or drop it")
+    return parsed
 
 
 def _sft_section(raw: Any, where: str, default: SFTSection, *, has_max_length: bool = False) -> SFTSection:
@@ -327,10 +383,24 @@ def _head(raw: Any, where: str) -> HeadWarmUp:
     return _build(HeadWarmUp, values, where)
 
 
+def _without_seed(values: dict[str, Any], where: str) -> dict[str, Any]:
+    """``training`` without its ``seed``: refused in a config (every run's seed is one of the top-level
+    ``seeds``, which would override it silently); dropped from a recorded ``config.json``'s section
+    (:data:`RECORDED_TRAINING_KEYS`), where it is the unused placeholder ``TrainingSettings.seed``."""
+    if "seed" not in values:
+        return values
+    seed = values["seed"]
+    if RECORDED_TRAINING_KEYS.issubset(values) and type(seed) is int and seed == TrainingSettings.seed:
+        return {key: value for key, value in values.items() if key != "seed"}
+    example = seed if type(seed) is int and seed >= 0 else 1
+    raise _fail(f"{where}.seed", f"refused ({short_repr(seed)}): the seeds are set by the top-level `seeds:` list "
+                f"(one run per seed); drop training.seed and list the seeds there, e.g. seeds: [{example}]")
+
+
 def _training(raw: Any, where: str) -> TrainingSettings:
-    """``training``: deftx's settings, and any other ``TrainingArguments`` field beside them
-    (collected into ``arguments``, checked against transformers' own dataclass)."""
-    values = dict(_mapping(raw, where))
+    """``training``: deftx's settings but the seed (:func:`_without_seed`), and any other ``TrainingArguments``
+    field beside them (collected into ``arguments``, checked against transformers' own dataclass)."""
+    values = _without_seed(dict(_mapping(raw, where)), where)
     own = {f.name for f in fields(TrainingSettings)}
     passed = {key: values.pop(key) for key in list(values) if key not in own and key in trainer_argument_names()}
     if passed:
@@ -417,8 +487,6 @@ def parse_config(raw: Any, source: str = "<config>") -> PipelineConfig:
     if "device" in values and values["device"] not in DEVICES:
         raise _fail("device", f"expected one of {list(DEVICES)}, got {short_repr(values['device'])}")
     parsed.update(values)
-    if BASELINE in parsed["methods"]:
-        raise _fail("methods", f"{BASELINE!r} is the baseline's name; pick another method name")
     return PipelineConfig(**parsed)
 
 
@@ -434,16 +502,83 @@ def read_config_file(path: str | Path) -> Any:
         raise FileNotFoundError(f"config file {path} does not exist")
     text = path.read_text()
     try:
-        if path.suffix.lower() == ".json":
-            raw = json.loads(text)
-        else:
-            import yaml
-
-            raw = yaml.safe_load(text)
+        raw = json.loads(text, object_pairs_hook=_unique_json_keys) if path.suffix.lower() == ".json" \
+            else strict_yaml_load(text)
+    except DuplicateKeyError as err:
+        raise ConfigError(f"config {path}: {err}") from err
     except Exception as err:
         raise ConfigError(f"config {path}: cannot parse: {short_repr(str(err))}") from err
     check_nesting(raw, str(path))
     return raw
+
+
+class DuplicateKeyError(ValueError):
+    """A mapping of a config file holds one key twice (the message names it and, in YAML, both lines)."""
+
+
+def _unique_json_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads``' ``object_pairs_hook``: the object as a dict, refusing a key given twice."""
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise DuplicateKeyError(f"duplicate key {short_repr(key)}: JSON would keep only the last; write it once")
+        seen[key] = value
+    return seen
+
+
+def strict_yaml_load(text: str) -> Any:
+    """``yaml.safe_load`` of ``text``, refusing a mapping that holds one key twice (:func:`check_unique_keys`).
+
+    Raises:
+        DuplicateKeyError: naming the key, where it is and both its lines.
+        yaml.YAMLError: the text does not parse.
+    """
+    import yaml
+
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        check_unique_keys(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def check_unique_keys(root: Any) -> None:
+    """DuplicateKeyError for a YAML mapping node (of ``root``'s composed graph) that holds a scalar key twice;
+    keys a merge (``<<``) brings in may be overridden, as YAML specifies. Each node is visited once, so the
+    check is linear in the distinct nodes (an alias bomb is cheap), and iterative (no recursion limit).
+
+    Raises:
+        DuplicateKeyError: naming the key, its dotted place in the file and the lines of both.
+    """
+    import yaml
+
+    seen: set[int] = set()
+    stack: list[tuple[Any, str]] = [(root, "")]
+    while stack:
+        node, where = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            stack += [(item, f"{where}[{index}]") for index, item in enumerate(node.value)]
+        if not isinstance(node, yaml.MappingNode):
+            continue
+        lines: dict[tuple[str, str], int] = {}
+        for key, value in node.value:
+            name = key.value if isinstance(key, yaml.ScalarNode) else "?"
+            stack.append((value, f"{where}.{name}" if where else name))
+            if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+                continue
+            line = key.start_mark.line + 1
+            if (key.tag, key.value) in lines:
+                place = f"{where}.{name}" if where else name
+                raise DuplicateKeyError(f"duplicate key {short_repr(place)} on line {line} (first on line "
+                                        f"{lines[key.tag, key.value]}): YAML would keep only the last; write it once")
+            lines[key.tag, key.value] = line
 
 
 MAX_CONFIG_DEPTH = 32

@@ -147,6 +147,8 @@ def plan_lines(config: PipelineConfig) -> list[str]:
         + (f"sources {list(config.sources)}, targets {list(config.targets)}" if config.runs_nusax
            else "no NusaX targets")
         + f", methods {methods}, language SFT scale(s) {list(config.language_scales())}",
+        "methods (the selection rule of each):",
+        *(f"  {name}: {rule}" for name, rule in config.selection_rules().items()),
         "TrainingArguments (where they differ from transformers' defaults; each phase sets its length, lr, folder):",
     ]
     settings = training_settings(config, requested_device(config), config.seeds[0])

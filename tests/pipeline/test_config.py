@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from deftx.pipeline.config import ConfigError, load_config, parse_config
-from deftx.train.config import to_plain
+from deftx.pipeline.config import ConfigError, load_config, parse_config, read_config_file
+from deftx.train.config import DenoiseConfig, to_plain
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -83,11 +83,96 @@ def test_phase_override_keeps_unset_keys():
 
 def test_denoised_pairs_put_each_denoised_method_against_each_plain_one_in_config_order():
     assert load_config(REPO / "configs" / "default.yaml").denoised_pairs() == (("deft-x", "lt-sft"),)
-    config = parse_config({"targets": ["x"], "methods": {"mag": None, "svd-r8": {"rank": 8}, "lt-sft": None,
+    config = parse_config({"targets": ["x"], "methods": {"svd-r8": {"rank": 8}, "lt-sft": None,
                                                          "svd-e9": {"energy": 0.9}}})
-    assert config.denoised_pairs() == (("svd-r8", "mag"), ("svd-r8", "lt-sft"), ("svd-e9", "mag"),
-                                       ("svd-e9", "lt-sft"))
+    assert config.denoised_pairs() == (("svd-r8", "lt-sft"), ("svd-e9", "lt-sft"))
     assert parse_config({"targets": ["x"], "methods": {"lt-sft": None}}).denoised_pairs() == ()
+
+
+def test_an_empty_method_entry_is_the_rule_its_name_implies_or_refused():
+    """null is the magnitude rule (LT-SFT) under any name, once; deft-x: null is DeFT-X's defaults (as {}); a
+    second null entry (the same SFT under two names), null under another deft-x name and lt-sft with
+    denoising settings are refused, naming the entry and what to write."""
+    config = parse_config({"targets": ["x"], "methods": {"lt-sft": None, "deft-x": None}})
+    assert config.methods == {"lt-sft": None, "deft-x": DenoiseConfig()}
+    assert config.methods == parse_config({"targets": ["x"], "methods": {"lt-sft": None, "deft-x": {}}}).methods
+    assert config.denoised_pairs() == (("deft-x", "lt-sft"),)
+    assert parse_config({"targets": ["x"], "methods": {"DeFT-X": None}}).methods == {"DeFT-X": DenoiseConfig()}
+    plain = parse_config({"targets": ["x"], "methods": {"plain": None, "denoised": {"rank": 2}}})
+    assert plain.methods == {"plain": None, "denoised": DenoiseConfig(rank=2)}
+    for name in ("magnitude", "lt-sft-copy"):
+        with pytest.raises(ConfigError, match=rf"methods\.{name}: an empty entry \(null\) is the magnitude .*which "
+                                              rf"lt-sft already is.*{name}: \{{energy: 0\.9\}}"):
+            parse_config({"targets": ["x"], "methods": {"lt-sft": None, name: None}})
+    with pytest.raises(ConfigError, match=r"methods\.deft-x-e50: deft-x-e50 names a DeFT-X method.*"
+                                          r"deft-x-e50: \{energy: 0\.9\}"):
+        parse_config({"targets": ["x"], "methods": {"deft-x-e50": None}})
+    for name, spec in (("lt-sft", {}), ("lt-sft", {"energy": 0.5}), ("LT-SFT", {"rank": 2})):
+        with pytest.raises(ConfigError, match=rf"methods\.{name}: {name} selects by magnitude.*write {name}: null"):
+            parse_config({"targets": ["x"], "methods": {name: spec}})
+
+
+def test_an_empty_yaml_deft_x_entry_trains_deft_x_s_defaults(tmp_path):
+    """The walkthrough's config: ``deft-x:`` left empty (null in YAML) once trained LT-SFT labelled deft-x."""
+    path = tmp_path / "c.yaml"
+    path.write_text("targets: [x]\nmethods: {lt-sft: null, deft-x: }\n")
+    config = load_config(path)
+    assert config.methods == {"lt-sft": None, "deft-x": DenoiseConfig(energy=0.9)}
+    assert config.selection_rules()["deft-x"].startswith("denoised |low-rank Delta| (DeFT-X: energy 0.9")
+
+
+def test_selection_rules_name_each_method_s_rule():
+    config = parse_config({"targets": ["x"], "methods": {"lt-sft": None, "deft-x": None, "r8": {"rank": 8},
+                                                         "res": {"add_back_residual": True, "method": "exact"}}})
+    rules = config.selection_rules()
+    assert list(rules) == ["lt-sft", "deft-x", "r8", "res"]
+    assert rules["lt-sft"].startswith("magnitude |theta1 - theta0|")
+    assert rules["deft-x"].startswith("denoised") and "energy 0.9" in rules["deft-x"]
+    assert "rank 8" in rules["r8"] and "energy" not in rules["r8"]
+    assert "exact SVD" in rules["res"] and "0.1 of the residual" in rules["res"]
+
+
+def test_training_seed_is_refused_the_seeds_list_sets_it():
+    for seed in (5, 0):
+        with pytest.raises(ConfigError, match=r"training\.seed: .*top-level `seeds:` list"):
+            parse_config({"targets": ["x"], "seeds": [1], "training": {"seed": seed}})
+    with pytest.raises(ConfigError, match=r"training\.seed"):
+        parse_config({"targets": ["x"], "training": {"gradient_accumulation_steps": 2, "seed": 3}})
+    recorded = to_plain(parse_config({"targets": ["x"], "seeds": [1, 2]}))
+    assert recorded["training"]["seed"] == 0, "a recorded config.json carries the unused placeholder"
+    assert parse_config(recorded).seeds == (1, 2)
+    recorded["training"]["seed"] = 5
+    with pytest.raises(ConfigError, match=r"training\.seed"):
+        parse_config(recorded)
+
+
+@pytest.mark.parametrize("text, match", [
+    ("targets: [x]\nseeds: [0]\nseeds: [1]\n", r"duplicate key 'seeds' on line 3 \(first on line 2\)"),
+    ("targets: [x]\n'seeds': [0]\nseeds: [1]\n", r"duplicate key 'seeds' on line 3"),
+    ("targets: [x]\ntraining:\n  batch_size: 8\n  batch_size: 16\n",
+     r"duplicate key 'training\.batch_size' on line 4 \(first on line 3\)"),
+    ("targets: [x]\nmethods: {lt-sft: null, deft-x: {energy: 0.5, energy: 0.9}}\n",
+     r"duplicate key 'methods\.deft-x\.energy' on line 2"),
+    ("targets: [x]\nmethods: {deft-x: {}, deft-x: {rank: 1}}\n", r"duplicate key 'methods\.deft-x'"),
+])
+def test_a_key_written_twice_is_refused_with_its_line(tmp_path, text, match):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load_config(path)
+
+
+def test_yaml_merge_keys_may_be_overridden_and_json_duplicates_are_refused(tmp_path):
+    merged = tmp_path / "merged.yaml"
+    merged.write_text("targets: [x]\nbase: &b {batch_size: 8, max_length: 64}\n")
+    assert read_config_file(merged)["base"] == {"batch_size": 8, "max_length": 64}
+    merged.write_text("targets: [x]\nx-base: &b {batch_size: 8, max_length: 64}\n"
+                      "training: {<<: *b, batch_size: 4}\n")
+    assert read_config_file(merged)["training"] == {"batch_size": 4, "max_length": 64}
+    duplicated = tmp_path / "c.json"
+    duplicated.write_text('{"targets": ["x"], "seeds": [0], "seeds": [1]}')
+    with pytest.raises(ConfigError, match=r"duplicate key 'seeds'"):
+        load_config(duplicated)
 
 def test_json_config(tmp_path):
     path = tmp_path / "c.json"

@@ -78,12 +78,17 @@ def nusax_root(tmp_path):
 def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path, capsys):
     config = {"name": "plan", "model": "org/some-encoder", "data_dir": str(nusax_root(tmp_path)),
               "output_dir": str(tmp_path / "run"), "targets": ["madurese", "buginese"],
-              "training": {"gradient_accumulation_steps": 4}, "methods": {"lt-sft": None}}
+              "training": {"gradient_accumulation_steps": 4},
+              "methods": {"lt-sft": None, "deft-x": None, "deft-x-r8": {"rank": 8, "method": "exact"}}}
     path = tmp_path / "plan.yaml"
     path.write_text(yaml.safe_dump(config))
     assert main(["pipeline", str(path), "--dry-run"]) == 0
     printed = capsys.readouterr().out
     assert "model: org/some-encoder: Hugging Face Hub model id" in printed
+    assert "methods (the selection rule of each):\n" in printed
+    assert "\n  lt-sft: magnitude |theta1 - theta0| (LT-SFT)\n" in printed
+    assert "\n  deft-x: denoised |low-rank Delta| (DeFT-X: energy 0.9, randomized SVD of " in printed
+    assert "  deft-x-r8: denoised |low-rank Delta| (DeFT-X: rank 8, exact SVD of " in printed
     assert "  gradient_accumulation_steps = 4" in printed and "max_steps" not in printed
     assert "on nusax text (NusaX train+valid); cached by model, text and settings" in printed, "the head's key"
     sft = tmp_path / "run" / "seed-0" / "lang" / "madurese" / "lt-sft" / "sft.safetensors"

@@ -72,6 +72,16 @@ CONFIG_CASES = [
     ("americasnli examples -1", {"americasnli": {"train_languages": ["aym"], "test_languages": ["bzd"],
                                                  "max_train_examples": -1}}, "max_train_examples"),
     ("missing data root", {"data_dir": "/nonexistent/deftx-data"}, "does not exist"),
+    ("second null method", {"methods": {"lt-sft": None, "magnitude": None}},
+     r"methods\.magnitude: an empty entry \(null\) is the magnitude .*lt-sft already"),
+    ("empty YAML method entry", "targets: [madurese]\nmethods: {lt-sft: null, deft-x-e50: }\n",
+     r"methods\.deft-x-e50: .*empty entry \(null\).*deft-x-e50: \{energy: 0\.9\}"),
+    ("lt-sft with denoising settings", {"methods": {"lt-sft": {"energy": 0.9}}}, r"methods\.lt-sft: .*lt-sft: null"),
+    ("training seed", {"training": {"seed": 5}}, r"training\.seed: .*top-level `seeds:` list"),
+    ("duplicate key", "targets: [madurese]\nseeds: [0]\nseeds: [1]\n",
+     r"duplicate key 'seeds' on line 3 \(first on line 2\)"),
+    ("duplicate nested key", "targets: [madurese]\ntraining:\n  batch_size: 8\n  batch_size: 16\n",
+     r"duplicate key 'training\.batch_size' on line 4"),
 ]
 
 
@@ -124,6 +134,10 @@ ABLATION_CASES = [
     ("infinite steps in a variant", {"variants": {"v": {"language_sft.full.steps": float("inf")}}},
      "variant 'v'.*steps"),
     ("recursive variant", "variants: &a {v: {x: *a}}\n", "contains itself"),
+    ("duplicate variant", "variants:\n  v: {}\n  v: {seeds: [1]}\n", r"duplicate key 'variants\.v' on line \d+"),
+    ("training seed in a variant", {"variants": {"v": {"training.seed": 5}}}, r"variant 'v'.*training\.seed"),
+    ("null method in a variant", {"variants": {"v": {"methods": {"lt-sft": None, "mag": None}}}},
+     r"variant 'v'.*methods\.mag: an empty entry \(null\)"),
 ]
 
 
