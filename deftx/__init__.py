@@ -33,6 +33,8 @@ _EXPORTS: dict[str, str] = {
     "RoundingLossWarning": "deftx.sft",
     "RoundingLossError": "deftx.sft",
     "SparseDiffFormatError": "deftx.sft",
+    "ForeignFormatError": "deftx.sft",
+    "BaseModelMismatchError": "deftx.sft",
     # deftx.train: the two phases inside your transformers.Trainer
     "SparseFineTuner": "deftx.train",
     "SparseFineTuningConfig": "deftx.train",
@@ -64,7 +66,9 @@ _SUBCLASS_PLUGINS: dict[str, str] = {"torch.distributed.tensor": "deftx.distribu
 __all__ = [
     "AppliedDiffs",
     "BackendUnavailableError",
+    "BaseModelMismatchError",
     "DenoiseConfig",
+    "ForeignFormatError",
     "IdentityMismatchError",
     "InexactRevertWarning",
     "MaskedAdamW",
@@ -113,6 +117,8 @@ if TYPE_CHECKING:
     )
     from deftx.sft import (
         AppliedDiffs,
+        BaseModelMismatchError,
+        ForeignFormatError,
         InexactRevertWarning,
         PreparedComposition,
         RevertReport,

@@ -17,7 +17,8 @@ from deftx.cli import main
 from deftx.info import RUN_LIBRARIES, environment_record
 
 ROOT = Path(__file__).resolve().parents[1]
-HOMES = {"deftx.sft": ("SparseDiff", "apply_diffs", "applied", "compose", "RevertReport", "InexactRevertWarning"),
+HOMES = {"deftx.sft": ("SparseDiff", "apply_diffs", "applied", "compose", "RevertReport", "InexactRevertWarning",
+                       "SparseDiffFormatError", "ForeignFormatError", "BaseModelMismatchError"),
          "deftx.train": ("SparseFineTuner", "SparseFineTuningConfig", "PhaseConfig", "task_sft_config",
                          "IdentityMismatchError", "TrainerOverrideWarning"),
          "deftx.ops": ("topk_mask", "lowrank_denoise", "scatter_add_", "scatter_restore_", "masked_adamw_step_")}

@@ -152,6 +152,27 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
              "shape, else 3)",
     )
     add_seed_argument(parser, "seed of a new head's init where none is shipped")
+    parser.add_argument(
+        "--no-base-check", action="store_true",
+        help="apply SFTs recorded for another base model than --model (by default refused before anything runs: "
+             "the names must be equal, or, for a local folder, end in the same folder name)",
+    )
+
+
+def check_base_models(model, diffs, sources: list[str], skip: bool) -> None:
+    """ValueError, before any work, when an SFT was recorded for another base model than ``model``'s
+    (unless ``skip``, i.e. ``--no-base-check``); ``sources`` name the SFTs as given."""
+    from deftx.sft.apply import base_model_id, same_base_model
+
+    model_id = base_model_id(model)
+    if skip or not model_id:
+        return
+    for source, diff in zip(sources, diffs, strict=True):
+        if diff.base_model and not same_base_model(diff.base_model, model_id):
+            raise ValueError(
+                f"{source} was made for base model {diff.base_model!r}, --model is {model_id!r} "
+                "(--no-base-check applies it anyway)"
+            )
 
 
 def add_seed_argument(parser: argparse.ArgumentParser, help: str = "seed (default 0)") -> None:

@@ -17,7 +17,7 @@ Predicted vs measured (:mod:`deftx.perf.predicted`): on CUDA, and on any device 
 next to the time ``deftx profile --static``'s roofline model predicts on the target
 (``max(bytes / datasheet bandwidth, FLOPs / datasheet peak)``), their ratio, and deftx's
 measured and predicted speedup over each baseline. The target comes from the GPU's name
-(H200, H100 -> sm_90, A100 -> sm_80) unless given; another GPU gets a note and no rows. It is
+(H200 -> h200, H100 -> sm_90, A100 -> sm_80) unless given; another GPU gets a note and no rows. It is
 written under ``"predicted"`` in the JSON and as a section of the markdown; the first
 table is unchanged.
 """
@@ -49,7 +49,7 @@ DESCRIPTION = (
 EPILOG = (
     "predicted vs measured: predicted = max(bytes / datasheet HBM bandwidth, FLOPs / datasheet peak) "
     "from deftx.perf.roofline, a lower bound; measured/predicted says how far from it a run is. "
-    "The target is taken from the CUDA device name (H200 and H100 -> sm_90, A100 -> sm_80; other GPUs: a note, "
+    "The target is taken from the CUDA device name (H200 -> h200, H100 -> sm_90, A100 -> sm_80; other GPUs: a note, "
     "no rows) or given with --predict-target, which also works on CPU for inspection (then labelled "
     "'predicted for <target>, measured on cpu')."
 )

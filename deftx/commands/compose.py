@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from deftx.commands._common import add_model_arguments, finite_float, name_base_model
+from deftx.commands._common import add_model_arguments, check_base_models, finite_float, name_base_model
 
 NAME = "compose"
 SUMMARY = "add SFTs onto a base model (fused scatter) and save the composed classifier"
@@ -13,7 +13,19 @@ Load the base model as the sequence classifier the task SFT was trained in (arch
 and labels read from the SFT's metadata; see --pooling), add the given SFTs (e.g. a task SFT and a
 target language SFT; dense tensors such as the classifier head replace the model's), optionally save
 the result as a save_pretrained folder, then revert and check that the base is restored bit for bit.
+A folder of deftx's mean-pooled classifier (e5) loads with
+deftx.models.classifier.BertMeanPoolClassifier.from_pretrained, which the command prints.
 """
+
+
+def loading_note(model_class: type, folder: str) -> str:
+    """How to load the written folder as the model that was composed: deftx's own classifier classes
+    are not in transformers' Auto registry (its AutoModelForSequenceClassification would build
+    another architecture, with a random pooler, from the same weights)."""
+    if model_class.__module__.startswith("deftx."):
+        return (f"load it with {model_class.__module__}.{model_class.__name__}.from_pretrained({folder!r}) "
+                "(transformers' AutoModelForSequenceClassification would add a random pooler)")
+    return f"load it with transformers.{model_class.__name__}.from_pretrained({folder!r})"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,8 +45,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"classifier: {spec.describe()}")
     model = build_from_spec(model_dir, spec, args.seed)
     name_base_model(model, args.model)
+    check_base_models(model, diffs, args.sft, args.no_base_check)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    handle = apply_diffs(model, diffs, scales)
+    handle = apply_diffs(model, diffs, scales, check_base=not args.no_base_check)
     for path, diff, scale in zip(args.sft, diffs, scales, strict=True):
         print(f"applied {path}: {diff.method}, {diff.nnz} entries, dense {sorted(diff.dense)}, scale {scale}")
     if args.output:
@@ -43,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
         model.save_pretrained(args.output)
         AutoTokenizer.from_pretrained(str(model_dir)).save_pretrained(args.output)
         print(f"composed model written to {args.output}")
+        print(loading_note(type(model), args.output))
     handle.revert()
     exact = all(torch.equal(p.detach(), before[name]) for name, p in model.named_parameters())
     print(f"revert restores the base bit-exactly: {exact}")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from deftx.commands._common import (
     DEVICE_METAVAR,
     add_model_arguments,
+    check_base_models,
     device_option,
     finite_float,
     name_base_model,
@@ -18,6 +20,11 @@ from deftx.commands._common import (
 if TYPE_CHECKING:
     from deftx.eval.zero_shot import Composition, RowContext
 
+
+NUSAX_SOURCE = "indonesian"
+"""The source language of the NusaX tables when --source is not given."""
+UNNAMED_SOURCE = "not given"
+"""The table's source with --data and no --source (the SFT does not record its training language)."""
 
 NAME = "evaluate"
 SUMMARY = "zero-shot macro-F1/accuracy of a task SFT + language SFTs (NusaX, or any data set with --data)"
@@ -64,19 +71,33 @@ def _score(args, model, tokenizer, cells, context: RowContext, num_labels: int) 
     from deftx.eval.zero_shot import score_compositions
 
     rows = []
-    for row in score_compositions(model, tokenizer, cells, context, num_labels, batch_size=args.batch_size):
+    for row in score_compositions(model, tokenizer, cells, context, num_labels, batch_size=args.batch_size,
+                                  check_base=not args.no_base_check):
         print(f"{row.target}: macro-F1 {100 * row.macro_f1:.1f} accuracy {100 * row.accuracy:.1f} on {row.examples} "
               f"examples ({'with' if row.language_sft else 'without'} language SFT)")
         rows.append(row.as_dict())
     return rows
 
 
-def _nusax_cells(args, tokenizer, task, lang_sfts, data_dir: Path) -> list[tuple[str, list[dict], Composition]]:
+def _nusax_languages(args: argparse.Namespace, data_dir: Path, lang_sft_languages: Sequence[str]) -> list[str]:
+    """The NusaX languages to evaluate (--languages, else every one under the data root); ValueError
+    for a --lang-sft whose language is not among them (it would be silently unused)."""
     from deftx.data import nusax
+
+    languages = list(args.languages or nusax.sentiment_languages(data_dir))
+    unused = sorted(set(lang_sft_languages) - set(languages))
+    if unused:
+        raise ValueError(f"--lang-sft for {', '.join(unused)}, which is not evaluated (languages: "
+                         f"{', '.join(languages)})")
+    return languages
+
+
+def _nusax_cells(args, tokenizer, task, lang_sfts, data_dir: Path,
+                 languages: Sequence[str]) -> list[tuple[str, list[dict], Composition]]:
     from deftx.eval.zero_shot import nusax_test_examples
 
     cells = []
-    for language in args.languages or nusax.sentiment_languages(data_dir):
+    for language in languages:
         examples = nusax_test_examples(data_dir, language, tokenizer, args.max_length)
         if examples is None:
             print(f"{language}: no test split under {data_dir} — skipped")
@@ -114,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
     if args.data and len(lang_specs) > 1:
         raise ValueError("with --data, give at most one --lang-sft (the data's language)")
     data_dir = None if args.data else _nusax_data_dir(args)
+    languages = [] if data_dir is None else _nusax_languages(args, data_dir, list(lang_specs))
     task = open_sft(args.task_sft)
     lang_sfts = {language: open_sft(source) for language, source in lang_specs.items()}
     model_dir = resolve_model(args.model)
@@ -125,16 +147,18 @@ def run(args: argparse.Namespace) -> int:
     print(f"classifier: {spec.describe()}")
     model = build_from_spec(model_dir, spec, args.seed)
     name_base_model(model, args.model)
+    check_base_models(model, [task, *lang_sfts.values()], [args.task_sft, *lang_specs.values()], args.no_base_check)
+    source = args.source or (UNNAMED_SOURCE if args.data else NUSAX_SOURCE)
     if args.data:
         cells = _data_cells(args, tokenizer, task, lang_sfts, spec)
-        context = RowContext(str(args.data), args.split, args.source, split=args.split)
+        context = RowContext(str(args.data), "zero-shot", source, split=args.split)
     else:
-        cells = _nusax_cells(args, tokenizer, task, lang_sfts, data_dir)
-        context = RowContext("nusax", "zero-shot", args.source)
+        cells = _nusax_cells(args, tokenizer, task, lang_sfts, data_dir, languages)
+        context = RowContext("nusax", "zero-shot", source)
     rows = _score(args, model.to(device), tokenizer, cells, context, spec.num_labels)
     if not rows:
         raise ValueError("no language with a test split was evaluated")
-    summary = summarize(rows, exclude_from_average=[args.source])
+    summary = summarize(rows, exclude_from_average=[] if source == UNNAMED_SOURCE else [source])
     print(markdown_tables(summary, "macro_f1"))
     if args.output:
         write_csv(rows, Path(args.output) / "evaluate.csv")
@@ -163,7 +187,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="label column: names matching the SFT's labels, or class ids (default label)")
     data.add_argument("--target", help="name of the data's language in the table (default: --lang-sft's or the file)")
     parser.add_argument("--scale", type=finite_float, default=1.0, help="language SFT scale (default 1.0)")
-    parser.add_argument("--source", default="indonesian", help="source language (left out of the average)")
+    parser.add_argument(
+        "--source",
+        help=f"the task SFT's source language, named in the table and left out of the average (default: "
+             f"{NUSAX_SOURCE} on NusaX; with --data, none: the table says '{UNNAMED_SOURCE}')",
+    )
     parser.add_argument("--name", default="sft", help="method name in the table")
     parser.add_argument("--max-length", type=positive_int, default=128, help="token limit (default 128)")
     parser.add_argument("--batch-size", type=positive_int, default=64, help="evaluation batch (default 64)")

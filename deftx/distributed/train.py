@@ -66,7 +66,15 @@ def init_distributed() -> tuple[DeviceMesh, torch.device]:
     """Join the ``torchrun`` world: NCCL on CUDA (one GPU per local rank), else gloo on CPU.
 
     Returns the 1-D device mesh over all ranks and this rank's device.
+
+    Raises:
+        RuntimeError: no process group and no ``torchrun`` environment (``RANK``, ``WORLD_SIZE``).
     """
+    if not dist.is_initialized() and not {"RANK", "WORLD_SIZE"} <= os.environ.keys():
+        raise RuntimeError(
+            "not started by torchrun (RANK and WORLD_SIZE are unset): run it as "
+            "`torchrun --nproc-per-node N <script> ...` (N = 1 for a single process)"
+        )
     if torch.cuda.is_available():
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)

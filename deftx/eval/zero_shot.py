@@ -88,15 +88,16 @@ def score_composed(
     num_labels: int,
     *,
     batch_size: int = 64,
+    check_base: bool = True,
 ) -> tuple[float, float]:
     """(macro-F1, accuracy) of ``model`` with ``diffs`` applied, reverted afterwards.
 
     The revert restores the exact original bits, so the same base model serves every
-    composition in turn.
+    composition in turn. ``check_base=False`` applies diffs recorded for another base model.
     """
     if not examples:
         raise ValueError("no examples to evaluate")
-    handle = apply_diffs(model, list(diffs), list(scales)) if diffs else None
+    handle = apply_diffs(model, list(diffs), list(scales), check_base=check_base) if diffs else None
     try:
         predictions = predict_labels(model, tokenizer, examples, batch_size=batch_size)
     finally:
@@ -137,11 +138,12 @@ def score_compositions(
     num_labels: int,
     *,
     batch_size: int = 64,
+    check_base: bool = True,
 ) -> Iterator[EvalRow]:
     """Score each ``(target, examples, composition)`` in turn (:func:`score_composed`), one row each,
     yielded as soon as it is scored."""
     for target, examples, composition in cells:
         f1, acc = score_composed(model, tokenizer, examples, composition.diffs, composition.scales, num_labels,
-                                 batch_size=batch_size)
+                                 batch_size=batch_size, check_base=check_base)
         yield EvalRow(context.benchmark, context.protocol, composition.method, context.source, target, context.seed,
                       f1, acc, len(examples), composition.language_sft, context.split, composition.language_scale)

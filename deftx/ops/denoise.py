@@ -209,7 +209,7 @@ def _settings(
             raise ValueError(f"{what}: precision {precision!r} is for fp32 weights, got {matrix.dtype}")
     _check_rank(options.rank, options.energy, min(matrices[0].shape) if single else None, op)
     energy = None if options.energy is None else float(options.energy)
-    return _Settings(**{**asdict(options), "energy": energy}, backend=requested_backend(backend))
+    return _Settings(**{**asdict(options), "energy": energy}, backend=requested_backend(backend, "rsvd"))
 
 
 # --------------------------------------------------------------------------- factorisation
@@ -512,7 +512,7 @@ def reconstruct_magnitudes(
     """
     if precision not in PRECISIONS:
         raise ValueError(f"reconstruct_magnitudes: precision must be one of {PRECISIONS}, got {precision!r}")
-    wanted = requested_backend(backend)
+    wanted = requested_backend(backend, "rsvd")
     by_device: dict[torch.device, list[int]] = {}
     for i, (u, s, vh, *_) in enumerate(factors):
         if u.dtype != torch.float32 or s.dtype != torch.float32 or vh.dtype != torch.float32:

@@ -34,13 +34,21 @@ class BackendUnavailableError(RuntimeError):
     """An explicitly requested backend cannot run this op on this device."""
 
 
-def requested_backend(backend: str | None) -> str:
-    """The backend asked for: the argument, else ``$DEFTX_BACKEND``, else ``"auto"``."""
+def requested_backend(backend: str | None, op: str | None = None) -> str:
+    """The backend asked for: the argument, else ``$DEFTX_BACKEND``, else ``"auto"``.
+
+    ``$DEFTX_BACKEND`` is a preference for every op: for an ``op`` its backend does not implement
+    at all (the native library has no rSVD) it gives ``"auto"``, with a warning once. A backend
+    passed as the argument is returned as it is (one that cannot run ``op`` raises later).
+    """
     value = backend if backend is not None else os.environ.get(ENV_VAR, "auto")
     value = value.strip().lower()
     if value not in ("auto", *BACKENDS):
         source = "backend argument" if backend is not None else f"${ENV_VAR}"
         raise ValueError(f"{source} is {value!r}; expected one of auto, {', '.join(BACKENDS)}")
+    if backend is None and op is not None and value != "auto" and value not in op_entry(op).backends:
+        _warn_once(f"deftx: ${ENV_VAR}={value} does not implement {op!r}; it runs on the automatic choice")
+        value = "auto"
     return value
 
 
@@ -111,8 +119,9 @@ def _warn_once(message: str) -> None:
 
 
 def resolve(op: str, device: torch.device, backend: str | None = None) -> str:
-    """The backend that runs ``op`` on ``device`` for the requested ``backend``."""
-    wanted = requested_backend(backend)
+    """The backend that runs ``op`` on ``device`` for the requested ``backend`` (see
+    :func:`requested_backend`); one that cannot run there raises :class:`BackendUnavailableError`."""
+    wanted = requested_backend(backend, op)
     if wanted == "auto":
         chosen, why = auto_backend(op, device.type)
         if device.type == "cpu" and chosen == "torch" and "native" in op_entry(op).backends:

@@ -14,6 +14,9 @@ from deftx.ops import library
 from deftx.ops.dispatch import backend_for, common_device, requested_backend
 from deftx.ops.validation import as_tensor_list, check_disjoint, check_float_dtype, check_indices
 
+FP32_OVERFLOW = 2.0**128 - 2.0**103
+"""The least magnitude that rounds to Inf in fp32 (the scales are applied as fp32); NaN compares false."""
+
 
 def _check_dense(dense: list[torch.Tensor], what: str) -> None:
     for t, w in enumerate(dense):
@@ -34,6 +37,10 @@ def _check_rows(
     """Every diff row matches the dense tensors; indices are checked together, once per tensor."""
     if len(indices) != len(payload):
         raise ValueError(f"{what}: {len(indices)} index rows but {len(payload)} {payload_name} rows")
+    for name, rows in (("indices", indices), (payload_name, payload)):
+        if any(isinstance(row, torch.Tensor) for row in rows):
+            raise TypeError(f"{what}: {name} must be one list of tensors per diff (D rows of T tensors: "
+                            f"[[t0, t1, ...]] for one diff), got a list of tensors")
     width = len(dense)
     for d, (row_idx, row_val) in enumerate(zip(indices, payload, strict=True)):
         if len(row_idx) != width or len(row_val) != width:
@@ -70,6 +77,9 @@ def _checked(
     scales = [1.0] * len(indices) if scales is None else [float(s) for s in scales]
     if len(scales) != len(indices):
         raise ValueError(f"{what}: {len(scales)} scales for {len(indices)} diffs")
+    if not all(abs(s) < FP32_OVERFLOW for s in scales):
+        raise ValueError(f"{what}: scales must be finite in fp32, got {scales} (NaN or Inf would be written into "
+                         "the weights)")
     _check_rows(items, indices, values, "values", what)
     return items, scales
 

@@ -2,6 +2,7 @@
 
 from deftx.sft.apply import (
     AppliedDiffs,
+    BaseModelMismatchError,
     InexactRevertWarning,
     PreparedComposition,
     RevertReport,
@@ -15,10 +16,12 @@ from deftx.sft.apply import (
 )
 from deftx.sft.compose import compose
 from deftx.sft.diff import ParamInfo, SparseDiff
-from deftx.sft.format import SparseDiffFormatError
+from deftx.sft.format import ForeignFormatError, SparseDiffFormatError
 
 __all__ = [
     "AppliedDiffs",
+    "BaseModelMismatchError",
+    "ForeignFormatError",
     "InexactRevertWarning",
     "ParamInfo",
     "PreparedComposition",

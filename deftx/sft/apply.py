@@ -30,6 +30,7 @@ import warnings
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
@@ -65,12 +66,57 @@ def model_lock(model: torch.nn.Module) -> threading.RLock:
         return lock
 
 
+class BaseModelMismatchError(ValueError):
+    """A SparseDiff made for another base model than the model's (``check_base=False`` skips the check)."""
+
+    def __init__(self, recorded: str, model_id: str, action: str) -> None:
+        super().__init__(
+            f"SparseDiff was made for base model {recorded!r}, the model is {model_id!r} "
+            f"(pass check_base=False to {action} anyway)"
+        )
+        self.recorded = recorded
+        self.model_id = model_id
+
+
 def base_model_id(model: torch.nn.Module) -> str | None:
     """The identifier a model reports for its base weights (config ``deftx_base_model`` or name)."""
     config = getattr(model, "config", None)
     if config is None:
         return None
     return getattr(config, "deftx_base_model", None) or getattr(config, "_name_or_path", None) or None
+
+
+def _is_local_path(identifier: str) -> bool:
+    """Whether ``identifier`` names a folder on this machine rather than a Hub id: absolute, ``.``- or
+    ``~``-relative, or an existing directory."""
+    return (identifier.startswith((".", "~", "/")) or Path(identifier).is_absolute()
+            or Path(identifier).expanduser().is_dir())
+
+
+def same_base_model(recorded: str, model_id: str) -> bool:
+    """Whether a diff recorded for base ``recorded`` fits a model named ``model_id``.
+
+    Equal names fit. A local folder's path depends on the machine and the working directory
+    (``my-model`` saved here is ``runs/my-model`` from the parent folder; a model cache moves
+    with the home folder), so where either name is a local path, the last path components are
+    compared: ``/root/.cache/deftx/models/multilingual-e5-small`` fits the same folder under
+    another home. Two Hub ids (``org/name``) must be equal.
+    """
+    if recorded == model_id:
+        return True
+    if not (_is_local_path(recorded) or _is_local_path(model_id)):
+        return False
+    return PurePath(recorded.rstrip("/\\")).name == PurePath(model_id.rstrip("/\\")).name
+
+
+def remember_base_model(model: torch.nn.Module) -> None:
+    """Record the model's base identifier in its config (``deftx_base_model``) where none is, so a
+    model saved with diffs applied still names the base its weights came from (a later apply or an
+    inexact revert on the saved copy checks against it, not against the save folder)."""
+    config = getattr(model, "config", None)
+    model_id = base_model_id(model)
+    if config is not None and model_id and not getattr(config, "deftx_base_model", None):
+        config.deftx_base_model = model_id
 
 
 def resolve_parameter(model: torch.nn.Module, params: Mapping[str, torch.Tensor], name: str) -> str:
@@ -114,26 +160,25 @@ def check_compatible(
     diffs: Sequence[SparseDiff],
     strict_dtype: bool,
     check_base: bool,
+    action: str = "apply",
 ) -> dict[str, str]:
     """Validate every diff against the model before anything is written; diff name -> model name.
 
-    ``params``: the model's named parameters (global shapes for DTensors).
+    ``params``: the model's named parameters (global shapes for DTensors); ``action`` names what
+    the caller does, in the base-model error. The base model is checked by :func:`same_base_model`.
 
     Raises:
         KeyError: a diff entry names no parameter of the model.
         ValueError: a shape differs, one diff names a parameter twice (e.g. with and
-            without the model's prefix), a parameter is a meta tensor, or the diff was
-            made for another base model.
+            without the model's prefix), or a parameter is a meta tensor.
+        BaseModelMismatchError: the diff was made for another base model (a ValueError).
         TypeError: a dtype differs and ``strict_dtype`` is set.
     """
     resolved: dict[str, str] = {}
     model_id = base_model_id(model)
     for position, diff in enumerate(diffs):
-        if check_base and diff.base_model and model_id and diff.base_model != model_id:
-            raise ValueError(
-                f"SparseDiff was made for base model {diff.base_model!r}, the model is {model_id!r} "
-                "(pass check_base=False to apply anyway)"
-            )
+        if check_base and diff.base_model and model_id and not same_base_model(diff.base_model, model_id):
+            raise BaseModelMismatchError(diff.base_model, model_id, action)
         named: dict[str, str] = {}
         for name in diff.names:
             target_name = resolved.setdefault(name, resolve_parameter(model, params, name))
@@ -560,6 +605,8 @@ def apply_diffs(
     written) or ``"ignore"``; the counts are in the handle's ``rounding_loss`` either way.
     Returns a handle whose :meth:`AppliedDiffs.revert` restores the exact original bits; as a
     context manager (``with apply_diffs(model, diffs): ...``) it reverts on leaving the block.
+    The model's config keeps the name of its base (:func:`remember_base_model`), so a copy
+    saved with the diffs applied is still checked as that base.
     """
     diffs, scales = _arguments(diffs, scales, on_rounding_loss, "apply_diffs")
     with model_lock(model):
@@ -569,6 +616,7 @@ def apply_diffs(
                                            scales, backend)
         handle = AppliedDiffs(model, diffs, writes, saved, dense_saved)
         _APPLIED.setdefault(model, []).append(handle)
+        remember_base_model(model)
         return handle
 
 
@@ -720,6 +768,7 @@ def prepare_composition(
         writes = _reported(model, params, diffs, scales, strict_dtype, check_base, on_rounding_loss)
         dense = DenseSwap(diffs, writes.plan, {n: params[n].detach() for n in writes.plan.dense})
         scatter = prepare_scatter(writes.targets, writes.indices, writes.values, scales, backend=backend)
+        remember_base_model(model)
         return PreparedComposition(model, diffs, scatter, dense, writes.rounding_loss)
 
 
@@ -817,7 +866,7 @@ def subtract_diff(
     (scale,) = check_scales([scale], 1, "revert")
     with model_lock(model):
         params = dict(model.named_parameters())
-        resolved = check_compatible(model, params, [diff], strict_dtype, check_base)
+        resolved = check_compatible(model, params, [diff], strict_dtype, check_base, action="revert")
         plan = plan_application([diff], resolved)
         targets = [params[n].detach() for n in plan.sparse]
         indices, values = entries_per_target([diff], plan, targets)

@@ -35,6 +35,10 @@ def read_folder(folder: Path, source: str, model: nn.Module | None = None) -> Sp
     raise SparseDiffFormatError(f"{source}: {describe_folder(folder)}")
 
 
+FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+"""Suffixes that make a missing SFT source a missing file, not a Hub repository id."""
+
+
 def open_sft(spec: str | os.PathLike, *, model: nn.Module | None = None, **hub_options: Any) -> SparseDiff:
     """The SparseDiff of a file, folder or Hub repository id of any supported ecosystem.
 
@@ -44,5 +48,7 @@ def open_sft(spec: str | os.PathLike, *, model: nn.Module | None = None, **hub_o
     path = Path(spec).expanduser()
     if path.is_file():
         return SparseDiff.from_composable_sft(path) if path.name == COMPOSABLE_SFT_FILE else SparseDiff.load(path)
+    if path.suffix in FILE_SUFFIXES and not path.exists():
+        raise FileNotFoundError(f"{spec}: no such file")
     folder = resolve_folder(spec, REPO_FILES, **hub_options)
     return read_folder(folder, str(spec), model)

@@ -60,6 +60,16 @@ def test_evaluate_rejects_bad_language_sft_spec(tmp_path, capsys):
     assert "LANGUAGE=PATH" in capsys.readouterr().err
 
 
+def test_evaluate_refuses_a_language_sft_of_a_language_it_does_not_evaluate(tmp_path, capsys):
+    """A typo in --lang-sft's language would leave its SFT unused: refused before any file is read."""
+    data = tmp_path / "data"
+    (data / "madurese").mkdir(parents=True)
+    assert main(["evaluate", "--task-sft", str(tmp_path / "absent"), "--data-dir", str(data), "--languages",
+                 "madurese", "--lang-sft", f"maduresee={tmp_path / 'lang'}"]) == 2
+    err = capsys.readouterr().err
+    assert "--lang-sft for maduresee, which is not evaluated (languages: madurese)" in err and err.count("\n") == 1
+
+
 @pytest.mark.parametrize(("device", "message"), [
     ("cuda", "deftx evaluate: error: device cuda asked for, but torch.cuda.is_available() is false"),
     ("tpu", "deftx evaluate: error: --device: expected one of ['auto', 'cpu', 'cuda'], got 'tpu'"),
@@ -154,7 +164,10 @@ def test_compose_and_evaluate_commands(pipeline_run, tiny_model_dir, capsys):
     out = tmp / "composed"
     assert main(["compose", "--model", str(tiny_model_dir), "--sft", str(task), "--sft", str(lang),
                  "--output", str(out)]) == 0
-    assert "revert restores the base bit-exactly: True" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "revert restores the base bit-exactly: True" in printed
+    assert (f"load it with deftx.models.classifier.BertMeanPoolClassifier.from_pretrained({str(out)!r}) "
+            "(transformers' AutoModelForSequenceClassification would add a random pooler)") in printed
     from deftx.models.classifier import BertMeanPoolClassifier
 
     composed = BertMeanPoolClassifier.from_pretrained(out)

@@ -56,10 +56,11 @@ def labelled_classifier(folder: Path) -> BertForSequenceClassification:
     return model
 
 
-def task_sft(folder: Path, *, info: bool = True) -> SparseDiff:
+def task_sft(folder: Path, *, info: bool = True, base_model: str | None = None) -> SparseDiff:
     """A task SFT of the plain BERT classifier: sparse body entries (pooler included) + its head."""
     model = labelled_classifier(folder)
-    return random_diff(model, 200, head=True, info=describe_model(model, head=True) if info else None)
+    return random_diff(model, 200, head=True, info=describe_model(model, head=True) if info else None,
+                       base_model=base_model)
 
 
 def test_compose_reads_the_classifier_from_the_sft(tmp_path, plain_bert, capsys):
@@ -171,3 +172,49 @@ def test_a_trained_task_sft_records_its_classifier(tmp_path, plain_bert):
     expected = {"architecture": "BertMeanPoolClassifier", "pooling": "mean", "num_labels": 3, "labels": LABELS}
     assert result.diffs["lt-sft"].info == expected
     assert SparseDiff.load(tmp_path / "run" / "lt-sft" / "sft.safetensors").info == expected
+
+
+def test_compose_finds_the_base_from_another_working_directory(tmp_path, plain_bert, monkeypatch, capsys):
+    """An SFT recorded for the folder ``plain-bert`` fits ``--model runs/plain-bert`` (the README's example
+    run from the parent folder), and a model saved composed names its base."""
+    folder = tmp_path / "runs" / "plain-bert"
+    folder.parent.mkdir()
+    folder.symlink_to(plain_bert, target_is_directory=True)
+    task_sft(plain_bert, base_model="plain-bert").save(tmp_path / "task.safetensors")
+    monkeypatch.chdir(tmp_path)
+    assert main(["compose", "--model", "runs/plain-bert", "--sft", "task.safetensors", "--output", "composed"]) == 0
+    printed = capsys.readouterr().out
+    assert "load it with transformers.BertForSequenceClassification.from_pretrained('composed')" in printed
+    composed = AutoModelForSequenceClassification.from_pretrained("composed")
+    assert Path(composed.config.deftx_base_model).name == "plain-bert", composed.config.deftx_base_model
+
+
+def test_an_sft_of_another_base_is_one_error_line_until_no_base_check(tmp_path, plain_bert, capsys):
+    task_sft(plain_bert, base_model="org/another-encoder").save(tmp_path / "task.safetensors")
+    data = tmp_path / "reviews.csv"
+    data.write_text("text,label\n" + "\n".join(f"{s},{label}" for s, label in SENTENCES) + "\n")
+    for command in (["compose"], ["evaluate", "--data", str(data)]):
+        sft = ["--sft" if command[0] == "compose" else "--task-sft", str(tmp_path / "task.safetensors")]
+        assert main([*command, "--model", str(plain_bert), *sft]) == 2
+        last = capsys.readouterr().err.splitlines()[-1]
+        assert last.startswith(f"deftx {command[0]}: error: {tmp_path / 'task.safetensors'} was made for base model "
+                               "'org/another-encoder', --model is"), last
+        assert last.endswith("(--no-base-check applies it anyway)")
+        assert main([*command, "--model", str(plain_bert), *sft, "--no-base-check"]) == 0
+        capsys.readouterr()
+
+
+def test_evaluate_data_names_no_source_it_was_not_given(tmp_path, plain_bert, capsys):
+    """With --data and no --source the table says so and averages every target; --source names it."""
+    task_sft(plain_bert).save(tmp_path / "task.safetensors")
+    data = tmp_path / "reviews.csv"
+    data.write_text("text,label\n" + "\n".join(f"{s},{label}" for s, label in SENTENCES) + "\n")
+    base = ["evaluate", "--model", str(plain_bert), "--task-sft", str(tmp_path / "task.safetensors"),
+            "--data", str(data)]
+    assert main([*base, "--output", str(tmp_path / "plain")]) == 0
+    table = (tmp_path / "plain" / "evaluate.md").read_text()
+    assert "### " + str(data) + " — zero-shot — source: not given — test split" in table, table
+    assert "indonesian" not in table
+    assert main([*base, "--source", "english", "--output", str(tmp_path / "named")]) == 0
+    capsys.readouterr()
+    assert "source: english" in (tmp_path / "named" / "evaluate.md").read_text()

@@ -1,4 +1,5 @@
-"""``exit_distributed``: a rank ends with its own status, nothing it wrote is lost, no interpreter teardown."""
+"""``exit_distributed``: a rank ends with its own status, nothing it wrote is lost, no interpreter teardown;
+``init_distributed`` outside torchrun says how to start it."""
 
 from __future__ import annotations
 
@@ -47,3 +48,16 @@ def test_a_rank_leaves_its_group_flushes_and_ends_with_its_status(tmp_path):
     assert run.stdout == "printed without a newline"
     assert run.stderr.endswith("to stderr")
     assert log.read_text() == "logged before the exit\n"
+
+
+def test_outside_torchrun_the_error_says_how_to_start_it(monkeypatch):
+    import torch.distributed as dist
+
+    from deftx.distributed.train import init_distributed
+
+    if dist.is_initialized():
+        pytest.skip("a process group is already initialised in this process")
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(RuntimeError, match=r"not started by torchrun .*torchrun --nproc-per-node N <script>"):
+        init_distributed()

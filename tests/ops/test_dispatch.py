@@ -65,6 +65,24 @@ def test_environment_variable_reaches_the_ops(monkeypatch):
         topk_mask([torch.ones(2)], 1)
 
 
+def test_an_environment_backend_without_the_op_gives_way_to_auto_but_an_argument_does_not(monkeypatch):
+    """DEFTX_BACKEND=native must not break DeFT-X: the native library has no rSVD, which then runs on
+    auto's choice with a warning; top-k still runs natively, and backend="native" for the rSVD raises."""
+    from deftx.ops import dispatch, lowrank_factors_batched
+
+    dispatch._warn_once.cache_clear()
+    monkeypatch.setenv("DEFTX_BACKEND", "native")
+    assert requested_backend(None, "topk") == "native"
+    with pytest.warns(UserWarning, match=r"\$DEFTX_BACKEND=native does not implement 'rsvd'; it runs on the auto"):
+        assert requested_backend(None, "rsvd") == "auto"
+    matrix = torch.randn(12, 9, generator=torch.Generator().manual_seed(0))
+    factors = lowrank_factors_batched([matrix], rank=2)[0]
+    expected = lowrank_factors_batched([matrix], rank=2, backend="torch")[0]
+    assert torch.equal(factors.s, expected.s)
+    with pytest.raises(BackendUnavailableError, match="does not implement 'rsvd'"):
+        lowrank_factors_batched([matrix], rank=2, backend="native")
+
+
 def test_backend_report_covers_every_op():
     rows = backend_report()
     assert {r["op"] for r in rows} == {"topk", "scatter", "rsvd", "masked_step"}

@@ -130,6 +130,25 @@ def test_strided_indices_values_and_saved_read_as_their_contiguous_copies(backen
         assert_bitwise_equal(w, o, what=f"restored tensor {t}")
 
 
+@pytest.mark.parametrize("scale", [float("nan"), float("inf"), -float("inf"), 3.5e38, -1e39])
+def test_a_scale_not_finite_in_fp32_is_refused_before_any_write(scale):
+    w = torch.arange(4, dtype=torch.float32)
+    with pytest.raises(ValueError, match="scales must be finite in fp32"):
+        scatter_add_([w], [[torch.tensor([1])]], [[torch.ones(1)]], [scale])
+    assert torch.equal(w, torch.arange(4, dtype=torch.float32))
+    scatter_add_([w], [[torch.tensor([1])]], [[torch.ones(1)]], [3.4e38])  # the largest fp32 is still a scale
+    assert w[1].item() == torch.tensor(3.4e38).item()
+
+
+def test_a_diff_not_wrapped_in_its_own_list_is_named():
+    """``[idx]`` for ``[[idx]]``: the message says how the lists nest, not a shape mismatch."""
+    w = torch.zeros(4)
+    with pytest.raises(TypeError, match=r"indices must be one list of tensors per diff .*\[\[t0, t1, \.\.\.\]\]"):
+        scatter_add_([w], [torch.tensor([1])], [torch.ones(1)])
+    with pytest.raises(TypeError, match=r"values must be one list of tensors per diff"):
+        scatter_add_([w], [[torch.tensor([1])]], [torch.ones(1)])
+
+
 def test_non_contiguous_dense_is_rejected():
     w = torch.zeros(4, 4).T
     with pytest.raises(ValueError, match="contiguous"):

@@ -59,3 +59,12 @@ def test_a_sparse_diff_whose_header_length_starts_like_a_pickle_loads(tmp_path):
             assert SparseDiff.load(tmp_path / "sft.safetensors").nnz == size
             return
     pytest.fail("no header length with a first byte of 0x80 was produced")
+
+
+def test_a_missing_file_is_named_as_missing_not_as_an_unreachable_hub_repository(tmp_path):
+    from deftx.sft.sources import open_sft
+
+    with pytest.raises(FileNotFoundError, match=r"nope\.safetensors: no such file"):
+        open_sft(tmp_path / "nope.safetensors")
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        open_sft("typo/task.safetensors")
