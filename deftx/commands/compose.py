@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from deftx.commands._common import add_model_arguments, check_base_models, finite_float, name_base_model
 
@@ -16,6 +17,16 @@ the result as a save_pretrained folder, then revert and check that the base is r
 A folder of deftx's mean-pooled classifier (e5) loads with
 deftx.models.classifier.BertMeanPoolClassifier.from_pretrained, which the command prints.
 """
+
+
+def check_output_folder(folder: Path, overwrite: bool) -> None:
+    """ValueError, before any work, for an --output that is a file, or a folder that already holds
+    files (a save into it would leave old files, shards say, beside the new ones) unless ``overwrite``."""
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--output {folder} is a file; it must be a folder (the composed model is saved into it)")
+    if not overwrite and folder.is_dir() and any(folder.iterdir()):
+        raise ValueError(f"--output {folder} already holds files; choose an empty or new folder, or pass --overwrite "
+                         "to save into it (files of the same names are replaced, others stay)")
 
 
 def loading_note(model_class: type, folder: str) -> str:
@@ -39,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
     scales = args.scale or [1.0] * len(args.sft)
     if len(scales) != len(args.sft):
         raise ValueError(f"{len(args.sft)} --sft files but {len(scales)} --scale values")
+    if args.output:
+        check_output_folder(Path(args.output), args.overwrite)
     model_dir = resolve_model(args.model)
     diffs = [open_sft(spec) for spec in args.sft]
     spec = resolve_classifier(diffs, model_dir, pooling=args.pooling, num_labels=args.num_labels)
@@ -71,4 +84,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              "pytorch_diff.bin or folder, a peft SHiRA adapter folder, or a Hub repository id of any of those",
     )
     parser.add_argument("--scale", action="append", type=finite_float, help="scale per --sft (default 1.0 each)")
-    parser.add_argument("--output", help="folder to write the composed model + tokenizer to")
+    parser.add_argument("--output", help="new or empty folder to write the composed model + tokenizer to")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="save into an --output folder that already holds files (same names are replaced)")

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from deftx.eval.zero_shot import Composition, RowContext
 
 
+DEFAULT_SPLIT = "test"
+"""The split of a --data folder or Hub data set when --split is not given."""
 NUSAX_SOURCE = "indonesian"
 """The source language of the NusaX tables when --source is not given."""
 UNNAMED_SOURCE = "not given"
@@ -38,13 +40,37 @@ set (a local CSV/TSV/JSON/parquet file or a Hub data set name, read with `datase
 
 
 def _language_sfts(specs: list[str]) -> dict[str, str]:
+    """--lang-sft's LANGUAGE=SFT values as language -> source; one SFT per language."""
     sfts = {}
     for spec in specs:
         language, sep, source = spec.partition("=")
         if not sep or not language or not source:
             raise ValueError(f"--lang-sft expects LANGUAGE=PATH (a file, folder or Hub id), got {spec!r}")
+        if language in sfts:
+            raise ValueError(f"--lang-sft gives {language} twice ({sfts[language]} and {source}): one SFT per language")
         sfts[language] = source
     return sfts
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """ValueError for options that would be ignored in this mode, or repeated, or an --output that
+    is a file: before anything is loaded."""
+    nusax_only = [flag for flag, value in (("--languages", args.languages), ("--data-dir", args.data_dir)) if value]
+    data_only = [flag for flag, value in (("--target", args.target), ("--split", args.split),
+                                          ("--data-config", args.data_config), ("--pair-column", args.pair_column))
+                 if value is not None]
+    if args.data and nusax_only:
+        raise ValueError(f"{' and '.join(nusax_only)} choose NusaX languages; with --data the data set is scored")
+    if not args.data and data_only:
+        raise ValueError(f"{' and '.join(data_only)} describe --data, which is not given")
+    if args.scale is not None and not args.lang_sft:
+        raise ValueError("--scale is the language SFT's scale, and no --lang-sft is given")
+    repeated = sorted({language for language in args.languages or () if args.languages.count(language) > 1})
+    if repeated:
+        raise ValueError(f"--languages names {', '.join(repeated)} more than once")
+    if args.output and Path(args.output).exists() and not Path(args.output).is_dir():
+        raise ValueError(f"--output {args.output} is a file; it must be a folder (evaluate.csv and evaluate.md "
+                         "are written into it)")
 
 
 def _nusax_data_dir(args: argparse.Namespace) -> Path:
@@ -63,7 +89,8 @@ def _composition(args: argparse.Namespace, task, lang_sft) -> Composition:
 
     if lang_sft is None:
         return Composition(args.name, (task,), (1.0,))
-    return Composition(args.name, (task, lang_sft), (1.0, args.scale), language_sft=True)
+    return Composition(args.name, (task, lang_sft), (1.0, args.scale if args.scale is not None else 1.0),
+                       language_sft=True)
 
 
 def _score(args, model, tokenizer, cells, context: RowContext, num_labels: int) -> list[dict]:
@@ -111,7 +138,8 @@ def _data_cells(args, tokenizer, task, lang_sfts, spec) -> list[tuple[str, list[
     from deftx.train.task import classification_examples
 
     data = load_classification(args.data, text_column=args.text_column, label_column=args.label_column,
-                               pair_column=args.pair_column, split=args.split, config=args.data_config)
+                               pair_column=args.pair_column, split=args.split or DEFAULT_SPLIT,
+                               config=args.data_config)
     ids = data.label_ids(spec.labels)
     if max(ids) >= spec.num_labels:
         raise ValueError(f"the data has {len(data.label_names)} labels, the classifier {spec.num_labels}")
@@ -128,9 +156,10 @@ def run(args: argparse.Namespace) -> int:
     from deftx.eval.zero_shot import RowContext
     from deftx.pipeline.workspace import checked_device, resolve_model
     from deftx.sft.sources import open_sft
-    from deftx.train.architecture import build_from_spec, resolve_classifier
+    from deftx.train.architecture import build_from_spec, has_trained_head, resolve_classifier
 
     device = checked_device(device_option(args.device))
+    _check_options(args)
     lang_specs = _language_sfts(args.lang_sft or [])
     if args.data and len(lang_specs) > 1:
         raise ValueError("with --data, give at most one --lang-sft (the data's language)")
@@ -139,6 +168,9 @@ def run(args: argparse.Namespace) -> int:
     task = open_sft(args.task_sft)
     lang_sfts = {language: open_sft(source) for language, source in lang_specs.items()}
     model_dir = resolve_model(args.model)
+    if not has_trained_head([task], model_dir):
+        raise ValueError(f"{args.task_sft} ships no classifier head and --model is not a saved classifier: the scores "
+                         "would come from a randomly initialised head (is it a language SFT?)")
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     default_labels = None if args.data else len(nusax.LABELS)
     spec = resolve_classifier([task], model_dir, pooling=args.pooling,
@@ -151,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
     source = args.source or (UNNAMED_SOURCE if args.data else NUSAX_SOURCE)
     if args.data:
         cells = _data_cells(args, tokenizer, task, lang_sfts, spec)
-        context = RowContext(str(args.data), "zero-shot", source, split=args.split)
+        context = RowContext(str(args.data), "zero-shot", source, split=args.split or DEFAULT_SPLIT)
     else:
         cells = _nusax_cells(args, tokenizer, task, lang_sfts, data_dir, languages)
         context = RowContext("nusax", "zero-shot", source)
@@ -174,25 +206,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="task SFT (with its classifier head): file, folder or Hub id of any supported format")
     parser.add_argument("--lang-sft", action="append", metavar="LANGUAGE=SFT",
                         help="language SFT per language (repeatable): file, folder or Hub id")
-    parser.add_argument("--languages", nargs="+", help="NusaX languages to evaluate (default: every folder)")
+    parser.add_argument("--languages", nargs="+",
+                        help="NusaX languages to evaluate (default: every folder; not with --data)")
     add_model_arguments(parser)
-    parser.add_argument("--data-dir", help="NusaX data root (default: $DEFTX_DATA_DIR or ../shared/data)")
+    parser.add_argument("--data-dir",
+                        help="NusaX data root (default: $DEFTX_DATA_DIR or ../shared/data; not with --data)")
     data = parser.add_argument_group("any labelled data set (instead of NusaX)")
     data.add_argument("--data", help="a local .csv/.tsv/.json/.jsonl/.parquet file, a folder, or a Hub data set name")
     data.add_argument("--data-config", help="configuration of a Hub data set")
-    data.add_argument("--split", default="test", help="split of a folder or Hub data set (default test)")
+    data.add_argument("--split", help=f"split of a folder or Hub data set (default {DEFAULT_SPLIT})")
     data.add_argument("--text-column", default="text", help="text column (default text)")
     data.add_argument("--pair-column", help="second-segment column (e.g. an NLI hypothesis)")
     data.add_argument("--label-column", default="label",
                       help="label column: names matching the SFT's labels, or class ids (default label)")
     data.add_argument("--target", help="name of the data's language in the table (default: --lang-sft's or the file)")
-    parser.add_argument("--scale", type=finite_float, default=1.0, help="language SFT scale (default 1.0)")
+    parser.add_argument("--scale", type=finite_float, help="language SFT scale (default 1.0; needs --lang-sft)")
     parser.add_argument(
         "--source",
         help=f"the task SFT's source language, named in the table and left out of the average (default: "
              f"{NUSAX_SOURCE} on NusaX; with --data, none: the table says '{UNNAMED_SOURCE}')",
     )
-    parser.add_argument("--name", default="sft", help="method name in the table")
+    parser.add_argument("--name", default="sft", help="method name in the table (default sft)")
     parser.add_argument("--max-length", type=positive_int, default=128, help="token limit (default 128)")
     parser.add_argument("--batch-size", type=positive_int, default=64, help="evaluation batch (default 64)")
     parser.add_argument(

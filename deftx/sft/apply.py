@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from deftx.ops import PreparedScatter, prepare_scatter, scatter_add_, scatter_restore_
+from deftx.ops.scatter import FP32_OVERFLOW
 from deftx.ops.validation import move_indices
 
 if TYPE_CHECKING:
@@ -137,7 +138,8 @@ def resolve_parameter(model: torch.nn.Module, params: Mapping[str, torch.Tensor]
 
 
 def check_scales(scales: Sequence[float] | None, count: int, what: str) -> list[float]:
-    """``count`` finite floats (default all 1.0); ValueError for a wrong count, NaN or Inf."""
+    """``count`` floats finite in fp32, as the scatter applies them (default all 1.0); ValueError for a
+    wrong count, NaN, Inf or a magnitude that rounds to Inf in fp32."""
     if scales is None:
         return [1.0] * count
     values = []
@@ -146,8 +148,8 @@ def check_scales(scales: Sequence[float] | None, count: int, what: str) -> list[
             value = float(scale) if not isinstance(scale, (bool, str, bytes)) else math.nan
         except (TypeError, ValueError):
             value = math.nan
-        if not math.isfinite(value):
-            raise ValueError(f"{what}: scales must be finite numbers, got {scale!r}")
+        if not abs(value) < FP32_OVERFLOW:
+            raise ValueError(f"{what}: scales must be finite numbers (in fp32), got {scale!r}")
         values.append(value)
     if len(values) != count:
         raise ValueError(f"{what}: {len(values)} scales for {count} diffs")

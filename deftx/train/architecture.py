@@ -79,6 +79,13 @@ def _folder_classifier(model_dir: Path) -> tuple[str, int, tuple[str, ...] | Non
     return architectures[0], int(config.num_labels), names
 
 
+def has_trained_head(diffs: Sequence[SparseDiff], model_dir: Path) -> bool:
+    """Whether the classifier gets a trained head: a diff ships one as a dense tensor, or the model
+    folder is itself a saved sequence classifier. False when the head would be newly initialised
+    (a language SFT given as a task SFT, say)."""
+    return any(_head_rows(diff) is not None for diff in diffs) or _folder_classifier(model_dir) is not None
+
+
 def resolve_classifier(
     diffs: Sequence[SparseDiff],
     model_dir: Path,

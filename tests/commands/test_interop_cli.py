@@ -218,3 +218,59 @@ def test_evaluate_data_names_no_source_it_was_not_given(tmp_path, plain_bert, ca
     assert main([*base, "--source", "english", "--output", str(tmp_path / "named")]) == 0
     capsys.readouterr()
     assert "source: english" in (tmp_path / "named" / "evaluate.md").read_text()
+
+
+def test_compose_refuses_an_output_it_would_not_write_cleanly_before_any_work(tmp_path, plain_bert, capsys):
+    task_sft(plain_bert).save(tmp_path / "task.safetensors")
+    base = ["compose", "--model", str(plain_bert), "--sft", str(tmp_path / "task.safetensors")]
+    (tmp_path / "file").write_text("")
+    capsys.readouterr()
+    assert main([*base, "--output", str(tmp_path / "file")]) == 2
+    assert capsys.readouterr().err == f"deftx compose: error: --output {tmp_path / 'file'} is a file; it must be a " \
+                                      "folder (the composed model is saved into it)\n"
+    assert (tmp_path / "file").read_text() == ""
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("mine")
+    assert main([*base, "--output", str(tmp_path / "full")]) == 2
+    assert "already holds files" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "full").iterdir()) == ["notes.txt"]
+    assert main([*base, "--output", str(tmp_path / "full"), "--overwrite"]) == 0
+    assert (tmp_path / "full" / "config.json").is_file() and (tmp_path / "full" / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--languages", "madurese"], "--languages choose NusaX languages; with --data the data set is scored"),
+    (["--data-dir", "x"], "--data-dir choose NusaX languages"),
+    (["--scale", "1.5"], "--scale is the language SFT's scale, and no --lang-sft is given"),
+    (["--lang-sft", "a=x", "--lang-sft", "a=y"], "--lang-sft gives a twice (x and y): one SFT per language"),
+    (["--output", "FILE"], "is a file; it must be a folder"),
+])
+def test_evaluate_refuses_options_it_would_ignore_before_loading_anything(tmp_path, extra, message, capsys):
+    (tmp_path / "FILE").write_text("")
+    extra = [str(tmp_path / "FILE") if item == "FILE" else item for item in extra]
+    assert main(["evaluate", "--task-sft", str(tmp_path / "absent"), "--data", "d.csv", *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--target", "x"], "--target describe --data, which is not given"),
+    (["--split", "dev"], "--split describe --data"),
+    (["--languages", "madurese", "javanese", "madurese"], "--languages names madurese more than once"),
+])
+def test_evaluate_on_nusax_refuses_data_options_and_repeats(tmp_path, extra, message, capsys):
+    assert main(["evaluate", "--task-sft", str(tmp_path / "absent"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+
+
+def test_evaluate_refuses_a_task_sft_without_a_head_on_a_model_without_one(tmp_path, plain_bert, bert_body, capsys):
+    """A language SFT passed as --task-sft would be scored through a random head."""
+    model = labelled_classifier(plain_bert)
+    random_diff(model, 100, body=lambda n: not n.startswith("bert.pooler")).save(tmp_path / "lang.safetensors")
+    data = tmp_path / "reviews.csv"
+    data.write_text("text,label\n" + "\n".join(f"{s},{LABELS.index(label)}" for s, label in SENTENCES) + "\n")
+    command = ["evaluate", "--task-sft", str(tmp_path / "lang.safetensors"), "--data", str(data)]
+    assert main([*command, "--model", str(bert_body)]) == 2
+    assert "ships no classifier head and --model is not a saved classifier" in capsys.readouterr().err
+    assert main([*command, "--model", str(plain_bert)]) == 0, "the model folder's own head is a trained head"

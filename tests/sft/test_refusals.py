@@ -165,7 +165,7 @@ def test_files_without_a_digest_still_load(tmp_path, model):
     assert SparseDiff.load(path).nnz == diff.nnz
 
 
-@pytest.mark.parametrize("bad", [math.nan, math.inf, "1.0", True])
+@pytest.mark.parametrize("bad", [math.nan, math.inf, "1.0", True, 1e39, -3.5e38])
 def test_non_finite_or_non_numeric_scales_are_refused(model, bad):
     diff = random_sft(model, 50)
     original = snapshot(model)
