@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     for folder in args.folders:
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder} is not a folder")
-        trends = folder_trends(folder, args.window)
+        trends = folder_trends(folder, args.window, strict=True)
         if not trends:
             raise FileNotFoundError(f"{folder} holds no run log (log.jsonl) with a phase long enough for a trend")
         print(f"{folder}:")

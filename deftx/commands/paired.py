@@ -25,6 +25,18 @@ def method_pair(text: str) -> tuple[str, str]:
     return a, b
 
 
+def target_list(text: str) -> tuple[str, ...]:
+    """``"acehnese, balinese"`` -> ``("acehnese", "balinese")``: names stripped; an empty or repeated name refused."""
+    names = tuple(name.strip() for name in text.split(","))
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"expected comma-separated target names (e.g. acehnese,balinese), "
+                                         f"got {text!r}")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise argparse.ArgumentTypeError(f"target {', '.join(repeated)} named more than once in {text!r}")
+    return names
+
+
 def run(args: argparse.Namespace) -> int:
     from deftx.eval import paired
 
@@ -51,8 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("results", nargs="+", type=Path, help="results.csv files of one study")
     parser.add_argument("--pair", action="append", type=method_pair, metavar="A:B",
                         help="a comparison, repeatable (default: deft-x:lt-sft, deft-x:full-ft, lt-sft:full-ft)")
-    parser.add_argument("--targets", type=lambda t: tuple(t.split(",")), default=PAPER_FIVE,
-                        help=f"comma-separated targets to average (default: {','.join(PAPER_FIVE)})")
+    parser.add_argument("--targets", type=target_list, default=PAPER_FIVE, metavar="T1,T2,...",
+                        help="the targets to average, a comma-separated list of target names as in the results' "
+                             f"target column, each once (default: {','.join(PAPER_FIVE)})")
     parser.add_argument("--metric", default="macro_f1", help="score column (default macro_f1)")
     parser.add_argument("--split", default="test", help="split column value (default test)")
     parser.add_argument("--resamples", type=positive_int, default=RESAMPLES, help=f"bootstrap resamples ({RESAMPLES})")

@@ -47,23 +47,57 @@ class ClassificationData:
 
 
 def load_rows(source: str | os.PathLike, *, split: str = "train", config: str | None = None) -> Any:
-    """A ``datasets.Dataset`` of ``source``: a local file (the whole file), a local folder or a Hub name."""
-    import datasets
+    """A ``datasets.Dataset`` of ``source``: a local file (the whole file), a local folder or a Hub name.
 
+    Raises:
+        ValueError: an unsupported file type, or a file or folder that is empty, has no rows or
+            cannot be parsed (naming it and the problem).
+        FileNotFoundError: neither a local file or folder nor a Hub data set that could be loaded.
+    """
     path = Path(source).expanduser()
     if path.is_file():
         builder = LOCAL_BUILDERS.get(path.suffix.lower())
         if builder is None:
             raise ValueError(f"{path}: unsupported file type {path.suffix!r}; expected one of {sorted(LOCAL_BUILDERS)}")
+        if path.stat().st_size == 0:
+            raise ValueError(f"{path}: empty file (no header, no rows)")
         options = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
-        return datasets.load_dataset(builder, data_files=str(path), split="train", **options)
+        return _loaded(str(path), builder, data_files=str(path), split="train", **options)
     try:
-        return datasets.load_dataset(str(source) if not path.is_dir() else str(path), config, split=split)
+        if path.is_dir():
+            return _loaded(str(path), str(path), config, split=split)
+        return _loaded(repr(str(source)), str(source), config, split=split)
     except (FileNotFoundError, ConnectionError) as err:
         raise FileNotFoundError(
             f"data {str(source)!r} is not a local file or folder, and the Hub data set could not be loaded "
             f"({type(err).__name__}: {err}); offline, it must be in the datasets cache"
         ) from err
+
+
+def _loaded(name: str, *args: Any, **kwargs: Any) -> Any:
+    """``datasets.load_dataset(*args, **kwargs)``, refused when it has no rows; its parse errors
+    (which name no file) as one ValueError naming the data, ``name``."""
+    import datasets
+    from datasets.exceptions import DatasetGenerationError
+
+    try:
+        rows = datasets.load_dataset(*args, **kwargs)
+    except (DatasetGenerationError, ValueError, StopIteration) as err:
+        raise ValueError(f"{name}: {_load_problem(err)}") from err
+    if len(rows) == 0:
+        raise ValueError(f"{name}: no rows")
+    return rows
+
+
+def _load_problem(err: BaseException) -> str:
+    """What went wrong in a ``datasets.load_dataset`` call, in words, from its exception."""
+    cause = err.__cause__ if err.__cause__ is not None else err
+    if isinstance(err, StopIteration) or "corresponds to no data" in str(err):
+        return "no rows (only a header, or blank lines)"
+    if isinstance(cause, UnicodeDecodeError):
+        return f"not UTF-8 text (byte {cause.object[cause.start]:#04x} at offset {cause.start})"
+    detail = " ".join(str(cause).split()) or type(cause).__name__
+    return f"cannot be read ({type(cause).__name__}: {detail})"
 
 
 def _column(rows: Any, name: str, source: str) -> list[Any]:
@@ -72,11 +106,27 @@ def _column(rows: Any, name: str, source: str) -> list[Any]:
     return list(rows[name])
 
 
+def _filled(values: Sequence[Any], column: str, source: str) -> list[str]:
+    """``values`` as strings, refusing an empty cell (None, or only white space), naming its row and the column."""
+    for row, value in enumerate(values, start=1):
+        if value is None or not str(value).strip():
+            raise ValueError(f"{source}: row {row} (counting data rows from 1) has no {column!r} value (an empty cell)")
+    return [str(value) for value in values]
+
+
 def load_texts(source: str | os.PathLike, *, text_column: str = "text", split: str = "train",
                config: str | None = None) -> list[str]:
-    """The non-empty texts of one column (unlabelled text for language SFTs)."""
+    """The non-empty texts of one column (unlabelled text for language SFTs): empty cells are left out.
+
+    Raises:
+        KeyError: no such column (the columns are listed).
+        ValueError: the data cannot be loaded (:func:`load_rows`), or no cell of the column holds text.
+    """
     rows = load_rows(source, split=split, config=config)
-    return [str(t).strip() for t in _column(rows, text_column, str(source)) if t is not None and str(t).strip()]
+    texts = [str(t).strip() for t in _column(rows, text_column, str(source)) if t is not None and str(t).strip()]
+    if not texts:
+        raise ValueError(f"{source}: column {text_column!r} holds no text (every cell is empty)")
+    return texts
 
 
 def load_classification(
@@ -96,18 +146,30 @@ def load_classification(
 
     Raises:
         KeyError: a named column is missing (the columns are listed).
-        ValueError: empty data, or labels outside ``label_names``.
+        ValueError: data that cannot be loaded (:func:`load_rows`), an empty text, label or pair
+            cell (naming its row), a ``ClassLabel`` value outside its names, or labels outside
+            ``label_names``.
     """
     rows = load_rows(source, split=split, config=config)
-    texts = [str(t) for t in _column(rows, text_column, str(source))]
+    texts = _filled(_column(rows, text_column, str(source)), text_column, str(source))
     raw = _column(rows, label_column, str(source))
     if not texts:
         raise ValueError(f"{source}: no examples")
     feature = rows.features.get(label_column)
     class_names = getattr(feature, "names", None)
-    labels = [class_names[v] if class_names else str(v) for v in raw]
+    labels = (_class_names(raw, class_names, label_column, str(source)) if class_names
+              else _filled(raw, label_column, str(source)))
     order = tuple(label_names) if label_names is not None else tuple(class_names or sorted(set(labels)))
-    data = ClassificationData(texts, labels, order,
-                              [str(p) for p in _column(rows, pair_column, str(source))] if pair_column else None)
+    pairs = _filled(_column(rows, pair_column, str(source)), pair_column, str(source)) if pair_column else None
+    data = ClassificationData(texts, labels, order, pairs)
     data.label_ids()
     return data
+
+
+def _class_names(values: Sequence[Any], names: Sequence[str], column: str, source: str) -> list[str]:
+    """A ``ClassLabel`` column's values as their names, refusing a missing one (None or -1) or one out of range."""
+    for row, value in enumerate(values, start=1):
+        if not isinstance(value, int) or not 0 <= value < len(names):
+            raise ValueError(f"{source}: row {row} (counting data rows from 1) has no {column!r} value "
+                             f"({value!r}; the class ids are 0..{len(names) - 1})")
+    return [names[value] for value in values]

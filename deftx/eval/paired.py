@@ -15,6 +15,7 @@ refused, naming the row.
 from __future__ import annotations
 
 import csv
+import io
 import math
 import random
 import statistics
@@ -67,23 +68,53 @@ def read_results(paths: Sequence[str | Path]) -> list[dict[str, str]]:
     """The rows of every file, merged: duplicates kept once, conflicting scores refused.
 
     Raises:
-        ResultsError: a file lacks a key column, or two rows share a key with different scores.
+        ResultsError: a file is not UTF-8 text, lacks a key column or has a seed that is not an
+            integer, or two rows share a key with different scores.
     """
     merged: dict[tuple[str, ...], dict[str, str]] = {}
     for path in paths:
-        with Path(path).open(newline="") as handle:
-            reader = csv.DictReader(handle)
-            missing = [c for c in KEY_COLUMNS if c not in (reader.fieldnames or ())]
-            if missing:
-                raise ResultsError(
-                    f"{path}: no column {', '.join(missing)} (a deftx results.csv has {', '.join(KEY_COLUMNS)})"
-                )
-            for row in reader:
-                key = tuple(row[c] for c in KEY_COLUMNS)
-                seen = merged.setdefault(key, row)
-                if seen != row:
-                    raise ResultsError(f"{path}: conflicting scores for {dict(zip(KEY_COLUMNS, key, strict=True))}")
+        for row in read_results_file(path):
+            key = tuple(row[c] for c in KEY_COLUMNS)
+            seen = merged.setdefault(key, row)
+            if seen != row:
+                raise ResultsError(f"{path}: conflicting scores for {dict(zip(KEY_COLUMNS, key, strict=True))}")
     return list(merged.values())
+
+
+def read_results_file(path: str | Path) -> list[dict[str, str]]:
+    """The rows of one results file (UTF-8, a byte-order mark allowed), checked to have every key
+    column and an integer seed on every row.
+
+    Raises:
+        ResultsError: not UTF-8 text, a key column missing, or a seed that is not an integer
+            (naming the file, the line and the column).
+    """
+    try:
+        text = Path(path).read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ResultsError(f"{path}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}); "
+                           "a results.csv is UTF-8") from err
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    missing = [c for c in KEY_COLUMNS if c not in (reader.fieldnames or ())]
+    if missing:
+        raise ResultsError(
+            f"{path}: no column {', '.join(missing)} (a deftx results.csv has {', '.join(KEY_COLUMNS)})"
+        )
+    rows = []
+    for row in reader:
+        if parse_seed(row["seed"]) is None:
+            value = "missing" if row["seed"] is None else f"{row['seed']!r}, not an integer"
+            raise ResultsError(f"{path}, line {reader.line_num}, column seed: {value}")
+        rows.append(row)
+    return rows
+
+
+def parse_seed(text: str | None) -> int | None:
+    """A seed column's value as an int, or None when it is not an integer (or the row is short of it)."""
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
+        return None
 
 
 def scores_by_seed(
@@ -92,8 +123,8 @@ def scores_by_seed(
     """method -> seed -> target -> score, for the rows of ``split`` on ``targets``.
 
     Raises:
-        ResultsError: the rows mix benchmarks, protocols or sources (compare one at a time), or
-            a score is not a finite number.
+        ResultsError: the rows mix benchmarks, protocols or sources (compare one at a time), a
+            score is not a finite number or a seed not an integer.
     """
     chosen = [r for r in rows if r["split"] == split and r["target"] in targets]
     settings = sorted({(r["benchmark"], r["protocol"], r["source"]) for r in chosen})
@@ -108,7 +139,10 @@ def scores_by_seed(
         value = _finite(r[metric])
         if value is None:
             raise ResultsError(f"{metric} of {r['method']} on {r['target']}, seed {r['seed']} is {r[metric]!r}")
-        scores.setdefault(r["method"], {}).setdefault(int(r["seed"]), {})[r["target"]] = value
+        seed = parse_seed(r["seed"])
+        if seed is None:
+            raise ResultsError(f"seed of {r['method']} on {r['target']} is {r['seed']!r}, not an integer")
+        scores.setdefault(r["method"], {}).setdefault(seed, {})[r["target"]] = value
     return scores
 
 
@@ -196,12 +230,16 @@ def paired_study(
     """Every pair on the mean over ``targets`` first, then on each target.
 
     Raises:
-        ResultsError: a method of a pair has no rows, or a seed lacks one of the targets.
+        ResultsError: no targets or a target named twice, a target or a method of a pair has no
+            rows, or a seed lacks one of the targets.
     """
+    rows = list(rows)
+    check_targets(rows, targets, split)
     scores = scores_by_seed(rows, metric, split, targets)
-    for method in {m for pair in pairs for m in pair}:
+    for method in sorted({m for pair in pairs for m in pair}):
         if method not in scores:
-            raise ResultsError(f"no {split} rows for method {method!r} (found: {', '.join(sorted(scores)) or 'none'})")
+            raise ResultsError(f"no {split} rows for method {method!r} on the targets "
+                               f"(methods found: {', '.join(sorted(scores)) or 'none'})")
     means = {
         method: {seed: target_mean(by_target, targets, f"{method}, seed {seed}") for seed, by_target in seeds.items()}
         for method, seeds in scores.items()
@@ -213,6 +251,24 @@ def paired_study(
             on_target = [{seed: s[target] for seed, s in scores[m].items()} for m in (a, b)]
             results.append(paired_difference(a, b, target, *on_target, bootstrap))
     return results
+
+
+def check_targets(rows: Sequence[Mapping[str, str]], targets: Sequence[str], split: str) -> None:
+    """Refuse ``targets`` that are empty or name a target twice, or name one with no ``split`` rows.
+
+    Raises:
+        ResultsError: naming the repeated or missing targets and the targets the rows have.
+    """
+    if not targets:
+        raise ResultsError("no targets to compare on")
+    repeated = sorted({t for t in targets if list(targets).count(t) > 1})
+    if repeated:
+        raise ResultsError(f"target {', '.join(repeated)} named more than once")
+    found = sorted({r["target"] for r in rows if r["split"] == split})
+    missing = [t for t in targets if t not in found]
+    if missing:
+        raise ResultsError(f"no {split} rows for target {', '.join(map(repr, missing))} "
+                           f"(targets with {split} rows: {', '.join(found) or 'none'})")
 
 
 def markdown(results: Sequence[PairedDifference], *, metric: str = "macro_f1", scale: float = 100.0) -> str:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deftx.train.checkpoint import LOG, read_log
+from deftx.train.checkpoint import LOG, log_record, read_log
 
 WINDOW_STEPS = 50
 FLAT_FALL = 0.05
@@ -96,9 +96,46 @@ def loss_trends(records: Sequence[Mapping[str, Any]], window_steps: int = WINDOW
     return [trend for trend in trends if trend is not None]
 
 
-def folder_trends(root: Path, window_steps: int = WINDOW_STEPS) -> list[tuple[str, LossTrend]]:
+def folder_trends(root: Path, window_steps: int = WINDOW_STEPS, *, strict: bool = False) -> list[tuple[str, LossTrend]]:
     """``(run, trend)`` for every phase of every run log below ``root`` (``run``: the log's folder
-    relative to ``root``, ``.`` for ``root`` itself), runs in path order."""
-    return [(path.parent.relative_to(root).as_posix(), trend)
-            for path in sorted(Path(root).rglob(LOG)) for trend in loss_trends(read_log(path), window_steps)]
+    relative to ``root``, ``.`` for ``root`` itself), runs in path order.
 
+    Raises:
+        ValueError: with ``strict``, a run log that is not UTF-8 JSON lines (:func:`read_run_log`);
+            without it, such lines are left out as torn.
+    """
+    read = read_run_log if strict else read_log
+    return [(path.parent.relative_to(root).as_posix(), trend)
+            for path in sorted(Path(root).rglob(LOG)) for trend in loss_trends(read(path), window_steps)]
+
+
+def read_run_log(path: Path) -> list[dict[str, Any]]:
+    """The records of the run log ``path`` in order, checked to be JSON lines.
+
+    A last line without its newline that is not JSON is a write torn by a kill and is left
+    out; every whole line must be a JSON object (blank lines aside).
+
+    Raises:
+        ValueError: the file is not UTF-8 text, or a whole line is not a JSON object (naming the
+            file and the line).
+    """
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: unreadable run log, not UTF-8 text (byte {err.object[err.start]:#04x} "
+                         f"at offset {err.start}); a run log is JSON lines") from err
+    lines = text.split("\n")
+    records = []
+    for number, line in enumerate(lines, start=1):
+        torn = number == len(lines)  # after the last newline: empty, or a write cut short
+        record = log_record(line)
+        if record is not None:
+            records.append(record)
+        elif line.strip() and not torn:
+            raise ValueError(f"{path}, line {number}: unreadable run log, not a JSON object: {shorten(line)}")
+    return records
+
+
+def shorten(text: str, most: int = 60) -> str:
+    """``text`` quoted, cut to ``most`` characters."""
+    return repr(text if len(text) <= most else text[: most - 3] + "...")

@@ -186,3 +186,27 @@ def test_goal_lines_say_met_or_not_and_the_seeds_needed():
                         "about 2 seeds.")
     assert lines[3].startswith("- lt-sft − full-ft: ±") and "with 4 seeds, not met; " in lines[3]
     assert len(lines) == 4, "the mean over the targets only, one line per pair"
+
+
+@pytest.mark.parametrize(
+    ("targets", "message"),
+    [
+        (("acehnese", "acehnese", "balinese"), "target acehnese named more than once"),
+        ((), "no targets"),
+        (("klingon", "acehnese"), r"no test rows for target 'klingon' \(targets with test rows: acehnese, balinese\)"),
+    ],
+)
+def test_repeated_missing_or_unknown_targets_are_refused(targets, message):
+    rows = study_rows(np.random.default_rng(7), range(2))
+    with pytest.raises(ResultsError, match=message):
+        paired_study(iter(rows), targets=targets, bootstrap=Bootstrap(resamples=10))
+
+
+def test_a_seed_that_is_not_an_integer_is_named_by_file_line_and_column(tmp_path):
+    rows = study_rows(np.random.default_rng(8), range(2))
+    rows[2] = dict(rows[2], seed="1.5")
+    path = write(tmp_path / "results.csv", rows)
+    with pytest.raises(ResultsError, match=r"results\.csv, line 4, column seed: '1\.5', not an integer"):
+        read_results([path])
+    with pytest.raises(ResultsError, match=r"seed of .* is '1\.5', not an integer"):
+        paired_study(rows, targets=TARGETS, bootstrap=Bootstrap(resamples=10))

@@ -10,7 +10,7 @@ import pytest
 
 from deftx.cli import main
 from deftx.train.checkpoint import read_log
-from deftx.train.losses import FELL, FLAT, NON_FINITE, folder_trends, loss_trends, phase_trend
+from deftx.train.losses import FELL, FLAT, NON_FINITE, folder_trends, loss_trends, phase_trend, read_run_log
 
 
 def sawtooth(steps: int, start: float, end: float, climb: float = 1.2, every: int = 10,
@@ -98,3 +98,15 @@ def test_the_losses_command_prints_every_phase_and_strict_fails_on_a_flat_one(tm
     assert "1 of 2 phases hardly trained" in capsys.readouterr().out
     assert main(["losses", str(tmp_path / "none")]) == 2
     assert "is not a folder" in capsys.readouterr().err
+
+
+def test_read_run_log_leaves_out_a_torn_last_line_and_names_a_whole_line_that_is_not_a_record(tmp_path):
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"phase": "full", "step": 1, "loss": 1.0}\n\n{"phase": "full", "st')
+    assert read_run_log(log) == [{"phase": "full", "step": 1, "loss": 1.0}]
+    log.write_text('{"phase": "full", "step": 1, "loss": 1.0}\n[1, 2]\n')
+    with pytest.raises(ValueError, match=r"log\.jsonl, line 2: unreadable run log, not a JSON object: '\[1, 2\]'"):
+        read_run_log(log)
+    assert folder_trends(tmp_path) == [], "without strict (the pipeline's report) such lines are left out"
+    with pytest.raises(ValueError, match="line 2"):
+        folder_trends(tmp_path, strict=True)

@@ -1,0 +1,81 @@
+"""deftx.data.generic on bad files: empty, header only, unparsable, not UTF-8, empty cells."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from deftx.data.generic import load_classification, load_rows, load_texts
+from tests.data.conftest import write_file
+
+
+def test_a_good_csv_loads_its_texts_and_labels(tmp_path):
+    path = write_file(tmp_path, "data.csv", "text,label\nbagus,positive\njelek,negative\n")
+    data = load_classification(path)
+    assert (data.texts, data.labels, data.label_names) == (["bagus", "jelek"], ["positive", "negative"],
+                                                           ("negative", "positive"))
+
+
+@pytest.mark.parametrize(("name", "text", "problem"), [
+    ("empty.csv", "", "empty file"),
+    ("empty.jsonl", "", "empty file"),
+    ("header.csv", "text,label\n", "no rows"),
+    ("header.tsv", "text\tlabel\n", "no rows"),
+    ("blank.jsonl", "\n\n", "no rows"),
+    ("broken.jsonl", '{"text": "a", "label": 1}\n{"text": oops}\n', "cannot be read"),
+    ("quote.csv", 'text,label\n"a,1\n', "cannot be read"),
+    ("broken.parquet", "junk", "cannot be read"),
+])
+def test_an_empty_headed_only_or_broken_file_is_one_error_naming_it(tmp_path, name, text, problem):
+    path = write_file(tmp_path, name, text)
+    with pytest.raises(ValueError, match=problem) as raised:
+        load_rows(path)
+    assert str(path) in str(raised.value)
+    with pytest.raises(ValueError, match=problem):
+        load_classification(path)
+    with pytest.raises(ValueError, match=problem):
+        load_texts(path)
+
+
+def test_a_file_not_in_utf8_is_named(tmp_path):
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("text,label\ncaf\u00e9,1\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin1\.csv: not UTF-8 text \(byte 0xe9"):
+        load_classification(path)
+
+
+@pytest.mark.parametrize(("text", "column", "row"), [
+    ("text,label\na,1\n,2\nc,0\n", "text", 2),
+    ("text,label\na,1\nb,\nc,0\n", "label", 2),
+    ("text,label\na,1\nb,0\n   ,1\n", "text", 3),
+])
+def test_an_empty_text_or_label_cell_is_refused_naming_its_row_and_column(tmp_path, text, column, row):
+    path = write_file(tmp_path, "cells.csv", text)
+    with pytest.raises(ValueError, match=rf"cells\.csv: row {row} .* no '{column}' value"):
+        load_classification(path)
+
+
+def test_an_empty_pair_cell_is_refused(tmp_path):
+    path = write_file(tmp_path, "nli.csv", "premise,hypothesis,label\na,b,0\nc,,1\n")
+    with pytest.raises(ValueError, match=r"row 2 .* no 'hypothesis' value"):
+        load_classification(path, text_column="premise", pair_column="hypothesis")
+
+
+def test_a_class_label_column_with_a_missing_label_is_refused(tmp_path):
+    import datasets
+
+    features = datasets.Features({"text": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["negative", "positive"])})
+    path = Path(tmp_path / "data.parquet")
+    datasets.Dataset.from_dict({"text": ["a", "b"], "label": [1, -1]}, features=features).to_parquet(path)
+    with pytest.raises(ValueError, match=r"row 2 .* no 'label' value \(-1; the class ids are 0\.\.1\)"):
+        load_classification(path)
+
+
+def test_unlabelled_text_leaves_empty_cells_out_and_refuses_a_column_without_text(tmp_path):
+    path = write_file(tmp_path, "text.csv", "text,other\na,1\n,2\n  b ,3\n")
+    assert load_texts(path) == ["a", "b"]
+    empty = write_file(tmp_path, "none.csv", "text,other\n,1\n  ,2\n")
+    with pytest.raises(ValueError, match=r"none\.csv: column 'text' holds no text"):
+        load_texts(empty)
