@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 import deftx
-from deftx.ops.dispatch import ENV_VAR, backend_report, triton_unavailable_reason
+from deftx.ops.dispatch import ENV_VAR, backend_report, requested_backend, triton_unavailable_reason
 from deftx.ops.registry import OPS
 
 
@@ -109,10 +109,26 @@ def report() -> str:
     table += [
         f"{r['op']:<{width_op}}  {r['device']:<{width_dev}}  {r['backend']:<{width_be}}  {r['why']}" for r in rows
     ]
-    override = f"backend override: ${ENV_VAR} is not set (auto)"
-    if os.environ.get(ENV_VAR):
-        override = f"backend override: ${ENV_VAR}={os.environ[ENV_VAR]} (explicit: unavailable backends raise)"
-    return "\n".join([*environment_lines(), override, "", *table, "", "ops:", *op_lines()])
+    return "\n".join([*environment_lines(), override_line(), "", *table, "", "ops:", *op_lines()])
+
+
+def backend_override_problem() -> str | None:
+    """Why ``$DEFTX_BACKEND`` makes every op call fail (a value naming no backend), or None."""
+    try:
+        requested_backend(None)
+    except ValueError as err:
+        return f"{err}: every op call, and every deftx command that runs one, fails until it is fixed or unset"
+    return None
+
+
+def override_line() -> str:
+    """The report's line on ``$DEFTX_BACKEND``: not set, the backend it asks for, or why it is invalid."""
+    if ENV_VAR not in os.environ:
+        return f"backend override: ${ENV_VAR} is not set (auto)"
+    problem = backend_override_problem()
+    if problem is not None:
+        return f"backend override: INVALID: {problem}"
+    return f"backend override: ${ENV_VAR}={os.environ[ENV_VAR]} (explicit: unavailable backends raise)"
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ Examples::
     deftx bench                                   # all ops, XLM-R base shapes (scale 0.1 on CPU)
     deftx bench --ops topk,scatter --k 0.001,0.01 --model-shapes mbert --scale 1
     deftx bench --device cuda --model-shapes llama-7b --scale 0.25 --out results/
-    deftx bench --model-shapes my_model.json      # custom shapes (format: deftx.perf.shapes)
+    deftx bench --model-shapes my_model.json      # custom shapes (formats: deftx bench --help)
     deftx bench --scaling                         # time / memory vs model size and vs K
     deftx bench --predict-target sm_90 --scale 0.01 --repeats 1 --no-memory   # side-by-side on CPU
 
@@ -25,7 +25,9 @@ table is unchanged.
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -53,46 +55,203 @@ EPILOG = (
     "no rows) or given with --predict-target, which also works on CPU for inspection (then labelled "
     "'predicted for <target>, measured on cpu')."
 )
-FORMATTER = argparse.ArgumentDefaultsHelpFormatter
+FORMATTER = argparse.HelpFormatter
 GUARDED = False
+"""Not :func:`deftx.commands._common.guarded`: bench runs deftx's ops, and a ValueError, OSError or
+KeyError raised while measuring is a defect of the measured code whose traceback must show, not bad
+input to turn into one line. Bad input is checked before any work instead: argparse's types for
+values, :class:`BenchInputError` (one line, exit status 2) for what needs the parsed command."""
+
+DEFAULT_OPS = "topk,rsvd,scatter,step"
+DEFAULT_SCALING_K = 0.01
+DEFAULT_CHUNK_PARAMS = 1e9
+DEFAULT_BASELINE_MAX_PARAMS = 6e8
+DEVICE_CHOICES = "{cpu,cuda,cuda:N,auto}"
+SUITE_ONLY = {"backends": "--backends", "scale": "--scale", "predict_target": "--predict-target"}
+"""Options of the suite that the scaling study has no use for (dest -> option)."""
+SCALING_ONLY = {
+    "scaling_sets": "--scaling-sets", "scaling_k": "--scaling-k", "chunk_params": "--chunk-params",
+    "baseline_max_params": "--baseline-max-params",
+}
+"""Options of the scaling study that the suite has no use for (dest -> option)."""
+
+
+class BenchInputError(ValueError):
+    """Bad input found after parsing, before any measurement: one line, exit status 2."""
 
 
 def _csv(kind: Callable[[str], object]) -> Callable[[str], tuple]:
+    """argparse type: a non-empty comma-separated list of ``kind`` (whose own message passes through)."""
+
     def parse(text: str) -> tuple:
         try:
-            return tuple(kind(x.strip()) for x in text.split(",") if x.strip())
+            values = tuple(kind(x.strip()) for x in text.split(",") if x.strip())
+        except argparse.ArgumentTypeError:
+            raise
         except ValueError as err:
             raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r} ({err})") from err
+        if not values:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+        return values
 
     return parse
 
 
+def _choice(known: Sequence[str], what: str) -> Callable[[str], str]:
+    """argparse type: one of ``known`` (``what`` names them in the message)."""
+
+    def parse(text: str) -> str:
+        if text not in known:
+            raise argparse.ArgumentTypeError(f"unknown {what} {text!r}; known: {', '.join(known)}")
+        return text
+
+    return parse
+
+
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    """argparse type: an integer >= ``minimum``."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _fraction(text: str) -> float:
+    """argparse type: a fraction in (0, 1]."""
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {text!r}")
+    return value
+
+
+def _parameter_count(minimum: float) -> Callable[[str], float]:
+    """argparse type: a finite parameter count >= ``minimum`` (``1e9`` allowed)."""
+
+    def parse(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value) or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a number >= {minimum:g}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _device_name(text: str) -> str:
+    """argparse type: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (whether CUDA is there is checked later)."""
+    index = text.removeprefix("cuda:")
+    if text in ("cpu", "cuda", "auto") or (text.startswith("cuda:") and index.isdigit()):
+        return text
+    raise argparse.ArgumentTypeError(f"expected cpu, cuda, cuda:N or auto, got {text!r}")
+
+
+def _predict_target(text: str) -> str:
+    """argparse type: a datasheet target :func:`deftx.perf.targets.get_target` knows."""
+    from deftx.perf.targets import get_target
+
+    try:
+        get_target(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+    return text
+
+
+def _op_names() -> tuple[str, ...]:
+    from deftx.perf.cases import OPS
+
+    return tuple(OPS)
+
+
+def _backend_names() -> tuple[str, ...]:
+    from deftx.ops.registry import BACKENDS
+
+    return BACKENDS
+
+
 def _device(name: str) -> str:
+    """The device to run on: ``auto`` resolved; CUDA asked for where torch sees none is refused."""
     import torch
 
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit("deftx bench: --device cuda but torch sees no CUDA device")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise SystemExit(f"deftx bench: --device must be cpu or cuda, got {name!r}")
+        raise BenchInputError(f"--device {name} but torch sees no CUDA device")
     return name
 
 
-def _check_ops(ops: tuple[str, ...]) -> tuple[str, ...]:
-    from deftx.perf.cases import OPS
+def timed_backends(ops: Sequence[str], device: str) -> dict[str, tuple[str, ...]]:
+    """Per op, the deftx backends the suite times on ``device`` (never the Triton interpreter)."""
+    import torch
 
-    unknown = [op for op in ops if op not in OPS]
-    if unknown or not ops:
-        raise SystemExit(f"deftx bench: unknown op(s) {', '.join(unknown) or '(none)'}; known: {', '.join(OPS)}")
-    return ops
+    from deftx.perf.cases import dispatch_op
+    from deftx.perf.cases.base import deftx_backends
+
+    return {op: tuple(deftx_backends(dispatch_op(op), torch.device(device))) for op in ops}
 
 
-def _check_k(ks: tuple[float, ...]) -> tuple[float, ...]:
-    bad = [k for k in ks if not 0.0 < k <= 1.0]
-    if bad or not ks:
-        raise SystemExit(f"deftx bench: --k values must be fractions in (0, 1], got {list(ks)}")
-    return ks
+def _check_backends(backends: Sequence[str] | None, ops: Sequence[str], device: str) -> None:
+    """Refuse a ``--backends`` name that none of ``ops`` is timed under on ``device``."""
+    if not backends:
+        return
+    timed = timed_backends(ops, device)
+    here = sorted({b for names in timed.values() for b in names})
+    for backend in backends:
+        if not any(backend in names for names in timed.values()):
+            why = " (the Triton interpreter on CPU is a correctness tool, never timed)" if backend == "triton" else ""
+            raise BenchInputError(
+                f"--backends {backend}: not timed on {device} for {','.join(ops)}{why}; timed here: {', '.join(here)}"
+            )
+
+
+def _check_mode_options(args: argparse.Namespace) -> None:
+    """Refuse options the chosen mode (suite or ``--scaling``) would ignore."""
+    unused = SUITE_ONLY if args.scaling else SCALING_ONLY
+    given = [option for dest, option in unused.items() if getattr(args, dest) is not None]
+    if given:
+        mode = "the suite, not to --scaling" if args.scaling else "--scaling only"
+        raise BenchInputError(f"{', '.join(given)} applies to {mode}")
+
+
+def _check_scaling_ops(ops: Sequence[str]) -> None:
+    """The scaling study times each op against its primary baseline: only ops that have one."""
+    from deftx.perf.scaling import PRIMARY_BASELINE
+
+    unknown = [op for op in ops if op not in PRIMARY_BASELINE]
+    if unknown:
+        raise BenchInputError(f"--scaling times {', '.join(PRIMARY_BASELINE)}, not {', '.join(unknown)}")
+
+
+def _check_out(out: str) -> None:
+    """Refuse an output folder that cannot be made or written, before any measurement."""
+    from deftx.perf.report import output_folder_problem
+
+    problem = output_folder_problem(out)
+    if problem is not None:
+        raise BenchInputError(f"--out {out}: {problem}")
+
+
+def _note_profile_keys(spec: str, args: argparse.Namespace) -> None:
+    """Say on stderr that a ``deftx profile`` shape file's ``dtype`` / ``settings`` are not read here."""
+    from deftx.perf.shapes import profile_only_keys
+
+    keys = profile_only_keys(spec)
+    if keys:
+        print(f"deftx bench: note: {spec}: {' and '.join(keys)} are deftx profile's, not read here (bench runs "
+              f"--dtype {args.dtype} --rank {args.rank} --oversample {args.oversample} --n-iter {args.n_iter} "
+              "and --k)", file=sys.stderr)
+
+
+def _load_shapes(spec: str) -> ShapeSet:
+    """``load_shape_set(spec)``, a bad name or file as :class:`BenchInputError`."""
+    from deftx.perf.shapes import load_shape_set
+
+    try:
+        return load_shape_set(spec)
+    except ValueError as err:
+        raise BenchInputError(str(err)) from err
 
 
 def _timing(args: argparse.Namespace, default: TimingSettings) -> TimingSettings:
@@ -101,8 +260,6 @@ def _timing(args: argparse.Namespace, default: TimingSettings) -> TimingSettings
 
     if args.repeats is None:
         return default
-    if args.repeats < 1:
-        raise SystemExit(f"deftx bench: --repeats must be >= 1, got {args.repeats}")
     return TimingSettings(warmup=default.warmup, min_repeats=args.repeats, max_repeats=args.repeats, min_time_s=0.0)
 
 
@@ -121,20 +278,6 @@ def _write_outputs(
     sections = [markdown_table(header, rows), *([extra_markdown] if extra_markdown else [])]
     (stem.parent / f"{stem.name}.md").write_text("\n\n".join(sections) + "\n")
     plot(doc, stem.parent / f"{stem.name}.png")
-
-
-def _check_predict_target(args: argparse.Namespace) -> None:
-    """Fail before any measurement on an unknown ``--predict-target`` or one given with ``--scaling``."""
-    from deftx.perf.targets import get_target
-
-    if args.predict_target is None:
-        return
-    if args.scaling:
-        raise SystemExit("deftx bench: --predict-target applies to the suite, not to --scaling")
-    try:
-        get_target(args.predict_target)
-    except ValueError as err:
-        raise SystemExit(f"deftx bench: --predict-target: {err}") from err
 
 
 def add_prediction(doc: dict, args: argparse.Namespace, device: str, shapes: ShapeSet) -> str:
@@ -156,21 +299,18 @@ def add_prediction(doc: dict, args: argparse.Namespace, device: str, shapes: Sha
 
 
 def run_suite_command(args: argparse.Namespace, device: str, command: str) -> int:
-    from deftx.perf.report import TABLE_COLUMNS, format_table, plot_suite, summary_lines, table_rows
-    from deftx.perf.shapes import load_shape_set
+    """The suite: table and outputs; exit status 1 when no measurement succeeded."""
+    from deftx.perf.report import TABLE_COLUMNS, failed_everything, format_table, plot_suite, summary_lines, table_rows
     from deftx.perf.suite import SuiteConfig, run_suite
 
     scale = args.scale if args.scale is not None else (DEFAULT_CPU_SCALE if device == "cpu" else 1.0)
-    try:
-        shapes = load_shape_set(args.model_shapes).scaled(scale)
-    except ValueError as err:
-        raise SystemExit(f"deftx bench: {err}") from err
+    shapes = _load_shapes(args.model_shapes).scaled(scale)
     config = SuiteConfig(
         shapes=shapes,
-        ops=_check_ops(args.ops),
+        ops=args.ops,
         device=device,
         dtype=args.dtype,
-        k_fractions=_check_k(args.k or (0.001, 0.01, 0.1)),
+        k_fractions=args.k or (0.001, 0.01, 0.1),
         rank=args.rank,
         oversample=args.oversample,
         n_iter=args.n_iter,
@@ -188,31 +328,33 @@ def run_suite_command(args: argparse.Namespace, device: str, command: str) -> in
     stem = Path(args.out) / f"{device.split(':')[0]}_{shapes.name}"
     _write_outputs(stem, doc, TABLE_COLUMNS, rows, plot_suite, predicted)
     print(f"wrote {stem}.json, {stem}.png, {stem}.md")
+    failure = failed_everything(doc)
+    if failure is not None:
+        print(f"deftx bench: error: {failure} (each row's error: {stem}.json)", file=sys.stderr)
+        return 1
     return 0
 
 
 def run_scaling_command(args: argparse.Namespace, device: str, command: str) -> int:
+    """The scaling study: table and outputs."""
     from deftx.perf.report import SCALING_COLUMNS, format_table, plot_scaling, scaling_table
     from deftx.perf.scaling import K_SWEEP, SCALING_SETS, ScalingConfig, run_scaling
-    from deftx.perf.shapes import load_shape_set
 
     sets = args.scaling_sets or SCALING_SETS
-    try:
-        for name in (*sets, args.model_shapes):
-            load_shape_set(name)
-    except ValueError as err:
-        raise SystemExit(f"deftx bench: {err}") from err
+    for name in (*sets, args.model_shapes):
+        _load_shapes(name)
+    values = scaling_values(args)
     defaults = ScalingConfig()
     config = ScalingConfig(
         sets=tuple(sets),
-        ops=_check_ops(args.ops),
+        ops=args.ops,
         device=device,
         dtype=args.dtype,
-        k_fraction=args.scaling_k,
-        k_sweep=_check_k(args.k or K_SWEEP),
+        k_fraction=values["scaling_k"],
+        k_sweep=args.k or K_SWEEP,
         k_sweep_set=args.model_shapes,
-        chunk_numel=int(args.chunk_params),
-        baseline_max_numel=None if args.baseline_max_params <= 0 else int(args.baseline_max_params),
+        chunk_numel=int(values["chunk_params"]),
+        baseline_max_numel=None if values["baseline_max_params"] == 0 else int(values["baseline_max_params"]),
         rank=args.rank,
         oversample=args.oversample,
         n_iter=args.n_iter,
@@ -228,6 +370,13 @@ def run_scaling_command(args: argparse.Namespace, device: str, command: str) -> 
     _write_outputs(stem, doc, SCALING_COLUMNS, rows, plot_scaling)
     print(f"wrote {stem}.json, {stem}.png, {stem}.md")
     return 0
+
+
+def scaling_values(args: argparse.Namespace) -> dict[str, float]:
+    """``--scaling-k``, ``--chunk-params`` and ``--baseline-max-params``, their defaults where not given."""
+    defaults = {"scaling_k": DEFAULT_SCALING_K, "chunk_params": DEFAULT_CHUNK_PARAMS,
+                "baseline_max_params": DEFAULT_BASELINE_MAX_PARAMS}
+    return {dest: default if getattr(args, dest) is None else getattr(args, dest) for dest, default in defaults.items()}
 
 
 def canonical_command(args: argparse.Namespace, device: str) -> str:
@@ -248,79 +397,122 @@ def canonical_command(args: argparse.Namespace, device: str) -> str:
     if args.predict_target is not None:
         words += ["--predict-target", args.predict_target]
     if args.scaling:
+        values = scaling_values(args)
         words.append("--scaling")
         if args.scaling_sets:
             words += ["--scaling-sets", ",".join(args.scaling_sets)]
-        words += ["--scaling-k", f"{args.scaling_k:g}", "--chunk-params", f"{args.chunk_params:g}"]
-        words += ["--baseline-max-params", f"{args.baseline_max_params:g}"]
+        words += ["--scaling-k", f"{values['scaling_k']:g}", "--chunk-params", f"{values['chunk_params']:g}"]
+        words += ["--baseline-max-params", f"{values['baseline_max_params']:g}"]
     return " ".join(shlex.quote(w) for w in words)
 
 
-def run(args: argparse.Namespace) -> int:
+def check_inputs(args: argparse.Namespace) -> str:
+    """Everything about the command checked before any measurement; returns the device to run on.
+
+    Raises:
+        BenchInputError: an option the mode ignores, CUDA asked for where there is none, a backend
+            not timed here, an op the scaling study has no baseline for, a shape set that does not
+            load, or an output folder that cannot be written.
+    """
+    _check_mode_options(args)
     device = _device(args.device)
-    _check_predict_target(args)
-    command = canonical_command(args, device)
     if args.scaling:
-        return run_scaling_command(args, device, command)
-    return run_suite_command(args, device, command)
+        _check_scaling_ops(args.ops)
+    else:
+        _check_backends(args.backends, args.ops, device)
+        _load_shapes(args.model_shapes)
+    _check_out(args.out)
+    for spec in (args.model_shapes, *(args.scaling_sets or ())):
+        _note_profile_keys(spec, args)
+    return device
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        device = check_inputs(args)
+        command = canonical_command(args, device)
+        if args.scaling:
+            return run_scaling_command(args, device, command)
+        return run_suite_command(args, device, command)
+    except BenchInputError as err:
+        print(f"deftx bench: error: {err}", file=sys.stderr)
+        return 2
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ops",
-        type=_csv(str),
-        default=("topk", "rsvd", "scatter", "step"),
-        help="comma-separated subset of topk,rsvd,scatter,step,compose,scores "
-        "(compose: 2 SFTs, originals saved; scores: DeFT-X |U S Vh|)",
+        type=_csv(_choice(_op_names(), "op")),
+        default=DEFAULT_OPS,
+        metavar="OPS",
+        help=f"comma-separated subset of {','.join(_op_names())} (default {DEFAULT_OPS}; "
+        "compose: 2 SFTs, originals saved; scores: DeFT-X |U S Vh|; --scaling: topk,rsvd,scatter,step only)",
     )
     parser.add_argument(
         "--model-shapes",
         default="xlmr-base",
+        metavar="SET",
         help="built-in shape set (xlmr-base, mbert, llama-7b, e5-small, xlmr-large, tinyllama-1.1b, "
-        "open-llama-3b) or a JSON file (format in deftx.perf.shapes); with --scaling: "
-        "the K-sweep set",
+        "open-llama-3b; default xlmr-base) or a JSON file, either "
+        '{"name": N, "tensors": [{"name": T, "shape": [dims], "vocab": true, "frozen": true}], "num_layers": L, '
+        '"layer_tensors": [...]} (tensors once, layer_tensors L times; vocab rows and layers shrink with --scale) '
+        'or deftx profile\'s {"name": N, "parameters": {T: [dims]}, "frozen": [T]} (its dtype and settings are '
+        "profile's: here --dtype, --k, --rank, --oversample, --n-iter); with --scaling: the K-sweep set",
     )
-    parser.add_argument("--device", default="auto", help="cpu, cuda (or cuda:N), or auto (cuda when available)")
+    parser.add_argument(
+        "--device", type=_device_name, default="auto", metavar=DEVICE_CHOICES,
+        help="cpu, cuda (or cuda:N), or auto: cuda when available (default auto)",
+    )
     parser.add_argument(
         "--k",
-        type=_csv(float),
+        type=_csv(_fraction),
         default=None,
-        help="K values as fractions of all parameters (default 0.001,0.01,0.1; the step also runs "
+        help="K values as fractions in (0, 1] of all parameters (default 0.001,0.01,0.1; the step also runs "
         "at 0.05; with --scaling: the K sweep, default 0.001,0.003,0.01,0.03,0.1)",
     )
     parser.add_argument(
         "--scale",
-        type=float,
+        type=_fraction,
         default=None,
-        help=f"keep this fraction of the layers and vocabulary rows (default {DEFAULT_CPU_SCALE} on CPU, 1 on CUDA)",
+        help="keep this fraction in (0, 1] of the layers and vocabulary rows "
+        f"(default {DEFAULT_CPU_SCALE} on CPU, 1 on CUDA; suite only)",
     )
-    parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32", help="dtype of the weights")
-    parser.add_argument("--backends", type=_csv(str), default=None,
-                        help="deftx backends to time (default: every one that runs here: native/triton and torch)")
-    parser.add_argument("--rank", type=int, default=32, help="rsvd: rank kept")
-    parser.add_argument("--oversample", type=int, default=8, help="rsvd: extra sketch columns")
-    parser.add_argument("--n-iter", type=int, default=2, help="rsvd: power iterations")
+    parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
+                        help="dtype of the weights (default fp32)")
+    parser.add_argument("--backends", type=_csv(_choice(_backend_names(), "backend")), default=None,
+                        metavar="BACKENDS",
+                        help=f"comma-separated deftx backends to time, of {','.join(_backend_names())} (default: "
+                        "every one that runs here: native and torch on CPU, triton and torch on CUDA; the Triton "
+                        "interpreter on CPU is never timed; suite only)")
+    parser.add_argument("--rank", type=_int_at_least(1), default=32, help="rsvd: rank kept, >= 1 (default 32)")
+    parser.add_argument("--oversample", type=_int_at_least(0), default=8,
+                        help="rsvd: extra sketch columns, >= 0 (default 8)")
+    parser.add_argument("--n-iter", type=_int_at_least(0), default=2, help="rsvd: power iterations, >= 0 (default 2)")
     parser.add_argument(
-        "--repeats", type=int, default=None,
-        help="timed calls per measurement (default: >= 3 and >= 0.5 s; scaling: 3; a call over 10 s: once)",
+        "--repeats", type=_int_at_least(1), default=None,
+        help="timed calls per measurement, >= 1 (default: >= 3 and >= 0.5 s; scaling: 3; a call over 10 s: once)",
     )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
     parser.add_argument(
         "--predict-target",
+        type=_predict_target,
         default=None,
         help="datasheet target of the predicted-vs-measured table: sm_90 (H100 SXM), h200 (H200 SXM, 4.8 TB/s) "
         "or sm_80 (A100 80GB SXM) "
-        "(unset: taken from the CUDA device name; none on CPU)",
+        "(default: taken from the CUDA device name; none on CPU; suite only)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--seed", type=int, default=0, help="synthetic data seed")
-    parser.add_argument("--out", default="bench-results", help="output directory")
+    parser.add_argument("--seed", type=_int_at_least(0), default=0, help="synthetic data seed, >= 0 (default 0)")
+    parser.add_argument("--out", default="bench-results", metavar="DIR",
+                        help="output folder, made if missing (default bench-results)")
     scaling = parser.add_argument_group("scaling study")
     scaling.add_argument("--scaling", action="store_true", help="run the scaling study instead of the suite")
-    scaling.add_argument("--scaling-sets", type=_csv(str), default=None,
+    scaling.add_argument("--scaling-sets", type=_csv(str), default=None, metavar="SETS",
                          help="shape sets of the size sweep (default: all built-ins, 118M to 6.7B)")
-    scaling.add_argument("--scaling-k", type=float, default=0.01, help="K of the size sweep")
-    scaling.add_argument("--chunk-params", type=float, default=1e9,
-                         help="stream sets larger than this many parameters in chunks of at most this size")
-    scaling.add_argument("--baseline-max-params", type=float, default=6e8,
-                         help="run baselines only on sets up to this size (0: no limit)")
+    scaling.add_argument("--scaling-k", type=_fraction, default=None,
+                         help=f"K of the size sweep, a fraction in (0, 1] (default {DEFAULT_SCALING_K:g})")
+    scaling.add_argument("--chunk-params", type=_parameter_count(1), default=None, metavar="N",
+                         help="stream sets larger than this many parameters in chunks of at most this size, "
+                         ">= 1 (default 1e9)")
+    scaling.add_argument("--baseline-max-params", type=_parameter_count(0), default=None, metavar="N",
+                         help="run baselines only on sets up to this size, >= 0 (0: no limit; default 6e8)")

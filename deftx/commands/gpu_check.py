@@ -10,7 +10,10 @@ from deftx.gpucheck import cli as gpucheck_cli
 NAME = "gpu-check"
 SUMMARY = "the prepared check for a GPU machine: install, versions, CUDA tests, benchmarks, ncu, sanitizer"
 DESCRIPTION = gpucheck_cli.DESCRIPTION
-EPILOG = "stages, budgets and examples: python -m deftx.gpucheck --help"
+EPILOG = (
+    "stages, budgets and examples: python -m deftx.gpucheck --help\n\n"
+    "exit status: 0 when every stage that ran is ok, 1 otherwise, 2 on a usage error (before any stage runs)."
+)
 FORMATTER = argparse.RawDescriptionHelpFormatter
 GUARDED = False
 

@@ -7,7 +7,14 @@ import sys
 import textwrap
 from pathlib import Path
 
+from deftx.commands._common import positive_int
+
 STATIC_DEFAULT_OUT = "benchmarks/results"
+DEFAULT_ARCH = "sm_90"
+STATIC_ONLY = {"arch": "--arch", "workers": "--workers"}
+"""Options only --static reads (dest -> option)."""
+RUNTIME_ONLY = {"device": "--device", "backend": "--backend", "iterations": "--iterations"}
+"""Options only the runtime mode (a TARGET) reads (dest -> option)."""
 RUNTIME_DEFAULT_OUT = "profile"
 
 NAME = "profile"
@@ -46,8 +53,14 @@ EPILOG = textwrap.dedent(
       deftx profile train-step --device cuda --out traces/
       deftx profile profile_config.json
 
-    shape-set JSON: {"name": ..., "dtype": "fp32|bf16|fp16", "parameters": {name: [dims]},
-                     "frozen": [names], "settings": {"k_fraction": ..., "rank": ...}}
+    options of one mode only (--arch, --workers: --static; --device, --backend, --iterations:
+    runtime) are refused in the other.
+
+    shape-set JSON (--shapes FILE.json; deftx bench --model-shapes reads the same file, taking
+    its parameters and frozen, and its own --dtype / --k / --rank for dtype and settings):
+      {"name": ..., "dtype": "fp32|bf16|fp16", "parameters": {name: [dims]},
+       "frozen": [names], "settings": {"k_fraction": ..., "rank": ...}}
+    (bench's layered {"tensors": ..., "layer_tensors": ...} form is not read here.)
     """
 )
 
@@ -58,13 +71,14 @@ def _static(args: argparse.Namespace) -> int:
     from deftx.perf.workload import load_workload
 
     shapes_name = args.shapes or "xlmr-base"
+    arch = args.arch or DEFAULT_ARCH
     workload = load_workload(shapes_name)
-    command = f"deftx profile --static --arch {args.arch} --shapes {shapes_name}"
-    report = build_static_report(args.arch, workload, workers=args.workers, command=command)
+    command = f"deftx profile --static --arch {arch} --shapes {shapes_name}"
+    report = build_static_report(arch, workload, workers=args.workers, command=command)
     json_path, md_path = write_static_report(report, args.out or STATIC_DEFAULT_OUT)
     violating = [k for k in report["kernels"] if k["violations"]]
     print(
-        f"{len(report['kernels'])} specialisations compiled for {args.arch}, "
+        f"{len(report['kernels'])} specialisations compiled for {arch}, "
         f"{len(report['compile_failures'])} compile failures, {len(violating)} with violations"
     )
     for k in violating:
@@ -97,9 +111,21 @@ def _runtime(args: argparse.Namespace) -> int:
     return 0
 
 
+def options_of_the_other_mode(args: argparse.Namespace) -> list[str]:
+    """The options given that only the mode not chosen reads (``--static`` or a TARGET)."""
+    others = RUNTIME_ONLY if args.static else STATIC_ONLY
+    return [option for dest, option in others.items() if getattr(args, dest) is not None]
+
+
 def run(args: argparse.Namespace) -> int:
     if args.static == (args.target is not None):
-        print("deftx profile: give either --static or a TARGET (see --help)", file=sys.stderr)
+        print("deftx profile: error: give either --static or a TARGET (see --help)", file=sys.stderr)
+        return 2
+    unused = options_of_the_other_mode(args)
+    if unused:
+        mode, other = ("--static", "a runtime TARGET") if args.static else ("a runtime TARGET", "--static")
+        print(f"deftx profile: error: {', '.join(unused)} only {'applies' if len(unused) == 1 else 'apply'} "
+              f"to {other}, not to {mode}", file=sys.stderr)
         return 2
     if args.static:
         return _static(args)
@@ -116,15 +142,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--static", action="store_true", help="compile the kernels and write the static report")
     parser.add_argument(
         "--arch",
-        default="sm_90",
+        default=None,
         choices=("sm_80", "sm_90"),
-        help="static mode: target GPU architecture (default sm_90)",
+        help=f"static mode only: target GPU architecture (default {DEFAULT_ARCH})",
     )
     parser.add_argument(
         "--shapes",
         default=None,
         metavar="SET",
-        help="xlmr-base | mbert | llama-7b | tiny | FILE.json (default: xlmr-base for --static, tiny at run time)",
+        help="xlmr-base | mbert | llama-7b | tiny | FILE.json, the shape-set JSON below "
+        "(default: xlmr-base for --static, tiny at run time)",
     )
     parser.add_argument(
         "--out",
@@ -133,15 +160,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"output folder (default {STATIC_DEFAULT_OUT} for --static, ./{RUNTIME_DEFAULT_OUT} at run time)",
     )
     parser.add_argument(
-        "--workers", type=int, default=None, help="static mode: compile processes (default: the CPU count)"
+        "--workers", type=positive_int, default=None,
+        help="static mode only: compile processes, >= 1 (default: the CPU count)",
     )
     parser.add_argument(
-        "--device", choices=("cpu", "cuda"), default=None, help="runtime mode: device to run on (default cpu)"
+        "--device", choices=("cpu", "cuda"), default=None, help="runtime mode only: device to run on (default cpu)"
     )
     parser.add_argument(
         "--backend",
         choices=("auto", "triton", "native", "torch"),
         default=None,
-        help="runtime mode: op backend (default $DEFTX_BACKEND or auto)",
+        help="runtime mode only: op backend (default $DEFTX_BACKEND or auto)",
     )
-    parser.add_argument("--iterations", type=int, default=None, help="runtime mode: profiled repetitions (default 1)")
+    parser.add_argument(
+        "--iterations", type=positive_int, default=None,
+        help="runtime mode only: profiled repetitions, >= 1 (default 1)",
+    )

@@ -13,6 +13,7 @@ import tempfile
 import textwrap
 from pathlib import Path
 
+from deftx.commands._common import positive_float
 from deftx.gpucheck.plan import STAGE_NAMES, STAGES, TOTAL_BUDGET_S, PlannedStage, plan_lines, plan_stages, with_budgets
 
 DESCRIPTION = textwrap.dedent(
@@ -48,6 +49,14 @@ EPILOG = textwrap.dedent(
 )
 
 
+USAGE_ERROR = 2
+"""Exit status of a usage error (the epilog's promise), as argparse's own."""
+
+
+class UsageError(ValueError):
+    """A usage error found after parsing, before any work: one line, exit status :data:`USAGE_ERROR`."""
+
+
 def _names(text: str) -> tuple[str, ...]:
     return tuple(n.strip() for n in text.split(",") if n.strip())
 
@@ -58,6 +67,14 @@ def _budget(text: str) -> tuple[str, int]:
         return name.strip(), int(seconds)
     except ValueError as err:
         raise argparse.ArgumentTypeError(f"expected NAME=SECONDS, got {text!r}") from err
+
+
+def _workers(text: str) -> int:
+    """argparse type: a number of pytest workers, an integer >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,16 +88,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shapes", choices=("full", "tiny"), default=None,
                         help="full: XLM-R base, Llama-2-7B, GB-sized buffers (default on CUDA); "
                         "tiny: the same code at toy sizes (default on CPU)")
-    parser.add_argument("--budget", type=float, default=TOTAL_BUDGET_S,
-                        help="seconds for the whole check: stages starting later are skipped")
+    parser.add_argument("--budget", type=positive_float, default=TOTAL_BUDGET_S, metavar="SECONDS",
+                        help="seconds for the whole check, > 0: stages starting later are skipped "
+                        f"(default {TOTAL_BUDGET_S:g})")
     parser.add_argument("--budget-of", type=_budget, action="append", default=[], metavar="NAME=SECONDS",
                         help="replace a stage's budget (repeatable)")
     parser.add_argument("--work-dir", default=None, metavar="DIR",
                         help="where stages write before the bundle (default: a new folder under the temp dir)")
     parser.add_argument("--test-paths", type=_names, default=("tests",), metavar="PATHS",
-                        help="what the tests stage runs pytest -m cuda over")
-    parser.add_argument("--pytest-workers", type=int, default=4,
-                        help="pytest-xdist workers in the tests stage where xdist is installed (0: none)")
+                        help="comma-separated paths the tests stage runs pytest -m cuda over (default tests)")
+    parser.add_argument("--pytest-workers", type=_workers, default=4, metavar="N",
+                        help="pytest-xdist workers in the tests stage where xdist is installed, >= 0 "
+                        "(0: none; default 4)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")
 
 
@@ -108,7 +127,7 @@ def resolve_device(requested: str) -> str:
 
     available = torch.cuda.is_available()
     if requested == "cuda" and not available:
-        raise SystemExit("deftx gpu-check: --device cuda but torch sees no CUDA device")
+        raise UsageError("--device cuda but torch sees no CUDA device")
     if requested == "auto":
         return "cuda" if available else "cpu"
     return requested
@@ -135,29 +154,65 @@ def repository_root() -> Path:
 
 
 def make_plan(args: argparse.Namespace, device: str, tools: dict[str, str | None]) -> list[PlannedStage]:
+    """The stages of this run; :class:`UsageError` on bad names or budgets, or when none would run."""
     try:
         stages = with_budgets(STAGES, dict(args.budget_of))
-        return plan_stages(stages, only=args.only, skip=args.skip, has_cuda=device == "cuda",
-                           tools={name: path is not None for name, path in tools.items()},
-                           total_budget_s=args.budget)
+        planned = plan_stages(stages, only=args.only, skip=args.skip, has_cuda=device == "cuda",
+                              tools={name: path is not None for name, path in tools.items()},
+                              total_budget_s=args.budget)
     except ValueError as err:
-        raise SystemExit(f"deftx gpu-check: {err}") from err
+        raise UsageError(str(err)) from err
+    empty = empty_plan_reason(planned, args.only)
+    if empty is not None:
+        raise UsageError(empty)
+    return planned
+
+
+def empty_plan_reason(planned: list[PlannedStage], only: tuple[str, ...]) -> str | None:
+    """Why no stage of ``planned`` would run (each selected stage's reason), or None when one does."""
+    if any(p.runs for p in planned):
+        return None
+    selected = [p for p in planned if not only or p.stage.name in only]
+    reasons = "; ".join(f"{p.stage.name}: {p.skip_reason}" for p in selected)
+    return f"no stage left to run ({reasons})"
+
+
+def check_out(args: argparse.Namespace) -> None:
+    """--out given (unless --dry-run), it and --work-dir folders that can be made and written: before any work."""
+    from deftx.perf.report import output_folder_problem
+
+    if args.dry_run:
+        return
+    if not args.out:
+        raise UsageError("--out DIR is required (or --dry-run)")
+    for option, folder in (("--out", args.out), ("--work-dir", args.work_dir)):
+        problem = None if folder is None else output_folder_problem(folder)
+        if problem is not None:
+            raise UsageError(f"{option} {folder}: {problem}")
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
+    """The check; a usage error is one line on stderr and exit status :data:`USAGE_ERROR`."""
+    try:
+        return checked_run(args, argv)
+    except UsageError as err:
+        print(f"deftx gpu-check: error: {err}", file=sys.stderr)
+        return USAGE_ERROR
+
+
+def checked_run(args: argparse.Namespace, argv: list[str]) -> int:
     from deftx.gpucheck.outputs import result_prefix
 
     device = resolve_device(args.device)
     sizes = args.shapes or ("full" if device == "cuda" else "tiny")
     tools = {name: find_tool(name) for name in ("ncu", "compute-sanitizer")}
     planned = make_plan(args, device, tools)
+    check_out(args)
     prefix = result_prefix(device, gpu_name(device))
     print(f"deftx gpu-check: device {device}, sizes {sizes}, result prefix {prefix}")
     print("\n".join(plan_lines(planned, args.budget)))
     if args.dry_run:
         return 0
-    if not args.out:
-        raise SystemExit("deftx gpu-check: --out DIR is required (or --dry-run)")
     return execute(args, argv, planned, device, sizes, prefix, tools)
 
 
@@ -169,7 +224,7 @@ def execute(args: argparse.Namespace, argv: list[str], planned: list[PlannedStag
     out = Path(args.out).resolve()
     work = Path(args.work_dir).resolve() if args.work_dir else Path(tempfile.mkdtemp(prefix="deftx-gpucheck-"))
     if out == work or work.is_relative_to(out):
-        raise SystemExit("deftx gpu-check: --work-dir must be outside --out (only the bundle goes back)")
+        raise UsageError("--work-dir must be outside --out (only the bundle goes back)")
     work.mkdir(parents=True, exist_ok=True)
     command = "python -m deftx.gpucheck " + " ".join(shlex.quote(a) for a in argv)
     settings = RunSettings(out_dir=out, work_dir=work, repo=repository_root(), device=device, sizes=sizes,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -219,6 +220,34 @@ def predicted_markdown(doc: dict[str, Any]) -> str:
     if rows:
         lines += ["", markdown_table(PREDICTED_COLUMNS, rows)]
     return "\n".join(lines)
+
+
+def failed_everything(doc: dict[str, Any]) -> str | None:
+    """Why a suite document holds no measurement at all (every row that ran failed, or nothing
+    ran), or None when at least one implementation was measured."""
+    ran = [r for r in doc["results"] if "skipped" not in r]
+    if not ran:
+        return "no measurement ran (no case or implementation was left to time)"
+    if any("error" not in r for r in ran):
+        return None
+    first = ran[0]
+    return (f"every measurement failed ({len(ran)} of {len(ran)}); first: {first['op']} "
+            f"{format_k(first['k_fraction'])} {first['name']}: {first['error']}")
+
+
+def output_folder_problem(folder: str | Path) -> str | None:
+    """Why ``folder`` cannot be made and written as an output folder, or None when it can: it or a
+    folder above it is a file, or the nearest existing folder is not writable. Asked before any work."""
+    path = Path(folder)
+    for existing in (path, *path.parents):
+        if not existing.exists():
+            continue
+        if not existing.is_dir():
+            return "exists and is not a folder" if existing == path else f"{existing} is not a folder"
+        if not os.access(existing, os.W_OK | os.X_OK):
+            return "is not writable" if existing == path else f"{existing} is not writable"
+        return None
+    return None
 
 
 def write_json(doc: dict[str, Any], path: Path, indent: int = 2) -> None:

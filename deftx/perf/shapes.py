@@ -23,6 +23,16 @@ Custom sets are JSON files::
 ``layers.<i>.<name>``); ``"vocab": true`` marks tensors whose first dimension is the
 vocabulary (scaled by ``--scale``), ``"frozen": true`` tensors never selected. At least one
 of ``tensors`` / ``layer_tensors``.
+
+The flat form of ``deftx profile``'s workload files (:mod:`deftx.perf.workload`) is read too,
+the same shapes without layers or vocabulary marks::
+
+    {"name": "my-model", "parameters": {"embed.weight": [32000, 512], "norm.weight": [512]},
+     "frozen": ["norm.weight"], "description": "...", "dtype": "fp32", "settings": {"rank": 16}}
+
+``description`` is the set's ``note``; ``dtype`` and ``settings`` (:data:`PROFILE_ONLY_KEYS`)
+are the profile's, not shapes: they are checked to be there only in that form and left to
+the caller (:func:`profile_only_keys`). A file holds one form or the other.
 """
 
 from __future__ import annotations
@@ -262,11 +272,52 @@ def _tensor_entries(raw: object, where: str) -> tuple[TensorShape, ...]:
     return tuple(entries)
 
 
+LAYERED_KEYS = frozenset({"name", "tensors", "num_layers", "layer_tensors", "note"})
+"""Top-level keys of the layered form (``tensors`` / ``layer_tensors``)."""
+PROFILE_ONLY_KEYS = ("dtype", "settings")
+"""Keys of the flat (``parameters``) form that describe ``deftx profile``'s run, not shapes."""
+FLAT_KEYS = frozenset({"name", "parameters", "frozen", "description", *PROFILE_ONLY_KEYS})
+"""Top-level keys of the flat form (``deftx profile``'s workload file)."""
+
+
+def _parameter_entries(parameters: object, frozen: object, source: str) -> tuple[TensorShape, ...]:
+    """The tensors of the flat form: ``parameters`` name -> dims, ``frozen`` a list of their names."""
+    if not isinstance(parameters, dict) or not parameters:
+        raise ValueError(f"{source}: parameters must be a non-empty object name -> shape")
+    if not isinstance(frozen, list) or not all(isinstance(name, str) for name in frozen):
+        raise ValueError(f"{source}: frozen must be a list of parameter names, got {frozen!r}")
+    unknown = sorted(set(frozen) - set(parameters))
+    if unknown:
+        raise ValueError(f"{source}: frozen names unknown parameters {unknown}")
+    entries = []
+    for name, shape in parameters.items():
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+            raise ValueError(f"{source}: parameters[{name!r}]: shape must be a list of integers, got {shape!r}")
+        entries.append(TensorShape(str(name), tuple(shape), frozen=name in frozen))
+    return tuple(entries)
+
+
+def _flat_shape_set(data: dict, source: str) -> ShapeSet:
+    """The flat form (``deftx profile``'s workload file) as a shape set of once-tensors."""
+    unknown = set(data) - FLAT_KEYS
+    if unknown:
+        raise ValueError(f"{source}: unknown keys {sorted(unknown)} (a file with 'parameters' may also have "
+                         f"{sorted(FLAT_KEYS - {'parameters'})})")
+    tensors = _parameter_entries(data["parameters"], data.get("frozen", []), source)
+    name = str(data.get("name", Path(source).stem))
+    return ShapeSet(name, tensors, note=str(data.get("description", "")))
+
+
 def shape_set_from_json(data: object, source: str = "JSON") -> ShapeSet:
-    """Build a :class:`ShapeSet` from the custom-file format (see the module docstring)."""
+    """Build a :class:`ShapeSet` from either custom-file form (see the module docstring)."""
     if not isinstance(data, dict):
         raise ValueError(f"{source}: a shape set must be a JSON object")
-    unknown = set(data) - {"name", "tensors", "num_layers", "layer_tensors", "note"}
+    if "parameters" in data:
+        mixed = sorted(set(data) & {"tensors", "layer_tensors", "num_layers"})
+        if mixed:
+            raise ValueError(f"{source}: give either 'parameters' or 'tensors' / 'layer_tensors', not both ({mixed})")
+        return _flat_shape_set(data, source)
+    unknown = set(data) - LAYERED_KEYS
     if unknown:
         raise ValueError(f"{source}: unknown keys {sorted(unknown)}")
     tensors = _tensor_entries(data.get("tensors", []), f"{source}: tensors")
@@ -278,6 +329,18 @@ def shape_set_from_json(data: object, source: str = "JSON") -> ShapeSet:
         raise ValueError(f"{source}: the shape set has no tensors")
     name = str(data.get("name", Path(source).stem))
     return ShapeSet(name, tensors, num_layers, layer_tensors, str(data.get("note", "")))
+
+
+def profile_only_keys(spec: str) -> tuple[str, ...]:
+    """The :data:`PROFILE_ONLY_KEYS` that the shape-set file ``spec`` holds (none for a built-in
+    name or an unreadable file: loading it says what is wrong)."""
+    if spec in BUILTIN_SHAPE_SETS or not Path(spec).is_file():
+        return ()
+    try:
+        data = json.loads(Path(spec).read_text())
+    except (OSError, ValueError):
+        return ()
+    return tuple(key for key in PROFILE_ONLY_KEYS if isinstance(data, dict) and key in data)
 
 
 Loaded = TypeVar("Loaded")

@@ -46,14 +46,14 @@ def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path):
 )
 def test_usage_errors_say_what_is_wrong(args, message):
     done = gpu_check("--device", "cpu", *args)
-    assert done.returncode != 0
-    assert message in done.stderr
+    assert done.returncode == 2, "the epilog's promise: 2 on a usage error"
+    assert message in done.stderr and "Traceback" not in done.stderr
 
 
 def test_work_dir_inside_the_output_folder_is_refused(tmp_path):
     done = gpu_check("--device", "cpu", "--only", "environment", "--out", str(tmp_path), "--work-dir",
                      str(tmp_path / "work"))
-    assert done.returncode != 0 and "--work-dir must be outside --out" in done.stderr
+    assert done.returncode == 2 and "--work-dir must be outside --out" in done.stderr
 
 
 @pytest.mark.slow

@@ -1,0 +1,239 @@
+"""Bad input to ``deftx bench``, ``deftx profile``, ``deftx gpu-check`` and ``deftx doctor``: refused
+before any work with one ``deftx <command>: error: ...`` line and exit status 2 (no traceback); a
+bench run whose every measurement failed exits nonzero; an invalid ``$DEFTX_BACKEND`` is the
+doctor's error; the help texts state real defaults and ranges."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from deftx.cli import main
+from deftx.perf.shapes import load_shape_set
+
+TINY = {
+    "name": "tiny",
+    "tensors": [{"name": "embed", "shape": [300, 16], "vocab": True}],
+    "num_layers": 1,
+    "layer_tensors": [{"name": "q", "shape": [16, 16]}],
+}
+PROFILE_FORM = {
+    "name": "flat",
+    "dtype": "bf16",
+    "parameters": {"embed": [300, 16], "q": [16, 16], "norm.weight": [16]},
+    "frozen": ["norm.weight"],
+    "settings": {"k_fraction": 0.05, "rank": 4},
+}
+FAST = ["--device", "cpu", "--ops", "topk", "--k", "0.1", "--repeats", "1", "--no-memory", "--no-progress"]
+
+
+def exit_status(argv: list[str]) -> int:
+    """``deftx ARGV``'s exit status, whether argparse exits or the command returns."""
+    try:
+        return main(argv)
+    except SystemExit as done:
+        return done.code if isinstance(done.code, int) else 1
+
+
+def error_line(capsys, command: str) -> str:
+    """The one error line the command wrote to stderr (argparse's usage lines aside)."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith(f"deftx {command}: error: ")]
+    assert len(errors) == 1, err
+    return errors[0]
+
+
+@pytest.fixture
+def tiny_shapes(tmp_path):
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(TINY))
+    return str(path)
+
+
+@pytest.fixture
+def no_measurement(monkeypatch):
+    """Fail the test if the suite or the scaling study starts measuring."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("measured although the input is bad")
+
+    monkeypatch.setattr("deftx.perf.suite.run_suite", refuse)
+    monkeypatch.setattr("deftx.perf.scaling.run_scaling", refuse)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--rank", "-1"], "--rank: expected an integer >= 1"),
+        (["--rank", "0"], "--rank: expected an integer >= 1"),
+        (["--oversample", "-1"], "--oversample: expected an integer >= 0"),
+        (["--n-iter", "-1"], "--n-iter: expected an integer >= 0"),
+        (["--repeats", "0"], "--repeats: expected an integer >= 1"),
+        (["--seed", "-3"], "--seed: expected an integer >= 0"),
+        (["--backends", "bogus"], "unknown backend 'bogus'"),
+        (["--ops", "topk,sort"], "unknown op 'sort'"),
+        (["--k", "0,0.1"], "expected a fraction in (0, 1]"),
+        (["--scale", "0"], "--scale: expected a fraction in (0, 1]"),
+        (["--device", "tpu"], "expected cpu, cuda, cuda:N or auto"),
+        (["--predict-target", "sm_70"], "unknown target 'sm_70'"),
+        (["--scaling", "--scaling-k", "0"], "--scaling-k: expected a fraction in (0, 1]"),
+        (["--scaling", "--chunk-params", "0"], "--chunk-params: expected a number >= 1"),
+        (["--scaling", "--chunk-params", "-5"], "--chunk-params: expected a number >= 1"),
+        (["--scaling", "--baseline-max-params", "nan"], "--baseline-max-params: expected a number >= 0"),
+    ],
+)
+def test_bench_refuses_impossible_values_at_argparse(args, message, tmp_path, capsys, no_measurement) -> None:
+    assert exit_status(["bench", "--out", str(tmp_path), *args]) == 2
+    assert message in error_line(capsys, "bench")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--backends", "triton"], "--backends triton: not timed on cpu"),
+        (["--scaling", "--backends", "torch"], "--backends applies to the suite, not to --scaling"),
+        (["--scaling", "--scale", "0.5"], "--scale applies to the suite"),
+        (["--scaling", "--predict-target", "sm_90"], "--predict-target applies to the suite"),
+        (["--chunk-params", "5"], "--chunk-params applies to --scaling only"),
+        (["--scaling", "--ops", "compose"], "--scaling times topk, rsvd, scatter, step, not compose"),
+        (["--model-shapes", "no-such-model"], "unknown shape set"),
+    ],
+)
+def test_bench_refuses_inputs_the_run_cannot_use(args, message, tmp_path, capsys, no_measurement) -> None:
+    assert exit_status(["bench", "--out", str(tmp_path), "--device", "cpu", "--no-progress", *args]) == 2
+    assert message in error_line(capsys, "bench")
+
+
+def test_bench_refuses_an_output_path_that_is_a_file_before_measuring(tmp_path, capsys, no_measurement) -> None:
+    existing = tmp_path / "existingfile"
+    existing.write_text("keep me\n")
+    assert exit_status(["bench", *FAST, "--out", str(existing)]) == 2
+    assert f"--out {existing}: exists and is not a folder" in error_line(capsys, "bench")
+    assert existing.read_text() == "keep me\n"
+    assert exit_status(["bench", *FAST, "--out", str(existing / "below")]) == 2
+    assert "is not a folder" in error_line(capsys, "bench")
+
+
+def test_bench_run_where_every_measurement_failed_exits_nonzero(tiny_shapes, tmp_path, capsys, monkeypatch) -> None:
+    import deftx.perf.suite as suite
+
+    monkeypatch.setattr(suite, "run_case", lambda spec, impls, *rest: [
+        suite._error_row(spec, impl, RuntimeError("no luck")) for impl in impls
+    ])
+    monkeypatch.setattr(suite, "measure_roofline", lambda device, **kw: suite.Roofline(1.0, 1.0, 1, 1))
+    assert main(["bench", "--model-shapes", tiny_shapes, "--out", str(tmp_path), *FAST]) == 1
+    line = error_line(capsys, "bench")
+    assert "every measurement failed" in line and "no luck" in line
+    assert json.loads((tmp_path / "cpu_tiny.json").read_text())["results"], "the errors are recorded"
+
+
+def test_bench_help_states_real_defaults_and_ranges(capsys) -> None:
+    assert exit_status(["bench", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for absent in ("(default: None)", "('topk'", "1000000000.0", "format in deftx.perf.shapes"):
+        assert absent not in text
+    for present in ("rank kept, >= 1 (default 32)", ">= 0 (default 8)", "power iterations, >= 0 (default 2)",
+                    "timed calls per measurement, >= 1", "(default 1e9)", "{cpu,cuda,cuda:N,auto}",
+                    '"layer_tensors"', '"parameters"', "(default topk,rsvd,scatter,step;"):
+        assert present in text, present
+
+
+def test_bench_and_profile_read_the_same_shape_file(tmp_path, capsys) -> None:
+    path = tmp_path / "flat.json"
+    path.write_text(json.dumps(PROFILE_FORM))
+    shapes = load_shape_set(str(path))
+    assert [(t.name, t.shape, t.frozen) for t in shapes.flat()] == [
+        ("embed", (300, 16), False), ("q", (16, 16), False), ("norm.weight", (16,), True)
+    ]
+    from deftx.perf.workload import load_workload
+
+    assert load_workload(str(path)).shapes.flat() == shapes.flat(), "profile reads the same shapes"
+    assert main(["bench", "--model-shapes", str(path), "--out", str(tmp_path / "out"), *FAST]) == 0
+    err = capsys.readouterr().err
+    assert "dtype and settings are deftx profile's, not read here" in err
+    assert (tmp_path / "out" / "cpu_flat.json").is_file()
+
+
+def test_a_shape_file_mixing_both_forms_is_refused(tmp_path) -> None:
+    path = tmp_path / "mixed.json"
+    path.write_text(json.dumps({**TINY, "parameters": {"x": [2, 2]}}))
+    with pytest.raises(ValueError, match="either 'parameters' or 'tensors'"):
+        load_shape_set(str(path))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--static", "--device", "cuda"], "--device only applies to a runtime TARGET, not to --static"),
+        (["--static", "--backend", "torch", "--iterations", "3"], "--backend, --iterations only apply"),
+        (["topk", "--arch", "sm_80"], "--arch only applies to --static"),
+        (["topk", "--workers", "2"], "--workers only applies to --static"),
+        (["--static", "--workers", "-1"], "--workers: expected an integer >= 1"),
+        (["--static", "--workers", "0"], "--workers: expected an integer >= 1"),
+        (["topk", "--iterations", "0"], "--iterations: expected an integer >= 1"),
+    ],
+)
+def test_profile_refuses_bad_values_and_the_other_modes_options(args, message, tmp_path, capsys) -> None:
+    assert exit_status(["profile", *args, "--out", str(tmp_path)]) == 2
+    assert message in error_line(capsys, "profile")
+    assert not any(tmp_path.iterdir()), "nothing ran"
+
+
+def test_profile_help_says_which_options_belong_to_which_mode(capsys) -> None:
+    assert exit_status(["profile", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for present in ("static mode only", "runtime mode only", "refused in the other",
+                    "deftx bench --model-shapes reads the same file"):
+        assert present in text, present
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--only", "install", "--skip", "install"], "no stage left to run (install: skipped (--skip))"),
+        (["--only", "ncu"], "no stage left to run (ncu: needs CUDA)"),
+        (["--budget", "nan"], "--budget: expected a finite number"),
+        (["--budget", "0"], "--budget: expected a number > 0"),
+        (["--pytest-workers", "-1"], "--pytest-workers: expected an integer >= 0"),
+        (["--only", "bench-gpt"], "unknown stage(s) bench-gpt"),
+        (["--only", "environment"], "--out DIR is required"),
+    ],
+)
+def test_gpu_check_usage_errors_exit_2(args, message, capsys) -> None:
+    assert exit_status(["gpu-check", "--device", "cpu", *args]) == 2
+    assert message in error_line(capsys, "gpu-check")
+
+
+def test_gpu_check_refuses_an_output_path_that_is_a_file_before_any_stage(tmp_path, capsys, monkeypatch) -> None:
+    import deftx.gpucheck.cli as gpucheck_cli
+
+    monkeypatch.setattr(gpucheck_cli, "execute", lambda *a, **k: pytest.fail("a stage ran"))
+    existing = tmp_path / "existingfile"
+    existing.write_text("keep me\n")
+    assert exit_status(["gpu-check", "--device", "cpu", "--only", "environment", "--out", str(existing)]) == 2
+    assert f"--out {existing}: exists and is not a folder" in error_line(capsys, "gpu-check")
+    assert existing.read_text() == "keep me\n"
+
+
+def test_gpu_check_help_states_defaults(capsys) -> None:
+    assert exit_status(["gpu-check", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for present in ("(default 480)", "(default tests)", "(0: none; default 4)", "2 on a usage error"):
+        assert present in text, present
+
+
+def test_doctor_reports_an_invalid_backend_override(monkeypatch, capsys) -> None:
+    monkeypatch.setenv("DEFTX_BACKEND", "bogus")
+    assert main(["doctor"]) == 1
+    out, err = capsys.readouterr()
+    assert "backend override: INVALID: $DEFTX_BACKEND is 'bogus'" in out
+    assert "torch:" in out and "ops:" in out, "the rest of the report is still printed"
+    assert err.startswith("deftx doctor: error: $DEFTX_BACKEND is 'bogus'") and len(err.splitlines()) == 1
+
+
+def test_doctor_accepts_a_valid_backend_override(monkeypatch, capsys) -> None:
+    monkeypatch.setenv("DEFTX_BACKEND", "torch")
+    assert main(["doctor"]) == 0
+    assert "backend override: $DEFTX_BACKEND=torch" in capsys.readouterr().out
