@@ -74,7 +74,7 @@ def load_pipeline_config(args: argparse.Namespace):
     """The config file of ``args.config`` with the command-line overrides applied."""
     from dataclasses import replace
 
-    from deftx.pipeline.config import load_config
+    from deftx.pipeline.config import check_distinct, load_config
 
     config = load_config(args.config)
     if getattr(args, "output_dir", None):
@@ -84,7 +84,7 @@ def load_pipeline_config(args: argparse.Namespace):
     if getattr(args, "results_dir", None):
         config = replace(config, results_dir=args.results_dir)
     if getattr(args, "seeds", None):
-        config = replace(config, seeds=tuple(args.seeds))
+        config = replace(config, seeds=check_distinct(args.seeds, "--seeds"))
     if getattr(args, "device", None):
         config = replace(config, device=device_option(args.device))
     return config

@@ -43,10 +43,11 @@ configs/ablation-nusax-e5-small-language.yaml (stage 2).
 
 
 def run(args: argparse.Namespace) -> int:
-    from deftx.pipeline.ablation import load_ablation, plan_lines, run_ablation
+    from deftx.pipeline.ablation import chosen_variants, load_ablation, plan_lines, run_ablation
 
     ablation = load_ablation(args.config, output_dir=args.output_dir, results_dir=args.results_dir,
                              seeds=args.seeds, data_dir=args.data_dir, device=args.device)
+    chosen_variants(ablation, args.variants)
     for line in plan_lines(ablation):
         print(line)
     if args.dry_run:

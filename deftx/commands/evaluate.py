@@ -154,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
     from deftx.data import nusax
     from deftx.eval.report import markdown_tables, summarize, write_csv
     from deftx.eval.zero_shot import RowContext
-    from deftx.pipeline.workspace import checked_device, resolve_model
+    from deftx.pipeline.workspace import checked_device, folder_token_limit, resolve_model
     from deftx.sft.sources import open_sft
     from deftx.train.architecture import build_from_spec, has_trained_head, resolve_classifier
 
@@ -168,6 +168,10 @@ def run(args: argparse.Namespace) -> int:
     task = open_sft(args.task_sft)
     lang_sfts = {language: open_sft(source) for language, source in lang_specs.items()}
     model_dir = resolve_model(args.model)
+    limit = folder_token_limit(model_dir, args.model)
+    if limit is not None and args.max_length > limit:
+        raise ValueError(f"--max-length {args.max_length} tokens, but model {args.model!r} accepts at most {limit} "
+                         "(from max_position_embeddings in its config.json)")
     if not has_trained_head([task], model_dir):
         raise ValueError(f"{args.task_sft} ships no classifier head and --model is not a saved classifier: the scores "
                          "would come from a randomly initialised head (is it a language SFT?)")

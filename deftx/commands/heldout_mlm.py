@@ -31,6 +31,7 @@ made without it.
 
 
 def run(args: argparse.Namespace) -> int:
+    from deftx.pipeline.config import check_distinct
     from deftx.pipeline.head import ensure_head
     from deftx.pipeline.heldout import (
         AMERICASNLP,
@@ -38,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
         MASK_SEED,
         NUSAX,
         HeldoutScorer,
+        check_languages,
         heldout_splits,
         language_sft_files,
         trained_languages,
@@ -48,6 +50,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--variant and --americasnlp exclude each other: an ablation trains NusaX language SFTs only")
     corpus = AMERICASNLP if args.americasnlp else NUSAX
     config = variant_config(args) if args.variant else load_pipeline_config(args)
+    if args.languages:
+        check_languages(config, args.languages, corpus)
+    scales = check_distinct(args.scales, "--scales") if args.scales else None
     if not Path(config.output_dir).is_dir():
         raise FileNotFoundError(f"output_dir {config.output_dir} does not exist: nothing trained there to score")
     ws = Workspace.open(replace(config, results_dir=None), log=lambda line: print(line, file=sys.stderr))
@@ -59,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"no {CORPUS_NAMES[corpus]} language SFT under {ws.output_dir} for seeds "
                                 f"{list(ws.config.seeds)}; train them first (deftx pipeline or deftx train-lang{flag})")
     mask_seed = MASK_SEED if args.mask_seed is None else args.mask_seed
-    scorer = HeldoutScorer(ws, ensure_head(ws), args.scales, mask_seed, corpus).prepare(
+    scorer = HeldoutScorer(ws, ensure_head(ws), scales, mask_seed, corpus).prepare(
         dict.fromkeys(language for _, language in plan))
     print(f"held-out text: {CORPUS_NAMES[corpus]} {'+'.join(splits)}, masks of seed {mask_seed}; "
           "loss change = fall of the loss from θ0's (> 0: better)")

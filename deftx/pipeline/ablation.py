@@ -72,7 +72,14 @@ from deftx.pipeline.head import ensure_head, head_call, head_curve_table, head_r
 from deftx.pipeline.heldout import HELDOUT_CSV, HeldoutScorer, has_heldout_text, nusax_languages, trained_languages
 from deftx.pipeline.identity import run_identity
 from deftx.pipeline.run import heldout_seed, run_nusax_seed
-from deftx.pipeline.workspace import Workspace, language_training_settings, requested_device, resolve_device
+from deftx.pipeline.workspace import (
+    Workspace,
+    check_local_token_windows,
+    fitting_model,
+    language_training_settings,
+    requested_device,
+    resolve_device,
+)
 from deftx.train.config import short_repr, to_plain
 from deftx.train.identity import describe_changes, digest, normalised, read_identity, write_identity
 from deftx.train.store import LinkedStepStore
@@ -294,8 +301,24 @@ def language_phase1_signature(config: PipelineConfig) -> str:
     })[:12]
 
 
+def check_variants(ablation: AblationConfig, names: Iterable[str], check: Callable[[PipelineConfig], object]) -> None:
+    """``check`` the config of each variant of ``names`` (e.g. :func:`~deftx.pipeline.workspace.fitting_model`),
+    a ConfigError it raises naming the variant."""
+    for name in names:
+        try:
+            check(ablation.variants[name])
+        except ConfigError as err:
+            raise ConfigError(f"variant {name!r}: {err}") from err
+
+
 def plan_lines(ablation: AblationConfig) -> list[str]:
-    """One line per variant: hash, overrides, and which variants share its language phase 1."""
+    """One line per variant: hash, overrides, and which variants share its language phase 1.
+
+    Raises:
+        ConfigError: a variant's token window is longer than its model accepts, where the model is already on
+            this machine (:func:`~deftx.pipeline.workspace.check_local_token_windows`).
+    """
+    check_variants(ablation, ablation.variants, check_local_token_windows)
     groups: dict[str, list[str]] = {}
     for name, config in ablation.variants.items():
         groups.setdefault(language_phase1_signature(config), []).append(name)
@@ -510,6 +533,18 @@ def run_variant_seed(run: AblationRun, name: str, seed: int, done: set[tuple[str
     return rows
 
 
+def chosen_variants(ablation: AblationConfig, only: Sequence[str] | None = None) -> list[str]:
+    """The variants a run takes, in the config's order: those named in ``only`` (``--variants``), else all.
+
+    Raises:
+        ConfigError: ``only`` names a variant the ablation does not have (naming the known ones).
+    """
+    unknown = sorted(set(only or ()) - set(ablation.variants))
+    if unknown:
+        raise ConfigError(f"--variants: unknown variants {unknown}; known: {list(ablation.variants)}")
+    return [name for name in ablation.variants if not only or name in only]
+
+
 def run_ablation(ablation: AblationConfig, *, log: Callable[[str], None] = print,
                  progress: Callable[[str], None] = print, command: str | None = None,
                  only: Sequence[str] | None = None, overwrite: bool = False, heldout: bool = True) -> str:
@@ -525,12 +560,10 @@ def run_ablation(ablation: AblationConfig, *, log: Callable[[str], None] = print
         heldout: score each variant's language SFTs of each seed on held-out text, once
             (:func:`score_variant_heldout`), also for a variant × seed whose rows are done.
     """
-    unknown = sorted(set(only or ()) - set(ablation.variants))
-    if unknown:
-        raise ConfigError(f"unknown variants {unknown}; known: {list(ablation.variants)}")
-    chosen = [name for name in ablation.variants if not only or name in only]
+    chosen = chosen_variants(ablation, only)
     for name in chosen:
         resolve_device(ablation.variants[name])
+    check_variants(ablation, chosen, fitting_model)
     start = time.perf_counter()
     ablation.results_dir.mkdir(parents=True, exist_ok=True)
     csv_path = ablation.results_dir / "ablation.csv"

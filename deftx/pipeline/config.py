@@ -2,7 +2,9 @@
 
 Every key is optional except ``targets`` (an empty list skips NusaX, e.g. for an
 AmericasNLI-only run); unknown keys are errors (a typo must not be silently ignored), and so
-is a key written twice in one mapping (YAML and JSON would keep the last silently).
+is a key written twice in one mapping (YAML and JSON would keep the last silently), and an entry
+written twice in a list of seeds, sources, targets, languages or parameter groups (a seed or a
+language listed twice would run, and write its rows, twice).
 Example (``configs/default.yaml`` is the README's small run)::
 
     name: default
@@ -66,10 +68,13 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from deftx.data.americasnli import check_language as check_americasnli_language
 from deftx.data.americasnlp import SPLITS as AMERICASNLP_SPLITS
 from deftx.data.nusax import MT_SPLITS
 from deftx.train.config import (
@@ -84,6 +89,7 @@ from deftx.train.config import (
     short_repr,
 )
 from deftx.train.language import HeadWarmUp
+from deftx.train.params import PARAMETER_GROUPS
 from deftx.train.trainer_args import TrainingSettings, trainer_argument_names
 
 EVAL_SPLITS = ("test", "valid")
@@ -110,6 +116,10 @@ RECORDED_TRAINING_KEYS = frozenset({"batch_size", "max_length", "seed", "save_st
                                     "weight_decay", "warmup_ratio", "max_grad_norm", "group_by_length", "progress"})
 """The ``training`` keys every results folder's ``config.json`` records (``to_plain`` of the settings): a
 ``training`` mapping with all of them is such a record, whose ``seed`` is the unused placeholder 0."""
+DENSE_GROUP = "head"
+"""The parameter group trained densely beside every SFT: never an ``eligible`` (sparse) group."""
+
+_Item = TypeVar("_Item", bound=Hashable)
 
 
 class ConfigError(ValueError):
@@ -150,6 +160,9 @@ class AmericasNLISection:
         count = self.max_train_examples
         if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
             raise ValueError(f"max_train_examples must be null or an integer >= 1, got {short_repr(count)}")
+        overlap = sorted(set(self.train_languages) & set(self.test_languages))
+        if overlap:
+            raise ValueError(f"{overlap} are both training and test languages: a test language must be held out")
 
 
 @dataclass
@@ -282,6 +295,59 @@ def _strings(raw: Any, where: str) -> tuple[str, ...]:
     return tuple(raw)
 
 
+def repeated(values: Sequence[Hashable]) -> list[Hashable]:
+    """The values that ``values`` holds more than once, each once, in the order they first appear."""
+    counts = Counter(values)
+    return [value for value in dict.fromkeys(values) if counts[value] > 1]
+
+
+def check_distinct(values: Sequence[_Item], what: str) -> tuple[_Item, ...]:
+    """``values`` as a tuple, each at most once (a seed or language listed twice would run twice, its rows
+    written twice).
+
+    Raises:
+        ConfigError: naming ``what`` (e.g. ``config seeds``, ``--seeds``) and the repeated values.
+    """
+    twice = repeated(values)
+    if twice:
+        named = ", ".join(short_repr(value) for value in twice)
+        raise ConfigError(f"{what}: {named} listed more than once, so the same work would run (and its rows be "
+                          f"written) twice; list each once, got {short_repr(list(values))}")
+    return tuple(values)
+
+
+def _distinct_strings(raw: Any, where: str) -> tuple[str, ...]:
+    """A list of names (:func:`_strings`), each at most once (:func:`check_distinct`)."""
+    return check_distinct(_strings(raw, where), f"config {where}")
+
+
+def _eligible(raw: Any, where: str) -> tuple[str, ...]:
+    """An SFT's ``eligible`` groups: at least one, distinct, each a parameter group of
+    :data:`deftx.train.params.PARAMETER_GROUPS` but the densely trained :data:`DENSE_GROUP`."""
+    groups = _distinct_strings(raw, where)
+    allowed = [group for group in PARAMETER_GROUPS if group != DENSE_GROUP]
+    if not groups:
+        raise _fail(where, f"expected at least one of the parameter groups {allowed}, got []")
+    if DENSE_GROUP in groups:
+        raise _fail(where, f"{DENSE_GROUP!r} is trained densely beside every SFT and cannot be an eligible (sparse) "
+                    f"group; the eligible ones: {allowed}")
+    unknown = [group for group in groups if group not in PARAMETER_GROUPS]
+    if unknown:
+        raise _fail(where, f"unknown parameter groups {unknown}; known: {allowed}")
+    return groups
+
+
+def _americasnli_languages(raw: Any, where: str) -> tuple[str, ...]:
+    """AmericasNLI language codes (:data:`deftx.data.americasnli.LANGUAGES`), each at most once."""
+    languages = _distinct_strings(raw, where)
+    try:
+        for language in languages:
+            check_americasnli_language(language)
+    except ValueError as err:
+        raise _fail(where, str(err)) from err
+    return languages
+
+
 def selection_rule(denoise: DenoiseConfig | None) -> str:
     """How a method with ``denoise`` (None: LT-SFT) ranks the entries its SFT keeps, in words."""
     if denoise is None:
@@ -344,7 +410,7 @@ def _sft_section(raw: Any, where: str, default: SFTSection, *, has_max_length: b
         k=values.get("k", default.k),
         full=_phase(values.get("full"), f"{where}.full", default.full),
         sparse=_phase(values.get("sparse"), f"{where}.sparse", default.sparse),
-        eligible=_strings(values["eligible"], f"{where}.eligible") if "eligible" in values else default.eligible,
+        eligible=_eligible(values["eligible"], f"{where}.eligible") if "eligible" in values else default.eligible,
         max_length=max_length,
     )
     try:
@@ -420,7 +486,7 @@ def _seeds(raw: Any, where: str) -> tuple[int, ...]:
         isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in raw
     ):
         raise _fail(where, f"expected a non-empty list of integers >= 0, got {short_repr(raw)}")
-    return tuple(raw)
+    return check_distinct(raw, f"config {where}")
 
 
 def parse_config(raw: Any, source: str = "<config>") -> PipelineConfig:
@@ -440,8 +506,8 @@ def parse_config(raw: Any, source: str = "<config>") -> PipelineConfig:
     if not values["targets"] and values.get("americasnli") is None:
         raise _fail("targets", "empty, and no americasnli section: nothing to evaluate")
     parsed: dict[str, Any] = {
-        "targets": _strings(values.pop("targets"), "targets"),
-        "sources": _strings(values.pop("sources", list(defaults.sources)), "sources"),
+        "targets": _distinct_strings(values.pop("targets"), "targets"),
+        "sources": _distinct_strings(values.pop("sources", list(defaults.sources)), "sources"),
         "seeds": _seeds(values.pop("seeds", [0]), "seeds"),
         "methods": _methods(values.pop("methods", {"lt-sft": None, "deft-x": {}}), "methods"),
         "training": _training(values.pop("training", {}), "training"),
@@ -455,7 +521,7 @@ def parse_config(raw: Any, source: str = "<config>") -> PipelineConfig:
     anli = values.pop("americasnli", None)
     if anli is not None:
         parsed["americasnli"] = _build(AmericasNLISection, anli, "americasnli", {
-            "train_languages": _strings, "test_languages": _strings,
+            "train_languages": _americasnli_languages, "test_languages": _americasnli_languages,
         })
     for key in ("name", "model", "output_dir"):
         if key in values and not (isinstance(values[key], str) and values[key]):
@@ -495,21 +561,42 @@ def read_config_file(path: str | Path) -> Any:
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ConfigError: it does not parse.
+        IsADirectoryError: ``path`` is a folder.
+        ConfigError: it is not UTF-8 text or does not parse (naming the file, and the line and column
+            where YAML or JSON found the problem).
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"config file {path} is a folder; expected a .yaml, .yml or .json file")
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config {path}: not UTF-8 text (byte {err.start}: {err.reason}); save it as UTF-8") from err
     try:
         raw = json.loads(text, object_pairs_hook=_unique_json_keys) if path.suffix.lower() == ".json" \
             else strict_yaml_load(text)
     except DuplicateKeyError as err:
         raise ConfigError(f"config {path}: {err}") from err
     except Exception as err:
-        raise ConfigError(f"config {path}: cannot parse: {short_repr(str(err))}") from err
+        raise ConfigError(f"config {path}: cannot parse: {parse_error_message(err)}") from err
     check_nesting(raw, str(path))
     return raw
+
+
+def parse_error_message(err: Exception) -> str:
+    """Why YAML or JSON text does not parse, in one line that keeps where: the line and column (1-based) of
+    the problem, what it is and, for YAML, what was being parsed from where; other errors shortened."""
+    if isinstance(err, json.JSONDecodeError):
+        return f"line {err.lineno}, column {err.colno}: {err.msg}"
+    mark, problem = getattr(err, "problem_mark", None), getattr(err, "problem", None)
+    if mark is None or not problem:
+        return short_repr(str(err))
+    context, context_mark = getattr(err, "context", None), getattr(err, "context_mark", None)
+    started = f" from line {context_mark.line + 1}, column {context_mark.column + 1}" if context_mark else ""
+    return (f"line {mark.line + 1}, column {mark.column + 1}: {' '.join(problem.split())}"
+            + (f" ({context}{started})" if context else ""))
 
 
 class DuplicateKeyError(ValueError):

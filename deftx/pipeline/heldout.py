@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from deftx.data import americasnlp, nusax
+from deftx.data import americasnli, americasnlp, nusax
 from deftx.eval.language import HeldoutRow, heldout_records, score_language_sfts
 from deftx.models.mlm import FrozenDecoderMLM, build_mlm_model
 from deftx.pipeline.config import AMERICASNLP, NUSAX, TEXT_SPLITS_KEYS, PipelineConfig
@@ -35,6 +35,8 @@ HELDOUT_CSV = "heldout.csv"
 CORPUS_NAMES = {NUSAX: "NusaX MT", AMERICASNLP: "AmericasNLP 2021"}
 """Corpus -> its name in reports."""
 _ALL_SPLITS = {NUSAX: nusax.MT_SPLITS, AMERICASNLP: americasnlp.SPLITS}
+KNOWN_LANGUAGES = {NUSAX: tuple(nusax.LANGUAGE_CODES), AMERICASNLP: americasnli.LANGUAGES}
+"""Corpus -> the languages it has text of: the NusaX languages' folder names, the AmericasNLI codes."""
 
 
 def left_out_splits(config: PipelineConfig, corpus: str = NUSAX) -> tuple[str, ...]:
@@ -51,6 +53,32 @@ def has_heldout_text(config: PipelineConfig, corpus: str = NUSAX) -> bool:
 def nusax_languages(config: PipelineConfig) -> list[str]:
     """The languages ``config``'s NusaX protocol may train language SFTs for: targets, then sources."""
     return list(dict.fromkeys([*config.targets, *config.sources]))
+
+
+def config_languages(config: PipelineConfig, corpus: str = NUSAX) -> list[str]:
+    """The languages ``config`` trains language SFTs for on ``corpus``: NusaX targets then sources
+    (:func:`nusax_languages`), or the AmericasNLI test languages (none without that section)."""
+    if corpus == AMERICASNLP:
+        return list(config.americasnli.test_languages) if config.americasnli is not None else []
+    return nusax_languages(config)
+
+
+def check_languages(config: PipelineConfig, languages: Iterable[str], corpus: str = NUSAX) -> None:
+    """Refuse a language of ``languages`` that ``corpus`` has no text of (:data:`KNOWN_LANGUAGES`), before
+    any SFT file is looked for: no language SFT of it can exist to score.
+
+    Raises:
+        ValueError: naming the unknown languages, the known ones and ``config``'s own
+            (:func:`config_languages`).
+    """
+    unknown = [language for language in dict.fromkeys(languages) if language not in KNOWN_LANGUAGES[corpus]]
+    if unknown:
+        kind = "AmericasNLI language code" if corpus == AMERICASNLP else "NusaX language"
+        named = f"{kind} {unknown[0]!r}" if len(unknown) == 1 else f"{kind}s {unknown}"
+        own = "AmericasNLI test languages" if corpus == AMERICASNLP else "targets and sources"
+        raise ValueError(f"unknown {named}: not one of the config's {own} "
+                         f"({', '.join(config_languages(config, corpus)) or 'none'}) nor of the known "
+                         f"{kind}s ({', '.join(KNOWN_LANGUAGES[corpus])})")
 
 
 def default_scales(config: PipelineConfig) -> tuple[float, ...]:

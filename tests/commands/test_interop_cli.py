@@ -274,3 +274,17 @@ def test_evaluate_refuses_a_task_sft_without_a_head_on_a_model_without_one(tmp_p
     assert main([*command, "--model", str(bert_body)]) == 2
     assert "ships no classifier head and --model is not a saved classifier" in capsys.readouterr().err
     assert main([*command, "--model", str(plain_bert)]) == 0, "the model folder's own head is a trained head"
+
+
+def test_evaluate_refuses_a_token_limit_the_model_does_not_have(tmp_path, plain_bert, capsys):
+    """plain_bert has 32 positions: --max-length 40 would fail inside the model's embeddings."""
+    task_sft(plain_bert).save(tmp_path / "task.safetensors")
+    data = tmp_path / "reviews.csv"
+    data.write_text("text,label\n" + "\n".join(f"{s},{label}" for s, label in SENTENCES) + "\n")
+    command = ["evaluate", "--model", str(plain_bert), "--task-sft", str(tmp_path / "task.safetensors"),
+               "--data", str(data)]
+    assert main([*command, "--max-length", "40"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"deftx evaluate: error: --max-length 40 tokens, but model {str(plain_bert)!r} accepts at most 32 "
+        "(from max_position_embeddings in its config.json)")
+    assert main([*command, "--max-length", "32"]) == 0

@@ -54,6 +54,9 @@ def write_config(paths, text_or_overrides, name="config.yaml"):
 
 CONFIG_CASES = [
     ("malformed YAML", "targets: [madurese\n", "cannot parse"),
+    ("malformed YAML's place", "targets: [madurese]\nseeds: [0\nname: x: y\n",
+     r"cannot parse: line 3, column \d+: .*\(while parsing a flow sequence from line 2, column 8\)$"),
+    ("malformed JSON's place", "{\"targets\": [\"madurese\"],\n \"seeds\" [0]}", r"cannot parse: line 2, column 10: "),
     ("not a mapping", "- just\n- a list\n", "expected a mapping"),
     ("unknown key", {"colour": "red"}, r"unknown keys \['colour'\]"),
     ("seeds of the wrong type", {"seeds": "zero"}, "seeds"),
@@ -82,6 +85,24 @@ CONFIG_CASES = [
      r"duplicate key 'seeds' on line 3 \(first on line 2\)"),
     ("duplicate nested key", "targets: [madurese]\ntraining:\n  batch_size: 8\n  batch_size: 16\n",
      r"duplicate key 'training\.batch_size' on line 4"),
+    ("seed twice", {"seeds": [0, 1, 0]}, r"config seeds: 0 listed more than once.*got \[0, 1, 0\]"),
+    ("source twice", {"sources": ["indonesian", "indonesian"]}, r"config sources: 'indonesian' listed more than once"),
+    ("target twice", {"targets": ["madurese", "buginese", "madurese"]}, r"config targets: 'madurese' listed more"),
+    ("unknown language-SFT group", {"language_sft": {"eligible": ["bogus"]}},
+     r"language_sft\.eligible: unknown parameter groups \['bogus'\]; known: \['word_embeddings', "),
+    ("unknown task-SFT group", {"task_sft": {"eligible": ["ffn", "bogus"]}}, r"task_sft\.eligible: unknown .*'bogus'"),
+    ("head as a sparse group", {"task_sft": {"eligible": ["head"]}}, r"task_sft\.eligible: 'head' is trained densely"),
+    ("no eligible group", {"language_sft": {"eligible": []}}, r"language_sft\.eligible: expected at least one"),
+    ("eligible group twice", {"language_sft": {"eligible": ["ffn", "ffn"]}}, r"eligible: 'ffn' listed more"),
+    ("unknown americasnli training language", {"americasnli": {"train_languages": ["xxx"], "test_languages": ["bzd"]}},
+     r"americasnli\.train_languages: unknown AmericasNLI language 'xxx'; expected one of aym, "),
+    ("unknown americasnli test language", {"americasnli": {"train_languages": ["aym"], "test_languages": ["BZD"]}},
+     r"americasnli\.test_languages: unknown AmericasNLI language 'BZD'"),
+    ("americasnli test language twice", {"americasnli": {"train_languages": ["aym"], "test_languages": ["bzd", "bzd"]}},
+     r"americasnli\.test_languages: 'bzd' listed more than once"),
+    ("americasnli language both trained and tested",
+     {"americasnli": {"train_languages": ["aym", "bzd"], "test_languages": ["bzd"]}},
+     r"americasnli: \['bzd'\] are both training and test languages"),
 ]
 
 
@@ -138,6 +159,10 @@ ABLATION_CASES = [
     ("training seed in a variant", {"variants": {"v": {"training.seed": 5}}}, r"variant 'v'.*training\.seed"),
     ("null method in a variant", {"variants": {"v": {"methods": {"lt-sft": None, "mag": None}}}},
      r"variant 'v'.*methods\.mag: an empty entry \(null\)"),
+    ("unknown group in a variant", {"variants": {"v": {"task_sft.eligible": ["bogus"]}}},
+     r"variant 'v'.*task_sft\.eligible: unknown parameter groups \['bogus'\]"),
+    ("a source twice in a variant", {"variants": {"v": {"sources": ["indonesian", "indonesian"]}}},
+     r"variant 'v'.*config sources: 'indonesian' listed more than once"),
 ]
 
 
@@ -157,6 +182,88 @@ def test_missing_config_files(paths, capsys):
     for command in ("pipeline", "ablate"):
         code, err = run_cli([command, str(paths["tmp"] / "absent.yaml")], capsys)
         assert_clear_error(command, code, err, "does not exist")
+
+
+@pytest.mark.parametrize("command", ["pipeline", "ablate", "train-lang", "heldout-mlm"])
+def test_a_config_that_is_not_a_text_file(paths, capsys, command):
+    """A folder is named as one; a file that is not UTF-8 names the file (not a bare codec error)."""
+    extra = ["--language", "madurese"] if command == "train-lang" else []
+    folder = paths["tmp"] / "configs.yaml"
+    folder.mkdir()
+    code, err = run_cli([command, str(folder), *extra], capsys)
+    assert_clear_error(command, code, err, f"config file {folder} is a folder; expected a .yaml, .yml or .json file")
+    latin1 = paths["tmp"] / "latin1.yaml"
+    latin1.write_bytes("targets: [madurese]\nname: caf\u00e9\n".encode("latin-1"))
+    code, err = run_cli([command, str(latin1), *extra], capsys)
+    assert_clear_error(command, code, err, f"config {latin1}: not UTF-8 text \\(byte 29: invalid continuation byte\\)")
+
+
+@pytest.mark.parametrize(("command", "extra"), [("pipeline", ["--dry-run"]), ("pipeline", []),
+                                                ("heldout-mlm", [])])
+def test_seeds_given_twice_on_the_command_line(paths, capsys, command, extra):
+    """--seeds 0 0 would run seed 0 twice and write each of its rows twice: refused before any work."""
+    code, err = run_cli([command, write_config(paths, {}), "--seeds", "0", "1", "0", *extra], capsys)
+    assert_clear_error(command, code, err, r"--seeds: 0 listed more than once.*got \[0, 1, 0\]")
+    assert not (paths["tmp"] / "run").exists()
+
+
+def test_heldout_scales_given_twice(paths, capsys):
+    code, err = run_cli(["heldout-mlm", write_config(paths, {}), "--scales", "1", "1.0"], capsys)
+    assert_clear_error("heldout-mlm", code, err, r"--scales: 1\.0 listed more than once")
+
+
+@pytest.mark.parametrize(("flag", "languages", "match"), [
+    ([], ["klingon"], r"unknown NusaX language 'klingon': not one of the config's targets and sources \(madurese, "
+                      r"indonesian\) nor of the known NusaX languages \(acehnese, "),
+    ([], ["madurese", "klingon", "vulcan"], r"unknown NusaX languages \['klingon', 'vulcan'\]"),
+    (["--americasnlp"], ["klingon"], r"unknown AmericasNLI language code 'klingon': .*test languages \(none\).*aym"),
+])
+def test_heldout_of_an_unknown_language(paths, capsys, flag, languages, match):
+    """Not a train-lang suggestion: no language SFT of a language the corpus lacks can be trained."""
+    (paths["tmp"] / "run").mkdir()
+    code, err = run_cli(["heldout-mlm", write_config(paths, {}), *flag, "--languages", *languages], capsys)
+    assert_clear_error("heldout-mlm", code, err, match)
+    assert "train-lang" not in err
+
+
+WINDOW_CASES = [
+    ({"training": {"max_length": 400}}, r"config training\.max_length: 400 tokens, but model '.*model' accepts at "
+                                         r"most 130 \(from max_position_embeddings in its config\.json\)$"),
+    ({"language_sft": {"max_length": 131}}, r"config language_sft\.max_length: 131 tokens, .* at most 130 "),
+    ({"mlm_head": {"seq_len": 256}}, r"config mlm_head\.seq_len: 256 tokens, .* at most 130 "),
+]
+WINDOW_COMMANDS = [("pipeline", ["--dry-run"]), ("pipeline", []), ("train-lang", ["--language", "madurese"]),
+                   ("train-task", ["--source", "indonesian"]), ("heldout-mlm", [])]
+
+
+@pytest.mark.parametrize(("command", "extra"), WINDOW_COMMANDS)
+@pytest.mark.parametrize(("overrides", "match"), WINDOW_CASES)
+def test_a_token_window_longer_than_the_model_accepts(paths, capsys, command, extra, overrides, match):
+    """Refused before any training or folder is written (it was a RuntimeError mid-training, a run folder left)."""
+    (paths["model"] / "config.json").write_text('{"model_type": "bert", "max_position_embeddings": 130}')
+    output = paths["tmp"] / "run"
+    if command == "heldout-mlm":
+        output.mkdir()
+    code, err = run_cli([command, write_config(paths, overrides), *extra], capsys)
+    assert_clear_error(command, code, err, match)
+    assert not output.exists() or not any(output.iterdir())
+
+
+@pytest.mark.parametrize("extra", [["--dry-run"], []])
+def test_an_ablation_variant_longer_than_the_model_accepts(paths, capsys, extra):
+    (paths["model"] / "config.json").write_text('{"model_type": "bert", "max_position_embeddings": 130}')
+    ablation = {"base": base_config(paths), "output_dir": str(paths["tmp"] / "ablation"),
+                "variants": {"ok": {}, "long": {"training.max_length": 200}}}
+    code, err = run_cli(["ablate", write_config(paths, yaml.safe_dump(ablation), "ablation.yaml"), *extra], capsys)
+    assert_clear_error("ablate", code, err, r"variant 'long': config training\.max_length: 200 tokens, .* at most 130")
+    assert not (paths["tmp"] / "ablation").exists()
+
+
+def test_an_unknown_ablation_variant_in_a_dry_run(paths, capsys):
+    ablation = {"base": base_config(paths), "output_dir": str(paths["tmp"] / "ablation"), "variants": {"v": {}}}
+    path = write_config(paths, yaml.safe_dump(ablation), "ablation.yaml")
+    code, err = run_cli(["ablate", path, "--dry-run", "--variants", "v", "nope"], capsys)
+    assert_clear_error("ablate", code, err, r"--variants: unknown variants \['nope'\]; known: \['v'\]")
 
 
 COMMAND_CASES = [
