@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from deftx.eval.zero_shot import Composition, RowContext
 
 
+DEFAULT_MAX_LENGTH = 128
+"""Tokens kept of each text when --max-length is not given (capped at the model's positions)."""
 DEFAULT_SPLIT = "test"
 """The split of a --data folder or Hub data set when --split is not given."""
 NUSAX_SOURCE = "indonesian"
@@ -50,6 +52,17 @@ def _language_sfts(specs: list[str]) -> dict[str, str]:
             raise ValueError(f"--lang-sft gives {language} twice ({sfts[language]} and {source}): one SFT per language")
         sfts[language] = source
     return sfts
+
+
+def token_limit(asked: int | None, model_limit: int | None, model: str) -> int:
+    """The tokens kept of each text: ``asked`` (--max-length), else the default capped at the model's
+    positions; ValueError when ``asked`` exceeds ``model_limit`` (the model's embeddings would fail)."""
+    if asked is None:
+        return DEFAULT_MAX_LENGTH if model_limit is None else min(DEFAULT_MAX_LENGTH, model_limit)
+    if model_limit is not None and asked > model_limit:
+        raise ValueError(f"--max-length {asked} tokens, but model {model!r} accepts at most {model_limit} "
+                         "(from max_position_embeddings in its config.json)")
+    return asked
 
 
 def _check_options(args: argparse.Namespace) -> None:
@@ -168,10 +181,7 @@ def run(args: argparse.Namespace) -> int:
     task = open_sft(args.task_sft)
     lang_sfts = {language: open_sft(source) for language, source in lang_specs.items()}
     model_dir = resolve_model(args.model)
-    limit = folder_token_limit(model_dir, args.model)
-    if limit is not None and args.max_length > limit:
-        raise ValueError(f"--max-length {args.max_length} tokens, but model {args.model!r} accepts at most {limit} "
-                         "(from max_position_embeddings in its config.json)")
+    args.max_length = token_limit(args.max_length, folder_token_limit(model_dir, args.model), args.model)
     if not has_trained_head([task], model_dir):
         raise ValueError(f"{args.task_sft} ships no classifier head and --model is not a saved classifier: the scores "
                          "would come from a randomly initialised head (is it a language SFT?)")
@@ -231,7 +241,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              f"{NUSAX_SOURCE} on NusaX; with --data, none: the table says '{UNNAMED_SOURCE}')",
     )
     parser.add_argument("--name", default="sft", help="method name in the table (default sft)")
-    parser.add_argument("--max-length", type=positive_int, default=128, help="token limit (default 128)")
+    parser.add_argument("--max-length", type=positive_int,
+                        help=f"tokens kept of each text (default {DEFAULT_MAX_LENGTH}, or the model's limit when "
+                             "lower; more than the model's limit is an error)")
     parser.add_argument("--batch-size", type=positive_int, default=64, help="evaluation batch (default 64)")
     parser.add_argument(
         "--device", metavar=DEVICE_METAVAR, default="auto",

@@ -1,4 +1,5 @@
-"""A tiny random BERT saved with the real e5 tokenizer: the CLI end to end in seconds."""
+"""Tiny models for the CLI end to end in seconds: a random BERT with the real e5 tokenizer, and a BERT
+sentiment classifier with a word-level tokenizer (:mod:`tests.commands.tiny_classifier`)."""
 
 from __future__ import annotations
 
@@ -28,4 +29,23 @@ def tiny_model_dir(tmp_path_factory, e5_dir):
                         intermediate_size=12, max_position_embeddings=130)
     BertModel(config, add_pooling_layer=False).save_pretrained(folder)
     AutoTokenizer.from_pretrained(str(e5_dir)).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def plain_bert(tmp_path_factory):
+    """A save_pretrained BertForSequenceClassification (with its pooler) and a word-level tokenizer."""
+    from tests.commands.tiny_classifier import save_plain_bert
+
+    return save_plain_bert(tmp_path_factory.mktemp("plain-bert"))
+
+
+@pytest.fixture(scope="module")
+def bert_body(tmp_path_factory, plain_bert):
+    """The same weights saved as a bare BertModel (pooler kept): a folder that is not a classifier."""
+    from transformers import BertForSequenceClassification, BertTokenizer
+
+    folder = tmp_path_factory.mktemp("bert-body")
+    BertForSequenceClassification.from_pretrained(str(plain_bert)).bert.save_pretrained(folder)
+    BertTokenizer.from_pretrained(str(plain_bert)).save_pretrained(folder)
     return folder

@@ -11,56 +11,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification, BertTokenizer
+from transformers import AutoModelForSequenceClassification, BertTokenizer
 
 from deftx.cli import main
 from deftx.sft import SparseDiff
-from deftx.train.architecture import describe_model
+from tests.commands.tiny_classifier import LABELS, SENTENCES, labelled_classifier, task_sft, write_reviews
 from tests.helpers import assert_bitwise_equal
 from tests.hub_cache import place_in_hub_cache
 from tests.sft.tiny import random_diff
 
 ROOT = Path(__file__).resolve().parents[2]
-WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]",
-         "good", "bad", "fine", "film", "day", "the", "a", "is", "was", "very", "not"]
-LABELS = ["negative", "neutral", "positive"]
-SENTENCES = [("the film was very good", "positive"), ("a bad day", "negative"), ("the day was fine", "neutral"),
-             ("not a good film", "negative"), ("a very fine film", "positive"), ("the film is the film", "neutral")]
-
-
-@pytest.fixture(scope="module")
-def plain_bert(tmp_path_factory) -> Path:
-    """A save_pretrained BertForSequenceClassification (with its pooler) and a word-level tokenizer."""
-    folder = tmp_path_factory.mktemp("plain-bert")
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(WORDS), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=24, max_position_embeddings=32, num_labels=3)
-    BertForSequenceClassification(config).save_pretrained(folder)
-    BertTokenizer(vocab={w: i for i, w in enumerate(WORDS)}).save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def bert_body(tmp_path_factory, plain_bert) -> Path:
-    """The same weights saved as a bare BertModel (pooler kept): a folder that is not a classifier."""
-    folder = tmp_path_factory.mktemp("bert-body")
-    BertForSequenceClassification.from_pretrained(str(plain_bert)).bert.save_pretrained(folder)
-    BertTokenizer.from_pretrained(str(plain_bert)).save_pretrained(folder)
-    return folder
-
-
-def labelled_classifier(folder: Path) -> BertForSequenceClassification:
-    model = AutoModelForSequenceClassification.from_pretrained(
-        str(folder), id2label=dict(enumerate(LABELS)), label2id={n: i for i, n in enumerate(LABELS)}).eval()
-    model.config.deftx_pooling = "cls"
-    return model
-
-
-def task_sft(folder: Path, *, info: bool = True, base_model: str | None = None) -> SparseDiff:
-    """A task SFT of the plain BERT classifier: sparse body entries (pooler included) + its head."""
-    model = labelled_classifier(folder)
-    return random_diff(model, 200, head=True, info=describe_model(model, head=True) if info else None,
-                       base_model=base_model)
 
 
 def test_compose_reads_the_classifier_from_the_sft(tmp_path, plain_bert, capsys):
@@ -191,8 +151,7 @@ def test_compose_finds_the_base_from_another_working_directory(tmp_path, plain_b
 
 def test_an_sft_of_another_base_is_one_error_line_until_no_base_check(tmp_path, plain_bert, capsys):
     task_sft(plain_bert, base_model="org/another-encoder").save(tmp_path / "task.safetensors")
-    data = tmp_path / "reviews.csv"
-    data.write_text("text,label\n" + "\n".join(f"{s},{label}" for s, label in SENTENCES) + "\n")
+    data = write_reviews(tmp_path / "reviews.csv")
     for command in (["compose"], ["evaluate", "--data", str(data)]):
         sft = ["--sft" if command[0] == "compose" else "--task-sft", str(tmp_path / "task.safetensors")]
         assert main([*command, "--model", str(plain_bert), *sft]) == 2
@@ -207,8 +166,7 @@ def test_an_sft_of_another_base_is_one_error_line_until_no_base_check(tmp_path, 
 def test_evaluate_data_names_no_source_it_was_not_given(tmp_path, plain_bert, capsys):
     """With --data and no --source the table says so and averages every target; --source names it."""
     task_sft(plain_bert).save(tmp_path / "task.safetensors")
-    data = tmp_path / "reviews.csv"
-    data.write_text("text,label\n" + "\n".join(f"{s},{label}" for s, label in SENTENCES) + "\n")
+    data = write_reviews(tmp_path / "reviews.csv")
     base = ["evaluate", "--model", str(plain_bert), "--task-sft", str(tmp_path / "task.safetensors"),
             "--data", str(data)]
     assert main([*base, "--output", str(tmp_path / "plain")]) == 0
@@ -268,8 +226,7 @@ def test_evaluate_refuses_a_task_sft_without_a_head_on_a_model_without_one(tmp_p
     """A language SFT passed as --task-sft would be scored through a random head."""
     model = labelled_classifier(plain_bert)
     random_diff(model, 100, body=lambda n: not n.startswith("bert.pooler")).save(tmp_path / "lang.safetensors")
-    data = tmp_path / "reviews.csv"
-    data.write_text("text,label\n" + "\n".join(f"{s},{LABELS.index(label)}" for s, label in SENTENCES) + "\n")
+    data = write_reviews(tmp_path / "reviews.csv", label_ids=True)
     command = ["evaluate", "--task-sft", str(tmp_path / "lang.safetensors"), "--data", str(data)]
     assert main([*command, "--model", str(bert_body)]) == 2
     assert "ships no classifier head and --model is not a saved classifier" in capsys.readouterr().err
@@ -279,8 +236,7 @@ def test_evaluate_refuses_a_task_sft_without_a_head_on_a_model_without_one(tmp_p
 def test_evaluate_refuses_a_token_limit_the_model_does_not_have(tmp_path, plain_bert, capsys):
     """plain_bert has 32 positions: --max-length 40 would fail inside the model's embeddings."""
     task_sft(plain_bert).save(tmp_path / "task.safetensors")
-    data = tmp_path / "reviews.csv"
-    data.write_text("text,label\n" + "\n".join(f"{s},{label}" for s, label in SENTENCES) + "\n")
+    data = write_reviews(tmp_path / "reviews.csv")
     command = ["evaluate", "--model", str(plain_bert), "--task-sft", str(tmp_path / "task.safetensors"),
                "--data", str(data)]
     assert main([*command, "--max-length", "40"]) == 2

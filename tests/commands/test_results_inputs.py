@@ -1,4 +1,5 @@
-"""Bad input to the results-reading commands (``deftx paired``, ``deftx losses``): one line naming the problem."""
+"""Bad input to the results-reading commands (``deftx paired``, ``deftx losses``) and to ``evaluate --data``:
+one line naming the problem."""
 
 from __future__ import annotations
 
@@ -142,21 +143,13 @@ def test_losses_still_leaves_out_a_torn_last_line(tmp_path, capsys):
 
 
 @pytest.fixture(scope="module")
-def classifier_with_sft(tmp_path_factory) -> tuple[Path, Path]:
-    """A tiny save_pretrained BERT classifier (word-level tokenizer) and a task SFT of it."""
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
+def classifier_with_sft(plain_bert) -> tuple[Path, Path]:
+    """The tiny BERT classifier (``plain_bert``) and a task SFT of it."""
+    from tests.commands.tiny_classifier import task_sft
 
-    from tests.commands.test_interop_cli import WORDS, task_sft
-
-    folder = tmp_path_factory.mktemp("bert")
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(WORDS), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=24, max_position_embeddings=32, num_labels=3)
-    BertForSequenceClassification(config).save_pretrained(folder)
-    BertTokenizer(vocab={w: i for i, w in enumerate(WORDS)}).save_pretrained(folder)
-    task_sft(folder).save(folder / "task.safetensors")
-    return folder, folder / "task.safetensors"
+    sft = plain_bert.parent / f"{plain_bert.name}-task.safetensors"
+    task_sft(plain_bert).save(sft)
+    return plain_bert, sft
 
 
 @pytest.mark.parametrize(("name", "text", "problem"), [
