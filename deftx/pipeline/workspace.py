@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from deftx.data import default_data_dir
+from deftx.data import default_data_dir, nusax
 from deftx.info import environment_record
 from deftx.pipeline.config import ConfigError, PipelineConfig
 from deftx.pipeline.layout import SeedLayout
@@ -99,6 +99,22 @@ def check_token_windows(config: PipelineConfig, model_dir: Path) -> None:
         if limit is not None and window > limit:
             raise ConfigError(f"config {key}: {window} tokens, but model {config.model!r} accepts at most {limit} "
                               "(from max_position_embeddings in its config.json)")
+
+
+def check_nusax_languages(config: PipelineConfig, data_dir: Path) -> None:
+    """Refuse, before any work, a NusaX target or source without a folder under ``data_dir`` (a misspelt
+    name): its language SFT would fail for want of text after the MLM head and earlier steps had run.
+
+    Raises:
+        ValueError: naming the languages and the ones the data root has.
+    """
+    if not config.runs_nusax:
+        return
+    known = nusax.sentiment_languages(data_dir)
+    missing = [language for language in dict.fromkeys([*config.targets, *config.sources]) if language not in known]
+    if missing:
+        raise ValueError(f"config targets/sources: {', '.join(missing)} not found in the NusaX data under {data_dir} "
+                         f"(languages there: {', '.join(known)})")
 
 
 def fitting_model(config: PipelineConfig) -> Path:
@@ -224,8 +240,9 @@ class Workspace:
         """Resolve the device, the model and the data, make the folders; ``tokenizer``: the model's, if already loaded.
 
         Raises:
-            ValueError: an unavailable device, or a token window longer than the model accepts
-                (:func:`check_token_windows`), before anything is loaded or written.
+            ValueError: an unavailable device, a token window longer than the model accepts
+                (:func:`check_token_windows`), or a NusaX target or source the data root lacks
+                (:func:`check_nusax_languages`), before anything is loaded or written.
         """
         from transformers import AutoTokenizer
 
@@ -234,6 +251,7 @@ class Workspace:
         data_dir = Path(config.data_dir).expanduser() if config.data_dir else default_data_dir()
         if not data_dir.is_dir():
             raise FileNotFoundError(f"data_dir {data_dir} does not exist")
+        check_nusax_languages(config, data_dir)
         if tokenizer is None:
             tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         output_dir = Path(config.output_dir)
