@@ -55,7 +55,7 @@ def positive_float(text: str) -> float:
 
 
 def seed_int(text: str) -> int:
-    """argparse type: a seed, an integer >= 0."""
+    """argparse type: an integer >= 0 (a seed, a count that may be zero)."""
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")

@@ -32,6 +32,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from deftx.commands._common import positive_int, seed_int
+
 if TYPE_CHECKING:
     from deftx.perf.shapes import ShapeSet
     from deftx.perf.timing import TimingSettings
@@ -108,18 +110,6 @@ def _choice(known: Sequence[str], what: str) -> Callable[[str], str]:
     return parse
 
 
-def _int_at_least(minimum: int) -> Callable[[str], int]:
-    """argparse type: an integer >= ``minimum``."""
-
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
-        return value
-
-    return parse
-
-
 def _fraction(text: str) -> float:
     """argparse type: a fraction in (0, 1]."""
     value = float(text)
@@ -160,9 +150,11 @@ def _predict_target(text: str) -> str:
 
 
 def _op_names() -> tuple[str, ...]:
-    from deftx.perf.cases import OPS
+    """The benchmark cases (``deftx.perf.cases.OPS``'s names), from the op registry already loaded at
+    start-up: building the parser imports no benchmark code."""
+    from deftx.ops.registry import OPS
 
-    return tuple(OPS)
+    return tuple(case for entry in OPS.values() for case in entry.bench_cases)
 
 
 def _backend_names() -> tuple[str, ...]:
@@ -484,12 +476,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"comma-separated deftx backends to time, of {','.join(_backend_names())} (default: "
                         "every one that runs here: native and torch on CPU, triton and torch on CUDA; the Triton "
                         "interpreter on CPU is never timed; suite only)")
-    parser.add_argument("--rank", type=_int_at_least(1), default=32, help="rsvd: rank kept, >= 1 (default 32)")
-    parser.add_argument("--oversample", type=_int_at_least(0), default=8,
+    parser.add_argument("--rank", type=positive_int, default=32, help="rsvd: rank kept, >= 1 (default 32)")
+    parser.add_argument("--oversample", type=seed_int, default=8,
                         help="rsvd: extra sketch columns, >= 0 (default 8)")
-    parser.add_argument("--n-iter", type=_int_at_least(0), default=2, help="rsvd: power iterations, >= 0 (default 2)")
+    parser.add_argument("--n-iter", type=seed_int, default=2, help="rsvd: power iterations, >= 0 (default 2)")
     parser.add_argument(
-        "--repeats", type=_int_at_least(1), default=None,
+        "--repeats", type=positive_int, default=None,
         help="timed calls per measurement, >= 1 (default: >= 3 and >= 0.5 s; scaling: 3; a call over 10 s: once)",
     )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
@@ -502,7 +494,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: taken from the CUDA device name; none on CPU; suite only)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--seed", type=_int_at_least(0), default=0, help="synthetic data seed, >= 0 (default 0)")
+    parser.add_argument("--seed", type=seed_int, default=0, help="synthetic data seed, >= 0 (default 0)")
     parser.add_argument("--out", default="bench-results", metavar="DIR",
                         help="output folder, made if missing (default bench-results)")
     scaling = parser.add_argument_group("scaling study")

@@ -78,9 +78,11 @@ def _check_options(args: argparse.Namespace) -> None:
         raise ValueError(f"{' and '.join(data_only)} describe --data, which is not given")
     if args.scale is not None and not args.lang_sft:
         raise ValueError("--scale is the language SFT's scale, and no --lang-sft is given")
-    repeated = sorted({language for language in args.languages or () if args.languages.count(language) > 1})
-    if repeated:
-        raise ValueError(f"--languages names {', '.join(repeated)} more than once")
+    from deftx.train.config import repeated
+
+    twice = sorted(repeated(args.languages or ()))
+    if twice:
+        raise ValueError(f"--languages names {', '.join(twice)} more than once")
     if args.output and Path(args.output).exists() and not Path(args.output).is_dir():
         raise ValueError(f"--output {args.output} is a file; it must be a folder (evaluate.csv and evaluate.md "
                          "are written into it)")

@@ -13,7 +13,7 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-from deftx.commands._common import positive_float
+from deftx.commands._common import positive_float, seed_int
 from deftx.gpucheck.plan import STAGE_NAMES, STAGES, TOTAL_BUDGET_S, PlannedStage, plan_lines, plan_stages, with_budgets
 
 DESCRIPTION = textwrap.dedent(
@@ -69,14 +69,6 @@ def _budget(text: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(f"expected NAME=SECONDS, got {text!r}") from err
 
 
-def _workers(text: str) -> int:
-    """argparse type: a number of pytest workers, an integer >= 0."""
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The check's options (shared by ``python -m deftx.gpucheck`` and ``deftx gpu-check``)."""
     parser.add_argument("--out", metavar="DIR", help="output folder (required unless --dry-run)")
@@ -97,7 +89,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where stages write before the bundle (default: a new folder under the temp dir)")
     parser.add_argument("--test-paths", type=_names, default=("tests",), metavar="PATHS",
                         help="comma-separated paths the tests stage runs pytest -m cuda over (default tests)")
-    parser.add_argument("--pytest-workers", type=_workers, default=4, metavar="N",
+    parser.add_argument("--pytest-workers", type=seed_int, default=4, metavar="N",
                         help="pytest-xdist workers in the tests stage where xdist is installed, >= 0 "
                         "(0: none; default 4)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit")

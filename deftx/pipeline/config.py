@@ -68,7 +68,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections import Counter
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -86,6 +85,7 @@ from deftx.train.config import (
     PhaseConfig,
     SparseFineTuningConfig,
     check_k,
+    repeated,
     short_repr,
 )
 from deftx.train.language import HeadWarmUp
@@ -293,12 +293,6 @@ def _strings(raw: Any, where: str) -> tuple[str, ...]:
     if not isinstance(raw, (list, tuple)) or not all(isinstance(x, str) and x for x in raw):
         raise _fail(where, f"expected a list of names, got {short_repr(raw)}")
     return tuple(raw)
-
-
-def repeated(values: Sequence[Hashable]) -> list[Hashable]:
-    """The values that ``values`` holds more than once, each once, in the order they first appear."""
-    counts = Counter(values)
-    return [value for value in dict.fromkeys(values) if counts[value] > 1]
 
 
 def check_distinct(values: Sequence[_Item], what: str) -> tuple[_Item, ...]:

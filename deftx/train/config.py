@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import math
 import reprlib
+from collections import Counter
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
@@ -201,6 +203,13 @@ _SHORT = reprlib.Repr()
 _SHORT.maxlevel = 2
 _SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = 4
 _SHORT.maxstring = _SHORT.maxother = 60
+
+
+def repeated(values: Iterable[Hashable]) -> list[Hashable]:
+    """The values that ``values`` holds more than once, each once, in the order they first appear."""
+    items = list(values)
+    counts = Counter(items)
+    return [value for value in dict.fromkeys(items) if counts[value] > 1]
 
 
 def short_repr(value: object) -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from deftx.train.checkpoint import LOG, log_record, read_log
+from deftx.train.config import short_repr
 
 WINDOW_STEPS = 50
 FLAT_FALL = 0.05
@@ -132,10 +133,5 @@ def read_run_log(path: Path) -> list[dict[str, Any]]:
         if record is not None:
             records.append(record)
         elif line.strip() and not torn:
-            raise ValueError(f"{path}, line {number}: unreadable run log, not a JSON object: {shorten(line)}")
+            raise ValueError(f"{path}, line {number}: unreadable run log, not a JSON object: {short_repr(line)}")
     return records
-
-
-def shorten(text: str, most: int = 60) -> str:
-    """``text`` quoted, cut to ``most`` characters."""
-    return repr(text if len(text) <= most else text[: most - 3] + "...")
