@@ -78,7 +78,7 @@ def _check_options(args: argparse.Namespace) -> None:
         raise ValueError(f"{' and '.join(data_only)} describe --data, which is not given")
     if args.scale is not None and not args.lang_sft:
         raise ValueError("--scale is the language SFT's scale, and no --lang-sft is given")
-    from deftx.train.config import repeated
+    from deftx.text import repeated
 
     twice = sorted(repeated(args.languages or ()))
     if twice:

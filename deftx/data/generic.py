@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from deftx.text import not_utf8
+
 LOCAL_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
 
@@ -95,7 +97,7 @@ def _load_problem(err: BaseException) -> str:
     if isinstance(err, StopIteration) or "corresponds to no data" in str(err):
         return "no rows (only a header, or blank lines)"
     if isinstance(cause, UnicodeDecodeError):
-        return f"not UTF-8 text (byte {cause.object[cause.start]:#04x} at offset {cause.start})"
+        return not_utf8(cause)
     detail = " ".join(str(cause).split()) or type(cause).__name__
     return f"cannot be read ({type(cause).__name__}: {detail})"
 

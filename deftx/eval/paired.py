@@ -23,6 +23,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from deftx.text import not_utf8, repeated
+
 PAPER_FIVE: tuple[str, ...] = ("acehnese", "balinese", "banjarese", "madurese", "minangkabau")
 """The NusaX targets DeFT-X reports (Javanese, Sundanese and the source left out)."""
 DEFAULT_PAIRS: tuple[tuple[str, str], ...] = (("deft-x", "lt-sft"), ("deft-x", "full-ft"), ("lt-sft", "full-ft"))
@@ -92,7 +94,7 @@ def read_results_file(path: str | Path) -> list[dict[str, str]]:
     try:
         text = Path(path).read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        raise ResultsError(f"{path}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}); "
+        raise ResultsError(f"{path}: {not_utf8(err)}; "
                            "a results.csv is UTF-8") from err
     reader = csv.DictReader(io.StringIO(text, newline=""))
     missing = [c for c in KEY_COLUMNS if c not in (reader.fieldnames or ())]
@@ -261,9 +263,9 @@ def check_targets(rows: Sequence[Mapping[str, str]], targets: Sequence[str], spl
     """
     if not targets:
         raise ResultsError("no targets to compare on")
-    repeated = sorted({t for t in targets if list(targets).count(t) > 1})
-    if repeated:
-        raise ResultsError(f"target {', '.join(repeated)} named more than once")
+    twice = repeated(targets)
+    if twice:
+        raise ResultsError(f"target {', '.join(twice)} named more than once")
     found = sorted({r["target"] for r in rows if r["split"] == split})
     missing = [t for t in targets if t not in found]
     if missing:

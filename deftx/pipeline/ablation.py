@@ -80,7 +80,8 @@ from deftx.pipeline.workspace import (
     requested_device,
     resolve_device,
 )
-from deftx.train.config import short_repr, to_plain
+from deftx.text import short_repr
+from deftx.train.config import to_plain
 from deftx.train.identity import describe_changes, digest, normalised, read_identity, write_identity
 from deftx.train.store import LinkedStepStore
 

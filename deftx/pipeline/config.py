@@ -76,6 +76,7 @@ from typing import Any, TypeVar
 from deftx.data.americasnli import check_language as check_americasnli_language
 from deftx.data.americasnlp import SPLITS as AMERICASNLP_SPLITS
 from deftx.data.nusax import MT_SPLITS
+from deftx.text import DuplicateKeyError, not_utf8, repeated, short_repr, strict_json_loads
 from deftx.train.config import (
     DEFAULT_ELIGIBLE,
     DEFAULT_ENERGY,
@@ -85,8 +86,6 @@ from deftx.train.config import (
     PhaseConfig,
     SparseFineTuningConfig,
     check_k,
-    repeated,
-    short_repr,
 )
 from deftx.train.language import HeadWarmUp
 from deftx.train.params import PARAMETER_GROUPS
@@ -567,10 +566,9 @@ def read_config_file(path: str | Path) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
-        raise ConfigError(f"config {path}: not UTF-8 text (byte {err.start}: {err.reason}); save it as UTF-8") from err
+        raise ConfigError(f"config {path}: {not_utf8(err)}; save it as UTF-8") from err
     try:
-        raw = json.loads(text, object_pairs_hook=_unique_json_keys) if path.suffix.lower() == ".json" \
-            else strict_yaml_load(text)
+        raw = strict_json_loads(text) if path.suffix.lower() == ".json" else strict_yaml_load(text)
     except DuplicateKeyError as err:
         raise ConfigError(f"config {path}: {err}") from err
     except Exception as err:
@@ -591,20 +589,6 @@ def parse_error_message(err: Exception) -> str:
     started = f" from line {context_mark.line + 1}, column {context_mark.column + 1}" if context_mark else ""
     return (f"line {mark.line + 1}, column {mark.column + 1}: {' '.join(problem.split())}"
             + (f" ({context}{started})" if context else ""))
-
-
-class DuplicateKeyError(ValueError):
-    """A mapping of a config file holds one key twice (the message names it and, in YAML, both lines)."""
-
-
-def _unique_json_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """``json.loads``' ``object_pairs_hook``: the object as a dict, refusing a key given twice."""
-    seen: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in seen:
-            raise DuplicateKeyError(f"duplicate key {short_repr(key)}: JSON would keep only the last; write it once")
-        seen[key] = value
-    return seen
 
 
 def strict_yaml_load(text: str) -> Any:

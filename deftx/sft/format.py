@@ -37,6 +37,7 @@ from safetensors.torch import save as save_safetensors
 
 from deftx.files import FileChangedError, atomic_write_bytes, read_consistent
 from deftx.sft.foreign import describe_folder, describe_foreign_file, describe_foreign_safetensors
+from deftx.text import strict_json_loads
 
 FORMAT_NAME = "deftx.sparse_diff"
 FORMAT_VERSION = 1
@@ -148,17 +149,10 @@ def write_file(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metada
     atomic_write_bytes(path, canonical_safetensors(contiguous, signed))
 
 
-def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [key for key, _ in pairs]
-    if len(set(keys)) != len(keys):
-        raise ValueError(f"duplicate key {next(k for k in keys if keys.count(k) > 1)!r}")
-    return dict(pairs)
-
-
 def _loads(text: str | bytes) -> Any:
     """``json.loads`` refusing duplicate keys; JSON and nesting errors become ValueError."""
     try:
-        return json.loads(text, object_pairs_hook=_reject_duplicate_keys)
+        return strict_json_loads(text)
     except RecursionError as err:
         raise ValueError("nested too deeply") from err
 

@@ -24,13 +24,11 @@ source only and is off by default.
 from __future__ import annotations
 
 import math
-import reprlib
-from collections import Counter
-from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 from deftx.ops.settings import LowRankSettings
+from deftx.text import short_repr
 
 DEFAULT_ENERGY = 0.9
 LANGUAGE_K_FRACTION = 0.028
@@ -197,27 +195,6 @@ def is_number(value: object) -> bool:
 def is_count(value: object, minimum: int) -> bool:
     """An integer >= ``minimum`` (an int, or a float with an integral value; not a bool)."""
     return is_number(value) and int(value) == value and value >= minimum
-
-
-_SHORT = reprlib.Repr()
-_SHORT.maxlevel = 2
-_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = 4
-_SHORT.maxstring = _SHORT.maxother = 60
-
-
-def repeated(values: Iterable[Hashable]) -> list[Hashable]:
-    """The values that ``values`` holds more than once, each once, in the order they first appear."""
-    items = list(values)
-    counts = Counter(items)
-    return [value for value in dict.fromkeys(items) if counts[value] > 1]
-
-
-def short_repr(value: object) -> str:
-    """``repr(value)`` cut short with bounded work (a YAML alias bomb prints in microseconds)."""
-    try:
-        return _SHORT.repr(value)
-    except (ValueError, RecursionError):
-        return f"<{type(value).__name__}>"
 
 
 def resolve_k(k: float, num_eligible: int) -> int:

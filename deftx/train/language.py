@@ -24,7 +24,8 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from deftx.models.mlm import build_mlm_model
-from deftx.train.config import SparseFineTuningConfig, is_number, short_repr
+from deftx.text import short_repr
+from deftx.train.config import SparseFineTuningConfig, is_number
 from deftx.train.head_warm_up import warm_up_mlm_head
 from deftx.train.masking import MLMCollator, chunk_token_ids
 from deftx.train.sparse_finetuner import SparseFineTuner

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from deftx.text import not_utf8, short_repr
 from deftx.train.checkpoint import LOG, log_record, read_log
-from deftx.train.config import short_repr
 
 WINDOW_STEPS = 50
 FLAT_FALL = 0.05
@@ -123,8 +123,7 @@ def read_run_log(path: Path) -> list[dict[str, Any]]:
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: unreadable run log, not UTF-8 text (byte {err.object[err.start]:#04x} "
-                         f"at offset {err.start}); a run log is JSON lines") from err
+        raise ValueError(f"{path}: unreadable run log, {not_utf8(err)}; a run log is JSON lines") from err
     lines = text.split("\n")
     records = []
     for number, line in enumerate(lines, start=1):

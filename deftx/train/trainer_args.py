@@ -11,7 +11,8 @@ from typing import Any
 import torch
 from transformers import HfArgumentParser, TrainingArguments
 
-from deftx.train.config import is_number, short_repr
+from deftx.text import short_repr
+from deftx.train.config import is_number
 
 PHASE_ARGUMENTS = {
     "max_steps": "each phase's steps",

@@ -195,7 +195,8 @@ def test_a_config_that_is_not_a_text_file(paths, capsys, command):
     latin1 = paths["tmp"] / "latin1.yaml"
     latin1.write_bytes("targets: [madurese]\nname: caf\u00e9\n".encode("latin-1"))
     code, err = run_cli([command, str(latin1), *extra], capsys)
-    assert_clear_error(command, code, err, f"config {latin1}: not UTF-8 text \\(byte 29: invalid continuation byte\\)")
+    assert_clear_error(command, code, err,
+                       f"config {latin1}: not UTF-8 text \\(byte 0xe9 at offset 29\\); save it as UTF-8")
 
 
 @pytest.mark.parametrize(("command", "extra"), [("pipeline", ["--dry-run"]), ("pipeline", []),
