@@ -20,7 +20,7 @@ def test_not_utf8_names_the_byte_and_its_offset() -> None:
 
 @pytest.mark.parametrize("text", ['{"a": 1, "a": 2}', '{"x": [{"b": 1, "b": 1}]}', '[{"k": 0}, {"k": 1, "k": 2}]'])
 def test_a_key_given_twice_in_one_object_is_refused(text: str) -> None:
-    with pytest.raises(DuplicateKeyError, match="duplicate key '[abk]': JSON would keep only the last"):
+    with pytest.raises(DuplicateKeyError, match=r"duplicate key '[abk]': JSON would keep only the last"):
         strict_json_loads(text)
 
 

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 from deftx.commands._common import positive_int, seed_int
 
 if TYPE_CHECKING:
-    from deftx.perf.shapes import ShapeSet
+    from deftx.perf.shapes import ShapeSet, ShapeSpec
     from deftx.perf.timing import TimingSettings
 
 DEFAULT_CPU_SCALE = 0.1
@@ -225,23 +225,21 @@ def _check_out(out: str) -> None:
         raise BenchInputError(f"--out {out}: {problem}")
 
 
-def _note_profile_keys(spec: str, args: argparse.Namespace) -> None:
-    """Say on stderr that a ``deftx profile`` shape file's ``dtype`` / ``settings`` are not read here."""
-    from deftx.perf.shapes import profile_only_keys
-
-    keys = profile_only_keys(spec)
-    if keys:
-        print(f"deftx bench: note: {spec}: {' and '.join(keys)} are deftx profile's, not read here (bench runs "
+def _note_profile_keys(spec: ShapeSpec, args: argparse.Namespace) -> None:
+    """Say on stderr that a shape file's ``dtype`` / ``settings`` (``deftx profile``'s) are not read here."""
+    if spec.run_keys:
+        print(f"deftx bench: note: {spec.source}: {' and '.join(spec.run_keys)} are deftx profile's, not read "
+              f"here (bench runs "
               f"--dtype {args.dtype} --rank {args.rank} --oversample {args.oversample} --n-iter {args.n_iter} "
               "and --k)", file=sys.stderr)
 
 
-def _load_shapes(spec: str) -> ShapeSet:
-    """``load_shape_set(spec)``, a bad name or file as :class:`BenchInputError`."""
-    from deftx.perf.shapes import load_shape_set
+def _read_shapes(spec: str) -> ShapeSpec:
+    """``read_shape_spec(spec)``, a bad name or file as :class:`BenchInputError`."""
+    from deftx.perf.shapes import read_shape_spec
 
     try:
-        return load_shape_set(spec)
+        return read_shape_spec(spec)
     except ValueError as err:
         raise BenchInputError(str(err)) from err
 
@@ -290,13 +288,14 @@ def add_prediction(doc: dict, args: argparse.Namespace, device: str, shapes: Sha
     return predicted_markdown(doc)
 
 
-def run_suite_command(args: argparse.Namespace, device: str, command: str) -> int:
-    """The suite: table and outputs; exit status 1 when no measurement succeeded."""
+def run_suite_command(args: argparse.Namespace, device: str, command: str, model_shapes: ShapeSet) -> int:
+    """The suite on ``model_shapes`` (``--model-shapes``, read by :func:`check_inputs`): table and outputs;
+    exit status 1 when no measurement succeeded."""
     from deftx.perf.report import TABLE_COLUMNS, failed_everything, format_table, plot_suite, summary_lines, table_rows
     from deftx.perf.suite import SuiteConfig, run_suite
 
     scale = args.scale if args.scale is not None else (DEFAULT_CPU_SCALE if device == "cpu" else 1.0)
-    shapes = _load_shapes(args.model_shapes).scaled(scale)
+    shapes = model_shapes.scaled(scale)
     config = SuiteConfig(
         shapes=shapes,
         ops=args.ops,
@@ -333,8 +332,6 @@ def run_scaling_command(args: argparse.Namespace, device: str, command: str) -> 
     from deftx.perf.scaling import K_SWEEP, SCALING_SETS, ScalingConfig, run_scaling
 
     sets = args.scaling_sets or SCALING_SETS
-    for name in (*sets, args.model_shapes):
-        _load_shapes(name)
     values = scaling_values(args)
     defaults = ScalingConfig()
     config = ScalingConfig(
@@ -398,8 +395,9 @@ def canonical_command(args: argparse.Namespace, device: str) -> str:
     return " ".join(shlex.quote(w) for w in words)
 
 
-def check_inputs(args: argparse.Namespace) -> str:
-    """Everything about the command checked before any measurement; returns the device to run on.
+def check_inputs(args: argparse.Namespace) -> tuple[str, ShapeSet]:
+    """Everything about the command checked before any measurement; returns the device to run on and
+    the ``--model-shapes`` set (every shape file read once, here).
 
     Raises:
         BenchInputError: an option the mode ignores, CUDA asked for where there is none, a backend
@@ -412,20 +410,20 @@ def check_inputs(args: argparse.Namespace) -> str:
         _check_scaling_ops(args.ops)
     else:
         _check_backends(args.backends, args.ops, device)
-        _load_shapes(args.model_shapes)
+    specs = [_read_shapes(name) for name in (args.model_shapes, *(args.scaling_sets or ()))]
     _check_out(args.out)
-    for spec in (args.model_shapes, *(args.scaling_sets or ())):
+    for spec in specs:
         _note_profile_keys(spec, args)
-    return device
+    return device, specs[0].shapes
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        device = check_inputs(args)
+        device, model_shapes = check_inputs(args)
         command = canonical_command(args, device)
         if args.scaling:
             return run_scaling_command(args, device, command)
-        return run_suite_command(args, device, command)
+        return run_suite_command(args, device, command, model_shapes)
     except BenchInputError as err:
         print(f"deftx bench: error: {err}", file=sys.stderr)
         return 2

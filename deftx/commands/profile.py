@@ -56,11 +56,13 @@ EPILOG = textwrap.dedent(
     options of one mode only (--arch, --workers: --static; --device, --backend, --iterations:
     runtime) are refused in the other.
 
-    shape-set JSON (--shapes FILE.json; deftx bench --model-shapes reads the same file, taking
-    its parameters and frozen, and its own --dtype / --k / --rank for dtype and settings):
+    shape-set JSON (--shapes FILE.json; deftx bench --model-shapes reads the same files, taking
+    its own --dtype / --k / --rank for dtype and settings), either form:
       {"name": ..., "dtype": "fp32|bf16|fp16", "parameters": {name: [dims]},
        "frozen": [names], "settings": {"k_fraction": ..., "rank": ...}}
-    (bench's layered {"tensors": ..., "layer_tensors": ...} form is not read here.)
+      {"name": ..., "dtype": ..., "settings": {...}, "tensors": [{"name": T, "shape": [dims],
+       "frozen": true}], "num_layers": L, "layer_tensors": [...]}  (layer_tensors L times)
+    dims: integers >= 0 (0: an empty tensor); dtype default fp32; settings default as the built-ins.
     """
 )
 
@@ -150,7 +152,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--shapes",
         default=None,
         metavar="SET",
-        help="xlmr-base | mbert | llama-7b | tiny | FILE.json, the shape-set JSON below "
+        help="xlmr-base | mbert | llama-7b | tiny (their own dtypes), another built-in set of deftx bench "
+        "(e5-small, xlmr-large, tinyllama-1.1b, open-llama-3b: fp32) | FILE.json, the shape-set JSON below "
         "(default: xlmr-base for --static, tiny at run time)",
     )
     parser.add_argument(

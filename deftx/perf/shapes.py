@@ -30,20 +30,24 @@ the same shapes without layers or vocabulary marks::
     {"name": "my-model", "parameters": {"embed.weight": [32000, 512], "norm.weight": [512]},
      "frozen": ["norm.weight"], "description": "...", "dtype": "fp32", "settings": {"rank": 16}}
 
-``description`` is the set's ``note``; ``dtype`` and ``settings`` (:data:`PROFILE_ONLY_KEYS`)
-are the profile's, not shapes: they are checked to be there only in that form and left to
-the caller (:func:`profile_only_keys`). A file holds one form or the other.
+``description`` is the set's ``note``. A file holds one form or the other. Either form may
+carry ``dtype`` and ``settings`` (:data:`PROFILE_ONLY_KEYS`): they describe ``deftx profile``'s
+run, not shapes, and :func:`read_shape_spec` hands them to the caller as written.
+
+Every shape is a non-empty list of integers >= 0 (a scalar parameter is ``[1]``), the same
+rule for ``deftx bench`` and ``deftx profile``, which read files through this module alone; a key
+given twice in one object is refused.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TypeVar
+
+from deftx.text import DuplicateKeyError, not_utf8, short_repr, strict_json_loads
 
 
 @dataclass(frozen=True)
@@ -254,28 +258,44 @@ TINY = bert_like("tiny", vocab=1000, positions=128, token_types=2, hidden=64, ff
 """A 2-layer BERT of width 64: CPU traces and tests of ``deftx profile``."""
 
 
+def _dims(shape: object, where: str) -> tuple[int, ...]:
+    """A tensor's shape: a non-empty list of integers >= 0 (a scalar is ``[1]``; a 0 makes an empty tensor,
+    the kernels' edge case)."""
+    if not isinstance(shape, list) or not shape or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise ValueError(f"{where}: shape must be a non-empty list of integers >= 0, got {short_repr(shape)}")
+    return tuple(shape)
+
+
+def _flag(item: dict, flag: str, where: str) -> bool:
+    value = item.get(flag, False)
+    if not isinstance(value, bool):
+        raise ValueError(f"{where}: {flag!r} must be true or false, got {short_repr(value)}")
+    return value
+
+
 def _tensor_entries(raw: object, where: str) -> tuple[TensorShape, ...]:
+    """The tensors of the layered form: a list of ``{"name", "shape", "vocab"?, "frozen"?}``."""
     if not isinstance(raw, list):
         raise ValueError(f"{where} must be a list of {{'name', 'shape'}} objects")
     entries = []
     for i, item in enumerate(raw):
-        if not isinstance(item, dict) or "name" not in item or "shape" not in item:
-            raise ValueError(f"{where}[{i}] must be an object with 'name' and 'shape'")
-        shape = item["shape"]
-        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
-            raise ValueError(f"{where}[{i}] ({item['name']!r}): shape must be a list of integers, got {shape!r}")
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str) or "shape" not in item:
+            raise ValueError(f"{where}[{i}] must be an object with a string 'name' and a 'shape'")
+        at = f"{where}[{i}] ({item['name']!r})"
         unknown = set(item) - {"name", "shape", "vocab", "frozen"}
         if unknown:
-            raise ValueError(f"{where}[{i}] ({item['name']!r}): unknown keys {sorted(unknown)}")
-        flags = (bool(item.get("vocab", False)), bool(item.get("frozen", False)))
-        entries.append(TensorShape(str(item["name"]), tuple(shape), *flags))
+            raise ValueError(f"{at}: unknown keys {sorted(unknown)}")
+        shape = _dims(item["shape"], at)
+        entries.append(TensorShape(item["name"], shape, _flag(item, "vocab", at), _flag(item, "frozen", at)))
     return tuple(entries)
 
 
-LAYERED_KEYS = frozenset({"name", "tensors", "num_layers", "layer_tensors", "note"})
-"""Top-level keys of the layered form (``tensors`` / ``layer_tensors``)."""
 PROFILE_ONLY_KEYS = ("dtype", "settings")
-"""Keys of the flat (``parameters``) form that describe ``deftx profile``'s run, not shapes."""
+"""Keys of ``deftx profile``'s run (its dtype and op settings), not shapes; either form may hold them."""
+LAYERED_KEYS = frozenset({"name", "tensors", "num_layers", "layer_tensors", "note", *PROFILE_ONLY_KEYS})
+"""Top-level keys of the layered form (``tensors`` / ``layer_tensors``)."""
 FLAT_KEYS = frozenset({"name", "parameters", "frozen", "description", *PROFILE_ONLY_KEYS})
 """Top-level keys of the flat form (``deftx profile``'s workload file)."""
 
@@ -283,90 +303,109 @@ FLAT_KEYS = frozenset({"name", "parameters", "frozen", "description", *PROFILE_O
 def _parameter_entries(parameters: object, frozen: object, source: str) -> tuple[TensorShape, ...]:
     """The tensors of the flat form: ``parameters`` name -> dims, ``frozen`` a list of their names."""
     if not isinstance(parameters, dict) or not parameters:
-        raise ValueError(f"{source}: parameters must be a non-empty object name -> shape")
+        raise ValueError(f"{source}: 'parameters' must be a non-empty object name -> shape")
     if not isinstance(frozen, list) or not all(isinstance(name, str) for name in frozen):
-        raise ValueError(f"{source}: frozen must be a list of parameter names, got {frozen!r}")
+        raise ValueError(f"{source}: 'frozen' must be a list of parameter names, got {short_repr(frozen)}")
     unknown = sorted(set(frozen) - set(parameters))
     if unknown:
-        raise ValueError(f"{source}: frozen names unknown parameters {unknown}")
-    entries = []
-    for name, shape in parameters.items():
-        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
-            raise ValueError(f"{source}: parameters[{name!r}]: shape must be a list of integers, got {shape!r}")
-        entries.append(TensorShape(str(name), tuple(shape), frozen=name in frozen))
-    return tuple(entries)
+        raise ValueError(f"{source}: 'frozen' names unknown parameters {unknown}")
+    return tuple(
+        TensorShape(name, _dims(shape, f"{source}: parameters[{name!r}]"), frozen=name in frozen)
+        for name, shape in parameters.items()
+    )
 
 
-def _flat_shape_set(data: dict, source: str) -> ShapeSet:
+def _flat_shape_set(data: dict, source: str, name: str) -> ShapeSet:
     """The flat form (``deftx profile``'s workload file) as a shape set of once-tensors."""
     unknown = set(data) - FLAT_KEYS
     if unknown:
         raise ValueError(f"{source}: unknown keys {sorted(unknown)} (a file with 'parameters' may also have "
                          f"{sorted(FLAT_KEYS - {'parameters'})})")
     tensors = _parameter_entries(data["parameters"], data.get("frozen", []), source)
-    name = str(data.get("name", Path(source).stem))
-    return ShapeSet(name, tensors, note=str(data.get("description", "")))
+    return ShapeSet(name, tensors, note=_text(data, "description", source))
 
 
-def shape_set_from_json(data: object, source: str = "JSON") -> ShapeSet:
-    """Build a :class:`ShapeSet` from either custom-file form (see the module docstring)."""
-    if not isinstance(data, dict):
-        raise ValueError(f"{source}: a shape set must be a JSON object")
-    if "parameters" in data:
-        mixed = sorted(set(data) & {"tensors", "layer_tensors", "num_layers"})
-        if mixed:
-            raise ValueError(f"{source}: give either 'parameters' or 'tensors' / 'layer_tensors', not both ({mixed})")
-        return _flat_shape_set(data, source)
+def _layered_shape_set(data: dict, source: str, name: str) -> ShapeSet:
+    """The layered form: ``tensors`` once, ``layer_tensors`` ``num_layers`` times."""
     unknown = set(data) - LAYERED_KEYS
     if unknown:
         raise ValueError(f"{source}: unknown keys {sorted(unknown)}")
     tensors = _tensor_entries(data.get("tensors", []), f"{source}: tensors")
     layer_tensors = _tensor_entries(data.get("layer_tensors", []), f"{source}: layer_tensors")
     num_layers = data.get("num_layers", 1 if layer_tensors else 0)
-    if not isinstance(num_layers, int) or isinstance(num_layers, bool):
-        raise ValueError(f"{source}: num_layers must be an integer, got {num_layers!r}")
+    if not isinstance(num_layers, int) or isinstance(num_layers, bool) or num_layers < 0:
+        raise ValueError(f"{source}: num_layers must be an integer >= 0, got {short_repr(num_layers)}")
     if not tensors and not (layer_tensors and num_layers):
         raise ValueError(f"{source}: the shape set has no tensors")
-    name = str(data.get("name", Path(source).stem))
-    return ShapeSet(name, tensors, num_layers, layer_tensors, str(data.get("note", "")))
+    return ShapeSet(name, tensors, num_layers, layer_tensors, _text(data, "note", source))
 
 
-def profile_only_keys(spec: str) -> tuple[str, ...]:
-    """The :data:`PROFILE_ONLY_KEYS` that the shape-set file ``spec`` holds (none for a built-in
-    name or an unreadable file: loading it says what is wrong)."""
-    if spec in BUILTIN_SHAPE_SETS or not Path(spec).is_file():
-        return ()
-    try:
-        data = json.loads(Path(spec).read_text())
-    except (OSError, ValueError):
-        return ()
-    return tuple(key for key in PROFILE_ONLY_KEYS if isinstance(data, dict) and key in data)
+def _text(data: dict, key: str, source: str, default: str = "") -> str:
+    value = data.get(key, default)
+    if not isinstance(value, str):
+        raise ValueError(f"{source}: {key!r} must be a string, got {short_repr(value)}")
+    return value
 
 
-Loaded = TypeVar("Loaded")
-
-
-def load_builtin_or_file(
-    spec: str, builtins: Mapping[str, Loaded], from_json: Callable[[object, Path], Loaded]
-) -> Loaded:
-    """``builtins[spec]``, else ``from_json(data, path)`` of the JSON file at path ``spec``.
+def shape_set_from_json(data: object, source: str = "JSON") -> ShapeSet:
+    """Build a :class:`ShapeSet` from either custom-file form (see the module docstring); a file's
+    :data:`PROFILE_ONLY_KEYS` are left to :func:`read_shape_spec`.
 
     Raises:
-        ValueError: ``spec`` is neither a built-in name nor a file, or the file is not JSON.
+        ValueError: naming ``source`` and what is wrong (a shape that is not a non-empty list of
+            integers >= 0, an unknown key, a flag that is not a boolean, both forms mixed, ...).
+    """
+    if not isinstance(data, dict):
+        raise ValueError(f"{source}: a shape set must be a JSON object")
+    name = _text(data, "name", source, Path(source).stem)
+    if "parameters" not in data:
+        return _layered_shape_set(data, source, name)
+    mixed = sorted(set(data) & {"tensors", "layer_tensors", "num_layers"})
+    if mixed:
+        raise ValueError(f"{source}: give either 'parameters' or 'tensors' / 'layer_tensors', not both ({mixed})")
+    return _flat_shape_set(data, source, name)
+
+
+@dataclass(frozen=True)
+class ShapeSpec:
+    """A shape set as named on a command line: a built-in, or read once from a JSON file.
+
+    Attributes:
+        shapes: the set.
+        source: the built-in name or the file's path.
+        run_keys: the :data:`PROFILE_ONLY_KEYS` the file holds, as written (``deftx profile``'s
+            dtype and op settings; none for a built-in).
+    """
+
+    shapes: ShapeSet
+    source: str
+    run_keys: Mapping[str, object]
+
+
+def read_shape_spec(spec: str, builtins: Mapping[str, ShapeSet] = BUILTIN_SHAPE_SETS) -> ShapeSpec:
+    """``builtins[spec]``, else the shape-set JSON file at path ``spec``, read and checked once.
+
+    Raises:
+        ValueError: ``spec`` is neither a built-in name nor a file; the file is not UTF-8, not JSON,
+            holds a key twice or is not a shape set (:func:`shape_set_from_json`).
     """
     if spec in builtins:
-        return builtins[spec]
+        return ShapeSpec(builtins[spec], spec, {})
     path = Path(spec)
     if not path.is_file():
-        known = ", ".join(builtins)
-        raise ValueError(f"unknown shape set {spec!r}: not a built-in ({known}) and not a file")
+        raise ValueError(f"unknown shape set {spec!r}: not a built-in ({', '.join(builtins)}) and not a file")
     try:
-        data = json.loads(path.read_text())
-    except ValueError as err:
+        data = strict_json_loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: {not_utf8(err)}") from err
+    except DuplicateKeyError as err:
+        raise ValueError(f"{path}: {err}") from err
+    except (ValueError, RecursionError) as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from err
-    return from_json(data, path)
+    shapes = shape_set_from_json(data, str(path))
+    return ShapeSpec(shapes, str(path), {key: data[key] for key in PROFILE_ONLY_KEYS if key in data})
 
 
 def load_shape_set(spec: str) -> ShapeSet:
     """A built-in set by name (``xlmr-base``, ``mbert``, ``llama-7b``, ...) or a JSON file path."""
-    return load_builtin_or_file(spec, BUILTIN_SHAPE_SETS, lambda data, path: shape_set_from_json(data, str(path)))
+    return read_shape_spec(spec).shapes

@@ -8,7 +8,10 @@ weights and the :class:`OpSettings` the ops run with. Built in (``deftx profile 
 * ``llama-7b``: Llama 7B, bf16;
 * ``tiny``: a 2-layer BERT of width 64 (vocabulary 1000, FFN 256, rank 8) for CPU traces.
 
-A JSON file gives a custom workload::
+The other built-in shape sets of :mod:`deftx.perf.shapes` (``e5-small``, ``xlmr-large``,
+``tinyllama-1.1b``, ...) run in fp32 with the default settings. A JSON file gives a custom
+workload, in either shape-file form of :mod:`deftx.perf.shapes` (the same reader as ``deftx
+bench --model-shapes``), e.g.::
 
     {"name": "tiny", "dtype": "fp32",
      "parameters": {"emb": [1000, 64], "layer.0.w": [64, 64], "norm.weight": [64]},
@@ -26,7 +29,7 @@ from typing import Any
 
 import torch
 
-from deftx.perf.shapes import BUILTIN_SHAPE_SETS, TINY, ShapeSet, TensorShape, load_builtin_or_file
+from deftx.perf.shapes import BUILTIN_SHAPE_SETS, TINY, ShapeSet, ShapeSpec, TensorShape, read_shape_spec
 
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -123,41 +126,46 @@ BUILTIN_WORKLOADS: dict[str, Workload] = {
     ),
 }
 
+ALL_SHAPE_SETS: dict[str, ShapeSet] = {**BUILTIN_SHAPE_SETS, "tiny": TINY}
+"""Every set ``deftx profile --shapes`` knows by name (the built-in workloads' own dtypes aside: fp32)."""
+
 
 def load_workload(name_or_path: str | Path, **settings: Any) -> Workload:
-    """A built-in workload by name, or one read from a JSON file (format in the module doc).
+    """A built-in workload by name; else any shape set :func:`~deftx.perf.shapes.read_shape_spec`
+    reads (a built-in set in fp32, or a JSON file of either form with its ``dtype`` and
+    ``settings``).
 
     ``settings`` override the workload's :class:`OpSettings`.
 
     Raises:
         ValueError: an unknown name that is not a file, or a malformed file.
     """
-    workload = load_builtin_or_file(str(name_or_path), BUILTIN_WORKLOADS, _from_json)
+    spec = str(name_or_path)
+    workload = BUILTIN_WORKLOADS.get(spec) or workload_from_spec(read_shape_spec(spec, ALL_SHAPE_SETS))
     if settings:
         workload = replace(workload, settings=replace(workload.settings, **settings))
     return workload
 
 
-def _from_json(payload: object, path: Path) -> Workload:
-    if not isinstance(payload, dict) or not isinstance(payload.get("parameters"), dict) or not payload["parameters"]:
-        raise ValueError(f"{path}: expected an object with a non-empty 'parameters' mapping name -> shape")
-    dtype = payload.get("dtype", "fp32")
+def workload_from_spec(spec: ShapeSpec) -> Workload:
+    """The workload of a shape set read by name or from a file: its ``dtype`` (default fp32) and
+    ``settings`` (:class:`OpSettings` fields) checked; at least one tensor must be eligible.
+
+    Raises:
+        ValueError: naming the file and the bad key.
+    """
+    dtype = spec.run_keys.get("dtype", "fp32")
     if dtype not in DTYPES:
-        raise ValueError(f"{path}: dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    frozen = set(payload.get("frozen", ()))
-    unknown = frozen - set(payload["parameters"])
-    if unknown:
-        raise ValueError(f"{path}: 'frozen' names unknown parameters {sorted(unknown)}")
-    tensors = []
-    for name, shape in payload["parameters"].items():
-        if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and d > 0 for d in shape):
-            raise ValueError(f"{path}: shape of {name!r} must be a non-empty list of positive integers, got {shape!r}")
-        tensors.append(TensorShape(name, tuple(shape), frozen=name in frozen))
+        raise ValueError(f"{spec.source}: dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     known = {f.name for f in fields(OpSettings)}
-    settings = payload.get("settings", {})
+    settings = spec.run_keys.get("settings", {})
     if not isinstance(settings, dict) or set(settings) - known:
-        raise ValueError(f"{path}: 'settings' may set {sorted(known)}, got {settings!r}")
-    if not any(not t.frozen for t in tensors):
-        raise ValueError(f"{path}: every parameter is frozen")
-    shapes = ShapeSet(str(payload.get("name", path.stem)), tuple(tensors))
-    return Workload(shapes, dtype, OpSettings(**settings), str(payload.get("description", f"from {path.name}")))
+        raise ValueError(f"{spec.source}: 'settings' may set {sorted(known)}, got {settings!r}")
+    if not spec.shapes.eligible():
+        raise ValueError(f"{spec.source}: every parameter is frozen")
+    try:
+        op_settings = OpSettings(**settings)
+    except ValueError as err:
+        raise ValueError(f"{spec.source}: settings: {err}") from err
+    description = spec.shapes.note or (f"from {Path(spec.source).name}" if Path(spec.source).suffix else spec.source)
+    return Workload(spec.shapes, dtype, op_settings, description)

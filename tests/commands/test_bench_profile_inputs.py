@@ -140,7 +140,7 @@ def test_bench_help_states_real_defaults_and_ranges(capsys) -> None:
         assert present in text, present
 
 
-def test_bench_and_profile_read_the_same_shape_file(tmp_path, capsys) -> None:
+def test_bench_and_profile_read_the_same_shape_file(tmp_path, capsys, monkeypatch) -> None:
     path = tmp_path / "flat.json"
     path.write_text(json.dumps(PROFILE_FORM))
     shapes = load_shape_set(str(path))
@@ -150,10 +150,56 @@ def test_bench_and_profile_read_the_same_shape_file(tmp_path, capsys) -> None:
     from deftx.perf.workload import load_workload
 
     assert load_workload(str(path)).shapes.flat() == shapes.flat(), "profile reads the same shapes"
+    reads = count_reads(monkeypatch, path)
     assert main(["bench", "--model-shapes", str(path), "--out", str(tmp_path / "out"), *FAST]) == 0
+    assert reads == [str(path)], "bench reads its shape file once"
     err = capsys.readouterr().err
     assert "dtype and settings are deftx profile's, not read here" in err
     assert (tmp_path / "out" / "cpu_flat.json").is_file()
+
+
+def count_reads(monkeypatch, path) -> list[str]:
+    """The reads of ``path`` (through ``Path.read_bytes`` / ``read_text``) from now on, as a growing list."""
+    from pathlib import Path
+
+    reads: list[str] = []
+    for method in ("read_bytes", "read_text"):
+        original = getattr(Path, method)
+
+        def counted(self, *args, _original=original, **kwargs):
+            if self == path:
+                reads.append(str(self))
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(Path, method, counted)
+    return reads
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [([], "non-empty list of integers >= 0"), ([16, -1], "non-empty list of integers >= 0"),
+     ([2.5], "non-empty list of integers >= 0")],
+)
+@pytest.mark.parametrize("form", ["layered", "flat"])
+def test_bench_and_profile_refuse_the_same_bad_shapes(form, shape, message, tmp_path, capsys) -> None:
+    """One reader, one rule: a shape file bench refuses, profile refuses with the same words."""
+    data = ({"tensors": [{"name": "w", "shape": shape}]} if form == "layered"
+            else {"parameters": {"w": shape}})
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    assert exit_status(["bench", "--model-shapes", str(path), "--out", str(tmp_path / "b"), *FAST]) == 2
+    assert message in error_line(capsys, "bench")
+    assert exit_status(["profile", "--static", "--shapes", str(path), "--out", str(tmp_path / "p")]) == 2
+    assert message in error_line(capsys, "profile")
+    assert not (tmp_path / "b").exists() and not (tmp_path / "p").exists()
+
+
+def test_bench_scaling_refuses_a_bad_scaling_set_before_measuring(tmp_path, capsys, no_measurement) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"tensors": [{"name": "w", "shape": [4], "vocab": "yes"}]}))
+    args = ["bench", "--scaling", "--device", "cpu", "--scaling-sets", f"e5-small,{bad}", "--out", str(tmp_path)]
+    assert exit_status(args) == 2
+    assert "'vocab' must be true or false, got 'yes'" in error_line(capsys, "bench")
 
 
 def test_a_shape_file_mixing_both_forms_is_refused(tmp_path) -> None:
@@ -185,7 +231,7 @@ def test_profile_help_says_which_options_belong_to_which_mode(capsys) -> None:
     assert exit_status(["profile", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
     for present in ("static mode only", "runtime mode only", "refused in the other",
-                    "deftx bench --model-shapes reads the same file"):
+                    "deftx bench --model-shapes reads the same files", "layer_tensors L times"):
         assert present in text, present
 
 

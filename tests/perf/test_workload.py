@@ -62,9 +62,11 @@ def test_json_workload(tmp_path):
 @pytest.mark.parametrize(
     ("payload", "match"),
     [
-        ({"parameters": {}}, "non-empty 'parameters'"),
-        ({"parameters": {"w": [4, 0]}}, "positive integers"),
-        ({"parameters": {"w": "4x4"}}, "positive integers"),
+        ({"parameters": {}}, "'parameters' must be a non-empty object"),
+        ({"parameters": {"w": []}}, "integers >= 0"),
+        ({"tensors": [{"name": "w", "shape": [4]}], "dtype": "fp64"}, "dtype"),
+        ({"parameters": {"w": [4, -1]}}, "integers >= 0"),
+        ({"parameters": {"w": "4x4"}}, "integers >= 0"),
         ({"dtype": "int8", "parameters": {"w": [4]}}, "dtype"),
         ({"parameters": {"w": [4]}, "frozen": ["x"]}, "unknown parameters"),
         ({"parameters": {"w": [4]}, "frozen": ["w"]}, "every parameter is frozen"),
@@ -86,3 +88,30 @@ def test_unknown_name_and_bad_json(load, tmp_path):
     bad.write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         load(str(bad))
+
+
+def test_a_layered_shape_file_is_a_workload_with_its_dtype_and_settings(tmp_path):
+    """profile reads bench's layered form too: the same tensors as bench's reader, layers expanded."""
+    path = write(tmp_path, {"name": "layered", "dtype": "fp16", "settings": {"rank": 3},
+                            "tensors": [{"name": "emb", "shape": [50, 8], "vocab": True}],
+                            "num_layers": 2,
+                            "layer_tensors": [{"name": "w", "shape": [8, 8]},
+                                              {"name": "ln", "shape": [8], "frozen": True}]})
+    s = load_workload(path)
+    assert s.shapes.flat() == load_shape_set(path).flat()
+    assert [p.name for p in s.eligible] == ["emb", "layers.0.w", "layers.1.w"]
+    assert s.dtype == "fp16" and s.settings == OpSettings(rank=3)
+    assert s.k == round(0.051 * (50 * 8 + 2 * 64))
+
+
+def test_bench_only_built_in_sets_are_fp32_workloads():
+    s = load_workload("e5-small")
+    assert s.shapes == load_shape_set("e5-small") and s.dtype == "fp32" and s.settings == OpSettings()
+
+
+def test_a_key_written_twice_is_refused(tmp_path):
+    path = tmp_path / "twice.json"
+    path.write_text('{"parameters": {"w": [4, 4]}, "dtype": "fp32", "dtype": "bf16"}')
+    for load in (load_shape_set, load_workload):
+        with pytest.raises(ValueError, match=r"twice\.json: duplicate key 'dtype'"):
+            load(str(path))
