@@ -36,6 +36,7 @@ from torch.distributed.tensor import DTensor, Replicate
 
 from deftx.distributed import comm
 from deftx.distributed.topk import local_shard, mesh_of
+from deftx.models.parameters import named_parameter_map
 from deftx.sft import ParamInfo, SparseDiff
 from deftx.sft.apply import (
     WrittenEntries,
@@ -136,7 +137,7 @@ def apply_diffs_sharded(
     scales = check_scales(scales, len(diffs), "apply_diffs_sharded")
     model = _unwrap(model)
     reshard_fsdp(model)
-    params = dict(model.named_parameters())
+    params = named_parameter_map(model)
     plan = plan_application(diffs, check_compatible(model, params, diffs, strict_dtype, check_base))
     targets = [local_tensor(params[n]) for n in plan.sparse]
     for name, target in zip(plan.sparse, targets, strict=True):
@@ -185,7 +186,7 @@ def load_diff_for_shards(path: str | Path, model: nn.Module) -> SparseDiff:
 
     model = _unwrap(model)
     reshard_fsdp(model)
-    params = dict(model.named_parameters())
+    params = named_parameter_map(model)
     source = str(path)
     if not Path(path).is_file():
         raise FileNotFoundError(f"SparseDiff file not found: {source}")

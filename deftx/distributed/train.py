@@ -269,7 +269,7 @@ def local_indices(
     model: nn.Module, selection: Mapping[str, torch.Tensor], dense: Iterable[str]
 ) -> dict[str, torch.Tensor]:
     """Per name, the selected flat indices into this rank's tensor (every entry of a ``dense`` one)."""
-    named = dict(unwrap(model).named_parameters())
+    named = params.named_parameter_map(unwrap(model))
     local = {name: idx - flat_range(named[name])[0] for name, idx in selection.items()}
     return {**local, **{name: full_indices(params.local_tensor(named[name])) for name in dense}}
 
@@ -279,7 +279,7 @@ def freeze_for_sft(model: nn.Module, eligible_groups: Iterable[str]) -> tuple[li
     groups = params.parameter_groups(model)
     eligible = params.eligible_parameter_names(model, eligible_groups)
     head = [n for n, g in groups.items() if g == "head"]
-    for name, param in model.named_parameters():
+    for name, param in params.named_parameter_map(model).items():
         param.requires_grad_(name in eligible or name in head)
     return eligible, head
 
@@ -312,7 +312,7 @@ def run_sparse_finetuning(
     trained = [*eligible, *head]
     full_l1, sparse_l1 = (l1_gradient_scale(phase.l1, model) for phase in (settings.full, settings.sparse))
     model = wrap_model(model, strategy, mesh)
-    named = dict(unwrap(model).named_parameters())
+    named = params.named_parameter_map(unwrap(model))
     k = resolve_k(settings.k, sum(named[n].numel() for n in eligible))
     result = SFTResult({}, None, k)
     theta0 = snapshot(model, trained)

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
+from deftx.models.parameters import named_parameter_map, parameter_aliases
 from deftx.ops import PreparedScatter, prepare_scatter, scatter_add_, scatter_restore_
 from deftx.ops.scatter import FP32_OVERFLOW
 from deftx.ops.validation import move_indices
@@ -125,7 +126,8 @@ def resolve_parameter(model: torch.nn.Module, params: Mapping[str, torch.Tensor]
 
     Accepts the exact name, or the name with/without the model's ``base_model_prefix``
     (so a diff trained on ``BertForMaskedLM`` applies to ``BertForSequenceClassification``
-    and to a bare ``BertModel``).
+    and to a bare ``BertModel``), or another name of a tied parameter (``lm_head.decoder.weight``
+    of an XLM-R masked LM is its word embeddings: :func:`~deftx.models.parameters.parameter_aliases`).
     """
     prefix = getattr(model, "base_model_prefix", "") or ""
     candidates = [name]
@@ -134,6 +136,10 @@ def resolve_parameter(model: torch.nn.Module, params: Mapping[str, torch.Tensor]
     for candidate in candidates:
         if candidate in params:
             return candidate
+    aliases = parameter_aliases(model)
+    for candidate in candidates:
+        if aliases.get(candidate) in params:
+            return aliases[candidate]
     raise KeyError(f"SparseDiff parameter {name!r} is not in the model ({type(model).__name__})")
 
 
@@ -583,7 +589,7 @@ def count_rounding_loss(
     """
     diffs = list(diffs)
     scales = check_scales(scales, len(diffs), "count_rounding_loss")
-    params = dict(model.named_parameters())
+    params = named_parameter_map(model)
     return _planned(model, params, diffs, scales, strict_dtype, check_base).rounding_loss
 
 
@@ -612,7 +618,7 @@ def apply_diffs(
     """
     diffs, scales = _arguments(diffs, scales, on_rounding_loss, "apply_diffs")
     with model_lock(model):
-        params = dict(model.named_parameters())
+        params = named_parameter_map(model)
         writes = _reported(model, params, diffs, scales, strict_dtype, check_base, on_rounding_loss)
         saved, dense_saved = write_planned(diffs, writes, {n: params[n].detach() for n in writes.plan.dense},
                                            scales, backend)
@@ -766,7 +772,7 @@ def prepare_composition(
     """
     diffs, scales = _arguments(diffs, scales, on_rounding_loss, "prepare_composition")
     with model_lock(model):
-        params = dict(model.named_parameters())
+        params = named_parameter_map(model)
         writes = _reported(model, params, diffs, scales, strict_dtype, check_base, on_rounding_loss)
         dense = DenseSwap(diffs, writes.plan, {n: params[n].detach() for n in writes.plan.dense})
         scatter = prepare_scatter(writes.targets, writes.indices, writes.values, scales, backend=backend)
@@ -818,7 +824,7 @@ def applied_handle(model: torch.nn.Module, diff: SparseDiff) -> Application | No
 
 def _original_values(original: torch.nn.Module | Mapping[str, torch.Tensor], model_name: str,
                      diff_name: str) -> torch.Tensor:
-    tensors = dict(original.named_parameters()) if isinstance(original, torch.nn.Module) else original
+    tensors = named_parameter_map(original) if isinstance(original, torch.nn.Module) else original
     for name in (model_name, diff_name):
         if name in tensors:
             return tensors[name].detach()
@@ -867,7 +873,7 @@ def subtract_diff(
     """
     (scale,) = check_scales([scale], 1, "revert")
     with model_lock(model):
-        params = dict(model.named_parameters())
+        params = named_parameter_map(model)
         resolved = check_compatible(model, params, [diff], strict_dtype, check_base, action="revert")
         plan = plan_application([diff], resolved)
         targets = [params[n].detach() for n in plan.sparse]

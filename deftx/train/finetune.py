@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from deftx.models.parameters import named_parameter_map
 from deftx.train.config import PhaseConfig
 from deftx.train.params import local_tensor
 
@@ -154,7 +155,7 @@ class L1Pull(GradientAdjustment):
         scale: float,
         accumulation_steps: int = 1,
     ) -> None:
-        params = {name: p for name, p in model.named_parameters() if name in theta0}
+        params = {name: p for name, p in named_parameter_map(model).items() if name in theta0}
         missing = set(theta0) - set(params)
         if missing:
             raise KeyError(f"L1Pull: the model has no parameters {sorted(missing)[:3]}")

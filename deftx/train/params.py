@@ -12,7 +12,8 @@ per-group reports all speak the same language:
   pooler: trained densely and, for task SFTs, shipped as dense tensors.
 * ``other`` — anything in the body that matches none of the above.
 
-Parameter names are the model's own ``named_parameters()`` names. A parameter may be a
+Parameter names are :func:`deftx.models.parameters.named_parameter_map`'s: the model's own
+``named_parameters()`` names, a tied parameter under its name in the body. A parameter may be a
 DTensor (FSDP2's ``Shard(0)``): snapshots stay DTensors placed like the parameter, and every
 in-place write goes to the entries this rank holds (:func:`local_tensor`).
 """
@@ -25,6 +26,8 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 from torch.distributed.tensor import DTensor
+
+from deftx.models.parameters import body_prefix, named_parameter_map
 
 PARAMETER_GROUPS: tuple[str, ...] = (
     "word_embeddings",
@@ -42,29 +45,6 @@ _FFN = re.compile(r"(^|\.)(intermediate|output|mlp|ffn|feed_forward)\.", re.I)
 _POOLER = re.compile(r"(^|\.)pooler\.")
 
 
-def body_prefix(model: nn.Module) -> str:
-    """Dotted path of the transformer body inside ``model`` ("" when model is the body).
-
-    The body is the module a ``transformers`` wrapper exposes as ``base_model`` (e.g.
-    ``bert`` inside ``BertForSequenceClassification``). Modules that are not
-    ``PreTrainedModel`` wrappers are searched for the first sub-module that is its own
-    ``base_model``.
-
-    Raises:
-        ValueError: no transformer body was found.
-    """
-    prefix = getattr(model, "base_model_prefix", None)
-    if prefix and isinstance(getattr(model, prefix, None), nn.Module):
-        return prefix
-    for name, module in model.named_modules():
-        if getattr(module, "base_model", None) is module:
-            return name
-    raise ValueError(
-        f"{type(model).__name__} holds no transformers base model (a module whose "
-        "`base_model` is itself); pass the eligible parameter names explicitly"
-    )
-
-
 def canonical_names(model: nn.Module) -> dict[str, str]:
     """Model name -> the name an SFT stores it under.
 
@@ -79,7 +59,7 @@ def canonical_names(model: nn.Module) -> dict[str, str]:
     body = model.get_submodule(prefix) if prefix else model
     canonical = getattr(body, "base_model_prefix", "") or prefix
     names = {}
-    for name, _ in model.named_parameters():
+    for name in named_parameter_map(model):
         if prefix and name.startswith(prefix + "."):
             names[name] = f"{canonical}.{name[len(prefix) + 1:]}"
         elif not prefix and canonical:
@@ -93,7 +73,7 @@ def parameter_group(name: str, prefix: str) -> str:
     """The group (one of :data:`PARAMETER_GROUPS`) of parameter ``name``.
 
     Args:
-        name: a ``named_parameters()`` name of the model.
+        name: a :func:`~deftx.models.parameters.named_parameter_map` name of the model.
         prefix: the body prefix from :func:`body_prefix` ("" if the model is the body).
     """
     if prefix and not name.startswith(prefix + "."):
@@ -116,7 +96,7 @@ def parameter_group(name: str, prefix: str) -> str:
 def parameter_groups(model: nn.Module) -> dict[str, str]:
     """Name -> group for every parameter of ``model``."""
     prefix = body_prefix(model)
-    return {name: parameter_group(name, prefix) for name, _ in model.named_parameters()}
+    return {name: parameter_group(name, prefix) for name in named_parameter_map(model)}
 
 
 def eligible_parameter_names(model: nn.Module, groups: Iterable[str]) -> list[str]:
@@ -135,11 +115,6 @@ def eligible_parameter_names(model: nn.Module, groups: Iterable[str]) -> list[st
     if not names:
         raise ValueError(f"no parameter of {type(model).__name__} is in the groups {sorted(wanted)}")
     return names
-
-
-def named_parameter_map(model: nn.Module) -> dict[str, nn.Parameter]:
-    """Name -> parameter (each parameter once, as ``named_parameters`` yields it)."""
-    return dict(model.named_parameters())
 
 
 def local_tensor(tensor: torch.Tensor) -> torch.Tensor:

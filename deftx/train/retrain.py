@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.distributed.tensor import DTensor
 
+from deftx.models.parameters import named_parameter_map
 from deftx.ops.dispatch import common_device
 from deftx.ops.library import is_traced
 from deftx.ops.masked_step import PreparedMaskedStep, plan_masked_step, run_masked_adamw_step_
@@ -230,7 +231,7 @@ class SelectedGradients(GradientAdjustment):
     """
 
     def __init__(self, model: nn.Module, indices: Mapping[str, torch.Tensor]) -> None:
-        params = dict(model.named_parameters())
+        params = named_parameter_map(model)
         missing = set(indices) - set(params)
         if missing:
             raise KeyError(f"SelectedGradients: the model has no parameters {sorted(missing)[:3]}")
@@ -258,7 +259,7 @@ def build_masked_optimizer(
         dense_names: parameters trained on every entry (the head).
         l1_scale: per-entry L1 gradient magnitude (``l1 / N``).
     """
-    params = dict(trainer.model.named_parameters())
+    params = named_parameter_map(trainer.model)
     decay = set(trainer.get_decay_parameter_names(trainer.model))
     buckets: dict[bool, dict[str, list]] = {True: {"params": [], "indices": []},
                                             False: {"params": [], "indices": []}}
@@ -303,7 +304,7 @@ def run_sparse_retraining(
         The ``TrainOutput`` of ``trainer.train``.
     """
     model = trainer.model
-    params = dict(model.named_parameters())
+    params = named_parameter_map(model)
     idle = [name for name, idx in indices.items() if idx.numel() == 0 and params[name].requires_grad]
     for name in idle:
         params[name].requires_grad_(False)

@@ -65,6 +65,7 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
+from deftx.models.parameters import body_prefix, named_parameter_map
 from deftx.sft import SparseDiff, base_model_id
 from deftx.sft.format import FORMAT_VERSION as SFT_FORMAT_VERSION
 from deftx.train.architecture import describe_model
@@ -98,7 +99,6 @@ from deftx.train.identity import (
 )
 from deftx.train.identity import data_digest as digest_data
 from deftx.train.params import (
-    body_prefix,
     canonical_names,
     eligible_parameter_names,
     load_values_,
@@ -329,7 +329,7 @@ class SparseFineTuner:
         if dense_names is None:
             dense_names = [n for n, g in self.groups.items() if g == "head"] if config.train_head else []
         self.dense = [name for name in dense_names if name not in set(self.eligible)]
-        params = dict(model.named_parameters())
+        params = named_parameter_map(model)
         unknown = [n for n in [*self.eligible, *self.dense] if n not in params]
         if unknown:
             raise KeyError(f"SparseFineTuner: the model has no parameters {unknown[:3]}")
@@ -411,7 +411,7 @@ class SparseFineTuner:
     def _trainable(self) -> Iterator[None]:
         """Eligible and dense parameters trainable, everything else frozen; the flags restored on exit."""
         trainable = set(self.eligible) | set(self.dense)
-        params = list(self.trainer.model.named_parameters())
+        params = list(named_parameter_map(self.trainer.model).items())
         flags = {name: param.requires_grad for name, param in params}
         for name, param in params:
             param.requires_grad_(name in trainable)

@@ -17,6 +17,7 @@ import torch
 from transformers import DataCollatorWithPadding, Trainer
 
 from deftx.models.classifier import build_classifier
+from deftx.models.parameters import named_parameter_map
 from deftx.sft import SparseDiff
 from deftx.train.checkpoint import load_changed_rows_, save_changed_rows
 from deftx.train.config import PhaseConfig, SparseFineTuningConfig, to_plain
@@ -138,7 +139,7 @@ def train_full_finetune(
     final = work_dir / BASELINE_FILE
     if not final.is_file() and store is not None:
         store.attach(work_dir, identity, [BASELINE_FILE])
-    params = dict(model.named_parameters())
+    params = named_parameter_map(model)
     if final.is_file():
         load_changed_rows_(params, final)
         return model

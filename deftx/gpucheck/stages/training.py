@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from deftx.gpucheck.context import StageContext
+from deftx.models.parameters import named_parameter_map
 
 VOCAB, LENGTH, LABELS = 512, 16, 3
 STEPS = {"full": 40, "tiny": 4}
@@ -113,7 +114,7 @@ def fit(ctx: StageContext, device: torch.device):
 
 
 def parameters(model) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone() for n, p in model.named_parameters()}
+    return {n: p.detach().clone() for n, p in named_parameter_map(model).items()}
 
 
 def bitwise_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
@@ -153,7 +154,7 @@ def selection_checks(tuner, result, device: torch.device) -> list[dict[str, Any]
     from deftx.train.denoise import selection_scores
     from deftx.train.select import select_top_k
 
-    theta0 = {n: p.detach().cpu() for n, p in tuner.trainer.model.named_parameters()}  # fit() leaves it at θ0
+    theta0 = {n: p.detach().cpu() for n, p in named_parameter_map(tuner.trainer.model).items()}  # fit(): at θ0
     theta1 = load_tensors(tuner.work_dir / "theta1.safetensors")
     names = list(tuner.eligible)
 
