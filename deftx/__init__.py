@@ -35,6 +35,7 @@ _EXPORTS: dict[str, str] = {
     "SparseDiffFormatError": "deftx.sft",
     "ForeignFormatError": "deftx.sft",
     "BaseModelMismatchError": "deftx.sft",
+    "ClassifierMismatchError": "deftx.sft",
     # deftx.train: the two phases inside your transformers.Trainer
     "SparseFineTuner": "deftx.train",
     "SparseFineTuningConfig": "deftx.train",
@@ -67,6 +68,7 @@ __all__ = [
     "AppliedDiffs",
     "BackendUnavailableError",
     "BaseModelMismatchError",
+    "ClassifierMismatchError",
     "DenoiseConfig",
     "ForeignFormatError",
     "IdentityMismatchError",
@@ -118,6 +120,7 @@ if TYPE_CHECKING:
     from deftx.sft import (
         AppliedDiffs,
         BaseModelMismatchError,
+        ClassifierMismatchError,
         ForeignFormatError,
         InexactRevertWarning,
         PreparedComposition,

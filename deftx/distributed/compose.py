@@ -134,7 +134,7 @@ def apply_diffs_sharded(
     ``revert()`` restores the exact original bits.
     """
     diffs = list(diffs)
-    scales = check_scales(scales, len(diffs), "apply_diffs_sharded")
+    scales = check_scales(scales, diffs, "apply_diffs_sharded")
     model = _unwrap(model)
     reshard_fsdp(model)
     params = named_parameter_map(model)

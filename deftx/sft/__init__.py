@@ -3,6 +3,7 @@
 from deftx.sft.apply import (
     AppliedDiffs,
     BaseModelMismatchError,
+    ClassifierMismatchError,
     InexactRevertWarning,
     PreparedComposition,
     RevertReport,
@@ -21,6 +22,7 @@ from deftx.sft.format import ForeignFormatError, SparseDiffFormatError
 __all__ = [
     "AppliedDiffs",
     "BaseModelMismatchError",
+    "ClassifierMismatchError",
     "ForeignFormatError",
     "InexactRevertWarning",
     "ParamInfo",

@@ -80,6 +80,49 @@ class BaseModelMismatchError(ValueError):
         self.model_id = model_id
 
 
+class ClassifierMismatchError(ValueError):
+    """A task SFT's head applied to a classifier it was not trained in: another class (so another pooling),
+    another ``deftx_pooling``, or label names in another order (``check_base=False`` skips the check)."""
+
+
+def _label_names(config: Any) -> list[str] | None:
+    """The model's label names in class-id order; None when it names none (transformers' ``LABEL_i``)."""
+    id2label = getattr(config, "id2label", None) or {}
+    names = [str(id2label.get(i, i)) for i in range(int(getattr(config, "num_labels", len(id2label))))]
+    return None if names == [f"LABEL_{i}" for i in range(len(names))] else names
+
+
+def check_classifier(model: torch.nn.Module, diff: SparseDiff, position: int, action: str = "apply") -> None:
+    """Refuse a diff that ships a classifier head (dense tensors, ``info["num_labels"]``) onto a model whose
+    class, pooling or label names differ from those the head was trained with (its ``info``): the head
+    would read other features, or its classes would carry other names.
+
+    Raises:
+        ClassifierMismatchError: naming what differs and how to load the right classifier.
+    """
+    info = diff.info
+    if not diff.dense or "num_labels" not in info:
+        return
+    config = getattr(model, "config", None)
+    classes = {cls.__name__ for cls in type(model).__mro__}
+    recorded = info.get("architecture")
+    problems = []
+    if recorded and recorded not in classes and recorded.removeprefix("FSDP") not in classes:
+        problems.append(f"it was trained in {recorded}, the model is {type(model).__name__}")
+    pooling = getattr(config, "deftx_pooling", None)
+    if info.get("pooling") and pooling and info["pooling"] != pooling:
+        problems.append(f"it was trained with {info['pooling']} pooling, the model pools by {pooling}")
+    names = _label_names(config)
+    if info.get("labels") and names is not None and list(info["labels"]) != names:
+        problems.append(f"its classes are {list(info['labels'])} in id order, the model's {names}")
+    if problems:
+        raise ClassifierMismatchError(
+            f"SparseDiff {position} ships a classifier head, but {'; '.join(problems)}: load the base model as "
+            "the classifier the SFT records (deftx.train.architecture.build_from_spec, as deftx compose and "
+            f"evaluate do), or pass check_base=False to {action} anyway"
+        )
+
+
 def base_model_id(model: torch.nn.Module) -> str | None:
     """The identifier a model reports for its base weights (config ``deftx_base_model`` or name)."""
     config = getattr(model, "config", None)
@@ -143,11 +186,16 @@ def resolve_parameter(model: torch.nn.Module, params: Mapping[str, torch.Tensor]
     raise KeyError(f"SparseDiff parameter {name!r} is not in the model ({type(model).__name__})")
 
 
-def check_scales(scales: Sequence[float] | None, count: int, what: str) -> list[float]:
-    """``count`` floats finite in fp32, as the scatter applies them (default all 1.0); ValueError for a
-    wrong count, NaN, Inf or a magnitude that rounds to Inf in fp32."""
+def check_scales(scales: Sequence[float] | None, diffs: Sequence[SparseDiff], what: str) -> list[float]:
+    """One float per diff, finite in fp32 as the scatter applies them (default all 1.0), and 1 for a diff
+    that ships dense tensors (a replacement, which no scale can apply to).
+
+    Raises:
+        ValueError: a wrong count, NaN, Inf, a magnitude that rounds to Inf in fp32, or a scale other
+            than 1 on a diff with dense tensors.
+    """
     if scales is None:
-        return [1.0] * count
+        return [1.0] * len(diffs)
     values = []
     for scale in scales:
         try:
@@ -157,8 +205,15 @@ def check_scales(scales: Sequence[float] | None, count: int, what: str) -> list[
         if not abs(value) < FP32_OVERFLOW:
             raise ValueError(f"{what}: scales must be finite numbers (in fp32), got {scale!r}")
         values.append(value)
-    if len(values) != count:
-        raise ValueError(f"{what}: {len(values)} scales for {count} diffs")
+    if len(values) != len(diffs):
+        raise ValueError(f"{what}: {len(values)} scales for {len(diffs)} diffs")
+    for position, (diff, value) in enumerate(zip(diffs, values, strict=True)):
+        if value != 1.0 and diff.dense:
+            raise ValueError(
+                f"{what}: SparseDiff {position} ships dense tensors ({', '.join(sorted(diff.dense))}), which replace "
+                f"the model's and cannot be scaled, but its scale is {value:g}: give it scale 1, or scale a diff "
+                "without them"
+            )
     return values
 
 
@@ -180,6 +235,7 @@ def check_compatible(
         ValueError: a shape differs, one diff names a parameter twice (e.g. with and
             without the model's prefix), or a parameter is a meta tensor.
         BaseModelMismatchError: the diff was made for another base model (a ValueError).
+        ClassifierMismatchError: the diff's head was trained in another classifier (a ValueError).
         TypeError: a dtype differs and ``strict_dtype`` is set.
     """
     resolved: dict[str, str] = {}
@@ -187,6 +243,8 @@ def check_compatible(
     for position, diff in enumerate(diffs):
         if check_base and diff.base_model and model_id and not same_base_model(diff.base_model, model_id):
             raise BaseModelMismatchError(diff.base_model, model_id, action)
+        if check_base:
+            check_classifier(model, diff, position, action)
         named: dict[str, str] = {}
         for name in diff.names:
             target_name = resolved.setdefault(name, resolve_parameter(model, params, name))
@@ -217,6 +275,11 @@ def check_compatible(
             if target.shape != tensor.shape:
                 raise ValueError(
                     f"SparseDiff dense[{name!r}]: shape {tuple(tensor.shape)} != model shape {tuple(target.shape)}"
+                )
+            if strict_dtype and target.dtype != tensor.dtype:
+                raise TypeError(
+                    f"SparseDiff dense[{name!r}]: {tensor.dtype}, model parameter is {target.dtype} "
+                    "(pass strict_dtype=False to apply across dtypes)"
                 )
     return resolved
 
@@ -560,7 +623,7 @@ def _arguments(diffs: Sequence[SparseDiff], scales: Sequence[float] | None, on_r
                what: str) -> tuple[list[SparseDiff], list[float]]:
     """The diffs as a list and their checked scales; ValueError for bad scales or an unknown policy."""
     diffs = list(diffs)
-    scales = check_scales(scales, len(diffs), what)
+    scales = check_scales(scales, diffs, what)
     check_policy(on_rounding_loss)
     return diffs, scales
 
@@ -588,7 +651,7 @@ def count_rounding_loss(
     Writes nothing; validates like :func:`apply_diffs`.
     """
     diffs = list(diffs)
-    scales = check_scales(scales, len(diffs), "count_rounding_loss")
+    scales = check_scales(scales, list(diffs), "count_rounding_loss")
     params = named_parameter_map(model)
     return _planned(model, params, diffs, scales, strict_dtype, check_base).rounding_loss
 
@@ -871,7 +934,7 @@ def subtract_diff(
     diff's dense tensors are restored from it and the sparse entries that still differ from it
     are counted; without it, dense tensors keep the diff's values (named in the warning).
     """
-    (scale,) = check_scales([scale], 1, "revert")
+    (scale,) = check_scales([scale], [diff], "revert")
     with model_lock(model):
         params = named_parameter_map(model)
         resolved = check_compatible(model, params, [diff], strict_dtype, check_base, action="revert")

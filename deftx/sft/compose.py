@@ -24,7 +24,7 @@ def compose(*diffs: SparseDiff, scales: Sequence[float] | None = None) -> Sparse
     """
     if not diffs:
         raise ValueError("compose: give at least one SparseDiff")
-    scales = check_scales(scales, len(diffs), "compose")
+    scales = check_scales(scales, diffs, "compose")
     bases = {d.base_model for d in diffs if d.base_model}
     if len(bases) > 1:
         raise ValueError(f"compose: diffs were made for different base models: {sorted(bases)}")

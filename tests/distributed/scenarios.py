@@ -327,7 +327,7 @@ def run_compose(mesh, folder: Path) -> dict:
             settings={"world": mesh.size()},
         )
     part = load_diff_for_shards(folder / "sharded.safetensors", model)
-    part_handle = apply_diffs_sharded(model, [part], [0.5])
+    part_handle = apply_diffs_sharded(model, [part], [1.0])  # it ships the head: scale 1
     part_applied = _locals(model)
     part_handle.revert()
     as_indices = gather_sparse_diff(

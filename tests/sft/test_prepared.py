@@ -25,7 +25,7 @@ from tests.sft.test_apply_semantics import QUERY, dense_pooler, small_steps
 
 pytestmark = pytest.mark.filterwarnings("ignore:deftx. running the Triton kernel")
 
-SCALES = [1.0, -0.5, 0.25]
+SCALES = [1.0, 1.0, -0.5]  # the dense pooler (second) replaces, so it takes scale 1
 OPTIONS = dict(strict_dtype=False, check_base=False, on_rounding_loss="ignore")
 DTYPES = {"fp32": (torch.float32,), "bf16": (torch.bfloat16,), "fp16": (torch.float16,),
           "mixed": (torch.bfloat16, torch.float16, torch.float32)}
