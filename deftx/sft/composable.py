@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from deftx.sft.foreign import ZIP_MAGIC, looks_like_pickle
-from deftx.sft.format import DTYPE_NAMES, ParamInfo, SparseDiffFormatError
+from deftx.sft.format import DTYPE_NAMES, ParamInfo, SparseDiffFormatError, exactly_float32
 from deftx.sft.hub import resolve_folder
 
 if TYPE_CHECKING:
@@ -93,13 +93,13 @@ def _shape(raw: Any, where: str) -> tuple[int, ...]:
 
 
 def exact_float32(values: torch.Tensor, where: str) -> torch.Tensor:
-    """``values`` as float32; refuses values that float32 cannot hold exactly."""
+    """``values`` as float32; refuses values that float32 cannot hold exactly (:func:`exactly_float32`)."""
     if not values.is_floating_point():
         raise ComposableSFTFormatError(f"{where}: values are {values.dtype}, expected floating point")
-    widened = values.to(torch.float32)
-    if values.dtype == torch.float64 and not torch.equal(widened.to(torch.float64), values):
-        raise ComposableSFTFormatError(f"{where}: float64 values that float32 cannot hold exactly")
-    return widened
+    try:
+        return exactly_float32(values, where)
+    except ValueError as err:
+        raise ComposableSFTFormatError(str(err)) from err
 
 
 def column_major_to_row_major(positions: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
