@@ -8,7 +8,9 @@ dict with up to two entries:
   ``index_steps`` (the first step is the first position itself), in ascending order,
   with positions counted with the **first** dimension fastest (column-major for a
   matrix: position = row + rows·column). ``values`` are θ − θ0 at those positions.
-* ``"abs"``: parameter name -> full tensors (a task head), which replace the model's.
+* ``"abs"``: parameter name -> full tensors, which replace the model's: the fully trained
+  parameters outside the sparse ones — a task SFT's classifier head, or a language SFT's
+  masked-LM head (which composable-sft leaves out when it applies a language SFT).
 
 Beside it, a released repository holds the fine-tuned model's ``config.json``
 (``_name_or_path``: the base model; ``architectures``; ``id2label``).
@@ -25,7 +27,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +35,7 @@ import numpy as np
 import torch
 
 from deftx.sft.foreign import ZIP_MAGIC, looks_like_pickle
-from deftx.sft.format import DTYPE_NAMES, ParamInfo, SparseDiffFormatError
+from deftx.sft.format import DTYPE_NAMES, ParamInfo, SparseDiffFormatError, exactly_float32
 from deftx.sft.hub import resolve_folder
 
 if TYPE_CHECKING:
@@ -43,6 +45,11 @@ SFT_FILE = "pytorch_diff.bin"
 MODEL_CONFIG_FILE = "config.json"
 ENTRY_KEYS = {"size", "index_steps", "values"}
 METHOD = "lt-sft"
+CLASSIFIER_MODULES = frozenset({"classifier", "score"})
+MLM_HEAD_MODULES = frozenset({"lm_head", "cls"})  # XLM-R's and BERT's masked-LM heads
+SEQUENCE_CLASSIFIER = "ForSequenceClassification"
+MASKED_LM = "ForMaskedLM"
+LEFT_OUT_KEY = "abs_left_out"
 
 
 class ComposableSFTFormatError(SparseDiffFormatError):
@@ -93,13 +100,13 @@ def _shape(raw: Any, where: str) -> tuple[int, ...]:
 
 
 def exact_float32(values: torch.Tensor, where: str) -> torch.Tensor:
-    """``values`` as float32; refuses values that float32 cannot hold exactly."""
+    """``values`` as float32; refuses values that float32 cannot hold exactly (:func:`exactly_float32`)."""
     if not values.is_floating_point():
         raise ComposableSFTFormatError(f"{where}: values are {values.dtype}, expected floating point")
-    widened = values.to(torch.float32)
-    if values.dtype == torch.float64 and not torch.equal(widened.to(torch.float64), values):
-        raise ComposableSFTFormatError(f"{where}: float64 values that float32 cannot hold exactly")
-    return widened
+    try:
+        return exactly_float32(values, where)
+    except ValueError as err:
+        raise ComposableSFTFormatError(str(err)) from err
 
 
 def column_major_to_row_major(positions: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
@@ -150,12 +157,34 @@ def read_model_config(folder: Path) -> dict[str, Any]:
     return config if isinstance(config, dict) else {}
 
 
-def info_from_model_config(config: Mapping[str, Any], has_head: bool) -> dict[str, Any]:
-    """deftx's ``info`` (architecture, labels) from a transformers ``config.json``."""
-    info: dict[str, Any] = {"source": "composable-sft"}
+def architecture(config: Mapping[str, Any]) -> str:
+    """The model class a ``config.json`` names first (``""`` when it names none)."""
     architectures = config.get("architectures") or []
-    if architectures:
-        info["architecture"] = architectures[0]
+    return str(architectures[0]) if architectures else ""
+
+
+def is_classifier_head(names: Iterable[str], config: Mapping[str, Any]) -> bool:
+    """Whether ``abs`` tensors of these parameter names are a classifier head (so ``id2label`` is its labels):
+    one lies in a classifier module (``classifier.*``, ``score.*``), or the config is a sequence classifier."""
+    names = list(names)
+    in_classifier = any(set(name.split(".")[:-1]) & CLASSIFIER_MODULES for name in names)
+    return bool(names) and (in_classifier or architecture(config).endswith(SEQUENCE_CLASSIFIER))
+
+
+def is_masked_lm_head(names: Iterable[str], config: Mapping[str, Any]) -> bool:
+    """Whether ``abs`` tensors of these names are the masked-LM head of a language SFT: not a classifier head,
+    and the config is a ``…ForMaskedLM`` or every name lies in an MLM head (``lm_head.*``, ``cls.*``)."""
+    names = list(names)
+    in_mlm_head = all(name.split(".")[0] in MLM_HEAD_MODULES for name in names)
+    return bool(names) and not is_classifier_head(names, config) and (
+        in_mlm_head or architecture(config).endswith(MASKED_LM))
+
+
+def info_from_model_config(config: Mapping[str, Any], has_head: bool) -> dict[str, Any]:
+    """deftx's ``info`` (architecture; labels when ``has_head``: the SFT ships a classifier head)."""
+    info: dict[str, Any] = {"source": "composable-sft"}
+    if architecture(config):
+        info["architecture"] = architecture(config)
     id2label = config.get("id2label")
     if has_head and isinstance(id2label, Mapping) and id2label:
         labels = [id2label[key] for key in sorted(id2label, key=int)]
@@ -163,28 +192,55 @@ def info_from_model_config(config: Mapping[str, Any], has_head: bool) -> dict[st
     return info
 
 
+def left_out_note(info: Mapping[str, Any]) -> str | None:
+    """One line saying which ``abs`` tensors a conversion left out (None: none were)."""
+    names = info.get(LEFT_OUT_KEY)
+    if not names:
+        return None
+    shown = ", ".join(names[:3]) + (", …" if len(names) > 3 else "")
+    return (f"left out the masked-LM head of this composable-sft language SFT ({len(names)} abs tensors: {shown}), "
+            "as composable-sft applies language SFTs (with_abs=False); "
+            "SparseDiff.from_composable_sft(..., with_abs=True) keeps it")
+
+
+def _abs_tensors(tensors: Mapping[str, Any], source: str) -> Mapping[str, torch.Tensor]:
+    absolute = tensors.get("abs", {})
+    if not isinstance(absolute, Mapping):
+        raise ComposableSFTFormatError(f"{source}: 'diffs' and 'abs' must be dicts of parameter name -> entry")
+    for name, tensor in absolute.items():
+        if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
+            raise ComposableSFTFormatError(f"{source}: abs[{name!r}] is not a floating-point tensor")
+    return absolute
+
+
 def convert(
-    cls: type[SparseDiff], tensors: Any, model_config: Mapping[str, Any], source: str, *, with_abs: bool = True
+    cls: type[SparseDiff], tensors: Any, model_config: Mapping[str, Any], source: str, *, with_abs: bool | None = None
 ) -> SparseDiff:
-    """The SparseDiff (a ``cls``) equal to a loaded ``pytorch_diff.bin`` (and its ``config.json``)."""
+    """The SparseDiff (a ``cls``) equal to a loaded ``pytorch_diff.bin`` (and its ``config.json``).
+
+    ``with_abs``: keep the ``abs`` tensors as dense tensors (True), leave them out (False), or
+    (None) keep them unless they are a language SFT's masked-LM head (:func:`is_masked_lm_head`);
+    names left out are recorded in ``info["abs_left_out"]``.
+    """
     if not isinstance(tensors, Mapping) or not tensors or not set(tensors) <= {"diffs", "abs"}:
         keys = sorted(map(str, tensors)) if isinstance(tensors, Mapping) else type(tensors).__name__
         raise ComposableSFTFormatError(f"{source}: expected a dict with 'diffs' and/or 'abs', got {keys}")
-    diffs, absolute = tensors.get("diffs", {}), tensors.get("abs", {}) if with_abs else {}
-    if not isinstance(diffs, Mapping) or not isinstance(absolute, Mapping):
+    diffs, absolute = tensors.get("diffs", {}), _abs_tensors(tensors, source)
+    if not isinstance(diffs, Mapping):
         raise ComposableSFTFormatError(f"{source}: 'diffs' and 'abs' must be dicts of parameter name -> entry")
     indices, values, params = {}, {}, {}
     for name, entry in diffs.items():
         indices[name], values[name], params[name] = convert_entry(str(name), entry, source)
-    for name, tensor in absolute.items():
-        if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
-            raise ComposableSFTFormatError(f"{source}: abs[{name!r}] is not a floating-point tensor")
+    keep = not is_masked_lm_head(absolute, model_config) if with_abs is None else with_abs
+    kept = dict(absolute) if keep else {}
+    info = info_from_model_config(model_config, is_classifier_head(kept, model_config))
+    if with_abs is None and not keep:
+        info[LEFT_OUT_KEY] = sorted(map(str, absolute))
     base_model = model_config.get("_name_or_path") or None
     try:
         return cls(
-            indices, values, params, dict(absolute), base_model=base_model, method=METHOD,
-            settings={"source": "composable-sft", "origin": source},
-            info=info_from_model_config(model_config, bool(absolute)),
+            indices, values, params, kept, base_model=base_model, method=METHOD,
+            settings={"source": "composable-sft", "origin": source}, info=info,
         )
     except (ValueError, TypeError, IndexError) as err:
         raise ComposableSFTFormatError(f"{source}: {err}") from err
@@ -194,7 +250,7 @@ def from_composable_sft(
     cls: type[SparseDiff],
     name_or_path: str | os.PathLike,
     *,
-    with_abs: bool = True,
+    with_abs: bool | None = None,
     revision: str | None = None,
     cache_dir: str | os.PathLike | None = None,
     local_files_only: bool = False,
@@ -208,8 +264,11 @@ def from_composable_sft(
             ``config.json``), or a Hub repository id such as
             ``cambridgeltl/xlmr-lang-sft-mad-small`` (fetched through the Hub cache, so it
             loads offline once cached).
-        with_abs: keep the ``abs`` tensors (the task head) as dense tensors; composable-sft
-            applies language SFTs with ``with_abs=False``, whose ``abs`` hold an MLM head.
+        with_abs: keep the ``abs`` tensors as dense tensors (True) or leave them out (False).
+            By default (None) they are kept unless they are a language SFT's masked-LM head
+            (composable-sft applies language SFTs with ``with_abs=False``): a ``…ForMaskedLM``
+            config, or only ``lm_head.*`` / ``cls.*`` names, and no classifier names. Names
+            left out are listed in ``info["abs_left_out"]`` (:func:`left_out_note`).
         revision, cache_dir, local_files_only, token: as in ``huggingface_hub.snapshot_download``.
 
     Raises:

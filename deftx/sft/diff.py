@@ -24,6 +24,7 @@ from deftx.sft.format import (
     ParamInfo,
     SparseDiffFormatError,
     dtype_name,
+    exactly_float32,
     parse_metadata,
     read_file,
     storage_index_dtype,
@@ -71,7 +72,8 @@ class SparseDiff:
     ) -> None:
         self.indices = {name: _on_cpu(idx, INDEX_DTYPES, torch.int64, f"indices[{name!r}]")
                         for name, idx in indices.items()}
-        self.values = {name: _on_cpu(val, VALUE_DTYPES, torch.float32, f"values[{name!r}]")
+        self.values = {name: exactly_float32(_on_cpu(val, VALUE_DTYPES, None, f"values[{name!r}]"),
+                                             f"SparseDiff values[{name!r}]")
                        for name, val in values.items()}
         self.params = dict(params)
         self.dense = {name: _on_cpu(t, DENSE_DTYPES, None, f"dense[{name!r}]") for name, t in (dense or {}).items()}

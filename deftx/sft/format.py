@@ -104,6 +104,28 @@ def dtype_name(dtype: torch.dtype) -> str:
     raise TypeError(f"unsupported parameter dtype {dtype}")
 
 
+def exactly_float32(values: torch.Tensor, what: str) -> torch.Tensor:
+    """``values`` (any float dtype, any shape) as float32, refusing float64 values float32 cannot hold.
+
+    float16 / bfloat16 / float32 widen exactly; a float64 value that would round, underflow
+    (1e-300 -> 0) or overflow (1e300 -> inf) raises ValueError naming ``what``. NaN and ±Inf
+    pass through unchanged, for the finiteness check to name.
+    """
+    widened = values.to(torch.float32)
+    if values.dtype != torch.float64:
+        return widened
+    changed = (widened.to(torch.float64) != values) & ~torch.isnan(values)
+    if bool(changed.any()):
+        position = int(changed.reshape(-1).nonzero()[0])
+        raise ValueError(
+            f"{what}: {int(changed.sum())} float64 value(s) that float32 cannot hold exactly (the first, "
+            f"{float(values.reshape(-1)[position])!r} at position {position}, would become "
+            f"{float(widened.reshape(-1)[position])!r}); values are stored as float32: round them yourself "
+            "(values.float()) if that change is intended"
+        )
+    return widened
+
+
 def storage_index_dtype(numel: int) -> torch.dtype:
     """int32 when every flat index of a ``numel``-entry parameter fits, else int64."""
     return torch.int32 if numel < 2**31 else torch.int64

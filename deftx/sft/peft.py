@@ -14,6 +14,12 @@ What SHiRA cannot hold:
   support; adding 0 changes no weight) — the size cost is reported; a module whose count
   would exceed its ``in · out`` entries at the common ``r`` cannot be a SHiRA target.
 
+* a tensor the model holds under several names (word embeddings tied to an MLM decoder):
+  peft's ``modules_to_save`` copies a module, which breaks the tie, and a SHiRA delta on a
+  tied ``nn.Linear`` reaches that module only. So every module holding a changed tied
+  tensor is saved whole with the diff applied (one inside another module saved whole goes
+  with it), and none is a SHiRA target.
+
 Nothing is dropped: by default (``rest="error"``) :func:`to_peft` refuses such a diff and
 lists every parameter it cannot hold; with ``rest="modules_to_save"`` each of their modules
 is saved whole (with the diff applied) through peft's ``modules_to_save``, which is exact
@@ -183,23 +189,65 @@ def _common_r(candidates: dict[str, tuple[int, int, int]]) -> tuple[int, dict[st
     return 0, unfit
 
 
+def tied_names(model: nn.Module) -> dict[str, tuple[str, ...]]:
+    """Parameter name -> every name of the same tensor, for tensors with several names (tied weights).
+
+    ``named_parameters()`` lists a shared tensor once, under one of its names; each module
+    holding it must be handled (a peft wrapper that copies one module breaks the tie).
+    """
+    groups: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(param), []).append(name)
+    return {name: tuple(names) for names in groups.values() if len(names) > 1 for name in names}
+
+
+def _tie_reasons(changed: list[str], tied: Mapping[str, tuple[str, ...]]) -> dict[str, str]:
+    """Module -> why it is saved whole: it holds a tensor the diff changes under several names.
+
+    Saved whole with the diff applied, every holder keeps the change once peft's
+    ``modules_to_save`` copies them apart (merged or not); a SHiRA delta on one holder, a tied
+    ``nn.Linear``, would reach that module only.
+    """
+    reasons: dict[str, str] = {}
+    for name in changed:
+        for alias in tied.get(name, ()):
+            others = ", ".join(a for a in tied[name] if a != alias)
+            reasons[_owner(alias)[0]] = (f"{_owner(alias)[1]} is tied to {others}: each module holding the tensor "
+                                         "is saved whole with the diff applied (so the tie keeps the change)")
+    return reasons
+
+
+def _fold_nested(reasons: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Whole modules with the ones inside another whole module folded into it (its copy holds them)."""
+    folded: dict[str, list[str]] = {}
+    for module_name in sorted(reasons, key=lambda m: (m.count(".") if m else -1, m)):
+        outer = next((o for o in folded if not o or module_name.startswith(o + ".")), None)
+        folded.setdefault(module_name if outer is None else outer, []).extend(reasons[module_name])
+    return folded
+
+
 def plan_shira(diff: SparseDiff, model: nn.Module, *, check_base: bool = True) -> ShiraPlan:
-    """Map ``diff`` onto ``model``'s modules: which SHiRA holds, which must be saved whole, and r."""
+    """Map ``diff`` onto ``model``'s modules: which SHiRA holds, which must be saved whole, and r.
+
+    A tensor the diff changes that the model holds under several names (tied word embeddings
+    and decoder) is never a SHiRA target: every module holding it is saved whole.
+    """
     params = dict(model.named_parameters())
     names = check_compatible(model, params, [diff], strict_dtype=False, check_base=check_base)
     reasons: dict[str, list[str]] = {}
     candidates: dict[str, tuple[int, int, int]] = {}
-    for diff_name in diff.names:
-        if diff_name not in diff.dense and not diff.indices[diff_name].numel():
-            continue
-        name = names[diff_name]
+    changed = {names[d]: d for d in diff.names if d in diff.dense or diff.indices[d].numel()}  # model -> diff name
+    for name, diff_name in changed.items():
         module_name, _ = _owner(name)
         reason = _why_not_shira(model, name, diff_name, diff)
         if reason is not None:
             reasons.setdefault(module_name, []).append(reason)
-        elif diff.indices[diff_name].numel():
-            out_features, in_features = params[name].shape
+        else:
+            out_features, in_features = model.get_parameter(name).shape
             candidates[module_name] = (diff.indices[diff_name].numel(), out_features, in_features)
+    for module_name, reason in _tie_reasons(list(changed), tied_names(model)).items():
+        candidates.pop(module_name, None)
+        reasons.setdefault(module_name, []).append(reason)
     for module_name in set(candidates) & set(reasons):
         candidates.pop(module_name)
         reasons[module_name].append("its weight then goes whole too (a module is a SHiRA target or saved whole)")
@@ -208,13 +256,13 @@ def plan_shira(diff: SparseDiff, model: nn.Module, *, check_base: bool = True) -
         candidates.pop(module_name)
         reasons.setdefault(module_name, []).append(reason)
     whole = []
-    for module_name in sorted(reasons):
+    for module_name, why in sorted(_fold_nested(reasons).items()):
         nested = [m for m in candidates if m.startswith(module_name + ".")] if module_name else list(candidates)
         if nested:
-            raise PeftExportError(f"module {module_name or '<root>'!r} must be saved whole ({reasons[module_name][0]}) "
+            raise PeftExportError(f"module {module_name or '<root>'!r} must be saved whole ({why[0]}) "
                                   f"but holds SHiRA targets {nested[:3]}: peft cannot do both")
         numel = sum(p.numel() for p in model.get_submodule(module_name).parameters())
-        whole.append(WholeModule(module_name, tuple(reasons[module_name]), numel))
+        whole.append(WholeModule(module_name, tuple(why), numel))
     shira = [ShiraModule(m, n, r * (o + i) - n, o, i) for m, (n, o, i) in sorted(candidates.items())]
     return ShiraPlan(r, shira, whole, names)
 
@@ -256,6 +304,13 @@ def _whole_tensors(model: nn.Module, diff: SparseDiff, plan: ShiraPlan, check_ba
         }
     finally:
         handle.revert()
+
+
+def tied_copies(model: nn.Module, keys: list[str]) -> list[str]:
+    """Of the saved ``keys`` (``base_model.model.`` prefixed), the names (unprefixed) of a tied tensor under a
+    name ``named_parameters()`` does not list: copies of another saved tensor, which :func:`from_peft` leaves out."""
+    listed, tied = dict(model.named_parameters()), tied_names(model)
+    return sorted(name for name in (k.removeprefix(KEY_PREFIX) for k in keys) if name in tied and name not in listed)
 
 
 def to_peft(
@@ -307,6 +362,7 @@ def to_peft(
                                           "dtype": dtype_name(params[f"{m.module}.weight"].dtype)}
                    for m in plan.shira},
         "padding": {m.module: m.padding for m in plan.shira},
+        "tied_copies": tied_copies(model, list(tensors)),
         "method": diff.method, "k": diff.k, "base_model": diff.base_model, "info": diff.info,
     }
     folder = Path(folder)
@@ -389,14 +445,15 @@ def from_peft(
 
     Every SHiRA entry becomes a sparse entry (the zero padding of deftx's own exports is
     dropped; repeated positions are summed, as peft does); ``modules_to_save`` tensors become
-    dense tensors. Parameter names are the model's (as peft saw it). Shapes come from deftx's
+    dense tensors (but for the copies of a tied tensor deftx's exports record, :func:`tied_copies`).
+    Parameter names are the model's (as peft saw it). Shapes come from deftx's
     metadata or, for adapters trained with peft, from ``model``.
     """
     folder = resolve_folder(name_or_path, [ADAPTER_CONFIG, ADAPTER_WEIGHTS], revision=revision, cache_dir=cache_dir,
                             local_files_only=local_files_only, token=token)
     source = str(name_or_path)
     config, tensors, record = _read_adapter(folder, source)
-    padding = record.get("padding", {})
+    padding, copies = record.get("padding", {}), set(record.get("tied_copies", ()))
     indices, values, params, dense = {}, {}, {}, {}
     for key, tensor in tensors.items():
         if key.endswith(INDICES_SUFFIX):
@@ -407,7 +464,7 @@ def from_peft(
             params[name] = _param_info(name, record, model, source)
             indices[name], values[name] = _shira_entries(tensor, tensors[f"{module}{WEIGHT_SUFFIX}"], params[name],
                                                          int(padding.get(module, 0)), f"{source}: {module}")
-        elif not key.endswith(WEIGHT_SUFFIX):
+        elif not key.endswith(WEIGHT_SUFFIX) and key not in copies:
             dense[key] = tensor
     if not indices:
         raise PeftImportError(f"{source}: the adapter holds no SHiRA entries")

@@ -15,7 +15,7 @@ from transformers import AutoModelForSequenceClassification, BertTokenizer
 
 from deftx.cli import main
 from deftx.sft import SparseDiff
-from tests.commands.tiny_classifier import LABELS, SENTENCES, labelled_classifier, task_sft, write_reviews
+from tests.commands.tiny_classifier import LABELS, SENTENCES, WORDS, labelled_classifier, task_sft, write_reviews
 from tests.helpers import assert_bitwise_equal
 from tests.hub_cache import place_in_hub_cache
 from tests.sft.tiny import random_diff
@@ -113,6 +113,34 @@ def test_compose_takes_a_composable_sft_folder(tmp_path, plain_bert, capsys):
     expected = labelled_classifier(plain_bert)
     diff.apply(expected)
     for name, param in expected.named_parameters():
+        assert_bitwise_equal(composed.get_parameter(name).detach(), param.detach(), what=name)
+
+
+def test_compose_takes_a_composable_language_sft_with_a_task_sft(tmp_path, plain_bert, capsys):
+    """A composable-sft language SFT (MLM head in ``abs``, BertForMaskedLM config) used to fail with
+    "'cls.predictions.bias' is not in the model" and to claim a 2-label classifier; its MLM head is left out."""
+    from tests.sft.test_composable import write_language_sft
+
+    lang_deltas, _ = write_language_sft(tmp_path / "lang", str(plain_bert), vocab=len(WORDS))
+    task = task_sft(plain_bert)
+    task.save(tmp_path / "task.safetensors")
+    assert main(["compose", "--model", str(plain_bert), "--sft", str(tmp_path / "lang"),
+                 "--sft", str(tmp_path / "task.safetensors"), "--output", str(tmp_path / "composed")]) == 0
+    captured = capsys.readouterr()
+    assert "pooling cls, 3 labels (negative, neutral, positive) [from the SFT's metadata]" in captured.out
+    assert "bit-exactly: True" in captured.out
+    assert "left out the masked-LM head" in captured.err
+    composed = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "composed"))
+    reference = labelled_classifier(plain_bert)  # plain torch: θ0 + language δ + task δ, the head replaced
+    with torch.no_grad():
+        for name, param in reference.named_parameters():
+            if name in lang_deltas:
+                param.add_(lang_deltas[name])
+            if name in task.dense:
+                param.copy_(task.dense[name])
+            elif name in task.indices:
+                param.view(-1)[task.indices[name]] += task.values[name]
+    for name, param in reference.named_parameters():
         assert_bitwise_equal(composed.get_parameter(name).detach(), param.detach(), what=name)
 
 

@@ -155,3 +155,54 @@ def test_sparse_diff_load_names_a_composable_sft_as_foreign(tmp_path):
         assert "corrupt" not in str(caught.value) and isinstance(caught.value, SparseDiffFormatError)
     with pytest.raises(ForeignFormatError, match="composable-sft SFT folder"):
         SparseDiff.load(tmp_path / "zip")
+
+
+def write_language_sft(folder, base_model: str, *, vocab: int = 64, hidden: int = 16, seed: int = 7) -> tuple[
+        dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """A composable-sft *language* SFT folder as its run_mlm.py writes one: sparse body diffs, the fully trained
+    masked-LM head (BERT's ``cls.predictions.*``) in ``abs``, and the BertForMaskedLM ``config.json`` (with
+    transformers' default two ``id2label`` entries). Returns (diffs, abs)."""
+    diffs = {"bert.encoder.layer.0.attention.self.query.weight": sparse_delta((hidden, hidden), seed, density=0.1),
+             "bert.encoder.layer.0.output.dense.bias": sparse_delta((hidden,), seed + 1, density=0.5)}
+    gen = torch.Generator().manual_seed(seed)
+    absolute = {"cls.predictions.bias": torch.randn(vocab, generator=gen),
+                "cls.predictions.transform.dense.weight": torch.randn(hidden, hidden, generator=gen),
+                "cls.predictions.transform.LayerNorm.weight": torch.randn(hidden, generator=gen)}
+    config = {"_name_or_path": base_model, "architectures": ["BertForMaskedLM"], "model_type": "bert",
+              "id2label": {"0": "LABEL_0", "1": "LABEL_1"}, "label2id": {"LABEL_0": 0, "LABEL_1": 1}}
+    write_sft(folder, diffs, absolute, config)
+    return diffs, absolute
+
+
+def test_a_language_sft_is_not_read_as_a_classifier_and_its_mlm_head_is_left_out(tmp_path, capsys):
+    """The MLM head in ``abs`` used to give info num_labels=2 (the MLM config's default id2label) and dense
+    tensors no classifier has; by default it is left out, as composable-sft applies language SFTs."""
+    from deftx.sft.sources import open_sft
+
+    diffs, absolute = write_language_sft(tmp_path / "lang", "bert-base-multilingual-cased")
+    diff = open_sft(tmp_path / "lang")
+    assert diff.dense == {}
+    assert not {"num_labels", "labels", "pooling"} & set(diff.info)
+    assert diff.info["architecture"] == "BertForMaskedLM" and diff.info["abs_left_out"] == sorted(absolute)
+    for name, delta in diffs.items():
+        assert_bitwise_equal(diff.delta(name), delta, what=name)
+    note = capsys.readouterr().err.splitlines()
+    assert len(note) == 1 and "left out the masked-LM head" in note[0] and "cls.predictions.bias" in note[0]
+    kept = SparseDiff.from_composable_sft(tmp_path / "lang", with_abs=True)
+    assert sorted(kept.dense) == sorted(absolute) and "num_labels" not in kept.info
+    for name, tensor in absolute.items():
+        assert_bitwise_equal(kept.dense[name], tensor, what=name)
+
+
+@pytest.mark.parametrize(
+    ("abs_names", "architecture"),
+    [(["classifier.weight", "classifier.bias"], "BertForMaskedLM"),
+     (["classifier.out_proj.weight"], "XLMRobertaForTokenClassification"),
+     (["head.weight"], "XLMRobertaForSequenceClassification")],
+)
+def test_a_classifier_head_in_abs_gives_labels(tmp_path, abs_names, architecture):
+    config = {"architectures": [architecture], "id2label": {"0": "no", "1": "yes"}}
+    write_sft(tmp_path, {"w": sparse_delta((3, 3), 0)}, {n: torch.ones(2, 3) for n in abs_names}, config)
+    diff = SparseDiff.from_composable_sft(tmp_path)
+    assert sorted(diff.dense) == sorted(abs_names)
+    assert diff.info["labels"] == ["no", "yes"] and diff.info["num_labels"] == 2 and "abs_left_out" not in diff.info

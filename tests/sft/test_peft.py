@@ -193,3 +193,74 @@ def test_a_lora_adapter_is_refused_by_name(tmp_path, peft, model):
 
     with pytest.raises(ForeignFormatError, match="LoRA adapter"):
         SparseDiff.load(tmp_path / "lora" / ADAPTER_WEIGHTS)
+
+
+def tiny_mlm(kind: str, *, tie: bool = True):
+    """A tiny random masked LM whose decoder shares the word-embedding tensor (``tie``), built in code."""
+    from transformers import BertConfig, BertForMaskedLM, XLMRobertaConfig, XLMRobertaForMaskedLM
+
+    config_class, model_class = {"bert": (BertConfig, BertForMaskedLM),
+                                 "xlmr": (XLMRobertaConfig, XLMRobertaForMaskedLM)}[kind]
+    torch.manual_seed(0)
+    return model_class(config_class(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                    intermediate_size=24, max_position_embeddings=24,
+                                    tie_word_embeddings=tie)).eval()
+
+
+def embedding_and_query_diff(model) -> SparseDiff:
+    """20% of the word embeddings (whatever name the model lists the tensor under) and of one query weight."""
+    names = [n for n, p in model.named_parameters()
+             if p is model.get_input_embeddings().weight or n.endswith("layer.0.attention.self.query.weight")]
+    gen = torch.Generator().manual_seed(1)
+    base = {n: p.detach().clone() for n, p in model.named_parameters()}
+    tuned = {n: t + 0.5 * torch.randn(t.shape, generator=gen) for n, t in base.items()}
+    return SparseDiff.from_states(base, tuned, {n: torch.rand(base[n].shape, generator=gen) < 0.2 for n in names})
+
+
+def reference_logits(model, diff, ids) -> torch.Tensor:
+    """Plain torch: a copy of ``model`` with each entry added to its (shared) tensor in float32."""
+    tuned = copy.deepcopy(model)
+    with torch.no_grad():
+        for name in diff.indices:
+            tuned.get_parameter(name).view(-1)[diff.indices[name]] += diff.values[name]
+    return logits(tuned, ids)
+
+
+@pytest.mark.parametrize(("kind", "tie"), [("bert", True), ("xlmr", True), ("bert", False)])
+def test_tied_word_embeddings_export_with_equal_logits(tmp_path, peft, kind, tie):
+    """BERT's decoder stayed at θ0 (the embedding copy in modules_to_save broke the tie: logits 4.4 off);
+    XLM-R's shared tensor, listed as lm_head.decoder.weight, became a SHiRA target reaching the decoder only
+    (5.5 off unmerged). Every module holding a changed tied tensor is saved whole, none is a SHiRA target."""
+    model = tiny_mlm(kind, tie=tie)
+    diff = embedding_and_query_diff(model)
+    ids = token_ids(vocab=64)
+    expected = reference_logits(model, diff, ids)
+    assert_bitwise_equal(deftx_logits(model, diff, ids), expected, what="deftx apply")
+    export = to_peft(diff, model, tmp_path / "adapter", rest="modules_to_save")
+    prefix = model.base_model_prefix
+    embedding, decoder = f"{prefix}.embeddings.word_embeddings", {"bert": "cls.predictions.decoder",
+                                                                  "xlmr": "lm_head.decoder"}[kind]
+    assert {m.module for m in export.plan.whole} == ({embedding, decoder} if tie else {embedding})
+    assert [m.module for m in export.plan.shira] == [f"{prefix}.encoder.layer.0.attention.self.query"]
+    assert_bitwise_equal(peft_logits(peft, model, tmp_path / "adapter", ids, merged=False), expected, what="unmerged")
+    assert_bitwise_equal(peft_logits(peft, model, tmp_path / "adapter", ids, merged=True), expected, what="merged")
+    back = SparseDiff.from_peft(tmp_path / "adapter")
+    assert_bitwise_equal(deftx_logits(model, back, ids), expected, what="from_peft back")
+
+
+@pytest.mark.parametrize(("kind", "head"), [("bert", "cls.predictions"), ("xlmr", "lm_head")])
+def test_a_tied_holder_inside_a_module_saved_whole_goes_with_it(tmp_path, peft, kind, head):
+    """The head's bias (tied to decoder.bias) makes the whole head a saved module: the decoder, holding the
+    tied embedding too, is saved inside it, not again; from_peft leaves the tied copies out (it used to
+    give a dense 'decoder.bias' the model does not list, refused on apply)."""
+    model = tiny_mlm(kind)
+    diff = embedding_and_query_diff(model)
+    bias = SparseDiff({f"{head}.bias": torch.tensor([3, 9])}, {f"{head}.bias": torch.tensor([0.75, -1.5])},
+                      {f"{head}.bias": ParamInfo((64,), torch.float32)})
+    diff = SparseDiff({**diff.indices, **bias.indices}, {**diff.values, **bias.values}, {**diff.params, **bias.params})
+    ids = token_ids(vocab=64)
+    expected = reference_logits(model, diff, ids)
+    export = to_peft(diff, model, tmp_path / "adapter", rest="modules_to_save")
+    assert {m.module for m in export.plan.whole} == {head, f"{model.base_model_prefix}.embeddings.word_embeddings"}
+    assert_bitwise_equal(peft_logits(peft, model, tmp_path / "adapter", ids, merged=False), expected, what="unmerged")
+    assert_bitwise_equal(deftx_logits(model, SparseDiff.from_peft(tmp_path / "adapter"), ids), expected, what="back")

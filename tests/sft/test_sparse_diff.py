@@ -253,3 +253,23 @@ def test_apply_rejects_incompatible_diffs_without_touching_the_model(model, make
 def test_constructor_validates(indices, values, error, match):
     with pytest.raises(error, match=match):
         SparseDiff({"w": indices}, {"w": values}, {"w": ParamInfo((3,), torch.float32)})
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [(1e-300, "underflows"), (1e300, "overflows"), (0.1, "rounds")],
+)
+def test_constructor_refuses_float64_values_float32_cannot_hold(value, why):
+    """1e-300 used to become 0.0 silently (and 1e300 inf, 0.1 a nearby float32): refused, naming the parameter."""
+    values = torch.tensor([0.5, value], dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"values\['encoder\.w'\].*float32 cannot hold exactly"):
+        SparseDiff({"encoder.w": torch.tensor([0, 2])}, {"encoder.w": values},
+                   {"encoder.w": ParamInfo((3,), torch.float32)})
+
+
+def test_constructor_keeps_float64_values_float32_holds_exactly():
+    largest = float(torch.finfo(torch.float32).max)
+    values = torch.tensor([0.5, -2.0**-140, largest], dtype=torch.float64)  # a float32 subnormal, the largest float32
+    diff = SparseDiff({"w": torch.tensor([0, 1, 2])}, {"w": values}, {"w": ParamInfo((3,), torch.float32)})
+    assert diff.values["w"].dtype == torch.float32
+    assert diff.values["w"].double().tolist() == values.tolist()
