@@ -24,7 +24,13 @@ class BertMeanPoolClassifier(BertPreTrainedModel):
     pooler on the [CLS] state (measured here: 55 macro-F1 on Indonesian after 3 epochs,
     where mean pooling reaches ~85). Parameter names are ``bert.*`` + ``classifier.*``,
     so SFTs move between this model, ``BertForMaskedLM`` and ``BertModel``.
+
+    Its loss is the batch mean and ``forward`` takes no ``num_items_in_batch``, so
+    ``accepts_loss_kwargs`` is False: the Trainer then divides each micro-batch's loss by the
+    gradient-accumulation steps (it would not, seeing ``**kwargs``).
     """
+
+    accepts_loss_kwargs = False
 
     def __init__(self, config) -> None:
         super().__init__(config)
@@ -62,7 +68,9 @@ def build_classifier(model_dir: str | Path, num_labels: int, seed: int, pooling:
 
     ``pooling="mean"``: :class:`BertMeanPoolClassifier` (BERT-type bodies);
     ``"cls"``: ``AutoModelForSequenceClassification`` (any architecture). The pooling is
-    kept in ``config.deftx_pooling``, so SFTs trained in the model record it.
+    kept in ``config.deftx_pooling``, so SFTs trained in the model record it. Both losses are
+    batch means: the "cls" model is told ``accepts_loss_kwargs = False`` as
+    :class:`BertMeanPoolClassifier` says it.
     """
     if pooling not in POOLING:
         raise ValueError(f"pooling must be one of {POOLING}, got {pooling!r}")
@@ -70,6 +78,7 @@ def build_classifier(model_dir: str | Path, num_labels: int, seed: int, pooling:
     if pooling == "cls":
         model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), num_labels=num_labels,
                                                                    **PLAIN_MODULES)
+        model.accepts_loss_kwargs = False
     else:
         config = AutoConfig.from_pretrained(str(model_dir), num_labels=num_labels)
         if config.model_type != "bert":

@@ -78,7 +78,15 @@ class FrozenDecoderMLM(nn.Module):
     With ``labels`` (B, L), ``logits`` is (N, V) for the N positions where ``labels != -100``,
     in row-major order of those positions, and ``loss`` is their mean cross-entropy (0, still
     differentiable, when N == 0). Without labels, ``logits`` is (B, L, V).
+
+    Under gradient accumulation a ``transformers.Trainer`` passes ``num_items_in_batch`` (the
+    labelled positions of all the step's micro-batches) and no longer divides by the
+    accumulation steps (``accepts_loss_kwargs``): ``loss`` is then the cross-entropy summed
+    over this micro-batch divided by that count, so the step's gradient is that of the mean
+    over all its labelled positions, whatever the accumulation.
     """
+
+    accepts_loss_kwargs = True
 
     def __init__(self, body: nn.Module, head: MLMHead) -> None:
         super().__init__()
@@ -96,9 +104,11 @@ class FrozenDecoderMLM(nn.Module):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        num_items_in_batch: torch.Tensor | int | None = None,
         **body_kwargs: Any,
     ):
-        """(B, L) int ids -> ``MaskedLMOutput`` (see the class docstring for the logits' shape)."""
+        """(B, L) int ids -> ``MaskedLMOutput`` (see the class docstring for the logits' shape and
+        ``num_items_in_batch``)."""
         from transformers.modeling_outputs import MaskedLMOutput
 
         hidden = self.body(
@@ -106,17 +116,26 @@ class FrozenDecoderMLM(nn.Module):
         ).last_hidden_state
         if labels is None:
             return MaskedLMOutput(loss=None, logits=self.head(hidden))
-        loss, logits = self.loss_from_hidden(hidden, labels)
+        loss, logits = self.loss_from_hidden(hidden, labels, num_items_in_batch)
         return MaskedLMOutput(loss=loss, logits=logits)
 
-    def loss_from_hidden(self, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean cross-entropy and (N, V) logits at the labelled positions of ``hidden`` (B, L, H)."""
+    def loss_from_hidden(
+        self, hidden: torch.Tensor, labels: torch.Tensor, num_items_in_batch: torch.Tensor | int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-entropy and (N, V) logits at the labelled positions of ``hidden`` (B, L, H).
+
+        The loss is the mean over the N positions, or their sum divided by ``num_items_in_batch``
+        when that is given (0, still differentiable, when N == 0).
+        """
         check_labels(labels, hidden.shape[:2], self.head.bias.numel())
         selected = labels != IGNORE_INDEX
         logits = self.head(hidden[selected])
         if logits.shape[0] == 0:
             return logits.float().sum(), logits
-        return cross_entropy(logits.float(), labels[selected].long()), logits
+        targets = labels[selected].long()
+        if num_items_in_batch is None:
+            return cross_entropy(logits.float(), targets), logits
+        return cross_entropy(logits.float(), targets, reduction="sum") / num_items_in_batch, logits
 
     def head_state_dict(self) -> dict[str, torch.Tensor]:
         """The trainable head tensors (``HEAD_KEYS``), detached CPU copies."""

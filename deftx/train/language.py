@@ -9,7 +9,8 @@ SFT holds body parameters only, stored under ``bert.*`` names so it applies to a
 The MLM masks of a phase's n-th batch are drawn from a generator seeded with the run's
 seed and n (:class:`BatchSeededCollator`); a phase resumed from a checkpoint restarts the
 count at the first batch the Trainer has not trained on (:class:`CountResumedBatches`), so
-a killed and resumed run sees the same masks, batch for batch, as an uninterrupted one.
+a killed and resumed run sees the same masks, batch for batch, as an uninterrupted one, and
+so does a run whose batches are collated by data-loader workers.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer, TrainerCallback
+from torch.utils.data import get_worker_info
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from deftx.models.mlm import build_mlm_model
 from deftx.text import short_repr
@@ -97,39 +99,70 @@ def batches_before(global_step: int, batches_per_epoch: int, accumulation: int) 
 class BatchSeededCollator:
     """Wraps an :class:`MLMCollator`: the masks of the n-th batch come from ``batch_seed(seed, n)``.
 
-    ``batches`` counts the batches collated in the current phase; :class:`CountResumedBatches`
-    sets it when a phase (re)starts. A batch's masks thus depend only on the seed, its
-    position in the phase and its content, not on when it was collated (the data loader
-    prefetches) or on whether the phase was resumed.
+    ``batches`` is the position in the phase of the next batch the main process collates;
+    :class:`CountResumedBatches` sets it when an epoch starts. A data-loader worker collates
+    with a copy made when the epoch's iterator started, and worker w of W gets that iterator's
+    batches w, w + W, w + 2W, ... (PyTorch deals them out in turn), so it places its k-th batch
+    at ``batches + w + k * W``. A batch's masks thus depend only on the seed, its position in
+    the phase and its content, not on when or where it was collated (the data loader
+    prefetches; any number of workers) or on whether the phase was resumed.
     """
 
     def __init__(self, collator: MLMCollator, seed: int) -> None:
         self.collator = collator
         self.seed = seed
         self.batches = 0
+        self._worker_batches = 0
 
     def identity_settings(self) -> dict[str, Any]:
         """The seed and the wrapped collator (the batch count is the phase's progress, not a setting)."""
         return {"seed": self.seed, "collator": self.collator}
 
     def __call__(self, examples: Sequence[Any]) -> dict[str, Any]:
-        self.collator.generator.manual_seed(batch_seed(self.seed, self.batches))
-        self.batches += 1
+        self.collator.generator.manual_seed(batch_seed(self.seed, self._next_position()))
         return self.collator(examples)
+
+    def _next_position(self) -> int:
+        """The position in the phase of the batch collated now (see the class docstring)."""
+        worker = get_worker_info()
+        if worker is None:
+            self.batches += 1
+            return self.batches - 1
+        self._worker_batches += 1
+        return self.batches + worker.id + (self._worker_batches - 1) * worker.num_workers
 
 
 class CountResumedBatches(TrainerCallback):
-    """Sets a :class:`BatchSeededCollator`'s count when a phase starts: 0, or the batches a resume skips.
+    """Sets a :class:`BatchSeededCollator`'s count when an epoch starts: the batches the Trainer
+    consumed before it, those a resume skips included.
 
-    Holds for map-style datasets (the Trainer skips their batches without collating them).
+    Set before the epoch's data-loader workers copy the collator. Holds for map-style datasets
+    (the Trainer skips their batches without collating them).
     """
 
     def __init__(self, collator: BatchSeededCollator) -> None:
         self.collator = collator
 
-    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+    def on_epoch_begin(self, args, state, control, train_dataloader=None, **kwargs):
         self.collator.batches = batches_before(
             state.global_step, len(train_dataloader), args.gradient_accumulation_steps
+        )
+
+
+def check_loader_workers(args: TrainingArguments) -> None:
+    """Refuse data-loader workers that would not be dealt batches in turn from a fresh copy of
+    the collator each epoch (:class:`BatchSeededCollator`): persistent ones, or out of order."""
+    if args.dataloader_num_workers == 0:
+        return
+    if args.dataloader_persistent_workers:
+        raise ValueError(
+            "language SFTs: dataloader_persistent_workers with dataloader_num_workers > 0 is not supported "
+            "(each epoch's workers must copy the MLM collator's batch count); set it false or use no workers"
+        )
+    if not args.dataloader_in_order:
+        raise ValueError(
+            "language SFTs: dataloader_in_order false with dataloader_num_workers > 0 is not supported "
+            "(the MLM masks are seeded by each batch's position, which workers only keep in order)"
         )
 
 
@@ -204,13 +237,15 @@ def language_sft_tuner(
         overwrite: discard results of ``work_dir`` whose identity differs instead of refusing them.
         store: finished steps to link from, and to publish to.
     """
+    args = training_arguments(settings, Path(work_dir) / "trainer")
+    check_loader_workers(args)
     model = build_mlm_model(model_dir, head_state=head_file)
     collator = BatchSeededCollator(
         MLMCollator(tokenizer, real_vocab_size=real_vocab_size, seed=settings.seed), settings.seed
     )
     trainer = Trainer(
         model=model,
-        args=training_arguments(settings, Path(work_dir) / "trainer"),
+        args=args,
         train_dataset=mlm_examples(tokenizer, texts, settings.max_length),
         data_collator=collator,
         callbacks=[CountResumedBatches(collator)],

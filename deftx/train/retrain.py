@@ -57,6 +57,17 @@ def _step_tensors(params: list[torch.Tensor], grads: list[torch.Tensor], states:
                              [s["base"] for s in states] if l1 else None)
 
 
+def by_steps_taken(params: Sequence[torch.Tensor], state: Mapping[torch.Tensor, Mapping[str, Any]]
+                   ) -> list[tuple[int, list[torch.Tensor]]]:
+    """``params`` split by the steps each has taken (``state[p]["step"]``, a host int), fewest
+    first, in their order within each part: one part while every parameter has had a gradient
+    at every step."""
+    parts: dict[int, list[torch.Tensor]] = {}
+    for param in params:
+        parts.setdefault(state[param]["step"], []).append(param)
+    return sorted(parts.items(), key=lambda part: part[0])
+
+
 class MaskedAdamW(torch.optim.Optimizer):
     """AdamW on selected entries only, with O(K) fp32 state.
 
@@ -71,7 +82,9 @@ class MaskedAdamW(torch.optim.Optimizer):
         backend: the ``deftx.ops`` backend for the step (None: ``$DEFTX_BACKEND`` / auto).
 
     The state (``indices``, ``master``, ``exp_avg``, ``exp_avg_sq``, ``base``, ``step``) is
-    created eagerly from the parameters' current values. ``state_dict`` /
+    created eagerly from the parameters' current values. ``step`` is each parameter's own count
+    of the steps it had a gradient in, as in ``torch.optim.AdamW``; a group whose parameters
+    have different counts steps them in one call per count. ``state_dict`` /
     ``load_state_dict`` round-trip it without dtype casts (PyTorch's default loader casts
     floating state to the parameter dtype, which would truncate fp32 masters of bf16
     parameters), so a resumed run continues bit for bit.
@@ -110,7 +123,7 @@ class MaskedAdamW(torch.optim.Optimizer):
                 raise ValueError("MaskedAdamW: parameters must be contiguous")
         common_device([local_tensor(param) for param, _ in pairs], "MaskedAdamW")
         self._sharded = any(isinstance(param, DTensor) for param, _ in pairs)
-        self._prepared: dict[int, tuple[tuple[Any, ...], PreparedMaskedStep]] = {}
+        self._prepared: dict[tuple[int, int], tuple[tuple[Any, ...], PreparedMaskedStep]] = {}
         selections = [move_indices(idx, param.device) for param, idx in pairs]
         self._check_selections([param for param, _ in pairs], selections)
         for (param, _), indices in zip(pairs, selections, strict=True):
@@ -148,33 +161,36 @@ class MaskedAdamW(torch.optim.Optimizer):
                 loss = closure()
         for number, group in enumerate(self.param_groups):
             live = [p for p in group["params"] if p.grad is not None and self.state[p]["indices"].numel()]
-            if not live:
-                continue
-            states = [self.state[p] for p in live]
-            step = states[0]["step"] + 1
-            for state in states:
-                state["step"] = step
-            beta1, beta2 = group["betas"]
-            settings = AdamWSettings(step, group["lr"], beta1, beta2, group["eps"], group["weight_decay"], group["l1"])
-            if self._sharded or is_traced(()):
-                tensors = _step_tensors([local_tensor(p) for p in live], [local_tensor(p.grad) for p in live], states,
-                                        bool(group["l1"]))
-                run_masked_adamw_step_(tensors, settings, backend=self._backend)
-            else:
-                self._prepared_step(number, live, states, bool(group["l1"])).step([p.grad for p in live], settings)
+            for part, (taken, params) in enumerate(by_steps_taken(live, self.state)):
+                self._step_part((number, part), group, params, taken + 1)
         return loss
 
-    def _prepared_step(self, number: int, live: list[torch.Tensor], states: list[dict[str, Any]],
+    def _step_part(self, key: tuple[int, int], group: dict[str, Any], live: list[torch.Tensor], step: int) -> None:
+        """Step ``live`` (parameters of ``group`` with gradients, each about to take its ``step``-th
+        step) in one masked AdamW step; ``key`` names the part for the planned-step cache."""
+        states = [self.state[p] for p in live]
+        for state in states:
+            state["step"] = step
+        beta1, beta2 = group["betas"]
+        settings = AdamWSettings(step, group["lr"], beta1, beta2, group["eps"], group["weight_decay"], group["l1"])
+        if self._sharded or is_traced(()):
+            tensors = _step_tensors([local_tensor(p) for p in live], [local_tensor(p.grad) for p in live], states,
+                                    bool(group["l1"]))
+            run_masked_adamw_step_(tensors, settings, backend=self._backend)
+        else:
+            self._prepared_step(key, live, states, bool(group["l1"])).step([p.grad for p in live], settings)
+
+    def _prepared_step(self, part: tuple[int, int], live: list[torch.Tensor], states: list[dict[str, Any]],
                        l1: bool) -> PreparedMaskedStep:
-        """Group ``number``'s step planned over its parameters with gradients (planned again
-        when that set changes, or after :meth:`load_state_dict` replaced the state); nothing is
-        checked again: the optimizer checked its tensors when it was built (or loaded)."""
+        """The step of ``part`` (group number, part number) planned over its parameters (planned
+        again when that set changes, or after :meth:`load_state_dict` replaced the state); nothing
+        is checked again: the optimizer checked its tensors when it was built (or loaded)."""
         key = (*map(id, live), l1)
-        known = self._prepared.get(number)
+        known = self._prepared.get(part)
         if known is None or known[0] != key:
             planned = plan_masked_step(_step_tensors([p.detach() for p in live], [], states, l1),
                                        backend=self._backend)
-            known = self._prepared[number] = (key, planned)
+            known = self._prepared[part] = (key, planned)
         return known[1]
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

@@ -70,6 +70,19 @@ def test_logits_only_at_labelled_positions_and_loss_matches_full_cross_entropy(d
     assert_close(out.loss.float(), expected_loss, rtol=rtol, atol=rtol, what="loss")
 
 
+def test_a_trainers_item_count_turns_the_mean_into_a_sum_over_that_count(model):
+    """``num_items_in_batch`` (the labelled positions of a whole accumulated step) divides the
+    summed cross-entropy."""
+    ids, attention, labels = make_batch(seed=4)
+    full = reference_logits(model, ids, attention)
+    summed = cross_entropy(full.reshape(-1, EMBEDDING_ROWS), labels.reshape(-1), ignore_index=IGNORE_INDEX,
+                           reduction="sum")
+    for count in (11, torch.tensor(11)):
+        out = model(input_ids=ids, attention_mask=attention, labels=labels, num_items_in_batch=count)
+        assert_close(out.loss.detach(), summed / 11, rtol=1e-5, atol=1e-6, what=f"loss over {count!r} items")
+    assert model.accepts_loss_kwargs
+
+
 def test_without_labels_logits_cover_every_position(model):
     ids, attention, _ = make_batch()
     out = model(input_ids=ids, attention_mask=attention)

@@ -54,6 +54,72 @@ def test_full_selection_matches_torch_adamw(shape):
     assert_close(ours.detach(), theirs.detach(), rtol=tolerance(torch.float32, 16), atol=1e-7)
 
 
+# Which of three parameters has a gradient at each of 6 steps: the first one in the group
+# starts late, the second has one every step, the third skips steps 2 and 5.
+INTERMITTENT = [(False, True, True), (False, True, False), (True, True, True),
+                (True, True, True), (False, True, False), (True, True, True)]
+
+
+def step_intermittently(optimizer, params, grads, steps):
+    """``steps`` optimizer steps; parameter t gets ``grads[s][t]`` where ``INTERMITTENT[s][t]``, else no gradient."""
+    for s in steps:
+        for t, param in enumerate(params):
+            param.grad = grads[s][t].clone() if INTERMITTENT[s][t] else None
+        optimizer.step()
+
+
+def intermittent_data():
+    """Initial values of three parameters and their gradients at each step of ``INTERMITTENT``."""
+    generator = torch.Generator().manual_seed(6)
+    values = [torch.randn(4 + t, generator=generator) for t in range(3)]
+    return values, [[torch.randn(v.shape, generator=generator) for v in values] for _ in INTERMITTENT]
+
+
+def intermittent_run(make_optimizer, steps=range(6)):
+    """(parameters, optimizer) after ``steps`` of the ``INTERMITTENT`` pattern."""
+    values, grads = intermittent_data()
+    params = [value.clone().requires_grad_() for value in values]
+    optimizer = make_optimizer(params)
+    step_intermittently(optimizer, params, grads, steps)
+    return params, optimizer
+
+
+HYPER = dict(lr=0.1, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.05)
+
+
+def masked_adamw(params):
+    return MaskedAdamW([{"params": params, "indices": [full_indices(p) for p in params]}], **HYPER)
+
+
+def test_each_parameter_counts_its_own_steps_as_torch_adamw_does():
+    """A parameter without a gradient neither steps nor advances its step count, so one that has
+    a gradient every step keeps its own bias corrections."""
+    ours, optimizer = intermittent_run(masked_adamw)
+    theirs, reference = intermittent_run(lambda params: torch.optim.AdamW(params, **HYPER))
+    for t, (mine, expected) in enumerate(zip(ours, theirs, strict=True)):
+        assert optimizer.state[mine]["step"] == int(reference.state[expected]["step"]), f"param {t}"
+        assert_close(mine.detach(), expected.detach(), rtol=tolerance(torch.float32, 16), atol=1e-7,
+                     what=f"param {t}")
+
+
+def test_a_resume_restores_each_parameters_step_count():
+    """Saved after step 3 (counts 1, 3, 2), loaded into a new optimizer, steps 4-6 land where a
+    straight run does, bit for bit."""
+    straight, _ = intermittent_run(masked_adamw)
+    first, optimizer = intermittent_run(masked_adamw, steps=range(3))
+    saved = torch.utils._pytree.tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t,
+                                         optimizer.state_dict())
+    assert [saved["state"][t]["step"] for t in range(3)] == [1, 3, 2]
+    resumed = [p.detach().clone().requires_grad_() for p in first]
+    loaded = masked_adamw(resumed)
+    loaded.load_state_dict(saved)
+    assert [loaded.state[p]["step"] for p in resumed] == [1, 3, 2]
+    _, grads = intermittent_data()
+    step_intermittently(loaded, resumed, grads, range(3, 6))
+    for t, (param, expected) in enumerate(zip(resumed, straight, strict=True)):
+        assert_bitwise_equal(param.detach(), expected.detach(), what=f"param {t}")
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("l1", [0.0, 0.5])
 def test_partial_selection_touches_only_selected_entries(dtype, l1):
@@ -177,6 +243,24 @@ def test_steps_read_nothing_back_after_construction():
     with count_device_work("cpu") as resumed:
         optimizer.step()
     assert resumed.sync_count == 0, resumed.summary()
+
+
+@pytest.mark.filterwarnings("ignore:deftx. running the Triton kernel")
+def test_parameters_at_different_step_counts_take_one_launch_per_count():
+    """Step counts are host ints: parameters that missed a gradient cost one more launch for
+    their count, not one per parameter, and no read-back."""
+    params = [torch.randn(3 + i, requires_grad=True) for i in range(30)]
+    optimizer = MaskedAdamW([{"params": params, "indices": [full_indices(p) for p in params]}], lr=1e-2,
+                            backend="triton")
+    for i, p in enumerate(params):
+        p.grad = torch.randn_like(p) if i % 2 else None
+    optimizer.step()
+    for p in params:
+        p.grad = torch.randn_like(p)
+    with count_device_work("cpu") as steps:
+        optimizer.step()
+    assert steps.sync_count == 0 and steps.triton_launches == {"_masked_adamw_kernel": 2}, steps.summary()
+    assert [optimizer.state[p]["step"] for p in params[:2]] == [1, 2]
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
