@@ -122,7 +122,7 @@ def baseline_cells(examples_by_language: Mapping[str, Sequence[dict]]) -> Iterat
 
 
 def seed_cells(ws: Workspace) -> set[Cell]:
-    """The :data:`~deftx.pipeline.outputs.Cell` of every row one seed of ``ws``'s config writes to results.csv:
+    """The :class:`~deftx.pipeline.outputs.Cell` of every row one seed of ``ws``'s config writes to results.csv:
     the cells :func:`run_nusax_seed` and :func:`run_anli_seed` score (:func:`baseline_cells`, :func:`method_cells`)."""
     cfg = ws.config
     grids = []
