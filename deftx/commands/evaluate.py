@@ -70,7 +70,8 @@ def _check_options(args: argparse.Namespace) -> None:
     is a file: before anything is loaded."""
     nusax_only = [flag for flag, value in (("--languages", args.languages), ("--data-dir", args.data_dir)) if value]
     data_only = [flag for flag, value in (("--target", args.target), ("--split", args.split),
-                                          ("--data-config", args.data_config), ("--pair-column", args.pair_column))
+                                          ("--data-config", args.data_config), ("--pair-column", args.pair_column),
+                                          ("--label-names", args.label_names))
                  if value is not None]
     if args.data and nusax_only:
         raise ValueError(f"{' and '.join(nusax_only)} choose NusaX languages; with --data the data set is scored")
@@ -148,6 +149,59 @@ def _nusax_cells(args, tokenizer, task, lang_sfts, data_dir: Path,
     return cells
 
 
+def recorded_label_names(spec) -> tuple[str, ...] | None:
+    """The label names the classifier ``spec`` records, in class-id order; None for none, or for
+    transformers' placeholders ``LABEL_0, LABEL_1, …`` (a saved classifier's default, which names nothing)."""
+    if spec.labels is None or list(spec.labels) == [f"LABEL_{i}" for i in range(len(spec.labels))]:
+        return None
+    return tuple(spec.labels)
+
+
+def class_names(args: argparse.Namespace, spec) -> tuple[str, ...] | None:
+    """The classifier's label names in class-id order: ``--label-names`` when given (checked against the
+    classifier ``spec``), else the names it records (:func:`recorded_label_names`), else None.
+
+    Raises:
+        ValueError: --label-names empty or repeated names, another count than the classifier's labels,
+            or names other than those it records.
+    """
+    recorded = recorded_label_names(spec)
+    if args.label_names is None:
+        return recorded
+    from deftx.text import repeated
+
+    given = tuple(name.strip() for name in args.label_names.split(","))
+    if "" in given or repeated(given):
+        raise ValueError(f"--label-names {args.label_names!r}: give each class name once, comma-separated, in "
+                         "class-id order")
+    if len(given) != spec.num_labels:
+        raise ValueError(f"--label-names names {len(given)} classes, but the classifier has {spec.num_labels} "
+                         f"({spec.source}): name every class, in class-id order")
+    if recorded is not None and given != recorded:
+        raise ValueError(f"--label-names {','.join(given)} differs from the labels the classifier records "
+                         f"({','.join(recorded)}; {spec.source}): drop --label-names")
+    return given
+
+
+def _data_label_ids(args: argparse.Namespace, data, spec) -> list[int]:
+    """The class id of each --data example, by :func:`class_names`; ValueError naming --label-names when the
+    labels are names and no class order is known (the data's own label set never gives one)."""
+    from deftx.data.generic import UnknownClassOrderError
+
+    try:
+        ids = data.label_ids(class_names(args, spec))
+    except UnknownClassOrderError as err:
+        placeholder = ",".join(f"NAME{i}" for i in range(spec.num_labels))
+        raise ValueError(f"--data {args.data}: the labels are names ({', '.join(err.names)}), and the classifier "
+                         f"records none ({spec.source}), so which class id each has is unknown: pass --label-names "
+                         f"{placeholder}, its {spec.num_labels} labels in the class-id order it was trained "
+                         "with") from err
+    if max(ids) >= spec.num_labels:
+        raise ValueError(f"--data {args.data}: class id {max(ids)} in column {args.label_column!r}, but the "
+                         f"classifier has {spec.num_labels} labels (ids 0..{spec.num_labels - 1})")
+    return ids
+
+
 def _data_cells(args, tokenizer, task, lang_sfts, spec) -> list[tuple[str, list[dict], Composition]]:
     from deftx.data.generic import load_classification
     from deftx.train.task import classification_examples
@@ -155,9 +209,7 @@ def _data_cells(args, tokenizer, task, lang_sfts, spec) -> list[tuple[str, list[
     data = load_classification(args.data, text_column=args.text_column, label_column=args.label_column,
                                pair_column=args.pair_column, split=args.split or DEFAULT_SPLIT,
                                config=args.data_config)
-    ids = data.label_ids(spec.labels)
-    if max(ids) >= spec.num_labels:
-        raise ValueError(f"the data has {len(data.label_names)} labels, the classifier {spec.num_labels}")
+    ids = _data_label_ids(args, data, spec)
     examples = classification_examples(tokenizer, data.texts, ids, args.max_length, pairs=data.pairs)
     target = next(iter(lang_sfts), None) or args.target or Path(str(args.data)).stem
     return [(target, examples, _composition(args, task, next(iter(lang_sfts.values()), None)))]
@@ -235,6 +287,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--pair-column", help="second-segment column (e.g. an NLI hypothesis)")
     data.add_argument("--label-column", default="label",
                       help="label column: names matching the SFT's labels, or class ids (default label)")
+    data.add_argument("--label-names", metavar="NAME,NAME,...",
+                      help="the classifier's labels in class-id order, comma-separated: needed when the labels "
+                           "are names and the task SFT records none (refused when it records others)")
     data.add_argument("--target", help="name of the data's language in the table (default: --lang-sft's or the file)")
     parser.add_argument("--scale", type=finite_float, help="language SFT scale (default 1.0; needs --lang-sft)")
     parser.add_argument(

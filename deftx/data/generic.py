@@ -21,31 +21,60 @@ from deftx.text import not_utf8
 LOCAL_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
 
+class UnknownClassOrderError(ValueError):
+    """Labels that are names, with no class-id order to map them by: which id each name has is the
+    classifier's, and the labels a data file happens to hold do not tell it.
+
+    Attributes:
+        names: the distinct labels, sorted.
+    """
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = tuple(names)
+        super().__init__(f"the labels are names ({', '.join(self.names)}) and no class order is given: pass "
+                         "label_names, the classifier's labels in class-id order (the class ids cannot be told "
+                         "from the data's own labels)")
+
+
 @dataclass(frozen=True)
 class ClassificationData:
-    """Texts (and second segments) with their label names; ``label_names`` in class-id order."""
+    """Texts (and second segments) with their labels; ``label_names``: the class names in class-id order
+    where the data set declares them (given to :func:`load_classification`, or a ``ClassLabel`` column's
+    names), else None."""
 
     texts: list[str]
     labels: list[str]
-    label_names: tuple[str, ...]
+    label_names: tuple[str, ...] | None
     pairs: list[str] | None = None
 
     def label_ids(self, names: Sequence[str] | None = None) -> list[int]:
         """Each example's class id in ``names`` (default: this data's own ``label_names``).
 
-        Labels that are all integers in ``range(len(names))`` but not names are taken as ids.
+        Labels that are all integers (in ``range(len(names))`` when there are names) but not names
+        are taken as ids.
 
         Raises:
+            UnknownClassOrderError: no names, and labels that are not integers.
             ValueError: a label is not among ``names`` (all unknown labels are listed).
         """
-        order = list(names if names is not None else self.label_names)
+        order = names if names is not None else self.label_names
+        if order is None:
+            if all(_is_class_id(label) for label in self.labels):
+                return [int(label) for label in self.labels]
+            raise UnknownClassOrderError(sorted(set(self.labels)))
+        order = list(order)
         unknown = sorted(set(self.labels) - set(order))
-        if unknown and all(label.isdigit() and int(label) < len(order) for label in self.labels):
+        if unknown and all(_is_class_id(label) and int(label) < len(order) for label in self.labels):
             return [int(label) for label in self.labels]
         if unknown:
             raise ValueError(f"labels {unknown} of the data are not among the classifier's labels {order}")
         index = {name: i for i, name in enumerate(order)}
         return [index[label] for label in self.labels]
+
+
+def _is_class_id(label: str) -> bool:
+    """Whether ``label`` is written as a class id (a non-negative integer in ASCII digits)."""
+    return label.isascii() and label.isdigit()
 
 
 def load_rows(source: str | os.PathLike, *, split: str = "train", config: str | None = None) -> Any:
@@ -144,7 +173,8 @@ def load_classification(
     """Labelled examples of ``source``.
 
     Labels become names: a ``ClassLabel`` column's names, or the values as strings. The class
-    order is ``label_names`` when given, else the ``ClassLabel`` order, else the sorted names.
+    order is ``label_names`` when given, else the ``ClassLabel`` order, else unknown (None: never
+    the order of the labels the data happens to hold, which would give a name another class's id).
 
     Raises:
         KeyError: a named column is missing (the columns are listed).
@@ -161,10 +191,11 @@ def load_classification(
     class_names = getattr(feature, "names", None)
     labels = (_class_names(raw, class_names, label_column, str(source)) if class_names
               else _filled(raw, label_column, str(source)))
-    order = tuple(label_names) if label_names is not None else tuple(class_names or sorted(set(labels)))
+    order = tuple(label_names) if label_names is not None else tuple(class_names) if class_names else None
     pairs = _filled(_column(rows, pair_column, str(source)), pair_column, str(source)) if pair_column else None
     data = ClassificationData(texts, labels, order, pairs)
-    data.label_ids()
+    if order is not None:
+        data.label_ids()
     return data
 
 

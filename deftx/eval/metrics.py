@@ -33,10 +33,12 @@ def accuracy(predictions: torch.Tensor, labels: torch.Tensor, num_labels: int) -
 
 
 def macro_f1(predictions: torch.Tensor, labels: torch.Tensor, num_labels: int) -> float:
-    """Unweighted mean over classes of F1 = 2·TP / (2·TP + FP + FN).
+    """Unweighted mean over all ``num_labels`` classes of F1 = 2·TP / (2·TP + FP + FN).
 
-    A class with no gold and no predicted example (0 / 0) scores 0, as scikit-learn's
-    default ``zero_division`` does.
+    A class with no gold and no predicted example (0 / 0) scores 0 and still counts in the
+    mean: this is scikit-learn's ``f1_score(labels, predictions, average="macro",
+    labels=range(num_labels))``, not its default, which averages over the classes present
+    in the gold labels or predictions only.
     """
     confusion = confusion_matrix(predictions, labels, num_labels).double()
     true_positive = confusion.diagonal()

@@ -10,21 +10,26 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from deftx.files import atomic_write
+
 AVERAGE = "avg"
 GROUP_FIELDS = ("benchmark", "protocol", "split", "source", "method", "language_scale")
 
 
 def write_csv(rows: Sequence[Mapping[str, Any]], path: str | Path) -> None:
-    """Write dict rows (the union of their keys as the header, first-seen order)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write dict rows (the union of their keys as the header, first-seen order), atomically
+    (:func:`deftx.files.atomic_write`): a stopped write leaves the previous file whole."""
     header: list[str] = []
     for row in rows:
         header += [key for key in row if key not in header]
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=header)
-        writer.writeheader()
-        writer.writerows(rows)
+
+    def write(temporary: Path) -> None:
+        with temporary.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=header)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    atomic_write(path, write)
 
 
 def read_csv(path: str | Path) -> list[dict[str, str]]:

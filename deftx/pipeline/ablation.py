@@ -70,7 +70,7 @@ from deftx.info import environment_record
 from deftx.pipeline.config import RUN_ONLY_SETTINGS, ConfigError, PipelineConfig, parse_config, read_config_file
 from deftx.pipeline.head import ensure_head, head_call, head_curve_table, head_report_line
 from deftx.pipeline.heldout import HELDOUT_CSV, HeldoutScorer, has_heldout_text, nusax_languages, trained_languages
-from deftx.pipeline.identity import run_identity
+from deftx.pipeline.identity import recipe_hash, run_identity
 from deftx.pipeline.run import heldout_seed, run_nusax_seed
 from deftx.pipeline.workspace import (
     Workspace,
@@ -169,11 +169,6 @@ def merge_overrides(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> di
     return _merge(base, nest_overrides(overrides, "overrides"), "overrides", top=True)
 
 
-def variant_hash(config: PipelineConfig) -> str:
-    """The digest of :func:`run_identity`, shortened: a variant's folder and its rows carry it."""
-    return digest(run_identity(config))[:12]
-
-
 def _base_mapping(raw: Any, where: str, relative_to: Path | None) -> dict[str, Any]:
     if isinstance(raw, Mapping):
         return dict(raw)
@@ -214,7 +209,7 @@ def _resolve_variant(name: str, base: Mapping[str, Any], overrides: Any, output_
     except ConfigError as err:
         message = str(err)
         raise ConfigError(message if label in message else f"{label}: {message}") from err
-    hash_ = variant_hash(config)
+    hash_ = recipe_hash(config)
     config = parse_config({**merged, "output_dir": str(variant_folder(output_dir, name, hash_))}, label)
     return config, nested, hash_
 

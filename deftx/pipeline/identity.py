@@ -8,6 +8,7 @@ from typing import Any
 from deftx.pipeline.config import RUN_ONLY_SETTINGS, PipelineConfig
 from deftx.pipeline.workspace import requested_device
 from deftx.train.config import to_plain
+from deftx.train.identity import SHORT_DIGEST, digest
 
 NOT_RESULTS = ("name", "output_dir", "results_dir", "step_store", "seeds")
 """Top-level settings that say where or for which seeds a config runs, not what it computes."""
@@ -44,3 +45,9 @@ def run_identity(config: PipelineConfig) -> dict[str, Any]:
         if node[leaf] == earlier:
             del node[leaf]
     return identity
+
+
+def recipe_hash(config: PipelineConfig) -> str:
+    """The digest of :func:`run_identity`, shortened: an ablation variant's folder and rows, and every
+    ``results.csv`` row of a pipeline run, carry it."""
+    return digest(run_identity(config))[:SHORT_DIGEST]

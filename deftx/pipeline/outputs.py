@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from deftx.eval.report import (
     write_csv,
 )
 from deftx.eval.zero_shot import EvalRow
+from deftx.files import atomic_write_bytes
 from deftx.pipeline.config import (
     AMERICASNLP,
     BASELINE,
@@ -33,13 +35,42 @@ from deftx.pipeline.config import (
 )
 from deftx.pipeline.head import head_report_line
 from deftx.pipeline.heldout import CORPUS_NAMES, HELDOUT_CSV, has_heldout_text, left_out_splits
-from deftx.pipeline.identity import run_identity
+from deftx.pipeline.identity import recipe_hash, run_identity
 from deftx.pipeline.layout import SeedLayout
 from deftx.pipeline.workspace import Workspace
 from deftx.train.checkpoint import LOG
+from deftx.train.config import to_plain
 from deftx.train.identity import describe_changes, normalised
 from deftx.train.losses import FELL, FLAT_FALL, folder_trends
 from deftx.train.sparse_finetuner import SELECTION
+
+RESULTS_CSV = "results.csv"
+CONFIG_JSON = "config.json"
+RECIPE = "recipe"
+"""The results.csv column of each row's recipe: :func:`~deftx.pipeline.identity.recipe_hash` of the config that
+made it."""
+MAX_NAMED_CELLS = 3
+
+
+@dataclass(frozen=True, order=True)
+class Cell:
+    """One results.csv cell of a seed: what a row scores, less the seed and the scores."""
+
+    benchmark: str
+    split: str
+    source: str
+    target: str
+    method: str
+    language_scale: float | None
+
+    @classmethod
+    def of(cls, row: EvalRow) -> Cell:
+        """The cell ``row`` scores."""
+        return cls(row.benchmark, row.split, row.source, row.target, row.method, row.language_scale)
+
+    def __str__(self) -> str:
+        scale = "" if self.language_scale is None else f" scale {self.language_scale:g}"
+        return f"{self.benchmark} {self.split} {self.source}->{self.target} {self.method}{scale}"
 
 
 @dataclass(frozen=True)
@@ -73,6 +104,43 @@ def recipe_changes(config: PipelineConfig, recorded: Path) -> list[str]:
     return describe_changes(normalised(run_identity(earlier)), normalised(run_identity(config)))
 
 
+def rows_recipe_changes(config: PipelineConfig, results_dir: Path, rows: Sequence[Mapping[str, str]]) -> list[str]:
+    """What differs between the recipe of ``config`` and the one that made ``rows`` (lines of
+    ``results_dir``'s results.csv): none when each carries ``config``'s :data:`RECIPE` digest; else
+    :func:`recipe_changes` from its ``config.json`` (the only record of rows written before the column),
+    or the digests when that file describes ``config``'s recipe, not theirs."""
+    ours = recipe_hash(config)
+    stamps = {row.get(RECIPE) or None for row in rows}
+    if stamps == {ours}:
+        return []
+    changes = recipe_changes(config, results_dir / CONFIG_JSON)
+    if changes or stamps <= {None, ours}:
+        return changes
+    theirs = sorted(stamp for stamp in stamps if stamp not in (None, ours))
+    return [f"their rows' {RECIPE} {', '.join(theirs)} is not this config's {ours}, and {CONFIG_JSON} does "
+            "not describe them"]
+
+
+def missing_cells(rows: Sequence[Mapping[str, str]], cells: AbstractSet[Cell]) -> dict[int, list[Cell]]:
+    """Seed -> the ``cells`` (one seed's grid) its ``rows`` (results.csv lines) lack, of the seeds that lack some."""
+    present: dict[int, set[Cell]] = {}
+    for row in rows:
+        present.setdefault(int(row["seed"]), set()).add(Cell.of(EvalRow.from_record(row)))
+    return {seed: sorted(cells - have, key=str) for seed, have in sorted(present.items()) if cells - have}
+
+
+def incomplete_seeds_error(results_csv: Path, missing: Mapping[int, Sequence[Cell]]) -> ConfigError:
+    """The refusal of kept seeds that lack some cells of their grid (:func:`missing_cells`)."""
+    seeds = list(missing)
+    named = "; ".join(f"seed {seed}: {', '.join(str(cell) for cell in cells[:MAX_NAMED_CELLS])}"
+                      + (f" and {len(cells) - MAX_NAMED_CELLS} more" if len(cells) > MAX_NAMED_CELLS else "")
+                      for seed, cells in missing.items())
+    return ConfigError(f"{results_csv} lacks rows of seeds {seeds} that this recipe scores ({named}); their "
+                       f"averages would be over fewer cells. Re-run them first (seeds: {seeds} in the config, or "
+                       f"--seeds {' '.join(map(str, seeds))}: their finished steps are reused and their rows "
+                       "written whole), then this run")
+
+
 def kept_seeds_note(seeds: Sequence[int], ledger: Path, environment: Mapping[str, str]) -> str | None:
     """The results.md note on kept earlier seeds when the ``ledger``'s invocations ran on other
     versions than ``environment`` or recorded none; ``None`` when every one ran on the same."""
@@ -88,26 +156,32 @@ def kept_seeds_note(seeds: Sequence[int], ledger: Path, environment: Mapping[str
             "and this invocation's may differ by more than the seed")
 
 
-def earlier_seeds(config: PipelineConfig, results_dir: Path, *, overwrite: bool = False) -> EarlierSeeds:
+def earlier_seeds(config: PipelineConfig, results_dir: Path, cells: AbstractSet[Cell], *,
+                  overwrite: bool = False) -> EarlierSeeds:
     """The results ``results_dir`` holds of seeds outside ``config.seeds``, to be kept beside this
-    run's: a run of some seeds adds them to the folder's table instead of replacing it.
+    run's: a run of some seeds adds them to the folder's table instead of replacing it. ``cells``: the
+    grid one seed of ``config`` scores (:func:`deftx.pipeline.run.seed_cells`).
 
     Raises:
-        ConfigError: those seeds are of another recipe (naming what changed), unless
-            ``overwrite``, which leaves them out (:attr:`EarlierSeeds.dropped`).
+        ConfigError: those seeds are of another recipe (:func:`rows_recipe_changes`, naming what
+            changed), unless ``overwrite``, which leaves them out (:attr:`EarlierSeeds.dropped`); or
+            some lack cells of the grid (:func:`incomplete_seeds_error`).
     """
     ours = set(config.seeds)
-    other = [r for r in read_csv(results_dir / "results.csv") if int(r["seed"]) not in ours]
+    other = [r for r in read_csv(results_dir / RESULTS_CSV) if int(r["seed"]) not in ours]
     if not other:
         return EarlierSeeds()
     seeds = tuple(sorted({int(r["seed"]) for r in other}))
-    changes = recipe_changes(config, results_dir / "config.json")
+    changes = rows_recipe_changes(config, results_dir, other)
     if changes and overwrite:
         return EarlierSeeds(dropped=seeds)
     if changes:
         raise ConfigError(f"{results_dir} holds the results of seeds {list(seeds)} of another recipe "
                           f"({'; '.join(changes)}): give this run its own --results-dir (deftx paired merges "
                           "results folders), or --overwrite to drop them")
+    missing = missing_cells(other, cells)
+    if missing:
+        raise incomplete_seeds_error(results_dir / RESULTS_CSV, missing)
 
     def of_other_seeds(name: str) -> tuple[dict[str, str], ...]:
         return tuple(r for r in read_csv(results_dir / name) if int(r["seed"]) not in ours)
@@ -213,13 +287,19 @@ def data_lines(config: PipelineConfig) -> list[str]:
 
 
 def write_outputs(ws: Workspace, rows: list[EvalRow], wall_seconds: float, command: str | None) -> str:
-    """results.csv, summary.csv, overlap.csv, selection.csv, losses.csv, timings.json, results.md, results.png.
+    """results.csv, config.json, summary.csv, overlap.csv, selection.csv, losses.csv, timings.json, results.md,
+    results.png. config.json (the config of results.csv's rows, their seeds) is written right after results.csv,
+    each atomically, so that a run stopped anywhere leaves the two describing each other; every row carries
+    the :data:`RECIPE` digest of the config that made it (:func:`earlier_seeds` checks it).
 
     Returns the macro-F1 tables, and the losses section's first line when a phase hardly trained.
     """
     out = ws.results_dir
-    plain = [row.as_dict() for row in rows]
-    write_csv(plain, out / "results.csv")
+    recipe = recipe_hash(ws.config)
+    plain = [{**row.as_dict(), RECIPE: recipe} for row in rows]
+    write_csv(plain, out / RESULTS_CSV)
+    recorded = {**to_plain(ws.config), "seeds": sorted({row.seed for row in rows}), "device": ws.device}
+    atomic_write_bytes(out / CONFIG_JSON, (json.dumps(recorded, indent=2) + "\n").encode())
     summary = summarize(plain, exclude_from_average=ws.config.sources)
     write_csv(summary, out / "summary.csv")
     if ws.overlaps:

@@ -18,8 +18,11 @@ results.png, overlap.csv, selection.csv, heldout.csv, timings.json, disk.json, c
 heldout.csv holds each seed's language SFTs scored on the text left out of ``language_text_splits``
 (NusaX MT) or ``americasnlp_text_splits`` (AmericasNLP 2021) (:mod:`deftx.pipeline.heldout`; none
 when every split but test trains).
-The rows there of seeds this run does not train stay, when ``config.json`` records the same
-recipe (:func:`~deftx.pipeline.outputs.earlier_seeds`): seeds run a few at a time build one table.
+The rows there of seeds this run does not train stay when each records this config's recipe (its
+``recipe`` column; ``config.json`` for rows written before it) and each such seed has every row of
+the grid a seed scores (:func:`~deftx.pipeline.outputs.earlier_seeds`): seeds run a few at a time build
+one table. ``config.json`` is written with ``results.csv``, each atomically, so however a run stops
+the two describe each other.
 
 Every phase (head warm-up, training, evaluation) runs on the config's ``device`` (``deftx
 pipeline --device``), which is part of every step's identity.
@@ -40,7 +43,6 @@ Protocol names in the tables:
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -70,11 +72,10 @@ from deftx.pipeline.heldout import (
     trained_languages,
 )
 from deftx.pipeline.layout import ANLI_TASK_NAME
-from deftx.pipeline.outputs import earlier_seeds, kept_seeds_note, reused_steps_note, write_outputs
+from deftx.pipeline.outputs import Cell, earlier_seeds, kept_seeds_note, reused_steps_note, write_outputs
 from deftx.pipeline.steps import full_finetune, language_sfts, nusax_train_examples, task_sfts
 from deftx.pipeline.workspace import Workspace
 from deftx.sft import SparseDiff
-from deftx.train.config import to_plain
 from deftx.train.store import LinkedStepStore
 
 NUSAX = "nusax"
@@ -83,14 +84,18 @@ ANLI = "americasnli"
 ANLI_PROTOCOL = "leave-languages-out"
 
 
+def nusax_scored_languages(ws: Workspace) -> list[str]:
+    """Targets (and sources) whose ``eval_split`` exists in ``ws``'s data: the NusaX languages a seed scores."""
+    return [language for language in dict.fromkeys([*ws.config.targets, *ws.config.sources])
+            if nusax.has_split(ws.data_dir, language, ws.config.eval_split)]
+
+
 def nusax_eval_languages(ws: Workspace) -> list[str]:
-    """Targets (and sources) whose ``eval_split`` exists; the others are reported as skipped."""
+    """:func:`nusax_scored_languages`; the others are reported as skipped."""
     split = ws.config.eval_split
-    languages = []
+    languages = nusax_scored_languages(ws)
     for language in dict.fromkeys([*ws.config.targets, *ws.config.sources]):
-        if nusax.has_split(ws.data_dir, language, split):
-            languages.append(language)
-        else:
+        if language not in languages:
             ws.notes.append(f"{language}: no NusaX {split} split in {ws.data_dir} — not evaluated")
             ws.log(f"skipping {language}: no {split} split")
     return languages
@@ -114,6 +119,29 @@ def baseline_cells(examples_by_language: Mapping[str, Sequence[dict]]) -> Iterat
     """The full fine-tuning baseline on every language (the model as trained, no SFT)."""
     for language, examples in examples_by_language.items():
         yield language, examples, Composition(BASELINE)
+
+
+def seed_cells(ws: Workspace) -> set[Cell]:
+    """The :class:`~deftx.pipeline.outputs.Cell` of every row one seed of ``ws``'s config writes to results.csv:
+    the cells :func:`run_nusax_seed` and :func:`run_anli_seed` score (:func:`baseline_cells`, :func:`method_cells`)."""
+    cfg = ws.config
+    grids = []
+    if cfg.runs_nusax:
+        grids += [(RowContext(NUSAX, NUSAX_PROTOCOL, source, split=cfg.eval_split), nusax_scored_languages(ws))
+                  for source in cfg.sources]
+    if cfg.americasnli is not None:
+        source = pooled_source(cfg.americasnli.train_languages)
+        grids.append((RowContext(ANLI, ANLI_PROTOCOL, source), list(cfg.americasnli.test_languages)))
+    cells = set()
+    for context, languages in grids:
+        examples: dict[str, Sequence[dict]] = dict.fromkeys(languages, ())
+        task = dict.fromkeys(cfg.methods)
+        lang = {language: task for language in languages}
+        for language, _, composition in [*(baseline_cells(examples) if cfg.baseline else ()),
+                                         *method_cells(ws, examples, task, lang)]:
+            cells.add(Cell(context.benchmark, context.split, context.source, language, composition.method,
+                           composition.language_scale))
+    return cells
 
 
 def evaluate(ws: Workspace, model, cells: Iterable[tuple[str, Sequence[dict], Composition]], context: RowContext,
@@ -188,7 +216,12 @@ def pooled_dev(ws: Workspace, languages: Sequence[str]) -> tuple[str, list[dict]
     max_length = ws.config.training.max_length
     examples = [row for language in languages
                 for row in nli_examples(ws.data_dir, language, "dev", ws.tokenizer, max_length)]
-    return "+".join(languages) + " (dev)", examples
+    return pooled_source(languages), examples
+
+
+def pooled_source(languages: Sequence[str]) -> str:
+    """The ``source`` of the AmericasNLI rows whose task trained on the pooled dev sets of ``languages``."""
+    return "+".join(languages) + " (dev)"
 
 
 def run_anli_seed(ws: Workspace, seed: int, head_file: Path) -> list[EvalRow]:
@@ -239,7 +272,7 @@ def run_pipeline(config: PipelineConfig, *, log: Callable[[str], None] = print,
         ws.step_store = store = LinkedStepStore(Path(config.step_store))
     ledger = ws.results_dir / "invocations.jsonl"
     ws.earlier_seconds = sum(record["seconds"] for record in read_ledger(ledger))
-    earlier = earlier_seeds(config, ws.results_dir, overwrite=overwrite)
+    earlier = earlier_seeds(config, ws.results_dir, seed_cells(ws), overwrite=overwrite)
     if earlier.seeds:
         ws.log(f"keeping seeds {list(earlier.seeds)} already in {ws.results_dir / 'results.csv'} (same recipe)")
         note = kept_seeds_note(earlier.seeds, ledger, ws.environment)
@@ -251,8 +284,6 @@ def run_pipeline(config: PipelineConfig, *, log: Callable[[str], None] = print,
     ws.selections += earlier.selections
     ws.overlaps += earlier.overlaps
     ws.heldout += earlier.heldout
-    recorded = {**to_plain(config), "seeds": sorted({*earlier.seeds, *config.seeds}), "device": ws.device}
-    (ws.results_dir / "config.json").write_text(json.dumps(recorded, indent=2) + "\n")
     head_file = ensure_head(ws)
     scorer = HeldoutScorer(ws, head_file)
     nusax_scorer = anli_scorer = None

@@ -91,6 +91,59 @@ def test_evaluate_on_a_csv_file_scores_like_the_composed_model(tmp_path, plain_b
     assert accuracy == pytest.approx(100 * expected, abs=0.05)
 
 
+def test_evaluate_data_takes_class_ids_from_the_classifier_never_from_the_labels_the_file_holds(tmp_path, plain_bert,
+                                                                                                capsys):
+    """A task SFT recording no label names (trained in a Trainer with LABEL_i names, or imported), scored on a
+    file holding two of its three classes: refused until --label-names gives the class order, then scored as
+    the composed model scores in plain torch. (The file's sorted labels were taken as the order: 'neutral' 0,
+    'positive' 1, so a head favouring class 2, positive, scored 0 instead of 50.)"""
+    from deftx.train.architecture import describe_model
+
+    model = labelled_classifier(plain_bert)
+    with torch.no_grad():
+        model.classifier.bias.copy_(torch.tensor([0.0, 0.0, 50.0]))
+    info = {key: value for key, value in describe_model(model, head=True).items() if key != "labels"}
+    diff = random_diff(model, 200, head=True, info=info)
+    diff.save(tmp_path / "task.safetensors")
+    rows = [(text, label) for text, label in SENTENCES if label != "negative"]
+    data = tmp_path / "reviews.csv"
+    data.write_text("text,label\n" + "".join(f"{text},{label}\n" for text, label in rows))
+    command = ["evaluate", "--model", str(plain_bert), "--task-sft", str(tmp_path / "task.safetensors"),
+               "--data", str(data)]
+    assert main(command) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"deftx evaluate: error: --data {data}: the labels are names (neutral, positive), and the classifier records "
+        "none (from the SFT's metadata), so which class id each has is unknown: pass --label-names "
+        "NAME0,NAME1,NAME2, its 3 labels in the class-id order it was trained with")
+    assert main([*command, "--label-names", ",".join(LABELS)]) == 0
+    accuracy = float(re.search(r"reviews: macro-F1 [\d.]+ accuracy ([\d.]+) on 4 examples",
+                               capsys.readouterr().out).group(1))
+    reference = labelled_classifier(plain_bert)
+    diff.apply(reference)
+    tokenizer = BertTokenizer.from_pretrained(str(plain_bert))
+    with torch.no_grad():
+        predicted = reference(**tokenizer([text for text, _ in rows], padding=True,
+                                          return_tensors="pt")).logits.argmax(-1)
+    expected = sum(int(p) == LABELS.index(label) for p, (_, label) in zip(predicted, rows, strict=True)) / len(rows)
+    assert expected == 0.5, "the head favours positive, two of the four rows"
+    assert accuracy == pytest.approx(100 * expected, abs=0.05)
+
+
+@pytest.mark.parametrize(("names", "message"), [
+    ("negative,positive", "--label-names names 2 classes, but the classifier has 3 (from the SFT's metadata): "
+                          "name every class, in class-id order"),
+    ("negative,,positive", "--label-names 'negative,,positive': give each class name once, comma-separated, "
+                           "in class-id order"),
+    ("positive,neutral,negative", "--label-names positive,neutral,negative differs from the labels the classifier "
+                                  "records (negative,neutral,positive; from the SFT's metadata): drop --label-names"),
+])
+def test_evaluate_refuses_label_names_that_do_not_fit_the_classifier(tmp_path, plain_bert, capsys, names, message):
+    task_sft(plain_bert).save(tmp_path / "task.safetensors")
+    assert main(["evaluate", "--model", str(plain_bert), "--task-sft", str(tmp_path / "task.safetensors"),
+                 "--data", str(write_reviews(tmp_path / "reviews.csv")), "--label-names", names]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"deftx evaluate: error: {message}"
+
+
 def test_evaluate_refuses_labels_the_classifier_does_not_have(tmp_path, plain_bert, capsys):
     task_sft(plain_bert).save(tmp_path / "task.safetensors")
     (tmp_path / "data.json").write_text('{"text": "a good film", "label": "ecstatic"}\n')
@@ -242,6 +295,7 @@ def test_evaluate_refuses_options_it_would_ignore_before_loading_anything(tmp_pa
 @pytest.mark.parametrize(("extra", "message"), [
     (["--target", "x"], "--target describe --data, which is not given"),
     (["--split", "dev"], "--split describe --data"),
+    (["--label-names", "a,b,c"], "--label-names describe --data"),
     (["--languages", "madurese", "javanese", "madurese"], "--languages names madurese more than once"),
 ])
 def test_evaluate_on_nusax_refuses_data_options_and_repeats(tmp_path, extra, message, capsys):

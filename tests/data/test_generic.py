@@ -13,8 +13,28 @@ from tests.data.conftest import write_file
 def test_a_good_csv_loads_its_texts_and_labels(tmp_path):
     path = write_file(tmp_path, "data.csv", "text,label\nbagus,positive\njelek,negative\n")
     data = load_classification(path)
-    assert (data.texts, data.labels, data.label_names) == (["bagus", "jelek"], ["positive", "negative"],
-                                                           ("negative", "positive"))
+    assert (data.texts, data.labels, data.label_names) == (["bagus", "jelek"], ["positive", "negative"], None)
+
+
+@pytest.mark.parametrize("labels", [["neutral", "positive", "positive"], ["positive", "positive"],
+                                    ["negative", "neutral", "positive"]])
+def test_label_names_get_the_classifiers_ids_never_ones_from_the_labels_the_file_holds(tmp_path, labels):
+    """Class ids come from the names given in class-id order, whatever subset of them a file holds; with
+    none given, names are refused (their sorted order was taken, so 'positive' was 0 in a positive-only file)."""
+    order = ("negative", "neutral", "positive")
+    path = write_file(tmp_path, "data.csv", "text,label\n" + "".join(f"t{i},{label}\n" for i, label in
+                                                                       enumerate(labels)))
+    assert load_classification(path, label_names=order).label_ids() == [order.index(label) for label in labels]
+    data = load_classification(path)
+    assert data.label_ids(order) == [order.index(label) for label in labels]
+    with pytest.raises(ValueError, match=r"the labels are names \(.*\) and no class order is given: "
+                                                     r"pass label_names"):
+        data.label_ids()
+
+
+def test_integer_labels_are_class_ids_without_names(tmp_path):
+    path = write_file(tmp_path, "data.csv", "text,label\na,2\nb,0\nc,2\n")
+    assert load_classification(path).label_ids() == [2, 0, 2]
 
 
 @pytest.mark.parametrize(("name", "text", "problem"), [

@@ -50,3 +50,10 @@ def test_constant_prediction_scores_one_class_only():
 def test_rejects_bad_input(pred, gold, error):
     with pytest.raises(error):
         macro_f1(pred, gold, 3)
+
+
+def test_a_class_neither_gold_nor_predicted_counts_as_zero_in_the_mean():
+    """Over all num_labels classes (scikit-learn with labels=range(num_labels)), not only the classes present
+    (scikit-learn's default, which would give 1.0 here)."""
+    labels = torch.tensor([0, 0, 1, 1])
+    assert macro_f1(labels.clone(), labels, 3) == pytest.approx(2 / 3)

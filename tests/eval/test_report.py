@@ -71,6 +71,26 @@ def test_write_csv_round_trip(tmp_path):
     assert rows == [{"a": "1", "b": "2", "c": ""}, {"a": "3", "b": "", "c": "4"}]
 
 
+def test_a_write_csv_stopped_midway_leaves_the_previous_file_whole_and_no_temporary(tmp_path, monkeypatch):
+    """An error (a kill, a full disk) while the rows are written: the file is the old one, not cut short."""
+    path = tmp_path / "rows.csv"
+    write_csv([{"seed": 0, "target": "madurese"}, {"seed": 0, "target": "javanese"}], path)
+    before = path.read_bytes()
+    rows = [{"seed": 1, "target": "madurese"}, {"seed": 1, "target": "javanese"}]
+
+    def writerow_then_fail(self, row):
+        if row is rows[1]:
+            raise OSError(28, "No space left on device")
+        return self.writer.writerow(self._dict_to_list(row))
+
+    monkeypatch.setattr(csv.DictWriter, "writerow", writerow_then_fail)
+    monkeypatch.setattr(csv.DictWriter, "writerows", lambda self, all_rows: [self.writerow(r) for r in all_rows])
+    with pytest.raises(OSError, match="No space left"):
+        write_csv(rows, path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.csv"]
+
+
 def test_bar_plot_writes_png(tmp_path):
     path = tmp_path / "plot.png"
     bar_plot(summarize(ROWS), path)

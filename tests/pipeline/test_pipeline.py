@@ -266,6 +266,13 @@ def test_an_americasnli_only_run_trains_what_its_dry_run_plan_lists_and_no_nusax
     with (out / "results.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert {r["benchmark"] for r in rows} == {"americasnli"} and {r["target"] for r in rows} == {"bzd", "tar"}
+    from deftx.eval.zero_shot import EvalRow
+    from deftx.pipeline.outputs import Cell
+    from deftx.pipeline.run import seed_cells
+    from deftx.pipeline.workspace import Workspace
+
+    assert seed_cells(Workspace.open(config, log=lambda _: None)) == {Cell.of(EvalRow.from_record(r)) for r in rows}, \
+        "a kept seed is checked against the grid a whole seed writes"
 
 
 def test_the_losses_section_groups_phases_by_run_over_seeds():
