@@ -73,6 +73,12 @@ def named_parameter_map(model: nn.Module) -> dict[str, nn.Parameter]:
     return {names[0]: param for param, names in _names_by_parameter(model)}
 
 
+def tied_names(model: nn.Module) -> dict[str, tuple[str, ...]]:
+    """Every name of a parameter registered under several names (tied weights) -> all its names, the
+    :func:`named_parameter_map` one first; parameters with one name are left out."""
+    return {name: tuple(names) for _, names in _names_by_parameter(model) if len(names) > 1 for name in names}
+
+
 def parameter_aliases(model: nn.Module) -> dict[str, str]:
     """Every other name of a tied parameter -> its :func:`named_parameter_map` name (empty when
     nothing is tied)."""

@@ -47,6 +47,7 @@ from safetensors import safe_open
 from torch import nn
 
 from deftx.files import atomic_write_bytes
+from deftx.models.parameters import named_parameter_map, tied_names
 from deftx.sft.apply import apply_diffs, check_compatible
 from deftx.sft.format import DTYPE_NAMES, ParamInfo, SparseDiffFormatError, canonical_safetensors, dtype_name
 from deftx.sft.hub import resolve_folder
@@ -189,18 +190,6 @@ def _common_r(candidates: dict[str, tuple[int, int, int]]) -> tuple[int, dict[st
     return 0, unfit
 
 
-def tied_names(model: nn.Module) -> dict[str, tuple[str, ...]]:
-    """Parameter name -> every name of the same tensor, for tensors with several names (tied weights).
-
-    ``named_parameters()`` lists a shared tensor once, under one of its names; each module
-    holding it must be handled (a peft wrapper that copies one module breaks the tie).
-    """
-    groups: dict[int, list[str]] = {}
-    for name, param in model.named_parameters(remove_duplicate=False):
-        groups.setdefault(id(param), []).append(name)
-    return {name: tuple(names) for names in groups.values() if len(names) > 1 for name in names}
-
-
 def _tie_reasons(changed: list[str], tied: Mapping[str, tuple[str, ...]]) -> dict[str, str]:
     """Module -> why it is saved whole: it holds a tensor the diff changes under several names.
 
@@ -232,7 +221,7 @@ def plan_shira(diff: SparseDiff, model: nn.Module, *, check_base: bool = True) -
     A tensor the diff changes that the model holds under several names (tied word embeddings
     and decoder) is never a SHiRA target: every module holding it is saved whole.
     """
-    params = dict(model.named_parameters())
+    params = named_parameter_map(model)
     names = check_compatible(model, params, [diff], strict_dtype=False, check_base=check_base)
     reasons: dict[str, list[str]] = {}
     candidates: dict[str, tuple[int, int, int]] = {}
@@ -308,8 +297,9 @@ def _whole_tensors(model: nn.Module, diff: SparseDiff, plan: ShiraPlan, check_ba
 
 def tied_copies(model: nn.Module, keys: list[str]) -> list[str]:
     """Of the saved ``keys`` (``base_model.model.`` prefixed), the names (unprefixed) of a tied tensor under a
-    name ``named_parameters()`` does not list: copies of another saved tensor, which :func:`from_peft` leaves out."""
-    listed, tied = dict(model.named_parameters()), tied_names(model)
+    name :func:`~deftx.models.parameters.named_parameter_map` does not use: copies of another saved tensor,
+    which :func:`from_peft` leaves out."""
+    listed, tied = named_parameter_map(model), tied_names(model)
     return sorted(name for name in (k.removeprefix(KEY_PREFIX) for k in keys) if name in tied and name not in listed)
 
 
@@ -356,7 +346,7 @@ def to_peft(
         tensors[f"{KEY_PREFIX}{m.module}{INDICES_SUFFIX}"] = torch.stack(
             [flat // m.in_features, flat % m.in_features]).to(torch.int32)
         tensors[f"{KEY_PREFIX}{m.module}{WEIGHT_SUFFIX}"] = values
-    params = dict(model.named_parameters())
+    params = named_parameter_map(model)
     record = {
         "params": {f"{m.module}.weight": {"shape": [m.out_features, m.in_features],
                                           "dtype": dtype_name(params[f"{m.module}.weight"].dtype)}
