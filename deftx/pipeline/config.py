@@ -88,7 +88,7 @@ from deftx.train.config import (
     check_k,
 )
 from deftx.train.language import HeadWarmUp
-from deftx.train.params import PARAMETER_GROUPS
+from deftx.train.params import check_eligible
 from deftx.train.trainer_args import TrainingSettings, trainer_argument_names
 
 EVAL_SPLITS = ("test", "valid")
@@ -115,8 +115,6 @@ RECORDED_TRAINING_KEYS = frozenset({"batch_size", "max_length", "seed", "save_st
                                     "weight_decay", "warmup_ratio", "max_grad_norm", "group_by_length", "progress"})
 """The ``training`` keys every results folder's ``config.json`` records (``to_plain`` of the settings): a
 ``training`` mapping with all of them is such a record, whose ``seed`` is the unused placeholder 0."""
-DENSE_GROUP = "head"
-"""The parameter group trained densely beside every SFT: never an ``eligible`` (sparse) group."""
 
 _Item = TypeVar("_Item", bound=Hashable)
 
@@ -315,19 +313,11 @@ def _distinct_strings(raw: Any, where: str) -> tuple[str, ...]:
 
 
 def _eligible(raw: Any, where: str) -> tuple[str, ...]:
-    """An SFT's ``eligible`` groups: at least one, distinct, each a parameter group of
-    :data:`deftx.train.params.PARAMETER_GROUPS` but the densely trained :data:`DENSE_GROUP`."""
-    groups = _distinct_strings(raw, where)
-    allowed = [group for group in PARAMETER_GROUPS if group != DENSE_GROUP]
-    if not groups:
-        raise _fail(where, f"expected at least one of the parameter groups {allowed}, got []")
-    if DENSE_GROUP in groups:
-        raise _fail(where, f"{DENSE_GROUP!r} is trained densely beside every SFT and cannot be an eligible (sparse) "
-                    f"group; the eligible ones: {allowed}")
-    unknown = [group for group in groups if group not in PARAMETER_GROUPS]
-    if unknown:
-        raise _fail(where, f"unknown parameter groups {unknown}; known: {allowed}")
-    return groups
+    """An SFT's ``eligible`` groups: distinct names that :func:`deftx.train.params.check_eligible` accepts."""
+    try:
+        return check_eligible(_distinct_strings(raw, where))
+    except ValueError as err:
+        raise _fail(where, str(err)) from err
 
 
 def _americasnli_languages(raw: Any, where: str) -> tuple[str, ...]:

@@ -29,6 +29,7 @@ from typing import Any
 
 from deftx.ops.settings import LowRankSettings
 from deftx.text import short_repr
+from deftx.train.params import check_eligible
 
 DEFAULT_ENERGY = 0.9
 LANGUAGE_K_FRACTION = 0.028
@@ -164,9 +165,10 @@ class SparseFineTuningConfig:
 
     def __post_init__(self) -> None:
         check_k(self.k)
-        self.eligible = tuple(self.eligible)
-        if "head" in self.eligible:
-            raise ValueError("SparseFineTuningConfig: the head cannot be eligible (it is trained densely)")
+        try:
+            self.eligible = check_eligible(self.eligible)
+        except ValueError as err:
+            raise ValueError(f"SparseFineTuningConfig: eligible: {err}") from err
         if not self.selections:
             raise ValueError("SparseFineTuningConfig: selections is empty")
         for name in self.selections:

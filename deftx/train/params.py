@@ -99,18 +99,40 @@ def parameter_groups(model: nn.Module) -> dict[str, str]:
     return {name: parameter_group(name, prefix) for name in named_parameter_map(model)}
 
 
+DENSE_GROUP = "head"
+"""The parameter group trained densely beside every SFT: never an eligible (sparse) group."""
+ELIGIBLE_GROUPS: tuple[str, ...] = tuple(group for group in PARAMETER_GROUPS if group != DENSE_GROUP)
+"""The groups an SFT may select entries from."""
+
+
+def check_eligible(groups: Iterable[str]) -> tuple[str, ...]:
+    """``groups`` as a tuple, checked to be eligible groups (:data:`ELIGIBLE_GROUPS`), at least one.
+
+    Raises:
+        ValueError: a bare string (not a list of names), no group, the densely trained head, or a name
+            that is no parameter group.
+    """
+    if isinstance(groups, str):
+        raise ValueError(f"expected a list of parameter group names, got the string {groups!r} (write ({groups!r},))")
+    groups = tuple(groups)
+    if not groups:
+        raise ValueError(f"expected at least one of the parameter groups {list(ELIGIBLE_GROUPS)}, got []")
+    if DENSE_GROUP in groups:
+        raise ValueError(f"{DENSE_GROUP!r} is trained densely beside every SFT and cannot be an eligible (sparse) "
+                         f"group; the eligible ones: {list(ELIGIBLE_GROUPS)}")
+    unknown = [group for group in groups if group not in PARAMETER_GROUPS]
+    if unknown:
+        raise ValueError(f"unknown parameter groups {unknown}; known: {list(ELIGIBLE_GROUPS)}")
+    return groups
+
+
 def eligible_parameter_names(model: nn.Module, groups: Iterable[str]) -> list[str]:
     """Names of the parameters whose group is in ``groups`` (model order).
 
     Raises:
-        ValueError: an unknown group, the head listed as eligible, or nothing eligible.
+        ValueError: groups :func:`check_eligible` refuses, or no parameter of the model in them.
     """
-    wanted = set(groups)
-    unknown = wanted - set(PARAMETER_GROUPS)
-    if unknown:
-        raise ValueError(f"unknown parameter groups {sorted(unknown)}; known: {PARAMETER_GROUPS}")
-    if "head" in wanted:
-        raise ValueError("the head is trained densely and cannot be an eligible (sparse) group")
+    wanted = set(check_eligible(groups))
     names = [name for name, group in parameter_groups(model).items() if group in wanted]
     if not names:
         raise ValueError(f"no parameter of {type(model).__name__} is in the groups {sorted(wanted)}")

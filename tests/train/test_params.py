@@ -82,7 +82,7 @@ def test_eligible_excludes_layer_norm_and_head():
 
 @pytest.mark.parametrize("groups, match", [
     (("attention", "nonsense"), "unknown parameter groups"),
-    (("head",), "head is trained densely"),
+    (("head",), "'head' is trained densely"),
     (("other",), "no parameter"),
 ])
 def test_eligible_rejects_bad_groups(groups, match):
@@ -122,3 +122,18 @@ def test_canonical_names_of_wrappers():
     assert mlm["head.dense.weight"] == "head.dense.weight"
     bare = canonical_names(BertModel(tiny_config(), add_pooling_layer=False))
     assert bare["embeddings.word_embeddings.weight"] == "bert.embeddings.word_embeddings.weight"
+
+
+@pytest.mark.parametrize("groups, match", [
+    (("attention", "nonsense"), r"eligible: unknown parameter groups \['nonsense'\]; known: \['word_embeddings', "
+                                r"'embeddings', 'attention', 'ffn', 'layer_norm', 'other'\]"),
+    (("head",), "eligible: 'head' is trained densely beside every SFT"),
+    ((), r"eligible: expected at least one of the parameter groups"),
+    ("attention", r"eligible: expected a list of parameter group names, got the string 'attention'"),
+])
+def test_the_config_refuses_groups_no_model_can_have(groups, match):
+    """Checked when the config is made (as a pipeline config file's ``eligible:`` is), not when a model is built."""
+    from deftx.train.config import PhaseConfig, SparseFineTuningConfig
+
+    with pytest.raises(ValueError, match=rf"SparseFineTuningConfig: {match}"):
+        SparseFineTuningConfig(k=0.1, full=PhaseConfig(steps=1), sparse=PhaseConfig(steps=1), eligible=groups)
