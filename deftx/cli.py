@@ -2,8 +2,9 @@
 
 Each module there (but ``_common``) declares the subcommand: ``NAME``, ``SUMMARY`` (its line in
 ``deftx --help``), ``DESCRIPTION``, ``add_arguments(parser)`` and ``run(args) -> exit code``; optionally
-``EPILOG``, ``FORMATTER`` (an argparse help formatter class) and ``GUARDED = False`` (let errors
-propagate instead of :func:`deftx.commands._common.guarded`'s one line and exit code 2).
+``EPILOG``, ``FORMATTER`` (an argparse help formatter class) and ``GUARDED``: the exception classes
+:func:`deftx.commands._common.guarded` turns into one line and exit code 2 (default
+:data:`~deftx.commands._common.USER_ERRORS`), or False to let every error propagate.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from types import ModuleType
 
 import deftx
 import deftx.commands
-from deftx.commands._common import guarded
+from deftx.commands._common import USER_ERRORS, guarded
 
 
 def command_modules() -> list[ModuleType]:
@@ -34,7 +35,8 @@ def add_command(subparsers: argparse._SubParsersAction, command: ModuleType) -> 
         formatter_class=getattr(command, "FORMATTER", argparse.HelpFormatter),
     )
     command.add_arguments(parser)
-    parser.set_defaults(func=guarded(command.NAME, command.run) if getattr(command, "GUARDED", True) else command.run)
+    errors = getattr(command, "GUARDED", USER_ERRORS)
+    parser.set_defaults(func=guarded(command.NAME, command.run, errors) if errors else command.run)
     return parser
 
 

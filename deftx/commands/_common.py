@@ -18,13 +18,16 @@ def command_line() -> str:
     return "deftx " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
 
 
-def guarded(name: str, run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Turn bad input (missing files, bad config values) into one clear line and exit code 2."""
+def guarded(
+    name: str, run: Callable[[argparse.Namespace], int], errors: tuple[type[BaseException], ...] = USER_ERRORS
+) -> Callable[[argparse.Namespace], int]:
+    """Turn bad input (``errors``: by default missing files, bad config values) into one clear line and
+    exit code 2."""
 
     def wrapper(args: argparse.Namespace) -> int:
         try:
             return run(args)
-        except USER_ERRORS as err:
+        except errors as err:
             print(f"deftx {name}: error: {one_line(err)}", file=sys.stderr)
             return 2
 

@@ -58,11 +58,6 @@ EPILOG = (
     "'predicted for <target>, measured on cpu')."
 )
 FORMATTER = argparse.HelpFormatter
-GUARDED = False
-"""Not :func:`deftx.commands._common.guarded`: bench runs deftx's ops, and a ValueError, OSError or
-KeyError raised while measuring is a defect of the measured code whose traceback must show, not bad
-input to turn into one line. Bad input is checked before any work instead: argparse's types for
-values, :class:`BenchInputError` (one line, exit status 2) for what needs the parsed command."""
 
 DEFAULT_OPS = "topk,rsvd,scatter,step"
 DEFAULT_SCALING_K = 0.01
@@ -80,6 +75,13 @@ SCALING_ONLY = {
 
 class BenchInputError(ValueError):
     """Bad input found after parsing, before any measurement: one line, exit status 2."""
+
+
+GUARDED = (BenchInputError,)
+"""Only :class:`BenchInputError` is :func:`deftx.commands._common.guarded`'s one line: bench runs deftx's
+ops, and a ValueError, OSError or KeyError raised while measuring is a defect of the measured code
+whose traceback must show, not bad input. Bad input is checked before any work instead: argparse's
+types for values, :class:`BenchInputError` for what needs the parsed command."""
 
 
 def _csv(kind: Callable[[str], object]) -> Callable[[str], tuple]:
@@ -418,15 +420,11 @@ def check_inputs(args: argparse.Namespace) -> tuple[str, ShapeSet]:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        device, model_shapes = check_inputs(args)
-        command = canonical_command(args, device)
-        if args.scaling:
-            return run_scaling_command(args, device, command)
-        return run_suite_command(args, device, command, model_shapes)
-    except BenchInputError as err:
-        print(f"deftx bench: error: {err}", file=sys.stderr)
-        return 2
+    device, model_shapes = check_inputs(args)
+    command = canonical_command(args, device)
+    if args.scaling:
+        return run_scaling_command(args, device, command)
+    return run_suite_command(args, device, command, model_shapes)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
