@@ -147,12 +147,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--pooling", choices=("mean", "cls"),
         help="override the classifier: mean (deftx's mean-pooled BERT classifier) or cls (the model's own "
              "AutoModelForSequenceClassification head); default: what the SFT's metadata records, else the "
-             "model folder's classifier, else mean",
+             "model folder's classifier, else mean; refused where it contradicts a shipped head's recorded pooling",
     )
     parser.add_argument(
         "--num-labels", type=positive_int,
         help="override the number of classifier outputs (default: the SFT's metadata, else the shipped head's "
-             "shape, else 3)",
+             "shape, else 3); refused where it contradicts a shipped head's recorded labels",
     )
     add_seed_argument(parser, "seed of a new head's init where none is shipped (default 0)")
     parser.add_argument(

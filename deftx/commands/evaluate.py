@@ -149,23 +149,15 @@ def _nusax_cells(args, tokenizer, task, lang_sfts, data_dir: Path,
     return cells
 
 
-def recorded_label_names(spec) -> tuple[str, ...] | None:
-    """The label names the classifier ``spec`` records, in class-id order; None for none, or for
-    transformers' placeholders ``LABEL_0, LABEL_1, …`` (a saved classifier's default, which names nothing)."""
-    if spec.labels is None or list(spec.labels) == [f"LABEL_{i}" for i in range(len(spec.labels))]:
-        return None
-    return tuple(spec.labels)
-
-
 def class_names(args: argparse.Namespace, spec) -> tuple[str, ...] | None:
     """The classifier's label names in class-id order: ``--label-names`` when given (checked against the
-    classifier ``spec``), else the names it records (:func:`recorded_label_names`), else None.
+    classifier ``spec``), else the names it records (``spec.labels``: none for transformers' placeholders), else None.
 
     Raises:
         ValueError: --label-names empty or repeated names, another count than the classifier's labels,
             or names other than those it records.
     """
-    recorded = recorded_label_names(spec)
+    recorded = spec.labels
     if args.label_names is None:
         return recorded
     from deftx.text import repeated

@@ -85,11 +85,17 @@ class ClassifierMismatchError(ValueError):
     another ``deftx_pooling``, or label names in another order (``check_base=False`` skips the check)."""
 
 
-def _label_names(config: Any) -> list[str] | None:
-    """The model's label names in class-id order; None when it names none (transformers' ``LABEL_i``)."""
-    id2label = getattr(config, "id2label", None) or {}
-    names = [str(id2label.get(i, i)) for i in range(int(getattr(config, "num_labels", len(id2label))))]
+def real_label_names(names: Sequence[object]) -> list[str] | None:
+    """``names`` (label names in class-id order) as strings; None where they name nothing: transformers'
+    placeholders ``LABEL_0, LABEL_1, …`` (a config's default)."""
+    names = [str(name) for name in names]
     return None if names == [f"LABEL_{i}" for i in range(len(names))] else names
+
+
+def _label_names(config: Any) -> list[str] | None:
+    """The model's label names in class-id order (:func:`real_label_names`)."""
+    id2label = getattr(config, "id2label", None) or {}
+    return real_label_names([id2label.get(i, i) for i in range(int(getattr(config, "num_labels", len(id2label))))])
 
 
 def check_classifier(model: torch.nn.Module, diff: SparseDiff, position: int, action: str = "apply") -> None:

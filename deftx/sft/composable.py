@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from deftx.sft.apply import real_label_names
 from deftx.sft.foreign import ZIP_MAGIC, looks_like_pickle
 from deftx.sft.format import DTYPE_NAMES, ParamInfo, SparseDiffFormatError, exactly_float32
 from deftx.sft.hub import resolve_folder
@@ -188,7 +189,10 @@ def info_from_model_config(config: Mapping[str, Any], has_head: bool) -> dict[st
     id2label = config.get("id2label")
     if has_head and isinstance(id2label, Mapping) and id2label:
         labels = [id2label[key] for key in sorted(id2label, key=int)]
-        info.update(num_labels=len(labels), labels=labels, pooling="cls")
+        info.update(num_labels=len(labels), pooling="cls")
+        names = real_label_names(labels)
+        if names is not None:
+            info["labels"] = names
     return info
 
 

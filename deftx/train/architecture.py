@@ -19,6 +19,7 @@ import torch
 from deftx.models.classifier import build_classifier
 from deftx.models.loading import PLAIN_MODULES
 from deftx.sft import SparseDiff
+from deftx.sft.apply import real_label_names
 
 MEAN_POOL_ARCHITECTURE = "BertMeanPoolClassifier"
 DEFAULT_POOLING = "mean"
@@ -51,9 +52,9 @@ def describe_model(model: torch.nn.Module, *, head: bool) -> dict[str, Any]:
         info["pooling"] = pooling
     if head and config is not None:
         id2label = getattr(config, "id2label", None) or {}
-        names = [str(id2label.get(i, i)) for i in range(int(config.num_labels))]
+        names = real_label_names([id2label.get(i, i) for i in range(int(config.num_labels))])
         info["num_labels"] = int(config.num_labels)
-        if names != [f"LABEL_{i}" for i in range(len(names))]:
+        if names is not None:
             info["labels"] = names
     return info
 
@@ -75,8 +76,9 @@ def _folder_classifier(model_dir: Path) -> tuple[str, int, tuple[str, ...] | Non
                                  or architectures[0] == MEAN_POOL_ARCHITECTURE):
         return None
     id2label = getattr(config, "id2label", None) or {}
-    names = tuple(str(id2label[i]) for i in range(config.num_labels)) if len(id2label) == config.num_labels else None
-    return architectures[0], int(config.num_labels), names
+    names = real_label_names([id2label[i] for i in range(config.num_labels)]) if len(id2label) == config.num_labels \
+        else None
+    return architectures[0], int(config.num_labels), None if names is None else tuple(names)
 
 
 def has_trained_head(diffs: Sequence[SparseDiff], model_dir: Path) -> bool:
@@ -84,6 +86,18 @@ def has_trained_head(diffs: Sequence[SparseDiff], model_dir: Path) -> bool:
     folder is itself a saved sequence classifier. False when the head would be newly initialised
     (a language SFT given as a task SFT, say)."""
     return any(_head_rows(diff) is not None for diff in diffs) or _folder_classifier(model_dir) is not None
+
+
+def _check_overrides(info: Mapping[str, Any], pooling: str | None, num_labels: int | None) -> None:
+    """Refuse ``--pooling`` / ``--num-labels`` other than what a shipped head was trained with (its ``info``)."""
+    trained_pooling = info.get("pooling") or (
+        DEFAULT_POOLING if info.get("architecture") == MEAN_POOL_ARCHITECTURE else "cls")
+    if pooling is not None and pooling != trained_pooling:
+        raise ValueError(f"--pooling {pooling} contradicts the task SFT, whose head was trained with {trained_pooling} "
+                         f"pooling (in {info.get('architecture') or 'its classifier'}): leave --pooling out")
+    if num_labels is not None and num_labels != int(info["num_labels"]):
+        raise ValueError(f"--num-labels {num_labels} contradicts the task SFT, whose head gives "
+                         f"{int(info['num_labels'])} classes: leave --num-labels out")
 
 
 def resolve_classifier(
@@ -99,14 +113,22 @@ def resolve_classifier(
     (else of any SFT) — what it was trained in; the shape of a shipped head (its label
     count); the model folder when it is itself a saved ``…ForSequenceClassification``; and
     last the defaults (mean pooling, 3 labels: deftx's NusaX classifier).
+
+    Raises:
+        ValueError: ``pooling`` or ``num_labels`` contradicting the SFT that ships a trained head
+            (the head would read features or give classes it was not trained for).
     """
     ordered = sorted(diffs, key=lambda d: not d.dense)
+    shipped = next((d.info for d in ordered if d.dense and d.info.get("num_labels")), None)
+    if shipped is not None:
+        _check_overrides(shipped, pooling, num_labels)
     info: Mapping[str, Any] = next((d.info for d in ordered if d.info.get("num_labels")), {})
     rows = next((r for r in map(_head_rows, ordered) if r is not None), None)
     folder = _folder_classifier(model_dir)
     if info:
         architecture, source = info.get("architecture") or "", "from the SFT's metadata"
-        labels = tuple(info["labels"]) if info.get("labels") else None
+        names = real_label_names(info["labels"]) if info.get("labels") else None
+        labels = None if names is None else tuple(names)
         count, chosen_pooling = int(info["num_labels"]), info.get("pooling") or (
             DEFAULT_POOLING if architecture == MEAN_POOL_ARCHITECTURE else "cls")
     elif folder is not None:

@@ -52,6 +52,22 @@ def test_an_sft_without_metadata_that_changes_the_pooler_gets_the_models_own_hea
     assert "is not in the model" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["compose", "evaluate"])
+def test_an_override_contradicting_the_shipped_heads_record_is_refused_up_front(tmp_path, plain_bert, bert_body,
+                                                                               capsys, command):
+    """--pooling / --num-labels other than what the shipped head was trained with: one line naming the option."""
+    task_sft(plain_bert).save(tmp_path / "task.safetensors")
+    extra = ["--data", str(tmp_path / "missing.csv")] if command == "evaluate" else []
+    for option, value, message in (("--pooling", "mean", "--pooling mean contradicts the task SFT, whose head was "
+                                    "trained with cls pooling (in BertForSequenceClassification): leave --pooling out"),
+                                   ("--num-labels", "2", "--num-labels 2 contradicts the task SFT, whose head gives 3 "
+                                    "classes: leave --num-labels out")):
+        argv = [command, "--model", str(bert_body), "--sft" if command == "compose" else "--task-sft",
+                str(tmp_path / "task.safetensors"), option, value, *extra]
+        assert main(argv) == 2
+        assert f"deftx {command}: error: {message}" in capsys.readouterr().err
+
+
 def test_compose_takes_hub_ids_offline(tmp_path, plain_bert):
     """Offline path only: model and SFT placed in a Hub cache; the command runs with HF_HUB_OFFLINE=1."""
     diff = task_sft(plain_bert)
