@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from deftx.commands._common import add_seed_argument, positive_float, positive_int
+from deftx.text import repeated
 
 NAME = "paired"
 SUMMARY = "paired differences between methods over seeds (bootstrap 95%% intervals)"
@@ -31,9 +32,9 @@ def target_list(text: str) -> tuple[str, ...]:
     if not all(names):
         raise argparse.ArgumentTypeError(f"expected comma-separated target names (e.g. acehnese,balinese), "
                                          f"got {text!r}")
-    repeated = sorted({name for name in names if names.count(name) > 1})
-    if repeated:
-        raise argparse.ArgumentTypeError(f"target {', '.join(repeated)} named more than once in {text!r}")
+    twice = repeated(names)
+    if twice:
+        raise argparse.ArgumentTypeError(f"target {', '.join(twice)} named more than once in {text!r}")
     return names
 
 

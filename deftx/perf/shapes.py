@@ -47,7 +47,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from deftx.text import DuplicateKeyError, not_utf8, short_repr, strict_json_loads
+from deftx.text import DuplicateKeyError, not_utf8, repeated, short_repr, strict_json_loads
 
 
 @dataclass(frozen=True)
@@ -89,10 +89,9 @@ class ShapeSet:
         for t in (*self.tensors, *self.layer_tensors):
             if any(d < 0 for d in t.shape):
                 raise ValueError(f"shape set {self.name!r}: tensor {t.name!r} has a negative dimension {t.shape}")
-        names = [t.name for t in self.flat()]
-        if len(set(names)) != len(names):
-            duplicate = next(n for n in names if names.count(n) > 1)
-            raise ValueError(f"shape set {self.name!r}: tensor name {duplicate!r} appears twice")
+        twice = repeated(t.name for t in self.flat())
+        if twice:
+            raise ValueError(f"shape set {self.name!r}: tensor name {twice[0]!r} appears twice")
 
     @functools.cached_property
     def _flat(self) -> tuple[TensorShape, ...]:

@@ -127,8 +127,8 @@ def seed_cells(ws: Workspace) -> set[Cell]:
     cfg = ws.config
     grids = []
     if cfg.runs_nusax:
-        grids += [(RowContext(NUSAX, NUSAX_PROTOCOL, source, split=cfg.eval_split), nusax_scored_languages(ws))
-                  for source in cfg.sources]
+        scored = nusax_scored_languages(ws)
+        grids += [(RowContext(NUSAX, NUSAX_PROTOCOL, source, split=cfg.eval_split), scored) for source in cfg.sources]
     if cfg.americasnli is not None:
         source = pooled_source(cfg.americasnli.train_languages)
         grids.append((RowContext(ANLI, ANLI_PROTOCOL, source), list(cfg.americasnli.test_languages)))

@@ -657,7 +657,7 @@ def count_rounding_loss(
     Writes nothing; validates like :func:`apply_diffs`.
     """
     diffs = list(diffs)
-    scales = check_scales(scales, list(diffs), "count_rounding_loss")
+    scales = check_scales(scales, diffs, "count_rounding_loss")
     params = named_parameter_map(model)
     return _planned(model, params, diffs, scales, strict_dtype, check_base).rounding_loss
 
