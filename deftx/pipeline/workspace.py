@@ -18,9 +18,10 @@ from deftx.pipeline.config import ConfigError, PipelineConfig
 from deftx.pipeline.layout import SeedLayout
 from deftx.train.checkpoint import folder_bytes
 from deftx.train.config import to_plain
+from deftx.train.language import check_loader_workers
 from deftx.train.sparse_finetuner import SparseFineTuningResult
 from deftx.train.store import StepStore
-from deftx.train.trainer_args import TrainingSettings
+from deftx.train.trainer_args import TrainingSettings, training_arguments
 
 E5_NAMES = ("e5-small", "multilingual-e5-small")
 """Model names that mean multilingual-e5-small converted from its PyPI packages."""
@@ -241,11 +242,14 @@ class Workspace:
 
         Raises:
             ValueError: an unavailable device, a token window longer than the model accepts
-                (:func:`check_token_windows`), or a NusaX target or source the data root lacks
-                (:func:`check_nusax_languages`), before anything is loaded or written.
+                (:func:`check_token_windows`), a NusaX target or source the data root lacks
+                (:func:`check_nusax_languages`), or data-loader workers the language SFTs' MLM masks
+                cannot follow (:func:`~deftx.train.language.check_loader_workers`), before anything
+                is loaded or written.
         """
         from transformers import AutoTokenizer
 
+        check_loader_workers(training_arguments(config.training, config.output_dir))
         device = resolve_device(config)
         model_dir = fitting_model(config)
         data_dir = Path(config.data_dir).expanduser() if config.data_dir else default_data_dir()

@@ -293,3 +293,17 @@ def test_bad_command_arguments(paths, capsys, command, argv, match):
     argv = [arg.format(**paths) for arg in argv]
     code, err = run_cli([command, *argv], capsys)
     assert_clear_error(command, code, err, match)
+
+
+@pytest.mark.parametrize(("command", "extra"), [("pipeline", []), ("train-lang", ["--language", "madurese"])])
+@pytest.mark.parametrize(("arguments", "match"), [
+    ({"dataloader_num_workers": 2, "dataloader_persistent_workers": True}, "dataloader_persistent_workers"),
+    ({"dataloader_num_workers": 2, "dataloader_in_order": False}, "dataloader_in_order false"),
+])
+def test_loader_workers_the_mlm_masks_cannot_follow(paths, capsys, command, extra, arguments, match):
+    """Refused when the workspace opens, before the head warm-up (it was refused minutes in, when the
+    language SFT's tuner was built)."""
+    output = paths["tmp"] / "run"
+    code, err = run_cli([command, write_config(paths, {"training": arguments}), *extra], capsys)
+    assert_clear_error(command, code, err, rf"language SFTs: {match} with dataloader_num_workers > 0")
+    assert not output.exists() or not any(output.iterdir())
