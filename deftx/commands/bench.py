@@ -28,7 +28,7 @@ import argparse
 import math
 import shlex
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -290,14 +290,14 @@ def add_prediction(doc: dict, args: argparse.Namespace, device: str, shapes: Sha
     return predicted_markdown(doc)
 
 
-def run_suite_command(args: argparse.Namespace, device: str, command: str, model_shapes: ShapeSet) -> int:
-    """The suite on ``model_shapes`` (``--model-shapes``, read by :func:`check_inputs`): table and outputs;
+def run_suite_command(args: argparse.Namespace, device: str, command: str, read: Mapping[str, ShapeSet]) -> int:
+    """The suite on ``--model-shapes`` (in ``read``, the sets :func:`check_inputs` read): table and outputs;
     exit status 1 when no measurement succeeded."""
     from deftx.perf.report import TABLE_COLUMNS, failed_everything, format_table, plot_suite, summary_lines, table_rows
     from deftx.perf.suite import SuiteConfig, run_suite
 
     scale = args.scale if args.scale is not None else (DEFAULT_CPU_SCALE if device == "cpu" else 1.0)
-    shapes = model_shapes.scaled(scale)
+    shapes = read[args.model_shapes].scaled(scale)
     config = SuiteConfig(
         shapes=shapes,
         ops=args.ops,
@@ -328,8 +328,8 @@ def run_suite_command(args: argparse.Namespace, device: str, command: str, model
     return 0
 
 
-def run_scaling_command(args: argparse.Namespace, device: str, command: str) -> int:
-    """The scaling study: table and outputs."""
+def run_scaling_command(args: argparse.Namespace, device: str, command: str, read: Mapping[str, ShapeSet]) -> int:
+    """The scaling study (on the sets :func:`check_inputs` read, by name, and built-ins): table and outputs."""
     from deftx.perf.report import SCALING_COLUMNS, format_table, plot_scaling, scaling_table
     from deftx.perf.scaling import K_SWEEP, SCALING_SETS, ScalingConfig, run_scaling
 
@@ -353,7 +353,7 @@ def run_scaling_command(args: argparse.Namespace, device: str, command: str) -> 
         seed=args.seed,
         timing=_timing(args, defaults.timing),
     )
-    doc = run_scaling(config, progress=not args.no_progress, command=command)
+    doc = run_scaling(config, progress=not args.no_progress, command=command, read=read)
     rows = scaling_table(doc)
     print(doc["streaming"])
     print(format_table(SCALING_COLUMNS, rows))
@@ -397,9 +397,10 @@ def canonical_command(args: argparse.Namespace, device: str) -> str:
     return " ".join(shlex.quote(w) for w in words)
 
 
-def check_inputs(args: argparse.Namespace) -> tuple[str, ShapeSet]:
+def check_inputs(args: argparse.Namespace) -> tuple[str, dict[str, ShapeSet]]:
     """Everything about the command checked before any measurement; returns the device to run on and
-    the ``--model-shapes`` set (every shape file read once, here).
+    the shape sets of ``--model-shapes`` and ``--scaling-sets`` by the name given (every file read
+    once, here).
 
     Raises:
         BenchInputError: an option the mode ignores, CUDA asked for where there is none, a backend
@@ -412,19 +413,19 @@ def check_inputs(args: argparse.Namespace) -> tuple[str, ShapeSet]:
         _check_scaling_ops(args.ops)
     else:
         _check_backends(args.backends, args.ops, device)
-    specs = [_read_shapes(name) for name in (args.model_shapes, *(args.scaling_sets or ()))]
+    specs = {name: _read_shapes(name) for name in dict.fromkeys((args.model_shapes, *(args.scaling_sets or ())))}
     _check_out(args.out)
-    for spec in specs:
+    for spec in specs.values():
         _note_profile_keys(spec, args)
-    return device, specs[0].shapes
+    return device, {name: spec.shapes for name, spec in specs.items()}
 
 
 def run(args: argparse.Namespace) -> int:
-    device, model_shapes = check_inputs(args)
+    device, read = check_inputs(args)
     command = canonical_command(args, device)
     if args.scaling:
-        return run_scaling_command(args, device, command)
-    return run_suite_command(args, device, command, model_shapes)
+        return run_scaling_command(args, device, command, read)
+    return run_suite_command(args, device, command, read)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

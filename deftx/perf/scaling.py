@@ -22,6 +22,7 @@ from __future__ import annotations
 import gc
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -168,12 +169,15 @@ def _warm_up(config: ScalingConfig) -> None:
             module.bind(impl, module.make_inputs(spec))()
 
 
-def run_scaling(config: ScalingConfig, *, progress: bool = True, command: str | None = None) -> dict[str, Any]:
-    """Run the size sweep and the K sweep; returns the JSON document."""
+def run_scaling(config: ScalingConfig, *, progress: bool = True, command: str | None = None,
+                read: Mapping[str, ShapeSet] | None = None) -> dict[str, Any]:
+    """Run the size sweep and the K sweep; returns the JSON document. ``read``: shape sets the caller has
+    already read, by the name ``config`` gives them (others are loaded here)."""
     from tqdm.auto import tqdm
 
-    sets = [load_shape_set(name) for name in config.sets]
-    sweep_set = load_shape_set(config.k_sweep_set)
+    read = read or {}
+    sets = [read[name] if name in read else load_shape_set(name) for name in config.sets]
+    sweep_set = read[config.k_sweep_set] if config.k_sweep_set in read else load_shape_set(config.k_sweep_set)
     sweep_ops = [op for op in K_SWEEP_OPS if op in config.ops]
     tasks = [("size", op, s, config.k_fraction) for s in sets for op in config.ops]
     tasks += [("k", op, sweep_set, k) for op in sweep_ops for k in config.k_sweep]

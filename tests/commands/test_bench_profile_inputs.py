@@ -194,6 +194,27 @@ def test_bench_and_profile_refuse_the_same_bad_shapes(form, shape, message, tmp_
     assert not (tmp_path / "b").exists() and not (tmp_path / "p").exists()
 
 
+def test_bench_scaling_reads_each_shape_file_once(tmp_path, monkeypatch) -> None:
+    """The sets checked before measuring are the sets measured: no second read a changed file could slip into."""
+    import deftx.perf.scaling as scaling
+
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps(TINY))
+    reads = count_reads(monkeypatch, path)
+    measured = {}
+
+    def record(config, *, progress, command, read):
+        measured.update(sets=config.sets, read=read)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(scaling, "run_scaling", record)
+    spec = f"{tmp_path}/./mine.json"
+    assert exit_status(["bench", "--scaling", "--device", "cpu", "--scaling-sets", f"e5-small,{spec}",
+                        "--model-shapes", spec, "--out", str(tmp_path / "out")]) == 0
+    assert reads == [str(path)], "read once, though named twice"
+    assert measured["sets"] == ("e5-small", spec) and measured["read"][spec] == load_shape_set(str(path))
+
+
 def test_bench_scaling_refuses_a_bad_scaling_set_before_measuring(tmp_path, capsys, no_measurement) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"tensors": [{"name": "w", "shape": [4], "vocab": "yes"}]}))
