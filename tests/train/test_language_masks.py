@@ -117,7 +117,9 @@ def test_a_run_resumed_with_workers_continues_the_masks(tmp_path):
 )
 def test_workers_that_break_the_positions_are_refused(tmp_path, arguments, match):
     """Before anything is loaded; without workers the setting is harmless."""
-    check_loader_workers(TrainingArguments(output_dir=str(tmp_path), dataloader_num_workers=0, **arguments))
+    harmless = TrainingArguments(output_dir=str(tmp_path), dataloader_num_workers=0, **arguments)
+    check_loader_workers(harmless.dataloader_num_workers, harmless.dataloader_persistent_workers,
+                         harmless.dataloader_in_order)
     settings = TrainingSettings(arguments={"dataloader_num_workers": 2, **arguments})
     with pytest.raises(ValueError, match=f"language SFTs: {match}"):
         language_sft_tuner(tmp_path / "no-model", tiny_tokenizer(), ["the cat sat"], language_sft_config(),
