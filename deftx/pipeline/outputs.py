@@ -237,9 +237,14 @@ def copy_run_logs(output_dir: Path, destination: Path) -> None:
 
 def loss_rows(logs: Path, seeds: Sequence[int]) -> list[dict[str, Any]]:
     """One row per seed, run and phase of the run logs under ``logs`` (a pipeline's output_dir
-    layout): the :class:`~deftx.train.losses.LossTrend` of the phase, seeds in order."""
+    layout): the :class:`~deftx.train.losses.LossTrend` of the phase, seeds in order.
+
+    Raises:
+        ValueError: a run log with a whole line that is not a JSON object (the pipeline wrote them;
+            a phase that restarts drops its torn lines), naming the file and line.
+    """
     return [{"seed": seed, "run": run, **trend.as_row()}
-            for seed in seeds for run, trend in folder_trends(SeedLayout.of(logs, seed).root)]
+            for seed in seeds for run, trend in folder_trends(SeedLayout.of(logs, seed).root, strict=True)]
 
 
 def hardly_trained(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:

@@ -110,3 +110,20 @@ def test_read_run_log_leaves_out_a_torn_last_line_and_names_a_whole_line_that_is
     assert folder_trends(tmp_path) == [], "without strict (the pipeline's report) such lines are left out"
     with pytest.raises(ValueError, match="line 2"):
         folder_trends(tmp_path, strict=True)
+
+
+def test_the_pipeline_report_refuses_a_run_log_with_a_damaged_line_rather_than_averaging_around_it(tmp_path):
+    """The pipeline wrote its logs and a restarted phase drops its torn lines, so a whole line that is
+    not JSON is damage: loss_rows names it instead of leaving it out of the windows' means."""
+    from deftx.pipeline.outputs import loss_rows
+
+    log = tmp_path / "seed-0" / "lang" / "mad" / "log.jsonl"
+    records = [{"phase": "full", "step": step, "loss": loss} for step, loss in sawtooth(100, 8.0, 7.0)]
+    write_log(log, records)
+    assert [row["phase"] for row in loss_rows(tmp_path, [0])] == ["full"]
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join([*lines[:3], lines[3][:-7], *lines[4:]]) + "\n")
+    with pytest.raises(ValueError, match=r"log\.jsonl, line 4: unreadable run log"):
+        loss_rows(tmp_path, [0])
+    log.write_text("\n".join(lines) + "\n" + lines[0][:-7])
+    assert [row["points"] for row in loss_rows(tmp_path, [0])] == [10], "a torn last line is a kill, left out"
