@@ -187,7 +187,8 @@ def timed_backends(ops: Sequence[str], device: str) -> dict[str, tuple[str, ...]
 
 
 def _check_backends(backends: Sequence[str] | None, ops: Sequence[str], device: str) -> None:
-    """Refuse a ``--backends`` name that none of ``ops`` is timed under on ``device``."""
+    """Refuse a ``--backends`` name that none of ``ops`` is timed under on ``device``, and an op of
+    ``ops`` that none of ``backends`` times there (it would be left out of the table)."""
     if not backends:
         return
     timed = timed_backends(ops, device)
@@ -198,6 +199,31 @@ def _check_backends(backends: Sequence[str] | None, ops: Sequence[str], device: 
             raise BenchInputError(
                 f"--backends {backend}: not timed on {device} for {','.join(ops)}{why}; timed here: {', '.join(here)}"
             )
+    for op, names in timed.items():
+        if not set(names) & set(backends):
+            raise BenchInputError(
+                f"--ops {op}: not timed under --backends {','.join(backends)} on {device} ({op} is timed here "
+                f"under {', '.join(names) or 'no backend'}); add one of those to --backends or leave {op} out of --ops"
+            )
+
+
+def untimed_default_ops(backends: Sequence[str] | None, device: str) -> tuple[str, ...]:
+    """Of the default ops, those none of ``backends`` times on ``device`` (none when all backends run)."""
+    if not backends:
+        return ()
+    timed = timed_backends(DEFAULT_OPS.split(","), device)
+    return tuple(op for op, names in timed.items() if not set(names) & set(backends))
+
+
+def _resolve_ops(args: argparse.Namespace, device: str) -> tuple[str, ...]:
+    """``--ops`` as given; else the default ops, less those ``--backends`` does not time here (said on stderr)."""
+    if args.ops is not None:
+        return args.ops
+    untimed = () if args.scaling else untimed_default_ops(args.backends, device)
+    if untimed:
+        print(f"deftx bench: note: {', '.join(untimed)} left out: not timed under --backends "
+              f"{','.join(args.backends)} on {device}", file=sys.stderr)
+    return tuple(op for op in DEFAULT_OPS.split(",") if op not in untimed)
 
 
 def _check_mode_options(args: argparse.Namespace) -> None:
@@ -400,15 +426,16 @@ def canonical_command(args: argparse.Namespace, device: str) -> str:
 def check_inputs(args: argparse.Namespace) -> tuple[str, dict[str, ShapeSet]]:
     """Everything about the command checked before any measurement; returns the device to run on and
     the shape sets of ``--model-shapes`` and ``--scaling-sets`` by the name given (every file read
-    once, here).
+    once, here). Sets ``args.ops`` when not given (:func:`_resolve_ops`).
 
     Raises:
         BenchInputError: an option the mode ignores, CUDA asked for where there is none, a backend
-            not timed here, an op the scaling study has no baseline for, a shape set that does not
-            load, or an output folder that cannot be written.
+            not timed here (or an op of --ops no given backend times), an op the scaling study has no
+            baseline for, a shape set that does not load, or an output folder that cannot be written.
     """
     _check_mode_options(args)
     device = _device(args.device)
+    args.ops = _resolve_ops(args, device)
     if args.scaling:
         _check_scaling_ops(args.ops)
     else:
@@ -432,10 +459,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ops",
         type=_csv(_choice(_op_names(), "op")),
-        default=DEFAULT_OPS,
+        default=None,
         metavar="OPS",
-        help=f"comma-separated subset of {','.join(_op_names())} (default {DEFAULT_OPS}; "
-        "compose: 2 SFTs, originals saved; scores: DeFT-X |U S Vh|; --scaling: topk,rsvd,scatter,step only)",
+        help=f"comma-separated subset of {','.join(_op_names())} (default {DEFAULT_OPS}, less those "
+        "--backends does not time here; compose: 2 SFTs, originals saved; scores: DeFT-X |U S Vh|; --scaling: "
+        "topk,rsvd,scatter,step only)",
     )
     parser.add_argument(
         "--model-shapes",

@@ -93,6 +93,8 @@ def test_bench_refuses_impossible_values_at_argparse(args, message, tmp_path, ca
     ("args", "message"),
     [
         (["--backends", "triton"], "--backends triton: not timed on cpu"),
+        (["--ops", "topk,rsvd", "--backends", "native"],
+         "--ops rsvd: not timed under --backends native on cpu (rsvd is timed here under torch)"),
         (["--scaling", "--backends", "torch"], "--backends applies to the suite, not to --scaling"),
         (["--scaling", "--scale", "0.5"], "--scale applies to the suite"),
         (["--scaling", "--predict-target", "sm_90"], "--predict-target applies to the suite"),
@@ -104,6 +106,23 @@ def test_bench_refuses_impossible_values_at_argparse(args, message, tmp_path, ca
 def test_bench_refuses_inputs_the_run_cannot_use(args, message, tmp_path, capsys, no_measurement) -> None:
     assert exit_status(["bench", "--out", str(tmp_path), "--device", "cpu", "--no-progress", *args]) == 2
     assert message in error_line(capsys, "bench")
+
+
+def test_bench_default_ops_leave_out_what_the_given_backends_do_not_time_and_say_so(tmp_path, capsys,
+                                                                                   monkeypatch) -> None:
+    """``--backends native`` on CPU with the default ops: rsvd (timed under torch only) is left out with a
+    note, not measured for its baselines alone and dropped from the table without a word."""
+    asked = []
+
+    def stop(config, **kwargs):
+        asked.append(config.ops)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("deftx.perf.suite.run_suite", stop)
+    with pytest.raises(KeyboardInterrupt):
+        main(["bench", "--out", str(tmp_path), "--device", "cpu", "--backends", "native", "--no-progress"])
+    assert asked == [("topk", "scatter", "step")]
+    assert "deftx bench: note: rsvd left out: not timed under --backends native on cpu" in capsys.readouterr().err
 
 
 def test_bench_refuses_an_output_path_that_is_a_file_before_measuring(tmp_path, capsys, no_measurement) -> None:
@@ -136,7 +155,8 @@ def test_bench_help_states_real_defaults_and_ranges(capsys) -> None:
         assert absent not in text
     for present in ("rank kept, >= 1 (default 32)", ">= 0 (default 8)", "power iterations, >= 0 (default 2)",
                     "timed calls per measurement, >= 1", "(default 1e9)", "{cpu,cuda,cuda:N,auto}",
-                    '"layer_tensors"', '"parameters"', "(default topk,rsvd,scatter,step;"):
+                    '"layer_tensors"', '"parameters"',
+                    "(default topk,rsvd,scatter,step, less those --backends does not time here;"):
         assert present in text, present
 
 
