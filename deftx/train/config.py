@@ -83,7 +83,9 @@ class DenoiseConfig:
     Attributes:
         energy: keep the fewest singular components holding this fraction of ``||Δ||²``
             (:data:`DEFAULT_ENERGY` when neither energy nor rank is given).
-        rank: or keep this many components in every matrix (one uniform rank).
+        rank: or keep this many components in every matrix (one uniform rank, >= 1: at rank 0 every
+            denoised score is 0, and the selection in those matrices falls to the first entries by
+            position).
         method: ``"randomized"`` (sketched SVD) or ``"exact"`` (``torch.linalg.svd``).
         groups: which parameter groups' matrices are denoised; other matrices and every
             1-D parameter are ranked by their raw ``|Δ|``.
@@ -110,8 +112,8 @@ class DenoiseConfig:
             raise ValueError("DenoiseConfig: set exactly one of rank / energy")
         if self.energy is not None and not (is_number(self.energy) and 0.0 < self.energy <= 1.0):
             raise ValueError(f"DenoiseConfig: energy must be in (0, 1], got {short_repr(self.energy)}")
-        if self.rank is not None and not is_count(self.rank, 0):
-            raise ValueError(f"DenoiseConfig: rank must be an integer >= 0, got {short_repr(self.rank)}")
+        if self.rank is not None and not is_count(self.rank, 1):
+            raise ValueError(f"DenoiseConfig: rank must be an integer >= 1, got {short_repr(self.rank)}")
         if self.method not in ("randomized", "exact"):
             raise ValueError(f"DenoiseConfig: method must be 'randomized' or 'exact', got {short_repr(self.method)}")
         if not isinstance(self.groups, (list, tuple)) or not all(isinstance(g, str) for g in self.groups):

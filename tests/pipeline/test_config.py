@@ -187,6 +187,7 @@ def test_json_config(tmp_path):
     ({"targets": ["x"], "seeds": [-1]}, "seeds"),
     ({"targets": ["x"], "methods": {}}, "at least one method"),
     ({"targets": ["x"], "methods": {"deft-x": {"energy": 2}}}, "energy"),
+    ({"targets": ["x"], "methods": {"deft-x": {"rank": 0}}}, r"methods\.deft-x.*rank must be an integer >= 1"),
     ({"targets": ["x"], "methods": {"full-ft": None}}, "baseline's name"),
     ({"targets": ["x"], "language_sft": {"k": 0}}, "language_sft.k"),
     ({"targets": ["x"], "task_sft": {"full": {"steps": 2, "epochs": 1}}}, "exactly one"),

@@ -62,6 +62,7 @@ def test_denoise_defaults_to_energy_and_accepts_uniform_rank():
     ({"rank": 4, "energy": 0.5}, "exactly one"),
     ({"energy": 1.5}, "energy"),
     ({"rank": -1}, "rank"),
+    ({"rank": 0}, "rank must be an integer >= 1"),
     ({"method": "lanczos"}, "method"),
     ({"groups": ("attention", "pooler")}, "unknown groups"),
     ({"residual_keep": 2.0}, "residual_keep"),
