@@ -9,8 +9,9 @@ difference, a 95% percentile-bootstrap interval over seeds, and how many seeds g
 Results come from one or more ``results.csv`` files (the pipeline's, or one per seed from runs
 spread over several machines): rows are merged, an identical row seen twice counts once, and two
 rows that disagree on the same (benchmark, protocol, source, method, target, seed, split, language
-scale) are refused, naming the row. A method composed at several language-SFT scales is compared
-per scale, as ``"<method> ×<scale>"`` (the result tables' column names).
+scale) are refused, naming the row. Rows of more than one recipe (their ``recipe`` column) are
+refused; a method composed at several language-SFT scales is compared per scale, as
+``"<method> ×<scale>"`` (the result tables' column names).
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ KEY_COLUMNS: tuple[str, ...] = ("benchmark", "protocol", "source", "method", "ta
 SCALE = "language_scale"
 """The optional column of the scale a row's language SFT was composed at (empty without one): with
 :data:`KEY_COLUMNS`, what identifies one score."""
+RECIPE = "recipe"
+"""The optional column of the digest of the recipe (pipeline config) that made a row
+(:mod:`deftx.pipeline.outputs`)."""
 CONFIDENCE = 0.95
 RESAMPLES = 10_000
 FEW_SEEDS = 10
@@ -137,9 +141,9 @@ def scores_by_seed(
     hold at several language-SFT scales is one method per scale (:func:`method_labels`).
 
     Raises:
-        ResultsError: the rows mix benchmarks, protocols or sources (compare one at a time), a
-            score or a scale is not a finite number or a seed not an integer, or one method has two
-            scores on one target and seed.
+        ResultsError: the rows mix benchmarks, protocols, sources or recipes (compare one at a
+            time), a score or a scale is not a finite number or a seed not an integer, or one method
+            has two scores on one target and seed.
     """
     chosen = [r for r in rows if r["split"] == split and r["target"] in targets]
     settings = sorted({(r["benchmark"], r["protocol"], r["source"]) for r in chosen})
@@ -149,6 +153,7 @@ def scores_by_seed(
         )
     if chosen and metric not in chosen[0]:
         raise ResultsError(f"no column {metric!r} (the results have {', '.join(chosen[0])})")
+    check_one_recipe(chosen)
     labels = method_labels(chosen)
     scores: dict[str, dict[int, dict[str, float]]] = {}
     for r in chosen:
@@ -187,6 +192,23 @@ def method_labels(rows: Sequence[Mapping[str, str]]) -> dict[tuple[str, float | 
     ``"<method> ×<scale>"`` for a method ``rows`` hold at several scales (the tables' column names,
     :func:`deftx.eval.report.column_labels`)."""
     return column_labels([{"method": r["method"], SCALE: row_scale(r)} for r in rows])
+
+
+def check_one_recipe(rows: Iterable[Mapping[str, str]]) -> None:
+    """Refuse rows whose :data:`RECIPE` column names more than one recipe (rows without one are not checked).
+
+    Raises:
+        ResultsError: naming each recipe and its seeds.
+    """
+    seeds: dict[str, set[int]] = {}
+    for r in rows:
+        seed = parse_seed(r["seed"])
+        if r.get(RECIPE) and seed is not None:
+            seeds.setdefault(r[RECIPE], set()).add(seed)
+    if len(seeds) > 1:
+        named = "; ".join(f"{recipe}: seeds {', '.join(map(str, sorted(of)))}" for recipe, of in sorted(seeds.items()))
+        raise ResultsError(f"the results mix {len(seeds)} recipes (column {RECIPE}: {named}): seeds of another "
+                           "recipe are not draws of the same comparison; compare the results of one recipe")
 
 
 def _finite(text: str) -> float | None:

@@ -250,3 +250,26 @@ def test_two_scores_of_one_method_target_and_seed_are_refused():
     rows.append(dict(rows[1], language_scale="1.250", macro_f1="0.9"))  # the same scale, written otherwise
     with pytest.raises(ResultsError, match=r"two macro_f1 scores of lt-sft on acehnese, seed 0"):
         paired_study(rows, pairs=[("deft-x", "lt-sft")], targets=TARGETS, bootstrap=Bootstrap(resamples=50))
+
+
+def write_with_recipe(path: Path, rows: list[dict[str, str]], recipe: str) -> Path:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=[*COLUMNS, "recipe"])
+        writer.writeheader()
+        writer.writerows(dict(r, recipe=recipe) for r in rows)
+    return path
+
+
+def test_results_of_two_recipes_are_refused_naming_their_seeds(tmp_path):
+    rows = study_rows(np.random.default_rng(9), range(6))
+    early = [r for r in rows if int(r["seed"]) < 3]
+    late = [r for r in rows if int(r["seed"]) >= 3]
+    first = write_with_recipe(tmp_path / "a.csv", early, "1f2e3d4c5b6a")
+    one_recipe = read_results([first, write_with_recipe(tmp_path / "b.csv", late, "1f2e3d4c5b6a")])
+    assert paired_study(one_recipe, targets=TARGETS, bootstrap=Bootstrap(resamples=20))[0].seeds == tuple(range(6))
+    unstamped = read_results([first, write(tmp_path / "c.csv", late)])  # rows written before the column
+    assert paired_study(unstamped, targets=TARGETS, bootstrap=Bootstrap(resamples=20))[0].seeds == tuple(range(6))
+    two_recipes = read_results([first, write_with_recipe(tmp_path / "d.csv", late, "9a8b7c6d5e4f")])
+    with pytest.raises(ResultsError, match=r"mix 2 recipes \(column recipe: 1f2e3d4c5b6a: seeds 0, 1, 2; "
+                                           r"9a8b7c6d5e4f: seeds 3, 4, 5\)"):
+        paired_study(two_recipes, targets=TARGETS, bootstrap=Bootstrap(resamples=20))
