@@ -273,3 +273,11 @@ def test_results_of_two_recipes_are_refused_naming_their_seeds(tmp_path):
     with pytest.raises(ResultsError, match=r"mix 2 recipes \(column recipe: 1f2e3d4c5b6a: seeds 0, 1, 2; "
                                            r"9a8b7c6d5e4f: seeds 3, 4, 5\)"):
         paired_study(two_recipes, targets=TARGETS, bootstrap=Bootstrap(resamples=20))
+
+
+def test_one_seed_never_meets_the_goal():
+    rows = study_rows(np.random.default_rng(10), range(1))
+    results = paired_study(rows, pairs=[("deft-x", "lt-sft")], targets=TARGETS, bootstrap=Bootstrap(resamples=20))
+    assert (results[0].low, results[0].high) == pytest.approx((0.02, 0.02)), "one seed: the interval is the point"
+    assert goal_lines(results, 0.5)[2] == ("- deft-x − lt-sft: ±0.00 with 1 seeds, not met (one seed gives no "
+                                           "interval); one seed cannot say how many would.")
