@@ -408,15 +408,17 @@ def seeds_for_half_width(differences: Sequence[float], half_width: float, confid
 
 def goal_lines(results: Sequence[PairedDifference], half_width: float, *, scale: float = 100.0) -> list[str]:
     """Markdown lines on each pair over the mean of the targets: is its interval within
-    ±``half_width`` (in units ×``scale``), and about how many seeds would bring it there."""
+    ±``half_width`` (in units ×``scale``; never with one seed, whose interval is the point itself),
+    and about how many seeds would bring it there."""
     lines = [f"Goal: a 95% interval within ±{half_width:g} (×{scale:g}) on the mean over the targets.", ""]
     for r in (r for r in results if r.target.startswith("mean of")):
         reached = scale * max(r.mean - r.low, r.high - r.mean)
         needed = seeds_for_half_width(r.differences, half_width / scale)
         estimate = ("one seed cannot say how many would" if needed is None else
                     f"at their spread, a t interval would need about {needed} seeds")
-        lines.append(f"- {r.a} − {r.b}: ±{reached:.2f} with {len(r.seeds)} seeds, "
-                     f"{'met' if reached <= half_width else 'not met'}; {estimate}.")
+        met = len(r.seeds) > 1 and reached <= half_width
+        verdict = "met" if met else "not met" + (" (one seed gives no interval)" if len(r.seeds) == 1 else "")
+        lines.append(f"- {r.a} − {r.b}: ±{reached:.2f} with {len(r.seeds)} seeds, {verdict}; {estimate}.")
     return lines
 
 
