@@ -151,8 +151,10 @@ def scores_by_seed(
         raise ResultsError(
             f"the results mix {len(settings)} settings {settings}: compare one (benchmark, protocol, source) at a time"
         )
-    if chosen and metric not in chosen[0]:
-        raise ResultsError(f"no column {metric!r} (the results have {', '.join(chosen[0])})")
+    lacking = next((r for r in chosen if r.get(metric) is None), None)
+    if lacking is not None:
+        raise ResultsError(f"no column {metric!r} for {lacking['method']} on {lacking['target']}, seed "
+                           f"{lacking['seed']}: its results file has no such column, or the row ends early")
     check_one_recipe(chosen)
     labels = method_labels(chosen)
     scores: dict[str, dict[int, dict[str, float]]] = {}
