@@ -105,8 +105,8 @@ def _composition(args: argparse.Namespace, task, lang_sft) -> Composition:
 
     if lang_sft is None:
         return Composition(args.name, (task,), (1.0,))
-    return Composition(args.name, (task, lang_sft), (1.0, args.scale if args.scale is not None else 1.0),
-                       language_sft=True)
+    scale = args.scale if args.scale is not None else 1.0
+    return Composition(args.name, (task, lang_sft), (1.0, scale), language_sft=True, language_scale=scale)
 
 
 def _score(args, model, tokenizer, cells, context: RowContext, num_labels: int) -> list[dict]:

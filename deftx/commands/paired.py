@@ -14,7 +14,8 @@ DESCRIPTION = """\
 Compare methods seed by seed from one or more results.csv files (a pipeline's, or one per seed from
 runs spread over several machines: merged, duplicates kept once, conflicting scores refused). For
 each pair A:B: the mean over seeds of A - B on the mean over the targets and on each target, a 95%
-percentile-bootstrap interval over seeds, and the seeds each way.
+percentile-bootstrap interval over seeds, and the seeds each way. A method the results hold at several
+language-SFT scales is compared per scale, named METHOD ×SCALE (e.g. --pair "deft-x ×1.25:lt-sft ×1.25").
 """
 
 
@@ -63,7 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("results", nargs="+", type=Path, help="results.csv files of one study")
     parser.add_argument("--pair", action="append", type=method_pair, metavar="A:B",
-                        help="a comparison, repeatable (default: deft-x:lt-sft, deft-x:full-ft, lt-sft:full-ft)")
+                        help="a comparison, repeatable (default: deft-x:lt-sft, deft-x:full-ft, lt-sft:full-ft); a "
+                             "method composed at several language-SFT scales is named per scale, e.g. 'deft-x ×1.25'")
     parser.add_argument("--targets", type=target_list, default=PAPER_FIVE, metavar="T1,T2,...",
                         help="the targets to average, a comma-separated list of target names as in the results' "
                              f"target column, each once (default: {','.join(PAPER_FIVE)})")

@@ -8,8 +8,10 @@ difference, a 95% percentile-bootstrap interval over seeds, and how many seeds g
 
 Results come from one or more ``results.csv`` files (the pipeline's, or one per seed from runs
 spread over several machines): rows are merged, an identical row seen twice counts once, and two
-rows that disagree on the same (benchmark, protocol, source, method, target, seed, split) are
-refused, naming the row.
+rows that disagree on the same (benchmark, protocol, source, method, target, seed, split, language
+scale) are refused, naming the row. Rows of more than one recipe (their ``recipe`` column) are
+refused; a method composed at several language-SFT scales is compared per scale, as
+``"<method> ×<scale>"`` (the result tables' column names).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from deftx.eval.report import column_labels
 from deftx.text import not_utf8, repeated
 
 PAPER_FIVE: tuple[str, ...] = ("acehnese", "balinese", "banjarese", "madurese", "minangkabau")
@@ -30,6 +33,12 @@ PAPER_FIVE: tuple[str, ...] = ("acehnese", "balinese", "banjarese", "madurese", 
 DEFAULT_PAIRS: tuple[tuple[str, str], ...] = (("deft-x", "lt-sft"), ("deft-x", "full-ft"), ("lt-sft", "full-ft"))
 KEY_COLUMNS: tuple[str, ...] = ("benchmark", "protocol", "source", "method", "target", "seed", "split")
 """The columns that identify one score; a results file must have them all."""
+SCALE = "language_scale"
+"""The optional column of the scale a row's language SFT was composed at (empty without one): with
+:data:`KEY_COLUMNS`, what identifies one score."""
+RECIPE = "recipe"
+"""The optional column of the digest of the recipe (pipeline config) that made a row
+(:mod:`deftx.pipeline.outputs`)."""
 CONFIDENCE = 0.95
 RESAMPLES = 10_000
 FEW_SEEDS = 10
@@ -71,16 +80,22 @@ def read_results(paths: Sequence[str | Path]) -> list[dict[str, str]]:
 
     Raises:
         ResultsError: a file is not UTF-8 text, lacks a key column or has a seed that is not an
-            integer, or two rows share a key with different scores.
+            integer, or two rows share a key (:func:`score_key`) with different scores.
     """
-    merged: dict[tuple[str, ...], dict[str, str]] = {}
+    merged: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
     for path in paths:
         for row in read_results_file(path):
-            key = tuple(row[c] for c in KEY_COLUMNS)
+            key = score_key(row)
             seen = merged.setdefault(key, row)
             if seen != row:
-                raise ResultsError(f"{path}: conflicting scores for {dict(zip(KEY_COLUMNS, key, strict=True))}")
+                raise ResultsError(f"{path}: conflicting scores for {dict(key)}")
     return list(merged.values())
+
+
+def score_key(row: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """(column, value) of the :data:`KEY_COLUMNS`, and of :data:`SCALE` where the row has one: what one score is of."""
+    scale = row.get(SCALE) or ""
+    return (*((c, row[c]) for c in KEY_COLUMNS), *(((SCALE, scale),) if scale else ()))
 
 
 def read_results_file(path: str | Path) -> list[dict[str, str]]:
@@ -122,11 +137,13 @@ def parse_seed(text: str | None) -> int | None:
 def scores_by_seed(
     rows: Iterable[Mapping[str, str]], metric: str, split: str, targets: Sequence[str]
 ) -> dict[str, dict[int, dict[str, float]]]:
-    """method -> seed -> target -> score, for the rows of ``split`` on ``targets``.
+    """method -> seed -> target -> score, for the rows of ``split`` on ``targets``; a method the rows
+    hold at several language-SFT scales is one method per scale (:func:`method_labels`).
 
     Raises:
-        ResultsError: the rows mix benchmarks, protocols or sources (compare one at a time), a
-            score is not a finite number or a seed not an integer.
+        ResultsError: the rows mix benchmarks, protocols, sources or recipes (compare one at a
+            time), a score or a scale is not a finite number or a seed not an integer, or one method
+            has two scores on one target and seed.
     """
     chosen = [r for r in rows if r["split"] == split and r["target"] in targets]
     settings = sorted({(r["benchmark"], r["protocol"], r["source"]) for r in chosen})
@@ -134,8 +151,12 @@ def scores_by_seed(
         raise ResultsError(
             f"the results mix {len(settings)} settings {settings}: compare one (benchmark, protocol, source) at a time"
         )
-    if chosen and metric not in chosen[0]:
-        raise ResultsError(f"no column {metric!r} (the results have {', '.join(chosen[0])})")
+    lacking = next((r for r in chosen if r.get(metric) is None), None)
+    if lacking is not None:
+        raise ResultsError(f"no column {metric!r} for {lacking['method']} on {lacking['target']}, seed "
+                           f"{lacking['seed']}: its results file has no such column, or the row ends early")
+    check_one_recipe(chosen)
+    labels = method_labels(chosen)
     scores: dict[str, dict[int, dict[str, float]]] = {}
     for r in chosen:
         value = _finite(r[metric])
@@ -144,8 +165,52 @@ def scores_by_seed(
         seed = parse_seed(r["seed"])
         if seed is None:
             raise ResultsError(f"seed of {r['method']} on {r['target']} is {r['seed']!r}, not an integer")
-        scores.setdefault(r["method"], {}).setdefault(seed, {})[r["target"]] = value
+        label = labels[(r["method"], row_scale(r))]
+        by_target = scores.setdefault(label, {}).setdefault(seed, {})
+        if by_target.get(r["target"], value) != value:
+            raise ResultsError(f"two {metric} scores of {label} on {r['target']}, seed {seed}: "
+                               f"{by_target[r['target']]!r} and {value!r}")
+        by_target[r["target"]] = value
     return scores
+
+
+def row_scale(row: Mapping[str, str]) -> float | None:
+    """The :data:`SCALE` of a row as a number; None where it has none.
+
+    Raises:
+        ResultsError: a scale that is not a finite number.
+    """
+    text = row.get(SCALE) or ""
+    if not text:
+        return None
+    scale = _finite(text)
+    if scale is None:
+        raise ResultsError(f"{SCALE} of {row['method']} on {row['target']}, seed {row['seed']} is {text!r}")
+    return scale
+
+
+def method_labels(rows: Sequence[Mapping[str, str]]) -> dict[tuple[str, float | None], str]:
+    """(method, :func:`row_scale`) -> the name a comparison knows it by: the method, or
+    ``"<method> ×<scale>"`` for a method ``rows`` hold at several scales (the tables' column names,
+    :func:`deftx.eval.report.column_labels`)."""
+    return column_labels([{"method": r["method"], SCALE: row_scale(r)} for r in rows])
+
+
+def check_one_recipe(rows: Iterable[Mapping[str, str]]) -> None:
+    """Refuse rows whose :data:`RECIPE` column names more than one recipe (rows without one are not checked).
+
+    Raises:
+        ResultsError: naming each recipe and its seeds.
+    """
+    seeds: dict[str, set[int]] = {}
+    for r in rows:
+        seed = parse_seed(r["seed"])
+        if r.get(RECIPE) and seed is not None:
+            seeds.setdefault(r[RECIPE], set()).add(seed)
+    if len(seeds) > 1:
+        named = "; ".join(f"{recipe}: seeds {', '.join(map(str, sorted(of)))}" for recipe, of in sorted(seeds.items()))
+        raise ResultsError(f"the results mix {len(seeds)} recipes (column {RECIPE}: {named}): seeds of another "
+                           "recipe are not draws of the same comparison; compare the results of one recipe")
 
 
 def _finite(text: str) -> float | None:
@@ -345,15 +410,17 @@ def seeds_for_half_width(differences: Sequence[float], half_width: float, confid
 
 def goal_lines(results: Sequence[PairedDifference], half_width: float, *, scale: float = 100.0) -> list[str]:
     """Markdown lines on each pair over the mean of the targets: is its interval within
-    ±``half_width`` (in units ×``scale``), and about how many seeds would bring it there."""
+    ±``half_width`` (in units ×``scale``; never with one seed, whose interval is the point itself),
+    and about how many seeds would bring it there."""
     lines = [f"Goal: a 95% interval within ±{half_width:g} (×{scale:g}) on the mean over the targets.", ""]
     for r in (r for r in results if r.target.startswith("mean of")):
         reached = scale * max(r.mean - r.low, r.high - r.mean)
         needed = seeds_for_half_width(r.differences, half_width / scale)
         estimate = ("one seed cannot say how many would" if needed is None else
                     f"at their spread, a t interval would need about {needed} seeds")
-        lines.append(f"- {r.a} − {r.b}: ±{reached:.2f} with {len(r.seeds)} seeds, "
-                     f"{'met' if reached <= half_width else 'not met'}; {estimate}.")
+        met = len(r.seeds) > 1 and reached <= half_width
+        verdict = "met" if met else "not met" + (" (one seed gives no interval)" if len(r.seeds) == 1 else "")
+        lines.append(f"- {r.a} − {r.b}: ±{reached:.2f} with {len(r.seeds)} seeds, {verdict}; {estimate}.")
     return lines
 
 

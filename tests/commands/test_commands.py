@@ -174,11 +174,13 @@ def test_compose_and_evaluate_commands(pipeline_run, tiny_model_dir, capsys):
     head = SparseDiff.load(task).dense["classifier.weight"]
     assert torch.equal(composed.classifier.weight.detach(), head)
     assert main(["evaluate", "--model", str(tiny_model_dir), "--task-sft", str(task),
-                 "--lang-sft", f"madurese={lang}", "--languages", "madurese", "buginese",
-                 "--output", str(tmp / "eval")]) == 0
+                 "--lang-sft", f"madurese={lang}", "--languages", "madurese", "buginese", "indonesian",
+                 "--scale", "1.25", "--output", str(tmp / "eval")]) == 0
     printed = capsys.readouterr().out
     assert "buginese: no test split" in printed and "madurese: macro-F1" in printed
-    assert (tmp / "eval" / "evaluate.csv").is_file()
+    with (tmp / "eval" / "evaluate.csv").open(newline="") as handle:
+        recorded = {row["target"]: (row["language_sft"], row["language_scale"]) for row in csv.DictReader(handle)}
+    assert recorded == {"madurese": ("True", "1.25"), "indonesian": ("False", "")}, "the scale each row composed at"
 
 
 def test_evaluate_on_cpu_equals_the_default_without_cuda(pipeline_run, tiny_model_dir, monkeypatch, capsys):

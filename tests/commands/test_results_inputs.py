@@ -108,6 +108,19 @@ def test_paired_reads_a_utf8_file_with_a_byte_order_mark(tmp_path, capsys):
     assert "| mean of 3 targets | deft-x − lt-sft | +1.00 |" in capsys.readouterr().out
 
 
+def test_paired_names_the_rows_of_a_merged_file_without_the_metric_column(tmp_path, capsys):
+    first = write_results(tmp_path / "a.csv", results_rows(range(2)))
+    second = tmp_path / "b.csv"
+    with second.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=[*KEY_COLUMNS, "accuracy"])
+        writer.writeheader()
+        writer.writerows({**{c: r[c] for c in KEY_COLUMNS}, "accuracy": r["macro_f1"]}
+                         for r in results_rows(range(2, 4)))
+    assert main(["paired", str(first), str(second), "--pair", "deft-x:lt-sft", "--targets", ",".join(TARGETS)]) == 2
+    assert ("no column 'macro_f1' for deft-x on acehnese, seed 2: its results file has no such column"
+            in error_line(capsys, "paired"))
+
+
 def log_text(steps: int = 4) -> str:
     return "".join(json.dumps({"phase": "full", "step": s, "loss": 2.0 / s}) + "\n" for s in range(1, steps + 1))
 

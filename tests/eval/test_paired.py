@@ -210,3 +210,74 @@ def test_a_seed_that_is_not_an_integer_is_named_by_file_line_and_column(tmp_path
         read_results([path])
     with pytest.raises(ResultsError, match=r"seed of .* is '1\.5', not an integer"):
         paired_study(rows, targets=TARGETS, bootstrap=Bootstrap(resamples=10))
+
+
+def scale_sweep_rows(seeds: range) -> list[dict[str, str]]:
+    """deft-x and lt-sft composed at scales 1 and 1.25 (full-ft at none), on each target and seed: at 1.25,
+    deft-x = lt-sft + 0.02; at 1, deft-x = lt-sft − 0.01."""
+    rows = []
+    for seed in seeds:
+        for t in TARGETS:
+            rows.append(dict(row("full-ft", t, seed, 0.7), language_scale=""))
+            for scale, gap in (("1.0", -0.01), ("1.25", 0.02)):
+                plain = 0.6 + seed / 100
+                rows.append(dict(row("lt-sft", t, seed, plain), language_scale=scale))
+                rows.append(dict(row("deft-x", t, seed, plain + gap), language_scale=scale))
+    return rows
+
+
+def test_a_scale_sweep_is_compared_scale_by_scale(tmp_path):
+    rows = scale_sweep_rows(range(3))
+    path = tmp_path / "results.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=[*COLUMNS, "language_scale"])
+        writer.writeheader()
+        writer.writerows(rows)
+    merged = read_results([path])
+    assert len(merged) == len(rows)
+    pairs = [("deft-x ×1.25", "lt-sft ×1.25"), ("deft-x ×1", "lt-sft ×1"), ("deft-x ×1.25", "full-ft")]
+    at_125, at_1, against_full = paired_study(merged, pairs=pairs, targets=TARGETS,
+                                              bootstrap=Bootstrap(resamples=50))[:3]
+    assert at_125.differences == pytest.approx([0.02] * 3) and at_125.seeds == (0, 1, 2)
+    assert at_1.differences == pytest.approx([-0.01] * 3)
+    assert against_full.differences == pytest.approx([0.62 - 0.7, 0.63 - 0.7, 0.64 - 0.7])
+    with pytest.raises(ResultsError, match=r"no test rows for method 'deft-x' .*deft-x ×1, deft-x ×1\.25, full-ft"):
+        paired_study(merged, pairs=[("deft-x", "lt-sft")], targets=TARGETS, bootstrap=Bootstrap(resamples=50))
+
+
+def test_two_scores_of_one_method_target_and_seed_are_refused():
+    rows = [r for r in scale_sweep_rows(range(2)) if r["language_scale"] != "1.0"]
+    rows.append(dict(rows[1], language_scale="1.250", macro_f1="0.9"))  # the same scale, written otherwise
+    with pytest.raises(ResultsError, match=r"two macro_f1 scores of lt-sft on acehnese, seed 0"):
+        paired_study(rows, pairs=[("deft-x", "lt-sft")], targets=TARGETS, bootstrap=Bootstrap(resamples=50))
+
+
+def write_with_recipe(path: Path, rows: list[dict[str, str]], recipe: str) -> Path:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=[*COLUMNS, "recipe"])
+        writer.writeheader()
+        writer.writerows(dict(r, recipe=recipe) for r in rows)
+    return path
+
+
+def test_results_of_two_recipes_are_refused_naming_their_seeds(tmp_path):
+    rows = study_rows(np.random.default_rng(9), range(6))
+    early = [r for r in rows if int(r["seed"]) < 3]
+    late = [r for r in rows if int(r["seed"]) >= 3]
+    first = write_with_recipe(tmp_path / "a.csv", early, "1f2e3d4c5b6a")
+    one_recipe = read_results([first, write_with_recipe(tmp_path / "b.csv", late, "1f2e3d4c5b6a")])
+    assert paired_study(one_recipe, targets=TARGETS, bootstrap=Bootstrap(resamples=20))[0].seeds == tuple(range(6))
+    unstamped = read_results([first, write(tmp_path / "c.csv", late)])  # rows written before the column
+    assert paired_study(unstamped, targets=TARGETS, bootstrap=Bootstrap(resamples=20))[0].seeds == tuple(range(6))
+    two_recipes = read_results([first, write_with_recipe(tmp_path / "d.csv", late, "9a8b7c6d5e4f")])
+    with pytest.raises(ResultsError, match=r"mix 2 recipes \(column recipe: 1f2e3d4c5b6a: seeds 0, 1, 2; "
+                                           r"9a8b7c6d5e4f: seeds 3, 4, 5\)"):
+        paired_study(two_recipes, targets=TARGETS, bootstrap=Bootstrap(resamples=20))
+
+
+def test_one_seed_never_meets_the_goal():
+    rows = study_rows(np.random.default_rng(10), range(1))
+    results = paired_study(rows, pairs=[("deft-x", "lt-sft")], targets=TARGETS, bootstrap=Bootstrap(resamples=20))
+    assert (results[0].low, results[0].high) == pytest.approx((0.02, 0.02)), "one seed: the interval is the point"
+    assert goal_lines(results, 0.5)[2] == ("- deft-x − lt-sft: ±0.00 with 1 seeds, not met (one seed gives no "
+                                           "interval); one seed cannot say how many would.")
