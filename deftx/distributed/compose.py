@@ -222,19 +222,55 @@ def load_diff_for_shards(path: str | Path, model: nn.Module) -> SparseDiff:
 
 
 def local_selection(selection: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
-    """Global flat indices (int64, sorted) of the selected entries this rank stores.
+    """Global flat indices (int64, sorted) of the selected entries this rank stores of ``param``.
 
-    ``selection``: a bool mask shaped like ``param`` (a DTensor placed like it, or a plain
-    tensor for a plain ``param``), or int64 global flat indices of this rank's entries (the
-    ``output="indices"`` form of the sharded top-k).
+    ``selection``: a bool mask shaped like ``param`` (a DTensor placed like it, or a full
+    mask: a plain or replicated tensor, of which this rank's rows are read), or int64 global
+    flat indices of this rank's entries (the ``output="indices"`` form of the sharded top-k).
     """
     lo, hi = flat_range(param)
     if selection.dtype == torch.bool:
-        return local_tensor(selection).reshape(-1).nonzero().flatten() + lo
+        mask = local_tensor(selection) if is_sharded(selection) else _local_rows(local_tensor(selection), param)
+        return mask.reshape(-1).nonzero().flatten() + lo
     idx = local_tensor(selection).to(torch.int64)
     if idx.numel() and (int(idx.min()) < lo or int(idx.max()) >= hi):
         raise IndexError(f"selected index outside this rank's range [{lo}, {hi})")
     return idx
+
+
+def values_at(tensor: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """fp32 (n,) values of ``tensor`` at global flat ``indices`` (int64 (n,)), all entries this rank
+    stores: rows of a Shard(0) DTensor, any entry of a replicated DTensor or a plain tensor (a θ0
+    on the CPU, say), on the device of ``indices``."""
+    lo, _ = flat_range(tensor)
+    local = local_tensor(tensor).reshape(-1)
+    return local[(indices - lo).to(local.device)].float().to(indices.device)
+
+
+def layout_owner(name: str, base: torch.Tensor, tuned: torch.Tensor, selection: torch.Tensor) -> torch.Tensor:
+    """The tensor whose rows decide which entries of ``name`` this rank contributes to a gathered
+    diff: the first Shard(0) DTensor of ``tuned``, ``selection``, ``base`` (``tuned`` when none is).
+
+    Raises:
+        ValueError: ``base`` or a bool ``selection`` shaped unlike ``tuned``, or two of them
+            sharded over different rows.
+    """
+    if base.shape != tuned.shape or (selection.dtype == torch.bool and selection.shape != tuned.shape):
+        shapes = [tuple(t.shape) for t in (base, tuned, selection)]
+        raise ValueError(f"gather_sparse_diff: {name!r} has base, tuned and selection shapes {shapes}")
+    sharded = [t for t in (tuned, selection, base) if is_sharded(t)]
+    if any(flat_range(t) != flat_range(sharded[0]) for t in sharded[1:]):
+        raise ValueError(f"gather_sparse_diff: {name!r} is sharded differently in base, tuned and selection")
+    return sharded[0] if sharded else tuned
+
+
+def selected_entries(
+    base: torch.Tensor, tuned: torch.Tensor, selection: torch.Tensor, owner: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's part of one parameter's diff: int64 (n,) sorted global flat indices of the entries
+    of ``owner`` that ``selection`` selects, and fp32 (n,) ``f32(tuned) − f32(base)`` there."""
+    idx = local_selection(selection, owner)
+    return idx, values_at(tuned, idx) - values_at(base, idx)
 
 
 def _gather_rows(local: torch.Tensor, dst: int, group: dist.ProcessGroup, what: str) -> torch.Tensor | None:
@@ -291,30 +327,30 @@ def gather_sparse_diff(
     """The ordinary SparseDiff of ``tuned − base`` at ``selection``, built on group rank ``dst``.
 
     Collective over ``group`` (default: the world). Tensors may be Shard(0) DTensors (only
-    the sparse (index, value) pieces travel), replicated DTensors or plain tensors (taken
-    from ``dst`` itself). Values are ``f32(tuned) − f32(base)`` as in
-    :meth:`SparseDiff.from_states`, so the file equals the single-process one.
+    the sparse (index, value) pieces travel), replicated DTensors or plain tensors, each
+    read by its own layout: a parameter with any of base, tuned and selection sharded is
+    gathered from the rows each rank holds (:func:`layout_owner`), one with none sharded is
+    taken from ``dst`` itself. A bool selection may be a mask DTensor or a full mask; int64
+    indices are those of this rank's rows (all of them when nothing is sharded). Values are
+    ``f32(tuned) − f32(base)`` as in :meth:`SparseDiff.from_states`, so the file equals the
+    single-process one.
 
     Returns:
         The SparseDiff on ``dst``, None on every other rank.
+
+    Raises:
+        KeyError: a selected name missing from base or tuned.
+        ValueError: shapes that differ, or tensors of one name sharded over different rows.
     """
     group = group or dist.group.WORLD
     names = list(selection)
     missing = [n for n in names if n not in base or n not in tuned]
     if missing:
         raise KeyError(f"gather_sparse_diff: {missing[0]!r} missing from base or tuned")
-    sharded = [n for n in names if is_sharded(tuned[n])]
+    owners = {n: layout_owner(n, base[n], tuned[n], selection[n]) for n in names}
+    sharded = [n for n in names if is_sharded(owners[n])]
     device = local_tensor(tuned[names[0]]).device if names else torch.device("cpu")
-    pieces = []
-    for name in sharded:
-        lo, _ = flat_range(tuned[name])
-        idx = local_selection(selection[name], tuned[name])
-        local_idx = idx - lo
-        delta = (
-            local_tensor(tuned[name]).reshape(-1)[local_idx].float()
-            - local_tensor(base[name]).reshape(-1)[local_idx].float()
-        )
-        pieces.append((idx, delta))
+    pieces = [selected_entries(base[n], tuned[n], selection[n], owners[n]) for n in sharded]
     gathered = _gather_entries(pieces, dst, group, device) if sharded else []
     dense_full = {}
     for name, tensor in (dense or {}).items():
@@ -328,11 +364,8 @@ def gather_sparse_diff(
     values = {name: val for name, (_, val) in zip(sharded, gathered, strict=True)}
     for name in names:
         if name not in indices:
-            idx = local_selection(selection[name], tuned[name])
-            indices[name] = idx.cpu()
-            values[name] = (
-                local_tensor(tuned[name]).reshape(-1)[idx].float() - local_tensor(base[name]).reshape(-1)[idx].float()
-            ).cpu()
+            idx, val = selected_entries(base[name], tuned[name], selection[name], owners[name])
+            indices[name], values[name] = idx.cpu(), val.cpu()
     params = {n: ParamInfo(tuple(tuned[n].shape), tuned[n].dtype) for n in names}
     return SparseDiff(indices, values, params, dense_full, base_model=base_model, method=method, k=k, settings=settings)
 

@@ -296,6 +296,35 @@ def _locals(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.to_local().detach().clone() for n, p in model.named_parameters()}
 
 
+MIXED_LAYOUTS = ("full base", "replicated base", "full mask", "sharded mask, full states")
+"""gather_sparse_diff inputs whose base, tuned and selection are laid out differently."""
+
+
+def _full(states: dict) -> dict[str, torch.Tensor]:
+    return {n: t.full_tensor() for n, t in states.items()}
+
+
+def _mixed_layouts(base: dict, tuned: dict, selection: dict) -> dict[str, object]:
+    """Per :data:`MIXED_LAYOUTS` case, what gather_sparse_diff returns on this rank (or the error it raised)."""
+    replicated = {n: t.redistribute(placements=[Replicate()]) for n, t in base.items()}
+    names = list(selection)
+    cases = {
+        "full base": (_full(base), tuned, selection),
+        "replicated base": (replicated, tuned, selection),
+        "full mask": (base, tuned, _full(selection)),
+        "sharded mask, full states": (_full(base), _full(tuned), selection),
+        "shapes differ": ({n: base[names[0]] for n in names[:2]}, tuned, {n: selection[n] for n in names[:2]}),
+    }
+    return {case: _capture_result(lambda args=args: gather_sparse_diff(*args)) for case, args in cases.items()}
+
+
+def _capture_result(call) -> object:
+    try:
+        return call()
+    except Exception as err:  # recorded; the test asserts on type and message
+        return (type(err).__name__, str(err))
+
+
 def run_compose(mesh, folder: Path) -> dict:
     model = _sharded_model(mesh)
     before = _locals(model)
@@ -337,6 +366,7 @@ def run_compose(mesh, folder: Path) -> dict:
         dst=mesh.size() - 1,
     )
     return {
+        "mixed_layouts": _mixed_layouts(base, tuned, selection),
         "before": before,
         "applied": applied,
         "reverted": reverted,

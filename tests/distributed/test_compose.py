@@ -7,11 +7,12 @@ and last flat index, one tensor missing from a diff, a dense head, scales (1, �
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from deftx.ops import topk_mask
 from deftx.sft import SparseDiff, apply_diffs
-from tests.distributed.scenarios import PARAM_SHAPES, SCALES, Params, base_params, diffs
+from tests.distributed.scenarios import MIXED_LAYOUTS, PARAM_SHAPES, SCALES, Params, base_params, diffs
 from tests.distributed.world import assemble_rows
 from tests.helpers import assert_bitwise_equal
 
@@ -75,6 +76,26 @@ def test_gather_from_index_form_on_another_rank(world):
         assert_bitwise_equal(got.indices[name], expected.indices[name], what=f"indices {name}")
         assert_bitwise_equal(got.values[name], expected.values[name], what=f"values {name}")
     assert got.dense == {}
+
+
+@pytest.mark.parametrize("case", MIXED_LAYOUTS)
+def test_gather_reads_each_tensor_by_its_own_layout(world, case):
+    """A full or replicated θ0 beside sharded θ, a full mask, a mask DTensor beside full states: the same diff."""
+    _, results = world
+    assert all(r["compose"]["mixed_layouts"][case] is None for r in results[1:])
+    got = results[0]["compose"]["mixed_layouts"][case]
+    assert isinstance(got, SparseDiff), got
+    expected = _expected_diff()
+    for name in SPARSE:
+        assert_bitwise_equal(got.indices[name], expected.indices[name], what=f"{case}: indices {name}")
+        assert_bitwise_equal(got.values[name], expected.values[name], what=f"{case}: values {name}")
+
+
+def test_gather_refuses_states_of_other_shapes(world):
+    _, results = world
+    for r in results:
+        kind, message = r["compose"]["mixed_layouts"]["shapes differ"]
+        assert kind == "ValueError" and "shapes" in message, message
 
 
 def test_save_moves_only_sparse_pieces(world):
