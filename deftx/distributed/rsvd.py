@@ -176,10 +176,12 @@ def matrix_scores_sharded(
 ) -> list[tuple[DTensor, int, None]]:
     """DeFT-X scores of row-sharded matrices, the sharded :func:`deftx.train.denoise.matrix_scores`
     (randomized method, no residual add-back): per matrix (``|Δ̂|`` placed like it, rank kept, None:
-    the energy held is not computed)."""
+    the energy held is not computed). A uniform ``config.rank`` keeps ``min(rank, m, n)`` components
+    of an (m, n) matrix, as the single-process batched op does."""
     scores = []
     for w1, w0 in zip(theta1, theta0, strict=True):
-        u, s, vh = lowrank_factors_sharded(w1, config.rank, energy=config.energy, base=w0,
+        rank = None if config.rank is None else min(config.rank, *w1.shape)
+        u, s, vh = lowrank_factors_sharded(w1, rank, energy=config.energy, base=w0,
                                            oversample=config.oversample, n_iter=config.n_iter, seed=config.seed)
         scores.append((_magnitudes(w1, u, s, vh), int(s.numel()), None))
     return scores

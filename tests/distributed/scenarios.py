@@ -21,10 +21,11 @@ from deftx.distributed.compose import (
     load_diff_for_shards,
     save_sharded_diff,
 )
-from deftx.distributed.rsvd import denoised_magnitudes_sharded, lowrank_factors_sharded
+from deftx.distributed.rsvd import denoised_magnitudes_sharded, lowrank_factors_sharded, matrix_scores_sharded
 from deftx.distributed.topk import topk_mask_dtensor
 from deftx.ops import topk_mask
 from deftx.sft import ParamInfo, SparseDiff
+from deftx.train.config import DenoiseConfig
 
 # ---------------------------------------------------------------------------------------- top-k
 
@@ -214,8 +215,31 @@ def svd_cases() -> list[SvdCase]:
     return out
 
 
+UNIFORM_RANK = DenoiseConfig(rank=4, oversample=2, seed=3)
+"""DeFT-X's uniform-rank policy with a rank above the smaller side of two of :func:`uniform_rank_pairs`."""
+
+
+def uniform_rank_pairs() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(θ1, θ0) of a (2, 16) matrix (BERT's token-type embeddings are (2, hidden)), a (9, 3) one and a
+    (17, 12) one with a spectral gap after rank 4."""
+    gen = torch.Generator().manual_seed(11)
+    pairs = []
+    for m, n, spectrum in ((2, 16, [3, 1]), (9, 3, [4, 2, 1]), (17, 12, [10, 6, 3, 2] + [1e-3] * 8)):
+        w0 = torch.randn(m, n, generator=gen)
+        pairs.append(((w0.double() + _with_spectrum(m, n, spectrum, gen)).float(), w0))
+    return pairs
+
+
+def _uniform_rank_scores(mesh) -> list[tuple[torch.Tensor, int]]:
+    """This rank's rows of each pair's DeFT-X score under :data:`UNIFORM_RANK`, and the rank kept."""
+    pairs = [[distribute_tensor(t, mesh, [Shard(0)], src_data_rank=None) for t in pair]
+             for pair in uniform_rank_pairs()]
+    scored = matrix_scores_sharded([w1 for w1, _ in pairs], [w0 for _, w0 in pairs], UNIFORM_RANK)
+    return [(score.to_local(), rank) for score, rank, _ in scored]
+
+
 def run_rsvd(mesh) -> dict:
-    out = {}
+    out = {"uniform_rank": _capture_result(lambda: _uniform_rank_scores(mesh))}
     for case in svd_cases():
         w1 = distribute_tensor(case.w1, mesh, [Shard(0)], src_data_rank=None)
         w0 = None if case.w0 is None else distribute_tensor(case.w0, mesh, [Shard(0)], src_data_rank=None)
