@@ -333,7 +333,7 @@ def gather_sparse_diff(
     taken from ``dst`` itself. A bool selection may be a mask DTensor or a full mask; int64
     indices are those of this rank's rows (all of them when nothing is sharded). Values are
     ``f32(tuned) − f32(base)`` as in :meth:`SparseDiff.from_states`, so the file equals the
-    single-process one.
+    single-process one. Dense tensors are copied, as by :meth:`SparseDiff.from_states`.
 
     Returns:
         The SparseDiff on ``dst``, None on every other rank.
@@ -355,7 +355,9 @@ def gather_sparse_diff(
     dense_full = {}
     for name, tensor in (dense or {}).items():
         full = (
-            _gather_rows(local_tensor(tensor), dst, group, "diff dense") if is_sharded(tensor) else local_tensor(tensor)
+            _gather_rows(local_tensor(tensor), dst, group, "diff dense")
+            if is_sharded(tensor)
+            else local_tensor(tensor).clone()
         )
         dense_full[name] = full
     if dist.get_rank(group) != dst:

@@ -342,6 +342,14 @@ def _mixed_layouts(base: dict, tuned: dict, selection: dict) -> dict[str, object
     return {case: _capture_result(lambda args=args: gather_sparse_diff(*args)) for case, args in cases.items()}
 
 
+def _dense_kept_after_the_model_moves(base: dict, tuned: dict, selection: dict) -> torch.Tensor | None:
+    """The dense head of a gathered diff (rank 0) after the plain head it was given moved on."""
+    head = torch.ones(3, 5)
+    diff = gather_sparse_diff(base, tuned, selection, {"head.weight": head})
+    head.add_(1.0)
+    return None if diff is None else diff.dense["head.weight"]
+
+
 def _capture_result(call) -> object:
     try:
         return call()
@@ -391,6 +399,7 @@ def run_compose(mesh, folder: Path) -> dict:
     )
     return {
         "mixed_layouts": _mixed_layouts(base, tuned, selection),
+        "dense_kept": _dense_kept_after_the_model_moves(base, tuned, selection),
         "before": before,
         "applied": applied,
         "reverted": reverted,

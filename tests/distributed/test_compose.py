@@ -98,6 +98,13 @@ def test_gather_refuses_states_of_other_shapes(world):
         assert kind == "ValueError" and "shapes" in message, message
 
 
+def test_gathered_dense_tensors_are_copies(world):
+    """A plain head handed to gather_sparse_diff is copied: training on afterwards leaves the diff as it was."""
+    _, results = world
+    assert all(r["compose"]["dense_kept"] is None for r in results[1:])
+    assert_bitwise_equal(results[0]["compose"]["dense_kept"], torch.ones(3, 5), what="dense head")
+
+
 def test_save_moves_only_sparse_pieces(world):
     world_size, results = world
     for r in results:
