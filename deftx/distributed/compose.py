@@ -39,12 +39,14 @@ from deftx.distributed.topk import local_shard, mesh_of
 from deftx.models.parameters import named_parameter_map
 from deftx.sft import ParamInfo, SparseDiff
 from deftx.sft.apply import (
-    WrittenEntries,
+    AppliedDiffs,
     check_compatible,
     check_scales,
     handle_rounding_loss,
+    model_lock,
     plan_application,
     plan_writes,
+    record_application,
     resolve_parameter,
     write_planned,
 )
@@ -107,11 +109,13 @@ def _local_rows(full: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
     return full.reshape(-1)[lo:hi].view(local_tensor(param).shape)
 
 
-class ShardedAppliedDiffs(WrittenEntries):
+class ShardedAppliedDiffs(AppliedDiffs):
     """Handle of diffs applied to sharded parameters; :meth:`revert` restores every local bit.
 
-    ``rounding_loss``: per diff, model parameter -> entries of this rank's shard whose
-    change rounded away in the parameter's dtype (see :mod:`deftx.sft.apply`).
+    It is on the model's stack like an :func:`deftx.sft.apply_diffs` handle (:func:`deftx.sft.apply.applied`):
+    diffs applied after it are reverted first. ``rounding_loss``: per diff, model parameter ->
+    entries of this rank's shard whose change rounded away in the parameter's dtype (see
+    :mod:`deftx.sft.apply`).
     """
 
 
@@ -131,11 +135,21 @@ def apply_diffs_sharded(
     diffs. Validated before anything is written; diffs are applied as by
     :func:`deftx.sft.apply_diffs` (one after another in effect), and entries of this rank
     lost to rounding are warned about with this rank's counts. Returns a handle whose
-    ``revert()`` restores the exact original bits.
+    ``revert()`` restores the exact original bits; reverts go in reverse order of the applies
+    (as for :func:`deftx.sft.apply_diffs`, on the same stack).
     """
     diffs = list(diffs)
     scales = check_scales(scales, diffs, "apply_diffs_sharded")
     model = _unwrap(model)
+    with model_lock(model):
+        handle = _write_local(model, diffs, scales, strict_dtype, check_base, backend)
+        record_application(model, handle)
+        return handle
+
+
+def _write_local(model: nn.Module, diffs: list[SparseDiff], scales: list[float], strict_dtype: bool,
+                 check_base: bool, backend: str | None) -> ShardedAppliedDiffs:
+    """Check ``diffs`` against ``model`` (unwrapped) and write them onto this rank's shards."""
     reshard_fsdp(model)
     params = named_parameter_map(model)
     plan = plan_application(diffs, check_compatible(model, params, diffs, strict_dtype, check_base))
@@ -152,10 +166,10 @@ def apply_diffs_sharded(
         return slice_range(idx, val, *ranges[slot])
 
     writes = plan_writes(diffs, plan, targets, scales, localize, rows)
-    handle_rounding_loss(writes.rounding_loss, diffs, {n: params[n].dtype for n in plan.sparse}, "warn")
+    handle_rounding_loss(writes.rounding_loss, diffs, {n: params[n].dtype for n in plan.sparse}, "warn", stacklevel=4)
     saved, dense_saved = write_planned(diffs, writes, {n: local_tensor(params[n]) for n in plan.dense}, scales,
                                        backend, rows)
-    return ShardedAppliedDiffs(writes, saved, dense_saved)
+    return ShardedAppliedDiffs(model, diffs, writes, saved, dense_saved)
 
 
 def _first_at_least(stored, length: int, value: int) -> int:

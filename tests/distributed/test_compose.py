@@ -156,3 +156,28 @@ def test_sharded_apply_of_overlapping_dense_and_sparse_diffs_reverts_exactly():
     handle.revert()
     for name, param in model.named_parameters():
         assert_bitwise_equal(param.detach(), original[name], what=f"reverted {name}")
+
+
+def test_sharded_applies_form_a_stack_reverted_latest_first():
+    """Two overlapping applies: reverting the older first is refused (it would leave the newer one's
+    entries in place); latest first restores θ0 bit for bit, and revert_diff finds a handle by content."""
+    from transformers import BertForSequenceClassification
+
+    from deftx.distributed.compose import apply_diffs_sharded
+    from deftx.sft.apply import applied, revert_diff
+    from tests.sft.helpers import random_sft, snapshot, tiny_config
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_config())
+    original = snapshot(model)
+    first, second = random_sft(model, 300), random_sft(model, 300, seed=1)
+    older = apply_diffs_sharded(model, [first], check_base=False)
+    newer = apply_diffs_sharded(model, [second], check_base=False)
+    assert applied(model) == [older, newer]
+    with pytest.raises(RuntimeError, match="reverse order"):
+        older.revert()
+    assert revert_diff(model, second).exact
+    older.revert()
+    assert applied(model) == [] and newer.reverted
+    for name, param in model.named_parameters():
+        assert_bitwise_equal(param.detach(), original[name], what=f"reverted {name}")
