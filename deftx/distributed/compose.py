@@ -184,6 +184,27 @@ def _first_at_least(stored, length: int, value: int) -> int:
     return low
 
 
+STORED_INDEX_DTYPES = ("I32", "I64")
+"""safetensors dtypes of a SparseDiff file's indices (its values are F32)."""
+
+
+def _stored_pair(handle: Any, name: str, source: str) -> tuple[Any, Any]:
+    """The (indices, values) slices of sparse parameter ``name`` in an open SparseDiff file, checked as
+    :meth:`SparseDiff.load` checks them: 1-D int32 / int64 indices, as many float32 values.
+
+    Raises:
+        SparseDiffFormatError: another dtype, rank or length.
+    """
+    stored, stored_values = handle.get_slice(INDEX_PREFIX + name), handle.get_slice(VALUE_PREFIX + name)
+    if stored.get_dtype() not in STORED_INDEX_DTYPES or stored_values.get_dtype() != "F32":
+        raise SparseDiffFormatError(f"{source}: indices / values of {name!r} are {stored.get_dtype()} / "
+                                    f"{stored_values.get_dtype()}, expected int32 or int64 / float32")
+    if len(stored.get_shape()) != 1 or stored_values.get_shape() != stored.get_shape():
+        raise SparseDiffFormatError(f"{source}: {name!r} has indices of shape {stored.get_shape()} and values of "
+                                    f"shape {stored_values.get_shape()}")
+    return stored, stored_values
+
+
 def load_diff_for_shards(path: str | Path, model: nn.Module) -> SparseDiff:
     """The entries of the SparseDiff file at ``path`` that fall in this rank's shards of ``model``.
 
@@ -192,9 +213,12 @@ def load_diff_for_shards(path: str | Path, model: nn.Module) -> SparseDiff:
     Dense tensors (small task heads) are read whole. Reads O(entries in the shard) of the
     file plus ``log2(nnz)`` single-index reads per parameter, all through one open file.
 
+    Validated as by ``SparseDiff.load`` except for the file's sha256 digest, which would
+    take reading all of it: check a file of unknown provenance once with ``SparseDiff.load``.
+
     Raises:
         FileNotFoundError: no such file.
-        SparseDiffFormatError: anything wrong with the file (validated as by ``SparseDiff.load``).
+        SparseDiffFormatError: anything else wrong with the file.
     """
     from safetensors import SafetensorError, safe_open
 
@@ -219,13 +243,15 @@ def load_diff_for_shards(path: str | Path, model: nn.Module) -> SparseDiff:
                             f"{source}: parameter {name!r} lacks its values or its shape record"
                         )
                     lo, hi = flat_range(params[resolve_parameter(model, params, name)])
-                    stored = handle.get_slice(key)
+                    stored, stored_values = _stored_pair(handle, name, source)
                     length = stored.get_shape()[0]
                     begin, end = _first_at_least(stored, length, lo), _first_at_least(stored, length, hi)
                     indices[name] = stored[begin:end]
-                    values[name] = handle.get_slice(VALUE_PREFIX + name)[begin:end]
+                    values[name] = stored_values[begin:end]
                 elif prefix + slash != VALUE_PREFIX or not name:
                     raise SparseDiffFormatError(f"{source}: unexpected tensor {key!r}")
+                elif INDEX_PREFIX + name not in keys:
+                    raise SparseDiffFormatError(f"{source}: parameter {name!r} lacks its indices")
         return SparseDiff(indices, values, {n: meta.params[n] for n in indices}, dense, **meta.keywords())
     except (SafetensorError, OSError, RuntimeError) as err:
         raise SparseDiffFormatError(f"{source}: corrupt or truncated SparseDiff file ({err})") from err

@@ -181,3 +181,31 @@ def test_sharded_applies_form_a_stack_reverted_latest_first():
     assert applied(model) == [] and newer.reverted
     for name, param in model.named_parameters():
         assert_bitwise_equal(param.detach(), original[name], what=f"reverted {name}")
+
+
+@pytest.mark.parametrize(
+    ("mutate", "words"),
+    [
+        (lambda tensors, meta: tensors.pop("indices/bias"), "lacks its indices"),
+        (lambda tensors, meta: tensors.update({"values/weight": tensors["values/weight"].half()}), "float32"),
+        (lambda tensors, meta: tensors.update({"values/weight": torch.cat([tensors["values/weight"]] * 2)}), "shape"),
+    ],
+    ids=["values_without_indices", "float16_values", "more_values_than_indices"],
+)
+def test_reading_a_ranks_entries_refuses_what_load_refuses(tmp_path, mutate, words):
+    """Files SparseDiff.load refuses (re-signed, so only these checks can catch them) are refused per rank too."""
+    from deftx.distributed.compose import load_diff_for_shards
+    from deftx.sft import ParamInfo, SparseDiffFormatError
+    from tests.sft.helpers import rewrite
+
+    model = torch.nn.Linear(3, 4)
+    params = {"weight": ParamInfo((4, 3), torch.float32), "bias": ParamInfo((4,), torch.float32)}
+    diff = SparseDiff({"weight": torch.tensor([1, 7]), "bias": torch.tensor([0, 3])},
+                      {"weight": torch.ones(2), "bias": torch.ones(2)}, params)
+    path = tmp_path / "sft.safetensors"
+    diff.save(path)
+    rewrite(path, mutate)
+    with pytest.raises(SparseDiffFormatError):
+        SparseDiff.load(path)
+    with pytest.raises(SparseDiffFormatError, match=words):
+        load_diff_for_shards(path, model)
