@@ -8,6 +8,7 @@ tensors from the inputs defined here and compare with the single-process ops.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -238,8 +239,23 @@ def _uniform_rank_scores(mesh) -> list[tuple[torch.Tensor, int]]:
     return [(score.to_local(), rank) for score, rank, _ in scored]
 
 
+def _non_finite_scores(mesh) -> dict[str, object]:
+    """DeFT-X scores (fixed rank, energy policy) of a Δ with a NaN or an Inf in its last row only (the
+    last rank's shard): the error each rank raised, or what it returned."""
+    out = {}
+    for bad in ("nan", "inf"):
+        w0 = torch.zeros(9, 4)
+        w1 = w0 + 0.5
+        w1[8, 1] = float(bad)
+        pair = [distribute_tensor(t, mesh, [Shard(0)], src_data_rank=None) for t in (w1, w0)]
+        for policy in ("rank", "energy"):
+            call = partial(lowrank_factors_sharded, pair[0], base=pair[1], **{policy: 2 if policy == "rank" else 0.9})
+            out[bad, policy] = _capture_result(call)
+    return out
+
+
 def run_rsvd(mesh) -> dict:
-    out = {"uniform_rank": _capture_result(lambda: _uniform_rank_scores(mesh))}
+    out = {"uniform_rank": _capture_result(lambda: _uniform_rank_scores(mesh)), "non_finite": _non_finite_scores(mesh)}
     for case in svd_cases():
         w1 = distribute_tensor(case.w1, mesh, [Shard(0)], src_data_rank=None)
         w0 = None if case.w0 is None else distribute_tensor(case.w0, mesh, [Shard(0)], src_data_rank=None)

@@ -105,3 +105,14 @@ def test_uniform_rank_above_a_matrix_side_keeps_what_one_process_keeps(world):
         sharded = assemble_rows([g[i][0] for g in got])
         error = float(torch.linalg.matrix_norm(sharded - score))
         assert error <= TOLERANCE * float(torch.linalg.matrix_norm(w1 - w0)), f"pair {i}: scores differ by {error:.3e}"
+
+
+def test_a_non_finite_delta_on_one_rank_is_refused_on_every_rank(world):
+    """NaN / Inf in one rank's rows: a clear ValueError everywhere, as the single-process op gives, not an
+    eigensolver failure."""
+    _, results = world
+    for rank, r in enumerate(results):
+        for case, outcome in r["rsvd"]["non_finite"].items():
+            assert isinstance(outcome, tuple), f"rank {rank} {case}: returned factors"
+            kind, message = outcome
+            assert kind == "ValueError" and "not finite" in message, f"rank {rank} {case}: {kind}: {message}"
