@@ -39,12 +39,14 @@ from deftx.distributed.topk import local_shard, mesh_of
 from deftx.models.parameters import named_parameter_map
 from deftx.sft import ParamInfo, SparseDiff
 from deftx.sft.apply import (
-    WrittenEntries,
+    AppliedDiffs,
     check_compatible,
     check_scales,
     handle_rounding_loss,
+    model_lock,
     plan_application,
     plan_writes,
+    record_application,
     resolve_parameter,
     write_planned,
 )
@@ -107,11 +109,13 @@ def _local_rows(full: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
     return full.reshape(-1)[lo:hi].view(local_tensor(param).shape)
 
 
-class ShardedAppliedDiffs(WrittenEntries):
+class ShardedAppliedDiffs(AppliedDiffs):
     """Handle of diffs applied to sharded parameters; :meth:`revert` restores every local bit.
 
-    ``rounding_loss``: per diff, model parameter -> entries of this rank's shard whose
-    change rounded away in the parameter's dtype (see :mod:`deftx.sft.apply`).
+    It is on the model's stack like an :func:`deftx.sft.apply_diffs` handle (:func:`deftx.sft.apply.applied`):
+    diffs applied after it are reverted first. ``rounding_loss``: per diff, model parameter ->
+    entries of this rank's shard whose change rounded away in the parameter's dtype (see
+    :mod:`deftx.sft.apply`).
     """
 
 
@@ -131,11 +135,21 @@ def apply_diffs_sharded(
     diffs. Validated before anything is written; diffs are applied as by
     :func:`deftx.sft.apply_diffs` (one after another in effect), and entries of this rank
     lost to rounding are warned about with this rank's counts. Returns a handle whose
-    ``revert()`` restores the exact original bits.
+    ``revert()`` restores the exact original bits; reverts go in reverse order of the applies
+    (as for :func:`deftx.sft.apply_diffs`, on the same stack).
     """
     diffs = list(diffs)
     scales = check_scales(scales, diffs, "apply_diffs_sharded")
     model = _unwrap(model)
+    with model_lock(model):
+        handle = _write_local(model, diffs, scales, strict_dtype, check_base, backend)
+        record_application(model, handle)
+        return handle
+
+
+def _write_local(model: nn.Module, diffs: list[SparseDiff], scales: list[float], strict_dtype: bool,
+                 check_base: bool, backend: str | None) -> ShardedAppliedDiffs:
+    """Check ``diffs`` against ``model`` (unwrapped) and write them onto this rank's shards."""
     reshard_fsdp(model)
     params = named_parameter_map(model)
     plan = plan_application(diffs, check_compatible(model, params, diffs, strict_dtype, check_base))
@@ -152,10 +166,10 @@ def apply_diffs_sharded(
         return slice_range(idx, val, *ranges[slot])
 
     writes = plan_writes(diffs, plan, targets, scales, localize, rows)
-    handle_rounding_loss(writes.rounding_loss, diffs, {n: params[n].dtype for n in plan.sparse}, "warn")
+    handle_rounding_loss(writes.rounding_loss, diffs, {n: params[n].dtype for n in plan.sparse}, "warn", stacklevel=4)
     saved, dense_saved = write_planned(diffs, writes, {n: local_tensor(params[n]) for n in plan.dense}, scales,
                                        backend, rows)
-    return ShardedAppliedDiffs(writes, saved, dense_saved)
+    return ShardedAppliedDiffs(model, diffs, writes, saved, dense_saved)
 
 
 def _first_at_least(stored, length: int, value: int) -> int:
@@ -170,6 +184,27 @@ def _first_at_least(stored, length: int, value: int) -> int:
     return low
 
 
+STORED_INDEX_DTYPES = ("I32", "I64")
+"""safetensors dtypes of a SparseDiff file's indices (its values are F32)."""
+
+
+def _stored_pair(handle: Any, name: str, source: str) -> tuple[Any, Any]:
+    """The (indices, values) slices of sparse parameter ``name`` in an open SparseDiff file, checked as
+    :meth:`SparseDiff.load` checks them: 1-D int32 / int64 indices, as many float32 values.
+
+    Raises:
+        SparseDiffFormatError: another dtype, rank or length.
+    """
+    stored, stored_values = handle.get_slice(INDEX_PREFIX + name), handle.get_slice(VALUE_PREFIX + name)
+    if stored.get_dtype() not in STORED_INDEX_DTYPES or stored_values.get_dtype() != "F32":
+        raise SparseDiffFormatError(f"{source}: indices / values of {name!r} are {stored.get_dtype()} / "
+                                    f"{stored_values.get_dtype()}, expected int32 or int64 / float32")
+    if len(stored.get_shape()) != 1 or stored_values.get_shape() != stored.get_shape():
+        raise SparseDiffFormatError(f"{source}: {name!r} has indices of shape {stored.get_shape()} and values of "
+                                    f"shape {stored_values.get_shape()}")
+    return stored, stored_values
+
+
 def load_diff_for_shards(path: str | Path, model: nn.Module) -> SparseDiff:
     """The entries of the SparseDiff file at ``path`` that fall in this rank's shards of ``model``.
 
@@ -178,9 +213,12 @@ def load_diff_for_shards(path: str | Path, model: nn.Module) -> SparseDiff:
     Dense tensors (small task heads) are read whole. Reads O(entries in the shard) of the
     file plus ``log2(nnz)`` single-index reads per parameter, all through one open file.
 
+    Validated as by ``SparseDiff.load`` except for the file's sha256 digest, which would
+    take reading all of it: check a file of unknown provenance once with ``SparseDiff.load``.
+
     Raises:
         FileNotFoundError: no such file.
-        SparseDiffFormatError: anything wrong with the file (validated as by ``SparseDiff.load``).
+        SparseDiffFormatError: anything else wrong with the file.
     """
     from safetensors import SafetensorError, safe_open
 
@@ -205,13 +243,15 @@ def load_diff_for_shards(path: str | Path, model: nn.Module) -> SparseDiff:
                             f"{source}: parameter {name!r} lacks its values or its shape record"
                         )
                     lo, hi = flat_range(params[resolve_parameter(model, params, name)])
-                    stored = handle.get_slice(key)
+                    stored, stored_values = _stored_pair(handle, name, source)
                     length = stored.get_shape()[0]
                     begin, end = _first_at_least(stored, length, lo), _first_at_least(stored, length, hi)
                     indices[name] = stored[begin:end]
-                    values[name] = handle.get_slice(VALUE_PREFIX + name)[begin:end]
+                    values[name] = stored_values[begin:end]
                 elif prefix + slash != VALUE_PREFIX or not name:
                     raise SparseDiffFormatError(f"{source}: unexpected tensor {key!r}")
+                elif INDEX_PREFIX + name not in keys:
+                    raise SparseDiffFormatError(f"{source}: parameter {name!r} lacks its indices")
         return SparseDiff(indices, values, {n: meta.params[n] for n in indices}, dense, **meta.keywords())
     except (SafetensorError, OSError, RuntimeError) as err:
         raise SparseDiffFormatError(f"{source}: corrupt or truncated SparseDiff file ({err})") from err
@@ -222,19 +262,55 @@ def load_diff_for_shards(path: str | Path, model: nn.Module) -> SparseDiff:
 
 
 def local_selection(selection: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
-    """Global flat indices (int64, sorted) of the selected entries this rank stores.
+    """Global flat indices (int64, sorted) of the selected entries this rank stores of ``param``.
 
-    ``selection``: a bool mask shaped like ``param`` (a DTensor placed like it, or a plain
-    tensor for a plain ``param``), or int64 global flat indices of this rank's entries (the
-    ``output="indices"`` form of the sharded top-k).
+    ``selection``: a bool mask shaped like ``param`` (a DTensor placed like it, or a full
+    mask: a plain or replicated tensor, of which this rank's rows are read), or int64 global
+    flat indices of this rank's entries (the ``output="indices"`` form of the sharded top-k).
     """
     lo, hi = flat_range(param)
     if selection.dtype == torch.bool:
-        return local_tensor(selection).reshape(-1).nonzero().flatten() + lo
+        mask = local_tensor(selection) if is_sharded(selection) else _local_rows(local_tensor(selection), param)
+        return mask.reshape(-1).nonzero().flatten() + lo
     idx = local_tensor(selection).to(torch.int64)
     if idx.numel() and (int(idx.min()) < lo or int(idx.max()) >= hi):
         raise IndexError(f"selected index outside this rank's range [{lo}, {hi})")
     return idx
+
+
+def values_at(tensor: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """fp32 (n,) values of ``tensor`` at global flat ``indices`` (int64 (n,)), all entries this rank
+    stores: rows of a Shard(0) DTensor, any entry of a replicated DTensor or a plain tensor (a θ0
+    on the CPU, say), on the device of ``indices``."""
+    lo, _ = flat_range(tensor)
+    local = local_tensor(tensor).reshape(-1)
+    return local[(indices - lo).to(local.device)].float().to(indices.device)
+
+
+def layout_owner(name: str, base: torch.Tensor, tuned: torch.Tensor, selection: torch.Tensor) -> torch.Tensor:
+    """The tensor whose rows decide which entries of ``name`` this rank contributes to a gathered
+    diff: the first Shard(0) DTensor of ``tuned``, ``selection``, ``base`` (``tuned`` when none is).
+
+    Raises:
+        ValueError: ``base`` or a bool ``selection`` shaped unlike ``tuned``, or two of them
+            sharded over different rows.
+    """
+    if base.shape != tuned.shape or (selection.dtype == torch.bool and selection.shape != tuned.shape):
+        shapes = [tuple(t.shape) for t in (base, tuned, selection)]
+        raise ValueError(f"gather_sparse_diff: {name!r} has base, tuned and selection shapes {shapes}")
+    sharded = [t for t in (tuned, selection, base) if is_sharded(t)]
+    if any(flat_range(t) != flat_range(sharded[0]) for t in sharded[1:]):
+        raise ValueError(f"gather_sparse_diff: {name!r} is sharded differently in base, tuned and selection")
+    return sharded[0] if sharded else tuned
+
+
+def selected_entries(
+    base: torch.Tensor, tuned: torch.Tensor, selection: torch.Tensor, owner: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's part of one parameter's diff: int64 (n,) sorted global flat indices of the entries
+    of ``owner`` that ``selection`` selects, and fp32 (n,) ``f32(tuned) − f32(base)`` there."""
+    idx = local_selection(selection, owner)
+    return idx, values_at(tuned, idx) - values_at(base, idx)
 
 
 def _gather_rows(local: torch.Tensor, dst: int, group: dist.ProcessGroup, what: str) -> torch.Tensor | None:
@@ -291,35 +367,37 @@ def gather_sparse_diff(
     """The ordinary SparseDiff of ``tuned − base`` at ``selection``, built on group rank ``dst``.
 
     Collective over ``group`` (default: the world). Tensors may be Shard(0) DTensors (only
-    the sparse (index, value) pieces travel), replicated DTensors or plain tensors (taken
-    from ``dst`` itself). Values are ``f32(tuned) − f32(base)`` as in
-    :meth:`SparseDiff.from_states`, so the file equals the single-process one.
+    the sparse (index, value) pieces travel), replicated DTensors or plain tensors, each
+    read by its own layout: a parameter with any of base, tuned and selection sharded is
+    gathered from the rows each rank holds (:func:`layout_owner`), one with none sharded is
+    taken from ``dst`` itself. A bool selection may be a mask DTensor or a full mask; int64
+    indices are those of this rank's rows (all of them when nothing is sharded). Values are
+    ``f32(tuned) − f32(base)`` as in :meth:`SparseDiff.from_states`, so the file equals the
+    single-process one. Dense tensors are copied, as by :meth:`SparseDiff.from_states`.
 
     Returns:
         The SparseDiff on ``dst``, None on every other rank.
+
+    Raises:
+        KeyError: a selected name missing from base or tuned.
+        ValueError: shapes that differ, or tensors of one name sharded over different rows.
     """
     group = group or dist.group.WORLD
     names = list(selection)
     missing = [n for n in names if n not in base or n not in tuned]
     if missing:
         raise KeyError(f"gather_sparse_diff: {missing[0]!r} missing from base or tuned")
-    sharded = [n for n in names if is_sharded(tuned[n])]
+    owners = {n: layout_owner(n, base[n], tuned[n], selection[n]) for n in names}
+    sharded = [n for n in names if is_sharded(owners[n])]
     device = local_tensor(tuned[names[0]]).device if names else torch.device("cpu")
-    pieces = []
-    for name in sharded:
-        lo, _ = flat_range(tuned[name])
-        idx = local_selection(selection[name], tuned[name])
-        local_idx = idx - lo
-        delta = (
-            local_tensor(tuned[name]).reshape(-1)[local_idx].float()
-            - local_tensor(base[name]).reshape(-1)[local_idx].float()
-        )
-        pieces.append((idx, delta))
+    pieces = [selected_entries(base[n], tuned[n], selection[n], owners[n]) for n in sharded]
     gathered = _gather_entries(pieces, dst, group, device) if sharded else []
     dense_full = {}
     for name, tensor in (dense or {}).items():
         full = (
-            _gather_rows(local_tensor(tensor), dst, group, "diff dense") if is_sharded(tensor) else local_tensor(tensor)
+            _gather_rows(local_tensor(tensor), dst, group, "diff dense")
+            if is_sharded(tensor)
+            else local_tensor(tensor).clone()
         )
         dense_full[name] = full
     if dist.get_rank(group) != dst:
@@ -328,11 +406,8 @@ def gather_sparse_diff(
     values = {name: val for name, (_, val) in zip(sharded, gathered, strict=True)}
     for name in names:
         if name not in indices:
-            idx = local_selection(selection[name], tuned[name])
-            indices[name] = idx.cpu()
-            values[name] = (
-                local_tensor(tuned[name]).reshape(-1)[idx].float() - local_tensor(base[name]).reshape(-1)[idx].float()
-            ).cpu()
+            idx, val = selected_entries(base[name], tuned[name], selection[name], owners[name])
+            indices[name], values[name] = idx.cpu(), val.cpu()
     params = {n: ParamInfo(tuple(tuned[n].shape), tuned[n].dtype) for n in names}
     return SparseDiff(indices, values, params, dense_full, base_model=base_model, method=method, k=k, settings=settings)
 

@@ -61,11 +61,17 @@ def _zero_null_directions(gram: torch.Tensor) -> torch.Tensor:
     return vectors * torch.where(kept, eigenvalues.clamp_min(cutoff).rsqrt(), torch.zeros_like(eigenvalues))
 
 
-def orthonormal_rows(y: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
-    """Q (m_r, q) fp32: an orthonormal basis of the row-sharded Y (CholeskyQR2, fp64 Gram)."""
+def orthonormal_rows(y: torch.Tensor, group: dist.ProcessGroup, what: str) -> torch.Tensor:
+    """Q (m_r, q) fp32: an orthonormal basis of the row-sharded Y (CholeskyQR2, fp64 Gram).
+
+    Raises:
+        ValueError: on every rank, when the Gram matrix is not finite (NaN or Inf in Y); names ``what``.
+    """
     q = y.double()
     for _ in range(GRAM_PASSES):
         gram = comm.all_reduce_sum(q.T @ q, group, "rsvd gram")
+        if not bool(torch.isfinite(gram).all()):
+            raise ValueError(f"{what} is not finite (NaN or Inf in θ1 or θ0, or a difference that overflows fp32)")
         upper, info = torch.linalg.cholesky_ex(gram, upper=True)
         if int(info) == 0:
             q = torch.linalg.solve_triangular(upper, q, upper=True, left=False)
@@ -81,14 +87,18 @@ def randomized_svd_sharded(
 
     Collective over the mesh of ``w1`` (Shard(0) on a 1-D mesh). Returns this rank's rows
     U_r (m_r, q) of U, and S (q,), Vh (q, n), replicated (plain tensors), all fp32.
+
+    Raises:
+        ValueError: on every rank, when Δ holds a NaN or an Inf on any rank.
     """
     group = mesh_of([w1], "randomized_svd_sharded").get_group()
+    what = f"randomized_svd_sharded: Δ = θ1 − θ0 of shape {tuple(w1.shape)}"
     delta = local_difference(w1, w0)
     omega = omega.to(delta.device, torch.float32)
-    q = orthonormal_rows(delta @ omega, group)
+    q = orthonormal_rows(delta @ omega, group, what)
     for _ in range(n_iter):
         z = torch.linalg.qr(comm.all_reduce_sum(delta.T @ q, group, "rsvd sketch Δᵀ Q"), mode="reduced").Q
-        q = orthonormal_rows(delta @ z, group)
+        q = orthonormal_rows(delta @ z, group, what)
     b = comm.all_reduce_sum(q.T @ delta, group, "rsvd B = Qᵀ Δ")
     u_small, s, vh = torch.linalg.svd(b, full_matrices=False)
     return q @ u_small, s, vh
@@ -176,10 +186,12 @@ def matrix_scores_sharded(
 ) -> list[tuple[DTensor, int, None]]:
     """DeFT-X scores of row-sharded matrices, the sharded :func:`deftx.train.denoise.matrix_scores`
     (randomized method, no residual add-back): per matrix (``|Δ̂|`` placed like it, rank kept, None:
-    the energy held is not computed)."""
+    the energy held is not computed). A uniform ``config.rank`` keeps ``min(rank, m, n)`` components
+    of an (m, n) matrix, as the single-process batched op does."""
     scores = []
     for w1, w0 in zip(theta1, theta0, strict=True):
-        u, s, vh = lowrank_factors_sharded(w1, config.rank, energy=config.energy, base=w0,
+        rank = None if config.rank is None else min(config.rank, *w1.shape)
+        u, s, vh = lowrank_factors_sharded(w1, rank, energy=config.energy, base=w0,
                                            oversample=config.oversample, n_iter=config.n_iter, seed=config.seed)
         scores.append((_magnitudes(w1, u, s, vh), int(s.numel()), None))
     return scores

@@ -692,9 +692,15 @@ def apply_diffs(
         saved, dense_saved = write_planned(diffs, writes, {n: params[n].detach() for n in writes.plan.dense},
                                            scales, backend)
         handle = AppliedDiffs(model, diffs, writes, saved, dense_saved)
-        _APPLIED.setdefault(model, []).append(handle)
+        record_application(model, handle)
         remember_base_model(model)
         return handle
+
+
+def record_application(model: torch.nn.Module, handle: Application) -> None:
+    """Put ``handle`` on top of ``model``'s stack of applications (:func:`applied`); the caller holds
+    :func:`model_lock`."""
+    _APPLIED.setdefault(model, []).append(handle)
 
 
 def applied(model: torch.nn.Module) -> list[Application]:

@@ -8,6 +8,7 @@ tensors from the inputs defined here and compare with the single-process ops.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -21,10 +22,11 @@ from deftx.distributed.compose import (
     load_diff_for_shards,
     save_sharded_diff,
 )
-from deftx.distributed.rsvd import denoised_magnitudes_sharded, lowrank_factors_sharded
+from deftx.distributed.rsvd import denoised_magnitudes_sharded, lowrank_factors_sharded, matrix_scores_sharded
 from deftx.distributed.topk import topk_mask_dtensor
 from deftx.ops import topk_mask
 from deftx.sft import ParamInfo, SparseDiff
+from deftx.train.config import DenoiseConfig
 
 # ---------------------------------------------------------------------------------------- top-k
 
@@ -214,8 +216,46 @@ def svd_cases() -> list[SvdCase]:
     return out
 
 
-def run_rsvd(mesh) -> dict:
+UNIFORM_RANK = DenoiseConfig(rank=4, oversample=2, seed=3)
+"""DeFT-X's uniform-rank policy with a rank above the smaller side of two of :func:`uniform_rank_pairs`."""
+
+
+def uniform_rank_pairs() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(θ1, θ0) of a (2, 16) matrix (BERT's token-type embeddings are (2, hidden)), a (9, 3) one and a
+    (17, 12) one with a spectral gap after rank 4."""
+    gen = torch.Generator().manual_seed(11)
+    pairs = []
+    for m, n, spectrum in ((2, 16, [3, 1]), (9, 3, [4, 2, 1]), (17, 12, [10, 6, 3, 2] + [1e-3] * 8)):
+        w0 = torch.randn(m, n, generator=gen)
+        pairs.append(((w0.double() + _with_spectrum(m, n, spectrum, gen)).float(), w0))
+    return pairs
+
+
+def _uniform_rank_scores(mesh) -> list[tuple[torch.Tensor, int]]:
+    """This rank's rows of each pair's DeFT-X score under :data:`UNIFORM_RANK`, and the rank kept."""
+    pairs = [[distribute_tensor(t, mesh, [Shard(0)], src_data_rank=None) for t in pair]
+             for pair in uniform_rank_pairs()]
+    scored = matrix_scores_sharded([w1 for w1, _ in pairs], [w0 for _, w0 in pairs], UNIFORM_RANK)
+    return [(score.to_local(), rank) for score, rank, _ in scored]
+
+
+def _non_finite_scores(mesh) -> dict[str, object]:
+    """DeFT-X scores (fixed rank, energy policy) of a Δ with a NaN or an Inf in its last row only (the
+    last rank's shard): the error each rank raised, or what it returned."""
     out = {}
+    for bad in ("nan", "inf"):
+        w0 = torch.zeros(9, 4)
+        w1 = w0 + 0.5
+        w1[8, 1] = float(bad)
+        pair = [distribute_tensor(t, mesh, [Shard(0)], src_data_rank=None) for t in (w1, w0)]
+        for policy in ("rank", "energy"):
+            call = partial(lowrank_factors_sharded, pair[0], base=pair[1], **{policy: 2 if policy == "rank" else 0.9})
+            out[bad, policy] = _capture_result(call)
+    return out
+
+
+def run_rsvd(mesh) -> dict:
+    out = {"uniform_rank": _capture_result(lambda: _uniform_rank_scores(mesh)), "non_finite": _non_finite_scores(mesh)}
     for case in svd_cases():
         w1 = distribute_tensor(case.w1, mesh, [Shard(0)], src_data_rank=None)
         w0 = None if case.w0 is None else distribute_tensor(case.w0, mesh, [Shard(0)], src_data_rank=None)
@@ -296,6 +336,43 @@ def _locals(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.to_local().detach().clone() for n, p in model.named_parameters()}
 
 
+MIXED_LAYOUTS = ("full base", "replicated base", "full mask", "sharded mask, full states")
+"""gather_sparse_diff inputs whose base, tuned and selection are laid out differently."""
+
+
+def _full(states: dict) -> dict[str, torch.Tensor]:
+    return {n: t.full_tensor() for n, t in states.items()}
+
+
+def _mixed_layouts(base: dict, tuned: dict, selection: dict) -> dict[str, object]:
+    """Per :data:`MIXED_LAYOUTS` case, what gather_sparse_diff returns on this rank (or the error it raised)."""
+    replicated = {n: t.redistribute(placements=[Replicate()]) for n, t in base.items()}
+    names = list(selection)
+    cases = {
+        "full base": (_full(base), tuned, selection),
+        "replicated base": (replicated, tuned, selection),
+        "full mask": (base, tuned, _full(selection)),
+        "sharded mask, full states": (_full(base), _full(tuned), selection),
+        "shapes differ": ({n: base[names[0]] for n in names[:2]}, tuned, {n: selection[n] for n in names[:2]}),
+    }
+    return {case: _capture_result(lambda args=args: gather_sparse_diff(*args)) for case, args in cases.items()}
+
+
+def _dense_kept_after_the_model_moves(base: dict, tuned: dict, selection: dict) -> torch.Tensor | None:
+    """The dense head of a gathered diff (rank 0) after the plain head it was given moved on."""
+    head = torch.ones(3, 5)
+    diff = gather_sparse_diff(base, tuned, selection, {"head.weight": head})
+    head.add_(1.0)
+    return None if diff is None else diff.dense["head.weight"]
+
+
+def _capture_result(call) -> object:
+    try:
+        return call()
+    except Exception as err:  # recorded; the test asserts on type and message
+        return (type(err).__name__, str(err))
+
+
 def run_compose(mesh, folder: Path) -> dict:
     model = _sharded_model(mesh)
     before = _locals(model)
@@ -337,6 +414,8 @@ def run_compose(mesh, folder: Path) -> dict:
         dst=mesh.size() - 1,
     )
     return {
+        "mixed_layouts": _mixed_layouts(base, tuned, selection),
+        "dense_kept": _dense_kept_after_the_model_moves(base, tuned, selection),
         "before": before,
         "applied": applied,
         "reverted": reverted,

@@ -7,11 +7,12 @@ and last flat index, one tensor missing from a diff, a dense head, scales (1, �
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from deftx.ops import topk_mask
 from deftx.sft import SparseDiff, apply_diffs
-from tests.distributed.scenarios import PARAM_SHAPES, SCALES, Params, base_params, diffs
+from tests.distributed.scenarios import MIXED_LAYOUTS, PARAM_SHAPES, SCALES, Params, base_params, diffs
 from tests.distributed.world import assemble_rows
 from tests.helpers import assert_bitwise_equal
 
@@ -77,6 +78,33 @@ def test_gather_from_index_form_on_another_rank(world):
     assert got.dense == {}
 
 
+@pytest.mark.parametrize("case", MIXED_LAYOUTS)
+def test_gather_reads_each_tensor_by_its_own_layout(world, case):
+    """A full or replicated θ0 beside sharded θ, a full mask, a mask DTensor beside full states: the same diff."""
+    _, results = world
+    assert all(r["compose"]["mixed_layouts"][case] is None for r in results[1:])
+    got = results[0]["compose"]["mixed_layouts"][case]
+    assert isinstance(got, SparseDiff), got
+    expected = _expected_diff()
+    for name in SPARSE:
+        assert_bitwise_equal(got.indices[name], expected.indices[name], what=f"{case}: indices {name}")
+        assert_bitwise_equal(got.values[name], expected.values[name], what=f"{case}: values {name}")
+
+
+def test_gather_refuses_states_of_other_shapes(world):
+    _, results = world
+    for r in results:
+        kind, message = r["compose"]["mixed_layouts"]["shapes differ"]
+        assert kind == "ValueError" and "shapes" in message, message
+
+
+def test_gathered_dense_tensors_are_copies(world):
+    """A plain head handed to gather_sparse_diff is copied: training on afterwards leaves the diff as it was."""
+    _, results = world
+    assert all(r["compose"]["dense_kept"] is None for r in results[1:])
+    assert_bitwise_equal(results[0]["compose"]["dense_kept"], torch.ones(3, 5), what="dense head")
+
+
 def test_save_moves_only_sparse_pieces(world):
     world_size, results = world
     for r in results:
@@ -128,3 +156,56 @@ def test_sharded_apply_of_overlapping_dense_and_sparse_diffs_reverts_exactly():
     handle.revert()
     for name, param in model.named_parameters():
         assert_bitwise_equal(param.detach(), original[name], what=f"reverted {name}")
+
+
+def test_sharded_applies_form_a_stack_reverted_latest_first():
+    """Two overlapping applies: reverting the older first is refused (it would leave the newer one's
+    entries in place); latest first restores θ0 bit for bit, and revert_diff finds a handle by content."""
+    from transformers import BertForSequenceClassification
+
+    from deftx.distributed.compose import apply_diffs_sharded
+    from deftx.sft.apply import applied, revert_diff
+    from tests.sft.helpers import random_sft, snapshot, tiny_config
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_config())
+    original = snapshot(model)
+    first, second = random_sft(model, 300), random_sft(model, 300, seed=1)
+    older = apply_diffs_sharded(model, [first], check_base=False)
+    newer = apply_diffs_sharded(model, [second], check_base=False)
+    assert applied(model) == [older, newer]
+    with pytest.raises(RuntimeError, match="reverse order"):
+        older.revert()
+    assert revert_diff(model, second).exact
+    older.revert()
+    assert applied(model) == [] and newer.reverted
+    for name, param in model.named_parameters():
+        assert_bitwise_equal(param.detach(), original[name], what=f"reverted {name}")
+
+
+@pytest.mark.parametrize(
+    ("mutate", "words"),
+    [
+        (lambda tensors, meta: tensors.pop("indices/bias"), "lacks its indices"),
+        (lambda tensors, meta: tensors.update({"values/weight": tensors["values/weight"].half()}), "float32"),
+        (lambda tensors, meta: tensors.update({"values/weight": torch.cat([tensors["values/weight"]] * 2)}), "shape"),
+    ],
+    ids=["values_without_indices", "float16_values", "more_values_than_indices"],
+)
+def test_reading_a_ranks_entries_refuses_what_load_refuses(tmp_path, mutate, words):
+    """Files SparseDiff.load refuses (re-signed, so only these checks can catch them) are refused per rank too."""
+    from deftx.distributed.compose import load_diff_for_shards
+    from deftx.sft import ParamInfo, SparseDiffFormatError
+    from tests.sft.helpers import rewrite
+
+    model = torch.nn.Linear(3, 4)
+    params = {"weight": ParamInfo((4, 3), torch.float32), "bias": ParamInfo((4,), torch.float32)}
+    diff = SparseDiff({"weight": torch.tensor([1, 7]), "bias": torch.tensor([0, 3])},
+                      {"weight": torch.ones(2), "bias": torch.ones(2)}, params)
+    path = tmp_path / "sft.safetensors"
+    diff.save(path)
+    rewrite(path, mutate)
+    with pytest.raises(SparseDiffFormatError):
+        SparseDiff.load(path)
+    with pytest.raises(SparseDiffFormatError, match=words):
+        load_diff_for_shards(path, model)

@@ -15,7 +15,8 @@ from torch.distributed.tensor import Shard
 
 from deftx.distributed.rsvd import GRAM_PASSES
 from deftx.ops import denoised_magnitudes, lowrank_factors
-from tests.distributed.scenarios import SvdCase, svd_cases
+from deftx.train.denoise import matrix_scores
+from tests.distributed.scenarios import UNIFORM_RANK, SvdCase, svd_cases, uniform_rank_pairs
 from tests.distributed.world import assemble_rows
 
 TOLERANCE = 1e-5
@@ -89,3 +90,29 @@ def test_communication_is_sketches_and_gram_matrices(world, case):
     assert counts["all_reduce", "rsvd sketch Δᵀ Q"].bytes == sketch
     assert counts["all_reduce", "rsvd B = Qᵀ Δ"].bytes == small
     assert results[0]["rsvd"][case.name]["bytes"] == gram + sketch + small, "no other traffic (never the m × n Δ)"
+
+
+def test_uniform_rank_above_a_matrix_side_keeps_what_one_process_keeps(world):
+    """DeFT-X's scores of several matrices (the train path): a rank above min(m, n) keeps min(m, n)
+    components, as the single-process batched scores do, instead of refusing the matrix."""
+    _, results = world
+    got = [r["rsvd"]["uniform_rank"] for r in results]
+    assert all(isinstance(g, list) for g in got), got[0]
+    pairs = uniform_rank_pairs()
+    expected = matrix_scores([w1 for w1, _ in pairs], [w0 for _, w0 in pairs], UNIFORM_RANK)
+    for i, ((w1, w0), (score, rank, _)) in enumerate(zip(pairs, expected, strict=True)):
+        assert [g[i][1] for g in got] == [rank] * len(got) and rank == min(UNIFORM_RANK.rank, *w1.shape)
+        sharded = assemble_rows([g[i][0] for g in got])
+        error = float(torch.linalg.matrix_norm(sharded - score))
+        assert error <= TOLERANCE * float(torch.linalg.matrix_norm(w1 - w0)), f"pair {i}: scores differ by {error:.3e}"
+
+
+def test_a_non_finite_delta_on_one_rank_is_refused_on_every_rank(world):
+    """NaN / Inf in one rank's rows: a clear ValueError everywhere, as the single-process op gives, not an
+    eigensolver failure."""
+    _, results = world
+    for rank, r in enumerate(results):
+        for case, outcome in r["rsvd"]["non_finite"].items():
+            assert isinstance(outcome, tuple), f"rank {rank} {case}: returned factors"
+            kind, message = outcome
+            assert kind == "ValueError" and "not finite" in message, f"rank {rank} {case}: {kind}: {message}"
