@@ -55,7 +55,7 @@ from deftx.train import params
 from deftx.train.config import DEFAULT_ELIGIBLE, DenoiseConfig, PhaseConfig, resolve_k, to_plain
 from deftx.train.denoise import selection_scores as denoise_scores
 from deftx.train.finetune import L1Pull, l1_gradient_scale
-from deftx.train.retrain import MaskedAdamW, SelectedGradients, full_indices
+from deftx.train.retrain import MaskedAdamW, SelectedGradients, by_weight_decay, full_indices
 from deftx.train.select import Score, select_top_k
 
 Strategy = Literal["ddp", "fsdp"]
@@ -136,9 +136,9 @@ class SFTSettings:
     (length in steps, learning rate, L1 pull toward θ0). Gradients are clipped to
     ``max_grad_norm`` (None: no clipping) and the learning rate follows
     ``transformers.get_scheduler(lr_scheduler_type)`` with ``warmup_steps``, per phase, as in a
-    ``transformers.Trainer``. ``weight_decay`` applies to every trained parameter (a Trainer
-    spares biases and LayerNorms). ``denoise`` None is LT-SFT; a :class:`DenoiseConfig`
-    (randomized method, no residual add-back) is DeFT-X.
+    ``transformers.Trainer``. ``weight_decay`` applies to the trained parameters a Trainer decays:
+    all but biases and norms (:func:`deftx.train.params.decay_parameter_names`). ``denoise`` None
+    is LT-SFT; a :class:`DenoiseConfig` (randomized method, no residual add-back) is DeFT-X.
     """
 
     k: float
@@ -310,6 +310,7 @@ def run_sparse_finetuning(
     groups = params.parameter_groups(model)
     eligible, head = freeze_for_sft(model, settings.eligible)
     trained = [*eligible, *head]
+    decayed = params.decay_parameter_names(model)
     full_l1, sparse_l1 = (l1_gradient_scale(phase.l1, model) for phase in (settings.full, settings.sparse))
     model = wrap_model(model, strategy, mesh)
     named = params.named_parameter_map(unwrap(model))
@@ -318,8 +319,9 @@ def run_sparse_finetuning(
     theta0 = snapshot(model, trained)
 
     start = time.perf_counter()
-    optimizer = torch.optim.AdamW([named[n] for n in trained], lr=settings.full.learning_rate,
-                                  weight_decay=settings.weight_decay)
+    decay_groups = by_weight_decay(trained, decayed, settings.weight_decay)
+    optimizer = torch.optim.AdamW([{"params": [named[n] for n in names], "weight_decay": decay}
+                                   for names, decay in decay_groups], lr=settings.full.learning_rate)
     pull = L1Pull(unwrap(model), {n: theta0[n] for n in eligible}, full_l1)
     result.losses["full"] = train_phase(model, optimizer, batch_for_step, settings, settings.full.steps, pull.apply_)
     del optimizer
@@ -341,9 +343,9 @@ def run_sparse_finetuning(
     start = time.perf_counter()
     restore_(model, theta0)
     indices = local_indices(model, selection, head)
-    optimizer = MaskedAdamW([{"params": [named[n] for n in trained], "indices": [indices[n] for n in trained]}],
-                            lr=settings.sparse.learning_rate, weight_decay=settings.weight_decay, l1=sparse_l1,
-                            backend=settings.backend)
+    optimizer = MaskedAdamW([{"params": [named[n] for n in names], "indices": [indices[n] for n in names],
+                              "weight_decay": decay} for names, decay in decay_groups],
+                            lr=settings.sparse.learning_rate, l1=sparse_l1, backend=settings.backend)
     keep = SelectedGradients(unwrap(model), {n: indices[n] for n in eligible})
     result.losses["sparse"] = train_phase(model, optimizer, batch_for_step, settings, settings.sparse.steps,
                                           keep.apply_)

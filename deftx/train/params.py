@@ -139,6 +139,14 @@ def eligible_parameter_names(model: nn.Module, groups: Iterable[str]) -> list[st
     return names
 
 
+def decay_parameter_names(model: nn.Module) -> list[str]:
+    """The parameter names a ``transformers.Trainer`` would apply weight decay to: all but biases and
+    norms (``Trainer.get_decay_parameter_names``, which reads nothing of the trainer itself)."""
+    from transformers import Trainer
+
+    return Trainer.get_decay_parameter_names(None, model)  # type: ignore[arg-type]
+
+
 def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
     """The entries this rank holds of ``tensor`` (its shard for a DTensor, else itself), detached, sharing storage.
 

@@ -22,7 +22,7 @@ magnitude ``l1 / N`` is orders of magnitude below any clipping threshold).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -255,6 +255,15 @@ class SelectedGradients(GradientAdjustment):
                           for name, idx in indices.items()])
 
 
+def by_weight_decay(names: Iterable[str], decayed: Collection[str],
+                    weight_decay: float) -> list[tuple[list[str], float]]:
+    """``names`` (order kept) as optimizer groups: those in ``decayed`` at ``weight_decay``, then the
+    rest at 0.0 (biases and norms, as a ``transformers.Trainer`` spares them); empty groups left out."""
+    ordered, chosen = list(names), set(decayed)
+    groups = ([n for n in ordered if n in chosen], weight_decay), ([n for n in ordered if n not in chosen], 0.0)
+    return [(members, decay) for members, decay in groups if members]
+
+
 def build_masked_optimizer(
     trainer,
     indices: Mapping[str, torch.Tensor],
@@ -276,25 +285,16 @@ def build_masked_optimizer(
         l1_scale: per-entry L1 gradient magnitude (``l1 / N``).
     """
     params = named_parameter_map(trainer.model)
-    decay = set(trainer.get_decay_parameter_names(trainer.model))
-    buckets: dict[bool, dict[str, list]] = {True: {"params": [], "indices": []},
-                                            False: {"params": [], "indices": []}}
     dense = set(dense_names)
     # Model order, so the optimizer's state_dict layout (and a resume) never depends on
     # the order of the caller's mapping.
-    for name, param in params.items():
-        if name in dense:
-            selected = full_indices(param)
-        elif name in indices and indices[name].numel():
-            selected = indices[name]
-        else:
-            continue
-        buckets[name in decay]["params"].append(param)
-        buckets[name in decay]["indices"].append(selected)
+    selected = {name: full_indices(param) if name in dense else indices[name] for name, param in params.items()
+                if name in dense or (name in indices and indices[name].numel())}
     args = trainer.args
     groups = [
-        {**bucket, "weight_decay": args.weight_decay if decays else 0.0}
-        for decays, bucket in buckets.items() if bucket["params"]
+        {"params": [params[n] for n in names], "indices": [selected[n] for n in names], "weight_decay": decay}
+        for names, decay in by_weight_decay(selected, trainer.get_decay_parameter_names(trainer.model),
+                                            args.weight_decay)
     ]
     return MaskedAdamW(
         groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
