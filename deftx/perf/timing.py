@@ -1,7 +1,7 @@
 """Wall-clock timing of benchmark thunks on CPU (``perf_counter``) or CUDA (events).
 
-On CUDA every call is bracketed by CUDA events recorded on the current stream and the
-device is synchronised before reading them, so the time is the GPU time of the call
+On CUDA every call is bracketed by CUDA events recorded on the timed device's current stream
+and the device is synchronised before reading them, so the time is the GPU time of the call
 (including launch overhead), not the asynchronous host time.
 
 Implementations compared with each other are timed *interleaved*
@@ -69,11 +69,14 @@ def _time_cpu(thunk: Callable[[], object]) -> float:
 
 
 def _time_cuda(thunk: Callable[[], object], device: torch.device) -> float:
+    """GPU seconds of one call: events on ``device``'s current stream (not the current device's:
+    ``cuda:1`` work is timed on ``cuda:1`` when ``cuda:0`` is the current device)."""
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    stream = torch.cuda.current_stream(device)
     synchronize(device)
-    start.record()
+    start.record(stream)
     result = thunk()
-    end.record()
+    end.record(stream)
     synchronize(device)
     del result
     return start.elapsed_time(end) / 1e3

@@ -184,6 +184,20 @@ def test_topk_cost_model_by_hand() -> None:
     assert module.traffic("cat_kthvalue", inputs).bytes == 1000 * 4 + 16 * 1000
 
 
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_topk_cost_model_of_16_bit_scores_by_hand(dtype: str) -> None:
+    """torch.cat and abs_ keep the scores' 2-byte dtype, and topk returns values in it."""
+    module = op_module("topk")
+    spec = CaseSpec("topk", ShapeSet("one", (TensorShape("w", (100, 10)),)), dtype=dtype, k_fraction=0.1)
+    inputs = module.make_inputs(spec)
+    values, indices = torch.topk(torch.cat([t.reshape(-1) for t in inputs.tensors]).abs_(), inputs.k)
+    assert values.element_size() == 2 and indices.element_size() == 8
+    # cat reads and writes 1000 x 2 B, abs_ reads and writes them, the selection reads them
+    assert module.traffic("deftx:torch", inputs).bytes == 1000 * 2 + 100 * 8
+    assert module.traffic("cat_topk", inputs).bytes == 5 * 1000 * 2 + 100 * (2 + 8)
+    assert module.traffic("cat_kthvalue", inputs).bytes == 5 * 1000 * 2
+
+
 def test_chunked_topk_past_the_limit_selects_what_one_topk_selects():
     from deftx.perf.cases.topk import chunked_topk
 

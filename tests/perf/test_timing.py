@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from deftx.perf.timing import TimingSettings, time_interleaved, time_thunk
+from deftx.perf.timing import TimingSettings, time_call, time_interleaved, time_thunk
 
 CPU = torch.device("cpu")
 
@@ -76,3 +76,41 @@ def test_interleaved_timing_alternates_calls_and_drops_long_ones() -> None:
     assert [len(result[n][0].samples) for n in ("fast", "slow")] == [3, 1]
     assert result["fast"][1] == "fast" and result["slow"][1] == "slow"
     assert result["slow"][0].median_s >= 0.06
+
+
+class _FakeStream:
+    """A CUDA stream of one device (the test machines have no GPU)."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+
+def test_cuda_events_are_recorded_on_the_timed_device_s_stream(monkeypatch) -> None:
+    """``cuda:1`` work is timed by events on ``cuda:1``'s stream, not the current device's (``cuda:0``):
+    events on an idle ``cuda:0`` stream would time the host's launches, not the GPU's work."""
+    current_device = 0
+    recorded: list[int] = []
+
+    def current_stream(device=None) -> _FakeStream:
+        index = current_device if device is None or torch.device(device).index is None else torch.device(device).index
+        return _FakeStream(index)
+
+    class FakeEvent:
+        def __init__(self, enable_timing: bool = False) -> None:
+            self.stream: _FakeStream | None = None
+
+        def record(self, stream: _FakeStream | None = None) -> None:  # as torch.cuda.Event.record
+            self.stream = stream if stream is not None else current_stream()
+            recorded.append(self.stream.index)
+
+        def elapsed_time(self, end: FakeEvent) -> float:
+            return 2.0 if self.stream.index == end.stream.index else float("nan")
+
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    monkeypatch.setattr(torch.cuda, "current_stream", current_stream)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    assert time_call(lambda: None, torch.device("cuda", 1)) == 0.002
+    assert recorded == [1, 1]
+    recorded.clear()
+    assert time_call(lambda: None, torch.device("cuda")) == 0.002  # no index: the current device
+    assert recorded == [0, 0]

@@ -111,17 +111,18 @@ def bind(impl: str, inputs: TopkInputs) -> Callable[[], object]:
 def traffic(impl: str, inputs: TopkInputs) -> Traffic:
     """Bytes each implementation must move (no flops worth counting).
 
-    deftx: read every score once, write k int64 indices: ``Σ numel·itemsize + 8k``.
-    Baselines: the concatenation reads the scores and writes an fp32 copy, ``abs_``
-    reads and writes it, the selection reads it (``topk`` writes k fp32 values and
-    int64 indices): ``Σ numel·itemsize + 16 n (+ 12k for topk)``.
+    deftx: read every score once, write k int64 indices: ``Σ numel·e + 8k`` (e: the
+    scores' element size).
+    Baselines: the concatenation reads the scores and writes a copy in their dtype, ``abs_``
+    reads and writes it, the selection reads it (``topk`` writes k values of size e and
+    int64 indices): ``Σ numel·e + 4 n e (+ k (e + 8) for topk)``.
     """
     read = sum(t.numel() * t.element_size() for t in inputs.tensors)
-    total = sum(t.numel() for t in inputs.tensors)
+    element = inputs.tensors[0].element_size()
     if backend_of(impl) is not None:
         return Traffic(read + 8 * inputs.k, 0.0, "deftx.perf: read scores once + 8 B per index")
-    output = 12 * inputs.k if impl == "cat_topk" else 0
-    return Traffic(read + 16 * total + output, 0.0, "deftx.perf: cat + abs_ + one selection pass")
+    output = (element + 8) * inputs.k if impl == "cat_topk" else 0
+    return Traffic(5 * read + output, 0.0, "deftx.perf: cat + abs_ + one selection pass")
 
 
 def quality(impl: str, inputs: TopkInputs, output: object) -> dict[str, float]:
