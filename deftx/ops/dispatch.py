@@ -17,6 +17,7 @@ backend is a module with the same functions (see ``/deftx/ops/reference``):
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import os
@@ -145,6 +146,16 @@ def implementation(op: str, backend: str, device: torch.device) -> ModuleType:
 def backend_for(op: str, device: torch.device, backend: str | None = None) -> ModuleType:
     """Resolve and load in one step: the module whose functions run ``op`` on ``device``."""
     return implementation(op, resolve(op, device, backend), device)
+
+
+def device_guard(device: torch.device) -> contextlib.AbstractContextManager:
+    """A context in which ``device`` is the current CUDA device (a no-op for other devices).
+
+    Triton launches on the current device's current stream, not on its arguments' device: a
+    kernel for ``cuda:1`` tensors called while ``cuda:0`` is current would run on ``cuda:0``.
+    Every backend call on CUDA tensors runs inside this guard.
+    """
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def common_device(tensors: list[torch.Tensor], what: str) -> torch.device:

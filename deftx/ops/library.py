@@ -25,7 +25,7 @@ from typing import TypeVar
 import torch
 from torch.autograd.graph import increment_version
 
-from deftx.ops.dispatch import backend_for, common_device
+from deftx.ops.dispatch import backend_for, common_device, device_guard
 from deftx.ops.settings import AdamWSettings, MaskedStepTensors
 
 Result = TypeVar("Result")
@@ -58,7 +58,8 @@ def _topk_indices(
     tensors: list[torch.Tensor], bases: list[torch.Tensor | None], k: int, concatenated: bool, backend: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     device = common_device([*tensors, *(b for b in bases if b is not None)], "topk_indices")
-    return backend_for("topk", device, backend).topk_indices(tensors, k, bases or None, concatenated)
+    with device_guard(device):
+        return backend_for("topk", device, backend).topk_indices(tensors, k, bases or None, concatenated)
 
 
 _topk_indices_op = torch.library.custom_op("deftx::topk_indices", mutates_args=())(_topk_indices)
@@ -105,9 +106,10 @@ def scatter_add(
     """
     device = common_device(dense, "scatter_add_")
     width = len(dense)
-    backend_for("scatter", device, backend).scatter_add_(
-        dense, _rows(indices, width), _rows(values, width), scales, bool(saved_out), _rows(saved_out, width) or None
-    )
+    with device_guard(device):
+        backend_for("scatter", device, backend).scatter_add_(
+            dense, _rows(indices, width), _rows(values, width), scales, bool(saved_out), _rows(saved_out, width) or None
+        )
 
 
 @scatter_add.register_fake
@@ -122,7 +124,8 @@ def scatter_restore(
     """Write saved values back (flattened D*T lists)."""
     device = common_device(dense, "scatter_restore_")
     width = len(dense)
-    backend_for("scatter", device, backend).scatter_restore_(dense, _rows(indices, width), _rows(saved, width))
+    with device_guard(device):
+        backend_for("scatter", device, backend).scatter_restore_(dense, _rows(indices, width), _rows(saved, width))
 
 
 @scatter_restore.register_fake
@@ -145,7 +148,8 @@ def _masked_adamw_step(
     tensors = MaskedStepTensors(params, grads, indices, masters, exp_avgs, exp_avg_sqs, bases or None)
     device = common_device(params, "masked_adamw_step_")
     run_step = backend_for("masked_step", device, backend).masked_adamw_step_
-    run_step(tensors, AdamWSettings.from_op(step, hyperparameters))
+    with device_guard(device):
+        run_step(tensors, AdamWSettings.from_op(step, hyperparameters))
 
 
 _masked_adamw_step_op = torch.library.custom_op(
@@ -179,9 +183,10 @@ def _randomized_svd(
     w1s: list[torch.Tensor], w0s: list[torch.Tensor], omega: torch.Tensor, n_iter: int, precision: str, backend: str
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     device = common_device([*w1s, *w0s, omega], "randomized_svd")
-    return backend_for("rsvd", device, backend).randomized_svd_group(
-        w1s, w0s or None, omega, n_iter, precision=precision
-    )
+    with device_guard(device):
+        return backend_for("rsvd", device, backend).randomized_svd_group(
+            w1s, w0s or None, omega, n_iter, precision=precision
+        )
 
 
 _randomized_svd_op = torch.library.custom_op("deftx::randomized_svd", mutates_args=())(_randomized_svd)
@@ -212,7 +217,8 @@ def randomized_svd(
 
 def _difference_energy(w1s: list[torch.Tensor], w0s: list[torch.Tensor], backend: str) -> torch.Tensor:
     device = common_device([*w1s, *w0s], "difference_energy")
-    return backend_for("rsvd", device, backend).difference_energy(w1s, w0s or None)
+    with device_guard(device):
+        return backend_for("rsvd", device, backend).difference_energy(w1s, w0s or None)
 
 
 _difference_energy_op = torch.library.custom_op("deftx::difference_energy", mutates_args=())(_difference_energy)
@@ -232,7 +238,8 @@ def _reconstruct_abs(
     us: list[torch.Tensor], ss: list[torch.Tensor], vhs: list[torch.Tensor], precision: str, backend: str
 ) -> list[torch.Tensor]:
     device = common_device([*us, *ss, *vhs], "reconstruct_abs")
-    return backend_for("rsvd", device, backend).reconstruct_magnitudes(us, ss, vhs, precision=precision)
+    with device_guard(device):
+        return backend_for("rsvd", device, backend).reconstruct_magnitudes(us, ss, vhs, precision=precision)
 
 
 _reconstruct_abs_op = torch.library.custom_op("deftx::reconstruct_abs", mutates_args=())(_reconstruct_abs)

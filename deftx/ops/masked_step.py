@@ -10,7 +10,7 @@ import torch
 from torch.autograd.graph import increment_version
 
 from deftx.ops import library
-from deftx.ops.dispatch import backend_for, common_device, requested_backend
+from deftx.ops.dispatch import backend_for, common_device, device_guard, requested_backend
 from deftx.ops.settings import AdamWSettings, MaskedStepTensors
 from deftx.ops.validation import (
     as_tensor_list,
@@ -166,7 +166,8 @@ class PreparedMaskedStep:
         _check_grads(self._params, grads, "PreparedMaskedStep.step")
         if settings.has_l1 and not self._has_bases:
             raise ValueError("PreparedMaskedStep.step: l1 != 0 needs bases, and the step was prepared without")
-        self._runner.step([g.contiguous() for g in grads], settings)
+        with device_guard(self._params[0].device):
+            self._runner.step([g.contiguous() for g in grads], settings)
         increment_version(self._written)
 
 
@@ -197,8 +198,10 @@ def plan_masked_step(fixed: MaskedStepTensors, *, backend: str | None = None) ->
     """:func:`prepare_masked_step` without its checks, for a caller that made or checked the
     tensors itself (:class:`deftx.train.retrain.MaskedAdamW`, when it is built): ``fixed``'s
     ``grads`` are ignored, its ``params`` non-empty on one device."""
-    module = backend_for("masked_step", fixed.params[0].device, requested_backend(backend))
+    device = fixed.params[0].device
+    module = backend_for("masked_step", device, requested_backend(backend))
     planned = getattr(module, "PreparedMaskedStep", None)
-    runner = (planned(fixed.params, fixed.indices, fixed.masters, fixed.exp_avgs, fixed.exp_avg_sqs, fixed.bases)
-              if planned is not None else _UnplannedStep(module, fixed))
+    with device_guard(device):
+        runner = (planned(fixed.params, fixed.indices, fixed.masters, fixed.exp_avgs, fixed.exp_avg_sqs, fixed.bases)
+                  if planned is not None else _UnplannedStep(module, fixed))
     return PreparedMaskedStep(fixed, runner)

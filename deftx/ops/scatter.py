@@ -11,7 +11,7 @@ import torch
 from torch.autograd.graph import increment_version
 
 from deftx.ops import library
-from deftx.ops.dispatch import backend_for, common_device, requested_backend
+from deftx.ops.dispatch import backend_for, common_device, device_guard, requested_backend
 from deftx.ops.validation import as_tensor_list, check_disjoint, check_float_dtype, check_indices
 
 FP32_OVERFLOW = 2.0**128 - 2.0**103
@@ -210,7 +210,8 @@ class PreparedScatter:
         if self.applied:
             raise RuntimeError("PreparedScatter.apply: already applied (restore first)")
         if self._dense:
-            self._runner.apply()
+            with device_guard(self._dense[0].device):
+                self._runner.apply()
             increment_version(self._dense)
         self.applied = True
         return self.saved
@@ -220,7 +221,8 @@ class PreparedScatter:
         if not self.applied:
             raise RuntimeError("PreparedScatter.restore: nothing applied")
         if self._dense:
-            self._runner.restore()
+            with device_guard(self._dense[0].device):
+                self._runner.restore()
             increment_version(self._dense)
         self.applied = False
 
@@ -240,8 +242,10 @@ def prepare_scatter(
     items, scales = _checked(dense, indices, values, scales, "prepare_scatter")
     rows_idx = [list(row) for row in indices]
     rows_val = [list(row) for row in values]
-    module = backend_for("scatter", common_device(items, "prepare_scatter"), requested_backend(backend))
+    device = common_device(items, "prepare_scatter")
+    module = backend_for("scatter", device, requested_backend(backend))
     planned = getattr(module, "PreparedScatter", None)
-    runner = (planned(items, rows_idx, rows_val, scales) if planned is not None
-              else _Unplanned(module, items, rows_idx, rows_val, scales))
+    with device_guard(device):
+        runner = (planned(items, rows_idx, rows_val, scales) if planned is not None
+                  else _Unplanned(module, items, rows_idx, rows_val, scales))
     return PreparedScatter(items, runner)
