@@ -93,6 +93,7 @@ from deftx.train.identity import (
     claim,
     digest,
     model_digest,
+    model_settings,
     remove_outputs,
     settings_identity,
     stale_results,
@@ -235,7 +236,8 @@ def data_identity(trainer, train_digest: str | None = None) -> dict[str, Any]:
 
 def trainer_identity(trainer, data_digest: str | None = None) -> dict[str, Any]:
     """What any training run on ``trainer`` depends on: deftx's formats, the model's weights (its θ0,
-    digested), the seed, the data, the Trainer class, the data collator with its settings
+    digested), its class and configuration (:func:`~deftx.train.identity.model_settings`: dropout,
+    activation...), the seed, the data, the Trainer class, the data collator with its settings
     (:func:`~deftx.train.identity.settings_identity`: e.g. an MLM collator's masking rate and seed),
     the device type the model trains on (``cpu``, ``cuda``...) and the other result-changing arguments
     (``use_cpu`` is left to the device, which it only helps decide)."""
@@ -245,6 +247,7 @@ def trainer_identity(trainer, data_digest: str | None = None) -> dict[str, Any]:
     return {
         "format": {"run": RUN_FORMAT, "sft": SFT_FORMAT_VERSION},
         "theta0": model_digest(trainer.model),
+        "model": model_settings(trainer.model),
         "seed": seed,
         "data": data_identity(trainer, data_digest),
         "trainer": callable_name(trainer),

@@ -109,6 +109,9 @@ def test_overwrite_retrains_what_changed_and_returns_the_new_k(finished):
         ({"arguments": {"gradient_accumulation_steps": 2}}, "phase 1: training.gradient_accumulation_steps: 1 -> 2"),
         ({"dataset": tiny_dataset(seed=9)}, "phase 1: data.train: "),
         ({"model": tiny_model(seed=5)}, "phase 1: theta0: "),
+        ({"model": tiny_model(hidden_dropout_prob=0.0)}, "phase 1: model.config.hidden_dropout_prob: 0.1 -> 0.0"),
+        ({"model": tiny_model(hidden_act="relu")}, 'phase 1: model.config.hidden_act: "gelu" -> "relu"'),
+        ({"model": tiny_model(layer_norm_eps=1e-3)}, "phase 1: model.config.layer_norm_eps: 1e-12 -> 0.001"),
         ({"config": run_config(eligible=("attention", "ffn"))}, "phase 1: eligible: "),
     ],
 )
@@ -124,6 +127,15 @@ def test_reporting_arguments_are_not_part_of_the_identity(finished):
     tmp_path, _ = finished
     reporting = {"logging_steps": 3, "save_steps": 5, "report_to": ["none"], "run_name": "x", "disable_tqdm": False}
     assert tuner(tmp_path, arguments=reporting).fit().seconds == {}
+
+
+def test_model_settings_that_train_nothing_differently_are_not_part_of_the_identity(finished):
+    """The problem type a classifier's forward sets itself from its labels, and label names (which only the
+    SFTs' info records), leave phase 1 as it was."""
+    tmp_path, _ = finished
+    assert tuner(tmp_path, model=tiny_model(problem_type="single_label_classification")).fit().seconds == {}
+    named = tiny_model(id2label={0: "neg", 1: "neu", 2: "pos"})
+    assert tuner(tmp_path, model=named).phase1_identity() == tuner(tmp_path).phase1_identity()
 
 
 def test_a_folder_from_before_identities_is_refused(tmp_path):
