@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import gc
 import json
 import os
@@ -235,6 +236,29 @@ def test_linked_store_hard_links_both_ways(tmp_path):
     assert (run_b / "theta1.safetensors").read_bytes() == b"theta1"
     with pytest.raises(ValueError, match="distinct names"):
         store.publish(run_a, identity, ["x/sft.safetensors", "y/sft.safetensors"])
+
+
+def test_a_store_on_another_file_system_keeps_its_own_copies(tmp_path, monkeypatch):
+    """No hard link possible: the store copies what a run publishes (a symbolic link into the run would
+    follow the run's path: to another step's result written there, or to nothing once the run deletes it)."""
+    def cross_device(source, target):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", cross_device)
+    store = LinkedStepStore(tmp_path / "store")
+    run_a, run_b, run_c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    run_a.mkdir()
+    (run_a / "sft.safetensors").write_bytes(b"step 1")
+    identity, files = {"step": "branch", "k": 1}, ["sft.safetensors"]
+    store.publish(run_a, identity, files)
+    replacement = run_a / "sft.safetensors.tmp"
+    replacement.write_bytes(b"step 2")
+    os.replace(replacement, run_a / "sft.safetensors")  # run a trains another step in its folder (--overwrite)
+    assert store.attach(run_b, identity, files)
+    assert (run_b / "sft.safetensors").read_bytes() == b"step 1"
+    (run_a / "sft.safetensors").unlink()
+    assert store.attach(run_c, identity, files) and (run_c / "sft.safetensors").read_bytes() == b"step 1"
+    assert not list(store.folder(identity).glob(".*")), "no temporary left in the store"
 
 
 def test_step_identities_follow_what_each_step_depends_on(tmp_path, tiny_model_dir):
