@@ -591,6 +591,39 @@ def test_overwrite_drops_the_rows_of_a_changed_variant(tmp_path):
     assert [(r["variant"], r["language"]) for r in read_csv(heldout)] == [("a", "x")]
 
 
+class Stopped(BaseException):
+    """A stop (Ctrl-C, a kill) while rows are written."""
+
+
+class StopsWhenRead(dict):
+    def get(self, *args):
+        raise Stopped
+
+
+def test_rows_stopped_while_written_leave_the_file_as_it_was(tmp_path, monkeypatch):
+    """A source's rows are appended whole or not at all: some of them would mark the source finished, and
+    the next run would skip its missing rows; dropping stale rows, stopped, keeps every row."""
+    from deftx.pipeline.ablation import append_rows, drop_stale_rows
+
+    ablation = parse_ablation(ablation_raw(tmp_path, BASE, {"a": {}, "b": {"language_sft.k": 0.02}}))
+    rows = [{"variant": name, "variant_hash": ablation.hashes[name] if name == "a" else "0123456789ab", "seed": 0,
+             "source": "indonesian", "target": f"t{number}", "method": "lt-sft", "macro_f1": 0.5, "accuracy": 0.5,
+             "language_scale": None} for name in ("a", "b") for number in range(300)]
+    path = tmp_path / "ablation.csv"
+    append_rows(path, rows[:1])
+    before = path.read_bytes()
+    with pytest.raises(Stopped):
+        append_rows(path, [*rows[1:], StopsWhenRead(rows[0])])
+    assert path.read_bytes() == before
+    assert not list(tmp_path.glob(".ablation.csv*")), "no temporary left"
+    append_rows(path, rows[1:])
+    before = path.read_bytes()
+    monkeypatch.setattr(csv.DictWriter, "writerows", lambda self, rows: (self.writerow(next(iter(rows))), [][0]))
+    with pytest.raises(IndexError):
+        drop_stale_rows(path, ablation)
+    assert path.read_bytes() == before and len(read_rows(path)) == 600
+
+
 @pytest.mark.parametrize("config", ["configs/ablation-nusax-e5-small.yaml",
                                     "configs/ablation-nusax-e5-small-language.yaml",
                                     "configs/ablation-nusax-e5-small-denoise.yaml"])
