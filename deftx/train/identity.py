@@ -40,6 +40,8 @@ RUN_FORMAT = 4
 no identity records; 2: identities without the collator's settings, the device or the SFTs' info;
 3: without the model's class and configuration)."""
 IDENTITY_FILE = "identity.json"
+DAMAGED = f"({IDENTITY_FILE})"
+"""The one key of what :func:`read_identity` returns for a record that is not a JSON object: what is wrong with it."""
 SHORT_DIGEST = 12
 MAX_NAMED = 3
 MAX_SETTINGS_DEPTH = 16
@@ -287,15 +289,16 @@ def normalised(identity: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def read_identity(folder: Path) -> dict[str, Any] | None:
-    """The identity recorded in ``folder`` (None when there is none)."""
+    """The identity recorded in ``folder``: None when there is none, ``{DAMAGED: what is wrong}`` when it is
+    not a JSON object."""
     path = folder / IDENTITY_FILE
     if not path.is_file():
         return None
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError, RecursionError):
-        return {"(identity.json)": "unreadable"}
-    return record if isinstance(record, dict) else {"(identity.json)": "not a JSON object"}
+        return {DAMAGED: "unreadable"}
+    return record if isinstance(record, dict) else {DAMAGED: "not a JSON object"}
 
 
 def write_identity(folder: Path, identity: Mapping[str, Any]) -> None:
@@ -330,6 +333,9 @@ def stale_results(folder: Path, identity: Mapping[str, Any], outputs: Sequence[s
     if recorded is None:
         return [f"its results ({', '.join(stale[:MAX_NAMED])}) have no {IDENTITY_FILE}: written by an older deftx "
                 "or by hand, so what they depend on is unknown"]
+    if set(recorded) == {DAMAGED}:
+        return [f"its {IDENTITY_FILE} is {recorded[DAMAGED]} (damaged, or edited by hand), so what its results "
+                f"({', '.join(stale[:MAX_NAMED])}) depend on is unknown"]
     return describe_changes(recorded, normalised(identity)) or ["identity.json differs"]
 
 

@@ -148,6 +148,20 @@ def test_a_folder_from_before_identities_is_refused(tmp_path):
     assert not (work / "theta0.safetensors").exists()
 
 
+@pytest.mark.parametrize(("damage", "said"), [(lambda text: text[:40], "unreadable"),
+                                             (lambda text: "[1]", "not a JSON object")])
+def test_a_damaged_identity_is_named_in_one_line(finished, damage, said):
+    tmp_path, first = finished
+    record = tmp_path / "work" / IDENTITY_FILE
+    record.write_text(damage(record.read_text()))
+    with pytest.raises(IdentityMismatchError) as refused:
+        tuner(tmp_path).fit()
+    assert refused.value.changes == [f"phase 1: its identity.json is {said} (damaged, or edited by hand), so what "
+                                     "its results (log.jsonl, deft-x, lt-sft) depend on is unknown"]
+    again = tuner(tmp_path, overwrite=True).fit()
+    assert again.diffs["lt-sft"].content_hash == first.diffs["lt-sft"].content_hash
+
+
 def test_a_new_branch_is_added_to_a_finished_run(finished):
     tmp_path, first = finished
     more = run_config(selections={"lt-sft": None, "deft-x": DenoiseConfig(rank=1, method="exact"),
