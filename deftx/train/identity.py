@@ -45,12 +45,13 @@ DAMAGED = f"({IDENTITY_FILE})"
 SHORT_DIGEST = 12
 MAX_NAMED = 3
 MAX_SETTINGS_DEPTH = 16
-MODEL_CONFIG_LEFT_OUT = ("_name_or_path", "transformers_version", "architectures", "id2label", "label2id",
-                         "problem_type", "use_cache")
-"""Entries of a model's configuration that do not change what it trains to: where it was loaded from, the
+"""Values nested deeper than this (levels of objects, mappings, sequences) in settings are refused (a cycle?)."""
+MODEL_CONFIG_LEFT_OUT = ("_name_or_path", "deftx_base_model", "transformers_version", "architectures", "id2label",
+                         "label2id", "problem_type", "use_cache")
+"""Entries of a model's configuration that do not change what it trains to: where it was loaded from and
+the base it names (:func:`deftx.sft.apply.remember_base_model`: a path, where the cache folder moves), the
 version that saved it, the class and label names it records, the key-value cache of generation, and
 ``problem_type``, which a classifier's forward sets itself from its labels when unset."""
-"""Values nested deeper than this (levels of objects, mappings, sequences) in settings are refused (a cycle?)."""
 
 
 class IdentityMismatchError(ValueError):

@@ -130,12 +130,16 @@ def test_reporting_arguments_are_not_part_of_the_identity(finished):
 
 
 def test_model_settings_that_train_nothing_differently_are_not_part_of_the_identity(finished):
-    """The problem type a classifier's forward sets itself from its labels, and label names (which only the
-    SFTs' info records), leave phase 1 as it was."""
+    """The problem type a classifier's forward sets itself from its labels, label names (which only the
+    SFTs' info records) and the base model a config names (a path where the cache folder moves) leave
+    phase 1 as it was."""
     tmp_path, _ = finished
     assert tuner(tmp_path, model=tiny_model(problem_type="single_label_classification")).fit().seconds == {}
+    unchanged = tuner(tmp_path).phase1_identity()
     named = tiny_model(id2label={0: "neg", 1: "neu", 2: "pos"})
-    assert tuner(tmp_path, model=named).phase1_identity() == tuner(tmp_path).phase1_identity()
+    assert tuner(tmp_path, model=named).phase1_identity() == unchanged
+    moved = tiny_model(deftx_base_model="/elsewhere/.cache/deftx/models/tiny")
+    assert tuner(tmp_path, model=moved).phase1_identity() == unchanged
 
 
 def test_a_folder_from_before_identities_is_refused(tmp_path):
