@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -65,7 +66,7 @@ from deftx.eval.report import (
     versions_line,
     write_csv,
 )
-from deftx.files import atomic_write_bytes
+from deftx.files import atomic_write, atomic_write_bytes
 from deftx.info import environment_record
 from deftx.pipeline.config import RUN_ONLY_SETTINGS, ConfigError, PipelineConfig, parse_config, read_config_file
 from deftx.pipeline.head import ensure_head, head_call, head_curve_table, head_report_line
@@ -347,17 +348,30 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def write_rows(path: Path, rows: Sequence[Mapping[str, Any]], fields: Sequence[str] = ROW_FIELDS, *,
+               append: bool = False) -> None:
+    """Write rows to ``path`` (``fields``, by default ablation.csv's), after its rows when ``append`` (the header
+    written when the file is new), atomically (:func:`deftx.files.atomic_write`): a write that stops leaves the
+    file as it was, never with some of ``rows``."""
+    earlier = append and path.is_file()
+
+    def write(temporary: Path) -> None:
+        if earlier:
+            shutil.copyfile(path, temporary)
+        with temporary.open("a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fields)
+            if not earlier:
+                writer.writeheader()
+            writer.writerows({name: row.get(name) for name in fields} for row in rows)
+
+    atomic_write(path, write)
+
+
 def append_rows(path: Path, rows: Sequence[Mapping[str, Any]], fields: Sequence[str] = ROW_FIELDS) -> None:
-    """Append rows to ``path`` (``fields``, by default ablation.csv's; header written when the file is new)."""
-    if not rows:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.is_file()
-    with path.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        if new:
-            writer.writeheader()
-        writer.writerows({name: row.get(name) for name in fields} for row in rows)
+    """Append rows to ``path`` (``fields``, by default ablation.csv's; header written when the file is new), all
+    of them or, if the write stops, none (:func:`write_rows`): the rows of a source are there whole or not at all."""
+    if rows:
+        write_rows(path, rows, fields, append=True)
 
 
 def variant_folder(output_dir: Path, name: str, hash_: str) -> Path:
@@ -424,8 +438,7 @@ def drop_stale_rows(path: Path, ablation: AblationConfig, fields: Sequence[str] 
     kept = [row for row in rows if row["variant"] not in ablation.hashes
             or row["variant_hash"] == ablation.hashes[row["variant"]]]
     if len(kept) != len(rows):
-        path.unlink()
-        append_rows(path, kept, fields)
+        write_rows(path, kept, fields)
     return kept
 
 

@@ -3,7 +3,8 @@
 Every step that writes results into a folder (phase 1 of a sparse fine-tuning, each of its
 selection branches, the full fine-tuning baseline) first *claims* the folder with its
 identity: a JSON-ready mapping of everything its results depend on — the base model's
-weights (a digest of every parameter and buffer), the data (a digest of every example),
+weights (a digest of every parameter and buffer), its class and configuration (dropout,
+activation...), the data (a digest of every example),
 the seed and the other result-changing ``TrainingArguments``, the step's settings, the
 eligible parameters, and the version of deftx's work-directory format. :func:`claim`
 writes it to ``identity.json``, and on a later run:
@@ -34,14 +35,23 @@ import torch
 
 from deftx.files import atomic_write_bytes
 
-RUN_FORMAT = 3
+RUN_FORMAT = 4
 """Version of the work-directory layout and of what its identity records (1: θ0 copied into every run,
-no identity records; 2: identities without the collator's settings, the device or the SFTs' info)."""
+no identity records; 2: identities without the collator's settings, the device or the SFTs' info;
+3: without the model's class and configuration)."""
 IDENTITY_FILE = "identity.json"
+DAMAGED = f"({IDENTITY_FILE})"
+"""The one key of what :func:`read_identity` returns for a record that is not a JSON object: what is wrong with it."""
 SHORT_DIGEST = 12
 MAX_NAMED = 3
 MAX_SETTINGS_DEPTH = 16
 """Values nested deeper than this (levels of objects, mappings, sequences) in settings are refused (a cycle?)."""
+MODEL_CONFIG_LEFT_OUT = ("_name_or_path", "deftx_base_model", "transformers_version", "architectures", "id2label",
+                         "label2id", "problem_type", "use_cache")
+"""Entries of a model's configuration that do not change what it trains to: where it was loaded from and
+the base it names (:func:`deftx.sft.apply.remember_base_model`: a path, where the cache folder moves), the
+version that saved it, the class and label names it records, the key-value cache of generation, and
+``problem_type``, which a classifier's forward sets itself from its labels when unset."""
 
 
 class IdentityMismatchError(ValueError):
@@ -92,6 +102,20 @@ def model_digest(model: torch.nn.Module) -> str:
     """Digest of every parameter and buffer of ``model`` (its weights, bit for bit, and their names)."""
     named = [*model.named_parameters(), *((f"buffer:{n}", b) for n, b in model.named_buffers())]
     return tensors_digest(named)
+
+
+def model_settings(model: torch.nn.Module) -> dict[str, Any]:
+    """What ``model`` computes from its weights depends on, JSON-ready: its class, its configuration
+    (``config.to_dict()``: dropout, activation, layer-norm epsilon, pooling...) less
+    :data:`MODEL_CONFIG_LEFT_OUT`, and its attention implementation."""
+    config = getattr(model, "config", None)
+    plain = config.to_dict() if callable(getattr(config, "to_dict", None)) else {}
+    kept = {key: value for key, value in plain.items() if key not in MODEL_CONFIG_LEFT_OUT}
+    return {
+        "class": callable_name(model),
+        "config": json.loads(json.dumps(kept, sort_keys=True, default=str)),
+        "attention": getattr(config, "_attn_implementation", None),
+    }
 
 
 def _update_with_value(hasher: Any, value: Any) -> None:
@@ -266,15 +290,16 @@ def normalised(identity: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def read_identity(folder: Path) -> dict[str, Any] | None:
-    """The identity recorded in ``folder`` (None when there is none)."""
+    """The identity recorded in ``folder``: None when there is none, ``{DAMAGED: what is wrong}`` when it is
+    not a JSON object."""
     path = folder / IDENTITY_FILE
     if not path.is_file():
         return None
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError, RecursionError):
-        return {"(identity.json)": "unreadable"}
-    return record if isinstance(record, dict) else {"(identity.json)": "not a JSON object"}
+        return {DAMAGED: "unreadable"}
+    return record if isinstance(record, dict) else {DAMAGED: "not a JSON object"}
 
 
 def write_identity(folder: Path, identity: Mapping[str, Any]) -> None:
@@ -309,6 +334,9 @@ def stale_results(folder: Path, identity: Mapping[str, Any], outputs: Sequence[s
     if recorded is None:
         return [f"its results ({', '.join(stale[:MAX_NAMED])}) have no {IDENTITY_FILE}: written by an older deftx "
                 "or by hand, so what they depend on is unknown"]
+    if set(recorded) == {DAMAGED}:
+        return [f"its {IDENTITY_FILE} is {recorded[DAMAGED]} (damaged, or edited by hand), so what its results "
+                f"({', '.join(stale[:MAX_NAMED])}) depend on is unknown"]
     return describe_changes(recorded, normalised(identity)) or ["identity.json differs"]
 
 

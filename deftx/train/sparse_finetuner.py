@@ -93,6 +93,7 @@ from deftx.train.identity import (
     claim,
     digest,
     model_digest,
+    model_settings,
     remove_outputs,
     settings_identity,
     stale_results,
@@ -235,7 +236,8 @@ def data_identity(trainer, train_digest: str | None = None) -> dict[str, Any]:
 
 def trainer_identity(trainer, data_digest: str | None = None) -> dict[str, Any]:
     """What any training run on ``trainer`` depends on: deftx's formats, the model's weights (its θ0,
-    digested), the seed, the data, the Trainer class, the data collator with its settings
+    digested), its class and configuration (:func:`~deftx.train.identity.model_settings`: dropout,
+    activation...), the seed, the data, the Trainer class, the data collator with its settings
     (:func:`~deftx.train.identity.settings_identity`: e.g. an MLM collator's masking rate and seed),
     the device type the model trains on (``cpu``, ``cuda``...) and the other result-changing arguments
     (``use_cpu`` is left to the device, which it only helps decide)."""
@@ -245,6 +247,7 @@ def trainer_identity(trainer, data_digest: str | None = None) -> dict[str, Any]:
     return {
         "format": {"run": RUN_FORMAT, "sft": SFT_FORMAT_VERSION},
         "theta0": model_digest(trainer.model),
+        "model": model_settings(trainer.model),
         "seed": seed,
         "data": data_identity(trainer, data_digest),
         "trainer": callable_name(trainer),
@@ -434,8 +437,8 @@ class SparseFineTuner:
         path = self._path(THETA1)
         folder = self._path(PHASE1_FOLDER)
         device = next(iter(theta0.values())).device
-        if not path.is_file() and self.store is not None:
-            self.store.attach(self.work_dir, phase1, [THETA1])
+        if not path.is_file() and self.store is not None and self.store.attach(self.work_dir, phase1, [THETA1]):
+            self._drop_partial_log("full")
         if path.is_file():
             self._drop_checkpoints(folder)  # a kill may have come between the file and the clean-up
             return load_tensors(path, device)
@@ -482,12 +485,20 @@ class SparseFineTuner:
         save_tensors(path, indices)
         return indices
 
+    def _drop_partial_log(self, phase: str) -> None:
+        """Drop the log's records of ``phase``, whose result came from the store: a run stopped in it here
+        logged only part of it, which the loss trends would read as the whole phase."""
+        trim_log(self._path(LOG), phase, 0)
+
     def _attach_branch(self, branch: str, identity: Mapping[str, Any]) -> bool:
         """True when the branch's SFT is there (finished here, or linked from the store)."""
         if self._path(branch, SFT).is_file():
             return True
         files = [f"{branch}/{name}" for name in BRANCH_FILES]
-        return self.store is not None and self.store.attach(self.work_dir, identity, files)
+        if self.store is None or not self.store.attach(self.work_dir, identity, files):
+            return False
+        self._drop_partial_log(f"sparse:{branch}")
+        return True
 
     def _branch(self, branch: str, identity: Mapping[str, Any], denoise, theta0, theta1, seconds) -> SparseDiff:
         folder = self._path(branch, PHASE3_FOLDER)
@@ -526,8 +537,11 @@ class SparseFineTuner:
 
     def _run(self, identity: RunIdentity, theta0: dict[str, torch.Tensor],
              seconds: dict[str, float]) -> dict[str, SparseDiff]:
+        phase1_here = self._path(THETA1).is_file() or any(self._path(b, SFT).is_file() for b in identity.branches)
         done = {branch: self._attach_branch(branch, branch_identity)
                 for branch, branch_identity in identity.branches.items()}
+        if all(done.values()) and not phase1_here:
+            self._drop_partial_log("full")
         theta1 = None if all(done.values()) else self._theta1(identity.phase1, theta0, seconds)
         diffs = {}
         for branch, denoise in self.config.selections.items():

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from deftx.files import atomic_write
 from deftx.train.identity import IDENTITY_FILE, digest
 
 STORE_KEY_LENGTH = 32
@@ -38,11 +40,13 @@ class LinkedStepStore:
 
     A step is kept as ``<root>/<key>/<file name>`` (plus ``identity.json``), where the key
     is the digest of the step's identity; the file names of one step must be distinct.
-    Files are linked, never copied (θ1 of e5-small is ~470 MB); where a hard link is
-    impossible (another file system) a symbolic link is made instead. Every file deftx
-    writes is replaced atomically (a new inode), never rewritten in place, so a linked file
-    stays intact in the store and in every run that shares it, and a run deleting its own
-    link (θ1 once its branches are done) leaves the store's.
+    Files are linked, not copied (θ1 of e5-small is ~470 MB). Where a hard link is
+    impossible (another file system) a run attaches a symbolic link to the store's file, and
+    the store keeps a copy of a published file (written atomically): a symbolic link would
+    follow the run's path, which the run may delete (θ1) or fill with another step's result.
+    Every file deftx writes is replaced atomically (a new inode), never rewritten in place,
+    so a linked file stays intact in the store and in every run that shares it, and a run
+    deleting its own link (θ1 once its branches are done) leaves the store's.
 
     ``attached`` and ``published`` count the steps reused and kept, by their ``step`` name.
     """
@@ -64,13 +68,18 @@ class LinkedStepStore:
         return names
 
     @staticmethod
-    def _link(source: Path, target: Path) -> None:
+    def _link(source: Path, target: Path, *, own: bool) -> None:
+        """Hard-link ``source`` at ``target`` (atomically); where that is impossible, a copy when the
+        target must ``own`` its bytes (the store's), else a symbolic link to ``source``."""
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f".{target.name}.{os.getpid()}.link")
         partial.unlink(missing_ok=True)
         try:
             os.link(source, partial)
         except OSError:
+            if own:
+                atomic_write(target, lambda temporary: shutil.copyfile(source, temporary))
+                return
             os.symlink(source.resolve(), partial)
         os.replace(partial, target)
 
@@ -83,7 +92,7 @@ class LinkedStepStore:
             return False
         for relative, name in zip(files, names, strict=True):
             if not (work_dir / relative).is_file():
-                self._link(folder / name, work_dir / relative)
+                self._link(folder / name, work_dir / relative, own=False)
         self.attached[str(identity.get("step"))] += 1
         return True
 
@@ -94,6 +103,6 @@ class LinkedStepStore:
             return
         for relative, name in zip(files, names, strict=True):
             if not (folder / name).is_file():
-                self._link(work_dir / relative, folder / name)
+                self._link(work_dir / relative, folder / name, own=True)
         (folder / IDENTITY_FILE).write_text(json.dumps(dict(identity), indent=2, sort_keys=True) + "\n")
         self.published[str(identity.get("step"))] += 1

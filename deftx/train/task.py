@@ -19,7 +19,7 @@ from transformers import DataCollatorWithPadding, Trainer
 from deftx.models.classifier import build_classifier
 from deftx.models.parameters import named_parameter_map
 from deftx.sft import SparseDiff
-from deftx.train.checkpoint import load_changed_rows_, save_changed_rows
+from deftx.train.checkpoint import LOG, load_changed_rows_, save_changed_rows, trim_log
 from deftx.train.config import PhaseConfig, SparseFineTuningConfig, to_plain
 from deftx.train.finetune import phase_arguments
 from deftx.train.identity import claim
@@ -135,10 +135,10 @@ def train_full_finetune(
     trainer = _trainer(model, tokenizer, list(examples), settings, work_dir / "trainer")
     identity = {"step": "full fine-tuning", **trainer_identity(trainer), "phase": to_plain(phase)}
     folder = work_dir / "phase1"
-    claim(work_dir, identity, [BASELINE_FILE, folder.name, "log.jsonl"], overwrite=overwrite)
+    claim(work_dir, identity, [BASELINE_FILE, folder.name, LOG], overwrite=overwrite)
     final = work_dir / BASELINE_FILE
-    if not final.is_file() and store is not None:
-        store.attach(work_dir, identity, [BASELINE_FILE])
+    if not final.is_file() and store is not None and store.attach(work_dir, identity, [BASELINE_FILE]):
+        trim_log(work_dir / LOG, "full", 0)  # a run stopped here logged part of the phase the store finished
     params = named_parameter_map(model)
     if final.is_file():
         load_changed_rows_(params, final)
@@ -149,7 +149,7 @@ def train_full_finetune(
         with phase_arguments(trainer, phase, str(folder)):
             trainer.train(resume_from_checkpoint=checkpoint)
 
-    run_phase(trainer, work_dir / "log.jsonl", "full", "full-ft", folder, train)
+    run_phase(trainer, work_dir / LOG, "full", "full-ft", folder, train)
     save_changed_rows(final, base, params)
     if store is not None:
         store.publish(work_dir, identity, [BASELINE_FILE])

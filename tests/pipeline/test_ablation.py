@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import gc
 import json
 import os
@@ -235,6 +236,29 @@ def test_linked_store_hard_links_both_ways(tmp_path):
     assert (run_b / "theta1.safetensors").read_bytes() == b"theta1"
     with pytest.raises(ValueError, match="distinct names"):
         store.publish(run_a, identity, ["x/sft.safetensors", "y/sft.safetensors"])
+
+
+def test_a_store_on_another_file_system_keeps_its_own_copies(tmp_path, monkeypatch):
+    """No hard link possible: the store copies what a run publishes (a symbolic link into the run would
+    follow the run's path: to another step's result written there, or to nothing once the run deletes it)."""
+    def cross_device(source, target):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", cross_device)
+    store = LinkedStepStore(tmp_path / "store")
+    run_a, run_b, run_c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    run_a.mkdir()
+    (run_a / "sft.safetensors").write_bytes(b"step 1")
+    identity, files = {"step": "branch", "k": 1}, ["sft.safetensors"]
+    store.publish(run_a, identity, files)
+    replacement = run_a / "sft.safetensors.tmp"
+    replacement.write_bytes(b"step 2")
+    os.replace(replacement, run_a / "sft.safetensors")  # run a trains another step in its folder (--overwrite)
+    assert store.attach(run_b, identity, files)
+    assert (run_b / "sft.safetensors").read_bytes() == b"step 1"
+    (run_a / "sft.safetensors").unlink()
+    assert store.attach(run_c, identity, files) and (run_c / "sft.safetensors").read_bytes() == b"step 1"
+    assert not list(store.folder(identity).glob(".*")), "no temporary left in the store"
 
 
 def test_step_identities_follow_what_each_step_depends_on(tmp_path, tiny_model_dir):
@@ -565,6 +589,39 @@ def test_overwrite_drops_the_rows_of_a_changed_variant(tmp_path):
     append_rows(heldout, [{**row, "language": "x", "method": "θ0", "scale": 0.0} for row in rows], HELDOUT_ROW_FIELDS)
     assert [r["variant"] for r in drop_stale_rows(heldout, ablation, HELDOUT_ROW_FIELDS)] == ["a"]
     assert [(r["variant"], r["language"]) for r in read_csv(heldout)] == [("a", "x")]
+
+
+class Stopped(BaseException):
+    """A stop (Ctrl-C, a kill) while rows are written."""
+
+
+class StopsWhenRead(dict):
+    def get(self, *args):
+        raise Stopped
+
+
+def test_rows_stopped_while_written_leave_the_file_as_it_was(tmp_path, monkeypatch):
+    """A source's rows are appended whole or not at all: some of them would mark the source finished, and
+    the next run would skip its missing rows; dropping stale rows, stopped, keeps every row."""
+    from deftx.pipeline.ablation import append_rows, drop_stale_rows
+
+    ablation = parse_ablation(ablation_raw(tmp_path, BASE, {"a": {}, "b": {"language_sft.k": 0.02}}))
+    rows = [{"variant": name, "variant_hash": ablation.hashes[name] if name == "a" else "0123456789ab", "seed": 0,
+             "source": "indonesian", "target": f"t{number}", "method": "lt-sft", "macro_f1": 0.5, "accuracy": 0.5,
+             "language_scale": None} for name in ("a", "b") for number in range(300)]
+    path = tmp_path / "ablation.csv"
+    append_rows(path, rows[:1])
+    before = path.read_bytes()
+    with pytest.raises(Stopped):
+        append_rows(path, [*rows[1:], StopsWhenRead(rows[0])])
+    assert path.read_bytes() == before
+    assert not list(tmp_path.glob(".ablation.csv*")), "no temporary left"
+    append_rows(path, rows[1:])
+    before = path.read_bytes()
+    monkeypatch.setattr(csv.DictWriter, "writerows", lambda self, rows: (self.writerow(next(iter(rows))), [][0]))
+    with pytest.raises(IndexError):
+        drop_stale_rows(path, ablation)
+    assert path.read_bytes() == before and len(read_rows(path)) == 600
 
 
 @pytest.mark.parametrize("config", ["configs/ablation-nusax-e5-small.yaml",

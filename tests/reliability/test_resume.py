@@ -198,3 +198,35 @@ def test_a_language_sft_resumed_mid_phase_sees_the_same_masks(tmp_path):
     for name in reference["lt-sft"].indices:
         assert_bitwise_equal(resumed["lt-sft"].indices[name], reference["lt-sft"].indices[name], what=name)
         assert_bitwise_equal(resumed["lt-sft"].values[name], reference["lt-sft"].values[name], what=name)
+
+
+def test_steps_the_store_finished_leave_no_partial_phase_in_the_log(tmp_path):
+    """Killed in phase 1, then given θ1 or the branches by the store (another run finished the same steps
+    meanwhile): the log keeps no record of the phase the kill cut short, which the loss trends would read
+    as the whole phase."""
+    from deftx.train.checkpoint import read_log
+    from deftx.train.store import LinkedStepStore
+
+    store = LinkedStepStore(tmp_path / "store")
+
+    def shared_fit(name: str) -> dict[str, SparseDiff]:
+        return SparseFineTuner(tiny_trainer(tmp_path / name), run_config(), tmp_path / name / "work", progress=False,
+                               store=store).fit().diffs
+
+    def phases(name: str) -> dict[str, int]:
+        records = read_log(tmp_path / name / "work" / "log.jsonl")
+        return {phase: sum(1 for r in records if r["phase"] == phase and "loss" in r)
+                for phase in dict.fromkeys(r["phase"] for r in records)}
+
+    for name in ("theta1", "branches"):
+        with kill_at(("step", "full", 3)), pytest.raises(Killed):
+            shared_fit(name)
+        assert phases(name) == {"full": 2}
+    with kill_at(("step", "sparse:lt-sft", 1)), pytest.raises(Killed):
+        shared_fit("other")  # θ1 is in the store now, no branch yet
+    shared_fit("theta1")
+    assert phases("theta1") == {"sparse:lt-sft": STEPS, "sparse:deft-x": STEPS}, "θ1 linked, its phase not logged"
+    shared_fit("other")
+    shared_fit("branches")
+    assert phases("branches") == {}, "every step linked: nothing of this folder's phase 1 logged"
+    assert phases("other") == {"full": STEPS}, "its branches linked: the one cut short no longer logged"

@@ -108,3 +108,34 @@ def test_the_baseline_keeps_the_rows_it_changed_and_resumes_to_the_same_model(tm
     assert files(tmp_path / "full") == {BASELINE_FILE, "identity.json", "log.jsonl"}
     kept = (tmp_path / "full" / BASELINE_FILE).stat().st_size
     assert kept < sum(p.numel() * p.element_size() for p in trained.parameters()) / 4, "the touched rows only"
+
+
+def test_a_baseline_the_store_finished_leaves_no_partial_phase_in_the_log(tmp_path, tiny_model_dir):
+    """Stopped in its phase, then given the finished baseline by the store: the log keeps no record of
+    the phase cut short; the model is the one the store's run trained."""
+    from transformers import AutoTokenizer
+
+    from deftx.train.checkpoint import read_log
+    from deftx.train.store import LinkedStepStore
+    from deftx.train.task import classification_examples, train_full_finetune
+    from deftx.train.trainer_args import TrainingSettings
+    from tests.reliability.killpoints import Killed, kill_at
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    examples = classification_examples(tokenizer, ["w1 w2 w3", "w4 w5", "w6 w1 w7", "w2 w2 w8"] * 4,
+                                       [2, 0, 1, 2] * 4, 16)
+    settings = TrainingSettings(batch_size=4, max_length=16, save_steps=2, logging_steps=1, progress=False)
+    store = LinkedStepStore(tmp_path / "store")
+
+    def run(name: str) -> torch.nn.Module:
+        return train_full_finetune(tiny_model_dir, tokenizer, examples, PhaseConfig(steps=4, learning_rate=1e-3),
+                                   tmp_path / name, num_labels=3, settings=settings, store=store)
+
+    with kill_at(("step", "full", 3)), pytest.raises(Killed):
+        run("stopped")
+    assert read_log(tmp_path / "stopped" / "log.jsonl"), "the stopped run logged part of its phase"
+    trained = run("other")
+    linked = run("stopped")
+    assert read_log(tmp_path / "stopped" / "log.jsonl") == []
+    for (name, a), (_, b) in zip(trained.named_parameters(), linked.named_parameters(), strict=True):
+        assert_bitwise_equal(b.detach(), a.detach(), what=name)

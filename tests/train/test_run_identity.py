@@ -109,6 +109,9 @@ def test_overwrite_retrains_what_changed_and_returns_the_new_k(finished):
         ({"arguments": {"gradient_accumulation_steps": 2}}, "phase 1: training.gradient_accumulation_steps: 1 -> 2"),
         ({"dataset": tiny_dataset(seed=9)}, "phase 1: data.train: "),
         ({"model": tiny_model(seed=5)}, "phase 1: theta0: "),
+        ({"model": tiny_model(hidden_dropout_prob=0.0)}, "phase 1: model.config.hidden_dropout_prob: 0.1 -> 0.0"),
+        ({"model": tiny_model(hidden_act="relu")}, 'phase 1: model.config.hidden_act: "gelu" -> "relu"'),
+        ({"model": tiny_model(layer_norm_eps=1e-3)}, "phase 1: model.config.layer_norm_eps: 1e-12 -> 0.001"),
         ({"config": run_config(eligible=("attention", "ffn"))}, "phase 1: eligible: "),
     ],
 )
@@ -126,6 +129,19 @@ def test_reporting_arguments_are_not_part_of_the_identity(finished):
     assert tuner(tmp_path, arguments=reporting).fit().seconds == {}
 
 
+def test_model_settings_that_train_nothing_differently_are_not_part_of_the_identity(finished):
+    """The problem type a classifier's forward sets itself from its labels, label names (which only the
+    SFTs' info records) and the base model a config names (a path where the cache folder moves) leave
+    phase 1 as it was."""
+    tmp_path, _ = finished
+    assert tuner(tmp_path, model=tiny_model(problem_type="single_label_classification")).fit().seconds == {}
+    unchanged = tuner(tmp_path).phase1_identity()
+    named = tiny_model(id2label={0: "neg", 1: "neu", 2: "pos"})
+    assert tuner(tmp_path, model=named).phase1_identity() == unchanged
+    moved = tiny_model(deftx_base_model="/elsewhere/.cache/deftx/models/tiny")
+    assert tuner(tmp_path, model=moved).phase1_identity() == unchanged
+
+
 def test_a_folder_from_before_identities_is_refused(tmp_path):
     work = tmp_path / "work"
     work.mkdir()
@@ -134,6 +150,20 @@ def test_a_folder_from_before_identities_is_refused(tmp_path):
         tuner(tmp_path).fit()
     tuner(tmp_path, overwrite=True).fit()
     assert not (work / "theta0.safetensors").exists()
+
+
+@pytest.mark.parametrize(("damage", "said"), [(lambda text: text[:40], "unreadable"),
+                                             (lambda text: "[1]", "not a JSON object")])
+def test_a_damaged_identity_is_named_in_one_line(finished, damage, said):
+    tmp_path, first = finished
+    record = tmp_path / "work" / IDENTITY_FILE
+    record.write_text(damage(record.read_text()))
+    with pytest.raises(IdentityMismatchError) as refused:
+        tuner(tmp_path).fit()
+    assert refused.value.changes == [f"phase 1: its identity.json is {said} (damaged, or edited by hand), so what "
+                                     "its results (log.jsonl, deft-x, lt-sft) depend on is unknown"]
+    again = tuner(tmp_path, overwrite=True).fit()
+    assert again.diffs["lt-sft"].content_hash == first.diffs["lt-sft"].content_hash
 
 
 def test_a_new_branch_is_added_to_a_finished_run(finished):
