@@ -13,7 +13,9 @@ the output folder is refreshed, so a visit cut short still returns every unit th
 * ``study-logs.tar.gz``: each unit's log and result files.
 
 A unit is not started when the time left is under the longest unit seen so far (or
-``--min-unit-seconds`` before any has run): its seed is left for the next visit.
+``--min-unit-seconds`` before any has run): its seed is left for the next visit. Stopped by
+SIGTERM or SIGHUP (the device call's time limit), the visit stops the running unit with
+everything it started, records it as ``stopped`` and refreshes the output folder once more.
 
 The data root can arrive as one archive (``--data-archive``, extracted once into the work
 folder) and the e5 model as packed folders (``--e5-source``, see ``deftx e5-pack``), since only
@@ -62,7 +64,7 @@ class Unit:
 
 @dataclass
 class UnitRecord:
-    """What became of a unit: status ``ok`` / ``failed`` / ``timeout`` / ``not started``."""
+    """What became of a unit: status ``ok`` / ``failed`` / ``timeout`` / ``stopped`` / ``not started``."""
 
     kind: str
     label: str
@@ -179,7 +181,7 @@ def run_units(visit: Visit, units: Sequence[Unit], work: Path, out: Path, *, dea
     logs = work / "logs"
     longest = min_unit_s
     refresh_outputs(visit, units, work, out)
-    for unit, record in zip(units, visit.records, strict=True):
+    for index, (unit, record) in enumerate(zip(units, visit.records, strict=True)):
         left = deadline - time.monotonic() - MARGIN_S
         if left < longest:
             record.why = f"{left:.0f} s left, under the {longest:.0f} s a unit may take: left for the next visit"
@@ -189,7 +191,16 @@ def run_units(visit: Visit, units: Sequence[Unit], work: Path, out: Path, *, dea
         (logs / unit.label).mkdir(parents=True, exist_ok=True)
         log = logs / unit.label / "log.txt"
         started = time.monotonic()
-        code = processes.run(list(unit.command), Path.cwd(), log, left, env)
+        try:
+            code = processes.run(list(unit.command), Path.cwd(), log, left, env)
+        except processes.Stopped as stop:
+            record.wall_s, record.status, record.why = round(time.monotonic() - started, 1), "stopped", str(stop)
+            say(f"[study] {unit.label}: {stop} after {record.wall_s:.0f} s")
+            for later in visit.records[index + 1:]:
+                later.why = f"the visit was {stop} before it"
+            keep_unit_files(unit, logs)
+            refresh_outputs(visit, units, work, out)
+            raise
         record.wall_s = round(time.monotonic() - started, 1)
         record.exit_code = code
         record.status = "timeout" if code is None else ("ok" if code == 0 else "failed")
@@ -273,7 +284,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         units += ablation_units(args.ablate, args.variants, args.ablate_seeds, args.device, work)
     visit = Visit(args.name or args.config.stem, args.device, args.budget)
     env = {**visit_env(args, work), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "8")}
-    run_units(visit, units, work, args.out, deadline=deadline, min_unit_s=args.min_unit_seconds, env=env)
+    try:
+        with processes.stopping_on_signals():
+            run_units(visit, units, work, args.out, deadline=deadline, min_unit_s=args.min_unit_seconds, env=env)
+    except processes.Stopped as stop:
+        print(f"[study] {stop}; outputs in {args.out}")
+        return 128 + stop.signum
     done = sum(r.status == "ok" for r in visit.records)
     print(f"[study] {done} of {len(units)} units finished; outputs in {args.out}")
     return 0 if done == len(units) else 1
