@@ -165,6 +165,14 @@ def keep_unit_files(unit: Unit, logs: Path) -> None:
             (target / name).write_bytes(source.read_bytes())
 
 
+def last_line(log: Path, limit: int = 300) -> str:
+    """The last non-blank line of ``log`` (a failed unit's error, as a whole log comes back only in the
+    bundle), at most ``limit`` characters; empty without one."""
+    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()] \
+        if log.is_file() else []
+    return lines[-1][:limit] if lines else ""
+
+
 def row_count(unit: Unit) -> int:
     """Result rows the unit wrote (0 without its table)."""
     table = unit.results_dir / unit.table
@@ -205,9 +213,11 @@ def run_units(visit: Visit, units: Sequence[Unit], work: Path, out: Path, *, dea
         record.exit_code = code
         record.status = "timeout" if code is None else ("ok" if code == 0 else "failed")
         record.rows = row_count(unit) if code == 0 else 0
+        record.why = "" if code == 0 else last_line(log)
         longest = max(longest, record.wall_s)
         keep_unit_files(unit, logs)
-        say(f"[study] {unit.label}: {record.status} in {record.wall_s:.0f} s ({record.rows} rows)")
+        say(f"[study] {unit.label}: {record.status} in {record.wall_s:.0f} s ({record.rows} rows)"
+            + (f": {record.why}" if record.why else ""))
         refresh_outputs(visit, units, work, out)
     return visit
 
@@ -268,6 +278,13 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     for path in (args.config, args.ablate, args.data_archive, args.e5_source):
         if path is not None and not path.exists():
             parser.error(f"{path} does not exist")
+    if args.e5_source is not None:
+        from deftx.models.e5 import packed_source_problems
+
+        problems = packed_source_problems(args.e5_source)
+        if problems:
+            parser.error(f"--e5-source {args.e5_source} is incomplete ({'; '.join(problems)}): every folder "
+                         "`deftx e5-pack` wrote must be there, those carried by an earlier call too")
     if args.budget <= MARGIN_S:
         parser.error(f"--budget must be over {MARGIN_S:g} seconds")
 
