@@ -44,7 +44,9 @@ EPILOG = textwrap.dedent(
       python -m deftx.gpucheck --out /tmp/gc --device cpu --shapes tiny --skip install,tests
       python -m deftx.gpucheck --dry-run             # print the plan, run nothing
 
-    exit status: 0 when every stage that ran is ok, 1 otherwise, 2 on a usage error.
+    exit status: 0 when every stage that ran is ok, 1 otherwise, 2 on a usage error; 128 + N when
+    stopped by signal N (SIGTERM, SIGHUP: the running stage is stopped with what it started, and
+    the outputs are written once more).
     """
 )
 
@@ -210,6 +212,7 @@ def checked_run(args: argparse.Namespace, argv: list[str]) -> int:
 
 def execute(args: argparse.Namespace, argv: list[str], planned: list[PlannedStage], device: str, sizes: str,
             prefix: str, tools: dict[str, str | None]) -> int:
+    from deftx.gpucheck.processes import Stopped, stopping_on_signals
     from deftx.gpucheck.runner import RunSettings, run_check
     from deftx.gpucheck.summary import console_lines
 
@@ -226,7 +229,12 @@ def execute(args: argparse.Namespace, argv: list[str], planned: list[PlannedStag
             "device": device, "sizes": sizes, "prefix": prefix, "total_budget_s": args.budget,
             "work_dir": str(work), "tools": tools}
     print(f"working folder {work}; results into {out}", flush=True)
-    summary = run_check(settings, planned, meta, say=lambda line: print(line, flush=True))
+    try:
+        with stopping_on_signals():
+            summary = run_check(settings, planned, meta, say=lambda line: print(line, flush=True))
+    except Stopped as stop:
+        print(f"\n{stop}: wrote {', '.join(sorted(p.name for p in out.iterdir()))} into {out}", flush=True)
+        return 128 + stop.signum
     print("\n".join(console_lines(summary)))
     print(f"\nwrote {', '.join(sorted(p.name for p in out.iterdir()))} into {out}")
     ran = [s for s in summary["stages"] if s["status"] != "skipped"]

@@ -6,7 +6,10 @@ process group with its output in ``<work>/<stage>/stage.log``, and the group is 
 the cap. The cap is the stage's budget, or less when the run's total budget is nearly spent
 (a stage with under :data:`MIN_STAGE_S` left is skipped). After every stage the summary is
 rewritten and the output folder refreshed (:func:`deftx.gpucheck.outputs.publish`, bundle),
-so whatever finished is there even if the whole command is killed.
+so whatever finished is there even if the whole command is killed. Stopped by a signal
+(:class:`~deftx.gpucheck.processes.Stopped`: the device call's time limit), the running stage
+is stopped with everything it started, recorded as ``stopped`` with what it had written, and
+the outputs are refreshed once more before :class:`Stopped` propagates.
 """
 
 from __future__ import annotations
@@ -75,6 +78,14 @@ def stage_record(planned: PlannedStage, result: dict[str, Any] | None, code: int
     return {**record, "status": result.get("status", "failed"), "headline": result.get("headline", "")}
 
 
+def stopped_record(planned: PlannedStage, result: dict[str, Any] | None, seconds: float,
+                   stop: processes.Stopped) -> dict[str, Any]:
+    """The summary's row for the stage running when the check was stopped, with its partial result's headline."""
+    partial = (result or {}).get("headline", "")
+    return {"stage": planned.stage.name, "budget_s": planned.stage.budget_s, "seconds": seconds, "status": "stopped",
+            "headline": f"{stop} after {seconds:.0f} s; {partial or 'no result written'}"}
+
+
 def skipped_record(planned: PlannedStage, reason: str) -> dict[str, Any]:
     return {"stage": planned.stage.name, "budget_s": planned.stage.budget_s, "seconds": 0.0, "status": "skipped",
             "headline": reason}
@@ -102,31 +113,49 @@ def run_check(
     settings: RunSettings, planned: list[PlannedStage], meta: dict[str, Any],
     say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Run every planned stage in order; returns the final summary."""
+    """Run every planned stage in order; returns the final summary. Stopped by a signal, it records the
+    running stage as stopped and those after it as not started, refreshes the outputs and re-raises
+    :class:`~deftx.gpucheck.processes.Stopped`."""
     start = time.monotonic()
     records: list[dict[str, Any]] = []
-    for p in planned:
-        left = settings.total_budget_s - (time.monotonic() - start)
-        if not p.runs:
-            records.append(skipped_record(p, p.skip_reason or ""))
-            continue
-        cap = min(float(p.stage.budget_s), left)
-        if cap < MIN_STAGE_S:
-            records.append(skipped_record(p, f"the total budget of {settings.total_budget_s:g} s was spent"))
-            continue
-        say(f"[{p.stage.name}] running (cap {cap:.0f} s): {p.stage.what}")
-        ctx = stage_context(settings, p.stage.name, time.time() + cap - KILL_MARGIN_S)
-        ctx_path = ctx.stage_dir / "context.json"
-        ctx.save(ctx_path)
-        log = ctx.stage_dir / "stage.log"
-        code, seconds = run_process([sys.executable, "-m", "deftx.gpucheck.stage", str(ctx_path)], settings.repo,
-                                    log, cap)
-        record = stage_record(p, read_result(settings.work_dir, p.stage.name), code, seconds, log)
-        records.append(record)
-        say(f"[{p.stage.name}] {record['status']} in {seconds:.1f} s: {record['headline']}")
+    started = start
+    try:
+        for p in planned:
+            started = time.monotonic()
+            records.append(run_planned(settings, p, settings.total_budget_s - (started - start), say))
+            if records[-1]["status"] != "skipped":
+                refresh_outputs(settings, {**meta, "elapsed_s": time.monotonic() - start}, records)
+    except processes.Stopped as stop:
+        if len(records) < len(planned) and planned[len(records)].runs:
+            running = planned[len(records)]
+            records.append(stopped_record(running, read_result(settings.work_dir, running.stage.name),
+                                          time.monotonic() - started, stop))
+            say(f"[{running.stage.name}] stopped: {records[-1]['headline']}")
+        records += [skipped_record(rest, f"not started: the check was {stop}") for rest in planned[len(records):]]
         refresh_outputs(settings, {**meta, "elapsed_s": time.monotonic() - start}, records)
+        raise
     summary = refresh_outputs(settings, {**meta, "elapsed_s": time.monotonic() - start}, records)
     problems = returnable_problems(settings.out_dir)
     if problems:
         say("warning: the output folder would not come back whole from a device call: " + "; ".join(problems))
     return summary
+
+
+def run_planned(settings: RunSettings, p: PlannedStage, left: float, say: Callable[[str], None]) -> dict[str, Any]:
+    """Run one planned stage, or skip it (not selected, or under :data:`MIN_STAGE_S` of the ``left``
+    seconds of the total budget); its record."""
+    if not p.runs:
+        return skipped_record(p, p.skip_reason or "")
+    cap = min(float(p.stage.budget_s), left)
+    if cap < MIN_STAGE_S:
+        return skipped_record(p, f"the total budget of {settings.total_budget_s:g} s was spent")
+    say(f"[{p.stage.name}] running (cap {cap:.0f} s): {p.stage.what}")
+    ctx = stage_context(settings, p.stage.name, time.time() + cap - KILL_MARGIN_S)
+    ctx_path = ctx.stage_dir / "context.json"
+    ctx.save(ctx_path)
+    log = ctx.stage_dir / "stage.log"
+    code, seconds = run_process([sys.executable, "-m", "deftx.gpucheck.stage", str(ctx_path)], settings.repo, log,
+                                cap)
+    record = stage_record(p, read_result(settings.work_dir, p.stage.name), code, seconds, log)
+    say(f"[{p.stage.name}] {record['status']} in {seconds:.1f} s: {record['headline']}")
+    return record

@@ -2,7 +2,9 @@
 
 Runs the stage named in the context, writes its result (``status``, ``headline``, data)
 to ``result.json`` beside the context, and exits 0 when the stage's status is ``ok``. An
-exception becomes a ``failed`` result with its traceback.
+exception becomes a ``failed`` result with its traceback. Stopped by SIGTERM (the runner's
+cap, or the runner itself stopped), it stops the programs it started (pytest, ncu, the
+sanitizer: each in a session of its own) and keeps the partial result it wrote, if any.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import time
 import traceback
 
 from deftx.gpucheck.context import StageContext
+from deftx.gpucheck.processes import Stopped, stopping_on_signals
 
 INTERPRETED_ON_CPU = frozenset({"histogram"})
 """Stages that launch Triton kernels directly: on CPU they run under the Triton interpreter."""
@@ -47,7 +50,12 @@ def main(argv: list[str]) -> int:
     if not ctx.full:
         os.environ.setdefault("OMP_NUM_THREADS", "1")  # toy sizes: threads only contend (CI's cores are shared)
     print(f"[{ctx.stage}] starting, {ctx.seconds_left():.0f} s to its deadline", flush=True)
-    result = run_stage(ctx)
+    try:
+        with stopping_on_signals():
+            result = run_stage(ctx)
+    except Stopped as stop:
+        print(f"[{ctx.stage}] {stop}", flush=True)
+        return 128 + stop.signum
     ctx.write_result(result)
     print(f"[{ctx.stage}] {result['status']}: {result['headline']}", flush=True)
     if "traceback" in result:

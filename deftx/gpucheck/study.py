@@ -13,7 +13,9 @@ the output folder is refreshed, so a visit cut short still returns every unit th
 * ``study-logs.tar.gz``: each unit's log and result files.
 
 A unit is not started when the time left is under the longest unit seen so far (or
-``--min-unit-seconds`` before any has run): its seed is left for the next visit.
+``--min-unit-seconds`` before any has run): its seed is left for the next visit. Stopped by
+SIGTERM or SIGHUP (the device call's time limit), the visit stops the running unit with
+everything it started, records it as ``stopped`` and refreshes the output folder once more.
 
 The data root can arrive as one archive (``--data-archive``, extracted once into the work
 folder) and the e5 model as packed folders (``--e5-source``, see ``deftx e5-pack``), since only
@@ -62,7 +64,7 @@ class Unit:
 
 @dataclass
 class UnitRecord:
-    """What became of a unit: status ``ok`` / ``failed`` / ``timeout`` / ``not started``."""
+    """What became of a unit: status ``ok`` / ``failed`` / ``timeout`` / ``stopped`` / ``not started``."""
 
     kind: str
     label: str
@@ -163,6 +165,14 @@ def keep_unit_files(unit: Unit, logs: Path) -> None:
             (target / name).write_bytes(source.read_bytes())
 
 
+def last_line(log: Path, limit: int = 300) -> str:
+    """The last non-blank line of ``log`` (a failed unit's error, as a whole log comes back only in the
+    bundle), at most ``limit`` characters; empty without one."""
+    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()] \
+        if log.is_file() else []
+    return lines[-1][:limit] if lines else ""
+
+
 def row_count(unit: Unit) -> int:
     """Result rows the unit wrote (0 without its table)."""
     table = unit.results_dir / unit.table
@@ -179,7 +189,7 @@ def run_units(visit: Visit, units: Sequence[Unit], work: Path, out: Path, *, dea
     logs = work / "logs"
     longest = min_unit_s
     refresh_outputs(visit, units, work, out)
-    for unit, record in zip(units, visit.records, strict=True):
+    for index, (unit, record) in enumerate(zip(units, visit.records, strict=True)):
         left = deadline - time.monotonic() - MARGIN_S
         if left < longest:
             record.why = f"{left:.0f} s left, under the {longest:.0f} s a unit may take: left for the next visit"
@@ -189,14 +199,25 @@ def run_units(visit: Visit, units: Sequence[Unit], work: Path, out: Path, *, dea
         (logs / unit.label).mkdir(parents=True, exist_ok=True)
         log = logs / unit.label / "log.txt"
         started = time.monotonic()
-        code = processes.run(list(unit.command), Path.cwd(), log, left, env)
+        try:
+            code = processes.run(list(unit.command), Path.cwd(), log, left, env)
+        except processes.Stopped as stop:
+            record.wall_s, record.status, record.why = round(time.monotonic() - started, 1), "stopped", str(stop)
+            say(f"[study] {unit.label}: {stop} after {record.wall_s:.0f} s")
+            for later in visit.records[index + 1:]:
+                later.why = f"the visit was {stop} before it"
+            keep_unit_files(unit, logs)
+            refresh_outputs(visit, units, work, out)
+            raise
         record.wall_s = round(time.monotonic() - started, 1)
         record.exit_code = code
         record.status = "timeout" if code is None else ("ok" if code == 0 else "failed")
         record.rows = row_count(unit) if code == 0 else 0
+        record.why = "" if code == 0 else last_line(log)
         longest = max(longest, record.wall_s)
         keep_unit_files(unit, logs)
-        say(f"[study] {unit.label}: {record.status} in {record.wall_s:.0f} s ({record.rows} rows)")
+        say(f"[study] {unit.label}: {record.status} in {record.wall_s:.0f} s ({record.rows} rows)"
+            + (f": {record.why}" if record.why else ""))
         refresh_outputs(visit, units, work, out)
     return visit
 
@@ -257,6 +278,13 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     for path in (args.config, args.ablate, args.data_archive, args.e5_source):
         if path is not None and not path.exists():
             parser.error(f"{path} does not exist")
+    if args.e5_source is not None:
+        from deftx.models.e5 import packed_source_problems
+
+        problems = packed_source_problems(args.e5_source)
+        if problems:
+            parser.error(f"--e5-source {args.e5_source} is incomplete ({'; '.join(problems)}): every folder "
+                         "`deftx e5-pack` wrote must be there, those carried by an earlier call too")
     if args.budget <= MARGIN_S:
         parser.error(f"--budget must be over {MARGIN_S:g} seconds")
 
@@ -273,7 +301,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         units += ablation_units(args.ablate, args.variants, args.ablate_seeds, args.device, work)
     visit = Visit(args.name or args.config.stem, args.device, args.budget)
     env = {**visit_env(args, work), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "8")}
-    run_units(visit, units, work, args.out, deadline=deadline, min_unit_s=args.min_unit_seconds, env=env)
+    try:
+        with processes.stopping_on_signals():
+            run_units(visit, units, work, args.out, deadline=deadline, min_unit_s=args.min_unit_seconds, env=env)
+    except processes.Stopped as stop:
+        print(f"[study] {stop}; outputs in {args.out}")
+        return 128 + stop.signum
     done = sum(r.status == "ok" for r in visit.records)
     print(f"[study] {done} of {len(units)} units finished; outputs in {args.out}")
     return 0 if done == len(units) else 1

@@ -405,6 +405,23 @@ def unpack_source(packed: Path) -> tuple[Path, Path]:
     return paths[WEIGHTS_FILE], paths[TOKENIZER_FILE.name]
 
 
+def packed_source_problems(packed: Path) -> list[str]:
+    """Why a :func:`pack_source` folder cannot be joined, found without reading the parts: no
+    manifest, or parts missing or of another size than the manifest's (empty: every part is there).
+    :func:`unpack_source` still checks each part's sha256 when it joins them."""
+    manifest = _read_manifest(packed)
+    if manifest is None:
+        return [f"{packed}: no {MANIFEST_FILE} (has every folder of `deftx e5-pack` arrived?)"]
+    problems = []
+    for part in manifest["parts"]:
+        path = packed / part["path"]
+        if not path.is_file():
+            problems.append(f"{path}: part missing")
+        elif path.stat().st_size != part["bytes"]:
+            problems.append(f"{path}: {path.stat().st_size} bytes, the manifest says {part['bytes']}")
+    return problems
+
+
 def _read_manifest(packed: Path) -> dict | None:
     """The manifest of a :func:`pack_source` folder (in one of its numbered folders), or None."""
     found = sorted(packed.glob(f"*/{MANIFEST_FILE}")) + sorted(packed.glob(MANIFEST_FILE))

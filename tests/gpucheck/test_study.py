@@ -122,3 +122,52 @@ def test_a_visit_that_would_do_nothing_or_lacks_an_input_is_refused_before_any_w
         main([str(config), *argv])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_failed_unit_names_its_last_log_line_in_the_record_and_the_output(tmp_path):
+    lines = []
+    units = [fake_unit(tmp_path, "seed-0", "print('loading'); print('ValueError: part missing', file=sys.stderr)\n"
+                                           "sys.exit(1)\n"),
+             fake_unit(tmp_path, "seed-1", writes_rows(1, 0.5))]
+    visit = run_units(Visit("study", "cpu", 60), units, tmp_path / "work", tmp_path / "out",
+                      deadline=time.monotonic() + 60, min_unit_s=0, env={}, say=lines.append)
+    assert [(r.status, r.why) for r in visit.records] == [("failed", "ValueError: part missing"), ("ok", "")]
+    assert next(line for line in lines if line.startswith("[study] seed-0: failed in ")).endswith(
+        " s (0 rows): ValueError: part missing")
+    records = json.loads((tmp_path / "out" / "study.json").read_text())["records"]
+    assert records[0]["why"] == "ValueError: part missing"
+
+
+def write_packed(folder: Path, present: dict[str, bytes]) -> None:
+    """A `deftx e5-pack` folder whose manifest lists 0/w.part0 (3 bytes) and 1/w.part3 (2 bytes); only
+    ``present`` (path -> content) is written."""
+    (folder / "1").mkdir(parents=True)
+    (folder / "1" / "manifest.json").write_text(json.dumps({"files": {}, "parts": [
+        {"file": "w", "path": "0/w.part0", "bytes": 3, "sha256": ""},
+        {"file": "w", "path": "1/w.part3", "bytes": 2, "sha256": ""}]}))
+    for path, content in present.items():
+        (folder / path).parent.mkdir(exist_ok=True)
+        (folder / path).write_bytes(content)
+
+
+def test_an_e5_source_missing_a_folder_is_refused_before_any_work(tmp_path, capsys):
+    config, packed, out = tmp_path / "c.yaml", tmp_path / "e5", tmp_path / "out"
+    config.write_text("name: c\n")
+    write_packed(packed, {"1/w.part3": b"ab"})
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(config), "--seeds", "0", "--out", str(out), "--budget", "100", "--e5-source", str(packed)])
+    assert exit_info.value.code == 2
+    assert f"{packed / '0' / 'w.part0'}: part missing" in capsys.readouterr().err
+    assert not out.exists(), "refused before any work"
+
+
+def test_packed_source_problems_names_missing_and_short_parts(tmp_path):
+    from deftx.models.e5 import packed_source_problems
+
+    write_packed(tmp_path / "whole", {"0/w.part0": b"abc", "1/w.part3": b"de"})
+    assert packed_source_problems(tmp_path / "whole") == []
+    write_packed(tmp_path / "short", {"0/w.part0": b"ab", "1/w.part3": b"de"})
+    assert packed_source_problems(tmp_path / "short") == [
+        f"{tmp_path / 'short' / '0' / 'w.part0'}: 2 bytes, the manifest says 3"]
+    assert packed_source_problems(tmp_path / "none") == [
+        f"{tmp_path / 'none'}: no manifest.json (has every folder of `deftx e5-pack` arrived?)"]

@@ -1,0 +1,110 @@
+"""A check or a study stopped by SIGTERM (a device call's time limit signals the command's process
+group; stages and units run in sessions of their own, out of its reach): nothing it started runs
+on, and the output folder says what was running and keeps what had been written."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+SLOW_TEST = """
+import os, pathlib, time
+import pytest
+
+@pytest.mark.cuda
+def test_runs_long():
+    pathlib.Path({pid_file!r}).write_text(str(os.getpid()))
+    time.sleep(120)
+"""
+STUDY_WITH_ONE_LONG_UNIT = """
+import sys
+from pathlib import Path
+from deftx.gpucheck import study
+
+work = Path({work!r})
+program = "import os, pathlib, time; pathlib.Path({pid_file!r}).write_text(str(os.getpid())); time.sleep(120)"
+study.pipeline_units = lambda config, seeds, device, work: [
+    study.Unit("pipeline", f"seed-{{s}}", (sys.executable, "-c", program), work / "pipeline" / f"seed-{{s}}")
+    for s in seeds]
+sys.exit(study.main([{config!r}, "--seeds", "0", "1", "--out", {out!r}, "--budget", "300", "--work-dir",
+                     str(work), "--min-unit-seconds", "0"]))
+"""
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie left for init to reap is not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def wait_for(path: Path, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.is_file() or not path.read_text():
+        assert time.monotonic() < deadline, f"{path} was not written in {seconds} s"
+        time.sleep(0.2)
+
+
+def stop_and_reap(process: subprocess.Popen, child_pid: int) -> int:
+    """SIGTERM to ``process`` (as the call's time limit sends it); its exit code once ``child_pid`` had
+    up to 10 s to end."""
+    process.send_signal(signal.SIGTERM)
+    code = process.wait(timeout=60)
+    deadline = time.monotonic() + 10
+    while running(child_pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return code
+
+
+def test_a_check_stopped_by_sigterm_stops_its_stage_and_records_it(tmp_path):
+    suite, pid_file = tmp_path / "suite", tmp_path / "pytest.pid"
+    suite.mkdir()
+    (suite / "test_slow.py").write_text(textwrap.dedent(SLOW_TEST.format(pid_file=str(pid_file))))
+    out = tmp_path / "out"
+    check = subprocess.Popen(
+        [sys.executable, "-m", "deftx.gpucheck", "--device", "cpu", "--only", "environment,tests,bench-xlmr",
+         "--test-paths", str(suite), "--pytest-workers", "0", "--out", str(out), "--work-dir", str(tmp_path / "work")],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(pid_file, 240)
+        code = stop_and_reap(check, int(pid_file.read_text()))
+    finally:
+        check.kill()
+    output = check.stdout.read()
+    assert not running(int(pid_file.read_text())), "pytest, started by the stage, ran on after the check stopped"
+    assert code == 128 + signal.SIGTERM, output[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    statuses = {s["stage"]: s["status"] for s in summary["stages"]}
+    assert (statuses["environment"], statuses["tests"], statuses["bench-xlmr"]) == ("ok", "stopped", "skipped")
+    assert "SIGTERM" in summary["stages"][2]["headline"]
+    assert "not started: the check was stopped by SIGTERM" in summary["stages"][5]["headline"]
+    assert (out / "gpucheck-logs.tar.gz").is_file()
+
+
+def test_a_study_stopped_by_sigterm_stops_its_unit_and_records_it(tmp_path):
+    pid_file, out, config = tmp_path / "unit.pid", tmp_path / "out", tmp_path / "study.yaml"
+    config.write_text("name: study\n")
+    script = STUDY_WITH_ONE_LONG_UNIT.format(work=str(tmp_path / "work"), pid_file=str(pid_file), config=str(config),
+                                             out=str(out))
+    visit = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(pid_file, 120)
+        code = stop_and_reap(visit, int(pid_file.read_text()))
+    finally:
+        visit.kill()
+    output = visit.stdout.read()
+    assert not running(int(pid_file.read_text())), "the unit ran on after the visit stopped"
+    assert code == 128 + signal.SIGTERM, output[-3000:]
+    records = json.loads((out / "study.json").read_text())["records"]
+    assert [(r["label"], r["status"]) for r in records] == [("seed-0", "stopped"), ("seed-1", "not started")]
+    assert records[0]["why"] == "stopped by SIGTERM" and records[0]["wall_s"] > 0
+    assert records[1]["why"] == "the visit was stopped by SIGTERM before it"
