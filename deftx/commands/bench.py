@@ -186,11 +186,21 @@ def timed_backends(ops: Sequence[str], device: str) -> dict[str, tuple[str, ...]
     return {op: tuple(deftx_backends(dispatch_op(op), torch.device(device))) for op in ops}
 
 
-def _check_backends(backends: Sequence[str] | None, ops: Sequence[str], device: str) -> None:
-    """Refuse a ``--backends`` name that none of ``ops`` is timed under on ``device``, and an op of
-    ``ops`` that none of ``backends`` times there (it would be left out of the table)."""
+def suite_ops(args: argparse.Namespace, device: str) -> tuple[str, ...]:
+    """The ops the suite times: ``--ops``, or the default ops, checked against ``--backends`` with one
+    lookup of what each op is timed under on ``device``.
+
+    An op none of the given backends times would be left out of the table: refused when ``--ops``
+    names it, left out with a note on stderr when the ops are the defaults.
+
+    Raises:
+        BenchInputError: a backend none of the ops is timed under, or an op of ``--ops`` none of
+            the backends times.
+    """
+    ops = args.ops or tuple(DEFAULT_OPS.split(","))
+    backends = args.backends
     if not backends:
-        return
+        return ops
     timed = timed_backends(ops, device)
     here = sorted({b for names in timed.values() for b in names})
     for backend in backends:
@@ -199,31 +209,17 @@ def _check_backends(backends: Sequence[str] | None, ops: Sequence[str], device: 
             raise BenchInputError(
                 f"--backends {backend}: not timed on {device} for {','.join(ops)}{why}; timed here: {', '.join(here)}"
             )
-    for op, names in timed.items():
-        if not set(names) & set(backends):
-            raise BenchInputError(
-                f"--ops {op}: not timed under --backends {','.join(backends)} on {device} ({op} is timed here "
-                f"under {', '.join(names) or 'no backend'}); add one of those to --backends or leave {op} out of --ops"
-            )
-
-
-def untimed_default_ops(backends: Sequence[str] | None, device: str) -> tuple[str, ...]:
-    """Of the default ops, those none of ``backends`` times on ``device`` (none when all backends run)."""
-    if not backends:
-        return ()
-    timed = timed_backends(DEFAULT_OPS.split(","), device)
-    return tuple(op for op, names in timed.items() if not set(names) & set(backends))
-
-
-def _resolve_ops(args: argparse.Namespace, device: str) -> tuple[str, ...]:
-    """``--ops`` as given; else the default ops, less those ``--backends`` does not time here (said on stderr)."""
-    if args.ops is not None:
-        return args.ops
-    untimed = () if args.scaling else untimed_default_ops(args.backends, device)
+    untimed = [op for op, names in timed.items() if not set(names) & set(backends)]
+    if untimed and args.ops is not None:
+        op = untimed[0]
+        raise BenchInputError(
+            f"--ops {op}: not timed under --backends {','.join(backends)} on {device} ({op} is timed here under "
+            f"{', '.join(timed[op])}); add one of those to --backends or leave {op} out of --ops"
+        )
     if untimed:
         print(f"deftx bench: note: {', '.join(untimed)} left out: not timed under --backends "
-              f"{','.join(args.backends)} on {device}", file=sys.stderr)
-    return tuple(op for op in DEFAULT_OPS.split(",") if op not in untimed)
+              f"{','.join(backends)} on {device}", file=sys.stderr)
+    return tuple(op for op in ops if op not in untimed)
 
 
 def _check_mode_options(args: argparse.Namespace) -> None:
@@ -426,7 +422,7 @@ def canonical_command(args: argparse.Namespace, device: str) -> str:
 def check_inputs(args: argparse.Namespace) -> tuple[str, dict[str, ShapeSet]]:
     """Everything about the command checked before any measurement; returns the device to run on and
     the shape sets of ``--model-shapes`` and ``--scaling-sets`` by the name given (every file read
-    once, here). Sets ``args.ops`` when not given (:func:`_resolve_ops`).
+    once, here). Sets ``args.ops`` to the ops to time (:func:`suite_ops`).
 
     Raises:
         BenchInputError: an option the mode ignores, CUDA asked for where there is none, a backend
@@ -435,11 +431,11 @@ def check_inputs(args: argparse.Namespace) -> tuple[str, dict[str, ShapeSet]]:
     """
     _check_mode_options(args)
     device = _device(args.device)
-    args.ops = _resolve_ops(args, device)
     if args.scaling:
+        args.ops = args.ops or tuple(DEFAULT_OPS.split(","))
         _check_scaling_ops(args.ops)
     else:
-        _check_backends(args.backends, args.ops, device)
+        args.ops = suite_ops(args, device)
     specs = {name: _read_shapes(name) for name in dict.fromkeys((args.model_shapes, *(args.scaling_sets or ())))}
     _check_out(args.out)
     for spec in specs.values():
