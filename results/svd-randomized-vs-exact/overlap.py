@@ -3,7 +3,6 @@ on one real phase 1 (madurese, seed 0, the final recipe): the share of K the sel
 import os
 import sys
 
-import torch
 from safetensors.torch import load_file
 
 from deftx.sft import SparseDiff
