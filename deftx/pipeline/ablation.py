@@ -83,7 +83,7 @@ from deftx.pipeline.workspace import (
 )
 from deftx.text import short_repr
 from deftx.train.config import to_plain
-from deftx.train.identity import describe_changes, digest, normalised, read_identity, write_identity
+from deftx.train.identity import damage, describe_changes, digest, normalised, read_identity, write_identity
 from deftx.train.store import LinkedStepStore
 
 ABLATION_KEYS = ("name", "base", "base_overrides", "variants", "seeds", "output_dir", "results_dir")
@@ -411,9 +411,10 @@ def record_variants(ablation: AblationConfig, names: Iterable[str]) -> None:
 
 def variant_changes(ablation: AblationConfig, name: str, old_hash: str) -> list[str]:
     """What changed in variant ``name`` since rows with ``old_hash`` were written (from its old folder's
-    record, else from ``results_dir``'s :data:`VARIANTS` record)."""
-    recorded = (read_identity(variant_folder(ablation.output_dir, name, old_hash))
-                or recorded_variants(ablation.results_dir).get(f"{name}-{old_hash}"))
+    record, else, where that is missing or damaged, from ``results_dir``'s :data:`VARIANTS` record)."""
+    in_folder = read_identity(variant_folder(ablation.output_dir, name, old_hash))
+    recorded = (None if damage(in_folder) else in_folder) or recorded_variants(ablation.results_dir).get(
+        f"{name}-{old_hash}")
     if recorded is None:
         return [f"settings hash {old_hash} -> {ablation.hashes[name]}"]
     return describe_changes(recorded, normalised(run_identity(ablation.variants[name])))

@@ -41,7 +41,8 @@ no identity records; 2: identities without the collator's settings, the device o
 3: without the model's class and configuration)."""
 IDENTITY_FILE = "identity.json"
 DAMAGED = f"({IDENTITY_FILE})"
-"""The one key of what :func:`read_identity` returns for a record that is not a JSON object: what is wrong with it."""
+"""The one key of what :func:`read_identity` returns for a damaged record (unreadable, or not a JSON object):
+what is wrong with it (:func:`damage`)."""
 SHORT_DIGEST = 12
 MAX_NAMED = 3
 MAX_SETTINGS_DEPTH = 16
@@ -302,6 +303,12 @@ def read_identity(folder: Path) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else {DAMAGED: "not a JSON object"}
 
 
+def damage(recorded: Mapping[str, Any] | None) -> str | None:
+    """What is wrong with a record :func:`read_identity` read from a damaged file ("unreadable", "not a JSON
+    object"); None for an intact record or none."""
+    return recorded.get(DAMAGED) if recorded is not None and set(recorded) == {DAMAGED} else None
+
+
 def write_identity(folder: Path, identity: Mapping[str, Any]) -> None:
     """Record ``identity`` in ``folder`` (atomically)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -334,8 +341,8 @@ def stale_results(folder: Path, identity: Mapping[str, Any], outputs: Sequence[s
     if recorded is None:
         return [f"its results ({', '.join(stale[:MAX_NAMED])}) have no {IDENTITY_FILE}: written by an older deftx "
                 "or by hand, so what they depend on is unknown"]
-    if set(recorded) == {DAMAGED}:
-        return [f"its {IDENTITY_FILE} is {recorded[DAMAGED]} (damaged, or edited by hand), so what its results "
+    if damage(recorded):
+        return [f"its {IDENTITY_FILE} is {damage(recorded)} (damaged, or edited by hand), so what its results "
                 f"({', '.join(stale[:MAX_NAMED])}) depend on is unknown"]
     return describe_changes(recorded, normalised(identity)) or ["identity.json differs"]
 

@@ -27,6 +27,7 @@ from deftx.pipeline.ablation import (
     run_ablation,
     seed_tables,
     seeds_sentence,
+    variant_folder,
 )
 from deftx.pipeline.config import BASELINE, NO_LANGUAGE_SFT, ConfigError
 from deftx.pipeline.steps import language_tuner, task_tuner
@@ -545,6 +546,14 @@ def test_changed_variant_rows_are_refused_naming_the_change(tiny_ablation, tmp_p
     with pytest.raises(ConfigError, match=r"variants \['reference'\] changed .*\(reference: language_sft\.k: 0\.01 "
                                           r"-> 0\.02\): .*--overwrite"):
         run_ablation(changed, log=lambda _: None, progress=lambda _: None)
+    record = variant_folder(ablation.output_dir, "reference", ablation.hashes["reference"]) / "identity.json"
+    intact = record.read_text()
+    record.write_text(intact[:40])
+    try:
+        with pytest.raises(ConfigError, match=r"\(reference: language_sft\.k: 0\.01 -> 0\.02\)"):
+            run_ablation(changed, log=lambda _: None, progress=lambda _: None)
+    finally:
+        record.write_text(intact)
     with pytest.raises(ConfigError, match="unknown variants"):
         run_ablation(ablation, log=lambda _: None, progress=lambda _: None, only=["nope"])
 
