@@ -234,7 +234,7 @@ def execute(args: argparse.Namespace, argv: list[str], planned: list[PlannedStag
             summary = run_check(settings, planned, meta, say=lambda line: print(line, flush=True))
     except Stopped as stop:
         print(f"\n{stop}: wrote {', '.join(sorted(p.name for p in out.iterdir()))} into {out}", flush=True)
-        return 128 + stop.signum
+        return stop.exit_status
     print("\n".join(console_lines(summary)))
     print(f"\nwrote {', '.join(sorted(p.name for p in out.iterdir()))} into {out}")
     ran = [s for s in summary["stages"] if s["status"] != "skipped"]

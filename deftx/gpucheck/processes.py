@@ -26,6 +26,14 @@ STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGHUP)
 """The signals :func:`stopping_on_signals` turns into :class:`Stopped`."""
 
 
+def last_line(log: Path, limit: int = 300) -> str:
+    """The last non-blank line of ``log`` (a failed process's error, as a whole log comes back only in
+    the bundle), at most ``limit`` characters; empty without one."""
+    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()] \
+        if log.is_file() else []
+    return lines[-1][:limit] if lines else ""
+
+
 class Stopped(BaseException):
     """A stop signal reached this process (a BaseException, as KeyboardInterrupt: no ``except
     Exception`` swallows it). ``signum``: the signal's number."""
@@ -33,6 +41,11 @@ class Stopped(BaseException):
     def __init__(self, signum: int) -> None:
         super().__init__(f"stopped by {signal.Signals(signum).name}")
         self.signum = signum
+
+    @property
+    def exit_status(self) -> int:
+        """The shell's status of a process ended by the signal: 128 + its number."""
+        return 128 + self.signum
 
 
 @contextlib.contextmanager

@@ -73,8 +73,8 @@ def stage_record(planned: PlannedStage, result: dict[str, Any] | None, code: int
         partial = (result or {}).get("headline", "")
         return {**record, "status": "timeout", "headline": f"killed at its cap; {partial or 'no result written'}"}
     if result is None:
-        tail = [line for line in log.read_text().splitlines() if line.strip()][-1:] if log.is_file() else []
-        return {**record, "status": "failed", "headline": f"exited with {code} and wrote no result: {''.join(tail)}"}
+        return {**record, "status": "failed",
+                "headline": f"exited with {code} and wrote no result: {processes.last_line(log)}"}
     return {**record, "status": result.get("status", "failed"), "headline": result.get("headline", "")}
 
 
@@ -119,15 +119,16 @@ def run_check(
     start = time.monotonic()
     records: list[dict[str, Any]] = []
     started = start
+    running: PlannedStage | None = None
     try:
         for p in planned:
-            started = time.monotonic()
+            started, running = time.monotonic(), p
             records.append(run_planned(settings, p, settings.total_budget_s - (started - start), say))
+            running = None
             if records[-1]["status"] != "skipped":
                 refresh_outputs(settings, {**meta, "elapsed_s": time.monotonic() - start}, records)
     except processes.Stopped as stop:
-        if len(records) < len(planned) and planned[len(records)].runs:
-            running = planned[len(records)]
+        if running is not None and running.runs:
             records.append(stopped_record(running, read_result(settings.work_dir, running.stage.name),
                                           time.monotonic() - started, stop))
             say(f"[{running.stage.name}] stopped: {records[-1]['headline']}")

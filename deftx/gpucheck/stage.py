@@ -55,7 +55,7 @@ def main(argv: list[str]) -> int:
             result = run_stage(ctx)
     except Stopped as stop:
         print(f"[{ctx.stage}] {stop}", flush=True)
-        return 128 + stop.signum
+        return stop.exit_status
     ctx.write_result(result)
     print(f"[{ctx.stage}] {result['status']}: {result['headline']}", flush=True)
     if "traceback" in result:

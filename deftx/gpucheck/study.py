@@ -165,14 +165,6 @@ def keep_unit_files(unit: Unit, logs: Path) -> None:
             (target / name).write_bytes(source.read_bytes())
 
 
-def last_line(log: Path, limit: int = 300) -> str:
-    """The last non-blank line of ``log`` (a failed unit's error, as a whole log comes back only in the
-    bundle), at most ``limit`` characters; empty without one."""
-    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()] \
-        if log.is_file() else []
-    return lines[-1][:limit] if lines else ""
-
-
 def row_count(unit: Unit) -> int:
     """Result rows the unit wrote (0 without its table)."""
     table = unit.results_dir / unit.table
@@ -213,7 +205,7 @@ def run_units(visit: Visit, units: Sequence[Unit], work: Path, out: Path, *, dea
         record.exit_code = code
         record.status = "timeout" if code is None else ("ok" if code == 0 else "failed")
         record.rows = row_count(unit) if code == 0 else 0
-        record.why = "" if code == 0 else last_line(log)
+        record.why = "" if code == 0 else processes.last_line(log)
         longest = max(longest, record.wall_s)
         keep_unit_files(unit, logs)
         say(f"[study] {unit.label}: {record.status} in {record.wall_s:.0f} s ({record.rows} rows)"
@@ -306,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_units(visit, units, work, args.out, deadline=deadline, min_unit_s=args.min_unit_seconds, env=env)
     except processes.Stopped as stop:
         print(f"[study] {stop}; outputs in {args.out}")
-        return 128 + stop.signum
+        return stop.exit_status
     done = sum(r.status == "ok" for r in visit.records)
     print(f"[study] {done} of {len(units)} units finished; outputs in {args.out}")
     return 0 if done == len(units) else 1

@@ -12,6 +12,8 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 SLOW_TEST = """
 import os, pathlib, time
@@ -108,3 +110,29 @@ def test_a_study_stopped_by_sigterm_stops_its_unit_and_records_it(tmp_path):
     assert [(r["label"], r["status"]) for r in records] == [("seed-0", "stopped"), ("seed-1", "not started")]
     assert records[0]["why"] == "stopped by SIGTERM" and records[0]["wall_s"] > 0
     assert records[1]["why"] == "the visit was stopped by SIGTERM before it"
+
+
+def test_a_stop_while_the_outputs_are_written_leaves_the_stage_that_finished_as_it_ended(tmp_path, monkeypatch):
+    """The stop arrives after the first stage ended, while its outputs are written: that stage keeps its
+    own record, and the next one is "not started", never "stopped" with the first one's time."""
+    from deftx.gpucheck import runner
+    from deftx.gpucheck.plan import PlannedStage, Stage
+    from deftx.gpucheck.processes import Stopped
+
+    planned = [PlannedStage(Stage(name, 10, name)) for name in ("first", "second")]
+    written: list[list[dict]] = []
+
+    def refresh(settings, meta, records):
+        written.append([dict(r) for r in records])
+        if len(written) == 1:
+            raise Stopped(signal.SIGTERM)
+        return {}
+
+    monkeypatch.setattr(runner, "run_planned", lambda settings, p, left, say: {
+        "stage": p.stage.name, "budget_s": 10, "seconds": 1.0, "status": "ok", "headline": "done"})
+    monkeypatch.setattr(runner, "refresh_outputs", refresh)
+    settings = runner.RunSettings(tmp_path / "out", tmp_path / "work", tmp_path, "cpu", "tiny", "cpu", 60.0)
+    with pytest.raises(Stopped):
+        runner.run_check(settings, planned, {}, say=lambda line: None)
+    assert [(r["stage"], r["status"]) for r in written[-1]] == [("first", "ok"), ("second", "skipped")]
+    assert written[-1][1]["headline"] == "not started: the check was stopped by SIGTERM"
