@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from deftx.eval.report import column_labels
+from deftx.eval.report import RECIPE, SCALE, column_labels
 from deftx.text import not_utf8, repeated
 
 PAPER_FIVE: tuple[str, ...] = ("acehnese", "balinese", "banjarese", "madurese", "minangkabau")
@@ -33,12 +33,6 @@ PAPER_FIVE: tuple[str, ...] = ("acehnese", "balinese", "banjarese", "madurese", 
 DEFAULT_PAIRS: tuple[tuple[str, str], ...] = (("deft-x", "lt-sft"), ("deft-x", "full-ft"), ("lt-sft", "full-ft"))
 KEY_COLUMNS: tuple[str, ...] = ("benchmark", "protocol", "source", "method", "target", "seed", "split")
 """The columns that identify one score; a results file must have them all."""
-SCALE = "language_scale"
-"""The optional column of the scale a row's language SFT was composed at (empty without one): with
-:data:`KEY_COLUMNS`, what identifies one score."""
-RECIPE = "recipe"
-"""The optional column of the digest of the recipe (pipeline config) that made a row
-(:mod:`deftx.pipeline.outputs`)."""
 CONFIDENCE = 0.95
 RESAMPLES = 10_000
 FEW_SEEDS = 10

@@ -13,7 +13,12 @@ from typing import Any
 from deftx.files import atomic_write
 
 AVERAGE = "avg"
-GROUP_FIELDS = ("benchmark", "protocol", "split", "source", "method", "language_scale")
+SCALE = "language_scale"
+"""The results column of the scale a row's language SFT was composed at (empty without one)."""
+RECIPE = "recipe"
+"""The results column of each row's recipe: the digest of the pipeline config that made it
+(:func:`deftx.pipeline.identity.recipe_hash`)."""
+GROUP_FIELDS = ("benchmark", "protocol", "split", "source", "method", SCALE)
 
 
 def write_csv(rows: Sequence[Mapping[str, Any]], path: str | Path) -> None:
@@ -145,8 +150,8 @@ def column_labels(rows: Sequence[Mapping[str, Any]]) -> dict[tuple[Any, Any], st
     scales: dict[Any, list[Any]] = {}
     for row in rows:
         seen = scales.setdefault(row["method"], [])
-        if row.get("language_scale") not in seen:
-            seen.append(row.get("language_scale"))
+        if row.get(SCALE) not in seen:
+            seen.append(row.get(SCALE))
     labels = {}
     for method, values in scales.items():
         for scale in values:
@@ -163,7 +168,7 @@ def _panels(summary: Sequence[Mapping[str, Any]]) -> dict[tuple, list[dict[str, 
     panels = {}
     for key, rows in groups.items():
         labels = column_labels(rows)
-        panels[key] = [{**row, "column": labels[(row["method"], row.get("language_scale"))]} for row in rows]
+        panels[key] = [{**row, "column": labels[(row["method"], row.get(SCALE))]} for row in rows]
     return panels
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from deftx.eval.language import heldout_table
 from deftx.eval.report import (
+    RECIPE,
     bar_plot,
     environment_changes,
     markdown_tables,
@@ -46,9 +47,6 @@ from deftx.train.sparse_finetuner import SELECTION
 
 RESULTS_CSV = "results.csv"
 CONFIG_JSON = "config.json"
-RECIPE = "recipe"
-"""The results.csv column of each row's recipe: :func:`~deftx.pipeline.identity.recipe_hash` of the config that
-made it."""
 MAX_NAMED_CELLS = 3
 
 
