@@ -389,9 +389,10 @@ def unpack_source(packed: Path) -> tuple[Path, Path]:
         ValueError: no manifest, a part missing or of the wrong size or hash, or a joined file
             whose sha256 differs from the manifest's (each error names the file).
     """
+    problems = packed_source_problems(packed)
+    if problems:
+        raise ValueError(f"${SOURCE_ENV}: {'; '.join(problems[:3])}")
     manifest = _read_manifest(packed)
-    if manifest is None:
-        raise ValueError(f"${SOURCE_ENV}={packed}: no {MANIFEST_FILE} (has every folder of `deftx e5-pack` arrived?)")
     joined_dir = packed / "joined"
     joined_dir.mkdir(exist_ok=True)
     paths = {}
@@ -416,7 +417,7 @@ def packed_source_problems(packed: Path) -> list[str]:
     for part in manifest["parts"]:
         path = packed / part["path"]
         if not path.is_file():
-            problems.append(f"{path}: part missing")
+            problems.append(f"{path}: part missing (has every folder of `deftx e5-pack` arrived?)")
         elif path.stat().st_size != part["bytes"]:
             problems.append(f"{path}: {path.stat().st_size} bytes, the manifest says {part['bytes']}")
     return problems
@@ -429,17 +430,16 @@ def _read_manifest(packed: Path) -> dict | None:
 
 
 def _join_parts(packed: Path, parts: list[dict], target: Path) -> None:
-    """Concatenate ``parts`` (checked one by one) into ``target`` through a temporary file."""
+    """Concatenate ``parts`` (there, of their sizes: :func:`packed_source_problems`; each checked against
+    its sha256 here) into ``target`` through a temporary file."""
     staging = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
     try:
         with staging.open("wb") as out:
             for part in parts:
                 path = packed / part["path"]
-                if not path.is_file():
-                    raise ValueError(f"{path}: part missing (has every folder of `deftx e5-pack` arrived?)")
                 data = path.read_bytes()
-                if len(data) != part["bytes"] or hashlib.sha256(data).hexdigest() != part["sha256"]:
-                    raise ValueError(f"{path}: part is {len(data)} bytes or corrupt (expected {part['bytes']})")
+                if hashlib.sha256(data).hexdigest() != part["sha256"]:
+                    raise ValueError(f"{path}: part is corrupt (its sha256 is not the manifest's)")
                 out.write(data)
         os.replace(staging, target)
     finally:

@@ -405,7 +405,7 @@ def test_an_incomplete_or_corrupt_packed_source_is_named(packed, tmp_path, monke
     if damage == "corrupt part":
         part = next(folders[1].glob("*.part*"))
         part.write_bytes(b"x" + part.read_bytes()[1:])
-        message = f"{part}: part is .* or corrupt"
+        message = f"{part}: part is corrupt"
     elif damage == "missing folder":
         shutil.rmtree(folders[0])
         message = "part missing .has every folder"
