@@ -389,17 +389,20 @@ def unpack_source(packed: Path) -> tuple[Path, Path]:
         ValueError: no manifest, a part missing or of the wrong size or hash, or a joined file
             whose sha256 differs from the manifest's (each error names the file).
     """
-    problems = packed_source_problems(packed)
-    if problems:
-        raise ValueError(f"${SOURCE_ENV}: {'; '.join(problems[:3])}")
     manifest = _read_manifest(packed)
+    if manifest is None:
+        raise ValueError(f"${SOURCE_ENV}={packed}: no {MANIFEST_FILE} (has every folder of `deftx e5-pack` arrived?)")
     joined_dir = packed / "joined"
     joined_dir.mkdir(exist_ok=True)
     paths = {}
     for name, expected in manifest["files"].items():
         target = joined_dir / name
         if not (target.is_file() and _sha256(target) == expected["sha256"]):
-            _join_parts(packed, [p for p in manifest["parts"] if p["file"] == name], target)
+            parts = [p for p in manifest["parts"] if p["file"] == name]
+            problems = part_problems(packed, parts)
+            if problems:
+                raise ValueError(f"${SOURCE_ENV}: {'; '.join(problems[:3])}")
+            _join_parts(packed, parts, target)
             if _sha256(target) != expected["sha256"]:
                 raise ValueError(f"{target}: joined {name} does not match the manifest's sha256")
         paths[name] = target
@@ -413,8 +416,13 @@ def packed_source_problems(packed: Path) -> list[str]:
     manifest = _read_manifest(packed)
     if manifest is None:
         return [f"{packed}: no {MANIFEST_FILE} (has every folder of `deftx e5-pack` arrived?)"]
+    return part_problems(packed, manifest["parts"])
+
+
+def part_problems(packed: Path, parts: list[dict]) -> list[str]:
+    """The manifest's ``parts`` of a :func:`pack_source` folder that are missing or of another size."""
     problems = []
-    for part in manifest["parts"]:
+    for part in parts:
         path = packed / part["path"]
         if not path.is_file():
             problems.append(f"{path}: part missing (has every folder of `deftx e5-pack` arrived?)")
@@ -430,8 +438,8 @@ def _read_manifest(packed: Path) -> dict | None:
 
 
 def _join_parts(packed: Path, parts: list[dict], target: Path) -> None:
-    """Concatenate ``parts`` (there, of their sizes: :func:`packed_source_problems`; each checked against
-    its sha256 here) into ``target`` through a temporary file."""
+    """Concatenate ``parts`` (there, of their sizes: :func:`part_problems`; each checked against its
+    sha256 here) into ``target`` through a temporary file."""
     staging = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
     try:
         with staging.open("wb") as out:

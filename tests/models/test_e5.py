@@ -399,6 +399,16 @@ def test_packed_source_converts_to_the_same_model(synthetic, packed, tmp_path, m
     assert record["weights_sha256"] == hashlib.sha256(bin_path.read_bytes()).hexdigest()
 
 
+def test_files_joined_once_are_reused_without_their_parts(packed):
+    """The joined weights and tokenizer are checked against the manifest's sha256 and reused: parts that
+    are gone since (a folder carried by an earlier call) are not needed again."""
+    out, folders = packed
+    joined = e5.unpack_source(out)
+    shutil.rmtree(folders[0])
+    assert e5.unpack_source(out) == joined
+    assert e5.packed_source_problems(out), "the folder itself is still incomplete"
+
+
 @pytest.mark.parametrize("damage", ["corrupt part", "missing folder", "no manifest"])
 def test_an_incomplete_or_corrupt_packed_source_is_named(packed, tmp_path, monkeypatch, damage):
     out, folders = packed
