@@ -10,7 +10,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from deftx.files import atomic_write
+from deftx.files import atomic_write, atomic_write_bytes
+from deftx.text import short_repr
 
 AVERAGE = "avg"
 SCALE = "language_scale"
@@ -54,8 +55,14 @@ def append_invocation(ledger: Path, command: str | None, seconds: float,
                               "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if environment is not None:
         record["environment"] = dict(environment)
-    with ledger.open("a") as handle:
-        handle.write(json.dumps(record) + "\n")
+    append_records(ledger, [record])
+
+
+def append_records(ledger: Path, records: Sequence[Mapping[str, Any]]) -> None:
+    """Add ``records`` to a JSON-lines ledger as whole lines: the file is rewritten atomically (a ledger
+    holds a line per invocation or step), so a stopped write leaves no torn line."""
+    before = ledger.read_bytes() if ledger.is_file() else b""
+    atomic_write_bytes(ledger, before + "".join(json.dumps(dict(r)) + "\n" for r in records).encode())
 
 
 CODE_KEYS = ("commit",)
@@ -81,8 +88,27 @@ def environment_changes(before: Mapping[str, str], after: Mapping[str, str]) -> 
 
 
 def read_ledger(path: Path) -> list[dict[str, Any]]:
-    """The records of a JSON-lines ledger, one per non-empty line; none if the file does not exist."""
-    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
+    """The records of a JSON-lines ledger, one per non-empty line; none if the file does not exist.
+
+    Raises:
+        ValueError: a line that is not a JSON object (damaged, or torn by a deftx that appended in
+            place), naming the file and the line.
+    """
+    if not path.is_file():
+        return []
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line:
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}, line {number}: not a JSON record ({short_repr(line)}); mend or remove "
+                             "that line")
+        records.append(record)
+    return records
 
 
 def mean_sd(values: Sequence[float]) -> tuple[float, float]:

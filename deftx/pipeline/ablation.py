@@ -56,6 +56,7 @@ from deftx.eval.language import HELDOUT_FIELDS, heldout_table
 from deftx.eval.report import (
     AVERAGE,
     append_invocation,
+    append_records,
     column_labels,
     environment_changes,
     grouped_bar_plot,
@@ -766,8 +767,7 @@ def write_summary(
     rows = [row for row in read_rows(out / "ablation.csv") if row["variant"] in ablation.variants]
     ledger = out / "timings.jsonl"
     if run.timings:
-        with ledger.open("a") as handle:
-            handle.writelines(json.dumps(record) + "\n" for record in run.timings)
+        append_records(ledger, run.timings)
         run.timings.clear()
     if not rows:
         return "(no rows yet)\n"

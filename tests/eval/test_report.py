@@ -163,3 +163,20 @@ def test_versions_line_names_each_library_and_the_short_commit_once():
     assert versions_line(environment) == ("Versions: deftx 0.1.0 (commit 34db878), python 3.11.7, "
                                           "torch 2.11.0+cu130, threads 16.")
     assert versions_line({**environment, "commit": "unknown"}).startswith("Versions: deftx 0.1.0, python")
+
+
+def test_a_ledger_keeps_every_record_and_names_a_damaged_line(tmp_path):
+    """Records are added as whole lines (the file is rewritten atomically); a line that is not a JSON
+    record, as an in-place append stopped midway left, is named with its file and line."""
+    from deftx.eval.report import append_invocation, append_records, read_ledger
+
+    ledger = tmp_path / "invocations.jsonl"
+    append_invocation(ledger, "deftx pipeline c.yaml", 1.5)
+    append_records(ledger, [{"step": "a", "seconds": 2.0}, {"step": "b", "seconds": 3.0}])
+    records = read_ledger(ledger)
+    assert [r.get("command") or r["step"] for r in records] == ["deftx pipeline c.yaml", "a", "b"]
+    assert records[0]["seconds"] == 1.5 and "finished" in records[0]
+    ledger.write_text(ledger.read_text() + '{"command": "deftx pipe')
+    append_invocation(ledger, "deftx pipeline c.yaml --seeds 1", 1.0)
+    with pytest.raises(ValueError, match=r"invocations\.jsonl, line 4: not a JSON record"):
+        read_ledger(ledger)
