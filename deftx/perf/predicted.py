@@ -73,8 +73,9 @@ PROFILE_BASELINES: dict[str, tuple[str, ...]] = {
 GPU_TARGETS: tuple[tuple[str, Target], ...] = (("H200", H200_SXM), ("H100", H100_SXM), ("A100", A100_80GB_SXM))
 """Substring of a CUDA device name -> its datasheet target."""
 
-VARIANT_MARKERS: tuple[str, ...] = ("PCIE", "NVL", "40GB")
-"""Name parts of product variants whose bandwidth differs from the target's SXM datasheet."""
+VARIANT_MARKERS: tuple[str, ...] = ("PCIE", "NVL", "40GB", "GH200")
+"""Name parts of product variants whose bandwidth differs from the target's SXM datasheet (a GH200's
+HBM is 4.0 or 4.9 TB/s, not the H200 SXM's 4.8)."""
 
 DEFTX = "deftx"
 

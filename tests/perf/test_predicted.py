@@ -199,7 +199,9 @@ def test_choose_target_explicit_detected_and_none() -> None:
     target, choice = choose_target(_doc(device="cuda:1", gpu="NVIDIA H100 PCIe"))
     assert target is H100_SXM and "bandwidth differs" in choice
     target, choice = choose_target(_doc(device="cuda", gpu="NVIDIA H200"))
-    assert target is H200_SXM and "detected" in choice and "H200 SXM" in choice
+    assert target is H200_SXM and "detected" in choice and "H200 SXM" in choice and "differs" not in choice
+    target, choice = choose_target(_doc(device="cuda", gpu="NVIDIA GH200 480GB"))
+    assert target is H200_SXM and "bandwidth differs" in choice
     target, choice = choose_target(_doc(device="cuda", gpu="NVIDIA L40S"))
     assert target is None and "no roofline target for GPU 'NVIDIA L40S'" in choice and "h200" in choice
     target, choice = choose_target(_doc())
