@@ -66,6 +66,17 @@ def stop_and_reap(process: subprocess.Popen, child_pid: int) -> int:
     return code
 
 
+def stop_once_started(process: subprocess.Popen, pid_file: Path, wait_s: float) -> tuple[int, str]:
+    """Once the child ``process`` started has written its pid to ``pid_file`` (within ``wait_s``), stop
+    ``process`` (:func:`stop_and_reap`); its exit code and output. ``process`` is killed in any case."""
+    try:
+        wait_for(pid_file, wait_s)
+        code = stop_and_reap(process, int(pid_file.read_text()))
+    finally:
+        process.kill()
+    return code, process.stdout.read()
+
+
 def test_a_check_stopped_by_sigterm_stops_its_stage_and_records_it(tmp_path):
     suite, pid_file = tmp_path / "suite", tmp_path / "pytest.pid"
     suite.mkdir()
@@ -75,12 +86,7 @@ def test_a_check_stopped_by_sigterm_stops_its_stage_and_records_it(tmp_path):
         [sys.executable, "-m", "deftx.gpucheck", "--device", "cpu", "--only", "environment,tests,bench-xlmr",
          "--test-paths", str(suite), "--pytest-workers", "0", "--out", str(out), "--work-dir", str(tmp_path / "work")],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        wait_for(pid_file, 240)
-        code = stop_and_reap(check, int(pid_file.read_text()))
-    finally:
-        check.kill()
-    output = check.stdout.read()
+    code, output = stop_once_started(check, pid_file, 240)
     assert not running(int(pid_file.read_text())), "pytest, started by the stage, ran on after the check stopped"
     assert code == 128 + signal.SIGTERM, output[-3000:]
     summary = json.loads((out / "summary.json").read_text())
@@ -98,12 +104,7 @@ def test_a_study_stopped_by_sigterm_stops_its_unit_and_records_it(tmp_path):
                                              out=str(out))
     visit = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
-    try:
-        wait_for(pid_file, 120)
-        code = stop_and_reap(visit, int(pid_file.read_text()))
-    finally:
-        visit.kill()
-    output = visit.stdout.read()
+    code, output = stop_once_started(visit, pid_file, 120)
     assert not running(int(pid_file.read_text())), "the unit ran on after the visit stopped"
     assert code == 128 + signal.SIGTERM, output[-3000:]
     records = json.loads((out / "study.json").read_text())["records"]
