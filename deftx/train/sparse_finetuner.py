@@ -66,6 +66,7 @@ from torch import nn
 from transformers import TrainerCallback
 
 from deftx.models.parameters import body_prefix, named_parameter_map
+from deftx.ops.dispatch import resolve
 from deftx.sft import SparseDiff, base_model_id
 from deftx.sft.format import FORMAT_VERSION as SFT_FORMAT_VERSION
 from deftx.train.architecture import describe_model
@@ -134,6 +135,8 @@ CHANGE_NOTES = {
     "data.train": "other training examples",
     "data.eval": "other evaluation examples",
     "format.run": "written by an older deftx, whose identities recorded less: --overwrite retrains it",
+    **{f"backends.{op}": "another deftx.ops backend ($DEFTX_BACKEND, the native build, the device): backends "
+       "agree to rounding, not bit for bit" for op in ("rsvd", "topk", "masked_step")},
 }
 """What a change of an identity field means, added to the line naming it."""
 
@@ -367,9 +370,9 @@ class SparseFineTuner:
         }
 
     def branch_identity(self, branch: str, denoise: DenoiseConfig | None, phase1: Mapping[str, Any]) -> dict[str, Any]:
-        """What one branch's mask and SFT depend on: phase 1, K, the sparse phase, the selection, what is
-        shipped (the head or not, the base model's name, the model description the SFT's ``info`` records:
-        its class, pooling and label names in id order)."""
+        """What one branch's mask and SFT depend on: phase 1, K, the sparse phase, the selection, the
+        backends of its ops (:meth:`op_backends`), what is shipped (the head or not, the base model's name,
+        the model description the SFT's ``info`` records: its class, pooling and label names in id order)."""
         return {
             "step": f"{self.label} branch",
             "phase1": digest(dict(phase1)),
@@ -377,10 +380,21 @@ class SparseFineTuner:
             "k": self.k,
             "sparse": to_plain(self.config.sparse),
             "selection": to_plain(denoise),
+            "backends": self.op_backends(denoise),
             "ship_head": self.config.ship_head,
             "base_model": self.base_model,
             "info": self.sft_info(),
         }
+
+    def op_backends(self, denoise: DenoiseConfig | None) -> dict[str, str]:
+        """The ``deftx.ops`` backend each op of a branch runs on, on the training device: the rSVD (DeFT-X
+        only) and the top-k of the selection (``$DEFTX_BACKEND`` / auto), the masked step of phase 3
+        (``backend``). Backends agree to rounding, not bit for bit (the masked step's moments differ in the
+        last ulp), so a step is the same step only on the same backends."""
+        device = self.trainer.args.device
+        ops = {"rsvd": None, "topk": None} if denoise is not None else {"topk": None}
+        ops["masked_step"] = self.backend
+        return {op: resolve(op, device, backend) for op, backend in ops.items()}
 
     def identity(self) -> RunIdentity:
         """The run's identity as :meth:`fit` records it (the model must be at θ0)."""
@@ -401,7 +415,7 @@ class SparseFineTuner:
         phase1_changes = stale_results(self.work_dir, identity.phase1, self._phase1_outputs())
         changes = [f"phase 1: {explained(line)}" for line in phase1_changes]
         if not phase1_changes:
-            changes += [f"branch {branch}: {line}" for branch, branch_identity in identity.branches.items()
+            changes += [f"branch {branch}: {explained(line)}" for branch, branch_identity in identity.branches.items()
                         for line in stale_results(self._path(branch), branch_identity, BRANCH_OUTPUTS)]
         if changes and not self.overwrite:
             raise IdentityMismatchError(self.work_dir, changes)

@@ -16,6 +16,7 @@ import pytest
 import torch
 from transformers import DataCollatorWithPadding, TrainingArguments
 
+from deftx.ops import native
 from deftx.train.identity import IDENTITY_FILE, RUN_FORMAT, IdentityMismatchError, settings_identity
 from deftx.train.language import BatchSeededCollator
 from deftx.train.masking import MLMCollator
@@ -165,3 +166,20 @@ def test_a_step_of_an_older_identity_format_is_refused_saying_so(done, tmp_path)
     record.write_text(json.dumps(older))
     assert f"phase 1: format.run: {RUN_FORMAT - 1} -> {RUN_FORMAT} (written by an older deftx" in " ".join(
         refused_lines(tmp_path))
+
+
+def test_a_branch_records_its_ops_backends_and_is_redone_on_others(done, tmp_path, monkeypatch):
+    """The native and torch masked steps agree to rounding only: a branch is the same step only on the
+    same backends."""
+    if native.unavailable_reason() is not None:
+        pytest.skip(native.unavailable_reason())
+    assert step(done).branch_identity("lt-sft", None, {})["backends"] == {"topk": "native", "masked_step": "native"}
+    shutil.copytree(done / "work", tmp_path / "work")
+    monkeypatch.setenv("DEFTX_BACKEND", "torch")
+    lines = refused_lines(tmp_path)
+    assert [line.split(" (")[0] for line in lines] == ['branch lt-sft: backends.masked_step: "native" -> "torch"',
+                                                       'branch lt-sft: backends.topk: "native" -> "torch"']
+    assert all("agree to rounding" in line for line in lines)
+    assert not any(line.startswith("phase 1") for line in lines), "phase 1 runs on no deftx.ops op"
+    assert "sparse:lt-sft" in step(tmp_path, overwrite=True).fit().seconds
+    assert step(tmp_path).fit().seconds == {}
