@@ -8,7 +8,8 @@ device. One call of a warmed-up thunk is counted two ways:
   synchronizing operation it issues (``.item()``, ``int()``/``bool()`` of a CUDA tensor,
   a device->host copy, ``nonzero``...); the warnings are counted. Syncs outside torch
   (a Triton launcher reading device memory) would not be seen; the CUDA runtime's own
-  synchronize calls are counted from the profiler as a cross-check.
+  synchronize calls made during the call (inside its profiler range: not the synchronize
+  that then waits for its kernels) are counted from the profiler as a cross-check.
 * launches: the torch profiler's device events: kernels (deftx's Triton kernels
   by name among them), memcpys and memsets.
 
@@ -31,6 +32,9 @@ SYNC_WARNING = "synchronizing CUDA operation"
 
 RUNTIME_SYNC_CALLS = frozenset({"cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize"})
 RUNTIME_COPY_CALLS = frozenset({"cudaMemcpy", "cudaMemcpyAsync"})
+COUNTED_RANGE = "deftx.count_host_overhead"
+"""The profiler range around the counted call: host calls outside it (the synchronize that waits for the
+call's kernels) are not the call's."""
 
 
 def triton_kernel_names() -> frozenset[str]:
@@ -67,6 +71,18 @@ def count_runtime_calls(names: Iterable[str]) -> dict[str, int]:
     }
 
 
+def host_names_within(events: Iterable[Any], window: str) -> list[str]:
+    """Names of the host-side profiler events (torch ``FunctionEvent`` objects) that run inside the first event named
+    ``window`` (the window itself left out); none when no event has that name."""
+    events = [e for e in events if e.device_type != torch.autograd.DeviceType.CUDA]
+    ranges = [e.time_range for e in events if e.name == window]
+    if not ranges:
+        return []
+    start, end = ranges[0].start, ranges[0].end
+    return [e.name for e in events
+            if e.name != window and start <= e.time_range.start and e.time_range.end <= end]
+
+
 def count_sync_warnings(messages: Iterable[str]) -> int:
     """How many of the captured warning messages are torch's sync-debug warnings."""
     return sum(SYNC_WARNING in m for m in messages)
@@ -92,7 +108,8 @@ def count_host_overhead(thunk: Callable[[], object], device: torch.device) -> di
             warnings.simplefilter("always")
             torch.cuda.set_sync_debug_mode("warn")
             try:
-                result = thunk()
+                with torch.profiler.record_function(COUNTED_RANGE):
+                    result = thunk()
             finally:
                 torch.cuda.set_sync_debug_mode(previous)
             torch.cuda.synchronize(device)
@@ -102,10 +119,9 @@ def count_host_overhead(thunk: Callable[[], object], device: torch.device) -> di
         return {"error": f"{type(err).__name__}: {err}"}
     events = list(prof.events())
     device_names = [e.name for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
-    host_names = [e.name for e in events if e.device_type != torch.autograd.DeviceType.CUDA]
     return {
         "syncs": count_sync_warnings(str(w.message) for w in caught),
         **classify_device_events(device_names, triton_kernel_names()),
-        **count_runtime_calls(host_names),
+        **count_runtime_calls(host_names_within(events, COUNTED_RANGE)),
         "method": "torch.cuda.set_sync_debug_mode('warn') warnings; torch.profiler device events",
     }

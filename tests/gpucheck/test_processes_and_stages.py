@@ -20,10 +20,12 @@ from deftx.gpucheck.stages import tests as tests_stage
 from deftx.kernels import kernel_module
 from deftx.perf.counters import count_device_work
 from deftx.perf.overhead import (
+    COUNTED_RANGE,
     classify_device_events,
     count_host_overhead,
     count_runtime_calls,
     count_sync_warnings,
+    host_names_within,
     triton_kernel_names,
 )
 from deftx.perf.static.compile import declared_specializations
@@ -143,6 +145,19 @@ def test_device_events_are_classified_into_kernels_copies_and_sets():
     assert count_runtime_calls(["cudaStreamSynchronize", "cudaLaunchKernel", "cudaMemcpyAsync"]) == {
         "runtime_syncs": 1, "runtime_copies": 1}
     assert count_sync_warnings(["called a synchronizing CUDA operation", "other", "synchronizing CUDA operation"]) == 2
+
+
+def test_host_calls_are_counted_inside_the_call_s_range_only():
+    """The synchronize that waits for the counted call's kernels comes after its range: not the call's."""
+    x = torch.ones(4)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        torch.mul(x, 2)
+        with torch.profiler.record_function(COUNTED_RANGE):
+            torch.add(x, 1)
+        torch.sub(x, 1)
+    inside = host_names_within(prof.events(), COUNTED_RANGE)
+    assert "aten::add" in inside and not {"aten::mul", "aten::sub", COUNTED_RANGE} & set(inside), inside
+    assert host_names_within(prof.events(), "no such range") == []
 
 
 def test_overhead_is_not_counted_on_cpu_and_the_kernel_names_are_deftx_s():
