@@ -11,8 +11,11 @@ a thread therefore also samples the anonymous RSS (``RssAnon``) every millisecon
 Done in a worker subprocess (:mod:`deftx.perf.memory_probe`) started with
 ``MALLOC_MMAP_THRESHOLD_=131072`` so glibc returns every freed block above 128 KiB to
 the system (a fixed threshold also turns off glibc's adaptive one): memory freed by an
-earlier case is not silently reused by the next one. Where ``clear_refs`` cannot be
-written only the sampled figure is available (short peaks may be missed).
+earlier case is not silently reused by the next one. Blocks under the threshold come from
+glibc's heap, where a block freed earlier is reused without growing the RSS: a call's
+small allocations may go unseen, so the figure is a lower bound (exact for the large
+buffers the ops allocate at model sizes). Where ``clear_refs`` cannot be written only
+the sampled figure is available (short peaks may be missed).
 
 CUDA: ``torch.cuda.reset_peak_memory_stats`` then ``max_memory_allocated() - memory_allocated()``
 around the call (tensors only; the caching allocator's reserve is not counted).
@@ -28,8 +31,10 @@ from pathlib import Path
 
 import torch
 
-CPU_METHOD = "RSS growth: max(VmHWM reset via /proc/self/clear_refs, RssAnon sampled every 1 ms) in a worker subprocess"
-CPU_SAMPLED_METHOD = "RssAnon sampled every 1 ms in a worker subprocess (clear_refs unavailable)"
+CPU_METHOD = ("RSS growth: max(VmHWM reset via /proc/self/clear_refs, RssAnon sampled every 1 ms) in a worker "
+              "subprocess; a lower bound: blocks under 128 KiB may reuse freed heap unseen")
+CPU_SAMPLED_METHOD = ("RssAnon sampled every 1 ms in a worker subprocess (clear_refs unavailable); a lower bound: "
+                      "blocks under 128 KiB may reuse freed heap unseen")
 CUDA_METHOD = "torch.cuda.max_memory_allocated() after reset_peak_memory_stats()"
 SAMPLE_INTERVAL_S = 0.001
 STATUS = Path("/proc/self/status")
