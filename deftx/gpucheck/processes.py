@@ -18,7 +18,7 @@ import contextlib
 import os
 import signal
 import subprocess
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 TERM_GRACE_S = 2.0
@@ -97,6 +97,20 @@ def finish(process: subprocess.Popen, timeout: float) -> int | None:
         signal_group(process, signal.SIGKILL)
         process.wait()
     return code
+
+
+def finish_all(started: Sequence[subprocess.Popen], timeout: Callable[[], float]) -> list[int | None]:
+    """:func:`finish` each of the processes ``started`` together, in order, each given ``timeout()`` seconds
+    when its wait begins. An exception while waiting for one (:class:`Stopped`) stops every other
+    one's group as well, then propagates: none runs on after the caller."""
+    try:
+        return [finish(process, timeout()) for process in started]
+    except BaseException:
+        for process in started:
+            terminate_group(process)
+            signal_group(process, signal.SIGKILL)
+            process.wait()
+        raise
 
 
 def terminate_group(process: subprocess.Popen) -> None:

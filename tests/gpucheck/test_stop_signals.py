@@ -137,3 +137,40 @@ def test_a_stop_while_the_outputs_are_written_leaves_the_stage_that_finished_as_
         runner.run_check(settings, planned, {}, say=lambda line: None)
     assert [(r["stage"], r["status"]) for r in written[-1]] == [("first", "ok"), ("second", "skipped")]
     assert written[-1][1]["headline"] == "not started: the check was stopped by SIGTERM"
+
+
+FAKE_SANITIZER = """#!/bin/sh
+echo $$ >> {pids}
+exec sleep 120
+"""
+
+
+def test_a_sanitizer_stage_stopped_while_waiting_for_memcheck_stops_racecheck_too(tmp_path):
+    """Both tools run at once; a stop during the wait for the first must not leave the second running."""
+    from deftx.gpucheck.context import StageContext
+    from deftx.gpucheck.processes import Stopped, stopping_on_signals
+    from deftx.gpucheck.stages import sanitizer
+
+    pids, fake = tmp_path / "pids", tmp_path / "compute-sanitizer"
+    fake.write_text(FAKE_SANITIZER.format(pids=pids))
+    fake.chmod(0o755)
+    ctx = StageContext(stage="sanitizer", repo=str(REPO), work_dir=str(tmp_path / "work"), deadline=time.time() + 300,
+                       tools={"compute-sanitizer": str(fake)})
+    ctx.stage_dir.mkdir(parents=True, exist_ok=True)
+
+    def stop_once_both_started(signum: int, frame: object) -> None:
+        if pids.is_file() and len(pids.read_text().split()) == len(sanitizer.TOOLS):
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.raise_signal(signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGALRM, stop_once_both_started)
+    signal.setitimer(signal.ITIMER_REAL, 0.2, 0.2)
+    try:
+        with stopping_on_signals(), pytest.raises(Stopped):
+            sanitizer.run(ctx)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    started = [int(pid) for pid in pids.read_text().split()]
+    assert len(started) == 2
+    assert [running(pid) for pid in started] == [False, False]

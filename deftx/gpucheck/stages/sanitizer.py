@@ -63,10 +63,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
         env = {"PYTORCH_NO_CUDA_MEMORY_CACHING": "1"} if tool == "memcheck" else {}
         command = sanitizer_command(sanitizer, tool, sys.executable, ctx.stage_dir / f"{tool}.log")
         started[tool] = (processes.start(command, ctx.repo, ctx.stage_dir / f"{tool}.out", env), command)
+    codes = processes.finish_all([process for process, _ in started.values()],
+                                 lambda: ctx.seconds_left() - STOP_MARGIN_S)
     kernels = triton_kernel_names()
     tools: dict[str, Any] = {}
-    for tool, (process, command) in started.items():
-        code = processes.finish(process, ctx.seconds_left() - STOP_MARGIN_S)
+    for (tool, (_, command)), code in zip(started.items(), codes, strict=True):
         log = ctx.stage_dir / f"{tool}.log"
         text = log.read_text() if log.is_file() else ""
         ran = _RAN.findall((ctx.stage_dir / f"{tool}.out").read_text())
