@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from deftx.models.classifier import build_classifier
-from deftx.models.loading import PLAIN_MODULES
+from deftx.models.loading import load_pretrained
 from deftx.sft import SparseDiff
 from deftx.sft.apply import real_label_names
 
@@ -167,6 +167,6 @@ def build_from_spec(model_dir: str | Path, spec: ClassifierSpec, seed: int) -> t
         raise ValueError(f"architecture {spec.architecture!r} (from the SFT's metadata) is not a transformers class; "
                          "pass --pooling to choose the classifier")
     torch.manual_seed(seed)
-    model = cls.from_pretrained(str(model_dir), num_labels=spec.num_labels, **label_names, **PLAIN_MODULES)
+    model = load_pretrained(cls, model_dir, num_labels=spec.num_labels, **label_names)
     model.config.deftx_pooling = spec.pooling
     return model
