@@ -10,6 +10,11 @@ or without a Hub cache, so every load asks for the plain modules.
 transformers initialises at random, and only logs, every weight a checkpoint lacks: right for the
 new task head of a base model, silently wrong for a weight of the body (a folder saved in part, of
 another model). :func:`load_pretrained` refuses the second.
+
+transformers 5 loads a checkpoint in the dtype it was saved in (``dtype="auto"``; 4.x loaded
+float32): a body saved in bf16 or fp16 would be trained in it, where an AdamW step of a small
+learning rate rounds to no change in most entries, and mixed precision (``bf16: true``) expects
+float32 weights. :func:`load_pretrained` loads float32 whatever the checkpoint holds.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from deftx.models.parameters import body_prefix
@@ -41,14 +47,15 @@ def missing_body_weights(model: nn.Module, missing_keys: Iterable[str]) -> list[
 
 
 def load_pretrained(model_class: Any, path: str | Path, **kwargs: Any) -> nn.Module:
-    """``model_class.from_pretrained(path, **kwargs)`` with :data:`PLAIN_MODULES`; the new head and
-    pooler it creates are reported by transformers' load report.
+    """``model_class.from_pretrained(path, **kwargs)`` with :data:`PLAIN_MODULES`, in float32 (the module
+    docstring says why); the new head and pooler it creates are reported by transformers' load report.
 
     Raises:
         ValueError: the checkpoint lacks a weight of the body (:func:`missing_body_weights`), which
             transformers would initialise at random and only log.
     """
-    model, info = model_class.from_pretrained(str(path), output_loading_info=True, **PLAIN_MODULES, **kwargs)
+    model, info = model_class.from_pretrained(str(path), output_loading_info=True, dtype=torch.float32,
+                                                **PLAIN_MODULES, **kwargs)
     missing = missing_body_weights(model, info["missing_keys"])
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")

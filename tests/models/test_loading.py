@@ -75,3 +75,16 @@ def test_a_whole_body_loads_with_its_saved_weights(body_dir, loader):
     for key, value in saved.items():
         name = key if key in params else f"bert.{key}"
         assert torch.equal(params[name].detach(), value), key
+
+
+@pytest.mark.parametrize("loader", list(LOADERS))
+@pytest.mark.parametrize("saved_dtype", [torch.bfloat16, torch.float16])
+def test_a_half_precision_checkpoint_loads_as_float32(tmp_path, loader, saved_dtype):
+    """transformers 5 would keep the saved dtype: a bf16 body trained in bf16 loses most small AdamW steps."""
+    tiny_bert(EMBEDDING_ROWS, dtype=saved_dtype).save_pretrained(tmp_path)
+    saved = load_file(tmp_path / "model.safetensors")
+    params = dict(LOADERS[loader](tmp_path).named_parameters())
+    assert {param.dtype for param in params.values()} == {torch.float32}
+    for key, value in saved.items():
+        assert value.dtype == saved_dtype
+        assert torch.equal(params[key if key in params else f"bert.{key}"].detach(), value.float()), key
