@@ -60,8 +60,10 @@ def describe_model(model: torch.nn.Module, *, head: bool) -> dict[str, Any]:
 
 
 def _head_rows(diff: SparseDiff) -> int | None:
+    """The label count of the classifier layer ``diff`` ships (rows of a dense tensor named by a
+    :data:`HEAD_SUFFIXES` entry whole, after a dot: DistilBERT's ``pre_classifier.weight`` is no head)."""
     for name, tensor in diff.dense.items():
-        if name.endswith(HEAD_SUFFIXES) and tensor.dim() == 2:
+        if any(f".{name}".endswith(f".{suffix}") for suffix in HEAD_SUFFIXES) and tensor.dim() == 2:
             return int(tensor.shape[0])
     return None
 
