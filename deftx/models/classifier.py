@@ -13,7 +13,7 @@ import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, BertModel, BertPreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from deftx.models.loading import PLAIN_MODULES
+from deftx.models.loading import load_pretrained
 
 
 class BertMeanPoolClassifier(BertPreTrainedModel):
@@ -76,14 +76,13 @@ def build_classifier(model_dir: str | Path, num_labels: int, seed: int, pooling:
         raise ValueError(f"pooling must be one of {POOLING}, got {pooling!r}")
     torch.manual_seed(seed)
     if pooling == "cls":
-        model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), num_labels=num_labels,
-                                                                   **PLAIN_MODULES)
+        model = load_pretrained(AutoModelForSequenceClassification, model_dir, num_labels=num_labels)
         model.accepts_loss_kwargs = False
     else:
         config = AutoConfig.from_pretrained(str(model_dir), num_labels=num_labels)
         if config.model_type != "bert":
             raise ValueError(f"mean pooling is implemented for BERT bodies; {model_dir} is {config.model_type!r} "
                              "(use pooling='cls')")
-        model = BertMeanPoolClassifier.from_pretrained(str(model_dir), config=config, **PLAIN_MODULES)
+        model = load_pretrained(BertMeanPoolClassifier, model_dir, config=config)
     model.config.deftx_pooling = pooling
     return model

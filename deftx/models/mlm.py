@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn.functional import cross_entropy, linear
 
-from deftx.models.loading import PLAIN_MODULES
+from deftx.models.loading import load_pretrained
 
 IGNORE_INDEX = -100
 HEAD_KEYS = ("dense.weight", "dense.bias", "layer_norm.weight", "layer_norm.bias", "bias")
@@ -168,8 +168,8 @@ def _load_body(path: Path | str) -> nn.Module:
     from transformers import AutoConfig, AutoModel, BertModel
 
     if AutoConfig.from_pretrained(path).model_type == "bert":
-        return BertModel.from_pretrained(path, add_pooling_layer=False, **PLAIN_MODULES)
-    return AutoModel.from_pretrained(path, **PLAIN_MODULES)
+        return load_pretrained(BertModel, path, add_pooling_layer=False)
+    return load_pretrained(AutoModel, path)
 
 
 def build_mlm_model(

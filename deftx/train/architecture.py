@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from deftx.models.classifier import build_classifier
-from deftx.models.loading import PLAIN_MODULES
+from deftx.models.loading import load_pretrained
 from deftx.sft import SparseDiff
 from deftx.sft.apply import real_label_names
 
@@ -60,8 +60,10 @@ def describe_model(model: torch.nn.Module, *, head: bool) -> dict[str, Any]:
 
 
 def _head_rows(diff: SparseDiff) -> int | None:
+    """The label count of the classifier layer ``diff`` ships (rows of a dense tensor named by a
+    :data:`HEAD_SUFFIXES` entry whole, after a dot: DistilBERT's ``pre_classifier.weight`` is no head)."""
     for name, tensor in diff.dense.items():
-        if name.endswith(HEAD_SUFFIXES) and tensor.dim() == 2:
+        if any(f".{name}".endswith(f".{suffix}") for suffix in HEAD_SUFFIXES) and tensor.dim() == 2:
             return int(tensor.shape[0])
     return None
 
@@ -167,6 +169,6 @@ def build_from_spec(model_dir: str | Path, spec: ClassifierSpec, seed: int) -> t
         raise ValueError(f"architecture {spec.architecture!r} (from the SFT's metadata) is not a transformers class; "
                          "pass --pooling to choose the classifier")
     torch.manual_seed(seed)
-    model = cls.from_pretrained(str(model_dir), num_labels=spec.num_labels, **label_names, **PLAIN_MODULES)
+    model = load_pretrained(cls, model_dir, num_labels=spec.num_labels, **label_names)
     model.config.deftx_pooling = spec.pooling
     return model

@@ -3,10 +3,13 @@
 A transformer is split into named groups so that eligibility, denoising and the
 per-group reports all speak the same language:
 
-* ``word_embeddings`` — the token embedding matrix (96.0M of e5-small's 117.5M).
-* ``embeddings`` — the other embedding tables (positions, token types).
-* ``attention`` — query / key / value / attention-output weights and biases.
-* ``ffn`` — intermediate and output dense weights and biases.
+* ``word_embeddings`` — the token embedding matrix (96.0M of e5-small's 117.5M): the body's input
+  embeddings (``get_input_embeddings()``) whatever their name (``wte``, ``tok_embeddings``, ``shared``).
+* ``embeddings`` — the other embedding tables (positions, token types, relative positions): every
+  other ``nn.Embedding`` of the body, and the body's parameters named ``embeddings``.
+* ``attention`` — query / key / value / attention-output weights and biases (T5's ``SelfAttention`` too).
+* ``ffn`` — intermediate and output dense weights and biases (T5's ``DenseReluDense``, ALBERT's
+  ``ffn_output``, ``fc1`` / ``fc2``).
 * ``layer_norm`` — every LayerNorm weight and bias.
 * ``head`` — everything outside the transformer body (classifier, MLM head) and the
   pooler: trained densely and, for task SFTs, shipped as dense tensors.
@@ -40,8 +43,8 @@ PARAMETER_GROUPS: tuple[str, ...] = (
 )
 
 _LAYER_NORM = re.compile(r"(layernorm|layer_norm|(^|\.)ln(_\w+)?\.|(^|\.)norm\d*\.|_norm\.)", re.I)
-_ATTENTION = re.compile(r"(^|\.)(attention|attn|self_attn)\.", re.I)
-_FFN = re.compile(r"(^|\.)(intermediate|output|mlp|ffn|feed_forward)\.", re.I)
+_ATTENTION = re.compile(r"(^|\.)\w*(attention|attn)\.", re.I)
+_FFN = re.compile(r"(^|\.)(intermediate|output|mlp|ffn|ffn_output|feed_forward|densereludense|fc\d)\.", re.I)
 _POOLER = re.compile(r"(^|\.)pooler\.")
 
 
@@ -93,10 +96,34 @@ def parameter_group(name: str, prefix: str) -> str:
     return "other"
 
 
+def embedding_tables(model: nn.Module, prefix: str) -> tuple[nn.Parameter | None, set[int]]:
+    """The body's input (word) embedding weight (None when the body names none) and the ``id`` of
+    every other ``nn.Embedding`` weight in the body (positions, token types, relative positions)."""
+    body = model.get_submodule(prefix) if prefix else model
+    try:
+        inputs = body.get_input_embeddings()
+    except (AttributeError, NotImplementedError):
+        inputs = None
+    word = getattr(inputs, "weight", None)
+    word = word if isinstance(word, nn.Parameter) else None
+    tables = {id(module.weight) for module in body.modules() if isinstance(module, nn.Embedding)}
+    return word, tables - {id(word)}
+
+
 def parameter_groups(model: nn.Module) -> dict[str, str]:
-    """Name -> group for every parameter of ``model``."""
+    """Name -> group for every parameter of ``model``: :func:`parameter_group` of its name, but the
+    body's embedding tables by module (:func:`embedding_tables`), whatever their names."""
     prefix = body_prefix(model)
-    return {name: parameter_group(name, prefix) for name in named_parameter_map(model)}
+    word, tables = embedding_tables(model, prefix)
+    groups = {}
+    for name, param in named_parameter_map(model).items():
+        if param is word:
+            groups[name] = "word_embeddings"
+        elif id(param) in tables:
+            groups[name] = "embeddings"
+        else:
+            groups[name] = parameter_group(name, prefix)
+    return groups
 
 
 DENSE_GROUP = "head"

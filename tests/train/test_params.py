@@ -137,3 +137,76 @@ def test_the_config_refuses_groups_no_model_can_have(groups, match):
 
     with pytest.raises(ValueError, match=rf"SparseFineTuningConfig: {match}"):
         SparseFineTuningConfig(k=0.1, full=PhaseConfig(steps=1), sparse=PhaseConfig(steps=1), eligible=groups)
+
+
+def modernbert_mlm():
+    """deftx's masked LM on a ModernBERT body (tied input embeddings named ``tok_embeddings``)."""
+    from transformers import ModernBertConfig, ModernBertModel
+
+    from deftx.models.mlm import build_mlm_model
+
+    special = dict(pad_token_id=0, bos_token_id=0, eos_token_id=0, cls_token_id=0, sep_token_id=0)
+    config = ModernBertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                              intermediate_size=32, max_position_embeddings=40, **special)
+    return build_mlm_model(ModernBertModel(config))
+
+
+def gpt2_classifier():
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    return GPT2ForSequenceClassification(GPT2Config(vocab_size=64, n_embd=16, n_layer=1, n_head=2, n_positions=40,
+                                                    pad_token_id=0, bos_token_id=0, eos_token_id=0))
+
+
+def mt5_encoder():
+    from transformers import MT5Config, MT5EncoderModel
+
+    return MT5EncoderModel(MT5Config(vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2))
+
+
+WEIGHT_BIAS = ("weight", "bias")
+# Every parameter of one layer, by its module (read off each architecture's modeling code).
+GROUPS_BY_ARCHITECTURE = {
+    modernbert_mlm: {
+        "body.embeddings.tok_embeddings.weight": "word_embeddings",
+        "body.embeddings.norm.weight": "layer_norm",
+        "body.layers.0.attn.Wqkv.weight": "attention",
+        "body.layers.0.attn.Wo.weight": "attention",
+        "body.layers.0.mlp_norm.weight": "layer_norm",
+        "body.layers.0.mlp.Wi.weight": "ffn",
+        "body.layers.0.mlp.Wo.weight": "ffn",
+        "body.final_norm.weight": "layer_norm",
+        "head.dense.weight": "head", "head.dense.bias": "head", "head.layer_norm.weight": "head",
+        "head.layer_norm.bias": "head", "head.bias": "head",
+    },
+    gpt2_classifier: {
+        "transformer.wte.weight": "word_embeddings",
+        "transformer.wpe.weight": "embeddings",
+        **{f"transformer.h.0.{ln}.{kind}": "layer_norm" for ln in ("ln_1", "ln_2") for kind in WEIGHT_BIAS},
+        **{f"transformer.h.0.attn.{c}.{kind}": "attention" for c in ("c_attn", "c_proj") for kind in WEIGHT_BIAS},
+        **{f"transformer.h.0.mlp.{c}.{kind}": "ffn" for c in ("c_fc", "c_proj") for kind in WEIGHT_BIAS},
+        "transformer.ln_f.weight": "layer_norm", "transformer.ln_f.bias": "layer_norm",
+        "score.weight": "head",
+    },
+    mt5_encoder: {
+        "shared.weight": "word_embeddings",
+        **{f"encoder.block.0.layer.0.SelfAttention.{p}.weight": "attention" for p in "qkvo"},
+        "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight": "embeddings",
+        "encoder.block.0.layer.0.layer_norm.weight": "layer_norm",
+        **{f"encoder.block.0.layer.1.DenseReluDense.{p}.weight": "ffn" for p in ("wi_0", "wi_1", "wo")},
+        "encoder.block.0.layer.1.layer_norm.weight": "layer_norm",
+        "encoder.final_layer_norm.weight": "layer_norm",
+    },
+}
+
+
+@pytest.mark.parametrize("build", list(GROUPS_BY_ARCHITECTURE), ids=lambda build: build.__name__)
+def test_groups_of_bodies_whose_embeddings_are_not_named_like_berts(build):
+    """The input embeddings are ``word_embeddings`` and the other tables ``embeddings`` whatever their names
+    (ModernBERT's ``tok_embeddings`` was ``embeddings``: trained by a language SFT that freezes the word
+    embeddings); T5's attention and feed-forward blocks are no longer ``other`` (never denoised by DeFT-X)."""
+    torch.manual_seed(0)
+    model, expected = build(), GROUPS_BY_ARCHITECTURE[build]
+    assert parameter_groups(model) == expected
+    word = next(name for name, group in expected.items() if group == "word_embeddings")
+    assert word not in eligible_parameter_names(model, ("embeddings", "attention", "ffn")), "word embeddings frozen"
