@@ -135,13 +135,35 @@ def _nusax_languages(args: argparse.Namespace, data_dir: Path, lang_sft_language
     return languages
 
 
-def _nusax_cells(args, tokenizer, task, lang_sfts, data_dir: Path,
-                 languages: Sequence[str]) -> list[tuple[str, list[dict], Composition]]:
+def nusax_class_order(spec) -> tuple[str, ...]:
+    """The classifier ``spec``'s label names in class-id order for scoring NusaX: those it records (NusaX's
+    three in any order), else NusaX's own order for a three-label classifier that records none.
+
+    Raises:
+        ValueError: the classifier records other labels, or records none and has another number of them.
+    """
+    from deftx.data import nusax
+    from deftx.eval.zero_shot import nusax_class_ids
+
+    if spec.labels is None:
+        if spec.num_labels != len(nusax.LABELS):
+            raise ValueError(f"the classifier has {spec.num_labels} labels ({spec.source}), NusaX sentiment "
+                             f"{len(nusax.LABELS)} ({', '.join(nusax.LABELS)}): it cannot be scored on NusaX")
+        return nusax.LABELS
+    try:
+        nusax_class_ids(spec.labels)
+    except ValueError as err:
+        raise ValueError(f"{err} ({spec.source})") from None
+    return spec.labels
+
+
+def _nusax_cells(args, tokenizer, task, lang_sfts, data_dir: Path, languages: Sequence[str],
+                 class_order: Sequence[str]) -> list[tuple[str, list[dict], Composition]]:
     from deftx.eval.zero_shot import nusax_test_examples
 
     cells = []
     for language in languages:
-        examples = nusax_test_examples(data_dir, language, tokenizer, args.max_length)
+        examples = nusax_test_examples(data_dir, language, tokenizer, args.max_length, class_order)
         if examples is None:
             print(f"{language}: no test split under {data_dir} — skipped")
             continue
@@ -237,6 +259,7 @@ def run(args: argparse.Namespace) -> int:
                               num_labels=args.num_labels if args.num_labels is not None else
                               (None if task.info.get("num_labels") else default_labels))
     print(f"classifier: {spec.describe()}")
+    class_order = None if args.data else nusax_class_order(spec)
     model = build_from_spec(model_dir, spec, args.seed)
     name_base_model(model, args.model)
     check_base_models(model, [task, *lang_sfts.values()], [args.task_sft, *lang_specs.values()], args.no_base_check)
@@ -245,7 +268,7 @@ def run(args: argparse.Namespace) -> int:
         cells = _data_cells(args, tokenizer, task, lang_sfts, spec)
         context = RowContext(str(args.data), "zero-shot", source, split=args.split or DEFAULT_SPLIT)
     else:
-        cells = _nusax_cells(args, tokenizer, task, lang_sfts, data_dir, languages)
+        cells = _nusax_cells(args, tokenizer, task, lang_sfts, data_dir, languages, class_order)
         context = RowContext("nusax", "zero-shot", source)
     rows = _score(args, model.to(device), tokenizer, cells, context, spec.num_labels)
     if not rows:

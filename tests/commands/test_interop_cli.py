@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -342,3 +343,81 @@ def test_evaluate_refuses_a_token_limit_the_model_does_not_have(tmp_path, plain_
         f"deftx evaluate: error: --max-length 40 tokens, but model {str(plain_bert)!r} accepts at most 32 "
         "(from max_position_embeddings in its config.json)")
     assert main([*command, "--max-length", "32"]) == 0
+
+
+NUSAX_GOLD = ["positive", "positive", "positive", "positive", "neutral", "negative"]
+
+
+def nusax_test_folder(root: Path) -> Path:
+    """A NusaX data root with one test split (javanese): the SENTENCES' texts labelled :data:`NUSAX_GOLD`."""
+    folder = root / "nusax" / "datasets" / "sentiment" / "javanese"
+    folder.mkdir(parents=True)
+    texts = [text for text, _ in SENTENCES]
+    rows = "".join(f"{i},{text},{gold}\n" for i, (text, gold) in enumerate(zip(texts, NUSAX_GOLD, strict=True)))
+    (folder / "test.csv").write_text("id,text,label\n" + rows)
+    return root
+
+
+def task_sft_with_labels(plain_bert: Path, labels: Sequence[str], *, record_names: bool = True) -> SparseDiff:
+    """A task SFT of a cls classifier of ``labels`` (in class-id order) whose head gives class 0 to every text."""
+    from deftx.train.architecture import describe_model
+
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(plain_bert), num_labels=len(labels), id2label=dict(enumerate(labels)),
+        label2id={n: i for i, n in enumerate(labels)}, ignore_mismatched_sizes=True).eval()
+    model.config.deftx_pooling = "cls"
+    with torch.no_grad():
+        model.classifier.bias.copy_(torch.tensor([50.0] + [0.0] * (len(labels) - 1)))
+    info = describe_model(model, head=True)
+    if not record_names:
+        info.pop("labels", None)
+    return random_diff(model, 200, head=True, info=info)
+
+
+def test_evaluate_on_nusax_scores_each_class_by_its_name_in_the_classifiers_order(tmp_path, plain_bert, bert_body,
+                                                                                  capsys):
+    """A task SFT recording its labels as positive, neutral, negative: its class 0 is positive. (NusaX's labels
+    were given NusaX's ids whatever the classifier's order: every 'positive' prediction was scored as
+    'negative', 16.7% accuracy where the classifier is right on 4 of 6.)"""
+    order = ("positive", "neutral", "negative")
+    diff = task_sft_with_labels(plain_bert, order)
+    diff.save(tmp_path / "task.safetensors")
+    assert main(["evaluate", "--model", str(bert_body), "--task-sft", str(tmp_path / "task.safetensors"),
+                 "--data-dir", str(nusax_test_folder(tmp_path / "data"))]) == 0
+    f1, accuracy = map(float, re.search(r"javanese: macro-F1 ([\d.]+) accuracy ([\d.]+) on 6 examples",
+                                        capsys.readouterr().out).groups())
+    reference = AutoModelForSequenceClassification.from_pretrained(str(plain_bert)).eval()
+    diff.apply(reference)
+    tokenizer = BertTokenizer.from_pretrained(str(plain_bert))
+    with torch.no_grad():
+        predicted = reference(**tokenizer([text for text, _ in SENTENCES], padding=True,
+                                          return_tensors="pt")).logits.argmax(-1)
+    names = [order[int(p)] for p in predicted]
+    assert names == ["positive"] * 6, "the head gives class 0, positive, to every text"
+    right = sum(name == gold for name, gold in zip(names, NUSAX_GOLD, strict=True))
+    f1_per_class = [2 * sum(n == g == c for n, g in zip(names, NUSAX_GOLD, strict=True))
+                    / (names.count(c) + NUSAX_GOLD.count(c)) for c in order]
+    assert accuracy == pytest.approx(100 * right / 6, abs=0.05) and right == 4
+    assert f1 == pytest.approx(100 * sum(f1_per_class) / 3, abs=0.05)
+
+
+@pytest.mark.parametrize(("labels", "record_names", "message"), [
+    (("entailment", "neutral", "contradiction"), True,
+     "the classifier's labels (entailment, neutral, contradiction) are not NusaX sentiment's (negative, neutral, "
+     "positive): its class ids cannot be scored against NusaX labels (from the SFT's metadata)"),
+    (("negative", "neutral", "positive", "mixed"), True,
+     "the classifier's labels (negative, neutral, positive, mixed) are not NusaX sentiment's"),
+    (("negative", "positive"), True, "the classifier's labels (negative, positive) are not NusaX sentiment's"),
+    (("LABEL_0", "LABEL_1", "LABEL_2", "LABEL_3"), False,
+     "the classifier has 4 labels (from the SFT's metadata), NusaX sentiment 3 (negative, neutral, positive): "
+     "it cannot be scored on NusaX"),
+])
+def test_evaluate_on_nusax_refuses_a_classifier_of_other_labels(tmp_path, plain_bert, bert_body, capsys, labels,
+                                                                record_names, message):
+    """An NLI head, or a head of more or fewer classes, is no NusaX sentiment classifier: one error line (it was
+    scored, 0.0 for the 4-class head, or failed with 'labels must be in [0, 2)')."""
+    task_sft_with_labels(plain_bert, labels, record_names=record_names).save(tmp_path / "task.safetensors")
+    assert main(["evaluate", "--model", str(bert_body), "--task-sft", str(tmp_path / "task.safetensors"),
+                 "--data-dir", str(nusax_test_folder(tmp_path / "data"))]) == 2
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.startswith(f"deftx evaluate: error: {message}"), last
