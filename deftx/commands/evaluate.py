@@ -225,7 +225,7 @@ def _data_cells(args, tokenizer, task, lang_sfts, spec) -> list[tuple[str, list[
                                config=args.data_config)
     ids = _data_label_ids(args, data, spec)
     examples = classification_examples(tokenizer, data.texts, ids, args.max_length, pairs=data.pairs)
-    target = next(iter(lang_sfts), None) or args.target or Path(str(args.data)).stem
+    target = args.target or next(iter(lang_sfts), None) or Path(str(args.data)).stem
     return [(target, examples, _composition(args, task, next(iter(lang_sfts.values()), None)))]
 
 

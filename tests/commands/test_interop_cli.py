@@ -421,3 +421,21 @@ def test_evaluate_on_nusax_refuses_a_classifier_of_other_labels(tmp_path, plain_
                  "--data-dir", str(nusax_test_folder(tmp_path / "data"))]) == 2
     last = capsys.readouterr().err.splitlines()[-1]
     assert last.startswith(f"deftx evaluate: error: {message}"), last
+
+
+def test_evaluate_data_rows_name_the_target_given(tmp_path, plain_bert, capsys):
+    """--target names the data's language in the rows, also beside a --lang-sft (whose language was written
+    instead, --target unused); without --target the --lang-sft's language is the target."""
+    task_sft(plain_bert).save(tmp_path / "task.safetensors")
+    model = labelled_classifier(plain_bert)
+    random_diff(model, 100, seed=3, body=lambda n: not n.startswith("bert.pooler")).save(tmp_path / "lang.safetensors")
+    base = ["evaluate", "--model", str(plain_bert), "--task-sft", str(tmp_path / "task.safetensors"),
+            "--data", str(write_reviews(tmp_path / "reviews.csv")),
+            "--lang-sft", f"jav={tmp_path / 'lang.safetensors'}", "--scale", "0.5"]
+    for extra, target in ((["--target", "javanese"], "javanese"), ([], "jav")):
+        out = tmp_path / f"out-{target}"
+        assert main([*base, *extra, "--output", str(out)]) == 0
+        with (out / "evaluate.csv").open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        assert [(r["target"], r["language_sft"], r["language_scale"]) for r in rows] == [(target, "True", "0.5")]
+    assert "| javanese |" in capsys.readouterr().out
