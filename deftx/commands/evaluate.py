@@ -30,6 +30,9 @@ NUSAX_SOURCE = "indonesian"
 UNNAMED_SOURCE = "not given"
 """The table's source with --data and no --source (the SFT does not record its training language)."""
 
+OUTPUT_FILES = ("evaluate.csv", "evaluate.md")
+"""What an evaluation writes into --output."""
+
 NAME = "evaluate"
 SUMMARY = "zero-shot macro-F1/accuracy of a task SFT + language SFTs (NusaX, or any data set with --data)"
 DESCRIPTION = """\
@@ -67,7 +70,7 @@ def token_limit(asked: int | None, model_limit: int | None, model: str) -> int:
 
 def _check_options(args: argparse.Namespace) -> None:
     """ValueError for options that would be ignored in this mode, or repeated, or an --output that
-    is a file: before anything is loaded."""
+    is a file or holds an earlier evaluation (unless --overwrite): before anything is loaded."""
     nusax_only = [flag for flag, value in (("--languages", args.languages), ("--data-dir", args.data_dir)) if value]
     data_only = [flag for flag, value in (("--target", args.target), ("--split", args.split),
                                           ("--data-config", args.data_config), ("--pair-column", args.pair_column),
@@ -87,6 +90,12 @@ def _check_options(args: argparse.Namespace) -> None:
     if args.output and Path(args.output).exists() and not Path(args.output).is_dir():
         raise ValueError(f"--output {args.output} is a file; it must be a folder (evaluate.csv and evaluate.md "
                          "are written into it)")
+    if args.overwrite and not args.output:
+        raise ValueError("--overwrite replaces an --output folder's files, and no --output is given")
+    written = [name for name in OUTPUT_FILES if args.output and (Path(args.output) / name).exists()]
+    if written and not args.overwrite:
+        raise ValueError(f"--output {args.output} already holds {' and '.join(written)} of an earlier evaluation: "
+                         "choose another folder, or pass --overwrite to replace them")
 
 
 def _nusax_data_dir(args: argparse.Namespace) -> Path:
@@ -322,4 +331,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="where the classifier runs: cpu, cuda, or auto (the default): cuda when available. Asking for cuda "
              "where there is none is an error before anything is loaded",
     )
-    parser.add_argument("--output", help="folder for evaluate.csv / evaluate.md")
+    parser.add_argument("--output", help="folder for evaluate.csv / evaluate.md (refused when it holds them)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the evaluate.csv / evaluate.md an --output folder already holds")

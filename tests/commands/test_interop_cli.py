@@ -439,3 +439,24 @@ def test_evaluate_data_rows_name_the_target_given(tmp_path, plain_bert, capsys):
             rows = list(csv.DictReader(handle))
         assert [(r["target"], r["language_sft"], r["language_scale"]) for r in rows] == [(target, "True", "0.5")]
     assert "| javanese |" in capsys.readouterr().out
+
+
+def test_evaluate_refuses_to_replace_an_earlier_evaluation_before_any_work_until_overwrite(tmp_path, plain_bert,
+                                                                                          capsys):
+    """A second evaluation into one --output replaced the first's evaluate.csv and evaluate.md without a word."""
+    task_sft(plain_bert).save(tmp_path / "task.safetensors")
+    base = ["evaluate", "--model", str(plain_bert), "--task-sft", str(tmp_path / "task.safetensors"),
+            "--data", str(write_reviews(tmp_path / "reviews.csv")), "--output", str(tmp_path / "out")]
+    assert main([*base, "--target", "first"]) == 0
+    first = (tmp_path / "out" / "evaluate.csv").read_text()
+    capsys.readouterr()
+    assert main([*base, "--target", "second", "--task-sft", str(tmp_path / "absent")]) == 2
+    assert capsys.readouterr().err == (f"deftx evaluate: error: --output {tmp_path / 'out'} already holds evaluate.csv "
+                                       "and evaluate.md of an earlier evaluation: choose another folder, or pass "
+                                       "--overwrite to replace them\n")
+    assert (tmp_path / "out" / "evaluate.csv").read_text() == first
+    assert main([*base, "--target", "second", "--overwrite"]) == 0
+    rows = (tmp_path / "out" / "evaluate.csv").read_text()
+    assert ",second," in rows and ",first," not in rows
+    assert main(["evaluate", "--task-sft", str(tmp_path / "absent"), "--data", "d.csv", "--overwrite"]) == 2
+    assert "--overwrite replaces an --output folder's files, and no --output is given" in capsys.readouterr().err
