@@ -144,3 +144,18 @@ def test_sentence_pairs_are_predicted_with_their_segment_ids():
     assert predict_labels(model, tokenizer, rows, batch_size=16).tolist() == plain
     single = classification_examples(tokenizer, premises, None, 32)
     assert all(set(row) == {"input_ids", "attention_mask"} for row in single), "one segment: all 0, left to the model"
+
+
+def test_predictions_are_those_of_each_text_alone_whatever_the_tokenizers_padding_side():
+    """A tokenizer that pads on the left put a short text's tokens at later positions (BERT numbers them from
+    the first pad): some of its predictions changed with the batch it fell into."""
+    tokenizer, model = word_tokenizer(), tiny_classifier()
+    tokenizer.padding_side = "left"
+    rows = examples(tokenizer, n=60)
+    with torch.no_grad():
+        logits = torch.cat([model(input_ids=torch.tensor([r["input_ids"]])).logits for r in rows])
+        model.classifier.bias.sub_(logits.mean(0))
+        alone = [int(model(input_ids=torch.tensor([r["input_ids"]])).logits.argmax()) for r in rows]
+    assert len(set(alone)) == 3
+    assert predict_labels(model, tokenizer, rows, batch_size=32).tolist() == alone
+    assert tokenizer.padding_side == "left", "the tokenizer is left as it was"
