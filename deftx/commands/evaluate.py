@@ -118,15 +118,25 @@ def _composition(args: argparse.Namespace, task, lang_sft) -> Composition:
     return Composition(args.name, (task, lang_sft), (1.0, scale), language_sft=True, language_scale=scale)
 
 
+def cut_note(examples: Sequence[dict], max_length: int) -> str:
+    """``; N at --max-length L tokens (longer texts cut)`` for the ``examples`` whose ``input_ids`` fill
+    the token limit (a text longer than it lost its end), or nothing when none does."""
+    full = sum(len(example["input_ids"]) >= max_length for example in examples)
+    return f"; {full} at --max-length {max_length} tokens (longer texts cut)" if full else ""
+
+
 def _score(args, model, tokenizer, cells, context: RowContext, num_labels: int) -> list[dict]:
-    """Score ``cells`` (:func:`~deftx.eval.zero_shot.score_compositions`), a line each."""
+    """Score ``cells`` (:func:`~deftx.eval.zero_shot.score_compositions`), a line each, saying how many
+    examples the token limit may have cut (:func:`cut_note`)."""
     from deftx.eval.zero_shot import score_compositions
 
     rows = []
-    for row in score_compositions(model, tokenizer, cells, context, num_labels, batch_size=args.batch_size,
-                                  check_base=not args.no_base_check):
+    scored = score_compositions(model, tokenizer, cells, context, num_labels, batch_size=args.batch_size,
+                                check_base=not args.no_base_check)
+    for (_, examples, _), row in zip(cells, scored, strict=True):
+        sft = "with" if row.language_sft else "without"
         print(f"{row.target}: macro-F1 {100 * row.macro_f1:.1f} accuracy {100 * row.accuracy:.1f} on {row.examples} "
-              f"examples ({'with' if row.language_sft else 'without'} language SFT)")
+              f"examples ({sft} language SFT{cut_note(examples, args.max_length)})")
         rows.append(row.as_dict())
     return rows
 

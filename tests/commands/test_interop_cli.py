@@ -460,3 +460,17 @@ def test_evaluate_refuses_to_replace_an_earlier_evaluation_before_any_work_until
     assert ",second," in rows and ",first," not in rows
     assert main(["evaluate", "--task-sft", str(tmp_path / "absent"), "--data", "d.csv", "--overwrite"]) == 2
     assert "--overwrite replaces an --output folder's files, and no --output is given" in capsys.readouterr().err
+
+
+def test_evaluate_says_how_many_texts_fill_the_token_limit(tmp_path, plain_bert, capsys):
+    """--max-length cuts longer texts' ends; the line of each target says how many fill the limit."""
+    task_sft(plain_bert).save(tmp_path / "task.safetensors")
+    command = ["evaluate", "--model", str(plain_bert), "--task-sft", str(tmp_path / "task.safetensors"),
+               "--data", str(write_reviews(tmp_path / "reviews.csv"))]
+    tokenizer = BertTokenizer.from_pretrained(str(plain_bert))
+    lengths = [len(tokenizer(text)["input_ids"]) for text, _ in SENTENCES]
+    assert sorted(lengths) == [5, 6, 6, 6, 7, 7]
+    for limit, note in ((6, "; 5 at --max-length 6 tokens (longer texts cut)"),
+                        (7, "; 2 at --max-length 7 tokens (longer texts cut)"), (8, "")):
+        assert main([*command, "--max-length", str(limit)]) == 0
+        assert f"on 6 examples (without language SFT{note})\n" in capsys.readouterr().out
