@@ -57,6 +57,18 @@ def _language_sfts(specs: list[str]) -> dict[str, str]:
     return sfts
 
 
+def check_language_sfts(lang_sfts: dict, sources: dict[str, str]) -> None:
+    """ValueError for a language SFT (language -> SparseDiff; ``sources``: language -> its --lang-sft) that
+    ships a classifier head: composed after the task SFT, its head would replace the task SFT's."""
+    from deftx.train.architecture import HEAD_SUFFIXES
+
+    for language, diff in lang_sfts.items():
+        if any(name.endswith(HEAD_SUFFIXES) for name in diff.dense):
+            raise ValueError(f"--lang-sft {language}={sources[language]} ships a classifier head "
+                             f"({', '.join(sorted(diff.dense))}), which would replace the task SFT's: "
+                             "is it a task SFT?")
+
+
 def token_limit(asked: int | None, model_limit: int | None, model: str) -> int:
     """The tokens kept of each text: ``asked`` (--max-length), else the default capped at the model's
     positions; ValueError when ``asked`` exceeds ``model_limit`` (the model's embeddings would fail)."""
@@ -267,6 +279,7 @@ def run(args: argparse.Namespace) -> int:
     languages = [] if data_dir is None else _nusax_languages(args, data_dir, list(lang_specs))
     task = open_sft(args.task_sft)
     lang_sfts = {language: open_sft(source) for language, source in lang_specs.items()}
+    check_language_sfts(lang_sfts, lang_specs)
     model_dir = resolve_model(args.model)
     args.max_length = token_limit(args.max_length, folder_token_limit(model_dir, args.model), args.model)
     if not has_trained_head([task], model_dir):

@@ -474,3 +474,17 @@ def test_evaluate_says_how_many_texts_fill_the_token_limit(tmp_path, plain_bert,
                         (7, "; 2 at --max-length 7 tokens (longer texts cut)"), (8, "")):
         assert main([*command, "--max-length", str(limit)]) == 0
         assert f"on 6 examples (without language SFT{note})\n" in capsys.readouterr().out
+
+
+def test_evaluate_refuses_a_language_sft_that_ships_a_classifier_head(tmp_path, plain_bert, capsys):
+    """A task SFT given as --lang-sft: composed after the task SFT, its head replaced the task SFT's, and the
+    rows scored that head without a word."""
+    task_sft_with_labels(plain_bert, LABELS).save(tmp_path / "task.safetensors")
+    task_sft(plain_bert).save(tmp_path / "other-task.safetensors")
+    command = ["evaluate", "--model", str(plain_bert), "--task-sft", str(tmp_path / "task.safetensors"),
+               "--data", str(write_reviews(tmp_path / "reviews.csv")),
+               "--lang-sft", f"jav={tmp_path / 'other-task.safetensors'}"]
+    assert main(command) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"deftx evaluate: error: --lang-sft jav={tmp_path / 'other-task.safetensors'} ships a classifier head "
+        "(classifier.bias, classifier.weight), which would replace the task SFT's: is it a task SFT?")
