@@ -30,6 +30,9 @@ NUSAX_SOURCE = "indonesian"
 UNNAMED_SOURCE = "not given"
 """The table's source with --data and no --source (the SFT does not record its training language)."""
 
+OUTPUT_FILES = ("evaluate.csv", "evaluate.md")
+"""What an evaluation writes into --output."""
+
 NAME = "evaluate"
 SUMMARY = "zero-shot macro-F1/accuracy of a task SFT + language SFTs (NusaX, or any data set with --data)"
 DESCRIPTION = """\
@@ -54,6 +57,18 @@ def _language_sfts(specs: list[str]) -> dict[str, str]:
     return sfts
 
 
+def check_language_sfts(lang_sfts: dict, sources: dict[str, str]) -> None:
+    """ValueError for a language SFT (language -> SparseDiff; ``sources``: language -> its --lang-sft) that
+    ships a classifier head: composed after the task SFT, its head would replace the task SFT's."""
+    from deftx.train.architecture import HEAD_SUFFIXES
+
+    for language, diff in lang_sfts.items():
+        if any(name.endswith(HEAD_SUFFIXES) for name in diff.dense):
+            raise ValueError(f"--lang-sft {language}={sources[language]} ships a classifier head "
+                             f"({', '.join(sorted(diff.dense))}), which would replace the task SFT's: "
+                             "is it a task SFT?")
+
+
 def token_limit(asked: int | None, model_limit: int | None, model: str) -> int:
     """The tokens kept of each text: ``asked`` (--max-length), else the default capped at the model's
     positions; ValueError when ``asked`` exceeds ``model_limit`` (the model's embeddings would fail)."""
@@ -67,7 +82,7 @@ def token_limit(asked: int | None, model_limit: int | None, model: str) -> int:
 
 def _check_options(args: argparse.Namespace) -> None:
     """ValueError for options that would be ignored in this mode, or repeated, or an --output that
-    is a file: before anything is loaded."""
+    is a file or holds an earlier evaluation (unless --overwrite): before anything is loaded."""
     nusax_only = [flag for flag, value in (("--languages", args.languages), ("--data-dir", args.data_dir)) if value]
     data_only = [flag for flag, value in (("--target", args.target), ("--split", args.split),
                                           ("--data-config", args.data_config), ("--pair-column", args.pair_column),
@@ -87,6 +102,12 @@ def _check_options(args: argparse.Namespace) -> None:
     if args.output and Path(args.output).exists() and not Path(args.output).is_dir():
         raise ValueError(f"--output {args.output} is a file; it must be a folder (evaluate.csv and evaluate.md "
                          "are written into it)")
+    if args.overwrite and not args.output:
+        raise ValueError("--overwrite replaces an --output folder's files, and no --output is given")
+    written = [name for name in OUTPUT_FILES if args.output and (Path(args.output) / name).exists()]
+    if written and not args.overwrite:
+        raise ValueError(f"--output {args.output} already holds {' and '.join(written)} of an earlier evaluation: "
+                         "choose another folder, or pass --overwrite to replace them")
 
 
 def _nusax_data_dir(args: argparse.Namespace) -> Path:
@@ -109,15 +130,25 @@ def _composition(args: argparse.Namespace, task, lang_sft) -> Composition:
     return Composition(args.name, (task, lang_sft), (1.0, scale), language_sft=True, language_scale=scale)
 
 
+def cut_note(examples: Sequence[dict], max_length: int) -> str:
+    """``; N at --max-length L tokens (longer texts cut)`` for the ``examples`` whose ``input_ids`` fill
+    the token limit (a text longer than it lost its end), or nothing when none does."""
+    full = sum(len(example["input_ids"]) >= max_length for example in examples)
+    return f"; {full} at --max-length {max_length} tokens (longer texts cut)" if full else ""
+
+
 def _score(args, model, tokenizer, cells, context: RowContext, num_labels: int) -> list[dict]:
-    """Score ``cells`` (:func:`~deftx.eval.zero_shot.score_compositions`), a line each."""
+    """Score ``cells`` (:func:`~deftx.eval.zero_shot.score_compositions`), a line each, saying how many
+    examples the token limit may have cut (:func:`cut_note`)."""
     from deftx.eval.zero_shot import score_compositions
 
     rows = []
-    for row in score_compositions(model, tokenizer, cells, context, num_labels, batch_size=args.batch_size,
-                                  check_base=not args.no_base_check):
+    scored = score_compositions(model, tokenizer, cells, context, num_labels, batch_size=args.batch_size,
+                                check_base=not args.no_base_check)
+    for (_, examples, _), row in zip(cells, scored, strict=True):
+        sft = "with" if row.language_sft else "without"
         print(f"{row.target}: macro-F1 {100 * row.macro_f1:.1f} accuracy {100 * row.accuracy:.1f} on {row.examples} "
-              f"examples ({'with' if row.language_sft else 'without'} language SFT)")
+              f"examples ({sft} language SFT{cut_note(examples, args.max_length)})")
         rows.append(row.as_dict())
     return rows
 
@@ -135,13 +166,35 @@ def _nusax_languages(args: argparse.Namespace, data_dir: Path, lang_sft_language
     return languages
 
 
-def _nusax_cells(args, tokenizer, task, lang_sfts, data_dir: Path,
-                 languages: Sequence[str]) -> list[tuple[str, list[dict], Composition]]:
+def nusax_class_order(spec) -> tuple[str, ...]:
+    """The classifier ``spec``'s label names in class-id order for scoring NusaX: those it records (NusaX's
+    three in any order), else NusaX's own order for a three-label classifier that records none.
+
+    Raises:
+        ValueError: the classifier records other labels, or records none and has another number of them.
+    """
+    from deftx.data import nusax
+    from deftx.eval.zero_shot import nusax_class_ids
+
+    if spec.labels is None:
+        if spec.num_labels != len(nusax.LABELS):
+            raise ValueError(f"the classifier has {spec.num_labels} labels ({spec.source}), NusaX sentiment "
+                             f"{len(nusax.LABELS)} ({', '.join(nusax.LABELS)}): it cannot be scored on NusaX")
+        return nusax.LABELS
+    try:
+        nusax_class_ids(spec.labels)
+    except ValueError as err:
+        raise ValueError(f"{err} ({spec.source})") from None
+    return spec.labels
+
+
+def _nusax_cells(args, tokenizer, task, lang_sfts, data_dir: Path, languages: Sequence[str],
+                 class_order: Sequence[str]) -> list[tuple[str, list[dict], Composition]]:
     from deftx.eval.zero_shot import nusax_test_examples
 
     cells = []
     for language in languages:
-        examples = nusax_test_examples(data_dir, language, tokenizer, args.max_length)
+        examples = nusax_test_examples(data_dir, language, tokenizer, args.max_length, class_order)
         if examples is None:
             print(f"{language}: no test split under {data_dir} — skipped")
             continue
@@ -203,7 +256,7 @@ def _data_cells(args, tokenizer, task, lang_sfts, spec) -> list[tuple[str, list[
                                config=args.data_config)
     ids = _data_label_ids(args, data, spec)
     examples = classification_examples(tokenizer, data.texts, ids, args.max_length, pairs=data.pairs)
-    target = next(iter(lang_sfts), None) or args.target or Path(str(args.data)).stem
+    target = args.target or next(iter(lang_sfts), None) or Path(str(args.data)).stem
     return [(target, examples, _composition(args, task, next(iter(lang_sfts.values()), None)))]
 
 
@@ -226,6 +279,7 @@ def run(args: argparse.Namespace) -> int:
     languages = [] if data_dir is None else _nusax_languages(args, data_dir, list(lang_specs))
     task = open_sft(args.task_sft)
     lang_sfts = {language: open_sft(source) for language, source in lang_specs.items()}
+    check_language_sfts(lang_sfts, lang_specs)
     model_dir = resolve_model(args.model)
     args.max_length = token_limit(args.max_length, folder_token_limit(model_dir, args.model), args.model)
     if not has_trained_head([task], model_dir):
@@ -237,6 +291,7 @@ def run(args: argparse.Namespace) -> int:
                               num_labels=args.num_labels if args.num_labels is not None else
                               (None if task.info.get("num_labels") else default_labels))
     print(f"classifier: {spec.describe()}")
+    class_order = None if args.data else nusax_class_order(spec)
     model = build_from_spec(model_dir, spec, args.seed)
     name_base_model(model, args.model)
     check_base_models(model, [task, *lang_sfts.values()], [args.task_sft, *lang_specs.values()], args.no_base_check)
@@ -245,7 +300,7 @@ def run(args: argparse.Namespace) -> int:
         cells = _data_cells(args, tokenizer, task, lang_sfts, spec)
         context = RowContext(str(args.data), "zero-shot", source, split=args.split or DEFAULT_SPLIT)
     else:
-        cells = _nusax_cells(args, tokenizer, task, lang_sfts, data_dir, languages)
+        cells = _nusax_cells(args, tokenizer, task, lang_sfts, data_dir, languages, class_order)
         context = RowContext("nusax", "zero-shot", source)
     rows = _score(args, model.to(device), tokenizer, cells, context, spec.num_labels)
     if not rows:
@@ -299,4 +354,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="where the classifier runs: cpu, cuda, or auto (the default): cuda when available. Asking for cuda "
              "where there is none is an error before anything is loaded",
     )
-    parser.add_argument("--output", help="folder for evaluate.csv / evaluate.md")
+    parser.add_argument("--output", help="folder for evaluate.csv / evaluate.md (refused when it holds them)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the evaluate.csv / evaluate.md an --output folder already holds")

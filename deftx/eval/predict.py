@@ -6,7 +6,6 @@ from collections.abc import Sequence
 
 import torch
 from tqdm.auto import tqdm
-from transformers import DataCollatorWithPadding
 
 
 @torch.no_grad()
@@ -23,13 +22,14 @@ def predict_labels(
 
     Args:
         model: a sequence classifier returning ``logits`` (B, C); run in eval mode.
-        tokenizer: for padding.
-        examples: tokenised rows (``input_ids``, ``attention_mask``; ``labels`` ignored).
+        tokenizer: for padding, on the right whatever its ``padding_side``: a model that numbers positions
+            from the first token (BERT's absolute positions) reads a left-padded text at other positions.
+        examples: tokenised rows (``input_ids``, ``attention_mask``, ``token_type_ids`` where made;
+            ``labels`` ignored).
         batch_size: examples per forward pass (sorted by length to limit padding).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    collator = DataCollatorWithPadding(tokenizer)
     device = next(model.parameters()).device
     order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
     predictions = torch.empty(len(examples), dtype=torch.int64)
@@ -39,7 +39,8 @@ def predict_labels(
         starts = range(0, len(order), batch_size)
         for start in tqdm(starts, desc=description, disable=not progress, leave=False):
             rows = order[start : start + batch_size]
-            batch = collator([{k: v for k, v in examples[i].items() if k != "labels"} for i in rows])
+            batch = tokenizer.pad([{k: v for k, v in examples[i].items() if k != "labels"} for i in rows],
+                                  padding=True, padding_side="right", return_tensors="pt")
             logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
             predictions[rows] = logits.argmax(-1).cpu()
     finally:

@@ -57,17 +57,35 @@ class EvalRow:
                    None if scale in ("", None) else float(scale))
 
 
-def nusax_split_examples(data_dir: Path, language: str, split: str, tokenizer, max_length: int) -> list[dict] | None:
-    """Tokenised NusaX sentiment ``split`` of ``language``; None when the split is absent."""
+def nusax_class_ids(class_order: Sequence[str]) -> tuple[int, ...]:
+    """The classifier's class id of each NusaX label (indexed as :data:`deftx.data.nusax.LABELS`): the
+    position of its name in ``class_order``, the classifier's label names in class-id order.
+
+    Raises:
+        ValueError: ``class_order`` is not NusaX's labels (other names, some missing, or more).
+    """
+    if sorted(class_order) != sorted(nusax.LABELS):
+        raise ValueError(f"the classifier's labels ({', '.join(class_order)}) are not NusaX sentiment's "
+                         f"({', '.join(nusax.LABELS)}): its class ids cannot be scored against NusaX labels")
+    return tuple(list(class_order).index(name) for name in nusax.LABELS)
+
+
+def nusax_split_examples(data_dir: Path, language: str, split: str, tokenizer, max_length: int,
+                         class_order: Sequence[str] = nusax.LABELS) -> list[dict] | None:
+    """Tokenised NusaX sentiment ``split`` of ``language``, labelled with the class ids of ``class_order``
+    (:func:`nusax_class_ids`; default NusaX's own order); None when the split is absent."""
+    ids = nusax_class_ids(class_order)
     if not nusax.has_split(data_dir, language, split):
         return None
     rows = nusax.load_sentiment(data_dir, language, split)
-    return classification_examples(tokenizer, [r.text for r in rows], [r.label for r in rows], max_length)
+    return classification_examples(tokenizer, [r.text for r in rows], [ids[r.label] for r in rows], max_length)
 
 
-def nusax_test_examples(data_dir: Path, language: str, tokenizer, max_length: int) -> list[dict] | None:
-    """Tokenised NusaX sentiment test split of ``language``; None when the split is absent."""
-    return nusax_split_examples(data_dir, language, "test", tokenizer, max_length)
+def nusax_test_examples(data_dir: Path, language: str, tokenizer, max_length: int,
+                        class_order: Sequence[str] = nusax.LABELS) -> list[dict] | None:
+    """Tokenised NusaX sentiment test split of ``language`` (class ids of ``class_order``); None when the
+    split is absent."""
+    return nusax_split_examples(data_dir, language, "test", tokenizer, max_length, class_order)
 
 
 def nli_examples(data_dir: Path, language: str, split: str, tokenizer, max_length: int) -> list[dict]:

@@ -34,15 +34,19 @@ def classification_examples(
 ) -> list[dict[str, list[int] | int]]:
     """Tokenised examples (``input_ids``, ``attention_mask``, ``labels``), truncated to ``max_length``.
 
-    ``pairs`` gives second segments (NLI hypotheses), tokenised as sentence pairs.
+    ``pairs`` gives second segments (NLI hypotheses), tokenised as sentence pairs: the rows then also
+    hold the tokenizer's ``token_type_ids`` where it makes them (BERT's segment ids: 1 on the second
+    segment, which the model would otherwise read as the first).
     """
     if labels is not None and len(labels) != len(texts):
         raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
     encoded = tokenizer(list(texts), list(pairs) if pairs is not None else None,
                         truncation=True, max_length=max_length)
+    keys = ["input_ids", "attention_mask", *(["token_type_ids"] if pairs is not None and "token_type_ids" in encoded
+                                             else [])]
     rows = []
     for i in range(len(texts)):
-        row = {"input_ids": encoded["input_ids"][i], "attention_mask": encoded["attention_mask"][i]}
+        row = {key: encoded[key][i] for key in keys}
         if labels is not None:
             row["labels"] = int(labels[i])
         rows.append(row)

@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -342,3 +343,148 @@ def test_evaluate_refuses_a_token_limit_the_model_does_not_have(tmp_path, plain_
         f"deftx evaluate: error: --max-length 40 tokens, but model {str(plain_bert)!r} accepts at most 32 "
         "(from max_position_embeddings in its config.json)")
     assert main([*command, "--max-length", "32"]) == 0
+
+
+NUSAX_GOLD = ["positive", "positive", "positive", "positive", "neutral", "negative"]
+
+
+def nusax_test_folder(root: Path) -> Path:
+    """A NusaX data root with one test split (javanese): the SENTENCES' texts labelled :data:`NUSAX_GOLD`."""
+    folder = root / "nusax" / "datasets" / "sentiment" / "javanese"
+    folder.mkdir(parents=True)
+    texts = [text for text, _ in SENTENCES]
+    rows = "".join(f"{i},{text},{gold}\n" for i, (text, gold) in enumerate(zip(texts, NUSAX_GOLD, strict=True)))
+    (folder / "test.csv").write_text("id,text,label\n" + rows)
+    return root
+
+
+def task_sft_with_labels(plain_bert: Path, labels: Sequence[str], *, record_names: bool = True) -> SparseDiff:
+    """A task SFT of a cls classifier of ``labels`` (in class-id order) whose head gives class 0 to every text."""
+    from deftx.train.architecture import describe_model
+
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(plain_bert), num_labels=len(labels), id2label=dict(enumerate(labels)),
+        label2id={n: i for i, n in enumerate(labels)}, ignore_mismatched_sizes=True).eval()
+    model.config.deftx_pooling = "cls"
+    with torch.no_grad():
+        model.classifier.bias.copy_(torch.tensor([50.0] + [0.0] * (len(labels) - 1)))
+    info = describe_model(model, head=True)
+    if not record_names:
+        info.pop("labels", None)
+    return random_diff(model, 200, head=True, info=info)
+
+
+def test_evaluate_on_nusax_scores_each_class_by_its_name_in_the_classifiers_order(tmp_path, plain_bert, bert_body,
+                                                                                  capsys):
+    """A task SFT recording its labels as positive, neutral, negative: its class 0 is positive. (NusaX's labels
+    were given NusaX's ids whatever the classifier's order: every 'positive' prediction was scored as
+    'negative', 16.7% accuracy where the classifier is right on 4 of 6.)"""
+    order = ("positive", "neutral", "negative")
+    diff = task_sft_with_labels(plain_bert, order)
+    diff.save(tmp_path / "task.safetensors")
+    assert main(["evaluate", "--model", str(bert_body), "--task-sft", str(tmp_path / "task.safetensors"),
+                 "--data-dir", str(nusax_test_folder(tmp_path / "data"))]) == 0
+    f1, accuracy = map(float, re.search(r"javanese: macro-F1 ([\d.]+) accuracy ([\d.]+) on 6 examples",
+                                        capsys.readouterr().out).groups())
+    reference = AutoModelForSequenceClassification.from_pretrained(str(plain_bert)).eval()
+    diff.apply(reference)
+    tokenizer = BertTokenizer.from_pretrained(str(plain_bert))
+    with torch.no_grad():
+        predicted = reference(**tokenizer([text for text, _ in SENTENCES], padding=True,
+                                          return_tensors="pt")).logits.argmax(-1)
+    names = [order[int(p)] for p in predicted]
+    assert names == ["positive"] * 6, "the head gives class 0, positive, to every text"
+    right = sum(name == gold for name, gold in zip(names, NUSAX_GOLD, strict=True))
+    f1_per_class = [2 * sum(n == g == c for n, g in zip(names, NUSAX_GOLD, strict=True))
+                    / (names.count(c) + NUSAX_GOLD.count(c)) for c in order]
+    assert accuracy == pytest.approx(100 * right / 6, abs=0.05) and right == 4
+    assert f1 == pytest.approx(100 * sum(f1_per_class) / 3, abs=0.05)
+
+
+@pytest.mark.parametrize(("labels", "record_names", "message"), [
+    (("entailment", "neutral", "contradiction"), True,
+     "the classifier's labels (entailment, neutral, contradiction) are not NusaX sentiment's (negative, neutral, "
+     "positive): its class ids cannot be scored against NusaX labels (from the SFT's metadata)"),
+    (("negative", "neutral", "positive", "mixed"), True,
+     "the classifier's labels (negative, neutral, positive, mixed) are not NusaX sentiment's"),
+    (("negative", "positive"), True, "the classifier's labels (negative, positive) are not NusaX sentiment's"),
+    (("LABEL_0", "LABEL_1", "LABEL_2", "LABEL_3"), False,
+     "the classifier has 4 labels (from the SFT's metadata), NusaX sentiment 3 (negative, neutral, positive): "
+     "it cannot be scored on NusaX"),
+])
+def test_evaluate_on_nusax_refuses_a_classifier_of_other_labels(tmp_path, plain_bert, bert_body, capsys, labels,
+                                                                record_names, message):
+    """An NLI head, or a head of more or fewer classes, is no NusaX sentiment classifier: one error line (it was
+    scored, 0.0 for the 4-class head, or failed with 'labels must be in [0, 2)')."""
+    task_sft_with_labels(plain_bert, labels, record_names=record_names).save(tmp_path / "task.safetensors")
+    assert main(["evaluate", "--model", str(bert_body), "--task-sft", str(tmp_path / "task.safetensors"),
+                 "--data-dir", str(nusax_test_folder(tmp_path / "data"))]) == 2
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.startswith(f"deftx evaluate: error: {message}"), last
+
+
+def test_evaluate_data_rows_name_the_target_given(tmp_path, plain_bert, capsys):
+    """--target names the data's language in the rows, also beside a --lang-sft (whose language was written
+    instead, --target unused); without --target the --lang-sft's language is the target."""
+    task_sft(plain_bert).save(tmp_path / "task.safetensors")
+    model = labelled_classifier(plain_bert)
+    random_diff(model, 100, seed=3, body=lambda n: not n.startswith("bert.pooler")).save(tmp_path / "lang.safetensors")
+    base = ["evaluate", "--model", str(plain_bert), "--task-sft", str(tmp_path / "task.safetensors"),
+            "--data", str(write_reviews(tmp_path / "reviews.csv")),
+            "--lang-sft", f"jav={tmp_path / 'lang.safetensors'}", "--scale", "0.5"]
+    for extra, target in ((["--target", "javanese"], "javanese"), ([], "jav")):
+        out = tmp_path / f"out-{target}"
+        assert main([*base, *extra, "--output", str(out)]) == 0
+        with (out / "evaluate.csv").open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        assert [(r["target"], r["language_sft"], r["language_scale"]) for r in rows] == [(target, "True", "0.5")]
+    assert "| javanese |" in capsys.readouterr().out
+
+
+def test_evaluate_refuses_to_replace_an_earlier_evaluation_before_any_work_until_overwrite(tmp_path, plain_bert,
+                                                                                          capsys):
+    """A second evaluation into one --output replaced the first's evaluate.csv and evaluate.md without a word."""
+    task_sft(plain_bert).save(tmp_path / "task.safetensors")
+    base = ["evaluate", "--model", str(plain_bert), "--task-sft", str(tmp_path / "task.safetensors"),
+            "--data", str(write_reviews(tmp_path / "reviews.csv")), "--output", str(tmp_path / "out")]
+    assert main([*base, "--target", "first"]) == 0
+    first = (tmp_path / "out" / "evaluate.csv").read_text()
+    capsys.readouterr()
+    assert main([*base, "--target", "second", "--task-sft", str(tmp_path / "absent")]) == 2
+    assert capsys.readouterr().err == (f"deftx evaluate: error: --output {tmp_path / 'out'} already holds evaluate.csv "
+                                       "and evaluate.md of an earlier evaluation: choose another folder, or pass "
+                                       "--overwrite to replace them\n")
+    assert (tmp_path / "out" / "evaluate.csv").read_text() == first
+    assert main([*base, "--target", "second", "--overwrite"]) == 0
+    rows = (tmp_path / "out" / "evaluate.csv").read_text()
+    assert ",second," in rows and ",first," not in rows
+    assert main(["evaluate", "--task-sft", str(tmp_path / "absent"), "--data", "d.csv", "--overwrite"]) == 2
+    assert "--overwrite replaces an --output folder's files, and no --output is given" in capsys.readouterr().err
+
+
+def test_evaluate_says_how_many_texts_fill_the_token_limit(tmp_path, plain_bert, capsys):
+    """--max-length cuts longer texts' ends; the line of each target says how many fill the limit."""
+    task_sft(plain_bert).save(tmp_path / "task.safetensors")
+    command = ["evaluate", "--model", str(plain_bert), "--task-sft", str(tmp_path / "task.safetensors"),
+               "--data", str(write_reviews(tmp_path / "reviews.csv"))]
+    tokenizer = BertTokenizer.from_pretrained(str(plain_bert))
+    lengths = [len(tokenizer(text)["input_ids"]) for text, _ in SENTENCES]
+    assert sorted(lengths) == [5, 6, 6, 6, 7, 7]
+    for limit, note in ((6, "; 5 at --max-length 6 tokens (longer texts cut)"),
+                        (7, "; 2 at --max-length 7 tokens (longer texts cut)"), (8, "")):
+        assert main([*command, "--max-length", str(limit)]) == 0
+        assert f"on 6 examples (without language SFT{note})\n" in capsys.readouterr().out
+
+
+def test_evaluate_refuses_a_language_sft_that_ships_a_classifier_head(tmp_path, plain_bert, capsys):
+    """A task SFT given as --lang-sft: composed after the task SFT, its head replaced the task SFT's, and the
+    rows scored that head without a word."""
+    task_sft_with_labels(plain_bert, LABELS).save(tmp_path / "task.safetensors")
+    task_sft(plain_bert).save(tmp_path / "other-task.safetensors")
+    command = ["evaluate", "--model", str(plain_bert), "--task-sft", str(tmp_path / "task.safetensors"),
+               "--data", str(write_reviews(tmp_path / "reviews.csv")),
+               "--lang-sft", f"jav={tmp_path / 'other-task.safetensors'}"]
+    assert main(command) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"deftx evaluate: error: --lang-sft jav={tmp_path / 'other-task.safetensors'} ships a classifier head "
+        "(classifier.bias, classifier.weight), which would replace the task SFT's: is it a task SFT?")

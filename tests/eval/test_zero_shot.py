@@ -107,3 +107,55 @@ def test_score_compositions_one_row_per_cell_in_order():
         EvalRow("bench", "proto", "m alone", "src", "a", 3, *expected[1], 20, False, "valid", None),
         EvalRow("bench", "proto", "base", "src", "b", 3, *expected[2], 9, False, "valid", None),
     ]
+
+
+def test_sentence_pairs_are_predicted_with_their_segment_ids():
+    """A BERT tokenizer marks the second segment with token_type_ids 1; the examples dropped them, so a
+    hypothesis was read as more of the premise (most of these predictions changed)."""
+    from transformers import BertTokenizer
+
+    words = [f"w{i}" for i in range(20)]
+    tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *words])})
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=24, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=12, num_labels=3, type_vocab_size=2)
+    model = BertMeanPoolClassifier(config).eval()
+    with torch.no_grad():
+        model.bert.embeddings.token_type_embeddings.weight[1].normal_(0.0, 2.0)
+        model.classifier.weight.normal_(0.0, 5.0)
+    generator = torch.Generator().manual_seed(4)
+
+    def sentence() -> str:
+        length = int(torch.randint(1, 8, (1,), generator=generator))
+        return " ".join(words[int(i)] for i in torch.randint(0, 20, (length,), generator=generator))
+
+    premises, hypotheses = [sentence() for _ in range(40)], [sentence() for _ in range(40)]
+    rows = classification_examples(tokenizer, premises, [0] * 40, 32, pairs=hypotheses)
+
+    def logits(segment_ids: bool) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat([model(**tokenizer(p, h, return_tensors="pt", return_token_type_ids=segment_ids)).logits
+                              for p, h in zip(premises, hypotheses, strict=True)])
+
+    with torch.no_grad():
+        model.classifier.bias.sub_(logits(True).mean(0))
+    plain, one_segment = logits(True).argmax(-1).tolist(), logits(False).argmax(-1).tolist()
+    assert len(set(plain)) == 3 and plain != one_segment, "the segment ids change predictions: the test can fail"
+    assert predict_labels(model, tokenizer, rows, batch_size=16).tolist() == plain
+    single = classification_examples(tokenizer, premises, None, 32)
+    assert all(set(row) == {"input_ids", "attention_mask"} for row in single), "one segment: all 0, left to the model"
+
+
+def test_predictions_are_those_of_each_text_alone_whatever_the_tokenizers_padding_side():
+    """A tokenizer that pads on the left put a short text's tokens at later positions (BERT numbers them from
+    the first pad): some of its predictions changed with the batch it fell into."""
+    tokenizer, model = word_tokenizer(), tiny_classifier()
+    tokenizer.padding_side = "left"
+    rows = examples(tokenizer, n=60)
+    with torch.no_grad():
+        logits = torch.cat([model(input_ids=torch.tensor([r["input_ids"]])).logits for r in rows])
+        model.classifier.bias.sub_(logits.mean(0))
+        alone = [int(model(input_ids=torch.tensor([r["input_ids"]])).logits.argmax()) for r in rows]
+    assert len(set(alone)) == 3
+    assert predict_labels(model, tokenizer, rows, batch_size=32).tolist() == alone
+    assert tokenizer.padding_side == "left", "the tokenizer is left as it was"
