@@ -71,6 +71,10 @@ def text_groups(texts: Sequence[str] | Mapping[str, Sequence[str]]) -> dict[str,
     if isinstance(texts, Mapping):
         if not texts:
             raise ValueError("texts: the mapping holds no group")
+        single = [str(name) for name, group in texts.items() if isinstance(group, str)]
+        if single:
+            raise TypeError(f"texts: group {single[0]!r} is one string, not a sequence of strings "
+                            "(its characters would be taken for texts)")
         return {str(name): list(group) for name, group in texts.items()}
     return {"text": list(texts)}
 

@@ -19,6 +19,7 @@ from deftx.train.head_warm_up import (
     warm_up_mlm_head,
     windowed_curve,
 )
+from deftx.train.language import mlm_examples
 from deftx.train.masking import MLMCollator, chunk_token_ids
 from tests.helpers import assert_bitwise_equal, assert_close, tolerance
 from tests.models.conftest import EMBEDDING_ROWS, reference_logits, tiny_bert, tiny_tokenizer
@@ -226,6 +227,19 @@ def test_warm_up_bad_arguments(model):
         warm_up_mlm_head(model, tokenizer, ["the cat"], steps=0)
     with pytest.raises(ValueError, match="no text"):
         warm_up_mlm_head(model, tokenizer, ["", "  "], steps=1)
+
+
+def test_no_texts_or_a_group_given_as_one_string_is_a_clear_error(model):
+    """No texts at all are "no text" (not the tokenizer's IndexError); a group that is one string would
+    be read character by character (20 one-letter texts)."""
+    tokenizer = tiny_tokenizer()
+    assert chunk_token_ids(tokenizer, [], seq_len=8) == []
+    with pytest.raises(ValueError, match="no text to warm the head up on"):
+        warm_up_mlm_head(model, tokenizer, {"a": []}, steps=1)
+    with pytest.raises(ValueError, match="no text to train a language SFT on"):
+        mlm_examples(tokenizer, [], 8)
+    with pytest.raises(TypeError, match="group 'b' is one string"):
+        warm_up_mlm_head(model, tokenizer, {"a": ["the cat sat"], "b": "the cat sat on a mat"}, steps=1, seq_len=8)
 
 
 def test_split_heldout_is_seeded_disjoint_and_per_group():
