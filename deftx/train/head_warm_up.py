@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,10 @@ def text_groups(texts: Sequence[str] | Mapping[str, Sequence[str]]) -> dict[str,
     if isinstance(texts, Mapping):
         if not texts:
             raise ValueError("texts: the mapping holds no group")
+        single = [str(name) for name, group in texts.items() if isinstance(group, str)]
+        if single:
+            raise TypeError(f"texts: group {single[0]!r} is one string, not a sequence of strings "
+                            "(its characters would be taken for texts)")
         return {str(name): list(group) for name, group in texts.items()}
     return {"text": list(texts)}
 
@@ -104,6 +109,21 @@ def split_heldout(group_sizes: Mapping[str, int], eval_sequences: int, seed: int
         start += size
     held = {i for group in heldout for i in group}
     return [i for i in range(start) if i not in held], heldout
+
+
+def without_heldout_copies(sequences: Sequence[Sequence[int]], train_ids: Sequence[int],
+                           heldout_ids: Sequence[Sequence[int]]) -> list[int]:
+    """``train_ids`` less every index whose window equals a held-out window (of any group).
+
+    A text that occurs twice (AmericasNLP 2021 repeats 14% of its lines) gives equal windows under two
+    indices: without this, one could be held out and the other trained on.
+
+    Args:
+        sequences: every token window (flat over the groups).
+        train_ids, heldout_ids: :func:`split_heldout`'s indices into ``sequences``.
+    """
+    held = {tuple(sequences[i]) for group in heldout_ids for i in group}
+    return [i for i in train_ids if tuple(sequences[i]) not in held]
 
 
 def windowed_curve(losses: Sequence[float], accuracies: Sequence[float], every: int) -> list[dict[str, float]]:
@@ -149,7 +169,8 @@ def warm_up_mlm_head(
 
     ``texts`` is a list of sentences or a mapping of named groups of them (e.g. one per
     corpus). With ``eval_sequences > 0``, that many token windows of *each* group are held
-    out (never trained on), masked once with a fixed seed, and the head's masked-token loss
+    out (never trained on, nor is any copy of them: :func:`without_heldout_copies`), masked
+    once with a fixed seed, and the head's masked-token loss
     and accuracy on them are measured before the first step, every ``eval_every`` steps and
     after the last: the held-out curve, per group. The body is frozen, so its hidden states
     of the held-out batch are computed once and each evaluation costs one head pass.
@@ -162,7 +183,8 @@ def warm_up_mlm_head(
     ``mlm-head-<key>.safetensors`` where the key hashes the body and decoder tensors, the
     initial head, the texts and their token ids and every setting that changes the head or
     its held-out curve (the held-out settings and group sizes only when ``eval_sequences >
-    0``, so a run without held-out text keeps its key); a later call with the same key loads
+    0``, so a run without held-out text keeps its key, and the count of training windows left
+    out as held-out copies only when there are some); a later call with the same key loads
     that head and its recorded metrics instead of training. ``shipped_path`` (a read-only
     folder of such files, e.g. the heads deftx ships) is looked up by the same file name when
     the cache has none, and a head found there is copied into the cache first.
@@ -188,6 +210,10 @@ def warm_up_mlm_head(
     if not sequences:
         raise ValueError("no text to warm the head up on (all texts empty)")
     train_ids, heldout_ids = split_heldout({name: len(g) for name, g in chunked.items()}, eval_sequences, seed)
+    kept_ids = without_heldout_copies(sequences, train_ids, heldout_ids)
+    if not kept_ids:
+        raise ValueError("every token window left to train the head on is a copy of a held-out one: "
+                         "lower eval_sequences or give more distinct text")
     settings = {
         "steps": steps,
         "batch_size": batch_size,
@@ -200,6 +226,8 @@ def warm_up_mlm_head(
     if eval_sequences:
         settings.update(eval_sequences=eval_sequences, eval_every=eval_every,
                         groups=[[name, len(group)] for name, group in chunked.items()])
+    if len(kept_ids) < len(train_ids):
+        settings["heldout_copies_left_out"] = len(train_ids) - len(kept_ids)
     if model.head.bias.device.type != "cpu":
         settings["device"] = model.head.bias.device.type
     texts_sha = hashlib.sha256("\x00".join(flat_texts).encode()).hexdigest()
@@ -221,11 +249,13 @@ def warm_up_mlm_head(
         return {**metrics, "cache_hit": True, "cache_file": str(cache_file), "key": key}
 
     heldout = {name: [sequences[i] for i in ids] for name, ids in zip(chunked, heldout_ids, strict=True) if ids}
-    metrics = _train_head(model, tokenizer, [sequences[i] for i in train_ids], heldout, settings,
+    metrics = _train_head(model, tokenizer, [sequences[i] for i in kept_ids], heldout, settings,
                           log_every, eval_every, log or LOGGER.info)
     metrics["train_curve"] = windowed_curve(metrics["loss"], metrics["accuracy"], eval_every)
-    metrics["groups"] = {name: {"train_sequences": len(group) - len(ids), "heldout_sequences": len(ids)}
-                         for (name, group), ids in zip(chunked.items(), heldout_ids, strict=True)}
+    owner = [name for name, group in chunked.items() for _ in group]
+    trained = Counter(owner[i] for i in kept_ids)
+    metrics["groups"] = {name: {"train_sequences": trained[name], "heldout_sequences": len(ids)}
+                         for name, ids in zip(chunked, heldout_ids, strict=True)}
     metrics.update(cache_hit=False, cache_file=str(cache_file) if cache_file else None, key=key)
     if cache_file is not None:
         record = {

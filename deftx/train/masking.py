@@ -20,7 +20,7 @@ def chunk_token_ids(tokenizer, texts: Sequence[str], seq_len: int) -> list[list[
     """Token ids of ``texts`` as ``[cls] + piece + [sep]`` sequences of at most ``seq_len``.
 
     A text longer than ``seq_len - 2`` tokens is split into consecutive windows (nothing is
-    truncated); texts with no tokens are skipped. A text longer than the tokenizer's
+    truncated); texts with no tokens are skipped (no texts: no windows). A text longer than the tokenizer's
     ``model_max_length`` is no error here (it is windowed), so the tokenizer is not let warn
     that running it through the model would fail.
     """
@@ -30,6 +30,8 @@ def chunk_token_ids(tokenizer, texts: Sequence[str], seq_len: int) -> list[list[
     if cls_id is None or sep_id is None:
         raise ValueError("the tokenizer needs cls and sep tokens (<s> and </s> for e5)")
     width = seq_len - 2
+    if not texts:
+        return []
     encoded = tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
     return [[cls_id, *ids[start : start + width], sep_id] for ids in encoded for start in range(0, len(ids), width)]
 

@@ -19,6 +19,7 @@ from deftx.train.head_warm_up import (
     warm_up_mlm_head,
     windowed_curve,
 )
+from deftx.train.language import mlm_examples
 from deftx.train.masking import MLMCollator, chunk_token_ids
 from tests.helpers import assert_bitwise_equal, assert_close, tolerance
 from tests.models.conftest import EMBEDDING_ROWS, reference_logits, tiny_bert, tiny_tokenizer
@@ -140,6 +141,17 @@ def _warm_up_texts() -> list[str]:
     return [patterns[int(i)] for i in torch.randint(0, len(patterns), (40,), generator=generator)]
 
 
+def _distinct_texts(count: int = 40) -> list[str]:
+    """``count`` different six-word sentences of the tiny vocabulary: held-out windows with no copy to train on."""
+    from tests.models.conftest import WORDS
+
+    generator = torch.Generator().manual_seed(0)
+    texts: dict[str, None] = {}
+    while len(texts) < count:
+        texts[" ".join(WORDS[int(i)] for i in torch.randint(0, len(WORDS), (6,), generator=generator))] = None
+    return list(texts)
+
+
 def test_warm_up_trains_only_the_head_and_caches_it(tmp_path):
     tokenizer = tiny_tokenizer()
     body = tiny_bert(EMBEDDING_ROWS, seed=2)
@@ -217,6 +229,19 @@ def test_warm_up_bad_arguments(model):
         warm_up_mlm_head(model, tokenizer, ["", "  "], steps=1)
 
 
+def test_no_texts_or_a_group_given_as_one_string_is_a_clear_error(model):
+    """No texts at all are "no text" (not the tokenizer's IndexError); a group that is one string would
+    be read character by character (20 one-letter texts)."""
+    tokenizer = tiny_tokenizer()
+    assert chunk_token_ids(tokenizer, [], seq_len=8) == []
+    with pytest.raises(ValueError, match="no text to warm the head up on"):
+        warm_up_mlm_head(model, tokenizer, {"a": []}, steps=1)
+    with pytest.raises(ValueError, match="no text to train a language SFT on"):
+        mlm_examples(tokenizer, [], 8)
+    with pytest.raises(TypeError, match="group 'b' is one string"):
+        warm_up_mlm_head(model, tokenizer, {"a": ["the cat sat"], "b": "the cat sat on a mat"}, steps=1, seq_len=8)
+
+
 def test_split_heldout_is_seeded_disjoint_and_per_group():
     train, held = split_heldout({"a": 7, "b": 4}, 2, seed=0)
     assert [len(group) for group in held] == [2, 2]
@@ -288,7 +313,7 @@ def _reference_heldout(model, tokenizer, groups, eval_sequences, seq_len, batch_
 def test_warm_up_heldout_curve_scores_untrained_windows(tmp_path):
     tokenizer = tiny_tokenizer()
     body = tiny_bert(EMBEDDING_ROWS, seed=2)
-    texts = _warm_up_texts()
+    texts = _distinct_texts()
     groups = {"first": texts[:20], "second": texts[20:]}
     settings = dict(steps=30, batch_size=8, lr=2e-2, seq_len=16, seed=0, mlm_probability=0.5,
                     eval_every=10, eval_sequences=4, cache_path=tmp_path)
@@ -330,7 +355,7 @@ def test_head_progress_line_hand_computed():
 def test_warm_up_key_covers_heldout_settings_but_not_groups_without_them(tmp_path):
     tokenizer = tiny_tokenizer()
     body = tiny_bert(EMBEDDING_ROWS, seed=2)
-    texts = _warm_up_texts()
+    texts = _distinct_texts()
     settings = dict(steps=2, batch_size=4, lr=1e-2, seq_len=16, seed=0, cache_path=tmp_path)
 
     def run(source, **changes):
@@ -381,3 +406,38 @@ def test_heldout_windows_are_never_trained_on(monkeypatch):
     assert sorted(w for call in scored for w in call) == sorted(heldout), "each held-out window scored once"
     assert len(trained) == 30 and not any(set(call) & heldout for call in trained)
     assert {w for call in trained for w in call} == set(windows) - heldout
+
+
+def test_no_copy_of_a_heldout_window_is_trained_on(monkeypatch):
+    """A corpus that repeats sentences (AmericasNLP 2021 repeats 14% of its lines): a held-out window's
+    copy under another index is left out of training too, and the counts say how many windows trained."""
+    from tests.models.conftest import WORDS
+
+    generator = torch.Generator().manual_seed(5)
+    unique = list(dict.fromkeys(" ".join(WORDS[int(i)] for i in torch.randint(0, len(WORDS), (5,),
+                                                                                 generator=generator))
+                                for _ in range(30)))
+    sentences = unique + unique[:10]
+    tokenizer = tiny_tokenizer()
+    calls: list[list[tuple[int, ...]]] = []
+    collate = MLMCollator.__call__
+
+    def spy(self, examples):
+        calls.append([tuple(e) for e in examples])
+        return collate(self, examples)
+
+    monkeypatch.setattr(MLMCollator, "__call__", spy)
+    model = build_mlm_model(tiny_bert(EMBEDDING_ROWS, seed=2), seed=0)
+    metrics = warm_up_mlm_head(model, tokenizer, {"all": sentences}, steps=40, batch_size=8, seq_len=16,
+                               eval_sequences=8)
+
+    windows = [(0, *tokenizer(s, add_special_tokens=False)["input_ids"], 2) for s in sentences]
+    _, (held,) = split_heldout({"all": len(windows)}, 8, seed=0)
+    heldout = {windows[i] for i in held}
+    expected_training = [w for w in windows if w not in heldout]
+    assert len(expected_training) < len(windows) - 8, "the seed must hold out a repeated sentence"
+    scored, trained = calls[0], calls[1:]
+    assert sorted(scored) == sorted(windows[i] for i in held)
+    assert len(trained) == 40 and not {w for call in trained for w in call} & heldout
+    assert {w for call in trained for w in call} == set(expected_training)
+    assert metrics["groups"] == {"all": {"train_sequences": len(expected_training), "heldout_sequences": 8}}
