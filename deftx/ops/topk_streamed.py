@@ -37,7 +37,7 @@ from __future__ import annotations
 import itertools
 import json
 import struct
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,6 +146,10 @@ def pair_tensors(theta1: dict[str, StoredTensor], theta0: dict[str, StoredTensor
     chosen = sorted(n for n, t in theta1.items() if t.dtype is not None) if names is None else list(names)
     if not chosen:
         raise ValueError("select_streamed: no tensor to rank")
+    repeated = sorted(n for n, count in Counter(chosen).items() if count > 1)
+    if repeated:
+        raise ValueError(f"select_streamed: names lists {', '.join(map(repr, repeated))} more than once "
+                         "(each tensor is ranked once)")
     pairs = []
     for name in chosen:
         if name not in theta1:
@@ -373,7 +377,8 @@ def select_streamed(
 
     Raises:
         KeyError / TypeError / ValueError: a missing tensor, a non-float one, a dtype or
-            shape that differs between θ1 and θ0, ``k`` out of range, NaN differences.
+            shape that differs between θ1 and θ0, a name given twice, ``k`` out of range,
+            NaN differences.
     """
     if chunk_elements < 1:
         raise ValueError(f"select_streamed: chunk_elements must be >= 1, got {chunk_elements}")

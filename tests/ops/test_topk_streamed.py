@@ -136,6 +136,14 @@ def test_mismatches_and_bad_arguments_are_refused(tmp_path):
         select_streamed(tmp_path / "missing", t0, 1)
 
 
+def test_a_name_given_twice_is_refused(tmp_path):
+    # ranked twice, its two lists of indices would share one key of the result: part of k lost
+    save_file({"x": torch.arange(4.0), "y": torch.ones(3)}, str(tmp_path / "t1.safetensors"))
+    save_file({"x": torch.zeros(4), "y": torch.zeros(3)}, str(tmp_path / "t0.safetensors"))
+    with pytest.raises(ValueError, match="names lists 'x' more than once"):
+        select_streamed(tmp_path / "t1.safetensors", tmp_path / "t0.safetensors", 6, names=["x", "y", "x"])
+
+
 def test_checkpoint_files_from_a_file_an_index_or_a_folder(tmp_path):
     tensors = {n: torch.zeros(s) for n, s in SHAPES.items()}
     write_sharded(tensors, tmp_path / "sharded", 2)
