@@ -132,3 +132,24 @@ def test_prepared_step_writes_what_the_public_step_writes(backend, l1):
             for t, (a, b) in enumerate(zip(got, want, strict=True)):
                 assert_bitwise_equal(a, b, what=f"step {step} {name} {t}")
     assert not torch.equal(mine[0], params[0]), "the steps moved the parameters"
+
+
+@pytest.mark.parametrize("backend", cpu_backends("masked_step"))
+def test_parameters_that_require_grad_step_as_detached_ones(backend):
+    """nn.Parameters are written in place outside autograd, as torch.optim steps write them:
+    the public and the prepared step equal the step of detached copies, on every backend."""
+    params, indices, gen = make_problem(torch.float32)
+    grads = [torch.randn(p.shape, generator=gen) for p in params]
+    detached = [p.clone() for p in params]
+    state_detached = _state(params, indices, 0.0)
+    masked_adamw_step_(detached, grads, indices, *state_detached, step=1, lr=1e-2, backend=backend)
+    public, prepared = ([torch.nn.Parameter(p.clone()) for p in params] for _ in range(2))
+    state_public, state_prepared = _state(params, indices, 0.0), _state(params, indices, 0.0)
+    masked_adamw_step_(public, grads, indices, *state_public, step=1, lr=1e-2, backend=backend)
+    prepare_masked_step(prepared, indices, *state_prepared, backend=backend).step(grads, AdamWSettings(1, 1e-2))
+    for name, got in (("public", public), ("prepared", prepared)):
+        for t, (a, b) in enumerate(zip(got, detached, strict=True)):
+            assert_bitwise_equal(a.detach(), b, what=f"{name} param {t}")
+        for a, b in zip(state_public if name == "public" else state_prepared, state_detached, strict=True):
+            for t, (x, y) in enumerate(zip(a, b, strict=True)):
+                assert_bitwise_equal(x, y, what=f"{name} state {t}")
