@@ -94,6 +94,32 @@ def test_bad_input(change, error, match):
         masked_adamw_step_(**args)
 
 
+@pytest.mark.parametrize("backend", cpu_backends("masked_step"))
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"beta1": 1.0}, r"beta1 must be in \[0, 1\), got 1.0"),  # bias correction 1 - beta1**step = 0
+        ({"beta2": 1.0}, r"beta2 must be in \[0, 1\)"),
+        ({"beta1": -0.1}, r"beta1 must be in \[0, 1\)"),
+        ({"lr": float("nan")}, "lr must be finite and >= 0, got nan"),
+        ({"eps": -1e-3}, "eps must be finite and >= 0"),
+        ({"weight_decay": float("inf")}, "weight_decay must be finite and >= 0"),
+        ({"l1": -0.1, "bases": [torch.zeros(3)]}, "l1 must be finite and >= 0"),
+    ],
+)
+def test_hyperparameters_outside_adamws_ranges_are_refused_before_any_write(backend, change, match):
+    """The ranges torch.optim.AdamW takes; beta1 = 1, for one, wrote NaN into the parameter."""
+    args = {**one_param_step_tensors(), "step": 1, "lr": 0.1, "backend": backend}
+    args["params"], args["grads"] = [torch.linspace(-1.0, 1.0, 5)], [torch.full((5,), 0.5)]
+    before = {name: [t.clone() for t in args[name]] for name in ("params", "masters", "exp_avgs", "exp_avg_sqs")}
+    args.update(change)
+    with pytest.raises(ValueError, match=match):
+        masked_adamw_step_(**args)
+    for name, tensors in before.items():
+        for t, (a, b) in enumerate(zip(args[name], tensors, strict=True)):
+            assert_bitwise_equal(a, b, what=f"{name} {t}")
+
+
 def _state(params, indices, offset=0.0):
     masters = [p.reshape(-1)[i].float() + offset for p, i in zip(params, indices, strict=True)]
     return masters, [torch.zeros_like(m) for m in masters], [torch.zeros_like(m) for m in masters]
