@@ -182,7 +182,9 @@ def test_result_does_not_depend_on_team_sizes_changing_between_regions(tmp_path)
     source, shim = tmp_path / "loadavg.c", tmp_path / "loadavg.so"
     source.write_text(ALTERNATING_LOAD)
     subprocess.run([compiler, "-shared", "-fPIC", "-o", str(shim), str(source)], check=True)
-    env = {**os.environ, "OMP_DYNAMIC": "true", "OMP_NUM_THREADS": "2", "LD_PRELOAD": str(shim),
+    # after what is preloaded already (a sanitizer's runtime must come first)
+    preload = " ".join(filter(None, [os.environ.get("LD_PRELOAD"), str(shim)]))
+    env = {**os.environ, "OMP_DYNAMIC": "true", "OMP_NUM_THREADS": "2", "LD_PRELOAD": preload,
            "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
     sizes, k = [3_000_000, 200_000], 1000
     done = subprocess.run([sys.executable, "-c", CHANGING_TEAMS, json.dumps(sizes), str(k)], env=env,
