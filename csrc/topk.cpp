@@ -322,17 +322,18 @@ Partition partition(const Inputs& in, const std::vector<Segment>& segments, uint
   return parts;
 }
 
-// Histogram of the candidates' low key bits (every thread reads its own list).
+// Histogram of the candidates' low key bits: every list is counted into its own histogram by
+// a loop over the lists, not by the thread that wrote it, so no list is left out when this
+// region's team is smaller than the partition's (OMP_DYNAMIC sizes each team on its own).
 std::vector<uint64_t> candidate_histogram(const Partition& parts) {
-  const int threads = int(parts.candidates.size());
-  std::vector<uint64_t> per_thread(size_t(threads) * kLowBins, 0);
-#pragma omp parallel num_threads(threads)
-  {
-    const int thread = omp_get_thread_num();
-    uint64_t* hist = per_thread.data() + size_t(thread) * kLowBins;
-    for (uint32_t packed : parts.candidates[size_t(thread)]) ++hist[packed & kLowMask];
+  const int64_t lists = int64_t(parts.candidates.size());
+  std::vector<uint64_t> per_list(size_t(lists) * kLowBins, 0);
+#pragma omp parallel for schedule(static, 1)
+  for (int64_t list = 0; list < lists; ++list) {
+    uint64_t* hist = per_list.data() + size_t(list) * kLowBins;
+    for (uint32_t packed : parts.candidates[size_t(list)]) ++hist[packed & kLowMask];
   }
-  return merge_histograms(per_thread, kLowBins);
+  return merge_histograms(per_list, kLowBins);
 }
 
 // Steps 3 and 4 of the selection over the lists of `parts`.

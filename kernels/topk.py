@@ -1058,9 +1058,14 @@ def _fill_list(plan: _Plan, buffers: _Buffers) -> None:
 
 
 def _launch_histogram(plan: _Plan, p: int, index: int, group: _Group, buffers: _Buffers, owns_list: bool) -> None:
-    """One group's histogram launch of pass ``p`` (over the list, or the group's data)."""
+    """One group's histogram launch of pass ``p`` (over the list, or the group's data).
+
+    The launch that owns the list has the programs of all the call's blocks, whatever the size
+    of its own group: the list can hold entries of every group, and each program counts its
+    share in int32 (the programs left over on the data path find no block of the group)."""
     warps = histogram_warps(group.dtype, group.has_base, PASS_SHIFTS[p])
-    _band_histogram_kernel[(_programs(buffers.table.device, group.num_blocks, warps),)](
+    blocks = plan.total_blocks if owns_list else group.num_blocks
+    _band_histogram_kernel[(_programs(buffers.table.device, blocks, warps),)](
         buffers.table, buffers.block_column, buffers.state, buffers.hist[p, index], buffers.block_hist,
         buffers.block_above, buffers.candidates, buffers.list_hist[p], buffers.list_total, plan.list_capacity,
         int(owns_list), plan.num_columns, group.first_block, group.num_blocks,

@@ -8,6 +8,7 @@ native and Triton backends all take the object itself.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, NamedTuple
@@ -42,8 +43,10 @@ class AdamWSettings:
 
     Attributes:
         step: the step number, an int >= 1 (already incremented), for the bias corrections.
-        lr, beta1, beta2, eps, weight_decay: AdamW's (decoupled weight decay).
-        l1: strength of the L1 pull of each master value towards its base θ0 (0: none).
+        lr, beta1, beta2, eps, weight_decay: AdamW's (decoupled weight decay), in the ranges
+            ``torch.optim.AdamW`` takes: betas in [0, 1), the others finite and >= 0 (a beta of
+            1 would divide by a zero bias correction and write NaN into the parameters).
+        l1: strength of the L1 pull of each master value towards its base θ0 (0: none), >= 0.
     """
 
     step: int
@@ -59,6 +62,12 @@ class AdamWSettings:
             raise ValueError(f"masked_adamw_step_: step must be an int >= 1, got {self.step!r}")
         for f in fields(self)[1:]:
             object.__setattr__(self, f.name, float(getattr(self, f.name)))
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"masked_adamw_step_: {name} must be in [0, 1), got {getattr(self, name)}")
+        for name in ("lr", "eps", "weight_decay", "l1"):
+            if not 0.0 <= getattr(self, name) < math.inf:
+                raise ValueError(f"masked_adamw_step_: {name} must be finite and >= 0, got {getattr(self, name)}")
 
     @property
     def has_l1(self) -> bool:

@@ -37,7 +37,7 @@ from __future__ import annotations
 import itertools
 import json
 import struct
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +53,9 @@ DTYPES: dict[str, torch.dtype] = {"F32": torch.float32, "BF16": torch.bfloat16, 
 
 CHUNK_ELEMENTS = 1 << 22
 """Entries of one tensor read and ranked at once by default (16 MiB of fp32 keys)."""
+
+MAX_CHUNK_ELEMENTS = 1 << 31
+"""The most entries of a chunk: pass 2 keeps the offsets of a chunk's hits as int32."""
 
 LOW_BITS = 15
 HIGH_BINS = 1 << (31 - LOW_BITS)
@@ -146,6 +149,10 @@ def pair_tensors(theta1: dict[str, StoredTensor], theta0: dict[str, StoredTensor
     chosen = sorted(n for n, t in theta1.items() if t.dtype is not None) if names is None else list(names)
     if not chosen:
         raise ValueError("select_streamed: no tensor to rank")
+    repeated = sorted(n for n, count in Counter(chosen).items() if count > 1)
+    if repeated:
+        raise ValueError(f"select_streamed: names lists {', '.join(map(repr, repeated))} more than once "
+                         "(each tensor is ranked once)")
     pairs = []
     for name in chosen:
         if name not in theta1:
@@ -363,7 +370,8 @@ def select_streamed(
         k: entries to select, ``0 <= k <= numel of the ranked tensors``.
         names: the tensors ranked, in this order (ties go to the lowest (position here,
             flat index)); default: θ1's fp32 / bf16 / fp16 tensors sorted by name.
-        chunk_elements: entries of one tensor read at once (memory: about 16 bytes each).
+        chunk_elements: entries of one tensor read at once (memory: about 16 bytes each), at
+            most 2^31.
         candidate_capacity: the most keys of the threshold's bin kept between passes
             (default ``max(2^22, k // 2)``); a more crowded bin costs a third pass instead.
 
@@ -373,10 +381,12 @@ def select_streamed(
 
     Raises:
         KeyError / TypeError / ValueError: a missing tensor, a non-float one, a dtype or
-            shape that differs between θ1 and θ0, ``k`` out of range, NaN differences.
+            shape that differs between θ1 and θ0, a name given twice, ``k`` or
+            ``chunk_elements`` out of range, NaN differences.
     """
-    if chunk_elements < 1:
-        raise ValueError(f"select_streamed: chunk_elements must be >= 1, got {chunk_elements}")
+    if not 1 <= chunk_elements <= MAX_CHUNK_ELEMENTS:
+        raise ValueError(f"select_streamed: chunk_elements must be in [1, 2^31] (a chunk's offsets are kept as "
+                         f"int32), got {chunk_elements}")
     pairs = pair_tensors(checkpoint_tensors(theta1), checkpoint_tensors(theta0), names)
     numel = sum(pair.theta1.numel for pair in pairs)
     check_count(k, numel, "select_streamed")

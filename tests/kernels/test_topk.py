@@ -348,6 +348,28 @@ def test_every_launch_is_a_declared_specialization(topk, monkeypatch, device):
     assert {s.name for s in compiled.SPECIALIZATIONS} == {s.name for s in topk.SPECIALIZATIONS}
 
 
+def test_the_list_pass_has_the_programs_of_every_group(small_blocks, monkeypatch, device):
+    """A one-block group listed first owns the list: its launches of the list passes get the
+    programs of the call's blocks, not of its own (one program would count a list of up to N
+    entries alone, in int32)."""
+    grids = []
+    kernel = small_blocks._band_histogram_kernel
+
+    class Recorder:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                grids.append((grid[0], args[10]))  # owns_list
+                return kernel[grid](*args, **kwargs)
+            return launch
+
+    monkeypatch.setattr(small_blocks, "_band_histogram_kernel", Recorder())
+    gen = torch.Generator().manual_seed(5)
+    tensors = [torch.randn(100, generator=gen), torch.randn(1000, generator=gen).bfloat16()]
+    check(small_blocks, tensors, 900, device)  # the list holds every entry: it is in use
+    owner = [programs for programs, owns in grids if owns]
+    assert owner and all(programs > 1 for programs in owner), f"the list passes ran with {owner} programs"
+
+
 def test_specializations_declare_their_promises():
     compiled = kernel_module("topk", interpret=False)
     names = [spec.name for spec in compiled.SPECIALIZATIONS]

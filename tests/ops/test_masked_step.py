@@ -94,6 +94,32 @@ def test_bad_input(change, error, match):
         masked_adamw_step_(**args)
 
 
+@pytest.mark.parametrize("backend", cpu_backends("masked_step"))
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"beta1": 1.0}, r"beta1 must be in \[0, 1\), got 1.0"),  # bias correction 1 - beta1**step = 0
+        ({"beta2": 1.0}, r"beta2 must be in \[0, 1\)"),
+        ({"beta1": -0.1}, r"beta1 must be in \[0, 1\)"),
+        ({"lr": float("nan")}, "lr must be finite and >= 0, got nan"),
+        ({"eps": -1e-3}, "eps must be finite and >= 0"),
+        ({"weight_decay": float("inf")}, "weight_decay must be finite and >= 0"),
+        ({"l1": -0.1, "bases": [torch.zeros(3)]}, "l1 must be finite and >= 0"),
+    ],
+)
+def test_hyperparameters_outside_adamws_ranges_are_refused_before_any_write(backend, change, match):
+    """The ranges torch.optim.AdamW takes; beta1 = 1, for one, wrote NaN into the parameter."""
+    args = {**one_param_step_tensors(), "step": 1, "lr": 0.1, "backend": backend}
+    args["params"], args["grads"] = [torch.linspace(-1.0, 1.0, 5)], [torch.full((5,), 0.5)]
+    before = {name: [t.clone() for t in args[name]] for name in ("params", "masters", "exp_avgs", "exp_avg_sqs")}
+    args.update(change)
+    with pytest.raises(ValueError, match=match):
+        masked_adamw_step_(**args)
+    for name, tensors in before.items():
+        for t, (a, b) in enumerate(zip(args[name], tensors, strict=True)):
+            assert_bitwise_equal(a, b, what=f"{name} {t}")
+
+
 def _state(params, indices, offset=0.0):
     masters = [p.reshape(-1)[i].float() + offset for p, i in zip(params, indices, strict=True)]
     return masters, [torch.zeros_like(m) for m in masters], [torch.zeros_like(m) for m in masters]
@@ -132,3 +158,24 @@ def test_prepared_step_writes_what_the_public_step_writes(backend, l1):
             for t, (a, b) in enumerate(zip(got, want, strict=True)):
                 assert_bitwise_equal(a, b, what=f"step {step} {name} {t}")
     assert not torch.equal(mine[0], params[0]), "the steps moved the parameters"
+
+
+@pytest.mark.parametrize("backend", cpu_backends("masked_step"))
+def test_parameters_that_require_grad_step_as_detached_ones(backend):
+    """nn.Parameters are written in place outside autograd, as torch.optim steps write them:
+    the public and the prepared step equal the step of detached copies, on every backend."""
+    params, indices, gen = make_problem(torch.float32)
+    grads = [torch.randn(p.shape, generator=gen) for p in params]
+    detached = [p.clone() for p in params]
+    state_detached = _state(params, indices, 0.0)
+    masked_adamw_step_(detached, grads, indices, *state_detached, step=1, lr=1e-2, backend=backend)
+    public, prepared = ([torch.nn.Parameter(p.clone()) for p in params] for _ in range(2))
+    state_public, state_prepared = _state(params, indices, 0.0), _state(params, indices, 0.0)
+    masked_adamw_step_(public, grads, indices, *state_public, step=1, lr=1e-2, backend=backend)
+    prepare_masked_step(prepared, indices, *state_prepared, backend=backend).step(grads, AdamWSettings(1, 1e-2))
+    for name, got in (("public", public), ("prepared", prepared)):
+        for t, (a, b) in enumerate(zip(got, detached, strict=True)):
+            assert_bitwise_equal(a.detach(), b, what=f"{name} param {t}")
+        for a, b in zip(state_public if name == "public" else state_prepared, state_detached, strict=True):
+            for t, (x, y) in enumerate(zip(a, b, strict=True)):
+                assert_bitwise_equal(x, y, what=f"{name} state {t}")

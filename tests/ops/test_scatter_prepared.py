@@ -102,3 +102,19 @@ def test_prepared_apply_and_restore_bump_version_counters():
     versions = [w._version for w in dense]
     prepared.restore()
     assert all(w._version > v for w, v in zip(dense, versions, strict=True))
+
+
+@pytest.mark.parametrize("backend", cpu_backends("scatter"))
+def test_prepared_on_parameters_that_require_grad(backend):
+    """nn.Parameters are written in place outside autograd: applied and restored as plain tensors are."""
+    dense, indices, values = mixed_problem()
+    plain = [w.clone() for w in dense]
+    parameters = [torch.nn.Parameter(w.clone()) for w in dense]
+    prepared_plain = prepare_scatter(plain, indices, values, SCALES, backend=backend)
+    prepared = prepare_scatter(parameters, indices, values, SCALES, backend=backend)
+    prepared_plain.apply()
+    assert_all_equal([s for row in prepared.apply() for s in row], [s for row in prepared_plain.saved for s in row],
+                     "saved")
+    assert_all_equal([p.detach() for p in parameters], plain, "applied")
+    prepared.restore()
+    assert_all_equal([p.detach() for p in parameters], dense, "restored")

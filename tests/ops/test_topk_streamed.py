@@ -136,6 +136,22 @@ def test_mismatches_and_bad_arguments_are_refused(tmp_path):
         select_streamed(tmp_path / "missing", t0, 1)
 
 
+def test_a_name_given_twice_is_refused(tmp_path):
+    # ranked twice, its two lists of indices would share one key of the result: part of k lost
+    save_file({"x": torch.arange(4.0), "y": torch.ones(3)}, str(tmp_path / "t1.safetensors"))
+    save_file({"x": torch.zeros(4), "y": torch.zeros(3)}, str(tmp_path / "t0.safetensors"))
+    with pytest.raises(ValueError, match="names lists 'x' more than once"):
+        select_streamed(tmp_path / "t1.safetensors", tmp_path / "t0.safetensors", 6, names=["x", "y", "x"])
+
+
+def test_a_chunk_whose_offsets_overflow_int32_is_refused(tmp_path):
+    save_file({"x": torch.ones(4)}, str(tmp_path / "t1.safetensors"))
+    save_file({"x": torch.zeros(4)}, str(tmp_path / "t0.safetensors"))
+    # past 2^31 entries a chunk's offsets would wrap in int32 (checked before any buffer is made)
+    with pytest.raises(ValueError, match=r"chunk_elements must be in \[1, 2\^31\]"):
+        select_streamed(tmp_path / "t1.safetensors", tmp_path / "t0.safetensors", 2, chunk_elements=2**31 + 1)
+
+
 def test_checkpoint_files_from_a_file_an_index_or_a_folder(tmp_path):
     tensors = {n: torch.zeros(s) for n, s in SHAPES.items()}
     write_sharded(tensors, tmp_path / "sharded", 2)

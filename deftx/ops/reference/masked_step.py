@@ -7,9 +7,13 @@ import torch
 from deftx.ops.settings import AdamWSettings, MaskedStepTensors
 
 
+@torch.no_grad()
 def masked_adamw_step_(tensors: MaskedStepTensors, settings: AdamWSettings) -> None:
     """AdamW on the K_t entries ``indices[t]`` of each parameter, fp32 master values:
-    ``params[t]`` receives ``cast(master)`` at the indices and nothing elsewhere."""
+    ``params[t]`` receives ``cast(master)`` at the indices and nothing elsewhere.
+
+    Outside autograd, as the other backends write through raw pointers (and torch.optim steps):
+    parameters that require grad are written like detached ones."""
     params, grads, indices, masters, exp_avgs, exp_avg_sqs, bases = tensors
     beta1, one_minus_beta1, beta2, one_minus_beta2, decay, lr, bias1, bias2, eps, l1 = settings.scalars()
     for t, (param, grad, idx) in enumerate(zip(params, grads, indices, strict=True)):

@@ -12,6 +12,7 @@ def _gather(w: torch.Tensor, idx: torch.Tensor, out: torch.Tensor | None) -> tor
     return torch.index_select(w.view(-1), 0, idx, out=out) if out is not None else w.view(-1)[idx]
 
 
+@torch.no_grad()
 def scatter_add_(
     dense: Sequence[torch.Tensor],
     indices: Sequence[Sequence[torch.Tensor]],
@@ -21,6 +22,9 @@ def scatter_add_(
     out: Sequence[Sequence[torch.Tensor]] | None = None,
 ) -> list[list[torch.Tensor]] | None:
     """Add diffs in order: ``w[i] = cast(f32(w[i]) + f32(scale) * f32(v))``, two roundings.
+
+    Outside autograd, as the other backends write through raw pointers: dense tensors that
+    require grad are written like detached ones.
 
     Args:
         dense: T contiguous float tensors, modified in place.
@@ -49,12 +53,14 @@ def scatter_add_(
     return saved
 
 
+@torch.no_grad()
 def scatter_restore_(
     dense: Sequence[torch.Tensor],
     indices: Sequence[Sequence[torch.Tensor]],
     saved: Sequence[Sequence[torch.Tensor]],
 ) -> None:
-    """Write ``saved[d][t]`` back at ``indices[d][t]`` (undoes :func:`scatter_add_` exactly)."""
+    """Write ``saved[d][t]`` back at ``indices[d][t]`` (undoes :func:`scatter_add_` exactly), outside
+    autograd."""
     for row_idx, row_saved in zip(indices, saved, strict=True):
         for w, idx, old in zip(dense, row_idx, row_saved, strict=True):
             if idx.numel():

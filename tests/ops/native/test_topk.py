@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -139,6 +146,55 @@ def test_result_does_not_depend_on_thread_count(threads):
     finally:
         torch.set_num_threads(before)
     assert_same_selection(actual, reference_topk(tensors, 40_001))
+
+
+ROOT = Path(__file__).resolve().parents[3]
+
+# getloadavg() for OpenMP's dynamic team sizes: a load of 1000, then 0, by turns, so that under
+# OMP_DYNAMIC=true consecutive parallel regions get one thread, then every thread.
+ALTERNATING_LOAD = """
+static int calls;
+int getloadavg(double loads[], int count) {
+  const double load = calls++ % 2 ? 0.0 : 1000.0;
+  for (int i = 0; i < count; ++i) loads[i] = load;
+  return count;
+}
+"""
+
+# Four selections in a row (each starts its parallel regions at the other parity of the loads).
+CHANGING_TEAMS = """
+import json, sys, torch
+from deftx.ops.native.topk import select
+generator = torch.Generator().manual_seed(0)
+tensors = [torch.randn(size, generator=generator) for size in json.loads(sys.argv[1])]
+print(json.dumps([select(tensors, int(sys.argv[2]), concatenated=True).indices.tolist() for _ in range(4)]))
+"""
+
+
+def test_result_does_not_depend_on_team_sizes_changing_between_regions(tmp_path):
+    """Under OMP_DYNAMIC=true the runtime sizes each parallel region's team from the load: the
+    candidate lists the partition's threads wrote are all counted when a later region is smaller."""
+    compiler = shutil.which("cc")
+    if compiler is None:
+        pytest.skip("needs a C compiler (cc) on PATH")
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two CPUs for teams of two sizes")
+    source, shim = tmp_path / "loadavg.c", tmp_path / "loadavg.so"
+    source.write_text(ALTERNATING_LOAD)
+    subprocess.run([compiler, "-shared", "-fPIC", "-o", str(shim), str(source)], check=True)
+    # after what is preloaded already (a sanitizer's runtime must come first)
+    preload = " ".join(filter(None, [os.environ.get("LD_PRELOAD"), str(shim)]))
+    env = {**os.environ, "OMP_DYNAMIC": "true", "OMP_NUM_THREADS": "2", "LD_PRELOAD": preload,
+           "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    sizes, k = [3_000_000, 200_000], 1000
+    done = subprocess.run([sys.executable, "-c", CHANGING_TEAMS, json.dumps(sizes), str(k)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    generator = torch.Generator().manual_seed(0)
+    tensors = [torch.randn(size, generator=generator) for size in sizes]
+    expected = torch.cat([idx + sum(sizes[:t]) for t, idx in enumerate(reference_topk(tensors, k))])
+    for run, got in enumerate(json.loads(done.stdout.splitlines()[-1])):  # after what a runtime prints
+        assert got == expected.tolist(), f"selection {run}: {len(set(got) - set(expected.tolist()))} entries differ"
 
 
 def test_hand_computed_ties_and_signed_zero():
