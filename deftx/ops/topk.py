@@ -133,7 +133,16 @@ def nan_error(tensors: Sequence[torch.Tensor], what: str,
 
 
 def indices_to_mask(indices: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """Boolean tensor of ``shape`` that is True exactly at the flat ``indices``."""
+    """Boolean tensor of ``shape`` that is True exactly at the flat ``indices`` (int, any order).
+
+    Raises:
+        IndexError: an index outside ``[0, numel)`` (a negative one would count from the end).
+    """
+    if indices.numel():
+        low, high = torch.stack([indices.min(), indices.max()]).tolist()
+        if low < 0 or high >= shape.numel():
+            raise IndexError(f"indices_to_mask: indices span [{low}, {high}], outside [0, {shape.numel()}) "
+                             f"of shape {tuple(shape)}")
     mask = torch.zeros(shape.numel(), dtype=torch.bool, device=indices.device)
     mask[indices] = True
     return mask.view(shape)

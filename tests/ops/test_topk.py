@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deftx.ops import topk_mask
+from deftx.ops import indices_to_mask, topk_mask
 from tests.helpers import assert_bitwise_equal
 from tests.ops.conftest import cpu_backends
 
@@ -201,3 +201,15 @@ def test_bad_options():
         topk_mask([torch.ones(2)], 1, score="raw")
     with pytest.raises(ValueError, match="output"):
         topk_mask([torch.ones(2)], 1, output="both")
+
+
+def test_indices_to_mask_marks_exactly_the_indices_and_refuses_any_outside_the_shape():
+    shape = torch.Size([3, 5])
+    mask = indices_to_mask(torch.tensor([14, 0, 7]), shape)
+    expected = torch.zeros(15, dtype=torch.bool)
+    expected[[0, 7, 14]] = True
+    assert torch.equal(mask, expected.view(shape))
+    assert not indices_to_mask(torch.tensor([], dtype=torch.int64), shape).any()
+    for outside in ([-1], [15], [2, 40]):
+        with pytest.raises(IndexError, match=r"outside \[0, 15\)"):
+            indices_to_mask(torch.tensor(outside), shape)
