@@ -37,6 +37,10 @@ class MaskedStepTensors(NamedTuple):
     bases: Sequence[torch.Tensor] | None = None
 
 
+FP32_MAX = 3.4028234663852886e38
+"""The largest finite float32: the kernels take the step's scalars in float32."""
+
+
 @dataclass(frozen=True)
 class AdamWSettings:
     """One masked AdamW step's settings (``deftx.ops.masked_adamw_step_``).
@@ -45,7 +49,8 @@ class AdamWSettings:
         step: the step number, an int >= 1 (already incremented), for the bias corrections.
         lr, beta1, beta2, eps, weight_decay: AdamW's (decoupled weight decay), in the ranges
             ``torch.optim.AdamW`` takes: betas in [0, 1), the others finite and >= 0 (a beta of
-            1 would divide by a zero bias correction and write NaN into the parameters).
+            1 would divide by a zero bias correction and write NaN into the parameters), and every
+            scalar of :meth:`scalars` finite in float32.
         l1: strength of the L1 pull of each master value towards its base θ0 (0: none), >= 0.
     """
 
@@ -68,6 +73,9 @@ class AdamWSettings:
         for name in ("lr", "eps", "weight_decay", "l1"):
             if not 0.0 <= getattr(self, name) < math.inf:
                 raise ValueError(f"masked_adamw_step_: {name} must be finite and >= 0, got {getattr(self, name)}")
+        if not all(abs(value) <= FP32_MAX for value in self.scalars()):
+            raise ValueError(f"masked_adamw_step_: lr {self.lr}, weight_decay {self.weight_decay}, eps {self.eps} or "
+                             f"l1 {self.l1} overflow the step's float32 scalars (largest {FP32_MAX:.4g})")
 
     @property
     def has_l1(self) -> bool:

@@ -105,6 +105,8 @@ def test_bad_input(change, error, match):
         ({"eps": -1e-3}, "eps must be finite and >= 0"),
         ({"weight_decay": float("inf")}, "weight_decay must be finite and >= 0"),
         ({"l1": -0.1, "bases": [torch.zeros(3)]}, "l1 must be finite and >= 0"),
+        ({"lr": 1e39}, "overflow the step's float32 scalars"),  # finite in float64, inf as the kernels' float32
+        ({"lr": 1e20, "weight_decay": 1e20}, "overflow the step's float32 scalars"),  # 1 - lr * weight_decay
     ],
 )
 def test_hyperparameters_outside_adamws_ranges_are_refused_before_any_write(backend, change, match):
