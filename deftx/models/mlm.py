@@ -111,9 +111,9 @@ class FrozenDecoderMLM(nn.Module):
         ``num_items_in_batch``)."""
         from transformers.modeling_outputs import MaskedLMOutput
 
-        hidden = self.body(
-            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, **body_kwargs
-        ).last_hidden_state
+        if token_type_ids is not None:
+            body_kwargs["token_type_ids"] = token_type_ids
+        hidden = self.body(input_ids=input_ids, attention_mask=attention_mask, **body_kwargs).last_hidden_state
         if labels is None:
             return MaskedLMOutput(loss=None, logits=self.head(hidden))
         loss, logits = self.loss_from_hidden(hidden, labels, num_items_in_batch)

@@ -154,3 +154,22 @@ def test_build_from_folder_and_from_a_task_model(tmp_path):
     task = BertForSequenceClassification(body.config)
     shared = build_mlm_model(task)
     assert shared.body is task.bert
+
+
+def test_a_body_without_segment_ids_runs_and_its_logits_are_the_heads():
+    """DistilBERT's forward takes no ``token_type_ids``: the model passes them only when given."""
+    from transformers import DistilBertConfig, DistilBertModel
+
+    torch.manual_seed(0)
+    body = DistilBertModel(DistilBertConfig(vocab_size=19, dim=16, n_layers=1, n_heads=2, hidden_dim=32,
+                                            max_position_embeddings=16))
+    model = build_mlm_model(body, seed=3).eval()
+    ids, attention, labels = make_batch()
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=attention).logits
+        labelled = model(input_ids=ids, attention_mask=attention, labels=labels)
+        expected = reference_logits(model, ids, attention)
+    rtol = tolerance(torch.float32, 16)
+    assert_close(logits, expected, rtol=rtol, atol=rtol, what="logits at every position")
+    selected = labels != IGNORE_INDEX
+    assert_close(labelled.loss, cross_entropy(expected[selected], labels[selected]), rtol=rtol, atol=rtol, what="loss")
