@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
-from transformers import DataCollatorWithPadding, Trainer
+from transformers import Trainer
 
 from deftx.models.classifier import build_classifier
 from deftx.models.parameters import named_parameter_map
@@ -53,12 +55,26 @@ def classification_examples(
     return rows
 
 
+@dataclass(frozen=True)
+class RightPadding:
+    """Batches tokenised rows (:func:`classification_examples`) padded on the right whatever the
+    tokenizer's ``padding_side``, as evaluation pads them (:func:`deftx.eval.predict.predict_labels`): a
+    model that numbers positions from the first token (BERT's absolute positions) and pools its first
+    token (``cls``) would read a left-padded text elsewhere in training than in evaluation."""
+
+    tokenizer: Any
+
+    def __call__(self, rows: Sequence[dict]) -> dict[str, torch.Tensor]:
+        """Rows -> (B, L) int64 tensors of each key (``labels`` (B,))."""
+        return self.tokenizer.pad(list(rows), padding=True, padding_side="right", return_tensors="pt")
+
+
 def _trainer(model, tokenizer, examples, settings: TrainingSettings, output_dir: Path) -> Trainer:
     return Trainer(
         model=model,
         args=training_arguments(settings, output_dir),
         train_dataset=examples,
-        data_collator=DataCollatorWithPadding(tokenizer),
+        data_collator=RightPadding(tokenizer),
     )
 
 
