@@ -215,3 +215,68 @@ def test_chunked_topk_refuses_too_many_candidates():
 
     with pytest.raises(ValueError, match="cannot take 320 candidates"):
         chunked_topk(torch.rand(1000), 40, limit=300, chunk=128)
+
+
+def _deftx_impls(op: str) -> list[str]:
+    module = op_module(op)
+    return [i for i in implementations(op, CPU) if i.startswith("deftx:") or i == getattr(module, "PREPARED", None)]
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("op", ["topk", "rsvd", "scatter", "step"])
+def test_every_deftx_implementation_matches_its_reference_and_leaves_the_inputs(op: str, dtype: str) -> None:
+    module = op_module(op)
+    inputs = module.make_inputs(_spec(op, 0.05, dtype))
+    weights = getattr(inputs, "weights", None) or []
+    before = [w.clone() for w in weights]
+    for impl in _deftx_impls(op):
+        assert module.mismatch(impl, inputs) is None, impl
+    for t, (got, want) in enumerate(zip(weights, before, strict=True)):
+        assert_bitwise_equal(got, want, what=f"shared weights of tensor {t}")
+
+
+def _shift_entry(tensor: torch.Tensor, index: int, by: float) -> None:
+    tensor.view(-1)[index] += by
+
+
+@pytest.mark.parametrize(
+    ("fault", "message"),
+    [
+        ("lr", "differ from torch.optim.AdamW's step"),
+        ("weight_decay", "differ from torch.optim.AdamW's step"),
+        ("outside", "outside the selection changed"),
+    ],
+)
+def test_the_step_check_catches_a_wrong_step(monkeypatch: pytest.MonkeyPatch, fault: str, message: str) -> None:
+    module = op_module("step")
+    inputs = module.make_inputs(_spec("step", 0.05))
+    real_step = module.masked_adamw_step_
+
+    def wrong_step(params, grads, indices, *state, **settings):
+        if fault == "lr":
+            settings["lr"] *= 1.01
+        if fault == "weight_decay":
+            settings["weight_decay"] = 0.0
+        real_step(params, grads, indices, *state, **settings)
+        if fault == "outside":
+            left_out = torch.ones(params[0].numel(), dtype=torch.bool).index_fill_(0, indices[0], False)
+            _shift_entry(params[0], int(left_out.nonzero()[0]), 1e-3)
+
+    monkeypatch.setattr(module, "masked_adamw_step_", wrong_step)
+    assert message in module.mismatch("deftx:torch", inputs)
+
+
+def test_the_rsvd_check_catches_wrong_factors(monkeypatch: pytest.MonkeyPatch) -> None:
+    module = op_module("rsvd")
+    inputs = module.make_inputs(_spec("rsvd"))
+    real = module.lowrank_factors_batched
+
+    def rank_one_short(*args, **kwargs):
+        factors = real(*args, **kwargs)
+        for f in factors:
+            f.s[-1] = 0.0  # the last component dropped: a slightly worse, still well-shaped answer
+            f.s[: f.s.numel() // 2] *= 1.1
+        return factors
+
+    monkeypatch.setattr(module, "lowrank_factors_batched", rank_one_short)
+    assert "relative reconstruction error" in module.mismatch("deftx:torch", inputs)

@@ -138,3 +138,27 @@ def quality(impl: str, inputs: RsvdInputs, output: object) -> dict[str, float]:
 def selected(inputs: RsvdInputs) -> int:
     """The number of matrices factored."""
     return len(inputs.pairs)
+
+
+ERROR_MARGIN = 1.05
+"""How much larger deftx's reconstruction error may be than ``torch.svd_lowrank``'s (the same
+sketch from other random draws lands within about 1% on the synthetic differences)."""
+
+
+def mismatch(impl: str, inputs: RsvdInputs) -> str | None:
+    """What is wrong with one call of deftx's ``impl`` (a backend), or None if it returns rank-``rank``
+    factors of every matrix whose :func:`quality` error is within :data:`ERROR_MARGIN` of
+    ``torch.svd_lowrank``'s."""
+    factors = bind(impl, inputs)()
+    if len(factors) != len(inputs.pairs):
+        return f"{len(factors)} factorisations for {len(inputs.pairs)} matrices"
+    r = inputs.rank
+    for t, ((w1, _), (u, s, vh)) in enumerate(zip(inputs.pairs, factors, strict=True)):
+        m, n = w1.shape
+        if u.shape != (m, r) or s.shape != (r,) or vh.shape != (r, n):
+            return f"matrix {t} ({m}x{n}): factors {tuple(u.shape)}, {tuple(s.shape)}, {tuple(vh.shape)} for rank {r}"
+    got = quality(impl, inputs, factors)["relative_error"]
+    reference = quality("svd_lowrank", inputs, bind("svd_lowrank", inputs)())["relative_error"]
+    if not got <= ERROR_MARGIN * reference:
+        return f"relative reconstruction error {got:.4g} against torch.svd_lowrank's {reference:.4g}"
+    return None

@@ -104,3 +104,19 @@ def quality(impl: str, inputs: ScatterInputs, output: object) -> dict[str, float
 
 def selected(inputs: ScatterInputs) -> int:
     return sum(i.numel() for i in inputs.indices)
+
+
+def mismatch(impl: str, inputs: ScatterInputs) -> str | None:
+    """What is wrong with one call of deftx's ``impl`` (a backend) on a copy of the weights, or
+    None if it writes, bit for bit, ``(w.float() + scale * v).to(w.dtype)`` at the diff's entries
+    and leaves every other entry as it was (the shared weights are not touched)."""
+    copies = ScatterInputs([w.clone() for w in inputs.weights], inputs.indices, inputs.values)
+    bind(impl, copies)()
+    for t, (before, after, idx, val) in enumerate(
+        zip(inputs.weights, copies.weights, inputs.indices, inputs.values, strict=True)
+    ):
+        expected = before.reshape(-1).float().index_add(0, idx, SCALE * val).to(before.dtype)
+        wrong = int((after.reshape(-1) != expected).sum())
+        if wrong:
+            return f"tensor {t}: {wrong} of {expected.numel()} entries differ from index_add in fp32"
+    return None

@@ -46,6 +46,9 @@ LR = 1e-4
 BETAS = (0.9, 0.999)
 EPS = 1e-8
 WEIGHT_DECAY = 0.01
+ULPS = 4
+"""The rounding a selected entry may differ by from torch.optim.AdamW's step: another order of the
+same fp32 operations, or the other side of a 16-bit rounding."""
 COST = op_of_bench_case(OP).cost_model()
 """The masked step's bytes / FLOP model (``deftx.ops.cost.masked_step``)."""
 
@@ -153,3 +156,39 @@ def quality(impl: str, inputs: StepInputs, output: object) -> dict[str, float]:
 
 def selected(inputs: StepInputs) -> int:
     return sum(i.numel() for i in inputs.indices)
+
+
+def _reference_step(weight: torch.Tensor, grad: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """(k,) the selected entries of ``weight`` after one ``torch.optim.AdamW`` step (fp32 masters,
+    fresh moments) on them alone, rounded to ``weight``'s dtype."""
+    master = torch.nn.Parameter(weight.reshape(-1)[idx].float())
+    master.grad = grad.reshape(-1)[idx].float()
+    torch.optim.AdamW([master], lr=LR, betas=BETAS, eps=EPS, weight_decay=WEIGHT_DECAY).step()
+    return master.detach().to(weight.dtype)
+
+
+def mismatch(impl: str, inputs: StepInputs) -> str | None:
+    """What is wrong with the first step of deftx's ``impl`` (a backend or the prepared step) on a
+    copy of the weights, or None if it writes :func:`_reference_step` at the selected entries
+    (within :data:`ULPS` units in the last place of the entry before and after the step) and leaves
+    every other entry as it was."""
+    copies = StepInputs([w.clone() for w in inputs.weights], inputs.indices, inputs.grads)
+    bind(impl, copies)()
+    for t, (before, after, grad, idx) in enumerate(
+        zip(inputs.weights, copies.weights, inputs.grads, inputs.indices, strict=True)
+    ):
+        taken = torch.zeros(before.numel(), dtype=torch.bool, device=before.device)
+        taken[idx] = True
+        moved = int((after.reshape(-1)[~taken] != before.reshape(-1)[~taken]).sum())
+        if moved:
+            return f"tensor {t}: {moved} entries outside the selection changed"
+        if idx.numel() == 0:
+            continue
+        expected = _reference_step(before, grad, idx).float()
+        got = after.reshape(-1)[idx].float()
+        finfo = torch.finfo(before.dtype)
+        bound = ULPS * finfo.eps * (expected.abs() + before.reshape(-1)[idx].float().abs()) + finfo.eps * finfo.tiny
+        wrong = int(((got - expected).abs() > bound).sum())
+        if wrong:
+            return f"tensor {t}: {wrong} of {idx.numel()} selected entries differ from torch.optim.AdamW's step"
+    return None

@@ -132,3 +132,31 @@ def quality(impl: str, inputs: TopkInputs, output: object) -> dict[str, float]:
 
 def selected(inputs: TopkInputs) -> int:
     return inputs.k
+
+
+def mismatch(impl: str, inputs: TopkInputs) -> str | None:
+    """What is wrong with one call of deftx's ``impl`` (a backend), or None if it selects a top-k.
+
+    A set of k entries is a top-k by magnitude iff no entry left out is larger than the
+    smallest one taken; checked per tensor (no concatenation), in the scores' dtype.
+    """
+    chosen = bind(impl, inputs)()
+    if len(chosen) != len(inputs.tensors):
+        return f"{len(chosen)} index tensors for {len(inputs.tensors)} tensors"
+    count = sum(idx.numel() for idx in chosen)
+    if count != inputs.k:
+        return f"{count} entries selected, k = {inputs.k}"
+    smallest_taken, largest_left = float("inf"), float("-inf")
+    for t, (scores, idx) in enumerate(zip(inputs.tensors, chosen, strict=True)):
+        flat = scores.reshape(-1)
+        if idx.numel() and (idx.min() < 0 or idx.max() >= flat.numel() or idx.unique().numel() != idx.numel()):
+            return f"tensor {t}: indices out of range or repeated"
+        taken = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
+        taken[idx] = True
+        if idx.numel():
+            smallest_taken = min(smallest_taken, float(flat[idx].abs().min()))
+        if idx.numel() < flat.numel():
+            largest_left = max(largest_left, float(flat[~taken].abs().max()))
+    if largest_left > smallest_taken:
+        return f"an entry of magnitude {largest_left:g} is left out while {smallest_taken:g} is selected"
+    return None
