@@ -9,8 +9,15 @@ import json
 import multiprocessing
 from pathlib import Path
 
+import pytest
+
 from deftx.eval.report import append_records
+from deftx.files import BusyError
 from deftx.pipeline.ablation import append_rows
+from deftx.train.config import PhaseConfig, SparseFineTuningConfig
+from deftx.train.identity import owned
+from deftx.train.sparse_finetuner import SparseFineTuner
+from tests.train.conftest import tiny_trainer
 
 APPENDS = 100
 SPAWN = multiprocessing.get_context("spawn")
@@ -40,4 +47,33 @@ def test_two_processes_appending_to_one_ledger_and_csv_keep_every_line(tmp_path)
     expected = {(who, index) for who in ("a", "b") for index in range(APPENDS)}
     assert sorted((r["who"], r["index"]) for r in ledger) == sorted(expected), "no ledger line lost or doubled"
     assert sorted((r["variant"], int(r["seed"])) for r in rows) == sorted(expected), "no CSV row lost or doubled"
+
+
+def hold_folder(folder: Path, held, release) -> None:
+    """Child: hold ``folder`` as a training step does, until ``release``."""
+    with owned(folder):
+        held.set()
+        release.wait(WAIT_S)
+
+
+@pytest.mark.filterwarnings("ignore::deftx.train.trainer_contract.TrainerOverrideWarning")
+def test_a_work_folder_another_process_trains_in_is_refused_naming_it_and_left_alone(tmp_path):
+    work = tmp_path / "work"
+    held, release = SPAWN.Event(), SPAWN.Event()
+    child = SPAWN.Process(target=hold_folder, args=(work, held, release))
+    child.start()
+    try:
+        assert held.wait(WAIT_S)
+        config = SparseFineTuningConfig(k=0.1, full=PhaseConfig(steps=2, learning_rate=1e-2),
+                                        sparse=PhaseConfig(steps=2, learning_rate=1e-2), selections={"lt-sft": None})
+        tuner = SparseFineTuner(tiny_trainer(tmp_path), config, work, progress=False)
+        with pytest.raises(BusyError, match=f"work folder {work} is in use by another process \\(pid {child.pid} "):
+            tuner.fit()
+        assert not work.exists(), "nothing claimed, trained or written"
+    finally:
+        release.set()
+        child.join(WAIT_S)
+    assert child.exitcode == 0
+    tuner.fit()
+    assert (work / "lt-sft" / "sft.safetensors").is_file(), "the folder is free once its holder ends"
 
