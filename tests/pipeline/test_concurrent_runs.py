@@ -7,6 +7,8 @@ from __future__ import annotations
 import csv
 import json
 import multiprocessing
+import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,9 +16,11 @@ import pytest
 from deftx.eval.report import append_records
 from deftx.files import BusyError
 from deftx.pipeline.ablation import append_rows
+from deftx.pipeline.run import run_pipeline
 from deftx.train.config import PhaseConfig, SparseFineTuningConfig
 from deftx.train.identity import owned
 from deftx.train.sparse_finetuner import SparseFineTuner
+from tests.pipeline.test_pipeline import tiny_pipeline
 from tests.train.conftest import tiny_trainer
 
 APPENDS = 100
@@ -77,3 +81,39 @@ def test_a_work_folder_another_process_trains_in_is_refused_naming_it_and_left_a
     tuner.fit()
     assert (work / "lt-sft" / "sft.safetensors").is_file(), "the folder is free once its holder ends"
 
+
+def pipeline_paused_at_first_log(root: Path, model: Path, seed: int, started, release) -> None:
+    """Child: run seed ``seed`` of the tiny pipeline, pausing at its first log line until ``release``."""
+    os.environ["DEFTX_CACHE"] = str(root / "cache")
+
+    def log(_: str) -> None:
+        if not started.is_set():
+            started.set()
+            release.wait(WAIT_S)
+
+    config = replace(tiny_pipeline(root, model, "run", {"lt-sft": None}), seeds=[seed], baseline=False,
+                     step_store=None)
+    run_pipeline(config, log=log)
+
+
+def test_a_second_pipeline_run_into_a_busy_results_folder_is_refused_and_the_first_keeps_its_rows(
+        tmp_path, tiny_model_dir, monkeypatch):
+    """Before, both ran: each rewrote results.csv with its own seed's rows, and the last to write won."""
+    monkeypatch.setenv("DEFTX_CACHE", str(tmp_path / "cache"))
+    started, release = SPAWN.Event(), SPAWN.Event()
+    child = SPAWN.Process(target=pipeline_paused_at_first_log, args=(tmp_path, tiny_model_dir, 1, started, release))
+    child.start()
+    try:
+        assert started.wait(WAIT_S), "the first run is under way"
+        config = replace(tiny_pipeline(tmp_path, tiny_model_dir, "run", {"lt-sft": None}), seeds=[0], baseline=False,
+                         step_store=None)
+        with pytest.raises(BusyError, match=f"results folder {tmp_path / 'run'} is in use by another process "
+                                            f"\\(pid {child.pid} .*give this run its own --results-dir"):
+            run_pipeline(config, log=lambda _: None)
+        assert not (tmp_path / "run" / "seed-0").exists(), "the refused run trained nothing"
+    finally:
+        release.set()
+        child.join(WAIT_S)
+    assert child.exitcode == 0
+    with (tmp_path / "run" / "results.csv").open(newline="") as handle:
+        assert {row["seed"] for row in csv.DictReader(handle)} == {"1"}, "the first run's rows are all there"
