@@ -130,9 +130,10 @@ def read_consistent(path: str | os.PathLike) -> bytes:
 
 
 def lock_beside(path: str | os.PathLike) -> Path:
-    """The lock file of ``path`` (a file or folder): ``.<name>.lock`` in the same folder."""
+    """The lock file of ``path`` (a file or folder): ``.lock-<name>`` in the same folder (not ``.<name>…``, the
+    prefix of its temporaries)."""
     path = Path(path)
-    return path.with_name(f".{path.name}.lock")
+    return path.with_name(f".lock-{path.name}")
 
 
 @contextlib.contextmanager

@@ -381,7 +381,7 @@ def claim(folder: Path, identity: Mapping[str, Any], outputs: Sequence[str], *, 
 @contextlib.contextmanager
 def owned(folder: Path, *, holder: bool = True) -> Iterator[None]:
     """Let one process at a time train in the work directory ``folder``: hold its lock
-    (:func:`deftx.files.exclusive`, ``.<folder name>.lock`` beside it) for the block when ``holder`` (the
+    (:func:`deftx.files.exclusive`, ``.lock-<folder name>`` beside it) for the block when ``holder`` (the
     main process of a multi-process job; the others train beside it and take no lock).
 
     Raises:
