@@ -8,6 +8,7 @@ import csv
 import json
 import multiprocessing
 import os
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from deftx.pipeline.run import run_pipeline
 from deftx.train.config import PhaseConfig, SparseFineTuningConfig
 from deftx.train.identity import owned
 from deftx.train.sparse_finetuner import SparseFineTuner
+from deftx.train.store import LinkedStepStore
 from tests.pipeline.test_pipeline import tiny_pipeline
 from tests.train.conftest import tiny_trainer
 
@@ -117,3 +119,37 @@ def test_a_second_pipeline_run_into_a_busy_results_folder_is_refused_and_the_fir
     assert child.exitcode == 0
     with (tmp_path / "run" / "results.csv").open(newline="") as handle:
         assert {row["seed"] for row in csv.DictReader(handle)} == {"1"}, "the first run's rows are all there"
+
+
+def test_two_runs_publishing_an_equal_step_at_once_leave_the_entry_of_one_not_a_mix(tmp_path, monkeypatch):
+    """Run a has linked the first of the step's files into the store when run b publishes the whole step; then a
+    goes on. Before, each linked the files the entry lacked: a's selection report beside b's SFT (of another
+    phase 1 where training is not bit-reproducible, as on a GPU)."""
+    store = LinkedStepStore(tmp_path / "store")
+    identity, files = {"step": "branch", "k": 1}, ["lt-sft/selection.json", "lt-sft/sft.safetensors"]
+    for run in ("a", "b"):
+        for name in files:
+            (tmp_path / run / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / run / name).write_text(f"run {run}")
+    a_linked_one, b_done = threading.Event(), threading.Event()
+    link = LinkedStepStore._link
+
+    def pausing_link(source: Path, target: Path, *, own: bool) -> None:
+        link(source, target, own=own)
+        if threading.current_thread().name == "a" and not a_linked_one.is_set():
+            a_linked_one.set()
+            b_done.wait(WAIT_S)
+
+    monkeypatch.setattr(LinkedStepStore, "_link", staticmethod(pausing_link))
+    run_a = threading.Thread(target=store.publish, args=(tmp_path / "a", identity, files), name="a")
+    run_a.start()
+    assert a_linked_one.wait(WAIT_S)
+    store.publish(tmp_path / "b", identity, files)
+    b_done.set()
+    run_a.join(WAIT_S)
+    entry = store.folder(identity)
+    assert {(entry / Path(name).name).read_text() for name in files} == {"run b"}, "the entry of the first to finish"
+    assert store.published["branch"] == 1, "kept once"
+    assert store.attach(tmp_path / "c", identity, files)
+    assert {(tmp_path / "c" / name).read_text() for name in files} == {"run b"}
+    assert sorted(path.name for path in store.root.iterdir()) == [entry.name], "no staging folder left"
