@@ -9,15 +9,23 @@ target first removes the temporaries this host's dead processes left for it.
 A read takes the whole file from one open descriptor: a concurrent atomic replace then
 yields the old or the new file, never a mix; a file rewritten in place while it is read
 is detected (its size or modification time changed) and refused.
+
+Files that several processes share hold locks (``fcntl.flock``, released by the kernel when a holder
+dies): :func:`locked` serialises the read-modify-write of a shared file (a ledger, an appended CSV),
+so two processes appending at once keep both their lines; :func:`exclusive` lets one process at a
+time own a folder (a run's results, a step's work folder) and refuses a second at once, naming the
+holder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import os
 import secrets
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 TEMP_MARK = ".tmp-"
@@ -25,6 +33,10 @@ TEMP_MARK = ".tmp-"
 
 class FileChangedError(OSError):
     """A file was modified in place while it was being read."""
+
+
+class BusyError(OSError):
+    """Another process holds the exclusive lock of what this one was about to write."""
 
 
 def temp_name(target: Path) -> Path:
@@ -115,3 +127,59 @@ def read_consistent(path: str | os.PathLike) -> bytes:
     if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns) or len(data) != after.st_size:
         raise FileChangedError(errno.EBUSY, "the file was modified while being read", str(path))
     return data
+
+
+def lock_beside(path: str | os.PathLike) -> Path:
+    """The lock file of ``path`` (a file or folder): ``.lock-<name>`` in the same folder (not ``.<name>…``, the
+    prefix of its temporaries)."""
+    path = Path(path)
+    return path.with_name(f".lock-{path.name}")
+
+
+@contextlib.contextmanager
+def locked(lock_file: str | os.PathLike) -> Iterator[None]:
+    """Hold the exclusive lock of ``lock_file`` (created if missing) for the block, waiting for it when
+    another process holds it: a read-modify-write under it sees every earlier writer's result."""
+    lock_file = Path(lock_file)
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def lock_holder(lock_file: Path) -> str:
+    """Who holds ``lock_file`` as its holder wrote it (``pid 123 on host``), or ``unknown``."""
+    try:
+        return lock_file.read_text().strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+@contextlib.contextmanager
+def exclusive(lock_file: str | os.PathLike, what: str, advice: str) -> Iterator[None]:
+    """Hold the exclusive lock of ``lock_file`` for the block, recording this process as its holder.
+
+    Args:
+        what: what the lock guards, for the error (``"results folder runs/x"``).
+        advice: what to do instead, for the error.
+
+    Raises:
+        BusyError: another process holds it (naming that process): nothing waits.
+    """
+    lock_file = Path(lock_file)
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BusyError(f"{what} is in use by another process ({lock_holder(lock_file)}, "
+                            f"holding {lock_file}); {advice}") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+        yield
+    finally:
+        os.close(fd)

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from deftx.files import atomic_write, atomic_write_bytes
+from deftx.files import atomic_write, atomic_write_bytes, lock_beside, locked
 from deftx.text import short_repr
 
 AVERAGE = "avg"
@@ -60,9 +60,11 @@ def append_invocation(ledger: Path, command: str | None, seconds: float,
 
 def append_records(ledger: Path, records: Sequence[Mapping[str, Any]]) -> None:
     """Add ``records`` to a JSON-lines ledger as whole lines: the file is rewritten atomically (a ledger
-    holds a line per invocation or step), so a stopped write leaves no torn line."""
-    before = ledger.read_bytes() if ledger.is_file() else b""
-    atomic_write_bytes(ledger, before + "".join(json.dumps(dict(r)) + "\n" for r in records).encode())
+    holds a line per invocation or step), so a stopped write leaves no torn line; under the ledger's lock
+    (:func:`deftx.files.locked`), so processes appending at once keep every line."""
+    with locked(lock_beside(ledger)):
+        before = ledger.read_bytes() if ledger.is_file() else b""
+        atomic_write_bytes(ledger, before + "".join(json.dumps(dict(r)) + "\n" for r in records).encode())
 
 
 CODE_KEYS = ("commit",)

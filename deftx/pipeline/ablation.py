@@ -67,7 +67,7 @@ from deftx.eval.report import (
     versions_line,
     write_csv,
 )
-from deftx.files import atomic_write, atomic_write_bytes
+from deftx.files import atomic_write, atomic_write_bytes, lock_beside, locked
 from deftx.info import environment_record
 from deftx.pipeline.config import RUN_ONLY_SETTINGS, ConfigError, PipelineConfig, parse_config, read_config_file
 from deftx.pipeline.head import ensure_head, head_call, head_curve_table, head_report_line
@@ -353,19 +353,27 @@ def write_rows(path: Path, rows: Sequence[Mapping[str, Any]], fields: Sequence[s
                append: bool = False) -> None:
     """Write rows to ``path`` (``fields``, by default ablation.csv's), after its rows when ``append`` (the header
     written when the file is new), atomically (:func:`deftx.files.atomic_write`): a write that stops leaves the
-    file as it was, never with some of ``rows``."""
-    earlier = append and path.is_file()
+    file as it was, never with some of ``rows``. An append holds the file's lock (:func:`deftx.files.locked`),
+    so processes appending at once keep every row."""
+    if not append:
+        atomic_write(path, lambda temporary: write_rows_to(temporary, rows, fields))
+        return
+    with locked(lock_beside(path)):
+        atomic_write(path, lambda temporary: write_rows_to(temporary, rows, fields, after=path))
 
-    def write(temporary: Path) -> None:
-        if earlier:
-            shutil.copyfile(path, temporary)
-        with temporary.open("a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=fields)
-            if not earlier:
-                writer.writeheader()
-            writer.writerows({name: row.get(name) for name in fields} for row in rows)
 
-    atomic_write(path, write)
+def write_rows_to(temporary: Path, rows: Sequence[Mapping[str, Any]], fields: Sequence[str], *,
+                  after: Path | None = None) -> None:
+    """Write ``rows`` (``fields``) as CSV to ``temporary``, after a copy of the file ``after`` when it exists
+    (its header kept), else after a header."""
+    earlier = after is not None and after.is_file()
+    if earlier:
+        shutil.copyfile(after, temporary)
+    with temporary.open("a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        if not earlier:
+            writer.writeheader()
+        writer.writerows({name: row.get(name) for name in fields} for row in rows)
 
 
 def append_rows(path: Path, rows: Sequence[Mapping[str, Any]], fields: Sequence[str] = ROW_FIELDS) -> None:
@@ -435,12 +443,13 @@ def check_rows_match(rows: Sequence[Mapping[str, Any]], ablation: AblationConfig
 
 def drop_stale_rows(path: Path, ablation: AblationConfig, fields: Sequence[str] = ROW_FIELDS) -> list[dict[str, str]]:
     """Rewrite ``path`` (``ablation.csv``, or ``heldout.csv`` with its ``fields``) without the rows of
-    variants whose settings changed; the rows kept, as read."""
-    rows = read_csv(path)
-    kept = [row for row in rows if row["variant"] not in ablation.hashes
-            or row["variant_hash"] == ablation.hashes[row["variant"]]]
-    if len(kept) != len(rows):
-        write_rows(path, kept, fields)
+    variants whose settings changed, under the file's lock (:func:`write_rows`); the rows kept, as read."""
+    with locked(lock_beside(path)):
+        rows = read_csv(path)
+        kept = [row for row in rows if row["variant"] not in ablation.hashes
+                or row["variant_hash"] == ablation.hashes[row["variant"]]]
+        if len(kept) != len(rows):
+            write_rows(path, kept, fields)
     return kept
 
 

@@ -61,6 +61,7 @@ from deftx.eval.zero_shot import (
     nusax_split_examples,
     score_compositions,
 )
+from deftx.files import exclusive
 from deftx.models.classifier import build_classifier
 from deftx.pipeline.config import BASELINE, NO_LANGUAGE_SFT, PipelineConfig
 from deftx.pipeline.head import americasnlp_texts, ensure_head, language_texts
@@ -82,6 +83,8 @@ NUSAX = "nusax"
 NUSAX_PROTOCOL = "zero-shot"
 ANLI = "americasnli"
 ANLI_PROTOCOL = "leave-languages-out"
+RUN_LOCK = ".deftx-run.lock"
+"""The lock file in ``results_dir`` that the pipeline run writing there holds (:func:`deftx.files.exclusive`)."""
 
 
 def nusax_scored_languages(ws: Workspace) -> list[str]:
@@ -263,10 +266,24 @@ def run_pipeline(config: PipelineConfig, *, log: Callable[[str], None] = print,
         heldout: score each seed's language SFTs on the text left out of ``language_text_splits``
             (NusaX MT) or ``americasnlp_text_splits`` (AmericasNLP 2021), if any (:func:`heldout_seed`:
             heldout.csv, a results.md section).
+
+    Raises:
+        BusyError: another process runs the pipeline into the same ``results_dir`` (naming it): both
+            would rewrite its results.csv, each with its own seeds' rows only.
     """
     start = time.perf_counter()
     ws = Workspace.open(config, log)
     ws.overwrite = overwrite
+    with exclusive(ws.results_dir / RUN_LOCK, f"results folder {ws.results_dir}",
+                   "two runs writing one results.csv keep only the rows of the last to write: give this run its own "
+                   "--results-dir (deftx paired merges results folders) or wait for that run to end"):
+        return run_workspace(ws, start, command=command, heldout=heldout)
+
+
+def run_workspace(ws: Workspace, start: float, *, command: str | None, heldout: bool) -> str:
+    """:func:`run_pipeline` in an opened workspace whose results folder this process holds (``start``: the
+    invocation's :func:`time.perf_counter`)."""
+    config, overwrite = ws.config, ws.overwrite
     store = None
     if config.step_store:
         ws.step_store = store = LinkedStepStore(Path(config.step_store))

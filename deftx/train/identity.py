@@ -14,6 +14,9 @@ writes it to ``identity.json``, and on a later run:
   hand): refused with :class:`IdentityMismatchError`, which names every field that
   changed — unless ``overwrite=True``, which removes the step's stale results first.
 
+A step holds its folder for as long as it runs (:func:`owned`): a second process starting the
+same folder meanwhile is refused, naming the first, instead of training over it.
+
 The same identities key :class:`~deftx.train.store.LinkedStepStore` (finished steps shared
 between runs by hard links): a work directory and a step store never disagree about what
 "the same step" is. One digest function (:func:`digest`) serves both.
@@ -21,19 +24,20 @@ between runs by hard links): a work directory and a step store never disagree ab
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
 import inspect
 import json
 import shutil
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from deftx.files import atomic_write_bytes
+from deftx.files import atomic_write_bytes, exclusive, lock_beside
 
 RUN_FORMAT = 5
 """Version of the work-directory layout and of what its identity records (1: θ0 copied into every run,
@@ -372,3 +376,21 @@ def claim(folder: Path, identity: Mapping[str, Any], outputs: Sequence[str], *, 
     if read_identity(folder) != normalised(identity):
         write_identity(folder, identity)
     return bool(changes)
+
+
+@contextlib.contextmanager
+def owned(folder: Path, *, holder: bool = True) -> Iterator[None]:
+    """Let one process at a time train in the work directory ``folder``: hold its lock
+    (:func:`deftx.files.exclusive`, ``.lock-<folder name>`` beside it) for the block when ``holder`` (the
+    main process of a multi-process job; the others train beside it and take no lock).
+
+    Raises:
+        BusyError: another process trains in ``folder`` (naming it); nothing is changed.
+    """
+    if not holder:
+        yield
+        return
+    with exclusive(lock_beside(folder), f"work folder {folder}",
+                   "two runs training in one folder resume from each other's checkpoints and mix their logs: wait "
+                   "for that run (a later run reuses its finished steps), or give this one another folder"):
+        yield

@@ -95,6 +95,7 @@ from deftx.train.identity import (
     digest,
     model_digest,
     model_settings,
+    owned,
     remove_outputs,
     settings_identity,
     stale_results,
@@ -580,6 +581,8 @@ class SparseFineTuner:
         Raises:
             IdentityMismatchError: ``work_dir`` holds results of a run with another identity
                 (and ``overwrite`` is not set); nothing was trained or changed.
+            BusyError: another process trains in ``work_dir`` (:func:`~deftx.train.identity.owned`); nothing
+                was trained or changed.
             TypeError: the data collator holds a value whose settings cannot be recorded
                 (:func:`~deftx.train.identity.settings_identity` says which); nothing was trained.
         """
@@ -587,7 +590,8 @@ class SparseFineTuner:
         if message is not None and self.warn_overrides:
             warnings.warn(message, TrainerOverrideWarning, stacklevel=2)
         seconds: dict[str, float] = {}
-        with trainer_restored(self.trainer), self._trainable():
+        with owned(self.work_dir, holder=self.trainer.args.process_index == 0), trainer_restored(self.trainer), \
+                self._trainable():
             theta0 = snapshot(self.trainer.model, [*self.eligible, *self.dense])
             try:
                 identity = self.identity()

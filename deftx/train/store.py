@@ -10,9 +10,12 @@ finished steps into the final run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import secrets
 import shutil
+import tempfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,6 +25,8 @@ from deftx.files import atomic_write
 from deftx.train.identity import IDENTITY_FILE, digest
 
 STORE_KEY_LENGTH = 32
+STORE_MODE = 0o755
+"""The mode of a store entry (a staging folder starts private)."""
 
 
 class StepStore(Protocol):
@@ -97,12 +102,45 @@ class LinkedStepStore:
         return True
 
     def publish(self, work_dir: Path, identity: Mapping[str, Any], files: Sequence[str]) -> None:
+        """Keep ``work_dir``'s ``files`` as one entry: linked into a staging folder, which is then renamed into
+        place whole, so that two runs publishing an equal step at once leave the entry of one of them, never
+        one's files beside the other's."""
         names = self._names(files)
         folder = self.folder(identity)
         if all((folder / name).is_file() for name in names):
             return
-        for relative, name in zip(files, names, strict=True):
-            if not (folder / name).is_file():
-                self._link(work_dir / relative, folder / name, own=True)
-        (folder / IDENTITY_FILE).write_text(json.dumps(dict(identity), indent=2, sort_keys=True) + "\n")
-        self.published[str(identity.get("step"))] += 1
+        self.root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=self.root))
+        try:
+            staging.chmod(STORE_MODE)
+            for relative, name in zip(files, names, strict=True):
+                self._link(work_dir / relative, staging / name, own=True)
+            (staging / IDENTITY_FILE).write_text(json.dumps(dict(identity), indent=2, sort_keys=True) + "\n")
+            if self._install(staging, folder, names):
+                self.published[str(identity.get("step"))] += 1
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    @staticmethod
+    def _install(staging: Path, folder: Path, names: Sequence[str]) -> bool:
+        """Rename the complete entry ``staging`` to ``folder``; False when an entry holding every one of
+        ``names`` is there first (an equal step's: it stays). An entry lacking some (left by a deftx that
+        published file by file) is replaced."""
+        try:
+            os.rename(staging, folder)
+            return True
+        except OSError:
+            if all((folder / name).is_file() for name in names):
+                return False
+        retired = folder.with_name(f".{folder.name}.retired-{secrets.token_hex(4)}")
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(folder, retired)
+        try:
+            os.rename(staging, folder)
+            return True
+        except OSError:
+            if all((folder / name).is_file() for name in names):
+                return False
+            raise
+        finally:
+            shutil.rmtree(retired, ignore_errors=True)

@@ -24,7 +24,7 @@ from deftx.sft import SparseDiff
 from deftx.train.checkpoint import LOG, load_changed_rows_, save_changed_rows, trim_log
 from deftx.train.config import PhaseConfig, SparseFineTuningConfig, to_plain
 from deftx.train.finetune import phase_arguments
-from deftx.train.identity import claim
+from deftx.train.identity import claim, owned
 from deftx.train.sparse_finetuner import SparseFineTuner, run_phase, trainer_identity
 from deftx.train.store import StepStore
 from deftx.train.trainer_args import TrainingSettings, training_arguments
@@ -149,29 +149,33 @@ def train_full_finetune(
 
     Returns:
         The fine-tuned classifier.
+
+    Raises:
+        BusyError: another process trains in ``work_dir`` (:func:`~deftx.train.identity.owned`).
     """
     work_dir = Path(work_dir)
     model = build_classifier(model_dir, num_labels, settings.seed, pooling)
     trainer = _trainer(model, tokenizer, list(examples), settings, work_dir / "trainer")
-    identity = {"step": "full fine-tuning", **trainer_identity(trainer), "phase": to_plain(phase)}
-    folder = work_dir / "phase1"
-    claim(work_dir, identity, [BASELINE_FILE, folder.name, LOG], overwrite=overwrite)
-    final = work_dir / BASELINE_FILE
-    if not final.is_file() and store is not None and store.attach(work_dir, identity, [BASELINE_FILE]):
-        trim_log(work_dir / LOG, "full", 0)  # a run stopped here logged part of the phase the store finished
-    params = named_parameter_map(model)
-    if final.is_file():
-        load_changed_rows_(params, final)
-        return model
-    base = {name: param.detach().clone() for name, param in params.items()}
+    with owned(work_dir, holder=trainer.args.process_index == 0):
+        identity = {"step": "full fine-tuning", **trainer_identity(trainer), "phase": to_plain(phase)}
+        folder = work_dir / "phase1"
+        claim(work_dir, identity, [BASELINE_FILE, folder.name, LOG], overwrite=overwrite)
+        final = work_dir / BASELINE_FILE
+        if not final.is_file() and store is not None and store.attach(work_dir, identity, [BASELINE_FILE]):
+            trim_log(work_dir / LOG, "full", 0)  # a run stopped here logged part of the phase the store finished
+        params = named_parameter_map(model)
+        if final.is_file():
+            load_changed_rows_(params, final)
+            return model
+        base = {name: param.detach().clone() for name, param in params.items()}
 
-    def train(checkpoint: str | None) -> None:
-        with phase_arguments(trainer, phase, str(folder)):
-            trainer.train(resume_from_checkpoint=checkpoint)
+        def train(checkpoint: str | None) -> None:
+            with phase_arguments(trainer, phase, str(folder)):
+                trainer.train(resume_from_checkpoint=checkpoint)
 
-    run_phase(trainer, work_dir / LOG, "full", "full-ft", folder, train)
-    save_changed_rows(final, base, params)
-    if store is not None:
-        store.publish(work_dir, identity, [BASELINE_FILE])
-    shutil.rmtree(folder, ignore_errors=True)
+        run_phase(trainer, work_dir / LOG, "full", "full-ft", folder, train)
+        save_changed_rows(final, base, params)
+        if store is not None:
+            store.publish(work_dir, identity, [BASELINE_FILE])
+        shutil.rmtree(folder, ignore_errors=True)
     return model
