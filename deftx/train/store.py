@@ -34,7 +34,9 @@ class StepStore(Protocol):
 
     def attach(self, work_dir: Path, identity: Mapping[str, Any], files: Sequence[str]) -> bool:
         """Put the stored ``files`` (paths relative to ``work_dir``) of an equal step into
-        ``work_dir``, unless already there; True when they are all there afterwards."""
+        ``work_dir``, unless all are there already; True when they are all there afterwards. A file
+        ``work_dir`` holds of its own (a run stopped between them) is replaced by the stored one: the
+        step's files all come from one run."""
 
     def publish(self, work_dir: Path, identity: Mapping[str, Any], files: Sequence[str]) -> None:
         """Keep ``work_dir``'s finished ``files`` of this step for later runs (no-op if kept)."""
@@ -96,8 +98,7 @@ class LinkedStepStore:
         if not all((folder / name).is_file() for name in names):
             return False
         for relative, name in zip(files, names, strict=True):
-            if not (work_dir / relative).is_file():
-                self._link(folder / name, work_dir / relative, own=False)
+            self._link(folder / name, work_dir / relative, own=False)
         self.attached[str(identity.get("step"))] += 1
         return True
 

@@ -239,6 +239,24 @@ def test_linked_store_hard_links_both_ways(tmp_path):
         store.publish(run_a, identity, ["x/sft.safetensors", "y/sft.safetensors"])
 
 
+def test_a_step_attached_from_the_store_has_every_file_from_the_store(tmp_path):
+    """A run stopped between a branch's files (its selection report written, no SFT yet) takes the whole
+    step from the store: not its own report beside another run's SFT (on a GPU two runs' equal steps need
+    not be bit-identical)."""
+    store = LinkedStepStore(tmp_path / "store")
+    run_a, run_b = tmp_path / "a", tmp_path / "b"
+    (run_a / "branch").mkdir(parents=True)
+    (run_a / "branch" / "selection.json").write_text("a's selection")
+    (run_a / "branch" / "sft.safetensors").write_bytes(b"a's sft")
+    identity, files = {"step": "branch", "k": 1}, ["branch/selection.json", "branch/sft.safetensors"]
+    store.publish(run_a, identity, files)
+    (run_b / "branch").mkdir(parents=True)
+    (run_b / "branch" / "selection.json").write_text("b's selection")
+    assert store.attach(run_b, identity, files)
+    assert [(run_b / name).read_bytes() for name in files] == [b"a's selection", b"a's sft"]
+    assert not list((run_b / "branch").glob(".*")), "no temporary left in the run"
+
+
 def test_a_store_on_another_file_system_keeps_its_own_copies(tmp_path, monkeypatch):
     """No hard link possible: the store copies what a run publishes (a symbolic link into the run would
     follow the run's path: to another step's result written there, or to nothing once the run deletes it)."""
