@@ -10,11 +10,15 @@ step lost to fused AdamW at XLM-R size; this separates the host's share without 
 * ``compose-prepared``: the same composition applied and reverted, in one run: the public
   ``scatter_add_`` + ``scatter_restore_`` pair (checked and planned on every call) beside
   ``prepare_scatter``'s ``apply`` + ``restore`` (checked and planned once, when prepared).
+* ``composition``: the model-level pair (README, "Composing again and again"): ``apply_diffs`` +
+  ``revert`` of two SparseDiffs (checked, counted for rounding loss and planned on every call) beside
+  ``prepare_composition``'s ``apply`` + ``revert`` (all of that once, when prepared; its time printed).
 * ``step``: one ``MaskedAdamW.step`` (checked once when built) beside one public
   ``masked_adamw_step_`` call (checked on every call), K = ``--k`` of every parameter.
 
     TRITON_INTERPRET=1 python benchmarks/host_time.py compose --shapes xlmr-base --k 0.001
     TRITON_INTERPRET=1 python benchmarks/host_time.py compose-prepared --shapes xlmr-base --k 0.001
+    TRITON_INTERPRET=1 python benchmarks/host_time.py composition --shapes xlmr-base --k 0.001
     TRITON_INTERPRET=1 python benchmarks/host_time.py step --shapes xlmr-base --k 0.05
 
 The dense tensors are real CPU allocations (XLM-R base: 1.1 GB fp32; Llama-7B would need 27 GB).
@@ -34,6 +38,8 @@ import torch
 import deftx.ops as ops
 from deftx.kernels import kernel_module
 from deftx.perf.shapes import load_shape_set
+from deftx.sft import SparseDiff, apply_diffs, prepare_composition
+from deftx.sft.format import ParamInfo
 from deftx.train.retrain import MaskedAdamW
 
 STUBBED = {"scatter": ("_segment_bounds_kernel", "_scatter_add_kernel", "_scatter_restore_kernel"),
@@ -88,6 +94,44 @@ def compose_prepared_calls(dense: list[torch.Tensor], k: float,
             "prepare_scatter: apply + restore (2 diffs)": prepared_pair}
 
 
+def parameter_model(dense: list[torch.Tensor]) -> torch.nn.Module:
+    """A module whose parameters ``p0``, ``p1``... are the ``dense`` tensors (shared, not copied)."""
+    model = torch.nn.Module()
+    for i, tensor in enumerate(dense):
+        model.register_parameter(f"p{i}", torch.nn.Parameter(tensor, requires_grad=False))
+    return model
+
+
+def model_diff(model: torch.nn.Module, k: float, gen: torch.Generator) -> SparseDiff:
+    """A SparseDiff of about ``k`` of every parameter of ``model`` (random indices, fp32 values)."""
+    names, params = zip(*model.named_parameters(), strict=True)
+    indices, values = random_diff(list(params), k, gen)
+    return SparseDiff(dict(zip(names, indices, strict=True)), dict(zip(names, values, strict=True)),
+                      {n: ParamInfo(tuple(p.shape), p.dtype) for n, p in zip(names, params, strict=True)})
+
+
+def composition_calls(dense: list[torch.Tensor], k: float,
+                      gen: torch.Generator) -> dict[str, Callable[[], object]]:
+    """The rounding-loss count runs on every public call, unreported (``on_rounding_loss="ignore"``): the
+    stubbed kernels leave the saved originals unwritten, which the revert then writes back."""
+    model = parameter_model(dense)
+    diffs, scales = [model_diff(model, k, gen), model_diff(model, k, gen)], [1.0, 0.5]
+    start = time.perf_counter()
+    prepared = prepare_composition(model, diffs, scales, on_rounding_loss="ignore", backend="triton")
+    elapsed = 1e3 * (time.perf_counter() - start)
+    print(f"prepare_composition (checks, rounding-loss count, copies, scatter plan once): {elapsed:.1f} ms")
+
+    def public_pair() -> None:
+        apply_diffs(model, diffs, scales, on_rounding_loss="ignore", backend="triton").revert()
+
+    def prepared_pair() -> None:
+        prepared.apply()
+        prepared.revert()
+
+    return {"apply_diffs + revert (2 diffs)": public_pair,
+            "prepare_composition: apply + revert (2 diffs)": prepared_pair}
+
+
 def step_calls(dense: list[torch.Tensor], k: float, gen: torch.Generator) -> dict[str, Callable[[], object]]:
     params = [w.requires_grad_() for w in dense]
     indices, _ = random_diff(params, k, gen)
@@ -106,7 +150,8 @@ def step_calls(dense: list[torch.Tensor], k: float, gen: torch.Generator) -> dic
     }
 
 
-CALLS = {"compose": compose_calls, "compose-prepared": compose_prepared_calls, "step": step_calls}
+CALLS = {"compose": compose_calls, "compose-prepared": compose_prepared_calls, "composition": composition_calls,
+         "step": step_calls}
 
 
 def time_call(call: Callable[[], object], calls: int) -> float:
