@@ -127,21 +127,26 @@ class LinkedStepStore:
         """Rename the complete entry ``staging`` to ``folder``; False when an entry holding every one of
         ``names`` is there first (an equal step's: it stays). An entry lacking some (left by a deftx that
         published file by file) is replaced."""
-        try:
-            os.rename(staging, folder)
-            return True
-        except OSError:
-            if all((folder / name).is_file() for name in names):
-                return False
+        installed = LinkedStepStore._renamed_into_place(staging, folder, names)
+        if installed is not None:
+            return installed
         retired = folder.with_name(f".{folder.name}.retired-{secrets.token_hex(4)}")
         with contextlib.suppress(FileNotFoundError):
             os.rename(folder, retired)
         try:
+            installed = LinkedStepStore._renamed_into_place(staging, folder, names)
+        finally:
+            shutil.rmtree(retired, ignore_errors=True)
+        if installed is None:
+            raise FileExistsError(f"{folder}: an incomplete store entry came back while this one was installed")
+        return installed
+
+    @staticmethod
+    def _renamed_into_place(staging: Path, folder: Path, names: Sequence[str]) -> bool | None:
+        """Rename ``staging`` to ``folder``: True when done, False when an entry holding every one of ``names``
+        is there (it stays), None when an incomplete entry is in the way."""
+        try:
             os.rename(staging, folder)
             return True
         except OSError:
-            if all((folder / name).is_file() for name in names):
-                return False
-            raise
-        finally:
-            shutil.rmtree(retired, ignore_errors=True)
+            return False if all((folder / name).is_file() for name in names) else None

@@ -30,6 +30,19 @@ def model():
     return build_mlm_model(tiny_bert(EMBEDDING_ROWS), seed=3)
 
 
+def collated_batches(monkeypatch) -> list[list[tuple[int, ...]]]:
+    """Every batch the MLM collator is called with from now on, as tuples of token ids (filled as they come)."""
+    calls: list[list[tuple[int, ...]]] = []
+    collate = MLMCollator.__call__
+
+    def spy(self, examples):
+        calls.append([tuple(e) for e in examples])
+        return collate(self, examples)
+
+    monkeypatch.setattr(MLMCollator, "__call__", spy)
+    return calls
+
+
 def test_collator_never_samples_beyond_the_real_vocabulary():
     tokenizer = tiny_tokenizer()
     real = 12  # ids 12..18 exist in the tokenizer but are treated as not real here
@@ -387,14 +400,7 @@ def test_heldout_windows_are_never_trained_on(monkeypatch):
                                                                                     generator=generator))
                                    for _ in range(40)))
     tokenizer = tiny_tokenizer()
-    calls: list[list[tuple[int, ...]]] = []
-    collate = MLMCollator.__call__
-
-    def spy(self, examples):
-        calls.append([tuple(e) for e in examples])
-        return collate(self, examples)
-
-    monkeypatch.setattr(MLMCollator, "__call__", spy)
+    calls = collated_batches(monkeypatch)
     model = build_mlm_model(tiny_bert(EMBEDDING_ROWS, seed=2), seed=0)
     warm_up_mlm_head(model, tokenizer, {"all": sentences}, steps=30, batch_size=8, seq_len=16, eval_sequences=6)
 
@@ -419,14 +425,7 @@ def test_no_copy_of_a_heldout_window_is_trained_on(monkeypatch):
                                 for _ in range(30)))
     sentences = unique + unique[:10]
     tokenizer = tiny_tokenizer()
-    calls: list[list[tuple[int, ...]]] = []
-    collate = MLMCollator.__call__
-
-    def spy(self, examples):
-        calls.append([tuple(e) for e in examples])
-        return collate(self, examples)
-
-    monkeypatch.setattr(MLMCollator, "__call__", spy)
+    calls = collated_batches(monkeypatch)
     model = build_mlm_model(tiny_bert(EMBEDDING_ROWS, seed=2), seed=0)
     metrics = warm_up_mlm_head(model, tokenizer, {"all": sentences}, steps=40, batch_size=8, seq_len=16,
                                eval_sequences=8)
