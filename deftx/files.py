@@ -137,14 +137,20 @@ def lock_beside(path: str | os.PathLike) -> Path:
 
 
 @contextlib.contextmanager
-def locked(lock_file: str | os.PathLike) -> Iterator[None]:
+def locked(lock_file: str | os.PathLike, on_wait: Callable[[], object] | None = None) -> Iterator[None]:
     """Hold the exclusive lock of ``lock_file`` (created if missing) for the block, waiting for it when
-    another process holds it: a read-modify-write under it sees every earlier writer's result."""
+    another process holds it: a read-modify-write under it sees every earlier writer's result.
+    ``on_wait`` is called once, before waiting, when the lock is held elsewhere (to say so)."""
     lock_file = Path(lock_file)
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)

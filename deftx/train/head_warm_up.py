@@ -7,6 +7,7 @@ SFTs start from its head (:func:`deftx.train.language.warm_up_head`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -20,7 +21,7 @@ from typing import Any
 import torch
 from torch.nn.functional import cross_entropy
 
-from deftx.files import atomic_write_bytes
+from deftx.files import atomic_write_bytes, lock_beside, locked
 from deftx.models.mlm import IGNORE_INDEX, FrozenDecoderMLM, MLMHead, load_head, save_head
 from deftx.train.masking import MLMCollator, chunk_token_ids, mask_once
 
@@ -185,7 +186,9 @@ def warm_up_mlm_head(
     its held-out curve (the held-out settings and group sizes only when ``eval_sequences >
     0``, so a run without held-out text keeps its key, and the count of training windows left
     out as held-out copies only when there are some); a later call with the same key loads
-    that head and its recorded metrics instead of training. ``shipped_path`` (a read-only
+    that head and its recorded metrics instead of training; a call that finds another process
+    warming the same key up waits for its head (a file lock beside the cache file) instead of
+    training it twice. ``shipped_path`` (a read-only
     folder of such files, e.g. the heads deftx ships) is looked up by the same file name when
     the cache has none, and a head found there is copied into the cache first.
 
@@ -233,41 +236,45 @@ def warm_up_mlm_head(
     texts_sha = hashlib.sha256("\x00".join(flat_texts).encode()).hexdigest()
     key = _warm_up_key(model, sequences, texts_sha, settings)
     cache_file = Path(cache_path) / f"mlm-head-{key[:24]}.safetensors" if cache_path is not None else None
-    if cache_file is not None and not cache_file.is_file() and shipped_path is not None:
-        shipped = Path(shipped_path) / cache_file.name
-        if shipped.is_file():
-            atomic_write_bytes(cache_file, shipped.read_bytes())
-            (log or LOGGER.info)(f"MLM head {cache_file.name}: the one shipped in {shipped_path} (same key), "
-                                 "copied into the cache")
-    if cache_file is not None and cache_file.is_file():
-        stored = load_head(model, cache_file)
-        LOGGER.info("MLM head loaded from cache %s", cache_file)
-        metrics = dict(stored.get("metrics", {}))
-        if "train_curve" not in metrics and "loss" in metrics:  # a head cached before curves were kept
-            metrics["train_curve"] = windowed_curve(metrics["loss"], metrics["accuracy"], eval_every)
-        metrics.setdefault("heldout_curve", [])
-        return {**metrics, "cache_hit": True, "cache_file": str(cache_file), "key": key}
+    say = log or LOGGER.info
+    lock = contextlib.nullcontext() if cache_file is None else locked(
+        lock_beside(cache_file), lambda: say(f"MLM head {cache_file.name}: another process is warming it up; "
+                                             "waiting for its head (the same key) instead of training it twice"))
+    with lock:
+        if cache_file is not None and not cache_file.is_file() and shipped_path is not None:
+            shipped = Path(shipped_path) / cache_file.name
+            if shipped.is_file():
+                atomic_write_bytes(cache_file, shipped.read_bytes())
+                say(f"MLM head {cache_file.name}: the one shipped in {shipped_path} (same key), copied into the cache")
+        if cache_file is not None and cache_file.is_file():
+            stored = load_head(model, cache_file)
+            LOGGER.info("MLM head loaded from cache %s", cache_file)
+            metrics = dict(stored.get("metrics", {}))
+            if "train_curve" not in metrics and "loss" in metrics:  # a head cached before curves were kept
+                metrics["train_curve"] = windowed_curve(metrics["loss"], metrics["accuracy"], eval_every)
+            metrics.setdefault("heldout_curve", [])
+            return {**metrics, "cache_hit": True, "cache_file": str(cache_file), "key": key}
 
-    heldout = {name: [sequences[i] for i in ids] for name, ids in zip(chunked, heldout_ids, strict=True) if ids}
-    metrics = _train_head(model, tokenizer, [sequences[i] for i in kept_ids], heldout, settings,
-                          log_every, eval_every, log or LOGGER.info)
-    metrics["train_curve"] = windowed_curve(metrics["loss"], metrics["accuracy"], eval_every)
-    owner = [name for name, group in chunked.items() for _ in group]
-    trained = Counter(owner[i] for i in kept_ids)
-    metrics["groups"] = {name: {"train_sequences": trained[name], "heldout_sequences": len(ids)}
-                         for name, ids in zip(chunked, heldout_ids, strict=True)}
-    metrics.update(cache_hit=False, cache_file=str(cache_file) if cache_file else None, key=key)
-    if cache_file is not None:
-        record = {
-            "key": key,
-            "settings": settings,
-            "texts_sha256": texts_sha,
-            "n_texts": len(flat_texts),
-            "n_sequences": len(sequences),
-            "metrics": {k: v for k, v in metrics.items() if k not in ("cache_hit", "cache_file", "key")},
-        }
-        save_head(model, cache_file, record)
-    return metrics
+        heldout = {name: [sequences[i] for i in ids] for name, ids in zip(chunked, heldout_ids, strict=True) if ids}
+        metrics = _train_head(model, tokenizer, [sequences[i] for i in kept_ids], heldout, settings,
+                              log_every, eval_every, say)
+        metrics["train_curve"] = windowed_curve(metrics["loss"], metrics["accuracy"], eval_every)
+        owner = [name for name, group in chunked.items() for _ in group]
+        trained = Counter(owner[i] for i in kept_ids)
+        metrics["groups"] = {name: {"train_sequences": trained[name], "heldout_sequences": len(ids)}
+                             for name, ids in zip(chunked, heldout_ids, strict=True)}
+        metrics.update(cache_hit=False, cache_file=str(cache_file) if cache_file else None, key=key)
+        if cache_file is not None:
+            record = {
+                "key": key,
+                "settings": settings,
+                "texts_sha256": texts_sha,
+                "n_texts": len(flat_texts),
+                "n_sequences": len(sequences),
+                "metrics": {k: v for k, v in metrics.items() if k not in ("cache_hit", "cache_file", "key")},
+            }
+            save_head(model, cache_file, record)
+        return metrics
 
 
 def masked_features(model: FrozenDecoderMLM, batches: Sequence[Mapping[str, torch.Tensor]]

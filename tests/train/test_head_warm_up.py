@@ -185,7 +185,8 @@ def test_warm_up_trains_only_the_head_and_caches_it(tmp_path):
     assert metrics["final_loss"] < metrics["initial_loss"] - 0.4, (metrics["initial_loss"], metrics["final_loss"])
     assert metrics["final_accuracy"] > metrics["initial_accuracy"] + 0.15
     assert not metrics["cache_hit"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f"mlm-head-{metrics['key'][:24]}.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".lock-")) == [
+        f"mlm-head-{metrics['key'][:24]}.safetensors"]
 
     again = build_mlm_model(body, seed=0)
     cached = warm_up_mlm_head(again, tokenizer, _warm_up_texts(), **settings)
@@ -193,6 +194,39 @@ def test_warm_up_trains_only_the_head_and_caches_it(tmp_path):
     assert cached["final_loss"] == metrics["final_loss"]
     for key, value in again.head_state_dict().items():
         assert_bitwise_equal(value, trained[key], what=f"cached head {key}")
+
+
+def test_two_warm_ups_of_one_key_at_once_train_it_once(tmp_path, monkeypatch):
+    """Seeds run in parallel share the head's cache: the second waits for the first's head (saying so)
+    instead of spending the warm-up a second time."""
+    import threading
+    import time
+
+    from deftx.train import head_warm_up
+
+    train = head_warm_up._train_head
+
+    def slow_train(*args, **kwargs):
+        time.sleep(1.0)  # the first is still training when the second looks for its head
+        return train(*args, **kwargs)
+
+    monkeypatch.setattr(head_warm_up, "_train_head", slow_train)
+    tokenizer, body = tiny_tokenizer(), tiny_bert(EMBEDDING_ROWS, seed=2)
+    results: dict[str, dict] = {}
+    lines: list[str] = []
+
+    def warm(name: str) -> None:
+        results[name] = warm_up_mlm_head(build_mlm_model(body, seed=0), tokenizer, _warm_up_texts(), steps=10,
+                                         batch_size=8, seq_len=16, cache_path=tmp_path, log=lines.append)
+
+    first = threading.Thread(target=warm, args=("first",))
+    first.start()
+    time.sleep(0.5)
+    warm("second")
+    first.join()
+    assert (results["first"]["cache_hit"], results["second"]["cache_hit"]) == (False, True)
+    assert results["second"]["final_loss"] == results["first"]["final_loss"]
+    assert any("another process is warming it up" in line for line in lines), lines
 
 
 def test_a_shipped_head_of_the_same_key_is_used_and_one_of_another_key_is_not(tmp_path):
@@ -231,7 +265,7 @@ def test_warm_up_cache_key_covers_settings_texts_and_body(tmp_path):
         body.encoder.layer[0].output.dense.weight[0, 0] += 1.0  # a one-entry "sparse diff" on the body
     keys.append(run())
     assert len(set(keys)) == len(keys)
-    assert len(list(tmp_path.iterdir())) == len(keys)
+    assert len(list(tmp_path.glob("mlm-head-*"))) == len(keys)
 
 
 def test_warm_up_bad_arguments(model):
