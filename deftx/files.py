@@ -137,10 +137,9 @@ def lock_beside(path: str | os.PathLike) -> Path:
 
 
 @contextlib.contextmanager
-def locked(lock_file: str | os.PathLike, on_wait: Callable[[], object] | None = None) -> Iterator[None]:
-    """Hold the exclusive lock of ``lock_file`` (created if missing) for the block, waiting for it when
-    another process holds it: a read-modify-write under it sees every earlier writer's result.
-    ``on_wait`` is called once, before waiting, when the lock is held elsewhere (to say so)."""
+def _flocked(lock_file: str | os.PathLike, when_held: Callable[[int], object]) -> Iterator[int]:
+    """Open ``lock_file`` (created if missing) and take its exclusive lock for the block; when another
+    process holds it, ``when_held(fd)`` is called first (it waits for the lock, or raises). Yields the fd."""
     lock_file = Path(lock_file)
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
@@ -148,12 +147,25 @@ def locked(lock_file: str | os.PathLike, on_wait: Callable[[], object] | None = 
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            if on_wait is not None:
-                on_wait()
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+            when_held(fd)
+        yield fd
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def locked(lock_file: str | os.PathLike, on_wait: Callable[[], object] | None = None) -> Iterator[None]:
+    """Hold the exclusive lock of ``lock_file`` (created if missing) for the block, waiting for it when
+    another process holds it: a read-modify-write under it sees every earlier writer's result.
+    ``on_wait`` is called once, before waiting, when the lock is held elsewhere (to say so)."""
+
+    def wait(fd: int) -> None:
+        if on_wait is not None:
+            on_wait()
+        fcntl.flock(fd, fcntl.LOCK_EX)
+
+    with _flocked(lock_file, wait):
+        yield
 
 
 def lock_holder(lock_file: Path) -> str:
@@ -176,16 +188,12 @@ def exclusive(lock_file: str | os.PathLike, what: str, advice: str) -> Iterator[
         BusyError: another process holds it (naming that process): nothing waits.
     """
     lock_file = Path(lock_file)
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise BusyError(f"{what} is in use by another process ({lock_holder(lock_file)}, "
-                            f"holding {lock_file}); {advice}") from None
+
+    def refuse(fd: int) -> None:
+        raise BusyError(f"{what} is in use by another process ({lock_holder(lock_file)}, "
+                        f"holding {lock_file}); {advice}") from None
+
+    with _flocked(lock_file, refuse) as fd:
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
         yield
-    finally:
-        os.close(fd)
