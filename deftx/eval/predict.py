@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from deftx.train.task import RightPadding
+
 
 @torch.no_grad()
 def predict_labels(
@@ -33,14 +35,14 @@ def predict_labels(
     device = next(model.parameters()).device
     order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
     predictions = torch.empty(len(examples), dtype=torch.int64)
+    pad = RightPadding(tokenizer)
     was_training = model.training
     model.eval()
     try:
         starts = range(0, len(order), batch_size)
         for start in tqdm(starts, desc=description, disable=not progress, leave=False):
             rows = order[start : start + batch_size]
-            batch = tokenizer.pad([{k: v for k, v in examples[i].items() if k != "labels"} for i in rows],
-                                  padding=True, padding_side="right", return_tensors="pt")
+            batch = pad([{k: v for k, v in examples[i].items() if k != "labels"} for i in rows])
             logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
             predictions[rows] = logits.argmax(-1).cpu()
     finally:
