@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from deftx.perf.cases import CaseSpec, backend_of, display_name, implementations, op_module
+from deftx.perf.cases import CaseSpec, display_name, implementations, op_module, output_problem, runs_deftx_code
 from deftx.perf.report import format_k
 from deftx.perf.shapes import ShapeSet, load_shape_set
 from deftx.perf.suite import SuiteConfig
@@ -84,12 +84,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize("bench_case", cases, ids=[f"K={format_k(k)}-{impl}" for k, impl in cases])
 
 
-def is_deftx(op: str, impl: str) -> bool:
-    """Whether ``impl`` runs deftx's code (a backend, or the step's prepared path): its output is
-    checked against an independent reference before it is timed."""
-    return backend_of(impl) is not None or impl == getattr(op_module(op), "PREPARED", None)
-
-
 _INPUTS: dict[str, object] = {}
 
 
@@ -112,8 +106,8 @@ def run_bench(benchmark, request: pytest.FixtureRequest) -> Callable[[str, tuple
         spec = CaseSpec(op=op, shapes=settings.shapes, device=settings.device, dtype=settings.dtype, k_fraction=k)
         module = op_module(op)
         inputs = _inputs(spec)
-        if is_deftx(op, impl):
-            problem = module.mismatch(impl, inputs)
+        if runs_deftx_code(op, impl):
+            problem = output_problem(op, impl, inputs)
             if problem is not None:
                 pytest.fail(f"{display_name(op, impl)} is wrong at K={format_k(k)}: {problem}")
         thunk = module.bind(impl, inputs)

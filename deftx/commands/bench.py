@@ -64,7 +64,8 @@ DEFAULT_SCALING_K = 0.01
 DEFAULT_CHUNK_PARAMS = 1e9
 DEFAULT_BASELINE_MAX_PARAMS = 6e8
 DEVICE_CHOICES = "{cpu,cuda,cuda:N,auto}"
-SUITE_ONLY = {"backends": "--backends", "scale": "--scale", "predict_target": "--predict-target"}
+SUITE_ONLY = {"backends": "--backends", "scale": "--scale", "predict_target": "--predict-target",
+              "no_check": "--no-check"}
 """Options of the suite that the scaling study has no use for (dest -> option)."""
 SCALING_ONLY = {
     "scaling_sets": "--scaling-sets", "scaling_k": "--scaling-k", "chunk_params": "--chunk-params",
@@ -315,7 +316,15 @@ def add_prediction(doc: dict, args: argparse.Namespace, device: str, shapes: Sha
 def run_suite_command(args: argparse.Namespace, device: str, command: str, read: Mapping[str, ShapeSet]) -> int:
     """The suite on ``--model-shapes`` (in ``read``, the sets :func:`check_inputs` read): table and outputs;
     exit status 1 when no measurement succeeded."""
-    from deftx.perf.report import TABLE_COLUMNS, failed_everything, format_table, plot_suite, summary_lines, table_rows
+    from deftx.perf.report import (
+        TABLE_COLUMNS,
+        failed_everything,
+        format_table,
+        plot_suite,
+        summary_lines,
+        table_rows,
+        wrong_outputs,
+    )
     from deftx.perf.suite import SuiteConfig, run_suite
 
     scale = args.scale if args.scale is not None else (DEFAULT_CPU_SCALE if device == "cpu" else 1.0)
@@ -332,6 +341,7 @@ def run_suite_command(args: argparse.Namespace, device: str, command: str, read:
         backends=args.backends,
         timing=_timing(args, SuiteConfig(shapes=shapes).timing),
         memory=not args.no_memory,
+        check_outputs=not args.no_check,
         seed=args.seed,
     )
     doc = run_suite(config, progress=not args.no_progress, command=command)
@@ -343,7 +353,7 @@ def run_suite_command(args: argparse.Namespace, device: str, command: str, read:
     stem = Path(args.out) / f"{device.split(':')[0]}_{shapes.name}"
     _write_outputs(stem, doc, TABLE_COLUMNS, rows, plot_suite, predicted)
     print(f"wrote {stem}.json, {stem}.png, {stem}.md")
-    failure = failed_everything(doc)
+    failure = failed_everything(doc) or wrong_outputs(doc)
     if failure is not None:
         print(f"deftx bench: error: {failure} (each row's error: {stem}.json)", file=sys.stderr)
         return 1
@@ -407,6 +417,8 @@ def canonical_command(args: argparse.Namespace, device: str) -> str:
         words += ["--repeats", str(args.repeats)]
     if args.no_memory:
         words.append("--no-memory")
+    if args.no_check:
+        words.append("--no-check")
     if args.predict_target is not None:
         words += ["--predict-target", args.predict_target]
     if args.scaling:
@@ -506,6 +518,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="timed calls per measurement, >= 1 (default: >= 3 and >= 0.5 s; scaling: 3; a call over 10 s: once)",
     )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
+    parser.add_argument("--no-check", action="store_true", default=None,
+                        help="time deftx's implementations without first checking one call of each against a "
+                        "torch reference (by default a wrong output is an error row, not timed, and the exit "
+                        "status is 1; suite only)")
     parser.add_argument(
         "--predict-target",
         type=_predict_target,

@@ -106,6 +106,20 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], align: 
     return "\n".join(lines)
 
 
+def output_check_lines(doc: dict[str, Any]) -> list[str]:
+    """What the suite's output checks say: how many deftx rows were checked against a torch
+    reference before timing, and each row whose check could not run; nothing when not checked."""
+    if not doc["config"].get("check_outputs"):
+        return ["outputs: not checked (--no-check)"] if "check_outputs" in doc["config"] else []
+    checked = [r for r in doc["results"] if "output_check" in r or r.get("wrong_output")]
+    unchecked = [r for r in checked if r.get("output_check", "").startswith("not run")]
+    lines = [f"outputs: {len(checked) - len(unchecked)} of {len(checked)} deftx rows checked against a torch "
+             "reference before timing"]
+    lines += [f"unchecked: {r['op']} {format_k(r['k_fraction'])} {r['name']}: {r['output_check']}"
+              for r in unchecked]
+    return lines
+
+
 def summary_lines(doc: dict[str, Any]) -> list[str]:
     """The header printed above the table: machine, roofs, shape set, failures."""
     m, roof, shapes = doc["machine"], doc["roofline"], doc["shape_set"]
@@ -126,6 +140,7 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
     ]
     lines += [f"skipped: {r['op']} {format_k(r['k_fraction'])} {r['name']}: {r['skipped']}"
               for r in doc["results"] if "skipped" in r]
+    lines += output_check_lines(doc)
     rsvd = [r for r in doc["results"] if "relative_error" in r]
     if rsvd:
         errs = ", ".join(f"{r['name']} {r['relative_error']:.4f}" for r in rsvd)
@@ -233,6 +248,16 @@ def failed_everything(doc: dict[str, Any]) -> str | None:
     first = ran[0]
     return (f"every measurement failed ({len(ran)} of {len(ran)}); first: {first['op']} "
             f"{format_k(first['k_fraction'])} {first['name']}: {first['error']}")
+
+
+def wrong_outputs(doc: dict[str, Any]) -> str | None:
+    """Which deftx implementations gave a wrong output when checked before timing (rows with
+    ``wrong_output``), as one sentence, or None when none did."""
+    wrong = [r for r in doc["results"] if r.get("wrong_output")]
+    if not wrong:
+        return None
+    named = "; ".join(f"{r['op']} {format_k(r['k_fraction'])} {r['name']}" for r in wrong)
+    return f"{len(wrong)} deftx implementation(s) gave a wrong output, not timed: {named}"
 
 
 def output_folder_problem(folder: str | Path) -> str | None:

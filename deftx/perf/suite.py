@@ -24,7 +24,17 @@ from typing import Any
 import torch
 
 import deftx
-from deftx.perf.cases import CaseSpec, auto_choice, backend_of, dispatch_op, display_name, implementations, op_module
+from deftx.perf.cases import (
+    CaseSpec,
+    auto_choice,
+    backend_of,
+    dispatch_op,
+    display_name,
+    implementations,
+    op_module,
+    output_problem,
+    runs_deftx_code,
+)
 from deftx.perf.memory import MemoryResult
 from deftx.perf.memory_probe import MemoryProber, measure_in_process
 from deftx.perf.overhead import count_host_overhead
@@ -55,6 +65,9 @@ class SuiteConfig:
         timing: repetitions per measurement (default: warm-up, then >= 3 calls and
             >= 0.5 s, a single timed call for calls over 10 s).
         memory: measure peak extra memory.
+        check_outputs: before timing, check one call of each deftx implementation against an
+            independent torch reference (:func:`deftx.perf.cases.output_problem`); a wrong one
+            is an error row, not timed.
         seed: synthetic data seed.
         baselines: per op, the baseline implementations to run (an op missing from the
             mapping runs all of its baselines; an empty tuple runs none). The filter for
@@ -80,6 +93,7 @@ class SuiteConfig:
     backends: tuple[str, ...] | None = None
     timing: TimingSettings = field(default_factory=lambda: TimingSettings(long_call_s=10.0))
     memory: bool = True
+    check_outputs: bool = True
     seed: int = 0
     baselines: dict[str, tuple[str, ...]] | None = None
     op_k_fractions: dict[str, tuple[float, ...]] | None = None
@@ -216,6 +230,28 @@ def _result_row(
     }
 
 
+def checked_outputs(spec: CaseSpec, impls: Iterable[str], inputs: Any) -> tuple[dict[str, str], dict[str, str]]:
+    """Check one call of each deftx implementation among ``impls`` against its torch reference.
+
+    Returns ``(wrong, unchecked)``: implementation -> what is wrong with its output, and
+    implementation -> why its check could not run (e.g. the reference ran out of memory: the
+    implementation is still timed, its row says it is unchecked).
+    """
+    wrong, unchecked = {}, {}
+    for impl in impls:
+        if not runs_deftx_code(spec.op, impl):
+            continue
+        try:
+            problem = output_problem(spec.op, impl, inputs)
+        except Exception as err:  # the check could not run at this size: recorded, the case goes on
+            unchecked[impl] = f"{type(err).__name__}: {err}"
+        else:
+            if problem is not None:
+                wrong[impl] = problem
+        _free_device_memory(spec.torch_device)
+    return wrong, unchecked
+
+
 def _error_row(spec: CaseSpec, impl: str, err: Exception | str) -> dict[str, Any]:
     message = err if isinstance(err, str) else f"{type(err).__name__}: {err}"
     return {**_row_identity(spec, impl), "error": message}
@@ -245,13 +281,17 @@ def run_case(
     prober: MemoryProber | None,
     tick: Callable[[str], None] = lambda _: None,
     count_overhead: bool = False,
+    check_outputs: bool = True,
 ) -> list[dict[str, Any]]:
     """Time every implementation on one set of inputs (interleaved), then measure their memory.
 
-    An implementation that fails (when bound or called: out of memory, an index limit) is
-    a row with its ``error``; inputs that cannot be built make every row such a row. On
-    CPU the inputs are freed before the probes, whose worker builds its own copy, so the
-    two processes never hold them at once.
+    With ``check_outputs``, each deftx implementation's output is checked first
+    (:func:`checked_outputs`): a wrong one is an error row (``wrong_output``) and is not timed;
+    each checked row has ``output_check`` ``"ok"`` or why its check did not run. An
+    implementation that fails (when bound or called: out of memory, an index limit) is a row
+    with its ``error``; inputs that cannot be built make every row such a row. On CPU the
+    inputs are freed before the probes, whose worker builds its own copy, so the two processes
+    never hold them at once.
     """
     impls = list(impls)
     module = op_module(spec.op)
@@ -262,7 +302,12 @@ def run_case(
         return [_error_row(spec, impl, f"inputs: {type(err).__name__}: {err}") for impl in impls]
     thunks: dict[str, Callable[[], object]] = {}
     failed: dict[str, dict[str, Any]] = {}
+    wrong, unchecked = checked_outputs(spec, impls, inputs) if check_outputs else ({}, {})
+    for impl, problem in wrong.items():
+        failed[impl] = {**_error_row(spec, impl, f"wrong output: {problem}"), "wrong_output": True}
     for impl in impls:
+        if impl in failed:
+            continue
         try:
             thunks[impl] = module.bind(impl, inputs)
         except Exception as err:  # e.g. an optimizer variant torch lacks here: recorded
@@ -293,6 +338,8 @@ def run_case(
             del first
         if overhead.get(impl) is not None:
             row["host_overhead"] = overhead[impl]
+        if check_outputs and runs_deftx_code(spec.op, impl):
+            row["output_check"] = f"not run: {unchecked[impl]}" if impl in unchecked else "ok"
         if prober is not None and spec.torch_device.type != "cpu":
             _set_memory(row, lambda impl=impl, inputs=inputs: measure_in_process(spec, impl, inputs))
         rows.append(row)
@@ -380,7 +427,8 @@ def run_suite(
             if config.deadline is not None and time.monotonic() > config.deadline:
                 rows.extend(skipped_rows(spec, impls, "not run: the suite's time budget was spent"))
                 continue
-            case_rows = run_case(spec, impls, config.timing, roof, prober, tick, config.count_overhead)
+            case_rows = run_case(spec, impls, config.timing, roof, prober, tick, config.count_overhead,
+                                 config.check_outputs)
             auto = auto_choice(dispatch_op(spec.op), device)
             for row in case_rows:
                 row["auto"] = row.get("backend") == auto
@@ -419,6 +467,7 @@ def _document(
             "backends": list(config.backends) if config.backends else None,
             "timing": {k: _finite_or_none(v) if isinstance(v, float) else v for k, v in asdict(config.timing).items()},
             "memory": config.memory,
+            "check_outputs": config.check_outputs,
             "count_overhead": config.count_overhead,
             "seed": config.seed,
         },

@@ -8,6 +8,7 @@ import math
 
 import matplotlib.image
 import pytest
+import torch
 
 from deftx.cli import main
 from deftx.commands.bench import add_prediction
@@ -206,6 +207,7 @@ def test_scaling_study_streams_large_sets_and_skips_their_baselines(tiny_shapes,
         (["--device", "tpu"], "expected cpu, cuda, cuda:N or auto"),
         (["--predict-target", "sm_70"], "unknown target"),
         (["--scaling", "--predict-target", "sm_90"], "not to --scaling"),
+        (["--scaling", "--no-check"], "--no-check applies to the suite"),
     ],
 )
 def test_bad_arguments_exit_with_a_message(args, message, tmp_path, capsys) -> None:
@@ -216,3 +218,61 @@ def test_bad_arguments_exit_with_a_message(args, message, tmp_path, capsys) -> N
         status = done.code
     assert status == 2
     assert message in capsys.readouterr().err
+
+
+def _first_k(tensors, k, **kwargs):
+    """k indices, but the first entries of the tensors, not the largest magnitudes."""
+    out, left = [], k
+    for t in tensors:
+        out.append(torch.arange(min(left, t.numel())))
+        left -= out[-1].numel()
+    return out
+
+
+def test_a_wrong_deftx_output_is_an_error_row_not_a_speedup(tiny_shapes, tmp_path, capsys, monkeypatch) -> None:
+    import deftx.perf.cases.topk as topk_case
+
+    monkeypatch.setattr(topk_case, "topk_mask", _first_k)
+    out = tmp_path / "wrong"
+    assert bench(out, "--ops", "topk,scatter", "--model-shapes", tiny_shapes, "--k", "0.1", "--scale", "1",
+                 "--no-memory") == 1
+    doc = json.loads((out / "cpu_tiny.json").read_text())
+    topk = [r for r in doc["results"] if r["op"] == "topk" and r["role"] == "deftx"]
+    assert topk and all(r["wrong_output"] and "an entry of magnitude" in r["error"] and "time_s" not in r
+                        for r in topk)
+    assert not [c for c in doc["comparisons"] if c["op"] == "topk"]
+    scatter = [r for r in doc["results"] if r["op"] == "scatter" and r["role"] == "deftx"]
+    assert scatter and all(r["output_check"] == "ok" and _positive_finite(r["time_s"]) for r in scatter)
+    printed = capsys.readouterr()
+    assert f"outputs: {len(topk) + len(scatter)} of {len(topk) + len(scatter)} deftx rows checked" in printed.out
+    assert "gave a wrong output, not timed: topk 10% deftx[" in printed.err
+
+
+def test_a_check_that_cannot_run_leaves_the_row_timed_and_marked(tiny_shapes, tmp_path, capsys, monkeypatch) -> None:
+    import deftx.perf.cases.topk as topk_case
+
+    def out_of_memory(impl, inputs):
+        raise MemoryError("the reference needs 9 GiB")
+
+    monkeypatch.setattr(topk_case, "mismatch", out_of_memory)
+    out = tmp_path / "unchecked"
+    assert bench(out, "--ops", "topk", "--model-shapes", tiny_shapes, "--k", "0.1", "--scale", "1",
+                 "--no-memory") == 0
+    rows = [r for r in json.loads((out / "cpu_tiny.json").read_text())["results"] if r["role"] == "deftx"]
+    assert rows and all(r["output_check"] == "not run: MemoryError: the reference needs 9 GiB"
+                        and _positive_finite(r["time_s"]) for r in rows)
+    assert f"outputs: 0 of {len(rows)} deftx rows checked" in capsys.readouterr().out
+
+
+def test_no_check_times_a_wrong_output_and_says_it_was_not_checked(tiny_shapes, tmp_path, capsys,
+                                                                   monkeypatch) -> None:
+    import deftx.perf.cases.topk as topk_case
+
+    monkeypatch.setattr(topk_case, "topk_mask", _first_k)
+    out = tmp_path / "unchecked"
+    assert bench(out, "--ops", "topk", "--model-shapes", tiny_shapes, "--k", "0.1", "--scale", "1",
+                 "--no-memory", "--no-check") == 0
+    doc = json.loads((out / "cpu_tiny.json").read_text())
+    assert "--no-check" in doc["command"] and doc["config"]["check_outputs"] is False
+    assert not [r for r in doc["results"] if "output_check" in r or "error" in r]
+    assert "outputs: not checked (--no-check)" in capsys.readouterr().out

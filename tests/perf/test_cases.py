@@ -14,7 +14,7 @@ import torch
 from deftx.ops.dispatch import unavailable_reason
 from deftx.ops.registry import OPS
 from deftx.perf.cases import OPS as CASES
-from deftx.perf.cases import CaseSpec, dispatch_op, display_name, implementations, op_module
+from deftx.perf.cases import CaseSpec, dispatch_op, display_name, implementations, op_module, runs_deftx_code
 from deftx.perf.shapes import ShapeSet, TensorShape
 from tests.helpers import assert_bitwise_equal, assert_close, tolerance
 
@@ -28,7 +28,7 @@ TINY = ShapeSet(
 
 
 def _spec(op: str, k: float | None = 0.05, dtype: str = "fp32") -> CaseSpec:
-    return CaseSpec(op, TINY, dtype=dtype, k_fraction=None if op == "rsvd" else k)
+    return CaseSpec(op, TINY, dtype=dtype, k_fraction=None if op in ("rsvd", "scores") else k)
 
 
 def test_cpu_implementations_never_time_the_triton_interpreter() -> None:
@@ -218,16 +218,15 @@ def test_chunked_topk_refuses_too_many_candidates():
 
 
 def _deftx_impls(op: str) -> list[str]:
-    module = op_module(op)
-    return [i for i in implementations(op, CPU) if i.startswith("deftx:") or i == getattr(module, "PREPARED", None)]
+    return [i for i in implementations(op, CPU) if runs_deftx_code(op, i)]
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp16"])
-@pytest.mark.parametrize("op", ["topk", "rsvd", "scatter", "step"])
+@pytest.mark.parametrize("op", ["topk", "rsvd", "scatter", "step", "compose", "scores"])
 def test_every_deftx_implementation_matches_its_reference_and_leaves_the_inputs(op: str, dtype: str) -> None:
     module = op_module(op)
     inputs = module.make_inputs(_spec(op, 0.05, dtype))
-    weights = getattr(inputs, "weights", None) or []
+    weights = getattr(inputs, "weights", None) or getattr(inputs, "dense", None) or []
     before = [w.clone() for w in weights]
     for impl in _deftx_impls(op):
         assert module.mismatch(impl, inputs) is None, impl
@@ -280,3 +279,69 @@ def test_the_rsvd_check_catches_wrong_factors(monkeypatch: pytest.MonkeyPatch) -
 
     monkeypatch.setattr(module, "lowrank_factors_batched", rank_one_short)
     assert "relative reconstruction error" in module.mismatch("deftx:torch", inputs)
+
+
+def _added_at_once(dense, indices, values, scales, *, save=False, backend=None):
+    """A compose that sums the two scaled diffs in fp32 and rounds once (not once per diff)."""
+    saved = [[w.reshape(-1)[idx[t]].clone() for t, w in enumerate(dense)] for idx in indices]
+    for t, w in enumerate(dense):
+        delta = torch.zeros(w.numel(), dtype=torch.float32)
+        for idx, val, scale in zip(indices, values, scales, strict=True):
+            delta.index_add_(0, idx[t], scale * val[t])
+        touched = delta != 0
+        w.view(-1)[touched] = (w.view(-1)[touched].float() + delta[touched]).to(w.dtype)
+    return saved if save else None
+
+
+def test_the_compose_check_catches_a_composition_rounded_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    module = op_module("compose")
+    inputs = module.make_inputs(_spec("compose", 0.3, "bf16"))
+    monkeypatch.setattr(module, "scatter_add_", _added_at_once)
+    assert "differ from the two diffs added one after another" in module.mismatch("deftx:torch", inputs)
+
+
+def test_the_compose_check_catches_wrong_saved_originals(monkeypatch: pytest.MonkeyPatch) -> None:
+    module = op_module("compose")
+    inputs = module.make_inputs(_spec("compose", 0.3))
+    real = module.scatter_add_
+
+    def saves_after_adding(dense, indices, values, scales, *, save=False, backend=None):
+        real(dense, indices, values, scales, backend=backend)
+        return [[w.reshape(-1)[idx[t]].clone() for t, w in enumerate(dense)] for idx in indices]
+
+    monkeypatch.setattr(module, "scatter_add_", saves_after_adding)
+    assert "saved originals" in module.mismatch("deftx:torch", inputs)
+
+
+def test_the_compose_check_catches_a_revert_that_leaves_the_diffs(monkeypatch: pytest.MonkeyPatch) -> None:
+    module = op_module("compose")
+    inputs = module.make_inputs(_spec("compose", 0.3))
+    real = module.prepare_composition
+
+    class NoRevert:
+        def __init__(self, prepared):
+            self.prepared = prepared
+
+        def apply(self):
+            self.prepared.apply()
+            return self
+
+        def revert(self):
+            return self
+
+    monkeypatch.setattr(module, "prepare_composition", lambda *a, **kw: NoRevert(real(*a, **kw)))
+    assert "the original weights after revert()" in module.mismatch(module.PREPARED, inputs)
+
+
+def test_the_scores_check_catches_scores_far_from_the_reconstruction(monkeypatch: pytest.MonkeyPatch) -> None:
+    module = op_module("scores")
+    inputs = module.make_inputs(_spec("scores"))
+    real = module.denoised_magnitudes_batched
+
+    def halved(*args, **kwargs):
+        return [s.mul_(0.5) for s in real(*args, **kwargs)]
+
+    monkeypatch.setattr(module, "denoised_magnitudes_batched", halved)
+    assert "score error" in module.mismatch("deftx:torch", inputs)
+    monkeypatch.setattr(module, "denoised_magnitudes_batched", lambda *a, **kw: [s.neg() for s in real(*a, **kw)])
+    assert "negative, inf or nan" in module.mismatch("deftx:torch", inputs)

@@ -166,8 +166,16 @@ def headline(doc: dict[str, Any]) -> str:
     skipped = sum("skipped" in r for r in rows)
     speedups = [f"{c['op']} {format_k(c['k_fraction'])} {c['speedup']:.2f}x {c['baseline']}"
                 for c in doc["comparisons"] if c.get("auto")]
-    text = f"{len(rows) - failed - skipped} rows measured, {failed} failed, {skipped} skipped"
+    wrong = sum(bool(r.get("wrong_output")) for r in rows)
+    text = (f"{len(rows) - failed - skipped} rows measured, {failed} failed"
+            + (f" ({wrong} of them a wrong output)" if wrong else "") + f", {skipped} skipped")
     return text + (f"; {'; '.join(speedups[:8])}" if speedups else "")
+
+
+def stage_status(doc: dict[str, Any]) -> str:
+    """``failed`` when a deftx row failed or any row (the prepared paths too) gave a wrong output, else ``ok``."""
+    bad = [r for r in doc["results"] if ("error" in r and r["role"] == "deftx") or r.get("wrong_output")]
+    return "failed" if bad else "ok"
 
 
 def run_set(ctx: StageContext, name: str) -> dict[str, Any]:
@@ -187,9 +195,7 @@ def run_set(ctx: StageContext, name: str) -> dict[str, Any]:
     write_document(doc, stem, config.shapes)
     plot_suite(doc, stem.with_suffix(".png"))
     print(markdown(doc))
-    errors = [r for r in doc["results"] if "error" in r and r["role"] == "deftx"]
-    status = "failed" if errors else "ok"
-    return {"status": status, "headline": headline(doc), "document": str(stem) + ".json",
+    return {"status": stage_status(doc), "headline": headline(doc), "document": str(stem) + ".json",
             "files": [str(stem.with_suffix(s)) for s in (".json", ".md", ".png")]}
 
 

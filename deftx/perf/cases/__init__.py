@@ -46,6 +46,20 @@ def implementations(op: str, device: torch.device, backends: tuple[str, ...] | N
     return [deftx_impl(b) for b in chosen] + [i for i in module.BASELINES if unavailable(i, device) is None]
 
 
+def runs_deftx_code(op: str, impl: str) -> bool:
+    """Whether ``impl`` of ``op`` runs deftx's code (a backend, or the op's prepared path): the
+    implementations whose output :func:`output_problem` checks before they are timed."""
+    return backend_of(impl) is not None or impl == getattr(op_module(op), "PREPARED", None)
+
+
+def output_problem(op: str, impl: str, inputs: object) -> str | None:
+    """What is wrong with one call of deftx's ``impl`` on ``inputs`` (the case module's ``mismatch``:
+    an independent torch reference, on copies of whatever the call writes), or None if nothing."""
+    if not runs_deftx_code(op, impl):
+        raise ValueError(f"{op}: {impl!r} is a baseline; only deftx's implementations are checked")
+    return op_module(op).mismatch(impl, inputs)
+
+
 def display_name(op: str, impl: str) -> str:
     """Human-readable name of an implementation (``deftx[native]``, ``torch.cat+topk``)."""
     backend = backend_of(impl)
@@ -62,4 +76,6 @@ __all__ = [
     "display_name",
     "implementations",
     "op_module",
+    "output_problem",
+    "runs_deftx_code",
 ]

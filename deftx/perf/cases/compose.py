@@ -142,3 +142,52 @@ def quality(impl: str, inputs: ComposeInputs, output: object) -> dict[str, float
 def selected(inputs: ComposeInputs) -> int:
     """Entries per diff (the K of one SFT), averaged over the two diffs."""
     return round(sum(i.numel() for idx in inputs.indices for i in idx) / len(SCALES))
+
+
+def _composed_reference(inputs: ComposeInputs, t: int) -> torch.Tensor:
+    """(numel,) tensor ``t`` of ``inputs`` flattened after the diffs, one after another: each entry
+    ``(w.float() + scale * v).to(w.dtype)``, rounded after every diff (scatter_add_'s contract)."""
+    flat = inputs.dense[t].reshape(-1).clone()
+    for idx, val, scale in zip(inputs.indices, inputs.values, SCALES, strict=True):
+        flat[idx[t]] = (flat[idx[t]].float() + scale * val[t].float()).to(flat.dtype)
+    return flat
+
+
+def _differing(tensors: list[torch.Tensor], expected: Callable[[int], torch.Tensor], what: str) -> str | None:
+    """The first tensor ``t`` of ``tensors`` that differs from ``expected(t)`` bit for bit, as a
+    sentence (one expected tensor made at a time: a 7B set's weights are not copied twice)."""
+    for t, got in enumerate(tensors):
+        want = expected(t)
+        wrong = int((got.reshape(-1) != want.reshape(-1)).sum())
+        if wrong:
+            return f"tensor {t}: {wrong} of {want.numel()} entries differ from {what}"
+    return None
+
+
+def mismatch(impl: str, inputs: ComposeInputs) -> str | None:
+    """What is wrong with one call of deftx's ``impl`` on a copy of the weights, or None.
+
+    A backend must write :func:`_composed_reference` bit for bit and return, per diff and tensor,
+    the original entries at the diff's indices; the prepared composition must write the same on
+    ``apply()`` and give the original weights back, bit for bit, on ``revert()``.
+    """
+    copies = ComposeInputs([w.clone() for w in inputs.dense], inputs.indices, inputs.values)
+    composed = functools.partial(_composed_reference, inputs)
+    in_order = "the two diffs added one after another in fp32"
+    if impl == PREPARED:
+        model, prepared = prepared_composition(copies)
+        prepared.apply()
+        problem = _differing(copies.dense, composed, in_order)
+        prepared.revert()
+        del model
+        return problem or _differing(copies.dense, inputs.dense.__getitem__, "the original weights after revert()")
+    saved = bind(impl, copies)()
+    problem = _differing(copies.dense, composed, in_order)
+    if problem is not None:
+        return problem
+    for d, (idx, got) in enumerate(zip(inputs.indices, saved, strict=True)):
+        originals = [w.reshape(-1)[i] for w, i in zip(inputs.dense, idx, strict=True)]
+        problem = _differing(got, originals.__getitem__, f"the original entries at diff {d}'s indices")
+        if problem is not None:
+            return f"saved originals: {problem}"
+    return None

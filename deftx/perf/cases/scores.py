@@ -114,3 +114,22 @@ def quality(impl: str, inputs: rsvd.RsvdInputs, output: object) -> dict[str, flo
 def selected(inputs: rsvd.RsvdInputs) -> int:
     """The number of matrices scored."""
     return len(inputs.pairs)
+
+
+def mismatch(impl: str, inputs: rsvd.RsvdInputs) -> str | None:
+    """What is wrong with one call of deftx's ``impl`` (a backend), or None if it returns one finite
+    (m, n) fp32 score matrix per pair whose :func:`quality` error is within
+    :data:`~deftx.perf.cases.rsvd.ERROR_MARGIN` of ``torch.svd_lowrank``'s."""
+    scores = bind(impl, inputs)()
+    if len(scores) != len(inputs.pairs):
+        return f"{len(scores)} score matrices for {len(inputs.pairs)} pairs"
+    for t, ((w1, _), s) in enumerate(zip(inputs.pairs, scores, strict=True)):
+        if s.shape != w1.shape or s.dtype != torch.float32:
+            return f"matrix {t}: scores {tuple(s.shape)} {s.dtype} for a {tuple(w1.shape)} matrix"
+        if not bool(torch.isfinite(s).all()) or bool((s < 0).any()):
+            return f"matrix {t}: scores that are negative, inf or nan"
+    got = quality(impl, inputs, scores)["score_error"]
+    reference = quality("svd_lowrank_abs", inputs, bind("svd_lowrank_abs", inputs)())["score_error"]
+    if not got <= rsvd.ERROR_MARGIN * reference:
+        return f"score error {got:.4g} against torch.svd_lowrank's {reference:.4g}"
+    return None
