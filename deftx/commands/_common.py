@@ -154,7 +154,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="override the number of classifier outputs (default: the SFT's metadata, else the shipped head's "
              "shape, else 3); refused where it contradicts a shipped head's recorded labels",
     )
-    add_seed_argument(parser, "seed of a new head's init where none is shipped (default 0)")
+    add_seed_argument(parser, "seed of a new head's init where none is shipped; evaluate's rows record it when the "
+                      "task SFT records no training seed of its own (default 0)")
     parser.add_argument(
         "--no-base-check", action="store_true",
         help="apply SFTs recorded for another base model than --model (by default refused before anything runs: "

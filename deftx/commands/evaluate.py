@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,6 +19,7 @@ from deftx.commands._common import (
 
 if TYPE_CHECKING:
     from deftx.eval.zero_shot import Composition, RowContext
+    from deftx.sft import SparseDiff
 
 
 DEFAULT_MAX_LENGTH = 128
@@ -135,6 +136,26 @@ def cut_note(examples: Sequence[dict], max_length: int) -> str:
     the token limit (a text longer than it lost its end), or nothing when none does."""
     full = sum(len(example["input_ids"]) >= max_length for example in examples)
     return f"; {full} at --max-length {max_length} tokens (longer texts cut)" if full else ""
+
+
+def recorded_seed(sft: SparseDiff) -> int | None:
+    """The training seed ``sft`` records (``settings["seed"]``, written by deftx since session 28), or None."""
+    seed = sft.settings.get("seed")
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+
+
+def row_seed(task: SparseDiff, lang_sfts: Mapping[str, SparseDiff], asked: int) -> tuple[int, str]:
+    """The seed the rows record, and a line saying where it comes from: the task SFT's training seed
+    where it records one, else ``asked`` (``--seed``); language SFTs of another recorded seed are named."""
+    seed = recorded_seed(task)
+    line = (f"rows record seed {seed} (the task SFT's training seed)" if seed is not None
+            else f"rows record seed {asked} (--seed: the task SFT records no training seed)")
+    seed = asked if seed is None else seed
+    others = {language: recorded_seed(sft) for language, sft in lang_sfts.items()}
+    others = {language: s for language, s in others.items() if s is not None and s != seed}
+    if others:
+        line += "; trained with other seeds: " + ", ".join(f"{lang} language SFT {s}" for lang, s in others.items())
+    return seed, line
 
 
 def _score(args, model, tokenizer, cells, context: RowContext, num_labels: int) -> list[dict]:
@@ -296,12 +317,14 @@ def run(args: argparse.Namespace) -> int:
     name_base_model(model, args.model)
     check_base_models(model, [task, *lang_sfts.values()], [args.task_sft, *lang_specs.values()], args.no_base_check)
     source = args.source or (UNNAMED_SOURCE if args.data else NUSAX_SOURCE)
+    seed, seed_line = row_seed(task, lang_sfts, args.seed)
+    print(seed_line)
     if args.data:
         cells = _data_cells(args, tokenizer, task, lang_sfts, spec)
-        context = RowContext(str(args.data), "zero-shot", source, split=args.split or DEFAULT_SPLIT)
+        context = RowContext(str(args.data), "zero-shot", source, seed=seed, split=args.split or DEFAULT_SPLIT)
     else:
         cells = _nusax_cells(args, tokenizer, task, lang_sfts, data_dir, languages, class_order)
-        context = RowContext("nusax", "zero-shot", source)
+        context = RowContext("nusax", "zero-shot", source, seed=seed)
     rows = _score(args, model.to(device), tokenizer, cells, context, spec.num_labels)
     if not rows:
         raise ValueError("no language with a test split was evaluated")

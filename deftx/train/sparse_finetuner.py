@@ -530,7 +530,8 @@ class SparseFineTuner:
             {rename[n]: idx for n, idx in indices.items()},
             [rename[n] for n in self.dense] if self.config.ship_head else (),
             base_model=self.base_model, method=branch, k=self.k,
-            settings={"config": to_plain(self.config), "branch": branch, "eligible": self.num_eligible},
+            settings={"config": to_plain(self.config), "branch": branch, "eligible": self.num_eligible,
+                      "seed": self.trainer.args.seed},
             info=self.sft_info(),
         )
         diff.save(self._path(branch, SFT))

@@ -488,3 +488,29 @@ def test_evaluate_refuses_a_language_sft_that_ships_a_classifier_head(tmp_path, 
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"deftx evaluate: error: --lang-sft jav={tmp_path / 'other-task.safetensors'} ships a classifier head "
         "(classifier.bias, classifier.weight), which would replace the task SFT's: is it a task SFT?")
+
+
+def test_evaluate_rows_record_the_task_sfts_training_seed_else_the_seed_given(tmp_path, plain_bert, capsys):
+    """Rows pair by seed in `deftx paired`: they record the seed the task SFT was trained with (before, always 0),
+    name language SFTs trained with another, and fall back to --seed for an SFT that records none."""
+    task = task_sft(plain_bert)
+    task.save(tmp_path / "unseeded.safetensors")
+    task.settings["seed"] = 7
+    task.save(tmp_path / "task.safetensors")
+    lang = random_diff(labelled_classifier(plain_bert), 100, seed=3, body=lambda n: not n.startswith("bert.pooler"))
+    lang.settings["seed"] = 4
+    lang.save(tmp_path / "lang.safetensors")
+    data = str(write_reviews(tmp_path / "reviews.csv"))
+    runs = {
+        "seeded": (["--task-sft", str(tmp_path / "task.safetensors"),
+                    "--lang-sft", f"jav={tmp_path / 'lang.safetensors'}", "--seed", "3"], "7",
+                   "rows record seed 7 (the task SFT's training seed); trained with other seeds: jav language SFT 4"),
+        "unseeded": (["--task-sft", str(tmp_path / "unseeded.safetensors"), "--seed", "3"], "3",
+                     "rows record seed 3 (--seed: the task SFT records no training seed)"),
+    }
+    for name, (args, seed, line) in runs.items():
+        out = tmp_path / name
+        assert main(["evaluate", "--model", str(plain_bert), "--data", data, *args, "--output", str(out)]) == 0
+        with (out / "evaluate.csv").open(newline="") as handle:
+            assert {row["seed"] for row in csv.DictReader(handle)} == {seed}, name
+        assert line in capsys.readouterr().out
