@@ -368,7 +368,7 @@ def _read_adapter(folder: Path, source: str) -> tuple[dict[str, Any], dict[str, 
     """(adapter config, tensors with the ``base_model.model.`` prefix removed, deftx's record or {})."""
     try:
         config = json.loads((folder / ADAPTER_CONFIG).read_text())
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
         raise PeftImportError(f"{source}: cannot read {ADAPTER_CONFIG} ({err})") from err
     if not isinstance(config, dict) or config.get("peft_type") != PEFT_TYPE:
         kind = config.get("peft_type") if isinstance(config, dict) else None

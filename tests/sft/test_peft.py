@@ -215,6 +215,13 @@ def test_a_record_that_is_not_deftx_own_is_a_peft_import_error(tmp_path, model, 
         SparseDiff.from_peft(tmp_path / "adapter")
 
 
+def test_an_adapter_config_that_is_not_utf8_json_is_a_peft_import_error(tmp_path, model):
+    to_peft(random_diff(model, 100, body=is_linear_weight), model, tmp_path / "adapter")
+    (tmp_path / "adapter" / ADAPTER_CONFIG).write_bytes(b"\xff\xfe{}")
+    with pytest.raises(PeftImportError, match=r"cannot read adapter_config\.json .*can't decode byte 0xff"):
+        SparseDiff.from_peft(tmp_path / "adapter")
+
+
 def test_from_peft_reads_an_adapter_peft_trained(tmp_path, peft, model):
     config = peft.ShiraConfig(r=2, target_modules=["query", "value"], init_weights=False, random_seed=3)
     trained = peft.get_peft_model(copy.deepcopy(model), config)
