@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Mapping
+from numbers import Integral
 from typing import Any
 
 from deftx.data import americasnli, nusax
@@ -49,7 +50,7 @@ def _load_dataset(repo: str, config: str, split: str) -> Iterable[Mapping[str, A
 
 def _fetch(
     repo: str, config: str, split: str, local_reader: str
-) -> tuple[Iterable[Mapping[str, Any]], Callable[[Any], str]]:
+) -> tuple[Iterable[Mapping[str, Any]], Callable[[Any], str | None]]:
     """Rows of one Hub split and a function turning a raw label into its name."""
     offline = _offline_variable()
     if offline is not None:
@@ -60,7 +61,17 @@ def _fetch(
         raise _unavailable(repo, config, local_reader, f"{type(err).__name__}: {err}") from err
     features = getattr(rows, "features", None) or {}
     names = getattr(features.get("label"), "names", None)
-    return rows, (lambda raw: names[raw]) if names else str
+    return rows, class_label_name(names) if names else str
+
+
+def class_label_name(names: list[str]) -> Callable[[Any], str | None]:
+    """Raw label -> its name in a ``ClassLabel`` column of ``names``; None for an id outside ``0..len-1``
+    (``datasets`` marks an unlabelled row with -1, which Python indexing would make the last name)."""
+
+    def name(raw: Any) -> str | None:
+        return names[raw] if isinstance(raw, Integral) and 0 <= raw < len(names) else None
+
+    return name
 
 
 def _hub_split(split: str) -> str:
@@ -69,7 +80,7 @@ def _hub_split(split: str) -> str:
     return HUB_SPLITS[split]
 
 
-def _label(raw: Any, to_name: Callable[[Any], str], labels: tuple[str, ...], where: str) -> int:
+def _label(raw: Any, to_name: Callable[[Any], str | None], labels: tuple[str, ...], where: str) -> int:
     name = to_name(raw)
     if name not in labels:
         raise ValueError(f"{where}: label {raw!r} is not one of {', '.join(labels)}")

@@ -153,9 +153,15 @@ def read_model_config(folder: Path) -> dict[str, Any]:
         return {}
     try:
         config = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ComposableSFTFormatError(f"{path}: not valid JSON ({err})") from err
-    return config if isinstance(config, dict) else {}
+    if not isinstance(config, dict):
+        return {}
+    id2label = config.get("id2label")
+    if isinstance(id2label, Mapping) and sorted(map(str, id2label)) != sorted(map(str, range(len(id2label)))):
+        raise ComposableSFTFormatError(f"{path}: id2label must map the class ids 0 to {len(id2label) - 1}, "
+                                       f"it maps {sorted(map(str, id2label))}")
+    return config
 
 
 def architecture(config: Mapping[str, Any]) -> str:

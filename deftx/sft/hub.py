@@ -195,7 +195,7 @@ def from_pretrained(
     if config_path.is_file():
         try:
             config = json.loads(config_path.read_text())
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise SparseDiffFormatError(f"{config_path}: not valid JSON ({err})") from err
         check_config(config, diff, str(name_or_path))
     return diff

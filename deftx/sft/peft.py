@@ -368,7 +368,7 @@ def _read_adapter(folder: Path, source: str) -> tuple[dict[str, Any], dict[str, 
     """(adapter config, tensors with the ``base_model.model.`` prefix removed, deftx's record or {})."""
     try:
         config = json.loads((folder / ADAPTER_CONFIG).read_text())
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
         raise PeftImportError(f"{source}: cannot read {ADAPTER_CONFIG} ({err})") from err
     if not isinstance(config, dict) or config.get("peft_type") != PEFT_TYPE:
         kind = config.get("peft_type") if isinstance(config, dict) else None
@@ -386,13 +386,20 @@ def _read_adapter(folder: Path, source: str) -> tuple[dict[str, Any], dict[str, 
         record = json.loads(metadata[METADATA_KEY]) if METADATA_KEY in metadata else {}
     except json.JSONDecodeError as err:
         raise PeftImportError(f"{source}: deftx metadata is not valid JSON ({err})") from err
+    if not isinstance(record, dict) or not all(isinstance(record.get(key, {}), dict) for key in ("params", "padding")):
+        raise PeftImportError(f"{source}: deftx metadata must be a JSON object, its 'params' and 'padding' objects")
     return config, tensors, record
 
 
 def _param_info(name: str, record: Mapping[str, Any], model: nn.Module | None, source: str) -> ParamInfo:
     entry = record.get("params", {}).get(name)
     if entry is not None:
-        return ParamInfo(tuple(int(s) for s in entry["shape"]), DTYPE_NAMES[entry["dtype"]])
+        shape, dtype = (entry.get("shape"), entry.get("dtype")) if isinstance(entry, Mapping) else (None, None)
+        if not (isinstance(shape, list) and all(type(size) is int and size >= 0 for size in shape)
+                and dtype in DTYPE_NAMES):
+            raise PeftImportError(f"{source}: deftx's record of {name!r} is not a shape and a dtype of "
+                                  f"{sorted(DTYPE_NAMES)}: {entry!r}")
+        return ParamInfo(tuple(shape), DTYPE_NAMES[dtype])
     if model is not None:
         try:
             param = model.get_parameter(name)
@@ -401,6 +408,14 @@ def _param_info(name: str, record: Mapping[str, Any], model: nn.Module | None, s
         return ParamInfo(tuple(param.shape), param.dtype)
     raise PeftImportError(f"{source}: the shape of {name!r} is not recorded (not a deftx export): "
                           "pass the model, SparseDiff.from_peft(folder, model=model)")
+
+
+def _padding(padding: Mapping[str, Any], module: str, source: str) -> int:
+    """The zero entries deftx's record says it padded ``module`` with (0 when it names none)."""
+    count = padding.get(module, 0)
+    if type(count) is not int or count < 0:
+        raise PeftImportError(f"{source}: deftx's record pads {module} with {count!r} entries, not a count")
+    return count
 
 
 def _shira_entries(indices: torch.Tensor, weight: torch.Tensor, info: ParamInfo, padding: int,
@@ -415,6 +430,10 @@ def _shira_entries(indices: torch.Tensor, weight: torch.Tensor, info: ParamInfo,
     if bool(((rows < 0) | (rows >= out_features) | (cols < 0) | (cols >= in_features)).any()):
         raise PeftImportError(f"{where}: an index lies outside the weight's shape {info.shape}")
     keep = weight.numel() - padding
+    if keep < 0 or bool(weight[keep:].any()):
+        held = f"more than its {weight.numel()} entries" if keep < 0 else "but they are not all zeros"
+        raise PeftImportError(f"{where}: deftx's record says its last {padding} entries are zero padding, {held}: "
+                              "the record does not describe these weights (dropping them would lose entries)")
     flat, values = (rows * in_features + cols)[:keep], weight.to(torch.float32)[:keep]
     unique, inverse = torch.unique(flat, sorted=True, return_inverse=True)
     summed = torch.zeros(unique.numel(), dtype=torch.float32).index_add_(0, inverse, values)
@@ -453,7 +472,7 @@ def from_peft(
                 raise PeftImportError(f"{source}: {key} has no matching shira_weight")
             params[name] = _param_info(name, record, model, source)
             indices[name], values[name] = _shira_entries(tensor, tensors[f"{module}{WEIGHT_SUFFIX}"], params[name],
-                                                         int(padding.get(module, 0)), f"{source}: {module}")
+                                                         _padding(padding, module, source), f"{source}: {module}")
         elif not key.endswith(WEIGHT_SUFFIX) and key not in copies:
             dense[key] = tensor
     if not indices:

@@ -85,6 +85,19 @@ def test_unknown_label_is_an_error(monkeypatch):
         hub.load_sentiment_hub("english", "test")
 
 
+@pytest.mark.parametrize("raw", [-1, 3])
+def test_a_class_id_outside_the_class_label_is_an_error_not_a_class(monkeypatch, raw):
+    """datasets marks an unlabelled row -1: Python indexing made it the last class (positive, contradiction)."""
+    sentiment = FakeSplit([{"text": "x", "label": raw}], ["negative", "neutral", "positive"])
+    monkeypatch.setattr(hub, "_load_dataset", lambda *a: sentiment)
+    with pytest.raises(ValueError, match=f"row 0: label {raw} is not one of negative, neutral, positive"):
+        hub.load_sentiment_hub("english", "test")
+    nli = FakeSplit([{"premise": "p", "hypothesis": "h", "label": raw}], ["entailment", "neutral", "contradiction"])
+    monkeypatch.setattr(hub, "_load_dataset", lambda *a: nli)
+    with pytest.raises(ValueError, match=f"row 0: label {raw} is not one of entailment"):
+        hub.load_nli_hub("aym", "test")
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="unknown NusaX language"):
         hub.load_sentiment_hub("ace", "train")

@@ -137,6 +137,18 @@ def test_malformed_files_get_their_own_error(tmp_path, payload, message):
         SparseDiff.from_composable_sft(tmp_path / "pytorch_diff.bin")
 
 
+@pytest.mark.parametrize(("config", "message"), [
+    (b"\xff\xfe{}", r"config\.json: not valid JSON .*can't decode byte 0xff"),
+    (json.dumps({"id2label": {"neg": "negative", "pos": "positive"}}).encode(), "map the class ids 0 to 1"),
+    (json.dumps({"id2label": {"0": "negative", "2": "positive"}}).encode(), r"it maps \['0', '2'\]"),
+])
+def test_a_model_config_that_is_not_a_config_is_a_format_error(tmp_path, config, message):
+    write_sft(tmp_path, {"w": sparse_delta((3, 3), 0)}, {"classifier.weight": torch.ones(2, 3)})
+    (tmp_path / "config.json").write_bytes(config)
+    with pytest.raises(ComposableSFTFormatError, match=message):
+        SparseDiff.from_composable_sft(tmp_path)
+
+
 def test_a_safetensors_file_is_not_a_composable_sft(tmp_path):
     from safetensors.torch import save_file
 

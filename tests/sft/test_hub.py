@@ -71,6 +71,13 @@ def test_a_config_that_disagrees_with_the_file_is_refused(tmp_path, diff):
         SparseDiff.from_pretrained(tmp_path / "sft")
 
 
+def test_a_config_that_is_not_utf8_json_is_a_format_error(tmp_path, diff):
+    diff.save_pretrained(tmp_path / "sft")
+    (tmp_path / "sft" / CONFIG_FILE).write_bytes(b"\xff\xfe{}")
+    with pytest.raises(SparseDiffFormatError, match=r"sft_config\.json: not valid JSON .*can't decode byte 0xff"):
+        SparseDiff.from_pretrained(tmp_path / "sft")
+
+
 def test_a_folder_without_the_file_says_what_it_holds(tmp_path):
     (tmp_path / "adapter").mkdir()
     (tmp_path / "adapter" / "adapter_config.json").write_text("{}")

@@ -169,6 +169,59 @@ def test_round_trip_drops_the_padding_and_applies_identically(tmp_path, model):
         assert_bitwise_equal(states[1][name], states[0][name], what=name)
 
 
+def rewrite_adapter(folder, edit_tensors=lambda tensors: None, edit_record=lambda record: None) -> None:
+    """Rewrite ``folder``'s adapter weights and deftx record in place (another tool's edit that kept the metadata)."""
+    from safetensors.torch import load_file, save_file
+
+    path = folder / ADAPTER_WEIGHTS
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+    tensors, record = load_file(str(path)), json.loads(metadata["deftx"])
+    edit_tensors(tensors)
+    edit_record(record)
+    save_file(tensors, str(path), metadata={**metadata, "deftx": json.dumps(record)})
+
+
+def test_padding_that_is_not_zero_is_refused_not_dropped(tmp_path, model):
+    """from_peft dropped the last ``padding`` entries by count: values trained into them (or a padding count larger
+    than the module's entries: every entry) were lost without a word."""
+    diff = random_diff(model, 300, body=is_linear_weight)
+    export = to_peft(diff, model, tmp_path / "adapter")
+    module = next(m for m in export.plan.shira if m.padding)
+    key = f"base_model.model.{module.module}.shira_weight"
+
+    def train_the_padding(tensors):
+        tensors[key][-module.padding:] = 0.25
+
+    rewrite_adapter(tmp_path / "adapter", train_the_padding)
+    with pytest.raises(PeftImportError, match=f"last {module.padding} entries are zero padding, but they are not all"):
+        SparseDiff.from_peft(tmp_path / "adapter")
+    to_peft(diff, model, tmp_path / "adapter")
+    rewrite_adapter(tmp_path / "adapter", edit_record=lambda record: record["padding"].update({module.module: 10**6}))
+    with pytest.raises(PeftImportError, match=f"zero padding, more than its {module.entries + module.padding} entries"):
+        SparseDiff.from_peft(tmp_path / "adapter")
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda record: record["padding"].update({m: "x" for m in record["padding"]}), "with 'x' entries, not a count"),
+    (lambda record: [p.update(dtype="int8") for p in record["params"].values()], "is not a shape and a dtype"),
+    (lambda record: [p.update(shape=[16.0, 16]) for p in record["params"].values()], "is not a shape and a dtype"),
+    (lambda record: record.update(params=[]), "its 'params' and 'padding' objects"),
+])
+def test_a_record_that_is_not_deftx_own_is_a_peft_import_error(tmp_path, model, edit, message):
+    to_peft(random_diff(model, 100, body=is_linear_weight), model, tmp_path / "adapter")
+    rewrite_adapter(tmp_path / "adapter", edit_record=edit)
+    with pytest.raises(PeftImportError, match=message):
+        SparseDiff.from_peft(tmp_path / "adapter")
+
+
+def test_an_adapter_config_that_is_not_utf8_json_is_a_peft_import_error(tmp_path, model):
+    to_peft(random_diff(model, 100, body=is_linear_weight), model, tmp_path / "adapter")
+    (tmp_path / "adapter" / ADAPTER_CONFIG).write_bytes(b"\xff\xfe{}")
+    with pytest.raises(PeftImportError, match=r"cannot read adapter_config\.json .*can't decode byte 0xff"):
+        SparseDiff.from_peft(tmp_path / "adapter")
+
+
 def test_from_peft_reads_an_adapter_peft_trained(tmp_path, peft, model):
     config = peft.ShiraConfig(r=2, target_modules=["query", "value"], init_weights=False, random_seed=3)
     trained = peft.get_peft_model(copy.deepcopy(model), config)
