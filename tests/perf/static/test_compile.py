@@ -60,6 +60,21 @@ def test_parse_resource_usage():
     assert parse_resource_usage("") == {}
 
 
+def test_compile_spec_fails_on_sass_it_cannot_read(tmp_path, monkeypatch):
+    monkeypatch.setenv("DEFTX_CACHE", str(tmp_path))
+    usage, sass = compile_module.analyse_cubin(triton.compile(
+        ASTSource(fn=copy_kernel, signature=COPY.signature, constexprs=COPY.constexprs, attrs=launch_attrs(COPY)),
+        target=GPUTarget("cuda", 90, 32),
+        options={"num_warps": 4, "num_stages": 1},
+    ).asm["cubin"])
+    spaced = sass.replace("/*", "/* ").replace("*/", " */")
+    monkeypatch.setattr(compile_module, "analyse_cubin", lambda cubin: (usage, spaced))
+    with pytest.raises(ValueError, match="instruction this parser cannot read"):
+        compile_spec(COPY, H100_SXM)
+    failed = compile_all([DeclaredSpec("tests_unreadable", 0, COPY)], "sm_90", workers=1)
+    assert isinstance(failed[0], BuildFailure) and "cannot read" in failed[0].error
+
+
 def test_launch_attrs_mark_pointers_16_byte_aligned():
     assert launch_attrs(COPY) == {(0,): [["tt.divisibility", 16]], (1,): [["tt.divisibility", 16]]}
 
