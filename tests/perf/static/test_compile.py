@@ -60,6 +60,14 @@ def test_parse_resource_usage():
     assert parse_resource_usage("") == {}
 
 
+@pytest.mark.parametrize("missing", ["REG", "STACK", "LOCAL", "SHARED"])
+def test_resource_line_without_a_field_is_an_error_not_zero(missing):
+    line = " ".join(f for f in ("REG:40", "STACK:24", "SHARED:0", "LOCAL:0", "CONSTANT[0]:400")
+                    if not f.startswith(f"{missing}:"))
+    with pytest.raises(ValueError, match=f"resource usage of spilling_kernel: no {missing}"):
+        parse_resource_usage(f" Function spilling_kernel:\n  {line}\n")
+
+
 def test_compile_spec_fails_on_sass_it_cannot_read(tmp_path, monkeypatch):
     monkeypatch.setenv("DEFTX_CACHE", str(tmp_path))
     usage, sass = compile_module.analyse_cubin(triton.compile(
