@@ -120,6 +120,11 @@ def _size(n: int) -> str:
     return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
+def _growth(n: int | None) -> str:
+    """``+1.2 MB``; ``-`` where the growth was not measured (no ``VmHWM`` reset)."""
+    return "-" if n is None else f"+{_size(n)}"
+
+
 def markdown(row: dict[str, Any]) -> str:
     """The streamed row and what it read."""
     checkpoint = row["numel"] * row["element_bytes"]
@@ -127,7 +132,7 @@ def markdown(row: dict[str, Any]) -> str:
         "| method | shapes | first call | peak RSS (process) | peak RSS growth | entries |",
         "|---|---|---|---|---|---|",
         f"| deftx `select_streamed(θ1 dir, θ0 dir, k)` | {row['shapes']} ({row['numel'] / 1e9:.2f}B {row['dtype']}) "
-        f"| {row['first_call_s']:.1f} s | {_size(row['peak_rss_bytes'])} | +{_size(row['peak_extra_bytes'] or 0)} "
+        f"| {row['first_call_s']:.1f} s | {_size(row['peak_rss_bytes'])} | {_growth(row['peak_extra_bytes'])} "
         f"| {'k' if row['entries'] == row['k'] else row['entries']} |",
         "",
         f"k = {row['k']} ({row['k_fraction']:g} of N); one checkpoint is {_size(checkpoint)} on disk. "

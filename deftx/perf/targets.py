@@ -13,8 +13,8 @@ Sources (the values below are copied from them, not measured):
   TF32 and BF16 / FP16 Tensor Core peaks as the H100 SXM's (the same GH100 SMs, 132 of them);
   only the memory (141 GB HBM3e) differs.
 * CUDA C++ Programming Guide, "Compute Capabilities" table (8.0 and 9.0): 64K 32-bit
-  registers per SM, at most 255 per thread, 2048 resident threads (64 warps) and 32
-  resident blocks per SM; shared memory per SM 164 KB (8.0) / 228 KB (9.0), per block at
+  registers per SM, at most 255 per thread, 1024 threads (32 warps) per block, 2048 resident
+  threads (64 warps) and 32 resident blocks per SM; shared memory per SM 164 KB (8.0) / 228 KB (9.0), per block at
   most 163 KB (8.0) / 227 KB (9.0); 1 KB of shared memory per block reserved for the system.
 * CUDA occupancy calculator conventions: registers are allocated per warp in units of 256
   and split evenly over the SM's 4 sub-partitions; shared memory in units of 128 bytes.
@@ -43,6 +43,7 @@ class Target:
         registers_per_sm: 32-bit registers per SM; ``max_registers_per_thread``.
         register_allocation_unit: registers allocated per warp in multiples of this.
         sub_partitions: SM sub-partitions the register file is split over.
+        max_threads_per_block: threads a block may have.
         max_threads_per_sm, max_warps_per_sm, max_blocks_per_sm: residency limits.
         shared_per_sm: bytes of shared memory an SM can give to blocks (largest carveout).
         max_shared_per_block: bytes a block may use (static + dynamic, opt-in maximum).
@@ -68,6 +69,7 @@ class Target:
     max_registers_per_thread: int = 255
     register_allocation_unit: int = 256
     sub_partitions: int = 4
+    max_threads_per_block: int = 1024
     max_threads_per_sm: int = 2048
     max_warps_per_sm: int = 64
     max_blocks_per_sm: int = 32

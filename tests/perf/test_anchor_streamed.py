@@ -68,3 +68,12 @@ def test_main_writes_the_table_and_removes_the_pair(tmp_path, monkeypatch):
 def test_main_needs_a_scratch_folder():
     with pytest.raises(SystemExit, match="--scratch"):
         anchor_streamed.main(["--shapes", "e5-small"])
+
+
+@pytest.mark.parametrize(("growth", "cell"), [(None, "| - |"), (0, "| +0.0 MB |"), (2_500_000_000, "| +2.50 GB |")])
+def test_table_shows_unmeasured_growth_as_a_dash_not_zero(growth, cell):
+    row = {"shapes": "llama-7b", "numel": 6_738_415_616, "dtype": "bf16", "element_bytes": 2, "first_call_s": 100.0,
+           "peak_rss_bytes": 3_000_000_000, "peak_extra_bytes": growth, "entries": 5, "k": 5, "k_fraction": 0.01,
+           "full_passes": 2, "bytes_read": 53_907_324_928, "candidates": 3, "write_s": 10.0, "load_before": 1.0,
+           "load_after": 1.0}
+    assert f"| 3.00 GB {cell} k |" in anchor_streamed.markdown(row)

@@ -76,8 +76,17 @@ class ResourceUsage:
     static_shared_bytes: int
 
 
+RESOURCE_FIELDS: tuple[str, ...] = ("REG", "STACK", "LOCAL", "SHARED")
+"""The fields of a function's resource line that a :class:`ResourceUsage` is read from."""
+
+
 def parse_resource_usage(text: str) -> dict[str, ResourceUsage]:
-    """Function name -> resource usage, from ``cuobjdump --dump-resource-usage`` output."""
+    """Function name -> resource usage, from ``cuobjdump --dump-resource-usage`` output.
+
+    Raises:
+        ValueError: a function's resource line lacks one of :data:`RESOURCE_FIELDS` (a missing
+            ``STACK`` read as 0 would report a spilling kernel as spill-free).
+    """
     usage: dict[str, ResourceUsage] = {}
     current: str | None = None
     for line in text.splitlines():
@@ -86,12 +95,15 @@ def parse_resource_usage(text: str) -> dict[str, ResourceUsage]:
             current = function.group("name")
             continue
         fields = dict((m.group("key"), int(m.group("value"))) for m in _RESOURCE_FIELD.finditer(line))
-        if current is not None and "REG" in fields:
+        if current is not None and fields:
+            missing = [key for key in RESOURCE_FIELDS if key not in fields]
+            if missing:
+                raise ValueError(f"cuobjdump resource usage of {current}: no {', '.join(missing)} in {line.strip()!r}")
             usage[current] = ResourceUsage(
                 registers=fields["REG"],
-                stack_bytes=fields.get("STACK", 0),
-                local_bytes=fields.get("LOCAL", 0),
-                static_shared_bytes=fields.get("SHARED", 0),
+                stack_bytes=fields["STACK"],
+                local_bytes=fields["LOCAL"],
+                static_shared_bytes=fields["SHARED"],
             )
             current = None
     return usage
@@ -312,6 +324,7 @@ def compile_spec(spec: Any, target: Target, *, module: str = "") -> KernelBuild:
         options={"num_warps": spec.num_warps, "num_stages": spec.num_stages, "enable_fp_fusion": spec.fp_fusion},
     )
     usage, sass = analyse_cubin(compiled.asm["cubin"])
+    parse_sass(sass)  # SASS it cannot read fails this build: checks of no instructions would all pass
     function = kernel_function_name(spec)
     resources = usage.get(compiled.metadata.name) or usage.get(function)
     if resources is None:

@@ -72,8 +72,9 @@ def theoretical_occupancy(
         ValueError: a block that cannot be resident at all (too many threads, registers
             or shared bytes), or negative inputs.
     """
-    if num_warps < 1 or num_warps * target.warp_size > target.max_threads_per_sm:
-        raise ValueError(f"num_warps must be in [1, {target.max_warps_per_sm}], got {num_warps}")
+    if num_warps < 1 or num_warps * target.warp_size > target.max_threads_per_block:
+        raise ValueError(f"num_warps must be in [1, {target.max_threads_per_block // target.warp_size}] "
+                         f"({target.max_threads_per_block} threads per block), got {num_warps}")
     if not 0 <= registers_per_thread <= target.max_registers_per_thread:
         raise ValueError(
             f"registers_per_thread must be in [0, {target.max_registers_per_thread}], got {registers_per_thread}"

@@ -49,6 +49,9 @@ _INSTRUCTION = re.compile(
     r"(?P<mnemonic>[A-Z][A-Z0-9_]*(?:\.[A-Za-z0-9_]+)*)"
     r"\s*(?P<operands>[^;]*?)\s*;"
 )
+_ADDRESSED = re.compile(r"^\s*/\*\s*[0-9a-fA-F]+\s*\*/")
+"""The start of an instruction line in any spacing (``/*0160*/``, ``/* 0160 */``); not an encoding
+comment (``/* 0x000fe40000000f00 */``)."""
 _LABEL = re.compile(r"^(?P<label>\.L_[A-Za-z0-9_]+):\s*$")
 _BRANCH_TARGET = re.compile(r"`\((?P<label>\.L_[A-Za-z0-9_]+)\)")
 
@@ -258,17 +261,25 @@ class Sass:
 
 
 def parse_sass(text: str) -> Sass:
-    """Instructions and labels of ``nvdisasm -c`` (or ``cuobjdump -sass``) output."""
+    """Instructions and labels of ``nvdisasm -c`` (or ``cuobjdump -sass``) output.
+
+    Raises:
+        ValueError: an instruction line (one that starts with an address comment) this parser
+            cannot read, or text with no instruction at all: a count or check on what was not
+            parsed would read as "none found".
+    """
     instructions: list[Instruction] = []
     pending_labels: list[str] = []
     labels: dict[str, int] = {}
-    for line in text.splitlines():
+    for number, line in enumerate(text.splitlines(), start=1):
         label = _LABEL.match(line)
         if label:
             pending_labels.append(label.group("label"))
             continue
         match = _INSTRUCTION.match(line)
         if not match:
+            if _ADDRESSED.match(line):
+                raise ValueError(f"SASS line {number} is an instruction this parser cannot read: {line.strip()!r}")
             continue
         address = int(match.group("address"), 16)
         opcode, *modifiers = match.group("mnemonic").split(".")
@@ -284,4 +295,7 @@ def parse_sass(text: str) -> Sass:
         for name in pending_labels:
             labels[name] = address
         pending_labels.clear()
+    if not instructions:
+        lines = len(text.splitlines())
+        raise ValueError(f"no SASS instruction in {lines} lines: not nvdisasm -c / cuobjdump -sass output")
     return Sass(tuple(instructions), labels)

@@ -57,7 +57,10 @@ HMMA = "        /*0000*/                   HMMA.16816.F32.BF16 R24, R44, R68, R2
 HGMMA = "        /*0000*/                   HGMMA.64x32x16.F32.BF16 R24, R40, gdesc[UR20].tnspB, R24 ;\n"
 
 
-def make_build(sass: str = "", *, arch: str = "sm_90", promises: tuple[str, ...] = (), **changes) -> KernelBuild:
+NO_MEMORY = "        /*0000*/                   EXIT ;\n"
+
+
+def make_build(sass: str = NO_MEMORY, *, arch: str = "sm_90", promises: tuple[str, ...] = (), **changes) -> KernelBuild:
     build = KernelBuild(
         name="k", module="m", function="k", arch=arch, num_warps=4, num_stages=1, promises=promises,
         constexprs={}, registers=32, stack_bytes=0, local_bytes=0, static_shared_bytes=0,
@@ -76,7 +79,7 @@ def test_clean_build_passes():
 
 @pytest.mark.parametrize(
     ("changes", "sass"),
-    [({"stack_bytes": 8}, ""), ({"local_bytes": 16}, ""), ({}, SPILL)],
+    [({"stack_bytes": 8}, NO_MEMORY), ({"local_bytes": 16}, NO_MEMORY), ({}, SPILL)],
     ids=["stack", "local", "ldl-stl"],
 )
 def test_spill_detected_from_cubin_or_sass(changes, sass):
@@ -143,7 +146,7 @@ def test_block_local_histogram_messages_say_why():
         ("        /*0000*/  LDGSTS.E.BYPASS.LTC128B.128 [R3], desc[UR4][R4.64] ;\n", False),
         ("        /*0000*/  LDG.E.64 R4, desc[UR4][R2.64] ;\n", True),
         ("        /*0000*/  STG.E.128 desc[UR4][R2.64], R4 ;\n", True),
-        ("", True),
+        (NO_MEMORY, True),
     ],
 )
 def test_vectorized_loads(sass, flagged):
@@ -157,6 +160,13 @@ def test_vectorized_loads(sass, flagged):
 )
 def test_tensor_cores(sass, arch, flagged):
     assert ("tensor_cores" in checks_of(make_build(sass, arch=arch, promises=("tensor_cores",)))) is flagged
+
+
+@pytest.mark.parametrize("sass", ["", FLOAT_ATOMIC.replace("/*0000*/", "/* 0000 */")], ids=["empty", "unreadable"])
+def test_sass_that_cannot_be_parsed_fails_the_check_instead_of_passing_it(sass):
+    build = make_build(sass, promises=("no_float_atomics", "block_local_histogram"), histogram_bins=256)
+    with pytest.raises(ValueError, match="SASS"):
+        check_build(build)
 
 
 def test_unknown_promise_is_reported():

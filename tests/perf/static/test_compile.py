@@ -60,6 +60,29 @@ def test_parse_resource_usage():
     assert parse_resource_usage("") == {}
 
 
+@pytest.mark.parametrize("missing", ["REG", "STACK", "LOCAL", "SHARED"])
+def test_resource_line_without_a_field_is_an_error_not_zero(missing):
+    line = " ".join(f for f in ("REG:40", "STACK:24", "SHARED:0", "LOCAL:0", "CONSTANT[0]:400")
+                    if not f.startswith(f"{missing}:"))
+    with pytest.raises(ValueError, match=f"resource usage of spilling_kernel: no {missing}"):
+        parse_resource_usage(f" Function spilling_kernel:\n  {line}\n")
+
+
+def test_compile_spec_fails_on_sass_it_cannot_read(tmp_path, monkeypatch):
+    monkeypatch.setenv("DEFTX_CACHE", str(tmp_path))
+    usage, sass = compile_module.analyse_cubin(triton.compile(
+        ASTSource(fn=copy_kernel, signature=COPY.signature, constexprs=COPY.constexprs, attrs=launch_attrs(COPY)),
+        target=GPUTarget("cuda", 90, 32),
+        options={"num_warps": 4, "num_stages": 1},
+    ).asm["cubin"])
+    spaced = sass.replace("/*", "/* ").replace("*/", " */")
+    monkeypatch.setattr(compile_module, "analyse_cubin", lambda cubin: (usage, spaced))
+    with pytest.raises(ValueError, match="instruction this parser cannot read"):
+        compile_spec(COPY, H100_SXM)
+    failed = compile_all([DeclaredSpec("tests_unreadable", 0, COPY)], "sm_90", workers=1)
+    assert isinstance(failed[0], BuildFailure) and "cannot read" in failed[0].error
+
+
 def test_launch_attrs_mark_pointers_16_byte_aligned():
     assert launch_attrs(COPY) == {(0,): [["tt.divisibility", 16]], (1,): [["tt.divisibility", 16]]}
 

@@ -56,6 +56,8 @@ def test_hand_computed_occupancy(target, warps, registers, shared, blocks, limit
     [
         ({"num_warps": 0, "registers_per_thread": 32, "user_shared_bytes": 0}, "num_warps"),
         ({"num_warps": 65, "registers_per_thread": 32, "user_shared_bytes": 0}, "num_warps"),
+        # 64 warps fill an SM's 2048 threads but are past the 1024 threads a block may have
+        ({"num_warps": 64, "registers_per_thread": 32, "user_shared_bytes": 0}, r"num_warps must be in \[1, 32\]"),
         ({"num_warps": 4, "registers_per_thread": 256, "user_shared_bytes": 0}, "registers_per_thread"),
         ({"num_warps": 4, "registers_per_thread": -1, "user_shared_bytes": 0}, "registers_per_thread"),
         ({"num_warps": 4, "registers_per_thread": 32, "user_shared_bytes": 163 * 1024 + 1}, "user_shared_bytes"),

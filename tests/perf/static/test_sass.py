@@ -212,10 +212,29 @@ def test_integer_cas_loop_is_not_a_float_atomic():
     assert sass.summary()["global_atomics"] == {"float": 0, "integer": 1}
 
 
-def test_empty_text_gives_no_instructions():
-    sass = parse_sass("")
-    assert sass.instructions == () and sass.loops == ()
-    assert sass.summary()["total"] == 0
+@pytest.mark.parametrize("text", ["", "\t.target\tsm_90a\n.L_x_0:\n", "        /* 0x000fe40000000f00 */\n"],
+                         ids=["empty", "header-only", "encoding-only"])
+def test_text_without_instructions_is_an_error(text):
+    with pytest.raises(ValueError, match="no SASS instruction"):
+        parse_sass(text)
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["        /* 0010 */                   ATOMG.E.ADD.F32.FTZ.RN.STRONG.GPU PT, RZ, desc[UR4][R4.64], R13 ;",
+     "        /*0010*/                   @P0 ATOMG.E.ADD.F32.FTZ.RN.STRONG.GPU PT, RZ, desc[UR4][R4.64], R13",
+     "        /*0010*/                   @Q0 RED.E.ADD.F32.FTZ.RN.STRONG.GPU desc[UR4][R2.64], R5 ;"],
+    ids=["spaced-address", "no-semicolon", "unknown-predicate"],
+)
+def test_instruction_line_it_cannot_read_is_an_error_not_skipped(line):
+    with pytest.raises(ValueError, match="line 2 is an instruction this parser cannot read"):
+        parse_sass(f"        /*0000*/                   LDG.E R4, desc[UR4][R2.64] ;\n{line}\n")
+
+
+def test_cuobjdump_encoding_comments_are_not_instructions():
+    text = ("        /*0000*/                   MOV R1, c[0x0][0x28] ;        /* 0x00000a0000017a02 */\n"
+            "                                                                 /* 0x000fe40000000f00 */\n")
+    assert [i.opcode for i in parse_sass(text).instructions] == ["MOV"]
 
 
 TILE_LOOP = """\
