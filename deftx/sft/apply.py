@@ -300,11 +300,45 @@ class ApplyPlan:
         entries: per diff, its name -> model parameter of the sparse entries that take
             effect (those not overwritten by a later dense replacement).
         sparse: the model parameters receiving sparse entries, sorted.
+        overwritten: what a later dense tensor discards of earlier diffs' writes, a sentence per
+            parameter (:func:`overwritten_by_dense`; warned by the appliers, :func:`warn_overwritten`).
     """
 
     dense: dict[str, tuple[int, str]]
     entries: list[dict[str, str]]
     sparse: list[str]
+    overwritten: list[str]
+
+
+def overwritten_by_dense(diffs: Sequence[SparseDiff], resolved: Mapping[str, str],
+                         dense: Mapping[str, tuple[int, str]]) -> list[str]:
+    """One sentence per model parameter that a later diff's dense tensor replaces after an earlier diff
+    wrote to it (sparse entries or a dense tensor of its own): what applying ``diffs`` in order discards."""
+    lost: dict[str, list[str]] = {}
+    for position, diff in enumerate(diffs):
+        for name, idx in diff.indices.items():
+            final = dense.get(resolved[name])
+            if final is not None and final[0] > position and idx.numel():
+                lost.setdefault(resolved[name], []).append(f"{idx.numel()} entries of SparseDiff {position}")
+        for name in diff.dense:
+            if dense[resolved[name]][0] > position:
+                lost.setdefault(resolved[name], []).append(f"the dense tensor of SparseDiff {position}")
+    return [f"{target!r}: SparseDiff {dense[target][0]}'s dense tensor replaces {', '.join(what)}"
+            for target, what in lost.items()]
+
+
+class OverwrittenByDenseWarning(UserWarning):
+    """A diff's dense tensor replaces a parameter an earlier diff of the same application wrote to: the
+    earlier diff's change there is discarded (e.g. a task SFT exported with whole modules, composed after
+    a language SFT that changes those modules)."""
+
+
+def warn_overwritten(overwritten: Sequence[str], stacklevel: int) -> None:
+    """Warn (:class:`OverwrittenByDenseWarning`) about the sentences of :func:`overwritten_by_dense`, if any."""
+    if overwritten:
+        shown = "; ".join(overwritten[:3]) + (f"; and {len(overwritten) - 3} more" if len(overwritten) > 3 else "")
+        warnings.warn(f"applied in order, a later dense tensor discards what earlier diffs wrote to "
+                      f"{len(overwritten)} parameter(s): {shown}", OverwrittenByDenseWarning, stacklevel=stacklevel)
 
 
 def plan_application(diffs: Sequence[SparseDiff], resolved: Mapping[str, str]) -> ApplyPlan:
@@ -322,7 +356,8 @@ def plan_application(diffs: Sequence[SparseDiff], resolved: Mapping[str, str]) -
         for position, diff in enumerate(diffs)
     ]
     sparse = sorted({target for row in entries for target in row.values()})
-    return ApplyPlan(dense=dense, entries=entries, sparse=sparse)
+    return ApplyPlan(dense=dense, entries=entries, sparse=sparse,
+                     overwritten=overwritten_by_dense(diffs, resolved, dense))
 
 
 Localize = Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -637,8 +672,10 @@ def _arguments(diffs: Sequence[SparseDiff], scales: Sequence[float] | None, on_r
 def _reported(model: torch.nn.Module, params: Mapping[str, torch.Tensor], diffs: list[SparseDiff],
               scales: Sequence[float], strict_dtype: bool, check_base: bool,
               on_rounding_loss: OnRoundingLoss) -> PlannedWrites:
-    """:func:`_planned`, its rounding loss handled per ``on_rounding_loss`` (warned at the public caller's caller)."""
+    """:func:`_planned`, its rounding loss handled per ``on_rounding_loss`` and what a dense tensor discards
+    warned (:func:`warn_overwritten`), both at the public caller's caller."""
     writes = _planned(model, params, diffs, scales, strict_dtype, check_base)
+    warn_overwritten(writes.plan.overwritten, stacklevel=4)
     handle_rounding_loss(writes.rounding_loss, diffs, {n: params[n].dtype for n in writes.plan.sparse},
                          on_rounding_loss, stacklevel=4)
     return writes

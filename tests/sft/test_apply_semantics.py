@@ -11,6 +11,7 @@ import torch
 from transformers import BertForSequenceClassification
 
 from deftx.sft import (
+    OverwrittenByDenseWarning,
     ParamInfo,
     RoundingLossError,
     RoundingLossWarning,
@@ -60,6 +61,7 @@ def apply_one_by_one(model, diffs):
                      id="interleaved"),
     ],
 )
+@pytest.mark.filterwarnings("ignore::deftx.sft.OverwrittenByDenseWarning")
 def test_one_call_equals_one_after_another_and_reverts_exactly(model, make):
     diffs = make(model)
     original = snapshot(model)
@@ -182,6 +184,7 @@ def test_threads_applying_to_one_model_are_serialised():
         assert applied(model) == []
 
 
+@pytest.mark.filterwarnings("ignore::deftx.sft.OverwrittenByDenseWarning")
 def test_a_with_block_reverts_exactly_on_leaving_it_even_on_an_error(model):
     diffs = [random_sft(model, 200), dense_pooler(4)]
     original = snapshot(model)
@@ -198,3 +201,21 @@ def test_a_with_block_reverts_exactly_on_leaving_it_even_on_an_error(model):
     with apply_diffs(model, diffs, check_base=False) as handle:
         handle.revert()
     assert_model_equals(model, original, "reverted inside the block: leaving it reverts nothing more")
+
+
+def test_a_dense_tensor_that_discards_an_earlier_diffs_writes_is_warned_not_silent(model):
+    """A task SFT exported with whole modules (peft's modules_to_save) composed after a language SFT
+    replaces the language SFT's entries there: the result is one-after-another's, and it is said."""
+    sparse = random_sft(model, 400)
+    on_pooler = sum(idx.numel() for name, idx in sparse.indices.items() if name.endswith(POOLER.removeprefix("bert.")))
+    assert on_pooler > 0
+    with pytest.warns(OverwrittenByDenseWarning) as caught:
+        apply_diffs(model, [sparse, dense_pooler(4)], check_base=False).revert()
+    message = str(caught[0].message)
+    assert f"{POOLER!r}: SparseDiff 1's dense tensor replaces {on_pooler} entries of SparseDiff 0" in message
+    with pytest.warns(OverwrittenByDenseWarning, match="replaces the dense tensor of SparseDiff 0"):
+        apply_diffs(model, [head_diff(1), head_diff(2)], check_base=False).revert()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OverwrittenByDenseWarning)
+        apply_diffs(model, [dense_pooler(4), sparse], check_base=False).revert()
+        apply_diffs(model, [sparse, head_diff(1)], check_base=False).revert()

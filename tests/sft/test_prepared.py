@@ -43,6 +43,7 @@ def three_diffs(model, head: bool = True) -> list[SparseDiff]:
     return [random_sft(model, 200, head=head), dense_pooler(4), random_sft(model, 150, seed=3)]
 
 
+@pytest.mark.filterwarnings("ignore::deftx.sft.OverwrittenByDenseWarning")  # three_diffs: two heads
 @pytest.mark.parametrize("backend", cpu_backends("scatter"))
 @pytest.mark.parametrize("dtypes", list(DTYPES))
 def test_prepared_apply_is_bit_identical_to_apply_diffs_and_reverts_exactly(model, dtypes, backend):
@@ -61,6 +62,7 @@ def test_prepared_apply_is_bit_identical_to_apply_diffs_and_reverts_exactly(mode
         assert_model_equals(model, original, "after revert")
 
 
+@pytest.mark.filterwarnings("ignore::deftx.sft.OverwrittenByDenseWarning")  # three_diffs: two heads
 def test_prepared_composition_is_on_the_stack_while_applied(model):
     diffs = three_diffs(model)
     original = snapshot(model)
