@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import Replicate, Shard, distribute_tensor, init_device_mesh
 
 from deftx.distributed.comm import count_communication
@@ -431,10 +432,28 @@ def run_compose(mesh, folder: Path) -> dict:
     }
 
 
+# ------------------------------------------------------------------------- mesh of reversed ranks
+
+
+def reversed_mesh_rows(world: int) -> list[int]:
+    """Which rank holds each row block on :func:`run_reversed_mesh`'s mesh: block b on rank world − 1 − b."""
+    return list(reversed(range(world)))
+
+
+def run_reversed_mesh(world: int) -> dict:
+    """Top-k of the tied case on a mesh listing the ranks in reverse (rank world − 1 holds the first rows):
+    this rank's masks."""
+    mesh = DeviceMesh("cpu", reversed_mesh_rows(world))
+    ties = topk_cases()[1]
+    dts = _distribute(ties.tensors, ties.replicated, mesh)
+    return {"masks": {k: [m.to_local().clone() for m in topk_mask_dtensor(dts, k)] for k in ties.ks}}
+
+
 # ------------------------------------------------------------------------------------------ all
 
 
 def run_all(rank: int, world: int, folder: str) -> dict:
     """Every scenario on this rank (one spawned world serves all the tests of a world size)."""
     mesh = init_device_mesh("cpu", (world,))
-    return {"topk": run_topk(mesh), "rsvd": run_rsvd(mesh), "compose": run_compose(mesh, Path(folder))}
+    return {"topk": run_topk(mesh), "rsvd": run_rsvd(mesh), "compose": run_compose(mesh, Path(folder)),
+            "reversed_mesh": run_reversed_mesh(world)}
