@@ -441,12 +441,20 @@ def reversed_mesh_rows(world: int) -> list[int]:
 
 
 def run_reversed_mesh(world: int) -> dict:
-    """Top-k of the tied case on a mesh listing the ranks in reverse (rank world − 1 holds the first rows):
-    this rank's masks."""
+    """Top-k of the tied case and a gathered diff with a sharded dense head, on a mesh listing the ranks in
+    reverse (rank world − 1 holds the first rows): this rank's masks, and the diff on rank 0."""
     mesh = DeviceMesh("cpu", reversed_mesh_rows(world))
     ties = topk_cases()[1]
     dts = _distribute(ties.tensors, ties.replicated, mesh)
-    return {"masks": {k: [m.to_local().clone() for m in topk_mask_dtensor(dts, k)] for k in ties.ks}}
+    masks = {k: [m.to_local().clone() for m in topk_mask_dtensor(dts, k)] for k in ties.ks}
+    base, tuned = _distribute(ties.tensors, ties.replicated, mesh), _distribute(
+        [2 * t + 1.0 for t in ties.tensors], ties.replicated, mesh)
+    names = [f"t{i}" for i in range(len(dts))]
+    head = distribute_tensor(torch.arange(14.0).view(7, 2), mesh, [Shard(0)], src_data_rank=None)
+    selection = dict(zip(names, topk_mask_dtensor(dts, 47), strict=True))
+    diff = _capture_result(lambda: gather_sparse_diff(dict(zip(names, base, strict=True)),
+                                                      dict(zip(names, tuned, strict=True)), selection, {"head": head}))
+    return {"masks": masks, "diff": diff}
 
 
 # ------------------------------------------------------------------------------------------ all

@@ -12,7 +12,7 @@ import torch
 
 from deftx.ops import topk_mask
 from deftx.sft import SparseDiff, apply_diffs
-from tests.distributed.scenarios import MIXED_LAYOUTS, PARAM_SHAPES, SCALES, Params, base_params, diffs
+from tests.distributed.scenarios import MIXED_LAYOUTS, PARAM_SHAPES, SCALES, Params, base_params, diffs, topk_cases
 from tests.distributed.world import assemble_rows
 from tests.helpers import assert_bitwise_equal
 
@@ -209,3 +209,21 @@ def test_reading_a_ranks_entries_refuses_what_load_refuses(tmp_path, mutate, wor
         SparseDiff.load(path)
     with pytest.raises(SparseDiffFormatError, match=words):
         load_diff_for_shards(path, model)
+
+
+def test_gathered_diff_is_in_row_order_on_a_mesh_of_reversed_ranks(world):
+    """Rows are joined in the mesh's coordinate order, not the group's rank order: sorted indices with
+    their own values, and the dense head's rows in place."""
+    _, results = world
+    diff = results[0]["reversed_mesh"]["diff"]
+    assert isinstance(diff, SparseDiff), f"gather_sparse_diff raised {diff}"
+    tensors = list(topk_cases()[1].tensors)
+    masks = topk_mask(tensors, 47, backend="torch")
+    names = [f"t{i}" for i in range(len(tensors))]
+    expected = SparseDiff.from_states(dict(zip(names, tensors, strict=True)),
+                                      {n: 2 * t + 1.0 for n, t in zip(names, tensors, strict=True)},
+                                      dict(zip(names, masks, strict=True)))
+    for name in names:
+        assert_bitwise_equal(diff.indices[name], expected.indices[name], what=f"indices {name}")
+        assert_bitwise_equal(diff.values[name], expected.values[name], what=f"values {name}")
+    assert_bitwise_equal(diff.dense["head"], torch.arange(14.0).view(7, 2), what="dense head")
