@@ -255,8 +255,23 @@ def _non_finite_scores(mesh) -> dict[str, object]:
     return out
 
 
+def _rsvd_errors(mesh) -> dict[str, tuple[str, str]]:
+    """What lowrank_factors_sharded raises for options the single-process op refuses."""
+    w1, w0 = (distribute_tensor(t, mesh, [Shard(0)], src_data_rank=None) for t in (torch.ones(7, 4), torch.zeros(7, 4)))
+    bf16 = distribute_tensor(torch.zeros(7, 4, dtype=torch.bfloat16), mesh, [Shard(0)], src_data_rank=None)
+    return {
+        "rank_float": _capture(lambda: lowrank_factors_sharded(w1, 2.0)),
+        "rank_bool": _capture(lambda: lowrank_factors_sharded(w1, True)),
+        "oversample_negative": _capture(lambda: lowrank_factors_sharded(w1, 2, oversample=-5)),
+        "n_iter_negative": _capture(lambda: lowrank_factors_sharded(w1, 2, n_iter=-1)),
+        "base_dtype": _capture(lambda: lowrank_factors_sharded(w1, 2, base=bf16)),
+        "fine": _capture(lambda: lowrank_factors_sharded(w1, 2, base=w0)),
+    }
+
+
 def run_rsvd(mesh) -> dict:
-    out = {"uniform_rank": _capture_result(lambda: _uniform_rank_scores(mesh)), "non_finite": _non_finite_scores(mesh)}
+    out = {"uniform_rank": _capture_result(lambda: _uniform_rank_scores(mesh)), "non_finite": _non_finite_scores(mesh),
+           "errors": _rsvd_errors(mesh)}
     for case in svd_cases():
         w1 = distribute_tensor(case.w1, mesh, [Shard(0)], src_data_rank=None)
         w0 = None if case.w0 is None else distribute_tensor(case.w0, mesh, [Shard(0)], src_data_rank=None)
