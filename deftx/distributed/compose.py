@@ -430,9 +430,23 @@ def gather_sparse_diff(
 
 
 def save_sharded_diff(path: str | Path, *args: Any, dst: int = 0, **kwargs: Any) -> SparseDiff | None:
-    """:func:`gather_sparse_diff`, written to ``path`` by rank ``dst``; every rank waits for the file."""
+    """:func:`gather_sparse_diff`, written to ``path`` by rank ``dst``; every rank waits for the file.
+
+    Raises:
+        what :meth:`SparseDiff.save` raised, on ``dst``; RuntimeError naming it on every other rank
+        (which would otherwise go on as if the file were written).
+    """
     diff = gather_sparse_diff(*args, dst=dst, **kwargs)
+    failure = None
     if diff is not None:
-        diff.save(path)
-    dist.barrier(group=kwargs.get("group"))
+        try:
+            diff.save(path)
+        except Exception as err:  # told to every rank below, then raised here
+            failure = err
+    outcome = [None if failure is None else f"{type(failure).__name__}: {failure}"]
+    dist.broadcast_object_list(outcome, group_src=dst, group=kwargs.get("group"))
+    if failure is not None:
+        raise failure
+    if outcome[0] is not None:
+        raise RuntimeError(f"save_sharded_diff: rank {dst} could not write {path} ({outcome[0]})")
     return diff

@@ -447,6 +447,20 @@ def run_compose(mesh, folder: Path) -> dict:
     }
 
 
+def save_into_a_folder(rank: int, world: int, folder: str) -> tuple[str, str]:
+    """save_sharded_diff of a small diff to a path that is a folder (rank 0 cannot write it): the error
+    this rank raised."""
+    mesh = init_device_mesh("cpu", (world,))
+    target = Path(folder) / "a-folder"
+    target.mkdir(exist_ok=True)
+
+    def shard(t: torch.Tensor):
+        return distribute_tensor(t, mesh, [Shard(0)], src_data_rank=None)
+
+    return _capture(lambda: save_sharded_diff(target, {"w": shard(torch.zeros(5, 2))}, {"w": shard(torch.ones(5, 2))},
+                                              {"w": shard(torch.ones(5, 2, dtype=torch.bool))}))
+
+
 # ------------------------------------------------------------------------- mesh of reversed ranks
 
 

@@ -12,8 +12,17 @@ import torch
 
 from deftx.ops import topk_mask
 from deftx.sft import SparseDiff, apply_diffs
-from tests.distributed.scenarios import MIXED_LAYOUTS, PARAM_SHAPES, SCALES, Params, base_params, diffs, topk_cases
-from tests.distributed.world import assemble_rows
+from tests.distributed.scenarios import (
+    MIXED_LAYOUTS,
+    PARAM_SHAPES,
+    SCALES,
+    Params,
+    base_params,
+    diffs,
+    save_into_a_folder,
+    topk_cases,
+)
+from tests.distributed.world import assemble_rows, run_world
 from tests.helpers import assert_bitwise_equal
 
 SPARSE = [n for n in PARAM_SHAPES if n != "head.weight"]
@@ -227,3 +236,12 @@ def test_gathered_diff_is_in_row_order_on_a_mesh_of_reversed_ranks(world):
         assert_bitwise_equal(diff.indices[name], expected.indices[name], what=f"indices {name}")
         assert_bitwise_equal(diff.values[name], expected.values[name], what=f"values {name}")
     assert_bitwise_equal(diff.dense["head"], torch.arange(14.0).view(7, 2), what="dense head")
+
+
+def test_a_save_that_fails_on_the_writing_rank_fails_on_every_rank(tmp_path):
+    """Rank 0 cannot write the file: it raises what the save raised, the others raise naming it, where
+    they went on as if the file were there (and met rank 0 at its next collective)."""
+    results = run_world(save_into_a_folder, 2, tmp_path / "world", str(tmp_path), timeout_s=30)
+    assert results[0][0] == "IsADirectoryError", results[0]
+    kind, message = results[1]
+    assert kind == "RuntimeError" and "rank 0 could not write" in message and "IsADirectoryError" in message, results[1]
