@@ -113,10 +113,13 @@ def all_gather_equal(tensor: torch.Tensor, group: dist.ProcessGroup | None, what
     return parts
 
 
-def per_rank_values(value: int, group: dist.ProcessGroup | None, what: str, device: torch.device) -> torch.Tensor:
-    """int64 (world,) holding every rank's ``value`` (one all-reduce of a one-hot slot vector)."""
+def per_rank_values(
+    value: int, group: dist.ProcessGroup | None, what: str, device: torch.device, slot: int | None = None
+) -> torch.Tensor:
+    """int64 (world,) holding every rank's ``value`` at its ``slot`` (default: its group rank; one
+    all-reduce of a one-hot slot vector). Every rank of ``group`` must give a distinct slot."""
     slots = torch.zeros(dist.get_world_size(group), dtype=torch.int64, device=device)
-    slots[dist.get_rank(group)] = int(value)
+    slots[dist.get_rank(group) if slot is None else slot] = int(value)
     return all_reduce_sum(slots, group, what)
 
 

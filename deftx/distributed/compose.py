@@ -313,21 +313,34 @@ def selected_entries(
     return idx, values_at(tuned, idx) - values_at(base, idx)
 
 
-def _gather_rows(local: torch.Tensor, dst: int, group: dist.ProcessGroup, what: str) -> torch.Tensor | None:
-    """The full tensor from row blocks (rank order) on ``dst``; None elsewhere."""
+def row_block_order(tensor: DTensor, group: dist.ProcessGroup) -> list[int]:
+    """The ranks of ``group`` holding the row blocks of the Shard(0) ``tensor``, in row order: its mesh's
+    coordinate order, which need not be the group's rank order (a mesh may list its ranks in any order)."""
+    return [dist.get_group_rank(group, int(r)) for r in tensor.device_mesh.mesh.flatten().tolist()]
+
+
+def _gather_rows(tensor: DTensor, dst: int, group: dist.ProcessGroup, what: str) -> torch.Tensor | None:
+    """The full tensor from the row blocks of the Shard(0) ``tensor`` (joined in row order) on ``dst``;
+    None elsewhere."""
+    local = local_tensor(tensor)
     rows = comm.per_rank_values(local.shape[0], group, f"{what} rows", local.device)
     padded = local.new_zeros((int(rows.max()), *local.shape[1:]))
     padded[: local.shape[0]] = local
     parts = comm.gather_to(padded, dst, group, what)
     if parts is None:
         return None
-    return torch.cat([part[: int(n)] for part, n in zip(parts, rows.tolist(), strict=True)])
+    return torch.cat([parts[r][: int(rows[r])] for r in row_block_order(tensor, group)])
 
 
 def _gather_entries(
-    pieces: list[tuple[torch.Tensor, torch.Tensor]], dst: int, group: dist.ProcessGroup, device: torch.device
+    pieces: list[tuple[torch.Tensor, torch.Tensor]],
+    orders: list[list[int]],
+    dst: int,
+    group: dist.ProcessGroup,
+    device: torch.device,
 ) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
-    """Per tensor, the ranks' (sorted global indices, values) concatenated in rank order, on ``dst``."""
+    """Per tensor, the ranks' (sorted global indices, values) joined in the order of its row blocks
+    (``orders``: per tensor, the group ranks in row order, :func:`row_block_order`), on ``dst``."""
     counts = torch.tensor([idx.numel() for idx, _ in pieces], dtype=torch.int64, device=device)
     sizes = comm.per_rank_values(int(counts.sum()), group, "diff entry counts", device)
     width = int(sizes.max())
@@ -341,14 +354,17 @@ def _gather_entries(
     all_values = comm.gather_to(value_buffer, dst, group, "diff values")
     if all_indices is None or all_values is None:
         return None
-    merged: list[tuple[list[torch.Tensor], list[torch.Tensor]]] = [([], []) for _ in pieces]
+    by_rank: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
     for idx_buf, val_buf in zip(all_indices, all_values, strict=True):
-        offset = 0
-        for t, count in enumerate(idx_buf[: len(pieces)].tolist()):
-            merged[t][0].append(idx_buf[len(pieces) + offset : len(pieces) + offset + count])
-            merged[t][1].append(val_buf[offset : offset + count])
+        offset, parts, indices = 0, [], idx_buf[len(pieces) :]
+        for count in idx_buf[: len(pieces)].tolist():
+            parts.append((indices[offset : offset + count], val_buf[offset : offset + count]))
             offset += count
-    return [(torch.cat(i).cpu(), torch.cat(v).cpu()) for i, v in merged]
+        by_rank.append(parts)
+    return [
+        (torch.cat([by_rank[r][t][0] for r in order]).cpu(), torch.cat([by_rank[r][t][1] for r in order]).cpu())
+        for t, order in enumerate(orders)
+    ]
 
 
 def gather_sparse_diff(
@@ -391,11 +407,12 @@ def gather_sparse_diff(
     sharded = [n for n in names if is_sharded(owners[n])]
     device = local_tensor(tuned[names[0]]).device if names else torch.device("cpu")
     pieces = [selected_entries(base[n], tuned[n], selection[n], owners[n]) for n in sharded]
-    gathered = _gather_entries(pieces, dst, group, device) if sharded else []
+    orders = [row_block_order(owners[n], group) for n in sharded]
+    gathered = _gather_entries(pieces, orders, dst, group, device) if sharded else []
     dense_full = {}
     for name, tensor in (dense or {}).items():
         full = (
-            _gather_rows(local_tensor(tensor), dst, group, "diff dense")
+            _gather_rows(tensor, dst, group, "diff dense")
             if is_sharded(tensor)
             else local_tensor(tensor).clone()
         )
@@ -413,9 +430,23 @@ def gather_sparse_diff(
 
 
 def save_sharded_diff(path: str | Path, *args: Any, dst: int = 0, **kwargs: Any) -> SparseDiff | None:
-    """:func:`gather_sparse_diff`, written to ``path`` by rank ``dst``; every rank waits for the file."""
+    """:func:`gather_sparse_diff`, written to ``path`` by rank ``dst``; every rank waits for the file.
+
+    Raises:
+        what :meth:`SparseDiff.save` raised, on ``dst``; RuntimeError naming it on every other rank
+        (which would otherwise go on as if the file were written).
+    """
     diff = gather_sparse_diff(*args, dst=dst, **kwargs)
+    failure = None
     if diff is not None:
-        diff.save(path)
-    dist.barrier(group=kwargs.get("group"))
+        try:
+            diff.save(path)
+        except Exception as err:  # told to every rank below, then raised here
+            failure = err
+    outcome = [None if failure is None else f"{type(failure).__name__}: {failure}"]
+    dist.broadcast_object_list(outcome, group_src=dst, group=kwargs.get("group"))
+    if failure is not None:
+        raise failure
+    if outcome[0] is not None:
+        raise RuntimeError(f"save_sharded_diff: rank {dst} could not write {path} ({outcome[0]})")
     return diff

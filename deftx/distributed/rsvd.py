@@ -110,9 +110,21 @@ def _check_pair(matrix: DTensor, base: DTensor | None) -> None:
     check_float_dtype(matrix, "lowrank_factors_sharded: matrix")
     if base is not None:
         check_float_dtype(base, "lowrank_factors_sharded: base")
+        if base.dtype != matrix.dtype:
+            raise TypeError(f"lowrank_factors_sharded: base has dtype {base.dtype}, its matrix {matrix.dtype}; "
+                            "cast one of them")
         if not isinstance(base, DTensor) or base.shape != matrix.shape or base.placements != matrix.placements:
             raise ValueError("lowrank_factors_sharded: base must be a DTensor with the matrix's shape and placements")
         mesh_of([matrix, base], "lowrank_factors_sharded")
+
+
+def _check_sketch(rank: int | None, oversample: int, n_iter: int) -> None:
+    """The single-process op's refusals: a rank that is not an int, a negative oversample or n_iter."""
+    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int)):
+        raise TypeError(f"lowrank_factors_sharded: rank must be an int, got {type(rank).__name__}")
+    for name, value in (("oversample", oversample), ("n_iter", n_iter)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"lowrank_factors_sharded: {name} must be an int >= 0, got {value!r}")
 
 
 def frobenius_energy_sharded(matrix: DTensor, base: DTensor | None) -> float:
@@ -140,6 +152,7 @@ def lowrank_factors_sharded(
         This rank's rows U_r (m_r, r), and S (r,), Vh (r, n) replicated, fp32.
     """
     _check_pair(matrix, base)
+    _check_sketch(rank, oversample, n_iter)
     if isinstance(matrix.placements[0], Replicate):
         return lowrank_factors(
             _local(matrix),

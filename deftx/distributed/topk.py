@@ -25,9 +25,10 @@ Ties (the single-process rule, exactly)
     index) order are taken. Each rank knows its per-tensor tie counts from its last local
     histogram; one ``all_reduce`` of those counts (8 bytes per tensor) gives every tensor's
     total and hence the one tensor ``t*`` where the take stops part-way. For a ``Shard(0)``
-    tensor the global flat order is rank-major (rank r holds one contiguous row block), so
-    one more ``all_reduce`` of every rank's tie count in ``t*`` (8 bytes per rank) gives each
-    rank the exclusive prefix it needs. When the last histogram already shows that every
+    tensor the global flat order is mesh-coordinate-major (the rank at coordinate r holds one
+    contiguous row block, whatever its process-group rank), so one more ``all_reduce`` of every
+    rank's tie count in ``t*``, slotted by coordinate (8 bytes per rank), gives each rank the
+    exclusive prefix it needs. When the last histogram already shows that every
     entry of the threshold bin is taken, both tie collectives are skipped.
 
 Communication per call: ``passes × 2 KiB + 8 + 8 × tensors + 8 × ranks`` bytes at most (the
@@ -254,8 +255,14 @@ def radix_threshold(shards: Sequence[LocalShard], k: int, passes: int, group: di
     return Threshold(shift, prefix >> shift, remaining, local[:, digit])
 
 
-def tie_quotas(shards: Sequence[LocalShard], threshold: Threshold, group: dist.ProcessGroup) -> list[int | None]:
-    """How many of its local threshold-level keys each tensor takes on this rank (None: all)."""
+def tie_quotas(
+    shards: Sequence[LocalShard], threshold: Threshold, group: dist.ProcessGroup, position: int
+) -> list[int | None]:
+    """How many of its local threshold-level keys each tensor takes on this rank (None: all).
+
+    ``position``: this rank's mesh coordinate, the place of its row blocks in the global flat
+    order (not its rank in ``group``: a mesh may list its ranks in any order).
+    """
     if threshold.ties is None:
         return [None] * len(shards)
     counted = torch.tensor([s.counted for s in shards], device=threshold.tie_counts.device)
@@ -272,8 +279,9 @@ def tie_quotas(shards: Sequence[LocalShard], threshold: Threshold, group: dist.P
             quotas.append(wanted)
         else:
             local_count = int(threshold.tie_counts[i])
-            per_rank = comm.per_rank_values(local_count, group, "topk tie prefix", threshold.tie_counts.device)
-            earlier = int(per_rank[: dist.get_rank(group)].sum())
+            per_rank = comm.per_rank_values(local_count, group, "topk tie prefix", threshold.tie_counts.device,
+                                            slot=position)
+            earlier = int(per_rank[:position].sum())
             quotas.append(max(0, min(local_count, wanted - earlier)))
         before += totals[i]
     return quotas
@@ -323,7 +331,7 @@ def sharded_topk_local(
         return [torch.full((s.flat.numel(),), k > 0, dtype=torch.bool, device=s.flat.device) for s in shards]
     passes = passes_needed([t.dtype for t in tensors], any(b is not None for b in paired))
     threshold = radix_threshold(shards, k, passes, group)
-    quotas = tie_quotas(shards, threshold, group)
+    quotas = tie_quotas(shards, threshold, group, mesh.get_coordinate()[0])
     return [_local_mask(s, threshold, q) for s, q in zip(shards, quotas, strict=True)]
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import Replicate, Shard, distribute_tensor, init_device_mesh
 
 from deftx.distributed.comm import count_communication
@@ -254,8 +255,23 @@ def _non_finite_scores(mesh) -> dict[str, object]:
     return out
 
 
+def _rsvd_errors(mesh) -> dict[str, tuple[str, str]]:
+    """What lowrank_factors_sharded raises for options the single-process op refuses."""
+    w1, w0 = (distribute_tensor(t, mesh, [Shard(0)], src_data_rank=None) for t in (torch.ones(7, 4), torch.zeros(7, 4)))
+    bf16 = distribute_tensor(torch.zeros(7, 4, dtype=torch.bfloat16), mesh, [Shard(0)], src_data_rank=None)
+    return {
+        "rank_float": _capture(lambda: lowrank_factors_sharded(w1, 2.0)),
+        "rank_bool": _capture(lambda: lowrank_factors_sharded(w1, True)),
+        "oversample_negative": _capture(lambda: lowrank_factors_sharded(w1, 2, oversample=-5)),
+        "n_iter_negative": _capture(lambda: lowrank_factors_sharded(w1, 2, n_iter=-1)),
+        "base_dtype": _capture(lambda: lowrank_factors_sharded(w1, 2, base=bf16)),
+        "fine": _capture(lambda: lowrank_factors_sharded(w1, 2, base=w0)),
+    }
+
+
 def run_rsvd(mesh) -> dict:
-    out = {"uniform_rank": _capture_result(lambda: _uniform_rank_scores(mesh)), "non_finite": _non_finite_scores(mesh)}
+    out = {"uniform_rank": _capture_result(lambda: _uniform_rank_scores(mesh)), "non_finite": _non_finite_scores(mesh),
+           "errors": _rsvd_errors(mesh)}
     for case in svd_cases():
         w1 = distribute_tensor(case.w1, mesh, [Shard(0)], src_data_rank=None)
         w0 = None if case.w0 is None else distribute_tensor(case.w0, mesh, [Shard(0)], src_data_rank=None)
@@ -431,10 +447,50 @@ def run_compose(mesh, folder: Path) -> dict:
     }
 
 
+def save_into_a_folder(rank: int, world: int, folder: str) -> tuple[str, str]:
+    """save_sharded_diff of a small diff to a path that is a folder (rank 0 cannot write it): the error
+    this rank raised."""
+    mesh = init_device_mesh("cpu", (world,))
+    target = Path(folder) / "a-folder"
+    target.mkdir(exist_ok=True)
+
+    def shard(t: torch.Tensor):
+        return distribute_tensor(t, mesh, [Shard(0)], src_data_rank=None)
+
+    return _capture(lambda: save_sharded_diff(target, {"w": shard(torch.zeros(5, 2))}, {"w": shard(torch.ones(5, 2))},
+                                              {"w": shard(torch.ones(5, 2, dtype=torch.bool))}))
+
+
+# ------------------------------------------------------------------------- mesh of reversed ranks
+
+
+def reversed_mesh_rows(world: int) -> list[int]:
+    """Which rank holds each row block on :func:`run_reversed_mesh`'s mesh: block b on rank world − 1 − b."""
+    return list(reversed(range(world)))
+
+
+def run_reversed_mesh(world: int) -> dict:
+    """Top-k of the tied case and a gathered diff with a sharded dense head, on a mesh listing the ranks in
+    reverse (rank world − 1 holds the first rows): this rank's masks, and the diff on rank 0."""
+    mesh = DeviceMesh("cpu", reversed_mesh_rows(world))
+    ties = topk_cases()[1]
+    dts = _distribute(ties.tensors, ties.replicated, mesh)
+    masks = {k: [m.to_local().clone() for m in topk_mask_dtensor(dts, k)] for k in ties.ks}
+    base, tuned = _distribute(ties.tensors, ties.replicated, mesh), _distribute(
+        [2 * t + 1.0 for t in ties.tensors], ties.replicated, mesh)
+    names = [f"t{i}" for i in range(len(dts))]
+    head = distribute_tensor(torch.arange(14.0).view(7, 2), mesh, [Shard(0)], src_data_rank=None)
+    selection = dict(zip(names, topk_mask_dtensor(dts, 47), strict=True))
+    diff = _capture_result(lambda: gather_sparse_diff(dict(zip(names, base, strict=True)),
+                                                      dict(zip(names, tuned, strict=True)), selection, {"head": head}))
+    return {"masks": masks, "diff": diff}
+
+
 # ------------------------------------------------------------------------------------------ all
 
 
 def run_all(rank: int, world: int, folder: str) -> dict:
     """Every scenario on this rank (one spawned world serves all the tests of a world size)."""
     mesh = init_device_mesh("cpu", (world,))
-    return {"topk": run_topk(mesh), "rsvd": run_rsvd(mesh), "compose": run_compose(mesh, Path(folder))}
+    return {"topk": run_topk(mesh), "rsvd": run_rsvd(mesh), "compose": run_compose(mesh, Path(folder)),
+            "reversed_mesh": run_reversed_mesh(world)}

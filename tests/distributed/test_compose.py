@@ -12,8 +12,17 @@ import torch
 
 from deftx.ops import topk_mask
 from deftx.sft import SparseDiff, apply_diffs
-from tests.distributed.scenarios import MIXED_LAYOUTS, PARAM_SHAPES, SCALES, Params, base_params, diffs
-from tests.distributed.world import assemble_rows
+from tests.distributed.scenarios import (
+    MIXED_LAYOUTS,
+    PARAM_SHAPES,
+    SCALES,
+    Params,
+    base_params,
+    diffs,
+    save_into_a_folder,
+    topk_cases,
+)
+from tests.distributed.world import assemble_rows, run_world
 from tests.helpers import assert_bitwise_equal
 
 SPARSE = [n for n in PARAM_SHAPES if n != "head.weight"]
@@ -209,3 +218,30 @@ def test_reading_a_ranks_entries_refuses_what_load_refuses(tmp_path, mutate, wor
         SparseDiff.load(path)
     with pytest.raises(SparseDiffFormatError, match=words):
         load_diff_for_shards(path, model)
+
+
+def test_gathered_diff_is_in_row_order_on_a_mesh_of_reversed_ranks(world):
+    """Rows are joined in the mesh's coordinate order, not the group's rank order: sorted indices with
+    their own values, and the dense head's rows in place."""
+    _, results = world
+    diff = results[0]["reversed_mesh"]["diff"]
+    assert isinstance(diff, SparseDiff), f"gather_sparse_diff raised {diff}"
+    tensors = list(topk_cases()[1].tensors)
+    masks = topk_mask(tensors, 47, backend="torch")
+    names = [f"t{i}" for i in range(len(tensors))]
+    expected = SparseDiff.from_states(dict(zip(names, tensors, strict=True)),
+                                      {n: 2 * t + 1.0 for n, t in zip(names, tensors, strict=True)},
+                                      dict(zip(names, masks, strict=True)))
+    for name in names:
+        assert_bitwise_equal(diff.indices[name], expected.indices[name], what=f"indices {name}")
+        assert_bitwise_equal(diff.values[name], expected.values[name], what=f"values {name}")
+    assert_bitwise_equal(diff.dense["head"], torch.arange(14.0).view(7, 2), what="dense head")
+
+
+def test_a_save_that_fails_on_the_writing_rank_fails_on_every_rank(tmp_path):
+    """Rank 0 cannot write the file: it raises what the save raised, the others raise naming it, where
+    they went on as if the file were there (and met rank 0 at its next collective)."""
+    results = run_world(save_into_a_folder, 2, tmp_path / "world", str(tmp_path), timeout_s=30)
+    assert results[0][0] == "IsADirectoryError", results[0]
+    kind, message = results[1]
+    assert kind == "RuntimeError" and "rank 0 could not write" in message and "IsADirectoryError" in message, results[1]

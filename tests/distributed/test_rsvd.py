@@ -116,3 +116,23 @@ def test_a_non_finite_delta_on_one_rank_is_refused_on_every_rank(world):
             assert isinstance(outcome, tuple), f"rank {rank} {case}: returned factors"
             kind, message = outcome
             assert kind == "ValueError" and "not finite" in message, f"rank {rank} {case}: {kind}: {message}"
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "words"),
+    [
+        ("rank_float", "TypeError", "rank must be an int"),
+        ("rank_bool", "TypeError", "rank must be an int"),
+        ("oversample_negative", "ValueError", "oversample must be an int >= 0"),
+        ("n_iter_negative", "ValueError", "n_iter must be an int >= 0"),
+        ("base_dtype", "TypeError", "base has dtype torch.bfloat16"),
+        ("fine", "no error", ""),
+    ],
+)
+def test_options_the_single_process_op_refuses_are_refused_on_every_rank(world, call, error, words):
+    """A clear error naming the option, not a slicing or tensor-shape failure inside the sketch, nor a
+    silent n_iter = 0 or a difference of two dtypes."""
+    _, results = world
+    for rank, r in enumerate(results):
+        kind, message = r["rsvd"]["errors"][call]
+        assert kind == error and words in message, f"rank {rank}: {kind}: {message}"

@@ -17,7 +17,7 @@ import torch
 
 from deftx.distributed.topk import RADIX, passes_needed
 from deftx.ops import topk_mask
-from tests.distributed.scenarios import BASE_CASES, TopkCase, topk_bases, topk_cases
+from tests.distributed.scenarios import BASE_CASES, TopkCase, reversed_mesh_rows, topk_bases, topk_cases
 from tests.distributed.world import assemble_rows
 
 
@@ -45,6 +45,19 @@ def test_masks_equal_single_process(world, case):
             mismatch = int((g != e).sum())
             assert mismatch == 0, f"{case.name} k={k} tensor {i}: {mismatch} entries differ from single-process"
         assert sum(int(g.sum()) for g in got) == k
+
+
+def test_ties_go_to_the_first_rows_on_a_mesh_of_reversed_ranks(world):
+    """The first rows are those of the mesh's first coordinate, here the last rank: ties split at the
+    k-th value are taken there first, as one process takes them, not on rank 0's rows."""
+    world_size, results = world
+    case = topk_cases()[1]
+    for k in case.ks:
+        per_rank = [results[r]["reversed_mesh"]["masks"][k] for r in reversed_mesh_rows(world_size)]
+        expected = topk_mask(list(case.tensors), k, backend="torch")
+        for i, (g, e) in enumerate(zip(_full_masks(case, per_rank), expected, strict=True)):
+            mismatch = int((g != e).sum())
+            assert mismatch == 0, f"k={k} tensor {i}: {mismatch} entries differ from single-process"
 
 
 @pytest.mark.parametrize("case", [c for c in topk_cases() if c.name in BASE_CASES], ids=lambda c: c.name)
