@@ -48,6 +48,7 @@ from deftx.sft.apply import (
     plan_writes,
     record_application,
     resolve_parameter,
+    warn_overwritten,
     write_planned,
 )
 from deftx.sft.format import (
@@ -167,6 +168,7 @@ def _write_local(model: nn.Module, diffs: list[SparseDiff], scales: list[float],
 
     writes = plan_writes(diffs, plan, targets, scales, localize, rows)
     handle_rounding_loss(writes.rounding_loss, diffs, {n: params[n].dtype for n in plan.sparse}, "warn", stacklevel=4)
+    warn_overwritten(plan.overwritten, stacklevel=4)
     saved, dense_saved = write_planned(diffs, writes, {n: local_tensor(params[n]) for n in plan.dense}, scales,
                                        backend, rows)
     return ShardedAppliedDiffs(model, diffs, writes, saved, dense_saved)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from deftx.ops import topk_mask
-from deftx.sft import SparseDiff, apply_diffs
+from deftx.sft import OverwrittenByDenseWarning, SparseDiff, apply_diffs
 from tests.distributed.scenarios import (
     MIXED_LAYOUTS,
     PARAM_SHAPES,
@@ -158,8 +158,10 @@ def test_sharded_apply_of_overlapping_dense_and_sparse_diffs_reverts_exactly():
     stack = [random_sft(model, 200, head=True), SparseDiff({}, {}, {}, dense={pooler: torch.ones(16, 16)}),
              random_sft(model, 200, seed=1, head=True)]
     original = snapshot(model)
-    handle = apply_diffs_sharded(model, stack, check_base=False)
-    apply_diffs(reference, stack, check_base=False)
+    with pytest.warns(OverwrittenByDenseWarning, match="'classifier.weight': SparseDiff 2's dense tensor replaces"):
+        handle = apply_diffs_sharded(model, stack, check_base=False)
+    with pytest.warns(OverwrittenByDenseWarning):
+        apply_diffs(reference, stack, check_base=False)
     for name, param in model.named_parameters():
         assert_bitwise_equal(param.detach(), reference.get_parameter(name).detach(), what=f"applied {name}")
     handle.revert()
