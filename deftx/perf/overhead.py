@@ -83,6 +83,14 @@ def host_names_within(events: Iterable[Any], window: str) -> list[str]:
             if e.name != window and start <= e.time_range.start and e.time_range.end <= end]
 
 
+def device_event_names(events: Iterable[Any]) -> list[str]:
+    """Names of the device-side profiler events that are work on the device (kernels, memcpys, memsets):
+    the device-side copies of ``record_function`` ranges (user annotations, e.g. :data:`COUNTED_RANGE`)
+    left out, as torch's own tables leave them out."""
+    return [e.name for e in events if e.device_type == torch.autograd.DeviceType.CUDA
+            and not getattr(e, "is_user_annotation", False) and e.name != COUNTED_RANGE]
+
+
 def count_sync_warnings(messages: Iterable[str]) -> int:
     """How many of the captured warning messages are torch's sync-debug warnings."""
     return sum(SYNC_WARNING in m for m in messages)
@@ -118,10 +126,9 @@ def count_host_overhead(thunk: Callable[[], object], device: torch.device) -> di
         torch.cuda.set_sync_debug_mode(previous)
         return {"error": f"{type(err).__name__}: {err}"}
     events = list(prof.events())
-    device_names = [e.name for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
     return {
         "syncs": count_sync_warnings(str(w.message) for w in caught),
-        **classify_device_events(device_names, triton_kernel_names()),
+        **classify_device_events(device_event_names(events), triton_kernel_names()),
         **count_runtime_calls(host_names_within(events, COUNTED_RANGE)),
         "method": "torch.cuda.set_sync_debug_mode('warn') warnings; torch.profiler device events",
     }

@@ -25,6 +25,7 @@ from deftx.perf.overhead import (
     count_host_overhead,
     count_runtime_calls,
     count_sync_warnings,
+    device_event_names,
     host_names_within,
     triton_kernel_names,
 )
@@ -145,6 +146,20 @@ def test_device_events_are_classified_into_kernels_copies_and_sets():
     assert count_runtime_calls(["cudaStreamSynchronize", "cudaLaunchKernel", "cudaMemcpyAsync"]) == {
         "runtime_syncs": 1, "runtime_copies": 1}
     assert count_sync_warnings(["called a synchronizing CUDA operation", "other", "synchronizing CUDA operation"]) == 2
+
+
+def test_the_device_copy_of_the_counted_range_is_no_kernel():
+    """On CUDA, record_function also leaves a device-side annotation event named after the range: not a launch."""
+    from types import SimpleNamespace
+
+    cuda, cpu = torch.autograd.DeviceType.CUDA, torch.autograd.DeviceType.CPU
+    events = [SimpleNamespace(name=COUNTED_RANGE, device_type=cuda, is_user_annotation=True),
+              SimpleNamespace(name="my_range", device_type=cuda, is_user_annotation=True),
+              SimpleNamespace(name=COUNTED_RANGE, device_type=cuda),
+              SimpleNamespace(name="_band_histogram_kernel", device_type=cuda, is_user_annotation=False),
+              SimpleNamespace(name="Memcpy DtoH (Device -> Pinned)", device_type=cuda),
+              SimpleNamespace(name="aten::add", device_type=cpu)]
+    assert device_event_names(events) == ["_band_histogram_kernel", "Memcpy DtoH (Device -> Pinned)"]
 
 
 def test_host_calls_are_counted_inside_the_call_s_range_only():
