@@ -50,7 +50,7 @@ NOT_LAUNCHES: frozenset[str] = frozenset({
 
 DATA_DEPENDENT_SHAPE: frozenset[str] = frozenset({
     "aten::nonzero", "aten::masked_select", "aten::_unique", "aten::_unique2", "aten::unique_dim",
-    "aten::unique_consecutive", "aten::equal", "aten::is_nonzero",
+    "aten::unique_consecutive", "aten::equal", "aten::is_nonzero", "aten::bincount",
 })
 """Aten ops whose result size (or value) the host needs: they wait for the device."""
 
