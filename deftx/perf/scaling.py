@@ -23,7 +23,7 @@ import gc
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -87,7 +87,7 @@ def _spec(config: ScalingConfig, op: str, shapes: ShapeSet, k: float | None) -> 
 def _timing(config: ScalingConfig, op: str) -> TimingSettings:
     """The configured timing; the step also gets one untimed call (it creates the dense state)."""
     if op == "step" and config.timing.warmup == 0:
-        return TimingSettings(1, config.timing.min_repeats, config.timing.max_repeats, config.timing.min_time_s)
+        return replace(config.timing, warmup=1)
     return config.timing
 
 

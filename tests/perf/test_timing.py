@@ -114,3 +114,15 @@ def test_cuda_events_are_recorded_on_the_timed_device_s_stream(monkeypatch) -> N
     recorded.clear()
     assert time_call(lambda: None, torch.device("cuda")) == 0.002  # no index: the current device
     assert recorded == [0, 0]
+
+
+def test_the_scaling_step_gets_its_warm_up_and_keeps_the_configured_long_call_rule() -> None:
+    """The step's one untimed call is added to the scaling study's timing, nothing else changed: a call
+    over long_call_s is still timed once (it was dropped, so 10 s calls ran three times)."""
+    from deftx.perf.scaling import ScalingConfig, _timing
+
+    configured = TimingSettings(warmup=0, min_repeats=3, max_repeats=3, min_time_s=0.0, long_call_s=10.0, budget_s=7.0)
+    config = ScalingConfig(timing=configured)
+    assert _timing(config, "step") == TimingSettings(warmup=1, min_repeats=3, max_repeats=3, min_time_s=0.0,
+                                                     long_call_s=10.0, budget_s=7.0)
+    assert _timing(config, "topk") is configured
