@@ -167,6 +167,11 @@ def _gb(n: int | None) -> str:
     return "-" if n is None else f"+{n / 1e9:.2f} GB" if n >= 1e8 else f"+{n / 1e6:.1f} MB"
 
 
+def times_faster(ratio: float) -> str:
+    """``4.0×`` from 10 on one decimal, below it two (``0.96×``: a slowdown never reads as ``1.0×``)."""
+    return f"{ratio:.1f}×" if ratio >= 10 else f"{ratio:.2f}×"
+
+
 def markdown(rows: Sequence[dict[str, Any]]) -> str:
     """The table: first-call time (median and every run), import, peak extra memory and entries
     per method, deftx's speed-ups; ``rows`` from :func:`summarise`."""
@@ -177,7 +182,7 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
     for row in rows:
         extra = row["entries"] - row["k"]
         entries = "k" if extra == 0 else f"k + {extra}"
-        speedup = "-" if ours is None or row is ours else f"{row['first_call_s'] / ours['first_call_s']:.1f}×"
+        speedup = "-" if ours is None or row is ours else times_faster(row["first_call_s"] / ours["first_call_s"])
         runs = ", ".join(f"{t:.2f}" for t in row["runs_first_call_s"])
         lines.append(f"| {METHODS[row['method']]} | {row['first_call_s']:.3f} s | {runs} s | {row['import_s']:.3f} s "
                      f"| {_gb(row['peak_extra_bytes'])} | {entries} | {speedup} |")

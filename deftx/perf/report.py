@@ -181,10 +181,12 @@ def _predicted_seconds(seconds: float | None) -> str:
 
 
 def _times(x: float | None) -> str:
-    """``1.29x``; ``3,162x`` from 100 on."""
+    """``1.29x``; ``3,162x`` from 100 on; two significant digits under 0.1 (``0.0043x``, never ``0.00x``)."""
     if x is None:
         return "-"
-    return f"{x:,.0f}x" if x >= 100 else f"{x:.2f}x"
+    if x >= 100:
+        return f"{x:,.0f}x"
+    return f"{x:.2f}x" if x >= 0.1 else f"{x:.2g}x"
 
 
 def predicted_lines(doc: dict[str, Any]) -> list[str]:

@@ -47,5 +47,5 @@ def test_summary_takes_the_median_run_and_the_table_shows_every_run():
     row = anchor.summarise(runs)
     assert row["first_call_s"] == 2.0 and row["runs_first_call_s"] == [3.0, 1.0, 2.0]
     table = anchor.markdown([row, anchor.summarise([ours])])
-    assert "| `torch.cat` + `torch.topk` | 2.000 s | 3.00, 1.00, 2.00 s | 0.000 s | +2.00 GB | k | 4.0× |" in table
+    assert "| `torch.cat` + `torch.topk` | 2.000 s | 3.00, 1.00, 2.00 s | 0.000 s | +2.00 GB | k | 4.00× |" in table
     assert "+14.0 MB" in table and "2 full passes" in table

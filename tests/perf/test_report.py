@@ -64,3 +64,12 @@ def test_format_k_and_tables() -> None:
     assert text.splitlines() == ["a    bb", "---  --", "xyz  1 "]
     assert markdown_table(("a", "b"), [["1", "2"]]).splitlines() == ["| a | b |", "|---|---|", "| 1 | 2 |"]
     assert markdown_table(("a", "b"), [["1", "2"]], "lr").splitlines()[1] == "|---|---:|"
+
+
+def test_ratios_never_round_a_slowdown_to_even_or_a_tiny_ratio_to_zero():
+    from deftx.perf.anchor import times_faster
+    from deftx.perf.report import _times
+
+    assert [_times(x) for x in (0.004321, 0.0996, 0.96, 1.29, 3162.4, None)] == [
+        "0.0043x", "0.1x", "0.96x", "1.29x", "3,162x", "-"]
+    assert [times_faster(x) for x in (0.96, 1.0, 4.0, 12.34)] == ["0.96×", "1.00×", "4.00×", "12.3×"]
