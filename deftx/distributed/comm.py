@@ -123,6 +123,13 @@ def per_rank_values(
     return all_reduce_sum(slots, group, what)
 
 
+def mesh_order(mesh_ranks: torch.Tensor, group: dist.ProcessGroup) -> list[int]:
+    """The ranks of ``group`` in the coordinate order of a 1-D device mesh whose global ranks are
+    ``mesh_ranks`` (``DeviceMesh.mesh``): the order of its row blocks, which need not be the group's
+    rank order (a mesh may list its ranks in any order)."""
+    return [dist.get_group_rank(group, int(r)) for r in mesh_ranks.flatten().tolist()]
+
+
 def ring_all_reduce_wire_bytes(payload: int, world: int) -> float:
     """Bytes each rank sends in a ring all-reduce of ``payload`` bytes: ``2 (W-1)/W * payload``."""
     return 2.0 * (world - 1) / world * payload if world > 1 else 0.0

@@ -318,7 +318,7 @@ def selected_entries(
 def row_block_order(tensor: DTensor, group: dist.ProcessGroup) -> list[int]:
     """The ranks of ``group`` holding the row blocks of the Shard(0) ``tensor``, in row order: its mesh's
     coordinate order, which need not be the group's rank order (a mesh may list its ranks in any order)."""
-    return [dist.get_group_rank(group, int(r)) for r in tensor.device_mesh.mesh.flatten().tolist()]
+    return comm.mesh_order(tensor.device_mesh.mesh, group)
 
 
 def _gather_rows(tensor: DTensor, dst: int, group: dist.ProcessGroup, what: str) -> torch.Tensor | None:

@@ -35,7 +35,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, NoReturn
 
@@ -196,8 +196,12 @@ def selection_scores(
     return scores
 
 
-def all_gather_selection(selection: Mapping[str, torch.Tensor], group: dist.ProcessGroup) -> dict[str, torch.Tensor]:
-    """Every rank's sorted index blocks of every name, concatenated in rank order, on every rank.
+def all_gather_selection(selection: Mapping[str, torch.Tensor], group: dist.ProcessGroup,
+                         order: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
+    """Every rank's sorted index blocks of every name, concatenated in row order, on every rank.
+
+    ``order``: the group ranks holding the row blocks, first rows first (:func:`~deftx.distributed.comm.mesh_order`
+    of the mesh the blocks were cut by; default the group's rank order).
 
     One all-reduce of the buffer sizes and one all-gather of ``[counts per name | indices]``
     (about k·8 bytes per rank), whatever the number of parameters.
@@ -211,7 +215,7 @@ def all_gather_selection(selection: Mapping[str, torch.Tensor], group: dist.Proc
     padded[: local.numel()] = local
     parts = comm.all_gather_equal(padded, group, "selection indices")
     blocks: dict[str, list[torch.Tensor]] = {n: [] for n in names}
-    for part in parts:
+    for part in (parts[r] for r in (order if order is not None else range(len(parts)))):
         offset = len(names)
         for name, count in zip(names, part[: len(names)].tolist(), strict=True):
             blocks[name].append(part[offset : offset + count])
@@ -336,7 +340,7 @@ def run_sparse_finetuning(
         selection = select_top_k(scores, k)
         del scores
         if not isinstance(named[eligible[0]], DTensor):
-            selection = all_gather_selection(selection, mesh.get_group())
+            selection = all_gather_selection(selection, mesh.get_group(), comm.mesh_order(mesh.mesh, mesh.get_group()))
     result.selection, result.communication["select"] = selection, ledger
     result.seconds["select"] = time.perf_counter() - start
 
@@ -377,5 +381,8 @@ def full_state(values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def full_selection(result: SFTResult, group: dist.ProcessGroup) -> dict[str, torch.Tensor]:
     """The selection's global indices per name on every rank (for checks against a single process)."""
     sharded = [n for n in result.selection if isinstance(result.theta0[n], DTensor)]
-    gathered = all_gather_selection({n: result.selection[n] for n in sharded}, group) if sharded else {}
+    if not sharded:
+        return dict(result.selection)
+    order = comm.mesh_order(result.theta0[sharded[0]].device_mesh.mesh, group)
+    gathered = all_gather_selection({n: result.selection[n] for n in sharded}, group, order)
     return {n: gathered.get(n, idx) for n, idx in result.selection.items()}

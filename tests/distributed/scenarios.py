@@ -16,6 +16,7 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import Replicate, Shard, distribute_tensor, init_device_mesh
 
+from deftx.distributed import comm
 from deftx.distributed.comm import count_communication
 from deftx.distributed.compose import (
     apply_diffs_sharded,
@@ -25,6 +26,7 @@ from deftx.distributed.compose import (
 )
 from deftx.distributed.rsvd import denoised_magnitudes_sharded, lowrank_factors_sharded, matrix_scores_sharded
 from deftx.distributed.topk import topk_mask_dtensor
+from deftx.distributed.train import all_gather_selection
 from deftx.ops import topk_mask
 from deftx.sft import ParamInfo, SparseDiff
 from deftx.train.config import DenoiseConfig
@@ -483,7 +485,10 @@ def run_reversed_mesh(world: int) -> dict:
     selection = dict(zip(names, topk_mask_dtensor(dts, 47), strict=True))
     diff = _capture_result(lambda: gather_sparse_diff(dict(zip(names, base, strict=True)),
                                                       dict(zip(names, tuned, strict=True)), selection, {"head": head}))
-    return {"masks": masks, "diff": diff}
+    block = mesh.get_coordinate()[0]
+    own = {"w": torch.tensor([10 * block, 10 * block + 3]), "b": torch.tensor([block])}
+    gathered = all_gather_selection(own, mesh.get_group(), comm.mesh_order(mesh.mesh, mesh.get_group()))
+    return {"masks": masks, "diff": diff, "gathered_selection": gathered}
 
 
 # ------------------------------------------------------------------------------------------ all

@@ -240,6 +240,16 @@ def test_gathered_diff_is_in_row_order_on_a_mesh_of_reversed_ranks(world):
     assert_bitwise_equal(diff.dense["head"], torch.arange(14.0).view(7, 2), what="dense head")
 
 
+def test_gathered_selection_is_in_row_order_on_a_mesh_of_reversed_ranks(world):
+    """The selection's row blocks (each rank's global indices) are joined in mesh order: sorted, as
+    MaskedAdamW and a single process have them, where group-rank order left them unsorted."""
+    world_size, results = world
+    for r in results:
+        gathered = r["reversed_mesh"]["gathered_selection"]
+        assert gathered["w"].tolist() == [i for block in range(world_size) for i in (10 * block, 10 * block + 3)]
+        assert gathered["b"].tolist() == list(range(world_size))
+
+
 def test_a_save_that_fails_on_the_writing_rank_fails_on_every_rank(tmp_path):
     """Rank 0 cannot write the file: it raises what the save raised, the others raise naming it, where
     they went on as if the file were there (and met rank 0 at its next collective)."""
