@@ -315,6 +315,43 @@ def test_rejects_out_of_range_indices_before_reading_them():
                       "indices": [torch.tensor([0]), torch.tensor([2, 4])]}])
 
 
+def test_a_group_added_later_steps_as_torch_adamws_does():
+    """``add_param_group`` (unfreezing a layer mid-training) creates the group's state: it steps like
+    the same group added to torch.optim.AdamW, and its unselected entries stay as they were."""
+    values, grads = intermittent_data()
+    ours = [value.clone().requires_grad_() for value in values]
+    theirs = [value.clone().requires_grad_() for value in values]
+    optimizer = MaskedAdamW([{"params": ours[:1], "indices": [full_indices(ours[0])]}], **HYPER)
+    reference = torch.optim.AdamW(theirs[:1], **HYPER)
+    optimizer.add_param_group({"params": ours[1:2], "indices": [full_indices(ours[1])], "lr": 0.05})
+    reference.add_param_group({"params": theirs[1:2], "lr": 0.05})
+    optimizer.add_param_group({"params": ours[2], "indices": [torch.tensor([0, 3])]})
+    for step in grads:
+        for params in (ours, theirs):
+            for param, grad in zip(params, step, strict=True):
+                param.grad = grad.clone()
+        optimizer.step()
+        reference.step()
+    for t in range(2):
+        assert_close(ours[t].detach(), theirs[t].detach(), rtol=tolerance(torch.float32, 16), atol=1e-7,
+                     what=f"param {t}")
+    assert optimizer.state[ours[2]]["step"] == len(grads)
+    assert_bitwise_equal(ours[2].detach()[[1, 2, 4, 5]], values[2][[1, 2, 4, 5]], what="unselected entries")
+    assert not torch.equal(ours[2].detach()[[0, 3]], values[2][[0, 3]])
+
+
+def test_a_group_without_indices_is_refused_when_it_is_added():
+    param = torch.zeros(3, requires_grad=True)
+    with pytest.raises(ValueError, match="one index tensor per parameter"):
+        MaskedAdamW([param])
+    optimizer = MaskedAdamW([{"params": [param], "indices": [torch.tensor([0])]}])
+    with pytest.raises(ValueError, match="one index tensor per parameter"):
+        optimizer.add_param_group({"params": [torch.zeros(2, requires_grad=True)]})
+    with pytest.raises(IndexError, match=r"parameter 1: index range \[2, 2\] is outside \[0, 2\)"):
+        optimizer.add_param_group({"params": [torch.zeros(2, requires_grad=True)], "indices": [torch.tensor([2])]})
+    assert len(optimizer.param_groups) == 1, "a refused group is not added"
+
+
 def test_selected_gradients_zero_the_rest():
     torch.manual_seed(0)
     model = torch.nn.Linear(6, 4)
