@@ -76,7 +76,8 @@ class MaskedAdamW(torch.optim.Optimizer):
             int64 sorted unique flat-index tensor per parameter, into its local shard for a
             DTensor; use :func:`full_indices` for a dense parameter), and optionally
             ``"weight_decay"``.
-        lr, betas, eps, weight_decay: AdamW settings (PyTorch's defaults and meaning).
+        lr, betas, eps, weight_decay: AdamW settings, with ``torch.optim.AdamW``'s meaning and
+            defaults (``weight_decay=1e-2``, decoupled).
         l1: per-entry L1 gradient magnitude toward the values the entries had when the
             optimizer was built (θ0 in phase 3); 0 disables it.
         backend: the ``deftx.ops`` backend for the step (None: ``$DEFTX_BACKEND`` / auto).
@@ -98,7 +99,7 @@ class MaskedAdamW(torch.optim.Optimizer):
         lr: float = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
-        weight_decay: float = 0.0,
+        weight_decay: float = 1e-2,
         l1: float = 0.0,
         backend: str | None = None,
     ) -> None:

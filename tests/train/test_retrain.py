@@ -54,6 +54,21 @@ def test_full_selection_matches_torch_adamw(shape):
     assert_close(ours.detach(), theirs.detach(), rtol=tolerance(torch.float32, 16), atol=1e-7)
 
 
+def test_the_defaults_are_torch_adamws():
+    """Built with no settings, it steps as ``torch.optim.AdamW(params)`` does (lr 1e-3, betas (0.9, 0.999),
+    eps 1e-8, decoupled weight decay 1e-2)."""
+    grads = gradients((7, 5), 6, seed=3)
+    init = torch.randn((7, 5), generator=torch.Generator().manual_seed(8))
+    ours = init.clone().requires_grad_(True)
+    run_masked(ours, full_indices(ours), grads)
+    theirs = init.clone().requires_grad_(True)
+    optimizer = torch.optim.AdamW([theirs])
+    for grad in grads:
+        theirs.grad = grad.clone()
+        optimizer.step()
+    assert_close(ours.detach(), theirs.detach(), rtol=tolerance(torch.float32, 16), atol=1e-7)
+
+
 # Which of three parameters has a gradient at each of 6 steps: the first one in the group
 # starts late, the second has one every step, the third skips steps 2 and 5.
 INTERMITTENT = [(False, True, True), (False, True, False), (True, True, True),
@@ -276,7 +291,7 @@ def test_steps_skip_the_per_call_checks_and_the_dispatcher(monkeypatch, backend)
     params = [torch.randn(5 + i, generator=gen).requires_grad_() for i in range(6)]
     twins = [p.detach().clone() for p in params]
     indices = [torch.arange(i % 2, p.numel(), 2) for i, p in enumerate(params)]
-    optimizer = MaskedAdamW([{"params": params, "indices": indices}], lr=1e-2, backend=backend)
+    optimizer = MaskedAdamW([{"params": params, "indices": indices}], lr=1e-2, weight_decay=0.0, backend=backend)
     grads = [torch.randn(p.shape, generator=gen) for p in params]
     for p, g in zip(params, grads, strict=True):
         p.grad = g.clone()
