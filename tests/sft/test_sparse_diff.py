@@ -184,6 +184,14 @@ def test_compose_rejects_conflicts():
         compose(c, d)
 
 
+def test_compose_names_an_argument_that_is_not_a_sparse_diff():
+    a = SparseDiff({"w": torch.tensor([0])}, {"w": torch.ones(1)}, {"w": ParamInfo((3,), torch.float32)})
+    with pytest.raises(TypeError, match=r"argument 0 is a list, not a SparseDiff \(unpack a list: compose\(\*"):
+        compose([a, a])
+    with pytest.raises(TypeError, match="argument 1 is a str"):
+        compose(a, "b.safetensors")
+
+
 # ---- bad input: clear errors, model untouched -------------------------------------------------
 
 
