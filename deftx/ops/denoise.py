@@ -485,8 +485,8 @@ def lowrank_factors_batched(
         randomized path computes ``||Δ||_F²`` in one fused pass per shape group for it).
 
     Raises:
-        ValueError: bad shapes / options, a rank outside [0, min(m, n)], or NaN / Inf in
-            a pair (names the matrix).
+        ValueError: bad shapes / options, a negative rank (a rank above min(m_i, n_i) is clamped),
+            or NaN / Inf in a pair (names the matrix).
         TypeError: non-floating tensors, a base of another dtype, a non-int rank.
     """
     settings = LowRankSettings(rank, energy, method, oversample, n_iter, seed, precision)

@@ -24,6 +24,10 @@ def compose(*diffs: SparseDiff, scales: Sequence[float] | None = None) -> Sparse
     """
     if not diffs:
         raise ValueError("compose: give at least one SparseDiff")
+    for position, diff in enumerate(diffs):
+        if not isinstance(diff, SparseDiff):
+            hint = " (unpack a list: compose(*diffs))" if isinstance(diff, (list, tuple)) else ""
+            raise TypeError(f"compose: argument {position} is a {type(diff).__name__}, not a SparseDiff{hint}")
     scales = check_scales(scales, diffs, "compose")
     bases = {d.base_model for d in diffs if d.base_model}
     if len(bases) > 1:

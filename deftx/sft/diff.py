@@ -164,9 +164,16 @@ class SparseDiff:
         settings: Mapping[str, Any] | None = None,
         info: Mapping[str, Any] | None = None,
     ) -> SparseDiff:
-        """The diff ``tuned − base`` restricted to ``indices_by_name`` (flat indices or masks).
+        """The diff ``tuned − base`` restricted to ``indices_by_name``: per parameter, integer flat
+        (row-major) indices, sorted and unique, or a bool mask of the parameter's shape.
 
         ``dense_names`` are copied whole from ``tuned_state`` (e.g. a classifier head).
+
+        Raises:
+            KeyError: a name missing from a state dict.
+            ValueError: shapes of ``base`` and ``tuned`` differ, a mask of another shape than its
+                parameter, indices not sorted and unique (IndexError: out of range).
+            TypeError: a selection that is not a bool or integer tensor.
         """
         indices, values, params = {}, {}, {}
         for name, selection in indices_by_name.items():
@@ -175,8 +182,7 @@ class SparseDiff:
             base, tuned = base_state[name], tuned_state[name]
             if base.shape != tuned.shape:
                 raise ValueError(f"SparseDiff.from_states: {name!r} shapes differ {base.shape} vs {tuned.shape}")
-            idx = selection.reshape(-1).nonzero().flatten() if selection.dtype == torch.bool else selection
-            idx = idx.to(tuned.device, torch.int64)
+            idx = selected_indices(selection, tuned.shape, f"SparseDiff.from_states: {name!r}").to(tuned.device)
             indices[name] = idx
             base_values = base.detach().reshape(-1)[idx.to(base.device)].to(tuned.device).float()
             values[name] = tuned.detach().reshape(-1)[idx].float() - base_values
@@ -309,6 +315,25 @@ def _on_cpu(tensor: object, allowed: tuple[torch.dtype, ...], dtype: torch.dtype
     if tensor.dtype not in allowed:
         raise TypeError(f"SparseDiff {what} has dtype {tensor.dtype}; expected one of {list(allowed)}")
     return tensor.detach().to("cpu", dtype or tensor.dtype)
+
+
+def selected_indices(selection: object, shape: torch.Size, what: str) -> torch.Tensor:
+    """int64 flat indices of a ``selection`` of a tensor of ``shape``: the True entries of a bool mask
+    of that shape (row-major), or integer indices as given (checked later, with the diff).
+
+    Raises:
+        ValueError: a mask of another shape (its flat positions would name other entries).
+        TypeError: not a tensor, or a tensor neither bool nor integer (a float index would be truncated).
+    """
+    if not isinstance(selection, torch.Tensor):
+        raise TypeError(f"{what}: the selection is {type(selection).__name__}, not a bool mask or an int tensor")
+    if selection.dtype == torch.bool:
+        if selection.shape != shape:
+            raise ValueError(f"{what}: mask of shape {tuple(selection.shape)} for a parameter of shape {tuple(shape)}")
+        return selection.reshape(-1).nonzero().flatten()
+    if selection.dtype.is_floating_point or selection.dtype.is_complex:
+        raise TypeError(f"{what}: indices have dtype {selection.dtype}; give integer flat indices or a bool mask")
+    return selection.to(torch.int64)
 
 
 def check_param_info(info: object, what: str) -> None:

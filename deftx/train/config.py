@@ -25,11 +25,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deftx.ops.settings import LowRankSettings
 from deftx.text import short_repr
 from deftx.train.params import check_eligible
+
+if TYPE_CHECKING:
+    from transformers import TrainingArguments
 
 DEFAULT_ENERGY = 0.9
 LANGUAGE_K_FRACTION = 0.028
@@ -65,7 +68,7 @@ class PhaseConfig:
             raise ValueError(f"PhaseConfig: l1 must be a finite number >= 0, got {short_repr(self.l1)}")
 
     @classmethod
-    def from_training_arguments(cls, args: Any, l1: float = 0.0) -> PhaseConfig:
+    def from_training_arguments(cls, args: TrainingArguments, l1: float = 0.0) -> PhaseConfig:
         """The phase your ``TrainingArguments`` describe: their ``max_steps`` (when > 0) or
         ``num_train_epochs``, and their ``learning_rate``; ``l1`` as given.
 

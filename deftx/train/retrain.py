@@ -22,7 +22,7 @@ magnitude ``l1 / N`` is orders of magnitude below any clipping threshold).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -76,13 +76,15 @@ class MaskedAdamW(torch.optim.Optimizer):
             int64 sorted unique flat-index tensor per parameter, into its local shard for a
             DTensor; use :func:`full_indices` for a dense parameter), and optionally
             ``"weight_decay"``.
-        lr, betas, eps, weight_decay: AdamW settings (PyTorch's defaults and meaning).
+        lr, betas, eps, weight_decay: AdamW settings, with ``torch.optim.AdamW``'s meaning and
+            defaults (``weight_decay=1e-2``, decoupled).
         l1: per-entry L1 gradient magnitude toward the values the entries had when the
             optimizer was built (θ0 in phase 3); 0 disables it.
         backend: the ``deftx.ops`` backend for the step (None: ``$DEFTX_BACKEND`` / auto).
 
     The state (``indices``, ``master``, ``exp_avg``, ``exp_avg_sq``, ``base``, ``step``) is
-    created eagerly from the parameters' current values. ``step`` is each parameter's own count
+    created eagerly from the parameters' current values, for a group added later
+    (:meth:`add_param_group`, same keys) when it is added. ``step`` is each parameter's own count
     of the steps it had a gradient in, as in ``torch.optim.AdamW``; a group whose parameters
     have different counts steps them in one call per count. ``state_dict`` /
     ``load_state_dict`` round-trip it without dtype casts (PyTorch's default loader casts
@@ -97,7 +99,7 @@ class MaskedAdamW(torch.optim.Optimizer):
         lr: float = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
-        weight_decay: float = 0.0,
+        weight_decay: float = 1e-2,
         l1: float = 0.0,
         backend: str | None = None,
     ) -> None:
@@ -105,35 +107,50 @@ class MaskedAdamW(torch.optim.Optimizer):
             raise ValueError(f"MaskedAdamW: lr, eps, weight_decay, l1 must be >= 0 (lr={lr}, eps={eps})")
         if not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"MaskedAdamW: betas must be in [0, 1), got {betas}")
-        groups = [dict(group) for group in params]
-        for group in groups:
-            group["params"] = list(group["params"])
-            group["indices"] = list(group.get("indices", ()))
-            if len(group["indices"]) != len(group["params"]):
-                raise ValueError("MaskedAdamW: every group needs one index tensor per parameter")
         defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay, "l1": l1}
         self._backend = backend
-        super().__init__(groups, defaults)
-        pairs = [pair for g in self.param_groups for pair in zip(g["params"], g.pop("indices"), strict=True)]
-        for t, (param, idx) in enumerate(pairs):
+        self._sharded = False
+        self._prepared: dict[tuple[int, int], tuple[tuple[Any, ...], PreparedMaskedStep]] = {}
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group (``"params"``, ``"indices"`` and optional settings, as in the constructor) and
+        create its state from the parameters' current values.
+
+        Raises:
+            ValueError: no ``"indices"``, or not one index tensor per parameter; indices that are
+                not 1-D int64, sorted, unique (IndexError: out of range); a non-contiguous parameter.
+            TypeError: a parameter that is not fp32 / bf16 / fp16.
+        """
+        group = dict(param_group)
+        params = [group["params"]] if isinstance(group["params"], torch.Tensor) else list(group["params"])
+        indices = list(group.pop("indices", ()))
+        if len(indices) != len(params):
+            raise ValueError("MaskedAdamW: every group needs one index tensor per parameter (\"indices\": int64 "
+                             "flat indices; full_indices(p) selects every entry of p)")
+        first = sum(len(g["params"]) for g in self.param_groups)
+        for t, (param, idx) in enumerate(zip(params, indices, strict=True), start=first):
             check_float_dtype(param, f"MaskedAdamW: parameter {t}")
-            if idx.dtype != torch.int64 or idx.dim() != 1:
-                raise ValueError(f"MaskedAdamW: indices must be 1-D int64, got {idx.dtype} {tuple(idx.shape)}")
+            if not isinstance(idx, torch.Tensor) or idx.dtype != torch.int64 or idx.dim() != 1:
+                shown = f"{idx.dtype} {tuple(idx.shape)}" if isinstance(idx, torch.Tensor) else type(idx).__name__
+                raise ValueError(f"MaskedAdamW: indices must be 1-D int64 tensors, got {shown} for parameter {t}")
             if not local_tensor(param).is_contiguous():
                 raise ValueError("MaskedAdamW: parameters must be contiguous")
-        common_device([local_tensor(param) for param, _ in pairs], "MaskedAdamW")
-        self._sharded = any(isinstance(param, DTensor) for param, _ in pairs)
-        self._prepared: dict[tuple[int, int], tuple[tuple[Any, ...], PreparedMaskedStep]] = {}
-        selections = [move_indices(idx, param.device) for param, idx in pairs]
-        self._check_selections([param for param, _ in pairs], selections)
-        for (param, _), indices in zip(pairs, selections, strict=True):
-            self._init_state(param, indices)
+        known = [p for g in self.param_groups for p in g["params"]]
+        common_device([local_tensor(param) for param in [*known, *params]], "MaskedAdamW")
+        selections = [move_indices(idx, param.device) for param, idx in zip(params, indices, strict=True)]
+        self._check_selections(params, selections, first)
+        super().add_param_group({**group, "params": params})
+        self._sharded = self._sharded or any(isinstance(param, DTensor) for param in params)
+        for param, selection in zip(params, selections, strict=True):
+            self._init_state(param, selection)
 
     @staticmethod
-    def _check_selections(params: Sequence[torch.Tensor], selections: Sequence[torch.Tensor]) -> None:
-        """Check every selection here, once (one host read), so that no step reads anything back."""
+    def _check_selections(params: Sequence[torch.Tensor], selections: Sequence[torch.Tensor], first: int = 0) -> None:
+        """Check every selection here, once (one host read), so that no step reads anything back;
+        ``first`` numbers the parameters in messages."""
         sizes = [local_tensor(p).numel() for p in params]
-        check_indices(selections, sizes, lambda i: f"MaskedAdamW: indices of parameter {i}")
+        check_indices(selections, sizes, lambda i: f"MaskedAdamW: indices of parameter {first + i}")
 
     @torch.no_grad()
     def _init_state(self, param: torch.Tensor, indices: torch.Tensor) -> None:
@@ -152,7 +169,7 @@ class MaskedAdamW(torch.optim.Optimizer):
         return sum(int(s["indices"].numel()) for s in self.state.values())
 
     @torch.no_grad()
-    def step(self, closure=None):
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
         """One AdamW step on the selected entries of every parameter that has a gradient (and selected
         entries on this rank)."""
         loss = None

@@ -63,7 +63,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import TrainerCallback
+from transformers import Trainer, TrainerCallback
 
 from deftx.models.parameters import body_prefix, named_parameter_map
 from deftx.ops.dispatch import resolve
@@ -208,7 +208,8 @@ class SparseFineTuningResult:
         diffs: branch name -> the trained :class:`~deftx.sft.SparseDiff`.
         selections: branch name -> selection report (K, per-group shares, denoised ranks).
         overlap: per-group overlap of each later branch's mask with the first branch's.
-        seconds: phase name -> wall seconds spent in this call (0 for resumed-past phases).
+        seconds: phase name -> wall seconds spent in this call, for the phases it ran (a phase finished
+            earlier, or linked from a store, has no entry).
         kept_bytes: bytes the run keeps in its work directory after the call (each file once).
     """
 
@@ -300,7 +301,7 @@ class SparseFineTuner:
 
     def __init__(
         self,
-        trainer,
+        trainer: Trainer,
         config: SparseFineTuningConfig,
         work_dir: str | Path,
         *,

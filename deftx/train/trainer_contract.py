@@ -19,10 +19,11 @@ The contract (README, "Your Trainer, sparse fine-tuned"):
   earlier ``trainer.train()``) cannot be rebuilt for each phase and is refused
   (:func:`refuse_optimizer_instances`).
 * **After fit()** the Trainer is as you gave it (:func:`trainer_restored`): the model at
-  θ0 with its ``requires_grad`` flags, ``trainer.args`` (every field), ``trainer.optimizer``
-  and ``trainer.lr_scheduler`` (None: the next ``train()`` builds fresh ones from your
-  arguments), ``optimizer_cls_and_kwargs``, ``trainer.state`` and ``trainer.control``, and
-  the callbacks; ``trainer.train()`` and ``trainer.evaluate()`` work as before ``fit()``.
+  θ0 with its ``requires_grad`` flags and every module's train / eval mode, ``trainer.args``
+  (every field), ``trainer.optimizer`` and ``trainer.lr_scheduler`` (None: the next
+  ``train()`` builds fresh ones from your arguments), ``optimizer_cls_and_kwargs``,
+  ``trainer.state`` and ``trainer.control``, and the callbacks; ``trainer.train()`` and
+  ``trainer.evaluate()`` work as before ``fit()``.
 """
 
 from __future__ import annotations
@@ -106,11 +107,15 @@ def override_message(trainer: Any, full: PhaseConfig, sparse: PhaseConfig, work_
 
 @contextlib.contextmanager
 def trainer_restored(trainer: Any) -> Iterator[None]:
-    """Put :data:`RESTORED_ATTRIBUTES` of ``trainer`` back as they were on entry (on any exit)."""
+    """Put :data:`RESTORED_ATTRIBUTES` of ``trainer`` and the train / eval mode of each of its model's
+    modules (``trainer.train()`` leaves them in train mode) back as they were on entry (on any exit)."""
     kept = {name: getattr(trainer, name) for name in RESTORED_ATTRIBUTES if hasattr(trainer, name)}
+    modes = [(module, module.training) for module in trainer.model.modules()]
     try:
         yield
     finally:
         for name, value in kept.items():
             setattr(trainer, name, value)
+        for module, training in modes:
+            module.training = training
 

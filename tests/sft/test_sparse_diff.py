@@ -150,6 +150,29 @@ def test_compose_hand_computed():
     assert c.delta("w").tolist() == [[1.0, 0.0, 0.0], [0.0, 7.0, 10.0]]
 
 
+def test_from_states_takes_masks_of_the_parameters_shape_and_integer_indices():
+    base = {"w": torch.zeros(2, 3)}
+    tuned = {"w": torch.arange(1.0, 7.0).view(2, 3)}
+    by_mask = SparseDiff.from_states(base, tuned, {"w": torch.tensor([[False, True, False], [True, False, True]])})
+    by_index = SparseDiff.from_states(base, tuned, {"w": torch.tensor([1, 3, 5], dtype=torch.int32)})
+    for diff in (by_mask, by_index):
+        assert diff.indices["w"].tolist() == [1, 3, 5] and diff.values["w"].tolist() == [2.0, 4.0, 6.0]
+
+
+@pytest.mark.parametrize(("selection", "error", "match"), [
+    (torch.tensor([True, False, True]), ValueError, r"mask of shape \(3,\) for a parameter of shape \(2, 3\)"),
+    (torch.ones(3, 2, dtype=torch.bool), ValueError, r"mask of shape \(3, 2\)"),
+    (torch.ones(6, dtype=torch.bool), ValueError, r"mask of shape \(6,\)"),
+    (torch.tensor([1.0, 4.5]), TypeError, "float32; give integer flat indices or a bool mask"),
+    ([1, 4], TypeError, "list, not a bool mask"),
+])
+def test_from_states_refuses_a_selection_that_names_other_entries(selection, error, match):
+    """A mask of another shape would select the entries at its own flat positions, a float index
+    would be truncated: both selected other entries than meant, silently."""
+    with pytest.raises(error, match=match):
+        SparseDiff.from_states({"w": torch.zeros(2, 3)}, {"w": torch.ones(2, 3)}, {"w": selection})
+
+
 def test_compose_rejects_conflicts():
     a = SparseDiff({"w": torch.tensor([0])}, {"w": torch.ones(1)}, {"w": ParamInfo((3,), torch.float32)})
     b = SparseDiff({"w": torch.tensor([0])}, {"w": torch.ones(1)}, {"w": ParamInfo((4,), torch.float32)})
@@ -159,6 +182,14 @@ def test_compose_rejects_conflicts():
     d = SparseDiff({}, {}, {}, base_model="y")
     with pytest.raises(ValueError, match="different base models"):
         compose(c, d)
+
+
+def test_compose_names_an_argument_that_is_not_a_sparse_diff():
+    a = SparseDiff({"w": torch.tensor([0])}, {"w": torch.ones(1)}, {"w": ParamInfo((3,), torch.float32)})
+    with pytest.raises(TypeError, match=r"argument 0 is a list, not a SparseDiff \(unpack a list: compose\(\*"):
+        compose([a, a])
+    with pytest.raises(TypeError, match="argument 1 is a str"):
+        compose(a, "b.safetensors")
 
 
 # ---- bad input: clear errors, model untouched -------------------------------------------------

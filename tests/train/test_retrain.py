@@ -54,6 +54,21 @@ def test_full_selection_matches_torch_adamw(shape):
     assert_close(ours.detach(), theirs.detach(), rtol=tolerance(torch.float32, 16), atol=1e-7)
 
 
+def test_the_defaults_are_torch_adamws():
+    """Built with no settings, it steps as ``torch.optim.AdamW(params)`` does (lr 1e-3, betas (0.9, 0.999),
+    eps 1e-8, decoupled weight decay 1e-2)."""
+    grads = gradients((7, 5), 6, seed=3)
+    init = torch.randn((7, 5), generator=torch.Generator().manual_seed(8))
+    ours = init.clone().requires_grad_(True)
+    run_masked(ours, full_indices(ours), grads)
+    theirs = init.clone().requires_grad_(True)
+    optimizer = torch.optim.AdamW([theirs])
+    for grad in grads:
+        theirs.grad = grad.clone()
+        optimizer.step()
+    assert_close(ours.detach(), theirs.detach(), rtol=tolerance(torch.float32, 16), atol=1e-7)
+
+
 # Which of three parameters has a gradient at each of 6 steps: the first one in the group
 # starts late, the second has one every step, the third skips steps 2 and 5.
 INTERMITTENT = [(False, True, True), (False, True, False), (True, True, True),
@@ -276,7 +291,7 @@ def test_steps_skip_the_per_call_checks_and_the_dispatcher(monkeypatch, backend)
     params = [torch.randn(5 + i, generator=gen).requires_grad_() for i in range(6)]
     twins = [p.detach().clone() for p in params]
     indices = [torch.arange(i % 2, p.numel(), 2) for i, p in enumerate(params)]
-    optimizer = MaskedAdamW([{"params": params, "indices": indices}], lr=1e-2, backend=backend)
+    optimizer = MaskedAdamW([{"params": params, "indices": indices}], lr=1e-2, weight_decay=0.0, backend=backend)
     grads = [torch.randn(p.shape, generator=gen) for p in params]
     for p, g in zip(params, grads, strict=True):
         p.grad = g.clone()
@@ -313,6 +328,43 @@ def test_rejects_out_of_range_indices_before_reading_them():
     with pytest.raises(IndexError, match=r"parameter 1: index range \[2, 4\] is outside \[0, 4\)"):
         MaskedAdamW([{"params": [torch.zeros(2, requires_grad=True), param],
                       "indices": [torch.tensor([0]), torch.tensor([2, 4])]}])
+
+
+def test_a_group_added_later_steps_as_torch_adamws_does():
+    """``add_param_group`` (unfreezing a layer mid-training) creates the group's state: it steps like
+    the same group added to torch.optim.AdamW, and its unselected entries stay as they were."""
+    values, grads = intermittent_data()
+    ours = [value.clone().requires_grad_() for value in values]
+    theirs = [value.clone().requires_grad_() for value in values]
+    optimizer = MaskedAdamW([{"params": ours[:1], "indices": [full_indices(ours[0])]}], **HYPER)
+    reference = torch.optim.AdamW(theirs[:1], **HYPER)
+    optimizer.add_param_group({"params": ours[1:2], "indices": [full_indices(ours[1])], "lr": 0.05})
+    reference.add_param_group({"params": theirs[1:2], "lr": 0.05})
+    optimizer.add_param_group({"params": ours[2], "indices": [torch.tensor([0, 3])]})
+    for step in grads:
+        for params in (ours, theirs):
+            for param, grad in zip(params, step, strict=True):
+                param.grad = grad.clone()
+        optimizer.step()
+        reference.step()
+    for t in range(2):
+        assert_close(ours[t].detach(), theirs[t].detach(), rtol=tolerance(torch.float32, 16), atol=1e-7,
+                     what=f"param {t}")
+    assert optimizer.state[ours[2]]["step"] == len(grads)
+    assert_bitwise_equal(ours[2].detach()[[1, 2, 4, 5]], values[2][[1, 2, 4, 5]], what="unselected entries")
+    assert not torch.equal(ours[2].detach()[[0, 3]], values[2][[0, 3]])
+
+
+def test_a_group_without_indices_is_refused_when_it_is_added():
+    param = torch.zeros(3, requires_grad=True)
+    with pytest.raises(ValueError, match="one index tensor per parameter"):
+        MaskedAdamW([param])
+    optimizer = MaskedAdamW([{"params": [param], "indices": [torch.tensor([0])]}])
+    with pytest.raises(ValueError, match="one index tensor per parameter"):
+        optimizer.add_param_group({"params": [torch.zeros(2, requires_grad=True)]})
+    with pytest.raises(IndexError, match=r"parameter 1: index range \[2, 2\] is outside \[0, 2\)"):
+        optimizer.add_param_group({"params": [torch.zeros(2, requires_grad=True)], "indices": [torch.tensor([2])]})
+    assert len(optimizer.param_groups) == 1, "a refused group is not added"
 
 
 def test_selected_gradients_zero_the_rest():

@@ -150,3 +150,24 @@ def test_after_fit_the_trainer_is_as_given_and_trains_as_configured(tmp_path):
     assert trainer.state.global_step == 3, "the user's max_steps"
     assert (tmp_path / "yours" / "checkpoint-2").is_dir(), "checkpoints in the user's output_dir"
     assert (tmp_path / "yours" / "notes.txt").read_text() == "mine"
+
+
+def test_after_fit_every_module_is_in_the_mode_it_was_given_in(tmp_path):
+    """``trainer.train()`` switches the model to train mode; a model given in eval mode (one module
+    left training) comes back so, and computes θ0's logits with dropout off, as before."""
+    model = tiny_model().eval()
+    model.bert.encoder.layer[0].train()
+    before = {name: module.training for name, module in model.named_modules()}
+    ids = torch.stack([row["input_ids"] for row in tiny_dataset(4, 9)])
+    model.bert.encoder.layer[0].eval()
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits
+    model.bert.encoder.layer[0].train()
+    trainer = Trainer(model=model, args=user_arguments(tmp_path), train_dataset=tiny_dataset())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TrainerOverrideWarning)
+        SparseFineTuner(trainer, config(), tmp_path / "work", progress=False).fit()
+    assert {name: module.training for name, module in model.named_modules()} == before
+    model.bert.encoder.layer[0].eval()
+    with torch.no_grad():
+        assert_bitwise_equal(model(input_ids=ids).logits, expected, what="θ0's logits in eval mode")
