@@ -22,6 +22,7 @@ magnitude ``l1 / N`` is orders of magnitude below any clipping threshold).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from functools import partial
 from typing import Any
@@ -103,8 +104,9 @@ class MaskedAdamW(torch.optim.Optimizer):
         l1: float = 0.0,
         backend: str | None = None,
     ) -> None:
-        if not lr >= 0 or not eps >= 0 or not weight_decay >= 0 or not l1 >= 0:
-            raise ValueError(f"MaskedAdamW: lr, eps, weight_decay, l1 must be >= 0 (lr={lr}, eps={eps})")
+        for name, value in (("lr", lr), ("eps", eps), ("weight_decay", weight_decay), ("l1", l1)):
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"MaskedAdamW: {name} must be finite and >= 0, got {value}")
         if not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"MaskedAdamW: betas must be in [0, 1), got {betas}")
         defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay, "l1": l1}

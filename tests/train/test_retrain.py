@@ -222,7 +222,10 @@ def test_load_state_dict_rejects_other_selection():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"lr": -1.0}, "must be >= 0"),
+    ({"lr": -1.0}, "lr must be finite and >= 0, got -1.0"),
+    ({"lr": float("inf")}, "lr must be finite and >= 0, got inf"),
+    ({"eps": float("nan")}, "eps must be finite and >= 0, got nan"),
+    ({"weight_decay": -0.1}, "weight_decay must be finite"),
     ({"betas": (0.9, 1.0)}, "betas"),
 ])
 def test_rejects_bad_hyperparameters(kwargs, match):
