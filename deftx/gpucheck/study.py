@@ -174,6 +174,15 @@ def row_count(unit: Unit) -> int:
         return sum(1 for _ in csv.DictReader(handle))
 
 
+def unit_outcome(code: int | None, cap_s: float, last_line: str) -> str:
+    """Why a unit that ran did not finish (empty when it did): stopped at the visit's deadline (``code``
+    None, after ``cap_s`` seconds), or its log's last line (its error)."""
+    if code is None:
+        stopped = f"stopped at the visit's deadline, {cap_s:.0f} s after it started"
+        return f"{stopped} (log's last line: {last_line})" if last_line else stopped
+    return "" if code == 0 else last_line
+
+
 def run_units(visit: Visit, units: Sequence[Unit], work: Path, out: Path, *, deadline: float,
               min_unit_s: float, env: dict[str, str], say: Callable[[str], None] = print) -> Visit:
     """Run ``units`` in order until the deadline (a ``time.monotonic()`` value); refresh ``out`` after each."""
@@ -205,7 +214,7 @@ def run_units(visit: Visit, units: Sequence[Unit], work: Path, out: Path, *, dea
         record.exit_code = code
         record.status = "timeout" if code is None else ("ok" if code == 0 else "failed")
         record.rows = row_count(unit) if code == 0 else 0
-        record.why = "" if code == 0 else processes.last_line(log)
+        record.why = unit_outcome(code, left, processes.last_line(log))
         longest = max(longest, record.wall_s)
         keep_unit_files(unit, logs)
         say(f"[study] {unit.label}: {record.status} in {record.wall_s:.0f} s ({record.rows} rows)"

@@ -201,12 +201,35 @@ def _row_identity(spec: CaseSpec, impl: str) -> dict[str, Any]:
     }
 
 
-def _result_row(
-    spec: CaseSpec, impl: str, inputs: Any, measured: Timing, first: object, roof: Roofline
-) -> dict[str, Any]:
-    """The result row of one timed implementation (memory added later)."""
+def first_quality(spec: CaseSpec, inputs: Any) -> Callable[[str, object], dict[str, float] | Exception]:
+    """What :func:`run_case` keeps of an implementation's first result: its quality figures (the case
+    module's ``quality``; none for a result of None), or the exception that computing them raised.
+
+    The result itself is dropped once they are computed: a scores case of Llama-2-7B returns 25 GiB
+    of fp32 scores per implementation, and keeping every implementation's while the others were timed
+    held four of them beside the 25 GiB of inputs (125 GiB on the device).
+    """
     module = op_module(spec.op)
-    quality = module.quality(impl, inputs, first) if first is not None else {}
+
+    def keep(impl: str, output: object) -> dict[str, float] | Exception:
+        if output is None:
+            return {}
+        try:
+            return module.quality(impl, inputs, output)
+        except Exception as err:  # e.g. out of memory: the row says so (run_case), the case goes on
+            return err
+
+    return keep
+
+
+def _result_row(
+    spec: CaseSpec, impl: str, inputs: Any, measured: Timing, quality: dict[str, float] | Exception, roof: Roofline
+) -> dict[str, Any]:
+    """The result row of one timed implementation (memory added later), with the quality figures of its
+    first result (:func:`first_quality`; an exception computing them is raised here)."""
+    if isinstance(quality, Exception):
+        raise quality
+    module = op_module(spec.op)
     cost = module.traffic(impl, inputs)
     seconds = measured.median_s
     gbps = cost.bytes / seconds / 1e9
@@ -313,7 +336,8 @@ def run_case(
         except Exception as err:  # e.g. an optimizer variant torch lacks here: recorded
             failed[impl] = _error_row(spec, impl, err)
     tick(f"{spec.op} K={spec.k_fraction} timing {len(thunks)} implementations")
-    measured, errors = time_interleaved_isolating_errors(thunks, spec.torch_device, timing)
+    measured, errors = time_interleaved_isolating_errors(thunks, spec.torch_device, timing,
+                                                         keep_first=first_quality(spec, inputs))
     failed.update({impl: _error_row(spec, impl, err) for impl, err in errors.items()})
     overhead = {}
     if count_overhead:
@@ -328,14 +352,12 @@ def run_case(
         if impl in failed:
             rows.append(failed[impl])
             continue
-        timed, first = measured.pop(impl)  # popped: a model-sized result is freed before the next probe
+        timed, quality = measured.pop(impl)
         try:
-            row = _result_row(spec, impl, inputs, timed, first, roof)
+            row = _result_row(spec, impl, inputs, timed, quality, roof)
         except Exception as err:  # e.g. the quality check runs out of memory: the row says so, the case goes on
             rows.append(_error_row(spec, impl, f"result: {type(err).__name__}: {err}"))
             continue
-        finally:
-            del first
         if overhead.get(impl) is not None:
             row["host_overhead"] = overhead[impl]
         if check_outputs and runs_deftx_code(spec.op, impl):

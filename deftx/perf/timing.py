@@ -132,14 +132,22 @@ def time_interleaved(
 
 
 def time_interleaved_isolating_errors(
-    thunks: dict[str, Callable[[], object]], device: torch.device, settings: TimingSettings | None = None
+    thunks: dict[str, Callable[[], object]],
+    device: torch.device,
+    settings: TimingSettings | None = None,
+    keep_first: Callable[[str, object], object] | None = None,
 ) -> tuple[dict[str, tuple[Timing, object]], dict[str, Exception]]:
     """:func:`time_interleaved`, but a thunk that raises (out of memory, an index limit) is
     dropped with its exception and the others are timed on.
 
+    ``keep_first(name, result)`` is what is kept of a thunk's first warm-up result (default: the
+    result itself), called as soon as the result is made: a caller that only reports a figure of
+    a model-sized result (its error) keeps that figure, and no result outlives its call, where
+    one kept per thunk would hold them all on the device while the others are timed.
+
     Returns:
-        (name -> (timing, first warm-up result) for the thunks that never failed,
-        name -> exception for those that did). On CUDA the caching allocator's free blocks
+        (name -> (timing, what is kept of its first warm-up result) for the thunks that never
+        failed, name -> exception for those that did). On CUDA the caching allocator's free blocks
         are released after a failure, so an out-of-memory baseline leaves room for the rest.
     """
     settings = settings or TimingSettings()
@@ -170,7 +178,7 @@ def time_interleaved_isolating_errors(
         for name, thunk in list(live.items()):
             result = attempt(name, warm_call(thunk))
             if i == 0 and name in live:
-                first[name] = result
+                first[name] = result if keep_first is None else keep_first(name, result)
             del result
     samples: dict[str, list[float]] = {name: [] for name in live}
     start = time.perf_counter()

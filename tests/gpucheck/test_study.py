@@ -68,6 +68,7 @@ def test_a_unit_past_the_deadline_is_stopped_and_the_next_is_left_for_another_vi
     visit, out = visit_of(tmp_path, units, budget_s=12)
     assert time.monotonic() - started < 20, "the sleeping unit is killed at the deadline"
     assert [r.status for r in visit.records] == ["ok", "timeout", "not started"]
+    assert visit.records[1].why.startswith("stopped at the visit's deadline"), visit.records[1].why
     assert "left for the next visit" in visit.records[2].why
     assert {r["seed"] for r in read_rows(out / "study-seeds.csv")} == {"0"}
 

@@ -7,6 +7,7 @@ of an op is checked against the others or against an independent torch computati
 from __future__ import annotations
 
 import math
+import weakref
 
 import pytest
 import torch
@@ -345,3 +346,36 @@ def test_the_scores_check_catches_scores_far_from_the_reconstruction(monkeypatch
     assert "score error" in module.mismatch("deftx:torch", inputs)
     monkeypatch.setattr(module, "denoised_magnitudes_batched", lambda *a, **kw: [s.neg() for s in real(*a, **kw)])
     assert "negative, inf or nan" in module.mismatch("deftx:torch", inputs)
+
+
+class LiveScores:
+    """Bytes of the score matrices alive (made by ``track`` and not yet freed), and their peak."""
+
+    def __init__(self) -> None:
+        self.live = 0
+        self.peak = 0
+
+    def track(self, matrix: torch.Tensor) -> torch.Tensor:
+        size = matrix.numel() * matrix.element_size()
+        self.live += size
+        self.peak = max(self.peak, self.live)
+        weakref.finalize(matrix, self.free, size)
+        return matrix
+
+    def free(self, size: int) -> None:
+        self.live -= size
+
+
+def test_the_scores_check_holds_one_model_s_scores_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """deftx's scores are freed before the reference's are made, and those one matrix at a time: at
+    Llama-2-7B bf16 each model's fp32 scores are 25 GiB, and two beside the 25 GiB of inputs overran an H100."""
+    module = op_module("scores")
+    inputs = module.make_inputs(_spec("scores", dtype="bf16"))
+    one_model = sum(4 * w1.numel() for w1, _ in inputs.pairs)
+    scores = LiveScores()
+    real_deftx, real_baseline = module.denoised_magnitudes_batched, module._baseline_scores
+    monkeypatch.setattr(module, "denoised_magnitudes_batched",
+                        lambda *a, **kw: [scores.track(s) for s in real_deftx(*a, **kw)])
+    monkeypatch.setattr(module, "_baseline_scores", lambda *a: scores.track(real_baseline(*a)))
+    assert module.mismatch("deftx:torch", inputs) is None
+    assert scores.peak == one_model, f"{scores.peak / one_model:.2f} models' scores alive at once"

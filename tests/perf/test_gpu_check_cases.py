@@ -21,7 +21,7 @@ from deftx.perf.shapes import ShapeSet, TensorShape
 from deftx.perf.suite import SuiteConfig, run_case, run_suite
 from deftx.perf.timing import TimingSettings, time_interleaved_isolating_errors
 from tests.helpers import assert_bitwise_equal
-from tests.perf.test_cases import TINY
+from tests.perf.test_cases import TINY, LiveScores
 
 CPU = torch.device("cpu")
 ONE_CALL = TimingSettings(warmup=1, min_repeats=1, max_repeats=1, min_time_s=0.0)
@@ -166,3 +166,39 @@ def test_suite_reports_partial_documents_and_skips_cases_past_its_deadline():
     skipped = run_suite(late, progress=False)
     assert [r["skipped"] for r in skipped["results"]] == ["not run: the suite's time budget was spent"] * 3
     assert skipped["comparisons"] == []
+
+
+def test_a_case_holds_one_implementation_s_scores_at_a_time_and_reports_each_one_s_error(monkeypatch):
+    """Only the quality figures of each implementation's first result are kept while the others are timed:
+    at Llama-2-7B bf16 every implementation's 25 GiB of scores were held (125 GiB with the inputs)."""
+    module = op_module("scores")
+    spec = CaseSpec("scores", TINY, dtype="bf16")
+    scores = LiveScores()
+    real_deftx, real_baseline = module.denoised_magnitudes_batched, module._baseline_scores
+    monkeypatch.setattr(module, "denoised_magnitudes_batched",
+                        lambda *a, **kw: [scores.track(s) for s in real_deftx(*a, **kw)])
+    monkeypatch.setattr(module, "_baseline_scores", lambda *a: scores.track(real_baseline(*a)))
+    timing = TimingSettings(warmup=1, min_repeats=2, max_repeats=2, min_time_s=0.0)
+    rows = run_case(spec, ["deftx:torch", "svd_lowrank_abs"], timing, ROOF, None)
+    inputs = module.make_inputs(spec)
+    one_model = sum(4 * w1.numel() for w1, _ in inputs.pairs)
+    assert scores.peak == one_model, f"{scores.peak / one_model:.2f} models' scores alive at once"
+    assert rows[0]["output_check"] == "ok"
+    for row in rows:
+        expected = module.quality(row["impl"], inputs, module.bind(row["impl"], inputs)())["score_error"]
+        assert math.isclose(row["score_error"], expected, rel_tol=0.05), row
+
+
+def test_a_quality_that_fails_makes_its_row_an_error_and_the_case_goes_on(monkeypatch):
+    module = op_module("scores")
+    real_quality = module.quality
+
+    def out_of_memory_for_the_baseline(impl, inputs, output):
+        if impl == "svd_lowrank_abs":
+            raise torch.OutOfMemoryError("CUDA out of memory (planted)")
+        return real_quality(impl, inputs, output)
+
+    monkeypatch.setattr(module, "quality", out_of_memory_for_the_baseline)
+    rows = run_case(CaseSpec("scores", TINY), ["deftx:torch", "svd_lowrank_abs"], ONE_CALL, ROOF, None)
+    assert "error" not in rows[0] and rows[0]["score_error"] > 0
+    assert rows[1]["error"] == "result: OutOfMemoryError: CUDA out of memory (planted)"

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import time
+import weakref
 
 import pytest
 import torch
 
-from deftx.perf.timing import TimingSettings, time_call, time_interleaved, time_thunk
+from deftx.perf.timing import (
+    TimingSettings,
+    time_call,
+    time_interleaved,
+    time_interleaved_isolating_errors,
+    time_thunk,
+)
 
 CPU = torch.device("cpu")
 
@@ -126,3 +133,29 @@ def test_the_scaling_step_gets_its_warm_up_and_keeps_the_configured_long_call_ru
     assert _timing(config, "step") == TimingSettings(warmup=1, min_repeats=3, max_repeats=3, min_time_s=0.0,
                                                      long_call_s=10.0, budget_s=7.0)
     assert _timing(config, "topk") is configured
+
+
+def test_interleaved_timing_keeps_what_keep_first_makes_of_a_result_and_never_the_result() -> None:
+    """With ``keep_first``, no result outlives its call: each thunk's first is reduced at once."""
+    alive: weakref.WeakSet = weakref.WeakSet()
+    seen_alive: list[int] = []
+
+    class Result:
+        def __init__(self, value: int) -> None:
+            self.value = value
+
+    def make(value: int):
+        def thunk() -> Result:
+            seen_alive.append(len(alive))
+            result = Result(value)
+            alive.add(result)
+            return result
+
+        return thunk
+
+    settings = TimingSettings(warmup=1, min_repeats=3, max_repeats=3, min_time_s=0.0)
+    measured, errors = time_interleaved_isolating_errors({"a": make(1), "b": make(2)}, CPU, settings,
+                                                         keep_first=lambda name, result: (name, 10 * result.value))
+    assert errors == {}
+    assert measured["a"][1] == ("a", 10) and measured["b"][1] == ("b", 20)
+    assert seen_alive == [0] * 8, "an earlier result was still held when a thunk was called"
