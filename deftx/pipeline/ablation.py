@@ -59,6 +59,7 @@ from deftx.eval.report import (
     append_records,
     column_labels,
     environment_changes,
+    fewer_targets,
     grouped_bar_plot,
     mean_sd,
     read_csv,
@@ -630,11 +631,12 @@ def summary_rows(rows: Sequence[Mapping[str, Any]], sources: Sequence[str]) -> l
     return summarize(rows, exclude_from_average=sources, group_by=SUMMARY_GROUP)
 
 
-def _cell(row: Mapping[str, Any] | None, metric: str) -> str:
+def _cell(row: Mapping[str, Any] | None, metric: str, targets: int) -> str:
+    """``mean ± sd (n seeds)`` ×100, naming the targets where ``row`` averages fewer than ``targets``."""
     if row is None:
         return "—"
     mean, sd = 100 * row[f"{metric}_mean"], 100 * row[f"{metric}_sd"]
-    return f"{mean:.1f} ± {sd:.1f} ({row['seeds']})"
+    return f"{mean:.1f} ± {sd:.1f} ({'; '.join([str(row['seeds']), *fewer_targets(row, targets)])})"
 
 
 def variant_tables(summary: Sequence[Mapping[str, Any]], variants: Sequence[str], metric: str) -> str:
@@ -645,12 +647,13 @@ def variant_tables(summary: Sequence[Mapping[str, Any]], variants: Sequence[str]
         labels = column_labels(rows)
         columns = list(dict.fromkeys(labels.values()))
         lookup = {(r["variant"], labels[(r["method"], r.get("language_scale"))]): r for r in rows}
+        targets = max((r["targets"] for r in rows), default=1)
         lines = [f"### source: {source} — {metric.replace('_', '-')} ×100, mean over targets, "
                  "mean ± sd over seeds (n seeds)", "", "| variant | " + " | ".join(columns) + " |",
                  "|---|" + "---|" * len(columns)]
         for variant in variants:
             if any(key[0] == variant for key in lookup):
-                lines.append(f"| {variant} | " + " | ".join(_cell(lookup.get((variant, c)), metric)
+                lines.append(f"| {variant} | " + " | ".join(_cell(lookup.get((variant, c)), metric, targets)
                                                           for c in columns) + " |")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n"
@@ -658,7 +661,8 @@ def variant_tables(summary: Sequence[Mapping[str, Any]], variants: Sequence[str]
 
 def seed_tables(rows: Sequence[Mapping[str, Any]], sources: Sequence[str], variants: Sequence[str],
                 metric: str) -> str:
-    """Per source: one line per variant × method (× scale), one column per seed: the mean over targets."""
+    """Per source: one line per variant × method (× scale), one column per seed: the mean over targets, naming
+    the targets where it is over fewer than another cell of the table (:func:`~deftx.eval.report.fewer_targets`)."""
     per_seed = [r for r in summarize(rows, exclude_from_average=sources, group_by=(*SUMMARY_GROUP, "seed"))
                 if r["target"] == AVERAGE]
     blocks = []
@@ -667,8 +671,10 @@ def seed_tables(rows: Sequence[Mapping[str, Any]], sources: Sequence[str], varia
         labels = column_labels(rows_here)
         columns = list(dict.fromkeys(labels.values()))
         seeds = sorted({r["seed"] for r in rows_here})
+        targets = max(r["targets"] for r in rows_here)
         value = {(r["variant"], labels[(r["method"], r.get("language_scale"))], r["seed"]):
-                 100 * r[f"{metric}_mean"] for r in rows_here}
+                 f"{100 * r[f'{metric}_mean']:.1f}" + "".join(f" ({note})" for note in fewer_targets(r, targets))
+                 for r in rows_here}
         lines = [f"### source: {source} — {metric.replace('_', '-')} ×100 per seed, mean over targets", "",
                  "| variant | method | " + " | ".join(f"seed {seed}" for seed in seeds) + " |",
                  "|---|---|" + "---:|" * len(seeds)]
@@ -677,7 +683,7 @@ def seed_tables(rows: Sequence[Mapping[str, Any]], sources: Sequence[str], varia
                 cells = [value.get((variant, column, seed)) for seed in seeds]
                 if any(cell is not None for cell in cells):
                     lines.append(f"| {variant} | {column} | "
-                                 + " | ".join("—" if c is None else f"{c:.1f}" for c in cells) + " |")
+                                 + " | ".join("—" if c is None else c for c in cells) + " |")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n"
 

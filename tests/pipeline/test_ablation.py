@@ -27,7 +27,9 @@ from deftx.pipeline.ablation import (
     run_ablation,
     seed_tables,
     seeds_sentence,
+    summary_rows,
     variant_folder,
+    variant_tables,
 )
 from deftx.pipeline.config import BASELINE, NO_LANGUAGE_SFT, ConfigError
 from deftx.pipeline.steps import language_tuner, task_tuner
@@ -505,8 +507,8 @@ def test_seed_table_holds_each_seeds_mean_over_targets_without_the_source():
         "| variant | method | seed 0 | seed 1 |",
         "|---|---|---:|---:|",
         "| a | lt-sft | 60.0 | 70.0 |",
-        "| a | full-ft | — | 25.0 |",
-        "| b | lt-sft | 12.5 | — |",
+        "| a | full-ft | — | 25.0 (1 of 2 targets) |",
+        "| b | lt-sft | 12.5 (1 of 2 targets) | — |",
     ]
 
 
@@ -685,3 +687,19 @@ def test_later_settings_enter_the_identity_away_from_their_earlier_value(tmp_pat
     assert "americasnlp_text_splits" not in identity
     assert run_identity(train_text.variants["a"])["americasnlp_text_splits"] == ["train"]
     assert len({plain.hashes["a"], on_cuda.hashes["a"], with_arguments.hashes["a"], train_text.hashes["a"]}) == 4
+
+
+def test_variant_table_names_an_average_over_fewer_targets():
+    """Variant b's seed 1 lacks minangkabau: that seed is left out of b's average (2 seeds, not an average
+    of 0.5 with a one-target 0.6); variant c never scored minangkabau, and its cell says so."""
+    def row(variant, seed, target, f1):
+        return {"variant": variant, "seed": seed, "source": "indonesian", "method": "lt-sft", "language_scale": 1.0,
+                "target": target, "macro_f1": f1, "accuracy": f1}
+
+    rows = [row(variant, seed, target, value + seed / 10) for variant in ("a", "b") for seed in range(3)
+            for target, value in (("madurese", 0.4), ("minangkabau", 0.6))
+            if (variant, seed, target) != ("b", 1, "minangkabau")]
+    rows += [row("c", seed, "madurese", 0.3) for seed in range(2)]
+    table = variant_tables(summary_rows(rows, ["indonesian"]), ["a", "b", "c"], "macro_f1").splitlines()
+    # a: per seed 0.5, 0.6, 0.7; b: seeds 0 and 2 only
+    assert table[4:] == ["| a | 60.0 ± 10.0 (3) |", "| b | 60.0 ± 14.1 (2) |", "| c | 30.0 ± 0.0 (2; 1 of 2 targets) |"]
