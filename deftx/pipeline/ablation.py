@@ -477,15 +477,20 @@ def score_variant_heldout(run: AblationRun, name: str, seed: int, scorer: Heldou
     run.heldout_scored.add((name, seed))
 
 
-def average_by_method(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-    """Column label -> mean macro-F1 over targets (sources excluded) of some rows of one seed."""
-    labels = column_labels(rows)
-    values: dict[str, list[float]] = {}
-    for row in rows:
-        if row["target"] != row["source"]:
-            label = labels[(row["method"], row.get("language_scale"))]
-            values.setdefault(label, []).append(float(row["macro_f1"]))
-    return {label: sum(v) / len(v) for label, v in values.items()}
+def average_by_method(rows: Sequence[Mapping[str, Any]], sources: Sequence[str]) -> dict[str, float]:
+    """Column label -> mean macro-F1 over targets of some rows of one seed: the summary's ``avg``
+    (:func:`summary_rows`, every one of ``sources`` left out, each source apart), the label prefixed
+    with its source where the rows have several."""
+    averages = [row for row in summary_rows(rows, sources) if row["target"] == AVERAGE]
+    labels = column_labels(averages)
+    several = len({row["source"] for row in averages}) > 1
+    return {(f"{row['source']} " if several else "") + labels[(row["method"], row.get("language_scale"))]:
+            row["macro_f1_mean"] for row in averages}
+
+
+def ablation_sources(ablation: AblationConfig) -> list[str]:
+    """Every source language of the ablation's variants, sorted: what its averages over targets leave out."""
+    return sorted({source for config in ablation.variants.values() for source in config.sources})
 
 
 @dataclass
@@ -616,7 +621,8 @@ def run_ablation(ablation: AblationConfig, *, log: Callable[[str], None] = print
             began, reused, kept = time.perf_counter(), sum(run.store.attached.values()), sum(
                 run.store.published.values())
             rows = run_variant_seed(run, name, seed, done, log)
-            averages = ", ".join(f"{label} {100 * value:.1f}" for label, value in average_by_method(rows).items())
+            averages = ", ".join(f"{label} {100 * value:.1f}"
+                                 for label, value in average_by_method(rows, ablation_sources(ablation)).items())
             progress(f"[ablate {index}/{total}] {name} seed {seed}: {(time.perf_counter() - began) / 60:.1f} min, "
                      f"shared steps reused {sum(run.store.attached.values()) - reused}, kept "
                      f"{sum(run.store.published.values()) - kept}; valid macro-F1 mean over targets: {averages}")
@@ -786,7 +792,7 @@ def write_summary(
         run.timings.clear()
     if not rows:
         return "(no rows yet)\n"
-    sources = sorted({source for config in ablation.variants.values() for source in config.sources})
+    sources = ablation_sources(ablation)
     summary = summary_rows(rows, sources)
     write_csv(summary, out / "summary.csv")
     variants = list(ablation.variants)

@@ -16,6 +16,7 @@ import yaml
 import deftx.train.sparse_finetuner as sparse_finetuner
 from deftx.eval.report import append_invocation
 from deftx.pipeline.ablation import (
+    average_by_method,
     invocation_lines,
     language_phase1_signature,
     load_ablation,
@@ -703,3 +704,19 @@ def test_variant_table_names_an_average_over_fewer_targets():
     table = variant_tables(summary_rows(rows, ["indonesian"]), ["a", "b", "c"], "macro_f1").splitlines()
     # a: per seed 0.5, 0.6, 0.7; b: seeds 0 and 2 only
     assert table[4:] == ["| a | 60.0 ± 10.0 (3) |", "| b | 60.0 ± 14.1 (2) |", "| c | 30.0 ± 0.0 (2; 1 of 2 targets) |"]
+
+
+def test_the_progress_lines_average_is_the_tables_each_source_apart_and_every_source_left_out():
+    """Rows of one seed from two sources: the progress line's mean over targets per method is the summary's
+    ``avg`` of each source (madurese and minangkabau), not one mean over both sources' rows with the other
+    source counted as a target."""
+    def row(source, target, f1):
+        return {"variant": "v", "seed": 0, "source": source, "target": target, "method": "lt-sft",
+                "language_scale": 1.0, "macro_f1": f1, "accuracy": f1}
+
+    f1 = {"madurese": 0.5, "minangkabau": 0.6, "indonesian": 0.9, "english": 0.8}
+    rows = [row(source, target, value + shift) for source, shift in (("indonesian", 0.0), ("english", 0.1))
+            for target, value in f1.items()]
+    averages = average_by_method(rows, ["english", "indonesian"])
+    assert averages == pytest.approx({"indonesian lt-sft": 0.55, "english lt-sft": 0.65})
+    assert average_by_method(rows[:4], ["english", "indonesian"]) == pytest.approx({"lt-sft": 0.55})
