@@ -638,11 +638,13 @@ def summary_rows(rows: Sequence[Mapping[str, Any]], sources: Sequence[str]) -> l
 
 
 def _cell(row: Mapping[str, Any] | None, metric: str, targets: int) -> str:
-    """``mean ± sd (n seeds)`` ×100, naming the targets where ``row`` averages fewer than ``targets``."""
+    """``mean ± sd (n seeds)`` ×100 (``mean (1)`` with one seed: no spread to give), naming the targets where
+    ``row`` averages fewer than ``targets``."""
     if row is None:
         return "—"
     mean, sd = 100 * row[f"{metric}_mean"], 100 * row[f"{metric}_sd"]
-    return f"{mean:.1f} ± {sd:.1f} ({'; '.join([str(row['seeds']), *fewer_targets(row, targets)])})"
+    spread = f" ± {sd:.1f}" if row["seeds"] > 1 else ""
+    return f"{mean:.1f}{spread} ({'; '.join([str(row['seeds']), *fewer_targets(row, targets)])})"
 
 
 def variant_tables(summary: Sequence[Mapping[str, Any]], variants: Sequence[str], metric: str) -> str:

@@ -706,6 +706,15 @@ def test_variant_table_names_an_average_over_fewer_targets():
     assert table[4:] == ["| a | 60.0 ± 10.0 (3) |", "| b | 60.0 ± 14.1 (2) |", "| c | 30.0 ± 0.0 (2; 1 of 2 targets) |"]
 
 
+def test_a_variant_of_one_seed_shows_no_spread_in_the_variant_table():
+    """The sd of one seed's value is not 0 but undefined: the cell gives the mean and the seed count alone."""
+    rows = [{"variant": variant, "seed": seed, "source": "indonesian", "method": "lt-sft", "language_scale": 1.0,
+             "target": "madurese", "macro_f1": 0.5 + seed / 10, "accuracy": 0.5} for variant, seeds in
+            (("a", (0, 1)), ("b", (2,))) for seed in seeds]
+    table = variant_tables(summary_rows(rows, ["indonesian"]), ["a", "b"], "macro_f1").splitlines()
+    assert table[4:] == ["| a | 55.0 ± 7.1 (2) |", "| b | 70.0 (1) |"]
+
+
 def test_the_progress_lines_average_is_the_tables_each_source_apart_and_every_source_left_out():
     """Rows of one seed from two sources: the progress line's mean over targets per method is the summary's
     ``avg`` of each source (madurese and minangkabau), not one mean over both sources' rows with the other
