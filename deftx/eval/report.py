@@ -131,9 +131,12 @@ def summarize(
     """Aggregate rows over seeds: one row per (``group_by`` fields, target).
 
     A field missing from a row counts as None. Adds, per ``group_by`` key, an ``avg``
-    target: per seed the mean over targets (those in ``exclude_from_average`` and the
-    row's own ``source`` left out), then mean ± sd over seeds — the seed spread of the
-    average, not of the languages.
+    target: per seed the mean over the group's targets (those in ``exclude_from_average``
+    and the row's own ``source`` left out), then mean ± sd over seeds — the seed spread of
+    the average, not of the languages. A seed that lacks some of the targets the group's
+    other seeds have (a seed still running) is left out of the average, not averaged over
+    fewer targets. Each row's ``targets`` is how many targets its means are over (1 but
+    for ``avg``).
     """
     cells: dict[tuple, dict[int, dict[str, float]]] = {}
     for row in rows:
@@ -141,35 +144,57 @@ def summarize(
         metrics = {"macro_f1": float(row["macro_f1"]), "accuracy": float(row["accuracy"])}
         cells.setdefault(key, {})[int(row["seed"])] = metrics
     source_at = list(group_by).index("source") if "source" in group_by else None
-    averages: dict[tuple, dict[int, list[dict[str, float]]]] = {}
+    averaged: dict[tuple, dict[str, dict[int, dict[str, float]]]] = {}
     for (*group, target), by_seed in cells.items():
         if target in exclude_from_average or (source_at is not None and target == group[source_at]):
             continue
-        for seed, metrics in by_seed.items():
-            averages.setdefault((*group, AVERAGE), {}).setdefault(seed, []).append(metrics)
-    summary = []
-    for key, by_seed in list(cells.items()) + [
-        (key, {seed: _mean_metrics(ms) for seed, ms in seeds.items()}) for key, seeds in averages.items()
-    ]:
-        f1_mean, f1_sd = mean_sd([m["macro_f1"] for m in by_seed.values()])
-        acc_mean, acc_sd = mean_sd([m["accuracy"] for m in by_seed.values()])
-        summary.append({
-            **dict(zip(group_by, key[:-1], strict=True)), "target": key[-1],
-            "seeds": len(by_seed), "macro_f1_mean": f1_mean, "macro_f1_sd": f1_sd,
-            "accuracy_mean": acc_mean, "accuracy_sd": acc_sd,
-        })
+        averaged.setdefault((*group, AVERAGE), {})[target] = by_seed
+    summary = [_summary_row(group_by, key, by_seed, 1) for key, by_seed in cells.items()]
+    for key, by_target in averaged.items():
+        complete = _complete_seeds(by_target)
+        if complete:
+            means = {seed: _mean_metrics([by_seed[seed] for by_seed in by_target.values()]) for seed in complete}
+            summary.append(_summary_row(group_by, key, means, len(by_target)))
     return summary
+
+
+def _complete_seeds(by_target: Mapping[str, Mapping[int, Any]]) -> list[int]:
+    """The seeds, in first-seen order, that every target of ``by_target`` (target -> seed -> metrics) has."""
+    seeds = dict.fromkeys(seed for by_seed in by_target.values() for seed in by_seed)
+    return [seed for seed in seeds if all(seed in by_seed for by_seed in by_target.values())]
+
+
+def _summary_row(group_by: Sequence[str], key: tuple, by_seed: Mapping[int, Mapping[str, float]],
+                 targets: int) -> dict[str, Any]:
+    """The summary row of ``key`` (``group_by`` values, target): mean ± sd over the seeds of ``by_seed``,
+    each seed's metrics a mean over ``targets`` targets."""
+    f1_mean, f1_sd = mean_sd([m["macro_f1"] for m in by_seed.values()])
+    acc_mean, acc_sd = mean_sd([m["accuracy"] for m in by_seed.values()])
+    return {**dict(zip(group_by, key[:-1], strict=True)), "target": key[-1], "seeds": len(by_seed),
+            "targets": targets, "macro_f1_mean": f1_mean, "macro_f1_sd": f1_sd, "accuracy_mean": acc_mean,
+            "accuracy_sd": acc_sd}
 
 
 def _mean_metrics(metrics: Sequence[Mapping[str, float]]) -> dict[str, float]:
     return {name: sum(m[name] for m in metrics) / len(metrics) for name in ("macro_f1", "accuracy")}
 
 
-def _cell(row: Mapping[str, Any] | None, metric: str) -> str:
+def fewer_targets(row: Mapping[str, Any], most: int) -> list[str]:
+    """``["k of n targets"]`` when the summary ``row`` (:func:`summarize`) is a mean over fewer targets
+    than ``most``, the most another cell of its table is over: its average is not comparable; else []."""
+    return [f"{row['targets']} of {most} targets"] if row["targets"] < most else []
+
+
+def _cell(row: Mapping[str, Any] | None, metric: str, seeds: int, targets: int) -> str:
+    """``mean ± sd`` ×100 (the mean alone with one seed), naming the seeds where ``row`` has fewer than the
+    table's ``seeds`` and the targets where it averages fewer than ``targets`` (:func:`fewer_targets`)."""
     if row is None:
         return "—"
     mean, sd = 100 * row[f"{metric}_mean"], 100 * row[f"{metric}_sd"]
-    return f"{mean:.1f} ± {sd:.1f}" if row["seeds"] > 1 else f"{mean:.1f}"
+    number = f"{mean:.1f} ± {sd:.1f}" if row["seeds"] > 1 else f"{mean:.1f}"
+    notes = [f"{row['seeds']} of {seeds} seeds"] if row["seeds"] < seeds else []
+    notes += fewer_targets(row, targets)
+    return number + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def column_labels(rows: Sequence[Mapping[str, Any]]) -> dict[tuple[Any, Any], str]:
@@ -203,8 +228,10 @@ def _panels(summary: Sequence[Mapping[str, Any]]) -> dict[tuple, list[dict[str, 
 def markdown_tables(summary: Sequence[Mapping[str, Any]], metric: str = "macro_f1") -> str:
     """One markdown table per (benchmark, protocol, split, source): targets × methods, ×100.
 
-    Cells are ``mean ± sd`` over seeds (just the mean with one seed); the ``avg`` row is
-    the mean over targets (the source language excluded). A method composed at several
+    Cells are ``mean ± sd`` over seeds (sample sd; just the mean with one seed), the header
+    giving the most seeds a cell has, and a cell with fewer saying how many; the ``avg`` row
+    is the mean over targets (the source language excluded), a cell over fewer targets than
+    another of its row saying so (:func:`fewer_targets`). A method composed at several
     language-SFT scales gets one column per scale.
     """
     blocks = []
@@ -215,9 +242,11 @@ def markdown_tables(summary: Sequence[Mapping[str, Any]], metric: str = "macro_f
             targets.append(AVERAGE)
         lookup = {(r["column"], r["target"]): r for r in rows}
         seeds = max(r["seeds"] for r in rows)
+        averaged = max((r["targets"] for r in rows if r["target"] == AVERAGE), default=1)
         split_note = f" — {split} split" if split else ""
+        spread = ", mean ± sd over seeds" if seeds > 1 else ""
         lines = [
-            f"### {bench} — {protocol} — source: {source}{split_note} — {metric.replace('_', '-')} ×100 "
+            f"### {bench} — {protocol} — source: {source}{split_note} — {metric.replace('_', '-')} ×100{spread} "
             f"({seeds} seed{'s' if seeds != 1 else ''})",
             "",
             "| target | " + " | ".join(columns) + " |",
@@ -225,7 +254,9 @@ def markdown_tables(summary: Sequence[Mapping[str, Any]], metric: str = "macro_f
         ]
         for target in targets:
             label = f"**{target}**" if target == AVERAGE else target
-            lines.append(f"| {label} | " + " | ".join(_cell(lookup.get((c, target)), metric) for c in columns) + " |")
+            most = averaged if target == AVERAGE else 1
+            lines.append(f"| {label} | " + " | ".join(_cell(lookup.get((c, target)), metric, seeds, most)
+                                                      for c in columns) + " |")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n"
 

@@ -59,6 +59,7 @@ from deftx.eval.report import (
     append_records,
     column_labels,
     environment_changes,
+    fewer_targets,
     grouped_bar_plot,
     mean_sd,
     read_csv,
@@ -476,15 +477,20 @@ def score_variant_heldout(run: AblationRun, name: str, seed: int, scorer: Heldou
     run.heldout_scored.add((name, seed))
 
 
-def average_by_method(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-    """Column label -> mean macro-F1 over targets (sources excluded) of some rows of one seed."""
-    labels = column_labels(rows)
-    values: dict[str, list[float]] = {}
-    for row in rows:
-        if row["target"] != row["source"]:
-            label = labels[(row["method"], row.get("language_scale"))]
-            values.setdefault(label, []).append(float(row["macro_f1"]))
-    return {label: sum(v) / len(v) for label, v in values.items()}
+def average_by_method(rows: Sequence[Mapping[str, Any]], sources: Sequence[str]) -> dict[str, float]:
+    """Column label -> mean macro-F1 over targets of some rows of one seed: the summary's ``avg``
+    (:func:`summary_rows`, every one of ``sources`` left out, each source apart), the label prefixed
+    with its source where the rows have several."""
+    averages = [row for row in summary_rows(rows, sources) if row["target"] == AVERAGE]
+    labels = column_labels(averages)
+    several = len({row["source"] for row in averages}) > 1
+    return {(f"{row['source']} " if several else "") + labels[(row["method"], row.get("language_scale"))]:
+            row["macro_f1_mean"] for row in averages}
+
+
+def ablation_sources(ablation: AblationConfig) -> list[str]:
+    """Every source language of the ablation's variants, sorted: what its averages over targets leave out."""
+    return sorted({source for config in ablation.variants.values() for source in config.sources})
 
 
 @dataclass
@@ -615,7 +621,8 @@ def run_ablation(ablation: AblationConfig, *, log: Callable[[str], None] = print
             began, reused, kept = time.perf_counter(), sum(run.store.attached.values()), sum(
                 run.store.published.values())
             rows = run_variant_seed(run, name, seed, done, log)
-            averages = ", ".join(f"{label} {100 * value:.1f}" for label, value in average_by_method(rows).items())
+            averages = ", ".join(f"{label} {100 * value:.1f}"
+                                 for label, value in average_by_method(rows, ablation_sources(ablation)).items())
             progress(f"[ablate {index}/{total}] {name} seed {seed}: {(time.perf_counter() - began) / 60:.1f} min, "
                      f"shared steps reused {sum(run.store.attached.values()) - reused}, kept "
                      f"{sum(run.store.published.values()) - kept}; valid macro-F1 mean over targets: {averages}")
@@ -630,11 +637,14 @@ def summary_rows(rows: Sequence[Mapping[str, Any]], sources: Sequence[str]) -> l
     return summarize(rows, exclude_from_average=sources, group_by=SUMMARY_GROUP)
 
 
-def _cell(row: Mapping[str, Any] | None, metric: str) -> str:
+def _cell(row: Mapping[str, Any] | None, metric: str, targets: int) -> str:
+    """``mean ± sd (n seeds)`` ×100 (``mean (1)`` with one seed: no spread to give), naming the targets where
+    ``row`` averages fewer than ``targets``."""
     if row is None:
         return "—"
     mean, sd = 100 * row[f"{metric}_mean"], 100 * row[f"{metric}_sd"]
-    return f"{mean:.1f} ± {sd:.1f} ({row['seeds']})"
+    spread = f" ± {sd:.1f}" if row["seeds"] > 1 else ""
+    return f"{mean:.1f}{spread} ({'; '.join([str(row['seeds']), *fewer_targets(row, targets)])})"
 
 
 def variant_tables(summary: Sequence[Mapping[str, Any]], variants: Sequence[str], metric: str) -> str:
@@ -645,12 +655,13 @@ def variant_tables(summary: Sequence[Mapping[str, Any]], variants: Sequence[str]
         labels = column_labels(rows)
         columns = list(dict.fromkeys(labels.values()))
         lookup = {(r["variant"], labels[(r["method"], r.get("language_scale"))]): r for r in rows}
+        targets = max((r["targets"] for r in rows), default=1)
         lines = [f"### source: {source} — {metric.replace('_', '-')} ×100, mean over targets, "
                  "mean ± sd over seeds (n seeds)", "", "| variant | " + " | ".join(columns) + " |",
                  "|---|" + "---|" * len(columns)]
         for variant in variants:
             if any(key[0] == variant for key in lookup):
-                lines.append(f"| {variant} | " + " | ".join(_cell(lookup.get((variant, c)), metric)
+                lines.append(f"| {variant} | " + " | ".join(_cell(lookup.get((variant, c)), metric, targets)
                                                           for c in columns) + " |")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n"
@@ -658,7 +669,8 @@ def variant_tables(summary: Sequence[Mapping[str, Any]], variants: Sequence[str]
 
 def seed_tables(rows: Sequence[Mapping[str, Any]], sources: Sequence[str], variants: Sequence[str],
                 metric: str) -> str:
-    """Per source: one line per variant × method (× scale), one column per seed: the mean over targets."""
+    """Per source: one line per variant × method (× scale), one column per seed: the mean over targets, naming
+    the targets where it is over fewer than another cell of the table (:func:`~deftx.eval.report.fewer_targets`)."""
     per_seed = [r for r in summarize(rows, exclude_from_average=sources, group_by=(*SUMMARY_GROUP, "seed"))
                 if r["target"] == AVERAGE]
     blocks = []
@@ -667,8 +679,10 @@ def seed_tables(rows: Sequence[Mapping[str, Any]], sources: Sequence[str], varia
         labels = column_labels(rows_here)
         columns = list(dict.fromkeys(labels.values()))
         seeds = sorted({r["seed"] for r in rows_here})
+        targets = max(r["targets"] for r in rows_here)
         value = {(r["variant"], labels[(r["method"], r.get("language_scale"))], r["seed"]):
-                 100 * r[f"{metric}_mean"] for r in rows_here}
+                 f"{100 * r[f'{metric}_mean']:.1f}" + "".join(f" ({note})" for note in fewer_targets(r, targets))
+                 for r in rows_here}
         lines = [f"### source: {source} — {metric.replace('_', '-')} ×100 per seed, mean over targets", "",
                  "| variant | method | " + " | ".join(f"seed {seed}" for seed in seeds) + " |",
                  "|---|---|" + "---:|" * len(seeds)]
@@ -677,7 +691,7 @@ def seed_tables(rows: Sequence[Mapping[str, Any]], sources: Sequence[str], varia
                 cells = [value.get((variant, column, seed)) for seed in seeds]
                 if any(cell is not None for cell in cells):
                     lines.append(f"| {variant} | {column} | "
-                                 + " | ".join("—" if c is None else f"{c:.1f}" for c in cells) + " |")
+                                 + " | ".join("—" if c is None else c for c in cells) + " |")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n"
 
@@ -780,7 +794,7 @@ def write_summary(
         run.timings.clear()
     if not rows:
         return "(no rows yet)\n"
-    sources = sorted({source for config in ablation.variants.values() for source in config.sources})
+    sources = ablation_sources(ablation)
     summary = summary_rows(rows, sources)
     write_csv(summary, out / "summary.csv")
     variants = list(ablation.variants)

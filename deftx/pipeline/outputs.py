@@ -42,7 +42,7 @@ from deftx.pipeline.workspace import Workspace
 from deftx.train.checkpoint import LOG
 from deftx.train.config import to_plain
 from deftx.train.identity import describe_changes, normalised
-from deftx.train.losses import FELL, FLAT_FALL, folder_trends
+from deftx.train.losses import FELL, FLAT, FLAT_FALL, NON_FINITE, folder_trends
 from deftx.train.sparse_finetuner import SELECTION
 
 RESULTS_CSV = "results.csv"
@@ -253,24 +253,28 @@ def hardly_trained(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]
 def loss_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """The results.md section on the training losses: per run (in path order) and phase (in log
     order), the mean over seeds of the first and last windows' loss, and the seeds in which the
-    phase hardly trained."""
+    phase hardly trained or logged a non-finite loss (named as such: its loss may have fallen)."""
     if not rows:
         return []
     groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for row in rows:
         groups.setdefault((row["run"], row["phase"]), []).append(row)
     table = ["| run | phase | steps | loss, first → last window (mean over seeds) | fall | "
-             f"fell less than {FLAT_FALL:.0%} in seeds |",
+             f"fell less than {FLAT_FALL:.0%} (or non-finite) in seeds |",
              "|---|---|---:|---|---:|---|"]
     for (run, phase), members in sorted(groups.items(), key=lambda item: item[0][0]):
         first, last = (sum(float(r[key]) for r in members) / len(members) for key in ("first_loss", "last_loss"))
-        flat = [str(r["seed"]) for r in hardly_trained(members)]
+        flat = [str(r["seed"]) + (f" ({NON_FINITE})" if r["verdict"] == NON_FINITE else "")
+                for r in hardly_trained(members)]
         table.append(f"| {run} | {phase} | {members[0]['steps']} | {first:.3f} → {last:.3f} | "
                      f"{100 * (first - last) / first:+.1f}% | {', '.join(flat) or '—'} |")
-    flat_count = len(hardly_trained(rows))
+    flat_count = sum(1 for row in rows if row["verdict"] == FLAT)
+    non_finite = sum(1 for row in rows if row["verdict"] == NON_FINITE)
     return [f"Training losses (`losses.csv`: the mean logged loss over each phase's first and last "
             f"{rows[0]['window']}-step window): {flat_count} of {len(rows)} phases took off less than "
-            f"{FLAT_FALL:.0%} of their loss" + (" — read their rows with care." if flat_count else "."),
+            f"{FLAT_FALL:.0%} of their loss" + (f", {non_finite} logged a non-finite loss (NaN or Inf)" if non_finite
+                                                 else "")
+            + (" — read their rows with care." if flat_count or non_finite else "."),
             "", *table, ""]
 
 

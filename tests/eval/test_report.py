@@ -180,3 +180,33 @@ def test_a_ledger_keeps_every_record_and_names_a_damaged_line(tmp_path):
     append_invocation(ledger, "deftx pipeline c.yaml --seeds 1", 1.0)
     with pytest.raises(ValueError, match=r"invocations\.jsonl, line 4: not a JSON record"):
         read_ledger(ledger)
+
+
+def test_a_seed_still_running_is_left_out_of_the_average_not_averaged_over_fewer_targets():
+    """Seed 2 lacks javanese (its run is under way): its mean over two targets would pull the average
+    down to 59.3; the average is over the seeds that have every target, and the cells say how many."""
+    f1 = {"acehnese": 0.5, "balinese": 0.6, "javanese": 0.7, "indonesian": 0.8}
+    rows = [row("lt-sft", target, seed, value + seed / 100, value) for seed in range(3) for target, value in f1.items()
+            if not (seed == 2 and target == "javanese")]
+    summary = {r["target"]: r for r in summarize(rows, exclude_from_average=["indonesian"])}
+    per_seed = [(0.5 + 0.6 + 0.7) / 3 + seed / 100 for seed in (0, 1)]
+    assert summary[AVERAGE]["seeds"] == 2 and summary[AVERAGE]["targets"] == 3
+    assert summary[AVERAGE]["macro_f1_mean"] == pytest.approx(sum(per_seed) / 2)
+    assert summary[AVERAGE]["macro_f1_sd"] == pytest.approx(math.sqrt(2 * 0.005**2))
+    assert summary["javanese"]["seeds"] == 2 and summary["acehnese"]["targets"] == 1
+    lines = markdown_tables(list(summary.values()), "macro_f1").splitlines()
+    assert lines[0].endswith("macro-f1 ×100, mean ± sd over seeds (3 seeds)")
+    assert "| acehnese | 51.0 ± 1.0 |" in lines
+    assert "| javanese | 70.5 ± 0.7 (2 of 3 seeds) |" in lines
+    assert lines[-1] == "| **avg** | 60.5 ± 0.7 (2 of 3 seeds) |"
+
+
+def test_an_average_over_fewer_targets_than_its_neighbours_says_so():
+    """deft-x has no minangkabau row: its average (over madurese alone) is not full-ft's (over both)."""
+    summary = summarize(ROWS)
+    assert {(r["method"], r["targets"]) for r in summary if r["target"] == AVERAGE} == {("full-ft", 2), ("deft-x", 1)}
+    assert markdown_tables(summary, "macro_f1").strip().splitlines()[-1] == (
+        "| **avg** | 62.0 ± 2.8 | 54.0 ± 2.8 (1 of 2 targets) |")
+    one_seed = markdown_tables(summarize([r for r in ROWS if r["seed"] == 0]), "macro_f1").splitlines()
+    assert one_seed[0].endswith("macro-f1 ×100 (1 seed)")
+    assert one_seed[-1] == "| **avg** | 60.0 | 56.0 (1 of 2 targets) |"

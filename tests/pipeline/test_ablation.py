@@ -16,6 +16,7 @@ import yaml
 import deftx.train.sparse_finetuner as sparse_finetuner
 from deftx.eval.report import append_invocation
 from deftx.pipeline.ablation import (
+    average_by_method,
     invocation_lines,
     language_phase1_signature,
     load_ablation,
@@ -27,7 +28,9 @@ from deftx.pipeline.ablation import (
     run_ablation,
     seed_tables,
     seeds_sentence,
+    summary_rows,
     variant_folder,
+    variant_tables,
 )
 from deftx.pipeline.config import BASELINE, NO_LANGUAGE_SFT, ConfigError
 from deftx.pipeline.steps import language_tuner, task_tuner
@@ -505,8 +508,8 @@ def test_seed_table_holds_each_seeds_mean_over_targets_without_the_source():
         "| variant | method | seed 0 | seed 1 |",
         "|---|---|---:|---:|",
         "| a | lt-sft | 60.0 | 70.0 |",
-        "| a | full-ft | — | 25.0 |",
-        "| b | lt-sft | 12.5 | — |",
+        "| a | full-ft | — | 25.0 (1 of 2 targets) |",
+        "| b | lt-sft | 12.5 (1 of 2 targets) | — |",
     ]
 
 
@@ -685,3 +688,44 @@ def test_later_settings_enter_the_identity_away_from_their_earlier_value(tmp_pat
     assert "americasnlp_text_splits" not in identity
     assert run_identity(train_text.variants["a"])["americasnlp_text_splits"] == ["train"]
     assert len({plain.hashes["a"], on_cuda.hashes["a"], with_arguments.hashes["a"], train_text.hashes["a"]}) == 4
+
+
+def test_variant_table_names_an_average_over_fewer_targets():
+    """Variant b's seed 1 lacks minangkabau: that seed is left out of b's average (2 seeds, not an average
+    of 0.5 with a one-target 0.6); variant c never scored minangkabau, and its cell says so."""
+    def row(variant, seed, target, f1):
+        return {"variant": variant, "seed": seed, "source": "indonesian", "method": "lt-sft", "language_scale": 1.0,
+                "target": target, "macro_f1": f1, "accuracy": f1}
+
+    rows = [row(variant, seed, target, value + seed / 10) for variant in ("a", "b") for seed in range(3)
+            for target, value in (("madurese", 0.4), ("minangkabau", 0.6))
+            if (variant, seed, target) != ("b", 1, "minangkabau")]
+    rows += [row("c", seed, "madurese", 0.3) for seed in range(2)]
+    table = variant_tables(summary_rows(rows, ["indonesian"]), ["a", "b", "c"], "macro_f1").splitlines()
+    # a: per seed 0.5, 0.6, 0.7; b: seeds 0 and 2 only
+    assert table[4:] == ["| a | 60.0 ± 10.0 (3) |", "| b | 60.0 ± 14.1 (2) |", "| c | 30.0 ± 0.0 (2; 1 of 2 targets) |"]
+
+
+def test_a_variant_of_one_seed_shows_no_spread_in_the_variant_table():
+    """The sd of one seed's value is not 0 but undefined: the cell gives the mean and the seed count alone."""
+    rows = [{"variant": variant, "seed": seed, "source": "indonesian", "method": "lt-sft", "language_scale": 1.0,
+             "target": "madurese", "macro_f1": 0.5 + seed / 10, "accuracy": 0.5} for variant, seeds in
+            (("a", (0, 1)), ("b", (2,))) for seed in seeds]
+    table = variant_tables(summary_rows(rows, ["indonesian"]), ["a", "b"], "macro_f1").splitlines()
+    assert table[4:] == ["| a | 55.0 ± 7.1 (2) |", "| b | 70.0 (1) |"]
+
+
+def test_the_progress_lines_average_is_the_tables_each_source_apart_and_every_source_left_out():
+    """Rows of one seed from two sources: the progress line's mean over targets per method is the summary's
+    ``avg`` of each source (madurese and minangkabau), not one mean over both sources' rows with the other
+    source counted as a target."""
+    def row(source, target, f1):
+        return {"variant": "v", "seed": 0, "source": source, "target": target, "method": "lt-sft",
+                "language_scale": 1.0, "macro_f1": f1, "accuracy": f1}
+
+    f1 = {"madurese": 0.5, "minangkabau": 0.6, "indonesian": 0.9, "english": 0.8}
+    rows = [row(source, target, value + shift) for source, shift in (("indonesian", 0.0), ("english", 0.1))
+            for target, value in f1.items()]
+    averages = average_by_method(rows, ["english", "indonesian"])
+    assert averages == pytest.approx({"indonesian lt-sft": 0.55, "english lt-sft": 0.65})
+    assert average_by_method(rows[:4], ["english", "indonesian"]) == pytest.approx({"lt-sft": 0.55})

@@ -293,6 +293,26 @@ def test_the_losses_section_groups_phases_by_run_over_seeds():
     assert loss_lines([]) == []
 
 
+def test_the_losses_section_names_a_non_finite_phase_as_such_not_as_one_that_hardly_trained():
+    """Seed 1 logged one NaN loss mid-phase: its windows fell by 55% (as seed 0's), so it did not take
+    off less than 5% of its loss; the section names it non-finite."""
+    from deftx.pipeline.outputs import loss_lines
+    from deftx.train.losses import loss_trends
+
+    def trend(loss):
+        return loss_trends([{"phase": "full", "step": step, "loss": loss(step)} for step in range(1, 201)])[0]
+
+    falling = trend(lambda step: 3.0 - step / 100)
+    with_nan = trend(lambda step: float("nan") if step == 100 else 3.0 - step / 100)
+    # first window: steps 1-50, mean 3 - 25.5 / 100; last: steps 151-200, mean 3 - 175.5 / 100
+    assert (with_nan.first, with_nan.last) == pytest.approx((2.745, 1.245))
+    lines = loss_lines([{"seed": 0, "run": "lang/x", **falling.as_row()},
+                        {"seed": 1, "run": "lang/x", **with_nan.as_row()}])
+    assert lines[0].endswith("0 of 2 phases took off less than 5% of their loss, 1 logged a non-finite loss (NaN or "
+                             "Inf) — read their rows with care.")
+    assert lines[4] == "| lang/x | full | 200 | 2.745 → 1.245 | +54.6% | 1 (non-finite) |"
+
+
 def test_kept_seeds_are_flagged_when_their_invocations_ran_on_other_versions_or_recorded_none(tmp_path):
     from deftx.eval.report import append_invocation
     from deftx.pipeline.outputs import kept_seeds_note
