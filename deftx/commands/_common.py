@@ -6,11 +6,43 @@ import argparse
 import math
 import shlex
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 USER_ERRORS = (OSError, ValueError, KeyError)
 MAX_MESSAGE = 2000
 DEVICE_METAVAR = "{cpu,cuda,auto}"
+
+
+GIVEN = "_deftx_options_given"
+"""The namespace attribute in which :class:`StoreOnce` notes the options given (dropped by :func:`parse_arguments`)."""
+
+
+class StoreOnce(argparse._StoreAction):
+    """argparse's ``store`` action, refusing an option given twice (``--seeds 0 --seeds 1``): argparse
+    would keep the last value and drop the first without a word. Repeatable options say so (``append``)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        given = namespace.__dict__.setdefault(GIVEN, set())
+        if option_string is not None and self.dest in given:
+            how = f"list all its values after one {option_string}" if self.nargs in ("+", "*") else "give it once"
+            raise argparse.ArgumentError(self, f"given more than once, where only the last would count: {how}")
+        given.add(self.dest)
+        super().__call__(parser, namespace, values, option_string)
+
+
+def refuse_repeated_options(parser: argparse.ArgumentParser) -> None:
+    """Make the single-valued options ``parser`` is given from now on :class:`StoreOnce` (usage error, exit 2,
+    when one is repeated); parse with :func:`parse_arguments`."""
+    parser.register("action", None, StoreOnce)
+    parser.register("action", "store", StoreOnce)
+
+
+def parse_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """``parser.parse_args(argv)`` without :class:`StoreOnce`'s bookkeeping."""
+    args = parser.parse_args(argv)
+    vars(args).pop(GIVEN, None)
+    return args
 
 
 def command_line() -> str:

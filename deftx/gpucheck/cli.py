@@ -13,7 +13,7 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-from deftx.commands._common import positive_float, seed_int
+from deftx.commands._common import parse_arguments, positive_float, refuse_repeated_options, seed_int
 from deftx.gpucheck.plan import STAGE_NAMES, STAGES, TOTAL_BUDGET_S, PlannedStage, plan_lines, plan_stages, with_budgets
 
 DESCRIPTION = textwrap.dedent(
@@ -102,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m deftx.gpucheck", description=DESCRIPTION,
                                      epilog=EPILOG.format(stages=stages),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    refuse_repeated_options(parser)
     add_arguments(parser)
     return parser
 
@@ -243,4 +244,4 @@ def execute(args: argparse.Namespace, argv: list[str], planned: list[PlannedStag
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    return run(build_parser().parse_args(argv), argv)
+    return run(parse_arguments(build_parser(), argv), argv)
