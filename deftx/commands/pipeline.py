@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         from deftx.pipeline.plan import plan_lines
 
-        print("\n".join(plan_lines(config)))
+        print("\n".join(plan_lines(config, heldout=not args.no_heldout)))
         return 0
     log = (lambda _: None) if args.quiet else print
     table = run_pipeline(config, log=log, command=command_line(), overwrite=args.overwrite,
