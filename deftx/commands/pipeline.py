@@ -9,6 +9,7 @@ from deftx.commands._common import (
     add_heldout_argument,
     command_line,
     load_pipeline_config,
+    path_text,
     seed_int,
 )
 
@@ -48,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
     parser.add_argument("--seeds", type=seed_int, nargs="+", help="override the config's seeds")
     parser.add_argument(
-        "--results-dir",
+        "--results-dir", type=path_text,
         help="override the config's results_dir. A run of some --seeds into a folder that holds other seeds of "
              "the same recipe adds its seeds to that folder's tables (another recipe's are refused, naming what "
              "changed; --overwrite drops them); one folder per subset of seeds also works: deftx paired merges them",

@@ -356,3 +356,34 @@ def test_options_given_once_and_repeatable_options_still_parse():
                                             "--model", "m"])
     assert (args.sft, args.scale, args.model) == (["a", "b"], [1.0, 2.0], "m")
     assert not any(name.startswith("_") for name in vars(args)), vars(args)
+
+
+EMPTY_PATHS = [
+    ("pipeline", ["{config}", "--dry-run", "--output-dir", ""], "--output-dir"),
+    ("pipeline", ["{config}", "--dry-run", "--data-dir", ""], "--data-dir"),
+    ("pipeline", ["{config}", "--dry-run", "--results-dir", ""], "--results-dir"),
+    ("ablate", ["{config}", "--dry-run", "--output-dir", ""], "--output-dir"),
+    ("train-lang", ["{config}", "--language", "madurese", "--output-dir", ""], "--output-dir"),
+    ("evaluate", ["--task-sft", "{sft}", "--data-dir", ""], "--data-dir"),
+    ("evaluate", ["--task-sft", "{sft}", "--data", ""], "--data"),
+    ("evaluate", ["--task-sft", "{sft}", "--output", ""], "--output"),
+    ("compose", ["--sft", "{sft}", "--model", "{model}", "--output", ""], "--output"),
+    ("compose", ["--sft", ""], "--sft"),
+    ("heldout-mlm", ["{config}", "--csv", ""], "--csv"),
+    ("paired", ["{sft}", "--out", ""], "--out"),
+    ("losses", ["{tmp}", ""], "folders"),
+    ("bench", ["--out", ""], "--out"),
+    ("profile", ["topk", "--out", ""], "--out"),
+    ("e5-pack", [""], "out"),
+    ("gpu-check", ["--dry-run", "--work-dir", ""], "--work-dir"),
+]
+
+
+@pytest.mark.parametrize(("command", "argv", "option"), EMPTY_PATHS, ids=[f"{c[0]} {c[2]}" for c in EMPTY_PATHS])
+def test_an_empty_path_is_a_usage_error(paths, capsys, command, argv, option):
+    """An empty path (``--output-dir "$UNSET"``) was ignored: the config's output_dir, the default data root,
+    no --output at all, or the current folder were used instead, without a word."""
+    config = write_config(paths, {})
+    code, err = run_cli([command, *(arg.format(config=config, **paths) for arg in argv)], capsys)
+    assert_clear_error(command, code, err, f"argument {option}: expected a path or name, got an empty string")
+    assert not (paths["tmp"] / "run").exists()
