@@ -24,7 +24,7 @@ changed config is refused naming what changed (--overwrite retrains the changed 
 language_text_splits leaves an MT split out ([train]), each seed's language SFTs are then scored on
 that text, which neither they nor the MLM head saw (as `deftx heldout-mlm`; --no-heldout skips it);
 likewise the AmericasNLI language SFTs on AmericasNLP 2021 dev when americasnlp_text_splits is [train].
-Prints the macro-F1 table and writes results.md/.csv/.png under output_dir.
+Prints the macro-F1 table and writes results.md/.csv/.png under results_dir (default: output_dir).
 """
 
 

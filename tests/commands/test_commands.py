@@ -308,3 +308,13 @@ def test_the_dry_run_plan_lists_the_americasnli_held_out_check(tmp_path, capsys)
     heldout = [line for line in dry_run(tmp_path, capsys, config) if "held-out" in line]
     assert heldout == ["7. [seed 0] held-out masked-LM check of the AmericasNLI language SFTs of bzd, tar: θ0 and "
                        "scales [1.0, 1.25] on AmericasNLP 2021 dev text -> heldout.csv"], heldout
+
+
+def test_pipeline_help_names_the_folder_the_tables_go_to(tmp_path, capsys):
+    """The help said the tables go under output_dir; they go under results_dir where the config sets one."""
+    with pytest.raises(SystemExit):
+        main(["pipeline", "--help"])
+    assert "results.md/.csv/.png under results_dir (default: output_dir)" in " ".join(capsys.readouterr().out.split())
+    config = {"model": "org/some-encoder", "data_dir": str(plan_data_root(tmp_path)), "targets": ["madurese"],
+              "output_dir": str(tmp_path / "run"), "results_dir": str(tmp_path / "tables")}
+    assert f"output: {tmp_path / 'run'}; results: {tmp_path / 'tables'}" in dry_run(tmp_path, capsys, config)
