@@ -19,7 +19,7 @@ from types import ModuleType
 
 import deftx
 import deftx.commands
-from deftx.commands._common import USER_ERRORS, guarded
+from deftx.commands._common import USER_ERRORS, guarded, parse_arguments, refuse_repeated_options
 
 
 def command_modules() -> list[ModuleType]:
@@ -29,11 +29,13 @@ def command_modules() -> list[ModuleType]:
 
 
 def add_command(subparsers: argparse._SubParsersAction, command: ModuleType) -> argparse.ArgumentParser:
-    """The parser of the subcommand that module ``command`` declares (see the module docstring)."""
+    """The parser of the subcommand that module ``command`` declares (see the module docstring); a
+    single-valued option given twice is a usage error (:func:`~deftx.commands._common.refuse_repeated_options`)."""
     parser = subparsers.add_parser(
         command.NAME, help=command.SUMMARY, description=command.DESCRIPTION, epilog=getattr(command, "EPILOG", None),
         formatter_class=getattr(command, "FORMATTER", argparse.HelpFormatter),
     )
+    refuse_repeated_options(parser)
     command.add_arguments(parser)
     errors = getattr(command, "GUARDED", USER_ERRORS)
     parser.set_defaults(func=guarded(command.NAME, command.run, errors) if errors else command.run)
@@ -69,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``deftx`` console script."""
     line_buffered_stdout()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_arguments(parser, argv)
     if not hasattr(args, "func"):
         parser.print_help()
         return 2

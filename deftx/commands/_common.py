@@ -6,11 +6,44 @@ import argparse
 import math
 import shlex
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 USER_ERRORS = (OSError, ValueError, KeyError)
 MAX_MESSAGE = 2000
 DEVICE_METAVAR = "{cpu,cuda,auto}"
+
+
+GIVEN = "_deftx_options_given"
+"""The namespace attribute in which :class:`StoreOnce` notes the options given (dropped by :func:`parse_arguments`)."""
+
+
+class StoreOnce(argparse._StoreAction):
+    """argparse's ``store`` action, refusing an option given twice (``--seeds 0 --seeds 1``): argparse
+    would keep the last value and drop the first without a word. Repeatable options say so (``append``)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        given = namespace.__dict__.setdefault(GIVEN, set())
+        if option_string is not None and self.dest in given:
+            how = f"list all its values after one {option_string}" if self.nargs in ("+", "*") else "give it once"
+            raise argparse.ArgumentError(self, f"given more than once, where only the last would count: {how}")
+        given.add(self.dest)
+        super().__call__(parser, namespace, values, option_string)
+
+
+def refuse_repeated_options(parser: argparse.ArgumentParser) -> None:
+    """Make the single-valued options ``parser`` is given from now on :class:`StoreOnce` (usage error, exit 2,
+    when one is repeated); parse with :func:`parse_arguments`."""
+    parser.register("action", None, StoreOnce)
+    parser.register("action", "store", StoreOnce)
+
+
+def parse_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """``parser.parse_args(argv)`` without :class:`StoreOnce`'s bookkeeping."""
+    args = parser.parse_args(argv)
+    vars(args).pop(GIVEN, None)
+    return args
 
 
 def command_line() -> str:
@@ -65,6 +98,19 @@ def seed_int(text: str) -> int:
     return value
 
 
+def path_text(text: str) -> str:
+    """argparse type: a file or folder name that is not empty. An empty one (``--output-dir "$UNSET"``)
+    would otherwise be ignored (the config's or the default path used instead) or read as the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a path or name, got an empty string")
+    return text
+
+
+def path_argument(text: str) -> Path:
+    """argparse type: :func:`path_text` as a :class:`~pathlib.Path`."""
+    return Path(path_text(text))
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
     value = int(text)
@@ -108,9 +154,10 @@ def device_option(text: str) -> str:
 
 def add_config_arguments(parser: argparse.ArgumentParser, *, overwrite: bool = True) -> None:
     """config, --output-dir, --data-dir, --device and (for commands that train) --overwrite."""
-    parser.add_argument("config", help="pipeline config file (YAML or JSON; see configs/default.yaml)")
-    parser.add_argument("--output-dir", help="override the config's output_dir")
-    parser.add_argument("--data-dir", help="override the data root (default: $DEFTX_DATA_DIR or ../shared/data)")
+    parser.add_argument("config", type=path_text, help="pipeline config file (YAML or JSON; see configs/default.yaml)")
+    parser.add_argument("--output-dir", type=path_text, help="override the config's output_dir")
+    parser.add_argument("--data-dir", type=path_text,
+                        help="override the data root (default: $DEFTX_DATA_DIR or ../shared/data)")
     parser.add_argument(
         "--device", metavar=DEVICE_METAVAR,
         help="override the config's device: every phase on cpu or cuda; auto (the config's default): cuda when "
@@ -139,7 +186,7 @@ def add_heldout_argument(parser: argparse.ArgumentParser, unit: str) -> None:
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """--model, --pooling, --num-labels, --seed: the classifier an SFT is applied to."""
     parser.add_argument(
-        "--model", default="e5-small",
+        "--model", type=path_text, default="e5-small",
         help="base model: 'e5-small', a save_pretrained folder of any AutoModelFor... class, or a Hugging Face "
              "Hub model id (through the Hub cache; offline once cached)",
     )
@@ -186,8 +233,6 @@ def add_seed_argument(parser: argparse.ArgumentParser, help: str = "seed (defaul
 
 def name_base_model(model, name: str) -> None:
     """Give a model loaded by Hub id that id as its base-model name (SFTs record the id, not a cache path)."""
-    from pathlib import Path
-
     from deftx.pipeline.workspace import E5_NAMES
 
     if name not in E5_NAMES and not Path(name).expanduser().is_dir():

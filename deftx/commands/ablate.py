@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from deftx.commands._common import add_heldout_argument, command_line, seed_int
+from deftx.commands._common import add_heldout_argument, command_line, path_text, seed_int
 
 NAME = "ablate"
 SUMMARY = "variants of a pipeline config x seeds on NusaX valid splits (shared phase 1), one CSV + summary"
@@ -61,10 +61,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="ablation config (YAML or JSON), e.g. configs/ablation-nusax-e5-small.yaml")
-    parser.add_argument("--output-dir", help="override the ablation's output_dir")
-    parser.add_argument("--results-dir", help="override the ablation's results_dir")
-    parser.add_argument("--data-dir", help="override the data root of every variant")
+    parser.add_argument("config", type=path_text,
+                        help="ablation config (YAML or JSON), e.g. configs/ablation-nusax-e5-small.yaml")
+    parser.add_argument("--output-dir", type=path_text, help="override the ablation's output_dir")
+    parser.add_argument("--results-dir", type=path_text, help="override the ablation's results_dir")
+    parser.add_argument("--data-dir", type=path_text, help="override the data root of every variant")
     parser.add_argument("--device", choices=("cpu", "cuda", "auto"),
                         help="override every variant's device (cuda where there is none is an error before any work)")
     parser.add_argument("--seeds", type=seed_int, nargs="+", help="override the ablation's seeds")

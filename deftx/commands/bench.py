@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from deftx.commands._common import positive_int, seed_int
+from deftx.commands._common import path_text, positive_int, seed_int
 
 if TYPE_CHECKING:
     from deftx.perf.shapes import ShapeSet, ShapeSpec
@@ -532,7 +532,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--seed", type=seed_int, default=0, help="synthetic data seed, >= 0 (default 0)")
-    parser.add_argument("--out", default="bench-results", metavar="DIR",
+    parser.add_argument("--out", type=path_text, default="bench-results", metavar="DIR",
                         help="output folder, made if missing (default bench-results)")
     scaling = parser.add_argument_group("scaling study")
     scaling.add_argument("--scaling", action="store_true", help="run the scaling study instead of the suite")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from deftx.commands._common import add_model_arguments, check_base_models, finite_float, name_base_model
+from deftx.commands._common import add_model_arguments, check_base_models, finite_float, name_base_model, path_text
 
 NAME = "compose"
 SUMMARY = "add SFTs onto a base model (fused scatter) and save the composed classifier"
@@ -79,11 +79,12 @@ def run(args: argparse.Namespace) -> int:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     parser.add_argument(
-        "--sft", action="append", required=True,
+        "--sft", action="append", type=path_text, required=True,
         help="SFT (repeatable, applied together): a .safetensors file, a Hub-style folder, a composable-sft "
              "pytorch_diff.bin or folder, a peft SHiRA adapter folder, or a Hub repository id of any of those",
     )
     parser.add_argument("--scale", action="append", type=finite_float, help="scale per --sft (default 1.0 each)")
-    parser.add_argument("--output", help="new or empty folder to write the composed model + tokenizer to")
+    parser.add_argument("--output", type=path_text,
+                        help="new or empty folder to write the composed model + tokenizer to")
     parser.add_argument("--overwrite", action="store_true",
                         help="save into an --output folder that already holds files (same names are replaced)")

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from deftx.commands._common import positive_int
+from deftx.commands._common import path_argument, positive_int
 
 NAME = "e5-pack"
 SUMMARY = "pack the e5 weights and tokenizer into transfer-sized folders (for an offline machine)"
@@ -34,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("out", type=Path, help="new or empty folder to write")
+    parser.add_argument("out", type=path_argument, help="new or empty folder to write")
     parser.add_argument(
         "--folder-mib", type=positive_int, default=56,
         help="size of each folder in MiB (default 56: with the checkout, under the GPU machine's 64 MiB a call)",

@@ -14,6 +14,7 @@ from deftx.commands._common import (
     device_option,
     finite_float,
     name_base_model,
+    path_text,
     positive_int,
 )
 
@@ -340,17 +341,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--task-sft", required=True,
+    parser.add_argument("--task-sft", type=path_text, required=True,
                         help="task SFT (with its classifier head): file, folder or Hub id of any supported format")
     parser.add_argument("--lang-sft", action="append", metavar="LANGUAGE=SFT",
                         help="language SFT per language (repeatable): file, folder or Hub id")
     parser.add_argument("--languages", nargs="+",
                         help="NusaX languages to evaluate (default: every folder; not with --data)")
     add_model_arguments(parser)
-    parser.add_argument("--data-dir",
+    parser.add_argument("--data-dir", type=path_text,
                         help="NusaX data root (default: $DEFTX_DATA_DIR or ../shared/data; not with --data)")
     data = parser.add_argument_group("any labelled data set (instead of NusaX)")
-    data.add_argument("--data", help="a local .csv/.tsv/.json/.jsonl/.parquet file, a folder, or a Hub data set name")
+    data.add_argument("--data", type=path_text,
+                      help="a local .csv/.tsv/.json/.jsonl/.parquet file, a folder, or a Hub data set name")
     data.add_argument("--data-config", help="configuration of a Hub data set")
     data.add_argument("--split", help=f"split of a folder or Hub data set (default {DEFAULT_SPLIT})")
     data.add_argument("--text-column", default="text", help="text column (default text)")
@@ -377,6 +379,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="where the classifier runs: cpu, cuda, or auto (the default): cuda when available. Asking for cuda "
              "where there is none is an error before anything is loaded",
     )
-    parser.add_argument("--output", help="folder for evaluate.csv / evaluate.md (refused when it holds them)")
+    parser.add_argument("--output", type=path_text,
+                        help="folder for evaluate.csv / evaluate.md (refused when it holds them)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the evaluate.csv / evaluate.md an --output folder already holds")

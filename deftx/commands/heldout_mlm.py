@@ -7,7 +7,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from deftx.commands._common import add_config_arguments, finite_float, load_pipeline_config, seed_int
+from deftx.commands._common import add_config_arguments, finite_float, load_pipeline_config, path_argument, seed_int
 from deftx.eval.report import write_csv
 
 NAME = "heldout-mlm"
@@ -111,4 +111,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mask-seed", type=seed_int,
                         help="seed of the held-out masks (default: the masks of deftx pipeline's heldout.csv, "
                              "seed 0); write one CSV per mask seed")
-    parser.add_argument("--csv", type=Path, help="also write the rows to this CSV file")
+    parser.add_argument("--csv", type=path_argument, help="also write the rows to this CSV file")

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from deftx.commands._common import positive_int
+from deftx.commands._common import path_argument, positive_int
 
 NAME = "losses"
 SUMMARY = "the training-loss trend of every phase of every run below some folders"
@@ -44,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from deftx.train.losses import WINDOW_STEPS
 
-    parser.add_argument("folders", nargs="+", type=Path, help="folders searched for log.jsonl (recursively)")
+    parser.add_argument("folders", nargs="+", type=path_argument, help="folders searched for log.jsonl (recursively)")
     parser.add_argument("--window", type=positive_int, default=WINDOW_STEPS,
                         help=f"steps in each window (default {WINDOW_STEPS}; half the phase when it is shorter)")
     parser.add_argument("--strict", action="store_true",

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from deftx.commands._common import add_seed_argument, positive_float, positive_int
+from deftx.commands._common import add_seed_argument, path_argument, positive_float, positive_int
 from deftx.text import repeated
 
 NAME = "paired"
@@ -62,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from deftx.eval.paired import PAPER_FIVE, RESAMPLES
 
-    parser.add_argument("results", nargs="+", type=Path, help="results.csv files of one study")
+    parser.add_argument("results", nargs="+", type=path_argument, help="results.csv files of one study")
     parser.add_argument("--pair", action="append", type=method_pair, metavar="A:B",
                         help="a comparison, repeatable (default: deft-x:lt-sft, deft-x:full-ft, lt-sft:full-ft); a "
                              "method composed at several language-SFT scales is named per scale, e.g. 'deft-x ×1.25'")
@@ -73,7 +72,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="test", help="split column value (default test)")
     parser.add_argument("--resamples", type=positive_int, default=RESAMPLES, help=f"bootstrap resamples ({RESAMPLES})")
     add_seed_argument(parser, "bootstrap seed (default 0)")
-    parser.add_argument("--out", type=Path, default=None, help="folder for paired.md, paired.csv and paired.png")
+    parser.add_argument("--out", type=path_argument, default=None,
+                        help="folder for paired.md, paired.csv and paired.png")
     parser.add_argument("--goal", type=positive_float, default=None, metavar="W",
                         help="a half-width goal for the intervals on the mean over the targets, in the table's "
                              "units (x100; issue #22: 0.5): says whether each pair meets it and about how many "

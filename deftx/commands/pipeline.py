@@ -9,6 +9,7 @@ from deftx.commands._common import (
     add_heldout_argument,
     command_line,
     load_pipeline_config,
+    path_text,
     seed_int,
 )
 
@@ -23,7 +24,7 @@ changed config is refused naming what changed (--overwrite retrains the changed 
 language_text_splits leaves an MT split out ([train]), each seed's language SFTs are then scored on
 that text, which neither they nor the MLM head saw (as `deftx heldout-mlm`; --no-heldout skips it);
 likewise the AmericasNLI language SFTs on AmericasNLP 2021 dev when americasnlp_text_splits is [train].
-Prints the macro-F1 table and writes results.md/.csv/.png under output_dir.
+Prints the macro-F1 table and writes results.md/.csv/.png under results_dir (default: output_dir).
 """
 
 
@@ -34,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         from deftx.pipeline.plan import plan_lines
 
-        print("\n".join(plan_lines(config)))
+        print("\n".join(plan_lines(config, heldout=not args.no_heldout)))
         return 0
     log = (lambda _: None) if args.quiet else print
     table = run_pipeline(config, log=log, command=command_line(), overwrite=args.overwrite,
@@ -48,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
     parser.add_argument("--seeds", type=seed_int, nargs="+", help="override the config's seeds")
     parser.add_argument(
-        "--results-dir",
+        "--results-dir", type=path_text,
         help="override the config's results_dir. A run of some --seeds into a folder that holds other seeds of "
              "the same recipe adds its seeds to that folder's tables (another recipe's are refused, naming what "
              "changed; --overwrite drops them); one folder per subset of seeds also works: deftx paired merges them",

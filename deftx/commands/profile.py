@@ -7,7 +7,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from deftx.commands._common import positive_int
+from deftx.commands._common import path_text, positive_int
 
 STATIC_DEFAULT_OUT = "benchmarks/results"
 DEFAULT_ARCH = "sm_90"
@@ -158,6 +158,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--out",
+        type=path_text,
         default=None,
         metavar="DIR",
         help=f"output folder (default {STATIC_DEFAULT_OUT} for --static, ./{RUNTIME_DEFAULT_OUT} at run time)",

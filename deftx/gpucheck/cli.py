@@ -13,7 +13,7 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-from deftx.commands._common import positive_float, seed_int
+from deftx.commands._common import parse_arguments, path_text, positive_float, refuse_repeated_options, seed_int
 from deftx.gpucheck.plan import STAGE_NAMES, STAGES, TOTAL_BUDGET_S, PlannedStage, plan_lines, plan_stages, with_budgets
 
 DESCRIPTION = textwrap.dedent(
@@ -73,7 +73,7 @@ def _budget(text: str) -> tuple[str, int]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The check's options (shared by ``python -m deftx.gpucheck`` and ``deftx gpu-check``)."""
-    parser.add_argument("--out", metavar="DIR", help="output folder (required unless --dry-run)")
+    parser.add_argument("--out", type=path_text, metavar="DIR", help="output folder (required unless --dry-run)")
     parser.add_argument("--only", type=_names, default=(), metavar="STAGES",
                         help=f"comma-separated stages to run (default: all of {','.join(STAGE_NAMES)})")
     parser.add_argument("--skip", type=_names, default=(), metavar="STAGES", help="comma-separated stages to skip")
@@ -87,7 +87,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         f"(default {TOTAL_BUDGET_S:g})")
     parser.add_argument("--budget-of", type=_budget, action="append", default=[], metavar="NAME=SECONDS",
                         help="replace a stage's budget (repeatable)")
-    parser.add_argument("--work-dir", default=None, metavar="DIR",
+    parser.add_argument("--work-dir", type=path_text, default=None, metavar="DIR",
                         help="where stages write before the bundle (default: a new folder under the temp dir)")
     parser.add_argument("--test-paths", type=_names, default=("tests",), metavar="PATHS",
                         help="comma-separated paths the tests stage runs pytest -m cuda over (default tests)")
@@ -102,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m deftx.gpucheck", description=DESCRIPTION,
                                      epilog=EPILOG.format(stages=stages),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    refuse_repeated_options(parser)
     add_arguments(parser)
     return parser
 
@@ -243,4 +244,4 @@ def execute(args: argparse.Namespace, argv: list[str], planned: list[PlannedStag
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    return run(build_parser().parse_args(argv), argv)
+    return run(parse_arguments(build_parser(), argv), argv)

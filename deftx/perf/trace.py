@@ -43,6 +43,7 @@ from deftx.perf.roofline import (
     topk_prediction,
 )
 from deftx.perf.workload import Workload, load_workload
+from deftx.text import DuplicateKeyError, not_utf8, short_repr, strict_json_loads
 
 TARGETS: tuple[str, ...] = ("topk", "rsvd", "scatter", "step", "train-step")
 RANGE_PREFIX = "deftx."
@@ -82,8 +83,10 @@ class TraceConfig:
             raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("device 'cuda' requested but torch.cuda.is_available() is False")
-        if self.iterations < 1 or self.warmup < 0:
-            raise ValueError(f"iterations must be >= 1 and warmup >= 0, got {self.iterations}, {self.warmup}")
+        for name, low in (("iterations", 1), ("warmup", 0), ("seed", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {short_repr(value)}")
 
     def workload(self) -> Workload:
         overrides = {k: v for k, v in (("k_fraction", self.k_fraction), ("rank", self.rank)) if v is not None}
@@ -91,12 +94,28 @@ class TraceConfig:
 
 
 def load_trace_config(path: str | Path, **overrides: Any) -> TraceConfig:
-    """A :class:`TraceConfig` from a JSON object with its field names; ``overrides`` win."""
-    payload = json.loads(Path(path).read_text())
+    """A :class:`TraceConfig` from a JSON object with its field names; ``overrides`` win.
+
+    Raises:
+        ValueError: the file is not UTF-8 JSON, holds a key twice, is not an object of those names, or
+            holds a value :class:`TraceConfig` refuses (each naming the file).
+    """
+    try:
+        payload = strict_json_loads(Path(path).read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: {not_utf8(err)}") from err
+    except DuplicateKeyError as err:
+        raise ValueError(f"{path}: {err}") from err
+    except (ValueError, RecursionError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
     known = {f.name for f in fields(TraceConfig)}
     if not isinstance(payload, dict) or set(payload) - known:
         raise ValueError(f"{path}: expected a JSON object with keys from {sorted(known)}")
-    return replace(TraceConfig(**payload), **{k: v for k, v in overrides.items() if v is not None})
+    try:
+        config = TraceConfig(**payload)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from err
+    return replace(config, **{k: v for k, v in overrides.items() if v is not None})
 
 
 @dataclass

@@ -16,6 +16,15 @@ from transformers import TrainingArguments
 
 from deftx.data import default_data_dir, nusax
 from deftx.pipeline.config import AMERICASNLP, NUSAX, PipelineConfig
+from deftx.pipeline.heldout import (
+    CORPUS_NAMES,
+    HELDOUT_CSV,
+    default_scales,
+    has_heldout_text,
+    left_out_splits,
+    nusax_languages,
+    trained_languages,
+)
 from deftx.pipeline.layout import SHARED_RUN, SeedLayout, branch_file, task_run_name
 from deftx.pipeline.workspace import E5_NAMES, check_local_token_windows, requested_device, training_settings
 from deftx.train.config import PhaseConfig
@@ -89,6 +98,21 @@ def _evaluation_step(config: PipelineConfig, what: str, languages: int) -> list[
             + (" + the baseline" if config.baseline else "")]
 
 
+def _heldout_step(config: PipelineConfig, corpus: str, what: str, languages: list[str]) -> list[str]:
+    """The held-out masked-LM check of a seed's language SFTs of ``languages`` on ``corpus``
+    (:func:`deftx.pipeline.run.heldout_seed`)."""
+    splits = "+".join(left_out_splits(config, corpus))
+    return [f"held-out masked-LM check of the {what} language SFTs of {', '.join(languages)}: θ0 and scales "
+            f"{list(default_scales(config))} on {CORPUS_NAMES[corpus]} {splits} text -> {HELDOUT_CSV}"]
+
+
+def _nusax_heldout_languages(config: PipelineConfig, seed: int, evaluated: list[str]) -> list[str]:
+    """The NusaX languages whose language SFTs of ``seed`` the held-out check scores: those the seed's
+    steps train (``evaluated`` and the sources) and those already on disk, in targets-then-sources order."""
+    trained = {*evaluated, *config.sources, *trained_languages(config, seed)}
+    return [language for language in nusax_languages(config) if language in trained]
+
+
 def _nusax_steps(config: PipelineConfig, layout: SeedLayout, evaluated: list[str]) -> Iterator[list[str]]:
     """The NusaX steps of one seed, a step's first line then its branch lines."""
     for language in dict.fromkeys([*evaluated, *config.sources]):
@@ -124,15 +148,23 @@ def _anli_steps(config: PipelineConfig, layout: SeedLayout) -> Iterator[list[str
                            len(anli.test_languages))
 
 
-def _seed_steps(config: PipelineConfig, layout: SeedLayout, evaluated: list[str]) -> Iterator[list[str]]:
-    """Every step of one seed in the order the run takes them: NusaX (only with targets), then AmericasNLI."""
+def _seed_steps(config: PipelineConfig, seed: int, evaluated: list[str], heldout: bool) -> Iterator[list[str]]:
+    """Every step of one seed in the order the run takes them: NusaX (only with targets), then AmericasNLI,
+    each followed by the held-out check of its language SFTs where ``heldout`` and a split is left out of
+    their training text."""
+    layout = SeedLayout.of(Path(config.output_dir), seed)
     if config.runs_nusax:
         yield from _nusax_steps(config, layout, evaluated)
+        if heldout and has_heldout_text(config, NUSAX):
+            yield _heldout_step(config, NUSAX, "NusaX", _nusax_heldout_languages(config, seed, evaluated))
     yield from _anli_steps(config, layout)
+    if heldout and config.americasnli is not None and has_heldout_text(config, AMERICASNLP):
+        yield _heldout_step(config, AMERICASNLP, "AmericasNLI", list(config.americasnli.test_languages))
 
 
-def plan_lines(config: PipelineConfig) -> list[str]:
-    """The plan of ``config`` as printable lines.
+def plan_lines(config: PipelineConfig, *, heldout: bool = True) -> list[str]:
+    """The plan of ``config`` as printable lines; ``heldout``: the run scores the language SFTs on held-out
+    text (``deftx pipeline`` without ``--no-heldout``).
 
     Raises:
         ConfigError: a token window longer than the model accepts, where the model is already on this
@@ -166,8 +198,7 @@ def plan_lines(config: PipelineConfig) -> list[str]:
     candidates = list(dict.fromkeys([*config.targets, *config.sources])) if config.runs_nusax else []
     evaluated = [lang for lang in candidates if nusax.has_split(data_dir, lang, config.eval_split)]
     skipped = [lang for lang in candidates if lang not in evaluated]
-    steps = [(seed, step) for seed in config.seeds
-             for step in _seed_steps(config, SeedLayout.of(output, seed), evaluated)]
+    steps = [(seed, step) for seed in config.seeds for step in _seed_steps(config, seed, evaluated, heldout)]
     for number, (seed, (first, *branches)) in enumerate(steps, start=2):
         lines += [f"{number}. [seed {seed}] {first}", *branches]
     if skipped:

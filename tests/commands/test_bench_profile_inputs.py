@@ -269,6 +269,30 @@ def test_profile_refuses_bad_values_and_the_other_modes_options(args, message, t
     assert not any(tmp_path.iterdir()), "nothing ran"
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"target": "topk", "iterations": "3"}', "iterations must be an integer >= 1, got '3'"),
+        ('{"target": "topk", "iterations": 2.5}', "iterations must be an integer >= 1, got 2.5"),
+        ('{"target": "topk", "iterations": true}', "iterations must be an integer >= 1, got True"),
+        ('{"target": "topk", "warmup": -1}', "warmup must be an integer >= 0, got -1"),
+        ('{"target": "topk", "seed": -1}', "seed must be an integer >= 0, got -1"),
+        ('{"target": "topk", "target": "rsvd"}', "duplicate key 'target'"),
+        ("not json", "not valid JSON (Expecting value: line 1 column 1 (char 0))"),
+        (b"\xff", "not UTF-8 text (byte 0xff at offset 0)"),
+    ],
+)
+def test_profile_refuses_a_bad_config_file_naming_it(text, message, tmp_path, capsys) -> None:
+    """A string or float count was a TypeError traceback (a float one after the warm-up had run), a bool or a
+    negative seed ran, and a file that is not JSON was the decoder's message without the file's name."""
+    config = tmp_path / "trace.json"
+    config.write_bytes(text if isinstance(text, bytes) else text.encode())
+    out = tmp_path / "out"
+    assert exit_status(["profile", str(config), "--out", str(out)]) == 2
+    assert error_line(capsys, "profile").startswith(f"deftx profile: error: {config}: {message}")
+    assert not out.exists(), "nothing ran"
+
+
 def test_profile_help_says_which_options_belong_to_which_mode(capsys) -> None:
     assert exit_status(["profile", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())

@@ -258,3 +258,63 @@ def test_a_reader_that_goes_away_ends_the_command_quietly():
     reader.stdout.close()
     assert reader.wait(timeout=120) == 141
     assert reader.stderr.read() == b"", "nothing on stderr: no traceback, no 'Exception ignored' line"
+
+
+def plan_data_root(tmp_path: Path) -> Path:
+    """A NusaX-shaped data root: indonesian and madurese have a test split, buginese none (not evaluated)."""
+    for language, splits in {"indonesian": ("train", "test"), "madurese": ("test",), "buginese": ()}.items():
+        folder = tmp_path / "data" / "nusax" / "datasets" / "sentiment" / language
+        folder.mkdir(parents=True)
+        for split in splits:
+            (folder / f"{split}.csv").write_text("id,text,label\n")
+    return tmp_path / "data"
+
+
+def dry_run(tmp_path: Path, capsys, config: dict, *flags: str) -> list[str]:
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["pipeline", str(path), "--dry-run", *flags]) == 0
+    return capsys.readouterr().out.splitlines()
+
+
+def test_the_dry_run_plan_lists_the_held_out_check_a_run_makes(tmp_path, capsys):
+    """With language_text_splits [train] every seed's run scores its language SFTs on MT valid text
+    (heldout.csv): the plan said nothing of it. Languages: those the seed trains (buginese, without a test
+    split, is not trained) and those already on disk; --no-heldout and train+valid text leave it out."""
+    config = {"model": "org/some-encoder", "data_dir": str(plan_data_root(tmp_path)), "seeds": [0, 1],
+              "output_dir": str(tmp_path / "run"), "targets": ["madurese", "buginese"], "language_scale": [0.5, 1.25],
+              "language_text_splits": ["train"], "methods": {"lt-sft": None}}
+    lines = dry_run(tmp_path, capsys, config)
+    heldout = [line for line in lines if "held-out" in line]
+    expected = ("held-out masked-LM check of the NusaX language SFTs of madurese, indonesian: θ0 and scales "
+                "[0.5, 1.0, 1.25] on NusaX MT valid text -> heldout.csv")
+    assert heldout == [f"{step}. [seed {seed}] {expected}" for step, seed in ((7, 0), (13, 1))], heldout
+    assert lines.index(heldout[0]) > max(i for i, line in enumerate(lines) if "[seed 0] NusaX test evaluation" in line)
+    earlier = tmp_path / "run" / "seed-1" / "lang" / "buginese" / "lt-sft" / "sft.safetensors"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_bytes(b"")
+    heldout = [line for line in dry_run(tmp_path, capsys, config) if "held-out" in line]
+    assert "[seed 1] held-out masked-LM check of the NusaX language SFTs of madurese, buginese, indonesian:" in \
+        heldout[1], heldout
+    assert not [line for line in dry_run(tmp_path, capsys, config, "--no-heldout") if "held-out" in line]
+    trained_on_valid = {**config, "language_text_splits": ["train", "valid"]}
+    assert not [line for line in dry_run(tmp_path, capsys, trained_on_valid) if "held-out" in line]
+
+
+def test_the_dry_run_plan_lists_the_americasnli_held_out_check(tmp_path, capsys):
+    config = {"model": "org/some-encoder", "data_dir": str(plan_data_root(tmp_path)), "targets": [],
+              "output_dir": str(tmp_path / "run"), "americasnlp_text_splits": ["train"],
+              "americasnli": {"train_languages": ["aym"], "test_languages": ["bzd", "tar"]}}
+    heldout = [line for line in dry_run(tmp_path, capsys, config) if "held-out" in line]
+    assert heldout == ["7. [seed 0] held-out masked-LM check of the AmericasNLI language SFTs of bzd, tar: θ0 and "
+                       "scales [1.0, 1.25] on AmericasNLP 2021 dev text -> heldout.csv"], heldout
+
+
+def test_pipeline_help_names_the_folder_the_tables_go_to(tmp_path, capsys):
+    """The help said the tables go under output_dir; they go under results_dir where the config sets one."""
+    with pytest.raises(SystemExit):
+        main(["pipeline", "--help"])
+    assert "results.md/.csv/.png under results_dir (default: output_dir)" in " ".join(capsys.readouterr().out.split())
+    config = {"model": "org/some-encoder", "data_dir": str(plan_data_root(tmp_path)), "targets": ["madurese"],
+              "output_dir": str(tmp_path / "run"), "results_dir": str(tmp_path / "tables")}
+    assert f"output: {tmp_path / 'run'}; results: {tmp_path / 'tables'}" in dry_run(tmp_path, capsys, config)

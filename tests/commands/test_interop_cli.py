@@ -445,9 +445,10 @@ def test_evaluate_refuses_to_replace_an_earlier_evaluation_before_any_work_until
                                                                                           capsys):
     """A second evaluation into one --output replaced the first's evaluate.csv and evaluate.md without a word."""
     task_sft(plain_bert).save(tmp_path / "task.safetensors")
-    base = ["evaluate", "--model", str(plain_bert), "--task-sft", str(tmp_path / "task.safetensors"),
-            "--data", str(write_reviews(tmp_path / "reviews.csv")), "--output", str(tmp_path / "out")]
-    assert main([*base, "--target", "first"]) == 0
+    base = ["evaluate", "--model", str(plain_bert), "--data", str(write_reviews(tmp_path / "reviews.csv")),
+            "--output", str(tmp_path / "out")]
+    task = ["--task-sft", str(tmp_path / "task.safetensors")]
+    assert main([*base, *task, "--target", "first"]) == 0
     first = (tmp_path / "out" / "evaluate.csv").read_text()
     capsys.readouterr()
     assert main([*base, "--target", "second", "--task-sft", str(tmp_path / "absent")]) == 2
@@ -455,7 +456,7 @@ def test_evaluate_refuses_to_replace_an_earlier_evaluation_before_any_work_until
                                        "and evaluate.md of an earlier evaluation: choose another folder, or pass "
                                        "--overwrite to replace them\n")
     assert (tmp_path / "out" / "evaluate.csv").read_text() == first
-    assert main([*base, "--target", "second", "--overwrite"]) == 0
+    assert main([*base, *task, "--target", "second", "--overwrite"]) == 0
     rows = (tmp_path / "out" / "evaluate.csv").read_text()
     assert ",second," in rows and ",first," not in rows
     assert main(["evaluate", "--task-sft", str(tmp_path / "absent"), "--data", "d.csv", "--overwrite"]) == 2

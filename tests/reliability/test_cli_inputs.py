@@ -307,3 +307,83 @@ def test_loader_workers_the_mlm_masks_cannot_follow(paths, capsys, command, extr
     code, err = run_cli([command, write_config(paths, {"training": arguments}), *extra], capsys)
     assert_clear_error(command, code, err, rf"language SFTs: {match} with dataloader_num_workers > 0")
     assert not output.exists() or not any(output.iterdir())
+
+
+REPEATED_OPTIONS = [
+    ("pipeline", ["{tmp}/c.yaml", "--dry-run", "--seeds", "0", "--seeds", "1"], "--seeds",
+     "list all its values after one --seeds"),
+    ("ablate", ["{tmp}/c.yaml", "--dry-run", "--results-dir", "a", "--results-dir", "b"], "--results-dir",
+     "give it once"),
+    ("train-lang", ["{tmp}/c.yaml", "--language", "madurese", "--language", "balinese"], "--language", "give it once"),
+    ("train-task", ["{tmp}/c.yaml", "--source", "indonesian", "--source", "english"], "--source", "give it once"),
+    ("compose", ["--sft", "{sft}", "--model", "{model}", "--model", "e5-small"], "--model", "give it once"),
+    ("evaluate", ["--task-sft", "{sft}", "--languages", "madurese", "--languages", "balinese"], "--languages",
+     "list all its values after one --languages"),
+    ("paired", ["{tmp}/r.csv", "--metric", "accuracy", "--metric", "macro_f1"], "--metric", "give it once"),
+    ("losses", ["{tmp}", "--window", "5", "--window", "10"], "--window", "give it once"),
+    ("heldout-mlm", ["{tmp}/c.yaml", "--mask-seed", "0", "--mask-seed", "1"], "--mask-seed", "give it once"),
+    ("bench", ["--k", "0.1", "--k", "0.01"], "--k", "give it once"),
+    ("profile", ["topk", "--device", "cpu", "--device", "cuda"], "--device", "give it once"),
+    ("e5-pack", ["{tmp}/pack", "--folder-mib", "1", "--folder-mib", "2"], "--folder-mib", "give it once"),
+    ("gpu-check", ["--dry-run", "--budget", "10", "--budget", "20"], "--budget", "give it once"),
+]
+
+
+@pytest.mark.parametrize(("command", "argv", "option", "how"), REPEATED_OPTIONS, ids=[c[0] for c in REPEATED_OPTIONS])
+def test_a_single_valued_option_given_twice_is_a_usage_error(paths, capsys, command, argv, option, how):
+    """argparse kept the last value and dropped the first without a word (--seeds 0 --seeds 1 ran seed 1 only,
+    --languages madurese --languages balinese scored balinese only)."""
+    code, err = run_cli([command, *(arg.format(**paths) for arg in argv)], capsys)
+    assert_clear_error(command, code, err, f"argument {option}: given more than once, where only the last would "
+                                           f"count: {how}")
+    assert not (paths["tmp"] / "run").exists()
+
+
+def test_the_gpu_check_module_refuses_an_option_given_twice(capsys):
+    from deftx.gpucheck.cli import main as gpu_check
+
+    with pytest.raises(SystemExit) as stop:
+        gpu_check(["--dry-run", "--work-dir", "a", "--work-dir", "b"])
+    assert stop.value.code == 2
+    assert "argument --work-dir: given more than once" in capsys.readouterr().err
+
+
+def test_options_given_once_and_repeatable_options_still_parse():
+    from deftx.cli import build_parser
+    from deftx.commands._common import parse_arguments
+
+    args = parse_arguments(build_parser(), ["compose", "--sft", "a", "--sft", "b", "--scale", "1", "--scale", "2",
+                                            "--model", "m"])
+    assert (args.sft, args.scale, args.model) == (["a", "b"], [1.0, 2.0], "m")
+    assert not any(name.startswith("_") for name in vars(args)), vars(args)
+
+
+EMPTY_PATHS = [
+    ("pipeline", ["{config}", "--dry-run", "--output-dir", ""], "--output-dir"),
+    ("pipeline", ["{config}", "--dry-run", "--data-dir", ""], "--data-dir"),
+    ("pipeline", ["{config}", "--dry-run", "--results-dir", ""], "--results-dir"),
+    ("ablate", ["{config}", "--dry-run", "--output-dir", ""], "--output-dir"),
+    ("train-lang", ["{config}", "--language", "madurese", "--output-dir", ""], "--output-dir"),
+    ("evaluate", ["--task-sft", "{sft}", "--data-dir", ""], "--data-dir"),
+    ("evaluate", ["--task-sft", "{sft}", "--data", ""], "--data"),
+    ("evaluate", ["--task-sft", "{sft}", "--output", ""], "--output"),
+    ("compose", ["--sft", "{sft}", "--model", "{model}", "--output", ""], "--output"),
+    ("compose", ["--sft", ""], "--sft"),
+    ("heldout-mlm", ["{config}", "--csv", ""], "--csv"),
+    ("paired", ["{sft}", "--out", ""], "--out"),
+    ("losses", ["{tmp}", ""], "folders"),
+    ("bench", ["--out", ""], "--out"),
+    ("profile", ["topk", "--out", ""], "--out"),
+    ("e5-pack", [""], "out"),
+    ("gpu-check", ["--dry-run", "--work-dir", ""], "--work-dir"),
+]
+
+
+@pytest.mark.parametrize(("command", "argv", "option"), EMPTY_PATHS, ids=[f"{c[0]} {c[2]}" for c in EMPTY_PATHS])
+def test_an_empty_path_is_a_usage_error(paths, capsys, command, argv, option):
+    """An empty path (``--output-dir "$UNSET"``) was ignored: the config's output_dir, the default data root,
+    no --output at all, or the current folder were used instead, without a word."""
+    config = write_config(paths, {})
+    code, err = run_cli([command, *(arg.format(config=config, **paths) for arg in argv)], capsys)
+    assert_clear_error(command, code, err, f"argument {option}: expected a path or name, got an empty string")
+    assert not (paths["tmp"] / "run").exists()
