@@ -94,6 +94,9 @@ def load_rows(source: str | os.PathLike, *, split: str = "train", config: str | 
             raise ValueError(f"{path}: empty file (no header, no rows)")
         options = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
         return _loaded(str(path), builder, data_files=str(path), split="train", **options)
+    if not path.is_dir() and path.suffix.lower() in LOCAL_BUILDERS:
+        raise FileNotFoundError(f"data file {str(source)!r} does not exist (a {path.suffix} name is taken for a "
+                                "local file, never looked up on the Hub)")
     try:
         if path.is_dir():
             return _loaded(str(path), str(path), config, split=split)

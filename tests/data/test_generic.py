@@ -99,3 +99,16 @@ def test_unlabelled_text_leaves_empty_cells_out_and_refuses_a_column_without_tex
     empty = write_file(tmp_path, "none.csv", "text,other\n,1\n  ,2\n")
     with pytest.raises(ValueError, match=r"none\.csv: column 'text' holds no text"):
         load_texts(empty)
+
+
+@pytest.mark.parametrize("name", ["reviews.csv", "data/reviews.TSV", "x.jsonl", "sub/x.parquet"])
+def test_a_missing_data_file_is_named_at_once_never_looked_up_on_the_hub(tmp_path, monkeypatch, name):
+    """A typo in a file name was tried as a Hub data set name (about 30 s of retries online) before its error."""
+    import datasets
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError(f"load_dataset called with {args}")
+
+    monkeypatch.setattr(datasets, "load_dataset", no_hub)
+    with pytest.raises(FileNotFoundError, match=r"data file .* does not exist .*never looked up on the Hub"):
+        load_rows(tmp_path / name)
