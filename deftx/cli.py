@@ -79,6 +79,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except BrokenPipeError:
         return reader_went_away()
+    except KeyboardInterrupt:
+        print("deftx: interrupted (Ctrl-C); files are written whole or not at all, and a pipeline or ablation "
+              "continues where it stopped when run again", file=sys.stderr)
+        return INTERRUPTED_STATUS
+
+
+INTERRUPTED_STATUS = 130
+"""Exit status after Ctrl-C: a shell's 128 + SIGINT, with one line instead of a traceback."""
 
 
 BROKEN_PIPE_STATUS = 141
