@@ -8,9 +8,11 @@ without loading the training stack.
 from __future__ import annotations
 
 import json
+import os
 import reprlib
 from collections import Counter
 from collections.abc import Hashable, Iterable
+from pathlib import Path
 from typing import Any
 
 _SHORT = reprlib.Repr()
@@ -66,3 +68,20 @@ def strict_json_loads(text: str | bytes) -> Any:
         RecursionError: nested too deeply for the parser.
     """
     return json.loads(text, object_pairs_hook=unique_json_keys)
+
+
+def strict_json_file(path: str | os.PathLike) -> Any:
+    """The UTF-8 JSON of the file ``path`` (:func:`strict_json_loads`), every problem a ValueError naming it.
+
+    Raises:
+        ValueError: the bytes are not UTF-8, an object holds a key twice, or the text is not JSON.
+        OSError: the file cannot be read.
+    """
+    try:
+        return strict_json_loads(Path(path).read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: {not_utf8(err)}") from err
+    except DuplicateKeyError as err:
+        raise ValueError(f"{path}: {err}") from err
+    except (ValueError, RecursionError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err

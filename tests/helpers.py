@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 
@@ -66,3 +67,14 @@ def assert_bitwise_equal(actual: torch.Tensor, expected: torch.Tensor, *, what: 
         raise AssertionError(
             f"{what}: {int(bad.sum())} of {bad.numel()} entries differ bitwise; first at flat index {first}"
         )
+
+
+def nusax_plan_root(tmp_path) -> Path:
+    """A NusaX-shaped data root of header-only CSVs for plans: indonesian has train and test, madurese test
+    only, buginese no split (not evaluated)."""
+    for language, splits in {"indonesian": ("train", "test"), "madurese": ("test",), "buginese": ()}.items():
+        folder = tmp_path / "data" / "nusax" / "datasets" / "sentiment" / language
+        folder.mkdir(parents=True)
+        for split in splits:
+            (folder / f"{split}.csv").write_text("id,text,label\n")
+    return tmp_path / "data"

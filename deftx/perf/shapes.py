@@ -47,7 +47,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from deftx.text import DuplicateKeyError, not_utf8, repeated, short_repr, strict_json_loads
+from deftx.text import repeated, short_repr, strict_json_file
 
 
 @dataclass(frozen=True)
@@ -393,14 +393,7 @@ def read_shape_spec(spec: str, builtins: Mapping[str, ShapeSet] = BUILTIN_SHAPE_
     path = Path(spec)
     if not path.is_file():
         raise ValueError(f"unknown shape set {spec!r}: not a built-in ({', '.join(builtins)}) and not a file")
-    try:
-        data = strict_json_loads(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: {not_utf8(err)}") from err
-    except DuplicateKeyError as err:
-        raise ValueError(f"{path}: {err}") from err
-    except (ValueError, RecursionError) as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from err
+    data = strict_json_file(path)
     shapes = shape_set_from_json(data, str(path))
     return ShapeSpec(shapes, str(path), {key: data[key] for key in PROFILE_ONLY_KEYS if key in data})
 

@@ -43,7 +43,7 @@ from deftx.perf.roofline import (
     topk_prediction,
 )
 from deftx.perf.workload import Workload, load_workload
-from deftx.text import DuplicateKeyError, not_utf8, short_repr, strict_json_loads
+from deftx.text import short_repr, strict_json_file
 
 TARGETS: tuple[str, ...] = ("topk", "rsvd", "scatter", "step", "train-step")
 RANGE_PREFIX = "deftx."
@@ -100,14 +100,7 @@ def load_trace_config(path: str | Path, **overrides: Any) -> TraceConfig:
         ValueError: the file is not UTF-8 JSON, holds a key twice, is not an object of those names, or
             holds a value :class:`TraceConfig` refuses (each naming the file).
     """
-    try:
-        payload = strict_json_loads(Path(path).read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: {not_utf8(err)}") from err
-    except DuplicateKeyError as err:
-        raise ValueError(f"{path}: {err}") from err
-    except (ValueError, RecursionError) as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from err
+    payload = strict_json_file(path)
     known = {f.name for f in fields(TraceConfig)}
     if not isinstance(payload, dict) or set(payload) - known:
         raise ValueError(f"{path}: expected a JSON object with keys from {sorted(known)}")

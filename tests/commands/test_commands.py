@@ -11,6 +11,7 @@ import yaml
 
 from deftx.cli import command_modules, main
 from deftx.sft import SparseDiff
+from tests.helpers import nusax_plan_root
 
 COMMANDS = ("train-lang", "train-task", "compose", "evaluate", "pipeline")
 
@@ -260,16 +261,6 @@ def test_a_reader_that_goes_away_ends_the_command_quietly():
     assert reader.stderr.read() == b"", "nothing on stderr: no traceback, no 'Exception ignored' line"
 
 
-def plan_data_root(tmp_path: Path) -> Path:
-    """A NusaX-shaped data root: indonesian and madurese have a test split, buginese none (not evaluated)."""
-    for language, splits in {"indonesian": ("train", "test"), "madurese": ("test",), "buginese": ()}.items():
-        folder = tmp_path / "data" / "nusax" / "datasets" / "sentiment" / language
-        folder.mkdir(parents=True)
-        for split in splits:
-            (folder / f"{split}.csv").write_text("id,text,label\n")
-    return tmp_path / "data"
-
-
 def dry_run(tmp_path: Path, capsys, config: dict, *flags: str) -> list[str]:
     path = tmp_path / "plan.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -281,7 +272,7 @@ def test_the_dry_run_plan_lists_the_held_out_check_a_run_makes(tmp_path, capsys)
     """With language_text_splits [train] every seed's run scores its language SFTs on MT valid text
     (heldout.csv): the plan said nothing of it. Languages: those the seed trains (buginese, without a test
     split, is not trained) and those already on disk; --no-heldout and train+valid text leave it out."""
-    config = {"model": "org/some-encoder", "data_dir": str(plan_data_root(tmp_path)), "seeds": [0, 1],
+    config = {"model": "org/some-encoder", "data_dir": str(nusax_plan_root(tmp_path)), "seeds": [0, 1],
               "output_dir": str(tmp_path / "run"), "targets": ["madurese", "buginese"], "language_scale": [0.5, 1.25],
               "language_text_splits": ["train"], "methods": {"lt-sft": None}}
     lines = dry_run(tmp_path, capsys, config)
@@ -302,7 +293,7 @@ def test_the_dry_run_plan_lists_the_held_out_check_a_run_makes(tmp_path, capsys)
 
 
 def test_the_dry_run_plan_lists_the_americasnli_held_out_check(tmp_path, capsys):
-    config = {"model": "org/some-encoder", "data_dir": str(plan_data_root(tmp_path)), "targets": [],
+    config = {"model": "org/some-encoder", "data_dir": str(nusax_plan_root(tmp_path)), "targets": [],
               "output_dir": str(tmp_path / "run"), "americasnlp_text_splits": ["train"],
               "americasnli": {"train_languages": ["aym"], "test_languages": ["bzd", "tar"]}}
     heldout = [line for line in dry_run(tmp_path, capsys, config) if "held-out" in line]
@@ -315,6 +306,6 @@ def test_pipeline_help_names_the_folder_the_tables_go_to(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["pipeline", "--help"])
     assert "results.md/.csv/.png under results_dir (default: output_dir)" in " ".join(capsys.readouterr().out.split())
-    config = {"model": "org/some-encoder", "data_dir": str(plan_data_root(tmp_path)), "targets": ["madurese"],
+    config = {"model": "org/some-encoder", "data_dir": str(nusax_plan_root(tmp_path)), "targets": ["madurese"],
               "output_dir": str(tmp_path / "run"), "results_dir": str(tmp_path / "tables")}
     assert f"output: {tmp_path / 'run'}; results: {tmp_path / 'tables'}" in dry_run(tmp_path, capsys, config)

@@ -8,6 +8,7 @@ import yaml
 from deftx.cli import main
 from deftx.pipeline.config import ConfigError, parse_config
 from deftx.train.trainer_args import TrainingSettings, result_arguments, training_arguments
+from tests.helpers import nusax_plan_root
 
 TRAINING = {"batch_size": 4, "bf16": True, "use_cpu": True, "gradient_accumulation_steps": 4,
             "report_to": ["none"], "lr_scheduler_type": "cosine"}
@@ -66,17 +67,8 @@ def test_step_identity_changes_with_results_not_with_reporting(tmp_path):
     assert changed["gradient_accumulation_steps"] == 4 and changed != plain
 
 
-def nusax_root(tmp_path):
-    for language, splits in {"indonesian": ("train", "test"), "madurese": ("test",), "buginese": ()}.items():
-        folder = tmp_path / "data" / "nusax" / "datasets" / "sentiment" / language
-        folder.mkdir(parents=True)
-        for split in splits:
-            (folder / f"{split}.csv").write_text("id,text,label\n")
-    return tmp_path / "data"
-
-
 def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path, capsys):
-    config = {"name": "plan", "model": "org/some-encoder", "data_dir": str(nusax_root(tmp_path)),
+    config = {"name": "plan", "model": "org/some-encoder", "data_dir": str(nusax_plan_root(tmp_path)),
               "output_dir": str(tmp_path / "run"), "targets": ["madurese", "buginese"],
               "training": {"gradient_accumulation_steps": 4},
               "methods": {"lt-sft": None, "deft-x": None, "deft-x-r8": {"rank": 8, "method": "exact"}}}
