@@ -135,7 +135,9 @@ def _composition(args: argparse.Namespace, task, lang_sft) -> Composition:
 def cut_note(examples: Sequence[dict], max_length: int) -> str:
     """``; N at --max-length L tokens (longer texts cut)`` for the ``examples`` whose ``input_ids`` fill
     the token limit (a text longer than it lost its end), or nothing when none does."""
-    full = sum(len(example["input_ids"]) >= max_length for example in examples)
+    from deftx.train.task import at_token_limit
+
+    full = at_token_limit(examples, max_length)
     return f"; {full} at --max-length {max_length} tokens (longer texts cut)" if full else ""
 
 

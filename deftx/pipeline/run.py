@@ -78,6 +78,7 @@ from deftx.pipeline.steps import full_finetune, language_sfts, nusax_train_examp
 from deftx.pipeline.workspace import Workspace
 from deftx.sft import SparseDiff
 from deftx.train.store import LinkedStepStore
+from deftx.train.task import at_token_limit
 
 NUSAX = "nusax"
 NUSAX_PROTOCOL = "zero-shot"
@@ -147,6 +148,15 @@ def seed_cells(ws: Workspace) -> set[Cell]:
     return cells
 
 
+def note_cut(ws: Workspace, what: str, examples: Sequence[dict]) -> None:
+    """Log how many of ``examples`` (tokenised at ``training.max_length``) fill the limit, where any does:
+    their texts may have lost their ends (truncation is the usual practice; it is said, not silent)."""
+    limit = ws.config.training.max_length
+    full = at_token_limit(examples, limit)
+    if full:
+        ws.log(f"  {what}: {full} of {len(examples)} texts reach training.max_length {limit} tokens (longer ones cut)")
+
+
 def evaluate(ws: Workspace, model, cells: Iterable[tuple[str, Sequence[dict], Composition]], context: RowContext,
              num_labels: int) -> list[EvalRow]:
     """Score ``cells`` on ``ws``'s device (:func:`~deftx.eval.zero_shot.score_compositions`), a log line each."""
@@ -177,10 +187,13 @@ def run_nusax_seed(ws: Workspace, seed: int, head_file: Path) -> Iterator[list[E
     tests = {language: nusax_split_examples(ws.data_dir, language, cfg.eval_split, ws.tokenizer,
                                             cfg.training.max_length)
              for language in eval_languages}
+    for language, examples in tests.items():
+        note_cut(ws, f"{language} {cfg.eval_split}", examples)
     for source in cfg.sources:
         rows: list[EvalRow] = []
         context = RowContext(NUSAX, NUSAX_PROTOCOL, source, seed, cfg.eval_split)
         examples = nusax_train_examples(ws, source)
+        note_cut(ws, f"{source} train", examples)
         if cfg.baseline:
             ws.log(f"[seed {seed}] full fine-tuning baseline on {source}")
             with ws.timer(f"full ft {source}"):
@@ -243,6 +256,8 @@ def run_anli_seed(ws: Workspace, seed: int, head_file: Path) -> list[EvalRow]:
             for language in section.test_languages}
     tests = {language: nli_examples(ws.data_dir, language, "test", ws.tokenizer, max_length)
              for language in section.test_languages}
+    for what, examples in [(f"{source} (task training)", train), *((f"{lang} test", t) for lang, t in tests.items())]:
+        note_cut(ws, what, examples)
     rows: list[EvalRow] = []
     context = RowContext(ANLI, ANLI_PROTOCOL, source, seed)
     if ws.config.baseline:

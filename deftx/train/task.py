@@ -10,7 +10,7 @@ baseline trains every parameter of the base model, no SFT anywhere.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,12 @@ def classification_examples(
             row["labels"] = int(labels[i])
         rows.append(row)
     return rows
+
+
+def at_token_limit(examples: Sequence[Mapping[str, Any]], max_length: int) -> int:
+    """How many of the tokenised ``examples`` (:func:`classification_examples`) fill ``max_length``
+    tokens: those whose text may have lost its end to the truncation."""
+    return sum(len(example["input_ids"]) >= max_length for example in examples)
 
 
 @dataclass(frozen=True)
