@@ -61,8 +61,9 @@ def read_table(path: Path, columns: Sequence[str], *, delimiter: str,
     """``(line_number, fields)`` of every record of a delimited file whose header must be ``columns``.
 
     Raises:
-        ValueError: an empty file, another header, or a record without one field per column (the
-            message names the file and line).
+        ValueError: an empty file, another header, a header and no record (a split with no rows is never
+            read as an empty split), or a record without one field per column (the message names the file
+            and line).
     """
     records = read_delimited(path, delimiter=delimiter, quoting=quoting)
     header = read_header(path, records)
@@ -73,6 +74,8 @@ def read_table(path: Path, columns: Sequence[str], *, delimiter: str,
     for line, fields in records:
         check_field_count(path, line, fields, len(columns))
         rows.append((line, fields))
+    if not rows:
+        raise ValueError(f"{path}: no rows, only a header")
     return rows
 
 

@@ -45,8 +45,8 @@ def load_nli(data_dir: Path | str, language: str, split: str) -> list[NLIExample
     three ``nah`` test rows whose premise is blank, so that counts match the published sets.
 
     Raises:
-        ValueError: unknown language or split, a malformed header or row, a row of another
-            language or a bad label (the message names the file and line).
+        ValueError: unknown language or split, a malformed header or row, a file with no rows, a
+            row of another language or a bad label (the message names the file and line).
         FileNotFoundError: the data folder or file is missing.
     """
     check_language(language)

@@ -92,8 +92,7 @@ def load_rows(source: str | os.PathLike, *, split: str = "train", config: str | 
             raise ValueError(f"{path}: unsupported file type {path.suffix!r}; expected one of {sorted(LOCAL_BUILDERS)}")
         if path.stat().st_size == 0:
             raise ValueError(f"{path}: empty file (no header, no rows)")
-        options = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
-        return _loaded(str(path), builder, data_files=str(path), split="train", **options)
+        return _loaded(str(path), builder, data_files=str(path), split="train", **_builder_options(path))
     if not path.is_dir() and path.suffix.lower() in LOCAL_BUILDERS:
         raise FileNotFoundError(f"data file {str(source)!r} does not exist (a {path.suffix} name is taken for a "
                                 "local file, never looked up on the Hub)")
@@ -106,6 +105,16 @@ def load_rows(source: str | os.PathLike, *, split: str = "train", config: str | 
             f"data {str(source)!r} is not a local file or folder, and the Hub data set could not be loaded "
             f"({type(err).__name__}: {err}); offline, it must be in the datasets cache"
         ) from err
+
+
+def _builder_options(path: Path) -> dict[str, Any]:
+    """The reader options of a local file: a CSV/TSV cell is its text as written (pandas would read ``NA``,
+    ``None``, ``null``, ``nan``, ``N/A`` as a missing value: a text left out, or refused as an empty cell),
+    a ``.tsv`` is split at tabs."""
+    suffix = path.suffix.lower()
+    if LOCAL_BUILDERS[suffix] != "csv":
+        return {}
+    return {"keep_default_na": False, **({"delimiter": "\t"} if suffix == ".tsv" else {})}
 
 
 def _loaded(name: str, *args: Any, **kwargs: Any) -> Any:

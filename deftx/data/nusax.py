@@ -87,8 +87,8 @@ def load_sentiment(data_dir: Path | str, language: str, split: str) -> list[Sent
     Text has surrounding whitespace stripped (some rows end in a newline inside the quotes).
 
     Raises:
-        ValueError: unknown language or split, a malformed header or row, an empty text or a
-            label outside ``LABELS`` (the message names the file and line).
+        ValueError: unknown language or split, a malformed header or row, a file with no rows, an
+            empty text or a label outside ``LABELS`` (the message names the file and line).
         FileNotFoundError: the split does not exist for this language (held out).
     """
     check_split(split, SPLITS)
@@ -115,8 +115,8 @@ def load_mt_text(data_dir: Path | str, language: str, splits: str | Iterable[str
     test sentences, whose text must never be trained on, so ``"test"`` is refused.
 
     Raises:
-        ValueError: a refused or unknown split, a language without a column, a malformed row
-            or an empty cell (the message names the file and line).
+        ValueError: a refused or unknown split, a language without a column, a split file with no
+            rows, a malformed row or an empty cell (the message names the file and line).
     """
     chosen = [check_split(s, MT_SPLITS, refused=("test",)) for s in normalize_splits(splits)]
     mt_dir = require_dir(_datasets_dir(data_dir) / "mt", "NusaX MT data")
@@ -131,10 +131,13 @@ def load_mt_text(data_dir: Path | str, language: str, splits: str | Iterable[str
             known = ", ".join(sorted(h for h in header[1:] if h))
             raise ValueError(f"{path}: no column for language {language!r}; columns: {known}")
         column = header.index(language)
+        before = len(texts)
         for line, fields in records:
             check_field_count(path, line, fields, len(header))
             text = fields[column].strip()
             if not text:
                 raise ValueError(f"{path}:{line}: empty {language} text")
             texts.append(text)
+        if len(texts) == before:
+            raise ValueError(f"{path}: no rows, only a header")
     return texts

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import csv
+import re
 
 import pytest
 
-from deftx.data import americasnli, nusax
+from deftx.data import americasnli, americasnlp, nusax
 from deftx.data._io import read_table
 from tests.data.conftest import write_file
 
@@ -53,3 +54,26 @@ def test_read_table_checks_header_and_fields_naming_file_and_line(tmp_path, deli
 def test_read_table_numbers_a_record_by_the_line_it_starts_on(tmp_path):
     path = write_file(tmp_path, "t.csv", 'a,b\n1,"two\nlines"\n3,4\n')
     assert read_table(path, ["a", "b"], delimiter=",") == [(2, ["1", "two\nlines"]), (4, ["3", "4"])]
+
+
+EMPTY_SPLITS = {
+    "nusax sentiment": ("nusax/datasets/sentiment/xx/train.csv", "id,text,label\n",
+                        lambda root: nusax.load_sentiment(root, "xx", "train")),
+    "nusax mt": ("nusax/datasets/mt/valid.csv", ",xx\n", lambda root: nusax.load_mt_text(root, "xx")),
+    "americasnli": ("americasnli/data/anli_final/dev/aym.tsv", "id\tlanguage\tpremise\thypothesis\tlabel\r\n",
+                    lambda root: americasnli.load_nli(root, "aym", "dev")),
+    "americasnlp": ("americasnlp2021/data/aymara-spanish/dev.aym", "\n \n\ufeff\n",
+                    lambda root: americasnlp.load_text(root, "aym")),
+}
+
+
+@pytest.mark.parametrize("reader", EMPTY_SPLITS)
+def test_a_split_with_no_rows_is_refused_naming_its_file(reader, tmp_path):
+    # an empty split read as [] dropped out of what it was joined with: the MT valid text of a
+    # language SFT, a language of the pooled AmericasNLI dev set the task trains on
+    relative, body, load = EMPTY_SPLITS[reader]
+    write_file(tmp_path, "nusax/datasets/mt/train.csv", ",xx\n0,halo\n")
+    write_file(tmp_path, "americasnlp2021/data/aymara-spanish/train.aym", "kuna\n")
+    write_file(tmp_path, relative, body)
+    with pytest.raises(ValueError, match=rf"{re.escape(relative)}: no (rows|text)"):
+        load(tmp_path)
