@@ -20,6 +20,8 @@ same model the packages give.
 def run(args: argparse.Namespace) -> int:
     from deftx.models.e5 import SOURCE_ENV, pack_source
 
+    if args.out.exists() and not args.out.is_dir():
+        raise FileExistsError(f"{args.out} is a file: pack into a new folder")
     if args.out.exists() and any(args.out.iterdir()):
         raise FileExistsError(f"{args.out} is not empty: pack into a new folder")
     folders = pack_source(args.out, folder_bytes=args.folder_mib << 20)

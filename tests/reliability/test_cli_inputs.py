@@ -387,3 +387,15 @@ def test_an_empty_path_is_a_usage_error(paths, capsys, command, argv, option):
     code, err = run_cli([command, *(arg.format(config=config, **paths) for arg in argv)], capsys)
     assert_clear_error(command, code, err, f"argument {option}: expected a path or name, got an empty string")
     assert not (paths["tmp"] / "run").exists()
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda out: out.write_text("x"), "is a file: pack into a new folder"),
+    (lambda out: (out.mkdir(), (out / "old").write_text("x")), "is not empty: pack into a new folder"),
+])
+def test_e5_pack_refuses_a_file_or_a_folder_in_use_before_reading_the_model(tmp_path, capsys, make, message):
+    """A file where the folder goes gave a bare "[Errno 20] Not a directory"."""
+    out = tmp_path / "pack"
+    make(out)
+    code, err = run_cli(["e5-pack", str(out)], capsys)
+    assert_clear_error("e5-pack", code, err, message)
