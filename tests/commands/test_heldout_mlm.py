@@ -33,10 +33,10 @@ def write_config(tmp_path, model_dir, **overrides) -> str:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_model_dir):
+def trained(tmp_path_factory, tiny_model_dir, short_heldout_data_dir):
     """A tiny config whose madurese language SFT trained on the MT train split only."""
     tmp = tmp_path_factory.mktemp("heldout")
-    config = write_config(tmp, tiny_model_dir)
+    config = write_config(tmp, tiny_model_dir, data_dir=str(short_heldout_data_dir))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DEFTX_CACHE", str(tmp / "cache"))
         assert main(["train-lang", config, "--language", "madurese"]) == 0
@@ -124,7 +124,7 @@ def test_sfts_trained_on_every_split_but_test_leave_no_heldout_text(tmp_path, ti
 
 
 def test_a_variant_of_an_ablation_config_is_scored_in_its_own_run_folder(tmp_path, tiny_model_dir, monkeypatch,
-                                                                          capsys):
+                                                                          capsys, short_heldout_data_dir):
     """``deftx ablate`` trains two variants of different language K; --variant picks the folder of one."""
     monkeypatch.setenv("DEFTX_CACHE", str(tmp_path / "cache"))
     base = {key: value for key, value in tiny_config(tmp_path, tiny_model_dir).items()
@@ -132,7 +132,8 @@ def test_a_variant_of_an_ablation_config_is_scored_in_its_own_run_folder(tmp_pat
     path = tmp_path / "ablation.yaml"
     path.write_text(yaml.safe_dump({
         "name": "tiny-ablation", "output_dir": str(tmp_path / "runs"), "results_dir": str(tmp_path / "results"),
-        "seeds": [0], "base": {**base, "targets": ["madurese"], "methods": {"lt-sft": None}},
+        "seeds": [0], "base": {**base, "targets": ["madurese"], "methods": {"lt-sft": None},
+                               "data_dir": str(short_heldout_data_dir)},
         "variants": {"small-k": {"language_sft.k": 0.005}, "large-k": {"language_sft.k": 0.02}}}))
     assert main(["ablate", str(path), "--quiet"]) == 0
     rows = {}
@@ -181,13 +182,13 @@ def keyed(rows: list[dict[str, str]]) -> dict[tuple[str, ...], dict[str, str]]:
 
 
 def test_the_pipeline_scores_its_language_sfts_seed_by_seed_as_the_command_does(tmp_path, tiny_model_dir,
-                                                                                monkeypatch):
+                                                                                monkeypatch, short_heldout_data_dir):
     """Seed 0, then seed 1 into the same results folder: heldout.csv keeps seed 0's rows and equals what
     ``deftx heldout-mlm`` computes; results.md's tables cover both seeds (the table's arithmetic is
     tested in tests/eval/test_language_heldout.py)."""
     monkeypatch.setenv("DEFTX_CACHE", str(tmp_path / "cache"))
     config = write_config(tmp_path, tiny_model_dir, targets=["madurese"], americasnli=None,
-                          methods={"plain": None, "denoised": {"rank": 2}})
+                          methods={"plain": None, "denoised": {"rank": 2}}, data_dir=str(short_heldout_data_dir))
     assert main(["pipeline", config, "--quiet"]) == 0
     assert main(["pipeline", config, "--quiet", "--seeds", "1"]) == 0
     rows = read_rows(tmp_path / "results" / "heldout.csv")
@@ -238,10 +239,11 @@ def test_missing_heldout_text_fails_the_pipeline_before_any_training(tmp_path, t
 
 
 @pytest.fixture(scope="module")
-def trained_anli(tmp_path_factory, tiny_model_dir):
+def trained_anli(tmp_path_factory, tiny_model_dir, short_heldout_data_dir):
     """A tiny config whose bzd AmericasNLI language SFT trained on AmericasNLP 2021 train text only."""
     tmp = tmp_path_factory.mktemp("heldout-anli")
-    config = write_config(tmp, tiny_model_dir, americasnlp_text_splits=["train"])
+    config = write_config(tmp, tiny_model_dir, americasnlp_text_splits=["train"],
+                          data_dir=str(short_heldout_data_dir))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DEFTX_CACHE", str(tmp / "cache"))
         with contextlib.redirect_stdout(io.StringIO()) as out:
@@ -301,9 +303,10 @@ def test_the_mlm_heads_americasnlp_text_follows_americasnlp_text_splits(tmp_path
 
 
 def test_the_pipeline_scores_its_americasnli_language_sfts_as_the_command_does(tmp_path, tiny_model_dir,
-                                                                               monkeypatch):
+                                                                               monkeypatch, short_heldout_data_dir):
     monkeypatch.setenv("DEFTX_CACHE", str(tmp_path / "cache"))
-    config = write_config(tmp_path, tiny_model_dir, targets=[], baseline=False, americasnlp_text_splits=["train"])
+    config = write_config(tmp_path, tiny_model_dir, targets=[], baseline=False, americasnlp_text_splits=["train"],
+                          data_dir=str(short_heldout_data_dir))
     assert main(["pipeline", config, "--quiet"]) == 0
     rows = read_rows(tmp_path / "results" / "heldout.csv")
     assert {(r["language"], r["method"]) for r in rows} == {("bzd", "θ0"), ("bzd", "lt-sft")}
@@ -314,7 +317,8 @@ def test_the_pipeline_scores_its_americasnli_language_sfts_as_the_command_does(t
     assert "\n".join(heldout_table(rows, "language", "loss_change", [])) in report
 
 
-def test_a_pipeline_scoring_both_corpora_builds_the_theta0_mlm_model_once(tmp_path, tiny_model_dir, monkeypatch):
+def test_a_pipeline_scoring_both_corpora_builds_the_theta0_mlm_model_once(tmp_path, tiny_model_dir, monkeypatch,
+                                                                           short_heldout_data_dir):
     """NusaX targets and AmericasNLI test languages both with held-out text: one θ0 MLM model scores both,
     and heldout.csv holds each corpus's rows as ``deftx heldout-mlm`` computes them."""
     monkeypatch.setenv("DEFTX_CACHE", str(tmp_path / "cache"))
@@ -327,7 +331,7 @@ def test_a_pipeline_scoring_both_corpora_builds_the_theta0_mlm_model_once(tmp_pa
 
     monkeypatch.setattr(heldout, "build_mlm_model", counted_build)
     config = write_config(tmp_path, tiny_model_dir, targets=["madurese"], baseline=False,
-                          americasnlp_text_splits=["train"], language_scale=1.0)
+                          americasnlp_text_splits=["train"], language_scale=1.0, data_dir=str(short_heldout_data_dir))
     assert main(["pipeline", config, "--quiet"]) == 0
     assert len(built) == 1, f"θ0's MLM model built {len(built)} times"
     rows = read_rows(tmp_path / "results" / "heldout.csv")
