@@ -188,7 +188,8 @@ def warm_up_mlm_head(
     out as held-out copies only when there are some); a later call with the same key loads
     that head and its recorded metrics instead of training; a call that finds another process
     warming the same key up waits for its head (a file lock beside the cache file) instead of
-    training it twice. ``shipped_path`` (a read-only
+    training it twice. A head read from the cache comes with its recorded per-step metrics, and
+    ``train_curve`` windowed by this call's ``eval_every``. ``shipped_path`` (a read-only
     folder of such files, e.g. the heads deftx ships) is looked up by the same file name when
     the cache has none, and a head found there is copied into the cache first.
 
@@ -250,7 +251,7 @@ def warm_up_mlm_head(
             stored = load_head(model, cache_file)
             LOGGER.info("MLM head loaded from cache %s", cache_file)
             metrics = dict(stored.get("metrics", {}))
-            if "train_curve" not in metrics and "loss" in metrics:  # a head cached before curves were kept
+            if "loss" in metrics:  # eval_every is no part of the key without held-out text: this call's windows
                 metrics["train_curve"] = windowed_curve(metrics["loss"], metrics["accuracy"], eval_every)
             metrics.setdefault("heldout_curve", [])
             return {**metrics, "cache_hit": True, "cache_file": str(cache_file), "key": key}

@@ -9,6 +9,7 @@ baseline trains every parameter of the base model, no SFT anywhere.
 
 from __future__ import annotations
 
+import operator
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from transformers import Trainer
 from deftx.models.classifier import build_classifier
 from deftx.models.parameters import named_parameter_map
 from deftx.sft import SparseDiff
+from deftx.text import short_repr
 from deftx.train.checkpoint import LOG, load_changed_rows_, save_changed_rows, trim_log
 from deftx.train.config import PhaseConfig, SparseFineTuningConfig, to_plain
 from deftx.train.finetune import phase_arguments
@@ -28,6 +30,46 @@ from deftx.train.identity import claim, owned
 from deftx.train.sparse_finetuner import SparseFineTuner, run_phase, trainer_identity
 from deftx.train.store import StepStore
 from deftx.train.trainer_args import TrainingSettings, training_arguments
+
+
+def label_id(value: Any, row: int) -> int:
+    """``value`` as a class id: an integer (Python, NumPy, or a one-element integer tensor).
+
+    Raises:
+        ValueError: a bool, a float (``int`` would turn 1.7 into 1), a class name or anything else, naming
+            the example's ``row``.
+    """
+    if not isinstance(value, bool):
+        try:
+            return operator.index(value)
+        except TypeError:
+            pass
+    raise ValueError(f"example {row}: label {short_repr(value)} is not a class id (an integer 0, 1, ...); "
+                     "map class names to their ids first")
+
+
+def check_class_ids(examples: Sequence[Mapping[str, Any]], num_labels: int) -> None:
+    """Every example's ``labels`` is a class id of a ``num_labels``-way classifier (in ``[0, num_labels)``).
+
+    Raises:
+        ValueError: naming the first example whose label is no class id or out of range (an id past the
+            head fails inside training; -100, the loss's ignore index, would leave the example out unsaid).
+    """
+    for row, example in enumerate(examples):
+        value = label_id(example.get("labels"), row)
+        if not 0 <= value < num_labels:
+            raise ValueError(f"example {row}: label {value} is not a class id of the {num_labels}-way classifier "
+                             f"(0 to {num_labels - 1})")
+
+
+def check_label_names(labels: Sequence[str] | None, num_labels: int) -> None:
+    """``labels`` (class names in id order), when given, name exactly ``num_labels`` classes.
+
+    Raises:
+        ValueError: another count (the SFT would record that many classes beside a head of ``num_labels`` rows).
+    """
+    if labels is not None and len(labels) != num_labels:
+        raise ValueError(f"{len(labels)} label names {short_repr(list(labels))} for a {num_labels}-way classifier")
 
 
 def classification_examples(
@@ -50,7 +92,7 @@ def classification_examples(
     for i in range(len(texts)):
         row = {key: encoded[key][i] for key in keys}
         if labels is not None:
-            row["labels"] = int(labels[i])
+            row["labels"] = label_id(labels[i], i)
         rows.append(row)
     return rows
 
@@ -117,7 +159,13 @@ def task_sft_tuner(
         labels: class names in id order, recorded in the SFTs' ``info``.
         overwrite: discard results of ``work_dir`` whose identity differs instead of refusing them.
         store: finished steps to link from, and to publish to.
+
+    Raises:
+        ValueError: an example's label that is no class id below ``num_labels`` (:func:`check_class_ids`),
+            or ``labels`` naming another number of classes.
     """
+    check_label_names(labels, num_labels)
+    check_class_ids(examples, num_labels)
     model = build_classifier(model_dir, num_labels, settings.seed, pooling)
     if labels is not None:
         model.config.update({"id2label": dict(enumerate(labels)), "label2id": {n: i for i, n in enumerate(labels)}})
@@ -157,9 +205,11 @@ def train_full_finetune(
         The fine-tuned classifier.
 
     Raises:
+        ValueError: an example's label that is no class id below ``num_labels`` (:func:`check_class_ids`).
         BusyError: another process trains in ``work_dir`` (:func:`~deftx.train.identity.owned`).
     """
     work_dir = Path(work_dir)
+    check_class_ids(examples, num_labels)
     model = build_classifier(model_dir, num_labels, settings.seed, pooling)
     trainer = _trainer(model, tokenizer, list(examples), settings, work_dir / "trainer")
     with owned(work_dir, holder=trainer.args.process_index == 0):

@@ -145,7 +145,9 @@ def training_arguments(settings: TrainingSettings, output_dir: str | Path) -> Tr
 
     deftx's values first, then ``settings.arguments`` over them, all through transformers'
     ``HfArgumentParser`` (which rejects unknown keys). Batches are pinned only where there is
-    a CUDA device to copy them to (on CPU, torch warns at every phase that pinning is ignored).
+    a CUDA device to copy them to (on CPU, torch warns at every phase that pinning is ignored). A NaN or
+    Inf loss is logged as it is (the Trainer's default logs the mean of the finite ones instead, 0.0 once
+    every loss since the last log is NaN), so the loss trends (:mod:`deftx.train.losses`) can name it.
     """
     values = dict(
         output_dir=str(output_dir),
@@ -161,6 +163,7 @@ def training_arguments(settings: TrainingSettings, output_dir: str | Path) -> Tr
            else {"save_strategy": "no"}),
         save_total_limit=1,
         logging_steps=settings.logging_steps,
+        logging_nan_inf_filter=False,
         report_to=[],
         disable_tqdm=not settings.progress,
         dataloader_num_workers=0,

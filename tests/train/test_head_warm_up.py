@@ -196,6 +196,21 @@ def test_warm_up_trains_only_the_head_and_caches_it(tmp_path):
         assert_bitwise_equal(value, trained[key], what=f"cached head {key}")
 
 
+def test_a_cached_head_gives_its_training_curve_at_this_calls_eval_every(tmp_path):
+    """Without held-out text eval_every is no part of the key: a cache hit windows the recorded per-step
+    losses as asked, not as the run that trained the head did."""
+    tokenizer = tiny_tokenizer()
+    body = tiny_bert(EMBEDDING_ROWS, seed=2)
+    settings = dict(steps=6, batch_size=4, lr=1e-2, seq_len=16, seed=0, cache_path=tmp_path, log=lambda line: None)
+    trained = warm_up_mlm_head(build_mlm_model(body, seed=0), tokenizer, _warm_up_texts(), eval_every=3, **settings)
+    cached = warm_up_mlm_head(build_mlm_model(body, seed=0), tokenizer, _warm_up_texts(), eval_every=2, **settings)
+    assert cached["cache_hit"] and cached["loss"] == trained["loss"]
+    losses = trained["loss"]
+    assert [point["step"] for point in cached["train_curve"]] == [2, 4, 6]
+    assert [point["loss"] for point in cached["train_curve"]] == pytest.approx(
+        [(losses[0] + losses[1]) / 2, (losses[2] + losses[3]) / 2, (losses[4] + losses[5]) / 2])
+
+
 def test_two_warm_ups_of_one_key_at_once_train_it_once(tmp_path, monkeypatch):
     """Seeds run in parallel share the head's cache: the second waits for the first's head (saying so)
     instead of spending the warm-up a second time."""
