@@ -119,6 +119,28 @@ def positive_int(text: str) -> int:
     return value
 
 
+def add_overwrite_output_argument(parser: argparse.ArgumentParser, option: str, files: str) -> None:
+    """--overwrite: replace the ``files`` (e.g. ``"paired.md, paired.csv and paired.png"``) that ``option`` names
+    where an earlier run wrote them (:func:`output_refusal`)."""
+    parser.add_argument("--overwrite", action="store_true",
+                        help=f"replace the {files} of an earlier run at {option} (default: refuse them, naming "
+                             "them, before any work)")
+
+
+def output_refusal(option: str, files: Sequence[Path], overwrite: bool) -> str | None:
+    """Why a command may not write its output ``files`` (those of ``option``): some is a folder, or exists (an
+    earlier run's) and ``overwrite`` is not set; None when it may write them all. Asked before any work."""
+    folders = [str(path) for path in files if path.is_dir()]
+    if folders:
+        return f"{option}: {', '.join(folders)} is a folder, where this command writes a file"
+    earlier = [str(path) for path in files if path.exists()]
+    if earlier and not overwrite:
+        return (f"{option}: {', '.join(earlier)} already exist{'s' if len(earlier) == 1 else ''} (an earlier run's): "
+                "choose another path, or pass --overwrite to replace "
+                + ("it" if len(earlier) == 1 else "them"))
+    return None
+
+
 def load_pipeline_config(args: argparse.Namespace):
     """The config file of ``args.config`` with the command-line overrides applied."""
     from dataclasses import replace
