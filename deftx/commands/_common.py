@@ -82,6 +82,16 @@ def finite_float(text: str) -> float:
     return value
 
 
+def sft_scale(text: str) -> float:
+    """argparse type: the scale s of an SFT added to θ0, a finite float > 0 (s = 0 is θ0 itself, a row of its
+    own wherever scales are scored; a negative s subtracts the SFT)."""
+    value = finite_float(text)
+    if value <= 0:
+        why = "scale 0 is θ0 itself, always a row" if value == 0 else "a negative scale subtracts the SFT"
+        raise argparse.ArgumentTypeError(f"expected a scale > 0, got {text!r} ({why})")
+    return value
+
+
 def positive_float(text: str) -> float:
     """argparse type: a finite float > 0."""
     value = finite_float(text)

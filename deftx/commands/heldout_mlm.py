@@ -10,11 +10,11 @@ from pathlib import Path
 from deftx.commands._common import (
     add_config_arguments,
     add_overwrite_output_argument,
-    finite_float,
     load_pipeline_config,
     output_refusal,
     path_argument,
     seed_int,
+    sft_scale,
 )
 from deftx.eval.report import write_csv
 
@@ -131,8 +131,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--languages", nargs="+",
                         help="NusaX languages (or, with --americasnlp, AmericasNLI codes) to score (default: every "
                              "language with a trained SFT of the seed)")
-    parser.add_argument("--scales", type=finite_float, nargs="+",
-                        help="composition scales s (default: 1 and the config's language_scale)")
+    parser.add_argument("--scales", type=sft_scale, nargs="+",
+                        help="composition scales s > 0 (default: 1 and the config's language_scale; θ0, s = 0, is "
+                             "always a row)")
     parser.add_argument("--mask-seed", type=seed_int,
                         help="seed of the held-out masks (default: the masks of deftx pipeline's heldout.csv, "
                              "seed 0); write one CSV per mask seed")
