@@ -82,6 +82,16 @@ def finite_float(text: str) -> float:
     return value
 
 
+def sft_scale(text: str) -> float:
+    """argparse type: the scale s of an SFT added to θ0, a finite float > 0 (s = 0 is θ0 itself, a row of its
+    own wherever scales are scored; a negative s subtracts the SFT)."""
+    value = finite_float(text)
+    if value <= 0:
+        why = "scale 0 is θ0 itself, always a row" if value == 0 else "a negative scale subtracts the SFT"
+        raise argparse.ArgumentTypeError(f"expected a scale > 0, got {text!r} ({why})")
+    return value
+
+
 def positive_float(text: str) -> float:
     """argparse type: a finite float > 0."""
     value = finite_float(text)
@@ -117,6 +127,28 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
     return value
+
+
+def add_overwrite_output_argument(parser: argparse.ArgumentParser, option: str, files: str) -> None:
+    """--overwrite: replace the ``files`` (e.g. ``"paired.md, paired.csv and paired.png"``) that ``option`` names
+    where an earlier run wrote them (:func:`output_refusal`)."""
+    parser.add_argument("--overwrite", action="store_true",
+                        help=f"replace the {files} of an earlier run at {option} (default: refuse them, naming "
+                             "them, before any work)")
+
+
+def output_refusal(option: str, files: Sequence[Path], overwrite: bool) -> str | None:
+    """Why a command may not write its output ``files`` (those of ``option``): some is a folder, or exists (an
+    earlier run's) and ``overwrite`` is not set; None when it may write them all. Asked before any work."""
+    folders = [str(path) for path in files if path.is_dir()]
+    if folders:
+        return f"{option}: {', '.join(folders)} is a folder, where this command writes a file"
+    earlier = [str(path) for path in files if path.exists()]
+    if earlier and not overwrite:
+        return (f"{option}: {', '.join(earlier)} already exist{'s' if len(earlier) == 1 else ''} (an earlier run's): "
+                "choose another path, or pass --overwrite to replace "
+                + ("it" if len(earlier) == 1 else "them"))
+    return None
 
 
 def load_pipeline_config(args: argparse.Namespace):

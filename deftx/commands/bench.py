@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from deftx.commands._common import path_text, positive_int, seed_int
+from deftx.commands._common import add_overwrite_output_argument, output_refusal, path_text, positive_int, seed_int
 
 if TYPE_CHECKING:
     from deftx.perf.shapes import ShapeSet, ShapeSpec
@@ -241,13 +241,27 @@ def _check_scaling_ops(ops: Sequence[str]) -> None:
         raise BenchInputError(f"--scaling times {', '.join(PRIMARY_BASELINE)}, not {', '.join(unknown)}")
 
 
-def _check_out(out: str) -> None:
-    """Refuse an output folder that cannot be made or written, before any measurement."""
+OUTPUT_SUFFIXES = (".json", ".png", ".md")
+"""The files :func:`_write_outputs` writes beside its stem."""
+
+
+def output_stem(args: argparse.Namespace, device: str, read: Mapping[str, ShapeSet]) -> Path:
+    """``<out>/<device>_<shapes>`` (``<device>_scaling`` with ``--scaling``): the outputs' path less the suffix."""
+    name = "scaling" if args.scaling else read[args.model_shapes].name
+    return Path(args.out) / f"{device.split(':')[0]}_{name}"
+
+
+def _check_out(out: str, stem: Path, overwrite: bool) -> None:
+    """Refuse an output folder that cannot be made or written, or that holds the outputs of an earlier run
+    (``stem`` plus :data:`OUTPUT_SUFFIXES`) unless ``overwrite``, before any measurement."""
     from deftx.perf.report import output_folder_problem
 
     problem = output_folder_problem(out)
     if problem is not None:
         raise BenchInputError(f"--out {out}: {problem}")
+    refusal = output_refusal("--out", [stem.with_name(stem.name + suffix) for suffix in OUTPUT_SUFFIXES], overwrite)
+    if refusal is not None:
+        raise BenchInputError(refusal)
 
 
 def _note_profile_keys(spec: ShapeSpec, args: argparse.Namespace) -> None:
@@ -350,7 +364,7 @@ def run_suite_command(args: argparse.Namespace, device: str, command: str, read:
     print("\n".join(summary_lines(doc)))
     print(format_table(TABLE_COLUMNS, rows))
     predicted = add_prediction(doc, args, device, shapes)
-    stem = Path(args.out) / f"{device.split(':')[0]}_{shapes.name}"
+    stem = output_stem(args, device, read)
     _write_outputs(stem, doc, TABLE_COLUMNS, rows, plot_suite, predicted)
     print(f"wrote {stem}.json, {stem}.png, {stem}.md")
     failure = failed_everything(doc) or wrong_outputs(doc)
@@ -389,7 +403,7 @@ def run_scaling_command(args: argparse.Namespace, device: str, command: str, rea
     rows = scaling_table(doc)
     print(doc["streaming"])
     print(format_table(SCALING_COLUMNS, rows))
-    stem = Path(args.out) / f"{device.split(':')[0]}_scaling"
+    stem = output_stem(args, device, read)
     _write_outputs(stem, doc, SCALING_COLUMNS, rows, plot_scaling)
     print(f"wrote {stem}.json, {stem}.png, {stem}.md")
     return 0
@@ -439,7 +453,8 @@ def check_inputs(args: argparse.Namespace) -> tuple[str, dict[str, ShapeSet]]:
     Raises:
         BenchInputError: an option the mode ignores, CUDA asked for where there is none, a backend
             not timed here (or an op of --ops no given backend times), an op the scaling study has no
-            baseline for, a shape set that does not load, or an output folder that cannot be written.
+            baseline for, a shape set that does not load, an output folder that cannot be written, or
+            one that holds an earlier run's outputs of this device and shape set (unless ``--overwrite``).
     """
     _check_mode_options(args)
     device = _device(args.device)
@@ -449,10 +464,11 @@ def check_inputs(args: argparse.Namespace) -> tuple[str, dict[str, ShapeSet]]:
     else:
         args.ops = suite_ops(args, device)
     specs = {name: _read_shapes(name) for name in dict.fromkeys((args.model_shapes, *(args.scaling_sets or ())))}
-    _check_out(args.out)
+    read = {name: spec.shapes for name, spec in specs.items()}
+    _check_out(args.out, output_stem(args, device, read), args.overwrite)
     for spec in specs.values():
         _note_profile_keys(spec, args)
-    return device, {name: spec.shapes for name, spec in specs.items()}
+    return device, read
 
 
 def run(args: argparse.Namespace) -> int:
@@ -533,7 +549,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--seed", type=seed_int, default=0, help="synthetic data seed, >= 0 (default 0)")
     parser.add_argument("--out", type=path_text, default="bench-results", metavar="DIR",
-                        help="output folder, made if missing (default bench-results)")
+                        help="output folder, made if missing (default bench-results); the outputs of an earlier "
+                        "run of the same device and shape set there are refused unless --overwrite")
+    add_overwrite_output_argument(parser, "--out", "<device>_<shapes>.json/.png/.md")
     scaling = parser.add_argument_group("scaling study")
     scaling.add_argument("--scaling", action="store_true", help="run the scaling study instead of the suite")
     scaling.add_argument("--scaling-sets", type=_csv(str), default=None, metavar="SETS",

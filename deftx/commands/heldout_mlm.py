@@ -7,7 +7,15 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from deftx.commands._common import add_config_arguments, finite_float, load_pipeline_config, path_argument, seed_int
+from deftx.commands._common import (
+    add_config_arguments,
+    add_overwrite_output_argument,
+    load_pipeline_config,
+    output_refusal,
+    path_argument,
+    seed_int,
+    sft_scale,
+)
 from deftx.eval.report import write_csv
 
 NAME = "heldout-mlm"
@@ -48,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.variant and args.americasnlp:
         raise ValueError("--variant and --americasnlp exclude each other: an ablation trains NusaX language SFTs only")
+    check_csv(args.csv, args.overwrite)
     corpus = AMERICASNLP if args.americasnlp else NUSAX
     config = variant_config(args) if args.variant else load_pipeline_config(args)
     if args.languages:
@@ -82,6 +91,22 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_csv(csv: Path | None, overwrite: bool) -> None:
+    """Refuse, before any work, a ``--csv`` that is a folder or an earlier run's file unless ``overwrite``, and
+    ``--overwrite`` without ``--csv``.
+
+    Raises:
+        ValueError: naming the file.
+    """
+    if csv is None:
+        if overwrite:
+            raise ValueError("--overwrite replaces an earlier --csv file, and no --csv is given")
+        return
+    refusal = output_refusal("--csv", [csv], overwrite)
+    if refusal is not None:
+        raise ValueError(refusal)
+
+
 def variant_config(args: argparse.Namespace):
     """The pipeline config of ``--variant`` of the ablation config ``args.config`` (its own run folder)."""
     from deftx.pipeline.ablation import load_ablation
@@ -106,9 +131,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--languages", nargs="+",
                         help="NusaX languages (or, with --americasnlp, AmericasNLI codes) to score (default: every "
                              "language with a trained SFT of the seed)")
-    parser.add_argument("--scales", type=finite_float, nargs="+",
-                        help="composition scales s (default: 1 and the config's language_scale)")
+    parser.add_argument("--scales", type=sft_scale, nargs="+",
+                        help="composition scales s > 0 (default: 1 and the config's language_scale; θ0, s = 0, is "
+                             "always a row)")
     parser.add_argument("--mask-seed", type=seed_int,
                         help="seed of the held-out masks (default: the masks of deftx pipeline's heldout.csv, "
                              "seed 0); write one CSV per mask seed")
-    parser.add_argument("--csv", type=path_argument, help="also write the rows to this CSV file")
+    parser.add_argument("--csv", type=path_argument,
+                        help="also write the rows to this CSV file (an earlier run's is refused unless --overwrite)")
+    add_overwrite_output_argument(parser, "--csv", "CSV file")

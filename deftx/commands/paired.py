@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from deftx.commands._common import add_seed_argument, path_argument, positive_float, positive_int
+from deftx.commands._common import (
+    add_overwrite_output_argument,
+    add_seed_argument,
+    output_refusal,
+    path_argument,
+    positive_float,
+    positive_int,
+)
 from deftx.text import repeated
 
 NAME = "paired"
@@ -38,9 +46,34 @@ def target_list(text: str) -> tuple[str, ...]:
     return names
 
 
+OUTPUT_FILES = ("paired.md", "paired.csv", "paired.png")
+"""What ``--out`` receives."""
+
+
+def check_out(out: Path | None, overwrite: bool) -> None:
+    """Refuse, before any work, an ``--out`` that cannot be made or written, or that holds an earlier run's
+    :data:`OUTPUT_FILES` unless ``overwrite``; and ``--overwrite`` without ``--out``.
+
+    Raises:
+        ValueError: naming the folder or the files.
+    """
+    from deftx.perf.report import output_folder_problem
+
+    if out is None:
+        if overwrite:
+            raise ValueError("--overwrite replaces the files of an --out folder, and no --out is given")
+        return
+    problem = output_folder_problem(out)
+    refusal = f"--out {out}: {problem}" if problem else output_refusal("--out", [out / n for n in OUTPUT_FILES],
+                                                                       overwrite)
+    if refusal is not None:
+        raise ValueError(refusal)
+
+
 def run(args: argparse.Namespace) -> int:
     from deftx.eval import paired
 
+    check_out(args.out, args.overwrite)
     rows = paired.read_results(args.results)
     bootstrap = paired.Bootstrap(resamples=args.resamples, seed=args.seed)
     results = paired.paired_study(rows, pairs=args.pair or paired.DEFAULT_PAIRS, targets=args.targets,
@@ -73,7 +106,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resamples", type=positive_int, default=RESAMPLES, help=f"bootstrap resamples ({RESAMPLES})")
     add_seed_argument(parser, "bootstrap seed (default 0)")
     parser.add_argument("--out", type=path_argument, default=None,
-                        help="folder for paired.md, paired.csv and paired.png")
+                        help="folder for paired.md, paired.csv and paired.png (those of an earlier run there are "
+                             "refused unless --overwrite)")
+    add_overwrite_output_argument(parser, "--out", "paired.md, paired.csv and paired.png")
     parser.add_argument("--goal", type=positive_float, default=None, metavar="W",
                         help="a half-width goal for the intervals on the mean over the targets, in the table's "
                              "units (x100; issue #22: 0.5): says whether each pair meets it and about how many "

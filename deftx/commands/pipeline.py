@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         from deftx.pipeline.plan import plan_lines
 
-        print("\n".join(plan_lines(config, heldout=not args.no_heldout)))
+        print("\n".join(plan_lines(config, heldout=not args.no_heldout, overwrite=args.overwrite)))
         return 0
     log = (lambda _: None) if args.quiet else print
     table = run_pipeline(config, log=log, command=command_line(), overwrite=args.overwrite,
@@ -58,6 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_heldout_argument(parser, "seed")
     parser.add_argument(
         "--dry-run", action="store_true",
-        help="print the plan (model, data, effective TrainingArguments, every step with its folder and whether "
-             "it is done) and exit without training",
+        help="print the plan (model, data, effective TrainingArguments, every step with its folder and what the "
+             "run will do with it: reuse it (done), train it (to run), or refuse results of other settings, naming "
+             "what changed (retrain them with --overwrite), by the identity check the run makes) and exit without "
+             "training",
     )

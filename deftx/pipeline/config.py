@@ -24,7 +24,7 @@ Example (``configs/default.yaml`` is the README's small run)::
                                # mapping, or null under another deft-x… name, is refused
     baseline: true             # full fine-tuning on the source, no SFT
     task_on_source_sft: true   # task SFT trained with the source language SFT applied
-    language_scale: 1.25       # scale of the target language SFT at composition; a list
+    language_scale: 1.25       # scale (> 0) of the target language SFT at composition; a list
                                # ([0.5, 1.0]) scores every scale (no retraining)
     eval_split: test           # NusaX split scored: test, or valid (to choose a recipe)
     language_text_splits: [train, valid]   # NusaX MT text of language SFTs and the MLM head
@@ -404,17 +404,19 @@ def _sft_section(raw: Any, where: str, default: SFTSection, *, has_max_length: b
 
 
 def _language_scale(raw: Any, where: str) -> float | tuple[float, ...]:
-    """One finite number, or a non-empty list of distinct ones (a sweep)."""
+    """One finite number > 0, or a non-empty list of distinct ones (a sweep)."""
     def number(value: Any) -> bool:
         return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
 
-    if number(raw):
-        return float(raw)
-    if isinstance(raw, (list, tuple)) and raw and all(number(v) for v in raw):
-        if len(set(raw)) != len(raw):
-            raise _fail(where, f"the scales must be distinct, got {short_repr(list(raw))}")
-        return tuple(float(v) for v in raw)
-    raise _fail(where, f"expected a number or a non-empty list of numbers, got {short_repr(raw)}")
+    if not (number(raw) or (isinstance(raw, (list, tuple)) and raw and all(number(v) for v in raw))):
+        raise _fail(where, f"expected a number or a non-empty list of numbers, got {short_repr(raw)}")
+    scales = [raw] if number(raw) else list(raw)
+    if any(scale <= 0 for scale in scales):
+        raise _fail(where, f"the scales must be > 0, got {short_repr(raw)}: scale 0 composes no language SFT (each "
+                           f"method's '{NO_LANGUAGE_SFT.strip()}' row is that already), a negative one subtracts it")
+    if len(set(scales)) != len(scales):
+        raise _fail(where, f"the scales must be distinct, got {short_repr(raw)}")
+    return float(raw) if number(raw) else tuple(float(v) for v in raw)
 
 
 def _split_names(raw: Any, where: str, allowed: tuple[str, ...]) -> tuple[str, ...]:

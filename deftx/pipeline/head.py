@@ -16,7 +16,7 @@ from deftx.data import americasnlp, nusax
 from deftx.pipeline.workspace import Workspace
 from deftx.train.config import to_plain
 from deftx.train.identity import digest
-from deftx.train.language import HeadWarmUp, warm_up_head
+from deftx.train.language import HeadWarmUp, cached_head, warm_up_head
 
 PER_STEP_METRICS = ("loss", "accuracy", "masked_tokens")
 SHIPPED_HEADS = Path(__file__).parent / "heads"
@@ -119,6 +119,16 @@ def head_curve_table(metrics: Mapping[str, Any]) -> str:
         lines.append(f"| {point['step']} | {point['seconds'] / 60:.1f} | {trained} | {held} |")
     return "\n".join(lines) + "\n"
 
+
+
+def cached_head_file(ws: Workspace) -> Path | None:
+    """The head file :func:`ensure_head` would load for ``ws`` (cached, or shipped with deftx), or None when it
+    would warm one up; nothing is trained or written (a dry run's look-up)."""
+    from deftx.models.e5 import default_cache_root
+
+    call = head_call(ws)
+    return cached_head(call.model_dir, ws.tokenizer, call.texts, call.settings, default_cache_root() / "mlm-heads",
+                       device=call.device, shipped_dir=SHIPPED_HEADS)
 
 
 def ensure_head(ws: Workspace, call: HeadCall | None = None) -> Path:

@@ -225,9 +225,12 @@ def heldout_lines(config: PipelineConfig, records: Sequence[Mapping[str, Any]]) 
 
 
 def copy_run_logs(output_dir: Path, destination: Path) -> None:
-    """Copy the small per-run files (loss logs, selection reports) next to the results."""
+    """Copy the small per-run files (loss logs, selection reports) next to the results; the copies an earlier
+    call made are not copied again where ``destination`` lies under ``output_dir``."""
     for pattern in (LOG, SELECTION):
         for path in output_dir.rglob(pattern):
+            if path.resolve().is_relative_to(destination.resolve()):
+                continue
             target = destination / path.relative_to(output_dir)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, target)

@@ -1,9 +1,11 @@
 """``deftx pipeline --dry-run``: what a config would run, where, and what is already done — nothing is trained.
 
-The plan is read from the config and the file system only (no model is loaded): the model
-and data it names, the effective ``TrainingArguments`` (built and so validated by
-transformers, shown where they differ from transformers' defaults), then every step in
-the order the pipeline runs them, each with its folder and whether its result is there.
+The plan names the model and data of the config, the effective ``TrainingArguments`` (built and so
+validated by transformers, shown where they differ from transformers' defaults), then every step in
+the order the pipeline runs them, each with its folder and what the run will do with it: reuse it
+(``done``), train it (``to run``), or refuse its results as of other settings (retrain them with
+``--overwrite``), by the identity check the run makes (:mod:`deftx.pipeline.status`). Nothing is
+loaded for a step whose run folder does not exist, and nothing is written.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from deftx.pipeline.heldout import (
     trained_languages,
 )
 from deftx.pipeline.layout import SHARED_RUN, SeedLayout, branch_file, task_run_name
+from deftx.pipeline.status import BranchStatus, StepChecker
 from deftx.pipeline.workspace import E5_NAMES, check_local_token_windows, requested_device, training_settings
 from deftx.train.config import PhaseConfig
 from deftx.train.task import BASELINE_FILE
@@ -33,10 +36,6 @@ from deftx.train.trainer_args import PHASE_ARGUMENTS, TrainingSettings, training
 
 TEXT_NAMES = {NUSAX: "NusaX", AMERICASNLP: "AmericasNLP"}
 """Text corpus -> its short name in the plan."""
-
-
-def _status(done: bool) -> str:
-    return "done" if done else "to run"
 
 
 def _phase(phase: PhaseConfig) -> str:
@@ -72,15 +71,14 @@ def changed_arguments(settings: TrainingSettings, output_dir: Path) -> dict[str,
     return {k: v for k, v in sorted(ours.items()) if k not in PHASE_ARGUMENTS and defaults.get(k) != v}
 
 
-def _branch_line(run_dir: Path, method: str) -> str:
-    file = branch_file(run_dir, method)
-    return f"      {method}: {file} ({_status(file.is_file())})"
+def _branch_line(run_dir: Path, method: str, status: BranchStatus) -> str:
+    return f"      {method}: {branch_file(run_dir, method)} ({status(method)})"
 
 
-def _language_step(config: PipelineConfig, work: Path, language: str, what: str) -> list[str]:
+def _language_step(config: PipelineConfig, work: Path, language: str, what: str, status: BranchStatus) -> list[str]:
     section = config.language_sft
     return [f"{what} {language}: K {section.k:g}, full {_phase(section.full)}, sparse {_phase(section.sparse)}",
-            *(_branch_line(work, method) for method in config.methods)]
+            *(_branch_line(work, method, status) for method in config.methods)]
 
 
 def _task_step(config: PipelineConfig, what: str, how: str, branches: Iterable[str]) -> list[str]:
@@ -88,8 +86,8 @@ def _task_step(config: PipelineConfig, what: str, how: str, branches: Iterable[s
     return [f"{what}: K {task.k:g}, full {_phase(task.full)}, sparse {_phase(task.sparse)}{how}", *branches]
 
 
-def _baseline_step(config: PipelineConfig, what: str, final: Path) -> list[str]:
-    return [f"{what}: {_phase(config.full_finetune)} -> {final} ({_status(final.is_file())})"]
+def _baseline_step(config: PipelineConfig, what: str, final: Path, status: str) -> list[str]:
+    return [f"{what}: {_phase(config.full_finetune)} -> {final} ({status})"]
 
 
 def _evaluation_step(config: PipelineConfig, what: str, languages: int) -> list[str]:
@@ -113,58 +111,79 @@ def _nusax_heldout_languages(config: PipelineConfig, seed: int, evaluated: list[
     return [language for language in nusax_languages(config) if language in trained]
 
 
-def _nusax_steps(config: PipelineConfig, layout: SeedLayout, evaluated: list[str]) -> Iterator[list[str]]:
+def _task_branch_lines(checker: StepChecker, seed: int, source: str, runs: Path) -> Iterator[str]:
+    """The branch lines of the NusaX task SFTs on ``source``: each method's own run, or one shared run."""
+    config = checker.config
+    if config.task_on_source_sft:
+        for method in config.methods:
+            run_dir = runs / task_run_name(method, True)
+            yield _branch_line(run_dir, method, checker.task(seed, source, run_dir, [method]))
+        return
+    shared = runs / SHARED_RUN
+    status = checker.task(seed, source, shared, list(config.methods))
+    yield from (_branch_line(shared, method, status) for method in config.methods)
+
+
+def _nusax_steps(checker: StepChecker, seed: int, layout: SeedLayout, evaluated: list[str]) -> Iterator[list[str]]:
     """The NusaX steps of one seed, a step's first line then its branch lines."""
+    config = checker.config
     for language in dict.fromkeys([*evaluated, *config.sources]):
-        yield _language_step(config, layout.language(language), language, "language SFT")
+        work = layout.language(language)
+        yield _language_step(config, work, language, "language SFT", checker.language(seed, language, work))
     for source in config.sources:
         if config.baseline:
             yield _baseline_step(config, f"full fine-tuning baseline on {source}",
-                                 layout.baseline(source) / BASELINE_FILE)
-        runs = layout.task(source)
+                                 layout.baseline(source) / BASELINE_FILE,
+                                 checker.baseline(seed, source, layout.baseline(source)))
         yield _task_step(config, f"task SFT on {source}",
                          ", on the source's language SFT" if config.task_on_source_sft else "",
-                         (_branch_line(runs / task_run_name(method, config.task_on_source_sft), method)
-                          for method in config.methods))
+                         _task_branch_lines(checker, seed, source, layout.task(source)))
         yield _evaluation_step(config, f"NusaX {config.eval_split} evaluation from {source}", len(evaluated))
 
 
-def _anli_steps(config: PipelineConfig, layout: SeedLayout) -> Iterator[list[str]]:
+def _anli_steps(checker: StepChecker, seed: int, layout: SeedLayout) -> Iterator[list[str]]:
     """The AmericasNLI steps of one seed (none without an ``americasnli`` section), as :func:`_nusax_steps`."""
+    config = checker.config
     anli = config.americasnli
     if anli is None:
         return
     source = "+".join(anli.train_languages) + " dev"
     text = "+".join(config.americasnlp_text_splits)
     for language in anli.test_languages:
-        yield _language_step(config, layout.language(language, americasnlp=True), language,
-                             f"AmericasNLI language SFT (AmericasNLP 2021 {text} text)")
+        work = layout.language(language, americasnlp=True)
+        yield _language_step(config, work, language, f"AmericasNLI language SFT (AmericasNLP 2021 {text} text)",
+                             checker.language(seed, language, work, americasnlp=True))
     if config.baseline:
         yield _baseline_step(config, f"AmericasNLI full fine-tuning baseline on {source}",
-                             layout.anli_baseline() / BASELINE_FILE)
+                             layout.anli_baseline() / BASELINE_FILE,
+                             checker.baseline(seed, None, layout.anli_baseline()))
+    shared = layout.anli_task() / SHARED_RUN
+    status = checker.task(seed, None, shared, list(config.methods))
     yield _task_step(config, f"AmericasNLI task SFT on {source}", ", one shared full phase",
-                     (_branch_line(layout.anli_task() / SHARED_RUN, method) for method in config.methods))
+                     (_branch_line(shared, method, status) for method in config.methods))
     yield _evaluation_step(config, f"AmericasNLI test evaluation on {list(anli.test_languages)}",
                            len(anli.test_languages))
 
 
-def _seed_steps(config: PipelineConfig, seed: int, evaluated: list[str], heldout: bool) -> Iterator[list[str]]:
+def _seed_steps(checker: StepChecker, seed: int, evaluated: list[str], heldout: bool) -> Iterator[list[str]]:
     """Every step of one seed in the order the run takes them: NusaX (only with targets), then AmericasNLI,
     each followed by the held-out check of its language SFTs where ``heldout`` and a split is left out of
     their training text."""
+    config = checker.config
     layout = SeedLayout.of(Path(config.output_dir), seed)
     if config.runs_nusax:
-        yield from _nusax_steps(config, layout, evaluated)
+        yield from _nusax_steps(checker, seed, layout, evaluated)
         if heldout and has_heldout_text(config, NUSAX):
             yield _heldout_step(config, NUSAX, "NusaX", _nusax_heldout_languages(config, seed, evaluated))
-    yield from _anli_steps(config, layout)
+    yield from _anli_steps(checker, seed, layout)
     if heldout and config.americasnli is not None and has_heldout_text(config, AMERICASNLP):
         yield _heldout_step(config, AMERICASNLP, "AmericasNLI", list(config.americasnli.test_languages))
 
 
-def plan_lines(config: PipelineConfig, *, heldout: bool = True) -> list[str]:
+def plan_lines(config: PipelineConfig, *, heldout: bool = True, overwrite: bool = False) -> list[str]:
     """The plan of ``config`` as printable lines; ``heldout``: the run scores the language SFTs on held-out
-    text (``deftx pipeline`` without ``--no-heldout``).
+    text (``deftx pipeline`` without ``--no-heldout``); ``overwrite``: the run retrains steps whose results
+    are of other settings (``--overwrite``) instead of refusing them.
 
     Raises:
         ConfigError: a token window longer than the model accepts, where the model is already on this
@@ -198,7 +217,8 @@ def plan_lines(config: PipelineConfig, *, heldout: bool = True) -> list[str]:
     candidates = list(dict.fromkeys([*config.targets, *config.sources])) if config.runs_nusax else []
     evaluated = [lang for lang in candidates if nusax.has_split(data_dir, lang, config.eval_split)]
     skipped = [lang for lang in candidates if lang not in evaluated]
-    steps = [(seed, step) for seed in config.seeds for step in _seed_steps(config, seed, evaluated, heldout)]
+    checker = StepChecker(config, overwrite)
+    steps = [(seed, step) for seed in config.seeds for step in _seed_steps(checker, seed, evaluated, heldout)]
     for number, (seed, (first, *branches)) in enumerate(steps, start=2):
         lines += [f"{number}. [seed {seed}] {first}", *branches]
     if skipped:

@@ -240,17 +240,25 @@ def pooled_source(languages: Sequence[str]) -> str:
     return "+".join(languages) + " (dev)"
 
 
+def anli_task_examples(ws: Workspace, seed: int) -> tuple[str, list[dict]]:
+    """The AmericasNLI task SFT's (and baseline's) training data of ``seed``: :func:`pooled_dev`, less a seeded
+    draw of ``americasnli.max_train_examples`` of them (kept in order) when set."""
+    section = ws.config.americasnli
+    source, train = pooled_dev(ws, section.train_languages)
+    if section.max_train_examples is not None:
+        generator = torch.Generator().manual_seed(seed)
+        keep = torch.randperm(len(train), generator=generator)[: section.max_train_examples].tolist()
+        train = [train[i] for i in sorted(keep)]
+    return source, train
+
+
 def run_anli_seed(ws: Workspace, seed: int, head_file: Path) -> list[EvalRow]:
     """The AmericasNLI leave-languages-out protocol for one seed."""
     section = ws.config.americasnli
     layout = ws.layout(seed)
     num_labels = len(americasnli.LABELS)
     max_length = ws.config.training.max_length
-    source, train = pooled_dev(ws, section.train_languages)
-    if section.max_train_examples is not None:
-        generator = torch.Generator().manual_seed(seed)
-        keep = torch.randperm(len(train), generator=generator)[: section.max_train_examples].tolist()
-        train = [train[i] for i in sorted(keep)]
+    source, train = anli_task_examples(ws, seed)
     lang = {language: language_sfts(ws, language, americasnlp_texts(ws, language), seed, head_file,
                                     layout.language(language, americasnlp=True))
             for language in section.test_languages}

@@ -161,6 +161,7 @@ def warm_up_mlm_head(
     eval_sequences: int = 0,
     log: Callable[[str], None] | None = None,
     shipped_path: Path | str | None = None,
+    cached_only: bool = False,
 ) -> dict[str, Any]:
     """Train only the MLM head (transform + decoder bias) on a frozen body, and cache it.
 
@@ -201,7 +202,9 @@ def warm_up_mlm_head(
         "masked_tokens"}}}]``, empty without held-out text), ``initial_*`` and ``final_*``
         (means over the first / last 10% of steps), ``seconds`` (all of the warm-up),
         ``heldout_seconds`` (its evaluations), ``steps``, ``groups`` (name -> training /
-        held-out sequence counts), ``cache_hit``, ``cache_file`` and ``key``.
+        held-out sequence counts), ``cache_hit``, ``cache_file`` and ``key``. With ``cached_only`` (a dry run's
+        look-up: nothing is trained, copied or written) only ``cache_hit``, ``key`` and ``cache_file``: the
+        cached head, else the shipped one, else None.
     """
     if steps < 1 or batch_size < 1 or lr <= 0:
         raise ValueError(f"need steps >= 1, batch_size >= 1 and lr > 0 (got {steps}, {batch_size}, {lr})")
@@ -237,6 +240,10 @@ def warm_up_mlm_head(
     texts_sha = hashlib.sha256("\x00".join(flat_texts).encode()).hexdigest()
     key = _warm_up_key(model, sequences, texts_sha, settings)
     cache_file = Path(cache_path) / f"mlm-head-{key[:24]}.safetensors" if cache_path is not None else None
+    if cached_only:
+        found = [path for path in (cache_file, shipped_path and Path(shipped_path) / cache_file.name)
+                 if path is not None and path.is_file()] if cache_file is not None else []
+        return {"cache_hit": bool(found), "key": key, "cache_file": str(found[0]) if found else None}
     say = log or LOGGER.info
     lock = contextlib.nullcontext() if cache_file is None else locked(
         lock_beside(cache_file), lambda: say(f"MLM head {cache_file.name}: another process is warming it up; "

@@ -191,14 +191,40 @@ def warm_up_head(
         (path of the cached head file, warm-up metrics incl. the masked-token accuracy
         curves, see :func:`~deftx.train.head_warm_up.warm_up_mlm_head`).
     """
+    metrics = _head_warm_up(model_dir, tokenizer, texts, settings, cache_dir, real_vocab_size, device, shipped_dir,
+                            log=log)
+    return Path(metrics["cache_file"]), metrics
+
+
+def cached_head(
+    model_dir: str | Path,
+    tokenizer,
+    texts: Sequence[str] | Mapping[str, Sequence[str]],
+    settings: HeadWarmUp,
+    cache_dir: str | Path,
+    real_vocab_size: int | None = None,
+    device: str | torch.device = "cpu",
+    shipped_dir: str | Path | None = None,
+) -> Path | None:
+    """The head file :func:`warm_up_head` with these arguments would load (from ``cache_dir``, else the one
+    ``shipped_dir`` holds), or None when it would have to warm one up; nothing is trained or written."""
+    metrics = _head_warm_up(model_dir, tokenizer, texts, settings, cache_dir, real_vocab_size, device, shipped_dir,
+                            cached_only=True)
+    return None if metrics["cache_file"] is None else Path(metrics["cache_file"])
+
+
+def _head_warm_up(model_dir: str | Path, tokenizer, texts: Sequence[str] | Mapping[str, Sequence[str]],
+                  settings: HeadWarmUp, cache_dir: str | Path, real_vocab_size: int | None,
+                  device: str | torch.device, shipped_dir: str | Path | None, *,
+                  log: Callable[[str], None] | None = None, cached_only: bool = False) -> dict[str, Any]:
+    """:func:`~deftx.train.head_warm_up.warm_up_mlm_head` of ``settings`` on the model of ``model_dir``."""
     model = build_mlm_model(model_dir, seed=settings.seed).to(device)
-    metrics = warm_up_mlm_head(
+    return warm_up_mlm_head(
         model, tokenizer, texts if isinstance(texts, Mapping) else list(texts), steps=settings.steps,
         batch_size=settings.batch_size, lr=settings.learning_rate, seq_len=settings.seq_len, seed=settings.seed,
         cache_path=cache_dir, real_vocab_size=real_vocab_size, eval_every=settings.eval_every,
-        eval_sequences=settings.eval_sequences, log=log, shipped_path=shipped_dir,
+        eval_sequences=settings.eval_sequences, log=log, shipped_path=shipped_dir, cached_only=cached_only,
     )
-    return Path(metrics["cache_file"]), metrics
 
 
 def mlm_examples(tokenizer, texts: Sequence[str], seq_len: int) -> list[dict[str, list[int]]]:

@@ -221,6 +221,30 @@ class SparseFineTuningResult:
 
 
 @dataclass(frozen=True)
+class StaleSteps:
+    """The results of a run folder that are not those of a run's identity (:meth:`SparseFineTuner.stale_steps`).
+
+    Attributes:
+        phase1: one line per changed field of phase 1 (every branch goes with it); [] when unchanged.
+        branches: branch -> one line per changed field, of the branches whose results changed (none when
+            phase 1 did).
+    """
+
+    phase1: list[str] = field(default_factory=list)
+    branches: dict[str, list[str]] = field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        """Every change, each line naming its step (``phase 1: k: 4224 -> 211``): what a refusal says."""
+        return [*(f"phase 1: {explained(line)}" for line in self.phase1),
+                *(f"branch {branch}: {explained(line)}" for branch, lines in self.branches.items() for line in lines)]
+
+    def of_branch(self, branch: str) -> list[str]:
+        """The changes that take ``branch``'s results: phase 1's, else its own."""
+        return [f"phase 1: {explained(line)}" for line in self.phase1] or [
+            f"branch {branch}: {explained(line)}" for line in self.branches.get(branch, [])]
+
+
+@dataclass(frozen=True)
 class RunIdentity:
     """What a run's results depend on: phase 1's identity and each branch's (see :mod:`deftx.train.identity`)."""
 
@@ -412,13 +436,18 @@ class SparseFineTuner:
                 (entry / name).exists() for name in (*BRANCH_OUTPUTS, IDENTITY_FILE))}
         return [THETA1, *LEGACY_OUTPUTS, PHASE1_FOLDER, LOG, *sorted(branches)]
 
+    def stale_steps(self, identity: RunIdentity) -> StaleSteps:
+        """Which results in ``work_dir`` are not those of ``identity``: what :meth:`fit` refuses (or, with
+        ``overwrite``, discards). Reads the folder only; the check :meth:`fit` makes, and a dry run's."""
+        phase1 = stale_results(self.work_dir, identity.phase1, self._phase1_outputs())
+        if phase1:
+            return StaleSteps(phase1)
+        return StaleSteps(branches={branch: lines for branch, branch_identity in identity.branches.items()
+                                    if (lines := stale_results(self._path(branch), branch_identity, BRANCH_OUTPUTS))})
+
     def _claim(self, identity: RunIdentity) -> None:
         """Record the identities, or refuse (naming every change) / discard the stale steps with ``overwrite``."""
-        phase1_changes = stale_results(self.work_dir, identity.phase1, self._phase1_outputs())
-        changes = [f"phase 1: {explained(line)}" for line in phase1_changes]
-        if not phase1_changes:
-            changes += [f"branch {branch}: {explained(line)}" for branch, branch_identity in identity.branches.items()
-                        for line in stale_results(self._path(branch), branch_identity, BRANCH_OUTPUTS)]
+        changes = self.stale_steps(identity).lines()
         if changes and not self.overwrite:
             raise IdentityMismatchError(self.work_dir, changes)
         claim(self.work_dir, identity.phase1, self._phase1_outputs(), overwrite=True)

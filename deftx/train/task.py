@@ -26,7 +26,7 @@ from deftx.text import short_repr
 from deftx.train.checkpoint import LOG, load_changed_rows_, save_changed_rows, trim_log
 from deftx.train.config import PhaseConfig, SparseFineTuningConfig, to_plain
 from deftx.train.finetune import phase_arguments
-from deftx.train.identity import claim, owned
+from deftx.train.identity import claim, owned, stale_results
 from deftx.train.sparse_finetuner import SparseFineTuner, run_phase, trainer_identity
 from deftx.train.store import StepStore
 from deftx.train.trainer_args import TrainingSettings, training_arguments
@@ -178,6 +178,40 @@ def task_sft_tuner(
 
 BASELINE_FILE = "final.safetensors"
 """The baseline's result: the rows full fine-tuning changed (:func:`~deftx.train.checkpoint.save_changed_rows`)."""
+BASELINE_PHASE = "phase1"
+BASELINE_OUTPUTS = (BASELINE_FILE, BASELINE_PHASE, LOG)
+"""What a change of the baseline's identity invalidates: its result, its phase's checkpoints, its log."""
+
+
+def _baseline_trainer(model_dir: str | Path, tokenizer, examples: Sequence[dict], work_dir: Path, num_labels: int,
+                      settings: TrainingSettings, pooling: str) -> Trainer:
+    """The Trainer of the full fine-tuning baseline in ``work_dir``, on a freshly built classifier."""
+    model = build_classifier(model_dir, num_labels, settings.seed, pooling)
+    return _trainer(model, tokenizer, list(examples), settings, work_dir / "trainer")
+
+
+def baseline_identity(trainer: Trainer, phase: PhaseConfig) -> dict[str, Any]:
+    """What the baseline trained by ``trainer`` (at its initial weights) for ``phase`` depends on."""
+    return {"step": "full fine-tuning", **trainer_identity(trainer), "phase": to_plain(phase)}
+
+
+def stale_baseline(
+    model_dir: str | Path,
+    tokenizer,
+    examples: Sequence[dict],
+    phase: PhaseConfig,
+    work_dir: str | Path,
+    *,
+    num_labels: int,
+    settings: TrainingSettings,
+    pooling: str = "mean",
+) -> list[str]:
+    """What :func:`train_full_finetune` with these arguments would refuse in ``work_dir`` (or discard, with
+    ``overwrite``): one line per changed field of its identity; [] when the folder holds this baseline's results
+    or none. Reads the folder only (a dry run's check)."""
+    work_dir = Path(work_dir)
+    trainer = _baseline_trainer(model_dir, tokenizer, examples, work_dir, num_labels, settings, pooling)
+    return stale_results(work_dir, baseline_identity(trainer, phase), BASELINE_OUTPUTS)
 
 
 def train_full_finetune(
@@ -210,12 +244,12 @@ def train_full_finetune(
     """
     work_dir = Path(work_dir)
     check_class_ids(examples, num_labels)
-    model = build_classifier(model_dir, num_labels, settings.seed, pooling)
-    trainer = _trainer(model, tokenizer, list(examples), settings, work_dir / "trainer")
+    trainer = _baseline_trainer(model_dir, tokenizer, examples, work_dir, num_labels, settings, pooling)
+    model = trainer.model
     with owned(work_dir, holder=trainer.args.process_index == 0):
-        identity = {"step": "full fine-tuning", **trainer_identity(trainer), "phase": to_plain(phase)}
-        folder = work_dir / "phase1"
-        claim(work_dir, identity, [BASELINE_FILE, folder.name, LOG], overwrite=overwrite)
+        identity = baseline_identity(trainer, phase)
+        folder = work_dir / BASELINE_PHASE
+        claim(work_dir, identity, BASELINE_OUTPUTS, overwrite=overwrite)
         final = work_dir / BASELINE_FILE
         if not final.is_file() and store is not None and store.attach(work_dir, identity, [BASELINE_FILE]):
             trim_log(work_dir / LOG, "full", 0)  # a run stopped here logged part of the phase the store finished

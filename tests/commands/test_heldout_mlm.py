@@ -339,3 +339,12 @@ def test_a_pipeline_scoring_both_corpora_builds_the_theta0_mlm_model_once(tmp_pa
     assert main(["heldout-mlm", config, "--csv", str(tmp_path / "nusax.csv")]) == 0
     assert main(["heldout-mlm", config, "--americasnlp", "--csv", str(tmp_path / "anli.csv")]) == 0
     assert keyed(rows) == keyed(read_rows(tmp_path / "nusax.csv") + read_rows(tmp_path / "anli.csv"))
+
+
+@pytest.mark.parametrize(("scale", "why"), [("0", "scale 0 is θ0 itself, always a row"),
+                                            ("-1", "a negative scale subtracts the SFT")])
+def test_scales_not_above_zero_are_refused_at_argparse(tmp_path, capsys, scale, why):
+    with pytest.raises(SystemExit) as raised:
+        main(["heldout-mlm", str(tmp_path / "config.yaml"), "--scales", "1", scale])
+    assert raised.value.code == 2
+    assert f"argument --scales: expected a scale > 0, got '{scale}' ({why}" in capsys.readouterr().err

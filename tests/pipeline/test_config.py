@@ -248,6 +248,9 @@ def test_text_splits_names_each_corpus_by_its_own_key():
     ({"language_scale": "1"}, "language_scale"),
     ({"language_scale": [0.5, True]}, "language_scale"),
     ({"language_scale": float("nan")}, "language_scale"),
+    ({"language_scale": 0}, r"language_scale: the scales must be > 0, got 0: scale 0 composes no language SFT "
+                            r"\(each method's '\(no lang SFT\)' row is that already\)"),
+    ({"language_scale": [0.5, -1.0]}, r"the scales must be > 0, got \[0.5, -1.0\]: .* a negative one subtracts it"),
     ({"language_sft": {"max_length": 2}}, "language_sft.max_length"),
     ({"task_sft": {"max_length": 64}}, "unknown keys \\['max_length'\\]"),
     ({"mlm_head": {"texts": ["wiki"]}}, "mlm_head.texts"),

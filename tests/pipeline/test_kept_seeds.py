@@ -111,3 +111,19 @@ def test_a_kept_seed_missing_a_row_of_its_grid_is_refused_naming_the_cell_and_ho
     assert (results / "results.csv").read_bytes() == before
     run_pipeline(finished, log=lambda _: None)
     assert len(records(results / "results.csv")) == len(rows), "re-running seed 0 writes it whole"
+
+
+def test_copying_the_run_logs_into_a_results_folder_inside_the_output_folder_does_not_copy_the_copies(tmp_path,
+                                                                                                      monkeypatch):
+    """results_dir under output_dir: each write of the tables copied the earlier copies again, one level deeper."""
+    from deftx.pipeline.outputs import copy_run_logs
+
+    log = tmp_path / "seed-0" / "lang" / "madurese" / "log.jsonl"
+    log.parent.mkdir(parents=True)
+    log.write_text('{"phase": "full", "loss": 1.0}\n')
+    monkeypatch.chdir(tmp_path)
+    for _ in range(3):
+        copy_run_logs(tmp_path, Path("tables") / "logs")
+    assert sorted(path.relative_to(tmp_path).as_posix() for path in tmp_path.rglob("log.jsonl")) == [
+        "seed-0/lang/madurese/log.jsonl", "tables/logs/seed-0/lang/madurese/log.jsonl"]
+    assert (tmp_path / "tables/logs/seed-0/lang/madurese/log.jsonl").read_text() == log.read_text()

@@ -3,6 +3,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -110,13 +111,24 @@ def test_a_changed_config_is_refused_naming_the_change_until_overwrite(tmp_path,
     language_sft = tmp_path / "run" / "seed-0/lang/indonesian/lt-sft/sft.safetensors"
     before = SparseDiff.load(task_sft).k, os.stat(language_sft).st_mtime_ns
     smaller = replace(config, baseline=False, task_sft=replace(config.task_sft, k=0.02))
+    files = {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*")}
+    change = rf"branch lt-sft: k: {before[0]} -> (\d+)"
+    plan = planned_statuses(smaller)
+    assert {plan[language_sft], plan[language_sft.parents[1] / "lt-sft/sft.safetensors"]} == {"done"}, plan
+    refused = re.fullmatch(rf"REFUSED: the run stops here, its results are of other settings \(--overwrite "
+                           rf"retrains it\): {change}", plan[task_sft])
+    assert refused, "the dry run says what the run does: it refuses the changed task SFT (it said done)"
+    assert re.fullmatch(rf"to retrain \(--overwrite\): its results are of other settings: {change}",
+                        planned_statuses(smaller, overwrite=True)[task_sft])
+    assert {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*")} == files, "the dry run wrote nothing"
     with pytest.raises(IdentityMismatchError, match=rf"task/indonesian/lt-sft holds results of another run: "
-                                                    rf"branch lt-sft: k: {before[0]} -> \d+"):
+                                                    rf"branch lt-sft: k: {before[0]} -> {refused[1]}\."):
         run_pipeline(smaller, log=lambda _: None)
     run_pipeline(smaller, log=lambda _: None, overwrite=True)
     after = SparseDiff.load(task_sft)
-    assert after.k == after.nnz == round(before[0] * 0.02 / 0.05)
+    assert after.k == after.nnz == round(before[0] * 0.02 / 0.05) == int(refused[1])
     assert os.stat(language_sft).st_mtime_ns == before[1], "the unchanged language SFT was kept"
+    assert set(planned_statuses(smaller).values()) == {"done"}
 
 
 def test_a_tiny_pipeline_keeps_a_quarter_of_what_it_kept_with_model_copies(tmp_path, tiny_model_dir, monkeypatch):
@@ -184,6 +196,18 @@ def test_a_run_of_other_seeds_adds_them_to_the_results_folder_of_the_same_recipe
     run_pipeline(other, log=lines.append, overwrite=True)
     assert f"dropping seeds [0, 1] of another recipe from {results} (--overwrite)" in lines
     assert {r["seed"] for r in records("results.csv")} == {"2"}
+
+
+def planned_statuses(config: PipelineConfig, overwrite: bool = False) -> dict[Path, str]:
+    """Every file ``deftx pipeline --dry-run`` names for ``config``, and what it says the run does with it."""
+    from deftx.pipeline.plan import plan_lines
+
+    statuses = {}
+    for line in plan_lines(config, overwrite=overwrite):
+        named = re.fullmatch(r".* (/\S+\.safetensors) \((.*)\)", line)
+        if named:
+            statuses[Path(named[1])] = named[2]
+    return statuses
 
 
 def planned_files(config: PipelineConfig) -> dict[Path, bool]:

@@ -91,4 +91,5 @@ def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path, capsys):
     sft.parent.mkdir(parents=True)
     sft.write_bytes(b"")
     assert main(["pipeline", str(path), "--dry-run"]) == 0
-    assert f"lt-sft: {sft} (done)" in capsys.readouterr().out
+    assert (f"lt-sft: {sft} (results there, checked when the run reaches them: model 'org/some-encoder' is not "
+            "on this machine yet)") in capsys.readouterr().out, "a file there is not a step done: its identity is"
