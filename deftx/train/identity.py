@@ -31,6 +31,7 @@ import hashlib
 import inspect
 import json
 import shutil
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -157,9 +158,43 @@ def callable_name(value: Any) -> str | None:
     return f"{target.__module__}.{target.__qualname__}"
 
 
+_VOCABULARY_DIGESTS: weakref.WeakKeyDictionary[Any, tuple[Any, str]] = weakref.WeakKeyDictionary()
+
+
+def _vocabulary_state(tokenizer: Any) -> Any:
+    """What changes when ``tokenizer``'s vocabulary is changed in place through its API: its size (added
+    tokens included) and its added tokens (``add_tokens`` / ``add_special_tokens``); None for an object
+    without ``__len__`` or ``get_added_vocab``."""
+    if not (hasattr(tokenizer, "__len__") and callable(getattr(tokenizer, "get_added_vocab", None))):
+        return None
+    return len(tokenizer), sorted(tokenizer.get_added_vocab().items())
+
+
+def vocabulary_digest(tokenizer: Any) -> str:
+    """:func:`digest` of ``tokenizer.get_vocab()``, worked out once per tokenizer object and vocabulary state.
+
+    A 250k-word vocabulary takes ~1 s to read and digest, and a pipeline records its tokenizer in the
+    identity of every step: the digest is kept beside the object (weakly) with the state it was
+    taken at (:func:`_vocabulary_state`), and taken again once that state changes. An object without
+    such a state, or that cannot be weakly referenced, is digested every time.
+    """
+    state = _vocabulary_state(tokenizer)
+    try:
+        kept = _VOCABULARY_DIGESTS.get(tokenizer) if state is not None else None
+    except TypeError:
+        state = None
+        kept = None
+    if kept is not None and kept[0] == state:
+        return kept[1]
+    value = digest(tokenizer.get_vocab())
+    if state is not None:
+        _VOCABULARY_DIGESTS[tokenizer] = (state, value)
+    return value
+
+
 def _tokenizer_settings(tokenizer: Any) -> dict[str, Any]:
     return {
-        "vocabulary": digest(tokenizer.get_vocab()),
+        "vocabulary": vocabulary_digest(tokenizer),
         "special_tokens": json.loads(json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str)),
         "padding_side": tokenizer.padding_side,
     }

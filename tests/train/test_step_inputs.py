@@ -17,7 +17,7 @@ import torch
 from transformers import DataCollatorWithPadding, TrainingArguments
 
 from deftx.ops import native
-from deftx.train.identity import IDENTITY_FILE, RUN_FORMAT, IdentityMismatchError, settings_identity
+from deftx.train.identity import IDENTITY_FILE, RUN_FORMAT, IdentityMismatchError, digest, settings_identity
 from deftx.train.language import BatchSeededCollator
 from deftx.train.masking import MLMCollator
 from deftx.train.sparse_finetuner import SparseFineTuner
@@ -156,6 +156,26 @@ def test_settings_identity_records_every_setting_and_refuses_what_it_cannot():
     looped.itself = looped
     with pytest.raises(TypeError, match="levels deep"):
         settings_identity(looped)
+
+
+def test_a_tokenizers_vocabulary_is_digested_once_until_it_changes(monkeypatch):
+    """The digest of a tokenizer's vocabulary is kept beside the object, and taken again once a token is added."""
+    tokenizer = tiny_tokenizer()
+    reads = []
+    get_vocab = tokenizer.get_vocab
+    monkeypatch.setattr(tokenizer, "get_vocab", lambda: reads.append(1) or get_vocab())
+
+    def recorded():
+        return settings_identity(tokenizer)["settings"]["vocabulary"]
+
+    first = recorded()
+    assert first == digest(get_vocab()) and recorded() == first and len(reads) == 1
+    tokenizer.add_tokens(["zebra"])
+    assert recorded() == digest(get_vocab()) != first and len(reads) == 2
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<x>"]})
+    assert recorded() == digest(get_vocab()) and len(reads) == 3
+    assert recorded() == digest(get_vocab()) and len(reads) == 3
+    assert settings_identity(tiny_tokenizer()) == settings_identity(tiny_tokenizer()), "another object, read again"
 
 
 def test_a_step_of_an_older_identity_format_is_refused_saying_so(done, tmp_path):
