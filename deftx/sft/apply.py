@@ -170,6 +170,16 @@ def remember_base_model(model: torch.nn.Module) -> None:
         config.deftx_base_model = model_id
 
 
+def prefix_forms(name: str, prefix: str) -> list[str]:
+    """The names a diff entry ``name`` may mean in a model whose body is ``prefix`` (its ``base_model_prefix``;
+    "" for none): ``name`` as given, with the prefix, without it (each once, in that order). Every entry point
+    matches diff names through it (:func:`resolve_parameter` against a model, :func:`deftx.sft.compose`
+    between diffs)."""
+    if not prefix:
+        return [name]
+    return list(dict.fromkeys([name, f"{prefix}.{name}", name.removeprefix(f"{prefix}.")]))
+
+
 def resolve_parameter(model: torch.nn.Module, params: Mapping[str, torch.Tensor], name: str) -> str:
     """The model's parameter name for a diff entry ``name``.
 
@@ -178,10 +188,7 @@ def resolve_parameter(model: torch.nn.Module, params: Mapping[str, torch.Tensor]
     and to a bare ``BertModel``), or another name of a tied parameter (``lm_head.decoder.weight``
     of an XLM-R masked LM is its word embeddings: :func:`~deftx.models.parameters.parameter_aliases`).
     """
-    prefix = getattr(model, "base_model_prefix", "") or ""
-    candidates = [name]
-    if prefix:
-        candidates += [f"{prefix}.{name}", name.removeprefix(f"{prefix}.")]
+    candidates = prefix_forms(name, getattr(model, "base_model_prefix", "") or "")
     for candidate in candidates:
         if candidate in params:
             return candidate
