@@ -82,14 +82,31 @@ def finite_float(text: str) -> float:
     return value
 
 
-def sft_scale(text: str) -> float:
-    """argparse type: the scale s of an SFT added to θ0, a finite float > 0 (s = 0 is θ0 itself, a row of its
-    own wherever scales are scored; a negative s subtracts the SFT)."""
+def scale_above_zero(text: str, zero: str) -> float:
+    """The scale s of an SFT added to θ0 in ``text``: a finite float > 0; ArgumentTypeError saying why otherwise,
+    ``zero`` for s = 0 (what 0 would mean to the command), a negative s subtracting the SFT (the library's
+    ``apply_diffs`` takes one; the commands, like the pipeline's ``language_scale``, do not)."""
     value = finite_float(text)
     if value <= 0:
-        why = "scale 0 is θ0 itself, always a row" if value == 0 else "a negative scale subtracts the SFT"
+        why = zero if value == 0 else "a negative scale subtracts the SFT"
         raise argparse.ArgumentTypeError(f"expected a scale > 0, got {text!r} ({why})")
     return value
+
+
+def sft_scale(text: str) -> float:
+    """argparse type of scored scales: :func:`scale_above_zero` (s = 0 is θ0 itself, a row of its own wherever
+    scales are scored)."""
+    return scale_above_zero(text, "scale 0 is θ0 itself, always a row")
+
+
+def language_sft_scale(text: str) -> float:
+    """argparse type of ``evaluate --scale``: :func:`scale_above_zero` (s = 0 composes no language SFT)."""
+    return scale_above_zero(text, "scale 0 composes no language SFT: leave out --lang-sft")
+
+
+def composed_sft_scale(text: str) -> float:
+    """argparse type of ``compose --scale``: :func:`scale_above_zero` (s = 0 adds nothing of its SFT)."""
+    return scale_above_zero(text, "scale 0 adds nothing of its SFT: leave that --sft out")
 
 
 def positive_float(text: str) -> float:

@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from deftx.commands._common import add_model_arguments, check_base_models, finite_float, name_base_model, path_text
+from deftx.commands._common import (
+    add_model_arguments,
+    check_base_models,
+    composed_sft_scale,
+    name_base_model,
+    path_text,
+)
 
 NAME = "compose"
 SUMMARY = "add SFTs onto a base model (fused scatter) and save the composed classifier"
@@ -83,7 +89,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="SFT (repeatable, applied together): a .safetensors file, a Hub-style folder, a composable-sft "
              "pytorch_diff.bin or folder, a peft SHiRA adapter folder, or a Hub repository id of any of those",
     )
-    parser.add_argument("--scale", action="append", type=finite_float, help="scale per --sft (default 1.0 each)")
+    parser.add_argument("--scale", action="append", type=composed_sft_scale,
+                        help="scale > 0 per --sft (default 1.0 each)")
     parser.add_argument("--output", type=path_text,
                         help="new or empty folder to write the composed model + tokenizer to")
     parser.add_argument("--overwrite", action="store_true",

@@ -12,7 +12,7 @@ from deftx.commands._common import (
     add_model_arguments,
     check_base_models,
     device_option,
-    finite_float,
+    language_sft_scale,
     name_base_model,
     path_text,
     positive_int,
@@ -365,7 +365,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="the classifier's labels in class-id order, comma-separated: needed when the labels "
                            "are names and the task SFT records none (refused when it records others)")
     data.add_argument("--target", help="name of the data's language in the table (default: --lang-sft's or the file)")
-    parser.add_argument("--scale", type=finite_float, help="language SFT scale (default 1.0; needs --lang-sft)")
+    parser.add_argument("--scale", type=language_sft_scale,
+                        help="language SFT scale > 0 (default 1.0; needs --lang-sft)")
     parser.add_argument(
         "--source",
         help=f"the task SFT's source language, named in the table and left out of the average (default: "

@@ -170,6 +170,16 @@ def remember_base_model(model: torch.nn.Module) -> None:
         config.deftx_base_model = model_id
 
 
+def prefix_forms(name: str, prefix: str) -> list[str]:
+    """The names a diff entry ``name`` may mean in a model whose body is ``prefix`` (its ``base_model_prefix``;
+    "" for none): ``name`` as given, with the prefix, without it (each once, in that order). Every entry point
+    matches diff names through it (:func:`resolve_parameter` against a model, :func:`deftx.sft.compose`
+    between diffs)."""
+    if not prefix:
+        return [name]
+    return list(dict.fromkeys([name, f"{prefix}.{name}", name.removeprefix(f"{prefix}.")]))
+
+
 def resolve_parameter(model: torch.nn.Module, params: Mapping[str, torch.Tensor], name: str) -> str:
     """The model's parameter name for a diff entry ``name``.
 
@@ -178,10 +188,7 @@ def resolve_parameter(model: torch.nn.Module, params: Mapping[str, torch.Tensor]
     and to a bare ``BertModel``), or another name of a tied parameter (``lm_head.decoder.weight``
     of an XLM-R masked LM is its word embeddings: :func:`~deftx.models.parameters.parameter_aliases`).
     """
-    prefix = getattr(model, "base_model_prefix", "") or ""
-    candidates = [name]
-    if prefix:
-        candidates += [f"{prefix}.{name}", name.removeprefix(f"{prefix}.")]
+    candidates = prefix_forms(name, getattr(model, "base_model_prefix", "") or "")
     for candidate in candidates:
         if candidate in params:
             return candidate
@@ -934,10 +941,12 @@ def applied_handle(model: torch.nn.Module, diff: SparseDiff) -> Application | No
     return None
 
 
-def _original_values(original: torch.nn.Module | Mapping[str, torch.Tensor], model_name: str,
+def _original_values(original: torch.nn.Module | Mapping[str, torch.Tensor], prefix: str, model_name: str,
                      diff_name: str) -> torch.Tensor:
+    """The original's tensor of model parameter ``model_name`` (diff name ``diff_name``), under either name with
+    or without the body's ``prefix`` (:func:`prefix_forms`): a bare body, a classifier, or their state dicts."""
     tensors = named_parameter_map(original) if isinstance(original, torch.nn.Module) else original
-    for name in (model_name, diff_name):
+    for name in dict.fromkeys([*prefix_forms(model_name, prefix), *prefix_forms(diff_name, prefix)]):
         if name in tensors:
             return tensors[name].detach()
     raise KeyError(f"revert: the original has no parameter {model_name!r} (or {diff_name!r})")
@@ -945,6 +954,8 @@ def _original_values(original: torch.nn.Module | Mapping[str, torch.Tensor], mod
 
 def _bits_differ(a: torch.Tensor, b: torch.Tensor) -> int:
     """Entries whose bits differ (so NaN payloads and signed zeros count)."""
+    if a.numel() == 0:
+        return 0
     if a.dtype != b.dtype:
         return int((a.float() != b.float()).sum())
     return int((a.contiguous().view(torch.uint8).reshape(a.numel(), -1)
@@ -956,12 +967,14 @@ def count_mismatches(
     targets: Sequence[torch.Tensor],
     indices: Sequence[torch.Tensor],
     original: torch.nn.Module | Mapping[str, torch.Tensor],
+    prefix: str = "",
 ) -> int:
-    """Entries of one diff's sparse ``targets`` (at its ``indices``) whose bits differ from ``original``'s."""
+    """Entries of one diff's sparse ``targets`` (at its ``indices``) whose bits differ from ``original``'s (its
+    names with or without the body's ``prefix``)."""
     diff_names = {model_name: diff_name for diff_name, model_name in plan.entries[0].items()}
     count = 0
     for model_name, target, idx in zip(plan.sparse, targets, indices, strict=True):
-        reference = _original_values(original, model_name, diff_names[model_name]).to(target.device)
+        reference = _original_values(original, prefix, model_name, diff_names[model_name]).to(target.device)
         count += _bits_differ(target.reshape(-1)[idx], reference.reshape(-1)[idx])
     return count
 
@@ -984,6 +997,7 @@ def subtract_diff(
     are counted; without it, dense tensors keep the diff's values (named in the warning).
     """
     (scale,) = check_scales([scale], [diff], "revert")
+    prefix = getattr(model, "base_model_prefix", "") or ""
     with model_lock(model):
         params = named_parameter_map(model)
         resolved = check_compatible(model, params, [diff], strict_dtype, check_base, action="revert")
@@ -994,8 +1008,8 @@ def subtract_diff(
             scatter_add_(targets, indices, values, [-scale], backend=backend)
             if original is not None:
                 for target_name, (_, name) in plan.dense.items():
-                    params[target_name].detach().copy_(_original_values(original, target_name, name))
-        mismatched = None if original is None else count_mismatches(plan, targets, indices[0], original)
+                    params[target_name].detach().copy_(_original_values(original, prefix, target_name, name))
+        mismatched = None if original is None else count_mismatches(plan, targets, indices[0], original, prefix)
     dense_kept = () if original is not None else tuple(sorted(plan.dense))
     report = RevertReport(exact=False, entries=diff.nnz, mismatched=mismatched, dense_kept=dense_kept)
     warnings.warn(inexact_message(diff, report), InexactRevertWarning, stacklevel=3)

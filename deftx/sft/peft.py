@@ -169,17 +169,30 @@ def _why_not_shira(model: nn.Module, name: str, diff_name: str, diff: SparseDiff
     return f"{diff.indices[diff_name].numel():,} entries in {attr} of {kind} (SHiRA holds nn.Linear weights only)"
 
 
+def _least_r(entries: int, out_features: int, in_features: int) -> int:
+    """The smallest SHiRA r whose ``r · (in + out)`` entries hold ``entries``."""
+    return max(1, math.ceil(entries / (out_features + in_features)))
+
+
 def _common_r(candidates: dict[str, tuple[int, int, int]]) -> tuple[int, dict[str, str]]:
     """The common r of the SHiRA modules and the modules that cannot take it (module -> reason).
 
-    ``candidates``: module -> (entries, out, in). r is the largest ``ceil(entries / (in + out))``;
-    a module whose ``r · (in + out)`` would exceed its ``in · out`` entries leaves, and r is
-    recomputed without it.
+    ``candidates``: module -> (entries, out, in). A module that no r fits (its least r, :func:`_least_r`,
+    already gives more than its ``in · out`` entries) leaves first: it must not set r for the others. r
+    is then the largest least r; a module whose ``r · (in + out)`` would exceed its ``in · out`` entries
+    leaves, and r is recomputed without it.
     """
-    left = dict(candidates)
+    left: dict[str, tuple[int, int, int]] = {}
     unfit: dict[str, str] = {}
+    for module, (n, o, i) in candidates.items():
+        least = _least_r(n, o, i)
+        if least * (o + i) > o * i:
+            unfit[module] = (f"weight: its {n:,} entries need r = {least}, which gives {least * (o + i):,} entries, "
+                             f"more than its {o * i:,}: no SHiRA r fits it")
+        else:
+            left[module] = (n, o, i)
     while left:
-        r = max(max(1, math.ceil(n / (o + i))) for n, o, i in left.values())
+        r = max(_least_r(n, o, i) for n, o, i in left.values())
         over = {m for m, (_, o, i) in left.items() if r * (o + i) > o * i}
         if not over:
             return r, unfit
@@ -332,12 +345,14 @@ def to_peft(
     if rest not in REST_POLICIES:
         raise PeftExportError(f"rest must be one of {REST_POLICIES}, got {rest!r}")
     plan = plan_shira(diff, model, check_base=check_base)
+    listed = "\n".join(f"  {m.module}: {'; '.join(m.reasons)}" for m in plan.whole)
     if plan.whole and rest == "error":
-        listed = "\n".join(f"  {m.module}: {'; '.join(m.reasons)}" for m in plan.whole)
         raise PeftExportError(f"a SHiRA adapter cannot hold these entries of the SFT:\n{listed}\n"
                               "pass rest='modules_to_save' to save those modules whole (exact, dense)")
     if not plan.shira:
-        raise PeftExportError("no nn.Linear weight of the model has entries in this SFT: nothing for SHiRA to hold")
+        whole = f"; saved whole there would be:\n{listed}" if plan.whole else ""
+        raise PeftExportError("no nn.Linear weight of the model has entries in this SFT that SHiRA can hold, and a "
+                              f"peft adapter needs at least one SHiRA target{whole}")
     diff_name_of = {model_name: diff_name for diff_name, model_name in plan.names.items()}
     tensors = _whole_tensors(model, diff, plan, check_base)
     for m in plan.shira:

@@ -515,3 +515,21 @@ def test_evaluate_rows_record_the_task_sfts_training_seed_else_the_seed_given(tm
         with (out / "evaluate.csv").open(newline="") as handle:
             assert {row["seed"] for row in csv.DictReader(handle)} == {seed}, name
         assert line in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("command", "scale", "why"), [
+    (["evaluate", "--task-sft", "t", "--lang-sft", "jav=l", "--data", "d.csv"], "0",
+     "scale 0 composes no language SFT: leave out --lang-sft"),
+    (["evaluate", "--task-sft", "t", "--lang-sft", "jav=l", "--data", "d.csv"], "-1.25",
+     "a negative scale subtracts the SFT"),
+    (["compose", "--sft", "a", "--scale", "1", "--sft", "b"], "0",
+     "scale 0 adds nothing of its SFT: leave that --sft out"),
+    (["compose", "--sft", "a", "--scale", "1", "--sft", "b"], "-0.5", "a negative scale subtracts the SFT"),
+])
+def test_a_scale_not_above_zero_is_refused_at_argparse_as_the_pipeline_refuses_it(capsys, command, scale, why):
+    """evaluate and compose took --scale -1.25 (subtracting the language SFT) and 0 (no language SFT, labelled as
+    composed with one) where the pipeline's language_scale and heldout-mlm --scales refuse them."""
+    with pytest.raises(SystemExit) as raised:
+        main([*command, "--scale", scale])
+    assert raised.value.code == 2
+    assert f"argument --scale: expected a scale > 0, got '{scale}' ({why})" in capsys.readouterr().err

@@ -100,6 +100,68 @@ def test_a_module_that_cannot_take_the_common_r_is_saved_whole(model):
     assert "common r = 9 would give it 288 entries, more than its 256" in plan.whole[0].reasons[0]
 
 
+def near_dense_and_sparse_diff(model) -> SparseDiff:
+    """370 of intermediate.dense's 384 entries (r = ceil(370 / 40) = 10 needs 400: no r fits it) and 3 of a
+    query's 256 (r = 1)."""
+    intermediate = "bert.encoder.layer.0.intermediate.dense.weight"
+    query = "bert.encoder.layer.1.attention.self.query.weight"
+    gen = torch.Generator().manual_seed(4)
+    picks = {intermediate: torch.randperm(384, generator=gen)[:370].sort().values, query: torch.tensor([2, 40, 255])}
+    return SparseDiff(picks, {n: torch.randn(i.numel(), generator=gen) for n, i in picks.items()},
+                      {n: ParamInfo(tuple(model.get_parameter(n).shape), torch.float32) for n in picks})
+
+
+def test_a_module_no_r_fits_does_not_push_the_others_out_of_shira(tmp_path, model):
+    """It set the common r (10), so the 3-entry query (16x16: r <= 8) left SHiRA with it: rest='error' listed the
+    query too, and rest='modules_to_save' refused the export ('nothing for SHiRA to hold')."""
+    diff = near_dense_and_sparse_diff(model)
+    with pytest.raises(PeftExportError) as caught:
+        to_peft(diff, model, tmp_path / "refused")
+    assert "intermediate.dense: weight: its 370 entries need r = 10, which gives 400 entries, more than its 384" in (
+        str(caught.value))
+    assert "query" not in str(caught.value)
+    export = to_peft(diff, model, tmp_path / "adapter", rest="modules_to_save")
+    assert export.plan.r == 1
+    assert [m.module for m in export.plan.shira] == ["bert.encoder.layer.1.attention.self.query"]
+    assert [m.module for m in export.plan.whole] == ["bert.encoder.layer.0.intermediate.dense"]
+
+
+def test_round_trip_gives_back_every_shira_entry_and_the_whole_modules_as_applied(tmp_path, model):
+    """SparseDiff -> peft -> SparseDiff: each entry of a SHiRA module back as it was (name, index, value, shape,
+    dtype); a module saved whole back as its dense tensors with the diff applied (plain torch reference)."""
+    diff = near_dense_and_sparse_diff(model)
+    to_peft(diff, model, tmp_path / "adapter", rest="modules_to_save")
+    back = SparseDiff.from_peft(tmp_path / "adapter")
+    query, intermediate = sorted(diff.indices, key=lambda n: "query" not in n)
+    assert list(back.indices) == [query]
+    assert_bitwise_equal(back.indices[query], diff.indices[query], what="indices")
+    assert_bitwise_equal(back.values[query], diff.values[query], what="values")
+    assert back.params[query] == diff.params[query]
+    weight = model.get_parameter(intermediate).detach().clone().reshape(-1)
+    weight[diff.indices[intermediate]] += diff.values[intermediate]
+    bias = intermediate.replace(".weight", ".bias")
+    assert sorted(back.dense) == [bias, intermediate]
+    assert_bitwise_equal(back.dense[intermediate], weight.view(24, 16), what="whole weight")
+    assert_bitwise_equal(back.dense[bias], model.get_parameter(bias).detach(), what="whole bias")
+
+
+def test_a_module_no_r_fits_exports_with_equal_logits(tmp_path, peft, model):
+    diff = near_dense_and_sparse_diff(model)
+    to_peft(diff, model, tmp_path / "adapter", rest="modules_to_save")
+    ids = token_ids()
+    expected = deftx_logits(model, diff, ids)
+    assert_bitwise_equal(peft_logits(peft, model, tmp_path / "adapter", ids, merged=False), expected, what="unmerged")
+    assert_bitwise_equal(peft_logits(peft, model, tmp_path / "adapter", ids, merged=True), expected, what="merged")
+
+
+def test_an_sft_with_no_linear_entry_shira_can_hold_is_refused_saying_so(tmp_path, model):
+    diff = SparseDiff({"classifier.weight": torch.arange(40)}, {"classifier.weight": torch.ones(40)},
+                      {"classifier.weight": ParamInfo((3, 16), torch.float32)})
+    with pytest.raises(PeftExportError, match=r"no nn\.Linear weight of the model has entries in this SFT that SHiRA "
+                                              r"can hold.*\n  classifier: weight: its 40 entries need r = 3"):
+        to_peft(diff, model, tmp_path / "adapter", rest="modules_to_save")
+
+
 def test_linear_only_sft_gives_equal_logits_merged_and_unmerged(tmp_path, peft, model):
     diff = random_diff(model, 300, body=is_linear_weight)
     to_peft(diff, model, tmp_path / "adapter")

@@ -130,3 +130,24 @@ def test_exact_false_reverts_exactly_when_the_originals_are_saved(model):
         report = diff.revert(model, exact=False)
     assert report.exact
     assert_model_equals(model, theta0)
+
+
+@pytest.mark.parametrize("form", ["bare body", "bare body's state dict", "own state dict"])
+def test_inexact_revert_takes_the_original_with_or_without_the_body_prefix(model, form):
+    """The original as a BertModel (names without ``bert.``) was a KeyError; a diff with no entry in some parameter
+    (an empty index tensor) crashed the mismatch count (reshape of 0 elements)."""
+    from transformers import BertModel
+
+    theta0 = snapshot(model)
+    diff = random_sft(model, 200, scale=0.3)
+    assert any(idx.numel() == 0 for idx in diff.indices.values())
+    body = BertModel(model.config, add_pooling_layer=True).eval()
+    body.load_state_dict(model.bert.state_dict())
+    original = {"bare body": body, "bare body's state dict": body.state_dict(),
+                "own state dict": model.state_dict()}[form]
+    fresh, state = merged_elsewhere(model, diff)
+    fresh.load_state_dict(state)
+    with pytest.warns(InexactRevertWarning):
+        report = diff.revert(fresh, exact=False, original=original)
+    assert report.mismatched == differing_entries(fresh, theta0)
+    assert 0 < report.mismatched < 200
