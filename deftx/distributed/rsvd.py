@@ -35,7 +35,13 @@ from torch.distributed.tensor import DTensor, Replicate
 
 from deftx.distributed import comm
 from deftx.distributed.topk import mesh_of
-from deftx.ops.denoise import INITIAL_ENERGY_SKETCH, energy_rank, gaussian_sketch, lowrank_factors
+from deftx.ops.denoise import (
+    INITIAL_ENERGY_SKETCH,
+    energy_rank,
+    energy_sketch_width,
+    gaussian_sketch,
+    lowrank_factors,
+)
 from deftx.ops.validation import check_float_dtype
 from deftx.train.config import DenoiseConfig
 
@@ -188,10 +194,11 @@ def lowrank_factors_sharded(
     while True:
         u, s, vh = randomized_svd_sharded(matrix, base, gaussian_sketch(n, q, seed, device), n_iter)
         r = energy_rank(s, total, energy)
-        if r is not None or q == full:
+        wider = energy_sketch_width(r, q, full, oversample)
+        if wider is None:
             r = q if r is None else r
             return u[:, :r], s[:r], vh[:r]
-        q = min(2 * q, full)
+        q = wider
 
 
 def matrix_scores_sharded(

@@ -26,9 +26,11 @@ the device once (pinned, ``non_blocking``: no host sync) and shared by every mat
 those widths.
 
 Rank policy: a fixed ``rank``, or ``energy``: the smallest rank whose singular values
-hold that fraction of ``||Δ||_F^2`` (the randomized path widens its sketch, doubling q,
-for the matrices whose captured energy falls short, until it reaches the target or the
-sketch covers the full spectrum). Host syncs per call, none per matrix: one for the
+hold that fraction of ``||Δ||_F^2``. The randomized path starts from a sketch of
+``INITIAL_ENERGY_SKETCH`` columns and widens it (:func:`energy_sketch_width`: at least doubling
+q) for the matrices whose captured energy falls short or whose rank r leaves fewer than
+``oversample`` spare columns, until ``r + oversample <= q`` or the sketch covers the full
+spectrum: the kept components have the oversampling a fixed rank gets. Host syncs per call, none per matrix: one for the
 energies ``||Δ||_F²`` of all groups (per device), when the energy policy or a reported energy
 needs them (the magnitudes of a fixed rank do not: that pass over every pair is skipped); with
 a fixed rank, one for the energies the kept components hold, read after every group is
@@ -120,6 +122,16 @@ def held_fractions(captured: Sequence[Sequence[float]], totals: Sequence[float],
     """Per row j of a :func:`captured_energy` table: ``captured[j][ranks[j]] / totals[j]`` (1.0
     where the total is 0)."""
     return [1.0 if total <= 0.0 else row[r] / total for row, total, r in zip(captured, totals, ranks, strict=True)]
+
+
+def energy_sketch_width(rank: int | None, q: int, full: int, oversample: int) -> int | None:
+    """The next sketch width of the energy policy for a matrix whose width-``q`` sketch found
+    ``rank`` (None: its captured energy fell short), or None when the matrix is settled: ``rank``
+    with ``oversample`` spare columns (``rank + oversample <= q``), or ``q >= full`` (the sketch
+    spans the whole spectrum). A wider sketch is ``max(2 q, rank + oversample)``, at most ``full``."""
+    if q >= full or (rank is not None and rank + oversample <= q):
+        return None
+    return min(max(2 * q, (rank or 0) + oversample), full)
 
 
 def energy_rank(singular_values: torch.Tensor, total_energy: float, energy: float) -> int | None:
@@ -334,7 +346,8 @@ def _energy_group(
     settings: _Settings,
     report: bool,
 ) -> list[LowRankFactors]:
-    """Energy policy for a group: widen the sketch (q doubling) only for the members still short."""
+    """Energy policy for a group: widen the sketch (:func:`energy_sketch_width`) only for the members
+    still short of the target or of ``oversample`` spare columns."""
     full = min(w1s[0].shape)
     q = min(INITIAL_ENERGY_SKETCH, full)
     results: list[LowRankFactors | None] = [None] * len(w1s)
@@ -346,13 +359,14 @@ def _energy_group(
         captured = captured_energy(s)
         group_totals = [totals[j] for j in pending]
         found = energy_ranks(captured, group_totals, settings.energy)
-        short = {j for j, rank in zip(pending, found, strict=True) if rank is None and q < full}
+        wider = {j: width for j, rank in zip(pending, found, strict=True)
+                 if (width := energy_sketch_width(rank, q, full, settings.oversample)) is not None}
         ranks = [q if rank is None else rank for rank in found]
         held = held_fractions(captured, group_totals, ranks) if report else [None] * len(pending)
         for row, (j, rank) in enumerate(zip(pending, ranks, strict=True)):
-            if j not in short:
+            if j not in wider:
                 results[j] = LowRankFactors(u[row, :, :rank], s[row, :rank], vh[row, :rank], held[row])
-        pending, q = sorted(short), min(2 * q, full)
+        pending, q = sorted(wider), max(wider.values(), default=q)
     return results
 
 

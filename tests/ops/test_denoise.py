@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from deftx.ops import denoised_magnitudes, lowrank_denoise
-from deftx.ops.denoise import energy_rank
+from deftx.ops.denoise import energy_rank, energy_sketch_width
 from tests.helpers import assert_close, tolerance
 from tests.ops.conftest import cpu_backends
 
@@ -48,6 +48,38 @@ def test_recovers_an_exactly_low_rank_difference():
     base = torch.randn(48, 33)
     got = lowrank_denoise(base + signal.float(), 2, base=base, seed=5)
     assert_close(got, signal, rtol=0, atol=float(signal.abs().max()) * 1e-4, what="rank-2 recovery")
+
+
+def slowly_decaying(m, n, decay, seed):
+    """(m, n) float64 Δ with singular values ``decay**i`` and random singular vectors."""
+    gen = torch.Generator().manual_seed(seed)
+    u = torch.linalg.qr(torch.randn(m, min(m, n), generator=gen, dtype=torch.float64)).Q
+    v = torch.linalg.qr(torch.randn(n, min(m, n), generator=gen, dtype=torch.float64)).Q
+    return (u * decay ** torch.arange(min(m, n), dtype=torch.float64)) @ v.T
+
+
+@pytest.mark.parametrize(
+    ("rank", "q", "oversample", "width"),
+    [(53, 64, 8, None), (56, 64, 8, None), (57, 64, 8, 96), (30, 32, 8, 64), (53, 64, 16, 96), (None, 64, 8, 96),
+     (None, 96, 8, None), (90, 96, 8, None), (0, 64, 8, None), (30, 32, 40, 70)],
+)
+def test_energy_sketch_width_keeps_oversample_spare_columns(rank, q, oversample, width):
+    """Settled when the rank leaves ``oversample`` columns of a width-q sketch (or q is the full 96),
+    else at least doubled, at least rank + oversample, at most 96."""
+    assert energy_sketch_width(rank, q, 96, oversample) == width
+
+
+def test_randomized_energy_policy_oversamples_the_rank_it_keeps():
+    """The 90%-energy rank of a slowly decaying 96 x 128 Δ is 53: a 64-column sketch holds it but
+    leaves 11 spare columns, fewer than oversample=16, so the sketch widens (to the full 96) and the
+    components kept are the exact SVD's. (It kept the 64-column sketch's rank 54, 11% off the exact
+    reconstruction, whatever the oversample.)"""
+    delta = slowly_decaying(96, 128, 0.98, seed=4).float()
+    want, _, s_want, _ = lowrank_denoise(delta, energy=0.9, method="exact", return_factors=True)
+    got, _, s_got, _ = lowrank_denoise(delta, energy=0.9, oversample=16, n_iter=2, return_factors=True)
+    assert s_want.numel() == s_got.numel() == 53
+    error = float(torch.linalg.matrix_norm(got - want) / torch.linalg.matrix_norm(want))
+    assert error < 1e-4, f"relative error {error:.2e} of the randomized energy-0.9 reconstruction"
 
 
 def test_energy_rank_hand_computed():

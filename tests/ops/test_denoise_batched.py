@@ -48,7 +48,8 @@ def pair(delta: torch.Tensor, dtype: torch.dtype, seed: int, with_base: bool = T
 
 def reference_path(w1, w0, *, rank=None, energy=None, oversample=8, seed=0):
     """Today's per-matrix path in float64: a seeded Ω (n, q) for each matrix, the contract's
-    sequence, and under the energy policy the sketch doubled from 64 until it holds the target.
+    sequence, and under the energy policy the sketch widened from 64 (at least doubled) until it
+    holds the target with ``oversample`` spare columns, or spans the full spectrum.
 
     Returns (|U_r S_r Vh_r| float64, r, fraction of ||Δ||² held, σ₁).
     """
@@ -75,10 +76,11 @@ def reference_path(w1, w0, *, rank=None, energy=None, oversample=8, seed=0):
         while True:
             u, s, vh = factors(q)
             reached = (torch.cumsum(s**2, 0) >= energy * total).nonzero()
-            if reached.numel() or q == full:
-                r = int(reached[0]) + 1 if reached.numel() else q
+            r = int(reached[0]) + 1 if reached.numel() else None
+            if q == full or (r is not None and r + oversample <= q):
+                r = q if r is None else r
                 break
-            q = min(2 * q, full)
+            q = min(max(2 * q, (r or 0) + oversample), full)
     held = float((s[:r] ** 2).sum()) / total if total > 0 else 1.0
     return ((u[:, :r] * s[:r]) @ vh[:r]).abs(), r, held, float(s[0]) if s.numel() else 0.0
 
