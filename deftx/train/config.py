@@ -88,7 +88,8 @@ class DenoiseConfig:
             (:data:`DEFAULT_ENERGY` when neither energy nor rank is given).
         rank: or keep this many components in every matrix (one uniform rank, >= 1: at rank 0 every
             denoised score is 0, and the selection in those matrices falls to the first entries by
-            position).
+            position). It, ``oversample``, ``n_iter`` and ``seed`` may be given as integral floats
+            (``8.0``) and are stored as ints.
         method: ``"randomized"`` (sketched SVD) or ``"exact"`` (``torch.linalg.svd``).
         groups: which parameter groups' matrices are denoised; other matrices and every
             1-D parameter are ranked by their raw ``|Δ|``.
@@ -134,6 +135,9 @@ class DenoiseConfig:
             if not is_count(getattr(self, name), minimum):
                 raise ValueError(f"DenoiseConfig: {name} must be an integer >= {minimum}, got "
                                  f"{short_repr(getattr(self, name))}")
+        for name in ("rank", "oversample", "n_iter", "seed"):
+            if getattr(self, name) is not None:
+                setattr(self, name, int(getattr(self, name)))
 
     def lowrank(self) -> LowRankSettings:
         """The ops' settings of this denoising (fp32 products, the ops' default precision)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from deftx.train.config import (
     DEFAULT_ENERGY,
@@ -14,6 +15,7 @@ from deftx.train.config import (
     task_sft_config,
     to_plain,
 )
+from deftx.train.denoise import denoised_scores
 
 
 @pytest.mark.parametrize("k, eligible, expected", [
@@ -56,6 +58,18 @@ def test_denoise_defaults_to_energy_and_accepts_uniform_rank():
     assert DenoiseConfig().energy == DEFAULT_ENERGY == 0.9
     uniform = DenoiseConfig(rank=8)
     assert uniform.rank == 8 and uniform.energy is None
+
+
+def test_denoise_config_stores_integral_floats_as_the_ints_the_ops_take():
+    """rank 2.0 (as a YAML or JSON config may write it) scores as rank 2, where the op refused the float
+    after phase 1 (and a float n_iter or seed failed inside torch)."""
+    theta0 = torch.randn(6, 5, generator=torch.Generator().manual_seed(0))
+    theta1 = theta0 + torch.randn(6, 5, generator=torch.Generator().manual_seed(1))
+    config = DenoiseConfig(rank=2.0, oversample=3.0, n_iter=1.0, seed=4.0)
+    assert [type(getattr(config, name)) for name in ("rank", "oversample", "n_iter", "seed")] == [int] * 4
+    score, rank, _ = denoised_scores(theta1, theta0, config)
+    want, _, _ = denoised_scores(theta1, theta0, DenoiseConfig(rank=2, oversample=3, n_iter=1, seed=4))
+    assert rank == 2 and torch.equal(score, want)
 
 
 @pytest.mark.parametrize("kwargs, match", [
