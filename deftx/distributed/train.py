@@ -178,6 +178,25 @@ def as_row_shards(tensor: torch.Tensor, mesh: DeviceMesh) -> DTensor:
     return distribute_tensor(tensor.detach(), mesh, [Shard(0)], src_data_rank=None)
 
 
+def refuse_diverged(theta1: Mapping[str, torch.Tensor], group: dist.ProcessGroup) -> None:
+    """Raise on every rank when any rank's θ1 (its FSDP2 shards, or DDP's replicas) holds a NaN or Inf,
+    as :class:`~deftx.train.sparse_finetuner.SparseFineTuner` refuses a diverged phase 1: the
+    selection would rank an Inf difference first. One all-reduce of a count per parameter.
+
+    Raises:
+        ValueError: naming the first parameter, in ``theta1``'s order, that holds one on some rank.
+    """
+    names = list(theta1)
+    local = [params.local_tensor(theta1[name]) for name in names]
+    device = local[0].device if local else torch.device("cpu")
+    counts = torch.tensor([int((~torch.isfinite(t)).sum()) for t in local], dtype=torch.int64, device=device)
+    counts = comm.all_reduce_sum(counts, group, "phase 1 NaN/Inf check")
+    for name, count in zip(names, counts.tolist(), strict=True):
+        if count:
+            raise ValueError(f"phase 1 diverged: parameter {name!r} holds NaN/Inf value(s) after full fine-tuning "
+                             "(lower the learning rate)")
+
+
 def selection_scores(
     theta1: Mapping[str, torch.Tensor],
     theta0: Mapping[str, torch.Tensor],
@@ -330,6 +349,7 @@ def run_sparse_finetuning(
     result.losses["full"] = train_phase(model, optimizer, batch_for_step, settings, settings.full.steps, pull.apply_)
     del optimizer
     theta1 = snapshot(model, trained)
+    refuse_diverged(theta1, mesh.get_group())
     result.seconds["full"] = time.perf_counter() - start
 
     start = time.perf_counter()

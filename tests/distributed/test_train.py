@@ -17,8 +17,10 @@ from transformers import BertForSequenceClassification
 
 from deftx.distributed.train import (
     SFTSettings,
+    as_row_shards,
     full_selection,
     full_state,
+    refuse_diverged,
     run_sparse_finetuning,
     snapshot,
     unwrap,
@@ -187,3 +189,33 @@ def test_deft_x_selection_is_exact_top_k_of_scores_close_to_single_process(train
         delta = torch.linalg.vector_norm(run["theta1"][name].float() - run["theta0"][name].float())
         error = torch.linalg.vector_norm(sharded[name] - single[name])
         assert float(error) <= 1e-4 * max(float(delta), 1e-30), f"{name}: scores differ by {float(error):.3e}"
+
+
+def diverged_worker(rank: int, world: int) -> dict[str, str | None]:
+    """:func:`refuse_diverged` of a clean θ1, and of one whose Inf lies in the last rank's row block of
+    a Shard(0) DTensor only: what each rank raised."""
+    from torch.distributed.tensor import init_device_mesh
+
+    mesh = init_device_mesh("cpu", (world,))
+    weight = torch.zeros(2 * world, 3)
+    bias = torch.zeros(3)
+    out: dict[str, str | None] = {}
+    for case in ("clean", "inf"):
+        if case == "inf":
+            weight[-1, 2] = float("inf")
+        theta1 = {"encoder.bias": bias, "encoder.weight": as_row_shards(weight, mesh)}
+        try:
+            refuse_diverged(theta1, mesh.get_group())
+            out[case] = None
+        except ValueError as err:
+            out[case] = str(err)
+    return out
+
+
+def test_a_diverged_phase_one_is_refused_on_every_rank(tmp_path):
+    """An Inf in θ1 held by one rank's shard stops every rank, naming the parameter, where the sharded
+    selection ranked the Inf difference first and the run went on."""
+    results = run_world(diverged_worker, 2, tmp_path)
+    for result in results:
+        assert result["clean"] is None
+        assert result["inf"] is not None and "phase 1 diverged: parameter 'encoder.weight'" in result["inf"]
