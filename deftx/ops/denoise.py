@@ -60,6 +60,11 @@ from deftx.ops.settings import LowRankSettings
 from deftx.ops.validation import check_finite, check_float_dtype, check_not_meta
 
 INITIAL_ENERGY_SKETCH = 64
+ENERGY_SKETCH_RULE = 2
+"""Version of the randomized energy policy's sketch widths (:func:`energy_sketch_width`), recorded in the
+identity of a step it denoised: 1, q doubled only until the sketch held the energy target (the kept
+rank could fill the sketch, with no oversampling); 2, until the kept rank also leaves ``oversample``
+spare columns."""
 METHODS: tuple[str, ...] = ("randomized", "exact")
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "tf32x3")
 FP32_ONLY_PRECISIONS: frozenset[str] = frozenset({"tf32x3"})

@@ -66,6 +66,7 @@ from torch import nn
 from transformers import Trainer, TrainerCallback
 
 from deftx.models.parameters import body_prefix, named_parameter_map
+from deftx.ops.denoise import ENERGY_SKETCH_RULE
 from deftx.ops.dispatch import resolve
 from deftx.sft import SparseDiff, base_model_id
 from deftx.sft.format import FORMAT_VERSION as SFT_FORMAT_VERSION
@@ -136,6 +137,8 @@ CHANGE_NOTES = {
     "data.train": "other training examples",
     "data.eval": "other evaluation examples",
     "format.run": "written by an older deftx, whose identities recorded less: --overwrite retrains it",
+    "selection.energy_sketch": "selected by an older deftx, whose randomized SVD kept an energy rank with no "
+                               "spare sketch columns: --overwrite redoes the branch",
     **{f"backends.{op}": "another deftx.ops backend ($DEFTX_BACKEND, the native build, the device): backends "
        "agree to rounding, not bit for bit" for op in ("rsvd", "topk", "masked_step")},
 }
@@ -146,6 +149,16 @@ def explained(line: str) -> str:
     """A change line (``"field: old -> new"``) with what the field's change means, where that needs saying."""
     field_name = line.split(":", 1)[0]
     return f"{line} ({CHANGE_NOTES[field_name]})" if field_name in CHANGE_NOTES else line
+
+
+def selection_identity(denoise: DenoiseConfig | None) -> dict[str, Any] | None:
+    """What a branch's selection records: its denoising settings (None for LT-SFT), and for the
+    randomized SVD's energy policy the version of its sketch widths (:data:`ENERGY_SKETCH_RULE`), whose
+    change changed the ranks it keeps."""
+    settings = to_plain(denoise)
+    if denoise is not None and denoise.method == "randomized" and denoise.energy is not None:
+        settings["energy_sketch"] = ENERGY_SKETCH_RULE
+    return settings
 
 
 class PhaseLogger(TrainerCallback):
@@ -405,7 +418,7 @@ class SparseFineTuner:
             "branch": branch,
             "k": self.k,
             "sparse": to_plain(self.config.sparse),
-            "selection": to_plain(denoise),
+            "selection": selection_identity(denoise),
             "backends": self.op_backends(denoise),
             "ship_head": self.config.ship_head,
             "base_model": self.base_model,

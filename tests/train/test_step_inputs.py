@@ -17,10 +17,19 @@ import torch
 from transformers import DataCollatorWithPadding, TrainingArguments
 
 from deftx.ops import native
-from deftx.train.identity import IDENTITY_FILE, RUN_FORMAT, IdentityMismatchError, digest, settings_identity
+from deftx.ops.denoise import ENERGY_SKETCH_RULE
+from deftx.train.config import DenoiseConfig, to_plain
+from deftx.train.identity import (
+    IDENTITY_FILE,
+    RUN_FORMAT,
+    IdentityMismatchError,
+    describe_changes,
+    digest,
+    settings_identity,
+)
 from deftx.train.language import BatchSeededCollator
 from deftx.train.masking import MLMCollator
-from deftx.train.sparse_finetuner import SparseFineTuner
+from deftx.train.sparse_finetuner import SparseFineTuner, explained
 from tests.models.conftest import tiny_tokenizer
 from tests.train.conftest import tiny_model, tiny_trainer
 from tests.train.test_run_identity import run_config
@@ -203,3 +212,19 @@ def test_a_branch_records_its_ops_backends_and_is_redone_on_others(done, tmp_pat
     assert not any(line.startswith("phase 1") for line in lines), "phase 1 runs on no deftx.ops op"
     assert "sparse:lt-sft" in step(tmp_path, overwrite=True).fit().seconds
     assert step(tmp_path).fit().seconds == {}
+
+
+def test_a_randomized_energy_selection_records_its_sketch_rule_and_an_older_one_is_named(done):
+    """The energy policy's sketch widths changed what randomized DeFT-X keeps (ENERGY_SKETCH_RULE 2): its
+    branches record the rule, so an older branch is redone with --overwrite, not reused; other selections
+    record what they did."""
+    tuner = step(done)
+    energy = tuner.branch_identity("d", DenoiseConfig(energy=0.9), {})["selection"]
+    assert energy == {**to_plain(DenoiseConfig(energy=0.9)), "energy_sketch": ENERGY_SKETCH_RULE}
+    for other in (DenoiseConfig(rank=4), DenoiseConfig(energy=0.9, method="exact"), None):
+        assert tuner.branch_identity("d", other, {})["selection"] == to_plain(other)
+    older = {**energy}
+    del older["energy_sketch"]
+    lines = [explained(line) for line in describe_changes({"selection": older}, {"selection": energy})]
+    assert lines == [f"selection.energy_sketch: added ({ENERGY_SKETCH_RULE}) (selected by an older deftx, whose "
+                     "randomized SVD kept an energy rank with no spare sketch columns: --overwrite redoes the branch)"]
