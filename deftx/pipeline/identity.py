@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from deftx.ops.denoise import ENERGY_SKETCH_RULE
 from deftx.pipeline.config import RUN_ONLY_SETTINGS, PipelineConfig
 from deftx.pipeline.workspace import requested_device
 from deftx.train.config import to_plain
@@ -22,6 +23,27 @@ those results were made with: at that value a setting is left out of the identit
 recording a new setting does not orphan the results already committed (their hashes stay valid)."""
 
 
+RULES = "rules"
+"""The key of :func:`run_identity` under which :func:`method_rules` are recorded."""
+
+
+RULE_NOTES = {
+    f"{RULES}.energy_sketch": "the randomized SVD's energy policy keeps spare sketch columns since "
+                              "ENERGY_SKETCH_RULE 2: DeFT-X rows of before are not mixed with those of after",
+}
+"""What a change of a method rule means, added to the line naming it."""
+
+
+def method_rules(config: PipelineConfig) -> dict[str, int]:
+    """Versions of deftx's own rules that changed what ``config``'s methods select, for the rules its
+    methods use: ``energy_sketch`` (:data:`~deftx.ops.denoise.ENERGY_SKETCH_RULE`) when a method denoises
+    with the randomized SVD's energy policy. Results of an older rule recorded none, so their recipe
+    differs from a run's under the rule now and the two are never mixed in one table."""
+    randomized_energy = any(denoise is not None and denoise.method == "randomized" and denoise.energy is not None
+                            for denoise in config.methods.values())
+    return {"energy_sketch": ENERGY_SKETCH_RULE} if randomized_energy else {}
+
+
 def run_identity(config: PipelineConfig) -> dict[str, Any]:
     """Everything in ``config`` that can change a result (not its name, paths, seeds, checkpoint /
     logging intervals or progress bars), JSON-ready: what a variant folder records.
@@ -29,7 +51,8 @@ def run_identity(config: PipelineConfig) -> dict[str, Any]:
     The device is the one the config asks for here (:func:`~deftx.pipeline.workspace.requested_device`:
     ``auto`` is no device), so results of another device are never mixed in. A setting in
     :data:`LATER_SETTINGS` at the value every earlier result had is left out (the CPU, no extra
-    Trainer arguments, AmericasNLP train+dev text).
+    Trainer arguments, AmericasNLP train+dev text). The :func:`method_rules` its methods use are
+    recorded under :data:`RULES`.
     """
     plain = to_plain(config)
     for key in NOT_RESULTS:
@@ -44,6 +67,9 @@ def run_identity(config: PipelineConfig) -> dict[str, Any]:
             node = node[part]
         if node[leaf] == earlier:
             del node[leaf]
+    rules = method_rules(config)
+    if rules:
+        identity[RULES] = rules
     return identity
 
 
@@ -51,3 +77,4 @@ def recipe_hash(config: PipelineConfig) -> str:
     """The digest of :func:`run_identity`, shortened: an ablation variant's folder and rows, and every
     ``results.csv`` row of a pipeline run, carry it."""
     return digest(run_identity(config))[:SHORT_DIGEST]
+

@@ -36,7 +36,7 @@ from deftx.pipeline.config import (
 )
 from deftx.pipeline.head import head_report_line
 from deftx.pipeline.heldout import CORPUS_NAMES, HELDOUT_CSV, has_heldout_text, left_out_splits
-from deftx.pipeline.identity import recipe_hash, run_identity
+from deftx.pipeline.identity import RULE_NOTES, RULES, method_rules, recipe_hash, run_identity
 from deftx.pipeline.layout import SeedLayout
 from deftx.pipeline.workspace import Workspace
 from deftx.train.checkpoint import LOG
@@ -96,10 +96,26 @@ def recipe_changes(config: PipelineConfig, recorded: Path) -> list[str]:
     if not recorded.is_file():
         return [f"no {recorded.name} records their recipe"]
     try:
-        earlier = parse_config(json.loads(recorded.read_text()), str(recorded))
+        values = json.loads(recorded.read_text())
+        rules = values.pop(RULES, {}) if isinstance(values, dict) else {}
+        earlier = parse_config(values, str(recorded))
     except (OSError, ValueError, RecursionError) as err:
         return [f"{recorded.name} cannot be read as a config of this version ({err})"]
-    return describe_changes(normalised(run_identity(earlier)), normalised(run_identity(config)))
+    changes = describe_changes(normalised(with_rules(run_identity(earlier), rules)), normalised(run_identity(config)))
+    return [_with_rule_note(line) for line in changes]
+
+
+def _with_rule_note(line: str) -> str:
+    """A change line with what its method rule's change means (:data:`~deftx.pipeline.identity.RULE_NOTES`)."""
+    note = RULE_NOTES.get(line.split(":", 1)[0])
+    return f"{line} ({note})" if note else line
+
+
+def with_rules(identity: dict[str, Any], rules: Mapping[str, Any]) -> dict[str, Any]:
+    """``identity`` (:func:`~deftx.pipeline.identity.run_identity`) with the method rules a results folder
+    recorded (none when it recorded none: it was written before deftx recorded them) in place of today's."""
+    identity = {key: value for key, value in identity.items() if key != RULES}
+    return {**identity, RULES: dict(rules)} if rules else identity
 
 
 def rows_recipe_changes(config: PipelineConfig, results_dir: Path, rows: Sequence[Mapping[str, str]]) -> list[str]:
@@ -308,7 +324,9 @@ def write_outputs(ws: Workspace, rows: list[EvalRow], wall_seconds: float, comma
     recipe = recipe_hash(ws.config)
     plain = [{**row.as_dict(), RECIPE: recipe} for row in rows]
     write_csv(plain, out / RESULTS_CSV)
-    recorded = {**to_plain(ws.config), "seeds": sorted({row.seed for row in rows}), "device": ws.device}
+    rules = method_rules(ws.config)
+    recorded = {**to_plain(ws.config), "seeds": sorted({row.seed for row in rows}), "device": ws.device,
+                **({RULES: rules} if rules else {})}
     atomic_write_bytes(out / CONFIG_JSON, (json.dumps(recorded, indent=2) + "\n").encode())
     summary = summarize(plain, exclude_from_average=ws.config.sources)
     write_csv(summary, out / "summary.csv")

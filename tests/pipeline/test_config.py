@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -287,12 +288,41 @@ def test_a_recorded_config_parses_back_to_the_same_config():
 
 
 @pytest.mark.parametrize("name", ["nusax-e5-small-final", "nusax-e5-small-1seed", "americasnli-e5-small"])
-def test_committed_results_record_their_config_s_recipe(name, monkeypatch):
-    """A run of more seeds of these configs adds them to the committed table (same recipe)."""
+def test_committed_results_record_their_config_s_recipe_under_the_rules_of_their_time(name, monkeypatch):
+    """Their config.json is the config's recipe, made before the randomized SVD's energy rule kept spare
+    sketch columns: a run of more seeds of these configs is refused, naming the rule, not added to them."""
     import torch
 
+    from deftx.ops.denoise import ENERGY_SKETCH_RULE
     from deftx.pipeline.outputs import recipe_changes
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # their "auto" meant the CPU
     config = load_config(REPO / "configs" / f"{name}.yaml")
-    assert recipe_changes(config, REPO / config.results_dir / "config.json") == []
+    changes = recipe_changes(config, REPO / config.results_dir / "config.json")
+    assert len(changes) == 1 and changes[0].startswith(f"rules.energy_sketch: added ({ENERGY_SKETCH_RULE}) (")
+    assert "DeFT-X rows of before are not mixed" in changes[0]
+
+
+@pytest.mark.parametrize(("methods", "rules"), [
+    ({"lt-sft": None, "deft-x": {"energy": 0.9}}, True),
+    ({"lt-sft": None, "deft-x": {"energy": 0.9, "method": "exact"}, "r8": {"rank": 8}}, False),
+    ({"lt-sft": None}, False),
+])
+def test_a_results_folder_records_the_method_rules_its_rows_were_made_under(tmp_path, methods, rules):
+    from deftx.ops.denoise import ENERGY_SKETCH_RULE
+    from deftx.pipeline.identity import method_rules, run_identity
+    from deftx.pipeline.outputs import recipe_changes
+
+    config = parse_config({**to_plain(load_config(REPO / "configs" / "nusax-e5-small-final.yaml")), "methods": methods,
+                           "device": "cpu"})
+    assert method_rules(config) == ({"energy_sketch": ENERGY_SKETCH_RULE} if rules else {})
+    assert ("rules" in run_identity(config)) == rules
+    recorded = tmp_path / "config.json"
+    plain = to_plain(config)
+    recorded.write_text(json.dumps({**plain, **({"rules": method_rules(config)} if rules else {})}))
+    assert recipe_changes(config, recorded) == []
+    recorded.write_text(json.dumps(plain))
+    assert bool(recipe_changes(config, recorded)) == rules, "a folder of before the rules holds other rows"
+    recorded.write_text(json.dumps({**plain, "rules": {"energy_sketch": 1}}))
+    assert [line.split(" (")[0] for line in recipe_changes(config, recorded)] == (
+        [f"rules.energy_sketch: 1 -> {ENERGY_SKETCH_RULE}"] if rules else ["rules.energy_sketch: removed"])
