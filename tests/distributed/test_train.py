@@ -5,14 +5,16 @@ selection on the same θ1 (LT-SFT: exactly; DeFT-X: the sharded scores are withi
 rSVD tolerance of the single-process scores, the selection is exactly the top-k of those
 scores and overlaps the single-process one almost entirely); phase 3 moves only the
 selected entries; the saved SparseDiff equals ``SparseDiff.from_states`` on the gathered
-states.
+states. On 3 ranks, a mesh listing its ranks out of order (``DeviceMesh("cpu", [2, 0, 1])``) gives
+DDP's run the ordered mesh's selection and SparseDiff, and FSDP2 refuses it on every rank.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-from torch.distributed.tensor import DTensor
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.tensor import DTensor, init_device_mesh
 from transformers import BertForSequenceClassification
 
 from deftx.distributed.train import (
@@ -187,3 +189,48 @@ def test_deft_x_selection_is_exact_top_k_of_scores_close_to_single_process(train
         delta = torch.linalg.vector_norm(run["theta1"][name].float() - run["theta0"][name].float())
         error = torch.linalg.vector_norm(sharded[name] - single[name])
         assert float(error) <= 1e-4 * max(float(delta), 1e-30), f"{name}: scores differ by {float(error):.3e}"
+
+
+PERMUTED_RANKS = [2, 0, 1]
+
+
+def permuted_mesh_worker(rank: int, world: int) -> dict:
+    """LT-SFT with DDP on the ordered mesh and on ``PERMUTED_RANKS``, then FSDP2 on the latter (its error)."""
+    phase = PhaseConfig(steps=2, learning_rate=1e-2)
+    settings = SFTSettings(k=K, full=phase, sparse=phase)
+    meshes = {"ordered": init_device_mesh("cpu", (world,)), "permuted": DeviceMesh("cpu", PERMUTED_RANKS)}
+    out = {}
+    for key, mesh in meshes.items():
+        _, result = run_sparse_finetuning(tiny_bert(), "ddp", settings, batch_for(rank, world), mesh)
+        out[key] = {"selection": result.selection, "diff": result.diff}
+    try:
+        run_sparse_finetuning(tiny_bert(), "fsdp", settings, batch_for(rank, world), meshes["permuted"])
+        out["fsdp_error"] = None
+    except ValueError as err:
+        out["fsdp_error"] = str(err)
+    return out
+
+
+@pytest.fixture(scope="module")
+def permuted(tmp_path_factory):
+    return run_world(permuted_mesh_worker, len(PERMUTED_RANKS), tmp_path_factory.mktemp("permuted"), timeout_s=60)
+
+
+def test_ddp_on_a_mesh_out_of_rank_order_equals_the_ordered_mesh(permuted):
+    for run in permuted:
+        for name, idx in run["ordered"]["selection"].items():
+            assert torch.equal(run["permuted"]["selection"][name], idx), f"{name}: selection differs"
+    ordered, got = permuted[0]["ordered"]["diff"], permuted[0]["permuted"]["diff"]
+    assert got.names == ordered.names and got.params == ordered.params
+    for name in ordered.indices:
+        assert_bitwise_equal(got.indices[name], ordered.indices[name], what=name)
+        assert_bitwise_equal(got.values[name], ordered.values[name], what=name)
+    for name in ordered.dense:
+        assert_bitwise_equal(got.dense[name], ordered.dense[name], what=name)
+
+
+def test_fsdp_refuses_a_mesh_out_of_rank_order_on_every_rank(permuted):
+    """FSDP2 stores shard i on group rank i, its DTensors say mesh coordinate i: the rows would be mislabelled."""
+    for run in permuted:
+        assert run["fsdp_error"] is not None, "FSDP2 ran on a mesh out of rank order"
+        assert str(PERMUTED_RANKS) in run["fsdp_error"] and "ddp" in run["fsdp_error"]
