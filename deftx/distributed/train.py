@@ -133,14 +133,16 @@ def check_fsdp_mesh(mesh: DeviceMesh) -> None:
 
 
 def wrap_model(model: nn.Module, strategy: Strategy, mesh: DeviceMesh) -> nn.Module:
-    """DDP, or FSDP2 with one unit per transformer layer plus the root (parameters become Shard(0) DTensors).
+    """DDP over the mesh's ranks, or FSDP2 with one unit per transformer layer plus the root (parameters
+    become Shard(0) DTensors).
 
     Raises:
         ValueError: another strategy, or FSDP2 on a mesh out of rank order (:func:`check_fsdp_mesh`).
     """
     if strategy == "ddp":
         device = next(model.parameters()).device
-        return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                                   process_group=mesh.get_group())
     if strategy == "fsdp":
         check_fsdp_mesh(mesh)
         for module in model.modules():
@@ -290,7 +292,7 @@ class SFTResult:
     """Per eligible name: the global flat indices of the selection in this rank's shard
     (under DDP: all of them)."""
     diff: SparseDiff | None
-    """The SparseDiff (rank 0 only)."""
+    """The SparseDiff (on the mesh's group rank 0 only)."""
     k: int
     losses: dict[str, list[float]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
@@ -332,7 +334,7 @@ def run_sparse_finetuning(
 
     ``model``: the plain model on this rank's device (same initial weights on every rank).
     ``batch_for_step(step)`` returns this rank's micro-batch (keyword arguments of the
-    model, with labels). Collective: every rank calls it. The head (parameters outside the
+    model, with labels). Collective: every rank of ``mesh`` calls it. The head (parameters outside the
     transformer body) is trained densely and shipped as dense tensors; LayerNorms and other
     non-eligible parameters stay frozen. The phases are the single-process path's
     (:mod:`deftx.train.finetune`, :mod:`deftx.train.select`, :mod:`deftx.train.retrain`) on
@@ -394,6 +396,7 @@ def run_sparse_finetuning(
             {n: tuned[n] for n in head},
             base_model=base_model,
             method=method or ("deft-x" if settings.denoise else "lt-sft"),
+            group=mesh.get_group(),
             k=k,
             settings={"full": to_plain(settings.full), "sparse": to_plain(settings.sparse),
                       "world_size": mesh.size()},
