@@ -107,12 +107,44 @@ def exit_distributed(code: int) -> NoReturn:
     os._exit(code)
 
 
+def check_fsdp_mesh(mesh: DeviceMesh) -> None:
+    """Refuse a 1-D mesh that lists its ranks out of their process group's rank order for FSDP2.
+
+    FSDP2 stores shard ``i`` on group rank ``i`` (``FSDPMeshInfo.shard_mesh_rank``), while its
+    DTensors say mesh coordinate ``i`` holds it (``compute_local_shape_and_global_offset``): on
+    ``DeviceMesh("cpu", [2, 0, 1])`` global rank 0 holds rows 0-5 of a 16-row weight and its
+    DTensor claims rows 6-11, so every read of a shard's rows (selection, diff, ``full_tensor``)
+    takes the wrong rows.
+
+    Raises:
+        ValueError: such a mesh, naming it and what to use instead.
+    """
+    if mesh.ndim != 1:
+        return
+    order = comm.mesh_order(mesh.mesh, mesh.get_group())
+    if order != sorted(order):
+        raise ValueError(
+            f"FSDP2 cannot shard over {mesh}: it lists ranks {mesh.mesh.tolist()} out of ascending order, and "
+            "FSDP2 puts shard i on group rank i while its DTensors say mesh coordinate i holds it, so the "
+            f"shards' rows would be mislabelled; use a mesh with ascending ranks "
+            f"(init_device_mesh({mesh.device_type!r}, ({mesh.size()},)) or DeviceMesh({mesh.device_type!r}, "
+            f"{sorted(mesh.mesh.tolist())})), or strategy 'ddp'"
+        )
+
+
 def wrap_model(model: nn.Module, strategy: Strategy, mesh: DeviceMesh) -> nn.Module:
-    """DDP, or FSDP2 with one unit per transformer layer plus the root (parameters become Shard(0) DTensors)."""
+    """DDP over the mesh's ranks, or FSDP2 with one unit per transformer layer plus the root (parameters
+    become Shard(0) DTensors).
+
+    Raises:
+        ValueError: another strategy, or FSDP2 on a mesh out of rank order (:func:`check_fsdp_mesh`).
+    """
     if strategy == "ddp":
         device = next(model.parameters()).device
-        return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                                   process_group=mesh.get_group())
     if strategy == "fsdp":
+        check_fsdp_mesh(mesh)
         for module in model.modules():
             if isinstance(module, nn.ModuleList):
                 for layer in module:
@@ -279,7 +311,7 @@ class SFTResult:
     """Per eligible name: the global flat indices of the selection in this rank's shard
     (under DDP: all of them)."""
     diff: SparseDiff | None
-    """The SparseDiff (rank 0 only)."""
+    """The SparseDiff (on the mesh's group rank 0 only)."""
     k: int
     losses: dict[str, list[float]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
@@ -321,7 +353,7 @@ def run_sparse_finetuning(
 
     ``model``: the plain model on this rank's device (same initial weights on every rank).
     ``batch_for_step(step)`` returns this rank's micro-batch (keyword arguments of the
-    model, with labels). Collective: every rank calls it. The head (parameters outside the
+    model, with labels). Collective: every rank of ``mesh`` calls it. The head (parameters outside the
     transformer body) is trained densely and shipped as dense tensors; LayerNorms and other
     non-eligible parameters stay frozen. The phases are the single-process path's
     (:mod:`deftx.train.finetune`, :mod:`deftx.train.select`, :mod:`deftx.train.retrain`) on
@@ -384,6 +416,7 @@ def run_sparse_finetuning(
             {n: tuned[n] for n in head},
             base_model=base_model,
             method=method or ("deft-x" if settings.denoise else "lt-sft"),
+            group=mesh.get_group(),
             k=k,
             settings={"full": to_plain(settings.full), "sparse": to_plain(settings.sparse),
                       "world_size": mesh.size()},

@@ -5,14 +5,17 @@ selection on the same θ1 (LT-SFT: exactly; DeFT-X: the sharded scores are withi
 rSVD tolerance of the single-process scores, the selection is exactly the top-k of those
 scores and overlaps the single-process one almost entirely); phase 3 moves only the
 selected entries; the saved SparseDiff equals ``SparseDiff.from_states`` on the gathered
-states.
+states. On 3 ranks, a mesh listing its ranks out of order (``DeviceMesh("cpu", [2, 0, 1])``) gives
+DDP's run the ordered mesh's selection and SparseDiff, and FSDP2 refuses it on every rank; a mesh
+over 2 of the 3 ranks gives both strategies the 2-rank world's SparseDiff.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-from torch.distributed.tensor import DTensor
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.tensor import DTensor, init_device_mesh
 from transformers import BertForSequenceClassification
 
 from deftx.distributed.train import (
@@ -219,3 +222,71 @@ def test_a_diverged_phase_one_is_refused_on_every_rank(tmp_path):
     for result in results:
         assert result["clean"] is None
         assert result["inf"] is not None and "phase 1 diverged: parameter 'encoder.weight'" in result["inf"]
+
+
+PERMUTED_RANKS = [2, 0, 1]
+SUBMESH_RANKS = [1, 2]
+
+
+def mesh_worker(rank: int, world: int) -> dict:
+    """LT-SFT with DDP on the ordered mesh and on ``PERMUTED_RANKS``, FSDP2 on the latter (its error),
+    then both strategies on ``SUBMESH_RANKS`` as ``train_worker`` runs them (rank 0 stays out)."""
+    settings = SFTSettings(k=K, full=PhaseConfig(steps=3, learning_rate=1e-2),
+                           sparse=PhaseConfig(steps=3, learning_rate=1e-2))
+    meshes = {"ordered": init_device_mesh("cpu", (world,)), "permuted": DeviceMesh("cpu", PERMUTED_RANKS)}
+    out = {}
+    for key, mesh in meshes.items():
+        _, result = run_sparse_finetuning(tiny_bert(), "ddp", settings, batch_for(rank, world), mesh)
+        out[key] = {"selection": result.selection, "diff": result.diff}
+    try:
+        run_sparse_finetuning(tiny_bert(), "fsdp", settings, batch_for(rank, world), meshes["permuted"])
+        out["fsdp_error"] = None
+    except ValueError as err:
+        out["fsdp_error"] = str(err)
+    submesh = DeviceMesh("cpu", SUBMESH_RANKS)
+    if rank in SUBMESH_RANKS:
+        batch = batch_for(SUBMESH_RANKS.index(rank), len(SUBMESH_RANKS))
+        for strategy in ("ddp", "fsdp"):
+            _, result = run_sparse_finetuning(tiny_bert(), strategy, settings, batch, submesh, base_model="tiny-bert")
+            out["submesh", strategy] = result.diff
+    return out
+
+
+@pytest.fixture(scope="module")
+def permuted(tmp_path_factory):
+    return run_world(mesh_worker, len(PERMUTED_RANKS), tmp_path_factory.mktemp("permuted"), timeout_s=30)
+
+
+def test_ddp_on_a_mesh_out_of_rank_order_equals_the_ordered_mesh(permuted):
+    for run in permuted:
+        for name, idx in run["ordered"]["selection"].items():
+            assert torch.equal(run["permuted"]["selection"][name], idx), f"{name}: selection differs"
+    ordered, got = permuted[0]["ordered"]["diff"], permuted[0]["permuted"]["diff"]
+    assert got.names == ordered.names and got.params == ordered.params
+    for name in ordered.indices:
+        assert_bitwise_equal(got.indices[name], ordered.indices[name], what=name)
+        assert_bitwise_equal(got.values[name], ordered.values[name], what=name)
+    for name in ordered.dense:
+        assert_bitwise_equal(got.dense[name], ordered.dense[name], what=name)
+
+
+def test_fsdp_refuses_a_mesh_out_of_rank_order_on_every_rank(permuted):
+    """FSDP2 stores shard i on group rank i, its DTensors say mesh coordinate i: the rows would be mislabelled."""
+    for run in permuted:
+        assert run["fsdp_error"] is not None, "FSDP2 ran on a mesh out of rank order"
+        assert str(PERMUTED_RANKS) in run["fsdp_error"] and "ddp" in run["fsdp_error"]
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_a_mesh_over_part_of_the_world_trains_on_its_ranks_alone(permuted, trained, strategy):
+    """DDP and the diff's gather talk over the mesh's group: the world's rank 0 takes no part, and the
+    mesh's first rank gets the 2-rank world's SparseDiff."""
+    assert ("submesh", strategy) not in permuted[0]
+    assert permuted[SUBMESH_RANKS[1]]["submesh", strategy] is None
+    got, expected = permuted[SUBMESH_RANKS[0]]["submesh", strategy], trained[0][strategy, "lt-sft"]["diff"]
+    assert got.names == expected.names and got.params == expected.params
+    for name in expected.indices:
+        assert_bitwise_equal(got.indices[name], expected.indices[name], what=name)
+        assert_bitwise_equal(got.values[name], expected.values[name], what=name)
+    for name in expected.dense:
+        assert_bitwise_equal(got.dense[name], expected.dense[name], what=name)
