@@ -19,9 +19,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
+
+if TYPE_CHECKING:
+    from torch.distributed.device_mesh import DeviceMesh
 
 _LEDGERS: list[CommLedger] = []
 
@@ -128,6 +132,31 @@ def mesh_order(mesh_ranks: torch.Tensor, group: dist.ProcessGroup) -> list[int]:
     ``mesh_ranks`` (``DeviceMesh.mesh``): the order of its row blocks, which need not be the group's
     rank order (a mesh may list its ranks in any order)."""
     return [dist.get_group_rank(group, int(r)) for r in mesh_ranks.flatten().tolist()]
+
+
+def check_fsdp_mesh(mesh: DeviceMesh) -> None:
+    """Refuse a 1-D mesh that lists its ranks out of their process group's rank order for FSDP2.
+
+    FSDP2 stores shard ``i`` on group rank ``i`` (``FSDPMeshInfo.shard_mesh_rank``), while its
+    DTensors say mesh coordinate ``i`` holds it (``compute_local_shape_and_global_offset``): on
+    ``DeviceMesh("cpu", [2, 0, 1])`` global rank 0 holds rows 0-5 of a 16-row weight and its
+    DTensor claims rows 6-11, so every read of a shard's rows (selection, diff, ``full_tensor``)
+    takes the wrong rows.
+
+    Raises:
+        ValueError: such a mesh, naming it and what to use instead.
+    """
+    if mesh.ndim != 1:
+        return
+    order = mesh_order(mesh.mesh, mesh.get_group())
+    if order != sorted(order):
+        raise ValueError(
+            f"FSDP2 cannot shard over {mesh}: it lists ranks {mesh.mesh.tolist()} out of ascending order, and "
+            "FSDP2 puts shard i on group rank i while its DTensors say mesh coordinate i holds it, so the "
+            f"shards' rows would be mislabelled; use a mesh with ascending ranks "
+            f"(init_device_mesh({mesh.device_type!r}, ({mesh.size()},)) or DeviceMesh({mesh.device_type!r}, "
+            f"{sorted(mesh.mesh.tolist())})), or strategy 'ddp'"
+        )
 
 
 def ring_all_reduce_wire_bytes(payload: int, world: int) -> float:

@@ -90,6 +90,18 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
+def check_fsdp_meshes(model: nn.Module) -> None:
+    """Refuse an FSDP2 ``model`` sharded over a 1-D mesh out of rank order, whose DTensors mislabel the
+    rows each rank holds (:func:`~deftx.distributed.comm.check_fsdp_mesh`): every shard would get another
+    shard's entries. A model without FSDP2 units is not checked (DTensors made by ``distribute_tensor`` say
+    their rows right on any mesh)."""
+    if not any(isinstance(module, FSDPModule) for module in model.modules()):
+        return
+    meshes = {id(param.device_mesh): param.device_mesh for param in model.parameters() if isinstance(param, DTensor)}
+    for mesh in meshes.values():
+        comm.check_fsdp_mesh(mesh)
+
+
 def reshard_fsdp(model: nn.Module) -> None:
     """Put every FSDP2 unit of ``model`` back in its sharded state.
 
@@ -139,9 +151,10 @@ def apply_diffs_sharded(
     ``revert()`` restores the exact original bits; reverts go in reverse order of the applies
     (as for :func:`deftx.sft.apply_diffs`, on the same stack).
     """
+    model = _unwrap(model)
+    check_fsdp_meshes(model)
     diffs = list(diffs)
     scales = check_scales(scales, diffs, "apply_diffs_sharded")
-    model = _unwrap(model)
     with model_lock(model):
         handle = _write_local(model, diffs, scales, strict_dtype, check_base, backend)
         record_application(model, handle)
@@ -221,10 +234,12 @@ def load_diff_for_shards(path: str | Path, model: nn.Module) -> SparseDiff:
     Raises:
         FileNotFoundError: no such file.
         SparseDiffFormatError: anything else wrong with the file.
+        ValueError: an FSDP2 ``model`` on a mesh out of rank order (:func:`check_fsdp_meshes`).
     """
     from safetensors import SafetensorError, safe_open
 
     model = _unwrap(model)
+    check_fsdp_meshes(model)
     reshard_fsdp(model)
     params = named_parameter_map(model)
     source = str(path)

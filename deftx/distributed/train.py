@@ -107,44 +107,20 @@ def exit_distributed(code: int) -> NoReturn:
     os._exit(code)
 
 
-def check_fsdp_mesh(mesh: DeviceMesh) -> None:
-    """Refuse a 1-D mesh that lists its ranks out of their process group's rank order for FSDP2.
-
-    FSDP2 stores shard ``i`` on group rank ``i`` (``FSDPMeshInfo.shard_mesh_rank``), while its
-    DTensors say mesh coordinate ``i`` holds it (``compute_local_shape_and_global_offset``): on
-    ``DeviceMesh("cpu", [2, 0, 1])`` global rank 0 holds rows 0-5 of a 16-row weight and its
-    DTensor claims rows 6-11, so every read of a shard's rows (selection, diff, ``full_tensor``)
-    takes the wrong rows.
-
-    Raises:
-        ValueError: such a mesh, naming it and what to use instead.
-    """
-    if mesh.ndim != 1:
-        return
-    order = comm.mesh_order(mesh.mesh, mesh.get_group())
-    if order != sorted(order):
-        raise ValueError(
-            f"FSDP2 cannot shard over {mesh}: it lists ranks {mesh.mesh.tolist()} out of ascending order, and "
-            "FSDP2 puts shard i on group rank i while its DTensors say mesh coordinate i holds it, so the "
-            f"shards' rows would be mislabelled; use a mesh with ascending ranks "
-            f"(init_device_mesh({mesh.device_type!r}, ({mesh.size()},)) or DeviceMesh({mesh.device_type!r}, "
-            f"{sorted(mesh.mesh.tolist())})), or strategy 'ddp'"
-        )
-
-
 def wrap_model(model: nn.Module, strategy: Strategy, mesh: DeviceMesh) -> nn.Module:
     """DDP over the mesh's ranks, or FSDP2 with one unit per transformer layer plus the root (parameters
     become Shard(0) DTensors).
 
     Raises:
-        ValueError: another strategy, or FSDP2 on a mesh out of rank order (:func:`check_fsdp_mesh`).
+        ValueError: another strategy, or FSDP2 on a mesh out of rank order
+            (:func:`~deftx.distributed.comm.check_fsdp_mesh`).
     """
     if strategy == "ddp":
         device = next(model.parameters()).device
         return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                                    process_group=mesh.get_group())
     if strategy == "fsdp":
-        check_fsdp_mesh(mesh)
+        comm.check_fsdp_mesh(mesh)
         for module in model.modules():
             if isinstance(module, nn.ModuleList):
                 for layer in module:

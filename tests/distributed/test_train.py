@@ -15,9 +15,11 @@ from __future__ import annotations
 import pytest
 import torch
 from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor, init_device_mesh
 from transformers import BertForSequenceClassification
 
+from deftx.distributed.compose import apply_diffs_sharded, load_diff_for_shards
 from deftx.distributed.train import (
     SFTSettings,
     as_row_shards,
@@ -243,6 +245,14 @@ def mesh_worker(rank: int, world: int) -> dict:
         out["fsdp_error"] = None
     except ValueError as err:
         out["fsdp_error"] = str(err)
+    sharded = fully_shard(tiny_bert(), mesh=meshes["permuted"])
+    for what, call in (("apply", lambda: apply_diffs_sharded(sharded, [])),
+                       ("load", lambda: load_diff_for_shards("absent.safetensors", sharded))):
+        try:
+            call()
+            out["user_fsdp", what] = None
+        except ValueError as err:
+            out["user_fsdp", what] = str(err)
     submesh = DeviceMesh("cpu", SUBMESH_RANKS)
     if rank in SUBMESH_RANKS:
         batch = batch_for(SUBMESH_RANKS.index(rank), len(SUBMESH_RANKS))
@@ -255,6 +265,15 @@ def mesh_worker(rank: int, world: int) -> dict:
 @pytest.fixture(scope="module")
 def permuted(tmp_path_factory):
     return run_world(mesh_worker, len(PERMUTED_RANKS), tmp_path_factory.mktemp("permuted"), timeout_s=30)
+
+
+def test_a_users_fsdp_model_on_a_mesh_out_of_rank_order_is_refused_by_the_sharded_apply_and_load(permuted):
+    """FSDP2 mislabels the rows of each shard on such a mesh: the sharded apply and load would write and read
+    another shard's entries, so both refuse the model on every rank before anything else."""
+    for run in permuted:
+        for what in ("apply", "load"):
+            error = run["user_fsdp", what]
+            assert error is not None and f"lists ranks {PERMUTED_RANKS} out of ascending order" in error, what
 
 
 def test_ddp_on_a_mesh_out_of_rank_order_equals_the_ordered_mesh(permuted):
