@@ -30,6 +30,7 @@ from deftx.train.identity import claim, owned, stale_results
 from deftx.train.sparse_finetuner import SparseFineTuner, run_phase, trainer_identity
 from deftx.train.store import StepStore
 from deftx.train.trainer_args import TrainingSettings, training_arguments
+from deftx.train.trainer_contract import forward_restored
 
 
 def label_id(value: Any, row: int) -> int:
@@ -233,7 +234,9 @@ def train_full_finetune(
     data, the arguments, the phase: see :mod:`deftx.train.identity`; ``overwrite`` discards
     a different run's results instead of refusing them) and keeps, once finished, only the
     rows the fine-tuning changed (``final.safetensors``); a later call rebuilds the
-    classifier and writes them back instead of training again.
+    classifier and writes them back instead of training again. Either way the classifier's
+    ``forward`` is its own (:func:`~deftx.train.trainer_contract.forward_restored`): with ``bf16`` /
+    ``fp16`` it is evaluated in float32, as a resumed baseline and every SFT composition are.
 
     Returns:
         The fine-tuned classifier.
@@ -263,7 +266,8 @@ def train_full_finetune(
             with phase_arguments(trainer, phase, str(folder)):
                 trainer.train(resume_from_checkpoint=checkpoint)
 
-        run_phase(trainer, work_dir / LOG, "full", "full-ft", folder, train)
+        with forward_restored(model):
+            run_phase(trainer, work_dir / LOG, "full", "full-ft", folder, train)
         save_changed_rows(final, base, params)
         if store is not None:
             store.publish(work_dir, identity, [BASELINE_FILE])

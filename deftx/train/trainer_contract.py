@@ -22,8 +22,9 @@ The contract (README, "Your Trainer, sparse fine-tuned"):
   θ0 with its ``requires_grad`` flags and every module's train / eval mode, ``trainer.args``
   (every field), ``trainer.optimizer`` and ``trainer.lr_scheduler`` (None: the next
   ``train()`` builds fresh ones from your arguments), ``optimizer_cls_and_kwargs``,
-  ``trainer.state`` and ``trainer.control``, and the callbacks; ``trainer.train()`` and
-  ``trainer.evaluate()`` work as before ``fit()``.
+  ``trainer.state`` and ``trainer.control``, the callbacks, and the model's ``forward``
+  (:func:`forward_restored`: mixed precision's autocast wrapper taken off); ``trainer.train()``
+  and ``trainer.evaluate()`` work as before ``fit()``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ from deftx.train.finetune import phase_settings
 
 RESTORED_ATTRIBUTES = ("optimizer", "lr_scheduler", "optimizer_cls_and_kwargs", "state", "control")
 """The Trainer attributes ``fit()`` puts back as it found them (besides the model and the arguments)."""
+FORWARD_ATTRIBUTES = ("forward", "_original_forward")
+"""The model attributes through which ``accelerate`` wraps its ``forward`` in autocast when a ``train()`` runs with
+mixed precision (``bf16`` / ``fp16``): the wrapper stays on the model after training."""
 
 
 class TrainerOverrideWarning(UserWarning):
@@ -106,13 +110,32 @@ def override_message(trainer: Any, full: PhaseConfig, sparse: PhaseConfig, work_
 
 
 @contextlib.contextmanager
+def forward_restored(model: Any) -> Iterator[None]:
+    """Put ``model``'s own :data:`FORWARD_ATTRIBUTES` back as they were on entry (on any exit).
+
+    A ``trainer.train()`` with ``bf16`` / ``fp16`` leaves the model's ``forward`` wrapped in autocast
+    (``accelerate``'s ``prepare_model``): every later forward of the model, an evaluation's too, would run
+    in half precision, where the same weights loaded into a fresh model run in float32.
+    """
+    kept = {name: model.__dict__[name] for name in FORWARD_ATTRIBUTES if name in model.__dict__}
+    try:
+        yield
+    finally:
+        for name in FORWARD_ATTRIBUTES:
+            model.__dict__.pop(name, None)
+        model.__dict__.update(kept)
+
+
+@contextlib.contextmanager
 def trainer_restored(trainer: Any) -> Iterator[None]:
-    """Put :data:`RESTORED_ATTRIBUTES` of ``trainer`` and the train / eval mode of each of its model's
-    modules (``trainer.train()`` leaves them in train mode) back as they were on entry (on any exit)."""
+    """Put :data:`RESTORED_ATTRIBUTES` of ``trainer``, the train / eval mode of each of its model's
+    modules (``trainer.train()`` leaves them in train mode) and the model's ``forward``
+    (:func:`forward_restored`) back as they were on entry (on any exit)."""
     kept = {name: getattr(trainer, name) for name in RESTORED_ATTRIBUTES if hasattr(trainer, name)}
     modes = [(module, module.training) for module in trainer.model.modules()]
     try:
-        yield
+        with forward_restored(trainer.model):
+            yield
     finally:
         for name, value in kept.items():
             setattr(trainer, name, value)

@@ -110,6 +110,31 @@ def test_the_baseline_keeps_the_rows_it_changed_and_resumes_to_the_same_model(tm
     assert kept < sum(p.numel() * p.element_size() for p in trained.parameters()) / 4, "the touched rows only"
 
 
+def test_a_baseline_trained_with_bf16_is_scored_in_float32_as_when_resumed(tmp_path, tiny_model_dir):
+    """``bf16: true`` trains under autocast, which accelerate leaves on the model's ``forward``: the baseline
+    returned after training computes as the one resumed from its rows (float32), not in bf16."""
+    from transformers import AutoTokenizer
+
+    from deftx.train.task import classification_examples, train_full_finetune
+    from deftx.train.trainer_args import TrainingSettings
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    examples = classification_examples(tokenizer, ["w1 w2 w3", "w4 w5", "w6 w1 w7", "w2 w2 w8"] * 4,
+                                       [2, 0, 1, 2] * 4, 16)
+    settings = TrainingSettings(batch_size=4, max_length=16, save_steps=0, progress=False,
+                                arguments={"bf16": True, "use_cpu": True})
+
+    def baseline() -> torch.nn.Module:
+        return train_full_finetune(tiny_model_dir, tokenizer, examples, PhaseConfig(steps=2, learning_rate=1e-2),
+                                   tmp_path / "full", num_labels=3, settings=settings).eval()
+
+    trained, resumed = baseline(), baseline()
+    batch = tokenizer(["w1 w2 w3 w9", "w4 w5"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        assert_bitwise_equal(trained(**batch).logits, resumed(**batch).logits, what="the trained baseline's logits")
+    assert "forward" not in vars(trained)
+
+
 def test_a_baseline_the_store_finished_leaves_no_partial_phase_in_the_log(tmp_path, tiny_model_dir):
     """Stopped in its phase, then given the finished baseline by the store: the log keeps no record of
     the phase cut short; the model is the one the store's run trained."""

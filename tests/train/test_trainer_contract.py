@@ -171,3 +171,19 @@ def test_after_fit_every_module_is_in_the_mode_it_was_given_in(tmp_path):
     model.bert.encoder.layer[0].eval()
     with torch.no_grad():
         assert_bitwise_equal(model(input_ids=ids).logits, expected, what="θ0's logits in eval mode")
+
+
+def test_after_fit_with_bf16_the_model_computes_in_float32_as_before(tmp_path):
+    """``train()`` with ``bf16`` wraps the model's ``forward`` in autocast (accelerate) and leaves it so:
+    after ``fit()`` the model's forward is its own again, and θ0's logits are float32's, bit for bit."""
+    model = tiny_model().eval()
+    ids = torch.stack([row["input_ids"] for row in tiny_dataset(4, 9)])
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits
+    trainer = Trainer(model=model, args=user_arguments(tmp_path, bf16=True), train_dataset=tiny_dataset())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TrainerOverrideWarning)
+        SparseFineTuner(trainer, config(), tmp_path / "work", progress=False).fit()
+    assert "forward" not in vars(model) and "_original_forward" not in vars(model)
+    with torch.no_grad():
+        assert_bitwise_equal(model(input_ids=ids).logits, expected, what="θ0's logits after a bf16 fit")
