@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -184,13 +185,34 @@ def requested_device(config: PipelineConfig) -> str:
     return device_on_this_machine(config.device, bool(config.training.arguments.get("use_cpu")))
 
 
-def resolve_device(config: PipelineConfig) -> str:
-    """The device every phase of ``config`` runs on: :func:`requested_device`, checked (:func:`checked_device`).
+def check_one_training_gpu(device: str) -> None:
+    """Refuse training on ``device`` cuda where the ``Trainer`` would spread it over several GPUs.
+
+    Outside a distributed launch (``WORLD_SIZE`` unset or 1) a ``transformers.Trainer`` on a machine
+    of N > 1 visible GPUs wraps the model in ``nn.DataParallel`` and trains on ``batch_size`` × N
+    examples per step: another recipe than the config's, under the same identity (device ``cuda``).
 
     Raises:
-        ValueError: cuda is asked for and ``torch.cuda.is_available()`` is false, or with ``use_cpu``.
+        ValueError: naming the GPUs and what to set.
     """
-    return checked_device(config.device, bool(config.training.arguments.get("use_cpu")))
+    count = torch.cuda.device_count() if device == "cuda" else 0
+    if count > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        raise ValueError(f"device cuda on a machine of {count} visible GPUs: the Trainer would train on all of "
+                         f"them at once (DataParallel, training.batch_size x {count} examples per step, another "
+                         "recipe); choose one GPU with CUDA_VISIBLE_DEVICES=<index>")
+
+
+def resolve_device(config: PipelineConfig) -> str:
+    """The device every phase of ``config`` runs on: :func:`requested_device`, checked (:func:`checked_device`,
+    :func:`check_one_training_gpu`).
+
+    Raises:
+        ValueError: cuda is asked for and ``torch.cuda.is_available()`` is false, or with ``use_cpu``, or
+            on a machine of several visible GPUs.
+    """
+    device = checked_device(config.device, bool(config.training.arguments.get("use_cpu")))
+    check_one_training_gpu(device)
+    return device
 
 
 def training_settings(config: PipelineConfig, device: str, seed: int) -> TrainingSettings:

@@ -43,6 +43,24 @@ def test_device_resolution(monkeypatch):
         resolve_device(parse_config({"targets": ["m"], "device": "cuda", "training": {"use_cpu": True}}))
 
 
+def test_cuda_on_several_visible_gpus_is_refused_outside_a_distributed_launch(monkeypatch):
+    """A Trainer on N > 1 visible GPUs trains with DataParallel on batch_size x N examples per step (another
+    recipe under the same identity): the pipeline refuses it, naming CUDA_VISIBLE_DEVICES."""
+    config = parse_config({"targets": ["madurese"], "device": "cuda"})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    for asked in (config, replace(config, device="auto")):
+        with pytest.raises(ValueError, match=r"2 visible GPUs.*batch_size x 2.*CUDA_VISIBLE_DEVICES"):
+            resolve_device(asked)
+    assert resolve_device(replace(config, device="cpu")) == "cpu"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert resolve_device(config) == "cuda", "a distributed launch gives each process one GPU"
+    monkeypatch.delenv("WORLD_SIZE")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device(config) == "cuda"
+
+
 def test_a_bad_device_value_is_a_config_error():
     with pytest.raises(ConfigError, match=r"device: expected one of \['auto', 'cpu', 'cuda'\], got 'gpu'"):
         parse_config({"targets": ["madurese"], "device": "gpu"})
