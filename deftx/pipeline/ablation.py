@@ -189,7 +189,8 @@ def _base_mapping(raw: Any, where: str, relative_to: Path | None) -> dict[str, A
 
 
 def _resolve_variant(name: str, base: Mapping[str, Any], overrides: Any, output_dir: Path,
-                     seeds: tuple[int, ...], where: str) -> tuple[PipelineConfig, dict[str, Any], str]:
+                     seeds: tuple[int, ...], where: str,
+                     forced: Mapping[str, Any]) -> tuple[PipelineConfig, dict[str, Any], str]:
     label = f"{where}: variant {name!r}"
     if not name or "/" in name or name.startswith("."):
         raise ConfigError(f"{label}: a variant name must be a plain folder name")
@@ -198,7 +199,7 @@ def _resolve_variant(name: str, base: Mapping[str, Any], overrides: Any, output_
     if taken:
         raise ConfigError(f"{label}: {taken} are set by the ablation (its seeds, output_dir, results_dir, step store), "
                           "not per variant")
-    merged = _merge(base, nested, label, top=True)
+    merged = {**_merge(base, nested, label, top=True), **forced}
     if merged.get("americasnli") is not None:
         raise ConfigError(f"{label}: the ablation scores NusaX valid splits only; drop the americasnli section")
     split = merged.get("eval_split", "valid")
@@ -217,11 +218,14 @@ def _resolve_variant(name: str, base: Mapping[str, Any], overrides: Any, output_
     return config, nested, hash_
 
 
-def parse_ablation(raw: Any, source: str = "<ablation>", relative_to: Path | None = None) -> AblationConfig:
+def parse_ablation(raw: Any, source: str = "<ablation>", relative_to: Path | None = None,
+                   forced: Mapping[str, Any] | None = None) -> AblationConfig:
     """Validate a loaded ablation mapping into an :class:`AblationConfig`.
 
     Args:
         relative_to: folder a relative ``base`` path is also looked up in (the config's own).
+        forced: top-level pipeline settings every variant gets whatever the base, ``base_overrides`` or the
+            variant set (the command line's ``--data-dir`` and ``--device``).
 
     Raises:
         ConfigError: naming the offending key (and variant).
@@ -259,7 +263,7 @@ def parse_ablation(raw: Any, source: str = "<ablation>", relative_to: Path | Non
     configs, overrides, hashes = {}, {}, {}
     for name, spec in variants.items():
         configs[str(name)], overrides[str(name)], hashes[str(name)] = _resolve_variant(
-            str(name), base, spec, output_dir, tuple(seeds), source)
+            str(name), base, spec, output_dir, tuple(seeds), source, dict(forced or {}))
     return AblationConfig(str(raw.get("name") or "ablation"), configs, overrides, hashes, tuple(seeds),
                           output_dir, results_dir)
 
@@ -270,7 +274,8 @@ def load_ablation(path: str | Path, *, output_dir: str | None = None, results_di
     """Read and validate an ablation config file (a relative ``base`` may sit beside it).
 
     The keyword arguments, when given, replace the file's ``output_dir``, ``results_dir``,
-    ``seeds`` and the base's ``data_dir`` and ``device`` (command-line overrides).
+    ``seeds`` and every variant's ``data_dir`` and ``device`` (command-line overrides: over the base,
+    ``base_overrides`` and the variant's own overrides alike).
     """
     path = Path(path)
     raw = read_config_file(path)
@@ -280,10 +285,8 @@ def load_ablation(path: str | Path, *, output_dir: str | None = None, results_di
     for key, value in (("output_dir", output_dir), ("results_dir", results_dir), ("seeds", seeds)):
         if value:
             raw[key] = list(value) if key == "seeds" else value
-    base_overrides = {key: value for key, value in (("data_dir", data_dir), ("device", device)) if value}
-    if base_overrides:
-        raw["base"] = {**_base_mapping(raw.get("base"), str(path), path.parent), **base_overrides}
-    return parse_ablation(raw, str(path), relative_to=path.parent)
+    forced = {key: value for key, value in (("data_dir", data_dir), ("device", device)) if value}
+    return parse_ablation(raw, str(path), relative_to=path.parent, forced=forced)
 
 
 def language_phase1_signature(config: PipelineConfig) -> str:

@@ -158,6 +158,20 @@ def test_base_path_is_found_beside_the_ablation_file(tmp_path):
     assert ablation.variants["a"].targets == ("madurese",)
 
 
+def test_command_line_data_dir_and_device_win_over_base_overrides_and_variants(tmp_path):
+    """--data-dir and --device set every variant's, also where base_overrides or a variant set their own."""
+    path = tmp_path / "ablation.yaml"
+    path.write_text(yaml.safe_dump(ablation_raw(
+        tmp_path, BASE, {"a": {}, "b": {"data_dir": "/data/variant", "device": "auto"}},
+        base_overrides={"data_dir": "/data/stage-1", "device": "cuda"})))
+    ablation = load_ablation(path, data_dir=str(tmp_path / "data"), device="cpu")
+    assert {(c.data_dir, c.device) for c in ablation.variants.values()} == {(str(tmp_path / "data"), "cpu")}
+    assert ablation.hashes["a"] == ablation.hashes["b"]
+    as_written = load_ablation(path)
+    assert [(c.data_dir, c.device) for c in as_written.variants.values()] == [("/data/stage-1", "cuda"),
+                                                                              ("/data/variant", "auto")]
+
+
 def test_shipped_ablation_configs_parse_and_stage_2_starts_from_stage_1s_winner():
     stage1 = load_ablation(REPO / "configs" / "ablation-nusax-e5-small.yaml")
     stage2 = load_ablation(REPO / "configs" / "ablation-nusax-e5-small-language.yaml")
