@@ -18,7 +18,9 @@ ablation stage starts from the first stage's winner over one shared base file) w
 overrides merged in (mappings merge key by key; setting
 ``steps`` in a phase drops the base's ``epochs`` and the reverse; ``methods`` is replaced
 whole) and is validated like any pipeline config, so a misspelt key is an error naming the
-variant. Every variant is evaluated on the NusaX **valid** splits (``eval_split: valid`` is
+variant; a variant whose settings equal an earlier variant's (an override at the base's own value)
+is named so in the plan and in ``results.md``: its steps are that variant's, linked, not trained
+again. Every variant is evaluated on the NusaX **valid** splits (``eval_split: valid`` is
 forced; a variant asking for ``test`` is refused: the test splits are for the final run of
 the chosen recipe) and its language SFTs (and the MLM head) are trained on MT ``train`` text
 only unless ``language_text_splits`` says otherwise (``valid`` is refused).
@@ -313,8 +315,29 @@ def check_variants(ablation: AblationConfig, names: Iterable[str], check: Callab
             raise ConfigError(f"variant {name!r}: {err}") from err
 
 
+def equal_variants(ablation: AblationConfig) -> dict[str, str]:
+    """Variant name -> the first variant before it in the config with the same settings (an equal hash), for
+    each variant that has one: its steps are that variant's, linked from the store, not trained again."""
+    first: dict[str, str] = {}
+    equal = {}
+    for name, hash_ in ablation.hashes.items():
+        if hash_ in first:
+            equal[name] = first[hash_]
+        else:
+            first[hash_] = name
+    return equal
+
+
+def same_settings_note(ablation: AblationConfig, name: str) -> str:
+    """`` (same settings as X: ...)`` where variant ``name`` equals an earlier variant X (:func:`equal_variants`),
+    else ``""``."""
+    twin = equal_variants(ablation).get(name)
+    return f" (same settings as {twin}: its steps are {twin}'s, linked, not trained again)" if twin else ""
+
+
 def plan_lines(ablation: AblationConfig) -> list[str]:
-    """One line per variant: hash, overrides, and which variants share its language phase 1.
+    """One line per variant: hash, overrides, which variants share its language phase 1, and the earlier
+    variant it equals, if any (:func:`equal_variants`).
 
     Raises:
         ConfigError: a variant's token window is longer than its model accepts, where the model is already on
@@ -329,7 +352,8 @@ def plan_lines(ablation: AblationConfig) -> list[str]:
     for name, config in ablation.variants.items():
         sharing = [other for other in groups[language_phase1_signature(config)] if other != name]
         lines.append(f"  {name} [{ablation.hashes[name][:8]}] {json.dumps(ablation.overrides[name])}"
-                     + (f" (language phase 1 shared with {', '.join(sharing)})" if sharing else ""))
+                     + (f" (language phase 1 shared with {', '.join(sharing)})" if sharing else "")
+                     + same_settings_note(ablation, name))
     return lines
 
 
@@ -824,7 +848,8 @@ def write_summary(
         "",
         "Variants (overrides of the base config):",
         "",
-        *[f"- **{name}** `{json.dumps(ablation.overrides[name])}`" for name in variants],
+        *[f"- **{name}** `{json.dumps(ablation.overrides[name])}`{same_settings_note(ablation, name)}"
+          for name in variants],
         "",
         tables,
         variant_tables(summary, variants, "accuracy"),

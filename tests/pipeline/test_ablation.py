@@ -743,3 +743,34 @@ def test_the_progress_lines_average_is_the_tables_each_source_apart_and_every_so
     averages = average_by_method(rows, ["english", "indonesian"])
     assert averages == pytest.approx({"indonesian lt-sft": 0.55, "english lt-sft": 0.65})
     assert average_by_method(rows[:4], ["english", "indonesian"]) == pytest.approx({"lt-sft": 0.55})
+
+
+def test_a_variant_equal_to_an_earlier_one_is_named_in_the_plan_and_results(tmp_path):
+    """An override at the base's own value (K 0.028) gives the reference's settings: its steps would be the
+    reference's, linked, so its rows are no second measurement; the plan and results.md say whose it has."""
+    from deftx.pipeline.ablation import AblationRun, append_rows, equal_variants, plan_lines, write_summary
+
+    variants = {"reference": {}, "k-default": {"language_sft.k": 0.028}, "k-1pct": {"language_sft.k": 0.01},
+                "k-1pct-again": {"language_sft": {"k": 0.01}}}
+    ablation = parse_ablation(ablation_raw(tmp_path, BASE, variants))
+    assert equal_variants(ablation) == {"k-default": "reference", "k-1pct-again": "k-1pct"}
+    plan = {line.split()[0]: line for line in plan_lines(ablation)[1:]}
+    assert plan["k-default"].endswith("(same settings as reference: its steps are reference's, linked, not "
+                                      "trained again)")
+    assert plan["k-1pct-again"].endswith("(same settings as k-1pct: its steps are k-1pct's, linked, not "
+                                         "trained again)")
+    assert "same settings" not in plan["reference"] + plan["k-1pct"]
+    append_rows(ablation.results_dir / "ablation.csv", [
+        {"variant": name, "variant_hash": hash_, "seed": 0, "source": "indonesian", "target": "madurese",
+         "method": "lt-sft", "language_scale": 1.0, "macro_f1": 0.5, "accuracy": 0.5}
+        for name, hash_ in ablation.hashes.items()])
+    write_summary(AblationRun(ablation, LinkedStepStore(tmp_path / "store"), environment={}), 0.0, None,
+                  plot=False)
+    listed = [line for line in (ablation.results_dir / "results.md").read_text().splitlines()
+              if line.startswith("- **")]
+    assert listed == ["- **reference** `{}`",
+                      '- **k-default** `{"language_sft": {"k": 0.028}}` (same settings as reference: its steps '
+                      "are reference's, linked, not trained again)",
+                      '- **k-1pct** `{"language_sft": {"k": 0.01}}`',
+                      '- **k-1pct-again** `{"language_sft": {"k": 0.01}}` (same settings as k-1pct: its steps '
+                      "are k-1pct's, linked, not trained again)"]
