@@ -75,7 +75,7 @@ from deftx.info import environment_record
 from deftx.pipeline.config import RUN_ONLY_SETTINGS, ConfigError, PipelineConfig, parse_config, read_config_file
 from deftx.pipeline.head import ensure_head, head_call, head_curve_table, head_report_line
 from deftx.pipeline.heldout import HELDOUT_CSV, HeldoutScorer, has_heldout_text, nusax_languages, trained_languages
-from deftx.pipeline.identity import recipe_hash, run_identity
+from deftx.pipeline.identity import recipe_hash, run_identity, with_rule_note
 from deftx.pipeline.run import heldout_seed, run_nusax_seed
 from deftx.pipeline.workspace import (
     Workspace,
@@ -448,13 +448,15 @@ def record_variants(ablation: AblationConfig, names: Iterable[str]) -> None:
 
 def variant_changes(ablation: AblationConfig, name: str, old_hash: str) -> list[str]:
     """What changed in variant ``name`` since rows with ``old_hash`` were written (from its old folder's
-    record, else, where that is missing or damaged, from ``results_dir``'s :data:`VARIANTS` record)."""
+    record, else, where that is missing or damaged, from ``results_dir``'s :data:`VARIANTS` record), a method
+    rule's change with what it means (:func:`~deftx.pipeline.identity.with_rule_note`)."""
     in_folder = read_identity(variant_folder(ablation.output_dir, name, old_hash))
     recorded = (None if damage(in_folder) else in_folder) or recorded_variants(ablation.results_dir).get(
         f"{name}-{old_hash}")
     if recorded is None:
         return [f"settings hash {old_hash} -> {ablation.hashes[name]}"]
-    return describe_changes(recorded, normalised(run_identity(ablation.variants[name])))
+    current = normalised(run_identity(ablation.variants[name]))
+    return [with_rule_note(line) for line in describe_changes(recorded, current)]
 
 
 def check_rows_match(rows: Sequence[Mapping[str, Any]], ablation: AblationConfig) -> None:

@@ -7,6 +7,7 @@ import errno
 import gc
 import json
 import os
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -673,13 +674,25 @@ def test_rows_stopped_while_written_leave_the_file_as_it_was(tmp_path, monkeypat
                                     "configs/ablation-nusax-e5-small-denoise.yaml"])
 def test_committed_rows_stay_valid_for_their_config(config):
     """Every committed row still carries its variant's current hash: a setting the identity gained
-    later (the device, extra Trainer arguments) must not orphan results already on main."""
-    from deftx.pipeline.ablation import check_rows_match, recorded_variants
+    later (the device, extra Trainer arguments) must not orphan results already on main. Only the
+    rows of variants that denoise under the randomized SVD's energy policy are refused, made under
+    its old sketch rule: the refusal names that rule and what it means, and nothing else."""
+    from deftx.pipeline.ablation import check_rows_match, recorded_variants, variant_changes
+    from deftx.pipeline.identity import method_rules, with_rule_note
 
     ablation = load_ablation(REPO / config, device="cpu")
     rows = read_rows(REPO / ablation.results_dir / "ablation.csv")
     assert rows, f"{config}: no committed rows"
-    check_rows_match(rows, ablation)
+    stale = {r["variant"]: r["variant_hash"] for r in rows if r["variant_hash"] != ablation.hashes[r["variant"]]}
+    assert set(stale) == {r["variant"] for r in rows if method_rules(ablation.variants[r["variant"]])}
+    rule_change = "rules.energy_sketch: added (2)"
+    for name, old_hash in stale.items():
+        assert variant_changes(ablation, name, old_hash) == [with_rule_note(rule_change)], name
+    if stale:
+        named = re.escape(with_rule_note(rule_change))
+        with pytest.raises(ConfigError, match=rf"rows in ablation.csv were written \(\S+: {named}\)"):
+            check_rows_match(rows, ablation)
+    check_rows_match([r for r in rows if r["variant"] not in stale], ablation)
     assert {r["variant"] for r in rows} <= set(ablation.hashes)
     recorded = recorded_variants(REPO / ablation.results_dir)
     assert {f"{r['variant']}-{r['variant_hash']}" for r in rows} <= set(recorded), "variants.json lacks a variant"
