@@ -18,7 +18,9 @@ ablation stage starts from the first stage's winner over one shared base file) w
 overrides merged in (mappings merge key by key; setting
 ``steps`` in a phase drops the base's ``epochs`` and the reverse; ``methods`` is replaced
 whole) and is validated like any pipeline config, so a misspelt key is an error naming the
-variant. Every variant is evaluated on the NusaX **valid** splits (``eval_split: valid`` is
+variant; a variant whose settings equal an earlier variant's (an override at the base's own value)
+is named so in the plan and in ``results.md``: its steps are that variant's, linked, not trained
+again. Every variant is evaluated on the NusaX **valid** splits (``eval_split: valid`` is
 forced; a variant asking for ``test`` is refused: the test splits are for the final run of
 the chosen recipe) and its language SFTs (and the MLM head) are trained on MT ``train`` text
 only unless ``language_text_splits`` says otherwise (``valid`` is refused).
@@ -73,7 +75,7 @@ from deftx.info import environment_record
 from deftx.pipeline.config import RUN_ONLY_SETTINGS, ConfigError, PipelineConfig, parse_config, read_config_file
 from deftx.pipeline.head import ensure_head, head_call, head_curve_table, head_report_line
 from deftx.pipeline.heldout import HELDOUT_CSV, HeldoutScorer, has_heldout_text, nusax_languages, trained_languages
-from deftx.pipeline.identity import recipe_hash, run_identity
+from deftx.pipeline.identity import recipe_hash, run_identity, with_rule_note
 from deftx.pipeline.run import heldout_seed, run_nusax_seed
 from deftx.pipeline.workspace import (
     Workspace,
@@ -189,7 +191,8 @@ def _base_mapping(raw: Any, where: str, relative_to: Path | None) -> dict[str, A
 
 
 def _resolve_variant(name: str, base: Mapping[str, Any], overrides: Any, output_dir: Path,
-                     seeds: tuple[int, ...], where: str) -> tuple[PipelineConfig, dict[str, Any], str]:
+                     seeds: tuple[int, ...], where: str,
+                     forced: Mapping[str, Any]) -> tuple[PipelineConfig, dict[str, Any], str]:
     label = f"{where}: variant {name!r}"
     if not name or "/" in name or name.startswith("."):
         raise ConfigError(f"{label}: a variant name must be a plain folder name")
@@ -198,7 +201,7 @@ def _resolve_variant(name: str, base: Mapping[str, Any], overrides: Any, output_
     if taken:
         raise ConfigError(f"{label}: {taken} are set by the ablation (its seeds, output_dir, results_dir, step store), "
                           "not per variant")
-    merged = _merge(base, nested, label, top=True)
+    merged = {**_merge(base, nested, label, top=True), **forced}
     if merged.get("americasnli") is not None:
         raise ConfigError(f"{label}: the ablation scores NusaX valid splits only; drop the americasnli section")
     split = merged.get("eval_split", "valid")
@@ -217,11 +220,14 @@ def _resolve_variant(name: str, base: Mapping[str, Any], overrides: Any, output_
     return config, nested, hash_
 
 
-def parse_ablation(raw: Any, source: str = "<ablation>", relative_to: Path | None = None) -> AblationConfig:
+def parse_ablation(raw: Any, source: str = "<ablation>", relative_to: Path | None = None,
+                   forced: Mapping[str, Any] | None = None) -> AblationConfig:
     """Validate a loaded ablation mapping into an :class:`AblationConfig`.
 
     Args:
         relative_to: folder a relative ``base`` path is also looked up in (the config's own).
+        forced: top-level pipeline settings every variant gets whatever the base, ``base_overrides`` or the
+            variant set (the command line's ``--data-dir`` and ``--device``).
 
     Raises:
         ConfigError: naming the offending key (and variant).
@@ -259,7 +265,7 @@ def parse_ablation(raw: Any, source: str = "<ablation>", relative_to: Path | Non
     configs, overrides, hashes = {}, {}, {}
     for name, spec in variants.items():
         configs[str(name)], overrides[str(name)], hashes[str(name)] = _resolve_variant(
-            str(name), base, spec, output_dir, tuple(seeds), source)
+            str(name), base, spec, output_dir, tuple(seeds), source, dict(forced or {}))
     return AblationConfig(str(raw.get("name") or "ablation"), configs, overrides, hashes, tuple(seeds),
                           output_dir, results_dir)
 
@@ -270,7 +276,8 @@ def load_ablation(path: str | Path, *, output_dir: str | None = None, results_di
     """Read and validate an ablation config file (a relative ``base`` may sit beside it).
 
     The keyword arguments, when given, replace the file's ``output_dir``, ``results_dir``,
-    ``seeds`` and the base's ``data_dir`` and ``device`` (command-line overrides).
+    ``seeds`` and every variant's ``data_dir`` and ``device`` (command-line overrides: over the base,
+    ``base_overrides`` and the variant's own overrides alike).
     """
     path = Path(path)
     raw = read_config_file(path)
@@ -280,10 +287,8 @@ def load_ablation(path: str | Path, *, output_dir: str | None = None, results_di
     for key, value in (("output_dir", output_dir), ("results_dir", results_dir), ("seeds", seeds)):
         if value:
             raw[key] = list(value) if key == "seeds" else value
-    base_overrides = {key: value for key, value in (("data_dir", data_dir), ("device", device)) if value}
-    if base_overrides:
-        raw["base"] = {**_base_mapping(raw.get("base"), str(path), path.parent), **base_overrides}
-    return parse_ablation(raw, str(path), relative_to=path.parent)
+    forced = {key: value for key, value in (("data_dir", data_dir), ("device", device)) if value}
+    return parse_ablation(raw, str(path), relative_to=path.parent, forced=forced)
 
 
 def language_phase1_signature(config: PipelineConfig) -> str:
@@ -310,8 +315,29 @@ def check_variants(ablation: AblationConfig, names: Iterable[str], check: Callab
             raise ConfigError(f"variant {name!r}: {err}") from err
 
 
+def equal_variants(ablation: AblationConfig) -> dict[str, str]:
+    """Variant name -> the first variant before it in the config with the same settings (an equal hash), for
+    each variant that has one: its steps are that variant's, linked from the store, not trained again."""
+    first: dict[str, str] = {}
+    equal = {}
+    for name, hash_ in ablation.hashes.items():
+        if hash_ in first:
+            equal[name] = first[hash_]
+        else:
+            first[hash_] = name
+    return equal
+
+
+def same_settings_note(ablation: AblationConfig, name: str) -> str:
+    """`` (same settings as X: ...)`` where variant ``name`` equals an earlier variant X (:func:`equal_variants`),
+    else ``""``."""
+    twin = equal_variants(ablation).get(name)
+    return f" (same settings as {twin}: its steps are {twin}'s, linked, not trained again)" if twin else ""
+
+
 def plan_lines(ablation: AblationConfig) -> list[str]:
-    """One line per variant: hash, overrides, and which variants share its language phase 1.
+    """One line per variant: hash, overrides, which variants share its language phase 1, and the earlier
+    variant it equals, if any (:func:`equal_variants`).
 
     Raises:
         ConfigError: a variant's token window is longer than its model accepts, where the model is already on
@@ -326,7 +352,8 @@ def plan_lines(ablation: AblationConfig) -> list[str]:
     for name, config in ablation.variants.items():
         sharing = [other for other in groups[language_phase1_signature(config)] if other != name]
         lines.append(f"  {name} [{ablation.hashes[name][:8]}] {json.dumps(ablation.overrides[name])}"
-                     + (f" (language phase 1 shared with {', '.join(sharing)})" if sharing else ""))
+                     + (f" (language phase 1 shared with {', '.join(sharing)})" if sharing else "")
+                     + same_settings_note(ablation, name))
     return lines
 
 
@@ -421,13 +448,15 @@ def record_variants(ablation: AblationConfig, names: Iterable[str]) -> None:
 
 def variant_changes(ablation: AblationConfig, name: str, old_hash: str) -> list[str]:
     """What changed in variant ``name`` since rows with ``old_hash`` were written (from its old folder's
-    record, else, where that is missing or damaged, from ``results_dir``'s :data:`VARIANTS` record)."""
+    record, else, where that is missing or damaged, from ``results_dir``'s :data:`VARIANTS` record), a method
+    rule's change with what it means (:func:`~deftx.pipeline.identity.with_rule_note`)."""
     in_folder = read_identity(variant_folder(ablation.output_dir, name, old_hash))
     recorded = (None if damage(in_folder) else in_folder) or recorded_variants(ablation.results_dir).get(
         f"{name}-{old_hash}")
     if recorded is None:
         return [f"settings hash {old_hash} -> {ablation.hashes[name]}"]
-    return describe_changes(recorded, normalised(run_identity(ablation.variants[name])))
+    current = normalised(run_identity(ablation.variants[name]))
+    return [with_rule_note(line) for line in describe_changes(recorded, current)]
 
 
 def check_rows_match(rows: Sequence[Mapping[str, Any]], ablation: AblationConfig) -> None:
@@ -821,7 +850,8 @@ def write_summary(
         "",
         "Variants (overrides of the base config):",
         "",
-        *[f"- **{name}** `{json.dumps(ablation.overrides[name])}`" for name in variants],
+        *[f"- **{name}** `{json.dumps(ablation.overrides[name])}`{same_settings_note(ablation, name)}"
+          for name in variants],
         "",
         tables,
         variant_tables(summary, variants, "accuracy"),

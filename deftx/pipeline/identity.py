@@ -34,6 +34,13 @@ RULE_NOTES = {
 """What a change of a method rule means, added to the line naming it."""
 
 
+def with_rule_note(line: str) -> str:
+    """A change line (:func:`~deftx.train.identity.describe_changes`) with what its method rule's change means
+    (:data:`RULE_NOTES`); any other line as it is."""
+    note = RULE_NOTES.get(line.split(":", 1)[0])
+    return f"{line} ({note})" if note else line
+
+
 def method_rules(config: PipelineConfig) -> dict[str, int]:
     """Versions of deftx's own rules that changed what ``config``'s methods select, for the rules its
     methods use: ``energy_sketch`` (:data:`~deftx.ops.denoise.ENERGY_SKETCH_RULE`) when a method denoises

@@ -36,7 +36,7 @@ from deftx.pipeline.config import (
 )
 from deftx.pipeline.head import head_report_line
 from deftx.pipeline.heldout import CORPUS_NAMES, HELDOUT_CSV, has_heldout_text, left_out_splits
-from deftx.pipeline.identity import RULE_NOTES, RULES, method_rules, recipe_hash, run_identity
+from deftx.pipeline.identity import RULES, method_rules, recipe_hash, run_identity, with_rule_note
 from deftx.pipeline.layout import SeedLayout
 from deftx.pipeline.workspace import Workspace
 from deftx.train.checkpoint import LOG
@@ -102,13 +102,7 @@ def recipe_changes(config: PipelineConfig, recorded: Path) -> list[str]:
     except (OSError, ValueError, RecursionError) as err:
         return [f"{recorded.name} cannot be read as a config of this version ({err})"]
     changes = describe_changes(normalised(with_rules(run_identity(earlier), rules)), normalised(run_identity(config)))
-    return [_with_rule_note(line) for line in changes]
-
-
-def _with_rule_note(line: str) -> str:
-    """A change line with what its method rule's change means (:data:`~deftx.pipeline.identity.RULE_NOTES`)."""
-    note = RULE_NOTES.get(line.split(":", 1)[0])
-    return f"{line} ({note})" if note else line
+    return [with_rule_note(line) for line in changes]
 
 
 def with_rules(identity: dict[str, Any], rules: Mapping[str, Any]) -> dict[str, Any]:

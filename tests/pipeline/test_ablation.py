@@ -7,6 +7,7 @@ import errno
 import gc
 import json
 import os
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -156,6 +157,20 @@ def test_base_path_is_found_beside_the_ablation_file(tmp_path):
     ablation = load_ablation(path, seeds=[2, 3], data_dir=str(tmp_path))
     assert ablation.seeds == (2, 3) and ablation.variants["a"].data_dir == str(tmp_path)
     assert ablation.variants["a"].targets == ("madurese",)
+
+
+def test_command_line_data_dir_and_device_win_over_base_overrides_and_variants(tmp_path):
+    """--data-dir and --device set every variant's, also where base_overrides or a variant set their own."""
+    path = tmp_path / "ablation.yaml"
+    path.write_text(yaml.safe_dump(ablation_raw(
+        tmp_path, BASE, {"a": {}, "b": {"data_dir": "/data/variant", "device": "auto"}},
+        base_overrides={"data_dir": "/data/stage-1", "device": "cuda"})))
+    ablation = load_ablation(path, data_dir=str(tmp_path / "data"), device="cpu")
+    assert {(c.data_dir, c.device) for c in ablation.variants.values()} == {(str(tmp_path / "data"), "cpu")}
+    assert ablation.hashes["a"] == ablation.hashes["b"]
+    as_written = load_ablation(path)
+    assert [(c.data_dir, c.device) for c in as_written.variants.values()] == [("/data/stage-1", "cuda"),
+                                                                              ("/data/variant", "auto")]
 
 
 def test_shipped_ablation_configs_parse_and_stage_2_starts_from_stage_1s_winner():
@@ -659,13 +674,25 @@ def test_rows_stopped_while_written_leave_the_file_as_it_was(tmp_path, monkeypat
                                     "configs/ablation-nusax-e5-small-denoise.yaml"])
 def test_committed_rows_stay_valid_for_their_config(config):
     """Every committed row still carries its variant's current hash: a setting the identity gained
-    later (the device, extra Trainer arguments) must not orphan results already on main."""
-    from deftx.pipeline.ablation import check_rows_match, recorded_variants
+    later (the device, extra Trainer arguments) must not orphan results already on main. Only the
+    rows of variants that denoise under the randomized SVD's energy policy are refused, made under
+    its old sketch rule: the refusal names that rule and what it means, and nothing else."""
+    from deftx.pipeline.ablation import check_rows_match, recorded_variants, variant_changes
+    from deftx.pipeline.identity import method_rules, with_rule_note
 
     ablation = load_ablation(REPO / config, device="cpu")
     rows = read_rows(REPO / ablation.results_dir / "ablation.csv")
     assert rows, f"{config}: no committed rows"
-    check_rows_match(rows, ablation)
+    stale = {r["variant"]: r["variant_hash"] for r in rows if r["variant_hash"] != ablation.hashes[r["variant"]]}
+    assert set(stale) == {r["variant"] for r in rows if method_rules(ablation.variants[r["variant"]])}
+    rule_change = "rules.energy_sketch: added (2)"
+    for name, old_hash in stale.items():
+        assert variant_changes(ablation, name, old_hash) == [with_rule_note(rule_change)], name
+    if stale:
+        named = re.escape(with_rule_note(rule_change))
+        with pytest.raises(ConfigError, match=rf"rows in ablation.csv were written \(\S+: {named}\)"):
+            check_rows_match(rows, ablation)
+    check_rows_match([r for r in rows if r["variant"] not in stale], ablation)
     assert {r["variant"] for r in rows} <= set(ablation.hashes)
     recorded = recorded_variants(REPO / ablation.results_dir)
     assert {f"{r['variant']}-{r['variant_hash']}" for r in rows} <= set(recorded), "variants.json lacks a variant"
@@ -729,3 +756,34 @@ def test_the_progress_lines_average_is_the_tables_each_source_apart_and_every_so
     averages = average_by_method(rows, ["english", "indonesian"])
     assert averages == pytest.approx({"indonesian lt-sft": 0.55, "english lt-sft": 0.65})
     assert average_by_method(rows[:4], ["english", "indonesian"]) == pytest.approx({"lt-sft": 0.55})
+
+
+def test_a_variant_equal_to_an_earlier_one_is_named_in_the_plan_and_results(tmp_path):
+    """An override at the base's own value (K 0.028) gives the reference's settings: its steps would be the
+    reference's, linked, so its rows are no second measurement; the plan and results.md say whose it has."""
+    from deftx.pipeline.ablation import AblationRun, append_rows, equal_variants, plan_lines, write_summary
+
+    variants = {"reference": {}, "k-default": {"language_sft.k": 0.028}, "k-1pct": {"language_sft.k": 0.01},
+                "k-1pct-again": {"language_sft": {"k": 0.01}}}
+    ablation = parse_ablation(ablation_raw(tmp_path, BASE, variants))
+    assert equal_variants(ablation) == {"k-default": "reference", "k-1pct-again": "k-1pct"}
+    plan = {line.split()[0]: line for line in plan_lines(ablation)[1:]}
+    assert plan["k-default"].endswith("(same settings as reference: its steps are reference's, linked, not "
+                                      "trained again)")
+    assert plan["k-1pct-again"].endswith("(same settings as k-1pct: its steps are k-1pct's, linked, not "
+                                         "trained again)")
+    assert "same settings" not in plan["reference"] + plan["k-1pct"]
+    append_rows(ablation.results_dir / "ablation.csv", [
+        {"variant": name, "variant_hash": hash_, "seed": 0, "source": "indonesian", "target": "madurese",
+         "method": "lt-sft", "language_scale": 1.0, "macro_f1": 0.5, "accuracy": 0.5}
+        for name, hash_ in ablation.hashes.items()])
+    write_summary(AblationRun(ablation, LinkedStepStore(tmp_path / "store"), environment={}), 0.0, None,
+                  plot=False)
+    listed = [line for line in (ablation.results_dir / "results.md").read_text().splitlines()
+              if line.startswith("- **")]
+    assert listed == ["- **reference** `{}`",
+                      '- **k-default** `{"language_sft": {"k": 0.028}}` (same settings as reference: its steps '
+                      "are reference's, linked, not trained again)",
+                      '- **k-1pct** `{"language_sft": {"k": 0.01}}`',
+                      '- **k-1pct-again** `{"language_sft": {"k": 0.01}}` (same settings as k-1pct: its steps '
+                      "are k-1pct's, linked, not trained again)"]
