@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     scales = check_distinct(args.scales, "--scales") if args.scales else None
     if not Path(config.output_dir).is_dir():
         raise FileNotFoundError(f"output_dir {config.output_dir} does not exist: nothing trained there to score")
-    ws = Workspace.open(replace(config, results_dir=None), log=lambda line: print(line, file=sys.stderr))
+    ws = Workspace.open(replace(config, results_dir=None), log=lambda line: print(line, file=sys.stderr), trainer=False)
     splits = heldout_splits(ws, corpus)
     plan = {(seed, language): language_sft_files(ws, seed, language, corpus) for seed in ws.config.seeds
             for language in (args.languages or trained_languages(ws.config, seed, corpus))}

@@ -104,6 +104,10 @@ BASELINE = "full-ft"
 """The full fine-tuning baseline's method name in the tables (no method may take it)."""
 NO_LANGUAGE_SFT = " (no lang SFT)"
 """Suffix of a method's rows scored without the target's language SFT."""
+RECORDED_RULES = "rules"
+"""The key under which a results folder's ``config.json`` records the versions of deftx's method rules its rows
+were made under (:func:`deftx.pipeline.identity.method_rules`): a record, not a setting, so a config that holds
+it (that ``config.json`` read back) parses without it."""
 RUN_ONLY_SETTINGS = ("save_steps", "logging_steps", "progress")
 """``training`` settings that change where and how a run reports, never a result."""
 MAGNITUDE_METHOD = "lt-sft"
@@ -427,6 +431,13 @@ def _split_names(raw: Any, where: str, allowed: tuple[str, ...]) -> tuple[str, .
     return names
 
 
+def _check_recorded_rules(raw: Any, where: str) -> None:
+    """A recorded :data:`RECORDED_RULES` entry: rule name -> version (an integer)."""
+    versions = _mapping(raw, where)
+    if not all(isinstance(version, int) and not isinstance(version, bool) for version in versions.values()):
+        raise _fail(where, f"expected rule name -> version (an integer), got {short_repr(versions)}")
+
+
 def _head(raw: Any, where: str) -> HeadWarmUp:
     values = dict(_mapping(raw, where))
     if "texts" in values:
@@ -475,12 +486,14 @@ def _seeds(raw: Any, where: str) -> tuple[int, ...]:
 
 
 def parse_config(raw: Any, source: str = "<config>") -> PipelineConfig:
-    """Validate a loaded YAML/JSON mapping into a :class:`PipelineConfig`.
+    """Validate a loaded YAML/JSON mapping into a :class:`PipelineConfig`: a config file, or a results
+    folder's ``config.json`` (its :data:`RECORDED_RULES` record is checked and left out).
 
     Raises:
         ConfigError: naming the offending key and value.
     """
     values = dict(_mapping(raw, source))
+    _check_recorded_rules(values.pop(RECORDED_RULES, {}), RECORDED_RULES)
     defaults = PipelineConfig(targets=("placeholder",))
     known = {f.name for f in fields(PipelineConfig)}
     unknown = sorted(set(values) - known)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from deftx.ops.denoise import ENERGY_SKETCH_RULE
-from deftx.pipeline.config import RUN_ONLY_SETTINGS, PipelineConfig
+from deftx.pipeline.config import RECORDED_RULES, RUN_ONLY_SETTINGS, PipelineConfig
 from deftx.pipeline.workspace import requested_device
 from deftx.train.config import to_plain
 from deftx.train.identity import SHORT_DIGEST, digest
@@ -23,8 +23,9 @@ those results were made with: at that value a setting is left out of the identit
 recording a new setting does not orphan the results already committed (their hashes stay valid)."""
 
 
-RULES = "rules"
-"""The key of :func:`run_identity` under which :func:`method_rules` are recorded."""
+RULES = RECORDED_RULES
+"""The key of :func:`run_identity` (and of a results folder's ``config.json``) under which :func:`method_rules`
+are recorded."""
 
 
 RULE_NOTES = {

@@ -306,6 +306,14 @@ def data_lines(config: PipelineConfig) -> list[str]:
     return lines
 
 
+def recorded_config(config: PipelineConfig, seeds: Sequence[int], device: str) -> dict[str, Any]:
+    """What :data:`CONFIG_JSON` records: ``config`` with the ``seeds`` of its rows, the ``device`` they ran on and
+    the :func:`~deftx.pipeline.identity.method_rules` they were made under (a config file that
+    :func:`~deftx.pipeline.config.parse_config` reads back)."""
+    rules = method_rules(config)
+    return {**to_plain(config), "seeds": list(seeds), "device": device, **({RULES: rules} if rules else {})}
+
+
 def write_outputs(ws: Workspace, rows: list[EvalRow], wall_seconds: float, command: str | None) -> str:
     """results.csv, config.json, summary.csv, overlap.csv, selection.csv, losses.csv, timings.json, results.md,
     results.png. config.json (the config of results.csv's rows, their seeds) is written right after results.csv,
@@ -318,9 +326,7 @@ def write_outputs(ws: Workspace, rows: list[EvalRow], wall_seconds: float, comma
     recipe = recipe_hash(ws.config)
     plain = [{**row.as_dict(), RECIPE: recipe} for row in rows]
     write_csv(plain, out / RESULTS_CSV)
-    rules = method_rules(ws.config)
-    recorded = {**to_plain(ws.config), "seeds": sorted({row.seed for row in rows}), "device": ws.device,
-                **({RULES: rules} if rules else {})}
+    recorded = recorded_config(ws.config, sorted({row.seed for row in rows}), ws.device)
     atomic_write_bytes(out / CONFIG_JSON, (json.dumps(recorded, indent=2) + "\n").encode())
     summary = summarize(plain, exclude_from_average=ws.config.sources)
     write_csv(summary, out / "summary.csv")

@@ -202,16 +202,17 @@ def check_one_training_gpu(device: str) -> None:
                          "recipe); choose one GPU with CUDA_VISIBLE_DEVICES=<index>")
 
 
-def resolve_device(config: PipelineConfig) -> str:
-    """The device every phase of ``config`` runs on: :func:`requested_device`, checked (:func:`checked_device`,
-    :func:`check_one_training_gpu`).
+def resolve_device(config: PipelineConfig, *, trainer: bool = True) -> str:
+    """The device every phase of ``config`` runs on: :func:`requested_device`, checked (:func:`checked_device`;
+    :func:`check_one_training_gpu` where ``trainer``: the command trains through a ``transformers.Trainer``).
 
     Raises:
         ValueError: cuda is asked for and ``torch.cuda.is_available()`` is false, or with ``use_cpu``, or
-            on a machine of several visible GPUs.
+            (``trainer``) on a machine of several visible GPUs.
     """
     device = checked_device(config.device, bool(config.training.arguments.get("use_cpu")))
-    check_one_training_gpu(device)
+    if trainer:
+        check_one_training_gpu(device)
     return device
 
 
@@ -259,8 +260,11 @@ class Workspace:
     """The versions and commit the run started with (:func:`deftx.info.environment_record`)."""
 
     @classmethod
-    def open(cls, config: PipelineConfig, log: Callable[[str], None] = print, tokenizer: Any = None) -> Workspace:
-        """Resolve the device, the model and the data, make the folders; ``tokenizer``: the model's, if already loaded.
+    def open(cls, config: PipelineConfig, log: Callable[[str], None] = print, tokenizer: Any = None, *,
+             trainer: bool = True) -> Workspace:
+        """Resolve the device, the model and the data, make the folders; ``tokenizer``: the model's, if already loaded;
+        ``trainer``: the command trains through a ``transformers.Trainer`` (:func:`resolve_device`), where a
+        scoring command (``deftx heldout-mlm``: its MLM head warm-up is a loop of its own) does not.
 
         Raises:
             ValueError: an unavailable device, a token window longer than the model accepts
@@ -273,7 +277,7 @@ class Workspace:
 
         check_loader_workers(*(given_argument(config.training, f"dataloader_{name}")
                                for name in ("num_workers", "persistent_workers", "in_order")))
-        device = resolve_device(config)
+        device = resolve_device(config, trainer=trainer)
         model_dir = fitting_model(config)
         data_dir = Path(config.data_dir).expanduser() if config.data_dir else default_data_dir()
         if not data_dir.is_dir():

@@ -348,3 +348,19 @@ def test_scales_not_above_zero_are_refused_at_argparse(tmp_path, capsys, scale, 
         main(["heldout-mlm", str(tmp_path / "config.yaml"), "--scales", "1", scale])
     assert raised.value.code == 2
     assert f"argument --scales: expected a scale > 0, got '{scale}' ({why}" in capsys.readouterr().err
+
+
+def test_scoring_on_cuda_is_not_refused_for_several_visible_gpus(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    """heldout-mlm trains through no Trainer (no DataParallel): device cuda on a machine of 2 visible GPUs goes
+    on to the run's SFTs (here none, for seed 3), where the pipeline's training commands refuse it."""
+    config = write_config(tmp_path, tiny_model_dir, device="cuda")
+    (tmp_path / "run").mkdir()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "a GPU")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert main(["heldout-mlm", config, "--seeds", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "no NusaX MT language SFT under" in err and "visible GPUs" not in err, err
+    assert main(["train-lang", config, "--language", "madurese"]) == 2
+    assert "2 visible GPUs" in capsys.readouterr().err, "a training command is still refused"

@@ -303,6 +303,23 @@ def test_committed_results_record_their_config_s_recipe_under_the_rules_of_their
     assert "DeFT-X rows of before are not mixed" in changes[0]
 
 
+def test_a_results_folders_config_json_of_a_randomized_energy_recipe_loads_as_its_config(tmp_path):
+    """config.json records the method rules beside the config (a randomized energy-rule DeFT-X): read back as a
+    config file it is the same config (its rows' seeds), the record left out; a malformed record is refused."""
+    from deftx.pipeline.outputs import recorded_config
+
+    config = parse_config({"targets": ["madurese"], "methods": {"lt-sft": None, "deft-x": {"energy": 0.9}},
+                           "seeds": [3, 4], "device": "cpu"})
+    recorded = recorded_config(config, [3, 4], "cpu")
+    assert recorded["rules"], "the randomized energy rule is recorded"
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(recorded))
+    assert load_config(path) == config
+    path.write_text(json.dumps({**recorded, "rules": {"energy_sketch": "2"}}))
+    with pytest.raises(ConfigError, match="config rules: expected rule name -> version"):
+        load_config(path)
+
+
 @pytest.mark.parametrize(("methods", "rules"), [
     ({"lt-sft": None, "deft-x": {"energy": 0.9}}, True),
     ({"lt-sft": None, "deft-x": {"energy": 0.9, "method": "exact"}, "r8": {"rank": 8}}, False),
