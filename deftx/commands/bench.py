@@ -551,7 +551,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=path_text, default="bench-results", metavar="DIR",
                         help="output folder, made if missing (default bench-results); the outputs of an earlier "
                         "run of the same device and shape set there are refused unless --overwrite")
-    add_overwrite_output_argument(parser, "--out", "<device>_<shapes>.json/.png/.md")
+    add_overwrite_output_argument(parser, "--out",
+                                  "<device>_<shapes>.json/.png/.md (<device>_scaling.* with --scaling)")
     scaling = parser.add_argument_group("scaling study")
     scaling.add_argument("--scaling", action="store_true", help="run the scaling study instead of the suite")
     scaling.add_argument("--scaling-sets", type=_csv(str), default=None, metavar="SETS",

@@ -176,7 +176,9 @@ def vocabulary_digest(tokenizer: Any) -> str:
     A 250k-word vocabulary takes ~1 s to read and digest, and a pipeline records its tokenizer in the
     identity of every step: the digest is kept beside the object (weakly) with the state it was
     taken at (:func:`_vocabulary_state`), and taken again once that state changes. An object without
-    such a state, or that cannot be weakly referenced, is digested every time.
+    such a state, or that cannot be weakly referenced, is digested every time. A vocabulary changed
+    behind the tokenizer's API (its backend's model replaced by another of the same size) is not seen:
+    load a new tokenizer object for that.
     """
     state = _vocabulary_state(tokenizer)
     try:
