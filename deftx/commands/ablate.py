@@ -70,12 +70,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override every variant's device (cuda where there is none is an error before any work)")
     parser.add_argument("--seeds", type=seed_int, nargs="+", help="override the ablation's seeds")
     parser.add_argument("--variants", nargs="+", metavar="NAME",
-                        help="run only these variants (the summary still covers every variant's rows)")
+                        help="run only these variants (the summary still covers every variant's rows; another "
+                             "variant's stale rows are named, kept, and left out of the tables)")
     parser.add_argument("--dry-run", action="store_true",
                         help="validate the config and print the plan (variants, which share phase 1), run nothing")
     parser.add_argument("--quiet", action="store_true", help="print only the progress lines and the final table")
     add_heldout_argument(parser, "variant")
     parser.add_argument("--overwrite", action="store_true",
-                        help="drop the rows of variants whose settings changed and run them again, and retrain "
-                             "steps whose folder holds results of another identity (default: refuse, naming what "
-                             "changed)")
+                        help="drop the rows of the variants it runs whose settings changed and run them again, "
+                             "and retrain steps whose folder holds results of another identity (default: refuse, "
+                             "naming what changed)")

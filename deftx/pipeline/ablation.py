@@ -40,7 +40,8 @@ command again resumes (every training step checkpoints too). A variant's runs li
 settings (``variants.json`` beside the rows records them too, for a machine without the
 runs): changing a variant's settings gives it a new folder, and its old rows are refused,
 naming what changed, rather than mixed in (rename the variant, or ``overwrite`` /
-``--overwrite`` drops them and runs it again).
+``--overwrite`` drops them and runs it again). A run limited to some variants (``--variants``) checks
+and drops only their rows: another variant's stale rows are named, kept, and left out of the tables.
 """
 
 from __future__ import annotations
@@ -459,28 +460,59 @@ def variant_changes(ablation: AblationConfig, name: str, old_hash: str) -> list[
     return [with_rule_note(line) for line in describe_changes(recorded, current)]
 
 
-def check_rows_match(rows: Sequence[Mapping[str, Any]], ablation: AblationConfig) -> None:
-    """Refuse rows of a variant whose settings changed since they were written, naming the changes."""
-    stale = {row["variant"]: row["variant_hash"] for row in rows
-             if row["variant"] in ablation.hashes and row["variant_hash"] != ablation.hashes[row["variant"]]}
+def stale_variants(rows: Sequence[Mapping[str, Any]], ablation: AblationConfig) -> dict[str, str]:
+    """Variant name -> the settings hash of its rows in ``rows`` written under other settings than the
+    variant's now (stale rows), for each variant of the ablation that has such rows."""
+    return {row["variant"]: row["variant_hash"] for row in rows
+            if row["variant"] in ablation.hashes and row["variant_hash"] != ablation.hashes[row["variant"]]}
+
+
+def stale_details(stale: Mapping[str, str], ablation: AblationConfig) -> str:
+    """``name: what changed`` for each variant of ``stale`` (:func:`stale_variants`), joined by ``; ``."""
+    return "; ".join(f"{name}: {', '.join(variant_changes(ablation, name, old))}"
+                     for name, old in sorted(stale.items()))
+
+
+def check_rows_match(rows: Sequence[Mapping[str, Any]], ablation: AblationConfig, names: Iterable[str]) -> None:
+    """Refuse rows of the variants ``names`` (those a run runs) whose settings changed since they were written,
+    naming the changes; stale rows of other variants are not this run's to refuse (:func:`stale_rows_line`)."""
+    stale = {name: old for name, old in stale_variants(rows, ablation).items() if name in set(names)}
     if stale:
-        details = "; ".join(f"{name}: {', '.join(variant_changes(ablation, name, old))}"
-                            for name, old in sorted(stale.items()))
         raise ConfigError(f"variants {sorted(stale)} changed since their rows in ablation.csv were written "
-                          f"({details}): rename them, or run with --overwrite to drop their old rows and run them "
-                          "again")
+                          f"({stale_details(stale, ablation)}): rename them, or run with --overwrite to drop "
+                          "their old rows and run them again")
 
 
-def drop_stale_rows(path: Path, ablation: AblationConfig, fields: Sequence[str] = ROW_FIELDS) -> list[dict[str, str]]:
-    """Rewrite ``path`` (``ablation.csv``, or ``heldout.csv`` with its ``fields``) without the rows of
-    variants whose settings changed, under the file's lock (:func:`write_rows`); the rows kept, as read."""
+def stale_rows_line(rows: Sequence[Mapping[str, Any]], ablation: AblationConfig) -> str | None:
+    """One line naming the variants with stale rows in ``rows`` (:func:`stale_variants`) and what changed: a run
+    of other variants leaves them as they are, out of the tables; None when there are none."""
+    stale = stale_variants(rows, ablation)
+    if not stale:
+        return None
+    return (f"ablation.csv: rows of variants {sorted(stale)} were written under other settings "
+            f"({stale_details(stale, ablation)}): left as they are and out of the tables; run them with --variants "
+            f"{' '.join(sorted(stale))} --overwrite to replace them")
+
+
+def drop_stale_rows(path: Path, ablation: AblationConfig, names: Iterable[str],
+                    fields: Sequence[str] = ROW_FIELDS) -> list[dict[str, str]]:
+    """Rewrite ``path`` (``ablation.csv``, or ``heldout.csv`` with its ``fields``) without the rows of the
+    variants ``names`` (those the run runs again) whose settings changed, under the file's lock
+    (:func:`write_rows`); the rows kept, as read. Stale rows of other variants are kept."""
+    dropped = set(names)
     with locked(lock_beside(path)):
         rows = read_csv(path)
-        kept = [row for row in rows if row["variant"] not in ablation.hashes
+        kept = [row for row in rows if row["variant"] not in dropped
                 or row["variant_hash"] == ablation.hashes[row["variant"]]]
         if len(kept) != len(rows):
             write_rows(path, kept, fields)
     return kept
+
+
+def current_rows(rows: Sequence[Mapping[str, Any]], ablation: AblationConfig) -> list[Mapping[str, Any]]:
+    """The rows of the ablation's variants at their current settings hash: what the tables average
+    (stale rows of a variant are never averaged with its fresh ones)."""
+    return [row for row in rows if ablation.hashes.get(row["variant"]) == row["variant_hash"]]
 
 
 def current_heldout(ablation: AblationConfig) -> list[dict[str, str]]:
@@ -609,9 +641,11 @@ def run_ablation(ablation: AblationConfig, *, log: Callable[[str], None] = print
         log: the pipeline's own step-by-step lines.
         progress: one line per variant × seed (skipped, or done with its cost and averages).
         command: the command line, for results.md.
-        only: run just these variants (the summary still covers every variant's rows).
-        overwrite: drop the rows of variants whose settings changed (instead of refusing them) and
-            retrain the steps whose recorded identity differs (see :mod:`deftx.train.identity`).
+        only: run just these variants (the summary still covers every variant's current rows): only their
+            rows are checked (and dropped with ``overwrite``); stale rows of the others are named in one
+            ``progress`` line and left out of the tables (:func:`stale_rows_line`).
+        overwrite: drop the rows of the variants it runs whose settings changed (instead of refusing them)
+            and retrain the steps whose recorded identity differs (see :mod:`deftx.train.identity`).
         heldout: score each variant's language SFTs of each seed on held-out text, once
             (:func:`score_variant_heldout`), also for a variant × seed whose rows are done.
     """
@@ -623,10 +657,13 @@ def run_ablation(ablation: AblationConfig, *, log: Callable[[str], None] = print
     ablation.results_dir.mkdir(parents=True, exist_ok=True)
     csv_path = ablation.results_dir / "ablation.csv"
     if overwrite:
-        drop_stale_rows(csv_path, ablation)
-        drop_stale_rows(ablation.results_dir / HELDOUT_CSV, ablation, HELDOUT_ROW_FIELDS)
+        drop_stale_rows(csv_path, ablation, chosen)
+        drop_stale_rows(ablation.results_dir / HELDOUT_CSV, ablation, chosen, HELDOUT_ROW_FIELDS)
     existing = read_rows(csv_path)
-    check_rows_match(existing, ablation)
+    check_rows_match(existing, ablation, chosen)
+    stale_line = stale_rows_line(existing, ablation)
+    if stale_line:
+        progress(stale_line)
     with_rows = {row["variant"] for row in existing if row["variant"] in ablation.hashes}
     record_variants(ablation, sorted({*chosen, *with_rows}))
     done = {row_key(row) for row in existing}
@@ -816,7 +853,8 @@ def write_summary(
     """
     ablation = run.ablation
     out = ablation.results_dir
-    rows = [row for row in read_rows(out / "ablation.csv") if row["variant"] in ablation.variants]
+    every_row = read_rows(out / "ablation.csv")
+    rows = current_rows(every_row, ablation)
     ledger = out / "timings.jsonl"
     if run.timings:
         append_records(ledger, run.timings)
@@ -838,6 +876,7 @@ def write_summary(
         grouped_bar_plot(panels, out / "results.png", x_key="variant", series_key="column")
     tables = variant_tables(summary, variants, "macro_f1")
     any_config = next(iter(ablation.variants.values()))
+    stale_line = stale_rows_line(every_row, ablation)
     text = [f"# {ablation.name}: ablation on the NusaX valid splits", "",
             "Commands (finished invocations, then the one under way, if any; an interrupted invocation "
             "leaves no line here, its finished variants' costs are below):", "",
@@ -853,6 +892,7 @@ def write_summary(
         *[f"- **{name}** `{json.dumps(ablation.overrides[name])}`{same_settings_note(ablation, name)}"
           for name in variants],
         "",
+        *([stale_line, ""] if stale_line else []),
         tables,
         variant_tables(summary, variants, "accuracy"),
         seed_tables(rows, sources, variants, "macro_f1"),

@@ -614,26 +614,101 @@ def test_a_change_is_named_from_the_results_without_the_runs(tiny_ablation, tmp_
         (tmp_path / "aside.json").rename(ablation.results_dir / "variants.json")
 
 
-def test_overwrite_drops_the_rows_of_a_changed_variant(tmp_path):
-    from deftx.eval.report import read_csv
-    from deftx.pipeline.ablation import HELDOUT_ROW_FIELDS, append_rows, drop_stale_rows
+STALE_HASH = "0123456789ab"
+"""The settings hash of rows written under settings a variant no longer has (stale rows)."""
 
-    ablation = parse_ablation(ablation_raw(tmp_path, BASE, {"a": {}, "b": {"language_sft.k": 0.02}}))
-    rows = [{"variant": "a", "variant_hash": ablation.hashes["a"], "seed": 0, "macro_f1": 0.5, "accuracy": 0.5,
-             "language_scale": None, "target": "x"},
-            {"variant": "b", "variant_hash": "0123456789ab", "seed": 0, "macro_f1": 0.4, "accuracy": 0.4,
-             "language_scale": None, "target": "x"}]
+
+def hand_row(variant: str, hash_: str, seed: int, macro_f1: float) -> dict:
+    """One ablation.csv row, as a run writes it, of ``variant`` under settings hash ``hash_``."""
+    return {"variant": variant, "variant_hash": hash_, "seed": seed, "source": "indonesian", "target": "madurese",
+            "method": "lt-sft", "language_scale": None, "macro_f1": macro_f1, "accuracy": macro_f1}
+
+
+def test_only_the_variants_a_run_runs_have_their_stale_rows_refused_or_dropped(tmp_path):
+    """A run of some variants (--variants) checks, and with --overwrite drops, only their rows: the stale rows
+    of the others are named and kept, not refused (the whole run) or dropped without being run again."""
+    from deftx.eval.report import read_csv
+    from deftx.pipeline.ablation import (
+        HELDOUT_ROW_FIELDS,
+        append_rows,
+        check_rows_match,
+        drop_stale_rows,
+        stale_rows_line,
+    )
+
+    ablation = parse_ablation(ablation_raw(tmp_path, BASE, {"a": {}, "b": {"language_sft.k": 0.02},
+                                                            "c": {"language_sft.k": 0.03}}))
+    rows = [hand_row("a", ablation.hashes["a"], 0, 0.5), hand_row("b", ablation.hashes["b"], 0, 0.4),
+            hand_row("b", STALE_HASH, 1, 0.9), hand_row("c", STALE_HASH, 0, 0.3)]
+    check_rows_match(rows, ablation, ["a"])
+    with pytest.raises(ConfigError, match=rf"variants \['b'\] changed .*\(b: settings hash {STALE_HASH} -> \w+\)"):
+        check_rows_match(rows, ablation, ["a", "b"])
+    with pytest.raises(ConfigError, match=r"variants \['b', 'c'\] changed .*--overwrite to drop their old rows"):
+        check_rows_match(rows, ablation, list(ablation.variants))
+    line = stale_rows_line(rows, ablation)
+    assert line is not None and "\n" not in line
+    assert line.startswith("ablation.csv: rows of variants ['b', 'c'] were written under other settings (b: ")
+    assert line.endswith("left as they are and out of the tables; run them with --variants b c --overwrite to "
+                         "replace them")
+    assert stale_rows_line(rows[:2], ablation) is None
     path = tmp_path / "ablation.csv"
     append_rows(path, rows)
-    with pytest.raises(ConfigError, match=r"variants \['b'\] changed .*settings hash 0123456789ab"):
-        run_ablation(parse_ablation(ablation_raw(tmp_path, BASE, {"a": {}, "b": {"language_sft.k": 0.02}},
-                                                 results_dir=str(tmp_path))), only=["a"])
-    kept = drop_stale_rows(path, ablation)
-    assert [r["variant"] for r in kept] == [r["variant"] for r in read_rows(path)] == ["a"]
+    kept = drop_stale_rows(path, ablation, ["a", "b"])
+    assert [(r["variant"], r["variant_hash"]) for r in kept] == [(r["variant"], r["variant_hash"])
+                                                                  for r in read_rows(path)] == [
+        ("a", ablation.hashes["a"]), ("b", ablation.hashes["b"]), ("c", STALE_HASH)]
+    assert [r["variant"] for r in drop_stale_rows(path, ablation, list(ablation.variants))] == ["a", "b"]
     heldout = tmp_path / "heldout.csv"
-    append_rows(heldout, [{**row, "language": "x", "method": "θ0", "scale": 0.0} for row in rows], HELDOUT_ROW_FIELDS)
-    assert [r["variant"] for r in drop_stale_rows(heldout, ablation, HELDOUT_ROW_FIELDS)] == ["a"]
-    assert [(r["variant"], r["language"]) for r in read_csv(heldout)] == [("a", "x")]
+    append_rows(heldout, [{**row, "language": "madurese", "method": "θ0", "scale": 0.0} for row in rows],
+                HELDOUT_ROW_FIELDS)
+    assert [r["variant"] for r in drop_stale_rows(heldout, ablation, ["c"], HELDOUT_ROW_FIELDS)] == ["a", "b", "b"]
+    assert [r["variant_hash"] for r in read_csv(heldout)][-1] == STALE_HASH
+
+
+def test_a_run_of_other_variants_names_stale_rows_and_leaves_them_as_they_are(tmp_path):
+    """With --variants a, variant b's stale rows neither refuse the run nor are dropped by --overwrite (nothing
+    runs b again); the run says so in one line. Without --variants the run refuses them, naming b."""
+    from deftx.pipeline.ablation import append_rows
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"max_position_embeddings": 512}))
+    raw = ablation_raw(tmp_path, {**BASE, "model": str(model), "device": "cpu"},
+                       {"a": {}, "b": {"language_sft.k": 0.02}}, seeds=[0])
+    ablation = parse_ablation(raw)
+    path = ablation.results_dir / "ablation.csv"
+    append_rows(path, [hand_row("a", ablation.hashes["a"], 0, 0.5), hand_row("b", STALE_HASH, 0, 0.4)])
+    said: list[str] = []
+    run_ablation(ablation, log=lambda _: None, progress=said.append, only=["a"], overwrite=True, heldout=False)
+    assert [line for line in said if "were written under other settings" in line] == [
+        f"ablation.csv: rows of variants ['b'] were written under other settings (b: settings hash {STALE_HASH} -> "
+        f"{ablation.hashes['b']}): left as they are and out of the tables; run them with --variants b --overwrite "
+        "to replace them"]
+    assert [(r["variant"], r["variant_hash"]) for r in read_rows(path)] == [("a", ablation.hashes["a"]),
+                                                                            ("b", STALE_HASH)]
+    with pytest.raises(ConfigError, match=rf"variants \['b'\] changed .*settings hash {STALE_HASH}"):
+        run_ablation(ablation, log=lambda _: None, progress=lambda _: None, heldout=False)
+
+
+def test_the_tables_leave_out_a_variants_stale_rows_and_say_so(tmp_path):
+    """A variant's stale rows (seed 1, under an older rule) are not averaged with its fresh ones (seed 0):
+    summary.csv and results.md hold the fresh rows alone, and results.md names the stale ones."""
+    from deftx.eval.report import read_csv
+    from deftx.pipeline.ablation import AblationRun, append_rows, write_summary
+
+    ablation = parse_ablation(ablation_raw(tmp_path, BASE, {"a": {}, "b": {"language_sft.k": 0.02}}))
+    append_rows(ablation.results_dir / "ablation.csv", [
+        hand_row("a", ablation.hashes["a"], 0, 0.5), hand_row("b", ablation.hashes["b"], 0, 0.4),
+        hand_row("b", STALE_HASH, 1, 0.9)])
+    write_summary(AblationRun(ablation, LinkedStepStore(tmp_path / "store"), environment={}), 0.0, None,
+                  plot=False)
+    averages = {r["variant"]: r for r in read_csv(ablation.results_dir / "summary.csv") if r["target"] == "avg"}
+    assert {name: (float(r["macro_f1_mean"]), r["seeds"]) for name, r in averages.items()} == {
+        "a": (0.5, "1"), "b": (0.4, "1")}
+    results = (ablation.results_dir / "results.md").read_text()
+    assert "| b | 40.0 (1) |" in results and "90.0" not in results
+    assert "ablation.csv: rows of variants ['b'] were written under other settings" in results
+    assert "Seeds in the tables: [0] (" in results
 
 
 class Stopped(BaseException):
@@ -665,7 +740,7 @@ def test_rows_stopped_while_written_leave_the_file_as_it_was(tmp_path, monkeypat
     before = path.read_bytes()
     monkeypatch.setattr(csv.DictWriter, "writerows", lambda self, rows: (self.writerow(next(iter(rows))), [][0]))
     with pytest.raises(IndexError):
-        drop_stale_rows(path, ablation)
+        drop_stale_rows(path, ablation, list(ablation.variants))
     assert path.read_bytes() == before and len(read_rows(path)) == 600
 
 
@@ -691,8 +766,9 @@ def test_committed_rows_stay_valid_for_their_config(config):
     if stale:
         named = re.escape(with_rule_note(rule_change))
         with pytest.raises(ConfigError, match=rf"rows in ablation.csv were written \(\S+: {named}\)"):
-            check_rows_match(rows, ablation)
-    check_rows_match([r for r in rows if r["variant"] not in stale], ablation)
+            check_rows_match(rows, ablation, list(ablation.variants))
+    check_rows_match([r for r in rows if r["variant"] not in stale], ablation, list(ablation.variants))
+    check_rows_match(rows, ablation, [name for name in ablation.variants if name not in stale])
     assert {r["variant"] for r in rows} <= set(ablation.hashes)
     recorded = recorded_variants(REPO / ablation.results_dir)
     assert {f"{r['variant']}-{r['variant_hash']}" for r in rows} <= set(recorded), "variants.json lacks a variant"
