@@ -6,7 +6,8 @@ from the step's inputs (:mod:`deftx.train.identity`), so a file's presence says 
 each step's tuner as the run does (:mod:`deftx.pipeline.steps`) and asks it the question its ``fit()`` asks
 (:meth:`~deftx.train.sparse_finetuner.SparseFineTuner.stale_steps`,
 :func:`~deftx.train.task.stale_baseline`). It does so only for the run folders that exist (a fresh plan loads
-nothing) and writes nothing. A step whose inputs come from an earlier step that is still to be trained (a
+nothing) and writes nothing: the tuners' Trainers it builds have the existing run folder as their output_dir,
+so building them creates no folder. A step whose inputs come from an earlier step that is still to be trained (a
 task SFT on its source's language SFT; a language SFT under an MLM head not yet warmed up) is checked when
 the run gets there: the plan says so.
 """
@@ -123,7 +124,7 @@ class StepChecker:
         if head is None:
             return unchecked("the MLM head is not warmed up yet (not cached)")
         texts = americasnlp_texts(ws, language) if americasnlp else language_texts(ws, language)
-        tuner = language_tuner(ws, texts, seed, head, run_dir)
+        tuner = language_tuner(ws, texts, seed, head, run_dir, trainer_dir=run_dir)
         status = branch_statuses(tuner.stale_steps(tuner.identity()), run_dir, self.overwrite)
         self.language_sfts[(seed, americasnlp, language)] = {
             method: SparseDiff.load(branch_file(run_dir, method)) for method in self.config.methods
@@ -147,7 +148,7 @@ class StepChecker:
                 return unchecked(f"its source's {method} language SFT is not trained yet")
         examples, num_labels, labels = self.task_data(ws, seed, source)
         selections = {method: self.config.methods[method] for method in methods}
-        tuner = task_tuner(ws, examples, seed, num_labels, selections, source_sft, run_dir, labels)
+        tuner = task_tuner(ws, examples, seed, num_labels, selections, source_sft, run_dir, labels, trainer_dir=run_dir)
         return branch_statuses(tuner.stale_steps(tuner.identity()), run_dir, self.overwrite)
 
     def baseline(self, seed: int, source: str | None, work_dir: Path) -> str:

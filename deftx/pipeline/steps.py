@@ -22,12 +22,14 @@ from deftx.train.sparse_finetuner import SparseFineTuner
 from deftx.train.task import classification_examples, task_sft_tuner, train_full_finetune
 
 
-def language_tuner(ws: Workspace, texts: Sequence[str], seed: int, head_file: Path, work: Path) -> SparseFineTuner:
-    """The tuner of one language-SFT run (every method a branch of one phase 1) in ``work``."""
+def language_tuner(ws: Workspace, texts: Sequence[str], seed: int, head_file: Path, work: Path,
+                   trainer_dir: Path | None = None) -> SparseFineTuner:
+    """The tuner of one language-SFT run (every method a branch of one phase 1) in ``work`` (``trainer_dir``: its
+    Trainer's output_dir, see :func:`~deftx.train.language.language_sft_tuner`)."""
     return language_sft_tuner(
         ws.model_dir, ws.tokenizer, texts, ws.config.language_config(), work,
         head_file=head_file, settings=ws.language_settings(seed), base_model=str(ws.model_dir),
-        overwrite=ws.overwrite, store=ws.step_store,
+        overwrite=ws.overwrite, store=ws.step_store, trainer_dir=trainer_dir,
     )
 
 
@@ -51,13 +53,14 @@ def nusax_train_examples(ws: Workspace, language: str) -> list[dict]:
 
 def task_tuner(ws: Workspace, examples: Sequence[dict], seed: int, num_labels: int,
                methods: Mapping[str, DenoiseConfig | None], source_sft: SparseDiff | None, work: Path,
-               labels: Sequence[str] | None = None) -> SparseFineTuner:
-    """The tuner of one task-SFT run in ``work``: ``methods`` as branches, on ``source_sft`` when given."""
+               labels: Sequence[str] | None = None, trainer_dir: Path | None = None) -> SparseFineTuner:
+    """The tuner of one task-SFT run in ``work``: ``methods`` as branches, on ``source_sft`` when given
+    (``trainer_dir``: its Trainer's output_dir, see :func:`~deftx.train.task.task_sft_tuner`)."""
     return task_sft_tuner(
         ws.model_dir, ws.tokenizer, examples, ws.config.task_config(dict(methods)), work,
         num_labels=num_labels, settings=ws.settings(seed), source_sft=source_sft,
         base_model=str(ws.model_dir), pooling=ws.config.pooling, labels=labels,
-        overwrite=ws.overwrite, store=ws.step_store,
+        overwrite=ws.overwrite, store=ws.step_store, trainer_dir=trainer_dir,
     )
 
 

@@ -32,7 +32,7 @@ from deftx.train.head_warm_up import warm_up_mlm_head
 from deftx.train.masking import MLMCollator, chunk_token_ids
 from deftx.train.sparse_finetuner import SparseFineTuner
 from deftx.train.store import StepStore
-from deftx.train.trainer_args import TrainingSettings, training_arguments
+from deftx.train.trainer_args import TrainingSettings, trainer_output_dir, training_arguments
 
 
 @dataclass
@@ -248,6 +248,7 @@ def language_sft_tuner(
     base_model: str | None = None,
     overwrite: bool = False,
     store: StepStore | None = None,
+    trainer_dir: str | Path | None = None,
 ) -> SparseFineTuner:
     """The tuner of a language SFT on ``texts`` (one branch per ``config.selections``): ``.fit()`` trains or resumes it.
 
@@ -263,8 +264,11 @@ def language_sft_tuner(
         base_model: identifier stored in the SFTs.
         overwrite: discard results of ``work_dir`` whose identity differs instead of refusing them.
         store: finished steps to link from, and to publish to.
+        trainer_dir: the Trainer's ``output_dir``, which building the Trainer creates (default
+            ``work_dir / "trainer"``; the phases train in folders of their own): a tuner only asked which of
+            ``work_dir``'s steps are stale (a dry run) passes an existing folder, ``work_dir``, so as to create none.
     """
-    args = training_arguments(settings, Path(work_dir) / "trainer")
+    args = training_arguments(settings, trainer_output_dir(work_dir, trainer_dir))
     check_loader_workers(args.dataloader_num_workers, args.dataloader_persistent_workers, args.dataloader_in_order)
     model = build_mlm_model(model_dir, head_state=head_file)
     collator = BatchSeededCollator(

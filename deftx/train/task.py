@@ -29,7 +29,7 @@ from deftx.train.finetune import phase_arguments
 from deftx.train.identity import claim, owned, stale_results
 from deftx.train.sparse_finetuner import SparseFineTuner, run_phase, trainer_identity
 from deftx.train.store import StepStore
-from deftx.train.trainer_args import TrainingSettings, training_arguments
+from deftx.train.trainer_args import TrainingSettings, trainer_output_dir, training_arguments
 from deftx.train.trainer_contract import forward_restored
 
 
@@ -142,6 +142,7 @@ def task_sft_tuner(
     labels: Sequence[str] | None = None,
     overwrite: bool = False,
     store: StepStore | None = None,
+    trainer_dir: str | Path | None = None,
 ) -> SparseFineTuner:
     """The tuner of a task SFT (one branch per ``config.selections``): ``.fit()`` trains or resumes it.
 
@@ -160,6 +161,9 @@ def task_sft_tuner(
         labels: class names in id order, recorded in the SFTs' ``info``.
         overwrite: discard results of ``work_dir`` whose identity differs instead of refusing them.
         store: finished steps to link from, and to publish to.
+        trainer_dir: the Trainer's ``output_dir``, which building the Trainer creates (default
+            ``work_dir / "trainer"``; the phases train in folders of their own): a tuner only asked which of
+            ``work_dir``'s steps are stale (a dry run) passes an existing folder, ``work_dir``, so as to create none.
 
     Raises:
         ValueError: an example's label that is no class id below ``num_labels`` (:func:`check_class_ids`),
@@ -172,7 +176,7 @@ def task_sft_tuner(
         model.config.update({"id2label": dict(enumerate(labels)), "label2id": {n: i for i, n in enumerate(labels)}})
     if source_sft is not None:
         source_sft.apply(model)
-    trainer = _trainer(model, tokenizer, list(examples), settings, Path(work_dir) / "trainer")
+    trainer = _trainer(model, tokenizer, list(examples), settings, trainer_output_dir(work_dir, trainer_dir))
     return SparseFineTuner(trainer, config, work_dir, base_model=base_model, progress=settings.progress,
                            overwrite=overwrite, store=store, label="task sft", warn_overrides=False)
 
@@ -184,11 +188,12 @@ BASELINE_OUTPUTS = (BASELINE_FILE, BASELINE_PHASE, LOG)
 """What a change of the baseline's identity invalidates: its result, its phase's checkpoints, its log."""
 
 
-def _baseline_trainer(model_dir: str | Path, tokenizer, examples: Sequence[dict], work_dir: Path, num_labels: int,
+def _baseline_trainer(model_dir: str | Path, tokenizer, examples: Sequence[dict], output_dir: Path, num_labels: int,
                       settings: TrainingSettings, pooling: str) -> Trainer:
-    """The Trainer of the full fine-tuning baseline in ``work_dir``, on a freshly built classifier."""
+    """The Trainer of the full fine-tuning baseline, on a freshly built classifier, with ``output_dir`` (which
+    building it creates; never trained in: the phase has a folder of its own)."""
     model = build_classifier(model_dir, num_labels, settings.seed, pooling)
-    return _trainer(model, tokenizer, list(examples), settings, work_dir / "trainer")
+    return _trainer(model, tokenizer, list(examples), settings, output_dir)
 
 
 def baseline_identity(trainer: Trainer, phase: PhaseConfig) -> dict[str, Any]:
@@ -209,8 +214,11 @@ def stale_baseline(
 ) -> list[str]:
     """What :func:`train_full_finetune` with these arguments would refuse in ``work_dir`` (or discard, with
     ``overwrite``): one line per changed field of its identity; [] when the folder holds this baseline's results
-    or none. Reads the folder only (a dry run's check)."""
+    or none. Reads the folder only (a dry run's check): its Trainer's ``output_dir`` is ``work_dir`` itself, which
+    exists, so no folder is created."""
     work_dir = Path(work_dir)
+    if not work_dir.is_dir():
+        return []
     trainer = _baseline_trainer(model_dir, tokenizer, examples, work_dir, num_labels, settings, pooling)
     return stale_results(work_dir, baseline_identity(trainer, phase), BASELINE_OUTPUTS)
 
@@ -247,7 +255,8 @@ def train_full_finetune(
     """
     work_dir = Path(work_dir)
     check_class_ids(examples, num_labels)
-    trainer = _baseline_trainer(model_dir, tokenizer, examples, work_dir, num_labels, settings, pooling)
+    trainer = _baseline_trainer(model_dir, tokenizer, examples, trainer_output_dir(work_dir), num_labels, settings,
+                                pooling)
     model = trainer.model
     with owned(work_dir, holder=trainer.args.process_index == 0):
         identity = baseline_identity(trainer, phase)

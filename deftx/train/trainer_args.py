@@ -140,6 +140,13 @@ class TrainingSettings:
                 raise ValueError(f"TrainingSettings: {name} must be true or false, got {short_repr(value)}")
 
 
+def trainer_output_dir(work_dir: str | Path, trainer_dir: str | Path | None = None) -> Path:
+    """The ``output_dir`` of the Trainer of a deftx run in ``work_dir``: ``trainer_dir`` where given, else
+    ``work_dir / "trainer"``. Building the Trainer creates it; nothing is written there (each phase trains in
+    a folder of its own)."""
+    return Path(trainer_dir) if trainer_dir is not None else Path(work_dir) / "trainer"
+
+
 def training_arguments(settings: TrainingSettings, output_dir: str | Path) -> TrainingArguments:
     """``TrainingArguments`` for one deftx run (phase lengths and rates are set per phase).
 

@@ -106,12 +106,16 @@ def test_a_run_links_the_equal_finished_steps_of_a_step_store(tmp_path, tiny_mod
 def test_a_changed_config_is_refused_naming_the_change_until_overwrite(tmp_path, tiny_model_dir, monkeypatch):
     monkeypatch.setenv("DEFTX_CACHE", str(tmp_path / "cache"))
     config = tiny_pipeline(tmp_path, tiny_model_dir, "run", {"lt-sft": None})
-    run_pipeline(replace(config, baseline=False), log=lambda _: None)
+    assert config.baseline, "the dry run checks the baseline too"
+    run_pipeline(config, log=lambda _: None)
     task_sft = tmp_path / "run" / "seed-0/task/indonesian/lt-sft/lt-sft/sft.safetensors"
     language_sft = tmp_path / "run" / "seed-0/lang/indonesian/lt-sft/sft.safetensors"
     before = SparseDiff.load(task_sft).k, os.stat(language_sft).st_mtime_ns
-    smaller = replace(config, baseline=False, task_sft=replace(config.task_sft, k=0.02))
+    smaller = replace(config, task_sft=replace(config.task_sft, k=0.02))
+    for trainer_folder in (tmp_path / "run").rglob("trainer"):
+        trainer_folder.rmdir()  # the Trainers' empty output folders: a copy of the runs (git, rsync) may lack them
     files = {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*")}
+    folders = {path for path in files if path.is_dir()}
     change = rf"branch lt-sft: k: {before[0]} -> (\d+)"
     plan = planned_statuses(smaller)
     assert {plan[language_sft], plan[language_sft.parents[1] / "lt-sft/sft.safetensors"]} == {"done"}, plan
@@ -120,6 +124,7 @@ def test_a_changed_config_is_refused_naming_the_change_until_overwrite(tmp_path,
     assert refused, "the dry run says what the run does: it refuses the changed task SFT (it said done)"
     assert re.fullmatch(rf"to retrain \(--overwrite\): its results are of other settings: {change}",
                         planned_statuses(smaller, overwrite=True)[task_sft])
+    assert {path for path in tmp_path.rglob("*") if path.is_dir()} == folders, "the dry run made no folder"
     assert {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*")} == files, "the dry run wrote nothing"
     with pytest.raises(IdentityMismatchError, match=rf"task/indonesian/lt-sft holds results of another run: "
                                                     rf"branch lt-sft: k: {before[0]} -> {refused[1]}\."):
