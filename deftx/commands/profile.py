@@ -32,8 +32,8 @@ DESCRIPTION = textwrap.dedent(
     the instructions one iteration of its vector-load loop issues on the unmasked path, plus
     any violated design promise; then a roofline prediction per op (topk, rsvd,
     reconstruct_abs, scatter, masked_step) for the --shapes model beside the dense torch
-    baseline. Writes static_<arch>_<shapes>.json and .md into --out. Everything in it is
-    PREDICTED, not measured.
+    baseline. Writes static_<arch>_<shapes>.json and .md (arch without its underscore:
+    static_sm90_xlmr-base.json) into --out. Everything in it is PREDICTED, not measured.
 
     Runtime (TARGET): run TARGET under torch.profiler on --device and write a Chrome
     trace (trace_<target>.json) and a per-range / per-kernel summary (profile_<target>.json
