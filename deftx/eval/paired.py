@@ -292,18 +292,21 @@ def paired_study(
 
     Raises:
         ResultsError: no targets or a target named twice, a target or a method of a pair has no
-            rows, or a seed lacks one of the targets.
+            rows, or a seed of a compared method lacks one of the targets (methods in no pair are not
+            checked: their rows are not compared).
     """
     rows = list(rows)
     check_targets(rows, targets, split)
     scores = scores_by_seed(rows, metric, split, targets)
-    for method in sorted({m for pair in pairs for m in pair}):
+    compared = sorted({m for pair in pairs for m in pair})
+    for method in compared:
         if method not in scores:
             raise ResultsError(f"no {split} rows for method {method!r} on the targets "
                                f"(methods found: {', '.join(sorted(scores)) or 'none'})")
     means = {
-        method: {seed: target_mean(by_target, targets, f"{method}, seed {seed}") for seed, by_target in seeds.items()}
-        for method, seeds in scores.items()
+        method: {seed: target_mean(by_target, targets, f"{method}, seed {seed}")
+                 for seed, by_target in scores[method].items()}
+        for method in compared
     }
     overall = f"mean of {len(targets)} targets"
     results = [paired_difference(a, b, overall, means[a], means[b], bootstrap) for a, b in pairs]

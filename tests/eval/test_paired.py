@@ -89,6 +89,17 @@ def test_unpaired_seeds_are_left_out_and_named(tmp_path):
     assert overall.seeds == (0, 1, 2) and overall.unpaired == (3,)
 
 
+def test_a_method_in_no_pair_that_lacks_a_target_does_not_refuse_the_comparison():
+    """A method still running (a seed without one of the targets) that no pair names: deft-x − lt-sft is
+    compared as without it. (Every method's mean over the targets was taken, refusing the study.)"""
+    rows = study_rows(np.random.default_rng(3), range(3))
+    alone = paired_study(rows, pairs=[("deft-x", "lt-sft")], targets=TARGETS)
+    running = [row("running", "acehnese", seed, 0.5) for seed in range(3)] + [row("running", "balinese", 0, 0.5)]
+    assert paired_study([*rows, *running], pairs=[("deft-x", "lt-sft")], targets=TARGETS) == alone
+    with pytest.raises(ResultsError, match="running, seed 1: no score on balinese"):
+        paired_study([*rows, *running], pairs=[("deft-x", "running")], targets=TARGETS)
+
+
 def test_results_files_merge_and_conflicts_are_refused(tmp_path):
     rows = study_rows(np.random.default_rng(2), range(4))
     first = write(tmp_path / "a.csv", [r for r in rows if int(r["seed"]) < 3])
