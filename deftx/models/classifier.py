@@ -36,7 +36,8 @@ class BertMeanPoolClassifier(BertPreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.bert = BertModel(config, add_pooling_layer=False)
-        self.dropout = torch.nn.Dropout(config.classifier_dropout or config.hidden_dropout_prob)
+        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = torch.nn.Dropout(dropout)
         self.classifier = torch.nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
