@@ -390,8 +390,8 @@ def unpack_source(packed: Path) -> tuple[Path, Path]:
     The joined files are written beside the parts (``packed/joined``) once, and reused.
 
     Raises:
-        ValueError: no manifest, a part missing or of the wrong size or hash, or a joined file
-            whose sha256 differs from the manifest's (each error names the file).
+        ValueError: no manifest or several, a part missing or of the wrong size or hash, or a joined
+            file whose sha256 differs from the manifest's (each error names the file).
     """
     manifest = _read_manifest(packed)
     if manifest is None:
@@ -417,7 +417,10 @@ def packed_source_problems(packed: Path) -> list[str]:
     """Why a :func:`pack_source` folder cannot be joined, found without reading the parts: no
     manifest, or parts missing or of another size than the manifest's (empty: every part is there).
     :func:`unpack_source` still checks each part's sha256 when it joins them."""
-    manifest = _read_manifest(packed)
+    try:
+        manifest = _read_manifest(packed)
+    except ValueError as err:
+        return [str(err)]
     if manifest is None:
         return [f"{packed}: no {MANIFEST_FILE} {NOT_ARRIVED}"]
     return part_problems(packed, manifest["parts"])
@@ -436,8 +439,17 @@ def part_problems(packed: Path, parts: list[dict]) -> list[str]:
 
 
 def _read_manifest(packed: Path) -> dict | None:
-    """The manifest of a :func:`pack_source` folder (in one of its numbered folders), or None."""
+    """The manifest of a :func:`pack_source` folder (in one of its numbered folders), or None.
+
+    Raises:
+        ValueError: the folder holds several manifests (the folders of more than one pack, whose
+            parts overwrite each other's).
+    """
     found = sorted(packed.glob(f"*/{MANIFEST_FILE}")) + sorted(packed.glob(MANIFEST_FILE))
+    if len(found) > 1:
+        names = ", ".join(str(path.relative_to(packed)) for path in found)
+        raise ValueError(f"{packed}: {len(found)} manifests ({names}), the folders of more than one "
+                         "`deftx e5-pack`: bring the folders of one pack into an empty folder")
     return json.loads(found[0].read_text()) if found else None
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import struct
 import time
@@ -443,6 +444,22 @@ def test_files_joined_once_are_reused_without_their_parts(packed):
     shutil.rmtree(folders[0])
     assert e5.unpack_source(out) == joined
     assert e5.packed_source_problems(out), "the folder itself is still incomplete"
+
+
+def test_the_folders_of_two_packs_in_one_are_refused(packed, tmp_path, monkeypatch):
+    """A newer pack's folders copied over an older one's leave two manifests: the older one's joined
+    files must not be taken for the newer pack."""
+    out, folders = packed
+    e5.unpack_source(out)
+    newer = folders[0] / e5.MANIFEST_FILE
+    shutil.copy(folders[-1] / e5.MANIFEST_FILE, newer)
+    message = "2 manifests .* more than one `deftx e5-pack`"
+    with pytest.raises(ValueError, match=message):
+        e5.unpack_source(out)
+    assert re.search(message, " ".join(e5.packed_source_problems(out)))
+    monkeypatch.setenv(e5.SOURCE_ENV, str(out))
+    with pytest.raises(ValueError, match=message):
+        e5.ensure_e5_small(tmp_path / "cache")
 
 
 @pytest.mark.parametrize("damage", ["corrupt part", "missing folder", "no manifest"])
