@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import BertForSequenceClassification
 
-from deftx.models.classifier import BertMeanPoolClassifier
+from deftx.models.classifier import BertMeanPoolClassifier, build_classifier
 from tests.models.conftest import EMBEDDING_ROWS, tiny_bert
 
 
@@ -29,3 +29,10 @@ def test_logits_are_the_head_on_the_mean_over_unmasked_tokens():
     pooled = torch.stack([hidden[0].mean(0), hidden[1, :3].mean(0)])
     expected = pooled @ model.classifier.weight.T + model.classifier.bias
     torch.testing.assert_close(model(input_ids=ids, attention_mask=mask).logits, expected)
+
+
+@pytest.mark.parametrize("num_labels", [1, 0, -1, 2.0])
+def test_fewer_than_two_labels_are_refused(num_labels, tmp_path):
+    tiny_bert(EMBEDDING_ROWS).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="num_labels must be an integer of at least 2"):
+        build_classifier(tmp_path, num_labels, seed=0)
