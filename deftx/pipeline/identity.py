@@ -85,4 +85,3 @@ def recipe_hash(config: PipelineConfig) -> str:
     """The digest of :func:`run_identity`, shortened: an ablation variant's folder and rows, and every
     ``results.csv`` row of a pipeline run, carry it."""
     return digest(run_identity(config))[:SHORT_DIGEST]
-
