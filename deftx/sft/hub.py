@@ -31,7 +31,7 @@ SFT_FILE = "sft.safetensors"
 CONFIG_FILE = "sft_config.json"
 CARD_FILE = "README.md"
 INFO_KEYS = ("architecture", "pooling", "num_labels", "labels")
-CHECKED_KEYS = ("base_model", "method", "k", "nnz")
+UNCHECKED_KEYS = ("format_version",)  # the file's own version is checked when it is read
 
 
 class HubFolderError(FileNotFoundError):
@@ -168,8 +168,8 @@ def check_config(config: Any, diff: SparseDiff, source: str) -> None:
     if not isinstance(config, dict):
         raise SparseDiffFormatError(f"{source}: {CONFIG_FILE} must hold a JSON object")
     expected = sft_config(diff)
-    for key in CHECKED_KEYS:
-        if key in config and config[key] != expected[key]:
+    for key in expected:
+        if key not in UNCHECKED_KEYS and key in config and config[key] != expected[key]:
             raise SparseDiffFormatError(
                 f"{source}: {CONFIG_FILE} says {key} = {config[key]!r}, but {SFT_FILE} holds {expected[key]!r}"
             )

@@ -71,6 +71,20 @@ def test_a_config_that_disagrees_with_the_file_is_refused(tmp_path, diff):
         SparseDiff.from_pretrained(tmp_path / "sft")
 
 
+@pytest.mark.parametrize(("key", "value"), [
+    ("pooling", "mean"), ("labels", ["positive", "neutral", "negative"]), ("num_labels", 2),
+    ("architecture", "BertForMaskedLM"), ("dense", []), ("parameters", 1), ("format", "other"),
+])
+def test_a_config_that_disagrees_with_the_file_in_any_field_is_refused(tmp_path, diff, key, value):
+    diff.save_pretrained(tmp_path / "sft")
+    config_path = tmp_path / "sft" / CONFIG_FILE
+    config = json.loads(config_path.read_text())
+    config[key] = value
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(SparseDiffFormatError, match=rf"says {key} = "):
+        SparseDiff.from_pretrained(tmp_path / "sft")
+
+
 def test_a_config_that_is_not_utf8_json_is_a_format_error(tmp_path, diff):
     diff.save_pretrained(tmp_path / "sft")
     (tmp_path / "sft" / CONFIG_FILE).write_bytes(b"\xff\xfe{}")
