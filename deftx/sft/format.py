@@ -51,6 +51,11 @@ DTYPE_NAMES: dict[str, torch.dtype] = {
     "float64": torch.float64,
 }
 DIGEST_FIELD = "sha256"
+METADATA_FIELDS = frozenset(
+    {"format", "format_version", "base_model", "method", "k", "settings", "params", "info", DIGEST_FIELD}
+)
+"""Every metadata field a SparseDiff file may hold: another one (``sha257``, a renamed ``sha256``) is refused,
+so that a changed byte cannot turn the digest check off."""
 MAX_NUMEL = 2**63 - 1  # flat indices are int64
 HEADER_LENGTH_BYTES = 8
 MAX_DECIMAL_DIGITS = 18  # every such count fits in int64
@@ -234,6 +239,11 @@ def read_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[st
         raise ForeignFormatError(f"{source}: {described}")
     metadata = header_metadata(data, source)
     check_format(metadata, source)
+    unknown = sorted(set(metadata) - METADATA_FIELDS)
+    if unknown:
+        raise SparseDiffFormatError(
+            f"{source}: corrupt SparseDiff file (metadata field {unknown[0]!r} is not one a SparseDiff holds)"
+        )
     try:
         tensors = load_safetensors(data)
     except (SafetensorError, ValueError, RuntimeError, TypeError, OverflowError) as err:

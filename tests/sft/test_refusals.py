@@ -157,6 +157,18 @@ def test_a_changed_byte_is_refused_by_the_digest(tmp_path, model):
         SparseDiff.load(path)
 
 
+def test_a_renamed_digest_field_is_refused_not_taken_for_a_file_without_one(tmp_path, model):
+    """One changed byte of the key ``sha256`` must not turn the digest check off for the rest of the file."""
+    path = tmp_path / "sft.safetensors"
+    random_sft(model, 100).save(path)
+    data = bytearray(path.read_bytes())
+    data[data.index(b'"sha256"') + 6] = ord("7")  # "sha257"
+    data[-3] ^= 0x01  # and one bit of the last value
+    path.write_bytes(bytes(data))
+    with pytest.raises(SparseDiffFormatError, match="metadata field 'sha257' is not one a SparseDiff holds"):
+        SparseDiff.load(path)
+
+
 def test_files_without_a_digest_still_load(tmp_path, model):
     path = tmp_path / "sft.safetensors"
     diff = random_sft(model, 100)
