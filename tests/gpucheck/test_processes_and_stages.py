@@ -91,6 +91,29 @@ def test_the_tests_stage_runs_only_cuda_marked_tests_and_reports_them(tmp_path):
     assert (none["status"], none["headline"]) == ("ok", "no tests selected by -m cuda")
 
 
+def test_on_cuda_the_tests_stage_fails_when_no_cuda_test_ran(tmp_path):
+    """Every CUDA test skipped (the tests' process did not see the GPU), or none selected, is
+    a run that checked nothing on the device: a failure there, reported only on CPU."""
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "conftest.py").write_text("def pytest_configure(config):\n"
+                                       "    config.addinivalue_line('markers', 'cuda: needs a GPU')\n")
+    (suite / "test_sample.py").write_text(textwrap.dedent("""
+        import pytest
+
+        @pytest.mark.cuda
+        def test_on_gpu():
+            pytest.skip("CUDA not available")
+    """))
+    on_cuda = StageContext(stage="tests", repo=str(tmp_path), work_dir=str(tmp_path / "work"),
+                           test_paths=("suite",), device="cuda", deadline=time.time() + 120)
+    skipped = tests_stage.run(on_cuda)
+    assert (skipped["status"], skipped["headline"]) == ("failed", "no CUDA test ran: 1 skipped")
+    assert tests_stage.summarize({}, 5, False, on_cuda=True)["status"] == "failed"
+    assert tests_stage.summarize({"a::t": "PASSED", "a::u": "SKIPPED"}, 0, False, on_cuda=True)["status"] == "ok"
+    assert tests_stage.summarize({"a::t": "SKIPPED"}, 0, False)["status"] == "ok"
+
+
 def test_a_crashing_stage_is_a_failed_result_with_its_traceback(tmp_path, monkeypatch):
     from deftx.gpucheck import stages
 
