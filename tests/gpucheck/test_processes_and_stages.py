@@ -132,6 +132,23 @@ def test_a_crashing_stage_is_a_failed_result_with_its_traceback(tmp_path, monkey
     assert read_result(tmp_path, "ceilings")["status"] == "failed"
 
 
+def test_a_stage_that_dies_after_a_partial_ok_result_is_recorded_as_failed(tmp_path):
+    """The bench, histogram and training stages write ``ok`` partial results as they go; a process
+    that then dies (a device assert's abort, a segfault, the OOM killer) must not read as ok."""
+    from deftx.gpucheck.plan import STAGES, PlannedStage
+    from deftx.gpucheck.runner import stage_record
+
+    planned = PlannedStage(next(s for s in STAGES if s.name == "training"))
+    log = tmp_path / "stage.log"
+    log.write_text("[training] starting\nSegmentation fault\n")
+    partial = {"status": "ok", "headline": "partial: fit done (1.0 s)"}
+    died = stage_record(planned, partial, -11, 3.0, log)
+    assert died["status"] == "failed"
+    assert died["headline"] == "exited with -11 after its partial result: partial: fit done (1.0 s); Segmentation fault"
+    assert stage_record(planned, {"status": "ok", "headline": "7/7"}, 0, 3.0, log)["status"] == "ok"
+    assert stage_record(planned, {"status": "failed", "headline": "1/7"}, 1, 3.0, log)["headline"] == "1/7"
+
+
 def test_kernel_cases_run_every_case_under_the_interpreter():
     done = subprocess.run([sys.executable, "-m", "deftx.gpucheck.kernel_cases", "--device", "cpu", "--size", "tiny"],
                           cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
