@@ -149,6 +149,23 @@ def test_a_stage_that_dies_after_a_partial_ok_result_is_recorded_as_failed(tmp_p
     assert stage_record(planned, {"status": "failed", "headline": "1/7"}, 1, 3.0, log)["headline"] == "1/7"
 
 
+def test_the_environment_stage_gives_up_a_hung_nvidia_smi_before_its_deadline(tmp_path, monkeypatch):
+    """Each command had 20 s whatever the stage's 10 s budget: a hung nvidia-smi got the stage
+    killed at its cap with nothing recorded."""
+    from deftx.gpucheck.stages import environment
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text("#!/bin/sh\nsleep 60\n")
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    ctx = StageContext(stage="environment", repo=str(REPO), work_dir=str(tmp_path / "work"),
+                       deadline=time.time() + 6)
+    result = environment.run(ctx)
+    assert ctx.seconds_left() > 0
+    assert result["status"] == "ok" and result["nvidia_smi"] is None
+
+
 def test_kernel_cases_run_every_case_under_the_interpreter():
     done = subprocess.run([sys.executable, "-m", "deftx.gpucheck.kernel_cases", "--device", "cpu", "--size", "tiny"],
                           cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
