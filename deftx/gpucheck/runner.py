@@ -67,7 +67,8 @@ def run_process(command: list[str], cwd: Path, log: Path, cap_s: float) -> tuple
 
 def stage_record(planned: PlannedStage, result: dict[str, Any] | None, code: int | None, seconds: float,
                  log: Path) -> dict[str, Any]:
-    """The summary's row for a stage that ran: status from its result, or from how it ended."""
+    """The summary's row for a stage that ran: status from its result, or from how it ended (a
+    partial result saying ok, left by a process that died with another exit code, is a failure)."""
     record: dict[str, Any] = {"stage": planned.stage.name, "budget_s": planned.stage.budget_s, "seconds": seconds}
     if code is None:
         partial = (result or {}).get("headline", "")
@@ -75,6 +76,11 @@ def stage_record(planned: PlannedStage, result: dict[str, Any] | None, code: int
     if result is None:
         return {**record, "status": "failed",
                 "headline": f"exited with {code} and wrote no result: {processes.last_line(log)}"}
+    if code != 0 and result.get("status", "failed") == "ok":
+        # a stage exits 0 exactly when its final status is ok: this is a partial result (a crash, a kill)
+        return {**record, "status": "failed",
+                "headline": f"exited with {code} after its partial result: {result.get('headline', '')}; "
+                            f"{processes.last_line(log)}"}
     return {**record, "status": result.get("status", "failed"), "headline": result.get("headline", "")}
 
 

@@ -91,6 +91,29 @@ def test_the_tests_stage_runs_only_cuda_marked_tests_and_reports_them(tmp_path):
     assert (none["status"], none["headline"]) == ("ok", "no tests selected by -m cuda")
 
 
+def test_on_cuda_the_tests_stage_fails_when_no_cuda_test_ran(tmp_path):
+    """Every CUDA test skipped (the tests' process did not see the GPU), or none selected, is
+    a run that checked nothing on the device: a failure there, reported only on CPU."""
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "conftest.py").write_text("def pytest_configure(config):\n"
+                                       "    config.addinivalue_line('markers', 'cuda: needs a GPU')\n")
+    (suite / "test_sample.py").write_text(textwrap.dedent("""
+        import pytest
+
+        @pytest.mark.cuda
+        def test_on_gpu():
+            pytest.skip("CUDA not available")
+    """))
+    on_cuda = StageContext(stage="tests", repo=str(tmp_path), work_dir=str(tmp_path / "work"),
+                           test_paths=("suite",), device="cuda", deadline=time.time() + 120)
+    skipped = tests_stage.run(on_cuda)
+    assert (skipped["status"], skipped["headline"]) == ("failed", "no CUDA test ran: 1 skipped")
+    assert tests_stage.summarize({}, 5, False, on_cuda=True)["status"] == "failed"
+    assert tests_stage.summarize({"a::t": "PASSED", "a::u": "SKIPPED"}, 0, False, on_cuda=True)["status"] == "ok"
+    assert tests_stage.summarize({"a::t": "SKIPPED"}, 0, False)["status"] == "ok"
+
+
 def test_a_crashing_stage_is_a_failed_result_with_its_traceback(tmp_path, monkeypatch):
     from deftx.gpucheck import stages
 
@@ -107,6 +130,40 @@ def test_a_crashing_stage_is_a_failed_result_with_its_traceback(tmp_path, monkey
     assert "Traceback" in result["traceback"]
     ctx.write_result(result)
     assert read_result(tmp_path, "ceilings")["status"] == "failed"
+
+
+def test_a_stage_that_dies_after_a_partial_ok_result_is_recorded_as_failed(tmp_path):
+    """The bench, histogram and training stages write ``ok`` partial results as they go; a process
+    that then dies (a device assert's abort, a segfault, the OOM killer) must not read as ok."""
+    from deftx.gpucheck.plan import STAGES, PlannedStage
+    from deftx.gpucheck.runner import stage_record
+
+    planned = PlannedStage(next(s for s in STAGES if s.name == "training"))
+    log = tmp_path / "stage.log"
+    log.write_text("[training] starting\nSegmentation fault\n")
+    partial = {"status": "ok", "headline": "partial: fit done (1.0 s)"}
+    died = stage_record(planned, partial, -11, 3.0, log)
+    assert died["status"] == "failed"
+    assert died["headline"] == "exited with -11 after its partial result: partial: fit done (1.0 s); Segmentation fault"
+    assert stage_record(planned, {"status": "ok", "headline": "7/7"}, 0, 3.0, log)["status"] == "ok"
+    assert stage_record(planned, {"status": "failed", "headline": "1/7"}, 1, 3.0, log)["headline"] == "1/7"
+
+
+def test_the_environment_stage_gives_up_a_hung_nvidia_smi_before_its_deadline(tmp_path, monkeypatch):
+    """Each command had 20 s whatever the stage's 10 s budget: a hung nvidia-smi got the stage
+    killed at its cap with nothing recorded."""
+    from deftx.gpucheck.stages import environment
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text("#!/bin/sh\nsleep 60\n")
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    ctx = StageContext(stage="environment", repo=str(REPO), work_dir=str(tmp_path / "work"),
+                       deadline=time.time() + 6)
+    result = environment.run(ctx)
+    assert ctx.seconds_left() > 0
+    assert result["status"] == "ok" and result["nvidia_smi"] is None
 
 
 def test_kernel_cases_run_every_case_under_the_interpreter():

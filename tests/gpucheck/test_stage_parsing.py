@@ -146,6 +146,23 @@ def test_sanitizer_logs_give_errors_hazards_and_the_deftx_kernels_named():
     assert tool_status(parse_log("Device not supported", kernels), 255, [], 2) == "failed"
 
 
+def test_a_sanitizer_failure_of_its_own_fails_a_zero_error_run():
+    """The tool's own error (it could not instrument, a device it does not support) beside a
+    clean summary and every case run (the program ran uninstrumented) is no pass."""
+    kernels = frozenset({"_scatter_add_kernel"})
+    for problem in ("========= Internal Sanitizer Error: The Sanitizer could not be initialized",
+                    "========= Error: Racecheck is not supported on this device",
+                    "========= Warning: unable to instrument kernel _scatter_add_kernel"):
+        parsed = parse_log(f"========= COMPUTE-SANITIZER\n{problem}\n========= ERROR SUMMARY: 0 errors\n", kernels)
+        assert parsed["errors"] == 0 and parsed["tool_problems"] == [problem.lstrip("= ")]
+        assert tool_status(parsed, 0, ["a", "b"], 2) == "failed"
+    for clean in (MEMCHECK_LOG.replace("1 error", "0 errors"), RACECHECK_LOG.replace("2 hazards", "0 hazards")
+                  .replace("2 warnings", "0 warnings")):
+        assert parse_log(clean, kernels)["tool_problems"] == []
+    assert tool_status(parse_log(RACECHECK_LOG.replace("2 hazards", "0 hazards").replace("2 warnings", "0 warnings"),
+                                 kernels), 0, ["a", "b"], 2) == "ok"
+
+
 def test_sanitizer_command_runs_the_small_kernel_cases():
     command = sanitizer_command("cs", "racecheck", "py", Path("r.log"))
     assert command[:3] == ["cs", "--tool", "racecheck"]

@@ -21,6 +21,9 @@ from deftx.gpucheck.context import StageContext
 PACKAGES = ("torch", "triton", "transformers", "numpy", "safetensors", "accelerate", "deftx")
 SMI_QUERY = "name,driver_version,memory.total,clocks.sm,clocks.mem,clocks.max.sm,power.limit,temperature.gpu"
 TOOL_COMMANDS: dict[str, list[str]] = {"nvcc": ["nvcc", "--version"]}
+COMMAND_TIMEOUT_S = 20.0
+STOP_MARGIN_S = 2.0
+"""Seconds before the deadline by which the commands are given up, left for writing the result."""
 
 
 def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
@@ -38,6 +41,8 @@ def command_output(command: list[str], timeout: float = 20.0) -> str | None:
     """Stripped stdout+stderr of ``command``, or None if it cannot run."""
     if shutil.which(command[0]) is None and not Path(command[0]).is_file():
         return None
+    if timeout <= 0:
+        return f"could not run {command[0]}: no time left before the stage deadline"
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
     except (OSError, subprocess.TimeoutExpired) as err:
@@ -76,15 +81,20 @@ def torch_device(device: str) -> dict[str, Any] | None:
 def run(ctx: StageContext) -> dict[str, Any]:
     from deftx.ops import backend_report
 
+    def output(command: list[str]) -> str | None:
+        """``command``'s output within the time left: a hung nvidia-smi must not keep the stage past its
+        deadline (killed there, it would record nothing)."""
+        return command_output(command, min(COMMAND_TIMEOUT_S, ctx.seconds_left() - STOP_MARGIN_S))
+
     versions = package_versions()
-    smi = command_output(["nvidia-smi", f"--query-gpu={SMI_QUERY}", "--format=csv,noheader"])
-    smi_full = command_output(["nvidia-smi", "-q"])
-    tools = {name: command_output([path, "--version"]) if path else None for name, path in ctx.tools.items()}
-    tools["nvcc"] = command_output(TOOL_COMMANDS["nvcc"])
+    smi = output(["nvidia-smi", f"--query-gpu={SMI_QUERY}", "--format=csv,noheader"])
+    smi_full = output(["nvidia-smi", "-q"])
+    tools = {name: output([path, "--version"]) if path else None for name, path in ctx.tools.items()}
+    tools["nvcc"] = output(TOOL_COMMANDS["nvcc"])
     kernel = Path("/proc/version").read_text().strip() if Path("/proc/version").is_file() else platform.platform()
     gpu = torch_device(ctx.device)
     report = backend_report()
-    (ctx.stage_dir / "nvidia-smi.txt").write_text((command_output(["nvidia-smi"]) or "nvidia-smi not found") + "\n\n"
+    (ctx.stage_dir / "nvidia-smi.txt").write_text((output(["nvidia-smi"]) or "nvidia-smi not found") + "\n\n"
                                                  + (smi_full or ""))
     for name, version in versions.items():
         print(f"{name:14s} {version}")

@@ -24,6 +24,10 @@ STOP_MARGIN_S = 3.0
 _ERROR_SUMMARY = re.compile(r"ERROR SUMMARY: (\d+) errors?")
 _RACE_SUMMARY = re.compile(r"RACECHECK SUMMARY: (\d+) hazards? displayed \((\d+) errors?, (\d+) warnings?\)")
 _RAN = re.compile(r"^ran (\S+)$", re.MULTILINE)
+_TOOL_PROBLEM = re.compile(r"^=+ ((?:Internal Sanitizer )?Error:.*|.*\b(?:not supported|unable to)\b.*)$",
+                           re.IGNORECASE | re.MULTILINE)
+"""The tool's own failures (it did not instrument the program, or only part of it), apart from
+the errors it reports in the program: with these, a 0-error summary checked nothing."""
 
 
 def sanitizer_command(sanitizer: str, tool: str, python: str, log: Path) -> list[str]:
@@ -41,14 +45,16 @@ def parse_log(text: str, kernels: frozenset[str]) -> dict[str, Any]:
         parsed.update(hazards=int(race.group(1)), errors=int(race.group(2)), warnings=int(race.group(3)))
     lines = [line.strip("= ").strip() for line in text.splitlines() if any(k in line for k in kernels)]
     parsed["deftx_kernel_reports"] = list(dict.fromkeys(lines))[:50]
+    parsed["tool_problems"] = list(dict.fromkeys(m.strip() for m in _TOOL_PROBLEM.findall(text)))[:10]
     return parsed
 
 
 def tool_status(parsed: dict[str, Any], code: int | None, ran: list[str], expected: int) -> str:
-    """``ok``: the summary says 0 errors and every case ran; ``timeout``; else ``failed``."""
+    """``ok``: the summary says 0 errors, the tool reported no failure of its own and every case ran;
+    ``timeout``; else ``failed``."""
     if code is None:
         return "timeout"
-    clean = parsed["errors"] == 0 and not parsed.get("hazards")
+    clean = parsed["errors"] == 0 and not parsed.get("hazards") and not parsed.get("tool_problems")
     return "ok" if clean and code == 0 and len(ran) == expected else "failed"
 
 
@@ -79,6 +85,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         f"{t}: {r['status']}, {r['errors'] if r['errors'] is not None else '?'} errors"
         + (f", {r['hazards']} hazards" if r.get("hazards") is not None else "")
         + f", {len(r['cases_ran'])}/{len(CASES)} cases"
+        + (f" ({r['tool_problems'][0][:150]})" if r["tool_problems"] else "")
         for t, r in tools.items()
     )
     status = "ok" if not bad else ("timeout" if all(tools[t]["status"] == "timeout" for t in bad) else "failed")

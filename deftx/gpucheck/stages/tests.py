@@ -2,10 +2,11 @@
 
 The kernel tests are parametrized over the device (interpreter on CPU, compiled on CUDA);
 their CUDA cases, and the tests only a GPU can afford, carry the ``cuda`` marker. Selecting
-by marker over ``tests/`` picks them up wherever they live; none selected (pytest's exit
-code 5) is reported, not a failure. pytest runs in its own process group, stopped before
-the stage's deadline, and its verbose log is parsed for per-test outcomes, so a run cut
-short still reports what passed and failed. A test module that cannot be imported on the
+by marker over ``tests/`` picks them up wherever they live. On CUDA the stage fails when no
+test ran on the device: none selected (pytest's exit code 5), or every one skipped (CUDA not
+seen by the tests' process); on a CPU run both are reported, not a failure. pytest runs in
+its own process group, stopped before the stage's deadline, and its verbose log is parsed for
+per-test outcomes, so a run cut short still reports what passed and failed. A test module that cannot be imported on the
 machine (a package it lacks) does not stop the others (``--continue-on-collection-errors``):
 it is listed, and fails the stage only if nothing else ran.
 """
@@ -76,10 +77,15 @@ def run_pytest(command: list[str], cwd: str, log: Path, timeout: float) -> tuple
     return code, code is None
 
 
+RAN = ("PASSED", "FAILED", "ERROR", "XFAIL", "XPASS")
+"""Outcomes of a test that ran (skipped is the one that did not)."""
+
+
 def summarize(outcomes: dict[str, str], code: int | None, timed_out: bool,
-              collection_errors: dict[str, str] | None = None) -> dict[str, Any]:
+              collection_errors: dict[str, str] | None = None, *, on_cuda: bool = False) -> dict[str, Any]:
     """Status, headline and counts of a pytest run: failed on a failing test, or on an exit code
-    that test outcomes and collection errors do not explain."""
+    that test outcomes and collection errors do not explain; ``on_cuda``, also when no test ran
+    (none selected, or all skipped: the CUDA tests did not see the GPU)."""
     collection_errors = collection_errors or {}
     counts = dict(Counter(outcomes.values()))
     failed = sorted(t for t, o in outcomes.items() if o in ("FAILED", "ERROR"))
@@ -90,7 +96,9 @@ def summarize(outcomes: dict[str, str], code: int | None, timed_out: bool,
     if timed_out:
         status, headline = "timeout", f"stopped at the stage deadline after {shown}"
     elif code == NO_TESTS_SELECTED:
-        status, headline = "ok", "no tests selected by -m cuda"
+        status, headline = ("failed" if on_cuda else "ok"), "no tests selected by -m cuda"
+    elif on_cuda and not any(o in RAN for o in outcomes.values()):
+        status, headline = "failed", f"no CUDA test ran: {shown}"
     elif explained:
         status, headline = "ok", shown
     else:
@@ -107,7 +115,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
                              per_test_timeout=timeout)
     code, timed_out = run_pytest(command, ctx.repo, log, ctx.seconds_left() - STOP_MARGIN_S)
     text = log.read_text()
-    result = summarize(parse_outcomes(text), code, timed_out, parse_collection_errors(text))
+    result = summarize(parse_outcomes(text), code, timed_out, parse_collection_errors(text),
+                       on_cuda=ctx.device == "cuda")
     result["command"] = command
     result["log_tail"] = text.splitlines()[-30:]
     return result
