@@ -61,12 +61,20 @@ def test_a_finished_process_returns_its_exit_code(tmp_path):
     assert (tmp_path / "o").read_text() == "hi\n"
 
 
-def test_the_tests_stage_runs_only_cuda_marked_tests_and_reports_them(tmp_path):
+def write_suite(tmp_path, tests: str):
+    """A test folder ``tmp_path/suite`` whose conftest declares the ``cuda`` marker and whose
+    test_sample.py holds ``tests`` (dedented); returns the test file."""
     suite = tmp_path / "suite"
     suite.mkdir()
     (suite / "conftest.py").write_text("def pytest_configure(config):\n"
                                        "    config.addinivalue_line('markers', 'cuda: needs a GPU')\n")
-    (suite / "test_sample.py").write_text(textwrap.dedent("""
+    sample = suite / "test_sample.py"
+    sample.write_text(textwrap.dedent(tests))
+    return sample
+
+
+def test_the_tests_stage_runs_only_cuda_marked_tests_and_reports_them(tmp_path):
+    sample = write_suite(tmp_path, """
         import pytest
 
         @pytest.mark.cuda
@@ -79,14 +87,14 @@ def test_the_tests_stage_runs_only_cuda_marked_tests_and_reports_them(tmp_path):
 
         def test_on_cpu():
             raise AssertionError("not selected by -m cuda")
-    """))
+    """)
     ctx = StageContext(stage="tests", repo=str(tmp_path), work_dir=str(tmp_path / "work"), test_paths=("suite",),
                        deadline=time.time() + 120)
     result = tests_stage.run(ctx)
     assert result["status"] == "failed"
     assert result["counts"] == {"PASSED": 1, "FAILED": 1}
     assert result["failed_tests"] == ["suite/test_sample.py::test_on_gpu_fails"]
-    (suite / "test_sample.py").write_text("def test_on_cpu():\n    pass\n")
+    sample.write_text("def test_on_cpu():\n    pass\n")
     none = tests_stage.run(ctx)
     assert (none["status"], none["headline"]) == ("ok", "no tests selected by -m cuda")
 
@@ -94,17 +102,13 @@ def test_the_tests_stage_runs_only_cuda_marked_tests_and_reports_them(tmp_path):
 def test_on_cuda_the_tests_stage_fails_when_no_cuda_test_ran(tmp_path):
     """Every CUDA test skipped (the tests' process did not see the GPU), or none selected, is
     a run that checked nothing on the device: a failure there, reported only on CPU."""
-    suite = tmp_path / "suite"
-    suite.mkdir()
-    (suite / "conftest.py").write_text("def pytest_configure(config):\n"
-                                       "    config.addinivalue_line('markers', 'cuda: needs a GPU')\n")
-    (suite / "test_sample.py").write_text(textwrap.dedent("""
+    write_suite(tmp_path, """
         import pytest
 
         @pytest.mark.cuda
         def test_on_gpu():
             pytest.skip("CUDA not available")
-    """))
+    """)
     on_cuda = StageContext(stage="tests", repo=str(tmp_path), work_dir=str(tmp_path / "work"),
                            test_paths=("suite",), device="cuda", deadline=time.time() + 120)
     skipped = tests_stage.run(on_cuda)
