@@ -47,9 +47,8 @@ def method_rules(config: PipelineConfig) -> dict[str, int]:
     methods use: ``energy_sketch`` (:data:`~deftx.ops.denoise.ENERGY_SKETCH_RULE`) when a method denoises
     with the randomized SVD's energy policy. Results of an older rule recorded none, so their recipe
     differs from a run's under the rule now and the two are never mixed in one table."""
-    randomized_energy = any(denoise is not None and denoise.method == "randomized" and denoise.energy is not None
-                            for denoise in config.methods.values())
-    return {"energy_sketch": ENERGY_SKETCH_RULE} if randomized_energy else {}
+    energy_sketch = any(denoise is not None and denoise.uses_energy_sketch() for denoise in config.methods.values())
+    return {"energy_sketch": ENERGY_SKETCH_RULE} if energy_sketch else {}
 
 
 def run_identity(config: PipelineConfig) -> dict[str, Any]:

@@ -139,6 +139,11 @@ class DenoiseConfig:
             if getattr(self, name) is not None:
                 setattr(self, name, int(getattr(self, name)))
 
+    def uses_energy_sketch(self) -> bool:
+        """Whether this denoising widens a randomized sketch to an energy target (the rule whose version
+        :data:`~deftx.ops.denoise.ENERGY_SKETCH_RULE` a step's identity and a results folder's recipe record)."""
+        return self.method == "randomized" and self.energy is not None
+
     def lowrank(self) -> LowRankSettings:
         """The ops' settings of this denoising (fp32 products, the ops' default precision)."""
         return LowRankSettings(self.rank, self.energy, self.method, self.oversample, self.n_iter, self.seed)

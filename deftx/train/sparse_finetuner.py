@@ -156,7 +156,7 @@ def selection_identity(denoise: DenoiseConfig | None) -> dict[str, Any] | None:
     randomized SVD's energy policy the version of its sketch widths (:data:`ENERGY_SKETCH_RULE`), whose
     change changed the ranks it keeps."""
     settings = to_plain(denoise)
-    if denoise is not None and denoise.method == "randomized" and denoise.energy is not None:
+    if denoise is not None and denoise.uses_energy_sketch():
         settings["energy_sketch"] = ENERGY_SKETCH_RULE
     return settings
 
