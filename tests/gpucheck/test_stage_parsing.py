@@ -177,3 +177,17 @@ def test_nvidia_smi_query_line_is_split_into_fields():
     assert len(fields) == len(SMI_QUERY.split(","))
     assert parse_smi_query(None) is None
     assert parse_smi_query("could not run nvidia-smi: boom") is None
+
+
+def test_sanitizer_errors_are_summed_over_every_process_followed():
+    """With ``--target-processes all`` a compiler the program starts (ptxas) writes its own summary,
+    often before the program's: the first "0 errors" passed a run whose kernels had errors."""
+    kernels = frozenset({"_scatter_add_kernel"})
+    child_first = "========= ERROR SUMMARY: 0 errors\n" + MEMCHECK_LOG.replace("1 error", "3 errors")
+    parsed = parse_log(child_first, kernels)
+    assert (parsed["errors"], parsed["summaries"]) == (3, 2)
+    assert tool_status(parsed, 0, ["a", "b"], 2) == "failed"
+    clean_child = "========= RACECHECK SUMMARY: 0 hazards displayed (0 errors, 0 warnings)\n"
+    racecheck = parse_log(clean_child + RACECHECK_LOG, kernels)
+    assert (racecheck["hazards"], racecheck["errors"], racecheck["warnings"], racecheck["summaries"]) == (2, 0, 2, 2)
+    assert tool_status(racecheck, 0, ["a", "b"], 2) == "failed"

@@ -4,8 +4,9 @@ Both tools run at once (two processes on the GPU) over :mod:`deftx.gpucheck.kern
 ``small`` size. memcheck runs with ``PYTORCH_NO_CUDA_MEMORY_CACHING=1``, so every tensor is
 its own allocation and an access past a tensor's end is caught rather than landing in the
 caching allocator's slack. Each tool's log is parsed for its summary (``ERROR SUMMARY: N
-errors``; ``RACECHECK SUMMARY: N hazards displayed (E errors, W warnings)``) and for the
-reports naming one of deftx's kernels; the cases that ran are read from the program's output.
+errors``; ``RACECHECK SUMMARY: N hazards displayed (E errors, W warnings)``, one per process it
+followed, summed) and for the reports naming one of deftx's kernels; the cases that ran are read
+from the program's output.
 """
 
 from __future__ import annotations
@@ -36,13 +37,15 @@ def sanitizer_command(sanitizer: str, tool: str, python: str, log: Path) -> list
 
 
 def parse_log(text: str, kernels: frozenset[str]) -> dict[str, Any]:
-    """Errors (and for racecheck hazards and warnings) from a tool's log, plus the report lines
-    that name one of ``kernels``."""
-    errors = _ERROR_SUMMARY.search(text)
-    race = _RACE_SUMMARY.search(text)
-    parsed: dict[str, Any] = {"errors": int(errors.group(1)) if errors else None}
-    if race:
-        parsed.update(hazards=int(race.group(1)), errors=int(race.group(2)), warnings=int(race.group(3)))
+    """Errors (and for racecheck hazards and warnings) from a tool's log, summed over the summary of
+    every process it followed (``--target-processes all``: a compiler the program starts writes its
+    own, often first), plus the report lines that name one of ``kernels``."""
+    errors = [int(count) for count in _ERROR_SUMMARY.findall(text)]
+    races = [tuple(map(int, counts)) for counts in _RACE_SUMMARY.findall(text)]
+    parsed: dict[str, Any] = {"errors": sum(errors) if errors else None, "summaries": len(errors) or len(races)}
+    if races:
+        hazards, race_errors, warnings = (sum(column) for column in zip(*races, strict=True))
+        parsed.update(hazards=hazards, errors=race_errors, warnings=warnings)
     lines = [line.strip("= ").strip() for line in text.splitlines() if any(k in line for k in kernels)]
     parsed["deftx_kernel_reports"] = list(dict.fromkeys(lines))[:50]
     parsed["tool_problems"] = list(dict.fromkeys(m.strip() for m in _TOOL_PROBLEM.findall(text)))[:10]
