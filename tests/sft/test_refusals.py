@@ -195,3 +195,34 @@ def test_compose_refuses_a_parameter_dense_in_one_diff_and_sparse_in_another(mod
     dense = SparseDiff({}, {}, {}, dense={POOLER: torch.zeros(16, 16)})
     with pytest.raises(ValueError, match="dense in one diff and sparse in another"):
         compose(sparse, dense)
+
+
+@pytest.mark.parametrize("field", ["info", "settings"])
+@pytest.mark.parametrize("value, where", [
+    ({1: "positive"}, "1"),
+    ({"id2label": {0: "no", 1: "yes"}}, "'id2label'"),
+    ({"scores": [{"f1": 0.5, 2: 0.1}]}, "'scores'"),
+    ({"scores": torch.tensor(0.5)}, "'scores'"),
+])
+def test_metadata_that_json_would_change_or_cannot_hold_is_refused_at_construction(field, value, where):
+    """JSON turns the key 1 into "1": such an info or settings dict used to come back from save/load with other
+    keys than it was made with (and a tensor in it failed only at save, after training)."""
+    with pytest.raises(TypeError, match=f"SparseDiff {field}.*{where}"):
+        SparseDiff({}, {}, {}, **{field: value})
+
+
+def test_metadata_round_trips_equal(tmp_path):
+    info = {"labels": ["no", "yes"], "num_labels": 2, "scores": {"f1": 0.25, "ok": True, "note": None}}
+    settings = {"lr": 1e-4, "layers": [0, 1], "nested": {"a": {"b": -3}}}
+    path = tmp_path / "sft.safetensors"
+    SparseDiff({}, {}, {}, info=info, settings=settings).save(path)
+    loaded = SparseDiff.load(path)
+    assert (loaded.info, loaded.settings) == (info, settings)
+
+
+def test_metadata_changed_after_construction_is_refused_at_save(tmp_path):
+    diff = SparseDiff({}, {}, {})
+    diff.info[0] = "first"
+    with pytest.raises(TypeError, match="SparseDiff info: key 0 is int"):
+        diff.save(tmp_path / "sft.safetensors")
+    assert not (tmp_path / "sft.safetensors").exists()
