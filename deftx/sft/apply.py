@@ -38,7 +38,7 @@ import torch
 from deftx.models.parameters import named_parameter_map, parameter_aliases
 from deftx.ops import PreparedScatter, prepare_scatter, scatter_add_, scatter_restore_
 from deftx.ops.scatter import FP32_OVERFLOW
-from deftx.ops.validation import move_indices
+from deftx.ops.validation import FLOAT_DTYPES, move_indices
 
 if TYPE_CHECKING:
     from deftx.sft.diff import SparseDiff
@@ -570,6 +570,29 @@ def _whole(name: str, tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def check_scatter_targets(names: Sequence[str], targets: Sequence[torch.Tensor]) -> None:
+    """Refuse, naming the model parameter, a sparse target the scatter-add cannot write in place, before the
+    dense replacements are written.
+
+    Raises:
+        ValueError: a target is not contiguous, or the targets lie on several devices.
+        TypeError: a target is not float32, bfloat16 or float16.
+    """
+    for name, target in zip(names, targets, strict=True):
+        if target.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"SparseDiff entries for {name!r}: the model parameter is {target.dtype}; sparse "
+                            "entries are added to float32, bfloat16 or float16 parameters only")
+        if not target.is_contiguous():
+            raise ValueError(f"SparseDiff entries for {name!r}: the model parameter is not contiguous (the entries "
+                             "are written in place at flat row-major positions): make it contiguous first")
+    devices = {str(target.device) for target in targets}
+    if len(devices) > 1:
+        by_device = {device: next(n for n, t in zip(names, targets, strict=True) if str(t.device) == device)
+                     for device in sorted(devices)}
+        raise ValueError("SparseDiff entries go to parameters on several devices, which one apply cannot write: "
+                         + ", ".join(f"{name!r} on {device}" for device, name in by_device.items()))
+
+
 def plan_writes(
     diffs: Sequence[SparseDiff],
     plan: ApplyPlan,
@@ -581,7 +604,11 @@ def plan_writes(
     """The entries each sparse target gets and the per-diff count of those that round away (nothing written).
 
     ``localize`` / ``rows`` pick the part of a diff's entries / of a dense tensor a target holds (a shard).
+
+    Raises:
+        ValueError / TypeError: a target the scatter-add cannot write (:func:`check_scatter_targets`).
     """
+    check_scatter_targets(plan.sparse, targets)
     indices, values = entries_per_target(diffs, plan, targets, localize)
     with torch.no_grad():
         lost = lost_entries(values_before_sparse(diffs, plan, targets, rows), indices, values, scales)

@@ -8,7 +8,16 @@ import math
 import pytest
 import torch
 
-from deftx.sft import ParamInfo, SparseDiff, SparseDiffFormatError, apply_diffs, compose
+from deftx.sft import (
+    ParamInfo,
+    SparseDiff,
+    SparseDiffFormatError,
+    applied,
+    apply_diffs,
+    compose,
+    count_rounding_loss,
+    prepare_composition,
+)
 from tests.sft.helpers import assert_model_equals, assert_rewrite_refused, random_sft, rewrite, snapshot
 
 POOLER = "bert.pooler.dense.weight"
@@ -226,3 +235,28 @@ def test_metadata_changed_after_construction_is_refused_at_save(tmp_path):
     with pytest.raises(TypeError, match="SparseDiff info: key 0 is int"):
         diff.save(tmp_path / "sft.safetensors")
     assert not (tmp_path / "sft.safetensors").exists()
+
+
+def _two_linears(weight: torch.Tensor) -> torch.nn.Module:
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    model[0].weight = torch.nn.Parameter(weight)
+    return model
+
+
+@pytest.mark.parametrize("weight, error, match", [
+    (torch.arange(12.0).reshape(4, 3).t(), ValueError, "'0.weight'.*not contiguous"),
+    (torch.arange(12.0, dtype=torch.float64).reshape(3, 4), TypeError, "'0.weight'.*float64"),
+])
+def test_a_sparse_target_the_scatter_cannot_write_is_refused_before_any_write(weight, error, match):
+    """The dense tensors used to be written before the scatter refused the parameter (as 'dense tensor 0'): the
+    model was left changed, with no handle to revert it."""
+    model = _two_linears(weight)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    diff = SparseDiff({"0.weight": torch.tensor([1])}, {"0.weight": torch.tensor([100.0])},
+                      {"0.weight": ParamInfo((3, 4), weight.dtype)}, dense={"1.bias": torch.tensor([5.0, 6.0])})
+    for attempt in (apply_diffs, count_rounding_loss, prepare_composition):
+        with pytest.raises(error, match=match):
+            attempt(model, [diff], strict_dtype=False)
+    for name, p in model.named_parameters():
+        assert torch.equal(p.detach(), before[name]), name
+    assert applied(model) == []
