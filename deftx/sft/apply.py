@@ -9,7 +9,8 @@ entries of every diff in one fused scatter-add.
 Revert does not subtract ((w + d) − d ≠ w in floating point): what each write overwrites
 is saved before it, and revert writes it back in the reverse order (the sparse entries,
 then the dense tensors), so the original bits come back whatever the diffs touch. Diffs
-applied to one model form a stack: revert the latest first. Applies and reverts on one
+applied to one model form a stack: revert the latest first (a later application through another
+module holding the same tensors, the model and its body ``model.bert``, counts too). Applies and reverts on one
 model are serialised by a per-model lock, so threads sharing a model cannot interleave
 their writes. A diff is found on the stack by content (:attr:`SparseDiff.content_hash`), so
 the same file loaded again reverts exactly too. A model the diff was merged into elsewhere
@@ -24,11 +25,12 @@ the handle (:attr:`AppliedDiffs.rounding_loss`) and, by default, in a
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 import warnings
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any, Literal
@@ -38,7 +40,7 @@ import torch
 from deftx.models.parameters import named_parameter_map, parameter_aliases
 from deftx.ops import PreparedScatter, prepare_scatter, scatter_add_, scatter_restore_
 from deftx.ops.scatter import FP32_OVERFLOW
-from deftx.ops.validation import move_indices
+from deftx.ops.validation import FLOAT_DTYPES, move_indices
 
 if TYPE_CHECKING:
     from deftx.sft.diff import SparseDiff
@@ -49,6 +51,7 @@ ROUNDING_POLICIES: tuple[str, ...] = ("warn", "error", "ignore")
 _APPLIED: weakref.WeakKeyDictionary[torch.nn.Module, list[Application]] = weakref.WeakKeyDictionary()
 _LOCKS: weakref.WeakKeyDictionary[torch.nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
 _LOCKS_GUARD = threading.Lock()
+_ORDER = itertools.count()
 
 
 class RoundingLossWarning(UserWarning):
@@ -488,6 +491,10 @@ class WrittenEntries:
         """Entries of all diffs whose change rounded away (see :attr:`rounding_loss`)."""
         return sum(sum(lost.values()) for lost in self.rounding_loss)
 
+    def written_tensors(self) -> list[torch.Tensor]:
+        """The tensors the apply wrote: the sparse targets, then the dense ones."""
+        return [*self._targets, *(target for target, _ in self._dense_saved)]
+
     def revert(self) -> None:
         """Write back every overwritten value (once)."""
         if self.reverted:
@@ -503,6 +510,7 @@ class StackEntry:
         self._model = weakref.ref(model)
         self.diffs = diffs
         self._content_hashes: frozenset[str] | None = None
+        self.order = -1
 
     def content_hashes(self) -> frozenset[str]:
         """The :attr:`~deftx.sft.SparseDiff.content_hash` of each diff (computed once, on first use)."""
@@ -540,6 +548,8 @@ class AppliedDiffs(WrittenEntries, StackEntry):
             stack = _APPLIED.get(model, [])
             if not self.reverted and (not stack or stack[-1] is not self):
                 raise RuntimeError("revert the diffs applied after these first (reverts go in reverse order)")
+            if not self.reverted:
+                check_latest_writer(self)
             WrittenEntries.revert(self)
             stack.pop()
 
@@ -570,6 +580,29 @@ def _whole(name: str, tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def check_scatter_targets(names: Sequence[str], targets: Sequence[torch.Tensor]) -> None:
+    """Refuse, naming the model parameter, a sparse target the scatter-add cannot write in place, before the
+    dense replacements are written.
+
+    Raises:
+        ValueError: a target is not contiguous, or the targets lie on several devices.
+        TypeError: a target is not float32, bfloat16 or float16.
+    """
+    for name, target in zip(names, targets, strict=True):
+        if target.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"SparseDiff entries for {name!r}: the model parameter is {target.dtype}; sparse "
+                            "entries are added to float32, bfloat16 or float16 parameters only")
+        if not target.is_contiguous():
+            raise ValueError(f"SparseDiff entries for {name!r}: the model parameter is not contiguous (the entries "
+                             "are written in place at flat row-major positions): make it contiguous first")
+    devices = {str(target.device) for target in targets}
+    if len(devices) > 1:
+        by_device = {device: next(n for n, t in zip(names, targets, strict=True) if str(t.device) == device)
+                     for device in sorted(devices)}
+        raise ValueError("SparseDiff entries go to parameters on several devices, which one apply cannot write: "
+                         + ", ".join(f"{name!r} on {device}" for device, name in by_device.items()))
+
+
 def plan_writes(
     diffs: Sequence[SparseDiff],
     plan: ApplyPlan,
@@ -581,7 +614,11 @@ def plan_writes(
     """The entries each sparse target gets and the per-diff count of those that round away (nothing written).
 
     ``localize`` / ``rows`` pick the part of a diff's entries / of a dense tensor a target holds (a shard).
+
+    Raises:
+        ValueError / TypeError: a target the scatter-add cannot write (:func:`check_scatter_targets`).
     """
+    check_scatter_targets(plan.sparse, targets)
     indices, values = entries_per_target(diffs, plan, targets, localize)
     with torch.no_grad():
         lost = lost_entries(values_before_sparse(diffs, plan, targets, rows), indices, values, scales)
@@ -742,9 +779,32 @@ def apply_diffs(
 
 
 def record_application(model: torch.nn.Module, handle: Application) -> None:
-    """Put ``handle`` on top of ``model``'s stack of applications (:func:`applied`); the caller holds
-    :func:`model_lock`."""
+    """Put ``handle`` on top of ``model``'s stack of applications (:func:`applied`), numbered after every earlier
+    application on any module; the caller holds :func:`model_lock`."""
+    handle.order = next(_ORDER)
     _APPLIED.setdefault(model, []).append(handle)
+
+
+def storage_keys(tensors: Iterable[torch.Tensor]) -> set[tuple[str, int]]:
+    """(device, storage address) of each non-empty tensor: tensors that share memory share a key."""
+    return {(str(t.device), t.untyped_storage().data_ptr()) for t in tensors if t.numel()}
+
+
+def check_latest_writer(handle: Application) -> None:
+    """RuntimeError when an application made after ``handle`` and not reverted, on any module, wrote memory
+    ``handle`` wrote: a model and its body (``model.bert``) have stacks of their own but share their tensors,
+    so reverting ``handle`` first would write its originals under the later diff."""
+    mine = storage_keys(handle.written_tensors())
+    with _LOCKS_GUARD:
+        stacks = [list(stack) for stack in _APPLIED.values()]
+    later = [other for stack in stacks for other in stack
+             if other.order > handle.order and storage_keys(other.written_tensors()) & mine]
+    if later:
+        raise RuntimeError(
+            "revert the diffs applied after these first (reverts go in reverse order): "
+            f"{len(later)} later application(s) wrote the same parameters through another module holding them "
+            "(a model and its body share their tensors)"
+        )
 
 
 def applied(model: torch.nn.Module) -> list[Application]:
@@ -759,21 +819,21 @@ class DenseSwap:
     and buffers for the originals, each apply / restore one batched copy per direction."""
 
     def __init__(self, diffs: Sequence[SparseDiff], plan: ApplyPlan, targets: Mapping[str, torch.Tensor]) -> None:
-        self._targets = [targets[name] for name in plan.dense]
+        self.targets = [targets[name] for name in plan.dense]
         self._new = [diffs[position].dense[name].to(target.device, target.dtype)
-                     for target, (position, name) in zip(self._targets, plan.dense.values(), strict=True)]
-        self._saved = [torch.empty_like(target) for target in self._targets]
+                     for target, (position, name) in zip(self.targets, plan.dense.values(), strict=True)]
+        self._saved = [torch.empty_like(target) for target in self.targets]
 
     def apply(self) -> None:
         """Save the targets, then write the new tensors into them."""
-        if self._targets:
-            torch._foreach_copy_(self._saved, self._targets)
-            torch._foreach_copy_(self._targets, self._new)
+        if self.targets:
+            torch._foreach_copy_(self._saved, self.targets)
+            torch._foreach_copy_(self.targets, self._new)
 
     def restore(self) -> None:
         """Write the saved targets back."""
-        if self._targets:
-            torch._foreach_copy_(self._targets, self._saved)
+        if self.targets:
+            torch._foreach_copy_(self.targets, self._saved)
 
 
 class PreparedComposition(StackEntry):
@@ -801,12 +861,18 @@ class PreparedComposition(StackEntry):
     """
 
     def __init__(self, model: torch.nn.Module, diffs: list[SparseDiff], scatter: PreparedScatter,
-                 dense: DenseSwap, rounding_loss: list[dict[str, int]]) -> None:
+                 dense: DenseSwap, rounding_loss: list[dict[str, int]], targets: list[torch.Tensor]) -> None:
+        """``targets``: the tensors the scatter writes (the dense ones are ``dense``'s)."""
         super().__init__(model, diffs)
         self._scatter = scatter
         self._dense = dense
+        self._written = [*targets, *dense.targets]
         self._under = list(_APPLIED.get(model, []))
         self.rounding_loss = rounding_loss
+
+    def written_tensors(self) -> list[torch.Tensor]:
+        """The tensors an apply writes: the sparse targets, then the dense ones."""
+        return self._written
 
     @property
     def applied(self) -> bool:
@@ -832,7 +898,7 @@ class PreparedComposition(StackEntry):
             with torch.no_grad():
                 self._dense.apply()
                 self._scatter.apply()
-            stack.append(self)
+            record_application(model, self)
         return self
 
     def revert(self) -> None:
@@ -848,6 +914,7 @@ class PreparedComposition(StackEntry):
                 raise RuntimeError("PreparedComposition.revert: not applied")
             if not stack or stack[-1] is not self:
                 raise RuntimeError("revert the diffs applied after these first (reverts go in reverse order)")
+            check_latest_writer(self)
             with torch.no_grad():
                 self._scatter.restore()
                 self._dense.restore()
@@ -896,7 +963,7 @@ def prepare_composition(
         dense = DenseSwap(diffs, writes.plan, {n: params[n].detach() for n in writes.plan.dense})
         scatter = prepare_scatter(writes.targets, writes.indices, writes.values, scales, backend=backend)
         remember_base_model(model)
-        return PreparedComposition(model, diffs, scatter, dense, writes.rounding_loss)
+        return PreparedComposition(model, diffs, scatter, dense, writes.rounding_loss, writes.targets)
 
 
 class InexactRevertWarning(UserWarning):

@@ -124,6 +124,8 @@ class SparseDiff:
             check_finite(val, f"SparseDiff values[{name!r}]")
         for name, tensor in self.dense.items():
             check_finite(tensor, f"SparseDiff dense[{name!r}]")
+        check_json_metadata(self.settings, "SparseDiff settings")
+        check_json_metadata(self.info, "SparseDiff info")
 
     @property
     def content_hash(self) -> str:
@@ -196,7 +198,12 @@ class SparseDiff:
                    info=info)
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the diff as one safetensors file (atomic)."""
+        """Write the diff as one safetensors file (atomic).
+
+        Raises:
+            TypeError: ``settings`` or ``info`` changed since construction into something JSON would not
+                give back as it is (:func:`check_json_metadata`); nothing is written.
+        """
         tensors: dict[str, torch.Tensor] = {}
         for name, idx in self.indices.items():
             tensors[INDEX_PREFIX + name] = idx.to(storage_index_dtype(self.params[name].numel))
@@ -210,9 +217,9 @@ class SparseDiff:
             "base_model": self.base_model or "",
             "method": self.method,
             "k": str(self.k),
-            "settings": json.dumps(self.settings, sort_keys=True),
+            "settings": metadata_json(self.settings, "SparseDiff settings"),
             "params": json.dumps(params, sort_keys=True),
-            "info": json.dumps(self.info, sort_keys=True),
+            "info": metadata_json(self.info, "SparseDiff info"),
         }
         write_file(path, tensors, metadata)
 
@@ -344,3 +351,42 @@ def check_param_info(info: object, what: str) -> None:
         raise ValueError(f"{what}: shape {info.shape} must hold integers >= 0")
     if info.dtype not in DTYPE_NAMES.values():
         raise TypeError(f"{what}: dtype {info.dtype} is not one of {sorted(DTYPE_NAMES)}")
+
+
+JSON_SCALARS = (str, int, float, bool, type(None))
+
+
+def json_metadata_problem(value: object, where: str) -> str | None:
+    """Why JSON would not give ``value`` back as it is (``where``: its path, for the message), or None.
+
+    Keys must be strings at every depth (JSON writes the key 1 as "1"); values are None, bool, int,
+    float, str, lists or tuples (read back as lists) and such dicts.
+    """
+    if isinstance(value, JSON_SCALARS):
+        return None
+    if isinstance(value, (list, tuple)):
+        problems = (json_metadata_problem(item, f"{where}[{i}]") for i, item in enumerate(value))
+        return next((problem for problem in problems if problem), None)
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return (f"{where}: key {key!r} is {type(key).__name__}, not a string (JSON would give it back "
+                        f"as {json.dumps(str(key))})")
+            problem = json_metadata_problem(item, f"{where}[{key!r}]")
+            if problem:
+                return problem
+        return None
+    return f"{where} is {type(value).__name__}, which JSON cannot hold (use None, bool, int, float, str, lists, dicts)"
+
+
+def check_json_metadata(value: Mapping[str, Any], what: str) -> None:
+    """TypeError naming the entry unless ``value`` comes back equal from the file (:func:`json_metadata_problem`)."""
+    problem = json_metadata_problem(value, what)
+    if problem:
+        raise TypeError(problem)
+
+
+def metadata_json(value: Mapping[str, Any], what: str) -> str:
+    """``value`` as the JSON text of a metadata field, refused (TypeError) where it would not come back as it is."""
+    check_json_metadata(value, what)
+    return json.dumps(value, sort_keys=True)

@@ -19,6 +19,7 @@ from deftx.sft import (
     applied,
     apply_diffs,
     count_rounding_loss,
+    prepare_composition,
 )
 from tests.sft.helpers import assert_model_equals, random_sft, snapshot, tiny_config
 
@@ -219,3 +220,47 @@ def test_a_dense_tensor_that_discards_an_earlier_diffs_writes_is_warned_not_sile
         warnings.simplefilter("error", OverwrittenByDenseWarning)
         apply_diffs(model, [dense_pooler(4), sparse], check_base=False).revert()
         apply_diffs(model, [sparse, head_diff(1)], check_base=False).revert()
+
+
+WORDS = "bert.embeddings.word_embeddings.weight"
+
+
+def one_entry(name: str, value: float) -> SparseDiff:
+    return SparseDiff({name: torch.tensor([3])}, {name: torch.tensor([value])},
+                      {name: ParamInfo((64, 16), torch.float32)})
+
+
+def apply_handle(module, diff):
+    return apply_diffs(module, [diff])
+
+
+def apply_prepared(module, diff):
+    return prepare_composition(module, [diff]).apply()
+
+
+@pytest.mark.parametrize("apply_first", [apply_handle, apply_prepared])
+@pytest.mark.parametrize("by_content", [False, True], ids=["handle", "by content"])
+def test_a_diff_applied_to_the_body_cannot_be_reverted_under_a_later_one_applied_to_the_whole_model(
+        model, apply_first, by_content):
+    """The stack was per module object: a diff applied to ``model.bert`` reverted after another applied to ``model``
+    on the same tensor wrote back its originals under the later diff, and the two reverts left base + the first
+    diff (word embedding entry 3 stayed 1.0 off the base)."""
+    base = snapshot(model)
+    first_diff = one_entry("embeddings.word_embeddings.weight", 1.0)
+    first = apply_first(model.bert, first_diff)
+    later = apply_diffs(model, [one_entry(WORDS, 2.0)])
+    with pytest.raises(RuntimeError, match="revert the diffs applied after these first"):
+        first_diff.revert(model.bert) if by_content else first.revert()
+    later.revert()
+    first.revert()
+    assert_model_equals(model, base)
+    assert applied(model) == [] and applied(model.bert) == []
+
+
+def test_applications_on_disjoint_parameters_of_a_model_and_its_body_revert_in_any_order(model):
+    base = snapshot(model)
+    body = apply_diffs(model.bert, [one_entry("embeddings.word_embeddings.weight", 1.0)])
+    head = apply_diffs(model, [head_diff(1)])
+    body.revert()
+    head.revert()
+    assert_model_equals(model, base)

@@ -8,7 +8,16 @@ import math
 import pytest
 import torch
 
-from deftx.sft import ParamInfo, SparseDiff, SparseDiffFormatError, apply_diffs, compose
+from deftx.sft import (
+    ParamInfo,
+    SparseDiff,
+    SparseDiffFormatError,
+    applied,
+    apply_diffs,
+    compose,
+    count_rounding_loss,
+    prepare_composition,
+)
 from tests.sft.helpers import assert_model_equals, assert_rewrite_refused, random_sft, rewrite, snapshot
 
 POOLER = "bert.pooler.dense.weight"
@@ -195,3 +204,59 @@ def test_compose_refuses_a_parameter_dense_in_one_diff_and_sparse_in_another(mod
     dense = SparseDiff({}, {}, {}, dense={POOLER: torch.zeros(16, 16)})
     with pytest.raises(ValueError, match="dense in one diff and sparse in another"):
         compose(sparse, dense)
+
+
+@pytest.mark.parametrize("field", ["info", "settings"])
+@pytest.mark.parametrize("value, where", [
+    ({1: "positive"}, "1"),
+    ({"id2label": {0: "no", 1: "yes"}}, "'id2label'"),
+    ({"scores": [{"f1": 0.5, 2: 0.1}]}, "'scores'"),
+    ({"scores": torch.tensor(0.5)}, "'scores'"),
+])
+def test_metadata_that_json_would_change_or_cannot_hold_is_refused_at_construction(field, value, where):
+    """JSON turns the key 1 into "1": such an info or settings dict used to come back from save/load with other
+    keys than it was made with (and a tensor in it failed only at save, after training)."""
+    with pytest.raises(TypeError, match=f"SparseDiff {field}.*{where}"):
+        SparseDiff({}, {}, {}, **{field: value})
+
+
+def test_metadata_round_trips_equal(tmp_path):
+    info = {"labels": ["no", "yes"], "num_labels": 2, "scores": {"f1": 0.25, "ok": True, "note": None}}
+    settings = {"lr": 1e-4, "layers": [0, 1], "nested": {"a": {"b": -3}}}
+    path = tmp_path / "sft.safetensors"
+    SparseDiff({}, {}, {}, info=info, settings=settings).save(path)
+    loaded = SparseDiff.load(path)
+    assert (loaded.info, loaded.settings) == (info, settings)
+
+
+def test_metadata_changed_after_construction_is_refused_at_save(tmp_path):
+    diff = SparseDiff({}, {}, {})
+    diff.info[0] = "first"
+    with pytest.raises(TypeError, match="SparseDiff info: key 0 is int"):
+        diff.save(tmp_path / "sft.safetensors")
+    assert not (tmp_path / "sft.safetensors").exists()
+
+
+def _two_linears(weight: torch.Tensor) -> torch.nn.Module:
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    model[0].weight = torch.nn.Parameter(weight)
+    return model
+
+
+@pytest.mark.parametrize("weight, error, match", [
+    (torch.arange(12.0).reshape(4, 3).t(), ValueError, "'0.weight'.*not contiguous"),
+    (torch.arange(12.0, dtype=torch.float64).reshape(3, 4), TypeError, "'0.weight'.*float64"),
+])
+def test_a_sparse_target_the_scatter_cannot_write_is_refused_before_any_write(weight, error, match):
+    """The dense tensors used to be written before the scatter refused the parameter (as 'dense tensor 0'): the
+    model was left changed, with no handle to revert it."""
+    model = _two_linears(weight)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    diff = SparseDiff({"0.weight": torch.tensor([1])}, {"0.weight": torch.tensor([100.0])},
+                      {"0.weight": ParamInfo((3, 4), weight.dtype)}, dense={"1.bias": torch.tensor([5.0, 6.0])})
+    for attempt in (apply_diffs, count_rounding_loss, prepare_composition):
+        with pytest.raises(error, match=match):
+            attempt(model, [diff], strict_dtype=False)
+    for name, p in model.named_parameters():
+        assert torch.equal(p.detach(), before[name]), name
+    assert applied(model) == []
