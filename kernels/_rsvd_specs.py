@@ -93,7 +93,7 @@ def _energy_spec(m: ModuleType, dtype: torch.dtype, has_w0: bool, align: int) ->
         name=f"rsvd_difference_energy_{DTYPE_NAMES[dtype]}_{'diff' if has_w0 else 'single'}_align{align}",
         kernel=m._difference_energy_kernel,
         signature={
-            "w1_table": "*i64", "w0_table": "*i64", "partial_ptr": "*fp32", "numel_div": "i32", "chunks": "i32",
+            "w1_table": "*i64", "w0_table": "*i64", "partial_ptr": "*fp64", "numel_div": "i32", "chunks": "i32",
             "W_DTYPE": "constexpr", "HAS_W0": "constexpr", "ALIGN": "constexpr", "BLOCK": "constexpr",
             "CHUNK_BLOCKS": "constexpr",
         },

@@ -15,7 +15,7 @@ fp32 registers and feed the difference to ``tl.dot``, so Δ is never written to 
   output shape, with S applied to the U tile in registers and the absolute value in the
   epilogue: the denoised magnitudes are the only (m, n) buffer written.
 * :func:`difference_energy` ``||Δ||_F²`` of a group of same-shape matrices in one launch
-  (fp32 partial sums per program, added in fp64), again without forming Δ.
+  (fp64 squares and sums: an fp32 square overflows from |Δ| = 2⁶⁴), again without forming Δ.
 
 :func:`randomized_svd` follows the contract's sequence exactly::
 
@@ -383,8 +383,9 @@ def _difference_energy_kernel(
     """``partial[b, c] = Σ Δ_b²`` over the flat entries ``[c * CHUNK, (c + 1) * CHUNK)`` of Δ_b.
 
     Shapes: Δ_b (numel,) flat from the address tables (W_DTYPE, contiguous, numel =
-    numel_div * ALIGN); partial (G, chunks) fp32; CHUNK = BLOCK * CHUNK_BLOCKS. Each lane
-    sums CHUNK_BLOCKS squares in fp32, then the block is reduced once.
+    numel_div * ALIGN); partial (G, chunks) fp64; CHUNK = BLOCK * CHUNK_BLOCKS. Each lane
+    squares and sums CHUNK_BLOCKS entries in fp64 (an fp32 square overflows from |Δ| = 2⁶⁴),
+    then the block is reduced once.
     Grid: (G * chunks,).
     """
     pid = tl.program_id(0)
@@ -393,10 +394,10 @@ def _difference_energy_kernel(
     w1 = table_pointer(w1_table, matrix, W_DTYPE, ALIGN > 1)
     w0 = table_pointer(w0_table, matrix, W_DTYPE, ALIGN > 1)
     start = (pid % chunks).to(tl.int64) * (BLOCK * CHUNK_BLOCKS)
-    acc = tl.full((BLOCK,), 0.0, dtype=tl.float32)
+    acc = tl.full((BLOCK,), 0.0, dtype=tl.float64)
     for block in range(CHUNK_BLOCKS):
         offsets = start + block * BLOCK + tl.arange(0, BLOCK)
-        delta = _load_delta(w1, w0, offsets, offsets < numel, HAS_W0)
+        delta = _load_delta(w1, w0, offsets, offsets < numel, HAS_W0).to(tl.float64)
         acc += delta * delta
     tl.store(partial_ptr + pid, tl.sum(acc, axis=0))
 
@@ -838,8 +839,7 @@ def difference_energy(w1s: Sequence[torch.Tensor], w0s: Sequence[torch.Tensor] |
         w0s: None (Δ_g = f32(w1s[g])) or G tensors like ``w1s``.
 
     Returns:
-        (G,) fp64 on the tensors' device: fp32 sums of at most 16 Ki squares per program
-        (each lane adds CHUNK_BLOCKS of them), added up in fp64.
+        (G,) fp64 on the tensors' device: fp64 squares of the fp32 differences, summed in fp64.
     """
     device = w1s[0].device if w1s else torch.device("cpu")
     if not w1s:
@@ -853,7 +853,7 @@ def difference_energy(w1s: Sequence[torch.Tensor], w0s: Sequence[torch.Tensor] |
     config = ENERGY_CONFIG
     align = ALIGNMENT if _is_aligned([*group_w1, *(group_w0 or ())], numel) else 1
     chunks = triton.cdiv(numel, config["BLOCK"] * config["CHUNK_BLOCKS"])
-    partial = torch.empty(len(w1s), chunks, dtype=torch.float32, device=device)
+    partial = torch.empty(len(w1s), chunks, dtype=torch.float64, device=device)
     w1_table = _address_table(group_w1, device)
     w0_table = _address_table(group_w0, device) if group_w0 is not None else w1_table
     _difference_energy_kernel[(len(w1s) * chunks,)](
