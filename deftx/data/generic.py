@@ -10,6 +10,7 @@ reader takes whatever ``datasets.load_dataset`` reads, with the columns named by
 
 from __future__ import annotations
 
+import csv
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -109,12 +110,13 @@ def load_rows(source: str | os.PathLike, *, split: str = "train", config: str | 
 
 def _builder_options(path: Path) -> dict[str, Any]:
     """The reader options of a local file: a CSV/TSV cell is its text as written (pandas would read ``NA``,
-    ``None``, ``null``, ``nan``, ``N/A`` as a missing value: a text left out, or refused as an empty cell),
-    a ``.tsv`` is split at tabs."""
+    ``None``, ``null``, ``nan``, ``N/A`` as a missing value: a text left out, or refused as an empty cell);
+    a ``.tsv`` is split at tabs and nothing else, a double quote in it an ordinary character (as in the
+    AmericasNLI and XNLI files: CSV quoting would join the lines between two quotes into one cell)."""
     suffix = path.suffix.lower()
     if LOCAL_BUILDERS[suffix] != "csv":
         return {}
-    return {"keep_default_na": False, **({"delimiter": "\t"} if suffix == ".tsv" else {})}
+    return {"keep_default_na": False, **({"delimiter": "\t", "quoting": csv.QUOTE_NONE} if suffix == ".tsv" else {})}
 
 
 def _loaded(name: str, *args: Any, **kwargs: Any) -> Any:
