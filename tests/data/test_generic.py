@@ -146,3 +146,22 @@ def test_an_americasnli_tsv_reads_as_the_americasnli_reader_reads_it(data_dir):
     assert [text.strip() for text in data.texts] == [e.premise for e in expected]
     assert [text.strip() for text in data.pairs] == [e.hypothesis for e in expected]
     assert data.label_ids() == [e.label for e in expected]
+
+
+@pytest.mark.parametrize("name", ["numbers.csv", "numbers.tsv"])
+def test_a_cell_that_reads_like_a_number_or_a_boolean_is_kept_as_written(tmp_path, name):
+    """pandas typed the columns: the texts 007 and 1.50 came back as '7.0' and '1.5', labels true/false as
+    'True'/'False' (then refused against the classifier's own names)."""
+    texts, labels = ["007", "1.50", "1e3"], ["true", "false", "true"]
+    delimiter = "\t" if name.endswith(".tsv") else ","
+    body = "".join(f"{text}{delimiter}{label}\n" for text, label in zip(texts, labels, strict=True))
+    path = write_file(tmp_path, name, f"text{delimiter}label\n" + body)
+    assert load_texts(path) == texts
+    data = load_classification(path, label_names=["false", "true"])
+    assert (data.texts, data.labels, data.label_ids()) == (texts, labels, [1, 0, 1])
+
+
+def test_a_header_naming_a_column_twice_is_refused(tmp_path):
+    path = write_file(tmp_path, "twice.csv", "text,label,text\na,1,b\n")
+    with pytest.raises(ValueError, match=r"twice\.csv: the header names column 'text' twice"):
+        load_texts(path)
