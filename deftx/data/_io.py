@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+
+from deftx.text import not_utf8
 
 
 def require_dir(path: Path, what: str) -> Path:
@@ -34,18 +37,48 @@ def normalize_splits(splits: str | Iterable[str]) -> tuple[str, ...]:
     return result
 
 
+def read_utf8(path: Path) -> str:
+    """The text of a UTF-8 file, its line ends as written.
+
+    Raises:
+        ValueError: bytes that are not UTF-8, naming the file, the line and the byte's offset in the file.
+    """
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise ValueError(f"{path}:{line}: {not_utf8(err)}") from None
+
+
+def read_lines(path: Path) -> Iterator[str]:
+    """The lines of a UTF-8 file, split at ``\\n``, ``\\r\\n`` or ``\\r`` (each line end given as ``\\n``);
+    bytes that are not UTF-8 raise ValueError as in :func:`read_utf8`."""
+    return iter(io.StringIO(read_utf8(path), newline=None))
+
+
 def read_delimited(path: Path, *, delimiter: str, quoting: int = csv.QUOTE_MINIMAL) -> Iterator[tuple[int, list[str]]]:
     """Yield ``(line_number, fields)`` for every record of a UTF-8 delimited file.
 
     ``line_number`` is the 1-based line on which the record starts (records may span lines
     when a quoted field holds a newline). The header is yielded too, as line 1.
+
+    Raises:
+        ValueError: bytes that are not UTF-8 (:func:`read_utf8`), or a malformed record (a quote left open
+            to the end of the file, a character after a closing quote), naming the file and the line the
+            record starts on.
     """
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.reader(handle, delimiter=delimiter, quoting=quoting, strict=True)
-        start = 1
-        for fields in reader:
-            yield start, fields
-            start = reader.line_num + 1
+    reader = csv.reader(io.StringIO(read_utf8(path), newline=""), delimiter=delimiter, quoting=quoting, strict=True)
+    start = 1
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            raise ValueError(f"{path}:{start}: malformed CSV record ({err})") from None
+        yield start, fields
+        start = reader.line_num + 1
 
 
 def read_header(path: Path, records: Iterator[tuple[int, list[str]]]) -> list[str]:

@@ -14,7 +14,7 @@ import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
 
-from deftx.data._io import check_split, normalize_splits, require_dir
+from deftx.data._io import check_split, normalize_splits, read_lines, require_dir
 from deftx.data.americasnli import check_language
 
 SPLITS = ("train", "dev")
@@ -68,15 +68,15 @@ def load_text(data_dir: Path | str, nli_language_code: str, splits: str | Iterab
     parallel files use as placeholders for untranslated rows, are dropped.
 
     Raises:
-        ValueError: an unknown language code, a refused (``test``) or unknown split, or a file with no
-            text (every line blank): a split is never read as empty.
+        ValueError: an unknown language code, a refused (``test``) or unknown split, bytes that are not
+            UTF-8 (naming the file and line), or a file with no text (every line blank): a split is never
+            read as empty.
         FileNotFoundError: the data folder or file is missing.
     """
     texts: list[str] = []
     for split in normalize_splits(splits):
         path = text_file(data_dir, nli_language_code, split)
-        with path.open(encoding="utf-8") as handle:
-            lines = [clean for clean in (_clean_line(line) for line in handle) if clean]
+        lines = [clean for clean in (_clean_line(line) for line in read_lines(path)) if clean]
         if not lines:
             raise ValueError(f"{path}: no text, every line is blank")
         texts.extend(lines)

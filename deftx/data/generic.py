@@ -10,6 +10,7 @@ reader takes whatever ``datasets.load_dataset`` reads, with the columns named by
 
 from __future__ import annotations
 
+import csv
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -92,7 +93,8 @@ def load_rows(source: str | os.PathLike, *, split: str = "train", config: str | 
             raise ValueError(f"{path}: unsupported file type {path.suffix!r}; expected one of {sorted(LOCAL_BUILDERS)}")
         if path.stat().st_size == 0:
             raise ValueError(f"{path}: empty file (no header, no rows)")
-        return _loaded(str(path), builder, data_files=str(path), split="train", **_builder_options(path))
+        return _loaded(str(path), builder, data_files=str(path), split="train", **_builder_options(path),
+                       **_string_columns(path))
     if not path.is_dir() and path.suffix.lower() in LOCAL_BUILDERS:
         raise FileNotFoundError(f"data file {str(source)!r} does not exist (a {path.suffix} name is taken for a "
                                 "local file, never looked up on the Hub)")
@@ -109,12 +111,37 @@ def load_rows(source: str | os.PathLike, *, split: str = "train", config: str | 
 
 def _builder_options(path: Path) -> dict[str, Any]:
     """The reader options of a local file: a CSV/TSV cell is its text as written (pandas would read ``NA``,
-    ``None``, ``null``, ``nan``, ``N/A`` as a missing value: a text left out, or refused as an empty cell),
-    a ``.tsv`` is split at tabs."""
+    ``None``, ``null``, ``nan``, ``N/A`` as a missing value: a text left out, or refused as an empty cell);
+    a ``.tsv`` is split at tabs and nothing else, a double quote in it an ordinary character (as in the
+    AmericasNLI and XNLI files: CSV quoting would join the lines between two quotes into one cell)."""
     suffix = path.suffix.lower()
     if LOCAL_BUILDERS[suffix] != "csv":
         return {}
-    return {"keep_default_na": False, **({"delimiter": "\t"} if suffix == ".tsv" else {})}
+    return {"keep_default_na": False, **({"delimiter": "\t", "quoting": csv.QUOTE_NONE} if suffix == ".tsv" else {})}
+
+
+def _string_columns(path: Path) -> dict[str, Any]:
+    """For a CSV/TSV file, ``features`` typing every column of its header as text, so that a cell is read as
+    written (pandas would type a column: the text ``007`` read as ``7.0``, the label ``true`` as ``True``).
+
+    Raises:
+        ValueError: a header that names a column twice, or bytes that are not UTF-8 (naming the file).
+    """
+    options = _builder_options(path)
+    if LOCAL_BUILDERS[path.suffix.lower()] != "csv":
+        return {}
+    from datasets import Features, Value
+
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            header = next(csv.reader(handle, delimiter=options.get("delimiter", ","),
+                                     quoting=options.get("quoting", csv.QUOTE_MINIMAL)), [])
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: {not_utf8(err)}") from None
+    twice = [name for name in dict.fromkeys(header) if header.count(name) > 1]
+    if twice:
+        raise ValueError(f"{path}: the header names column {twice[0]!r} twice")
+    return {"features": Features({name: Value("string") for name in header})}
 
 
 def _loaded(name: str, *args: Any, **kwargs: Any) -> Any:

@@ -1,9 +1,10 @@
 """The labelled data sets through ``datasets.load_dataset``, for users with a network.
 
 Same examples as the local readers (``deftx.data.nusax.load_sentiment``,
-``deftx.data.americasnli.load_nli``), fetched from the Hugging Face Hub. Offline (no network,
-or ``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE`` set) every loader raises ``HubUnavailableError``
-pointing at the local readers.
+``deftx.data.americasnli.load_nli``), fetched from the Hugging Face Hub or read from the
+``datasets`` cache. Offline (no network, or ``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE`` set) a
+cached copy is read; without one every loader raises ``HubUnavailableError`` pointing at the
+local readers.
 """
 
 from __future__ import annotations
@@ -51,14 +52,13 @@ def _load_dataset(repo: str, config: str, split: str) -> Iterable[Mapping[str, A
 def _fetch(
     repo: str, config: str, split: str, local_reader: str
 ) -> tuple[Iterable[Mapping[str, Any]], Callable[[Any], str | None]]:
-    """Rows of one Hub split and a function turning a raw label into its name."""
-    offline = _offline_variable()
-    if offline is not None:
-        raise _unavailable(repo, config, local_reader, f"${offline} is set")
+    """Rows of one Hub split (offline: of the ``datasets`` cache) and a function turning a raw label into its name."""
     try:
         rows = _load_dataset(repo, config, split)
     except (ConnectionError, OSError) as err:
-        raise _unavailable(repo, config, local_reader, f"{type(err).__name__}: {err}") from err
+        offline = _offline_variable()
+        cache = f"${offline} is set and the datasets cache holds no copy; " if offline else ""
+        raise _unavailable(repo, config, local_reader, f"{cache}{type(err).__name__}: {err}") from err
     features = getattr(rows, "features", None) or {}
     names = getattr(features.get("label"), "names", None)
     return rows, class_label_name(names) if names else str

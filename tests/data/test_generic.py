@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from deftx.data import americasnli
 from deftx.data.generic import load_classification, load_rows, load_texts
 from tests.data.conftest import write_file
 
@@ -125,3 +126,42 @@ def test_a_text_that_reads_like_a_missing_value_is_kept_as_written(tmp_path, nam
     assert load_texts(path) == texts
     data = load_classification(path)
     assert (data.texts, data.label_ids()) == (texts, [0, 1, 0, 1, 0, 1])
+
+
+def test_a_double_quote_in_a_tsv_is_an_ordinary_character(tmp_path):
+    """A .tsv was read with CSV quoting: an open quote ran on to the next line's quote and two examples became
+    one ('Hello there\\t1\\nsecond row said he', labelled 0), and a quoted word lost its quotes."""
+    rows = [('"Hello there', "1"), ('second row" said he', "0"), ('"Quoted" word', "1"), ("plain", "0")]
+    path = write_file(tmp_path, "quotes.tsv", "text\tlabel\n" + "".join(f"{t}\t{label}\n" for t, label in rows))
+    data = load_classification(path)
+    assert list(zip(data.texts, data.labels, strict=True)) == rows
+    assert load_texts(path) == [t for t, _ in rows]
+
+
+def test_an_americasnli_tsv_reads_as_the_americasnli_reader_reads_it(data_dir):
+    path = data_dir / "americasnli" / "data" / "anli_final" / "dev" / "gn.tsv"
+    expected = americasnli.load_nli(data_dir, "gn", "dev")
+    assert any('"' in e.premise + e.hypothesis for e in expected)
+    data = load_classification(path, text_column="premise", pair_column="hypothesis", label_names=americasnli.LABELS)
+    assert [text.strip() for text in data.texts] == [e.premise for e in expected]
+    assert [text.strip() for text in data.pairs] == [e.hypothesis for e in expected]
+    assert data.label_ids() == [e.label for e in expected]
+
+
+@pytest.mark.parametrize("name", ["numbers.csv", "numbers.tsv"])
+def test_a_cell_that_reads_like_a_number_or_a_boolean_is_kept_as_written(tmp_path, name):
+    """pandas typed the columns: the texts 007 and 1.50 came back as '7.0' and '1.5', labels true/false as
+    'True'/'False' (then refused against the classifier's own names)."""
+    texts, labels = ["007", "1.50", "1e3"], ["true", "false", "true"]
+    delimiter = "\t" if name.endswith(".tsv") else ","
+    body = "".join(f"{text}{delimiter}{label}\n" for text, label in zip(texts, labels, strict=True))
+    path = write_file(tmp_path, name, f"text{delimiter}label\n" + body)
+    assert load_texts(path) == texts
+    data = load_classification(path, label_names=["false", "true"])
+    assert (data.texts, data.labels, data.label_ids()) == (texts, labels, [1, 0, 1])
+
+
+def test_a_header_naming_a_column_twice_is_refused(tmp_path):
+    path = write_file(tmp_path, "twice.csv", "text,label,text\na,1,b\n")
+    with pytest.raises(ValueError, match=r"twice\.csv: the header names column 'text' twice"):
+        load_texts(path)

@@ -26,14 +26,27 @@ def online(monkeypatch):
 
 
 @pytest.mark.parametrize("variable", hub.OFFLINE_VARIABLES)
-def test_offline_variable_gives_a_clear_error_without_calling_datasets(monkeypatch, variable):
+def test_offline_a_copy_in_the_datasets_cache_is_read(monkeypatch, variable):
+    """An offline variable was refused before datasets was asked, so a Hub copy already in the datasets cache
+    (which datasets reads offline) could not be loaded."""
     monkeypatch.setenv(variable, "1")
-    monkeypatch.setattr(hub, "_load_dataset", lambda *a: pytest.fail("datasets must not be called offline"))
+    monkeypatch.setattr(hub, "_load_dataset", lambda *a: FakeSplit([{"id": "3", "text": "ok", "label": 1}],
+                                                                   ["negative", "neutral", "positive"]))
+    assert hub.load_sentiment_hub("acehnese", "train") == [SentimentExample("ok", 1, "3")]
+
+
+@pytest.mark.parametrize("variable", hub.OFFLINE_VARIABLES)
+def test_offline_without_a_cached_copy_gives_a_clear_error(monkeypatch, variable):
+    def not_cached(repo, config, split):
+        raise ConnectionError(f"Couldn't reach '{repo}' on the Hub (offline mode is enabled)")
+
+    monkeypatch.setenv(variable, "1")
+    monkeypatch.setattr(hub, "_load_dataset", not_cached)
     with pytest.raises(hub.HubUnavailableError) as info:
         hub.load_sentiment_hub("acehnese", "train")
     message = str(info.value)
     assert "indonlp/NusaX-senti" in message and "'ace'" in message
-    assert f"${variable} is set" in message
+    assert f"${variable} is set and the datasets cache holds no copy" in message
     assert "deftx.data.nusax.load_sentiment" in message
     with pytest.raises(hub.HubUnavailableError, match=r"deftx\.data\.americasnli\.load_nli"):
         hub.load_nli_hub("aym", "dev")

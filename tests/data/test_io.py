@@ -77,3 +77,35 @@ def test_a_split_with_no_rows_is_refused_naming_its_file(reader, tmp_path):
     write_file(tmp_path, relative, body)
     with pytest.raises(ValueError, match=rf"{re.escape(relative)}: no (rows|text)"):
         load(tmp_path)
+
+
+UNREADABLE = {
+    "nusax sentiment": ("nusax/datasets/sentiment/xx/train.csv", b"id,text,label\n1,ok,positive\n2,caf\xe9,neutral\n",
+                        lambda root: nusax.load_sentiment(root, "xx", "train")),
+    "nusax mt": ("nusax/datasets/mt/train.csv", b",xx\n0,halo\n1,caf\xe9\n",
+                 lambda root: nusax.load_mt_text(root, "xx")),
+    "americasnli": ("americasnli/data/anli_final/dev/aym.tsv",
+                    b"id\tlanguage\tpremise\thypothesis\tlabel\n1\taym\tp\th\tneutral\n2\taym\tcaf\xe9\th\tneutral\n",
+                    lambda root: americasnli.load_nli(root, "aym", "dev")),
+    "americasnlp": ("americasnlp2021/data/aymara-spanish/train.aym", b"kuna\njani\ncaf\xe9\n",
+                    lambda root: americasnlp.load_text(root, "aym", "train")),
+}
+
+
+@pytest.mark.parametrize("reader", UNREADABLE)
+def test_bytes_that_are_not_utf8_are_refused_naming_the_file_line_and_file_offset(reader, tmp_path):
+    relative, body, load = UNREADABLE[reader]
+    path = tmp_path / relative
+    path.parent.mkdir(parents=True)
+    path.write_bytes(body)
+    line, offset = body.count(b"\n", 0, body.index(b"\xe9")) + 1, body.index(b"\xe9")
+    with pytest.raises(ValueError, match=rf"{re.escape(relative)}:{line}: not UTF-8 text \(byte 0xe9 at offset "
+                                         rf"{offset}\)"):
+        load(tmp_path)
+
+
+@pytest.mark.parametrize("body", ['a,b\n1,2\n3,"open\n5,6\n', 'a,b\n1,2\n3,"four"x\n'])
+def test_a_broken_quote_is_refused_naming_the_file_and_the_line_its_record_starts_on(tmp_path, body):
+    path = write_file(tmp_path, "t.csv", body)
+    with pytest.raises(ValueError, match=r"t\.csv:3: malformed CSV record \("):
+        read_table(path, ["a", "b"], delimiter=",")
