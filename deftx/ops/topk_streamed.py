@@ -146,6 +146,9 @@ class Pair:
 def pair_tensors(theta1: dict[str, StoredTensor], theta0: dict[str, StoredTensor],
                  names: Sequence[str] | None) -> list[Pair]:
     """The ``names`` (default: θ1's float tensors, sorted) paired with θ0's, checked."""
+    if isinstance(names, str):
+        raise TypeError(f"select_streamed: names is one string ({names!r}); pass a list of tensor names "
+                        "(wrap it in [...])")
     chosen = sorted(n for n, t in theta1.items() if t.dtype is not None) if names is None else list(names)
     if not chosen:
         raise ValueError("select_streamed: no tensor to rank")
@@ -380,9 +383,9 @@ def select_streamed(
         k, output="indices")`` (see the module docstring), with what it read.
 
     Raises:
-        KeyError / TypeError / ValueError: a missing tensor, a non-float one, a dtype or
-            shape that differs between θ1 and θ0, a name given twice, ``k`` or
-            ``chunk_elements`` out of range, NaN differences.
+        KeyError / TypeError / ValueError: a missing tensor, a non-float one, names given as one
+            string, a dtype or shape that differs between θ1 and θ0, a name given twice, ``k``
+            or ``chunk_elements`` out of range, NaN differences.
     """
     if not 1 <= chunk_elements <= MAX_CHUNK_ELEMENTS:
         raise ValueError(f"select_streamed: chunk_elements must be in [1, 2^31] (a chunk's offsets are kept as "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -72,6 +74,33 @@ def test_nan_is_reported_naming_the_first_tensor_that_holds_one(backend, k):
                torch.tensor([nan])]
     with pytest.raises(ValueError, match=r"tensor 2 \(shape \(4,\)\) contains 2 NaN"):
         topk_mask(tensors, k, backend=backend)
+
+
+@contextlib.contextmanager
+def flushing_denormals():
+    """The CPU treating subnormals as zero in float arithmetic and comparisons
+    (``torch.set_flush_denormal``, FTZ/DAZ) inside the block; skips where unsupported."""
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU cannot flush denormals")
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
+
+
+@pytest.mark.parametrize("backend", cpu_backends("topk"))
+def test_subnormals_rank_by_value_when_the_cpu_flushes_denormals(backend):
+    """The keys are bit patterns, so the selection does not depend on the floating-point mode:
+    under FTZ/DAZ every backend still takes exactly k entries, the largest subnormals."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.rand(4096, generator=gen) * torch.finfo(torch.float32).tiny
+    k = 1024
+    (want,) = reference_selection([x], k)
+    with flushing_denormals():
+        (got,) = topk_mask([x], k, output="indices", backend=backend)
+        (mask,) = topk_mask([x], k, backend=backend)
+    assert int(mask.sum()) == k
+    assert_bitwise_equal(got, want, what="indices")
 
 
 def materialised(tensors: list[torch.Tensor], bases: list[torch.Tensor | None]) -> list[torch.Tensor]:

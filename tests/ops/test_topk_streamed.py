@@ -144,6 +144,15 @@ def test_a_name_given_twice_is_refused(tmp_path):
         select_streamed(tmp_path / "t1.safetensors", tmp_path / "t0.safetensors", 6, names=["x", "y", "x"])
 
 
+def test_names_as_one_string_is_refused(tmp_path):
+    # iterated, "ba" would rank the tensors "b" then "a", and "a.weight" would ask for a tensor "a"
+    save_file({"a": torch.arange(4.0), "b": torch.ones(3), "a.weight": torch.ones(2)}, str(tmp_path / "t1.safetensors"))
+    save_file({"a": torch.zeros(4), "b": torch.zeros(3), "a.weight": torch.zeros(2)}, str(tmp_path / "t0.safetensors"))
+    for names in ("ba", "a.weight"):
+        with pytest.raises(TypeError, match=r"names is one string .*wrap it in \[\.\.\.\]"):
+            select_streamed(tmp_path / "t1.safetensors", tmp_path / "t0.safetensors", 1, names=names)
+
+
 def test_a_chunk_whose_offsets_overflow_int32_is_refused(tmp_path):
     save_file({"x": torch.ones(4)}, str(tmp_path / "t1.safetensors"))
     save_file({"x": torch.zeros(4)}, str(tmp_path / "t0.safetensors"))

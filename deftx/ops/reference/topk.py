@@ -7,6 +7,9 @@ from collections.abc import Sequence
 
 import torch
 
+INF_KEY = 0x7F800000
+"""The key of +inf; every key above it is a NaN's."""
+
 
 def differences(t: torch.Tensor, base: torch.Tensor | None = None) -> torch.Tensor:
     """``t`` flattened to fp32, minus ``base`` when one is given: ``fl32(f32(t) − f32(base))``
@@ -15,14 +18,17 @@ def differences(t: torch.Tensor, base: torch.Tensor | None = None) -> torch.Tens
     return values if base is None else values - base.detach().reshape(-1).float()
 
 
-def scores(t: torch.Tensor, base: torch.Tensor | None = None) -> torch.Tensor:
-    """The flat fp32 scores ``|differences(t, base)|``; NaN ranks as +inf."""
-    return differences(t, base).abs().nan_to_num(nan=torch.inf)
+def keys(t: torch.Tensor, base: torch.Tensor | None = None) -> torch.Tensor:
+    """The flat int32 keys of the scores ``|differences(t, base)|``: their fp32 bit patterns
+    with the sign cleared. Integer order is score order for every non-NaN score (``-0.0`` and
+    ``+0.0`` share key 0, subnormals keep their order whatever the CPU's denormal mode) and a
+    NaN ranks above ``+inf``."""
+    return differences(t, base).view(torch.int32) & 0x7FFFFFFF
 
 
-def kth_largest_score(scored: Sequence[torch.Tensor], k: int) -> torch.Tensor:
-    """The k-th largest of the flat ``scored`` tensors (0-dim fp32 tensor); requires 1 <= k <= total."""
-    return torch.topk(torch.cat(list(scored)), k, sorted=False).values.min()
+def kth_largest_key(keyed: Sequence[torch.Tensor], k: int) -> torch.Tensor:
+    """The k-th largest of the flat ``keyed`` tensors (0-dim int32 tensor); requires 1 <= k <= total."""
+    return torch.topk(torch.cat(list(keyed)), k, sorted=False).values.min()
 
 
 def topk_indices(
@@ -39,22 +45,21 @@ def topk_indices(
     Returns:
         indices: int64 (k,), every tensor's indices in tensor order; stats: int64 (T + 1,)
         on the same device, the number of indices of each tensor, then the number of NaN
-        scores (NaN ranks as +inf here; the selection means nothing when there are some).
+        scores (NaN ranks above +inf; the selection means nothing when there are some).
     """
     device = tensors[0].device if tensors else torch.device("cpu")
     paired = bases if bases is not None else [None] * len(tensors)
-    raw = [differences(t, b) for t, b in zip(tensors, paired, strict=True)]
-    nan_count = torch.stack([torch.isnan(r).sum() for r in raw]).sum().view(1) if tensors else None
-    scored = [r.abs().nan_to_num_(nan=torch.inf) for r in raw]
+    keyed = [keys(t, b) for t, b in zip(tensors, paired, strict=True)]
+    nan_count = torch.stack([(key > INF_KEY).sum() for key in keyed]).sum().view(1) if tensors else None
     if k == 0:
         per_tensor = [torch.empty(0, dtype=torch.int64, device=t.device) for t in tensors]
     else:
-        threshold = kth_largest_score(scored, k)
-        above = [(s > threshold).nonzero().flatten() for s in scored]
+        threshold = kth_largest_key(keyed, k)
+        above = [(key > threshold).nonzero().flatten() for key in keyed]
         ties_left = k - sum(int(a.numel()) for a in above)
         per_tensor = []
-        for s, idx_above in zip(scored, above, strict=True):
-            ties = (s == threshold).nonzero().flatten()[: max(ties_left, 0)]
+        for key, idx_above in zip(keyed, above, strict=True):
+            ties = (key == threshold).nonzero().flatten()[: max(ties_left, 0)]
             ties_left -= int(ties.numel())
             per_tensor.append(torch.cat([idx_above, ties]).sort().values)
     if concatenated:

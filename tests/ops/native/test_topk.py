@@ -329,6 +329,41 @@ def test_bases_do_not_depend_on_thread_count(threads):
                           reference_topk(materialised(theta1, bases), 40_001))
 
 
+# Selections of subnormal differences with the caller's thread flushing denormals (FTZ/DAZ).
+FLUSHING_CALLER = """
+import json, sys, torch
+from deftx.ops.native.topk import select
+generator = torch.Generator().manual_seed(0)
+tiny = torch.finfo(torch.float32).tiny
+theta1, theta0 = (torch.rand(1 << 18, generator=generator) * tiny for _ in range(2))
+if not torch.set_flush_denormal(True):
+    sys.exit(77)
+print(json.dumps([select([theta1], 1000, [theta0]).indices.tolist() for _ in range(4)]))
+"""
+
+
+def test_bases_subtract_with_subnormals_whatever_the_callers_denormal_mode(tmp_path):
+    """The difference is computed with subnormals on every thread of the library, also when the
+    calling thread flushes them (``torch.set_flush_denormal(True)`` sets it on that thread
+    only): every pass then sees the same keys, and the selection is that of the exact
+    differences."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two CPUs for threads in both modes")
+    env = {**os.environ, "OMP_NUM_THREADS": "2",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    done = subprocess.run([sys.executable, "-c", FLUSHING_CALLER], env=env, capture_output=True, text=True,
+                          timeout=120)
+    if done.returncode == 77:
+        pytest.skip("this CPU cannot flush denormals")
+    assert done.returncode == 0, done.stderr[-2000:]
+    generator = torch.Generator().manual_seed(0)
+    tiny = torch.finfo(torch.float32).tiny
+    theta1, theta0 = (torch.rand(1 << 18, generator=generator) * tiny for _ in range(2))
+    (expected,) = reference_topk(materialised([theta1], [theta0]), 1000)
+    for run, got in enumerate(json.loads(done.stdout.splitlines()[-1])):
+        assert got == expected.tolist(), f"selection {run}: {len(set(got) - set(expected.tolist()))} entries differ"
+
+
 def test_concatenated_positions_add_each_tensor_start():
     tensors = [torch.tensor([5.0, 1.0]), torch.empty(0), torch.tensor([0.0, 4.0, 3.0])]
     indices, stats = native_topk_indices(tensors, 3, concatenated=True)
