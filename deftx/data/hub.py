@@ -87,6 +87,14 @@ def _label(raw: Any, to_name: Callable[[Any], str | None], labels: tuple[str, ..
     return labels.index(name)
 
 
+def _text(row: Mapping[str, Any], column: str, where: str) -> str:
+    """``row[column]`` stripped; ValueError naming ``where`` when it is missing, not a string or empty."""
+    value = row.get(column)
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{where}: {column} {value!r} is no text (missing, not a string or empty)")
+    return value.strip()
+
+
 def load_sentiment_hub(language: str, split: str, *, repo: str = NUSAX_REPO) -> list[SentimentExample]:
     """NusaX sentiment examples of ``language`` (a folder name such as ``"acehnese"``).
 
@@ -98,7 +106,7 @@ def load_sentiment_hub(language: str, split: str, *, repo: str = NUSAX_REPO) -> 
     rows, to_name = _fetch(repo, config, _hub_split(split), "deftx.data.nusax.load_sentiment")
     return [
         SentimentExample(
-            str(row["text"]).strip(),
+            _text(row, "text", f"{repo}/{config} row {i}"),
             _label(row["label"], to_name, nusax.LABELS, f"{repo}/{config} row {i}"),
             str(row.get("id", i)),
         )
@@ -114,8 +122,8 @@ def load_nli_hub(language: str, split: str, *, repo: str = AMERICASNLI_REPO) -> 
     rows, to_name = _fetch(repo, language, _hub_split(split), "deftx.data.americasnli.load_nli")
     return [
         NLIExample(
-            str(row["premise"]).strip(),
-            str(row["hypothesis"]).strip(),
+            _text(row, "premise", f"{repo}/{language} row {i}"),
+            _text(row, "hypothesis", f"{repo}/{language} row {i}"),
             _label(row["label"], to_name, americasnli.LABELS, f"{repo}/{language} row {i}"),
             str(row.get("id", i)),
             language,

@@ -120,3 +120,17 @@ def test_bad_arguments():
         hub.load_nli_hub("aym", "train")
     with pytest.raises(ValueError, match="unknown AmericasNLI language"):
         hub.load_nli_hub("xx", "dev")
+
+
+@pytest.mark.parametrize("text", [None, "   ", 7])
+def test_a_row_without_text_is_an_error_not_the_text_none(monkeypatch, text):
+    """A missing text came back as the sentence "None" (str(None)); the local readers refuse empty text."""
+    rows = [{"text": "fine", "label": 0}, {"text": text, "label": 0}]
+    sentiment = FakeSplit(rows, ["negative", "neutral", "positive"])
+    monkeypatch.setattr(hub, "_load_dataset", lambda *a: sentiment)
+    with pytest.raises(ValueError, match=f"row 1: text {text!r} is no text"):
+        hub.load_sentiment_hub("english", "train")
+    nli = FakeSplit([{"premise": "p", "hypothesis": text, "label": 0}], ["entailment", "neutral", "contradiction"])
+    monkeypatch.setattr(hub, "_load_dataset", lambda *a: nli)
+    with pytest.raises(ValueError, match=f"row 0: hypothesis {text!r} is no text"):
+        hub.load_nli_hub("aym", "dev")
