@@ -88,7 +88,8 @@ def _check_options(args: argparse.Namespace) -> None:
     nusax_only = [flag for flag, value in (("--languages", args.languages), ("--data-dir", args.data_dir)) if value]
     data_only = [flag for flag, value in (("--target", args.target), ("--split", args.split),
                                           ("--data-config", args.data_config), ("--pair-column", args.pair_column),
-                                          ("--label-names", args.label_names))
+                                          ("--label-names", args.label_names),
+                                          ("--label-ids", args.label_ids or None))
                  if value is not None]
     if args.data and nusax_only:
         raise ValueError(f"{' and '.join(nusax_only)} choose NusaX languages; with --data the data set is scored")
@@ -252,13 +253,32 @@ def class_names(args: argparse.Namespace, spec) -> tuple[str, ...] | None:
     return given
 
 
+def written_class_ids(labels: Sequence[str]) -> list[int] | None:
+    """``labels`` as integers when every one is written as a class id (ASCII digits), else None."""
+    return [int(label) for label in labels] if all(label.isascii() and label.isdigit() for label in labels) else None
+
+
 def _data_label_ids(args: argparse.Namespace, data, spec) -> list[int]:
-    """The class id of each --data example, by :func:`class_names`; ValueError naming --label-names when the
-    labels are names and no class order is known (the data's own label set never gives one)."""
+    """The class id of each --data example: the integers of the label column with --label-ids, else by
+    :func:`class_names`. ValueError for labels that are not integers with --label-ids, for integers that are not
+    the classifier's class names when it names its classes and --label-ids is not given (the file's integers
+    may follow another order), and naming --label-names when the labels are names and no class order is known
+    (the data's own label set never gives one)."""
     from deftx.data.generic import UnknownClassOrderError
 
+    names = class_names(args, spec)
+    written = written_class_ids(data.labels)
+    if args.label_ids and written is None:
+        raise ValueError(f"--label-ids: column {args.label_column!r} of --data {args.data} holds labels that are not "
+                         f"class ids ({', '.join(sorted(set(data.labels))[:10])})")
+    if not args.label_ids and names is not None and written is not None and not set(data.labels) <= set(names):
+        classes = ", ".join(f"{i}={name}" for i, name in enumerate(names))
+        raise ValueError(f"--data {args.data}: column {args.label_column!r} holds integers "
+                         f"({', '.join(map(str, sorted(set(written))[:10]))}), not the names of the classifier's "
+                         f"classes ({classes}; {spec.source}), so which class each integer means is unknown: write "
+                         "the names in the file, or pass --label-ids if the integers are these class ids")
     try:
-        ids = data.label_ids(class_names(args, spec))
+        ids = written if args.label_ids else data.label_ids(names)
     except UnknownClassOrderError as err:
         placeholder = ",".join(f"NAME{i}" for i in range(spec.num_labels))
         raise ValueError(f"--data {args.data}: the labels are names ({', '.join(err.names)}), and the classifier "
@@ -360,10 +380,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--text-column", default="text", help="text column (default text)")
     data.add_argument("--pair-column", help="second-segment column (e.g. an NLI hypothesis)")
     data.add_argument("--label-column", default="label",
-                      help="label column: names matching the SFT's labels, or class ids (default label)")
+                      help="label column: names matching the SFT's labels, or class ids (default label; with "
+                           "--label-ids when the classifier names its classes)")
     data.add_argument("--label-names", metavar="NAME,NAME,...",
                       help="the classifier's labels in class-id order, comma-separated: needed when the labels "
                            "are names and the task SFT records none (refused when it records others)")
+    data.add_argument("--label-ids", action="store_true",
+                      help="the label column's integers are the classifier's class ids: needed when the classifier "
+                           "names its classes and the labels are integers (their order is not known otherwise)")
     data.add_argument("--target", help="name of the data's language in the table (default: --lang-sft's or the file)")
     parser.add_argument("--scale", type=language_sft_scale,
                         help="language SFT scale > 0 (default 1.0; needs --lang-sft)")
