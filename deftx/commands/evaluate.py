@@ -162,9 +162,24 @@ def row_seed(task: SparseDiff, lang_sfts: Mapping[str, SparseDiff], asked: int) 
     return seed, line
 
 
-def _score(args, model, tokenizer, cells, context: RowContext, num_labels: int) -> list[dict]:
+def absent_classes_line(target: str, examples: Sequence[dict], num_labels: int,
+                        names: Sequence[str] | None) -> str | None:
+    """A line naming the classes (by ``names`` in class-id order, else by id) of which ``examples`` hold no gold
+    ``labels``: macro-F1 averages over all ``num_labels`` classes, each such class scoring 0; None when every
+    class has an example."""
+    gold = {int(example["labels"]) for example in examples}
+    absent = [names[i] if names is not None else str(i) for i in range(num_labels) if i not in gold]
+    if not absent:
+        return None
+    return (f"{target}: no example of class {', '.join(absent)} in the data; macro-F1 is the mean over all "
+            f"{num_labels} classes, in which a class without examples scores 0")
+
+
+def _score(args, model, tokenizer, cells, context: RowContext, num_labels: int,
+           names: Sequence[str] | None) -> list[dict]:
     """Score ``cells`` (:func:`~deftx.eval.zero_shot.score_compositions`), a line each, saying how many
-    examples the token limit may have cut (:func:`cut_note`)."""
+    examples the token limit may have cut (:func:`cut_note`) and which classes have no example
+    (:func:`absent_classes_line`; ``names``: the class names in class-id order, or None)."""
     from deftx.eval.zero_shot import score_compositions
 
     rows = []
@@ -174,6 +189,9 @@ def _score(args, model, tokenizer, cells, context: RowContext, num_labels: int) 
         sft = "with" if row.language_sft else "without"
         print(f"{row.target}: macro-F1 {100 * row.macro_f1:.1f} accuracy {100 * row.accuracy:.1f} on {row.examples} "
               f"examples ({sft} language SFT{cut_note(examples, args.max_length)})")
+        absent = absent_classes_line(row.target, examples, num_labels, names)
+        if absent:
+            print(absent)
         rows.append(row.as_dict())
     return rows
 
@@ -348,7 +366,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         cells = _nusax_cells(args, tokenizer, task, lang_sfts, data_dir, languages, class_order)
         context = RowContext("nusax", "zero-shot", source, seed=seed)
-    rows = _score(args, model.to(device), tokenizer, cells, context, spec.num_labels)
+    names = class_names(args, spec) if args.data else class_order
+    rows = _score(args, model.to(device), tokenizer, cells, context, spec.num_labels, names)
     if not rows:
         raise ValueError("no language with a test split was evaluated")
     summary = summarize(rows, exclude_from_average=[] if source == UNNAMED_SOURCE else [source])

@@ -566,3 +566,20 @@ def test_evaluate_refuses_integer_labels_for_a_classifier_with_named_classes_unl
 def test_evaluate_label_ids_describes_data(tmp_path, capsys):
     assert main(["evaluate", "--task-sft", str(tmp_path / "absent"), "--label-ids"]) == 2
     assert "--label-ids describe --data, which is not given" in capsys.readouterr().err
+
+
+def test_evaluate_data_says_which_classes_it_holds_no_example_of(tmp_path, plain_bert, capsys):
+    """Macro-F1 is over all the classifier's classes: on a file without a neutral row, neutral's F1 is 0 (no true
+    positive possible) and caps the mean at 2/3; the line said nothing of it. Hand-computed reference: the head gives
+    class 0 (negative) to all four rows, two of them negative: F1 negative 2·2/(2·2+2) = 2/3, positive 0,
+    neutral 0."""
+    task_sft_with_labels(plain_bert, LABELS).save(tmp_path / "task.safetensors")
+    data = tmp_path / "reviews.csv"
+    data.write_text("text,label\n" + "".join(f"{text},{label}\n" for text, label in SENTENCES if label != "neutral"))
+    assert main(["evaluate", "--model", str(plain_bert), "--task-sft", str(tmp_path / "task.safetensors"),
+                 "--data", str(data)]) == 0
+    printed = capsys.readouterr().out
+    f1 = float(re.search(r"reviews: macro-F1 ([\d.]+) accuracy [\d.]+ on 4 examples", printed).group(1))
+    assert f1 == pytest.approx(100 * (2 / 3) / 3, abs=0.05)
+    assert ("reviews: no example of class neutral in the data; macro-F1 is the mean over all 3 classes, in which a "
+            "class without examples scores 0") in printed
