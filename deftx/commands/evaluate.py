@@ -184,7 +184,7 @@ def _score(args, model, tokenizer, cells, context: RowContext, num_labels: int,
 
     rows = []
     scored = score_compositions(model, tokenizer, cells, context, num_labels, batch_size=args.batch_size,
-                                check_base=not args.no_base_check)
+                                check_base=not args.no_base_check, progress=True)
     for (_, examples, _), row in zip(cells, scored, strict=True):
         sft = "with" if row.language_sft else "without"
         print(f"{row.target}: macro-F1 {100 * row.macro_f1:.1f} accuracy {100 * row.accuracy:.1f} on {row.examples} "

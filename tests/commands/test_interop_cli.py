@@ -583,3 +583,12 @@ def test_evaluate_data_says_which_classes_it_holds_no_example_of(tmp_path, plain
     assert f1 == pytest.approx(100 * (2 / 3) / 3, abs=0.05)
     assert ("reviews: no example of class neutral in the data; macro-F1 is the mean over all 3 classes, in which a "
             "class without examples scores 0") in printed
+
+
+def test_evaluate_shows_its_progress_through_the_batches_of_each_target(tmp_path, plain_bert, capsys):
+    """A large --data file scored on a CPU printed nothing until its row was done."""
+    task_sft(plain_bert).save(tmp_path / "task.safetensors")
+    assert main(["evaluate", "--model", str(plain_bert), "--task-sft", str(tmp_path / "task.safetensors"),
+                 "--data", str(write_reviews(tmp_path / "reviews.csv")), "--batch-size", "2"]) == 0
+    err = capsys.readouterr().err
+    assert re.search(r"reviews: +0%\|[^\n\r]*\| 0/3 ", err), err
