@@ -88,7 +88,8 @@ def _check_options(args: argparse.Namespace) -> None:
     nusax_only = [flag for flag, value in (("--languages", args.languages), ("--data-dir", args.data_dir)) if value]
     data_only = [flag for flag, value in (("--target", args.target), ("--split", args.split),
                                           ("--data-config", args.data_config), ("--pair-column", args.pair_column),
-                                          ("--label-names", args.label_names))
+                                          ("--label-names", args.label_names),
+                                          ("--label-ids", args.label_ids or None))
                  if value is not None]
     if args.data and nusax_only:
         raise ValueError(f"{' and '.join(nusax_only)} choose NusaX languages; with --data the data set is scored")
@@ -161,18 +162,36 @@ def row_seed(task: SparseDiff, lang_sfts: Mapping[str, SparseDiff], asked: int) 
     return seed, line
 
 
-def _score(args, model, tokenizer, cells, context: RowContext, num_labels: int) -> list[dict]:
+def absent_classes_line(target: str, examples: Sequence[dict], num_labels: int,
+                        names: Sequence[str] | None) -> str | None:
+    """A line naming the classes (by ``names`` in class-id order, else by id) of which ``examples`` hold no gold
+    ``labels``: macro-F1 averages over all ``num_labels`` classes, each such class scoring 0; None when every
+    class has an example."""
+    gold = {int(example["labels"]) for example in examples}
+    absent = [names[i] if names is not None else str(i) for i in range(num_labels) if i not in gold]
+    if not absent:
+        return None
+    return (f"{target}: no example of class {', '.join(absent)} in the data; macro-F1 is the mean over all "
+            f"{num_labels} classes, in which a class without examples scores 0")
+
+
+def _score(args, model, tokenizer, cells, context: RowContext, num_labels: int,
+           names: Sequence[str] | None) -> list[dict]:
     """Score ``cells`` (:func:`~deftx.eval.zero_shot.score_compositions`), a line each, saying how many
-    examples the token limit may have cut (:func:`cut_note`)."""
+    examples the token limit may have cut (:func:`cut_note`) and which classes have no example
+    (:func:`absent_classes_line`; ``names``: the class names in class-id order, or None)."""
     from deftx.eval.zero_shot import score_compositions
 
     rows = []
     scored = score_compositions(model, tokenizer, cells, context, num_labels, batch_size=args.batch_size,
-                                check_base=not args.no_base_check)
+                                check_base=not args.no_base_check, progress=True)
     for (_, examples, _), row in zip(cells, scored, strict=True):
         sft = "with" if row.language_sft else "without"
         print(f"{row.target}: macro-F1 {100 * row.macro_f1:.1f} accuracy {100 * row.accuracy:.1f} on {row.examples} "
               f"examples ({sft} language SFT{cut_note(examples, args.max_length)})")
+        absent = absent_classes_line(row.target, examples, num_labels, names)
+        if absent:
+            print(absent)
         rows.append(row.as_dict())
     return rows
 
@@ -252,13 +271,32 @@ def class_names(args: argparse.Namespace, spec) -> tuple[str, ...] | None:
     return given
 
 
+def written_class_ids(labels: Sequence[str]) -> list[int] | None:
+    """``labels`` as integers when every one is written as a class id (ASCII digits), else None."""
+    return [int(label) for label in labels] if all(label.isascii() and label.isdigit() for label in labels) else None
+
+
 def _data_label_ids(args: argparse.Namespace, data, spec) -> list[int]:
-    """The class id of each --data example, by :func:`class_names`; ValueError naming --label-names when the
-    labels are names and no class order is known (the data's own label set never gives one)."""
+    """The class id of each --data example: the integers of the label column with --label-ids, else by
+    :func:`class_names`. ValueError for labels that are not integers with --label-ids, for integers that are not
+    the classifier's class names when it names its classes and --label-ids is not given (the file's integers
+    may follow another order), and naming --label-names when the labels are names and no class order is known
+    (the data's own label set never gives one)."""
     from deftx.data.generic import UnknownClassOrderError
 
+    names = class_names(args, spec)
+    written = written_class_ids(data.labels)
+    if args.label_ids and written is None:
+        raise ValueError(f"--label-ids: column {args.label_column!r} of --data {args.data} holds labels that are not "
+                         f"class ids ({', '.join(sorted(set(data.labels))[:10])})")
+    if not args.label_ids and names is not None and written is not None and not set(data.labels) <= set(names):
+        classes = ", ".join(f"{i}={name}" for i, name in enumerate(names))
+        raise ValueError(f"--data {args.data}: column {args.label_column!r} holds integers "
+                         f"({', '.join(map(str, sorted(set(written))[:10]))}), not the names of the classifier's "
+                         f"classes ({classes}; {spec.source}), so which class each integer means is unknown: write "
+                         "the names in the file, or pass --label-ids if the integers are these class ids")
     try:
-        ids = data.label_ids(class_names(args, spec))
+        ids = written if args.label_ids else data.label_ids(names)
     except UnknownClassOrderError as err:
         placeholder = ",".join(f"NAME{i}" for i in range(spec.num_labels))
         raise ValueError(f"--data {args.data}: the labels are names ({', '.join(err.names)}), and the classifier "
@@ -328,7 +366,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         cells = _nusax_cells(args, tokenizer, task, lang_sfts, data_dir, languages, class_order)
         context = RowContext("nusax", "zero-shot", source, seed=seed)
-    rows = _score(args, model.to(device), tokenizer, cells, context, spec.num_labels)
+    names = class_names(args, spec) if args.data else class_order
+    rows = _score(args, model.to(device), tokenizer, cells, context, spec.num_labels, names)
     if not rows:
         raise ValueError("no language with a test split was evaluated")
     summary = summarize(rows, exclude_from_average=[] if source == UNNAMED_SOURCE else [source])
@@ -360,10 +399,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--text-column", default="text", help="text column (default text)")
     data.add_argument("--pair-column", help="second-segment column (e.g. an NLI hypothesis)")
     data.add_argument("--label-column", default="label",
-                      help="label column: names matching the SFT's labels, or class ids (default label)")
+                      help="label column: names matching the SFT's labels, or class ids (default label; with "
+                           "--label-ids when the classifier names its classes)")
     data.add_argument("--label-names", metavar="NAME,NAME,...",
                       help="the classifier's labels in class-id order, comma-separated: needed when the labels "
                            "are names and the task SFT records none (refused when it records others)")
+    data.add_argument("--label-ids", action="store_true",
+                      help="the label column's integers are the classifier's class ids: needed when the classifier "
+                           "names its classes and the labels are integers (their order is not known otherwise)")
     data.add_argument("--target", help="name of the data's language in the table (default: --lang-sft's or the file)")
     parser.add_argument("--scale", type=language_sft_scale,
                         help="language SFT scale > 0 (default 1.0; needs --lang-sft)")

@@ -107,17 +107,20 @@ def score_composed(
     *,
     batch_size: int = 64,
     check_base: bool = True,
+    progress: str | None = None,
 ) -> tuple[float, float]:
     """(macro-F1, accuracy) of ``model`` with ``diffs`` applied, reverted afterwards.
 
     The revert restores the exact original bits, so the same base model serves every
     composition in turn. ``check_base=False`` applies diffs recorded for another base model.
+    ``progress``: the description of a progress bar over the batches (on stderr), or None for none.
     """
     if not examples:
         raise ValueError("no examples to evaluate")
     handle = apply_diffs(model, list(diffs), list(scales), check_base=check_base) if diffs else None
     try:
-        predictions = predict_labels(model, tokenizer, examples, batch_size=batch_size)
+        predictions = predict_labels(model, tokenizer, examples, batch_size=batch_size, progress=progress is not None,
+                                     description=progress or "predict")
     finally:
         if handle is not None:
             handle.revert()
@@ -157,11 +160,12 @@ def score_compositions(
     *,
     batch_size: int = 64,
     check_base: bool = True,
+    progress: bool = False,
 ) -> Iterator[EvalRow]:
     """Score each ``(target, examples, composition)`` in turn (:func:`score_composed`), one row each,
-    yielded as soon as it is scored."""
+    yielded as soon as it is scored; with ``progress``, a progress bar over each target's batches."""
     for target, examples, composition in cells:
         f1, acc = score_composed(model, tokenizer, examples, composition.diffs, composition.scales, num_labels,
-                                 batch_size=batch_size, check_base=check_base)
+                                 batch_size=batch_size, check_base=check_base, progress=target if progress else None)
         yield EvalRow(context.benchmark, context.protocol, composition.method, context.source, target, context.seed,
                       f1, acc, len(examples), composition.language_sft, context.split, composition.language_scale)

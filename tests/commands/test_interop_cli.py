@@ -533,3 +533,62 @@ def test_a_scale_not_above_zero_is_refused_at_argparse_as_the_pipeline_refuses_i
         main([*command, "--scale", scale])
     assert raised.value.code == 2
     assert f"argument --scale: expected a scale > 0, got '{scale}' ({why})" in capsys.readouterr().err
+
+
+def test_evaluate_refuses_integer_labels_for_a_classifier_with_named_classes_unless_told_they_are_class_ids(
+        tmp_path, plain_bert, capsys):
+    """A file whose label column holds integers in another order than the classifier's classes (here 0=positive,
+    2=negative) was scored with each integer taken as a class id, without a word; the names the classifier
+    records cannot tell which order the file's integers follow. --label-ids says they are its class ids."""
+    task_sft_with_labels(plain_bert, LABELS).save(tmp_path / "task.safetensors")
+    order = ["positive", "neutral", "negative"]
+    data = tmp_path / "reviews.csv"
+    data.write_text("text,label\n" + "".join(f"{text},{order.index(label)}\n" for text, label in SENTENCES))
+    command = ["evaluate", "--model", str(plain_bert), "--task-sft", str(tmp_path / "task.safetensors"),
+               "--data", str(data)]
+    assert main(command) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"deftx evaluate: error: --data {data}: column 'label' holds integers (0, 1, 2), not the names of the "
+        "classifier's classes (0=negative, 1=neutral, 2=positive; from the SFT's metadata), so which class each "
+        "integer means is unknown: write the names in the file, or pass --label-ids if the integers are these "
+        "class ids")
+    assert main([*command, "--label-ids"]) == 0
+    accuracy = float(re.search(r"reviews: macro-F1 [\d.]+ accuracy ([\d.]+) on 6 examples",
+                               capsys.readouterr().out).group(1))
+    assert accuracy == pytest.approx(100 * 2 / 6, abs=0.05), "the head gives class 0 to all, two rows hold 0"
+    names = write_reviews(tmp_path / "names.csv")
+    assert main([*command[:-1], str(names), "--label-ids"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"deftx evaluate: error: --label-ids: column 'label' of --data {names} holds labels that are not class ids "
+        "(negative, neutral, positive)")
+
+
+def test_evaluate_label_ids_describes_data(tmp_path, capsys):
+    assert main(["evaluate", "--task-sft", str(tmp_path / "absent"), "--label-ids"]) == 2
+    assert "--label-ids describe --data, which is not given" in capsys.readouterr().err
+
+
+def test_evaluate_data_says_which_classes_it_holds_no_example_of(tmp_path, plain_bert, capsys):
+    """Macro-F1 is over all the classifier's classes: on a file without a neutral row, neutral's F1 is 0 (no true
+    positive possible) and caps the mean at 2/3; the line said nothing of it. Hand-computed reference: the head gives
+    class 0 (negative) to all four rows, two of them negative: F1 negative 2·2/(2·2+2) = 2/3, positive 0,
+    neutral 0."""
+    task_sft_with_labels(plain_bert, LABELS).save(tmp_path / "task.safetensors")
+    data = tmp_path / "reviews.csv"
+    data.write_text("text,label\n" + "".join(f"{text},{label}\n" for text, label in SENTENCES if label != "neutral"))
+    assert main(["evaluate", "--model", str(plain_bert), "--task-sft", str(tmp_path / "task.safetensors"),
+                 "--data", str(data)]) == 0
+    printed = capsys.readouterr().out
+    f1 = float(re.search(r"reviews: macro-F1 ([\d.]+) accuracy [\d.]+ on 4 examples", printed).group(1))
+    assert f1 == pytest.approx(100 * (2 / 3) / 3, abs=0.05)
+    assert ("reviews: no example of class neutral in the data; macro-F1 is the mean over all 3 classes, in which a "
+            "class without examples scores 0") in printed
+
+
+def test_evaluate_shows_its_progress_through_the_batches_of_each_target(tmp_path, plain_bert, capsys):
+    """A large --data file scored on a CPU printed nothing until its row was done."""
+    task_sft(plain_bert).save(tmp_path / "task.safetensors")
+    assert main(["evaluate", "--model", str(plain_bert), "--task-sft", str(tmp_path / "task.safetensors"),
+                 "--data", str(write_reviews(tmp_path / "reviews.csv")), "--batch-size", "2"]) == 0
+    err = capsys.readouterr().err
+    assert re.search(r"reviews: +0%\|[^\n\r]*\| 0/3 ", err), err
