@@ -142,7 +142,12 @@ def summarize(
     for row in rows:
         key = (*(row.get(name) for name in group_by), row["target"])
         metrics = {"macro_f1": float(row["macro_f1"]), "accuracy": float(row["accuracy"])}
-        cells.setdefault(key, {})[int(row["seed"])] = metrics
+        by_seed = cells.setdefault(key, {})
+        if int(row["seed"]) in by_seed:
+            named = ", ".join(f"{name}={value}" for name, value in zip((*group_by, "target"), key, strict=True))
+            raise ValueError(f"two rows of seed {row['seed']} for ({named}): one cell must have one score, "
+                             "not the later of two")
+        by_seed[int(row["seed"])] = metrics
     source_at = list(group_by).index("source") if "source" in group_by else None
     averaged: dict[tuple, dict[str, dict[int, dict[str, float]]]] = {}
     for (*group, target), by_seed in cells.items():

@@ -210,3 +210,13 @@ def test_an_average_over_fewer_targets_than_its_neighbours_says_so():
     one_seed = markdown_tables(summarize([r for r in ROWS if r["seed"] == 0]), "macro_f1").splitlines()
     assert one_seed[0].endswith("macro-f1 ×100 (1 seed)")
     assert one_seed[-1] == "| **avg** | 60.0 | 56.0 (1 of 2 targets) |"
+
+
+def test_two_rows_of_one_seed_for_one_cell_are_refused_not_the_later_kept():
+    """The second row of (full-ft, madurese, seed 0) replaced the first: the mean 0.52 read 0.60."""
+    twice = [*ROWS, row("full-ft", "madurese", 0, 0.66, 0.70)]
+    with pytest.raises(ValueError, match=r"two rows of seed 0 for \(.*method=full-ft.*target=madurese\)"):
+        summarize(twice)
+    other_source = [*ROWS, row("full-ft", "madurese", 0, 0.66, 0.70, source="english")]
+    by_cell = {(r["source"], r["method"], r["target"]): r for r in summarize(other_source)}
+    assert by_cell[("indonesian", "full-ft", "madurese")]["macro_f1_mean"] == pytest.approx(0.52)
