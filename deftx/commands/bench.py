@@ -365,7 +365,8 @@ def run_suite_command(args: argparse.Namespace, device: str, command: str, read:
     print(format_table(TABLE_COLUMNS, rows))
     predicted = add_prediction(doc, args, device, shapes)
     stem = output_stem(args, device, read)
-    _write_outputs(stem, doc, TABLE_COLUMNS, rows, plot_suite, predicted)
+    notes = "\n".join(f"- {line}" for line in summary_lines(doc))
+    _write_outputs(stem, doc, TABLE_COLUMNS, rows, plot_suite, "\n\n".join(filter(None, (notes, predicted))))
     print(f"wrote {stem}.json, {stem}.png, {stem}.md")
     failure = failed_everything(doc) or wrong_outputs(doc)
     if failure is not None:

@@ -61,29 +61,58 @@ def _number(x: float | None, digits: int = 2) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
+def _comparison_cells(c: dict[str, Any], shapes: str) -> list[str]:
+    """The table row of one (deftx, baseline) comparison."""
+    deftx = c["deftx"] + (" (auto)" if c.get("auto") else "")
+    roof = _number(c["roofline_pct"], 1) + (" (flops)" if c["roofline"] == "compute" else "")
+    return [
+        c["op"],
+        shapes,
+        format_k(c["k_fraction"]),
+        deftx,
+        format_seconds(c["deftx_time_s"]),
+        c["baseline"],
+        format_seconds(c["baseline_time_s"]),
+        f"{c['speedup']:.2f}x",
+        _number(c["gbps"]),
+        roof,
+        format_bytes(c["deftx_peak_extra_bytes"]),
+        format_bytes(c["baseline_peak_extra_bytes"]),
+    ]
+
+
+def _time_or_status(row: dict[str, Any]) -> str:
+    """A result row's time, or why it has none (``failed`` / ``wrong output`` / ``skipped``)."""
+    if "skipped" in row:
+        return "skipped"
+    if "error" in row:
+        return "wrong output" if row.get("wrong_output") else "failed"
+    return format_seconds(row["time_s"])
+
+
+def _unpaired_cells(r: dict[str, Any], shapes: str) -> list[str]:
+    """The table row of a result no comparison holds, in its role's columns."""
+    time, memory = _time_or_status(r), format_bytes(r.get("peak_extra_bytes"))
+    head = [r["op"], shapes, format_k(r["k_fraction"])]
+    if r["role"] == "baseline":
+        return [*head, "-", "-", r["name"], time, "-", "-", "-", "-", memory]
+    name = r["name"] + (" (auto)" if r.get("auto") else "")
+    measured = "skipped" not in r and "error" not in r
+    roof = _number(r["roofline_pct"], 1) + (" (flops)" if r["roofline"] == "compute" else "") if measured else "-"
+    gbps = _number(r["gbps"]) if measured else "-"
+    return [*head, name, time, "-", "-", "-", gbps, roof, memory, "-"]
+
+
 def table_rows(doc: dict[str, Any]) -> list[list[str]]:
-    """One row per (deftx backend, baseline, K) comparison."""
+    """Per (op, K) case: one row per (deftx backend, baseline) comparison, then one row per implementation
+    no comparison holds (it failed, was skipped, or had nothing measured to compare with)."""
     shapes = doc["shape_set"]["name"]
+    paired = {(c["op"], c["k_fraction"], name) for c in doc["comparisons"] for name in (c["deftx"], c["baseline"])}
     rows = []
-    for c in doc["comparisons"]:
-        deftx = c["deftx"] + (" (auto)" if c.get("auto") else "")
-        roof = _number(c["roofline_pct"], 1) + (" (flops)" if c["roofline"] == "compute" else "")
-        rows.append(
-            [
-                c["op"],
-                shapes,
-                format_k(c["k_fraction"]),
-                deftx,
-                format_seconds(c["deftx_time_s"]),
-                c["baseline"],
-                format_seconds(c["baseline_time_s"]),
-                f"{c['speedup']:.2f}x",
-                _number(c["gbps"]),
-                roof,
-                format_bytes(c["deftx_peak_extra_bytes"]),
-                format_bytes(c["baseline_peak_extra_bytes"]),
-            ]
-        )
+    for case in dict.fromkeys((r["op"], r["k_fraction"]) for r in doc["results"]):
+        rows += [_comparison_cells(c, shapes) for c in doc["comparisons"] if (c["op"], c["k_fraction"]) == case]
+        rows += [_unpaired_cells(r, shapes) for r in doc["results"]
+                 if (r["op"], r["k_fraction"]) == case and (*case, r["name"]) not in paired]
     return rows
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 
 import matplotlib.image
 import pytest
@@ -276,3 +277,21 @@ def test_no_check_times_a_wrong_output_and_says_it_was_not_checked(tiny_shapes, 
     assert "--no-check" in doc["command"] and doc["config"]["check_outputs"] is False
     assert not [r for r in doc["results"] if "output_check" in r or "error" in r]
     assert "outputs: not checked (--no-check)" in capsys.readouterr().out
+
+
+def test_a_failed_baseline_is_a_row_of_the_table_and_the_markdown_says_why(tiny_shapes, tmp_path, capsys,
+                                                                          monkeypatch) -> None:
+    import deftx.perf.cases.topk as topk_case
+
+    def out_of_memory(flat, k):
+        raise MemoryError("cat needs 9 GiB")
+
+    monkeypatch.setattr(topk_case, "chunked_topk", out_of_memory)
+    out = tmp_path / "failed"
+    assert bench(out, "--ops", "topk", "--model-shapes", tiny_shapes, "--k", "0.1", "--scale", "1",
+                 "--no-memory") == 0
+    markdown = (out / "cpu_tiny.md").read_text()
+    assert markdown.startswith("| op | shapes | K |")
+    assert "| - | - | torch.cat+topk | failed |" in markdown
+    assert "torch.cat+topk: MemoryError: cat needs 9 GiB" in markdown
+    assert re.search(r"torch\.cat\+topk +failed", capsys.readouterr().out)

@@ -73,3 +73,32 @@ def test_ratios_never_round_a_slowdown_to_even_or_a_tiny_ratio_to_zero():
     assert [_times(x) for x in (0.004321, 0.0996, 0.96, 1.29, 3162.4, None)] == [
         "0.0043x", "0.1x", "0.96x", "1.29x", "3,162x", "-"]
     assert [times_faster(x) for x in (0.96, 1.0, 4.0, 12.34)] == ["0.96×", "1.00×", "4.00×", "12.3×"]
+
+
+def _suite_doc(results):
+    return {"shape_set": {"name": "tiny"}, "results": results, "comparisons": comparisons(results)}
+
+
+def test_the_table_holds_every_row_measured_failed_or_skipped() -> None:
+    from deftx.perf.report import table_rows
+
+    results = [
+        _row("topk", "deftx[native]", "deftx", 0.01, 0.5, auto=True),
+        {"op": "topk", "name": "torch.cat+topk", "role": "baseline", "k_fraction": 0.01,
+         "error": "OutOfMemoryError: CUDA out of memory"},
+        _row("rsvd", "deftx[torch]", "deftx", None, 0.2),
+        _row("rsvd", "torch.svd_lowrank", "baseline", None, 0.1),
+        {"op": "rsvd", "name": "deftx[triton]", "role": "deftx", "k_fraction": None, "error": "wrong output: x",
+         "wrong_output": True},
+        {"op": "step", "name": "torch.optim.AdamW", "role": "baseline", "k_fraction": 0.05,
+         "skipped": "not run: the suite's time budget was spent"},
+    ]
+    rows = table_rows(_suite_doc(results))
+    cells = [(r[0], r[2], r[3], r[4], r[5], r[6], r[7]) for r in rows]
+    assert cells == [
+        ("topk", "1%", "deftx[native] (auto)", "500.0 ms", "-", "-", "-"),
+        ("topk", "1%", "-", "-", "torch.cat+topk", "failed", "-"),
+        ("rsvd", "-", "deftx[torch]", "200.0 ms", "torch.svd_lowrank", "100.0 ms", "0.50x"),
+        ("rsvd", "-", "deftx[triton]", "wrong output", "-", "-", "-"),
+        ("step", "5%", "-", "-", "torch.optim.AdamW", "skipped", "-"),
+    ]
