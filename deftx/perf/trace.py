@@ -329,7 +329,8 @@ def summarize(prof: profile, runs: Sequence[OpRun], device: torch.device) -> lis
     """Rows of the per-range and per-kernel summary.
 
     ``deftx.*`` ranges: host wall time of the range (it ends after a device synchronize),
-    calls, and for modelled ops bytes / FLOPs per call with the achieved GB/s and GFLOP/s.
+    calls, and for modelled ops bytes per call with the achieved GB/s, and FLOPs per call with the
+    achieved GFLOP/s where the op has a FLOP model (None where it has none: topk, scatter).
     Then the :data:`TOP_KERNELS` kernels (CUDA: device time) or aten / backend calls (CPU:
     self CPU time) with the largest total.
     """
@@ -347,8 +348,9 @@ def summarize(prof: profile, runs: Sequence[OpRun], device: torch.device) -> lis
                "bytes_per_call": None, "achieved_gb_per_s": None, "flops_per_call": None,
                "achieved_gflop_per_s": None}
         if cost is not None and mean_s > 0:
-            row.update(bytes_per_call=round(cost.bytes), achieved_gb_per_s=cost.bytes / mean_s / 1e9,
-                       flops_per_call=round(cost.flops), achieved_gflop_per_s=cost.flops / mean_s / 1e9)
+            row.update(bytes_per_call=round(cost.bytes), achieved_gb_per_s=cost.bytes / mean_s / 1e9)
+        if cost is not None and cost.precision is not None and mean_s > 0:
+            row.update(flops_per_call=round(cost.flops), achieved_gflop_per_s=cost.flops / mean_s / 1e9)
         rows.append(row)
     kernels = [e for e in averages if not e.key.startswith(RANGE_PREFIX) and not e.key.startswith("ProfilerStep")]
     if device.type == "cuda":

@@ -80,3 +80,12 @@ def test_bad_config_file_raises(tmp_path):
 def test_cuda_without_a_gpu_raises():
     with pytest.raises(ValueError, match="cuda"):
         TraceConfig(device="cuda")
+
+
+def test_an_op_without_a_flop_model_reports_no_gflops_rather_than_zero(tmp_path):
+    summary = profile_target(TraceConfig(target="topk", iterations=1, warmup=0), tmp_path)
+    topk = next(r for r in summary["rows"] if r["name"] == "deftx.topk")
+    assert topk["bytes_per_call"] > 0 and topk["achieved_gb_per_s"] > 0
+    assert topk["flops_per_call"] is None and topk["achieved_gflop_per_s"] is None
+    markdown = (tmp_path / "profile_topk.md").read_text()
+    assert next(line for line in markdown.splitlines() if "`deftx.topk`" in line).endswith("| - |")
