@@ -365,6 +365,11 @@ def summarize(prof: profile, runs: Sequence[OpRun], device: torch.device) -> lis
     return rows
 
 
+def _milliseconds(ms: float) -> str:
+    """``12.345``: three decimals, and two significant digits under 0.001 ms (``0.00048``, never ``0.000``)."""
+    return f"{ms:.3f}" if ms >= 1e-3 or ms == 0 else f"{ms:.2g}"
+
+
 def render_summary(summary: dict[str, Any]) -> str:
     """Markdown table of :func:`profile_target`'s summary."""
     lines = [
@@ -383,7 +388,8 @@ def render_summary(summary: dict[str, Any]) -> str:
 
     for r in summary["rows"]:
         lines.append(
-            f"| `{r['name']}` | {r['kind']} | {r['calls']} | {r['total_ms']:.3f} | {r['mean_ms']:.3f} "
+            f"| `{r['name']}` | {r['kind']} | {r['calls']} | {_milliseconds(r['total_ms'])} "
+            f"| {_milliseconds(r['mean_ms'])} "
             f"| {fmt(r['bytes_per_call'], ',')} | {fmt(r['achieved_gb_per_s'], '.2f')} "
             f"| {fmt(r['achieved_gflop_per_s'], '.2f')} |"
         )
