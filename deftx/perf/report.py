@@ -58,7 +58,10 @@ def format_k(k_fraction: float | None) -> str:
 
 
 def _number(x: float | None, digits: int = 2) -> str:
-    return "-" if x is None else f"{x:.{digits}f}"
+    """``digits`` decimals; a nonzero value they would show as 0 keeps one significant digit (``0.004``)."""
+    if x is None:
+        return "-"
+    return f"{x:.1g}" if 0 < abs(x) < 0.5 * 10**-digits else f"{x:.{digits}f}"
 
 
 def _comparison_cells(c: dict[str, Any], shapes: str) -> list[str]:

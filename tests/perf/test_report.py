@@ -102,3 +102,14 @@ def test_the_table_holds_every_row_measured_failed_or_skipped() -> None:
         ("rsvd", "-", "deftx[triton]", "wrong output", "-", "-", "-"),
         ("step", "5%", "-", "-", "torch.optim.AdamW", "skipped", "-"),
     ]
+
+
+def test_the_table_never_rounds_a_small_rate_or_share_of_the_roof_to_zero() -> None:
+    from deftx.perf.report import table_rows
+
+    results = [
+        {**_row("topk", "deftx[torch]", "deftx", 0.01, 2.0), "gbps": 0.004, "roofline_pct": 0.03},
+        _row("topk", "torch.cat+topk", "baseline", 0.01, 1.0),
+    ]
+    row = table_rows(_suite_doc(results))[0]
+    assert (row[8], row[9]) == ("0.004", "0.03")
