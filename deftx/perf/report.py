@@ -152,6 +152,18 @@ def output_check_lines(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
+def timed_calls(doc: dict[str, Any]) -> str:
+    """``time = median of 3 to 20 timed calls per row (1 untimed warm-up call first)``: the sample counts
+    the measured rows' medians are of (one where a call was too long to repeat) and the warm-up."""
+    counts = sorted(len(r["samples_s"]) for r in measured_rows(doc))
+    if not counts:
+        return "time = median"
+    calls = str(counts[0]) if counts[0] == counts[-1] else f"{counts[0]} to {counts[-1]}"
+    warmup = doc["config"]["timing"]["warmup"]
+    return (f"time = median of {calls} timed call{'s' if counts[-1] > 1 else ''} per row "
+            f"({warmup} untimed warm-up call{'s' if warmup != 1 else ''} first)")
+
+
 def summary_lines(doc: dict[str, Any]) -> list[str]:
     """The header printed above the table: machine, roofs, shape set, failures."""
     m, roof, shapes = doc["machine"], doc["roofline"], doc["shape_set"]
@@ -162,7 +174,7 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
         f"measured roofs: copy {roof['copy_gbps']:.1f} GB/s, fp32 matmul {roof['matmul_gflops']:.0f} GFLOP/s",
         f"shapes: {shapes['name']}, {shapes['parameters']:,} parameters in {shapes['tensors']} tensors "
         f"({shapes['note']})",
-        f"dtype {doc['config']['dtype']}; time = median; speedup = baseline time / deftx time; "
+        f"dtype {doc['config']['dtype']}; {timed_calls(doc)}; speedup = baseline time / deftx time; "
         "% roof: GB/s vs the copy roof (rsvd: GFLOP/s vs the matmul roof)",
     ]
     errors = [r for r in doc["results"] if "error" in r or "memory_error" in r]

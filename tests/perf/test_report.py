@@ -113,3 +113,23 @@ def test_the_table_never_rounds_a_small_rate_or_share_of_the_roof_to_zero() -> N
     ]
     row = table_rows(_suite_doc(results))[0]
     assert (row[8], row[9]) == ("0.004", "0.03")
+
+
+def test_the_summary_says_how_many_timed_calls_each_median_is_of_and_the_warm_up() -> None:
+    from deftx.perf.report import summary_lines
+
+    results = [
+        {**_row("rsvd", "deftx[torch]", "deftx", None, 12.0), "samples_s": [12.0]},
+        {**_row("rsvd", "torch.linalg.svd", "baseline", None, 2.0), "samples_s": [2.0, 2.1, 1.9, 2.0]},
+    ]
+    doc = {
+        **_suite_doc(results),
+        "device": "cpu",
+        "machine": {"cpu": "x", "torch_threads": 2, "torch": "2", "load_average_at_start": [1.0],
+                    "load_average_at_end": [1.0]},
+        "roofline": {"copy_gbps": 10.0, "matmul_gflops": 100.0},
+        "shape_set": {"name": "tiny", "parameters": 10, "tensors": 1, "note": "full set"},
+        "config": {"dtype": "fp32", "rank": 32, "timing": {"warmup": 1}},
+    }
+    text = "\n".join(summary_lines(doc))
+    assert "time = median of 1 to 4 timed calls per row (1 untimed warm-up call first)" in text
