@@ -370,15 +370,23 @@ def plot_suite(doc: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _millions(parameters: int) -> str:
+    """``278M``; two significant digits under a million (``0.038M``, never ``0M``)."""
+    return f"{parameters / 1e6:,.0f}M" if parameters >= 1e6 else f"{parameters / 1e6:.2g}M"
+
+
 def scaling_table(doc: dict[str, Any]) -> list[list[str]]:
-    """One row per (op, shape set) of the size sweep."""
+    """One row per point of the size sweep (op, shape set), then of the K sweep (op, K)."""
+    sweeps = [("size", r) for r in doc["size_sweep"]] + [("K", r) for r in doc["k_sweep"]]
     rows = []
-    for r in doc["size_sweep"]:
+    for sweep, r in sweeps:
         rows.append(
             [
+                sweep,
                 r["op"],
                 r["shape_set"],
-                f"{r['parameters'] / 1e6:,.0f}M",
+                _millions(r["parameters"]),
+                format_k(r["k_fraction"]),
                 str(r["chunks"]),
                 format_seconds(r["deftx_time_s"]),
                 format_seconds(r.get("baseline_time_s")),
@@ -391,9 +399,11 @@ def scaling_table(doc: dict[str, Any]) -> list[list[str]]:
 
 
 SCALING_COLUMNS = (
+    "sweep",
     "op",
     "shape set",
     "params",
+    "K",
     "chunks",
     "deftx time",
     "baseline time",

@@ -133,3 +133,21 @@ def test_the_summary_says_how_many_timed_calls_each_median_is_of_and_the_warm_up
     }
     text = "\n".join(summary_lines(doc))
     assert "time = median of 1 to 4 timed calls per row (1 untimed warm-up call first)" in text
+
+
+def test_the_scaling_table_holds_the_k_sweep_and_never_shows_a_small_set_as_0m() -> None:
+    from deftx.perf.report import SCALING_COLUMNS, scaling_table
+
+    def point(shape_set, parameters, k, seconds):
+        return {"op": "topk", "shape_set": shape_set, "parameters": parameters, "k_fraction": k, "chunks": 1,
+                "deftx": "deftx[native]", "deftx_time_s": seconds, "deftx_gbps": 1.0, "baseline": "torch.cat+topk",
+                "baseline_time_s": 2 * seconds}
+
+    doc = {"size_sweep": [point("xlmr-base", 278_000_000, 0.01, 1.0)],
+           "k_sweep": [point("tiny", 38_272, 0.001, 0.002), point("tiny", 38_272, 0.1, 0.004)]}
+    rows = [dict(zip(SCALING_COLUMNS, row, strict=True)) for row in scaling_table(doc)]
+    assert [(r["sweep"], r["shape set"], r["params"], r["K"], r["deftx time"], r["speedup"]) for r in rows] == [
+        ("size", "xlmr-base", "278M", "1%", "1.00 s", "2.00x"),
+        ("K", "tiny", "0.038M", "0.1%", "2.0 ms", "2.00x"),
+        ("K", "tiny", "0.038M", "10%", "4.0 ms", "2.00x"),
+    ]
