@@ -295,3 +295,18 @@ def test_a_failed_baseline_is_a_row_of_the_table_and_the_markdown_says_why(tiny_
     assert "| - | - | torch.cat+topk | failed |" in markdown
     assert "torch.cat+topk: MemoryError: cat needs 9 GiB" in markdown
     assert re.search(r"torch\.cat\+topk +failed", capsys.readouterr().out)
+
+
+def test_the_recorded_command_gives_back_the_values_run_exactly() -> None:
+    from deftx.commands.bench import add_arguments, canonical_command
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    given = ["--ops", "topk", "--k", "0.0012345678,0.1", "--scale", "0.123456789", "--chunk-params", "123456789",
+             "--scaling"]
+    args = parser.parse_args(given)
+    command = canonical_command(args, "cpu").split()
+    again = parser.parse_args(command[2:])
+    assert again.k == args.k == (0.0012345678, 0.1)
+    assert again.scale == args.scale and again.chunk_params == args.chunk_params == 123456789
+    assert "0.0012345678,0.1" in command and "6e+08" in command
