@@ -130,11 +130,16 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+def _cell(text: str) -> str:
+    """A markdown table cell: a ``|`` in the text escaped, so it does not end the cell."""
+    return str(text).replace("|", r"\|")
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str = "") -> str:
     """The same table in GitHub markdown; ``align``: one ``l`` or ``r`` per column (default: none)."""
     rule = "|" + "".join("---:|" if a == "r" else "---|" for a in align or "l" * len(header))
-    lines = ["| " + " | ".join(header) + " |", rule]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |", rule]
+    lines += ["| " + " | ".join(_cell(x) for x in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -510,11 +515,6 @@ def _flops(cost: dict[str, Any]) -> str:
     return _si(cost["flops"], "FLOP") if cost["flop_precision"] else "-"
 
 
-def _cell(text: str) -> str:
-    """Table cell text with its pipes escaped."""
-    return text.replace("|", "\\|")
-
-
 def _static_seconds(seconds: float) -> str:
     """:func:`format_seconds` with three decimals (one in us): ``1.234 ms``."""
     return format_seconds(seconds, digits=(3, 3, 1))
@@ -555,7 +555,7 @@ def _kernel_row(k: dict[str, Any]) -> list[str]:
         f"{classes['shared_load']}/{classes['shared_store']}",
         ", ".join(f"{n}x {op}" for op, n in sass["mma"].items()) or "-",
         str(sass["vector_loop_path"] or "-"),
-        _cell("; ".join(k["violations"])) or "none",
+        "; ".join(k["violations"]) or "none",
     ]
 
 
@@ -580,8 +580,8 @@ def _cost_cells(cost: dict[str, Any]) -> list[str]:
 
 def _roofline_row(r: dict[str, Any]) -> list[str]:
     speedup = f"{r['predicted_speedup']:.2f}x" if r["predicted_speedup"] is not None else "-"
-    baseline = f"`{_cell(r['baseline']['name'])}`"
-    return [r["op"], _cell(r["workload"]), *_cost_cells(r["deftx"]), baseline, *_cost_cells(r["baseline"]), speedup]
+    baseline = f"`{r['baseline']['name']}`"
+    return [r["op"], r["workload"], *_cost_cells(r["deftx"]), baseline, *_cost_cells(r["baseline"]), speedup]
 
 
 def static_markdown(report: dict[str, Any]) -> str:

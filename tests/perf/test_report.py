@@ -151,3 +151,10 @@ def test_the_scaling_table_holds_the_k_sweep_and_never_shows_a_small_set_as_0m()
         ("K", "tiny", "0.038M", "0.1%", "2.0 ms", "2.00x"),
         ("K", "tiny", "0.038M", "10%", "4.0 ms", "2.00x"),
     ]
+
+
+def test_a_cell_holding_a_pipe_stays_one_markdown_cell() -> None:
+    table = markdown_table(("baseline", "time"), [["torch.svd_lowrank + |U S Vh|", "45.5 ms"]])
+    row = table.splitlines()[2]
+    assert row == r"| torch.svd_lowrank + \|U S Vh\| | 45.5 ms |"
+    assert len(row.replace(r"\|", "").split("|")) - 2 == 2
