@@ -365,7 +365,8 @@ def run_suite_command(args: argparse.Namespace, device: str, command: str, read:
     print(format_table(TABLE_COLUMNS, rows))
     predicted = add_prediction(doc, args, device, shapes)
     stem = output_stem(args, device, read)
-    _write_outputs(stem, doc, TABLE_COLUMNS, rows, plot_suite, predicted)
+    notes = "\n".join(f"- {line}" for line in summary_lines(doc))
+    _write_outputs(stem, doc, TABLE_COLUMNS, rows, plot_suite, "\n\n".join(filter(None, (notes, predicted))))
     print(f"wrote {stem}.json, {stem}.png, {stem}.md")
     failure = failed_everything(doc) or wrong_outputs(doc)
     if failure is not None:
@@ -416,13 +417,20 @@ def scaling_values(args: argparse.Namespace) -> dict[str, float]:
     return {dest: default if getattr(args, dest) is None else getattr(args, dest) for dest, default in defaults.items()}
 
 
+def _exact(x: float) -> str:
+    """``x`` as a command-line number that reads back as ``x``: short (``0.01``, ``1e+09``) where ``:g``
+    keeps every digit, else every digit (``0.0012345678``)."""
+    short = f"{x:g}"
+    return short if float(short) == x else repr(float(x))
+
+
 def canonical_command(args: argparse.Namespace, device: str) -> str:
     """The command line that reproduces this run, every option spelled out."""
     words = ["deftx", "bench", "--ops", ",".join(args.ops), "--model-shapes", args.model_shapes, "--device", device]
     if args.k:
-        words += ["--k", ",".join(f"{k:g}" for k in args.k)]
+        words += ["--k", ",".join(_exact(k) for k in args.k)]
     if args.scale is not None:
-        words += ["--scale", f"{args.scale:g}"]
+        words += ["--scale", _exact(args.scale)]
     words += ["--dtype", args.dtype, "--rank", str(args.rank), "--oversample", str(args.oversample)]
     words += ["--n-iter", str(args.n_iter), "--seed", str(args.seed), "--out", args.out]
     if args.backends:
@@ -440,8 +448,8 @@ def canonical_command(args: argparse.Namespace, device: str) -> str:
         words.append("--scaling")
         if args.scaling_sets:
             words += ["--scaling-sets", ",".join(args.scaling_sets)]
-        words += ["--scaling-k", f"{values['scaling_k']:g}", "--chunk-params", f"{values['chunk_params']:g}"]
-        words += ["--baseline-max-params", f"{values['baseline_max_params']:g}"]
+        words += ["--scaling-k", _exact(values["scaling_k"]), "--chunk-params", _exact(values["chunk_params"])]
+        words += ["--baseline-max-params", _exact(values["baseline_max_params"])]
     return " ".join(shlex.quote(w) for w in words)
 
 

@@ -58,32 +58,64 @@ def format_k(k_fraction: float | None) -> str:
 
 
 def _number(x: float | None, digits: int = 2) -> str:
-    return "-" if x is None else f"{x:.{digits}f}"
+    """``digits`` decimals; a nonzero value they would show as 0 keeps one significant digit (``0.004``)."""
+    if x is None:
+        return "-"
+    return f"{x:.1g}" if 0 < abs(x) < 0.5 * 10**-digits else f"{x:.{digits}f}"
+
+
+def _comparison_cells(c: dict[str, Any], shapes: str) -> list[str]:
+    """The table row of one (deftx, baseline) comparison."""
+    deftx = c["deftx"] + (" (auto)" if c.get("auto") else "")
+    roof = _number(c["roofline_pct"], 1) + (" (flops)" if c["roofline"] == "compute" else "")
+    return [
+        c["op"],
+        shapes,
+        format_k(c["k_fraction"]),
+        deftx,
+        format_seconds(c["deftx_time_s"]),
+        c["baseline"],
+        format_seconds(c["baseline_time_s"]),
+        f"{c['speedup']:.2f}x",
+        _number(c["gbps"]),
+        roof,
+        format_bytes(c["deftx_peak_extra_bytes"]),
+        format_bytes(c["baseline_peak_extra_bytes"]),
+    ]
+
+
+def _time_or_status(row: dict[str, Any]) -> str:
+    """A result row's time, or why it has none (``failed`` / ``wrong output`` / ``skipped``)."""
+    if "skipped" in row:
+        return "skipped"
+    if "error" in row:
+        return "wrong output" if row.get("wrong_output") else "failed"
+    return format_seconds(row["time_s"])
+
+
+def _unpaired_cells(r: dict[str, Any], shapes: str) -> list[str]:
+    """The table row of a result no comparison holds, in its role's columns."""
+    time, memory = _time_or_status(r), format_bytes(r.get("peak_extra_bytes"))
+    head = [r["op"], shapes, format_k(r["k_fraction"])]
+    if r["role"] == "baseline":
+        return [*head, "-", "-", r["name"], time, "-", "-", "-", "-", memory]
+    name = r["name"] + (" (auto)" if r.get("auto") else "")
+    measured = "skipped" not in r and "error" not in r
+    roof = _number(r["roofline_pct"], 1) + (" (flops)" if r["roofline"] == "compute" else "") if measured else "-"
+    gbps = _number(r["gbps"]) if measured else "-"
+    return [*head, name, time, "-", "-", "-", gbps, roof, memory, "-"]
 
 
 def table_rows(doc: dict[str, Any]) -> list[list[str]]:
-    """One row per (deftx backend, baseline, K) comparison."""
+    """Per (op, K) case: one row per (deftx backend, baseline) comparison, then one row per implementation
+    no comparison holds (it failed, was skipped, or had nothing measured to compare with)."""
     shapes = doc["shape_set"]["name"]
+    paired = {(c["op"], c["k_fraction"], name) for c in doc["comparisons"] for name in (c["deftx"], c["baseline"])}
     rows = []
-    for c in doc["comparisons"]:
-        deftx = c["deftx"] + (" (auto)" if c.get("auto") else "")
-        roof = _number(c["roofline_pct"], 1) + (" (flops)" if c["roofline"] == "compute" else "")
-        rows.append(
-            [
-                c["op"],
-                shapes,
-                format_k(c["k_fraction"]),
-                deftx,
-                format_seconds(c["deftx_time_s"]),
-                c["baseline"],
-                format_seconds(c["baseline_time_s"]),
-                f"{c['speedup']:.2f}x",
-                _number(c["gbps"]),
-                roof,
-                format_bytes(c["deftx_peak_extra_bytes"]),
-                format_bytes(c["baseline_peak_extra_bytes"]),
-            ]
-        )
+    for case in dict.fromkeys((r["op"], r["k_fraction"]) for r in doc["results"]):
+        rows += [_comparison_cells(c, shapes) for c in doc["comparisons"] if (c["op"], c["k_fraction"]) == case]
+        rows += [_unpaired_cells(r, shapes) for r in doc["results"]
+                 if (r["op"], r["k_fraction"]) == case and (*case, r["name"]) not in paired]
     return rows
 
 
@@ -98,11 +130,16 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+def _cell(text: str) -> str:
+    """A markdown table cell: a ``|`` in the text escaped, so it does not end the cell."""
+    return str(text).replace("|", r"\|")
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str = "") -> str:
     """The same table in GitHub markdown; ``align``: one ``l`` or ``r`` per column (default: none)."""
     rule = "|" + "".join("---:|" if a == "r" else "---|" for a in align or "l" * len(header))
-    lines = ["| " + " | ".join(header) + " |", rule]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |", rule]
+    lines += ["| " + " | ".join(_cell(x) for x in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -120,6 +157,18 @@ def output_check_lines(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
+def timed_calls(doc: dict[str, Any]) -> str:
+    """``time = median of 3 to 20 timed calls per row (1 untimed warm-up call first)``: the sample counts
+    the measured rows' medians are of (one where a call was too long to repeat) and the warm-up."""
+    counts = sorted(len(r["samples_s"]) for r in measured_rows(doc))
+    if not counts:
+        return "time = median"
+    calls = str(counts[0]) if counts[0] == counts[-1] else f"{counts[0]} to {counts[-1]}"
+    warmup = doc["config"]["timing"]["warmup"]
+    return (f"time = median of {calls} timed call{'s' if counts[-1] > 1 else ''} per row "
+            f"({warmup} untimed warm-up call{'s' if warmup != 1 else ''} first)")
+
+
 def summary_lines(doc: dict[str, Any]) -> list[str]:
     """The header printed above the table: machine, roofs, shape set, failures."""
     m, roof, shapes = doc["machine"], doc["roofline"], doc["shape_set"]
@@ -130,7 +179,7 @@ def summary_lines(doc: dict[str, Any]) -> list[str]:
         f"measured roofs: copy {roof['copy_gbps']:.1f} GB/s, fp32 matmul {roof['matmul_gflops']:.0f} GFLOP/s",
         f"shapes: {shapes['name']}, {shapes['parameters']:,} parameters in {shapes['tensors']} tensors "
         f"({shapes['note']})",
-        f"dtype {doc['config']['dtype']}; time = median; speedup = baseline time / deftx time; "
+        f"dtype {doc['config']['dtype']}; {timed_calls(doc)}; speedup = baseline time / deftx time; "
         "% roof: GB/s vs the copy roof (rsvd: GFLOP/s vs the matmul roof)",
     ]
     errors = [r for r in doc["results"] if "error" in r or "memory_error" in r]
@@ -326,15 +375,23 @@ def plot_suite(doc: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _millions(parameters: int) -> str:
+    """``278M``; two significant digits under a million (``0.038M``, never ``0M``)."""
+    return f"{parameters / 1e6:,.0f}M" if parameters >= 1e6 else f"{parameters / 1e6:.2g}M"
+
+
 def scaling_table(doc: dict[str, Any]) -> list[list[str]]:
-    """One row per (op, shape set) of the size sweep."""
+    """One row per point of the size sweep (op, shape set), then of the K sweep (op, K)."""
+    sweeps = [("size", r) for r in doc["size_sweep"]] + [("K", r) for r in doc["k_sweep"]]
     rows = []
-    for r in doc["size_sweep"]:
+    for sweep, r in sweeps:
         rows.append(
             [
+                sweep,
                 r["op"],
                 r["shape_set"],
-                f"{r['parameters'] / 1e6:,.0f}M",
+                _millions(r["parameters"]),
+                format_k(r["k_fraction"]),
                 str(r["chunks"]),
                 format_seconds(r["deftx_time_s"]),
                 format_seconds(r.get("baseline_time_s")),
@@ -347,9 +404,11 @@ def scaling_table(doc: dict[str, Any]) -> list[list[str]]:
 
 
 SCALING_COLUMNS = (
+    "sweep",
     "op",
     "shape set",
     "params",
+    "K",
     "chunks",
     "deftx time",
     "baseline time",
@@ -456,11 +515,6 @@ def _flops(cost: dict[str, Any]) -> str:
     return _si(cost["flops"], "FLOP") if cost["flop_precision"] else "-"
 
 
-def _cell(text: str) -> str:
-    """Table cell text with its pipes escaped."""
-    return text.replace("|", "\\|")
-
-
 def _static_seconds(seconds: float) -> str:
     """:func:`format_seconds` with three decimals (one in us): ``1.234 ms``."""
     return format_seconds(seconds, digits=(3, 3, 1))
@@ -501,7 +555,7 @@ def _kernel_row(k: dict[str, Any]) -> list[str]:
         f"{classes['shared_load']}/{classes['shared_store']}",
         ", ".join(f"{n}x {op}" for op, n in sass["mma"].items()) or "-",
         str(sass["vector_loop_path"] or "-"),
-        _cell("; ".join(k["violations"])) or "none",
+        "; ".join(k["violations"]) or "none",
     ]
 
 
@@ -526,8 +580,8 @@ def _cost_cells(cost: dict[str, Any]) -> list[str]:
 
 def _roofline_row(r: dict[str, Any]) -> list[str]:
     speedup = f"{r['predicted_speedup']:.2f}x" if r["predicted_speedup"] is not None else "-"
-    baseline = f"`{_cell(r['baseline']['name'])}`"
-    return [r["op"], _cell(r["workload"]), *_cost_cells(r["deftx"]), baseline, *_cost_cells(r["baseline"]), speedup]
+    baseline = f"`{r['baseline']['name']}`"
+    return [r["op"], r["workload"], *_cost_cells(r["deftx"]), baseline, *_cost_cells(r["baseline"]), speedup]
 
 
 def static_markdown(report: dict[str, Any]) -> str:

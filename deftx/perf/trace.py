@@ -329,7 +329,8 @@ def summarize(prof: profile, runs: Sequence[OpRun], device: torch.device) -> lis
     """Rows of the per-range and per-kernel summary.
 
     ``deftx.*`` ranges: host wall time of the range (it ends after a device synchronize),
-    calls, and for modelled ops bytes / FLOPs per call with the achieved GB/s and GFLOP/s.
+    calls, and for modelled ops bytes per call with the achieved GB/s, and FLOPs per call with the
+    achieved GFLOP/s where the op has a FLOP model (None where it has none: topk, scatter).
     Then the :data:`TOP_KERNELS` kernels (CUDA: device time) or aten / backend calls (CPU:
     self CPU time) with the largest total.
     """
@@ -347,8 +348,9 @@ def summarize(prof: profile, runs: Sequence[OpRun], device: torch.device) -> lis
                "bytes_per_call": None, "achieved_gb_per_s": None, "flops_per_call": None,
                "achieved_gflop_per_s": None}
         if cost is not None and mean_s > 0:
-            row.update(bytes_per_call=round(cost.bytes), achieved_gb_per_s=cost.bytes / mean_s / 1e9,
-                       flops_per_call=round(cost.flops), achieved_gflop_per_s=cost.flops / mean_s / 1e9)
+            row.update(bytes_per_call=round(cost.bytes), achieved_gb_per_s=cost.bytes / mean_s / 1e9)
+        if cost is not None and cost.precision is not None and mean_s > 0:
+            row.update(flops_per_call=round(cost.flops), achieved_gflop_per_s=cost.flops / mean_s / 1e9)
         rows.append(row)
     kernels = [e for e in averages if not e.key.startswith(RANGE_PREFIX) and not e.key.startswith("ProfilerStep")]
     if device.type == "cuda":
@@ -361,6 +363,11 @@ def summarize(prof: profile, runs: Sequence[OpRun], device: torch.device) -> lis
                      "bytes_per_call": None, "achieved_gb_per_s": None, "flops_per_call": None,
                      "achieved_gflop_per_s": None})
     return rows
+
+
+def _milliseconds(ms: float) -> str:
+    """``12.345``: three decimals, and two significant digits under 0.001 ms (``0.00048``, never ``0.000``)."""
+    return f"{ms:.3f}" if ms >= 1e-3 or ms == 0 else f"{ms:.2g}"
 
 
 def render_summary(summary: dict[str, Any]) -> str:
@@ -381,7 +388,8 @@ def render_summary(summary: dict[str, Any]) -> str:
 
     for r in summary["rows"]:
         lines.append(
-            f"| `{r['name']}` | {r['kind']} | {r['calls']} | {r['total_ms']:.3f} | {r['mean_ms']:.3f} "
+            f"| `{r['name']}` | {r['kind']} | {r['calls']} | {_milliseconds(r['total_ms'])} "
+            f"| {_milliseconds(r['mean_ms'])} "
             f"| {fmt(r['bytes_per_call'], ',')} | {fmt(r['achieved_gb_per_s'], '.2f')} "
             f"| {fmt(r['achieved_gflop_per_s'], '.2f')} |"
         )

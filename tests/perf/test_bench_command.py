@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 
 import matplotlib.image
 import pytest
@@ -276,3 +277,36 @@ def test_no_check_times_a_wrong_output_and_says_it_was_not_checked(tiny_shapes, 
     assert "--no-check" in doc["command"] and doc["config"]["check_outputs"] is False
     assert not [r for r in doc["results"] if "output_check" in r or "error" in r]
     assert "outputs: not checked (--no-check)" in capsys.readouterr().out
+
+
+def test_a_failed_baseline_is_a_row_of_the_table_and_the_markdown_says_why(tiny_shapes, tmp_path, capsys,
+                                                                          monkeypatch) -> None:
+    import deftx.perf.cases.topk as topk_case
+
+    def out_of_memory(flat, k):
+        raise MemoryError("cat needs 9 GiB")
+
+    monkeypatch.setattr(topk_case, "chunked_topk", out_of_memory)
+    out = tmp_path / "failed"
+    assert bench(out, "--ops", "topk", "--model-shapes", tiny_shapes, "--k", "0.1", "--scale", "1",
+                 "--no-memory") == 0
+    markdown = (out / "cpu_tiny.md").read_text()
+    assert markdown.startswith("| op | shapes | K |")
+    assert "| - | - | torch.cat+topk | failed |" in markdown
+    assert "torch.cat+topk: MemoryError: cat needs 9 GiB" in markdown
+    assert re.search(r"torch\.cat\+topk +failed", capsys.readouterr().out)
+
+
+def test_the_recorded_command_gives_back_the_values_run_exactly() -> None:
+    from deftx.commands.bench import add_arguments, canonical_command
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    given = ["--ops", "topk", "--k", "0.0012345678,0.1", "--scale", "0.123456789", "--chunk-params", "123456789",
+             "--scaling"]
+    args = parser.parse_args(given)
+    command = canonical_command(args, "cpu").split()
+    again = parser.parse_args(command[2:])
+    assert again.k == args.k == (0.0012345678, 0.1)
+    assert again.scale == args.scale and again.chunk_params == args.chunk_params == 123456789
+    assert "0.0012345678,0.1" in command and "6e+08" in command

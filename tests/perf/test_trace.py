@@ -80,3 +80,23 @@ def test_bad_config_file_raises(tmp_path):
 def test_cuda_without_a_gpu_raises():
     with pytest.raises(ValueError, match="cuda"):
         TraceConfig(device="cuda")
+
+
+def test_an_op_without_a_flop_model_reports_no_gflops_rather_than_zero(tmp_path):
+    summary = profile_target(TraceConfig(target="topk", iterations=1, warmup=0), tmp_path)
+    topk = next(r for r in summary["rows"] if r["name"] == "deftx.topk")
+    assert topk["bytes_per_call"] > 0 and topk["achieved_gb_per_s"] > 0
+    assert topk["flops_per_call"] is None and topk["achieved_gflop_per_s"] is None
+    markdown = (tmp_path / "profile_topk.md").read_text()
+    assert next(line for line in markdown.splitlines() if "`deftx.topk`" in line).endswith("| - |")
+
+
+def test_the_markdown_never_rounds_a_sub_microsecond_mean_to_zero():
+    from deftx.perf.trace import render_summary
+
+    row = {"name": "aten::detach", "kind": "cpu op", "calls": 81, "total_ms": 0.039, "mean_ms": 0.039 / 81,
+           "bytes_per_call": None, "achieved_gb_per_s": None, "flops_per_call": None, "achieved_gflop_per_s": None}
+    summary = {"target": "topk", "device": "cpu", "shapes": "tiny", "backend": "auto", "iterations": 3, "warmup": 1,
+               "trace": "t.json", "rows": [row]}
+    line = next(line for line in render_summary(summary).splitlines() if "aten::detach" in line)
+    assert line.startswith("| `aten::detach` | cpu op | 81 | 0.039 | 0.00048 |")
