@@ -85,3 +85,14 @@ def test_rsvd_model_pieces_add_up():
     assert rsvd.svd_flops(1, 2) == 32
     assert rsvd.exact_baseline_bytes_moved(2, 3, weight_bytes=2) == 12 * 6
     assert rsvd.exact_baseline_flops(4, 2) == 8 + rsvd.svd_flops(4, 2)
+
+
+def test_scatter_index_add_of_fp32_weights_counts_no_cast():
+    # w.view(-1).index_add_(0, idx, (scale * v).to(torch.float32)) with fp32 values: the cast
+    # returns its input. Per entry: index 8 + value read 4 + scaled written 4 and read 4 by
+    # index_add = 20 B; 64 entries on 64 fp32 touch all 8 sectors (64 B read-modify-write each).
+    assert scatter.baseline_bytes_moved([(64,)], [64], torch.float32, method="index_add") == 64 * 20 + 8 * 64
+    # fp16 values onto fp16 weights: 8 + 3 * 2 per entry, 4 sectors of 16.
+    assert scatter.baseline_bytes_moved(
+        [(64,)], [64], torch.float16, value_dtype=torch.float16, method="index_add"
+    ) == 64 * 14 + 4 * 64

@@ -98,14 +98,16 @@ def _hand_topk_bytes(dtype: str) -> tuple[float, float]:
 
 
 def _hand_scatter_bytes(dtype: str) -> dict[str, float]:
-    """One diff of numel / 4 fp32 values per tensor: sectors read and written + 12 B payload per entry."""
+    """One diff of numel / 4 fp32 values per tensor: sectors read and written + 12 B payload per entry
+    (index_add: + the scaled values written and read, + their cast to a 16-bit dtype written and read)."""
     e = ELEMENT_BYTES[dtype]
     out = {"deftx": 0.0, "dense_add": 0.0, "index_add": 0.0}
     for n in NUMELS:
         nnz = n // 4
         out["deftx"] += 64 * _sectors(n, nnz, e) + 12 * nnz
         out["dense_add"] += 4 * n + 12 * nnz + 64 * _sectors(n, nnz, 4) + 12 * n + 2 * e * n
-        out["index_add"] += 12 * nnz + 2 * nnz * (4 + e) + 64 * _sectors(n, nnz, e)
+        cast = 0 if dtype == "fp32" else e
+        out["index_add"] += 12 * nnz + 2 * nnz * (4 + cast) + 64 * _sectors(n, nnz, e)
     return out
 
 

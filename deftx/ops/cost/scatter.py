@@ -64,7 +64,9 @@ def baseline_bytes_moved(shapes: Sequence[Sequence[int]], nnz: Sequence[int], dt
     ``method="index_add"`` runs ``w.view(-1).index_add_(0, idx, (scale * v).to(dtype))``::
 
         D * sum_t [ nnz_t (8 + v)          index / value read
-                  + nnz_t (v + e) * 2      scaled temporary and its cast (write, read)
+                  + nnz_t v * 2            scaled temporary (write, read)
+                  + nnz_t e * 2 * c        its cast (write, read); c = 0 when the values
+                                           already have the weights' dtype (``.to`` is a no-op)
                   + 64 S1 ]                read-modify-write of the touched sectors
 
     S1 = expected sectors touched by one diff (as in :func:`bytes_moved`).
@@ -82,5 +84,6 @@ def baseline_bytes_moved(shapes: Sequence[Sequence[int]], nnz: Sequence[int], dt
             total += 4 * numel + payload + sectors + 12 * numel + 2 * e * numel
         else:
             sectors = 2 * SECTOR_BYTES * _touched_sectors(numel, entries, e)
-            total += payload + 2 * entries * (v + e) + sectors
+            cast = 0 if value_dtype == dtype else e
+            total += payload + 2 * entries * (v + cast) + sectors
     return round(num_diffs * total)
