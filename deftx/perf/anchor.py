@@ -155,7 +155,13 @@ def run_fresh(method: str, shape_set: str, k_fraction: float) -> dict[str, Any]:
 
 def summarise(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """One row from the fresh-process runs of one method: the run of median first-call time,
-    with every run's time and peak memory beside it."""
+    with every run's time and peak memory beside it.
+
+    Raises:
+        ValueError: an even number of runs (their median is no run's time).
+    """
+    if len(runs) % 2 == 0:
+        raise ValueError(f"{len(runs)} runs have no median run: pass an odd number")
     ordered = sorted(runs, key=lambda run: run["first_call_s"])
     return ordered[(len(ordered) - 1) // 2] | {
         "runs_first_call_s": [run["first_call_s"] for run in runs],
@@ -208,9 +214,12 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--k-fraction", type=float, default=0.01)
     parser.add_argument("--method", choices=list(METHODS), help="measure one method in this process (a child)")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods, in table order")
-    parser.add_argument("--repeat", type=int, default=1, help="fresh processes per method (median shown)")
+    parser.add_argument("--repeat", type=int, default=1, help="fresh processes per method, odd (median shown)")
     parser.add_argument("--out", type=Path, help="folder for anchor_<shapes>.{json,md}")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.repeat < 1 or args.repeat % 2 == 0:
+        parser.error(f"--repeat must be odd so that the median is one run's, not {args.repeat}")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -49,3 +49,13 @@ def test_summary_takes_the_median_run_and_the_table_shows_every_run():
     table = anchor.markdown([row, anchor.summarise([ours])])
     assert "| `torch.cat` + `torch.topk` | 2.000 s | 3.00, 1.00, 2.00 s | 0.000 s | +2.00 GB | k | 4.00× |" in table
     assert "+14.0 MB" in table and "2 full passes" in table
+
+
+def test_an_even_number_of_runs_is_refused_not_labelled_median():
+    # The median of 1, 2, 3, 4 s is 2.5 s, which no run took; the table must not show 2 s as it.
+    runs = [{"method": "cat_topk", "k": 10, "entries": 10, "first_call_s": t, "import_s": 0.0,
+             "peak_extra_bytes": 0} for t in (1.0, 2.0, 3.0, 4.0)]
+    with pytest.raises(ValueError, match="odd"):
+        anchor.summarise(runs)
+    with pytest.raises(SystemExit):
+        anchor.main(["--repeat", "2"])
