@@ -170,7 +170,11 @@ def summarise(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _gb(n: int | None) -> str:
-    return "-" if n is None else f"+{n / 1e9:.2f} GB" if n >= 1e8 else f"+{n / 1e6:.1f} MB"
+    """``+14.0 MB``, ``+2.00 GB``, ``-0.1 MB`` (RSS that shrank); ``-`` where not measured."""
+    if n is None:
+        return "-"
+    sign, size = "-" if n < 0 else "+", abs(n)
+    return f"{sign}{size / 1e9:.2f} GB" if size >= 1e8 else f"{sign}{size / 1e6:.1f} MB"
 
 
 def times_faster(ratio: float) -> str:

@@ -121,8 +121,10 @@ def _size(n: int) -> str:
 
 
 def _growth(n: int | None) -> str:
-    """``+1.2 MB``; ``-`` where the growth was not measured (no ``VmHWM`` reset)."""
-    return "-" if n is None else f"+{_size(n)}"
+    """``+1.2 MB``, ``-0.1 MB`` (RSS that shrank); ``-`` where the growth was not measured (no ``VmHWM`` reset)."""
+    if n is None:
+        return "-"
+    return f"{'-' if n < 0 else '+'}{_size(abs(n))}"
 
 
 def markdown(row: dict[str, Any]) -> str:

@@ -59,3 +59,11 @@ def test_an_even_number_of_runs_is_refused_not_labelled_median():
         anchor.summarise(runs)
     with pytest.raises(SystemExit):
         anchor.main(["--repeat", "2"])
+
+
+@pytest.mark.parametrize(("growth", "cell"), [(-100_000, "| -0.1 MB |"), (-2_000_000_000, "| -2.00 GB |"),
+                                              (0, "| +0.0 MB |"), (None, "| - |")])
+def test_a_shrinking_rss_reads_as_a_negative_growth(growth, cell):
+    row = {"method": "cat_topk", "k": 10, "entries": 10, "first_call_s": 1.0, "import_s": 0.0,
+           "peak_extra_bytes": growth}
+    assert f"| 0.000 s {cell} k |" in anchor.markdown([anchor.summarise([row])])

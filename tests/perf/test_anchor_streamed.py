@@ -70,7 +70,8 @@ def test_main_needs_a_scratch_folder():
         anchor_streamed.main(["--shapes", "e5-small"])
 
 
-@pytest.mark.parametrize(("growth", "cell"), [(None, "| - |"), (0, "| +0.0 MB |"), (2_500_000_000, "| +2.50 GB |")])
+@pytest.mark.parametrize(("growth", "cell"), [(None, "| - |"), (0, "| +0.0 MB |"), (2_500_000_000, "| +2.50 GB |"),
+                                              (-100_000, "| -0.1 MB |"), (-2_500_000_000, "| -2.50 GB |")])
 def test_table_shows_unmeasured_growth_as_a_dash_not_zero(growth, cell):
     row = {"shapes": "llama-7b", "numel": 6_738_415_616, "dtype": "bf16", "element_bytes": 2, "first_call_s": 100.0,
            "peak_rss_bytes": 3_000_000_000, "peak_extra_bytes": growth, "entries": 5, "k": 5, "k_fraction": 0.01,
