@@ -25,7 +25,8 @@ prediction's :class:`~deftx.perf.workload.Workload` is mapped explicitly:
 
 Which baselines have a model: ``torch.cat+topk`` (the profile's cat + topk + sort),
 ``torch.svd_lowrank``, ``densify + add`` and ``index_add_ loop``, and both AdamW steps
-(fused or not, the same HBM traffic). ``torch.cat+kthvalue`` and ``torch.linalg.svd``
+(fused or not, the same HBM traffic). The step's ``deftx_prepared`` row (the same masked
+step, checked once) has deftx's model. ``torch.cat+kthvalue`` and ``torch.linalg.svd``
 have none: their rows carry no prediction.
 
 The target is chosen by :func:`choose_target`: explicitly (``deftx bench --predict-target
@@ -69,6 +70,9 @@ PROFILE_BASELINES: dict[str, tuple[str, ...]] = {
     "step": ("adamw", "adamw_fused"),
 }
 """bench baselines modelled by the profile prediction's single baseline (scatter: see module doc)."""
+
+PROFILE_DEFTX_VARIANTS: dict[str, tuple[str, ...]] = {"step": ("deftx_prepared",)}
+"""bench implementations listed with the baselines that run deftx's op itself, modelled as deftx."""
 
 GPU_TARGETS: tuple[tuple[str, Target], ...] = (("H200", H200_SXM), ("H100", H100_SXM), ("A100", A100_80GB_SXM))
 """Substring of a CUDA device name -> its datasheet target."""
@@ -206,7 +210,8 @@ def _profile_costs(op: str) -> Callable[[Workload], dict[str, ModelledCost]]:
         where = f"deftx.perf.roofline {prediction.op}"
         deftx = (prediction.deftx, f"{where}: {prediction.workload}")
         baseline = (prediction.baseline, f"{where} baseline: {prediction.baseline_name}")
-        return {DEFTX: deftx, **dict.fromkeys(PROFILE_BASELINES[op], baseline)}
+        variants = dict.fromkeys(PROFILE_DEFTX_VARIANTS.get(op, ()), deftx)
+        return {DEFTX: deftx, **variants, **dict.fromkeys(PROFILE_BASELINES[op], baseline)}
 
     return costs
 

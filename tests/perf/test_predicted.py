@@ -271,3 +271,15 @@ def test_bench_workload_maps_the_workload_and_rejects_bad_input() -> None:
         bench_workload(SHAPES, "topk", dtype="fp64", k_fraction=K, rank=8, oversample=0, n_iter=0)
     with pytest.raises(ValueError, match="unknown bench op"):
         op_costs(mapped, "masked_step")
+
+
+def test_the_prepared_step_is_predicted_with_the_masked_step_model() -> None:
+    # deftx_prepared runs the same masked AdamW step (checked once): K entries, not a dense step.
+    doc = _doc()
+    doc["results"].append(_result("step", "deftx_prepared", "deftx checked once", "baseline", K, 3e-4))
+    step = _rows(predict_suite(doc, H100_SXM, SHAPES), "step")
+    n, k = sum(NUMELS), round(K * sum(NUMELS))
+    prepared = step["deftx_prepared"]
+    assert prepared["predicted_bytes"] == round(masked_step.bytes_moved(k, n, param_bytes=4))
+    assert prepared["measured_over_predicted"] == pytest.approx(3e-4 / step["deftx:torch"]["predicted_time_s"])
+    assert prepared["predicted_speedup"] == pytest.approx(1.0)
