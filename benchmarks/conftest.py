@@ -21,6 +21,7 @@ the shape set, the cost model's bytes / flops and the achieved GB/s.
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -45,12 +46,21 @@ class BenchSettings:
     rounds: int
 
 
+def k_fractions(text: str) -> tuple[float, ...]:
+    """Type of ``--bench-k``: a non-empty comma-separated list of fractions in (0, 1]."""
+    values = tuple(float(k) for k in text.split(",") if k.strip())
+    if not values or not all(0.0 < k <= 1.0 for k in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated fractions in (0, 1], got {text!r}")
+    return values
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("deftx-bench", "deftx benchmark cases")
     group.addoption("--bench-shapes", default="xlmr-base", help="shape set name or JSON file")
     group.addoption("--bench-scale", type=float, default=None, help="fraction of layers / vocab rows")
     group.addoption("--bench-device", default="auto", help="cpu, cuda or auto")
-    group.addoption("--bench-k", default="0.001,0.01,0.1", help="comma-separated K fractions")
+    group.addoption("--bench-k", type=k_fractions, default="0.001,0.01,0.1",
+                    help="comma-separated K fractions in (0, 1]")
     group.addoption("--bench-dtype", default="fp32", choices=("fp32", "bf16", "fp16"))
     group.addoption("--bench-rounds", type=int, default=3, help="timed rounds per case")
 
@@ -62,12 +72,11 @@ def bench_settings(config: pytest.Config) -> BenchSettings:
     scale = config.getoption("--bench-scale")
     if scale is None:
         scale = DEFAULT_CPU_SCALE if device == "cpu" else 1.0
-    ks = tuple(float(k) for k in config.getoption("--bench-k").split(",") if k.strip())
     return BenchSettings(
         shapes=load_shape_set(config.getoption("--bench-shapes")).scaled(scale),
         device=device,
         dtype=config.getoption("--bench-dtype"),
-        k_fractions=ks,
+        k_fractions=config.getoption("--bench-k"),
         rounds=config.getoption("--bench-rounds"),
     )
 

@@ -43,3 +43,10 @@ def test_the_suite_fails_each_planted_wrong_deftx_op_and_passes_the_real_ones(tm
     )
     assert failed == deftx_cases, planted.stdout[-3000:]
     assert "an entry of magnitude" in planted.stdout and "differ from index_add in fp32" in planted.stdout
+
+
+def test_an_empty_or_out_of_range_bench_k_is_a_usage_error_not_an_empty_suite(tmp_path: Path) -> None:
+    for k in ("", "10"):
+        done = _run_benchmarks(tmp_path, "--collect-only", "--bench-k", k)
+        assert done.returncode == 4, (k, done.stdout[-2000:], done.stderr[-2000:])
+        assert "--bench-k" in done.stderr and "(0, 1]" in done.stderr, done.stderr[-2000:]
