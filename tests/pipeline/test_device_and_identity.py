@@ -196,3 +196,20 @@ def test_ablate_device_cuda_without_cuda_is_one_line_before_any_work(tmp_path, c
     assert err.count("\n") == 1 and err.startswith("deftx ablate: error: device cuda asked for, but ")
     assert not (tmp_path / "results").exists() and not (tmp_path / "runs").exists(), "nothing was written"
     assert ablation.load_ablation(config, device="cpu").variants["reference"].device == "cpu"
+
+
+def test_run_only_trainer_arguments_leave_the_recipe_alone():
+    """Where a run reports (report_to, run_name, logging_first_step, save_total_limit, loader workers) is no result: the
+    steps' own identities (result_arguments) leave those TrainingArguments out, and so must the recipe, or adding a
+    seed to a results folder with another report_to is refused as another recipe."""
+    from deftx.pipeline.identity import recipe_hash, run_identity
+
+    def config(arguments):
+        return parse_config({"targets": ["madurese"], "device": "cpu", "training": arguments})
+
+    reporting = {"report_to": ["tensorboard"], "run_name": "x", "logging_first_step": True, "save_total_limit": 3,
+                 "dataloader_num_workers": 2}
+    assert recipe_hash(config(reporting)) == recipe_hash(config({}))
+    accumulating = run_identity(config({**reporting, "gradient_accumulation_steps": 2}))
+    assert accumulating["training"]["arguments"] == {"gradient_accumulation_steps": 2}
+    assert recipe_hash(config({"gradient_accumulation_steps": 2})) != recipe_hash(config({}))
