@@ -325,8 +325,10 @@ def _eligible(raw: Any, where: str) -> tuple[str, ...]:
 
 
 def _americasnli_languages(raw: Any, where: str) -> tuple[str, ...]:
-    """AmericasNLI language codes (:data:`deftx.data.americasnli.LANGUAGES`), each at most once."""
+    """AmericasNLI language codes (:data:`deftx.data.americasnli.LANGUAGES`), at least one, each at most once."""
     languages = _distinct_strings(raw, where)
+    if not languages:
+        raise _fail(where, f"expected at least one language, got {short_repr(list(languages))}")
     try:
         for language in languages:
             check_americasnli_language(language)
@@ -514,6 +516,9 @@ def parse_config(raw: Any, source: str = "<config>") -> PipelineConfig:
                                      has_max_length=True),
         "task_sft": _sft_section(values.pop("task_sft", {}), "task_sft", defaults.task_sft),
     }
+    if parsed["targets"] and not parsed["sources"]:
+        raise _fail("sources", f"empty, so no task SFT is trained and none of the targets "
+                    f"{short_repr(list(parsed['targets']))} is scored: list the language(s) the task is trained on")
     if "full_finetune" in values:
         parsed["full_finetune"] = _phase(values.pop("full_finetune"), "full_finetune", defaults.full_finetune)
     anli = values.pop("americasnli", None)

@@ -343,3 +343,24 @@ def test_a_results_folder_records_the_method_rules_its_rows_were_made_under(tmp_
     recorded.write_text(json.dumps({**plain, "rules": {"energy_sketch": 1}}))
     assert [line.split(" (")[0] for line in recipe_changes(config, recorded)] == (
         [f"rules.energy_sketch: 1 -> {ENERGY_SKETCH_RULE}"] if rules else ["rules.energy_sketch: removed"])
+
+
+@pytest.mark.parametrize("raw, match", [
+    ({"targets": ["madurese"], "sources": []},
+     r"^config sources: empty, so no task SFT is trained and none of the targets \['madurese'\] is scored"),
+    ({"targets": [], "americasnli": {"train_languages": [], "test_languages": ["bzd"]}},
+     r"^config americasnli\.train_languages: expected at least one language, got \[\]"),
+    ({"targets": [], "americasnli": {"train_languages": ["aym"], "test_languages": []}},
+     r"^config americasnli\.test_languages: expected at least one language, got \[\]"),
+])
+def test_an_empty_language_list_that_leaves_nothing_to_score_is_refused(raw, match):
+    """sources: [] trained the MLM head and every target's language SFT, then no task SFT and an empty table;
+    an empty AmericasNLI list trained a task SFT on no pairs, or one scored on no language."""
+    with pytest.raises(ConfigError, match=match):
+        parse_config(raw)
+
+
+def test_sources_may_be_empty_without_nusax_targets():
+    config = parse_config({"targets": [], "sources": [], "americasnli": {"train_languages": ["aym"],
+                                                                         "test_languages": ["bzd"]}})
+    assert config.sources == () and config.americasnli.test_languages == ("bzd",)
