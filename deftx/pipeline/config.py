@@ -367,14 +367,28 @@ def _method(name: str, spec: Any, where: str) -> DenoiseConfig | None:
     return None if spec is None else _build(DenoiseConfig, spec, where, {"groups": _strings})
 
 
+def method_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a method, or None: it is its branch's folder (one path component) and its rows'
+    name, which may not end as a row scored without the language SFT does (:data:`NO_LANGUAGE_SFT`)."""
+    if name in ("", ".", "..") or "/" in name or "\\" in name:
+        return "is no folder name (each method's SFTs are in a folder of its name): use letters, digits, - and _"
+    if name.endswith(NO_LANGUAGE_SFT):
+        return f"ends as the name of a method's rows without the language SFT ({NO_LANGUAGE_SFT.strip()!r})"
+    return None
+
+
 def _methods(raw: Any, where: str) -> dict[str, DenoiseConfig | None]:
-    """``methods``: each entry by :func:`_method`; at most one magnitude (null) entry, since a second would
-    train the very same SFT under another name."""
+    """``methods``: each entry by :func:`_method`, under a name :func:`method_name_problem` accepts; at most one
+    magnitude (null) entry, since a second would train the very same SFT under another name."""
     methods = _mapping(raw, where)
     if not methods:
         raise _fail(where, "at least one method is needed")
     if BASELINE in methods:
         raise _fail(where, f"{BASELINE!r} is the baseline's name; pick another method name")
+    for name in methods:
+        problem = method_name_problem(str(name))
+        if problem is not None:
+            raise _fail(where, f"method name {str(name)!r} {problem}")
     parsed = {str(name): _method(str(name), spec, f"{where}.{name}") for name, spec in methods.items()}
     plain = [name for name, denoise in parsed.items() if denoise is None]
     if len(plain) > 1:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -364,3 +365,14 @@ def test_sources_may_be_empty_without_nusax_targets():
     config = parse_config({"targets": [], "sources": [], "americasnli": {"train_languages": ["aym"],
                                                                          "test_languages": ["bzd"]}})
     assert config.sources == () and config.americasnli.test_languages == ("bzd",)
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "../deft-x", "deft-x/e50", "deft-x\\e50", "deft-x (no lang SFT)"])
+def test_a_method_name_that_is_no_folder_name_or_a_row_suffix_is_refused(name):
+    """A method's name is its branch folder and its rows' name: '' and '.' wrote the same file, '../deft-x' the
+    folder of the run beside it, and 'deft-x (no lang SFT)' the rows of deft-x without a language SFT."""
+    from deftx.pipeline.layout import branch_file
+
+    assert branch_file(Path("run"), "") == branch_file(Path("run"), "."), "the collision the refusal prevents"
+    with pytest.raises(ConfigError, match=rf"^config methods: method name {re.escape(repr(name))} "):
+        parse_config({"targets": ["madurese"], "methods": {"lt-sft": None, name: {"rank": 2}}})
