@@ -704,6 +704,11 @@ def load_config(path: str | Path) -> PipelineConfig:
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ConfigError: it does not parse or holds a bad value.
+        ConfigError: it does not parse or holds a bad value (naming the file and the key).
     """
-    return parse_config(read_config_file(path), str(path))
+    raw = read_config_file(path)
+    try:
+        return parse_config(raw, str(path))
+    except ConfigError as err:
+        message = str(err)
+        raise ConfigError(message if str(path) in message else f"{path}: {message}") from err

@@ -376,3 +376,16 @@ def test_a_method_name_that_is_no_folder_name_or_a_row_suffix_is_refused(name):
     assert branch_file(Path("run"), "") == branch_file(Path("run"), "."), "the collision the refusal prevents"
     with pytest.raises(ConfigError, match=rf"^config methods: method name {re.escape(repr(name))} "):
         parse_config({"targets": ["madurese"], "methods": {"lt-sft": None, name: {"rank": 2}}})
+
+
+def test_a_bad_value_in_a_config_file_names_the_file_and_the_key(tmp_path):
+    """A nested key's error named only the key (config task_sft.sparse: ...), never the file it was in; PyYAML reads
+    1e-4 (no dot) as the text '1e-4'."""
+    path = tmp_path / "recipe.yaml"
+    path.write_text("targets: [madurese]\ntask_sft: {sparse: {learning_rate: 1e-4}}\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: config task_sft\.sparse: PhaseConfig: "
+                                          r"learning_rate must be a finite number > 0, got '1e-4'$"):
+        load_config(path)
+    path.write_text("targets: [madurese]\ntrainng: {}\n")
+    with pytest.raises(ConfigError, match=rf"^config {re.escape(str(path))}: unknown keys \['trainng'\]"):
+        load_config(path)
