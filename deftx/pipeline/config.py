@@ -262,6 +262,27 @@ def _mapping(raw: Any, where: str) -> dict[str, Any]:
     return raw
 
 
+YAML_NUMBER_HINT = " (YAML reads a number written without a dot, such as 1e-4, as text: write 1.0e-4)"
+
+
+def reads_as_number(value: Any) -> bool:
+    """Whether ``value`` is text that a number parses from (``"1e-4"``, which YAML 1.1 leaves as text)."""
+    if not isinstance(value, str) or not any(char.isdigit() for char in value):
+        return False
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
+
+
+def yaml_number_hint(values: Any) -> str:
+    """:data:`YAML_NUMBER_HINT` where ``values`` (a value, or a mapping's values) holds text that reads as a
+    number (:func:`reads_as_number`), else ``""``: what the refusal of such a value must say."""
+    given = values.values() if isinstance(values, dict) else [values]
+    return YAML_NUMBER_HINT if any(reads_as_number(value) for value in given) else ""
+
+
 def _build(cls, raw: Any, where: str, converters: dict[str, Any] | None = None):
     """Instantiate dataclass ``cls`` from a mapping, naming unknown keys and bad values."""
     values = dict(_mapping(raw, where))
@@ -275,7 +296,7 @@ def _build(cls, raw: Any, where: str, converters: dict[str, Any] | None = None):
     try:
         return cls(**values)
     except (TypeError, ValueError) as err:
-        raise _fail(where, str(err)) from err
+        raise _fail(where, str(err) + yaml_number_hint(values)) from err
 
 
 def _phase(raw: Any, where: str, default: PhaseConfig) -> PhaseConfig:
@@ -419,7 +440,7 @@ def _sft_section(raw: Any, where: str, default: SFTSection, *, has_max_length: b
     try:
         check_k(section.k)
     except (TypeError, ValueError) as err:
-        raise _fail(f"{where}.k", str(err)) from err
+        raise _fail(f"{where}.k", str(err) + yaml_number_hint(section.k)) from err
     return section
 
 
@@ -429,7 +450,8 @@ def _language_scale(raw: Any, where: str) -> float | tuple[float, ...]:
         return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
 
     if not (number(raw) or (isinstance(raw, (list, tuple)) and raw and all(number(v) for v in raw))):
-        raise _fail(where, f"expected a number or a non-empty list of numbers, got {short_repr(raw)}")
+        raise _fail(where, f"expected a number or a non-empty list of numbers, got {short_repr(raw)}"
+                           + yaml_number_hint(raw if not isinstance(raw, (list, tuple)) else dict(enumerate(raw))))
     scales = [raw] if number(raw) else list(raw)
     if any(scale <= 0 for scale in scales):
         raise _fail(where, f"the scales must be > 0, got {short_repr(raw)}: scale 0 composes no language SFT (each "

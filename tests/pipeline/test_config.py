@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from deftx.pipeline.config import ConfigError, load_config, parse_config, read_config_file
+from deftx.pipeline.config import ConfigError, load_config, parse_config, read_config_file, strict_yaml_load
 from deftx.train.config import DenoiseConfig, to_plain
 
 REPO = Path(__file__).resolve().parents[2]
@@ -384,8 +384,36 @@ def test_a_bad_value_in_a_config_file_names_the_file_and_the_key(tmp_path):
     path = tmp_path / "recipe.yaml"
     path.write_text("targets: [madurese]\ntask_sft: {sparse: {learning_rate: 1e-4}}\n")
     with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: config task_sft\.sparse: PhaseConfig: "
-                                          r"learning_rate must be a finite number > 0, got '1e-4'$"):
+                                          r"learning_rate must be a finite number > 0, got '1e-4' \(YAML reads"):
         load_config(path)
     path.write_text("targets: [madurese]\ntrainng: {}\n")
     with pytest.raises(ConfigError, match=rf"^config {re.escape(str(path))}: unknown keys \['trainng'\]"):
         load_config(path)
+
+
+@pytest.mark.parametrize("section, text", [
+    ("task_sft", "{sparse: {learning_rate: 1e-4}}"),
+    ("mlm_head", "{learning_rate: 1e-3}"),
+    ("methods", "{deft-x: {energy: 9e-1}}"),
+    ("training", "{weight_decay: 1e-2}"),
+])
+def test_a_yaml_number_without_a_dot_is_refused_saying_why(section, text):
+    """PyYAML (YAML 1.1) reads 1e-4 as the text '1e-4': the refusal 'learning_rate must be a finite number > 0,
+    got '1e-4'' read as if 1e-4 were no such number; it now says how YAML read it and what to write."""
+    assert strict_yaml_load("x: 1e-4") == {"x": "1e-4"}, "the YAML behaviour the message explains"
+    with pytest.raises(ConfigError, match=r"got '\d+e-\d+'.* \(YAML reads a number written without a dot, such as "
+                                          r"1e-4, as text: write 1\.0e-4\)$"):
+        parse_config(strict_yaml_load(f"targets: [madurese]\n{section}: {text}\n"))
+
+
+def test_the_yaml_number_hint_is_only_for_text_that_reads_as_a_number():
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"targets": ["madurese"], "methods": {"deft-x": {"method": "svd"}}})
+    assert "YAML reads" not in str(caught.value)
+
+
+@pytest.mark.parametrize("raw", [{"task_sft": {"k": "5e-2"}}, {"language_scale": "1e0"},
+                                 {"language_scale": [1, "2e0"]}])
+def test_a_yaml_number_as_text_in_k_or_the_scale_is_refused_saying_why(raw):
+    with pytest.raises(ConfigError, match=r" \(YAML reads a number written without a dot, such as 1e-4, as text"):
+        parse_config({"targets": ["madurese"], **raw})
