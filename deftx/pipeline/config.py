@@ -299,9 +299,17 @@ def _build(cls, raw: Any, where: str, converters: dict[str, Any] | None = None):
         raise _fail(where, str(err) + yaml_number_hint(values)) from err
 
 
+def whole(value: Any) -> Any:
+    """``value`` as an int where it is a float of a whole number (``3.0``), else as it is: ``epochs: 3.0`` is
+    the recipe of ``epochs: 3``, and the recipe digest is of the JSON text, where ``3.0`` is not ``3``."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 def _phase(raw: Any, where: str, default: PhaseConfig) -> PhaseConfig:
-    """A phase; keys left out keep ``default``'s values (length only if neither is given)."""
-    values = dict(_mapping(raw, where))
+    """A phase; keys left out keep ``default``'s values (length only if neither is given); a length of a whole
+    number is an int (:func:`whole`)."""
+    values = {key: whole(value) if key in ("steps", "epochs") else value
+              for key, value in _mapping(raw, where).items()}
     merged: dict[str, Any] = {"learning_rate": default.learning_rate, "l1": default.l1}
     if "steps" not in values and "epochs" not in values:
         merged.update(steps=default.steps, epochs=default.epochs)
@@ -431,7 +439,7 @@ def _sft_section(raw: Any, where: str, default: SFTSection, *, has_max_length: b
     if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 3):
         raise _fail(f"{where}.max_length", f"expected null or an integer >= 3, got {short_repr(max_length)}")
     section = SFTSection(
-        k=values.get("k", default.k),
+        k=whole(values.get("k", default.k)),
         full=_phase(values.get("full"), f"{where}.full", default.full),
         sparse=_phase(values.get("sparse"), f"{where}.sparse", default.sparse),
         eligible=_eligible(values["eligible"], f"{where}.eligible") if "eligible" in values else default.eligible,

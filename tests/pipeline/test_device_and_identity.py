@@ -213,3 +213,20 @@ def test_run_only_trainer_arguments_leave_the_recipe_alone():
     accumulating = run_identity(config({**reporting, "gradient_accumulation_steps": 2}))
     assert accumulating["training"]["arguments"] == {"gradient_accumulation_steps": 2}
     assert recipe_hash(config({"gradient_accumulation_steps": 2})) != recipe_hash(config({}))
+
+
+@pytest.mark.parametrize(("section", "whole", "written_as_float"), [
+    ("task_sft", {"sparse": {"epochs": 4}}, {"sparse": {"epochs": 4.0}}),
+    ("language_sft", {"full": {"steps": 50}}, {"full": {"steps": 50.0}}),
+    ("language_sft", {"k": 4096}, {"k": 4096.0}),
+    ("full_finetune", {"epochs": 2}, {"epochs": 2.0}),
+])
+def test_a_whole_number_written_with_a_dot_is_the_same_recipe(section, whole, written_as_float):
+    """epochs: 3.0 trains as epochs: 3 (the same phase), but the recipe digest is of the JSON text, 3.0 != 3: the
+    same recipe got another hash (another ablation variant folder, rows of two recipes)."""
+    from deftx.pipeline.identity import recipe_hash
+
+    first = parse_config({"targets": ["madurese"], section: whole})
+    second = parse_config({"targets": ["madurese"], section: written_as_float})
+    assert recipe_hash(first) == recipe_hash(second)
+    assert recipe_hash(first) != recipe_hash(parse_config({"targets": ["madurese"]})), "the setting is in the recipe"
