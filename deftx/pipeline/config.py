@@ -32,13 +32,14 @@ Example (``configs/default.yaml`` is the README's small run)::
                                # the MLM head; [train] leaves dev out for the held-out check
     pooling: mean              # classifier pooling: mean (e5's own) or cls (AutoModelFor...)
     device: auto               # every phase on cpu, cuda, or auto (cuda when available); deftx pipeline --device
+    eval_batch_size: 64        # sentences per scoring batch (padding to a batch's longest: in the recipe)
     training: {batch_size: 16, max_length: 128, save_steps: 100, logging_steps: 10,
                bf16: false, gradient_accumulation_steps: 1, report_to: []}
                                # save_steps 0: no Trainer checkpoints inside a phase;
                                # beside deftx's settings, any transformers.TrainingArguments field
                                # (read by HfArgumentParser); each phase's length, lr and folder are deftx's;
                                # no seed here: each run's seed is one of the top-level seeds
-    mlm_head: {steps: 500, batch_size: 16, learning_rate: 1.0e-3,
+    mlm_head: {steps: 500, batch_size: 16, learning_rate: 1.0e-3, seq_len: 128, seed: 0,
                texts: [nusax],           # + americasnlp: AmericasNLP 2021 text too
                eval_every: 100, eval_sequences: 0}   # > 0: held-out accuracy curve
     language_sft:

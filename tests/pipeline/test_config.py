@@ -417,3 +417,20 @@ def test_the_yaml_number_hint_is_only_for_text_that_reads_as_a_number():
 def test_a_yaml_number_as_text_in_k_or_the_scale_is_refused_saying_why(raw):
     with pytest.raises(ConfigError, match=r" \(YAML reads a number written without a dot, such as 1e-4, as text"):
         parse_config({"targets": ["madurese"], **raw})
+
+
+def test_the_module_docstring_documents_every_top_level_key_with_its_default():
+    """Every PipelineConfig field is a key of the documented example, and each documented scalar default is the
+    parsed one (an undocumented key, eval_batch_size, was in the recipe unseen)."""
+    import dataclasses
+
+    import deftx.pipeline.config as module
+
+    example = module.__doc__.split("Example", 1)[1].split("::", 1)[1].split("\n\n", 2)[1]
+    documented = strict_yaml_load(example)
+    assert set(documented) == {f.name for f in dataclasses.fields(module.PipelineConfig)}
+    defaults = to_plain(parse_config({"targets": documented["targets"]}))
+    for key in ("model", "data_dir", "results_dir", "step_store", "baseline", "task_on_source_sft", "language_scale",
+                "eval_split", "pooling", "device", "eval_batch_size", "americasnli"):
+        assert documented[key] == defaults[key], key
+    assert {**defaults["mlm_head"], **documented["mlm_head"]} == defaults["mlm_head"]
