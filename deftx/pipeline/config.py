@@ -514,6 +514,10 @@ def _training(raw: Any, where: str) -> TrainingSettings:
     passed = {key: values.pop(key) for key in list(values) if key not in own and key in trainer_argument_names()}
     if passed:
         nested = _mapping(values.get("arguments"), f"{where}.arguments")
+        twice = sorted(set(nested) & set(passed))
+        if twice:
+            raise _fail(where, f"{twice} given both beside deftx's settings and under {where}.arguments: "
+                        "give each once")
         values["arguments"] = {**nested, **passed}
     unknown = sorted(set(values) - own)
     if unknown:

@@ -117,3 +117,13 @@ def test_trainer_arguments_of_their_own_type_pass(tmp_path):
                 "gradient_accumulation_steps": 2}
     args = training_arguments(parse_config({"targets": ["m"], "training": training}).training, tmp_path)
     assert (args.bf16, args.adam_epsilon, args.adam_beta2, args.gradient_accumulation_steps) == (False, 1e-8, 1, 2)
+
+
+def test_a_trainer_argument_given_both_flat_and_under_arguments_is_refused():
+    """training: {gradient_accumulation_steps: 2, arguments: {gradient_accumulation_steps: 8}} kept 2 and dropped 8
+    without a word, as a key written twice in one mapping (which is refused) would."""
+    training = {"gradient_accumulation_steps": 2, "bf16": False,
+                "arguments": {"gradient_accumulation_steps": 8, "bf16": False}}
+    with pytest.raises(ConfigError, match=r"^config training: \['bf16', 'gradient_accumulation_steps'\] given both "
+                                          r"beside deftx's settings and under training\.arguments"):
+        parse_config({"targets": ["m"], "training": training})
