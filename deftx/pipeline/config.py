@@ -450,6 +450,9 @@ def _sft_section(raw: Any, where: str, default: SFTSection, *, has_max_length: b
         check_k(section.k)
     except (TypeError, ValueError) as err:
         raise _fail(f"{where}.k", str(err) + yaml_number_hint(section.k)) from err
+    if section.k == 1:
+        raise _fail(f"{where}.k", "1 is a count, one entry (k < 1 is a fraction of the eligible entries, k >= 1 "
+                    "their count), not 100%: write a fraction below 1 or a count above 1")
     return section
 
 

@@ -434,3 +434,14 @@ def test_the_module_docstring_documents_every_top_level_key_with_its_default():
                 "eval_split", "pooling", "device", "eval_batch_size", "americasnli"):
         assert documented[key] == defaults[key], key
     assert {**defaults["mlm_head"], **documented["mlm_head"]} == defaults["mlm_head"]
+
+
+@pytest.mark.parametrize("k", [1, 1.0])
+def test_k_one_is_refused_as_a_one_entry_sft(k):
+    """Beside fractions such as k: 0.028, k: 1.0 reads as 100%, but K >= 1 is a count: the SFT kept one entry."""
+    from deftx.train.config import resolve_k
+
+    assert resolve_k(k, 1000) == 1, "how the tuner reads it"
+    with pytest.raises(ConfigError, match=r"^config task_sft\.k: 1 is a count, one entry"):
+        parse_config({"targets": ["madurese"], "task_sft": {"k": k}})
+    assert parse_config({"targets": ["madurese"], "task_sft": {"k": 2}}).task_sft.k == 2
