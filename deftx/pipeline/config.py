@@ -109,6 +109,9 @@ RECORDED_RULES = "rules"
 """The key under which a results folder's ``config.json`` records the versions of deftx's method rules its rows
 were made under (:func:`deftx.pipeline.identity.method_rules`): a record, not a setting, so a config that holds
 it (that ``config.json`` read back) parses without it."""
+MIN_TOKEN_WINDOW = 3
+"""The shortest token window of a config (``training.max_length``, ``language_sft.max_length``,
+``mlm_head.seq_len``): [CLS], one token, [SEP]; at 2 every sentence is cut to [CLS] [SEP]."""
 RUN_ONLY_SETTINGS = ("save_steps", "logging_steps", "progress")
 """``training`` settings that change where and how a run reports, never a result."""
 MAGNITUDE_METHOD = "lt-sft"
@@ -437,8 +440,10 @@ def _sft_section(raw: Any, where: str, default: SFTSection, *, has_max_length: b
     if unknown:
         raise _fail(where, f"unknown keys {unknown}; known: {sorted(known)}")
     max_length = values.get("max_length", default.max_length)
-    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 3):
-        raise _fail(f"{where}.max_length", f"expected null or an integer >= 3, got {short_repr(max_length)}")
+    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int)
+                                   or max_length < MIN_TOKEN_WINDOW):
+        raise _fail(f"{where}.max_length", f"expected null or an integer >= {MIN_TOKEN_WINDOW}, got "
+                    f"{short_repr(max_length)}")
     section = SFTSection(
         k=whole(values.get("k", default.k)),
         full=_phase(values.get("full"), f"{where}.full", default.full),
@@ -488,11 +493,19 @@ def _check_recorded_rules(raw: Any, where: str) -> None:
         raise _fail(where, f"expected rule name -> version (an integer), got {short_repr(versions)}")
 
 
+def check_token_window(length: int, where: str) -> None:
+    """ConfigError naming ``where`` for a token window shorter than :data:`MIN_TOKEN_WINDOW`."""
+    if length < MIN_TOKEN_WINDOW:
+        raise _fail(where, f"expected an integer >= {MIN_TOKEN_WINDOW} ([CLS], one token, [SEP]), got {length}")
+
+
 def _head(raw: Any, where: str) -> HeadWarmUp:
     values = dict(_mapping(raw, where))
     if "texts" in values:
         values["texts"] = _split_names(values["texts"], f"{where}.texts", HEAD_CORPORA)
-    return _build(HeadWarmUp, values, where)
+    head = _build(HeadWarmUp, values, where)
+    check_token_window(head.seq_len, f"{where}.seq_len")
+    return head
 
 
 def _without_seed(values: dict[str, Any], where: str) -> dict[str, Any]:
@@ -526,7 +539,9 @@ def _training(raw: Any, where: str) -> TrainingSettings:
     if unknown:
         raise _fail(where, f"unknown keys {unknown}: neither deftx settings {sorted(own - {'arguments'})} nor "
                     "transformers.TrainingArguments fields")
-    return _build(TrainingSettings, values, where)
+    settings = _build(TrainingSettings, values, where)
+    check_token_window(settings.max_length, f"{where}.max_length")
+    return settings
 
 
 def _seeds(raw: Any, where: str) -> tuple[int, ...]:

@@ -464,3 +464,21 @@ def test_a_shipped_config_that_says_it_shares_a_head_has_that_heads_inputs():
     assert len(claims) >= 4
     for claimant, named in claims:
         assert head_inputs(load_config(configs / claimant)) == head_inputs(load_config(configs / named)), claimant
+
+
+@pytest.mark.parametrize("raw, match", [
+    ({"training": {"max_length": 2}}, r"^config training\.max_length: expected an integer >= 3 \(\[CLS\], one token, "
+                                      r"\[SEP\]\), got 2"),
+    ({"mlm_head": {"seq_len": 2}}, r"^config mlm_head\.seq_len: expected an integer >= 3 \(\[CLS\], one token, "
+                                   r"\[SEP\]\), got 2"),
+])
+def test_a_token_window_without_room_for_a_token_is_refused(raw, match):
+    """training.max_length 2 cut every sentence to [CLS] [SEP]: task SFTs and the baseline trained and were scored on
+    no text at all; language_sft.max_length already needed >= 3, as the MLM masks do (deftx.train.masking)."""
+    from deftx.train.masking import chunk_token_ids
+
+    with pytest.raises(ValueError, match="seq_len must be >= 3"):
+        chunk_token_ids(None, ["text"], 2)
+    with pytest.raises(ConfigError, match=match):
+        parse_config({"targets": ["madurese"], **raw})
+    assert parse_config({"targets": ["madurese"], "training": {"max_length": 3}}).training.max_length == 3
