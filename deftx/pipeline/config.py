@@ -462,7 +462,8 @@ def _sft_section(raw: Any, where: str, default: SFTSection, *, has_max_length: b
 
 
 def _language_scale(raw: Any, where: str) -> float | tuple[float, ...]:
-    """One finite number > 0, or a non-empty list of distinct ones (a sweep)."""
+    """One finite number > 0, or a non-empty list of distinct ones (a sweep); a list of one is that number (the
+    same recipe)."""
     def number(value: Any) -> bool:
         return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
 
@@ -475,7 +476,7 @@ def _language_scale(raw: Any, where: str) -> float | tuple[float, ...]:
                            f"method's '{NO_LANGUAGE_SFT.strip()}' row is that already), a negative one subtracts it")
     if len(set(scales)) != len(scales):
         raise _fail(where, f"the scales must be distinct, got {short_repr(raw)}")
-    return float(raw) if number(raw) else tuple(float(v) for v in raw)
+    return float(scales[0]) if len(scales) == 1 else tuple(float(v) for v in scales)
 
 
 def _split_names(raw: Any, where: str, allowed: tuple[str, ...]) -> tuple[str, ...]:

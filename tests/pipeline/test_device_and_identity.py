@@ -230,3 +230,15 @@ def test_a_whole_number_written_with_a_dot_is_the_same_recipe(section, whole, wr
     second = parse_config({"targets": ["madurese"], section: written_as_float})
     assert recipe_hash(first) == recipe_hash(second)
     assert recipe_hash(first) != recipe_hash(parse_config({"targets": ["madurese"]})), "the setting is in the recipe"
+
+
+def test_a_one_scale_list_is_the_recipe_of_that_scale():
+    """language_scale: [1.25] scores what language_scale: 1.25 does (one composition scale), but its recipe differed,
+    so a results folder of one refused the other's seeds as another recipe."""
+    from deftx.pipeline.identity import recipe_hash
+
+    listed = parse_config({"targets": ["madurese"], "language_scale": [1.5]})
+    single = parse_config({"targets": ["madurese"], "language_scale": 1.5})
+    assert listed.language_scales() == single.language_scales() == (1.5,)
+    assert recipe_hash(listed) == recipe_hash(single)
+    assert recipe_hash(single) != recipe_hash(parse_config({"targets": ["madurese"]})), "the scale is in the recipe"
