@@ -242,3 +242,16 @@ def test_a_one_scale_list_is_the_recipe_of_that_scale():
     assert listed.language_scales() == single.language_scales() == (1.5,)
     assert recipe_hash(listed) == recipe_hash(single)
     assert recipe_hash(single) != recipe_hash(parse_config({"targets": ["madurese"]})), "the scale is in the recipe"
+
+
+def test_use_cpu_is_the_recipe_of_device_cpu():
+    """training.use_cpu: true runs every phase on the CPU, as device: cpu does (the identity records the device
+    either way), but it stayed in the recipe as an argument too: the same CPU run had two hashes."""
+    from deftx.pipeline.identity import recipe_hash, run_identity
+    from deftx.pipeline.workspace import requested_device
+
+    by_argument = parse_config({"targets": ["madurese"], "training": {"use_cpu": True}})
+    by_device = parse_config({"targets": ["madurese"], "device": "cpu"})
+    assert requested_device(by_argument) == requested_device(by_device) == "cpu"
+    assert recipe_hash(by_argument) == recipe_hash(by_device)
+    assert run_identity(parse_config({"targets": ["madurese"], "device": "cuda"}))["device"] == "cuda"
