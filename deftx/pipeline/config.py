@@ -32,13 +32,14 @@ Example (``configs/default.yaml`` is the README's small run)::
                                # the MLM head; [train] leaves dev out for the held-out check
     pooling: mean              # classifier pooling: mean (e5's own) or cls (AutoModelFor...)
     device: auto               # every phase on cpu, cuda, or auto (cuda when available); deftx pipeline --device
+    eval_batch_size: 64        # sentences per scoring batch (padding to a batch's longest: in the recipe)
     training: {batch_size: 16, max_length: 128, save_steps: 100, logging_steps: 10,
                bf16: false, gradient_accumulation_steps: 1, report_to: []}
                                # save_steps 0: no Trainer checkpoints inside a phase;
                                # beside deftx's settings, any transformers.TrainingArguments field
                                # (read by HfArgumentParser); each phase's length, lr and folder are deftx's;
                                # no seed here: each run's seed is one of the top-level seeds
-    mlm_head: {steps: 500, batch_size: 16, learning_rate: 1.0e-3,
+    mlm_head: {steps: 500, batch_size: 16, learning_rate: 1.0e-3, seq_len: 128, seed: 0,
                texts: [nusax],           # + americasnlp: AmericasNLP 2021 text too
                eval_every: 100, eval_sequences: 0}   # > 0: held-out accuracy curve
     language_sft:
@@ -108,6 +109,9 @@ RECORDED_RULES = "rules"
 """The key under which a results folder's ``config.json`` records the versions of deftx's method rules its rows
 were made under (:func:`deftx.pipeline.identity.method_rules`): a record, not a setting, so a config that holds
 it (that ``config.json`` read back) parses without it."""
+MIN_TOKEN_WINDOW = 3
+"""The shortest token window of a config (``training.max_length``, ``language_sft.max_length``,
+``mlm_head.seq_len``): [CLS], one token, [SEP]; at 2 every sentence is cut to [CLS] [SEP]."""
 RUN_ONLY_SETTINGS = ("save_steps", "logging_steps", "progress")
 """``training`` settings that change where and how a run reports, never a result."""
 MAGNITUDE_METHOD = "lt-sft"
@@ -262,6 +266,27 @@ def _mapping(raw: Any, where: str) -> dict[str, Any]:
     return raw
 
 
+YAML_NUMBER_HINT = " (YAML reads a number written without a dot, such as 1e-4, as text: write 1.0e-4)"
+
+
+def reads_as_number(value: Any) -> bool:
+    """Whether ``value`` is text that a number parses from (``"1e-4"``, which YAML 1.1 leaves as text)."""
+    if not isinstance(value, str) or not any(char.isdigit() for char in value):
+        return False
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
+
+
+def yaml_number_hint(values: Any) -> str:
+    """:data:`YAML_NUMBER_HINT` where ``values`` (a value, or a mapping's values) holds text that reads as a
+    number (:func:`reads_as_number`), else ``""``: what the refusal of such a value must say."""
+    given = values.values() if isinstance(values, dict) else [values]
+    return YAML_NUMBER_HINT if any(reads_as_number(value) for value in given) else ""
+
+
 def _build(cls, raw: Any, where: str, converters: dict[str, Any] | None = None):
     """Instantiate dataclass ``cls`` from a mapping, naming unknown keys and bad values."""
     values = dict(_mapping(raw, where))
@@ -275,12 +300,20 @@ def _build(cls, raw: Any, where: str, converters: dict[str, Any] | None = None):
     try:
         return cls(**values)
     except (TypeError, ValueError) as err:
-        raise _fail(where, str(err)) from err
+        raise _fail(where, str(err) + yaml_number_hint(values)) from err
+
+
+def whole(value: Any) -> Any:
+    """``value`` as an int where it is a float of a whole number (``3.0``), else as it is: ``epochs: 3.0`` is
+    the recipe of ``epochs: 3``, and the recipe digest is of the JSON text, where ``3.0`` is not ``3``."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def _phase(raw: Any, where: str, default: PhaseConfig) -> PhaseConfig:
-    """A phase; keys left out keep ``default``'s values (length only if neither is given)."""
-    values = dict(_mapping(raw, where))
+    """A phase; keys left out keep ``default``'s values (length only if neither is given); a length of a whole
+    number is an int (:func:`whole`)."""
+    values = {key: whole(value) if key in ("steps", "epochs") else value
+              for key, value in _mapping(raw, where).items()}
     merged: dict[str, Any] = {"learning_rate": default.learning_rate, "l1": default.l1}
     if "steps" not in values and "epochs" not in values:
         merged.update(steps=default.steps, epochs=default.epochs)
@@ -325,8 +358,10 @@ def _eligible(raw: Any, where: str) -> tuple[str, ...]:
 
 
 def _americasnli_languages(raw: Any, where: str) -> tuple[str, ...]:
-    """AmericasNLI language codes (:data:`deftx.data.americasnli.LANGUAGES`), each at most once."""
+    """AmericasNLI language codes (:data:`deftx.data.americasnli.LANGUAGES`), at least one, each at most once."""
     languages = _distinct_strings(raw, where)
+    if not languages:
+        raise _fail(where, f"expected at least one language, got {short_repr(list(languages))}")
     try:
         for language in languages:
             check_americasnli_language(language)
@@ -365,14 +400,28 @@ def _method(name: str, spec: Any, where: str) -> DenoiseConfig | None:
     return None if spec is None else _build(DenoiseConfig, spec, where, {"groups": _strings})
 
 
+def method_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a method, or None: it is its branch's folder (one path component) and its rows'
+    name, which may not end as a row scored without the language SFT does (:data:`NO_LANGUAGE_SFT`)."""
+    if name in ("", ".", "..") or "/" in name or "\\" in name:
+        return "is no folder name (each method's SFTs are in a folder of its name): use letters, digits, - and _"
+    if name.endswith(NO_LANGUAGE_SFT):
+        return f"ends as the name of a method's rows without the language SFT ({NO_LANGUAGE_SFT.strip()!r})"
+    return None
+
+
 def _methods(raw: Any, where: str) -> dict[str, DenoiseConfig | None]:
-    """``methods``: each entry by :func:`_method`; at most one magnitude (null) entry, since a second would
-    train the very same SFT under another name."""
+    """``methods``: each entry by :func:`_method`, under a name :func:`method_name_problem` accepts; at most one
+    magnitude (null) entry, since a second would train the very same SFT under another name."""
     methods = _mapping(raw, where)
     if not methods:
         raise _fail(where, "at least one method is needed")
     if BASELINE in methods:
         raise _fail(where, f"{BASELINE!r} is the baseline's name; pick another method name")
+    for name in methods:
+        problem = method_name_problem(str(name))
+        if problem is not None:
+            raise _fail(where, f"method name {str(name)!r} {problem}")
     parsed = {str(name): _method(str(name), spec, f"{where}.{name}") for name, spec in methods.items()}
     plain = [name for name, denoise in parsed.items() if denoise is None]
     if len(plain) > 1:
@@ -391,10 +440,12 @@ def _sft_section(raw: Any, where: str, default: SFTSection, *, has_max_length: b
     if unknown:
         raise _fail(where, f"unknown keys {unknown}; known: {sorted(known)}")
     max_length = values.get("max_length", default.max_length)
-    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 3):
-        raise _fail(f"{where}.max_length", f"expected null or an integer >= 3, got {short_repr(max_length)}")
+    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int)
+                                   or max_length < MIN_TOKEN_WINDOW):
+        raise _fail(f"{where}.max_length", f"expected null or an integer >= {MIN_TOKEN_WINDOW}, got "
+                    f"{short_repr(max_length)}")
     section = SFTSection(
-        k=values.get("k", default.k),
+        k=whole(values.get("k", default.k)),
         full=_phase(values.get("full"), f"{where}.full", default.full),
         sparse=_phase(values.get("sparse"), f"{where}.sparse", default.sparse),
         eligible=_eligible(values["eligible"], f"{where}.eligible") if "eligible" in values else default.eligible,
@@ -403,24 +454,29 @@ def _sft_section(raw: Any, where: str, default: SFTSection, *, has_max_length: b
     try:
         check_k(section.k)
     except (TypeError, ValueError) as err:
-        raise _fail(f"{where}.k", str(err)) from err
+        raise _fail(f"{where}.k", str(err) + yaml_number_hint(section.k)) from err
+    if section.k == 1:
+        raise _fail(f"{where}.k", "1 is a count, one entry (k < 1 is a fraction of the eligible entries, k >= 1 "
+                    "their count), not 100%: write a fraction below 1 or a count above 1")
     return section
 
 
 def _language_scale(raw: Any, where: str) -> float | tuple[float, ...]:
-    """One finite number > 0, or a non-empty list of distinct ones (a sweep)."""
+    """One finite number > 0, or a non-empty list of distinct ones (a sweep); a list of one is that number (the
+    same recipe)."""
     def number(value: Any) -> bool:
         return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
 
     if not (number(raw) or (isinstance(raw, (list, tuple)) and raw and all(number(v) for v in raw))):
-        raise _fail(where, f"expected a number or a non-empty list of numbers, got {short_repr(raw)}")
+        raise _fail(where, f"expected a number or a non-empty list of numbers, got {short_repr(raw)}"
+                           + yaml_number_hint(raw if not isinstance(raw, (list, tuple)) else dict(enumerate(raw))))
     scales = [raw] if number(raw) else list(raw)
     if any(scale <= 0 for scale in scales):
         raise _fail(where, f"the scales must be > 0, got {short_repr(raw)}: scale 0 composes no language SFT (each "
                            f"method's '{NO_LANGUAGE_SFT.strip()}' row is that already), a negative one subtracts it")
     if len(set(scales)) != len(scales):
         raise _fail(where, f"the scales must be distinct, got {short_repr(raw)}")
-    return float(raw) if number(raw) else tuple(float(v) for v in raw)
+    return float(scales[0]) if len(scales) == 1 else tuple(float(v) for v in scales)
 
 
 def _split_names(raw: Any, where: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
@@ -438,11 +494,19 @@ def _check_recorded_rules(raw: Any, where: str) -> None:
         raise _fail(where, f"expected rule name -> version (an integer), got {short_repr(versions)}")
 
 
+def check_token_window(length: int, where: str) -> None:
+    """ConfigError naming ``where`` for a token window shorter than :data:`MIN_TOKEN_WINDOW`."""
+    if length < MIN_TOKEN_WINDOW:
+        raise _fail(where, f"expected an integer >= {MIN_TOKEN_WINDOW} ([CLS], one token, [SEP]), got {length}")
+
+
 def _head(raw: Any, where: str) -> HeadWarmUp:
     values = dict(_mapping(raw, where))
     if "texts" in values:
         values["texts"] = _split_names(values["texts"], f"{where}.texts", HEAD_CORPORA)
-    return _build(HeadWarmUp, values, where)
+    head = _build(HeadWarmUp, values, where)
+    check_token_window(head.seq_len, f"{where}.seq_len")
+    return head
 
 
 def _without_seed(values: dict[str, Any], where: str) -> dict[str, Any]:
@@ -467,12 +531,18 @@ def _training(raw: Any, where: str) -> TrainingSettings:
     passed = {key: values.pop(key) for key in list(values) if key not in own and key in trainer_argument_names()}
     if passed:
         nested = _mapping(values.get("arguments"), f"{where}.arguments")
+        twice = sorted(set(nested) & set(passed))
+        if twice:
+            raise _fail(where, f"{twice} given both beside deftx's settings and under {where}.arguments: "
+                        "give each once")
         values["arguments"] = {**nested, **passed}
     unknown = sorted(set(values) - own)
     if unknown:
         raise _fail(where, f"unknown keys {unknown}: neither deftx settings {sorted(own - {'arguments'})} nor "
                     "transformers.TrainingArguments fields")
-    return _build(TrainingSettings, values, where)
+    settings = _build(TrainingSettings, values, where)
+    check_token_window(settings.max_length, f"{where}.max_length")
+    return settings
 
 
 def _seeds(raw: Any, where: str) -> tuple[int, ...]:
@@ -514,6 +584,9 @@ def parse_config(raw: Any, source: str = "<config>") -> PipelineConfig:
                                      has_max_length=True),
         "task_sft": _sft_section(values.pop("task_sft", {}), "task_sft", defaults.task_sft),
     }
+    if parsed["targets"] and not parsed["sources"]:
+        raise _fail("sources", f"empty, so no task SFT is trained and none of the targets "
+                    f"{short_repr(list(parsed['targets']))} is scored: list the language(s) the task is trained on")
     if "full_finetune" in values:
         parsed["full_finetune"] = _phase(values.pop("full_finetune"), "full_finetune", defaults.full_finetune)
     anli = values.pop("americasnli", None)
@@ -685,6 +758,11 @@ def load_config(path: str | Path) -> PipelineConfig:
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ConfigError: it does not parse or holds a bad value.
+        ConfigError: it does not parse or holds a bad value (naming the file and the key).
     """
-    return parse_config(read_config_file(path), str(path))
+    raw = read_config_file(path)
+    try:
+        return parse_config(raw, str(path))
+    except ConfigError as err:
+        message = str(err)
+        raise ConfigError(message if str(path) in message else f"{path}: {message}") from err

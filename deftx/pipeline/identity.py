@@ -10,7 +10,11 @@ from deftx.pipeline.config import RECORDED_RULES, RUN_ONLY_SETTINGS, PipelineCon
 from deftx.pipeline.workspace import requested_device
 from deftx.train.config import to_plain
 from deftx.train.identity import SHORT_DIGEST, digest
+from deftx.train.trainer_args import RUN_ONLY_ARGUMENTS
 
+DEVICE_ARGUMENT = "use_cpu"
+"""The ``TrainingArguments`` field that only says the device, which the identity records as ``device``
+(:func:`~deftx.pipeline.workspace.requested_device` reads it)."""
 NOT_RESULTS = ("name", "output_dir", "results_dir", "step_store", "seeds")
 """Top-level settings that say where or for which seeds a config runs, not what it computes."""
 LATER_SETTINGS: tuple[tuple[tuple[str, ...], Any], ...] = (
@@ -53,7 +57,9 @@ def method_rules(config: PipelineConfig) -> dict[str, int]:
 
 def run_identity(config: PipelineConfig) -> dict[str, Any]:
     """Everything in ``config`` that can change a result (not its name, paths, seeds, checkpoint /
-    logging intervals or progress bars), JSON-ready: what a variant folder records.
+    logging intervals, progress bars, nor, as in each step's own identity, the ``TrainingArguments`` of
+    :data:`~deftx.train.trainer_args.RUN_ONLY_ARGUMENTS`, nor :data:`DEVICE_ARGUMENT`, which the device
+    says), JSON-ready: what a variant folder records.
 
     The device is the one the config asks for here (:func:`~deftx.pipeline.workspace.requested_device`:
     ``auto`` is no device), so results of another device are never mixed in. A setting in
@@ -66,6 +72,9 @@ def run_identity(config: PipelineConfig) -> dict[str, Any]:
         plain.pop(key)
     for key in RUN_ONLY_SETTINGS:
         plain["training"].pop(key)
+    arguments = plain["training"]["arguments"]
+    plain["training"]["arguments"] = {key: value for key, value in arguments.items()
+                                      if key not in RUN_ONLY_ARGUMENTS and key != DEVICE_ARGUMENT}
     identity = {**plain, "device": requested_device(config)}
     for path, earlier in LATER_SETTINGS:
         *parents, leaf = path

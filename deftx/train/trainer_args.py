@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import types
+import typing
 from dataclasses import dataclass, field, fields
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -69,8 +72,48 @@ def given_argument(settings: TrainingSettings, name: str) -> Any:
     return next(f.default for f in fields(TrainingArguments) if f.name == name)
 
 
+PLAIN_TYPES = {bool: "true or false", int: "an integer", float: "a number"}
+"""The field types whose values :func:`check_trainer_arguments` checks, each as its message names it (text fields
+are left to transformers, which takes more than their annotation says: ``fsdp: true``, a list of options)."""
+
+
+@cache
+def plain_argument_types() -> dict[str, tuple[type, bool]]:
+    """``TrainingArguments`` fields of one type of :data:`PLAIN_TYPES`, or it or None: name -> (type, None allowed)."""
+    plain = {}
+    for name, hint in typing.get_type_hints(TrainingArguments).items():
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        kinds = set(typing.get_args(hint)) if union else {hint}
+        given = kinds - {type(None)}
+        if len(given) == 1 and (kind := given.pop()) in PLAIN_TYPES:
+            plain[name] = (kind, type(None) in kinds)
+    return plain
+
+
+def has_type(value: Any, kind: type) -> bool:
+    """Whether ``value`` is a ``kind`` of :data:`PLAIN_TYPES` as a YAML or JSON config gives it: a bool is no
+    number, an int is a float."""
+    if kind is bool or isinstance(value, bool):
+        return kind is bool and isinstance(value, bool)
+    return isinstance(value, (int, float) if kind is float else int)
+
+
+def argument_type_problem(key: str, value: Any) -> str | None:
+    """Why ``value`` is not of field ``key``'s type (:func:`plain_argument_types`), or None. ``HfArgumentParser``
+    converts no value of a mapping, so ``bf16: "false"`` would reach the Trainer as a truthy string."""
+    if key not in plain_argument_types():
+        return None
+    kind, optional = plain_argument_types()[key]
+    if (value is None and optional) or (value is not None and has_type(value, kind)):
+        return None
+    text_number = kind in (int, float) and isinstance(value, str)
+    return (f"{key!r} must be {PLAIN_TYPES[kind]}{' or null' if optional else ''}, got {short_repr(value)}"
+            + (" (YAML reads a number such as 1e-8 without a dot as text: write 1.0e-8)" if text_number else ""))
+
+
 def check_trainer_arguments(arguments: dict[str, Any]) -> None:
-    """Refuse keys that are not ``TrainingArguments`` fields, or that deftx sets itself (naming where).
+    """Refuse keys that are not ``TrainingArguments`` fields, or that deftx sets itself (naming where), and values
+    not of their field's type (:func:`argument_type_problem`).
 
     Raises:
         ValueError: naming every offending key.
@@ -80,6 +123,8 @@ def check_trainer_arguments(arguments: dict[str, Any]) -> None:
     problems += [f"{key!r} is set by {PHASE_ARGUMENTS[key]}" for key in sorted(set(arguments) & set(PHASE_ARGUMENTS))]
     problems += [f"{key!r} is set by training.{SETTINGS_ARGUMENTS[key]}"
                  for key in sorted(set(arguments) & set(SETTINGS_ARGUMENTS))]
+    problems += [problem for key in sorted(set(arguments) & known)
+                 if (problem := argument_type_problem(key, arguments[key])) is not None]
     if problems:
         raise ValueError("TrainingSettings.arguments: " + "; ".join(problems))
 

@@ -780,12 +780,12 @@ def test_later_settings_enter_the_identity_away_from_their_earlier_value(tmp_pat
     plain = parse_ablation(ablation_raw(tmp_path, {**BASE, "device": "cpu"}, {"a": {}}))
     on_cuda = parse_ablation(ablation_raw(tmp_path, {**BASE, "device": "cuda"}, {"a": {}}))
     with_arguments = parse_ablation(ablation_raw(
-        tmp_path, {**BASE, "device": "cpu", "training": {"arguments": {"dataloader_num_workers": 2}}},
+        tmp_path, {**BASE, "device": "cpu", "training": {"arguments": {"gradient_accumulation_steps": 2}}},
         {"a": {}}))
     identity = run_identity(plain.variants["a"])
     assert "device" not in identity and "arguments" not in identity["training"]
     assert run_identity(on_cuda.variants["a"])["device"] == "cuda"
-    assert run_identity(with_arguments.variants["a"])["training"]["arguments"] == {"dataloader_num_workers": 2}
+    assert run_identity(with_arguments.variants["a"])["training"]["arguments"] == {"gradient_accumulation_steps": 2}
     train_text = parse_ablation(ablation_raw(tmp_path, {**BASE, "device": "cpu", "americasnlp_text_splits": ["train"]},
                                              {"a": {}}))
     assert "americasnlp_text_splits" not in identity

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
-from deftx.pipeline.config import ConfigError, load_config, parse_config, read_config_file
+from deftx.pipeline.config import ConfigError, load_config, parse_config, read_config_file, strict_yaml_load
 from deftx.train.config import DenoiseConfig, to_plain
 
 REPO = Path(__file__).resolve().parents[2]
@@ -343,3 +344,141 @@ def test_a_results_folder_records_the_method_rules_its_rows_were_made_under(tmp_
     recorded.write_text(json.dumps({**plain, "rules": {"energy_sketch": 1}}))
     assert [line.split(" (")[0] for line in recipe_changes(config, recorded)] == (
         [f"rules.energy_sketch: 1 -> {ENERGY_SKETCH_RULE}"] if rules else ["rules.energy_sketch: removed"])
+
+
+@pytest.mark.parametrize("raw, match", [
+    ({"targets": ["madurese"], "sources": []},
+     r"^config sources: empty, so no task SFT is trained and none of the targets \['madurese'\] is scored"),
+    ({"targets": [], "americasnli": {"train_languages": [], "test_languages": ["bzd"]}},
+     r"^config americasnli\.train_languages: expected at least one language, got \[\]"),
+    ({"targets": [], "americasnli": {"train_languages": ["aym"], "test_languages": []}},
+     r"^config americasnli\.test_languages: expected at least one language, got \[\]"),
+])
+def test_an_empty_language_list_that_leaves_nothing_to_score_is_refused(raw, match):
+    """sources: [] trained the MLM head and every target's language SFT, then no task SFT and an empty table;
+    an empty AmericasNLI list trained a task SFT on no pairs, or one scored on no language."""
+    with pytest.raises(ConfigError, match=match):
+        parse_config(raw)
+
+
+def test_sources_may_be_empty_without_nusax_targets():
+    config = parse_config({"targets": [], "sources": [], "americasnli": {"train_languages": ["aym"],
+                                                                         "test_languages": ["bzd"]}})
+    assert config.sources == () and config.americasnli.test_languages == ("bzd",)
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "../deft-x", "deft-x/e50", "deft-x\\e50", "deft-x (no lang SFT)"])
+def test_a_method_name_that_is_no_folder_name_or_a_row_suffix_is_refused(name):
+    """A method's name is its branch folder and its rows' name: '' and '.' wrote the same file, '../deft-x' the
+    folder of the run beside it, and 'deft-x (no lang SFT)' the rows of deft-x without a language SFT."""
+    from deftx.pipeline.layout import branch_file
+
+    assert branch_file(Path("run"), "") == branch_file(Path("run"), "."), "the collision the refusal prevents"
+    with pytest.raises(ConfigError, match=rf"^config methods: method name {re.escape(repr(name))} "):
+        parse_config({"targets": ["madurese"], "methods": {"lt-sft": None, name: {"rank": 2}}})
+
+
+def test_a_bad_value_in_a_config_file_names_the_file_and_the_key(tmp_path):
+    """A nested key's error named only the key (config task_sft.sparse: ...), never the file it was in; PyYAML reads
+    1e-4 (no dot) as the text '1e-4'."""
+    path = tmp_path / "recipe.yaml"
+    path.write_text("targets: [madurese]\ntask_sft: {sparse: {learning_rate: 1e-4}}\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: config task_sft\.sparse: PhaseConfig: "
+                                          r"learning_rate must be a finite number > 0, got '1e-4' \(YAML reads"):
+        load_config(path)
+    path.write_text("targets: [madurese]\ntrainng: {}\n")
+    with pytest.raises(ConfigError, match=rf"^config {re.escape(str(path))}: unknown keys \['trainng'\]"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("section, text", [
+    ("task_sft", "{sparse: {learning_rate: 1e-4}}"),
+    ("mlm_head", "{learning_rate: 1e-3}"),
+    ("methods", "{deft-x: {energy: 9e-1}}"),
+    ("training", "{weight_decay: 1e-2}"),
+])
+def test_a_yaml_number_without_a_dot_is_refused_saying_why(section, text):
+    """PyYAML (YAML 1.1) reads 1e-4 as the text '1e-4': the refusal 'learning_rate must be a finite number > 0,
+    got '1e-4'' read as if 1e-4 were no such number; it now says how YAML read it and what to write."""
+    assert strict_yaml_load("x: 1e-4") == {"x": "1e-4"}, "the YAML behaviour the message explains"
+    with pytest.raises(ConfigError, match=r"got '\d+e-\d+'.* \(YAML reads a number written without a dot, such as "
+                                          r"1e-4, as text: write 1\.0e-4\)$"):
+        parse_config(strict_yaml_load(f"targets: [madurese]\n{section}: {text}\n"))
+
+
+def test_the_yaml_number_hint_is_only_for_text_that_reads_as_a_number():
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"targets": ["madurese"], "methods": {"deft-x": {"method": "svd"}}})
+    assert "YAML reads" not in str(caught.value)
+
+
+@pytest.mark.parametrize("raw", [{"task_sft": {"k": "5e-2"}}, {"language_scale": "1e0"},
+                                 {"language_scale": [1, "2e0"]}])
+def test_a_yaml_number_as_text_in_k_or_the_scale_is_refused_saying_why(raw):
+    with pytest.raises(ConfigError, match=r" \(YAML reads a number written without a dot, such as 1e-4, as text"):
+        parse_config({"targets": ["madurese"], **raw})
+
+
+def test_the_module_docstring_documents_every_top_level_key_with_its_default():
+    """Every PipelineConfig field is a key of the documented example, and each documented scalar default is the
+    parsed one (an undocumented key, eval_batch_size, was in the recipe unseen)."""
+    import dataclasses
+
+    import deftx.pipeline.config as module
+
+    example = module.__doc__.split("Example", 1)[1].split("::", 1)[1].split("\n\n", 2)[1]
+    documented = strict_yaml_load(example)
+    assert set(documented) == {f.name for f in dataclasses.fields(module.PipelineConfig)}
+    defaults = to_plain(parse_config({"targets": documented["targets"]}))
+    for key in ("model", "data_dir", "results_dir", "step_store", "baseline", "task_on_source_sft", "language_scale",
+                "eval_split", "pooling", "device", "eval_batch_size", "americasnli"):
+        assert documented[key] == defaults[key], key
+    assert {**defaults["mlm_head"], **documented["mlm_head"]} == defaults["mlm_head"]
+
+
+@pytest.mark.parametrize("k", [1, 1.0])
+def test_k_one_is_refused_as_a_one_entry_sft(k):
+    """Beside fractions such as k: 0.028, k: 1.0 reads as 100%, but K >= 1 is a count: the SFT kept one entry."""
+    from deftx.train.config import resolve_k
+
+    assert resolve_k(k, 1000) == 1, "how the tuner reads it"
+    with pytest.raises(ConfigError, match=r"^config task_sft\.k: 1 is a count, one entry"):
+        parse_config({"targets": ["madurese"], "task_sft": {"k": k}})
+    assert parse_config({"targets": ["madurese"], "task_sft": {"k": 2}}).task_sft.k == 2
+
+
+def head_inputs(config):
+    """What a warmed MLM head is cached by, from a config: model, settings, each corpus's text splits, device."""
+    return (config.model, config.mlm_head, [config.text_splits(corpus) for corpus in config.mlm_head.texts],
+            config.device)
+
+
+def test_a_shipped_config_that_says_it_shares_a_head_has_that_heads_inputs():
+    """'# cached: shared with nusax-e5-small.yaml' held no more once that config moved to a 3000-step head on
+    NusaX + AmericasNLP train text: the 1-seed run warmed a head of its own."""
+    configs = REPO / "configs"
+    claims = [(path.name, named) for path in sorted(configs.glob("*.yaml"))
+              for named in re.findall(r"shared with (?:configs/)?([\w.-]+\.yaml)", path.read_text())]
+    claims += [("americasnli-e5-small.yaml", "nusax-e5-small-final.yaml"),  # "the final table's ... a cache hit"
+               ("nusax-e5-small.yaml", "ablation-nusax-e5-small-base.yaml")]  # "its MLM head is reused from the cache"
+    assert len(claims) >= 4
+    for claimant, named in claims:
+        assert head_inputs(load_config(configs / claimant)) == head_inputs(load_config(configs / named)), claimant
+
+
+@pytest.mark.parametrize("raw, match", [
+    ({"training": {"max_length": 2}}, r"^config training\.max_length: expected an integer >= 3 \(\[CLS\], one token, "
+                                      r"\[SEP\]\), got 2"),
+    ({"mlm_head": {"seq_len": 2}}, r"^config mlm_head\.seq_len: expected an integer >= 3 \(\[CLS\], one token, "
+                                   r"\[SEP\]\), got 2"),
+])
+def test_a_token_window_without_room_for_a_token_is_refused(raw, match):
+    """training.max_length 2 cut every sentence to [CLS] [SEP]: task SFTs and the baseline trained and were scored on
+    no text at all; language_sft.max_length already needed >= 3, as the MLM masks do (deftx.train.masking)."""
+    from deftx.train.masking import chunk_token_ids
+
+    with pytest.raises(ValueError, match="seq_len must be >= 3"):
+        chunk_token_ids(None, ["text"], 2)
+    with pytest.raises(ConfigError, match=match):
+        parse_config({"targets": ["madurese"], **raw})
+    assert parse_config({"targets": ["madurese"], "training": {"max_length": 3}}).training.max_length == 3

@@ -196,3 +196,62 @@ def test_ablate_device_cuda_without_cuda_is_one_line_before_any_work(tmp_path, c
     assert err.count("\n") == 1 and err.startswith("deftx ablate: error: device cuda asked for, but ")
     assert not (tmp_path / "results").exists() and not (tmp_path / "runs").exists(), "nothing was written"
     assert ablation.load_ablation(config, device="cpu").variants["reference"].device == "cpu"
+
+
+def test_run_only_trainer_arguments_leave_the_recipe_alone():
+    """Where a run reports (report_to, run_name, logging_first_step, save_total_limit, loader workers) is no result: the
+    steps' own identities (result_arguments) leave those TrainingArguments out, and so must the recipe, or adding a
+    seed to a results folder with another report_to is refused as another recipe."""
+    from deftx.pipeline.identity import recipe_hash, run_identity
+
+    def config(arguments):
+        return parse_config({"targets": ["madurese"], "device": "cpu", "training": arguments})
+
+    reporting = {"report_to": ["tensorboard"], "run_name": "x", "logging_first_step": True, "save_total_limit": 3,
+                 "dataloader_num_workers": 2}
+    assert recipe_hash(config(reporting)) == recipe_hash(config({}))
+    accumulating = run_identity(config({**reporting, "gradient_accumulation_steps": 2}))
+    assert accumulating["training"]["arguments"] == {"gradient_accumulation_steps": 2}
+    assert recipe_hash(config({"gradient_accumulation_steps": 2})) != recipe_hash(config({}))
+
+
+@pytest.mark.parametrize(("section", "whole", "written_as_float"), [
+    ("task_sft", {"sparse": {"epochs": 4}}, {"sparse": {"epochs": 4.0}}),
+    ("language_sft", {"full": {"steps": 50}}, {"full": {"steps": 50.0}}),
+    ("language_sft", {"k": 4096}, {"k": 4096.0}),
+    ("full_finetune", {"epochs": 2}, {"epochs": 2.0}),
+])
+def test_a_whole_number_written_with_a_dot_is_the_same_recipe(section, whole, written_as_float):
+    """epochs: 3.0 trains as epochs: 3 (the same phase), but the recipe digest is of the JSON text, 3.0 != 3: the
+    same recipe got another hash (another ablation variant folder, rows of two recipes)."""
+    from deftx.pipeline.identity import recipe_hash
+
+    first = parse_config({"targets": ["madurese"], section: whole})
+    second = parse_config({"targets": ["madurese"], section: written_as_float})
+    assert recipe_hash(first) == recipe_hash(second)
+    assert recipe_hash(first) != recipe_hash(parse_config({"targets": ["madurese"]})), "the setting is in the recipe"
+
+
+def test_a_one_scale_list_is_the_recipe_of_that_scale():
+    """language_scale: [1.25] scores what language_scale: 1.25 does (one composition scale), but its recipe differed,
+    so a results folder of one refused the other's seeds as another recipe."""
+    from deftx.pipeline.identity import recipe_hash
+
+    listed = parse_config({"targets": ["madurese"], "language_scale": [1.5]})
+    single = parse_config({"targets": ["madurese"], "language_scale": 1.5})
+    assert listed.language_scales() == single.language_scales() == (1.5,)
+    assert recipe_hash(listed) == recipe_hash(single)
+    assert recipe_hash(single) != recipe_hash(parse_config({"targets": ["madurese"]})), "the scale is in the recipe"
+
+
+def test_use_cpu_is_the_recipe_of_device_cpu():
+    """training.use_cpu: true runs every phase on the CPU, as device: cpu does (the identity records the device
+    either way), but it stayed in the recipe as an argument too: the same CPU run had two hashes."""
+    from deftx.pipeline.identity import recipe_hash, run_identity
+    from deftx.pipeline.workspace import requested_device
+
+    by_argument = parse_config({"targets": ["madurese"], "training": {"use_cpu": True}})
+    by_device = parse_config({"targets": ["madurese"], "device": "cpu"})
+    assert requested_device(by_argument) == requested_device(by_device) == "cpu"
+    assert recipe_hash(by_argument) == recipe_hash(by_device)
+    assert run_identity(parse_config({"targets": ["madurese"], "device": "cuda"}))["device"] == "cuda"

@@ -93,3 +93,37 @@ def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path, capsys):
     assert main(["pipeline", str(path), "--dry-run"]) == 0
     assert (f"lt-sft: {sft} (results there, checked when the run reaches them: model 'org/some-encoder' is not "
             "on this machine yet)") in capsys.readouterr().out, "a file there is not a step done: its identity is"
+
+
+@pytest.mark.parametrize(
+    ("training", "message"),
+    [
+        ({"bf16": "false"}, r"'bf16' must be true or false, got 'false'"),
+        ({"gradient_accumulation_steps": 2.5}, r"'gradient_accumulation_steps' must be an integer, got 2\.5"),
+        ({"gradient_accumulation_steps": True}, r"'gradient_accumulation_steps' must be an integer, got True"),
+        ({"adam_epsilon": "1e-8"}, r"'adam_epsilon' must be a number, got '1e-8' \(YAML reads"),
+        ({"eval_steps": "10"}, r"'eval_steps' must be a number or null, got '10'"),
+    ],
+)
+def test_a_trainer_argument_of_the_wrong_type_is_refused(tmp_path, training, message):
+    """HfArgumentParser.parse_dict converts nothing: the string 'false' reached TrainingArguments as bf16 = 'false',
+    which is truthy, so the phases trained in bf16 while the config (and its identity) said false."""
+    with pytest.raises(ConfigError, match=rf"^config training: TrainingSettings\.arguments: {message}"):
+        parse_config({"targets": ["m"], "training": {**training, "use_cpu": True}})
+
+
+def test_trainer_arguments_of_their_own_type_pass(tmp_path):
+    training = {"bf16": False, "adam_epsilon": 1e-8, "adam_beta2": 1, "eval_steps": None, "fsdp": None,
+                "gradient_accumulation_steps": 2}
+    args = training_arguments(parse_config({"targets": ["m"], "training": training}).training, tmp_path)
+    assert (args.bf16, args.adam_epsilon, args.adam_beta2, args.gradient_accumulation_steps) == (False, 1e-8, 1, 2)
+
+
+def test_a_trainer_argument_given_both_flat_and_under_arguments_is_refused():
+    """training: {gradient_accumulation_steps: 2, arguments: {gradient_accumulation_steps: 8}} kept 2 and dropped 8
+    without a word, as a key written twice in one mapping (which is refused) would."""
+    training = {"gradient_accumulation_steps": 2, "bf16": False,
+                "arguments": {"gradient_accumulation_steps": 8, "bf16": False}}
+    with pytest.raises(ConfigError, match=r"^config training: \['bf16', 'gradient_accumulation_steps'\] given both "
+                                          r"beside deftx's settings and under training\.arguments"):
+        parse_config({"targets": ["m"], "training": training})
