@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import argparse
 import csv
+import lzma
 import os
 import sys
 import tarfile
 import tempfile
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -224,13 +226,21 @@ def run_units(visit: Visit, units: Sequence[Unit], work: Path, out: Path, *, dea
 
 
 def unpacked_data(archive: Path, work: Path) -> Path:
-    """The data root inside ``archive`` (a tar of the data root's folders), extracted once into ``work/data``."""
+    """The data root inside ``archive`` (a tar of the data root's folders), extracted once into ``work/data``.
+
+    Raises:
+        ValueError: the archive is truncated, damaged or not a tar (nothing is marked extracted).
+    """
     root = work / "data"
     marker = root / ".extracted"
     if not marker.is_file():
         root.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(archive) as tar:
-            tar.extractall(root, filter="data")
+        try:
+            with tarfile.open(archive) as tar:
+                tar.extractall(root, filter="data")
+        except (tarfile.TarError, EOFError, lzma.LZMAError, zlib.error) as err:
+            raise ValueError(f"--data-archive {archive} cannot be extracted ({type(err).__name__}: {err}): "
+                             "carry the archive `make gpu-carry` wrote, whole") from err
         marker.write_text(str(archive) + "\n")
     return root
 
@@ -301,7 +311,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.ablate is not None:
         units += ablation_units(args.ablate, args.variants, args.ablate_seeds, args.device, work)
     visit = Visit(args.name or args.config.stem, args.device, args.budget)
-    env = {**visit_env(args, work), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "8")}
+    try:
+        env = {**visit_env(args, work), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "8")}
+    except ValueError as err:
+        parser.error(str(err))
     try:
         with processes.stopping_on_signals():
             run_units(visit, units, work, args.out, deadline=deadline, min_unit_s=args.min_unit_seconds, env=env)

@@ -172,3 +172,22 @@ def test_packed_source_problems_names_missing_and_short_parts(tmp_path):
         f"{tmp_path / 'short' / '0' / 'w.part0'}: 2 bytes, the manifest says 3"]
     assert packed_source_problems(tmp_path / "none") == [
         f"{tmp_path / 'none'}: no manifest.json (has every folder of `deftx e5-pack` arrived?)"]
+
+
+def test_a_truncated_data_archive_is_refused_before_any_work(tmp_path, capsys):
+    source = tmp_path / "src" / "nusax"
+    source.mkdir(parents=True)
+    (source / "train.csv").write_bytes(bytes(range(256)) * 4000)
+    whole = tmp_path / "whole.tar.xz"
+    with tarfile.open(whole, "w:xz") as tar:
+        tar.add(source, arcname="nusax")
+    archive = tmp_path / "data.tar.xz"
+    archive.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    config, out = tmp_path / "c.yaml", tmp_path / "out"
+    config.write_text("name: c\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(config), "--seeds", "0", "--out", str(out), "--budget", "100", "--data-archive", str(archive),
+              "--work-dir", str(tmp_path / "work")])
+    assert exit_info.value.code == 2
+    assert f"--data-archive {archive} cannot be extracted" in capsys.readouterr().err
+    assert not out.exists(), "refused before any work"
