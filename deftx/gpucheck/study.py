@@ -280,12 +280,29 @@ def visit_env(args: argparse.Namespace, work: Path) -> dict[str, str]:
     return env
 
 
+def repeated_values(values: Sequence[object]) -> list[object]:
+    """The values that occur more than once in ``values``, in order of their second occurrence."""
+    seen: set[object] = set()
+    repeated = []
+    for value in values:
+        if value in seen and value not in repeated:
+            repeated.append(value)
+        seen.add(value)
+    return repeated
+
+
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse a visit that would do nothing or name missing inputs, before any work."""
     if not args.seeds and not args.variants:
         parser.error("nothing to run: give --seeds and/or --ablate CONFIG --variants ...")
     if args.variants and args.ablate is None:
         parser.error("--variants needs --ablate CONFIG")
+    listed = (("--seeds", args.seeds), ("--variants", args.variants), ("--ablate-seeds", args.ablate_seeds))
+    for option, values in listed:
+        repeated = repeated_values(values)
+        if repeated:
+            parser.error(f"{option} {' '.join(map(str, repeated))} given twice: each unit runs once (its rows would "
+                         "be merged twice)")
     for path in (args.config, args.ablate, args.data_archive, args.e5_source):
         if path is not None and not path.exists():
             parser.error(f"{path} does not exist")

@@ -191,3 +191,13 @@ def test_a_truncated_data_archive_is_refused_before_any_work(tmp_path, capsys):
     assert exit_info.value.code == 2
     assert f"--data-archive {archive} cannot be extracted" in capsys.readouterr().err
     assert not out.exists(), "refused before any work"
+
+
+def test_a_seed_given_twice_is_refused_before_any_work(tmp_path, capsys):
+    config, out = tmp_path / "c.yaml", tmp_path / "out"
+    config.write_text("name: c\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(config), "--seeds", "0", "1", "0", "--out", str(out), "--budget", "100"])
+    assert exit_info.value.code == 2
+    assert "--seeds 0 given twice" in capsys.readouterr().err
+    assert not out.exists(), "refused before any work"
