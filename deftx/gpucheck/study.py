@@ -12,10 +12,11 @@ the output folder is refreshed, so a visit cut short still returns every unit th
 * ``<name>-ablate.csv``: the same for the ablation units;
 * ``study-logs.tar.gz``: each unit's log and result files.
 
-A unit is not started when the time left is under the longest unit seen so far (or
-``--min-unit-seconds`` before any has run): its seed is left for the next visit. Stopped by
-SIGTERM or SIGHUP (the device call's time limit), the visit stops the running unit with
-everything it started, records it as ``stopped`` and refreshes the output folder once more.
+A unit is not started when the time left is under the time it is taken to need
+(:func:`unit_estimate`: ``--min-unit-seconds`` before any has run, the first unit's time, then the
+longest after the first, which alone also did the visit's one-off work): its seed is left for the
+next visit. Stopped by SIGTERM or SIGHUP (the device call's time limit), the visit stops the running
+unit with everything it started, records it as ``stopped`` and refreshes the output folder once more.
 
 The data root can arrive as one archive (``--data-archive``, extracted once into the work
 folder) and the e5 model as packed folders (``--e5-source``, see ``deftx e5-pack``), since only
@@ -185,17 +186,27 @@ def unit_outcome(code: int | None, cap_s: float, last_line: str) -> str:
     return "" if code == 0 else last_line
 
 
+def unit_estimate(walls: Sequence[float], min_unit_s: float) -> float:
+    """Seconds the next unit is taken to need, from the wall seconds of the units run so far (in order):
+    ``min_unit_s`` before any ran, the first one's alone, then the longest after the first (the first also
+    converts the e5 model and warms the MLM head up, which the later units load from the cache)."""
+    if not walls:
+        return min_unit_s
+    return max(walls[1:]) if len(walls) > 1 else walls[0]
+
+
 def run_units(visit: Visit, units: Sequence[Unit], work: Path, out: Path, *, deadline: float,
               min_unit_s: float, env: dict[str, str], say: Callable[[str], None] = print) -> Visit:
     """Run ``units`` in order until the deadline (a ``time.monotonic()`` value); refresh ``out`` after each."""
     visit.records = [UnitRecord(u.kind, u.label, list(u.command)) for u in units]
     logs = work / "logs"
-    longest = min_unit_s
+    walls: list[float] = []
     refresh_outputs(visit, units, work, out)
     for index, (unit, record) in enumerate(zip(units, visit.records, strict=True)):
         left = deadline - time.monotonic() - MARGIN_S
-        if left < longest:
-            record.why = f"{left:.0f} s left, under the {longest:.0f} s a unit may take: left for the next visit"
+        needed = unit_estimate(walls, min_unit_s)
+        if left < needed:
+            record.why = f"{left:.0f} s left, under the {needed:.0f} s a unit may take: left for the next visit"
             say(f"[study] {unit.label}: not started ({record.why})")
             continue
         say(f"[study] {unit.label}: {' '.join(unit.command[1:])}")
@@ -217,7 +228,7 @@ def run_units(visit: Visit, units: Sequence[Unit], work: Path, out: Path, *, dea
         record.status = "timeout" if code is None else ("ok" if code == 0 else "failed")
         record.rows = row_count(unit) if code == 0 else 0
         record.why = unit_outcome(code, left, processes.last_line(log))
-        longest = max(longest, record.wall_s)
+        walls.append(record.wall_s)
         keep_unit_files(unit, logs)
         say(f"[study] {unit.label}: {record.status} in {record.wall_s:.0f} s ({record.rows} rows)"
             + (f": {record.why}" if record.why else ""))
@@ -266,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-archive", type=Path, help="tar(.xz) of the data root, extracted once")
     parser.add_argument("--e5-source", type=Path, help="folder packed by `deftx e5-pack` (sets DEFTX_E5_SOURCE)")
     parser.add_argument("--min-unit-seconds", type=float, default=60.0,
-                        help="time a unit is assumed to need before any has finished (default 60)")
+                        help="time a unit is assumed to need before any has run (default 60)")
     return parser
 
 
