@@ -206,10 +206,10 @@ def test_a_seed_given_twice_is_refused_before_any_work(tmp_path, capsys):
 
 def test_the_first_units_one_off_work_does_not_keep_a_later_unit_that_fits_from_starting(tmp_path, monkeypatch):
     monkeypatch.setattr(study, "MARGIN_S", 1.0)
-    units = [fake_unit(tmp_path, "seed-0", "time.sleep(4)\n" + writes_rows(0, 0.5)),
+    units = [fake_unit(tmp_path, "seed-0", "time.sleep(5)\n" + writes_rows(0, 0.5)),
              fake_unit(tmp_path, "seed-1", "time.sleep(1.5)\n" + writes_rows(1, 0.5)),
              fake_unit(tmp_path, "seed-2", "time.sleep(1.5)\n" + writes_rows(2, 0.5))]
-    visit, out = visit_of(tmp_path, units, budget_s=10, min_unit_s=1)
+    visit, out = visit_of(tmp_path, units, budget_s=12.5, min_unit_s=1)
     assert [r.status for r in visit.records] == ["ok", "ok", "ok"], [r.why for r in visit.records]
     assert [r["seed"] for r in read_rows(out / "study-seeds.csv")] == ["0", "0", "1", "1", "2", "2"]
 
