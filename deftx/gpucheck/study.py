@@ -12,10 +12,11 @@ the output folder is refreshed, so a visit cut short still returns every unit th
 * ``<name>-ablate.csv``: the same for the ablation units;
 * ``study-logs.tar.gz``: each unit's log and result files.
 
-A unit is not started when the time left is under the longest unit seen so far (or
-``--min-unit-seconds`` before any has run): its seed is left for the next visit. Stopped by
-SIGTERM or SIGHUP (the device call's time limit), the visit stops the running unit with
-everything it started, records it as ``stopped`` and refreshes the output folder once more.
+A unit is not started when the time left is under the time it is taken to need
+(:func:`unit_estimate`: ``--min-unit-seconds`` before any has run, the first unit's time, then the
+longest after the first, which alone also did the visit's one-off work): its seed is left for the
+next visit. Stopped by SIGTERM or SIGHUP (the device call's time limit), the visit stops the running
+unit with everything it started, records it as ``stopped`` and refreshes the output folder once more.
 
 The data root can arrive as one archive (``--data-archive``, extracted once into the work
 folder) and the e5 model as packed folders (``--e5-source``, see ``deftx e5-pack``), since only
@@ -26,11 +27,13 @@ from __future__ import annotations
 
 import argparse
 import csv
+import lzma
 import os
 import sys
 import tarfile
 import tempfile
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -183,17 +186,27 @@ def unit_outcome(code: int | None, cap_s: float, last_line: str) -> str:
     return "" if code == 0 else last_line
 
 
+def unit_estimate(walls: Sequence[float], min_unit_s: float) -> float:
+    """Seconds the next unit is taken to need, from the wall seconds of the units run so far (in order):
+    ``min_unit_s`` before any ran, the first one's alone, then the longest after the first (the first also
+    converts the e5 model and warms the MLM head up, which the later units load from the cache)."""
+    if not walls:
+        return min_unit_s
+    return max(walls[1:]) if len(walls) > 1 else walls[0]
+
+
 def run_units(visit: Visit, units: Sequence[Unit], work: Path, out: Path, *, deadline: float,
               min_unit_s: float, env: dict[str, str], say: Callable[[str], None] = print) -> Visit:
     """Run ``units`` in order until the deadline (a ``time.monotonic()`` value); refresh ``out`` after each."""
     visit.records = [UnitRecord(u.kind, u.label, list(u.command)) for u in units]
     logs = work / "logs"
-    longest = min_unit_s
+    walls: list[float] = []
     refresh_outputs(visit, units, work, out)
     for index, (unit, record) in enumerate(zip(units, visit.records, strict=True)):
         left = deadline - time.monotonic() - MARGIN_S
-        if left < longest:
-            record.why = f"{left:.0f} s left, under the {longest:.0f} s a unit may take: left for the next visit"
+        needed = unit_estimate(walls, min_unit_s)
+        if left < needed:
+            record.why = f"{left:.0f} s left, under the {needed:.0f} s a unit may take: left for the next visit"
             say(f"[study] {unit.label}: not started ({record.why})")
             continue
         say(f"[study] {unit.label}: {' '.join(unit.command[1:])}")
@@ -215,7 +228,7 @@ def run_units(visit: Visit, units: Sequence[Unit], work: Path, out: Path, *, dea
         record.status = "timeout" if code is None else ("ok" if code == 0 else "failed")
         record.rows = row_count(unit) if code == 0 else 0
         record.why = unit_outcome(code, left, processes.last_line(log))
-        longest = max(longest, record.wall_s)
+        walls.append(record.wall_s)
         keep_unit_files(unit, logs)
         say(f"[study] {unit.label}: {record.status} in {record.wall_s:.0f} s ({record.rows} rows)"
             + (f": {record.why}" if record.why else ""))
@@ -224,13 +237,21 @@ def run_units(visit: Visit, units: Sequence[Unit], work: Path, out: Path, *, dea
 
 
 def unpacked_data(archive: Path, work: Path) -> Path:
-    """The data root inside ``archive`` (a tar of the data root's folders), extracted once into ``work/data``."""
+    """The data root inside ``archive`` (a tar of the data root's folders), extracted once into ``work/data``.
+
+    Raises:
+        ValueError: the archive is truncated, damaged or not a tar (nothing is marked extracted).
+    """
     root = work / "data"
     marker = root / ".extracted"
     if not marker.is_file():
         root.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(archive) as tar:
-            tar.extractall(root, filter="data")
+        try:
+            with tarfile.open(archive) as tar:
+                tar.extractall(root, filter="data")
+        except (tarfile.TarError, EOFError, lzma.LZMAError, zlib.error) as err:
+            raise ValueError(f"--data-archive {archive} cannot be extracted ({type(err).__name__}: {err}): "
+                             "carry the archive `make gpu-carry` wrote, whole") from err
         marker.write_text(str(archive) + "\n")
     return root
 
@@ -256,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-archive", type=Path, help="tar(.xz) of the data root, extracted once")
     parser.add_argument("--e5-source", type=Path, help="folder packed by `deftx e5-pack` (sets DEFTX_E5_SOURCE)")
     parser.add_argument("--min-unit-seconds", type=float, default=60.0,
-                        help="time a unit is assumed to need before any has finished (default 60)")
+                        help="time a unit is assumed to need before any has run (default 60)")
     return parser
 
 
@@ -270,12 +291,29 @@ def visit_env(args: argparse.Namespace, work: Path) -> dict[str, str]:
     return env
 
 
+def repeated_values(values: Sequence[object]) -> list[object]:
+    """The values that occur more than once in ``values``, in order of their second occurrence."""
+    seen: set[object] = set()
+    repeated = []
+    for value in values:
+        if value in seen and value not in repeated:
+            repeated.append(value)
+        seen.add(value)
+    return repeated
+
+
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse a visit that would do nothing or name missing inputs, before any work."""
     if not args.seeds and not args.variants:
         parser.error("nothing to run: give --seeds and/or --ablate CONFIG --variants ...")
     if args.variants and args.ablate is None:
         parser.error("--variants needs --ablate CONFIG")
+    listed = (("--seeds", args.seeds), ("--variants", args.variants), ("--ablate-seeds", args.ablate_seeds))
+    for option, values in listed:
+        repeated = repeated_values(values)
+        if repeated:
+            parser.error(f"{option} {' '.join(map(str, repeated))} given twice: each unit runs once (its rows would "
+                         "be merged twice)")
     for path in (args.config, args.ablate, args.data_archive, args.e5_source):
         if path is not None and not path.exists():
             parser.error(f"{path} does not exist")
@@ -301,7 +339,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.ablate is not None:
         units += ablation_units(args.ablate, args.variants, args.ablate_seeds, args.device, work)
     visit = Visit(args.name or args.config.stem, args.device, args.budget)
-    env = {**visit_env(args, work), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "8")}
+    try:
+        env = {**visit_env(args, work), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "8")}
+    except ValueError as err:
+        parser.error(str(err))
     try:
         with processes.stopping_on_signals():
             run_units(visit, units, work, args.out, deadline=deadline, min_unit_s=args.min_unit_seconds, env=env)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from deftx.gpucheck import study
 from deftx.gpucheck.study import Unit, Visit, ablation_units, main, pipeline_units, run_units, unpacked_data
 
 HEADER = "method,target,seed,macro_f1"
@@ -172,3 +173,48 @@ def test_packed_source_problems_names_missing_and_short_parts(tmp_path):
         f"{tmp_path / 'short' / '0' / 'w.part0'}: 2 bytes, the manifest says 3"]
     assert packed_source_problems(tmp_path / "none") == [
         f"{tmp_path / 'none'}: no manifest.json (has every folder of `deftx e5-pack` arrived?)"]
+
+
+def test_a_truncated_data_archive_is_refused_before_any_work(tmp_path, capsys):
+    source = tmp_path / "src" / "nusax"
+    source.mkdir(parents=True)
+    (source / "train.csv").write_bytes(bytes(range(256)) * 4000)
+    whole = tmp_path / "whole.tar.xz"
+    with tarfile.open(whole, "w:xz") as tar:
+        tar.add(source, arcname="nusax")
+    archive = tmp_path / "data.tar.xz"
+    archive.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    config, out = tmp_path / "c.yaml", tmp_path / "out"
+    config.write_text("name: c\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(config), "--seeds", "0", "--out", str(out), "--budget", "100", "--data-archive", str(archive),
+              "--work-dir", str(tmp_path / "work")])
+    assert exit_info.value.code == 2
+    assert f"--data-archive {archive} cannot be extracted" in capsys.readouterr().err
+    assert not out.exists(), "refused before any work"
+
+
+def test_a_seed_given_twice_is_refused_before_any_work(tmp_path, capsys):
+    config, out = tmp_path / "c.yaml", tmp_path / "out"
+    config.write_text("name: c\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(config), "--seeds", "0", "1", "0", "--out", str(out), "--budget", "100"])
+    assert exit_info.value.code == 2
+    assert "--seeds 0 given twice" in capsys.readouterr().err
+    assert not out.exists(), "refused before any work"
+
+
+def test_the_first_units_one_off_work_does_not_keep_a_later_unit_that_fits_from_starting(tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "MARGIN_S", 1.0)
+    units = [fake_unit(tmp_path, "seed-0", "time.sleep(5)\n" + writes_rows(0, 0.5)),
+             fake_unit(tmp_path, "seed-1", "time.sleep(1.5)\n" + writes_rows(1, 0.5)),
+             fake_unit(tmp_path, "seed-2", "time.sleep(1.5)\n" + writes_rows(2, 0.5))]
+    visit, out = visit_of(tmp_path, units, budget_s=12.5, min_unit_s=1)
+    assert [r.status for r in visit.records] == ["ok", "ok", "ok"], [r.why for r in visit.records]
+    assert [r["seed"] for r in read_rows(out / "study-seeds.csv")] == ["0", "0", "1", "1", "2", "2"]
+
+
+@pytest.mark.parametrize(("walls", "needed"), [([], 60.0), ([200.0], 200.0), ([200.0, 90.0, 110.0], 110.0),
+                                               ([30.0, 20.0], 20.0)])
+def test_a_unit_is_taken_to_need_the_longest_unit_after_the_first_once_one_ran(walls, needed):
+    assert study.unit_estimate(walls, 60.0) == needed
