@@ -191,3 +191,19 @@ def test_sanitizer_errors_are_summed_over_every_process_followed():
     racecheck = parse_log(clean_child + RACECHECK_LOG, kernels)
     assert (racecheck["hazards"], racecheck["errors"], racecheck["warnings"], racecheck["summaries"]) == (2, 0, 2, 2)
     assert tool_status(racecheck, 0, ["a", "b"], 2) == "failed"
+
+
+def test_a_test_module_that_fails_to_import_for_another_reason_than_a_missing_package_fails_the_stage():
+    """A kernel test module broken on the machine (a Triton API it lacks, deftx failing to import) was
+    listed as "not importable here" and the stage passed on the other modules' tests."""
+    passed = {"tests/kernels/test_scatter.py::test_exact[cuda-fp32]": "PASSED"}
+    for reason in ("ImportError: cannot import name 'histogram' from 'triton.language'",
+                   "ModuleNotFoundError: No module named 'deftx._native'",
+                   "ModuleNotFoundError: No module named 'kernels.topk'",
+                   "SyntaxError: invalid syntax"):
+        result = summarize(passed, 1, False, {"tests/kernels/test_topk.py": reason})
+        assert result["status"] == "failed", reason
+        assert result["headline"] == ("pytest exited with 1: 1 passed; 1 modules failed to import "
+                                      "(tests/kernels/test_topk.py)")
+    lacking = summarize(passed, 1, False, {"tests/sft/test_peft.py": "ModuleNotFoundError: No module named 'peft'"})
+    assert lacking["status"] == "ok"

@@ -6,9 +6,10 @@ by marker over ``tests/`` picks them up wherever they live. On CUDA the stage fa
 test ran on the device: none selected (pytest's exit code 5), or every one skipped (CUDA not
 seen by the tests' process); on a CPU run both are reported, not a failure. pytest runs in
 its own process group, stopped before the stage's deadline, and its verbose log is parsed for
-per-test outcomes, so a run cut short still reports what passed and failed. A test module that cannot be imported on the
-machine (a package it lacks) does not stop the others (``--continue-on-collection-errors``):
-it is listed, and fails the stage only if nothing else ran.
+per-test outcomes, so a run cut short still reports what passed and failed. A test module that
+cannot be collected does not stop the others (``--continue-on-collection-errors``): it is listed;
+one that lacks a third-party package the machine does not have fails the stage only if nothing
+else ran, any other (a deftx or Triton import that breaks there, a syntax error) fails it.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ OUTCOMES = ("PASSED", "FAILED", "ERROR", "SKIPPED", "XFAIL", "XPASS")
 _SERIAL_LINE = re.compile(r"^(\S+::\S+) (" + "|".join(OUTCOMES) + r")\b")
 _XDIST_LINE = re.compile(r"^\[gw\d+\] (?:\[\s*\d+%\] )?(" + "|".join(OUTCOMES) + r") (\S+::\S+)")
 _COLLECTION_ERROR = re.compile(r"^ERROR (\S+\.py)(?: - (.*))?$")
+_MISSING_MODULE = re.compile(r"^ModuleNotFoundError: No module named '([^'.]+)")
+OWN_PACKAGES = frozenset({"deftx", "kernels", "tests"})
 
 
 def pytest_command(
@@ -67,6 +70,13 @@ def parse_collection_errors(log: str) -> dict[str, str]:
     return errors
 
 
+def lacks_a_package(reason: str) -> bool:
+    """Whether a collection error's ``reason`` is a third-party package missing on the machine (not one
+    of :data:`OWN_PACKAGES`, whose import failing is a defect of deftx there)."""
+    match = _MISSING_MODULE.match(reason)
+    return match is not None and match.group(1) not in OWN_PACKAGES
+
+
 def has_plugin(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
@@ -90,9 +100,13 @@ def summarize(outcomes: dict[str, str], code: int | None, timed_out: bool,
     counts = dict(Counter(outcomes.values()))
     failed = sorted(t for t, o in outcomes.items() if o in ("FAILED", "ERROR"))
     shown = ", ".join(f"{counts[o]} {o.lower()}" for o in OUTCOMES if counts.get(o)) or "no test outcomes"
-    if collection_errors:
-        shown += f"; {len(collection_errors)} modules not importable here ({', '.join(sorted(collection_errors))})"
-    explained = code == 0 or (code == 1 and not failed and collection_errors and outcomes)
+    broken = sorted(path for path, reason in collection_errors.items() if not lacks_a_package(reason))
+    lacking = sorted(path for path in collection_errors if path not in broken)
+    if lacking:
+        shown += f"; {len(lacking)} modules not importable here ({', '.join(lacking)})"
+    if broken:
+        shown += f"; {len(broken)} modules failed to import ({', '.join(broken)})"
+    explained = code == 0 or (code == 1 and not failed and not broken and lacking and outcomes)
     if timed_out:
         status, headline = "timeout", f"stopped at the stage deadline after {shown}"
     elif code == NO_TESTS_SELECTED:
