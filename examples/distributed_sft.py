@@ -86,9 +86,12 @@ def accuracy(model: torch.nn.Module, rank: int, world: int, device: torch.device
     return float(counts[0] / counts[1])
 
 
-def _ends(losses: list[float], window: int = 10) -> tuple[float, float]:
-    head, tail = losses[:window], losses[-window:]
-    return sum(head) / max(len(head), 1), sum(tail) / max(len(tail), 1)
+def loss_ends(losses: list[float], window: int = 10) -> tuple[int, float, float]:
+    """``(w, first, last)``: the mean loss of a phase's first and last ``w`` steps, ``w`` being ``window``
+    or half the phase when it is shorter (separate windows; one step where the phase has one)."""
+    steps = max(1, min(window, len(losses) // 2))
+    head, tail = losses[:steps], losses[-steps:]
+    return steps, sum(head) / len(head), sum(tail) / len(tail)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -162,12 +165,12 @@ def main(argv: list[str]) -> int:
     after = accuracy(model, rank, world, device)
     if rank == 0:
         result.diff.save(args.out)
-        full, sparse = (_ends(result.losses[phase]) for phase in ("full", "sparse"))
+        full, sparse = (loss_ends(result.losses[phase]) for phase in ("full", "sparse"))
         print(f"{world} ranks, {args.strategy}, {args.method}, backend {dist.get_backend()}, K = {result.k}")
         print(
-            f"loss, mean of the first / last 10 steps: phase 1 {full[0]:.3f} -> {full[1]:.3f} "
-            f"({result.seconds['full']:.1f} s), phase 3 {sparse[0]:.3f} -> {sparse[1]:.3f} "
-            f"({result.seconds['sparse']:.1f} s)"
+            f"loss, mean of the first / last {full[0]} steps: phase 1 {full[1]:.3f} -> {full[2]:.3f} "
+            f"({result.seconds['full']:.1f} s), phase 3 (first / last {sparse[0]}) {sparse[1]:.3f} -> "
+            f"{sparse[2]:.3f} ({result.seconds['sparse']:.1f} s)"
         )
         print(f"selection {result.seconds['select']:.2f} s, communication per rank:")
         print(result.communication["select"].report())

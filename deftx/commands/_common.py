@@ -206,7 +206,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, overwrite: bool = T
     parser.add_argument("config", type=path_text, help="pipeline config file (YAML or JSON; see configs/default.yaml)")
     parser.add_argument("--output-dir", type=path_text, help="override the config's output_dir")
     parser.add_argument("--data-dir", type=path_text,
-                        help="override the data root (default: $DEFTX_DATA_DIR or ../shared/data)")
+                        help="override the config's data_dir, the data root (default: the config's data_dir, else "
+                             "$DEFTX_DATA_DIR, else ../shared/data beside the working folder or the checkout)")
     parser.add_argument(
         "--device", metavar=DEVICE_METAVAR,
         help="override the config's device: every phase on cpu or cuda; auto (the config's default): cuda when "

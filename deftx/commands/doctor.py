@@ -8,7 +8,8 @@ import sys
 
 NAME = "doctor"
 SUMMARY = "report versions and which backend each op uses, and why"
-DESCRIPTION = "Report versions, devices, and the backend ('auto') picks for each op and device, with the reason."
+DESCRIPTION = ("Report versions, devices, and the backend each op's calls run on each device ($DEFTX_BACKEND's, else "
+               "the one 'auto' picks), with the reason.")
 GUARDED = False
 EPILOG = (
     "exit status: 0, or 1 when the report finds a setting that makes deftx's ops fail (an invalid "

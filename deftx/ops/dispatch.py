@@ -167,15 +167,35 @@ def common_device(tensors: list[torch.Tensor], what: str) -> torch.device:
     return devices.pop() if devices else torch.device("cpu")
 
 
+def call_backend(op: str, device_type: str) -> tuple[str, str]:
+    """The backend a call of ``op`` on ``device_type`` tensors without a ``backend`` argument runs
+    (``$DEFTX_BACKEND``, else ``auto``: :func:`resolve`), and why; one that cannot run there is named
+    with the error its calls raise. An invalid ``$DEFTX_BACKEND`` gives ``auto``'s choice (every call
+    raises; ``deftx doctor`` says so apart)."""
+    wanted = os.environ.get(ENV_VAR, "auto").strip().lower()
+    if wanted == "auto" or wanted not in BACKENDS:
+        return auto_backend(op, device_type)
+    if wanted not in op_entry(op).backends:
+        chosen, why = auto_backend(op, device_type)
+        return chosen, f"${ENV_VAR}={wanted} does not implement {op!r}, so auto: {why}"
+    reason = unavailable_reason(op, wanted, device_type)
+    if reason is not None:
+        return wanted, f"${ENV_VAR}={wanted}, which cannot run here: calls raise BackendUnavailableError ({reason})"
+    if wanted == "triton" and device_type == "cpu":
+        return wanted, f"${ENV_VAR}={wanted}: the Triton kernel under the Triton interpreter (correct but slow)"
+    return wanted, f"${ENV_VAR}={wanted}"
+
+
 def backend_report() -> list[dict[str, str]]:
-    """For ``deftx doctor``: which backend ``auto`` uses for each op and device, and why."""
+    """For ``deftx doctor``: which backend a call of each op runs on each device (:func:`call_backend`:
+    ``$DEFTX_BACKEND``, else ``auto``), and why."""
     rows = []
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for op in OPS:
         for device_type in devices:
-            chosen, why = auto_backend(op, device_type)
+            chosen, why = call_backend(op, device_type)
             rows.append({"op": op, "device": device_type, "backend": chosen, "why": why})
         if not torch.cuda.is_available():
-            chosen, why = auto_backend(op, "cuda")
+            chosen, why = call_backend(op, "cuda")
             rows.append({"op": op, "device": "cuda (none here)", "backend": chosen, "why": why})
     return rows

@@ -6,6 +6,7 @@ doctor's error; the help texts state real defaults and ranges."""
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 
@@ -350,3 +351,44 @@ def test_doctor_accepts_a_valid_backend_override(monkeypatch, capsys) -> None:
     monkeypatch.setenv("DEFTX_BACKEND", "torch")
     assert main(["doctor"]) == 0
     assert "backend override: $DEFTX_BACKEND=torch" in capsys.readouterr().out
+
+
+def doctor_rows(out: str) -> dict[tuple[str, str], tuple[str, str]]:
+    """(op, device) -> (backend, why) of ``deftx doctor``'s backend table."""
+    lines = out.split("\n\nop ", 1)[1].split("\n\n", 1)[0].splitlines()[1:]
+    rows = {}
+    for line in lines:
+        op, rest = line.split(None, 1)
+        device, rest = ("cuda (none here)", rest[len("cuda (none here)"):]) if rest.startswith("cuda (") \
+            else rest.split(None, 1)
+        backend, why = rest.split(None, 1)
+        rows[op, device] = (backend, why)
+    return rows
+
+
+@pytest.mark.parametrize("override", ["torch", "triton"])
+def test_doctor_names_the_backend_an_override_makes_cpu_calls_run(monkeypatch, capsys, override) -> None:
+    """The table is the backend a call runs: the dispatcher's choice under $DEFTX_BACKEND, not auto's."""
+    import torch
+
+    from deftx.ops.dispatch import resolve
+    from deftx.ops.registry import OPS
+
+    monkeypatch.setenv("DEFTX_BACKEND", override)
+    assert main(["doctor"]) == 0
+    rows = doctor_rows(capsys.readouterr().out)
+    for op in OPS:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            runs = resolve(op, torch.device("cpu"))
+        assert rows[op, "cpu"][0] == runs, (op, rows[op, "cpu"])
+
+
+def test_doctor_says_an_override_that_cannot_run_on_cuda_makes_its_calls_fail(monkeypatch, capsys) -> None:
+    monkeypatch.setenv("DEFTX_BACKEND", "native")
+    assert main(["doctor"]) == 0
+    rows = doctor_rows(capsys.readouterr().out)
+    cuda = next(device for _, device in rows if device.startswith("cuda"))
+    backend, why = rows["topk", cuda]
+    assert backend == "native" and "raise" in why and "CPU tensors" in why, (backend, why)
+    assert rows["rsvd", "cpu"][0] == "torch" and "does not implement" in rows["rsvd", "cpu"][1]

@@ -24,6 +24,27 @@ def test_help(command, capsys):
     assert f"usage: deftx {command}" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("command", ["train-lang", "train-task", "pipeline", "heldout-mlm"])
+def test_data_dir_help_names_the_config_s_data_dir_as_the_default(command, tmp_path, capsys):
+    """Without --data-dir the config's data_dir is read (only a config without one falls back to
+    $DEFTX_DATA_DIR): the help's default must say so."""
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    data_dir_help = help_text.split("--data-dir DATA_DIR ", 1)[1].split(" --", 1)[0]
+    assert "config's data_dir" in data_dir_help, data_dir_help
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "nusax").mkdir(parents=True)
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "run"), "data_dir": str(elsewhere),
+                                       "targets": ["madurese"]}))
+    from argparse import Namespace
+
+    from deftx.commands._common import load_pipeline_config
+
+    assert load_pipeline_config(Namespace(config=config, data_dir=None)).data_dir == str(elsewhere)
+
+
 def test_no_help_text_shows_a_doubled_percent_sign(capsys):
     """argparse %-formats argument and subcommand help, not descriptions: a '%%' there is printed as is."""
     texts = []
