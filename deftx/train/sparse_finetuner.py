@@ -276,10 +276,21 @@ def data_identity(trainer, train_digest: str | None = None) -> dict[str, Any]:
     return data
 
 
+def optimizer_identity(trainer) -> dict[str, Any] | None:
+    """The Trainer's ``optimizer_cls_and_kwargs`` (None when it has none): the class and its keyword arguments
+    but ``lr``, which each phase replaces with its own."""
+    chosen = getattr(trainer, "optimizer_cls_and_kwargs", None)
+    if chosen is None:
+        return None
+    cls, kwargs = chosen
+    return {"class": callable_name(cls), "kwargs": settings_identity({k: v for k, v in kwargs.items() if k != "lr"})}
+
+
 def trainer_identity(trainer, data_digest: str | None = None) -> dict[str, Any]:
     """What any training run on ``trainer`` depends on: deftx's formats, the model's weights (its θ0,
     digested), its class and configuration (:func:`~deftx.train.identity.model_settings`: dropout,
-    activation...), the seed, the data, the Trainer class, the data collator with its settings
+    activation...), the seed, the data, the Trainer class, its optimizer choice (:func:`optimizer_identity`)
+    and loss function (``compute_loss_func``), the data collator with its settings
     (:func:`~deftx.train.identity.settings_identity`: e.g. an MLM collator's masking rate and seed),
     the device type the model trains on (``cpu``, ``cuda``...) and the other result-changing arguments
     (``use_cpu`` is left to the device, which it only helps decide)."""
@@ -293,6 +304,8 @@ def trainer_identity(trainer, data_digest: str | None = None) -> dict[str, Any]:
         "seed": seed,
         "data": data_identity(trainer, data_digest),
         "trainer": callable_name(trainer),
+        "optimizer": optimizer_identity(trainer),
+        "loss": settings_identity(getattr(trainer, "compute_loss_func", None)),
         "collator": settings_identity(trainer.data_collator),
         "device": trainer.args.device.type,
         "training": training,
@@ -627,7 +640,7 @@ class SparseFineTuner:
                 (and ``overwrite`` is not set); nothing was trained or changed.
             BusyError: another process trains in ``work_dir`` (:func:`~deftx.train.identity.owned`); nothing
                 was trained or changed.
-            TypeError: the data collator holds a value whose settings cannot be recorded
+            TypeError: the data collator (or optimizer_cls_and_kwargs) holds a value whose settings cannot be recorded
                 (:func:`~deftx.train.identity.settings_identity` says which); nothing was trained.
         """
         message = override_message(self.trainer, self.config.full, self.config.sparse, self.work_dir)
