@@ -164,7 +164,8 @@ class SparseFineTuningConfig:
         train_head: train the parameters outside the body (classifier, MLM head) densely
             in both phases; they are shipped with the SFT as dense tensors when
             ``ship_head`` is set.
-        ship_head: put the trained head into the SFT's ``dense`` tensors (task SFTs).
+        ship_head: put the trained head into the SFT's ``dense`` tensors (task SFTs); needs a densely
+            trained head (``train_head``, or the tuner's ``dense_names``).
     """
 
     k: float

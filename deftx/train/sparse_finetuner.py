@@ -387,6 +387,10 @@ class SparseFineTuner:
         if dense_names is None:
             dense_names = [n for n, g in self.groups.items() if g == "head"] if config.train_head else []
         self.dense = [name for name in dense_names if name not in set(self.eligible)]
+        if config.ship_head and not self.dense:
+            raise ValueError("SparseFineTuner: config.ship_head is set but no parameter is trained densely "
+                             "(train_head=False, or a model without a head, and no dense_names): the SFTs would "
+                             "record a head and ship none")
         params = named_parameter_map(model)
         unknown = [n for n in [*self.eligible, *self.dense] if n not in params]
         if unknown:

@@ -199,3 +199,14 @@ def test_a_diverged_phase_one_is_refused_naming_a_parameter(tmp_path):
     with pytest.raises(ValueError, match=r"phase 1 diverged: parameter '.+' holds \d+ NaN/Inf"):
         SparseFineTuner(trainer, diverging, tmp_path / "work", progress=False).fit()
     assert not (tmp_path / "work" / "theta1.safetensors").exists()
+
+
+def test_shipping_a_head_nothing_trains_is_refused_before_training(make_trainer):
+    """``ship_head`` with ``train_head=False`` (and no ``dense_names``) would write SFTs whose info records
+    the classifier head while shipping none of its tensors."""
+    with pytest.raises(ValueError, match=r"ship_head.*train_head"):
+        SparseFineTuner(make_trainer(), config(train_head=False, ship_head=True), "unused", progress=False)
+    head = ["classifier.weight", "classifier.bias"]
+    chosen = SparseFineTuner(make_trainer(), config(train_head=False, ship_head=True), "unused",
+                             dense_names=head, progress=False)
+    assert chosen.dense == head
