@@ -180,6 +180,14 @@ class SparseFineTuningConfig:
 
     def __post_init__(self) -> None:
         check_k(self.k)
+        for name in ("full", "sparse"):
+            if not isinstance(getattr(self, name), PhaseConfig):
+                raise ValueError(f"SparseFineTuningConfig: {name} must be a PhaseConfig, got "
+                                 f"{short_repr(getattr(self, name))}")
+        for name in ("train_head", "ship_head"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"SparseFineTuningConfig: {name} must be true or false, got "
+                                 f"{short_repr(getattr(self, name))}")
         try:
             self.eligible = check_eligible(self.eligible)
         except ValueError as err:
@@ -189,6 +197,9 @@ class SparseFineTuningConfig:
         for name in self.selections:
             if not name or "/" in name or name.startswith("."):
                 raise ValueError(f"SparseFineTuningConfig: bad selection name {name!r}")
+            if not isinstance(self.selections[name], (DenoiseConfig, type(None))):
+                raise ValueError(f"SparseFineTuningConfig: selections[{name!r}] must be a DenoiseConfig or None "
+                                 f"(LT-SFT), got {short_repr(self.selections[name])}")
 
 
 def check_k(k: float) -> None:
