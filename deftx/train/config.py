@@ -123,9 +123,12 @@ class DenoiseConfig:
         if not isinstance(self.groups, (list, tuple)) or not all(isinstance(g, str) for g in self.groups):
             raise ValueError(f"DenoiseConfig: groups must be a list of group names, got {short_repr(self.groups)}")
         self.groups = tuple(self.groups)
-        unknown = set(self.groups) - set(DENOISE_GROUPS) - {"other"}
+        if not self.groups:
+            raise ValueError("DenoiseConfig: groups is empty: nothing would be denoised, which is LT-SFT's raw |Δ| "
+                             "selection (give that branch None)")
+        unknown = set(self.groups) - {*DENOISE_GROUPS, "other"}
         if unknown:
-            raise ValueError(f"DenoiseConfig: unknown groups {sorted(unknown)}; known: {DENOISE_GROUPS}")
+            raise ValueError(f"DenoiseConfig: unknown groups {sorted(unknown)}; known: {[*DENOISE_GROUPS, 'other']}")
         if not isinstance(self.add_back_residual, bool):
             raise ValueError(f"DenoiseConfig: add_back_residual must be true or false, got "
                              f"{short_repr(self.add_back_residual)}")

@@ -127,3 +127,13 @@ def test_sparse_config_checks_the_type_of_each_field_naming_it(kwargs, match):
     settings = {"k": 5, "full": PhaseConfig(steps=1), "sparse": PhaseConfig(steps=1), **kwargs}
     with pytest.raises(ValueError, match=match):
         SparseFineTuningConfig(**settings)
+
+
+def test_denoise_groups_name_every_known_group_and_refuse_none():
+    """``groups=("other",)`` is accepted, so the refusal of an unknown group lists it; ``groups=()`` denoised
+    nothing: a "DeFT-X" branch that was LT-SFT's raw |Δ| selection under another name."""
+    with pytest.raises(ValueError, match=r"unknown groups \['attn'\]; known: .*'ffn', 'other'"):
+        DenoiseConfig(groups=("attn",))
+    with pytest.raises(ValueError, match=r"DenoiseConfig: groups is empty.*None"):
+        DenoiseConfig(groups=())
+    assert DenoiseConfig(groups=["other"]).groups == ("other",)
