@@ -206,11 +206,14 @@ class SparseFineTuningConfig:
 
 
 def check_k(k: float) -> None:
-    """Validate K: an integer count >= 1 or a fraction in (0, 1)."""
+    """Validate K: an integer count >= 1 or a fraction in (0, 1) (the float 1.0, either, is refused)."""
     if isinstance(k, bool) or not isinstance(k, (int, float)):
         raise TypeError(f"k must be a number, got {type(k).__name__}")
     if not math.isfinite(k):
         raise ValueError(f"k must be a finite number, got {k!r}")
+    if isinstance(k, float) and k == 1.0:
+        raise ValueError("k = 1.0 is ambiguous: the count 1 (write the int 1) or every eligible entry (not a sparse "
+                         "fine-tuning: a fraction must be below 1)")
     if isinstance(k, int) or k >= 1:
         if int(k) != k or k < 1:
             raise ValueError(f"k as a count must be an integer >= 1, got {k!r}")

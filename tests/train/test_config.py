@@ -137,3 +137,13 @@ def test_denoise_groups_name_every_known_group_and_refuse_none():
     with pytest.raises(ValueError, match=r"DenoiseConfig: groups is empty.*None"):
         DenoiseConfig(groups=())
     assert DenoiseConfig(groups=["other"]).groups == ("other",)
+
+
+def test_k_of_one_as_a_float_is_refused_as_ambiguous():
+    """``k=1.0`` read as the count 1 (one entry), where a fraction of 1.0 means every eligible entry (as
+    ``deftx bench --k`` reads it): a 1-entry SFT where 100% was meant. The int 1 stays one entry."""
+    with pytest.raises(ValueError, match=r"k = 1\.0 is ambiguous"):
+        resolve_k(1.0, 100)
+    with pytest.raises(ValueError, match=r"k = 1\.0 is ambiguous"):
+        SparseFineTuningConfig(k=1.0, full=PhaseConfig(steps=1), sparse=PhaseConfig(steps=1))
+    assert resolve_k(1, 100) == 1 and resolve_k(2.0, 100) == 2
