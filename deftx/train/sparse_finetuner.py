@@ -325,7 +325,8 @@ class SparseFineTuner:
         eligible_names: override the eligible parameters (default: the parameters of
             ``config.eligible``'s groups, see :mod:`deftx.train.params`).
         dense_names: override the densely trained parameters (default: the head, when
-            ``config.train_head``).
+            ``config.train_head``, but the head parameters ``eligible_names`` makes sparse); none of them
+            eligible.
         base_model: identifier stored in the SFTs (default: the model's name or path).
         backend: ``deftx.ops`` backend for the masked step (None = auto).
         progress: tqdm bars for scoring (the Trainer shows its own for training).
@@ -385,8 +386,13 @@ class SparseFineTuner:
             eligible_parameter_names(model, config.eligible)
         )
         if dense_names is None:
-            dense_names = [n for n, g in self.groups.items() if g == "head"] if config.train_head else []
-        self.dense = [name for name in dense_names if name not in set(self.eligible)]
+            head = [n for n, g in self.groups.items() if g == "head"] if config.train_head else []
+            dense_names = [name for name in head if name not in set(self.eligible)]
+        both = [name for name in dense_names if name in set(self.eligible)]
+        if both:
+            raise ValueError(f"SparseFineTuner: dense_names {both[:3]} are also eligible (sparse): leave them out of "
+                             "eligible_names (or config.eligible's groups) to train them on every entry")
+        self.dense = list(dense_names)
         if config.ship_head and not self.dense:
             raise ValueError("SparseFineTuner: config.ship_head is set but no parameter is trained densely "
                              "(train_head=False, or a model without a head, and no dense_names): the SFTs would "
