@@ -290,26 +290,32 @@ def trainer_identity(trainer, data_digest: str | None = None) -> dict[str, Any]:
     """What any training run on ``trainer`` depends on: deftx's formats, the model's weights (its θ0,
     digested), its class and configuration (:func:`~deftx.train.identity.model_settings`: dropout,
     activation...), the seed, the data, the Trainer class, its optimizer choice (:func:`optimizer_identity`)
-    and loss function (``compute_loss_func``), the data collator with its settings
+    and loss function (``compute_loss_func``) where set (left out when not, so that runs of before
+    they were recorded keep their identity), the data collator with its settings
     (:func:`~deftx.train.identity.settings_identity`: e.g. an MLM collator's masking rate and seed),
     the device type the model trains on (``cpu``, ``cuda``...) and the other result-changing arguments
     (``use_cpu`` is left to the device, which it only helps decide)."""
     training = result_arguments(trainer.args)
     seed = training.pop("seed")
     training.pop("use_cpu", None)
-    return {
+    identity = {
         "format": {"run": RUN_FORMAT, "sft": SFT_FORMAT_VERSION},
         "theta0": model_digest(trainer.model),
         "model": model_settings(trainer.model),
         "seed": seed,
         "data": data_identity(trainer, data_digest),
         "trainer": callable_name(trainer),
-        "optimizer": optimizer_identity(trainer),
-        "loss": settings_identity(getattr(trainer, "compute_loss_func", None)),
         "collator": settings_identity(trainer.data_collator),
         "device": trainer.args.device.type,
         "training": training,
     }
+    optimizer = optimizer_identity(trainer)
+    loss = getattr(trainer, "compute_loss_func", None)
+    if optimizer is not None:
+        identity["optimizer"] = optimizer
+    if loss is not None:
+        identity["loss"] = settings_identity(loss)
+    return identity
 
 
 class SparseFineTuner:

@@ -253,10 +253,10 @@ def cross_entropy_sum(outputs, labels, num_items_in_batch=None):
 @pytest.mark.parametrize(
     ("given", "changed", "field"),
     [
-        ({}, {"optimizer_cls_and_kwargs": (torch.optim.SGD, {"momentum": 0.9})}, "phase 1: optimizer: "),
+        ({}, {"optimizer_cls_and_kwargs": (torch.optim.SGD, {"momentum": 0.9})}, "phase 1: optimizer.class: added "),
         ({"optimizer_cls_and_kwargs": (torch.optim.SGD, {"momentum": 0.0})},
          {"optimizer_cls_and_kwargs": (torch.optim.SGD, {"momentum": 0.9})}, "phase 1: optimizer.kwargs.momentum: "),
-        ({}, {"compute_loss_func": cross_entropy_sum}, "phase 1: loss: "),
+        ({}, {"compute_loss_func": cross_entropy_sum}, "phase 1: loss: added "),
     ],
 )
 def test_the_trainers_own_optimizer_and_loss_are_part_of_the_identity(tmp_path, given, changed, field):
