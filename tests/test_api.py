@@ -84,3 +84,14 @@ def test_the_record_names_the_gpu_only_where_torch_has_a_usable_cuda_device(monk
     assert record["gpu"] == "NVIDIA H100 80GB HBM3 #0" and list(record)[-1] == "gpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert "gpu" not in environment_record(), "a driver torch cannot use names no GPU"
+
+
+@pytest.mark.parametrize("module", ["deftx.sft", "deftx.train", "deftx.ops"])
+def test_every_public_name_of_a_subpackage_is_importable_from_deftx(module):
+    """README: "Everything public is importable from deftx (deftx.__all__ lists them)": the ops table's
+    prepare_scatter / prepare_masked_step and lowrank_factors_batched's LowRankFactors too."""
+    home = importlib.import_module(module)
+    missing = sorted(set(home.__all__) - set(deftx.__all__))
+    assert not missing, f"public in {module} but not in deftx.__all__: {missing}"
+    for name in home.__all__:
+        assert getattr(deftx, name) is getattr(home, name), name

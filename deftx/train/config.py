@@ -123,9 +123,12 @@ class DenoiseConfig:
         if not isinstance(self.groups, (list, tuple)) or not all(isinstance(g, str) for g in self.groups):
             raise ValueError(f"DenoiseConfig: groups must be a list of group names, got {short_repr(self.groups)}")
         self.groups = tuple(self.groups)
-        unknown = set(self.groups) - set(DENOISE_GROUPS) - {"other"}
+        if not self.groups:
+            raise ValueError("DenoiseConfig: groups is empty: nothing would be denoised, which is LT-SFT's raw |Δ| "
+                             "selection (give that branch None)")
+        unknown = set(self.groups) - {*DENOISE_GROUPS, "other"}
         if unknown:
-            raise ValueError(f"DenoiseConfig: unknown groups {sorted(unknown)}; known: {DENOISE_GROUPS}")
+            raise ValueError(f"DenoiseConfig: unknown groups {sorted(unknown)}; known: {[*DENOISE_GROUPS, 'other']}")
         if not isinstance(self.add_back_residual, bool):
             raise ValueError(f"DenoiseConfig: add_back_residual must be true or false, got "
                              f"{short_repr(self.add_back_residual)}")
@@ -164,7 +167,8 @@ class SparseFineTuningConfig:
         train_head: train the parameters outside the body (classifier, MLM head) densely
             in both phases; they are shipped with the SFT as dense tensors when
             ``ship_head`` is set.
-        ship_head: put the trained head into the SFT's ``dense`` tensors (task SFTs).
+        ship_head: put the trained head into the SFT's ``dense`` tensors (task SFTs); needs a densely
+            trained head (``train_head``, or the tuner's ``dense_names``).
     """
 
     k: float
@@ -179,6 +183,14 @@ class SparseFineTuningConfig:
 
     def __post_init__(self) -> None:
         check_k(self.k)
+        for name in ("full", "sparse"):
+            if not isinstance(getattr(self, name), PhaseConfig):
+                raise ValueError(f"SparseFineTuningConfig: {name} must be a PhaseConfig, got "
+                                 f"{short_repr(getattr(self, name))}")
+        for name in ("train_head", "ship_head"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"SparseFineTuningConfig: {name} must be true or false, got "
+                                 f"{short_repr(getattr(self, name))}")
         try:
             self.eligible = check_eligible(self.eligible)
         except ValueError as err:
@@ -188,14 +200,20 @@ class SparseFineTuningConfig:
         for name in self.selections:
             if not name or "/" in name or name.startswith("."):
                 raise ValueError(f"SparseFineTuningConfig: bad selection name {name!r}")
+            if not isinstance(self.selections[name], (DenoiseConfig, type(None))):
+                raise ValueError(f"SparseFineTuningConfig: selections[{name!r}] must be a DenoiseConfig or None "
+                                 f"(LT-SFT), got {short_repr(self.selections[name])}")
 
 
 def check_k(k: float) -> None:
-    """Validate K: an integer count >= 1 or a fraction in (0, 1)."""
+    """Validate K: an integer count >= 1 or a fraction in (0, 1) (the float 1.0, either, is refused)."""
     if isinstance(k, bool) or not isinstance(k, (int, float)):
         raise TypeError(f"k must be a number, got {type(k).__name__}")
     if not math.isfinite(k):
         raise ValueError(f"k must be a finite number, got {k!r}")
+    if isinstance(k, float) and k == 1.0:
+        raise ValueError("k = 1.0 is ambiguous: the count 1 (write the int 1) or every eligible entry (not a sparse "
+                         "fine-tuning: a fraction must be below 1)")
     if isinstance(k, int) or k >= 1:
         if int(k) != k or k < 1:
             raise ValueError(f"k as a count must be an integer >= 1, got {k!r}")

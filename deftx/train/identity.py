@@ -43,7 +43,9 @@ from deftx.files import atomic_write_bytes, exclusive, lock_beside
 RUN_FORMAT = 5
 """Version of the work-directory layout and of what its identity records (1: θ0 copied into every run,
 no identity records; 2: identities without the collator's settings, the device or the SFTs' info;
-3: without the model's class and configuration; 4: without the backends of a branch's ops)."""
+3: without the model's class and configuration; 4: without the backends of a branch's ops). A Trainer's
+``optimizer_cls_and_kwargs`` and ``compute_loss_func`` are recorded only where set, so identities of before
+they were recorded stay valid (a run of before that set one is taken for a run that sets none)."""
 IDENTITY_FILE = "identity.json"
 DAMAGED = f"({IDENTITY_FILE})"
 """The one key of what :func:`read_identity` returns for a damaged record (unreadable, or not a JSON object):

@@ -293,7 +293,9 @@ def build_masked_optimizer(
 ) -> MaskedAdamW:
     """A :class:`MaskedAdamW` configured like the trainer's own AdamW would be.
 
-    Betas, epsilon and weight decay come from ``trainer.args``; parameters the trainer
+    Betas and epsilon come from the Trainer's ``optimizer_cls_and_kwargs`` where its kwargs
+    name them (phase 1's optimizer has them), else from ``trainer.args``; weight decay from
+    ``trainer.args`` (a Trainer sets it per parameter group, over the kwargs'). Parameters the trainer
     would not decay (biases, LayerNorms: ``trainer.get_decay_parameter_names``) get
     no weight decay. Sparse parameters with no selected entry are left out.
 
@@ -315,9 +317,11 @@ def build_masked_optimizer(
         for names, decay in by_weight_decay(selected, trainer.get_decay_parameter_names(trainer.model),
                                             args.weight_decay)
     ]
+    chosen = getattr(trainer, "optimizer_cls_and_kwargs", None)
+    kwargs = chosen[1] if chosen is not None else {}
     return MaskedAdamW(
-        groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-        eps=args.adam_epsilon, weight_decay=args.weight_decay, l1=l1_scale, backend=backend,
+        groups, lr=args.learning_rate, betas=tuple(kwargs.get("betas", (args.adam_beta1, args.adam_beta2))),
+        eps=kwargs.get("eps", args.adam_epsilon), weight_decay=args.weight_decay, l1=l1_scale, backend=backend,
     )
 
 

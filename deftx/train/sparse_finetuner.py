@@ -276,17 +276,29 @@ def data_identity(trainer, train_digest: str | None = None) -> dict[str, Any]:
     return data
 
 
+def optimizer_identity(trainer) -> dict[str, Any] | None:
+    """The Trainer's ``optimizer_cls_and_kwargs`` (None when it has none): the class and its keyword arguments
+    but ``lr``, which each phase replaces with its own."""
+    chosen = getattr(trainer, "optimizer_cls_and_kwargs", None)
+    if chosen is None:
+        return None
+    cls, kwargs = chosen
+    return {"class": callable_name(cls), "kwargs": settings_identity({k: v for k, v in kwargs.items() if k != "lr"})}
+
+
 def trainer_identity(trainer, data_digest: str | None = None) -> dict[str, Any]:
     """What any training run on ``trainer`` depends on: deftx's formats, the model's weights (its θ0,
     digested), its class and configuration (:func:`~deftx.train.identity.model_settings`: dropout,
-    activation...), the seed, the data, the Trainer class, the data collator with its settings
+    activation...), the seed, the data, the Trainer class, its optimizer choice (:func:`optimizer_identity`)
+    and loss function (``compute_loss_func``) where set (left out when not, so that runs of before
+    they were recorded keep their identity), the data collator with its settings
     (:func:`~deftx.train.identity.settings_identity`: e.g. an MLM collator's masking rate and seed),
     the device type the model trains on (``cpu``, ``cuda``...) and the other result-changing arguments
     (``use_cpu`` is left to the device, which it only helps decide)."""
     training = result_arguments(trainer.args)
     seed = training.pop("seed")
     training.pop("use_cpu", None)
-    return {
+    identity = {
         "format": {"run": RUN_FORMAT, "sft": SFT_FORMAT_VERSION},
         "theta0": model_digest(trainer.model),
         "model": model_settings(trainer.model),
@@ -297,6 +309,13 @@ def trainer_identity(trainer, data_digest: str | None = None) -> dict[str, Any]:
         "device": trainer.args.device.type,
         "training": training,
     }
+    optimizer = optimizer_identity(trainer)
+    loss = getattr(trainer, "compute_loss_func", None)
+    if optimizer is not None:
+        identity["optimizer"] = optimizer
+    if loss is not None:
+        identity["loss"] = settings_identity(loss)
+    return identity
 
 
 class SparseFineTuner:
@@ -312,7 +331,8 @@ class SparseFineTuner:
         eligible_names: override the eligible parameters (default: the parameters of
             ``config.eligible``'s groups, see :mod:`deftx.train.params`).
         dense_names: override the densely trained parameters (default: the head, when
-            ``config.train_head``).
+            ``config.train_head``, but the head parameters ``eligible_names`` makes sparse); none of them
+            eligible.
         base_model: identifier stored in the SFTs (default: the model's name or path).
         backend: ``deftx.ops`` backend for the masked step (None = auto).
         progress: tqdm bars for scoring (the Trainer shows its own for training).
@@ -372,8 +392,17 @@ class SparseFineTuner:
             eligible_parameter_names(model, config.eligible)
         )
         if dense_names is None:
-            dense_names = [n for n, g in self.groups.items() if g == "head"] if config.train_head else []
-        self.dense = [name for name in dense_names if name not in set(self.eligible)]
+            head = [n for n, g in self.groups.items() if g == "head"] if config.train_head else []
+            dense_names = [name for name in head if name not in set(self.eligible)]
+        both = [name for name in dense_names if name in set(self.eligible)]
+        if both:
+            raise ValueError(f"SparseFineTuner: dense_names {both[:3]} are also eligible (sparse): leave them out of "
+                             "eligible_names (or config.eligible's groups) to train them on every entry")
+        self.dense = list(dense_names)
+        if config.ship_head and not self.dense:
+            raise ValueError("SparseFineTuner: config.ship_head is set but no parameter is trained densely "
+                             "(train_head=False, or a model without a head, and no dense_names): the SFTs would "
+                             "record a head and ship none")
         params = named_parameter_map(model)
         unknown = [n for n in [*self.eligible, *self.dense] if n not in params]
         if unknown:
@@ -627,7 +656,7 @@ class SparseFineTuner:
                 (and ``overwrite`` is not set); nothing was trained or changed.
             BusyError: another process trains in ``work_dir`` (:func:`~deftx.train.identity.owned`); nothing
                 was trained or changed.
-            TypeError: the data collator holds a value whose settings cannot be recorded
+            TypeError: the data collator (or optimizer_cls_and_kwargs) holds a value whose settings cannot be recorded
                 (:func:`~deftx.train.identity.settings_identity` says which); nothing was trained.
         """
         message = override_message(self.trainer, self.config.full, self.config.sparse, self.work_dir)

@@ -14,7 +14,8 @@ The contract (README, "Your Trainer, sparse fine-tuned"):
   ``TrainingArguments.optim``, ``optim_args``, ``weight_decay``, ``adam_*``, or the class
   and keyword arguments of ``Trainer(optimizer_cls_and_kwargs=...)``), at phase 1's
   learning rate, with your scheduler settings; phase 3 uses
-  :class:`~deftx.train.retrain.MaskedAdamW` with your betas, epsilon and weight decay. An
+  :class:`~deftx.train.retrain.MaskedAdamW` with your betas, epsilon (those of
+  ``optimizer_cls_and_kwargs`` where it names them) and weight decay. An
   optimizer *instance* (``Trainer(optimizers=(optimizer, scheduler))``, or one left by an
   earlier ``trainer.train()``) cannot be rebuilt for each phase and is refused
   (:func:`refuse_optimizer_instances`).

@@ -441,7 +441,7 @@ def test_k_one_is_refused_as_a_one_entry_sft(k):
     """Beside fractions such as k: 0.028, k: 1.0 reads as 100%, but K >= 1 is a count: the SFT kept one entry."""
     from deftx.train.config import resolve_k
 
-    assert resolve_k(k, 1000) == 1, "how the tuner reads it"
+    assert resolve_k(int(k), 1000) == 1, "how the tuner reads the int (it refuses the float 1.0 as ambiguous)"
     with pytest.raises(ConfigError, match=r"^config task_sft\.k: 1 is a count, one entry"):
         parse_config({"targets": ["madurese"], "task_sft": {"k": k}})
     assert parse_config({"targets": ["madurese"], "task_sft": {"k": 2}}).task_sft.k == 2

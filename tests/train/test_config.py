@@ -111,3 +111,39 @@ def test_to_plain_is_json_ready():
     assert plain["full"] == {"steps": None, "epochs": 5, "learning_rate": 2e-5, "l1": 0.0}
     assert plain["selections"]["deft-x"]["energy"] == 0.9
     assert isinstance(plain["eligible"], list)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"full": {"steps": 1}}, r"SparseFineTuningConfig: full must be a PhaseConfig, got \{'steps': 1\}"),
+    ({"sparse": None}, r"SparseFineTuningConfig: sparse must be a PhaseConfig, got None"),
+    ({"selections": {"deft-x": "deft-x"}}, r"selections\['deft-x'\] must be a DenoiseConfig or None \(LT-SFT\)"),
+    ({"selections": {"deft-x": DenoiseConfig}}, r"selections\['deft-x'\] must be a DenoiseConfig or None"),
+    ({"train_head": "no"}, r"SparseFineTuningConfig: train_head must be true or false, got 'no'"),
+    ({"ship_head": 1}, r"SparseFineTuningConfig: ship_head must be true or false, got 1"),
+])
+def test_sparse_config_checks_the_type_of_each_field_naming_it(kwargs, match):
+    """A wrong type was accepted and failed only inside fit() (``'str' object has no attribute
+    'uses_energy_sketch'``), or never: ``train_head="no"`` is truthy and trained the head."""
+    settings = {"k": 5, "full": PhaseConfig(steps=1), "sparse": PhaseConfig(steps=1), **kwargs}
+    with pytest.raises(ValueError, match=match):
+        SparseFineTuningConfig(**settings)
+
+
+def test_denoise_groups_name_every_known_group_and_refuse_none():
+    """``groups=("other",)`` is accepted, so the refusal of an unknown group lists it; ``groups=()`` denoised
+    nothing: a "DeFT-X" branch that was LT-SFT's raw |Δ| selection under another name."""
+    with pytest.raises(ValueError, match=r"unknown groups \['attn'\]; known: .*'ffn', 'other'"):
+        DenoiseConfig(groups=("attn",))
+    with pytest.raises(ValueError, match=r"DenoiseConfig: groups is empty.*None"):
+        DenoiseConfig(groups=())
+    assert DenoiseConfig(groups=["other"]).groups == ("other",)
+
+
+def test_k_of_one_as_a_float_is_refused_as_ambiguous():
+    """``k=1.0`` read as the count 1 (one entry), where a fraction of 1.0 means every eligible entry (as
+    ``deftx bench --k`` reads it): a 1-entry SFT where 100% was meant. The int 1 stays one entry."""
+    with pytest.raises(ValueError, match=r"k = 1\.0 is ambiguous"):
+        resolve_k(1.0, 100)
+    with pytest.raises(ValueError, match=r"k = 1\.0 is ambiguous"):
+        SparseFineTuningConfig(k=1.0, full=PhaseConfig(steps=1), sparse=PhaseConfig(steps=1))
+    assert resolve_k(1, 100) == 1 and resolve_k(2.0, 100) == 2

@@ -399,3 +399,16 @@ def test_build_masked_optimizer_groups(make_trainer):
     assert decays[id(names[query_bias])] == 0.0 and decays[id(names["classifier.bias"])] == 0.0
     assert id(names["bert.encoder.layer.0.output.dense.weight"]) not in decays
     assert optimizer.selected_entries() == 3 + names["classifier.weight"].numel() + 3
+
+
+def test_the_masked_optimizer_takes_the_betas_and_epsilon_of_your_optimizer_kwargs(make_trainer):
+    """Phase 1 builds ``optimizer_cls_and_kwargs``' AdamW with its betas and eps; phase 3's MaskedAdamW takes
+    the same ones (the TrainingArguments' adam_* where the kwargs name none)."""
+    trainer = make_trainer()
+    query = {"bert.encoder.layer.0.attention.self.query.weight": torch.tensor([0, 5])}
+    trainer.optimizer_cls_and_kwargs = (torch.optim.AdamW, {"lr": 0.1, "betas": (0.8, 0.98), "eps": 1e-6})
+    chosen = build_masked_optimizer(trainer, query, []).defaults
+    assert (chosen["betas"], chosen["eps"]) == ((0.8, 0.98), 1e-6)
+    trainer.optimizer_cls_and_kwargs = (torch.optim.AdamW, {"eps": 1e-6})
+    partly = build_masked_optimizer(trainer, query, []).defaults
+    assert (partly["betas"], partly["eps"]) == ((trainer.args.adam_beta1, trainer.args.adam_beta2), 1e-6)

@@ -244,3 +244,43 @@ def test_resumed_sfts_equal_the_first_bit_for_bit(finished):
     for branch, diff in first.diffs.items():
         for name in diff.indices:
             assert_bitwise_equal(again.diffs[branch].values[name], diff.values[name], what=f"{branch} {name}")
+
+
+def cross_entropy_sum(outputs, labels, num_items_in_batch=None):
+    return torch.nn.functional.cross_entropy(outputs["logits"], labels, reduction="sum")
+
+
+@pytest.mark.parametrize(
+    ("given", "changed", "field"),
+    [
+        ({}, {"optimizer_cls_and_kwargs": (torch.optim.SGD, {"momentum": 0.9})}, "phase 1: optimizer.class: added "),
+        ({"optimizer_cls_and_kwargs": (torch.optim.SGD, {"momentum": 0.0})},
+         {"optimizer_cls_and_kwargs": (torch.optim.SGD, {"momentum": 0.9})}, "phase 1: optimizer.kwargs.momentum: "),
+        ({}, {"compute_loss_func": cross_entropy_sum}, "phase 1: loss: added "),
+    ],
+)
+def test_the_trainers_own_optimizer_and_loss_are_part_of_the_identity(tmp_path, given, changed, field):
+    """Phase 1 trains with the Trainer's ``optimizer_cls_and_kwargs`` and ``compute_loss_func``: another
+    optimizer (or momentum) or loss trains another θ1, so a run with it must not resume the first's SFTs."""
+    def trainer_with(options):
+        trainer = tiny_trainer(tmp_path)
+        for name, value in options.items():
+            setattr(trainer, name, value)
+        return SparseFineTuner(trainer, run_config(selections={"lt-sft": None}), tmp_path / "work", progress=False)
+
+    trainer_with(given).fit()
+    with pytest.raises(IdentityMismatchError) as refused:
+        trainer_with(changed).fit()
+    assert any(line.startswith(field) for line in refused.value.changes), refused.value.changes
+
+
+def test_the_phase_learning_rate_in_optimizer_kwargs_is_not_part_of_the_identity(tmp_path):
+    """Phase 1 replaces the ``lr`` of ``optimizer_cls_and_kwargs`` with its own: another ``lr`` there trains
+    the same θ1."""
+    def fitted(lr):
+        trainer = tiny_trainer(tmp_path)
+        trainer.optimizer_cls_and_kwargs = (torch.optim.SGD, {"lr": lr, "momentum": 0.9})
+        return SparseFineTuner(trainer, run_config(selections={"lt-sft": None}), tmp_path / "work",
+                               progress=False).fit()
+
+    assert fitted(0.5).seconds and fitted(0.1).seconds == {}

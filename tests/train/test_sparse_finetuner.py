@@ -199,3 +199,34 @@ def test_a_diverged_phase_one_is_refused_naming_a_parameter(tmp_path):
     with pytest.raises(ValueError, match=r"phase 1 diverged: parameter '.+' holds \d+ NaN/Inf"):
         SparseFineTuner(trainer, diverging, tmp_path / "work", progress=False).fit()
     assert not (tmp_path / "work" / "theta1.safetensors").exists()
+
+
+def test_shipping_a_head_nothing_trains_is_refused_before_training(make_trainer):
+    """``ship_head`` with ``train_head=False`` (and no ``dense_names``) would write SFTs whose info records
+    the classifier head while shipping none of its tensors."""
+    with pytest.raises(ValueError, match=r"ship_head.*train_head"):
+        SparseFineTuner(make_trainer(), config(train_head=False, ship_head=True), "unused", progress=False)
+    head = ["classifier.weight", "classifier.bias"]
+    chosen = SparseFineTuner(make_trainer(), config(train_head=False, ship_head=True), "unused",
+                             dense_names=head, progress=False)
+    assert chosen.dense == head
+
+
+def test_dense_names_that_are_also_eligible_are_refused_not_trained_sparsely(make_trainer):
+    """``dense_names=[word embeddings]`` asked for the matrix to be trained on every entry; it was dropped
+    from the dense list without a word and trained (and shipped) as K-sparse entries."""
+    embeddings = "bert.embeddings.word_embeddings.weight"
+    with pytest.raises(ValueError, match=r"dense_names .*word_embeddings.* also eligible"):
+        SparseFineTuner(make_trainer(), config(), "unused", dense_names=[embeddings, "classifier.weight"],
+                        progress=False)
+    eligible = [n for n in SparseFineTuner(make_trainer(), config(), "unused", progress=False).eligible
+                if n != embeddings]
+    chosen = SparseFineTuner(make_trainer(), config(), "unused", eligible_names=eligible,
+                             dense_names=[embeddings, "classifier.weight"], progress=False)
+    assert chosen.dense == [embeddings, "classifier.weight"] and embeddings not in chosen.eligible
+
+
+def test_a_head_parameter_made_eligible_leaves_the_default_dense_head(make_trainer):
+    eligible = [*SparseFineTuner(make_trainer(), config(), "unused", progress=False).eligible, "classifier.weight"]
+    chosen = SparseFineTuner(make_trainer(), config(), "unused", eligible_names=eligible, progress=False)
+    assert "classifier.weight" not in chosen.dense and "classifier.bias" in chosen.dense
