@@ -247,7 +247,9 @@ def resolve_k(k: float, num_eligible: int) -> int:
 
 
 def language_sft_config(**overrides: Any) -> SparseFineTuningConfig:
-    """Reference language-SFT settings: K 2.8%, lr 5e-5, L1 0.1 in both phases."""
+    """The reference's language-SFT settings (K 2.8%, lr 5e-5, L1 0.1 in both phases), with phases of
+    1,000 steps: the reference trains 10k-100k steps a phase (METHOD.md); pass ``full`` and ``sparse``
+    for that."""
     settings: dict[str, Any] = {
         "k": LANGUAGE_K_FRACTION,
         "full": PhaseConfig(steps=1000, learning_rate=5e-5, l1=0.1),
