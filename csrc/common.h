@@ -1,10 +1,15 @@
-// Shared definitions of the deftx native CPU backend: dtype codes, status codes and
-// exact conversions between fp32 and the 16-bit float formats (bf16, fp16).
+// Shared definitions of the deftx native CPU backend: dtype codes, status codes, exact
+// conversions between fp32 and the 16-bit float formats (bf16, fp16), and the guard that keeps
+// subnormals on every thread whatever the caller's flush mode.
 //
 // The conversions work on bit patterns so they do not depend on compiler support for
 // _Float16 / __bf16: widening is exact, narrowing rounds to nearest, ties to even, and
 // overflows to infinity, the same as torch's `Tensor.to(dtype)`.
 #pragma once
+
+#if defined(__SSE__)
+#include <xmmintrin.h>
+#endif
 
 #include <cstdint>
 #include <cstring>
@@ -121,5 +126,28 @@ inline void dispatch_dtype(int32_t dtype, Fn&& fn) {
     default: fn(Element<kFloat16>{}); break;
   }
 }
+
+// For its lifetime, the calling thread computes with subnormals (flush-to-zero and
+// denormals-are-zero cleared in MXCSR, then restored). The mode is per thread, and a caller
+// that flushes (torch.set_flush_denormal(True) sets it on the calling thread only) would give
+// the OpenMP master thread other results than the workers, so a result would depend on which
+// thread computed it. Every thread of a parallel region that does float arithmetic holds one.
+class SubnormalsKept {
+ public:
+#if defined(__SSE__)
+  SubnormalsKept() : saved_(_mm_getcsr()) { _mm_setcsr(saved_ & ~kFlushBits); }
+  ~SubnormalsKept() { _mm_setcsr(saved_); }
+#else
+  SubnormalsKept() = default;
+#endif
+  SubnormalsKept(const SubnormalsKept&) = delete;
+  SubnormalsKept& operator=(const SubnormalsKept&) = delete;
+
+ private:
+#if defined(__SSE__)
+  static constexpr unsigned kFlushBits = 0x8040u;  // FTZ (bit 15) and DAZ (bit 6)
+  unsigned saved_;
+#endif
+};
 
 }  // namespace deftx

@@ -10,7 +10,8 @@
 //   w      = w - (lr * (m / bias1)) / (sqrt(v / bias2) + eps)
 //   master[j], exp_avg[j], exp_avg_sq[j] = w, m, v ;  param[i] = cast(w)
 // Every operation is one IEEE fp32 operation rounded to nearest even (compiled with
-// -ffp-contract=off: no fused multiply-add; division and sqrt correctly rounded),
+// -ffp-contract=off: no fused multiply-add; division and sqrt correctly rounded; subnormals
+// kept on every thread, whatever the caller's flush mode),
 // sign(0) = sign(NaN) = 0, and the cast to bf16 / fp16 rounds to nearest even. This is the
 // operation sequence of the torch reference (deftx/ops/reference/masked_step.py) with its
 // Python scalars rounded to fp32, and of the Triton kernel (div_rn, sqrt_rn). One known
@@ -180,6 +181,7 @@ int32_t masked_adamw_step(const Tensors& in, const float* scalars) {
   int invalid = 0;
 #pragma omp parallel if (n_chunks > 1)
   {
+    const SubnormalsKept subnormals_kept;
 #pragma omp for schedule(dynamic, 1) reduction(| : invalid)
     for (int64_t c = 0; c < n_chunks; ++c) {
       invalid |= int(!chunk_indices_valid(in, chunks[size_t(c)]));

@@ -3,8 +3,8 @@
 // For diffs d = 0, 1, ... in order and every entry j of diff d in tensor t, i = indices[d][t][j]:
 //   dense[t][i] = cast(f32(dense[t][i]) + (f32(scale_d) * f32(values[d][t][j])))
 // with two separately rounded fp32 operations (the library is compiled with
-// -ffp-contract=off, so no fused multiply-add) and a round-to-nearest-even cast to the dense
-// dtype. Applying diffs together therefore equals applying them one after another, bit for
+// -ffp-contract=off, so no fused multiply-add; subnormals kept on every thread, whatever the
+// caller's flush mode) and a round-to-nearest-even cast to the dense dtype. Applying diffs together therefore equals applying them one after another, bit for
 // bit.
 //
 // Each dense tensor's flat positions are cut into blocks of 2^16; a block owns its positions
@@ -224,13 +224,17 @@ int32_t scatter_add(const Dense& dense, const Lists& lists, const void* const* v
   const std::vector<Block> blocks = make_blocks(dense, lists);
   const int64_t n_blocks = int64_t(blocks.size());
   int outside = 0;
-#pragma omp parallel for schedule(dynamic, 8) reduction(| : outside)
-  for (int64_t b = 0; b < n_blocks; ++b) {
-    const Block& block = blocks[size_t(b)];
-    bool inside = true;
-    if (saved) inside &= copy_block<true>(dense, lists, saved, block);
-    inside &= add_block(dense, lists, values, value_dtypes, scales, block);
-    outside |= int(!inside);
+#pragma omp parallel reduction(| : outside)
+  {
+    const SubnormalsKept subnormals_kept;
+#pragma omp for schedule(dynamic, 8)
+    for (int64_t b = 0; b < n_blocks; ++b) {
+      const Block& block = blocks[size_t(b)];
+      bool inside = true;
+      if (saved) inside &= copy_block<true>(dense, lists, saved, block);
+      inside &= add_block(dense, lists, values, value_dtypes, scales, block);
+      outside |= int(!inside);
+    }
   }
   return outside ? kBadIndices : kOk;
 }

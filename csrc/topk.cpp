@@ -30,9 +30,6 @@
 // with integer sums, and every list is read in segment order: the result does not depend on
 // the thread count.
 #include <omp.h>
-#if defined(__SSE__)
-#include <xmmintrin.h>
-#endif
 
 #include <algorithm>
 #include <cstdint>
@@ -113,35 +110,14 @@ struct DifferenceKeys {
   }
 };
 
-// For its lifetime, the calling thread computes with subnormals (flush-to-zero and
-// denormals-are-zero cleared in MXCSR, then restored). The mode is per thread, and a caller
-// that flushes (torch.set_flush_denormal(True) sets it on the calling thread only) would give
-// the master thread other difference keys than the workers: passes would then disagree on the
-// counts they write by.
-class SubnormalsKept {
- public:
-#if defined(__SSE__)
-  SubnormalsKept() : saved_(_mm_getcsr()) { _mm_setcsr(saved_ & ~kFlushBits); }
-  ~SubnormalsKept() { _mm_setcsr(saved_); }
-#else
-  SubnormalsKept() = default;
-#endif
-  SubnormalsKept(const SubnormalsKept&) = delete;
-  SubnormalsKept& operator=(const SubnormalsKept&) = delete;
-
- private:
-#if defined(__SSE__)
-  static constexpr unsigned kFlushBits = 0x8040u;  // FTZ (bit 15) and DAZ (bit 6)
-  unsigned saved_;
-#endif
-};
-
 // Calls `fn(keys)` with the keys of element type D: of x, or of x - base when base is set.
 template <int32_t D, typename Fn>
 void with_typed_keys(const void* x, const void* base, Fn&& fn) {
   using Storage = typename Element<D>::Storage;
   const Storage* values = static_cast<const Storage*>(x);
   if (base) {
+    // Every pass must see the same difference keys, or passes disagree on the counts they
+    // write by.
     const SubnormalsKept subnormals_kept;
     fn(DifferenceKeys<D>{values, static_cast<const Storage*>(base)});
   } else {

@@ -78,8 +78,8 @@ def _checked(
     if len(scales) != len(indices):
         raise ValueError(f"{what}: {len(scales)} scales for {len(indices)} diffs")
     if not all(abs(s) < FP32_OVERFLOW for s in scales):
-        raise ValueError(f"{what}: scales must be finite in fp32, got {scales} (NaN or Inf would be written into "
-                         "the weights)")
+        raise ValueError(f"{what}: scales must be finite in fp32, got {scales} (a NaN or Inf scale would be "
+                         "written into every entry of its diff)")
     _check_rows(items, indices, values, "values", what)
     return items, scales
 
@@ -104,9 +104,14 @@ def scatter_add_(
         dense: T contiguous fp32/bf16/fp16 tensors (updated in place).
         indices: D rows of T int64 1-D tensors, sorted ascending, unique, in range.
         values: D rows of T 1-D float tensors matching ``indices``.
-        scales: D floats (default all 1.0).
+        scales: D floats (default all 1.0), each finite in fp32 (checked: ValueError).
         save: also return the original values at every diff's indices (dense dtype),
             gathered before anything is added; pass them to :func:`scatter_restore_`.
+
+    Overflow is not checked: with finite scales, a product beyond fp32's range, or a sum beyond
+    the dense dtype's (65504 in fp16), rounds to ±Inf and is written, as ``Tensor.to(dtype)``
+    rounds (checking would be another pass over every entry). :func:`scatter_restore_` still
+    writes the saved originals back exactly.
 
     The index values are checked once per index tensor (see
     :func:`~deftx.ops.validation.check_indices`): :func:`deftx.sft.apply_diffs` passes

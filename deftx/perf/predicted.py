@@ -23,7 +23,8 @@ prediction's :class:`~deftx.perf.workload.Workload` is mapped explicitly:
   without saving originals, so its costs come from ``deftx.ops.cost.scatter`` with
   ``num_diffs=1, save=False`` (the profile's scatter composes two diffs and saves).
 
-Which baselines have a model: ``torch.cat+topk`` (the profile's cat + topk + sort),
+Which baselines have a model: ``torch.cat+topk`` (cat + abs_ + topk, no sort, as the bench runs
+it: ``deftx.ops.cost.topk.cat_abs_topk_bytes_moved``; the profile's baseline also sorts),
 ``torch.svd_lowrank``, ``densify + add`` and ``index_add_ loop``, and both AdamW steps
 (fused or not, the same HBM traffic). The step's ``deftx_prepared`` row (the same masked
 step, checked once) has deftx's model. ``torch.cat+kthvalue`` and ``torch.linalg.svd``
@@ -65,11 +66,10 @@ NUM_DIFFS: dict[str, int] = {"compose": 2}
 """SFTs composed per call where it is not one (bench ``compose``: the profile's 2, originals saved)."""
 
 PROFILE_BASELINES: dict[str, tuple[str, ...]] = {
-    "topk": ("cat_topk",),
     "rsvd": ("svd_lowrank",),
     "step": ("adamw", "adamw_fused"),
 }
-"""bench baselines modelled by the profile prediction's single baseline (scatter: see module doc)."""
+"""bench baselines modelled by the profile prediction's single baseline (topk, scatter: see module doc)."""
 
 PROFILE_DEFTX_VARIANTS: dict[str, tuple[str, ...]] = {"step": ("deftx_prepared",)}
 """bench implementations listed with the baselines that run deftx's op itself, modelled as deftx."""
@@ -211,9 +211,19 @@ def _profile_costs(op: str) -> Callable[[Workload], dict[str, ModelledCost]]:
         deftx = (prediction.deftx, f"{where}: {prediction.workload}")
         baseline = (prediction.baseline, f"{where} baseline: {prediction.baseline_name}")
         variants = dict.fromkeys(PROFILE_DEFTX_VARIANTS.get(op, ()), deftx)
-        return {DEFTX: deftx, **variants, **dict.fromkeys(PROFILE_BASELINES[op], baseline)}
+        return {DEFTX: deftx, **variants, **dict.fromkeys(PROFILE_BASELINES.get(op, ()), baseline)}
 
     return costs
+
+
+def _topk_costs(shape_set: Workload) -> dict[str, ModelledCost]:
+    """The profile's top-k prediction for deftx; the bench's ``cat_topk`` (cat + abs_ + topk, no
+    sort) by its own model."""
+    topk = op_entry("topk").cost_model()
+    shapes = [p.shape for p in shape_set.eligible]
+    baseline = Cost(topk.cat_abs_topk_bytes_moved(shapes, shape_set.k, shape_set.torch_dtype))
+    return {**_profile_costs("topk")(shape_set),
+            "cat_topk": (baseline, "deftx.ops.cost.topk.cat_abs_topk_bytes_moved (cat + abs_ + topk, no sort)")}
 
 
 def _compose_costs(shape_set: Workload) -> dict[str, ModelledCost]:
@@ -256,7 +266,7 @@ def _on_tensor_cores(cost: Cost, precision: str) -> Cost:
 
 
 COST_MODELS: dict[str, Callable[[Workload], dict[str, ModelledCost]]] = {
-    "topk": _profile_costs("topk"),
+    "topk": _topk_costs,
     "rsvd": _profile_costs("rsvd"),
     "scatter": _scatter_costs,
     "step": _profile_costs("step"),

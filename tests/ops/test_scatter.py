@@ -153,3 +153,26 @@ def test_non_contiguous_dense_is_rejected():
     w = torch.zeros(4, 4).T
     with pytest.raises(ValueError, match="contiguous"):
         scatter_add_([w], [[torch.tensor([0])]], [[torch.ones(1)]], [1.0])
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # numpy, in Triton's interpreter
+@pytest.mark.parametrize("backend", cpu_backends("scatter"))
+def test_a_finite_scale_can_still_overflow_to_inf_and_restore_undoes_it(backend):
+    """Only the scales are checked: 60000 + 1.0 * 10000 = 70000 is past fp16's 65504 and rounds
+    to +Inf, 3.4e38 * -2.0 is past fp32's range and writes -Inf, in every dense dtype; the other
+    entries and the restore are exact."""
+    dense = [torch.tensor([60000.0, 1.0], dtype=torch.float16), torch.tensor([1.0, 2.0], dtype=torch.bfloat16),
+             torch.tensor([1.0, 2.0])]
+    original = [w.clone() for w in dense]
+    indices = [[torch.tensor([0, 1]), torch.tensor([1]), torch.tensor([0])],
+               [torch.empty(0, dtype=torch.int64), torch.tensor([0]), torch.tensor([1])]]
+    values = [[torch.tensor([10000.0, 1.0]), torch.tensor([0.5]), torch.tensor([0.25])],
+              [torch.empty(0), torch.tensor([-2.0]), torch.tensor([-2.0])]]
+    saved = scatter_add_(dense, indices, values, [1.0, 3.4e38], save=True, backend=backend)
+    inf = float("inf")
+    assert dense[0].tolist() == [inf, 2.0]
+    assert dense[1].tolist() == [-inf, 2.5]
+    assert dense[2].tolist() == [1.25, -inf]
+    scatter_restore_(dense, indices, saved, backend=backend)
+    for t, (w, o) in enumerate(zip(dense, original, strict=True)):
+        assert_bitwise_equal(w, o, what=f"restored tensor {t}")

@@ -176,26 +176,31 @@ def test_cost_models_are_positive_and_finite(op: str) -> None:
 
 
 def test_topk_cost_model_by_hand() -> None:
+    """1000 fp32 scores, k = 100 (one 16384-element block; the candidate list takes all 1000)."""
     module = op_module("topk")
     spec = CaseSpec("topk", ShapeSet("one", (TensorShape("w", (100, 10)),)), k_fraction=0.1)
     inputs = module.make_inputs(spec)
     assert inputs.k == 100
-    assert module.traffic("deftx:torch", inputs).bytes == 1000 * 4 + 100 * 8
-    assert module.traffic("cat_topk", inputs).bytes == 1000 * 4 + 16 * 1000 + 12 * 100
-    assert module.traffic("cat_kthvalue", inputs).bytes == 1000 * 4 + 16 * 1000
+    # deftx: 2 full reads + the list (8 B per entry, written once, read by 4 radix passes, the
+    # classification and the compaction) + 8 B per index + 128 B of block counters
+    assert module.traffic("deftx:torch", inputs).bytes == 2 * 1000 * 4 + 8 * 1000 * (1 + 4 + 2) + 100 * 8 + 128
+    # cat (read, write) + abs_ (read, write) + topk (4 digit reads + a gathering read) + values and indices
+    assert module.traffic("cat_topk", inputs).bytes == 4 * 1000 * 4 + 5 * 1000 * 4 + 100 * (4 + 8)
+    assert module.traffic("cat_kthvalue", inputs).bytes == 5 * 1000 * 4
 
 
-@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
-def test_topk_cost_model_of_16_bit_scores_by_hand(dtype: str) -> None:
+@pytest.mark.parametrize(("dtype", "radix_passes"), [("bf16", 2), ("fp16", 3)])
+def test_topk_cost_model_of_16_bit_scores_by_hand(dtype: str, radix_passes: int) -> None:
     """torch.cat and abs_ keep the scores' 2-byte dtype, and topk returns values in it."""
     module = op_module("topk")
     spec = CaseSpec("topk", ShapeSet("one", (TensorShape("w", (100, 10)),)), dtype=dtype, k_fraction=0.1)
     inputs = module.make_inputs(spec)
     values, indices = torch.topk(torch.cat([t.reshape(-1) for t in inputs.tensors]).abs_(), inputs.k)
     assert values.element_size() == 2 and indices.element_size() == 8
-    # cat reads and writes 1000 x 2 B, abs_ reads and writes them, the selection reads them
-    assert module.traffic("deftx:torch", inputs).bytes == 1000 * 2 + 100 * 8
-    assert module.traffic("cat_topk", inputs).bytes == 5 * 1000 * 2 + 100 * (2 + 8)
+    deftx = 2 * 1000 * 2 + 8 * 1000 * (1 + radix_passes + 2) + 100 * 8 + 128
+    assert module.traffic("deftx:torch", inputs).bytes == deftx
+    # cat and abs_ read and write 1000 x 2 B each, topk reads them per 8-bit digit (2) and once more
+    assert module.traffic("cat_topk", inputs).bytes == 4 * 1000 * 2 + 3 * 1000 * 2 + 100 * (2 + 8)
     assert module.traffic("cat_kthvalue", inputs).bytes == 5 * 1000 * 2
 
 

@@ -56,6 +56,12 @@ def bytes_moved(shapes: Sequence[Sequence[int]], k: int, dtype: torch.dtype, wit
     return FULL_PASSES * n * e + list_bytes + 8 * k + sample_bytes + blocks * BLOCK_BOOKKEEPING_BYTES
 
 
+def _torch_topk_bytes(n: int, k: int, e: int) -> int:
+    """``torch.topk`` on ``n`` flat entries of ``e`` bytes: one read per 8-bit digit of its radix
+    key (e of them) and one gathering read, then k values and int64 indices written."""
+    return (e + 1) * n * e + k * (e + 8)
+
+
 def baseline_bytes_moved(shapes: Sequence[Sequence[int]], k: int, dtype: torch.dtype) -> int:
     """HBM bytes of the dense torch baseline: ``torch.cat`` of the flattened tensors, then
     ``torch.topk`` and a sort of the k flat indices back into per-tensor order.
@@ -71,4 +77,21 @@ def baseline_bytes_moved(shapes: Sequence[Sequence[int]], k: int, dtype: torch.d
     """
     n = sum(math.prod(shape) for shape in shapes)
     e = dtype.itemsize
-    return (2 + e + 1) * n * e + k * (e + 8) + 32 * k
+    return 2 * n * e + _torch_topk_bytes(n, k, e) + 32 * k
+
+
+def cat_abs_topk_bytes_moved(shapes: Sequence[Sequence[int]], k: int, dtype: torch.dtype) -> int:
+    """HBM bytes of the benchmark's ``cat_topk`` baseline (``deftx.perf.cases.topk``):
+    ``torch.topk(torch.cat(flat tensors).abs_(), k, sorted=False)``, no sort, below torch's
+    2^31-entry slice (past it the chunked baseline moves more).
+
+    With N, e and R as in :func:`baseline_bytes_moved`::
+
+        2 * N * e        cat: read every tensor, write the flat copy
+      + 2 * N * e        abs_: read and write the copy in place
+      + (R + 1) * N * e  topk radix select: one read per 8-bit digit, one gathering read
+      + k * (e + 8)      topk values and int64 indices written
+    """
+    n = sum(math.prod(shape) for shape in shapes)
+    e = dtype.itemsize
+    return 4 * n * e + _torch_topk_bytes(n, k, e)

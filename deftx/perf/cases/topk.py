@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from deftx.ops import topk_mask
+from deftx.ops.cost import topk as topk_cost
 from deftx.perf import synthetic
 from deftx.perf.cases.base import CaseSpec, Traffic, backend_of
 
@@ -109,20 +110,26 @@ def bind(impl: str, inputs: TopkInputs) -> Callable[[], object]:
 
 
 def traffic(impl: str, inputs: TopkInputs) -> Traffic:
-    """Bytes each implementation must move (no flops worth counting).
+    """Bytes each implementation moves, by the work it does (no flops worth counting).
 
-    deftx: read every score once, write k int64 indices: ``Σ numel·e + 8k`` (e: the
-    scores' element size).
-    Baselines: the concatenation reads the scores and writes a copy in their dtype, ``abs_``
-    reads and writes it, the selection reads it (``topk`` writes k values of size e and
-    int64 indices): ``Σ numel·e + 4 n e (+ k (e + 8) for topk)``.
+    deftx (every backend): :func:`deftx.ops.cost.topk.bytes_moved`, the Triton plan's two full
+    reads of the scores (count, partition), its candidate list and the 8 B int64 indices (the
+    native top-k also reads the scores twice and then only its candidates).
+    ``cat_topk``: :func:`deftx.ops.cost.topk.cat_abs_topk_bytes_moved`, cat (read, write the
+    copy) + ``abs_`` (read, write) + torch's radix top-k (a read per 8-bit digit and a gathering
+    read) + k values and indices: ``4 N e + (e + 1) N e + k (e + 8)``, no sort.
+    ``cat_kthvalue``: cat + ``abs_`` + one selection read, ``5 N e`` (a lower bound).
     """
-    read = sum(t.numel() * t.element_size() for t in inputs.tensors)
-    element = inputs.tensors[0].element_size()
+    shapes = [t.shape for t in inputs.tensors]
+    dtype = inputs.tensors[0].dtype
     if backend_of(impl) is not None:
-        return Traffic(read + 8 * inputs.k, 0.0, "deftx.perf: read scores once + 8 B per index")
-    output = (element + 8) * inputs.k if impl == "cat_topk" else 0
-    return Traffic(5 * read + output, 0.0, "deftx.perf: cat + abs_ + one selection pass")
+        return Traffic(float(topk_cost.bytes_moved(shapes, inputs.k, dtype)), 0.0,
+                       "deftx.ops.cost.topk.bytes_moved: 2 full reads + candidate list + 8 B per index")
+    if impl == "cat_topk":
+        return Traffic(float(topk_cost.cat_abs_topk_bytes_moved(shapes, inputs.k, dtype)), 0.0,
+                       "deftx.ops.cost.topk.cat_abs_topk_bytes_moved: cat + abs_ + radix topk, no sort")
+    read = sum(t.numel() * t.element_size() for t in inputs.tensors)
+    return Traffic(5.0 * read, 0.0, "deftx.perf: cat + abs_ + one selection read (a lower bound)")
 
 
 def quality(impl: str, inputs: TopkInputs, output: object) -> dict[str, float]:

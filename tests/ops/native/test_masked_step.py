@@ -20,6 +20,7 @@ from deftx.ops import masked_adamw_step_, native
 from deftx.ops.reference import masked_step as reference
 from tests.helpers import UNIT_ROUNDOFF, assert_bitwise_equal, assert_close, tolerance
 from tests.ops.conftest import DTYPE_SETS, one_param_step_tensors
+from tests.ops.native.flushing import run_flushing_caller
 
 if native.unavailable_reason() is not None:
     pytest.skip(native.unavailable_reason(), allow_module_level=True)
@@ -299,3 +300,52 @@ def test_rejects_what_it_cannot_read_safely(change, match):
     l1 = change.get("l1", 0.0)
     with pytest.raises(ValueError, match=match):
         native_step(**args, step=1, lr=0.1, l1=l1)
+
+
+# A step on 64 chunks of subnormal state and gradients: a first step starts the OpenMP workers,
+# then the calling thread flushes subnormals and the step is taken on fresh copies.
+SUBNORMAL_HYPER = {"step": 1, "lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8}
+FLUSHING_STEP = """
+import sys, torch
+from deftx.ops.native.masked_step import masked_adamw_step_
+from deftx.ops.settings import AdamWSettings, MaskedStepTensors
+from tests.ops.native.test_masked_step import SUBNORMAL_HYPER, subnormal_problem
+
+def step(problem):
+    state, grads, indices = problem
+    tensors = MaskedStepTensors(state.params, grads, indices, state.masters, state.exp_avgs, state.exp_avg_sqs)
+    masked_adamw_step_(tensors, AdamWSettings(**SUBNORMAL_HYPER))
+    return state
+
+step(subnormal_problem())
+problem = subnormal_problem()  # made before flushing, which would flush torch's own arithmetic
+if not torch.set_flush_denormal(True):
+    sys.exit(77)
+state = step(problem)
+torch.save([state.params, state.masters, state.exp_avgs, state.exp_avg_sqs], sys.argv[1])
+"""
+
+
+def subnormal_problem() -> tuple[State, list[torch.Tensor], list[torch.Tensor]]:
+    """One fp32 parameter of 64 * CHUNK entries, all selected, whose masters and gradients are
+    subnormals in [tiny / 4, tiny / 2]: the first moments are subnormals (flushed: zeros), the
+    second moments underflow to 0 in both modes, so the square root is exact."""
+    generator = torch.Generator().manual_seed(0)
+    quarter = torch.finfo(torch.float32).tiny / 4
+    n = 64 * CHUNK
+    masters = (torch.rand(n, generator=generator) + 1.0) * quarter
+    grads = [(torch.rand(n, generator=generator) + 1.0) * quarter]
+    state = State([masters.clone()], [masters], [torch.zeros(n)], [torch.zeros(n)])
+    return state, grads, [torch.arange(n)]
+
+
+def test_subnormals_are_kept_whatever_the_callers_denormal_mode(tmp_path):
+    """The step computes with subnormals on every thread, also when the calling thread flushes
+    them (``torch.set_flush_denormal(True)`` sets it on that thread only): the state is the
+    documented fp32 formula's, whichever thread takes which chunk."""
+    expected, grads, indices = subnormal_problem()
+    formula_step(expected, grads, indices, None, weight_decay=0.0, l1=0.0, **SUBNORMAL_HYPER)
+    assert bool((expected.exp_avgs[0] != 0).all())  # a flushed first moment would be a zero
+    run_flushing_caller(FLUSHING_STEP, str(tmp_path / "state.pt"))
+    params, masters, exp_avgs, exp_avg_sqs = torch.load(tmp_path / "state.pt")
+    assert_states_bitwise_equal(State(params, masters, exp_avgs, exp_avg_sqs), expected)

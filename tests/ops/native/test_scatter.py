@@ -8,6 +8,7 @@ import torch
 
 from deftx.ops import native
 from tests.helpers import assert_bitwise_equal
+from tests.ops.native.flushing import run_flushing_caller
 
 if native.unavailable_reason() is not None:
     pytest.skip(native.unavailable_reason(), allow_module_level=True)
@@ -197,3 +198,45 @@ def test_restore_rejects_saved_of_another_dtype():
     dense = [torch.zeros(3, dtype=torch.bfloat16)]
     with pytest.raises(ValueError, match="dense dtype"):
         scatter_restore_(dense, [[torch.tensor([1])]], [[torch.ones(1)]])
+
+
+# Subnormal dense entries and values (fp32 and bf16, 16 + 4 blocks of 2^16): a first call starts
+# the OpenMP workers, then the calling thread flushes subnormals and the diffs are added again.
+SUBNORMAL_SIZES = (1 << 20, 1 << 18)
+FLUSHING_SCATTER = """
+import sys, torch
+from deftx.ops.native.scatter import scatter_add_
+from tests.ops.native.test_scatter import subnormal_case
+dense, indices, values = subnormal_case()
+scatter_add_([w.clone() for w in dense], indices, values, [1.0], False)
+if not torch.set_flush_denormal(True):
+    sys.exit(77)
+scatter_add_(dense, indices, values, [1.0], False)
+torch.save(dense, sys.argv[1])
+"""
+
+
+def subnormal_case() -> tuple[list[torch.Tensor], list[list[torch.Tensor]], list[list[torch.Tensor]]]:
+    """Dense fp32 and bf16 tensors of subnormals in [tiny / 4, tiny / 2], every entry of one diff
+    of fp32 subnormals there too: the exact sums are subnormals, never zero; flushed ones are."""
+    generator = torch.Generator().manual_seed(0)
+    quarter = torch.finfo(torch.float32).tiny / 4
+
+    def subnormals(n: int) -> torch.Tensor:
+        return (torch.rand(n, generator=generator) + 1.0) * quarter
+
+    dense = [subnormals(n).to(dtype) for n, dtype in zip(SUBNORMAL_SIZES, (torch.float32, torch.bfloat16), strict=True)]
+    values = [subnormals(n) for n in SUBNORMAL_SIZES]
+    return dense, [[torch.arange(n) for n in SUBNORMAL_SIZES]], [values]
+
+
+def test_subnormals_are_added_whatever_the_callers_denormal_mode(tmp_path):
+    """The sums keep their subnormals on every thread, also when the calling thread flushes
+    them (``torch.set_flush_denormal(True)`` sets it on that thread only): the result is the
+    documented fp32 sum, whichever thread adds which block."""
+    dense, indices, values = subnormal_case()
+    expected = reference_scatter_add(dense, indices, values, [1.0])
+    assert all(bool((w != 0).all()) for w in expected)  # a flushed sum would be a zero
+    run_flushing_caller(FLUSHING_SCATTER, str(tmp_path / "dense.pt"))
+    got = torch.load(tmp_path / "dense.pt")
+    assert_all_bitwise_equal(got, expected, "dense added by a flushing caller")

@@ -7,13 +7,13 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from deftx.ops import native
 from tests.ops.conftest import DTYPE_SETS
+from tests.ops.native.flushing import ROOT, run_flushing_caller
 
 if native.unavailable_reason() is not None:
     pytest.skip(native.unavailable_reason(), allow_module_level=True)
@@ -147,8 +147,6 @@ def test_result_does_not_depend_on_thread_count(threads):
         torch.set_num_threads(before)
     assert_same_selection(actual, reference_topk(tensors, 40_001))
 
-
-ROOT = Path(__file__).resolve().parents[3]
 
 # getloadavg() for OpenMP's dynamic team sizes: a load of 1000, then 0, by turns, so that under
 # OMP_DYNAMIC=true consecutive parallel regions get one thread, then every thread.
@@ -342,25 +340,17 @@ print(json.dumps([select([theta1], 1000, [theta0]).indices.tolist() for _ in ran
 """
 
 
-def test_bases_subtract_with_subnormals_whatever_the_callers_denormal_mode(tmp_path):
+def test_bases_subtract_with_subnormals_whatever_the_callers_denormal_mode():
     """The difference is computed with subnormals on every thread of the library, also when the
     calling thread flushes them (``torch.set_flush_denormal(True)`` sets it on that thread
     only): every pass then sees the same keys, and the selection is that of the exact
     differences."""
-    if len(os.sched_getaffinity(0)) < 2:
-        pytest.skip("needs two CPUs for threads in both modes")
-    env = {**os.environ, "OMP_NUM_THREADS": "2",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    done = subprocess.run([sys.executable, "-c", FLUSHING_CALLER], env=env, capture_output=True, text=True,
-                          timeout=120)
-    if done.returncode == 77:
-        pytest.skip("this CPU cannot flush denormals")
-    assert done.returncode == 0, done.stderr[-2000:]
+    stdout = run_flushing_caller(FLUSHING_CALLER)
     generator = torch.Generator().manual_seed(0)
     tiny = torch.finfo(torch.float32).tiny
     theta1, theta0 = (torch.rand(1 << 18, generator=generator) * tiny for _ in range(2))
     (expected,) = reference_topk(materialised([theta1], [theta0]), 1000)
-    for run, got in enumerate(json.loads(done.stdout.splitlines()[-1])):
+    for run, got in enumerate(json.loads(stdout.splitlines()[-1])):
         assert got == expected.tolist(), f"selection {run}: {len(set(got) - set(expected.tolist()))} entries differ"
 
 
