@@ -384,3 +384,11 @@ def test_the_scores_check_holds_one_model_s_scores_at_a_time(monkeypatch: pytest
     monkeypatch.setattr(module, "_baseline_scores", lambda *a: scores.track(real_baseline(*a)))
     assert module.mismatch("deftx:torch", inputs) is None
     assert scores.peak == one_model, f"{scores.peak / one_model:.2f} models' scores alive at once"
+
+
+def test_the_tensor_core_scores_are_checked_before_they_are_timed() -> None:
+    """``deftx_tensor_cores`` runs deftx's rSVD with tensor-core products: its rows were timed and read for the
+    scores goal with no output check, as if it were a baseline."""
+    scores = op_module("scores")
+    assert runs_deftx_code("scores", scores.TENSOR_CORES)
+    assert [impl for impl in scores.BASELINES if runs_deftx_code("scores", impl)] == [scores.TENSOR_CORES]

@@ -47,9 +47,12 @@ def implementations(op: str, device: torch.device, backends: tuple[str, ...] | N
 
 
 def runs_deftx_code(op: str, impl: str) -> bool:
-    """Whether ``impl`` of ``op`` runs deftx's code (a backend, or the op's prepared path): the
-    implementations whose output :func:`output_problem` checks before they are timed."""
-    return backend_of(impl) is not None or impl == getattr(op_module(op), "PREPARED", None)
+    """Whether ``impl`` of ``op`` runs deftx's code (a backend, the op's prepared path, or another of its
+    ``DEFTX_VARIANTS``: the scores' tensor-core products): the implementations whose output
+    :func:`output_problem` checks before they are timed."""
+    module = op_module(op)
+    return (backend_of(impl) is not None or impl == getattr(module, "PREPARED", None)
+            or impl in getattr(module, "DEFTX_VARIANTS", ()))
 
 
 def output_problem(op: str, impl: str, inputs: object) -> str | None:

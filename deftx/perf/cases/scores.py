@@ -32,6 +32,8 @@ from deftx.perf.cases.base import CaseSpec, Traffic, backend_of
 
 OP = "scores"
 TENSOR_CORES = "deftx_tensor_cores"
+DEFTX_VARIANTS = (TENSOR_CORES,)
+"""Implementations beside the backends that run deftx's code (their output is checked before timing)."""
 BASELINES: dict[str, str] = {
     TENSOR_CORES: "deftx, tensor-core products (tf32x3 / bf16)",
     "svd_lowrank_abs": "torch.svd_lowrank + |U S Vh|",
