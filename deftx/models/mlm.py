@@ -56,6 +56,7 @@ class MLMHead(nn.Module):
         vocab, hidden = decoder_weight.shape
         dtype, device = decoder_weight.dtype, decoder_weight.device
         self.dense = nn.Linear(hidden, hidden, dtype=dtype, device=device)
+        self.hidden_act = hidden_act
         self.activation = ACT2FN[hidden_act]
         self.layer_norm = nn.LayerNorm(hidden, eps=layer_norm_eps, dtype=dtype, device=device)
         self.bias = nn.Parameter(torch.zeros(vocab, dtype=dtype, device=device))

@@ -29,6 +29,10 @@ LOGGER = logging.getLogger(__name__)
 CACHE_FORMAT = 1
 HELDOUT_SEED_OFFSET = 104_729  # held-out choice and masks: own generators, training untouched
 EVAL_CHUNK = 512  # held-out positions per (N, V) logits block
+KEYED_BY_DEFAULT = {"layer_norm_eps": 1e-12, "hidden_act": "gelu", "mask_token_id": 250001, "pad_token_id": 1,
+                    "special_ids": [0, 1, 2, 3, 250001]}
+"""The head's LayerNorm eps and activation (MLMHead's defaults) and the masking's token ids (e5's tokenizer) that
+keys written before they were keyed were made with: only values other than these enter the key."""
 
 
 def tensors_fingerprint(tensors: Mapping[str, torch.Tensor]) -> str:
@@ -54,6 +58,16 @@ def _warm_up_key(model: FrozenDecoderMLM, sequences: list[list[int]], texts_sha:
         "settings": settings,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def head_and_token_settings(model: FrozenDecoderMLM, collator: MLMCollator) -> dict[str, Any]:
+    """What else changes the warmed head for equal tensors: the head's LayerNorm eps and activation (the body's
+    config, which its own layers read too) and the tokens the masking skips and writes, each only where it
+    differs from :data:`KEYED_BY_DEFAULT` (so the keys of e5's heads stay as they were)."""
+    values = {"layer_norm_eps": model.head.layer_norm.eps, "hidden_act": model.head.hidden_act,
+              "mask_token_id": collator.mask_token_id, "pad_token_id": collator.pad_token_id,
+              "special_ids": collator.special_ids.tolist()}
+    return {name: value for name, value in values.items() if value != KEYED_BY_DEFAULT[name]}
 
 
 def _window_mean(values: list[float], fraction: float = 0.1) -> float:
@@ -230,6 +244,7 @@ def warm_up_mlm_head(
         "mlm_probability": mlm_probability,
         "real_vocab_size": real_vocab_size if real_vocab_size is not None else len(tokenizer),
     }
+    settings.update(head_and_token_settings(model, MLMCollator(tokenizer, mlm_probability, real_vocab_size)))
     if eval_sequences:
         settings.update(eval_sequences=eval_sequences, eval_every=eval_every,
                         groups=[[name, len(group)] for name, group in chunked.items()])

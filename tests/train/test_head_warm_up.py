@@ -429,7 +429,8 @@ def test_warm_up_key_covers_heldout_settings_but_not_groups_without_them(tmp_pat
     assert plain["heldout_curve"] == [] and len(plain["train_curve"]) == 1
     stored = load_head(build_mlm_model(body, seed=0), plain["cache_file"])
     assert set(stored["settings"]) == {"steps", "batch_size", "lr", "seq_len", "seed", "mlm_probability",
-                                       "real_vocab_size"}, "without held-out text the key is the one kept before"
+                                       "real_vocab_size", "mask_token_id", "special_ids"}, \
+        "without held-out text the key is the one kept before (plus the tiny tokenizer's mask id, not e5's)"
     keys = {plain["key"], run({"a": texts[:25], "b": texts[25:]}, eval_sequences=2)["key"],
             run({"a": texts[:25], "b": texts[25:]}, eval_sequences=3)["key"],
             run({"a": texts[:25], "b": texts[25:]}, eval_sequences=2, eval_every=1)["key"],
@@ -489,3 +490,30 @@ def test_no_copy_of_a_heldout_window_is_trained_on(monkeypatch):
     assert len(trained) == 40 and not {w for call in trained for w in call} & heldout
     assert {w for call in trained for w in call} == set(expected_training)
     assert metrics["groups"] == {"all": {"train_sequences": len(expected_training), "heldout_sequences": 8}}
+
+
+def test_warm_up_key_covers_the_heads_activation_eps_and_the_masking_token_ids(tmp_path):
+    """Equal body weights under another ``layer_norm_eps`` / ``hidden_act`` train another head (and body function),
+    and a tokenizer with another mask or special ids masks other positions: none may share a cached head."""
+    from transformers import PreTrainedTokenizerFast
+
+    from tests.models.conftest import tiny_backend, tiny_vocab
+
+    body = tiny_bert(EMBEDDING_ROWS, seed=2)
+    texts = _warm_up_texts()
+
+    def key(tokenizer, **config):
+        for name, value in config.items():
+            setattr(body.config, name, value)
+        model = build_mlm_model(body, seed=0)
+        return warm_up_mlm_head(model, tokenizer, texts, steps=2, batch_size=4, seq_len=16,
+                                cache_path=tmp_path, cached_only=True)["key"]
+
+    tokenizer = tiny_tokenizer()
+    other_specials = PreTrainedTokenizerFast(  # <unk> no longer special: it may be masked and drawn
+        tokenizer_object=tiny_backend(tiny_vocab()), bos_token="<s>", eos_token="</s>", cls_token="<s>",
+        sep_token="</s>", pad_token="<pad>", mask_token="<mask>")
+    assert tokenizer(texts)["input_ids"] == other_specials(texts)["input_ids"]
+    keys = [key(tokenizer, layer_norm_eps=1e-12, hidden_act="gelu"), key(tokenizer, layer_norm_eps=1e-5),
+            key(tokenizer, layer_norm_eps=1e-12, hidden_act="relu"), key(other_specials, hidden_act="gelu")]
+    assert len(set(keys)) == len(keys)
