@@ -82,8 +82,16 @@ def read_results(paths: Sequence[str | Path]) -> list[dict[str, str]]:
             key = score_key(row)
             seen = merged.setdefault(key, row)
             if seen != row:
-                raise ResultsError(f"{path}: conflicting scores for {dict(key)}")
+                raise ResultsError(f"{path}: conflicting scores for {dict(key)}: {row_differences(seen, row)}")
     return list(merged.values())
+
+
+def row_differences(earlier: Mapping[str, str], row: Mapping[str, str]) -> str:
+    """Each column in which two rows of one key differ: ``column 'earlier' (earlier row) vs 'row'``
+    (a column one of them lacks reads as missing)."""
+    columns = [c for c in dict.fromkeys([*earlier, *row]) if earlier.get(c) != row.get(c)]
+    shown = (f"{c} {earlier.get(c, '(missing)')!r} (earlier row) vs {row.get(c, '(missing)')!r}" for c in columns)
+    return "; ".join(shown)
 
 
 def score_key(row: Mapping[str, str]) -> tuple[tuple[str, str], ...]:

@@ -19,6 +19,7 @@ from deftx.eval.paired import (
     goal_lines,
     paired_study,
     read_results,
+    row_differences,
     seeds_for_half_width,
     student_t_critical,
 )
@@ -106,8 +107,18 @@ def test_results_files_merge_and_conflicts_are_refused(tmp_path):
     second = write(tmp_path / "b.csv", [r for r in rows if int(r["seed"]) >= 2])  # seed 2 in both, identical
     assert len(read_results([first, second])) == len(rows)
     changed = [dict(r, macro_f1="0.1") if r["seed"] == "2" else r for r in rows if int(r["seed"]) >= 2]
-    with pytest.raises(ResultsError, match=r"conflicting scores .*'seed': '2'"):
+    with pytest.raises(ResultsError, match=r"conflicting scores .*'seed': '2'") as refused:
         read_results([first, write(tmp_path / "c.csv", changed)])
+    seed_two = next(r for r in rows if r["seed"] == "2")
+    assert str(refused.value).endswith(f"macro_f1 {seed_two['macro_f1']!r} (earlier row) vs '0.1'")
+
+
+def test_a_conflict_names_each_column_that_differs_and_one_a_row_lacks():
+    """The message named the key only: which of a dozen columns differed (a score, the recipe) was left to a diff."""
+    earlier = {"seed": "0", "macro_f1": "0.5", "recipe": "abc"}
+    assert row_differences(earlier, {"seed": "0", "macro_f1": "0.5"}) == "recipe 'abc' (earlier row) vs '(missing)'"
+    assert row_differences(earlier, {"seed": "0", "macro_f1": "0.6", "recipe": "abd"}) == (
+        "macro_f1 '0.5' (earlier row) vs '0.6'; recipe 'abc' (earlier row) vs 'abd'")
 
 
 @pytest.mark.parametrize(
