@@ -123,8 +123,7 @@ def test_evaluate_data_takes_class_ids_from_the_classifier_never_from_the_labels
     diff = random_diff(model, 200, head=True, info=info)
     diff.save(tmp_path / "task.safetensors")
     rows = [(text, label) for text, label in SENTENCES if label != "negative"]
-    data = tmp_path / "reviews.csv"
-    data.write_text("text,label\n" + "".join(f"{text},{label}\n" for text, label in rows))
+    data = write_reviews(tmp_path / "reviews.csv", rows)
     command = ["evaluate", "--model", str(plain_bert), "--task-sft", str(tmp_path / "task.safetensors"),
                "--data", str(data)]
     assert main(command) == 2
@@ -542,8 +541,7 @@ def test_evaluate_refuses_integer_labels_for_a_classifier_with_named_classes_unl
     records cannot tell which order the file's integers follow. --label-ids says they are its class ids."""
     task_sft_with_labels(plain_bert, LABELS).save(tmp_path / "task.safetensors")
     order = ["positive", "neutral", "negative"]
-    data = tmp_path / "reviews.csv"
-    data.write_text("text,label\n" + "".join(f"{text},{order.index(label)}\n" for text, label in SENTENCES))
+    data = write_reviews(tmp_path / "reviews.csv", [(text, str(order.index(label))) for text, label in SENTENCES])
     command = ["evaluate", "--model", str(plain_bert), "--task-sft", str(tmp_path / "task.safetensors"),
                "--data", str(data)]
     assert main(command) == 2
@@ -574,8 +572,7 @@ def test_evaluate_data_says_which_classes_it_holds_no_example_of(tmp_path, plain
     class 0 (negative) to all four rows, two of them negative: F1 negative 2·2/(2·2+2) = 2/3, positive 0,
     neutral 0."""
     task_sft_with_labels(plain_bert, LABELS).save(tmp_path / "task.safetensors")
-    data = tmp_path / "reviews.csv"
-    data.write_text("text,label\n" + "".join(f"{text},{label}\n" for text, label in SENTENCES if label != "neutral"))
+    data = write_reviews(tmp_path / "reviews.csv", [(text, label) for text, label in SENTENCES if label != "neutral"])
     assert main(["evaluate", "--model", str(plain_bert), "--task-sft", str(tmp_path / "task.safetensors"),
                  "--data", str(data)]) == 0
     printed = capsys.readouterr().out

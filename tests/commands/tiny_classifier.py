@@ -4,6 +4,7 @@ file: ``compose`` / ``evaluate`` on any encoder in seconds (the folders are the 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -46,8 +47,9 @@ def task_sft(folder: Path, *, info: bool = True, base_model: str | None = None) 
                        base_model=base_model)
 
 
-def write_reviews(path: Path, *, label_ids: bool = False) -> Path:
-    """The six SENTENCES as a ``text,label`` CSV (label names, or class ids with ``label_ids``)."""
-    rows = [f"{text},{LABELS.index(label) if label_ids else label}" for text, label in SENTENCES]
-    path.write_text("text,label\n" + "\n".join(rows) + "\n")
+def write_reviews(path: Path, rows: Sequence[tuple[str, str]] = SENTENCES, *, label_ids: bool = False) -> Path:
+    """``rows`` (text, label name; default the six SENTENCES) as a ``text,label`` CSV (label names, or
+    class ids with ``label_ids``)."""
+    lines = [f"{text},{LABELS.index(label) if label_ids else label}" for text, label in rows]
+    path.write_text("text,label\n" + "\n".join(lines) + "\n")
     return path

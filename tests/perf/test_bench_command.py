@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import re
+from pathlib import Path
 
 import matplotlib.image
 import pytest
@@ -249,6 +250,12 @@ def test_a_wrong_deftx_output_is_an_error_row_not_a_speedup(tiny_shapes, tmp_pat
     assert "gave a wrong output, not timed: topk 10% deftx[" in printed.err
 
 
+def bench_tiny_topk(out: Path, tiny_shapes: str, *extra: str) -> int:
+    """``deftx bench`` of the top-k alone on the tiny shapes at K = 10%, without the memory probe."""
+    return bench(out, "--ops", "topk", "--model-shapes", tiny_shapes, "--k", "0.1", "--scale", "1", "--no-memory",
+                 *extra)
+
+
 def test_a_check_that_cannot_run_leaves_the_row_timed_and_marked(tiny_shapes, tmp_path, capsys, monkeypatch) -> None:
     import deftx.perf.cases.topk as topk_case
 
@@ -257,8 +264,7 @@ def test_a_check_that_cannot_run_leaves_the_row_timed_and_marked(tiny_shapes, tm
 
     monkeypatch.setattr(topk_case, "mismatch", out_of_memory)
     out = tmp_path / "unchecked"
-    assert bench(out, "--ops", "topk", "--model-shapes", tiny_shapes, "--k", "0.1", "--scale", "1",
-                 "--no-memory") == 0
+    assert bench_tiny_topk(out, tiny_shapes) == 0
     rows = [r for r in json.loads((out / "cpu_tiny.json").read_text())["results"] if r["role"] == "deftx"]
     assert rows and all(r["output_check"] == "not run: MemoryError: the reference needs 9 GiB"
                         and _positive_finite(r["time_s"]) for r in rows)
@@ -271,8 +277,7 @@ def test_no_check_times_a_wrong_output_and_says_it_was_not_checked(tiny_shapes, 
 
     monkeypatch.setattr(topk_case, "topk_mask", _first_k)
     out = tmp_path / "unchecked"
-    assert bench(out, "--ops", "topk", "--model-shapes", tiny_shapes, "--k", "0.1", "--scale", "1",
-                 "--no-memory", "--no-check") == 0
+    assert bench_tiny_topk(out, tiny_shapes, "--no-check") == 0
     doc = json.loads((out / "cpu_tiny.json").read_text())
     assert "--no-check" in doc["command"] and doc["config"]["check_outputs"] is False
     assert not [r for r in doc["results"] if "output_check" in r or "error" in r]
@@ -288,8 +293,7 @@ def test_a_failed_baseline_is_a_row_of_the_table_and_the_markdown_says_why(tiny_
 
     monkeypatch.setattr(topk_case, "chunked_topk", out_of_memory)
     out = tmp_path / "failed"
-    assert bench(out, "--ops", "topk", "--model-shapes", tiny_shapes, "--k", "0.1", "--scale", "1",
-                 "--no-memory") == 0
+    assert bench_tiny_topk(out, tiny_shapes) == 0
     markdown = (out / "cpu_tiny.md").read_text()
     assert markdown.startswith("| op | shapes | K |")
     assert "| - | - | torch.cat+topk | failed |" in markdown
