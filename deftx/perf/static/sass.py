@@ -33,7 +33,9 @@ bfloat16 ``atomic_add`` are emulated with a compare-and-swap retry loop: a ``CAS
 loop that also does float arithmetic (``HADD2``, ``HFMA2``, ``FADD`` ...) is counted as an
 emulated float atomic (:attr:`Sass.emulated_float_atomics`).
 
-Loops (:attr:`Sass.loops`) are the address ranges ``[target, branch]`` of backward branches.
+Loops (:attr:`Sass.loops`) are the address ranges ``[target, branch]`` of backward branches,
+except an unpredicated branch to itself: the unreachable ``BRA`` nvdisasm prints after the last
+``EXIT`` of every kernel, which would count one loop in a loop-free kernel.
 """
 
 from __future__ import annotations
@@ -157,6 +159,8 @@ class Sass:
         for instruction in self.instructions:
             target = instruction.branch_target
             if target is not None and target in self.labels and self.labels[target] <= instruction.address:
+                if self.labels[target] == instruction.address and instruction.predicate is None:
+                    continue  # the unreachable ``BRA`` to itself nvdisasm prints after a kernel's last EXIT
                 found.add(Loop(self.labels[target], instruction.address))
         return tuple(sorted(found, key=lambda loop: (loop.end - loop.start, loop.start)))
 

@@ -156,9 +156,35 @@ def test_float_atomic_modifiers(mnemonic, is_float):
 
 def test_loops_are_backward_branches_only():
     sass = parse_sass(STREAMING_LOOP)
-    assert sass.loops == (Loop(0xB0, 0xB0), Loop(0x20, 0x70))
+    assert sass.loops == (Loop(0x20, 0x70),)
     assert sass.innermost_loop(0x30) == Loop(0x20, 0x70)
     assert sass.innermost_loop(0x80) is None
+
+
+LOOP_FREE_KERNEL = """\
+        /*03b0*/                   LDG.E.128 R8, [R4.64] ;
+        /*03c0*/                   LDG.E.128 R12, [R4.64+0x800] ;
+        /*03d0*/                   IMAD.WIDE R2, R0, R3, c[0x0][0x168] ;
+        /*03e0*/                   STG.E.128 [R2.64], R8 ;
+        /*03f0*/                   STG.E.128 [R2.64+0x800], R12 ;
+        /*0400*/                   EXIT ;
+.L_x_1:
+        /*0410*/                   BRA `(.L_x_1);
+        /*0420*/                   NOP;
+"""
+"""The end of a loop-free copy kernel as ``nvdisasm -c`` prints it for sm_80 (Triton 3.9): after the
+last ``EXIT`` comes the unreachable self-branch nvdisasm shows at the end of every kernel."""
+
+
+def test_unreachable_self_branch_after_exit_is_not_a_loop():
+    sass = parse_sass(LOOP_FREE_KERNEL)
+    assert sass.loops == ()
+    assert sass.summary()["loops"] == 0
+
+
+def test_predicated_branch_to_itself_is_a_loop():
+    sass = parse_sass(".L_x_3:\n        /*0100*/               @P0 BRA `(.L_x_3) ;\n        /*0110*/  EXIT ;\n")
+    assert sass.loops == (Loop(0x100, 0x100),)
 
 
 def test_innermost_loop_of_nested_loops():
@@ -186,7 +212,7 @@ def test_class_and_width_counts():
         "global_store_bits": {"64": 1},
         "global_atomics": {"float": 0, "integer": 1},
         "mma": {},
-        "loops": 2,
+        "loops": 1,
         "vector_loop_path": 6,
     }
 
