@@ -69,6 +69,17 @@ def assert_bitwise_equal(actual: torch.Tensor, expected: torch.Tensor, *, what: 
         )
 
 
+def assert_same_entries(actual, expected) -> None:
+    """Assert two SparseDiffs hold the same parameters, and their indices, values and dense tensors bit for bit."""
+    assert actual.names == expected.names and actual.params == expected.params
+    for name in expected.indices:
+        assert_bitwise_equal(actual.indices[name], expected.indices[name], what=f"indices {name}")
+        assert_bitwise_equal(actual.values[name], expected.values[name], what=f"values {name}")
+    assert set(actual.dense) == set(expected.dense)
+    for name in expected.dense:
+        assert_bitwise_equal(actual.dense[name], expected.dense[name], what=f"dense {name}")
+
+
 def nusax_plan_root(tmp_path) -> Path:
     """A NusaX-shaped data root of header-only CSVs for plans: indonesian has train and test, madurese test
     only, buginese no split (not evaluated)."""

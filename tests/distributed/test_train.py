@@ -38,7 +38,7 @@ from deftx.train.denoise import selection_scores
 from deftx.train.params import parameter_groups
 from deftx.train.select import Difference, select_top_k
 from tests.distributed.world import run_world
-from tests.helpers import assert_bitwise_equal
+from tests.helpers import assert_same_entries
 from tests.sft.helpers import tiny_config
 
 RUNS = [("ddp", "lt-sft"), ("fsdp", "lt-sft"), ("ddp", "deft-x"), ("fsdp", "deft-x")]
@@ -172,12 +172,8 @@ def test_saved_diff_is_the_ordinary_sparse_diff(trained, strategy, method):
     expected = SparseDiff.from_states(
         run["theta0"], run["final"], run["selection"], head, base_model="tiny-bert", method=method, k=K
     )
-    assert diff.names == expected.names and diff.params == expected.params and diff.method == method
-    for name in expected.indices:
-        assert_bitwise_equal(diff.indices[name], expected.indices[name], what=name)
-        assert_bitwise_equal(diff.values[name], expected.values[name], what=name)
-    for name in head:
-        assert_bitwise_equal(diff.dense[name], expected.dense[name], what=name)
+    assert diff.method == method
+    assert_same_entries(diff, expected)
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
@@ -280,13 +276,7 @@ def test_ddp_on_a_mesh_out_of_rank_order_equals_the_ordered_mesh(permuted):
     for run in permuted:
         for name, idx in run["ordered"]["selection"].items():
             assert torch.equal(run["permuted"]["selection"][name], idx), f"{name}: selection differs"
-    ordered, got = permuted[0]["ordered"]["diff"], permuted[0]["permuted"]["diff"]
-    assert got.names == ordered.names and got.params == ordered.params
-    for name in ordered.indices:
-        assert_bitwise_equal(got.indices[name], ordered.indices[name], what=name)
-        assert_bitwise_equal(got.values[name], ordered.values[name], what=name)
-    for name in ordered.dense:
-        assert_bitwise_equal(got.dense[name], ordered.dense[name], what=name)
+    assert_same_entries(permuted[0]["permuted"]["diff"], permuted[0]["ordered"]["diff"])
 
 
 def test_fsdp_refuses_a_mesh_out_of_rank_order_on_every_rank(permuted):
@@ -302,10 +292,4 @@ def test_a_mesh_over_part_of_the_world_trains_on_its_ranks_alone(permuted, train
     mesh's first rank gets the 2-rank world's SparseDiff."""
     assert ("submesh", strategy) not in permuted[0]
     assert permuted[SUBMESH_RANKS[1]]["submesh", strategy] is None
-    got, expected = permuted[SUBMESH_RANKS[0]]["submesh", strategy], trained[0][strategy, "lt-sft"]["diff"]
-    assert got.names == expected.names and got.params == expected.params
-    for name in expected.indices:
-        assert_bitwise_equal(got.indices[name], expected.indices[name], what=name)
-        assert_bitwise_equal(got.values[name], expected.values[name], what=name)
-    for name in expected.dense:
-        assert_bitwise_equal(got.dense[name], expected.dense[name], what=name)
+    assert_same_entries(permuted[SUBMESH_RANKS[0]]["submesh", strategy], trained[0][strategy, "lt-sft"]["diff"])

@@ -14,7 +14,7 @@ import torch
 from deftx.sft import SparseDiff, SparseDiffFormatError
 from deftx.sft.hub import CARD_FILE, CONFIG_FILE, SFT_FILE, HubFolderError
 from deftx.sft.sources import open_sft
-from tests.helpers import assert_bitwise_equal
+from tests.helpers import assert_same_entries
 from tests.hub_cache import place_in_hub_cache
 from tests.sft.tiny import random_diff, tiny_bert
 
@@ -30,14 +30,9 @@ def diff() -> SparseDiff:
 
 
 def assert_same_diff(actual: SparseDiff, expected: SparseDiff) -> None:
-    assert actual.names == expected.names and actual.params == expected.params
     assert (actual.method, actual.k, actual.base_model, actual.info) == (
         expected.method, expected.k, expected.base_model, expected.info)
-    for name in expected.indices:
-        assert_bitwise_equal(actual.indices[name], expected.indices[name], what=name)
-        assert_bitwise_equal(actual.values[name], expected.values[name], what=name)
-    for name in expected.dense:
-        assert_bitwise_equal(actual.dense[name], expected.dense[name], what=name)
+    assert_same_entries(actual, expected)
 
 
 def test_folder_holds_the_file_a_config_and_a_card(tmp_path, diff):
