@@ -440,10 +440,11 @@ def _sft_section(raw: Any, where: str, default: SFTSection, *, has_max_length: b
     if unknown:
         raise _fail(where, f"unknown keys {unknown}; known: {sorted(known)}")
     max_length = values.get("max_length", default.max_length)
-    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int)
-                                   or max_length < MIN_TOKEN_WINDOW):
+    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int)):
         raise _fail(f"{where}.max_length", f"expected null or an integer >= {MIN_TOKEN_WINDOW}, got "
                     f"{short_repr(max_length)}")
+    if max_length is not None:
+        check_token_window(max_length, f"{where}.max_length")
     section = SFTSection(
         k=whole(values.get("k", default.k)),
         full=_phase(values.get("full"), f"{where}.full", default.full),
