@@ -40,6 +40,7 @@ from pathlib import Path
 
 from deftx.gpucheck import processes
 from deftx.gpucheck.outputs import bundle, returnable_problems, write_json
+from deftx.text import repeated
 
 RESULT_FILES: tuple[str, ...] = ("results.csv", "ablation.csv", "summary.csv", "results.md", "timings.json",
                                  "selection.csv", "overlap.csv", "mlm_head.json", "variants.json")
@@ -291,17 +292,6 @@ def visit_env(args: argparse.Namespace, work: Path) -> dict[str, str]:
     return env
 
 
-def repeated_values(values: Sequence[object]) -> list[object]:
-    """The values that occur more than once in ``values``, in order of their second occurrence."""
-    seen: set[object] = set()
-    repeated = []
-    for value in values:
-        if value in seen and value not in repeated:
-            repeated.append(value)
-        seen.add(value)
-    return repeated
-
-
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse a visit that would do nothing or name missing inputs, before any work."""
     if not args.seeds and not args.variants:
@@ -310,9 +300,9 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error("--variants needs --ablate CONFIG")
     listed = (("--seeds", args.seeds), ("--variants", args.variants), ("--ablate-seeds", args.ablate_seeds))
     for option, values in listed:
-        repeated = repeated_values(values)
-        if repeated:
-            parser.error(f"{option} {' '.join(map(str, repeated))} given twice: each unit runs once (its rows would "
+        twice = repeated(values)
+        if twice:
+            parser.error(f"{option} {' '.join(map(str, twice))} given twice: each unit runs once (its rows would "
                          "be merged twice)")
     for path in (args.config, args.ablate, args.data_archive, args.e5_source):
         if path is not None and not path.exists():
