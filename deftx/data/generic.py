@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deftx.text import not_utf8
+from deftx.text import not_utf8, repeated
 
 LOCAL_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
@@ -138,7 +138,7 @@ def _string_columns(path: Path) -> dict[str, Any]:
                                      quoting=options.get("quoting", csv.QUOTE_MINIMAL)), [])
     except UnicodeDecodeError as err:
         raise ValueError(f"{path}: {not_utf8(err)}") from None
-    twice = [name for name in dict.fromkeys(header) if header.count(name) > 1]
+    twice = repeated(header)
     if twice:
         raise ValueError(f"{path}: the header names column {twice[0]!r} twice")
     return {"features": Features({name: Value("string") for name in header})}
