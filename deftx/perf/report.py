@@ -67,7 +67,7 @@ def _number(x: float | None, digits: int = 2) -> str:
 def _comparison_cells(c: dict[str, Any], shapes: str) -> list[str]:
     """The table row of one (deftx, baseline) comparison."""
     deftx = c["deftx"] + (" (auto)" if c.get("auto") else "")
-    roof = _number(c["roofline_pct"], 1) + (" (flops)" if c["roofline"] == "compute" else "")
+    roof = _roof_cell(c)
     return [
         c["op"],
         shapes,
@@ -82,6 +82,11 @@ def _comparison_cells(c: dict[str, Any], shapes: str) -> list[str]:
         format_bytes(c["deftx_peak_extra_bytes"]),
         format_bytes(c["baseline_peak_extra_bytes"]),
     ]
+
+
+def _roof_cell(row: dict[str, Any]) -> str:
+    """A row's share of its roof in %, marked ``(flops)`` where the roof is the compute rate."""
+    return _number(row["roofline_pct"], 1) + (" (flops)" if row["roofline"] == "compute" else "")
 
 
 def _time_or_status(row: dict[str, Any]) -> str:
@@ -101,7 +106,7 @@ def _unpaired_cells(r: dict[str, Any], shapes: str) -> list[str]:
         return [*head, "-", "-", r["name"], time, "-", "-", "-", "-", memory]
     name = r["name"] + (" (auto)" if r.get("auto") else "")
     measured = "skipped" not in r and "error" not in r
-    roof = _number(r["roofline_pct"], 1) + (" (flops)" if r["roofline"] == "compute" else "") if measured else "-"
+    roof = _roof_cell(r) if measured else "-"
     gbps = _number(r["gbps"]) if measured else "-"
     return [*head, name, time, "-", "-", "-", gbps, roof, memory, "-"]
 
