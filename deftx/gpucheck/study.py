@@ -48,6 +48,8 @@ RESULT_FILES: tuple[str, ...] = ("results.csv", "ablation.csv", "summary.csv", "
 LOG_BUNDLE = "study-logs.tar.gz"
 MARGIN_S = 5.0
 """Seconds kept back at the deadline for the last refresh of the output folder."""
+UNIT_SETS_THIS = "set-by-each-unit"
+"""The output and results folders a config is checked with: each unit passes its own."""
 
 
 @dataclass(frozen=True)
@@ -316,6 +318,25 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
                          "`deftx e5-pack` wrote must be there, those carried by an earlier call too")
     if args.budget <= MARGIN_S:
         parser.error(f"--budget must be over {MARGIN_S:g} seconds")
+    problem = config_problem(args)
+    if problem:
+        parser.error(problem)
+
+
+def config_problem(args: argparse.Namespace) -> str | None:
+    """Why the pipeline config or the ablation config and its ``--variants`` would fail every unit (each
+    unit would start a process only to refuse them, seed after seed), or None."""
+    from deftx.pipeline.ablation import chosen_variants, load_ablation
+    from deftx.pipeline.config import ConfigError, load_config
+
+    try:
+        load_config(args.config)
+        if args.ablate is not None:
+            ablation = load_ablation(args.ablate, output_dir=UNIT_SETS_THIS, results_dir=UNIT_SETS_THIS)
+            chosen_variants(ablation, args.variants)
+    except (ConfigError, OSError) as err:
+        return f"{err} (every unit would fail on it)"
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,6 +15,8 @@ from deftx.gpucheck import study
 from deftx.gpucheck.study import Unit, Visit, ablation_units, main, pipeline_units, run_units, unpacked_data
 
 HEADER = "method,target,seed,macro_f1"
+VALID_CONFIG = "name: c\ntargets: [balinese]\n"
+"""The smallest pipeline config the study accepts (NusaX, Indonesian to Balinese)."""
 
 
 def fake_unit(tmp_path: Path, label: str, body: str, kind: str = "pipeline") -> Unit:
@@ -119,7 +121,7 @@ def test_the_data_archive_is_extracted_once(tmp_path):
 def test_a_visit_that_would_do_nothing_or_lacks_an_input_is_refused_before_any_work(tmp_path, capsys, argv,
                                                                                    message):
     config = tmp_path / "c.yaml"
-    config.write_text("name: c\n")
+    config.write_text(VALID_CONFIG)
     with pytest.raises(SystemExit) as exit_info:
         main([str(config), *argv])
     assert exit_info.value.code == 2
@@ -154,7 +156,7 @@ def write_packed(folder: Path, present: dict[str, bytes]) -> None:
 
 def test_an_e5_source_missing_a_folder_is_refused_before_any_work(tmp_path, capsys):
     config, packed, out = tmp_path / "c.yaml", tmp_path / "e5", tmp_path / "out"
-    config.write_text("name: c\n")
+    config.write_text(VALID_CONFIG)
     write_packed(packed, {"1/w.part3": b"ab"})
     with pytest.raises(SystemExit) as exit_info:
         main([str(config), "--seeds", "0", "--out", str(out), "--budget", "100", "--e5-source", str(packed)])
@@ -185,7 +187,7 @@ def test_a_truncated_data_archive_is_refused_before_any_work(tmp_path, capsys):
     archive = tmp_path / "data.tar.xz"
     archive.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
     config, out = tmp_path / "c.yaml", tmp_path / "out"
-    config.write_text("name: c\n")
+    config.write_text(VALID_CONFIG)
     with pytest.raises(SystemExit) as exit_info:
         main([str(config), "--seeds", "0", "--out", str(out), "--budget", "100", "--data-archive", str(archive),
               "--work-dir", str(tmp_path / "work")])
@@ -196,7 +198,7 @@ def test_a_truncated_data_archive_is_refused_before_any_work(tmp_path, capsys):
 
 def test_a_seed_given_twice_is_refused_before_any_work(tmp_path, capsys):
     config, out = tmp_path / "c.yaml", tmp_path / "out"
-    config.write_text("name: c\n")
+    config.write_text(VALID_CONFIG)
     with pytest.raises(SystemExit) as exit_info:
         main([str(config), "--seeds", "0", "1", "0", "--out", str(out), "--budget", "100"])
     assert exit_info.value.code == 2
@@ -218,3 +220,22 @@ def test_the_first_units_one_off_work_does_not_keep_a_later_unit_that_fits_from_
                                                ([30.0, 20.0], 20.0)])
 def test_a_unit_is_taken_to_need_the_longest_unit_after_the_first_once_one_ran(walls, needed):
     assert study.unit_estimate(walls, 60.0) == needed
+
+
+@pytest.mark.parametrize(("config_text", "extra", "message"), [
+    ("name: c\ntraning: {}\n", [], "unknown keys ['traning']"),
+    (VALID_CONFIG, ["--ablate", "ABLATION", "--variants", "nope"], "unknown variants ['nope']"),
+])
+def test_a_config_every_unit_would_refuse_is_refused_once_before_any_work(tmp_path, capsys, config_text, extra,
+                                                                          message):
+    config, ablation, out = tmp_path / "c.yaml", tmp_path / "a.yaml", tmp_path / "out"
+    config.write_text(config_text)
+    ablation.write_text("name: a\nbase: c.yaml\nvariants: {reference: {}}\n")
+    argv = [str(ablation) if arg == "ABLATION" else arg for arg in extra]
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(config), "--seeds", "0", "1", "--out", str(out), "--budget", "100",
+              "--work-dir", str(tmp_path / "work"), *argv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "every unit would fail on it" in err
+    assert not out.exists() and not (tmp_path / "work").exists(), "refused before any work"
