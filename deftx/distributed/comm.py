@@ -17,7 +17,7 @@ algorithm; :func:`ring_all_reduce_wire_bytes` gives the usual ring model.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -125,6 +125,30 @@ def per_rank_values(
     slots = torch.zeros(dist.get_world_size(group), dtype=torch.int64, device=device)
     slots[dist.get_rank(group) if slot is None else slot] = int(value)
     return all_reduce_sum(slots, group, what)
+
+
+AGREEMENT_DIGIT_BITS = 21
+AGREEMENT_DIGITS = 3
+"""A value in [0, 2**63) is compared as three 21-bit digits: a digit's square summed over fewer than 2**21 ranks
+fits an int64."""
+
+
+def agreement_terms(values: Sequence[int]) -> list[int]:
+    """int64 terms whose sums over the ranks tell whether every rank holds the same ``values`` (ints in
+    [0, 2**63)): each value's 21-bit digits, then their squares (``6 · len(values)`` terms)."""
+    mask = (1 << AGREEMENT_DIGIT_BITS) - 1
+    digits = [(int(v) >> (AGREEMENT_DIGIT_BITS * i)) & mask for v in values for i in range(AGREEMENT_DIGITS)]
+    return digits + [d * d for d in digits]
+
+
+def all_agree(summed: Sequence[int], world: int) -> bool:
+    """Whether the sums over ``world`` ranks of their :func:`agreement_terms` come from equal values on every
+    rank: per digit, ``world · Σd² == (Σd)²`` exactly when the ``world`` digits are equal (Cauchy–Schwarz).
+    Every rank reads the same sums, so every rank decides the same."""
+    half = len(summed) // 2
+    return all(
+        world * int(squares) == int(total) ** 2 for total, squares in zip(summed[:half], summed[half:], strict=True)
+    )
 
 
 def mesh_order(mesh_ranks: torch.Tensor, group: dist.ProcessGroup) -> list[int]:

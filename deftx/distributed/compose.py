@@ -19,11 +19,14 @@ Save
     :func:`gather_sparse_diff` builds, on one rank, the ordinary SparseDiff of ``tuned −
     base`` at the selected entries: each rank contributes the (global index, value) pairs of
     its shards, gathered as two padded buffers (int64 and fp32); nothing dense is gathered
-    except the diff's dense tensors (e.g. a task head).
+    except the diff's dense tensors (e.g. a task head). The pieces are read by name position,
+    so the all-reduce of the entry counts also checks that every rank lists the same sharded
+    names in the same order (and names the same ``dst``).
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -349,17 +352,46 @@ def _gather_rows(tensor: DTensor, dst: int, group: dist.ProcessGroup, what: str)
     return torch.cat([parts[r][: int(rows[r])] for r in row_block_order(tensor, group)])
 
 
+def names_fingerprint(sparse: Sequence[str], dense: Sequence[str]) -> int:
+    """A CRC-32 of the names, in order, of the sharded sparse and dense tensors a rank gathers (the same in
+    every process: Python's ``hash`` of a str is not)."""
+    return zlib.crc32("\0".join(["sparse", *sparse, "dense", *dense]).encode())
+
+
+def agreed_entry_counts(
+    entries: int, agreed: Mapping[str, int], group: dist.ProcessGroup, device: torch.device
+) -> torch.Tensor:
+    """int64 (world,) every rank's count of diff ``entries``, in one all-reduce that also checks that every
+    rank gave the same ``agreed`` values (:func:`~deftx.distributed.comm.agreement_terms`).
+
+    Raises:
+        ValueError: on every rank, when they differ: the pieces of one rank would be read as another's names.
+    """
+    world = dist.get_world_size(group)
+    buffer = torch.tensor([0] * world + comm.agreement_terms(agreed.values()), dtype=torch.int64, device=device)
+    buffer[dist.get_rank(group)] = entries
+    comm.all_reduce_sum(buffer, group, "diff entry counts")
+    if not comm.all_agree(buffer[world:].tolist(), world):
+        mine = ", ".join(f"{name} {value}" for name, value in agreed.items())
+        raise ValueError(
+            f"gather_sparse_diff: the ranks disagree on the sharded tensors, their order or dst (this rank: "
+            f"{mine}); pass the same names, in the same order, and the same dst on every rank"
+        )
+    return buffer[:world]
+
+
 def _gather_entries(
     pieces: list[tuple[torch.Tensor, torch.Tensor]],
     orders: list[list[int]],
+    sizes: torch.Tensor,
     dst: int,
     group: dist.ProcessGroup,
     device: torch.device,
 ) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
     """Per tensor, the ranks' (sorted global indices, values) joined in the order of its row blocks
-    (``orders``: per tensor, the group ranks in row order, :func:`row_block_order`), on ``dst``."""
+    (``orders``: per tensor, the group ranks in row order, :func:`row_block_order`), on ``dst``;
+    ``sizes``: every rank's entry count (:func:`agreed_entry_counts`)."""
     counts = torch.tensor([idx.numel() for idx, _ in pieces], dtype=torch.int64, device=device)
-    sizes = comm.per_rank_values(int(counts.sum()), group, "diff entry counts", device)
     width = int(sizes.max())
     index_buffer = torch.zeros(len(pieces) + width, dtype=torch.int64, device=device)
     value_buffer = torch.zeros(width, dtype=torch.float32, device=device)
@@ -413,7 +445,8 @@ def gather_sparse_diff(
 
     Raises:
         KeyError: a selected name missing from base or tuned.
-        ValueError: shapes that differ, or tensors of one name sharded over different rows.
+        ValueError: shapes that differ, or tensors of one name sharded over different rows; on every
+            rank, ranks that list the sharded names in another order or name another ``dst``.
     """
     group = group or dist.group.WORLD
     names = list(selection)
@@ -422,10 +455,15 @@ def gather_sparse_diff(
         raise KeyError(f"gather_sparse_diff: {missing[0]!r} missing from base or tuned")
     owners = {n: layout_owner(n, base[n], tuned[n], selection[n]) for n in names}
     sharded = [n for n in names if is_sharded(owners[n])]
+    sharded_dense = [n for n, t in (dense or {}).items() if is_sharded(t)]
     device = local_tensor(tuned[names[0]]).device if names else torch.device("cpu")
     pieces = [selected_entries(base[n], tuned[n], selection[n], owners[n]) for n in sharded]
     orders = [row_block_order(owners[n], group) for n in sharded]
-    gathered = _gather_entries(pieces, orders, dst, group, device) if sharded else []
+    if sharded or sharded_dense:
+        fingerprint = names_fingerprint(sharded, sharded_dense)
+        agreed = {"names": fingerprint, "sparse": len(sharded), "dense": len(sharded_dense), "dst": dst}
+        sizes = agreed_entry_counts(sum(idx.numel() for idx, _ in pieces), agreed, group, device)
+    gathered = _gather_entries(pieces, orders, sizes, dst, group, device) if sharded else []
     dense_full = {}
     for name, tensor in (dense or {}).items():
         full = (

@@ -35,7 +35,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.tensor import Shard, distribute_tensor, init_device_mesh
 
-from deftx.distributed.topk import sharded_topk_local
+from deftx.distributed.topk import HEADER_BYTES, sharded_topk_local
 from deftx.distributed.train import exit_distributed
 from deftx.ops import scatter_add_, topk_mask
 from deftx.ops.cost import rsvd as rsvd_cost
@@ -174,8 +174,9 @@ class Row:
 
 
 def topk_bytes(tensors: int, ranks: int) -> int:
-    """Worst-case payload bytes per rank of one sharded top-k (4 passes, NaN count, tie totals and prefix)."""
-    return RADIX_PASSES * HISTOGRAM_BYTES + 8 + 8 * tensors + 8 * ranks
+    """Worst-case payload bytes per rank of one sharded top-k (4 passes, the first one's NaN count and agreement
+    terms, tie totals and prefix)."""
+    return RADIX_PASSES * HISTOGRAM_BYTES + HEADER_BYTES + 8 * tensors + 8 * ranks
 
 
 def _topk_comm_seconds(shapes: ShapeSet, ranks: int, net: Network) -> float:

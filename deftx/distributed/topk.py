@@ -18,7 +18,9 @@ Radix select (8-bit digits, most significant first)
     counts are summed over ranks with one ``all_reduce`` (2 KiB of int64), and every rank
     derives the same next digit and the same count still to take. bf16 keys have 16 zero low
     bits and fp16 keys 13, so lists of those dtypes stop after 2 and 3 passes. The first
-    pass also carries the local NaN count, so a NaN anywhere makes every rank raise.
+    pass also carries the local NaN count, so a NaN anywhere makes every rank raise, and
+    terms that show whether every rank asked for the same k of the same tensors (:data:`AGREED`),
+    so ranks that disagree all raise rather than each take its share of another selection.
 
 Ties (the single-process rule, exactly)
     Among entries equal to the threshold key, those lowest in (tensor position, global flat
@@ -31,10 +33,11 @@ Ties (the single-process rule, exactly)
     exclusive prefix it needs. When the last histogram already shows that every
     entry of the threshold bin is taken, both tie collectives are skipped.
 
-Communication per call: ``passes × 2 KiB + 8 + 8 × tensors + 8 × ranks`` bytes at most (the
-8 is the NaN count), in at most ``passes + 2`` all-reduces, independent of the number of
-entries. Replicated tensors are counted once (by mesh coordinate 0) and every rank
-computes their mask in full.
+Communication per call: ``passes × 2 KiB + 200 + 8 × tensors + 8 × ranks`` bytes at most (the
+200 is the NaN count and the agreement terms, :data:`HEADER_BYTES`), in at most ``passes + 2``
+all-reduces, independent of the number of entries; k = 0 or every entry costs one all-reduce
+of ``2 KiB + 200`` bytes (the first pass's shape, its histogram zero). Replicated tensors are
+counted once (by mesh coordinate 0) and every rank computes their mask in full.
 """
 
 from __future__ import annotations
@@ -59,6 +62,11 @@ PASS_SHIFTS: tuple[int, ...] = (24, 16, 8, 0)
 ZERO_LOW_KEY_BITS: dict[torch.dtype, int] = {torch.float32: 0, torch.float16: 13, torch.bfloat16: 16}
 """Low key bits that are zero for every value of a dtype (fp16: 10-bit mantissa, bf16: 7-bit)."""
 INF_KEY = 0x7F800000
+AGREED: tuple[str, ...] = ("k", "entries", "tensors", "passes")
+"""What every rank of a call must agree on: k, the total entries, the number of tensors and the radix passes
+their dtypes need (checked with the first all-reduce)."""
+HEADER_BYTES = 8 * (1 + 6 * len(AGREED))
+"""Bytes the first all-reduce carries besides its histogram: the NaN count and the agreement terms."""
 CHUNK_ELEMENTS = 1 << 22
 """Local entries processed at once (bounds the temporary key buffer to 16 MiB)."""
 
@@ -231,8 +239,35 @@ class Threshold:
     """(T,) int64 local count of keys at the threshold level per tensor."""
 
 
-def radix_threshold(shards: Sequence[LocalShard], k: int, passes: int, group: dist.ProcessGroup) -> Threshold:
-    """Radix-select the k-th largest key over all ranks (1 <= k <= total entries)."""
+def first_exchange(
+    histogram: torch.Tensor, nan_count: int, agreed: dict[str, int], group: dist.ProcessGroup, what: str
+) -> torch.Tensor:
+    """Sum the first pass's (256,) int64 ``histogram`` over the ranks, with the header: the NaN count and the
+    :func:`~deftx.distributed.comm.agreement_terms` of ``agreed`` (:data:`AGREED` of this rank's call).
+    Returns the summed histogram.
+
+    Raises:
+        ValueError: on every rank, when the ranks' ``agreed`` values differ (each rank would take its share
+            of another selection, or the ranks would issue collectives that do not match), or a NaN is held.
+    """
+    header = histogram.new_tensor([nan_count, *comm.agreement_terms(agreed.values())])
+    total = comm.all_reduce_sum(torch.cat([histogram, header]), group, what)
+    summed = total[RADIX:].cpu().tolist()
+    if not comm.all_agree(summed[1:], dist.get_world_size(group)):
+        mine = ", ".join(f"{name} {value}" for name, value in agreed.items())
+        raise ValueError(
+            f"topk_mask: the ranks disagree on k or on the tensors (this rank: {mine}); every rank "
+            "must pass the same k and the same tensors, each its own shards"
+        )
+    _raise_on_nan(summed[0])
+    return total[:RADIX]
+
+
+def radix_threshold(
+    shards: Sequence[LocalShard], k: int, passes: int, group: dist.ProcessGroup, agreed: dict[str, int]
+) -> Threshold:
+    """Radix-select the k-th largest key over all ranks (1 <= k <= total entries); the first pass checks
+    that every rank gave the same ``agreed`` values (:func:`first_exchange`)."""
     counted = torch.tensor([s.counted for s in shards], device=shards[0].flat.device)
     remaining, prefix = k, 0
     for p in range(passes):
@@ -240,10 +275,7 @@ def radix_threshold(shards: Sequence[LocalShard], k: int, passes: int, group: di
         local, nan_count = _local_histograms(shards, shift, prefix, count_nan=p == 0)
         total = local[counted].sum(0)
         if p == 0:
-            total = torch.cat([total, total.new_tensor([nan_count])])
-            comm.all_reduce_sum(total, group, "topk histogram")
-            _raise_on_nan(int(total[-1]))
-            total = total[:-1]
+            total = first_exchange(total, nan_count, agreed, group, "topk histogram")
         else:
             comm.all_reduce_sum(total, group, "topk histogram")
         at_or_above = total.flip(0).cumsum(0).flip(0).cpu()
@@ -323,14 +355,13 @@ def sharded_topk_local(
     group = mesh.get_group()
     shards = [local_shard(t, b) for t, b in zip(tensors, paired, strict=True)]
     total = sum(t.numel() for t in tensors)
-    if k in (0, total):
-        nan = comm.all_reduce_sum(
-            torch.tensor([_local_nan_count(shards)], device=shards[0].flat.device), group, "topk NaN check"
-        )
-        _raise_on_nan(int(nan[0]))
-        return [torch.full((s.flat.numel(),), k > 0, dtype=torch.bool, device=s.flat.device) for s in shards]
     passes = passes_needed([t.dtype for t in tensors], any(b is not None for b in paired))
-    threshold = radix_threshold(shards, k, passes, group)
+    agreed = dict(zip(AGREED, (k, total, len(tensors), passes), strict=True))
+    if k in (0, total):
+        no_histogram = torch.zeros(RADIX, dtype=torch.int64, device=shards[0].flat.device)
+        first_exchange(no_histogram, _local_nan_count(shards), agreed, group, "topk NaN check")
+        return [torch.full((s.flat.numel(),), k > 0, dtype=torch.bool, device=s.flat.device) for s in shards]
+    threshold = radix_threshold(shards, k, passes, group, agreed)
     quotas = tie_quotas(shards, threshold, group, mesh.get_coordinate()[0])
     return [_local_mask(s, threshold, q) for s, q in zip(shards, quotas, strict=True)]
 

@@ -47,3 +47,21 @@ def test_payload_bytes(tensor, expected):
 @pytest.mark.parametrize(("payload", "world", "expected"), [(1000, 1, 0.0), (1000, 2, 1000.0), (1024, 8, 1792.0)])
 def test_ring_all_reduce_wire_bytes(payload, world, expected):
     assert comm.ring_all_reduce_wire_bytes(payload, world) == expected
+
+
+@pytest.mark.parametrize(
+    "per_rank",
+    [
+        [(5, 20), (5, 20)],
+        [(5, 20), (6, 20)],
+        [(4, 9), (5, 9), (6, 9)],  # the middle rank's k is the mean: a sum alone would not tell
+        [(2**62 + 7, 1), (7, 1), (2**62 + 7, 1)],  # only the highest digit differs
+        [(2**63 - 1, 0)] * 3,
+        [(0, 0), (1 << 21, 0)],
+    ],
+)
+def test_agreement_terms_tell_equal_values_from_unequal_ones(per_rank):
+    """all_agree on the int64 sums of every rank's agreement_terms == whether the ranks' values are equal."""
+    terms = torch.tensor([comm.agreement_terms(values) for values in per_rank], dtype=torch.int64)
+    summed = terms.sum(0).tolist()
+    assert comm.all_agree(summed, len(per_rank)) == (len(set(per_rank)) == 1)

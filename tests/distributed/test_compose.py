@@ -257,3 +257,37 @@ def test_a_save_that_fails_on_the_writing_rank_fails_on_every_rank(tmp_path):
     assert results[0][0] == "IsADirectoryError", results[0]
     kind, message = results[1]
     assert kind == "RuntimeError" and "rank 0 could not write" in message and "IsADirectoryError" in message, results[1]
+
+
+def _gather_in_another_order(rank: int, world: int, what: str) -> object:
+    """gather_sparse_diff of two sharded parameters (or two sharded dense tensors) of one shape, handed over
+    in the other order on every rank but rank 0: what this rank returned or raised."""
+    from torch.distributed.tensor import Shard, distribute_tensor, init_device_mesh
+
+    from deftx.distributed.compose import gather_sparse_diff
+
+    mesh = init_device_mesh("cpu", (world,))
+
+    def shard(t: torch.Tensor):
+        return distribute_tensor(t, mesh, [Shard(0)], src_data_rank=None)
+
+    names = ["a", "b"] if rank == 0 else ["b", "a"]
+    values = {"a": torch.arange(1.0, 9.0).view(4, 2), "b": -torch.arange(1.0, 9.0).view(4, 2)}
+    sparse = names if what == "sparse" else ["w"]
+    base = {n: shard(torch.zeros(4, 2)) for n in sparse}
+    tuned = {n: shard(values.get(n, torch.ones(4, 2))) for n in sparse}
+    selection = {n: shard(torch.ones(4, 2, dtype=torch.bool)) for n in sparse}
+    dense = {n: shard(values[n]) for n in names} if what == "dense" else None
+    try:
+        diff = gather_sparse_diff(base, tuned, selection, dense)
+    except Exception as err:  # recorded; the test asserts on type and message
+        return (type(err).__name__, str(err))
+    return None if diff is None else ({n: diff.values[n] for n in diff.values}, diff.dense)
+
+
+@pytest.mark.parametrize("what", ["sparse", "dense"])
+def test_ranks_that_list_the_parameters_in_another_order_all_raise(tmp_path, what):
+    """Each rank's pieces are read in rank 0's name order: a rank listing them otherwise must make every rank
+    raise, where rank 0 silently filed that rank's entries (or rows) of 'b' under 'a' and those of 'a' under 'b'."""
+    for rank, result in enumerate(run_world(_gather_in_another_order, 2, tmp_path, what, timeout_s=30)):
+        assert isinstance(result, tuple) and result[0] == "ValueError" and "disagree" in result[1], (rank, result)

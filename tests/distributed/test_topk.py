@@ -15,7 +15,7 @@ import textwrap
 import pytest
 import torch
 
-from deftx.distributed.topk import RADIX, passes_needed
+from deftx.distributed.topk import HEADER_BYTES, RADIX, passes_needed
 from deftx.ops import topk_mask
 from tests.distributed.scenarios import BASE_CASES, TopkCase, reversed_mesh_rows, topk_bases, topk_cases
 from tests.distributed.world import assemble_rows
@@ -95,15 +95,16 @@ def test_communication_is_a_few_kib_independent_of_size(world):
     traffic = results[0]["topk"]["traffic"]
     for case in topk_cases():
         passes = passes_needed([t.dtype for t in case.tensors])
-        bound = passes * RADIX * 8 + 8 + 8 * len(case.tensors) + 8 * world_size
+        bound = passes * RADIX * 8 + HEADER_BYTES + 8 * len(case.tensors) + 8 * world_size
         for k in case.ks:
             calls, nbytes = traffic[case.name, k]
             assert nbytes <= bound, f"{case.name} k={k}: {nbytes} bytes > {bound}"
             assert calls <= passes + 2
             assert all(r["topk"]["traffic"][case.name, k] == (calls, nbytes) for r in results)
-    # all ties: 4 histogram passes (the first carries the NaN count), tie totals, tie prefix
-    assert traffic["all_zero", 5] == (6, (RADIX + 1) * 8 + 3 * RADIX * 8 + 2 * 8 + world_size * 8)
-    assert traffic["all_zero", 0] == (1, 8), "k = 0 costs only the NaN check"
+    # all ties: 4 histogram passes (the first carries the NaN count and the agreement terms), tie totals, tie prefix
+    assert HEADER_BYTES == 8 * (1 + 6 * 4)
+    assert traffic["all_zero", 5] == (6, 4 * RADIX * 8 + HEADER_BYTES + 2 * 8 + world_size * 8)
+    assert traffic["all_zero", 0] == (1, RADIX * 8 + HEADER_BYTES), "k = 0 costs one first pass, its histogram empty"
     assert traffic["bf16_only", 40][0] <= 2 + 2, "bf16 keys resolve in two histogram passes"
 
 
@@ -171,3 +172,41 @@ def test_a_dtensor_call_works_without_importing_deftx_distributed():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+def _disagreeing_call(rank: int, world: int, case: str) -> tuple[str, str]:
+    """One sharded top-k whose k, or whose tensors, differ between rank 0 and the others: the error this
+    rank raised."""
+    from torch.distributed.tensor import Shard, distribute_tensor, init_device_mesh
+
+    from deftx.distributed.topk import topk_mask_dtensor
+
+    mesh = init_device_mesh("cpu", (world,))
+
+    def shard(t: torch.Tensor):
+        return distribute_tensor(t, mesh, [Shard(0)], src_data_rank=None)
+
+    x = torch.arange(1.0, 21.0).view(10, 2)
+    first = rank == 0
+    calls = {
+        "k 5 / 6": lambda: topk_mask_dtensor([shard(x)], 5 if first else 6),
+        "k 0 / 6": lambda: topk_mask_dtensor([shard(x)], 0 if first else 6),
+        "k 20 / 6": lambda: topk_mask_dtensor([shard(x)], 20 if first else 6),
+        "1 / 2 tensors": lambda: topk_mask_dtensor([shard(x)] if first else [shard(x), shard(torch.ones(4))], 6),
+        "fp32 / bf16": lambda: topk_mask_dtensor([shard(x if first else x.bfloat16())], 6),
+    }
+    try:
+        calls[case]()
+    except Exception as err:  # recorded; the test asserts on type and message
+        return (type(err).__name__, str(err))
+    return ("no error", "")
+
+
+@pytest.mark.parametrize("case", ["k 5 / 6", "k 0 / 6", "k 20 / 6", "1 / 2 tensors", "fp32 / bf16"])
+def test_ranks_that_disagree_on_k_or_the_tensors_all_raise(tmp_path, case):
+    """A rank that asks for another k (or holds another list) must not silently take its share of another
+    top-k: every rank raises, naming the disagreement, instead of masks whose union has neither k entries."""
+    from tests.distributed.world import run_world
+
+    for rank, (kind, message) in enumerate(run_world(_disagreeing_call, 2, tmp_path, case, timeout_s=30)):
+        assert kind == "ValueError" and "disagree" in message, f"rank {rank}: {kind}: {message}"
