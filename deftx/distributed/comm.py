@@ -17,7 +17,7 @@ algorithm; :func:`ring_all_reduce_wire_bytes` gives the usual ring model.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -149,6 +149,21 @@ def all_agree(summed: Sequence[int], world: int) -> bool:
     return all(
         world * int(squares) == int(total) ** 2 for total, squares in zip(summed[:half], summed[half:], strict=True)
     )
+
+
+def check_agreement(values: Mapping[str, int], group: dist.ProcessGroup | None, what: str,
+                    device: torch.device, label: str) -> None:
+    """One int64 all-reduce (``label`` in the ledger) of the :func:`agreement_terms` of ``values`` (ints
+    in [0, 2**63)) over ``group``.
+
+    Raises:
+        ValueError: on every rank, when the ranks' ``values`` differ (naming ``what`` and this rank's values).
+    """
+    terms = torch.tensor(agreement_terms(list(values.values())), dtype=torch.int64, device=device)
+    all_reduce_sum(terms, group, label)
+    if not all_agree(terms.tolist(), dist.get_world_size(group)):
+        mine = ", ".join(f"{name} {value}" for name, value in values.items())
+        raise ValueError(f"{what}: the ranks disagree (this rank: {mine}); every rank must pass the same values")
 
 
 def mesh_order(mesh_ranks: torch.Tensor, group: dist.ProcessGroup) -> list[int]:

@@ -21,12 +21,19 @@ pair): singular values and the reconstruction ``U S Vh`` agree to ~1e-6 relative
 and of ``||Δ||_F``) when the spectrum has a gap after the kept rank; the tests hold them
 to 1e-5.
 
+Every rank must pass the same rank / energy policy, ``oversample``, ``n_iter`` and seed (Ω is drawn
+from the seed on each rank): one small all-reduce checks it first (:func:`sketch_settings`), and
+ranks that differ all raise rather than each sketch its rows with another Ω.
+
 Communication per call: ``(n_iter + 1) · 2 · 8 q²`` bytes of Gram matrices plus
-``(n_iter + 1) · 4 n q`` bytes of sketches, never the m × n matrix.
+``(n_iter + 1) · 4 n q`` bytes of sketches, never the m × n matrix, and the
+:data:`SETTINGS_BYTES` of the settings check.
 """
 
 from __future__ import annotations
 
+import struct
+import zlib
 from collections.abc import Sequence
 
 import torch
@@ -46,6 +53,8 @@ from deftx.ops.validation import check_float_dtype
 from deftx.train.config import DenoiseConfig
 
 GRAM_PASSES = 2
+SETTINGS_BYTES = 8 * 6 * 6
+"""Payload of the settings check: six settings, six int64 agreement terms each."""
 
 
 def _local(t: DTensor) -> torch.Tensor:
@@ -133,6 +142,16 @@ def _check_sketch(rank: int | None, oversample: int, n_iter: int) -> None:
             raise ValueError(f"lowrank_factors_sharded: {name} must be an int >= 0, got {value!r}")
 
 
+def sketch_settings(rank: int | None, energy: float | None, oversample: int, n_iter: int, seed: int,
+                    has_base: bool) -> dict[str, int]:
+    """What every rank of a sharded rSVD must pass alike, as ints in [0, 2**63): the sketch Ω is drawn
+    from ``seed`` on each rank, and the rank / energy policy, ``oversample`` and ``n_iter`` set the
+    sizes and the number of the collectives (the energy by its float64 bits, a seed by its CRC-32)."""
+    energy_bits = 0 if energy is None else struct.unpack("<q", struct.pack("<d", float(energy)))[0] & (2**63 - 1)
+    return {"rank": 0 if rank is None else rank + 1, "energy": energy_bits, "oversample": oversample,
+            "n_iter": n_iter, "seed": zlib.crc32(str(int(seed)).encode()), "base": int(has_base)}
+
+
 def frobenius_energy_sharded(matrix: DTensor, base: DTensor | None) -> float:
     """``||matrix − base||_F²`` in fp64, summed over the row shards (one 8-byte all_reduce)."""
     local = local_difference(matrix, base).double().square().sum().reshape(1)
@@ -172,6 +191,10 @@ def lowrank_factors_sharded(
     mesh_of([matrix], "lowrank_factors_sharded")
     m, n = matrix.shape
     full = min(m, n)
+    if full > 0:  # an empty matrix issues no collective
+        settings = sketch_settings(rank, energy, oversample, n_iter, seed, base is not None)
+        comm.check_agreement(settings, matrix.device_mesh.get_group(), "lowrank_factors_sharded",
+                             _local(matrix).device, "rsvd settings check")
     if (rank is None) == (energy is None):
         raise ValueError("lowrank_factors_sharded: give exactly one of rank= or energy=")
     if rank is not None and not 0 <= rank <= full:

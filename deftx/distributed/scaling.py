@@ -35,6 +35,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.tensor import Shard, distribute_tensor, init_device_mesh
 
+from deftx.distributed.rsvd import SETTINGS_BYTES
 from deftx.distributed.topk import HEADER_BYTES, sharded_topk_local
 from deftx.distributed.train import exit_distributed
 from deftx.ops import scatter_add_, topk_mask
@@ -43,8 +44,10 @@ from deftx.perf.shapes import BUILTIN_SHAPE_SETS, LLAMA_2_70B, ShapeSet
 
 RANKS: tuple[int, ...] = (8, 64, 512)
 K_FRACTION = 0.01
-SKETCH_COLUMNS = 72
-"""q = rank 64 + oversample 8 for the DeFT-X rows (a uniform-rank policy)."""
+KEPT_RANK = 64
+"""Components the DeFT-X rows keep (a uniform-rank policy): the reconstruction's inner dimension."""
+SKETCH_COLUMNS = KEPT_RANK + 8
+"""q = the kept rank + oversample 8."""
 POWER_ITERATIONS = 2
 PARAM_BYTES = 2
 """bf16 parameters."""
@@ -216,18 +219,19 @@ def selection_row(shapes: ShapeSet, ranks: int, costs: MeasuredCosts, net: Netwo
 def _rsvd_flops(rows: int, cols: int) -> tuple[float, float]:
     """(flops on the local rows, replicated small-matrix flops) of one sharded rSVD + reconstruction.
 
-    The products with the local Δ and the reconstruction come from the op's cost model; the
-    sharded orthonormalisation (Gram matrices of the local rows, Cholesky QR) adds
-    ``4 (n_iter + 1) rows q²`` locally and ``4 (n_iter + 2) cols q²`` replicated on every rank.
+    The products with the local Δ (q columns) and the reconstruction of the :data:`KEPT_RANK` kept
+    components come from the op's cost model; the sharded orthonormalisation (Gram matrices of the local
+    rows, Cholesky QR) adds ``4 (n_iter + 1) rows q²`` locally and ``4 (n_iter + 2) cols q²`` replicated on every rank.
     """
     q, n_iter = SKETCH_COLUMNS, POWER_ITERATIONS
-    local = rsvd_cost.product_flops(rows, cols, q, n_iter, has_base=False) + rsvd_cost.reconstruct_flops(rows, cols, q)
+    local = rsvd_cost.product_flops(rows, cols, q, n_iter, has_base=False)
+    local += rsvd_cost.reconstruct_flops(rows, cols, KEPT_RANK)
     return local + 4 * (n_iter + 1) * rows * q * q, 4 * (n_iter + 2) * cols * q * q
 
 
 def rsvd_bytes(cols: int, q: int = SKETCH_COLUMNS, n_iter: int = POWER_ITERATIONS) -> int:
-    """Payload bytes per rank of one sharded rSVD with a q-column sketch (Gram matrices, ΔᵀQ, B)."""
-    return (n_iter + 1) * 2 * 8 * q * q + (n_iter + 1) * 4 * cols * q
+    """Payload bytes per rank of one sharded rSVD with a q-column sketch (settings check, Gram matrices, ΔᵀQ, B)."""
+    return SETTINGS_BYTES + (n_iter + 1) * 2 * 8 * q * q + (n_iter + 1) * 4 * cols * q
 
 
 def denoise_row(shapes: ShapeSet, ranks: int, costs: MeasuredCosts, net: Network) -> Row:
@@ -241,8 +245,8 @@ def denoise_row(shapes: ShapeSet, ranks: int, costs: MeasuredCosts, net: Network
         flops += local + replicated
         single_flops += full_local + replicated
         nbytes += rsvd_bytes(cols)
-        calls += 2 * (POWER_ITERATIONS + 1) + POWER_ITERATIONS + 1
-        comm_seconds += (POWER_ITERATIONS + 1) * (
+        calls += 1 + 2 * (POWER_ITERATIONS + 1) + POWER_ITERATIONS + 1
+        comm_seconds += net.all_reduce(SETTINGS_BYTES, ranks) + (POWER_ITERATIONS + 1) * (
             2 * net.all_reduce(8 * q * q, ranks) + net.all_reduce(4 * cols * q, ranks)
         )
     compute = base.local_entries * (costs.score_per_entry + costs.sharded_select_per_entry) + flops / costs.matmul_flops
@@ -331,8 +335,8 @@ def scaling_report(
         f"- network per rank: α = {net.alpha * 1e6:.0f} µs per step, β = {net.beta / 1e9:.0f} GB/s "
         "(one 200 Gb/s NIC per GPU); `all_reduce(b) = 2⌈log2 W⌉α + 2(W−1)/W·b/β`, a gather of B bytes "
         "into one rank `⌈log2 W⌉α + B/β`.",
-        f"- DeFT-X rows: sketch q = {SKETCH_COLUMNS} (rank 64 + 8), {POWER_ITERATIONS} power iterations, every "
-        "matrix denoised.",
+        f"- DeFT-X rows: sketch q = {SKETCH_COLUMNS} (rank {KEPT_RANK} + 8), {POWER_ITERATIONS} power iterations, "
+        "every matrix denoised.",
         "- baseline: gather θ1 (bf16) of every rank onto rank 0 (θ0 read there), score and select (or compose) "
         "there with the single-process op, send the selection back (compose: send the parameters back).",
         "",

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch.distributed.tensor import Shard
 
-from deftx.distributed.rsvd import GRAM_PASSES
+from deftx.distributed.rsvd import GRAM_PASSES, SETTINGS_BYTES
 from deftx.ops import denoised_magnitudes, lowrank_factors
 from deftx.train.denoise import matrix_scores
 from tests.distributed.scenarios import UNIFORM_RANK, SvdCase, svd_cases, uniform_rank_pairs
@@ -89,7 +89,9 @@ def test_communication_is_sketches_and_gram_matrices(world, case):
     assert counts["all_reduce", "rsvd gram"].bytes == gram
     assert counts["all_reduce", "rsvd sketch Δᵀ Q"].bytes == sketch
     assert counts["all_reduce", "rsvd B = Qᵀ Δ"].bytes == small
-    assert results[0]["rsvd"][case.name]["bytes"] == gram + sketch + small, "no other traffic (never the m × n Δ)"
+    assert counts["all_reduce", "rsvd settings check"].bytes == SETTINGS_BYTES
+    assert results[0]["rsvd"][case.name]["bytes"] == SETTINGS_BYTES + gram + sketch + small, (
+        "no other traffic (never the m × n Δ)")
 
 
 def test_uniform_rank_above_a_matrix_side_keeps_what_one_process_keeps(world):
@@ -136,3 +138,45 @@ def test_options_the_single_process_op_refuses_are_refused_on_every_rank(world, 
     for rank, r in enumerate(results):
         kind, message = r["rsvd"]["errors"][call]
         assert kind == error and words in message, f"rank {rank}: {kind}: {message}"
+
+
+def _disagreeing_factors(rank: int, world: int) -> dict[str, tuple[str, str]]:
+    """Sharded rSVDs of one (8, 6) Δ whose seed, rank, energy, oversample or n_iter differ between rank 0
+    and the others: per setting, the error this rank raised (or "no error")."""
+    from torch.distributed.tensor import distribute_tensor, init_device_mesh
+
+    from deftx.distributed.rsvd import lowrank_factors_sharded
+
+    mesh = init_device_mesh("cpu", (world,))
+    delta = distribute_tensor(torch.arange(48.0).view(8, 6).sin(), mesh, [Shard(0)], src_data_rank=None)
+    first = rank == 0
+    calls = {
+        "seed": {"rank": 2, "seed": 3 if first else 4},
+        "rank": {"rank": 2 if first else 3},
+        "energy": {"energy": 0.9 if first else 0.8},
+        "oversample": {"rank": 2, "oversample": 8 if first else 4},
+        "n_iter": {"rank": 2, "n_iter": 2 if first else 1},
+        "agreeing": {"rank": 2, "seed": 3},
+    }
+    outcomes = {}
+    for name, options in calls.items():
+        try:
+            lowrank_factors_sharded(delta, **options)
+        except ValueError as err:
+            outcomes[name] = ("ValueError", str(err))
+        else:
+            outcomes[name] = ("no error", "")
+    return outcomes
+
+
+def test_ranks_that_pass_another_seed_or_sketch_setting_all_raise(tmp_path):
+    """Ω is drawn from the seed on each rank: a rank with another seed silently sketched its rows with another
+    Ω (σ₁ 10.31 against 9.74 single-process, no error); another rank, energy, oversample or n_iter made
+    collectives of other sizes. Every rank now raises, naming the settings."""
+    from tests.distributed.world import run_world
+
+    for rank, outcomes in enumerate(run_world(_disagreeing_factors, 2, tmp_path, timeout_s=60)):
+        assert outcomes.pop("agreeing") == ("no error", ""), f"rank {rank}"
+        for name, (kind, message) in outcomes.items():
+            assert kind == "ValueError" and "the ranks disagree" in message and f"{name} " in message, (
+                f"rank {rank}, {name}: {kind}: {message}")

@@ -100,3 +100,12 @@ def test_measure_costs_runs_and_is_positive(tmp_path):
         costs.matmul_flops,
     ):
         assert math.isfinite(value) and value > 0
+
+
+def test_the_denoising_flops_reconstruct_only_the_kept_components():
+    """|U S Vh| of the 64 kept components of an (m, n) row block costs 2·m·n·64 multiply-adds, not 2·m·n·72 (the
+    sketch width): the sketch's 8 oversampling columns are dropped before the reconstruction."""
+    rows, cols, q, n_iter = 1000, 300, 72, 2
+    sketched = scaling._rsvd_flops(rows, cols)[0] - 4 * (n_iter + 1) * rows * q * q
+    without_reconstruction = scaling.rsvd_cost.product_flops(rows, cols, q, n_iter, has_base=False)
+    assert sketched - without_reconstruction == 2 * rows * cols * 64
