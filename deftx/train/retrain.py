@@ -297,13 +297,15 @@ def build_masked_optimizer(
     name them (phase 1's optimizer has them), else from ``trainer.args``; weight decay from
     ``trainer.args`` (a Trainer sets it per parameter group, over the kwargs'). Parameters the trainer
     would not decay (biases, LayerNorms: ``trainer.get_decay_parameter_names``) get
-    no weight decay. Sparse parameters with no selected entry are left out.
+    no weight decay. The L1 pull is on the sparse parameters only: the penalty is
+    ``l1 * Σ_eligible |θ − θ0| / N``, so the dense ones (the head) are not pulled, as in phase 1
+    (groups of equal settings are one group). Sparse parameters with no selected entry are left out.
 
     Args:
         trainer: the ``transformers.Trainer``.
         indices: name -> selected flat indices of each sparse parameter.
         dense_names: parameters trained on every entry (the head).
-        l1_scale: per-entry L1 gradient magnitude (``l1 / N``).
+        l1_scale: per-entry L1 gradient magnitude (``l1 / N``) of the sparse parameters.
     """
     params = named_parameter_map(trainer.model)
     dense = set(dense_names)
@@ -312,10 +314,13 @@ def build_masked_optimizer(
     selected = {name: full_indices(param) if name in dense else indices[name] for name, param in params.items()
                 if name in dense or (name in indices and indices[name].numel())}
     args = trainer.args
+    settings: dict[tuple[float, float], list[str]] = {}
+    for names, decay in by_weight_decay(selected, trainer.get_decay_parameter_names(trainer.model), args.weight_decay):
+        for name in names:
+            settings.setdefault((decay, 0.0 if name in dense else l1_scale), []).append(name)
     groups = [
-        {"params": [params[n] for n in names], "indices": [selected[n] for n in names], "weight_decay": decay}
-        for names, decay in by_weight_decay(selected, trainer.get_decay_parameter_names(trainer.model),
-                                            args.weight_decay)
+        {"params": [params[n] for n in names], "indices": [selected[n] for n in names], "weight_decay": decay, "l1": l1}
+        for (decay, l1), names in settings.items()
     ]
     chosen = getattr(trainer, "optimizer_cls_and_kwargs", None)
     kwargs = chosen[1] if chosen is not None else {}
