@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from deftx.perf.counters import count_device_work
-from deftx.train.retrain import MaskedAdamW, SelectedGradients, build_masked_optimizer, full_indices
+from deftx.train.retrain import MaskedAdamW, SelectedGradients, build_masked_optimizer, by_decay_and_pull, full_indices
 from tests.helpers import assert_bitwise_equal, assert_close, tolerance
 
 
@@ -440,3 +440,13 @@ def test_the_l1_pull_of_the_sparse_phase_leaves_the_dense_head_alone(make_traine
         reference.step()
     for n in head:
         assert_close(names[n].detach(), copies[n].detach(), rtol=tolerance(torch.float32, 16), atol=1e-7, what=n)
+
+
+def test_the_groups_split_off_the_dense_parameters_only_where_there_is_a_pull():
+    """Without an L1 pull the groups are :func:`by_weight_decay`'s (an optimizer state saved before resumes);
+    with one, the dense parameters of each group sit in a group of their own at l1 0."""
+    names, decayed, dense = ["w", "b", "head.w", "head.b"], {"w", "head.w"}, {"head.w", "head.b"}
+    unpulled = [(["w", "head.w"], 0.1, 0.0), (["b", "head.b"], 0.0, 0.0)]
+    assert by_decay_and_pull(names, decayed, 0.1, dense, 0.0) == unpulled
+    pulled = [(["w"], 0.1, 0.5), (["head.w"], 0.1, 0.0), (["b"], 0.0, 0.5), (["head.b"], 0.0, 0.0)]
+    assert by_decay_and_pull(names, decayed, 0.1, dense, 0.5) == pulled
