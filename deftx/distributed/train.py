@@ -55,7 +55,7 @@ from deftx.train import params
 from deftx.train.config import DEFAULT_ELIGIBLE, DenoiseConfig, PhaseConfig, resolve_k, to_plain
 from deftx.train.denoise import selection_scores as denoise_scores
 from deftx.train.finetune import L1Pull, l1_gradient_scale
-from deftx.train.retrain import MaskedAdamW, SelectedGradients, by_weight_decay, full_indices
+from deftx.train.retrain import MaskedAdamW, SelectedGradients, by_decay_and_pull, by_weight_decay, full_indices
 from deftx.train.select import Score, select_top_k
 
 Strategy = Literal["ddp", "fsdp"]
@@ -376,7 +376,9 @@ def run_sparse_finetuning(
     restore_(model, theta0)
     indices = local_indices(model, selection, head)
     optimizer = MaskedAdamW([{"params": [named[n] for n in names], "indices": [indices[n] for n in names],
-                              "weight_decay": decay} for names, decay in decay_groups],
+                              "weight_decay": decay, "l1": l1}
+                             for names, decay, l1 in by_decay_and_pull(trained, decayed, settings.weight_decay, head,
+                                                                       sparse_l1)],
                             lr=settings.sparse.learning_rate, l1=sparse_l1, backend=settings.backend)
     keep = SelectedGradients(unwrap(model), {n: indices[n] for n in eligible})
     result.losses["sparse"] = train_phase(model, optimizer, batch_for_step, settings, settings.sparse.steps,

@@ -590,6 +590,9 @@ def parse_config(raw: Any, source: str = "<config>") -> PipelineConfig:
                     f"{short_repr(list(parsed['targets']))} is scored: list the language(s) the task is trained on")
     if "full_finetune" in values:
         parsed["full_finetune"] = _phase(values.pop("full_finetune"), "full_finetune", defaults.full_finetune)
+        baseline_l1 = parsed["full_finetune"].l1
+        if baseline_l1:
+            raise _fail("full_finetune", f"l1 {baseline_l1}: the baseline takes no L1 pull (set it to 0)")
     anli = values.pop("americasnli", None)
     if anli is not None:
         parsed["americasnli"] = _build(AmericasNLISection, anli, "americasnli", {

@@ -133,19 +133,26 @@ class GradientAdjustment:
         self._handles.clear()
 
 
+def pull_per_micro_batch_(param: torch.Tensor, base: torch.Tensor, scale: float, steps: Callable[[], int]) -> None:
+    """:func:`pull_toward_` by ``scale / steps()``: one micro-batch's share of a step of ``steps()`` micro-batches."""
+    pull_toward_(param, base, scale / max(int(steps()), 1))
+
+
 class L1Pull(GradientAdjustment):
     """Adds ``scale * sign(θ − θ0)`` to the gradient of each named parameter.
 
     A :class:`GradientAdjustment`: as a context manager around ``trainer.train()`` the hook
-    runs once per backward (each micro-batch), so the term is divided by the
-    gradient-accumulation steps to be counted once per optimizer step. ``sign(0) = 0``, the
-    subgradient ``torch.abs`` uses.
+    runs once per backward (each micro-batch), so the term is divided by the micro-batches of
+    the optimizer step to be counted once per step. ``sign(0) = 0``, the subgradient
+    ``torch.abs`` uses.
 
     Args:
         model: the model being trained.
         theta0: name -> θ0 values (same shape, dtype and device as the parameter).
         scale: per-entry gradient magnitude, e.g. :func:`l1_gradient_scale`.
-        accumulation_steps: the trainer's ``gradient_accumulation_steps``.
+        accumulation_steps: the micro-batches of each optimizer step, or a function giving those of the
+            step under way (a Trainer's ``current_gradient_accumulation_steps``: an epoch's last step
+            holds fewer when its batches are no multiple of ``gradient_accumulation_steps``).
     """
 
     def __init__(
@@ -153,15 +160,21 @@ class L1Pull(GradientAdjustment):
         model: nn.Module,
         theta0: Mapping[str, torch.Tensor],
         scale: float,
-        accumulation_steps: int = 1,
+        accumulation_steps: int | Callable[[], int] = 1,
     ) -> None:
         params = {name: p for name, p in named_parameter_map(model).items() if name in theta0}
         missing = set(theta0) - set(params)
         if missing:
             raise KeyError(f"L1Pull: the model has no parameters {sorted(missing)[:3]}")
-        scale = scale / max(int(accumulation_steps), 1)
-        super().__init__([(param, partial(pull_toward_, base=theta0[name], scale=scale))
+        steps = accumulation_steps if callable(accumulation_steps) else partial(int, accumulation_steps)
+        super().__init__([(param, partial(pull_per_micro_batch_, base=theta0[name], scale=scale, steps=steps))
                           for name, param in params.items()] if scale != 0.0 else [])
+
+
+def current_accumulation_steps(trainer) -> int:
+    """The micro-batches of the optimizer step ``trainer`` is taking (its ``gradient_accumulation_steps`` before
+    its loop has set the count)."""
+    return getattr(trainer, "current_gradient_accumulation_steps", trainer.args.gradient_accumulation_steps)
 
 
 def run_full_finetuning(
@@ -184,7 +197,6 @@ def run_full_finetuning(
         The ``TrainOutput`` of ``trainer.train``.
     """
     scale = l1_gradient_scale(phase.l1, trainer.model)
-    accumulation = trainer.args.gradient_accumulation_steps
     with (phase_arguments(trainer, phase, output_dir), fresh_phase_optimizer(trainer, phase),
-          L1Pull(trainer.model, theta0, scale, accumulation)):
+          L1Pull(trainer.model, theta0, scale, partial(current_accumulation_steps, trainer))):
         return trainer.train(resume_from_checkpoint=resume_from_checkpoint)

@@ -283,6 +283,20 @@ def by_weight_decay(names: Iterable[str], decayed: Collection[str],
     return [(members, decay) for members, decay in groups if members]
 
 
+def by_decay_and_pull(names: Iterable[str], decayed: Collection[str], weight_decay: float, dense: Collection[str],
+                      l1: float) -> list[tuple[list[str], float, float]]:
+    """``names`` as optimizer groups ``(members, weight decay, L1 pull)``: each group of :func:`by_weight_decay`
+    with its sparse members pulled at ``l1`` and its ``dense`` ones (the head) at 0.0, in a group of their own
+    when ``l1`` is not 0 (the penalty is ``l1 * Σ_eligible |θ − θ0| / N``: dense parameters are not pulled)."""
+    groups = []
+    for members, decay in by_weight_decay(names, decayed, weight_decay):
+        pulls: dict[float, list[str]] = {}
+        for name in members:
+            pulls.setdefault(0.0 if name in dense else l1, []).append(name)
+        groups += [(part, decay, pull) for pull, part in pulls.items()]
+    return groups
+
+
 def build_masked_optimizer(
     trainer,
     indices: Mapping[str, torch.Tensor],
@@ -297,13 +311,14 @@ def build_masked_optimizer(
     name them (phase 1's optimizer has them), else from ``trainer.args``; weight decay from
     ``trainer.args`` (a Trainer sets it per parameter group, over the kwargs'). Parameters the trainer
     would not decay (biases, LayerNorms: ``trainer.get_decay_parameter_names``) get
-    no weight decay. Sparse parameters with no selected entry are left out.
+    no weight decay. The L1 pull is on the sparse parameters only (:func:`by_decay_and_pull`), as
+    in phase 1. Sparse parameters with no selected entry are left out.
 
     Args:
         trainer: the ``transformers.Trainer``.
         indices: name -> selected flat indices of each sparse parameter.
         dense_names: parameters trained on every entry (the head).
-        l1_scale: per-entry L1 gradient magnitude (``l1 / N``).
+        l1_scale: per-entry L1 gradient magnitude (``l1 / N``) of the sparse parameters.
     """
     params = named_parameter_map(trainer.model)
     dense = set(dense_names)
@@ -313,9 +328,9 @@ def build_masked_optimizer(
                 if name in dense or (name in indices and indices[name].numel())}
     args = trainer.args
     groups = [
-        {"params": [params[n] for n in names], "indices": [selected[n] for n in names], "weight_decay": decay}
-        for names, decay in by_weight_decay(selected, trainer.get_decay_parameter_names(trainer.model),
-                                            args.weight_decay)
+        {"params": [params[n] for n in names], "indices": [selected[n] for n in names], "weight_decay": decay, "l1": l1}
+        for names, decay, l1 in by_decay_and_pull(selected, trainer.get_decay_parameter_names(trainer.model),
+                                                  args.weight_decay, dense, l1_scale)
     ]
     chosen = getattr(trainer, "optimizer_cls_and_kwargs", None)
     kwargs = chosen[1] if chosen is not None else {}

@@ -196,6 +196,19 @@ def _baseline_trainer(model_dir: str | Path, tokenizer, examples: Sequence[dict]
     return _trainer(model, tokenizer, list(examples), settings, output_dir)
 
 
+def check_baseline_phase(phase: PhaseConfig) -> None:
+    """The baseline's ``phase`` asks for no L1 pull: full fine-tuning trains without one.
+
+    Raises:
+        ValueError: ``phase.l1`` other than 0 (it would train as with 0).
+    """
+    if phase.l1:
+        raise ValueError(
+            f"the full fine-tuning baseline takes no L1 pull toward the base weights, but the phase's l1 "
+            f"is {phase.l1}: set it to 0"
+        )
+
+
 def baseline_identity(trainer: Trainer, phase: PhaseConfig) -> dict[str, Any]:
     """What the baseline trained by ``trainer`` (at its initial weights) for ``phase`` depends on."""
     return {"step": "full fine-tuning", **trainer_identity(trainer), "phase": to_plain(phase)}
@@ -250,10 +263,12 @@ def train_full_finetune(
         The fine-tuned classifier.
 
     Raises:
-        ValueError: an example's label that is no class id below ``num_labels`` (:func:`check_class_ids`).
+        ValueError: an example's label that is no class id below ``num_labels`` (:func:`check_class_ids`), or
+            a phase with an L1 pull (:func:`check_baseline_phase`).
         BusyError: another process trains in ``work_dir`` (:func:`~deftx.train.identity.owned`).
     """
     work_dir = Path(work_dir)
+    check_baseline_phase(phase)
     check_class_ids(examples, num_labels)
     trainer = _baseline_trainer(model_dir, tokenizer, examples, trainer_output_dir(work_dir), num_labels, settings,
                                 pooling)

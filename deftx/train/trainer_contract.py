@@ -43,6 +43,9 @@ RESTORED_ATTRIBUTES = ("optimizer", "lr_scheduler", "optimizer_cls_and_kwargs", 
 FORWARD_ATTRIBUTES = ("forward", "_original_forward")
 """The model attributes through which ``accelerate`` wraps its ``forward`` in autocast when a ``train()`` runs with
 mixed precision (``bf16`` / ``fp16``): the wrapper stays on the model after training."""
+CHECKPOINT_CONFIG_ATTRIBUTES = ("dtype", "architectures")
+"""The model configuration's entries a Trainer checkpoint writes (``save_pretrained``): a model built from its
+configuration has no ``dtype``, and would after a phase saved a checkpoint — another identity for a second ``fit()``."""
 
 
 class TrainerOverrideWarning(UserWarning):
@@ -130,16 +133,21 @@ def forward_restored(model: Any) -> Iterator[None]:
 @contextlib.contextmanager
 def trainer_restored(trainer: Any) -> Iterator[None]:
     """Put :data:`RESTORED_ATTRIBUTES` of ``trainer``, the train / eval mode of each of its model's
-    modules (``trainer.train()`` leaves them in train mode) and the model's ``forward``
-    (:func:`forward_restored`) back as they were on entry (on any exit)."""
+    modules (``trainer.train()`` leaves them in train mode), the model's ``forward``
+    (:func:`forward_restored`) and its configuration's :data:`CHECKPOINT_CONFIG_ATTRIBUTES` back as they
+    were on entry (on any exit)."""
     kept = {name: getattr(trainer, name) for name in RESTORED_ATTRIBUTES if hasattr(trainer, name)}
     modes = [(module, module.training) for module in trainer.model.modules()]
+    config = getattr(trainer.model, "config", None)
+    settings = {name: getattr(config, name) for name in CHECKPOINT_CONFIG_ATTRIBUTES if hasattr(config, name)}
     try:
         with forward_restored(trainer.model):
             yield
     finally:
         for name, value in kept.items():
             setattr(trainer, name, value)
+        for name, value in settings.items():
+            setattr(config, name, value)
         for module, training in modes:
             module.training = training
 

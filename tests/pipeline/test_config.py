@@ -482,3 +482,10 @@ def test_a_token_window_without_room_for_a_token_is_refused(raw, match):
     with pytest.raises(ConfigError, match=match):
         parse_config({"targets": ["madurese"], **raw})
     assert parse_config({"targets": ["madurese"], "training": {"max_length": 3}}).training.max_length == 3
+
+
+def test_a_baseline_with_an_l1_pull_is_refused_when_the_config_is_read():
+    """The full fine-tuning baseline trains without an L1 pull: ``full_finetune.l1`` would be ignored."""
+    with pytest.raises(ConfigError, match=r"full_finetune: l1 0\.1: the baseline takes no L1 pull"):
+        parse_config({"targets": ["madurese"], "full_finetune": {"epochs": 3, "learning_rate": 1e-4, "l1": 0.1}})
+    assert parse_config({"targets": ["madurese"], "full_finetune": {"l1": 0.0}}).full_finetune.l1 == 0.0

@@ -164,3 +164,20 @@ def test_a_baseline_the_store_finished_leaves_no_partial_phase_in_the_log(tmp_pa
     assert read_log(tmp_path / "stopped" / "log.jsonl") == []
     for (name, a), (_, b) in zip(trained.named_parameters(), linked.named_parameters(), strict=True):
         assert_bitwise_equal(b.detach(), a.detach(), what=name)
+
+
+def test_the_baseline_refuses_an_l1_pull_it_would_not_apply(tmp_path, tiny_model_dir):
+    """Full fine-tuning trains without an L1 pull: a phase asking for one (which trained bit for bit as
+    ``l1=0``) is refused before anything is built or written."""
+    from transformers import AutoTokenizer
+
+    from deftx.train.task import classification_examples, train_full_finetune
+    from deftx.train.trainer_args import TrainingSettings
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    examples = classification_examples(tokenizer, ["w1 w2 w3", "w4 w5"] * 4, [2, 0] * 4, 16)
+    settings = TrainingSettings(batch_size=4, max_length=16, save_steps=0, progress=False)
+    with pytest.raises(ValueError, match=r"full fine-tuning baseline takes no L1 pull.* l1 is 0\.5"):
+        train_full_finetune(tiny_model_dir, tokenizer, examples, PhaseConfig(steps=2, learning_rate=1e-2, l1=0.5),
+                            tmp_path / "full", num_labels=3, settings=settings)
+    assert not (tmp_path / "full").exists()

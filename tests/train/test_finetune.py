@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import TrainingArguments
+from transformers import TrainerCallback, TrainingArguments
 
 from deftx.train.config import PhaseConfig
-from deftx.train.finetune import L1Pull, l1_gradient_scale, phase_arguments
+from deftx.train.finetune import L1Pull, l1_gradient_scale, phase_arguments, run_full_finetuning
 from tests.helpers import assert_close, tolerance
 
 
@@ -88,3 +88,32 @@ def test_phase_arguments_set_and_restore(tmp_path, phase):
             assert trainer.args.max_steps == -1 and trainer.args.num_train_epochs == 1.5
     assert (trainer.args.max_steps, trainer.args.learning_rate, trainer.args.num_train_epochs) == (77, 1e-3, 9)
     assert trainer.args.output_dir == str(tmp_path / "user")
+
+
+class GradientsBeforeStep(TrainerCallback):
+    """The gradient of one parameter at every optimizer step (after clipping, before the step)."""
+
+    def __init__(self, param: torch.Tensor):
+        self.param, self.seen = param, []
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.seen.append(self.param.grad.detach().clone())
+
+
+def test_the_l1_pull_counts_once_in_an_epochs_short_last_accumulation(make_trainer, tmp_path):
+    """24 rows in batches of 4 are 6 micro-batches an epoch: with 4 accumulated, the epoch's second step holds
+    2. The pull is counted once per step either way (the Trainer averages the loss over the micro-batches a
+    step holds): word-embedding rows 0-3, which no example uses, get exactly ``scale · sign(θ − θ0)``."""
+    trainer = make_trainer(
+        per_device_train_batch_size=4, gradient_accumulation_steps=4, max_grad_norm=0.0, save_strategy="no",
+        weight_decay=0.0,
+    )
+    embedding = trainer.model.bert.embeddings.word_embeddings.weight
+    theta0 = {"bert.embeddings.word_embeddings.weight": embedding.detach() - 1.0}  # sign(θ − θ0) = +1 throughout
+    record = GradientsBeforeStep(embedding)
+    trainer.add_callback(record)
+    run_full_finetuning(trainer, PhaseConfig(epochs=2, learning_rate=1e-3, l1=0.3), theta0, str(tmp_path / "p1"))
+    scale = l1_gradient_scale(0.3, trainer.model)
+    assert len(record.seen) == 4, "two steps an epoch: 4 micro-batches, then 2"
+    for step, grad in enumerate(record.seen):
+        assert_close(grad[:4], torch.full_like(grad[:4], scale), rtol=tolerance(torch.float32), what=f"step {step}")

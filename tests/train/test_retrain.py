@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from deftx.perf.counters import count_device_work
-from deftx.train.retrain import MaskedAdamW, SelectedGradients, build_masked_optimizer, full_indices
+from deftx.train.retrain import MaskedAdamW, SelectedGradients, build_masked_optimizer, by_decay_and_pull, full_indices
 from tests.helpers import assert_bitwise_equal, assert_close, tolerance
 
 
@@ -412,3 +412,41 @@ def test_the_masked_optimizer_takes_the_betas_and_epsilon_of_your_optimizer_kwar
     trainer.optimizer_cls_and_kwargs = (torch.optim.AdamW, {"eps": 1e-6})
     partly = build_masked_optimizer(trainer, query, []).defaults
     assert (partly["betas"], partly["eps"]) == ((trainer.args.adam_beta1, trainer.args.adam_beta2), 1e-6)
+
+
+def test_the_l1_pull_of_the_sparse_phase_leaves_the_dense_head_alone(make_trainer):
+    """The penalty is ``l1 * Σ_eligible |θ − θ0| / N`` (the reference's ``maskable_params`` only): the densely
+    trained head is not pulled toward its initial values, in phase 3 as in phase 1 (:class:`L1Pull` anchors the
+    eligible parameters only). Reference: torch AdamW on the head with the same gradients and weight decay."""
+    trainer = make_trainer()
+    names = dict(trainer.model.named_parameters())
+    head = ["classifier.weight", "classifier.bias"]
+    query = "bert.encoder.layer.0.attention.self.query.weight"
+    optimizer = build_masked_optimizer(trainer, {query: torch.tensor([0, 5])}, head, l1_scale=0.5)
+    decayed = set(trainer.get_decay_parameter_names(trainer.model))
+    copies = {n: names[n].detach().clone().requires_grad_(True) for n in head}
+    reference = torch.optim.AdamW(
+        [{"params": [copies[n]], "weight_decay": trainer.args.weight_decay if n in decayed else 0.0} for n in head],
+        lr=trainer.args.learning_rate,
+        betas=(trainer.args.adam_beta1, trainer.args.adam_beta2),
+        eps=trainer.args.adam_epsilon,
+    )
+    for step in range(4):
+        for n in head:
+            grad = gradients(names[n].shape, 1, seed=step)[0] * (step % 2)  # zero at even steps: the pull alone
+            names[n].grad, copies[n].grad = grad.clone(), grad.clone()
+        names[query].grad = torch.zeros_like(names[query])
+        optimizer.step()
+        reference.step()
+    for n in head:
+        assert_close(names[n].detach(), copies[n].detach(), rtol=tolerance(torch.float32, 16), atol=1e-7, what=n)
+
+
+def test_the_groups_split_off_the_dense_parameters_only_where_there_is_a_pull():
+    """Without an L1 pull the groups are :func:`by_weight_decay`'s (an optimizer state saved before resumes);
+    with one, the dense parameters of each group sit in a group of their own at l1 0."""
+    names, decayed, dense = ["w", "b", "head.w", "head.b"], {"w", "head.w"}, {"head.w", "head.b"}
+    unpulled = [(["w", "head.w"], 0.1, 0.0), (["b", "head.b"], 0.0, 0.0)]
+    assert by_decay_and_pull(names, decayed, 0.1, dense, 0.0) == unpulled
+    pulled = [(["w"], 0.1, 0.5), (["head.w"], 0.1, 0.0), (["b"], 0.0, 0.5), (["head.b"], 0.0, 0.0)]
+    assert by_decay_and_pull(names, decayed, 0.1, dense, 0.5) == pulled

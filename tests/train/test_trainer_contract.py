@@ -22,7 +22,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from deftx.train.config import PhaseConfig, SparseFineTuningConfig
 from deftx.train.sparse_finetuner import SparseFineTuner
 from deftx.train.trainer_contract import TrainerOverrideWarning, override_message
-from tests.helpers import assert_bitwise_equal
+from tests.helpers import assert_bitwise_equal, assert_same_entries
 from tests.train.conftest import tiny_dataset, tiny_model
 
 ELIGIBLE = ("word_embeddings", "embeddings", "attention", "ffn")
@@ -187,3 +187,18 @@ def test_after_fit_with_bf16_the_model_computes_in_float32_as_before(tmp_path):
     assert "forward" not in vars(model) and "_original_forward" not in vars(model)
     with torch.no_grad():
         assert_bitwise_equal(model(input_ids=ids).logits, expected, what="θ0's logits after a bf16 fit")
+
+
+def test_a_second_fit_of_a_model_built_from_its_config_returns_the_finished_sfts(tmp_path):
+    """A Trainer checkpoint (``save_pretrained``) writes the model's dtype and class into its config; ``fit()``
+    puts the config back, so a second ``fit()`` (or one after a kill in the same process) sees the run's own
+    identity and returns the finished SFTs instead of refusing its own work as another run's."""
+    model = tiny_model()
+    assert model.config.dtype is None, "a model built from its config records no dtype"
+    before = (model.config.dtype, model.config.architectures)
+    trainer = Trainer(model=model, args=user_arguments(tmp_path, save_steps=1), train_dataset=tiny_dataset())
+    tuner = SparseFineTuner(trainer, config(), tmp_path / "work", progress=False, warn_overrides=False)
+    first = tuner.fit()
+    assert (model.config.dtype, model.config.architectures) == before
+    again = tuner.fit()
+    assert_same_entries(again.diffs["lt-sft"], first.diffs["lt-sft"])
