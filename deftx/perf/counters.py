@@ -14,7 +14,8 @@
   ``.tolist()`` / ``.numpy()`` of one, copies from the device to the host (``.cpu()``,
   ``.to("cpu")``), blocking copies from pageable host memory to the device (torch waits for the
   stream before them), and ops whose output size depends on device data (``nonzero``, boolean
-  indexing, ``repeat_interleave`` without ``output_size``, ``unique``, ``equal``...).
+  indexing, ``repeat_interleave`` without ``output_size``, ``unique``...) or whose result the host
+  reads (``equal``, ``allclose``, the error check of ``linalg.cholesky`` / ``inv`` / ``solve``).
 
 Counting on ``cpu`` treats CPU tensors as device memory: a ``.tolist()`` of a CPU tensor is
 then a sync, and a torch op on CPU tensors is a launch. Code that keeps its host-side
@@ -50,9 +51,12 @@ NOT_LAUNCHES: frozenset[str] = frozenset({
 
 DATA_DEPENDENT_SHAPE: frozenset[str] = frozenset({
     "aten::nonzero", "aten::masked_select", "aten::_unique", "aten::_unique2", "aten::unique_dim",
-    "aten::unique_consecutive", "aten::equal", "aten::is_nonzero", "aten::bincount",
+    "aten::unique_consecutive", "aten::equal", "aten::allclose", "aten::is_nonzero", "aten::bincount",
+    "aten::_linalg_check_errors",
 })
-"""Aten ops whose result size (or value) the host needs: they wait for the device."""
+"""Aten ops whose result size (or value) the host needs: they wait for the device. ``allclose`` returns
+``isclose(...).all().item()``; ``_linalg_check_errors`` (the raising ``linalg.cholesky`` / ``inv`` /
+``solve``...) reads ``infos.any().item()``."""
 
 _BACKEND_KEYS = {"cpu": torch._C.DispatchKey.CPU, "cuda": torch._C.DispatchKey.CUDA, "meta": torch._C.DispatchKey.Meta}
 """Where a custom op's kernel is re-dispatched to, by device type."""

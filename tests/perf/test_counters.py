@@ -50,6 +50,20 @@ def test_data_dependent_output_sizes_are_syncs():
                           "aten::bincount": 1}
 
 
+def test_ops_whose_result_the_host_reads_are_syncs():
+    """``allclose`` returns a Python bool (``isclose(...).all().item()``), and the raising forms of
+    ``linalg.cholesky`` / ``inv`` / ``solve`` read the error codes (``_linalg_check_errors``:
+    ``infos.any().item()``): each waits for the device. The ``_ex`` forms leave the codes on it."""
+    a = torch.tensor([[4.0, 1.0], [1.0, 3.0]])
+    with count_device_work("cpu") as work:
+        torch.allclose(a, a)
+        torch.linalg.cholesky(a)
+        torch.linalg.inv(a)
+        torch.linalg.solve(a, a)
+        torch.linalg.cholesky_ex(a)  # info stays a tensor: no sync
+    assert work.syncs == {"aten::allclose": 1, "aten::_linalg_check_errors": 3}
+
+
 def test_other_devices_are_not_counted():
     x = torch.ones(4)
     with count_device_work("meta") as work:
