@@ -325,6 +325,12 @@ def _self_time_us(event: Any, device: torch.device) -> float:
     return float(event.self_device_time_total if device.type == "cuda" else event.self_cpu_time_total)
 
 
+def _is_device_annotation(event: Any) -> bool:
+    """A ``record_function`` range's copy on the device timeline (kineto's ``gpu_user_annotation``):
+    its span, not work of its own; torch's tables leave it out."""
+    return bool(event.is_user_annotation) and event.device_type.name != "CPU"
+
+
 def summarize(prof: profile, runs: Sequence[OpRun], device: torch.device) -> list[dict[str, Any]]:
     """Rows of the per-range and per-kernel summary.
 
@@ -332,10 +338,10 @@ def summarize(prof: profile, runs: Sequence[OpRun], device: torch.device) -> lis
     calls, and for modelled ops bytes per call with the achieved GB/s, and FLOPs per call with the
     achieved GFLOP/s where the op has a FLOP model (None where it has none: topk, scatter).
     Then the :data:`TOP_KERNELS` kernels (CUDA: device time) or aten / backend calls (CPU:
-    self CPU time) with the largest total.
+    self CPU time) with the largest total. The device-side copies of ranges (CUDA) are left out.
     """
     costs = {r.name: r.cost for r in runs}
-    averages = list(prof.key_averages())
+    averages = [e for e in prof.key_averages() if not _is_device_annotation(e)]
     rows: list[dict[str, Any]] = []
     for event in averages:
         if not event.key.startswith(RANGE_PREFIX):

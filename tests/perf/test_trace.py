@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from deftx.perf.trace import TraceConfig, load_trace_config, profile_target
 
@@ -100,3 +101,33 @@ def test_the_markdown_never_rounds_a_sub_microsecond_mean_to_zero():
                "trace": "t.json", "rows": [row]}
     line = next(line for line in render_summary(summary).splitlines() if "aten::detach" in line)
     assert line.startswith("| `aten::detach` | cpu op | 81 | 0.039 | 0.00048 |")
+
+
+def test_cuda_summary_leaves_out_the_device_copies_of_ranges():
+    """On CUDA, kineto records each ``record_function`` range twice: on the host and as a
+    ``gpu_user_annotation`` on the device timeline (same name, device type CUDA). Torch's own
+    tables leave the device copies out; so does the summary: one row per deftx range (its host
+    time), and an annotation (the optimizer's) is not listed as a kernel."""
+    from torch.autograd import DeviceType
+    from torch.autograd.profiler_util import EventList, FunctionEvent
+
+    from deftx.perf.roofline import Cost
+    from deftx.perf.trace import OpRun, summarize
+
+    def event(i, name, start_us, end_us, device_type=DeviceType.CPU, annotation=False):
+        return FunctionEvent(id=i, name=name, thread=0, start_us=start_us, end_us=end_us, device_type=device_type,
+                             is_user_annotation=annotation, use_device="cuda", stack=[])
+
+    events = EventList([
+        event(1, "deftx.topk", 0, 100, annotation=True),
+        event(2, "deftx.topk", 10, 90, DeviceType.CUDA, annotation=True),
+        event(3, "Optimizer.step#AdamW.step", 100, 200, annotation=True),
+        event(4, "Optimizer.step#AdamW.step", 110, 190, DeviceType.CUDA, annotation=True),
+        event(5, "my_kernel", 20, 60, DeviceType.CUDA),
+    ], use_device="cuda")
+    events._build_tree()
+    profiled = type("Profiled", (), {"key_averages": lambda self: events.key_averages()})()
+    rows = summarize(profiled, [OpRun("deftx.topk", lambda: None, Cost(1e6, 0.0, None))], torch.device("cuda"))
+    assert [(r["name"], r["kind"]) for r in rows] == [("deftx.topk", "deftx op"), ("my_kernel", "kernel")]
+    assert rows[0]["mean_ms"] == pytest.approx(0.1) and rows[0]["achieved_gb_per_s"] == pytest.approx(10.0)
+    assert rows[1]["total_ms"] == pytest.approx(0.04)
