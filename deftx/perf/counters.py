@@ -156,7 +156,7 @@ class _DispatchCounter(TorchDispatchMode):
             non_blocking = bool(kwargs.get("non_blocking", False))
         else:
             return None
-        if self._on_device(src) and not self._on_device(dst):
+        if self._on_device(src) and not self._on_device(dst) and dst.device.type == "cpu":
             return "device-to-host copy"
         host_to_device = self.work.device.type != "cpu" and self._on_device(dst) and src.device.type == "cpu"
         if host_to_device and not (non_blocking and src.is_pinned()):

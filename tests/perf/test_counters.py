@@ -73,6 +73,17 @@ def test_other_devices_are_not_counted():
     assert y.device.type == "meta"
 
 
+def test_a_copy_to_another_device_is_a_launch_not_a_host_wait():
+    """Only a copy to the host waits for the device; one to another device (``cuda:0`` -> ``cuda:1``,
+    here ``cpu`` -> ``meta``) is queued like any other work."""
+    x = torch.ones(4)
+    elsewhere = torch.empty(4, device="meta")
+    with count_device_work("cpu") as work:
+        x.to("meta")
+        elsewhere.copy_(x)
+    assert work.torch_ops == {"aten::_to_copy": 1, "aten::copy_": 1} and work.sync_count == 0, work.summary()
+
+
 def test_blocking_copy_to_the_device_is_a_sync():
     host = torch.ones(4)
     device = torch.empty(4, device="meta")
