@@ -131,3 +131,30 @@ def test_cuda_summary_leaves_out_the_device_copies_of_ranges():
     assert [(r["name"], r["kind"]) for r in rows] == [("deftx.topk", "deftx op"), ("my_kernel", "kernel")]
     assert rows[0]["mean_ms"] == pytest.approx(0.1) and rows[0]["achieved_gb_per_s"] == pytest.approx(10.0)
     assert rows[1]["total_ms"] == pytest.approx(0.04)
+
+
+def test_every_range_of_the_train_step_ends_after_a_device_synchronize(monkeypatch):
+    """A range's host time is the op's time only if the device is done when it closes (on CUDA
+    the launches return at once): the ops' ranges nested in the train-step phases end after a
+    synchronize, as the phases' and the op targets' do."""
+    import contextlib
+
+    from deftx.perf import trace
+
+    log = []
+
+    @contextlib.contextmanager
+    def logged_range(name):
+        log.append(("open", name))
+        yield
+        log.append(("close", name))
+
+    monkeypatch.setattr(trace, "record_function", logged_range)
+    monkeypatch.setattr(trace, "_synchronize", lambda device: log.append(("sync",)))
+    for run in trace.train_step_runs(trace.load_workload("tiny"), torch.device("cpu"), None, seed=0):
+        run.run()
+    closed = [name for event, *name in log if event == "close"]
+    assert {"deftx.rsvd", "deftx.topk", "deftx.masked_step", "deftx.scatter_add",
+            "deftx.scatter_restore"} <= {name for (name,) in closed}
+    unsynced = [log[i][1] for i in range(len(log)) if log[i][0] == "close" and log[i - 1] != ("sync",)]
+    assert unsynced == []
