@@ -12,10 +12,11 @@
 * **host syncs** — every point where the host waits for the device's data:
   ``.item()`` / ``int()`` / ``bool()`` / ``float()`` of a device tensor (``_local_scalar_dense``),
   ``.tolist()`` / ``.numpy()`` of one, copies from the device to the host (``.cpu()``,
-  ``.to("cpu")``), blocking copies from pageable host memory to the device (torch waits for the
-  stream before them), and ops whose output size depends on device data (``nonzero``, boolean
-  indexing, ``repeat_interleave`` without ``output_size``, ``unique``...) or whose result the host
-  reads (``equal``, ``allclose``, the error check of ``linalg.cholesky`` / ``inv`` / ``solve``).
+  ``.to("cpu")``; not a ``non_blocking`` one into pinned memory), blocking copies from pageable
+  host memory to the device (torch waits for the stream before them), and ops whose output size
+  depends on device data (``nonzero``, boolean indexing, ``repeat_interleave`` without
+  ``output_size``, ``unique``...) or whose result the host reads (``equal``, ``allclose``, the
+  error check of ``linalg.cholesky`` / ``inv`` / ``solve``).
 
 Counting on ``cpu`` treats CPU tensors as device memory: a ``.tolist()`` of a CPU tensor is
 then a sync, and a torch op on CPU tensors is a launch. Code that keeps its host-side
@@ -157,7 +158,7 @@ class _DispatchCounter(TorchDispatchMode):
         else:
             return None
         if self._on_device(src) and not self._on_device(dst) and dst.device.type == "cpu":
-            return "device-to-host copy"
+            return None if non_blocking and dst.is_pinned() else "device-to-host copy"
         host_to_device = self.work.device.type != "cpu" and self._on_device(dst) and src.device.type == "cpu"
         if host_to_device and not (non_blocking and src.is_pinned()):
             return "blocking host-to-device copy"

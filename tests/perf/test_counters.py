@@ -123,6 +123,25 @@ def test_summary_names_every_count():
     assert work.summary() == "1 launches (0 Triton: none; 1 torch: aten::add x1), 1 host syncs (tolist x1)"
 
 
+def test_only_a_blocking_copy_to_the_host_waits():
+    """A device-to-host copy waits unless it is ``non_blocking`` into pinned memory (torch then only
+    queues ``cudaMemcpyAsync``; into pageable memory the copy returns when done). Judged on stand-ins
+    for a CUDA tensor and host buffers: no GPU here."""
+    from types import SimpleNamespace
+
+    from deftx.perf.counters import DeviceWork, _DispatchCounter
+
+    cuda = torch.device("cuda", 0)
+    counter = _DispatchCounter(DeviceWork(cuda))
+    on_device = SimpleNamespace(device=cuda, is_pinned=lambda: False)
+    pinned = SimpleNamespace(device=torch.device("cpu"), is_pinned=lambda: True)
+    pageable = SimpleNamespace(device=torch.device("cpu"), is_pinned=lambda: False)
+    assert counter._copy_sync("aten::copy_", (pinned, on_device, True), {}, None) is None
+    assert counter._copy_sync("aten::copy_", (pinned, on_device), {"non_blocking": True}, None) is None
+    assert counter._copy_sync("aten::copy_", (pageable, on_device, True), {}, None) == "device-to-host copy"
+    assert counter._copy_sync("aten::copy_", (pinned, on_device), {}, None) == "device-to-host copy"
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_copies_and_torch_sync_reports():
     device = torch.device("cuda")
@@ -131,5 +150,6 @@ def test_cuda_copies_and_torch_sync_reports():
         x = torch.empty(4, device=device)
         x.copy_(pinned, non_blocking=True)  # asynchronous: no sync
         x.cpu()
+        x.to("cpu", non_blocking=True)  # into pinned memory torch allocates: no wait
     assert work.syncs == {"device-to-host copy": 1}
     assert work.cuda_reported_syncs is not None and work.cuda_reported_syncs >= 1
