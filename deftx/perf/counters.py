@@ -3,8 +3,9 @@
 ``with count_device_work(device) as work: ...`` records, while the block runs:
 
 * **torch launches** — a ``TorchDispatchMode`` sees every aten op after decomposition; an op
-  that reads or writes a tensor on ``device`` counts as one launch unless it only makes a view
-  or allocates (``empty``, ``lift_fresh``, ...). Copies count (``copy_``, ``_to_copy``). An op
+  that reads or writes a tensor on ``device`` counts as one launch unless it only makes a view,
+  changes sizes / strides in place (``unsqueeze_``, ``t_``) or allocates (``empty``,
+  ``lift_fresh``, ...). Copies count (``copy_``, ``_to_copy``). An op
   counts once even where its CUDA implementation launches several kernels (``cumsum``,
   ``repeat_interleave``), so this is a lower bound on kernels. Custom ops
   (``torch.ops.deftx.*``) are looked into: their aten ops count, not the op itself.
@@ -44,11 +45,13 @@ from torch.utils._pytree import tree_leaves
 
 NOT_LAUNCHES: frozenset[str] = frozenset({
     "aten::empty", "aten::empty_strided", "aten::empty_like", "aten::new_empty",
-    "aten::new_empty_strided", "aten::lift_fresh", "aten::detach", "aten::detach_", "aten::alias",
+    "aten::new_empty_strided", "aten::empty_permuted", "aten::lift_fresh", "aten::detach", "aten::detach_",
+    "aten::alias",
     "aten::_unsafe_view", "aten::set_", "aten::resize_", "aten::is_pinned", "aten::_pin_memory",
     "aten::_local_scalar_dense",
 })
-"""Aten ops that allocate, alias or read metadata: no launch (views are recognised by schema)."""
+"""Aten ops that allocate, alias or read metadata: no launch (views are recognised by schema, in-place
+metadata changes such as ``unsqueeze_`` / ``t_`` / ``resize_as_`` by their ``inplace_view`` tag)."""
 
 DATA_DEPENDENT_SHAPE: frozenset[str] = frozenset({
     "aten::nonzero", "aten::masked_select", "aten::_unique", "aten::_unique2", "aten::unique_dim",
@@ -135,6 +138,11 @@ def _is_bool_index(func_name: str, args: tuple) -> bool:
     return any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in indices or ())
 
 
+def _only_metadata(func) -> bool:
+    """Whether an aten op only allocates, makes a view or changes sizes / strides in place: no kernel."""
+    return func._schema.name in NOT_LAUNCHES or func.is_view or torch.Tag.inplace_view in func.tags
+
+
 class _DispatchCounter(TorchDispatchMode):
     """Counts aten ops touching the device as launches, and those that wait for it as syncs."""
 
@@ -195,7 +203,7 @@ class _DispatchCounter(TorchDispatchMode):
             return out
         name = func._schema.name
         cause = self._sync_cause(func, args, kwargs, out)
-        if name not in NOT_LAUNCHES and not func.is_view and cause != "device-to-host copy":
+        if not _only_metadata(func) and cause != "device-to-host copy":
             self.work.torch_ops[name] += 1
         if cause is not None and not self.quiet_syncs:
             self.work.syncs[cause] += 1

@@ -23,6 +23,19 @@ def test_device_ops_are_launches_views_and_allocations_are_not():
     assert work.launches == 3 and work.sync_count == 0
 
 
+def test_metadata_changes_in_place_and_permuted_allocations_are_not_launches():
+    """``unsqueeze_`` / ``t_`` / ``resize_as_`` only rewrite sizes and strides (torch tags them
+    ``inplace_view``), ``empty_permuted`` only allocates: no kernel runs."""
+    x = torch.arange(6.0).reshape(2, 3)
+    y = x.clone()
+    with count_device_work("cpu") as work:
+        y.unsqueeze_(0).squeeze_(0).t_()
+        torch.empty(0).resize_as_(x)
+        torch.empty_permuted((2, 3), (1, 0))
+        y.add_(1)
+    assert work.torch_ops == {"aten::add_": 1}, work.summary()
+
+
 def test_host_reads_are_syncs():
     x = torch.tensor([3, 1, 2])
     with count_device_work("cpu") as work:
