@@ -267,7 +267,8 @@ def _count_triton_launches(work: DeviceWork, dispatch: _DispatchCounter) -> Iter
 
 @contextlib.contextmanager
 def _cuda_sync_reports(work: DeviceWork) -> Iterator[None]:
-    """On CUDA, let torch's sync debug mode warn inside the block and count its warnings."""
+    """On CUDA, let torch's sync debug mode warn inside the block and count its warnings; the
+    block's other warnings are issued again to the caller."""
     if work.device.type != "cuda":
         yield
         return
@@ -279,7 +280,11 @@ def _cuda_sync_reports(work: DeviceWork) -> Iterator[None]:
             yield
         finally:
             torch.cuda.set_sync_debug_mode(previous)
-    work.cuda_reported_syncs = sum("synchroniz" in str(w.message) for w in caught)
+    reports = [w for w in caught if "synchroniz" in str(w.message)]
+    work.cuda_reported_syncs = len(reports)
+    for w in caught:
+        if w not in reports:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
 
 
 @contextlib.contextmanager

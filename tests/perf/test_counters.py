@@ -155,6 +155,25 @@ def test_only_a_blocking_copy_to_the_host_waits():
     assert counter._copy_sync("aten::copy_", (pinned, on_device), {}, None) == "device-to-host copy"
 
 
+def test_the_cuda_sync_detector_keeps_the_block_s_other_warnings(monkeypatch):
+    """On CUDA the block runs under torch's sync debug mode and its warnings are caught to count
+    the sync reports; every other warning of the block still reaches the caller. (The mode's
+    switch is stubbed: no GPU here.)"""
+    import warnings
+
+    from deftx.perf.counters import DeviceWork, _cuda_sync_reports
+
+    modes = []
+    monkeypatch.setattr(torch.cuda, "get_sync_debug_mode", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", modes.append)
+    work = DeviceWork(torch.device("cuda", 0))
+    with pytest.warns(RuntimeWarning, match="rounding loss") as seen, _cuda_sync_reports(work):
+        warnings.warn("called a synchronizing CUDA operation", UserWarning, stacklevel=1)
+        warnings.warn("rounding loss in 3 entries", RuntimeWarning, stacklevel=1)
+    assert work.cuda_reported_syncs == 1 and modes == ["warn", 0]
+    assert [str(w.message) for w in seen] == ["rounding loss in 3 entries"]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_copies_and_torch_sync_reports():
     device = torch.device("cuda")
