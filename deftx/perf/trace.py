@@ -173,7 +173,8 @@ def rsvd_runs(workload: Workload, device: torch.device, backend: str | None, see
 
     s = workload.settings
     bases = synthetic_weights(workload, device, seed)
-    tuned = [w + 0.01 * torch.randn_like(w) for w in bases]
+    generator = torch.Generator().manual_seed(seed + 1)
+    tuned = [w + 0.01 * torch.randn(w.shape, generator=generator).to(device, w.dtype) for w in bases]
     pairs = [(w1, w0) for w1, w0, p in zip(tuned, bases, workload.eligible, strict=True) if len(p.shape) == 2]
 
     def scores() -> None:

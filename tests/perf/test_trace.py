@@ -158,3 +158,20 @@ def test_every_range_of_the_train_step_ends_after_a_device_synchronize(monkeypat
             "deftx.scatter_restore"} <= {name for (name,) in closed}
     unsynced = [log[i][1] for i in range(len(log)) if log[i][0] == "close" and log[i - 1] != ("sync",)]
     assert unsynced == []
+
+
+def test_the_rsvd_profile_inputs_follow_the_seed(monkeypatch):
+    """``seed`` fixes the synthetic weights *and* their fine-tuned copies: two profiles with the
+    same seed decompose the same differences, whatever torch's global generator holds."""
+    import deftx.ops
+    from deftx.perf import trace
+
+    seen = []
+    monkeypatch.setattr(deftx.ops, "denoised_magnitudes", lambda w1, w0, **kwargs: seen.append(w1 - w0))
+    workload = trace.load_workload("tiny")
+    for _ in range(2):
+        (run,) = trace.rsvd_runs(workload, torch.device("cpu"), None, seed=3)
+        run.run()
+    first, second = seen[: len(seen) // 2], seen[len(seen) // 2 :]
+    assert len(first) == len(workload.matrices) > 0
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
