@@ -3,8 +3,9 @@
 ``with count_device_work(device) as work: ...`` records, while the block runs:
 
 * **torch launches** — a ``TorchDispatchMode`` sees every aten op after decomposition; an op
-  that reads or writes a tensor on ``device`` counts as one launch unless it only makes a view
-  or allocates (``empty``, ``lift_fresh``, ...). Copies count (``copy_``, ``_to_copy``). An op
+  that reads or writes a tensor on ``device`` counts as one launch unless it only makes a view,
+  changes sizes / strides in place (``unsqueeze_``, ``t_``) or allocates (``empty``,
+  ``lift_fresh``, ...). Copies count (``copy_``, ``_to_copy``). An op
   counts once even where its CUDA implementation launches several kernels (``cumsum``,
   ``repeat_interleave``), so this is a lower bound on kernels. Custom ops
   (``torch.ops.deftx.*``) are looked into: their aten ops count, not the op itself.
@@ -12,9 +13,11 @@
 * **host syncs** — every point where the host waits for the device's data:
   ``.item()`` / ``int()`` / ``bool()`` / ``float()`` of a device tensor (``_local_scalar_dense``),
   ``.tolist()`` / ``.numpy()`` of one, copies from the device to the host (``.cpu()``,
-  ``.to("cpu")``), blocking copies from pageable host memory to the device (torch waits for the
-  stream before them), and ops whose output size depends on device data (``nonzero``, boolean
-  indexing, ``repeat_interleave`` without ``output_size``, ``unique``, ``equal``...).
+  ``.to("cpu")``; not a ``non_blocking`` one into pinned memory), blocking copies from pageable
+  host memory to the device (torch waits for the stream before them), and ops whose output size
+  depends on device data (``nonzero``, boolean indexing, ``repeat_interleave`` without
+  ``output_size``, ``unique``...) or whose result the host reads (``equal``, ``allclose``, the
+  error check of ``linalg.cholesky`` / ``inv`` / ``solve``).
 
 Counting on ``cpu`` treats CPU tensors as device memory: a ``.tolist()`` of a CPU tensor is
 then a sync, and a torch op on CPU tensors is a launch. Code that keeps its host-side
@@ -42,17 +45,22 @@ from torch.utils._pytree import tree_leaves
 
 NOT_LAUNCHES: frozenset[str] = frozenset({
     "aten::empty", "aten::empty_strided", "aten::empty_like", "aten::new_empty",
-    "aten::new_empty_strided", "aten::lift_fresh", "aten::detach", "aten::detach_", "aten::alias",
+    "aten::new_empty_strided", "aten::empty_permuted", "aten::lift_fresh", "aten::detach", "aten::detach_",
+    "aten::alias",
     "aten::_unsafe_view", "aten::set_", "aten::resize_", "aten::is_pinned", "aten::_pin_memory",
     "aten::_local_scalar_dense",
 })
-"""Aten ops that allocate, alias or read metadata: no launch (views are recognised by schema)."""
+"""Aten ops that allocate, alias or read metadata: no launch (views are recognised by schema, in-place
+metadata changes such as ``unsqueeze_`` / ``t_`` / ``resize_as_`` by their ``inplace_view`` tag)."""
 
 DATA_DEPENDENT_SHAPE: frozenset[str] = frozenset({
     "aten::nonzero", "aten::masked_select", "aten::_unique", "aten::_unique2", "aten::unique_dim",
-    "aten::unique_consecutive", "aten::equal", "aten::is_nonzero", "aten::bincount",
+    "aten::unique_consecutive", "aten::equal", "aten::allclose", "aten::is_nonzero", "aten::bincount",
+    "aten::_linalg_check_errors",
 })
-"""Aten ops whose result size (or value) the host needs: they wait for the device."""
+"""Aten ops whose result size (or value) the host needs: they wait for the device. ``allclose`` returns
+``isclose(...).all().item()``; ``_linalg_check_errors`` (the raising ``linalg.cholesky`` / ``inv`` /
+``solve``...) reads ``infos.any().item()``."""
 
 _BACKEND_KEYS = {"cpu": torch._C.DispatchKey.CPU, "cuda": torch._C.DispatchKey.CUDA, "meta": torch._C.DispatchKey.Meta}
 """Where a custom op's kernel is re-dispatched to, by device type."""
@@ -130,6 +138,11 @@ def _is_bool_index(func_name: str, args: tuple) -> bool:
     return any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in indices or ())
 
 
+def _only_metadata(func) -> bool:
+    """Whether an aten op only allocates, makes a view or changes sizes / strides in place: no kernel."""
+    return func._schema.name in NOT_LAUNCHES or func.is_view or torch.Tag.inplace_view in func.tags
+
+
 class _DispatchCounter(TorchDispatchMode):
     """Counts aten ops touching the device as launches, and those that wait for it as syncs."""
 
@@ -152,8 +165,8 @@ class _DispatchCounter(TorchDispatchMode):
             non_blocking = bool(kwargs.get("non_blocking", False))
         else:
             return None
-        if self._on_device(src) and not self._on_device(dst):
-            return "device-to-host copy"
+        if self._on_device(src) and not self._on_device(dst) and dst.device.type == "cpu":
+            return None if non_blocking and dst.is_pinned() else "device-to-host copy"
         host_to_device = self.work.device.type != "cpu" and self._on_device(dst) and src.device.type == "cpu"
         if host_to_device and not (non_blocking and src.is_pinned()):
             return "blocking host-to-device copy"
@@ -190,7 +203,7 @@ class _DispatchCounter(TorchDispatchMode):
             return out
         name = func._schema.name
         cause = self._sync_cause(func, args, kwargs, out)
-        if name not in NOT_LAUNCHES and not func.is_view and cause != "device-to-host copy":
+        if not _only_metadata(func) and cause != "device-to-host copy":
             self.work.torch_ops[name] += 1
         if cause is not None and not self.quiet_syncs:
             self.work.syncs[cause] += 1
@@ -254,7 +267,8 @@ def _count_triton_launches(work: DeviceWork, dispatch: _DispatchCounter) -> Iter
 
 @contextlib.contextmanager
 def _cuda_sync_reports(work: DeviceWork) -> Iterator[None]:
-    """On CUDA, let torch's sync debug mode warn inside the block and count its warnings."""
+    """On CUDA, let torch's sync debug mode warn inside the block and count its warnings; the
+    block's other warnings are issued again to the caller."""
     if work.device.type != "cuda":
         yield
         return
@@ -266,7 +280,11 @@ def _cuda_sync_reports(work: DeviceWork) -> Iterator[None]:
             yield
         finally:
             torch.cuda.set_sync_debug_mode(previous)
-    work.cuda_reported_syncs = sum("synchroniz" in str(w.message) for w in caught)
+    reports = [w for w in caught if "synchroniz" in str(w.message)]
+    work.cuda_reported_syncs = len(reports)
+    for w in caught:
+        if w not in reports:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
 
 
 @contextlib.contextmanager

@@ -99,9 +99,10 @@ def count_sync_warnings(messages: Iterable[str]) -> int:
 def count_host_overhead(thunk: Callable[[], object], device: torch.device) -> dict[str, Any] | None:
     """Syncs and launches of one call of ``thunk`` on ``device`` (None on CPU).
 
-    Call it on a warmed-up thunk (compilation and caches done). Returns ``syncs`` (torch
-    sync-debug warnings), ``kernels``, ``triton_kernels``, ``memcpy``, ``memset``,
-    ``runtime_syncs`` and ``runtime_copies``, or ``{"error": ...}`` if counting failed.
+    Call it on a warmed-up thunk (compilation and caches done); its own warnings are issued
+    again after the count. Returns ``syncs`` (torch sync-debug warnings), ``kernels``,
+    ``triton_kernels``, ``memcpy``, ``memset``, ``runtime_syncs`` and ``runtime_copies``, or
+    ``{"error": ...}`` if counting failed.
     """
     if device.type != "cuda":
         return None
@@ -125,6 +126,9 @@ def count_host_overhead(thunk: Callable[[], object], device: torch.device) -> di
     except Exception as err:  # counting is a report, never a reason to fail the benchmark
         torch.cuda.set_sync_debug_mode(previous)
         return {"error": f"{type(err).__name__}: {err}"}
+    for w in caught:
+        if SYNC_WARNING not in str(w.message):  # the call's own warnings: the caller's to see
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
     events = list(prof.events())
     return {
         "syncs": count_sync_warnings(str(w.message) for w in caught),

@@ -13,7 +13,8 @@ What is profiled (``target``):
 
 Every deftx op call runs inside a ``torch.profiler.record_function`` range named
 ``deftx.<op>`` and every phase inside ``deftx.phase.<name>``, so the trace shows which
-Triton kernels (on CUDA) or backend calls (native / torch on CPU) belong to which op.
+Triton kernels (on CUDA) or backend calls (native / torch on CPU) belong to which op. Each
+range ends after a device synchronize, so its host time is the time of its work.
 
 Outputs in ``out_dir``: ``trace_<target>.json`` (Chrome trace: open in ui.perfetto.dev or
 chrome://tracing) and ``profile_<target>.json`` / ``.md``: per range and per kernel the
@@ -23,9 +24,10 @@ achieved bandwidth and FLOP/s (measured time, modelled bytes).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -125,14 +127,21 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+@contextlib.contextmanager
+def _op_range(name: str, device: torch.device) -> Iterator[None]:
+    """A ``record_function(name)`` range that ends when the device is done: its host time is the
+    work's, not only its launches' (CUDA calls return before their kernels run)."""
+    with record_function(name):
+        yield
+        _synchronize(device)
+
+
 def _ranged(name: str, fn: Callable[[], Any], device: torch.device) -> Callable[[], Any]:
-    """``fn`` inside a ``record_function(name)`` range that ends when the device is done."""
+    """``fn`` inside an :func:`_op_range` named ``name``."""
 
     def run() -> Any:
-        with record_function(name):
-            result = fn()
-            _synchronize(device)
-        return result
+        with _op_range(name, device):
+            return fn()
 
     return run
 
@@ -164,7 +173,8 @@ def rsvd_runs(workload: Workload, device: torch.device, backend: str | None, see
 
     s = workload.settings
     bases = synthetic_weights(workload, device, seed)
-    tuned = [w + 0.01 * torch.randn_like(w) for w in bases]
+    generator = torch.Generator().manual_seed(seed + 1)
+    tuned = [w + 0.01 * torch.randn(w.shape, generator=generator).to(device, w.dtype) for w in bases]
     pairs = [(w1, w0) for w1, w0, p in zip(tuned, bases, workload.eligible, strict=True) if len(p.shape) == 2]
 
     def scores() -> None:
@@ -270,11 +280,11 @@ def train_step_runs(workload: Workload, device: torch.device, backend: str | Non
             w1 = params[name].detach()
             if w1.dim() == 2:
                 rank = min(s.rank, *w1.shape)
-                with record_function("deftx.rsvd"):
+                with _op_range("deftx.rsvd", device):
                     scores.append(denoised_magnitudes(w1, theta0[name], rank=rank, backend=backend))
             else:
                 scores.append((w1 - theta0[name]).abs())
-        with record_function("deftx.topk"):
+        with _op_range("deftx.topk", device):
             chosen = topk_mask(scores, k, output="indices", backend=backend)
         selected.update(zip(eligible, chosen, strict=True))
         with torch.no_grad():
@@ -287,7 +297,7 @@ def train_step_runs(workload: Workload, device: torch.device, backend: str | Non
     def sparse_step() -> None:
         model.zero_grad()
         model(**batch).loss.backward()
-        with record_function("deftx.masked_step"), torch.no_grad():
+        with _op_range("deftx.masked_step", device), torch.no_grad():
             masked_adamw_step_(
                 [params[n].detach() for n in eligible], [params[n].grad for n in eligible],
                 [selected[n] for n in eligible], state["masters"], state["m"], state["v"],
@@ -302,9 +312,9 @@ def train_step_runs(workload: Workload, device: torch.device, backend: str | Non
             for name, p in fresh.named_parameters():
                 if name in theta0:
                     p.copy_(theta0[name])
-        with record_function("deftx.scatter_add"):
+        with _op_range("deftx.scatter_add", device):
             handle = apply_diffs(fresh, [diff], check_base=False, backend=backend)
-        with record_function("deftx.scatter_restore"):
+        with _op_range("deftx.scatter_restore", device):
             handle.revert()
 
     phases = (("full_step", full_step), ("selection", selection), ("sparse_step", sparse_step), ("compose", compose))
@@ -325,6 +335,12 @@ def _self_time_us(event: Any, device: torch.device) -> float:
     return float(event.self_device_time_total if device.type == "cuda" else event.self_cpu_time_total)
 
 
+def _is_device_annotation(event: Any) -> bool:
+    """A ``record_function`` range's copy on the device timeline (kineto's ``gpu_user_annotation``):
+    its span, not work of its own; torch's tables leave it out."""
+    return bool(event.is_user_annotation) and event.device_type.name != "CPU"
+
+
 def summarize(prof: profile, runs: Sequence[OpRun], device: torch.device) -> list[dict[str, Any]]:
     """Rows of the per-range and per-kernel summary.
 
@@ -332,10 +348,10 @@ def summarize(prof: profile, runs: Sequence[OpRun], device: torch.device) -> lis
     calls, and for modelled ops bytes per call with the achieved GB/s, and FLOPs per call with the
     achieved GFLOP/s where the op has a FLOP model (None where it has none: topk, scatter).
     Then the :data:`TOP_KERNELS` kernels (CUDA: device time) or aten / backend calls (CPU:
-    self CPU time) with the largest total.
+    self CPU time) with the largest total. The device-side copies of ranges (CUDA) are left out.
     """
     costs = {r.name: r.cost for r in runs}
-    averages = list(prof.key_averages())
+    averages = [e for e in prof.key_averages() if not _is_device_annotation(e)]
     rows: list[dict[str, Any]] = []
     for event in averages:
         if not event.key.startswith(RANGE_PREFIX):

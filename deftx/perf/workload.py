@@ -56,14 +56,15 @@ class OpSettings:
     l1: bool = False
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.k_fraction <= 1.0:
-            raise ValueError(f"k_fraction must be in (0, 1], got {self.k_fraction!r}")
-        for name in ("rank", "num_diffs"):
-            if int(getattr(self, name)) != getattr(self, name) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
-        for name in ("oversample", "n_iter"):
-            if int(getattr(self, name)) != getattr(self, name) or getattr(self, name) < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
+        fraction = self.k_fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0.0 < fraction <= 1.0:
+            raise ValueError(f"k_fraction must be a number in (0, 1], got {fraction!r}")
+        for name, low in (("rank", 1), ("num_diffs", 1), ("oversample", 0), ("n_iter", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if not isinstance(self.l1, bool):
+            raise ValueError(f"l1 must be true or false, got {self.l1!r}")
 
     @property
     def sketch_columns(self) -> int:

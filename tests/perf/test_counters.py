@@ -23,6 +23,19 @@ def test_device_ops_are_launches_views_and_allocations_are_not():
     assert work.launches == 3 and work.sync_count == 0
 
 
+def test_metadata_changes_in_place_and_permuted_allocations_are_not_launches():
+    """``unsqueeze_`` / ``t_`` / ``resize_as_`` only rewrite sizes and strides (torch tags them
+    ``inplace_view``), ``empty_permuted`` only allocates: no kernel runs."""
+    x = torch.arange(6.0).reshape(2, 3)
+    y = x.clone()
+    with count_device_work("cpu") as work:
+        y.unsqueeze_(0).squeeze_(0).t_()
+        torch.empty(0).resize_as_(x)
+        torch.empty_permuted((2, 3), (1, 0))
+        y.add_(1)
+    assert work.torch_ops == {"aten::add_": 1}, work.summary()
+
+
 def test_host_reads_are_syncs():
     x = torch.tensor([3, 1, 2])
     with count_device_work("cpu") as work:
@@ -50,6 +63,20 @@ def test_data_dependent_output_sizes_are_syncs():
                           "aten::bincount": 1}
 
 
+def test_ops_whose_result_the_host_reads_are_syncs():
+    """``allclose`` returns a Python bool (``isclose(...).all().item()``), and the raising forms of
+    ``linalg.cholesky`` / ``inv`` / ``solve`` read the error codes (``_linalg_check_errors``:
+    ``infos.any().item()``): each waits for the device. The ``_ex`` forms leave the codes on it."""
+    a = torch.tensor([[4.0, 1.0], [1.0, 3.0]])
+    with count_device_work("cpu") as work:
+        torch.allclose(a, a)
+        torch.linalg.cholesky(a)
+        torch.linalg.inv(a)
+        torch.linalg.solve(a, a)
+        torch.linalg.cholesky_ex(a)  # info stays a tensor: no sync
+    assert work.syncs == {"aten::allclose": 1, "aten::_linalg_check_errors": 3}
+
+
 def test_other_devices_are_not_counted():
     x = torch.ones(4)
     with count_device_work("meta") as work:
@@ -57,6 +84,17 @@ def test_other_devices_are_not_counted():
         y = torch.ones(4, device="meta") * 2
     assert work.torch_ops == {"aten::ones": 1, "aten::mul": 1} and work.sync_count == 0
     assert y.device.type == "meta"
+
+
+def test_a_copy_to_another_device_is_a_launch_not_a_host_wait():
+    """Only a copy to the host waits for the device; one to another device (``cuda:0`` -> ``cuda:1``,
+    here ``cpu`` -> ``meta``) is queued like any other work."""
+    x = torch.ones(4)
+    elsewhere = torch.empty(4, device="meta")
+    with count_device_work("cpu") as work:
+        x.to("meta")
+        elsewhere.copy_(x)
+    assert work.torch_ops == {"aten::_to_copy": 1, "aten::copy_": 1} and work.sync_count == 0, work.summary()
 
 
 def test_blocking_copy_to_the_device_is_a_sync():
@@ -98,6 +136,44 @@ def test_summary_names_every_count():
     assert work.summary() == "1 launches (0 Triton: none; 1 torch: aten::add x1), 1 host syncs (tolist x1)"
 
 
+def test_only_a_blocking_copy_to_the_host_waits():
+    """A device-to-host copy waits unless it is ``non_blocking`` into pinned memory (torch then only
+    queues ``cudaMemcpyAsync``; into pageable memory the copy returns when done). Judged on stand-ins
+    for a CUDA tensor and host buffers: no GPU here."""
+    from types import SimpleNamespace
+
+    from deftx.perf.counters import DeviceWork, _DispatchCounter
+
+    cuda = torch.device("cuda", 0)
+    counter = _DispatchCounter(DeviceWork(cuda))
+    on_device = SimpleNamespace(device=cuda, is_pinned=lambda: False)
+    pinned = SimpleNamespace(device=torch.device("cpu"), is_pinned=lambda: True)
+    pageable = SimpleNamespace(device=torch.device("cpu"), is_pinned=lambda: False)
+    assert counter._copy_sync("aten::copy_", (pinned, on_device, True), {}, None) is None
+    assert counter._copy_sync("aten::copy_", (pinned, on_device), {"non_blocking": True}, None) is None
+    assert counter._copy_sync("aten::copy_", (pageable, on_device, True), {}, None) == "device-to-host copy"
+    assert counter._copy_sync("aten::copy_", (pinned, on_device), {}, None) == "device-to-host copy"
+
+
+def test_the_cuda_sync_detector_keeps_the_block_s_other_warnings(monkeypatch):
+    """On CUDA the block runs under torch's sync debug mode and its warnings are caught to count
+    the sync reports; every other warning of the block still reaches the caller. (The mode's
+    switch is stubbed: no GPU here.)"""
+    import warnings
+
+    from deftx.perf.counters import DeviceWork, _cuda_sync_reports
+
+    modes = []
+    monkeypatch.setattr(torch.cuda, "get_sync_debug_mode", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", modes.append)
+    work = DeviceWork(torch.device("cuda", 0))
+    with pytest.warns(RuntimeWarning, match="rounding loss") as seen, _cuda_sync_reports(work):
+        warnings.warn("called a synchronizing CUDA operation", UserWarning, stacklevel=1)
+        warnings.warn("rounding loss in 3 entries", RuntimeWarning, stacklevel=1)
+    assert work.cuda_reported_syncs == 1 and modes == ["warn", 0]
+    assert [str(w.message) for w in seen] == ["rounding loss in 3 entries"]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_copies_and_torch_sync_reports():
     device = torch.device("cuda")
@@ -106,5 +182,6 @@ def test_cuda_copies_and_torch_sync_reports():
         x = torch.empty(4, device=device)
         x.copy_(pinned, non_blocking=True)  # asynchronous: no sync
         x.cpu()
+        x.to("cpu", non_blocking=True)  # into pinned memory torch allocates: no wait
     assert work.syncs == {"device-to-host copy": 1}
     assert work.cuda_reported_syncs is not None and work.cuda_reported_syncs >= 1

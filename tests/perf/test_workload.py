@@ -73,6 +73,13 @@ def test_json_workload(tmp_path):
         ({"parameters": {"w": [4]}, "settings": {"speed": 2}}, "settings"),
         ({"parameters": {"w": [4]}, "settings": {"k_fraction": 2.0}}, "k_fraction"),
         ({"parameters": {"w": [4]}, "settings": {"rank": 0}}, "rank"),
+        ({"parameters": {"w": [4]}, "settings": {"l1": "false"}}, "l1 must be true or false"),
+        ({"parameters": {"w": [4]}, "settings": {"l1": 1}}, "l1 must be true or false"),
+        ({"parameters": {"w": [4]}, "settings": {"k_fraction": "0.05"}}, "k_fraction"),
+        ({"parameters": {"w": [4]}, "settings": {"k_fraction": True}}, "k_fraction"),
+        ({"parameters": {"w": [4]}, "settings": {"rank": 16.0}}, "rank must be an integer"),
+        ({"parameters": {"w": [4]}, "settings": {"rank": True}}, "rank must be an integer"),
+        ({"parameters": {"w": [4]}, "settings": {"n_iter": None}}, "n_iter must be an integer"),
     ],
 )
 def test_bad_json_workloads(tmp_path, payload, match):
