@@ -249,7 +249,9 @@ def lowrank_pairs(per_shape: int, seed: int) -> tuple[list[torch.Tensor], list[t
 def test_lowrank_factors_launch_per_shape_group_and_read_per_decision(policy):
     """Launches do not grow with the matrices of a shape group; host reads: one for the
     energies, then one for the held energies of a fixed rank, or one per group for the rank
-    an energy decides (the sketch of 64 covers these matrices, so no group widens)."""
+    an energy decides (the sketch of 64 covers these matrices, so no group widens). Counted on
+    CPU, where ``.cpu()`` is no copy: on CUDA each shape group also waits once for its small
+    ``eigh``'s Gram matrices to reach the host (``kernels/rsvd.py``, ``_small_svd``)."""
     settings = {**policy, "oversample": 2, "n_iter": 1}
     one_each = lowrank_pairs(1, seed=0)
     _, work_few = counted(lambda: lowrank_factors_batched(*one_each, **settings, backend="triton"))
