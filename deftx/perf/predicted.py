@@ -15,8 +15,9 @@ The bench runs on every tensor of its :class:`~deftx.perf.shapes.ShapeSet`, so t
 prediction's :class:`~deftx.perf.workload.Workload` is mapped explicitly:
 
 * bench ``topk`` / ``scatter`` / ``step`` run over every tensor, so every tensor is eligible
-  (norms included) and K = ``round(k_fraction * N)`` (the bench draws Bernoulli(K) positions
-  for scatter / step: the same K in expectation);
+  (norms included) and K = ``round(k_fraction * N)`` (the bench draws K uniform positions with
+  replacement for scatter / step, :func:`~deftx.perf.synthetic.sparse_indices`: a share of about
+  ``k_fraction / 2`` fewer after deduplication);
 * bench ``rsvd`` factors the matrices with ``min(m, n) > rank + oversample``: only those
   are in the workload (q = rank + oversample, the suite's ``n_iter``, Δ = W1 − W0);
 * op names: ``step`` is the profile's ``masked_step``; bench ``scatter`` applies one diff

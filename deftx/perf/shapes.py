@@ -246,7 +246,7 @@ BUILTIN_SHAPE_SETS: dict[str, ShapeSet] = {
         llama_like("llama-7b", vocab=32000, hidden=4096, ffn=11008, layers=32),
     )
 }
-"""Parameter shapes of public architectures, smallest first (117.6M to 6.74B parameters).
+"""Parameter shapes of public architectures, smallest first (117.5M to 6.74B parameters).
 
 ``llama-7b`` is also Llama-2-7B's shape (the two differ in training, not in shapes)."""
 

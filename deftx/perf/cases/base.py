@@ -75,8 +75,8 @@ class CaseSpec:
 
 @dataclass
 class SparseInputs:
-    """Per tensor of a case's shape set: synthetic weights (its shape, the case's dtype) and Bernoulli(K)
-    sorted unique flat int64 indices, all on the case's device."""
+    """Per tensor of a case's shape set: synthetic weights (its shape, the case's dtype) and uniform
+    sorted unique flat int64 indices (:func:`~deftx.perf.synthetic.sparse_indices`), all on the case's device."""
 
     weights: list[torch.Tensor]
     indices: list[torch.Tensor]

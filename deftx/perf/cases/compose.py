@@ -59,7 +59,7 @@ class ComposeInputs:
 
 
 def make_inputs(spec: CaseSpec) -> ComposeInputs:
-    """Synthetic weights and two independent Bernoulli(K) diffs with ``1e-3 * N(0, 1)`` values."""
+    """Synthetic weights and two independent uniform diffs (``sparse_indices``) with ``1e-3 * N(0, 1)`` values."""
     flat = spec.shapes.flat()
     dense = [synthetic.weights(t, spec.seed, spec.torch_device, spec.torch_dtype) for t in flat]
     indices, values = [], []

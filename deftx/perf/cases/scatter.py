@@ -8,7 +8,7 @@
 * ``dense_add``: per tensor, densify the diff (``zeros`` + ``index_copy_``), scale it and
   ``w.add_`` it — applying a sparse diff the dense way.
 
-The diff's positions are uniform (Bernoulli with probability K per entry), its values
+The diff's positions are uniform (K draws with replacement, deduplicated), its values
 fp32. The same weights receive every call, so they drift; timing does not depend on it.
 """
 
@@ -41,7 +41,7 @@ class ScatterInputs(SparseInputs):
 
 
 def make_inputs(spec: CaseSpec) -> ScatterInputs:
-    """Synthetic weights, a Bernoulli(K) diff with ``1e-3 * N(0, 1)`` fp32 values."""
+    """Synthetic weights, a uniform diff (``sparse_indices``) with ``1e-3 * N(0, 1)`` fp32 values."""
     base = sparse_inputs(spec)
     gens = [synthetic.generator(t.name, spec.seed, spec.torch_device, "values:") for t in spec.shapes.flat()]
     values = [

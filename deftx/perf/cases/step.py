@@ -61,7 +61,7 @@ class StepInputs(SparseInputs):
 
 
 def make_inputs(spec: CaseSpec) -> StepInputs:
-    """Synthetic weights, ``1e-3 * N(0, 1)`` gradients, Bernoulli(K) indices."""
+    """Synthetic weights, ``1e-3 * N(0, 1)`` gradients, uniform indices (``sparse_indices``)."""
     base = sparse_inputs(spec)
     flat = spec.shapes.flat()
     grads = [synthetic.normal(t, spec.seed, spec.torch_device, spec.torch_dtype, 1e-3, salt="grad:") for t in flat]
