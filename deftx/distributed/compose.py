@@ -488,16 +488,18 @@ def save_sharded_diff(path: str | Path, *args: Any, dst: int = 0, **kwargs: Any)
     """:func:`gather_sparse_diff`, written to ``path`` by rank ``dst``; every rank waits for the file.
 
     Raises:
-        what :meth:`SparseDiff.save` raised, on ``dst``; RuntimeError naming it on every other rank
-        (which would otherwise go on as if the file were written).
+        what building the SparseDiff (which only ``dst`` does, after the collectives) or
+        :meth:`SparseDiff.save` raised, on ``dst``; RuntimeError naming it on every other rank (which
+        would otherwise wait for the file until the process group's timeout, or go on as if it were
+        written); an error every rank raised in the gather, on every rank.
     """
-    diff = gather_sparse_diff(*args, dst=dst, **kwargs)
-    failure = None
-    if diff is not None:
-        try:
+    diff, failure = None, None
+    try:
+        diff = gather_sparse_diff(*args, dst=dst, **kwargs)
+        if diff is not None:
             diff.save(path)
-        except Exception as err:  # told to every rank below, then raised here
-            failure = err
+    except Exception as err:  # told to every rank below, then raised here
+        failure = err
     outcome = [None if failure is None else f"{type(failure).__name__}: {failure}"]
     dist.broadcast_object_list(outcome, group_src=dst, group=kwargs.get("group"))
     if failure is not None:

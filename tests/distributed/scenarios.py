@@ -463,6 +463,19 @@ def save_into_a_folder(rank: int, world: int, folder: str) -> tuple[str, str]:
                                               {"w": shard(torch.ones(5, 2, dtype=torch.bool))}))
 
 
+def save_with_metadata_dst_refuses(rank: int, world: int, folder: str) -> tuple[str, str]:
+    """save_sharded_diff whose SparseDiff, built on rank 0 only after the collectives, refuses its ``settings``
+    (an int key JSON would turn into a string): the error this rank raised."""
+    mesh = init_device_mesh("cpu", (world,))
+
+    def shard(t: torch.Tensor):
+        return distribute_tensor(t, mesh, [Shard(0)], src_data_rank=None)
+
+    return _capture(lambda: save_sharded_diff(Path(folder) / "sft.safetensors", {"w": shard(torch.zeros(5, 2))},
+                                              {"w": shard(torch.ones(5, 2))},
+                                              {"w": shard(torch.ones(5, 2, dtype=torch.bool))}, settings={1: "a"}))
+
+
 # ------------------------------------------------------------------------- mesh of reversed ranks
 
 

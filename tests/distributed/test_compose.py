@@ -20,6 +20,7 @@ from tests.distributed.scenarios import (
     base_params,
     diffs,
     save_into_a_folder,
+    save_with_metadata_dst_refuses,
     topk_cases,
 )
 from tests.distributed.world import assemble_rows, run_world
@@ -257,6 +258,16 @@ def test_a_save_that_fails_on_the_writing_rank_fails_on_every_rank(tmp_path):
     assert results[0][0] == "IsADirectoryError", results[0]
     kind, message = results[1]
     assert kind == "RuntimeError" and "rank 0 could not write" in message and "IsADirectoryError" in message, results[1]
+
+
+def test_a_diff_only_the_destination_refuses_to_build_is_told_to_every_rank(tmp_path):
+    """Rank 0 builds the SparseDiff after the collectives; when it refuses (here its metadata), the other rank
+    waited in the broadcast until the process group's timeout instead of learning why."""
+    results = run_world(save_with_metadata_dst_refuses, 2, tmp_path / "world", str(tmp_path), timeout_s=30)
+    assert results[0][0] == "TypeError" and "key 1 is int" in results[0][1], results[0]
+    kind, message = results[1]
+    assert kind == "RuntimeError" and "rank 0 could not write" in message and "key 1 is int" in message, results[1]
+    assert not (tmp_path / "sft.safetensors").exists()
 
 
 def _gather_in_another_order(rank: int, world: int, what: str) -> object:
