@@ -314,6 +314,15 @@ def recorded_config(config: PipelineConfig, seeds: Sequence[int], device: str) -
     return {**to_plain(config), "seeds": list(seeds), "device": device, **({RULES: rules} if rules else {})}
 
 
+def write_side_table(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
+    """Write ``rows`` to ``path`` (:func:`~deftx.eval.report.write_csv`), or remove ``path`` when there are none:
+    the file holds this run's rows (and its kept seeds'), never an earlier run's that this one has none of."""
+    if rows:
+        write_csv(rows, path)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def write_outputs(ws: Workspace, rows: list[EvalRow], wall_seconds: float, command: str | None) -> str:
     """results.csv, config.json, summary.csv, overlap.csv, selection.csv, losses.csv, timings.json, results.md,
     results.png. config.json (the config of results.csv's rows, their seeds) is written right after results.csv,
@@ -330,12 +339,9 @@ def write_outputs(ws: Workspace, rows: list[EvalRow], wall_seconds: float, comma
     atomic_write_bytes(out / CONFIG_JSON, (json.dumps(recorded, indent=2) + "\n").encode())
     summary = summarize(plain, exclude_from_average=ws.config.sources)
     write_csv(summary, out / "summary.csv")
-    if ws.overlaps:
-        write_csv(ws.overlaps, out / "overlap.csv")
-    if ws.selections:
-        write_csv(ws.selections, out / "selection.csv")
-    if ws.heldout:
-        write_csv(ws.heldout, out / HELDOUT_CSV)
+    write_side_table(ws.overlaps, out / "overlap.csv")
+    write_side_table(ws.selections, out / "selection.csv")
+    write_side_table(ws.heldout, out / HELDOUT_CSV)
     timings = {"wall_seconds": wall_seconds, "earlier_invocations_seconds": ws.earlier_seconds, **ws.timings}
     (out / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
     if ws.head_metrics:
@@ -346,8 +352,7 @@ def write_outputs(ws: Workspace, rows: list[EvalRow], wall_seconds: float, comma
         logs = ws.results_dir / "logs"
         copy_run_logs(ws.output_dir, logs)
     losses = loss_rows(logs, sorted({row.seed for row in rows}))
-    if losses:
-        write_csv(losses, out / "losses.csv")
+    write_side_table(losses, out / "losses.csv")
     main = [r for r in summary if not r["method"].endswith(NO_LANGUAGE_SFT)]
     bar_plot(main, out / "results.png")
     tables = markdown_tables(main, "macro_f1")
