@@ -246,16 +246,19 @@ def copy_run_logs(output_dir: Path, destination: Path) -> None:
             shutil.copyfile(path, target)
 
 
-def loss_rows(logs: Path, seeds: Sequence[int]) -> list[dict[str, Any]]:
+def loss_rows(logs: Path, seeds: Sequence[int], runs: Mapping[str, Sequence[str]]) -> list[dict[str, Any]]:
     """One row per seed, run and phase of the run logs under ``logs`` (a pipeline's output_dir
-    layout): the :class:`~deftx.train.losses.LossTrend` of the phase, seeds in order.
+    layout): the :class:`~deftx.train.losses.LossTrend` of the phase, seeds in order; only the phases
+    ``runs`` names (:func:`~deftx.pipeline.layout.seed_runs`: run folder -> phases), not those another
+    config left there.
 
     Raises:
         ValueError: a run log with a whole line that is not a JSON object (the pipeline wrote them;
             a phase that restarts drops its torn lines), naming the file and line.
     """
     return [{"seed": seed, "run": run, **trend.as_row()}
-            for seed in seeds for run, trend in folder_trends(SeedLayout.of(logs, seed).root, strict=True)]
+            for seed in seeds for run, trend in folder_trends(SeedLayout.of(logs, seed).root, strict=True)
+            if trend.phase in runs.get(run, ())]
 
 
 def hardly_trained(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
@@ -323,11 +326,13 @@ def write_side_table(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def write_outputs(ws: Workspace, rows: list[EvalRow], wall_seconds: float, command: str | None) -> str:
+def write_outputs(ws: Workspace, rows: list[EvalRow], wall_seconds: float, command: str | None,
+                  runs: Mapping[str, Sequence[str]]) -> str:
     """results.csv, config.json, summary.csv, overlap.csv, selection.csv, losses.csv, timings.json, results.md,
     results.png. config.json (the config of results.csv's rows, their seeds) is written right after results.csv,
     each atomically, so that a run stopped anywhere leaves the two describing each other; every row carries
-    the :data:`RECIPE` digest of the config that made it (:func:`earlier_seeds` checks it).
+    the :data:`RECIPE` digest of the config that made it (:func:`earlier_seeds` checks it). ``runs``: the run
+    folders of a seed and their phases (:func:`~deftx.pipeline.layout.seed_runs`), those losses.csv reports.
 
     Returns the macro-F1 tables, and the losses section's first line when a phase hardly trained.
     """
@@ -351,7 +356,7 @@ def write_outputs(ws: Workspace, rows: list[EvalRow], wall_seconds: float, comma
     if ws.results_dir.resolve() != ws.output_dir.resolve():
         logs = ws.results_dir / "logs"
         copy_run_logs(ws.output_dir, logs)
-    losses = loss_rows(logs, sorted({row.seed for row in rows}))
+    losses = loss_rows(logs, sorted({row.seed for row in rows}), runs)
     write_side_table(losses, out / "losses.csv")
     main = [r for r in summary if not r["method"].endswith(NO_LANGUAGE_SFT)]
     bar_plot(main, out / "results.png")
