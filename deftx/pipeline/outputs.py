@@ -39,7 +39,7 @@ from deftx.pipeline.heldout import CORPUS_NAMES, HELDOUT_CSV, has_heldout_text, 
 from deftx.pipeline.identity import RULES, method_rules, recipe_hash, run_identity, with_rule_note
 from deftx.pipeline.layout import SeedLayout
 from deftx.pipeline.workspace import Workspace
-from deftx.train.checkpoint import LOG
+from deftx.train.checkpoint import LOG, folder_bytes
 from deftx.train.config import to_plain
 from deftx.train.identity import describe_changes, normalised
 from deftx.train.losses import FELL, FLAT, FLAT_FALL, NON_FINITE, folder_trends
@@ -326,6 +326,20 @@ def write_side_table(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def kept_bytes(ws: Workspace, seeds: Sequence[int], runs: Mapping[str, Sequence[str]]) -> dict[str, int]:
+    """Run folder (relative to ``output_dir``) -> the bytes it keeps, of every seed of ``seeds`` (those of the
+    rows): this invocation's finished runs (``ws.kept``), and the ``runs`` folders
+    (:func:`~deftx.pipeline.layout.seed_runs`) of the seeds kept from earlier invocations that ``output_dir``
+    holds."""
+    earlier = {}
+    for seed in seeds:
+        if seed not in ws.config.seeds:
+            root = ws.layout(seed).root
+            earlier |= {str((root / run).relative_to(ws.output_dir)): folder_bytes(root / run)
+                        for run in runs if (root / run).is_dir()}
+    return {**earlier, **ws.kept}
+
+
 def write_outputs(ws: Workspace, rows: list[EvalRow], wall_seconds: float, command: str | None,
                   runs: Mapping[str, Sequence[str]]) -> str:
     """results.csv, config.json, summary.csv, overlap.csv, selection.csv, losses.csv, timings.json, results.md,
@@ -351,7 +365,8 @@ def write_outputs(ws: Workspace, rows: list[EvalRow], wall_seconds: float, comma
     (out / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
     if ws.head_metrics:
         (out / "mlm_head.json").write_text(json.dumps(ws.head_metrics, indent=2) + "\n")
-    (out / "disk.json").write_text(json.dumps({**ws.kept, "total": sum(ws.kept.values())}, indent=2) + "\n")
+    kept = kept_bytes(ws, sorted({row.seed for row in rows}), runs)
+    (out / "disk.json").write_text(json.dumps({**kept, "total": sum(kept.values())}, indent=2) + "\n")
     logs = ws.output_dir
     if ws.results_dir.resolve() != ws.output_dir.resolve():
         logs = ws.results_dir / "logs"
@@ -388,7 +403,7 @@ def write_outputs(ws: Workspace, rows: list[EvalRow], wall_seconds: float, comma
     losses_section = loss_lines(losses)
     text += losses_section
     text += heldout_lines(ws.config, ws.heldout)
-    text += disk_lines(ws.kept)
+    text += disk_lines(kept)
     text += [versions_line(ws.environment), ""]
     text += ["Files: results.csv (per seed), summary.csv, overlap.csv (mask overlap per group), "
              "selection.csv (share of K per group), losses.csv (training loss per phase), heldout.csv (held-out "
