@@ -65,7 +65,8 @@ POOLING = ("mean", "cls")
 
 
 def build_classifier(model_dir: str | Path, num_labels: int, seed: int, pooling: str = "mean") -> torch.nn.Module:
-    """Sequence classifier of the base model with a seeded new head.
+    """Sequence classifier of the base model with a seeded new head (also in place of the head of a
+    sequence-classification checkpoint: :func:`~deftx.models.loading.renew_head`).
 
     ``pooling="mean"``: :class:`BertMeanPoolClassifier` (BERT-type bodies);
     ``"cls"``: ``AutoModelForSequenceClassification`` (any architecture). The pooling is
@@ -83,13 +84,14 @@ def build_classifier(model_dir: str | Path, num_labels: int, seed: int, pooling:
         raise ValueError(f"num_labels must be an integer of at least 2 (the classes), got {num_labels!r}")
     torch.manual_seed(seed)
     if pooling == "cls":
-        model = load_pretrained(AutoModelForSequenceClassification, model_dir, num_labels=num_labels)
+        model = load_pretrained(AutoModelForSequenceClassification, model_dir, new_head_seed=seed,
+                                num_labels=num_labels)
         model.accepts_loss_kwargs = False
     else:
         config = AutoConfig.from_pretrained(str(model_dir), num_labels=num_labels)
         if config.model_type != "bert":
             raise ValueError(f"mean pooling is implemented for BERT bodies; {model_dir} is {config.model_type!r} "
                              "(use pooling='cls')")
-        model = load_pretrained(BertMeanPoolClassifier, model_dir, config=config)
+        model = load_pretrained(BertMeanPoolClassifier, model_dir, new_head_seed=seed, config=config)
     model.config.deftx_pooling = pooling
     return model

@@ -46,9 +46,46 @@ def missing_body_weights(model: nn.Module, missing_keys: Iterable[str]) -> list[
                   and (not prefix or name.startswith(prefix + ".")))
 
 
-def load_pretrained(model_class: Any, path: str | Path, **kwargs: Any) -> nn.Module:
+def head_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Name -> module, of the modules of ``model`` outside its transformer body
+    (:func:`~deftx.models.parameters.body_prefix`) that hold parameters of their own: its task head."""
+    prefix = body_prefix(model)
+    return {name: module for name, module in model.named_modules()
+            if name and prefix and name != prefix and not name.startswith(prefix + ".")
+            and any(True for _ in module.parameters(recurse=False))}
+
+
+def renew_head(model: nn.Module, seed: int) -> None:
+    """Initialise the task head of ``model`` (:func:`head_modules`) anew from ``seed``, as transformers initialises
+    a head a checkpoint lacks, and drop the class names of the head it replaces (``config.id2label``)."""
+    torch.manual_seed(seed)
+    for module in head_modules(model).values():
+        for parameter in module.parameters(recurse=False):
+            if hasattr(parameter, "_is_hf_initialized"):
+                del parameter._is_hf_initialized  # transformers 5 skips what it marked as loaded
+        model._init_weights(module)
+    labels = model.config.num_labels
+    model.config.update({"id2label": {i: f"LABEL_{i}" for i in range(labels)},
+                         "label2id": {f"LABEL_{i}": i for i in range(labels)}})
+
+
+def loaded_head(model: nn.Module, missing_keys: Iterable[str]) -> list[str]:
+    """The parameters of ``model``'s task head (:func:`head_modules`) that the checkpoint had values for (not in
+    ``from_pretrained``'s ``missing_keys``), sorted."""
+    missing = set(missing_keys)
+    return sorted(f"{module_name}.{name}" for module_name, module in head_modules(model).items()
+                  for name, _ in module.named_parameters(recurse=False) if f"{module_name}.{name}" not in missing)
+
+
+def load_pretrained(model_class: Any, path: str | Path, *, new_head_seed: int | None = None,
+                    **kwargs: Any) -> nn.Module:
     """``model_class.from_pretrained(path, **kwargs)`` with :data:`PLAIN_MODULES`, in float32 (the module
     docstring says why); the new head and pooler it creates are reported by transformers' load report.
+
+    Args:
+        new_head_seed: when given, the task head starts new, seeded by it, also where the checkpoint has one
+            of its own (a sequence classifier's: :func:`renew_head`); a head the checkpoint lacks is the one
+            transformers initialised.
 
     Raises:
         ValueError: the checkpoint lacks a weight of the body (:func:`missing_body_weights`), which
@@ -62,4 +99,6 @@ def load_pretrained(model_class: Any, path: str | Path, **kwargs: Any) -> nn.Mod
         raise ValueError(f"{path}: the checkpoint has no values for {len(missing)} weights of the "
                          f"{type(model).__name__} body ({shown}): they would start at random; is it the "
                          "folder of this model, saved whole?")
+    if new_head_seed is not None and loaded_head(model, info["missing_keys"]):
+        renew_head(model, new_head_seed)
     return model

@@ -836,6 +836,18 @@ def recorded_head_metrics(run: AblationRun) -> list[dict[str, Any]]:
     return list(by_head.values())
 
 
+def record_head_metrics(run: AblationRun) -> list[dict[str, Any]]:
+    """:func:`recorded_head_metrics`, written back to mlm_head.json (when there are some) under the file's lock
+    and atomically: an invocation of other variants into the same results folder loses none of them, and a
+    write that stops leaves the file as it was, never a torn one that every later invocation fails to read."""
+    path = run.ablation.results_dir / HEAD_METRICS
+    with locked(lock_beside(path)):
+        head_metrics = recorded_head_metrics(run)
+        if head_metrics:
+            atomic_write_bytes(path, (json.dumps(head_metrics, indent=2) + "\n").encode())
+    return head_metrics
+
+
 def seeds_sentence(rows: Sequence[Mapping[str, Any]], invocation_seeds: Sequence[int]) -> str:
     """The seeds the tables cover (every row of ablation.csv), and this invocation's where they differ."""
     covered = sorted({int(row["seed"]) for row in rows})
@@ -898,11 +910,8 @@ def write_summary(
         seed_tables(rows, sources, variants, "macro_f1"),
     ]
     text += heldout_summary_lines(ablation)
-    head_metrics = recorded_head_metrics(run)
-    if head_metrics:
-        for metrics in head_metrics:
-            text += [head_report_line(metrics), "", head_curve_table(metrics)]
-        (out / HEAD_METRICS).write_text(json.dumps(head_metrics, indent=2) + "\n")
+    for metrics in record_head_metrics(run):
+        text += [head_report_line(metrics), "", head_curve_table(metrics)]
     records = read_ledger(ledger)
     if records:
         text += ["Wall time of the runs, training and evaluation (a step reused from another run costs "

@@ -15,13 +15,17 @@ A run folder holds ``<method>/sft.safetensors`` for each of its branches.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from deftx.pipeline.config import PipelineConfig
 from deftx.train.sparse_finetuner import SFT
 
 SHARED_RUN = "shared"
 ANLI_TASK_NAME = "pooled"
+FULL_PHASE = "full"
+"""The phase tag in a run log of an SFT's phase 1 and of the full fine-tuning baseline."""
 
 
 def task_run_name(method: str, on_source_sft: bool) -> str:
@@ -67,3 +71,36 @@ class SeedLayout:
     def anli_baseline(self) -> Path:
         """The AmericasNLI full fine-tuning baseline."""
         return self.root / "anli" / "full"
+
+
+def sft_phases(methods: Iterable[str]) -> tuple[str, ...]:
+    """The phase tags an SFT run of branches ``methods`` logs: its phase 1, then each branch's sparse phase."""
+    return (FULL_PHASE, *(f"sparse:{method}" for method in methods))
+
+
+def seed_runs(config: PipelineConfig, nusax_languages: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """Each run folder one seed of ``config`` trains, relative to :attr:`SeedLayout.root` (POSIX), -> the phase
+    tags its log holds for ``config``; ``nusax_languages``: the NusaX languages it trains a language SFT of.
+
+    A folder left by another config (a method, target or baseline since dropped) is not one of them, nor
+    is the phase of a dropped method in a run folder still used."""
+    layout = SeedLayout(Path())
+    runs: dict[Path, tuple[str, ...]] = {}
+    methods = list(config.methods)
+    if config.runs_nusax:
+        runs |= {layout.language(language): sft_phases(methods) for language in nusax_languages}
+        for source in config.sources:
+            if config.task_on_source_sft:
+                runs |= {layout.task(source) / task_run_name(method, True): sft_phases([method])
+                         for method in methods}
+            else:
+                runs[layout.task(source) / SHARED_RUN] = sft_phases(methods)
+            if config.baseline:
+                runs[layout.baseline(source)] = (FULL_PHASE,)
+    if config.americasnli is not None:
+        runs |= {layout.language(language, americasnlp=True): sft_phases(methods)
+                 for language in config.americasnli.test_languages}
+        runs[layout.anli_task() / SHARED_RUN] = sft_phases(methods)
+        if config.baseline:
+            runs[layout.anli_baseline()] = (FULL_PHASE,)
+    return {run.as_posix(): phases for run, phases in runs.items()}

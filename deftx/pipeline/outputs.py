@@ -39,7 +39,7 @@ from deftx.pipeline.heldout import CORPUS_NAMES, HELDOUT_CSV, has_heldout_text, 
 from deftx.pipeline.identity import RULES, method_rules, recipe_hash, run_identity, with_rule_note
 from deftx.pipeline.layout import SeedLayout
 from deftx.pipeline.workspace import Workspace
-from deftx.train.checkpoint import LOG
+from deftx.train.checkpoint import LOG, folder_bytes
 from deftx.train.config import to_plain
 from deftx.train.identity import describe_changes, normalised
 from deftx.train.losses import FELL, FLAT, FLAT_FALL, NON_FINITE, folder_trends
@@ -246,16 +246,19 @@ def copy_run_logs(output_dir: Path, destination: Path) -> None:
             shutil.copyfile(path, target)
 
 
-def loss_rows(logs: Path, seeds: Sequence[int]) -> list[dict[str, Any]]:
+def loss_rows(logs: Path, seeds: Sequence[int], runs: Mapping[str, Sequence[str]]) -> list[dict[str, Any]]:
     """One row per seed, run and phase of the run logs under ``logs`` (a pipeline's output_dir
-    layout): the :class:`~deftx.train.losses.LossTrend` of the phase, seeds in order.
+    layout): the :class:`~deftx.train.losses.LossTrend` of the phase, seeds in order; only the phases
+    ``runs`` names (:func:`~deftx.pipeline.layout.seed_runs`: run folder -> phases), not those another
+    config left there.
 
     Raises:
         ValueError: a run log with a whole line that is not a JSON object (the pipeline wrote them;
             a phase that restarts drops its torn lines), naming the file and line.
     """
     return [{"seed": seed, "run": run, **trend.as_row()}
-            for seed in seeds for run, trend in folder_trends(SeedLayout.of(logs, seed).root, strict=True)]
+            for seed in seeds for run, trend in folder_trends(SeedLayout.of(logs, seed).root, strict=True)
+            if trend.phase in runs.get(run, ())]
 
 
 def hardly_trained(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
@@ -314,11 +317,36 @@ def recorded_config(config: PipelineConfig, seeds: Sequence[int], device: str) -
     return {**to_plain(config), "seeds": list(seeds), "device": device, **({RULES: rules} if rules else {})}
 
 
-def write_outputs(ws: Workspace, rows: list[EvalRow], wall_seconds: float, command: str | None) -> str:
+def write_side_table(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
+    """Write ``rows`` to ``path`` (:func:`~deftx.eval.report.write_csv`), or remove ``path`` when there are none:
+    the file holds this run's rows (and its kept seeds'), never an earlier run's that this one has none of."""
+    if rows:
+        write_csv(rows, path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def kept_bytes(ws: Workspace, seeds: Sequence[int], runs: Mapping[str, Sequence[str]]) -> dict[str, int]:
+    """Run folder (relative to ``output_dir``) -> the bytes it keeps, of every seed of ``seeds`` (those of the
+    rows): this invocation's finished runs (``ws.kept``), and the ``runs`` folders
+    (:func:`~deftx.pipeline.layout.seed_runs`) of the seeds kept from earlier invocations that ``output_dir``
+    holds."""
+    earlier = {}
+    for seed in seeds:
+        if seed not in ws.config.seeds:
+            root = ws.layout(seed).root
+            earlier |= {str((root / run).relative_to(ws.output_dir)): folder_bytes(root / run)
+                        for run in runs if (root / run).is_dir()}
+    return {**earlier, **ws.kept}
+
+
+def write_outputs(ws: Workspace, rows: list[EvalRow], wall_seconds: float, command: str | None,
+                  runs: Mapping[str, Sequence[str]]) -> str:
     """results.csv, config.json, summary.csv, overlap.csv, selection.csv, losses.csv, timings.json, results.md,
     results.png. config.json (the config of results.csv's rows, their seeds) is written right after results.csv,
     each atomically, so that a run stopped anywhere leaves the two describing each other; every row carries
-    the :data:`RECIPE` digest of the config that made it (:func:`earlier_seeds` checks it).
+    the :data:`RECIPE` digest of the config that made it (:func:`earlier_seeds` checks it). ``runs``: the run
+    folders of a seed and their phases (:func:`~deftx.pipeline.layout.seed_runs`), those losses.csv reports.
 
     Returns the macro-F1 tables, and the losses section's first line when a phase hardly trained.
     """
@@ -330,24 +358,21 @@ def write_outputs(ws: Workspace, rows: list[EvalRow], wall_seconds: float, comma
     atomic_write_bytes(out / CONFIG_JSON, (json.dumps(recorded, indent=2) + "\n").encode())
     summary = summarize(plain, exclude_from_average=ws.config.sources)
     write_csv(summary, out / "summary.csv")
-    if ws.overlaps:
-        write_csv(ws.overlaps, out / "overlap.csv")
-    if ws.selections:
-        write_csv(ws.selections, out / "selection.csv")
-    if ws.heldout:
-        write_csv(ws.heldout, out / HELDOUT_CSV)
+    write_side_table(ws.overlaps, out / "overlap.csv")
+    write_side_table(ws.selections, out / "selection.csv")
+    write_side_table(ws.heldout, out / HELDOUT_CSV)
     timings = {"wall_seconds": wall_seconds, "earlier_invocations_seconds": ws.earlier_seconds, **ws.timings}
     (out / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
     if ws.head_metrics:
         (out / "mlm_head.json").write_text(json.dumps(ws.head_metrics, indent=2) + "\n")
-    (out / "disk.json").write_text(json.dumps({**ws.kept, "total": sum(ws.kept.values())}, indent=2) + "\n")
+    kept = kept_bytes(ws, sorted({row.seed for row in rows}), runs)
+    (out / "disk.json").write_text(json.dumps({**kept, "total": sum(kept.values())}, indent=2) + "\n")
     logs = ws.output_dir
     if ws.results_dir.resolve() != ws.output_dir.resolve():
         logs = ws.results_dir / "logs"
         copy_run_logs(ws.output_dir, logs)
-    losses = loss_rows(logs, sorted({row.seed for row in rows}))
-    if losses:
-        write_csv(losses, out / "losses.csv")
+    losses = loss_rows(logs, sorted({row.seed for row in rows}), runs)
+    write_side_table(losses, out / "losses.csv")
     main = [r for r in summary if not r["method"].endswith(NO_LANGUAGE_SFT)]
     bar_plot(main, out / "results.png")
     tables = markdown_tables(main, "macro_f1")
@@ -378,7 +403,7 @@ def write_outputs(ws: Workspace, rows: list[EvalRow], wall_seconds: float, comma
     losses_section = loss_lines(losses)
     text += losses_section
     text += heldout_lines(ws.config, ws.heldout)
-    text += disk_lines(ws.kept)
+    text += disk_lines(kept)
     text += [versions_line(ws.environment), ""]
     text += ["Files: results.csv (per seed), summary.csv, overlap.csv (mask overlap per group), "
              "selection.csv (share of K per group), losses.csv (training loss per phase), heldout.csv (held-out "

@@ -72,7 +72,7 @@ from deftx.pipeline.heldout import (
     nusax_languages,
     trained_languages,
 )
-from deftx.pipeline.layout import ANLI_TASK_NAME
+from deftx.pipeline.layout import ANLI_TASK_NAME, seed_runs
 from deftx.pipeline.outputs import Cell, earlier_seeds, kept_seeds_note, reused_steps_note, write_outputs
 from deftx.pipeline.steps import full_finetune, language_sfts, nusax_train_examples, task_sfts
 from deftx.pipeline.workspace import Workspace
@@ -92,6 +92,12 @@ def nusax_scored_languages(ws: Workspace) -> list[str]:
     """Targets (and sources) whose ``eval_split`` exists in ``ws``'s data: the NusaX languages a seed scores."""
     return [language for language in dict.fromkeys([*ws.config.targets, *ws.config.sources])
             if nusax.has_split(ws.data_dir, language, ws.config.eval_split)]
+
+
+def nusax_sft_languages(ws: Workspace) -> list[str]:
+    """The NusaX languages a seed trains a language SFT of: those it scores (:func:`nusax_scored_languages`),
+    then the sources."""
+    return list(dict.fromkeys([*nusax_scored_languages(ws), *ws.config.sources]))
 
 
 def nusax_eval_languages(ws: Workspace) -> list[str]:
@@ -180,10 +186,9 @@ def run_nusax_seed(ws: Workspace, seed: int, head_file: Path) -> Iterator[list[E
     layout = ws.layout(seed)
     num_labels = len(nusax.LABELS)
     eval_languages = nusax_eval_languages(ws)
-    needs_lang = [lang for lang in dict.fromkeys([*eval_languages, *cfg.sources])]
     lang = {language: language_sfts(ws, language, language_texts(ws, language), seed, head_file,
                                     layout.language(language))
-            for language in needs_lang}
+            for language in nusax_sft_languages(ws)}
     tests = {language: nusax_split_examples(ws.data_dir, language, cfg.eval_split, ws.tokenizer,
                                             cfg.training.max_length)
              for language in eval_languages}
@@ -332,21 +337,22 @@ def run_workspace(ws: Workspace, start: float, *, command: str | None, heldout: 
     if heldout and config.americasnli is not None and has_heldout_text(config, AMERICASNLP):
         anli_scorer = scorer.for_corpus(AMERICASNLP).prepare(config.americasnli.test_languages)
     rows: list[EvalRow] = list(earlier.rows)
+    runs = seed_runs(config, nusax_sft_languages(ws) if config.runs_nusax else [])
     for seed in config.seeds:
         if config.runs_nusax:
             for source_rows in run_nusax_seed(ws, seed, head_file):
                 rows += source_rows
-                write_outputs(ws, rows, time.perf_counter() - start, command)
+                write_outputs(ws, rows, time.perf_counter() - start, command, runs)
             if nusax_scorer is not None:
                 ws.heldout += heldout_seed(nusax_scorer, seed)
-                write_outputs(ws, rows, time.perf_counter() - start, command)
+                write_outputs(ws, rows, time.perf_counter() - start, command, runs)
         if config.americasnli is not None:
             rows += run_anli_seed(ws, seed, head_file)
             if anli_scorer is not None:
                 ws.heldout += heldout_seed(anli_scorer, seed, config.americasnli.test_languages)
-            write_outputs(ws, rows, time.perf_counter() - start, command)
+            write_outputs(ws, rows, time.perf_counter() - start, command, runs)
     if store is not None:
         ws.notes.append(reused_steps_note(store.attached, config.step_store))
-    table = write_outputs(ws, rows, time.perf_counter() - start, command)
+    table = write_outputs(ws, rows, time.perf_counter() - start, command, runs)
     append_invocation(ledger, command, time.perf_counter() - start, ws.environment)
     return table

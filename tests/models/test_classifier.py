@@ -36,3 +36,40 @@ def test_fewer_than_two_labels_are_refused(num_labels, tmp_path):
     tiny_bert(EMBEDDING_ROWS).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="num_labels must be an integer of at least 2"):
         build_classifier(tmp_path, num_labels, seed=0)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_a_classification_checkpoints_head_is_replaced_by_a_seeded_new_one(pooling, tmp_path):
+    """A sequence-classification checkpoint's own head (3 classes named positive, neutral, negative) was loaded
+    as the "seeded new head": every seed started from it and the model kept its class names, which name other
+    classes than the pipeline trains (NusaX: negative, neutral, positive)."""
+    from transformers import BertConfig
+
+    config = BertConfig(vocab_size=EMBEDDING_ROWS, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=32, num_labels=3,
+                        id2label={0: "positive", 1: "neutral", 2: "negative"})
+    checkpoint = BertForSequenceClassification(config)
+    torch.nn.init.constant_(checkpoint.classifier.weight, 0.5)
+    checkpoint.save_pretrained(tmp_path)
+    seeds = [build_classifier(tmp_path, 3, seed, pooling) for seed in (0, 0, 1)]
+    heads = [model.classifier.weight for model in seeds]
+    assert not torch.equal(heads[0], checkpoint.classifier.weight), "the checkpoint's head is not the new one"
+    assert torch.equal(heads[0], heads[1]) and not torch.equal(heads[0], heads[2]), "seeded: one head per seed"
+    assert heads[0].std().item() < 0.1, "initialised as transformers initialises a new head"
+    assert seeds[0].config.id2label == {0: "LABEL_0", 1: "LABEL_1", 2: "LABEL_2"}, "no names of the old classes"
+    for model in seeds:
+        body = {name: p for name, p in model.named_parameters() if name.startswith("bert.")}
+        for name, value in checkpoint.state_dict().items():
+            if name in body:
+                assert torch.equal(body[name], value), f"{name}: the body is the checkpoint's"
+
+
+def test_a_body_checkpoint_gets_the_same_new_head_as_before(tmp_path):
+    """A checkpoint without a head (the usual base model) is loaded as it was: transformers' seeded new head,
+    so every step identity recorded from it stays valid."""
+    tiny_bert(EMBEDDING_ROWS).save_pretrained(tmp_path)
+    torch.manual_seed(7)
+    reference = BertMeanPoolClassifier.from_pretrained(str(tmp_path), num_labels=3, dtype=torch.float32)
+    model = build_classifier(tmp_path, 3, 7)
+    assert torch.equal(model.classifier.weight, reference.classifier.weight)
+    assert torch.equal(model.classifier.bias, reference.classifier.bias)

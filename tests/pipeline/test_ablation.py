@@ -573,6 +573,33 @@ def test_head_reports_outlive_an_invocation_that_loads_no_head(tmp_path):
                                                  head_metrics={"y": c_new})) == [c_new]
 
 
+def test_a_head_report_write_that_stops_leaves_mlm_head_json_as_it_was(tmp_path, monkeypatch):
+    """mlm_head.json was rewritten in place: a write stopped halfway (Ctrl-C, a full disk) left half a JSON
+    document, and every later invocation failed reading it (JSONDecodeError) until it was deleted by hand."""
+    from deftx.pipeline.ablation import record_head_metrics
+
+    recorded = [{"key": "a", "steps": 3000, "cache_hit": False, "curve": list(range(200))}]
+    (tmp_path / "mlm_head.json").write_text(json.dumps(recorded))
+    run = SimpleNamespace(ablation=SimpleNamespace(results_dir=tmp_path),
+                          head_metrics={"x": {"key": "b", "steps": 10, "cache_hit": False}})
+
+    def stopped_halfway(write):
+        def half(path, data, *args, **kwargs):
+            write(path, data[: len(data) // 2], *args, **kwargs)
+            raise KeyboardInterrupt
+
+        return half
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Path, "write_text", stopped_halfway(Path.write_text))
+        patch.setattr(Path, "write_bytes", stopped_halfway(Path.write_bytes))
+        with pytest.raises(KeyboardInterrupt):
+            record_head_metrics(run)
+    assert json.loads((tmp_path / "mlm_head.json").read_text()) == recorded
+    assert record_head_metrics(run) == [*recorded, run.head_metrics["x"]]
+    assert json.loads((tmp_path / "mlm_head.json").read_text()) == [*recorded, run.head_metrics["x"]]
+
+
 def test_changed_variant_rows_are_refused_naming_the_change(tiny_ablation, tmp_path):
     ablation = tiny_ablation["ablation"]
     raw = ablation_raw(tmp_path, {**TINY_BASE, "model": str(Path(ablation.variants["reference"].model))},

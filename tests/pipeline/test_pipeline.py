@@ -190,6 +190,10 @@ def test_a_run_of_other_seeds_adds_them_to_the_results_folder_of_the_same_recipe
     assert json.loads((results / "config.json").read_text())["seeds"] == [0, 1]
     assert {r["seeds"] for r in records("summary.csv")} == {"2"}
     assert {r["seed"] for r in records("losses.csv")} == {"0", "1"}, "the kept seed's phases too"
+    disk = json.loads((results / "disk.json").read_text())
+    assert {folder.split("/")[0] for folder in disk if folder != "total"} == {"seed-0", "seed-1"}, (
+        "the kept seed's run folders too")
+    assert disk["total"] == sum(folder_bytes(results / folder) for folder in disk if folder != "total")
     assert "Seeds: [0, 1]." in (results / "results.md").read_text()
     assert f", torch {torch.__version__}, " in (results / "results.md").read_text(), "the versions it ran on"
 
