@@ -443,14 +443,19 @@ def _read_manifest(packed: Path) -> dict | None:
 
     Raises:
         ValueError: the folder holds several manifests (the folders of more than one pack, whose
-            parts overwrite each other's).
+            parts overwrite each other's), or its manifest is not complete JSON (cut short in transfer).
     """
     found = sorted(packed.glob(f"*/{MANIFEST_FILE}")) + sorted(packed.glob(MANIFEST_FILE))
     if len(found) > 1:
         names = ", ".join(str(path.relative_to(packed)) for path in found)
         raise ValueError(f"{packed}: {len(found)} manifests ({names}), the folders of more than one "
                          "`deftx e5-pack`: bring the folders of one pack into an empty folder")
-    return json.loads(found[0].read_text()) if found else None
+    if not found:
+        return None
+    try:
+        return json.loads(found[0].read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{found[0]}: not a complete manifest ({err}); bring its folder over again") from err
 
 
 def _join_parts(packed: Path, parts: list[dict], target: Path) -> None:

@@ -479,3 +479,17 @@ def test_an_incomplete_or_corrupt_packed_source_is_named(packed, tmp_path, monke
     with pytest.raises(ValueError, match=message):
         e5.ensure_e5_small(tmp_path / "cache")
     assert not (tmp_path / "cache" / "models" / e5.MODEL_NAME).exists()
+
+
+def test_a_truncated_manifest_is_named_not_a_bare_json_error(packed, tmp_path, monkeypatch):
+    """A manifest cut short in transfer must be refused with its path, not as an anonymous JSON parse error."""
+    out, folders = packed
+    manifest = folders[-1] / e5.MANIFEST_FILE
+    manifest.write_text(manifest.read_text()[:120])
+    message = re.escape(f"{manifest}: not a complete manifest")
+    with pytest.raises(ValueError, match=message):
+        e5.unpack_source(out)
+    assert re.search(message, " ".join(e5.packed_source_problems(out)))
+    monkeypatch.setenv(e5.SOURCE_ENV, str(out))
+    with pytest.raises(ValueError, match=message):
+        e5.ensure_e5_small(tmp_path / "cache")
