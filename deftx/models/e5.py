@@ -358,7 +358,12 @@ def pack_source(out_dir: Path, *, folder_bytes: int = 56 << 20) -> list[Path]:
 
     Returns:
         The folders written, in order.
+
+    Raises:
+        ValueError: ``folder_bytes`` is below 1 (no part would fit a folder).
     """
+    if folder_bytes < 1:
+        raise ValueError(f"folder_bytes must be at least 1, got {folder_bytes}")
     weights, tokenizer = source_files()
     files = [(WEIGHTS_FILE, weights.read_bytes()), (TOKENIZER_FILE.name, tokenizer.read_bytes())]
     folders: list[Path] = []

@@ -512,3 +512,15 @@ def test_a_truncated_manifest_is_named_not_a_bare_json_error(packed, tmp_path, m
     monkeypatch.setenv(e5.SOURCE_ENV, str(out))
     with pytest.raises(ValueError, match=message):
         e5.ensure_e5_small(tmp_path / "cache")
+
+
+@pytest.mark.parametrize("folder_bytes", [0, -1])
+def test_a_folder_size_below_one_byte_is_refused(synthetic, tmp_path, monkeypatch, folder_bytes):
+    """No part fits a folder of under one byte: packing must refuse it (it looped for ever, writing empty parts)."""
+    bin_path, tokenizer_path, _, _ = synthetic
+    files = {e5.WEIGHTS_FILE: bin_path, e5.TOKENIZER_FILE: tokenizer_path}
+    monkeypatch.setattr(e5, "_package_file", lambda module, dist, version, relative: files[relative])
+    monkeypatch.delenv(e5.SOURCE_ENV, raising=False)
+    with pytest.raises(ValueError, match=f"folder_bytes must be at least 1, got {folder_bytes}"):
+        e5.pack_source(tmp_path / "packed", folder_bytes=folder_bytes)
+    assert not (tmp_path / "packed").exists()
