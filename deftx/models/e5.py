@@ -662,7 +662,13 @@ def embed_texts(
     Each input is ``prefix + text`` (e5 expects ``"query: "`` or ``"passage: "``), cut to
     ``max_length`` tokens (the model's limit is 512), mean-pooled over its tokens. Texts are
     batched in order of length to limit padding.
+
+    Raises:
+        ValueError: ``max_length`` is over the model's ``max_position_embeddings``.
     """
+    positions = model.config.max_position_embeddings
+    if max_length > positions:
+        raise ValueError(f"max_length {max_length} is over the model's {positions} positions")
     was_training = model.training
     model.eval()
     inputs = [prefix + t for t in texts]

@@ -414,6 +414,19 @@ def test_embeddings_match_the_packages_own_engine(e5_dir, e5_model):
         assert lengths == [engine.token_count(t, is_query=True) for t in texts], language
 
 
+def test_embed_texts_refuses_a_max_length_beyond_the_models_positions(synthetic, tmp_path):
+    """A ``max_length`` over ``max_position_embeddings`` (16 here, 512 for e5) is refused by name, not left to
+    fail inside the embeddings ("The expanded size of the tensor (40) must match ...")."""
+    bin_path, tokenizer_path, _, _ = synthetic
+    e5.convert_e5(bin_path, tokenizer_path, tmp_path / "out")
+    model = BertModel.from_pretrained(tmp_path / "out", add_pooling_layer=False)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "out")
+    text = "the cat " * 20
+    with pytest.raises(ValueError, match="max_length 40 is over the model's 16 positions"):
+        e5.embed_texts(model, tokenizer, [text], prefix="", max_length=40)
+    assert e5.embed_texts(model, tokenizer, [text], prefix="", max_length=16).shape == (1, 32)
+
+
 def test_mean_pool_ignores_padding():
     hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])
     mask = torch.tensor([[1, 1, 0]])
