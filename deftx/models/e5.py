@@ -358,7 +358,12 @@ def pack_source(out_dir: Path, *, folder_bytes: int = 56 << 20) -> list[Path]:
 
     Returns:
         The folders written, in order.
+
+    Raises:
+        ValueError: ``folder_bytes`` is below 1 (no part would fit a folder).
     """
+    if folder_bytes < 1:
+        raise ValueError(f"folder_bytes must be at least 1, got {folder_bytes}")
     weights, tokenizer = source_files()
     files = [(WEIGHTS_FILE, weights.read_bytes()), (TOKENIZER_FILE.name, tokenizer.read_bytes())]
     folders: list[Path] = []
@@ -443,14 +448,19 @@ def _read_manifest(packed: Path) -> dict | None:
 
     Raises:
         ValueError: the folder holds several manifests (the folders of more than one pack, whose
-            parts overwrite each other's).
+            parts overwrite each other's), or its manifest is not complete JSON (cut short in transfer).
     """
     found = sorted(packed.glob(f"*/{MANIFEST_FILE}")) + sorted(packed.glob(MANIFEST_FILE))
     if len(found) > 1:
         names = ", ".join(str(path.relative_to(packed)) for path in found)
         raise ValueError(f"{packed}: {len(found)} manifests ({names}), the folders of more than one "
                          "`deftx e5-pack`: bring the folders of one pack into an empty folder")
-    return json.loads(found[0].read_text()) if found else None
+    if not found:
+        return None
+    try:
+        return json.loads(found[0].read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{found[0]}: not a complete manifest ({err}); bring its folder over again") from err
 
 
 def _join_parts(packed: Path, parts: list[dict], target: Path) -> None:
@@ -652,7 +662,13 @@ def embed_texts(
     Each input is ``prefix + text`` (e5 expects ``"query: "`` or ``"passage: "``), cut to
     ``max_length`` tokens (the model's limit is 512), mean-pooled over its tokens. Texts are
     batched in order of length to limit padding.
+
+    Raises:
+        ValueError: ``max_length`` is over the model's ``max_position_embeddings``.
     """
+    positions = model.config.max_position_embeddings
+    if max_length > positions:
+        raise ValueError(f"max_length {max_length} is over the model's {positions} positions")
     was_training = model.training
     model.eval()
     inputs = [prefix + t for t in texts]
