@@ -27,9 +27,9 @@ but dense. Logits of the loaded adapter equal deftx's own apply (merged or not) 
 float32 models: both add each value to its weight in float32 with one rounding.
 
 deftx records in the safetensors metadata of its exports the parameter shapes and dtypes,
-the padding per module and its own metadata, so :func:`from_peft` gives back a SparseDiff
-that applies identically (padding dropped). A SHiRA adapter trained by peft has no shapes
-recorded: give the model (``SparseDiff.from_peft(folder, model=model)``).
+the padding per module and its own metadata (method, K, base model, info, settings), so
+:func:`from_peft` gives back a SparseDiff that applies identically (padding dropped). A SHiRA
+adapter trained by peft has no shapes recorded: give the model (``SparseDiff.from_peft(folder, model=model)``).
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ METADATA_KEY = "deftx"
 SHIRA_ENTRY_BYTES = 4 + 4 + 4  # int32 row, int32 column, float32 value
 SPARSE_DIFF_ENTRY_BYTES = 4 + 4  # int32 flat index, float32 value
 REST_POLICIES = ("error", "modules_to_save")
+RECORD_OBJECTS = ("params", "padding", "settings")  # the JSON objects of deftx's record in an export
 
 
 class PeftExportError(ValueError):
@@ -369,6 +370,7 @@ def to_peft(
         "padding": {m.module: m.padding for m in plan.shira},
         "tied_copies": tied_copies(model, list(tensors)),
         "method": diff.method, "k": diff.k, "base_model": diff.base_model, "info": diff.info,
+        "settings": diff.settings,
     }
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -401,8 +403,9 @@ def _read_adapter(folder: Path, source: str) -> tuple[dict[str, Any], dict[str, 
         record = json.loads(metadata[METADATA_KEY]) if METADATA_KEY in metadata else {}
     except json.JSONDecodeError as err:
         raise PeftImportError(f"{source}: deftx metadata is not valid JSON ({err})") from err
-    if not isinstance(record, dict) or not all(isinstance(record.get(key, {}), dict) for key in ("params", "padding")):
-        raise PeftImportError(f"{source}: deftx metadata must be a JSON object, its 'params' and 'padding' objects")
+    if not isinstance(record, dict) or not all(isinstance(record.get(key, {}), dict) for key in RECORD_OBJECTS):
+        raise PeftImportError(f"{source}: deftx metadata must be a JSON object, its 'params', 'padding' and "
+                              "'settings' objects")
     return config, tensors, record
 
 
@@ -471,7 +474,8 @@ def from_peft(
     dropped; repeated positions are summed, as peft does); ``modules_to_save`` tensors become
     dense tensors (but for the copies of a tied tensor deftx's exports record, :func:`tied_copies`).
     Parameter names are the model's (as peft saw it). Shapes come from deftx's
-    metadata or, for adapters trained with peft, from ``model``.
+    metadata or, for adapters trained with peft, from ``model``. ``settings`` are those deftx's
+    export recorded, else ``{"source": "peft", "r": r}``.
     """
     folder = resolve_folder(name_or_path, [ADAPTER_CONFIG, ADAPTER_WEIGHTS], revision=revision, cache_dir=cache_dir,
                             local_files_only=local_files_only, token=token)
@@ -493,5 +497,6 @@ def from_peft(
     if not indices:
         raise PeftImportError(f"{source}: the adapter holds no SHiRA entries")
     base_model = record.get("base_model") or config.get("base_model_name_or_path") or None
+    settings = record.get("settings", {"source": "peft", "r": config.get("r")})
     return cls(indices, values, params, dense, base_model=base_model, method=record.get("method", "shira"),
-               k=record.get("k"), settings={"source": "peft", "r": config.get("r")}, info=record.get("info") or {})
+               k=record.get("k"), settings=settings, info=record.get("info") or {})
