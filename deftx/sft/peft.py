@@ -37,7 +37,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -458,6 +458,18 @@ def _shira_entries(indices: torch.Tensor, weight: torch.Tensor, info: ParamInfo,
     return unique, summed
 
 
+def shira_modules(keys: Iterable[str], source: str) -> list[str]:
+    """The modules an adapter's tensor ``keys`` hold SHiRA entries for (each needs both ``shira_indices`` and
+    ``shira_weight``: one without the other is refused, as its entries cannot be read)."""
+    keys = set(keys)
+    modules = {k.removesuffix(suffix) for k in keys for suffix in (INDICES_SUFFIX, WEIGHT_SUFFIX) if k.endswith(suffix)}
+    for module in sorted(modules):
+        for suffix, other in ((INDICES_SUFFIX, WEIGHT_SUFFIX), (WEIGHT_SUFFIX, INDICES_SUFFIX)):
+            if f"{module}{suffix}" in keys and f"{module}{other}" not in keys:
+                raise PeftImportError(f"{source}: {module}{suffix} has no matching {other.lstrip('.')}")
+    return sorted(modules)
+
+
 def from_peft(
     cls: type[SparseDiff],
     name_or_path: str | os.PathLike,
@@ -483,16 +495,14 @@ def from_peft(
     config, tensors, record = _read_adapter(folder, source)
     padding, copies = record.get("padding", {}), set(record.get("tied_copies", ()))
     indices, values, params, dense = {}, {}, {}, {}
+    for module in shira_modules(tensors, source):
+        name = f"{module}.weight"
+        params[name] = _param_info(name, record, model, source)
+        indices[name], values[name] = _shira_entries(tensors[f"{module}{INDICES_SUFFIX}"],
+                                                     tensors[f"{module}{WEIGHT_SUFFIX}"], params[name],
+                                                     _padding(padding, module, source), f"{source}: {module}")
     for key, tensor in tensors.items():
-        if key.endswith(INDICES_SUFFIX):
-            module = key.removesuffix(INDICES_SUFFIX)
-            name = f"{module}.weight"
-            if f"{module}{WEIGHT_SUFFIX}" not in tensors:
-                raise PeftImportError(f"{source}: {key} has no matching shira_weight")
-            params[name] = _param_info(name, record, model, source)
-            indices[name], values[name] = _shira_entries(tensor, tensors[f"{module}{WEIGHT_SUFFIX}"], params[name],
-                                                         _padding(padding, module, source), f"{source}: {module}")
-        elif not key.endswith(WEIGHT_SUFFIX) and key not in copies:
+        if not key.endswith((INDICES_SUFFIX, WEIGHT_SUFFIX)) and key not in copies:
             dense[key] = tensor
     if not indices:
         raise PeftImportError(f"{source}: the adapter holds no SHiRA entries")

@@ -273,6 +273,17 @@ def test_padding_that_is_not_zero_is_refused_not_dropped(tmp_path, model):
         SparseDiff.from_peft(tmp_path / "adapter")
 
 
+def test_a_shira_weight_without_its_indices_is_refused_not_dropped(tmp_path, model):
+    """A module whose shira_indices are missing: its trained shira_weight was skipped without a word and the
+    other modules loaded, so the SFT lost that module's entries."""
+    diff = random_diff(model, 300, body=is_linear_weight)
+    export = to_peft(diff, model, tmp_path / "adapter")
+    module = export.plan.shira[0].module
+    rewrite_adapter(tmp_path / "adapter", lambda tensors: tensors.pop(f"base_model.model.{module}.shira_indices"))
+    with pytest.raises(PeftImportError, match=f"{module}.shira_weight has no matching shira_indices"):
+        SparseDiff.from_peft(tmp_path / "adapter")
+
+
 @pytest.mark.parametrize(("edit", "message"), [
     (lambda record: record["padding"].update({m: "x" for m in record["padding"]}), "with 'x' entries, not a count"),
     (lambda record: [p.update(dtype="int8") for p in record["params"].values()], "is not a shape and a dtype"),
