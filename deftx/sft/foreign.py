@@ -56,6 +56,17 @@ def looks_like_json_object(head: bytes) -> bool:
     return b"\x00" not in head and head.lstrip(b" \t\r\n").startswith(b"{")
 
 
+def is_composable_sft_file(path: Path) -> bool:
+    """Whether ``path`` holds a composable-sft SFT, whatever its name: a ``torch.save`` pickle (archive or
+    legacy) of composable-sft's keys, not a safetensors file."""
+    with path.open("rb") as handle:
+        head = handle.read(PICKLE_SCAN_BYTES)
+    if looks_like_safetensors(head[:9], path.stat().st_size):
+        return False
+    pickled = _zip_pickle_bytes(path) if head[:4] == ZIP_MAGIC else head if looks_like_pickle(head) else None
+    return pickled is not None and _looks_like_composable_sft(pickled)
+
+
 def describe_foreign_file(path: Path) -> str | None:
     """What ``path`` is when its first bytes show a pickle or zip archive (a ``torch.save`` file) or JSON text."""
     with path.open("rb") as handle:
