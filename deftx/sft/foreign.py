@@ -17,6 +17,9 @@ COMPOSABLE_SFT_FILE = "pytorch_diff.bin"
 COMPOSABLE_SFT_MARKERS = (b"index_steps", b"diffs")
 PEFT_CONFIG_FILE = "adapter_config.json"
 HUB_SFT_FILE = "sft.safetensors"
+HUB_CONFIG_FILE = "sft_config.json"
+MODEL_CONFIG_FILE = "config.json"
+JSON_SCAN_BYTES = 64  # leading whitespace of JSON text and a safetensors header length both fit
 PICKLE_SCAN_BYTES = 1 << 20
 
 COMPOSABLE_HINT = "convert it with SparseDiff.from_composable_sft(path) (weights-only unpickling)"
@@ -47,12 +50,32 @@ def looks_like_pickle(head: bytes) -> bool:
     return len(head) >= 2 and head[0] == PICKLE_PROTO and 2 <= head[1] <= 5
 
 
-def describe_foreign_file(path: Path) -> str | None:
-    """What ``path`` is when its first bytes show a pickle or zip archive (a ``torch.save`` file)."""
+def looks_like_json_object(head: bytes) -> bool:
+    """JSON text (a config file) starts with ``{`` after optional whitespace and holds no NUL byte, where a
+    safetensors file's first eight bytes, a little-endian header length far below 2**56, end in one."""
+    return b"\x00" not in head and head.lstrip(b" \t\r\n").startswith(b"{")
+
+
+def is_composable_sft_file(path: Path) -> bool:
+    """Whether ``path`` holds a composable-sft SFT, whatever its name: a ``torch.save`` pickle (archive or
+    legacy) of composable-sft's keys, not a safetensors file."""
     with path.open("rb") as handle:
-        head = handle.read(9)
-    if looks_like_safetensors(head, path.stat().st_size):
+        head = handle.read(PICKLE_SCAN_BYTES)
+    if looks_like_safetensors(head[:9], path.stat().st_size):
+        return False
+    pickled = _zip_pickle_bytes(path) if head[:4] == ZIP_MAGIC else head if looks_like_pickle(head) else None
+    return pickled is not None and _looks_like_composable_sft(pickled)
+
+
+def describe_foreign_file(path: Path) -> str | None:
+    """What ``path`` is when its first bytes show a pickle or zip archive (a ``torch.save`` file) or JSON text."""
+    with path.open("rb") as handle:
+        head = handle.read(JSON_SCAN_BYTES)
+    if looks_like_safetensors(head[:9], path.stat().st_size):
         return None
+    if looks_like_json_object(head):
+        return (f"a JSON file (an SFT folder's {HUB_CONFIG_FILE}, {PEFT_CONFIG_FILE} or {MODEL_CONFIG_FILE}), "
+                "not a SparseDiff: pass the folder that holds it")
     if head[:4] == ZIP_MAGIC:
         pickled = _zip_pickle_bytes(path)
         if pickled is None:

@@ -109,11 +109,27 @@ def _scores_table(scores: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def hub_model_id(name: str | None) -> str | None:
+    """``name`` when it can be a Hub model id (``name`` or ``org/name``, not a folder here), else None: the
+    Hub refuses a card whose ``base_model`` is anything else (a local path the base was loaded from)."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if not name or Path(name).expanduser().is_dir():
+        return None
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return None
+    return name
+
+
 def model_card(diff: SparseDiff, repo_id: str | None = None) -> str:
-    """A README.md for the SFT: front matter for the Hub, method, K, data, scores, usage."""
+    """A README.md for the SFT: front matter for the Hub (``base_model`` only as a Hub id,
+    :func:`hub_model_id`), method, K, data, scores, usage."""
     info = diff.info
     front = ["---", "library_name: deftx", "tags:", *_yaml_list(["deftx", "sparse-fine-tuning", diff.method])]
-    if diff.base_model:
+    if hub_model_id(diff.base_model):
         front.append(f"base_model: {json.dumps(diff.base_model)}")
     front.append("---")
     title = repo_id or info.get("name") or f"{diff.method} sparse fine-tuning"

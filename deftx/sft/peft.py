@@ -27,9 +27,9 @@ but dense. Logits of the loaded adapter equal deftx's own apply (merged or not) 
 float32 models: both add each value to its weight in float32 with one rounding.
 
 deftx records in the safetensors metadata of its exports the parameter shapes and dtypes,
-the padding per module and its own metadata, so :func:`from_peft` gives back a SparseDiff
-that applies identically (padding dropped). A SHiRA adapter trained by peft has no shapes
-recorded: give the model (``SparseDiff.from_peft(folder, model=model)``).
+the padding per module and its own metadata (method, K, base model, info, settings), so
+:func:`from_peft` gives back a SparseDiff that applies identically (padding dropped). A SHiRA
+adapter trained by peft has no shapes recorded: give the model (``SparseDiff.from_peft(folder, model=model)``).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -65,6 +65,7 @@ METADATA_KEY = "deftx"
 SHIRA_ENTRY_BYTES = 4 + 4 + 4  # int32 row, int32 column, float32 value
 SPARSE_DIFF_ENTRY_BYTES = 4 + 4  # int32 flat index, float32 value
 REST_POLICIES = ("error", "modules_to_save")
+RECORD_OBJECTS = ("params", "padding", "settings")  # the JSON objects of deftx's record in an export
 
 
 class PeftExportError(ValueError):
@@ -369,6 +370,7 @@ def to_peft(
         "padding": {m.module: m.padding for m in plan.shira},
         "tied_copies": tied_copies(model, list(tensors)),
         "method": diff.method, "k": diff.k, "base_model": diff.base_model, "info": diff.info,
+        "settings": diff.settings,
     }
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -401,8 +403,9 @@ def _read_adapter(folder: Path, source: str) -> tuple[dict[str, Any], dict[str, 
         record = json.loads(metadata[METADATA_KEY]) if METADATA_KEY in metadata else {}
     except json.JSONDecodeError as err:
         raise PeftImportError(f"{source}: deftx metadata is not valid JSON ({err})") from err
-    if not isinstance(record, dict) or not all(isinstance(record.get(key, {}), dict) for key in ("params", "padding")):
-        raise PeftImportError(f"{source}: deftx metadata must be a JSON object, its 'params' and 'padding' objects")
+    if not isinstance(record, dict) or not all(isinstance(record.get(key, {}), dict) for key in RECORD_OBJECTS):
+        raise PeftImportError(f"{source}: deftx metadata must be a JSON object, its 'params', 'padding' and "
+                              "'settings' objects")
     return config, tensors, record
 
 
@@ -455,6 +458,18 @@ def _shira_entries(indices: torch.Tensor, weight: torch.Tensor, info: ParamInfo,
     return unique, summed
 
 
+def shira_modules(keys: Iterable[str], source: str) -> list[str]:
+    """The modules an adapter's tensor ``keys`` hold SHiRA entries for (each needs both ``shira_indices`` and
+    ``shira_weight``: one without the other is refused, as its entries cannot be read)."""
+    keys = set(keys)
+    modules = {k.removesuffix(suffix) for k in keys for suffix in (INDICES_SUFFIX, WEIGHT_SUFFIX) if k.endswith(suffix)}
+    for module in sorted(modules):
+        for suffix, other in ((INDICES_SUFFIX, WEIGHT_SUFFIX), (WEIGHT_SUFFIX, INDICES_SUFFIX)):
+            if f"{module}{suffix}" in keys and f"{module}{other}" not in keys:
+                raise PeftImportError(f"{source}: {module}{suffix} has no matching {other.lstrip('.')}")
+    return sorted(modules)
+
+
 def from_peft(
     cls: type[SparseDiff],
     name_or_path: str | os.PathLike,
@@ -471,7 +486,8 @@ def from_peft(
     dropped; repeated positions are summed, as peft does); ``modules_to_save`` tensors become
     dense tensors (but for the copies of a tied tensor deftx's exports record, :func:`tied_copies`).
     Parameter names are the model's (as peft saw it). Shapes come from deftx's
-    metadata or, for adapters trained with peft, from ``model``.
+    metadata or, for adapters trained with peft, from ``model``. ``settings`` are those deftx's
+    export recorded, else ``{"source": "peft", "r": r}``.
     """
     folder = resolve_folder(name_or_path, [ADAPTER_CONFIG, ADAPTER_WEIGHTS], revision=revision, cache_dir=cache_dir,
                             local_files_only=local_files_only, token=token)
@@ -479,19 +495,18 @@ def from_peft(
     config, tensors, record = _read_adapter(folder, source)
     padding, copies = record.get("padding", {}), set(record.get("tied_copies", ()))
     indices, values, params, dense = {}, {}, {}, {}
+    for module in shira_modules(tensors, source):
+        name = f"{module}.weight"
+        params[name] = _param_info(name, record, model, source)
+        indices[name], values[name] = _shira_entries(tensors[f"{module}{INDICES_SUFFIX}"],
+                                                     tensors[f"{module}{WEIGHT_SUFFIX}"], params[name],
+                                                     _padding(padding, module, source), f"{source}: {module}")
     for key, tensor in tensors.items():
-        if key.endswith(INDICES_SUFFIX):
-            module = key.removesuffix(INDICES_SUFFIX)
-            name = f"{module}.weight"
-            if f"{module}{WEIGHT_SUFFIX}" not in tensors:
-                raise PeftImportError(f"{source}: {key} has no matching shira_weight")
-            params[name] = _param_info(name, record, model, source)
-            indices[name], values[name] = _shira_entries(tensor, tensors[f"{module}{WEIGHT_SUFFIX}"], params[name],
-                                                         _padding(padding, module, source), f"{source}: {module}")
-        elif not key.endswith(WEIGHT_SUFFIX) and key not in copies:
+        if not key.endswith((INDICES_SUFFIX, WEIGHT_SUFFIX)) and key not in copies:
             dense[key] = tensor
     if not indices:
         raise PeftImportError(f"{source}: the adapter holds no SHiRA entries")
     base_model = record.get("base_model") or config.get("base_model_name_or_path") or None
+    settings = record.get("settings", {"source": "peft", "r": config.get("r")})
     return cls(indices, values, params, dense, base_model=base_model, method=record.get("method", "shira"),
-               k=record.get("k"), settings={"source": "peft", "r": config.get("r")}, info=record.get("info") or {})
+               k=record.get("k"), settings=settings, info=record.get("info") or {})

@@ -1,10 +1,11 @@
 """One entry point for an SFT wherever it comes from: :func:`open_sft`.
 
-Accepted: a SparseDiff ``.safetensors`` file; composable-sft's ``pytorch_diff.bin`` (file or
-folder); a Hub-style deftx folder (``sft.safetensors``); a peft SHiRA adapter folder; or a
-Hugging Face Hub repository id holding any of those (through the Hub cache: offline once
-cached). What the folder holds decides the reader. A composable-sft language SFT's masked-LM head
-(its ``abs``) is left out, as composable-sft applies language SFTs, with one line on stderr.
+Accepted: a SparseDiff ``.safetensors`` file; composable-sft's ``pytorch_diff.bin`` (folder, or
+the file under any name: told by what it holds); a Hub-style deftx folder (``sft.safetensors``);
+a peft SHiRA adapter folder; or a Hugging Face Hub repository id holding any of those (through the
+Hub cache: offline once cached). What the folder holds decides the reader. A composable-sft
+language SFT's masked-LM head (its ``abs``) is left out, as composable-sft applies language SFTs,
+with one line on stderr.
 """
 
 from __future__ import annotations
@@ -18,7 +19,13 @@ from torch import nn
 
 from deftx.sft.composable import MODEL_CONFIG_FILE, left_out_note
 from deftx.sft.diff import SparseDiff
-from deftx.sft.foreign import COMPOSABLE_SFT_FILE, HUB_SFT_FILE, PEFT_CONFIG_FILE, describe_folder
+from deftx.sft.foreign import (
+    COMPOSABLE_SFT_FILE,
+    HUB_SFT_FILE,
+    PEFT_CONFIG_FILE,
+    describe_folder,
+    is_composable_sft_file,
+)
 from deftx.sft.format import SparseDiffFormatError
 from deftx.sft.hub import CONFIG_FILE, resolve_folder
 from deftx.sft.peft import ADAPTER_WEIGHTS
@@ -58,7 +65,8 @@ def open_sft(spec: str | os.PathLike, *, model: nn.Module | None = None, **hub_o
     """
     path = Path(spec).expanduser()
     if path.is_file():
-        return read_composable(path, str(spec)) if path.name == COMPOSABLE_SFT_FILE else SparseDiff.load(path)
+        composable = path.name == COMPOSABLE_SFT_FILE or is_composable_sft_file(path)
+        return read_composable(path, str(spec)) if composable else SparseDiff.load(path)
     if path.suffix in FILE_SUFFIXES and not path.exists():
         raise FileNotFoundError(f"{spec}: no such file")
     folder = resolve_folder(spec, REPO_FILES, **hub_options)

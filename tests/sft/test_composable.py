@@ -169,6 +169,21 @@ def test_sparse_diff_load_names_a_composable_sft_as_foreign(tmp_path):
         SparseDiff.load(tmp_path / "zip")
 
 
+def test_open_sft_reads_a_composable_sft_file_under_any_name(tmp_path):
+    """``deftx compose --sft sw-lang.bin`` (composable-sft's file, renamed on download) was refused with 'convert it
+    with SparseDiff.from_composable_sft(path)', a Python call the command's user cannot make: open_sft, which
+    reads composable-sft files, chose its reader by the file's name alone. It reads the file by what it holds."""
+    from deftx.sft.sources import open_sft
+
+    delta = sparse_delta((5, 3), 6)
+    for folder, options in (("zip", {}), ("legacy", {"_use_new_zipfile_serialization": False})):
+        write_sft(tmp_path / folder, {"w": delta}, config={"_name_or_path": "xlm-roberta-base"}, **options)
+        renamed = (tmp_path / folder / "pytorch_diff.bin").rename(tmp_path / folder / "sw-lang.bin")
+        diff = open_sft(renamed)
+        assert_bitwise_equal(diff.delta("w"), delta, what=folder)
+        assert diff.base_model == "xlm-roberta-base" and diff.info["source"] == "composable-sft"
+
+
 def write_language_sft(folder, base_model: str, *, vocab: int = 64, hidden: int = 16, seed: int = 7) -> tuple[
         dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """A composable-sft *language* SFT folder as its run_mlm.py writes one: sparse body diffs, the fully trained

@@ -20,6 +20,10 @@ from deftx.sft.format import ForeignFormatError
          "a safetensors file without deftx's metadata .*'pt'.*model weights"),
         (lambda p: save_file({"base_model.model.q.shira_weight": torch.ones(2)}, str(p)),
          r"peft SHiRA adapter's weights.*SparseDiff\.from_peft"),
+        (lambda p: p.write_bytes((SparseDiff({}, {}, {}).save_pretrained(p.parent) / "sft_config.json").read_bytes()),
+         r"a JSON file \(an SFT folder's sft_config\.json, adapter_config\.json or config\.json\), not a SparseDiff: "
+         r"pass the folder that holds it"),
+        (lambda p: p.write_text('\n  {"peft_type": "SHIRA", "r": 2}'), "a JSON file"),
     ],
 )
 def test_foreign_files_are_named(tmp_path, write, expected):

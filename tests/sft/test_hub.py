@@ -148,6 +148,27 @@ def test_push_to_hub_creates_the_repo_and_uploads_the_folder(monkeypatch, diff):
     assert calls[2] == ("upload_folder", "org/tiny-sft", sorted([SFT_FILE, CONFIG_FILE, CARD_FILE]), 150, True)
 
 
+@pytest.mark.parametrize(("base_model", "card_base_model"), [
+    ("org/tiny-bert", "org/tiny-bert"),
+    ("/root/.cache/deftx/models/multilingual-e5-small", None),
+    ("./runs/plain-bert", None),
+    ("~/models/xlmr", None),
+])
+def test_the_card_names_a_base_model_only_by_its_hub_id(base_model, card_base_model):
+    """The pipeline records its base as a local folder; the card's front matter gave it as ``base_model``, which
+    the Hub refuses (not a model id), so push_to_hub failed after creating the repository, and the card showed
+    the machine's path. The front matter is read back with huggingface_hub's own ModelCard."""
+    from huggingface_hub import ModelCard
+    from huggingface_hub.utils import validate_repo_id
+
+    from deftx.sft.hub import model_card
+
+    card = ModelCard(model_card(random_diff(tiny_bert(), 20, base_model=base_model)))
+    assert card.data.base_model == card_base_model
+    if card.data.base_model is not None:
+        validate_repo_id(card.data.base_model)
+
+
 def test_info_survives_save_load_and_compose(tmp_path, diff):
     lang = random_diff(tiny_bert(), 50, seed=5, base_model="org/tiny-bert", info={"architecture": "BertForMaskedLM"})
     diff.save(tmp_path / "a.safetensors")

@@ -231,6 +231,15 @@ def test_round_trip_drops_the_padding_and_applies_identically(tmp_path, model):
         assert_bitwise_equal(states[1][name], states[0][name], what=name)
 
 
+def test_round_trip_keeps_the_settings_the_sft_was_made_with(tmp_path, model):
+    """from_peft gave every deftx export the settings {'source': 'peft', 'r': r}: how the SFT was trained (its
+    config, branch) was lost on the way through peft, where method, K, base model and info came back."""
+    settings = {"config": {"learning_rate": 5e-05, "seed": 3}, "branch": "deft-x"}
+    diff = random_diff(model, 100, body=is_linear_weight, settings=settings)
+    to_peft(diff, model, tmp_path / "adapter")
+    assert SparseDiff.from_peft(tmp_path / "adapter").settings == settings
+
+
 def rewrite_adapter(folder, edit_tensors=lambda tensors: None, edit_record=lambda record: None) -> None:
     """Rewrite ``folder``'s adapter weights and deftx record in place (another tool's edit that kept the metadata)."""
     from safetensors.torch import load_file, save_file
@@ -264,11 +273,23 @@ def test_padding_that_is_not_zero_is_refused_not_dropped(tmp_path, model):
         SparseDiff.from_peft(tmp_path / "adapter")
 
 
+def test_a_shira_weight_without_its_indices_is_refused_not_dropped(tmp_path, model):
+    """A module whose shira_indices are missing: its trained shira_weight was skipped without a word and the
+    other modules loaded, so the SFT lost that module's entries."""
+    diff = random_diff(model, 300, body=is_linear_weight)
+    export = to_peft(diff, model, tmp_path / "adapter")
+    module = export.plan.shira[0].module
+    rewrite_adapter(tmp_path / "adapter", lambda tensors: tensors.pop(f"base_model.model.{module}.shira_indices"))
+    with pytest.raises(PeftImportError, match=f"{module}.shira_weight has no matching shira_indices"):
+        SparseDiff.from_peft(tmp_path / "adapter")
+
+
 @pytest.mark.parametrize(("edit", "message"), [
     (lambda record: record["padding"].update({m: "x" for m in record["padding"]}), "with 'x' entries, not a count"),
     (lambda record: [p.update(dtype="int8") for p in record["params"].values()], "is not a shape and a dtype"),
     (lambda record: [p.update(shape=[16.0, 16]) for p in record["params"].values()], "is not a shape and a dtype"),
-    (lambda record: record.update(params=[]), "its 'params' and 'padding' objects"),
+    (lambda record: record.update(params=[]), "its 'params', 'padding' and 'settings' objects"),
+    (lambda record: record.update(settings="lr=5e-5"), "its 'params', 'padding' and 'settings' objects"),
 ])
 def test_a_record_that_is_not_deftx_own_is_a_peft_import_error(tmp_path, model, edit, message):
     to_peft(random_diff(model, 100, body=is_linear_weight), model, tmp_path / "adapter")
