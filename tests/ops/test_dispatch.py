@@ -87,3 +87,29 @@ def test_backend_report_covers_every_op():
     rows = backend_report()
     assert {r["op"] for r in rows} == {"topk", "scatter", "rsvd", "masked_step"}
     assert all(r["backend"] in ("triton", "native", "torch") and r["why"] for r in rows)
+
+
+class _Sharded(torch.Tensor):
+    """A tensor subclass standing in for DTensor: topk_mask hands it to its registered handler."""
+
+
+def test_a_subclass_handled_elsewhere_refuses_a_backend_it_does_not_run(monkeypatch):
+    """DTensor inputs go to deftx.distributed's sharded top-k (torch ops on the local shards): an
+    explicit accelerated backend, or a misspelt one, was dropped without a word."""
+    from deftx.ops import extensions
+
+    calls = []
+    monkeypatch.setattr(extensions, "_HANDLERS", {"topk": {_Sharded: lambda *a, **kw: calls.append(kw) or []}})
+    monkeypatch.delenv("DEFTX_BACKEND", raising=False)
+    sharded = torch.Tensor._make_subclass(_Sharded, torch.tensor([1.0, -3.0, 2.0]))
+    with pytest.raises(ValueError, match="backend argument is 'bogus'"):
+        topk_mask([sharded], 1, backend="bogus")
+    for backend in ("native", "triton"):
+        with pytest.raises(BackendUnavailableError, match=f"backend '{backend}' cannot run on _Sharded inputs"):
+            topk_mask([sharded], 1, backend=backend)
+    assert calls == []
+    for backend in (None, "auto", "torch"):
+        topk_mask([sharded], 1, backend=backend)
+    monkeypatch.setenv("DEFTX_BACKEND", "native")  # a preference for every op, not a demand
+    topk_mask([sharded], 1)
+    assert len(calls) == 4
