@@ -113,3 +113,19 @@ def test_a_subclass_handled_elsewhere_refuses_a_backend_it_does_not_run(monkeypa
     monkeypatch.setenv("DEFTX_BACKEND", "native")  # a preference for every op, not a demand
     topk_mask([sharded], 1)
     assert len(calls) == 4
+
+
+def test_auto_says_so_when_cuda_tensors_fall_back_to_torch_for_want_of_triton(monkeypatch):
+    """A broken Triton install made auto run every CUDA op on the torch reference in silence (the
+    same fallback on CPU, for want of the native library, warns)."""
+    from deftx.ops import dispatch
+
+    dispatch._warn_once.cache_clear()
+    monkeypatch.delenv("DEFTX_BACKEND", raising=False)
+    monkeypatch.setattr(dispatch, "triton_unavailable_reason", lambda: "triton cannot be imported (ImportError: x)")
+    with pytest.warns(UserWarning, match=r"the Triton backend is unavailable for cuda tensors \(Triton unavailable: "
+                                         r"triton cannot be imported \(ImportError: x\)\); using the PyTorch backend"):
+        assert resolve("topk", torch.device("cuda")) == "torch"
+    monkeypatch.setattr(dispatch, "native_unavailable_reason", lambda op: "native library not built (no compiler)")
+    with pytest.warns(UserWarning, match=r"the native backend is unavailable for cpu tensors \(native library not"):
+        assert resolve("scatter", torch.device("cpu")) == "torch"
