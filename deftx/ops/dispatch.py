@@ -48,6 +48,9 @@ def requested_backend(backend: str | None, op: str | None = None) -> str:
     at all (the native library has no rSVD) it gives ``"auto"``, with a warning once. A backend
     passed as the argument is returned as it is (one that cannot run ``op`` raises later).
     """
+    if backend is not None and not isinstance(backend, str):
+        raise TypeError(f"backend must be one of the strings auto, {', '.join(BACKENDS)}, got "
+                        f"{type(backend).__name__} {backend!r}")
     value = backend if backend is not None else os.environ.get(ENV_VAR, "auto")
     value = value.strip().lower()
     if value not in ("auto", *BACKENDS):

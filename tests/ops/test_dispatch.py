@@ -129,3 +129,10 @@ def test_auto_says_so_when_cuda_tensors_fall_back_to_torch_for_want_of_triton(mo
     monkeypatch.setattr(dispatch, "native_unavailable_reason", lambda op: "native library not built (no compiler)")
     with pytest.warns(UserWarning, match=r"the native backend is unavailable for cpu tensors \(native library not"):
         assert resolve("scatter", torch.device("cpu")) == "torch"
+
+
+@pytest.mark.parametrize("backend", [1, True, torch.device("cpu")])
+def test_a_backend_that_is_not_a_string_is_named_in_a_type_error(backend):
+    # it failed inside str.strip: "AttributeError: 'int' object has no attribute 'strip'"
+    with pytest.raises(TypeError, match=r"backend must be one of the strings auto, triton, native, torch, got "):
+        topk_mask([torch.ones(2)], 1, backend=backend)
