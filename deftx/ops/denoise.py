@@ -462,11 +462,12 @@ def magnitudes_batched(
 
 
 def _single_factors(
-    matrix: torch.Tensor, base: torch.Tensor | None, settings: LowRankSettings, backend: str | None
+    op: str, matrix: torch.Tensor, base: torch.Tensor | None, settings: LowRankSettings, backend: str | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """U (m, r), S (r,), Vh (r, n) of one checked Δ (values checked too, rank <= min(m, n))."""
-    checked = _settings("lowrank_denoise", True, [matrix], [base], settings, backend)
-    u, s, vh, _ = _factorize("lowrank_denoise", [matrix], [base], checked, report=False, values_checked=True)[0]
+    """U (m, r), S (r,), Vh (r, n) of one checked Δ (values checked too, rank <= min(m, n));
+    ``op`` names the public function in errors."""
+    checked = _settings(op, True, [matrix], [base], settings, backend)
+    u, s, vh, _ = _factorize(op, [matrix], [base], checked, report=False, values_checked=True)[0]
     return u, s, vh
 
 
@@ -595,8 +596,8 @@ def lowrank_factors(
 
     One matrix through :func:`lowrank_factors_batched`'s path (same Ω, same result).
     """
-    return _single_factors(matrix, base, LowRankSettings(rank, energy, method, oversample, n_iter, seed, precision),
-                           backend)
+    settings = LowRankSettings(rank, energy, method, oversample, n_iter, seed, precision)
+    return _single_factors("lowrank_factors", matrix, base, settings, backend)
 
 
 def lowrank_denoise(
@@ -628,7 +629,7 @@ def lowrank_denoise(
         The (m, n) fp32 reconstruction U diag(S) Vh, or ``(recon, U, S, Vh)``.
     """
     settings = LowRankSettings(rank, energy, method, oversample, n_iter, seed, precision)
-    u, s, vh = _single_factors(matrix, base, settings, backend)
+    u, s, vh = _single_factors("lowrank_denoise", matrix, base, settings, backend)
     recon = (u * s) @ vh
     return (recon, u, s, vh) if return_factors else recon
 

@@ -5,7 +5,8 @@
 ``"torch"``.
 
 * ``"auto"``: Triton for CUDA tensors, the native C++ library for CPU tensors when it
-  was built and implements the op, otherwise the torch reference.
+  was built and implements the op, otherwise the torch reference (with a warning once when
+  the missing backend implements the op).
 * ``"triton"`` on CPU tensors runs the kernel under the Triton interpreter (slow; for
   checking kernels anywhere) and says so once.
 * An explicitly requested backend that cannot run raises :class:`BackendUnavailableError`.
@@ -31,6 +32,11 @@ from deftx.ops.registry import BACKENDS, OPS, op_entry
 ENV_VAR = "DEFTX_BACKEND"
 
 
+ACCELERATED_BACKEND: dict[str, str] = {"cuda": "triton", "cpu": "native"}
+"""Device type -> the backend ``auto`` runs there when it can (the torch reference otherwise, with a
+warning once for an op that backend implements)."""
+
+
 class BackendUnavailableError(RuntimeError):
     """An explicitly requested backend cannot run this op on this device."""
 
@@ -42,6 +48,9 @@ def requested_backend(backend: str | None, op: str | None = None) -> str:
     at all (the native library has no rSVD) it gives ``"auto"``, with a warning once. A backend
     passed as the argument is returned as it is (one that cannot run ``op`` raises later).
     """
+    if backend is not None and not isinstance(backend, str):
+        raise TypeError(f"backend must be one of the strings auto, {', '.join(BACKENDS)}, got "
+                        f"{type(backend).__name__} {backend!r}")
     value = backend if backend is not None else os.environ.get(ENV_VAR, "auto")
     value = value.strip().lower()
     if value not in ("auto", *BACKENDS):
@@ -125,9 +134,11 @@ def resolve(op: str, device: torch.device, backend: str | None = None) -> str:
     wanted = requested_backend(backend, op)
     if wanted == "auto":
         chosen, why = auto_backend(op, device.type)
-        if device.type == "cpu" and chosen == "torch" and "native" in op_entry(op).backends:
-            _warn_once(f"deftx: the native CPU backend is unavailable ({why}); using the PyTorch backend "
-                       "(run `deftx doctor` for details)")
+        accelerated = ACCELERATED_BACKEND.get(device.type)
+        if chosen == "torch" and accelerated in op_entry(op).backends:
+            name = "Triton" if accelerated == "triton" else accelerated
+            _warn_once(f"deftx: the {name} backend is unavailable for {device.type} tensors ({why}); using the "
+                       "PyTorch backend (run `deftx doctor` for details)")
         return chosen
     reason = unavailable_reason(op, wanted, device.type)
     if reason is not None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from types import ModuleType
 from typing import Any
 
@@ -17,6 +17,7 @@ from deftx.ops.validation import (
     check_disjoint,
     check_float_dtype,
     check_indices,
+    check_no_grad,
     check_same_devices,
     check_state_tensors,
 )
@@ -53,6 +54,11 @@ def masked_adamw_step_(
             parameter's device, as are ``grads``, ``indices`` and ``bases``).
         bases: T fp32 (K_t,) θ0 values for the L1 pull (required when ``l1 != 0``).
         step: the step number, >= 1 (bias correction).
+
+    Not differentiable: with grad mode on, a written tensor with autograd history (a non-leaf that
+    requires grad) or a gradient or base that requires grad raises RuntimeError (autograd would
+    not see the write); run it under ``torch.no_grad()``, as optimizers do. ``nn.Parameter`` s are
+    written as plain tensors.
 
     The index values are checked once per index tensor (see
     :func:`~deftx.ops.validation.check_indices`): passing the same, unmodified tensors on
@@ -119,7 +125,8 @@ def run_masked_adamw_step_(
     For a caller that made or checked its tensors once and passes the same ones on every step
     (:class:`deftx.train.retrain.MaskedAdamW` checks the selections when it is built and makes
     the state itself): ``params`` non-empty on one device, ``bases`` given when
-    ``settings.l1 != 0``. Non-contiguous gradients are made contiguous.
+    ``settings.l1 != 0``. Non-contiguous gradients are made contiguous. In grad mode, tensors autograd
+    would get wrong still raise (as in :func:`masked_adamw_step_`).
 
     Eager calls run the backend directly (:func:`deftx.ops.library.masked_adamw_step`);
     traced ones go through the ``deftx::masked_adamw_step_`` custom op. (Through the
@@ -127,8 +134,24 @@ def run_masked_adamw_step_(
     XLM-R's 197 parameters, and the public op's checks 5 ms more: measured on the host with
     the kernel stubbed.)
     """
+    _check_no_grad(tensors, "masked_adamw_step_")
     grads = [g.contiguous() for g in tensors.grads]
     library.masked_adamw_step(tensors._replace(grads=grads), settings, requested_backend(backend))
+
+
+def _check_no_grad(tensors: MaskedStepTensors, what: str) -> None:
+    """In grad mode: no written tensor with autograd history, no read one that requires grad
+    (:func:`~deftx.ops.validation.check_no_grad`)."""
+    written = [("param", tensors.params), ("masters", tensors.masters), ("exp_avgs", tensors.exp_avgs),
+               ("exp_avg_sqs", tensors.exp_avg_sqs)]
+    read = [("grad", tensors.grads), ("bases", tensors.bases or [])]
+    check_no_grad(_named(written), _named(read), what)
+
+
+def _named(groups: Sequence[tuple[str, Sequence[torch.Tensor]]]) -> Iterator[tuple[str, torch.Tensor]]:
+    """``(f"{name} {t}", tensor)`` of each group's tensors, for messages."""
+    for name, group in groups:
+        yield from ((f"{name} {t}", x) for t, x in enumerate(group))
 
 
 class _UnplannedStep:
@@ -155,6 +178,7 @@ class PreparedMaskedStep:
     """
 
     def __init__(self, fixed: MaskedStepTensors, runner: Any) -> None:
+        self._fixed = fixed
         self._params = fixed.params
         self._has_bases = fixed.bases is not None
         self._written = [*fixed.params, *fixed.masters, *fixed.exp_avgs, *fixed.exp_avg_sqs]
@@ -164,6 +188,7 @@ class PreparedMaskedStep:
         """One step: ``grads`` one per parameter (same shape and dtype, checked on the host;
         made contiguous). ``settings.l1 != 0`` needs the plan to have bases."""
         _check_grads(self._params, grads, "PreparedMaskedStep.step")
+        _check_no_grad(self._fixed._replace(grads=grads), "PreparedMaskedStep.step")
         if settings.has_l1 and not self._has_bases:
             raise ValueError("PreparedMaskedStep.step: l1 != 0 needs bases, and the step was prepared without")
         with device_guard(self._params[0].device):

@@ -3,7 +3,7 @@ same composition prepared once for repeated apply / restore (:func:`prepare_scat
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from types import ModuleType
 from typing import Protocol
 
@@ -12,7 +12,7 @@ from torch.autograd.graph import increment_version
 
 from deftx.ops import library
 from deftx.ops.dispatch import backend_for, common_device, device_guard, requested_backend
-from deftx.ops.validation import as_tensor_list, check_disjoint, check_float_dtype, check_indices
+from deftx.ops.validation import as_tensor_list, check_disjoint, check_float_dtype, check_indices, check_no_grad
 
 FP32_OVERFLOW = 2.0**128 - 2.0**103
 """The least magnitude that rounds to Inf in fp32 (the scales are applied as fp32); NaN compares false."""
@@ -81,7 +81,19 @@ def _checked(
         raise ValueError(f"{what}: scales must be finite in fp32, got {scales} (a NaN or Inf scale would be "
                          "written into every entry of its diff)")
     _check_rows(items, indices, values, "values", what)
+    check_no_grad(_named("dense tensor", items), _named_rows(values, "values"), what)
     return items, scales
+
+
+def _named(name: str, tensors: Sequence[torch.Tensor]) -> Iterator[tuple[str, torch.Tensor]]:
+    """``(f"{name} {t}", tensor)`` of each tensor, for messages."""
+    return ((f"{name} {t}", x) for t, x in enumerate(tensors))
+
+
+def _named_rows(rows: Sequence[Sequence[torch.Tensor]], payload_name: str) -> Iterator[tuple[str, torch.Tensor]]:
+    """``(f"diff {d}, tensor {t} {payload_name}", tensor)`` of each diff's payload tensors."""
+    for d, row in enumerate(rows):
+        yield from ((f"diff {d}, tensor {t} {payload_name}", v) for t, v in enumerate(row))
 
 
 def scatter_add_(
@@ -112,6 +124,11 @@ def scatter_add_(
     the dense dtype's (65504 in fp16), rounds to ±Inf and is written, as ``Tensor.to(dtype)``
     rounds (checking would be another pass over every entry). :func:`scatter_restore_` still
     writes the saved originals back exactly.
+
+    Not differentiable: with grad mode on, a dense tensor with autograd history (a non-leaf that
+    requires grad) or a value tensor that requires grad raises RuntimeError (autograd would not
+    see the write); call it under ``torch.no_grad()``. ``nn.Parameter`` s are written as plain
+    tensors.
 
     The index values are checked once per index tensor (see
     :func:`~deftx.ops.validation.check_indices`): :func:`deftx.sft.apply_diffs` passes
@@ -152,6 +169,7 @@ def scatter_restore_(
         for t, (w, old) in enumerate(zip(items, row_saved, strict=True)):
             if old.dtype != w.dtype:
                 raise TypeError(f"scatter_restore_: saved tensor {t} is {old.dtype}, dense is {w.dtype}")
+    check_no_grad(_named("dense tensor", items), _named_rows(saved, "saved"), "scatter_restore_")
     if items and indices:
         library.scatter_restore(
             items, [t for row in indices for t in row], [t for row in saved for t in row], requested_backend(backend)
@@ -200,8 +218,9 @@ class PreparedScatter:
     while the object is used.
     """
 
-    def __init__(self, dense: list[torch.Tensor], runner: _Runner) -> None:
+    def __init__(self, dense: list[torch.Tensor], values: list[list[torch.Tensor]], runner: _Runner) -> None:
         self._dense = dense
+        self._values = values
         self._runner = runner
         self.applied = False
 
@@ -214,6 +233,7 @@ class PreparedScatter:
         """Add every diff in place (originals saved first); returns :attr:`saved`."""
         if self.applied:
             raise RuntimeError("PreparedScatter.apply: already applied (restore first)")
+        check_no_grad(_named("dense tensor", self._dense), _named_rows(self._values, "values"), "PreparedScatter.apply")
         if self._dense:
             with device_guard(self._dense[0].device):
                 self._runner.apply()
@@ -225,6 +245,7 @@ class PreparedScatter:
         """Write the saved originals back: the exact inverse of :meth:`apply`, bit for bit."""
         if not self.applied:
             raise RuntimeError("PreparedScatter.restore: nothing applied")
+        check_no_grad(_named("dense tensor", self._dense), [], "PreparedScatter.restore")
         if self._dense:
             with device_guard(self._dense[0].device):
                 self._runner.restore()
@@ -253,4 +274,4 @@ def prepare_scatter(
     with device_guard(device):
         runner = (planned(items, rows_idx, rows_val, scales) if planned is not None
                   else _Unplanned(module, items, rows_idx, rows_val, scales))
-    return PreparedScatter(items, runner)
+    return PreparedScatter(items, rows_val, runner)

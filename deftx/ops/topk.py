@@ -9,7 +9,7 @@ from typing import Literal
 import torch
 
 from deftx.ops import library
-from deftx.ops.dispatch import common_device, requested_backend
+from deftx.ops.dispatch import BackendUnavailableError, common_device, requested_backend
 from deftx.ops.extensions import subclass_handler
 from deftx.ops.validation import as_tensor_list, check_count, check_float_dtype, check_not_meta
 
@@ -49,7 +49,8 @@ def topk_mask(
         backend: ``"auto" | "triton" | "native" | "torch"`` (default ``$DEFTX_BACKEND`` or auto).
             DTensor inputs (sharded parameters) go to the handler ``deftx.distributed``
             registers (:mod:`deftx.ops.extensions`): histograms are all-reduced, nothing is
-            gathered, and the masks are DTensors.
+            gathered, and the masks are DTensors; that handler runs torch ops, so an explicit
+            ``"native"`` or ``"triton"`` raises :class:`~deftx.ops.BackendUnavailableError` there.
 
     Raises:
         ValueError: empty list, NaN scores (names the tensor), k out of range, bad options,
@@ -70,8 +71,10 @@ def topk_mask(
         raise ValueError(f"topk_mask: score must be 'abs', got {score!r}")
     if output not in ("mask", "indices"):
         raise ValueError(f"topk_mask: output must be 'mask' or 'indices', got {output!r}")
+    wanted = requested_backend(backend)
     sharded = subclass_handler("topk", [*items, *bases])
     if sharded is not None:
+        _check_subclass_backend(backend, [*items, *(b for b in bases if b is not None)])
         return sharded(items, k, output=output, base=bases)
     for i, t in enumerate(items):
         check_float_dtype(t, f"topk_mask: tensor {i}")
@@ -81,13 +84,25 @@ def topk_mask(
     check_count(k, sum(t.numel() for t in items), "topk_mask")
     contiguous = [t.detach().contiguous() for t in items]
     contiguous_bases = [None if b is None else b.detach().contiguous() for b in bases]
-    flat, stats = library.topk_indices(contiguous, contiguous_bases, k, output == "mask", requested_backend(backend))
+    flat, stats = library.topk_indices(contiguous, contiguous_bases, k, output == "mask", wanted)
     *counts, nan_count = stats.tolist()
     if nan_count:
         raise nan_error(items, "topk_mask", bases)
     if output == "indices":
         return list(flat.split(counts))
     return positions_to_masks(flat, [t.shape for t in items])
+
+
+def _check_subclass_backend(backend: str | None, tensors: Sequence[torch.Tensor]) -> None:
+    """Tensor-subclass inputs (DTensor) run their registered handler, torch ops on the local data:
+    an explicit ``backend`` argument other than auto or torch raises :class:`BackendUnavailableError`
+    (``$DEFTX_BACKEND`` is a preference for every op and gives way)."""
+    if backend is None or requested_backend(backend) in ("auto", "torch"):
+        return
+    kind = next(type(t).__name__ for t in tensors if type(t) not in (torch.Tensor, torch.nn.Parameter))
+    raise BackendUnavailableError(f"topk_mask: backend {backend!r} cannot run on {kind} inputs: they go to their "
+                                  "registered handler (deftx.distributed for DTensor), which runs torch ops on the "
+                                  "local shards; pass backend='auto' or 'torch'")
 
 
 def _base_list(base: Sequence[torch.Tensor | None] | None, count: int) -> list[torch.Tensor | None]:

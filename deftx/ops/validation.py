@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
@@ -36,6 +36,30 @@ def check_not_meta(t: torch.Tensor, what: str) -> None:
     """
     if t.is_meta:
         raise ValueError(f"{what} is a meta tensor (it holds no data: materialise it first)")
+
+
+def check_no_grad(written: Iterable[tuple[str, torch.Tensor]], read: Iterable[tuple[str, torch.Tensor]],
+                  what: str) -> None:
+    """RuntimeError when grad mode is on and autograd would get an in-place op's gradients wrong.
+
+    The in-place ops (scatter, the masked step) write raw memory and have no derivative. A
+    ``written`` tensor with autograd history (a non-leaf that requires grad) would keep its old
+    history, so gradients would flow through the overwritten entries; a ``read`` tensor that
+    requires grad would get no gradient. A written leaf (an ``nn.Parameter``) has no history to
+    get wrong: it is written as a plain tensor. The ``(name in messages, tensor)`` pairs are read
+    only in grad mode (pass generators: nothing is built under ``torch.no_grad()``).
+    """
+    if not torch.is_grad_enabled():
+        return
+    advice = "call it under torch.no_grad(), or pass a detached tensor"
+    for name, t in written:
+        if t.grad_fn is not None:
+            raise RuntimeError(f"{what}: {name} has autograd history and the op writes it in place with no "
+                               f"derivative (autograd would not see the write: wrong gradients); {advice}")
+    for name, t in read:
+        if t.requires_grad:
+            raise RuntimeError(f"{what}: {name} requires grad, and the op has no derivative (it would get no "
+                               f"gradient); {advice}")
 
 
 def check_finite(t: torch.Tensor, what: str) -> None:

@@ -87,3 +87,52 @@ def test_backend_report_covers_every_op():
     rows = backend_report()
     assert {r["op"] for r in rows} == {"topk", "scatter", "rsvd", "masked_step"}
     assert all(r["backend"] in ("triton", "native", "torch") and r["why"] for r in rows)
+
+
+class _Sharded(torch.Tensor):
+    """A tensor subclass standing in for DTensor: topk_mask hands it to its registered handler."""
+
+
+def test_a_subclass_handled_elsewhere_refuses_a_backend_it_does_not_run(monkeypatch):
+    """DTensor inputs go to deftx.distributed's sharded top-k (torch ops on the local shards): an
+    explicit accelerated backend, or a misspelt one, was dropped without a word."""
+    from deftx.ops import extensions
+
+    calls = []
+    monkeypatch.setattr(extensions, "_HANDLERS", {"topk": {_Sharded: lambda *a, **kw: calls.append(kw) or []}})
+    monkeypatch.delenv("DEFTX_BACKEND", raising=False)
+    sharded = torch.Tensor._make_subclass(_Sharded, torch.tensor([1.0, -3.0, 2.0]))
+    with pytest.raises(ValueError, match="backend argument is 'bogus'"):
+        topk_mask([sharded], 1, backend="bogus")
+    for backend in ("native", "triton"):
+        with pytest.raises(BackendUnavailableError, match=f"backend '{backend}' cannot run on _Sharded inputs"):
+            topk_mask([sharded], 1, backend=backend)
+    assert calls == []
+    for backend in (None, "auto", "torch"):
+        topk_mask([sharded], 1, backend=backend)
+    monkeypatch.setenv("DEFTX_BACKEND", "native")  # a preference for every op, not a demand
+    topk_mask([sharded], 1)
+    assert len(calls) == 4
+
+
+def test_auto_says_so_when_cuda_tensors_fall_back_to_torch_for_want_of_triton(monkeypatch):
+    """A broken Triton install made auto run every CUDA op on the torch reference in silence (the
+    same fallback on CPU, for want of the native library, warns)."""
+    from deftx.ops import dispatch
+
+    dispatch._warn_once.cache_clear()
+    monkeypatch.delenv("DEFTX_BACKEND", raising=False)
+    monkeypatch.setattr(dispatch, "triton_unavailable_reason", lambda: "triton cannot be imported (ImportError: x)")
+    with pytest.warns(UserWarning, match=r"the Triton backend is unavailable for cuda tensors \(Triton unavailable: "
+                                         r"triton cannot be imported \(ImportError: x\)\); using the PyTorch backend"):
+        assert resolve("topk", torch.device("cuda")) == "torch"
+    monkeypatch.setattr(dispatch, "native_unavailable_reason", lambda op: "native library not built (no compiler)")
+    with pytest.warns(UserWarning, match=r"the native backend is unavailable for cpu tensors \(native library not"):
+        assert resolve("scatter", torch.device("cpu")) == "torch"
+
+
+@pytest.mark.parametrize("backend", [1, True, torch.device("cpu")])
+def test_a_backend_that_is_not_a_string_is_named_in_a_type_error(backend):
+    # it failed inside str.strip: "AttributeError: 'int' object has no attribute 'strip'"
+    with pytest.raises(TypeError, match=r"backend must be one of the strings auto, triton, native, torch, got "):
+        topk_mask([torch.ones(2)], 1, backend=backend)

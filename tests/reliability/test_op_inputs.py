@@ -77,6 +77,10 @@ DENOISE_CASES = [
                                                                    method="exact"),
      r"matrix 0 \(shape \(6, 5\)\) has a non-finite"),
     ("lowrank meta", lambda: lowrank_denoise(matrix(device="meta"), 2), r"matrix is a meta tensor"),
+    # lowrank_factors named lowrank_denoise, which the caller never called, in every error
+    ("lowrank_factors meta", lambda: lowrank_factors(matrix(device="meta"), 2),
+     r"^lowrank_factors: matrix is a meta tensor"),
+    ("lowrank_factors NaN", lambda: lowrank_factors(matrix(math.nan), 2), r"^lowrank_factors: matrix .* NaN/Inf"),
 ]
 
 
