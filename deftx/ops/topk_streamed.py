@@ -112,16 +112,28 @@ def checkpoint_files(path: str | Path) -> list[Path]:
 
 def read_header(file: Path) -> list[StoredTensor]:
     """The tensors of one ``.safetensors`` file (its 8-byte little-endian header length, then
-    the JSON header; data offsets count from the end of the header)."""
+    the JSON header; data offsets count from the end of the header).
+
+    Raises:
+        ValueError: a float tensor whose data span is not its shape's bytes (a damaged header: its
+            entries would be read from another tensor's bytes).
+    """
     with open(file, "rb") as handle:
         (length,) = struct.unpack("<Q", handle.read(8))
         header = json.loads(handle.read(length))
     data_start = 8 + length
-    return [
+    tensors = [
         StoredTensor(name, file, DTYPES.get(info["dtype"]), info["dtype"], tuple(info["shape"]),
                      data_start + info["data_offsets"][0])
         for name, info in header.items() if name != "__metadata__"
     ]
+    for tensor in tensors:
+        begin, end = header[tensor.name]["data_offsets"]
+        if tensor.dtype is not None and end - begin != tensor.numel * tensor.dtype.itemsize:
+            raise ValueError(f"{file}: tensor {tensor.name!r} of shape {list(tensor.shape)} ({tensor.kind}) holds "
+                             f"{tensor.numel * tensor.dtype.itemsize} bytes, but its data_offsets span {end - begin}: "
+                             "the file's header is damaged")
+    return tensors
 
 
 def checkpoint_tensors(path: str | Path) -> dict[str, StoredTensor]:

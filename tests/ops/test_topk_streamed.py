@@ -4,6 +4,7 @@ on disk equals topk_mask on the materialised differences, entry for entry and ti
 from __future__ import annotations
 
 import json
+import struct
 
 import pytest
 import torch
@@ -190,3 +191,20 @@ def test_join_per_tensor_fills_tensors_without_parts():
     parts = [(1, torch.tensor([2, 5])), (1, torch.tensor([9])), (3, torch.tensor([0]))]
     assert [t.tolist() for t in join_per_tensor(5, parts)] == [[], [2, 5, 9], [], [0], []]
     assert [t.dtype for t in join_per_tensor(2, [])] == [torch.int64, torch.int64]
+
+
+def test_a_header_whose_data_span_is_not_the_shapes_bytes_is_refused(tmp_path):
+    """A damaged header giving a tensor a larger shape than its data span: its last entries were read from the
+    next tensor's bytes (here "a" of 6 entries would end with "b"'s first 2)."""
+    file = tmp_path / "theta.safetensors"
+    save_file({"a": torch.arange(4.0), "b": torch.arange(10.0, 14.0)}, str(file))
+    raw = file.read_bytes()
+    (length,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + length])
+    header["a"]["shape"] = [6]
+    text = json.dumps(header, separators=(",", ":")).encode().ljust(length)
+    assert len(text) == length
+    file.write_bytes(raw[:8] + text + raw[8 + length:])
+    with pytest.raises(ValueError, match=r"tensor 'a' of shape \[6\] \(F32\) holds 24 bytes, but its data_offsets "
+                                         r"span 16: the file's header is damaged"):
+        checkpoint_tensors(file)
