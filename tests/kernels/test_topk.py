@@ -220,6 +220,17 @@ def test_nan_differences_are_counted(topk, device):
     assert stats.tolist() == [2, 2]
 
 
+def test_infinite_differences_rank_first(topk, device):
+    """inf − finite and finite − inf (fp32 and bf16) are infinite scores of either sign, above
+    every finite difference."""
+    inf = math.inf
+    theta1 = [torch.tensor([1.0, inf, 3.0, -2.0, 0.0]), torch.tensor([-inf, 0.5, 2.0, 1.0]).bfloat16()]
+    bases = [torch.tensor([0.0, 5.0, -inf, 1.0, inf]), torch.tensor([0.0, 0.0, inf, 1.5]).bfloat16()]
+    assert sum(int(d.isinf().sum()) for d in materialised(theta1, bases)) == 5
+    for k in (1, 4, 5, 6, 9):
+        check(topk, theta1, k, device, bases)
+
+
 def test_concatenated_positions(small_blocks, device):
     gen = torch.Generator().manual_seed(23)
     tensors = [torch.randn(n, generator=gen).to(device) for n in (130, 0, 7, 300)]
