@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from deftx.kernels import kernel_module
-from tests.helpers import assert_close, tolerance
+from tests.helpers import UNIT_ROUNDOFF, assert_close, tolerance
 from tests.kernels.devices import kernels_for, record_launches, to_device
 
 rsvd = kernel_module("rsvd", interpret=True)
@@ -218,17 +218,25 @@ def test_randomized_svd_matches_float64_reference(m, n, q, n_iter, dtype, record
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_bf16_products_keep_the_reconstruction_error(dtype, rsvd, device):
-    """precision="bf16" changes ||Δ − U S Vh||_F / ||Δ||_F by well under bf16 precision."""
+    """precision="bf16" changes ||Δ − U S Vh||_F / ||Δ||_F by under one bf16 rounding (2⁻⁸), and
+    its U S Vh is within that of the float64 reference's, relative to ||Δ||_F.
+
+    (Measured: under 1.4e-3 from the reference; the errors themselves are 3e-3 to 7e-2, so the
+    former bound of 4 bf16 roundings, 1.6e-2, took a bf16 path without power iterations.)"""
     gen = torch.Generator().manual_seed(11)
     w1, w0 = weight_pair(64, 96, dtype, gen)
     omega = torch.randn(96, 16, generator=gen)
     delta = dense_delta(w1, w0)
-    errors = {}
+    u_ref, s_ref, vh_ref = reference_rsvd(delta, omega, 2)
+    bound = UNIT_ROUNDOFF[torch.bfloat16]
+    errors, recons = {}, {}
     for precision in ("fp32", "bf16"):
         u, s, vh = rsvd.randomized_svd(*to_device((w1, w0, omega), device), 2, precision=precision)
-        recon = ((u.double() * s.double()) @ vh.double()).cpu()
-        errors[precision] = float((delta - recon).norm() / delta.norm())
-    assert abs(errors["bf16"] - errors["fp32"]) <= tolerance(torch.bfloat16, 1)
+        recons[precision] = ((u.double() * s.double()) @ vh.double()).cpu()
+        errors[precision] = float((delta - recons[precision]).norm() / delta.norm())
+    assert abs(errors["bf16"] - errors["fp32"]) <= bound, errors
+    off = float((recons["bf16"] - (u_ref * s_ref) @ vh_ref).norm() / delta.norm())
+    assert off <= bound, f"bf16 U S Vh is {off:.2e} of ||Δ|| from the float64 reference's (bound {bound:.1e})"
 
 
 def test_randomized_svd_of_a_single_matrix_without_base(rsvd, device):

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from deftx.kernels import _topk_plan as topk_plan
 from deftx.kernels import kernel_module
 from tests.helpers import assert_bitwise_equal
 from tests.kernels.conftest import LaunchRecorder
@@ -41,8 +42,7 @@ def list_mode(request, topk, monkeypatch):
     if request.param == "sampled":
         monkeypatch.setattr(topk, "SAMPLES", 4096)
         monkeypatch.setattr(topk, "SAMPLE_TILE", 256)
-        monkeypatch.setattr(topk, "MIN_LIST_SLACK", 0)
-        monkeypatch.setattr(topk, "LIST_SLACK_SHIFT", 62)
+        monkeypatch.setattr(topk, "_list_capacity", _bracket_capacity(topk))
     elif request.param == "overflow":
         capacity = topk._list_capacity
         monkeypatch.setattr(topk, "_list_capacity", lambda *args: min(capacity(*args), 0))
@@ -66,6 +66,19 @@ def _then_zero_inputs(fill_list, always: bool):
                 x.zero_()
 
     return fill_and_zero
+
+
+def _bracket_capacity(topk):
+    """``_list_capacity`` with no slack beyond twice the bracket's expected excess, the valid
+    samples counted at the module's block size when called (``small_blocks`` patches it; the
+    plan module's own ``BLOCK_ELEMS`` of 16384 would count 128 times too few samples per block
+    slot, so every list would take all N entries and no call would be sampled)."""
+
+    def capacity(total: int, k: int, blocks: int) -> int:
+        samples = topk.SAMPLES * topk_plan.BLOCK_ELEMS / topk.BLOCK_ELEMS
+        return topk_plan.list_capacity(total, k, blocks, samples, 0, 62)
+
+    return capacity
 
 
 def _keeping_nothing(topk, fill_list):
@@ -205,6 +218,17 @@ def test_nan_differences_are_counted(topk, device):
     theta0 = torch.tensor([inf, 0.0, -inf, 1.0, -inf], device=device)
     _, stats = topk.topk_indices([theta1], 2, [theta0])
     assert stats.tolist() == [2, 2]
+
+
+def test_infinite_differences_rank_first(topk, device):
+    """inf − finite and finite − inf (fp32 and bf16) are infinite scores of either sign, above
+    every finite difference."""
+    inf = math.inf
+    theta1 = [torch.tensor([1.0, inf, 3.0, -2.0, 0.0]), torch.tensor([-inf, 0.5, 2.0, 1.0]).bfloat16()]
+    bases = [torch.tensor([0.0, 5.0, -inf, 1.0, inf]), torch.tensor([0.0, 0.0, inf, 1.5]).bfloat16()]
+    assert sum(int(d.isinf().sum()) for d in materialised(theta1, bases)) == 5
+    for k in (1, 4, 5, 6, 9):
+        check(topk, theta1, k, device, bases)
 
 
 def test_concatenated_positions(small_blocks, device):

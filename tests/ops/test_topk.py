@@ -147,6 +147,23 @@ def test_base_difference_rounds_in_fp32(backend):
 
 
 @pytest.mark.parametrize("backend", cpu_backends("topk"))
+def test_infinite_differences_rank_above_every_finite_one(backend):
+    """inf − finite and finite − inf are infinite scores of either sign (fp32 and bf16, with a
+    tensor without a base between them): they rank first, then the finite differences."""
+    inf = float("inf")
+    theta1 = [torch.tensor([1.0, inf, 3.0, -2.0, 0.0]), torch.tensor([7.0, -0.5]),
+              torch.tensor([-inf, 0.5, 2.0, 1.0], dtype=torch.bfloat16)]
+    bases = [torch.tensor([0.0, 5.0, -inf, 1.0, inf]), None,
+             torch.tensor([0.0, 0.0, inf, 1.5], dtype=torch.bfloat16)]
+    diffs = materialised(theta1, bases)
+    assert sum(int(torch.isinf(d).sum()) for d in diffs) == 5
+    for k in (1, 4, 5, 6, 9, 11):
+        got = topk_mask(theta1, k, base=bases, output="indices", backend=backend)
+        for pos, (g, w) in enumerate(zip(got, reference_selection(diffs, k), strict=True)):
+            assert_bitwise_equal(g.cpu(), w, what=f"k={k} tensor {pos}")
+
+
+@pytest.mark.parametrize("backend", cpu_backends("topk"))
 def test_base_masks_hold_exactly_the_selected_indices(backend):
     theta1, bases = difference_problem(torch.float32, seed=8)
     indices = topk_mask(theta1, 20, base=bases, output="indices", backend=backend)
