@@ -14,10 +14,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.gpucheck.test_study import VALID_CONFIG
+
 REPO = Path(__file__).resolve().parents[2]
 SLOW_TEST = """
 import os, pathlib, time
 import pytest
+
+from tests.gpucheck.test_study import VALID_CONFIG
 
 @pytest.mark.cuda
 def test_runs_long():
@@ -99,7 +103,7 @@ def test_a_check_stopped_by_sigterm_stops_its_stage_and_records_it(tmp_path):
 
 def test_a_study_stopped_by_sigterm_stops_its_unit_and_records_it(tmp_path):
     pid_file, out, config = tmp_path / "unit.pid", tmp_path / "out", tmp_path / "study.yaml"
-    config.write_text("name: study\n")
+    config.write_text(VALID_CONFIG)
     script = STUDY_WITH_ONE_LONG_UNIT.format(work=str(tmp_path / "work"), pid_file=str(pid_file), config=str(config),
                                              out=str(out))
     visit = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE,

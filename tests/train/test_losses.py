@@ -120,10 +120,11 @@ def test_the_pipeline_report_refuses_a_run_log_with_a_damaged_line_rather_than_a
     log = tmp_path / "seed-0" / "lang" / "mad" / "log.jsonl"
     records = [{"phase": "full", "step": step, "loss": loss} for step, loss in sawtooth(100, 8.0, 7.0)]
     write_log(log, records)
-    assert [row["phase"] for row in loss_rows(tmp_path, [0])] == ["full"]
+    runs = {"lang/mad": ["full"]}
+    assert [row["phase"] for row in loss_rows(tmp_path, [0], runs)] == ["full"]
     lines = log.read_text().splitlines()
     log.write_text("\n".join([*lines[:3], lines[3][:-7], *lines[4:]]) + "\n")
     with pytest.raises(ValueError, match=r"log\.jsonl, line 4: unreadable run log"):
-        loss_rows(tmp_path, [0])
+        loss_rows(tmp_path, [0], runs)
     log.write_text("\n".join(lines) + "\n" + lines[0][:-7])
-    assert [row["points"] for row in loss_rows(tmp_path, [0])] == [10], "a torn last line is a kill, left out"
+    assert [row["points"] for row in loss_rows(tmp_path, [0], runs)] == [10], "a torn last line is a kill, left out"
