@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +21,9 @@ import torch
 
 ABI_VERSION = 2
 NATIVE_DIR = Path(__file__).resolve().parents[2] / "_native"
+# The sources of a checkout (absent from an installed wheel): a library built from other
+# sources than these is refused, so an edit without `make native` cannot run a stale build.
+SOURCE_DIR = Path(__file__).resolve().parents[3] / "csrc"
 LIBRARY_ENV = "DEFTX_NATIVE_LIBRARY"
 
 _TSAN_RUNTIME = b"libtsan.so"
@@ -57,6 +61,7 @@ _SCATTER_LISTS: list[type] = [_c_i64, _c_ptrp, _c_i32p, _c_i64p, _c_i64, _c_ptrp
 # Exported function -> (restype, argtypes); pointer arrays are passed as void**.
 _SIGNATURES: dict[str, tuple[type, list[type]]] = {
     "deftx_native_abi_version": (ctypes.c_int32, []),
+    "deftx_native_source_fingerprint": (ctypes.c_char_p, []),
     "deftx_topk_select": (
         ctypes.c_int32,
         [_c_i64, _c_ptrp, _c_ptrp, _c_i32p, _c_i64p, _c_i64p, _c_i64, _c_i64, _c_ptr, _c_i64p, _c_i64p, _c_i64p],
@@ -109,6 +114,17 @@ def _sanitizer_reason(path: Path) -> str | None:
     return None
 
 
+def source_fingerprint(directory: Path) -> str | None:
+    """The fingerprint CMakeLists.txt compiles into the library, of the ``*.cpp`` and ``*.h``
+    files in ``directory``: SHA-256 (hex) of one line ``"<name> <SHA-256 of content>\\n"`` per file,
+    in name order; None when there are none (no checkout beside the package)."""
+    files = sorted((*directory.glob("*.cpp"), *directory.glob("*.h")), key=lambda path: path.name)
+    if not files:
+        return None
+    lines = "".join(f"{path.name} {hashlib.sha256(path.read_bytes()).hexdigest()}\n" for path in files)
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
 def _missing_library_reason() -> str:
     status_file = NATIVE_DIR / "BUILD_STATUS.txt"
     status = status_file.read_text().strip() if status_file.is_file() else ""
@@ -146,6 +162,11 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
     if version != ABI_VERSION:
         return None, (
             f"native library {path.name} has ABI version {version}, deftx expects {ABI_VERSION} (rebuild: make native)"
+        )
+    expected = source_fingerprint(SOURCE_DIR)
+    if expected is not None and lib.deftx_native_source_fingerprint().decode() != expected:
+        return None, (
+            f"native library {path.name} was built from other sources than {SOURCE_DIR} (stale build: make native)"
         )
     return lib, None
 
