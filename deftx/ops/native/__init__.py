@@ -14,6 +14,7 @@ import ctypes
 import functools
 import hashlib
 import os
+import sysconfig
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -85,6 +86,11 @@ def library_path() -> Path | None:
     override = os.environ.get(LIBRARY_ENV)
     if override:
         return Path(override)
+    # The build for this interpreter first: `make native` for another Python leaves its own
+    # (named with that Python's suffix, maybe of older sources) beside it.
+    own = NATIVE_DIR / f"deftx_native{sysconfig.get_config_var('EXT_SUFFIX')}"
+    if own.is_file():
+        return own
     candidates = sorted(NATIVE_DIR.glob("deftx_native*.so"))
     return candidates[0] if candidates else None
 

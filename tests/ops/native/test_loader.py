@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sysconfig
 
 import pytest
 
@@ -163,4 +164,17 @@ def test_without_a_checkout_the_sources_are_not_compared(tmp_path, monkeypatch, 
     if native.library_path() is None:
         pytest.skip("native library not built")
     monkeypatch.setattr(native, "SOURCE_DIR", tmp_path / "absent", raising=False)
+    assert native.unavailable_reason() is None
+
+
+def test_the_build_for_this_interpreter_is_preferred(tmp_path, monkeypatch, fresh_loader):
+    """`make native` under another Python leaves its build beside this one's; the first name in
+    sorted order used to be loaded whichever interpreter it was built for."""
+    if native.library_path() is None:
+        pytest.skip("native library not built")
+    own = tmp_path / f"deftx_native{sysconfig.get_config_var('EXT_SUFFIX')}"
+    shutil.copyfile(native.library_path(), own)
+    (tmp_path / "deftx_native.cpython-30-x86_64-linux-gnu.so").write_bytes(b"\x7fELF another build")
+    monkeypatch.setattr(native, "NATIVE_DIR", tmp_path)
+    assert native.library_path() == own
     assert native.unavailable_reason() is None
