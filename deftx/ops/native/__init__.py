@@ -256,6 +256,20 @@ def int64_array(values: Sequence[int]) -> ctypes.Array:
     return (ctypes.c_int64 * len(values))(*values)
 
 
+_FLOAT32_TINY = 2.0**-126  # the smallest normal fp32
+_FLOAT32_UNIT = 2.0**149  # subnormal fp32 values count units of 2^-149
+
+
 def float32_array(values: Sequence[float]) -> ctypes.Array:
-    """``float[len(values)]``: each Python float rounded to fp32 (nearest even)."""
-    return (ctypes.c_float * len(values))(*values)
+    """``float[len(values)]``: each Python float rounded to fp32 (nearest even).
+
+    The hardware conversion flushes a subnormal fp32 result to zero when the calling thread
+    flushes denormals (``torch.set_flush_denormal(True)``), so magnitudes below the smallest
+    normal are rounded here on integers: ``round`` is exact and ties to even."""
+    array = (ctypes.c_float * len(values))(*values)
+    bits = (ctypes.c_uint32 * len(values)).from_buffer(array)
+    for position, value in enumerate(values):
+        magnitude = abs(float(value))
+        if 0.0 < magnitude < _FLOAT32_TINY:
+            bits[position] = (0x80000000 if value < 0 else 0) | round(magnitude * _FLOAT32_UNIT)
+    return array
