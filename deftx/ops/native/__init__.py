@@ -158,7 +158,7 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
     if reason is not None:
         return None, reason
     try:
-        lib = ctypes.CDLL(str(path))
+        lib = ctypes.CDLL(str(path.resolve()))  # a bare name would make dlopen search the library path
     except OSError as err:
         return None, f"cannot load native library {path.name}: {err}"
     missing = [name for name in _SIGNATURES if not hasattr(lib, name)]

@@ -178,3 +178,14 @@ def test_the_build_for_this_interpreter_is_preferred(tmp_path, monkeypatch, fres
     monkeypatch.setattr(native, "NATIVE_DIR", tmp_path)
     assert native.library_path() == own
     assert native.unavailable_reason() is None
+
+
+def test_the_environment_naming_a_file_in_the_working_directory_loads_it(tmp_path, monkeypatch, fresh_loader):
+    """A bare file name passed the is_file check (relative to the working directory), but dlopen
+    searched the library path for it: 'cannot open shared object file', or another library."""
+    if native.library_path() is None:
+        pytest.skip("native library not built")
+    shutil.copyfile(native.library_path(), tmp_path / "deftx_native_here.so")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(native.LIBRARY_ENV, "deftx_native_here.so")
+    assert native.unavailable_reason() is None
