@@ -221,14 +221,26 @@ def check_cpu_contiguous(tensor: torch.Tensor, what: str) -> None:
         raise ValueError(f"{what}: the native backend needs CPU tensors, got {tensor.device}")
     if not tensor.is_contiguous():
         raise ValueError(f"{what}: tensor must be contiguous")
+    if _misaligned(tensor):
+        raise ValueError(
+            f"{what}: tensor data at {tensor.data_ptr():#x} is not aligned to its {tensor.element_size()}-byte elements"
+        )
+
+
+def _misaligned(tensor: torch.Tensor) -> bool:
+    """Whether the data pointer is not a multiple of the element size (a tensor over a buffer at
+    an odd offset: ``torch.frombuffer``, ``torch.from_numpy``): the library's loads of it would
+    be undefined behaviour (UBSan reports them), and vectorised ones may fault."""
+    return tensor.data_ptr() % tensor.element_size() != 0
 
 
 def read_operand(tensor: torch.Tensor, what: str) -> torch.Tensor:
-    """A CPU tensor the library only reads, as one dense buffer: ``tensor`` itself when it is
-    contiguous, else a contiguous copy (ValueError for another device)."""
+    """A CPU tensor the library only reads, as one dense aligned buffer: ``tensor`` itself when it
+    is contiguous and aligned, else a copy (ValueError for another device)."""
     if tensor.device.type != "cpu":
         raise ValueError(f"{what}: the native backend needs CPU tensors, got {tensor.device}")
-    return tensor.contiguous()
+    tensor = tensor.contiguous()
+    return tensor.clone() if _misaligned(tensor) else tensor
 
 
 def dtype_codes(tensors: Sequence[torch.Tensor], what: str) -> list[int]:

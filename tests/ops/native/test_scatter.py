@@ -272,3 +272,28 @@ def test_subnormal_scales_reach_the_library_whatever_the_callers_denormal_mode()
     expected = [torch.tensor(scale, dtype=torch.float32).view(torch.int32).item() for scale in SUBNORMAL_SCALES]
     assert got == expected, [f"{s!r}: {g:#x} != {e:#x}" for s, g, e in zip(SUBNORMAL_SCALES, got, expected, strict=True)
                              if g != e]
+
+
+def misaligned(values: torch.Tensor) -> torch.Tensor:
+    """``values`` copied into a buffer one byte past an aligned address (as torch.frombuffer or
+    torch.from_numpy can give)."""
+    raw = torch.zeros(values.numel() * values.element_size() + 1, dtype=torch.uint8)
+    view = np.frombuffer(raw.numpy(), dtype=np.uint8)[1:].view(np.dtype(str(values.dtype).split(".")[1]))
+    out = torch.from_numpy(view)
+    out.copy_(values)
+    assert out.data_ptr() % values.element_size() == 1 % values.element_size() != 0
+    return out
+
+
+def test_misaligned_tensors_are_copied_when_read_and_refused_when_written():
+    """The library loaded misaligned elements through typed pointers (undefined behaviour: UBSan
+    reported 'load of misaligned address'); read operands are now copied, written ones refused."""
+    generator = torch.Generator().manual_seed(0)
+    dense = torch.randn(70_001, generator=generator)
+    index = torch.arange(0, 70_001, 3)
+    values = torch.randn(index.numel(), generator=generator).half()
+    expected = reference_scatter_add([dense], [[index]], [[values]], [0.5])
+    scatter_add_([dense], [[misaligned(index)]], [[misaligned(values)]], [0.5], False)
+    assert_bitwise_equal(dense, expected[0])
+    with pytest.raises(ValueError, match="not aligned"):
+        scatter_add_([misaligned(dense)], [[index]], [[values]], [0.5], False)
