@@ -283,7 +283,9 @@ struct Partition {
   std::vector<Span> spans;
 };
 
-// Full pass: every key above bin `high` is certain, every key in it a candidate.
+// Full pass: every key above bin `high` is certain, every key in it a candidate. The lists
+// grow inside the parallel region, where an exception must not escape (it would terminate the
+// process): a failed allocation is caught there and thrown again after the region.
 Partition partition(const Inputs& in, const std::vector<Segment>& segments, uint32_t high) {
   const int threads = omp_get_max_threads();
   Partition parts{std::vector<std::vector<uint16_t>>(size_t(threads)),
@@ -291,37 +293,44 @@ Partition partition(const Inputs& in, const std::vector<Segment>& segments, uint
                   std::vector<Partition::Span>(segments.size())};
   const int64_t n_segments = int64_t(segments.size());
   const uint32_t lowest = high << kLowBits;
-#pragma omp parallel num_threads(threads)
+  int out_of_memory = 0;
+#pragma omp parallel num_threads(threads) reduction(| : out_of_memory)
   {
     const int thread = omp_get_thread_num();
     std::vector<uint16_t>& certain = parts.certain[size_t(thread)];
     std::vector<uint32_t>& candidates = parts.candidates[size_t(thread)];
 #pragma omp for schedule(dynamic, 4)
     for (int64_t s = 0; s < n_segments; ++s) {
+      if (out_of_memory) continue;  // this thread's lists are incomplete: the call fails anyway
       const Segment seg = segments[size_t(s)];
       Partition::Span& span = parts.spans[size_t(s)];
       span.thread = thread;
       span.certain_begin = int64_t(certain.size());
       span.candidate_begin = int64_t(candidates.size());
-      for_key_chunks<kScanChunk>(in, seg, [&](int64_t first, int64_t count, const uint32_t* chunk) {
-        uint32_t hits = 0;
-        for (int64_t j = 0; j < count; ++j) hits |= uint32_t(chunk[j] >= lowest);
-        if (!hits) return;
-        for (int64_t j = 0; j < count; ++j) {
-          const uint32_t key = chunk[j];
-          if (key < lowest) continue;
-          const uint32_t offset = uint32_t(first + j - seg.begin);
-          if ((key >> kLowBits) > high) {
-            certain.push_back(uint16_t(offset));
-          } else {
-            candidates.push_back((offset << 16) | (key & kLowMask));
+      try {
+        for_key_chunks<kScanChunk>(in, seg, [&](int64_t first, int64_t count, const uint32_t* chunk) {
+          uint32_t hits = 0;
+          for (int64_t j = 0; j < count; ++j) hits |= uint32_t(chunk[j] >= lowest);
+          if (!hits) return;
+          for (int64_t j = 0; j < count; ++j) {
+            const uint32_t key = chunk[j];
+            if (key < lowest) continue;
+            const uint32_t offset = uint32_t(first + j - seg.begin);
+            if ((key >> kLowBits) > high) {
+              certain.push_back(uint16_t(offset));
+            } else {
+              candidates.push_back((offset << 16) | (key & kLowMask));
+            }
           }
-        }
-      });
+        });
+      } catch (const std::bad_alloc&) {
+        out_of_memory = 1;
+      }
       span.certain_end = int64_t(certain.size());
       span.candidate_end = int64_t(candidates.size());
     }
   }
+  if (out_of_memory) throw std::bad_alloc();
   return parts;
 }
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import hashlib
 import os
+import sysconfig
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,6 +22,9 @@ import torch
 
 ABI_VERSION = 2
 NATIVE_DIR = Path(__file__).resolve().parents[2] / "_native"
+# The sources of a checkout (absent from an installed wheel): a library built from other
+# sources than these is refused, so an edit without `make native` cannot run a stale build.
+SOURCE_DIR = Path(__file__).resolve().parents[3] / "csrc"
 LIBRARY_ENV = "DEFTX_NATIVE_LIBRARY"
 
 _TSAN_RUNTIME = b"libtsan.so"
@@ -57,6 +62,7 @@ _SCATTER_LISTS: list[type] = [_c_i64, _c_ptrp, _c_i32p, _c_i64p, _c_i64, _c_ptrp
 # Exported function -> (restype, argtypes); pointer arrays are passed as void**.
 _SIGNATURES: dict[str, tuple[type, list[type]]] = {
     "deftx_native_abi_version": (ctypes.c_int32, []),
+    "deftx_native_source_fingerprint": (ctypes.c_char_p, []),
     "deftx_topk_select": (
         ctypes.c_int32,
         [_c_i64, _c_ptrp, _c_ptrp, _c_i32p, _c_i64p, _c_i64p, _c_i64, _c_i64, _c_ptr, _c_i64p, _c_i64p, _c_i64p],
@@ -80,6 +86,11 @@ def library_path() -> Path | None:
     override = os.environ.get(LIBRARY_ENV)
     if override:
         return Path(override)
+    # The build for this interpreter first: `make native` for another Python leaves its own
+    # (named with that Python's suffix, maybe of older sources) beside it.
+    own = NATIVE_DIR / f"deftx_native{sysconfig.get_config_var('EXT_SUFFIX')}"
+    if own.is_file():
+        return own
     candidates = sorted(NATIVE_DIR.glob("deftx_native*.so"))
     return candidates[0] if candidates else None
 
@@ -109,6 +120,17 @@ def _sanitizer_reason(path: Path) -> str | None:
     return None
 
 
+def source_fingerprint(directory: Path) -> str | None:
+    """The fingerprint CMakeLists.txt compiles into the library, of the ``*.cpp`` and ``*.h``
+    files in ``directory``: SHA-256 (hex) of one line ``"<name> <SHA-256 of content>\\n"`` per file,
+    in name order; None when there are none (no checkout beside the package)."""
+    files = sorted((*directory.glob("*.cpp"), *directory.glob("*.h")), key=lambda path: path.name)
+    if not files:
+        return None
+    lines = "".join(f"{path.name} {hashlib.sha256(path.read_bytes()).hexdigest()}\n" for path in files)
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
 def _missing_library_reason() -> str:
     status_file = NATIVE_DIR / "BUILD_STATUS.txt"
     status = status_file.read_text().strip() if status_file.is_file() else ""
@@ -136,7 +158,7 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
     if reason is not None:
         return None, reason
     try:
-        lib = ctypes.CDLL(str(path))
+        lib = ctypes.CDLL(str(path.resolve()))  # a bare name would make dlopen search the library path
     except OSError as err:
         return None, f"cannot load native library {path.name}: {err}"
     missing = [name for name in _SIGNATURES if not hasattr(lib, name)]
@@ -146,6 +168,11 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
     if version != ABI_VERSION:
         return None, (
             f"native library {path.name} has ABI version {version}, deftx expects {ABI_VERSION} (rebuild: make native)"
+        )
+    expected = source_fingerprint(SOURCE_DIR)
+    if expected is not None and lib.deftx_native_source_fingerprint().decode() != expected:
+        return None, (
+            f"native library {path.name} was built from other sources than {SOURCE_DIR} (stale build: make native)"
         )
     return lib, None
 
@@ -194,14 +221,26 @@ def check_cpu_contiguous(tensor: torch.Tensor, what: str) -> None:
         raise ValueError(f"{what}: the native backend needs CPU tensors, got {tensor.device}")
     if not tensor.is_contiguous():
         raise ValueError(f"{what}: tensor must be contiguous")
+    if _misaligned(tensor):
+        raise ValueError(
+            f"{what}: tensor data at {tensor.data_ptr():#x} is not aligned to its {tensor.element_size()}-byte elements"
+        )
+
+
+def _misaligned(tensor: torch.Tensor) -> bool:
+    """Whether the data pointer is not a multiple of the element size (a tensor over a buffer at
+    an odd offset: ``torch.frombuffer``, ``torch.from_numpy``): the library's loads of it would
+    be undefined behaviour (UBSan reports them), and vectorised ones may fault."""
+    return tensor.data_ptr() % tensor.element_size() != 0
 
 
 def read_operand(tensor: torch.Tensor, what: str) -> torch.Tensor:
-    """A CPU tensor the library only reads, as one dense buffer: ``tensor`` itself when it is
-    contiguous, else a contiguous copy (ValueError for another device)."""
+    """A CPU tensor the library only reads, as one dense aligned buffer: ``tensor`` itself when it
+    is contiguous and aligned, else a copy (ValueError for another device)."""
     if tensor.device.type != "cpu":
         raise ValueError(f"{what}: the native backend needs CPU tensors, got {tensor.device}")
-    return tensor.contiguous()
+    tensor = tensor.contiguous()
+    return tensor.clone() if _misaligned(tensor) else tensor
 
 
 def dtype_codes(tensors: Sequence[torch.Tensor], what: str) -> list[int]:
@@ -229,6 +268,20 @@ def int64_array(values: Sequence[int]) -> ctypes.Array:
     return (ctypes.c_int64 * len(values))(*values)
 
 
+_FLOAT32_TINY = 2.0**-126  # the smallest normal fp32
+_FLOAT32_UNIT = 2.0**149  # subnormal fp32 values count units of 2^-149
+
+
 def float32_array(values: Sequence[float]) -> ctypes.Array:
-    """``float[len(values)]``: each Python float rounded to fp32 (nearest even)."""
-    return (ctypes.c_float * len(values))(*values)
+    """``float[len(values)]``: each Python float rounded to fp32 (nearest even).
+
+    The hardware conversion flushes a subnormal fp32 result to zero when the calling thread
+    flushes denormals (``torch.set_flush_denormal(True)``), so magnitudes below the smallest
+    normal are rounded here on integers: ``round`` is exact and ties to even."""
+    array = (ctypes.c_float * len(values))(*values)
+    bits = (ctypes.c_uint32 * len(values)).from_buffer(array)
+    for position, value in enumerate(values):
+        magnitude = abs(float(value))
+        if 0.0 < magnitude < _FLOAT32_TINY:
+            bits[position] = (0x80000000 if value < 0 else 0) | round(magnitude * _FLOAT32_UNIT)
+    return array

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import shutil
+import sysconfig
 
 import pytest
 
 from deftx.ops import dispatch, native
+from tests.ops.native.flushing import ROOT
 
 
 @pytest.fixture
@@ -125,3 +127,65 @@ def test_a_thread_sanitizer_build_with_archer_named_goes_on_to_load(tmp_path, mo
     monkeypatch.setenv(native.LIBRARY_ENV, str(library))
     monkeypatch.setenv("OMP_TOOL_LIBRARIES", "/usr/lib/llvm-14/lib/libarcher.so")
     assert native.unavailable_reason().startswith("cannot load native library deftx_native_tsan.so")
+
+
+def _sources_copy(tmp_path, monkeypatch):
+    """A copy of csrc/ that the loader takes for the checkout's sources."""
+    copy = tmp_path / "csrc"
+    shutil.copytree(ROOT / "csrc", copy)
+    monkeypatch.setattr(native, "SOURCE_DIR", copy, raising=False)
+    return copy
+
+
+def test_the_built_library_matches_its_sources(tmp_path, monkeypatch, fresh_loader):
+    """CMake's fingerprint of csrc/ and the loader's agree (else every build would be refused)."""
+    if native.library_path() is None:
+        pytest.skip("native library not built")
+    _sources_copy(tmp_path, monkeypatch)
+    assert native.unavailable_reason() is None
+
+
+def test_a_library_built_from_other_sources_is_refused(tmp_path, monkeypatch, fresh_loader):
+    """A source edited after the build: the stale library used to load (its ABI version
+    unchanged) and ran the old code."""
+    if native.library_path() is None:
+        pytest.skip("native library not built")
+    copy = _sources_copy(tmp_path, monkeypatch)
+    edited = copy / "topk.cpp"
+    edited.write_text(edited.read_text() + "// edited after the build\n")
+    reason = native.unavailable_reason()
+    assert reason is not None and "built from other sources" in reason and "make native" in reason
+    with pytest.raises(native.NativeUnavailableError, match="stale build"):
+        native.library()
+
+
+def test_without_a_checkout_the_sources_are_not_compared(tmp_path, monkeypatch, fresh_loader):
+    """An installed wheel has no csrc/ beside the package."""
+    if native.library_path() is None:
+        pytest.skip("native library not built")
+    monkeypatch.setattr(native, "SOURCE_DIR", tmp_path / "absent", raising=False)
+    assert native.unavailable_reason() is None
+
+
+def test_the_build_for_this_interpreter_is_preferred(tmp_path, monkeypatch, fresh_loader):
+    """`make native` under another Python leaves its build beside this one's; the first name in
+    sorted order used to be loaded whichever interpreter it was built for."""
+    if native.library_path() is None:
+        pytest.skip("native library not built")
+    own = tmp_path / f"deftx_native{sysconfig.get_config_var('EXT_SUFFIX')}"
+    shutil.copyfile(native.library_path(), own)
+    (tmp_path / "deftx_native.cpython-30-x86_64-linux-gnu.so").write_bytes(b"\x7fELF another build")
+    monkeypatch.setattr(native, "NATIVE_DIR", tmp_path)
+    assert native.library_path() == own
+    assert native.unavailable_reason() is None
+
+
+def test_the_environment_naming_a_file_in_the_working_directory_loads_it(tmp_path, monkeypatch, fresh_loader):
+    """A bare file name passed the is_file check (relative to the working directory), but dlopen
+    searched the library path for it: 'cannot open shared object file', or another library."""
+    if native.library_path() is None:
+        pytest.skip("native library not built")
+    shutil.copyfile(native.library_path(), tmp_path / "deftx_native_here.so")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(native.LIBRARY_ENV, "deftx_native_here.so")
+    assert native.unavailable_reason() is None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -240,3 +242,58 @@ def test_subnormals_are_added_whatever_the_callers_denormal_mode(tmp_path):
     run_flushing_caller(FLUSHING_SCATTER, str(tmp_path / "dense.pt"))
     got = torch.load(tmp_path / "dense.pt")
     assert_all_bitwise_equal(got, expected, "dense added by a flushing caller")
+
+
+# fp32-subnormal scales, and ties and boundaries of their rounding (2.5 and 0.5 units of 2^-149
+# round to even, 2^-126 (1 - 2^-30) up to the smallest normal), each added once to a zero.
+SUBNORMAL_SCALES = (-(2.0**-140), 3 * 2.0**-149, 2.5 * 2.0**-149, 2.0**-150, -(2.0**-150) * (1 + 2.0**-40),
+                    2.0**-126 * (1 - 2.0**-30), 1.1754942e-38)
+FLUSHING_SCALES = """
+import json, sys, torch
+from deftx.ops.native.scatter import scatter_add_
+from tests.ops.native.test_scatter import SUBNORMAL_SCALES
+scatter_add_([torch.zeros(1)], [[torch.zeros(1, dtype=torch.int64)]], [[torch.ones(1)]], [1.0], False)
+if not torch.set_flush_denormal(True):
+    sys.exit(77)
+sums = []
+for scale in SUBNORMAL_SCALES:
+    dense = torch.zeros(1)
+    scatter_add_([dense], [[torch.zeros(1, dtype=torch.int64)]], [[torch.ones(1)]], [scale], False)
+    sums.append(dense.view(torch.int32).item())
+print(json.dumps(sums))
+"""
+
+
+def test_subnormal_scales_reach_the_library_whatever_the_callers_denormal_mode():
+    """The Python float scales are rounded to fp32 on the calling thread: with flush-to-zero set
+    there, a subnormal scale (-2^-140) became -0.0 before the library (which keeps subnormals)
+    saw it, and the diff was not added at all."""
+    got = json.loads(run_flushing_caller(FLUSHING_SCALES).splitlines()[-1])
+    expected = [torch.tensor(scale, dtype=torch.float32).view(torch.int32).item() for scale in SUBNORMAL_SCALES]
+    assert got == expected, [f"{s!r}: {g:#x} != {e:#x}" for s, g, e in zip(SUBNORMAL_SCALES, got, expected, strict=True)
+                             if g != e]
+
+
+def misaligned(values: torch.Tensor) -> torch.Tensor:
+    """``values`` copied into a buffer one byte past an aligned address (as torch.frombuffer or
+    torch.from_numpy can give)."""
+    raw = torch.zeros(values.numel() * values.element_size() + 1, dtype=torch.uint8)
+    view = np.frombuffer(raw.numpy(), dtype=np.uint8)[1:].view(np.dtype(str(values.dtype).split(".")[1]))
+    out = torch.from_numpy(view)
+    out.copy_(values)
+    assert out.data_ptr() % values.element_size() == 1 % values.element_size() != 0
+    return out
+
+
+def test_misaligned_tensors_are_copied_when_read_and_refused_when_written():
+    """The library loaded misaligned elements through typed pointers (undefined behaviour: UBSan
+    reported 'load of misaligned address'); read operands are now copied, written ones refused."""
+    generator = torch.Generator().manual_seed(0)
+    dense = torch.randn(70_001, generator=generator)
+    index = torch.arange(0, 70_001, 3)
+    values = torch.randn(index.numel(), generator=generator).half()
+    expected = reference_scatter_add([dense], [[index]], [[values]], [0.5])
+    scatter_add_([dense], [[misaligned(index)]], [[misaligned(values)]], [0.5], False)
+    assert_bitwise_equal(dense, expected[0])
+    with pytest.raises(ValueError, match="not aligned"):
+        scatter_add_([misaligned(dense)], [[index]], [[values]], [0.5], False)

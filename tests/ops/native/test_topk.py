@@ -392,3 +392,37 @@ def test_a_nan_difference_is_counted():
 def test_bad_bases_are_rejected(bases, match):
     with pytest.raises(ValueError, match=match):
         select([torch.ones(4), torch.ones(3)], 2, bases)
+
+
+# Selects half of 2^22 equal entries (all candidates, 16 MiB of lists) with the address space
+# limited to 6 MiB above what the process maps after a warm-up call (OpenMP team, allocator
+# arenas): the candidate lists cannot grow. Prints the status the library returned.
+CANDIDATE_LISTS_OUT_OF_MEMORY = """
+import ctypes, resource
+import torch
+from deftx.ops import native
+from deftx.ops.native.topk import select
+lib = native.library()
+n = 1 << 22
+x, out = torch.ones(n), torch.empty(n // 2, dtype=torch.int64)
+select([torch.ones(300_000)], 100_000)
+counts, nans, passes = (ctypes.c_int64 * 1)(), ctypes.c_int64(), ctypes.c_int64()
+arguments = (1, native.pointer_array([x]), None, native.int32_array([0]), native.int64_array([n]), None,
+             n // 2, -1, out.data_ptr(), counts, ctypes.byref(nans), ctypes.byref(passes))
+mapped = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmSize"))
+resource.setrlimit(resource.RLIMIT_AS, (mapped + (6 << 20), resource.RLIM_INFINITY))
+print("status", lib.deftx_topk_select(*arguments), flush=True)
+"""
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_candidate_lists_out_of_memory_is_a_status_not_an_abort(threads):
+    """The candidate lists grow inside the partition's parallel region: a bad_alloc there used
+    to escape the region and terminate the process (SIGABRT) instead of returning kOutOfMemory."""
+    env = {name: value for name, value in os.environ.items() if name not in (native.LIBRARY_ENV, "LD_PRELOAD")}
+    env.update(OMP_NUM_THREADS=threads,
+               PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    done = subprocess.run([sys.executable, "-c", CANDIDATE_LISTS_OUT_OF_MEMORY], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, f"exit status {done.returncode}: {done.stderr[-2000:]}"
+    assert done.stdout.split()[-2:] == ["status", str(native._STATUS_OUT_OF_MEMORY)]
