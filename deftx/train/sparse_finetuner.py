@@ -198,6 +198,11 @@ def run_phase(
     trimmed from ``log``, and the global generators are seeded with
     ``phase_seed(trainer.args.seed, seed_key)``. Losses are logged to ``log`` tagged with
     ``phase``; no Trainer checkpoint is written at the phase's last step.
+
+    Raises:
+        PhaseStoppedError: the Trainer returned before the phase's last step (a callback set
+            ``should_training_stop``, e.g. ``enable_jit_checkpoint`` on SIGTERM): the caller would otherwise
+            keep the model of that step as the phase's result.
     """
     discard_incomplete_checkpoints(folder)
     checkpoint = last_checkpoint(folder)
@@ -207,10 +212,22 @@ def run_phase(
         trainer.add_callback(callback)
     try:
         with seeded_rng(phase_seed(trainer.args.seed, seed_key)):
-            return train(checkpoint)
+            result = train(checkpoint)
     finally:
         for callback in callbacks:
             trainer.remove_callback(callback)
+    state = trainer.state
+    if state.max_steps and state.global_step < state.max_steps:
+        raise PhaseStoppedError(
+            f"phase {phase} stopped at step {state.global_step} of {state.max_steps} (a callback set "
+            "should_training_stop, e.g. enable_jit_checkpoint on SIGTERM): its result is not kept as finished; run "
+            f"again to resume from its last checkpoint in {folder}"
+        )
+    return result
+
+
+class PhaseStoppedError(RuntimeError):
+    """A training phase's Trainer returned before the phase's last step (:func:`run_phase`)."""
 
 
 @dataclass
