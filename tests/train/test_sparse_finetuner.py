@@ -151,10 +151,10 @@ def test_branches_share_phase_one_and_log_losses(fitted):
     assert set(result.seconds) == {"full", "sparse:lt-sft", "sparse:deft-x"}
 
 
-def _fit(tmp_path, work, callbacks=()):
+def _fit(tmp_path, work, callbacks=(), **arguments):
     from tests.train.conftest import tiny_trainer
 
-    trainer = tiny_trainer(tmp_path, callbacks=list(callbacks))
+    trainer = tiny_trainer(tmp_path, callbacks=list(callbacks), **arguments)
     return SparseFineTuner(trainer, config(selections={"deft-x": DenoiseConfig(rank=1, method="exact")}),
                            work, progress=False).fit()
 
@@ -185,6 +185,23 @@ def test_a_phase_stopped_before_its_last_step_is_not_taken_as_finished(tmp_path,
     assert (work / "theta1.safetensors").is_file() == (marker == "phase3")
     assert not (work / "deft-x" / "sft.safetensors").exists()
     resumed = _fit(tmp_path / "b", work).diffs["deft-x"]
+    for name in reference.indices:
+        assert torch.equal(resumed.indices[name], reference.indices[name]), name
+        assert_bitwise_equal(resumed.values[name], reference.values[name], what=name)
+
+
+@pytest.mark.parametrize("marker", ["phase1", "phase3"])
+def test_a_model_only_checkpoint_is_not_resumed_from(tmp_path, marker):
+    """save_only_model (a run-only argument) writes checkpoints without the optimizer, scheduler and RNG states:
+    the Trainer resumes from one with fresh Adam moments and a restarted schedule. Such a checkpoint is no
+    place to resume from: the killed phase starts again and ends as an uninterrupted run."""
+    reference = _fit(tmp_path / "a", tmp_path / "a" / "work").diffs["deft-x"]
+    work = tmp_path / "b" / "work"
+    with pytest.raises(KeyboardInterrupt):
+        _fit(tmp_path / "b", work, [Interrupt(marker, 3)], save_only_model=True)
+    folder = work / "phase1" if marker == "phase1" else work / "deft-x" / "phase3"
+    assert [p.name for p in folder.glob("checkpoint-*")] == ["checkpoint-2"]
+    resumed = _fit(tmp_path / "b", work, save_only_model=True).diffs["deft-x"]
     for name in reference.indices:
         assert torch.equal(resumed.indices[name], reference.indices[name]), name
         assert_bitwise_equal(resumed.values[name], reference.values[name], what=name)
