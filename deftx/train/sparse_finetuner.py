@@ -310,8 +310,11 @@ def trainer_identity(trainer, data_digest: str | None = None) -> dict[str, Any]:
     and loss function (``compute_loss_func``) where set (left out when not, so that runs of before
     they were recorded keep their identity), the data collator with its settings
     (:func:`~deftx.train.identity.settings_identity`: e.g. an MLM collator's masking rate and seed),
-    the device type the model trains on (``cpu``, ``cuda``...) and the other result-changing arguments
-    (``use_cpu`` is left to the device, which it only helps decide)."""
+    the device type the model trains on (``cpu``, ``cuda``...), the number of model replicas a step's batch
+    is spread over where there are several (processes of a distributed launch times the GPUs each drives
+    through ``DataParallel``: each takes ``per_device_train_batch_size`` examples, so the same arguments
+    train on that many times the batch; left out for one, so that identities of before stay valid) and
+    the other result-changing arguments (``use_cpu`` is left to the device, which it only helps decide)."""
     training = result_arguments(trainer.args)
     seed = training.pop("seed")
     training.pop("use_cpu", None)
@@ -326,6 +329,9 @@ def trainer_identity(trainer, data_digest: str | None = None) -> dict[str, Any]:
         "device": trainer.args.device.type,
         "training": training,
     }
+    replicas = trainer.args.world_size * max(trainer.args.n_gpu, 1)
+    if replicas != 1:
+        identity["replicas"] = replicas
     optimizer = optimizer_identity(trainer)
     loss = getattr(trainer, "compute_loss_func", None)
     if optimizer is not None:
