@@ -117,6 +117,7 @@ from deftx.train.trainer_args import result_arguments
 from deftx.train.trainer_contract import (
     TrainerOverrideWarning,
     override_message,
+    refuse_model_init,
     refuse_optimizer_instances,
     trainer_restored,
 )
@@ -399,6 +400,7 @@ class SparseFineTuner:
         warn_overrides: bool = True,
     ) -> None:
         refuse_optimizer_instances(trainer)
+        refuse_model_init(trainer)
         self.warn_overrides = warn_overrides
         self.trainer = trainer
         self.keep_checkpoints = keep_checkpoints
