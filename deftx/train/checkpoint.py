@@ -19,9 +19,11 @@ A run's work directory holds, in the order they appear:
 Every file is written to a unique temporary name and renamed (:mod:`deftx.files`), so a
 file that exists is complete and concurrent writers never share a temporary. A Trainer
 checkpoint counts only once its ``trainer_state.json`` (the Trainer writes it last) parses
-and names the checkpoint's step; :func:`discard_incomplete_checkpoints` removes the others
-before a phase resumes, and :func:`trim_log` drops the records a killed phase will write
-again, so the log holds each step once.
+and names the checkpoint's step, and only when it holds the optimizer, scheduler and RNG
+states (not one written under ``save_only_model``: :func:`checkpoint_step`);
+:func:`discard_incomplete_checkpoints` removes the others before a phase resumes, and
+:func:`trim_log` drops the records a killed phase will write again, so the log holds each
+step once.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ from safetensors.torch import load_file, save_file
 from deftx.files import atomic_write, atomic_write_bytes
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+RNG_STATES = "rng_state*.pth"
+"""The RNG states a Trainer checkpoint holds (one per process) unless written under ``save_only_model``."""
 LOG = "log.jsonl"
 """The run log's file name in a work directory."""
 
@@ -83,11 +87,16 @@ def folder_bytes(folder: Path) -> int:
 def checkpoint_step(entry: Path) -> int | None:
     """The step of a complete Trainer checkpoint folder ``checkpoint-<step>``; None if incomplete.
 
-    Complete: its ``trainer_state.json`` (written last by the Trainer) parses and names
-    the folder's step.
+    Complete: it holds the RNG state (``rng_state*.pth``, which the Trainer writes after the
+    optimizer and scheduler states, and not at all under ``save_only_model``: a model-only
+    checkpoint resumes with fresh Adam moments and a restarted schedule, another run than an
+    uninterrupted one), and its ``trainer_state.json`` (written last by the Trainer) parses and
+    names the folder's step.
     """
     match = _CHECKPOINT.match(entry.name)
     if match is None or not entry.is_dir():
+        return None
+    if next(entry.glob(RNG_STATES), None) is None:
         return None
     try:
         state = json.loads((entry / "trainer_state.json").read_text())

@@ -60,14 +60,27 @@ def _warm_up_key(model: FrozenDecoderMLM, sequences: list[list[int]], texts_sha:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
+E5_ATTENTION_HEADS = {384: 12, 768: 12, 1024: 16}
+"""The attention heads of e5 small, base and large by hidden size; other widths: heads of 64 dimensions (BERT's
+and XLM-R's). A body's count enters the key of its head only where it differs (:func:`head_and_token_settings`),
+so the keys of such bodies' heads stay as they were before it was keyed."""
+
+
 def head_and_token_settings(model: FrozenDecoderMLM, collator: MLMCollator) -> dict[str, Any]:
     """What else changes the warmed head for equal tensors: the head's LayerNorm eps and activation (the body's
     config, which its own layers read too) and the tokens the masking skips and writes, each only where it
-    differs from :data:`KEYED_BY_DEFAULT` (so the keys of e5's heads stay as they were)."""
+    differs from :data:`KEYED_BY_DEFAULT` (so the keys of e5's heads stay as they were), and the body's
+    attention heads (the same tensors split into other heads compute other features) where they differ from
+    those of its width (:data:`E5_ATTENTION_HEADS`)."""
     values = {"layer_norm_eps": model.head.layer_norm.eps, "hidden_act": model.head.hidden_act,
               "mask_token_id": collator.mask_token_id, "pad_token_id": collator.pad_token_id,
               "special_ids": collator.special_ids.tolist()}
-    return {name: value for name, value in values.items() if value != KEYED_BY_DEFAULT[name]}
+    keyed = {name: value for name, value in values.items() if value != KEYED_BY_DEFAULT[name]}
+    config = getattr(model.body, "config", None)
+    heads, width = getattr(config, "num_attention_heads", None), getattr(config, "hidden_size", None)
+    if isinstance(heads, int) and isinstance(width, int) and heads != E5_ATTENTION_HEADS.get(width, width // 64):
+        keyed["num_attention_heads"] = heads
+    return keyed
 
 
 def _window_mean(values: list[float], fraction: float = 0.1) -> float:

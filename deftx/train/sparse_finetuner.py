@@ -117,6 +117,7 @@ from deftx.train.trainer_args import result_arguments
 from deftx.train.trainer_contract import (
     TrainerOverrideWarning,
     override_message,
+    refuse_model_init,
     refuse_optimizer_instances,
     trainer_restored,
 )
@@ -198,6 +199,11 @@ def run_phase(
     trimmed from ``log``, and the global generators are seeded with
     ``phase_seed(trainer.args.seed, seed_key)``. Losses are logged to ``log`` tagged with
     ``phase``; no Trainer checkpoint is written at the phase's last step.
+
+    Raises:
+        PhaseStoppedError: the Trainer returned before the phase's last step (a callback set
+            ``should_training_stop``, e.g. ``enable_jit_checkpoint`` on SIGTERM): the caller would otherwise
+            keep the model of that step as the phase's result.
     """
     discard_incomplete_checkpoints(folder)
     checkpoint = last_checkpoint(folder)
@@ -207,10 +213,22 @@ def run_phase(
         trainer.add_callback(callback)
     try:
         with seeded_rng(phase_seed(trainer.args.seed, seed_key)):
-            return train(checkpoint)
+            result = train(checkpoint)
     finally:
         for callback in callbacks:
             trainer.remove_callback(callback)
+    state = trainer.state
+    if state.max_steps and state.global_step < state.max_steps:
+        raise PhaseStoppedError(
+            f"phase {phase} stopped at step {state.global_step} of {state.max_steps} (a callback set "
+            "should_training_stop, e.g. enable_jit_checkpoint on SIGTERM): its result is not kept as finished; run "
+            f"again to resume from its last checkpoint in {folder}"
+        )
+    return result
+
+
+class PhaseStoppedError(RuntimeError):
+    """A training phase's Trainer returned before the phase's last step (:func:`run_phase`)."""
 
 
 @dataclass
@@ -293,8 +311,11 @@ def trainer_identity(trainer, data_digest: str | None = None) -> dict[str, Any]:
     and loss function (``compute_loss_func``) where set (left out when not, so that runs of before
     they were recorded keep their identity), the data collator with its settings
     (:func:`~deftx.train.identity.settings_identity`: e.g. an MLM collator's masking rate and seed),
-    the device type the model trains on (``cpu``, ``cuda``...) and the other result-changing arguments
-    (``use_cpu`` is left to the device, which it only helps decide)."""
+    the device type the model trains on (``cpu``, ``cuda``...), the number of model replicas a step's batch
+    is spread over where there are several (processes of a distributed launch times the GPUs each drives
+    through ``DataParallel``: each takes ``per_device_train_batch_size`` examples, so the same arguments
+    train on that many times the batch; left out for one, so that identities of before stay valid) and
+    the other result-changing arguments (``use_cpu`` is left to the device, which it only helps decide)."""
     training = result_arguments(trainer.args)
     seed = training.pop("seed")
     training.pop("use_cpu", None)
@@ -309,6 +330,9 @@ def trainer_identity(trainer, data_digest: str | None = None) -> dict[str, Any]:
         "device": trainer.args.device.type,
         "training": training,
     }
+    replicas = trainer.args.world_size * max(trainer.args.n_gpu, 1)
+    if replicas != 1:
+        identity["replicas"] = replicas
     optimizer = optimizer_identity(trainer)
     loss = getattr(trainer, "compute_loss_func", None)
     if optimizer is not None:
@@ -376,6 +400,7 @@ class SparseFineTuner:
         warn_overrides: bool = True,
     ) -> None:
         refuse_optimizer_instances(trainer)
+        refuse_model_init(trainer)
         self.warn_overrides = warn_overrides
         self.trainer = trainer
         self.keep_checkpoints = keep_checkpoints

@@ -13,15 +13,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from deftx.files import atomic_write
+from deftx.files import atomic_write, remove_stale_temps, stale_temps, temp_name
 from deftx.train.identity import IDENTITY_FILE, digest
 
 STORE_KEY_LENGTH = 32
@@ -79,8 +77,8 @@ class LinkedStepStore:
         """Hard-link ``source`` at ``target`` (atomically); where that is impossible, a copy when the
         target must ``own`` its bytes (the store's), else a symbolic link to ``source``."""
         target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.{os.getpid()}.link")
-        partial.unlink(missing_ok=True)
+        remove_stale_temps(target)
+        partial = temp_name(target)
         try:
             os.link(source, partial)
         except OSError:
@@ -105,13 +103,18 @@ class LinkedStepStore:
     def publish(self, work_dir: Path, identity: Mapping[str, Any], files: Sequence[str]) -> None:
         """Keep ``work_dir``'s ``files`` as one entry: linked into a staging folder, which is then renamed into
         place whole, so that two runs publishing an equal step at once leave the entry of one of them, never
-        one's files beside the other's."""
+        one's files beside the other's. The staging folder (a temporary of the entry's, :func:`deftx.files.temp_name`)
+        of a process of this host killed before the rename is removed by the next publish of the step: it holds
+        hard links to the killed run's files (θ1: hundreds of MB)."""
         names = self._names(files)
         folder = self.folder(identity)
         if all((folder / name).is_file() for name in names):
             return
         self.root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=self.root))
+        for stale in stale_temps(folder):  # staged (or retired) by a process of this host killed in its publish
+            shutil.rmtree(stale, ignore_errors=True)
+        staging = temp_name(folder)
+        staging.mkdir(mode=0o700)
         try:
             staging.chmod(STORE_MODE)
             for relative, name in zip(files, names, strict=True):
@@ -130,7 +133,7 @@ class LinkedStepStore:
         installed = LinkedStepStore._renamed_into_place(staging, folder, names)
         if installed is not None:
             return installed
-        retired = folder.with_name(f".{folder.name}.retired-{secrets.token_hex(4)}")
+        retired = temp_name(folder)
         with contextlib.suppress(FileNotFoundError):
             os.rename(folder, retired)
         try:

@@ -18,7 +18,8 @@ The contract (README, "Your Trainer, sparse fine-tuned"):
   ``optimizer_cls_and_kwargs`` where it names them) and weight decay. An
   optimizer *instance* (``Trainer(optimizers=(optimizer, scheduler))``, or one left by an
   earlier ``trainer.train()``) cannot be rebuilt for each phase and is refused
-  (:func:`refuse_optimizer_instances`).
+  (:func:`refuse_optimizer_instances`). A Trainer built with ``model_init`` (a fresh model at every
+  ``train()``) is refused too (:func:`refuse_model_init`).
 * **After fit()** the Trainer is as you gave it (:func:`trainer_restored`): the model at
   θ0 with its ``requires_grad`` flags and every module's train / eval mode, ``trainer.args``
   (every field), ``trainer.optimizer`` and ``trainer.lr_scheduler`` (None: the next
@@ -62,6 +63,18 @@ def refuse_optimizer_instances(trainer: Any) -> None:
             "builds one the way the Trainer does, at config.full.learning_rate, phase 3 uses MaskedAdamW. Choose "
             "phase 1's optimizer with TrainingArguments(optim=..., optim_args=...) or "
             "Trainer(optimizer_cls_and_kwargs=(cls, kwargs)); or set trainer.optimizer = trainer.lr_scheduler = None"
+        )
+
+
+def refuse_model_init(trainer: Any) -> None:
+    """ValueError when the Trainer was built with ``model_init``: its ``train()`` replaces ``trainer.model`` by a fresh
+    model at every call, so each phase would train that model (every parameter trainable) instead of θ0 / θ1 with
+    only the eligible entries."""
+    if getattr(trainer, "model_init", None) is not None:
+        raise ValueError(
+            "SparseFineTuner: the Trainer was built with model_init, whose train() builds a fresh model at every "
+            "call: phase 1 and phase 3 would train that model, every parameter trainable, not the tuner's θ0 / θ1. "
+            "Build the Trainer with Trainer(model=...) instead"
         )
 
 

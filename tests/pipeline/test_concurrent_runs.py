@@ -153,3 +153,43 @@ def test_two_runs_publishing_an_equal_step_at_once_leave_the_entry_of_one_not_a_
     assert store.attach(tmp_path / "c", identity, files)
     assert {(tmp_path / "c" / name).read_text() for name in files} == {"run b"}
     assert sorted(path.name for path in store.root.iterdir()) == [entry.name], "no staging folder left"
+
+
+PUBLISH_UNTIL_KILLED = """
+import sys, time
+from pathlib import Path
+from deftx.train.store import LinkedStepStore
+LinkedStepStore._install = staticmethod(lambda *args: (print("staged", flush=True), time.sleep(60)))
+LinkedStepStore(Path(sys.argv[1])).publish(Path(sys.argv[2]), {"step": "phase 1"}, ["theta1.safetensors"])
+"""
+
+
+def test_a_publish_killed_halfway_leaves_no_staged_copy_after_the_next_publish(tmp_path):
+    """A run killed between staging a step and renaming it into place left the staging folder, a hard link to
+    θ1 (e5-small: 470 MB), in the store for good: the next publish of that step removes what a dead process of
+    this host staged; a half-published step is never attached."""
+    import signal
+    import subprocess
+    import sys
+
+    store_root, work = tmp_path / "store", tmp_path / "work"
+    work.mkdir()
+    (work / "theta1.safetensors").write_bytes(b"theta1 of the killed run")
+    child = subprocess.Popen([sys.executable, "-c", PUBLISH_UNTIL_KILLED, str(store_root), str(work)],
+                             stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2])
+    try:
+        assert child.stdout.readline().strip() == "staged"
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+    assert os.stat(work / "theta1.safetensors").st_nlink == 2, "the killed run's staged link"
+    store = LinkedStepStore(store_root)
+    identity, files = {"step": "phase 1"}, ["theta1.safetensors"]
+    assert not store.attach(tmp_path / "other", identity, files), "a half-published step is not there"
+    (tmp_path / "next").mkdir()
+    (tmp_path / "next" / "theta1.safetensors").write_bytes(b"theta1 of the next run")
+    store.publish(tmp_path / "next", identity, files)
+    entry = store.folder(identity)
+    assert sorted(path.name for path in store_root.iterdir()) == [entry.name], "no staging folder left"
+    assert os.stat(work / "theta1.safetensors").st_nlink == 1, "the killed run's file is its own again"
+    assert (entry / "theta1.safetensors").read_bytes() == b"theta1 of the next run"

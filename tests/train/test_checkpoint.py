@@ -21,6 +21,7 @@ def checkpoint(folder, step, state_text=None):
     path = folder / f"checkpoint-{step}"
     path.mkdir(parents=True)
     (path / "model.safetensors").write_bytes(b"weights")
+    (path / "rng_state.pth").write_bytes(b"rng")
     text = json.dumps({"global_step": step}) if state_text is None else state_text
     (path / "trainer_state.json").write_text(text)
     return path
@@ -31,6 +32,7 @@ def test_only_complete_checkpoints_count(tmp_path):
     checkpoint(tmp_path, 4, state_text='{"global_step": 4, "log_hist')  # killed mid-write
     checkpoint(tmp_path, 6, state_text=json.dumps({"global_step": 5}))  # another step's state
     (tmp_path / "checkpoint-8").mkdir()  # killed before the state
+    (checkpoint(tmp_path, 10) / "rng_state.pth").unlink()  # save_only_model: no optimizer, scheduler nor RNG
     assert last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
     discard_incomplete_checkpoints(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2"]

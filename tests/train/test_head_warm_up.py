@@ -13,6 +13,7 @@ from torch.nn.functional import cross_entropy, gelu, layer_norm
 from deftx.models.mlm import IGNORE_INDEX, build_mlm_model, load_head
 from deftx.train.head_warm_up import (
     HELDOUT_SEED_OFFSET,
+    head_and_token_settings,
     head_progress_line,
     masked_token_scores,
     split_heldout,
@@ -283,6 +284,32 @@ def test_warm_up_cache_key_covers_settings_texts_and_body(tmp_path):
     assert len(list(tmp_path.glob("mlm-head-*"))) == len(keys)
 
 
+def test_a_body_of_equal_tensors_and_another_attention_head_count_is_keyed_apart(tmp_path):
+    """A body saved again with another ``num_attention_heads`` (every tensor the same, each head narrower) computes
+    other features: the head warmed on the first is not the second's. e5's counts for its widths (small and
+    base 12, large 16), and heads of 64 dimensions elsewhere, enter no key: the keys of e5's heads (the shipped
+    one) stay as they were."""
+    from transformers import BertConfig, BertModel
+
+    tokenizer = tiny_tokenizer()
+    two = tiny_bert(EMBEDDING_ROWS, seed=2)
+    four = BertModel(BertConfig(**{**two.config.to_dict(), "num_attention_heads": 4}), add_pooling_layer=False)
+    four.load_state_dict(two.state_dict())
+    ids = torch.tensor([[0, 5, 6, 7, 8, 2]])
+    with torch.no_grad():
+        assert not torch.allclose(two(ids).last_hidden_state, four(ids).last_hidden_state), "other features"
+    settings = dict(steps=2, batch_size=4, lr=1e-2, seq_len=16, seed=0, cache_path=tmp_path)
+    first = warm_up_mlm_head(build_mlm_model(two, seed=0), tokenizer, _warm_up_texts(), **settings)
+    second = warm_up_mlm_head(build_mlm_model(four, seed=0), tokenizer, _warm_up_texts(), **settings)
+    assert not second["cache_hit"] and second["key"] != first["key"]
+    for hidden, heads in ((384, 12), (768, 12), (1024, 16), (512, 8)):
+        body = BertModel(BertConfig(vocab_size=EMBEDDING_ROWS, hidden_size=hidden, num_attention_heads=heads,
+                                    num_hidden_layers=1, intermediate_size=4, max_position_embeddings=8),
+                         add_pooling_layer=False)
+        keyed = head_and_token_settings(build_mlm_model(body), MLMCollator(tokenizer))
+        assert "num_attention_heads" not in keyed, (hidden, heads)
+
+
 def test_warm_up_bad_arguments(model):
     tokenizer = tiny_tokenizer()
     with pytest.raises(ValueError, match="steps >= 1"):
@@ -429,8 +456,9 @@ def test_warm_up_key_covers_heldout_settings_but_not_groups_without_them(tmp_pat
     assert plain["heldout_curve"] == [] and len(plain["train_curve"]) == 1
     stored = load_head(build_mlm_model(body, seed=0), plain["cache_file"])
     assert set(stored["settings"]) == {"steps", "batch_size", "lr", "seq_len", "seed", "mlm_probability",
-                                       "real_vocab_size", "mask_token_id", "special_ids"}, \
-        "without held-out text the key is the one kept before (plus the tiny tokenizer's mask id, not e5's)"
+                                       "real_vocab_size", "mask_token_id", "special_ids", "num_attention_heads"}, \
+        ("without held-out text the key is the one kept before (plus the tiny tokenizer's mask id, not e5's, and the "
+         "tiny body's 2 attention heads of 16 dimensions)")
     keys = {plain["key"], run({"a": texts[:25], "b": texts[25:]}, eval_sequences=2)["key"],
             run({"a": texts[:25], "b": texts[25:]}, eval_sequences=3)["key"],
             run({"a": texts[:25], "b": texts[25:]}, eval_sequences=2, eval_every=1)["key"],

@@ -123,6 +123,24 @@ def test_what_changed_is_named(finished, change, field):
     assert all(line.startswith("phase 1") for line in refused.value.changes), "branches follow phase 1"
 
 
+@pytest.mark.parametrize(("world_size", "n_gpu"), [(2, 1), (1, 3)])
+def test_the_number_of_model_replicas_is_part_of_the_identity(finished, monkeypatch, world_size, n_gpu):
+    """A launch of two processes (DistributedDataParallel) or a Trainer on three visible GPUs (DataParallel) trains
+    on that many times the batch per step, from the same arguments: another run than the one-process run the
+    folder holds. One replica records nothing (identities of before stay valid)."""
+    from transformers import TrainingArguments
+
+    tmp_path, _ = finished
+    recorded = json.loads((tmp_path / "work" / IDENTITY_FILE).read_text())
+    assert "replicas" not in recorded
+    assert tuner(tmp_path).identity().phase1 == recorded, "one replica: the identity is unchanged"
+    monkeypatch.setattr(TrainingArguments, "world_size", property(lambda self: world_size))
+    monkeypatch.setattr(TrainingArguments, "n_gpu", property(lambda self: n_gpu))
+    with pytest.raises(IdentityMismatchError) as refused:
+        tuner(tmp_path).fit()
+    assert refused.value.changes == [f"phase 1: replicas: added ({world_size * n_gpu})"]
+
+
 def test_reporting_arguments_are_not_part_of_the_identity(finished):
     tmp_path, _ = finished
     reporting = {"logging_steps": 3, "save_steps": 5, "report_to": ["none"], "run_name": "x", "disable_tqdm": False}

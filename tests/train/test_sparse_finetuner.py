@@ -51,6 +51,19 @@ class Interrupt(TrainerCallback):
             raise KeyboardInterrupt(f"simulated kill in {self.marker} at step {self.step}")
 
 
+class StopEarly(TrainerCallback):
+    """Stops training (the Trainer returns normally) at a given step of the phase whose folder contains ``marker``:
+    what ``enable_jit_checkpoint`` does on SIGTERM, or any callback setting ``should_training_stop``."""
+
+    def __init__(self, marker: str, step: int):
+        self.marker, self.step = marker, step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.marker in args.output_dir and state.global_step == self.step:
+            control.should_training_stop = True
+        return control
+
+
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
     """One fit of both branches, with the trained weights of every phase captured."""
@@ -138,10 +151,10 @@ def test_branches_share_phase_one_and_log_losses(fitted):
     assert set(result.seconds) == {"full", "sparse:lt-sft", "sparse:deft-x"}
 
 
-def _fit(tmp_path, work, callbacks=()):
+def _fit(tmp_path, work, callbacks=(), **arguments):
     from tests.train.conftest import tiny_trainer
 
-    trainer = tiny_trainer(tmp_path, callbacks=list(callbacks))
+    trainer = tiny_trainer(tmp_path, callbacks=list(callbacks), **arguments)
     return SparseFineTuner(trainer, config(selections={"deft-x": DenoiseConfig(rank=1, method="exact")}),
                            work, progress=False).fit()
 
@@ -159,6 +172,39 @@ def test_killed_run_resumes_in_its_phase_bit_exactly(tmp_path, marker):
         assert torch.equal(resumed.indices[name], reference.indices[name]), name
         assert_bitwise_equal(resumed.values[name], reference.values[name], what=name)
     assert SparseDiff.load(work / "deft-x" / "sft.safetensors").nnz == reference.nnz
+
+
+@pytest.mark.parametrize("marker", ["phase1", "phase3"])
+def test_a_phase_stopped_before_its_last_step_is_not_taken_as_finished(tmp_path, marker):
+    """A Trainer stopped early returns normally (SIGTERM under enable_jit_checkpoint, a callback): the phase's
+    result must not be saved as finished (nor an SFT built on it); the next fit resumes to the reference."""
+    reference = _fit(tmp_path / "a", tmp_path / "a" / "work").diffs["deft-x"]
+    work = tmp_path / "b" / "work"
+    with pytest.raises(RuntimeError, match=r"stopped at step 3 of 5"):
+        _fit(tmp_path / "b", work, [StopEarly(marker, 3)])
+    assert (work / "theta1.safetensors").is_file() == (marker == "phase3")
+    assert not (work / "deft-x" / "sft.safetensors").exists()
+    resumed = _fit(tmp_path / "b", work).diffs["deft-x"]
+    for name in reference.indices:
+        assert torch.equal(resumed.indices[name], reference.indices[name]), name
+        assert_bitwise_equal(resumed.values[name], reference.values[name], what=name)
+
+
+@pytest.mark.parametrize("marker", ["phase1", "phase3"])
+def test_a_model_only_checkpoint_is_not_resumed_from(tmp_path, marker):
+    """save_only_model (a run-only argument) writes checkpoints without the optimizer, scheduler and RNG states:
+    the Trainer resumes from one with fresh Adam moments and a restarted schedule. Such a checkpoint is no
+    place to resume from: the killed phase starts again and ends as an uninterrupted run."""
+    reference = _fit(tmp_path / "a", tmp_path / "a" / "work").diffs["deft-x"]
+    work = tmp_path / "b" / "work"
+    with pytest.raises(KeyboardInterrupt):
+        _fit(tmp_path / "b", work, [Interrupt(marker, 3)], save_only_model=True)
+    folder = work / "phase1" if marker == "phase1" else work / "deft-x" / "phase3"
+    assert [p.name for p in folder.glob("checkpoint-*")] == ["checkpoint-2"]
+    resumed = _fit(tmp_path / "b", work, save_only_model=True).diffs["deft-x"]
+    for name in reference.indices:
+        assert torch.equal(resumed.indices[name], reference.indices[name]), name
+        assert_bitwise_equal(resumed.values[name], reference.values[name], what=name)
 
 
 def test_resume_refuses_another_base_model(tmp_path):

@@ -111,6 +111,15 @@ def test_an_optimizer_instance_is_refused(tmp_path, how):
         SparseFineTuner(trainer, config(), tmp_path / "work", progress=False)
 
 
+def test_a_trainer_with_model_init_is_refused(tmp_path):
+    """Trainer(model_init=...) builds a fresh model at every train(): each phase would train a new model with
+    every parameter trainable (the frozen ones too), not the tuner's θ0 / θ1 with the eligible ones."""
+    trainer = Trainer(model_init=lambda: tiny_model(), args=user_arguments(tmp_path), train_dataset=tiny_dataset())
+    with pytest.raises(ValueError, match=r"model_init.*Trainer\(model="):
+        SparseFineTuner(trainer, config(), tmp_path / "work", progress=False)
+    assert not (tmp_path / "work").exists()
+
+
 def test_optimizer_cls_and_kwargs_drive_phase_one_at_its_learning_rate(tmp_path):
     recorder = RecordOptimizer()
     chosen = (torch.optim.SGD, {"lr": 0.5, "momentum": 0.9})
