@@ -377,7 +377,8 @@ def scaling_report(
     )
     out += [
         "Reading the tables: the sharded top-k sends a few KB per rank whatever the model size "
-        f"({RADIX_PASSES} histograms of 2 KB, 8 B per tensor, 8 B per rank), so its time is the local "
+        f"({RADIX_PASSES} histograms of 2 KB, a {HEADER_BYTES} B header, 8 B per tensor, 8 B per rank), so its "
+        "time is the local "
         "work on 1/W of the entries plus a few latency-bound all-reduces; the baseline moves every "
         "parameter into one rank, whose memory (θ1, θ0, fp32 scores) exceeds one 80 GB GPU for both "
         "models. DeFT-X adds the sketches (4·n·q bytes per matrix and iteration, independent of W) — "
