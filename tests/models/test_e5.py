@@ -8,6 +8,7 @@ import re
 import shutil
 import struct
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -478,6 +479,17 @@ def test_files_joined_once_are_reused_without_their_parts(packed):
     assert e5.packed_source_problems(out), "the folder itself is still incomplete"
 
 
+def assert_refused_everywhere(out: Path, cache: Path, monkeypatch, message: str) -> None:
+    """The packed source ``out`` is refused with ``message`` (a regex) by unpacking, by the GPU visit's check
+    (:func:`~deftx.models.e5.packed_source_problems`) and by a conversion that takes it from $DEFTX_E5_SOURCE."""
+    with pytest.raises(ValueError, match=message):
+        e5.unpack_source(out)
+    assert re.search(message, " ".join(e5.packed_source_problems(out)))
+    monkeypatch.setenv(e5.SOURCE_ENV, str(out))
+    with pytest.raises(ValueError, match=message):
+        e5.ensure_e5_small(cache)
+
+
 def test_the_folders_of_two_packs_in_one_are_refused(packed, tmp_path, monkeypatch):
     """A newer pack's folders copied over an older one's leave two manifests: the older one's joined
     files must not be taken for the newer pack."""
@@ -485,13 +497,7 @@ def test_the_folders_of_two_packs_in_one_are_refused(packed, tmp_path, monkeypat
     e5.unpack_source(out)
     newer = folders[0] / e5.MANIFEST_FILE
     shutil.copy(folders[-1] / e5.MANIFEST_FILE, newer)
-    message = "2 manifests .* more than one `deftx e5-pack`"
-    with pytest.raises(ValueError, match=message):
-        e5.unpack_source(out)
-    assert re.search(message, " ".join(e5.packed_source_problems(out)))
-    monkeypatch.setenv(e5.SOURCE_ENV, str(out))
-    with pytest.raises(ValueError, match=message):
-        e5.ensure_e5_small(tmp_path / "cache")
+    assert_refused_everywhere(out, tmp_path / "cache", monkeypatch, "2 manifests .* more than one `deftx e5-pack`")
 
 
 @pytest.mark.parametrize("damage", ["corrupt part", "missing folder", "no manifest"])
@@ -518,13 +524,7 @@ def test_a_truncated_manifest_is_named_not_a_bare_json_error(packed, tmp_path, m
     out, folders = packed
     manifest = folders[-1] / e5.MANIFEST_FILE
     manifest.write_text(manifest.read_text()[:120])
-    message = re.escape(f"{manifest}: not a complete manifest")
-    with pytest.raises(ValueError, match=message):
-        e5.unpack_source(out)
-    assert re.search(message, " ".join(e5.packed_source_problems(out)))
-    monkeypatch.setenv(e5.SOURCE_ENV, str(out))
-    with pytest.raises(ValueError, match=message):
-        e5.ensure_e5_small(tmp_path / "cache")
+    assert_refused_everywhere(out, tmp_path / "cache", monkeypatch, re.escape(f"{manifest}: not a complete manifest"))
 
 
 @pytest.mark.parametrize("folder_bytes", [0, -1])
