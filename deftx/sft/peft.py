@@ -372,12 +372,14 @@ def to_peft(
         "method": diff.method, "k": diff.k, "base_model": diff.base_model, "info": diff.info,
         "settings": diff.settings,
     }
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / ADAPTER_CONFIG).write_text(json.dumps(adapter_config(plan, diff.base_model), indent=2) + "\n")
     weights = {k: v.contiguous() for k, v in tensors.items()}
     metadata = {"format": "pt", METADATA_KEY: json.dumps(record, sort_keys=True)}
-    atomic_write_bytes(folder / ADAPTER_WEIGHTS, canonical_safetensors(weights, metadata))
+    payload = canonical_safetensors(weights, metadata)
+    config = json.dumps(adapter_config(plan, diff.base_model), indent=2) + "\n"
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(folder / ADAPTER_WEIGHTS, payload)  # the weights first: a failed write leaves the old pair
+    atomic_write_bytes(folder / ADAPTER_CONFIG, config.encode())
     return PeftExport(folder, plan, (folder / ADAPTER_WEIGHTS).stat().st_size)
 
 

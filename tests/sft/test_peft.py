@@ -400,3 +400,23 @@ def test_a_tied_holder_inside_a_module_saved_whole_goes_with_it(tmp_path, peft, 
     assert {m.module for m in export.plan.whole} == {head, f"{model.base_model_prefix}.embeddings.word_embeddings"}
     assert_bitwise_equal(peft_logits(peft, model, tmp_path / "adapter", ids, merged=False), expected, what="unmerged")
     assert_bitwise_equal(deftx_logits(model, SparseDiff.from_peft(tmp_path / "adapter"), ids), expected, what="back")
+
+
+def test_an_export_whose_weights_cannot_be_written_leaves_the_earlier_pair(tmp_path, model, monkeypatch):
+    """The adapter config was written before the weights: a failed weights write left the new config beside the
+    earlier export's weights (a base model and target modules the weights were not made for)."""
+    import deftx.sft.peft as peft_module
+
+    folder = tmp_path / "adapter"
+    earlier = random_diff(model, 400, head=True, base_model="org/earlier", method="deft-x")
+    to_peft(earlier, model, folder, rest="modules_to_save", check_base=False)
+    pair = {name: (folder / name).read_bytes() for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG)}
+
+    def disk_full(target, data):
+        raise OSError(28, "No space left on device", str(target))
+
+    monkeypatch.setattr(peft_module, "atomic_write_bytes", disk_full)
+    later = random_diff(model, 300, head=True, base_model="org/later", method="lt-sft")
+    with pytest.raises(OSError, match="No space left"):
+        to_peft(later, model, folder, rest="modules_to_save", check_base=False)
+    assert {name: (folder / name).read_bytes() for name in pair} == pair
