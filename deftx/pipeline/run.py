@@ -214,14 +214,23 @@ def run_nusax_seed(ws: Workspace, seed: int, head_file: Path) -> Iterator[list[E
         yield rows
 
 
+def heldout_languages(config: PipelineConfig, corpus: str) -> tuple[str, ...]:
+    """The languages whose language SFTs a run scores on ``corpus``: the NusaX targets, then sources; the
+    AmericasNLI test languages on AmericasNLP text."""
+    if corpus == AMERICASNLP:
+        return tuple(config.americasnli.test_languages) if config.americasnli is not None else ()
+    return tuple(nusax_languages(config))
+
+
 def heldout_seed(scorer: HeldoutScorer, seed: int, languages: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """The held-out masked-LM records of the language SFTs ``seed`` trained under the scorer's workspace
-    on the scorer's corpus, of ``languages`` that have one (default: the NusaX targets, then sources)."""
+    on the scorer's corpus, of ``languages`` that have one (default: :func:`heldout_languages` of the
+    scorer's corpus)."""
     ws = scorer.ws
     trained = set(trained_languages(ws.config, seed, scorer.corpus))
     records = []
     with ws.timer("held-out mlm"):
-        for language in nusax_languages(ws.config) if languages is None else languages:
+        for language in heldout_languages(ws.config, scorer.corpus) if languages is None else languages:
             if language in trained:
                 for record in scorer.records(seed, language):
                     records.append(record)

@@ -364,3 +364,16 @@ def test_scoring_on_cuda_is_not_refused_for_several_visible_gpus(tmp_path, tiny_
     assert "no NusaX MT language SFT under" in err and "visible GPUs" not in err, err
     assert main(["train-lang", config, "--language", "madurese"]) == 2
     assert "2 visible GPUs" in capsys.readouterr().err, "a training command is still refused"
+
+
+def test_held_out_scoring_defaults_to_the_languages_of_the_scorers_corpus():
+    """heldout_seed without a language list took the NusaX languages whatever the corpus: an AmericasNLP
+    scorer would look for NusaX folders among the AmericasNLI language SFTs (and score none)."""
+    from deftx.pipeline.config import AMERICASNLP, NUSAX, parse_config
+    from deftx.pipeline.run import heldout_languages
+
+    config = parse_config({"targets": ["balinese"], "sources": ["indonesian"],
+                           "americasnli": {"train_languages": ["gn"], "test_languages": ["bzd", "cni"]}})
+    assert heldout_languages(config, NUSAX) == ("balinese", "indonesian")
+    assert heldout_languages(config, AMERICASNLP) == ("bzd", "cni")
+    assert heldout_languages(parse_config({"targets": ["balinese"]}), AMERICASNLP) == ()
