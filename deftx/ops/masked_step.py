@@ -20,6 +20,7 @@ from deftx.ops.validation import (
     check_no_grad,
     check_same_devices,
     check_state_tensors,
+    named_tensors,
 )
 
 
@@ -149,9 +150,9 @@ def _check_no_grad(tensors: MaskedStepTensors, what: str) -> None:
 
 
 def _named(groups: Sequence[tuple[str, Sequence[torch.Tensor]]]) -> Iterator[tuple[str, torch.Tensor]]:
-    """``(f"{name} {t}", tensor)`` of each group's tensors, for messages."""
+    """:func:`~deftx.ops.validation.named_tensors` of each ``(name, tensors)`` group, in order."""
     for name, group in groups:
-        yield from ((f"{name} {t}", x) for t, x in enumerate(group))
+        yield from named_tensors(name, group)
 
 
 class _UnplannedStep:

@@ -12,7 +12,14 @@ from torch.autograd.graph import increment_version
 
 from deftx.ops import library
 from deftx.ops.dispatch import backend_for, common_device, device_guard, requested_backend
-from deftx.ops.validation import as_tensor_list, check_disjoint, check_float_dtype, check_indices, check_no_grad
+from deftx.ops.validation import (
+    as_tensor_list,
+    check_disjoint,
+    check_float_dtype,
+    check_indices,
+    check_no_grad,
+    named_tensors,
+)
 
 FP32_OVERFLOW = 2.0**128 - 2.0**103
 """The least magnitude that rounds to Inf in fp32 (the scales are applied as fp32); NaN compares false."""
@@ -81,13 +88,8 @@ def _checked(
         raise ValueError(f"{what}: scales must be finite in fp32, got {scales} (a NaN or Inf scale would be "
                          "written into every entry of its diff)")
     _check_rows(items, indices, values, "values", what)
-    check_no_grad(_named("dense tensor", items), _named_rows(values, "values"), what)
+    check_no_grad(named_tensors("dense tensor", items), _named_rows(values, "values"), what)
     return items, scales
-
-
-def _named(name: str, tensors: Sequence[torch.Tensor]) -> Iterator[tuple[str, torch.Tensor]]:
-    """``(f"{name} {t}", tensor)`` of each tensor, for messages."""
-    return ((f"{name} {t}", x) for t, x in enumerate(tensors))
 
 
 def _named_rows(rows: Sequence[Sequence[torch.Tensor]], payload_name: str) -> Iterator[tuple[str, torch.Tensor]]:
@@ -169,7 +171,7 @@ def scatter_restore_(
         for t, (w, old) in enumerate(zip(items, row_saved, strict=True)):
             if old.dtype != w.dtype:
                 raise TypeError(f"scatter_restore_: saved tensor {t} is {old.dtype}, dense is {w.dtype}")
-    check_no_grad(_named("dense tensor", items), _named_rows(saved, "saved"), "scatter_restore_")
+    check_no_grad(named_tensors("dense tensor", items), _named_rows(saved, "saved"), "scatter_restore_")
     if items and indices:
         library.scatter_restore(
             items, [t for row in indices for t in row], [t for row in saved for t in row], requested_backend(backend)
@@ -233,7 +235,8 @@ class PreparedScatter:
         """Add every diff in place (originals saved first); returns :attr:`saved`."""
         if self.applied:
             raise RuntimeError("PreparedScatter.apply: already applied (restore first)")
-        check_no_grad(_named("dense tensor", self._dense), _named_rows(self._values, "values"), "PreparedScatter.apply")
+        check_no_grad(named_tensors("dense tensor", self._dense), _named_rows(self._values, "values"),
+                      "PreparedScatter.apply")
         if self._dense:
             with device_guard(self._dense[0].device):
                 self._runner.apply()
@@ -245,7 +248,7 @@ class PreparedScatter:
         """Write the saved originals back: the exact inverse of :meth:`apply`, bit for bit."""
         if not self.applied:
             raise RuntimeError("PreparedScatter.restore: nothing applied")
-        check_no_grad(_named("dense tensor", self._dense), [], "PreparedScatter.restore")
+        check_no_grad(named_tensors("dense tensor", self._dense), [], "PreparedScatter.restore")
         if self._dense:
             with device_guard(self._dense[0].device):
                 self._runner.restore()

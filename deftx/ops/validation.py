@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
 
@@ -36,6 +36,11 @@ def check_not_meta(t: torch.Tensor, what: str) -> None:
     """
     if t.is_meta:
         raise ValueError(f"{what} is a meta tensor (it holds no data: materialise it first)")
+
+
+def named_tensors(name: str, tensors: Sequence[torch.Tensor]) -> Iterator[tuple[str, torch.Tensor]]:
+    """``(f"{name} {t}", tensor)`` of each tensor (for :func:`check_no_grad`'s messages)."""
+    return ((f"{name} {t}", x) for t, x in enumerate(tensors))
 
 
 def check_no_grad(written: Iterable[tuple[str, torch.Tensor]], read: Iterable[tuple[str, torch.Tensor]],
