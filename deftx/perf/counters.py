@@ -34,7 +34,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -265,6 +265,20 @@ def _count_triton_launches(work: DeviceWork, dispatch: _DispatchCounter) -> Iter
         KernelInterface.__getitem__ = original
 
 
+SYNC_WARNING = "synchronizing CUDA operation"
+"""What torch's sync debug mode (``torch.cuda.set_sync_debug_mode("warn")``) says at each host sync."""
+
+
+def sync_reports_kept(caught: Sequence[warnings.WarningMessage]) -> list[warnings.WarningMessage]:
+    """Torch's sync-debug reports among the ``caught`` warnings; the others (the counted code's own) are
+    issued again, the caller's to see."""
+    reports = [w for w in caught if SYNC_WARNING in str(w.message)]
+    for w in caught:
+        if w not in reports:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+    return reports
+
+
 @contextlib.contextmanager
 def _cuda_sync_reports(work: DeviceWork) -> Iterator[None]:
     """On CUDA, let torch's sync debug mode warn inside the block and count its warnings; the
@@ -280,11 +294,7 @@ def _cuda_sync_reports(work: DeviceWork) -> Iterator[None]:
             yield
         finally:
             torch.cuda.set_sync_debug_mode(previous)
-    reports = [w for w in caught if "synchroniz" in str(w.message)]
-    work.cuda_reported_syncs = len(reports)
-    for w in caught:
-        if w not in reports:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+    work.cuda_reported_syncs = len(sync_reports_kept(caught))
 
 
 @contextlib.contextmanager

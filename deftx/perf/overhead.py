@@ -26,8 +26,8 @@ from typing import Any
 import torch
 
 from deftx.ops.registry import kernel_specializations
+from deftx.perf.counters import SYNC_WARNING, sync_reports_kept
 
-SYNC_WARNING = "synchronizing CUDA operation"
 """Substring of the warning torch's sync debug mode emits per synchronizing operation."""
 
 RUNTIME_SYNC_CALLS = frozenset({"cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize"})
@@ -126,12 +126,10 @@ def count_host_overhead(thunk: Callable[[], object], device: torch.device) -> di
     except Exception as err:  # counting is a report, never a reason to fail the benchmark
         torch.cuda.set_sync_debug_mode(previous)
         return {"error": f"{type(err).__name__}: {err}"}
-    for w in caught:
-        if SYNC_WARNING not in str(w.message):  # the call's own warnings: the caller's to see
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+    reports = sync_reports_kept(caught)
     events = list(prof.events())
     return {
-        "syncs": count_sync_warnings(str(w.message) for w in caught),
+        "syncs": len(reports),
         **classify_device_events(device_event_names(events), triton_kernel_names()),
         **count_runtime_calls(host_names_within(events, COUNTED_RANGE)),
         "method": "torch.cuda.set_sync_debug_mode('warn') warnings; torch.profiler device events",
