@@ -161,9 +161,17 @@ def check_agreement(values: Mapping[str, int], group: dist.ProcessGroup | None, 
     """
     terms = torch.tensor(agreement_terms(list(values.values())), dtype=torch.int64, device=device)
     all_reduce_sum(terms, group, label)
-    if not all_agree(terms.tolist(), dist.get_world_size(group)):
+    raise_unless_agreed(terms.tolist(), dist.get_world_size(group), values, f"{what}: the ranks disagree",
+                        "every rank must pass the same values")
+
+
+def raise_unless_agreed(summed: Sequence[int], world: int, values: Mapping[str, int], disagreement: str,
+                        advice: str) -> None:
+    """ValueError ``"<disagreement> (this rank: <values>); <advice>"`` when the sums over ``world`` ranks of
+    their :func:`agreement_terms` of ``values`` show that the ranks' values differ (:func:`all_agree`)."""
+    if not all_agree(summed, world):
         mine = ", ".join(f"{name} {value}" for name, value in values.items())
-        raise ValueError(f"{what}: the ranks disagree (this rank: {mine}); every rank must pass the same values")
+        raise ValueError(f"{disagreement} (this rank: {mine}); {advice}")
 
 
 def mesh_order(mesh_ranks: torch.Tensor, group: dist.ProcessGroup) -> list[int]:

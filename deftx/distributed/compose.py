@@ -371,12 +371,11 @@ def agreed_entry_counts(
     buffer = torch.tensor([0] * world + comm.agreement_terms(agreed.values()), dtype=torch.int64, device=device)
     buffer[dist.get_rank(group)] = entries
     comm.all_reduce_sum(buffer, group, "diff entry counts")
-    if not comm.all_agree(buffer[world:].tolist(), world):
-        mine = ", ".join(f"{name} {value}" for name, value in agreed.items())
-        raise ValueError(
-            f"gather_sparse_diff: the ranks disagree on the sharded tensors, their order or dst (this rank: "
-            f"{mine}); pass the same names, in the same order, and the same dst on every rank"
-        )
+    comm.raise_unless_agreed(
+        buffer[world:].tolist(), world, agreed,
+        "gather_sparse_diff: the ranks disagree on the sharded tensors, their order or dst",
+        "pass the same names, in the same order, and the same dst on every rank",
+    )
     return buffer[:world]
 
 

@@ -253,12 +253,10 @@ def first_exchange(
     header = histogram.new_tensor([nan_count, *comm.agreement_terms(agreed.values())])
     total = comm.all_reduce_sum(torch.cat([histogram, header]), group, what)
     summed = total[RADIX:].cpu().tolist()
-    if not comm.all_agree(summed[1:], dist.get_world_size(group)):
-        mine = ", ".join(f"{name} {value}" for name, value in agreed.items())
-        raise ValueError(
-            f"topk_mask: the ranks disagree on k or on the tensors (this rank: {mine}); every rank "
-            "must pass the same k and the same tensors, each its own shards"
-        )
+    comm.raise_unless_agreed(
+        summed[1:], dist.get_world_size(group), agreed, "topk_mask: the ranks disagree on k or on the tensors",
+        "every rank must pass the same k and the same tensors, each its own shards",
+    )
     _raise_on_nan(summed[0])
     return total[:RADIX]
 
