@@ -351,10 +351,11 @@ def write_outputs(ws: Workspace, rows: list[EvalRow], wall_seconds: float, comma
     Returns the macro-F1 tables, and the losses section's first line when a phase hardly trained.
     """
     out = ws.results_dir
+    seeds = sorted({row.seed for row in rows})
     recipe = recipe_hash(ws.config)
     plain = [{**row.as_dict(), RECIPE: recipe} for row in rows]
     write_csv(plain, out / RESULTS_CSV)
-    recorded = recorded_config(ws.config, sorted({row.seed for row in rows}), ws.device)
+    recorded = recorded_config(ws.config, seeds, ws.device)
     atomic_write_bytes(out / CONFIG_JSON, (json.dumps(recorded, indent=2) + "\n").encode())
     summary = summarize(plain, exclude_from_average=ws.config.sources)
     write_csv(summary, out / "summary.csv")
@@ -365,13 +366,13 @@ def write_outputs(ws: Workspace, rows: list[EvalRow], wall_seconds: float, comma
     (out / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
     if ws.head_metrics:
         (out / "mlm_head.json").write_text(json.dumps(ws.head_metrics, indent=2) + "\n")
-    kept = kept_bytes(ws, sorted({row.seed for row in rows}), runs)
+    kept = kept_bytes(ws, seeds, runs)
     (out / "disk.json").write_text(json.dumps({**kept, "total": sum(kept.values())}, indent=2) + "\n")
     logs = ws.output_dir
     if ws.results_dir.resolve() != ws.output_dir.resolve():
         logs = ws.results_dir / "logs"
         copy_run_logs(ws.output_dir, logs)
-    losses = loss_rows(logs, sorted({row.seed for row in rows}), runs)
+    losses = loss_rows(logs, seeds, runs)
     write_side_table(losses, out / "losses.csv")
     main = [r for r in summary if not r["method"].endswith(NO_LANGUAGE_SFT)]
     bar_plot(main, out / "results.png")
@@ -384,7 +385,7 @@ def write_outputs(ws: Workspace, rows: list[EvalRow], wall_seconds: float, comma
     text += [
         f"Wall time: {wall_seconds / 60:.1f} min{total}. Model: {ws.config.model} ({ws.model_dir}); "
         "multilingual-e5-small here is 4-bit (Q4_0 word embeddings and Linear weights).",
-        f"Seeds: {sorted({row.seed for row in rows})}. Methods: {BASELINE} (full fine-tuning on the source, no SFT), "
+        f"Seeds: {seeds}. Methods: {BASELINE} (full fine-tuning on the source, no SFT), "
         + ", ".join(ws.config.methods) + " (task SFT + target language SFT"
         + f", scaled by {', '.join(f'{s:g}' for s in ws.config.language_scales())}).",
         *data_lines(ws.config),
